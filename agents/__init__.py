@@ -1,0 +1,1 @@
+"""The stream steps as plain async functions, and one adapter per vendor."""

@@ -1,0 +1,58 @@
+"""What a vendor adapter is: small protocols per capability, over the neutral shape.
+
+The neutral request is the OpenAI wire format (chat completions / embeddings body); the
+neutral answer is an OpenAI ``chat.completion`` (or embeddings list) body plus ``Usage``.
+Each adapter converts to and from its vendor's wire format and raises only errors from
+``schemas.errors`` — so routing and fallback never see a vendor's own shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from schemas.usage import Usage
+
+
+@dataclass(frozen=True)
+class VendorCall:
+    """One call to one vendor model; ``body`` is OpenAI-format, its ``model`` is ignored."""
+
+    model: str
+    body: dict[str, Any]
+    api_key: str = field(repr=False)
+    timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class VendorResult:
+    body: dict[str, Any]
+    usage: Usage
+
+
+StreamItem = dict[str, Any] | Usage
+"""A streamed OpenAI ``chat.completion.chunk`` dict; the stream ends with one ``Usage``."""
+
+
+@runtime_checkable
+class ChatVendor(Protocol):
+    async def chat(self, call: VendorCall) -> VendorResult: ...
+
+    def stream(self, call: VendorCall) -> AsyncIterator[StreamItem]: ...
+
+
+@runtime_checkable
+class EmbeddingVendor(Protocol):
+    async def embed(self, call: VendorCall) -> VendorResult: ...
+
+
+@runtime_checkable
+class BatchVendor(Protocol):
+    """A vendor batch API: submit many calls at once, collect later at a discount."""
+
+    async def submit_batch(self, calls: list[tuple[str, VendorCall]], api_key: str) -> str: ...
+
+    async def poll_batch(
+        self, batch_id: str, api_key: str
+    ) -> dict[str, VendorResult | Exception] | None: ...

@@ -1,0 +1,178 @@
+"""The dispatch step: call the planned candidates in turn until one answers.
+
+Falls back to the next candidate on a retryable error, only before the first streamed
+chunk (after that the client has seen text and a switch would garble it).  Every attempt
+is reported as a ``HealthEvent``.  Retries back off with jitter and honour Retry-After,
+all within the request's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents.adapters.base import ChatVendor, EmbeddingVendor, VendorCall, VendorResult
+from agents.keys import KeyPool
+from schemas.config import Candidate
+from schemas.envelope import HealthEvent, RequestEnvelope
+from schemas.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    NoHealthyVendor,
+    RelayError,
+    VendorAuthFailed,
+    VendorRateLimited,
+)
+from schemas.formats.openai import assemble_chunks
+from schemas.usage import Usage
+
+ChunkSink = Callable[[dict[str, Any]], Awaitable[None]]
+HealthSink = Callable[[HealthEvent], Awaitable[None]]
+
+
+@dataclass
+class Outcome:
+    """What a request got: the answer (or error) and which candidate gave it."""
+
+    candidate: Candidate | None = None
+    body: dict[str, Any] | None = None
+    usage: Usage = field(default_factory=Usage)
+    error: RelayError | None = None
+    attempts: int = 0
+    streamed: bool = False
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        adapters: dict[str, object],
+        pools: dict[str, KeyPool],
+        on_health: HealthSink,
+        *,
+        max_rounds: int = 2,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.adapters = adapters
+        self.pools = pools
+        self.on_health = on_health
+        self.max_rounds = max_rounds
+        self.rng = rng or random.Random()
+
+    async def run(
+        self,
+        env: RequestEnvelope,
+        plan: list[Candidate],
+        on_chunk: ChunkSink | None,
+    ) -> Outcome:
+        """Try the plan (up to ``max_rounds`` passes) before the envelope's deadline."""
+        out = Outcome()
+        if not plan:
+            out.error = NoHealthyVendor(f"no healthy vendor for `{env.alias}`; try again shortly")
+            return out
+        sent_any = False
+
+        async def forward(chunk: dict[str, Any]) -> None:
+            nonlocal sent_any
+            sent_any = True
+            if on_chunk is not None:
+                await on_chunk(chunk)
+
+        last: RelayError | None = None
+        for round_no in range(self.max_rounds):
+            for cand in plan:
+                remaining = env.deadline_ms / 1000 - time.time()
+                if remaining <= 0:
+                    out.error = DeadlineExceeded("the request's deadline passed before an answer")
+                    return out
+                out.attempts += 1
+                try:
+                    result = await self._attempt(env, cand, remaining, forward)
+                except RelayError as err:
+                    last = err
+                    if not err.retryable or sent_any:
+                        out.error = err
+                        return out
+                    continue
+                out.candidate, out.body, out.usage = cand, result.body, result.usage
+                out.streamed = sent_any
+                return out
+            if round_no + 1 < self.max_rounds:
+                await self._backoff(env, round_no, last)
+        out.error = last or NoHealthyVendor("every candidate failed")
+        return out
+
+    async def _backoff(self, env: RequestEnvelope, round_no: int, last: RelayError | None) -> None:
+        delay = self.rng.uniform(0.05, 0.2) * (2**round_no)
+        if last is not None and last.retry_after:
+            delay = max(delay, last.retry_after)
+        remaining = env.deadline_ms / 1000 - time.time()
+        await asyncio.sleep(max(0.0, min(delay, remaining - 0.05)))
+
+    async def _attempt(
+        self,
+        env: RequestEnvelope,
+        cand: Candidate,
+        remaining: float,
+        forward: ChunkSink,
+    ) -> VendorResult:
+        adapter = self.adapters[cand.vendor]
+        pool = self.pools[cand.vendor]
+        key_index, key = pool.pick()
+        call = VendorCall(model=cand.model, body=env.body, api_key=key, timeout_s=remaining)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(remaining):
+                result = await self._call(adapter, env, call, forward)
+        except TimeoutError:
+            err: RelayError = DeadlineExceeded(
+                f"no answer from the vendor within the deadline ({remaining:.1f}s)"
+            )
+            await self._report(cand, started, err)
+            raise err from None
+        except RelayError as exc:
+            if isinstance(exc, VendorAuthFailed):
+                pool.bench(key_index, 300.0)
+            elif isinstance(exc, VendorRateLimited):
+                pool.bench(key_index, exc.retry_after or 1.0)
+            await self._report(cand, started, exc)
+            raise
+        await self._report(cand, started, None)
+        return result
+
+    async def _call(
+        self, adapter: object, env: RequestEnvelope, call: VendorCall, forward: ChunkSink
+    ) -> VendorResult:
+        if env.endpoint == "embeddings":
+            if not isinstance(adapter, EmbeddingVendor):
+                raise BadRequest(f"`{env.alias}` is served by a vendor without embeddings")
+            return await adapter.embed(call)
+        if not isinstance(adapter, ChatVendor):
+            raise BadRequest(f"`{env.alias}` is served by a vendor without chat")
+        if not env.stream:
+            return await adapter.chat(call)
+        chunks: list[dict[str, Any]] = []
+        usage = Usage()
+        async for item in adapter.stream(call):
+            if isinstance(item, Usage):
+                usage = item
+                continue
+            item["model"] = env.alias
+            chunks.append(item)
+            await forward(item)
+        return VendorResult(body=assemble_chunks(chunks), usage=usage)
+
+    async def _report(self, cand: Candidate, started: float, err: RelayError | None) -> None:
+        await self.on_health(
+            HealthEvent(
+                vendor=cand.vendor,
+                model=cand.model,
+                ok=err is None,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                error_code=err.code if err else None,
+                retry_after=err.retry_after if err else None,
+            )
+        )

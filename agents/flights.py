@@ -1,0 +1,59 @@
+"""In-flight coalescing: identical requests share one vendor call and its stream.
+
+The request topic is keyed by the coalescing key, so every identical request reaches the
+same worker, whichever gateway replica took it; this registry is that worker's memory of
+calls under way.  A waiter that joins mid-stream gets the chunks so far, then live ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.envelope import RequestEnvelope
+
+
+@dataclass
+class Waiter:
+    envelope: RequestEnvelope
+    leader: bool
+    joined_at: float
+    sent: int = 0  # chunks already delivered to this waiter
+
+
+@dataclass
+class Flight:
+    key: str
+    stream: bool
+    waiters: list[Waiter] = field(default_factory=list)
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    finished: bool = False
+
+
+class Flights:
+    """Calls under way, by key.  Pure bookkeeping; delivery is the caller's job."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, Flight] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def join(self, env: RequestEnvelope, now: float) -> tuple[Flight, Waiter]:
+        """Attach to the flight for this key, or start one with this request as leader."""
+        key = f"{env.endpoint}:{env.prompt_hash}"
+        flight = self._by_key.get(key)
+        if flight is None or flight.finished:
+            flight = Flight(key=key, stream=env.stream)
+            self._by_key[key] = flight
+            waiter = Waiter(env, leader=True, joined_at=now)
+        else:
+            waiter = Waiter(env, leader=False, joined_at=now)
+        flight.waiters.append(waiter)
+        return flight, waiter
+
+    def land(self, flight: Flight) -> None:
+        """The call is over: later requests start a new flight (or hit the cache)."""
+        flight.finished = True
+        if self._by_key.get(flight.key) is flight:
+            del self._by_key[flight.key]

@@ -1,0 +1,154 @@
+"""One request end to end on a worker: coalesce, route, dispatch, reply, meter.
+
+Plain asyncio with its outputs injected (``Sink``), so it runs the same under Faust and in
+unit tests.  Every request that reaches a worker gets exactly one final reply (answer or
+error) and exactly one ledger event.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from agents.dispatch import Dispatcher, Outcome
+from agents.flights import Flight, Flights, Waiter
+from agents.meter import usage_event
+from agents.route import Router
+from schemas.envelope import HealthEvent, ReplyEvent, RequestEnvelope, UsageEvent
+from schemas.errors import DeadlineExceeded, RelayError
+from schemas.formats.openai import response_to_chunks
+from schemas.usage import Usage
+from tables.cache import CacheEntry
+from tables.prices import PriceSheet
+
+
+class Sink(Protocol):
+    async def reply(self, topic: str, event: ReplyEvent) -> None: ...
+
+    async def usage(self, event: UsageEvent) -> None: ...
+
+    async def health(self, event: HealthEvent) -> None: ...
+
+    async def cache(self, key: str, entry: CacheEntry, ttl_s: int) -> None: ...
+
+
+class RequestHandler:
+    def __init__(
+        self, router: Router, dispatcher: Dispatcher, prices: PriceSheet, sink: Sink
+    ) -> None:
+        self.router = router
+        self.dispatcher = dispatcher
+        self.prices = prices
+        self.sink = sink
+        self.flights = Flights()
+
+    async def handle(self, env: RequestEnvelope) -> None:
+        if env.deadline_ms / 1000 <= time.time():
+            await self._fail(env, DeadlineExceeded("the request expired before a worker took it"))
+            return
+        flight, waiter = self.flights.join(env, time.monotonic())
+        if not waiter.leader:
+            await self._catch_up(flight, waiter)
+            return
+        try:
+            outcome = await self._fly(flight, env)
+        except RelayError as err:
+            outcome = Outcome(error=err)
+        except Exception as exc:  # a bug must still answer every waiter, never hang them
+            outcome = Outcome(error=RelayError(f"internal error: {type(exc).__name__}"))
+        self.flights.land(flight)
+        await self._land(flight, outcome)
+
+    async def _fly(self, flight: Flight, env: RequestEnvelope) -> Outcome:
+        plan = self.router.plan(env.alias, time.time())
+
+        async def fan_out(chunk: dict[str, Any]) -> None:
+            flight.chunks.append(chunk)
+            for w in list(flight.waiters):
+                await self._deliver(flight, w)
+
+        outcome = await self.dispatcher.run(env, plan, fan_out if env.stream else None)
+        if outcome.body is not None and env.endpoint == "chat":
+            outcome.body["model"] = env.alias
+        return outcome
+
+    async def _catch_up(self, flight: Flight, waiter: Waiter) -> None:
+        """A late joiner of a stream gets what was sent so far; the rest comes live."""
+        await self._deliver(flight, waiter)
+
+    async def _deliver(self, flight: Flight, w: Waiter) -> None:
+        if not w.envelope.stream:
+            return
+        while w.sent < len(flight.chunks):
+            chunk = flight.chunks[w.sent]
+            w.sent += 1
+            await self.sink.reply(
+                w.envelope.reply_to,
+                ReplyEvent(
+                    correlation_id=w.envelope.correlation_id,
+                    kind="chunk",
+                    seq=w.sent,
+                    body=chunk,
+                    coalesced=not w.leader,
+                ),
+            )
+
+    async def _land(self, flight: Flight, out: Outcome) -> None:
+        cand = out.candidate
+        if out.error is None and out.body is not None:
+            # A streaming waiter that joined a non-streamed call gets the answer as chunks.
+            if not flight.chunks and any(w.envelope.stream for w in flight.waiters):
+                flight.chunks.extend(response_to_chunks(out.body))
+            await self._store(flight, out)
+        for w in flight.waiters:
+            env = w.envelope
+            if out.error is not None:
+                await self._fail(env, out.error, coalesced=not w.leader)
+                continue
+            await self._deliver(flight, w)
+            await self.sink.reply(
+                env.reply_to,
+                ReplyEvent(
+                    correlation_id=env.correlation_id,
+                    kind="final",
+                    seq=w.sent + 1,
+                    body=None if env.stream else out.body,
+                    usage=out.usage,
+                    vendor=cand.vendor if cand else None,
+                    model=cand.model if cand else None,
+                    coalesced=not w.leader,
+                ),
+            )
+            await self.sink.usage(
+                usage_event(
+                    env, self.prices, candidate=cand, usage=out.usage, coalesced=not w.leader
+                )
+            )
+
+    async def _store(self, flight: Flight, out: Outcome) -> None:
+        leader = flight.waiters[0].envelope
+        if not leader.cache_ttl_s or out.candidate is None:
+            return
+        entry = CacheEntry(
+            chunks=list(flight.chunks) or None,
+            body=out.body,
+            usage=out.usage,
+            vendor=out.candidate.vendor,
+            model=out.candidate.model,
+            created=time.time(),
+        )
+        await self.sink.cache(leader.prompt_hash, entry, leader.cache_ttl_s)
+
+    async def _fail(self, env: RequestEnvelope, err: RelayError, coalesced: bool = False) -> None:
+        await self.sink.reply(
+            env.reply_to,
+            ReplyEvent(
+                correlation_id=env.correlation_id,
+                kind="error",
+                error=err.to_dict(),
+                coalesced=coalesced,
+            ),
+        )
+        await self.sink.usage(
+            usage_event(env, self.prices, candidate=None, usage=Usage(), error=err)
+        )

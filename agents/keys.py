@@ -1,0 +1,43 @@
+"""Vendor key pools: balance calls over a vendor's keys, bench a key that fails."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+
+
+class KeyPool:
+    """Round-robin over keys; a key rejected (401/403) or rate-limited sits out a while.
+
+    Keys are held only in memory and only by index in anything that may be logged.
+    """
+
+    def __init__(self, keys: list[str], clock: Callable[[], float] = time.monotonic) -> None:
+        self._keys = keys
+        self._benched_until = [0.0] * len(keys)
+        self._turn = itertools.cycle(range(len(keys))) if keys else iter(())
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def pick(self) -> tuple[int, str]:
+        """The next usable key; if every key is benched, the one back soonest."""
+        if not self._keys:
+            return -1, ""
+        now = self._clock()
+        for _ in range(len(self._keys)):
+            i = next(self._turn)
+            if self._benched_until[i] <= now:
+                return i, self._keys[i]
+        i = min(range(len(self._keys)), key=self._benched_until.__getitem__)
+        return i, self._keys[i]
+
+    def bench(self, index: int, seconds: float) -> None:
+        if 0 <= index < len(self._keys):
+            self._benched_until[index] = self._clock() + seconds
+
+    def usable(self) -> int:
+        now = self._clock()
+        return sum(1 for t in self._benched_until if t <= now)

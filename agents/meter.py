@@ -1,0 +1,57 @@
+"""The metering step: one ledger event per request, priced from the price sheet."""
+
+from __future__ import annotations
+
+import uuid
+
+from schemas.config import Candidate
+from schemas.envelope import RequestEnvelope, UsageEvent, now_ms
+from schemas.errors import RelayError
+from schemas.usage import Usage
+from tables.prices import PriceSheet, cost_of
+
+
+def usage_event(
+    env: RequestEnvelope,
+    prices: PriceSheet,
+    *,
+    candidate: Candidate | None,
+    usage: Usage,
+    error: RelayError | None = None,
+    coalesced: bool = False,
+    cache_hit: bool = False,
+    batched: bool = False,
+    batch_api: bool = False,
+    discount: float = 0.0,
+    degraded: str | None = None,
+) -> UsageEvent:
+    """Price a request.  A request that shared a call (coalesced, cached) costs nothing and
+    saves what the call cost; ``direct_cost`` is what calling the primary vendor straight
+    would have cost, the denominator of SaveRate."""
+    call_cost = cost_of(candidate, usage, discount=discount) if candidate else 0.0
+    free = coalesced or cache_hit
+    direct = prices.direct_cost(env.alias, usage) if error is None else 0.0
+    return UsageEvent(
+        event_id=uuid.uuid4().hex,
+        tenant=env.tenant,
+        key_id=env.key_id,
+        alias=env.alias,
+        endpoint=env.endpoint,
+        vendor=candidate.vendor if candidate else None,
+        vendor_model=candidate.model if candidate else None,
+        usage=usage,
+        cost=0.0 if free else call_cost,
+        saved_cost=max(0.0, direct - (0.0 if free else call_cost)),
+        direct_cost=direct,
+        latency_ms=max(0.0, now_ms() - env.created_ms),
+        status="error" if error else "ok",
+        error_code=error.code if error else None,
+        cost_tag=env.cost_tag,
+        trace_id=env.trace_id,
+        priority=env.priority,
+        cache_hit=cache_hit,
+        coalesced=coalesced,
+        batched=batched,
+        batch_api=batch_api,
+        degraded=degraded,
+    )

@@ -1,0 +1,162 @@
+"""The `relay` command: run the whole relay, or each of its parts alone."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from schemas.config import ConfigError, RelayConfig, hash_key, load_config
+from schemas.settings import Settings
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config (default: RELAY_CONFIG)")
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    settings = Settings()
+    if config is not None:
+        settings.config = config
+    return settings
+
+
+def _config(settings: Settings) -> RelayConfig:
+    try:
+        return load_config(settings.config)
+    except ConfigError as exc:
+        console.print(f"[red]bad config[/red]\n{exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def broker(config: ConfigOpt = None) -> None:
+    """Run the embedded single-node Apache Kafka (KRaft) until stopped."""
+    from streams.broker import BrokerError, EmbeddedKafka
+    from streams.topics import Topics, ensure_topics
+
+    settings = _settings(config)
+    kafka = EmbeddedKafka(settings.data_dir / "kafka")
+    try:
+        with console.status("starting Apache Kafka (first run fetches it with mvn)…"):
+            bootstrap = kafka.start()
+            asyncio.run(ensure_topics(bootstrap, Topics(settings.topic_prefix).all()))
+    except BrokerError as exc:
+        console.print(f"[red]broker: {exc}[/red]")
+        raise typer.Exit(1) from None
+    settings.broker_addr_file().write_text(bootstrap)
+    print(f"kafka: {bootstrap}", flush=True)
+    stop = {"now": False}
+
+    def _stop(*_: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    while not stop["now"] and kafka.proc and kafka.proc.poll() is None:
+        time.sleep(0.2)
+    kafka.stop()
+    settings.broker_addr_file().unlink(missing_ok=True)
+
+
+@app.command()
+def worker(config: ConfigOpt = None) -> None:
+    """Run a Faust worker: coalescing, routing, dispatch, metering."""
+    from faust.worker import Worker
+
+    from streams.topics import Topics, ensure_topics
+    from streams.wiring import build_worker
+
+    settings = _settings(config)
+    cfg = _config(settings)
+    bootstrap = settings.bootstrap()
+    asyncio.run(ensure_topics(bootstrap, Topics(settings.topic_prefix).all()))
+    faust_app = build_worker(settings, cfg, bootstrap)
+    Worker(faust_app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
+
+
+@app.command()
+def gateway(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="port")] = None,
+) -> None:
+    """Run the HTTP gateway (OpenAI- and Anthropic-compatible)."""
+    import uvicorn
+
+    from gateway.app import create_app
+
+    settings = _settings(config)
+    cfg = _config(settings)
+    fastapi_app = create_app(settings, cfg, settings.bootstrap())
+    uvicorn.run(
+        fastapi_app,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@app.command()
+def simulator(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 9100,
+    latency_ms: Annotated[float, typer.Option(help="delay before the answer")] = 0.0,
+    chunk_gap_ms: Annotated[float, typer.Option(help="delay between stream chunks")] = 0.0,
+    error_rate: Annotated[float, typer.Option(help="fraction of calls answered 500")] = 0.0,
+    rate_429: Annotated[float, typer.Option(help="fraction of calls answered 429")] = 0.0,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="env var holding the key callers must send")
+    ] = None,
+) -> None:
+    """Run the vendor simulator (OpenAI, Azure, Anthropic and Ollama wire formats)."""
+    from simulator import SimConfig
+    from simulator.app import serve
+
+    key = os.environ.get(api_key_env) if api_key_env else None
+    serve(
+        host,
+        port,
+        SimConfig(
+            latency_ms=latency_ms,
+            chunk_gap_ms=chunk_gap_ms,
+            error_rate=error_rate,
+            rate_429=rate_429,
+            api_key=key,
+        ),
+    )
+
+
+@app.command("hash-key")
+def hash_key_cmd(key: Annotated[str | None, typer.Argument()] = None) -> None:
+    """Make a relay key (or hash a given one) and print the config line that admits it."""
+    key = key or f"rk-{secrets.token_urlsafe(24)}"
+    print(f"relay key: {key}")
+    print(f"config:    {{id: my-key, sha256: {hash_key(key)}}}")
+
+
+@app.command()
+def up(config: ConfigOpt = None) -> None:
+    """Start everything on the embedded defaults: broker, worker, gateway, simulator."""
+    from cli.supervisor import Supervisor
+
+    settings = _settings(config)
+    cfg = _config(settings)
+    Supervisor(settings, cfg).run()
+
+
+if __name__ == "__main__":
+    app()

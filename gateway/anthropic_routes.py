@@ -1,0 +1,59 @@
+"""Anthropic-compatible routes: /v1/messages (with its event stream) and count_tokens."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from gateway.auth import CallerDep
+from gateway.relay import Options, Relay
+from gateway.sse import anthropic_sse
+from schemas.errors import BadRequest
+from schemas.formats.anthropic import messages_request_to_openai, openai_response_to_messages
+
+router = APIRouter(prefix="/v1")
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body
+
+
+@router.post("/messages")
+async def messages(request: Request, who: CallerDep) -> Any:
+    body = await _json(request)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model: field required", param="model")
+    neutral = messages_request_to_openai(body)
+    relay: Relay = request.app.state.relay
+    answer = await relay.answer(who, "chat", neutral, Options.from_headers(request.headers))
+    if answer.chunks is None:
+        reply = openai_response_to_messages(answer.body or {}, answer.usage, model)
+        return JSONResponse(reply, headers=answer.headers)
+    message_id = f"msg_{uuid.uuid4().hex[:24]}"
+    return StreamingResponse(
+        anthropic_sse(answer.chunks, model, message_id),
+        media_type="text/event-stream",
+        headers={**answer.headers, "cache-control": "no-cache"},
+    )
+
+
+@router.post("/messages/count_tokens")
+async def count_tokens(request: Request, who: CallerDep) -> Any:
+    """An estimate (4 characters a token), since not every vendor can count for us."""
+    body = await _json(request)
+    neutral = messages_request_to_openai({**body, "max_tokens": body.get("max_tokens", 1)})
+    request.app.state.relay.check_model(who, str(body.get("model", "")))
+    chars = len(orjson.dumps(neutral.get("messages", [])))
+    chars += len(orjson.dumps(neutral.get("tools", []))) if neutral.get("tools") else 0
+    return {"input_tokens": max(1, chars // 4)}

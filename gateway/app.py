@@ -1,0 +1,88 @@
+"""The FastAPI app: lifespan (Kafka, Redis), routes, health, metrics."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway import anthropic_routes, errors, metrics, openai_routes
+from gateway.bus import Bus
+from gateway.relay import Relay
+from schemas.config import RelayConfig
+from schemas.settings import Settings
+from streams.topics import Topics
+from tables.cache import L1Cache, ResponseCache
+
+
+def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastAPI:
+    instance = settings.instance_id or uuid.uuid4().hex[:12]
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        bus = Bus(bootstrap, Topics(settings.topic_prefix), instance)
+        await bus.start()
+        redis = aioredis.Redis.from_url(
+            settings.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25
+        )
+        cache = ResponseCache(L1Cache(10_000), redis)
+        app.state.relay = Relay(settings, config, bus, cache)
+        try:
+            yield
+        finally:
+            await bus.stop()
+            await redis.aclose()
+
+    app = FastAPI(title="Relay Station", lifespan=lifespan, docs_url=None, redoc_url=None)
+    errors.install(app)
+    app.include_router(openai_routes.router)
+    app.include_router(anthropic_routes.router)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        path = request.url.path
+        if path.startswith("/v1/"):
+            metrics.REQUESTS.labels(path, str(response.status_code)).inc()
+            metrics.LATENCY.labels(path).observe(time.perf_counter() - started)
+            if response.status_code >= 400:
+                metrics.ERRORS.labels(str(response.status_code)).inc()
+        return response
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "instance": instance}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        relay: Relay = request.app.state.relay
+        parts: dict[str, Any] = await relay.bus.ready()
+        parts["redis"] = await _redis_up(relay.cache)
+        metrics.REDIS_UP.set(1 if parts["redis"] else 0)
+        ok = parts["broker"] and parts["worker"]
+        return JSONResponse({"ready": ok, **parts}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _redis_up(cache: ResponseCache) -> bool:
+    """Redis is optional: down means L1 + vendor only, reported here and in a metric."""
+    if cache.redis is None:
+        return False
+    try:
+        await cache.redis.ping()
+    except Exception:
+        return False
+    return True

@@ -1,0 +1,115 @@
+"""The gateway's Kafka side: publish envelopes, and route replies to waiting requests.
+
+Each gateway instance reads only its own reply topic (``relay.replies.<instance>``);
+replies are matched to waiting requests by correlation id through a registry of queues
+(the same shape as Faust's own reply futures, with streaming added).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import BaseModel
+
+from schemas.envelope import ReplyEvent, RequestEnvelope, UsageEvent
+from streams.topics import Topics, ensure_topics
+
+log = logging.getLogger("relay.gateway")
+
+
+def _encode(model: BaseModel) -> bytes:
+    return orjson.dumps(model.model_dump(mode="json", exclude_none=True))
+
+
+class Bus:
+    def __init__(self, bootstrap: str, topics: Topics, instance: str) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.instance = instance
+        self.reply_topic = topics.replies(instance).name
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, linger_ms=0, acks=1, request_timeout_ms=10000
+        )
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=200,
+            fetch_min_bytes=1,
+        )
+        self.waiting: dict[str, asyncio.Queue[ReplyEvent]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await ensure_topics(self.bootstrap, [*self.topics.all(), self.topics.replies(self.instance)])
+        await self.producer.start()
+        await self.consumer.start()
+        tp = TopicPartition(self.reply_topic, 0)
+        self.consumer.assign([tp])
+        await self.consumer.seek_to_end(tp)
+        self._reader = asyncio.create_task(self._read())
+
+    async def stop(self) -> None:
+        if self._reader:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self.consumer.stop()
+        await self.producer.stop()
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                batches = await self.consumer.getmany(timeout_ms=1000)
+            except Exception:  # a broker hiccup must not kill the reader
+                log.exception("reply consumer failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            for records in batches.values():
+                for record in records:
+                    try:
+                        event = ReplyEvent.model_validate_json(record.value or b"")
+                    except Exception as exc:
+                        log.warning("unreadable reply at offset %s: %s", record.offset, exc)
+                        continue
+                    queue = self.waiting.get(event.correlation_id)
+                    if queue is not None:
+                        queue.put_nowait(event)
+
+    def expect(self, correlation_id: str) -> asyncio.Queue[ReplyEvent]:
+        queue: asyncio.Queue[ReplyEvent] = asyncio.Queue()
+        self.waiting[correlation_id] = queue
+        return queue
+
+    def forget(self, correlation_id: str) -> None:
+        self.waiting.pop(correlation_id, None)
+
+    async def publish(self, env: RequestEnvelope) -> None:
+        await self.producer.send_and_wait(
+            self.topics.requests.name, _encode(env), key=env.prompt_hash.encode()
+        )
+
+    async def meter(self, event: UsageEvent) -> None:
+        """Ledger events the gateway itself owes (cache hits, edge refusals)."""
+        await self.producer.send(self.topics.usage.name, _encode(event), key=event.tenant.encode())
+
+    async def ready(self) -> dict[str, bool]:
+        """Whether the broker answers and some worker is in the requests consumer group."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=2000)
+        try:
+            await admin.start()
+        except Exception:
+            return {"broker": False, "worker": False}
+        try:
+            groups = await admin.describe_consumer_groups([self.topics.app_id])
+            members = groups[0].groups[0][5] if groups and groups[0].groups else []
+            return {"broker": True, "worker": len(members) > 0}
+        except Exception:
+            return {"broker": True, "worker": False}
+        finally:
+            await admin.close()

@@ -1,0 +1,105 @@
+"""Errors to HTTP, in one place: the OpenAI body for /v1/chat…, Anthropic's for /v1/messages.
+
+Nothing here invents an error: it translates ``schemas.errors`` (and FastAPI's own
+validation and routing errors) into the vendor's body and status; unknown exceptions
+become a plain 500 with no stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from schemas.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    ModelNotFound,
+    PermissionDenied,
+    RateLimited,
+    RelayError,
+)
+
+log = logging.getLogger("relay.gateway")
+
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def is_anthropic(request: Request) -> bool:
+    return request.url.path.startswith("/v1/messages")
+
+
+def error_response(request: Request, err: RelayError) -> JSONResponse:
+    headers = {}
+    if err.retry_after is not None:
+        headers["retry-after"] = str(max(1, round(err.retry_after)))
+    if is_anthropic(request):
+        body: dict[str, object] = {
+            "type": "error",
+            "error": {"type": ANTHROPIC_TYPES.get(err.status, "api_error"), "message": err.message},
+        }
+    else:
+        body = {
+            "error": {
+                "message": err.message,
+                "type": err.type,
+                "param": err.param,
+                "code": err.code,
+            }
+        }
+    return JSONResponse(body, status_code=err.status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid request")
+    return (f"{param}: {msg}" if param else str(msg)), param
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every failure into a vendor-shaped error body."""
+
+    @app.exception_handler(RelayError)
+    async def _relay(request: Request, exc: RelayError) -> JSONResponse:
+        return error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return error_response(request, BadRequest(message, param=param))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        by_status: dict[int, type[RelayError]] = {
+            401: AuthenticationFailed,
+            403: PermissionDenied,
+            404: ModelNotFound,
+            429: RateLimited,
+        }
+        cls = by_status.get(exc.status_code, BadRequest)
+        err = cls(str(exc.detail))
+        response = error_response(request, err)
+        response.status_code = exc.status_code
+        return response
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(request, RelayError("internal error; it has been logged"))

@@ -1,0 +1,24 @@
+"""Prometheus metrics of the gateway (served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter(
+    "relay_requests_total", "Requests answered, by endpoint and status", ["endpoint", "status"]
+)
+LATENCY = Histogram(
+    "relay_request_latency_seconds",
+    "Time to the complete answer, by endpoint",
+    ["endpoint"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+VENDOR_CALLS = Counter(
+    "relay_vendor_calls_total", "Answers that took a vendor call", ["vendor", "model"]
+)
+ERRORS = Counter("relay_errors_total", "Errors returned to clients, by code", ["code"])
+CACHE = Counter("relay_cache_total", "Cache outcomes: hit-l1, hit-l2, miss, coalesced", ["result"])
+COST = Counter("relay_cost_usd_total", "Vendor cost metered at the gateway", ["tenant", "alias"])
+SAVED = Counter("relay_saved_usd_total", "Cost saved by cache and coalescing", ["tenant"])
+REDIS_UP = Gauge("relay_redis_up", "1 when the L2 cache (Redis) answers")
+IN_FLIGHT = Gauge("relay_in_flight", "Requests waiting on a reply")

@@ -1,0 +1,72 @@
+"""OpenAI-compatible routes: chat completions (with SSE), embeddings, models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.auth import CallerDep
+from gateway.relay import Options, Relay
+from gateway.sse import openai_sse
+from schemas.errors import BadRequest
+
+router = APIRouter(prefix="/v1")
+
+
+class ChatBody(BaseModel):
+    """Just enough shape to reject nonsense with a clear 400; the rest passes through."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1)
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool = False
+
+
+class EmbeddingsBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+
+
+def _relay(request: Request) -> Relay:
+    return request.app.state.relay  # type: ignore[no-any-return]
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatBody, request: Request, who: CallerDep) -> Any:
+    raw = body.model_dump(exclude_unset=True)
+    for i, msg in enumerate(raw["messages"]):
+        if not isinstance(msg.get("role"), str):
+            raise BadRequest(f"messages.{i}.role: required", param=f"messages.{i}.role")
+    answer = await _relay(request).answer(who, "chat", raw, Options.from_headers(request.headers))
+    if answer.chunks is None:
+        return JSONResponse(answer.body, headers=answer.headers)
+    include_usage = bool((raw.get("stream_options") or {}).get("include_usage"))
+    return StreamingResponse(
+        openai_sse(answer.chunks, include_usage),
+        media_type="text/event-stream",
+        headers={**answer.headers, "cache-control": "no-cache"},
+    )
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingsBody, request: Request, who: CallerDep) -> Any:
+    raw = body.model_dump(exclude_unset=True)
+    opts = Options.from_headers(request.headers)
+    answer = await _relay(request).answer(who, "embeddings", raw, opts)
+    return JSONResponse(answer.body, headers=answer.headers)
+
+
+@router.get("/models")
+async def models(request: Request, who: CallerDep) -> Any:
+    aliases = [a for a in _relay(request).config.models if who.policy.may_use(a)]
+    return {
+        "object": "list",
+        "data": [
+            {"id": a, "object": "model", "created": 0, "owned_by": "relay-station"}
+            for a in aliases
+        ],
+    }

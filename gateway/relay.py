@@ -1,0 +1,286 @@
+"""The gateway's one job: answer a request from cache, or through Kafka and a worker.
+
+A cache hit never touches Kafka; a miss is published to the request topic and the reply
+is awaited on this instance's reply topic.  Streams are handed on chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gateway import metrics
+from gateway.auth import Caller
+from gateway.bus import Bus
+from schemas.config import RelayConfig, ttl_seconds
+from schemas.envelope import Endpoint, Priority, ReplyEvent, RequestEnvelope, UsageEvent
+from schemas.errors import BadRequest, DeadlineExceeded, ModelNotFound, RelayError
+from schemas.formats.openai import assemble_chunks, response_to_chunks
+from schemas.settings import Settings
+from schemas.usage import Usage
+from tables.cache import CacheEntry, ResponseCache, cache_key
+from tables.prices import PriceSheet
+
+CacheMode = Literal["use", "bypass", "refresh"]
+GRACE_S = 2.0  # how long past the deadline we wait for the worker's own timeout error
+
+
+@dataclass
+class Options:
+    """What the client's headers ask of the relay."""
+
+    cache: CacheMode = "use"
+    ttl_s: int | None = None
+    priority: Priority = Priority.realtime
+    timeout_s: float | None = None
+    cost_tag: str | None = None
+    trace_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @classmethod
+    def from_headers(cls, headers: Any) -> Options:
+        opts = cls()
+        mode = headers.get("x-relay-cache", "").lower()
+        if mode in ("bypass", "refresh"):
+            opts.cache = mode  # type: ignore[assignment]
+        elif "no-cache" in headers.get("cache-control", "").lower():
+            opts.cache = "bypass"
+        try:
+            if ttl := headers.get("x-relay-cache-ttl"):
+                opts.ttl_s = ttl_seconds(ttl)
+            if prio := headers.get("x-relay-priority"):
+                opts.priority = Priority(prio.lower())
+            if timeout := headers.get("x-relay-timeout"):
+                opts.timeout_s = float(timeout)
+        except ValueError as exc:
+            raise BadRequest(f"bad x-relay header: {exc}") from None
+        opts.cost_tag = headers.get("x-relay-cost-tag")
+        opts.trace_id = headers.get("x-relay-trace-id") or opts.trace_id
+        return opts
+
+
+@dataclass
+class Answer:
+    """A finished answer (``body``) or a live one (``chunks``), with relay headers."""
+
+    headers: dict[str, str]
+    body: dict[str, Any] | None = None
+    usage: Usage = field(default_factory=Usage)
+    chunks: AsyncIterator[dict[str, Any] | Usage] | None = None
+
+
+class Relay:
+    def __init__(self, settings: Settings, config: RelayConfig, bus: Bus, cache: ResponseCache):
+        self.settings = settings
+        self.config = config
+        self.bus = bus
+        self.cache = cache
+        self.keys = config.key_index()
+        self.prices = PriceSheet.from_config(config.models)
+
+    def check_model(self, who: Caller, alias: str) -> None:
+        if alias not in self.config.models or not who.policy.may_use(alias):
+            raise ModelNotFound(
+                f"The model `{alias}` does not exist or you do not have access to it.",
+                param="model",
+            )
+
+    async def answer(
+        self, who: Caller, endpoint: Endpoint, body: dict[str, Any], opts: Options
+    ) -> Answer:
+        alias = str(body.get("model", ""))
+        self.check_model(who, alias)
+        spec = self.config.models[alias]
+        stream = bool(body.get("stream")) and endpoint == "chat"
+        scope = "global" if who.policy.cache_scope == "global" else f"tenant:{who.tenant}"
+        key = cache_key(scope=scope, alias=alias, endpoint=endpoint, body=body)
+        ttl = opts.ttl_s if opts.ttl_s is not None else spec.ttl_seconds()
+        if opts.cache == "use":
+            hit = await self.cache.get(key)
+            metrics.REDIS_UP.set(1 if self.cache.l2_healthy else 0)
+            if hit is not None:
+                entry, level = hit
+                return await self._from_cache(who, endpoint, alias, entry, level, stream, opts)
+        env = RequestEnvelope(
+            correlation_id=uuid.uuid4().hex,
+            reply_to=self.bus.reply_topic,
+            tenant=who.tenant,
+            key_id=who.key_id,
+            alias=alias,
+            endpoint=endpoint,
+            body=body,
+            stream=stream,
+            prompt_hash=key,
+            priority=opts.priority,
+            deadline_ms=int((time.time() + (opts.timeout_s or self.settings.default_timeout_s)) * 1000),
+            trace_id=opts.trace_id,
+            cost_tag=opts.cost_tag,
+            user=body.get("user") if isinstance(body.get("user"), str) else None,
+            cache_ttl_s=None if opts.cache == "bypass" or ttl <= 0 else ttl,
+        )
+        return await self._through_kafka(env)
+
+    async def _through_kafka(self, env: RequestEnvelope) -> Answer:
+        queue = self.bus.expect(env.correlation_id)
+        metrics.IN_FLIGHT.inc()
+        try:
+            await self.bus.publish(env)
+            first = await self._next(env, queue)
+        except BaseException:
+            self._done(env)
+            raise
+        headers = {"x-relay-cache": "coalesced" if first.coalesced else "miss"}
+        headers["x-relay-trace-id"] = env.trace_id
+        if first.kind == "final":
+            self._done(env)
+            self._count(first)
+            await self._keep(env, first.body, None, first)
+            headers.update(_vendor_headers(first))
+            return Answer(headers, body=first.body, usage=first.usage or Usage())
+        return Answer(headers, chunks=self._stream(env, queue, first))
+
+    async def _stream(
+        self, env: RequestEnvelope, queue: asyncio.Queue[ReplyEvent], first: ReplyEvent
+    ) -> AsyncIterator[dict[str, Any] | Usage]:
+        chunks: list[dict[str, Any]] = []
+        event = first
+        try:
+            while event.kind == "chunk":
+                if event.body is not None:
+                    chunks.append(event.body)
+                    yield event.body
+                event = await self._next(env, queue)
+            self._count(event)
+            await self._keep(env, None, chunks, event)
+            yield event.usage or Usage()
+        finally:
+            self._done(env)
+
+    async def _next(self, env: RequestEnvelope, queue: asyncio.Queue[ReplyEvent]) -> ReplyEvent:
+        remaining = env.deadline_ms / 1000 - time.time() + GRACE_S
+        try:
+            event = await asyncio.wait_for(queue.get(), timeout=max(0.0, remaining))
+        except TimeoutError:
+            await self._meter_timeout(env)
+            raise DeadlineExceeded("no answer within the request's deadline") from None
+        if event.kind == "error":
+            raise RelayError.from_dict(event.error or {})
+        return event
+
+    def _done(self, env: RequestEnvelope) -> None:
+        self.bus.forget(env.correlation_id)
+        metrics.IN_FLIGHT.dec()
+
+    def _count(self, final: ReplyEvent) -> None:
+        metrics.CACHE.labels("coalesced" if final.coalesced else "miss").inc()
+        if not final.coalesced and final.vendor:
+            metrics.VENDOR_CALLS.labels(final.vendor, final.model or "").inc()
+
+    async def _keep(
+        self,
+        env: RequestEnvelope,
+        body: dict[str, Any] | None,
+        chunks: list[dict[str, Any]] | None,
+        final: ReplyEvent,
+    ) -> None:
+        """Put a fresh answer in this replica's L1 (the worker already wrote L2)."""
+        if not env.cache_ttl_s or final.vendor is None:
+            return
+        entry = CacheEntry(
+            chunks=chunks or None,
+            body=body,
+            usage=final.usage or Usage(),
+            vendor=final.vendor,
+            model=final.model or "",
+            created=time.time(),
+        )
+        self.cache.l1.put(env.prompt_hash, entry, env.cache_ttl_s)
+
+    async def _from_cache(
+        self,
+        who: Caller,
+        endpoint: Endpoint,
+        alias: str,
+        entry: CacheEntry,
+        level: str,
+        stream: bool,
+        opts: Options,
+    ) -> Answer:
+        metrics.CACHE.labels(f"hit-{level}").inc()
+        direct = self.prices.direct_cost(alias, entry.usage)
+        metrics.SAVED.labels(who.tenant).inc(direct)
+        await self.bus.meter(
+            UsageEvent(
+                event_id=uuid.uuid4().hex,
+                tenant=who.tenant,
+                key_id=who.key_id,
+                alias=alias,
+                endpoint=endpoint,
+                vendor=entry.vendor,
+                vendor_model=entry.model,
+                usage=entry.usage,
+                saved_cost=direct,
+                direct_cost=direct,
+                cost_tag=opts.cost_tag,
+                trace_id=opts.trace_id,
+                priority=opts.priority,
+                cache_hit=True,
+            )
+        )
+        headers = {"x-relay-cache": f"hit-{level}", "x-relay-trace-id": opts.trace_id}
+        if not stream:
+            body = entry.body if entry.body is not None else assemble_chunks(entry.chunks or [])
+            return Answer(headers, body=_fresh(body, alias), usage=entry.usage)
+        chunks = entry.chunks if entry.chunks else response_to_chunks(_fresh(entry.body, alias))
+        return Answer(headers, chunks=_replay(chunks, entry.usage))
+
+    async def _meter_timeout(self, env: RequestEnvelope) -> None:
+        """No word from any worker by the deadline: the gateway writes the ledger line."""
+        metrics.ERRORS.labels("deadline_exceeded").inc()
+        await self.bus.meter(
+            UsageEvent(
+                event_id=uuid.uuid4().hex,
+                tenant=env.tenant,
+                key_id=env.key_id,
+                alias=env.alias,
+                endpoint=env.endpoint,
+                status="error",
+                error_code="deadline_exceeded",
+                latency_ms=time.time() * 1000 - env.created_ms,
+                cost_tag=env.cost_tag,
+                trace_id=env.trace_id,
+                priority=env.priority,
+            )
+        )
+
+
+def _fresh(body: dict[str, Any] | None, alias: str) -> dict[str, Any]:
+    """A cached body under a new id, so clients never see two answers with one id."""
+    out = dict(body or {})
+    if "id" in out and out.get("object") != "list":
+        out["id"] = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    out["created"] = int(time.time()) if "created" in out else out.get("created")
+    if out.get("created") is None:
+        out.pop("created", None)
+    return out
+
+
+async def _replay(
+    chunks: list[dict[str, Any]], usage: Usage
+) -> AsyncIterator[dict[str, Any] | Usage]:
+    cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    for chunk in chunks:
+        yield {**chunk, "id": cid}
+    yield usage
+
+
+def _vendor_headers(final: ReplyEvent) -> dict[str, str]:
+    out = {}
+    if final.vendor:
+        out["x-relay-vendor"] = final.vendor
+    if final.degraded:
+        out["x-relay-degraded"] = final.degraded
+    return out

@@ -1,0 +1,62 @@
+"""Server-sent events in the OpenAI and Anthropic dialects."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from schemas.errors import RelayError
+from schemas.formats.anthropic import ChunksToMessageEvents
+from schemas.usage import Usage
+
+
+def _data(obj: object) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+async def openai_sse(
+    chunks: AsyncIterator[dict[str, Any] | Usage], include_usage: bool
+) -> AsyncIterator[bytes]:
+    """Chunks as ``data:`` lines; the usage chunk if asked; then ``data: [DONE]``.
+
+    An error after the stream began cannot change the status any more; it is sent the way
+    OpenAI does it, as a final ``data:`` line holding an ``error`` object.
+    """
+    last: dict[str, Any] = {}
+    try:
+        async for item in chunks:
+            if isinstance(item, Usage):
+                if include_usage:
+                    yield _data(
+                        {
+                            "id": last.get("id", ""),
+                            "object": "chat.completion.chunk",
+                            "created": last.get("created", 0),
+                            "model": last.get("model", ""),
+                            "choices": [],
+                            "usage": item.to_openai(),
+                        }
+                    )
+                continue
+            last = item
+            yield _data(item)
+    except RelayError as err:
+        yield _data({"error": {"message": err.message, "type": err.type, "code": err.code}})
+    yield b"data: [DONE]\n\n"
+
+
+async def anthropic_sse(
+    chunks: AsyncIterator[dict[str, Any] | Usage], model: str, message_id: str
+) -> AsyncIterator[bytes]:
+    """The Anthropic event sequence (message_start … message_stop) built from chunks."""
+    events = ChunksToMessageEvents(model, message_id)
+    try:
+        async for item in chunks:
+            out = events.finish(item) if isinstance(item, Usage) else events.feed(item)
+            for name, data in out:
+                yield f"event: {name}\n".encode() + _data(data)
+    except RelayError as err:
+        err_body = {"type": "error", "error": {"type": err.type, "message": err.message}}
+        yield b"event: error\n" + _data(err_body)

@@ -1,0 +1,146 @@
+"""The YAML config: vendors, model aliases and their candidates, tenants and relay keys.
+
+Secrets never live here: a vendor key is named by the environment variable or file that
+holds it, and a relay key is stored as its SHA-256.  ``load_config`` fails with the file,
+the key path and what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+VendorKind = Literal["openai", "azure", "anthropic", "ollama"]
+Strategy = Literal["cheapest", "quality", "latency", "weighted"]
+
+TTL_CLASSES = {"static": 6 * 3600, "semi-static": 15 * 60, "dynamic": 60}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VendorConfig(Strict):
+    kind: VendorKind
+    base_url: str
+    api_key_env: str | None = Field(None, description="name of the env var holding the key")
+    api_key_file: str | None = Field(None, description="path of a file holding the key")
+    api_keys_env: list[str] = Field(default_factory=list, description="a key pool, by env name")
+    api_version: str | None = Field(None, description="Azure api-version / anthropic-version")
+    timeout_s: float = 120.0
+    rpm: int | None = None
+    tpm: int | None = None
+    batch_discount: float = 0.5
+
+    def keys(self) -> list[str]:
+        """Resolve the key names to the secrets themselves (at call time, never logged)."""
+        keys = [os.environ.get(n, "") for n in [self.api_key_env, *self.api_keys_env] if n]
+        if self.api_key_file:
+            keys.append(Path(self.api_key_file).read_text().strip())
+        return [k for k in keys if k]
+
+
+class Candidate(Strict):
+    vendor: str
+    model: str
+    input_per_1m: float = 0.0
+    output_per_1m: float = 0.0
+    cached_input_per_1m: float | None = None
+    quality: int = 1
+    weight: float = 1.0
+
+
+class ModelAlias(Strict):
+    candidates: list[Candidate] = Field(min_length=1)
+    strategy: Strategy = "cheapest"
+    cache_ttl: str | int = "dynamic"
+    kind: Literal["chat", "embeddings"] = "chat"
+
+    def ttl_seconds(self) -> int:
+        return ttl_seconds(self.cache_ttl)
+
+
+class RelayKey(Strict):
+    id: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class TenantConfig(Strict):
+    keys: list[RelayKey] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=lambda: ["*"])
+    cache_scope: Literal["tenant", "global"] = "tenant"
+    budget_usd: float | None = None
+    rpm: int | None = None
+
+    def may_use(self, alias: str) -> bool:
+        return "*" in self.models or alias in self.models
+
+
+class RelayConfig(Strict):
+    vendors: dict[str, VendorConfig]
+    models: dict[str, ModelAlias]
+    tenants: dict[str, TenantConfig]
+    simulator: dict[str, object] | None = Field(
+        None, description="settings for the simulator `relay up` starts, if any"
+    )
+
+    @model_validator(mode="after")
+    def _candidates_name_vendors(self) -> RelayConfig:
+        for alias, spec in self.models.items():
+            for i, cand in enumerate(spec.candidates):
+                if cand.vendor not in self.vendors:
+                    raise ValueError(
+                        f"models.{alias}.candidates.{i}.vendor: unknown vendor "
+                        f"{cand.vendor!r} (known: {', '.join(self.vendors)})"
+                    )
+        return self
+
+    def key_index(self) -> dict[str, tuple[str, str]]:
+        """sha256 of a relay key -> (tenant, key id)."""
+        return {k.sha256: (t, k.id) for t, spec in self.tenants.items() for k in spec.keys}
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; the message names the file and the key."""
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def ttl_seconds(value: str | int) -> int:
+    """A TTL class name (static, semi-static, dynamic) or a number of seconds."""
+    if isinstance(value, int):
+        return value
+    if value in TTL_CLASSES:
+        return TTL_CLASSES[value]
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(
+            f"cache TTL {value!r} is neither seconds nor one of {', '.join(TTL_CLASSES)}"
+        ) from None
+
+
+def load_config(path: Path) -> RelayConfig:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with vendors, models and tenants")
+    try:
+        return RelayConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"{path}: {where}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None

@@ -1,0 +1,126 @@
+"""Messages on the relay's topics: request envelope, reply event, usage event, dead letter.
+
+Every topic carries JSON (never pickle) so that other services may produce and consume
+them; ``schemas/jsonschema/`` holds the JSON Schema of each, generated from these models.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from schemas.usage import Usage
+
+
+class Priority(str, Enum):
+    """Lanes, best first: realtime is never starved by the others."""
+
+    realtime = "realtime"
+    batch = "batch"
+    background = "background"
+
+
+Endpoint = Literal["chat", "embeddings", "completions"]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RequestEnvelope(BaseModel):
+    """One client request on its way to a vendor; keyed on the topic by ``prompt_hash``.
+
+    ``body`` is the request normalised to the OpenAI wire format, the relay's neutral
+    shape; ``alias`` is the model name the client asked for.
+    """
+
+    correlation_id: str
+    reply_to: str = Field(description="topic the reply goes to; a producer's own topic")
+    tenant: str
+    key_id: str
+    alias: str
+    endpoint: Endpoint = "chat"
+    body: dict[str, Any]
+    stream: bool = False
+    prompt_hash: str = Field(description="cache/coalescing key; also the Kafka message key")
+    priority: Priority = Priority.realtime
+    deadline_ms: int = Field(description="epoch milliseconds after which nobody waits")
+    trace_id: str
+    cost_tag: str | None = None
+    user: str | None = None
+    cache_ttl_s: int | None = Field(None, description="store the answer for this long")
+    created_ms: int = Field(default_factory=now_ms)
+
+
+class ReplyEvent(BaseModel):
+    """One message back to the gateway: a stream chunk, the final answer, or an error.
+
+    A streamed reply is ``chunk`` events numbered by ``seq`` followed by one ``final``
+    (holding usage and no body); a non-streamed reply is a single ``final`` with ``body``.
+    """
+
+    correlation_id: str
+    kind: Literal["chunk", "final", "error"]
+    seq: int = 0
+    body: dict[str, Any] | None = None
+    usage: Usage | None = None
+    error: dict[str, Any] | None = None
+    vendor: str | None = None
+    model: str | None = None
+    coalesced: bool = False
+    degraded: str | None = None
+
+
+class UsageEvent(BaseModel):
+    """One line of the cost ledger: exactly one per answered or failed request."""
+
+    event_id: str
+    ts_ms: int = Field(default_factory=now_ms)
+    tenant: str
+    key_id: str
+    alias: str
+    endpoint: Endpoint = "chat"
+    vendor: str | None = None
+    vendor_model: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    cost: float = 0.0
+    saved_cost: float = 0.0
+    direct_cost: float = Field(0.0, description="what the call would cost sent straight")
+    latency_ms: float = 0.0
+    status: Literal["ok", "error"] = "ok"
+    error_code: str | None = None
+    cost_tag: str | None = None
+    trace_id: str
+    priority: Priority = Priority.realtime
+    cache_hit: bool = False
+    coalesced: bool = False
+    batched: bool = False
+    batch_api: bool = False
+    degraded: str | None = None
+
+
+class DeadLetter(BaseModel):
+    """A message a worker could not read, kept with where it came from."""
+
+    topic: str
+    partition: int | None = None
+    offset: int | None = None
+    error: str
+    value: str = Field(description="the raw message, decoded as UTF-8 with replacement")
+    ts_ms: int = Field(default_factory=now_ms)
+
+
+class HealthEvent(BaseModel):
+    """The outcome of one vendor call, folded into the vendor-health table."""
+
+    vendor: str
+    model: str
+    ok: bool
+    latency_ms: float
+    error_code: str | None = None
+    retry_after: float | None = None
+    cost: float = 0.0
+    ts_ms: int = Field(default_factory=now_ms)

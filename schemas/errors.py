@@ -1,0 +1,141 @@
+"""The relay's one error tree; every failure a client can see is one of these.
+
+    RelayError                       500 internal_error
+    ├── BadRequest                   400 invalid_request_error
+    ├── AuthenticationFailed         401 authentication_error
+    ├── PermissionDenied             403 permission_error
+    ├── ModelNotFound                404 not_found_error
+    ├── BudgetExceeded               402 budget_exceeded
+    ├── RateLimited                  429 rate_limit_error     (retry_after)
+    ├── DeadlineExceeded             504 timeout_error
+    ├── NoHealthyVendor              503 overloaded_error
+    └── VendorError                  502 api_error            (retryable)
+        ├── VendorRateLimited        429 from the vendor      (retryable, retry_after)
+        ├── VendorAuthFailed         401/403 from the vendor  (key is taken out, next key tried)
+        ├── VendorBadRequest         400 from the vendor      (the client's fault: not retried)
+        └── VendorUnavailable        5xx, connect and read failures
+
+Each class carries a stable ``code``, the HTTP ``status`` a client sees and whether a
+retry on another candidate may help.  The gateway maps them to the OpenAI or Anthropic
+error body in one place (``gateway/errors.py``); errors cross Kafka as ``to_dict()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class RelayError(Exception):
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "api_error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self, message: str, *, param: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "param": self.param,
+            "retry_after": self.retry_after,
+        }
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> RelayError:
+        cls = _BY_CODE.get(str(data.get("code")), RelayError)
+        return cls(
+            str(data.get("message", "")),
+            param=data.get("param"),
+            retry_after=data.get("retry_after"),
+        )
+
+
+class BadRequest(RelayError):
+    code = "invalid_request"
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationFailed(RelayError):
+    code = "invalid_api_key"
+    status = 401
+    type = "authentication_error"
+
+
+class PermissionDenied(RelayError):
+    code = "permission_denied"
+    status = 403
+    type = "permission_error"
+
+
+class ModelNotFound(RelayError):
+    code = "model_not_found"
+    status = 404
+    type = "not_found_error"
+
+
+class BudgetExceeded(RelayError):
+    code = "budget_exceeded"
+    status = 402
+    type = "budget_exceeded"
+
+
+class RateLimited(RelayError):
+    code = "rate_limited"
+    status = 429
+    type = "rate_limit_error"
+
+
+class DeadlineExceeded(RelayError):
+    code = "deadline_exceeded"
+    status = 504
+    type = "timeout_error"
+
+
+class NoHealthyVendor(RelayError):
+    code = "no_healthy_vendor"
+    status = 503
+    type = "overloaded_error"
+    retryable = True
+
+
+class VendorError(RelayError):
+    code = "vendor_error"
+    status = 502
+    type = "api_error"
+    retryable = True
+
+
+class VendorRateLimited(VendorError):
+    code = "vendor_rate_limited"
+    status = 429
+    type = "rate_limit_error"
+
+
+class VendorAuthFailed(VendorError):
+    code = "vendor_auth_failed"
+
+
+class VendorBadRequest(VendorError):
+    code = "vendor_bad_request"
+    status = 400
+    type = "invalid_request_error"
+    retryable = False
+
+
+class VendorUnavailable(VendorError):
+    code = "vendor_unavailable"
+
+
+def _all(cls: type[RelayError]) -> list[type[RelayError]]:
+    return [cls, *(c for sub in cls.__subclasses__() for c in _all(sub))]
+
+
+_BY_CODE: dict[str, type[RelayError]] = {c.code: c for c in _all(RelayError)}

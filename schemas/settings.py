@@ -1,0 +1,45 @@
+"""Process settings: the one place that reads the environment (prefix ``RELAY_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything a process needs that is not in the YAML config.
+
+    ``kafka_bootstrap`` empty means: use the embedded broker that ``relay broker`` /
+    ``relay up`` started (its address is written to ``data_dir/broker.addr``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore")
+
+    config: Path = Path("relay.example.yaml")
+    data_dir: Path = Path("var")
+    kafka_bootstrap: str = ""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    topic_prefix: str = "relay"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    instance_id: str = ""
+    default_timeout_s: float = 120.0
+    worker_web_port: int = 0
+    log_level: str = "info"
+    demo_key: str = "rk-demo-relay-station-local"
+
+    def broker_addr_file(self) -> Path:
+        return self.data_dir / "broker.addr"
+
+    def bootstrap(self) -> str:
+        """The Kafka to use: the configured one, else the embedded broker's address."""
+        if self.kafka_bootstrap:
+            return self.kafka_bootstrap
+        addr = self.broker_addr_file()
+        if addr.exists():
+            return addr.read_text().strip()
+        raise RuntimeError(
+            f"no Kafka: set RELAY_KAFKA_BOOTSTRAP=host:port to use an existing Kafka, "
+            f"or start the embedded one with `relay broker` (it writes {addr})"
+        )

@@ -1,0 +1,44 @@
+"""Token usage in one vendor-neutral shape, whatever the vendor reported."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class Usage(BaseModel):
+    """Tokens as the vendor counted them.
+
+    ``input_tokens`` counts every prompt token, including the cached ones, so that
+    ``input_tokens - cache_read_tokens - cache_write_tokens`` is the uncached part.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def to_openai(self) -> dict[str, object]:
+        usage: dict[str, object] = {
+            "prompt_tokens": self.input_tokens,
+            "completion_tokens": self.output_tokens,
+            "total_tokens": self.total_tokens,
+        }
+        if self.cache_read_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cache_read_tokens}
+        return usage
+
+    @classmethod
+    def from_openai(cls, usage: dict[str, object] | None) -> Usage:
+        if not usage:
+            return cls()
+        details = usage.get("prompt_tokens_details") or {}
+        cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
+        return cls(
+            input_tokens=int(usage.get("prompt_tokens", 0) or 0),  # type: ignore[call-overload]
+            output_tokens=int(usage.get("completion_tokens", 0) or 0),  # type: ignore[call-overload]
+            cache_read_tokens=int(cached or 0),
+        )

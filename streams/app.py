@@ -1,0 +1,33 @@
+"""The single Faust app, tuned for request/reply latency rather than bulk throughput."""
+
+from __future__ import annotations
+
+import faust
+
+from schemas.settings import Settings
+from streams.topics import Topics
+
+
+def make_app(settings: Settings, bootstrap: str) -> faust.App:
+    topics = Topics(settings.topic_prefix)
+    return faust.App(
+        topics.app_id,
+        broker=f"kafka://{bootstrap}",
+        datadir=str(settings.data_dir / "worker"),
+        store="memory://",
+        topic_allow_declare=False,  # streams.topics.ensure_topics made them, configs and all
+        topic_disable_leader=True,
+        # Realtime path: hand over every message at once, never linger to fill a batch.
+        producer_linger_ms=0,
+        producer_acks=1,
+        stream_wait_empty=False,
+        stream_recovery_delay=0.0,
+        broker_commit_every=100,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=10.0,
+        web_enabled=False,
+        table_cleanup_interval=60.0,
+    )

@@ -1,0 +1,213 @@
+"""Resolve, format and run the official Apache Kafka broker (KRaft, one node) on 127.0.0.1.
+
+The jars come from Maven Central through ``pom.xml`` (``mvn dependency:copy-dependencies``)
+and are cached per Kafka version under ``~/.cache/relay-station``; the data directory
+keeps the log, the cluster id and the chosen ports, so a restart finds its topics again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+POM = Path(__file__).with_name("pom.xml")
+LOG4J = Path(__file__).with_name("log4j2.properties")
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker cannot start; the message says what to install or set."""
+
+
+def kafka_version() -> str:
+    match = re.search(r"<kafka.version>([^<]+)</kafka.version>", POM.read_text())
+    assert match, "pom.xml declares kafka.version"
+    return match.group(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _java_major(java: str) -> int:
+    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if not match:
+        return 0
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+class EmbeddedKafka:
+    """One broker+controller process; ``start()`` returns its bootstrap address."""
+
+    def __init__(self, data_dir: Path, *, cache_dir: Path | None = None, heap: str = "512m"):
+        self.data_dir = data_dir.resolve()
+        self.cache_dir = cache_dir or Path(
+            os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")
+        ) / "relay-station" / f"kafka-{kafka_version()}"
+        self.heap = heap
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    # -- prerequisites -------------------------------------------------------------
+    def java(self) -> str:
+        java_home = os.environ.get("JAVA_HOME")
+        java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+        if not java or not Path(java).exists():
+            raise BrokerError(
+                "Java 17+ is needed for the embedded Kafka: install a JDK (e.g. "
+                "`apt install openjdk-17-jre-headless`), or point the relay at an existing "
+                "Kafka with RELAY_KAFKA_BOOTSTRAP=host:9092"
+            )
+        if _java_major(java) < 17:
+            raise BrokerError(f"{java} is older than Java 17; install Java 17+ or set JAVA_HOME")
+        return java
+
+    def jars(self) -> Path:
+        """The broker's classpath directory, resolved with Maven on first use."""
+        done = self.cache_dir / ".complete"
+        if done.exists():
+            return self.cache_dir
+        mvn = shutil.which("mvn")
+        if not mvn:
+            raise BrokerError(
+                "Maven (`mvn`) is needed once to fetch Apache Kafka from Maven Central: "
+                "install it (e.g. `apt install maven`), or set RELAY_KAFKA_BOOTSTRAP=host:9092 "
+                "to use an existing Kafka"
+            )
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+            f"-DoutputDirectory={self.cache_dir}", "-DincludeScope=runtime",
+        ]  # fmt: skip
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BrokerError(f"mvn could not resolve Apache Kafka:\n{result.stdout[-2000:]}")
+        done.write_text(kafka_version())
+        return self.cache_dir
+
+    # -- lifecycle -----------------------------------------------------------------
+    def _ports(self) -> tuple[int, int]:
+        """Keep the ports a data directory was first given, unless taken meanwhile."""
+        saved = self.data_dir / "ports"
+        if saved.exists():
+            port, cport = (int(p) for p in saved.read_text().split())
+            if port_is_free(port) and port_is_free(cport):
+                return port, cport
+        port, cport = free_port(), free_port()
+        saved.write_text(f"{port} {cport}")
+        return port, cport
+
+    def _properties(self, port: int, cport: int) -> Path:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{cport}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.data_dir / "log"),
+            "num.partitions": "1",
+            "auto.create.topics.enable": "true",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # One node: nothing to wait for before the first rebalance.
+            "group.initial.rebalance.delay.ms": "0",
+            "log.retention.hours": "168",
+        }
+        path = self.data_dir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        return path
+
+    def _run_java(self, main: str, *args: str, **popen: object) -> list[str]:
+        return [
+            self.java(), f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
+            "-XX:TieredStopAtLevel=1", "-Xshare:auto", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J}",
+            "-cp", f"{self.jars()}/*", main, *args,
+        ]  # fmt: skip
+
+    def start(self, timeout_s: float = 60.0) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        port, cport = self._ports()
+        props = self._properties(port, cport)
+        cluster = self.data_dir / "cluster.id"
+        if not (self.data_dir / "log" / "meta.properties").exists():
+            cluster_id = _kafka_uuid()
+            fmt = self._run_java(
+                "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)
+            )
+            result = subprocess.run(fmt, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise BrokerError(f"formatting Kafka storage failed:\n{result.stdout}\n{result.stderr}")
+            cluster.write_text(cluster_id)
+        log = open(self.data_dir / "broker.log", "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            self._run_java("kafka.Kafka", str(props)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.port = port
+        self._wait_ready(timeout_s)
+        return self.bootstrap
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                tail = (self.data_dir / "broker.log").read_text(errors="replace")[-3000:]
+                raise BrokerError(f"Kafka exited with {self.proc.returncode}:\n{tail}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise BrokerError(f"Kafka did not listen on {self.bootstrap} within {timeout_s:.0f}s")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _kafka_uuid() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

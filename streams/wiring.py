@@ -1,0 +1,141 @@
+"""Bind the plain agents and tables to the Faust app: the only module that knows both.
+
+    relay.requests ──▶ requests agent ──▶ RequestHandler (coalesce → route → dispatch)
+                                              │ replies ──▶ relay.replies.<gateway>
+                                              │ ledger  ──▶ relay.usage ──▶ spend agent ──▶ tenant_spend
+                                              └ outcome ──▶ relay.health ──▶ health agent ──▶ vendor_health
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import faust
+import httpx
+import redis.asyncio as aioredis
+
+from agents.adapters.registry import make_adapter
+from agents.dispatch import Dispatcher
+from agents.handler import RequestHandler
+from agents.keys import KeyPool
+from agents.route import Router
+from schemas.config import RelayConfig
+from schemas.envelope import DeadLetter, HealthEvent, ReplyEvent, RequestEnvelope, UsageEvent
+from schemas.settings import Settings
+from streams.app import make_app
+from streams.codec import decode, encode
+from streams.topics import Topics
+from tables.cache import CacheEntry, L1Cache, ResponseCache
+from tables.health import BreakerPolicy, Health, health_key, record
+from tables.prices import PriceSheet
+
+log = logging.getLogger("relay.worker")
+
+
+class KafkaSink:
+    """The handler's outputs, as Kafka messages (and the L2 cache)."""
+
+    def __init__(self, app: faust.App, topics: Topics, cache: ResponseCache) -> None:
+        self.app = app
+        self.topics = topics
+        self.cache_store = cache
+
+    async def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        await self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
+
+    async def reply(self, topic: str, event: ReplyEvent) -> None:
+        await self._send(topic, event.correlation_id.encode(), encode(event))
+
+    async def usage(self, event: UsageEvent) -> None:
+        await self._send(self.topics.usage.name, event.tenant.encode(), encode(event))
+
+    async def health(self, event: HealthEvent) -> None:
+        key = health_key(event.vendor, event.model).encode()
+        await self._send(self.topics.health.name, key, encode(event))
+
+    async def cache(self, key: str, entry: CacheEntry, ttl_s: int) -> None:
+        await self.cache_store.put(key, entry, ttl_s)
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        await self._send(self.topics.dead_letter.name, None, encode(letter))
+
+
+def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> faust.App:
+    """The worker app with its agents and tables; run it with ``app.main()``/``Worker``."""
+    topics = Topics(settings.topic_prefix)
+    app = make_app(settings, bootstrap)
+    requests = app.topic(topics.requests.name, key_serializer="raw", value_serializer="raw")
+    health_events = app.topic(topics.health.name, key_serializer="raw", value_serializer="raw")
+    health = app.GlobalTable("vendor_health", partitions=1, key_type=str)
+    policy = BreakerPolicy()
+
+    redis = aioredis.Redis.from_url(
+        settings.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25
+    )
+    sink = KafkaSink(app, topics, ResponseCache(L1Cache(0), redis))
+    http = httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=512, max_keepalive_connections=256),
+        timeout=httpx.Timeout(settings.default_timeout_s, connect=5.0),
+    )
+    adapters = {name: make_adapter(v, http) for name, v in config.vendors.items()}
+    pools = {name: KeyPool(v.keys()) for name, v in config.vendors.items()}
+
+    def view(key: str) -> dict[str, Any] | None:
+        return health.get(key)  # type: ignore[no-any-return]
+
+    handler = RequestHandler(
+        Router(config, view),
+        Dispatcher(adapters, pools, sink.health),
+        PriceSheet.from_config(config.models),
+        sink,
+    )
+    in_flight: set[asyncio.Task[None]] = set()
+
+    async def requests_agent(stream: faust.StreamT[bytes]) -> None:
+        """Take each envelope and let it fly on its own task, so a slow vendor call never
+        holds up the partition behind it."""
+        async for event in stream.events():
+            msg = event.message
+            try:
+                env = decode(RequestEnvelope, event.value)
+            except Exception as exc:
+                log.warning("dead letter %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, exc)
+                raw = event.value if isinstance(event.value, bytes) else str(event.value).encode()
+                await sink.dead_letter(
+                    DeadLetter(
+                        topic=msg.topic,
+                        partition=msg.partition,
+                        offset=msg.offset,
+                        error=str(exc)[:2000],
+                        value=raw.decode("utf-8", "replace"),
+                    )
+                )
+                continue
+            task = asyncio.create_task(handler.handle(env))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+
+    async def health_agent(stream: faust.StreamT[bytes]) -> None:
+        """Fold every call's outcome into the vendor-health table (one writer: 1 partition)."""
+        async for event in stream.events():
+            try:
+                ev = decode(HealthEvent, event.value)
+            except Exception as exc:
+                log.warning("bad health event skipped: %s", exc)
+                continue
+            key = health_key(ev.vendor, ev.model)
+            raw = health.get(key)
+            current = Health.model_validate(raw) if raw else Health()
+            health[key] = record(current, ev, policy, time.time()).model_dump(mode="json")
+
+    app.agent(requests, name="requests")(requests_agent)
+    app.agent(health_events, name="health")(health_agent)
+
+    @app.on_before_shutdown.connect
+    async def _close(app: faust.App, **_: Any) -> None:
+        await http.aclose()
+
+    return app
