@@ -1,0 +1,230 @@
+"""The worker's request handling, with vendors on httpx.MockTransport and an in-memory sink."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from agents.adapters.openai import OpenAIAdapter
+from agents.dispatch import Dispatcher
+from agents.handler import RequestHandler
+from agents.keys import KeyPool
+from agents.route import Router
+from schemas.config import RelayConfig
+from schemas.envelope import HealthEvent, ReplyEvent, RequestEnvelope, UsageEvent
+from tables.cache import CacheEntry
+from tables.prices import PriceSheet
+
+CONFIG = RelayConfig.model_validate(
+    {
+        "vendors": {
+            "a": {"kind": "openai", "base_url": "http://a/v1"},
+            "b": {"kind": "openai", "base_url": "http://b/v1"},
+        },
+        "models": {
+            "m": {
+                "candidates": [
+                    {"vendor": "a", "model": "cheap", "input_per_1m": 1, "output_per_1m": 2},
+                    {"vendor": "b", "model": "dear", "input_per_1m": 5, "output_per_1m": 10},
+                ]
+            }
+        },
+        "tenants": {"t": {}},
+    }
+)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.replies: list[tuple[str, ReplyEvent]] = []
+        self.ledger: list[UsageEvent] = []
+        self.outcomes: list[HealthEvent] = []
+        self.cached: dict[str, CacheEntry] = {}
+
+    async def reply(self, topic: str, event: ReplyEvent) -> None:
+        self.replies.append((topic, event))
+
+    async def usage(self, event: UsageEvent) -> None:
+        self.ledger.append(event)
+
+    async def health(self, event: HealthEvent) -> None:
+        self.outcomes.append(event)
+
+    async def cache(self, key: str, entry: CacheEntry, ttl_s: int) -> None:
+        self.cached[key] = entry
+
+    def for_(self, cid: str) -> list[ReplyEvent]:
+        return [e for _, e in self.replies if e.correlation_id == cid]
+
+
+async def slowly(parts: list[str], gap: float = 0.03) -> Any:
+    for part in parts:
+        await asyncio.sleep(gap)
+        yield part.encode()
+
+
+def sse(words: list[str]) -> list[str]:
+    out = []
+    for i, w in enumerate(words):
+        chunk = {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "cheap",
+            "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}],
+        }
+        if i == 0:
+            chunk["choices"][0]["delta"]["role"] = "assistant"
+        out.append(f"data: {json.dumps(chunk)}\n\n")
+    usage = {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)}
+    fin = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "cheap"}
+    out.append(f"data: {json.dumps({**fin, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': 'stop'}]})}\n\n")
+    out.append(f"data: {json.dumps({**fin, 'choices': [], 'usage': usage})}\n\n")
+    out.append("data: [DONE]\n\n")
+    return out
+
+
+def vendor(calls: list[str], *, fail_a: bool = False, delay: float = 0.05) -> httpx.AsyncClient:
+    async def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.host)
+        await asyncio.sleep(delay)
+        if fail_a and request.url.host == "a":
+            return httpx.Response(500, json={"error": {"message": "boom", "type": "server_error"}})
+        body = json.loads(request.content)
+        if body.get("stream"):
+            return httpx.Response(
+                200, content=slowly(sse(["Hello", " there", " friend"])),
+                headers={"content-type": "text/event-stream"},
+            )  # fmt: skip
+        return httpx.Response(
+            200,
+            json={
+                "id": "c1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "x",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "Hi"},
+                     "finish_reason": "stop"}
+                ],  # fmt: skip
+                "usage": {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8},
+            },
+        )
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handle))
+
+
+def make(client: httpx.AsyncClient) -> tuple[RequestHandler, Sink]:
+    sink = Sink()
+    adapters: dict[str, Any] = {n: OpenAIAdapter(v, client) for n, v in CONFIG.vendors.items()}
+    pools = {n: KeyPool(["k"]) for n in CONFIG.vendors}
+    health: dict[str, Any] = {}
+    handler = RequestHandler(
+        Router(CONFIG, health.get),
+        Dispatcher(adapters, pools, sink.health),
+        PriceSheet.from_config(CONFIG.models),
+        sink,
+    )
+    return handler, sink
+
+
+def envelope(stream: bool = False, key: str = "k1", ttl: int | None = 60, **kw: Any) -> RequestEnvelope:
+    return RequestEnvelope(
+        correlation_id=uuid.uuid4().hex,
+        reply_to="replies.gw",
+        tenant="t",
+        key_id="key",
+        alias="m",
+        body={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream},
+        stream=stream,
+        prompt_hash=key,
+        deadline_ms=int((time.time() + 5) * 1000),
+        trace_id=uuid.uuid4().hex,
+        cache_ttl_s=ttl,
+        **kw,
+    )
+
+
+async def test_identical_requests_share_one_vendor_call():
+    calls: list[str] = []
+    handler, sink = make(vendor(calls))
+    envs = [envelope() for _ in range(5)]
+    await asyncio.gather(*(handler.handle(e) for e in envs))
+    assert calls == ["a"], "five identical requests, one vendor call, the cheapest vendor"
+    finals = [sink.for_(e.correlation_id)[-1] for e in envs]
+    assert all(f.kind == "final" and f.body["choices"][0]["message"]["content"] == "Hi" for f in finals)
+    assert [f.coalesced for f in finals] == [False, True, True, True, True]
+    assert len(sink.ledger) == 5
+    leader, *followers = sink.ledger
+    assert leader.cost == pytest.approx((7 * 1 + 1 * 2) / 1e6) and not leader.coalesced
+    assert all(f.coalesced and f.cost == 0 and f.saved_cost == leader.cost for f in followers)
+    assert len(handler.flights) == 0, "landed flights are forgotten"
+
+
+async def test_stream_waiter_joining_late_gets_every_chunk_in_order():
+    calls: list[str] = []
+    handler, sink = make(vendor(calls))
+    first, late = envelope(stream=True), envelope(stream=True)
+    task = asyncio.create_task(handler.handle(first))
+    await asyncio.sleep(0.08)  # the vendor is answering
+    await handler.handle(late)
+    await task
+    for env in (first, late):
+        events = sink.for_(env.correlation_id)
+        text = "".join(
+            e.body["choices"][0]["delta"].get("content", "") for e in events if e.kind == "chunk"
+        )
+        assert text == "Hello there friend"
+        assert [e.seq for e in events] == sorted(e.seq for e in events)
+        assert events[-1].kind == "final" and events[-1].usage.output_tokens == 3
+    assert calls == ["a"]
+
+
+async def test_falls_back_to_the_next_candidate_and_reports_health():
+    calls: list[str] = []
+    handler, sink = make(vendor(calls, fail_a=True, delay=0))
+    env = envelope()
+    await handler.handle(env)
+    assert calls == ["a", "b"]
+    final = sink.for_(env.correlation_id)[-1]
+    assert final.kind == "final" and final.vendor == "b"
+    assert [(o.vendor, o.ok) for o in sink.outcomes] == [("a", False), ("b", True)]
+    assert sink.ledger[0].cost == pytest.approx((7 * 5 + 1 * 10) / 1e6)
+
+
+async def test_every_waiter_gets_the_leaders_error():
+    async def down(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.02)
+        return httpx.Response(503, json={"error": {"message": "down"}})
+
+    handler, sink = make(httpx.AsyncClient(transport=httpx.MockTransport(down)))
+    envs = [envelope() for _ in range(3)]
+    await asyncio.gather(*(handler.handle(e) for e in envs))
+    errors = [sink.for_(e.correlation_id)[-1] for e in envs]
+    assert all(e.kind == "error" and e.error["code"] == "vendor_unavailable" for e in errors)
+    assert [e.status for e in sink.ledger] == ["error"] * 3
+
+
+async def test_answer_is_cached_only_when_asked_and_complete():
+    handler, sink = make(vendor([]))
+    await handler.handle(envelope(key="with-ttl"))
+    await handler.handle(envelope(key="no-ttl", ttl=None))
+    assert set(sink.cached) == {"with-ttl"}
+    assert sink.cached["with-ttl"].body["choices"][0]["message"]["content"] == "Hi"
+
+
+async def test_expired_envelope_is_answered_and_metered_not_sent():
+    calls: list[str] = []
+    handler, sink = make(vendor(calls))
+    env = envelope()
+    env.deadline_ms = int((time.time() - 1) * 1000)
+    await handler.handle(env)
+    assert calls == []
+    assert sink.for_(env.correlation_id)[0].error["code"] == "deadline_exceeded"
+    assert sink.ledger[0].error_code == "deadline_exceeded"
