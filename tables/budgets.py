@@ -1,0 +1,81 @@
+"""Tenant budgets: spend per UTC day or month, and whether a request may go ahead."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel
+
+Period = Literal["day", "month"]
+
+
+class BudgetPolicy(BaseModel):
+    """A tenant's limit per period, when to degrade, and what to do once it is spent."""
+
+    limit_usd: float
+    period: Period = "month"
+    degrade_at: float = 0.8
+    on_exhausted: Literal["refuse", "cache_only"] = "refuse"
+
+
+class Spend(BaseModel):
+    """USD spent since ``period_start`` (epoch seconds of the period's UTC start)."""
+
+    period_start: float = 0.0
+    spent_usd: float = 0.0
+
+
+class BudgetDecision(BaseModel):
+    """The verdict for one request.
+
+    ``degrade`` means serve it more cheaply (the caller picks how); with ``cache_only``
+    set, the budget is spent and only a cached answer may be served.
+    """
+
+    action: Literal["allow", "degrade", "refuse"]
+    reason: str | None = None
+    remaining_usd: float
+    cache_only: bool = False
+
+
+def period_start(now: float, period: Period) -> float:
+    """Epoch seconds of the start of the UTC day or month containing ``now``."""
+    t = datetime.fromtimestamp(now, UTC)
+    start = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "month":
+        start = start.replace(day=1)
+    return start.timestamp()
+
+
+def add_spend(s: Spend, cost: float, now: float, period: Period) -> Spend:
+    """Add ``cost`` to the current period, starting a fresh one at the UTC boundary.
+
+    A cost metered in a period already closed (a late event replayed after the reset) is
+    dropped: that period's total no longer gates anything, and adding it to the new one
+    would charge the tenant twice for the boundary.
+    """
+    start = period_start(now, period)
+    if start > s.period_start:
+        return Spend(period_start=start, spent_usd=cost)
+    if start < s.period_start:
+        return s
+    return Spend(period_start=start, spent_usd=s.spent_usd + cost)
+
+
+def decide(policy: BudgetPolicy, spend: Spend, now: float) -> BudgetDecision:
+    """Allow, degrade past ``degrade_at`` of the limit, or refuse (or cache-only) once
+    the limit is reached."""
+    current = period_start(now, policy.period)
+    spent = spend.spent_usd if spend.period_start >= current else 0.0
+    remaining = max(0.0, policy.limit_usd - spent)
+    if spent >= policy.limit_usd:
+        if policy.on_exhausted == "cache_only":
+            return BudgetDecision(
+                action="degrade", reason="budget_exhausted", remaining_usd=0.0, cache_only=True
+            )
+        return BudgetDecision(action="refuse", reason="budget_exhausted", remaining_usd=0.0)
+    if spent >= policy.degrade_at * policy.limit_usd:
+        pct = round(policy.degrade_at * 100)
+        return BudgetDecision(action="degrade", reason=f"budget_{pct}pct", remaining_usd=remaining)
+    return BudgetDecision(action="allow", remaining_usd=remaining)

@@ -1,0 +1,256 @@
+"""The response cache: a normalized request key, an in-process LRU (L1) and Redis (L2).
+
+Redis is an optimisation, never a dependency: any Redis error marks L2 unhealthy and the
+cache carries on from L1, retrying Redis at most once per ``retry_s``.  Build the client
+with short socket timeouts (the relay uses ``socket_timeout=0.25,
+socket_connect_timeout=0.25``) so an outage costs a request a quarter second at most,
+and only once per retry interval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Literal
+
+import orjson
+import redis.asyncio as aioredis
+from pydantic import BaseModel, ValidationError
+from redis.exceptions import RedisError
+
+from schemas.usage import Usage
+
+KEY_VERSION = 1  # bump when normalization changes, so old entries are never misread
+
+# Fields that do not change the answer: transport (stream), bookkeeping (user, metadata,
+# store) and the model name, which the alias replaces.
+IGNORED_FIELDS = frozenset({"model", "stream", "stream_options", "user", "metadata", "store"})
+# Parameters equal to the vendor default are the same request as leaving them out.
+DEFAULTS: dict[str, Any] = {
+    "temperature": 1,
+    "top_p": 1,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "n": 1,
+    "logprobs": False,
+    "parallel_tool_calls": True,
+    "encoding_format": "float",
+}
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _canon(value: Any) -> Any:
+    # 1.0 and 1 are the same parameter; JSON would spell them differently.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _canon(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canon(v) for v in value]
+    return value
+
+
+def _text(s: str) -> str:
+    return _WHITESPACE.sub(" ", s.strip())
+
+
+def _content(content: Any) -> Any:
+    if isinstance(content, str):
+        return _text(content)
+    if isinstance(content, list):
+        parts = [
+            {**p, "text": _text(p["text"])}
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            else p
+            for p in content
+        ]
+        if len(parts) == 1 and isinstance(parts[0], dict) and parts[0].get("type") == "text":
+            return parts[0].get("text")
+        return parts
+    return content
+
+
+def _is_default(key: str, value: Any) -> bool:
+    if key not in DEFAULTS:
+        return False
+    default = DEFAULTS[key]
+    if isinstance(default, bool) or isinstance(value, bool):  # True == 1 in Python
+        return value is default
+    return bool(value == default)
+
+
+def normalize(body: dict[str, Any]) -> dict[str, Any]:
+    """The request with everything that cannot change the answer taken out."""
+    out: dict[str, Any] = {}
+    for key, value in body.items():
+        if key in IGNORED_FIELDS or value is None or _is_default(key, value):
+            continue
+        out[key] = value
+    if isinstance(out.get("messages"), list):
+        out["messages"] = [
+            {**m, "content": _content(m["content"])}
+            if isinstance(m, dict) and "content" in m
+            else m
+            for m in out["messages"]
+        ]
+    return _canon(out)
+
+
+def cache_key(*, scope: str, alias: str, endpoint: str, body: dict[str, Any]) -> str:
+    """SHA-256 hex of the normalized request, its endpoint, alias and cache scope."""
+    payload = {
+        "v": KEY_VERSION,
+        "scope": scope,
+        "alias": alias,
+        "endpoint": endpoint,
+        "body": normalize(body),
+    }
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class CacheEntry(BaseModel):
+    """A stored answer: a stream's chunks (without the usage chunk) or a whole body."""
+
+    chunks: list[dict[str, Any]] | None = None
+    body: dict[str, Any] | None = None
+    usage: Usage = Usage()
+    vendor: str
+    model: str
+    created: float
+
+
+class L1Cache:
+    """A bounded in-process LRU with a TTL per entry.  Entries are shared, not copied:
+    treat what ``get`` returns as read-only."""
+
+    def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries = max_entries
+        self.clock = clock
+        self._items: OrderedDict[str, tuple[CacheEntry, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str) -> CacheEntry | None:
+        """The live entry for ``key`` (now the most recently used), or None."""
+        item = self._items.get(key)
+        if item is None:
+            return None
+        entry, expires = item
+        if self.clock() >= expires:
+            del self._items[key]
+            return None
+        self._items.move_to_end(key)
+        return entry
+
+    def put(self, key: str, entry: CacheEntry, ttl_s: float) -> None:
+        """Store ``entry`` for ``ttl_s`` seconds, evicting the least recently used."""
+        if ttl_s <= 0 or self.max_entries <= 0:
+            return
+        self._items[key] = (entry, self.clock() + ttl_s)
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_entries:
+            self._items.popitem(last=False)
+
+    def delete(self, key: str) -> None:
+        """Forget ``key``."""
+        self._items.pop(key, None)
+
+
+# Redis errors, and socket errors that slip past redis-py (OSError covers TimeoutError).
+_L2_ERRORS = (RedisError, OSError)
+
+
+class ResponseCache:
+    """L1 in front of a shared Redis L2; every replica sees every other's answers."""
+
+    def __init__(
+        self,
+        l1: L1Cache,
+        redis: aioredis.Redis | None,
+        prefix: str = "relay:cache:",
+        *,
+        retry_s: float = 1.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.l1 = l1
+        self.redis = redis
+        self.prefix = prefix
+        self.retry_s = retry_s
+        self.clock = clock or l1.clock
+        self.l2_healthy = True
+        self.l2_errors = 0
+        self._failed_at = -float("inf")
+
+    def _l2(self) -> aioredis.Redis | None:
+        # The client, unless absent or failed less than retry_s ago.
+        if self.redis is None:
+            return None
+        if self.l2_healthy or self.clock() - self._failed_at >= self.retry_s:
+            return self.redis
+        return None
+
+    def _l2_failed(self) -> None:
+        self.l2_healthy = False
+        self.l2_errors += 1
+        self._failed_at = self.clock()
+
+    async def get(self, key: str) -> tuple[CacheEntry, Literal["l1", "l2"]] | None:
+        """The cached entry and which level had it, or None on a miss (or Redis down)."""
+        entry = self.l1.get(key)
+        if entry is not None:
+            return entry, "l1"
+        redis = self._l2()
+        if redis is None:
+            return None
+        try:
+            # One round trip, atomically: the value and how long it has left.
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.get(self.prefix + key)
+                pipe.pttl(self.prefix + key)
+                raw, ttl_ms = await pipe.execute()
+        except _L2_ERRORS:
+            self._l2_failed()
+            return None
+        self.l2_healthy = True
+        if raw is None:
+            return None
+        try:
+            entry = CacheEntry.model_validate(orjson.loads(raw))
+        except (orjson.JSONDecodeError, ValidationError):
+            return None  # written by an incompatible version: a miss, overwritten later
+        if ttl_ms > 0:  # -1 (no expiry) never happens: put always sets one
+            self.l1.put(key, entry, ttl_ms / 1000.0)
+        return entry, "l2"
+
+    async def put(self, key: str, entry: CacheEntry, ttl_s: float) -> None:
+        """Store ``entry`` in both levels for ``ttl_s`` seconds."""
+        if ttl_s <= 0:
+            return
+        self.l1.put(key, entry, ttl_s)
+        redis = self._l2()
+        if redis is None:
+            return
+        data = orjson.dumps(entry.model_dump(mode="json"))
+        try:
+            await redis.set(self.prefix + key, data, px=max(1, round(ttl_s * 1000)))
+        except _L2_ERRORS:
+            self._l2_failed()
+            return
+        self.l2_healthy = True
+
+    async def invalidate(self, key: str) -> None:
+        """Drop ``key`` from both levels."""
+        self.l1.delete(key)
+        redis = self._l2()
+        if redis is None:
+            return
+        try:
+            await redis.delete(self.prefix + key)
+        except _L2_ERRORS:
+            self._l2_failed()
+            return
+        self.l2_healthy = True

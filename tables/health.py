@@ -1,0 +1,299 @@
+"""Vendor health and the circuit breaker per (vendor, model), and candidate ranking.
+
+Breaker states::
+
+    closed --(K consecutive failures, or failure rate > X over the window)--> open
+    open   --(open_s elapsed; the router calls begin_probe)-----------------> half_open
+    half_open --(probe succeeds)--> closed      half_open --(probe fails)--> open
+
+Every function takes ``now`` (epoch seconds) and returns a new ``Health``; nothing here
+reads the clock, so the Faust table can replay the same events to the same state.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from schemas.config import Candidate, Strategy
+from schemas.envelope import HealthEvent
+from schemas.errors import BadRequest, RateLimited, VendorBadRequest, VendorRateLimited
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+# A 429 says "slow down", not "broken": it sets retry_after_until but is kept out of the
+# failure counts.  Only when the vendor keeps answering 429 (policy.consecutive_failures
+# of them in a row) does the breaker open, so routing moves off a throttled vendor.
+RATE_LIMIT_CODES = frozenset({VendorRateLimited.code, RateLimited.code})
+# The request's own fault: the vendor answered, so its health is not in question.
+CLIENT_FAULT_CODES = frozenset({VendorBadRequest.code, BadRequest.code})
+
+# "Blended" price per 1M tokens for the cheapest strategy: the common 3:1 input:output mix.
+BLEND_INPUT, BLEND_OUTPUT = 0.75, 0.25
+
+
+class BreakerPolicy(BaseModel):
+    """When the breaker opens, how long it stays open and how EWMAs are smoothed."""
+
+    consecutive_failures: int = 5
+    failure_rate: float = 0.5
+    min_calls: int = 10
+    window_s: float = 60.0
+    open_s: float = 10.0
+    half_open_probes: int = 1
+    ewma_alpha: float = 0.2
+    buckets: int = 12  # the window is kept as this many time buckets (5 s each by default)
+
+    @property
+    def bucket_s(self) -> float:
+        return self.window_s / self.buckets
+
+
+DEFAULT_POLICY = BreakerPolicy()
+
+
+class OutcomeBucket(BaseModel):
+    """Outcomes of the calls that ended in [start, start + bucket_s)."""
+
+    start: float
+    ok: int = 0
+    fail: int = 0
+
+
+class Health(BaseModel):
+    """One (vendor, model)'s live record; stored as a JSON dict in the health table."""
+
+    state: BreakerState = "closed"
+    consecutive_failures: int = 0
+    consecutive_rate_limited: int = 0
+    window: list[OutcomeBucket] = Field(default_factory=list)
+    latency_ewma_ms: float | None = None
+    cost_ewma: float | None = None
+    opened_at: float | None = None
+    probes_in_flight: int = 0
+    probe_started_at: float | None = None
+    retry_after_until: float = 0.0
+    calls: int = 0
+    ok: int = 0
+    fail: int = 0
+    rate_limited: int = 0
+
+
+def health_key(vendor: str, model: str) -> str:
+    """The health-table key of one (vendor, model)."""
+    return f"{vendor}/{model}"
+
+
+def _ewma(old: float | None, value: float, alpha: float) -> float:
+    return value if old is None else alpha * value + (1.0 - alpha) * old
+
+
+def _prune(window: list[OutcomeBucket], policy: BreakerPolicy, now: float) -> None:
+    horizon = now - policy.window_s
+    window[:] = [b for b in window if b.start + policy.bucket_s > horizon]
+    # Bounded even if the clock jumps: never more buckets than the window holds.
+    del window[: max(0, len(window) - (policy.buckets + 1))]
+
+
+def _bucket(window: list[OutcomeBucket], policy: BreakerPolicy, now: float) -> OutcomeBucket:
+    start = math.floor(now / policy.bucket_s) * policy.bucket_s
+    if window and window[-1].start >= start:  # same bucket, or the clock stepped back
+        return window[-1]
+    window.append(OutcomeBucket(start=start))
+    return window[-1]
+
+
+def _counts(h: Health, policy: BreakerPolicy, now: float) -> tuple[int, int]:
+    horizon = now - policy.window_s
+    live = [b for b in h.window if b.start + policy.bucket_s > horizon]
+    return sum(b.ok for b in live), sum(b.fail for b in live)
+
+
+def _open(h: Health, now: float) -> None:
+    h.state = "open"
+    h.opened_at = now
+    h.probes_in_flight = 0
+    h.probe_started_at = None
+
+
+def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Health:
+    """Fold one call's outcome into ``h`` and apply the breaker transitions.
+
+    Late results from calls started before the breaker opened do not move an open
+    breaker either way; only probes decide when it closes.
+    """
+    h = h.model_copy(deep=True)
+    h.calls += 1
+    if h.state == "half_open":
+        h.probes_in_flight = max(0, h.probes_in_flight - 1)
+    if ev.retry_after is not None:  # any answer may carry Retry-After, e.g. a 503
+        h.retry_after_until = max(h.retry_after_until, now + ev.retry_after)
+    _prune(h.window, policy, now)
+
+    if ev.ok:
+        h.ok += 1
+        h.consecutive_failures = 0
+        h.consecutive_rate_limited = 0
+        # Only successes feed the EWMAs: a fast error would make a broken vendor
+        # look like the quickest one to the latency strategy.
+        h.latency_ewma_ms = _ewma(h.latency_ewma_ms, ev.latency_ms, policy.ewma_alpha)
+        h.cost_ewma = _ewma(h.cost_ewma, ev.cost, policy.ewma_alpha)
+        if h.state == "half_open":
+            # A fresh start: the failures that opened the breaker must not re-open it.
+            h.state, h.opened_at, h.probe_started_at = "closed", None, None
+            h.consecutive_failures = 0
+            h.window = []
+        _bucket(h.window, policy, now).ok += 1
+        return h
+
+    if ev.error_code in CLIENT_FAULT_CODES:
+        return h
+
+    if ev.error_code in RATE_LIMIT_CODES:
+        h.rate_limited += 1
+        h.consecutive_rate_limited += 1
+        if ev.retry_after is None:
+            # No Retry-After: back off 1, 2, 4 ... seconds, never longer than open_s.
+            backoff = min(policy.open_s, 2.0 ** (h.consecutive_rate_limited - 1))
+            h.retry_after_until = max(h.retry_after_until, now + backoff)
+        if h.state == "half_open" or (
+            h.state == "closed" and h.consecutive_rate_limited >= policy.consecutive_failures
+        ):
+            _open(h, now)
+        return h
+
+    h.fail += 1
+    h.consecutive_failures += 1
+    _bucket(h.window, policy, now).fail += 1
+    if h.state == "half_open":
+        _open(h, now)
+    elif h.state == "closed":
+        ok, fail = _counts(h, policy, now)
+        tripped_rate = ok + fail >= policy.min_calls and fail / (ok + fail) > policy.failure_rate
+        if h.consecutive_failures >= policy.consecutive_failures or tripped_rate:
+            _open(h, now)
+    return h
+
+
+def available_at(h: Health, policy: BreakerPolicy = DEFAULT_POLICY) -> float:
+    """The earliest time a call may be sent (closed and not throttled: 0.0)."""
+    at = h.retry_after_until
+    if h.state == "open" and h.opened_at is not None:
+        at = max(at, h.opened_at + policy.open_s)
+    elif h.state == "half_open" and h.probes_in_flight >= policy.half_open_probes:
+        # A probe that never reports back (a crashed worker) frees its slot after open_s.
+        at = max(at, (h.probe_started_at or 0.0) + policy.open_s)
+    return at
+
+
+def available(h: Health, policy: BreakerPolicy, now: float) -> bool:
+    """Whether a call may go now: closed, or a half-open probe is due; never before a
+    429's Retry-After has passed."""
+    return now >= available_at(h, policy)
+
+
+def begin_probe(h: Health, now: float) -> Health:
+    """Mark a probe as sent; call it when routing to an available non-closed candidate."""
+    if h.state == "closed":
+        return h
+    h = h.model_copy(deep=True)
+    h.state = "half_open"
+    h.probes_in_flight += 1
+    h.probe_started_at = now
+    return h
+
+
+def success_rate(h: Health, now: float, policy: BreakerPolicy = DEFAULT_POLICY) -> float:
+    """Share of successes over the window, with one phantom success as a prior so an
+    untried candidate scores 1.0 and a single failure does not zero it."""
+    ok, fail = _counts(h, policy, now)
+    return (ok + 1) / (ok + fail + 1)
+
+
+def blended_price(c: Candidate) -> float:
+    """USD per 1M tokens at a 3:1 input:output mix, to compare candidates on one number."""
+    return BLEND_INPUT * c.input_per_1m + BLEND_OUTPUT * c.output_per_1m
+
+
+def score(
+    h: Health,
+    candidate: Candidate,
+    strategy: Strategy,
+    now: float,
+    policy: BreakerPolicy = DEFAULT_POLICY,
+) -> float:
+    """The strategy's primary score; higher is tried first.
+
+    cheapest: minus the blended price.  quality: the configured quality.  latency: minus
+    the latency EWMA (unknown counts as 0 so new candidates get tried).  weighted: the
+    effective weight, weight x success rate / (1 + latency_s), drawn from proportionally.
+    """
+    latency = h.latency_ewma_ms or 0.0
+    if strategy == "cheapest":
+        return -blended_price(candidate)
+    if strategy == "quality":
+        return float(candidate.quality)
+    if strategy == "latency":
+        return -latency
+    return candidate.weight * success_rate(h, now, policy) / (1.0 + latency / 1000.0)
+
+
+def _weighted_order(
+    cands: list[Candidate], weights: list[float], rng: random.Random
+) -> list[Candidate]:
+    # Draw without replacement, each pick proportional to the remaining weights.
+    pool = list(zip(cands, weights, strict=True))
+    out: list[Candidate] = []
+    while pool:
+        total = sum(max(w, 0.0) for _, w in pool)
+        if total <= 0:  # all weights zero: keep config order
+            out.extend(c for c, _ in pool)
+            break
+        x = rng.random() * total
+        for i, (c, w) in enumerate(pool):
+            x -= max(w, 0.0)
+            if x < 0 or i == len(pool) - 1:
+                out.append(c)
+                del pool[i]
+                break
+    return out
+
+
+def rank(
+    candidates: list[Candidate],
+    healths: dict[str, Health],
+    strategy: Strategy,
+    now: float,
+    rng: random.Random,
+    policy: BreakerPolicy = DEFAULT_POLICY,
+) -> list[Candidate]:
+    """Candidates in the order to try: only available ones, ordered by ``strategy``.
+
+    If none is available, the one that becomes available soonest is returned alone as a
+    last resort, so a request is never refused just because every breaker is open.
+    Ties keep config order (the sort is stable).
+    """
+
+    def health(c: Candidate) -> Health:
+        return healths.get(health_key(c.vendor, c.model)) or Health()
+
+    live = [c for c in candidates if available(health(c), policy, now)]
+    if not live:
+        if not candidates:
+            return []
+        return [min(candidates, key=lambda c: available_at(health(c), policy))]
+
+    def latency(c: Candidate) -> float:
+        return health(c).latency_ewma_ms or 0.0
+
+    if strategy == "weighted":
+        weights = [score(health(c), c, strategy, now, policy) for c in live]
+        return _weighted_order(live, weights, rng)
+    if strategy == "cheapest":
+        return sorted(live, key=lambda c: (blended_price(c), latency(c)))
+    if strategy == "quality":
+        return sorted(live, key=lambda c: (-c.quality, blended_price(c), latency(c)))
+    return sorted(live, key=lambda c: (latency(c), blended_price(c)))

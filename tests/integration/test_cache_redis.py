@@ -1,0 +1,183 @@
+"""The response cache against the real Redis: shared L2, TTLs, LRU, and riding out an outage."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from schemas.usage import Usage
+from tables.cache import CacheEntry, L1Cache, ResponseCache, cache_key
+
+
+def client(url: str) -> aioredis.Redis:
+    """A client built like the relay's: a dead Redis costs a quarter second at most."""
+    return aioredis.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25)
+
+
+CacheFactory = Callable[..., ResponseCache]
+
+
+class Clock:
+    """A hand-moved clock for the retry interval; starts at real monotonic time."""
+
+    def __init__(self) -> None:
+        self.t = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+async def cache_factory(redis_url: str) -> AsyncIterator[CacheFactory]:
+    """Caches that share one fresh key prefix, each its own 'replica' with its own L1."""
+    prefix = f"relay:test:{uuid.uuid4().hex}:"
+    clients: list[aioredis.Redis] = []
+
+    def make(
+        *, url: str | None = None, max_entries: int = 100, clock: Callable[[], float] | None = None
+    ) -> ResponseCache:
+        made = client(url or redis_url)
+        clients.append(made)
+        l1 = L1Cache(max_entries, clock=clock or time.monotonic)
+        return ResponseCache(l1, made, prefix=prefix)
+
+    yield make
+    cleanup = aioredis.Redis.from_url(redis_url)
+    keys = [k async for k in cleanup.scan_iter(match=prefix + "*")]
+    if keys:
+        await cleanup.delete(*keys)
+    await cleanup.aclose()
+    for made in clients:
+        await made.aclose()
+
+
+def answer(text: str = "Paris.") -> CacheEntry:
+    return CacheEntry(
+        body={"choices": [{"message": {"role": "assistant", "content": text}}]},
+        usage=Usage(input_tokens=12, output_tokens=3, cache_read_tokens=4),
+        vendor="sim-openai",
+        model="gpt-4o-mini",
+        created=1_700_000_000.0,
+    )
+
+
+def streamed() -> CacheEntry:
+    chunks = [{"choices": [{"delta": {"content": part}}]} for part in ("Pa", "ris", ".")]
+    return CacheEntry(chunks=chunks, usage=Usage(output_tokens=3), vendor="v", model="m", created=1)
+
+
+KEY = cache_key(
+    scope="tenant:acme",
+    alias="fast",
+    endpoint="chat",
+    body={"messages": [{"role": "user", "content": "Capital of France?"}]},
+)
+
+
+async def test_a_second_replica_reads_through_l2_and_promotes_to_l1(
+    cache_factory: CacheFactory,
+) -> None:
+    a, b = cache_factory(), cache_factory()
+    await a.put(KEY, answer(), ttl_s=30)
+    assert await a.get(KEY) == (answer(), "l1")
+
+    hit = await b.get(KEY)
+    assert hit == (answer(), "l2")
+    assert await b.get(KEY) == (answer(), "l1")  # promoted
+    assert b.l2_healthy and b.l2_errors == 0
+
+
+async def test_stream_chunks_survive_the_round_trip(cache_factory: CacheFactory) -> None:
+    a, b = cache_factory(), cache_factory()
+    await a.put("stream-key", streamed(), ttl_s=30)
+    hit = await b.get("stream-key")
+    assert hit is not None
+    entry, level = hit
+    assert level == "l2" and entry == streamed()
+    assert [c["choices"][0]["delta"]["content"] for c in entry.chunks or []] == ["Pa", "ris", "."]
+
+
+async def test_miss_on_both_levels(cache_factory: CacheFactory) -> None:
+    assert await cache_factory().get("never-stored") is None
+
+
+async def test_entries_expire_in_redis_and_in_the_promoted_l1(
+    cache_factory: CacheFactory, redis_url: str
+) -> None:
+    a, b = cache_factory(), cache_factory()
+    await a.put(KEY, answer(), ttl_s=0.3)
+    raw = aioredis.Redis.from_url(redis_url)
+    ttl_ms = await raw.pttl(a.prefix + KEY)
+    await raw.aclose()
+    assert 0 < ttl_ms <= 300
+
+    assert await b.get(KEY) == (answer(), "l2")  # b's L1 now holds it for what was left
+    await asyncio.sleep(0.35)
+    assert await b.get(KEY) is None
+    assert await a.get(KEY) is None
+
+
+async def test_invalidate_removes_it_everywhere(cache_factory: CacheFactory) -> None:
+    a, b = cache_factory(), cache_factory()
+    await a.put(KEY, answer(), ttl_s=30)
+    await a.invalidate(KEY)
+    assert await a.get(KEY) is None
+    assert await b.get(KEY) is None
+
+
+async def test_l1_evicts_least_recently_used_and_l2_still_has_it(
+    cache_factory: CacheFactory,
+) -> None:
+    cache = cache_factory(max_entries=2)
+    for name in ("one", "two", "three"):
+        await cache.put(name, answer(name), ttl_s=30)
+    assert len(cache.l1) == 2
+    assert cache.l1.get("one") is None  # evicted from L1 ...
+    assert await cache.get("one") == (answer("one"), "l2")  # ... but shared L2 had it
+    assert await cache.get("three") == (answer("three"), "l1")
+
+
+async def test_redis_outage_never_reaches_the_caller(cache_factory: CacheFactory) -> None:
+    clock = Clock()
+    down = cache_factory(url="redis://127.0.0.1:1/0", clock=clock)
+
+    await down.put(KEY, answer(), ttl_s=30)  # must not raise
+    assert down.l2_healthy is False and down.l2_errors == 1
+    assert await down.get(KEY) == (answer(), "l1")  # L1 keeps serving
+
+    # Within the retry interval Redis is not tried again: misses are instant and quiet.
+    assert await down.get("other") is None
+    await down.put("other", answer("x"), ttl_s=30)
+    await down.invalidate("gone")
+    assert down.l2_errors == 1
+
+    clock.t += 1.0  # the interval has passed: the next call tries Redis once more
+    started = time.monotonic()
+    assert await down.get("missing") is None
+    assert time.monotonic() - started < 0.5
+    assert down.l2_errors == 2 and down.l2_healthy is False
+
+
+async def test_l2_comes_back_after_the_outage(cache_factory: CacheFactory, redis_url: str) -> None:
+    clock = Clock()
+    cache = cache_factory(url="redis://127.0.0.1:1/0", clock=clock)
+    other = cache_factory()
+    await other.put(KEY, answer(), ttl_s=30)
+
+    assert await cache.get(KEY) is None  # Redis unreachable: a miss, not an error
+    assert cache.l2_healthy is False
+
+    # Redis is reachable again (the same real server the other replica uses).
+    cache.redis = client(redis_url)
+    try:
+        assert await cache.get(KEY) is None  # still inside the retry interval
+        clock.t += 1.0
+        assert await cache.get(KEY) == (answer(), "l2")
+        assert cache.l2_healthy is True and cache.l2_errors == 1
+    finally:
+        await cache.redis.aclose()

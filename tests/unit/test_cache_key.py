@@ -1,0 +1,156 @@
+"""The cache key: equal for requests with the same answer, different otherwise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tables.cache import CacheEntry, L1Cache, cache_key, normalize
+
+BASE: dict[str, Any] = {
+    "model": "gpt-4o-mini",
+    "messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ],
+    "temperature": 0.2,
+    "max_tokens": 50,
+}
+
+
+def key(body: dict[str, Any], **kw: str) -> str:
+    args = {"scope": "tenant:acme", "alias": "fast", "endpoint": "chat", **kw}
+    return cache_key(body=body, **args)
+
+
+def test_key_is_sha256_hex() -> None:
+    k = key(BASE)
+    assert len(k) == 64 and int(k, 16) >= 0
+
+
+def test_key_order_does_not_matter() -> None:
+    reordered = {k: BASE[k] for k in reversed(list(BASE))}
+    reordered["messages"] = [dict(reversed(list(m.items()))) for m in BASE["messages"]]
+    assert key(reordered) == key(BASE)
+
+
+def test_whitespace_only_differences_do_not_matter() -> None:
+    spaced = {
+        **BASE,
+        "messages": [
+            {"role": "system", "content": "  You are\tterse.\n"},
+            {"role": "user", "content": "What  is the\n\ncapital of   France? "},
+        ],
+    }
+    assert key(spaced) == key(BASE)
+
+
+def test_a_single_text_part_equals_a_plain_string() -> None:
+    parts = {
+        **BASE,
+        "messages": [
+            BASE["messages"][0],
+            {"role": "user", "content": [{"type": "text", "text": BASE["messages"][1]["content"]}]},
+        ],
+    }
+    assert key(parts) == key(BASE)
+
+
+def test_multi_part_content_is_kept_but_its_text_normalized() -> None:
+    image = {"type": "image_url", "image_url": {"url": "https://x/y.png"}}
+
+    def user(content: object) -> dict[str, Any]:
+        return {**BASE, "messages": [{"role": "user", "content": content}]}
+
+    a = user([{"type": "text", "text": "a  b"}, image])
+    b = user([{"type": "text", "text": " a b"}, image])
+    other = user("a b")
+    assert key(a) == key(b)
+    assert key(a) != key(other)
+
+
+def test_transport_and_bookkeeping_fields_are_ignored() -> None:
+    noisy = {
+        **BASE,
+        "model": "something-else",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "user": "u-123",
+        "metadata": {"trace": "abc"},
+    }
+    assert key(noisy) == key(BASE)
+
+
+def test_defaults_equal_absence() -> None:
+    with_defaults = {
+        **BASE,
+        "top_p": 1,
+        "presence_penalty": 0,
+        "frequency_penalty": 0.0,
+        "n": 1,
+        "logprobs": False,
+        "stop": None,
+    }
+    assert key(with_defaults) == key(BASE)
+    no_temp = {k: v for k, v in BASE.items() if k != "temperature"}
+    assert key({**BASE, "temperature": 1.0}) == key(no_temp)
+    assert key({**BASE, "temperature": 1}) == key(no_temp)
+
+
+def test_integral_floats_equal_ints() -> None:
+    assert key({**BASE, "temperature": 0.0}) == key({**BASE, "temperature": 0})
+
+
+def test_answer_changing_fields_change_the_key() -> None:
+    assert key({**BASE, "temperature": 0.3}) != key(BASE)
+    assert key({**BASE, "max_tokens": 51}) != key(BASE)
+    assert key({**BASE, "n": 2}) != key(BASE)
+    assert key({**BASE, "logprobs": True}) != key(BASE)
+    assert key({**BASE, "top_p": 0}) != key(BASE)
+    changed = {**BASE, "messages": [*BASE["messages"][:1], {"role": "user", "content": "Hi"}]}
+    assert key(changed) != key(BASE)
+
+
+def test_booleans_are_not_confused_with_numbers() -> None:
+    # True == 1 in Python; a truthy "temperature" is not the default temperature.
+    assert "temperature" in normalize({"temperature": True})
+    assert "logprobs" in normalize({"logprobs": 0})
+
+
+def test_scope_alias_and_endpoint_are_part_of_the_key() -> None:
+    assert key(BASE, scope="tenant:other") != key(BASE)
+    assert key(BASE, alias="smart") != key(BASE)
+    assert key(BASE, endpoint="completions") != key(BASE)
+
+
+def test_normalize_leaves_the_input_untouched() -> None:
+    body = {**BASE, "messages": [{"role": "user", "content": " x  y "}], "stream": True}
+    normalize(body)
+    assert body["messages"][0]["content"] == " x  y " and body["stream"] is True
+
+
+def entry(n: int) -> CacheEntry:
+    return CacheEntry(body={"n": n}, vendor="v", model="m", created=0.0)
+
+
+def test_l1_evicts_the_least_recently_used() -> None:
+    t = [0.0]
+    l1 = L1Cache(max_entries=2, clock=lambda: t[0])
+    l1.put("a", entry(1), 60)
+    l1.put("b", entry(2), 60)
+    assert l1.get("a") == entry(1)  # "a" is now the most recent
+    l1.put("c", entry(3), 60)
+    assert l1.get("b") is None
+    assert l1.get("a") == entry(1) and l1.get("c") == entry(3)
+    assert len(l1) == 2
+
+
+def test_l1_entries_expire_by_their_own_ttl() -> None:
+    t = [0.0]
+    l1 = L1Cache(max_entries=10, clock=lambda: t[0])
+    l1.put("short", entry(1), 5)
+    l1.put("long", entry(2), 50)
+    t[0] = 5.0
+    assert l1.get("short") is None and l1.get("long") == entry(2)
+    assert len(l1) == 1
+    l1.delete("long")
+    assert l1.get("long") is None
