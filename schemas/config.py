@@ -55,11 +55,29 @@ class Candidate(Strict):
     weight: float = 1.0
 
 
+class Batching(Strict):
+    """Window batching of embeddings: calls within ``window_ms`` go out as one."""
+
+    window_ms: int = Field(50, ge=1, le=5000)
+    max_size: int = Field(64, ge=2, le=2048)
+
+
+class Canary(Strict):
+    """Send ``percent`` of an alias's traffic to a new version, sticky per ``user``."""
+
+    candidate: Candidate
+    percent: float = Field(ge=0, le=100)
+    sticky: bool = True
+
+
 class ModelAlias(Strict):
     candidates: list[Candidate] = Field(min_length=1)
     strategy: Strategy = "cheapest"
     cache_ttl: str | int = "dynamic"
     kind: Literal["chat", "embeddings"] = "chat"
+    batching: Batching | None = None
+    canary: Canary | None = None
+    degrade_to: str | None = Field(None, description="cheaper alias used under budget pressure")
 
     def ttl_seconds(self) -> int:
         return ttl_seconds(self.cache_ttl)
@@ -70,21 +88,40 @@ class RelayKey(Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class Budget(Strict):
+    """Spend limit per period; past ``degrade_at`` the relay routes cheaper."""
+
+    limit_usd: float = Field(gt=0)
+    period: Literal["day", "month"] = "month"
+    degrade_at: float = Field(0.8, gt=0, le=1)
+    on_exhausted: Literal["refuse", "cache_only"] = "refuse"
+
+
 class TenantConfig(Strict):
     keys: list[RelayKey] = Field(default_factory=list)
     models: list[str] = Field(default_factory=lambda: ["*"])
     cache_scope: Literal["tenant", "global"] = "tenant"
-    budget_usd: float | None = None
+    budget: Budget | None = None
     rpm: int | None = None
+    tpm: int | None = None
 
     def may_use(self, alias: str) -> bool:
         return "*" in self.models or alias in self.models
+
+
+class BatchLane(Strict):
+    """Background requests wait to be sent through a vendor batch API at a discount."""
+
+    max_size: int = Field(100, ge=1)
+    max_age_s: float = Field(5.0, gt=0)
+    poll_s: float = Field(1.0, gt=0)
 
 
 class RelayConfig(Strict):
     vendors: dict[str, VendorConfig]
     models: dict[str, ModelAlias]
     tenants: dict[str, TenantConfig]
+    batch_lane: BatchLane = Field(default_factory=BatchLane)
     simulator: dict[str, object] | None = Field(
         None, description="settings for the simulator `relay up` starts, if any"
     )
@@ -98,6 +135,15 @@ class RelayConfig(Strict):
                         f"models.{alias}.candidates.{i}.vendor: unknown vendor "
                         f"{cand.vendor!r} (known: {', '.join(self.vendors)})"
                     )
+            if spec.degrade_to is not None and spec.degrade_to not in self.models:
+                raise ValueError(f"models.{alias}.degrade_to: unknown alias {spec.degrade_to!r}")
+            if spec.canary and spec.canary.candidate.vendor not in self.vendors:
+                raise ValueError(f"models.{alias}.canary.candidate.vendor: unknown vendor")
+        for alias, spec in self.models.items():
+            try:
+                spec.ttl_seconds()
+            except ValueError as exc:
+                raise ValueError(f"models.{alias}.cache_ttl: {exc}") from None
         return self
 
     def key_index(self) -> dict[str, tuple[str, str]]:
@@ -141,6 +187,7 @@ def load_config(path: Path) -> RelayConfig:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"{path}: {where}: {err['msg']}")
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            where = ".".join(str(p) for p in err["loc"])
+            lines.append(f"{path}: {where}: {msg}" if where else f"{path}: {msg}")
         raise ConfigError("\n".join(lines)) from None

@@ -1,0 +1,168 @@
+"""The Anthropic adapter: Messages API chat, streaming, message batches and token counting.
+
+All format work lives in ``schemas.formats.anthropic``; this module only moves bytes and
+turns Anthropic's errors (HTTP statuses, ``error`` stream events, errored batch results)
+into the relay's error tree.  Anthropic has no embeddings endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from agents.adapters.base import StreamItem, VendorCall, VendorResult
+from agents.adapters.http import json_body, open_stream, send, sse_events
+from schemas.config import VendorConfig
+from schemas.errors import (
+    RelayError,
+    VendorAuthFailed,
+    VendorBadRequest,
+    VendorRateLimited,
+    VendorUnavailable,
+)
+from schemas.formats.anthropic import (
+    MessageEventsToChunks,
+    messages_response_to_openai,
+    openai_request_to_messages,
+)
+from schemas.usage import Usage
+
+DEFAULT_API_VERSION = "2023-06-01"
+# The fields /v1/messages/count_tokens accepts; it refuses the rest (max_tokens...).
+_COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+# Anthropic's error ``type`` -> our class, for errors that arrive inside a 200.
+_ERROR_TYPES: dict[str, type[RelayError]] = {
+    "invalid_request_error": VendorBadRequest,
+    "not_found_error": VendorBadRequest,
+    "request_too_large": VendorBadRequest,
+    "authentication_error": VendorAuthFailed,
+    "permission_error": VendorAuthFailed,
+    "billing_error": VendorAuthFailed,
+    "rate_limit_error": VendorRateLimited,
+}
+
+
+def anthropic_error(error: dict[str, Any]) -> RelayError:
+    """The error-tree exception for an Anthropic error object ``{"type", "message"}``;
+    overloaded, api and unknown errors are worth retrying elsewhere."""
+    kind = str(error.get("type", "api_error"))
+    cls = _ERROR_TYPES.get(kind, VendorUnavailable)
+    return cls(f"anthropic: {kind}: {error.get('message', '')}")
+
+
+class AnthropicAdapter:
+    """Chat, stream, batch and count tokens against ``{base_url}/v1/messages``."""
+
+    kind = "anthropic"
+
+    def __init__(self, config: VendorConfig, client: httpx.AsyncClient) -> None:
+        self.config = config
+        self.client = client
+        # Tolerate a base URL given with its /v1, as the OpenAI habit suggests.
+        self.base = config.base_url.rstrip("/").removesuffix("/v1")
+
+    def headers(self, api_key: str) -> dict[str, str]:
+        """Auth and API version headers."""
+        version = self.config.api_version or DEFAULT_API_VERSION
+        return {"x-api-key": api_key, "anthropic-version": version}
+
+    async def chat(self, call: VendorCall) -> VendorResult:
+        """One Message, answered as a ``chat.completion``."""
+        body = openai_request_to_messages(call.body, call.model)
+        resp = await self._send("POST", "messages", call.api_key, call.timeout_s, json=body)
+        answer, usage = messages_response_to_openai(json_body(resp, self.kind))
+        return VendorResult(answer, usage)
+
+    async def stream(self, call: VendorCall) -> AsyncIterator[StreamItem]:
+        """Anthropic's stream events as OpenAI chunks, then one ``Usage``."""
+        body = {**openai_request_to_messages(call.body, call.model), "stream": True}
+        convert = MessageEventsToChunks()
+        finished = False
+        async with open_stream(
+            self.client,
+            "POST",
+            f"{self.base}/v1/messages",
+            vendor=self.kind,
+            json=body,
+            headers=self.headers(call.api_key),
+            timeout=call.timeout_s,
+        ) as resp:
+            async for event, raw in sse_events(resp):
+                try:
+                    data = json.loads(raw)
+                except ValueError:
+                    raise VendorUnavailable("anthropic: stream event is not JSON") from None
+                if event == "error" or data.get("type") == "error":
+                    raise anthropic_error(data.get("error") or {})
+                for item in convert.feed(event, data):
+                    finished = finished or isinstance(item, Usage)
+                    yield item
+        if not finished:
+            raise VendorUnavailable("anthropic: stream ended before message_stop")
+
+    async def count_tokens(self, call: VendorCall) -> int:
+        """Input tokens the request would use, without running it."""
+        body = openai_request_to_messages(call.body, call.model)
+        body = {k: v for k, v in body.items() if k in _COUNT_FIELDS}
+        resp = await self._send(
+            "POST", "messages/count_tokens", call.api_key, call.timeout_s, json=body
+        )
+        return int(json_body(resp, self.kind)["input_tokens"])
+
+    async def submit_batch(self, calls: list[tuple[str, VendorCall]], api_key: str) -> str:
+        """Start a message batch; returns its id."""
+        requests = [
+            {"custom_id": cid, "params": openai_request_to_messages(c.body, c.model)}
+            for cid, c in calls
+        ]
+        resp = await self._send(
+            "POST", "messages/batches", api_key, self.config.timeout_s, json={"requests": requests}
+        )
+        return str(json_body(resp, self.kind)["id"])
+
+    async def poll_batch(
+        self, batch_id: str, api_key: str
+    ) -> dict[str, VendorResult | Exception] | None:
+        """None while the batch runs; then every request's result or error by custom_id."""
+        timeout = self.config.timeout_s
+        resp = await self._send("GET", f"messages/batches/{batch_id}", api_key, timeout)
+        batch = json_body(resp, self.kind)
+        if batch.get("processing_status") != "ended":
+            return None
+        # The documented results path rather than the answer's results_url: the key
+        # only ever goes to the host this vendor is configured with.
+        resp = await self._send("GET", f"messages/batches/{batch_id}/results", api_key, timeout)
+        results: dict[str, VendorResult | Exception] = {}
+        for line in resp.text.splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                results[entry["custom_id"]] = self._batch_result(entry.get("result") or {})
+        return results
+
+    async def _send(
+        self, method: str, path: str, api_key: str, timeout_s: float, **kwargs: Any
+    ) -> httpx.Response:
+        return await send(
+            self.client,
+            method,
+            f"{self.base}/v1/{path}",
+            vendor=self.kind,
+            headers=self.headers(api_key),
+            timeout=timeout_s,
+            **kwargs,
+        )
+
+    @staticmethod
+    def _batch_result(result: dict[str, Any]) -> VendorResult | Exception:
+        kind = result.get("type")
+        if kind == "succeeded":
+            answer, usage = messages_response_to_openai(result.get("message") or {})
+            return VendorResult(answer, usage)
+        if kind == "errored":
+            # ``error`` is an error response: {"type": "error", "error": {...}}.
+            return anthropic_error((result.get("error") or {}).get("error") or {})
+        # canceled or expired: never run, so another route may still answer it.
+        return VendorUnavailable(f"anthropic: batch request {kind}")

@@ -1,0 +1,167 @@
+"""HTTP plumbing every adapter shares: sending, SSE reading, failures -> the error tree.
+
+Keys travel in request headers only.  Error messages quote what the vendor said, with
+any secret from those headers blanked out, because some vendors echo the key back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from schemas.errors import (
+    RelayError,
+    VendorAuthFailed,
+    VendorBadRequest,
+    VendorRateLimited,
+    VendorUnavailable,
+)
+
+_AUTH_HEADERS = ("authorization", "api-key", "x-api-key")
+_MAX_MESSAGE = 500  # characters of a vendor's error text worth carrying
+
+
+async def send(
+    client: httpx.AsyncClient, method: str, url: str, *, vendor: str, **kwargs: Any
+) -> httpx.Response:
+    """Send one request; any failure comes back as an error-tree exception."""
+    try:
+        resp = await client.request(method, url, **kwargs)
+    except httpx.TransportError as exc:
+        raise transport_error(exc, vendor) from None
+    if resp.status_code >= 400:
+        raise status_error(resp, vendor)
+    return resp
+
+
+def json_body(resp: httpx.Response, vendor: str) -> Any:
+    """The response's JSON; a vendor sending something else is a vendor failure."""
+    try:
+        return resp.json()
+    except ValueError:
+        raise VendorUnavailable(f"{vendor}: answer is not JSON") from None
+
+
+@asynccontextmanager
+async def open_stream(
+    client: httpx.AsyncClient, method: str, url: str, *, vendor: str, **kwargs: Any
+) -> AsyncIterator[httpx.Response]:
+    """A streamed response, its status already checked; transport failures while
+    reading it (a dropped connection mid-answer) also surface as error-tree exceptions."""
+    try:
+        async with client.stream(method, url, **kwargs) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                raise status_error(resp, vendor)
+            yield resp
+    except httpx.TransportError as exc:
+        raise transport_error(exc, vendor) from None
+
+
+async def sse_events(resp: httpx.Response) -> AsyncIterator[tuple[str, str]]:
+    """Server-sent events as (event name, data); the name is "message" when unnamed."""
+    event = ""
+    data: list[str] = []
+    async for line in resp.aiter_lines():
+        if not line:
+            if data:
+                yield event or "message", "\n".join(data)
+            event, data = "", []
+        elif line.startswith(":"):
+            continue  # a comment, used as a keep-alive
+        else:
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                event = value
+            elif field == "data":
+                data.append(value)
+    if data:
+        yield event or "message", "\n".join(data)
+
+
+def transport_error(exc: httpx.TransportError, vendor: str) -> RelayError:
+    """A failure to reach or hear from the vendor: always worth trying elsewhere."""
+    if isinstance(exc, httpx.TimeoutException):
+        return VendorUnavailable(f"{vendor}: vendor timed out")
+    if isinstance(exc, httpx.ConnectError):
+        return VendorUnavailable(f"{vendor}: could not connect to the vendor")
+    return VendorUnavailable(f"{vendor}: connection to the vendor failed ({type(exc).__name__})")
+
+
+def status_error(resp: httpx.Response, vendor: str) -> RelayError:
+    """The error-tree exception for a vendor's error status (the body must be read)."""
+    message = _redact(_vendor_message(resp), resp)
+    return error_for_status(
+        resp.status_code, f"{vendor}: {message}", retry_after=retry_after(resp.headers)
+    )
+
+
+def error_for_status(status: int, message: str, *, retry_after: float | None = None) -> RelayError:
+    """Map an HTTP status (also found inside batch results) onto the error tree."""
+    if status == 429:
+        return VendorRateLimited(message, retry_after=retry_after)
+    if status in (401, 403):
+        return VendorAuthFailed(message)
+    # 408 and 409 are the vendor's own timeouts and conflicts; 529 is Anthropic's
+    # "overloaded".  All pass if tried again, unlike the client's own mistakes.
+    if status in (408, 409) or status >= 500:
+        return VendorUnavailable(message, retry_after=retry_after)
+    return VendorBadRequest(message)
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait, from ``retry-after-ms`` (more precise, OpenAI) or ``Retry-After``
+    (seconds or an HTTP date)."""
+    if ms := headers.get("retry-after-ms"):
+        try:
+            return max(float(ms) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError):
+        return None
+
+
+def _vendor_message(resp: httpx.Response) -> str:
+    # OpenAI and Azure: {"error": {"message": ...}}; Anthropic: {"type": "error",
+    # "error": {"type": ..., "message": ...}}; Ollama: {"error": "..."}.
+    try:
+        body = json.loads(resp.content)
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and error.get("message"):
+        text = str(error["message"])
+    elif isinstance(error, str) and error:
+        text = error
+    else:
+        text = resp.text.strip() or resp.reason_phrase
+    return f"HTTP {resp.status_code}: {text[:_MAX_MESSAGE]}"
+
+
+def _redact(text: str, resp: httpx.Response) -> str:
+    try:
+        headers = resp.request.headers
+    except RuntimeError:  # a response built without a request (tests)
+        return text
+    for name in _AUTH_HEADERS:
+        value = headers.get(name, "")
+        secret = value.split(" ", 1)[1] if name == "authorization" and " " in value else value
+        if len(secret) >= 8:  # a short value would blank out ordinary words
+            text = text.replace(secret, "[redacted]")
+    return text

@@ -1,0 +1,272 @@
+"""The native Ollama adapter: ``/api/chat`` (JSON or NDJSON stream) and ``/api/embed``.
+
+Ollama differs from OpenAI in small ways handled here: sampling knobs live in
+``options``, images are bare base64 strings beside the text, tool-call arguments are
+objects and carry no ids, and usage is ``prompt_eval_count`` / ``eval_count``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from agents.adapters.base import StreamItem, VendorCall, VendorResult
+from agents.adapters.http import json_body, open_stream, send
+from schemas.config import VendorConfig
+from schemas.errors import BadRequest, VendorUnavailable
+from schemas.formats.openai import new_id
+from schemas.usage import Usage
+
+# OpenAI request field -> Ollama option of the same meaning.
+_OPTIONS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "max_tokens": "num_predict",
+    "max_completion_tokens": "num_predict",  # listed last: the newer name wins
+}
+
+
+class OllamaAdapter:
+    """Chat, stream and embed against a native Ollama server (``http://host:11434``)."""
+
+    kind = "ollama"
+
+    def __init__(self, config: VendorConfig, client: httpx.AsyncClient) -> None:
+        self.config = config
+        self.client = client
+        self.base = config.base_url.rstrip("/")
+
+    def headers(self, api_key: str) -> dict[str, str]:
+        """A local Ollama needs no key; one behind a proxy may want a bearer token."""
+        return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    async def chat(self, call: VendorCall) -> VendorResult:
+        """One non-streamed chat answer as a ``chat.completion``."""
+        resp = await send(
+            self.client,
+            "POST",
+            f"{self.base}/api/chat",
+            vendor=self.kind,
+            json=chat_request(call.body, call.model, stream=False),
+            headers=self.headers(call.api_key),
+            timeout=call.timeout_s,
+        )
+        data = json_body(resp, self.kind)
+        _raise_if_error(data)
+        message = data.get("message") or {}
+        calls = _tool_calls(message)
+        text = message.get("content") or ""
+        answer = {
+            "id": new_id("chatcmpl"),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": data.get("model", call.model),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": text if text or not calls else None,
+                        **({"tool_calls": calls} if calls else {}),
+                    },
+                    "logprobs": None,
+                    "finish_reason": _finish_reason(data, bool(calls)),
+                }
+            ],
+        }
+        usage = _usage(data)
+        answer["usage"] = usage.to_openai()
+        return VendorResult(answer, usage)
+
+    async def stream(self, call: VendorCall) -> AsyncIterator[StreamItem]:
+        """Ollama's NDJSON lines as OpenAI chunks, then one ``Usage``."""
+        head = {
+            "id": new_id("chatcmpl"),
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": call.model,
+        }
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+        tools_seen = 0
+        async with open_stream(
+            self.client,
+            "POST",
+            f"{self.base}/api/chat",
+            vendor=self.kind,
+            json=chat_request(call.body, call.model, stream=True),
+            headers=self.headers(call.api_key),
+            timeout=call.timeout_s,
+        ) as resp:
+            # Only once the vendor has said yes: until a chunk is out, the relay may
+            # still fall back to another vendor.
+            yield chunk({"role": "assistant", "content": ""})
+            async for line in resp.aiter_lines():
+                if not line.strip():
+                    continue
+                try:
+                    data = json.loads(line)
+                except ValueError:
+                    raise VendorUnavailable("ollama: stream sent a line that is not JSON") from None
+                _raise_if_error(data)
+                message = data.get("message") or {}
+                if message.get("content"):
+                    yield chunk({"content": message["content"]})
+                # Ollama sends each tool call whole, so id, name and arguments go at once.
+                for call_ in _tool_calls(message):
+                    yield chunk({"tool_calls": [{"index": tools_seen, **call_}]})
+                    tools_seen += 1
+                if data.get("done"):
+                    yield chunk({}, _finish_reason(data, tools_seen > 0))
+                    yield _usage(data)
+                    return
+        raise VendorUnavailable("ollama: stream ended before done")
+
+    async def embed(self, call: VendorCall) -> VendorResult:
+        """Embeddings via ``/api/embed``, answered as an OpenAI embeddings list."""
+        body: dict[str, Any] = {"model": call.model, "input": call.body.get("input", "")}
+        if call.body.get("dimensions"):
+            body["dimensions"] = call.body["dimensions"]
+        resp = await send(
+            self.client,
+            "POST",
+            f"{self.base}/api/embed",
+            vendor=self.kind,
+            json=body,
+            headers=self.headers(call.api_key),
+            timeout=call.timeout_s,
+        )
+        data = json_body(resp, self.kind)
+        _raise_if_error(data)
+        usage = Usage(input_tokens=int(data.get("prompt_eval_count") or 0))
+        answer = {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": vector}
+                for i, vector in enumerate(data.get("embeddings") or [])
+            ],
+            "model": data.get("model", call.model),
+            "usage": {"prompt_tokens": usage.input_tokens, "total_tokens": usage.input_tokens},
+        }
+        return VendorResult(answer, usage)
+
+
+def chat_request(body: dict[str, Any], model: str, *, stream: bool) -> dict[str, Any]:
+    """An OpenAI chat body as an Ollama ``/api/chat`` request.
+
+    ``tool_choice`` has no Ollama equivalent and is dropped: the model decides.
+    """
+    out: dict[str, Any] = {"model": model, "messages": _messages(body), "stream": stream}
+    options = {_OPTIONS[k]: body[k] for k in _OPTIONS if body.get(k) is not None}
+    stop = body.get("stop")
+    if stop:
+        options["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    if options:
+        out["options"] = options
+    if body.get("tools"):
+        out["tools"] = body["tools"]  # Ollama takes OpenAI's tool shape as is
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_object":
+        out["format"] = "json"
+    elif fmt.get("type") == "json_schema":
+        out["format"] = (fmt.get("json_schema") or {}).get("schema", "json")
+    return out
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    names: dict[str, str] = {}  # tool call id -> function name, for the tool results
+    out = []
+    for i, message in enumerate(body.get("messages") or []):
+        role = "system" if message.get("role") == "developer" else message.get("role")
+        text, images = _content(message.get("content"), i)
+        item: dict[str, Any] = {"role": role, "content": text}
+        if images:
+            item["images"] = images
+        calls = []
+        for call in message.get("tool_calls") or []:
+            fn = call.get("function") or {}
+            names[call.get("id", "")] = fn.get("name", "")
+            calls.append({"function": {"name": fn.get("name", ""), "arguments": _arguments(fn)}})
+        if calls:
+            item["tool_calls"] = calls
+        if role == "tool" and message.get("tool_call_id") in names:
+            item["tool_name"] = names[message["tool_call_id"]]
+        out.append(item)
+    return out
+
+
+def _arguments(fn: dict[str, Any]) -> Any:
+    # Ollama wants the arguments as an object; a model's malformed JSON becomes {}.
+    raw = fn.get("arguments") or "{}"
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {}
+
+
+def _content(content: Any, i: int) -> tuple[str, list[str]]:
+    if content is None or isinstance(content, str):
+        return content or "", []
+    texts, images = [], []
+    for j, part in enumerate(content):
+        if part.get("type") == "text":
+            texts.append(part.get("text", ""))
+        elif part.get("type") == "image_url":
+            url = (part.get("image_url") or {}).get("url", "")
+            header, _, data = url.partition(",")
+            if not (url.startswith("data:") and ";base64" in header and data):
+                # Ollama cannot fetch URLs: it only takes the image bytes themselves.
+                raise BadRequest(f"messages.{i}.content.{j}: ollama needs base64 data: URLs")
+            images.append(data)
+        else:
+            kind = part.get("type")
+            raise BadRequest(f"messages.{i}.content.{j}: part type {kind!r} is not supported")
+    return "\n".join(texts), images
+
+
+def _tool_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
+    # Ollama gives no call ids; the relay makes them so tool results can refer back.
+    calls = []
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        arguments = fn.get("arguments", {})
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments)
+        calls.append(
+            {
+                "id": call.get("id") or new_id("call_"),
+                "type": "function",
+                "function": {"name": fn.get("name", ""), "arguments": arguments},
+            }
+        )
+    return calls
+
+
+def _finish_reason(data: dict[str, Any], called_tools: bool) -> str:
+    if called_tools:
+        return "tool_calls"
+    return "length" if data.get("done_reason") == "length" else "stop"
+
+
+def _usage(data: dict[str, Any]) -> Usage:
+    return Usage(
+        input_tokens=int(data.get("prompt_eval_count") or 0),
+        output_tokens=int(data.get("eval_count") or 0),
+    )
+
+
+def _raise_if_error(data: Any) -> None:
+    # Ollama reports failures after a 200 (mid-stream, say) as {"error": "..."}.
+    if isinstance(data, dict) and data.get("error"):
+        raise VendorUnavailable(f"ollama: {data['error']}")

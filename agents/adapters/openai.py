@@ -1,0 +1,210 @@
+"""The OpenAI adapter: chat, streaming, embeddings, legacy completions and the batch API.
+
+The relay's neutral shape *is* OpenAI's, so this adapter mostly forwards bodies.  It
+also serves anything OpenAI-compatible (Ollama's /v1, vLLM...), and ``azure.py`` reuses
+it by overriding only where URLs and auth differ.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from agents.adapters.base import StreamItem, VendorCall, VendorResult
+from agents.adapters.http import error_for_status, json_body, open_stream, send, sse_events
+from schemas.config import VendorConfig
+from schemas.errors import VendorBadRequest, VendorRateLimited, VendorUnavailable
+from schemas.usage import Usage
+
+# Batch statuses after which no more results will come.
+_BATCH_DONE = {"completed", "expired", "cancelled", "failed"}
+
+
+class OpenAIAdapter:
+    """Chat, stream, embed, complete and batch against an OpenAI-style ``/v1`` base URL."""
+
+    kind = "openai"
+    batch_endpoint = "/v1/chat/completions"  # the ``url`` of each batch line
+
+    def __init__(self, config: VendorConfig, client: httpx.AsyncClient) -> None:
+        self.config = config
+        self.client = client
+        self.base = config.base_url.rstrip("/")
+
+    # -- where and how to call: the two things Azure changes --------------------------
+
+    def url(self, path: str, model: str | None = None) -> str:
+        """The URL of an API path such as ``chat/completions`` (``model`` is Azure's)."""
+        return f"{self.base}/{path}"
+
+    def headers(self, api_key: str) -> dict[str, str]:
+        """Auth headers; a keyless local server (Ollama) gets none."""
+        return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    # -- the capabilities ---------------------------------------------------------------
+
+    async def chat(self, call: VendorCall) -> VendorResult:
+        """One non-streamed chat completion."""
+        data = await self._post("chat/completions", call, self._body(call))
+        return VendorResult(data, Usage.from_openai(data.get("usage")))
+
+    async def stream(self, call: VendorCall) -> AsyncIterator[StreamItem]:
+        """The vendor's chunks as it sends them, then one ``Usage``.
+
+        ``include_usage`` makes the vendor end with a choices-less usage chunk; that one
+        becomes the ``Usage`` rather than being passed on.
+        """
+        body = {**self._body(call), "stream": True, "stream_options": {"include_usage": True}}
+        usage = Usage()
+        async with open_stream(
+            self.client,
+            "POST",
+            self.url("chat/completions", call.model),
+            vendor=self.kind,
+            json=body,
+            headers=self.headers(call.api_key),
+            timeout=call.timeout_s,
+        ) as resp:
+            async for _, data in sse_events(resp):
+                if data.strip() == "[DONE]":
+                    break
+                chunk = self._parse_chunk(data)
+                if chunk.get("usage"):
+                    usage = Usage.from_openai(chunk["usage"])
+                # Azure opens with a choices-less content-filter chunk; it carries nothing.
+                if chunk.get("choices"):
+                    chunk.pop("usage", None)
+                    yield chunk
+        yield usage
+
+    async def embed(self, call: VendorCall) -> VendorResult:
+        """Embeddings; only prompt tokens are billed."""
+        data = await self._post("embeddings", call, {**call.body, "model": call.model})
+        usage = data.get("usage") or {}
+        return VendorResult(data, Usage(input_tokens=int(usage.get("prompt_tokens") or 0)))
+
+    async def complete(self, call: VendorCall) -> VendorResult:
+        """A legacy ``/completions`` call; the relay packs many prompts into one list."""
+        data = await self._post("completions", call, self._body(call))
+        return VendorResult(data, Usage.from_openai(data.get("usage")))
+
+    async def submit_batch(self, calls: list[tuple[str, VendorCall]], api_key: str) -> str:
+        """Upload the calls as a JSONL file and start a 24-hour batch; returns its id."""
+        lines = [
+            {"custom_id": cid, "method": "POST", "url": self.batch_endpoint, "body": self._body(c)}
+            for cid, c in calls
+        ]
+        jsonl = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        upload = await self._request(
+            "POST",
+            self.url("files"),
+            api_key,
+            data={"purpose": "batch"},
+            files={"file": ("batch.jsonl", jsonl, "application/jsonl")},
+        )
+        batch = await self._request(
+            "POST",
+            self.url("batches"),
+            api_key,
+            json={
+                "input_file_id": json_body(upload, self.kind)["id"],
+                "endpoint": self.batch_endpoint,
+                "completion_window": "24h",
+            },
+        )
+        return str(json_body(batch, self.kind)["id"])
+
+    async def poll_batch(
+        self, batch_id: str, api_key: str
+    ) -> dict[str, VendorResult | Exception] | None:
+        """None while the batch runs; then every request's result or error by custom_id.
+
+        A batch that failed validation has no per-request results: that raises.
+        """
+        resp = await self._request("GET", self.url(f"batches/{batch_id}"), api_key)
+        batch = json_body(resp, self.kind)
+        status = batch.get("status")
+        if status not in _BATCH_DONE:
+            return None
+        if status == "failed":
+            errors = (batch.get("errors") or {}).get("data") or []
+            detail = "; ".join(str(e.get("message", e)) for e in errors) or "no detail given"
+            raise VendorBadRequest(f"{self.kind}: batch {batch_id} failed: {detail}")
+        # Expired and cancelled batches list their unfinished requests in the error file.
+        results: dict[str, VendorResult | Exception] = {}
+        for key in ("output_file_id", "error_file_id"):
+            if batch.get(key):
+                content = await self._request(
+                    "GET", self.url(f"files/{batch[key]}/content"), api_key
+                )
+                for line in content.text.splitlines():
+                    if line.strip():
+                        entry = json.loads(line)
+                        results[entry["custom_id"]] = self._batch_entry(entry)
+        return results
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _body(self, call: VendorCall) -> dict[str, Any]:
+        body = {**call.body, "model": call.model}
+        body.pop("stream", None)
+        body.pop("stream_options", None)
+        return body
+
+    async def _post(self, path: str, call: VendorCall, body: dict[str, Any]) -> dict[str, Any]:
+        resp = await send(
+            self.client,
+            "POST",
+            self.url(path, call.model),
+            vendor=self.kind,
+            json=body,
+            headers=self.headers(call.api_key),
+            timeout=call.timeout_s,
+        )
+        return json_body(resp, self.kind)
+
+    async def _request(self, method: str, url: str, api_key: str, **kwargs: Any) -> httpx.Response:
+        return await send(
+            self.client,
+            method,
+            url,
+            vendor=self.kind,
+            headers=self.headers(api_key),
+            timeout=self.config.timeout_s,
+            **kwargs,
+        )
+
+    def _parse_chunk(self, data: str) -> dict[str, Any]:
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise VendorUnavailable(f"{self.kind}: stream sent a line that is not JSON") from None
+        if not isinstance(chunk, dict):
+            raise VendorUnavailable(f"{self.kind}: stream sent a line that is not an object")
+        # An error after the 200 has gone out arrives as an event of its own.
+        if chunk.get("error"):
+            error = chunk["error"]
+            message = error.get("message", "") if isinstance(error, dict) else str(error)
+            code = error.get("code") if isinstance(error, dict) else None
+            cls = VendorRateLimited if code == "rate_limit_exceeded" else VendorUnavailable
+            raise cls(f"{self.kind}: error mid-stream: {message}")
+        return chunk
+
+    def _batch_entry(self, entry: dict[str, Any]) -> VendorResult | Exception:
+        response = entry.get("response") or {}
+        body = response.get("body") or {}
+        status = int(response.get("status_code") or 0)
+        if status == 200:
+            return VendorResult(body, Usage.from_openai(body.get("usage")))
+        if status:
+            error = body.get("error") or {}
+            message = error.get("message", "") if isinstance(error, dict) else str(error)
+            return error_for_status(status, f"{self.kind}: HTTP {status}: {message}")
+        # No response at all: the request never ran (batch_expired, batch_cancelled).
+        error = entry.get("error") or {}
+        return VendorUnavailable(
+            f"{self.kind}: batch request not run: {error.get('code') or error.get('message')}"
+        )

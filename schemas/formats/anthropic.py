@@ -1,0 +1,622 @@
+"""Anthropic Messages <-> OpenAI chat completions, both directions, requests and answers.
+
+The client side (the gateway speaking Anthropic to its clients) turns a Messages request
+into the relay's neutral OpenAI body and the neutral answer back into a Message or its
+stream events.  The vendor side (the Anthropic adapter) does the inverse.  Pure
+functions: no I/O, so both sides test without a network.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from schemas.errors import BadRequest
+from schemas.formats.openai import new_id
+from schemas.usage import Usage
+
+# OpenAI finish_reason -> Anthropic stop_reason; content_filter is what "refusal" means.
+_STOP_REASON = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+# Anthropic stop_reason -> OpenAI finish_reason; pause_turn (a server tool paused the
+# turn) has no OpenAI twin, and the turn did end, so it reads as "stop".
+_FINISH_REASON = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+# Anthropic requires max_tokens; this is what the relay asks for when a client did not.
+DEFAULT_MAX_TOKENS = 4096
+
+
+# --------------------------------------------------------------------------------------
+# Client side: an Anthropic client's request in, the neutral answer out.
+# --------------------------------------------------------------------------------------
+
+
+def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic Messages request as an OpenAI chat-completions body.
+
+    Raises ``BadRequest`` naming the offending field for malformed input.  ``top_k``
+    and other Anthropic-only knobs (thinking, cache_control) have no OpenAI slot and
+    are dropped.
+    """
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise BadRequest("model: a model name is required", param="model")
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise BadRequest("max_tokens: a positive integer is required", param="max_tokens")
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise BadRequest("messages: a non-empty list is required", param="messages")
+
+    out: dict[str, Any] = {"model": body["model"], "messages": [], "max_tokens": max_tokens}
+    if body.get("system"):
+        out["messages"].append({"role": "system", "content": _system_to_openai(body["system"])})
+    for i, message in enumerate(body["messages"]):
+        out["messages"].extend(_message_to_openai(message, f"messages.{i}"))
+
+    for key in ("temperature", "top_p", "stream"):
+        if body.get(key) is not None:
+            out[key] = body[key]
+    if body.get("stop_sequences"):
+        out["stop"] = list(body["stop_sequences"])
+    user = (body.get("metadata") or {}).get("user_id")
+    if user:
+        out["user"] = user
+    if body.get("tools"):
+        out["tools"] = [_tool_to_openai(t, f"tools.{i}") for i, t in enumerate(body["tools"])]
+    if body.get("tool_choice"):
+        _tool_choice_to_openai(body["tool_choice"], out)
+    return out
+
+
+def _system_to_openai(system: Any) -> str | list[dict[str, Any]]:
+    if isinstance(system, str):
+        return system
+    if not isinstance(system, list):
+        raise BadRequest("system: must be a string or a list of text blocks", param="system")
+    texts = []
+    for i, block in enumerate(system):
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise BadRequest(f"system.{i}: only text blocks are allowed", param="system")
+        texts.append(block.get("text", ""))
+    # One block reads best as a plain string; several keep their boundaries as parts.
+    return texts[0] if len(texts) == 1 else [{"type": "text", "text": t} for t in texts]
+
+
+def _message_to_openai(message: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+        raise BadRequest(f"{where}.role: must be 'user' or 'assistant'", param="messages")
+    role, content = message["role"], message.get("content")
+    if isinstance(content, str):
+        return [{"role": role, "content": content}]
+    if not isinstance(content, list):
+        raise BadRequest(f"{where}.content: must be a string or a list of blocks")
+    if role == "assistant":
+        return [_assistant_to_openai(content, where)]
+
+    # A user turn: tool results become role "tool" messages, which OpenAI wants right
+    # after the assistant's tool calls, so they go first; the rest follows as one user
+    # message.  Images inside tool results cannot ride on a tool message and join it.
+    tools: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for j, block in enumerate(content):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "tool_result":
+            text, images = _tool_result_to_openai(block, f"{where}.content.{j}")
+            tools.append({"role": "tool", "tool_call_id": block["tool_use_id"], "content": text})
+            parts.extend(images)
+        elif kind == "text":
+            parts.append({"type": "text", "text": block.get("text", "")})
+        elif kind == "image":
+            parts.append(_image_to_openai(block, f"{where}.content.{j}"))
+        else:
+            raise BadRequest(f"{where}.content.{j}: block type {kind!r} is not supported")
+    out = list(tools)
+    if parts:
+        # A lone text block is sent as a plain string, the common OpenAI shape.
+        only_text = len(parts) == 1 and parts[0]["type"] == "text"
+        out.append({"role": "user", "content": parts[0]["text"] if only_text else parts})
+    return out
+
+
+def _assistant_to_openai(content: list[Any], where: str) -> dict[str, Any]:
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for j, block in enumerate(content):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            texts.append(block.get("text", ""))
+        elif kind == "tool_use":
+            fn = {"name": block.get("name", ""), "arguments": json.dumps(block.get("input", {}))}
+            calls.append({"id": block.get("id", ""), "type": "function", "function": fn})
+        elif kind in ("thinking", "redacted_thinking"):
+            continue  # reasoning has no slot in an OpenAI request; the vendor re-thinks
+        else:
+            raise BadRequest(f"{where}.content.{j}: block type {kind!r} is not supported")
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def _tool_result_to_openai(block: dict[str, Any], where: str) -> tuple[str, list[dict]]:
+    if not block.get("tool_use_id"):
+        raise BadRequest(f"{where}.tool_use_id: required for a tool_result")
+    content = block.get("content", "")
+    if isinstance(content, str):
+        return content, []
+    texts, images = [], []
+    for k, inner in enumerate(content if isinstance(content, list) else []):
+        kind = inner.get("type") if isinstance(inner, dict) else None
+        if kind == "text":
+            texts.append(inner.get("text", ""))
+        elif kind == "image":
+            images.append(_image_to_openai(inner, f"{where}.content.{k}"))
+        else:
+            raise BadRequest(f"{where}.content.{k}: block type {kind!r} is not supported")
+    # is_error has no OpenAI twin; the text itself usually says what went wrong.
+    return "\n".join(texts), images
+
+
+def _image_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
+    source = block.get("source") or {}
+    if source.get("type") == "base64" and source.get("data"):
+        url = f"data:{source.get('media_type', 'image/png')};base64,{source['data']}"
+    elif source.get("type") == "url" and source.get("url"):
+        url = source["url"]
+    else:
+        raise BadRequest(f"{where}.source: an image needs a base64 or url source")
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _tool_to_openai(tool: Any, where: str) -> dict[str, Any]:
+    if not isinstance(tool, dict) or not tool.get("name"):
+        raise BadRequest(f"{where}.name: a tool needs a name", param="tools")
+    if tool.get("type") not in (None, "custom"):
+        # Server tools (web search, code execution...) run inside Anthropic only.
+        raise BadRequest(f"{where}: tool type {tool['type']!r} is not supported", param="tools")
+    fn: dict[str, Any] = {"name": tool["name"]}
+    if tool.get("description"):
+        fn["description"] = tool["description"]
+    fn["parameters"] = tool.get("input_schema") or {"type": "object", "properties": {}}
+    return {"type": "function", "function": fn}
+
+
+def _tool_choice_to_openai(choice: Any, out: dict[str, Any]) -> None:
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind == "auto":
+        out["tool_choice"] = "auto"
+    elif kind == "any":
+        out["tool_choice"] = "required"
+    elif kind == "none":
+        out["tool_choice"] = "none"
+    elif kind == "tool" and choice.get("name"):
+        out["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+    else:
+        raise BadRequest(f"tool_choice: type {kind!r} is not supported", param="tool_choice")
+    if choice.get("disable_parallel_tool_use"):
+        out["parallel_tool_calls"] = False
+
+
+def _anthropic_usage(usage: Usage) -> dict[str, int]:
+    # Anthropic's input_tokens is the uncached part only; ours counts every prompt token.
+    return {
+        "input_tokens": usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_read_input_tokens": usage.cache_read_tokens,
+        "output_tokens": usage.output_tokens,
+    }
+
+
+def _parse_arguments(raw: Any) -> dict[str, Any]:
+    # A tool_use input must be an object; a model's malformed JSON becomes {} rather than
+    # failing an answer that was already paid for.
+    if isinstance(raw, dict):  # some OpenAI-compatible servers send objects already
+        return raw
+    try:
+        value = json.loads(raw or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def openai_response_to_messages(body: dict[str, Any], usage: Usage, model: str) -> dict[str, Any]:
+    """A ``chat.completion`` body as an Anthropic Message; ``model`` is what the client asked."""
+    choice = (body.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    content: list[dict[str, Any]] = []
+    if message.get("content"):
+        content.append({"type": "text", "text": message["content"]})
+    if message.get("refusal"):
+        content.append({"type": "text", "text": message["refusal"]})
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id") or new_id("toolu_"),
+                "name": fn.get("name", ""),
+                "input": _parse_arguments(fn.get("arguments")),
+            }
+        )
+    stop = _STOP_REASON.get(choice.get("finish_reason") or "stop", "end_turn")
+    if message.get("refusal"):
+        stop = "refusal"
+    return {
+        "id": f"msg_{body['id']}" if body.get("id") else new_id("msg_"),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": _anthropic_usage(usage),
+    }
+
+
+class ChunksToMessageEvents:
+    """Turns a stream of OpenAI chunks into Anthropic's stream events, as (event, data).
+
+    Text opens a text block; each tool call opens its own tool_use block, so block
+    indexes count up as the answer switches between them.  Only choice 0 is used:
+    Anthropic has no ``n``.
+    """
+
+    def __init__(self, model: str, message_id: str) -> None:
+        self.model = model
+        self.message_id = message_id
+        self._started = False
+        self._block = -1  # index of the open block, -1 before the first one
+        self._open: str | None = None  # "text" or "tool:<n>": what the open block holds
+        self._finish: str | None = None
+
+    def feed(self, chunk: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """The events one OpenAI chunk adds to the stream."""
+        events = self._start()
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            for text in (delta.get("content"), delta.get("refusal")):
+                if text:
+                    events += self._open_block("text", {"type": "text", "text": ""})
+                    events.append(self._delta({"type": "text_delta", "text": text}))
+            for frag in delta.get("tool_calls") or []:
+                fn = frag.get("function") or {}
+                key = f"tool:{frag.get('index', 0)}"
+                block = {
+                    "type": "tool_use",
+                    "id": frag.get("id") or new_id("toolu_"),
+                    "name": fn.get("name", ""),
+                    "input": {},
+                }
+                events += self._open_block(key, block)
+                if fn.get("arguments"):
+                    events.append(
+                        self._delta({"type": "input_json_delta", "partial_json": fn["arguments"]})
+                    )
+            if choice.get("finish_reason"):
+                self._finish = choice["finish_reason"]
+        return events
+
+    def finish(self, usage: Usage) -> list[tuple[str, dict[str, Any]]]:
+        """The closing events: the open block's stop, message_delta and message_stop."""
+        events = self._start() + self._close_block()
+        # The input side is only known at the end here, so message_delta carries it too;
+        # Anthropic's SDKs take any usage field present on message_delta.
+        stop = _STOP_REASON.get(self._finish or "stop", "end_turn")
+        delta = {"stop_reason": stop, "stop_sequence": None}
+        data = {"type": "message_delta", "delta": delta, "usage": _anthropic_usage(usage)}
+        events.append(("message_delta", data))
+        events.append(("message_stop", {"type": "message_stop"}))
+        return events
+
+    def _start(self) -> list[tuple[str, dict[str, Any]]]:
+        if self._started:
+            return []
+        self._started = True
+        message: dict[str, Any] = {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        return [("message_start", {"type": "message_start", "message": message})]
+
+    def _open_block(self, key: str, block: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        if self._open == key:
+            return []
+        events = self._close_block()
+        self._block += 1
+        self._open = key
+        start = {"type": "content_block_start", "index": self._block, "content_block": block}
+        events.append(("content_block_start", start))
+        if self._block == 0:
+            events.append(("ping", {"type": "ping"}))  # where Anthropic sends its ping
+        return events
+
+    def _close_block(self) -> list[tuple[str, dict[str, Any]]]:
+        if self._open is None:
+            return []
+        self._open = None
+        return [("content_block_stop", {"type": "content_block_stop", "index": self._block})]
+
+    def _delta(self, delta: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        data = {"type": "content_block_delta", "index": self._block, "delta": delta}
+        return ("content_block_delta", data)
+
+
+# --------------------------------------------------------------------------------------
+# Vendor side: the neutral request out to Anthropic, Anthropic's answer back in.
+# --------------------------------------------------------------------------------------
+
+
+def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, Any]:
+    """An OpenAI chat body as an Anthropic Messages request for vendor model ``model``.
+
+    System (and developer) messages become the top-level ``system``; tool messages
+    become ``tool_result`` blocks in a user turn; consecutive turns of one role are
+    merged.  Raises ``BadRequest`` for content Anthropic cannot take.
+    """
+    system: list[str] = []
+    messages: list[dict[str, Any]] = []
+    for i, message in enumerate(body.get("messages") or []):
+        role = message.get("role")
+        if role in ("system", "developer"):
+            system.extend(_texts(message.get("content"), f"messages.{i}"))
+            continue
+        if role == "user":
+            turn = {"role": "user", "content": _user_content(message.get("content"), i)}
+        elif role == "assistant":
+            turn = {"role": "assistant", "content": _assistant_blocks(message, i)}
+        elif role == "tool":
+            result = {
+                "type": "tool_result",
+                "tool_use_id": message.get("tool_call_id", ""),
+                "content": "\n".join(_texts(message.get("content"), f"messages.{i}")),
+            }
+            turn = {"role": "user", "content": [result]}
+        else:
+            raise BadRequest(f"messages.{i}.role: {role!r} is not supported", param="messages")
+        if turn["content"]:
+            _append_turn(messages, turn)
+
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
+    out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
+    if system:
+        out["system"] = "\n\n".join(system)
+    if body.get("temperature") is not None:
+        # OpenAI allows 0..2, Anthropic 0..1: clamp rather than have the vendor refuse.
+        out["temperature"] = min(float(body["temperature"]), 1.0)
+    if body.get("top_p") is not None:
+        out["top_p"] = body["top_p"]
+    stop = body.get("stop")
+    if stop:
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if body.get("user"):
+        out["metadata"] = {"user_id": body["user"]}
+    if body.get("tools"):
+        out["tools"] = [_tool_to_anthropic(t) for t in body["tools"]]
+    choice = _tool_choice_to_anthropic(body.get("tool_choice"), body.get("parallel_tool_calls"))
+    if choice and body.get("tools"):
+        out["tool_choice"] = choice
+    return out
+
+
+def _texts(content: Any, where: str) -> list[str]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [content]
+    texts = []
+    for part in content:
+        if not isinstance(part, dict) or part.get("type") != "text":
+            raise BadRequest(f"{where}.content: only text parts are allowed here")
+        texts.append(part.get("text", ""))
+    return texts
+
+
+def _user_content(content: Any, i: int) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    blocks = []
+    for j, part in enumerate(content or []):
+        kind = part.get("type")
+        if kind == "text":
+            if part.get("text"):  # Anthropic refuses empty text blocks
+                blocks.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url":
+            blocks.append(_image_to_anthropic(part, f"messages.{i}.content.{j}"))
+        else:
+            raise BadRequest(f"messages.{i}.content.{j}: part type {kind!r} is not supported")
+    return blocks
+
+
+def _image_to_anthropic(part: dict[str, Any], where: str) -> dict[str, Any]:
+    url = (part.get("image_url") or {}).get("url", "")
+    if url.startswith("data:"):
+        header, _, data = url.partition(",")
+        media_type = header[len("data:") :].split(";")[0] or "image/png"
+        if ";base64" not in header or not data:
+            raise BadRequest(f"{where}: an image data URL must be base64-encoded")
+        source = {"type": "base64", "media_type": media_type, "data": data}
+        return {"type": "image", "source": source}
+    if url.startswith(("http://", "https://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise BadRequest(f"{where}: an image needs a data: or http(s) URL")
+
+
+def _assistant_blocks(message: dict[str, Any], i: int) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = [
+        {"type": "text", "text": t} for t in _texts(message.get("content"), f"messages.{i}") if t
+    ]
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id", ""),
+                "name": fn.get("name", ""),
+                "input": _parse_arguments(fn.get("arguments")),
+            }
+        )
+    return blocks
+
+
+def _append_turn(messages: list[dict[str, Any]], turn: dict[str, Any]) -> None:
+    # Anthropic wants user and assistant to alternate; a run of one role (tool results
+    # followed by a user remark, say) becomes one turn with all their blocks, in order.
+    if not messages or messages[-1]["role"] != turn["role"]:
+        messages.append(turn)
+        return
+    last = messages[-1]
+
+    def blocks(content: Any) -> list[dict[str, Any]]:
+        return [{"type": "text", "text": content}] if isinstance(content, str) else content
+
+    last["content"] = blocks(last["content"]) + blocks(turn["content"])
+
+
+def _tool_to_anthropic(tool: dict[str, Any]) -> dict[str, Any]:
+    fn = tool.get("function") or {}
+    out: dict[str, Any] = {"name": fn.get("name", "")}
+    if fn.get("description"):
+        out["description"] = fn["description"]
+    out["input_schema"] = fn.get("parameters") or {"type": "object", "properties": {}}
+    return out
+
+
+def _tool_choice_to_anthropic(choice: Any, parallel: Any) -> dict[str, Any] | None:
+    if isinstance(choice, dict):
+        out = {"type": "tool", "name": (choice.get("function") or {}).get("name", "")}
+    elif choice in (None, "auto"):
+        out = {"type": "auto"}
+    else:
+        out = {"type": {"required": "any", "none": "none"}.get(choice, "auto")}
+    if parallel is False and out["type"] != "none":
+        out["disable_parallel_tool_use"] = True
+    # Anthropic's default is auto; only send a choice when it says something.
+    return None if out == {"type": "auto"} else out
+
+
+def _usage_from_anthropic(usage: dict[str, Any]) -> Usage:
+    read = int(usage.get("cache_read_input_tokens") or 0)
+    write = int(usage.get("cache_creation_input_tokens") or 0)
+    return Usage(
+        input_tokens=int(usage.get("input_tokens") or 0) + read + write,
+        output_tokens=int(usage.get("output_tokens") or 0),
+        cache_read_tokens=read,
+        cache_write_tokens=write,
+    )
+
+
+def messages_response_to_openai(body: dict[str, Any]) -> tuple[dict[str, Any], Usage]:
+    """An Anthropic Message as a ``chat.completion`` body, with its ``Usage``."""
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for block in body.get("content") or []:
+        if block.get("type") == "text":
+            texts.append(block.get("text", ""))
+        elif block.get("type") == "tool_use":
+            fn = {"name": block.get("name", ""), "arguments": json.dumps(block.get("input", {}))}
+            calls.append({"id": block.get("id", ""), "type": "function", "function": fn})
+        # thinking and server-tool blocks have no OpenAI twin and are left out
+    # As OpenAI does: content is null for a pure tool-call answer, "" for an empty one.
+    text = "".join(texts)
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+    if calls:
+        message["tool_calls"] = calls
+    usage = _usage_from_anthropic(body.get("usage") or {})
+    finish = _FINISH_REASON.get(body.get("stop_reason") or "end_turn", "stop")
+    answer = {
+        "id": body.get("id", ""),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", ""),
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": usage.to_openai(),
+    }
+    return answer, usage
+
+
+class MessageEventsToChunks:
+    """Turns Anthropic stream events into OpenAI chunks, ending with one ``Usage``.
+
+    ``feed`` takes each event name and its parsed data.  Unknown events and deltas
+    (thinking, signatures, citations) are skipped, as Anthropic asks clients to do.
+    ``error`` events are the caller's to raise: this class only translates.
+    """
+
+    def __init__(self, created: int | None = None) -> None:
+        self.created = int(time.time()) if created is None else created
+        self._id = ""
+        self._model = ""
+        self._tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
+        self._finish = "stop"
+        self._usage: dict[str, Any] = {}
+
+    def feed(self, event: str, data: dict[str, Any]) -> list[dict[str, Any] | Usage]:
+        """The chunks (and, at ``message_stop``, the final ``Usage``) one event yields."""
+        kind = data.get("type", event)
+        if kind == "message_start":
+            message = data.get("message") or {}
+            self._id = message.get("id", "")
+            self._model = message.get("model", "")
+            self._usage = dict(message.get("usage") or {})
+            return [self._chunk({"role": "assistant", "content": ""})]
+        if kind == "content_block_start":
+            block = data.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                n = self._tools[data.get("index", 0)] = len(self._tools)
+                fn = {"name": block.get("name", ""), "arguments": ""}
+                call = {"index": n, "id": block.get("id", ""), "type": "function", "function": fn}
+                return [self._chunk({"tool_calls": [call]})]
+            if block.get("type") == "text" and block.get("text"):
+                return [self._chunk({"content": block["text"]})]
+            return []
+        if kind == "content_block_delta":
+            delta = data.get("delta") or {}
+            if delta.get("type") == "text_delta" and delta.get("text"):
+                return [self._chunk({"content": delta["text"]})]
+            if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
+                n = self._tools.get(data.get("index", 0), 0)
+                call = {"index": n, "function": {"arguments": delta["partial_json"]}}
+                return [self._chunk({"tool_calls": [call]})]
+            return []
+        if kind == "message_delta":
+            reason = (data.get("delta") or {}).get("stop_reason")
+            if reason:
+                self._finish = _FINISH_REASON.get(reason, "stop")
+            # message_delta counts are cumulative: present ones replace message_start's.
+            usage = data.get("usage") or {}
+            self._usage.update({k: v for k, v in usage.items() if v is not None})
+            return []
+        if kind == "message_stop":
+            return [self._chunk({}, self._finish), _usage_from_anthropic(self._usage)]
+        return []
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self._model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }

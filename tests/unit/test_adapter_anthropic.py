@@ -1,0 +1,389 @@
+"""The Anthropic adapter against a MockTransport playing the Messages API."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from agents.adapters import AnthropicAdapter, VendorCall, VendorResult
+from schemas.config import VendorConfig
+from schemas.errors import (
+    BadRequest,
+    VendorAuthFailed,
+    VendorBadRequest,
+    VendorRateLimited,
+    VendorUnavailable,
+)
+from schemas.formats.openai import assemble_chunks
+from schemas.usage import Usage
+
+BASE = "https://api.anthropic.com"
+KEY = "sk-ant-api03-secretsecretsecret"
+PNG = "iVBORw0KGgo="
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "weather",
+            "description": "Current weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+# A multi-turn OpenAI-format conversation: system prompt, an image, a tool round trip.
+BODY = {
+    "model": "relay-alias",
+    "messages": [
+        {"role": "system", "content": "You are terse."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Where is this, and the weather there?"},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "toolu_01",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "toolu_01", "content": "12C"},
+    ],
+    "tools": TOOLS,
+    "tool_choice": "auto",
+    "max_tokens": 300,
+    "stream": True,
+}
+MESSAGES_BODY = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 300,
+    "system": "You are terse.",
+    "messages": [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Where is this, and the weather there?"},
+                {
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": "image/png", "data": PNG},
+                },
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "tool_use", "id": "toolu_01", "name": "weather", "input": {"city": "Oslo"}}
+            ],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_01", "content": "12C"}],
+        },
+    ],
+    "tools": [
+        {
+            "name": "weather",
+            "description": "Current weather",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+        }
+    ],
+}
+MESSAGE = {
+    "id": "msg_01XFD",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-sonnet-4-5-20250929",
+    "content": [{"type": "text", "text": "Oslo, 12C."}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {
+        "input_tokens": 40,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 2000,
+        "output_tokens": 6,
+    },
+}
+
+
+def adapter_for(handler, base: str = BASE, api_version: str | None = None) -> AnthropicAdapter:
+    config = VendorConfig(kind="anthropic", base_url=base, api_version=api_version, timeout_s=9)
+    return AnthropicAdapter(config, httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+
+
+def call(body: dict | None = None) -> VendorCall:
+    return VendorCall(model="claude-sonnet-4-5", body=body or BODY, api_key=KEY, timeout_s=20)
+
+
+def recorder(*responses: httpx.Response):
+    seen: list[httpx.Request] = []
+    queue = list(responses)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return queue.pop(0)
+
+    return seen, handler
+
+
+def sse(*events: tuple[str, dict]) -> bytes:
+    return b"".join(
+        f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events
+    )
+
+
+async def test_chat_translates_request_and_answer():
+    seen, handler = recorder(httpx.Response(200, json=MESSAGE))
+    result = await adapter_for(handler).chat(call())
+
+    request = seen[0]
+    assert str(request.url) == f"{BASE}/v1/messages"
+    assert request.headers["x-api-key"] == KEY
+    assert request.headers["anthropic-version"] == "2023-06-01"
+    assert "authorization" not in request.headers
+    assert json.loads(request.content) == MESSAGES_BODY
+    assert result.usage == Usage(input_tokens=2040, output_tokens=6, cache_read_tokens=2000)
+    assert result.body["id"] == "msg_01XFD"
+    assert result.body["choices"][0]["message"] == {"role": "assistant", "content": "Oslo, 12C."}
+    assert result.body["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("base", [BASE + "/v1", BASE + "/v1/", BASE + "/"])
+async def test_base_url_with_or_without_v1(base):
+    seen, handler = recorder(httpx.Response(200, json=MESSAGE))
+    await adapter_for(handler, base=base, api_version="2024-01-01").chat(call())
+    assert str(seen[0].url) == f"{BASE}/v1/messages"
+    assert seen[0].headers["anthropic-version"] == "2024-01-01"
+
+
+def event(name: str, **data) -> tuple[str, dict]:
+    return name, {"type": name, **data}
+
+
+def delta(index: int, **fields) -> tuple[str, dict]:
+    return event("content_block_delta", index=index, delta=fields)
+
+
+START = {
+    "id": "msg_s",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-sonnet-4-5",
+    "content": [],
+    "stop_reason": None,
+    "stop_sequence": None,
+    "usage": {
+        "input_tokens": 12,
+        "cache_creation_input_tokens": 500,
+        "cache_read_input_tokens": 0,
+        "output_tokens": 1,
+    },
+}
+TOOL_BLOCK = {"type": "tool_use", "id": "toolu_9", "name": "weather", "input": {}}
+STREAM = [
+    event("message_start", message=START),
+    event("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+    event("ping"),
+    delta(0, type="text_delta", text="Checking"),
+    event("content_block_stop", index=0),
+    event("content_block_start", index=1, content_block=TOOL_BLOCK),
+    delta(1, type="input_json_delta", partial_json='{"ci'),
+    delta(1, type="input_json_delta", partial_json='ty": "Bergen"}'),
+    event("content_block_stop", index=1),
+    event(
+        "message_delta",
+        delta={"stop_reason": "tool_use", "stop_sequence": None},
+        usage={"output_tokens": 27},
+    ),
+    event("message_stop"),
+]
+
+
+async def test_stream_turns_events_into_chunks_and_usage():
+    seen, handler = recorder(httpx.Response(200, content=sse(*STREAM)))
+    items = [item async for item in adapter_for(handler).stream(call())]
+
+    assert json.loads(seen[0].content) == {**MESSAGES_BODY, "stream": True}
+    *chunks, usage = items
+    assert usage == Usage(input_tokens=512, output_tokens=27, cache_write_tokens=500)
+    answer = assemble_chunks(chunks)
+    assert answer["id"] == "msg_s"
+    assert answer["choices"][0]["finish_reason"] == "tool_calls"
+    assert answer["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "Checking",
+        "tool_calls": [
+            {
+                "id": "toolu_9",
+                "type": "function",
+                "function": {"name": "weather", "arguments": '{"city": "Bergen"}'},
+            }
+        ],
+    }
+    # the tool call's id and name come before any of its argument fragments
+    tool_deltas = [
+        c["choices"][0]["delta"]["tool_calls"][0]
+        for c in chunks
+        if "tool_calls" in c["choices"][0]["delta"]
+    ]
+    assert tool_deltas[0]["id"] == "toolu_9" and tool_deltas[0]["function"]["arguments"] == ""
+
+
+@pytest.mark.parametrize(
+    ("kind", "cls"),
+    [
+        ("overloaded_error", VendorUnavailable),
+        ("api_error", VendorUnavailable),
+        ("rate_limit_error", VendorRateLimited),
+        ("invalid_request_error", VendorBadRequest),
+    ],
+)
+async def test_stream_error_event_raises_the_mapped_error(kind, cls):
+    error = ("error", {"type": "error", "error": {"type": kind, "message": "Overloaded"}})
+    _, handler = recorder(httpx.Response(200, content=sse(*STREAM[:4], error)))
+
+    items = []
+    with pytest.raises(cls) as err:
+        async for item in adapter_for(handler).stream(call()):
+            items.append(item)
+    assert type(err.value) is cls
+    assert err.value.message == f"anthropic: {kind}: Overloaded"
+    assert len(items) == 2  # the role chunk and "Checking" went out first
+
+
+async def test_stream_cut_before_message_stop_is_vendor_unavailable():
+    _, handler = recorder(httpx.Response(200, content=sse(*STREAM[:5])))
+    with pytest.raises(VendorUnavailable, match="before message_stop"):
+        _ = [item async for item in adapter_for(handler).stream(call())]
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "cls"),
+    [
+        (400, "invalid_request_error", VendorBadRequest),
+        (401, "authentication_error", VendorAuthFailed),
+        (403, "permission_error", VendorAuthFailed),
+        (404, "not_found_error", VendorBadRequest),
+        (413, "request_too_large", VendorBadRequest),
+        (500, "api_error", VendorUnavailable),
+        (529, "overloaded_error", VendorUnavailable),
+    ],
+)
+async def test_error_statuses_map_to_the_error_tree(status, kind, cls):
+    body = {"type": "error", "error": {"type": kind, "message": "messages.0: bad"}}
+    _, handler = recorder(httpx.Response(status, json=body))
+    with pytest.raises(cls) as err:
+        await adapter_for(handler).chat(call())
+    assert type(err.value) is cls
+    assert err.value.message == f"anthropic: HTTP {status}: messages.0: bad"
+
+
+async def test_stream_rate_limited_status_carries_retry_after():
+    body = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow"}}
+    _, handler = recorder(httpx.Response(429, json=body, headers={"retry-after": "13"}))
+    with pytest.raises(VendorRateLimited) as err:
+        _ = [item async for item in adapter_for(handler).stream(call())]
+    assert err.value.retry_after == 13.0
+
+
+async def test_untranslatable_request_fails_before_any_http():
+    _, handler = recorder()
+    body = {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]}
+    with pytest.raises(BadRequest, match="input_audio"):
+        await adapter_for(handler).chat(call(body))
+
+
+async def test_count_tokens_sends_only_the_fields_it_accepts():
+    seen, handler = recorder(httpx.Response(200, json={"input_tokens": 2095}))
+    assert await adapter_for(handler).count_tokens(call()) == 2095
+
+    assert str(seen[0].url) == f"{BASE}/v1/messages/count_tokens"
+    sent = json.loads(seen[0].content)
+    assert sent == {k: v for k, v in MESSAGES_BODY.items() if k != "max_tokens"}
+
+
+async def test_submit_batch_sends_translated_params():
+    seen, handler = recorder(
+        httpx.Response(
+            200,
+            json={"id": "msgbatch_01", "type": "message_batch", "processing_status": "in_progress"},
+        )
+    )
+    other = {"messages": [{"role": "user", "content": "hi"}]}
+    batch_id = await adapter_for(handler).submit_batch([("a", call()), ("b", call(other))], KEY)
+
+    assert batch_id == "msgbatch_01"
+    assert str(seen[0].url) == f"{BASE}/v1/messages/batches"
+    assert seen[0].headers["x-api-key"] == KEY
+    assert json.loads(seen[0].content) == {
+        "requests": [
+            {"custom_id": "a", "params": MESSAGES_BODY},
+            {
+                "custom_id": "b",
+                "params": {
+                    "model": "claude-sonnet-4-5",
+                    "max_tokens": 4096,
+                    "messages": other["messages"],
+                },
+            },
+        ]
+    }
+
+
+async def test_poll_batch_is_none_while_in_progress():
+    _, handler = recorder(
+        httpx.Response(200, json={"id": "msgbatch_01", "processing_status": "in_progress"})
+    )
+    assert await adapter_for(handler).poll_batch("msgbatch_01", KEY) is None
+
+
+async def test_poll_batch_reads_every_kind_of_result():
+    results_url = "https://elsewhere.test/v1/messages/batches/msgbatch_01/results"
+    lines = [
+        {"custom_id": "ok", "result": {"type": "succeeded", "message": MESSAGE}},
+        {
+            "custom_id": "bad",
+            "result": {
+                "type": "errored",
+                "error": {
+                    "type": "error",
+                    "error": {"type": "invalid_request_error", "message": "max_tokens: too big"},
+                },
+            },
+        },
+        {"custom_id": "late", "result": {"type": "expired"}},
+        {"custom_id": "stopped", "result": {"type": "canceled"}},
+    ]
+    seen, handler = recorder(
+        httpx.Response(
+            200,
+            json={"id": "msgbatch_01", "processing_status": "ended", "results_url": results_url},
+        ),
+        httpx.Response(200, text="\n".join(json.dumps(x) for x in lines) + "\n"),
+    )
+    results = await adapter_for(handler).poll_batch("msgbatch_01", KEY)
+
+    assert str(seen[0].url) == f"{BASE}/v1/messages/batches/msgbatch_01"
+    assert str(seen[1].url) == f"{BASE}/v1/messages/batches/msgbatch_01/results"
+    assert seen[1].headers["x-api-key"] == KEY
+    assert isinstance(results["ok"], VendorResult)
+    assert results["ok"].usage == Usage(input_tokens=2040, output_tokens=6, cache_read_tokens=2000)
+    assert isinstance(results["bad"], VendorBadRequest)
+    assert results["bad"].message == "anthropic: invalid_request_error: max_tokens: too big"
+    assert isinstance(results["late"], VendorUnavailable)
+    assert isinstance(results["stopped"], VendorUnavailable)
+
+
+async def test_overloaded_status_keeps_retry_after_for_the_breaker():
+    body = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    _, handler = recorder(httpx.Response(529, json=body, headers={"retry-after": "4"}))
+    with pytest.raises(VendorUnavailable) as err:
+        await adapter_for(handler).chat(call())
+    assert err.value.retry_after == 4.0

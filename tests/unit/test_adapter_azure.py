@@ -1,0 +1,173 @@
+"""The Azure OpenAI adapter: deployment URLs, api-version, the api-key header."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from agents.adapters import AzureOpenAIAdapter, VendorCall
+from schemas.config import VendorConfig
+from schemas.errors import VendorAuthFailed, VendorRateLimited
+from schemas.usage import Usage
+
+BASE = "https://myres.openai.azure.com"
+KEY = "0123456789abcdef0123456789abcdef"
+ANSWER = {
+    "id": "chatcmpl-az",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-4o-2024-11-20",
+    "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}],
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hi."},
+            "finish_reason": "stop",
+            "content_filter_results": {},
+        }
+    ],
+    "usage": {
+        "prompt_tokens": 1200,
+        "completion_tokens": 2,
+        "total_tokens": 1202,
+        "prompt_tokens_details": {"cached_tokens": 1024},
+    },
+}
+
+
+def adapter_for(handler, api_version: str | None = None) -> AzureOpenAIAdapter:
+    config = VendorConfig(kind="azure", base_url=BASE + "/", api_version=api_version)
+    return AzureOpenAIAdapter(config, httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+
+
+def call(body: dict | None = None) -> VendorCall:
+    body = body or {"model": "alias", "messages": [{"role": "user", "content": "hi"}]}
+    return VendorCall(model="gpt4o-prod", body=body, api_key=KEY)
+
+
+def recorder(*responses: httpx.Response):
+    seen: list[httpx.Request] = []
+    queue = list(responses)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return queue.pop(0)
+
+    return seen, handler
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"), [(None, "2024-10-21"), ("2025-04-01-preview", None)]
+)
+async def test_chat_goes_to_the_deployment_with_api_key_header(version, expected):
+    seen, handler = recorder(httpx.Response(200, json=ANSWER))
+    result = await adapter_for(handler, version).chat(call())
+
+    request = seen[0]
+    assert str(request.url) == (
+        f"{BASE}/openai/deployments/gpt4o-prod/chat/completions?api-version={expected or version}"
+    )
+    assert request.headers["api-key"] == KEY
+    assert "authorization" not in request.headers
+    assert json.loads(request.content)["model"] == "gpt4o-prod"
+    assert result.usage == Usage(input_tokens=1200, output_tokens=2, cache_read_tokens=1024)
+    assert result.body == ANSWER
+
+
+async def test_stream_uses_the_deployment_url_and_skips_the_filter_chunk():
+    filter_chunk = {
+        "id": "",
+        "object": "",
+        "created": 0,
+        "model": "",
+        "choices": [],
+        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}],
+    }
+    text = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}],
+        "usage": None,
+    }
+    usage = {**text, "choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": 1}}
+    events = [filter_chunk, text, usage, "[DONE]"]
+    body = "".join(f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events)
+    seen, handler = recorder(httpx.Response(200, text=body))
+
+    items = [item async for item in adapter_for(handler).stream(call())]
+
+    assert seen[0].url.path == "/openai/deployments/gpt4o-prod/chat/completions"
+    assert json.loads(seen[0].content)["stream_options"] == {"include_usage": True}
+    assert items == [
+        {k: v for k, v in text.items() if k != "usage"},
+        Usage(input_tokens=8, output_tokens=1),
+    ]
+
+
+async def test_embed_goes_to_the_embedding_deployment():
+    answer = {
+        "object": "list",
+        "data": [],
+        "model": "te3",
+        "usage": {"prompt_tokens": 3, "total_tokens": 3},
+    }
+    seen, handler = recorder(httpx.Response(200, json=answer))
+    vc = VendorCall(model="embed-prod", body={"input": "hi"}, api_key=KEY)
+
+    result = await adapter_for(handler).embed(vc)
+
+    assert (
+        str(seen[0].url)
+        == f"{BASE}/openai/deployments/embed-prod/embeddings?api-version=2024-10-21"
+    )
+    assert result.usage == Usage(input_tokens=3)
+
+
+async def test_batch_uses_resource_level_files_and_batches():
+    seen, handler = recorder(
+        httpx.Response(200, json={"id": "file-1", "purpose": "batch"}),
+        httpx.Response(200, json={"id": "batch_az", "status": "validating"}),
+        httpx.Response(200, json={"id": "batch_az", "status": "in_progress"}),
+    )
+    adapter = adapter_for(handler)
+
+    batch_id = await adapter.submit_batch([("r1", call())], KEY)
+    assert await adapter.poll_batch(batch_id, KEY) is None
+
+    upload, create, poll = seen
+    assert str(upload.url) == f"{BASE}/openai/files?api-version=2024-10-21"
+    line = json.loads(upload.content.split(b"\r\n\r\n")[-1].split(b"\r\n")[0])
+    assert line["url"] == "/chat/completions"
+    assert line["body"]["model"] == "gpt4o-prod"
+    assert str(create.url) == f"{BASE}/openai/batches?api-version=2024-10-21"
+    assert json.loads(create.content)["endpoint"] == "/chat/completions"
+    assert str(poll.url) == f"{BASE}/openai/batches/batch_az?api-version=2024-10-21"
+    assert all(r.headers["api-key"] == KEY for r in seen)
+
+
+async def test_rate_limit_reads_retry_after_ms():
+    _, handler = recorder(
+        httpx.Response(
+            429,
+            json={
+                "error": {"code": "429", "message": "Requests have exceeded the token rate limit"}
+            },
+            headers={"retry-after-ms": "1500", "retry-after": "2"},
+        )
+    )
+    with pytest.raises(VendorRateLimited) as err:
+        await adapter_for(handler).chat(call())
+    assert err.value.retry_after == 1.5
+    assert err.value.message.startswith("azure: HTTP 429: Requests have exceeded")
+
+
+async def test_auth_error_never_echoes_the_api_key():
+    message = f"Access denied due to invalid subscription key {KEY}."
+    _, handler = recorder(httpx.Response(401, json={"error": {"code": "401", "message": message}}))
+    with pytest.raises(VendorAuthFailed) as err:
+        await adapter_for(handler).chat(call())
+    assert KEY not in err.value.message

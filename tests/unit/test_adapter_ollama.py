@@ -1,0 +1,274 @@
+"""The native Ollama adapter against a MockTransport playing /api/chat and /api/embed."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import pytest
+
+from agents.adapters import OllamaAdapter, VendorCall
+from schemas.config import VendorConfig
+from schemas.errors import BadRequest, VendorBadRequest, VendorUnavailable
+from schemas.formats.openai import assemble_chunks
+from schemas.usage import Usage
+
+BASE = "http://127.0.0.1:11434"
+PNG = "iVBORw0KGgo="
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "weather",
+            "description": "Current weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+BODY = {
+    "model": "relay-alias",
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Where is this?"},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "12C"},
+    ],
+    "tools": TOOLS,
+    "tool_choice": "auto",
+    "temperature": 0.2,
+    "top_p": 0.8,
+    "max_tokens": 128,
+    "seed": 7,
+    "stop": "END",
+    "response_format": {"type": "json_object"},
+    "stream": True,
+}
+OLLAMA_BODY = {
+    "model": "llama3.2-vision",
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Where is this?", "images": [PNG]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "weather", "arguments": {"city": "Oslo"}}}],
+        },
+        {"role": "tool", "content": "12C", "tool_name": "weather"},
+    ],
+    "stream": False,
+    "options": {"temperature": 0.2, "top_p": 0.8, "seed": 7, "num_predict": 128, "stop": ["END"]},
+    "tools": TOOLS,
+    "format": "json",
+}
+
+
+def adapter_for(handler) -> OllamaAdapter:
+    config = VendorConfig(kind="ollama", base_url=BASE + "/")
+    return OllamaAdapter(config, httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+
+
+def call(body: dict | None = None) -> VendorCall:
+    return VendorCall(model="llama3.2-vision", body=body or BODY, api_key="")
+
+
+def recorder(*responses: httpx.Response):
+    seen: list[httpx.Request] = []
+    queue = list(responses)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return queue.pop(0)
+
+    return seen, handler
+
+
+def ndjson(*lines: dict, size: int = 11):
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+    async def gen():
+        for i in range(0, len(data), size):
+            yield data[i : i + size]
+
+    return gen()
+
+
+def final(**extra) -> dict:
+    return {
+        "model": "llama3.2-vision",
+        "created_at": "2025-01-01T00:00:00Z",
+        "message": {"role": "assistant", "content": ""},
+        "done": True,
+        "done_reason": "stop",
+        "total_duration": 5_000_000,
+        "prompt_eval_count": 31,
+        "eval_count": 9,
+        **extra,
+    }
+
+
+async def test_chat_translates_request_and_tool_call_answer():
+    answer = final(
+        message={
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "weather", "arguments": {"city": "Bergen"}}}],
+        }
+    )
+    seen, handler = recorder(httpx.Response(200, json=answer))
+    result = await adapter_for(handler).chat(call())
+
+    request = seen[0]
+    assert str(request.url) == f"{BASE}/api/chat"
+    assert "authorization" not in request.headers
+    assert json.loads(request.content) == OLLAMA_BODY
+    assert result.usage == Usage(input_tokens=31, output_tokens=9)
+    choice = result.body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    [tool_call] = choice["message"]["tool_calls"]
+    assert re.fullmatch(r"call_[0-9a-f]{24}", tool_call["id"])
+    assert tool_call["function"] == {"name": "weather", "arguments": '{"city": "Bergen"}'}
+    assert result.body["object"] == "chat.completion"
+    assert result.body["usage"] == {"prompt_tokens": 31, "completion_tokens": 9, "total_tokens": 40}
+
+
+async def test_chat_text_answer_cut_at_length():
+    answer = final(message={"role": "assistant", "content": "Oslo is"}, done_reason="length")
+    _, handler = recorder(httpx.Response(200, json=answer))
+    result = await adapter_for(handler).chat(
+        call({"messages": [{"role": "user", "content": "hi"}]})
+    )
+    assert result.body["choices"][0]["message"] == {"role": "assistant", "content": "Oslo is"}
+    assert result.body["choices"][0]["finish_reason"] == "length"
+
+
+async def test_stream_turns_ndjson_into_chunks_then_usage():
+    def line(content: str, **message) -> dict:
+        return {
+            "model": "llama3.2-vision",
+            "created_at": "2025-01-01T00:00:00Z",
+            "message": {"role": "assistant", "content": content, **message},
+            "done": False,
+        }
+
+    tool_calls = [{"function": {"name": "weather", "arguments": {"city": "Oslo"}}}]
+    seen, handler = recorder(
+        httpx.Response(
+            200,
+            content=ndjson(
+                line("Let"), line(" me check."), line("", tool_calls=tool_calls), final()
+            ),
+        )
+    )
+    items = [item async for item in adapter_for(handler).stream(call())]
+
+    assert json.loads(seen[0].content)["stream"] is True
+    *chunks, usage = items
+    assert usage == Usage(input_tokens=31, output_tokens=9)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [c["choices"][0]["delta"].get("content") for c in chunks[1:3]] == ["Let", " me check."]
+    tool_delta = chunks[3]["choices"][0]["delta"]["tool_calls"][0]
+    assert tool_delta["index"] == 0 and tool_delta["id"].startswith("call_")
+    assert tool_delta["function"] == {"name": "weather", "arguments": '{"city": "Oslo"}'}
+    assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
+    assert len({c["id"] for c in chunks}) == 1
+    message = assemble_chunks(chunks)["choices"][0]["message"]
+    assert message["content"] == "Let me check."
+
+
+async def test_stream_error_line_raises():
+    _, handler = recorder(httpx.Response(200, content=ndjson({"error": "out of memory"})))
+    with pytest.raises(VendorUnavailable, match="ollama: out of memory"):
+        _ = [item async for item in adapter_for(handler).stream(call())]
+
+
+async def test_stream_cut_before_done_raises():
+    partial = {"model": "m", "message": {"role": "assistant", "content": "Hi"}, "done": False}
+    _, handler = recorder(httpx.Response(200, content=ndjson(partial)))
+    with pytest.raises(VendorUnavailable, match="before done"):
+        _ = [item async for item in adapter_for(handler).stream(call())]
+
+
+async def test_unknown_model_is_a_bad_request():
+    error = {"error": "model 'llama9' not found, try pulling it first"}
+    _, handler = recorder(httpx.Response(404, json=error))
+    with pytest.raises(VendorBadRequest) as err:
+        await adapter_for(handler).chat(call())
+    assert err.value.message == "ollama: HTTP 404: model 'llama9' not found, try pulling it first"
+
+
+async def test_connection_refused_is_vendor_unavailable():
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("Connection refused")
+
+    with pytest.raises(VendorUnavailable, match="could not connect"):
+        await adapter_for(handler).chat(call())
+
+
+async def test_image_by_url_is_refused_before_sending():
+    _, handler = recorder()
+    part = {"type": "image_url", "image_url": {"url": "https://x.test/cat.png"}}
+    with pytest.raises(BadRequest, match="data: URLs"):
+        await adapter_for(handler).chat(call({"messages": [{"role": "user", "content": [part]}]}))
+
+
+async def test_json_schema_response_format_becomes_format_schema():
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+        "max_completion_tokens": 50,
+    }
+    seen, handler = recorder(httpx.Response(200, json=final()))
+    await adapter_for(handler).chat(call(body))
+    sent = json.loads(seen[0].content)
+    assert sent["format"] == schema
+    assert sent["options"] == {"num_predict": 50}
+
+
+async def test_embed_answers_as_openai_list():
+    answer = {
+        "model": "nomic-embed-text",
+        "embeddings": [[0.1, 0.2], [0.3, 0.4]],
+        "total_duration": 1000,
+        "prompt_eval_count": 8,
+    }
+    seen, handler = recorder(httpx.Response(200, json=answer))
+    body = {"model": "embed-alias", "input": ["a", "b"], "dimensions": 2}
+    vc = VendorCall(model="nomic-embed-text", body=body, api_key="")
+
+    result = await adapter_for(handler).embed(vc)
+
+    assert str(seen[0].url) == f"{BASE}/api/embed"
+    assert json.loads(seen[0].content) == {
+        "model": "nomic-embed-text",
+        "input": ["a", "b"],
+        "dimensions": 2,
+    }
+    assert result.usage == Usage(input_tokens=8)
+    assert result.body == {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": 0, "embedding": [0.1, 0.2]},
+            {"object": "embedding", "index": 1, "embedding": [0.3, 0.4]},
+        ],
+        "model": "nomic-embed-text",
+        "usage": {"prompt_tokens": 8, "total_tokens": 8},
+    }

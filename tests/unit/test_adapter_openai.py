@@ -1,0 +1,496 @@
+"""The OpenAI adapter against a MockTransport playing OpenAI: requests out, answers in."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import httpx
+import pytest
+
+from agents.adapters import (
+    AnthropicAdapter,
+    AzureOpenAIAdapter,
+    BatchVendor,
+    ChatVendor,
+    EmbeddingVendor,
+    OllamaAdapter,
+    OpenAIAdapter,
+    VendorCall,
+    VendorResult,
+    make_adapter,
+)
+from schemas.config import VendorConfig
+from schemas.errors import VendorAuthFailed, VendorBadRequest, VendorRateLimited, VendorUnavailable
+from schemas.usage import Usage
+
+BASE = "http://127.0.0.1:9000/v1"
+KEY = "sk-test-abcdefghijklmnop"
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        ],
+    },
+]
+COMPLETION = {
+    "id": "chatcmpl-abc",
+    "object": "chat.completion",
+    "created": 1700000000,
+    "model": "gpt-4o-mini-2024-07-18",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "A cat.", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {
+        "prompt_tokens": 2100,
+        "completion_tokens": 4,
+        "total_tokens": 2104,
+        "prompt_tokens_details": {"cached_tokens": 2048, "audio_tokens": 0},
+    },
+}
+
+
+def adapter_for(handler, base: str = BASE) -> OpenAIAdapter:
+    config = VendorConfig(kind="openai", base_url=base, timeout_s=30)
+    return OpenAIAdapter(config, httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+
+
+def call(body: dict | None = None, key: str = KEY) -> VendorCall:
+    body = body or {"model": "relay-alias", "messages": MESSAGES, "stream": True}
+    return VendorCall(model="gpt-4o-mini", body=body, api_key=key, timeout_s=12)
+
+
+def sse(*events: dict | str) -> bytes:
+    return b"".join(
+        f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n".encode() for e in events
+    )
+
+
+def pieces(data: bytes, size: int = 7):
+    """Stream bytes in small pieces that cut lines in half, as networks do."""
+
+    async def gen():
+        for i in range(0, len(data), size):
+            yield data[i : i + size]
+
+    return gen()
+
+
+async def collect(stream) -> list:
+    return [item async for item in stream]
+
+
+async def test_chat_sends_vendor_model_with_bearer_and_reads_cached_usage():
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=COMPLETION)
+
+    result = await adapter_for(handler).chat(call())
+
+    request = seen[0]
+    assert request.method == "POST"
+    assert str(request.url) == f"{BASE}/chat/completions"
+    assert request.headers["authorization"] == f"Bearer {KEY}"
+    assert json.loads(request.content) == {"model": "gpt-4o-mini", "messages": MESSAGES}
+    assert request.extensions["timeout"]["read"] == 12
+    assert result == VendorResult(
+        COMPLETION,
+        Usage(input_tokens=2100, output_tokens=4, cache_read_tokens=2048),
+    )
+
+
+def chunk(delta: dict | None, finish: str | None = None, usage: dict | None = None) -> dict:
+    """An OpenAI stream chunk; ``delta=None`` makes the choices-less usage chunk."""
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    head = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
+    return {**head, "choices": choices, "usage": usage}
+
+
+def tool_delta(**fields) -> dict:
+    return {"tool_calls": [{"index": 0, **fields}]}
+
+
+STREAM = [
+    chunk({"role": "assistant", "content": ""}),
+    chunk({"content": "Checking"}),
+    chunk(tool_delta(id="call_w", type="function", function={"name": "weather", "arguments": ""})),
+    chunk(tool_delta(function={"arguments": '{"city"'})),
+    chunk(tool_delta(function={"arguments": ': "Oslo"}'})),
+    chunk({}, "tool_calls"),
+    chunk(
+        None,
+        usage={
+            "prompt_tokens": 1500,
+            "completion_tokens": 17,
+            "total_tokens": 1517,
+            "prompt_tokens_details": {"cached_tokens": 1024},
+        },
+    ),
+]
+
+
+async def test_stream_asks_for_usage_and_yields_chunks_then_usage():
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        body = b": keep-alive\n\n" + sse(*STREAM, "[DONE]")
+        return httpx.Response(
+            200, content=pieces(body), headers={"content-type": "text/event-stream"}
+        )
+
+    items = await collect(adapter_for(handler).stream(call()))
+
+    sent = json.loads(seen[0].content)
+    assert sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}
+    assert sent["model"] == "gpt-4o-mini"
+    *chunks, usage = items
+    assert usage == Usage(input_tokens=1500, output_tokens=17, cache_read_tokens=1024)
+    assert chunks == [{k: v for k, v in c.items() if k != "usage"} for c in STREAM[:-1]]
+
+
+async def test_stream_skips_azure_style_filter_chunk_and_survives_missing_usage():
+    filter_chunk = {
+        "id": "",
+        "object": "",
+        "created": 0,
+        "model": "",
+        "choices": [],
+        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}],
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=sse(filter_chunk, STREAM[1], STREAM[5], "[DONE]"))
+
+    items = await collect(adapter_for(handler).stream(call()))
+    assert [i["choices"][0]["delta"] for i in items[:-1]] == [{"content": "Checking"}, {}]
+    assert items[-1] == Usage()
+
+
+async def test_stream_error_event_after_200_raises():
+    error = {"error": {"message": "The server had an error", "type": "server_error"}}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=sse(STREAM[0], error))
+
+    with pytest.raises(VendorUnavailable, match="The server had an error"):
+        await collect(adapter_for(handler).stream(call()))
+
+
+async def test_stream_connection_dropped_mid_answer_is_vendor_unavailable():
+    async def broken():
+        yield sse(STREAM[0])
+        raise httpx.ReadError("connection reset")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=broken())
+
+    items: list = []
+    with pytest.raises(VendorUnavailable, match="connection to the vendor failed"):
+        async for item in adapter_for(handler).stream(call()):
+            items.append(item)
+    assert len(items) == 1
+
+
+async def test_stream_error_status_raises_before_any_chunk():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            429,
+            json={"error": {"message": "Rate limit reached", "type": "requests"}},
+            headers={"retry-after": "7"},
+        )
+
+    with pytest.raises(VendorRateLimited) as err:
+        await collect(adapter_for(handler).stream(call()))
+    assert err.value.retry_after == 7.0
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, VendorBadRequest),
+        (404, VendorBadRequest),
+        (422, VendorBadRequest),
+        (401, VendorAuthFailed),
+        (403, VendorAuthFailed),
+        (408, VendorUnavailable),
+        (409, VendorUnavailable),
+        (500, VendorUnavailable),
+        (503, VendorUnavailable),
+        (529, VendorUnavailable),
+        (429, VendorRateLimited),
+    ],
+)
+async def test_error_statuses_map_to_the_error_tree(status, cls):
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = {"error": {"message": f"vendor says {status}", "type": "x", "code": None}}
+        return httpx.Response(status, json=body)
+
+    with pytest.raises(cls) as err:
+        await adapter_for(handler).chat(call())
+    assert type(err.value) is cls
+    assert err.value.message == f"openai: HTTP {status}: vendor says {status}"
+
+
+async def test_error_message_never_carries_the_api_key():
+    def handler(request: httpx.Request) -> httpx.Response:
+        message = f"Incorrect API key provided: {KEY}. You can find your API key at ..."
+        return httpx.Response(401, json={"error": {"message": message, "code": "invalid_api_key"}})
+
+    with pytest.raises(VendorAuthFailed) as err:
+        await adapter_for(handler).chat(call())
+    assert KEY not in str(err.value)
+    assert "[redacted]" in err.value.message
+
+
+async def test_non_json_error_body_is_quoted():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(502, text="<html>Bad gateway</html>")
+
+    with pytest.raises(VendorUnavailable, match="HTTP 502: <html>Bad gateway</html>"):
+        await adapter_for(handler).chat(call())
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "20"}, 20.0),
+        ({"retry-after": "1.5"}, 1.5),
+        ({"retry-after-ms": "250", "retry-after": "1"}, 0.25),
+        ({}, None),
+        ({"retry-after": "soon"}, None),
+    ],
+)
+async def test_rate_limit_carries_retry_after(headers, expected):
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, json={"error": {"message": "slow down"}}, headers=headers)
+
+    with pytest.raises(VendorRateLimited) as err:
+        await adapter_for(handler).chat(call())
+    assert err.value.retry_after == expected
+
+
+async def test_rate_limit_retry_after_as_http_date():
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            429, json={"error": {"message": "slow"}}, headers={"retry-after": when}
+        )
+
+    with pytest.raises(VendorRateLimited) as err:
+        await adapter_for(handler).chat(call())
+    assert 25 <= err.value.retry_after <= 30
+
+
+@pytest.mark.parametrize(
+    ("exc", "text"),
+    [
+        (httpx.ReadTimeout("read timed out"), "openai: vendor timed out"),
+        (httpx.ConnectTimeout("connect timed out"), "openai: vendor timed out"),
+        (httpx.ConnectError("refused"), "openai: could not connect to the vendor"),
+    ],
+)
+async def test_transport_failures_are_vendor_unavailable(exc, text):
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    with pytest.raises(VendorUnavailable) as err:
+        await adapter_for(handler).chat(call())
+    assert err.value.message == text
+
+
+async def test_embed_posts_to_embeddings_and_counts_prompt_tokens():
+    answer = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.1, -0.2]}],
+        "model": "text-embedding-3-small",
+        "usage": {"prompt_tokens": 5, "total_tokens": 5},
+    }
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=answer)
+
+    body = {"model": "embed-alias", "input": ["hello world"]}
+    vc = VendorCall(model="text-embedding-3-small", body=body, api_key=KEY)
+    result = await adapter_for(handler).embed(vc)
+
+    assert str(seen[0].url) == f"{BASE}/embeddings"
+    assert json.loads(seen[0].content) == {
+        "model": "text-embedding-3-small",
+        "input": ["hello world"],
+    }
+    assert result == VendorResult(answer, Usage(input_tokens=5))
+
+
+async def test_complete_posts_list_prompts_to_legacy_completions():
+    answer = {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 1,
+        "model": "gpt-3.5-turbo-instruct",
+        "choices": [
+            {"text": " Paris", "index": 0, "logprobs": None, "finish_reason": "stop"},
+            {"text": " Rome", "index": 1, "logprobs": None, "finish_reason": "stop"},
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14},
+    }
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=answer)
+
+    body = {"prompt": ["France's capital:", "Italy's capital:"], "max_tokens": 3}
+    vc = VendorCall(model="gpt-3.5-turbo-instruct", body=body, api_key=KEY)
+    result = await adapter_for(handler).complete(vc)
+
+    assert str(seen[0].url) == f"{BASE}/completions"
+    assert json.loads(seen[0].content) == {**body, "model": "gpt-3.5-turbo-instruct"}
+    assert result.usage == Usage(input_tokens=12, output_tokens=2)
+    assert [c["text"] for c in result.body["choices"]] == [" Paris", " Rome"]
+
+
+def multipart_parts(request: httpx.Request) -> dict[str, bytes]:
+    boundary = request.headers["content-type"].split("boundary=")[1].encode()
+    parts = {}
+    for raw in request.content.split(b"--" + boundary)[1:-1]:
+        head, _, data = raw.strip(b"\r\n").partition(b"\r\n\r\n")
+        name = head.split(b'name="')[1].split(b'"')[0].decode()
+        parts[name] = data
+    return parts
+
+
+async def test_submit_batch_uploads_jsonl_then_creates_the_batch():
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path.endswith("/files"):
+            return httpx.Response(200, json={"id": "file-in", "object": "file", "purpose": "batch"})
+        return httpx.Response(
+            200, json={"id": "batch_1", "object": "batch", "status": "validating"}
+        )
+
+    calls = [("r1", call()), ("r2", call({"messages": [{"role": "user", "content": "hi"}]}))]
+    batch_id = await adapter_for(handler).submit_batch(calls, KEY)
+
+    assert batch_id == "batch_1"
+    upload, create = seen
+    assert str(upload.url) == f"{BASE}/files"
+    assert upload.headers["authorization"] == f"Bearer {KEY}"
+    parts = multipart_parts(upload)
+    assert parts["purpose"] == b"batch"
+    lines = [json.loads(line) for line in parts["file"].decode().splitlines()]
+    assert lines == [
+        {
+            "custom_id": "r1",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": MESSAGES},
+        },
+        {
+            "custom_id": "r2",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        },
+    ]
+    assert str(create.url) == f"{BASE}/batches"
+    assert json.loads(create.content) == {
+        "input_file_id": "file-in",
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+    }
+
+
+def batch_handler(status: str, **batch):
+    def line(n: int, response: dict | None, error: dict | None = None) -> dict:
+        return {"id": f"batch_req_{n}", "custom_id": f"r{n}", "response": response, "error": error}
+
+    output = [line(1, {"status_code": 200, "request_id": "req_1", "body": COMPLETION})]
+    bad = {"error": {"message": "Invalid 'messages'", "type": "invalid_request_error"}}
+    expired = {"code": "batch_expired", "message": "Not executed before the window expired."}
+    errors = [
+        line(2, {"status_code": 400, "request_id": "req_2", "body": bad}),
+        line(3, None, expired),
+    ]
+    files = {"file-out": output, "file-err": errors}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/v1/batches/batch_1":
+            return httpx.Response(200, json={"id": "batch_1", "status": status, **batch})
+        name = path.split("/")[-2]
+        return httpx.Response(200, text="".join(json.dumps(x) + "\n" for x in files[name]))
+
+    return handler
+
+
+@pytest.mark.parametrize("status", ["validating", "in_progress", "finalizing", "cancelling"])
+async def test_poll_batch_is_none_while_running(status):
+    assert await adapter_for(batch_handler(status)).poll_batch("batch_1", KEY) is None
+
+
+async def test_poll_batch_reads_output_and_error_files():
+    handler = batch_handler("completed", output_file_id="file-out", error_file_id="file-err")
+    results = await adapter_for(handler).poll_batch("batch_1", KEY)
+
+    assert set(results) == {"r1", "r2", "r3"}
+    assert results["r1"] == VendorResult(
+        COMPLETION, Usage(input_tokens=2100, output_tokens=4, cache_read_tokens=2048)
+    )
+    assert isinstance(results["r2"], VendorBadRequest)
+    assert "Invalid 'messages'" in results["r2"].message
+    assert isinstance(results["r3"], VendorUnavailable)
+    assert "batch_expired" in results["r3"].message
+
+
+async def test_poll_batch_that_failed_validation_raises():
+    errors = {"object": "list", "data": [{"code": "invalid_json", "message": "line 1 is not JSON"}]}
+    handler = batch_handler("failed", errors=errors)
+    with pytest.raises(VendorBadRequest, match="line 1 is not JSON"):
+        await adapter_for(handler).poll_batch("batch_1", KEY)
+
+
+async def test_ollama_openai_compatible_endpoint_without_key_sends_no_auth():
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=COMPLETION)
+
+    await adapter_for(handler, base="http://127.0.0.1:11434/v1/").chat(call(key=""))
+    assert str(seen[0].url) == "http://127.0.0.1:11434/v1/chat/completions"
+    assert "authorization" not in seen[0].headers
+
+
+@pytest.mark.parametrize(
+    ("kind", "cls"),
+    [
+        ("openai", OpenAIAdapter),
+        ("azure", AzureOpenAIAdapter),
+        ("anthropic", AnthropicAdapter),
+        ("ollama", OllamaAdapter),
+    ],
+)
+def test_make_adapter_picks_the_class_by_kind(kind, cls):
+    adapter = make_adapter(VendorConfig(kind=kind, base_url="http://x.test"), httpx.AsyncClient())
+    assert type(adapter) is cls
+    assert isinstance(adapter, ChatVendor)
+    assert isinstance(adapter, EmbeddingVendor) == (kind != "anthropic")
+    assert isinstance(adapter, BatchVendor) == (kind != "ollama")

@@ -1,0 +1,65 @@
+"""A bad config fails at start with the file, the key and what is wrong."""
+
+from pathlib import Path
+
+import pytest
+
+from schemas.config import ConfigError, hash_key, load_config, ttl_seconds
+
+GOOD = """
+vendors: {a: {kind: openai, base_url: "http://a/v1", api_key_env: A_KEY}}
+models: {m: {candidates: [{vendor: a, model: x}]}}
+tenants: {t: {keys: [{id: k1, sha256: %s}]}}
+""" % hash_key("rk-test")
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "relay.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_example_config_loads():
+    cfg = load_config(Path(__file__).resolve().parents[2] / "relay.example.yaml")
+    assert cfg.key_index()[hash_key("rk-demo-relay-station-local")] == ("demo", "demo-key")
+
+
+def test_vendor_key_comes_from_the_named_env_var(tmp_path, monkeypatch):
+    cfg = load_config(write(tmp_path, GOOD))
+    monkeypatch.setenv("A_KEY", "made-up-key")
+    assert cfg.vendors["a"].keys() == ["made-up-key"]
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "what"),
+    [
+        (GOOD.replace("kind: openai", "kind: openia"), "vendors.a.kind", "openai"),
+        (GOOD.replace("vendor: a", "vendor: b"), "models.m.candidates.0.vendor", "unknown vendor"),
+        (GOOD.replace("sha256: ", "sha256: x"), "tenants.t.keys.0.sha256", "pattern"),
+        (GOOD + "surprise: 1\n", "surprise", "Extra inputs"),
+        (GOOD.replace("candidates: [{vendor: a, model: x}]", "candidates: []"), "models.m.candidates", "at least 1"),
+        (GOOD.replace("{candidates:", "{cache_ttl: weekly, candidates:"), "models.m.cache_ttl", "weekly"),
+    ],
+)
+def test_bad_config_names_file_key_and_problem(tmp_path, text, where, what):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message and where in message and what in message
+
+
+def test_missing_and_unparsable_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "vendors: [unclosed"))
+
+
+def test_ttl_classes_and_seconds():
+    assert ttl_seconds("static") == 6 * 3600
+    assert ttl_seconds("semi-static") == 15 * 60
+    assert ttl_seconds("dynamic") == 60
+    assert ttl_seconds("45") == 45
+    with pytest.raises(ValueError):
+        ttl_seconds("forever")

@@ -1,0 +1,706 @@
+"""Anthropic Messages <-> OpenAI chat translation, both directions, requests and answers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from schemas.errors import BadRequest
+from schemas.formats.anthropic import (
+    ChunksToMessageEvents,
+    MessageEventsToChunks,
+    messages_request_to_openai,
+    messages_response_to_openai,
+    openai_request_to_messages,
+    openai_response_to_messages,
+)
+from schemas.formats.openai import assemble_chunks
+from schemas.usage import Usage
+
+PNG = "iVBORw0KGgo="
+WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
+
+# A multi-turn Anthropic request using most of what the format offers.
+ANTHROPIC_REQUEST = {
+    "model": "claude-alias",
+    "max_tokens": 512,
+    "system": [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Use metric."}],
+    "messages": [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in this picture, and the weather?"},
+                {
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": "image/png", "data": PNG},
+                },
+                {"type": "image", "source": {"type": "url", "url": "https://x.test/a.jpg"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+                {"type": "text", "text": "A cat. Checking weather."},
+                {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Oslo"}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "12C, rain"},
+                {"type": "text", "text": "Thanks!"},
+            ],
+        },
+    ],
+    "tools": [{"name": "weather", "description": "Weather now", "input_schema": WEATHER_SCHEMA}],
+    "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
+    "stop_sequences": ["END"],
+    "temperature": 0.3,
+    "top_p": 0.9,
+    "top_k": 40,
+    "stream": True,
+    "metadata": {"user_id": "u-7"},
+}
+
+OPENAI_REQUEST = {
+    "model": "claude-alias",
+    "max_tokens": 512,
+    "messages": [
+        {
+            "role": "system",
+            "content": [
+                {"type": "text", "text": "Be brief."},
+                {"type": "text", "text": "Use metric."},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in this picture, and the weather?"},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+                {"type": "image_url", "image_url": {"url": "https://x.test/a.jpg"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": "A cat. Checking weather.",
+            "tool_calls": [
+                {
+                    "id": "toolu_1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "12C, rain"},
+        {"role": "user", "content": "Thanks!"},
+    ],
+    "temperature": 0.3,
+    "top_p": 0.9,
+    "stream": True,
+    "stop": ["END"],
+    "user": "u-7",
+    "tools": [
+        {
+            "type": "function",
+            "function": {
+                "name": "weather",
+                "description": "Weather now",
+                "parameters": WEATHER_SCHEMA,
+            },
+        }
+    ],
+    "tool_choice": "required",
+    "parallel_tool_calls": False,
+}
+
+
+# -- client side: Anthropic request in ---------------------------------------------------
+
+
+def test_messages_request_to_openai_translates_every_part():
+    assert messages_request_to_openai(ANTHROPIC_REQUEST) == OPENAI_REQUEST
+
+
+def test_string_system_and_string_content_stay_strings():
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "system": "You are terse.",
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    assert messages_request_to_openai(body)["messages"] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "hi"},
+    ]
+
+
+def test_tool_result_blocks_become_tool_messages_and_images_follow():
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_a",
+                        "content": [
+                            {"type": "text", "text": "line 1"},
+                            {"type": "text", "text": "line 2"},
+                            {
+                                "type": "image",
+                                "source": {
+                                    "type": "base64",
+                                    "media_type": "image/jpeg",
+                                    "data": "QQ==",
+                                },
+                            },
+                        ],
+                    },
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_b",
+                        "content": "ok",
+                        "is_error": True,
+                    },
+                ],
+            }
+        ],
+    }
+    assert messages_request_to_openai(body)["messages"] == [
+        {"role": "tool", "tool_call_id": "toolu_a", "content": "line 1\nline 2"},
+        {"role": "tool", "tool_call_id": "toolu_b", "content": "ok"},
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,QQ=="}}],
+        },
+    ]
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        ({"type": "auto"}, "auto"),
+        ({"type": "any"}, "required"),
+        ({"type": "none"}, "none"),
+        (
+            {"type": "tool", "name": "weather"},
+            {"type": "function", "function": {"name": "weather"}},
+        ),
+    ],
+)
+def test_tool_choice_to_openai(choice, expected):
+    body = {**ANTHROPIC_REQUEST, "tool_choice": choice}
+    out = messages_request_to_openai(body)
+    assert out["tool_choice"] == expected
+    assert "parallel_tool_calls" not in out
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"max_tokens": None}, "max_tokens"),
+        ({"max_tokens": "10"}, "max_tokens"),
+        ({"model": ""}, "model"),
+        ({"messages": "hello"}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "system", "content": "x"}]}, "messages.0.role"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
+            "messages.0.content.0: block type 'document'",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image", "source": {"type": "file"}}]}
+                ]
+            },
+            "messages.0.content.0.source",
+        ),
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools.0"),
+        ({"tool_choice": {"type": "sometimes"}}, "tool_choice"),
+        ({"system": 5}, "system"),
+    ],
+)
+def test_malformed_requests_raise_bad_request(change, needle):
+    body = {k: v for k, v in {**ANTHROPIC_REQUEST, **change}.items() if v is not None}
+    with pytest.raises(BadRequest) as err:
+        messages_request_to_openai(body)
+    assert needle in err.value.message
+
+
+def test_openai_response_to_messages_with_text_tools_and_cache_usage():
+    body = {
+        "id": "chatcmpl-7",
+        "object": "chat.completion",
+        "model": "gpt-x",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "Let me look.",
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "weather", "arguments": '{"city":"Oslo"}'},
+                        }
+                    ],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ],
+    }
+    usage = Usage(
+        input_tokens=1000, output_tokens=20, cache_read_tokens=600, cache_write_tokens=100
+    )
+    assert openai_response_to_messages(body, usage, "claude-alias") == {
+        "id": "msg_chatcmpl-7",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-alias",
+        "content": [
+            {"type": "text", "text": "Let me look."},
+            {"type": "tool_use", "id": "call_1", "name": "weather", "input": {"city": "Oslo"}},
+        ],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": 300,
+            "cache_creation_input_tokens": 100,
+            "cache_read_input_tokens": 600,
+            "output_tokens": 20,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("finish", "stop"),
+    [
+        ("stop", "end_turn"),
+        ("length", "max_tokens"),
+        ("tool_calls", "tool_use"),
+        ("content_filter", "refusal"),
+        (None, "end_turn"),
+    ],
+)
+def test_finish_reason_maps_to_stop_reason(finish, stop):
+    body = {"id": "c", "choices": [{"message": {"content": "x"}, "finish_reason": finish}]}
+    assert openai_response_to_messages(body, Usage(), "m")["stop_reason"] == stop
+
+
+def test_chunks_to_message_events_text_then_two_tool_calls():
+    convert = ChunksToMessageEvents("claude-alias", "msg_1")
+
+    def chunk(delta, finish=None):
+        return {"id": "c", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    def tool(index, **fields):
+        return chunk({"tool_calls": [{"index": index, **fields}]})
+
+    events = []
+    for c in [
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"content": "Checking"}),
+        chunk({"content": " both."}),
+        tool(0, id="call_a", type="function", function={"name": "weather", "arguments": ""}),
+        tool(0, function={"arguments": '{"city":'}),
+        tool(0, function={"arguments": '"Oslo"}'}),
+        tool(1, id="call_b", type="function", function={"name": "clock", "arguments": "{}"}),
+        chunk({}, "tool_calls"),
+        {"id": "c", "choices": [], "usage": {"prompt_tokens": 50}},
+    ]:
+        events += convert.feed(c)
+    events += convert.finish(Usage(input_tokens=50, output_tokens=12, cache_read_tokens=30))
+
+    assert [name for name, _ in events] == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert all(data["type"] == name for name, data in events)
+    start = events[0][1]["message"]
+    assert start["id"] == "msg_1" and start["model"] == "claude-alias" and start["content"] == []
+    assert events[1][1] == {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
+    }
+    assert events[4][1]["delta"] == {"type": "text_delta", "text": " both."}
+    assert events[6][1] == {
+        "type": "content_block_start",
+        "index": 1,
+        "content_block": {"type": "tool_use", "id": "call_a", "name": "weather", "input": {}},
+    }
+    assert events[8][1] == {
+        "type": "content_block_delta",
+        "index": 1,
+        "delta": {"type": "input_json_delta", "partial_json": '"Oslo"}'},
+    }
+    assert events[10][1]["index"] == 2
+    assert events[10][1]["content_block"]["name"] == "clock"
+    assert events[12][1] == {"type": "content_block_stop", "index": 2}
+    assert events[13][1] == {
+        "type": "message_delta",
+        "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+        "usage": {
+            "input_tokens": 20,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 30,
+            "output_tokens": 12,
+        },
+    }
+
+
+def test_chunks_to_message_events_with_no_chunks_still_frames_a_message():
+    events = ChunksToMessageEvents("m", "msg_2").finish(Usage(input_tokens=3))
+    assert [name for name, _ in events] == ["message_start", "message_delta", "message_stop"]
+    assert events[1][1]["delta"]["stop_reason"] == "end_turn"
+
+
+# -- vendor side: the neutral request out to Anthropic ----------------------------------
+
+
+def test_openai_request_to_messages_inverts_the_client_side():
+    out = openai_request_to_messages(OPENAI_REQUEST, "claude-sonnet-4-5")
+    expected = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 512,
+        "system": "Be brief.\n\nUse metric.",
+        "messages": [
+            ANTHROPIC_REQUEST["messages"][0],
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "text", "text": "A cat. Checking weather."},
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_1",
+                        "name": "weather",
+                        "input": {"city": "Oslo"},
+                    },
+                ],
+            },
+            ANTHROPIC_REQUEST["messages"][2],
+        ],
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "stop_sequences": ["END"],
+        "metadata": {"user_id": "u-7"},
+        "tools": ANTHROPIC_REQUEST["tools"],
+        "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
+    }
+    assert out == expected
+
+
+def test_consecutive_tool_messages_merge_into_one_user_turn():
+    body = {
+        "messages": [
+            {"role": "system", "content": "sys one"},
+            {"role": "user", "content": "both please"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "a", "arguments": "{}"}},
+                    {"id": "c2", "type": "function", "function": {"name": "b", "arguments": ""}},
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "A"},
+            {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "B"}]},
+            {"role": "system", "content": "sys two"},
+        ],
+        "max_completion_tokens": 64,
+        "max_tokens": 10,
+        "stop": "###",
+        "temperature": 1.7,
+        "tool_choice": {"type": "function", "function": {"name": "a"}},
+    }
+    out = openai_request_to_messages(body, "claude-haiku")
+    assert out["system"] == "sys one\n\nsys two"
+    assert out["max_tokens"] == 64
+    assert out["stop_sequences"] == ["###"]
+    assert out["temperature"] == 1.0
+    assert "tool_choice" not in out  # no tools were offered, so nothing to choose
+    assert out["messages"] == [
+        {"role": "user", "content": "both please"},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "tool_use", "id": "c1", "name": "a", "input": {}},
+                {"type": "tool_use", "id": "c2", "name": "b", "input": {}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "c1", "content": "A"},
+                {"type": "tool_result", "tool_use_id": "c2", "content": "B"},
+            ],
+        },
+    ]
+
+
+def test_defaults_max_tokens_and_named_tool_choice():
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": OPENAI_REQUEST["tools"],
+        "tool_choice": {"type": "function", "function": {"name": "weather"}},
+    }
+    out = openai_request_to_messages(body, "claude-haiku")
+    assert out["max_tokens"] == 4096
+    assert out["tool_choice"] == {"type": "tool", "name": "weather"}
+    assert "system" not in out
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "input_audio", "input_audio": {"data": "x", "format": "wav"}},
+        {"type": "image_url", "image_url": {"url": "ftp://x.test/a.png"}},
+        {"type": "image_url", "image_url": {"url": "data:image/png,rawbytes"}},
+    ],
+)
+def test_content_anthropic_cannot_take_is_a_bad_request(part):
+    body = {"messages": [{"role": "user", "content": [part]}]}
+    with pytest.raises(BadRequest, match=r"messages\.0\.content\.0"):
+        openai_request_to_messages(body, "claude-haiku")
+
+
+def test_messages_response_to_openai_with_cache_usage():
+    body = {
+        "id": "msg_01",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5",
+        "content": [
+            {"type": "thinking", "thinking": "...", "signature": "s"},
+            {"type": "text", "text": "Calling."},
+            {"type": "tool_use", "id": "toolu_9", "name": "weather", "input": {"city": "Oslo"}},
+        ],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": 10,
+            "cache_creation_input_tokens": 200,
+            "cache_read_input_tokens": 1000,
+            "output_tokens": 33,
+        },
+    }
+    answer, usage = messages_response_to_openai(body)
+    assert usage == Usage(
+        input_tokens=1210, output_tokens=33, cache_read_tokens=1000, cache_write_tokens=200
+    )
+    assert answer["id"] == "msg_01"
+    assert answer["object"] == "chat.completion"
+    assert answer["model"] == "claude-sonnet-4-5"
+    assert answer["choices"] == [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "Calling.",
+                "tool_calls": [
+                    {
+                        "id": "toolu_9",
+                        "type": "function",
+                        "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
+                    }
+                ],
+            },
+            "logprobs": None,
+            "finish_reason": "tool_calls",
+        }
+    ]
+    assert answer["usage"] == {
+        "prompt_tokens": 1210,
+        "completion_tokens": 33,
+        "total_tokens": 1243,
+        "prompt_tokens_details": {"cached_tokens": 1000},
+    }
+
+
+@pytest.mark.parametrize(
+    ("stop", "finish"),
+    [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("refusal", "content_filter"),
+    ],
+)
+def test_stop_reason_maps_to_finish_reason(stop, finish):
+    body = {"id": "m", "content": [{"type": "text", "text": "x"}], "stop_reason": stop, "usage": {}}
+    assert messages_response_to_openai(body)[0]["choices"][0]["finish_reason"] == finish
+
+
+# A tool-using answer as Anthropic streams it.
+STREAM = [
+    (
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_s1",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude-sonnet-4-5",
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": 25,
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 400,
+                    "output_tokens": 1,
+                },
+            },
+        },
+    ),
+    (
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    ),
+    ("ping", {"type": "ping"}),
+    (
+        "content_block_delta",
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": "Let me"},
+        },
+    ),
+    (
+        "content_block_delta",
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": " check."},
+        },
+    ),
+    ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    (
+        "content_block_start",
+        {
+            "type": "content_block_start",
+            "index": 1,
+            "content_block": {"type": "tool_use", "id": "toolu_s", "name": "weather", "input": {}},
+        },
+    ),
+    (
+        "content_block_delta",
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": ""},
+        },
+    ),
+    (
+        "content_block_delta",
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": '{"city": "Os'},
+        },
+    ),
+    (
+        "content_block_delta",
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": 'lo"}'},
+        },
+    ),
+    ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+    (
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+            "usage": {"output_tokens": 41},
+        },
+    ),
+    ("message_stop", {"type": "message_stop"}),
+]
+
+
+def test_message_events_to_chunks_streams_text_and_tool_call():
+    convert = MessageEventsToChunks(created=99)
+    items = [item for event, data in STREAM for item in convert.feed(event, data)]
+    *chunks, usage = items
+    assert usage == Usage(input_tokens=425, output_tokens=41, cache_read_tokens=400)
+    assert all(isinstance(c, dict) for c in chunks)
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas == [
+        {"role": "assistant", "content": ""},
+        {"content": "Let me"},
+        {"content": " check."},
+        {
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "toolu_s",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": ""},
+                }
+            ]
+        },
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": "Os'}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": 'lo"}'}}]},
+        {},
+    ]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert {(c["id"], c["model"], c["created"]) for c in chunks} == {
+        ("msg_s1", "claude-sonnet-4-5", 99)
+    }
+
+    message = assemble_chunks(chunks)["choices"][0]["message"]
+    assert message["content"] == "Let me check."
+    assert json.loads(message["tool_calls"][0]["function"]["arguments"]) == {"city": "Oslo"}
+
+
+def test_message_delta_usage_fields_replace_message_start_ones():
+    convert = MessageEventsToChunks()
+    convert.feed(
+        "message_start",
+        {"type": "message_start", "message": {"id": "m", "usage": {"input_tokens": 5}}},
+    )
+    convert.feed(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "max_tokens"},
+            "usage": {"output_tokens": 9, "input_tokens": 7, "cache_read_input_tokens": None},
+        },
+    )
+    finish, usage = convert.feed("message_stop", {"type": "message_stop"})
+    assert finish["choices"][0]["finish_reason"] == "length"
+    assert usage == Usage(input_tokens=7, output_tokens=9)
+
+
+def test_unknown_events_and_deltas_are_skipped():
+    convert = MessageEventsToChunks()
+    assert convert.feed("future_event", {"type": "future_event"}) == []
+    thinking = {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "thinking_delta", "thinking": "hm"},
+    }
+    assert convert.feed("content_block_delta", thinking) == []

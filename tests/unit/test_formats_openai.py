@@ -1,0 +1,163 @@
+"""OpenAI chunk assembly and its inverse, the replay of a stored answer as chunks."""
+
+from __future__ import annotations
+
+import re
+
+from schemas.formats.openai import assemble_chunks, new_id, response_to_chunks
+
+HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1700, "model": "gpt-x"}
+
+
+def chunk(delta: dict, finish: str | None = None, **extra) -> dict:
+    return {**HEAD, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+
+
+def test_assemble_merges_text_and_keeps_head_and_usage():
+    usage = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+    body = assemble_chunks(
+        [
+            chunk({"role": "assistant", "content": ""}),
+            chunk({"content": "Hello"}),
+            chunk({"content": " world"}),
+            chunk({}, "stop"),
+            {**HEAD, "choices": [], "usage": usage},
+        ]
+    )
+    assert body == {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1700,
+        "model": "gpt-x",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello world"},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": usage,
+    }
+
+
+def test_assemble_merges_tool_call_fragments_by_index():
+    body = assemble_chunks(
+        [
+            chunk({"role": "assistant", "content": None}),
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_a",
+                            "type": "function",
+                            "function": {"name": "weather", "arguments": ""},
+                        }
+                    ]
+                }
+            ),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}),
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 1,
+                            "id": "call_b",
+                            "function": {"name": "time", "arguments": "{}"},
+                        }
+                    ]
+                }
+            ),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": ' "Oslo"}'}}]}),
+            chunk({}, "tool_calls"),
+        ]
+    )
+    message = body["choices"][0]["message"]
+    assert message["content"] is None
+    assert message["tool_calls"] == [
+        {
+            "id": "call_a",
+            "type": "function",
+            "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
+        },
+        {"id": "call_b", "type": "function", "function": {"name": "time", "arguments": "{}"}},
+    ]
+    assert body["choices"][0]["finish_reason"] == "tool_calls"
+    assert "usage" not in body
+
+
+def test_assemble_of_an_empty_answer_has_empty_content():
+    body = assemble_chunks([chunk({"role": "assistant"}), chunk({}, "length")])
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": ""}
+    assert body["choices"][0]["finish_reason"] == "length"
+
+
+def test_response_to_chunks_splits_words_and_round_trips():
+    body = {
+        "id": "chatcmpl-9",
+        "object": "chat.completion",
+        "created": 42,
+        "model": "gpt-x",
+        "system_fingerprint": "fp_1",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "  Two words\n\nand more. "},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+    }
+    chunks = response_to_chunks(body)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    pieces = [c["choices"][0]["delta"]["content"] for c in chunks[1:-1]]
+    assert pieces == ["  Two", " words", "\n\nand", " more.", " "]
+    assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "stop"}
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert all(c["id"] == "chatcmpl-9" and c["system_fingerprint"] == "fp_1" for c in chunks)
+    assert not any("usage" in c for c in chunks)
+
+    without_usage = {k: v for k, v in body.items() if k != "usage"}
+    assert assemble_chunks(chunks) == without_usage
+
+
+def test_response_to_chunks_replays_tool_calls_with_id_then_arguments():
+    calls = [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}},
+        {"id": "call_2", "type": "function", "function": {"name": "g", "arguments": "{}"}},
+    ]
+    body = {
+        "id": "x",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "tool_calls": calls},
+                "finish_reason": "tool_calls",
+            }
+        ],
+    }
+    chunks = response_to_chunks(body)
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[1] == {
+        "tool_calls": [
+            {
+                "index": 0,
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "f", "arguments": ""},
+            }
+        ]
+    }
+    assert deltas[2] == {"tool_calls": [{"index": 0, "function": {"arguments": '{"a": 1}'}}]}
+    assert deltas[3]["tool_calls"][0]["index"] == 1
+    assert assemble_chunks(chunks)["choices"][0]["message"]["tool_calls"] == calls
+
+
+def test_new_id_uses_prefix_and_is_unique():
+    assert re.fullmatch(r"chatcmpl-[0-9a-f]{24}", new_id("chatcmpl"))
+    assert re.fullmatch(r"call_[0-9a-f]{24}", new_id("call_"))
+    assert new_id("msg_") != new_id("msg_")
