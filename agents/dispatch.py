@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.adapters.base import ChatVendor, EmbeddingVendor, VendorCall, VendorResult
+from agents.batcher import EmbeddingBatcher
 from agents.keys import KeyPool
-from schemas.config import Candidate
+from schemas.config import Batching, Candidate
 from schemas.envelope import HealthEvent, RequestEnvelope
 from schemas.errors import (
     BadRequest,
@@ -44,6 +45,7 @@ class Outcome:
     error: RelayError | None = None
     attempts: int = 0
     streamed: bool = False
+    batched: bool = False
 
 
 class Dispatcher:
@@ -53,12 +55,15 @@ class Dispatcher:
         pools: dict[str, KeyPool],
         on_health: HealthSink,
         *,
+        batching: dict[str, Batching] | None = None,
         max_rounds: int = 2,
         rng: random.Random | None = None,
     ) -> None:
         self.adapters = adapters
         self.pools = pools
         self.on_health = on_health
+        self.batching = batching or {}
+        self.batcher = EmbeddingBatcher()
         self.max_rounds = max_rounds
         self.rng = rng or random.Random()
 
@@ -99,6 +104,7 @@ class Dispatcher:
                     continue
                 out.candidate, out.body, out.usage = cand, result.body, result.usage
                 out.streamed = sent_any
+                out.batched = bool(out.body.pop("_shared", False))
                 return out
             if round_no + 1 < self.max_rounds:
                 await self._backoff(env, round_no, last)
@@ -149,7 +155,15 @@ class Dispatcher:
         if env.endpoint == "embeddings":
             if not isinstance(adapter, EmbeddingVendor):
                 raise BadRequest(f"`{env.alias}` is served by a vendor without embeddings")
-            return await adapter.embed(call)
+            rule = self.batching.get(env.alias)
+            if rule is None:
+                return await adapter.embed(call)
+            params = {k: v for k, v in env.body.items() if k not in ("input", "model", "user")}
+            key = (str(id(adapter)), call.model, repr(sorted(params.items())))
+            result, _ = await self.batcher.embed(
+                key, call, adapter.embed, rule.window_ms, rule.max_size
+            )
+            return result
         if not isinstance(adapter, ChatVendor):
             raise BadRequest(f"`{env.alias}` is served by a vendor without chat")
         if not env.stream:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
+from agents.adapters.base import VendorResult
+from agents.batch_lane import BatchLane
 from agents.dispatch import Dispatcher, Outcome
 from agents.flights import Flight, Flights, Waiter
 from agents.meter import usage_event
 from agents.route import Router
-from schemas.envelope import HealthEvent, ReplyEvent, RequestEnvelope, UsageEvent
+from schemas.config import Candidate
+from schemas.envelope import HealthEvent, Priority, ReplyEvent, RequestEnvelope, UsageEvent
 from schemas.errors import DeadlineExceeded, RelayError
 from schemas.formats.openai import response_to_chunks
 from schemas.usage import Usage
@@ -34,17 +37,27 @@ class Sink(Protocol):
 
 class RequestHandler:
     def __init__(
-        self, router: Router, dispatcher: Dispatcher, prices: PriceSheet, sink: Sink
+        self,
+        router: Router,
+        dispatcher: Dispatcher,
+        prices: PriceSheet,
+        sink: Sink,
+        *,
+        discounts: dict[str, float] | None = None,
     ) -> None:
         self.router = router
         self.dispatcher = dispatcher
         self.prices = prices
         self.sink = sink
         self.flights = Flights()
+        self.discounts = discounts or {}
+        self.lane: BatchLane | None = None  # set by the wiring: it needs adapters and keys
 
     async def handle(self, env: RequestEnvelope) -> None:
         if env.deadline_ms / 1000 <= time.time():
             await self._fail(env, DeadlineExceeded("the request expired before a worker took it"))
+            return
+        if self._deferrable(env):
             return
         flight, waiter = self.flights.join(env, time.monotonic())
         if not waiter.leader:
@@ -58,6 +71,53 @@ class RequestHandler:
             outcome = Outcome(error=RelayError(f"internal error: {type(exc).__name__}"))
         self.flights.land(flight)
         await self._land(flight, outcome)
+
+    def _deferrable(self, env: RequestEnvelope) -> bool:
+        """Background chat goes to the batch-API lane when a candidate's vendor has one."""
+        if self.lane is None or env.priority is not Priority.background:
+            return False
+        if env.stream or env.endpoint != "chat":
+            return False
+        try:
+            plan = self.router.plan(env.alias, time.time())
+        except RelayError:
+            return False
+        cand = next((c for c in plan if self.lane.accepts(c)), None)
+        if cand is None:
+            return False
+        self.lane.submit(env, cand)
+        return True
+
+    async def deliver_batch(
+        self, env: RequestEnvelope, cand: Candidate, result: VendorResult | RelayError
+    ) -> None:
+        """A batch-API result: answered and metered like any other, at the batch price."""
+        if isinstance(result, RelayError):
+            await self._fail(env, result)
+            return
+        body = {**result.body, "model": env.alias}
+        await self.sink.reply(
+            env.reply_to,
+            ReplyEvent(
+                correlation_id=env.correlation_id,
+                kind="final",
+                body=body,
+                usage=result.usage,
+                vendor=cand.vendor,
+                model=cand.model,
+            ),
+        )
+        discount = self.discounts.get(cand.vendor, 0.0)
+        await self.sink.usage(
+            usage_event(
+                env,
+                self.prices,
+                candidate=cand,
+                usage=result.usage,
+                batch_api=True,
+                discount=discount,
+            )
+        )
 
     async def _fly(self, flight: Flight, env: RequestEnvelope) -> Outcome:
         plan = self.router.plan(env.alias, time.time())
@@ -121,7 +181,12 @@ class RequestHandler:
             )
             await self.sink.usage(
                 usage_event(
-                    env, self.prices, candidate=cand, usage=out.usage, coalesced=not w.leader
+                    env,
+                    self.prices,
+                    candidate=cand,
+                    usage=out.usage,
+                    coalesced=not w.leader,
+                    batched=out.batched,
                 )
             )
 

@@ -18,6 +18,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from agents.adapters.registry import make_adapter
+from agents.batch_lane import BatchLane
 from agents.dispatch import Dispatcher
 from agents.handler import RequestHandler
 from agents.keys import KeyPool
@@ -88,10 +89,17 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
 
     handler = RequestHandler(
         Router(config, view),
-        Dispatcher(adapters, pools, sink.health),
+        Dispatcher(
+            adapters,
+            pools,
+            sink.health,
+            batching={a: m.batching for a, m in config.models.items() if m.batching},
+        ),
         PriceSheet.from_config(config.models),
         sink,
+        discounts={name: v.batch_discount for name, v in config.vendors.items()},
     )
+    handler.lane = BatchLane(adapters, pools, config.batch_lane, handler.deliver_batch)
     in_flight: set[asyncio.Task[None]] = set()
 
     async def requests_agent(stream: faust.StreamT[bytes]) -> None:

@@ -1,0 +1,103 @@
+"""The batch-API lane: background requests go through a vendor batch API at its discount.
+
+Requests marked ``background`` are held per (vendor, model) until ``max_size`` of them
+wait or the oldest has waited ``max_age_s``, then submitted as one batch (OpenAI
+``/v1/files`` + ``/v1/batches``, Anthropic Message Batches) and polled until it ends.
+Each result goes back on the request's own reply topic like any other answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from agents.adapters.base import BatchVendor, VendorCall, VendorResult
+from agents.keys import KeyPool
+from schemas.config import BatchLane as LaneRule
+from schemas.config import Candidate
+from schemas.envelope import RequestEnvelope
+from schemas.errors import RelayError, VendorUnavailable
+
+log = logging.getLogger("relay.batch")
+
+Deliver = Callable[[RequestEnvelope, Candidate, VendorResult | RelayError], Awaitable[None]]
+
+
+@dataclass
+class _Queue:
+    items: list[RequestEnvelope] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+
+class BatchLane:
+    def __init__(
+        self,
+        adapters: dict[str, object],
+        pools: dict[str, KeyPool],
+        rule: LaneRule,
+        deliver: Deliver,
+    ) -> None:
+        self.adapters = adapters
+        self.pools = pools
+        self.rule = rule
+        self.deliver = deliver
+        self._queues: dict[tuple[str, str], _Queue] = {}
+        self._cands: dict[tuple[str, str], Candidate] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches_sent = 0
+
+    def accepts(self, cand: Candidate) -> bool:
+        return isinstance(self.adapters.get(cand.vendor), BatchVendor)
+
+    def submit(self, env: RequestEnvelope, cand: Candidate) -> None:
+        key = (cand.vendor, cand.model)
+        self._cands[key] = cand
+        queue = self._queues.setdefault(key, _Queue())
+        queue.items.append(env)
+        if len(queue.items) >= self.rule.max_size:
+            self._flush(key)
+        elif queue.timer is None:
+            loop = asyncio.get_running_loop()
+            queue.timer = loop.call_later(self.rule.max_age_s, self._flush, key)
+
+    def _flush(self, key: tuple[str, str]) -> None:
+        queue = self._queues.pop(key, None)
+        if queue is None or not queue.items:
+            return
+        if queue.timer is not None:
+            queue.timer.cancel()
+        task = asyncio.get_running_loop().create_task(self._run(self._cands[key], queue.items))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, cand: Candidate, items: list[RequestEnvelope]) -> None:
+        adapter = self.adapters[cand.vendor]
+        assert isinstance(adapter, BatchVendor)
+        _, key = self.pools[cand.vendor].pick()
+        calls = [
+            (env.correlation_id, VendorCall(model=cand.model, body=env.body, api_key=key))
+            for env in items
+        ]
+        by_id = {env.correlation_id: env for env in items}
+        try:
+            batch_id = await adapter.submit_batch(calls, key)
+            self.batches_sent += 1
+            results = None
+            while results is None:
+                await asyncio.sleep(self.rule.poll_s)
+                results = await adapter.poll_batch(batch_id, key)
+        except RelayError as err:
+            log.warning("batch to %s/%s failed: %s", cand.vendor, cand.model, err.message)
+            for env in items:
+                await self.deliver(env, cand, err)
+            return
+        for cid, env in by_id.items():
+            got = results.get(cid)
+            if isinstance(got, VendorResult):
+                await self.deliver(env, cand, got)
+            elif isinstance(got, RelayError):
+                await self.deliver(env, cand, got)
+            else:
+                await self.deliver(env, cand, VendorUnavailable("the batch returned no result"))

@@ -1,0 +1,392 @@
+"""OpenAI Files + Batch API and Anthropic Message Batches; jobs end after batch_complete_after_s."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from simulator import anthropic_routes, openai_routes
+from simulator.faults import BadRequest, Sim, bearer, json_response, read_json
+from simulator.text import new_id
+
+router = APIRouter()
+
+_DAY = 86_400
+_OPENAI_ENDPOINTS: dict[str, Callable[[Sim, dict[str, Any]], dict[str, Any]]] = {
+    "/v1/chat/completions": openai_routes.chat_result,
+    "/v1/completions": openai_routes.completions_result,
+    "/v1/embeddings": openai_routes.embeddings_result,
+}
+
+
+def _sim(request: Request) -> Sim:
+    return request.app.state.sim
+
+
+def _ended(sim: Sim, job: dict[str, Any]) -> bool:
+    return time.time() - job["t0"] >= sim.config.batch_complete_after_s
+
+
+def _jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(line) + b"\n" for line in lines)
+
+
+def _multipart(body: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
+    """Parse multipart/form-data into {field: (filename, data)} (python-multipart is not a dep)."""
+    boundary = next(
+        (p.split("=", 1)[1].strip('"') for p in content_type.split(";") if "boundary=" in p), ""
+    )
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    if not boundary:
+        return fields
+    for part in body.split(b"--" + boundary.encode())[1:]:
+        if part.startswith(b"--"):
+            break
+        head, _, data = part.partition(b"\r\n\r\n")
+        params: dict[str, str] = {}
+        for line in head.decode("utf-8", "replace").split("\r\n"):
+            if line.lower().startswith("content-disposition:"):
+                for item in line.split(";")[1:]:
+                    key, _, value = item.strip().partition("=")
+                    params[key] = value.strip('"')
+        if "name" in params:
+            fields[params["name"]] = (params.get("filename"), data.removesuffix(b"\r\n"))
+    return fields
+
+
+# ---- OpenAI Files and Batches -------------------------------------------------------------
+
+
+def _store_file(sim: Sim, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "id": new_id("file-"),
+        "object": "file",
+        "bytes": len(data),
+        "created_at": int(time.time()),
+        "filename": filename,
+        "purpose": purpose,
+        "status": "processed",
+        "expires_at": None,
+        "status_details": None,
+    }
+    sim.files[meta["id"]] = meta
+    sim.file_data[meta["id"]] = data
+    return meta
+
+
+def _openai_auth(request: Request) -> Response | None:
+    if _sim(request).authorized(bearer(request)):
+        return None
+    return openai_routes.error(401, "Incorrect API key provided.", code="invalid_api_key")
+
+
+@router.post("/v1/files")
+async def upload_file(request: Request) -> Response:
+    """Upload a file (multipart ``file`` + ``purpose``)."""
+    if (rejected := _openai_auth(request)) is not None:
+        return rejected
+    fields = _multipart(await request.body(), request.headers.get("content-type", ""))
+    if "file" not in fields:
+        return openai_routes.error(400, "Missing required parameter: 'file'.", param="file")
+    purpose = fields.get("purpose", (None, b"batch"))[1].decode()
+    filename = fields["file"][0] or "upload.jsonl"
+    return json_response(_store_file(_sim(request), fields["file"][1], filename, purpose))
+
+
+@router.get("/v1/files/{file_id}")
+async def get_file(file_id: str, request: Request) -> Response:
+    """File metadata."""
+    if (rejected := _openai_auth(request)) is not None:
+        return rejected
+    meta = _sim(request).files.get(file_id)
+    if meta is None:
+        return openai_routes.error(404, f"No such File object: {file_id}", param="id")
+    return json_response(meta)
+
+
+@router.get("/v1/files/{file_id}/content")
+async def file_content(file_id: str, request: Request) -> Response:
+    """Raw file bytes (batch input, output or error JSONL)."""
+    if (rejected := _openai_auth(request)) is not None:
+        return rejected
+    data = _sim(request).file_data.get(file_id)
+    if data is None:
+        return openai_routes.error(404, f"No such File object: {file_id}", param="id")
+    return Response(data, media_type="application/octet-stream")
+
+
+def _openai_item(sim: Sim, endpoint: str, raw: bytes) -> tuple[dict[str, Any], bool]:
+    """One output line for one input line, and whether it succeeded."""
+    line_id, request_id = new_id("batch_req_"), new_id("req_")
+    try:
+        item = orjson.loads(raw)
+        custom_id, body = item.get("custom_id"), item.get("body")
+        if not isinstance(body, dict) or item.get("url") != endpoint:
+            raise BadRequest(f"Each line needs a 'body' object and url {endpoint}.")
+    except (orjson.JSONDecodeError, AttributeError, BadRequest) as exc:
+        error = {"code": "invalid_request", "message": str(exc)}
+        return {"id": line_id, "custom_id": None, "response": None, "error": error}, False
+    model = str(body.get("model") or "unknown")
+    sim.stats.record(model, "batch")
+    status, fault = 200, sim.model_fault(model)
+    try:
+        if fault:
+            status = int(fault)
+            out = openai_routes.error_body(status, "Simulated failure for this model.")
+        else:
+            out = _OPENAI_ENDPOINTS[endpoint](sim, body)
+    except BadRequest as exc:
+        status, out = 400, openai_routes.error_body(400, exc.message, exc.param)
+    response = {"status_code": status, "request_id": request_id, "body": out}
+    return {
+        "id": line_id,
+        "custom_id": custom_id,
+        "response": response,
+        "error": None,
+    }, status == 200
+
+
+@router.post("/v1/batches")
+async def create_batch(request: Request) -> Response:
+    """Create a batch; every line is answered now and revealed once the job 'completes'."""
+    if (rejected := _openai_auth(request)) is not None:
+        return rejected
+    sim = _sim(request)
+    body = await read_json(request)
+    if body is None:
+        return openai_routes.error(400, "We could not parse the JSON body of your request.")
+    endpoint, file_id = body.get("endpoint"), body.get("input_file_id")
+    if endpoint not in _OPENAI_ENDPOINTS:
+        return openai_routes.error(400, f"Unsupported endpoint: {endpoint}", param="endpoint")
+    data = sim.file_data.get(file_id) if isinstance(file_id, str) else None
+    if data is None:
+        return openai_routes.error(404, f"No such File object: {file_id}", param="input_file_id")
+    good: list[dict[str, Any]] = []
+    bad: list[dict[str, Any]] = []
+    for raw in data.splitlines():
+        if raw.strip():
+            line, ok = _openai_item(sim, endpoint, raw)
+            (good if ok else bad).append(line)
+    sim.stats.batches += 1
+    now = int(time.time())
+    job: dict[str, Any] = {
+        "id": new_id("batch_"),
+        "object": "batch",
+        "endpoint": endpoint,
+        "errors": None,
+        "input_file_id": file_id,
+        "completion_window": str(body.get("completion_window") or "24h"),
+        "status": "validating",
+        "output_file_id": None,
+        "error_file_id": None,
+        "created_at": now,
+        "in_progress_at": None,
+        "expires_at": now + _DAY,
+        "finalizing_at": None,
+        "completed_at": None,
+        "failed_at": None,
+        "expired_at": None,
+        "cancelling_at": None,
+        "cancelled_at": None,
+        "request_counts": {"total": len(good) + len(bad), "completed": 0, "failed": 0},
+        "metadata": body.get("metadata"),
+    }
+    sim.batches[job["id"]] = {
+        "t0": time.time(),
+        "obj": job,
+        "output": _store_file(sim, _jsonl(good), "batch_output.jsonl", "batch_output")["id"],
+        "errors": _store_file(sim, _jsonl(bad), "batch_errors.jsonl", "batch_output")["id"]
+        if bad
+        else None,
+        "counts": (len(good), len(bad)),
+        "cancelled": False,
+    }
+    return json_response(job)
+
+
+def _openai_view(sim: Sim, rec: dict[str, Any]) -> dict[str, Any]:
+    obj = dict(rec["obj"])
+    now = int(time.time())
+    if rec["cancelled"]:
+        return obj | {"status": "cancelled", "cancelled_at": obj["cancelling_at"]}
+    if not _ended(sim, rec):
+        return obj | {"status": "in_progress", "in_progress_at": obj["created_at"]}
+    done, failed = rec["counts"]
+    return obj | {
+        "status": "completed",
+        "output_file_id": rec["output"],
+        "error_file_id": rec["errors"],
+        "in_progress_at": obj["created_at"],
+        "finalizing_at": now,
+        "completed_at": now,
+        "request_counts": {"total": done + failed, "completed": done, "failed": failed},
+    }
+
+
+@router.get("/v1/batches/{batch_id}")
+async def get_batch(batch_id: str, request: Request) -> Response:
+    """Batch status: ``in_progress`` until the delay passes, then ``completed``."""
+    if (rejected := _openai_auth(request)) is not None:
+        return rejected
+    sim = _sim(request)
+    rec = sim.batches.get(batch_id)
+    if rec is None or rec["obj"].get("object") != "batch":
+        return openai_routes.error(404, f"No such Batch object: {batch_id}", param="batch_id")
+    return json_response(_openai_view(sim, rec))
+
+
+@router.post("/v1/batches/{batch_id}/cancel")
+async def cancel_batch(batch_id: str, request: Request) -> Response:
+    """Cancel a batch that has not completed yet."""
+    if (rejected := _openai_auth(request)) is not None:
+        return rejected
+    sim = _sim(request)
+    rec = sim.batches.get(batch_id)
+    if rec is None or rec["obj"].get("object") != "batch":
+        return openai_routes.error(404, f"No such Batch object: {batch_id}", param="batch_id")
+    if not _ended(sim, rec) and not rec["cancelled"]:
+        rec["obj"]["cancelling_at"] = int(time.time())
+        rec["cancelled"] = True
+        return json_response(_openai_view(sim, rec) | {"status": "cancelling"})
+    return json_response(_openai_view(sim, rec))
+
+
+# ---- Anthropic Message Batches ------------------------------------------------------------
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _anthropic_item(sim: Sim, item: Any) -> dict[str, Any]:
+    custom_id, params = item.get("custom_id"), item.get("params")
+    model = str(params.get("model") or "unknown")
+    sim.stats.record(model, "batch")
+    try:
+        if sim.model_fault(model):
+            error = anthropic_routes.error_object(500, "Simulated failure for this model.")
+        else:
+            message = anthropic_routes.message_result(sim, params)
+            return {"custom_id": custom_id, "result": {"type": "succeeded", "message": message}}
+    except BadRequest as exc:
+        error = anthropic_routes.error_object(400, exc.message)
+    return {"custom_id": custom_id, "result": {"type": "errored", "error": error}}
+
+
+def _anthropic_view(sim: Sim, rec: dict[str, Any], request: Request) -> dict[str, Any]:
+    obj = dict(rec["obj"])
+    succeeded, errored = rec["counts"]
+    if rec["cancelled"]:
+        counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": succeeded + errored}
+    elif _ended(sim, rec):
+        counts = {"processing": 0, "succeeded": succeeded, "errored": errored, "canceled": 0}
+    else:
+        return obj
+    url = f"{str(request.base_url).rstrip('/')}/v1/messages/batches/{obj['id']}/results"
+    return obj | {
+        "processing_status": "ended",
+        "request_counts": counts | {"expired": 0},
+        "ended_at": _iso(time.time()),
+        "results_url": url,
+    }
+
+
+def _anthropic_job(request: Request, batch_id: str) -> tuple[Sim, dict[str, Any] | Response]:
+    sim = _sim(request)
+    rejected = anthropic_routes.check_headers(request)
+    if rejected is not None:
+        return sim, rejected
+    rec = sim.batches.get(batch_id)
+    if rec is None or rec["obj"].get("type") != "message_batch":
+        return sim, anthropic_routes.error(404, f"message batch {batch_id} not found")
+    return sim, rec
+
+
+@router.post("/v1/messages/batches")
+async def create_message_batch(request: Request) -> Response:
+    """Create a Message Batch from ``requests: [{custom_id, params}]``."""
+    sim = _sim(request)
+    rejected = anthropic_routes.check_headers(request)
+    if rejected is not None:
+        return rejected
+    body = await read_json(request)
+    items = body.get("requests") if body else None
+    if not isinstance(items, list) or not items:
+        return anthropic_routes.error(400, "requests: at least one request is required")
+    for item in items:
+        if not (isinstance(item, dict) and isinstance(item.get("params"), dict)):
+            return anthropic_routes.error(400, "requests: each needs custom_id and params")
+    results = [_anthropic_item(sim, item) for item in items]
+    sim.stats.batches += 1
+    ok = sum(r["result"]["type"] == "succeeded" for r in results)
+    now = time.time()
+    job: dict[str, Any] = {
+        "id": new_id("msgbatch_"),
+        "type": "message_batch",
+        "processing_status": "in_progress",
+        "request_counts": {
+            "processing": len(items),
+            "succeeded": 0,
+            "errored": 0,
+            "canceled": 0,
+            "expired": 0,
+        },
+        "ended_at": None,
+        "created_at": _iso(now),
+        "expires_at": _iso(now + _DAY),
+        "cancel_initiated_at": None,
+        "archived_at": None,
+        "results_url": None,
+    }
+    sim.batches[job["id"]] = {
+        "t0": now,
+        "obj": job,
+        "results": results,
+        "counts": (ok, len(results) - ok),
+        "cancelled": False,
+    }
+    return json_response(job)
+
+
+@router.get("/v1/messages/batches/{batch_id}")
+async def get_message_batch(batch_id: str, request: Request) -> Response:
+    """Batch status: ``in_progress`` until the delay passes, then ``ended`` with ``results_url``."""
+    sim, rec = _anthropic_job(request, batch_id)
+    if isinstance(rec, Response):
+        return rec
+    return json_response(_anthropic_view(sim, rec, request))
+
+
+@router.post("/v1/messages/batches/{batch_id}/cancel")
+async def cancel_message_batch(batch_id: str, request: Request) -> Response:
+    """Cancel a batch still in progress; its requests end as ``canceled``."""
+    sim, rec = _anthropic_job(request, batch_id)
+    if isinstance(rec, Response):
+        return rec
+    if not _ended(sim, rec) and not rec["cancelled"]:
+        rec["cancelled"] = True
+        rec["obj"]["cancel_initiated_at"] = _iso(time.time())
+        return json_response(rec["obj"] | {"processing_status": "canceling"})
+    return json_response(_anthropic_view(sim, rec, request))
+
+
+@router.get("/v1/messages/batches/{batch_id}/results")
+async def message_batch_results(batch_id: str, request: Request) -> Response:
+    """JSONL results, one ``{custom_id, result}`` per request, once the batch has ended."""
+    sim, rec = _anthropic_job(request, batch_id)
+    if isinstance(rec, Response):
+        return rec
+    if rec["cancelled"]:
+        lines = [
+            {"custom_id": r["custom_id"], "result": {"type": "canceled"}} for r in rec["results"]
+        ]
+    elif _ended(sim, rec):
+        lines = rec["results"]
+    else:
+        return anthropic_routes.error(400, f"message batch {batch_id} has not ended yet")
+    return Response(_jsonl(lines), media_type="application/binary")

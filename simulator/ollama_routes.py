@@ -1,0 +1,161 @@
+"""Ollama native wire format: /api/chat (NDJSON streaming by default), /api/embed, /api/tags."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from simulator.faults import BadRequest, Sim, bearer, json_response, read_json
+from simulator.openai_routes import to_prompt
+from simulator.text import EMBED_DIM, Answer, compose, digest, embedding, input_tokens
+
+router = APIRouter()
+
+TAGS = ("llama3.2:latest", "qwen2.5:7b", "nomic-embed-text:latest")
+_FAULT_MESSAGES = {"500": "internal server error", "429": "too many requests, retry later"}
+
+
+def error(status: int, message: str) -> Response:
+    """Ollama's error body is ``{"error": "..."}``; 429s carry ``Retry-After``."""
+    headers = {"retry-after": "1"} if status == 429 else None
+    return json_response({"error": message}, status, headers)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+async def _gate(request: Request) -> tuple[Sim, dict[str, Any] | Response]:
+    sim: Sim = request.app.state.sim
+    if not sim.authorized(bearer(request)):
+        return sim, error(401, "unauthorized")
+    body = await read_json(request)
+    if body is None:
+        return sim, error(400, "invalid JSON body")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return sim, error(400, "model is required")
+    return sim, body
+
+
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    options = body.get("options")
+    value = options.get("num_predict") if isinstance(options, dict) else None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _final(model: str, answer: Answer, prompt_tokens: int, content: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if answer.tool_name is not None:
+        message["tool_calls"] = [
+            {"function": {"name": answer.tool_name, "arguments": answer.tool_args}}
+        ]
+    # Durations are nanoseconds, synthesised from the token counts so they are stable.
+    prompt_ns, eval_ns = prompt_tokens * 100_000, answer.completion_tokens * 10_000_000
+    return {
+        "model": model,
+        "created_at": _now(),
+        "message": message,
+        "done": True,
+        "done_reason": "length" if answer.truncated else "stop",
+        "total_duration": 1_000_000 + prompt_ns + eval_ns,
+        "load_duration": 1_000_000,
+        "prompt_eval_count": prompt_tokens,
+        "prompt_eval_duration": prompt_ns,
+        "eval_count": answer.completion_tokens,
+        "eval_duration": eval_ns,
+    }
+
+
+def _lines(model: str, answer: Answer, prompt_tokens: int) -> list[bytes]:
+    created = _now()
+
+    def line(message: dict[str, Any]) -> dict[str, Any]:
+        return {"model": model, "created_at": created, "message": message, "done": False}
+
+    lines = [line({"role": "assistant", "content": p}) for p in answer.stream_pieces()]
+    final = _final(model, answer, prompt_tokens, "")
+    if answer.tool_name is not None:
+        # Ollama sends tool calls in a chunk of their own before the closing one.
+        lines.append(line(final["message"]))
+        final["message"] = {"role": "assistant", "content": ""}
+    return [orjson.dumps(x) + b"\n" for x in [*lines, final]]
+
+
+@router.post("/api/chat")
+async def chat(request: Request) -> Response:
+    """Ollama chat; ``stream`` defaults to true, streaming NDJSON lines."""
+    sim, body = await _gate(request)
+    if isinstance(body, Response):
+        return body
+    model = body["model"]
+    messages = body.get("messages") or []
+    try:
+        if not isinstance(messages, list):
+            raise BadRequest("messages must be an array")
+        prompt = to_prompt(messages, body.get("tools"), None)
+    except BadRequest as exc:
+        return error(400, exc.message)
+    answer = compose(model, prompt, _max_tokens(body))
+    fault = await sim.admit(request, model, "ollama.chat")
+    if fault:
+        return error(int(fault), _FAULT_MESSAGES[fault])
+    if body.get("stream", True):
+        chunks = _lines(model, answer, prompt.tokens)
+        return StreamingResponse(sim.paced(request, chunks), media_type="application/x-ndjson")
+    await sim.delay(request)
+    return json_response(_final(model, answer, prompt.tokens, answer.text))
+
+
+@router.post("/api/embed")
+async def embed(request: Request) -> Response:
+    """Ollama embeddings for a string or a list of strings."""
+    sim, body = await _gate(request)
+    if isinstance(body, Response):
+        return body
+    model, raw = body["model"], body.get("input")
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+        return error(400, "invalid input type")
+    dim = body.get("dimensions") or EMBED_DIM
+    if not isinstance(dim, int) or dim < 1:
+        return error(400, "dimensions must be a positive integer")
+    fault = await sim.admit(request, model, "ollama.embed", len(items))
+    if fault:
+        return error(int(fault), _FAULT_MESSAGES[fault])
+    await sim.delay(request)
+    return json_response(
+        {
+            "model": model,
+            "embeddings": [embedding(i, dim) for i in items],
+            "total_duration": 1_000_000,
+            "load_duration": 100_000,
+            "prompt_eval_count": sum(input_tokens(i) for i in items),
+        }
+    )
+
+
+@router.get("/api/tags")
+async def tags() -> Response:
+    """The locally 'pulled' models."""
+    models = [
+        {
+            "name": name,
+            "model": name,
+            "modified_at": "2025-01-01T00:00:00Z",
+            "size": 2_000_000_000,
+            "digest": f"{digest(name):016x}",
+            "details": {"format": "gguf", "family": name.split(":")[0], "parameter_size": "3B"},
+        }
+        for name in TAGS
+    ]
+    return json_response({"models": models})
+
+
+@router.get("/api/version")
+async def version() -> Response:
+    """The server version, which Ollama clients probe."""
+    return json_response({"version": "0.12.0"})

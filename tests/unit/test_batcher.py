@@ -1,0 +1,78 @@
+"""Embedding window batching: many callers, one vendor call, answers split back."""
+
+from __future__ import annotations
+
+import asyncio
+
+from agents.adapters.base import VendorCall, VendorResult
+from agents.batcher import EmbeddingBatcher
+from schemas.errors import VendorUnavailable
+from schemas.usage import Usage
+
+
+class Vendor:
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[list[str]] = []
+        self.fail = fail
+
+    async def embed(self, call: VendorCall) -> VendorResult:
+        inputs = call.body["input"]
+        self.calls.append(list(inputs))
+        if self.fail:
+            raise VendorUnavailable("down")
+        data = [{"object": "embedding", "index": i, "embedding": [float(len(t))]} for i, t in enumerate(inputs)]
+        tokens = sum(len(t) for t in inputs)
+        return VendorResult({"object": "list", "data": data, "model": call.model}, Usage(input_tokens=tokens))
+
+
+def call(inputs: str | list[str]) -> VendorCall:
+    return VendorCall(model="e", body={"model": "e", "input": inputs}, api_key="k")
+
+
+async def test_calls_in_one_window_share_a_vendor_call_and_get_their_own_vectors():
+    vendor, batcher = Vendor(), EmbeddingBatcher()
+    asks = [["a"], "bb", ["ccc", "dddd"], "eeeee"]
+    results = await asyncio.gather(
+        *(batcher.embed(("k",), call(a), vendor.embed, window_ms=30, max_size=64) for a in asks)
+    )
+    assert vendor.calls == [["a", "bb", "ccc", "dddd", "eeeee"]]
+    vectors = [[d["embedding"][0] for d in r.body["data"]] for r, _ in results]
+    assert vectors == [[1.0], [2.0], [3.0, 4.0], [5.0]]
+    assert [d["index"] for d in results[2][0].body["data"]] == [0, 1]
+    assert sum(r.usage.input_tokens for r, _ in results) == 15
+    assert all(shared for _, shared in results)
+
+
+async def test_max_size_flushes_before_the_window_ends():
+    vendor, batcher = Vendor(), EmbeddingBatcher()
+    started = asyncio.get_running_loop().time()
+    await asyncio.gather(
+        *(batcher.embed(("k",), call(str(i)), vendor.embed, window_ms=5000, max_size=3) for i in range(3))
+    )
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert vendor.calls == [["0", "1", "2"]]
+
+
+async def test_a_failed_batch_fails_every_caller_with_the_vendor_error():
+    vendor, batcher = Vendor(fail=True), EmbeddingBatcher()
+    results = await asyncio.gather(
+        *(batcher.embed(("k",), call("x"), vendor.embed, window_ms=10, max_size=8) for _ in range(3)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, VendorUnavailable) for r in results)
+    assert len(vendor.calls) == 1
+
+
+async def test_different_keys_never_mix():
+    vendor, batcher = Vendor(), EmbeddingBatcher()
+    await asyncio.gather(
+        batcher.embed(("m1",), call("a"), vendor.embed, window_ms=10, max_size=8),
+        batcher.embed(("m2",), call("b"), vendor.embed, window_ms=10, max_size=8),
+    )
+    assert sorted(vendor.calls) == [["a"], ["b"]]
+
+
+async def test_a_lone_call_is_not_marked_shared():
+    vendor, batcher = Vendor(), EmbeddingBatcher()
+    result, shared = await batcher.embed(("k",), call("solo"), vendor.embed, window_ms=5, max_size=8)
+    assert not shared and result.body["data"][0]["embedding"] == [4.0]

@@ -1,0 +1,588 @@
+"""The vendor simulator speaks each vendor's wire format well enough for the official SDKs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from typing import Any
+
+import anthropic
+import httpx
+import httpx2
+import openai
+import pytest
+
+from simulator import SimConfig, create_app
+
+AV = {"anthropic-version": "2023-06-01"}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
+
+
+def user(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+def raw_client(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim")
+
+
+def sdk_http(app: Any) -> httpx2.AsyncClient:
+    # Both official SDKs are built on httpx2 and reject a plain httpx client.
+    return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://sim")
+
+
+@pytest.fixture
+def app() -> Any:
+    return create_app(SimConfig(batch_complete_after_s=0))
+
+
+@pytest.fixture
+def sim(app: Any) -> httpx.AsyncClient:
+    return raw_client(app)
+
+
+@pytest.fixture
+def oai(app: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url="http://sim/v1", api_key="x", http_client=sdk_http(app), max_retries=0
+    )
+
+
+@pytest.fixture
+def claude(app: Any) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(
+        base_url="http://sim", api_key="x", http_client=sdk_http(app), max_retries=0
+    )
+
+
+def sse_data(text: str) -> list[Any]:
+    return [
+        json.loads(line[6:])
+        for line in text.splitlines()
+        if line.startswith("data: ") and line != "data: [DONE]"
+    ]
+
+
+# ---- OpenAI ---------------------------------------------------------------------------------
+
+
+async def test_openai_chat_is_deterministic_with_realistic_usage(oai: openai.AsyncOpenAI) -> None:
+    msgs = [{"role": "system", "content": "Be brief."}, *user("Hello there, simulator!")]
+    first = await oai.chat.completions.create(model="gpt-4o-mini", messages=msgs)
+    again = await oai.chat.completions.create(model="gpt-4o-mini", messages=msgs)
+    other = await oai.chat.completions.create(model="gpt-4o", messages=msgs)
+    text = first.choices[0].message.content
+    assert text == again.choices[0].message.content
+    assert text != other.choices[0].message.content
+    assert first.object == "chat.completion" and first.choices[0].finish_reason == "stop"
+    words = text.split()
+    assert 8 <= len(words) <= 40
+    chars = len("Be brief.") + len("Hello there, simulator!")
+    assert first.usage.prompt_tokens == math.ceil(chars / 4) + 3 * 2
+    assert first.usage.completion_tokens == len(words)
+    assert first.usage.total_tokens == first.usage.prompt_tokens + len(words)
+
+
+async def test_openai_max_tokens_caps_output(oai: openai.AsyncOpenAI) -> None:
+    r = await oai.chat.completions.create(model="m", messages=user("cap me"), max_tokens=3)
+    assert len(r.choices[0].message.content.split()) == 3
+    assert r.usage.completion_tokens == 3
+    assert r.choices[0].finish_reason == "length"
+
+
+async def test_openai_stream_matches_non_stream(oai: openai.AsyncOpenAI) -> None:
+    full = await oai.chat.completions.create(model="m", messages=user("stream please"))
+    stream = await oai.chat.completions.create(
+        model="m",
+        messages=user("stream please"),
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [c async for c in stream]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    pieces = [
+        c.choices[0].delta.content for c in chunks[1:] if c.choices and c.choices[0].delta.content
+    ]
+    assert "".join(pieces) == full.choices[0].message.content
+    assert len(pieces) == full.usage.completion_tokens  # one word per chunk
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == full.usage.total_tokens
+
+
+async def test_openai_stream_wire_ends_with_done(sim: httpx.AsyncClient) -> None:
+    r = await sim.post(
+        "/v1/chat/completions", json={"model": "m", "messages": user("x"), "stream": True}
+    )
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert r.text.endswith("data: [DONE]\n\n")
+    assert all("usage" not in c for c in sse_data(r.text))  # only with include_usage
+
+
+async def test_openai_tool_call_and_result_round_trip(oai: openai.AsyncOpenAI) -> None:
+    ask = user("What is the weather in Paris?")
+    r = await oai.chat.completions.create(model="m", messages=ask, tools=[WEATHER_TOOL])
+    call = r.choices[0].message.tool_calls[0]
+    assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.content is None
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris", "unit": "c"}
+
+    stream = await oai.chat.completions.create(
+        model="m", messages=ask, tools=[WEATHER_TOOL], stream=True
+    )
+    chunks = [c async for c in stream]
+    head = chunks[0].choices[0].delta.tool_calls[0]
+    assert head.id == call.id and head.function.name == "get_weather"
+    assert head.function.arguments == ""
+    args = "".join(
+        tc.function.arguments for c in chunks[1:] for tc in c.choices[0].delta.tool_calls or []
+    )
+    assert args == call.function.arguments
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    follow = [
+        *ask,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "21C and sunny"},
+    ]
+    done = await oai.chat.completions.create(model="m", messages=follow, tools=[WEATHER_TOOL])
+    assert done.choices[0].message.content == "Tool said: 21C and sunny"
+
+    plain = await oai.chat.completions.create(model="m", messages=user("hi"), tools=[WEATHER_TOOL])
+    assert plain.choices[0].message.tool_calls is None
+
+
+async def test_openai_tool_without_schema_gets_location(oai: openai.AsyncOpenAI) -> None:
+    tool = {"type": "function", "function": {"name": "lookup"}}
+    r = await oai.chat.completions.create(model="m", messages=user("use a tool"), tools=[tool])
+    assert json.loads(r.choices[0].message.tool_calls[0].function.arguments) == {
+        "location": "Paris"
+    }
+
+
+async def test_legacy_completions_one_choice_per_prompt(
+    oai: openai.AsyncOpenAI, sim: httpx.AsyncClient
+) -> None:
+    prompts = ["first prompt", "second prompt", "first prompt"]
+    r = await oai.completions.create(model="davinci", prompt=prompts, max_tokens=50)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert r.choices[0].text == r.choices[2].text != r.choices[1].text
+    assert r.usage.prompt_tokens == sum(math.ceil(len(p) / 4) for p in prompts)
+    assert r.usage.completion_tokens == sum(len(c.text.split()) for c in r.choices)
+    stats = (await sim.get("/stats")).json()
+    assert stats["calls"] == {"davinci": 1} and stats["inputs"] == {"davinci": 3}
+
+
+async def test_embeddings_float_and_base64(oai: openai.AsyncOpenAI, sim: httpx.AsyncClient) -> None:
+    sdk = await oai.embeddings.create(model="text-embedding-3-small", input=["alpha", "beta"])
+    raw = (
+        await sim.post(
+            "/v1/embeddings", json={"model": "text-embedding-3-small", "input": ["alpha", "beta"]}
+        )
+    ).json()
+    assert raw["object"] == "list" and [d["index"] for d in raw["data"]] == [0, 1]
+    for got, want in zip(sdk.data, raw["data"], strict=True):
+        assert len(got.embedding) == 16
+        assert got.embedding == pytest.approx(want["embedding"], abs=1e-6)
+        assert math.isclose(sum(v * v for v in got.embedding), 1.0, rel_tol=1e-4)
+    assert sdk.data[0].embedding != sdk.data[1].embedding
+    assert raw["usage"] == {"prompt_tokens": 3, "total_tokens": 3}  # ceil(5/4) + ceil(4/4)
+    wide = await oai.embeddings.create(model="e", input="alpha", dimensions=64)
+    assert len(wide.data[0].embedding) == 64
+    stats = (await sim.get("/stats")).json()
+    assert stats["inputs"]["text-embedding-3-small"] == 4
+    assert stats["calls"]["text-embedding-3-small"] == 2
+
+
+async def test_openai_prompt_cache_reports_cached_tokens(sim: httpx.AsyncClient) -> None:
+    system = {"role": "system", "content": "You are a careful assistant. " * 50}
+
+    async def usage(question: str) -> dict[str, Any]:
+        body = {"model": "m", "messages": [system, *user(question)]}
+        return (await sim.post("/v1/chat/completions", json=body)).json()["usage"]
+
+    first, second = await usage("one?"), await usage("two?")
+    assert first["prompt_tokens_details"]["cached_tokens"] == 0
+    assert second["prompt_tokens_details"]["cached_tokens"] == second["prompt_tokens"] * 3 // 4
+    short = {"model": "m", "messages": user("short")}
+    for _ in range(2):
+        r = (await sim.post("/v1/chat/completions", json=short)).json()
+        assert r["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    await sim.post("/sim/config", json={"prompt_cache": False})
+    assert (await usage("one?"))["prompt_tokens_details"]["cached_tokens"] == 0
+
+
+async def test_openai_malformed_bodies_get_400_not_422(sim: httpx.AsyncClient) -> None:
+    for body in ({"messages": user("x")}, {"model": "m"}, {"model": "m", "messages": []}):
+        r = await sim.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    r = await sim.post("/v1/chat/completions", content=b"{not json")
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert (await sim.post("/v1/embeddings", json={"model": "e", "input": ""})).status_code == 400
+
+
+async def test_models_lists_per_vendor(sim: httpx.AsyncClient) -> None:
+    openai_list = (await sim.get("/v1/models")).json()
+    assert openai_list["object"] == "list" and openai_list["data"][0]["object"] == "model"
+    claude_list = (await sim.get("/v1/models", headers=AV)).json()
+    assert all(m["type"] == "model" for m in claude_list["data"])
+    assert claude_list["has_more"] is False
+
+
+# ---- Azure ----------------------------------------------------------------------------------
+
+
+async def test_azure_paths_and_api_version(app: Any, sim: httpx.AsyncClient) -> None:
+    azure = openai.AsyncAzureOpenAI(
+        azure_endpoint="http://sim",
+        api_version="2024-10-21",
+        api_key="x",
+        http_client=sdk_http(app),
+        max_retries=0,
+    )
+    r = await azure.chat.completions.create(model="my-deploy", messages=user("hello azure"))
+    assert r.model == "my-deploy" and r.choices[0].message.content
+    e = await azure.embeddings.create(model="emb-deploy", input="x")
+    assert len(e.data[0].embedding) == 16
+    missing = await sim.post(
+        "/openai/deployments/my-deploy/chat/completions", json={"messages": user("x")}
+    )
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "api-version"
+    stats = (await sim.get("/stats")).json()
+    assert stats["by_endpoint"] == {"azure.chat": 1, "azure.embeddings": 1}
+
+
+# ---- Anthropic ------------------------------------------------------------------------------
+
+
+async def test_anthropic_message_and_stream(claude: anthropic.AsyncAnthropic) -> None:
+    kwargs: dict[str, Any] = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 100,
+        "system": "Be brief.",
+        "messages": user("Hello Claude"),
+    }
+    msg = await claude.messages.create(**kwargs)
+    again = await claude.messages.create(**kwargs)
+    assert msg.type == "message" and msg.stop_reason == "end_turn"
+    assert msg.content[0].type == "text" and msg.content[0].text == again.content[0].text
+    chars = len("Be brief.") + len("Hello Claude")
+    assert msg.usage.input_tokens == math.ceil(chars / 4) + 3 * 2
+    assert msg.usage.output_tokens == len(msg.content[0].text.split())
+    async with claude.messages.stream(**kwargs) as stream:
+        final = await stream.get_final_message()
+    assert final.content[0].text == msg.content[0].text
+    assert final.usage.output_tokens == msg.usage.output_tokens
+    capped = await claude.messages.create(**{**kwargs, "max_tokens": 2})
+    assert capped.stop_reason == "max_tokens" and len(capped.content[0].text.split()) == 2
+
+
+async def test_anthropic_stream_event_order(sim: httpx.AsyncClient) -> None:
+    body = {"model": "c", "max_tokens": 3, "messages": user("order"), "stream": True}
+    r = await sim.post("/v1/messages", json=body, headers=AV)
+    names = [line[7:] for line in r.text.splitlines() if line.startswith("event: ")]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    data = sse_data(r.text)
+    assert [d["type"] for d in data] == names
+    assert data[0]["message"]["usage"]["output_tokens"] == 1
+    assert data[0]["message"]["content"] == []
+    assert data[-2]["delta"]["stop_reason"] == "max_tokens"
+    assert data[-2]["usage"]["output_tokens"] == 3
+
+
+async def test_anthropic_tool_use_and_result(claude: anthropic.AsyncAnthropic) -> None:
+    tool = {
+        "name": "get_weather",
+        "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}},
+    }
+    ask = user("weather in Paris?")
+    msg = await claude.messages.create(model="c", max_tokens=50, messages=ask, tools=[tool])
+    block = msg.content[0]
+    assert msg.stop_reason == "tool_use" and block.type == "tool_use"
+    assert block.name == "get_weather" and block.input == {"location": "Paris"}
+    async with claude.messages.stream(
+        model="c", max_tokens=50, messages=ask, tools=[tool]
+    ) as stream:
+        streamed = await stream.get_final_message()
+    assert streamed.content[0].input == block.input and streamed.content[0].id == block.id
+    follow = [
+        *ask,
+        {"role": "assistant", "content": [block.model_dump()]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": block.id, "content": "18 degrees"}],
+        },
+    ]
+    done = await claude.messages.create(model="c", max_tokens=50, messages=follow, tools=[tool])
+    assert done.content[0].text == "Tool said: 18 degrees" and done.stop_reason == "end_turn"
+
+
+async def test_anthropic_prompt_cache_usage(claude: anthropic.AsyncAnthropic) -> None:
+    doc = "A long reference document. " * 60
+    system = [{"type": "text", "text": doc, "cache_control": {"type": "ephemeral"}}]
+
+    async def usage(question: str) -> Any:
+        msg = await claude.messages.create(
+            model="c", max_tokens=10, system=system, messages=user(question)
+        )
+        return msg.usage
+
+    first, second = await usage("first?"), await usage("second?")
+    cached = math.ceil(len(doc) / 4)
+    total = math.ceil((len(doc) + len("first?")) / 4) + 6
+    assert (first.cache_creation_input_tokens, first.cache_read_input_tokens) == (cached, 0)
+    assert (second.cache_creation_input_tokens, second.cache_read_input_tokens) == (0, cached)
+    assert first.input_tokens == total - cached  # input_tokens excludes cached tokens
+    plain = await claude.messages.create(model="c", max_tokens=10, messages=user(doc))
+    assert plain.usage.cache_read_input_tokens == plain.usage.cache_creation_input_tokens == 0
+
+
+async def test_anthropic_validation_and_count_tokens(sim: httpx.AsyncClient) -> None:
+    body = {"model": "c", "max_tokens": 5, "messages": user("count me")}
+    no_version = await sim.post("/v1/messages", json=body)
+    assert no_version.status_code == 400
+    assert no_version.json()["error"]["type"] == "invalid_request_error"
+    no_max = await sim.post("/v1/messages", json={**body, "max_tokens": None}, headers=AV)
+    assert no_max.status_code == 400 and no_max.json()["type"] == "error"
+    counted = await sim.post("/v1/messages/count_tokens", json=body, headers=AV)
+    assert counted.json() == {"input_tokens": math.ceil(len("count me") / 4) + 3}
+    assert (await sim.get("/stats")).json()["total"] == 0
+
+
+# ---- Ollama ---------------------------------------------------------------------------------
+
+
+async def test_ollama_chat_streams_ndjson_by_default(sim: httpx.AsyncClient) -> None:
+    body = {"model": "llama3.2", "messages": user("hello llama")}
+    r = await sim.post("/api/chat", json=body)
+    assert r.headers["content-type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert all(not x["done"] for x in lines[:-1]) and lines[-1]["done"] is True
+    text = "".join(x["message"]["content"] for x in lines)
+    whole = (await sim.post("/api/chat", json={**body, "stream": False})).json()
+    assert whole["done"] is True and whole["message"]["content"] == text
+    assert whole["done_reason"] == "stop"
+    assert whole["eval_count"] == len(text.split()) == len(lines) - 1
+    assert whole["prompt_eval_count"] == math.ceil(len("hello llama") / 4) + 3
+    capped = await sim.post(
+        "/api/chat", json={**body, "stream": False, "options": {"num_predict": 2}}
+    )
+    assert capped.json()["eval_count"] == 2 and capped.json()["done_reason"] == "length"
+
+
+async def test_ollama_tools_embed_and_tags(sim: httpx.AsyncClient) -> None:
+    ask = {"model": "llama3.2", "messages": user("weather?"), "tools": [WEATHER_TOOL]}
+    r = (await sim.post("/api/chat", json={**ask, "stream": False})).json()
+    call = r["message"]["tool_calls"][0]["function"]
+    assert call == {"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}
+    streamed = [json.loads(x) for x in (await sim.post("/api/chat", json=ask)).text.splitlines()]
+    assert streamed[0]["message"]["tool_calls"][0]["function"] == call
+    back = [*ask["messages"], r["message"], {"role": "tool", "content": "cloudy"}]
+    echoed = await sim.post("/api/chat", json={**ask, "messages": back, "stream": False})
+    assert echoed.json()["message"]["content"] == "Tool said: cloudy"
+    emb = (await sim.post("/api/embed", json={"model": "nomic", "input": ["a", "b"]})).json()
+    assert len(emb["embeddings"]) == 2 and len(emb["embeddings"][0]) == 16
+    assert emb["prompt_eval_count"] == 2
+    tags = (await sim.get("/api/tags")).json()
+    assert "llama3.2:latest" in [m["name"] for m in tags["models"]]
+    assert (await sim.post("/api/chat", json={"messages": []})).json() == {
+        "error": "model is required"
+    }
+
+
+# ---- Faults, auth, stats --------------------------------------------------------------------
+
+
+async def test_forced_faults_in_each_vendor_format(sim: httpx.AsyncClient) -> None:
+    chat = {"model": "m", "messages": user("x")}
+    r = await sim.post("/v1/chat/completions", json=chat, headers={"x-sim-fail": "500"})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    r = await sim.post("/v1/chat/completions", json=chat, headers={"x-sim-fail": "429"})
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert r.json()["error"]["code"] == "rate_limit_exceeded"
+    msg = {"model": "c", "max_tokens": 5, "messages": user("x")}
+    r = await sim.post("/v1/messages", json=msg, headers={**AV, "x-sim-fail": "429"})
+    assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
+    r = await sim.post("/v1/messages", json={**msg, "model": "c-fail500"}, headers=AV)
+    assert r.status_code == 500 and r.json()["error"]["type"] == "api_error"
+    r = await sim.post("/api/chat", json={**chat, "model": "llama-fail429"})
+    assert r.status_code == 429 and "error" in r.json() and r.headers["retry-after"] == "1"
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await sim.post("/v1/chat/completions", json=chat, headers={"x-sim-fail": "timeout"})
+    stats = (await sim.get("/stats")).json()
+    assert stats["faults"] == {"m": 3, "c-fail500": 1, "c": 1, "llama-fail429": 1}
+    assert stats["calls"] == stats["faults"]
+
+
+async def test_live_config_fault_rates(sim: httpx.AsyncClient) -> None:
+    chat = {"model": "m", "messages": user("x")}
+    assert (await sim.post("/sim/config", json={"error_rate": 1.0})).json()["error_rate"] == 1.0
+    r = await sim.post("/v1/chat/completions", json=chat)
+    assert r.status_code == 500 and "message" in r.json()["error"]
+    await sim.post("/sim/config", json={"error_rate": 0, "rate_429": 1.0})
+    r = await sim.post("/v1/embeddings", json={"model": "e", "input": "x"})
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    await sim.post("/sim/config", json={"rate_429": 0})
+    assert (await sim.post("/v1/chat/completions", json=chat)).status_code == 200
+    assert (await sim.post("/sim/config", json={"error_rate": 2})).status_code == 400
+    assert (await sim.post("/sim/config", json={"nope": 1})).status_code == 400
+
+
+async def test_random_faults_are_reproducible_from_the_seed() -> None:
+    async def pattern(seed: int) -> list[int]:
+        client = raw_client(create_app(SimConfig(error_rate=0.3, rate_429=0.3, seed=seed)))
+        body = {"model": "m", "messages": user("x")}
+        return [
+            (await client.post("/v1/chat/completions", json=body)).status_code for _ in range(30)
+        ]
+
+    a, b, c = await pattern(7), await pattern(7), await pattern(8)
+    assert a == b != c
+    assert {200, 429, 500} == set(a)
+
+
+async def test_api_key_enforced_in_each_vendor_format() -> None:
+    app = create_app(SimConfig(api_key="sekret"))
+    sim = raw_client(app)
+    chat = {"model": "m", "messages": user("x")}
+    bad = {"authorization": "Bearer wrong"}
+    r = await sim.post("/v1/chat/completions", json=chat, headers=bad)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    ok = await sim.post(
+        "/v1/chat/completions", json=chat, headers={"authorization": "Bearer sekret"}
+    )
+    assert ok.status_code == 200
+    azure = "/openai/deployments/d/chat/completions?api-version=2024-10-21"
+    assert (
+        await sim.post(azure, json=chat, headers={"authorization": "Bearer sekret"})
+    ).status_code == 401
+    assert (await sim.post(azure, json=chat, headers={"api-key": "sekret"})).status_code == 200
+    msg = {"model": "c", "max_tokens": 5, "messages": user("x")}
+    r = await sim.post("/v1/messages", json=msg, headers={**AV, "x-api-key": "wrong"})
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    r = await sim.post("/v1/messages", json=msg, headers={**AV, "x-api-key": "sekret"})
+    assert r.status_code == 200
+    r = await sim.post("/api/chat", json=chat)
+    assert r.status_code == 401 and r.json() == {"error": "unauthorized"}
+    claude = anthropic.AsyncAnthropic(
+        base_url="http://sim", api_key="wrong", http_client=sdk_http(app), max_retries=0
+    )
+    with pytest.raises(anthropic.AuthenticationError):
+        await claude.messages.create(model="c", max_tokens=5, messages=user("x"))
+    assert (await sim.get("/stats")).json()["calls"] == {"m": 1, "d": 1, "c": 1}
+
+
+async def test_stats_count_and_reset(sim: httpx.AsyncClient) -> None:
+    await sim.post("/v1/chat/completions", json={"model": "a", "messages": user("1")})
+    await sim.post("/v1/chat/completions", json={"model": "a", "messages": user("2")})
+    await sim.post(
+        "/v1/messages", json={"model": "b", "max_tokens": 5, "messages": user("3")}, headers=AV
+    )
+    stats = (await sim.get("/stats")).json()
+    assert stats["calls"] == {"a": 2, "b": 1} and stats["total"] == 3
+    assert stats["by_endpoint"] == {"openai.chat": 2, "anthropic.messages": 1}
+    assert stats["faults"] == {} and stats["batches"] == 0
+    reset = (await sim.post("/stats/reset")).json()
+    assert reset["total"] == 0 and reset["calls"] == {}
+
+
+async def test_latency_delays_the_answer() -> None:
+    sim = raw_client(create_app(SimConfig(latency_ms=60, chunk_gap_ms=5)))
+    start = time.perf_counter()
+    body = {"model": "m", "messages": user("x"), "max_tokens": 4, "stream": True}
+    r = await sim.post("/v1/chat/completions", json=body)
+    assert time.perf_counter() - start >= 0.06 + 5 * 0.005
+    assert len(sse_data(r.text)) == 6
+    start = time.perf_counter()
+    await sim.post("/v1/chat/completions", json=body, headers={"x-sim-latency-ms": "0"})
+    assert time.perf_counter() - start < 0.06
+
+
+# ---- Batches --------------------------------------------------------------------------------
+
+
+async def test_openai_batch_lifecycle(oai: openai.AsyncOpenAI, sim: httpx.AsyncClient) -> None:
+    await sim.post("/sim/config", json={"batch_complete_after_s": 60})
+    lines = [
+        {
+            "custom_id": f"req-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": model, "messages": user(f"question {i}")},
+        }
+        for i, model in enumerate(["gpt-4o-mini", "gpt-4o-mini", "gpt-fail500"])
+    ]
+    data = "\n".join(json.dumps(line) for line in lines).encode()
+    f = await oai.files.create(file=("input.jsonl", data), purpose="batch")
+    assert f.purpose == "batch" and f.bytes == len(data)
+    batch = await oai.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert batch.status == "validating" and batch.output_file_id is None
+    assert (await oai.batches.retrieve(batch.id)).status == "in_progress"
+    await sim.post("/sim/config", json={"batch_complete_after_s": 0})
+    done = await oai.batches.retrieve(batch.id)
+    assert done.status == "completed"
+    assert (done.request_counts.total, done.request_counts.completed) == (3, 2)
+    out = [json.loads(x) for x in (await oai.files.content(done.output_file_id)).text.splitlines()]
+    assert [o["custom_id"] for o in out] == ["req-0", "req-1"]
+    body = out[0]["response"]["body"]
+    assert out[0]["response"]["status_code"] == 200 and body["object"] == "chat.completion"
+    direct = await oai.chat.completions.create(model="gpt-4o-mini", messages=user("question 0"))
+    assert body["choices"][0]["message"]["content"] == direct.choices[0].message.content
+    errors = (await oai.files.content(done.error_file_id)).text.splitlines()
+    assert json.loads(errors[0])["response"]["status_code"] == 500
+    stats = (await sim.get("/stats")).json()
+    assert stats["batches"] == 1 and stats["by_endpoint"]["batch"] == 3
+    assert stats["calls"] == {"gpt-4o-mini": 3, "gpt-fail500": 1}
+
+
+async def test_anthropic_batch_lifecycle(
+    claude: anthropic.AsyncAnthropic, sim: httpx.AsyncClient
+) -> None:
+    requests = [
+        {"custom_id": "ok", "params": {"model": "c", "max_tokens": 20, "messages": user("a")}},
+        {"custom_id": "bad", "params": {"model": "c", "messages": user("b")}},
+        {
+            "custom_id": "boom",
+            "params": {"model": "c-fail500", "max_tokens": 5, "messages": user("c")},
+        },
+    ]
+    await sim.post("/sim/config", json={"batch_complete_after_s": 60})
+    batch = await claude.messages.batches.create(requests=requests)
+    assert batch.processing_status == "in_progress" and batch.results_url is None
+    assert batch.request_counts.processing == 3
+    await sim.post("/sim/config", json={"batch_complete_after_s": 0})
+    ended = await claude.messages.batches.retrieve(batch.id)
+    assert ended.processing_status == "ended" and ended.results_url
+    assert (ended.request_counts.succeeded, ended.request_counts.errored) == (1, 2)
+    results = {r.custom_id: r.result async for r in await claude.messages.batches.results(batch.id)}
+    assert results["ok"].type == "succeeded" and results["ok"].message.content[0].text
+    assert results["bad"].type == "errored"
+    assert results["bad"].error.error.type == "invalid_request_error"
+    assert results["boom"].error.error.type == "api_error"
+    stats = (await sim.get("/stats")).json()
+    assert stats["batches"] == 1 and stats["calls"] == {"c": 2, "c-fail500": 1}
