@@ -24,12 +24,14 @@ from schemas.errors import (
     BadRequest,
     DeadlineExceeded,
     NoHealthyVendor,
+    RateLimited,
     RelayError,
     VendorAuthFailed,
     VendorRateLimited,
 )
 from schemas.formats.openai import assemble_chunks
 from schemas.usage import Usage
+from tables.buckets import PriorityGate
 
 ChunkSink = Callable[[dict[str, Any]], Awaitable[None]]
 HealthSink = Callable[[HealthEvent], Awaitable[None]]
@@ -56,6 +58,7 @@ class Dispatcher:
         on_health: HealthSink,
         *,
         batching: dict[str, Batching] | None = None,
+        gate: PriorityGate | None = None,
         max_rounds: int = 2,
         rng: random.Random | None = None,
     ) -> None:
@@ -64,6 +67,7 @@ class Dispatcher:
         self.on_health = on_health
         self.batching = batching or {}
         self.batcher = EmbeddingBatcher()
+        self.gate = gate or PriorityGate()
         self.max_rounds = max_rounds
         self.rng = rng or random.Random()
 
@@ -79,6 +83,7 @@ class Dispatcher:
             out.error = NoHealthyVendor(f"no healthy vendor for `{env.alias}`; try again shortly")
             return out
         sent_any = False
+        await self._admit(env, [f"tenant:{env.tenant}"], [f"tenant-tpm:{env.tenant}"])
 
         async def forward(chunk: dict[str, Any]) -> None:
             nonlocal sent_any
@@ -96,6 +101,9 @@ class Dispatcher:
                 out.attempts += 1
                 try:
                     result = await self._attempt(env, cand, remaining, forward)
+                except RateLimited as err:
+                    last = err  # our own bucket: another candidate may have room
+                    continue
                 except RelayError as err:
                     last = err
                     if not err.retryable or sent_any:
@@ -110,6 +118,13 @@ class Dispatcher:
                 await self._backoff(env, round_no, last)
         out.error = last or NoHealthyVendor("every candidate failed")
         return out
+
+    async def _admit(self, env: RequestEnvelope, rpm: list[str], tpm: list[str]) -> None:
+        """Wait in the request's priority lane until the buckets allow, or 429 if the
+        deadline cannot be met."""
+        deadline = time.monotonic() + (env.deadline_ms / 1000 - time.time())
+        await self.gate.acquire(rpm, 1, env.priority, deadline)
+        await self.gate.acquire(tpm, estimate_tokens(env.body), env.priority, deadline)
 
     async def _backoff(self, env: RequestEnvelope, round_no: int, last: RelayError | None) -> None:
         delay = self.rng.uniform(0.05, 0.2) * (2**round_no)
@@ -127,6 +142,8 @@ class Dispatcher:
     ) -> VendorResult:
         adapter = self.adapters[cand.vendor]
         pool = self.pools[cand.vendor]
+        await self._admit(env, [f"vendor:{cand.vendor}"], [f"vendor-tpm:{cand.vendor}"])
+        remaining = env.deadline_ms / 1000 - time.time()
         key_index, key = pool.pick()
         call = VendorCall(model=cand.model, body=env.body, api_key=key, timeout_s=remaining)
         started = time.perf_counter()
@@ -190,3 +207,12 @@ class Dispatcher:
                 retry_after=err.retry_after if err else None,
             )
         )
+
+
+def estimate_tokens(body: dict[str, Any]) -> int:
+    """Tokens a request will spend against a TPM limit, before the vendor counts them:
+    about four characters a token of prompt, plus the completion it may ask for."""
+    text = body.get("messages") or body.get("input") or body.get("prompt") or ""
+    prompt = len(str(text)) // 4 + 1
+    limit = body.get("max_completion_tokens") or body.get("max_tokens") or 256
+    return prompt + (int(limit) if isinstance(limit, int | float) else 256)

@@ -8,6 +8,7 @@ error) and exactly one ledger event.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from agents.adapters.base import VendorResult
@@ -18,9 +19,10 @@ from agents.meter import usage_event
 from agents.route import Router
 from schemas.config import Candidate
 from schemas.envelope import HealthEvent, Priority, ReplyEvent, RequestEnvelope, UsageEvent
-from schemas.errors import DeadlineExceeded, RelayError
+from schemas.errors import BudgetExceeded, DeadlineExceeded, RelayError
 from schemas.formats.openai import response_to_chunks
 from schemas.usage import Usage
+from tables.budgets import BudgetDecision
 from tables.cache import CacheEntry
 from tables.prices import PriceSheet
 
@@ -44,6 +46,7 @@ class RequestHandler:
         sink: Sink,
         *,
         discounts: dict[str, float] | None = None,
+        budget: Callable[[str], BudgetDecision | None] | None = None,
     ) -> None:
         self.router = router
         self.dispatcher = dispatcher
@@ -51,12 +54,25 @@ class RequestHandler:
         self.sink = sink
         self.flights = Flights()
         self.discounts = discounts or {}
+        self.budget = budget or (lambda tenant: None)
         self.lane: BatchLane | None = None  # set by the wiring: it needs adapters and keys
 
     async def handle(self, env: RequestEnvelope) -> None:
         if env.deadline_ms / 1000 <= time.time():
             await self._fail(env, DeadlineExceeded("the request expired before a worker took it"))
             return
+        decision = self.budget(env.tenant)
+        if decision is not None and decision.action != "allow":
+            if decision.action == "refuse" or decision.cache_only:
+                await self._fail(
+                    env,
+                    BudgetExceeded(
+                        f"tenant `{env.tenant}` has spent its budget for this period"
+                        + ("; only cached answers are served" if decision.cache_only else "")
+                    ),
+                )
+                return
+            env = env.model_copy(update={"degraded": decision.reason})
         if self._deferrable(env):
             return
         flight, waiter = self.flights.join(env, time.monotonic())
@@ -120,7 +136,9 @@ class RequestHandler:
         )
 
     async def _fly(self, flight: Flight, env: RequestEnvelope) -> Outcome:
-        plan = self.router.plan(env.alias, time.time())
+        plan = self.router.plan(
+            env.alias, time.time(), user=env.user, degraded=env.degraded is not None
+        )
 
         async def fan_out(chunk: dict[str, Any]) -> None:
             flight.chunks.append(chunk)
@@ -150,6 +168,7 @@ class RequestHandler:
                     seq=w.sent,
                     body=chunk,
                     coalesced=not w.leader,
+                    degraded=w.envelope.degraded,
                 ),
             )
 
@@ -177,6 +196,7 @@ class RequestHandler:
                     vendor=cand.vendor if cand else None,
                     model=cand.model if cand else None,
                     coalesced=not w.leader,
+                    degraded=env.degraded,
                 ),
             )
             await self.sink.usage(
@@ -187,6 +207,7 @@ class RequestHandler:
                     usage=out.usage,
                     coalesced=not w.leader,
                     batched=out.batched,
+                    degraded=env.degraded,
                 )
             )
 

@@ -1,12 +1,18 @@
-"""The routing step: order an alias's candidates from the live vendor-health table."""
+"""The routing step: order an alias's candidates from the live vendor-health table.
+
+On top of the alias's strategy: a canary share goes to the new version first (sticky per
+end user when asked), and a degraded request is sent to the cheapest candidates — of the
+alias's ``degrade_to`` alias when it names one.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable
 from typing import Any
 
-from schemas.config import Candidate, RelayConfig
+from schemas.config import Candidate, ModelAlias, RelayConfig
 from schemas.errors import ModelNotFound
 from tables.health import Health, health_key, rank
 
@@ -32,9 +38,34 @@ class Router:
             out[key] = Health.model_validate(raw) if raw else Health()
         return out
 
-    def plan(self, alias: str, now: float) -> list[Candidate]:
-        """Candidates in the order to try them, unavailable ones left out."""
+    def spec(self, alias: str) -> ModelAlias:
         spec = self.config.models.get(alias)
         if spec is None:
             raise ModelNotFound(f"The model `{alias}` does not exist", param="model")
-        return rank(spec.candidates, self.healths(spec.candidates), spec.strategy, now, self.rng)
+        return spec
+
+    def plan(
+        self, alias: str, now: float, *, user: str | None = None, degraded: bool = False
+    ) -> list[Candidate]:
+        """Candidates in the order to try them, unavailable ones left out."""
+        spec = self.spec(alias)
+        if degraded:
+            cheaper = self.spec(spec.degrade_to) if spec.degrade_to else spec
+            cands = cheaper.candidates
+            return rank(cands, self.healths(cands), "cheapest", now, self.rng)
+        cands = spec.candidates
+        if spec.canary and self.in_canary(alias, spec, user):
+            cands = [spec.canary.candidate, *cands]
+            ranked = rank(cands[1:], self.healths(cands), spec.strategy, now, self.rng)
+            live = rank(cands[:1], self.healths(cands[:1]), spec.strategy, now, self.rng)
+            return live + [c for c in ranked if c not in live]
+        return rank(cands, self.healths(cands), spec.strategy, now, self.rng)
+
+    def in_canary(self, alias: str, spec: ModelAlias, user: str | None) -> bool:
+        """Whether this request goes to the canary: a fixed share of users when sticky."""
+        assert spec.canary is not None
+        share = spec.canary.percent / 100
+        if spec.canary.sticky and user:
+            digest = hashlib.sha256(f"{alias}:{user}".encode()).digest()
+            return int.from_bytes(digest[:8], "big") / 2**64 < share
+        return self.rng.random() < share

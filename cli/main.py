@@ -6,8 +6,6 @@ import asyncio
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Annotated

@@ -6,6 +6,7 @@ which then stops them in reverse order and waits, leaving no orphans.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -35,7 +36,7 @@ class Supervisor:
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         self.logs.mkdir(parents=True, exist_ok=True)
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives with the child
+        log = open(self.logs / f"{name}.log", "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "cli.main", *args],
             env=self.env,
@@ -68,7 +69,9 @@ class Supervisor:
             for k in ("latency_ms", "chunk_gap_ms", "error_rate", "rate_429"):
                 if k in sim:
                     extra += [f"--{k.replace('_', '-')}", str(sim[k])]
-            self.spawn("simulator", "simulator", "--port", port, "--api-key-env", "RELAY_SIM_KEY", *extra)
+            self.spawn(
+                "simulator", "simulator", "--port", port, "--api-key-env", "RELAY_SIM_KEY", *extra
+            )
             self.sim_url = f"http://127.0.0.1:{port}"
             self._wait("simulator", lambda: _get(f"{self.sim_url}/stats") == 200)
         if not s.kafka_bootstrap:
@@ -92,11 +95,12 @@ class Supervisor:
             if self.config.simulator is not None:
                 print(f"simulator: {self.sim_url}", flush=True)
             alias = next(iter(self.config.models))
+            body = json.dumps({"model": alias, "messages": [{"role": "user", "content": "hello"}]})
             print(
                 f"curl: curl -s {self.url}/v1/chat/completions "
                 f"-H 'Authorization: Bearer {self.settings.demo_key}' "
                 f"-H 'Content-Type: application/json' "
-                f'-d \'{{"model": "{alias}", "messages": [{{"role": "user", "content": "hello"}}]}}\'',
+                f"-d '{body}'",
                 flush=True,
             )
             console.print(f"logs in {self.logs}; Ctrl-C stops everything")

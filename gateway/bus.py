@@ -46,7 +46,9 @@ class Bus:
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await ensure_topics(self.bootstrap, [*self.topics.all(), self.topics.replies(self.instance)])
+        await ensure_topics(
+            self.bootstrap, [*self.topics.all(), self.topics.replies(self.instance)]
+        )
         await self.producer.start()
         await self.consumer.start()
         tp = TopicPartition(self.reply_topic, 0)

@@ -66,7 +66,6 @@ async def models(request: Request, who: CallerDep) -> Any:
     return {
         "object": "list",
         "data": [
-            {"id": a, "object": "model", "created": 0, "owned_by": "relay-station"}
-            for a in aliases
+            {"id": a, "object": "model", "created": 0, "owned_by": "relay-station"} for a in aliases
         ],
     }

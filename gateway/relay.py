@@ -115,7 +115,9 @@ class Relay:
             stream=stream,
             prompt_hash=key,
             priority=opts.priority,
-            deadline_ms=int((time.time() + (opts.timeout_s or self.settings.default_timeout_s)) * 1000),
+            deadline_ms=int(
+                (time.time() + (opts.timeout_s or self.settings.default_timeout_s)) * 1000
+            ),
             trace_id=opts.trace_id,
             cost_tag=opts.cost_tag,
             user=body.get("user") if isinstance(body.get("user"), str) else None,

@@ -7,7 +7,7 @@ them; ``schemas/jsonschema/`` holds the JSON Schema of each, generated from thes
 from __future__ import annotations
 
 import time
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from schemas.usage import Usage
 
 
-class Priority(str, Enum):
+class Priority(StrEnum):
     """Lanes, best first: realtime is never starved by the others."""
 
     realtime = "realtime"
@@ -52,6 +52,7 @@ class RequestEnvelope(BaseModel):
     cost_tag: str | None = None
     user: str | None = None
     cache_ttl_s: int | None = Field(None, description="store the answer for this long")
+    degraded: str | None = Field(None, description="why the worker routes it cheaper")
     created_ms: int = Field(default_factory=now_ms)
 
 

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     worker_web_port: int = 0
     log_level: str = "info"
     demo_key: str = "rk-demo-relay-station-local"
+    workers: int = 1  # workers sharing the RPM/TPM limits: each enforces limit / workers
 
     def broker_addr_file(self) -> Path:
         return self.data_dir / "broker.addr"

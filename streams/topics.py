@@ -98,7 +98,9 @@ async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> None:
         await admin.close()
 
 
-async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 15) -> None:
+async def _wait_for_leaders(
+    admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 15
+) -> None:
     """New partitions have no leader for a moment; clients that race them log errors."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s

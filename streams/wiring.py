@@ -1,9 +1,9 @@
 """Bind the plain agents and tables to the Faust app: the only module that knows both.
 
-    relay.requests ──▶ requests agent ──▶ RequestHandler (coalesce → route → dispatch)
-                                              │ replies ──▶ relay.replies.<gateway>
-                                              │ ledger  ──▶ relay.usage ──▶ spend agent ──▶ tenant_spend
-                                              └ outcome ──▶ relay.health ──▶ health agent ──▶ vendor_health
+relay.requests ─▶ requests agent ─▶ RequestHandler (coalesce → route → dispatch)
+                   │ replies ─▶ relay.replies.<gateway>
+                   │ ledger  ─▶ relay.usage  ─▶ spend agent  ─▶ tenant_spend table
+                   └ outcome ─▶ relay.health ─▶ health agent ─▶ vendor_health table
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from schemas.settings import Settings
 from streams.app import make_app
 from streams.codec import decode, encode
 from streams.topics import Topics
+from tables.buckets import PriorityGate, TokenBucket
+from tables.budgets import BudgetDecision, BudgetPolicy, Spend, add_spend, decide
 from tables.cache import CacheEntry, L1Cache, ResponseCache
 from tables.health import BreakerPolicy, Health, health_key, record
 from tables.prices import PriceSheet
@@ -45,7 +47,9 @@ class KafkaSink:
         self.cache_store = cache
 
     async def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        await self.app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
+        await self.app.producer.send(
+            topic, key, value, partition=None, timestamp=None, headers=None
+        )
 
     async def reply(self, topic: str, event: ReplyEvent) -> None:
         await self._send(topic, event.correlation_id.encode(), encode(event))
@@ -71,12 +75,14 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     requests = app.topic(topics.requests.name, key_serializer="raw", value_serializer="raw")
     health_events = app.topic(topics.health.name, key_serializer="raw", value_serializer="raw")
     health = app.GlobalTable("vendor_health", partitions=1, key_type=str)
+    usage_events = app.topic(topics.usage.name, key_serializer="raw", value_serializer="raw")
+    spend = app.GlobalTable("tenant_spend", partitions=topics.usage.partitions, key_type=str)
     policy = BreakerPolicy()
 
     redis = aioredis.Redis.from_url(
         settings.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25
     )
-    sink = KafkaSink(app, topics, ResponseCache(L1Cache(0), redis))
+    sink = KafkaSink(app, topics, ResponseCache(L1Cache(1), redis))
     http = httpx.AsyncClient(
         limits=httpx.Limits(max_connections=512, max_keepalive_connections=256),
         timeout=httpx.Timeout(settings.default_timeout_s, connect=5.0),
@@ -87,6 +93,13 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     def view(key: str) -> dict[str, Any] | None:
         return health.get(key)  # type: ignore[no-any-return]
 
+    def budget(tenant: str) -> BudgetDecision | None:
+        rule = config.tenants[tenant].budget if tenant in config.tenants else None
+        if rule is None:
+            return None
+        raw = spend.get(tenant)
+        return decide(BudgetPolicy(**rule.model_dump()), Spend(**(raw or {})), time.time())
+
     handler = RequestHandler(
         Router(config, view),
         Dispatcher(
@@ -94,10 +107,12 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
             pools,
             sink.health,
             batching={a: m.batching for a, m in config.models.items() if m.batching},
+            gate=make_gate(config, settings.workers),
         ),
         PriceSheet.from_config(config.models),
         sink,
         discounts={name: v.batch_discount for name, v in config.vendors.items()},
+        budget=budget,
     )
     handler.lane = BatchLane(adapters, pools, config.batch_lane, handler.deliver_batch)
     in_flight: set[asyncio.Task[None]] = set()
@@ -139,11 +154,47 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
             current = Health.model_validate(raw) if raw else Health()
             health[key] = record(current, ev, policy, time.time()).model_dump(mode="json")
 
+    async def spend_agent(stream: faust.StreamT[bytes]) -> None:
+        """Accumulate each tenant's spend from the ledger (keyed by tenant, so each
+        partition's writer owns its tenants)."""
+        async for event in stream.events():
+            try:
+                ev = decode(UsageEvent, event.value)
+            except Exception as exc:
+                log.warning("bad usage event skipped: %s", exc)
+                continue
+            if ev.cost <= 0:
+                continue
+            rule = config.tenants.get(ev.tenant)
+            period = rule.budget.period if rule and rule.budget else "month"
+            current = Spend(**(spend.get(ev.tenant) or {}))
+            spend[ev.tenant] = add_spend(current, ev.cost, ev.ts_ms / 1000, period).model_dump()
+
     app.agent(requests, name="requests")(requests_agent)
     app.agent(health_events, name="health")(health_agent)
+    app.agent(usage_events, name="spend")(spend_agent)
 
     @app.on_before_shutdown.connect
     async def _close(app: faust.App, **_: Any) -> None:
         await http.aclose()
 
     return app
+
+
+def make_gate(config: RelayConfig, workers: int) -> PriorityGate:
+    """Token buckets for every configured RPM/TPM limit, this worker's share of each."""
+    gate = PriorityGate()
+    share = max(1, workers)
+    limits: list[tuple[str, int | None, bool]] = []
+    for name, v in config.vendors.items():
+        limits += [(f"vendor:{name}", v.rpm, False), (f"vendor-tpm:{name}", v.tpm, True)]
+    for name, t in config.tenants.items():
+        limits += [(f"tenant:{name}", t.rpm, False), (f"tenant-tpm:{name}", t.tpm, True)]
+    for key, limit, tokens in limits:
+        if limit:
+            per_worker = max(1, limit // share)
+            gate.configure(
+                key,
+                TokenBucket.from_tpm(per_worker) if tokens else TokenBucket.from_rpm(per_worker),
+            )
+    return gate

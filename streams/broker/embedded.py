@@ -60,9 +60,12 @@ class EmbeddedKafka:
 
     def __init__(self, data_dir: Path, *, cache_dir: Path | None = None, heap: str = "512m"):
         self.data_dir = data_dir.resolve()
-        self.cache_dir = cache_dir or Path(
-            os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")
-        ) / "relay-station" / f"kafka-{kafka_version()}"
+        self.cache_dir = (
+            cache_dir
+            or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+            / "relay-station"
+            / f"kafka-{kafka_version()}"
+        )
         self.heap = heap
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -163,9 +166,11 @@ class EmbeddedKafka:
             )
             result = subprocess.run(fmt, capture_output=True, text=True)
             if result.returncode != 0:
-                raise BrokerError(f"formatting Kafka storage failed:\n{result.stdout}\n{result.stderr}")
+                raise BrokerError(
+                    f"formatting Kafka storage failed:\n{result.stdout}\n{result.stderr}"
+                )
             cluster.write_text(cluster_id)
-        log = open(self.data_dir / "broker.log", "ab")  # noqa: SIM115 - closed with the process
+        log = open(self.data_dir / "broker.log", "ab")
         self.proc = subprocess.Popen(
             self._run_java("kafka.Kafka", str(props)),
             stdout=log,

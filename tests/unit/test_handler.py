@@ -84,7 +84,9 @@ def sse(words: list[str]) -> list[str]:
         out.append(f"data: {json.dumps(chunk)}\n\n")
     usage = {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)}
     fin = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "cheap"}
-    out.append(f"data: {json.dumps({**fin, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': 'stop'}]})}\n\n")
+    out.append(
+        f"data: {json.dumps({**fin, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': 'stop'}]})}\n\n"
+    )
     out.append(f"data: {json.dumps({**fin, 'choices': [], 'usage': usage})}\n\n")
     out.append("data: [DONE]\n\n")
     return out
@@ -110,9 +112,12 @@ def vendor(calls: list[str], *, fail_a: bool = False, delay: float = 0.05) -> ht
                 "created": 1,
                 "model": "x",
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": "Hi"},
-                     "finish_reason": "stop"}
-                ],  # fmt: skip
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Hi"},
+                        "finish_reason": "stop",
+                    }
+                ],
                 "usage": {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8},
             },
         )
@@ -134,7 +139,9 @@ def make(client: httpx.AsyncClient) -> tuple[RequestHandler, Sink]:
     return handler, sink
 
 
-def envelope(stream: bool = False, key: str = "k1", ttl: int | None = 60, **kw: Any) -> RequestEnvelope:
+def envelope(
+    stream: bool = False, key: str = "k1", ttl: int | None = 60, **kw: Any
+) -> RequestEnvelope:
     return RequestEnvelope(
         correlation_id=uuid.uuid4().hex,
         reply_to="replies.gw",
@@ -158,7 +165,9 @@ async def test_identical_requests_share_one_vendor_call():
     await asyncio.gather(*(handler.handle(e) for e in envs))
     assert calls == ["a"], "five identical requests, one vendor call, the cheapest vendor"
     finals = [sink.for_(e.correlation_id)[-1] for e in envs]
-    assert all(f.kind == "final" and f.body["choices"][0]["message"]["content"] == "Hi" for f in finals)
+    assert all(
+        f.kind == "final" and f.body["choices"][0]["message"]["content"] == "Hi" for f in finals
+    )
     assert [f.coalesced for f in finals] == [False, True, True, True, True]
     assert len(sink.ledger) == 5
     leader, *followers = sink.ledger
