@@ -49,7 +49,9 @@ def redis_url() -> str:
     try:
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()
     except redis.RedisError as exc:
-        pytest.fail(f"integration tests need a real redis-server at {url} (.ci/run starts one): {exc}")
+        pytest.fail(
+            f"integration tests need a real redis-server at {url} (.ci/run starts one): {exc}"
+        )
     return url
 
 
@@ -90,7 +92,11 @@ def blackhole() -> Iterator[str]:
 def relay(stack_factory: Any, simulator: Simulator, blackhole: str) -> Stack:
     """The shipped example config on one worker and one gateway, plus two broken aliases."""
     cfg = example_config(simulator.url)
-    cfg["vendors"]["hang"] = {"kind": "openai", "base_url": blackhole + "/v1", "api_key_env": "RELAY_SIM_KEY"}
+    cfg["vendors"]["hang"] = {
+        "kind": "openai",
+        "base_url": blackhole + "/v1",
+        "api_key_env": "RELAY_SIM_KEY",
+    }
     cfg["models"]["broken"] = {"candidates": [{"vendor": "sim-openai", "model": "gpt-fail500"}]}
     cfg["models"]["hanging"] = {"candidates": [{"vendor": "hang", "model": "gpt-4o-mini"}]}
     return stack_factory(cfg)  # type: ignore[no-any-return]

@@ -20,9 +20,14 @@ class Vendor:
         self.calls.append(list(inputs))
         if self.fail:
             raise VendorUnavailable("down")
-        data = [{"object": "embedding", "index": i, "embedding": [float(len(t))]} for i, t in enumerate(inputs)]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [float(len(t))]}
+            for i, t in enumerate(inputs)
+        ]
         tokens = sum(len(t) for t in inputs)
-        return VendorResult({"object": "list", "data": data, "model": call.model}, Usage(input_tokens=tokens))
+        return VendorResult(
+            {"object": "list", "data": data, "model": call.model}, Usage(input_tokens=tokens)
+        )
 
 
 def call(inputs: str | list[str]) -> VendorCall:
@@ -47,7 +52,10 @@ async def test_max_size_flushes_before_the_window_ends():
     vendor, batcher = Vendor(), EmbeddingBatcher()
     started = asyncio.get_running_loop().time()
     await asyncio.gather(
-        *(batcher.embed(("k",), call(str(i)), vendor.embed, window_ms=5000, max_size=3) for i in range(3))
+        *(
+            batcher.embed(("k",), call(str(i)), vendor.embed, window_ms=5000, max_size=3)
+            for i in range(3)
+        )
     )
     assert asyncio.get_running_loop().time() - started < 1.0
     assert vendor.calls == [["0", "1", "2"]]
@@ -56,7 +64,10 @@ async def test_max_size_flushes_before_the_window_ends():
 async def test_a_failed_batch_fails_every_caller_with_the_vendor_error():
     vendor, batcher = Vendor(fail=True), EmbeddingBatcher()
     results = await asyncio.gather(
-        *(batcher.embed(("k",), call("x"), vendor.embed, window_ms=10, max_size=8) for _ in range(3)),
+        *(
+            batcher.embed(("k",), call("x"), vendor.embed, window_ms=10, max_size=8)
+            for _ in range(3)
+        ),
         return_exceptions=True,
     )
     assert all(isinstance(r, VendorUnavailable) for r in results)
@@ -74,5 +85,7 @@ async def test_different_keys_never_mix():
 
 async def test_a_lone_call_is_not_marked_shared():
     vendor, batcher = Vendor(), EmbeddingBatcher()
-    result, shared = await batcher.embed(("k",), call("solo"), vendor.embed, window_ms=5, max_size=8)
+    result, shared = await batcher.embed(
+        ("k",), call("solo"), vendor.embed, window_ms=5, max_size=8
+    )
     assert not shared and result.body["data"][0]["embedding"] == [4.0]

@@ -7,10 +7,10 @@ import pytest
 from schemas.config import ConfigError, hash_key, load_config, ttl_seconds
 
 GOOD = """
-vendors: {a: {kind: openai, base_url: "http://a/v1", api_key_env: A_KEY}}
-models: {m: {candidates: [{vendor: a, model: x}]}}
-tenants: {t: {keys: [{id: k1, sha256: %s}]}}
-""" % hash_key("rk-test")
+vendors: {{a: {{kind: openai, base_url: "http://a/v1", api_key_env: A_KEY}}}}
+models: {{m: {{candidates: [{{vendor: a, model: x}}]}}}}
+tenants: {{t: {{keys: [{{id: k1, sha256: {}}}]}}}}
+""".format(hash_key("rk-test"))
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -37,8 +37,16 @@ def test_vendor_key_comes_from_the_named_env_var(tmp_path, monkeypatch):
         (GOOD.replace("vendor: a", "vendor: b"), "models.m.candidates.0.vendor", "unknown vendor"),
         (GOOD.replace("sha256: ", "sha256: x"), "tenants.t.keys.0.sha256", "pattern"),
         (GOOD + "surprise: 1\n", "surprise", "Extra inputs"),
-        (GOOD.replace("candidates: [{vendor: a, model: x}]", "candidates: []"), "models.m.candidates", "at least 1"),
-        (GOOD.replace("{candidates:", "{cache_ttl: weekly, candidates:"), "models.m.cache_ttl", "weekly"),
+        (
+            GOOD.replace("candidates: [{vendor: a, model: x}]", "candidates: []"),
+            "models.m.candidates",
+            "at least 1",
+        ),
+        (
+            GOOD.replace("{candidates:", "{cache_ttl: weekly, candidates:"),
+            "models.m.cache_ttl",
+            "weekly",
+        ),
     ],
 )
 def test_bad_config_names_file_key_and_problem(tmp_path, text, where, what):
