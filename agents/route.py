@@ -12,9 +12,9 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from schemas.config import Candidate, ModelAlias, RelayConfig
+from schemas.config import Candidate, ModelAlias, RelayConfig, Strategy
 from schemas.errors import ModelNotFound
-from tables.health import Health, health_key, rank
+from tables.health import BreakerPolicy, Health, health_key, rank
 
 
 class Router:
@@ -29,6 +29,7 @@ class Router:
         self.config = config
         self.view = view
         self.rng = rng or random.Random()
+        self.policy = BreakerPolicy(**config.breaker.model_dump())
 
     def healths(self, candidates: list[Candidate]) -> dict[str, Health]:
         out: dict[str, Health] = {}
@@ -52,14 +53,17 @@ class Router:
         if degraded:
             cheaper = self.spec(spec.degrade_to) if spec.degrade_to else spec
             cands = cheaper.candidates
-            return rank(cands, self.healths(cands), "cheapest", now, self.rng)
+            return self._rank(cands, "cheapest", now)
         cands = spec.candidates
         if spec.canary and self.in_canary(alias, spec, user):
             cands = [spec.canary.candidate, *cands]
-            ranked = rank(cands[1:], self.healths(cands), spec.strategy, now, self.rng)
-            live = rank(cands[:1], self.healths(cands[:1]), spec.strategy, now, self.rng)
+            ranked = self._rank(cands[1:], spec.strategy, now)
+            live = self._rank(cands[:1], spec.strategy, now)
             return live + [c for c in ranked if c not in live]
-        return rank(cands, self.healths(cands), spec.strategy, now, self.rng)
+        return self._rank(cands, spec.strategy, now)
+
+    def _rank(self, cands: list[Candidate], strategy: Strategy, now: float) -> list[Candidate]:
+        return rank(cands, self.healths(cands), strategy, now, self.rng, self.policy)
 
     def in_canary(self, alias: str, spec: ModelAlias, user: str | None) -> bool:
         """Whether this request goes to the canary: a fixed share of users when sticky."""

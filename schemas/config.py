@@ -117,11 +117,22 @@ class BatchLane(Strict):
     poll_s: float = Field(1.0, gt=0)
 
 
+class Breaker(Strict):
+    """Circuit breaker per (vendor, model): when it opens and how long it stays open."""
+
+    consecutive_failures: int = Field(5, ge=1)
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    min_calls: int = Field(10, ge=1)
+    window_s: float = Field(60.0, gt=0)
+    open_s: float = Field(10.0, gt=0)
+
+
 class RelayConfig(Strict):
     vendors: dict[str, VendorConfig]
     models: dict[str, ModelAlias]
     tenants: dict[str, TenantConfig]
     batch_lane: BatchLane = Field(default_factory=BatchLane)
+    breaker: Breaker = Field(default_factory=Breaker)
     simulator: dict[str, object] | None = Field(
         None, description="settings for the simulator `relay up` starts, if any"
     )

@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     instance_id: str = ""
     default_timeout_s: float = 120.0
     worker_web_port: int = 0
-    log_level: str = "info"
+    log_level: str = "warning"
     demo_key: str = "rk-demo-relay-station-local"
     workers: int = 1  # workers sharing the RPM/TPM limits: each enforces limit / workers
 

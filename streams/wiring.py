@@ -77,7 +77,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     health = app.GlobalTable("vendor_health", partitions=1, key_type=str)
     usage_events = app.topic(topics.usage.name, key_serializer="raw", value_serializer="raw")
     spend = app.GlobalTable("tenant_spend", partitions=topics.usage.partitions, key_type=str)
-    policy = BreakerPolicy()
+    policy = BreakerPolicy(**config.breaker.model_dump())
 
     redis = aioredis.Redis.from_url(
         settings.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25
