@@ -147,6 +147,23 @@ def hash_key_cmd(key: Annotated[str | None, typer.Argument()] = None) -> None:
 
 
 @app.command()
+def report(
+    config: ConfigOpt = None,
+    by: Annotated[str, typer.Option(help="tenant, alias, tag, model or key")] = "tenant",
+    chart: Annotated[Path | None, typer.Option(help="write cost over time to this PNG")] = None,
+) -> None:
+    """Cost report from the ledger topic: cost, direct cost, SaveRate, where savings came from."""
+    from cli.report import run
+    from streams.topics import Topics
+
+    if by not in ("tenant", "alias", "tag", "model", "key"):
+        raise typer.BadParameter("--by must be tenant, alias, tag, model or key")
+    settings = _settings(config)
+    usage = Topics(settings.topic_prefix).usage
+    run(settings.bootstrap(), usage.name, usage.partitions, by, chart)
+
+
+@app.command()
 def up(config: ConfigOpt = None) -> None:
     """Start everything on the embedded defaults: broker, worker, gateway, simulator."""
     from cli.supervisor import Supervisor

@@ -34,6 +34,7 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
         )
         cache = ResponseCache(L1Cache(10_000), redis)
         app.state.relay = Relay(settings, config, bus, cache)
+        metrics.REDIS_UP.set(1 if await _redis_up(cache) else 0)
         try:
             yield
         finally:
@@ -53,8 +54,6 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
         if path.startswith("/v1/"):
             metrics.REQUESTS.labels(path, str(response.status_code)).inc()
             metrics.LATENCY.labels(path).observe(time.perf_counter() - started)
-            if response.status_code >= 400:
-                metrics.ERRORS.labels(str(response.status_code)).inc()
         return response
 
     @app.get("/healthz")

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from gateway import metrics
 from schemas.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -45,6 +46,7 @@ def is_anthropic(request: Request) -> bool:
 
 
 def error_response(request: Request, err: RelayError) -> JSONResponse:
+    metrics.ERRORS.labels(err.code).inc()
     headers = {}
     if err.retry_after is not None:
         headers["retry-after"] = str(max(1, round(err.retry_after)))

@@ -241,7 +241,6 @@ class Relay:
 
     async def _meter_timeout(self, env: RequestEnvelope) -> None:
         """No word from any worker by the deadline: the gateway writes the ledger line."""
-        metrics.ERRORS.labels("deadline_exceeded").inc()
         await self.bus.meter(
             UsageEvent(
                 event_id=uuid.uuid4().hex,

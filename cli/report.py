@@ -1,0 +1,160 @@
+"""`relay report`: read the cost ledger from Kafka and print where the money went.
+
+The ledger (``relay.usage``) is replayed from its first offset, so a report can be
+rebuilt at any time.  SaveRate = 1 - Cost_total / Cost_direct, where Cost_direct prices
+every answered request at its alias's first candidate, as if sent straight to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from schemas.envelope import UsageEvent
+
+
+@dataclass
+class Totals:
+    requests: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    direct: float = 0.0
+    cache_hits: int = 0
+    coalesced: int = 0
+    batched: int = 0
+    batch_api: int = 0
+    degraded: int = 0
+
+    def add(self, ev: UsageEvent) -> None:
+        self.requests += 1
+        self.errors += ev.status == "error"
+        self.input_tokens += ev.usage.input_tokens
+        self.output_tokens += ev.usage.output_tokens
+        self.cost += ev.cost
+        self.direct += ev.direct_cost
+        self.cache_hits += ev.cache_hit
+        self.coalesced += ev.coalesced
+        self.batched += ev.batched
+        self.batch_api += ev.batch_api
+        self.degraded += ev.degraded is not None
+
+    @property
+    def save_rate(self) -> float:
+        return 1 - self.cost / self.direct if self.direct > 0 else 0.0
+
+
+async def read_ledger(bootstrap: str, topic: str, partitions: int) -> list[UsageEvent]:
+    """Every event on the ledger, from the first offset to the end as of now."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    events: list[UsageEvent] = []
+    try:
+        parts = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        end = await consumer.end_offsets(parts)
+        with Progress(transient=True) as progress:
+            task = progress.add_task("reading the ledger", total=sum(end.values()) or 1)
+            while [tp for tp in parts if await consumer.position(tp) < end[tp]]:
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    for r in records:
+                        try:
+                            events.append(UsageEvent.model_validate(orjson.loads(r.value)))
+                        except Exception:
+                            continue  # a foreign message on the ledger is not ours to price
+                    progress.advance(task, len(records))
+    finally:
+        await consumer.stop()
+    return events
+
+
+def group(events: list[UsageEvent], by: str) -> dict[str, Totals]:
+    out: dict[str, Totals] = defaultdict(Totals)
+    for ev in events:
+        key = {
+            "tenant": ev.tenant,
+            "alias": ev.alias,
+            "tag": ev.cost_tag or "-",
+            "model": f"{ev.vendor or '-'}/{ev.vendor_model or '-'}",
+            "key": f"{ev.tenant}/{ev.key_id}",
+        }[by]
+        out[key].add(ev)
+    return dict(out)
+
+
+def table(rows: dict[str, Totals], by: str) -> Table:
+    t = Table(title=f"cost by {by}")
+    for col in (by, "requests", "errors", "tokens in/out", "cost $", "direct $", "SaveRate",
+                "cache", "coalesced", "batched", "batch API", "degraded"):  # fmt: skip
+        t.add_column(col, justify="left" if col == by else "right")
+    total = Totals()
+    for name, r in sorted(rows.items(), key=lambda kv: -kv[1].cost):
+        t.add_row(*_cells(name, r))
+        for field in Totals.__dataclass_fields__:
+            setattr(total, field, getattr(total, field) + getattr(r, field))
+    t.add_section()
+    t.add_row(*_cells("total", total))
+    return t
+
+
+def _cells(name: str, r: Totals) -> list[str]:
+    return [
+        name, str(r.requests), str(r.errors), f"{r.input_tokens}/{r.output_tokens}",
+        f"{r.cost:.6f}", f"{r.direct:.6f}", f"{r.save_rate:.1%}", str(r.cache_hits),
+        str(r.coalesced), str(r.batched), str(r.batch_api), str(r.degraded),
+    ]  # fmt: skip
+
+
+def chart(events: list[UsageEvent], path: Path) -> None:
+    """Cumulative cost against what direct calls would have cost, over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from datetime import UTC, datetime
+
+    events = sorted(events, key=lambda e: e.ts_ms)
+    times = [datetime.fromtimestamp(e.ts_ms / 1000, UTC) for e in events]
+    paid, direct, p, d = [], [], 0.0, 0.0
+    for e in events:
+        p += e.cost
+        d += e.direct_cost
+        paid.append(p)
+        direct.append(d)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.plot(times, direct, label="direct to vendors (Cost_direct)", color="#c44")
+    ax.plot(times, paid, label="through the relay (Cost_total)", color="#2a7")
+    ax.fill_between(times, paid, direct, color="#2a7", alpha=0.12, label="saved")
+    ax.set_ylabel("USD, cumulative")
+    rate = 1 - p / d if d else 0.0
+    ax.set_title(f"Relay Station cost over time — SaveRate {rate:.1%}")
+    ax.legend(loc="upper left")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(bootstrap: str, topic: str, partitions: int, by: str, png: Path | None) -> None:
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=170)  # a report piped to a file keeps every column
+    events = asyncio.run(read_ledger(bootstrap, topic, partitions))
+    if not events:
+        console.print(f"no events on {topic} yet")
+        return
+    console.print(table(group(events, by), by))
+    if png is not None:
+        chart(events, png)
+        console.print(f"chart: {png}")

@@ -1,0 +1,210 @@
+"""The deploy files keep the production shape and only chart metrics the gateway exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.metrics import MetricWrapperBase
+
+from gateway import metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+# Looks like a real vendor key (OpenAI/Anthropic `sk-...`, Google `AIza...`).
+VENDOR_KEY = re.compile(r"\b(sk-[A-Za-z0-9_-]{16,}|AIza[0-9A-Za-z_-]{20,})")
+METRIC_REF = re.compile(r"\b(relay_[a-z0-9_]+)\b")
+# The series each metric type exposes; prometheus_client strips `_total` from a Counter's name.
+SERIES_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+}
+
+Service = dict[str, Any]
+
+
+def _load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def _env(service: Service) -> dict[str, str]:
+    """A service's environment as a dict, whichever of compose's two spellings it uses."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _by_role(services: dict[str, Service], role: str) -> dict[str, Service]:
+    """The services running `relay <role>`."""
+    return {
+        name: svc
+        for name, svc in services.items()
+        if isinstance(svc.get("command"), list) and svc["command"][:1] == [role]
+    }
+
+
+def _families() -> dict[str, str]:
+    """The gateway's metric families: name (as prometheus_client stores it) to type."""
+    return {
+        family.name: family.type
+        for obj in vars(metrics).values()
+        if isinstance(obj, MetricWrapperBase)
+        for family in obj.describe()
+    }
+
+
+def _exported_series() -> set[str]:
+    """Every series name the gateway's metrics can expose on /metrics."""
+    return {name + suffix for name, kind in _families().items() for suffix in SERIES_SUFFIXES[kind]}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return _load_yaml(ROOT / "docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Service]:
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def series() -> set[str]:
+    return _exported_series()
+
+
+def test_exported_series_follow_prometheus_client_naming(series: set[str]) -> None:
+    expected = {"relay_requests_total", "relay_request_latency_seconds_bucket", "relay_redis_up"}
+    assert expected <= series
+    assert "relay_requests_total_total" not in series
+
+
+def test_kafka_is_the_official_image_in_kraft_mode(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]
+    env = _env(kafka)
+    assert kafka["image"].startswith("apache/kafka:")
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+    assert {"PLAINTEXT://:9092", "CONTROLLER://:9093"} <= set(env["KAFKA_LISTENERS"].split(","))
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093"
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+    assert env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == "1"
+    assert "kafka-broker-api-versions.sh" in str(kafka["healthcheck"]["test"])
+    volume = kafka["volumes"][0].split(":")[0]
+    assert volume in compose["volumes"], "Kafka data lives on a named volume"
+
+
+def test_redis_is_there_with_a_healthcheck(services: dict[str, Service]) -> None:
+    assert services["redis"]["image"].startswith("redis:7")
+    assert "healthcheck" in services["redis"]
+
+
+def test_relay_roles_and_replicas(services: dict[str, Service]) -> None:
+    gateways = _by_role(services, "gateway")
+    assert len(gateways) == 2
+    assert len(_by_role(services, "worker")) == 2
+    assert len(_by_role(services, "simulator")) == 1
+    ids = {_env(svc)["RELAY_INSTANCE_ID"] for svc in gateways.values()}
+    assert len(ids) == 2, "each gateway reads its own reply topic"
+    host_ports = {port.split(":")[0] for svc in gateways.values() for port in svc["ports"]}
+    assert host_ports == {"8001", "8002"}
+
+
+@pytest.mark.parametrize("role", ["gateway", "worker"])
+def test_relay_services_point_at_the_compose_kafka_and_redis(
+    services: dict[str, Service], role: str
+) -> None:
+    for name, svc in _by_role(services, role).items():
+        env = _env(svc)
+        assert env["RELAY_KAFKA_BOOTSTRAP"] == "kafka:9092", name
+        assert env["RELAY_REDIS_URL"] == "redis://redis:6379/0", name
+        mounts = {m.split(":")[1]: m.split(":")[0] for m in svc["volumes"]}
+        assert mounts[env["RELAY_CONFIG"]] == "./deploy/relay.compose.yaml", name
+        for dep in ("kafka", "redis"):
+            assert svc["depends_on"][dep]["condition"] == "service_healthy", name
+
+
+def test_no_vendor_key_is_written_down(services: dict[str, Service]) -> None:
+    texts = [ROOT / "docker-compose.yml", DEPLOY / "relay.compose.yaml"]
+    for path in texts:
+        assert not VENDOR_KEY.search(path.read_text()), path
+    for name, svc in services.items():
+        for var, value in _env(svc).items():
+            if var.startswith("RELAY_") and var.endswith("_KEY"):
+                assert value.startswith("${"), f"{name}: {var} must come from the host"
+
+
+def test_compose_relay_config_loads_and_calls_the_simulator_service() -> None:
+    from schemas.config import load_config
+
+    config = load_config(DEPLOY / "relay.compose.yaml")
+    assert config.simulator is None, "compose runs the simulator as its own service"
+    for name, vendor in config.vendors.items():
+        assert vendor.base_url.startswith("http://simulator:9100"), name
+
+
+def test_prometheus_scrapes_every_gateway(services: dict[str, Service]) -> None:
+    prom = _load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
+    targets = {
+        target
+        for job in prom["scrape_configs"]
+        for group in job["static_configs"]
+        for target in group["targets"]
+    }
+    assert targets == {f"{name}:8000" for name in _by_role(services, "gateway")}
+    mounted = {m.split(":")[1] for m in services["prometheus"]["volumes"]}
+    assert set(prom["rule_files"]) <= mounted
+
+
+def test_alert_rules_are_complete_and_use_known_metrics(series: set[str]) -> None:
+    groups = _load_yaml(DEPLOY / "prometheus" / "alerts.yml")["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert rules
+    for rule in rules:
+        assert rule["alert"] and rule["expr"].strip(), rule
+        assert rule["labels"]["severity"] in {"info", "warning", "critical"}, rule["alert"]
+        assert rule["annotations"]["summary"], rule["alert"]
+        assert set(METRIC_REF.findall(rule["expr"])) <= series, rule["alert"]
+    referenced = {name for rule in rules for name in METRIC_REF.findall(rule["expr"])}
+    assert {
+        "relay_errors_total",
+        "relay_request_latency_seconds_bucket",
+        "relay_redis_up",
+        "relay_cost_usd_total",
+        "relay_requests_total",
+    } <= referenced
+
+
+def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every panel, including those nested in collapsed rows."""
+    out = []
+    for panel in dashboard["panels"]:
+        out.append(panel)
+        out.extend(panel.get("panels", []))
+    return out
+
+
+def test_dashboard_charts_only_exported_metrics(series: set[str]) -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "relay-station.json").read_text())
+    datasource = _load_yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml")
+    uid = datasource["datasources"][0]["uid"]
+    charted: set[str] = set()
+    for panel in _panels(dashboard):
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == uid, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            names = set(METRIC_REF.findall(target["expr"]))
+            assert names, f"{panel['title']}: {target['expr']}"
+            assert names <= series, f"{panel['title']}: unknown {names - series}"
+            charted |= names
+    for family in _families():
+        assert any(name.startswith(family) for name in charted), f"{family} is not charted"
