@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -122,7 +123,6 @@ def chart(events: list[UsageEvent], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from datetime import UTC, datetime
 
     events = sorted(events, key=lambda e: e.ts_ms)
     times = [datetime.fromtimestamp(e.ts_ms / 1000, UTC) for e in events]
