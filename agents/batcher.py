@@ -1,5 +1,5 @@
-"""Window batching: embedding calls for one vendor model within a short window go out as
-one call with array input, and the answer is split back to each caller.
+"""Window batching: embedding (and legacy completion) calls for one vendor model within a
+short window go out as one call with array input, and the answer is split back.
 
 Chat is never batched this way: a chat completion takes exactly one conversation, so
 there is no list to merge into.  Embeddings (and legacy completions with a list prompt)
@@ -19,6 +19,18 @@ from schemas.errors import RelayError, VendorError
 from schemas.usage import Usage
 
 EmbedFn = Callable[[VendorCall], Awaitable[VendorResult]]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Where a batchable endpoint keeps its inputs and its per-input answers."""
+
+    inputs: str  # request field holding a string or a list
+    outputs: str  # response field holding one item per input, each with an ``index``
+
+
+EMBEDDINGS = Shape("input", "data")
+COMPLETIONS = Shape("prompt", "choices")
 
 
 @dataclass
@@ -43,37 +55,43 @@ class EmbeddingBatcher:
         self.calls_sent = 0
 
     async def embed(
-        self, key: tuple[str, ...], call: VendorCall, send: EmbedFn, window_ms: int, max_size: int
+        self,
+        key: tuple[str, ...],
+        call: VendorCall,
+        send: EmbedFn,
+        window_ms: int,
+        max_size: int,
+        shape: Shape = EMBEDDINGS,
     ) -> tuple[VendorResult, bool]:
-        """The caller's own embeddings, and whether they shared a vendor call."""
-        raw = call.body.get("input")
+        """The caller's own answers, and whether they shared a vendor call."""
+        raw = call.body.get(shape.inputs)
         inputs = raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
         window = self._windows.setdefault(key, _Window())
         pending = _Pending(call, inputs)
         window.pending.append(pending)
         window.size += len(inputs)
         if window.size >= max_size:
-            self._flush(key, send)
+            self._flush(key, send, shape)
         elif window.timer is None:
             loop = asyncio.get_running_loop()
-            window.timer = loop.call_later(window_ms / 1000, self._flush, key, send)
+            window.timer = loop.call_later(window_ms / 1000, self._flush, key, send, shape)
         result = await pending.future
         return result, bool(result.body.get("_shared"))
 
-    def _flush(self, key: tuple[str, ...], send: EmbedFn) -> None:
+    def _flush(self, key: tuple[str, ...], send: EmbedFn, shape: Shape) -> None:
         window = self._windows.pop(key, None)
         if window is None or not window.pending:
             return
         if window.timer is not None:
             window.timer.cancel()
-        asyncio.get_running_loop().create_task(self._send(window.pending, send))
+        asyncio.get_running_loop().create_task(self._send(window.pending, send, shape))
 
-    async def _send(self, batch: list[_Pending], send: EmbedFn) -> None:
+    async def _send(self, batch: list[_Pending], send: EmbedFn, shape: Shape) -> None:
         first = batch[0].call
         merged = [item for p in batch for item in p.inputs]
         call = VendorCall(
             model=first.model,
-            body={**first.body, "input": merged},
+            body={**first.body, shape.inputs: merged},
             api_key=first.api_key,
             timeout_s=min(p.call.timeout_s for p in batch),
         )
@@ -90,25 +108,33 @@ class EmbeddingBatcher:
                 if not p.future.done():
                     p.future.set_exception(VendorError(f"batched call failed: {exc}"))
             return
-        for p, part in zip(batch, split(result, [len(p.inputs) for p in batch]), strict=True):
+        parts = split(result, [len(p.inputs) for p in batch], shape)
+        for p, part in zip(batch, parts, strict=True):
             if not p.future.done():
                 if len(batch) > 1:
                     part.body["_shared"] = True
                 p.future.set_result(part)
 
 
-def split(result: VendorResult, sizes: list[int]) -> list[VendorResult]:
-    """Cut an embeddings answer back into per-caller answers; tokens split by share."""
-    data = sorted(result.body.get("data", []), key=lambda d: d.get("index", 0))
-    total = max(1, sum(sizes))
+def split(result: VendorResult, sizes: list[int], shape: Shape = EMBEDDINGS) -> list[VendorResult]:
+    """Cut a batched answer back into per-caller answers; tokens are split by share."""
+    items = sorted(result.body.get(shape.outputs, []), key=lambda d: d.get("index", 0))
+    inputs = _shares(result.usage.input_tokens, sizes)
+    outputs = _shares(result.usage.output_tokens, sizes)
     out, start = [], 0
-    tokens_left = result.usage.input_tokens
-    for n, size in enumerate(sizes):
-        part = [{**d, "index": i} for i, d in enumerate(data[start : start + size])]
+    for size, tin, tout in zip(sizes, inputs, outputs, strict=True):
+        part = [{**d, "index": i} for i, d in enumerate(items[start : start + size])]
         start += size
-        tokens = tokens_left if n == len(sizes) - 1 else result.usage.input_tokens * size // total
-        tokens_left -= tokens
-        body = {**result.body, "data": part}
-        body["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
-        out.append(VendorResult(body, Usage(input_tokens=tokens)))
+        body = {**result.body, shape.outputs: part}
+        body["usage"] = {"prompt_tokens": tin, "total_tokens": tin + tout}
+        if shape is COMPLETIONS:
+            body["usage"]["completion_tokens"] = tout
+        out.append(VendorResult(body, Usage(input_tokens=tin, output_tokens=tout)))
     return out
+
+
+def _shares(total: int, sizes: list[int]) -> list[int]:
+    """``total`` split in proportion to ``sizes``, the remainder to the last share."""
+    whole = max(1, sum(sizes))
+    shares = [total * size // whole for size in sizes[:-1]]
+    return [*shares, total - sum(shares)]

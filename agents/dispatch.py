@@ -15,8 +15,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.adapters.base import ChatVendor, EmbeddingVendor, VendorCall, VendorResult
-from agents.batcher import EmbeddingBatcher
+from agents.adapters.base import (
+    ChatVendor,
+    CompletionVendor,
+    EmbeddingVendor,
+    VendorCall,
+    VendorResult,
+)
+from agents.batcher import COMPLETIONS, EMBEDDINGS, EmbeddingBatcher, EmbedFn, Shape
 from agents.keys import KeyPool
 from schemas.config import Batching, Candidate
 from schemas.envelope import HealthEvent, RequestEnvelope
@@ -172,15 +178,11 @@ class Dispatcher:
         if env.endpoint == "embeddings":
             if not isinstance(adapter, EmbeddingVendor):
                 raise BadRequest(f"`{env.alias}` is served by a vendor without embeddings")
-            rule = self.batching.get(env.alias)
-            if rule is None:
-                return await adapter.embed(call)
-            params = {k: v for k, v in env.body.items() if k not in ("input", "model", "user")}
-            key = (str(id(adapter)), call.model, repr(sorted(params.items())))
-            result, _ = await self.batcher.embed(
-                key, call, adapter.embed, rule.window_ms, rule.max_size
-            )
-            return result
+            return await self._batched(env, call, adapter.embed, EMBEDDINGS)
+        if env.endpoint == "completions":
+            if not isinstance(adapter, CompletionVendor):
+                raise BadRequest(f"`{env.alias}` is served by a vendor without /completions")
+            return await self._batched(env, call, adapter.complete, COMPLETIONS)
         if not isinstance(adapter, ChatVendor):
             raise BadRequest(f"`{env.alias}` is served by a vendor without chat")
         if not env.stream:
@@ -195,6 +197,19 @@ class Dispatcher:
             chunks.append(item)
             await forward(item)
         return VendorResult(body=assemble_chunks(chunks), usage=usage)
+
+    async def _batched(
+        self, env: RequestEnvelope, call: VendorCall, send: EmbedFn, shape: Shape
+    ) -> VendorResult:
+        """Through the window batcher when the alias asks for it, else straight."""
+        rule = self.batching.get(env.alias)
+        if rule is None:
+            return await send(call)
+        params = {k: v for k, v in env.body.items() if k not in (shape.inputs, "model", "user")}
+        vendor = id(getattr(send, "__self__", send))  # one window per adapter instance
+        key = (shape.inputs, call.model, repr(sorted(params.items())), str(vendor))
+        result, _ = await self.batcher.embed(key, call, send, rule.window_ms, rule.max_size, shape)
+        return result
 
     async def _report(self, cand: Candidate, started: float, err: RelayError | None) -> None:
         await self.on_health(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -31,6 +31,13 @@ class EmbeddingsBody(BaseModel):
     input: str | list[str] | list[int] | list[list[int]]
 
 
+class CompletionsBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1)
+    prompt: str | list[str]
+    stream: Literal[False] = False
+
+
 def _relay(request: Request) -> Relay:
     return request.app.state.relay  # type: ignore[no-any-return]
 
@@ -57,6 +64,15 @@ async def embeddings(body: EmbeddingsBody, request: Request, who: CallerDep) -> 
     raw = body.model_dump(exclude_unset=True)
     opts = Options.from_headers(request.headers)
     answer = await _relay(request).answer(who, "embeddings", raw, opts)
+    return JSONResponse(answer.body, headers=answer.headers)
+
+
+@router.post("/completions")
+async def completions(body: CompletionsBody, request: Request, who: CallerDep) -> Any:
+    """Legacy completions (list prompts are what window batching merges); no streaming."""
+    raw = body.model_dump(exclude_unset=True)
+    opts = Options.from_headers(request.headers)
+    answer = await _relay(request).answer(who, "completions", raw, opts)
     return JSONResponse(answer.body, headers=answer.headers)
 
 

@@ -56,7 +56,8 @@ class Candidate(Strict):
 
 
 class Batching(Strict):
-    """Window batching of embeddings: calls within ``window_ms`` go out as one."""
+    """Window batching of embeddings and completions: calls within ``window_ms`` go out
+    as one vendor call with array input."""
 
     window_ms: int = Field(50, ge=1, le=5000)
     max_size: int = Field(64, ge=2, le=2048)
@@ -74,7 +75,7 @@ class ModelAlias(Strict):
     candidates: list[Candidate] = Field(min_length=1)
     strategy: Strategy = "cheapest"
     cache_ttl: str | int = "dynamic"
-    kind: Literal["chat", "embeddings"] = "chat"
+    kind: Literal["chat", "embeddings", "completions"] = "chat"
     batching: Batching | None = None
     canary: Canary | None = None
     degrade_to: str | None = Field(None, description="cheaper alias used under budget pressure")

@@ -48,6 +48,13 @@ class EmbeddingVendor(Protocol):
 
 
 @runtime_checkable
+class CompletionVendor(Protocol):
+    """Legacy ``/completions``: a list of prompts in one call (what window batching uses)."""
+
+    async def complete(self, call: VendorCall) -> VendorResult: ...
+
+
+@runtime_checkable
 class BatchVendor(Protocol):
     """A vendor batch API: submit many calls at once, collect later at a discount."""
 
