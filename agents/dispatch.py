@@ -196,7 +196,9 @@ class Dispatcher:
             item["model"] = env.alias
             chunks.append(item)
             await forward(item)
-        return VendorResult(body=assemble_chunks(chunks), usage=usage)
+        body = assemble_chunks(chunks)
+        body["usage"] = usage.to_openai()  # a non-streamed waiter or cache reader needs it
+        return VendorResult(body=body, usage=usage)
 
     async def _batched(
         self, env: RequestEnvelope, call: VendorCall, send: EmbedFn, shape: Shape

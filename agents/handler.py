@@ -236,5 +236,7 @@ class RequestHandler:
             ),
         )
         await self.sink.usage(
-            usage_event(env, self.prices, candidate=None, usage=Usage(), error=err)
+            usage_event(
+                env, self.prices, candidate=None, usage=Usage(), error=err, coalesced=coalesced
+            )
         )

@@ -235,7 +235,10 @@ class Relay:
         headers = {"x-relay-cache": f"hit-{level}", "x-relay-trace-id": opts.trace_id}
         if not stream:
             body = entry.body if entry.body is not None else assemble_chunks(entry.chunks or [])
-            return Answer(headers, body=_fresh(body, alias), usage=entry.usage)
+            body = _fresh(body, alias)
+            if endpoint == "chat":
+                body.setdefault("usage", entry.usage.to_openai())
+            return Answer(headers, body=body, usage=entry.usage)
         chunks = entry.chunks if entry.chunks else response_to_chunks(_fresh(entry.body, alias))
         return Answer(headers, chunks=_replay(chunks, entry.usage))
 

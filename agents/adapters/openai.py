@@ -17,6 +17,7 @@ from agents.adapters.base import StreamItem, VendorCall, VendorResult
 from agents.adapters.http import error_for_status, json_body, open_stream, send, sse_events
 from schemas.config import VendorConfig
 from schemas.errors import VendorBadRequest, VendorRateLimited, VendorUnavailable
+from schemas.formats.anthropic import without_cache_control
 from schemas.usage import Usage
 
 # Batch statuses after which no more results will come.
@@ -149,7 +150,7 @@ class OpenAIAdapter:
     # -- helpers ------------------------------------------------------------------------
 
     def _body(self, call: VendorCall) -> dict[str, Any]:
-        body = {**call.body, "model": call.model}
+        body = {**without_cache_control(call.body), "model": call.model}
         body.pop("stream", None)
         body.pop("stream_options", None)
         return body

@@ -48,8 +48,9 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     """An Anthropic Messages request as an OpenAI chat-completions body.
 
     Raises ``BadRequest`` naming the offending field for malformed input.  ``top_k``
-    and other Anthropic-only knobs (thinking, cache_control) have no OpenAI slot and
-    are dropped.
+    and thinking have no OpenAI slot and are dropped.  ``cache_control`` rides along on
+    text parts (and top level) as an extension, so an Anthropic vendor gets its cache
+    breakpoints back; the OpenAI and Ollama adapters strip it (``without_cache_control``).
     """
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
@@ -79,7 +80,40 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
         out["tools"] = [_tool_to_openai(t, f"tools.{i}") for i, t in enumerate(body["tools"])]
     if body.get("tool_choice"):
         _tool_choice_to_openai(body["tool_choice"], out)
+    if body.get("cache_control"):
+        out["cache_control"] = body["cache_control"]
     return out
+
+
+def without_cache_control(body: dict[str, Any]) -> dict[str, Any]:
+    """The body minus the ``cache_control`` extension, for vendors that do not know it."""
+    if "cache_control" not in body and not any(
+        isinstance(m.get("content"), list)
+        and any(isinstance(p, dict) and "cache_control" in p for p in m["content"])
+        for m in body.get("messages") or []
+    ):
+        return body
+    out = {k: v for k, v in body.items() if k != "cache_control"}
+    out["messages"] = [
+        {
+            **m,
+            "content": [
+                {k: v for k, v in p.items() if k != "cache_control"} if isinstance(p, dict) else p
+                for p in m["content"]
+            ],
+        }
+        if isinstance(m.get("content"), list)
+        else m
+        for m in body.get("messages") or []
+    ]
+    return out
+
+
+def _text_part(block: dict[str, Any]) -> dict[str, Any]:
+    part = {"type": "text", "text": block.get("text", "")}
+    if block.get("cache_control"):
+        part["cache_control"] = block["cache_control"]
+    return part
 
 
 def _system_to_openai(system: Any) -> str | list[dict[str, Any]]:
@@ -87,13 +121,15 @@ def _system_to_openai(system: Any) -> str | list[dict[str, Any]]:
         return system
     if not isinstance(system, list):
         raise BadRequest("system: must be a string or a list of text blocks", param="system")
-    texts = []
+    parts = []
     for i, block in enumerate(system):
         if not isinstance(block, dict) or block.get("type") != "text":
             raise BadRequest(f"system.{i}: only text blocks are allowed", param="system")
-        texts.append(block.get("text", ""))
-    # One block reads best as a plain string; several keep their boundaries as parts.
-    return texts[0] if len(texts) == 1 else [{"type": "text", "text": t} for t in texts]
+        parts.append(_text_part(block))
+    # One plain block reads best as a string; several (or cached ones) stay parts.
+    if len(parts) == 1 and "cache_control" not in parts[0]:
+        return str(parts[0]["text"])
+    return parts
 
 
 def _message_to_openai(message: Any, where: str) -> list[dict[str, Any]]:
@@ -119,7 +155,7 @@ def _message_to_openai(message: Any, where: str) -> list[dict[str, Any]]:
             tools.append({"role": "tool", "tool_call_id": block["tool_use_id"], "content": text})
             parts.extend(images)
         elif kind == "text":
-            parts.append({"type": "text", "text": block.get("text", "")})
+            parts.append(_text_part(block))
         elif kind == "image":
             parts.append(_image_to_openai(block, f"{where}.content.{j}"))
         else:
@@ -127,7 +163,7 @@ def _message_to_openai(message: Any, where: str) -> list[dict[str, Any]]:
     out = list(tools)
     if parts:
         # A lone text block is sent as a plain string, the common OpenAI shape.
-        only_text = len(parts) == 1 and parts[0]["type"] == "text"
+        only_text = len(parts) == 1 and parts[0]["type"] == "text" and len(parts[0]) == 2
         out.append({"role": "user", "content": parts[0]["text"] if only_text else parts})
     return out
 
@@ -233,6 +269,12 @@ def _parse_arguments(raw: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _message_id(source: Any) -> str:
+    if not source:
+        return new_id("msg_")
+    return str(source) if str(source).startswith("msg_") else f"msg_{source}"
+
+
 def openai_response_to_messages(body: dict[str, Any], usage: Usage, model: str) -> dict[str, Any]:
     """A ``chat.completion`` body as an Anthropic Message; ``model`` is what the client asked."""
     choice = (body.get("choices") or [{}])[0]
@@ -256,7 +298,7 @@ def openai_response_to_messages(body: dict[str, Any], usage: Usage, model: str) 
     if message.get("refusal"):
         stop = "refusal"
     return {
-        "id": f"msg_{body['id']}" if body.get("id") else new_id("msg_"),
+        "id": _message_id(body.get("id")),
         "type": "message",
         "role": "assistant",
         "model": model,
@@ -375,12 +417,12 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     become ``tool_result`` blocks in a user turn; consecutive turns of one role are
     merged.  Raises ``BadRequest`` for content Anthropic cannot take.
     """
-    system: list[str] = []
+    system: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
     for i, message in enumerate(body.get("messages") or []):
         role = message.get("role")
         if role in ("system", "developer"):
-            system.extend(_texts(message.get("content"), f"messages.{i}"))
+            system.extend(_system_blocks(message.get("content"), f"messages.{i}"))
             continue
         if role == "user":
             turn = {"role": "user", "content": _user_content(message.get("content"), i)}
@@ -400,8 +442,12 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
 
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
     out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
-    if system:
-        out["system"] = "\n\n".join(system)
+    if system and not any("cache_control" in b for b in system):
+        out["system"] = "\n\n".join(b["text"] for b in system)
+    elif system:
+        out["system"] = system  # blocks, so the cache breakpoints stay where they were
+    if body.get("cache_control"):
+        out["cache_control"] = body["cache_control"]
     if body.get("temperature") is not None:
         # OpenAI allows 0..2, Anthropic 0..1: clamp rather than have the vendor refuse.
         out["temperature"] = min(float(body["temperature"]), 1.0)
@@ -418,6 +464,13 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     if choice and body.get("tools"):
         out["tool_choice"] = choice
     return out
+
+
+def _system_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(content, list):
+        _texts(content, where)  # the same validation: text parts only
+        return [_text_part(p) for p in content]
+    return [{"type": "text", "text": t} for t in _texts(content, where)]
 
 
 def _texts(content: Any, where: str) -> list[str]:
@@ -441,7 +494,7 @@ def _user_content(content: Any, i: int) -> str | list[dict[str, Any]]:
         kind = part.get("type")
         if kind == "text":
             if part.get("text"):  # Anthropic refuses empty text blocks
-                blocks.append({"type": "text", "text": part["text"]})
+                blocks.append(_text_part(part))
         elif kind == "image_url":
             blocks.append(_image_to_anthropic(part, f"messages.{i}.content.{j}"))
         else:
