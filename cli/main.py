@@ -31,6 +31,14 @@ def _settings(config: Path | None) -> Settings:
     return settings
 
 
+def _bootstrap(settings: Settings) -> str:
+    try:
+        return settings.bootstrap()
+    except RuntimeError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
 def _config(settings: Settings) -> RelayConfig:
     try:
         return load_config(settings.config)
@@ -79,7 +87,7 @@ def worker(config: ConfigOpt = None) -> None:
 
     settings = _settings(config)
     cfg = _config(settings)
-    bootstrap = settings.bootstrap()
+    bootstrap = _bootstrap(settings)
     asyncio.run(ensure_topics(bootstrap, Topics(settings.topic_prefix).all()))
     faust_app = build_worker(settings, cfg, bootstrap)
     Worker(faust_app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
@@ -98,7 +106,7 @@ def gateway(
 
     settings = _settings(config)
     cfg = _config(settings)
-    fastapi_app = create_app(settings, cfg, settings.bootstrap())
+    fastapi_app = create_app(settings, cfg, _bootstrap(settings))
     uvicorn.run(
         fastapi_app,
         host=host or settings.host,
@@ -160,7 +168,7 @@ def report(
         raise typer.BadParameter("--by must be tenant, alias, tag, model or key")
     settings = _settings(config)
     usage = Topics(settings.topic_prefix).usage
-    run(settings.bootstrap(), usage.name, usage.partitions, by, chart)
+    run(_bootstrap(settings), usage.name, usage.partitions, by, chart)
 
 
 @app.command()
