@@ -120,6 +120,8 @@ class Dispatcher:
                 out.streamed = sent_any
                 out.batched = bool(out.body.pop("_shared", False))
                 return out
+            if isinstance(last, RateLimited):
+                break  # our own bucket said the deadline cannot be met: say so now
             if round_no + 1 < self.max_rounds:
                 await self._backoff(env, round_no, last)
         out.error = last or NoHealthyVendor("every candidate failed")

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from schemas.config import Candidate, ModelAlias, RelayConfig, Strategy
-from schemas.errors import ModelNotFound
-from tables.health import BreakerPolicy, Health, health_key, rank
+from schemas.errors import ModelNotFound, NoHealthyVendor
+from tables.health import BreakerPolicy, Health, available, available_at, health_key, rank
 
 
 class Router:
@@ -30,6 +30,7 @@ class Router:
         self.view = view
         self.rng = rng or random.Random()
         self.policy = BreakerPolicy(**config.breaker.model_dump())
+        self._probes: dict[str, float] = {}  # when this worker last sent a probe, per key
 
     def healths(self, candidates: list[Candidate]) -> dict[str, Health]:
         out: dict[str, Health] = {}
@@ -63,7 +64,28 @@ class Router:
         return self._rank(cands, spec.strategy, now)
 
     def _rank(self, cands: list[Candidate], strategy: Strategy, now: float) -> list[Candidate]:
-        return rank(cands, self.healths(cands), strategy, now, self.rng, self.policy)
+        """Available candidates only; a breaker past its open period lets one probe per
+        worker through per ``open_s``.  None available: 503 with Retry-After, and the
+        vendor is spared."""
+        healths = self.healths(cands)
+        out = []
+        for c in rank(cands, healths, strategy, now, self.rng, self.policy):
+            key = health_key(c.vendor, c.model)
+            h = healths[key]
+            if not available(h, self.policy, now):
+                continue
+            if h.state != "closed":
+                if now - self._probes.get(key, 0.0) < self.policy.open_s:
+                    continue
+                self._probes[key] = now
+            out.append(c)
+        if out or not cands:
+            return out
+        soonest = min(available_at(h, self.policy) for h in healths.values())
+        raise NoHealthyVendor(
+            "every vendor for this model is failing or rate-limited; try again shortly",
+            retry_after=max(1.0, soonest - now),
+        )
 
     def in_canary(self, alias: str, spec: ModelAlias, user: str | None) -> bool:
         """Whether this request goes to the canary: a fixed share of users when sticky."""

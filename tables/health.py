@@ -127,6 +127,12 @@ def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Hea
     """
     h = h.model_copy(deep=True)
     h.calls += 1
+    started = now - ev.latency_ms / 1000  # when the call went out
+    if h.state == "open" and h.opened_at is not None and started >= h.opened_at + policy.open_s:
+        # A call sent after the open period is a probe, whichever worker sent it: its
+        # outcome decides, as if the breaker had been marked half-open when it went.
+        h.state = "half_open"
+        h.probes_in_flight = max(1, h.probes_in_flight)
     if h.state == "half_open":
         h.probes_in_flight = max(0, h.probes_in_flight - 1)
     if ev.retry_after is not None:  # any answer may carry Retry-After, e.g. a 503

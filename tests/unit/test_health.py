@@ -295,3 +295,15 @@ def test_when_all_are_unavailable_the_soonest_is_the_last_resort() -> None:
     }
     assert names(rank([CHEAP, MID, BEST], hs, "cheapest", T0 + 1, random.Random())) == ["mid"]
     assert rank([], {}, "cheapest", T0, random.Random()) == []
+
+
+def test_a_call_sent_after_the_open_period_is_a_probe_whoever_sent_it() -> None:
+    # No begin_probe: another worker routed the probe; only its outcome reaches the table.
+    h = feed(Health(), [fail()] * 5, T0)
+    reopened = record(h, fail(), POLICY, T0 + POLICY.open_s + 1)
+    assert reopened.state == "open" and reopened.opened_at == T0 + POLICY.open_s + 1
+    closed = record(h, ok(latency_ms=50), POLICY, T0 + POLICY.open_s + 1)
+    assert closed.state == "closed"
+    # ...but a call that went out while the breaker was still open is not a probe.
+    late = record(h, ok(latency_ms=5000), POLICY, T0 + POLICY.open_s + 1)
+    assert late.state == "open"
