@@ -262,13 +262,12 @@ class Relay:
 
 
 def _fresh(body: dict[str, Any] | None, alias: str) -> dict[str, Any]:
-    """A cached body under a new id, so clients never see two answers with one id."""
+    """A cached chat answer under a new id and time, so no two answers share an id."""
     out = dict(body or {})
-    if "id" in out and out.get("object") != "list":
+    if out.get("object") == "chat.completion":
         out["id"] = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-    out["created"] = int(time.time()) if "created" in out else out.get("created")
-    if out.get("created") is None:
-        out.pop("created", None)
+        out["created"] = int(time.time())
+        out["model"] = alias
     return out
 
 
