@@ -38,6 +38,7 @@ from schemas.errors import (
 from schemas.formats.openai import assemble_chunks
 from schemas.usage import Usage
 from tables.buckets import PriorityGate
+from tables.prices import cost_of
 
 ChunkSink = Callable[[dict[str, Any]], Awaitable[None]]
 HealthSink = Callable[[HealthEvent], Awaitable[None]]
@@ -171,7 +172,7 @@ class Dispatcher:
                 pool.bench(key_index, exc.retry_after or 1.0)
             await self._report(cand, started, exc)
             raise
-        await self._report(cand, started, None)
+        await self._report(cand, started, None, cost_of(cand, result.usage))
         return result
 
     async def _call(
@@ -215,7 +216,9 @@ class Dispatcher:
         result, _ = await self.batcher.embed(key, call, send, rule.window_ms, rule.max_size, shape)
         return result
 
-    async def _report(self, cand: Candidate, started: float, err: RelayError | None) -> None:
+    async def _report(
+        self, cand: Candidate, started: float, err: RelayError | None, cost: float = 0.0
+    ) -> None:
         await self.on_health(
             HealthEvent(
                 vendor=cand.vendor,
@@ -224,6 +227,7 @@ class Dispatcher:
                 latency_ms=(time.perf_counter() - started) * 1000,
                 error_code=err.code if err else None,
                 retry_after=err.retry_after if err else None,
+                cost=cost,
             )
         )
 

@@ -53,6 +53,7 @@ class BreakerPolicy(BaseModel):
 
 
 DEFAULT_POLICY = BreakerPolicy()
+COST_SCALE_USD = 0.001  # the weighted strategy halves a candidate's share per 0.1 cent a call
 
 
 class OutcomeBucket(BaseModel):
@@ -235,7 +236,9 @@ def score(
 
     cheapest: minus the blended price.  quality: the configured quality.  latency: minus
     the latency EWMA (unknown counts as 0 so new candidates get tried).  weighted: the
-    effective weight, weight x success rate / (1 + latency_s), drawn from proportionally.
+    effective weight, weight x success rate / (1 + latency_s) / (1 + cost_per_call / $0.001),
+    drawn from proportionally: a candidate loses half its share for every second of
+    latency and for every tenth of a cent a call costs, over the health window.
     """
     latency = h.latency_ewma_ms or 0.0
     if strategy == "cheapest":
@@ -244,7 +247,13 @@ def score(
         return float(candidate.quality)
     if strategy == "latency":
         return -latency
-    return candidate.weight * success_rate(h, now, policy) / (1.0 + latency / 1000.0)
+    cost = h.cost_ewma or 0.0
+    return (
+        candidate.weight
+        * success_rate(h, now, policy)
+        / (1.0 + latency / 1000.0)
+        / (1.0 + cost / COST_SCALE_USD)
+    )
 
 
 def _weighted_order(
