@@ -35,6 +35,7 @@ class Totals:
     batched: int = 0
     batch_api: int = 0
     degraded: int = 0
+    latency_ms: float = 0.0  # summed; shown as the mean
 
     def add(self, ev: UsageEvent) -> None:
         self.requests += 1
@@ -48,6 +49,7 @@ class Totals:
         self.batched += ev.batched
         self.batch_api += ev.batch_api
         self.degraded += ev.degraded is not None
+        self.latency_ms += ev.latency_ms
 
     @property
     def save_rate(self) -> float:
@@ -96,8 +98,8 @@ def group(events: list[UsageEvent], by: str) -> dict[str, Totals]:
 
 def table(rows: dict[str, Totals], by: str) -> Table:
     t = Table(title=f"cost by {by}")
-    for col in (by, "requests", "errors", "tokens in/out", "cost $", "direct $", "SaveRate",
-                "cache", "coalesced", "batched", "batch API", "degraded"):  # fmt: skip
+    for col in (by, "requests", "errors", "mean ms", "tokens in/out", "cost $", "direct $",
+                "SaveRate", "cache", "coalesced", "batched", "batch API", "degraded"):  # fmt: skip
         t.add_column(col, justify="left" if col == by else "right")
     total = Totals()
     for name, r in sorted(rows.items(), key=lambda kv: -kv[1].cost):
@@ -111,7 +113,8 @@ def table(rows: dict[str, Totals], by: str) -> Table:
 
 def _cells(name: str, r: Totals) -> list[str]:
     return [
-        name, str(r.requests), str(r.errors), f"{r.input_tokens}/{r.output_tokens}",
+        name, str(r.requests), str(r.errors), f"{r.latency_ms / max(1, r.requests):.0f}",
+        f"{r.input_tokens}/{r.output_tokens}",
         f"{r.cost:.6f}", f"{r.direct:.6f}", f"{r.save_rate:.1%}", str(r.cache_hits),
         str(r.coalesced), str(r.batched), str(r.batch_api), str(r.degraded),
     ]  # fmt: skip
