@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
@@ -27,7 +28,7 @@ from schemas.config import RelayConfig
 from schemas.envelope import DeadLetter, HealthEvent, ReplyEvent, RequestEnvelope, UsageEvent
 from schemas.settings import Settings
 from streams.app import make_app
-from streams.codec import decode, encode
+from streams.codec import M, decode, encode
 from streams.topics import Topics
 from tables.buckets import PriorityGate, TokenBucket
 from tables.budgets import BudgetDecision, BudgetPolicy, Spend, add_spend, decide
@@ -143,12 +144,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
 
     async def health_agent(stream: faust.StreamT[bytes]) -> None:
         """Fold every call's outcome into the vendor-health table (one writer: 1 partition)."""
-        async for event in stream.events():
-            try:
-                ev = decode(HealthEvent, event.value)
-            except Exception as exc:
-                log.warning("bad health event skipped: %s", exc)
-                continue
+        async for ev in readable(stream, HealthEvent):
             key = health_key(ev.vendor, ev.model)
             raw = health.get(key)
             current = Health.model_validate(raw) if raw else Health()
@@ -157,12 +153,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     async def spend_agent(stream: faust.StreamT[bytes]) -> None:
         """Accumulate each tenant's spend from the ledger (keyed by tenant, so each
         partition's writer owns its tenants)."""
-        async for event in stream.events():
-            try:
-                ev = decode(UsageEvent, event.value)
-            except Exception as exc:
-                log.warning("bad usage event skipped: %s", exc)
-                continue
+        async for ev in readable(stream, UsageEvent):
             if ev.cost <= 0:
                 continue
             rule = config.tenants.get(ev.tenant)
@@ -179,6 +170,17 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         await http.aclose()
 
     return app
+
+
+async def readable(stream: faust.StreamT[bytes], cls: type[M]) -> AsyncIterator[M]:
+    """The stream's messages as ``cls``; one that does not parse is logged and skipped
+    (these topics are ours alone, so a bad message is a bug to see, not a client's)."""
+    async for event in stream.events():
+        try:
+            yield decode(cls, event.value)
+        except Exception as exc:
+            msg = event.message
+            log.warning("skipped %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, exc)
 
 
 def make_gate(config: RelayConfig, workers: int) -> PriorityGate:
