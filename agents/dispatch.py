@@ -55,6 +55,7 @@ class Outcome:
     attempts: int = 0
     streamed: bool = False
     batched: bool = False
+    cached: bool = False  # answered from L2 on the worker, no vendor call
 
 
 class Dispatcher:

@@ -28,6 +28,7 @@ class Flight:
     waiters: list[Waiter] = field(default_factory=list)
     chunks: list[dict[str, Any]] = field(default_factory=list)
     finished: bool = False
+    cached: bool = False  # answered from L2 rather than by a vendor
 
 
 class Flights:

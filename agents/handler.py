@@ -20,7 +20,7 @@ from agents.route import Router
 from schemas.config import Candidate
 from schemas.envelope import HealthEvent, Priority, ReplyEvent, RequestEnvelope, UsageEvent
 from schemas.errors import BudgetExceeded, DeadlineExceeded, RelayError
-from schemas.formats.openai import response_to_chunks
+from schemas.formats.openai import assemble_chunks, response_to_chunks
 from schemas.usage import Usage
 from tables.budgets import BudgetDecision
 from tables.cache import CacheEntry
@@ -35,6 +35,8 @@ class Sink(Protocol):
     async def health(self, event: HealthEvent) -> None: ...
 
     async def cache(self, key: str, entry: CacheEntry, ttl_s: int) -> None: ...
+
+    async def cached(self, key: str) -> CacheEntry | None: ...
 
 
 class RequestHandler:
@@ -80,13 +82,33 @@ class RequestHandler:
             await self._catch_up(flight, waiter)
             return
         try:
-            outcome = await self._fly(flight, env)
+            outcome = await self._from_cache(env) or await self._fly(flight, env)
         except RelayError as err:
             outcome = Outcome(error=err)
         except Exception as exc:  # a bug must still answer every waiter, never hang them
             outcome = Outcome(error=RelayError(f"internal error: {type(exc).__name__}"))
+        flight.cached = outcome.cached
+        if outcome.error is None and not outcome.cached:
+            # Stored before the flight lands: an identical request either joins this
+            # flight or, arriving later, finds the answer in L2 — never pays again.
+            await self._store(flight, outcome)
         self.flights.land(flight)
         await self._land(flight, outcome)
+
+    async def _from_cache(self, env: RequestEnvelope) -> Outcome | None:
+        """An answer stored between the gateway's cache miss and now (another replica's
+        identical request finished meanwhile)."""
+        if not env.cache_lookup:
+            return None
+        entry = await self.sink.cached(env.prompt_hash)
+        if entry is None:
+            return None
+        body = entry.body if entry.body is not None else assemble_chunks(entry.chunks or [])
+        if env.endpoint == "chat":
+            body = {**body, "model": env.alias}
+            body.setdefault("usage", entry.usage.to_openai())
+        cand = self.prices.candidate(entry.vendor, entry.model)
+        return Outcome(candidate=cand, body=body, usage=entry.usage, cached=True)
 
     def _deferrable(self, env: RequestEnvelope) -> bool:
         """Background chat goes to the batch-API lane when a candidate's vendor has one."""
@@ -167,7 +189,8 @@ class RequestHandler:
                     kind="chunk",
                     seq=w.sent,
                     body=chunk,
-                    coalesced=not w.leader,
+                    coalesced=not w.leader and not flight.cached,
+                    cache_hit=flight.cached,
                     degraded=w.envelope.degraded,
                 ),
             )
@@ -178,7 +201,6 @@ class RequestHandler:
             # A streaming waiter that joined a non-streamed call gets the answer as chunks.
             if not flight.chunks and any(w.envelope.stream for w in flight.waiters):
                 flight.chunks.extend(response_to_chunks(out.body))
-            await self._store(flight, out)
         for w in flight.waiters:
             env = w.envelope
             if out.error is not None:
@@ -195,7 +217,8 @@ class RequestHandler:
                     usage=out.usage,
                     vendor=cand.vendor if cand else None,
                     model=cand.model if cand else None,
-                    coalesced=not w.leader,
+                    coalesced=not w.leader and not out.cached,
+                    cache_hit=out.cached,
                     degraded=env.degraded,
                 ),
             )
@@ -205,7 +228,8 @@ class RequestHandler:
                     self.prices,
                     candidate=cand,
                     usage=out.usage,
-                    coalesced=not w.leader,
+                    coalesced=not w.leader and not out.cached,
+                    cache_hit=out.cached,
                     batched=out.batched,
                     degraded=env.degraded,
                 )

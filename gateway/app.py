@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -46,15 +45,7 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
     app.include_router(openai_routes.router)
     app.include_router(anthropic_routes.router)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        response: Response = await call_next(request)
-        path = request.url.path
-        if path.startswith("/v1/"):
-            metrics.REQUESTS.labels(path, str(response.status_code)).inc()
-            metrics.LATENCY.labels(path).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(metrics.Measure)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -17,9 +17,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import BaseModel
 
 from schemas.envelope import ReplyEvent, RequestEnvelope, UsageEvent
+from schemas.errors import NoHealthyVendor
 from streams.topics import Topics, ensure_topics
 
 log = logging.getLogger("relay.gateway")
+LEDGER_LINGER_MS = 20
 
 
 def _encode(model: BaseModel) -> bytes:
@@ -34,6 +36,10 @@ class Bus:
         self.reply_topic = topics.replies(instance).name
         self.producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, linger_ms=0, acks=1, request_timeout_ms=10000
+        )
+        # Ledger lines are not on anyone's critical path: let them batch for a moment.
+        self.ledger = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, linger_ms=LEDGER_LINGER_MS, acks=1
         )
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
@@ -50,6 +56,7 @@ class Bus:
             self.bootstrap, [*self.topics.all(), self.topics.replies(self.instance)]
         )
         await self.producer.start()
+        await self.ledger.start()
         await self.consumer.start()
         tp = TopicPartition(self.reply_topic, 0)
         self.consumer.assign([tp])
@@ -62,6 +69,7 @@ class Bus:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         await self.consumer.stop()
+        await self.ledger.stop()
         await self.producer.stop()
 
     async def _read(self) -> None:
@@ -92,13 +100,28 @@ class Bus:
         self.waiting.pop(correlation_id, None)
 
     async def publish(self, env: RequestEnvelope) -> None:
-        await self.producer.send_and_wait(
+        """Hand the envelope to the producer without waiting for the broker's ack: the
+        worker's reply is the acknowledgement that matters.  Should the broker refuse it,
+        the waiting request gets that error at once instead of waiting out its deadline."""
+        delivery = await self.producer.send(
             self.topics.requests.name, _encode(env), key=env.prompt_hash.encode()
         )
+        delivery.add_done_callback(lambda fut: self._undelivered(env.correlation_id, fut))
+
+    def _undelivered(self, correlation_id: str, delivery: asyncio.Future[object]) -> None:
+        if delivery.cancelled() or delivery.exception() is None:
+            return
+        queue = self.waiting.get(correlation_id)
+        if queue is not None:
+            log.warning("request %s not published: %s", correlation_id, delivery.exception())
+            err = NoHealthyVendor("the relay could not queue the request; try again shortly")
+            queue.put_nowait(
+                ReplyEvent(correlation_id=correlation_id, kind="error", error=err.to_dict())
+            )
 
     async def meter(self, event: UsageEvent) -> None:
         """Ledger events the gateway itself owes (cache hits, edge refusals)."""
-        await self.producer.send(self.topics.usage.name, _encode(event), key=event.tenant.encode())
+        await self.ledger.send(self.topics.usage.name, _encode(event), key=event.tenant.encode())
 
     async def ready(self) -> dict[str, bool]:
         """Whether the broker answers and some worker is in the requests consumer group."""

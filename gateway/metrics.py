@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUESTS = Counter(
     "relay_requests_total", "Requests answered, by endpoint and status", ["endpoint", "status"]
@@ -22,3 +25,31 @@ COST = Counter("relay_cost_usd_total", "Vendor cost metered at the gateway", ["t
 SAVED = Counter("relay_saved_usd_total", "Cost saved by cache and coalescing", ["tenant"])
 REDIS_UP = Gauge("relay_redis_up", "1 when the L2 cache (Redis) answers")
 IN_FLIGHT = Gauge("relay_in_flight", "Requests waiting on a reply")
+
+
+class Measure:
+    """Counts and times every /v1 request (plain ASGI: Starlette's BaseHTTPMiddleware
+    would cost more per request than a cache hit does)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            REQUESTS.labels(path, str(status)).inc()
+            LATENCY.labels(path).observe(time.perf_counter() - started)

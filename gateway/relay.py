@@ -122,6 +122,7 @@ class Relay:
             cost_tag=opts.cost_tag,
             user=body.get("user") if isinstance(body.get("user"), str) else None,
             cache_ttl_s=None if opts.cache == "bypass" or ttl <= 0 else ttl,
+            cache_lookup=opts.cache == "use" and ttl > 0,
         )
         return await self._through_kafka(env)
 
@@ -134,7 +135,7 @@ class Relay:
         except BaseException:
             self._done(env)
             raise
-        headers = {"x-relay-cache": "coalesced" if first.coalesced else "miss"}
+        headers = {"x-relay-cache": _cache_header(first)}
         headers["x-relay-trace-id"] = env.trace_id
         if first.kind == "final":
             self._done(env)
@@ -177,8 +178,8 @@ class Relay:
         metrics.IN_FLIGHT.dec()
 
     def _count(self, final: ReplyEvent) -> None:
-        metrics.CACHE.labels("coalesced" if final.coalesced else "miss").inc()
-        if not final.coalesced and final.vendor:
+        metrics.CACHE.labels(_cache_header(final)).inc()
+        if not final.coalesced and not final.cache_hit and final.vendor:
             metrics.VENDOR_CALLS.labels(final.vendor, final.model or "").inc()
 
     async def _keep(
@@ -278,6 +279,12 @@ async def _replay(
     for chunk in chunks:
         yield {**chunk, "id": cid}
     yield usage
+
+
+def _cache_header(event: ReplyEvent) -> str:
+    if event.cache_hit:
+        return "hit-l2"  # found by the worker: stored after this gateway's own look-up
+    return "coalesced" if event.coalesced else "miss"
 
 
 def _vendor_headers(final: ReplyEvent) -> dict[str, str]:

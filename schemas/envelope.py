@@ -52,6 +52,7 @@ class RequestEnvelope(BaseModel):
     cost_tag: str | None = None
     user: str | None = None
     cache_ttl_s: int | None = Field(None, description="store the answer for this long")
+    cache_lookup: bool = Field(False, description="a stored answer may serve this request")
     degraded: str | None = Field(None, description="why the worker routes it cheaper")
     created_ms: int = Field(default_factory=now_ms)
 
@@ -72,6 +73,7 @@ class ReplyEvent(BaseModel):
     vendor: str | None = None
     model: str | None = None
     coalesced: bool = False
+    cache_hit: bool = False
     degraded: str | None = None
 
 

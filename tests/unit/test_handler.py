@@ -45,7 +45,8 @@ class Sink:
         self.replies: list[tuple[str, ReplyEvent]] = []
         self.ledger: list[UsageEvent] = []
         self.outcomes: list[HealthEvent] = []
-        self.cached: dict[str, CacheEntry] = {}
+        self.written: dict[str, CacheEntry] = {}
+        self.stored: dict[str, CacheEntry] = {}
 
     async def reply(self, topic: str, event: ReplyEvent) -> None:
         self.replies.append((topic, event))
@@ -57,7 +58,10 @@ class Sink:
         self.outcomes.append(event)
 
     async def cache(self, key: str, entry: CacheEntry, ttl_s: int) -> None:
-        self.cached[key] = entry
+        self.written[key] = entry
+
+    async def cached(self, key: str) -> CacheEntry | None:
+        return self.stored.get(key)
 
     def for_(self, cid: str) -> list[ReplyEvent]:
         return [e for _, e in self.replies if e.correlation_id == cid]
@@ -224,8 +228,8 @@ async def test_answer_is_cached_only_when_asked_and_complete():
     handler, sink = make(vendor([]))
     await handler.handle(envelope(key="with-ttl"))
     await handler.handle(envelope(key="no-ttl", ttl=None))
-    assert set(sink.cached) == {"with-ttl"}
-    assert sink.cached["with-ttl"].body["choices"][0]["message"]["content"] == "Hi"
+    assert set(sink.written) == {"with-ttl"}
+    assert sink.written["with-ttl"].body["choices"][0]["message"]["content"] == "Hi"
 
 
 async def test_expired_envelope_is_answered_and_metered_not_sent():
@@ -237,3 +241,17 @@ async def test_expired_envelope_is_answered_and_metered_not_sent():
     assert calls == []
     assert sink.for_(env.correlation_id)[0].error["code"] == "deadline_exceeded"
     assert sink.ledger[0].error_code == "deadline_exceeded"
+
+
+async def test_an_answer_stored_meanwhile_is_served_without_a_vendor_call():
+    calls: list[str] = []
+    handler, sink = make(vendor(calls))
+    await handler.handle(envelope(key="k-stored"))
+    sink.stored = dict(sink.written)  # what Redis now holds
+    late = envelope(key="k-stored", cache_lookup=True)
+    await handler.handle(late)
+    assert calls == ["a"], "the second request found the stored answer"
+    final = sink.for_(late.correlation_id)[-1]
+    assert final.kind == "final" and final.cache_hit and not final.coalesced
+    assert final.body["choices"][0]["message"]["content"] == "Hi"
+    assert sink.ledger[-1].cache_hit and sink.ledger[-1].cost == 0
