@@ -104,6 +104,10 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     """The worker app with its agents and tables; run it with ``app.main()``/``Worker``."""
     topics = Topics(settings.topic_prefix)
     app = make_app(settings, bootstrap)
+    # httpcore traces every request at DEBUG; left to inherit, building those records
+    # costs the worker more CPU than the rest of a vendor call.
+    for name in ("httpx", "httpcore", "aiokafka"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     requests = app.topic(topics.requests.name, key_serializer="raw", value_serializer="raw")
     health_events = app.topic(topics.health.name, key_serializer="raw", value_serializer="raw")
     health = app.GlobalTable("vendor_health", partitions=1, key_type=str)
