@@ -127,3 +127,10 @@ class HealthEvent(BaseModel):
     retry_after: float | None = None
     cost: float = 0.0
     ts_ms: int = Field(default_factory=now_ms)
+
+
+class HealthBatch(BaseModel):
+    """Outcomes of one (vendor, model) from one worker over a short window, in order:
+    every call is folded into the table, in one table write per window."""
+
+    events: list[HealthEvent] = Field(min_length=1)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from schemas.envelope import DeadLetter, HealthEvent, ReplyEvent, RequestEnvelope, UsageEvent
+from schemas.envelope import DeadLetter, HealthBatch, ReplyEvent, RequestEnvelope, UsageEvent
 
 OUT = Path(__file__).with_name("jsonschema")
 
@@ -19,7 +19,7 @@ TOPIC_MESSAGES: dict[str, type[BaseModel]] = {
     "requests": RequestEnvelope,
     "replies": ReplyEvent,
     "usage": UsageEvent,
-    "health": HealthEvent,
+    "health": HealthBatch,
     "dead-letter": DeadLetter,
 }
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 import httpx
+import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
@@ -26,7 +27,14 @@ from agents.handler import RequestHandler
 from agents.keys import KeyPool
 from agents.route import Router
 from schemas.config import RelayConfig
-from schemas.envelope import DeadLetter, HealthEvent, ReplyEvent, RequestEnvelope, UsageEvent
+from schemas.envelope import (
+    DeadLetter,
+    HealthBatch,
+    HealthEvent,
+    ReplyEvent,
+    RequestEnvelope,
+    UsageEvent,
+)
 from schemas.settings import Settings
 from streams.app import make_app
 from streams.codec import M, decode, encode
@@ -39,14 +47,15 @@ from tables.prices import PriceSheet
 
 log = logging.getLogger("relay.worker")
 BACKGROUND_LINGER_MS = 20
+HEALTH_WINDOW_S = 0.2
 
 
 class KafkaSink:
     """The handler's outputs, as Kafka messages (and the L2 cache).
 
-    Replies go out at once on Faust's producer (linger 0: a client is waiting).  Ledger
-    and health events are on nobody's critical path, so a second producer lets them
-    batch for a few milliseconds: fewer, larger produce requests for the broker.
+    Replies and health go out on Faust's producer (linger 0: a client or a breaker is
+    waiting).  Ledger lines are on nobody's critical path, so a second producer lets
+    them batch for a few milliseconds: fewer, larger produce requests for the broker.
     """
 
     def __init__(
@@ -58,6 +67,9 @@ class KafkaSink:
         self.bootstrap = bootstrap
         self._background: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
+        self._health: dict[str, list[HealthEvent]] = {}
+        self._last_ok: dict[str, bool] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
 
     async def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
         await self.app.producer.send(
@@ -86,8 +98,29 @@ class KafkaSink:
         await self._send_later(self.topics.usage.name, event.tenant.encode(), encode(event))
 
     async def health(self, event: HealthEvent) -> None:
-        key = health_key(event.vendor, event.model).encode()
-        await self._send_later(self.topics.health.name, key, encode(event))
+        """Successes in a row wait up to ``HEALTH_WINDOW_S`` and go out together per key,
+        so healthy traffic costs the health agent one table write per window.  A failure,
+        or the first success after one (a probe, a recovery), goes at once: breakers must
+        react to those without delay."""
+        key = health_key(event.vendor, event.model)
+        urgent = not event.ok or not self._last_ok.get(key, True)
+        self._last_ok[key] = event.ok
+        pending = self._health.setdefault(key, [])
+        pending.append(event)
+        if urgent:
+            self._flush_health(key)
+        elif len(pending) == 1:
+            asyncio.get_running_loop().call_later(HEALTH_WINDOW_S, self._flush_health, key)
+
+    def _flush_health(self, key: str) -> None:
+        events = self._health.pop(key, [])
+        if not events:
+            return
+        # One producer for every health message, so a key's batches stay in order.
+        batch = encode(HealthBatch(events=events))
+        task = asyncio.ensure_future(self._send(self.topics.health.name, key.encode(), batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def cache(self, key: str, entry: CacheEntry, ttl_s: int) -> None:
         await self.cache_store.put(key, entry, ttl_s)
@@ -179,22 +212,27 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
 
     async def health_agent(stream: faust.StreamT[bytes]) -> None:
         """Fold every call's outcome into the vendor-health table (one writer: 1 partition)."""
-        async for ev in readable(stream, HealthEvent):
-            key = health_key(ev.vendor, ev.model)
+        async for batch in readable(stream, HealthBatch):
+            first = batch.events[0]
+            key = health_key(first.vendor, first.model)
             raw = health.get(key)
             current = Health.model_validate(raw) if raw else Health()
-            health[key] = record(current, ev, policy, time.time()).model_dump(mode="json")
+            now = time.time()
+            for ev in batch.events:
+                # Each outcome at the time it was observed, so probes and windows line up.
+                current = record(current, ev, policy, min(now, ev.ts_ms / 1000))
+            health[key] = current.model_dump(mode="json")
 
     async def spend_agent(stream: faust.StreamT[bytes]) -> None:
-        """Accumulate each tenant's spend from the ledger (keyed by tenant, so each
-        partition's writer owns its tenants)."""
-        async for ev in readable(stream, UsageEvent):
-            if ev.cost <= 0:
-                continue
-            rule = config.tenants.get(ev.tenant)
-            period = rule.budget.period if rule and rule.budget else "month"
-            current = Spend(**(spend.get(ev.tenant) or {}))
-            spend[ev.tenant] = add_spend(current, ev.cost, ev.ts_ms / 1000, period).model_dump()
+        """Accumulate each tenant's spend from the ledger.  Written in the event's own
+        context, so each change lands in the changelog partition of its tenant; only
+        the three fields needed are read from each line."""
+        async for event in stream.events():
+            for tenant, cost, at in spend_by_tenant([event.value]):
+                rule = config.tenants.get(tenant)
+                period = rule.budget.period if rule and rule.budget else "month"
+                current = Spend(**(spend.get(tenant) or {}))
+                spend[tenant] = add_spend(current, cost, at, period).model_dump()
 
     app.agent(requests, name="requests")(requests_agent)
     app.agent(health_events, name="health")(health_agent)
@@ -206,6 +244,22 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         await sink.close()
 
     return app
+
+
+def spend_by_tenant(values: list[bytes]) -> list[tuple[str, float, float]]:
+    """(tenant, summed cost, latest time) over ledger lines; only the three fields are
+    read, and a line that does not parse is skipped (the ledger's readers own it)."""
+    totals: dict[str, tuple[float, float]] = {}
+    for raw in values:
+        try:
+            line = orjson.loads(raw)
+            tenant, cost, at = str(line["tenant"]), float(line.get("cost", 0)), line["ts_ms"] / 1000
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        if cost > 0:
+            sum_, last = totals.get(tenant, (0.0, 0.0))
+            totals[tenant] = (sum_ + cost, max(last, at))
+    return [(t, c, at) for t, (c, at) in totals.items()]
 
 
 async def readable(stream: faust.StreamT[bytes], cls: type[M]) -> AsyncIterator[M]:
