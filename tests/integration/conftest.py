@@ -31,9 +31,11 @@ def kafka_bootstrap() -> Iterator[str]:
         yield os.environ["RELAY_KAFKA_BOOTSTRAP"]
         return
     if os.environ.get("RELAY_TEST_KAFKA") == "testcontainers":
-        from testcontainers.kafka import KafkaContainer
+        from testcontainers.community.kafka import KafkaContainer
 
-        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as kafka:
+        # testcontainers' Kafka module drives Confluent's image (Apache Kafka inside),
+        # here in KRaft mode; the startup it waits for is that image's.
+        with KafkaContainer().with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
     from streams.broker import EmbeddedKafka
