@@ -1,0 +1,56 @@
+"""A malformed message on the request topic goes to the dead-letter topic; the worker goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import openai
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from schemas.envelope import DeadLetter
+from tests.support.stack import DEMO_KEY, Stack
+
+
+async def test_garbage_is_dead_lettered_and_the_worker_keeps_serving(relay: Stack):
+    marker = uuid.uuid4().hex
+    producer = AIOKafkaProducer(bootstrap_servers=relay.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            f"{relay.prefix}.requests", f"not json {marker}".encode(), key=b"x"
+        )
+        await producer.send_and_wait(
+            f"{relay.prefix}.requests", orjson.dumps({"correlation_id": marker}), key=b"y"
+        )
+    finally:
+        await producer.stop()
+
+    client = openai.AsyncOpenAI(base_url=f"{relay.url}/v1", api_key=DEMO_KEY, max_retries=0)
+    answer = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": f"still there? {marker}"}]
+    )
+    assert answer.choices[0].message.content
+
+    consumer = AIOKafkaConsumer(
+        f"{relay.prefix}.dead-letter", bootstrap_servers=relay.bootstrap,
+        auto_offset_reset="earliest", group_id=None,
+    )  # fmt: skip
+    await consumer.start()
+    letters: list[DeadLetter] = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while loop.time() < deadline and len(letters) < 2:
+            batch = await consumer.getmany(timeout_ms=300)
+            for records in batch.values():
+                letters += [DeadLetter.model_validate_json(r.value) for r in records]
+            letters = [d for d in letters if marker in d.value]
+    finally:
+        await consumer.stop()
+    assert len(letters) == 2, "both bad messages were kept, with where they came from"
+    assert all(d.topic == f"{relay.prefix}.requests" for d in letters)
+    assert all(d.partition is not None and d.offset is not None for d in letters)
+    assert any("not json" in d.value for d in letters)
+    assert all(d.error for d in letters)
