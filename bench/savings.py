@@ -252,12 +252,12 @@ async def closed_loop(
     """``concurrency`` clients work through ``bodies`` in order, each sending the next one
     when its previous request answers; request ``i`` carries trace id ``<trace><i>``."""
     tally = Tally()
-    todo = iter(enumerate(bodies))
+    queue = iter(enumerate(bodies))
     with progress_bar() as progress:
         task = progress.add_task(label, total=len(bodies))
 
         async def client_loop() -> None:
-            for i, body in todo:  # one iterator shared by every client loop
+            for i, body in queue:  # one iterator shared by every client loop
                 tid = f"{trace}{i}"
                 cache = await send(client, "/v1/chat/completions", body, tally, tid)
                 tally.answered[tid] = cache

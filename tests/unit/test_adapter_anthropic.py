@@ -20,7 +20,7 @@ from schemas.formats.openai import assemble_chunks
 from schemas.usage import Usage
 
 BASE = "https://api.anthropic.com"
-KEY = "sk-ant-api03-secretsecretsecret"
+KEY = "made-up-anthropic-key-for-tests"
 PNG = "iVBORw0KGgo="
 TOOLS = [
     {
