@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agents.adapters.base import VendorCall, VendorResult
@@ -62,8 +62,8 @@ class EmbeddingBatcher:
         window_ms: int,
         max_size: int,
         shape: Shape = EMBEDDINGS,
-    ) -> tuple[VendorResult, bool]:
-        """The caller's own answers, and whether they shared a vendor call."""
+    ) -> VendorResult:
+        """The caller's own answers; ``shared`` says whether others rode the same call."""
         raw = call.body.get(shape.inputs)
         inputs = raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
         window = self._windows.setdefault(key, _Window())
@@ -75,8 +75,7 @@ class EmbeddingBatcher:
         elif window.timer is None:
             loop = asyncio.get_running_loop()
             window.timer = loop.call_later(window_ms / 1000, self._flush, key, send, shape)
-        result = await pending.future
-        return result, bool(result.body.get("_shared"))
+        return await pending.future
 
     def _flush(self, key: tuple[str, ...], send: EmbedFn, shape: Shape) -> None:
         window = self._windows.pop(key, None)
@@ -111,9 +110,7 @@ class EmbeddingBatcher:
         parts = split(result, [len(p.inputs) for p in batch], shape)
         for p, part in zip(batch, parts, strict=True):
             if not p.future.done():
-                if len(batch) > 1:
-                    part.body["_shared"] = True
-                p.future.set_result(part)
+                p.future.set_result(replace(part, shared=len(batch) > 1))
 
 
 def split(result: VendorResult, sizes: list[int], shape: Shape = EMBEDDINGS) -> list[VendorResult]:

@@ -53,7 +53,6 @@ class Outcome:
     usage: Usage = field(default_factory=Usage)
     error: RelayError | None = None
     attempts: int = 0
-    streamed: bool = False
     batched: bool = False
     cached: bool = False  # answered from L2 on the worker, no vendor call
 
@@ -108,7 +107,7 @@ class Dispatcher:
                     return out
                 out.attempts += 1
                 try:
-                    result = await self._attempt(env, cand, remaining, forward)
+                    result = await self._attempt(env, cand, forward)
                 except RateLimited as err:
                     last = err  # our own bucket: another candidate may have room
                     continue
@@ -119,8 +118,7 @@ class Dispatcher:
                         return out
                     continue
                 out.candidate, out.body, out.usage = cand, result.body, result.usage
-                out.streamed = sent_any
-                out.batched = bool(out.body.pop("_shared", False))
+                out.batched = result.shared
                 return out
             if isinstance(last, RateLimited):
                 break  # our own bucket said the deadline cannot be met: say so now
@@ -147,7 +145,6 @@ class Dispatcher:
         self,
         env: RequestEnvelope,
         cand: Candidate,
-        remaining: float,
         forward: ChunkSink,
     ) -> VendorResult:
         adapter = self.adapters[cand.vendor]
@@ -214,8 +211,7 @@ class Dispatcher:
         params = {k: v for k, v in env.body.items() if k not in (shape.inputs, "model", "user")}
         vendor = id(getattr(send, "__self__", send))  # one window per adapter instance
         key = (shape.inputs, call.model, repr(sorted(params.items())), str(vendor))
-        result, _ = await self.batcher.embed(key, call, send, rule.window_ms, rule.max_size, shape)
-        return result
+        return await self.batcher.embed(key, call, send, rule.window_ms, rule.max_size, shape)
 
     async def _report(
         self, cand: Candidate, started: float, err: RelayError | None, cost: float = 0.0

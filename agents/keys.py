@@ -37,7 +37,3 @@ class KeyPool:
     def bench(self, index: int, seconds: float) -> None:
         if 0 <= index < len(self._keys):
             self._benched_until[index] = self._clock() + seconds
-
-    def usable(self) -> int:
-        now = self._clock()
-        return sum(1 for t in self._benched_until if t <= now)

@@ -11,21 +11,16 @@ import asyncio
 import contextlib
 import logging
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from pydantic import BaseModel
 
 from schemas.envelope import ReplyEvent, RequestEnvelope, UsageEvent
 from schemas.errors import NoHealthyVendor
+from streams.codec import encode
 from streams.topics import Topics, ensure_topics
 
 log = logging.getLogger("relay.gateway")
 LEDGER_LINGER_MS = 20
-
-
-def _encode(model: BaseModel) -> bytes:
-    return orjson.dumps(model.model_dump(mode="json", exclude_none=True))
 
 
 class Bus:
@@ -104,7 +99,7 @@ class Bus:
         worker's reply is the acknowledgement that matters.  Should the broker refuse it,
         the waiting request gets that error at once instead of waiting out its deadline."""
         delivery = await self.producer.send(
-            self.topics.requests.name, _encode(env), key=env.prompt_hash.encode()
+            self.topics.requests.name, encode(env), key=env.prompt_hash.encode()
         )
         delivery.add_done_callback(lambda fut: self._undelivered(env.correlation_id, fut))
 
@@ -121,7 +116,7 @@ class Bus:
 
     async def meter(self, event: UsageEvent) -> None:
         """Ledger events the gateway itself owes (cache hits, edge refusals)."""
-        await self.ledger.send(self.topics.usage.name, _encode(event), key=event.tenant.encode())
+        await self.ledger.send(self.topics.usage.name, encode(event), key=event.tenant.encode())
 
     async def ready(self) -> dict[str, bool]:
         """Whether the broker answers and some worker is in the requests consumer group."""

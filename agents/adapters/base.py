@@ -29,6 +29,7 @@ class VendorCall:
 class VendorResult:
     body: dict[str, Any]
     usage: Usage
+    shared: bool = False  # one vendor call served several requests (window batching)
 
 
 StreamItem = dict[str, Any] | Usage

@@ -41,11 +41,11 @@ async def test_calls_in_one_window_share_a_vendor_call_and_get_their_own_vectors
         *(batcher.embed(("k",), call(a), vendor.embed, window_ms=30, max_size=64) for a in asks)
     )
     assert vendor.calls == [["a", "bb", "ccc", "dddd", "eeeee"]]
-    vectors = [[d["embedding"][0] for d in r.body["data"]] for r, _ in results]
+    vectors = [[d["embedding"][0] for d in r.body["data"]] for r in results]
     assert vectors == [[1.0], [2.0], [3.0, 4.0], [5.0]]
-    assert [d["index"] for d in results[2][0].body["data"]] == [0, 1]
-    assert sum(r.usage.input_tokens for r, _ in results) == 15
-    assert all(shared for _, shared in results)
+    assert [d["index"] for d in results[2].body["data"]] == [0, 1]
+    assert sum(r.usage.input_tokens for r in results) == 15
+    assert all(r.shared for r in results)
 
 
 async def test_max_size_flushes_before_the_window_ends():
@@ -85,7 +85,5 @@ async def test_different_keys_never_mix():
 
 async def test_a_lone_call_is_not_marked_shared():
     vendor, batcher = Vendor(), EmbeddingBatcher()
-    result, shared = await batcher.embed(
-        ("k",), call("solo"), vendor.embed, window_ms=5, max_size=8
-    )
-    assert not shared and result.body["data"][0]["embedding"] == [4.0]
+    result = await batcher.embed(("k",), call("solo"), vendor.embed, window_ms=5, max_size=8)
+    assert not result.shared and result.body["data"][0]["embedding"] == [4.0]
