@@ -23,6 +23,7 @@ import httpx
 import orjson
 import psutil
 import uvloop
+from httpx_aiohttp import HttpxAiohttpClient
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -160,7 +161,7 @@ async def _load(
     )
     task = progress.add_task(label or "", total=total or duration_s)
 
-    async with httpx.AsyncClient(headers=hdrs, limits=limits, timeout=120) as client:
+    async with HttpxAiohttpClient(headers=hdrs, limits=limits, timeout=120) as client:
         start = time.perf_counter()
         deadline = start + duration_s if duration_s else float("inf")
 

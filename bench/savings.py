@@ -43,6 +43,7 @@ from typing import Any
 import httpx
 import orjson
 import uvloop
+from httpx_aiohttp import HttpxAiohttpClient
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.common import (
@@ -218,7 +219,7 @@ def client_for(base: str, key: str, tag: str | None, connections: int) -> httpx.
     if tag:
         headers["x-relay-cost-tag"] = tag
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=120)
+    return HttpxAiohttpClient(base_url=base, headers=headers, limits=limits, timeout=120)
 
 
 def progress_bar() -> Progress:

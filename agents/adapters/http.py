@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import aiohttp
 import httpx
 
 from schemas.errors import (
@@ -24,6 +25,10 @@ from schemas.errors import (
 )
 
 _AUTH_HEADERS = ("authorization", "api-key", "x-api-key")
+# The worker's client runs httpx over aiohttp (httpx-aiohttp), which maps most aiohttp
+# failures onto httpx's; the rest (a malformed HTTP answer, say) are still transport
+# failures of the vendor's.
+_TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError)
 _MAX_MESSAGE = 500  # characters of a vendor's error text worth carrying
 
 
@@ -33,7 +38,7 @@ async def send(
     """Send one request; any failure comes back as an error-tree exception."""
     try:
         resp = await client.request(method, url, **kwargs)
-    except httpx.TransportError as exc:
+    except _TRANSPORT_ERRORS as exc:
         raise transport_error(exc, vendor) from None
     if resp.status_code >= 400:
         raise status_error(resp, vendor)
@@ -60,7 +65,7 @@ async def open_stream(
                 await resp.aread()
                 raise status_error(resp, vendor)
             yield resp
-    except httpx.TransportError as exc:
+    except _TRANSPORT_ERRORS as exc:
         raise transport_error(exc, vendor) from None
 
 
@@ -86,7 +91,7 @@ async def sse_events(resp: httpx.Response) -> AsyncIterator[tuple[str, str]]:
         yield event or "message", "\n".join(data)
 
 
-def transport_error(exc: httpx.TransportError, vendor: str) -> RelayError:
+def transport_error(exc: Exception, vendor: str) -> RelayError:
     """A failure to reach or hear from the vendor: always worth trying elsewhere."""
     if isinstance(exc, httpx.TimeoutException):
         return VendorUnavailable(f"{vendor}: vendor timed out")

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+import aiohttp
 import httpx
 import pytest
 
@@ -301,6 +302,11 @@ async def test_rate_limit_retry_after_as_http_date():
         (httpx.ReadTimeout("read timed out"), "openai: vendor timed out"),
         (httpx.ConnectTimeout("connect timed out"), "openai: vendor timed out"),
         (httpx.ConnectError("refused"), "openai: could not connect to the vendor"),
+        # What httpx-aiohttp leaves unmapped (the worker's client runs on aiohttp).
+        (
+            aiohttp.ClientResponseError(None, (), status=400, message="bad status line"),  # type: ignore[arg-type]
+            "openai: connection to the vendor failed (ClientResponseError)",
+        ),
     ],
 )
 async def test_transport_failures_are_vendor_unavailable(exc, text):
