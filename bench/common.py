@@ -158,6 +158,9 @@ async def _load(
         console=console,
         transient=True,
         disable=label is None,
+        # No refresh thread: it would fight the event loop for the GIL and show up in
+        # millisecond latencies.  The loop redraws the bar itself, twice a second.
+        auto_refresh=False,
     )
     task = progress.add_task(label or "", total=total or duration_s)
 
@@ -186,8 +189,15 @@ async def _load(
                 else:
                     progress.update(task, completed=min(time.perf_counter(), deadline) - start)
 
+        async def redraw() -> None:
+            while True:
+                progress.refresh()
+                await asyncio.sleep(0.5)
+
         with progress:
+            painter = asyncio.create_task(redraw())
             await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+            painter.cancel()
         result.elapsed_s = time.perf_counter() - start
     return result
 

@@ -222,12 +222,16 @@ def client_for(base: str, key: str, tag: str | None, connections: int) -> httpx.
     return HttpxAiohttpClient(base_url=base, headers=headers, limits=limits, timeout=120)
 
 
-def progress_bar() -> Progress:
+def progress_bar(*, auto_refresh: bool = True) -> Progress:
+    """A transient progress bar.  ``auto_refresh=False`` for latency phases: the refresh
+    thread competes with the load generator's event loop for the GIL, which shows up in
+    millisecond latencies; those phases call ``refresh()`` themselves now and then."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        auto_refresh=auto_refresh,
         console=console,
         transient=True,
     )
@@ -296,13 +300,15 @@ async def hit_phase(stack: BenchStack, texts: list[str], n: int, tag: str) -> di
     tally = Tally()
     async with client_for(stack.relay.url, DEMO_KEY, tag, 1) as client:
         before = await vendor_calls(stack.sim.url)
-        with progress_bar() as progress:
+        with progress_bar(auto_refresh=False) as progress:
             task = progress.add_task("cache hits", total=n)
             meter.start()
             start = time.perf_counter()
             for i in range(n):
                 await send(client, "/v1/chat/completions", chat(texts[i % len(texts)]), tally)
                 progress.advance(task)
+                if i % 100 == 99:
+                    progress.refresh()
             tally.elapsed_s = time.perf_counter() - start
             cpu = meter.stop()
         after = await vendor_calls(stack.sim.url)

@@ -7,10 +7,10 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.auth import CallerDep
-from gateway.relay import Options, Relay
+from gateway.relay import Answer, Options, Relay
 from gateway.sse import anthropic_sse
 from schemas.errors import BadRequest
 from schemas.formats.anthropic import messages_request_to_openai, openai_response_to_messages
@@ -28,15 +28,17 @@ async def _json(request: Request) -> dict[str, Any]:
     return body
 
 
-@router.post("/messages")
-async def messages(request: Request, who: CallerDep) -> Any:
-    body = await _json(request)
+def neutral_request(body: dict[str, Any]) -> dict[str, Any]:
+    """A Messages request as the relay's neutral (OpenAI-shaped) chat body."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model: field required", param="model")
-    neutral = messages_request_to_openai(body)
-    relay: Relay = request.app.state.relay
-    answer = await relay.answer(who, "chat", neutral, Options.from_headers(request.headers))
+    return messages_request_to_openai(body)
+
+
+def render(answer: Answer, body: dict[str, Any]) -> Response:
+    """An answer in Anthropic's shape: a message, or its event stream."""
+    model = str(body["model"])
     if answer.chunks is None:
         reply = openai_response_to_messages(answer.body or {}, answer.usage, model)
         return JSONResponse(reply, headers=answer.headers)
@@ -46,6 +48,14 @@ async def messages(request: Request, who: CallerDep) -> Any:
         media_type="text/event-stream",
         headers={**answer.headers, "cache-control": "no-cache"},
     )
+
+
+@router.post("/messages")
+async def messages(request: Request, who: CallerDep) -> Any:
+    body = await _json(request)
+    neutral = neutral_request(body)
+    relay: Relay = request.app.state.relay
+    return render(await relay.answer(who, "chat", neutral, Options.of(request)), body)
 
 
 @router.post("/messages/count_tokens")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.auth import CallerDep
-from gateway.relay import Options, Relay
+from gateway.relay import Answer, Options, Relay
 from gateway.sse import openai_sse
 from schemas.errors import BadRequest
 
@@ -42,13 +42,17 @@ def _relay(request: Request) -> Relay:
     return request.app.state.relay  # type: ignore[no-any-return]
 
 
-@router.post("/chat/completions")
-async def chat_completions(body: ChatBody, request: Request, who: CallerDep) -> Any:
+def chat_fields(body: ChatBody) -> dict[str, Any]:
+    """The validated chat body as the relay takes it (also the edge's view of it)."""
     raw = body.model_dump(exclude_unset=True)
     for i, msg in enumerate(raw["messages"]):
         if not isinstance(msg.get("role"), str):
             raise BadRequest(f"messages.{i}.role: required", param=f"messages.{i}.role")
-    answer = await _relay(request).answer(who, "chat", raw, Options.from_headers(request.headers))
+    return raw
+
+
+def render(answer: Answer, raw: dict[str, Any]) -> Response:
+    """An answer in OpenAI's shape: JSON, or SSE chunks for a stream."""
     if answer.chunks is None:
         return JSONResponse(answer.body, headers=answer.headers)
     include_usage = bool((raw.get("stream_options") or {}).get("include_usage"))
@@ -59,21 +63,23 @@ async def chat_completions(body: ChatBody, request: Request, who: CallerDep) -> 
     )
 
 
+@router.post("/chat/completions")
+async def chat_completions(body: ChatBody, request: Request, who: CallerDep) -> Any:
+    raw = chat_fields(body)
+    return render(await _relay(request).answer(who, "chat", raw, Options.of(request)), raw)
+
+
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingsBody, request: Request, who: CallerDep) -> Any:
     raw = body.model_dump(exclude_unset=True)
-    opts = Options.from_headers(request.headers)
-    answer = await _relay(request).answer(who, "embeddings", raw, opts)
-    return JSONResponse(answer.body, headers=answer.headers)
+    return render(await _relay(request).answer(who, "embeddings", raw, Options.of(request)), raw)
 
 
 @router.post("/completions")
 async def completions(body: CompletionsBody, request: Request, who: CallerDep) -> Any:
     """Legacy completions (list prompts are what window batching merges); no streaming."""
     raw = body.model_dump(exclude_unset=True)
-    opts = Options.from_headers(request.headers)
-    answer = await _relay(request).answer(who, "completions", raw, opts)
-    return JSONResponse(answer.body, headers=answer.headers)
+    return render(await _relay(request).answer(who, "completions", raw, Options.of(request)), raw)
 
 
 @router.get("/models")
