@@ -55,7 +55,8 @@ async def messages(request: Request, who: CallerDep) -> Any:
     body = await _json(request)
     neutral = neutral_request(body)
     relay: Relay = request.app.state.relay
-    return render(await relay.answer(who, "chat", neutral, Options.of(request)), body)
+    opts = Options.from_headers(request.headers)
+    return render(await relay.answer(who, "chat", neutral, opts), body)
 
 
 @router.post("/messages/count_tokens")

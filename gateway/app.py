@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import anthropic_routes, errors, metrics, openai_routes
 from gateway.bus import Bus
-from gateway.edge import EdgeCache
+from gateway.edge import Edge
 from gateway.relay import Relay
 from schemas.config import RelayConfig
 from schemas.settings import Settings
@@ -46,7 +46,7 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
     app.include_router(openai_routes.router)
     app.include_router(anthropic_routes.router)
 
-    app.add_middleware(EdgeCache)  # added last wraps first: Measure sees edge hits too
+    app.add_middleware(Edge)  # added last wraps first: Measure sees what the edge answers
     app.add_middleware(metrics.Measure)
 
     @app.get("/healthz")

@@ -66,20 +66,23 @@ def render(answer: Answer, raw: dict[str, Any]) -> Response:
 @router.post("/chat/completions")
 async def chat_completions(body: ChatBody, request: Request, who: CallerDep) -> Any:
     raw = chat_fields(body)
-    return render(await _relay(request).answer(who, "chat", raw, Options.of(request)), raw)
+    opts = Options.from_headers(request.headers)
+    return render(await _relay(request).answer(who, "chat", raw, opts), raw)
 
 
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingsBody, request: Request, who: CallerDep) -> Any:
     raw = body.model_dump(exclude_unset=True)
-    return render(await _relay(request).answer(who, "embeddings", raw, Options.of(request)), raw)
+    opts = Options.from_headers(request.headers)
+    return render(await _relay(request).answer(who, "embeddings", raw, opts), raw)
 
 
 @router.post("/completions")
 async def completions(body: CompletionsBody, request: Request, who: CallerDep) -> Any:
     """Legacy completions (list prompts are what window batching merges); no streaming."""
     raw = body.model_dump(exclude_unset=True)
-    return render(await _relay(request).answer(who, "completions", raw, Options.of(request)), raw)
+    opts = Options.from_headers(request.headers)
+    return render(await _relay(request).answer(who, "completions", raw, opts), raw)
 
 
 @router.get("/models")

@@ -13,8 +13,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from starlette.requests import Request
-
 from gateway import metrics
 from gateway.auth import Caller
 from gateway.bus import Bus
@@ -28,7 +26,6 @@ from tables.cache import CacheEntry, ResponseCache, cache_key
 from tables.prices import PriceSheet
 
 CacheMode = Literal["use", "bypass", "refresh"]
-EDGE_MISSED = "relay.edge_missed"  # scope["state"] flag: the edge looked in the cache and missed
 GRACE_S = 2.0  # how long past the deadline we wait for the worker's own timeout error
 
 
@@ -42,14 +39,6 @@ class Options:
     timeout_s: float | None = None
     cost_tag: str | None = None
     trace_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    # The edge (gateway.edge) already looked this request up and missed: don't ask twice.
-    checked: bool = False
-
-    @classmethod
-    def of(cls, request: Request) -> Options:
-        opts = cls.from_headers(request.headers)
-        opts.checked = bool(request.scope.get("state", {}).get(EDGE_MISSED))
-        return opts
 
     @classmethod
     def from_headers(cls, headers: Any) -> Options:
@@ -99,33 +88,22 @@ class Relay:
                 param="model",
             )
 
-    def _plan(self, who: Caller, endpoint: Endpoint, body: dict[str, Any]) -> tuple[str, str]:
-        """The request's alias (checked against the caller) and its cache key."""
-        alias = str(body.get("model", ""))
-        self.check_model(who, alias)
-        scope = "global" if who.policy.cache_scope == "global" else f"tenant:{who.tenant}"
-        return alias, cache_key(scope=scope, alias=alias, endpoint=endpoint, body=body)
-
-    async def cached(
-        self, who: Caller, endpoint: Endpoint, body: dict[str, Any], opts: Options
-    ) -> Answer | None:
-        """The answer from L1 or L2, or None: what the edge (``gateway.edge``) asks first."""
-        if opts.cache != "use":
-            return None
-        alias, key = self._plan(who, endpoint, body)
-        return await self._lookup(who, endpoint, body, opts, alias, key)
-
     async def answer(
         self, who: Caller, endpoint: Endpoint, body: dict[str, Any], opts: Options
     ) -> Answer:
-        alias, key = self._plan(who, endpoint, body)
+        alias = str(body.get("model", ""))
+        self.check_model(who, alias)
         spec = self.config.models[alias]
         stream = bool(body.get("stream")) and endpoint == "chat"
+        scope = "global" if who.policy.cache_scope == "global" else f"tenant:{who.tenant}"
+        key = cache_key(scope=scope, alias=alias, endpoint=endpoint, body=body)
         ttl = opts.ttl_s if opts.ttl_s is not None else spec.ttl_seconds()
-        if opts.cache == "use" and not opts.checked:
-            hit = await self._lookup(who, endpoint, body, opts, alias, key)
+        if opts.cache == "use":
+            hit = await self.cache.get(key)
+            metrics.REDIS_UP.set(1 if self.cache.l2_healthy else 0)
             if hit is not None:
-                return hit
+                entry, level = hit
+                return await self._from_cache(who, endpoint, alias, entry, level, stream, opts)
         env = RequestEnvelope(
             correlation_id=uuid.uuid4().hex,
             reply_to=self.bus.reply_topic,
@@ -147,23 +125,6 @@ class Relay:
             cache_lookup=opts.cache == "use" and ttl > 0,
         )
         return await self._through_kafka(env)
-
-    async def _lookup(
-        self,
-        who: Caller,
-        endpoint: Endpoint,
-        body: dict[str, Any],
-        opts: Options,
-        alias: str,
-        key: str,
-    ) -> Answer | None:
-        hit = await self.cache.get(key)
-        metrics.REDIS_UP.set(1 if self.cache.l2_healthy else 0)
-        if hit is None:
-            return None
-        entry, level = hit
-        stream = bool(body.get("stream")) and endpoint == "chat"
-        return await self._from_cache(who, endpoint, alias, entry, level, stream, opts)
 
     async def _through_kafka(self, env: RequestEnvelope) -> Answer:
         queue = self.bus.expect(env.correlation_id)
