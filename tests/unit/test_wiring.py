@@ -1,0 +1,27 @@
+"""Pure helpers of the worker's wiring: ledger lines to spend, tenants to partitions."""
+
+from __future__ import annotations
+
+import orjson
+from aiokafka.partitioner import DefaultPartitioner
+
+from streams.wiring import ledger_partition, spend_by_tenant
+
+
+def test_a_tenants_spend_lives_in_the_partition_of_its_ledger_lines() -> None:
+    partitions = list(range(4))
+    for tenant in ("demo", "acme", "tenant-42", "ünïcode"):
+        expected = DefaultPartitioner()(tenant.encode(), partitions, partitions)
+        assert ledger_partition(tenant, 4) == expected
+
+
+def test_spend_sums_cost_per_tenant_and_skips_what_does_not_parse() -> None:
+    lines = [
+        orjson.dumps({"tenant": "a", "cost": 0.5, "ts_ms": 1000}),
+        orjson.dumps({"tenant": "b", "cost": 0.25, "ts_ms": 3000}),
+        orjson.dumps({"tenant": "a", "cost": 1.0, "ts_ms": 2000}),
+        orjson.dumps({"tenant": "a", "cost": 0, "ts_ms": 9000}),  # free: no spend, no time
+        b"not json",
+        orjson.dumps({"cost": 3.0}),
+    ]
+    assert sorted(spend_by_tenant(lines)) == [("a", 1.5, 2.0), ("b", 0.25, 3.0)]
