@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -55,6 +56,11 @@ def _java_major(java: str) -> int:
     return int(match.group(2) or 0) if major == 1 else major
 
 
+# C1 only: a broker that answers within a few seconds of start (tests, `relay up`).
+# Serial GC: a 512 MB heap on a small machine gains nothing from G1's concurrent threads.
+DEFAULT_JVM_OPTS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
+
+
 class EmbeddedKafka:
     """One broker+controller process; ``start()`` returns its bootstrap address."""
 
@@ -67,6 +73,10 @@ class EmbeddedKafka:
             / f"kafka-{kafka_version()}"
         )
         self.heap = heap
+        # RELAY_KAFKA_JVM_OPTS replaces the defaults (GC and JIT choices), e.g. to trade
+        # start-up time for steady-state CPU on a long-lived broker.
+        opts = os.environ.get("RELAY_KAFKA_JVM_OPTS")
+        self.jvm_opts = shlex.split(opts) if opts is not None else list(DEFAULT_JVM_OPTS)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -148,8 +158,8 @@ class EmbeddedKafka:
 
     def _run_java(self, main: str, *args: str, **popen: object) -> list[str]:
         return [
-            self.java(), f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
-            "-XX:TieredStopAtLevel=1", "-Xshare:auto", "-Djava.awt.headless=true",
+            self.java(), f"-Xmx{self.heap}", f"-Xms{self.heap}", *self.jvm_opts,
+            "-Xshare:auto", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J}",
             "-cp", f"{self.jars()}/*", main, *args,
         ]  # fmt: skip
