@@ -83,8 +83,14 @@ class Dispatcher:
         env: RequestEnvelope,
         plan: list[Candidate],
         on_chunk: ChunkSink | None,
+        *,
+        vendor_wait_s: float | None = None,
     ) -> Outcome:
-        """Try the plan (up to ``max_rounds`` passes) before the envelope's deadline."""
+        """Try the plan (up to ``max_rounds`` passes) before the envelope's deadline.
+
+        ``vendor_wait_s`` caps the wait for a vendor's rate limits (not the tenant's):
+        past it that candidate is skipped, and when every one was, the outcome is our
+        ``RateLimited`` — which the handler may answer by routing cheaper."""
         out = Outcome()
         if not plan:
             out.error = NoHealthyVendor(f"no healthy vendor for `{env.alias}`; try again shortly")
@@ -107,7 +113,7 @@ class Dispatcher:
                     return out
                 out.attempts += 1
                 try:
-                    result = await self._attempt(env, cand, forward)
+                    result = await self._attempt(env, cand, forward, vendor_wait_s)
                 except RateLimited as err:
                     last = err  # our own bucket: another candidate may have room
                     continue
@@ -127,10 +133,15 @@ class Dispatcher:
         out.error = last or NoHealthyVendor("every candidate failed")
         return out
 
-    async def _admit(self, env: RequestEnvelope, rpm: list[str], tpm: list[str]) -> None:
+    async def _admit(
+        self, env: RequestEnvelope, rpm: list[str], tpm: list[str], cap_s: float | None = None
+    ) -> None:
         """Wait in the request's priority lane until the buckets allow, or 429 if the
-        deadline cannot be met."""
-        deadline = time.monotonic() + (env.deadline_ms / 1000 - time.time())
+        deadline (or the ``cap_s`` from now, if sooner) cannot be met."""
+        remaining = env.deadline_ms / 1000 - time.time()
+        if cap_s is not None:
+            remaining = min(remaining, cap_s)
+        deadline = time.monotonic() + remaining
         await self.gate.acquire(rpm, 1, env.priority, deadline)
         await self.gate.acquire(tpm, estimate_tokens(env.body), env.priority, deadline)
 
@@ -146,10 +157,12 @@ class Dispatcher:
         env: RequestEnvelope,
         cand: Candidate,
         forward: ChunkSink,
+        wait_s: float | None = None,
     ) -> VendorResult:
         adapter = self.adapters[cand.vendor]
         pool = self.pools[cand.vendor]
-        await self._admit(env, [f"vendor:{cand.vendor}"], [f"vendor-tpm:{cand.vendor}"])
+        buckets = [f"vendor:{cand.vendor}"], [f"vendor-tpm:{cand.vendor}"]
+        await self._admit(env, *buckets, cap_s=wait_s)
         remaining = env.deadline_ms / 1000 - time.time()
         key_index, key = pool.pick()
         call = VendorCall(model=cand.model, body=env.body, api_key=key, timeout_s=remaining)

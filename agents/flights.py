@@ -29,6 +29,7 @@ class Flight:
     chunks: list[dict[str, Any]] = field(default_factory=list)
     finished: bool = False
     cached: bool = False  # answered from L2 rather than by a vendor
+    degraded: str | None = None  # routed cheaper for every waiter (rate pressure)
 
 
 class Flights:

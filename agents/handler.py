@@ -19,7 +19,7 @@ from agents.meter import usage_event
 from agents.route import Router
 from schemas.config import Candidate
 from schemas.envelope import HealthEvent, Priority, ReplyEvent, RequestEnvelope, UsageEvent
-from schemas.errors import BudgetExceeded, DeadlineExceeded, RelayError
+from schemas.errors import BudgetExceeded, DeadlineExceeded, RateLimited, RelayError
 from schemas.formats.openai import assemble_chunks, response_to_chunks
 from schemas.usage import Usage
 from tables.budgets import BudgetDecision
@@ -167,7 +167,17 @@ class RequestHandler:
             for w in list(flight.waiters):
                 await self._deliver(flight, w)
 
-        outcome = await self.dispatcher.run(env, plan, fan_out if env.stream else None)
+        on_chunk = fan_out if env.stream else None
+        patience = self.router.spec(env.alias).degrade_after_wait_ms
+        wait_s = patience / 1000 if patience is not None and env.degraded is None else None
+        outcome = await self.dispatcher.run(env, plan, on_chunk, vendor_wait_s=wait_s)
+        if wait_s is not None and isinstance(outcome.error, RateLimited):
+            # Sustained rate pressure: no candidate's rate limits let it through within
+            # the alias's patience.  Route it as degraded (cheaper), flagged as such.
+            flight.degraded = "rate_pressure"
+            env = env.model_copy(update={"degraded": flight.degraded})
+            plan = self.router.plan(env.alias, time.time(), user=env.user, degraded=True)
+            outcome = await self.dispatcher.run(env, plan, on_chunk)
         if outcome.body is not None and env.endpoint == "chat":
             outcome.body["model"] = env.alias
         return outcome
@@ -191,7 +201,7 @@ class RequestHandler:
                     body=chunk,
                     coalesced=not w.leader and not flight.cached,
                     cache_hit=flight.cached,
-                    degraded=w.envelope.degraded,
+                    degraded=w.envelope.degraded or flight.degraded,
                 ),
             )
 
@@ -219,7 +229,7 @@ class RequestHandler:
                     model=cand.model if cand else None,
                     coalesced=not w.leader and not out.cached,
                     cache_hit=out.cached,
-                    degraded=env.degraded,
+                    degraded=env.degraded or flight.degraded,
                 ),
             )
             await self.sink.usage(
@@ -231,7 +241,7 @@ class RequestHandler:
                     coalesced=not w.leader and not out.cached,
                     cache_hit=out.cached,
                     batched=out.batched,
-                    degraded=env.degraded,
+                    degraded=env.degraded or flight.degraded,
                 )
             )
 

@@ -137,6 +137,8 @@ class Relay:
             raise
         headers = {"x-relay-cache": _cache_header(first)}
         headers["x-relay-trace-id"] = env.trace_id
+        if first.degraded:  # a stream's headers go out with its first chunk
+            headers["x-relay-degraded"] = first.degraded
         if first.kind == "final":
             self._done(env)
             self._count(first)

@@ -78,7 +78,15 @@ class ModelAlias(Strict):
     kind: Literal["chat", "embeddings", "completions"] = "chat"
     batching: Batching | None = None
     canary: Canary | None = None
-    degrade_to: str | None = Field(None, description="cheaper alias used under budget pressure")
+    degrade_to: str | None = Field(
+        None, description="cheaper alias used under budget or rate pressure"
+    )
+    degrade_after_wait_ms: int | None = Field(
+        None,
+        ge=0,
+        description="rate pressure: a request the vendors' rate limits would hold longer than "
+        "this goes to the degraded plan (degrade_to, cheapest first) instead of waiting",
+    )
 
     def ttl_seconds(self) -> int:
         return ttl_seconds(self.cache_ttl)

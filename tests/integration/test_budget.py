@@ -26,6 +26,7 @@ from tests.support.stack import DEMO_KEY, Simulator, Stack, start_simulator
 
 LIMIT_USD = 0.5
 PREMIUM_MODEL, ECONOMY_MODEL = "gpt-4o-budget-premium", "gpt-4o-mini-budget-economy"
+PRESSURED_MODEL = "gpt-4o-rate-pressured"
 STABLE_MODEL, CANARY_MODEL = "gpt-4o-mini-canary-stable", "gpt-4o-mini-canary-next"
 # About 31 tokens a request (15 in, up to 16 out): ~$0.06 premium, ~$0.03 economy.
 PREMIUM_PER_1M, ECONOMY_PER_1M = 2000.0, 1000.0
@@ -61,13 +62,23 @@ def stack(stack_factory: Any, sim: Simulator) -> Stack:
         }
 
     cfg = {
-        "vendors": {"premium": vendor(), "economy": vendor(), "sim": vendor()},
+        "vendors": {
+            "premium": vendor(),
+            "economy": vendor(),
+            "sim": vendor(),
+            "throttled": {**vendor(), "rpm": 2},  # one request now, the next in ~30 s
+        },
         "models": {
             "premium": {
                 "candidates": [cand("premium", PREMIUM_MODEL, PREMIUM_PER_1M)],
                 "degrade_to": "economy",
             },
             "economy": {"candidates": [cand("economy", ECONOMY_MODEL, ECONOMY_PER_1M)]},
+            "pressured": {
+                "candidates": [cand("throttled", PRESSURED_MODEL, PREMIUM_PER_1M)],
+                "degrade_to": "economy",
+                "degrade_after_wait_ms": 300,
+            },
             "canaried": {
                 "candidates": [cand("sim", STABLE_MODEL)],
                 "canary": {"candidate": cand("sim", CANARY_MODEL), "percent": 30, "sticky": True},
@@ -216,3 +227,24 @@ async def test_a_sticky_canary_takes_about_30pct_of_users_each_always_on_one_ver
     assert all(v <= {CANARY_MODEL, STABLE_MODEL} for v in versions.values())
     share = on_canary / len(users)
     assert 0.2 <= share <= 0.4, f"{share:.0%} of users on the canary, configured 30%"
+
+
+async def test_sustained_rate_pressure_degrades_to_the_cheaper_alias(stack: Stack) -> None:
+    """The throttled vendor's bucket holds the second request ~30 s, past the alias's
+    300 ms patience: it is answered at once by the degrade_to alias, and says so."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        sent = [await chat(http, stack, DEMO_KEY, "pressured") for _ in range(3)]
+    assert [s.reply.status_code for s in sent] == [200, 200, 200]
+    assert [s.reply.headers.get("x-relay-degraded") for s in sent] == [
+        None,
+        "rate_pressure",
+        "rate_pressure",
+    ]
+    assert [s.reply.headers["x-relay-vendor"] for s in sent] == ["throttled", "economy", "economy"]
+    ledger = {e.trace_id: e for e in await read_ledger(stack, {s.trace for s in sent})}
+    assert [ledger[s.trace].degraded for s in sent] == [None, "rate_pressure", "rate_pressure"]
+    assert [ledger[s.trace].vendor_model for s in sent] == [
+        PRESSURED_MODEL,
+        ECONOMY_MODEL,
+        ECONOMY_MODEL,
+    ]

@@ -18,6 +18,7 @@ from agents.keys import KeyPool
 from agents.route import Router
 from schemas.config import RelayConfig
 from schemas.envelope import HealthEvent, ReplyEvent, RequestEnvelope, UsageEvent
+from tables.buckets import PriorityGate, TokenBucket
 from tables.cache import CacheEntry
 from tables.prices import PriceSheet
 
@@ -255,3 +256,51 @@ async def test_an_answer_stored_meanwhile_is_served_without_a_vendor_call():
     assert final.kind == "final" and final.cache_hit and not final.coalesced
     assert final.body["choices"][0]["message"]["content"] == "Hi"
     assert sink.ledger[-1].cache_hit and sink.ledger[-1].cost == 0
+
+
+PRESSURE = RelayConfig.model_validate(
+    {
+        "vendors": {
+            "a": {"kind": "openai", "base_url": "http://a/v1", "rpm": 1},
+            "b": {"kind": "openai", "base_url": "http://b/v1"},
+        },
+        "models": {
+            "m": {
+                "candidates": [{"vendor": "a", "model": "best", "input_per_1m": 5}],
+                "degrade_to": "small",
+                "degrade_after_wait_ms": 100,
+            },
+            "small": {"candidates": [{"vendor": "b", "model": "small", "input_per_1m": 1}]},
+        },
+        "tenants": {"t": {}},
+    }
+)
+
+
+async def test_sustained_rate_pressure_routes_cheaper_and_says_so():
+    """Vendor a allows 1 request a minute: the second would wait ~60 s, far past the
+    alias's 100 ms patience, so it goes to the degrade_to alias, flagged rate_pressure."""
+    calls: list[str] = []
+    client = vendor(calls)
+    sink = Sink()
+    adapters: dict[str, Any] = {n: OpenAIAdapter(v, client) for n, v in PRESSURE.vendors.items()}
+    gate = PriorityGate()
+    gate.configure("vendor:a", TokenBucket.from_rpm(1, now=time.monotonic()))
+    handler = RequestHandler(
+        Router(PRESSURE, {}.get),
+        Dispatcher(adapters, {n: KeyPool(["k"]) for n in PRESSURE.vendors}, sink.health,
+                   gate=gate),
+        PriceSheet.from_config(PRESSURE.models),
+        sink,
+    )  # fmt: skip
+    first, second, streamed = envelope(key="p1"), envelope(key="p2"), envelope(True, key="p3")
+    for env in (first, second, streamed):
+        await handler.handle(env)
+    assert calls == ["a", "b", "b"]
+    full = sink.for_(first.correlation_id)[-1]
+    assert full.kind == "final" and full.vendor == "a" and full.degraded is None
+    for env in (second, streamed):
+        events = sink.for_(env.correlation_id)
+        assert events[-1].kind == "final" and events[-1].vendor == "b"
+        assert {e.degraded for e in events} == {"rate_pressure"}, "every chunk says so too"
+    assert [e.degraded for e in sink.ledger] == [None, "rate_pressure", "rate_pressure"]
