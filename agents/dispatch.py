@@ -85,6 +85,7 @@ class Dispatcher:
         on_chunk: ChunkSink | None,
         *,
         vendor_wait_s: float | None = None,
+        admit_tenant: bool = True,
     ) -> Outcome:
         """Try the plan (up to ``max_rounds`` passes) before the envelope's deadline.
 
@@ -96,7 +97,8 @@ class Dispatcher:
             out.error = NoHealthyVendor(f"no healthy vendor for `{env.alias}`; try again shortly")
             return out
         sent_any = False
-        await self._admit(env, [f"tenant:{env.tenant}"], [f"tenant-tpm:{env.tenant}"])
+        if admit_tenant:  # once per request, not again when the handler re-plans it
+            await self._admit(env, [f"tenant:{env.tenant}"], [f"tenant-tpm:{env.tenant}"])
 
         async def forward(chunk: dict[str, Any]) -> None:
             nonlocal sent_any

@@ -177,7 +177,7 @@ class RequestHandler:
             flight.degraded = "rate_pressure"
             env = env.model_copy(update={"degraded": flight.degraded})
             plan = self.router.plan(env.alias, time.time(), user=env.user, degraded=True)
-            outcome = await self.dispatcher.run(env, plan, on_chunk)
+            outcome = await self.dispatcher.run(env, plan, on_chunk, admit_tenant=False)
         if outcome.body is not None and env.endpoint == "chat":
             outcome.body["model"] = env.alias
         return outcome
@@ -249,6 +249,8 @@ class RequestHandler:
         leader = flight.waiters[0].envelope
         if not leader.cache_ttl_s or out.candidate is None:
             return
+        if leader.degraded or flight.degraded:
+            return  # a cheaper model's answer must not be served later as the alias's own
         entry = CacheEntry(
             chunks=list(flight.chunks) or None,
             body=out.body,

@@ -70,6 +70,8 @@ class Edge:
             await self.app(scope, receive, send)
             return
         raw, rest = await _read_body(receive)
+        if rest is not None:
+            return  # the client left before it finished sending: nobody to answer
         response = await self._answer(scope, raw, route)
         if response is None:
             await self.app(scope, _replay(raw, rest, receive), send)
@@ -80,6 +82,8 @@ class Edge:
         endpoint, to_relay, render = route
         request = Request(scope)
         relay: Relay = request.app.state.relay
+        if scope["path"] != "/v1/messages" and not _json_type(request.headers.get("content-type")):
+            return None  # the OpenAI routes refuse a body not sent as JSON: let them say so
         try:
             body = orjson.loads(raw)
             if not isinstance(body, dict):
@@ -96,6 +100,13 @@ class Edge:
         except Exception:
             log.exception("unhandled error on %s", scope["path"])
             return error_response(request, RelayError("internal error; it has been logged"))
+
+
+def _json_type(content_type: str | None) -> bool:
+    """``application/json`` or ``application/*+json``: what FastAPI's strict check accepts."""
+    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    kind, _, subtype = mime.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 def _small(scope: Scope) -> bool:

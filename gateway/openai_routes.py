@@ -48,6 +48,8 @@ def chat_fields(body: ChatBody) -> dict[str, Any]:
     for i, msg in enumerate(raw["messages"]):
         if not isinstance(msg.get("role"), str):
             raise BadRequest(f"messages.{i}.role: required", param=f"messages.{i}.role")
+    if not isinstance(raw.get("stream_options") or {}, dict):
+        raise BadRequest("stream_options: must be an object", param="stream_options")
     return raw
 
 

@@ -192,8 +192,8 @@ class Relay:
         final: ReplyEvent,
     ) -> None:
         """Put a fresh answer in this replica's L1 (the worker already wrote L2)."""
-        if not env.cache_ttl_s or final.vendor is None:
-            return
+        if not env.cache_ttl_s or final.vendor is None or final.degraded:
+            return  # a degraded (cheaper) answer is not the alias's answer to keep
         entry = CacheEntry(
             chunks=chunks or None,
             body=body,

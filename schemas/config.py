@@ -155,6 +155,11 @@ class RelayConfig(Strict):
                         f"models.{alias}.candidates.{i}.vendor: unknown vendor "
                         f"{cand.vendor!r} (known: {', '.join(self.vendors)})"
                     )
+            if spec.degrade_after_wait_ms is not None and spec.degrade_to is None:
+                raise ValueError(
+                    f"models.{alias}.degrade_after_wait_ms: needs degrade_to (the cheaper "
+                    "alias to send requests to under rate pressure)"
+                )
             if spec.degrade_to is not None and spec.degrade_to not in self.models:
                 raise ValueError(f"models.{alias}.degrade_to: unknown alias {spec.degrade_to!r}")
             if spec.canary and spec.canary.candidate.vendor not in self.vendors:

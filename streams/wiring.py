@@ -281,9 +281,11 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
 
 
 def spend_by_tenant(values: list[bytes]) -> list[tuple[str, float, float]]:
-    """(tenant, summed cost, latest time) over ledger lines; only the three fields are
-    read, and a line that does not parse is skipped (the ledger's readers own it)."""
-    totals: dict[str, tuple[float, float]] = {}
+    """(tenant, summed cost, latest time) over ledger lines, summed per tenant and UTC day
+    (budget periods start at midnight UTC, so no sum straddles one) and in time order;
+    only the three fields are read, and a line that does not parse is skipped (the
+    ledger's readers own it)."""
+    totals: dict[tuple[str, int], tuple[float, float]] = {}
     for raw in values:
         try:
             line = orjson.loads(raw)
@@ -291,9 +293,10 @@ def spend_by_tenant(values: list[bytes]) -> list[tuple[str, float, float]]:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
         if cost > 0:
-            sum_, last = totals.get(tenant, (0.0, 0.0))
-            totals[tenant] = (sum_ + cost, max(last, at))
-    return [(t, c, at) for t, (c, at) in totals.items()]
+            day = (tenant, int(at // 86400))
+            sum_, last = totals.get(day, (0.0, 0.0))
+            totals[day] = (sum_ + cost, max(last, at))
+    return sorted(((t, c, at) for (t, _), (c, at) in totals.items()), key=lambda s: s[2])
 
 
 async def readable(stream: faust.StreamT[bytes], cls: type[M]) -> AsyncIterator[M]:

@@ -88,3 +88,18 @@ async def test_bypass_and_large_bodies_go_through_the_routes(relay: Stack) -> No
     twice = await post(relay, "/v1/chat/completions", large)
     assert once.status_code == twice.status_code == 200
     assert twice.headers["x-relay-cache"] == "hit-l1"
+
+
+async def test_a_body_not_sent_as_json_gets_the_routes_answer(relay: Stack) -> None:
+    """FastAPI's routes refuse a body not declared as JSON; the edge must not answer it."""
+    body = {"model": "gpt-4o-mini", "messages": question()}
+    as_text = await post(relay, "/v1/chat/completions", body, {"content-type": "text/plain"})
+    assert as_text.status_code == 400
+    assert as_text.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_stream_options_must_be_an_object(relay: Stack) -> None:
+    body = {"model": "gpt-4o-mini", "messages": question(), "stream_options": "yes"}
+    bad = await post(relay, "/v1/chat/completions", body)
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "stream_options"

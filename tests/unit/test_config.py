@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.config import ConfigError, hash_key, load_config, ttl_seconds
+from schemas.config import ConfigError, RelayConfig, hash_key, load_config, ttl_seconds
 
 GOOD = """
 vendors: {{a: {{kind: openai, base_url: "http://a/v1", api_key_env: A_KEY}}}}
@@ -71,3 +71,15 @@ def test_ttl_classes_and_seconds():
     assert ttl_seconds("45") == 45
     with pytest.raises(ValueError):
         ttl_seconds("forever")
+
+
+def test_rate_pressure_needs_an_alias_to_degrade_to() -> None:
+    raw = {
+        "vendors": {"a": {"kind": "openai", "base_url": "http://a/v1"}},
+        "models": {
+            "m": {"candidates": [{"vendor": "a", "model": "x"}], "degrade_after_wait_ms": 100}
+        },
+        "tenants": {"t": {}},
+    }
+    with pytest.raises(ValueError, match="degrade_after_wait_ms: needs degrade_to"):
+        RelayConfig.model_validate(raw)

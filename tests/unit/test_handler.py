@@ -286,6 +286,10 @@ async def test_sustained_rate_pressure_routes_cheaper_and_says_so():
     adapters: dict[str, Any] = {n: OpenAIAdapter(v, client) for n, v in PRESSURE.vendors.items()}
     gate = PriorityGate()
     gate.configure("vendor:a", TokenBucket.from_rpm(1, now=time.monotonic()))
+    # The tenant may send exactly these three requests: a degraded one re-planned must
+    # not be charged to the tenant again (it would wait ~17 min for a 4th token).
+    tenant = TokenBucket(capacity=3, refill_per_s=0.001, tokens=3, updated=time.monotonic())
+    gate.configure("tenant:t", tenant)
     handler = RequestHandler(
         Router(PRESSURE, {}.get),
         Dispatcher(adapters, {n: KeyPool(["k"]) for n in PRESSURE.vendors}, sink.health,
@@ -304,3 +308,4 @@ async def test_sustained_rate_pressure_routes_cheaper_and_says_so():
         assert events[-1].kind == "final" and events[-1].vendor == "b"
         assert {e.degraded for e in events} == {"rate_pressure"}, "every chunk says so too"
     assert [e.degraded for e in sink.ledger] == [None, "rate_pressure", "rate_pressure"]
+    assert set(sink.written) == {"p1"}, "a cheaper model's answer is not cached as the alias's"

@@ -6,6 +6,7 @@ import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
 from streams.wiring import ledger_partition, spend_by_tenant
+from tables.budgets import Spend, add_spend
 
 
 def test_a_tenants_spend_lives_in_the_partition_of_its_ledger_lines() -> None:
@@ -24,4 +25,18 @@ def test_spend_sums_cost_per_tenant_and_skips_what_does_not_parse() -> None:
         b"not json",
         orjson.dumps({"cost": 3.0}),
     ]
-    assert sorted(spend_by_tenant(lines)) == [("a", 1.5, 2.0), ("b", 0.25, 3.0)]
+    assert spend_by_tenant(lines) == [("a", 1.5, 2.0), ("b", 0.25, 3.0)]
+
+
+def test_spend_of_one_batch_is_never_summed_across_midnight() -> None:
+    """$5 just before a month ends and $1 just after must not open the new month at $6."""
+    jan31 = 1_706_745_599.9  # 2024-01-31T23:59:59.9Z
+    lines = [
+        orjson.dumps({"tenant": "a", "cost": 5.0, "ts_ms": jan31 * 1000}),
+        orjson.dumps({"tenant": "a", "cost": 1.0, "ts_ms": (jan31 + 0.2) * 1000}),
+    ]
+    spent = Spend()
+    for tenant, cost, at in spend_by_tenant(lines):
+        assert tenant == "a"
+        spent = add_spend(spent, cost, at, "month")
+    assert spent.spent_usd == 1.0
