@@ -59,22 +59,44 @@ class BenchStack:
 
 
 @contextmanager
+def bench_kafka() -> Iterator[tuple[str, int | None]]:
+    """The Kafka in ``RELAY_KAFKA_BOOTSTRAP``, else an embedded one in a temp dir, removed
+    afterwards: (bootstrap, the broker's pid when it is ours)."""
+    bootstrap = Settings().kafka_bootstrap
+    if bootstrap:
+        yield bootstrap, None
+        return
+    kafka_dir = Path(tempfile.mkdtemp(prefix="relay-bench-kafka-"))
+    kafka = EmbeddedKafka(kafka_dir)
+    try:
+        with console.status("starting embedded Kafka…"):
+            bootstrap = kafka.start()
+        yield bootstrap, kafka.proc.pid if kafka.proc else None
+    finally:
+        kafka.stop()
+        shutil.rmtree(kafka_dir, ignore_errors=True)
+
+
+@contextmanager
 def bench_stack(
     edit_config: Callable[[dict[str, Any]], None] | None = None, **sim_flags: Any
 ) -> Iterator[BenchStack]:
     """Start Kafka (unless one is configured), a simulator, one worker and one gateway."""
+    with bench_kafka() as (bootstrap, broker_pid):
+        with _relay(bootstrap, edit_config, sim_flags) as (sim, relay):
+            yield BenchStack(sim, relay, broker_pid)
+
+
+@contextmanager
+def _relay(
+    bootstrap: str,
+    edit_config: Callable[[dict[str, Any]], None] | None,
+    sim_flags: dict[str, Any],
+) -> Iterator[tuple[Simulator, Stack]]:
     settings = Settings()
-    kafka: EmbeddedKafka | None = None
-    kafka_dir: Path | None = None
-    bootstrap = settings.kafka_bootstrap
     sim: Simulator | None = None
     relay: Stack | None = None
     try:
-        if not bootstrap:
-            kafka_dir = Path(tempfile.mkdtemp(prefix="relay-bench-kafka-"))
-            kafka = EmbeddedKafka(kafka_dir)
-            with console.status("starting embedded Kafka…"):
-                bootstrap = kafka.start()
         with console.status("starting simulator, worker and gateway…"):
             sim = start_simulator(WORKDIR / "sim", **sim_flags)
             config = example_config(sim.url)
@@ -84,17 +106,12 @@ def bench_stack(
                 config, bootstrap=bootstrap, redis_url=settings.redis_url, workdir=WORKDIR
             )
         console.print(f"[dim]logs: {WORKDIR / relay.prefix / 'logs'}[/dim]")
-        pid = kafka.proc.pid if kafka and kafka.proc else None
-        yield BenchStack(sim, relay, pid)
+        yield sim, relay
     finally:
         if relay:
             relay.stop()
         if sim:
             sim.proc.stop()
-        if kafka:
-            kafka.stop()
-        if kafka_dir:
-            shutil.rmtree(kafka_dir, ignore_errors=True)
 
 
 # -- load --------------------------------------------------------------------------------

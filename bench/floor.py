@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,9 +31,16 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.common import WORKDIR, CpuMeter, console, latency_ms, print_table, write_result
+from bench.common import (
+    WORKDIR,
+    CpuMeter,
+    bench_kafka,
+    console,
+    latency_ms,
+    print_table,
+    write_result,
+)
 from schemas.settings import Settings
-from streams.broker import EmbeddedKafka
 from streams.topics import TopicSpec, ensure_topics
 
 READY_TIMEOUT_S = 90.0
@@ -172,21 +178,8 @@ def main() -> int:
         return 0
 
     warmup, total = (50, 100) if args.quick else (200, 500)
-    bootstrap = Settings().kafka_bootstrap
-    kafka_dir: Path | None = None
-    kafka: EmbeddedKafka | None = None
-    try:
-        if not bootstrap:
-            kafka_dir = Path(tempfile.mkdtemp(prefix="relay-bench-kafka-"))
-            kafka = EmbeddedKafka(kafka_dir)
-            with console.status("starting embedded Kafka…"):
-                bootstrap = kafka.start()
+    with bench_kafka() as (bootstrap, _):
         results = [run(kind, bootstrap, warmup, total) for kind in ("raw", "faust")]
-    finally:
-        if kafka:
-            kafka.stop()
-        if kafka_dir:
-            shutil.rmtree(kafka_dir, ignore_errors=True)
     rows = [
         [r["kind"], r["round_trips"]]
         + [f"{r['latency_ms'][q]:.2f}" for q in ("p50", "p90", "p99")]

@@ -27,7 +27,12 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        bus = Bus(bootstrap, Topics(settings.topic_prefix), instance)
+        bus = Bus(
+            bootstrap,
+            Topics(settings.topic_prefix),
+            instance,
+            ephemeral=not settings.instance_id,
+        )
         await bus.start()
         redis = aioredis.Redis.from_url(
             settings.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25

@@ -24,10 +24,16 @@ LEDGER_LINGER_MS = 20
 
 
 class Bus:
-    def __init__(self, bootstrap: str, topics: Topics, instance: str) -> None:
+    """``ephemeral``: the instance id was made up at start, so no later gateway will read
+    this reply topic again; it is deleted on a clean stop instead of piling up."""
+
+    def __init__(
+        self, bootstrap: str, topics: Topics, instance: str, *, ephemeral: bool = False
+    ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.instance = instance
+        self.ephemeral = ephemeral
         self.reply_topic = topics.replies(instance).name
         self.producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, linger_ms=0, acks=1, request_timeout_ms=10000
@@ -66,6 +72,18 @@ class Bus:
         await self.consumer.stop()
         await self.ledger.stop()
         await self.producer.stop()
+        if self.ephemeral:
+            await self._drop_reply_topic()
+
+    async def _drop_reply_topic(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            await admin.delete_topics([self.reply_topic])
+        except Exception as exc:  # shutting down: say so, never fail the stop
+            log.warning("could not delete reply topic %s: %s", self.reply_topic, exc)
+        finally:
+            await admin.close()
 
     async def _read(self) -> None:
         while True:
