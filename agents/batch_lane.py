@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from agents.adapters.base import BatchVendor, VendorCall, VendorResult
@@ -34,7 +34,7 @@ class _Queue:
 class BatchLane:
     def __init__(
         self,
-        adapters: dict[str, object],
+        adapters: Mapping[str, object],
         pools: dict[str, KeyPool],
         rule: LaneRule,
         deliver: Deliver,

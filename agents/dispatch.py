@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +60,7 @@ class Outcome:
 class Dispatcher:
     def __init__(
         self,
-        adapters: dict[str, object],
+        adapters: Mapping[str, object],
         pools: dict[str, KeyPool],
         on_health: HealthSink,
         *,

@@ -163,9 +163,11 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         logging.getLogger(name).setLevel(logging.WARNING)
     requests = app.topic(topics.requests.name, key_serializer="raw", value_serializer="raw")
     health_events = app.topic(topics.health.name, key_serializer="raw", value_serializer="raw")
-    health = app.GlobalTable("vendor_health", partitions=1, key_type=str)
+    health: faust.GlobalTable = app.GlobalTable(  # type: ignore[assignment]
+        "vendor_health", partitions=1, key_type=str
+    )
     usage_events = app.topic(topics.usage.name, key_serializer="raw", value_serializer="raw")
-    spend = app.tables.add(
+    spend: TenantTable = app.tables.add(  # type: ignore[assignment]
         TenantTable(
             app,
             name="tenant_spend",
@@ -272,7 +274,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     app.agent(health_events, name="health")(health_agent)
     app.agent(usage_events, name="spend")(spend_agent)
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _close(app: faust.App, **_: Any) -> None:
         await http.aclose()
         await sink.close()
