@@ -23,6 +23,11 @@ ERRORS = Counter("relay_errors_total", "Errors returned to clients, by code", ["
 CACHE = Counter("relay_cache_total", "Cache outcomes: hit-l1, hit-l2, miss, coalesced", ["result"])
 COST = Counter("relay_cost_usd_total", "Vendor cost metered at the gateway", ["tenant", "alias"])
 SAVED = Counter("relay_saved_usd_total", "Cost saved by cache and coalescing", ["tenant"])
+DEGRADED = Counter(
+    "relay_degraded_total",
+    "Answers routed to a cheaper model, by reason (budget_80pct, rate_pressure...)",
+    ["reason"],
+)
 REDIS_UP = Gauge("relay_redis_up", "1 when the L2 cache (Redis) answers")
 IN_FLIGHT = Gauge("relay_in_flight", "Requests waiting on a reply")
 

@@ -181,6 +181,8 @@ class Relay:
 
     def _count(self, final: ReplyEvent) -> None:
         metrics.CACHE.labels(_cache_header(final)).inc()
+        if final.degraded:
+            metrics.DEGRADED.labels(final.degraded).inc()
         if not final.coalesced and not final.cache_hit and final.vendor:
             metrics.VENDOR_CALLS.labels(final.vendor, final.model or "").inc()
 

@@ -248,3 +248,6 @@ async def test_sustained_rate_pressure_degrades_to_the_cheaper_alias(stack: Stac
         ECONOMY_MODEL,
         ECONOMY_MODEL,
     ]
+    async with httpx.AsyncClient(timeout=10) as http:
+        exposed = (await http.get(f"{stack.url}/metrics")).text
+    assert 'relay_degraded_total{reason="rate_pressure"} 2.0' in exposed
