@@ -36,7 +36,7 @@ class Sink(Protocol):
 
     async def cache(self, key: str, entry: CacheEntry, ttl_s: int) -> None: ...
 
-    async def cached(self, key: str) -> CacheEntry | None: ...
+    async def cached(self, key: str, *, stale_ok: bool = False) -> CacheEntry | None: ...
 
 
 class RequestHandler:
@@ -65,14 +65,11 @@ class RequestHandler:
             return
         decision = self.budget(env.tenant)
         if decision is not None and decision.action != "allow":
-            if decision.action == "refuse" or decision.cache_only:
-                await self._fail(
-                    env,
-                    BudgetExceeded(
-                        f"tenant `{env.tenant}` has spent its budget for this period"
-                        + ("; only cached answers are served" if decision.cache_only else "")
-                    ),
-                )
+            if decision.cache_only:
+                await self._stale_or_refuse(env.model_copy(update={"degraded": decision.reason}))
+                return
+            if decision.action == "refuse":
+                await self._fail(env, self._spent(env))
                 return
             env = env.model_copy(update={"degraded": decision.reason})
         if self._deferrable(env):
@@ -95,12 +92,30 @@ class RequestHandler:
         self.flights.land(flight)
         await self._land(flight, outcome)
 
-    async def _from_cache(self, env: RequestEnvelope) -> Outcome | None:
+    def _spent(self, env: RequestEnvelope, cache_only: bool = False) -> BudgetExceeded:
+        return BudgetExceeded(
+            f"tenant `{env.tenant}` has spent its budget for this period"
+            + ("; only cached answers are served" if cache_only else "")
+        )
+
+    async def _stale_or_refuse(self, env: RequestEnvelope) -> None:
+        """A tenant past its budget on ``cache_only``: any answer L2 still holds, stale
+        ones included (the gateway already looked for a fresh one), else 402.  Alone, not
+        in a flight: another tenant's identical request must not share this refusal."""
+        outcome = await self._from_cache(env, stale_ok=True)
+        if outcome is None:
+            await self._fail(env, self._spent(env, cache_only=True))
+            return
+        flight = Flight(key=env.prompt_hash, stream=env.stream, cached=True)
+        flight.waiters.append(Waiter(env, leader=True, joined_at=time.monotonic()))
+        await self._land(flight, outcome)
+
+    async def _from_cache(self, env: RequestEnvelope, *, stale_ok: bool = False) -> Outcome | None:
         """An answer stored between the gateway's cache miss and now (another replica's
         identical request finished meanwhile)."""
         if not env.cache_lookup:
             return None
-        entry = await self.sink.cached(env.prompt_hash)
+        entry = await self.sink.cached(env.prompt_hash, stale_ok=stale_ok)
         if entry is None:
             return None
         body = entry.body if entry.body is not None else assemble_chunks(entry.chunks or [])

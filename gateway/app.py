@@ -37,7 +37,7 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
         redis = aioredis.Redis.from_url(
             settings.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25
         )
-        cache = ResponseCache(L1Cache(10_000), redis)
+        cache = ResponseCache(L1Cache(10_000), redis, stale_s=settings.cache_stale_s)
         app.state.relay = Relay(settings, config, bus, cache)
         metrics.REDIS_UP.set(1 if await _redis_up(cache) else 0)
         try:

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     worker_web_port: int = 0
     log_level: str = "warning"
     demo_key: str = "rk-demo-relay-station-local"
+    cache_stale_s: float = 3600.0  # how long L2 keeps an answer past its TTL (cache_only)
     workers: int = 1  # workers sharing the RPM/TPM limits: each enforces limit / workers
 
     def broker_addr_file(self) -> Path:

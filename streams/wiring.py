@@ -145,8 +145,8 @@ class KafkaSink:
     async def cache(self, key: str, entry: CacheEntry, ttl_s: int) -> None:
         await self.cache_store.put(key, entry, ttl_s)
 
-    async def cached(self, key: str) -> CacheEntry | None:
-        hit = await self.cache_store.get(key)
+    async def cached(self, key: str, *, stale_ok: bool = False) -> CacheEntry | None:
+        hit = await self.cache_store.get(key, stale_ok=stale_ok)
         return hit[0] if hit else None
 
     async def dead_letter(self, letter: DeadLetter) -> None:
@@ -183,7 +183,8 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     redis = aioredis.Redis.from_url(
         settings.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25
     )
-    sink = KafkaSink(app, topics, ResponseCache(L1Cache(1), redis), bootstrap)
+    cache = ResponseCache(L1Cache(1), redis, stale_s=settings.cache_stale_s)
+    sink = KafkaSink(app, topics, cache, bootstrap)
     # httpx's API on aiohttp's connection pool: httpcore scans every pooled connection on
     # each request, which at a few dozen concurrent vendor calls cost the worker ~4 ms of
     # CPU per call; aiohttp's pool costs ~1 ms (bench/README.md).

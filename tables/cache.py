@@ -174,12 +174,16 @@ class ResponseCache:
         prefix: str = "relay:cache:",
         *,
         retry_s: float = 1.0,
+        stale_s: float = 3600.0,
         clock: Callable[[], float] | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.l1 = l1
         self.redis = redis
         self.prefix = prefix
         self.retry_s = retry_s
+        self.stale_s = stale_s
+        self.wall = wall
         self.clock = clock or l1.clock
         self.l2_healthy = True
         self.l2_errors = 0
@@ -198,8 +202,12 @@ class ResponseCache:
         self.l2_errors += 1
         self._failed_at = self.clock()
 
-    async def get(self, key: str) -> tuple[CacheEntry, Literal["l1", "l2"]] | None:
-        """The cached entry and which level had it, or None on a miss (or Redis down)."""
+    async def get(
+        self, key: str, *, stale_ok: bool = False
+    ) -> tuple[CacheEntry, Literal["l1", "l2"]] | None:
+        """The cached entry and which level had it, or None on a miss (or Redis down).
+        Only fresh answers, unless ``stale_ok`` (then an answer past its TTL, kept in L2
+        ``stale_s`` longer, will do)."""
         entry = self.l1.get(key)
         if entry is not None:
             return entry, "l1"
@@ -219,24 +227,30 @@ class ResponseCache:
         if raw is None:
             return None
         try:
-            entry = CacheEntry.model_validate(orjson.loads(raw))
-        except (orjson.JSONDecodeError, ValidationError):
+            stored = orjson.loads(raw)
+            entry = CacheEntry.model_validate(stored["entry"])
+            fresh_s = float(stored["fresh_until"]) - self.wall()
+        except (orjson.JSONDecodeError, ValidationError, KeyError, TypeError, ValueError):
             return None  # written by an incompatible version: a miss, overwritten later
-        if ttl_ms > 0:  # -1 (no expiry) never happens: put always sets one
-            self.l1.put(key, entry, ttl_ms / 1000.0)
+        if fresh_s <= 0:
+            return (entry, "l2") if stale_ok else None
+        self.l1.put(key, entry, min(fresh_s, ttl_ms / 1000.0))
         return entry, "l2"
 
     async def put(self, key: str, entry: CacheEntry, ttl_s: float) -> None:
-        """Store ``entry`` in both levels for ``ttl_s`` seconds."""
+        """Store ``entry`` in both levels, fresh for ``ttl_s`` seconds; L2 keeps it
+        ``stale_s`` longer for readers that accept a stale answer."""
         if ttl_s <= 0:
             return
         self.l1.put(key, entry, ttl_s)
         redis = self._l2()
         if redis is None:
             return
-        data = orjson.dumps(entry.model_dump(mode="json"))
+        stored = {"fresh_until": self.wall() + ttl_s, "entry": entry.model_dump(mode="json")}
+        data = orjson.dumps(stored)
+        keep_ms = max(1, round((ttl_s + self.stale_s) * 1000))
         try:
-            await redis.set(self.prefix + key, data, px=max(1, round(ttl_s * 1000)))
+            await redis.set(self.prefix + key, data, px=keep_ms)
         except _L2_ERRORS:
             self._l2_failed()
             return

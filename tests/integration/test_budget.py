@@ -107,6 +107,7 @@ async def chat(
     *,
     prompt: str | None = None,
     user: str | None = None,
+    ttl: str | None = None,
 ) -> Sent:
     """One chat; a fresh prompt (past the cache) unless ``prompt`` is given (cacheable)."""
     trace = uuid.uuid4().hex
@@ -120,6 +121,8 @@ async def chat(
     headers = {"authorization": f"Bearer {key}", "x-relay-trace-id": trace}
     if prompt is None:
         headers["x-relay-cache"] = "bypass"
+    if ttl is not None:
+        headers["x-relay-cache-ttl"] = ttl
     reply = await http.post(f"{stack.url}/v1/chat/completions", json=body, headers=headers)
     return Sent(trace, reply)
 
@@ -187,12 +190,22 @@ async def test_past_half_the_budget_requests_degrade_and_past_all_of_it_they_are
 
 async def test_an_exhausted_cache_only_tenant_still_gets_cache_hits(stack: Stack):
     question = f"what is in the cache for {uuid.uuid4().hex}?"
+    short_lived = f"what was in the cache for {uuid.uuid4().hex}?"
     async with httpx.AsyncClient(timeout=30) as http:
         first = await chat(http, stack, CACHE_ONLY_KEY, "premium", prompt=question)
         assert first.reply.status_code == 200, first.reply.text
+        once = await chat(http, stack, CACHE_ONLY_KEY, "premium", prompt=short_lived, ttl="1")
+        assert once.reply.status_code == 200, once.reply.text
         spent = await spend_until_refused(http, stack, CACHE_ONLY_KEY)
         cached = await chat(http, stack, CACHE_ONLY_KEY, "premium", prompt=question)
         missed = await chat(http, stack, CACHE_ONLY_KEY, "premium")
+        await asyncio.sleep(1.1)  # the short-lived answer is past its TTL by now...
+        stale = await chat(http, stack, CACHE_ONLY_KEY, "premium", prompt=short_lived)
+    # ...but a spent cache_only tenant may still have it: stale beats a refusal.
+    assert stale.reply.status_code == 200, stale.reply.text
+    assert stale.reply.headers["x-relay-cache"] == "hit-l2"
+    assert stale.reply.headers["x-relay-degraded"] == "budget_exhausted"
+    assert stale.reply.json()["choices"] == once.reply.json()["choices"]
     assert spent.refused is not None
     assert "only cached answers are served" in budget_error(spent.refused)
     assert cached.reply.status_code == 200, cached.reply.text

@@ -39,12 +39,17 @@ async def cache_factory(redis_url: str) -> AsyncIterator[CacheFactory]:
     clients: list[aioredis.Redis] = []
 
     def make(
-        *, url: str | None = None, max_entries: int = 100, clock: Callable[[], float] | None = None
+        *,
+        url: str | None = None,
+        max_entries: int = 100,
+        clock: Callable[[], float] | None = None,
+        stale_s: float = 0.0,
+        wall: Callable[[], float] = time.time,
     ) -> ResponseCache:
         made = client(url or redis_url)
         clients.append(made)
         l1 = L1Cache(max_entries, clock=clock or time.monotonic)
-        return ResponseCache(l1, made, prefix=prefix)
+        return ResponseCache(l1, made, prefix=prefix, stale_s=stale_s, wall=wall)
 
     yield make
     cleanup = aioredis.Redis.from_url(redis_url)
@@ -181,3 +186,22 @@ async def test_l2_comes_back_after_the_outage(cache_factory: CacheFactory, redis
         assert cache.l2_healthy is True and cache.l2_errors == 1
     finally:
         await cache.redis.aclose()
+
+
+async def test_a_stale_answer_is_kept_for_readers_that_accept_one(
+    cache_factory: CacheFactory, redis_url: str
+) -> None:
+    """Fresh for ttl_s; L2 keeps it stale_s longer, served only to ``stale_ok`` readers."""
+    wall = Clock()
+    writer = cache_factory(stale_s=600, wall=wall)
+    await writer.put(KEY, answer(), ttl_s=30)
+    raw = aioredis.Redis.from_url(redis_url)
+    ttl_ms = await raw.pttl(writer.prefix + KEY)
+    await raw.aclose()
+    assert 600_000 < ttl_ms <= 630_000
+
+    wall.t += 31  # past the TTL, inside the stale window
+    reader = cache_factory(stale_s=600, wall=wall)
+    assert await reader.get(KEY) is None, "a stale answer is a miss for ordinary reads"
+    assert await reader.get(KEY, stale_ok=True) == (answer(), "l2")
+    assert await reader.get(KEY) is None, "...and is not promoted to L1 as fresh"

@@ -19,6 +19,7 @@ from agents.route import Router
 from schemas.config import RelayConfig
 from schemas.envelope import HealthEvent, ReplyEvent, RequestEnvelope, UsageEvent
 from tables.buckets import PriorityGate, TokenBucket
+from tables.budgets import BudgetDecision
 from tables.cache import CacheEntry
 from tables.prices import PriceSheet
 
@@ -48,6 +49,7 @@ class Sink:
         self.outcomes: list[HealthEvent] = []
         self.written: dict[str, CacheEntry] = {}
         self.stored: dict[str, CacheEntry] = {}
+        self.stale: dict[str, CacheEntry] = {}  # past their TTL, still in L2
 
     async def reply(self, topic: str, event: ReplyEvent) -> None:
         self.replies.append((topic, event))
@@ -61,7 +63,9 @@ class Sink:
     async def cache(self, key: str, entry: CacheEntry, ttl_s: int) -> None:
         self.written[key] = entry
 
-    async def cached(self, key: str) -> CacheEntry | None:
+    async def cached(self, key: str, *, stale_ok: bool = False) -> CacheEntry | None:
+        if stale_ok and key in self.stale:
+            return self.stale[key]
         return self.stored.get(key)
 
     def for_(self, cid: str) -> list[ReplyEvent]:
@@ -309,3 +313,28 @@ async def test_sustained_rate_pressure_routes_cheaper_and_says_so():
         assert {e.degraded for e in events} == {"rate_pressure"}, "every chunk says so too"
     assert [e.degraded for e in sink.ledger] == [None, "rate_pressure", "rate_pressure"]
     assert set(sink.written) == {"p1"}, "a cheaper model's answer is not cached as the alias's"
+
+
+async def test_a_spent_cache_only_tenant_gets_what_l2_holds_even_stale_else_402():
+    calls: list[str] = []
+    handler, sink = make(vendor(calls))
+    handler.budget = lambda tenant: BudgetDecision(
+        action="degrade", reason="budget_exhausted", remaining_usd=0.0, cache_only=True
+    )
+    await RequestHandler(handler.router, handler.dispatcher, handler.prices, sink).handle(
+        envelope(key="known")
+    )
+    sink.stale = dict(sink.written)  # past its TTL now, still in L2
+    served, refused = envelope(key="known", cache_lookup=True), envelope(key="unknown")
+    await handler.handle(served)
+    await handler.handle(refused)
+    assert calls == ["a"], "only the first (unbudgeted) request reached a vendor"
+    final = sink.for_(served.correlation_id)[-1]
+    assert final.kind == "final" and final.cache_hit and final.degraded == "budget_exhausted"
+    assert final.body["choices"][0]["message"]["content"] == "Hi"
+    error = sink.for_(refused.correlation_id)[-1]
+    assert error.kind == "error" and error.error["code"] == "budget_exceeded"
+    assert "only cached answers are served" in error.error["message"]
+    metered = {e.trace_id: e for e in sink.ledger}
+    assert metered[served.trace_id].cache_hit and metered[served.trace_id].cost == 0
+    assert metered[served.trace_id].degraded == "budget_exhausted"
