@@ -69,12 +69,12 @@ class Edge:
         if route is None or scope["method"] != "POST" or not _small(scope):
             await self.app(scope, receive, send)
             return
-        raw, rest = await _read_body(receive)
-        if rest is not None:
+        raw = await _read_body(receive)
+        if raw is None:
             return  # the client left before it finished sending: nobody to answer
         response = await self._answer(scope, raw, route)
         if response is None:
-            await self.app(scope, _replay(raw, rest, receive), send)
+            await self.app(scope, _replay(raw, receive), send)
             return
         await response(scope, receive, send)
 
@@ -116,23 +116,21 @@ def _small(scope: Scope) -> bool:
     return False  # chunked upload: leave it to FastAPI
 
 
-async def _read_body(receive: Receive) -> tuple[bytes, Message | None]:
-    """The whole body, and the message that ended reading early (a disconnect), if any."""
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole body, or None when the client disconnected before sending all of it."""
     parts: list[bytes] = []
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            return b"".join(parts), message
+            return None
         parts.append(message.get("body", b""))
         if not message.get("more_body", False):
-            return b"".join(parts), None
+            return b"".join(parts)
 
 
-def _replay(body: bytes, rest: Message | None, receive: Receive) -> Receive:
+def _replay(body: bytes, receive: Receive) -> Receive:
     """A ``receive`` that hands the app the body already read, then the live channel."""
     pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
-    if rest is not None:
-        pending.append(rest)
 
     async def replay() -> Message:
         return pending.pop(0) if pending else await receive()
