@@ -177,6 +177,24 @@ def report(
 
 
 @app.command()
+def audit(
+    config: ConfigOpt = None,
+    kind: Annotated[
+        str | None, typer.Option(help="only auth_failed, access_denied or started")
+    ] = None,
+    last: Annotated[int, typer.Option(help="the most recent N events (0: all)")] = 50,
+) -> None:
+    """The audit log: authentication failures, denied models, process starts."""
+    from cli.audit import run
+    from streams.topics import Topics
+
+    if kind not in (None, "auth_failed", "access_denied", "started"):
+        raise typer.BadParameter("--kind must be auth_failed, access_denied or started")
+    settings = _settings(config)
+    run(_bootstrap(settings), Topics(settings.topic_prefix).audit.name, kind, last)
+
+
+@app.command()
 def up(config: ConfigOpt = None) -> None:
     """Start everything on the embedded defaults: broker, worker, gateway, simulator."""
     from cli.supervisor import Supervisor

@@ -12,14 +12,18 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from schemas.envelope import UsageEvent
+
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass
@@ -56,30 +60,36 @@ class Totals:
         return 1 - self.cost / self.direct if self.direct > 0 else 0.0
 
 
-async def read_ledger(bootstrap: str, topic: str, partitions: int) -> list[UsageEvent]:
-    """Every event on the ledger, from the first offset to the end as of now."""
+async def read_topic(bootstrap: str, topic: str, partitions: int, model: type[M]) -> list[M]:
+    """Every message on ``topic`` that parses as ``model``, from the first offset to the end
+    as of now (a foreign message is skipped: it is not ours to read)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
-    events: list[UsageEvent] = []
+    events: list[M] = []
     try:
         parts = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         end = await consumer.end_offsets(parts)
         with Progress(transient=True) as progress:
-            task = progress.add_task("reading the ledger", total=sum(end.values()) or 1)
+            task = progress.add_task(f"reading {topic}", total=sum(end.values()) or 1)
             while [tp for tp in parts if await consumer.position(tp) < end[tp]]:
                 batch = await consumer.getmany(timeout_ms=500)
                 for records in batch.values():
                     for r in records:
                         try:
-                            events.append(UsageEvent.model_validate(orjson.loads(r.value)))
+                            events.append(model.model_validate(orjson.loads(r.value)))
                         except Exception:
-                            continue  # a foreign message on the ledger is not ours to price
+                            continue
                     progress.advance(task, len(records))
     finally:
         await consumer.stop()
     return events
+
+
+async def read_ledger(bootstrap: str, topic: str, partitions: int) -> list[UsageEvent]:
+    """Every event on the ledger."""
+    return await read_topic(bootstrap, topic, partitions, UsageEvent)
 
 
 def group(events: list[UsageEvent], by: str) -> dict[str, Totals]:

@@ -64,7 +64,7 @@ async def count_tokens(request: Request, who: CallerDep) -> Any:
     """An estimate (4 characters a token), since not every vendor can count for us."""
     body = await _json(request)
     neutral = messages_request_to_openai({**body, "max_tokens": body.get("max_tokens", 1)})
-    request.app.state.relay.check_model(who, str(body.get("model", "")))
+    await request.app.state.relay.check_model(who, str(body.get("model", "")))
     chars = len(orjson.dumps(neutral.get("messages", [])))
     chars += len(orjson.dumps(neutral.get("tools", []))) if neutral.get("tools") else 0
     return {"input_tokens": max(1, chars // 4)}

@@ -25,19 +25,38 @@ def relay_key(request: Request) -> str:
     return request.headers.get("x-api-key", "").strip()
 
 
+def known_caller(request: Request) -> Caller | None:
+    """The tenant behind the request's relay key, or None: a plain look-up that neither
+    refuses nor audits (the edge's; a refusal is the routes' to send and record)."""
+    relay = request.app.state.relay
+    key = relay_key(request)
+    found = relay.keys.get(hash_key(key)) if key else None
+    if found is None:
+        return None
+    tenant, key_id = found
+    return Caller(tenant, key_id, relay.config.tenants[tenant])
+
+
 async def caller(request: Request) -> Caller:
-    """The tenant behind the request's relay key; 401 when missing or unknown.
+    """The tenant behind the request's relay key; 401 when missing or unknown, and an
+    ``auth_failed`` audit event that names the key only by fingerprint.
 
     Async on purpose: FastAPI runs a plain ``def`` dependency in a thread pool, which
     costs more than this whole look-up."""
-    config: RelayConfig = request.app.state.relay.config
+    relay = request.app.state.relay
+    config: RelayConfig = relay.config
     key = relay_key(request)
     if not key:
+        await relay.audit_refusal(request, "auth_failed", detail="no relay key")
         raise AuthenticationFailed(
             "Missing relay key: send `Authorization: Bearer <relay key>` (or `x-api-key`)."
         )
-    found = request.app.state.relay.keys.get(hash_key(key))
+    digest = hash_key(key)
+    found = relay.keys.get(digest)
     if found is None:
+        await relay.audit_refusal(
+            request, "auth_failed", detail="unknown relay key", key_fingerprint=digest[:12]
+        )
         raise AuthenticationFailed("Incorrect relay key provided.")
     tenant, key_id = found
     return Caller(tenant, key_id, config.tenants[tenant])

@@ -14,7 +14,7 @@ import logging
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from schemas.envelope import ReplyEvent, RequestEnvelope, UsageEvent
+from schemas.envelope import AuditEvent, ReplyEvent, RequestEnvelope, UsageEvent
 from schemas.errors import NoHealthyVendor
 from streams.codec import encode
 from streams.topics import Topics, ensure_topics
@@ -135,6 +135,10 @@ class Bus:
     async def meter(self, event: UsageEvent) -> None:
         """Ledger events the gateway itself owes (cache hits, edge refusals)."""
         await self.ledger.send(self.topics.usage.name, encode(event), key=event.tenant.encode())
+
+    async def audit(self, event: AuditEvent) -> None:
+        """An audit event; like ledger lines, batched for a moment, never awaited."""
+        await self.ledger.send(self.topics.audit.name, encode(event), key=event.kind.encode())
 
     async def ready(self) -> dict[str, bool]:
         """Whether the broker answers and some worker is in the requests consumer group."""

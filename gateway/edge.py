@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import anthropic_routes, openai_routes
-from gateway.auth import caller
+from gateway.auth import known_caller
 from gateway.errors import error_response
 from gateway.relay import Answer, Options, Relay
 from schemas.envelope import Endpoint
@@ -89,7 +89,9 @@ class Edge:
             if not isinstance(body, dict):
                 return None
             opts = Options.from_headers(request.headers)
-            who = await caller(request)
+            who = known_caller(request)
+            if who is None:
+                return None
             relay_body = to_relay(body)
         except Exception:  # the routes will say what is wrong, in the vendor's error body
             return None

@@ -13,11 +13,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from starlette.requests import Request
+
 from gateway import metrics
 from gateway.auth import Caller
 from gateway.bus import Bus
 from schemas.config import RelayConfig, ttl_seconds
-from schemas.envelope import Endpoint, Priority, ReplyEvent, RequestEnvelope, UsageEvent
+from schemas.envelope import (
+    AuditEvent,
+    Endpoint,
+    Priority,
+    ReplyEvent,
+    RequestEnvelope,
+    UsageEvent,
+)
 from schemas.errors import BadRequest, DeadlineExceeded, ModelNotFound, RelayError
 from schemas.formats.openai import assemble_chunks, response_to_chunks
 from schemas.settings import Settings
@@ -26,6 +35,7 @@ from tables.cache import CacheEntry, ResponseCache, cache_key
 from tables.prices import PriceSheet
 
 CacheMode = Literal["use", "bypass", "refresh"]
+AuditKind = Literal["auth_failed", "access_denied"]
 GRACE_S = 2.0  # how long past the deadline we wait for the worker's own timeout error
 
 
@@ -81,18 +91,47 @@ class Relay:
         self.keys = config.key_index()
         self.prices = PriceSheet.from_config(config.models)
 
-    def check_model(self, who: Caller, alias: str) -> None:
-        if alias not in self.config.models or not who.policy.may_use(alias):
-            raise ModelNotFound(
-                f"The model `{alias}` does not exist or you do not have access to it.",
-                param="model",
+    async def check_model(self, who: Caller, alias: str) -> None:
+        """404 for a model the caller may not use; an ``access_denied`` audit event when
+        the model exists (asking for one that does not is a typo, not an attempt)."""
+        if alias in self.config.models and who.policy.may_use(alias):
+            return
+        if alias in self.config.models:
+            await self.bus.audit(
+                AuditEvent(
+                    kind="access_denied",
+                    role="gateway",
+                    instance=self.bus.instance,
+                    tenant=who.tenant,
+                    key_id=who.key_id,
+                    model=alias,
+                    detail="model not allowed for this tenant",
+                )
             )
+        raise ModelNotFound(
+            f"The model `{alias}` does not exist or you do not have access to it.",
+            param="model",
+        )
+
+    async def audit_refusal(self, request: Request, kind: AuditKind, **fields: Any) -> None:
+        """An audit event about a request the gateway refused before knowing its caller."""
+        client = request.client.host if request.client else None
+        await self.bus.audit(
+            AuditEvent(
+                kind=kind,
+                role="gateway",
+                instance=self.bus.instance,
+                client=client,
+                path=request.url.path,
+                **fields,
+            )
+        )
 
     async def answer(
         self, who: Caller, endpoint: Endpoint, body: dict[str, Any], opts: Options
     ) -> Answer:
         alias = str(body.get("model", ""))
-        self.check_model(who, alias)
+        await self.check_model(who, alias)
         spec = self.config.models[alias]
         stream = bool(body.get("stream")) and endpoint == "chat"
         scope = "global" if who.policy.cache_scope == "global" else f"tenant:{who.tenant}"

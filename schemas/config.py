@@ -146,6 +146,11 @@ class RelayConfig(Strict):
         None, description="settings for the simulator `relay up` starts, if any"
     )
 
+    def digest(self) -> str:
+        """SHA-256 of the config as loaded (key hashes and env var names, no secrets):
+        the audit log says which config each process ran with."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
     @model_validator(mode="after")
     def _candidates_name_vendors(self) -> RelayConfig:
         for alias, spec in self.models.items():

@@ -1,4 +1,4 @@
-"""Messages on the relay's topics: request envelope, reply event, usage event, dead letter.
+"""Messages on the relay's topics: request envelope, reply, usage, dead letter, audit.
 
 Every topic carries JSON (never pickle) so that other services may produce and consume
 them; ``schemas/jsonschema/`` holds the JSON Schema of each, generated from these models.
@@ -134,3 +134,24 @@ class HealthBatch(BaseModel):
     every call is folded into the table, in one table write per window."""
 
     events: list[HealthEvent] = Field(min_length=1)
+
+
+class AuditEvent(BaseModel):
+    """A security-relevant event on the audit topic: who tried what, and what the relay
+    decided, or which process started with which config.  Never a secret: a presented
+    key that matched none appears only as a fingerprint."""
+
+    kind: Literal["auth_failed", "access_denied", "started"]
+    role: Literal["gateway", "worker"]
+    instance: str
+    tenant: str | None = None
+    key_id: str | None = None
+    key_fingerprint: str | None = Field(
+        None, description="first 12 hex digits of the SHA-256 of a key that matched none"
+    )
+    client: str | None = Field(None, description="the client's address, as the gateway saw it")
+    path: str | None = None
+    model: str | None = None
+    detail: str = ""
+    config_sha256: str | None = Field(None, description="digest of the config a process loaded")
+    ts_ms: int = Field(default_factory=now_ms)

@@ -11,7 +11,14 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from schemas.envelope import DeadLetter, HealthBatch, ReplyEvent, RequestEnvelope, UsageEvent
+from schemas.envelope import (
+    AuditEvent,
+    DeadLetter,
+    HealthBatch,
+    ReplyEvent,
+    RequestEnvelope,
+    UsageEvent,
+)
 
 OUT = Path(__file__).with_name("jsonschema")
 
@@ -21,6 +28,7 @@ TOPIC_MESSAGES: dict[str, type[BaseModel]] = {
     "usage": UsageEvent,
     "health": HealthBatch,
     "dead-letter": DeadLetter,
+    "audit": AuditEvent,
 }
 
 

@@ -52,6 +52,11 @@ class Topics:
         return TopicSpec(f"{self.prefix}.health", 1, {"retention.ms": str(DAY_MS)})
 
     @property
+    def audit(self) -> TopicSpec:
+        """Authentication failures, denied models, process starts; kept 400 days."""
+        return TopicSpec(f"{self.prefix}.audit", 1, {"retention.ms": str(400 * DAY_MS)})
+
+    @property
     def dead_letter(self) -> TopicSpec:
         return TopicSpec(f"{self.prefix}.dead-letter", 1, {"retention.ms": str(30 * DAY_MS)})
 
@@ -74,7 +79,14 @@ class Topics:
         ]
 
     def all(self) -> list[TopicSpec]:
-        return [self.requests, self.usage, self.health, self.dead_letter, *self.tables()]
+        return [
+            self.requests,
+            self.usage,
+            self.health,
+            self.dead_letter,
+            self.audit,
+            *self.tables(),
+        ]
 
 
 async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,6 +31,7 @@ from agents.keys import KeyPool
 from agents.route import Router
 from schemas.config import RelayConfig
 from schemas.envelope import (
+    AuditEvent,
     DeadLetter,
     HealthBatch,
     HealthEvent,
@@ -151,6 +153,9 @@ class KafkaSink:
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         await self._send_later(self.topics.dead_letter.name, None, encode(letter))
+
+    async def audit(self, event: AuditEvent) -> None:
+        await self._send_later(self.topics.audit.name, event.kind.encode(), encode(event))
 
 
 def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> faust.App:
@@ -274,6 +279,16 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     app.agent(requests, name="requests")(requests_agent)
     app.agent(health_events, name="health")(health_agent)
     app.agent(usage_events, name="spend")(spend_agent)
+
+    @app.task
+    async def _started() -> None:
+        """Say in the audit log that this worker runs, and with which config."""
+        instance = settings.instance_id or f"worker-{os.getpid()}"
+        await sink.audit(
+            AuditEvent(
+                kind="started", role="worker", instance=instance, config_sha256=config.digest()
+            )
+        )
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _close(app: faust.App, **_: Any) -> None:

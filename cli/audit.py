@@ -1,0 +1,47 @@
+"""`relay audit`: the audit topic as a table (authentication failures, denied models,
+which process started with which config)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from rich.console import Console
+from rich.table import Table
+
+from cli.report import read_topic
+from schemas.envelope import AuditEvent
+
+
+def audit_table(events: list[AuditEvent]) -> Table:
+    table = Table(title="Audit log", title_justify="left")
+    for column in ("time (UTC)", "event", "process", "who", "from", "what"):
+        table.add_column(column)
+    for ev in events:
+        when = datetime.fromtimestamp(ev.ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        if ev.tenant:
+            who = f"{ev.tenant}/{ev.key_id or '-'}"
+        elif ev.key_fingerprint:
+            who = f"key sha256:{ev.key_fingerprint}…"
+        else:
+            who = "-"
+        origin = " ".join(part for part in (ev.client, ev.path) if part) or "-"
+        what = ev.detail or ""
+        if ev.model:
+            what = f"{what} ({ev.model})" if what else ev.model
+        if ev.config_sha256:
+            what = f"config sha256:{ev.config_sha256[:12]}…"
+        table.add_row(when, ev.kind, f"{ev.role} {ev.instance}", who, origin, what)
+    return table
+
+
+def run(bootstrap: str, topic: str, kind: str | None, last: int) -> None:
+    console = Console()
+    events = asyncio.run(read_topic(bootstrap, topic, 1, AuditEvent))
+    if kind:
+        events = [e for e in events if e.kind == kind]
+    events = sorted(events, key=lambda e: e.ts_ms)[-last:] if last > 0 else events
+    if not events:
+        console.print(f"no audit events on {topic}" + (f" of kind {kind}" if kind else ""))
+        return
+    console.print(audit_table(events))
