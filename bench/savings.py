@@ -54,6 +54,7 @@ from bench.common import (
     bench_stack,
     console,
     latency_ms,
+    load_client,
     print_table,
     write_result,
 )
@@ -219,19 +220,12 @@ async def send(
 def client_for(
     base: str, key: str, tag: str | None, connections: int, extra: dict[str, str] | None = None
 ) -> aiohttp.ClientSession:
-    """The load generator's client: plain aiohttp, the leanest Python HTTP client here
-    (httpx adds ~1.5 ms of client CPU to every sequential request, which would swamp
-    the cache-hit latency this measures)."""
+    """A load client (``bench.common.load_client``) for one tenant key and cost tag."""
     headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
     headers.update(extra or {})
     if tag:
         headers["x-relay-cost-tag"] = tag
-    return aiohttp.ClientSession(
-        base_url=base,
-        headers=headers,
-        connector=aiohttp.TCPConnector(limit=connections),
-        timeout=aiohttp.ClientTimeout(total=120),
-    )
+    return load_client(headers, connections, base)
 
 
 def progress_bar(*, auto_refresh: bool = True) -> Progress:
