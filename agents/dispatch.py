@@ -163,8 +163,9 @@ class Dispatcher:
     ) -> VendorResult:
         adapter = self.adapters[cand.vendor]
         pool = self.pools[cand.vendor]
-        buckets = [f"vendor:{cand.vendor}"], [f"vendor-tpm:{cand.vendor}"]
-        await self._admit(env, *buckets, cap_s=wait_s)
+        await self._admit(
+            env, [f"vendor:{cand.vendor}"], [f"vendor-tpm:{cand.vendor}"], cap_s=wait_s
+        )
         remaining = env.deadline_ms / 1000 - time.time()
         key_index, key = pool.pick()
         call = VendorCall(model=cand.model, body=env.body, api_key=key, timeout_s=remaining)

@@ -31,6 +31,10 @@ class Flight:
     cached: bool = False  # answered from L2 rather than by a vendor
     degraded: str | None = None  # routed cheaper for every waiter (rate pressure)
 
+    def degraded_for(self, env: RequestEnvelope) -> str | None:
+        """Why this waiter's answer was routed cheaper: its own budget, or the flight's."""
+        return env.degraded or self.degraded
+
 
 class Flights:
     """Calls under way, by key.  Pure bookkeeping; delivery is the caller's job."""

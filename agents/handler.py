@@ -216,7 +216,7 @@ class RequestHandler:
                     body=chunk,
                     coalesced=not w.leader and not flight.cached,
                     cache_hit=flight.cached,
-                    degraded=w.envelope.degraded or flight.degraded,
+                    degraded=flight.degraded_for(w.envelope),
                 ),
             )
 
@@ -244,7 +244,7 @@ class RequestHandler:
                     model=cand.model if cand else None,
                     coalesced=not w.leader and not out.cached,
                     cache_hit=out.cached,
-                    degraded=env.degraded or flight.degraded,
+                    degraded=flight.degraded_for(env),
                 ),
             )
             await self.sink.usage(
@@ -256,7 +256,7 @@ class RequestHandler:
                     coalesced=not w.leader and not out.cached,
                     cache_hit=out.cached,
                     batched=out.batched,
-                    degraded=env.degraded or flight.degraded,
+                    degraded=flight.degraded_for(env),
                 )
             )
 
@@ -264,7 +264,7 @@ class RequestHandler:
         leader = flight.waiters[0].envelope
         if not leader.cache_ttl_s or out.candidate is None:
             return
-        if leader.degraded or flight.degraded:
+        if flight.degraded_for(leader):
             return  # a cheaper model's answer must not be served later as the alias's own
         entry = CacheEntry(
             chunks=list(flight.chunks) or None,

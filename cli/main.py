@@ -185,11 +185,15 @@ def audit(
     last: Annotated[int, typer.Option(help="the most recent N events (0: all)")] = 50,
 ) -> None:
     """The audit log: authentication failures, denied models, process starts."""
+    from typing import get_args
+
     from cli.audit import run
+    from schemas.envelope import AuditKind
     from streams.topics import Topics
 
-    if kind not in (None, "auth_failed", "access_denied", "started"):
-        raise typer.BadParameter("--kind must be auth_failed, access_denied or started")
+    kinds = get_args(AuditKind)
+    if kind is not None and kind not in kinds:
+        raise typer.BadParameter(f"--kind must be one of {', '.join(kinds)}")
     settings = _settings(config)
     run(_bootstrap(settings), Topics(settings.topic_prefix).audit.name, kind, last)
 

@@ -17,7 +17,6 @@ from gateway.bus import Bus
 from gateway.edge import Edge
 from gateway.relay import Relay
 from schemas.config import RelayConfig
-from schemas.envelope import AuditEvent
 from schemas.settings import Settings
 from streams.topics import Topics
 from tables.cache import L1Cache, ResponseCache
@@ -41,11 +40,7 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
         cache = ResponseCache(L1Cache(10_000), redis, stale_s=settings.cache_stale_s)
         app.state.relay = Relay(settings, config, bus, cache)
         metrics.REDIS_UP.set(1 if await _redis_up(cache) else 0)
-        await bus.audit(
-            AuditEvent(
-                kind="started", role="gateway", instance=instance, config_sha256=config.digest()
-            )
-        )
+        await bus.audit("started", config_sha256=config.digest())
         try:
             yield
         finally:

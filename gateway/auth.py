@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from schemas.config import RelayConfig, TenantConfig, hash_key
+from schemas.config import TenantConfig, hash_key
 from schemas.errors import AuthenticationFailed
 
 
@@ -43,23 +43,21 @@ async def caller(request: Request) -> Caller:
 
     Async on purpose: FastAPI runs a plain ``def`` dependency in a thread pool, which
     costs more than this whole look-up."""
+    who = known_caller(request)
+    if who is not None:
+        return who
     relay = request.app.state.relay
-    config: RelayConfig = relay.config
     key = relay_key(request)
     if not key:
         await relay.audit_refusal(request, "auth_failed", detail="no relay key")
         raise AuthenticationFailed(
             "Missing relay key: send `Authorization: Bearer <relay key>` (or `x-api-key`)."
         )
-    digest = hash_key(key)
-    found = relay.keys.get(digest)
-    if found is None:
-        await relay.audit_refusal(
-            request, "auth_failed", detail="unknown relay key", key_fingerprint=digest[:12]
-        )
-        raise AuthenticationFailed("Incorrect relay key provided.")
-    tenant, key_id = found
-    return Caller(tenant, key_id, config.tenants[tenant])
+    fingerprint = hash_key(key)[:12]
+    await relay.audit_refusal(
+        request, "auth_failed", detail="unknown relay key", key_fingerprint=fingerprint
+    )
+    raise AuthenticationFailed("Incorrect relay key provided.")
 
 
 CallerDep = Annotated[Caller, Depends(caller)]

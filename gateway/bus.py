@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from schemas.envelope import AuditEvent, ReplyEvent, RequestEnvelope, UsageEvent
+from schemas.envelope import AuditEvent, AuditKind, ReplyEvent, RequestEnvelope, UsageEvent
 from schemas.errors import NoHealthyVendor
 from streams.codec import encode
 from streams.topics import Topics, ensure_topics
@@ -136,9 +137,10 @@ class Bus:
         """Ledger events the gateway itself owes (cache hits, edge refusals)."""
         await self.ledger.send(self.topics.usage.name, encode(event), key=event.tenant.encode())
 
-    async def audit(self, event: AuditEvent) -> None:
-        """An audit event; like ledger lines, batched for a moment, never awaited."""
-        await self.ledger.send(self.topics.audit.name, encode(event), key=event.kind.encode())
+    async def audit(self, kind: AuditKind, **fields: Any) -> None:
+        """An audit event from this gateway; like ledger lines, batched for a moment."""
+        event = AuditEvent(kind=kind, role="gateway", instance=self.instance, **fields)
+        await self.ledger.send(self.topics.audit.name, encode(event), key=kind.encode())
 
     async def ready(self) -> dict[str, bool]:
         """Whether the broker answers and some worker is in the requests consumer group."""

@@ -20,7 +20,7 @@ from gateway.auth import Caller
 from gateway.bus import Bus
 from schemas.config import RelayConfig, ttl_seconds
 from schemas.envelope import (
-    AuditEvent,
+    AuditKind,
     Endpoint,
     Priority,
     ReplyEvent,
@@ -35,7 +35,6 @@ from tables.cache import CacheEntry, ResponseCache, cache_key
 from tables.prices import PriceSheet
 
 CacheMode = Literal["use", "bypass", "refresh"]
-AuditKind = Literal["auth_failed", "access_denied"]
 GRACE_S = 2.0  # how long past the deadline we wait for the worker's own timeout error
 
 
@@ -98,15 +97,11 @@ class Relay:
             return
         if alias in self.config.models:
             await self.bus.audit(
-                AuditEvent(
-                    kind="access_denied",
-                    role="gateway",
-                    instance=self.bus.instance,
-                    tenant=who.tenant,
-                    key_id=who.key_id,
-                    model=alias,
-                    detail="model not allowed for this tenant",
-                )
+                "access_denied",
+                tenant=who.tenant,
+                key_id=who.key_id,
+                model=alias,
+                detail="model not allowed for this tenant",
             )
         raise ModelNotFound(
             f"The model `{alias}` does not exist or you do not have access to it.",
@@ -116,16 +111,7 @@ class Relay:
     async def audit_refusal(self, request: Request, kind: AuditKind, **fields: Any) -> None:
         """An audit event about a request the gateway refused before knowing its caller."""
         client = request.client.host if request.client else None
-        await self.bus.audit(
-            AuditEvent(
-                kind=kind,
-                role="gateway",
-                instance=self.bus.instance,
-                client=client,
-                path=request.url.path,
-                **fields,
-            )
-        )
+        await self.bus.audit(kind, client=client, path=request.url.path, **fields)
 
     async def answer(
         self, who: Caller, endpoint: Endpoint, body: dict[str, Any], opts: Options
@@ -334,6 +320,4 @@ def _vendor_headers(final: ReplyEvent) -> dict[str, str]:
     out = {}
     if final.vendor:
         out["x-relay-vendor"] = final.vendor
-    if final.degraded:
-        out["x-relay-degraded"] = final.degraded
     return out

@@ -136,12 +136,15 @@ class HealthBatch(BaseModel):
     events: list[HealthEvent] = Field(min_length=1)
 
 
+AuditKind = Literal["auth_failed", "access_denied", "started"]
+
+
 class AuditEvent(BaseModel):
     """A security-relevant event on the audit topic: who tried what, and what the relay
     decided, or which process started with which config.  Never a secret: a presented
     key that matched none appears only as a fingerprint."""
 
-    kind: Literal["auth_failed", "access_denied", "started"]
+    kind: AuditKind
     role: Literal["gateway", "worker"]
     instance: str
     tenant: str | None = None

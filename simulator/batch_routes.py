@@ -228,27 +228,31 @@ def _openai_view(sim: Sim, rec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _openai_job(request: Request, batch_id: str) -> tuple[Sim, dict[str, Any] | Response]:
+    sim = _sim(request)
+    if (rejected := _openai_auth(request)) is not None:
+        return sim, rejected
+    rec = sim.batches.get(batch_id)
+    if rec is None or rec["obj"].get("object") != "batch":
+        return sim, openai_routes.error(404, f"No such Batch object: {batch_id}", param="batch_id")
+    return sim, rec
+
+
 @router.get("/v1/batches/{batch_id}")
 async def get_batch(batch_id: str, request: Request) -> Response:
     """Batch status: ``in_progress`` until the delay passes, then ``completed``."""
-    if (rejected := _openai_auth(request)) is not None:
-        return rejected
-    sim = _sim(request)
-    rec = sim.batches.get(batch_id)
-    if rec is None or rec["obj"].get("object") != "batch":
-        return openai_routes.error(404, f"No such Batch object: {batch_id}", param="batch_id")
+    sim, rec = _openai_job(request, batch_id)
+    if isinstance(rec, Response):
+        return rec
     return json_response(_openai_view(sim, rec))
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
 async def cancel_batch(batch_id: str, request: Request) -> Response:
     """Cancel a batch that has not completed yet."""
-    if (rejected := _openai_auth(request)) is not None:
-        return rejected
-    sim = _sim(request)
-    rec = sim.batches.get(batch_id)
-    if rec is None or rec["obj"].get("object") != "batch":
-        return openai_routes.error(404, f"No such Batch object: {batch_id}", param="batch_id")
+    sim, rec = _openai_job(request, batch_id)
+    if isinstance(rec, Response):
+        return rec
     if not _ended(sim, rec) and not rec["cancelled"]:
         rec["obj"]["cancelling_at"] = int(time.time())
         rec["cancelled"] = True
