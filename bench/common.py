@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import shutil
 import tempfile
 import time
@@ -308,9 +309,17 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     console.print(table)
 
 
-def write_result(name: str, data: dict[str, Any]) -> Path:
-    """Write ``bench/out/<name>.json`` and return its path."""
+def write_result(benchmark: str, quick: bool, data: dict[str, Any]) -> Path:
+    """Write ``bench/out/<benchmark>[-quick].json`` (the run's data under what, when and
+    where it ran) and return its path."""
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    path = OUT_DIR / f"{name}.json"
-    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    path = OUT_DIR / f"{benchmark}{'-quick' if quick else ''}.json"
+    record = {
+        "benchmark": benchmark,
+        "quick": quick,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        **data,
+    }
+    path.write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2))
     return path

@@ -11,10 +11,7 @@ coalescing can help: each relay request is a full gateway -> Kafka -> worker -> 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
-import time
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -212,17 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         ["scenario", "check", "target", "measured", "result"],
         [[r["scenario"], r["check"], r["target"], r["measured"], mark[r["passed"]]] for r in rows],
     )
-    path = write_result(
-        "overhead-quick" if args.quick else "overhead",
-        {
-            "benchmark": "overhead",
-            "quick": args.quick,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
-            "results": results,
-            "checks": rows,
-        },
-    )
+    path = write_result("overhead", args.quick, {"results": results, "checks": rows})
     noisy = [n for n, r in results.items() if r["compare"]["other_cores"] > NOISY_CORES]
     if noisy:
         console.print(

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import random
 import sys
 import time
@@ -753,16 +751,9 @@ def main(argv: list[str] | None = None) -> int:
         for sample in res[phase]["error_samples"]:
             console.print(f"[red]{phase}: {sample}[/red]")
     path = write_result(
-        "savings-quick" if args.quick else "savings",
-        {
-            "benchmark": "savings",
-            "quick": args.quick,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
-            "simulator_latency_ms": SIM_LATENCY_MS,
-            "results": res,
-            "checks": rows,
-        },
+        "savings",
+        args.quick,
+        {"simulator_latency_ms": SIM_LATENCY_MS, "results": res, "checks": rows},
     )
     if noise(res) > NOISY_CORES:
         console.print(
