@@ -50,7 +50,7 @@ from tables.health import BreakerPolicy, Health, health_key, record
 from tables.prices import PriceSheet
 
 log = logging.getLogger("relay.worker")
-BACKGROUND_LINGER_MS = 20
+BACKGROUND_LINGER_MS = 250  # ledger/audit/dead letters: see gateway.bus.LEDGER_LINGER_MS
 HEALTH_WINDOW_S = 0.2
 SPEND_BATCH = 500  # ledger lines folded into the spend table per write, at most
 SPEND_WINDOW_S = 0.25  # ...and at most this long after the first of them
@@ -77,7 +77,7 @@ class KafkaSink:
 
     Replies and health go out on Faust's producer (linger 0: a client or a breaker is
     waiting).  Ledger lines are on nobody's critical path, so a second producer lets
-    them batch for a few milliseconds: fewer, larger produce requests for the broker.
+    them batch for up to 250 ms: fewer, larger produce requests for the broker.
     """
 
     def __init__(

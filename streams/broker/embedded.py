@@ -151,6 +151,11 @@ class EmbeddedKafka:
             # One node: nothing to wait for before the first rebalance.
             "group.initial.rebalance.delay.ms": "0",
             "log.retention.hours": "168",
+            # One client-facing listener on a small machine: fewer threads handing each
+            # request between them (defaults 3 network, 8 I/O, 10 background).
+            "num.network.threads": "1",
+            "num.io.threads": "2",
+            "background.threads": "2",
         }
         path = self.data_dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
