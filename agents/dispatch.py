@@ -144,8 +144,9 @@ class Dispatcher:
         if cap_s is not None:
             remaining = min(remaining, cap_s)
         deadline = time.monotonic() + remaining
-        await self.gate.acquire(rpm, 1, env.priority, deadline)
-        await self.gate.acquire(tpm, estimate_tokens(env.body), env.priority, deadline)
+        tokens = estimate_tokens(env.body)
+        needs = {key: 1.0 for key in rpm} | {key: float(tokens) for key in tpm}
+        await self.gate.acquire(needs, env.priority, deadline)
 
     async def _backoff(self, env: RequestEnvelope, round_no: int, last: RelayError | None) -> None:
         delay = self.rng.uniform(0.05, 0.2) * (2**round_no)

@@ -12,7 +12,7 @@ import bisect
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -93,8 +93,7 @@ class TokenBucket(BaseModel):
 
 @dataclass(eq=False)
 class _Waiter:
-    keys: list[str]
-    tokens: int
+    needs: dict[str, float]  # bucket key -> tokens to spend there
     lane: int
     seq: int
     future: asyncio.Future[None]
@@ -135,27 +134,29 @@ class PriorityGate:
         return len(self._waiters)
 
     async def acquire(
-        self, bucket_keys: list[str], tokens: int, priority: Priority, deadline: float
+        self, needs: Mapping[str, float], priority: Priority, deadline: float
     ) -> None:
-        """Wait until every bucket in ``bucket_keys`` gives ``tokens``, then spend them.
+        """Wait until every bucket named in ``needs`` has its tokens, then spend them
+        all at once: a request's RPM and TPM are taken together or not at all, so a
+        request refused on tokens never used up a request slot.
 
         ``deadline`` is on the gate's clock.  Raises ``RateLimited`` at once if the
         estimated wait (this lane's queue and the lanes above it) passes the deadline, or
         when the deadline passes while queued; ``retry_after`` is the estimated wait.
         """
         now = self._clock()
-        keys = [k for k in dict.fromkeys(bucket_keys) if k in self._buckets]
-        if not keys:
+        limited = {k: n for k, n in needs.items() if k in self._buckets}
+        if not limited:
             return
         lane, seq = LANES[Priority(priority)], next(self._seq)
-        wait = self._estimate(keys, tokens, (lane, seq), now)
+        wait = self._estimate(limited, (lane, seq), now)
         if now + wait > deadline:
             raise RateLimited(
                 f"rate limited: about {wait:.2f}s to wait, past the request's deadline",
                 retry_after=wait,
             )
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(keys, tokens, lane, seq, loop.create_future())
+        waiter = _Waiter(limited, lane, seq, loop.create_future())
         bisect.insort(self._waiters, waiter, key=lambda w: w.order)
         self._pump()
         if waiter.future.done():
@@ -169,13 +170,13 @@ class PriorityGate:
                 self._waiters.remove(waiter)
                 self._pump()
 
-    def _estimate(self, keys: list[str], tokens: int, order: tuple[int, int], now: float) -> float:
+    def _estimate(self, needs: dict[str, float], order: tuple[int, int], now: float) -> float:
         # Waiters ahead in this lane or a better one spend first; later realtime arrivals
         # may still overtake, which the deadline timer then catches.
         worst = 0.0
-        for key in keys:
+        for key, tokens in needs.items():
             bucket = self._buckets[key]
-            ahead = sum(w.tokens for w in self._waiters if w.order < order and key in w.keys)
+            ahead = sum(w.needs.get(key, 0.0) for w in self._waiters if w.order < order)
             need = ahead + min(tokens, bucket.capacity)
             worst = max(worst, bucket.backlog_wait(need, now))
         return worst
@@ -185,7 +186,7 @@ class PriorityGate:
             return
         self._waiters.remove(waiter)
         now = self._clock()
-        wait = self._estimate(waiter.keys, waiter.tokens, waiter.order, now)
+        wait = self._estimate(waiter.needs, waiter.order, now)
         waiter.future.set_exception(
             RateLimited("rate limited: the deadline passed while queued", retry_after=wait)
         )
@@ -202,17 +203,17 @@ class PriorityGate:
         for waiter in list(self._waiters):
             if waiter.future.done():  # cancelled; its task removes it
                 continue
-            if claimed.intersection(waiter.keys):
-                claimed.update(waiter.keys)
+            if claimed.intersection(waiter.needs):
+                claimed.update(waiter.needs)
                 continue
-            wait = max(self._buckets[k].wait(waiter.tokens, now) for k in waiter.keys)
+            wait = max(self._buckets[k].wait(n, now) for k, n in waiter.needs.items())
             if wait == 0.0:
-                for key in waiter.keys:
-                    self._buckets[key].take(waiter.tokens, now)
+                for key, n in waiter.needs.items():
+                    self._buckets[key].take(n, now)
                 self._waiters.remove(waiter)
                 waiter.future.set_result(None)
             else:
-                claimed.update(waiter.keys)
+                claimed.update(waiter.needs)
                 soonest = min(soonest, wait)
         if self._waiters and soonest < math.inf:
             loop = asyncio.get_running_loop()

@@ -85,7 +85,7 @@ def test_a_request_bigger_than_capacity_goes_through_and_leaves_debt() -> None:
 async def test_unconfigured_keys_are_unlimited() -> None:
     gate = PriorityGate()
     for _ in range(1000):
-        await gate.acquire(["nobody:rpm"], 1, Priority.background, deadline=time.monotonic())
+        await gate.acquire({"nobody:rpm": 1}, Priority.background, deadline=time.monotonic())
     assert gate.waiting == 0
 
 
@@ -97,7 +97,7 @@ async def test_lanes_are_served_best_first_and_fifo_within_a_lane() -> None:
     order: list[str] = []
 
     async def call(name: str, lane: Priority) -> None:
-        await gate.acquire(["v:rpm", "tenant:rpm"], 1, lane, deadline=time.monotonic() + 2)
+        await gate.acquire({"v:rpm": 1, "tenant:rpm": 1}, lane, deadline=time.monotonic() + 2)
         order.append(name)
 
     tasks = []
@@ -125,11 +125,26 @@ async def test_hopeless_deadline_is_refused_at_once_and_spends_nothing() -> None
     gate.configure("b", TokenBucket(capacity=1, refill_per_s=1.0, tokens=0, updated=now))
     started = time.monotonic()
     with pytest.raises(RateLimited) as info:
-        await gate.acquire(["a", "b"], 1, Priority.realtime, deadline=now + 0.1)
+        await gate.acquire({"a": 1, "b": 1}, Priority.realtime, deadline=now + 0.1)
     assert time.monotonic() - started < 0.5  # refused, not after waiting out the second
     assert info.value.retry_after == pytest.approx(1.0, abs=0.05)
     assert gate.waiting == 0
     assert gate.bucket("a").tokens == pytest.approx(5)  # type: ignore[union-attr]
+
+
+async def test_requests_and_tokens_are_taken_together_or_not_at_all() -> None:
+    """A call refused on its token budget keeps its request slot: RPM is not spent for
+    calls that never went out."""
+    gate = PriorityGate()
+    now = time.monotonic()
+    gate.configure("v:rpm", TokenBucket(capacity=2, refill_per_s=0.01, tokens=2, updated=now))
+    gate.configure("v:tpm", TokenBucket(capacity=100, refill_per_s=1.0, tokens=10, updated=now))
+    with pytest.raises(RateLimited):
+        await gate.acquire({"v:rpm": 1, "v:tpm": 50}, Priority.realtime, deadline=now + 0.05)
+    assert gate.bucket("v:rpm").tokens == pytest.approx(2)  # type: ignore[union-attr]
+    await gate.acquire({"v:rpm": 1, "v:tpm": 5}, Priority.realtime, deadline=now + 0.05)
+    assert gate.bucket("v:rpm").tokens == pytest.approx(1)  # type: ignore[union-attr]
+    assert gate.bucket("v:tpm").tokens == pytest.approx(5, abs=0.2)  # type: ignore[union-attr]
 
 
 async def test_deadline_passing_while_queued_raises_and_frees_the_place() -> None:
@@ -138,10 +153,10 @@ async def test_deadline_passing_while_queued_raises_and_frees_the_place() -> Non
     gate.bucket("v").updated = time.monotonic()  # type: ignore[union-attr]
     now = time.monotonic()
     # Alone, the background call would get the token in 20 ms, inside its 30 ms deadline...
-    slow = asyncio.create_task(gate.acquire(["v"], 1, Priority.background, deadline=now + 0.03))
+    slow = asyncio.create_task(gate.acquire({"v": 1}, Priority.background, deadline=now + 0.03))
     await asyncio.sleep(0)
     # ...but a realtime call overtakes it, pushing it to 40 ms.
-    fast = asyncio.create_task(gate.acquire(["v"], 1, Priority.realtime, deadline=now + 1))
+    fast = asyncio.create_task(gate.acquire({"v": 1}, Priority.realtime, deadline=now + 1))
     await fast
     with pytest.raises(RateLimited, match="deadline"):
         await slow
@@ -153,8 +168,8 @@ async def test_a_cancelled_waiter_gives_its_place_to_the_next() -> None:
     gate.configure("v", TokenBucket(capacity=1, refill_per_s=50.0, tokens=0, updated=0.0))
     gate.bucket("v").updated = time.monotonic()  # type: ignore[union-attr]
     deadline = time.monotonic() + 1
-    first = asyncio.create_task(gate.acquire(["v"], 1, Priority.realtime, deadline=deadline))
-    second = asyncio.create_task(gate.acquire(["v"], 1, Priority.batch, deadline=deadline))
+    first = asyncio.create_task(gate.acquire({"v": 1}, Priority.realtime, deadline=deadline))
+    second = asyncio.create_task(gate.acquire({"v": 1}, Priority.batch, deadline=deadline))
     await asyncio.sleep(0)
     assert gate.waiting == 2
     first.cancel()
@@ -172,10 +187,10 @@ async def test_waiters_on_other_buckets_are_not_held_up() -> None:
     gate = PriorityGate(clock=lambda: now)  # frozen: the test is about order, not time
     gate.configure("slow", TokenBucket(capacity=1, refill_per_s=1.0, tokens=0, updated=now))
     gate.configure("free", TokenBucket(capacity=10, refill_per_s=10.0, tokens=10, updated=now))
-    blocked = asyncio.create_task(gate.acquire(["slow"], 1, Priority.realtime, deadline=now + 5))
+    blocked = asyncio.create_task(gate.acquire({"slow": 1}, Priority.realtime, deadline=now + 5))
     await asyncio.sleep(0)
     # No slack at all: any wait would raise, so this proves it went straight through.
-    await gate.acquire(["free"], 1, Priority.background, deadline=now)
+    await gate.acquire({"free": 1}, Priority.background, deadline=now)
     assert gate.bucket("free").tokens == pytest.approx(9)  # type: ignore[union-attr]
     assert gate.waiting == 1
     blocked.cancel()
