@@ -31,7 +31,8 @@ def audit_table(events: list[AuditEvent]) -> Table:
             what = f"{what} ({ev.model})" if what else ev.model
         if ev.config_sha256:
             what = f"config sha256:{ev.config_sha256[:12]}…"
-        table.add_row(when, ev.kind, f"{ev.role} {ev.instance}", who, origin, what)
+        kind = ev.kind if ev.repeats == 1 else f"{ev.kind} (x{ev.repeats})"
+        table.add_row(when, kind, f"{ev.role} {ev.instance}", who, origin, what)
     return table
 
 

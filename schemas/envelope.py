@@ -157,4 +157,10 @@ class AuditEvent(BaseModel):
     model: str | None = None
     detail: str = ""
     config_sha256: str | None = Field(None, description="digest of the config a process loaded")
+    repeats: int = Field(
+        1,
+        ge=1,
+        description="how many events this line stands for: after the first of a flood, "
+        "identical ones (but for time and key fingerprint) fold into one line per window",
+    )
     ts_ms: int = Field(default_factory=now_ms)
