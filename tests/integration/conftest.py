@@ -35,8 +35,8 @@ def kafka_bootstrap() -> Iterator[str]:
 
         # testcontainers' Kafka module drives Confluent's image (Apache Kafka inside),
         # here in KRaft mode; the startup it waits for is that image's.
-        with KafkaContainer().with_kraft() as kafka:
-            yield kafka.get_bootstrap_server()
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
         return
     from streams.broker import EmbeddedKafka
 

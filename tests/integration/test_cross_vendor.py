@@ -159,7 +159,7 @@ async def _anthropic_answer(
     m = await direct.messages.create(
         model=route.vendor_model,
         max_tokens=ANTHROPIC_MAX_TOKENS,
-        messages=[m for m in messages if m["role"] != "system"],
+        messages=[m for m in messages if m["role"] != "system"],  # type: ignore[misc]
         **extra,
     )
     finish = {"end_turn": "stop", "max_tokens": "length", "tool_use": "tool_calls"}

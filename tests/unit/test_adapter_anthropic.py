@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -171,7 +172,7 @@ def delta(index: int, **fields) -> tuple[str, dict]:
     return event("content_block_delta", index=index, delta=fields)
 
 
-START = {
+START: dict[str, Any] = {
     "id": "msg_s",
     "type": "message",
     "role": "assistant",

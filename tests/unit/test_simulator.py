@@ -146,7 +146,9 @@ async def test_openai_tool_call_and_result_round_trip(oai: openai.AsyncOpenAI) -
     assert head.id == call.id and head.function.name == "get_weather"
     assert head.function.arguments == ""
     args = "".join(
-        tc.function.arguments for c in chunks[1:] for tc in c.choices[0].delta.tool_calls or []
+        tc.function.arguments or ""
+        for c in chunks[1:]
+        for tc in c.choices[0].delta.tool_calls or []
     )
     assert args == call.function.arguments
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
