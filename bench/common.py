@@ -68,7 +68,7 @@ def bench_kafka() -> Iterator[tuple[str, int | None]]:
         yield bootstrap, None
         return
     kafka_dir = Path(tempfile.mkdtemp(prefix="relay-bench-kafka-"))
-    kafka = EmbeddedKafka(kafka_dir)
+    kafka = EmbeddedKafka(kafka_dir, jvm_opts=Settings().jvm_opts())
     try:
         with console.status("starting embedded Kafka…"):
             bootstrap = kafka.start()

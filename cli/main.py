@@ -54,7 +54,7 @@ def broker(config: ConfigOpt = None) -> None:
     from streams.topics import Topics, ensure_topics
 
     settings = _settings(config)
-    kafka = EmbeddedKafka(settings.data_dir / "kafka")
+    kafka = EmbeddedKafka(settings.data_dir / "kafka", jvm_opts=settings.jvm_opts())
     try:
         with console.status("starting Apache Kafka (first run fetches it with mvn)…"):
             bootstrap = kafka.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,13 @@ class Settings(BaseSettings):
     demo_key: str = "rk-demo-relay-station-local"
     cache_stale_s: float = 3600.0  # how long L2 keeps an answer past its TTL (cache_only)
     workers: int = 1  # workers sharing the RPM/TPM limits: each enforces limit / workers
+    # JVM options of the embedded broker, replacing its defaults (serial GC, C1 JIT), e.g.
+    # to trade start-up time for steady-state CPU on a long-lived broker.
+    kafka_jvm_opts: str | None = None
+
+    def jvm_opts(self) -> list[str] | None:
+        """``kafka_jvm_opts`` split as a shell would, or None for the broker's defaults."""
+        return shlex.split(self.kafka_jvm_opts) if self.kafka_jvm_opts is not None else None
 
     def broker_addr_file(self) -> Path:
         return self.data_dir / "broker.addr"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import signal
 import socket
@@ -64,7 +63,14 @@ DEFAULT_JVM_OPTS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
 class EmbeddedKafka:
     """One broker+controller process; ``start()`` returns its bootstrap address."""
 
-    def __init__(self, data_dir: Path, *, cache_dir: Path | None = None, heap: str = "512m"):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        cache_dir: Path | None = None,
+        heap: str = "512m",
+        jvm_opts: list[str] | None = None,
+    ):
         self.data_dir = data_dir.resolve()
         self.cache_dir = (
             cache_dir
@@ -73,10 +79,8 @@ class EmbeddedKafka:
             / f"kafka-{kafka_version()}"
         )
         self.heap = heap
-        # RELAY_KAFKA_JVM_OPTS replaces the defaults (GC and JIT choices), e.g. to trade
-        # start-up time for steady-state CPU on a long-lived broker.
-        opts = os.environ.get("RELAY_KAFKA_JVM_OPTS")
-        self.jvm_opts = shlex.split(opts) if opts is not None else list(DEFAULT_JVM_OPTS)
+        # Replacing the defaults (GC and JIT choices): Settings.kafka_jvm_opts.
+        self.jvm_opts = jvm_opts if jvm_opts is not None else list(DEFAULT_JVM_OPTS)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 

@@ -20,6 +20,7 @@ import redis
 from aiokafka import AIOKafkaConsumer
 
 from schemas.envelope import UsageEvent
+from schemas.settings import Settings
 from tests.support.stack import Simulator, Stack, example_config, start_simulator, start_stack
 
 WORKDIR = Path(tempfile.gettempdir()) / "relay-station-tests"
@@ -40,7 +41,9 @@ def kafka_bootstrap() -> Iterator[str]:
         return
     from streams.broker import EmbeddedKafka
 
-    kafka = EmbeddedKafka(Path(tempfile.mkdtemp(prefix="relay-kafka-")))
+    kafka = EmbeddedKafka(
+        Path(tempfile.mkdtemp(prefix="relay-kafka-")), jvm_opts=Settings().jvm_opts()
+    )
     yield kafka.start()
     kafka.stop()
 

@@ -2,10 +2,41 @@
 
 from __future__ import annotations
 
-from streams.broker.embedded import _kafka_uuid
+from pathlib import Path
+
+import pytest
+
+from schemas.settings import Settings
+from streams.broker.embedded import DEFAULT_JVM_OPTS, EmbeddedKafka, _kafka_uuid
 
 
 def test_kafka_cluster_ids_never_look_like_a_command_line_option() -> None:
     ids = [_kafka_uuid() for _ in range(3000)]  # ~47 would start with "-" if unchecked
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+def broker_command(tmp_path: Path, jvm_opts: list[str] | None) -> list[str]:
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    (jars / ".complete").touch()  # a resolved classpath: no Maven needed
+    kafka = EmbeddedKafka(tmp_path / "data", cache_dir=jars, jvm_opts=jvm_opts)
+    return kafka._run_java("kafka.Kafka", "server.properties")
+
+
+def test_jvm_options_from_the_settings_replace_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RELAY_KAFKA_JVM_OPTS", "-XX:+UseG1GC -Dflag='a b'")
+    command = broker_command(tmp_path, Settings().jvm_opts())
+    assert "-XX:+UseG1GC" in command and "-Dflag=a b" in command
+    assert not set(DEFAULT_JVM_OPTS) & set(command)
+
+
+def test_without_jvm_options_the_broker_runs_on_its_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RELAY_KAFKA_JVM_OPTS", raising=False)
+    command = broker_command(tmp_path, Settings().jvm_opts())
+    assert set(DEFAULT_JVM_OPTS) <= set(command)
+    assert command[-2:] == ["kafka.Kafka", "server.properties"]
