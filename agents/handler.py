@@ -7,6 +7,7 @@ error) and exactly one ledger event.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -85,12 +86,18 @@ class RequestHandler:
         except Exception as exc:  # a bug must still answer every waiter, never hang them
             outcome = Outcome(error=RelayError(f"internal error: {type(exc).__name__}"))
         flight.cached = outcome.cached
+        storing: asyncio.Future[None] | None = None
         if outcome.error is None and not outcome.cached:
-            # Stored before the flight lands: an identical request either joins this
-            # flight or, arriving later, finds the answer in L2 — never pays again.
-            await self._store(flight, outcome)
+            # The answer goes to L2 while the replies go out, and the flight stays open
+            # until it is stored: an identical request either joins this flight or,
+            # arriving later, finds the answer in L2 — never pays again, and no waiter
+            # waits for Redis.
+            storing = self._store(flight, outcome)
+        answered = await self._land(flight, outcome)
+        if storing is not None:
+            await storing
         self.flights.land(flight)
-        await self._land(flight, outcome)
+        await self._land(flight, outcome, start=answered)  # those who joined meanwhile
 
     def _spent(self, env: RequestEnvelope, cache_only: bool = False) -> BudgetExceeded:
         return BudgetExceeded(
@@ -220,17 +227,21 @@ class RequestHandler:
                 ),
             )
 
-    async def _land(self, flight: Flight, out: Outcome) -> None:
+    async def _land(self, flight: Flight, out: Outcome, start: int = 0) -> int:
+        """Answer the flight's waiters from ``start`` on, including any that join while
+        this runs; returns how many waiters the flight has answered."""
         cand = out.candidate
-        if out.error is None and out.body is not None:
-            # A streaming waiter that joined a non-streamed call gets the answer as chunks.
-            if not flight.chunks and any(w.envelope.stream for w in flight.waiters):
-                flight.chunks.extend(response_to_chunks(out.body))
-        for w in flight.waiters:
+        answered = start
+        while answered < len(flight.waiters):
+            w = flight.waiters[answered]
+            answered += 1
             env = w.envelope
             if out.error is not None:
                 await self._fail(env, out.error, coalesced=not w.leader)
                 continue
+            if env.stream and not flight.chunks and out.body is not None:
+                # A streaming waiter that joined a non-streamed call gets it as chunks.
+                flight.chunks.extend(response_to_chunks(out.body))
             await self._deliver(flight, w)
             await self.sink.reply(
                 env.reply_to,
@@ -259,13 +270,15 @@ class RequestHandler:
                     degraded=flight.degraded_for(env),
                 )
             )
+        return answered
 
-    async def _store(self, flight: Flight, out: Outcome) -> None:
+    def _store(self, flight: Flight, out: Outcome) -> asyncio.Future[None] | None:
+        """Start storing the answer (as it stands now), or None when it is not cached."""
         leader = flight.waiters[0].envelope
         if not leader.cache_ttl_s or out.candidate is None:
-            return
+            return None
         if flight.degraded_for(leader):
-            return  # a cheaper model's answer must not be served later as the alias's own
+            return None  # a cheaper model's answer must not be served later as the alias's
         entry = CacheEntry(
             chunks=list(flight.chunks) or None,
             body=out.body,
@@ -274,7 +287,7 @@ class RequestHandler:
             model=out.candidate.model,
             created=time.time(),
         )
-        await self.sink.cache(leader.prompt_hash, entry, leader.cache_ttl_s)
+        return asyncio.ensure_future(self.sink.cache(leader.prompt_hash, entry, leader.cache_ttl_s))
 
     async def _fail(self, env: RequestEnvelope, err: RelayError, coalesced: bool = False) -> None:
         await self.sink.reply(

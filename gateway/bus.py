@@ -10,33 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import time
-from collections.abc import Hashable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from schemas.envelope import (
-    AuditEvent,
-    AuditKind,
-    ReplyEvent,
-    RequestEnvelope,
-    UsageEvent,
-    now_ms,
-)
+from gateway.audit import AUDIT_WINDOW_S, AuditTrail
+from schemas.envelope import AuditEvent, AuditKind, ReplyEvent, RequestEnvelope, UsageEvent
 from schemas.errors import NoHealthyVendor
 from streams.codec import encode
 from streams.topics import Topics, ensure_topics
-from tables.folding import OVERFLOW, Folded, Folder
 
 log = logging.getLogger("relay.gateway")
 # Ledger and audit lines wait up to this long to share a produce request.  The spend
 # agent folds the ledger every 250 ms anyway; at 60 requests/s one line per request cost
 # the broker and the worker (which reads the ledger back) ~2 ms of CPU per request more.
 LEDGER_LINGER_MS = 250
-AUDIT_WINDOW_S = 10.0
 
 
 class Bus:
@@ -73,10 +62,7 @@ class Bus:
         )
         self.waiting: dict[str, asyncio.Queue[ReplyEvent]] = {}
         self._reader: asyncio.Task[None] | None = None
-        # Refusals come in floods (a script trying keys): one line per kind per window.
-        self.audit_folder: Folder[AuditEvent] = Folder(window_s=audit_window_s)
-        self._fold_timer: asyncio.TimerHandle | None = None
-        self._sending: set[asyncio.Future[None]] = set()
+        self.audit_trail = AuditTrail(self._send_audit, window_s=audit_window_s)
 
     async def start(self) -> None:
         await ensure_topics(
@@ -96,10 +82,7 @@ class Bus:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         await self.consumer.stop()
-        if self._fold_timer is not None:
-            self._fold_timer.cancel()
-        for folded in self.audit_folder.due(math.inf):
-            await self._send_audit(_summary(folded))
+        await self.audit_trail.close()
         await self.ledger.stop()
         await self.producer.stop()
         if self.ephemeral:
@@ -171,28 +154,10 @@ class Bus:
         Identical ones within ``audit_window_s`` of the first are counted, and reported
         in one line when the window closes."""
         event = AuditEvent(kind=kind, role="gateway", instance=self.instance, **fields)
-        if self.audit_folder.offer(_signature(event), event, time.monotonic()):
-            await self._send_audit(event)
-        elif self._fold_timer is None:
-            self._fold_timer = asyncio.get_running_loop().call_later(
-                self.audit_folder.window_s, self._report_folded
-            )
+        await self.audit_trail.record(event)
 
     async def _send_audit(self, event: AuditEvent) -> None:
         await self.ledger.send(self.topics.audit.name, encode(event), key=event.kind.encode())
-
-    def _report_folded(self) -> None:
-        self._fold_timer = None
-        now = time.monotonic()
-        for folded in self.audit_folder.due(now):
-            task = asyncio.ensure_future(self._send_audit(_summary(folded)))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
-        closes = self.audit_folder.next_close()
-        if closes is not None:
-            self._fold_timer = asyncio.get_running_loop().call_later(
-                max(0.0, closes - now), self._report_folded
-            )
 
     async def ready(self) -> dict[str, bool]:
         """Whether the broker answers and some worker is in the requests consumer group."""
@@ -209,27 +174,3 @@ class Bus:
             return {"broker": True, "worker": False}
         finally:
             await admin.close()
-
-
-def _signature(event: AuditEvent) -> Hashable:
-    """What makes two audit events the same, for folding: all but time and fingerprint
-    (a script trying keys presents a new one each time)."""
-    return (
-        event.kind,
-        event.tenant,
-        event.key_id,
-        event.client,
-        event.path,
-        event.model,
-        event.detail,
-        event.config_sha256,
-    )
-
-
-def _summary(folded: Folded[AuditEvent]) -> AuditEvent:
-    """The line for a closed window: its first event, counted, at the time of reporting."""
-    update: dict[str, Any] = {"repeats": folded.count, "ts_ms": now_ms(), "key_fingerprint": None}
-    if folded.key == OVERFLOW:  # many different sources at once: only the kind is shared
-        update |= {"tenant": None, "key_id": None, "client": None, "path": None, "model": None}
-        update["detail"] = f"{folded.first.detail} (and others like it, from many sources)"
-    return folded.first.model_copy(update=update)

@@ -5,8 +5,9 @@ are only counted, and once that window has closed one more line says how many th
 were.  A client trying relay keys by the thousand thus costs the audit topic two lines
 per window instead of one per try, and no attempt goes unrecorded.
 
-At most ``max_open`` windows are tracked; beyond that (many clients at once) every new
-kind of event shares the single ``OVERFLOW`` window until some close.
+At most ``max_open`` windows are tracked; beyond that (many sources at once) new events
+fold into one overflow window per ``group`` they name (for the audit log: the kind of
+event and the tenant, so a flood of anonymous refusals never hides a tenant's).
 """
 
 from __future__ import annotations
@@ -16,23 +17,24 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 P = TypeVar("P")
-OVERFLOW: Hashable = ("*overflow*",)
 
 
 @dataclass
 class _Window(Generic[P]):
     closes: float
     first: P
+    overflow: bool
     folded: int = 0
 
 
 @dataclass(frozen=True)
 class Folded(Generic[P]):
-    """A closed window that swallowed events: its first event and how many followed it."""
+    """A closed window that swallowed events: its first event and how many followed it.
+    ``overflow``: the window gathered events of many sources (only the group is shared)."""
 
-    key: Hashable
     first: P
     count: int
+    overflow: bool
 
 
 class Folder(Generic[P]):
@@ -41,18 +43,23 @@ class Folder(Generic[P]):
         self.max_open = max_open
         self._open: dict[Hashable, _Window[P]] = {}
         self._closed: list[Folded[P]] = []
+        self._latest = float("-inf")
 
-    def offer(self, key: Hashable, event: P, now: float) -> bool:
-        """True when ``event`` should go out now; False when it was folded (counted)."""
+    def offer(self, key: Hashable, event: P, now: float, group: Hashable = None) -> float | None:
+        """None when ``event`` should go out now; otherwise it was counted, and the
+        returned time is when its window closes (and ``due`` reports it)."""
+        # Windows must open in time order (see _close): a clock stepping back is held.
+        now = self._latest = max(now, self._latest)
         self._close(now)
-        if key not in self._open and len(self._open) >= self.max_open:
-            key = OVERFLOW
+        overflow = key not in self._open and len(self._open) >= self.max_open
+        if overflow:
+            key = ("overflow", group)
         window = self._open.get(key)
         if window is None:
-            self._open[key] = _Window(now + self.window_s, event)
-            return True
+            self._open[key] = _Window(now + self.window_s, event, overflow)
+            return None
         window.folded += 1
-        return False
+        return window.closes
 
     def due(self, now: float) -> list[Folded[P]]:
         """The windows closed by ``now`` that folded events, each reported once."""
@@ -65,12 +72,12 @@ class Folder(Generic[P]):
         return min((w.closes for w in self._open.values() if w.folded), default=None)
 
     def _close(self, now: float) -> None:
-        # Every window lasts as long and opens at its "now", so the dict's insertion
-        # order is closing order: stop at the first still open.
+        # Every window lasts as long and opens at offer()'s non-decreasing "now", so the
+        # dict's insertion order is closing order: stop at the first still open.
         while self._open:
             key, window = next(iter(self._open.items()))
             if window.closes > now:
                 return
             del self._open[key]
             if window.folded:
-                self._closed.append(Folded(key, window.first, window.folded))
+                self._closed.append(Folded(window.first, window.folded, window.overflow))

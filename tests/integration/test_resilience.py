@@ -309,9 +309,12 @@ async def test_a_429_storm_is_answered_quickly_without_a_retry_storm(
         replies, slowest, made = await storm(
             http, stack, "throttled", sims["steady"], THROTTLED, burst
         )
+    # The vendor's 429 is passed on; a request planned after the storm has opened the
+    # breaker (a busy machine spreads the burst out) gets the breaker's 503 instead.
+    # Either way: rate-limit shaped, with Retry-After, at once.
     for reply in replies:
-        assert reply.status_code == VendorRateLimited.status, reply.text
         rate_limit_shaped(reply)
+    assert any(r.status_code == VendorRateLimited.status for r in replies)
     assert slowest < 3.0, f"a throttled request took {slowest:.1f}s"
     assert made <= 2 * burst, f"{made} vendor calls for {burst} requests"
 

@@ -338,3 +338,34 @@ async def test_a_spent_cache_only_tenant_gets_what_l2_holds_even_stale_else_402(
     metered = {e.trace_id: e for e in sink.ledger}
     assert metered[served.trace_id].cache_hit and metered[served.trace_id].cost == 0
     assert metered[served.trace_id].degraded == "budget_exhausted"
+
+
+async def test_replies_do_not_wait_for_the_cache_and_late_joiners_still_share_the_call():
+    calls: list[str] = []
+    handler, sink = make(vendor(calls, delay=0))
+    stored = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_cache(key: str, entry: CacheEntry, ttl_s: int) -> None:
+        await release.wait()  # Redis taking its time
+        sink.written[key] = entry
+        stored.set()
+
+    sink.cache = slow_cache  # type: ignore[method-assign]
+    first, late = envelope(key="k-slow"), envelope(key="k-slow", stream=True)
+    leader = asyncio.create_task(handler.handle(first))
+    for _ in range(50):  # until the answer is out while the store is still pending
+        await asyncio.sleep(0)
+        if sink.for_(first.correlation_id):
+            break
+    assert sink.for_(first.correlation_id)[-1].kind == "final", "answered before Redis"
+    assert not stored.is_set() and len(handler.flights) == 1, "the flight waits for the store"
+    await handler.handle(late)  # joins the flight that is being stored
+    release.set()
+    await leader
+    assert calls == ["a"], "the late request paid nothing"
+    events = sink.for_(late.correlation_id)
+    text = "".join(e.body["choices"][0]["delta"].get("content") or "" for e in events[:-1])
+    assert text == "Hi" and events[-1].kind == "final" and events[-1].coalesced
+    assert stored.is_set() and len(handler.flights) == 0
+    assert sink.written["k-slow"].chunks is None, "stored as the vendor answered it"
