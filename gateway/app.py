@@ -32,6 +32,7 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
             Topics(settings.topic_prefix),
             instance,
             ephemeral=not settings.instance_id,
+            worker_check_s=min(5.0, max(0.5, settings.worker_grace_s / 3)),
         )
         await bus.start()
         redis = aioredis.Redis.from_url(

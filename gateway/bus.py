@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -40,6 +41,7 @@ class Bus:
         *,
         ephemeral: bool = False,
         audit_window_s: float = AUDIT_WINDOW_S,
+        worker_check_s: float = 5.0,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -63,6 +65,14 @@ class Bus:
         self.waiting: dict[str, asyncio.Queue[ReplyEvent]] = {}
         self._reader: asyncio.Task[None] | None = None
         self.audit_trail = AuditTrail(self._send_audit, window_s=audit_window_s)
+        # When a worker was last seen in the requests consumer group (monotonic); a check
+        # that cannot tell (broker unreachable, no rights to describe) counts as seen.
+        self.worker_seen_at = time.monotonic()
+        self.worker_check_s = worker_check_s
+        self._watcher: asyncio.Task[None] | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._looking: asyncio.Future[None] | None = None
+        self._looked_at = float("-inf")
 
     async def start(self) -> None:
         await ensure_topics(
@@ -75,12 +85,16 @@ class Bus:
         self.consumer.assign([tp])
         await self.consumer.seek_to_end(tp)
         self._reader = asyncio.create_task(self._read())
+        self._watcher = asyncio.create_task(self._watch_workers())
 
     async def stop(self) -> None:
-        if self._reader:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        for task in (self._reader, self._watcher, self._looking):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._admin is not None:
+            await self._admin.close()
         await self.consumer.stop()
         await self.audit_trail.close()
         await self.ledger.stop()
@@ -159,6 +173,48 @@ class Bus:
     async def _send_audit(self, event: AuditEvent) -> None:
         await self.ledger.send(self.topics.audit.name, encode(event), key=event.kind.encode())
 
+    def workers_missing_s(self) -> float:
+        """How long no worker has been seen taking requests (0 when one was just now)."""
+        return max(0.0, time.monotonic() - self.worker_seen_at)
+
+    async def look_for_workers(self, max_age_s: float = 0.1) -> None:
+        """Look again unless the last look is under ``max_age_s`` old (and never twice
+        at once): a gateway about to refuse for want of workers checks first."""
+        if self._looking is None:
+            if time.monotonic() - self._looked_at < max_age_s:
+                return
+            self._looking = asyncio.ensure_future(self._look())
+            self._looking.add_done_callback(self._looked)
+        await asyncio.shield(self._looking)
+
+    def _looked(self, look: asyncio.Future[None]) -> None:
+        self._looking = None
+
+    async def _look(self) -> None:
+        try:
+            if self._admin is None:
+                admin = AIOKafkaAdminClient(
+                    bootstrap_servers=self.bootstrap, request_timeout_ms=2000
+                )
+                try:
+                    await admin.start()
+                except Exception:
+                    await admin.close()
+                    raise
+                self._admin = admin
+            present = _workers_in(await self._admin.describe_consumer_groups([self.topics.app_id]))
+        except Exception as exc:  # cannot tell: never refuse on a failed look
+            log.debug("could not look for workers: %s", exc)
+            present = True
+        if present:
+            self.worker_seen_at = time.monotonic()
+        self._looked_at = time.monotonic()
+
+    async def _watch_workers(self) -> None:
+        while True:
+            await self.look_for_workers(max_age_s=self.worker_check_s / 2)
+            await asyncio.sleep(self.worker_check_s)
+
     async def ready(self) -> dict[str, bool]:
         """Whether the broker answers and some worker is in the requests consumer group."""
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=2000)
@@ -168,9 +224,17 @@ class Bus:
             return {"broker": False, "worker": False}
         try:
             groups = await admin.describe_consumer_groups([self.topics.app_id])
-            members = groups[0].groups[0][5] if groups and groups[0].groups else []
-            return {"broker": True, "worker": len(members) > 0}
+            return {"broker": True, "worker": _workers_in(groups)}
         except Exception:
             return {"broker": True, "worker": False}
         finally:
             await admin.close()
+
+
+def _workers_in(described: list[Any]) -> bool:
+    """Whether a DescribeGroups answer shows workers: members, or a rebalance under way
+    (while workers rejoin, the group can list none for a moment)."""
+    if not described or not described[0].groups:
+        return False
+    _error, _group, state, _ptype, _protocol, members, *_ = described[0].groups[0]
+    return bool(members) or state in ("PreparingRebalance", "CompletingRebalance")

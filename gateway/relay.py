@@ -27,7 +27,7 @@ from schemas.envelope import (
     RequestEnvelope,
     UsageEvent,
 )
-from schemas.errors import BadRequest, DeadlineExceeded, ModelNotFound, RelayError
+from schemas.errors import BadRequest, DeadlineExceeded, ModelNotFound, NoWorker, RelayError
 from schemas.formats.openai import assemble_chunks, response_to_chunks
 from schemas.settings import Settings
 from schemas.usage import Usage
@@ -152,6 +152,16 @@ class Relay:
         return await self._through_kafka(env)
 
     async def _through_kafka(self, env: RequestEnvelope) -> Answer:
+        if self.bus.workers_missing_s() > self.settings.worker_grace_s:
+            await self.bus.look_for_workers()  # the last look may be a while old
+        missing = self.bus.workers_missing_s()
+        if missing > self.settings.worker_grace_s:
+            await self._meter_failure(env, NoWorker.code)
+            raise NoWorker(
+                f"no relay worker has taken requests for {missing:.0f}s, so this one was not "
+                "queued; try again shortly",
+                retry_after=self.bus.worker_check_s,
+            )
         queue = self.bus.expect(env.correlation_id)
         metrics.IN_FLIGHT.inc()
         try:
@@ -194,7 +204,7 @@ class Relay:
         try:
             event = await asyncio.wait_for(queue.get(), timeout=max(0.0, remaining))
         except TimeoutError:
-            await self._meter_timeout(env)
+            await self._meter_failure(env, DeadlineExceeded.code)
             raise DeadlineExceeded("no answer within the request's deadline") from None
         if event.kind == "error":
             raise RelayError.from_dict(event.error or {})
@@ -272,8 +282,9 @@ class Relay:
         chunks = entry.chunks if entry.chunks else response_to_chunks(_fresh(entry.body, alias))
         return Answer(headers, chunks=_replay(chunks, entry.usage))
 
-    async def _meter_timeout(self, env: RequestEnvelope) -> None:
-        """No word from any worker by the deadline: the gateway writes the ledger line."""
+    async def _meter_failure(self, env: RequestEnvelope, code: str) -> None:
+        """No worker answered (deadline) or none would (no worker): the gateway writes
+        the request's ledger line."""
         await self.bus.meter(
             UsageEvent(
                 event_id=uuid.uuid4().hex,
@@ -282,7 +293,7 @@ class Relay:
                 alias=env.alias,
                 endpoint=env.endpoint,
                 status="error",
-                error_code="deadline_exceeded",
+                error_code=code,
                 latency_ms=time.time() * 1000 - env.created_ms,
                 cost_tag=env.cost_tag,
                 trace_id=env.trace_id,

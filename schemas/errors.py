@@ -9,6 +9,7 @@
     ├── RateLimited                  429 rate_limit_error     (retry_after)
     ├── DeadlineExceeded             504 timeout_error
     ├── NoHealthyVendor              503 overloaded_error
+    ├── NoWorker                     503 api_error            (no worker takes requests)
     └── VendorError                  502 api_error            (retryable)
         ├── VendorRateLimited        429 from the vendor      (retryable, retry_after)
         ├── VendorAuthFailed         401/403 from the vendor  (key is taken out, next key tried)
@@ -103,6 +104,16 @@ class NoHealthyVendor(RelayError):
     code = "no_healthy_vendor"
     status = 503
     type = "overloaded_error"
+    retryable = True
+
+
+class NoWorker(RelayError):
+    """No worker has been consuming requests for a while: the gateway refuses at once
+    rather than queueing a request nobody will take before its deadline."""
+
+    code = "no_worker"
+    status = 503
+    type = "api_error"
     retryable = True
 
 

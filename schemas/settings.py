@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     demo_key: str = "rk-demo-relay-station-local"
     cache_stale_s: float = 3600.0  # how long L2 keeps an answer past its TTL (cache_only)
     workers: int = 1  # workers sharing the RPM/TPM limits: each enforces limit / workers
+    # With no worker in the requests consumer group for this long, the gateway answers 503
+    # at once instead of queueing requests nobody takes (cache hits are still served).
+    worker_grace_s: float = 15.0
     # JVM options of the embedded broker, replacing its defaults (serial GC, C1 JIT), e.g.
     # to trade start-up time for steady-state CPU on a long-lived broker.
     kafka_jvm_opts: str | None = None
