@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import anthropic_routes, errors, metrics, openai_routes
+from gateway import anthropic_routes, errors, metrics, model_routes, openai_routes
 from gateway.bus import Bus
 from gateway.edge import Edge
 from gateway.relay import Relay
@@ -52,6 +52,7 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
     errors.install(app)
     app.include_router(openai_routes.router)
     app.include_router(anthropic_routes.router)
+    app.include_router(model_routes.router)
 
     app.add_middleware(Edge)  # added last wraps first: Measure sees what the edge answers
     app.add_middleware(metrics.Measure)

@@ -42,7 +42,12 @@ ANTHROPIC_TYPES = {
 
 
 def is_anthropic(request: Request) -> bool:
-    return request.url.path.startswith("/v1/messages")
+    """Anthropic's error body for its endpoints, and for the model list when the
+    Anthropic SDK (which always sends ``anthropic-version``) asks."""
+    path = request.url.path
+    return path.startswith("/v1/messages") or (
+        path.startswith("/v1/models") and "anthropic-version" in request.headers
+    )
 
 
 def error_response(request: Request, err: RelayError) -> JSONResponse:

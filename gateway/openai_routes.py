@@ -1,4 +1,4 @@
-"""OpenAI-compatible routes: chat completions (with SSE), embeddings, models."""
+"""OpenAI-compatible routes: chat completions (with SSE), embeddings, legacy completions."""
 
 from __future__ import annotations
 
@@ -85,14 +85,3 @@ async def completions(body: CompletionsBody, request: Request, who: CallerDep) -
     raw = body.model_dump(exclude_unset=True)
     opts = Options.from_headers(request.headers)
     return render(await _relay(request).answer(who, "completions", raw, opts), raw)
-
-
-@router.get("/models")
-async def models(request: Request, who: CallerDep) -> Any:
-    aliases = [a for a in _relay(request).config.models if who.policy.may_use(a)]
-    return {
-        "object": "list",
-        "data": [
-            {"id": a, "object": "model", "created": 0, "owned_by": "relay-station"} for a in aliases
-        ],
-    }

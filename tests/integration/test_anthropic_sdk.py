@@ -462,3 +462,19 @@ async def test_cache_control_tokens_reach_the_answer_and_the_ledger(
         cached,
     )
     assert wrote.output_tokens == read.output_tokens == want.usage.output_tokens
+
+
+async def test_models_list_and_retrieve_in_anthropic_shape(stack: Stack):
+    first = await client(stack).models.list(limit=2)
+    assert len(first.data) == 2 and first.has_more
+    assert all(m.type == "model" and m.display_name == m.id for m in first.data)
+    rest = await client(stack).models.list(limit=1000, after_id=first.last_id)
+    every = [m.id for m in first.data] + [m.id for m in rest.data]
+    assert {"gpt-4o-mini", "claude-haiku"} <= set(every) and len(set(every)) == len(every)
+    assert not rest.has_more
+    one = await client(stack).models.retrieve("claude-haiku")
+    assert (one.id, one.type) == ("claude-haiku", "model")
+    with pytest.raises(anthropic.NotFoundError) as info:
+        await client(stack).models.retrieve("claude-nonexistent")
+    assert info.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+

@@ -98,6 +98,14 @@ async def test_models_lists_the_aliases(relay: Stack):
     assert {"gpt-4o-mini", "claude-haiku", "text-embedding-3-small"} <= ids
 
 
+async def test_a_model_is_retrieved_by_alias_and_an_unknown_one_is_not_found(relay: Stack):
+    model = await client(relay).models.retrieve("gpt-4o-mini")
+    assert (model.id, model.object, model.owned_by) == ("gpt-4o-mini", "model", "relay-station")
+    with pytest.raises(openai.NotFoundError) as info:
+        await client(relay).models.retrieve("gpt-nonexistent")
+    assert info.value.body["code"] == "model_not_found"  # type: ignore[index]
+
+
 async def test_unknown_relay_key_is_401(relay: Stack):
     bad = openai.AsyncOpenAI(base_url=f"{relay.url}/v1", api_key="rk-nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as info:

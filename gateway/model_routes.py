@@ -1,0 +1,64 @@
+"""``/v1/models``: the aliases a caller may use, listed or one by one, in the shape of the
+SDK asking (Anthropic's when the request carries ``anthropic-version``, else OpenAI's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+
+from gateway.auth import CallerDep
+from gateway.relay import Relay
+
+router = APIRouter(prefix="/v1")
+EPOCH = "1970-01-01T00:00:00Z"  # aliases have no release date; Anthropic's field is required
+
+
+def wants_anthropic(request: Request) -> bool:
+    return "anthropic-version" in request.headers
+
+
+def _openai(alias: str) -> dict[str, Any]:
+    return {"id": alias, "object": "model", "created": 0, "owned_by": "relay-station"}
+
+
+def _anthropic(alias: str) -> dict[str, Any]:
+    return {"type": "model", "id": alias, "display_name": alias, "created_at": EPOCH}
+
+
+@router.get("/models")
+async def list_models(
+    request: Request,
+    who: CallerDep,
+    limit: int = Query(20, ge=1, le=1000),
+    after_id: str | None = None,
+    before_id: str | None = None,
+) -> dict[str, Any]:
+    """OpenAI's list is whole; Anthropic's pages by ``limit``/``after_id``/``before_id``."""
+    relay: Relay = request.app.state.relay
+    aliases = [a for a in relay.config.models if who.policy.may_use(a)]
+    if not wants_anthropic(request):
+        return {"object": "list", "data": [_openai(a) for a in aliases]}
+    if after_id in aliases:
+        aliases = aliases[aliases.index(after_id) + 1 :]
+    if before_id in aliases:
+        aliases = aliases[: aliases.index(before_id)]
+        page = aliases[-limit:]
+        has_more = len(aliases) > len(page)
+    else:
+        page = aliases[:limit]
+        has_more = len(aliases) > len(page)
+    return {
+        "data": [_anthropic(a) for a in page],
+        "has_more": has_more,
+        "first_id": page[0] if page else None,
+        "last_id": page[-1] if page else None,
+    }
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, request: Request, who: CallerDep) -> dict[str, Any]:
+    """One alias; 404 in the caller's format when it does not exist or is not theirs."""
+    relay: Relay = request.app.state.relay
+    await relay.check_model(who, model_id)
+    return _anthropic(model_id) if wants_anthropic(request) else _openai(model_id)
