@@ -16,6 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from gateway import metrics
 from gateway.audit import AUDIT_WINDOW_S, AuditTrail
 from schemas.envelope import AuditEvent, AuditKind, ReplyEvent, RequestEnvelope, UsageEvent
 from schemas.errors import NoHealthyVendor
@@ -209,6 +210,7 @@ class Bus:
         if present:
             self.worker_seen_at = time.monotonic()
         self._looked_at = time.monotonic()
+        metrics.WORKERS_MISSING.set(self.workers_missing_s())
 
     async def _watch_workers(self) -> None:
         while True:

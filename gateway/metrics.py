@@ -29,6 +29,10 @@ DEGRADED = Counter(
     ["reason"],
 )
 REDIS_UP = Gauge("relay_redis_up", "1 when the L2 cache (Redis) answers")
+WORKERS_MISSING = Gauge(
+    "relay_workers_missing_seconds",
+    "Seconds since this gateway last saw a worker in the requests consumer group",
+)
 IN_FLIGHT = Gauge("relay_in_flight", "Requests waiting on a reply")
 
 

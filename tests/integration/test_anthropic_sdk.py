@@ -477,4 +477,3 @@ async def test_models_list_and_retrieve_in_anthropic_shape(stack: Stack):
     with pytest.raises(anthropic.NotFoundError) as info:
         await client(stack).models.retrieve("claude-nonexistent")
     assert info.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
-

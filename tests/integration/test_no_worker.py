@@ -51,6 +51,12 @@ async def test_requests_are_refused_quickly_once_no_worker_runs(
         assert (error["code"], error["type"]) == ("no_worker", "api_error")
         assert int(reply.headers["retry-after"]) >= 1
 
+        metrics = (await http.get(f"{stack.url}/metrics")).text
+        [missing] = [
+            line for line in metrics.splitlines() if line.startswith("relay_workers_missing")
+        ]
+        assert float(missing.split()[-1]) > 1.0
+
         body, headers = chat(remembered)  # answered before, from the gateway's cache
         cached = await http.post(url, json=body, headers=headers)
         assert cached.status_code == 200, (first.headers, cached.text)
