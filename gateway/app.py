@@ -54,7 +54,8 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
     app.include_router(anthropic_routes.router)
     app.include_router(model_routes.router)
 
-    app.add_middleware(Edge)  # added last wraps first: Measure sees what the edge answers
+    # Added last wraps first: Measure sees what the edge answers.
+    app.add_middleware(Edge, max_body=settings.max_body_bytes)
     app.add_middleware(metrics.Measure)
 
     @app.get("/healthz")

@@ -9,6 +9,10 @@ is the one the routes would send.  Whatever it cannot take as it stands (bad JSO
 that fails validation, a missing or unknown key, a chunked or oversized upload) goes on
 to FastAPI untouched, whose routes answer it or send the proper error.  Errors while
 answering are sent in the vendor's error body, exactly as the routes would.
+
+The edge also holds every request body to ``max_body`` bytes: one that says it is larger
+gets 413 before a byte of it is read, and a chunked upload is read here, up to the limit,
+before anything behind the edge sees it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from gateway.auth import known_caller
 from gateway.errors import error_response
 from gateway.relay import Answer, Options, Relay
 from schemas.envelope import Endpoint
-from schemas.errors import RelayError
+from schemas.errors import RelayError, RequestTooLarge
 
 log = logging.getLogger("relay.gateway")
 MAX_BODY = 256 * 1024  # larger requests are rare and go straight to FastAPI
@@ -61,22 +65,38 @@ ROUTES: dict[str, Route] = {
 class Edge:
     """Plain ASGI middleware: the hot endpoints here, everything else to the app behind."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_body: int = 32 * 1024 * 1024) -> None:
         self.app = app
+        self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = ROUTES.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if route is None or scope["method"] != "POST" or not _small(scope):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        raw = await _read_body(receive)
+        length = _content_length(scope)
+        if length is not None and length > self.max_body:
+            await self._too_large(scope, receive, send)
+            return
+        route = ROUTES.get(scope.get("path", "")) if scope["method"] == "POST" else None
+        if length is not None and (route is None or length > MAX_BODY):
+            await self.app(scope, receive, send)  # sized within the limit: not ours to read
+            return
+        try:  # a hot route's small body, or any chunked upload (held to the limit here)
+            raw = await _read_body(receive, self.max_body)
+        except _BodyTooLarge:
+            await self._too_large(scope, receive, send)
+            return
         if raw is None:
             return  # the client left before it finished sending: nobody to answer
-        response = await self._answer(scope, raw, route)
+        response = await self._answer(scope, raw, route) if route else None
         if response is None:
             await self.app(scope, _replay(raw, receive), send)
             return
         await response(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        err = RequestTooLarge(f"the request body is over the relay's {self.max_body} bytes")
+        await error_response(Request(scope), err)(scope, receive, send)
 
     async def _answer(self, scope: Scope, raw: bytes, route: Route) -> Response | None:
         endpoint, to_relay, render = route
@@ -111,21 +131,33 @@ def _json_type(content_type: str | None) -> bool:
     return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
-def _small(scope: Scope) -> bool:
+def _content_length(scope: Scope) -> int | None:
+    """The declared body size; None for a chunked upload (or a malformed header, which
+    is then read and held to the limit like one)."""
     for name, value in scope["headers"]:
         if name == b"content-length":
-            return value.isdigit() and int(value) <= MAX_BODY
-    return False  # chunked upload: leave it to FastAPI
+            return int(value) if value.isdigit() else None
+    return None
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole body, or None when the client disconnected before sending all of it."""
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None when the client disconnected before sending all of it;
+    past ``limit`` bytes, reading stops with ``_BodyTooLarge``."""
     parts: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             return None
-        parts.append(message.get("body", b""))
+        part = message.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise _BodyTooLarge
+        parts.append(part)
         if not message.get("more_body", False):
             return b"".join(parts)
 

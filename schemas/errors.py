@@ -2,6 +2,7 @@
 
     RelayError                       500 internal_error
     ├── BadRequest                   400 invalid_request_error
+    │   └── RequestTooLarge          413 (a body over RELAY_MAX_BODY_BYTES)
     ├── AuthenticationFailed         401 authentication_error
     ├── PermissionDenied             403 permission_error
     ├── ModelNotFound                404 not_found_error
@@ -62,6 +63,11 @@ class BadRequest(RelayError):
     code = "invalid_request"
     status = 400
     type = "invalid_request_error"
+
+
+class RequestTooLarge(BadRequest):
+    code = "request_too_large"
+    status = 413
 
 
 class AuthenticationFailed(RelayError):

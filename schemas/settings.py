@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # With no worker in the requests consumer group for this long, the gateway answers 503
     # at once instead of queueing requests nobody takes (cache hits are still served).
     worker_grace_s: float = 15.0
+    # Request bodies above this are refused with 413 before they are read (32 MiB, as
+    # Anthropic's Messages API; an image-heavy chat rarely comes near it).
+    max_body_bytes: int = 32 * 1024 * 1024
     # JVM options of the embedded broker, replacing its defaults (serial GC, C1 JIT), e.g.
     # to trade start-up time for steady-state CPU on a long-lived broker.
     kafka_jvm_opts: str | None = None

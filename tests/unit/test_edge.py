@@ -1,0 +1,80 @@
+"""The edge's body limit: 413 in the caller's error format, before reading too much."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+from starlette.types import Receive, Scope, Send
+
+from gateway.edge import Edge
+
+LIMIT = 1000
+
+
+class Behind:
+    """The app behind the edge: records what reached it, answers 200 with its size."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.bodies.append(body)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(len(body)).encode()})
+
+
+def client(behind: Behind) -> httpx.AsyncClient:
+    edge = Edge(behind, max_body=LIMIT)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=edge), base_url="http://relay")
+
+
+async def chunks(total: int, size: int = 300) -> AsyncIterator[bytes]:
+    sent = 0
+    while sent < total:
+        part = b"x" * min(size, total - sent)
+        sent += len(part)
+        yield part
+
+
+async def test_a_body_declared_too_large_is_refused_in_openai_shape() -> None:
+    behind = Behind()
+    async with client(behind) as http:
+        reply = await http.post("/v1/chat/completions", content=b"x" * (LIMIT + 1))
+    assert reply.status_code == 413
+    assert reply.json()["error"]["code"] == "request_too_large"
+    assert behind.bodies == [], "nothing behind the edge saw it"
+
+
+async def test_a_body_declared_too_large_is_refused_in_anthropic_shape() -> None:
+    async with client(Behind()) as http:
+        reply = await http.post("/v1/messages", content=b"x" * (LIMIT + 1))
+    assert reply.status_code == 413
+    assert reply.json() == {
+        "type": "error",
+        "error": {"type": "request_too_large", "message": reply.json()["error"]["message"]},
+    }
+
+
+async def test_a_chunked_upload_is_held_to_the_limit_and_passed_on_whole_within_it() -> None:
+    behind = Behind()
+    async with client(behind) as http:
+        over = await http.post("/v1/files", content=chunks(LIMIT + 1))
+        within = await http.post("/v1/files", content=chunks(LIMIT))
+    assert over.status_code == 413
+    assert (within.status_code, within.text) == (200, str(LIMIT))
+    assert behind.bodies == [b"x" * LIMIT]
+
+
+async def test_sized_bodies_within_the_limit_and_other_methods_pass_untouched() -> None:
+    behind = Behind()
+    async with client(behind) as http:
+        assert (await http.post("/v1/files", content=b"y" * LIMIT)).text == str(LIMIT)
+        assert (await http.get("/v1/models")).status_code == 200
+    assert behind.bodies == [b"y" * LIMIT, b""]
