@@ -7,6 +7,7 @@ calls under way.  A waiter that joins mid-stream gets the chunks so far, then li
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,8 @@ class Waiter:
     leader: bool
     joined_at: float
     sent: int = 0  # chunks already delivered to this waiter
+    # Held while sending to this waiter, so its chunks (and then its final) go out in order.
+    sending: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass
@@ -27,6 +30,7 @@ class Flight:
     stream: bool
     waiters: list[Waiter] = field(default_factory=list)
     chunks: list[dict[str, Any]] = field(default_factory=list)
+    answered: int = 0  # waiters (in join order) sent their final reply or error
     finished: bool = False
     cached: bool = False  # answered from L2 rather than by a vendor
     degraded: str | None = None  # routed cheaper for every waiter (rate pressure)

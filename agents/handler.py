@@ -8,6 +8,7 @@ error) and exactly one ledger event.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -26,6 +27,8 @@ from schemas.usage import Usage
 from tables.budgets import BudgetDecision
 from tables.cache import CacheEntry
 from tables.prices import PriceSheet
+
+log = logging.getLogger("relay.worker")
 
 
 class Sink(Protocol):
@@ -93,11 +96,13 @@ class RequestHandler:
             # arriving later, finds the answer in L2 — never pays again, and no waiter
             # waits for Redis.
             storing = self._store(flight, outcome)
-        answered = await self._land(flight, outcome)
-        if storing is not None:
-            await storing
-        self.flights.land(flight)
-        await self._land(flight, outcome, start=answered)  # those who joined meanwhile
+        try:
+            await self._land(flight, outcome)
+            if storing is not None:
+                await _settled(storing)
+        finally:  # whatever failed, the flight closes and nobody who joined it hangs
+            self.flights.land(flight)
+            await self._land(flight, outcome)  # those who joined meanwhile
 
     def _spent(self, env: RequestEnvelope, cache_only: bool = False) -> BudgetExceeded:
         return BudgetExceeded(
@@ -187,7 +192,8 @@ class RequestHandler:
         async def fan_out(chunk: dict[str, Any]) -> None:
             flight.chunks.append(chunk)
             for w in list(flight.waiters):
-                await self._deliver(flight, w)
+                async with w.sending:
+                    await self._deliver(flight, w)
 
         on_chunk = fan_out if env.stream else None
         patience = self.router.spec(env.alias).degrade_after_wait_ms
@@ -206,9 +212,12 @@ class RequestHandler:
 
     async def _catch_up(self, flight: Flight, waiter: Waiter) -> None:
         """A late joiner of a stream gets what was sent so far; the rest comes live."""
-        await self._deliver(flight, waiter)
+        async with waiter.sending:
+            await self._deliver(flight, waiter)
 
     async def _deliver(self, flight: Flight, w: Waiter) -> None:
+        """Send ``w`` the chunks it lacks; the caller holds ``w.sending``, so two senders
+        (a catch-up and the live stream) never interleave one waiter's chunks."""
         if not w.envelope.stream:
             return
         while w.sent < len(flight.chunks):
@@ -227,37 +236,38 @@ class RequestHandler:
                 ),
             )
 
-    async def _land(self, flight: Flight, out: Outcome, start: int = 0) -> int:
-        """Answer the flight's waiters from ``start`` on, including any that join while
-        this runs; returns how many waiters the flight has answered."""
+    async def _land(self, flight: Flight, out: Outcome) -> None:
+        """Answer the flight's waiters not answered yet, including any that join while
+        this runs."""
         cand = out.candidate
-        answered = start
-        while answered < len(flight.waiters):
-            w = flight.waiters[answered]
-            answered += 1
+        while flight.answered < len(flight.waiters):
+            w = flight.waiters[flight.answered]
+            flight.answered += 1
             env = w.envelope
             if out.error is not None:
-                await self._fail(env, out.error, coalesced=not w.leader)
+                async with w.sending:
+                    await self._fail(env, out.error, coalesced=not w.leader)
                 continue
             if env.stream and not flight.chunks and out.body is not None:
                 # A streaming waiter that joined a non-streamed call gets it as chunks.
                 flight.chunks.extend(response_to_chunks(out.body))
-            await self._deliver(flight, w)
-            await self.sink.reply(
-                env.reply_to,
-                ReplyEvent(
-                    correlation_id=env.correlation_id,
-                    kind="final",
-                    seq=w.sent + 1,
-                    body=None if env.stream else out.body,
-                    usage=out.usage,
-                    vendor=cand.vendor if cand else None,
-                    model=cand.model if cand else None,
-                    coalesced=not w.leader and not out.cached,
-                    cache_hit=out.cached,
-                    degraded=flight.degraded_for(env),
-                ),
-            )
+            async with w.sending:  # every chunk out before the final
+                await self._deliver(flight, w)
+                await self.sink.reply(
+                    env.reply_to,
+                    ReplyEvent(
+                        correlation_id=env.correlation_id,
+                        kind="final",
+                        seq=w.sent + 1,
+                        body=None if env.stream else out.body,
+                        usage=out.usage,
+                        vendor=cand.vendor if cand else None,
+                        model=cand.model if cand else None,
+                        coalesced=not w.leader and not out.cached,
+                        cache_hit=out.cached,
+                        degraded=flight.degraded_for(env),
+                    ),
+                )
             await self.sink.usage(
                 usage_event(
                     env,
@@ -270,7 +280,6 @@ class RequestHandler:
                     degraded=flight.degraded_for(env),
                 )
             )
-        return answered
 
     def _store(self, flight: Flight, out: Outcome) -> asyncio.Future[None] | None:
         """Start storing the answer (as it stands now), or None when it is not cached."""
@@ -304,3 +313,12 @@ class RequestHandler:
                 env, self.prices, candidate=None, usage=Usage(), error=err, coalesced=coalesced
             )
         )
+
+
+async def _settled(storing: asyncio.Future[None]) -> None:
+    """Wait for the answer to be stored; a cache that failed costs a later request a
+    vendor call, never this flight its landing."""
+    try:
+        await storing
+    except Exception as exc:
+        log.warning("could not store an answer in the cache: %s", exc)

@@ -74,6 +74,7 @@ class Bus:
         self._admin: AIOKafkaAdminClient | None = None
         self._looking: asyncio.Future[None] | None = None
         self._looked_at = float("-inf")
+        self._stopping = False
 
     async def start(self) -> None:
         await ensure_topics(
@@ -89,6 +90,7 @@ class Bus:
         self._watcher = asyncio.create_task(self._watch_workers())
 
     async def stop(self) -> None:
+        self._stopping = True  # no new looks for workers from here on
         for task in (self._reader, self._watcher, self._looking):
             if task:
                 task.cancel()
@@ -182,7 +184,7 @@ class Bus:
         """Look again unless the last look is under ``max_age_s`` old (and never twice
         at once): a gateway about to refuse for want of workers checks first."""
         if self._looking is None:
-            if time.monotonic() - self._looked_at < max_age_s:
+            if self._stopping or time.monotonic() - self._looked_at < max_age_s:
                 return
             self._looking = asyncio.ensure_future(self._look())
             self._looking.add_done_callback(self._looked)
@@ -199,7 +201,7 @@ class Bus:
                 )
                 try:
                     await admin.start()
-                except Exception:
+                except BaseException:  # cancelled too: never leave a half-started client
                     await admin.close()
                     raise
                 self._admin = admin
@@ -238,5 +240,7 @@ def _workers_in(described: list[Any]) -> bool:
     (while workers rejoin, the group can list none for a moment)."""
     if not described or not described[0].groups:
         return False
-    _error, _group, state, _ptype, _protocol, members, *_ = described[0].groups[0]
+    error, _group, state, _ptype, _protocol, members, *_ = described[0].groups[0]
+    if error:  # e.g. the coordinator is still loading: the answer says nothing
+        raise RuntimeError(f"DescribeGroups error code {error}")
     return bool(members) or state in ("PreparingRebalance", "CompletingRebalance")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 
 from gateway.auth import CallerDep
 from gateway.relay import Relay
@@ -30,7 +30,7 @@ def _anthropic(alias: str) -> dict[str, Any]:
 async def list_models(
     request: Request,
     who: CallerDep,
-    limit: int = Query(20, ge=1, le=1000),
+    limit: int = 20,
     after_id: str | None = None,
     before_id: str | None = None,
 ) -> dict[str, Any]:
@@ -39,6 +39,7 @@ async def list_models(
     aliases = [a for a in relay.config.models if who.policy.may_use(a)]
     if not wants_anthropic(request):
         return {"object": "list", "data": [_openai(a) for a in aliases]}
+    limit = min(max(limit, 1), 1000)  # Anthropic's bounds
     if after_id in aliases:
         aliases = aliases[aliases.index(after_id) + 1 :]
     if before_id in aliases:

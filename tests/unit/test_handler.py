@@ -369,3 +369,77 @@ async def test_replies_do_not_wait_for_the_cache_and_late_joiners_still_share_th
     assert text == "Hi" and events[-1].kind == "final" and events[-1].coalesced
     assert stored.is_set() and len(handler.flights) == 0
     assert sink.written["k-slow"].chunks is None, "stored as the vendor answered it"
+
+
+def finals_seen(sink: Sink) -> asyncio.Event:
+    """Set once the sink has sent its first final reply."""
+    seen = asyncio.Event()
+    send = sink.reply
+
+    async def watching(topic: str, event: ReplyEvent) -> None:
+        await send(topic, event)
+        if event.kind == "final":
+            seen.set()
+
+    sink.reply = watching  # type: ignore[method-assign]
+    return seen
+
+
+async def test_a_cache_that_fails_never_leaves_the_flight_open():
+    calls: list[str] = []
+    handler, sink = make(vendor(calls, delay=0))
+    release = asyncio.Event()
+
+    async def broken_cache(key: str, entry: CacheEntry, ttl_s: int) -> None:
+        await release.wait()
+        raise RuntimeError("cache fell over")
+
+    sink.cache = broken_cache  # type: ignore[method-assign]
+    answered = finals_seen(sink)
+    first, late = envelope(key="k-broken"), envelope(key="k-broken")
+    leader = asyncio.create_task(handler.handle(first))
+    await answered.wait()
+    await handler.handle(late)  # joins while the store is pending
+    release.set()
+    await leader
+    assert sink.for_(late.correlation_id)[-1].kind == "final", "the joiner is answered"
+    assert len(handler.flights) == 0, "the flight closed although the store failed"
+    third = envelope(key="k-broken")
+    await handler.handle(third)
+    assert sink.for_(third.correlation_id)[-1].kind == "final" and calls == ["a", "a"]
+
+
+async def test_a_late_stream_joiner_gets_its_chunks_in_order_however_slow_the_sends():
+    calls: list[str] = []
+    handler, sink = make(vendor(calls, delay=0))
+    sends = 0
+    record = sink.reply
+
+    async def sometimes_slow(topic: str, event: ReplyEvent) -> None:
+        nonlocal sends
+        sends += 1
+        if sends % 3 == 0:
+            await asyncio.sleep(0.001)  # a producer waiting for room in its batch
+        await record(topic, event)
+
+    sink.reply = sometimes_slow  # type: ignore[method-assign]
+    answered = finals_seen(sink)
+    release = asyncio.Event()
+
+    async def slow_cache(key: str, entry: CacheEntry, ttl_s: int) -> None:
+        await release.wait()
+
+    sink.cache = slow_cache  # type: ignore[method-assign]
+    first = envelope(key="k-order", stream=True)
+    leader = asyncio.create_task(handler.handle(first))
+    await answered.wait()
+    late = envelope(key="k-order", stream=True)
+    joiner = asyncio.create_task(handler.handle(late))
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(leader, joiner)
+    events = sink.for_(late.correlation_id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].kind == "final" and all(e.kind == "chunk" for e in events[:-1])
+    text = "".join(e.body["choices"][0]["delta"].get("content") or "" for e in events[:-1])
+    assert text == "Hello there friend"

@@ -1,0 +1,31 @@
+"""Reading a DescribeGroups answer: are workers in the requests consumer group?"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gateway.bus import _workers_in
+
+
+def described(error: int, state: str, members: list[Any]) -> list[Any]:
+    return [SimpleNamespace(groups=[(error, "relay", state, "consumer", "faust", members, [])])]
+
+
+def test_members_mean_workers_and_an_unknown_group_means_none() -> None:
+    assert _workers_in(described(0, "Stable", [("member-1",)]))
+    assert not _workers_in(described(0, "Dead", []))
+    assert not _workers_in(described(0, "Empty", []))
+    assert not _workers_in([])
+
+
+def test_a_rebalance_counts_as_workers_rejoining() -> None:
+    assert _workers_in(described(0, "PreparingRebalance", []))
+    assert _workers_in(described(0, "CompletingRebalance", []))
+
+
+def test_an_error_answer_cannot_tell_so_it_raises() -> None:
+    with pytest.raises(RuntimeError):
+        _workers_in(described(14, "", []))  # COORDINATOR_LOAD_IN_PROGRESS
