@@ -23,6 +23,8 @@ from schemas.errors import RelayError, VendorUnavailable
 log = logging.getLogger("relay.batch")
 
 Deliver = Callable[[RequestEnvelope, Candidate, VendorResult | RelayError], Awaitable[None]]
+BatchResults = dict[str, VendorResult | Exception]
+POLL_FAILURES = 5  # failed polls in a row before the batch's callers are told it failed
 
 
 @dataclass
@@ -84,20 +86,38 @@ class BatchLane:
         try:
             batch_id = await adapter.submit_batch(calls, key)
             self.batches_sent += 1
-            results = None
-            while results is None:
-                await asyncio.sleep(self.rule.poll_s)
-                results = await adapter.poll_batch(batch_id, key)
-        except RelayError as err:
-            log.warning("batch to %s/%s failed: %s", cand.vendor, cand.model, err.message)
-            for env in items:
-                await self.deliver(env, cand, err)
-            return
+            results = await self._poll(adapter, batch_id, key)
+        except Exception as exc:  # a vendor error, or an answer we could not read
+            err = (
+                exc
+                if isinstance(exc, RelayError)
+                else VendorUnavailable(f"the batch could not be read back ({type(exc).__name__})")
+            )
+            log.warning("batch to %s/%s failed: %s", cand.vendor, cand.model, err)
+            results = dict.fromkeys(by_id, err)
         for cid, env in by_id.items():
             got = results.get(cid)
-            if isinstance(got, VendorResult):
+            if not isinstance(got, VendorResult | RelayError):
+                got = VendorUnavailable("the batch returned no result")
+            try:  # one caller's delivery failing must not leave the others unanswered
                 await self.deliver(env, cand, got)
-            elif isinstance(got, RelayError):
-                await self.deliver(env, cand, got)
-            else:
-                await self.deliver(env, cand, VendorUnavailable("the batch returned no result"))
+            except Exception:
+                log.exception("could not deliver the batch result for %s", cid)
+
+    async def _poll(self, adapter: BatchVendor, batch_id: str, key: str) -> BatchResults:
+        """Poll until the batch ends; a failed poll (the vendor busy for a moment) is
+        tried again, up to ``POLL_FAILURES`` in a row, since the batch runs on anyway."""
+        failures = 0
+        while True:
+            await asyncio.sleep(self.rule.poll_s)
+            try:
+                results = await adapter.poll_batch(batch_id, key)
+            except RelayError as err:
+                failures += 1
+                if not err.retryable or failures >= POLL_FAILURES:
+                    raise
+                log.warning("polling batch %s failed (%d in a row): %s", batch_id, failures, err)
+                continue
+            failures = 0
+            if results is not None:
+                return results

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agents.adapters.base import VendorCall, VendorResult
-from schemas.errors import RelayError, VendorError
+from schemas.errors import RelayError, VendorBadRequest, VendorError
 from schemas.usage import Usage
 
 EmbedFn = Callable[[VendorCall], Awaitable[VendorResult]]
@@ -66,6 +66,8 @@ class EmbeddingBatcher:
         """The caller's own answers; ``shared`` says whether others rode the same call."""
         raw = call.body.get(shape.inputs)
         inputs = raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
+        # Text and token-array inputs never share a call: vendors refuse a mixed list.
+        key = (*key, "text" if all(isinstance(i, str) for i in inputs) else "tokens")
         window = self._windows.setdefault(key, _Window())
         pending = _Pending(call, inputs)
         window.pending.append(pending)
@@ -98,6 +100,11 @@ class EmbeddingBatcher:
         try:
             result = await send(call)
         except RelayError as err:
+            if isinstance(err, VendorBadRequest) and len(batch) > 1:
+                # One caller's input may be what the vendor refused: each goes on its own,
+                # so only that caller gets the 400 (and nobody sees another's input).
+                await asyncio.gather(*(self._send([p], send, shape) for p in batch))
+                return
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(type(err)(err.message, retry_after=err.retry_after))
@@ -107,7 +114,13 @@ class EmbeddingBatcher:
                 if not p.future.done():
                     p.future.set_exception(VendorError(f"batched call failed: {exc}"))
             return
-        parts = split(result, [len(p.inputs) for p in batch], shape)
+        try:
+            parts = split(result, [len(p.inputs) for p in batch], shape)
+        except Exception as exc:  # an answer we cannot cut up must still answer everyone
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(VendorError(f"unreadable batched answer: {exc}"))
+            return
         for p, part in zip(batch, parts, strict=True):
             if not p.future.done():
                 p.future.set_result(replace(part, shared=len(batch) > 1))

@@ -7,11 +7,11 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from gateway.auth import CallerDep
 from gateway.relay import Answer, Options, Relay
-from gateway.sse import anthropic_sse
+from gateway.sse import EventStream, anthropic_sse
 from schemas.errors import BadRequest
 from schemas.formats.anthropic import messages_request_to_openai, openai_response_to_messages
 
@@ -43,9 +43,9 @@ def render(answer: Answer, body: dict[str, Any]) -> Response:
         reply = openai_response_to_messages(answer.body or {}, answer.usage, model)
         return JSONResponse(reply, headers=answer.headers)
     message_id = f"msg_{uuid.uuid4().hex[:24]}"
-    return StreamingResponse(
+    return EventStream(
         anthropic_sse(answer.chunks, model, message_id),
-        media_type="text/event-stream",
+        answer.close,
         headers={**answer.headers, "cache-control": "no-cache"},
     )
 

@@ -15,11 +15,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from gateway import metrics
 from gateway.audit import AUDIT_WINDOW_S, AuditTrail
 from schemas.envelope import AuditEvent, AuditKind, ReplyEvent, RequestEnvelope, UsageEvent
-from schemas.errors import NoHealthyVendor
+from schemas.errors import NoHealthyVendor, RequestTooLarge
 from streams.codec import encode
 from streams.topics import Topics, ensure_topics
 
@@ -28,6 +29,7 @@ log = logging.getLogger("relay.gateway")
 # agent folds the ledger every 250 ms anyway; at 60 requests/s one line per request cost
 # the broker and the worker (which reads the ledger back) ~2 ms of CPU per request more.
 LEDGER_LINGER_MS = 250
+UNQUEUED = "the relay could not queue the request; try again shortly"
 
 
 class Bus:
@@ -64,6 +66,7 @@ class Bus:
             fetch_min_bytes=1,
         )
         self.waiting: dict[str, asyncio.Queue[ReplyEvent]] = {}
+        self._background: set[asyncio.Future[None]] = set()
         self._reader: asyncio.Task[None] | None = None
         self.audit_trail = AuditTrail(self._send_audit, window_s=audit_window_s)
         # When a worker was last seen in the requests consumer group (monotonic); a check
@@ -139,27 +142,41 @@ class Bus:
         self.waiting[correlation_id] = queue
         return queue
 
-    def forget(self, correlation_id: str) -> None:
-        self.waiting.pop(correlation_id, None)
+    def forget(self, correlation_id: str) -> bool:
+        """Stop routing replies to this request; False when it was already forgotten."""
+        return self.waiting.pop(correlation_id, None) is not None
 
     async def publish(self, env: RequestEnvelope) -> None:
         """Hand the envelope to the producer without waiting for the broker's ack: the
-        worker's reply is the acknowledgement that matters.  Should the broker refuse it,
-        the waiting request gets that error at once instead of waiting out its deadline."""
-        delivery = await self.producer.send(
-            self.topics.requests.name, encode(env), key=env.prompt_hash.encode()
-        )
-        delivery.add_done_callback(lambda fut: self._undelivered(env.correlation_id, fut))
+        worker's reply is the acknowledgement that matters.  A request the producer
+        refuses at once raises here; should the broker refuse it later, the waiting
+        request gets that error at once instead of waiting out its deadline, and the
+        ledger its line."""
+        try:
+            delivery = await self.producer.send(
+                self.topics.requests.name, encode(env), key=env.prompt_hash.encode()
+            )
+        except MessageSizeTooLargeError:
+            raise RequestTooLarge(
+                "the request is larger than the relay's broker takes in one message"
+            ) from None
+        except KafkaError as exc:
+            log.warning("request %s not published: %s", env.correlation_id, exc)
+            raise NoHealthyVendor(UNQUEUED) from None
+        delivery.add_done_callback(lambda fut: self._undelivered(env, fut))
 
-    def _undelivered(self, correlation_id: str, delivery: asyncio.Future[object]) -> None:
+    def _undelivered(self, env: RequestEnvelope, delivery: asyncio.Future[object]) -> None:
         if delivery.cancelled() or delivery.exception() is None:
             return
-        queue = self.waiting.get(correlation_id)
+        log.warning("request %s not published: %s", env.correlation_id, delivery.exception())
+        err = NoHealthyVendor(UNQUEUED)
+        task = asyncio.ensure_future(self.meter(UsageEvent.failure(env, err.code)))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        queue = self.waiting.get(env.correlation_id)
         if queue is not None:
-            log.warning("request %s not published: %s", correlation_id, delivery.exception())
-            err = NoHealthyVendor("the relay could not queue the request; try again shortly")
             queue.put_nowait(
-                ReplyEvent(correlation_id=correlation_id, kind="error", error=err.to_dict())
+                ReplyEvent(correlation_id=env.correlation_id, kind="error", error=err.to_dict())
             )
 
     async def meter(self, event: UsageEvent) -> None:

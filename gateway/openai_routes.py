@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.auth import CallerDep
 from gateway.relay import Answer, Options, Relay
-from gateway.sse import openai_sse
+from gateway.sse import EventStream, openai_sse
 from schemas.errors import BadRequest
 
 router = APIRouter(prefix="/v1")
@@ -58,9 +58,9 @@ def render(answer: Answer, raw: dict[str, Any]) -> Response:
     if answer.chunks is None:
         return JSONResponse(answer.body, headers=answer.headers)
     include_usage = bool((raw.get("stream_options") or {}).get("include_usage"))
-    return StreamingResponse(
+    return EventStream(
         openai_sse(answer.chunks, include_usage),
-        media_type="text/event-stream",
+        answer.close,
         headers={**answer.headers, "cache-control": "no-cache"},
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -71,6 +71,10 @@ class Options:
         return opts
 
 
+def _nothing() -> None:
+    pass
+
+
 @dataclass
 class Answer:
     """A finished answer (``body``) or a live one (``chunks``), with relay headers."""
@@ -79,6 +83,9 @@ class Answer:
     body: dict[str, Any] | None = None
     usage: Usage = field(default_factory=Usage)
     chunks: AsyncIterator[dict[str, Any] | Usage] | None = None
+    # Releases what a live stream holds; the response calls it however the stream ends,
+    # even when the client left before the first chunk and ``chunks`` never started.
+    close: Callable[[], None] = _nothing
 
 
 class Relay:
@@ -165,7 +172,11 @@ class Relay:
         queue = self.bus.expect(env.correlation_id)
         metrics.IN_FLIGHT.inc()
         try:
-            await self.bus.publish(env)
+            try:
+                await self.bus.publish(env)
+            except RelayError as err:  # never queued: no worker will meter it
+                await self._meter_failure(env, err.code)
+                raise
             first = await self._next(env, queue)
         except BaseException:
             self._done(env)
@@ -180,7 +191,9 @@ class Relay:
             await self._keep(env, first.body, None, first)
             headers.update(_vendor_headers(first))
             return Answer(headers, body=first.body, usage=first.usage or Usage())
-        return Answer(headers, chunks=self._stream(env, queue, first))
+        return Answer(
+            headers, chunks=self._stream(env, queue, first), close=lambda: self._done(env)
+        )
 
     async def _stream(
         self, env: RequestEnvelope, queue: asyncio.Queue[ReplyEvent], first: ReplyEvent
@@ -202,7 +215,10 @@ class Relay:
     async def _next(self, env: RequestEnvelope, queue: asyncio.Queue[ReplyEvent]) -> ReplyEvent:
         remaining = env.deadline_ms / 1000 - time.time() + GRACE_S
         try:
-            event = await asyncio.wait_for(queue.get(), timeout=max(0.0, remaining))
+            # What already came is delivered even past the deadline (a slow reader).
+            event = queue.get_nowait() if not queue.empty() else None
+            if event is None:
+                event = await asyncio.wait_for(queue.get(), timeout=max(0.0, remaining))
         except TimeoutError:
             await self._meter_failure(env, DeadlineExceeded.code)
             raise DeadlineExceeded("no answer within the request's deadline") from None
@@ -211,8 +227,9 @@ class Relay:
         return event
 
     def _done(self, env: RequestEnvelope) -> None:
-        self.bus.forget(env.correlation_id)
-        metrics.IN_FLIGHT.dec()
+        """Release the request's reply queue (once, however often it is called)."""
+        if self.bus.forget(env.correlation_id):
+            metrics.IN_FLIGHT.dec()
 
     def _count(self, final: ReplyEvent) -> None:
         metrics.CACHE.labels(_cache_header(final)).inc()
@@ -283,23 +300,9 @@ class Relay:
         return Answer(headers, chunks=_replay(chunks, entry.usage))
 
     async def _meter_failure(self, env: RequestEnvelope, code: str) -> None:
-        """No worker answered (deadline) or none would (no worker): the gateway writes
-        the request's ledger line."""
-        await self.bus.meter(
-            UsageEvent(
-                event_id=uuid.uuid4().hex,
-                tenant=env.tenant,
-                key_id=env.key_id,
-                alias=env.alias,
-                endpoint=env.endpoint,
-                status="error",
-                error_code=code,
-                latency_ms=time.time() * 1000 - env.created_ms,
-                cost_tag=env.cost_tag,
-                trace_id=env.trace_id,
-                priority=env.priority,
-            )
-        )
+        """No worker answered (deadline), none would (no worker), or the request never
+        reached one: the gateway writes the request's ledger line."""
+        await self.bus.meter(UsageEvent.failure(env, code))
 
 
 def _fresh(body: dict[str, Any] | None, alias: str) -> dict[str, Any]:

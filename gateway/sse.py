@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from schemas.errors import RelayError
 from schemas.formats.anthropic import ChunksToMessageEvents
 from schemas.usage import Usage
+
+
+class EventStream(StreamingResponse):
+    """An SSE response that calls ``on_close`` however it ends: finished, failed, or
+    cancelled because the client left (possibly before the first event was made)."""
+
+    def __init__(
+        self, content: AsyncIterator[bytes], on_close: Callable[[], None], **kwargs: Any
+    ) -> None:
+        super().__init__(content, media_type="text/event-stream", **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
 
 
 def _data(obj: object) -> bytes:

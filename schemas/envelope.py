@@ -7,6 +7,7 @@ them; ``schemas/jsonschema/`` holds the JSON Schema of each, generated from thes
 from __future__ import annotations
 
 import time
+import uuid
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -103,6 +104,23 @@ class UsageEvent(BaseModel):
     batched: bool = False
     batch_api: bool = False
     degraded: str | None = None
+
+    @classmethod
+    def failure(cls, env: RequestEnvelope, code: str) -> UsageEvent:
+        """The line for a request no worker answered (nor will): the gateway's to write."""
+        return cls(
+            event_id=uuid.uuid4().hex,
+            tenant=env.tenant,
+            key_id=env.key_id,
+            alias=env.alias,
+            endpoint=env.endpoint,
+            status="error",
+            error_code=code,
+            latency_ms=max(0.0, now_ms() - env.created_ms),
+            cost_tag=env.cost_tag,
+            trace_id=env.trace_id,
+            priority=env.priority,
+        )
 
 
 class DeadLetter(BaseModel):

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import orjson
 
+from tests.integration.conftest import read_ledger
 from tests.support.stack import DEMO_KEY, Stack
 
 AUTH = {"authorization": f"Bearer {DEMO_KEY}"}
@@ -103,3 +104,15 @@ async def test_stream_options_must_be_an_object(relay: Stack) -> None:
     bad = await post(relay, "/v1/chat/completions", body)
     assert bad.status_code == 400
     assert bad.json()["error"]["param"] == "stream_options"
+
+
+async def test_a_request_too_big_for_one_kafka_message_gets_413_and_a_ledger_line(
+    relay: Stack,
+) -> None:
+    trace = f"too-big-{uuid.uuid4().hex[:8]}"
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 1_200_000}]}
+    reply = await post(relay, "/v1/chat/completions", body, {"x-relay-trace-id": trace})
+    assert reply.status_code == 413, reply.text
+    assert reply.json()["error"]["code"] == "request_too_large"
+    [line] = await read_ledger(relay, {trace})
+    assert (line.status, line.error_code) == ("error", "request_too_large")

@@ -6,7 +6,7 @@ import asyncio
 
 from agents.adapters.base import VendorCall, VendorResult
 from agents.batcher import EmbeddingBatcher
-from schemas.errors import VendorUnavailable
+from schemas.errors import VendorBadRequest, VendorError, VendorUnavailable
 from schemas.usage import Usage
 
 
@@ -87,3 +87,48 @@ async def test_a_lone_call_is_not_marked_shared():
     vendor, batcher = Vendor(), EmbeddingBatcher()
     result = await batcher.embed(("k",), call("solo"), vendor.embed, window_ms=5, max_size=8)
     assert not result.shared and result.body["data"][0]["embedding"] == [4.0]
+
+
+async def test_a_refused_input_fails_only_its_own_caller():
+    class Picky(Vendor):
+        async def embed(self, call: VendorCall) -> VendorResult:
+            if "" in call.body["input"]:
+                self.calls.append(list(call.body["input"]))
+                raise VendorBadRequest("HTTP 400: input must not be empty")
+            return await super().embed(call)
+
+    vendor, batcher = Picky(), EmbeddingBatcher()
+    good, bad = await asyncio.gather(
+        batcher.embed(("k",), call("fine"), vendor.embed, window_ms=10, max_size=8),
+        batcher.embed(("k",), call(""), vendor.embed, window_ms=10, max_size=8),
+        return_exceptions=True,
+    )
+    assert isinstance(good, VendorResult) and good.body["data"][0]["embedding"] == [4.0]
+    assert isinstance(bad, VendorBadRequest)
+    assert vendor.calls == [["fine", ""], ["fine"], [""]], "together, then each alone"
+
+
+async def test_text_and_token_inputs_never_share_a_call():
+    vendor, batcher = Vendor(), EmbeddingBatcher()
+    tokens = VendorCall(model="e", body={"model": "e", "input": [[1, 2, 3]]}, api_key="k")
+    await asyncio.gather(
+        batcher.embed(("k",), call("text"), vendor.embed, window_ms=10, max_size=8),
+        batcher.embed(("k",), tokens, vendor.embed, window_ms=10, max_size=8),
+    )
+    assert sorted(map(str, vendor.calls)) == ["['text']", "[[1, 2, 3]]"]
+
+
+async def test_an_answer_that_cannot_be_split_still_answers_everyone():
+    class Broken(Vendor):
+        async def embed(self, call: VendorCall) -> VendorResult:
+            return VendorResult({"data": None}, Usage())
+
+    batcher = EmbeddingBatcher()
+    results = await asyncio.gather(
+        *(
+            batcher.embed(("k",), call(str(i)), Broken().embed, window_ms=10, max_size=8)
+            for i in range(2)
+        ),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, VendorError) for r in results)
