@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
-
 from schemas.config import Candidate
-from schemas.envelope import RequestEnvelope, UsageEvent, now_ms
+from schemas.envelope import RequestEnvelope, UsageEvent
 from schemas.errors import RelayError
 from schemas.usage import Usage
 from tables.prices import PriceSheet, cost_of
@@ -31,24 +29,16 @@ def usage_event(
     call_cost = cost_of(candidate, usage, discount=discount) if candidate else 0.0
     free = coalesced or cache_hit
     direct = prices.direct_cost(env.alias, usage) if error is None else 0.0
-    return UsageEvent(
-        event_id=uuid.uuid4().hex,
-        tenant=env.tenant,
-        key_id=env.key_id,
-        alias=env.alias,
-        endpoint=env.endpoint,
+    return UsageEvent.for_request(
+        env,
         vendor=candidate.vendor if candidate else None,
         vendor_model=candidate.model if candidate else None,
         usage=usage,
         cost=0.0 if free else call_cost,
         saved_cost=max(0.0, direct - (0.0 if free else call_cost)),
         direct_cost=direct,
-        latency_ms=max(0.0, now_ms() - env.created_ms),
         status="error" if error else "ok",
         error_code=error.code if error else None,
-        cost_tag=env.cost_tag,
-        trace_id=env.trace_id,
-        priority=env.priority,
         cache_hit=cache_hit,
         coalesced=coalesced,
         batched=batched,

@@ -106,21 +106,26 @@ class UsageEvent(BaseModel):
     degraded: str | None = None
 
     @classmethod
-    def failure(cls, env: RequestEnvelope, code: str) -> UsageEvent:
-        """The line for a request no worker answered (nor will): the gateway's to write."""
+    def for_request(cls, env: RequestEnvelope, **fields: Any) -> UsageEvent:
+        """A ledger line about ``env``: who asked what, when, and with which tags; the
+        outcome (vendor, usage, cost, flags) comes in ``fields``."""
         return cls(
             event_id=uuid.uuid4().hex,
             tenant=env.tenant,
             key_id=env.key_id,
             alias=env.alias,
             endpoint=env.endpoint,
-            status="error",
-            error_code=code,
             latency_ms=max(0.0, now_ms() - env.created_ms),
             cost_tag=env.cost_tag,
             trace_id=env.trace_id,
             priority=env.priority,
+            **fields,
         )
+
+    @classmethod
+    def failure(cls, env: RequestEnvelope, code: str) -> UsageEvent:
+        """The line for a request no worker answered (nor will): the gateway's to write."""
+        return cls.for_request(env, status="error", error_code=code)
 
 
 class DeadLetter(BaseModel):

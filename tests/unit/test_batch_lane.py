@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 from agents.adapters.base import VendorCall, VendorResult
@@ -14,6 +13,7 @@ from schemas.config import Candidate
 from schemas.envelope import Priority, RequestEnvelope
 from schemas.errors import RelayError, VendorUnavailable
 from schemas.usage import Usage
+from tests.support.envelopes import request_envelope
 
 CAND = Candidate(vendor="v", model="m", input_per_1m=1, output_per_1m=1)
 
@@ -42,17 +42,8 @@ class ScriptedBatches:
 
 
 def envelope() -> RequestEnvelope:
-    return RequestEnvelope(
-        correlation_id=uuid.uuid4().hex,
-        reply_to="replies.gw",
-        tenant="t",
-        key_id="k",
-        alias="a",
-        body={"model": "a", "messages": [{"role": "user", "content": "hi"}]},
-        prompt_hash=uuid.uuid4().hex,
-        priority=Priority.background,
-        deadline_ms=int((time.time() + 60) * 1000),
-        trace_id="tr",
+    return request_envelope(
+        alias="a", priority=Priority.background, deadline_ms=int((time.time() + 60) * 1000)
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from typing import Any
 
 import httpx
@@ -22,6 +21,7 @@ from tables.buckets import PriorityGate, TokenBucket
 from tables.budgets import BudgetDecision
 from tables.cache import CacheEntry
 from tables.prices import PriceSheet
+from tests.support.envelopes import request_envelope
 
 CONFIG = RelayConfig.model_validate(
     {
@@ -151,20 +151,8 @@ def make(client: httpx.AsyncClient) -> tuple[RequestHandler, Sink]:
 def envelope(
     stream: bool = False, key: str = "k1", ttl: int | None = 60, **kw: Any
 ) -> RequestEnvelope:
-    return RequestEnvelope(
-        correlation_id=uuid.uuid4().hex,
-        reply_to="replies.gw",
-        tenant="t",
-        key_id="key",
-        alias="m",
-        body={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream},
-        stream=stream,
-        prompt_hash=key,
-        deadline_ms=int((time.time() + 5) * 1000),
-        trace_id=uuid.uuid4().hex,
-        cache_ttl_s=ttl,
-        **kw,
-    )
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    return request_envelope(body=body, stream=stream, prompt_hash=key, cache_ttl_s=ttl, **kw)
 
 
 async def test_identical_requests_share_one_vendor_call():
