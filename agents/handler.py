@@ -20,7 +20,14 @@ from agents.flights import Flight, Flights, Waiter
 from agents.meter import usage_event
 from agents.route import Router
 from schemas.config import Candidate
-from schemas.envelope import HealthEvent, Priority, ReplyEvent, RequestEnvelope, UsageEvent
+from schemas.envelope import (
+    REPLY_GRACE_S,
+    HealthEvent,
+    Priority,
+    ReplyEvent,
+    RequestEnvelope,
+    UsageEvent,
+)
 from schemas.errors import BudgetExceeded, DeadlineExceeded, RateLimited, RelayError
 from schemas.formats.openai import assemble_chunks, response_to_chunks
 from schemas.usage import Usage
@@ -64,8 +71,12 @@ class RequestHandler:
         self.lane: BatchLane | None = None  # set by the wiring: it needs adapters and keys
 
     async def handle(self, env: RequestEnvelope) -> None:
-        if env.deadline_ms / 1000 <= time.time():
-            await self._fail(env, DeadlineExceeded("the request expired before a worker took it"))
+        now = time.time()
+        if env.deadline_ms / 1000 <= now:
+            # Past the grace too, a waiting gateway has written the ledger line already.
+            metered = env.gateway_meters_timeout and now > env.deadline_ms / 1000 + REPLY_GRACE_S
+            expired = DeadlineExceeded("the request expired before a worker took it")
+            await self._fail(env, expired, meter=not metered)
             return
         decision = self.budget(env.tenant)
         if decision is not None and decision.action != "allow":
@@ -298,7 +309,9 @@ class RequestHandler:
         )
         return asyncio.ensure_future(self.sink.cache(leader.prompt_hash, entry, leader.cache_ttl_s))
 
-    async def _fail(self, env: RequestEnvelope, err: RelayError, coalesced: bool = False) -> None:
+    async def _fail(
+        self, env: RequestEnvelope, err: RelayError, coalesced: bool = False, meter: bool = True
+    ) -> None:
         await self.sink.reply(
             env.reply_to,
             ReplyEvent(
@@ -308,6 +321,8 @@ class RequestHandler:
                 coalesced=coalesced,
             ),
         )
+        if not meter:
+            return
         await self.sink.usage(
             usage_event(
                 env, self.prices, candidate=None, usage=Usage(), error=err, coalesced=coalesced

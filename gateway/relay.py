@@ -20,6 +20,7 @@ from gateway.auth import Caller
 from gateway.bus import Bus
 from schemas.config import RelayConfig, ttl_seconds
 from schemas.envelope import (
+    REPLY_GRACE_S,
     AuditKind,
     Endpoint,
     Priority,
@@ -35,7 +36,6 @@ from tables.cache import CacheEntry, ResponseCache, cache_key
 from tables.prices import PriceSheet
 
 CacheMode = Literal["use", "bypass", "refresh"]
-GRACE_S = 2.0  # how long past the deadline we wait for the worker's own timeout error
 
 
 @dataclass
@@ -155,6 +155,7 @@ class Relay:
             user=body.get("user") if isinstance(body.get("user"), str) else None,
             cache_ttl_s=None if opts.cache == "bypass" or ttl <= 0 else ttl,
             cache_lookup=opts.cache == "use" and ttl > 0,
+            gateway_meters_timeout=True,
         )
         return await self._through_kafka(env)
 
@@ -213,7 +214,7 @@ class Relay:
             self._done(env)
 
     async def _next(self, env: RequestEnvelope, queue: asyncio.Queue[ReplyEvent]) -> ReplyEvent:
-        remaining = env.deadline_ms / 1000 - time.time() + GRACE_S
+        remaining = env.deadline_ms / 1000 - time.time() + REPLY_GRACE_S
         try:
             # What already came is delivered even past the deadline (a slow reader).
             event = queue.get_nowait() if not queue.empty() else None

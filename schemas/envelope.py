@@ -27,6 +27,11 @@ class Priority(StrEnum):
 Endpoint = Literal["chat", "embeddings", "completions"]
 
 
+# How long past a request's deadline its gateway still waits for the worker's own answer
+# (a timeout error, say) before it gives up and writes the ledger line itself.
+REPLY_GRACE_S = 2.0
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -55,6 +60,12 @@ class RequestEnvelope(BaseModel):
     cache_ttl_s: int | None = Field(None, description="store the answer for this long")
     cache_lookup: bool = Field(False, description="a stored answer may serve this request")
     degraded: str | None = Field(None, description="why the worker routes it cheaper")
+    gateway_meters_timeout: bool = Field(
+        False,
+        description="a gateway waits for this reply and writes the ledger line itself if "
+        "none reaches it by deadline_ms + REPLY_GRACE_S; producers posting straight to the "
+        "topic leave it false",
+    )
     created_ms: int = Field(default_factory=now_ms)
 
 

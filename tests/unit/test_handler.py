@@ -431,3 +431,19 @@ async def test_a_late_stream_joiner_gets_its_chunks_in_order_however_slow_the_se
     assert events[-1].kind == "final" and all(e.kind == "chunk" for e in events[:-1])
     text = "".join(e.body["choices"][0]["delta"].get("content") or "" for e in events[:-1])
     assert text == "Hello there friend"
+
+
+async def test_an_envelope_its_gateway_gave_up_on_is_answered_but_not_metered_twice():
+    calls: list[str] = []
+    handler, sink = make(vendor(calls))
+    waited_for = envelope(gateway_meters_timeout=True)
+    waited_for.deadline_ms = int((time.time() - 5) * 1000)  # past deadline and grace
+    just_late = envelope(gateway_meters_timeout=True)
+    just_late.deadline_ms = int((time.time() - 0.5) * 1000)  # its gateway still waits
+    posted = envelope()  # a producer posting straight to the topic: nobody else meters
+    posted.deadline_ms = int((time.time() - 5) * 1000)
+    for env in (waited_for, just_late, posted):
+        await handler.handle(env)
+        assert sink.for_(env.correlation_id)[0].error["code"] == "deadline_exceeded"
+    assert calls == []
+    assert {e.trace_id for e in sink.ledger} == {just_late.trace_id, posted.trace_id}
