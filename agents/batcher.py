@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from agents.adapters.base import VendorCall, VendorResult
@@ -105,25 +106,26 @@ class EmbeddingBatcher:
                 # so only that caller gets the 400 (and nobody sees another's input).
                 await asyncio.gather(*(self._send([p], send, shape) for p in batch))
                 return
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(type(err)(err.message, retry_after=err.retry_after))
+            _reject(batch, partial(type(err), err.message, retry_after=err.retry_after))
             return
         except Exception as exc:
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(VendorError(f"batched call failed: {exc}"))
+            _reject(batch, partial(VendorError, f"batched call failed: {exc}"))
             return
         try:
             parts = split(result, [len(p.inputs) for p in batch], shape)
         except Exception as exc:  # an answer we cannot cut up must still answer everyone
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(VendorError(f"unreadable batched answer: {exc}"))
+            _reject(batch, partial(VendorError, f"unreadable batched answer: {exc}"))
             return
         for p, part in zip(batch, parts, strict=True):
             if not p.future.done():
                 p.future.set_result(replace(part, shared=len(batch) > 1))
+
+
+def _reject(batch: list[_Pending], error: Callable[[], Exception]) -> None:
+    """Fail every caller still waiting, each with its own exception instance."""
+    for p in batch:
+        if not p.future.done():
+            p.future.set_exception(error())
 
 
 def split(result: VendorResult, sizes: list[int], shape: Shape = EMBEDDINGS) -> list[VendorResult]:

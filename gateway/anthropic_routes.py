@@ -46,7 +46,7 @@ def render(answer: Answer, body: dict[str, Any]) -> Response:
     return EventStream(
         anthropic_sse(answer.chunks, model, message_id),
         answer.close,
-        headers={**answer.headers, "cache-control": "no-cache"},
+        answer.headers,
     )
 
 

@@ -61,7 +61,7 @@ def render(answer: Answer, raw: dict[str, Any]) -> Response:
     return EventStream(
         openai_sse(answer.chunks, include_usage),
         answer.close,
-        headers={**answer.headers, "cache-control": "no-cache"},
+        answer.headers,
     )
 
 

@@ -15,13 +15,18 @@ from schemas.usage import Usage
 
 
 class EventStream(StreamingResponse):
-    """An SSE response that calls ``on_close`` however it ends: finished, failed, or
-    cancelled because the client left (possibly before the first event was made)."""
+    """An SSE response (never cached by the way) that calls ``on_close`` however it ends:
+    finished, failed, or cancelled because the client left (possibly before the first
+    event was made)."""
 
     def __init__(
-        self, content: AsyncIterator[bytes], on_close: Callable[[], None], **kwargs: Any
+        self,
+        content: AsyncIterator[bytes],
+        on_close: Callable[[], None],
+        headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(content, media_type="text/event-stream", **kwargs)
+        headers = {**(headers or {}), "cache-control": "no-cache"}
+        super().__init__(content, media_type="text/event-stream", headers=headers)
         self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
