@@ -32,7 +32,8 @@ def audited(stack_factory: Any, simulator: Simulator) -> Stack:
 
 
 async def audit_messages(stack: Stack, want: set[str], timeout_s: float = 15) -> list[bytes]:
-    """The raw audit messages, once every kind in ``want`` is among them."""
+    """The raw audit messages, once every kind in ``want`` is among them; a kind may name
+    the role too (``started:worker``), since each process announces itself on its own."""
     consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, group_id=None)
     await consumer.start()
     tp = TopicPartition(Topics(stack.prefix).audit.name, 0)
@@ -44,8 +45,9 @@ async def audit_messages(stack: Stack, want: set[str], timeout_s: float = 15) ->
         while asyncio.get_running_loop().time() < deadline:
             for records in (await consumer.getmany(timeout_ms=300)).values():
                 raw += [r.value or b"" for r in records]
-            kinds = {AuditEvent.model_validate_json(r).kind for r in raw}
-            if want <= kinds:
+            events = [AuditEvent.model_validate_json(r) for r in raw]
+            seen = {e.kind for e in events} | {f"{e.kind}:{e.role}" for e in events if e.role}
+            if want <= seen:
                 return raw
     finally:
         await consumer.stop()
@@ -63,7 +65,9 @@ async def test_refusals_and_starts_are_audited_without_secrets(audited: Stack) -
     assert (wrong.status_code, missing.status_code, denied.status_code) == (401, 401, 404)
     assert allowed.status_code == 200
 
-    raw = await audit_messages(audited, {"auth_failed", "access_denied", "started"})
+    raw = await audit_messages(
+        audited, {"auth_failed", "access_denied", "started:gateway", "started:worker"}
+    )
     assert not any(WRONG_KEY.encode() in m or NARROW_KEY.encode() in m for m in raw)
     events = [AuditEvent.model_validate_json(m) for m in raw]
     failed = [e for e in events if e.kind == "auth_failed"]
