@@ -115,6 +115,10 @@ class RequestHandler:
             self.flights.land(flight)
             await self._land(flight, outcome)  # those who joined meanwhile
 
+    async def refuse(self, env: RequestEnvelope, err: RelayError) -> None:
+        """Answer ``env`` with ``err`` without any vendor call; metered as failed."""
+        await self._fail(env, err)
+
     def _spent(self, env: RequestEnvelope, cache_only: bool = False) -> BudgetExceeded:
         return BudgetExceeded(
             f"tenant `{env.tenant}` has spent its budget for this period"

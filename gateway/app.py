@@ -12,13 +12,21 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import anthropic_routes, errors, metrics, model_routes, openai_routes
+from gateway import (
+    anthropic_routes,
+    batch_routes,
+    errors,
+    metrics,
+    model_routes,
+    openai_routes,
+)
 from gateway.bus import Bus
 from gateway.edge import Edge
 from gateway.relay import Relay
 from schemas.config import RelayConfig
 from schemas.settings import Settings
 from streams.topics import Topics
+from tables.batches import BatchStore
 from tables.cache import L1Cache, ResponseCache
 
 
@@ -40,6 +48,13 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
         )
         cache = ResponseCache(L1Cache(10_000), redis, stale_s=settings.cache_stale_s)
         app.state.relay = Relay(settings, config, bus, cache)
+        # The Batch API's store moves whole files: give it time the cache's client lacks.
+        store_redis = aioredis.Redis.from_url(
+            settings.redis_url, socket_timeout=10, socket_connect_timeout=1
+        )
+        app.state.batches = BatchStore(
+            store_redis, settings.topic_prefix, settings.batch_retention_s
+        )
         metrics.REDIS_UP.set(1 if await _redis_up(cache) else 0)
         await bus.audit("started", config_sha256=config.digest())
         try:
@@ -47,12 +62,14 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
         finally:
             await bus.stop()
             await redis.aclose()
+            await store_redis.aclose()
 
     app = FastAPI(title="Relay Station", lifespan=lifespan, docs_url=None, redoc_url=None)
     errors.install(app)
     app.include_router(openai_routes.router)
     app.include_router(anthropic_routes.router)
     app.include_router(model_routes.router)
+    app.include_router(batch_routes.router)
 
     # Added last wraps first: Measure sees what the edge answers.
     app.add_middleware(Edge, max_body=settings.max_body_bytes)

@@ -165,6 +165,32 @@ class Bus:
             raise NoHealthyVendor(UNQUEUED) from None
         delivery.add_done_callback(lambda fut: self._undelivered(env, fut))
 
+    async def publish_all(self, envs: list[RequestEnvelope]) -> list[KafkaError | None]:
+        """Publish envelopes nobody waits for here (a batch's lines), and wait until the
+        broker took each: the error of each one it did not (metered as failed), or None."""
+        deliveries: list[asyncio.Future[object] | KafkaError] = []
+        for env in envs:
+            try:
+                deliveries.append(
+                    await self.producer.send(
+                        self.topics.requests.name, encode(env), key=env.prompt_hash.encode()
+                    )
+                )
+            except KafkaError as exc:
+                deliveries.append(exc)
+        errors: list[KafkaError | None] = []
+        for env, delivery in zip(envs, deliveries, strict=True):
+            try:
+                if isinstance(delivery, KafkaError):
+                    raise delivery
+                await delivery
+                errors.append(None)
+            except KafkaError as exc:
+                log.warning("request %s not published: %s", env.correlation_id, exc)
+                await self.meter(UsageEvent.failure(env, NoHealthyVendor.code))
+                errors.append(exc)
+        return errors
+
     def _undelivered(self, env: RequestEnvelope, delivery: asyncio.Future[object]) -> None:
         if delivery.cancelled() or delivery.exception() is None:
             return

@@ -61,14 +61,7 @@ def error_response(request: Request, err: RelayError) -> JSONResponse:
             "error": {"type": ANTHROPIC_TYPES.get(err.status, "api_error"), "message": err.message},
         }
     else:
-        body = {
-            "error": {
-                "message": err.message,
-                "type": err.type,
-                "param": err.param,
-                "code": err.code,
-            }
-        }
+        body = err.openai_body()
     return JSONResponse(body, status_code=err.status, headers=headers)
 
 

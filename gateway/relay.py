@@ -125,39 +125,69 @@ class Relay:
     ) -> Answer:
         alias = str(body.get("model", ""))
         await self.check_model(who, alias)
-        spec = self.config.models[alias]
         stream = bool(body.get("stream")) and endpoint == "chat"
-        scope = "global" if who.policy.cache_scope == "global" else f"tenant:{who.tenant}"
-        key = cache_key(scope=scope, alias=alias, endpoint=endpoint, body=body)
-        ttl = opts.ttl_s if opts.ttl_s is not None else spec.ttl_seconds()
+        key, ttl = self.cache_terms(who, endpoint, body, opts)
         if opts.cache == "use":
             hit = await self.cache.get(key)
             metrics.REDIS_UP.set(1 if self.cache.l2_healthy else 0)
             if hit is not None:
                 entry, level = hit
                 return await self._from_cache(who, endpoint, alias, entry, level, stream, opts)
-        env = RequestEnvelope(
-            correlation_id=uuid.uuid4().hex,
-            reply_to=self.bus.reply_topic,
-            tenant=who.tenant,
-            key_id=who.key_id,
-            alias=alias,
-            endpoint=endpoint,
-            body=body,
+        env = self.envelope(
+            who,
+            endpoint,
+            body,
+            opts,
+            key,
+            ttl,
             stream=stream,
-            prompt_hash=key,
-            priority=opts.priority,
             deadline_ms=int(
                 (time.time() + (opts.timeout_s or self.settings.default_timeout_s)) * 1000
             ),
-            trace_id=opts.trace_id,
-            cost_tag=opts.cost_tag,
-            user=body.get("user") if isinstance(body.get("user"), str) else None,
-            cache_ttl_s=None if opts.cache == "bypass" or ttl <= 0 else ttl,
-            cache_lookup=opts.cache == "use" and ttl > 0,
             gateway_meters_timeout=True,
         )
         return await self._through_kafka(env)
+
+    def cache_terms(
+        self, who: Caller, endpoint: Endpoint, body: dict[str, Any], opts: Options
+    ) -> tuple[str, int]:
+        """The request's cache key (also its coalescing and partition key) and TTL."""
+        alias = str(body.get("model", ""))
+        scope = "global" if who.policy.cache_scope == "global" else f"tenant:{who.tenant}"
+        key = cache_key(scope=scope, alias=alias, endpoint=endpoint, body=body)
+        ttl = opts.ttl_s if opts.ttl_s is not None else self.config.models[alias].ttl_seconds()
+        return key, ttl
+
+    def envelope(
+        self,
+        who: Caller,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        opts: Options,
+        key: str,
+        ttl: int,
+        **fields: Any,
+    ) -> RequestEnvelope:
+        """The envelope of a request the caller may send (``check_model`` passed);
+        ``fields`` override the defaults (a reply to this gateway, a fresh correlation id)."""
+        user = body.get("user")
+        values: dict[str, Any] = {
+            "correlation_id": uuid.uuid4().hex,
+            "reply_to": self.bus.reply_topic,
+            "tenant": who.tenant,
+            "key_id": who.key_id,
+            "alias": str(body.get("model", "")),
+            "endpoint": endpoint,
+            "body": body,
+            "prompt_hash": key,
+            "priority": opts.priority,
+            "trace_id": opts.trace_id,
+            "cost_tag": opts.cost_tag,
+            "user": user if isinstance(user, str) else None,
+            "cache_ttl_s": None if opts.cache == "bypass" or ttl <= 0 else ttl,
+            "cache_lookup": opts.cache == "use" and ttl > 0,
+        }
+        return RequestEnvelope(**(values | fields))
 
     async def _through_kafka(self, env: RequestEnvelope) -> Answer:
         if self.bus.workers_missing_s() > self.settings.worker_grace_s:

@@ -6,11 +6,14 @@
     ├── AuthenticationFailed         401 authentication_error
     ├── PermissionDenied             403 permission_error
     ├── ModelNotFound                404 not_found_error
+    ├── NotFound                     404 invalid_request_error (a file or batch)
     ├── BudgetExceeded               402 budget_exceeded
     ├── RateLimited                  429 rate_limit_error     (retry_after)
     ├── DeadlineExceeded             504 timeout_error
     ├── NoHealthyVendor              503 overloaded_error
     ├── NoWorker                     503 api_error            (no worker takes requests)
+    ├── StoreUnavailable             503 api_error            (the Batch API's Redis is down)
+    ├── BatchCancelled               499 cancelled            (a batch line never sent)
     └── VendorError                  502 api_error            (retryable)
         ├── VendorRateLimited        429 from the vendor      (retryable, retry_after)
         ├── VendorAuthFailed         401/403 from the vendor  (key is taken out, next key tried)
@@ -47,6 +50,17 @@ class RelayError(Exception):
             "message": self.message,
             "param": self.param,
             "retry_after": self.retry_after,
+        }
+
+    def openai_body(self) -> dict[str, Any]:
+        """The error in OpenAI's body: ``{"error": {"message", "type", "param", "code"}}``."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
         }
 
     @staticmethod
@@ -88,6 +102,12 @@ class ModelNotFound(RelayError):
     type = "not_found_error"
 
 
+class NotFound(RelayError):
+    code = "not_found"
+    status = 404
+    type = "invalid_request_error"
+
+
 class BudgetExceeded(RelayError):
     code = "budget_exceeded"
     status = 402
@@ -121,6 +141,20 @@ class NoWorker(RelayError):
     status = 503
     type = "api_error"
     retryable = True
+
+
+class StoreUnavailable(RelayError):
+    code = "store_unavailable"
+    status = 503
+    type = "api_error"
+
+
+class BatchCancelled(RelayError):
+    """A batch line its batch's cancel stopped before any vendor saw it."""
+
+    code = "batch_cancelled"
+    status = 499
+    type = "cancelled"
 
 
 class VendorError(RelayError):

@@ -25,6 +25,7 @@ OUT = Path(__file__).with_name("jsonschema")
 TOPIC_MESSAGES: dict[str, type[BaseModel]] = {
     "requests": RequestEnvelope,
     "replies": ReplyEvent,
+    "batch-results": ReplyEvent,
     "usage": UsageEvent,
     "health": HealthBatch,
     "dead-letter": DeadLetter,

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from starlette.datastructures import UploadFile
 
 from simulator import anthropic_routes, openai_routes
 from simulator.faults import BadRequest, Sim, bearer, json_response, read_json
@@ -34,29 +35,6 @@ def _ended(sim: Sim, job: dict[str, Any]) -> bool:
 
 def _jsonl(lines: list[dict[str, Any]]) -> bytes:
     return b"".join(orjson.dumps(line) + b"\n" for line in lines)
-
-
-def _multipart(body: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
-    """Parse multipart/form-data into {field: (filename, data)} (python-multipart is not a dep)."""
-    boundary = next(
-        (p.split("=", 1)[1].strip('"') for p in content_type.split(";") if "boundary=" in p), ""
-    )
-    fields: dict[str, tuple[str | None, bytes]] = {}
-    if not boundary:
-        return fields
-    for part in body.split(b"--" + boundary.encode())[1:]:
-        if part.startswith(b"--"):
-            break
-        head, _, data = part.partition(b"\r\n\r\n")
-        params: dict[str, str] = {}
-        for line in head.decode("utf-8", "replace").split("\r\n"):
-            if line.lower().startswith("content-disposition:"):
-                for item in line.split(";")[1:]:
-                    key, _, value = item.strip().partition("=")
-                    params[key] = value.strip('"')
-        if "name" in params:
-            fields[params["name"]] = (params.get("filename"), data.removesuffix(b"\r\n"))
-    return fields
 
 
 # ---- OpenAI Files and Batches -------------------------------------------------------------
@@ -90,12 +68,13 @@ async def upload_file(request: Request) -> Response:
     """Upload a file (multipart ``file`` + ``purpose``)."""
     if (rejected := _openai_auth(request)) is not None:
         return rejected
-    fields = _multipart(await request.body(), request.headers.get("content-type", ""))
-    if "file" not in fields:
+    form = await request.form()
+    upload, purpose = form.get("file"), form.get("purpose", "batch")
+    if not isinstance(upload, UploadFile):
         return openai_routes.error(400, "Missing required parameter: 'file'.", param="file")
-    purpose = fields.get("purpose", (None, b"batch"))[1].decode()
-    filename = fields["file"][0] or "upload.jsonl"
-    return json_response(_store_file(_sim(request), fields["file"][1], filename, purpose))
+    data = await upload.read()
+    filename = upload.filename or "upload.jsonl"
+    return json_response(_store_file(_sim(request), data, filename, str(purpose)))
 
 
 @router.get("/v1/files/{file_id}")

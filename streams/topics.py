@@ -60,6 +60,12 @@ class Topics:
     def dead_letter(self) -> TopicSpec:
         return TopicSpec(f"{self.prefix}.dead-letter", 1, {"retention.ms": str(30 * DAY_MS)})
 
+    @property
+    def batch_results(self) -> TopicSpec:
+        """Answers to the lines of the relay's own Batch API, keyed by batch id; the
+        results agent stores them, and replaying the topic rebuilds the store."""
+        return TopicSpec(f"{self.prefix}.batch-results", 4, {"retention.ms": str(30 * DAY_MS)})
+
     def replies(self, instance: str) -> TopicSpec:
         """One reply topic per gateway instance, so each replica reads only its replies."""
         return TopicSpec(f"{self.prefix}.replies.{instance}", 1, {"retention.ms": str(3600_000)})
@@ -85,6 +91,7 @@ class Topics:
             self.health,
             self.dead_letter,
             self.audit,
+            self.batch_results,
             *self.tables(),
         ]
 

@@ -25,6 +25,7 @@ from httpx_aiohttp import HttpxAiohttpClient
 
 from agents.adapters.registry import make_adapter
 from agents.batch_lane import BatchLane
+from agents.batch_results import cancelled, record_reply
 from agents.dispatch import Dispatcher
 from agents.handler import RequestHandler
 from agents.keys import KeyPool
@@ -39,10 +40,12 @@ from schemas.envelope import (
     RequestEnvelope,
     UsageEvent,
 )
+from schemas.errors import BatchCancelled, StoreUnavailable
 from schemas.settings import Settings
 from streams.app import make_app
 from streams.codec import M, decode, encode
 from streams.topics import Topics
+from tables.batches import BatchStore
 from tables.buckets import PriorityGate, TokenBucket
 from tables.budgets import BudgetDecision, BudgetPolicy, Spend, add_spend, decide
 from tables.cache import CacheEntry, L1Cache, ResponseCache
@@ -226,6 +229,20 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     )
     handler.lane = BatchLane(adapters, pools, config.batch_lane, handler.deliver_batch)
     in_flight: set[asyncio.Task[None]] = set()
+    batch_results = app.topic(
+        topics.batch_results.name, key_serializer="raw", value_serializer="raw"
+    )
+    store = BatchStore(
+        aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=1),
+        settings.topic_prefix,
+        settings.batch_retention_s,
+    )
+
+    async def handle(env: RequestEnvelope) -> None:
+        if await cancelled(store, env, topics.batch_results.name):
+            await handler.refuse(env, BatchCancelled("the batch was cancelled before this line"))
+            return
+        await handler.handle(env)
 
     async def requests_agent(stream: faust.StreamT[bytes]) -> None:
         """Take each envelope and let it fly on its own task, so a slow vendor call never
@@ -247,9 +264,21 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
                     )
                 )
                 continue
-            task = asyncio.create_task(handler.handle(env))
+            task = asyncio.create_task(handle(env))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
+
+    async def batch_results_agent(stream: faust.StreamT[bytes]) -> None:
+        """Write each answer to a Batch API line into its batch; while the store is down
+        the partition waits (the topic keeps the answers), then carries on."""
+        async for event in readable(stream, ReplyEvent):
+            while True:
+                try:
+                    await record_reply(store, event)
+                    break
+                except StoreUnavailable:
+                    log.warning("batch store unavailable; result %s waits", event.correlation_id)
+                    await asyncio.sleep(1.0)
 
     async def health_agent(stream: faust.StreamT[bytes]) -> None:
         """Fold every call's outcome into the vendor-health table (one writer: 1 partition)."""
@@ -278,6 +307,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
 
     app.agent(requests, name="requests")(requests_agent)
     app.agent(health_events, name="health")(health_agent)
+    app.agent(batch_results, name="batch_results")(batch_results_agent)
     app.agent(usage_events, name="spend")(spend_agent)
 
     @app.task

@@ -1,0 +1,59 @@
+"""Answers to the relay's own Batch API lines: each reply becomes a line of its batch's
+output (or error) file, in OpenAI's batch output format, and a cancelled batch's lines
+that were not sent yet are answered here without a vendor call."""
+
+from __future__ import annotations
+
+import logging
+
+from schemas.batches import LineError, OutputLine, OutputResponse, parse_correlation
+from schemas.envelope import ReplyEvent, RequestEnvelope
+from schemas.errors import RelayError, StoreUnavailable
+from tables.batches import BatchStore
+
+log = logging.getLogger("relay.batch")
+
+# Relay errors that OpenAI reports as a line's own error rather than a vendor response.
+_LINE_ERRORS = {"deadline_exceeded": "batch_expired", "batch_cancelled": "batch_cancelled"}
+
+
+def output_line(custom_id: str, event: ReplyEvent) -> OutputLine:
+    """The output-file line of a batch line's final reply or error."""
+    if event.kind == "final" and event.body is not None:
+        response = OutputResponse(status_code=200, request_id=event.correlation_id, body=event.body)
+        return OutputLine(custom_id=custom_id, response=response)
+    err = RelayError.from_dict(event.error or {"message": "the line has no answer"})
+    if err.code in _LINE_ERRORS:
+        return OutputLine(
+            custom_id=custom_id, error=LineError(code=_LINE_ERRORS[err.code], message=err.message)
+        )
+    response = OutputResponse(
+        status_code=err.status, request_id=event.correlation_id, body=err.openai_body()
+    )
+    return OutputLine(custom_id=custom_id, response=response)
+
+
+async def record_reply(store: BatchStore, event: ReplyEvent) -> bool:
+    """Write a batch line's answer into its batch; False for what is not one (a stream
+    chunk, a correlation id of no batch, a batch the store no longer holds)."""
+    line = parse_correlation(event.correlation_id)
+    if line is None or event.kind == "chunk":
+        return False
+    batch_id, index = line
+    custom_id = await store.custom_id(batch_id, index)
+    if custom_id is None:
+        log.warning("a result for %s, a batch the store does not hold", event.correlation_id)
+        return False
+    return bool(await store.record(batch_id, index, output_line(custom_id, event)))
+
+
+async def cancelled(store: BatchStore, env: RequestEnvelope, results_topic: str) -> bool:
+    """Whether ``env`` is a line of a batch cancelled before the line was sent; when the
+    store cannot say, the line is sent (a cancel is best effort, an answer is owed)."""
+    line = parse_correlation(env.correlation_id)
+    if env.reply_to != results_topic or line is None:
+        return False
+    try:
+        return await store.cancelled(line[0])
+    except StoreUnavailable:
+        return False

@@ -1,0 +1,230 @@
+"""The relay's own Batch API, as OpenAI's: ``/v1/files`` and ``/v1/batches``.
+
+The ``openai`` SDK's ``files`` and ``batches`` work unchanged.  A batch's lines go to the
+request topic as background envelopes (so the worker sends them through the vendors'
+batch APIs at their discount where it can, and the cache and coalescing still apply) with
+replies to the batch-results topic; the worker's results agent writes each answer into the
+store this module reads.  The input file is validated when the batch is created: a batch
+with any bad line is ``failed`` at once, with every problem listed, and sends nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+
+from gateway.auth import CallerDep
+from gateway.edge import ROUTES
+from gateway.relay import Options, Relay
+from schemas.batches import (
+    COMPLETION_WINDOW_S,
+    BatchObject,
+    Errors,
+    FileObject,
+    LineError,
+    OutputLine,
+    RequestCounts,
+    line_correlation,
+    new_id,
+    read_input,
+)
+from schemas.envelope import Priority
+from schemas.errors import BadRequest, NotFound, RelayError
+from tables.batches import BatchStore
+
+router = APIRouter(prefix="/v1")
+UNQUEUED = "the relay could not queue this request"
+
+
+def _store(request: Request) -> BatchStore:
+    return request.app.state.batches  # type: ignore[no-any-return]
+
+
+def _relay(request: Request) -> Relay:
+    return request.app.state.relay  # type: ignore[no-any-return]
+
+
+def _page(items: list[Any], after: str | None, limit: int) -> dict[str, Any]:
+    """OpenAI's cursor page over ``items`` (newest first): those after ``after``."""
+    ids = [i.id for i in items]
+    start = ids.index(after) + 1 if after in ids else 0
+    page = items[start : start + limit]
+    return {
+        "object": "list",
+        "data": [i.model_dump() for i in page],
+        "first_id": page[0].id if page else None,
+        "last_id": page[-1].id if page else None,
+        "has_more": start + limit < len(items),
+    }
+
+
+# ---- files --------------------------------------------------------------------------------
+
+
+@router.post("/files")
+async def upload_file(request: Request, who: CallerDep) -> dict[str, Any]:
+    form = await request.form()
+    upload, purpose = form.get("file"), form.get("purpose")
+    if not isinstance(upload, UploadFile):
+        raise BadRequest("file: a file is required (multipart/form-data)", param="file")
+    if purpose != "batch":
+        raise BadRequest("purpose: this relay takes files for `batch` only", param="purpose")
+    data = await upload.read()
+    meta = await _store(request).put_file(who.tenant, upload.filename or "file", purpose, data)
+    return meta.model_dump()
+
+
+@router.get("/files")
+async def list_files(
+    request: Request,
+    who: CallerDep,
+    after: str | None = None,
+    limit: int = Query(10_000, ge=1, le=10_000),
+) -> dict[str, Any]:
+    return _page(await _store(request).files(who.tenant), after, limit)
+
+
+async def _file(request: Request, tenant: str, file_id: str) -> FileObject:
+    meta = await _store(request).file(tenant, file_id)
+    if meta is None:
+        raise NotFound(f"No such File object: {file_id}", param="file_id")
+    return meta
+
+
+@router.get("/files/{file_id}")
+async def get_file(file_id: str, request: Request, who: CallerDep) -> dict[str, Any]:
+    return (await _file(request, who.tenant, file_id)).model_dump()
+
+
+@router.get("/files/{file_id}/content")
+async def file_content(file_id: str, request: Request, who: CallerDep) -> Response:
+    data = await _store(request).content(who.tenant, file_id)
+    if data is None:
+        raise NotFound(f"No such File object: {file_id}", param="file_id")
+    return Response(data, media_type="application/octet-stream")
+
+
+@router.delete("/files/{file_id}")
+async def delete_file(file_id: str, request: Request, who: CallerDep) -> dict[str, Any]:
+    if not await _store(request).delete_file(who.tenant, file_id):
+        raise NotFound(f"No such File object: {file_id}", param="file_id")
+    return {"id": file_id, "object": "file", "deleted": True}
+
+
+# ---- batches ------------------------------------------------------------------------------
+
+
+class BatchRequest(BaseModel):
+    input_file_id: str = Field(min_length=1)
+    endpoint: Literal["/v1/chat/completions", "/v1/embeddings", "/v1/completions"]
+    completion_window: Literal["24h"]
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+
+
+@router.post("/batches")
+async def create_batch(body: BatchRequest, request: Request, who: CallerDep) -> dict[str, Any]:
+    store, relay = _store(request), _relay(request)
+    source = await _file(request, who.tenant, body.input_file_id)
+    if source.purpose != "batch":
+        raise BadRequest(
+            "input_file_id: the file was not uploaded for `batch`", param="input_file_id"
+        )
+    data = await store.content(who.tenant, source.id) or b""
+    endpoint, validate, _ = ROUTES[body.endpoint]
+    numbered, errors = read_input(data, body.endpoint, validate)
+    refused: dict[str, RelayError] = {}
+    for model in {str(line.body.get("model", "")) for _, line in numbered}:
+        try:
+            await relay.check_model(who, model)
+        except RelayError as err:
+            refused[model] = err
+    for number, line in numbered:
+        if refusal := refused.get(str(line.body.get("model", ""))):
+            errors.append(
+                LineError(
+                    code=refusal.code, message=refusal.message, param="body.model", line=number
+                )
+            )
+    errors.sort(key=lambda e: e.line or 0)
+    lines = [line for _, line in numbered]
+    now = int(time.time())
+    batch = BatchObject(
+        id=new_id("batch_"),
+        endpoint=body.endpoint,
+        input_file_id=source.id,
+        status="failed" if errors else "in_progress",
+        created_at=now,
+        metadata=body.metadata,
+        request_counts=RequestCounts(total=0 if errors else len(lines)),
+    )
+    if errors:
+        batch.errors = Errors(data=errors[:1000])
+        batch.failed_at = now
+        await store.create(who.tenant, batch, [])
+        return batch.model_dump()
+    batch.in_progress_at = now
+    batch.expires_at = now + COMPLETION_WINDOW_S
+    await store.create(who.tenant, batch, [line.custom_id for line in lines])
+
+    opts = Options.from_headers(request.headers)
+    opts.priority = Priority.background
+    envs = []
+    for index, line in enumerate(lines):
+        opts.trace_id = new_id("")
+        key, ttl = relay.cache_terms(who, endpoint, line.body, opts)
+        envs.append(
+            relay.envelope(
+                who,
+                endpoint,
+                line.body,
+                opts,
+                key,
+                ttl,
+                correlation_id=line_correlation(batch.id, index),
+                reply_to=relay.bus.topics.batch_results.name,
+                deadline_ms=(now + COMPLETION_WINDOW_S) * 1000,
+            )
+        )
+    for index, failed in enumerate(await relay.bus.publish_all(envs)):
+        if failed is not None:
+            unqueued = OutputLine(
+                custom_id=lines[index].custom_id,
+                error=LineError(code="no_healthy_vendor", message=UNQUEUED),
+            )
+            await store.record(batch.id, index, unqueued)
+    return (await _batch(request, who.tenant, batch.id)).model_dump()
+
+
+async def _batch(request: Request, tenant: str, batch_id: str) -> BatchObject:
+    batch = await _store(request).batch(tenant, batch_id)
+    if batch is None:
+        raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
+    return batch
+
+
+@router.get("/batches")
+async def list_batches(
+    request: Request,
+    who: CallerDep,
+    after: str | None = None,
+    limit: int = Query(20, ge=1, le=100),
+) -> dict[str, Any]:
+    return _page(await _store(request).batches(who.tenant), after, limit)
+
+
+@router.get("/batches/{batch_id}")
+async def get_batch(batch_id: str, request: Request, who: CallerDep) -> dict[str, Any]:
+    return (await _batch(request, who.tenant, batch_id)).model_dump()
+
+
+@router.post("/batches/{batch_id}/cancel")
+async def cancel_batch(batch_id: str, request: Request, who: CallerDep) -> dict[str, Any]:
+    batch = await _store(request).cancel(who.tenant, batch_id)
+    if batch is None:
+        raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
+    return batch.model_dump()

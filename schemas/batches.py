@@ -1,0 +1,183 @@
+"""The relay's own Batch API, in OpenAI's shapes: files, batch objects, input and output lines.
+
+A client uploads a JSONL file of requests (``POST /v1/files``, purpose ``batch``), creates
+a batch from it (``POST /v1/batches``) and later reads the output file.  Each line becomes
+a background request envelope whose reply goes to the batch-results topic; the results
+agent writes it into the batch's store.  Line ``n`` of batch ``b`` travels as correlation
+id ``b/n``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from schemas.errors import RelayError
+
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions")
+COMPLETION_WINDOW_S = 24 * 3600  # OpenAI's only window, "24h"
+MAX_LINES = 50_000  # OpenAI's limit per batch
+
+BatchStatus = Literal[
+    "validating",
+    "failed",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "expired",
+    "cancelling",
+    "cancelled",
+]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex}"
+
+
+def line_correlation(batch_id: str, index: int) -> str:
+    return f"{batch_id}/{index}"
+
+
+def parse_correlation(correlation_id: str) -> tuple[str, int] | None:
+    """``(batch id, line index)`` of a batch line's correlation id, else None."""
+    batch_id, sep, index = correlation_id.rpartition("/")
+    if not sep or not batch_id.startswith("batch_") or not index.isdigit():
+        return None
+    return batch_id, int(index)
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int = Field(default_factory=lambda: int(time.time()))
+    filename: str
+    purpose: str
+    status: Literal["uploaded", "processed", "error"] = "processed"
+    expires_at: int | None = None
+    status_details: str | None = None
+
+
+class InputLine(BaseModel):
+    """One request of an input file."""
+
+    custom_id: str = Field(min_length=1)
+    method: Literal["POST"]
+    url: str
+    body: dict[str, Any]
+
+
+class LineError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+    line: int | None = None
+
+
+class Errors(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[LineError]
+
+
+class RequestCounts(BaseModel):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class BatchObject(BaseModel):
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    errors: Errors | None = None
+    input_file_id: str
+    completion_window: str = "24h"
+    status: BatchStatus
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: int
+    in_progress_at: int | None = None
+    expires_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    request_counts: RequestCounts = Field(default_factory=RequestCounts)
+    metadata: dict[str, str] | None = None
+
+
+class OutputResponse(BaseModel):
+    status_code: int
+    request_id: str
+    body: dict[str, Any]
+
+
+class OutputLine(BaseModel):
+    """One line of an output (status 200) or error file (anything else)."""
+
+    id: str = Field(default_factory=lambda: new_id("batch_req_"))
+    custom_id: str
+    response: OutputResponse | None = None
+    error: LineError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.response is not None and self.response.status_code == 200
+
+
+def read_input(
+    data: bytes, endpoint: str, validate: Callable[[dict[str, Any]], dict[str, Any]]
+) -> tuple[list[tuple[int, InputLine]], list[LineError]]:
+    """The lines of an input file with their line numbers (from 1), each body validated
+    as ``endpoint`` takes it (and normalised by ``validate``), or what is wrong with them."""
+    lines: list[tuple[int, InputLine]] = []
+    errors: list[LineError] = []
+    seen: set[str] = set()
+    for number, text in enumerate(data.splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            line = InputLine.model_validate_json(text)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or None
+            errors.append(
+                LineError(code="invalid_request", message=first["msg"], param=where, line=number)
+            )
+            continue
+        problem = None
+        if line.url != endpoint:
+            problem = f"url `{line.url}` is not the batch's endpoint `{endpoint}`"
+        elif line.custom_id in seen:
+            problem = f"custom_id `{line.custom_id}` is used by an earlier line"
+        elif line.body.get("stream"):
+            problem = "streaming is not available in a batch"
+        else:
+            try:
+                line.body = validate(line.body)
+            except (ValidationError, RelayError) as exc:
+                problem = _reason(exc)
+        seen.add(line.custom_id)
+        if problem:
+            errors.append(LineError(code="invalid_request", message=problem, line=number))
+        else:
+            lines.append((number, line))
+    if not lines and not errors:
+        errors.append(LineError(code="empty_file", message="the input file has no requests"))
+    elif len(lines) + len(errors) > MAX_LINES:
+        errors.append(LineError(code="too_many_requests", message=f"over {MAX_LINES} lines"))
+    return lines, errors
+
+
+def _reason(exc: ValidationError | RelayError) -> str:
+    if isinstance(exc, RelayError):
+        return exc.message
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"body.{where}: {first['msg']}" if where else f"body: {first['msg']}"

@@ -1,0 +1,258 @@
+"""Where the relay's Batch API keeps its files, batches and results: Redis.
+
+Every gateway replica reads and writes the same store, and the worker's results agent
+records each line's answer in it as it comes off the batch-results topic (which keeps
+the answers too, so a lost store can be rebuilt by replaying it).  Recording is
+idempotent per line, so a replayed result never counts twice, and the line that
+completes a batch finishes it in the same atomic step.  Everything expires
+``retention_s`` after its last write.
+
+Unlike the response cache, this store is not optional: without Redis the Batch API
+answers 503 (``StoreUnavailable``) and the rest of the relay carries on.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from schemas.batches import BatchObject, FileObject, OutputLine, new_id
+from schemas.errors import StoreUnavailable
+
+# Counts a line once, and finishes the batch with the line that completes it.
+_RECORD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
+local h = redis.call('HMGET', KEYS[1], 'total', 'completed', 'failed', 'status')
+if tonumber(h[2] or 0) + tonumber(h[3] or 0) >= tonumber(h[1]) then
+  if h[4] == 'cancelling' then
+    redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancelled_at', ARGV[4])
+  else
+    redis.call('HSET', KEYS[1], 'status', 'completed', 'finalizing_at', ARGV[4],
+               'completed_at', ARGV[4])
+  end
+end
+return 1
+"""
+_FINISHED = ("completed", "cancelled", "failed", "expired")
+_CANCEL_FIELDS = ("cancelling_at", "cancelled_at")
+_ERRORS = (RedisError, OSError)
+
+
+def output_file_id(batch_id: str, kind: str) -> str:
+    return f"file-{batch_id}-{kind}"
+
+
+def _output_of(file_id: str) -> tuple[str, str] | None:
+    """``(batch id, "output" | "errors")`` for a batch's output file id."""
+    if not file_id.startswith("file-batch_"):
+        return None
+    batch_id, _, kind = file_id.removeprefix("file-").rpartition("-")
+    return (batch_id, kind) if kind in ("output", "errors") else None
+
+
+class BatchStore:
+    def __init__(self, redis: aioredis.Redis, prefix: str, retention_s: int) -> None:
+        self.redis = redis
+        self.prefix = f"{prefix}:batchapi:"
+        self.retention_ms = retention_s * 1000
+        self._record = redis.register_script(_RECORD)
+
+    # Keys: a batch's keys share a hash tag, so a Redis Cluster keeps them on one node.
+    def _file(self, file_id: str) -> str:
+        return f"{self.prefix}file:{file_id}"
+
+    def _batch(self, batch_id: str) -> str:
+        return f"{self.prefix}batch:{{{batch_id}}}"
+
+    def _out(self, batch_id: str) -> str:
+        return f"{self.prefix}batch:{{{batch_id}}}:out"
+
+    def _ids(self, batch_id: str) -> str:
+        return f"{self.prefix}batch:{{{batch_id}}}:ids"
+
+    def _index(self, kind: str, tenant: str) -> str:
+        return f"{self.prefix}{kind}:{tenant}"
+
+    # ---- files ------------------------------------------------------------------------
+
+    async def put_file(self, tenant: str, filename: str, purpose: str, data: bytes) -> FileObject:
+        meta = FileObject(id=new_id("file-"), bytes=len(data), filename=filename, purpose=purpose)
+        meta.expires_at = meta.created_at + self.retention_ms // 1000
+        key = self._file(meta.id)
+        async with self._guard() as redis, redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"meta": meta.model_dump_json(), "tenant": tenant, "data": data})
+            pipe.pexpire(key, self.retention_ms)
+            pipe.zadd(self._index("files", tenant), {meta.id: meta.created_at})
+            pipe.pexpire(self._index("files", tenant), self.retention_ms)
+            await pipe.execute()
+        return meta
+
+    async def file(self, tenant: str, file_id: str) -> FileObject | None:
+        if out := _output_of(file_id):
+            return await self._output_file(tenant, *out)
+        async with self._guard() as redis:
+            meta, owner = await redis.hmget(self._file(file_id), ["meta", "tenant"])
+        if meta is None or owner != tenant.encode():
+            return None
+        return FileObject.model_validate_json(meta)
+
+    async def content(self, tenant: str, file_id: str) -> bytes | None:
+        if out := _output_of(file_id):
+            batch_id, kind = out
+            if await self._output_file(tenant, batch_id, kind) is None:
+                return None
+            return await self._lines(batch_id, ok=kind == "output")
+        async with self._guard() as redis:
+            found: list[Any] = await redis.hmget(self._file(file_id), ["data", "tenant"])
+        data, owner = found
+        if data is None or owner != tenant.encode():
+            return None
+        return bytes(data)
+
+    async def files(self, tenant: str) -> list[FileObject]:
+        """The tenant's uploaded files, newest first."""
+        async with self._guard() as redis:
+            ids: list[Any] = await redis.zrevrange(self._index("files", tenant), 0, -1)
+            metas = [await redis.hget(self._file(i.decode()), "meta") for i in ids]
+        return [FileObject.model_validate_json(m) for m in metas if m is not None]
+
+    async def delete_file(self, tenant: str, file_id: str) -> bool:
+        if await self.file(tenant, file_id) is None or _output_of(file_id):
+            return False
+        async with self._guard() as redis:
+            await redis.delete(self._file(file_id))
+            await redis.zrem(self._index("files", tenant), file_id)
+        return True
+
+    async def _output_file(self, tenant: str, batch_id: str, kind: str) -> FileObject | None:
+        batch = await self.batch(tenant, batch_id)
+        if batch is None or output_file_id(batch_id, kind) not in (
+            batch.output_file_id,
+            batch.error_file_id,
+        ):
+            return None
+        data = await self._lines(batch_id, ok=kind == "output")
+        return FileObject(
+            id=output_file_id(batch_id, kind),
+            bytes=len(data),
+            created_at=batch.completed_at or batch.cancelled_at or batch.created_at,
+            filename=f"{batch_id}_{kind}.jsonl",
+            purpose="batch_output",
+        )
+
+    async def _lines(self, batch_id: str, *, ok: bool) -> bytes:
+        async with self._guard() as redis:
+            raw: dict[Any, Any] = await redis.hgetall(self._out(batch_id))
+        lines = [OutputLine.model_validate_json(raw[k]) for k in sorted(raw, key=int)]
+        return b"".join(line.model_dump_json().encode() + b"\n" for line in lines if line.ok == ok)
+
+    # ---- batches ----------------------------------------------------------------------
+
+    async def create(self, tenant: str, batch: BatchObject, custom_ids: list[str]) -> None:
+        key = self._batch(batch.id)
+        state: dict[Any, Any] = {
+            "meta": batch.model_dump_json(),
+            "tenant": tenant,
+            "total": batch.request_counts.total,
+            "completed": 0,
+            "failed": 0,
+            "status": batch.status,
+        }
+        async with self._guard() as redis, redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=state)
+            if custom_ids:
+                pipe.rpush(self._ids(batch.id), *custom_ids)
+            for k in (key, self._ids(batch.id)):
+                pipe.pexpire(k, self.retention_ms)
+            pipe.zadd(self._index("batches", tenant), {batch.id: batch.created_at})
+            pipe.pexpire(self._index("batches", tenant), self.retention_ms)
+            await pipe.execute()
+
+    async def batch(self, tenant: str, batch_id: str) -> BatchObject | None:
+        async with self._guard() as redis:
+            raw: dict[Any, Any] = await redis.hgetall(self._batch(batch_id))
+        fields = {k.decode(): v.decode() for k, v in raw.items() if k != b"meta"}
+        if b"meta" not in raw or fields.get("tenant") != tenant:
+            return None
+        batch = BatchObject.model_validate_json(raw[b"meta"])
+        batch.status = fields["status"]  # type: ignore[assignment]
+        batch.request_counts.completed = int(fields["completed"])
+        batch.request_counts.failed = int(fields["failed"])
+        for name in ("finalizing_at", "completed_at", *_CANCEL_FIELDS):
+            if name in fields:
+                setattr(batch, name, int(fields[name]))
+        if batch.status in _FINISHED:
+            if batch.request_counts.completed:
+                batch.output_file_id = output_file_id(batch_id, "output")
+            if batch.request_counts.failed:
+                batch.error_file_id = output_file_id(batch_id, "errors")
+        return batch
+
+    async def batches(self, tenant: str) -> list[BatchObject]:
+        """The tenant's batches, newest first."""
+        async with self._guard() as redis:
+            ids: list[Any] = await redis.zrevrange(self._index("batches", tenant), 0, -1)
+        found = [await self.batch(tenant, i.decode()) for i in ids]
+        return [b for b in found if b is not None]
+
+    async def cancel(self, tenant: str, batch_id: str) -> BatchObject | None:
+        """Ask a running batch to stop: lines not yet sent to a vendor are answered with
+        ``batch_cancelled``; the batch is ``cancelled`` once every line is accounted for."""
+        batch = await self.batch(tenant, batch_id)
+        if batch is None or batch.status != "in_progress":
+            return batch
+        async with self._guard() as redis:
+            await redis.hset(
+                self._batch(batch_id),
+                mapping={"status": "cancelling", "cancelling_at": int(time.time())},
+            )
+        return await self.batch(tenant, batch_id)
+
+    async def cancelled(self, batch_id: str) -> bool:
+        async with self._guard() as redis:
+            status: Any = await redis.hget(self._batch(batch_id), "status")
+        return status in (b"cancelling", b"cancelled")
+
+    async def custom_id(self, batch_id: str, index: int) -> str | None:
+        async with self._guard() as redis:
+            found: bytes | None = await redis.lindex(self._ids(batch_id), index)  # type: ignore[assignment]
+        return found.decode() if found is not None else None
+
+    async def record(self, batch_id: str, index: int, line: OutputLine) -> bool | None:
+        """Store one line's result: True when counted now, False when it already was,
+        None when the batch is unknown (expired, or never created here)."""
+        async with self._guard():
+            done = await self._record(
+                keys=[self._batch(batch_id), self._out(batch_id)],
+                args=[
+                    index,
+                    line.model_dump_json(),
+                    "completed" if line.ok else "failed",
+                    int(time.time()),
+                    self.retention_ms,
+                ],
+            )
+        return None if done == -1 else bool(done)
+
+    def _guard(self) -> _Guard:
+        return _Guard(self.redis)
+
+
+class _Guard:
+    """``async with`` the Redis client, turning its failures into ``StoreUnavailable``."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+
+    async def __aenter__(self) -> aioredis.Redis:
+        return self.redis
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: object, tb: object) -> None:
+        if kind is not None and issubclass(kind, _ERRORS):
+            raise StoreUnavailable("the batch store (Redis) is unavailable; try again") from None

@@ -1,0 +1,142 @@
+"""The Batch API's store on the real Redis: tenants, idempotent results, finishing, cancel,
+and a clear 503 when Redis is gone."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from agents.batch_results import cancelled, record_reply
+from schemas.batches import (
+    BatchObject,
+    OutputLine,
+    OutputResponse,
+    RequestCounts,
+    line_correlation,
+    new_id,
+)
+from schemas.envelope import ReplyEvent
+from schemas.errors import DeadlineExceeded, StoreUnavailable
+from tables.batches import BatchStore
+from tests.support.envelopes import request_envelope
+
+RESULTS = "t.batch-results"
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[BatchStore]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield BatchStore(client, f"t{uuid.uuid4().hex[:8]}", retention_s=600)
+    await client.aclose()
+
+
+async def new_batch(store: BatchStore, tenant: str, custom_ids: list[str]) -> BatchObject:
+    batch = BatchObject(
+        id=new_id("batch_"),
+        endpoint="/v1/chat/completions",
+        input_file_id="file-x",
+        status="in_progress",
+        created_at=1,
+        request_counts=RequestCounts(total=len(custom_ids)),
+    )
+    await store.create(tenant, batch, custom_ids)
+    return batch
+
+
+def answer(batch: BatchObject, index: int, text: str) -> ReplyEvent:
+    body = {"choices": [{"message": {"content": text}}]}
+    return ReplyEvent(correlation_id=line_correlation(batch.id, index), kind="final", body=body)
+
+
+async def test_files_belong_to_their_tenant(store: BatchStore) -> None:
+    meta = await store.put_file("acme", "in.jsonl", "batch", b'{"a": 1}\n')
+    assert (await store.file("acme", meta.id)) == meta
+    assert await store.content("acme", meta.id) == b'{"a": 1}\n'
+    assert await store.file("other", meta.id) is None
+    assert await store.content("other", meta.id) is None
+    assert [f.id for f in await store.files("acme")] == [meta.id]
+    assert not await store.delete_file("other", meta.id)
+    assert await store.delete_file("acme", meta.id)
+    assert await store.file("acme", meta.id) is None
+
+
+async def test_each_line_counts_once_and_the_last_one_completes_the_batch(
+    store: BatchStore,
+) -> None:
+    batch = await new_batch(store, "acme", ["a", "b", "c"])
+    assert await record_reply(store, answer(batch, 0, "first"))
+    assert not await record_reply(store, answer(batch, 0, "replayed"))  # a replay
+    failed = ReplyEvent(
+        correlation_id=line_correlation(batch.id, 2),
+        kind="error",
+        error=DeadlineExceeded("too late").to_dict(),
+    )
+    assert await record_reply(store, failed)
+    half = await store.batch("acme", batch.id)
+    assert half is not None and half.status == "in_progress"
+    assert half.output_file_id is None and half.request_counts.completed == 1
+
+    assert await record_reply(store, answer(batch, 1, "second"))
+    done = await store.batch("acme", batch.id)
+    assert done is not None and done.status == "completed" and done.completed_at
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 1)
+    assert done.output_file_id and done.error_file_id
+
+    out = [orjson.loads(x) for x in (await store.content("acme", done.output_file_id)).splitlines()]
+    assert [
+        (x["custom_id"], x["response"]["body"]["choices"][0]["message"]["content"]) for x in out
+    ] == [
+        ("a", "first"),
+        ("b", "second"),
+    ]
+    [err] = [
+        orjson.loads(x) for x in (await store.content("acme", done.error_file_id)).splitlines()
+    ]
+    assert err["custom_id"] == "c" and err["error"]["code"] == "batch_expired"
+    assert (await store.file("acme", done.output_file_id)).purpose == "batch_output"
+    assert await store.content("other", done.output_file_id) is None
+    assert await store.batch("other", batch.id) is None
+
+
+async def test_a_cancelled_batch_ends_cancelled_once_every_line_is_in(store: BatchStore) -> None:
+    batch = await new_batch(store, "acme", ["a", "b"])
+    env = request_envelope(correlation_id=line_correlation(batch.id, 1), reply_to=RESULTS)
+    assert not await cancelled(store, env, RESULTS)
+    assert await record_reply(store, answer(batch, 0, "done before the cancel"))
+    stopping = await store.cancel("acme", batch.id)
+    assert stopping is not None and stopping.status == "cancelling" and stopping.cancelling_at
+    assert await cancelled(store, env, RESULTS)
+    other = request_envelope(correlation_id=line_correlation(batch.id, 1), reply_to="elsewhere")
+    assert not await cancelled(store, other, RESULTS), "only the batch API's own lines"
+
+    line = OutputLine(
+        custom_id="b", response=OutputResponse(status_code=499, request_id="r", body={})
+    )
+    assert await store.record(batch.id, 1, line)
+    ended = await store.batch("acme", batch.id)
+    assert ended is not None and ended.status == "cancelled" and ended.cancelled_at
+    assert ended.output_file_id and ended.error_file_id
+
+
+async def test_a_result_for_an_unknown_batch_is_dropped(store: BatchStore) -> None:
+    ghost = ReplyEvent(correlation_id="batch_gone/0", kind="final", body={})
+    assert not await record_reply(store, ghost)
+    assert await store.record("batch_gone", 0, OutputLine(custom_id="x")) is None
+
+
+async def test_without_redis_the_store_says_so() -> None:
+    dead = aioredis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+    store = BatchStore(dead, "t", retention_s=60)
+    with pytest.raises(StoreUnavailable):
+        await store.put_file("acme", "in.jsonl", "batch", b"{}")
+    with pytest.raises(StoreUnavailable):
+        await store.batch("acme", "batch_x")
+    env = request_envelope(correlation_id="batch_x/0", reply_to=RESULTS)
+    assert not await cancelled(store, env, RESULTS), "unknown: the line runs"
+    await dead.aclose()

@@ -1,0 +1,96 @@
+"""The Batch API's pure parts: reading an input file, and turning replies into output lines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from agents.batch_results import output_line
+from gateway.edge import ROUTES
+from schemas.batches import line_correlation, parse_correlation, read_input
+from schemas.envelope import ReplyEvent
+from schemas.errors import DeadlineExceeded, VendorBadRequest
+
+CHAT = "/v1/chat/completions"
+_, validate_chat, _ = ROUTES[CHAT]
+
+
+def jsonl(*lines: Any) -> bytes:
+    return b"\n".join(x if isinstance(x, bytes) else orjson.dumps(x) for x in lines) + b"\n"
+
+
+def chat_line(custom_id: str, content: str = "hi", **extra: Any) -> dict[str, Any]:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], **extra}
+    return {"custom_id": custom_id, "method": "POST", "url": CHAT, "body": body}
+
+
+def test_good_lines_come_back_numbered_and_validated() -> None:
+    data = jsonl(chat_line("a"), b"", chat_line("b", "there"))
+    lines, errors = read_input(data, CHAT, validate_chat)
+    assert errors == []
+    assert [(n, line.custom_id) for n, line in lines] == [(1, "a"), (3, "b")]
+    assert lines[1][1].body["messages"][0]["content"] == "there"
+
+
+def test_every_bad_line_is_reported_with_its_number() -> None:
+    wrong_url = {**chat_line("c"), "url": "/v1/embeddings"}
+    no_messages = {**chat_line("e"), "body": {"model": "gpt-4o-mini", "messages": []}}
+    data = jsonl(
+        chat_line("a"),
+        b"{not json",
+        wrong_url,
+        chat_line("a"),  # the custom_id again
+        chat_line("d", stream=True),
+        no_messages,
+        {"custom_id": "f", "method": "GET", "url": CHAT, "body": {}},
+    )
+    lines, errors = read_input(data, CHAT, validate_chat)
+    assert [n for n, _ in lines] == [1]
+    by_line = {e.line: e.message for e in errors}
+    assert set(by_line) == {2, 3, 4, 5, 6, 7}
+    assert "/v1/embeddings" in by_line[3]
+    assert "custom_id `a`" in by_line[4]
+    assert "streaming" in by_line[5]
+    assert "messages" in by_line[6]
+    assert all(e.code == "invalid_request" for e in errors)
+
+
+def test_an_empty_file_is_an_error() -> None:
+    lines, errors = read_input(b"\n\n", CHAT, validate_chat)
+    assert lines == [] and [e.code for e in errors] == ["empty_file"]
+
+
+def test_a_line_travels_as_batch_slash_index() -> None:
+    cid = line_correlation("batch_abc", 41)
+    assert parse_correlation(cid) == ("batch_abc", 41)
+    assert parse_correlation("0f3a9c") is None  # an ordinary request
+    assert parse_correlation("batch_abc/x") is None
+
+
+def test_an_answer_becomes_a_200_response_line() -> None:
+    body = {"id": "chatcmpl-1", "choices": [{"message": {"content": "yo"}}]}
+    line = output_line("a", ReplyEvent(correlation_id="batch_x/0", kind="final", body=body))
+    assert line.ok and line.response is not None
+    assert (line.custom_id, line.response.status_code, line.response.body) == ("a", 200, body)
+    assert line.id.startswith("batch_req_") and line.error is None
+
+
+def test_a_vendor_error_keeps_its_status_and_openai_body() -> None:
+    err = VendorBadRequest("max_tokens is too large", param="max_tokens")
+    line = output_line(
+        "b", ReplyEvent(correlation_id="batch_x/1", kind="error", error=err.to_dict())
+    )
+    assert not line.ok and line.response is not None
+    assert line.response.status_code == 400
+    assert line.response.body["error"]["code"] == "vendor_bad_request"
+    assert line.response.body["error"]["param"] == "max_tokens"
+
+
+def test_an_expired_line_is_reported_as_openai_does() -> None:
+    err = DeadlineExceeded("the request expired before a worker took it")
+    line = output_line(
+        "c", ReplyEvent(correlation_id="batch_x/2", kind="error", error=err.to_dict())
+    )
+    assert line.response is None and line.error is not None
+    assert line.error.code == "batch_expired" and not line.ok
