@@ -18,6 +18,7 @@ from agents.adapters.base import StreamItem, VendorCall, VendorResult
 from agents.adapters.http import json_body, open_stream, send
 from schemas.config import VendorConfig
 from schemas.errors import BadRequest, VendorUnavailable
+from schemas.formats.anthropic import without_cache_control
 from schemas.formats.openai import new_id
 from schemas.usage import Usage
 
@@ -163,8 +164,12 @@ class OllamaAdapter:
 def chat_request(body: dict[str, Any], model: str, *, stream: bool) -> dict[str, Any]:
     """An OpenAI chat body as an Ollama ``/api/chat`` request.
 
-    ``tool_choice`` has no Ollama equivalent and is dropped: the model decides.
+    ``tool_choice`` has no Ollama equivalent and is dropped: the model decides.  Ollama
+    answers one choice per request, so ``n`` > 1 is refused rather than ignored.
     """
+    if isinstance(body.get("n"), int) and body["n"] > 1:
+        raise BadRequest("n: this model answers one choice per request", param="n")
+    body = without_cache_control(body)
     out: dict[str, Any] = {"model": model, "messages": _messages(body), "stream": stream}
     options = {_OPTIONS[k]: body[k] for k in _OPTIONS if body.get(k) is not None}
     stop = body.get("stop")
@@ -218,12 +223,19 @@ def _arguments(fn: dict[str, Any]) -> Any:
 def _content(content: Any, i: int) -> tuple[str, list[str]]:
     if content is None or isinstance(content, str):
         return content or "", []
+    if not isinstance(content, list):
+        raise BadRequest(f"messages.{i}.content: must be a string or a list of parts")
     texts, images = [], []
     for j, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise BadRequest(f"messages.{i}.content.{j}: a content part must be an object")
         if part.get("type") == "text":
             texts.append(part.get("text", ""))
         elif part.get("type") == "image_url":
-            url = (part.get("image_url") or {}).get("url", "")
+            image_url = part.get("image_url")
+            url = image_url.get("url") if isinstance(image_url, dict) else None
+            if not isinstance(url, str):
+                raise BadRequest(f"messages.{i}.content.{j}.image_url: needs a `url`")
             header, _, data = url.partition(",")
             if not (url.startswith("data:") and ";base64" in header and data):
                 # Ollama cannot fetch URLs: it only takes the image bytes themselves.

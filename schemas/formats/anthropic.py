@@ -85,27 +85,45 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Anthropic-only fields the neutral body carries as extensions, so an Anthropic vendor
+# gets them back: cache breakpoints (top level, tools, content parts, tool results) and a
+# tool result's error flag.  OpenAI-format vendors refuse unknown fields: they get the
+# body ``without_cache_control``.
+EXTENSIONS = frozenset({"cache_control", "is_error"})
+
+
+def _plain(item: Any) -> Any:
+    if isinstance(item, dict) and not EXTENSIONS.isdisjoint(item):
+        return {k: v for k, v in item.items() if k not in EXTENSIONS}
+    return item
+
+
 def without_cache_control(body: dict[str, Any]) -> dict[str, Any]:
-    """The body minus the ``cache_control`` extension, for vendors that do not know it."""
-    if "cache_control" not in body and not any(
-        isinstance(m.get("content"), list)
-        and any(isinstance(p, dict) and "cache_control" in p for p in m["content"])
-        for m in body.get("messages") or []
+    """The body minus the Anthropic extensions (``EXTENSIONS``), for vendors that do not
+    know them; the body itself when it has none."""
+    messages = body.get("messages") or []
+    tools = body.get("tools") or []
+    if (
+        "cache_control" not in body
+        and all(_plain(t) is t for t in tools)
+        and all(
+            _plain(m) is m
+            and not (
+                isinstance(m.get("content"), list) and any(_plain(p) is not p for p in m["content"])
+            )
+            for m in messages
+        )
     ):
         return body
     out = {k: v for k, v in body.items() if k != "cache_control"}
     out["messages"] = [
-        {
-            **m,
-            "content": [
-                {k: v for k, v in p.items() if k != "cache_control"} if isinstance(p, dict) else p
-                for p in m["content"]
-            ],
-        }
+        {**_plain(m), "content": [_plain(p) for p in m["content"]]}
         if isinstance(m.get("content"), list)
-        else m
-        for m in body.get("messages") or []
+        else _plain(m)
+        for m in messages
     ]
+    if tools:
+        out["tools"] = [_plain(t) for t in tools]
     return out
 
 
@@ -152,7 +170,9 @@ def _message_to_openai(message: Any, where: str) -> list[dict[str, Any]]:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "tool_result":
             text, images = _tool_result_to_openai(block, f"{where}.content.{j}")
-            tools.append({"role": "tool", "tool_call_id": block["tool_use_id"], "content": text})
+            tool = {"role": "tool", "tool_call_id": block["tool_use_id"], "content": text}
+            tool |= {k: block[k] for k in EXTENSIONS if block.get(k)}
+            tools.append(tool)
             parts.extend(images)
         elif kind == "text":
             parts.append(_text_part(block))
@@ -203,7 +223,7 @@ def _tool_result_to_openai(block: dict[str, Any], where: str) -> tuple[str, list
             images.append(_image_to_openai(inner, f"{where}.content.{k}"))
         else:
             raise BadRequest(f"{where}.content.{k}: block type {kind!r} is not supported")
-    # is_error has no OpenAI twin; the text itself usually says what went wrong.
+    # is_error has no OpenAI twin: it rides on the tool message as an extension.
     return "\n".join(texts), images
 
 
@@ -215,7 +235,10 @@ def _image_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
         url = source["url"]
     else:
         raise BadRequest(f"{where}.source: an image needs a base64 or url source")
-    return {"type": "image_url", "image_url": {"url": url}}
+    part: dict[str, Any] = {"type": "image_url", "image_url": {"url": url}}
+    if block.get("cache_control"):
+        part["cache_control"] = block["cache_control"]
+    return part
 
 
 def _tool_to_openai(tool: Any, where: str) -> dict[str, Any]:
@@ -228,7 +251,10 @@ def _tool_to_openai(tool: Any, where: str) -> dict[str, Any]:
     if tool.get("description"):
         fn["description"] = tool["description"]
     fn["parameters"] = tool.get("input_schema") or {"type": "object", "properties": {}}
-    return {"type": "function", "function": fn}
+    out: dict[str, Any] = {"type": "function", "function": fn}
+    if tool.get("cache_control"):
+        out["cache_control"] = tool["cache_control"]
+    return out
 
 
 def _tool_choice_to_openai(choice: Any, out: dict[str, Any]) -> None:
@@ -269,6 +295,22 @@ def _parse_arguments(raw: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _stop_reason(
+    finish: str | None, *, tools: bool, refused: bool, sequence: Any
+) -> tuple[str, str | None]:
+    """Anthropic's ``(stop_reason, stop_sequence)`` for an OpenAI answer that ended with
+    ``finish``.  A forced tool choice ends with "stop" at OpenAI, yet the answer is tool
+    calls: Anthropic clients loop on ``tool_use``, so that is what they get.  The matched
+    stop sequence rides on the choice as an extension (``stop_sequence``) when an
+    Anthropic vendor said which one it was."""
+    if refused:
+        return "refusal", None
+    if isinstance(sequence, str) and sequence:
+        return "stop_sequence", sequence
+    stop = _STOP_REASON.get(finish or "stop", "end_turn")
+    return ("tool_use" if tools and stop == "end_turn" else stop), None
+
+
 def _message_id(source: Any) -> str:
     if not source:
         return new_id("msg_")
@@ -294,9 +336,12 @@ def openai_response_to_messages(body: dict[str, Any], usage: Usage, model: str) 
                 "input": _parse_arguments(fn.get("arguments")),
             }
         )
-    stop = _STOP_REASON.get(choice.get("finish_reason") or "stop", "end_turn")
-    if message.get("refusal"):
-        stop = "refusal"
+    stop, sequence = _stop_reason(
+        choice.get("finish_reason"),
+        tools=bool(message.get("tool_calls")),
+        refused=bool(message.get("refusal")),
+        sequence=choice.get("stop_sequence"),
+    )
     return {
         "id": _message_id(body.get("id")),
         "type": "message",
@@ -304,7 +349,7 @@ def openai_response_to_messages(body: dict[str, Any], usage: Usage, model: str) 
         "model": model,
         "content": content,
         "stop_reason": stop,
-        "stop_sequence": None,
+        "stop_sequence": sequence,
         "usage": _anthropic_usage(usage),
     }
 
@@ -324,6 +369,9 @@ class ChunksToMessageEvents:
         self._block = -1  # index of the open block, -1 before the first one
         self._open: str | None = None  # "text" or "tool:<n>": what the open block holds
         self._finish: str | None = None
+        self._tools = False
+        self._refused = False
+        self._sequence: str | None = None
 
     def feed(self, chunk: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         """The events one OpenAI chunk adds to the stream."""
@@ -332,6 +380,7 @@ class ChunksToMessageEvents:
             if choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
+            self._refused = self._refused or bool(delta.get("refusal"))
             for text in (delta.get("content"), delta.get("refusal")):
                 if text:
                     events += self._open_block("text", {"type": "text", "text": ""})
@@ -346,12 +395,14 @@ class ChunksToMessageEvents:
                     "input": {},
                 }
                 events += self._open_block(key, block)
+                self._tools = True
                 if fn.get("arguments"):
                     events.append(
                         self._delta({"type": "input_json_delta", "partial_json": fn["arguments"]})
                     )
             if choice.get("finish_reason"):
                 self._finish = choice["finish_reason"]
+                self._sequence = choice.get("stop_sequence")
         return events
 
     def finish(self, usage: Usage) -> list[tuple[str, dict[str, Any]]]:
@@ -359,8 +410,10 @@ class ChunksToMessageEvents:
         events = self._start() + self._close_block()
         # The input side is only known at the end here, so message_delta carries it too;
         # Anthropic's SDKs take any usage field present on message_delta.
-        stop = _STOP_REASON.get(self._finish or "stop", "end_turn")
-        delta = {"stop_reason": stop, "stop_sequence": None}
+        stop, sequence = _stop_reason(
+            self._finish, tools=self._tools, refused=self._refused, sequence=self._sequence
+        )
+        delta = {"stop_reason": stop, "stop_sequence": sequence}
         data = {"type": "message_delta", "delta": delta, "usage": _anthropic_usage(usage)}
         events.append(("message_delta", data))
         events.append(("message_stop", {"type": "message_stop"}))
@@ -415,8 +468,11 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
 
     System (and developer) messages become the top-level ``system``; tool messages
     become ``tool_result`` blocks in a user turn; consecutive turns of one role are
-    merged.  Raises ``BadRequest`` for content Anthropic cannot take.
+    merged.  Raises ``BadRequest`` for content Anthropic cannot take, and for ``n`` > 1:
+    Anthropic answers one choice per request, and ignoring ``n`` would be a silent lie.
     """
+    if isinstance(body.get("n"), int) and body["n"] > 1:
+        raise BadRequest("n: this model answers one choice per request", param="n")
     system: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
     for i, message in enumerate(body.get("messages") or []):
@@ -434,6 +490,7 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
                 "tool_use_id": message.get("tool_call_id", ""),
                 "content": "\n".join(_texts(message.get("content"), f"messages.{i}")),
             }
+            result |= {k: message[k] for k in EXTENSIONS if message.get(k)}
             turn = {"role": "user", "content": [result]}
         else:
             raise BadRequest(f"messages.{i}.role: {role!r} is not supported", param="messages")
@@ -489,21 +546,31 @@ def _texts(content: Any, where: str) -> list[str]:
 def _user_content(content: Any, i: int) -> str | list[dict[str, Any]]:
     if isinstance(content, str):
         return content
+    if not isinstance(content, list):
+        raise BadRequest(f"messages.{i}.content: must be a string or a list of parts")
     blocks = []
-    for j, part in enumerate(content or []):
+    for j, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise BadRequest(f"messages.{i}.content.{j}: a content part must be an object")
         kind = part.get("type")
         if kind == "text":
             if part.get("text"):  # Anthropic refuses empty text blocks
                 blocks.append(_text_part(part))
         elif kind == "image_url":
-            blocks.append(_image_to_anthropic(part, f"messages.{i}.content.{j}"))
+            image = _image_to_anthropic(part, f"messages.{i}.content.{j}")
+            if part.get("cache_control"):
+                image["cache_control"] = part["cache_control"]
+            blocks.append(image)
         else:
             raise BadRequest(f"messages.{i}.content.{j}: part type {kind!r} is not supported")
     return blocks
 
 
 def _image_to_anthropic(part: dict[str, Any], where: str) -> dict[str, Any]:
-    url = (part.get("image_url") or {}).get("url", "")
+    image_url = part.get("image_url")
+    if not isinstance(image_url, dict) or not isinstance(image_url.get("url"), str):
+        raise BadRequest(f"{where}.image_url: must be an object with a `url`")
+    url = image_url["url"]
     if url.startswith("data:"):
         header, _, data = url.partition(",")
         media_type = header[len("data:") :].split(";")[0] or "image/png"
@@ -553,6 +620,8 @@ def _tool_to_anthropic(tool: dict[str, Any]) -> dict[str, Any]:
     if fn.get("description"):
         out["description"] = fn["description"]
     out["input_schema"] = fn.get("parameters") or {"type": "object", "properties": {}}
+    if tool.get("cache_control"):
+        out["cache_control"] = tool["cache_control"]
     return out
 
 
@@ -598,12 +667,15 @@ def messages_response_to_openai(body: dict[str, Any]) -> tuple[dict[str, Any], U
         message["tool_calls"] = calls
     usage = _usage_from_anthropic(body.get("usage") or {})
     finish = _FINISH_REASON.get(body.get("stop_reason") or "end_turn", "stop")
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+    if body.get("stop_reason") == "stop_sequence" and body.get("stop_sequence"):
+        choice["stop_sequence"] = body["stop_sequence"]  # for an Anthropic client
     answer = {
         "id": body.get("id", ""),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body.get("model", ""),
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "choices": [choice],
         "usage": usage.to_openai(),
     }
     return answer, usage
@@ -622,7 +694,9 @@ class MessageEventsToChunks:
         self._id = ""
         self._model = ""
         self._tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
+        self._quiet: set[int] = set()  # tool blocks no argument JSON came for yet
         self._finish = "stop"
+        self._sequence: str | None = None
         self._usage: dict[str, Any] = {}
 
     def feed(self, event: str, data: dict[str, Any]) -> list[dict[str, Any] | Usage]:
@@ -638,6 +712,7 @@ class MessageEventsToChunks:
             block = data.get("content_block") or {}
             if block.get("type") == "tool_use":
                 n = self._tools[data.get("index", 0)] = len(self._tools)
+                self._quiet.add(data.get("index", 0))
                 fn = {"name": block.get("name", ""), "arguments": ""}
                 call = {"index": n, "id": block.get("id", ""), "type": "function", "function": fn}
                 return [self._chunk({"tool_calls": [call]})]
@@ -649,20 +724,33 @@ class MessageEventsToChunks:
             if delta.get("type") == "text_delta" and delta.get("text"):
                 return [self._chunk({"content": delta["text"]})]
             if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
+                self._quiet.discard(data.get("index", 0))
                 n = self._tools.get(data.get("index", 0), 0)
                 call = {"index": n, "function": {"arguments": delta["partial_json"]}}
                 return [self._chunk({"tool_calls": [call]})]
             return []
+        if kind == "content_block_stop" and data.get("index", 0) in self._quiet:
+            # A tool called with no input streams no JSON at all (or one empty delta):
+            # OpenAI clients parse the arguments, and "" is not JSON.
+            self._quiet.discard(data.get("index", 0))
+            n = self._tools[data.get("index", 0)]
+            return [self._chunk({"tool_calls": [{"index": n, "function": {"arguments": "{}"}}]})]
         if kind == "message_delta":
-            reason = (data.get("delta") or {}).get("stop_reason")
+            delta = data.get("delta") or {}
+            reason = delta.get("stop_reason")
             if reason:
                 self._finish = _FINISH_REASON.get(reason, "stop")
+            if reason == "stop_sequence" and delta.get("stop_sequence"):
+                self._sequence = delta["stop_sequence"]
             # message_delta counts are cumulative: present ones replace message_start's.
             usage = data.get("usage") or {}
             self._usage.update({k: v for k, v in usage.items() if v is not None})
             return []
         if kind == "message_stop":
-            return [self._chunk({}, self._finish), _usage_from_anthropic(self._usage)]
+            last = self._chunk({}, self._finish)
+            if self._sequence:
+                last["choices"][0]["stop_sequence"] = self._sequence  # for an Anthropic client
+            return [last, _usage_from_anthropic(self._usage)]
         return []
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from agents.adapters import OllamaAdapter, VendorCall
+from agents.adapters.ollama import chat_request
 from schemas.config import VendorConfig
 from schemas.errors import BadRequest, VendorBadRequest, VendorUnavailable
 from schemas.formats.openai import assemble_chunks
@@ -272,3 +273,18 @@ async def test_embed_answers_as_openai_list():
         "model": "nomic-embed-text",
         "usage": {"prompt_tokens": 8, "total_tokens": 8},
     }
+
+
+@pytest.mark.parametrize(
+    "content", [["hi"], [{"type": "image_url", "image_url": "data:image/png;base64,QQ=="}], 7]
+)
+def test_malformed_content_is_a_bad_request(content):
+    body = {"model": "m", "messages": [{"role": "user", "content": content}]}
+    with pytest.raises(BadRequest):
+        chat_request(body, "llama3", stream=False)
+
+
+def test_more_than_one_choice_is_refused_not_ignored():
+    body = {"model": "m", "n": 2, "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(BadRequest, match="one choice"):
+        chat_request(body, "llama3", stream=False)

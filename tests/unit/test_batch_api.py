@@ -13,7 +13,7 @@ from schemas.envelope import ReplyEvent
 from schemas.errors import DeadlineExceeded, VendorBadRequest
 
 CHAT = "/v1/chat/completions"
-_, validate_chat, _ = ROUTES[CHAT]
+validate_chat = ROUTES[CHAT][1]
 
 
 def jsonl(*lines: Any) -> bytes:

@@ -14,6 +14,7 @@ from schemas.formats.anthropic import (
     messages_response_to_openai,
     openai_request_to_messages,
     openai_response_to_messages,
+    without_cache_control,
 )
 from schemas.formats.openai import assemble_chunks
 from schemas.usage import Usage
@@ -173,7 +174,7 @@ def test_tool_result_blocks_become_tool_messages_and_images_follow():
     }
     assert messages_request_to_openai(body)["messages"] == [
         {"role": "tool", "tool_call_id": "toolu_a", "content": "line 1\nline 2"},
-        {"role": "tool", "tool_call_id": "toolu_b", "content": "ok"},
+        {"role": "tool", "tool_call_id": "toolu_b", "content": "ok", "is_error": True},
         {
             "role": "user",
             "content": [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,QQ=="}}],
@@ -704,3 +705,159 @@ def test_unknown_events_and_deltas_are_skipped():
         "delta": {"type": "thinking_delta", "thinking": "hm"},
     }
     assert convert.feed("content_block_delta", thinking) == []
+
+
+def test_anthropic_to_anthropic_keeps_cache_breakpoints_and_tool_errors():
+    cached = {"type": "ephemeral"}
+    image = {"type": "base64", "media_type": "image/png", "data": "QQ=="}
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "tools": [{"name": "t", "input_schema": {"type": "object"}, "cache_control": cached}],
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "image", "source": image, "cache_control": cached}],
+            },
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "tu", "name": "t", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "tu",
+                        "content": "failed",
+                        "is_error": True,
+                        "cache_control": cached,
+                    }
+                ],
+            },
+        ],
+    }
+    neutral = messages_request_to_openai(body)
+    back = openai_request_to_messages(neutral, "claude")
+    assert back["tools"][0]["cache_control"] == cached
+    assert back["messages"][0]["content"][0]["cache_control"] == cached
+    [result] = back["messages"][-1]["content"]
+    assert (result["is_error"], result["cache_control"]) == (True, cached)
+
+    plain = without_cache_control(neutral)  # what OpenAI-format vendors get
+    text = json.dumps(plain)
+    assert "cache_control" not in text and "is_error" not in text
+    assert plain["messages"][-1] == {"role": "tool", "tool_call_id": "tu", "content": "failed"}
+    assert without_cache_control(plain) is plain
+
+
+@pytest.mark.parametrize(
+    "content",
+    [["hi"], [{"type": "image_url", "image_url": "https://example.com/a.png"}], 5],
+)
+def test_malformed_openai_content_is_a_bad_request_for_anthropic(content):
+    body = {"model": "m", "messages": [{"role": "user", "content": content}]}
+    with pytest.raises(BadRequest):
+        openai_request_to_messages(body, "claude")
+
+
+def _events(*pairs):
+    conv = MessageEventsToChunks(created=1)
+    out = []
+    for data in pairs:
+        out += conv.feed(data["type"], data)
+    return out
+
+
+def test_a_tool_called_without_input_streams_empty_json_object_arguments():
+    chunks = _events(
+        {"type": "message_start", "message": {"id": "msg_1", "model": "c", "usage": {}}},
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "tool_use", "id": "tu", "name": "now", "input": {}},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": ""},
+        },
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use"},
+            "usage": {"output_tokens": 3},
+        },
+        {"type": "message_stop"},
+    )
+    answer = assemble_chunks([c for c in chunks if isinstance(c, dict)])
+    [call] = answer["choices"][0]["message"]["tool_calls"]
+    assert json.loads(call["function"]["arguments"]) == {}
+    assert answer["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_the_matched_stop_sequence_survives_anthropic_to_anthropic():
+    message = {
+        "id": "msg_1",
+        "content": [{"type": "text", "text": "a"}],
+        "stop_reason": "stop_sequence",
+        "stop_sequence": "END",
+        "usage": {"input_tokens": 1, "output_tokens": 1},
+    }
+    neutral, usage = messages_response_to_openai(message)
+    assert neutral["choices"][0]["finish_reason"] == "stop"
+    back = openai_response_to_messages(neutral, usage, "claude")
+    assert (back["stop_reason"], back["stop_sequence"]) == ("stop_sequence", "END")
+
+    chunks = _events(
+        {"type": "message_start", "message": {"id": "msg_1", "model": "c", "usage": {}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "a"}},
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "stop_sequence", "stop_sequence": "END"},
+        },
+        {"type": "message_stop"},
+    )
+    conv = ChunksToMessageEvents("claude", "msg_1")
+    for chunk in chunks[:-1]:
+        conv.feed(chunk)
+    delta = dict(conv.finish(Usage()))
+    assert delta["message_delta"]["delta"] == {
+        "stop_reason": "stop_sequence",
+        "stop_sequence": "END",
+    }
+
+
+def test_tool_calls_that_finish_with_stop_read_as_tool_use():
+    """OpenAI ends a forced tool choice with finish_reason "stop"."""
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    body = {
+        "id": "x",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    assert openai_response_to_messages(body, Usage(), "claude")["stop_reason"] == "tool_use"
+    conv = ChunksToMessageEvents("claude", "msg_1")
+    conv.feed({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, **call}]}}]})
+    conv.feed({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    assert dict(conv.finish(Usage()))["message_delta"]["delta"]["stop_reason"] == "tool_use"
+
+
+def test_a_streamed_refusal_ends_as_a_refusal():
+    conv = ChunksToMessageEvents("claude", "msg_1")
+    conv.feed({"choices": [{"index": 0, "delta": {"refusal": "I can't help with that."}}]})
+    conv.feed({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    assert dict(conv.finish(Usage()))["message_delta"]["delta"]["stop_reason"] == "refusal"
+
+
+def test_more_than_one_choice_is_refused_not_ignored():
+    body = {"model": "m", "n": 3, "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(BadRequest, match="one choice"):
+        openai_request_to_messages(body, "claude")
