@@ -64,6 +64,12 @@ class BatchLane:
             loop = asyncio.get_running_loop()
             queue.timer = loop.call_later(self.rule.max_age_s, self._flush, key)
 
+    def flush_all(self) -> set[asyncio.Task[None]]:
+        """Send every waiting batch now (the worker is stopping); the tasks running them."""
+        for key in list(self._queues):
+            self._flush(key)
+        return set(self._tasks)
+
     def _flush(self, key: tuple[str, str]) -> None:
         queue = self._queues.pop(key, None)
         if queue is None or not queue.items:

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     # Request bodies above this are refused with 413 before they are read (32 MiB, as
     # Anthropic's Messages API; an image-heavy chat rarely comes near it).
     max_body_bytes: int = 32 * 1024 * 1024
+    # How long a stopping worker lets the requests it already took finish (SIGTERM).
+    worker_drain_s: float = 30.0
     # How long the Batch API keeps uploaded files, batches and their results.
     batch_retention_s: int = 30 * 24 * 3600
     # JVM options of the embedded broker, replacing its defaults (serial GC, C1 JIT), e.g.

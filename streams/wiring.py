@@ -322,6 +322,12 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _close(app: faust.App, **_: Any) -> None:
+        """Faust has stopped consuming (what it fetched but never handed over stays
+        uncommitted, for the next owner of the partition).  The requests already taken
+        are answered and metered before the producer and vendor clients close, so a
+        rolling restart leaves nobody waiting out a deadline."""
+        lane = handler.lane.flush_all() if handler.lane else set()
+        await drain(in_flight | lane, settings.worker_drain_s)
         await http.aclose()
         await sink.close()
 
@@ -345,6 +351,16 @@ def spend_by_tenant(values: list[bytes]) -> list[tuple[str, float, float]]:
             sum_, last = totals.get(day, (0.0, 0.0))
             totals[day] = (sum_ + cost, max(last, at))
     return sorted(((t, c, at) for (t, _), (c, at) in totals.items()), key=lambda s: s[2])
+
+
+async def drain(tasks: set[asyncio.Task[None]], timeout_s: float) -> None:
+    """Let ``tasks`` finish, for up to ``timeout_s``; say how many did not."""
+    if not tasks:
+        return
+    log.warning("stopping: finishing %d requests in flight (up to %.0fs)", len(tasks), timeout_s)
+    _, left = await asyncio.wait(tasks, timeout=timeout_s)
+    if left:
+        log.warning("stopping: %d requests still unanswered after the drain", len(left))
 
 
 async def readable(stream: faust.StreamT[bytes], cls: type[M]) -> AsyncIterator[M]:
