@@ -219,3 +219,5 @@ async def test_another_tenant_sees_none_of_it(stack_factory: Any, simulator: Sim
         await theirs.batches.create(input_file_id=upload.id, endpoint=CHAT, completion_window="24h")
     assert [f.id for f in (await theirs.files.list()).data] == []
     assert (await mine.files.retrieve(upload.id)).id == upload.id
+    # Let it end here: its vendor batch must not land in another test's count.
+    assert (await finished(mine, batch.id)).status == "completed"
