@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import (
+    anthropic_batch_routes,
     anthropic_routes,
     batch_routes,
     errors,
@@ -70,6 +71,7 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
     app.include_router(anthropic_routes.router)
     app.include_router(model_routes.router)
     app.include_router(batch_routes.router)
+    app.include_router(anthropic_batch_routes.router)
 
     # Added last wraps first: Measure sees what the edge answers.
     app.add_middleware(Edge, max_body=settings.max_body_bytes)

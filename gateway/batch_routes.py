@@ -38,6 +38,7 @@ from schemas.errors import BadRequest, NotFound, RelayError
 from tables.batches import BatchStore
 
 router = APIRouter(prefix="/v1")
+ANTHROPIC = "/v1/messages"  # Anthropic's Message Batches share the store: not shown here
 UNQUEUED = "the relay could not queue this request"
 
 
@@ -202,7 +203,7 @@ async def create_batch(body: BatchRequest, request: Request, who: CallerDep) -> 
 
 async def _batch(request: Request, tenant: str, batch_id: str) -> BatchObject:
     batch = await _store(request).batch(tenant, batch_id)
-    if batch is None:
+    if batch is None or batch.endpoint == ANTHROPIC:
         raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
     return batch
 
@@ -214,7 +215,8 @@ async def list_batches(
     after: str | None = None,
     limit: int = Query(20, ge=1, le=100),
 ) -> dict[str, Any]:
-    return _page(await _store(request).batches(who.tenant), after, limit)
+    batches = await _store(request).batches(who.tenant)
+    return _page([b for b in batches if b.endpoint != ANTHROPIC], after, limit)
 
 
 @router.get("/batches/{batch_id}")
@@ -224,7 +226,6 @@ async def get_batch(batch_id: str, request: Request, who: CallerDep) -> dict[str
 
 @router.post("/batches/{batch_id}/cancel")
 async def cancel_batch(batch_id: str, request: Request, who: CallerDep) -> dict[str, Any]:
-    batch = await _store(request).cancel(who.tenant, batch_id)
-    if batch is None:
-        raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
-    return batch.model_dump()
+    await _batch(request, who.tenant, batch_id)
+    await _store(request).cancel(who.tenant, batch_id)
+    return (await _batch(request, who.tenant, batch_id)).model_dump()

@@ -45,7 +45,7 @@ def line_correlation(batch_id: str, index: int) -> str:
 def parse_correlation(correlation_id: str) -> tuple[str, int] | None:
     """``(batch id, line index)`` of a batch line's correlation id, else None."""
     batch_id, sep, index = correlation_id.rpartition("/")
-    if not sep or not batch_id.startswith("batch_") or not index.isdigit():
+    if not sep or not batch_id.startswith(("batch_", "msgbatch_")) or not index.isdigit():
         return None
     return batch_id, int(index)
 
@@ -129,6 +129,16 @@ class OutputLine(BaseModel):
     @property
     def ok(self) -> bool:
         return self.response is not None and self.response.status_code == 200
+
+    @property
+    def outcome(self) -> Literal["succeeded", "errored", "canceled", "expired"]:
+        """What Anthropic's Message Batches call this line's result."""
+        if self.ok:
+            return "succeeded"
+        code = self.error.code if self.error else None
+        if code == "batch_cancelled":
+            return "canceled"
+        return "expired" if code == "batch_expired" else "errored"
 
 
 def read_input(

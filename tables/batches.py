@@ -28,6 +28,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
+redis.call('HINCRBY', KEYS[1], 'outcome:' .. ARGV[6], 1)
 local h = redis.call('HMGET', KEYS[1], 'total', 'completed', 'failed', 'status')
 if tonumber(h[2] or 0) + tonumber(h[3] or 0) >= tonumber(h[1]) then
   if h[4] == 'cancelling' then
@@ -147,10 +148,27 @@ class BatchStore:
         )
 
     async def _lines(self, batch_id: str, *, ok: bool) -> bytes:
+        return b"".join(
+            line.model_dump_json().encode() + b"\n"
+            for line in await self.lines(batch_id)
+            if line.ok == ok
+        )
+
+    async def lines(self, batch_id: str) -> list[OutputLine]:
+        """Every line recorded so far, in input order (the caller checked the tenant)."""
         async with self._guard() as redis:
             raw: dict[Any, Any] = await redis.hgetall(self._out(batch_id))
-        lines = [OutputLine.model_validate_json(raw[k]) for k in sorted(raw, key=int)]
-        return b"".join(line.model_dump_json().encode() + b"\n" for line in lines if line.ok == ok)
+        return [OutputLine.model_validate_json(raw[k]) for k in sorted(raw, key=int)]
+
+    async def outcomes(self, batch_id: str) -> dict[str, int]:
+        """Lines recorded so far by Anthropic's outcome: succeeded, errored, canceled,
+        expired (the caller checked the tenant)."""
+        kinds = ("succeeded", "errored", "canceled", "expired")
+        async with self._guard() as redis:
+            found: list[Any] = await redis.hmget(
+                self._batch(batch_id), [f"outcome:{k}" for k in kinds]
+            )
+        return {k: int(v or 0) for k, v in zip(kinds, found, strict=True)}
 
     # ---- batches ----------------------------------------------------------------------
 
@@ -214,6 +232,12 @@ class BatchStore:
             )
         return await self.batch(tenant, batch_id)
 
+    async def delete_batch(self, tenant: str, batch_id: str) -> None:
+        """Forget a batch and its results (the caller checked the tenant)."""
+        async with self._guard() as redis:
+            await redis.delete(self._batch(batch_id), self._out(batch_id), self._ids(batch_id))
+            await redis.zrem(self._index("batches", tenant), batch_id)
+
     async def cancelled(self, batch_id: str) -> bool:
         async with self._guard() as redis:
             status: Any = await redis.hget(self._batch(batch_id), "status")
@@ -236,6 +260,7 @@ class BatchStore:
                     "completed" if line.ok else "failed",
                     int(time.time()),
                     self.retention_ms,
+                    line.outcome,
                 ],
             )
         return None if done == -1 else bool(done)

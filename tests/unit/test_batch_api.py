@@ -94,3 +94,37 @@ def test_an_expired_line_is_reported_as_openai_does() -> None:
     )
     assert line.response is None and line.error is not None
     assert line.error.code == "batch_expired" and not line.ok
+
+
+def test_lines_read_as_anthropic_batch_results() -> None:
+    from gateway.anthropic_batch_routes import _result
+    from schemas.batches import LineError, OutputLine, OutputResponse
+
+    cancelled = OutputLine(custom_id="c", error=LineError(code="batch_cancelled", message="x"))
+    expired = OutputLine(custom_id="e", error=LineError(code="batch_expired", message="x"))
+    refused = OutputLine(
+        custom_id="r",
+        response=OutputResponse(
+            status_code=429,
+            request_id="q",
+            body={"error": {"message": "slow down", "type": "rate_limit_error"}},
+        ),
+    )
+    assert _result(cancelled) == {"custom_id": "c", "result": {"type": "canceled"}}
+    assert _result(expired)["result"] == {"type": "expired"}
+    assert _result(refused)["result"] == {
+        "type": "errored",
+        "error": {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}},
+    }
+    body = {
+        "id": "chatcmpl-1",
+        "model": "claude-haiku",
+        "choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2},
+    }
+    ok = OutputLine(
+        custom_id="o", response=OutputResponse(status_code=200, request_id="q", body=body)
+    )
+    message = _result(ok)["result"]["message"]
+    assert message["content"] == [{"type": "text", "text": "hi"}]
+    assert message["usage"]["input_tokens"] == 5 and message["model"] == "claude-haiku"

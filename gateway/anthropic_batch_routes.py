@@ -1,0 +1,236 @@
+"""Anthropic's Message Batches on the relay: ``/v1/messages/batches``.
+
+The ``anthropic`` SDK's ``messages.batches`` works unchanged.  It is the same machinery as
+the OpenAI Batch API (``batch_routes``): each request becomes a background envelope,
+answers land in the batch store, and this module shows them the Anthropic way — a
+``message_batch`` with its counts, and results as JSONL of succeeded / errored / canceled
+/ expired.  As Anthropic does, a request whose params are invalid does not fail the batch:
+it ends ``errored`` and the rest run.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from gateway.anthropic_routes import neutral_request
+from gateway.auth import Caller, CallerDep
+from gateway.errors import ANTHROPIC_TYPES
+from gateway.relay import Options, Relay
+from schemas.batches import (
+    COMPLETION_WINDOW_S,
+    BatchObject,
+    OutputLine,
+    OutputResponse,
+    RequestCounts,
+    line_correlation,
+    new_id,
+)
+from schemas.envelope import Priority, RequestEnvelope
+from schemas.errors import BadRequest, NotFound, RelayError
+from schemas.formats.anthropic import openai_response_to_messages
+from schemas.usage import Usage
+from tables.batches import BatchStore
+
+router = APIRouter(prefix="/v1/messages")
+ENDPOINT = "/v1/messages"
+_ENDED = ("completed", "cancelled", "failed", "expired")
+
+
+class Item(BaseModel):
+    custom_id: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    params: dict[str, Any]
+
+
+class CreateBody(BaseModel):
+    requests: list[Item] = Field(min_length=1, max_length=100_000)
+
+
+def _store(request: Request) -> BatchStore:
+    return request.app.state.batches  # type: ignore[no-any-return]
+
+
+def _iso(ts: int | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts else None
+
+
+async def _batch(request: Request, who: Caller, batch_id: str) -> BatchObject:
+    batch = await _store(request).batch(who.tenant, batch_id)
+    if batch is None or batch.endpoint != ENDPOINT:
+        raise NotFound(f"message batch `{batch_id}` not found")
+    return batch
+
+
+async def _shown(request: Request, batch: BatchObject) -> dict[str, Any]:
+    """The batch as Anthropic's ``message_batch`` object."""
+    counts = await _store(request).outcomes(batch.id)
+    ended = batch.status in _ENDED
+    status = "ended" if ended else "canceling" if batch.status == "cancelling" else "in_progress"
+    results = f"{str(request.base_url).rstrip('/')}{ENDPOINT}/batches/{batch.id}/results"
+    return {
+        "id": batch.id,
+        "type": "message_batch",
+        "processing_status": status,
+        "request_counts": {
+            "processing": batch.request_counts.total - sum(counts.values()),
+            **counts,
+        },
+        "ended_at": _iso(batch.completed_at or batch.cancelled_at) if ended else None,
+        "created_at": _iso(batch.created_at),
+        "expires_at": _iso(batch.expires_at),
+        "archived_at": None,
+        "cancel_initiated_at": _iso(batch.cancelling_at),
+        "results_url": results if ended else None,
+    }
+
+
+@router.post("/batches")
+async def create(body: CreateBody, request: Request, who: CallerDep) -> dict[str, Any]:
+    ids = [item.custom_id for item in body.requests]
+    if len(set(ids)) != len(ids):
+        raise BadRequest("requests: every custom_id must be unique in a batch")
+    store, relay = _store(request), request.app.state.relay
+    now = int(time.time())
+    batch = BatchObject(
+        id=new_id("msgbatch_"),
+        endpoint=ENDPOINT,
+        input_file_id="",
+        status="in_progress",
+        created_at=now,
+        in_progress_at=now,
+        expires_at=now + COMPLETION_WINDOW_S,
+        request_counts=RequestCounts(total=len(ids)),
+    )
+    await store.create(who.tenant, batch, ids)
+    opts = Options.from_headers(request.headers)
+    opts.priority = Priority.background
+    envs: list[RequestEnvelope] = []
+    for index, item in enumerate(body.requests):
+        try:
+            envs.append(await _envelope(relay, who, opts, batch, index, item))
+        except RelayError as err:  # this request ends errored; the others run
+            line = OutputLine(
+                custom_id=item.custom_id,
+                response=OutputResponse(
+                    status_code=err.status, request_id=batch.id, body=err.openai_body()
+                ),
+            )
+            await store.record(batch.id, index, line)
+    published = await relay.bus.publish_all(envs)
+    for env, failed in zip(envs, published, strict=True):
+        if failed is not None:
+            index = int(env.correlation_id.rpartition("/")[2])
+            line = OutputLine(
+                custom_id=ids[index],
+                response=OutputResponse(
+                    status_code=503,
+                    request_id=batch.id,
+                    body=RelayError("the relay could not queue this request").openai_body(),
+                ),
+            )
+            await store.record(batch.id, index, line)
+    return await _shown(request, await _batch(request, who, batch.id))
+
+
+async def _envelope(
+    relay: Relay, who: Caller, opts: Options, batch: BatchObject, index: int, item: Item
+) -> RequestEnvelope:
+    if item.params.get("stream"):
+        raise BadRequest("stream: a batched request cannot stream", param="stream")
+    neutral = neutral_request(item.params)
+    await relay.check_model(who, str(neutral["model"]))
+    opts.trace_id = new_id("")
+    key, ttl = relay.cache_terms(who, "chat", neutral, opts)
+    return relay.envelope(
+        who,
+        "chat",
+        neutral,
+        opts,
+        key,
+        ttl,
+        correlation_id=line_correlation(batch.id, index),
+        reply_to=relay.bus.topics.batch_results.name,
+        deadline_ms=(batch.expires_at or 0) * 1000,
+    )
+
+
+@router.get("/batches")
+async def list_batches(
+    request: Request,
+    who: CallerDep,
+    limit: int = Query(20, ge=1, le=1000),
+    after_id: str | None = None,
+    before_id: str | None = None,
+) -> dict[str, Any]:
+    """Newest first; ``after_id`` pages on to older batches, ``before_id`` back."""
+    batches = [b for b in await _store(request).batches(who.tenant) if b.endpoint == ENDPOINT]
+    ids = [b.id for b in batches]
+    if before_id in ids:
+        end = ids.index(before_id)
+        page, more = batches[max(0, end - limit) : end], end - limit > 0
+    else:
+        start = ids.index(after_id) + 1 if after_id in ids else 0
+        page, more = batches[start : start + limit], start + limit < len(batches)
+    return {
+        "data": [await _shown(request, b) for b in page],
+        "has_more": more,
+        "first_id": page[0].id if page else None,
+        "last_id": page[-1].id if page else None,
+    }
+
+
+@router.get("/batches/{batch_id}")
+async def retrieve(batch_id: str, request: Request, who: CallerDep) -> dict[str, Any]:
+    return await _shown(request, await _batch(request, who, batch_id))
+
+
+@router.post("/batches/{batch_id}/cancel")
+async def cancel(batch_id: str, request: Request, who: CallerDep) -> dict[str, Any]:
+    await _batch(request, who, batch_id)
+    await _store(request).cancel(who.tenant, batch_id)
+    return await _shown(request, await _batch(request, who, batch_id))
+
+
+@router.delete("/batches/{batch_id}")
+async def delete(batch_id: str, request: Request, who: CallerDep) -> dict[str, Any]:
+    batch = await _batch(request, who, batch_id)
+    if batch.status not in _ENDED:
+        raise BadRequest("a batch can be deleted once it has ended; cancel it first")
+    await _store(request).delete_batch(who.tenant, batch_id)
+    return {"id": batch_id, "type": "message_batch_deleted"}
+
+
+@router.get("/batches/{batch_id}/results")
+async def results(batch_id: str, request: Request, who: CallerDep) -> Response:
+    batch = await _batch(request, who, batch_id)
+    if batch.status not in _ENDED:
+        raise BadRequest(f"message batch `{batch_id}` has not ended yet; its results follow")
+    lines = await _store(request).lines(batch_id)
+    data = b"".join(orjson.dumps(_result(line)) + b"\n" for line in lines)
+    return Response(data, media_type="application/x-jsonl")
+
+
+def _result(line: OutputLine) -> dict[str, Any]:
+    """One output line as an Anthropic batch result."""
+    kind = line.outcome
+    if kind == "succeeded" and line.response is not None:
+        body = line.response.body
+        usage = Usage.from_openai(body.get("usage"))
+        message = openai_response_to_messages(body, usage, str(body.get("model", "")))
+        return {"custom_id": line.custom_id, "result": {"type": kind, "message": message}}
+    if kind != "errored":
+        return {"custom_id": line.custom_id, "result": {"type": kind}}
+    status = line.response.status_code if line.response else 500
+    detail = (line.response.body if line.response else {}).get("error") or {}
+    text = str(detail.get("message") or "the request failed")
+    error = {"type": ANTHROPIC_TYPES.get(status, "api_error"), "message": text}
+    return {
+        "custom_id": line.custom_id,
+        "result": {"type": "errored", "error": {"type": "error", "error": error}},
+    }
