@@ -50,6 +50,11 @@ class BatchLane:
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches_sent = 0
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for their batch to go out."""
+        return sum(len(q.items) for q in self._queues.values())
+
     def accepts(self, cand: Candidate) -> bool:
         return isinstance(self.adapters.get(cand.vendor), BatchVendor)
 

@@ -33,18 +33,20 @@ def output_line(custom_id: str, event: ReplyEvent) -> OutputLine:
     return OutputLine(custom_id=custom_id, response=response)
 
 
-async def record_reply(store: BatchStore, event: ReplyEvent) -> bool:
-    """Write a batch line's answer into its batch; False for what is not one (a stream
-    chunk, a correlation id of no batch, a batch the store no longer holds)."""
-    line = parse_correlation(event.correlation_id)
-    if line is None or event.kind == "chunk":
-        return False
-    batch_id, index = line
+async def record_reply(store: BatchStore, event: ReplyEvent) -> OutputLine | None:
+    """Write a batch line's answer into its batch: the line, or None when nothing was
+    recorded (a stream chunk, a correlation id of no batch, a batch the store no longer
+    holds, a line recorded before: the topic replayed)."""
+    found = parse_correlation(event.correlation_id)
+    if found is None or event.kind == "chunk":
+        return None
+    batch_id, index = found
     custom_id = await store.custom_id(batch_id, index)
     if custom_id is None:
         log.warning("a result for %s, a batch the store does not hold", event.correlation_id)
-        return False
-    return bool(await store.record(batch_id, index, output_line(custom_id, event)))
+        return None
+    line = output_line(custom_id, event)
+    return line if await store.record(batch_id, index, line) else None
 
 
 async def cancelled(store: BatchStore, env: RequestEnvelope, results_topic: str) -> bool:

@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     port: int = 8000
     instance_id: str = ""
     default_timeout_s: float = 120.0
-    worker_web_port: int = 0
+    worker_metrics_port: int = 0  # the worker's Prometheus /metrics, on `host`; 0: off
     log_level: str = "warning"
     demo_key: str = "rk-demo-relay-station-local"
     cache_stale_s: float = 3600.0  # how long L2 keeps an answer past its TTL (cache_only)

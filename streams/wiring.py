@@ -19,6 +19,7 @@ import faust
 import httpx
 import orjson
 import redis.asyncio as aioredis
+from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from httpx_aiohttp import HttpxAiohttpClient
@@ -42,6 +43,7 @@ from schemas.envelope import (
 )
 from schemas.errors import BatchCancelled, StoreUnavailable
 from schemas.settings import Settings
+from streams import metrics
 from streams.app import make_app
 from streams.codec import M, decode, encode
 from streams.topics import Topics
@@ -127,6 +129,9 @@ class KafkaSink:
         so healthy traffic costs the health agent one table write per window.  A failure,
         or the first success after one (a probe, a recovery), goes at once: breakers must
         react to those without delay."""
+        outcome = "ok" if event.ok else event.error_code or "error"
+        metrics.VENDOR_CALLS.labels(event.vendor, event.model, outcome).inc()
+        metrics.VENDOR_LATENCY.labels(event.vendor, event.model).observe(event.latency_ms / 1000)
         key = health_key(event.vendor, event.model)
         urgent = not event.ok or not self._last_ok.get(key, True)
         self._last_ok[key] = event.ok
@@ -274,7 +279,8 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         async for event in readable(stream, ReplyEvent):
             while True:
                 try:
-                    await record_reply(store, event)
+                    if line := await record_reply(store, event):
+                        metrics.BATCH_LINES.labels(line.outcome).inc()
                     break
                 except StoreUnavailable:
                     log.warning("batch store unavailable; result %s waits", event.correlation_id)
@@ -320,6 +326,19 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
             )
         )
 
+    serving: list[web.AppRunner] = []
+
+    @app.task
+    async def _serve_metrics() -> None:
+        if not settings.worker_metrics_port:
+            return
+        state = metrics.WorkerState(
+            in_flight=lambda: len(in_flight),
+            lane_queued=lambda: handler.lane.queued if handler.lane else 0,
+            health=lambda: dict(health.items()),
+        )
+        serving.append(await metrics.serve(settings.host, settings.worker_metrics_port, state))
+
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _close(app: faust.App, **_: Any) -> None:
         """Faust has stopped consuming (what it fetched but never handed over stays
@@ -328,6 +347,8 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         rolling restart leaves nobody waiting out a deadline."""
         lane = handler.lane.flush_all() if handler.lane else set()
         await drain(in_flight | lane, settings.worker_drain_s)
+        for runner in serving:
+            await runner.cleanup()
         await http.aclose()
         await sink.close()
 

@@ -71,7 +71,7 @@ async def test_each_line_counts_once_and_the_last_one_completes_the_batch(
 ) -> None:
     batch = await new_batch(store, "acme", ["a", "b", "c"])
     assert await record_reply(store, answer(batch, 0, "first"))
-    assert not await record_reply(store, answer(batch, 0, "replayed"))  # a replay
+    assert await record_reply(store, answer(batch, 0, "replayed")) is None  # a replay
     failed = ReplyEvent(
         correlation_id=line_correlation(batch.id, 2),
         kind="error",

@@ -12,6 +12,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from gateway import metrics
+from streams import metrics as worker_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -51,17 +52,21 @@ def _by_role(services: dict[str, Service], role: str) -> dict[str, Service]:
 
 
 def _families() -> dict[str, str]:
-    """The gateway's metric families: name (as prometheus_client stores it) to type."""
-    return {
+    """The gateway's and the worker's metric families: name (as prometheus_client stores
+    it) to type, the worker's scrape-time gauges included."""
+    wrapped = {
         family.name: family.type
-        for obj in vars(metrics).values()
+        for module in (metrics, worker_metrics)
+        for obj in vars(module).values()
         if isinstance(obj, MetricWrapperBase)
         for family in obj.describe()
     }
+    state = worker_metrics.WorkerState(lambda: 0, lambda: 0, lambda: {})
+    return wrapped | {family.name: family.type for family in state.collect()}
 
 
 def _exported_series() -> set[str]:
-    """Every series name the gateway's metrics can expose on /metrics."""
+    """Every series name the gateway's and workers' metrics can expose on /metrics."""
     return {name + suffix for name, kind in _families().items() for suffix in SERIES_SUFFIXES[kind]}
 
 
@@ -150,15 +155,19 @@ def test_compose_relay_config_loads_and_calls_the_simulator_service() -> None:
         assert vendor.base_url.startswith("http://simulator:9100"), name
 
 
-def test_prometheus_scrapes_every_gateway(services: dict[str, Service]) -> None:
+def test_prometheus_scrapes_every_gateway_and_worker(services: dict[str, Service]) -> None:
     prom = _load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
     targets = {
-        target
+        job["job_name"]: {t for group in job["static_configs"] for t in group["targets"]}
         for job in prom["scrape_configs"]
-        for group in job["static_configs"]
-        for target in group["targets"]
     }
-    assert targets == {f"{name}:8000" for name in _by_role(services, "gateway")}
+    assert targets["relay-gateway"] == {f"{name}:8000" for name in _by_role(services, "gateway")}
+    workers = _by_role(services, "worker")
+    assert targets["relay-worker"] == {f"{name}:9464" for name in workers}
+    for name, worker in workers.items():
+        env = _env(worker)
+        assert env["RELAY_WORKER_METRICS_PORT"] == "9464", name
+        assert env["RELAY_HOST"] == "0.0.0.0", name
     mounted = {m.split(":")[1] for m in services["prometheus"]["volumes"]}
     assert set(prom["rule_files"]) <= mounted
 

@@ -1,0 +1,87 @@
+"""The worker's Prometheus metrics, served on ``RELAY_WORKER_METRICS_PORT`` (0: off).
+
+Vendor calls, their latency and the breakers are measured here rather than at the
+gateway: only a worker sees every call (fallbacks, retries, batches) and the breakers'
+states.  The endpoint runs on the worker's own event loop (aiohttp), so a scrape reads the
+tables between two events, never while an agent writes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+VENDOR_CALLS = Counter(
+    "relay_worker_vendor_calls_total",
+    "Vendor calls made by workers, by outcome (ok, or the relay's error code)",
+    ["vendor", "model", "outcome"],
+)
+VENDOR_LATENCY = Histogram(
+    "relay_worker_vendor_latency_seconds",
+    "Vendor call latency seen by workers (to the full answer, or the stream's end)",
+    ["vendor", "model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+)
+BATCH_LINES = Counter(
+    "relay_worker_batch_lines_total",
+    "Batch API lines recorded, by outcome (succeeded, errored, canceled, expired)",
+    ["outcome"],
+)
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class WorkerState(Collector):
+    """Gauges read when scraped: requests in flight, the batch lane's queue, breakers."""
+
+    def __init__(
+        self,
+        in_flight: Callable[[], int],
+        lane_queued: Callable[[], int],
+        health: Callable[[], Mapping[str, Any]],
+    ) -> None:
+        self.in_flight = in_flight
+        self.lane_queued = lane_queued
+        self.health = health
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "relay_worker_in_flight",
+            "Requests this worker took and has not answered",
+            self.in_flight(),
+        )
+        yield GaugeMetricFamily(
+            "relay_worker_batch_lane_queued",
+            "Background requests waiting to go out in a vendor batch",
+            self.lane_queued(),
+        )
+        breakers = GaugeMetricFamily(
+            "relay_worker_breaker_state",
+            "Circuit breaker per vendor model: 0 closed, 1 half-open, 2 open",
+            labels=["vendor", "model"],
+        )
+        for key, raw in self.health().items():
+            vendor, _, model = str(key).partition("/")
+            state = raw.get("state", "closed") if isinstance(raw, dict) else "closed"
+            breakers.add_metric([vendor, model], BREAKER_STATES.get(state, 0))
+        yield breakers
+
+
+async def serve(host: str, port: int, state: WorkerState) -> web.AppRunner:
+    """Start ``GET /metrics`` on ``host:port``; the caller cleans the runner up."""
+    REGISTRY.register(state)
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(REGISTRY)
+        return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
