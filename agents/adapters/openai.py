@@ -8,6 +8,7 @@ it by overriding only where URLs and auth differ.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +20,9 @@ from schemas.config import VendorConfig
 from schemas.errors import VendorBadRequest, VendorRateLimited, VendorUnavailable
 from schemas.formats.anthropic import without_cache_control
 from schemas.usage import Usage
+
+# Models that take ``max_completion_tokens`` only: o1, o3, o4-mini…, gpt-5…
+_REASONING = re.compile(r"^(o\d|gpt-5)")
 
 # Batch statuses after which no more results will come.
 _BATCH_DONE = {"completed", "expired", "cancelled", "failed"}
@@ -153,6 +157,12 @@ class OpenAIAdapter:
         body = {**without_cache_control(call.body), "model": call.model}
         body.pop("stream", None)
         body.pop("stream_options", None)
+        if _REASONING.match(call.model) and "max_tokens" in body:
+            # OpenAI's reasoning models refuse the deprecated max_tokens (what an Anthropic
+            # client's request carries); other OpenAI-compatible servers may not know the
+            # new name, so only these get it.
+            body.setdefault("max_completion_tokens", body.pop("max_tokens"))
+            body.pop("max_tokens", None)
         return body
 
     async def _post(self, path: str, call: VendorCall, body: dict[str, Any]) -> dict[str, Any]:

@@ -511,8 +511,11 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     if body.get("top_p") is not None:
         out["top_p"] = body["top_p"]
     stop = body.get("stop")
-    if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    # Anthropic refuses whitespace-only sequences ("\n" is a common OpenAI stop): a model
+    # asked to stop there simply runs on, rather than the whole request failing.
+    if stops := [s for s in stops if isinstance(s, str) and s.strip()]:
+        out["stop_sequences"] = stops
     if body.get("user"):
         out["metadata"] = {"user_id": body["user"]}
     if body.get("tools"):

@@ -500,3 +500,26 @@ def test_make_adapter_picks_the_class_by_kind(kind, cls):
     assert isinstance(adapter, ChatVendor)
     assert isinstance(adapter, EmbeddingVendor) == (kind != "anthropic")
     assert isinstance(adapter, BatchVendor) == (kind != "ollama")
+
+
+def test_reasoning_models_get_max_completion_tokens_others_keep_max_tokens():
+    def body(model: str) -> dict[str, object]:
+        call = VendorCall(
+            model=model,
+            body={
+                "model": "alias",
+                "max_tokens": 100,
+                "messages": [{"role": "user", "content": "x"}],
+            },
+            api_key="k",
+        )
+        return OpenAIAdapter(
+            VendorConfig(kind="openai", base_url="http://v/v1", api_key_env="K"),
+            httpx.AsyncClient(),
+        )._body(call)
+
+    assert body("o3-mini")["max_completion_tokens"] == 100 and "max_tokens" not in body("o3-mini")
+    assert body("gpt-5-nano")["max_completion_tokens"] == 100
+    assert body("gpt-4o-mini")["max_tokens"] == 100 and "max_completion_tokens" not in body(
+        "gpt-4o-mini"
+    )

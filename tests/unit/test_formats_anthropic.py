@@ -861,3 +861,10 @@ def test_more_than_one_choice_is_refused_not_ignored():
     body = {"model": "m", "n": 3, "messages": [{"role": "user", "content": "hi"}]}
     with pytest.raises(BadRequest, match="one choice"):
         openai_request_to_messages(body, "claude")
+
+
+def test_whitespace_only_stop_sequences_are_not_sent_to_anthropic():
+    base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    assert "stop_sequences" not in openai_request_to_messages({**base, "stop": "\n"}, "claude")
+    out = openai_request_to_messages({**base, "stop": ["\n\n", "END"]}, "claude")
+    assert out["stop_sequences"] == ["END"]
