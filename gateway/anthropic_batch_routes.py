@@ -21,18 +21,16 @@ from pydantic import BaseModel, Field
 
 from gateway.anthropic_routes import neutral_request
 from gateway.auth import Caller, CallerDep
+from gateway.batch_submit import Line, submit
 from gateway.errors import ANTHROPIC_TYPES
 from gateway.relay import Options, Relay
 from schemas.batches import (
     COMPLETION_WINDOW_S,
     BatchObject,
     OutputLine,
-    OutputResponse,
     RequestCounts,
-    line_correlation,
     new_id,
 )
-from schemas.envelope import Priority, RequestEnvelope
 from schemas.errors import BadRequest, NotFound, RelayError
 from schemas.formats.anthropic import openai_response_to_messages
 from schemas.usage import Usage
@@ -81,7 +79,9 @@ async def _shown(request: Request, batch: BatchObject) -> dict[str, Any]:
             "processing": batch.request_counts.total - sum(counts.values()),
             **counts,
         },
-        "ended_at": _iso(batch.completed_at or batch.cancelled_at) if ended else None,
+        "ended_at": _iso(batch.completed_at or batch.cancelled_at or batch.expired_at)
+        if ended
+        else None,
         "created_at": _iso(batch.created_at),
         "expires_at": _iso(batch.expires_at),
         "archived_at": None,
@@ -95,7 +95,9 @@ async def create(body: CreateBody, request: Request, who: CallerDep) -> dict[str
     ids = [item.custom_id for item in body.requests]
     if len(set(ids)) != len(ids):
         raise BadRequest("requests: every custom_id must be unique in a batch")
-    store, relay = _store(request), request.app.state.relay
+    opts = Options.from_headers(request.headers)  # a bad header refuses the whole batch
+    relay: Relay = request.app.state.relay
+    lines = [await _line(relay, who, item) for item in body.requests]
     now = int(time.time())
     batch = BatchObject(
         id=new_id("msgbatch_"),
@@ -107,57 +109,23 @@ async def create(body: CreateBody, request: Request, who: CallerDep) -> dict[str
         expires_at=now + COMPLETION_WINDOW_S,
         request_counts=RequestCounts(total=len(ids)),
     )
-    await store.create(who.tenant, batch, ids)
-    opts = Options.from_headers(request.headers)
-    opts.priority = Priority.background
-    envs: list[RequestEnvelope] = []
-    for index, item in enumerate(body.requests):
-        try:
-            envs.append(await _envelope(relay, who, opts, batch, index, item))
-        except RelayError as err:  # this request ends errored; the others run
-            line = OutputLine(
-                custom_id=item.custom_id,
-                response=OutputResponse(
-                    status_code=err.status, request_id=batch.id, body=err.openai_body()
-                ),
-            )
-            await store.record(batch.id, index, line)
-    published = await relay.bus.publish_all(envs)
-    for env, failed in zip(envs, published, strict=True):
-        if failed is not None:
-            index = int(env.correlation_id.rpartition("/")[2])
-            line = OutputLine(
-                custom_id=ids[index],
-                response=OutputResponse(
-                    status_code=503,
-                    request_id=batch.id,
-                    body=RelayError("the relay could not queue this request").openai_body(),
-                ),
-            )
-            await store.record(batch.id, index, line)
+    await submit(relay, _store(request), who, opts, batch, "chat", lines)
     return await _shown(request, await _batch(request, who, batch.id))
 
 
-async def _envelope(
-    relay: Relay, who: Caller, opts: Options, batch: BatchObject, index: int, item: Item
-) -> RequestEnvelope:
-    if item.params.get("stream"):
-        raise BadRequest("stream: a batched request cannot stream", param="stream")
-    neutral = neutral_request(item.params)
-    await relay.check_model(who, str(neutral["model"]))
-    opts.trace_id = new_id("")
-    key, ttl = relay.cache_terms(who, "chat", neutral, opts)
-    return relay.envelope(
-        who,
-        "chat",
-        neutral,
-        opts,
-        key,
-        ttl,
-        correlation_id=line_correlation(batch.id, index),
-        reply_to=relay.bus.topics.batch_results.name,
-        deadline_ms=(batch.expires_at or 0) * 1000,
-    )
+async def _line(relay: Relay, who: Caller, item: Item) -> Line:
+    """The request as a batch line; as at Anthropic, invalid params error this request
+    alone (any malformed field: the translation's own checks, or what they missed)."""
+    try:
+        if item.params.get("stream"):
+            raise BadRequest("stream: a batched request cannot stream", param="stream")
+        neutral = neutral_request(item.params)
+        await relay.check_model(who, str(neutral["model"]))
+    except RelayError as err:
+        return Line(item.custom_id, refused=err)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        return Line(item.custom_id, refused=BadRequest(f"params: malformed ({exc})"))
+    return Line(item.custom_id, body=neutral)
 
 
 @router.get("/batches")
@@ -171,6 +139,8 @@ async def list_batches(
     """Newest first; ``after_id`` pages on to older batches, ``before_id`` back."""
     batches = [b for b in await _store(request).batches(who.tenant) if b.endpoint == ENDPOINT]
     ids = [b.id for b in batches]
+    if (before_id or after_id) not in (None, *ids):  # a cursor that is gone: nothing more
+        return {"data": [], "has_more": False, "first_id": None, "last_id": None}
     if before_id in ids:
         end = ids.index(before_id)
         page, more = batches[max(0, end - limit) : end], end - limit > 0

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
 from gateway.auth import CallerDep
+from gateway.batch_submit import Line, submit
 from gateway.edge import ROUTES
 from gateway.relay import Options, Relay
 from schemas.batches import (
@@ -27,19 +28,15 @@ from schemas.batches import (
     Errors,
     FileObject,
     LineError,
-    OutputLine,
     RequestCounts,
-    line_correlation,
     new_id,
     read_input,
 )
-from schemas.envelope import Priority
 from schemas.errors import BadRequest, NotFound, RelayError
 from tables.batches import BatchStore
 
 router = APIRouter(prefix="/v1")
 ANTHROPIC = "/v1/messages"  # Anthropic's Message Batches share the store: not shown here
-UNQUEUED = "the relay could not queue this request"
 
 
 def _store(request: Request) -> BatchStore:
@@ -53,6 +50,8 @@ def _relay(request: Request) -> Relay:
 def _page(items: list[Any], after: str | None, limit: int) -> dict[str, Any]:
     """OpenAI's cursor page over ``items`` (newest first): those after ``after``."""
     ids = [i.id for i in items]
+    if after is not None and after not in ids:  # a cursor that is gone: nothing more
+        return {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
     start = ids.index(after) + 1 if after in ids else 0
     page = items[start : start + limit]
     return {
@@ -130,6 +129,7 @@ class BatchRequest(BaseModel):
 @router.post("/batches")
 async def create_batch(body: BatchRequest, request: Request, who: CallerDep) -> dict[str, Any]:
     store, relay = _store(request), _relay(request)
+    opts = Options.from_headers(request.headers)  # a bad header refuses the whole batch
     source = await _file(request, who.tenant, body.input_file_id)
     if source.purpose != "batch":
         raise BadRequest(
@@ -152,7 +152,7 @@ async def create_batch(body: BatchRequest, request: Request, who: CallerDep) -> 
                 )
             )
     errors.sort(key=lambda e: e.line or 0)
-    lines = [line for _, line in numbered]
+    valid = [line for _, line in numbered]
     now = int(time.time())
     batch = BatchObject(
         id=new_id("batch_"),
@@ -161,7 +161,7 @@ async def create_batch(body: BatchRequest, request: Request, who: CallerDep) -> 
         status="failed" if errors else "in_progress",
         created_at=now,
         metadata=body.metadata,
-        request_counts=RequestCounts(total=0 if errors else len(lines)),
+        request_counts=RequestCounts(total=0 if errors else len(valid)),
     )
     if errors:
         batch.errors = Errors(data=errors[:1000])
@@ -170,34 +170,8 @@ async def create_batch(body: BatchRequest, request: Request, who: CallerDep) -> 
         return batch.model_dump()
     batch.in_progress_at = now
     batch.expires_at = now + COMPLETION_WINDOW_S
-    await store.create(who.tenant, batch, [line.custom_id for line in lines])
-
-    opts = Options.from_headers(request.headers)
-    opts.priority = Priority.background
-    envs = []
-    for index, line in enumerate(lines):
-        opts.trace_id = new_id("")
-        key, ttl = relay.cache_terms(who, endpoint, line.body, opts)
-        envs.append(
-            relay.envelope(
-                who,
-                endpoint,
-                line.body,
-                opts,
-                key,
-                ttl,
-                correlation_id=line_correlation(batch.id, index),
-                reply_to=relay.bus.topics.batch_results.name,
-                deadline_ms=(now + COMPLETION_WINDOW_S) * 1000,
-            )
-        )
-    for index, failed in enumerate(await relay.bus.publish_all(envs)):
-        if failed is not None:
-            unqueued = OutputLine(
-                custom_id=lines[index].custom_id,
-                error=LineError(code="no_healthy_vendor", message=UNQUEUED),
-            )
-            await store.record(batch.id, index, unqueued)
+    lines = [Line(custom_id=line.custom_id, body=line.body) for line in valid]
+    await submit(relay, store, who, opts, batch, endpoint, lines)
     return (await _batch(request, who.tenant, batch.id)).model_dump()
 
 

@@ -165,10 +165,10 @@ class Bus:
             raise NoHealthyVendor(UNQUEUED) from None
         delivery.add_done_callback(lambda fut: self._undelivered(env, fut))
 
-    async def publish_all(self, envs: list[RequestEnvelope]) -> list[KafkaError | None]:
+    async def publish_all(self, envs: list[RequestEnvelope]) -> list[Exception | None]:
         """Publish envelopes nobody waits for here (a batch's lines), and wait until the
         broker took each: the error of each one it did not (metered as failed), or None."""
-        deliveries: list[asyncio.Future[object] | KafkaError] = []
+        deliveries: list[asyncio.Future[object] | Exception] = []
         for env in envs:
             try:
                 deliveries.append(
@@ -176,16 +176,16 @@ class Bus:
                         self.topics.requests.name, encode(env), key=env.prompt_hash.encode()
                     )
                 )
-            except KafkaError as exc:
+            except Exception as exc:  # refused at once: too large, unencodable, no broker
                 deliveries.append(exc)
-        errors: list[KafkaError | None] = []
+        errors: list[Exception | None] = []
         for env, delivery in zip(envs, deliveries, strict=True):
             try:
-                if isinstance(delivery, KafkaError):
+                if isinstance(delivery, Exception):
                     raise delivery
                 await delivery
                 errors.append(None)
-            except KafkaError as exc:
+            except Exception as exc:
                 log.warning("request %s not published: %s", env.correlation_id, exc)
                 await self.meter(UsageEvent.failure(env, NoHealthyVendor.code))
                 errors.append(exc)

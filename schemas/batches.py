@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, Field, ValidationError
 
 from schemas.errors import RelayError
@@ -171,8 +172,11 @@ def read_input(
         else:
             try:
                 line.body = validate(line.body)
+                orjson.dumps(line.body)  # what the relay cannot send on, it refuses now
             except (ValidationError, RelayError) as exc:
                 problem = _reason(exc)
+            except TypeError as exc:
+                problem = f"body: cannot be sent on ({exc})"
         seen.add(line.custom_id)
         if problem:
             errors.append(LineError(code="invalid_request", message=problem, line=number))

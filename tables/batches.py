@@ -29,15 +29,26 @@ if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
 redis.call('HINCRBY', KEYS[1], 'outcome:' .. ARGV[6], 1)
-local h = redis.call('HMGET', KEYS[1], 'total', 'completed', 'failed', 'status')
+local h = redis.call('HMGET', KEYS[1], 'total', 'completed', 'failed', 'status',
+                    'outcome:expired')
 if tonumber(h[2] or 0) + tonumber(h[3] or 0) >= tonumber(h[1]) then
   if h[4] == 'cancelling' then
     redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancelled_at', ARGV[4])
+  elseif tonumber(h[5] or 0) > 0 then
+    redis.call('HSET', KEYS[1], 'status', 'expired', 'expired_at', ARGV[4])
   else
     redis.call('HSET', KEYS[1], 'status', 'completed', 'finalizing_at', ARGV[4],
                'completed_at', ARGV[4])
   end
 end
+return 1
+"""
+# Cancels a batch only while lines are still out: the last line may have just finished it.
+_CANCEL = """
+local h = redis.call('HMGET', KEYS[1], 'status', 'total', 'completed', 'failed')
+if h[1] ~= 'in_progress' then return 0 end
+if tonumber(h[3] or 0) + tonumber(h[4] or 0) >= tonumber(h[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'cancelling', 'cancelling_at', ARGV[1])
 return 1
 """
 _FINISHED = ("completed", "cancelled", "failed", "expired")
@@ -63,6 +74,7 @@ class BatchStore:
         self.prefix = f"{prefix}:batchapi:"
         self.retention_ms = retention_s * 1000
         self._record = redis.register_script(_RECORD)
+        self._cancel = redis.register_script(_CANCEL)
 
     # Keys: a batch's keys share a hash tag, so a Redis Cluster keeps them on one node.
     def _file(self, file_id: str) -> str:
@@ -89,7 +101,7 @@ class BatchStore:
         async with self._guard() as redis, redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping={"meta": meta.model_dump_json(), "tenant": tenant, "data": data})
             pipe.pexpire(key, self.retention_ms)
-            pipe.zadd(self._index("files", tenant), {meta.id: meta.created_at})
+            pipe.zadd(self._index("files", tenant), {meta.id: time.time()})
             pipe.pexpire(self._index("files", tenant), self.retention_ms)
             await pipe.execute()
         return meta
@@ -118,9 +130,12 @@ class BatchStore:
 
     async def files(self, tenant: str) -> list[FileObject]:
         """The tenant's uploaded files, newest first."""
+        index = self._index("files", tenant)
         async with self._guard() as redis:
-            ids: list[Any] = await redis.zrevrange(self._index("files", tenant), 0, -1)
+            ids: list[Any] = await redis.zrevrange(index, 0, -1)
             metas = [await redis.hget(self._file(i.decode()), "meta") for i in ids]
+            if gone := [i for i, m in zip(ids, metas, strict=True) if m is None]:
+                await redis.zrem(index, *gone)  # expired since they were listed
         return [FileObject.model_validate_json(m) for m in metas if m is not None]
 
     async def delete_file(self, tenant: str, file_id: str) -> bool:
@@ -142,7 +157,10 @@ class BatchStore:
         return FileObject(
             id=output_file_id(batch_id, kind),
             bytes=len(data),
-            created_at=batch.completed_at or batch.cancelled_at or batch.created_at,
+            created_at=batch.completed_at
+            or batch.cancelled_at
+            or batch.expired_at
+            or batch.created_at,
             filename=f"{batch_id}_{kind}.jsonl",
             purpose="batch_output",
         )
@@ -188,7 +206,7 @@ class BatchStore:
                 pipe.rpush(self._ids(batch.id), *custom_ids)
             for k in (key, self._ids(batch.id)):
                 pipe.pexpire(k, self.retention_ms)
-            pipe.zadd(self._index("batches", tenant), {batch.id: batch.created_at})
+            pipe.zadd(self._index("batches", tenant), {batch.id: time.time()})
             pipe.pexpire(self._index("batches", tenant), self.retention_ms)
             await pipe.execute()
 
@@ -202,7 +220,7 @@ class BatchStore:
         batch.status = fields["status"]  # type: ignore[assignment]
         batch.request_counts.completed = int(fields["completed"])
         batch.request_counts.failed = int(fields["failed"])
-        for name in ("finalizing_at", "completed_at", *_CANCEL_FIELDS):
+        for name in ("finalizing_at", "completed_at", "expired_at", *_CANCEL_FIELDS):
             if name in fields:
                 setattr(batch, name, int(fields[name]))
         if batch.status in _FINISHED:
@@ -214,22 +232,22 @@ class BatchStore:
 
     async def batches(self, tenant: str) -> list[BatchObject]:
         """The tenant's batches, newest first."""
+        index = self._index("batches", tenant)
         async with self._guard() as redis:
-            ids: list[Any] = await redis.zrevrange(self._index("batches", tenant), 0, -1)
+            ids: list[Any] = await redis.zrevrange(index, 0, -1)
         found = [await self.batch(tenant, i.decode()) for i in ids]
+        if gone := [i for i, b in zip(ids, found, strict=True) if b is None]:
+            async with self._guard() as redis:
+                await redis.zrem(index, *gone)  # expired since they were listed
         return [b for b in found if b is not None]
 
     async def cancel(self, tenant: str, batch_id: str) -> BatchObject | None:
         """Ask a running batch to stop: lines not yet sent to a vendor are answered with
         ``batch_cancelled``; the batch is ``cancelled`` once every line is accounted for."""
-        batch = await self.batch(tenant, batch_id)
-        if batch is None or batch.status != "in_progress":
-            return batch
-        async with self._guard() as redis:
-            await redis.hset(
-                self._batch(batch_id),
-                mapping={"status": "cancelling", "cancelling_at": int(time.time())},
-            )
+        if await self.batch(tenant, batch_id) is None:
+            return None
+        async with self._guard():
+            await self._cancel(keys=[self._batch(batch_id)], args=[int(time.time())])
         return await self.batch(tenant, batch_id)
 
     async def delete_batch(self, tenant: str, batch_id: str) -> None:

@@ -71,9 +71,17 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     for key in ("temperature", "top_p", "stream"):
         if body.get(key) is not None:
             out[key] = body[key]
-    if body.get("stop_sequences"):
-        out["stop"] = list(body["stop_sequences"])
-    user = (body.get("metadata") or {}).get("user_id")
+    stops = body.get("stop_sequences")
+    if stops is not None and (
+        not isinstance(stops, list) or not all(isinstance(x, str) for x in stops)
+    ):
+        raise BadRequest("stop_sequences: must be a list of strings", param="stop_sequences")
+    if stops:
+        out["stop"] = list(stops)
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise BadRequest("metadata: must be an object", param="metadata")
+    user = (metadata or {}).get("user_id")
     if user:
         out["user"] = user
     if body.get("tools"):

@@ -45,22 +45,26 @@ async def test_the_anthropic_sdk_runs_a_message_batch(relay: Stack, simulator: S
     sdk = client(relay, **{"x-relay-cost-tag": tag})
     claude = params("claude-haiku", f"batched for claude {uuid.uuid4().hex}")
     gpt = params("gpt-4o-mini", f"batched for gpt {uuid.uuid4().hex}")
+    odd: Any = {**params("claude-haiku", "hi"), "metadata": "x"}  # not an object: invalid
     created = await sdk.messages.batches.create(
         requests=[
             {"custom_id": "claude", "params": claude},
             {"custom_id": "gpt", "params": gpt},
             {"custom_id": "nope", "params": params("no-such-model", "hi")},
+            {"custom_id": "odd", "params": odd},
         ]
     )
     assert created.processing_status == "in_progress" and created.id.startswith("msgbatch_")
-    assert created.request_counts.errored == 1, "the invalid request errors at once, alone"
+    assert created.request_counts.errored == 2, "invalid requests error at once, alone"
     batch = await ended(sdk, created.id)
 
     counts = batch.request_counts
-    assert (counts.succeeded, counts.errored, counts.processing) == (2, 1, 0)
+    assert (counts.succeeded, counts.errored, counts.processing) == (2, 2, 0)
     assert batch.ended_at and batch.results_url
     got = await results(sdk, created.id)
     assert got["nope"].type == "errored" and got["nope"].error.error.type == "not_found_error"
+    assert got["odd"].error.error.type == "invalid_request_error"
+    assert "metadata" in got["odd"].error.error.message
 
     direct = anthropic.AsyncAnthropic(
         base_url=simulator.url, api_key=SIM_KEY, default_headers={"x-api-key": SIM_KEY}

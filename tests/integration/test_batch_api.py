@@ -172,6 +172,13 @@ async def test_unknown_files_and_batches_are_openai_404s(relay: Stack) -> None:
         await sdk.batches.create(input_file_id="file-nope", endpoint=CHAT, completion_window="24h")
     with pytest.raises(openai.BadRequestError):
         await sdk.files.create(file=("x.jsonl", b"{}\n"), purpose="fine-tune")
+    upload = await sdk.files.create(file=("x.jsonl", jsonl([chat_line("a", "b")])), purpose="batch")
+    before = [b.id for b in (await sdk.batches.list(limit=100)).data]
+    with pytest.raises(openai.BadRequestError, match="x-relay"):
+        await client(relay, **{"x-relay-priority": "someday"}).batches.create(
+            input_file_id=upload.id, endpoint=CHAT, completion_window="24h"
+        )
+    assert [b.id for b in (await sdk.batches.list(limit=100)).data] == before, "none made"
     with pytest.raises(openai.BadRequestError):
         await sdk.batches.create(input_file_id="file-x", endpoint=CHAT, completion_window="1h")  # type: ignore[arg-type]
 

@@ -22,7 +22,7 @@ from schemas.batches import (
     new_id,
 )
 from schemas.envelope import ReplyEvent
-from schemas.errors import DeadlineExceeded, StoreUnavailable
+from schemas.errors import DeadlineExceeded, StoreUnavailable, VendorBadRequest
 from tables.batches import BatchStore
 from tests.support.envelopes import request_envelope
 
@@ -75,7 +75,7 @@ async def test_each_line_counts_once_and_the_last_one_completes_the_batch(
     failed = ReplyEvent(
         correlation_id=line_correlation(batch.id, 2),
         kind="error",
-        error=DeadlineExceeded("too late").to_dict(),
+        error=VendorBadRequest("max_tokens is too large").to_dict(),
     )
     assert await record_reply(store, failed)
     half = await store.batch("acme", batch.id)
@@ -98,7 +98,8 @@ async def test_each_line_counts_once_and_the_last_one_completes_the_batch(
     [err] = [
         orjson.loads(x) for x in (await store.content("acme", done.error_file_id)).splitlines()
     ]
-    assert err["custom_id"] == "c" and err["error"]["code"] == "batch_expired"
+    assert err["custom_id"] == "c" and err["response"]["status_code"] == 400
+    assert err["response"]["body"]["error"]["code"] == "vendor_bad_request"
     assert (await store.file("acme", done.output_file_id)).purpose == "batch_output"
     assert await store.content("other", done.output_file_id) is None
     assert await store.batch("other", batch.id) is None
@@ -140,3 +141,39 @@ async def test_without_redis_the_store_says_so() -> None:
     env = request_envelope(correlation_id="batch_x/0", reply_to=RESULTS)
     assert not await cancelled(store, env, RESULTS), "unknown: the line runs"
     await dead.aclose()
+
+
+async def test_a_cancel_after_the_last_line_leaves_the_batch_finished(store: BatchStore) -> None:
+    batch = await new_batch(store, "acme", ["a"])
+    assert await record_reply(store, answer(batch, 0, "done"))
+    after = await store.cancel("acme", batch.id)
+    assert after is not None and after.status == "completed" and after.cancelling_at is None
+
+
+async def test_a_batch_whose_lines_expired_is_expired(store: BatchStore) -> None:
+    batch = await new_batch(store, "acme", ["a", "b"])
+    assert await record_reply(store, answer(batch, 0, "in time"))
+    late = ReplyEvent(
+        correlation_id=line_correlation(batch.id, 1),
+        kind="error",
+        error=DeadlineExceeded("too late").to_dict(),
+    )
+    assert await record_reply(store, late)
+    ended = await store.batch("acme", batch.id)
+    assert ended is not None and ended.status == "expired" and ended.expired_at
+    assert ended.output_file_id and ended.error_file_id, "what ran in time is kept"
+    assert await store.outcomes(batch.id) == {
+        "succeeded": 1,
+        "errored": 0,
+        "canceled": 0,
+        "expired": 1,
+    }
+
+
+async def test_lists_are_newest_first_and_forget_what_expired(store: BatchStore) -> None:
+    made = [await new_batch(store, "acme", ["a"]) for _ in range(6)]  # within one second
+    assert [b.id for b in await store.batches("acme")] == [b.id for b in reversed(made)]
+    await store.delete_batch("acme", made[0].id)
+    await store.redis.delete(store._batch(made[1].id))  # as if it expired
+    assert [b.id for b in await store.batches("acme")] == [b.id for b in reversed(made[2:])]
+    assert await store.redis.zcard(store._index("batches", "acme")) == 4

@@ -414,7 +414,7 @@ async def test_a_restarted_worker_still_avoids_a_vendor_whose_breaker_is_open(
         own.procs.insert(0, fresh)  # stopped with the stack
 
         # The first request waits on the topic until the new worker has joined the group.
-        first = await chat(http, own, "restart", timeout_s=60)
+        first = await chat(http, own, "restart", timeout_s=120)
         rest = await sequential(http, own, "restart", 4)
     assert served_by([first, *rest]) == ["steady"] * 5, statuses([first, *rest])
     assert calls(sim, DEAD) == shut, (

@@ -128,3 +128,13 @@ def test_lines_read_as_anthropic_batch_results() -> None:
     message = _result(ok)["result"]["message"]
     assert message["content"] == [{"type": "text", "text": "hi"}]
     assert message["usage"]["input_tokens"] == 5 and message["model"] == "claude-haiku"
+
+
+def test_a_body_the_relay_cannot_send_on_is_refused_up_front() -> None:
+    huge = b'{"custom_id": "big", "method": "POST", "url": "/v1/chat/completions", "body": '
+    huge += b'{"model": "m", "seed": 1000000000000000000000000000000, "messages": '
+    huge += b'[{"role": "user", "content": "hi"}]}}'
+    lines, errors = read_input(jsonl(chat_line("ok"), huge), CHAT, validate_chat)
+    assert [n for n, _ in lines] == [1]
+    [error] = errors
+    assert error.line == 2 and "cannot be sent" in error.message

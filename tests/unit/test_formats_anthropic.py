@@ -868,3 +868,12 @@ def test_whitespace_only_stop_sequences_are_not_sent_to_anthropic():
     assert "stop_sequences" not in openai_request_to_messages({**base, "stop": "\n"}, "claude")
     out = openai_request_to_messages({**base, "stop": ["\n\n", "END"]}, "claude")
     assert out["stop_sequences"] == ["END"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("metadata", "x"), ("stop_sequences", 5), ("stop_sequences", [1])]
+)
+def test_malformed_messages_fields_are_bad_requests(field, value):
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(BadRequest, match=field):
+        messages_request_to_openai({**body, field: value})

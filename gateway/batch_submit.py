@@ -1,0 +1,97 @@
+"""Sending a batch's lines, for the OpenAI Batch API and Anthropic's Message Batches alike.
+
+A batch always ends: every line either goes out as an envelope (and its answer comes back
+through the results agent) or is recorded as failed here, before the client hears of the
+batch.  Everything that can refuse a line (its header options, its envelope, its
+encoding) is tried before the batch is stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.auth import Caller
+from gateway.relay import Options, Relay
+from schemas.batches import BatchObject, OutputLine, OutputResponse, line_correlation, new_id
+from schemas.envelope import Endpoint, Priority, RequestEnvelope
+from schemas.errors import BadRequest, NoHealthyVendor, RelayError
+from tables.batches import BatchStore
+
+UNQUEUED = "the relay could not queue this request"
+
+
+@dataclass
+class Line:
+    """One request of a batch: its neutral body, or why it was refused."""
+
+    custom_id: str
+    body: dict[str, Any] | None = None
+    refused: RelayError | None = None
+
+
+def failed_line(custom_id: str, err: RelayError, request_id: str) -> OutputLine:
+    response = OutputResponse(status_code=err.status, request_id=request_id, body=err.openai_body())
+    return OutputLine(custom_id=custom_id, response=response)
+
+
+async def submit(
+    relay: Relay,
+    store: BatchStore,
+    who: Caller,
+    opts: Options,
+    batch: BatchObject,
+    endpoint: Endpoint,
+    lines: list[Line],
+) -> None:
+    """Store ``batch`` and send its lines as background envelopes replying to the
+    batch-results topic; refused and unsendable lines are recorded as failed."""
+    opts.priority = Priority.background
+    envs: dict[int, RequestEnvelope] = {}
+    refused: dict[int, RelayError] = {}
+    for index, line in enumerate(lines):
+        if line.refused is not None or line.body is None:
+            refused[index] = line.refused or BadRequest("the request has no body")
+            continue
+        try:
+            envs[index] = _envelope(relay, who, opts, batch, endpoint, index, line.body)
+        except RelayError as exc:
+            refused[index] = exc
+    await store.create(who.tenant, batch, [line.custom_id for line in lines])
+    for index, reason in refused.items():
+        await store.record(batch.id, index, failed_line(lines[index].custom_id, reason, batch.id))
+    published = await relay.bus.publish_all(list(envs.values()))
+    for index, failed in zip(envs, published, strict=True):
+        if failed is not None:
+            unqueued = failed_line(lines[index].custom_id, NoHealthyVendor(UNQUEUED), batch.id)
+            await store.record(batch.id, index, unqueued)
+
+
+def _envelope(
+    relay: Relay,
+    who: Caller,
+    opts: Options,
+    batch: BatchObject,
+    endpoint: Endpoint,
+    index: int,
+    body: dict[str, Any],
+) -> RequestEnvelope:
+    try:
+        orjson.dumps(body)
+    except TypeError as exc:  # orjson's limits: integers beyond 64 bits, say
+        raise BadRequest(f"body: cannot be sent on ({exc})") from None
+    opts.trace_id = new_id("")
+    key, ttl = relay.cache_terms(who, endpoint, body, opts)
+    return relay.envelope(
+        who,
+        endpoint,
+        body,
+        opts,
+        key,
+        ttl,
+        correlation_id=line_correlation(batch.id, index),
+        reply_to=relay.bus.topics.batch_results.name,
+        deadline_ms=(batch.expires_at or batch.created_at) * 1000,
+    )
