@@ -22,7 +22,7 @@ from schemas.batches import (
     new_id,
 )
 from schemas.envelope import ReplyEvent
-from schemas.errors import DeadlineExceeded, StoreUnavailable, VendorBadRequest
+from schemas.errors import DeadlineExceeded, RelayError, StoreUnavailable, VendorBadRequest
 from tables.batches import BatchStore
 from tests.support.envelopes import request_envelope
 
@@ -54,6 +54,11 @@ def answer(batch: BatchObject, index: int, text: str) -> ReplyEvent:
     return ReplyEvent(correlation_id=line_correlation(batch.id, index), kind="final", body=body)
 
 
+def failure(batch: BatchObject, index: int, err: RelayError) -> ReplyEvent:
+    correlation_id = line_correlation(batch.id, index)
+    return ReplyEvent(correlation_id=correlation_id, kind="error", error=err.to_dict())
+
+
 async def test_files_belong_to_their_tenant(store: BatchStore) -> None:
     meta = await store.put_file("acme", "in.jsonl", "batch", b'{"a": 1}\n')
     assert (await store.file("acme", meta.id)) == meta
@@ -72,12 +77,7 @@ async def test_each_line_counts_once_and_the_last_one_completes_the_batch(
     batch = await new_batch(store, "acme", ["a", "b", "c"])
     assert await record_reply(store, answer(batch, 0, "first"))
     assert await record_reply(store, answer(batch, 0, "replayed")) is None  # a replay
-    failed = ReplyEvent(
-        correlation_id=line_correlation(batch.id, 2),
-        kind="error",
-        error=VendorBadRequest("max_tokens is too large").to_dict(),
-    )
-    assert await record_reply(store, failed)
+    assert await record_reply(store, failure(batch, 2, VendorBadRequest("max_tokens too large")))
     half = await store.batch("acme", batch.id)
     assert half is not None and half.status == "in_progress"
     assert half.output_file_id is None and half.request_counts.completed == 1
@@ -153,12 +153,7 @@ async def test_a_cancel_after_the_last_line_leaves_the_batch_finished(store: Bat
 async def test_a_batch_whose_lines_expired_is_expired(store: BatchStore) -> None:
     batch = await new_batch(store, "acme", ["a", "b"])
     assert await record_reply(store, answer(batch, 0, "in time"))
-    late = ReplyEvent(
-        correlation_id=line_correlation(batch.id, 1),
-        kind="error",
-        error=DeadlineExceeded("too late").to_dict(),
-    )
-    assert await record_reply(store, late)
+    assert await record_reply(store, failure(batch, 1, DeadlineExceeded("too late")))
     ended = await store.batch("acme", batch.id)
     assert ended is not None and ended.status == "expired" and ended.expired_at
     assert ended.output_file_id and ended.error_file_id, "what ran in time is kept"
