@@ -19,7 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from schemas.batches import BatchObject, FileObject, OutputLine, new_id
+from schemas.batches import BatchObject, FileObject, LineError, OutputLine, new_id
 from schemas.errors import StoreUnavailable
 
 # Counts a line once, and finishes the batch with the line that completes it.
@@ -52,6 +52,9 @@ redis.call('HSET', KEYS[1], 'status', 'cancelling', 'cancelling_at', ARGV[1])
 return 1
 """
 _FINISHED = ("completed", "cancelled", "failed", "expired")
+# Past its window a batch waits this much longer for its last lines before it expires them:
+# an answer the worker sent at the deadline may still be on its way to the store.
+EXPIRY_GRACE_S = 300
 _CANCEL_FIELDS = ("cancelling_at", "cancelled_at")
 _ERRORS = (RedisError, OSError)
 
@@ -211,6 +214,32 @@ class BatchStore:
             await pipe.execute()
 
     async def batch(self, tenant: str, batch_id: str) -> BatchObject | None:
+        """The tenant's batch as it stands; one past its window (plus ``EXPIRY_GRACE_S``)
+        that still has lines out is expired here and now, whatever became of those lines
+        (a worker that died holding them, a vendor batch never polled again)."""
+        batch = await self._read(tenant, batch_id)
+        if (
+            batch is not None
+            and batch.status in ("in_progress", "cancelling")
+            and batch.expires_at is not None
+            and time.time() > batch.expires_at + EXPIRY_GRACE_S
+        ):
+            await self._expire(batch_id)
+            batch = await self._read(tenant, batch_id)
+        return batch
+
+    async def _expire(self, batch_id: str) -> None:
+        """Record every line still out as ``batch_expired`` (idempotent, as any record)."""
+        async with self._guard() as redis:
+            ids: list[Any] = await redis.lrange(self._ids(batch_id), 0, -1)
+            done = {int(k) for k in await redis.hkeys(self._out(batch_id))}
+        late = LineError(code="batch_expired", message="the batch window ended first")
+        for index, custom_id in enumerate(ids):
+            if index not in done:
+                line = OutputLine(custom_id=custom_id.decode(), error=late)
+                await self.record(batch_id, index, line)
+
+    async def _read(self, tenant: str, batch_id: str) -> BatchObject | None:
         async with self._guard() as redis:
             raw: dict[Any, Any] = await redis.hgetall(self._batch(batch_id))
         fields = {k.decode(): v.decode() for k, v in raw.items() if k != b"meta"}

@@ -3,6 +3,7 @@ and a clear 503 when Redis is gone."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -23,7 +24,7 @@ from schemas.batches import (
 )
 from schemas.envelope import ReplyEvent
 from schemas.errors import DeadlineExceeded, RelayError, StoreUnavailable, VendorBadRequest
-from tables.batches import BatchStore
+from tables.batches import EXPIRY_GRACE_S, BatchStore
 from tests.support.envelopes import request_envelope
 
 RESULTS = "t.batch-results"
@@ -172,3 +173,24 @@ async def test_lists_are_newest_first_and_forget_what_expired(store: BatchStore)
     await store.redis.delete(store._batch(made[1].id))  # as if it expired
     assert [b.id for b in await store.batches("acme")] == [b.id for b in reversed(made[2:])]
     assert await store.redis.zcard(store._index("batches", "acme")) == 4
+
+
+async def test_a_batch_past_its_window_expires_the_lines_still_out(store: BatchStore) -> None:
+    """Whatever became of them (a worker that died holding them), a batch ends."""
+    batch = BatchObject(
+        id=new_id("batch_"),
+        endpoint="/v1/chat/completions",
+        input_file_id="file-x",
+        status="in_progress",
+        created_at=1,
+        expires_at=int(time.time()) - EXPIRY_GRACE_S - 1,
+        request_counts=RequestCounts(total=3),
+    )
+    await store.create("acme", batch, ["a", "b", "c"])
+    assert await record_reply(store, answer(batch, 1, "made it"))
+    ended = await store.batch("acme", batch.id)
+    assert ended is not None and ended.status == "expired" and ended.expired_at
+    assert (ended.request_counts.completed, ended.request_counts.failed) == (1, 2)
+    errors = (await store.content("acme", ended.error_file_id or "")) or b""
+    assert [orjson.loads(x)["custom_id"] for x in errors.splitlines()] == ["a", "c"]
+    assert {orjson.loads(x)["error"]["code"] for x in errors.splitlines()} == {"batch_expired"}
