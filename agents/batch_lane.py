@@ -3,7 +3,9 @@
 Requests marked ``background`` are held per (vendor, model) until ``max_size`` of them
 wait or the oldest has waited ``max_age_s``, then submitted as one batch (OpenAI
 ``/v1/files`` + ``/v1/batches``, Anthropic Message Batches) and polled until it ends.
-Each result goes back on the request's own reply topic like any other answer.
+Each result goes back on the request's own reply topic like any other answer.  With a
+``LaneJournal`` every vendor batch in flight is written down and leased, so a worker that
+dies mid-batch does not lose it: another worker adopts it when the lease lapses.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from agents.adapters.base import BatchVendor, VendorCall, VendorResult
 from agents.keys import KeyPool
@@ -19,6 +22,7 @@ from schemas.config import BatchLane as LaneRule
 from schemas.config import Candidate
 from schemas.envelope import RequestEnvelope
 from schemas.errors import RelayError, VendorUnavailable
+from tables.lane_journal import JOURNAL_ERRORS, LaneJournal, VendorBatch
 
 log = logging.getLogger("relay.batch")
 
@@ -33,6 +37,20 @@ class _Queue:
     timer: asyncio.TimerHandle | None = None
 
 
+class _LeaseLost(Exception):
+    """Another worker adopted the batch this one polls."""
+
+
+def _ids(items: list[RequestEnvelope]) -> list[str]:
+    return [env.correlation_id for env in items]
+
+
+def _failure(exc: Exception) -> RelayError:
+    if isinstance(exc, RelayError):
+        return exc
+    return VendorUnavailable(f"the batch could not be read back ({type(exc).__name__})")
+
+
 class BatchLane:
     def __init__(
         self,
@@ -40,8 +58,10 @@ class BatchLane:
         pools: dict[str, KeyPool],
         rule: LaneRule,
         deliver: Deliver,
+        journal: LaneJournal | None = None,
     ) -> None:
         self.adapters = adapters
+        self.journal = journal
         self.pools = pools
         self.rule = rule
         self.deliver = deliver
@@ -88,39 +108,126 @@ class BatchLane:
     async def _run(self, cand: Candidate, items: list[RequestEnvelope]) -> None:
         adapter = self.adapters[cand.vendor]
         assert isinstance(adapter, BatchVendor)
-        _, key = self.pools[cand.vendor].pick()
+        if not (items := await self._not_carried(items)):
+            return
+        index, key = self.pools[cand.vendor].pick()
         calls = [
             (env.correlation_id, VendorCall(model=cand.model, body=env.body, api_key=key))
             for env in items
         ]
-        by_id = {env.correlation_id: env for env in items}
         try:
             batch_id = await adapter.submit_batch(calls, key)
-            self.batches_sent += 1
-            results = await self._poll(adapter, batch_id, key)
+        except Exception as exc:
+            log.warning("batch to %s/%s not submitted: %s", cand.vendor, cand.model, exc)
+            await self._deliver_all(cand, items, dict.fromkeys(_ids(items), _failure(exc)))
+            return
+        self.batches_sent += 1
+        entry = VendorBatch(id=batch_id, candidate=cand, key_index=index, envelopes=items)
+        write_down = self.journal.submitted if self.journal else None
+        leased = await self._journal("write down", write_down, entry)
+        await self._follow(entry, key, leased=leased)
+
+    async def _follow(self, batch: VendorBatch, key: str, *, leased: bool) -> None:
+        """Poll a vendor batch to its end and deliver its answers; a ``leased`` one (in
+        the journal) only while this worker holds its lease, so that when another worker
+        adopted it (this one stalled past the lease) only that one answers."""
+        cand, items = batch.candidate, batch.envelopes
+        adapter = self.adapters[cand.vendor]
+        assert isinstance(adapter, BatchVendor)
+        try:
+            results = await self._poll(adapter, batch.id, key, leased=leased)
+        except _LeaseLost:
+            log.warning("batch %s was taken over by another worker", batch.id)
+            return
         except Exception as exc:  # a vendor error, or an answer we could not read
-            err = (
-                exc
-                if isinstance(exc, RelayError)
-                else VendorUnavailable(f"the batch could not be read back ({type(exc).__name__})")
-            )
-            log.warning("batch to %s/%s failed: %s", cand.vendor, cand.model, err)
-            results = dict.fromkeys(by_id, err)
-        for cid, env in by_id.items():
-            got = results.get(cid)
+            log.warning("batch to %s/%s failed: %s", cand.vendor, cand.model, exc)
+            results = dict.fromkeys(_ids(items), _failure(exc))
+        if leased and not await self._still_mine(batch.id):
+            log.warning("batch %s was taken over by another worker", batch.id)
+            return
+        await self._deliver_all(cand, items, results)
+        if leased:
+            await self._journal("forget", self.journal.done if self.journal else None, batch)
+
+    async def _not_carried(self, items: list[RequestEnvelope]) -> list[RequestEnvelope]:
+        """``items`` minus those already in a vendor batch in flight (a dead worker sent
+        them before its offsets were committed): the batch's adopter answers those."""
+        if self.journal is None:
+            return items
+        try:
+            carried = await self.journal.carried(_ids(items))
+        except JOURNAL_ERRORS:
+            return items
+        if carried:
+            log.warning("%d requests are in a vendor batch already: not sent again", len(carried))
+        return [env for env in items if env.correlation_id not in carried]
+
+    async def adopt(self) -> int:
+        """Take over the vendor batches whose worker stopped renewing its lease (it died);
+        how many were adopted."""
+        if self.journal is None:
+            return 0
+        try:
+            found = await self.journal.adopt()
+        except JOURNAL_ERRORS as exc:
+            log.warning("the lane journal is unavailable: %s", exc)
+            return 0
+        for entry in found:
+            cand = entry.candidate
+            if cand.vendor not in self.adapters or cand.vendor not in self.pools:
+                log.warning("batch %s is for vendor %s, not configured here", entry.id, cand.vendor)
+                continue
+            log.warning("adopting vendor batch %s (%d requests)", entry.id, len(entry.envelopes))
+            key = self.pools[cand.vendor].key(entry.key_index)
+            task = asyncio.get_running_loop().create_task(self._follow(entry, key, leased=True))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return len(found)
+
+    async def _deliver_all(
+        self, cand: Candidate, items: list[RequestEnvelope], results: BatchResults
+    ) -> None:
+        for env in items:
+            got = results.get(env.correlation_id)
             if not isinstance(got, VendorResult | RelayError):
                 got = VendorUnavailable("the batch returned no result")
             try:  # one caller's delivery failing must not leave the others unanswered
                 await self.deliver(env, cand, got)
             except Exception:
-                log.exception("could not deliver the batch result for %s", cid)
+                log.exception("could not deliver the batch result for %s", env.correlation_id)
 
-    async def _poll(self, adapter: BatchVendor, batch_id: str, key: str) -> BatchResults:
-        """Poll until the batch ends; a failed poll (the vendor busy for a moment) is
-        tried again, up to ``POLL_FAILURES`` in a row, since the batch runs on anyway."""
+    async def _journal(
+        self, what: str, step: Callable[[Any], Awaitable[Any]] | None, arg: Any
+    ) -> bool:
+        """One journal step, True when it was taken; without Redis (or a journal) the
+        lane carries on, unjournaled."""
+        if step is None:
+            return False
+        try:
+            await step(arg)
+        except JOURNAL_ERRORS as exc:
+            log.warning("could not %s a vendor batch in the lane journal: %s", what, exc)
+            return False
+        return True
+
+    async def _still_mine(self, batch_id: str) -> bool:
+        assert self.journal is not None
+        try:
+            return await self.journal.renew(batch_id)
+        except JOURNAL_ERRORS:
+            return True  # the journal cannot say: this worker polled it, it answers
+
+    async def _poll(
+        self, adapter: BatchVendor, batch_id: str, key: str, *, leased: bool
+    ) -> BatchResults:
+        """Poll until the batch ends, renewing a ``leased`` batch's lease each time; a
+        failed poll (the vendor busy for a moment) is tried again, up to
+        ``POLL_FAILURES`` in a row, since the batch runs on anyway."""
         failures = 0
         while True:
             await asyncio.sleep(self.rule.poll_s)
+            if leased and not await self._still_mine(batch_id):
+                raise _LeaseLost
             try:
                 results = await adapter.poll_batch(batch_id, key)
             except RelayError as err:

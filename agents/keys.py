@@ -34,6 +34,12 @@ class KeyPool:
         i = min(range(len(self._keys)), key=self._benched_until.__getitem__)
         return i, self._keys[i]
 
+    def key(self, index: int) -> str:
+        """The key at ``index`` (recorded earlier); the next usable one if it is gone."""
+        if 0 <= index < len(self._keys):
+            return self._keys[index]
+        return self.pick()[1]
+
     def bench(self, index: int, seconds: float) -> None:
         if 0 <= index < len(self._keys):
             self._benched_until[index] = self._clock() + seconds

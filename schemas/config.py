@@ -124,6 +124,9 @@ class BatchLane(Strict):
     max_size: int = Field(100, ge=1)
     max_age_s: float = Field(5.0, gt=0)
     poll_s: float = Field(1.0, gt=0)
+    # How long a worker's claim on a vendor batch it polls lasts unrenewed: a worker that
+    # died holding one has its batches adopted by another worker this long after.
+    lease_s: float = Field(30.0, gt=0)
 
 
 class Breaker(Strict):

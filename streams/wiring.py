@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -52,6 +53,7 @@ from tables.buckets import PriorityGate, TokenBucket
 from tables.budgets import BudgetDecision, BudgetPolicy, Spend, add_spend, decide
 from tables.cache import CacheEntry, L1Cache, ResponseCache
 from tables.health import BreakerPolicy, Health, health_key, record
+from tables.lane_journal import LaneJournal
 from tables.prices import PriceSheet
 
 log = logging.getLogger("relay.worker")
@@ -232,16 +234,27 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         discounts={name: v.batch_discount for name, v in config.vendors.items()},
         budget=budget,
     )
-    handler.lane = BatchLane(adapters, pools, config.batch_lane, handler.deliver_batch)
+    # The Batch API's store and the lane's journal: Redis with room for whole batches.
+    store_redis = aioredis.Redis.from_url(
+        settings.redis_url, socket_timeout=5, socket_connect_timeout=1
+    )
+    store = BatchStore(store_redis, settings.topic_prefix, settings.batch_retention_s)
+    owner = f"{settings.instance_id or 'worker'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    lease_s = config.batch_lane.lease_s
+    journal = LaneJournal(store_redis, settings.topic_prefix, owner, lease_s)
+    handler.lane = BatchLane(
+        adapters, pools, config.batch_lane, handler.deliver_batch, journal=journal
+    )
     in_flight: set[asyncio.Task[None]] = set()
     batch_results = app.topic(
         topics.batch_results.name, key_serializer="raw", value_serializer="raw"
     )
-    store = BatchStore(
-        aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=1),
-        settings.topic_prefix,
-        settings.batch_retention_s,
-    )
+
+    @app.timer(interval=max(0.5, lease_s / 2))
+    async def _adopt_vendor_batches() -> None:
+        """Vendor batches whose worker died (its lease lapsed) are polled on from here."""
+        if handler.lane is not None:
+            await handler.lane.adopt()
 
     async def handle(env: RequestEnvelope) -> None:
         if await cancelled(store, env, topics.batch_results.name):
@@ -349,6 +362,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         await drain(in_flight | lane, settings.worker_drain_s)
         for runner in serving:
             await runner.cleanup()
+        await store_redis.aclose()
         await http.aclose()
         await sink.close()
 

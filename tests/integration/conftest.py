@@ -21,7 +21,14 @@ from aiokafka import AIOKafkaConsumer
 
 from schemas.envelope import UsageEvent
 from schemas.settings import Settings
-from tests.support.stack import Simulator, Stack, example_config, start_simulator, start_stack
+from tests.support.stack import (
+    SIM_KEY,
+    Simulator,
+    Stack,
+    example_config,
+    start_simulator,
+    start_stack,
+)
 
 WORKDIR = Path(tempfile.gettempdir()) / "relay-station-tests"
 
@@ -132,3 +139,16 @@ async def read_ledger(stack: Stack, trace_ids: set[str], timeout_s: float = 15) 
     finally:
         await consumer.stop()
     return found
+
+
+def worker_env(stack: Stack, redis_url: str) -> dict[str, str]:
+    """The environment ``start_stack`` gave this stack's workers (Stack does not keep it)."""
+    return {
+        **os.environ,
+        "RELAY_CONFIG": str(WORKDIR / f"{stack.prefix}.yaml"),
+        "RELAY_KAFKA_BOOTSTRAP": stack.bootstrap,
+        "RELAY_REDIS_URL": redis_url,
+        "RELAY_TOPIC_PREFIX": stack.prefix,
+        "RELAY_DATA_DIR": str(WORKDIR / stack.prefix),
+        "RELAY_SIM_KEY": SIM_KEY,
+    }

@@ -10,7 +10,6 @@ count (a vendor the breaker shuts out sees no calls), never from the relay's int
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -23,7 +22,7 @@ import pytest
 
 from schemas.config import hash_key
 from schemas.errors import NoHealthyVendor, RateLimited, VendorRateLimited
-from tests.integration.conftest import WORKDIR
+from tests.integration.conftest import WORKDIR, worker_env
 from tests.support.stack import DEMO_KEY, SIM_KEY, Simulator, Stack, spawn, start_simulator
 
 T = TypeVar("T")
@@ -375,19 +374,6 @@ async def test_an_openai_client_falls_back_from_anthropic_to_openai(
         if c["choices"]
     )
     assert text
-
-
-def worker_env(stack: Stack, redis_url: str) -> dict[str, str]:
-    """The environment ``start_stack`` gave this stack's workers (Stack does not keep it)."""
-    return {
-        **os.environ,
-        "RELAY_CONFIG": str(WORKDIR / f"{stack.prefix}.yaml"),
-        "RELAY_KAFKA_BOOTSTRAP": stack.bootstrap,
-        "RELAY_REDIS_URL": redis_url,
-        "RELAY_TOPIC_PREFIX": stack.prefix,
-        "RELAY_DATA_DIR": str(WORKDIR / stack.prefix),
-        "RELAY_SIM_KEY": SIM_KEY,
-    }
 
 
 async def test_a_restarted_worker_still_avoids_a_vendor_whose_breaker_is_open(

@@ -1,0 +1,116 @@
+"""Vendor batches in flight, written down so that no worker's death loses them.
+
+A vendor batch can run for hours, far longer than a worker may live.  Each one the batch
+lane submits is recorded here (the requests it carries, its vendor and model, the index
+of the key it used — never the key) and leased by the worker polling it, which renews the
+lease with every poll.  A worker that dies stops renewing; once the lease lapses, another
+worker (or the same one, restarted) adopts the batch, polls it to the end and delivers
+its answers.  Only the lease holder delivers, so nothing is answered or metered twice.
+
+Redis holds the journal, as it holds the Batch API's store; without Redis the lane runs
+on unjournaled, as before, and says so in its log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+from redis.exceptions import RedisError
+
+from schemas.config import Candidate
+from schemas.envelope import RequestEnvelope
+
+# Extends a lease only for its holder.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_ERRORS = (RedisError, OSError)
+
+
+class VendorBatch(BaseModel):
+    """One vendor batch in flight: enough to poll it and answer its requests."""
+
+    id: str
+    candidate: Candidate
+    key_index: int
+    envelopes: list[RequestEnvelope]
+
+
+class LaneJournal:
+    def __init__(self, redis: aioredis.Redis, prefix: str, owner: str, lease_s: float) -> None:
+        self.redis = redis
+        self.prefix = f"{prefix}:lane:"
+        self.owner = owner
+        self.lease_ms = int(lease_s * 1000)
+        self._renew = redis.register_script(_RENEW)
+
+    def _entry(self, batch_id: str) -> str:
+        return f"{self.prefix}batch:{batch_id}"
+
+    def _lease(self, batch_id: str) -> str:
+        return f"{self.prefix}lease:{batch_id}"
+
+    @property
+    def _all(self) -> str:
+        return f"{self.prefix}batches"
+
+    @property
+    def _carried(self) -> str:
+        return f"{self.prefix}carried"
+
+    async def submitted(self, batch: VendorBatch) -> None:
+        """Write the batch down, leased to this worker."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._entry(batch.id), batch.model_dump_json())
+            pipe.set(self._lease(batch.id), self.owner, px=self.lease_ms)
+            pipe.sadd(self._all, batch.id)
+            pipe.sadd(self._carried, *(env.correlation_id for env in batch.envelopes))
+            await pipe.execute()
+
+    async def carried(self, correlation_ids: list[str]) -> set[str]:
+        """Those of ``correlation_ids`` already in a vendor batch in flight: requests a
+        dead worker took and had sent, consumed again by the worker after it."""
+        found = await self.redis.smismember(self._carried, correlation_ids)  # type: ignore[misc]
+        return {cid for cid, yes in zip(correlation_ids, found, strict=True) if yes}
+
+    async def renew(self, batch_id: str) -> bool:
+        """Extend this worker's lease; False when another worker holds it now."""
+        return bool(
+            await self._renew(keys=[self._lease(batch_id)], args=[self.owner, self.lease_ms])
+        )
+
+    async def holds(self, batch_id: str) -> bool:
+        return await self.redis.get(self._lease(batch_id)) == self.owner.encode()
+
+    async def done(self, batch: VendorBatch) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._entry(batch.id), self._lease(batch.id))
+            pipe.srem(self._all, batch.id)
+            pipe.srem(self._carried, *(env.correlation_id for env in batch.envelopes))
+            await pipe.execute()
+
+    async def adopt(self) -> list[VendorBatch]:
+        """The batches whose lease lapsed, each now leased to this worker."""
+        adopted = []
+        ids: set[Any] = await self.redis.smembers(self._all)  # type: ignore[misc]
+        for raw_id in ids:
+            batch_id = raw_id.decode()
+            if not await self.redis.set(
+                self._lease(batch_id), self.owner, px=self.lease_ms, nx=True
+            ):
+                continue  # its worker is alive and polling it
+            raw = await self.redis.get(self._entry(batch_id))
+            if raw is None:  # finished just now
+                await self.redis.srem(self._all, batch_id)
+                await self.redis.delete(self._lease(batch_id))
+                continue
+            adopted.append(VendorBatch.model_validate_json(raw))
+        return adopted
+
+
+JOURNAL_ERRORS = _ERRORS
