@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.responses import StreamingResponse
@@ -36,21 +37,58 @@ class EventStream(StreamingResponse):
             self.on_close()
 
 
+# An SSE connection silent for ~60 s is cut by many proxies and load balancers (nginx's
+# proxy_read_timeout, cloud load balancers' idle timeouts); a stream waiting for its first
+# token (a request queued in its lane, a model that thinks first) sends a keep-alive this
+# often.
+KEEPALIVE_S = 15.0
+_OPENAI_KEEPALIVE = b": keepalive\n\n"  # an SSE comment: clients skip it
+_ANTHROPIC_PING = b'event: ping\ndata: {"type": "ping"}\n\n'  # Anthropic's own keep-alive
+
+Item = TypeVar("Item")
+
+
 def _data(obj: object) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
+async def _beats(source: AsyncIterator[Item], every_s: float) -> AsyncIterator[Item | None]:
+    """``source``'s items, and None every ``every_s`` while the first one is awaited.  Once
+    tokens flow they flow: past the first item the source is read as it is, without a
+    task per item."""
+    first = asyncio.ensure_future(anext(source))
+    try:
+        while not (await asyncio.wait({first}, timeout=every_s))[0]:
+            yield None
+    finally:
+        if not first.done():
+            first.cancel()  # the client left while the first item was awaited
+    try:
+        item = first.result()
+    except StopAsyncIteration:
+        return
+    yield item
+    async for item in source:
+        yield item
+
+
 async def openai_sse(
-    chunks: AsyncIterator[dict[str, Any] | Usage], include_usage: bool
+    chunks: AsyncIterator[dict[str, Any] | Usage],
+    include_usage: bool,
+    keepalive_s: float = KEEPALIVE_S,
 ) -> AsyncIterator[bytes]:
-    """Chunks as ``data:`` lines; the usage chunk if asked; then ``data: [DONE]``.
+    """Chunks as ``data:`` lines; the usage chunk if asked; then ``data: [DONE]``; an SSE
+    comment every ``keepalive_s`` while the first chunk is awaited.
 
     An error after the stream began cannot change the status any more; it is sent the way
     OpenAI does it, as a final ``data:`` line holding an ``error`` object.
     """
     last: dict[str, Any] = {}
     try:
-        async for item in chunks:
+        async for item in _beats(chunks, keepalive_s):
+            if item is None:
+                yield _OPENAI_KEEPALIVE
+                continue
             if isinstance(item, Usage):
                 if include_usage:
                     yield _data(
@@ -72,12 +110,19 @@ async def openai_sse(
 
 
 async def anthropic_sse(
-    chunks: AsyncIterator[dict[str, Any] | Usage], model: str, message_id: str
+    chunks: AsyncIterator[dict[str, Any] | Usage],
+    model: str,
+    message_id: str,
+    keepalive_s: float = KEEPALIVE_S,
 ) -> AsyncIterator[bytes]:
-    """The Anthropic event sequence (message_start … message_stop) built from chunks."""
+    """The Anthropic event sequence (message_start … message_stop) built from chunks,
+    with a ``ping`` every ``keepalive_s`` while the first chunk is awaited."""
     events = ChunksToMessageEvents(model, message_id)
     try:
-        async for item in chunks:
+        async for item in _beats(chunks, keepalive_s):
+            if item is None:
+                yield _ANTHROPIC_PING
+                continue
             out = events.finish(item) if isinstance(item, Usage) else events.feed(item)
             for name, data in out:
                 yield f"event: {name}\n".encode() + _data(data)

@@ -1,12 +1,15 @@
-"""EventStream releases its request however the stream ends."""
+"""EventStream releases its request however the stream ends; silent streams keep alive."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, cast
 
-from gateway.sse import EventStream
+from openai._streaming import SSEDecoder
+
+from gateway.sse import EventStream, anthropic_sse, openai_sse
+from schemas.usage import Usage
 
 
 async def never() -> AsyncIterator[bytes]:
@@ -52,3 +55,62 @@ async def test_a_finished_stream_releases_once() -> None:
 
     await EventStream(two(), lambda: closed.append(True))(scope("2.3"), receive, send)
     assert b"".join(body) == b"data: 1\n\ndata: 2\n\n" and closed == [True]
+
+
+def chunk(text: str) -> dict[str, Any]:
+    return {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+    }
+
+
+async def slow_start() -> AsyncIterator[dict[str, Any] | Usage]:
+    await asyncio.sleep(0.35)  # a model thinking before its first token
+    yield chunk("hel")
+    yield chunk("lo")
+    yield Usage(input_tokens=3, output_tokens=2)
+
+
+async def collect(stream: AsyncIterator[bytes]) -> bytes:
+    return b"".join([part async for part in stream])
+
+
+async def test_a_silent_openai_stream_sends_keepalives_the_sdk_skips() -> None:
+    raw = await collect(openai_sse(slow_start(), include_usage=True, keepalive_s=0.1))
+    assert raw.startswith(b": keepalive\n\n") and raw.count(b": keepalive") >= 2
+    events = [e async for e in SSEDecoder().aiter_bytes(_aiter(raw))]
+    data = [e.data for e in events]
+    assert data[-1] == "[DONE]" and len(data) == 4, "two chunks, usage, done: nothing else"
+
+
+async def test_a_silent_anthropic_stream_pings() -> None:
+    raw = await collect(anthropic_sse(slow_start(), "claude", "msg_1", keepalive_s=0.1))
+    names = [line for line in raw.decode().splitlines() if line.startswith("event: ")]
+    assert names[:2] == ["event: ping", "event: ping"]
+    assert "event: message_start" in names and names[-1] == "event: message_stop"
+
+
+async def test_a_client_leaving_mid_wait_cancels_the_pending_read() -> None:
+    cancelled = asyncio.Event()
+
+    async def stuck() -> AsyncIterator[dict[str, Any] | Usage]:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        yield chunk("never")
+
+    stream = cast(
+        AsyncGenerator[bytes, None], openai_sse(stuck(), include_usage=False, keepalive_s=0.05)
+    )
+    assert await anext(stream) == b": keepalive\n\n"
+    await stream.aclose()
+    await asyncio.wait_for(cancelled.wait(), timeout=2)
+
+
+async def _aiter(raw: bytes) -> AsyncIterator[bytes]:
+    yield raw
