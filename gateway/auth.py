@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from schemas.config import TenantConfig, hash_key
-from schemas.errors import AuthenticationFailed
+from schemas.errors import AuthenticationFailed, RateLimited
+from tables.buckets import TokenBucket
 
 
 @dataclass(frozen=True)
@@ -16,6 +19,36 @@ class Caller:
     tenant: str
     key_id: str
     policy: TenantConfig
+
+
+class RefusalThrottle:
+    """Slows key guessing: each client address may have ``per_minute`` requests refused
+    for a missing or unknown key (a burst of as many, refilling over the minute); past
+    that its refused requests get 429 with ``Retry-After`` instead of 401.  Requests with
+    a valid key are never held back, so clients sharing an address with a guesser keep
+    working.  Per gateway replica, in memory, for the ``max_clients`` addresses seen last.
+    """
+
+    def __init__(self, per_minute: int, max_clients: int = 10_000) -> None:
+        self.per_minute = per_minute
+        self.max_clients = max_clients
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def refuse(self, client: str, now: float) -> float:
+        """Count one refusal for ``client``: 0.0 while within its allowance, else the
+        seconds until it has one again."""
+        if self.per_minute <= 0:
+            return 0.0
+        bucket = self._buckets.pop(client, None) or TokenBucket(
+            capacity=self.per_minute,
+            refill_per_s=self.per_minute / 60.0,
+            tokens=self.per_minute,
+            updated=now,
+        )
+        self._buckets[client] = bucket  # most recent last
+        while len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
+        return bucket.take(1, now)
 
 
 def relay_key(request: Request) -> str:
@@ -48,6 +81,13 @@ async def caller(request: Request) -> Caller:
         return who
     relay = request.app.state.relay
     key = relay_key(request)
+    client = request.client.host if request.client else "unknown"
+    if wait := relay.refusals.refuse(client, time.monotonic()):
+        await relay.audit_refusal(request, "auth_failed", detail="too many refused keys")
+        raise RateLimited(
+            "Too many requests with a missing or unknown relay key from this address.",
+            retry_after=wait,
+        )
     if not key:
         await relay.audit_refusal(request, "auth_failed", detail="no relay key")
         raise AuthenticationFailed(

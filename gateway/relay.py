@@ -16,7 +16,7 @@ from typing import Any, Literal
 from starlette.requests import Request
 
 from gateway import metrics
-from gateway.auth import Caller
+from gateway.auth import Caller, RefusalThrottle
 from gateway.bus import Bus
 from schemas.config import RelayConfig, ttl_seconds
 from schemas.envelope import (
@@ -96,6 +96,7 @@ class Relay:
         self.cache = cache
         self.keys = config.key_index()
         self.prices = PriceSheet.from_config(config.models)
+        self.refusals = RefusalThrottle(settings.auth_refusals_per_minute)
 
     async def check_model(self, who: Caller, alias: str) -> None:
         """404 for a model the caller may not use; an ``access_denied`` audit event when

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     # Request bodies above this are refused with 413 before they are read (32 MiB, as
     # Anthropic's Messages API; an image-heavy chat rarely comes near it).
     max_body_bytes: int = 32 * 1024 * 1024
+    # Requests refused for a missing or unknown relay key, per client address and minute,
+    # before that address gets 429 instead of 401 (0: no limit).
+    auth_refusals_per_minute: int = 30
     # How long a stopping worker lets the requests it already took finish (SIGTERM).
     worker_drain_s: float = 30.0
     # How long the Batch API keeps uploaded files, batches and their results.
