@@ -176,6 +176,14 @@ class RequestHandler:
             await self._fail(env, result)
             return
         body = {**result.body, "model": env.alias}
+        line = usage_event(
+            env,
+            self.prices,
+            candidate=cand,
+            usage=result.usage,
+            batch_api=True,
+            discount=self.discounts.get(cand.vendor, 0.0),
+        )
         await self.sink.reply(
             env.reply_to,
             ReplyEvent(
@@ -185,19 +193,11 @@ class RequestHandler:
                 usage=result.usage,
                 vendor=cand.vendor,
                 model=cand.model,
+                cost=line.cost,
+                saved_cost=line.saved_cost,
             ),
         )
-        discount = self.discounts.get(cand.vendor, 0.0)
-        await self.sink.usage(
-            usage_event(
-                env,
-                self.prices,
-                candidate=cand,
-                usage=result.usage,
-                batch_api=True,
-                discount=discount,
-            )
-        )
+        await self.sink.usage(line)
 
     async def _fly(self, flight: Flight, env: RequestEnvelope) -> Outcome:
         plan = self.router.plan(
@@ -266,6 +266,16 @@ class RequestHandler:
             if env.stream and not flight.chunks and out.body is not None:
                 # A streaming waiter that joined a non-streamed call gets it as chunks.
                 flight.chunks.extend(response_to_chunks(out.body))
+            line = usage_event(
+                env,
+                self.prices,
+                candidate=cand,
+                usage=out.usage,
+                coalesced=not w.leader and not out.cached,
+                cache_hit=out.cached,
+                batched=out.batched,
+                degraded=flight.degraded_for(env),
+            )
             async with w.sending:  # every chunk out before the final
                 await self._deliver(flight, w)
                 await self.sink.reply(
@@ -278,23 +288,14 @@ class RequestHandler:
                         usage=out.usage,
                         vendor=cand.vendor if cand else None,
                         model=cand.model if cand else None,
-                        coalesced=not w.leader and not out.cached,
-                        cache_hit=out.cached,
-                        degraded=flight.degraded_for(env),
+                        coalesced=line.coalesced,
+                        cache_hit=line.cache_hit,
+                        degraded=line.degraded,
+                        cost=line.cost,
+                        saved_cost=line.saved_cost,
                     ),
                 )
-            await self.sink.usage(
-                usage_event(
-                    env,
-                    self.prices,
-                    candidate=cand,
-                    usage=out.usage,
-                    coalesced=not w.leader and not out.cached,
-                    cache_hit=out.cached,
-                    batched=out.batched,
-                    degraded=flight.degraded_for(env),
-                )
-            )
+            await self.sink.usage(line)
 
     def _store(self, flight: Flight, out: Outcome) -> asyncio.Future[None] | None:
         """Start storing the answer (as it stands now), or None when it is not cached."""

@@ -219,9 +219,10 @@ class Relay:
             headers["x-relay-degraded"] = first.degraded
         if first.kind == "final":
             self._done(env)
-            self._count(first)
+            self._count(env, first)
             await self._keep(env, first.body, None, first)
             headers.update(_vendor_headers(first))
+            headers.update(_cost_headers(first.cost, first.saved_cost))
             return Answer(headers, body=first.body, usage=first.usage or Usage())
         return Answer(
             headers, chunks=self._stream(env, queue, first), close=lambda: self._done(env)
@@ -238,7 +239,7 @@ class Relay:
                     chunks.append(event.body)
                     yield event.body
                 event = await self._next(env, queue)
-            self._count(event)
+            self._count(env, event)
             await self._keep(env, None, chunks, event)
             yield event.usage or Usage()
         finally:
@@ -263,8 +264,10 @@ class Relay:
         if self.bus.forget(env.correlation_id):
             metrics.IN_FLIGHT.dec()
 
-    def _count(self, final: ReplyEvent) -> None:
+    def _count(self, env: RequestEnvelope, final: ReplyEvent) -> None:
         metrics.CACHE.labels(_cache_header(final)).inc()
+        metrics.COST.labels(env.tenant, env.alias).inc(final.cost)
+        metrics.SAVED.labels(env.tenant).inc(final.saved_cost)
         if final.degraded:
             metrics.DEGRADED.labels(final.degraded).inc()
         if not final.coalesced and not final.cache_hit and final.vendor:
@@ -322,6 +325,7 @@ class Relay:
             )
         )
         headers = {"x-relay-cache": f"hit-{level}", "x-relay-trace-id": opts.trace_id}
+        headers.update(_cost_headers(0.0, direct))
         if not stream:
             body = entry.body if entry.body is not None else assemble_chunks(entry.chunks or [])
             body = _fresh(body, alias)
@@ -360,6 +364,12 @@ def _cache_header(event: ReplyEvent) -> str:
     if event.cache_hit:
         return "hit-l2"  # found by the worker: stored after this gateway's own look-up
     return "coalesced" if event.coalesced else "miss"
+
+
+def _cost_headers(cost: float, saved: float) -> dict[str, str]:
+    """What the answer cost and saved, in USD, as its ledger line says (a stream's come
+    too late for headers: they are on its ledger line and in the metrics)."""
+    return {"x-relay-cost-usd": f"{cost:.10g}", "x-relay-saved-usd": f"{saved:.10g}"}
 
 
 def _vendor_headers(final: ReplyEvent) -> dict[str, str]:

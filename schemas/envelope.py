@@ -87,6 +87,8 @@ class ReplyEvent(BaseModel):
     coalesced: bool = False
     cache_hit: bool = False
     degraded: str | None = None
+    cost: float = Field(0.0, description="on a final: what this request cost (its ledger line)")
+    saved_cost: float = Field(0.0, description="on a final: what it saved (its ledger line)")
 
 
 class UsageEvent(BaseModel):
