@@ -128,6 +128,16 @@ class BatchLane(Strict):
     # died holding one has its batches adopted by another worker this long after.
     lease_s: float = Field(30.0, gt=0)
 
+    @model_validator(mode="after")
+    def _lease_outlasts_polls(self) -> BatchLane:
+        # Renewed once per poll: a lease shorter than two polls lapses under a live worker.
+        if self.lease_s < 2 * self.poll_s:
+            raise ValueError(
+                f"batch_lane.lease_s: {self.lease_s} s is renewed once per poll; make it at "
+                f"least twice poll_s ({self.poll_s} s)"
+            )
+        return self
+
 
 class Breaker(Strict):
     """Circuit breaker per (vendor, model): when it opens and how long it stays open."""

@@ -83,3 +83,11 @@ def test_rate_pressure_needs_an_alias_to_degrade_to() -> None:
     }
     with pytest.raises(ValueError, match="degrade_after_wait_ms: needs degrade_to"):
         RelayConfig.model_validate(raw)
+
+
+def test_a_lane_lease_shorter_than_two_polls_is_refused() -> None:
+    from schemas.config import BatchLane
+
+    with pytest.raises(ValueError, match="lease_s"):
+        BatchLane(poll_s=5, lease_s=6)
+    assert BatchLane(poll_s=1, lease_s=3).lease_s == 3
