@@ -29,6 +29,7 @@ log = logging.getLogger("relay.batch")
 Deliver = Callable[[RequestEnvelope, Candidate, VendorResult | RelayError], Awaitable[None]]
 BatchResults = dict[str, VendorResult | Exception]
 POLL_FAILURES = 5  # failed polls in a row before the batch's callers are told it failed
+FORGET_ATTEMPTS = 8  # tries to strike an answered batch from the journal (~1 min)
 
 
 @dataclass
@@ -62,6 +63,8 @@ class BatchLane:
     ) -> None:
         self.adapters = adapters
         self.journal = journal
+        self.stopping = False  # set when the worker stops: it adopts nothing more
+        self._following: set[str] = set()  # vendor batches this lane polls now
         self.pools = pools
         self.rule = rule
         self.deliver = deliver
@@ -125,16 +128,31 @@ class BatchLane:
         entry = VendorBatch(id=batch_id, candidate=cand, key_index=index, envelopes=items)
         write_down = self.journal.submitted if self.journal else None
         leased = await self._journal("write down", write_down, entry)
+        if self.journal is not None and not leased:
+            # The write may have landed all the same (only its answer was lost): then the
+            # lease is this worker's and must be kept, or another would adopt it too.
+            leased = await self._still_mine(entry.id)
         await self._follow(entry, key, leased=leased)
 
     async def _follow(self, batch: VendorBatch, key: str, *, leased: bool) -> None:
         """Poll a vendor batch to its end and deliver its answers; a ``leased`` one (in
         the journal) only while this worker holds its lease, so that when another worker
         adopted it (this one stalled past the lease) only that one answers."""
-        cand, items = batch.candidate, batch.envelopes
-        adapter = self.adapters[cand.vendor]
+        adapter = self.adapters[batch.candidate.vendor]
         assert isinstance(adapter, BatchVendor)
+        self._following.add(batch.id)
         try:
+            await self._follow_through(batch, adapter, key, leased=leased)
+        finally:
+            self._following.discard(batch.id)
+
+    async def _follow_through(
+        self, batch: VendorBatch, adapter: BatchVendor, key: str, *, leased: bool
+    ) -> None:
+        cand, items = batch.candidate, batch.envelopes
+        try:
+            # Cancelled (the worker stops while the vendor works on): it stays in the
+            # journal under a lease that lapses, for another worker to adopt.
             results = await self._poll(adapter, batch.id, key, leased=leased)
         except _LeaseLost:
             log.warning("batch %s was taken over by another worker", batch.id)
@@ -147,7 +165,18 @@ class BatchLane:
             return
         await self._deliver_all(cand, items, results)
         if leased:
-            await self._journal("forget", self.journal.done if self.journal else None, batch)
+            await self._forget(batch)
+
+    async def _forget(self, batch: VendorBatch) -> None:
+        """Strike an answered batch from the journal, retrying while Redis is away and
+        keeping the lease meanwhile: left there, it would be adopted and answered again."""
+        assert self.journal is not None
+        for attempt in range(FORGET_ATTEMPTS):
+            if await self._journal("forget", self.journal.done, batch):
+                return
+            await asyncio.sleep(min(2.0**attempt, 10.0))
+            await self._still_mine(batch.id)  # renew, if Redis answers again
+        log.error("batch %s answered but still in the lane journal", batch.id)
 
     async def _not_carried(self, items: list[RequestEnvelope]) -> list[RequestEnvelope]:
         """``items`` minus those already in a vendor batch in flight (a dead worker sent
@@ -165,7 +194,7 @@ class BatchLane:
     async def adopt(self) -> int:
         """Take over the vendor batches whose worker stopped renewing its lease (it died);
         how many were adopted."""
-        if self.journal is None:
+        if self.journal is None or self.stopping:
             return 0
         try:
             found = await self.journal.adopt()
@@ -173,6 +202,8 @@ class BatchLane:
             log.warning("the lane journal is unavailable: %s", exc)
             return 0
         for entry in found:
+            if entry.id in self._following:
+                continue  # its lease lapsed while this worker stalled: it polls it still
             cand = entry.candidate
             if cand.vendor not in self.adapters or cand.vendor not in self.pools:
                 log.warning("batch %s is for vendor %s, not configured here", entry.id, cand.vendor)

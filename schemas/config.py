@@ -35,7 +35,7 @@ class VendorConfig(Strict):
     timeout_s: float = 120.0
     rpm: int | None = None
     tpm: int | None = None
-    batch_discount: float = 0.5
+    batch_discount: float = Field(0.5, ge=0, le=1)
 
     def keys(self) -> list[str]:
         """Resolve the key names to the secrets themselves (at call time, never logged)."""

@@ -358,8 +358,17 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         uncommitted, for the next owner of the partition).  The requests already taken
         are answered and metered before the producer and vendor clients close, so a
         rolling restart leaves nobody waiting out a deadline."""
-        lane = handler.lane.flush_all() if handler.lane else set()
+        lane: set[asyncio.Task[None]] = set()
+        if handler.lane is not None:
+            handler.lane.stopping = True  # adopts nothing more
+            lane = handler.lane.flush_all()
         await drain(in_flight | lane, settings.worker_drain_s)
+        # Vendor batches still running stay journaled: their leases lapse and another
+        # worker adopts them.  Stopped here, before the vendor clients close under them.
+        running = [task for task in lane if not task.done()]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         for runner in serving:
             await runner.cleanup()
         await store_redis.aclose()

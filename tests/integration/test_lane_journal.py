@@ -1,17 +1,28 @@
-"""The lane journal on the real Redis: leases, adoption after a lapse, carried requests."""
+"""The lane journal on the real Redis: leases, adoption after a lapse, carried requests,
+and the batch lane on it: no batch answered twice, none lost when a worker stops."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
+from agents.adapters.base import VendorCall, VendorResult
+from agents.batch_lane import BatchLane
+from agents.keys import KeyPool
+from schemas.config import BatchLane as LaneRule
 from schemas.config import Candidate
+from schemas.envelope import Priority, RequestEnvelope
+from schemas.usage import Usage
 from tables.lane_journal import LaneJournal, VendorBatch
 from tests.support.envelopes import request_envelope
+
+CAND = Candidate(vendor="v", model="m")
 
 
 @pytest.fixture
@@ -48,3 +59,97 @@ async def test_a_lapsed_lease_is_adopted_once_and_the_old_holder_stands_down(
     assert await second.carried(ids) == set()
     await asyncio.sleep(0.4)
     assert await first.adopt() == []
+
+
+class SlowBatches:
+    """A vendor batch API whose batches run ``polls`` polls, then answer every call."""
+
+    def __init__(self, polls: int) -> None:
+        self.polls = polls
+        self.calls: list[tuple[str, VendorCall]] = []
+
+    async def submit_batch(self, calls: list[tuple[str, VendorCall]], api_key: str) -> str:
+        self.calls = calls
+        return f"vb-{uuid.uuid4().hex[:8]}"
+
+    async def poll_batch(self, batch_id: str, api_key: str) -> dict[str, Any] | None:
+        self.polls -= 1
+        if self.polls > 0:
+            return None
+        return {cid: VendorResult(body={"id": cid}, usage=Usage()) for cid, _ in self.calls}
+
+
+class FlakyJournal(LaneJournal):
+    """Redis drops the first ``failures`` attempts to strike a batch off."""
+
+    failures = 2
+
+    async def done(self, batch: VendorBatch) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RedisError("connection reset")
+        await super().done(batch)
+
+
+def lane(journal: LaneJournal, vendor: SlowBatches, got: list[str]) -> BatchLane:
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        await asyncio.sleep(0.1)  # a reply takes a moment to go out
+        got.append(env.correlation_id)
+
+    rule = LaneRule(max_size=2, poll_s=0.05, lease_s=0.3)
+    return BatchLane({"v": vendor}, {"v": KeyPool(["k"])}, rule, deliver, journal=journal)
+
+
+def background() -> list[RequestEnvelope]:
+    return [request_envelope(priority=Priority.background) for _ in range(2)]
+
+
+async def test_a_worker_that_stalled_past_its_lease_does_not_answer_twice(
+    redis: aioredis.Redis,
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    got: list[str] = []
+    mine = lane(LaneJournal(redis, prefix, "w1", lease_s=0.3), SlowBatches(polls=12), got)
+    envs = background()
+    for env in envs:
+        mine.submit(env, CAND)
+    await asyncio.sleep(0.2)  # submitted and journaled; now its lease lapses (a stall)
+    await redis.delete(*await redis.keys(f"{prefix}:lane:lease:*"))
+    await mine.adopt()  # its own timer finds the lapsed lease: it follows it already
+    await asyncio.wait_for(asyncio.gather(*mine._tasks), timeout=5)
+    assert sorted(got) == sorted(e.correlation_id for e in envs), "each answered once"
+
+
+async def test_an_answered_batch_is_struck_off_even_through_redis_errors(
+    redis: aioredis.Redis,
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    got: list[str] = []
+    mine = lane(FlakyJournal(redis, prefix, "w1", lease_s=0.3), SlowBatches(polls=1), got)
+    for env in background():
+        mine.submit(env, CAND)
+    await asyncio.wait_for(asyncio.sleep(0.1), timeout=1)
+    await asyncio.wait_for(asyncio.gather(*mine._tasks), timeout=10)
+    assert len(got) == 2
+    other = LaneJournal(redis, prefix, "w2", lease_s=0.3)
+    await asyncio.sleep(0.4)
+    assert await other.adopt() == [], "nothing left for another worker to answer again"
+
+
+async def test_a_batch_whose_worker_stopped_stays_for_another_to_adopt(
+    redis: aioredis.Redis,
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    got: list[str] = []
+    mine = lane(LaneJournal(redis, prefix, "w1", lease_s=0.3), SlowBatches(polls=10_000), got)
+    for env in background():
+        mine.submit(env, CAND)
+    await asyncio.sleep(0.2)
+    running = mine.flush_all()
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
+    assert got == [], "a stopped worker answers nothing"
+    await asyncio.sleep(0.4)
+    [adopted] = await LaneJournal(redis, prefix, "w2", lease_s=0.3).adopt()
+    assert len(adopted.envelopes) == 2
