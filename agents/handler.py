@@ -184,19 +184,7 @@ class RequestHandler:
             batch_api=True,
             discount=self.discounts.get(cand.vendor, 0.0),
         )
-        await self.sink.reply(
-            env.reply_to,
-            ReplyEvent(
-                correlation_id=env.correlation_id,
-                kind="final",
-                body=body,
-                usage=result.usage,
-                vendor=cand.vendor,
-                model=cand.model,
-                cost=line.cost,
-                saved_cost=line.saved_cost,
-            ),
-        )
+        await self.sink.reply(env.reply_to, ReplyEvent.final(env, line, body))
         await self.sink.usage(line)
 
     async def _fly(self, flight: Flight, env: RequestEnvelope) -> Outcome:
@@ -278,23 +266,9 @@ class RequestHandler:
             )
             async with w.sending:  # every chunk out before the final
                 await self._deliver(flight, w)
-                await self.sink.reply(
-                    env.reply_to,
-                    ReplyEvent(
-                        correlation_id=env.correlation_id,
-                        kind="final",
-                        seq=w.sent + 1,
-                        body=None if env.stream else out.body,
-                        usage=out.usage,
-                        vendor=cand.vendor if cand else None,
-                        model=cand.model if cand else None,
-                        coalesced=line.coalesced,
-                        cache_hit=line.cache_hit,
-                        degraded=line.degraded,
-                        cost=line.cost,
-                        saved_cost=line.saved_cost,
-                    ),
-                )
+                body = None if env.stream else out.body
+                final = ReplyEvent.final(env, line, body, seq=w.sent + 1)
+                await self.sink.reply(env.reply_to, final)
             await self.sink.usage(line)
 
     def _store(self, flight: Flight, out: Outcome) -> asyncio.Future[None] | None:

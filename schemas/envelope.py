@@ -90,6 +90,27 @@ class ReplyEvent(BaseModel):
     cost: float = Field(0.0, description="on a final: what this request cost (its ledger line)")
     saved_cost: float = Field(0.0, description="on a final: what it saved (its ledger line)")
 
+    @classmethod
+    def final(
+        cls, env: RequestEnvelope, line: UsageEvent, body: dict[str, Any] | None, seq: int = 0
+    ) -> ReplyEvent:
+        """The final reply to ``env``: its answer's ``body`` (None after a stream's
+        chunks) with what its ledger ``line`` says: usage, vendor, flags, cost."""
+        return cls(
+            correlation_id=env.correlation_id,
+            kind="final",
+            seq=seq,
+            body=body,
+            usage=line.usage,
+            vendor=line.vendor,
+            model=line.vendor_model,
+            coalesced=line.coalesced,
+            cache_hit=line.cache_hit,
+            degraded=line.degraded,
+            cost=line.cost,
+            saved_cost=line.saved_cost,
+        )
+
 
 class UsageEvent(BaseModel):
     """One line of the cost ledger: exactly one per answered or failed request."""

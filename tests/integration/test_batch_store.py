@@ -37,13 +37,16 @@ async def store(redis_url: str) -> AsyncIterator[BatchStore]:
     await client.aclose()
 
 
-async def new_batch(store: BatchStore, tenant: str, custom_ids: list[str]) -> BatchObject:
+async def new_batch(
+    store: BatchStore, tenant: str, custom_ids: list[str], expires_at: int | None = None
+) -> BatchObject:
     batch = BatchObject(
         id=new_id("batch_"),
         endpoint="/v1/chat/completions",
         input_file_id="file-x",
         status="in_progress",
         created_at=1,
+        expires_at=expires_at,
         request_counts=RequestCounts(total=len(custom_ids)),
     )
     await store.create(tenant, batch, custom_ids)
@@ -177,16 +180,8 @@ async def test_lists_are_newest_first_and_forget_what_expired(store: BatchStore)
 
 async def test_a_batch_past_its_window_expires_the_lines_still_out(store: BatchStore) -> None:
     """Whatever became of them (a worker that died holding them), a batch ends."""
-    batch = BatchObject(
-        id=new_id("batch_"),
-        endpoint="/v1/chat/completions",
-        input_file_id="file-x",
-        status="in_progress",
-        created_at=1,
-        expires_at=int(time.time()) - EXPIRY_GRACE_S - 1,
-        request_counts=RequestCounts(total=3),
-    )
-    await store.create("acme", batch, ["a", "b", "c"])
+    past = int(time.time()) - EXPIRY_GRACE_S - 1
+    batch = await new_batch(store, "acme", ["a", "b", "c"], expires_at=past)
     assert await record_reply(store, answer(batch, 1, "made it"))
     ended = await store.batch("acme", batch.id)
     assert ended is not None and ended.status == "expired" and ended.expired_at

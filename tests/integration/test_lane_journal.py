@@ -104,15 +104,24 @@ def background() -> list[RequestEnvelope]:
     return [request_envelope(priority=Priority.background) for _ in range(2)]
 
 
-async def test_a_worker_that_stalled_past_its_lease_does_not_answer_twice(
-    redis: aioredis.Redis,
-) -> None:
+def started(
+    redis: aioredis.Redis, journal: type[LaneJournal], polls: int
+) -> tuple[BatchLane, list[str], str, list[RequestEnvelope]]:
+    """A lane (owner w1) with two background requests submitted: the lane, what it
+    delivered, the journal's prefix and the requests."""
     prefix = f"t{uuid.uuid4().hex[:8]}"
     got: list[str] = []
-    mine = lane(LaneJournal(redis, prefix, "w1", lease_s=0.3), SlowBatches(polls=12), got)
+    mine = lane(journal(redis, prefix, "w1", lease_s=0.3), SlowBatches(polls=polls), got)
     envs = background()
     for env in envs:
         mine.submit(env, CAND)
+    return mine, got, prefix, envs
+
+
+async def test_a_worker_that_stalled_past_its_lease_does_not_answer_twice(
+    redis: aioredis.Redis,
+) -> None:
+    mine, got, prefix, envs = started(redis, LaneJournal, polls=12)
     await asyncio.sleep(0.2)  # submitted and journaled; now its lease lapses (a stall)
     await redis.delete(*await redis.keys(f"{prefix}:lane:lease:*"))
     await mine.adopt()  # its own timer finds the lapsed lease: it follows it already
@@ -123,12 +132,8 @@ async def test_a_worker_that_stalled_past_its_lease_does_not_answer_twice(
 async def test_an_answered_batch_is_struck_off_even_through_redis_errors(
     redis: aioredis.Redis,
 ) -> None:
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    got: list[str] = []
-    mine = lane(FlakyJournal(redis, prefix, "w1", lease_s=0.3), SlowBatches(polls=1), got)
-    for env in background():
-        mine.submit(env, CAND)
-    await asyncio.wait_for(asyncio.sleep(0.1), timeout=1)
+    mine, got, prefix, _ = started(redis, FlakyJournal, polls=1)
+    await asyncio.sleep(0.1)
     await asyncio.wait_for(asyncio.gather(*mine._tasks), timeout=10)
     assert len(got) == 2
     other = LaneJournal(redis, prefix, "w2", lease_s=0.3)
@@ -139,11 +144,7 @@ async def test_an_answered_batch_is_struck_off_even_through_redis_errors(
 async def test_a_batch_whose_worker_stopped_stays_for_another_to_adopt(
     redis: aioredis.Redis,
 ) -> None:
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    got: list[str] = []
-    mine = lane(LaneJournal(redis, prefix, "w1", lease_s=0.3), SlowBatches(polls=10_000), got)
-    for env in background():
-        mine.submit(env, CAND)
+    mine, got, prefix, _ = started(redis, LaneJournal, polls=10_000)
     await asyncio.sleep(0.2)
     running = mine.flush_all()
     for task in running:
