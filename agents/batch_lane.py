@@ -22,7 +22,8 @@ from schemas.config import BatchLane as LaneRule
 from schemas.config import Candidate
 from schemas.envelope import RequestEnvelope
 from schemas.errors import RelayError, VendorUnavailable
-from tables.lane_journal import JOURNAL_ERRORS, LaneJournal, VendorBatch
+from tables.cache import REDIS_ERRORS
+from tables.lane_journal import LaneJournal, VendorBatch
 
 log = logging.getLogger("relay.batch")
 
@@ -185,7 +186,7 @@ class BatchLane:
             return items
         try:
             carried = await self.journal.carried(_ids(items))
-        except JOURNAL_ERRORS:
+        except REDIS_ERRORS:
             return items
         if carried:
             log.warning("%d requests are in a vendor batch already: not sent again", len(carried))
@@ -198,7 +199,7 @@ class BatchLane:
             return 0
         try:
             found = await self.journal.adopt()
-        except JOURNAL_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("the lane journal is unavailable: %s", exc)
             return 0
         for entry in found:
@@ -236,7 +237,7 @@ class BatchLane:
             return False
         try:
             await step(arg)
-        except JOURNAL_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("could not %s a vendor batch in the lane journal: %s", what, exc)
             return False
         return True
@@ -245,7 +246,7 @@ class BatchLane:
         assert self.journal is not None
         try:
             return await self.journal.renew(batch_id)
-        except JOURNAL_ERRORS:
+        except REDIS_ERRORS:
             return True  # the journal cannot say: this worker polled it, it answers
 
     async def _poll(

@@ -17,10 +17,10 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from schemas.batches import BatchObject, FileObject, LineError, OutputLine, new_id
 from schemas.errors import StoreUnavailable
+from tables.cache import REDIS_ERRORS
 
 # Counts a line once, and finishes the batch with the line that completes it.
 _RECORD = """
@@ -56,7 +56,6 @@ _FINISHED = ("completed", "cancelled", "failed", "expired")
 # an answer the worker sent at the deadline may still be on its way to the store.
 EXPIRY_GRACE_S = 300
 _CANCEL_FIELDS = ("cancelling_at", "cancelled_at")
-_ERRORS = (RedisError, OSError)
 
 
 def output_file_id(batch_id: str, kind: str) -> str:
@@ -326,5 +325,5 @@ class _Guard:
         return self.redis
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: object, tb: object) -> None:
-        if kind is not None and issubclass(kind, _ERRORS):
+        if kind is not None and issubclass(kind, REDIS_ERRORS):
             raise StoreUnavailable("the batch store (Redis) is unavailable; try again") from None

@@ -161,7 +161,7 @@ class L1Cache:
 
 
 # Redis errors, and socket errors that slip past redis-py (OSError covers TimeoutError).
-_L2_ERRORS = (RedisError, OSError)
+REDIS_ERRORS = (RedisError, OSError)
 
 
 class ResponseCache:
@@ -220,7 +220,7 @@ class ResponseCache:
                 pipe.get(self.prefix + key)
                 pipe.pttl(self.prefix + key)
                 raw, ttl_ms = await pipe.execute()
-        except _L2_ERRORS:
+        except REDIS_ERRORS:
             self._l2_failed()
             return None
         self.l2_healthy = True
@@ -251,7 +251,7 @@ class ResponseCache:
         keep_ms = max(1, round((ttl_s + self.stale_s) * 1000))
         try:
             await redis.set(self.prefix + key, data, px=keep_ms)
-        except _L2_ERRORS:
+        except REDIS_ERRORS:
             self._l2_failed()
             return
         self.l2_healthy = True
@@ -264,7 +264,7 @@ class ResponseCache:
             return
         try:
             await redis.delete(self.prefix + key)
-        except _L2_ERRORS:
+        except REDIS_ERRORS:
             self._l2_failed()
             return
         self.l2_healthy = True

@@ -17,7 +17,6 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel
-from redis.exceptions import RedisError
 
 from schemas.config import Candidate
 from schemas.envelope import RequestEnvelope
@@ -29,7 +28,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-_ERRORS = (RedisError, OSError)
 
 
 class VendorBatch(BaseModel):
@@ -111,6 +109,3 @@ class LaneJournal:
                 continue
             adopted.append(VendorBatch.model_validate_json(raw))
         return adopted
-
-
-JOURNAL_ERRORS = _ERRORS
