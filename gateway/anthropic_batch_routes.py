@@ -38,7 +38,6 @@ from tables.batches import BatchStore
 
 router = APIRouter(prefix="/v1/messages")
 ENDPOINT = "/v1/messages"
-_ENDED = ("completed", "cancelled", "failed", "expired")
 
 
 class Item(BaseModel):
@@ -68,7 +67,7 @@ async def _batch(request: Request, who: Caller, batch_id: str) -> BatchObject:
 async def _shown(request: Request, batch: BatchObject) -> dict[str, Any]:
     """The batch as Anthropic's ``message_batch`` object."""
     counts = await _store(request).outcomes(batch.id)
-    ended = batch.status in _ENDED
+    ended = batch.ended
     status = "ended" if ended else "canceling" if batch.status == "cancelling" else "in_progress"
     results = f"{str(request.base_url).rstrip('/')}{ENDPOINT}/batches/{batch.id}/results"
     return {
@@ -79,9 +78,7 @@ async def _shown(request: Request, batch: BatchObject) -> dict[str, Any]:
             "processing": batch.request_counts.total - sum(counts.values()),
             **counts,
         },
-        "ended_at": _iso(batch.completed_at or batch.cancelled_at or batch.expired_at)
-        if ended
-        else None,
+        "ended_at": _iso(batch.ended_at) if ended else None,
         "created_at": _iso(batch.created_at),
         "expires_at": _iso(batch.expires_at),
         "archived_at": None,
@@ -170,7 +167,7 @@ async def cancel(batch_id: str, request: Request, who: CallerDep) -> dict[str, A
 @router.delete("/batches/{batch_id}")
 async def delete(batch_id: str, request: Request, who: CallerDep) -> dict[str, Any]:
     batch = await _batch(request, who, batch_id)
-    if batch.status not in _ENDED:
+    if not batch.ended:
         raise BadRequest("a batch can be deleted once it has ended; cancel it first")
     await _store(request).delete_batch(who.tenant, batch_id)
     return {"id": batch_id, "type": "message_batch_deleted"}
@@ -179,7 +176,7 @@ async def delete(batch_id: str, request: Request, who: CallerDep) -> dict[str, A
 @router.get("/batches/{batch_id}/results")
 async def results(batch_id: str, request: Request, who: CallerDep) -> Response:
     batch = await _batch(request, who, batch_id)
-    if batch.status not in _ENDED:
+    if not batch.ended:
         raise BadRequest(f"message batch `{batch_id}` has not ended yet; its results follow")
     lines = await _store(request).lines(batch_id)
     data = b"".join(orjson.dumps(_result(line)) + b"\n" for line in lines)

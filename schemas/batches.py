@@ -23,6 +23,9 @@ BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions")
 COMPLETION_WINDOW_S = 24 * 3600  # OpenAI's only window, "24h"
 MAX_LINES = 50_000  # OpenAI's limit per batch
 
+# The statuses a batch ends in (OpenAI's; its Batch API's terminal states as well).
+ENDED: frozenset[str] = frozenset({"completed", "failed", "expired", "cancelled"})
+
 BatchStatus = Literal[
     "validating",
     "failed",
@@ -111,6 +114,15 @@ class BatchObject(BaseModel):
     cancelled_at: int | None = None
     request_counts: RequestCounts = Field(default_factory=RequestCounts)
     metadata: dict[str, str] | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED
+
+    @property
+    def ended_at(self) -> int | None:
+        """When the batch ended, whichever way it did."""
+        return self.completed_at or self.cancelled_at or self.expired_at or self.failed_at
 
 
 class OutputResponse(BaseModel):

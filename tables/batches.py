@@ -51,7 +51,6 @@ if tonumber(h[3] or 0) + tonumber(h[4] or 0) >= tonumber(h[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'cancelling', 'cancelling_at', ARGV[1])
 return 1
 """
-_FINISHED = ("completed", "cancelled", "failed", "expired")
 # Past its window a batch waits this much longer for its last lines before it expires them:
 # an answer the worker sent at the deadline may still be on its way to the store.
 EXPIRY_GRACE_S = 300
@@ -110,7 +109,8 @@ class BatchStore:
 
     async def file(self, tenant: str, file_id: str) -> FileObject | None:
         if out := _output_of(file_id):
-            return await self._output_file(tenant, *out)
+            made = await self._output_file(tenant, *out)
+            return made[0] if made else None
         async with self._guard() as redis:
             meta, owner = await redis.hmget(self._file(file_id), ["meta", "tenant"])
         if meta is None or owner != tenant.encode():
@@ -119,10 +119,8 @@ class BatchStore:
 
     async def content(self, tenant: str, file_id: str) -> bytes | None:
         if out := _output_of(file_id):
-            batch_id, kind = out
-            if await self._output_file(tenant, batch_id, kind) is None:
-                return None
-            return await self._lines(batch_id, ok=kind == "output")
+            made = await self._output_file(tenant, *out)
+            return made[1] if made else None
         async with self._guard() as redis:
             found: list[Any] = await redis.hmget(self._file(file_id), ["data", "tenant"])
         data, owner = found
@@ -141,38 +139,37 @@ class BatchStore:
         return [FileObject.model_validate_json(m) for m in metas if m is not None]
 
     async def delete_file(self, tenant: str, file_id: str) -> bool:
-        if await self.file(tenant, file_id) is None or _output_of(file_id):
+        if _output_of(file_id) or await self.file(tenant, file_id) is None:
             return False
         async with self._guard() as redis:
             await redis.delete(self._file(file_id))
             await redis.zrem(self._index("files", tenant), file_id)
         return True
 
-    async def _output_file(self, tenant: str, batch_id: str, kind: str) -> FileObject | None:
+    async def _output_file(
+        self, tenant: str, batch_id: str, kind: str
+    ) -> tuple[FileObject, bytes] | None:
+        """A batch's output (or error) file and its content, made from the lines."""
         batch = await self.batch(tenant, batch_id)
         if batch is None or output_file_id(batch_id, kind) not in (
             batch.output_file_id,
             batch.error_file_id,
         ):
             return None
-        data = await self._lines(batch_id, ok=kind == "output")
-        return FileObject(
-            id=output_file_id(batch_id, kind),
-            bytes=len(data),
-            created_at=batch.completed_at
-            or batch.cancelled_at
-            or batch.expired_at
-            or batch.created_at,
-            filename=f"{batch_id}_{kind}.jsonl",
-            purpose="batch_output",
-        )
-
-    async def _lines(self, batch_id: str, *, ok: bool) -> bytes:
-        return b"".join(
+        ok = kind == "output"
+        data = b"".join(
             line.model_dump_json().encode() + b"\n"
             for line in await self.lines(batch_id)
             if line.ok == ok
         )
+        meta = FileObject(
+            id=output_file_id(batch_id, kind),
+            bytes=len(data),
+            created_at=batch.ended_at or batch.created_at,
+            filename=f"{batch_id}_{kind}.jsonl",
+            purpose="batch_output",
+        )
+        return meta, data
 
     async def lines(self, batch_id: str) -> list[OutputLine]:
         """Every line recorded so far, in input order (the caller checked the tenant)."""
@@ -251,7 +248,7 @@ class BatchStore:
         for name in ("finalizing_at", "completed_at", "expired_at", *_CANCEL_FIELDS):
             if name in fields:
                 setattr(batch, name, int(fields[name]))
-        if batch.status in _FINISHED:
+        if batch.ended:
             if batch.request_counts.completed:
                 batch.output_file_id = output_file_id(batch_id, "output")
             if batch.request_counts.failed:

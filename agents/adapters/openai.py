@@ -16,6 +16,7 @@ import httpx
 
 from agents.adapters.base import StreamItem, VendorCall, VendorResult
 from agents.adapters.http import error_for_status, json_body, open_stream, send, sse_events
+from schemas.batches import ENDED
 from schemas.config import VendorConfig
 from schemas.errors import VendorBadRequest, VendorRateLimited, VendorUnavailable
 from schemas.formats.anthropic import without_cache_control
@@ -25,7 +26,6 @@ from schemas.usage import Usage
 _REASONING = re.compile(r"^(o\d|gpt-5)")
 
 # Batch statuses after which no more results will come.
-_BATCH_DONE = {"completed", "expired", "cancelled", "failed"}
 
 
 class OpenAIAdapter:
@@ -132,7 +132,7 @@ class OpenAIAdapter:
         resp = await self._request("GET", self.url(f"batches/{batch_id}"), api_key)
         batch = json_body(resp, self.kind)
         status = batch.get("status")
-        if status not in _BATCH_DONE:
+        if status not in ENDED:
             return None
         if status == "failed":
             errors = (batch.get("errors") or {}).get("data") or []
