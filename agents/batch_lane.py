@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,7 +105,11 @@ class BatchLane:
             return
         if queue.timer is not None:
             queue.timer.cancel()
-        task = asyncio.get_running_loop().create_task(self._run(self._cands[key], queue.items))
+        self._spawn(self._run(self._cands[key], queue.items))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as one of the lane's tasks (``flush_all`` hands them over)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -194,7 +198,7 @@ class BatchLane:
 
     async def adopt(self) -> int:
         """Take over the vendor batches whose worker stopped renewing its lease (it died);
-        how many were adopted."""
+        how many this lane now follows."""
         if self.journal is None or self.stopping:
             return 0
         try:
@@ -202,6 +206,7 @@ class BatchLane:
         except REDIS_ERRORS as exc:
             log.warning("the lane journal is unavailable: %s", exc)
             return 0
+        adopted = 0
         for entry in found:
             if entry.id in self._following:
                 continue  # its lease lapsed while this worker stalled: it polls it still
@@ -211,10 +216,9 @@ class BatchLane:
                 continue
             log.warning("adopting vendor batch %s (%d requests)", entry.id, len(entry.envelopes))
             key = self.pools[cand.vendor].key(entry.key_index)
-            task = asyncio.get_running_loop().create_task(self._follow(entry, key, leased=True))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return len(found)
+            self._spawn(self._follow(entry, key, leased=True))
+            adopted += 1
+        return adopted
 
     async def _deliver_all(
         self, cand: Candidate, items: list[RequestEnvelope], results: BatchResults

@@ -52,8 +52,10 @@ async def record_reply(store: BatchStore, event: ReplyEvent) -> OutputLine | Non
 async def cancelled(store: BatchStore, env: RequestEnvelope, results_topic: str) -> bool:
     """Whether ``env`` is a line of a batch cancelled before the line was sent; when the
     store cannot say, the line is sent (a cancel is best effort, an answer is owed)."""
+    if env.reply_to != results_topic:
+        return False  # not a Batch API line: no lookup on the realtime path
     line = parse_correlation(env.correlation_id)
-    if env.reply_to != results_topic or line is None:
+    if line is None:
         return False
     try:
         return await store.cancelled(line[0])

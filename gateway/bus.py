@@ -153,9 +153,7 @@ class Bus:
         request gets that error at once instead of waiting out its deadline, and the
         ledger its line."""
         try:
-            delivery = await self.producer.send(
-                self.topics.requests.name, encode(env), key=env.prompt_hash.encode()
-            )
+            delivery = await self._send(env)
         except MessageSizeTooLargeError:
             raise RequestTooLarge(
                 "the request is larger than the relay's broker takes in one message"
@@ -171,11 +169,7 @@ class Bus:
         deliveries: list[asyncio.Future[object] | Exception] = []
         for env in envs:
             try:
-                deliveries.append(
-                    await self.producer.send(
-                        self.topics.requests.name, encode(env), key=env.prompt_hash.encode()
-                    )
-                )
+                deliveries.append(await self._send(env))
             except Exception as exc:  # refused at once: too large, unencodable, no broker
                 deliveries.append(exc)
         errors: list[Exception | None] = []
@@ -186,17 +180,26 @@ class Bus:
                 await delivery
                 errors.append(None)
             except Exception as exc:
-                log.warning("request %s not published: %s", env.correlation_id, exc)
-                await self.meter(UsageEvent.failure(env, NoHealthyVendor.code))
+                await self._unqueued(env, exc)
                 errors.append(exc)
         return errors
 
+    async def _send(self, env: RequestEnvelope) -> asyncio.Future[object]:
+        """Hand ``env`` to the producer, keyed by its prompt hash; the broker's ack."""
+        return await self.producer.send(  # type: ignore[no-any-return]
+            self.topics.requests.name, encode(env), key=env.prompt_hash.encode()
+        )
+
+    async def _unqueued(self, env: RequestEnvelope, exc: BaseException) -> None:
+        """The broker did not take ``env``: no worker will meter it, so this does."""
+        log.warning("request %s not published: %s", env.correlation_id, exc)
+        await self.meter(UsageEvent.failure(env, NoHealthyVendor.code))
+
     def _undelivered(self, env: RequestEnvelope, delivery: asyncio.Future[object]) -> None:
-        if delivery.cancelled() or delivery.exception() is None:
+        if delivery.cancelled() or (exc := delivery.exception()) is None:
             return
-        log.warning("request %s not published: %s", env.correlation_id, delivery.exception())
         err = NoHealthyVendor(UNQUEUED)
-        task = asyncio.ensure_future(self.meter(UsageEvent.failure(env, err.code)))
+        task = asyncio.ensure_future(self._unqueued(env, exc))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         queue = self.waiting.get(env.correlation_id)

@@ -242,7 +242,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     owner = f"{settings.instance_id or 'worker'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     lease_s = config.batch_lane.lease_s
     journal = LaneJournal(store_redis, settings.topic_prefix, owner, lease_s)
-    handler.lane = BatchLane(
+    lane = handler.lane = BatchLane(
         adapters, pools, config.batch_lane, handler.deliver_batch, journal=journal
     )
     in_flight: set[asyncio.Task[None]] = set()
@@ -253,8 +253,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     @app.timer(interval=max(0.5, lease_s / 2))
     async def _adopt_vendor_batches() -> None:
         """Vendor batches whose worker died (its lease lapsed) are polled on from here."""
-        if handler.lane is not None:
-            await handler.lane.adopt()
+        await lane.adopt()
 
     async def handle(env: RequestEnvelope) -> None:
         if await cancelled(store, env, topics.batch_results.name):
@@ -347,7 +346,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
             return
         state = metrics.WorkerState(
             in_flight=lambda: len(in_flight),
-            lane_queued=lambda: handler.lane.queued if handler.lane else 0,
+            lane_queued=lambda: lane.queued,
             health=lambda: dict(health.items()),
         )
         serving.append(await metrics.serve(settings.host, settings.worker_metrics_port, state))
@@ -358,14 +357,12 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         uncommitted, for the next owner of the partition).  The requests already taken
         are answered and metered before the producer and vendor clients close, so a
         rolling restart leaves nobody waiting out a deadline."""
-        lane: set[asyncio.Task[None]] = set()
-        if handler.lane is not None:
-            handler.lane.stopping = True  # adopts nothing more
-            lane = handler.lane.flush_all()
-        await drain(in_flight | lane, settings.worker_drain_s)
+        lane.stopping = True  # adopts nothing more
+        batches = lane.flush_all()
+        await drain(in_flight | batches, settings.worker_drain_s)
         # Vendor batches still running stay journaled: their leases lapse and another
         # worker adopts them.  Stopped here, before the vendor clients close under them.
-        running = [task for task in lane if not task.done()]
+        running = [task for task in batches if not task.done()]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
