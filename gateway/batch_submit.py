@@ -83,14 +83,11 @@ def _envelope(
     except TypeError as exc:  # orjson's limits: integers beyond 64 bits, say
         raise BadRequest(f"body: cannot be sent on ({exc})") from None
     opts.trace_id = new_id("")
-    key, ttl = relay.cache_terms(who, endpoint, body, opts)
     return relay.envelope(
         who,
         endpoint,
         body,
         opts,
-        key,
-        ttl,
         correlation_id=line_correlation(batch.id, index),
         reply_to=relay.bus.topics.batch_results.name,
         deadline_ms=(batch.expires_at or batch.created_at) * 1000,

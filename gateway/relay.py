@@ -139,8 +139,7 @@ class Relay:
             endpoint,
             body,
             opts,
-            key,
-            ttl,
+            terms=(key, ttl),
             stream=stream,
             deadline_ms=int(
                 (time.time() + (opts.timeout_s or self.settings.default_timeout_s)) * 1000
@@ -165,12 +164,15 @@ class Relay:
         endpoint: Endpoint,
         body: dict[str, Any],
         opts: Options,
-        key: str,
-        ttl: int,
+        *,
+        terms: tuple[str, int] | None = None,
         **fields: Any,
     ) -> RequestEnvelope:
-        """The envelope of a request the caller may send (``check_model`` passed);
-        ``fields`` override the defaults (a reply to this gateway, a fresh correlation id)."""
+        """The envelope of a request the caller may send (``check_model`` passed), keyed
+        and cached by ``terms`` (``cache_terms``, worked out here unless the caller has
+        them already); ``fields`` override the defaults (a reply to this gateway, a fresh
+        correlation id)."""
+        key, ttl = terms or self.cache_terms(who, endpoint, body, opts)
         user = body.get("user")
         values: dict[str, Any] = {
             "correlation_id": uuid.uuid4().hex,
