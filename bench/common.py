@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from schemas.settings import Settings
-from streams.broker import EmbeddedKafka
+from streams.broker.embedded import EmbeddedKafka, short_lived_jvm_opts
 from tests.support.stack import Simulator, Stack, example_config, start_simulator, start_stack
 
 WORKDIR = Path(tempfile.gettempdir()) / "relay-station-bench"
@@ -68,7 +68,7 @@ def bench_kafka() -> Iterator[tuple[str, int | None]]:
         yield bootstrap, None
         return
     kafka_dir = Path(tempfile.mkdtemp(prefix="relay-bench-kafka-"))
-    kafka = EmbeddedKafka(kafka_dir, jvm_opts=Settings().jvm_opts())
+    kafka = EmbeddedKafka(kafka_dir, jvm_opts=short_lived_jvm_opts(Settings().jvm_opts()))
     try:
         with console.status("starting embedded Kafka…"):
             bootstrap = kafka.start()

@@ -176,7 +176,8 @@ def main() -> int:
             faust_echo(args.bootstrap, args.prefix)
         return 0
 
-    warmup, total = (50, 100) if args.quick else (200, 500)
+    # The full run's warm-up is long enough for the broker's JIT to compile its hot paths.
+    warmup, total = (50, 100) if args.quick else (3000, 1000)
     with bench_kafka() as (bootstrap, _):
         results = [run(kind, bootstrap, warmup, total) for kind in ("raw", "faust")]
     rows = [

@@ -17,14 +17,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
-import httpx
 import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
-from httpx_aiohttp import HttpxAiohttpClient
 
+from agents.adapters.http import vendor_client
 from agents.adapters.registry import make_adapter
 from agents.batch_lane import BatchLane
 from agents.batch_results import cancelled, record_reply
@@ -200,13 +199,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     )
     cache = ResponseCache(L1Cache(1), redis, stale_s=settings.cache_stale_s)
     sink = KafkaSink(app, topics, cache, bootstrap)
-    # httpx's API on aiohttp's connection pool: httpcore scans every pooled connection on
-    # each request, which at a few dozen concurrent vendor calls cost the worker ~4 ms of
-    # CPU per call; aiohttp's pool costs ~1 ms (bench/README.md).
-    http = HttpxAiohttpClient(
-        limits=httpx.Limits(max_connections=512, max_keepalive_connections=256),
-        timeout=httpx.Timeout(settings.default_timeout_s, connect=5.0),
-    )
+    http = vendor_client(settings.default_timeout_s)
     adapters = {name: make_adapter(v, http) for name, v in config.vendors.items()}
     pools = {name: KeyPool(v.keys()) for name, v in config.vendors.items()}
 

@@ -46,11 +46,10 @@ def kafka_bootstrap() -> Iterator[str]:
         with KafkaContainer().with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    from streams.broker import EmbeddedKafka
+    from streams.broker.embedded import EmbeddedKafka, short_lived_jvm_opts
 
-    kafka = EmbeddedKafka(
-        Path(tempfile.mkdtemp(prefix="relay-kafka-")), jvm_opts=Settings().jvm_opts()
-    )
+    jvm_opts = short_lived_jvm_opts(Settings().jvm_opts())
+    kafka = EmbeddedKafka(Path(tempfile.mkdtemp(prefix="relay-kafka-")), jvm_opts=jvm_opts)
     yield kafka.start()
     kafka.stop()
 

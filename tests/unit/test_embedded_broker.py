@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from schemas.settings import Settings
-from streams.broker.embedded import DEFAULT_JVM_OPTS, EmbeddedKafka, _kafka_uuid
+from streams.broker.embedded import (
+    DEFAULT_JVM_OPTS,
+    QUICK_START_JVM_OPTS,
+    EmbeddedKafka,
+    _kafka_uuid,
+    short_lived_jvm_opts,
+)
 
 
 def test_kafka_cluster_ids_never_look_like_a_command_line_option() -> None:
@@ -40,3 +46,11 @@ def test_without_jvm_options_the_broker_runs_on_its_defaults(
     command = broker_command(tmp_path, Settings().jvm_opts())
     assert set(DEFAULT_JVM_OPTS) <= set(command)
     assert command[-2:] == ["kafka.Kafka", "server.properties"]
+
+
+def test_a_long_lived_broker_gets_the_full_jit_and_a_short_lived_one_c1() -> None:
+    assert not any(o.startswith("-XX:TieredStopAtLevel") for o in DEFAULT_JVM_OPTS)
+    assert short_lived_jvm_opts(None) == list(QUICK_START_JVM_OPTS)
+    assert "-XX:TieredStopAtLevel=1" in QUICK_START_JVM_OPTS
+    assert short_lived_jvm_opts(["-XX:+UseG1GC"]) == ["-XX:+UseG1GC"]  # the settings win
+    assert short_lived_jvm_opts([]) == []

@@ -1,0 +1,49 @@
+"""The worker's vendor client against a real local HTTP server: no state between calls."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from agents.adapters.http import vendor_client
+
+
+@pytest.fixture
+async def vendor() -> AsyncIterator[tuple[str, list[str | None]]]:
+    """A server that sets a cookie on every answer and records the Cookie header it got."""
+    seen: list[str | None] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("cookie"))
+        resp = web.json_response({"ok": True})
+        resp.set_cookie("__cf_bm", "tenant-a-session", path="/")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    # A host name, not an IP: aiohttp keeps no cookies for IP addresses by default.
+    yield f"http://localhost:{port}/v1/chat/completions", seen
+    await runner.cleanup()
+
+
+async def test_a_cookie_set_by_a_vendor_is_never_sent_on_a_later_call(
+    vendor: tuple[str, list[str | None]],
+) -> None:
+    url, seen = vendor
+    client = vendor_client(5.0)
+    try:
+        for _ in range(3):
+            resp = await client.post(url, json={})
+            assert resp.status_code == 200 and resp.json() == {"ok": True}
+            assert "__cf_bm" in resp.headers["set-cookie"]  # the vendor did set one
+    finally:
+        await client.aclose()
+    assert seen == [None, None, None]
+    assert not list(client.cookies.jar)
