@@ -49,8 +49,12 @@ def vendor_client(timeout_s: float) -> httpx.AsyncClient:
     pool costs ~1 ms (bench/README.md).  Neither layer keeps cookies."""
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=256)
 
+    tls = httpx.create_ssl_context()  # certifi's CAs, or SSL_CERT_FILE/SSL_CERT_DIR
+
     def session() -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=512, keepalive_timeout=limits.keepalive_expiry)
+        connector = aiohttp.TCPConnector(
+            limit=512, keepalive_timeout=limits.keepalive_expiry, ssl=tls
+        )
         return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
     return HttpxAiohttpClient(
