@@ -69,6 +69,16 @@ def _output_of(file_id: str) -> tuple[str, str] | None:
     return (batch_id, kind) if kind in ("output", "errors") else None
 
 
+def _output_file_object(batch: BatchObject, kind: str, size: int) -> FileObject:
+    return FileObject(
+        id=output_file_id(batch.id, kind),
+        bytes=size,
+        created_at=batch.ended_at or batch.created_at,
+        filename=f"{batch.id}_{kind}.jsonl",
+        purpose="batch_output",
+    )
+
+
 class BatchStore:
     def __init__(self, redis: aioredis.Redis, prefix: str, retention_s: int) -> None:
         self.redis = redis
@@ -109,7 +119,7 @@ class BatchStore:
 
     async def file(self, tenant: str, file_id: str) -> FileObject | None:
         if out := _output_of(file_id):
-            made = await self._output_file(tenant, *out)
+            made = await self._output_file(*out, await self.batch(tenant, out[0]))
             return made[0] if made else None
         async with self._guard() as redis:
             meta, owner = await redis.hmget(self._file(file_id), ["meta", "tenant"])
@@ -119,7 +129,7 @@ class BatchStore:
 
     async def content(self, tenant: str, file_id: str) -> bytes | None:
         if out := _output_of(file_id):
-            made = await self._output_file(tenant, *out)
+            made = await self._output_file(*out, await self.batch(tenant, out[0]))
             return made[1] if made else None
         async with self._guard() as redis:
             found: list[Any] = await redis.hmget(self._file(file_id), ["data", "tenant"])
@@ -129,47 +139,70 @@ class BatchStore:
         return bytes(data)
 
     async def files(self, tenant: str) -> list[FileObject]:
-        """The tenant's uploaded files, newest first."""
+        """The tenant's files, newest first: its uploads, and the output and error files
+        of its finished batches (until deleted), as OpenAI lists them."""
         index = self._index("files", tenant)
         async with self._guard() as redis:
             ids: list[Any] = await redis.zrevrange(index, 0, -1)
             metas = [await redis.hget(self._file(i.decode()), "meta") for i in ids]
             if gone := [i for i, m in zip(ids, metas, strict=True) if m is None]:
                 await redis.zrem(index, *gone)  # expired since they were listed
-        return [FileObject.model_validate_json(m) for m in metas if m is not None]
+        found = [FileObject.model_validate_json(m) for m in metas if m is not None]
+        for batch in await self.batches(tenant):
+            for file_id in (batch.output_file_id, batch.error_file_id):
+                if file_id and (meta := await self._output_meta(batch, file_id)):
+                    found.append(meta)
+        return sorted(found, key=lambda f: f.created_at, reverse=True)
 
     async def delete_file(self, tenant: str, file_id: str) -> bool:
-        if _output_of(file_id) or await self.file(tenant, file_id) is None:
+        """Delete an upload, or a batch's output or error file (the batch keeps naming
+        it, as OpenAI's does, but it is gone from the file endpoints)."""
+        if await self.file(tenant, file_id) is None:
             return False
         async with self._guard() as redis:
+            if out := _output_of(file_id):
+                await redis.hset(self._batch(out[0]), f"deleted:{out[1]}", 1)
+                return True
             await redis.delete(self._file(file_id))
             await redis.zrem(self._index("files", tenant), file_id)
         return True
 
+    async def _output_meta(self, batch: BatchObject, file_id: str) -> FileObject | None:
+        """An ended batch's output file as listed, its size kept once it was counted
+        (an ended batch's lines no longer change), so a listing reads no lines again."""
+        kind = file_id.rpartition("-")[2]
+        async with self._guard() as redis:
+            deleted, size = await redis.hmget(
+                self._batch(batch.id), [f"deleted:{kind}", f"bytes:{kind}"]
+            )
+        if deleted:
+            return None
+        if size is None:
+            made = await self._output_file(batch.id, kind, batch)
+            return made[0] if made else None
+        return _output_file_object(batch, kind, int(size))
+
     async def _output_file(
-        self, tenant: str, batch_id: str, kind: str
+        self, batch_id: str, kind: str, batch: BatchObject | None
     ) -> tuple[FileObject, bytes] | None:
         """A batch's output (or error) file and its content, made from the lines."""
-        batch = await self.batch(tenant, batch_id)
         if batch is None or output_file_id(batch_id, kind) not in (
             batch.output_file_id,
             batch.error_file_id,
         ):
             return None
         ok = kind == "output"
+        async with self._guard() as redis:
+            if await redis.hget(self._batch(batch_id), f"deleted:{kind}"):
+                return None
         data = b"".join(
             line.model_dump_json().encode() + b"\n"
             for line in await self.lines(batch_id)
             if line.ok == ok
         )
-        meta = FileObject(
-            id=output_file_id(batch_id, kind),
-            bytes=len(data),
-            created_at=batch.ended_at or batch.created_at,
-            filename=f"{batch_id}_{kind}.jsonl",
-            purpose="batch_output",
-        )
-        return meta, data
+        async with self._guard() as redis:
+            await redis.hset(self._batch(batch_id), f"bytes:{kind}", len(data))
+        return _output_file_object(batch, kind, len(data)), data
 
     async def lines(self, batch_id: str) -> list[OutputLine]:
         """Every line recorded so far, in input order (the caller checked the tenant)."""

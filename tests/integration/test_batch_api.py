@@ -119,6 +119,13 @@ async def test_the_openai_sdk_runs_a_chat_batch_through_the_vendor_batch_api(
     listed = await sdk.batches.list(limit=100)
     assert created.id in [b.id for b in listed.data]
 
+    files = {f.id: f for f in (await sdk.files.list()).data}
+    assert files[batch.output_file_id].purpose == "batch_output" and upload.id in files
+    assert (await sdk.files.delete(batch.output_file_id)).deleted
+    with pytest.raises(openai.NotFoundError):
+        await sdk.files.retrieve(batch.output_file_id)
+    assert batch.output_file_id not in [f.id for f in (await sdk.files.list()).data]
+
 
 async def test_an_embeddings_batch_answers_each_line(relay: Stack, simulator: Simulator) -> None:
     sdk = client(relay)

@@ -109,6 +109,36 @@ async def test_each_line_counts_once_and_the_last_one_completes_the_batch(
     assert await store.batch("other", batch.id) is None
 
 
+async def test_a_finished_batchs_files_are_listed_and_can_be_deleted(store: BatchStore) -> None:
+    upload = await store.put_file("acme", "in.jsonl", "batch", b"{}\n")
+    batch = await new_batch(store, "acme", ["a", "b"])
+    assert [f.id for f in await store.files("acme")] == [upload.id], "nothing to list yet"
+    await record_reply(store, answer(batch, 0, "first"))
+    await record_reply(store, failure(batch, 1, VendorBadRequest("max_tokens too large")))
+    done = await store.batch("acme", batch.id)
+    assert done is not None and done.output_file_id and done.error_file_id
+
+    listed = {f.id: f for f in await store.files("acme")}
+    assert set(listed) == {upload.id, done.output_file_id, done.error_file_id}
+    for file_id in (done.output_file_id, done.error_file_id):
+        assert listed[file_id].purpose == "batch_output"
+        assert listed[file_id].bytes == len(await store.content("acme", file_id) or b"")
+    created = [f.created_at for f in await store.files("acme")]
+    assert created == sorted(created, reverse=True), "newest first"
+    assert await store.files("other") == []
+
+    assert not await store.delete_file("other", done.output_file_id)
+    assert await store.delete_file("acme", done.output_file_id)
+    assert await store.file("acme", done.output_file_id) is None
+    assert await store.content("acme", done.output_file_id) is None
+    assert not await store.delete_file("acme", done.output_file_id), "already gone"
+    assert {f.id for f in await store.files("acme")} == {upload.id, done.error_file_id}
+    still = await store.batch("acme", batch.id)
+    assert still is not None and still.output_file_id == done.output_file_id  # as OpenAI
+    assert await store.content("acme", done.error_file_id), "the other file stays"
+    assert [line.custom_id for line in await store.lines(batch.id)] == ["a", "b"]
+
+
 async def test_a_cancelled_batch_ends_cancelled_once_every_line_is_in(store: BatchStore) -> None:
     batch = await new_batch(store, "acme", ["a", "b"])
     env = request_envelope(correlation_id=line_correlation(batch.id, 1), reply_to=RESULTS)
