@@ -10,22 +10,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from gateway.auth import CallerDep
+from gateway.bodies import json_object
 from gateway.relay import Answer, Options, Relay
 from gateway.sse import EventStream, anthropic_sse
 from schemas.errors import BadRequest
 from schemas.formats.anthropic import messages_request_to_openai, openai_response_to_messages
 
 router = APIRouter(prefix="/v1")
-
-
-async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
-    return body
 
 
 def neutral_request(body: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +43,7 @@ def render(answer: Answer, body: dict[str, Any]) -> Response:
 
 @router.post("/messages")
 async def messages(request: Request, who: CallerDep) -> Any:
-    body = await _json(request)
+    body = await json_object(request)
     neutral = neutral_request(body)
     relay: Relay = request.app.state.relay
     opts = Options.from_headers(request.headers)
@@ -62,7 +53,7 @@ async def messages(request: Request, who: CallerDep) -> Any:
 @router.post("/messages/count_tokens")
 async def count_tokens(request: Request, who: CallerDep) -> Any:
     """An estimate (4 characters a token), since not every vendor can count for us."""
-    body = await _json(request)
+    body = await json_object(request)
     neutral = messages_request_to_openai({**body, "max_tokens": body.get("max_tokens", 1)})
     await request.app.state.relay.check_model(who, str(body.get("model", "")))
     chars = len(orjson.dumps(neutral.get("messages", [])))

@@ -20,6 +20,7 @@ from gateway import (
     metrics,
     model_routes,
     openai_routes,
+    responses_routes,
 )
 from gateway.bus import Bus
 from gateway.edge import Edge
@@ -69,6 +70,7 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
     errors.install(app)
     app.include_router(openai_routes.router)
     app.include_router(anthropic_routes.router)
+    app.include_router(responses_routes.router)
     app.include_router(model_routes.router)
     app.include_router(batch_routes.router)
     app.include_router(anthropic_batch_routes.router)

@@ -1,6 +1,6 @@
 """The hot endpoints, answered at the edge of the gateway before FastAPI routes anything.
 
-Chat, embeddings, completions and messages are nearly all of the traffic, and FastAPI's
+Chat, embeddings, completions, messages and responses are nearly all of the traffic, and FastAPI's
 routing, dependency injection and middleware cost more CPU per request than the relay's
 own work does (a cache hit took twice as long through them).  The edge does only what those
 requests need: read the body, resolve the relay key, and ask the relay, using the routes'
@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import anthropic_routes, openai_routes
+from gateway import anthropic_routes, openai_routes, responses_routes
 from gateway.auth import known_caller
 from gateway.errors import error_response
 from gateway.relay import Answer, Options, Relay
@@ -59,6 +59,7 @@ ROUTES: dict[str, Route] = {
     "/v1/embeddings": ("embeddings", _embeddings, openai_routes.render),
     "/v1/completions": ("completions", _completions, openai_routes.render),
     "/v1/messages": ("chat", anthropic_routes.neutral_request, anthropic_routes.render),
+    "/v1/responses": ("chat", responses_routes.neutral_request, responses_routes.render),
 }
 
 

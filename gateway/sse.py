@@ -12,6 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 from schemas.errors import RelayError
 from schemas.formats.anthropic import ChunksToMessageEvents
+from schemas.formats.responses import ChunksToResponseEvents
 from schemas.usage import Usage
 
 
@@ -129,3 +130,31 @@ async def anthropic_sse(
     except RelayError as err:
         err_body = {"type": "error", "error": {"type": err.type, "message": err.message}}
         yield b"event: error\n" + _data(err_body)
+
+
+async def responses_sse(
+    chunks: AsyncIterator[dict[str, Any] | Usage],
+    request: dict[str, Any],
+    response_id: str,
+    keepalive_s: float = KEEPALIVE_S,
+) -> AsyncIterator[bytes]:
+    """The Responses API's events (response.created … response.completed) built from
+    chunks, with an SSE comment every ``keepalive_s`` while the first chunk is awaited;
+    an error once the stream began is its ``error`` event, and the stream ends there."""
+    events = ChunksToResponseEvents(request, response_id)
+
+    def frame(name: str, data: dict[str, Any]) -> bytes:
+        return f"event: {name}\n".encode() + _data(data)
+
+    for name, data in events.start():
+        yield frame(name, data)
+    try:
+        async for item in _beats(chunks, keepalive_s):
+            if item is None:
+                yield _OPENAI_KEEPALIVE
+                continue
+            out = events.finish(item) if isinstance(item, Usage) else events.feed(item)
+            for name, data in out:
+                yield frame(name, data)
+    except RelayError as err:
+        yield frame(*events.error(err.code, err.message))

@@ -1,0 +1,41 @@
+"""OpenAI's Responses API on the relay: ``POST /v1/responses`` (stateless), JSON or events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from gateway.auth import CallerDep
+from gateway.bodies import json_object
+from gateway.relay import Answer, Options, Relay
+from gateway.sse import EventStream, responses_sse
+from schemas.formats.openai import new_id
+from schemas.formats.responses import openai_response_to_responses, responses_request_to_openai
+
+router = APIRouter(prefix="/v1")
+
+
+def neutral_request(body: dict[str, Any]) -> dict[str, Any]:
+    """A Responses request as the relay's neutral (OpenAI chat) body."""
+    return responses_request_to_openai(body)
+
+
+def render(answer: Answer, body: dict[str, Any]) -> Response:
+    """An answer as a Response object, or its event stream."""
+    if answer.chunks is None:
+        reply = openai_response_to_responses(answer.body or {}, answer.usage, body)
+        return JSONResponse(reply, headers=answer.headers)
+    return EventStream(
+        responses_sse(answer.chunks, body, new_id("resp_")), answer.close, answer.headers
+    )
+
+
+@router.post("/responses")
+async def responses(request: Request, who: CallerDep) -> Any:
+    body = await json_object(request)
+    neutral = neutral_request(body)
+    relay: Relay = request.app.state.relay
+    opts = Options.from_headers(request.headers)
+    return render(await relay.answer(who, "chat", neutral, opts), body)

@@ -1,0 +1,460 @@
+"""OpenAI's Responses API (``POST /v1/responses``) to and from the relay's neutral chat body.
+
+The relay keeps no conversation state, so a Responses request is taken as a stateless
+one (``store`` is answered ``false``): the whole conversation comes in ``input``, and what
+needs a stored response (``previous_response_id``, ``conversation``, ``background``, item
+references) or a tool that only OpenAI hosts (web search, file search, code interpreter…)
+is refused with a 400 naming the field.  Function tools, function calls and their outputs,
+images by URL, ``instructions``, ``text.format`` (JSON mode and JSON schema) and
+``reasoning.effort`` map onto chat; reasoning items sent back are dropped, as chat has no
+slot for them.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+from schemas.errors import BadRequest
+from schemas.formats.openai import new_id
+from schemas.usage import Usage
+
+_STATEFUL = {
+    "previous_response_id": "the relay keeps no responses: send the whole conversation in input",
+    "conversation": "the relay keeps no conversations: send the whole conversation in input",
+    "background": "background responses are not supported; use the Batch API or "
+    "`x-relay-priority: background`",
+    "prompt": "stored prompt templates are not supported; send the prompt in input",
+}
+_ROLES = ("user", "assistant", "system", "developer")
+
+
+def responses_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
+    """A Responses request as the neutral (OpenAI chat) body; ``BadRequest`` names the
+    field that cannot be taken."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model: field required", param="model")
+    for field, why in _STATEFUL.items():
+        if body.get(field):
+            raise BadRequest(f"{field}: {why}", param=field)
+    messages: list[dict[str, Any]] = []
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise BadRequest("instructions: must be a string", param="instructions")
+    if instructions:
+        messages.append({"role": "system", "content": instructions})
+    messages += _input_to_messages(body.get("input"))
+    if not messages:
+        raise BadRequest("input: field required", param="input")
+
+    out: dict[str, Any] = {"model": model, "messages": messages}
+    for key in ("temperature", "top_p", "user", "parallel_tool_calls", "stream"):
+        if body.get(key) is not None:
+            out[key] = body[key]
+    max_tokens = body.get("max_output_tokens")
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise BadRequest("max_output_tokens: a positive integer", param="max_output_tokens")
+        out["max_tokens"] = max_tokens
+    if body.get("tools"):
+        if not isinstance(body["tools"], list):
+            raise BadRequest("tools: must be a list", param="tools")
+        out["tools"] = [_tool(t, f"tools.{i}") for i, t in enumerate(body["tools"])]
+    if body.get("tool_choice") is not None:
+        out["tool_choice"] = _tool_choice(body["tool_choice"])
+    if fmt := _response_format(body.get("text")):
+        out["response_format"] = fmt
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict) and reasoning.get("effort"):
+        out["reasoning_effort"] = reasoning["effort"]
+    return out
+
+
+def _input_to_messages(items: Any) -> list[dict[str, Any]]:
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise BadRequest("input: a string or a list of items", param="input")
+    messages: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        where = f"input.{i}"
+        if not isinstance(item, dict):
+            raise BadRequest(f"{where}: must be an object", param=where)
+        kind = item.get("type", "message")
+        if kind == "message":
+            messages.append(_message(item, where))
+        elif kind == "function_call":
+            call = {
+                "id": _text(item, "call_id", where),
+                "type": "function",
+                "function": {
+                    "name": _text(item, "name", where),
+                    "arguments": item.get("arguments") or "{}",
+                },
+            }
+            last = messages[-1] if messages else None
+            if last and last["role"] == "assistant" and last.get("content") in (None, ""):
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output")
+            if isinstance(output, list):
+                output = "".join(str(p.get("text", "")) for p in output if isinstance(p, dict))
+            if not isinstance(output, str):
+                raise BadRequest(f"{where}.output: must be a string", param=f"{where}.output")
+            messages.append(
+                {"role": "tool", "tool_call_id": _text(item, "call_id", where), "content": output}
+            )
+        elif kind == "reasoning":
+            continue  # chat has no slot for a model's reasoning sent back
+        else:
+            raise BadRequest(
+                f"{where}.type: `{kind}` items are not supported by the relay", param=where
+            )
+    return messages
+
+
+def _text(item: dict[str, Any], key: str, where: str) -> str:
+    value = item.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{where}.{key}: field required", param=f"{where}.{key}")
+    return value
+
+
+def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
+    role = item.get("role")
+    if role not in _ROLES:
+        raise BadRequest(f"{where}.role: one of {', '.join(_ROLES)}", param=f"{where}.role")
+    content = item.get("content")
+    if isinstance(content, str):
+        return {"role": role, "content": content}
+    if not isinstance(content, list):
+        raise BadRequest(f"{where}.content: a string or a list", param=f"{where}.content")
+    parts = [_part(p, f"{where}.content.{j}") for j, p in enumerate(content)]
+    if role != "user":  # only a user turn may carry images; the rest is text
+        if any(p["type"] != "text" for p in parts):
+            raise BadRequest(f"{where}.content: only text in a {role} turn", param=where)
+        return {"role": role, "content": "".join(p["text"] for p in parts)}
+    return {"role": role, "content": parts}
+
+
+def _part(part: Any, where: str) -> dict[str, Any]:
+    if not isinstance(part, dict):
+        raise BadRequest(f"{where}: must be an object", param=where)
+    kind = part.get("type")
+    if kind in ("input_text", "output_text"):
+        if not isinstance(part.get("text"), str):
+            raise BadRequest(f"{where}.text: field required", param=f"{where}.text")
+        return {"type": "text", "text": part["text"]}
+    if kind == "refusal":
+        return {"type": "text", "text": str(part.get("refusal", ""))}
+    if kind == "input_image":
+        url = part.get("image_url")
+        if not isinstance(url, str) or not url:
+            raise BadRequest(
+                f"{where}.image_url: an image URL or data URL (file ids are not supported)",
+                param=f"{where}.image_url",
+            )
+        image: dict[str, Any] = {"url": url}
+        if part.get("detail"):
+            image["detail"] = part["detail"]
+        return {"type": "image_url", "image_url": image}
+    raise BadRequest(f"{where}.type: `{kind}` content is not supported by the relay", param=where)
+
+
+def _tool(tool: Any, where: str) -> dict[str, Any]:
+    if not isinstance(tool, dict) or tool.get("type") != "function":
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        raise BadRequest(
+            f"{where}.type: only function tools pass through the relay (not `{kind}`)",
+            param=where,
+        )
+    fn: dict[str, Any] = {"name": _text(tool, "name", where)}
+    for key in ("description", "parameters", "strict"):
+        if tool.get(key) is not None:
+            fn[key] = tool[key]
+    return {"type": "function", "function": fn}
+
+
+def _tool_choice(choice: Any) -> Any:
+    if choice in ("auto", "none", "required"):
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function" and choice.get("name"):
+        return {"type": "function", "function": {"name": choice["name"]}}
+    raise BadRequest("tool_choice: auto, none, required or a function", param="tool_choice")
+
+
+def _response_format(text: Any) -> dict[str, Any] | None:
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
+        return None
+    if fmt["type"] == "json_object":
+        return {"type": "json_object"}
+    if fmt["type"] == "json_schema":
+        schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
+        return {"type": "json_schema", "json_schema": schema}
+    raise BadRequest("text.format.type: text, json_object or json_schema", param="text.format")
+
+
+# --------------------------------------------------------------------------------------
+# Answers: the neutral chat completion (or its chunks) as a Response.
+# --------------------------------------------------------------------------------------
+
+
+def response_usage(usage: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": usage.input_tokens,
+        "input_tokens_details": {
+            "cached_tokens": usage.cache_read_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+        },
+        "output_tokens": usage.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _incomplete(finish: str | None) -> dict[str, str] | None:
+    if finish == "length":
+        return {"reason": "max_output_tokens"}
+    if finish == "content_filter":
+        return {"reason": "content_filter"}
+    return None
+
+
+def response_shell(request: dict[str, Any], response_id: str) -> dict[str, Any]:
+    """The Response object before any output: what ``response.created`` carries, and
+    what every answer is built on (the request's settings echoed back)."""
+    tools = [{"type": "function", **t["function"]} for t in _function_tools(request.get("tools"))]
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "in_progress",
+        "error": None,
+        "incomplete_details": None,
+        "instructions": request.get("instructions"),
+        "max_output_tokens": request.get("max_output_tokens"),
+        "model": request.get("model"),
+        "output": [],
+        "parallel_tool_calls": request.get("parallel_tool_calls", True),
+        "previous_response_id": None,
+        "reasoning": {"effort": (request.get("reasoning") or {}).get("effort"), "summary": None},
+        "store": False,
+        "temperature": request.get("temperature", 1.0),
+        "text": request.get("text") or {"format": {"type": "text"}},
+        "tool_choice": request.get("tool_choice", "auto"),
+        "tools": tools,
+        "top_p": request.get("top_p", 1.0),
+        "truncation": "disabled",
+        "usage": None,
+        "user": request.get("user"),
+        "metadata": request.get("metadata") or {},
+    }
+
+
+def _function_tools(tools: Any) -> list[dict[str, Any]]:
+    """The request's function tools in chat's shape (validated when the request was)."""
+    if not isinstance(tools, list):
+        return []
+    return [_tool(t, f"tools.{i}") for i, t in enumerate(tools)]
+
+
+def _message_item(text: str, refusal: bool, status: str = "completed") -> dict[str, Any]:
+    part = (
+        {"type": "refusal", "refusal": text}
+        if refusal
+        else {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    )
+    return {
+        "id": new_id("msg_"),
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": [part],
+    }
+
+
+def _call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
+    fn = call.get("function") or {}
+    return {
+        "id": new_id("fc_"),
+        "type": "function_call",
+        "status": status,
+        "call_id": call.get("id") or new_id("call_"),
+        "name": fn.get("name", ""),
+        "arguments": fn.get("arguments") or "",
+    }
+
+
+def openai_response_to_responses(
+    completion: dict[str, Any], usage: Usage, request: dict[str, Any]
+) -> dict[str, Any]:
+    """A chat completion as the finished Response for ``request``."""
+    choice = (completion.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    output: list[dict[str, Any]] = []
+    if message.get("refusal"):
+        output.append(_message_item(message["refusal"], refusal=True))
+    elif message.get("content"):
+        output.append(_message_item(message["content"], refusal=False))
+    output += [_call_item(call) for call in message.get("tool_calls") or []]
+    return _finished(response_shell(request, new_id("resp_")), output, usage, choice)
+
+
+def _finished(
+    shell: dict[str, Any], output: list[dict[str, Any]], usage: Usage, choice: dict[str, Any]
+) -> dict[str, Any]:
+    incomplete = _incomplete(choice.get("finish_reason"))
+    return {
+        **shell,
+        "status": "incomplete" if incomplete else "completed",
+        "completed_at": int(time.time()),
+        "incomplete_details": incomplete,
+        "output": output,
+        "usage": response_usage(usage),
+    }
+
+
+class ChunksToResponseEvents:
+    """Chat chunks as the Responses API's stream events, as (event, data): the response
+    is created, each text run or function call is an output item opened, fed deltas and
+    closed, and the response completes with every item and the usage."""
+
+    def __init__(self, request: dict[str, Any], response_id: str) -> None:
+        self.shell = response_shell(request, response_id)
+        self.output: list[dict[str, Any]] = []
+        self._seq = 0
+        self._open: str | None = None  # "text", "refusal" or "tool:<n>"
+        self._finish: dict[str, Any] = {}
+
+    def start(self) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            self._event("response.created", response=self.shell),
+            self._event("response.in_progress", response=self.shell),
+        ]
+
+    def feed(self, chunk: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        events: list[tuple[str, dict[str, Any]]] = []
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            for kind in ("content", "refusal"):
+                if text := delta.get(kind):
+                    events += self._text(text, refusal=kind == "refusal")
+            for frag in delta.get("tool_calls") or []:
+                events += self._tool(frag)
+            if choice.get("finish_reason"):
+                self._finish = choice
+        return events
+
+    def finish(self, usage: Usage) -> list[tuple[str, dict[str, Any]]]:
+        events = self._close()
+        done = _finished(self.shell, self.output, usage, self._finish)
+        name = "response.completed" if done["status"] == "completed" else "response.incomplete"
+        return [*events, self._event(name, response=done)]
+
+    def error(self, code: str, message: str) -> tuple[str, dict[str, Any]]:
+        return self._event("error", code=code, message=message, param=None)
+
+    # -- items -------------------------------------------------------------------------
+    def _text(self, text: str, refusal: bool) -> list[tuple[str, dict[str, Any]]]:
+        key = "refusal" if refusal else "text"
+        events: list[tuple[str, dict[str, Any]]] = []
+        if self._open != key:
+            events += self._close()
+            item = _message_item("", refusal, status="in_progress")
+            part = item["content"].pop()
+            events += self._add(key, item)
+            item["content"].append(part)
+            events.append(self._event("response.content_part.added", **self._at(0), part=part))
+        item = self.output[-1]
+        name = "response.refusal.delta" if refusal else "response.output_text.delta"
+        extra: dict[str, Any] = {} if refusal else {"logprobs": []}
+        if refusal:
+            item["content"][0]["refusal"] += text
+        else:
+            item["content"][0]["text"] += text
+        events.append(self._event(name, **self._at(0), delta=text, **extra))
+        return events
+
+    def _tool(self, frag: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        key = f"tool:{frag.get('index', 0)}"
+        events: list[tuple[str, dict[str, Any]]] = []
+        fn = frag.get("function") or {}
+        if self._open != key:
+            events += self._close()
+            call = {"id": frag.get("id"), "function": {"name": fn.get("name", "")}}
+            events += self._add(key, _call_item(call, status="in_progress"))
+        if args := fn.get("arguments"):
+            item = self.output[-1]
+            item["arguments"] += args
+            events.append(
+                self._event(
+                    "response.function_call_arguments.delta",
+                    item_id=item["id"],
+                    output_index=len(self.output) - 1,
+                    delta=args,
+                )
+            )
+        return events
+
+    def _add(self, key: str, item: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        self._open = key
+        self.output.append(item)
+        index = len(self.output) - 1
+        return [self._event("response.output_item.added", output_index=index, item=item)]
+
+    def _close(self) -> list[tuple[str, dict[str, Any]]]:
+        if self._open is None:
+            return []
+        item, index = self.output[-1], len(self.output) - 1
+        events: list[tuple[str, dict[str, Any]]] = []
+        if item["type"] == "message":
+            part = item["content"][0]
+            if part["type"] == "output_text":
+                events.append(
+                    self._event(
+                        "response.output_text.done", **self._at(0), text=part["text"], logprobs=[]
+                    )
+                )
+            else:
+                events.append(
+                    self._event("response.refusal.done", **self._at(0), refusal=part["refusal"])
+                )
+            events.append(self._event("response.content_part.done", **self._at(0), part=part))
+        else:
+            events.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    name=item["name"],
+                    arguments=item["arguments"],
+                )
+            )
+        item["status"] = "completed"
+        events.append(self._event("response.output_item.done", output_index=index, item=item))
+        self._open = None
+        return events
+
+    def _at(self, content_index: int) -> dict[str, Any]:
+        item = self.output[-1]
+        return {
+            "item_id": item["id"],
+            "output_index": len(self.output) - 1,
+            "content_index": content_index,
+        }
+
+    def _event(self, kind: str, /, **data: Any) -> tuple[str, dict[str, Any]]:
+        """An event as things stand now: items and parts change as deltas come."""
+        data = {k: copy.deepcopy(v) if isinstance(v, dict | list) else v for k, v in data.items()}
+        event = {"type": kind, "sequence_number": self._seq, **data}
+        self._seq += 1
+        return kind, event

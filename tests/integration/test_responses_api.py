@@ -1,0 +1,133 @@
+"""The official openai SDK's Responses API against the relay, served by an OpenAI-format
+and by an Anthropic vendor: text, streams, a function call round trip, refusals, ledger."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import openai
+import pytest
+
+from tests.integration.conftest import read_ledger
+from tests.support.stack import DEMO_KEY, Stack
+
+WEATHER: dict[str, Any] = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather for a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"location": {"type": "string"}},
+        "required": ["location"],
+    },
+}
+VENDORS = pytest.mark.parametrize("alias", ["gpt-4o-mini", "claude-haiku"])
+
+
+def client(stack: Stack, trace: str | None = None) -> openai.AsyncOpenAI:
+    headers = {"x-relay-cache": "bypass"}
+    if trace:
+        headers["x-relay-trace-id"] = trace
+    return openai.AsyncOpenAI(
+        base_url=f"{stack.url}/v1", api_key=DEMO_KEY, default_headers=headers, max_retries=0
+    )
+
+
+async def chat_answer(stack: Stack, alias: str, question: str) -> openai.types.chat.ChatCompletion:
+    """The same question through the relay's chat endpoint: what the vendor says to it."""
+    messages: Any = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": question},
+    ]
+    return await client(stack).chat.completions.create(model=alias, messages=messages)
+
+
+@VENDORS
+async def test_a_response_says_what_the_vendor_says_and_is_metered(relay: Stack, alias: str):
+    trace, question = uuid.uuid4().hex, f"say something about {uuid.uuid4().hex}"
+    got = await client(relay, trace).responses.create(
+        model=alias, instructions="Be brief.", input=question
+    )
+    want = await chat_answer(relay, alias, question)
+
+    assert got.status == "completed" and got.model == alias and got.id.startswith("resp_")
+    assert got.output_text == want.choices[0].message.content
+    assert got.usage is not None and want.usage is not None
+    assert (got.usage.input_tokens, got.usage.output_tokens) == (
+        want.usage.prompt_tokens,
+        want.usage.completion_tokens,
+    )
+    [event] = await read_ledger(relay, {trace})
+    assert (event.alias, event.status, event.usage.output_tokens) == (
+        alias,
+        "ok",
+        got.usage.output_tokens,
+    )
+
+
+@VENDORS
+async def test_a_streamed_response_assembles_into_the_same_answer(relay: Stack, alias: str):
+    question = f"say something about {uuid.uuid4().hex}"
+    kinds: list[str] = []
+    async with client(relay).responses.stream(model=alias, input=question) as stream:
+        async for event in stream:
+            kinds.append(event.type)
+        final = await stream.get_final_response()
+    plain = await client(relay).responses.create(model=alias, input=question)
+
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.completed" and "response.output_text.delta" in kinds
+    assert final.output_text == plain.output_text and final.status == "completed"
+    assert final.usage is not None and plain.usage is not None
+    assert final.usage.output_tokens == plain.usage.output_tokens
+
+
+@VENDORS
+async def test_a_function_call_round_trip(relay: Stack, alias: str):
+    sdk = client(relay)
+    question = f"what is the weather in Paris? {uuid.uuid4().hex}"
+    first = await sdk.responses.create(model=alias, input=question, tools=[WEATHER])  # type: ignore[list-item]
+    [call] = [o for o in first.output if o.type == "function_call"]
+    assert call.name == "get_weather" and call.call_id
+    assert json.loads(call.arguments) == {"location": "Paris"}
+
+    second = await sdk.responses.create(
+        model=alias,
+        tools=[WEATHER],  # type: ignore[list-item]
+        input=[
+            {"role": "user", "content": question},
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments,
+            },
+            {"type": "function_call_output", "call_id": call.call_id, "output": "18C and sunny"},
+        ],
+    )
+    assert second.output_text == "Tool said: 18C and sunny"
+
+
+async def test_a_streamed_function_call_arrives_whole(relay: Stack):
+    question = f"use the tool: weather in Paris {uuid.uuid4().hex}"
+    async with client(relay).responses.stream(
+        model="gpt-4o-mini",
+        input=question,
+        tools=[WEATHER],  # type: ignore[list-item]
+    ) as stream:
+        final = await stream.get_final_response()
+    [call] = [o for o in final.output if o.type == "function_call"]
+    assert json.loads(call.arguments) == {"location": "Paris"}
+
+
+async def test_stateful_requests_and_unknown_models_get_openai_errors(relay: Stack):
+    sdk = client(relay)
+    with pytest.raises(openai.BadRequestError) as stateful:
+        await sdk.responses.create(model="gpt-4o-mini", input="hi", previous_response_id="resp_1")
+    assert stateful.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError, match="function tools"):
+        await sdk.responses.create(model="gpt-4o-mini", input="hi", tools=[{"type": "web_search"}])
+    with pytest.raises(openai.NotFoundError):
+        await sdk.responses.create(model="no-such-model", input="hi")

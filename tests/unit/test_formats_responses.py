@@ -1,0 +1,261 @@
+"""The Responses API's translations, checked against the official SDK's own types and its
+stream accumulator (the one ``client.responses.stream()`` runs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from openai import omit
+from openai.lib.streaming.responses._responses import ResponseStreamState
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
+
+from schemas.errors import BadRequest
+from schemas.formats.openai import response_to_chunks
+from schemas.formats.responses import (
+    ChunksToResponseEvents,
+    openai_response_to_responses,
+    responses_request_to_openai,
+)
+from schemas.usage import Usage
+
+EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+
+
+def completion(
+    content: str | None = None, calls: list[dict[str, Any]] | None = None, finish: str = "stop"
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = calls
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+    }
+
+
+def call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def test_a_string_input_and_instructions_become_system_and_user_turns() -> None:
+    body = {
+        "model": "gpt-4o-mini",
+        "instructions": "Be brief.",
+        "input": "Hi",
+        "max_output_tokens": 50,
+        "temperature": 0.2,
+        "stream": True,
+    }
+    assert responses_request_to_openai(body) == {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        "max_tokens": 50,
+        "temperature": 0.2,
+        "stream": True,
+    }
+
+
+def test_items_tools_and_formats_map_onto_chat() -> None:
+    body = {
+        "model": "m",
+        "input": [
+            {"role": "developer", "content": "Use tools."},
+            {
+                "type": "message",
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "Weather here?"},
+                    {"type": "input_image", "image_url": "https://x/y.png", "detail": "low"},
+                ],
+            },
+            {"type": "reasoning", "id": "rs_1", "summary": []},
+            {
+                "type": "function_call",
+                "call_id": "c1",
+                "name": "get_weather",
+                "arguments": '{"city":"Oslo"}',
+            },
+            {
+                "type": "function_call",
+                "call_id": "c2",
+                "name": "get_weather",
+                "arguments": '{"city":"Rome"}',
+            },
+            {"type": "function_call_output", "call_id": "c1", "output": "rain"},
+            {
+                "type": "function_call_output",
+                "call_id": "c2",
+                "output": [{"type": "input_text", "text": "sun"}],
+            },
+            {"role": "assistant", "content": [{"type": "output_text", "text": "Rain and sun."}]},
+        ],
+        "tools": [WEATHER],
+        "tool_choice": {"type": "function", "name": "get_weather"},
+        "text": {
+            "format": {
+                "type": "json_schema",
+                "name": "w",
+                "schema": {"type": "object"},
+                "strict": True,
+            }
+        },
+        "reasoning": {"effort": "low"},
+    }
+    out = responses_request_to_openai(body)
+    assert out["messages"] == [
+        {"role": "developer", "content": "Use tools."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Weather here?"},
+                {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                call("c1", "get_weather", '{"city":"Oslo"}'),
+                call("c2", "get_weather", '{"city":"Rome"}'),
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "rain"},
+        {"role": "tool", "tool_call_id": "c2", "content": "sun"},
+        {"role": "assistant", "content": "Rain and sun."},
+    ]
+    assert out["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather in a city",
+                "parameters": WEATHER["parameters"],
+            },
+        }
+    ]
+    assert out["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert out["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "w", "schema": {"type": "object"}, "strict": True},
+    }
+    assert out["reasoning_effort"] == "low"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": "hi"}, "model"),
+        ({"model": "m"}, "input"),
+        ({"model": "m", "input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"model": "m", "input": "hi", "background": True}, "background"),
+        ({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0"),
+        ({"model": "m", "input": [{"role": "robot", "content": "x"}]}, "input.0.role"),
+        (
+            {
+                "model": "m",
+                "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}],
+            },
+            "input.0.content.0",
+        ),
+        (
+            {
+                "model": "m",
+                "input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}],
+            },
+            "input.0.content.0.image_url",
+        ),
+        ({"model": "m", "input": "hi", "tools": [{"type": "web_search"}]}, "tools.0"),
+        ({"model": "m", "input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
+        ({"model": "m", "input": "hi", "text": {"format": {"type": "yaml"}}}, "text.format"),
+    ],
+)
+def test_what_the_relay_cannot_take_is_a_400_naming_the_field(
+    body: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(BadRequest) as refused:
+        responses_request_to_openai(body)
+    assert refused.value.param == param
+
+
+def test_an_answer_is_a_response_the_sdk_reads() -> None:
+    request = {"model": "gpt-4o-mini", "input": "hi", "tools": [WEATHER], "metadata": {"job": "x"}}
+    usage = Usage(input_tokens=12, output_tokens=7, cache_read_tokens=4)
+    body = completion("Let me check.", [call("c1", "get_weather", '{"city":"Oslo"}')], "tool_calls")
+    response = Response.model_validate(openai_response_to_responses(body, usage, request))
+    assert response.status == "completed" and response.model == "gpt-4o-mini"
+    assert response.output_text == "Let me check."
+    [_, fc] = response.output
+    assert fc.type == "function_call" and (fc.call_id, fc.name) == ("c1", "get_weather")
+    assert fc.arguments == '{"city":"Oslo"}'
+    assert response.usage is not None and response.usage.input_tokens_details.cached_tokens == 4
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (12, 7)
+    assert response.metadata == {"job": "x"} and response.tools[0].name == "get_weather"  # type: ignore[union-attr]
+
+
+def test_a_cut_off_answer_is_incomplete() -> None:
+    body = completion("Once upon", finish="length")
+    response = Response.model_validate(openai_response_to_responses(body, Usage(), {"model": "m"}))
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+
+
+def stream(request: dict[str, Any], body: dict[str, Any], usage: Usage) -> list[dict[str, Any]]:
+    events = ChunksToResponseEvents(request, "resp_test")
+    out = events.start()
+    for chunk in response_to_chunks(body):
+        out += events.feed(chunk)
+    out += events.finish(usage)
+    assert all(name == data["type"] for name, data in out)
+    return [data for _, data in out]
+
+
+def test_a_stream_is_what_the_sdk_accumulates_into_the_same_response() -> None:
+    request = {"model": "gpt-4o-mini", "input": "hi", "tools": [WEATHER]}
+    body = completion(
+        "Checking both.",
+        [
+            call("c1", "get_weather", '{"city":"Oslo"}'),
+            call("c2", "get_weather", '{"city":"Rome"}'),
+        ],
+        "tool_calls",
+    )
+    events = stream(request, body, Usage(input_tokens=5, output_tokens=9))
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.completed"
+    state = ResponseStreamState(input_tools=[WEATHER], text_format=omit)  # type: ignore[list-item,var-annotated]
+    for data in events:
+        state.handle_event(EVENTS.validate_python(data))
+    final = Response.model_validate(events[-1]["response"])
+    assert final.output_text == "Checking both."
+    assert [(o.call_id, o.arguments) for o in final.output if o.type == "function_call"] == [
+        ("c1", '{"city":"Oslo"}'),
+        ("c2", '{"city":"Rome"}'),
+    ]
+    kinds = [e["type"] for e in events]
+    assert (
+        kinds.count("response.output_item.added") == kinds.count("response.output_item.done") == 3
+    )
+    deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+    assert "".join(deltas) == "Checking both."
+    added = next(e for e in events if e["type"] == "response.output_item.added")
+    assert added["item"]["content"] == [], "an item is announced before its parts"
+
+
+def test_a_cut_off_stream_ends_incomplete_and_an_error_is_an_error_event() -> None:
+    events = stream({"model": "m"}, completion("Once upon", finish="length"), Usage())
+    assert events[-1]["type"] == "response.incomplete"
+    Response.model_validate(events[-1]["response"])
+    err = ChunksToResponseEvents({"model": "m"}, "resp_x").error("vendor_unavailable", "down")
+    assert EVENTS.validate_python(err[1]).type == "error"
