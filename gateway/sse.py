@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from starlette.responses import StreamingResponse
@@ -110,6 +110,36 @@ async def openai_sse(
     yield b"data: [DONE]\n\n"
 
 
+class _Translator(Protocol):
+    """Chunks in, named events out (``ChunksToMessageEvents``, ``ChunksToResponseEvents``)."""
+
+    def feed(self, chunk: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]: ...
+
+    def finish(self, usage: Usage) -> list[tuple[str, dict[str, Any]]]: ...
+
+
+def _frame(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\n".encode() + _data(data)
+
+
+async def _named_events(
+    events: _Translator,
+    chunks: AsyncIterator[dict[str, Any] | Usage],
+    keepalive: bytes,
+    keepalive_s: float,
+) -> AsyncIterator[bytes]:
+    """Each chunk's events (the closing ones for the final usage) as SSE frames, and
+    ``keepalive`` every ``keepalive_s`` while the first chunk is awaited.  A ``RelayError``
+    from the chunks is the caller's to send in its dialect."""
+    async for item in _beats(chunks, keepalive_s):
+        if item is None:
+            yield keepalive
+            continue
+        out = events.finish(item) if isinstance(item, Usage) else events.feed(item)
+        for name, data in out:
+            yield _frame(name, data)
+
+
 async def anthropic_sse(
     chunks: AsyncIterator[dict[str, Any] | Usage],
     model: str,
@@ -120,16 +150,11 @@ async def anthropic_sse(
     with a ``ping`` every ``keepalive_s`` while the first chunk is awaited."""
     events = ChunksToMessageEvents(model, message_id)
     try:
-        async for item in _beats(chunks, keepalive_s):
-            if item is None:
-                yield _ANTHROPIC_PING
-                continue
-            out = events.finish(item) if isinstance(item, Usage) else events.feed(item)
-            for name, data in out:
-                yield f"event: {name}\n".encode() + _data(data)
+        async for frame in _named_events(events, chunks, _ANTHROPIC_PING, keepalive_s):
+            yield frame
     except RelayError as err:
         err_body = {"type": "error", "error": {"type": err.type, "message": err.message}}
-        yield b"event: error\n" + _data(err_body)
+        yield _frame("error", err_body)
 
 
 async def responses_sse(
@@ -142,19 +167,10 @@ async def responses_sse(
     chunks, with an SSE comment every ``keepalive_s`` while the first chunk is awaited;
     an error once the stream began is its ``error`` event, and the stream ends there."""
     events = ChunksToResponseEvents(request, response_id)
-
-    def frame(name: str, data: dict[str, Any]) -> bytes:
-        return f"event: {name}\n".encode() + _data(data)
-
     for name, data in events.start():
-        yield frame(name, data)
+        yield _frame(name, data)
     try:
-        async for item in _beats(chunks, keepalive_s):
-            if item is None:
-                yield _OPENAI_KEEPALIVE
-                continue
-            out = events.finish(item) if isinstance(item, Usage) else events.feed(item)
-            for name, data in out:
-                yield frame(name, data)
+        async for frame in _named_events(events, chunks, _OPENAI_KEEPALIVE, keepalive_s):
+            yield frame
     except RelayError as err:
-        yield frame(*events.error(err.code, err.message))
+        yield _frame(*events.error(err.code, err.message))
