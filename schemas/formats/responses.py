@@ -39,6 +39,9 @@ def responses_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     for field, why in _STATEFUL.items():
         if body.get(field):
             raise BadRequest(f"{field}: {why}", param=field)
+    for field in ("metadata", "reasoning", "text"):
+        if body.get(field) is not None and not isinstance(body[field], dict):
+            raise BadRequest(f"{field}: must be an object", param=field)
     messages: list[dict[str, Any]] = []
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
@@ -88,6 +91,8 @@ def _input_to_messages(items: Any) -> list[dict[str, Any]]:
         if kind == "message":
             messages.append(_message(item, where))
         elif kind == "function_call":
+            if not isinstance(item.get("arguments", ""), str):
+                raise BadRequest(f"{where}.arguments: a JSON string", param=f"{where}.arguments")
             call = {
                 "id": _text(item, "call_id", where),
                 "type": "function",

@@ -178,6 +178,17 @@ def test_items_tools_and_formats_map_onto_chat() -> None:
         ({"model": "m", "input": "hi", "tools": [{"type": "web_search"}]}, "tools.0"),
         ({"model": "m", "input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
         ({"model": "m", "input": "hi", "text": {"format": {"type": "yaml"}}}, "text.format"),
+        ({"model": "m", "input": "hi", "reasoning": "high"}, "reasoning"),
+        ({"model": "m", "input": "hi", "metadata": ["x"]}, "metadata"),
+        ({"model": "m", "input": "hi", "tool_choice": {"type": "allowed_tools"}}, "tool_choice"),
+        ({"model": "m", "input": [{"type": "function_call", "name": "f"}]}, "input.0.call_id"),
+        (
+            {
+                "model": "m",
+                "input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": {}}],
+            },
+            "input.0.arguments",
+        ),
     ],
 )
 def test_what_the_relay_cannot_take_is_a_400_naming_the_field(
