@@ -23,7 +23,7 @@ from gateway import (
     responses_routes,
 )
 from gateway.bus import Bus
-from gateway.edge import Edge
+from gateway.edge import ROUTES, Edge
 from gateway.relay import Relay
 from schemas.config import RelayConfig
 from schemas.settings import Settings
@@ -77,7 +77,7 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
 
     # Added last wraps first: Measure sees what the edge answers.
     app.add_middleware(Edge, max_body=settings.max_body_bytes)
-    app.add_middleware(metrics.Measure)
+    app.add_middleware(metrics.Measure, known=ROUTES)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

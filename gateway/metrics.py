@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -38,10 +39,17 @@ IN_FLIGHT = Gauge("relay_in_flight", "Requests waiting on a reply")
 
 class Measure:
     """Counts and times every /v1 request (plain ASGI: Starlette's BaseHTTPMiddleware
-    would cost more per request than a cache hit does)."""
+    would cost more per request than a cache hit does).
 
-    def __init__(self, app: ASGIApp) -> None:
+    The ``endpoint`` label is the route's template (``/v1/files/{file_id}``), one of the
+    ``known`` paths answered before routing (the edge's), or ``unmatched``: never the raw
+    path, where every file or batch id, and every path a scanner makes up, would start
+    series of its own and grow the gateway's memory and Prometheus' without end.
+    """
+
+    def __init__(self, app: ASGIApp, known: Iterable[str] = ()) -> None:
         self.app = app
+        self.known = frozenset(known)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -60,5 +68,12 @@ class Measure:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            REQUESTS.labels(path, str(status)).inc()
-            LATENCY.labels(path).observe(time.perf_counter() - started)
+            endpoint = self._endpoint(scope, path)
+            REQUESTS.labels(endpoint, str(status)).inc()
+            LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+
+    def _endpoint(self, scope: Scope, path: str) -> str:
+        template = getattr(scope.get("route"), "path", None)  # set by the router it reached
+        if isinstance(template, str):
+            return template
+        return path if path in self.known else "unmatched"
