@@ -7,7 +7,8 @@ references) or a tool that only OpenAI hosts (web search, file search, code inte
 is refused with a 400 naming the field.  Function tools, function calls and their outputs,
 images by URL, ``instructions``, ``text.format`` (JSON mode and JSON schema) and
 ``reasoning.effort`` map onto chat; reasoning items sent back are dropped, as chat has no
-slot for them.
+slot for them.  A function tool keeps the ``strict`` it was given; one given none runs as
+chat runs it (not strict), where OpenAI's Responses API would make its schema strict.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ def responses_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     for field in ("metadata", "reasoning", "text"):
         if body.get(field) is not None and not isinstance(body[field], dict):
             raise BadRequest(f"{field}: must be an object", param=field)
+    if not all(isinstance(v, str) for v in (body.get("metadata") or {}).values()):
+        raise BadRequest("metadata: values must be strings", param="metadata")
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        raise BadRequest("stream: must be true or false", param="stream")
     messages: list[dict[str, Any]] = []
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
@@ -102,18 +107,17 @@ def _input_to_messages(items: Any) -> list[dict[str, Any]]:
                 },
             }
             last = messages[-1] if messages else None
-            if last and last["role"] == "assistant" and last.get("content") in (None, ""):
+            if last and last["role"] == "assistant":  # the calls of the turn that said it
                 last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
-            output = item.get("output")
-            if isinstance(output, list):
-                output = "".join(str(p.get("text", "")) for p in output if isinstance(p, dict))
-            if not isinstance(output, str):
-                raise BadRequest(f"{where}.output: must be a string", param=f"{where}.output")
             messages.append(
-                {"role": "tool", "tool_call_id": _text(item, "call_id", where), "content": output}
+                {
+                    "role": "tool",
+                    "tool_call_id": _text(item, "call_id", where),
+                    "content": _tool_output(item.get("output"), f"{where}.output"),
+                }
             )
         elif kind == "reasoning":
             continue  # chat has no slot for a model's reasoning sent back
@@ -122,6 +126,25 @@ def _input_to_messages(items: Any) -> list[dict[str, Any]]:
                 f"{where}.type: `{kind}` items are not supported by the relay", param=where
             )
     return messages
+
+
+def _tool_output(output: Any, where: str) -> str | list[dict[str, Any]]:
+    """A function's output: a string, or text parts (images and files in a tool result
+    have no slot in chat's tool message)."""
+    if isinstance(output, str):
+        return output
+    if not isinstance(output, list):
+        raise BadRequest(f"{where}: a string or a list of input_text parts", param=where)
+    parts = []
+    for j, part in enumerate(output):
+        if not isinstance(part, dict) or part.get("type") != "input_text":
+            raise BadRequest(
+                f"{where}.{j}: only input_text parts in a function's output", param=where
+            )
+        if not isinstance(part.get("text"), str):
+            raise BadRequest(f"{where}.{j}.text: field required", param=f"{where}.{j}.text")
+        parts.append({"type": "text", "text": part["text"]})
+    return parts
 
 
 def _text(item: dict[str, Any], key: str, where: str) -> str:
@@ -144,7 +167,6 @@ def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
     if role != "user":  # only a user turn may carry images; the rest is text
         if any(p["type"] != "text" for p in parts):
             raise BadRequest(f"{where}.content: only text in a {role} turn", param=where)
-        return {"role": role, "content": "".join(p["text"] for p in parts)}
     return {"role": role, "content": parts}
 
 
@@ -166,8 +188,10 @@ def _part(part: Any, where: str) -> dict[str, Any]:
                 param=f"{where}.image_url",
             )
         image: dict[str, Any] = {"url": url}
-        if part.get("detail"):
-            image["detail"] = part["detail"]
+        # chat knows auto, low and high; Responses' "original" (full resolution) is high
+        detail = "high" if part.get("detail") == "original" else part.get("detail")
+        if detail in ("auto", "low", "high"):
+            image["detail"] = detail
         return {"type": "image_url", "image_url": image}
     raise BadRequest(f"{where}.type: `{kind}` content is not supported by the relay", param=where)
 
@@ -247,13 +271,13 @@ def response_shell(request: dict[str, Any], response_id: str) -> dict[str, Any]:
         "max_output_tokens": request.get("max_output_tokens"),
         "model": request.get("model"),
         "output": [],
-        "parallel_tool_calls": request.get("parallel_tool_calls", True),
+        "parallel_tool_calls": request.get("parallel_tool_calls") is not False,
         "previous_response_id": None,
         "reasoning": {"effort": (request.get("reasoning") or {}).get("effort"), "summary": None},
         "store": False,
         "temperature": request.get("temperature", 1.0),
         "text": request.get("text") or {"format": {"type": "text"}},
-        "tool_choice": request.get("tool_choice", "auto"),
+        "tool_choice": request.get("tool_choice") or "auto",
         "tools": tools,
         "top_p": request.get("top_p", 1.0),
         "truncation": "disabled",
@@ -292,7 +316,7 @@ def _call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any
         "type": "function_call",
         "status": status,
         "call_id": call.get("id") or new_id("call_"),
-        "name": fn.get("name", ""),
+        "name": fn.get("name") or "",
         "arguments": fn.get("arguments") or "",
     }
 
@@ -300,14 +324,15 @@ def _call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any
 def openai_response_to_responses(
     completion: dict[str, Any], usage: Usage, request: dict[str, Any]
 ) -> dict[str, Any]:
-    """A chat completion as the finished Response for ``request``."""
-    choice = (completion.get("choices") or [{}])[0]
+    """A chat completion as the finished Response for ``request``: its text, its refusal
+    and its function calls as output items, in the order a stream of it has them."""
+    choice = (completion.get("choices") or [None])[0] or {}
     message = choice.get("message") or {}
     output: list[dict[str, Any]] = []
+    if message.get("content"):
+        output.append(_message_item(message["content"], refusal=False))
     if message.get("refusal"):
         output.append(_message_item(message["refusal"], refusal=True))
-    elif message.get("content"):
-        output.append(_message_item(message["content"], refusal=False))
     output += [_call_item(call) for call in message.get("tool_calls") or []]
     return _finished(response_shell(request, new_id("resp_")), output, usage, choice)
 
@@ -316,6 +341,8 @@ def _finished(
     shell: dict[str, Any], output: list[dict[str, Any]], usage: Usage, choice: dict[str, Any]
 ) -> dict[str, Any]:
     incomplete = _incomplete(choice.get("finish_reason"))
+    if incomplete and output:
+        output[-1]["status"] = "incomplete"  # the item the answer was cut off in
     return {
         **shell,
         "status": "incomplete" if incomplete else "completed",
@@ -328,14 +355,17 @@ def _finished(
 
 class ChunksToResponseEvents:
     """Chat chunks as the Responses API's stream events, as (event, data): the response
-    is created, each text run or function call is an output item opened, fed deltas and
-    closed, and the response completes with every item and the usage."""
+    is created; each run of text (or refusal) is a message item, each tool call a
+    function_call item, opened, fed deltas and closed; the response completes with every
+    item and the usage.  Every delta names its item, so tool calls whose fragments
+    interleave (index 0, 1, 0…) each keep their own item; text closes them."""
 
     def __init__(self, request: dict[str, Any], response_id: str) -> None:
         self.shell = response_shell(request, response_id)
         self.output: list[dict[str, Any]] = []
         self._seq = 0
-        self._open: str | None = None  # "text", "refusal" or "tool:<n>"
+        self._message: tuple[str, int] | None = None  # ("text" | "refusal", output index)
+        self._calls: dict[int, int] = {}  # open tool calls: chunk index -> output index
         self._finish: dict[str, Any] = {}
 
     def start(self) -> list[tuple[str, dict[str, Any]]]:
@@ -347,12 +377,12 @@ class ChunksToResponseEvents:
     def feed(self, chunk: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         events: list[tuple[str, dict[str, Any]]] = []
         for choice in chunk.get("choices") or []:
-            if choice.get("index", 0) != 0:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
             for kind in ("content", "refusal"):
                 if text := delta.get(kind):
-                    events += self._text(text, refusal=kind == "refusal")
+                    events += self._text(text, kind)
             for frag in delta.get("tool_calls") or []:
                 events += self._tool(frag)
             if choice.get("finish_reason"):
@@ -360,7 +390,8 @@ class ChunksToResponseEvents:
         return events
 
     def finish(self, usage: Usage) -> list[tuple[str, dict[str, Any]]]:
-        events = self._close()
+        cut = _incomplete(self._finish.get("finish_reason")) is not None
+        events = self._close_all(cut_last=cut)
         done = _finished(self.shell, self.output, usage, self._finish)
         name = "response.completed" if done["status"] == "completed" else "response.incomplete"
         return [*events, self._event(name, response=done)]
@@ -369,93 +400,105 @@ class ChunksToResponseEvents:
         return self._event("error", code=code, message=message, param=None)
 
     # -- items -------------------------------------------------------------------------
-    def _text(self, text: str, refusal: bool) -> list[tuple[str, dict[str, Any]]]:
-        key = "refusal" if refusal else "text"
+    def _text(self, text: str, kind: str) -> list[tuple[str, dict[str, Any]]]:
         events: list[tuple[str, dict[str, Any]]] = []
-        if self._open != key:
-            events += self._close()
-            item = _message_item("", refusal, status="in_progress")
+        if self._message is None or self._message[0] != kind:
+            events += self._close_all()
+            item = _message_item("", kind == "refusal", status="in_progress")
             part = item["content"].pop()
-            events += self._add(key, item)
+            events += self._add(item)
+            self._message = (kind, len(self.output) - 1)
             item["content"].append(part)
-            events.append(self._event("response.content_part.added", **self._at(0), part=part))
-        item = self.output[-1]
-        name = "response.refusal.delta" if refusal else "response.output_text.delta"
-        extra: dict[str, Any] = {} if refusal else {"logprobs": []}
-        if refusal:
-            item["content"][0]["refusal"] += text
+            events.append(self._event("response.content_part.added", **self._at(), part=part))
+        part = self.output[self._message[1]]["content"][0]
+        if kind == "refusal":
+            part["refusal"] += text
+            events.append(self._event("response.refusal.delta", **self._at(), delta=text))
         else:
-            item["content"][0]["text"] += text
-        events.append(self._event(name, **self._at(0), delta=text, **extra))
+            part["text"] += text
+            events.append(
+                self._event("response.output_text.delta", **self._at(), delta=text, logprobs=[])
+            )
         return events
 
     def _tool(self, frag: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-        key = f"tool:{frag.get('index', 0)}"
-        events: list[tuple[str, dict[str, Any]]] = []
+        index = frag.get("index", 0)
         fn = frag.get("function") or {}
-        if self._open != key:
-            events += self._close()
-            call = {"id": frag.get("id"), "function": {"name": fn.get("name", "")}}
-            events += self._add(key, _call_item(call, status="in_progress"))
+        events: list[tuple[str, dict[str, Any]]] = []
+        if index not in self._calls:
+            events += self._close_message()
+            call = {"id": frag.get("id"), "function": {"name": fn.get("name")}}
+            events += self._add(_call_item(call, status="in_progress"))
+            self._calls[index] = len(self.output) - 1
         if args := fn.get("arguments"):
-            item = self.output[-1]
+            at = self._calls[index]
+            item = self.output[at]
             item["arguments"] += args
             events.append(
                 self._event(
                     "response.function_call_arguments.delta",
                     item_id=item["id"],
-                    output_index=len(self.output) - 1,
+                    output_index=at,
                     delta=args,
                 )
             )
         return events
 
-    def _add(self, key: str, item: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-        self._open = key
+    def _add(self, item: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         self.output.append(item)
         index = len(self.output) - 1
         return [self._event("response.output_item.added", output_index=index, item=item)]
 
-    def _close(self) -> list[tuple[str, dict[str, Any]]]:
-        if self._open is None:
-            return []
-        item, index = self.output[-1], len(self.output) - 1
+    def _close_all(self, cut_last: bool = False) -> list[tuple[str, dict[str, Any]]]:
+        """Close every open item, in output order; ``cut_last`` marks the last of them
+        incomplete (the answer was cut off there)."""
+        open_items = sorted([*self._calls.values(), *([self._message[1]] if self._message else [])])
         events: list[tuple[str, dict[str, Any]]] = []
-        if item["type"] == "message":
-            part = item["content"][0]
-            if part["type"] == "output_text":
-                events.append(
-                    self._event(
-                        "response.output_text.done", **self._at(0), text=part["text"], logprobs=[]
-                    )
-                )
-            else:
-                events.append(
-                    self._event("response.refusal.done", **self._at(0), refusal=part["refusal"])
-                )
-            events.append(self._event("response.content_part.done", **self._at(0), part=part))
-        else:
-            events.append(
-                self._event(
-                    "response.function_call_arguments.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    name=item["name"],
-                    arguments=item["arguments"],
-                )
-            )
-        item["status"] = "completed"
-        events.append(self._event("response.output_item.done", output_index=index, item=item))
-        self._open = None
+        for at in open_items:
+            cut = cut_last and at == open_items[-1]
+            events += self._close_message(cut) if self._message and at == self._message[1] else []
+            if at in self._calls.values():
+                events += self._close_call(at, cut)
+        self._calls.clear()
         return events
 
-    def _at(self, content_index: int) -> dict[str, Any]:
-        item = self.output[-1]
-        return {
-            "item_id": item["id"],
-            "output_index": len(self.output) - 1,
-            "content_index": content_index,
-        }
+    def _close_message(self, cut: bool = False) -> list[tuple[str, dict[str, Any]]]:
+        if self._message is None:
+            return []
+        kind, at = self._message
+        item = self.output[at]
+        part = item["content"][0]
+        if kind == "refusal":
+            done = self._event("response.refusal.done", **self._at(), refusal=part["refusal"])
+        else:
+            done = self._event(
+                "response.output_text.done", **self._at(), text=part["text"], logprobs=[]
+            )
+        events = [done, self._event("response.content_part.done", **self._at(), part=part)]
+        self._message = None
+        item["status"] = "incomplete" if cut else "completed"
+        events.append(self._event("response.output_item.done", output_index=at, item=item))
+        return events
+
+    def _close_call(self, at: int, cut: bool) -> list[tuple[str, dict[str, Any]]]:
+        item = self.output[at]
+        item["status"] = "incomplete" if cut else "completed"
+        return [
+            self._event(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=at,
+                name=item["name"],
+                arguments=item["arguments"],
+            ),
+            self._event("response.output_item.done", output_index=at, item=item),
+        ]
+
+    def _at(self) -> dict[str, Any]:
+        """Where the open message's one content part is."""
+        assert self._message is not None
+        at = self._message[1]
+        return {"item_id": self.output[at]["id"], "output_index": at, "content_index": 0}
 
     def _event(self, kind: str, /, **data: Any) -> tuple[str, dict[str, Any]]:
         """An event as things stand now: items and parts change as deltas come."""

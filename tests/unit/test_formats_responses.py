@@ -131,8 +131,8 @@ def test_items_tools_and_formats_map_onto_chat() -> None:
             ],
         },
         {"role": "tool", "tool_call_id": "c1", "content": "rain"},
-        {"role": "tool", "tool_call_id": "c2", "content": "sun"},
-        {"role": "assistant", "content": "Rain and sun."},
+        {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "sun"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Rain and sun."}]},
     ]
     assert out["tools"] == [
         {
@@ -179,6 +179,21 @@ def test_items_tools_and_formats_map_onto_chat() -> None:
         ({"model": "m", "input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
         ({"model": "m", "input": "hi", "text": {"format": {"type": "yaml"}}}, "text.format"),
         ({"model": "m", "input": "hi", "reasoning": "high"}, "reasoning"),
+        ({"model": "m", "input": "hi", "stream": "false"}, "stream"),
+        ({"model": "m", "input": "hi", "metadata": {"n": 1}}, "metadata"),
+        (
+            {
+                "model": "m",
+                "input": [
+                    {
+                        "type": "function_call_output",
+                        "call_id": "c",
+                        "output": [{"type": "input_image", "image_url": "https://x/y.png"}],
+                    }
+                ],
+            },
+            "input.0.output",
+        ),
         ({"model": "m", "input": "hi", "metadata": ["x"]}, "metadata"),
         ({"model": "m", "input": "hi", "tool_choice": {"type": "allowed_tools"}}, "tool_choice"),
         ({"model": "m", "input": [{"type": "function_call", "name": "f"}]}, "input.0.call_id"),
@@ -270,3 +285,85 @@ def test_a_cut_off_stream_ends_incomplete_and_an_error_is_an_error_event() -> No
     Response.model_validate(events[-1]["response"])
     err = ChunksToResponseEvents({"model": "m"}, "resp_x").error("vendor_unavailable", "down")
     assert EVENTS.validate_python(err[1]).type == "error"
+
+
+def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def frag(index: int, arguments: str, **first: Any) -> dict[str, Any]:
+    fn: dict[str, Any] = {"arguments": arguments}
+    if "name" in first:
+        fn["name"] = first.pop("name")
+    return {"tool_calls": [{"index": index, **first, "function": fn}]}
+
+
+def run(chunks: list[dict[str, Any]], usage: Usage | None = None) -> list[dict[str, Any]]:
+    """Events for ``chunks``, each checked by the SDK's types and fed to its accumulator."""
+    events = ChunksToResponseEvents({"model": "m", "tools": [WEATHER]}, "resp_t")
+    out = events.start()
+    for c in chunks:
+        out += events.feed(c)
+    out += events.finish(usage or Usage())
+    state = ResponseStreamState(input_tools=[WEATHER], text_format=omit)  # type: ignore[list-item,var-annotated]
+    for _, data in out:
+        state.handle_event(EVENTS.validate_python(data))
+    return [data for _, data in out]
+
+
+def test_interleaved_tool_call_fragments_each_keep_their_own_item() -> None:
+    events = run(
+        [
+            chunk(frag(0, "", id="c1", name="get_weather")),
+            chunk(frag(1, "", id="c2", name="get_weather")),
+            chunk(frag(0, '{"city":')),
+            chunk(frag(1, '{"city":"Rome"}')),
+            chunk(frag(0, '"Oslo"}')),
+            chunk({}, "tool_calls"),
+        ]
+    )
+    final = Response.model_validate(events[-1]["response"])
+    calls = [(o.call_id, o.arguments) for o in final.output if o.type == "function_call"]
+    assert calls == [("c1", '{"city":"Oslo"}'), ("c2", '{"city":"Rome"}')]
+    arg_deltas = [
+        (e["output_index"], e["delta"])
+        for e in events
+        if e["type"] == "response.function_call_arguments.delta"
+    ]
+    assert arg_deltas == [(0, '{"city":'), (1, '{"city":"Rome"}'), (0, '"Oslo"}')]
+
+
+def test_a_cut_off_answer_marks_its_last_item_incomplete_both_ways() -> None:
+    events = run([chunk({"content": "Once upon"}), chunk({}, "length")])
+    final = Response.model_validate(events[-1]["response"])
+    assert final.status == "incomplete" and final.output[-1].status == "incomplete"
+    done = [e for e in events if e["type"] == "response.output_item.done"]
+    assert done[-1]["item"]["status"] == "incomplete"
+    body = completion("Once upon", finish="length")
+    plain = Response.model_validate(openai_response_to_responses(body, Usage(), {"model": "m"}))
+    assert plain.output[-1].status == "incomplete"
+
+
+def test_text_and_refusal_are_both_kept_and_a_null_tool_name_is_empty() -> None:
+    body = completion("Part of it.")
+    body["choices"][0]["message"]["refusal"] = "I can't say the rest."
+    body["choices"][0]["message"]["tool_calls"] = [
+        {"id": "c1", "type": "function", "function": {"name": None, "arguments": "{}"}}
+    ]
+    response = Response.model_validate(openai_response_to_responses(body, Usage(), {"model": "m"}))
+    kinds = [
+        (o.type, o.content[0].type if o.type == "message" else o.name) for o in response.output
+    ]
+    assert kinds == [("message", "output_text"), ("message", "refusal"), ("function_call", "")]
+    events = run([chunk({"content": "Part of it."}), chunk({"refusal": "No."}), chunk({}, "stop")])
+    assert [o["content"][0]["type"] for o in events[-1]["response"]["output"]] == [
+        "output_text",
+        "refusal",
+    ]
+
+
+def test_echoed_nulls_still_make_a_valid_response() -> None:
+    request = {"model": "m", "input": "x", "tool_choice": None, "parallel_tool_calls": None}
+    body = completion("hi")
+    Response.model_validate(openai_response_to_responses(body, Usage(), request))
+    assert openai_response_to_responses({"choices": [None]}, Usage(), request)["output"] == []
