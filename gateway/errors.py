@@ -18,7 +18,7 @@ from gateway import metrics
 from schemas.errors import (
     AuthenticationFailed,
     BadRequest,
-    ModelNotFound,
+    NotFound,
     PermissionDenied,
     RateLimited,
     RelayError,
@@ -90,11 +90,12 @@ def install(app: FastAPI) -> None:
         by_status: dict[int, type[RelayError]] = {
             401: AuthenticationFailed,
             403: PermissionDenied,
-            404: ModelNotFound,
             429: RateLimited,
         }
-        cls = by_status.get(exc.status_code, BadRequest)
-        err = cls(str(exc.detail))
+        if exc.status_code in (404, 405):  # no such route (or method): say which, as OpenAI
+            err: RelayError = NotFound(f"Invalid URL ({request.method} {request.url.path})")
+        else:
+            err = by_status.get(exc.status_code, BadRequest)(str(exc.detail))
         response = error_response(request, err)
         response.status_code = exc.status_code
         return response

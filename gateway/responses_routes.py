@@ -11,6 +11,7 @@ from gateway.auth import CallerDep
 from gateway.bodies import json_object
 from gateway.relay import Answer, Options, Relay
 from gateway.sse import EventStream, responses_sse
+from schemas.errors import NotFound
 from schemas.formats.openai import new_id
 from schemas.formats.responses import openai_response_to_responses, responses_request_to_openai
 
@@ -39,3 +40,20 @@ async def responses(request: Request, who: CallerDep) -> Any:
     relay: Relay = request.app.state.relay
     opts = Options.from_headers(request.headers)
     return render(await relay.answer(who, "chat", neutral, opts), body)
+
+
+def _not_stored(response_id: str) -> NotFound:
+    return NotFound(
+        f"No response with id '{response_id}': the relay stores no responses (every answer "
+        "says store: false), so one cannot be retrieved, cancelled or deleted",
+        param="response_id",
+    )
+
+
+@router.get("/responses/{response_id}")
+@router.delete("/responses/{response_id}")
+@router.post("/responses/{response_id}/cancel")
+@router.get("/responses/{response_id}/input_items")
+async def stored_response(response_id: str, who: CallerDep) -> Any:
+    """What needs a stored response: a clear 404 rather than an unknown URL."""
+    raise _not_stored(response_id)

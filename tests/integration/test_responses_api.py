@@ -7,6 +7,7 @@ import json
 import uuid
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -131,3 +132,25 @@ async def test_stateful_requests_and_unknown_models_get_openai_errors(relay: Sta
         await sdk.responses.create(model="gpt-4o-mini", input="hi", tools=[{"type": "web_search"}])
     with pytest.raises(openai.NotFoundError):
         await sdk.responses.create(model="no-such-model", input="hi")
+
+
+async def test_what_needs_a_stored_response_is_a_clear_404(relay: Stack):
+    sdk = client(relay)
+    with pytest.raises(openai.NotFoundError, match="stores no responses") as missing:
+        await sdk.responses.retrieve("resp_123")
+    assert missing.value.body["param"] == "response_id"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError, match="stores no responses"):
+        await sdk.responses.delete("resp_123")
+    async with httpx.AsyncClient(base_url=relay.url) as http:
+        anonymous = await http.get("/v1/responses/resp_123")
+        nowhere = await http.get(
+            "/v1/no-such-thing", headers={"authorization": f"Bearer {DEMO_KEY}"}
+        )
+    assert anonymous.status_code == 401
+    assert nowhere.status_code == 404
+    assert nowhere.json()["error"] == {
+        "message": "Invalid URL (GET /v1/no-such-thing)",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "not_found",
+    }
