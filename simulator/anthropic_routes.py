@@ -149,7 +149,44 @@ def _usage(
     }
 
 
-def _prepare(sim: Sim, body: dict[str, Any]) -> tuple[str, Answer, dict[str, Any]]:
+def signature(thinking: str) -> str:
+    """The signature the simulator gives (and later demands back for) a thinking text."""
+    return f"sig{digest('thinking', thinking):016x}"
+
+
+def _thinking(body: dict[str, Any], prompt: Prompt, max_tokens: int) -> dict[str, Any] | None:
+    """The thinking block to answer with when the request enables extended thinking, after
+    the checks Anthropic makes: a budget of at least 1024 tokens below ``max_tokens``, and
+    a tool-use turn sent back starting with its thinking block, signature intact."""
+    config = body.get("thinking")
+    if not isinstance(config, dict) or config.get("type") not in ("enabled", "adaptive"):
+        return None
+    if config["type"] == "enabled":
+        budget = config.get("budget_tokens")
+        if not isinstance(budget, int) or budget < 1024 or budget >= max_tokens:
+            raise BadRequest("thinking.budget_tokens: must be >= 1024 and less than max_tokens")
+    messages = body.get("messages") or []
+    last = next((m for m in reversed(messages) if m.get("role") == "assistant"), None)
+    blocks = _blocks(last.get("content")) if last else []
+    if any(isinstance(b, dict) and b.get("type") == "tool_use" for b in blocks):
+        first = blocks[0] if isinstance(blocks[0], dict) else {}
+        if first.get("type") not in ("thinking", "redacted_thinking"):
+            raise BadRequest(
+                "messages: Expected `thinking` or `redacted_thinking`, but found "
+                f"`{first.get('type')}`. When `thinking` is enabled, a final `assistant` "
+                "message must start with a thinking block"
+            )
+        if first["type"] == "thinking" and first.get("signature") != signature(
+            str(first.get("thinking", ""))
+        ):
+            raise BadRequest("messages: Invalid `signature` in `thinking` block")
+    text = f"The user asks: {prompt.last_user[:80]}. A short answer will do."
+    return {"type": "thinking", "thinking": text, "signature": signature(text)}
+
+
+def _prepare(
+    sim: Sim, body: dict[str, Any]
+) -> tuple[str, Answer, dict[str, Any], dict[str, Any] | None]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model: Field required")
@@ -157,8 +194,12 @@ def _prepare(sim: Sim, body: dict[str, Any]) -> tuple[str, Answer, dict[str, Any
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise BadRequest("max_tokens: Field required")
     prompt, prefix = to_prompt(body)
+    thinking = _thinking(body, prompt, max_tokens)
     answer = compose(model, prompt, max_tokens)
-    return model, answer, _usage(sim, model, prompt, prefix, answer)
+    usage = _usage(sim, model, prompt, prefix, answer)
+    if thinking:
+        usage["output_tokens"] += text_tokens(thinking["thinking"])
+    return model, answer, usage, thinking
 
 
 def _stop_reason(answer: Answer) -> str:
@@ -179,13 +220,15 @@ def _block(answer: Answer) -> dict[str, Any]:
     return {"type": "text", "text": answer.text}
 
 
-def _message(model: str, answer: Answer, usage: dict[str, Any]) -> dict[str, Any]:
+def _message(
+    model: str, answer: Answer, usage: dict[str, Any], thinking: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "id": new_id("msg_"),
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [_block(answer)],
+        "content": [*([thinking] if thinking else []), _block(answer)],
         "stop_reason": _stop_reason(answer),
         "stop_sequence": None,
         "usage": usage,
@@ -194,14 +237,31 @@ def _message(model: str, answer: Answer, usage: dict[str, Any]) -> dict[str, Any
 
 def message_result(sim: Sim, body: dict[str, Any]) -> dict[str, Any]:
     """A whole Message for a request body (raises BadRequest)."""
-    return _message(*_prepare(sim, body))
+    model, answer, usage, thinking = _prepare(sim, body)
+    return _message(model, answer, usage, thinking)
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-def _events(model: str, answer: Answer, usage: dict[str, Any]) -> list[bytes]:
+def _block_events(index: int, first: dict[str, Any], deltas: list[dict[str, Any]]) -> list[bytes]:
+    start = {"type": "content_block_start", "index": index, "content_block": first}
+    return [
+        _event("content_block_start", start),
+        *(
+            _event(
+                "content_block_delta", {"type": "content_block_delta", "index": index, "delta": d}
+            )
+            for d in deltas
+        ),
+        _event("content_block_stop", {"type": "content_block_stop", "index": index}),
+    ]
+
+
+def _events(
+    model: str, answer: Answer, usage: dict[str, Any], thinking: dict[str, Any] | None = None
+) -> list[bytes]:
     message = _message(model, answer, usage)
     start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
     if answer.tool_name is not None:
@@ -210,18 +270,20 @@ def _events(model: str, answer: Answer, usage: dict[str, Any]) -> list[bytes]:
     else:
         first = {"type": "text", "text": ""}
         deltas = [{"type": "text_delta", "text": p} for p in answer.stream_pieces()]
-    return [
+    blocks: list[bytes] = []
+    if thinking:
+        words = thinking["thinking"].split(" ")
+        pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+        blocks = _block_events(
+            0,
+            {"type": "thinking", "thinking": "", "signature": ""},
+            [{"type": "thinking_delta", "thinking": p} for p in pieces]
+            + [{"type": "signature_delta", "signature": thinking["signature"]}],
+        )
+    events = [
         _event("message_start", {"type": "message_start", "message": start}),
-        _event(
-            "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": first},
-        ),
-        _event("ping", {"type": "ping"}),
-        *(
-            _event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d})
-            for d in deltas
-        ),
-        _event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        *blocks,
+        *_block_events(1 if thinking else 0, first, deltas),
         _event(
             "message_delta",
             {
@@ -232,6 +294,8 @@ def _events(model: str, answer: Answer, usage: dict[str, Any]) -> list[bytes]:
         ),
         _event("message_stop", {"type": "message_stop"}),
     ]
+    events.insert(2, _event("ping", {"type": "ping"}))  # after the first block's start
+    return events
 
 
 @router.post("/v1/messages")
@@ -245,17 +309,17 @@ async def messages(request: Request) -> Response:
     if body is None:
         return error(400, "invalid JSON body")
     try:
-        model, answer, usage = _prepare(sim, body)
+        model, answer, usage, thinking = _prepare(sim, body)
     except BadRequest as exc:
         return error(400, exc.message)
     fault = await sim.admit(request, model, "anthropic.messages")
     if fault:
         return error(int(fault), _FAULT_MESSAGES[fault])
     if body.get("stream"):
-        chunks = _events(model, answer, usage)
+        chunks = _events(model, answer, usage, thinking)
         return StreamingResponse(sim.paced(request, chunks), media_type="text/event-stream")
     await sim.delay(request)
-    return json_response(_message(model, answer, usage))
+    return json_response(_message(model, answer, usage, thinking))
 
 
 @router.post("/v1/messages/count_tokens")

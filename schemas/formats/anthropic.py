@@ -90,6 +90,11 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
         _tool_choice_to_openai(body["tool_choice"], out)
     if body.get("cache_control"):
         out["cache_control"] = body["cache_control"]
+    thinking = body.get("thinking")
+    if thinking is not None and not isinstance(thinking, dict):
+        raise BadRequest("thinking: must be an object", param="thinking")
+    if thinking:
+        out["thinking"] = thinking
     return out
 
 
@@ -97,7 +102,9 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
 # gets them back: cache breakpoints (top level, tools, content parts, tool results) and a
 # tool result's error flag.  OpenAI-format vendors refuse unknown fields: they get the
 # body ``without_cache_control``.
-EXTENSIONS = frozenset({"cache_control", "is_error"})
+EXTENSIONS = frozenset({"cache_control", "is_error", "thinking_blocks"})
+# ...and at the top level: cache breakpoints and the extended-thinking config.
+TOP_EXTENSIONS = ("cache_control", "thinking")
 
 
 def _plain(item: Any) -> Any:
@@ -112,7 +119,7 @@ def without_cache_control(body: dict[str, Any]) -> dict[str, Any]:
     messages = body.get("messages") or []
     tools = body.get("tools") or []
     if (
-        "cache_control" not in body
+        not any(k in body for k in TOP_EXTENSIONS)
         and all(_plain(t) is t for t in tools)
         and all(
             _plain(m) is m
@@ -123,7 +130,7 @@ def without_cache_control(body: dict[str, Any]) -> dict[str, Any]:
         )
     ):
         return body
-    out = {k: v for k, v in body.items() if k != "cache_control"}
+    out = {k: v for k, v in body.items() if k not in TOP_EXTENSIONS}
     out["messages"] = [
         {**_plain(m), "content": [_plain(p) for p in m["content"]]}
         if isinstance(m.get("content"), list)
@@ -199,6 +206,7 @@ def _message_to_openai(message: Any, where: str) -> list[dict[str, Any]]:
 def _assistant_to_openai(content: list[Any], where: str) -> dict[str, Any]:
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
+    thinking: list[dict[str, Any]] = []
     for j, block in enumerate(content):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
@@ -207,12 +215,16 @@ def _assistant_to_openai(content: list[Any], where: str) -> dict[str, Any]:
             fn = {"name": block.get("name", ""), "arguments": json.dumps(block.get("input", {}))}
             calls.append({"id": block.get("id", ""), "type": "function", "function": fn})
         elif kind in ("thinking", "redacted_thinking"):
-            continue  # reasoning has no slot in an OpenAI request; the vendor re-thinks
+            # No slot in an OpenAI request: an extension, so an Anthropic vendor gets its
+            # thinking back, signature and all, as it demands in a tool-use loop.
+            thinking.append(block)
         else:
             raise BadRequest(f"{where}.content.{j}: block type {kind!r} is not supported")
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
     if calls:
         message["tool_calls"] = calls
+    if thinking:
+        message["thinking_blocks"] = thinking
     return message
 
 
@@ -319,6 +331,18 @@ def _stop_reason(
     return ("tool_use" if tools and stop == "end_turn" else stop), None
 
 
+def _thinking_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The thinking and redacted_thinking blocks a neutral message carries (extension)."""
+    blocks = message.get("thinking_blocks")
+    if not isinstance(blocks, list):
+        return []
+    return [
+        b
+        for b in blocks
+        if isinstance(b, dict) and b.get("type") in ("thinking", "redacted_thinking")
+    ]
+
+
 def _message_id(source: Any) -> str:
     if not source:
         return new_id("msg_")
@@ -329,7 +353,7 @@ def openai_response_to_messages(body: dict[str, Any], usage: Usage, model: str) 
     """A ``chat.completion`` body as an Anthropic Message; ``model`` is what the client asked."""
     choice = (body.get("choices") or [{}])[0]
     message = choice.get("message") or {}
-    content: list[dict[str, Any]] = []
+    content: list[dict[str, Any]] = list(_thinking_blocks(message))
     if message.get("content"):
         content.append({"type": "text", "text": message["content"]})
     if message.get("refusal"):
@@ -380,6 +404,7 @@ class ChunksToMessageEvents:
         self._tools = False
         self._refused = False
         self._sequence: str | None = None
+        self._thoughts = 0  # redacted thinking blocks so far
 
     def feed(self, chunk: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         """The events one OpenAI chunk adds to the stream."""
@@ -388,6 +413,7 @@ class ChunksToMessageEvents:
             if choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
+            events += self._thinking(delta)
             self._refused = self._refused or bool(delta.get("refusal"))
             for text in (delta.get("content"), delta.get("refusal")):
                 if text:
@@ -411,6 +437,23 @@ class ChunksToMessageEvents:
             if choice.get("finish_reason"):
                 self._finish = choice["finish_reason"]
                 self._sequence = choice.get("stop_sequence")
+        return events
+
+    def _thinking(self, delta: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """Thinking deltas (the neutral extensions) as thinking blocks: text, then the
+        signature that closes the block; a redacted block whole."""
+        events: list[tuple[str, dict[str, Any]]] = []
+        if text := delta.get("reasoning_content"):
+            block = {"type": "thinking", "thinking": "", "signature": ""}
+            events += self._open_block("thinking", block)
+            events.append(self._delta({"type": "thinking_delta", "thinking": text}))
+        if (sig := delta.get("thinking_signature")) and self._open == "thinking":
+            events.append(self._delta({"type": "signature_delta", "signature": sig}))
+            self._open = "thinking:signed"  # more thinking after this is a new block
+        if (data := delta.get("redacted_thinking")) is not None:
+            self._thoughts += 1
+            block = {"type": "redacted_thinking", "data": data}
+            events += self._open_block(f"redacted:{self._thoughts}", block)
         return events
 
     def finish(self, usage: Usage) -> list[tuple[str, dict[str, Any]]]:
@@ -513,6 +556,8 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
         out["system"] = system  # blocks, so the cache breakpoints stay where they were
     if body.get("cache_control"):
         out["cache_control"] = body["cache_control"]
+    if body.get("thinking"):
+        out["thinking"] = body["thinking"]
     if body.get("temperature") is not None:
         # OpenAI allows 0..2, Anthropic 0..1: clamp rather than have the vendor refuse.
         out["temperature"] = min(float(body["temperature"]), 1.0)
@@ -595,7 +640,8 @@ def _image_to_anthropic(part: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _assistant_blocks(message: dict[str, Any], i: int) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = [
+    blocks: list[dict[str, Any]] = list(_thinking_blocks(message))
+    blocks += [
         {"type": "text", "text": t} for t in _texts(message.get("content"), f"messages.{i}") if t
     ]
     for call in message.get("tool_calls") or []:
@@ -664,18 +710,26 @@ def messages_response_to_openai(body: dict[str, Any]) -> tuple[dict[str, Any], U
     """An Anthropic Message as a ``chat.completion`` body, with its ``Usage``."""
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
+    thinking: list[dict[str, Any]] = []
     for block in body.get("content") or []:
         if block.get("type") == "text":
             texts.append(block.get("text", ""))
         elif block.get("type") == "tool_use":
             fn = {"name": block.get("name", ""), "arguments": json.dumps(block.get("input", {}))}
             calls.append({"id": block.get("id", ""), "type": "function", "function": fn})
-        # thinking and server-tool blocks have no OpenAI twin and are left out
+        elif block.get("type") in ("thinking", "redacted_thinking"):
+            thinking.append(block)
+        # server-tool blocks have no OpenAI twin and are left out
     # As OpenAI does: content is null for a pure tool-call answer, "" for an empty one.
     text = "".join(texts)
     message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
     if calls:
         message["tool_calls"] = calls
+    if thinking:
+        # reasoning_content for OpenAI-format clients (as DeepSeek and LiteLLM send it);
+        # the blocks themselves, signatures included, for Anthropic clients.
+        message["reasoning_content"] = "".join(b.get("thinking", "") for b in thinking)
+        message["thinking_blocks"] = thinking
     usage = _usage_from_anthropic(body.get("usage") or {})
     finish = _FINISH_REASON.get(body.get("stop_reason") or "end_turn", "stop")
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
@@ -695,8 +749,10 @@ def messages_response_to_openai(body: dict[str, Any]) -> tuple[dict[str, Any], U
 class MessageEventsToChunks:
     """Turns Anthropic stream events into OpenAI chunks, ending with one ``Usage``.
 
-    ``feed`` takes each event name and its parsed data.  Unknown events and deltas
-    (thinking, signatures, citations) are skipped, as Anthropic asks clients to do.
+    ``feed`` takes each event name and its parsed data.  Thinking travels as extensions of
+    the delta: ``reasoning_content`` (as DeepSeek and LiteLLM send it), then the block's
+    ``thinking_signature``, or ``redacted_thinking``.  Unknown events and deltas
+    (citations) are skipped, as Anthropic asks clients to do.
     ``error`` events are the caller's to raise: this class only translates.
     """
 
@@ -729,11 +785,20 @@ class MessageEventsToChunks:
                 return [self._chunk({"tool_calls": [call]})]
             if block.get("type") == "text" and block.get("text"):
                 return [self._chunk({"content": block["text"]})]
+            if block.get("type") == "thinking" and block.get("thinking"):
+                return [self._chunk({"reasoning_content": block["thinking"]})]
+            if block.get("type") == "redacted_thinking":
+                return [self._chunk({"redacted_thinking": block.get("data", "")})]
             return []
         if kind == "content_block_delta":
             delta = data.get("delta") or {}
             if delta.get("type") == "text_delta" and delta.get("text"):
                 return [self._chunk({"content": delta["text"]})]
+            if delta.get("type") == "thinking_delta" and delta.get("thinking"):
+                return [self._chunk({"reasoning_content": delta["thinking"]})]
+            if delta.get("type") == "signature_delta" and delta.get("signature"):
+                # Ends a thinking block: the extension an Anthropic client needs back.
+                return [self._chunk({"thinking_signature": delta["signature"]})]
             if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
                 self._quiet.discard(data.get("index", 0))
                 n = self._tools.get(data.get("index", 0), 0)

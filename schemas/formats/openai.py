@@ -55,7 +55,14 @@ def assemble_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _empty_choice() -> dict[str, Any]:
-    return {"role": "assistant", "content": [], "refusal": [], "tools": {}, "finish": None}
+    return {
+        "role": "assistant",
+        "content": [],
+        "refusal": [],
+        "tools": {},
+        "thinking": [],
+        "finish": None,
+    }
 
 
 def _merge_choice(acc: dict[str, Any], choice: dict[str, Any]) -> None:
@@ -66,6 +73,7 @@ def _merge_choice(acc: dict[str, Any], choice: dict[str, Any]) -> None:
         acc["content"].append(delta["content"])
     if delta.get("refusal"):
         acc["refusal"].append(delta["refusal"])
+    _merge_thinking(acc["thinking"], delta)
     for frag in delta.get("tool_calls") or []:
         call = acc["tools"].setdefault(
             frag.get("index", 0), {"id": "", "type": "function", "name": [], "arguments": []}
@@ -81,6 +89,23 @@ def _merge_choice(acc: dict[str, Any], choice: dict[str, Any]) -> None:
         acc["finish"] = choice["finish_reason"]
 
 
+def _merge_thinking(blocks: list[dict[str, Any]], delta: dict[str, Any]) -> None:
+    """Thinking extensions of a delta (``reasoning_content``, ``thinking_signature``,
+    ``redacted_thinking``: see ``schemas.formats.anthropic``) folded into thinking blocks;
+    a signature closes its block."""
+    last = blocks[-1] if blocks else None
+    open_block = last if last and last["type"] == "thinking" and not last["signature"] else None
+    if text := delta.get("reasoning_content"):
+        if open_block is None:
+            open_block = {"type": "thinking", "thinking": "", "signature": ""}
+            blocks.append(open_block)
+        open_block["thinking"] += text
+    if (sig := delta.get("thinking_signature")) and open_block is not None:
+        open_block["signature"] = sig
+    if (data := delta.get("redacted_thinking")) is not None:
+        blocks.append({"type": "redacted_thinking", "data": data})
+
+
 def _finish_choice(index: int, acc: dict[str, Any]) -> dict[str, Any]:
     # OpenAI sends ``content: null`` for a pure tool-call answer, "" for an empty one.
     text = "".join(acc["content"])
@@ -90,6 +115,9 @@ def _finish_choice(index: int, acc: dict[str, Any]) -> dict[str, Any]:
     }
     if acc["refusal"]:
         message["refusal"] = "".join(acc["refusal"])
+    if acc["thinking"]:
+        message["reasoning_content"] = "".join(b.get("thinking", "") for b in acc["thinking"])
+        message["thinking_blocks"] = acc["thinking"]
     if acc["tools"]:
         message["tool_calls"] = []
         for _, call in sorted(acc["tools"].items()):
@@ -122,6 +150,12 @@ def response_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
         i = choice.get("index", 0)
         message = choice.get("message") or {}
         out.append(chunk(i, {"role": message.get("role", "assistant"), "content": ""}))
+        for block in message.get("thinking_blocks") or []:
+            if block.get("type") == "thinking":
+                out.append(chunk(i, {"reasoning_content": block.get("thinking", "")}))
+                out.append(chunk(i, {"thinking_signature": block.get("signature", "")}))
+            elif block.get("type") == "redacted_thinking":
+                out.append(chunk(i, {"redacted_thinking": block.get("data", "")}))
         content = message.get("content")
         if isinstance(content, str):
             out.extend(chunk(i, {"content": piece}) for piece in _PIECES.findall(content))

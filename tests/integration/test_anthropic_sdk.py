@@ -477,3 +477,83 @@ async def test_models_list_and_retrieve_in_anthropic_shape(stack: Stack):
     with pytest.raises(anthropic.NotFoundError) as info:
         await client(stack).models.retrieve("claude-nonexistent")
     assert info.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+
+
+# -- extended thinking --------------------------------------------------------------------
+
+THINKING: Any = {"type": "enabled", "budget_tokens": 1024}
+
+
+async def test_thinking_reaches_an_anthropic_client_whole_streamed_or_not(
+    stack: Stack, simulator: Simulator
+):
+    question = ask("think first, then say something about")
+    route = ROUTES["anthropic"]
+    got = await client(stack).messages.create(
+        model=route.alias,
+        max_tokens=2048,
+        messages=question,
+        thinking=THINKING,  # type: ignore[arg-type]
+    )
+    want = await direct_anthropic(simulator).messages.create(
+        model=route.vendor_model,
+        max_tokens=2048,
+        messages=question,
+        thinking=THINKING,  # type: ignore[arg-type]
+    )
+    assert [b.type for b in got.content] == ["thinking", "text"]
+    assert got.content[0].model_dump() == want.content[0].model_dump()  # signature included
+    assert got.usage.output_tokens == want.usage.output_tokens
+
+    async with client(stack).messages.stream(
+        model=route.alias,
+        max_tokens=2048,
+        messages=question,
+        thinking=THINKING,  # type: ignore[arg-type]
+    ) as stream:
+        kinds = {event.type async for event in stream}
+        final = await stream.get_final_message()
+    assert {"thinking", "signature"} <= kinds
+    assert [b.model_dump() for b in final.content] == [b.model_dump() for b in got.content]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_tool_loop_with_thinking_sends_the_signed_block_back(stack: Stack, stream: bool):
+    """The vendor (as Anthropic does) refuses a tool-use turn sent back without its
+    thinking block and signature: the loop only closes if the relay kept both."""
+    question = ask("what is the weather in Paris right now?")
+    c, alias = client(stack), ROUTES["anthropic"].alias
+    params: Any = {
+        "model": alias,
+        "max_tokens": 2048,
+        "tools": [WEATHER_TOOL],
+        "thinking": THINKING,
+    }
+    first: Any
+    if stream:
+        async with c.messages.stream(messages=question, **params) as s:
+            first = await s.get_final_message()
+    else:
+        first = await c.messages.create(messages=question, **params)
+    assert [b.type for b in first.content] == ["thinking", "tool_use"]
+    call = first.content[1]
+    assert call.type == "tool_use"
+    result: Any = {"type": "tool_result", "tool_use_id": call.id, "content": "18C and sunny"}
+    answer = await c.messages.create(
+        messages=[
+            *question,
+            {"role": "assistant", "content": first.content},
+            {"role": "user", "content": [result]},
+        ],  # type: ignore[misc]
+        **params,
+    )
+    assert text_of(answer) == "Tool said: 18C and sunny"
+    with pytest.raises(anthropic.BadRequestError, match="thinking"):
+        await c.messages.create(
+            messages=[
+                *question,
+                {"role": "assistant", "content": [call]},  # the thinking block left out
+                {"role": "user", "content": [result]},
+            ],  # type: ignore[misc]
+            **params,
+        )

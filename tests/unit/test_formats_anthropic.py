@@ -94,6 +94,8 @@ OPENAI_REQUEST = {
                     "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
                 }
             ],
+            # thinking rides along (with its signature) for an Anthropic vendor
+            "thinking_blocks": [{"type": "thinking", "thinking": "hmm", "signature": "sig"}],
         },
         {"role": "tool", "tool_call_id": "toolu_1", "content": "12C, rain"},
         {"role": "user", "content": "Thanks!"},
@@ -390,6 +392,7 @@ def test_openai_request_to_messages_inverts_the_client_side():
             {
                 "role": "assistant",
                 "content": [
+                    {"type": "thinking", "thinking": "hmm", "signature": "sig"},
                     {"type": "text", "text": "A cat. Checking weather."},
                     {
                         "type": "tool_use",
@@ -525,6 +528,8 @@ def test_messages_response_to_openai_with_cache_usage():
                         "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
                     }
                 ],
+                "reasoning_content": "...",
+                "thinking_blocks": [{"type": "thinking", "thinking": "...", "signature": "s"}],
             },
             "logprobs": None,
             "finish_reason": "tool_calls",
@@ -699,12 +704,12 @@ def test_message_delta_usage_fields_replace_message_start_ones():
 def test_unknown_events_and_deltas_are_skipped():
     convert = MessageEventsToChunks()
     assert convert.feed("future_event", {"type": "future_event"}) == []
-    thinking = {
+    citation = {
         "type": "content_block_delta",
         "index": 0,
-        "delta": {"type": "thinking_delta", "thinking": "hm"},
+        "delta": {"type": "citations_delta", "citation": {"cited_text": "hm"}},
     }
-    assert convert.feed("content_block_delta", thinking) == []
+    assert convert.feed("content_block_delta", citation) == []
 
 
 def test_anthropic_to_anthropic_keeps_cache_breakpoints_and_tool_errors():

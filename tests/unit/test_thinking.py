@@ -1,0 +1,157 @@
+"""Extended thinking from an Anthropic vendor to an Anthropic client, through the neutral
+(OpenAI-shaped) body and chunks: blocks, signatures and order survive, streamed or not,
+cached or not, and vendors that do not know them never see them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anthropic.lib.streaming._messages import accumulate_event
+from anthropic.types import Message
+
+from schemas.formats.anthropic import (
+    ChunksToMessageEvents,
+    MessageEventsToChunks,
+    messages_request_to_openai,
+    messages_response_to_openai,
+    openai_request_to_messages,
+    openai_response_to_messages,
+    without_cache_control,
+)
+from schemas.formats.openai import assemble_chunks, response_to_chunks
+from schemas.usage import Usage
+
+THOUGHT = {
+    "type": "thinking",
+    "thinking": "The user wants the weather. Call the tool.",
+    "signature": "sig-1",
+}
+REDACTED = {"type": "redacted_thinking", "data": "EnCrYpTeD"}
+TOOL_USE = {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Oslo"}}
+VENDOR_MESSAGE: dict[str, Any] = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-x",
+    "content": [THOUGHT, REDACTED, {"type": "text", "text": "Checking."}, TOOL_USE],
+    "stop_reason": "tool_use",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 10, "output_tokens": 30},
+}
+
+
+def vendor_events(message: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The event stream an Anthropic vendor sends for ``message`` (deltas word by word)."""
+    start = {**message, "content": [], "stop_reason": None}
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"type": "message_start", "message": start})
+    ]
+    for i, block in enumerate(message["content"]):
+        kind = block["type"]
+        first = {
+            "thinking": {**block, "thinking": "", "signature": ""},
+            "text": {**block, "text": ""},
+            "tool_use": {**block, "input": {}},
+        }.get(kind, block)
+        events.append(
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": i, "content_block": first},
+            )
+        )
+        deltas: list[dict[str, Any]] = []
+        if kind == "thinking":
+            deltas = [
+                {"type": "thinking_delta", "thinking": w} for w in block["thinking"].split(" ")
+            ]
+            deltas = [
+                {**d, "thinking": (" " if j else "") + d["thinking"]} for j, d in enumerate(deltas)
+            ]
+            deltas.append({"type": "signature_delta", "signature": block["signature"]})
+        elif kind == "text":
+            deltas = [{"type": "text_delta", "text": block["text"]}]
+        elif kind == "tool_use":
+            deltas = [{"type": "input_json_delta", "partial_json": '{"city": "Oslo"}'}]
+        for d in deltas:
+            events.append(
+                ("content_block_delta", {"type": "content_block_delta", "index": i, "delta": d})
+            )
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": i}))
+    events.append(
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": 30},
+            },
+        )
+    )
+    events.append(("message_stop", {"type": "message_stop"}))
+    return events
+
+
+def client_message(chunks: list[dict[str, Any]]) -> Message:
+    """What the anthropic SDK assembles from the events the relay makes of ``chunks``."""
+    convert = ChunksToMessageEvents("claude-alias", "msg_relay")
+    events: list[tuple[str, dict[str, Any]]] = []
+    for chunk in chunks:
+        events += convert.feed(chunk)
+    events += convert.finish(Usage(input_tokens=10, output_tokens=30))
+    snapshot = None
+    for _, data in events:
+        snapshot = accumulate_event(event=data, current_snapshot=snapshot, json_bufs={})  # type: ignore[arg-type]
+    assert snapshot is not None
+    return Message.model_validate(snapshot.model_dump())
+
+
+def blocks(message: Message) -> list[dict[str, Any]]:
+    return [b.model_dump(exclude_none=True) for b in message.content]
+
+
+def test_a_streamed_answer_keeps_its_thinking_blocks_and_signatures() -> None:
+    to_chunks = MessageEventsToChunks(created=1)
+    chunks: list[dict[str, Any]] = []
+    for name, data in vendor_events(VENDOR_MESSAGE):
+        chunks += [c for c in to_chunks.feed(name, data) if isinstance(c, dict)]
+    assert blocks(client_message(chunks)) == VENDOR_MESSAGE["content"]
+    # cached as a whole answer and replayed: the same blocks again
+    assembled = assemble_chunks(chunks)
+    assert assembled["choices"][0]["message"]["thinking_blocks"] == [THOUGHT, REDACTED]
+    assert blocks(client_message(response_to_chunks(assembled))) == VENDOR_MESSAGE["content"]
+    plain = openai_response_to_messages(assembled, Usage(), "claude-alias")
+    assert plain["content"] == VENDOR_MESSAGE["content"]
+
+
+def test_a_whole_answer_keeps_them_and_openai_clients_get_reasoning_content() -> None:
+    neutral, _ = messages_response_to_openai(VENDOR_MESSAGE)
+    message = neutral["choices"][0]["message"]
+    assert message["reasoning_content"] == THOUGHT["thinking"]
+    assert (
+        openai_response_to_messages(neutral, Usage(), "a")["content"] == VENDOR_MESSAGE["content"]
+    )
+    assert blocks(client_message(response_to_chunks(neutral))) == VENDOR_MESSAGE["content"]
+
+
+def test_the_request_carries_thinking_to_anthropic_and_only_there() -> None:
+    request = {
+        "model": "claude-alias",
+        "max_tokens": 4096,
+        "thinking": {"type": "enabled", "budget_tokens": 2048},
+        "messages": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": [THOUGHT, TOOL_USE]},
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "12C"}],
+            },
+        ],
+    }
+    neutral = messages_request_to_openai(request)
+    vendor = openai_request_to_messages(neutral, "claude-x")
+    assert vendor["thinking"] == request["thinking"]
+    assert vendor["messages"][1]["content"] == [THOUGHT, TOOL_USE]  # signature intact, first
+    plain = without_cache_control(neutral)
+    assert "thinking" not in plain
+    assert all("thinking_blocks" not in m for m in plain["messages"])
+    assert "thinking_blocks" in neutral["messages"][1], "the original is left alone"
