@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from schemas.errors import BadRequest
-from schemas.formats.openai import new_id
+from schemas.formats.openai import new_id, parse_arguments
 from schemas.usage import Usage
 
 # OpenAI finish_reason -> Anthropic stop_reason; content_filter is what "refusal" means.
@@ -102,14 +102,25 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
 # gets them back: cache breakpoints (top level, tools, content parts, tool results) and a
 # tool result's error flag.  OpenAI-format vendors refuse unknown fields: they get the
 # body ``without_cache_control``.
-EXTENSIONS = frozenset({"cache_control", "is_error", "thinking_blocks"})
-# ...and at the top level: cache breakpoints and the extended-thinking config.
+EXTENSIONS = frozenset({"cache_control", "is_error"})
+# ...and at the top level: cache breakpoints and the extended-thinking config; on
+# messages, thinking (the blocks, the ordered content they sit in, and the keys an
+# OpenAI client's SDK folds into a message it echoes back: reasoning text, signature,
+# redacted data).  OpenAI-format vendors refuse fields they do not know.
 TOP_EXTENSIONS = ("cache_control", "thinking")
+MESSAGE_EXTENSIONS = EXTENSIONS | {
+    "thinking_blocks",
+    "anthropic_content",
+    "reasoning_content",
+    "thinking_start",
+    "thinking_signature",
+    "redacted_thinking",
+}
 
 
-def _plain(item: Any) -> Any:
-    if isinstance(item, dict) and not EXTENSIONS.isdisjoint(item):
-        return {k: v for k, v in item.items() if k not in EXTENSIONS}
+def _plain(item: Any, keys: frozenset[str] = EXTENSIONS) -> Any:
+    if isinstance(item, dict) and not keys.isdisjoint(item):
+        return {k: v for k, v in item.items() if k not in keys}
     return item
 
 
@@ -122,7 +133,7 @@ def without_cache_control(body: dict[str, Any]) -> dict[str, Any]:
         not any(k in body for k in TOP_EXTENSIONS)
         and all(_plain(t) is t for t in tools)
         and all(
-            _plain(m) is m
+            _plain(m, MESSAGE_EXTENSIONS) is m
             and not (
                 isinstance(m.get("content"), list) and any(_plain(p) is not p for p in m["content"])
             )
@@ -132,9 +143,9 @@ def without_cache_control(body: dict[str, Any]) -> dict[str, Any]:
         return body
     out = {k: v for k, v in body.items() if k not in TOP_EXTENSIONS}
     out["messages"] = [
-        {**_plain(m), "content": [_plain(p) for p in m["content"]]}
+        {**_plain(m, MESSAGE_EXTENSIONS), "content": [_plain(p) for p in m["content"]]}
         if isinstance(m.get("content"), list)
-        else _plain(m)
+        else _plain(m, MESSAGE_EXTENSIONS)
         for m in messages
     ]
     if tools:
@@ -225,6 +236,7 @@ def _assistant_to_openai(content: list[Any], where: str) -> dict[str, Any]:
         message["tool_calls"] = calls
     if thinking:
         message["thinking_blocks"] = thinking
+        message["anthropic_content"] = content  # the order Anthropic wants back
     return message
 
 
@@ -303,18 +315,6 @@ def _anthropic_usage(usage: Usage) -> dict[str, int]:
     }
 
 
-def _parse_arguments(raw: Any) -> dict[str, Any]:
-    # A tool_use input must be an object; a model's malformed JSON becomes {} rather than
-    # failing an answer that was already paid for.
-    if isinstance(raw, dict):  # some OpenAI-compatible servers send objects already
-        return raw
-    try:
-        value = json.loads(raw or "{}")
-    except (TypeError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _stop_reason(
     finish: str | None, *, tools: bool, refused: bool, sequence: Any
 ) -> tuple[str, str | None]:
@@ -331,6 +331,18 @@ def _stop_reason(
     return ("tool_use" if tools and stop == "end_turn" else stop), None
 
 
+_ANTHROPIC_BLOCKS = ("thinking", "redacted_thinking", "text", "tool_use")
+
+
+def _anthropic_content(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """An Anthropic turn's blocks in their order, when the neutral message carries them
+    (extension ``anthropic_content``: only turns with thinking do), else []."""
+    content = message.get("anthropic_content")
+    if not isinstance(content, list):
+        return []
+    return [b for b in content if isinstance(b, dict) and b.get("type") in _ANTHROPIC_BLOCKS]
+
+
 def _thinking_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
     """The thinking and redacted_thinking blocks a neutral message carries (extension)."""
     blocks = message.get("thinking_blocks")
@@ -343,17 +355,9 @@ def _thinking_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _message_id(source: Any) -> str:
-    if not source:
-        return new_id("msg_")
-    return str(source) if str(source).startswith("msg_") else f"msg_{source}"
-
-
-def openai_response_to_messages(body: dict[str, Any], usage: Usage, model: str) -> dict[str, Any]:
-    """A ``chat.completion`` body as an Anthropic Message; ``model`` is what the client asked."""
-    choice = (body.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
-    content: list[dict[str, Any]] = list(_thinking_blocks(message))
+def _answer_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """A neutral answer's blocks: thinking (if carried), text, refusal, tool calls."""
+    content = _thinking_blocks(message)
     if message.get("content"):
         content.append({"type": "text", "text": message["content"]})
     if message.get("refusal"):
@@ -365,9 +369,24 @@ def openai_response_to_messages(body: dict[str, Any], usage: Usage, model: str) 
                 "type": "tool_use",
                 "id": call.get("id") or new_id("toolu_"),
                 "name": fn.get("name", ""),
-                "input": _parse_arguments(fn.get("arguments")),
+                "input": parse_arguments(fn.get("arguments")),
             }
         )
+    return content
+
+
+def _message_id(source: Any) -> str:
+    if not source:
+        return new_id("msg_")
+    return str(source) if str(source).startswith("msg_") else f"msg_{source}"
+
+
+def openai_response_to_messages(body: dict[str, Any], usage: Usage, model: str) -> dict[str, Any]:
+    """A ``chat.completion`` body as an Anthropic Message; ``model`` is what the client asked."""
+    choice = (body.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    # An Anthropic vendor's answer with thinking keeps its blocks in their order.
+    content = _anthropic_content(message) or _answer_blocks(message)
     stop, sequence = _stop_reason(
         choice.get("finish_reason"),
         tools=bool(message.get("tool_calls")),
@@ -404,7 +423,7 @@ class ChunksToMessageEvents:
         self._tools = False
         self._refused = False
         self._sequence: str | None = None
-        self._thoughts = 0  # redacted thinking blocks so far
+        self._thoughts = 0  # thinking and redacted blocks so far
 
     def feed(self, chunk: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         """The events one OpenAI chunk adds to the stream."""
@@ -440,16 +459,26 @@ class ChunksToMessageEvents:
         return events
 
     def _thinking(self, delta: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-        """Thinking deltas (the neutral extensions) as thinking blocks: text, then the
-        signature that closes the block; a redacted block whole."""
+        """An Anthropic vendor's thinking (the neutral extensions) as thinking blocks: one
+        opened by ``thinking_start`` (or by a signature with no text before it, when the
+        thinking was omitted), fed its text and closed by its signature; a redacted block
+        whole.  Reasoning text from other vendors has no signature to give an Anthropic
+        client, and is not shown to one."""
         events: list[tuple[str, dict[str, Any]]] = []
-        if text := delta.get("reasoning_content"):
-            block = {"type": "thinking", "thinking": "", "signature": ""}
-            events += self._open_block("thinking", block)
+        thinking = {"type": "thinking", "thinking": "", "signature": ""}
+        if delta.get("thinking_start"):
+            self._thoughts += 1
+            events += self._open_block(f"thinking:{self._thoughts}", thinking)
+        open_key = self._open or ""
+        unsigned = open_key.startswith("thinking:") and not open_key.endswith("+")
+        if (text := delta.get("reasoning_content")) and unsigned:
             events.append(self._delta({"type": "thinking_delta", "thinking": text}))
-        if (sig := delta.get("thinking_signature")) and self._open == "thinking":
+        if sig := delta.get("thinking_signature"):
+            if not unsigned:
+                self._thoughts += 1
+                events += self._open_block(f"thinking:{self._thoughts}", thinking)
             events.append(self._delta({"type": "signature_delta", "signature": sig}))
-            self._open = "thinking:signed"  # more thinking after this is a new block
+            self._open = f"{self._open}+"  # signed: more thinking is a new block
         if (data := delta.get("redacted_thinking")) is not None:
             self._thoughts += 1
             block = {"type": "redacted_thinking", "data": data}
@@ -640,6 +669,8 @@ def _image_to_anthropic(part: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _assistant_blocks(message: dict[str, Any], i: int) -> list[dict[str, Any]]:
+    if ordered := _anthropic_content(message):
+        return ordered  # an Anthropic turn with thinking, exactly as it was
     blocks: list[dict[str, Any]] = list(_thinking_blocks(message))
     blocks += [
         {"type": "text", "text": t} for t in _texts(message.get("content"), f"messages.{i}") if t
@@ -651,7 +682,7 @@ def _assistant_blocks(message: dict[str, Any], i: int) -> list[dict[str, Any]]:
                 "type": "tool_use",
                 "id": call.get("id", ""),
                 "name": fn.get("name", ""),
-                "input": _parse_arguments(fn.get("arguments")),
+                "input": parse_arguments(fn.get("arguments")),
             }
         )
     return blocks
@@ -730,6 +761,9 @@ def messages_response_to_openai(body: dict[str, Any]) -> tuple[dict[str, Any], U
         # the blocks themselves, signatures included, for Anthropic clients.
         message["reasoning_content"] = "".join(b.get("thinking", "") for b in thinking)
         message["thinking_blocks"] = thinking
+        message["anthropic_content"] = [
+            b for b in body["content"] if b.get("type") in _ANTHROPIC_BLOCKS
+        ]
     usage = _usage_from_anthropic(body.get("usage") or {})
     finish = _FINISH_REASON.get(body.get("stop_reason") or "end_turn", "stop")
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
@@ -750,9 +784,10 @@ class MessageEventsToChunks:
     """Turns Anthropic stream events into OpenAI chunks, ending with one ``Usage``.
 
     ``feed`` takes each event name and its parsed data.  Thinking travels as extensions of
-    the delta: ``reasoning_content`` (as DeepSeek and LiteLLM send it), then the block's
-    ``thinking_signature``, or ``redacted_thinking``.  Unknown events and deltas
-    (citations) are skipped, as Anthropic asks clients to do.
+    the delta: ``thinking_start`` opens a block, its text comes as ``reasoning_content``
+    (as DeepSeek and LiteLLM send reasoning, so OpenAI clients read it too), and its
+    ``thinking_signature`` closes it; a redacted block is one ``redacted_thinking``.
+    Unknown events and deltas (citations) are skipped, as Anthropic asks clients to do.
     ``error`` events are the caller's to raise: this class only translates.
     """
 
@@ -785,8 +820,11 @@ class MessageEventsToChunks:
                 return [self._chunk({"tool_calls": [call]})]
             if block.get("type") == "text" and block.get("text"):
                 return [self._chunk({"content": block["text"]})]
-            if block.get("type") == "thinking" and block.get("thinking"):
-                return [self._chunk({"reasoning_content": block["thinking"]})]
+            if block.get("type") == "thinking":
+                start: dict[str, Any] = {"thinking_start": True}
+                if block.get("thinking"):
+                    start["reasoning_content"] = block["thinking"]
+                return [self._chunk(start)]
             if block.get("type") == "redacted_thinking":
                 return [self._chunk({"redacted_thinking": block.get("data", "")})]
             return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from typing import Any
@@ -19,6 +20,18 @@ def new_id(prefix: str) -> str:
     """
     sep = "" if prefix.endswith(("-", "_")) else "-"
     return f"{prefix}{sep}{secrets.token_hex(12)}"
+
+
+def parse_arguments(raw: Any) -> dict[str, Any]:
+    """Tool-call arguments as an object: a model's malformed JSON becomes {} rather than
+    failing an answer that was already paid for."""
+    if isinstance(raw, dict):  # some OpenAI-compatible servers send objects already
+        return raw
+    try:
+        value = json.loads(raw or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def assemble_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -60,7 +73,8 @@ def _empty_choice() -> dict[str, Any]:
         "content": [],
         "refusal": [],
         "tools": {},
-        "thinking": [],
+        "reasoning": [],
+        "order": [],  # segments in arrival order: thinking, redacted, text, tool (see below)
         "finish": None,
     }
 
@@ -69,12 +83,19 @@ def _merge_choice(acc: dict[str, Any], choice: dict[str, Any]) -> None:
     delta = choice.get("delta") or {}
     if delta.get("role"):
         acc["role"] = delta["role"]
+    _merge_thinking(acc, delta)
     if delta.get("content"):
         acc["content"].append(delta["content"])
+        order = acc["order"]
+        if order and order[-1][0] == "text":
+            order[-1][1].append(delta["content"])
+        else:
+            order.append(("text", [delta["content"]]))
     if delta.get("refusal"):
         acc["refusal"].append(delta["refusal"])
-    _merge_thinking(acc["thinking"], delta)
     for frag in delta.get("tool_calls") or []:
+        if frag.get("index", 0) not in acc["tools"]:
+            acc["order"].append(("tool", frag.get("index", 0)))
         call = acc["tools"].setdefault(
             frag.get("index", 0), {"id": "", "type": "function", "name": [], "arguments": []}
         )
@@ -89,21 +110,35 @@ def _merge_choice(acc: dict[str, Any], choice: dict[str, Any]) -> None:
         acc["finish"] = choice["finish_reason"]
 
 
-def _merge_thinking(blocks: list[dict[str, Any]], delta: dict[str, Any]) -> None:
-    """Thinking extensions of a delta (``reasoning_content``, ``thinking_signature``,
-    ``redacted_thinking``: see ``schemas.formats.anthropic``) folded into thinking blocks;
-    a signature closes its block."""
-    last = blocks[-1] if blocks else None
-    open_block = last if last and last["type"] == "thinking" and not last["signature"] else None
+def _merge_thinking(acc: dict[str, Any], delta: dict[str, Any]) -> None:
+    """A delta's thinking extensions (see ``schemas.formats.anthropic``): any
+    ``reasoning_content`` is kept as reasoning text; an Anthropic thinking block is opened
+    by ``thinking_start`` (or by a signature with no text before it), fed that text and
+    closed by its ``thinking_signature``; ``redacted_thinking`` is a block of its own."""
+    order = acc["order"]
+    last = order[-1] if order else None
+    open_block = None
+    if (
+        last
+        and last[0] == "thinking"
+        and last[1]["type"] == "thinking"
+        and not last[1]["signature"]
+    ):
+        open_block = last[1]
+    if delta.get("thinking_start"):
+        open_block = {"type": "thinking", "thinking": "", "signature": ""}
+        order.append(("thinking", open_block))
     if text := delta.get("reasoning_content"):
-        if open_block is None:
+        acc["reasoning"].append(text)
+        if open_block is not None:
+            open_block["thinking"] += text
+    if sig := delta.get("thinking_signature"):
+        if open_block is None:  # a block whose thinking was omitted: signature only
             open_block = {"type": "thinking", "thinking": "", "signature": ""}
-            blocks.append(open_block)
-        open_block["thinking"] += text
-    if (sig := delta.get("thinking_signature")) and open_block is not None:
+            order.append(("thinking", open_block))
         open_block["signature"] = sig
     if (data := delta.get("redacted_thinking")) is not None:
-        blocks.append({"type": "redacted_thinking", "data": data})
+        order.append(("thinking", {"type": "redacted_thinking", "data": data}))
 
 
 def _finish_choice(index: int, acc: dict[str, Any]) -> dict[str, Any]:
@@ -115,15 +150,68 @@ def _finish_choice(index: int, acc: dict[str, Any]) -> dict[str, Any]:
     }
     if acc["refusal"]:
         message["refusal"] = "".join(acc["refusal"])
-    if acc["thinking"]:
-        message["reasoning_content"] = "".join(b.get("thinking", "") for b in acc["thinking"])
-        message["thinking_blocks"] = acc["thinking"]
+    if acc["reasoning"]:
+        message["reasoning_content"] = "".join(acc["reasoning"])
+    calls: dict[int, dict[str, Any]] = {}
     if acc["tools"]:
         message["tool_calls"] = []
-        for _, call in sorted(acc["tools"].items()):
+        for n, call in sorted(acc["tools"].items()):
             fn = {"name": "".join(call["name"]), "arguments": "".join(call["arguments"])}
-            message["tool_calls"].append({"id": call["id"], "type": call["type"], "function": fn})
+            calls[n] = {"id": call["id"], "type": call["type"], "function": fn}
+            message["tool_calls"].append(calls[n])
+    if any(kind == "thinking" for kind, _ in acc["order"]):
+        message["thinking_blocks"] = [seg for kind, seg in acc["order"] if kind == "thinking"]
+        message["anthropic_content"] = [_anthropic_block(seg, calls) for seg in acc["order"]]
     return {"index": index, "message": message, "logprobs": None, "finish_reason": acc["finish"]}
+
+
+def _anthropic_block(segment: tuple[str, Any], calls: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    kind, value = segment
+    if kind == "thinking":
+        return value  # type: ignore[no-any-return]
+    if kind == "text":
+        return {"type": "text", "text": "".join(value)}
+    fn = calls[value]["function"]
+    return {
+        "type": "tool_use",
+        "id": calls[value]["id"],
+        "name": fn["name"],
+        "input": parse_arguments(fn["arguments"]),
+    }
+
+
+def _anthropic_deltas(content: list[Any]) -> list[dict[str, Any]]:
+    """The deltas that replay an Anthropic answer's blocks in their order (thinking
+    between tool calls included), thinking as the extensions ``MessageEventsToChunks``
+    makes of it."""
+    deltas: list[dict[str, Any]] = []
+    tools = 0
+    for block in content:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "thinking":
+            start: dict[str, Any] = {"thinking_start": True}
+            if block.get("thinking"):
+                start["reasoning_content"] = block["thinking"]
+            deltas.append(start)
+            if block.get("signature"):
+                deltas.append({"thinking_signature": block["signature"]})
+        elif kind == "redacted_thinking":
+            deltas.append({"redacted_thinking": block.get("data", "")})
+        elif kind == "text":
+            deltas += [{"content": piece} for piece in _PIECES.findall(block.get("text", ""))]
+        elif kind == "tool_use":
+            fn = {"name": block.get("name", ""), "arguments": ""}
+            deltas.append(
+                {
+                    "tool_calls": [
+                        {"index": tools, "id": block.get("id"), "type": "function", "function": fn}
+                    ]
+                }
+            )
+            args = json.dumps(block.get("input") or {})
+            deltas.append({"tool_calls": [{"index": tools, "function": {"arguments": args}}]})
+            tools += 1
+    return deltas
 
 
 def response_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -150,12 +238,12 @@ def response_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
         i = choice.get("index", 0)
         message = choice.get("message") or {}
         out.append(chunk(i, {"role": message.get("role", "assistant"), "content": ""}))
-        for block in message.get("thinking_blocks") or []:
-            if block.get("type") == "thinking":
-                out.append(chunk(i, {"reasoning_content": block.get("thinking", "")}))
-                out.append(chunk(i, {"thinking_signature": block.get("signature", "")}))
-            elif block.get("type") == "redacted_thinking":
-                out.append(chunk(i, {"redacted_thinking": block.get("data", "")}))
+        if isinstance(message.get("anthropic_content"), list):  # Anthropic's, in order
+            out.extend(chunk(i, d) for d in _anthropic_deltas(message["anthropic_content"]))
+            out.append(chunk(i, {}, choice.get("finish_reason") or "stop"))
+            continue
+        if message.get("reasoning_content"):
+            out.append(chunk(i, {"reasoning_content": message["reasoning_content"]}))
         content = message.get("content")
         if isinstance(content, str):
             out.extend(chunk(i, {"content": piece}) for piece in _PIECES.findall(content))

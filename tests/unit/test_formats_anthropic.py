@@ -94,8 +94,13 @@ OPENAI_REQUEST = {
                     "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
                 }
             ],
-            # thinking rides along (with its signature) for an Anthropic vendor
+            # thinking rides along (with its signature, in its place) for an Anthropic vendor
             "thinking_blocks": [{"type": "thinking", "thinking": "hmm", "signature": "sig"}],
+            "anthropic_content": [
+                {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+                {"type": "text", "text": "A cat. Checking weather."},
+                {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Oslo"}},
+            ],
         },
         {"role": "tool", "tool_call_id": "toolu_1", "content": "12C, rain"},
         {"role": "user", "content": "Thanks!"},
@@ -530,6 +535,7 @@ def test_messages_response_to_openai_with_cache_usage():
                 ],
                 "reasoning_content": "...",
                 "thinking_blocks": [{"type": "thinking", "thinking": "...", "signature": "s"}],
+                "anthropic_content": body["content"],
             },
             "logprobs": None,
             "finish_reason": "tool_calls",

@@ -4,6 +4,7 @@ cached or not, and vendors that do not know them never see them."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from anthropic.lib.streaming._messages import accumulate_event
@@ -71,7 +72,7 @@ def vendor_events(message: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         elif kind == "text":
             deltas = [{"type": "text_delta", "text": block["text"]}]
         elif kind == "tool_use":
-            deltas = [{"type": "input_json_delta", "partial_json": '{"city": "Oslo"}'}]
+            deltas = [{"type": "input_json_delta", "partial_json": json.dumps(block["input"])}]
         for d in deltas:
             events.append(
                 ("content_block_delta", {"type": "content_block_delta", "index": i, "delta": d})
@@ -155,3 +156,86 @@ def test_the_request_carries_thinking_to_anthropic_and_only_there() -> None:
     assert "thinking" not in plain
     assert all("thinking_blocks" not in m for m in plain["messages"])
     assert "thinking_blocks" in neutral["messages"][1], "the original is left alone"
+
+
+THOUGHT_B = {"type": "thinking", "thinking": "Now the second city.", "signature": "sig-2"}
+TOOL_B = {"type": "tool_use", "id": "toolu_2", "name": "weather", "input": {"city": "Rome"}}
+OMITTED = {"type": "thinking", "thinking": "", "signature": "sig-omitted"}
+
+
+def through_a_stream(message: dict[str, Any]) -> tuple[list[dict[str, Any]], Message]:
+    """The vendor's events as neutral chunks, and what an Anthropic client makes of them."""
+    to_chunks = MessageEventsToChunks(created=1)
+    chunks: list[dict[str, Any]] = []
+    for name, data in vendor_events(message):
+        chunks += [c for c in to_chunks.feed(name, data) if isinstance(c, dict)]
+    return chunks, client_message(chunks)
+
+
+def test_thinking_between_tool_calls_keeps_its_place_every_way() -> None:
+    content = [THOUGHT, TOOL_USE, THOUGHT_B, TOOL_B]
+    message = {**VENDOR_MESSAGE, "content": content}
+    chunks, streamed = through_a_stream(message)
+    assert blocks(streamed) == content
+    assembled = assemble_chunks(chunks)
+    assert openai_response_to_messages(assembled, Usage(), "a")["content"] == content
+    assert blocks(client_message(response_to_chunks(assembled))) == content
+    neutral, _ = messages_response_to_openai(message)
+    assert openai_response_to_messages(neutral, Usage(), "a")["content"] == content
+    history = messages_request_to_openai(
+        {
+            "model": "m",
+            "max_tokens": 4096,
+            "messages": [
+                {"role": "user", "content": "Oslo and Rome?"},
+                {"role": "assistant", "content": content},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "12C"},
+                        {"type": "tool_result", "tool_use_id": "toolu_2", "content": "25C"},
+                    ],
+                },
+            ],
+        }
+    )
+    assert openai_request_to_messages(history, "claude-x")["messages"][1]["content"] == content
+
+
+def test_omitted_thinking_keeps_its_signed_block() -> None:
+    message = {**VENDOR_MESSAGE, "content": [OMITTED, TOOL_USE]}
+    chunks, streamed = through_a_stream(message)
+    assert blocks(streamed) == [OMITTED, TOOL_USE]
+    assembled = assemble_chunks(chunks)
+    assert assembled["choices"][0]["message"]["thinking_blocks"] == [OMITTED]
+    assert blocks(client_message(response_to_chunks(assembled))) == [OMITTED, TOOL_USE]
+
+
+def test_other_vendors_reasoning_is_not_made_into_thinking_blocks() -> None:
+    chunks = [
+        {
+            "choices": [
+                {"index": 0, "delta": {"role": "assistant", "reasoning_content": "Let me think"}}
+            ]
+        },
+        {"choices": [{"index": 0, "delta": {"content": "Answer"}, "finish_reason": "stop"}]},
+    ]
+    assert blocks(client_message(chunks)) == [{"type": "text", "text": "Answer"}]
+    message = assemble_chunks(chunks)["choices"][0]["message"]
+    assert message["reasoning_content"] == "Let me think"  # for OpenAI clients
+    assert "thinking_blocks" not in message and "anthropic_content" not in message
+    assert openai_response_to_messages(assemble_chunks(chunks), Usage(), "a")["content"] == [
+        {"type": "text", "text": "Answer"}
+    ]
+
+
+def test_an_echoed_message_reaches_an_openai_vendor_without_any_thinking() -> None:
+    neutral, _ = messages_response_to_openai({**VENDOR_MESSAGE, "content": [THOUGHT, TOOL_USE]})
+    echoed = {
+        **neutral["choices"][0]["message"],
+        "thinking_signature": "sig-1",  # what the openai SDK folds into a streamed message
+        "redacted_thinking": "x",
+    }
+    body = {"model": "m", "messages": [{"role": "user", "content": "q"}, echoed]}
+    sent = without_cache_control(body)["messages"][1]
+    assert set(sent) == {"role", "content", "tool_calls"}
