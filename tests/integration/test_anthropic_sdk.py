@@ -557,3 +557,24 @@ async def test_a_tool_loop_with_thinking_sends_the_signed_block_back(stack: Stac
             ],  # type: ignore[misc]
             **params,
         )
+
+
+async def test_a_cached_answer_with_thinking_replays_it_streamed_or_not(stack: Stack):
+    """Asked whole first, then streamed: the stream is the cached answer's replay, with
+    the thinking block (and its signature) where it was."""
+    cached = anthropic.AsyncAnthropic(base_url=stack.url, api_key=DEMO_KEY, max_retries=0)
+    params: Any = {
+        "model": ROUTES["anthropic"].alias,
+        "max_tokens": 2048,
+        "messages": ask("think, then say something about"),
+        "thinking": THINKING,
+    }
+    first = await cached.messages.with_raw_response.create(**params)
+    assert first.headers["x-relay-cache"] == "miss"
+    async with cached.messages.stream(**params) as stream:
+        replayed = await stream.get_final_message()
+        hit = stream.response.headers["x-relay-cache"]
+    assert hit.startswith("hit")
+    original = await first.parse()
+    assert [b.model_dump() for b in replayed.content] == [b.model_dump() for b in original.content]
+    assert [b.type for b in replayed.content] == ["thinking", "text"]
