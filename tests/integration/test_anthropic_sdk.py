@@ -578,3 +578,40 @@ async def test_a_cached_answer_with_thinking_replays_it_streamed_or_not(stack: S
     original = await first.parse()
     assert [b.model_dump() for b in replayed.content] == [b.model_dump() for b in original.content]
     assert [b.type for b in replayed.content] == ["thinking", "text"]
+
+
+async def test_an_openai_client_can_ask_an_anthropic_vendor_to_think(stack: Stack):
+    """``thinking`` in the body (the openai SDK's ``extra_body``), as LiteLLM takes it: the
+    text comes back as ``reasoning_content``, and the message, echoed back as it came,
+    carries the signed block through a tool-use loop."""
+    sdk = openai.AsyncOpenAI(
+        base_url=f"{stack.url}/v1",
+        api_key=DEMO_KEY,
+        default_headers={"x-relay-cache": "bypass"},
+        max_retries=0,
+    )
+    tool: Any = {
+        "type": "function",
+        "function": {
+            "name": WEATHER_TOOL["name"],
+            "description": WEATHER_TOOL["description"],
+            "parameters": WEATHER_TOOL["input_schema"],
+        },
+    }
+    question: Any = [
+        {"role": "user", "content": f"what is the weather in Paris? {uuid.uuid4().hex}"}
+    ]
+    params: Any = {
+        "model": ROUTES["anthropic"].alias,
+        "max_tokens": 2048,
+        "tools": [tool],
+        "extra_body": {"thinking": THINKING},
+    }
+    first = await sdk.chat.completions.create(messages=question, **params)
+    message = first.choices[0].message
+    assert (message.model_extra or {}).get("reasoning_content"), "the thinking text"
+    [call] = message.tool_calls or []
+    echoed = message.model_dump(exclude_none=True)
+    result = {"role": "tool", "tool_call_id": call.id, "content": "18C and sunny"}
+    answer = await sdk.chat.completions.create(messages=[*question, echoed, result], **params)
+    assert answer.choices[0].message.content == "Tool said: 18C and sunny"
