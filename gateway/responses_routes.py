@@ -18,11 +18,6 @@ from schemas.formats.responses import openai_response_to_responses, responses_re
 router = APIRouter(prefix="/v1")
 
 
-def neutral_request(body: dict[str, Any]) -> dict[str, Any]:
-    """A Responses request as the relay's neutral (OpenAI chat) body."""
-    return responses_request_to_openai(body)
-
-
 def render(answer: Answer, body: dict[str, Any]) -> Response:
     """An answer as a Response object, or its event stream."""
     if answer.chunks is None:
@@ -36,7 +31,7 @@ def render(answer: Answer, body: dict[str, Any]) -> Response:
 @router.post("/responses")
 async def responses(request: Request, who: CallerDep) -> Any:
     body = await json_object(request)
-    neutral = neutral_request(body)
+    neutral = responses_request_to_openai(body)
     relay: Relay = request.app.state.relay
     opts = Options.from_headers(request.headers)
     return render(await relay.answer(who, "chat", neutral, opts), body)

@@ -47,13 +47,14 @@ def vendor_client(timeout_s: float) -> httpx.AsyncClient:
     (httpx-aiohttp).  httpcore scans every pooled connection on each request, which at a
     few dozen concurrent vendor calls cost the worker ~4 ms of CPU per call; aiohttp's
     pool costs ~1 ms (bench/README.md).  Neither layer keeps cookies."""
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=256)
+    connections = 512  # to all vendors at once
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=256)
 
     tls = httpx.create_ssl_context()  # certifi's CAs, or SSL_CERT_FILE/SSL_CERT_DIR
 
     def session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
-            limit=512, keepalive_timeout=limits.keepalive_expiry, ssl=tls
+            limit=connections, keepalive_timeout=limits.keepalive_expiry, ssl=tls
         )
         return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 

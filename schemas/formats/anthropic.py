@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from schemas.errors import BadRequest
-from schemas.formats.openai import new_id, parse_arguments
+from schemas.formats.openai import new_id, tool_use_block
 from schemas.usage import Usage
 
 # OpenAI finish_reason -> Anthropic stop_reason; content_filter is what "refusal" means.
@@ -362,16 +362,7 @@ def _answer_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
         content.append({"type": "text", "text": message["content"]})
     if message.get("refusal"):
         content.append({"type": "text", "text": message["refusal"]})
-    for call in message.get("tool_calls") or []:
-        fn = call.get("function") or {}
-        content.append(
-            {
-                "type": "tool_use",
-                "id": call.get("id") or new_id("toolu_"),
-                "name": fn.get("name", ""),
-                "input": parse_arguments(fn.get("arguments")),
-            }
-        )
+    content += [tool_use_block(c, new_id("toolu_")) for c in message.get("tool_calls") or []]
     return content
 
 
@@ -675,16 +666,7 @@ def _assistant_blocks(message: dict[str, Any], i: int) -> list[dict[str, Any]]:
     blocks += [
         {"type": "text", "text": t} for t in _texts(message.get("content"), f"messages.{i}") if t
     ]
-    for call in message.get("tool_calls") or []:
-        fn = call.get("function") or {}
-        blocks.append(
-            {
-                "type": "tool_use",
-                "id": call.get("id", ""),
-                "name": fn.get("name", ""),
-                "input": parse_arguments(fn.get("arguments")),
-            }
-        )
+    blocks += [tool_use_block(call) for call in message.get("tool_calls") or []]
     return blocks
 
 

@@ -34,6 +34,18 @@ def parse_arguments(raw: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def tool_use_block(call: dict[str, Any], fallback_id: str = "") -> dict[str, Any]:
+    """An OpenAI tool call as an Anthropic ``tool_use`` block (``fallback_id`` for a call
+    that came without an id)."""
+    fn = call.get("function") or {}
+    return {
+        "type": "tool_use",
+        "id": call.get("id") or fallback_id,
+        "name": fn.get("name", ""),
+        "input": parse_arguments(fn.get("arguments")),
+    }
+
+
 def assemble_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     """Merge a streamed ``chat.completion.chunk`` list into one ``chat.completion`` body.
 
@@ -171,13 +183,7 @@ def _anthropic_block(segment: tuple[str, Any], calls: dict[int, dict[str, Any]])
         return value  # type: ignore[no-any-return]
     if kind == "text":
         return {"type": "text", "text": "".join(value)}
-    fn = calls[value]["function"]
-    return {
-        "type": "tool_use",
-        "id": calls[value]["id"],
-        "name": fn["name"],
-        "input": parse_arguments(fn["arguments"]),
-    }
+    return tool_use_block(calls[value])
 
 
 def _anthropic_deltas(content: list[Any]) -> list[dict[str, Any]]:
@@ -200,17 +206,25 @@ def _anthropic_deltas(content: list[Any]) -> list[dict[str, Any]]:
         elif kind == "text":
             deltas += [{"content": piece} for piece in _PIECES.findall(block.get("text", ""))]
         elif kind == "tool_use":
-            fn = {"name": block.get("name", ""), "arguments": ""}
-            deltas.append(
-                {
-                    "tool_calls": [
-                        {"index": tools, "id": block.get("id"), "type": "function", "function": fn}
-                    ]
-                }
-            )
             args = json.dumps(block.get("input") or {})
-            deltas.append({"tool_calls": [{"index": tools, "function": {"arguments": args}}]})
+            deltas += _call_deltas(tools, block.get("id"), "function", block.get("name", ""), args)
             tools += 1
+    return deltas
+
+
+def _call_deltas(
+    index: int, call_id: Any, kind: Any, name: str, arguments: str
+) -> list[dict[str, Any]]:
+    """One tool call as a stream sends it: id and name first, then its arguments."""
+    start = {
+        "index": index,
+        "id": call_id,
+        "type": kind,
+        "function": {"name": name, "arguments": ""},
+    }
+    deltas = [{"tool_calls": [start]}]
+    if arguments:
+        deltas.append({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]})
     return deltas
 
 
@@ -251,11 +265,13 @@ def response_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
             out.append(chunk(i, {"refusal": message["refusal"]}))
         for n, call in enumerate(message.get("tool_calls") or []):
             fn = call.get("function") or {}
-            start = {"index": n, "id": call.get("id"), "type": call.get("type", "function")}
-            start["function"] = {"name": fn.get("name", ""), "arguments": ""}
-            out.append(chunk(i, {"tool_calls": [start]}))
-            if fn.get("arguments"):
-                args = {"index": n, "function": {"arguments": fn["arguments"]}}
-                out.append(chunk(i, {"tool_calls": [args]}))
+            deltas = _call_deltas(
+                n,
+                call.get("id"),
+                call.get("type", "function"),
+                fn.get("name", ""),
+                fn.get("arguments") or "",
+            )
+            out.extend(chunk(i, d) for d in deltas)
         out.append(chunk(i, {}, choice.get("finish_reason") or "stop"))
     return out

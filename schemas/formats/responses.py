@@ -450,16 +450,16 @@ class ChunksToResponseEvents:
         return [self._event("response.output_item.added", output_index=index, item=item)]
 
     def _close_all(self, cut_last: bool = False) -> list[tuple[str, dict[str, Any]]]:
-        """Close every open item, in output order; ``cut_last`` marks the last of them
-        incomplete (the answer was cut off there)."""
-        open_items = sorted([*self._calls.values(), *([self._message[1]] if self._message else [])])
-        events: list[tuple[str, dict[str, Any]]] = []
-        for at in open_items:
-            cut = cut_last and at == open_items[-1]
-            events += self._close_message(cut) if self._message and at == self._message[1] else []
-            if at in self._calls.values():
-                events += self._close_call(at, cut)
+        """Close what is open: the message, or else the function calls, in output order
+        (text closes calls and a call closes the message, so never both); ``cut_last``
+        marks the last of them incomplete (the answer was cut off there)."""
+        if self._message is not None:
+            return self._close_message(cut_last)
+        calls = sorted(self._calls.values())
         self._calls.clear()
+        events: list[tuple[str, dict[str, Any]]] = []
+        for at in calls:
+            events += self._close_call(at, cut_last and at == calls[-1])
         return events
 
     def _close_message(self, cut: bool = False) -> list[tuple[str, dict[str, Any]]]:
