@@ -34,10 +34,10 @@ from schemas.batches import (
 from schemas.errors import BadRequest, NotFound, RelayError
 from schemas.formats.anthropic import openai_response_to_messages
 from schemas.usage import Usage
-from tables.batches import BatchStore
+from tables.batches import MESSAGE_BATCHES, BatchStore
 
 router = APIRouter(prefix="/v1/messages")
-ENDPOINT = "/v1/messages"
+ENDPOINT = MESSAGE_BATCHES
 
 
 class Item(BaseModel):

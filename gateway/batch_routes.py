@@ -33,10 +33,9 @@ from schemas.batches import (
     read_input,
 )
 from schemas.errors import BadRequest, NotFound, RelayError
-from tables.batches import BatchStore
+from tables.batches import MESSAGE_BATCHES, BatchStore
 
 router = APIRouter(prefix="/v1")
-ANTHROPIC = "/v1/messages"  # Anthropic's Message Batches share the store: not shown here
 
 
 def _store(request: Request) -> BatchStore:
@@ -177,7 +176,7 @@ async def create_batch(body: BatchRequest, request: Request, who: CallerDep) -> 
 
 async def _batch(request: Request, tenant: str, batch_id: str) -> BatchObject:
     batch = await _store(request).batch(tenant, batch_id)
-    if batch is None or batch.endpoint == ANTHROPIC:
+    if batch is None or batch.endpoint == MESSAGE_BATCHES:
         raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
     return batch
 
@@ -190,7 +189,7 @@ async def list_batches(
     limit: int = Query(20, ge=1, le=100),
 ) -> dict[str, Any]:
     batches = await _store(request).batches(who.tenant)
-    return _page([b for b in batches if b.endpoint != ANTHROPIC], after, limit)
+    return _page([b for b in batches if b.endpoint != MESSAGE_BATCHES], after, limit)
 
 
 @router.get("/batches/{batch_id}")

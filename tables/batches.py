@@ -54,6 +54,7 @@ return 1
 # Past its window a batch waits this much longer for its last lines before it expires them:
 # an answer the worker sent at the deadline may still be on its way to the store.
 EXPIRY_GRACE_S = 300
+MESSAGE_BATCHES = "/v1/messages"  # Anthropic's Message Batches: served at their results URL
 _CANCEL_FIELDS = ("cancelling_at", "cancelled_at")
 
 
@@ -281,7 +282,7 @@ class BatchStore:
         for name in ("finalizing_at", "completed_at", "expired_at", *_CANCEL_FIELDS):
             if name in fields:
                 setattr(batch, name, int(fields[name]))
-        if batch.ended:
+        if batch.ended and batch.endpoint != MESSAGE_BATCHES:  # those have results, not files
             if batch.request_counts.completed:
                 batch.output_file_id = output_file_id(batch_id, "output")
             if batch.request_counts.failed:

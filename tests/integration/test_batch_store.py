@@ -24,7 +24,7 @@ from schemas.batches import (
 )
 from schemas.envelope import ReplyEvent
 from schemas.errors import DeadlineExceeded, RelayError, StoreUnavailable, VendorBadRequest
-from tables.batches import EXPIRY_GRACE_S, BatchStore
+from tables.batches import EXPIRY_GRACE_S, MESSAGE_BATCHES, BatchStore, output_file_id
 from tests.support.envelopes import request_envelope
 
 RESULTS = "t.batch-results"
@@ -38,11 +38,15 @@ async def store(redis_url: str) -> AsyncIterator[BatchStore]:
 
 
 async def new_batch(
-    store: BatchStore, tenant: str, custom_ids: list[str], expires_at: int | None = None
+    store: BatchStore,
+    tenant: str,
+    custom_ids: list[str],
+    expires_at: int | None = None,
+    endpoint: str = "/v1/chat/completions",
 ) -> BatchObject:
     batch = BatchObject(
         id=new_id("batch_"),
-        endpoint="/v1/chat/completions",
+        endpoint=endpoint,
         input_file_id="file-x",
         status="in_progress",
         created_at=1,
@@ -136,6 +140,22 @@ async def test_a_finished_batchs_files_are_listed_and_can_be_deleted(store: Batc
     still = await store.batch("acme", batch.id)
     assert still is not None and still.output_file_id == done.output_file_id  # as OpenAI
     assert await store.content("acme", done.error_file_id), "the other file stays"
+    assert [line.custom_id for line in await store.lines(batch.id)] == ["a", "b"]
+
+
+async def test_a_message_batch_has_results_not_files(store: BatchStore) -> None:
+    """Anthropic's Message Batches share the store, but their answers are read at their
+    results URL: no output file shows up among the tenant's OpenAI files."""
+    batch = await new_batch(store, "acme", ["a", "b"], endpoint=MESSAGE_BATCHES)
+    await record_reply(store, answer(batch, 0, "first"))
+    await record_reply(store, failure(batch, 1, VendorBadRequest("max_tokens too large")))
+    done = await store.batch("acme", batch.id)
+    assert done is not None and done.status == "completed"
+    assert (done.output_file_id, done.error_file_id) == (None, None)
+    assert await store.files("acme") == []
+    for kind in ("output", "errors"):
+        assert await store.content("acme", output_file_id(batch.id, kind)) is None
+        assert not await store.delete_file("acme", output_file_id(batch.id, kind))
     assert [line.custom_id for line in await store.lines(batch.id)] == ["a", "b"]
 
 
