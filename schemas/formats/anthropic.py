@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from schemas.errors import BadRequest
@@ -396,6 +397,16 @@ def openai_response_to_messages(body: dict[str, Any], usage: Usage, model: str) 
     }
 
 
+@dataclass
+class _ToolCall:
+    """A streamed tool call as far as it has come, and whether its block was opened."""
+
+    id: str
+    name: str = ""
+    args: str = ""
+    shown: bool = False
+
+
 class ChunksToMessageEvents:
     """Turns a stream of OpenAI chunks into Anthropic's stream events, as (event, data).
 
@@ -415,6 +426,7 @@ class ChunksToMessageEvents:
         self._refused = False
         self._sequence: str | None = None
         self._thoughts = 0  # thinking and redacted blocks so far
+        self._calls: dict[int, _ToolCall] = {}  # by the vendor's tool call index
 
     def feed(self, chunk: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         """The events one OpenAI chunk adds to the stream."""
@@ -430,24 +442,60 @@ class ChunksToMessageEvents:
                     events += self._open_block("text", {"type": "text", "text": ""})
                     events.append(self._delta({"type": "text_delta", "text": text}))
             for frag in delta.get("tool_calls") or []:
-                fn = frag.get("function") or {}
-                key = f"tool:{frag.get('index', 0)}"
-                block = {
-                    "type": "tool_use",
-                    "id": frag.get("id") or new_id("toolu_"),
-                    "name": fn.get("name", ""),
-                    "input": {},
-                }
-                events += self._open_block(key, block)
-                self._tools = True
-                if fn.get("arguments"):
-                    events.append(
-                        self._delta({"type": "input_json_delta", "partial_json": fn["arguments"]})
-                    )
+                events += self._tool_fragment(frag)
             if choice.get("finish_reason"):
                 self._finish = choice["finish_reason"]
                 self._sequence = choice.get("stop_sequence")
         return events
+
+    def _tool_fragment(self, frag: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """One fragment of a tool call.  The open call's arguments stream live; another
+        call's fragments open its block only once the open call's arguments are whole
+        JSON (vendors send parallel calls one after another), and are held back until
+        then when a vendor interleaves them: a block, once stopped, cannot take more."""
+        self._tools = True
+        fn = frag.get("function") or {}
+        index = frag.get("index", 0)
+        call = self._calls.get(index)
+        if call is None:
+            call = self._calls[index] = _ToolCall(frag.get("id") or new_id("toolu_"))
+        call.name = call.name or fn.get("name") or ""
+        args = fn.get("arguments") or ""
+        call.args += args
+        if self._open == f"tool:{index}":
+            return [self._json_delta(args)] if args else []
+        if call.shown or not self._may_switch():
+            return []  # held back (or, for a block already stopped, nowhere to go)
+        return self._show_held()
+
+    def _may_switch(self) -> bool:
+        open_key = self._open or ""
+        if not open_key.startswith("tool:"):
+            return True
+        try:
+            json.loads(self._calls[int(open_key[5:])].args)
+        except ValueError:
+            return False  # the open call's arguments are not whole yet
+        return True
+
+    def _show_held(self) -> list[tuple[str, dict[str, Any]]]:
+        """Open the held-back calls in the order they began, each with its arguments so
+        far; one whose arguments are not yet whole stays open and the rest wait."""
+        events: list[tuple[str, dict[str, Any]]] = []
+        for index, call in self._calls.items():
+            if call.shown:
+                continue
+            call.shown = True
+            block = {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}
+            events += self._open_block(f"tool:{index}", block)
+            if call.args:
+                events.append(self._json_delta(call.args))
+            if not self._may_switch():
+                break
+        return events
+
+    def _json_delta(self, partial: str) -> tuple[str, dict[str, Any]]:
+        return self._delta({"type": "input_json_delta", "partial_json": partial})
 
     def _thinking(self, delta: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         """An Anthropic vendor's thinking (the neutral extensions) as thinking blocks: one
@@ -478,7 +526,10 @@ class ChunksToMessageEvents:
 
     def finish(self, usage: Usage) -> list[tuple[str, dict[str, Any]]]:
         """The closing events: the open block's stop, message_delta and message_stop."""
-        events = self._start() + self._close_block()
+        events = self._start()
+        while any(not call.shown for call in self._calls.values()):
+            events += self._close_block() + self._show_held()
+        events += self._close_block()
         # The input side is only known at the end here, so message_delta carries it too;
         # Anthropic's SDKs take any usage field present on message_delta.
         stop, sequence = _stop_reason(

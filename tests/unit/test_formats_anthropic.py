@@ -377,6 +377,56 @@ def test_chunks_to_message_events_text_then_two_tool_calls():
     }
 
 
+def _blocks(events):
+    """The content blocks a client rebuilds from the events, tool inputs parsed."""
+    blocks, opened = {}, []
+    for name, data in events:
+        if name == "content_block_start":
+            assert data["index"] == len(blocks), "blocks are numbered in order"
+            blocks[data["index"]] = {**data["content_block"], "json": ""}
+            opened.append(data["index"])
+        elif name == "content_block_delta":
+            assert opened and data["index"] == opened[-1], "deltas go to the open block"
+            blocks[data["index"]]["json"] += data["delta"].get("partial_json", "")
+        elif name == "content_block_stop":
+            assert data["index"] == opened[-1]
+    return [(b["id"], b["name"], json.loads(b["json"])) for b in blocks.values()]
+
+
+def test_interleaved_tool_call_fragments_still_make_whole_blocks():
+    """A vendor may interleave parallel calls' fragments; Anthropic's blocks come one at a
+    time, so a call waits until the open one's arguments are whole."""
+    convert = ChunksToMessageEvents("m", "msg_3")
+
+    def tool(index, **fields):
+        return {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": index, **fields}]}}]}
+
+    events = []
+    for c in [
+        tool(0, id="call_a", function={"name": "weather", "arguments": '{"city":'}),
+        tool(1, id="call_b", function={"name": "clock", "arguments": '{"tz":'}),
+        tool(2, id="call_c", function={"name": "news", "arguments": ""}),
+        tool(0, function={"arguments": '"Oslo"}'}),
+        tool(2, function={"arguments": '{"topic": "ski"'}),
+        tool(1, function={"arguments": '"UTC"}'}),
+        tool(2, function={"arguments": "}"}),
+    ]:
+        events += convert.feed(c)
+    assert [name for name, _ in events][:4] == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+    ], "the first call streams at once"
+    events += convert.finish(Usage(input_tokens=5, output_tokens=9))
+    assert _blocks(events) == [
+        ("call_a", "weather", {"city": "Oslo"}),
+        ("call_b", "clock", {"tz": "UTC"}),
+        ("call_c", "news", {"topic": "ski"}),
+    ]
+    assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
 def test_chunks_to_message_events_with_no_chunks_still_frames_a_message():
     events = ChunksToMessageEvents("m", "msg_2").finish(Usage(input_tokens=3))
     assert [name for name, _ in events] == ["message_start", "message_delta", "message_stop"]
