@@ -11,7 +11,16 @@ from fastapi.responses import StreamingResponse
 
 from simulator.faults import BadRequest, Sim, bearer, json_response, read_json
 from simulator.openai_routes import to_prompt
-from simulator.text import EMBED_DIM, Answer, compose, digest, embedding, input_tokens
+from simulator.text import (
+    EMBED_DIM,
+    Answer,
+    Prompt,
+    compose,
+    digest,
+    embedding,
+    input_tokens,
+    text_tokens,
+)
 
 router = APIRouter()
 
@@ -47,14 +56,32 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def _final(model: str, answer: Answer, prompt_tokens: int, content: str) -> dict[str, Any]:
+THINK_LEVELS = ("low", "medium", "high")
+
+
+def _thinking(body: dict[str, Any], prompt: Prompt) -> str:
+    """What the model thinks first when ``think`` is on (a boolean or a level), or ''."""
+    think = body.get("think")
+    if think is None or think is False:
+        return ""
+    if think is not True and think not in THINK_LEVELS:
+        raise BadRequest(f"invalid think value: {think!r} (use true, false, low, medium or high)")
+    return f"Thinking ({think}) about: {prompt.last_user[:60]}. Keep it short."
+
+
+def _final(
+    model: str, answer: Answer, prompt_tokens: int, content: str, thinking: str = ""
+) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content}
+    if thinking:
+        message["thinking"] = thinking
     if answer.tool_name is not None:
         message["tool_calls"] = [
             {"function": {"name": answer.tool_name, "arguments": answer.tool_args}}
         ]
     # Durations are nanoseconds, synthesised from the token counts so they are stable.
-    prompt_ns, eval_ns = prompt_tokens * 100_000, answer.completion_tokens * 10_000_000
+    output_tokens = answer.completion_tokens + (text_tokens(thinking) if thinking else 0)
+    prompt_ns, eval_ns = prompt_tokens * 100_000, output_tokens * 10_000_000
     return {
         "model": model,
         "created_at": _now(),
@@ -65,19 +92,23 @@ def _final(model: str, answer: Answer, prompt_tokens: int, content: str) -> dict
         "load_duration": 1_000_000,
         "prompt_eval_count": prompt_tokens,
         "prompt_eval_duration": prompt_ns,
-        "eval_count": answer.completion_tokens,
+        "eval_count": output_tokens,
         "eval_duration": eval_ns,
     }
 
 
-def _lines(model: str, answer: Answer, prompt_tokens: int) -> list[bytes]:
+def _lines(model: str, answer: Answer, prompt_tokens: int, thinking: str) -> list[bytes]:
     created = _now()
 
     def line(message: dict[str, Any]) -> dict[str, Any]:
         return {"model": model, "created_at": created, "message": message, "done": False}
 
-    lines = [line({"role": "assistant", "content": p}) for p in answer.stream_pieces()]
-    final = _final(model, answer, prompt_tokens, "")
+    # The thinking streams first, in its own lines, as Ollama sends it.
+    thoughts = [thinking[i : i + 24] for i in range(0, len(thinking), 24)]
+    lines = [line({"role": "assistant", "content": "", "thinking": t}) for t in thoughts]
+    lines += [line({"role": "assistant", "content": p}) for p in answer.stream_pieces()]
+    final = _final(model, answer, prompt_tokens, "", thinking)
+    final["message"].pop("thinking", None)  # already sent
     if answer.tool_name is not None:
         # Ollama sends tool calls in a chunk of their own before the closing one.
         lines.append(line(final["message"]))
@@ -97,6 +128,7 @@ async def chat(request: Request) -> Response:
         if not isinstance(messages, list):
             raise BadRequest("messages must be an array")
         prompt = to_prompt(messages, body.get("tools"), None)
+        thinking = _thinking(body, prompt)
     except BadRequest as exc:
         return error(400, exc.message)
     answer = compose(model, prompt, _max_tokens(body))
@@ -104,10 +136,10 @@ async def chat(request: Request) -> Response:
     if fault:
         return error(int(fault), _FAULT_MESSAGES[fault])
     if body.get("stream", True):
-        chunks = _lines(model, answer, prompt.tokens)
+        chunks = _lines(model, answer, prompt.tokens, thinking)
         return StreamingResponse(sim.paced(request, chunks), media_type="application/x-ndjson")
     await sim.delay(request)
-    return json_response(_final(model, answer, prompt.tokens, answer.text))
+    return json_response(_final(model, answer, prompt.tokens, answer.text, thinking))
 
 
 @router.post("/api/embed")

@@ -2,7 +2,8 @@
 
 Ollama differs from OpenAI in small ways handled here: sampling knobs live in
 ``options``, images are bare base64 strings beside the text, tool-call arguments are
-objects and carry no ids, and usage is ``prompt_eval_count`` / ``eval_count``.
+objects and carry no ids, usage is ``prompt_eval_count`` / ``eval_count``, and a thinking
+model's ``think`` / ``thinking`` are OpenAI's ``reasoning_effort`` / ``reasoning_content``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,16 @@ from schemas.formats.anthropic import without_cache_control
 from schemas.formats.openai import new_id
 from schemas.usage import Usage
 
+# OpenAI's reasoning_effort -> Ollama's think: a level, which models with levels (gpt-oss)
+# take as is and the others as "on"; none and minimal turn thinking off.
+_THINK: dict[str, bool | str] = {
+    "none": False,
+    "minimal": False,
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "high",
+}
 # OpenAI request field -> Ollama option of the same meaning.
 _OPTIONS = {
     "temperature": "temperature",
@@ -76,6 +87,7 @@ class OllamaAdapter:
                         "role": "assistant",
                         "content": text if text or not calls else None,
                         **({"tool_calls": calls} if calls else {}),
+                        **_reasoning(message),
                     },
                     "logprobs": None,
                     "finish_reason": _finish_reason(data, bool(calls)),
@@ -120,6 +132,8 @@ class OllamaAdapter:
                     raise VendorUnavailable("ollama: stream sent a line that is not JSON") from None
                 _raise_if_error(data)
                 message = data.get("message") or {}
+                if reasoning := _reasoning(message):
+                    yield chunk(reasoning)
                 if message.get("content"):
                     yield chunk({"content": message["content"]})
                 # Ollama sends each tool call whole, so id, name and arguments go at once.
@@ -169,8 +183,20 @@ def chat_request(body: dict[str, Any], model: str, *, stream: bool) -> dict[str,
     """
     if isinstance(body.get("n"), int) and body["n"] > 1:
         raise BadRequest("n: this model answers one choice per request", param="n")
+    # An echoed answer's reasoning goes back as the message's thinking, as Ollama keeps it.
+    thoughts = [m.get("reasoning_content") for m in body.get("messages") or []]
     body = without_cache_control(body)
     out: dict[str, Any] = {"model": model, "messages": _messages(body), "stream": stream}
+    for item, thought in zip(out["messages"], thoughts, strict=True):
+        if thought and item["role"] == "assistant":
+            item["thinking"] = thought
+    if (effort := body.get("reasoning_effort")) is not None:
+        if effort not in _THINK:
+            allowed = ", ".join(_THINK)
+            raise BadRequest(
+                f"reasoning_effort: {effort!r} is not one of {allowed}", param="reasoning_effort"
+            )
+        out["think"] = _THINK[effort]
     options = {_OPTIONS[k]: body[k] for k in _OPTIONS if body.get(k) is not None}
     stop = body.get("stop")
     if stop:
@@ -263,6 +289,12 @@ def _tool_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return calls
+
+
+def _reasoning(message: dict[str, Any]) -> dict[str, str]:
+    """A thinking model's reasoning, as the ``reasoning_content`` OpenAI-format clients
+    read (DeepSeek's name for it, which LiteLLM and vLLM use too)."""
+    return {"reasoning_content": message["thinking"]} if message.get("thinking") else {}
 
 
 def _finish_reason(data: dict[str, Any], called_tools: bool) -> str:

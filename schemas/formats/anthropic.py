@@ -38,6 +38,16 @@ _FINISH_REASON = {
 }
 # Anthropic requires max_tokens; this is what the relay asks for when a client did not.
 DEFAULT_MAX_TOKENS = 4096
+MIN_THINKING_BUDGET = 1024  # Anthropic's smallest budget_tokens
+# reasoning_effort → thinking budget_tokens ("none" and "minimal" do not think)
+THINKING_BUDGETS = {
+    "none": 0,
+    "minimal": 0,
+    "low": 1024,
+    "medium": 4096,
+    "high": 16384,
+    "xhigh": 32768,
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -627,8 +637,8 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
         out["system"] = system  # blocks, so the cache breakpoints stay where they were
     if body.get("cache_control"):
         out["cache_control"] = body["cache_control"]
-    if body.get("thinking"):
-        out["thinking"] = body["thinking"]
+    if thinking := body.get("thinking") or _thinking_for(body.get("reasoning_effort"), max_tokens):
+        out["thinking"] = thinking
     if body.get("temperature") is not None:
         # OpenAI allows 0..2, Anthropic 0..1: clamp rather than have the vendor refuse.
         out["temperature"] = min(float(body["temperature"]), 1.0)
@@ -648,6 +658,24 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     if choice and body.get("tools"):
         out["tool_choice"] = choice
     return out
+
+
+def _thinking_for(effort: Any, max_tokens: int) -> dict[str, Any] | None:
+    """OpenAI's ``reasoning_effort`` as Anthropic's extended thinking: a thinking budget
+    by effort, inside ``max_tokens`` (which, as OpenAI's ``max_completion_tokens``, counts
+    the reasoning too).  ``none`` and ``minimal`` think not at all, and neither does a
+    request whose ``max_tokens`` leaves no room for Anthropic's smallest budget."""
+    if effort is None:
+        return None
+    if effort not in THINKING_BUDGETS:
+        allowed = ", ".join(THINKING_BUDGETS)
+        raise BadRequest(
+            f"reasoning_effort: {effort!r} is not one of {allowed}", param="reasoning_effort"
+        )
+    budget = min(THINKING_BUDGETS[effort], max_tokens - 1)
+    if budget < MIN_THINKING_BUDGET:
+        return None
+    return {"type": "enabled", "budget_tokens": budget}
 
 
 def _system_blocks(content: Any, where: str) -> list[dict[str, Any]]:

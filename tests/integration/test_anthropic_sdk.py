@@ -615,3 +615,33 @@ async def test_an_openai_client_can_ask_an_anthropic_vendor_to_think(stack: Stac
     result = {"role": "tool", "tool_call_id": call.id, "content": "18C and sunny"}
     answer = await sdk.chat.completions.create(messages=[*question, echoed, result], **params)
     assert answer.choices[0].message.content == "Tool said: 18C and sunny"
+
+
+async def test_reasoning_effort_asks_an_anthropic_vendor_to_think(stack: Stack):
+    """OpenAI's ``reasoning_effort`` becomes a thinking budget for an Anthropic vendor, and
+    the thinking comes back as ``reasoning_content``, streamed or not."""
+    sdk = openai.AsyncOpenAI(
+        base_url=f"{stack.url}/v1",
+        api_key=DEMO_KEY,
+        default_headers={"x-relay-cache": "bypass"},
+        max_retries=0,
+    )
+    params: Any = {
+        "model": ROUTES["anthropic"].alias,
+        "messages": [{"role": "user", "content": f"why is the sky blue? {uuid.uuid4().hex}"}],
+        "max_completion_tokens": 4096,
+        "reasoning_effort": "low",
+    }
+    answer = await sdk.chat.completions.create(**params)
+    reasoning = (answer.choices[0].message.model_extra or {}).get("reasoning_content")
+    assert reasoning and answer.choices[0].message.content
+    assert answer.usage is not None and answer.usage.completion_tokens > 0
+    streamed = ""
+    async for chunk in await sdk.chat.completions.create(**params, stream=True):
+        for choice in chunk.choices:
+            streamed += (choice.delta.model_extra or {}).get("reasoning_content") or ""
+    assert streamed == reasoning, "the same thinking, deterministic per prompt"
+    plain = await sdk.chat.completions.create(**{**params, "reasoning_effort": "minimal"})
+    assert not (plain.choices[0].message.model_extra or {}).get("reasoning_content")
+    with pytest.raises(openai.BadRequestError, match="reasoning_effort"):
+        await sdk.chat.completions.create(**{**params, "reasoning_effort": "extreme"})

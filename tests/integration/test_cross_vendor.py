@@ -405,3 +405,42 @@ async def test_openai_cached_tokens_reach_the_answer_and_the_ledger(
     assert events[traces[1]].usage.cache_read_tokens == cached
     assert events[traces[2]].usage.cache_read_tokens == cached
     assert events[traces[1]].usage.input_tokens == want.usage.prompt_tokens
+
+
+async def test_reasoning_effort_makes_an_ollama_model_think(stack: Stack, simulator: Simulator):
+    """``reasoning_effort`` becomes Ollama's ``think``; the thinking comes back as
+    ``reasoning_content`` (streamed or not) and its tokens are metered as the vendor
+    counted them."""
+    route = ROUTES["ollama"]
+    trace = uuid.uuid4().hex
+    messages = ask("think about")
+    got = await client(stack, trace).chat.completions.create(
+        model=route.alias, messages=messages, reasoning_effort="high"
+    )
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(
+            f"{simulator.url}/api/chat",
+            json={
+                "model": route.vendor_model,
+                "messages": messages,
+                "stream": False,
+                "think": "high",
+            },
+            headers={"authorization": f"Bearer {SIM_KEY}"},
+        )
+    direct = r.json()
+    message = got.choices[0].message
+    assert (message.model_extra or {}).get("reasoning_content") == direct["message"]["thinking"]
+    assert message.content == direct["message"]["content"]
+    assert got.usage is not None and got.usage.completion_tokens == direct["eval_count"]
+    [event] = await read_ledger(stack, {trace})
+    assert event.usage.output_tokens == direct["eval_count"]
+
+    streamed = ""
+    stream = await client(stack).chat.completions.create(
+        model=route.alias, messages=messages, reasoning_effort="high", stream=True
+    )
+    async for chunk in stream:
+        for choice in chunk.choices:
+            streamed += (choice.delta.model_extra or {}).get("reasoning_content") or ""
+    assert streamed == direct["message"]["thinking"]

@@ -288,3 +288,55 @@ def test_more_than_one_choice_is_refused_not_ignored():
     body = {"model": "m", "n": 2, "messages": [{"role": "user", "content": "hi"}]}
     with pytest.raises(BadRequest, match="one choice"):
         chat_request(body, "llama3", stream=False)
+
+
+@pytest.mark.parametrize(
+    ("effort", "think"),
+    [("low", "low"), ("high", "high"), ("xhigh", "high"), ("minimal", False), ("none", False)],
+)
+def test_reasoning_effort_becomes_think(effort, think):
+    body = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": effort}
+    out = chat_request(body, "qwen3", stream=False)
+    assert out["think"] == think and "reasoning_effort" not in out
+    assert "think" not in chat_request({"messages": body["messages"]}, "qwen3", stream=False)
+    with pytest.raises(BadRequest, match="reasoning_effort: 'extreme'") as err:
+        chat_request({**body, "reasoning_effort": "extreme"}, "qwen3", stream=False)
+    assert err.value.param == "reasoning_effort"
+
+
+def test_an_echoed_answer_s_reasoning_goes_back_as_its_thinking():
+    body = {
+        "messages": [
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4", "reasoning_content": "add them"},
+            {"role": "user", "content": "and 3+3?"},
+        ]
+    }
+    messages = chat_request(body, "qwen3", stream=False)["messages"]
+    assert messages[1] == {"role": "assistant", "content": "4", "thinking": "add them"}
+    assert "thinking" not in messages[0] and "reasoning_content" not in messages[1]
+
+
+async def test_thinking_comes_back_as_reasoning_content_streamed_or_not():
+    thought = {"role": "assistant", "content": "4", "thinking": "add two and two"}
+    _, handler = recorder(httpx.Response(200, json=final(message=thought)))
+    result = await adapter_for(handler).chat(call({"messages": [], "reasoning_effort": "low"}))
+    message = result.body["choices"][0]["message"]
+    assert (message["content"], message["reasoning_content"]) == ("4", "add two and two")
+
+    def line(**message) -> dict:
+        return {"message": {"role": "assistant", "content": "", **message}, "done": False}
+
+    _, handler = recorder(
+        httpx.Response(
+            200,
+            content=ndjson(
+                line(thinking="add two"), line(thinking=" and two"), line(content="4"), final()
+            ),
+        )
+    )
+    *chunks, _ = [item async for item in adapter_for(handler).stream(call())]
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[1:3] == [{"reasoning_content": "add two"}, {"reasoning_content": " and two"}]
+    message = assemble_chunks(chunks)["choices"][0]["message"]
+    assert (message["content"], message["reasoning_content"]) == ("4", "add two and two")

@@ -379,7 +379,8 @@ def test_chunks_to_message_events_text_then_two_tool_calls():
 
 def _blocks(events):
     """The content blocks a client rebuilds from the events, tool inputs parsed."""
-    blocks, opened = {}, []
+    blocks: dict[int, dict] = {}
+    opened: list[int] = []
     for name, data in events:
         if name == "content_block_start":
             assert data["index"] == len(blocks), "blocks are numbered in order"
@@ -938,3 +939,34 @@ def test_malformed_messages_fields_are_bad_requests(field, value):
     body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
     with pytest.raises(BadRequest, match=field):
         messages_request_to_openai({**body, field: value})
+
+
+@pytest.mark.parametrize(
+    ("effort", "max_tokens", "thinking"),
+    [
+        ("low", 4096, {"type": "enabled", "budget_tokens": 1024}),
+        ("medium", 8000, {"type": "enabled", "budget_tokens": 4096}),
+        ("high", 8000, {"type": "enabled", "budget_tokens": 7999}),  # inside max_tokens
+        ("minimal", 8000, None),
+        ("none", 8000, None),
+        ("low", 1024, None),  # no room left for Anthropic's smallest budget
+    ],
+)
+def test_reasoning_effort_becomes_a_thinking_budget(effort, max_tokens, thinking):
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "reasoning_effort": effort,
+        "max_completion_tokens": max_tokens,
+    }
+    out = openai_request_to_messages(body, "claude-sonnet-4-5")
+    assert out.get("thinking") == thinking
+    assert out["max_tokens"] == max_tokens
+
+
+def test_explicit_thinking_wins_and_a_bad_effort_is_a_clear_400():
+    thinking = {"type": "enabled", "budget_tokens": 2000}
+    body = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "high"}
+    assert openai_request_to_messages({**body, "thinking": thinking}, "m")["thinking"] == thinking
+    with pytest.raises(BadRequest, match="reasoning_effort: 'extreme' is not one of") as err:
+        openai_request_to_messages({**body, "reasoning_effort": "extreme"}, "m")
+    assert err.value.param == "reasoning_effort"

@@ -394,6 +394,20 @@ async def test_ollama_chat_streams_ndjson_by_default(sim: httpx.AsyncClient) -> 
     assert capped.json()["eval_count"] == 2 and capped.json()["done_reason"] == "length"
 
 
+async def test_ollama_thinks_when_asked(sim: httpx.AsyncClient) -> None:
+    body = {"model": "qwen3", "messages": user("why?"), "think": "low"}
+    whole = (await sim.post("/api/chat", json={**body, "stream": False})).json()
+    plain = (await sim.post("/api/chat", json={**body, "stream": False, "think": False})).json()
+    assert whole["message"]["thinking"] and "thinking" not in plain["message"]
+    assert whole["message"]["content"] == plain["message"]["content"]
+    assert whole["eval_count"] > plain["eval_count"], "the thinking is counted as output"
+    lines = [json.loads(x) for x in (await sim.post("/api/chat", json=body)).text.splitlines()]
+    assert "".join(x["message"].get("thinking", "") for x in lines) == whole["message"]["thinking"]
+    assert lines[-1]["eval_count"] == whole["eval_count"]
+    bad = await sim.post("/api/chat", json={**body, "think": "extreme"})
+    assert bad.status_code == 400 and "invalid think value" in bad.json()["error"]
+
+
 async def test_ollama_tools_embed_and_tags(sim: httpx.AsyncClient) -> None:
     ask = {"model": "llama3.2", "messages": user("weather?"), "tools": [WEATHER_TOOL]}
     r = (await sim.post("/api/chat", json={**ask, "stream": False})).json()
