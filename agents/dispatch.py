@@ -19,6 +19,7 @@ from agents.adapters.base import (
     ChatVendor,
     CompletionVendor,
     EmbeddingVendor,
+    TokenCounter,
     VendorCall,
     VendorResult,
 )
@@ -93,6 +94,8 @@ class Dispatcher:
         past it that candidate is skipped, and when every one was, the outcome is our
         ``RateLimited`` — which the handler may answer by routing cheaper."""
         out = Outcome()
+        if env.endpoint == "count_tokens":  # only vendors that count can answer it
+            plan = [c for c in plan if isinstance(self.adapters[c.vendor], TokenCounter)]
         if not plan:
             out.error = NoHealthyVendor(f"no healthy vendor for `{env.alias}`; try again shortly")
             return out
@@ -144,7 +147,7 @@ class Dispatcher:
         if cap_s is not None:
             remaining = min(remaining, cap_s)
         deadline = time.monotonic() + remaining
-        tokens = estimate_tokens(env.body)
+        tokens = 0 if env.endpoint == "count_tokens" else estimate_tokens(env.body)
         needs = {key: 1.0 for key in rpm} | {key: float(tokens) for key in tpm}
         await self.gate.acquire(needs, env.priority, deadline)
 
@@ -178,21 +181,24 @@ class Dispatcher:
             err: RelayError = DeadlineExceeded(
                 f"no answer from the vendor within the deadline ({remaining:.1f}s)"
             )
-            await self._report(cand, started, err)
+            await self._report(env, cand, started, err)
             raise err from None
         except RelayError as exc:
             if isinstance(exc, VendorAuthFailed):
                 pool.bench(key_index, 300.0)
             elif isinstance(exc, VendorRateLimited):
                 pool.bench(key_index, exc.retry_after or 1.0)
-            await self._report(cand, started, exc)
+            await self._report(env, cand, started, exc)
             raise
-        await self._report(cand, started, None, cost_of(cand, result.usage))
+        await self._report(env, cand, started, None, cost_of(cand, result.usage))
         return result
 
     async def _call(
         self, adapter: object, env: RequestEnvelope, call: VendorCall, forward: ChunkSink
     ) -> VendorResult:
+        if env.endpoint == "count_tokens" and isinstance(adapter, TokenCounter):
+            counted = await adapter.count_tokens(call)
+            return VendorResult(body={"input_tokens": counted}, usage=Usage())  # free
         if env.endpoint == "embeddings":
             if not isinstance(adapter, EmbeddingVendor):
                 raise BadRequest(f"`{env.alias}` is served by a vendor without embeddings")
@@ -231,8 +237,15 @@ class Dispatcher:
         return await self.batcher.embed(key, call, send, rule.window_ms, rule.max_size, shape)
 
     async def _report(
-        self, cand: Candidate, started: float, err: RelayError | None, cost: float = 0.0
+        self,
+        env: RequestEnvelope,
+        cand: Candidate,
+        started: float,
+        err: RelayError | None,
+        cost: float = 0.0,
     ) -> None:
+        if env.endpoint == "count_tokens":
+            return  # its own endpoint and limits: says nothing of the model's health
         await self.on_health(
             HealthEvent(
                 vendor=cand.vendor,

@@ -52,10 +52,19 @@ async def messages(request: Request, who: CallerDep) -> Any:
 
 @router.post("/messages/count_tokens")
 async def count_tokens(request: Request, who: CallerDep) -> Any:
-    """An estimate (4 characters a token), since not every vendor can count for us."""
+    """The vendor's own count when the alias has a vendor that counts (Anthropic), through
+    the pipeline like any request (cached, metered at no cost); else an estimate at four
+    characters a token, since OpenAI and Ollama have no such endpoint."""
     body = await json_object(request)
-    neutral = messages_request_to_openai({**body, "max_tokens": body.get("max_tokens", 1)})
-    await request.app.state.relay.check_model(who, str(body.get("model", "")))
+    neutral = neutral_request({**body, "max_tokens": body.get("max_tokens", 1)})
+    relay: Relay = request.app.state.relay
+    alias = str(body["model"])
+    await relay.check_model(who, alias)
+    if relay.config.counts_tokens(alias):
+        opts = Options.from_headers(request.headers)
+        answer = await relay.answer(who, "count_tokens", neutral, opts)
+        counted = (answer.body or {}).get("input_tokens", 0)
+        return JSONResponse({"input_tokens": counted}, headers=answer.headers)
     chars = len(orjson.dumps(neutral.get("messages", [])))
     chars += len(orjson.dumps(neutral.get("tools", []))) if neutral.get("tools") else 0
     return {"input_tokens": max(1, chars // 4)}

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 VendorKind = Literal["openai", "azure", "anthropic", "ollama"]
+TOKEN_COUNTING_KINDS = frozenset({"anthropic"})  # vendors with a count_tokens endpoint
 Strategy = Literal["cheapest", "quality", "latency", "weighted"]
 
 TTL_CLASSES = {"static": 6 * 3600, "semi-static": 15 * 60, "dynamic": 60}
@@ -188,6 +189,13 @@ class RelayConfig(Strict):
             except ValueError as exc:
                 raise ValueError(f"models.{alias}.cache_ttl: {exc}") from None
         return self
+
+    def counts_tokens(self, alias: str) -> bool:
+        """Whether a vendor of the alias can count input tokens (Anthropic's
+        ``count_tokens``), so a count goes to it rather than being estimated."""
+        spec = self.models[alias]
+        cands = [*spec.candidates, *([spec.canary.candidate] if spec.canary else [])]
+        return any(self.vendors[c.vendor].kind in TOKEN_COUNTING_KINDS for c in cands)
 
     def key_index(self) -> dict[str, tuple[str, str]]:
         """sha256 of a relay key -> (tenant, key id)."""

@@ -24,7 +24,7 @@ class Priority(StrEnum):
     background = "background"
 
 
-Endpoint = Literal["chat", "embeddings", "completions"]
+Endpoint = Literal["chat", "embeddings", "completions", "count_tokens"]
 
 
 # How long past a request's deadline its gateway still waits for the worker's own answer

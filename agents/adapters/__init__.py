@@ -7,6 +7,7 @@ from agents.adapters.base import (
     ChatVendor,
     EmbeddingVendor,
     StreamItem,
+    TokenCounter,
     VendorCall,
     VendorResult,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "OllamaAdapter",
     "OpenAIAdapter",
     "StreamItem",
+    "TokenCounter",
     "VendorCall",
     "VendorResult",
     "make_adapter",

@@ -56,6 +56,13 @@ class CompletionVendor(Protocol):
 
 
 @runtime_checkable
+class TokenCounter(Protocol):
+    """A vendor that counts a request's input tokens without running it (Anthropic)."""
+
+    async def count_tokens(self, call: VendorCall) -> int: ...
+
+
+@runtime_checkable
 class BatchVendor(Protocol):
     """A vendor batch API: submit many calls at once, collect later at a discount."""
 

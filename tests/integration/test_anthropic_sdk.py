@@ -360,6 +360,43 @@ async def test_count_tokens_is_positive_and_grows_with_the_prompt(stack: Stack):
     assert long.input_tokens > short.input_tokens
 
 
+async def test_count_tokens_is_the_vendor_s_own_count_when_it_can_count(
+    stack: Stack, simulator: Simulator
+):
+    """An alias on an Anthropic vendor gets the vendor's count, through the pipeline:
+    metered at no cost and cached like any answer.  An alias on an OpenAI vendor (no such
+    endpoint) gets an estimate, and no vendor is called."""
+    trace = uuid.uuid4().hex
+    messages: Any = ask("count these words")
+    params: Any = {"system": "Answer in French.", "messages": messages, "tools": [WEATHER_TOOL]}
+    before = simulator.stats()["by_endpoint"].get("anthropic.count_tokens", 0)
+    relayed = await client(stack, trace).messages.count_tokens(model="claude-haiku", **params)
+    direct = await direct_anthropic(simulator).messages.count_tokens(
+        model=ROUTES["anthropic"].vendor_model, **params
+    )
+    assert relayed.input_tokens == direct.input_tokens
+    assert simulator.stats()["by_endpoint"]["anthropic.count_tokens"] == before + 2
+    [line] = await read_ledger(stack, {trace})
+    assert (line.status, line.vendor, line.cost, line.usage.input_tokens) == (
+        "ok",
+        ROUTES["anthropic"].vendor,
+        0.0,
+        0,
+    )
+
+    cached = anthropic.AsyncAnthropic(base_url=stack.url, api_key=DEMO_KEY, max_retries=0)
+    first = await cached.messages.with_raw_response.count_tokens(model="claude-haiku", **params)
+    again = await cached.messages.with_raw_response.count_tokens(model="claude-haiku", **params)
+    assert first.headers["x-relay-cache"] == "miss"
+    assert again.headers["x-relay-cache"].startswith("hit-")
+    assert (await again.parse()).input_tokens == direct.input_tokens
+
+    calls = simulator.stats()["by_endpoint"]["anthropic.count_tokens"]
+    estimated = await client(stack).messages.count_tokens(model="gpt-4o-mini", **params)
+    assert estimated.input_tokens > 0
+    assert simulator.stats()["by_endpoint"]["anthropic.count_tokens"] == calls
+
+
 # -- tools ------------------------------------------------------------------------------
 
 

@@ -447,3 +447,34 @@ async def test_an_envelope_its_gateway_gave_up_on_is_answered_but_not_metered_tw
         assert sink.for_(env.correlation_id)[0].error["code"] == "deadline_exceeded"
     assert calls == []
     assert {e.trace_id for e in sink.ledger} == {just_late.trace_id, posted.trace_id}
+
+
+async def test_a_token_count_goes_to_a_vendor_that_counts_and_says_nothing_of_health():
+    """Cheapest first would pick vendor a, which cannot count: the count goes to b, costs
+    nothing, and leaves the health table alone (its own endpoint, its own limits)."""
+
+    class Counts:
+        def __init__(self) -> None:
+            self.models: list[str] = []
+
+        async def count_tokens(self, call: Any) -> int:
+            self.models.append(call.model)
+            return 42
+
+    calls: list[str] = []
+    counts = Counts()
+    sink = Sink()
+    adapters: dict[str, Any] = {"a": OpenAIAdapter(CONFIG.vendors["a"], vendor(calls)), "b": counts}
+    handler = RequestHandler(
+        Router(CONFIG, {}.get),
+        Dispatcher(adapters, {n: KeyPool(["k"]) for n in CONFIG.vendors}, sink.health),
+        PriceSheet.from_config(CONFIG.models),
+        sink,
+    )
+    env = envelope(endpoint="count_tokens")
+    await handler.handle(env)
+    [final] = sink.for_(env.correlation_id)
+    assert (final.kind, final.body, final.vendor) == ("final", {"input_tokens": 42}, "b")
+    assert calls == [] and counts.models == ["dear"]
+    assert sink.outcomes == []
+    assert [(line.status, line.cost) for line in sink.ledger] == [("ok", 0.0)]
