@@ -629,7 +629,11 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
         if turn["content"]:
             _append_turn(messages, turn)
 
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
+    given = body.get("max_completion_tokens") or body.get("max_tokens")
+    max_tokens = given or DEFAULT_MAX_TOKENS
+    thinking = body.get("thinking")
+    if not thinking and (thinking := _thinking_for(body.get("reasoning_effort"), given)):
+        max_tokens = given or thinking["budget_tokens"] + DEFAULT_MAX_TOKENS
     out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
     if system and not any("cache_control" in b for b in system):
         out["system"] = "\n\n".join(b["text"] for b in system)
@@ -637,7 +641,7 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
         out["system"] = system  # blocks, so the cache breakpoints stay where they were
     if body.get("cache_control"):
         out["cache_control"] = body["cache_control"]
-    if thinking := body.get("thinking") or _thinking_for(body.get("reasoning_effort"), max_tokens):
+    if thinking:
         out["thinking"] = thinking
     if body.get("temperature") is not None:
         # OpenAI allows 0..2, Anthropic 0..1: clamp rather than have the vendor refuse.
@@ -660,10 +664,11 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     return out
 
 
-def _thinking_for(effort: Any, max_tokens: int) -> dict[str, Any] | None:
+def _thinking_for(effort: Any, max_tokens: int | None) -> dict[str, Any] | None:
     """OpenAI's ``reasoning_effort`` as Anthropic's extended thinking: a thinking budget
-    by effort, inside ``max_tokens`` (which, as OpenAI's ``max_completion_tokens``, counts
-    the reasoning too).  ``none`` and ``minimal`` think not at all, and neither does a
+    by effort, inside the ``max_tokens`` the client gave (which, as OpenAI's
+    ``max_completion_tokens``, counts the reasoning too; none given, the caller makes room
+    for the answer on top).  ``none`` and ``minimal`` think not at all, and neither does a
     request whose ``max_tokens`` leaves no room for Anthropic's smallest budget."""
     if effort is None:
         return None
@@ -672,7 +677,9 @@ def _thinking_for(effort: Any, max_tokens: int) -> dict[str, Any] | None:
         raise BadRequest(
             f"reasoning_effort: {effort!r} is not one of {allowed}", param="reasoning_effort"
         )
-    budget = min(THINKING_BUDGETS[effort], max_tokens - 1)
+    budget = THINKING_BUDGETS[effort]
+    if max_tokens is not None:
+        budget = min(budget, max_tokens - 1)
     if budget < MIN_THINKING_BUDGET:
         return None
     return {"type": "enabled", "budget_tokens": budget}

@@ -970,3 +970,12 @@ def test_explicit_thinking_wins_and_a_bad_effort_is_a_clear_400():
     with pytest.raises(BadRequest, match="reasoning_effort: 'extreme' is not one of") as err:
         openai_request_to_messages({**body, "reasoning_effort": "extreme"}, "m")
     assert err.value.param == "reasoning_effort"
+
+
+def test_with_no_max_tokens_given_the_answer_gets_room_beside_the_thinking():
+    body = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "high"}
+    out = openai_request_to_messages(body, "m")
+    assert out["thinking"] == {"type": "enabled", "budget_tokens": 16384}
+    assert out["max_tokens"] == 16384 + 4096
+    plain = openai_request_to_messages({**body, "reasoning_effort": "minimal"}, "m")
+    assert "thinking" not in plain and plain["max_tokens"] == 4096
