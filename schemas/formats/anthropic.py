@@ -632,7 +632,16 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     given = body.get("max_completion_tokens") or body.get("max_tokens")
     max_tokens = given or DEFAULT_MAX_TOKENS
     thinking = body.get("thinking")
-    if not thinking and (thinking := _thinking_for(body.get("reasoning_effort"), given)):
+    effort = body.get("reasoning_effort")
+    if (
+        not thinking
+        and (thinking := _thinking_for(effort, given))
+        and _unsigned_tool_turn(messages)
+    ):
+        # A tool loop whose last call came back without its signed thinking (a Responses
+        # client drops it) cannot go on thinking: Anthropic would refuse the turn.
+        thinking = None
+    if thinking and not body.get("thinking"):
         max_tokens = given or thinking["budget_tokens"] + DEFAULT_MAX_TOKENS
     out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
     if system and not any("cache_control" in b for b in system):
@@ -683,6 +692,15 @@ def _thinking_for(effort: Any, max_tokens: int | None) -> dict[str, Any] | None:
     if budget < MIN_THINKING_BUDGET:
         return None
     return {"type": "enabled", "budget_tokens": budget}
+
+
+def _unsigned_tool_turn(messages: list[dict[str, Any]]) -> bool:
+    """Whether the last assistant turn calls a tool without the thinking block Anthropic
+    wants first in it while thinking is on."""
+    last = next((m for m in reversed(messages) if m["role"] == "assistant"), None)
+    blocks = last["content"] if last and isinstance(last["content"], list) else []
+    calls = any(b.get("type") == "tool_use" for b in blocks)
+    return calls and blocks[0].get("type") not in ("thinking", "redacted_thinking")
 
 
 def _system_blocks(content: Any, where: str) -> list[dict[str, Any]]:

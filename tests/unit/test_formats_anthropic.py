@@ -979,3 +979,22 @@ def test_with_no_max_tokens_given_the_answer_gets_room_beside_the_thinking():
     assert out["max_tokens"] == 16384 + 4096
     plain = openai_request_to_messages({**body, "reasoning_effort": "minimal"}, "m")
     assert "thinking" not in plain and plain["max_tokens"] == 4096
+
+
+def test_effort_thinking_is_left_off_a_tool_loop_whose_call_lost_its_signed_block():
+    """A Responses client sends a tool call back without the thinking before it; Anthropic
+    refuses such a turn with thinking on, so the effort's thinking is left off.  With the
+    block echoed back (a chat client), thinking stays on."""
+    call = {"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    turns = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "t1", "content": "sunny"},
+    ]
+    body = {"messages": turns, "reasoning_effort": "low", "max_tokens": 4096}
+    assert "thinking" not in openai_request_to_messages(body, "m")
+    signed = {"type": "thinking", "thinking": "call f", "signature": "sig"}
+    turns[1] = {**turns[1], "thinking_blocks": [signed]}
+    out = openai_request_to_messages(body, "m")
+    assert out["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    assert out["messages"][1]["content"][0] == signed
