@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -986,7 +987,7 @@ def test_effort_thinking_is_left_off_a_tool_loop_whose_call_lost_its_signed_bloc
     refuses such a turn with thinking on, so the effort's thinking is left off.  With the
     block echoed back (a chat client), thinking stays on."""
     call = {"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    turns = [
+    turns: list[dict[str, Any]] = [
         {"role": "user", "content": "weather?"},
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "t1", "content": "sunny"},
