@@ -18,6 +18,7 @@
         ├── VendorRateLimited        429 from the vendor      (retryable, retry_after)
         ├── VendorAuthFailed         401/403 from the vendor  (key is taken out, next key tried)
         ├── VendorBadRequest         400 from the vendor      (the client's fault: not retried)
+        ├── VendorNotFound           404 from the vendor      (no such model or deployment)
         └── VendorUnavailable        5xx, connect and read failures
 
 Each class carries a stable ``code``, the HTTP ``status`` a client sees and whether a
@@ -179,6 +180,13 @@ class VendorBadRequest(VendorError):
     status = 400
     type = "invalid_request_error"
     retryable = False
+
+
+class VendorNotFound(VendorError):
+    """The vendor has no such model or deployment (not pulled, retired, misnamed in the
+    config): that candidate is broken, not the client's request, so the next one is tried."""
+
+    code = "vendor_not_found"
 
 
 class VendorUnavailable(VendorError):

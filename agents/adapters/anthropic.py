@@ -20,6 +20,7 @@ from schemas.errors import (
     RelayError,
     VendorAuthFailed,
     VendorBadRequest,
+    VendorNotFound,
     VendorRateLimited,
     VendorUnavailable,
 )
@@ -36,7 +37,7 @@ _COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinkin
 # Anthropic's error ``type`` -> our class, for errors that arrive inside a 200.
 _ERROR_TYPES: dict[str, type[RelayError]] = {
     "invalid_request_error": VendorBadRequest,
-    "not_found_error": VendorBadRequest,
+    "not_found_error": VendorNotFound,
     "request_too_large": VendorBadRequest,
     "authentication_error": VendorAuthFailed,
     "permission_error": VendorAuthFailed,

@@ -22,6 +22,7 @@ from schemas.errors import (
     RelayError,
     VendorAuthFailed,
     VendorBadRequest,
+    VendorNotFound,
     VendorRateLimited,
     VendorUnavailable,
 )
@@ -147,6 +148,8 @@ def error_for_status(status: int, message: str, *, retry_after: float | None = N
         return VendorRateLimited(message, retry_after=retry_after)
     if status in (401, 403):
         return VendorAuthFailed(message)
+    if status == 404:
+        return VendorNotFound(message)
     # 408 and 409 are the vendor's own timeouts and conflicts; 529 is Anthropic's
     # "overloaded".  All pass if tried again, unlike the client's own mistakes.
     if status in (408, 409) or status >= 500:

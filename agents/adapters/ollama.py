@@ -8,7 +8,9 @@ model's ``think`` / ``thinking`` are OpenAI's ``reasoning_effort`` / ``reasoning
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -163,10 +165,11 @@ class OllamaAdapter:
         data = json_body(resp, self.kind)
         _raise_if_error(data)
         usage = Usage(input_tokens=int(data.get("prompt_eval_count") or 0))
+        encode = _base64 if call.body.get("encoding_format") == "base64" else list
         answer = {
             "object": "list",
             "data": [
-                {"object": "embedding", "index": i, "embedding": vector}
+                {"object": "embedding", "index": i, "embedding": encode(vector)}
                 for i, vector in enumerate(data.get("embeddings") or [])
             ],
             "model": data.get("model", call.model),
@@ -178,7 +181,8 @@ class OllamaAdapter:
 def chat_request(body: dict[str, Any], model: str, *, stream: bool) -> dict[str, Any]:
     """An OpenAI chat body as an Ollama ``/api/chat`` request.
 
-    ``tool_choice`` has no Ollama equivalent and is dropped: the model decides.  Ollama
+    ``tool_choice`` has no Ollama equivalent: ``none`` leaves the tools out, anything else
+    lets the model decide.  Ollama
     answers one choice per request, so ``n`` > 1 is refused rather than ignored.
     """
     if isinstance(body.get("n"), int) and body["n"] > 1:
@@ -203,7 +207,7 @@ def chat_request(body: dict[str, Any], model: str, *, stream: bool) -> dict[str,
         options["stop"] = [stop] if isinstance(stop, str) else list(stop)
     if options:
         out["options"] = options
-    if body.get("tools"):
+    if body.get("tools") and body.get("tool_choice") != "none":
         out["tools"] = body["tools"]  # Ollama takes OpenAI's tool shape as is
     fmt = body.get("response_format") or {}
     if fmt.get("type") == "json_object":
@@ -257,6 +261,8 @@ def _content(content: Any, i: int) -> tuple[str, list[str]]:
             raise BadRequest(f"messages.{i}.content.{j}: a content part must be an object")
         if part.get("type") == "text":
             texts.append(part.get("text", ""))
+        elif part.get("type") == "refusal":  # an assistant's refusal in the history
+            texts.append(part.get("refusal", ""))
         elif part.get("type") == "image_url":
             image_url = part.get("image_url")
             url = image_url.get("url") if isinstance(image_url, dict) else None
@@ -289,6 +295,12 @@ def _tool_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return calls
+
+
+def _base64(vector: list[float]) -> str:
+    """A vector as OpenAI's ``encoding_format: base64`` sends it: little-endian float32s
+    (the ``openai`` SDKs for Node ask for this by default and decode it)."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 def _reasoning(message: dict[str, Any]) -> dict[str, str]:

@@ -631,18 +631,15 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
 
     given = body.get("max_completion_tokens") or body.get("max_tokens")
     max_tokens = given or DEFAULT_MAX_TOKENS
+    tools = body.get("tools")
+    choice = _tool_choice_to_anthropic(body.get("tool_choice"), body.get("parallel_tool_calls"))
+    choice = choice if tools else None
     thinking = body.get("thinking")
-    effort = body.get("reasoning_effort")
-    if (
-        not thinking
-        and (thinking := _thinking_for(effort, given))
-        and _unsigned_tool_turn(messages)
-    ):
-        # A tool loop whose last call came back without its signed thinking (a Responses
-        # client drops it) cannot go on thinking: Anthropic would refuse the turn.
-        thinking = None
-    if thinking and not body.get("thinking"):
-        max_tokens = given or thinking["budget_tokens"] + DEFAULT_MAX_TOKENS
+    by_effort = not thinking and bool(
+        thinking := _effort_thinking(body.get("reasoning_effort"), given, messages, choice)
+    )
+    if by_effort and not given:
+        max_tokens = thinking["budget_tokens"] + DEFAULT_MAX_TOKENS
     out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
     if system and not any("cache_control" in b for b in system):
         out["system"] = "\n\n".join(b["text"] for b in system)
@@ -652,10 +649,12 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
         out["cache_control"] = body["cache_control"]
     if thinking:
         out["thinking"] = thinking
-    if body.get("temperature") is not None:
+    # Anthropic refuses sampling knobs beside thinking (as OpenAI's reasoning models do):
+    # thinking the relay turned on for reasoning_effort goes without them.
+    if body.get("temperature") is not None and not by_effort:
         # OpenAI allows 0..2, Anthropic 0..1: clamp rather than have the vendor refuse.
         out["temperature"] = min(float(body["temperature"]), 1.0)
-    if body.get("top_p") is not None:
+    if body.get("top_p") is not None and not by_effort:
         out["top_p"] = body["top_p"]
     stop = body.get("stop")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
@@ -665,10 +664,9 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
         out["stop_sequences"] = stops
     if body.get("user"):
         out["metadata"] = {"user_id": body["user"]}
-    if body.get("tools"):
-        out["tools"] = [_tool_to_anthropic(t) for t in body["tools"]]
-    choice = _tool_choice_to_anthropic(body.get("tool_choice"), body.get("parallel_tool_calls"))
-    if choice and body.get("tools"):
+    if tools:
+        out["tools"] = [_tool_to_anthropic(t) for t in tools]
+    if choice:
         out["tool_choice"] = choice
     return out
 
@@ -694,6 +692,20 @@ def _thinking_for(effort: Any, max_tokens: int | None) -> dict[str, Any] | None:
     return {"type": "enabled", "budget_tokens": budget}
 
 
+def _effort_thinking(
+    effort: Any, given: int | None, messages: list[dict[str, Any]], choice: Any
+) -> dict[str, Any] | None:
+    """The thinking ``reasoning_effort`` asks for, unless Anthropic would refuse it here:
+    beside a forced tool choice, or in a tool loop whose last call came back without its
+    signed thinking (a Responses client drops it)."""
+    thinking = _thinking_for(effort, given)
+    if thinking is None or _unsigned_tool_turn(messages):
+        return None
+    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        return None
+    return thinking
+
+
 def _unsigned_tool_turn(messages: list[dict[str, Any]]) -> bool:
     """Whether the last assistant turn calls a tool without the thinking block Anthropic
     wants first in it while thinking is on."""
@@ -715,11 +727,15 @@ def _texts(content: Any, where: str) -> list[str]:
         return []
     if isinstance(content, str):
         return [content]
+    if not isinstance(content, list):
+        raise BadRequest(f"{where}.content: must be a string or a list of parts")
     texts = []
     for part in content:
-        if not isinstance(part, dict) or part.get("type") != "text":
+        # An assistant's refusal part (OpenAI allows them in history) is text too.
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in ("text", "refusal"):
             raise BadRequest(f"{where}.content: only text parts are allowed here")
-        texts.append(part.get("text", ""))
+        texts.append(str(part.get(kind, "")))
     return texts
 
 

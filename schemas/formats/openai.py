@@ -120,6 +120,8 @@ def _merge_choice(acc: dict[str, Any], choice: dict[str, Any]) -> None:
             call["arguments"].append(fn["arguments"])
     if choice.get("finish_reason"):
         acc["finish"] = choice["finish_reason"]
+    if choice.get("stop_sequence"):  # an Anthropic vendor's, kept for Anthropic clients
+        acc["stop_sequence"] = choice["stop_sequence"]
 
 
 def _merge_thinking(acc: dict[str, Any], delta: dict[str, Any]) -> None:
@@ -174,7 +176,10 @@ def _finish_choice(index: int, acc: dict[str, Any]) -> dict[str, Any]:
     if any(kind == "thinking" for kind, _ in acc["order"]):
         message["thinking_blocks"] = [seg for kind, seg in acc["order"] if kind == "thinking"]
         message["anthropic_content"] = [_anthropic_block(seg, calls) for seg in acc["order"]]
-    return {"index": index, "message": message, "logprobs": None, "finish_reason": acc["finish"]}
+    out = {"index": index, "message": message, "logprobs": None, "finish_reason": acc["finish"]}
+    if acc.get("stop_sequence"):
+        out["stop_sequence"] = acc["stop_sequence"]
+    return out
 
 
 def _anthropic_block(segment: tuple[str, Any], calls: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -247,6 +252,12 @@ def response_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {**head, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
 
+    def last(index: int, choice: dict[str, Any]) -> dict[str, Any]:
+        end = chunk(index, {}, choice.get("finish_reason") or "stop")
+        if choice.get("stop_sequence"):  # an Anthropic vendor's, kept for Anthropic clients
+            end["choices"][0]["stop_sequence"] = choice["stop_sequence"]
+        return end
+
     out: list[dict[str, Any]] = []
     for choice in body.get("choices") or []:
         i = choice.get("index", 0)
@@ -254,7 +265,7 @@ def response_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(chunk(i, {"role": message.get("role", "assistant"), "content": ""}))
         if isinstance(message.get("anthropic_content"), list):  # Anthropic's, in order
             out.extend(chunk(i, d) for d in _anthropic_deltas(message["anthropic_content"]))
-            out.append(chunk(i, {}, choice.get("finish_reason") or "stop"))
+            out.append(last(i, choice))
             continue
         if message.get("reasoning_content"):
             out.append(chunk(i, {"reasoning_content": message["reasoning_content"]}))
@@ -273,5 +284,5 @@ def response_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
                 fn.get("arguments") or "",
             )
             out.extend(chunk(i, d) for d in deltas)
-        out.append(chunk(i, {}, choice.get("finish_reason") or "stop"))
+        out.append(last(i, choice))
     return out

@@ -14,6 +14,7 @@ from schemas.errors import (
     BadRequest,
     VendorAuthFailed,
     VendorBadRequest,
+    VendorNotFound,
     VendorRateLimited,
     VendorUnavailable,
 )
@@ -271,7 +272,7 @@ async def test_stream_cut_before_message_stop_is_vendor_unavailable():
         (400, "invalid_request_error", VendorBadRequest),
         (401, "authentication_error", VendorAuthFailed),
         (403, "permission_error", VendorAuthFailed),
-        (404, "not_found_error", VendorBadRequest),
+        (404, "not_found_error", VendorNotFound),
         (413, "request_too_large", VendorBadRequest),
         (500, "api_error", VendorUnavailable),
         (529, "overloaded_error", VendorUnavailable),

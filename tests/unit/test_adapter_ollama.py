@@ -11,7 +11,7 @@ import pytest
 from agents.adapters import OllamaAdapter, VendorCall
 from agents.adapters.ollama import chat_request
 from schemas.config import VendorConfig
-from schemas.errors import BadRequest, VendorBadRequest, VendorUnavailable
+from schemas.errors import BadRequest, VendorNotFound, VendorUnavailable
 from schemas.formats.openai import assemble_chunks
 from schemas.usage import Usage
 
@@ -207,11 +207,12 @@ async def test_stream_cut_before_done_raises():
         _ = [item async for item in adapter_for(handler).stream(call())]
 
 
-async def test_unknown_model_is_a_bad_request():
+async def test_a_model_not_pulled_is_the_candidate_s_fault_and_worth_another():
     error = {"error": "model 'llama9' not found, try pulling it first"}
     _, handler = recorder(httpx.Response(404, json=error))
-    with pytest.raises(VendorBadRequest) as err:
+    with pytest.raises(VendorNotFound) as err:
         await adapter_for(handler).chat(call())
+    assert err.value.retryable and err.value.status == 502
     assert err.value.message == "ollama: HTTP 404: model 'llama9' not found, try pulling it first"
 
 
@@ -340,3 +341,32 @@ async def test_thinking_comes_back_as_reasoning_content_streamed_or_not():
     assert deltas[1:3] == [{"reasoning_content": "add two"}, {"reasoning_content": " and two"}]
     message = assemble_chunks(chunks)["choices"][0]["message"]
     assert (message["content"], message["reasoning_content"]) == ("4", "add two and two")
+
+
+def test_tool_choice_none_leaves_the_tools_out_and_a_refusal_part_is_text():
+    body = {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "refusal", "refusal": "No."}]},
+        ],
+        "tools": TOOLS,
+        "tool_choice": "none",
+    }
+    out = chat_request(body, "llama3.2", stream=False)
+    assert "tools" not in out and out["messages"][1]["content"] == "No."
+    assert chat_request({**body, "tool_choice": "auto"}, "l", stream=False)["tools"] == TOOLS
+
+
+async def test_embeddings_come_as_base64_float32_when_asked():
+    import base64
+    import struct
+
+    answer = {"model": "nomic", "embeddings": [[0.5, -1.25]], "prompt_eval_count": 2}
+    _, handler = recorder(httpx.Response(200, json=answer), httpx.Response(200, json=answer))
+    adapter = adapter_for(handler)
+    body = {"input": "hi", "encoding_format": "base64"}
+    result = await adapter.embed(VendorCall(model="nomic", body=body, api_key=""))
+    raw = base64.b64decode(result.body["data"][0]["embedding"])
+    assert struct.unpack("<2f", raw) == (0.5, -1.25)
+    plain = await adapter.embed(VendorCall(model="nomic", body={"input": "hi"}, api_key=""))
+    assert plain.body["data"][0]["embedding"] == [0.5, -1.25]

@@ -23,7 +23,13 @@ from agents.adapters import (
     make_adapter,
 )
 from schemas.config import VendorConfig
-from schemas.errors import VendorAuthFailed, VendorBadRequest, VendorRateLimited, VendorUnavailable
+from schemas.errors import (
+    VendorAuthFailed,
+    VendorBadRequest,
+    VendorNotFound,
+    VendorRateLimited,
+    VendorUnavailable,
+)
 from schemas.usage import Usage
 
 BASE = "http://127.0.0.1:9000/v1"
@@ -222,7 +228,7 @@ async def test_stream_error_status_raises_before_any_chunk():
     ("status", "cls"),
     [
         (400, VendorBadRequest),
-        (404, VendorBadRequest),
+        (404, VendorNotFound),
         (422, VendorBadRequest),
         (401, VendorAuthFailed),
         (403, VendorAuthFailed),

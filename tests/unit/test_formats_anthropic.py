@@ -999,3 +999,37 @@ def test_effort_thinking_is_left_off_a_tool_loop_whose_call_lost_its_signed_bloc
     out = openai_request_to_messages(body, "m")
     assert out["thinking"] == {"type": "enabled", "budget_tokens": 1024}
     assert out["messages"][1]["content"][0] == signed
+
+
+def test_effort_thinking_goes_without_sampling_knobs_and_not_beside_a_forced_tool():
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "reasoning_effort": "low",
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "max_tokens": 4096,
+    }
+    out = openai_request_to_messages(body, "m")
+    assert out["thinking"]["budget_tokens"] == 1024
+    assert "temperature" not in out and "top_p" not in out
+    forced = openai_request_to_messages({**body, "tools": [tool], "tool_choice": "required"}, "m")
+    assert "thinking" not in forced and forced["tool_choice"]["type"] == "any"
+    assert forced["temperature"] == 0.2, "no thinking: the knobs go as given"
+
+
+def test_an_assistant_refusal_part_in_the_history_is_its_text():
+    body = {
+        "messages": [
+            {"role": "user", "content": "do it"},
+            {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't."}]},
+            {"role": "user", "content": "why?"},
+        ]
+    }
+    out = openai_request_to_messages(body, "m")
+    assert out["messages"][1] == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "I can't."}],
+    }
+    with pytest.raises(BadRequest, match="only text parts"):
+        openai_request_to_messages({"messages": [{"role": "system", "content": [5]}]}, "m")

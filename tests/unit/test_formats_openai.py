@@ -161,3 +161,24 @@ def test_new_id_uses_prefix_and_is_unique():
     assert re.fullmatch(r"chatcmpl-[0-9a-f]{24}", new_id("chatcmpl"))
     assert re.fullmatch(r"call_[0-9a-f]{24}", new_id("call_"))
     assert new_id("msg_") != new_id("msg_")
+
+
+def test_a_stop_sequence_survives_a_replay_as_chunks_and_back():
+    """An Anthropic vendor's stop sequence rides on the choice; a cached answer replayed
+    as a stream (or a stream stored and served whole) keeps it for an Anthropic client."""
+    body = {
+        "id": "c",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "one two"},
+                "finish_reason": "stop",
+                "stop_sequence": "END",
+            }
+        ],
+    }
+    chunks = response_to_chunks(body)
+    assert chunks[-1]["choices"][0]["stop_sequence"] == "END"
+    assert assemble_chunks(chunks)["choices"][0]["stop_sequence"] == "END"
+    plain = {**body, "choices": [{**body["choices"][0], "stop_sequence": None}]}
+    assert "stop_sequence" not in assemble_chunks(response_to_chunks(plain))["choices"][0]
