@@ -635,11 +635,12 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     choice = _tool_choice_to_anthropic(body.get("tool_choice"), body.get("parallel_tool_calls"))
     choice = choice if tools else None
     thinking = body.get("thinking")
-    by_effort = not thinking and bool(
-        thinking := _effort_thinking(body.get("reasoning_effort"), given, messages, choice)
-    )
-    if by_effort and not given:
-        max_tokens = thinking["budget_tokens"] + DEFAULT_MAX_TOKENS
+    by_effort = False
+    if not thinking:
+        thinking = _effort_thinking(body.get("reasoning_effort"), given, messages, choice)
+        by_effort = thinking is not None
+        if thinking is not None and not given:
+            max_tokens = thinking["budget_tokens"] + DEFAULT_MAX_TOKENS
     out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
     if system and not any("cache_control" in b for b in system):
         out["system"] = "\n\n".join(b["text"] for b in system)

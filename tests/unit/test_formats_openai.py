@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from schemas.formats.openai import assemble_chunks, new_id, response_to_chunks
 
@@ -166,7 +167,7 @@ def test_new_id_uses_prefix_and_is_unique():
 def test_a_stop_sequence_survives_a_replay_as_chunks_and_back():
     """An Anthropic vendor's stop sequence rides on the choice; a cached answer replayed
     as a stream (or a stream stored and served whole) keeps it for an Anthropic client."""
-    body = {
+    body: dict[str, Any] = {
         "id": "c",
         "choices": [
             {
