@@ -118,10 +118,9 @@ async def _line(relay: Relay, who: Caller, item: Item) -> Line:
             raise BadRequest("stream: a batched request cannot stream", param="stream")
         neutral = neutral_request(item.params)
         await relay.check_model(who, str(neutral["model"]))
+        relay.check_kind(str(neutral["model"]), "chat")
     except RelayError as err:
         return Line(item.custom_id, refused=err)
-    except (TypeError, ValueError, AttributeError, KeyError) as exc:
-        return Line(item.custom_id, refused=BadRequest(f"params: malformed ({exc})"))
     return Line(item.custom_id, body=neutral)
 
 

@@ -24,7 +24,12 @@ def neutral_request(body: dict[str, Any]) -> dict[str, Any]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model: field required", param="model")
-    return messages_request_to_openai(body)
+    try:
+        return messages_request_to_openai(body)
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+        # A field of the wrong type deep in a block: still the client's 400, never a 500.
+        problem = f"{type(exc).__name__}: {exc}"
+        raise BadRequest(f"body: malformed Messages request ({problem})") from None
 
 
 def render(answer: Answer, body: dict[str, Any]) -> Response:

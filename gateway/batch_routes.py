@@ -141,6 +141,7 @@ async def create_batch(body: BatchRequest, request: Request, who: CallerDep) -> 
     for model in {str(line.body.get("model", "")) for _, line in numbered}:
         try:
             await relay.check_model(who, model)
+            relay.check_kind(model, endpoint)
         except RelayError as err:
             refused[model] = err
     for number, line in numbered:

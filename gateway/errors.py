@@ -65,9 +65,22 @@ def error_response(request: Request, err: RelayError) -> JSONResponse:
     return JSONResponse(body, status_code=err.status, headers=headers)
 
 
+# pydantic names a union's branch in the error's location ("stop.str"): not a field
+_BRANCHES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """The first problem, said as a client reads it: the field's dotted path and what is
+    wrong with it (FastAPI's own wording for a body that is not JSON, or not an object,
+    is replaced by plain words)."""
     first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    kind = first.get("type", "")
+    raw_loc = [p for p in first.get("loc", ()) if p not in ("body", "query")]
+    if kind == "json_invalid":
+        return "body is not valid JSON", None
+    if not raw_loc and kind in ("model_attributes_type", "dict_type", "missing"):
+        return "body must be a JSON object, sent as application/json", None
+    loc = [str(p) for p in raw_loc if not (str(p) in _BRANCHES or "[" in str(p))]
     param = ".".join(loc) or None
     msg = first.get("msg", "invalid request")
     return (f"{param}: {msg}" if param else str(msg)), param

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from gateway.auth import CallerDep
 from gateway.relay import Answer, Options, Relay
@@ -17,12 +17,23 @@ router = APIRouter(prefix="/v1")
 
 
 class ChatBody(BaseModel):
-    """Just enough shape to reject nonsense with a clear 400; the rest passes through."""
+    """Enough shape to reject nonsense with a clear 400 naming the field (the fields the
+    translators read, typed); the rest passes through as sent."""
 
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1)
     messages: list[dict[str, Any]] = Field(min_length=1)
-    stream: bool = False
+    stream: StrictBool = False
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
 
 
 class EmbeddingsBody(BaseModel):

@@ -7,6 +7,7 @@ is awaited on this instance's reply topic.  Streams are handed on chunk by chunk
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -36,6 +37,11 @@ from tables.cache import CacheEntry, ResponseCache, cache_key
 from tables.prices import PriceSheet
 
 CacheMode = Literal["use", "bypass", "refresh"]
+MAX_TIMEOUT_S = 3600.0  # x-relay-timeout: an hour at most
+MAX_CACHE_TTL_S = 30 * 86400  # x-relay-cache-ttl: thirty days at most
+# A stream whose first chunk takes longer than this (queued in its lane, a slow vendor)
+# starts without it, so keep-alives can flow; one answered sooner gets its real status.
+STREAM_START_S = 10.0
 
 
 @dataclass
@@ -51,24 +57,42 @@ class Options:
 
     @classmethod
     def from_headers(cls, headers: Any) -> Options:
+        """The options the headers ask for; a header that makes no sense is a 400 naming
+        it, never a silent default."""
         opts = cls()
-        mode = headers.get("x-relay-cache", "").lower()
-        if mode in ("bypass", "refresh"):
+        mode = headers.get("x-relay-cache", "").strip().lower()
+        if mode in ("bypass", "refresh", "use"):
             opts.cache = mode  # type: ignore[assignment]
-        elif "no-cache" in headers.get("cache-control", "").lower():
+        elif mode:
+            raise BadRequest(f"x-relay-cache: {mode!r} is not one of use, bypass, refresh")
+        if opts.cache == "use" and "no-cache" in headers.get("cache-control", "").lower():
             opts.cache = "bypass"
-        try:
-            if ttl := headers.get("x-relay-cache-ttl"):
-                opts.ttl_s = ttl_seconds(ttl)
-            if prio := headers.get("x-relay-priority"):
-                opts.priority = Priority(prio.lower())
-            if timeout := headers.get("x-relay-timeout"):
-                opts.timeout_s = float(timeout)
-        except ValueError as exc:
-            raise BadRequest(f"bad x-relay header: {exc}") from None
+        if ttl := headers.get("x-relay-cache-ttl"):
+            opts.ttl_s = _bounded("x-relay-cache-ttl", ttl_seconds, ttl, 0, MAX_CACHE_TTL_S)
+        if prio := headers.get("x-relay-priority"):
+            try:
+                opts.priority = Priority(prio.strip().lower())
+            except ValueError:
+                allowed = ", ".join(p.value for p in Priority)
+                raise BadRequest(f"x-relay-priority: {prio!r} is not one of {allowed}") from None
+        if timeout := headers.get("x-relay-timeout"):
+            opts.timeout_s = _bounded("x-relay-timeout", float, timeout, 0, MAX_TIMEOUT_S)
+            if opts.timeout_s == 0:
+                raise BadRequest("x-relay-timeout: must be more than 0 seconds")
         opts.cost_tag = headers.get("x-relay-cost-tag")
         opts.trace_id = headers.get("x-relay-trace-id") or opts.trace_id
         return opts
+
+
+def _bounded(name: str, parse: Callable[[str], Any], raw: str, low: float, high: float) -> Any:
+    """``raw`` parsed, finite and within ``[low, high]``, or a 400 naming the header."""
+    try:
+        value = parse(raw.strip())
+    except ValueError as exc:
+        raise BadRequest(f"{name}: {exc}") from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise BadRequest(f"{name}: {raw.strip()!r} is not between {low:.0f} and {high:.0f}")
+    return value
 
 
 def _nothing() -> None:
@@ -116,6 +140,17 @@ class Relay:
             param="model",
         )
 
+    def check_kind(self, alias: str, endpoint: Endpoint) -> None:
+        """A 400 for an alias asked for what it does not serve (embeddings of a chat
+        model, say), before a vendor is paid to refuse it."""
+        kind = self.config.models[alias].kind
+        wanted = "chat" if endpoint == "count_tokens" else endpoint
+        if kind != wanted:
+            raise BadRequest(
+                f"model: `{alias}` is a {kind} model and does not serve {endpoint}",
+                param="model",
+            )
+
     async def audit_refusal(self, request: Request, kind: AuditKind, **fields: Any) -> None:
         """An audit event about a request the gateway refused before knowing its caller."""
         client = request.client.host if request.client else None
@@ -126,6 +161,7 @@ class Relay:
     ) -> Answer:
         alias = str(body.get("model", ""))
         await self.check_model(who, alias)
+        self.check_kind(alias, endpoint)
         stream = bool(body.get("stream")) and endpoint == "chat"
         key, ttl = self.cache_terms(who, endpoint, body, opts)
         if opts.cache == "use":
@@ -211,10 +247,15 @@ class Relay:
             except RelayError as err:  # never queued: no worker will meter it
                 await self._meter_failure(env, err.code)
                 raise
-            first = await self._next(env, queue)
+            first = await self._first(env, queue)
         except BaseException:
             self._done(env)
             raise
+        if first is None:  # a stream still waiting: start it, keep-alives and all
+            headers = {"x-relay-cache": "miss", "x-relay-trace-id": env.trace_id}
+            return Answer(
+                headers, chunks=self._stream(env, queue, None), close=lambda: self._done(env)
+            )
         headers = {"x-relay-cache": _cache_header(first)}
         headers["x-relay-trace-id"] = env.trace_id
         if first.degraded:  # a stream's headers go out with its first chunk
@@ -230,12 +271,24 @@ class Relay:
             headers, chunks=self._stream(env, queue, first), close=lambda: self._done(env)
         )
 
+    async def _first(
+        self, env: RequestEnvelope, queue: asyncio.Queue[ReplyEvent]
+    ) -> ReplyEvent | None:
+        """The first reply; for a stream, None once it has taken ``STREAM_START_S``: the
+        response then starts without it (an error after that comes in the stream)."""
+        if not env.stream:
+            return await self._next(env, queue)
+        try:
+            return await asyncio.wait_for(self._next(env, queue), STREAM_START_S)
+        except TimeoutError:
+            return None
+
     async def _stream(
-        self, env: RequestEnvelope, queue: asyncio.Queue[ReplyEvent], first: ReplyEvent
+        self, env: RequestEnvelope, queue: asyncio.Queue[ReplyEvent], first: ReplyEvent | None
     ) -> AsyncIterator[dict[str, Any] | Usage]:
         chunks: list[dict[str, Any]] = []
-        event = first
         try:
+            event = first or await self._next(env, queue)
             while event.kind == "chunk":
                 if event.body is not None:
                     chunks.append(event.body)

@@ -10,6 +10,7 @@ and only once per retry interval.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import time
 from collections import OrderedDict
@@ -21,6 +22,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
+from schemas.errors import BadRequest
 from schemas.usage import Usage
 
 KEY_VERSION = 1  # bump when normalization changes, so old entries are never misread
@@ -43,9 +45,11 @@ _WHITESPACE = re.compile(r"\s+")
 
 
 def _canon(value: Any) -> Any:
-    # 1.0 and 1 are the same parameter; JSON would spell them differently.
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):  # Python's json reads them; no vendor would
+            raise BadRequest("body: NaN and Infinity are not JSON numbers")
+        # 1.0 and 1 are the same parameter; JSON would spell them differently.
+        return int(value) if value.is_integer() else value
     if isinstance(value, dict):
         return {k: _canon(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -100,15 +104,20 @@ def normalize(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def cache_key(*, scope: str, alias: str, endpoint: str, body: dict[str, Any]) -> str:
-    """SHA-256 hex of the normalized request, its endpoint, alias and cache scope."""
-    payload = {
-        "v": KEY_VERSION,
-        "scope": scope,
-        "alias": alias,
-        "endpoint": endpoint,
-        "body": normalize(body),
-    }
-    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    """SHA-256 hex of the normalized request, its endpoint, alias and cache scope; a 400
+    for a body no vendor could take either (what JSON allows but the topics' encoding
+    does not: integers past 64 bits, unpaired surrogates, nesting hundreds deep)."""
+    try:
+        payload = {
+            "v": KEY_VERSION,
+            "scope": scope,
+            "alias": alias,
+            "endpoint": endpoint,
+            "body": normalize(body),
+        }
+        return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    except (TypeError, RecursionError) as exc:
+        raise BadRequest(f"body: cannot be relayed ({exc})") from None
 
 
 class CacheEntry(BaseModel):

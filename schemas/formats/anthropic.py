@@ -58,10 +58,10 @@ THINKING_BUDGETS = {
 def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     """An Anthropic Messages request as an OpenAI chat-completions body.
 
-    Raises ``BadRequest`` naming the offending field for malformed input.  ``top_k``
-    and thinking have no OpenAI slot and are dropped.  ``cache_control`` rides along on
-    text parts (and top level) as an extension, so an Anthropic vendor gets its cache
-    breakpoints back; the OpenAI and Ollama adapters strip it (``without_cache_control``).
+    Raises ``BadRequest`` naming the offending field for malformed input.  What OpenAI has
+    no slot for rides along as an extension, so an Anthropic vendor gets it back:
+    ``cache_control`` on text parts (and top level), ``thinking`` and ``top_k`` (which an
+    Ollama vendor takes too); the OpenAI adapters strip them (``without_cache_control``).
     """
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
@@ -79,9 +79,18 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     for i, message in enumerate(body["messages"]):
         out["messages"].extend(_message_to_openai(message, f"messages.{i}"))
 
-    for key in ("temperature", "top_p", "stream"):
-        if body.get(key) is not None:
-            out[key] = body[key]
+    for key in ("temperature", "top_p", "top_k"):
+        value = body.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise BadRequest(f"{key}: must be a number", param=key)
+        if value is not None:
+            out[key] = value  # top_k: an extension (OpenAI has none; Ollama and Anthropic do)
+    if body.get("stream") is not None:
+        if not isinstance(body["stream"], bool):
+            raise BadRequest("stream: must be true or false", param="stream")
+        out["stream"] = body["stream"]
+    if body.get("tools") is not None and not isinstance(body["tools"], list):
+        raise BadRequest("tools: must be a list", param="tools")
     stops = body.get("stop_sequences")
     if stops is not None and (
         not isinstance(stops, list) or not all(isinstance(x, str) for x in stops)
@@ -114,11 +123,11 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
 # tool result's error flag.  OpenAI-format vendors refuse unknown fields: they get the
 # body ``without_cache_control``.
 EXTENSIONS = frozenset({"cache_control", "is_error"})
-# ...and at the top level: cache breakpoints and the extended-thinking config; on
+# ...and at the top level: cache breakpoints, the extended-thinking config and top_k; on
 # messages, thinking (the blocks, the ordered content they sit in, and the keys an
 # OpenAI client's SDK folds into a message it echoes back: reasoning text, signature,
 # redacted data).  OpenAI-format vendors refuse fields they do not know.
-TOP_EXTENSIONS = ("cache_control", "thinking")
+TOP_EXTENSIONS = ("cache_control", "thinking", "top_k")
 MESSAGE_EXTENSIONS = EXTENSIONS | {
     "thinking_blocks",
     "anthropic_content",
@@ -657,6 +666,8 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
         out["temperature"] = min(float(body["temperature"]), 1.0)
     if body.get("top_p") is not None and not by_effort:
         out["top_p"] = body["top_p"]
+    if body.get("top_k") is not None and not by_effort:
+        out["top_k"] = body["top_k"]
     stop = body.get("stop")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     # Anthropic refuses whitespace-only sequences ("\n" is a common OpenAI stop): a model

@@ -108,6 +108,7 @@ OPENAI_REQUEST = {
     ],
     "temperature": 0.3,
     "top_p": 0.9,
+    "top_k": 40,  # an extension: Anthropic and Ollama vendors take it back
     "stream": True,
     "stop": ["END"],
     "user": "u-7",
@@ -463,6 +464,7 @@ def test_openai_request_to_messages_inverts_the_client_side():
         ],
         "temperature": 0.3,
         "top_p": 0.9,
+        "top_k": 40,
         "stop_sequences": ["END"],
         "metadata": {"user_id": "u-7"},
         "tools": ANTHROPIC_REQUEST["tools"],

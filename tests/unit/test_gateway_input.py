@@ -1,0 +1,176 @@
+"""Bad input at the gateway gets a clear 400 in the vendor's error shape (never a 500),
+and a stream that waits long for its first chunk starts anyway so keep-alives can flow.
+The real app in-process, on a bus that answers from a script (tests.support.gateway)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+import gateway.relay
+import gateway.sse
+from schemas.envelope import ReplyEvent, RequestEnvelope
+from tests.support.gateway import AUTH, answer_hello, client, gateway_app
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+MESSAGES = {**CHAT, "max_tokens": 16}
+
+
+async def post(path: str, body: Any, **headers: str) -> tuple[int, Any]:
+    app, _ = gateway_app()
+    async with client(app) as http:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        reply = await http.post(
+            path, content=content, headers={"content-type": "application/json", **headers}
+        )
+    return reply.status_code, reply.json()
+
+
+def deep(levels: int) -> dict[str, Any]:
+    node: dict[str, Any] = {}
+    top = node
+    for _ in range(levels):
+        node["a"] = {}
+        node = node["a"]
+    return top
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "says"),
+    [
+        ("x-relay-timeout", "nan", "x-relay-timeout"),
+        ("x-relay-timeout", "inf", "x-relay-timeout"),
+        ("x-relay-timeout", "1e17", "not between 0 and 3600"),
+        ("x-relay-timeout", "-5", "not between"),
+        ("x-relay-timeout", "0", "more than 0"),
+        ("x-relay-timeout", "soon", "x-relay-timeout"),
+        ("x-relay-cache-ttl", "99999999999999999999", "not between 0 and 2592000"),
+        ("x-relay-cache-ttl", "-1", "not between"),
+        ("x-relay-cache-ttl", "forever", "neither seconds nor one of"),
+        ("x-relay-cache", "bypas", "'bypas' is not one of use, bypass, refresh"),
+        ("x-relay-priority", "urgent", "'urgent' is not one of realtime, batch, background"),
+    ],
+)
+async def test_a_header_that_makes_no_sense_is_a_400_naming_it(header, value, says):
+    status, body = await post("/v1/chat/completions", CHAT, **{header: value})
+    assert status == 400 and body["error"]["type"] == "invalid_request_error"
+    assert says in body["error"]["message"] and header in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "seed": '
+         + str(2**64).encode() + b"}", "cannot be relayed"),
+        ({**CHAT, "response_format": {"type": "json_schema", "json_schema": deep(300)}},
+         "cannot be relayed"),
+        (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "\\ud800"}]}',
+         "cannot be relayed"),
+        (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], '
+         b'"temperature": NaN}', "NaN and Infinity"),
+        ({**CHAT, "stop": 5}, "stop:"),
+        ({**CHAT, "tools": ["x"]}, "tools.0:"),
+        ({**CHAT, "response_format": "json"}, "response_format:"),
+        ({**CHAT, "stream": "yes"}, "stream:"),
+        (b"{not json", "body is not valid JSON"),
+        (b"[1, 2]", "body must be a JSON object"),
+    ],
+)  # fmt: skip
+async def test_a_body_no_vendor_could_take_is_a_400_not_a_500(body, says):
+    status, reply = await post("/v1/chat/completions", body)
+    assert status == 400, reply
+    assert says in reply["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"messages": [{"role": "user", "content": [{"type": "image", "source": "x"}]}]},
+         "malformed Messages request"),
+        ({"tools": 5}, "tools: must be a list"),
+        ({"messages": [{"role": "assistant", "content": [{"type": "text", "text": 5}]}]},
+         "malformed Messages request"),
+        ({"stream": "false"}, "stream: must be true or false"),
+        ({"temperature": 2**70}, "cannot be relayed"),
+        ({"top_k": "many"}, "top_k: must be a number"),
+    ],
+)  # fmt: skip
+async def test_a_malformed_messages_request_is_an_anthropic_400(change, says):
+    status, reply = await post("/v1/messages", {**MESSAGES, **change})
+    assert status == 400, reply
+    assert reply["type"] == "error" and reply["error"]["type"] == "invalid_request_error"
+    assert says in reply["error"]["message"]
+
+
+async def test_an_alias_asked_for_what_it_does_not_serve_is_refused_before_any_vendor():
+    app, bus = gateway_app()
+    async with client(app) as http:
+        embed = await http.post("/v1/embeddings", json={"model": "gpt-4o-mini", "input": "x"})
+        chat = await http.post("/v1/messages", json={**MESSAGES, "model": "text-embedding-3-small"})
+    assert embed.status_code == 400 and embed.json()["error"]["param"] == "model"
+    assert "is a chat model and does not serve embeddings" in embed.json()["error"]["message"]
+    assert chat.status_code == 400 and chat.json()["type"] == "error"
+    assert bus.published == [], "nothing reached a worker"
+
+
+async def raw_asgi(app: Any, body: dict[str, Any]) -> list[tuple[float, dict[str, Any]]]:
+    """Drive the ASGI app directly, timing each message it sends (httpx would buffer)."""
+    raw = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in AUTH.items()]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+        "query_string": b"", "root_path": "", "headers": headers, "client": ("127.0.0.1", 1),
+        "server": ("relay", 80), "state": {},
+    }  # fmt: skip
+    sent_body = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent_body
+        if not sent_body:
+            sent_body = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        await asyncio.Event().wait()
+        return {}
+
+    start, seen = time.monotonic(), []
+
+    async def send(message: dict[str, Any]) -> None:
+        seen.append((time.monotonic() - start, message))
+
+    await app(scope, receive, send)
+    return seen
+
+
+async def test_a_stream_slow_to_start_starts_anyway_and_keeps_the_line_alive(monkeypatch):
+    monkeypatch.setattr(gateway.relay, "STREAM_START_S", 0.1)
+    monkeypatch.setattr(gateway.sse.openai_sse, "__defaults__", (0.05,))
+
+    def slow(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+        return [(0.6 if i == 0 else 0.0, event) for i, (_, event) in enumerate(answer_hello(env))]
+
+    app, _ = gateway_app(slow)
+    seen = await raw_asgi(app, {**CHAT, "stream": True})
+    start = next(t for t, m in seen if m["type"] == "http.response.start")
+    bodies = [(t, m.get("body", b"")) for t, m in seen if m["type"] == "http.response.body"]
+    first_data = next(t for t, b in bodies if b.startswith(b"data: {"))
+    assert start < 0.5 <= first_data, "the response started before the first chunk came"
+    assert any(b == b": keepalive\n\n" and t < first_data for t, b in bodies)
+    assert bodies[-1][1] == b"data: [DONE]\n\n" or bodies[-2][1] == b"data: [DONE]\n\n"
+
+
+async def test_a_stream_refused_at_once_still_gets_its_real_status():
+    def refused(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+        error = {"code": "rate_limited", "message": "slow down", "retry_after": 3}
+        return [(0.0, ReplyEvent(correlation_id=env.correlation_id, kind="error", error=error))]
+
+    app, _ = gateway_app(refused)
+    async with client(app) as http:
+        reply = await http.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    assert reply.status_code == 429 and reply.headers["retry-after"] == "3"
+    assert reply.json()["error"]["message"] == "slow down"
