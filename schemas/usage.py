@@ -10,12 +10,15 @@ class Usage(BaseModel):
 
     ``input_tokens`` counts every prompt token, including the cached ones, so that
     ``input_tokens - cache_read_tokens - cache_write_tokens`` is the uncached part.
+    ``reasoning_tokens`` are the part of ``output_tokens`` a reasoning model spent
+    thinking, when the vendor says (OpenAI does; Anthropic counts thinking as output).
     """
 
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -29,6 +32,8 @@ class Usage(BaseModel):
         }
         if self.cache_read_tokens:
             usage["prompt_tokens_details"] = {"cached_tokens": self.cache_read_tokens}
+        if self.reasoning_tokens:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
         return usage
 
     @classmethod
@@ -37,8 +42,11 @@ class Usage(BaseModel):
             return cls()
         details = usage.get("prompt_tokens_details") or {}
         cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
+        out_details = usage.get("completion_tokens_details") or {}
+        reasoning = out_details.get("reasoning_tokens", 0) if isinstance(out_details, dict) else 0
         return cls(
             input_tokens=int(usage.get("prompt_tokens", 0) or 0),  # type: ignore[call-overload]
             output_tokens=int(usage.get("completion_tokens", 0) or 0),  # type: ignore[call-overload]
             cache_read_tokens=int(cached or 0),
+            reasoning_tokens=int(reasoning or 0),
         )

@@ -18,6 +18,7 @@ from simulator.text import (
     digest,
     embedding,
     embedding_b64,
+    in_json_mode,
     input_tokens,
     new_id,
 )
@@ -162,7 +163,7 @@ def _chat(sim: Sim, body: dict[str, Any], model: str | None) -> tuple[str, Answe
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty array.", "messages")
     prompt = to_prompt(messages, body.get("tools"), body.get("tool_choice"))
-    answer = compose(model, prompt, _max_tokens(body))
+    answer = in_json_mode(compose(model, prompt, _max_tokens(body)), body.get("response_format"))
     return model, answer, _usage(sim, model, prompt, answer)
 
 

@@ -183,6 +183,22 @@ def compose(model: str, prompt: Prompt, max_tokens: int | None) -> Answer:
     return Answer(words=words)
 
 
+def in_json_mode(answer: Answer, response_format: Any) -> Answer:
+    """A text answer as OpenAI's JSON mode gives it: an object matching the schema
+    (``json_schema``: deterministic values, as for tool arguments) or wrapping the text
+    (``json_object``).  Words split at spaces, so the stream and the whole agree."""
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if answer.tool_name is not None or kind not in ("json_schema", "json_object"):
+        return answer
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        value: Any = tool_arguments(spec.get("schema") if isinstance(spec, dict) else None)
+    else:
+        value = {"answer": answer.text}
+    text = orjson.dumps(value).decode().replace('":', '": ').replace(',"', ', "')
+    return Answer(words=text.split(" "))
+
+
 def embedding(item: Any, dim: int = EMBED_DIM) -> list[float]:
     """A deterministic unit vector for one input (text or token list)."""
     key = item if isinstance(item, str) else orjson.dumps(item).decode()

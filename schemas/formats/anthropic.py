@@ -38,6 +38,9 @@ _FINISH_REASON = {
 }
 # Anthropic requires max_tokens; this is what the relay asks for when a client did not.
 DEFAULT_MAX_TOKENS = 4096
+# The tool an Anthropic model answers a response_format request through: its call comes
+# back to the client as the message's JSON content, never as a tool call.
+JSON_ANSWER_TOOL = "relay_json_answer"
 MIN_THINKING_BUDGET = 1024  # Anthropic's smallest budget_tokens
 # reasoning_effort → thinking budget_tokens ("none" and "minimal" do not think)
 THINKING_BUDGETS = {
@@ -256,27 +259,36 @@ def _assistant_to_openai(content: list[Any], where: str) -> dict[str, Any]:
         message["tool_calls"] = calls
     if thinking:
         message["thinking_blocks"] = thinking
-        message["anthropic_content"] = content  # the order Anthropic wants back
+    if thinking or any(isinstance(b, dict) and b.get("cache_control") for b in content):
+        # The blocks as they were, for an Anthropic vendor: thinking in the order it
+        # wants back, cache breakpoints where the client set them.
+        message["anthropic_content"] = content
     return message
 
 
-def _tool_result_to_openai(block: dict[str, Any], where: str) -> tuple[str, list[dict]]:
+def _tool_result_to_openai(
+    block: dict[str, Any], where: str
+) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
     if not block.get("tool_use_id"):
         raise BadRequest(f"{where}.tool_use_id: required for a tool_result")
     content = block.get("content", "")
     if isinstance(content, str):
         return content, []
-    texts, images = [], []
+    texts: list[dict[str, Any]] = []
+    images = []
     for k, inner in enumerate(content if isinstance(content, list) else []):
         kind = inner.get("type") if isinstance(inner, dict) else None
         if kind == "text":
-            texts.append(inner.get("text", ""))
+            texts.append(_text_part(inner))
         elif kind == "image":
             images.append(_image_to_openai(inner, f"{where}.content.{k}"))
         else:
             raise BadRequest(f"{where}.content.{k}: block type {kind!r} is not supported")
-    # is_error has no OpenAI twin: it rides on the tool message as an extension.
-    return "\n".join(texts), images
+    # is_error has no OpenAI twin: it rides on the tool message as an extension.  Text
+    # parts with a cache breakpoint stay parts (OpenAI takes them on a tool message).
+    if any("cache_control" in t for t in texts):
+        return texts, images
+    return "\n".join(t["text"] for t in texts), images
 
 
 def _image_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
@@ -629,7 +641,7 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
             result = {
                 "type": "tool_result",
                 "tool_use_id": message.get("tool_call_id", ""),
-                "content": "\n".join(_texts(message.get("content"), f"messages.{i}")),
+                "content": _tool_result_content(message.get("content"), f"messages.{i}"),
             }
             result |= {k: message[k] for k in EXTENSIONS if message.get(k)}
             turn = {"role": "user", "content": [result]}
@@ -640,9 +652,14 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
 
     given = body.get("max_completion_tokens") or body.get("max_tokens")
     max_tokens = given or DEFAULT_MAX_TOKENS
-    tools = body.get("tools")
+    tools = [_tool_to_anthropic(t) for t in body.get("tools") or []]
     choice = _tool_choice_to_anthropic(body.get("tool_choice"), body.get("parallel_tool_calls"))
     choice = choice if tools else None
+    if answer_tool := _json_answer_tool(body.get("response_format")):
+        # JSON mode as a tool the model must answer through (alone, or beside the
+        # client's own tools, which it may call instead).
+        choice = choice if tools else {"type": "tool", "name": JSON_ANSWER_TOOL}
+        tools.append(answer_tool)
     thinking = body.get("thinking")
     by_effort = False
     if not thinking:
@@ -677,10 +694,50 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     if body.get("user"):
         out["metadata"] = {"user_id": body["user"]}
     if tools:
-        out["tools"] = [_tool_to_anthropic(t) for t in tools]
+        out["tools"] = tools
     if choice:
         out["tool_choice"] = choice
     return out
+
+
+def _json_answer_tool(response_format: Any) -> dict[str, Any] | None:
+    """OpenAI's ``response_format`` (JSON object or schema) as the tool an Anthropic
+    model answers through, its input the JSON answer; None for plain text."""
+    if not isinstance(response_format, dict):
+        return None
+    if response_format.get("type") == "json_object":
+        schema: Any = {"type": "object"}
+        about = "Give your answer as a JSON object."
+    elif response_format.get("type") == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise BadRequest(
+                "response_format.json_schema.schema: an object is required",
+                param="response_format",
+            )
+        about = spec.get("description") or "Give your answer as JSON matching this schema."
+    else:
+        return None
+    return {"name": JSON_ANSWER_TOOL, "description": about, "input_schema": schema}
+
+
+def _tool_result_content(content: Any, where: str) -> str | list[dict[str, Any]]:
+    """A tool message's content as a tool_result's: text, or text blocks when a part
+    carries a cache breakpoint (kept where the client set it)."""
+    texts = _texts(content, where)
+    if isinstance(content, list) and any(
+        isinstance(p, dict) and p.get("cache_control") for p in content
+    ):
+        return [
+            {
+                "type": "text",
+                "text": t,
+                **({"cache_control": p["cache_control"]} if p.get("cache_control") else {}),
+            }
+            for t, p in zip(texts, content, strict=True)
+        ]
+    return "\n".join(texts)
 
 
 def _thinking_for(effort: Any, max_tokens: int | None) -> dict[str, Any] | None:
@@ -859,6 +916,8 @@ def messages_response_to_openai(body: dict[str, Any]) -> tuple[dict[str, Any], U
     for block in body.get("content") or []:
         if block.get("type") == "text":
             texts.append(block.get("text", ""))
+        elif block.get("type") == "tool_use" and block.get("name") == JSON_ANSWER_TOOL:
+            texts = [json.dumps(block.get("input", {}))]  # the JSON answer is the answer
         elif block.get("type") == "tool_use":
             fn = {"name": block.get("name", ""), "arguments": json.dumps(block.get("input", {}))}
             calls.append({"id": block.get("id", ""), "type": "function", "function": fn})
@@ -880,6 +939,8 @@ def messages_response_to_openai(body: dict[str, Any]) -> tuple[dict[str, Any], U
         ]
     usage = _usage_from_anthropic(body.get("usage") or {})
     finish = _FINISH_REASON.get(body.get("stop_reason") or "end_turn", "stop")
+    if finish == "tool_calls" and not calls:
+        finish = "stop"  # it called only the JSON answer tool: a plain answer
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
     if body.get("stop_reason") == "stop_sequence" and body.get("stop_sequence"):
         choice["stop_sequence"] = body["stop_sequence"]  # for an Anthropic client
@@ -911,6 +972,7 @@ class MessageEventsToChunks:
         self._model = ""
         self._tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
         self._quiet: set[int] = set()  # tool blocks no argument JSON came for yet
+        self._answers: set[int] = set()  # JSON answer tool blocks: their input is content
         self._finish = "stop"
         self._sequence: str | None = None
         self._usage: dict[str, Any] = {}
@@ -926,6 +988,10 @@ class MessageEventsToChunks:
             return [self._chunk({"role": "assistant", "content": ""})]
         if kind == "content_block_start":
             block = data.get("content_block") or {}
+            if block.get("type") == "tool_use" and block.get("name") == JSON_ANSWER_TOOL:
+                self._answers.add(data.get("index", 0))  # its JSON streams as the content
+                self._quiet.add(data.get("index", 0))
+                return []
             if block.get("type") == "tool_use":
                 n = self._tools[data.get("index", 0)] = len(self._tools)
                 self._quiet.add(data.get("index", 0))
@@ -951,6 +1017,11 @@ class MessageEventsToChunks:
             if delta.get("type") == "signature_delta" and delta.get("signature"):
                 # Ends a thinking block: the extension an Anthropic client needs back.
                 return [self._chunk({"thinking_signature": delta["signature"]})]
+            if delta.get("type") == "input_json_delta" and data.get("index", 0) in self._answers:
+                if not delta.get("partial_json"):
+                    return []
+                self._quiet.discard(data.get("index", 0))
+                return [self._chunk({"content": delta["partial_json"]})]
             if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
                 self._quiet.discard(data.get("index", 0))
                 n = self._tools.get(data.get("index", 0), 0)
@@ -961,6 +1032,8 @@ class MessageEventsToChunks:
             # A tool called with no input streams no JSON at all (or one empty delta):
             # OpenAI clients parse the arguments, and "" is not JSON.
             self._quiet.discard(data.get("index", 0))
+            if data.get("index", 0) in self._answers:
+                return [self._chunk({"content": "{}"})]
             n = self._tools[data.get("index", 0)]
             return [self._chunk({"tool_calls": [{"index": n, "function": {"arguments": "{}"}}]})]
         if kind == "message_delta":
@@ -968,6 +1041,8 @@ class MessageEventsToChunks:
             reason = delta.get("stop_reason")
             if reason:
                 self._finish = _FINISH_REASON.get(reason, "stop")
+                if self._finish == "tool_calls" and not self._tools:
+                    self._finish = "stop"  # only the JSON answer tool was called
             if reason == "stop_sequence" and delta.get("stop_sequence"):
                 self._sequence = delta["stop_sequence"]
             # message_delta counts are cumulative: present ones replace message_start's.

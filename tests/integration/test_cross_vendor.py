@@ -355,7 +355,13 @@ async def test_ollama_embeddings_equal_the_direct_vectors(stack: Stack, simulato
     want = r.raise_for_status().json()
 
     assert [d.index for d in got.data] == [0, 1]
-    assert [d.embedding for d in got.data] == want["embeddings"]
+    # The SDK asks for base64 (float32, as OpenAI sends it); as floats, the same vectors.
+    for vector, direct in zip([d.embedding for d in got.data], want["embeddings"], strict=True):
+        assert vector == pytest.approx(direct, rel=1e-6, abs=1e-7)
+    floats = await client(stack).embeddings.create(
+        model="nomic-embed", input=inputs, encoding_format="float"
+    )
+    assert [d.embedding for d in floats.data] == want["embeddings"]
     assert got.usage.prompt_tokens == want["prompt_eval_count"]
     [event] = await read_ledger(stack, {trace})
     assert (event.endpoint, event.vendor, event.vendor_model) == (
@@ -444,3 +450,33 @@ async def test_reasoning_effort_makes_an_ollama_model_think(stack: Stack, simula
         for choice in chunk.choices:
             streamed += (choice.delta.model_extra or {}).get("reasoning_content") or ""
     assert streamed == direct["message"]["thinking"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_json_mode_on_an_anthropic_vendor_answers_json(stack: Stack, stream: bool):
+    """``response_format`` reaches an Anthropic model as a tool it must answer through;
+    the client gets the JSON as the message content, as from OpenAI."""
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        "required": ["city", "days"],
+    }
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "trip", "schema": schema}}
+    params: Any = {
+        "model": ROUTES["anthropic"].alias,
+        "messages": ask("plan a trip"),
+        "response_format": fmt,
+    }
+    if stream:
+        text, finish = "", None
+        async for chunk in await client(stack).chat.completions.create(**params, stream=True):
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                finish = choice.finish_reason or finish
+                assert not choice.delta.tool_calls
+    else:
+        got = await client(stack).chat.completions.create(**params)
+        text, finish = got.choices[0].message.content or "", got.choices[0].finish_reason
+        assert not got.choices[0].message.tool_calls
+    assert json.loads(text) == {"city": "Paris", "days": 1}
+    assert finish == "stop"

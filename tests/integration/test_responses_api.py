@@ -164,3 +164,19 @@ async def test_what_needs_a_stored_response_is_a_clear_404(relay: Stack):
         "param": None,
         "code": "not_found",
     }
+
+
+@VENDORS
+async def test_a_json_schema_format_gets_json_from_either_vendor(relay: Stack, alias: str):
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        "required": ["city", "days"],
+    }
+    answer = await client(relay).responses.create(
+        model=alias,
+        input=f"plan a trip {uuid.uuid4().hex}",
+        text={"format": {"type": "json_schema", "name": "trip", "schema": schema}},
+    )
+    assert json.loads(answer.output_text) == {"city": "Paris", "days": 1}
+    assert [o.type for o in answer.output] == ["message"]

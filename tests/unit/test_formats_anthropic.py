@@ -1035,3 +1035,98 @@ def test_an_assistant_refusal_part_in_the_history_is_its_text():
     }
     with pytest.raises(BadRequest, match="only text parts"):
         openai_request_to_messages({"messages": [{"role": "system", "content": [5]}]}, "m")
+
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+def test_json_mode_asks_an_anthropic_model_to_answer_through_a_tool():
+    fmt = {"type": "json_schema", "json_schema": {"name": "place", "schema": SCHEMA}}
+    body = {"messages": [{"role": "user", "content": "where?"}], "response_format": fmt}
+    out = openai_request_to_messages(body, "m")
+    assert out["tools"] == [
+        {
+            "name": "relay_json_answer",
+            "description": "Give your answer as JSON matching this schema.",
+            "input_schema": SCHEMA,
+        }
+    ]
+    assert out["tool_choice"] == {"type": "tool", "name": "relay_json_answer"}
+    plain = openai_request_to_messages({**body, "response_format": {"type": "json_object"}}, "m")
+    assert plain["tools"][0]["input_schema"] == {"type": "object"}
+    text = openai_request_to_messages({**body, "response_format": {"type": "text"}}, "m")
+    assert "tools" not in text and "tool_choice" not in text
+    with pytest.raises(BadRequest, match=r"json_schema\.schema"):
+        openai_request_to_messages({**body, "response_format": {"type": "json_schema"}}, "m")
+
+
+def test_the_json_answer_tool_call_comes_back_as_the_answer_streamed_or_not():
+    call = {
+        "type": "tool_use",
+        "id": "toolu_1",
+        "name": "relay_json_answer",
+        "input": {"city": "Oslo"},
+    }
+    message = {
+        "id": "msg_1",
+        "model": "m",
+        "content": [call],
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 5, "output_tokens": 7},
+    }
+    answer, _ = messages_response_to_openai(message)
+    choice = answer["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": '{"city": "Oslo"}'}
+    assert choice["finish_reason"] == "stop"
+
+    convert = MessageEventsToChunks(created=1)
+    start = {**call, "input": {}}
+    events = [
+        ("message_start", {"type": "message_start", "message": {**message, "content": []}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": start}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "input_json_delta", "partial_json": '{"city": '}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "input_json_delta", "partial_json": '"Oslo"}'}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                           "usage": {"output_tokens": 7}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]  # fmt: skip
+    chunks = [c for name, data in events for c in convert.feed(name, data) if isinstance(c, dict)]
+    whole = assemble_chunks(chunks)["choices"][0]
+    assert whole["message"]["content"] == '{"city": "Oslo"}'
+    assert "tool_calls" not in whole["message"] and whole["finish_reason"] == "stop"
+
+
+def test_cache_breakpoints_on_assistant_blocks_and_tool_results_survive_the_round_trip():
+    cc = {"type": "ephemeral"}
+    call = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
+    request = {
+        "model": "claude",
+        "max_tokens": 64,
+        "messages": [
+            {"role": "user", "content": "look it up"},
+            {
+                "role": "assistant",
+                "content": [{"type": "text", "text": "ok", "cache_control": cc}, call],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_1",
+                        "content": [{"type": "text", "text": "doc", "cache_control": cc}],
+                    }
+                ],
+            },
+        ],
+    }
+    back = openai_request_to_messages(messages_request_to_openai(request), "claude")
+    assert back["messages"][1]["content"][0] == {"type": "text", "text": "ok", "cache_control": cc}
+    result = back["messages"][2]["content"][0]
+    assert result["content"] == [{"type": "text", "text": "doc", "cache_control": cc}]
+    plain = without_cache_control(messages_request_to_openai(request))
+    assert "anthropic_content" not in plain["messages"][1]
+    assert plain["messages"][2]["content"] == [{"type": "text", "text": "doc"}]

@@ -183,3 +183,19 @@ def test_a_stop_sequence_survives_a_replay_as_chunks_and_back():
     assert assemble_chunks(chunks)["choices"][0]["stop_sequence"] == "END"
     plain = {**body, "choices": [{**body["choices"][0], "stop_sequence": None}]}
     assert "stop_sequence" not in assemble_chunks(response_to_chunks(plain))["choices"][0]
+
+
+def test_reasoning_tokens_are_kept_from_the_vendor_to_the_client():
+    from schemas.formats.responses import response_usage
+    from schemas.usage import Usage
+
+    vendor = {
+        "prompt_tokens": 10,
+        "completion_tokens": 900,
+        "total_tokens": 910,
+        "completion_tokens_details": {"reasoning_tokens": 800},
+    }
+    usage = Usage.from_openai(vendor)
+    assert usage.reasoning_tokens == 800 and usage.output_tokens == 900
+    assert usage.to_openai() == vendor
+    assert response_usage(usage)["output_tokens_details"] == {"reasoning_tokens": 800}

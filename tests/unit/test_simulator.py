@@ -165,6 +165,24 @@ async def test_openai_tool_call_and_result_round_trip(oai: openai.AsyncOpenAI) -
     assert plain.choices[0].message.tool_calls is None
 
 
+async def test_openai_json_mode_answers_json_streamed_or_not(oai: openai.AsyncOpenAI) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}}
+    whole = await oai.chat.completions.create(
+        model="gpt-4o-mini", messages=user("where to?"), response_format=fmt
+    )
+    assert json.loads(whole.choices[0].message.content or "") == {"city": "Paris"}
+    stream = await oai.chat.completions.create(
+        model="gpt-4o-mini", messages=user("where to?"), response_format=fmt, stream=True
+    )
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == whole.choices[0].message.content
+    obj = await oai.chat.completions.create(
+        model="gpt-4o-mini", messages=user("hello"), response_format={"type": "json_object"}
+    )
+    assert set(json.loads(obj.choices[0].message.content or "")) == {"answer"}
+
+
 async def test_openai_tool_without_schema_gets_location(oai: openai.AsyncOpenAI) -> None:
     tool = {"type": "function", "function": {"name": "lookup"}}
     r = await oai.chat.completions.create(model="m", messages=user("use a tool"), tools=[tool])
