@@ -12,6 +12,9 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     vendor model name is the deployment name."""
 
     kind = "azure"
+
+    def _knows_new_limit(self) -> bool:
+        return True  # every current api-version, every model
     batch_endpoint = "/chat/completions"  # Azure batch lines name paths without /v1
 
     def url(self, path: str, model: str | None = None) -> str:

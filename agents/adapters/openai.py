@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -48,6 +49,10 @@ class OpenAIAdapter:
     def headers(self, api_key: str) -> dict[str, str]:
         """Auth headers; a keyless local server (Ollama) gets none."""
         return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def _knows_new_limit(self) -> bool:
+        """Whether the server takes ``max_completion_tokens`` for any model: OpenAI's own."""
+        return urlsplit(self.base).hostname == "api.openai.com"
 
     # -- the capabilities ---------------------------------------------------------------
 
@@ -93,7 +98,7 @@ class OpenAIAdapter:
 
     async def complete(self, call: VendorCall) -> VendorResult:
         """A legacy ``/completions`` call; the relay packs many prompts into one list."""
-        data = await self._post("completions", call, self._body(call))
+        data = await self._post("completions", call, self._body(call, chat=False))
         return VendorResult(data, Usage.from_openai(data.get("usage")))
 
     async def submit_batch(self, calls: list[tuple[str, VendorCall]], api_key: str) -> str:
@@ -153,14 +158,16 @@ class OpenAIAdapter:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _body(self, call: VendorCall) -> dict[str, Any]:
+    def _body(self, call: VendorCall, *, chat: bool = True) -> dict[str, Any]:
         body = {**without_cache_control(call.body), "model": call.model}
         body.pop("stream", None)
         body.pop("stream_options", None)
-        if _REASONING.match(call.model) and "max_tokens" in body:
+        new_limit = self._knows_new_limit() or _REASONING.match(call.model)
+        if chat and "max_tokens" in body and new_limit:
             # OpenAI's reasoning models refuse the deprecated max_tokens (what an Anthropic
-            # client's request carries); other OpenAI-compatible servers may not know the
-            # new name, so only these get it.
+            # client's request carries).  OpenAI and Azure take the new name for every
+            # model (an Azure deployment's name says nothing of its model); other
+            # OpenAI-compatible servers may not know it, so they get it for these only.
             body.setdefault("max_completion_tokens", body.pop("max_tokens"))
             body.pop("max_tokens", None)
         return body

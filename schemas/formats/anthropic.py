@@ -227,6 +227,8 @@ def _message_to_openai(message: Any, where: str) -> list[dict[str, Any]]:
             parts.append(_text_part(block))
         elif kind == "image":
             parts.append(_image_to_openai(block, f"{where}.content.{j}"))
+        elif kind == "document":
+            parts.append(_document_to_openai(block, f"{where}.content.{j}"))
         else:
             raise BadRequest(f"{where}.content.{j}: block type {kind!r} is not supported")
     out = list(tools)
@@ -289,6 +291,27 @@ def _tool_result_to_openai(
     if any("cache_control" in t for t in texts):
         return texts, images
     return "\n".join(t["text"] for t in texts), images
+
+
+def _document_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
+    """A document block as OpenAI's file part (a PDF as a data URL), or a plain-text one
+    as text; documents by URL or file id have no twin OpenAI vendors could read."""
+    source = block.get("source")
+    kind = source.get("type") if isinstance(source, dict) else None
+    if kind == "base64" and isinstance(source, dict) and source.get("data"):
+        media = source.get("media_type") or "application/pdf"
+        filename = block.get("title") or "document.pdf"
+        part: dict[str, Any] = {
+            "type": "file",
+            "file": {"filename": filename, "file_data": f"data:{media};base64,{source['data']}"},
+        }
+    elif kind == "text" and isinstance(source, dict) and isinstance(source.get("data"), str):
+        part = {"type": "text", "text": source["data"]}
+    else:
+        raise BadRequest(f"{where}.source: a document needs a base64 or text source")
+    if block.get("cache_control"):
+        part["cache_control"] = block["cache_control"]
+    return part
 
 
 def _image_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
@@ -826,9 +849,32 @@ def _user_content(content: Any, i: int) -> str | list[dict[str, Any]]:
             if part.get("cache_control"):
                 image["cache_control"] = part["cache_control"]
             blocks.append(image)
+        elif kind == "file":
+            document = _document_to_anthropic(part, f"messages.{i}.content.{j}")
+            if part.get("cache_control"):
+                document["cache_control"] = part["cache_control"]
+            blocks.append(document)
         else:
             raise BadRequest(f"messages.{i}.content.{j}: part type {kind!r} is not supported")
     return blocks
+
+
+def _document_to_anthropic(part: dict[str, Any], where: str) -> dict[str, Any]:
+    """OpenAI's file part (its data inline) as a document block; a ``file_id`` names a
+    file only OpenAI holds, which no other vendor can read."""
+    file = part.get("file")
+    data = file.get("file_data") if isinstance(file, dict) else None
+    header, _, payload = data.partition(",") if isinstance(data, str) else ("", "", "")
+    if not (header.startswith("data:") and header.endswith(";base64") and payload):
+        raise BadRequest(f"{where}.file: this model needs the file inline, as a base64 data URL")
+    media = header.removeprefix("data:").removesuffix(";base64") or "application/pdf"
+    block: dict[str, Any] = {
+        "type": "document",
+        "source": {"type": "base64", "media_type": media, "data": payload},
+    }
+    if isinstance(file, dict) and file.get("filename"):
+        block["title"] = file["filename"]
+    return block
 
 
 def _image_to_anthropic(part: dict[str, Any], where: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ a test only passes when the relay's two translations lose nothing.  Every reques
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from dataclasses import dataclass
@@ -682,3 +683,25 @@ async def test_reasoning_effort_asks_an_anthropic_vendor_to_think(stack: Stack):
     assert not (plain.choices[0].message.model_extra or {}).get("reasoning_content")
     with pytest.raises(openai.BadRequestError, match="reasoning_effort"):
         await sdk.chat.completions.create(**{**params, "reasoning_effort": "extreme"})
+
+
+@pytest.mark.parametrize("route", ["anthropic", "openai"])
+async def test_a_pdf_document_reaches_either_vendor(stack: Stack, simulator: Simulator, route: str):
+    """A document block goes to an Anthropic vendor as itself and to an OpenAI vendor as
+    a file part; either answers the question beside it."""
+    pdf = base64.b64encode(b"%PDF-1.4 relay station terms").decode()
+    content: Any = [
+        {
+            "type": "document",
+            "source": {"type": "base64", "media_type": "application/pdf", "data": pdf},
+        },
+        {"type": "text", "text": f"summarise this {uuid.uuid4().hex}"},
+    ]
+    before = simulator.stats()["calls"].get(ROUTES[route].vendor_model, 0)
+    got = await client(stack).messages.create(
+        model=ROUTES[route].alias,
+        max_tokens=MAX_TOKENS,
+        messages=[{"role": "user", "content": content}],
+    )
+    assert got.content and got.content[0].type == "text" and got.content[0].text
+    assert simulator.stats()["calls"][ROUTES[route].vendor_model] == before + 1

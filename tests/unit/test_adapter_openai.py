@@ -529,3 +529,21 @@ def test_reasoning_models_get_max_completion_tokens_others_keep_max_tokens():
     assert body("gpt-4o-mini")["max_tokens"] == 100 and "max_completion_tokens" not in body(
         "gpt-4o-mini"
     )
+
+
+def test_openai_itself_and_azure_get_max_completion_tokens_for_any_chat_model():
+    """An Azure deployment's name says nothing of its model, and OpenAI takes the new name
+    for every chat model; legacy /completions keeps max_tokens, its only name."""
+    call = VendorCall(
+        model="prod-deployment",
+        body={"max_tokens": 100, "messages": [{"role": "user", "content": "x"}]},
+        api_key="k",
+    )
+    for config in (
+        VendorConfig(kind="azure", base_url="https://r.openai.azure.com", api_version="2024-10-21"),
+        VendorConfig(kind="openai", base_url="https://api.openai.com/v1"),
+    ):
+        adapter = make_adapter(config, httpx.AsyncClient())
+        assert isinstance(adapter, OpenAIAdapter)
+        assert adapter._body(call)["max_completion_tokens"] == 100
+        assert adapter._body(call, chat=False)["max_tokens"] == 100

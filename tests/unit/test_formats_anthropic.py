@@ -221,7 +221,7 @@ def test_tool_choice_to_openai(choice, expected):
         ({"messages": [{"role": "system", "content": "x"}]}, "messages.0.role"),
         (
             {"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
-            "messages.0.content.0: block type 'document'",
+            "messages.0.content.0.source: a document needs a base64 or text source",
         ),
         (
             {
@@ -1130,3 +1130,32 @@ def test_cache_breakpoints_on_assistant_blocks_and_tool_results_survive_the_roun
     plain = without_cache_control(messages_request_to_openai(request))
     assert "anthropic_content" not in plain["messages"][1]
     assert plain["messages"][2]["content"] == [{"type": "text", "text": "doc"}]
+
+
+def test_a_pdf_document_travels_as_an_openai_file_part_and_back():
+    pdf = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}
+    doc = {"type": "document", "source": pdf, "title": "terms.pdf"}
+    request = {
+        "model": "claude",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": [doc, {"type": "text", "text": "summarise"}]}],
+    }
+    neutral = messages_request_to_openai(request)
+    part = neutral["messages"][0]["content"][0]
+    assert part == {
+        "type": "file",
+        "file": {"filename": "terms.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"},
+    }
+    back = openai_request_to_messages(neutral, "claude")
+    assert back["messages"][0]["content"][0] == doc
+    by_id = {"type": "file", "file": {"file_id": "file-abc"}}
+    with pytest.raises(BadRequest, match="needs the file inline"):
+        openai_request_to_messages({"messages": [{"role": "user", "content": [by_id]}]}, "c")
+    text_doc = {
+        "type": "document",
+        "source": {"type": "text", "media_type": "text/plain", "data": "hi"},
+    }
+    plain = messages_request_to_openai(
+        {**request, "messages": [{"role": "user", "content": [text_doc]}]}
+    )
+    assert plain["messages"][0]["content"] == "hi"
