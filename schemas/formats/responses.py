@@ -74,6 +74,15 @@ def responses_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
         out["tool_choice"] = _tool_choice(body["tool_choice"])
     if fmt := _response_format(body.get("text")):
         out["response_format"] = fmt
+    if verbosity := (body.get("text") or {}).get("verbosity"):
+        out["verbosity"] = verbosity  # chat's own name for it (GPT-5 models)
+    include = body.get("include") or []
+    if body.get("top_logprobs") or "message.output_text.logprobs" in include:
+        raise BadRequest(
+            "top_logprobs: this relay's Responses API returns no logprobs; ask chat "
+            "completions with logprobs instead",
+            param="top_logprobs",
+        )
     reasoning = body.get("reasoning")
     if isinstance(reasoning, dict) and reasoning.get("effort"):
         out["reasoning_effort"] = reasoning["effort"]

@@ -195,6 +195,11 @@ def test_items_tools_and_formats_map_onto_chat() -> None:
             "input.0.output",
         ),
         ({"model": "m", "input": "hi", "metadata": ["x"]}, "metadata"),
+        ({"model": "m", "input": "hi", "top_logprobs": 3}, "top_logprobs"),
+        (
+            {"model": "m", "input": "hi", "include": ["message.output_text.logprobs"]},
+            "top_logprobs",
+        ),
         ({"model": "m", "input": "hi", "tool_choice": {"type": "allowed_tools"}}, "tool_choice"),
         ({"model": "m", "input": [{"type": "function_call", "name": "f"}]}, "input.0.call_id"),
         (
@@ -367,3 +372,8 @@ def test_echoed_nulls_still_make_a_valid_response() -> None:
     body = completion("hi")
     Response.model_validate(openai_response_to_responses(body, Usage(), request))
     assert openai_response_to_responses({"choices": [None]}, Usage(), request)["output"] == []
+
+
+def test_text_verbosity_is_chat_s_verbosity() -> None:
+    body = {"model": "m", "input": "hi", "text": {"verbosity": "low"}}
+    assert responses_request_to_openai(body)["verbosity"] == "low"
