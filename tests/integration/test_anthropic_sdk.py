@@ -78,6 +78,16 @@ def client(stack: Stack, trace: str | None = None) -> anthropic.AsyncAnthropic:
     )
 
 
+def openai_client(stack: Stack) -> openai.AsyncOpenAI:
+    """The openai SDK on the same relay (the cache bypassed), for OpenAI-format clients."""
+    return openai.AsyncOpenAI(
+        base_url=f"{stack.url}/v1",
+        api_key=DEMO_KEY,
+        default_headers={"x-relay-cache": "bypass"},
+        max_retries=0,
+    )
+
+
 def direct_anthropic(sim: Simulator) -> anthropic.AsyncAnthropic:
     # The simulator's Messages API reads its key from x-api-key only.
     return anthropic.AsyncAnthropic(
@@ -622,12 +632,7 @@ async def test_an_openai_client_can_ask_an_anthropic_vendor_to_think(stack: Stac
     """``thinking`` in the body (the openai SDK's ``extra_body``), as LiteLLM takes it: the
     text comes back as ``reasoning_content``, and the message, echoed back as it came,
     carries the signed block through a tool-use loop."""
-    sdk = openai.AsyncOpenAI(
-        base_url=f"{stack.url}/v1",
-        api_key=DEMO_KEY,
-        default_headers={"x-relay-cache": "bypass"},
-        max_retries=0,
-    )
+    sdk = openai_client(stack)
     tool: Any = {
         "type": "function",
         "function": {
@@ -658,12 +663,7 @@ async def test_an_openai_client_can_ask_an_anthropic_vendor_to_think(stack: Stac
 async def test_reasoning_effort_asks_an_anthropic_vendor_to_think(stack: Stack):
     """OpenAI's ``reasoning_effort`` becomes a thinking budget for an Anthropic vendor, and
     the thinking comes back as ``reasoning_content``, streamed or not."""
-    sdk = openai.AsyncOpenAI(
-        base_url=f"{stack.url}/v1",
-        api_key=DEMO_KEY,
-        default_headers={"x-relay-cache": "bypass"},
-        max_retries=0,
-    )
+    sdk = openai_client(stack)
     params: Any = {
         "model": ROUTES["anthropic"].alias,
         "messages": [{"role": "user", "content": f"why is the sky blue? {uuid.uuid4().hex}"}],
