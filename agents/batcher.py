@@ -112,7 +112,7 @@ class EmbeddingBatcher:
             _reject(batch, partial(VendorError, f"batched call failed: {exc}"))
             return
         try:
-            parts = split(result, [len(p.inputs) for p in batch], shape)
+            parts = split(result, [p.inputs for p in batch], shape)
         except Exception as exc:  # an answer we cannot cut up must still answer everyone
             _reject(batch, partial(VendorError, f"unreadable batched answer: {exc}"))
             return
@@ -128,21 +128,39 @@ def _reject(batch: list[_Pending], error: Callable[[], Exception]) -> None:
             p.future.set_exception(error())
 
 
-def split(result: VendorResult, sizes: list[int], shape: Shape = EMBEDDINGS) -> list[VendorResult]:
-    """Cut a batched answer back into per-caller answers; tokens are split by share."""
+def split(
+    result: VendorResult, inputs: list[list[Any]], shape: Shape = EMBEDDINGS
+) -> list[VendorResult]:
+    """Cut a batched answer back into per-caller answers (one item per input, in order).
+    The vendor counts tokens for the whole call only, so each caller is billed its share
+    by size: prompt tokens (cached ones too) by the length of its inputs, completion
+    tokens by the length of its answers, so a one-word caller never pays for a long one."""
     items = sorted(result.body.get(shape.outputs, []), key=lambda d: d.get("index", 0))
-    inputs = _shares(result.usage.input_tokens, sizes)
-    outputs = _shares(result.usage.output_tokens, sizes)
-    out, start = [], 0
-    for size, tin, tout in zip(sizes, inputs, outputs, strict=True):
-        part = [{**d, "index": i} for i, d in enumerate(items[start : start + size])]
+    sizes = [len(own) for own in inputs]
+    parts, start = [], 0
+    for size in sizes:
+        parts.append([{**d, "index": i} for i, d in enumerate(items[start : start + size])])
         start += size
+    weights = [sum(_size(x) for x in own) for own in inputs]
+    answered = [sum(len(str(d.get("text") or "")) for d in part) for part in parts]
+    usage = result.usage
+    tins = _shares(usage.input_tokens, weights)
+    touts = _shares(usage.output_tokens, answered if any(answered) else sizes)
+    cached = _shares(usage.cache_read_tokens, weights)
+    out = []
+    for part, tin, tout, hit in zip(parts, tins, touts, cached, strict=True):
         body = {**result.body, shape.outputs: part}
         body["usage"] = {"prompt_tokens": tin, "total_tokens": tin + tout}
         if shape is COMPLETIONS:
             body["usage"]["completion_tokens"] = tout
-        out.append(VendorResult(body, Usage(input_tokens=tin, output_tokens=tout)))
+        own = Usage(input_tokens=tin, output_tokens=tout, cache_read_tokens=hit)
+        out.append(VendorResult(body, own))
     return out
+
+
+def _size(item: Any) -> int:
+    """How much of the prompt an input is: characters of a string, tokens of a token list."""
+    return len(item) if isinstance(item, str | list) else 1
 
 
 def _shares(total: int, sizes: list[int]) -> list[int]:

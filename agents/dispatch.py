@@ -110,12 +110,15 @@ class Dispatcher:
                 await on_chunk(chunk)
 
         last: RelayError | None = None
+        deadline = env.deadline_ms / 1000
+        held = [0.0] * len(plan)  # when each candidate's vendor said it may be called again
         for round_no in range(self.max_rounds):
-            for cand in plan:
-                remaining = env.deadline_ms / 1000 - time.time()
-                if remaining <= 0:
+            for i, cand in enumerate(plan):
+                if deadline - time.time() <= 0:
                     out.error = DeadlineExceeded("the request's deadline passed before an answer")
                     return out
+                if held[i] > time.time():
+                    continue  # its Retry-After has not passed: not called again yet
                 out.attempts += 1
                 try:
                     result = await self._attempt(env, cand, forward, vendor_wait_s)
@@ -124,6 +127,8 @@ class Dispatcher:
                     continue
                 except RelayError as err:
                     last = err
+                    if err.retry_after:
+                        held[i] = time.time() + err.retry_after
                     if not err.retryable or sent_any:
                         out.error = err
                         return out
@@ -133,8 +138,10 @@ class Dispatcher:
                 return out
             if isinstance(last, RateLimited):
                 break  # our own bucket said the deadline cannot be met: say so now
+            if min(held) >= deadline:
+                break  # every vendor asked to wait past the deadline: say so now, not later
             if round_no + 1 < self.max_rounds:
-                await self._backoff(env, round_no, last)
+                await self._backoff(env, round_no, min(held))
         out.error = last or NoHealthyVendor("every candidate failed")
         return out
 
@@ -151,10 +158,10 @@ class Dispatcher:
         needs = {key: 1.0 for key in rpm} | {key: float(tokens) for key in tpm}
         await self.gate.acquire(needs, env.priority, deadline)
 
-    async def _backoff(self, env: RequestEnvelope, round_no: int, last: RelayError | None) -> None:
+    async def _backoff(self, env: RequestEnvelope, round_no: int, free_at: float) -> None:
+        """Jittered exponential backoff, and no sooner than a candidate may be called."""
         delay = self.rng.uniform(0.05, 0.2) * (2**round_no)
-        if last is not None and last.retry_after:
-            delay = max(delay, last.retry_after)
+        delay = max(delay, free_at - time.time())
         remaining = env.deadline_ms / 1000 - time.time()
         await asyncio.sleep(max(0.0, min(delay, remaining - 0.05)))
 
@@ -172,17 +179,22 @@ class Dispatcher:
         )
         remaining = env.deadline_ms / 1000 - time.time()
         key_index, key = pool.pick()
-        call = VendorCall(model=cand.model, body=env.body, api_key=key, timeout_s=remaining)
+        # The vendor's own timeout (its config) is the vendor's fault: a failure, and the
+        # next candidate is tried.  The request's deadline coming first is not: the client
+        # asked for an answer sooner than this vendor gives one, which says nothing of its
+        # health, so it is not reported (one tenant's short deadlines never open a breaker).
+        vendor_timeout = getattr(getattr(adapter, "config", None), "timeout_s", remaining)
+        call = VendorCall(
+            model=cand.model, body=env.body, api_key=key, timeout_s=min(remaining, vendor_timeout)
+        )
         started = time.perf_counter()
         try:
             async with asyncio.timeout(remaining):
                 result = await self._call(adapter, env, call, forward)
         except TimeoutError:
-            err: RelayError = DeadlineExceeded(
+            raise DeadlineExceeded(
                 f"no answer from the vendor within the deadline ({remaining:.1f}s)"
-            )
-            await self._report(env, cand, started, err)
-            raise err from None
+            ) from None
         except RelayError as exc:
             if isinstance(exc, VendorAuthFailed):
                 pool.bench(key_index, 300.0)
@@ -229,7 +241,9 @@ class Dispatcher:
     ) -> VendorResult:
         """Through the window batcher when the alias asks for it, else straight."""
         rule = self.batching.get(env.alias)
-        if rule is None:
+        several = any((env.body.get(k) or 1) != 1 for k in ("n", "best_of"))
+        if rule is None or several:
+            # Several answers per prompt come back interleaved by prompt: not split here.
             return await send(call)
         params = {k: v for k, v in env.body.items() if k not in (shape.inputs, "model", "user")}
         vendor = id(getattr(send, "__self__", send))  # one window per adapter instance

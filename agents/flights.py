@@ -51,7 +51,9 @@ class Flights:
 
     def join(self, env: RequestEnvelope, now: float) -> tuple[Flight, Waiter]:
         """Attach to the flight for this key, or start one with this request as leader."""
-        key = f"{env.endpoint}:{env.prompt_hash}"
+        # A budget-degraded request flies apart: its cheaper answer is its tenant's
+        # downgrade, not the alias's answer to hand anyone else who asks the same.
+        key = f"{env.endpoint}:{env.prompt_hash}" + (":degraded" if env.degraded else "")
         flight = self._by_key.get(key)
         if flight is None or flight.finished:
             flight = Flight(key=key, stream=env.stream)

@@ -57,16 +57,24 @@ class Router:
             return self._rank(cands, "cheapest", now)
         cands = spec.candidates
         if spec.canary and self.in_canary(alias, spec, user):
-            cands = [spec.canary.candidate, *cands]
-            ranked = self._rank(cands[1:], spec.strategy, now)
-            live = self._rank(cands[:1], spec.strategy, now)
-            return live + [c for c in ranked if c not in live]
+            # The canary first while it is available; the stable candidates behind it
+            # (and alone, when its breaker is open).
+            canary = self._available([spec.canary.candidate], spec.strategy, now)
+            stable = self._available(cands, spec.strategy, now)
+            return self._or_refuse(
+                canary + [c for c in stable if c not in canary],
+                [spec.canary.candidate, *cands],
+                now,
+            )
         return self._rank(cands, spec.strategy, now)
 
     def _rank(self, cands: list[Candidate], strategy: Strategy, now: float) -> list[Candidate]:
         """Available candidates only; a breaker past its open period lets one probe per
         worker through per ``open_s``.  None available: 503 with Retry-After, and the
         vendor is spared."""
+        return self._or_refuse(self._available(cands, strategy, now), cands, now)
+
+    def _available(self, cands: list[Candidate], strategy: Strategy, now: float) -> list[Candidate]:
         healths = self.healths(cands)
         out = []
         for c in rank(cands, healths, strategy, now, self.rng, self.policy):
@@ -79,9 +87,14 @@ class Router:
                     continue
                 self._probes[key] = now
             out.append(c)
-        if out or not cands:
-            return out
-        soonest = min(available_at(h, self.policy) for h in healths.values())
+        return out
+
+    def _or_refuse(
+        self, ranked: list[Candidate], cands: list[Candidate], now: float
+    ) -> list[Candidate]:
+        if ranked or not cands:
+            return ranked
+        soonest = min(available_at(h, self.policy) for h in self.healths(cands).values())
         raise NoHealthyVendor(
             "every vendor for this model is failing or rate-limited; try again shortly",
             retry_after=max(1.0, soonest - now),

@@ -301,7 +301,10 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
             now = time.time()
             for ev in batch.events:
                 # Each outcome at the time it was observed, so probes and windows line up.
-                current = record(current, ev, policy, min(now, ev.ts_ms / 1000))
+                try:
+                    current = record(current, ev, policy, min(now, ev.ts_ms / 1000))
+                except Exception:  # one bad outcome must not stop every breaker
+                    log.exception("health outcome for %s not folded", key)
             health[key] = current.model_dump(mode="json")
 
     async def spend_agent(stream: faust.StreamT[bytes]) -> None:
@@ -419,7 +422,9 @@ def make_gate(config: RelayConfig, workers: int) -> PriorityGate:
         limits += [(f"tenant:{name}", t.rpm, False), (f"tenant-tpm:{name}", t.tpm, True)]
     for key, limit, tokens in limits:
         if limit:
-            per_worker = max(1, limit // share)
+            # A fractional share, so the workers' refills add up to the limit itself (a
+            # share rounded up to 1 per minute would let 4 workers send 4 against a 3).
+            per_worker = limit / share
             gate.configure(
                 key,
                 TokenBucket.from_tpm(per_worker) if tokens else TokenBucket.from_rpm(per_worker),

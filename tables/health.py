@@ -164,7 +164,8 @@ def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Hea
         h.consecutive_rate_limited += 1
         if ev.retry_after is None:
             # No Retry-After: back off 1, 2, 4 ... seconds, never longer than open_s.
-            backoff = min(policy.open_s, 2.0 ** (h.consecutive_rate_limited - 1))
+            # (The exponent is capped: a vendor out of quota answers 429 for days.)
+            backoff = min(policy.open_s, 2.0 ** min(h.consecutive_rate_limited - 1, 30))
             h.retry_after_until = max(h.retry_after_until, now + backoff)
         if h.state == "half_open" or (
             h.state == "closed" and h.consecutive_rate_limited >= policy.consecutive_failures

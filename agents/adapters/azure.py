@@ -15,6 +15,7 @@ class AzureOpenAIAdapter(OpenAIAdapter):
 
     def _knows_new_limit(self) -> bool:
         return True  # every current api-version, every model
+
     batch_endpoint = "/chat/completions"  # Azure batch lines name paths without /v1
 
     def url(self, path: str, model: str | None = None) -> str:

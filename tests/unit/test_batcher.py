@@ -132,3 +132,46 @@ async def test_an_answer_that_cannot_be_split_still_answers_everyone():
         return_exceptions=True,
     )
     assert all(isinstance(r, VendorError) for r in results)
+
+
+def test_each_caller_pays_for_its_own_share_of_the_tokens():
+    """A one-word caller batched with a long one pays for its few tokens, not half."""
+    from agents.batcher import COMPLETIONS, split
+
+    body = {
+        "choices": [
+            {"index": 0, "text": "yes"},
+            {"index": 1, "text": "a much longer answer than the first one"},
+        ]
+    }
+    result = VendorResult(body, Usage(input_tokens=1000, output_tokens=44, cache_read_tokens=500))
+    short, long = split(result, [["hi"], ["x" * 998]], COMPLETIONS)
+    assert (short.usage.input_tokens, long.usage.input_tokens) == (2, 998)
+    assert short.usage.cache_read_tokens + long.usage.cache_read_tokens == 500
+    assert short.usage.output_tokens < long.usage.output_tokens
+    assert short.usage.output_tokens + long.usage.output_tokens == 44
+    assert short.body["choices"] == [{"index": 0, "text": "yes"}]
+
+
+async def test_several_answers_per_prompt_are_never_window_batched():
+    """With ``n`` > 1 the vendor interleaves answers by prompt; such calls go alone."""
+    from agents.dispatch import Dispatcher
+    from schemas.config import Batching
+    from schemas.envelope import RequestEnvelope
+
+    sent: list[VendorCall] = []
+
+    async def complete(c: VendorCall) -> VendorResult:
+        sent.append(c)
+        return VendorResult({"choices": []}, Usage())
+
+    dispatcher = Dispatcher({}, {}, lambda ev: asyncio.sleep(0), batching={"m": Batching()})
+    from agents.batcher import COMPLETIONS
+    from tests.support.envelopes import request_envelope
+
+    body = {"model": "m", "prompt": ["a"], "n": 2}
+    env: RequestEnvelope = request_envelope(body=body, endpoint="completions", alias="m")
+    c = VendorCall(model="x", body=body, api_key="k")
+    await asyncio.gather(dispatcher._batched(env, c, complete, COMPLETIONS),
+                         dispatcher._batched(env, c, complete, COMPLETIONS))  # fmt: skip
+    assert len(sent) == 2 and all(s.body["prompt"] == ["a"] for s in sent)

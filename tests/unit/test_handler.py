@@ -478,3 +478,16 @@ async def test_a_token_count_goes_to_a_vendor_that_counts_and_says_nothing_of_he
     assert calls == [] and counts.models == ["dear"]
     assert sink.outcomes == []
     assert [(line.status, line.cost) for line in sink.ledger] == [("ok", 0.0)]
+
+
+def test_a_budget_degraded_request_never_shares_a_flight_with_an_undegraded_one():
+    """Its cheaper answer is its own tenant's downgrade: an identical request from a tenant
+    within budget (a global cache scope) flies on its own and gets the alias's answer."""
+    from agents.flights import Flights
+
+    flights = Flights()
+    cheap, _ = flights.join(envelope(key="same", degraded="budget_80pct"), 0.0)
+    full, waiter = flights.join(envelope(key="same"), 0.0)
+    assert full is not cheap and waiter.leader
+    again, joined = flights.join(envelope(key="same", degraded="budget_80pct"), 0.0)
+    assert again is cheap and not joined.leader

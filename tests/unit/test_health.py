@@ -308,3 +308,15 @@ def test_a_call_sent_after_the_open_period_is_a_probe_whoever_sent_it() -> None:
     # ...but a call that went out while the breaker was still open is not a probe.
     late = record(h, ok(latency_ms=5000), POLICY, T0 + POLICY.open_s + 1)
     assert late.state == "open"
+
+
+def test_a_vendor_out_of_quota_for_days_keeps_its_backoff_bounded():
+    """Thousands of 429s in a row without Retry-After (an exhausted quota, probed again and
+    again): the backoff stays at most open_s and recording never fails."""
+    policy = BreakerPolicy()
+    h = Health()
+    for i in range(2000):
+        h = record(h, HealthEvent(vendor="v", model="m", ok=False, latency_ms=1.0,
+                                  error_code="vendor_rate_limited"), policy, 1000.0 + i)  # fmt: skip
+    assert h.consecutive_rate_limited == 2000
+    assert h.retry_after_until <= 1000.0 + 1999 + policy.open_s

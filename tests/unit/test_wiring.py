@@ -40,3 +40,21 @@ def test_spend_of_one_batch_is_never_summed_across_midnight() -> None:
         assert tenant == "a"
         spent = add_spend(spent, cost, at, "month")
     assert spent.spent_usd == 1.0
+
+
+def test_the_workers_shares_of_a_rate_limit_add_up_to_the_limit() -> None:
+    """3 requests a minute across 4 workers: each refills at 0.75 a minute, not at 1."""
+    from schemas.config import RelayConfig
+    from streams.wiring import make_gate
+
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {"v": {"kind": "openai", "base_url": "http://v/v1", "rpm": 3, "tpm": 10}},
+            "models": {"m": {"candidates": [{"vendor": "v", "model": "x"}]}},
+            "tenants": {"t": {}},
+        }
+    )
+    gate = make_gate(config, workers=4)
+    buckets = gate._buckets
+    assert buckets["vendor:v"].refill_per_s * 60 * 4 == 3
+    assert abs(buckets["vendor-tpm:v"].refill_per_s * 60 * 4 - 10) < 1e-9

@@ -1,0 +1,84 @@
+"""The dispatcher's fallback rules with fake vendors: a vendor's Retry-After is honoured
+(never called again inside it, and a wait past the deadline is said at once), and a
+request's own short deadline is not held against the vendor's health."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from agents.adapters.base import VendorResult
+from agents.dispatch import Dispatcher
+from agents.keys import KeyPool
+from schemas.config import Candidate
+from schemas.envelope import HealthEvent
+from schemas.errors import VendorRateLimited
+from schemas.usage import Usage
+from tests.support.envelopes import request_envelope
+
+CAND = Candidate(vendor="a", model="x", input_per_1m=1)
+
+
+class Throttled:
+    """Always 429 with a Retry-After."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        self.calls: list[float] = []
+
+    async def chat(self, call: Any) -> VendorResult:
+        self.calls.append(time.monotonic())
+        raise VendorRateLimited("429", retry_after=self.retry_after)
+
+    def stream(self, call: Any) -> Any:
+        raise NotImplementedError
+
+
+class Slow:
+    """A healthy vendor that takes its time."""
+
+    async def chat(self, call: Any) -> VendorResult:
+        await asyncio.sleep(0.3)
+        return VendorResult({"choices": []}, Usage(input_tokens=1))
+
+    def stream(self, call: Any) -> Any:
+        raise NotImplementedError
+
+
+def dispatcher(vendor: Any, seen: list[HealthEvent]) -> Dispatcher:
+    async def on_health(ev: HealthEvent) -> None:
+        seen.append(ev)
+
+    return Dispatcher({"a": vendor}, {"a": KeyPool(["k"])}, on_health)
+
+
+def within(seconds: float) -> Any:
+    return request_envelope(deadline_ms=int((time.time() + seconds) * 1000))
+
+
+async def test_a_retry_after_past_the_deadline_is_said_at_once_not_retried_into():
+    vendor, seen = Throttled(retry_after=30.0), list[HealthEvent]()
+    started = time.monotonic()
+    out = await dispatcher(vendor, seen).run(within(2.0), [CAND], None)
+    assert len(vendor.calls) == 1, "not called again inside its Retry-After"
+    assert time.monotonic() - started < 0.5, "the 429 goes back now, not at the deadline"
+    assert out.error is not None and out.error.code == "vendor_rate_limited"
+    assert out.error.retry_after == 30.0
+
+
+async def test_a_short_retry_after_is_waited_out_before_the_next_call():
+    vendor, seen = Throttled(retry_after=0.4), list[HealthEvent]()
+    await dispatcher(vendor, seen).run(within(1.5), [CAND], None)
+    gaps = [b - a for a, b in zip(vendor.calls, vendor.calls[1:], strict=False)]
+    assert gaps and all(gap >= 0.39 for gap in gaps)
+
+
+async def test_a_client_s_own_short_deadline_says_nothing_of_the_vendor_s_health():
+    seen: list[HealthEvent] = []
+    d = dispatcher(Slow(), seen)
+    outs = await asyncio.gather(*(d.run(within(0.1), [CAND], None) for _ in range(5)))
+    assert all(o.error is not None and o.error.code == "deadline_exceeded" for o in outs)
+    assert seen == [], "no failure reported: the breaker stays closed for everyone else"
+    ok = await d.run(within(2.0), [CAND], None)
+    assert ok.error is None and [e.ok for e in seen] == [True]

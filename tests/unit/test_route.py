@@ -1,0 +1,61 @@
+"""The router's plans: a canary in front while it is available, the stable candidates
+behind it (and alone when the canary's breaker is open), a 503 only when none is left."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from agents.route import Router
+from schemas.config import RelayConfig
+from schemas.errors import NoHealthyVendor
+from tables.health import Health
+
+CONFIG = RelayConfig.model_validate(
+    {
+        "vendors": {
+            "a": {"kind": "openai", "base_url": "http://a/v1"},
+            "b": {"kind": "openai", "base_url": "http://b/v1"},
+        },
+        "models": {
+            "m": {
+                "candidates": [{"vendor": "a", "model": "stable", "input_per_1m": 1}],
+                "canary": {
+                    "candidate": {"vendor": "b", "model": "next", "input_per_1m": 1},
+                    "percent": 100,
+                },
+            }
+        },
+        "tenants": {"t": {}},
+    }
+)
+NOW = 1_000_000.0
+
+
+def plan(table: dict[str, Any]) -> list[tuple[str, str]]:
+    router = Router(CONFIG, table.get, random.Random(0))
+    return [(c.vendor, c.model) for c in router.plan("m", NOW, user="u1")]
+
+
+def broken() -> dict[str, Any]:
+    return Health(state="open", opened_at=NOW, consecutive_failures=5).model_dump()
+
+
+def test_the_canary_goes_first_while_it_is_available():
+    assert plan({}) == [("b", "next"), ("a", "stable")]
+
+
+def test_an_open_canary_breaker_sends_its_share_to_the_stable_candidates():
+    assert plan({"b/next": broken()}) == [("a", "stable")]
+
+
+def test_an_open_stable_breaker_leaves_the_canary_serving():
+    assert plan({"a/stable": broken()}) == [("b", "next")]
+
+
+def test_with_every_breaker_open_the_request_is_a_503_with_retry_after():
+    with pytest.raises(NoHealthyVendor) as refused:
+        plan({"a/stable": broken(), "b/next": broken()})
+    assert refused.value.retry_after is not None and refused.value.retry_after >= 1
