@@ -190,7 +190,13 @@ class Relay:
         """The request's cache key (also its coalescing and partition key) and TTL."""
         alias = str(body.get("model", ""))
         scope = "global" if who.policy.cache_scope == "global" else f"tenant:{who.tenant}"
-        key = cache_key(scope=scope, alias=alias, endpoint=endpoint, body=body)
+        key = cache_key(
+            scope=scope,
+            alias=alias,
+            endpoint=endpoint,
+            body=body,
+            openai_sampling=self.config.openai_sampling(alias),
+        )
         ttl = opts.ttl_s if opts.ttl_s is not None else self.config.models[alias].ttl_seconds()
         return key, ttl
 

@@ -190,6 +190,13 @@ class RelayConfig(Strict):
                 raise ValueError(f"models.{alias}.cache_ttl: {exc}") from None
         return self
 
+    def openai_sampling(self, alias: str) -> bool:
+        """Whether every vendor of the alias defaults temperature and top_p to 1, as
+        OpenAI does (Ollama uses the model's own), so leaving them out is sending 1."""
+        spec = self.models[alias]
+        cands = [*spec.candidates, *([spec.canary.candidate] if spec.canary else [])]
+        return all(self.vendors[c.vendor].kind != "ollama" for c in cands)
+
     def counts_tokens(self, alias: str) -> bool:
         """Whether a vendor of the alias can count input tokens (Anthropic's
         ``count_tokens``), so a count goes to it rather than being estimated."""

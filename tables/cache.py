@@ -77,8 +77,13 @@ def _content(content: Any) -> Any:
     return content
 
 
-def _is_default(key: str, value: Any) -> bool:
-    if key not in DEFAULTS:
+# Defaults that are OpenAI's: a vendor with its own (Ollama: the model's temperature and
+# top_p) answers an explicit 1 differently from none.
+SAMPLING = frozenset({"temperature", "top_p"})
+
+
+def _is_default(key: str, value: Any, openai_sampling: bool = True) -> bool:
+    if key not in DEFAULTS or (key in SAMPLING and not openai_sampling):
         return False
     default = DEFAULTS[key]
     if isinstance(default, bool) or isinstance(value, bool):  # True == 1 in Python
@@ -86,11 +91,12 @@ def _is_default(key: str, value: Any) -> bool:
     return bool(value == default)
 
 
-def normalize(body: dict[str, Any]) -> dict[str, Any]:
-    """The request with everything that cannot change the answer taken out."""
+def normalize(body: dict[str, Any], *, openai_sampling: bool = True) -> dict[str, Any]:
+    """The request with everything that cannot change the answer taken out
+    (``openai_sampling``: the alias's vendors all default temperature and top_p to 1)."""
     out: dict[str, Any] = {}
     for key, value in body.items():
-        if key in IGNORED_FIELDS or value is None or _is_default(key, value):
+        if key in IGNORED_FIELDS or value is None or _is_default(key, value, openai_sampling):
             continue
         out[key] = value
     if isinstance(out.get("messages"), list):
@@ -103,7 +109,9 @@ def normalize(body: dict[str, Any]) -> dict[str, Any]:
     return _canon(out)
 
 
-def cache_key(*, scope: str, alias: str, endpoint: str, body: dict[str, Any]) -> str:
+def cache_key(
+    *, scope: str, alias: str, endpoint: str, body: dict[str, Any], openai_sampling: bool = True
+) -> str:
     """SHA-256 hex of the normalized request, its endpoint, alias and cache scope; a 400
     for a body no vendor could take either (what JSON allows but the topics' encoding
     does not: integers past 64 bits, unpaired surrogates, nesting hundreds deep)."""
@@ -113,7 +121,7 @@ def cache_key(*, scope: str, alias: str, endpoint: str, body: dict[str, Any]) ->
             "scope": scope,
             "alias": alias,
             "endpoint": endpoint,
-            "body": normalize(body),
+            "body": normalize(body, openai_sampling=openai_sampling),
         }
         return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
     except (TypeError, RecursionError) as exc:

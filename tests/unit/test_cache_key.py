@@ -154,3 +154,19 @@ def test_l1_entries_expire_by_their_own_ttl() -> None:
     assert len(l1) == 1
     l1.delete("long")
     assert l1.get("long") is None
+
+
+def test_an_explicit_temperature_of_1_is_its_own_request_for_a_vendor_with_other_defaults():
+    """Ollama samples at the model's own temperature when none is sent: for its aliases
+    an explicit 1 is a different request from none; for OpenAI's, the same."""
+    plain = {"messages": [{"role": "user", "content": "hi"}]}
+    explicit = {**plain, "temperature": 1, "top_p": 1}
+
+    def key(body: dict, openai_sampling: bool) -> str:
+        return cache_key(
+            scope="t", alias="a", endpoint="chat", body=body, openai_sampling=openai_sampling
+        )
+
+    assert key(plain, True) == key(explicit, True)
+    assert key(plain, False) != key(explicit, False)
+    assert key({**plain, "n": 1}, False) == key(plain, False), "other defaults still drop"
