@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from schemas.config import ConfigError, RelayConfig, hash_key, load_config
@@ -25,10 +26,24 @@ ConfigOpt = Annotated[
 
 
 def _settings(config: Path | None) -> Settings:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for err in exc.errors():
+            name = "RELAY_" + "_".join(str(p) for p in err["loc"]).upper()
+            console.print(f"[red]environment: {name}: {err['msg']}[/red]")
+        raise typer.Exit(2) from None
     if config is not None:
         settings.config = config
     return settings
+
+
+def _kafka_unreachable(bootstrap: str, exc: Exception) -> typer.Exit:
+    console.print(
+        f"[red]cannot reach Kafka at {bootstrap} ({type(exc).__name__}); start it with "
+        "`relay broker`, or set RELAY_KAFKA_BOOTSTRAP to a Kafka that runs[/red]"
+    )
+    return typer.Exit(1)
 
 
 def _bootstrap(settings: Settings) -> str:
@@ -48,13 +63,20 @@ def _config(settings: Settings) -> RelayConfig:
 
 
 @app.command()
-def broker(config: ConfigOpt = None) -> None:
+def broker() -> None:
     """Run the embedded single-node Apache Kafka (KRaft) until stopped."""
+    from aiokafka.errors import KafkaError
+
     from streams.broker import BrokerError, EmbeddedKafka
     from streams.topics import Topics, ensure_topics
 
-    settings = _settings(config)
+    settings = _settings(None)
     kafka = EmbeddedKafka(settings.data_dir / "kafka", jvm_opts=settings.jvm_opts())
+
+    def _interrupt(*_: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM while starting: stop Java too, as on Ctrl-C
+
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         with console.status("starting Apache Kafka (first run fetches it with mvn)…"):
             bootstrap = kafka.start()
@@ -62,6 +84,13 @@ def broker(config: ConfigOpt = None) -> None:
     except BrokerError as exc:
         console.print(f"[red]broker: {exc}[/red]")
         raise typer.Exit(1) from None
+    except KafkaError as exc:
+        kafka.stop()
+        console.print(f"[red]broker: Kafka started but took no topics: {exc}[/red]")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        kafka.stop()  # Java runs in its own session: nobody else would stop it
+        raise typer.Exit(130) from None
     settings.broker_addr_file().write_text(bootstrap)
     print(f"kafka: {bootstrap}", flush=True)
     stop = {"now": False}
@@ -87,13 +116,18 @@ def worker(config: ConfigOpt = None) -> None:
     # third more CPU per request (its consumer thread gets a uvloop loop too).
     mode.loop.use("uvloop")
 
+    from aiokafka.errors import KafkaError
+
     from streams.topics import Topics, ensure_topics
     from streams.wiring import build_worker
 
     settings = _settings(config)
     cfg = _config(settings)
     bootstrap = _bootstrap(settings)
-    asyncio.run(ensure_topics(bootstrap, Topics(settings.topic_prefix).all()))
+    try:
+        asyncio.run(ensure_topics(bootstrap, Topics(settings.topic_prefix).all()))
+    except KafkaError as exc:
+        raise _kafka_unreachable(bootstrap, exc) from None
     faust_app = build_worker(settings, cfg, bootstrap)
     Worker(faust_app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
 
@@ -161,24 +195,31 @@ def hash_key_cmd(key: Annotated[str | None, typer.Argument()] = None) -> None:
 
 @app.command()
 def report(
-    config: ConfigOpt = None,
     by: Annotated[str, typer.Option(help="tenant, alias, tag, model or key")] = "tenant",
     chart: Annotated[Path | None, typer.Option(help="write cost over time to this PNG")] = None,
 ) -> None:
     """Cost report from the ledger topic: cost, direct cost, SaveRate, where savings came from."""
-    from cli.report import run
+    from aiokafka.errors import KafkaError
+
+    from cli.report import TopicMissing, run
     from streams.topics import Topics
 
     if by not in ("tenant", "alias", "tag", "model", "key"):
         raise typer.BadParameter("--by must be tenant, alias, tag, model or key")
-    settings = _settings(config)
+    settings = _settings(None)
     usage = Topics(settings.topic_prefix).usage
-    run(_bootstrap(settings), usage.name, usage.partitions, by, chart)
+    bootstrap = _bootstrap(settings)
+    try:
+        run(bootstrap, usage.name, usage.partitions, by, chart)
+    except TopicMissing as exc:
+        console.print(f"[red]{exc}: no ledger yet (or RELAY_TOPIC_PREFIX names another)[/red]")
+        raise typer.Exit(1) from None
+    except KafkaError as exc:
+        raise _kafka_unreachable(bootstrap, exc) from None
 
 
 @app.command()
 def audit(
-    config: ConfigOpt = None,
     kind: Annotated[
         str | None, typer.Option(help="only auth_failed, access_denied or started")
     ] = None,
@@ -187,15 +228,25 @@ def audit(
     """The audit log: authentication failures, denied models, process starts."""
     from typing import get_args
 
+    from aiokafka.errors import KafkaError
+
     from cli.audit import run
+    from cli.report import TopicMissing
     from schemas.envelope import AuditKind
     from streams.topics import Topics
 
     kinds = get_args(AuditKind)
     if kind is not None and kind not in kinds:
         raise typer.BadParameter(f"--kind must be one of {', '.join(kinds)}")
-    settings = _settings(config)
-    run(_bootstrap(settings), Topics(settings.topic_prefix).audit.name, kind, last)
+    settings = _settings(None)
+    bootstrap = _bootstrap(settings)
+    try:
+        run(bootstrap, Topics(settings.topic_prefix).audit.name, kind, last)
+    except TopicMissing as exc:
+        console.print(f"[red]{exc}: no audit log yet (or RELAY_TOPIC_PREFIX names another)[/red]")
+        raise typer.Exit(1) from None
+    except KafkaError as exc:
+        raise _kafka_unreachable(bootstrap, exc) from None
 
 
 @app.command()

@@ -60,14 +60,23 @@ class Totals:
         return 1 - self.cost / self.direct if self.direct > 0 else 0.0
 
 
+class TopicMissing(Exception):
+    """The topic to read is not on this Kafka (a wrong prefix, or nothing ran yet)."""
+
+
 async def read_topic(bootstrap: str, topic: str, partitions: int, model: type[M]) -> list[M]:
     """Every message on ``topic`` that parses as ``model``, from the first offset to the end
-    as of now (a foreign message is skipped: it is not ours to read)."""
+    as of now (a foreign message is skipped: it is not ours to read).  The partitions are
+    the topic's own; one that does not exist raises ``TopicMissing`` (rather than reading
+    it into being, shaped by the broker's defaults)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
     events: list[M] = []
     try:
-        parts = [TopicPartition(topic, p) for p in range(partitions)]
+        await consumer.start()
+        if topic not in await consumer.topics():
+            raise TopicMissing(f"no topic {topic} on the Kafka at {bootstrap}")
+        found = consumer.partitions_for_topic(topic) or set(range(partitions))
+        parts = [TopicPartition(topic, p) for p in sorted(found)]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         end = await consumer.end_offsets(parts)
@@ -139,17 +148,20 @@ def chart(events: list[UsageEvent], path: Path) -> None:
 
     events = sorted(events, key=lambda e: e.ts_ms)
     times = [datetime.fromtimestamp(e.ts_ms / 1000, UTC) for e in events]
-    paid, direct, p, d = [], [], 0.0, 0.0
+    # Both lines start from zero at the first event, so even one event draws a step.
+    times = times[:1] + times
+    paid, direct, p, d = [0.0], [0.0], 0.0, 0.0
     for e in events:
         p += e.cost
         d += e.direct_cost
         paid.append(p)
         direct.append(d)
     fig, ax = plt.subplots(figsize=(9, 4.5))
+    steps = {"drawstyle": "steps-post", "marker": "." if len(events) < 50 else None}
     # matplotlib plots datetimes through its unit converters; its stubs only know numbers.
-    ax.plot(times, direct, label="direct to vendors (Cost_direct)", color="#c44")  # type: ignore[arg-type]
-    ax.plot(times, paid, label="through the relay (Cost_total)", color="#2a7")  # type: ignore[arg-type]
-    ax.fill_between(times, paid, direct, color="#2a7", alpha=0.12, label="saved")  # type: ignore[arg-type]
+    ax.plot(times, direct, label="direct to vendors (Cost_direct)", color="#c44", **steps)  # type: ignore[arg-type]
+    ax.plot(times, paid, label="through the relay (Cost_total)", color="#2a7", **steps)  # type: ignore[arg-type]
+    ax.fill_between(times, paid, direct, color="#2a7", alpha=0.12, label="saved", step="post")  # type: ignore[arg-type]
     ax.set_ylabel("USD, cumulative")
     rate = 1 - p / d if d else 0.0
     ax.set_title(f"Relay Station cost over time — SaveRate {rate:.1%}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
-from schemas.config import RelayConfig
+from schemas.config import RelayConfig, hash_key
 from schemas.settings import Settings
 
 console = Console(stderr=True)
@@ -64,11 +64,10 @@ class Supervisor:
         sim = self.config.simulator
         if sim is not None:
             self.env.setdefault("RELAY_SIM_KEY", f"sim-{secrets.token_hex(8)}")
-            port = str(sim.get("port", 9100))
+            port = str(sim.port)
             extra = []
-            for k in ("latency_ms", "chunk_gap_ms", "error_rate", "rate_429"):
-                if k in sim:
-                    extra += [f"--{k.replace('_', '-')}", str(sim[k])]
+            for k, value in sim.model_dump(exclude={"port"}, exclude_unset=True).items():
+                extra += [f"--{k.replace('_', '-')}", str(value)]
             self.spawn(
                 "simulator", "simulator", "--port", port, "--api-key-env", "RELAY_SIM_KEY", *extra
             )
@@ -91,14 +90,18 @@ class Supervisor:
         try:
             self.start()
             print(f"gateway: {self.url}/v1", flush=True)
-            print(f"relay key: {self.settings.demo_key}", flush=True)
+            # The demo key only when this config admits it (a config of your own keys
+            # has its keys with you: the relay keeps their hashes alone).
+            admitted = hash_key(self.settings.demo_key) in self.config.key_index()
+            key = self.settings.demo_key if admitted else "<one of your relay keys>"
+            print(f"relay key: {key}", flush=True)
             if self.config.simulator is not None:
                 print(f"simulator: {self.sim_url}", flush=True)
             alias = next(iter(self.config.models))
             body = json.dumps({"model": alias, "messages": [{"role": "user", "content": "hello"}]})
             print(
                 f"curl: curl -s {self.url}/v1/chat/completions "
-                f"-H 'Authorization: Bearer {self.settings.demo_key}' "
+                f"-H 'Authorization: Bearer {key}' "
                 f"-H 'Content-Type: application/json' "
                 f"-d '{body}'",
                 flush=True,
@@ -119,9 +122,12 @@ class Supervisor:
         for _, proc in reversed(self.children):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
+        # Long enough for a worker to finish what it took (RELAY_WORKER_DRAIN_S) and for
+        # Kafka to close its logs, before anything is killed outright.
+        patience = self.settings.worker_drain_s + 10
         for _, proc in reversed(self.children):
             try:
-                proc.wait(20)
+                proc.wait(patience)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()

@@ -150,13 +150,23 @@ class Breaker(Strict):
     open_s: float = Field(10.0, gt=0)
 
 
+class SimulatorConfig(Strict):
+    """The simulator ``relay up`` starts for a config whose vendors are simulated."""
+
+    port: int = Field(9100, ge=1, le=65535)
+    latency_ms: float = Field(0.0, ge=0)
+    chunk_gap_ms: float = Field(0.0, ge=0)
+    error_rate: float = Field(0.0, ge=0, le=1)
+    rate_429: float = Field(0.0, ge=0, le=1)
+
+
 class RelayConfig(Strict):
     vendors: dict[str, VendorConfig]
-    models: dict[str, ModelAlias]
+    models: dict[str, ModelAlias] = Field(min_length=1)
     tenants: dict[str, TenantConfig]
     batch_lane: BatchLane = Field(default_factory=BatchLane)
     breaker: Breaker = Field(default_factory=Breaker)
-    simulator: dict[str, object] | None = Field(
+    simulator: SimulatorConfig | None = Field(
         None, description="settings for the simulator `relay up` starts, if any"
     )
 
@@ -185,9 +195,32 @@ class RelayConfig(Strict):
                 raise ValueError(f"models.{alias}.canary.candidate.vendor: unknown vendor")
         for alias, spec in self.models.items():
             try:
-                spec.ttl_seconds()
+                ttl = spec.ttl_seconds()
             except ValueError as exc:
                 raise ValueError(f"models.{alias}.cache_ttl: {exc}") from None
+            if ttl < 0:
+                raise ValueError(
+                    f"models.{alias}.cache_ttl: {ttl} s is negative (0 caches nothing)"
+                )
+        for name, vendor in self.vendors.items():
+            path = vendor.api_key_file
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"vendors.{name}.api_key_file: {path} is not a readable file")
+        owners: dict[str, str] = {}
+        for tenant, rules in self.tenants.items():
+            unknown = [m for m in rules.models if m != "*" and m not in self.models]
+            if unknown:
+                raise ValueError(
+                    f"tenants.{tenant}.models: unknown alias {unknown[0]!r} "
+                    f"(known: {', '.join(self.models)})"
+                )
+            for key in rules.keys:
+                if key.sha256 in owners:
+                    raise ValueError(
+                        f"tenants.{tenant}.keys.{key.id}: the same key hash as "
+                        f"{owners[key.sha256]} (one relay key, one tenant)"
+                    )
+                owners[key.sha256] = f"tenants.{tenant}.keys.{key.id}"
         return self
 
     def openai_sampling(self, alias: str) -> bool:
@@ -236,6 +269,8 @@ def load_config(path: Path) -> RelayConfig:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read as a text file ({exc})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

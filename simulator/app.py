@@ -26,8 +26,8 @@ _CREATED = 1_735_689_600  # 2025-01-01, a fixed "created" stamp for the model li
 def _control_routes(app: FastAPI) -> None:
     @app.get("/sim/config")
     async def get_config(request: Request) -> Response:
-        """The live config."""
-        return json_response(request.app.state.sim.config.model_dump())
+        """The live config (the key it demands stays unsaid: it stands for a vendor's)."""
+        return json_response(request.app.state.sim.config.model_dump(exclude={"api_key"}))
 
     @app.post("/sim/config")
     async def set_config(request: Request) -> Response:
@@ -39,7 +39,7 @@ def _control_routes(app: FastAPI) -> None:
             config = request.app.state.sim.update(patch)
         except ValidationError as exc:
             return json_response({"error": str(exc)}, 400)
-        return json_response(config.model_dump())
+        return json_response(config.model_dump(exclude={"api_key"}))
 
     @app.get("/stats")
     async def stats(request: Request) -> Response:

@@ -47,8 +47,23 @@ def test_vendor_key_comes_from_the_named_env_var(tmp_path, monkeypatch):
             "models.m.cache_ttl",
             "weekly",
         ),
+        (GOOD.replace("{candidates:", "{cache_ttl: -5, candidates:"), "models.m.cache_ttl", "negative"),
+        (
+            GOOD.replace("api_key_env: A_KEY", "api_key_file: /nonexistent/key"),
+            "vendors.a.api_key_file",
+            "not a readable file",
+        ),
+        (GOOD.replace("{keys:", "{models: [gtp], keys:"), "tenants.t.models", "unknown alias 'gtp'"),
+        (
+            GOOD.replace("tenants: {t:", "tenants: {u: {keys: [{id: k2, sha256: " + hash_key("rk-test") + "}]}, t:"),
+            "tenants.t.keys.k1",
+            "the same key hash as tenants.u.keys.k2",
+        ),
+        (GOOD + "simulator: {latncy_ms: 5}\n", "simulator.latncy_ms", "Extra inputs"),
+        (GOOD.replace("models: {m: {candidates: [{vendor: a, model: x}]}}", "models: {}"), "models",
+         "at least 1"),
     ],
-)
+)  # fmt: skip
 def test_bad_config_names_file_key_and_problem(tmp_path, text, where, what):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
@@ -62,6 +77,12 @@ def test_missing_and_unparsable_files(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path, "vendors: [unclosed"))
+    with pytest.raises(ConfigError, match="cannot be read as a text file"):
+        load_config(tmp_path)  # a directory
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="cannot be read as a text file"):
+        load_config(binary)
 
 
 def test_ttl_classes_and_seconds():

@@ -45,3 +45,27 @@ def test_chart_is_written(tmp_path):
     path = tmp_path / "cost.png"
     chart([event("a", 1.0, 2.0), event("a", 0.0, 2.0, cache_hit=True)], path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_one_event_ledger_still_draws_its_step(tmp_path):
+    """One event: both lines start from zero at it, so the chart shows a step, not nothing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    path = tmp_path / "one.png"
+    drawn: list = []
+    real = plt.Axes.plot
+
+    def spy(self, *args, **kwargs):
+        drawn.append(args[1])
+        return real(self, *args, **kwargs)
+
+    plt.Axes.plot = spy  # type: ignore[method-assign]
+    try:
+        chart([event("a", 1.0, 2.0)], path)
+    finally:
+        plt.Axes.plot = real  # type: ignore[method-assign]
+    assert path.stat().st_size > 1000
+    assert drawn == [[0.0, 2.0], [0.0, 1.0]], "direct then paid, each from zero"
