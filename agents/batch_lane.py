@@ -44,7 +44,14 @@ class _LeaseLost(Exception):
 
 
 def _ids(items: list[RequestEnvelope]) -> list[str]:
-    return [env.correlation_id for env in items]
+    """Each request's id in its vendor batch: its place in the batch.  (Correlation ids
+    hold a slash for Batch API lines, which Anthropic's custom_id pattern refuses.)"""
+    return [f"r{i}" for i in range(len(items))]
+
+
+def _result_for(results: BatchResults, i: int, env: RequestEnvelope) -> object:
+    # A batch an older worker sent (and this one adopted) is keyed by correlation id.
+    return results.get(f"r{i}", results.get(env.correlation_id))
 
 
 def _failure(exc: Exception) -> RelayError:
@@ -120,8 +127,8 @@ class BatchLane:
             return
         index, key = self.pools[cand.vendor].pick()
         calls = [
-            (env.correlation_id, VendorCall(model=cand.model, body=env.body, api_key=key))
-            for env in items
+            (vendor_id, VendorCall(model=cand.model, body=env.body, api_key=key))
+            for vendor_id, env in zip(_ids(items), items, strict=True)
         ]
         try:
             batch_id = await adapter.submit_batch(calls, key)
@@ -189,7 +196,7 @@ class BatchLane:
         if self.journal is None:
             return items
         try:
-            carried = await self.journal.carried(_ids(items))
+            carried = await self.journal.carried([env.correlation_id for env in items])
         except REDIS_ERRORS:
             return items
         if carried:
@@ -223,8 +230,8 @@ class BatchLane:
     async def _deliver_all(
         self, cand: Candidate, items: list[RequestEnvelope], results: BatchResults
     ) -> None:
-        for env in items:
-            got = results.get(env.correlation_id)
+        for i, env in enumerate(items):
+            got = _result_for(results, i, env)
             if not isinstance(got, VendorResult | RelayError):
                 got = VendorUnavailable("the batch returned no result")
             try:  # one caller's delivery failing must not leave the others unanswered

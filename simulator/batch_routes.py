@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -290,6 +291,9 @@ def _anthropic_job(request: Request, batch_id: str) -> tuple[Sim, dict[str, Any]
     return sim, rec
 
 
+_CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # Anthropic's rule for a request's id
+
+
 @router.post("/v1/messages/batches")
 async def create_message_batch(request: Request) -> Response:
     """Create a Message Batch from ``requests: [{custom_id, params}]``."""
@@ -304,6 +308,14 @@ async def create_message_batch(request: Request) -> Response:
     for item in items:
         if not (isinstance(item, dict) and isinstance(item.get("params"), dict)):
             return anthropic_routes.error(400, "requests: each needs custom_id and params")
+        if not _CUSTOM_ID.fullmatch(str(item.get("custom_id", ""))):
+            return anthropic_routes.error(
+                400,
+                f"requests.custom_id: {item.get('custom_id')!r} does not match "
+                "^[a-zA-Z0-9_-]{1,64}$",
+            )
+    if len({item["custom_id"] for item in items}) < len(items):
+        return anthropic_routes.error(400, "requests: custom_id values must be unique")
     results = [_anthropic_item(sim, item) for item in items]
     sim.stats.batches += 1
     ok = sum(r["result"]["type"] == "succeeded" for r in results)

@@ -85,3 +85,42 @@ async def test_a_poll_that_keeps_failing_fails_the_batch() -> None:
 async def test_one_failed_delivery_does_not_stop_the_others() -> None:
     got = await run(ScriptedBatches(["done"]), 3, fail_for=frozenset({0}))
     assert len(got) == 2 and all(isinstance(r, VendorResult) for r in got)
+
+
+async def test_vendor_ids_fit_anthropic_s_pattern_and_each_answer_reaches_its_own_caller() -> None:
+    """Batch API lines' correlation ids hold a slash, which Anthropic refuses in a
+    custom_id: the lane numbers its requests instead, and maps the answers back."""
+    import re
+
+    class Echo(ScriptedBatches):
+        async def poll_batch(self, batch_id: str, api_key: str) -> dict[str, Any]:
+            # in reverse, as a vendor may list them
+            return {
+                cid: VendorResult(body={"prompt": call.body["prompt"]}, usage=Usage())
+                for cid, call in reversed(self.calls)
+            }
+
+    vendor = Echo([])
+    envs = [
+        request_envelope(
+            alias="a",
+            priority=Priority.background,
+            correlation_id=f"batch_abc/{i}",
+            body={"model": "a", "prompt": f"p{i}"},
+        )
+        for i in range(3)
+    ]
+    got: dict[str, Any] = {}
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        got[env.correlation_id] = out.body["prompt"]
+
+    lane = BatchLane(
+        {"v": vendor}, {"v": KeyPool(["key"])}, LaneRule(max_size=3, poll_s=0.001), deliver
+    )
+    for env in envs:
+        lane.submit(env, CAND)
+    for task in list(lane._tasks):
+        await task
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", cid) for cid, _ in vendor.calls)
+    assert got == {"batch_abc/0": "p0", "batch_abc/1": "p1", "batch_abc/2": "p2"}
