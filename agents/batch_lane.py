@@ -100,6 +100,16 @@ class BatchLane:
             loop = asyncio.get_running_loop()
             queue.timer = loop.call_later(self.rule.max_age_s, self._flush, key)
 
+    def withdraw(self, correlation_id: str) -> bool:
+        """Take a request back that still waits for its batch to go out (its caller gave
+        up): True when it was waiting, so it never reaches the vendor."""
+        for queue in self._queues.values():
+            for env in queue.items:
+                if env.correlation_id == correlation_id:
+                    queue.items.remove(env)
+                    return True
+        return False
+
     def flush_all(self) -> set[asyncio.Task[None]]:
         """Send every waiting batch now (the worker is stopping); the tasks running them."""
         for key in list(self._queues):

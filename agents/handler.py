@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from agents.adapters.base import VendorResult
@@ -69,6 +69,10 @@ class RequestHandler:
         self.discounts = discounts or {}
         self.budget = budget or (lambda tenant: None)
         self.lane: BatchLane | None = None  # set by the wiring: it needs adapters and keys
+        # Lane requests a gateway waits on: their deadline timers, and those answered 504
+        self._lane_deadlines: dict[str, asyncio.TimerHandle] = {}
+        self._late: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, env: RequestEnvelope) -> None:
         now = time.time()
@@ -166,13 +170,48 @@ class RequestHandler:
         if cand is None:
             return False
         self.lane.submit(env, cand)
+        if env.gateway_meters_timeout:
+            # A gateway waits on it, and a vendor batch may outlast the request's
+            # deadline: the worker answers 504 at the deadline itself, before the gateway
+            # gives up and writes a ledger line of its own, so that the request keeps one
+            # line: the vendor's answer, metered whenever it comes (or nothing, when the
+            # request was still waiting to go out and is withdrawn).
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, env.deadline_ms / 1000 - time.time())
+            self._lane_deadlines[env.correlation_id] = loop.call_later(
+                delay, lambda: self._spawn(self._lane_deadline(env))
+            )
         return True
+
+    async def _lane_deadline(self, env: RequestEnvelope) -> None:
+        self._lane_deadlines.pop(env.correlation_id, None)
+        late = DeadlineExceeded("the vendor batch did not answer within the request's deadline")
+        assert self.lane is not None
+        if self.lane.withdraw(env.correlation_id):
+            await self._fail(env, late)  # never sent: never paid
+            return
+        self._late.add(env.correlation_id)
+        await self._fail(env, late, meter=False)  # its vendor answer is metered when it comes
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def deliver_batch(
         self, env: RequestEnvelope, cand: Candidate, result: VendorResult | RelayError
     ) -> None:
-        """A batch-API result: answered and metered like any other, at the batch price."""
+        """A batch-API result: answered and metered like any other, at the batch price
+        (only metered when its caller had its 504 at the deadline already)."""
+        if timer := self._lane_deadlines.pop(env.correlation_id, None):
+            timer.cancel()
+        late = env.correlation_id in self._late
+        self._late.discard(env.correlation_id)
         if isinstance(result, RelayError):
+            if late:
+                line = usage_event(env, self.prices, candidate=None, usage=Usage(), error=result)
+                await self.sink.usage(line)
+                return
             await self._fail(env, result)
             return
         body = {**result.body, "model": env.alias}
@@ -184,7 +223,8 @@ class RequestHandler:
             batch_api=True,
             discount=self.discounts.get(cand.vendor, 0.0),
         )
-        await self.sink.reply(env.reply_to, ReplyEvent.final(env, line, body))
+        if not late:
+            await self.sink.reply(env.reply_to, ReplyEvent.final(env, line, body))
         await self.sink.usage(line)
 
     async def _fly(self, flight: Flight, env: RequestEnvelope) -> Outcome:

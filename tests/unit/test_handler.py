@@ -10,13 +10,15 @@ from typing import Any
 import httpx
 import pytest
 
+from agents.adapters.base import VendorResult
 from agents.adapters.openai import OpenAIAdapter
 from agents.dispatch import Dispatcher
 from agents.handler import RequestHandler
 from agents.keys import KeyPool
 from agents.route import Router
 from schemas.config import RelayConfig
-from schemas.envelope import HealthEvent, ReplyEvent, RequestEnvelope, UsageEvent
+from schemas.envelope import HealthEvent, Priority, ReplyEvent, RequestEnvelope, UsageEvent
+from schemas.usage import Usage
 from tables.buckets import PriorityGate, TokenBucket
 from tables.budgets import BudgetDecision
 from tables.cache import CacheEntry
@@ -491,3 +493,81 @@ def test_a_budget_degraded_request_never_shares_a_flight_with_an_undegraded_one(
     assert full is not cheap and waiter.leader
     again, joined = flights.join(envelope(key="same", degraded="budget_80pct"), 0.0)
     assert again is cheap and not joined.leader
+
+
+class SlowBatches:
+    """A vendor batch API whose batch ends when ``done`` is set."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+        self.done = asyncio.Event()
+
+    async def submit_batch(self, calls: list[Any], api_key: str) -> str:
+        self.calls = calls
+        return "vb_1"
+
+    async def poll_batch(self, batch_id: str, api_key: str) -> Any:
+        if not self.done.is_set():
+            return None
+        body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "late"}}]}
+        usage = Usage(input_tokens=7, output_tokens=1)
+        return {cid: VendorResult(body=body, usage=usage) for cid, _ in self.calls}
+
+
+def lane_handler(vendor: SlowBatches, max_age_s: float) -> tuple[RequestHandler, Sink]:
+    from agents.batch_lane import BatchLane
+    from schemas.config import BatchLane as LaneRule
+
+    handler, sink = make(vendor_client_unused())
+    handler.lane = BatchLane(
+        {"a": vendor},
+        {"a": KeyPool(["k"])},
+        LaneRule(max_size=1 if max_age_s == 0 else 100, max_age_s=max_age_s or 5, poll_s=0.01),
+        handler.deliver_batch,
+    )
+    return handler, sink
+
+
+def vendor_client_unused() -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(500)))
+
+
+def background(seconds: float) -> RequestEnvelope:
+    return envelope(
+        key=f"bg-{seconds}",
+        priority=Priority.background,
+        gateway_meters_timeout=True,
+        deadline_ms=int((time.time() + seconds) * 1000),
+    )
+
+
+async def test_a_vendor_batch_outlasting_the_deadline_answers_504_then_meters_once():
+    """The waiting gateway gets its 504 from the worker at the deadline (so it writes no
+    line of its own); the vendor's answer, when it comes, is the request's one line."""
+    vendor = SlowBatches()
+    handler, sink = lane_handler(vendor, max_age_s=0)  # sent at once
+    env = background(0.2)
+    await handler.handle(env)
+    await asyncio.sleep(0.35)
+    [timeout] = sink.for_(env.correlation_id)
+    assert timeout.kind == "error" and timeout.error["code"] == "deadline_exceeded"
+    assert sink.ledger == [], "no line yet: the vendor's answer will be it"
+    vendor.done.set()
+    for task in list(handler.lane._tasks):  # type: ignore[union-attr]
+        await task
+    assert len(sink.for_(env.correlation_id)) == 1, "no answer after the 504"
+    [line] = sink.ledger
+    assert line.status == "ok" and line.batch_api and line.cost > 0
+
+
+async def test_a_request_still_waiting_for_its_batch_at_the_deadline_is_never_sent():
+    vendor = SlowBatches()
+    handler, sink = lane_handler(vendor, max_age_s=30)  # would wait long to go out
+    env = background(0.1)
+    await handler.handle(env)
+    await asyncio.sleep(0.25)
+    [timeout] = sink.for_(env.correlation_id)
+    assert timeout.kind == "error" and timeout.error["code"] == "deadline_exceeded"
+    [line] = sink.ledger
+    assert (line.status, line.error_code, line.cost) == ("error", "deadline_exceeded", 0)
+    assert handler.lane.queued == 0 and vendor.calls == []  # type: ignore[union-attr]
