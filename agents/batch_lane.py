@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from agents.keys import KeyPool
 from schemas.config import BatchLane as LaneRule
 from schemas.config import Candidate
 from schemas.envelope import RequestEnvelope
-from schemas.errors import RelayError, VendorUnavailable
+from schemas.errors import RelayError, VendorBadRequest, VendorNotFound, VendorUnavailable
 from tables.cache import REDIS_ERRORS
 from tables.lane_journal import LaneJournal, VendorBatch
 
@@ -31,6 +32,7 @@ Deliver = Callable[[RequestEnvelope, Candidate, VendorResult | RelayError], Awai
 BatchResults = dict[str, VendorResult | Exception]
 POLL_FAILURES = 5  # failed polls in a row before the batch's callers are told it failed
 FORGET_ATTEMPTS = 8  # tries to strike an answered batch from the journal (~1 min)
+REFUSED_S = 600.0  # a vendor that refused a batch (no batch API) is left alone this long
 
 
 @dataclass
@@ -79,6 +81,7 @@ class BatchLane:
         self._queues: dict[tuple[str, str], _Queue] = {}
         self._cands: dict[tuple[str, str], Candidate] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._refused: dict[str, float] = {}  # vendor -> when its batch API may be tried again
         self.batches_sent = 0
 
     @property
@@ -87,6 +90,10 @@ class BatchLane:
         return sum(len(q.items) for q in self._queues.values())
 
     def accepts(self, cand: Candidate) -> bool:
+        """Whether the vendor has a batch API (and did not just refuse a batch: an
+        OpenAI-compatible server without one is left alone for ``REFUSED_S``)."""
+        if self._refused.get(cand.vendor, 0.0) > time.monotonic():
+            return False
         return isinstance(self.adapters.get(cand.vendor), BatchVendor)
 
     def submit(self, env: RequestEnvelope, cand: Candidate) -> None:
@@ -144,6 +151,8 @@ class BatchLane:
             batch_id = await adapter.submit_batch(calls, key)
         except Exception as exc:
             log.warning("batch to %s/%s not submitted: %s", cand.vendor, cand.model, exc)
+            if isinstance(exc, VendorNotFound | VendorBadRequest):
+                self._refused[cand.vendor] = time.monotonic() + REFUSED_S
             await self._deliver_all(cand, items, dict.fromkeys(_ids(items), _failure(exc)))
             return
         self.batches_sent += 1

@@ -212,6 +212,12 @@ class RequestHandler:
                 line = usage_event(env, self.prices, candidate=None, usage=Usage(), error=result)
                 await self.sink.usage(line)
                 return
+            if result.retryable:
+                # The vendor's batch failed it (no batch API after all, expired, cancelled):
+                # the request is answered the realtime way instead, at the full price.
+                log.warning("batch lane failed %s (%s): sent on", env.correlation_id, result.code)
+                await self.handle(env.model_copy(update={"priority": Priority.batch}))
+                return
             await self._fail(env, result)
             return
         body = {**result.body, "model": env.alias}

@@ -571,3 +571,34 @@ async def test_a_request_still_waiting_for_its_batch_at_the_deadline_is_never_se
     [line] = sink.ledger
     assert (line.status, line.error_code, line.cost) == ("error", "deadline_exceeded", 0)
     assert handler.lane.queued == 0 and vendor.calls == []  # type: ignore[union-attr]
+
+
+async def test_a_vendor_without_a_batch_api_still_answers_background_work():
+    """An OpenAI-compatible server with no /v1/files: the batch is refused, its requests
+    go the realtime way (full price), and the lane leaves that vendor alone for a while."""
+    from agents.batch_lane import BatchLane
+    from schemas.config import BatchLane as LaneRule
+    from schemas.errors import VendorNotFound
+
+    class NoBatchApi:
+        async def submit_batch(self, calls: list[Any], api_key: str) -> str:
+            raise VendorNotFound("openai: HTTP 404: /v1/files not found")
+
+        async def poll_batch(self, batch_id: str, api_key: str) -> Any:
+            raise AssertionError("never submitted")
+
+    calls: list[str] = []
+    handler, sink = make(vendor(calls, delay=0))
+    lane = handler.lane = BatchLane(
+        {"a": NoBatchApi()}, {"a": KeyPool(["k"])}, LaneRule(max_size=1), handler.deliver_batch
+    )
+    env = envelope(key="bg-none", priority=Priority.background)
+    await handler.handle(env)
+    for task in list(lane._tasks):
+        await task
+    final = sink.for_(env.correlation_id)[-1]
+    assert final.kind == "final" and final.body["choices"][0]["message"]["content"] == "Hi"
+    assert calls == ["a"], "answered by the realtime call"
+    [line] = sink.ledger
+    assert line.status == "ok" and not line.batch_api and line.cost > 0
+    assert not lane.accepts(handler.router.plan("m", time.time())[0])
