@@ -180,6 +180,23 @@ class BatchLane:
     async def _follow_through(
         self, batch: VendorBatch, adapter: BatchVendor, key: str, *, leased: bool
     ) -> None:
+        # The lease is renewed all along, not only between polls: a slow poll or a long
+        # delivery must not let it lapse under a live worker (another would answer too).
+        heartbeat = asyncio.create_task(self._keep_lease(batch.id)) if leased else None
+        try:
+            await self._poll_and_deliver(batch, adapter, key, leased=leased)
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+
+    async def _keep_lease(self, batch_id: str) -> None:
+        while True:
+            await asyncio.sleep(self.rule.lease_s / 3)
+            await self._still_mine(batch_id)
+
+    async def _poll_and_deliver(
+        self, batch: VendorBatch, adapter: BatchVendor, key: str, *, leased: bool
+    ) -> None:
         cand, items = batch.candidate, batch.envelopes
         try:
             # Cancelled (the worker stops while the vendor works on): it stays in the

@@ -21,12 +21,28 @@ from pydantic import BaseModel
 from schemas.config import Candidate
 from schemas.envelope import RequestEnvelope
 
-# Extends a lease only for its holder.
+# Extends a lease for its holder, and takes back one nobody holds (it lapsed during a
+# Redis outage, or Redis restarted empty) rather than abandon a batch no one else polls.
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
 return 0
+"""
+# Strikes a batch out only for its holder (or when nobody holds it): a worker whose lease
+# lapsed and was adopted must not delete the adopter's lease and entry.
+_DONE = """
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[2])
+for i = 3, #ARGV do redis.call('SREM', KEYS[4], ARGV[i]) end
+return 1
 """
 
 
@@ -46,6 +62,7 @@ class LaneJournal:
         self.owner = owner
         self.lease_ms = int(lease_s * 1000)
         self._renew = redis.register_script(_RENEW)
+        self._done = redis.register_script(_DONE)
 
     def _entry(self, batch_id: str) -> str:
         return f"{self.prefix}batch:{batch_id}"
@@ -77,7 +94,8 @@ class LaneJournal:
         return {cid for cid, yes in zip(correlation_ids, found, strict=True) if yes}
 
     async def renew(self, batch_id: str) -> bool:
-        """Extend this worker's lease; False when another worker holds it now."""
+        """Extend this worker's lease (taking it back if nobody holds it); False when
+        another worker holds it now."""
         return bool(
             await self._renew(keys=[self._lease(batch_id)], args=[self.owner, self.lease_ms])
         )
@@ -86,11 +104,11 @@ class LaneJournal:
         return await self.redis.get(self._lease(batch_id)) == self.owner.encode()
 
     async def done(self, batch: VendorBatch) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._entry(batch.id), self._lease(batch.id))
-            pipe.srem(self._all, batch.id)
-            pipe.srem(self._carried, *(env.correlation_id for env in batch.envelopes))
-            await pipe.execute()
+        """Strike an answered batch out (not when another worker holds it now)."""
+        await self._done(
+            keys=[self._entry(batch.id), self._lease(batch.id), self._all, self._carried],
+            args=[self.owner, batch.id, *(env.correlation_id for env in batch.envelopes)],
+        )
 
     async def adopt(self) -> list[VendorBatch]:
         """The batches whose lease lapsed, each now leased to this worker."""

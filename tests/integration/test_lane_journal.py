@@ -154,3 +154,52 @@ async def test_a_batch_whose_worker_stopped_stays_for_another_to_adopt(
     await asyncio.sleep(0.4)
     [adopted] = await LaneJournal(redis, prefix, "w2", lease_s=0.3).adopt()
     assert len(adopted.envelopes) == 2
+
+
+async def test_a_slow_delivery_keeps_its_lease_so_no_other_worker_answers_again(
+    redis: aioredis.Redis,
+) -> None:
+    """Delivering takes longer than the lease (a reply topic slow to take answers): the
+    lease is renewed all along, so a second worker looking for lapsed batches finds none."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    got: list[str] = []
+
+    async def slow_deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        await asyncio.sleep(0.2)
+        got.append(env.correlation_id)
+
+    rule = LaneRule(max_size=4, poll_s=0.05, lease_s=0.3)
+    mine = BatchLane(
+        {"v": SlowBatches(polls=1)}, {"v": KeyPool(["k"])}, rule, slow_deliver,
+        journal=LaneJournal(redis, prefix, "w1", lease_s=0.3),
+    )  # fmt: skip
+    other = BatchLane(
+        {"v": SlowBatches(polls=1)}, {"v": KeyPool(["k"])}, rule, slow_deliver,
+        journal=LaneJournal(redis, prefix, "w2", lease_s=0.3),
+    )  # fmt: skip
+    envs = [request_envelope(priority=Priority.background) for _ in range(4)]
+    for env in envs:
+        mine.submit(env, CAND)
+    adopted = 0
+    while mine._tasks:
+        adopted += await other.adopt()
+        await asyncio.sleep(0.05)
+    assert adopted == 0
+    assert sorted(got) == sorted(e.correlation_id for e in envs), "each answered once"
+
+
+async def test_a_lease_lost_to_a_redis_restart_is_taken_back_not_abandoned(
+    redis: aioredis.Redis,
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    journal = LaneJournal(redis, prefix, "w1", lease_s=5)
+    batch = VendorBatch(id="vb-9", candidate=CAND, key_index=0, envelopes=[request_envelope()])
+    await journal.submitted(batch)
+    await redis.delete(f"{prefix}:lane:lease:vb-9")  # as after a restart without persistence
+    assert await journal.renew("vb-9"), "nobody holds it: this worker takes it back"
+    other = LaneJournal(redis, prefix, "w2", lease_s=5)
+    assert not await other.renew("vb-9")
+    await other.done(batch)  # not its to strike out
+    assert await journal.holds("vb-9")
+    await journal.done(batch)
+    assert not await journal.holds("vb-9") and await journal.adopt() == []
