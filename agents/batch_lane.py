@@ -22,7 +22,13 @@ from agents.keys import KeyPool
 from schemas.config import BatchLane as LaneRule
 from schemas.config import Candidate
 from schemas.envelope import RequestEnvelope
-from schemas.errors import RelayError, VendorBadRequest, VendorNotFound, VendorUnavailable
+from schemas.errors import (
+    BatchCancelled,
+    RelayError,
+    VendorBadRequest,
+    VendorNotFound,
+    VendorUnavailable,
+)
 from tables.cache import REDIS_ERRORS
 from tables.lane_journal import LaneJournal, VendorBatch
 
@@ -70,8 +76,12 @@ class BatchLane:
         rule: LaneRule,
         deliver: Deliver,
         journal: LaneJournal | None = None,
+        cancelled: Callable[[RequestEnvelope], Awaitable[bool]] | None = None,
     ) -> None:
         self.adapters = adapters
+        # Whether a request was cancelled while it waited to go out (a Batch API line of
+        # a batch cancelled since): asked again just before the vendor batch is sent.
+        self.cancelled = cancelled
         self.journal = journal
         self.stopping = False  # set when the worker stops: it adopts nothing more
         self._following: set[str] = set()  # vendor batches this lane polls now
@@ -142,6 +152,12 @@ class BatchLane:
         assert isinstance(adapter, BatchVendor)
         if not (items := await self._not_carried(items)):
             return
+        if self.cancelled is not None:
+            stopped = [env for env in items if await self.cancelled(env)]
+            for env in stopped:
+                await self.deliver(env, cand, BatchCancelled("the batch was cancelled first"))
+            if not (items := [env for env in items if env not in stopped]):
+                return
         index, key = self.pools[cand.vendor].pick()
         calls = [
             (vendor_id, VendorCall(model=cand.model, body=env.body, api_key=key))

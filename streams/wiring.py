@@ -235,8 +235,17 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     owner = f"{settings.instance_id or 'worker'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     lease_s = config.batch_lane.lease_s
     journal = LaneJournal(store_redis, settings.topic_prefix, owner, lease_s)
+
+    async def line_cancelled(env: RequestEnvelope) -> bool:
+        return await cancelled(store, env, topics.batch_results.name)
+
     lane = handler.lane = BatchLane(
-        adapters, pools, config.batch_lane, handler.deliver_batch, journal=journal
+        adapters,
+        pools,
+        config.batch_lane,
+        handler.deliver_batch,
+        journal=journal,
+        cancelled=line_cancelled,
     )
     in_flight: set[asyncio.Task[None]] = set()
     batch_results = app.topic(

@@ -124,3 +124,32 @@ async def test_vendor_ids_fit_anthropic_s_pattern_and_each_answer_reaches_its_ow
         await task
     assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", cid) for cid, _ in vendor.calls)
     assert got == {"batch_abc/0": "p0", "batch_abc/1": "p1", "batch_abc/2": "p2"}
+
+
+async def test_a_line_cancelled_while_it_waited_never_reaches_the_vendor() -> None:
+    from schemas.errors import BatchCancelled
+
+    vendor = ScriptedBatches(["done"])
+    envs = [envelope() for _ in range(3)]
+    got: dict[str, Any] = {}
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        got[env.correlation_id] = out
+
+    async def cancelled(env: RequestEnvelope) -> bool:
+        return env is envs[1]
+
+    lane = BatchLane(
+        {"v": vendor},
+        {"v": KeyPool(["key"])},
+        LaneRule(max_size=3, poll_s=0.001),
+        deliver,
+        cancelled=cancelled,
+    )
+    for env in envs:
+        lane.submit(env, CAND)
+    for task in list(lane._tasks):
+        await task
+    assert len(vendor.calls) == 2, "the cancelled line was not sent"
+    assert isinstance(got[envs[1].correlation_id], BatchCancelled)
+    assert all(isinstance(got[e.correlation_id], VendorResult) for e in (envs[0], envs[2]))
