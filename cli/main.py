@@ -38,6 +38,17 @@ def _settings(config: Path | None) -> Settings:
     return settings
 
 
+async def _reach(bootstrap: str) -> None:
+    """Raise ``KafkaError`` unless a broker answers at ``bootstrap``."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        await admin.start()
+    finally:
+        await admin.close()
+
+
 def _kafka_unreachable(bootstrap: str, exc: Exception) -> typer.Exit:
     console.print(
         f"[red]cannot reach Kafka at {bootstrap} ({type(exc).__name__}); start it with "
@@ -140,12 +151,18 @@ def gateway(
 ) -> None:
     """Run the HTTP gateway (OpenAI- and Anthropic-compatible)."""
     import uvicorn
+    from aiokafka.errors import KafkaError
 
     from gateway.app import create_app
 
     settings = _settings(config)
     cfg = _config(settings)
-    fastapi_app = create_app(settings, cfg, _bootstrap(settings))
+    bootstrap = _bootstrap(settings)
+    try:
+        asyncio.run(_reach(bootstrap))
+    except KafkaError as exc:
+        raise _kafka_unreachable(bootstrap, exc) from None
+    fastapi_app = create_app(settings, cfg, bootstrap)
     uvicorn.run(
         fastapi_app,
         host=host or settings.host,

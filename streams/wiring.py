@@ -202,6 +202,10 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     http = vendor_client(settings.default_timeout_s)
     adapters = {name: make_adapter(v, http) for name, v in config.vendors.items()}
     pools = {name: KeyPool(v.keys()) for name, v in config.vendors.items()}
+    for name, v in config.vendors.items():
+        if (v.api_key_env or v.api_keys_env) and not len(pools[name]):
+            named = ", ".join(n for n in [v.api_key_env, *v.api_keys_env] if n)
+            log.warning("vendor %s: no key in %s; its calls go without one", name, named)
 
     def view(key: str) -> dict[str, Any] | None:
         return health.get(key)  # type: ignore[no-any-return]
