@@ -49,11 +49,20 @@ class Flights:
     def __len__(self) -> int:
         return len(self._by_key)
 
-    def join(self, env: RequestEnvelope, now: float) -> tuple[Flight, Waiter]:
-        """Attach to the flight for this key, or start one with this request as leader."""
+    @staticmethod
+    def _key(env: RequestEnvelope) -> str:
         # A budget-degraded request flies apart: its cheaper answer is its tenant's
         # downgrade, not the alias's answer to hand anyone else who asks the same.
-        key = f"{env.endpoint}:{env.prompt_hash}" + (":degraded" if env.degraded else "")
+        return f"{env.endpoint}:{env.prompt_hash}" + (":degraded" if env.degraded else "")
+
+    def live(self, env: RequestEnvelope) -> bool:
+        """Whether a call for this request's key is under way (one it could join)."""
+        flight = self._by_key.get(self._key(env))
+        return flight is not None and not flight.finished
+
+    def join(self, env: RequestEnvelope, now: float) -> tuple[Flight, Waiter]:
+        """Attach to the flight for this key, or start one with this request as leader."""
+        key = self._key(env)
         flight = self._by_key.get(key)
         if flight is None or flight.finished:
             flight = Flight(key=key, stream=env.stream)

@@ -91,7 +91,7 @@ class RequestHandler:
                 await self._fail(env, self._spent(env))
                 return
             env = env.model_copy(update={"degraded": decision.reason})
-        if self._deferrable(env):
+        if await self._deferred(env):
             return
         flight, waiter = self.flights.join(env, time.monotonic())
         if not waiter.leader:
@@ -156,12 +156,23 @@ class RequestHandler:
         cand = self.prices.candidate(entry.vendor, entry.model)
         return Outcome(candidate=cand, body=body, usage=entry.usage, cached=True)
 
+    async def _deferred(self, env: RequestEnvelope) -> bool:
+        """Background chat goes to the batch-API lane when a candidate's vendor has one,
+        unless it costs nothing now: the same call is under way (it joins that), or the
+        answer is in the cache (it is served from there)."""
+        if not self._deferrable(env) or self.flights.live(env):
+            return False
+        if env.cache_lookup and await self.sink.cached(env.prompt_hash) is not None:
+            return False
+        return self._defer(env)
+
     def _deferrable(self, env: RequestEnvelope) -> bool:
-        """Background chat goes to the batch-API lane when a candidate's vendor has one."""
         if self.lane is None or env.priority is not Priority.background:
             return False
-        if env.stream or env.endpoint != "chat":
-            return False
+        return not env.stream and env.endpoint == "chat"
+
+    def _defer(self, env: RequestEnvelope) -> bool:
+        assert self.lane is not None
         try:
             plan = self.router.plan(env.alias, time.time())
         except RelayError:
@@ -221,6 +232,18 @@ class RequestHandler:
             await self._fail(env, result)
             return
         body = {**result.body, "model": env.alias}
+        if env.cache_ttl_s and not env.degraded:
+            entry = CacheEntry(
+                body=body,
+                usage=result.usage,
+                vendor=cand.vendor,
+                model=cand.model,
+                created=time.time(),
+            )
+            try:  # a cache that fails costs a later request a call, never this answer
+                await self.sink.cache(env.prompt_hash, entry, env.cache_ttl_s)
+            except Exception:
+                log.warning("batch answer for %s not cached", env.correlation_id)
         line = usage_event(
             env,
             self.prices,

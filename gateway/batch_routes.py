@@ -2,8 +2,8 @@
 
 The ``openai`` SDK's ``files`` and ``batches`` work unchanged.  A batch's lines go to the
 request topic as background envelopes (so the worker sends them through the vendors'
-batch APIs at their discount where it can; the lines that go the realtime way get the
-cache and coalescing) with
+batch APIs at their discount where it can, unless the cache or a call under way answers
+them for nothing) with
 replies to the batch-results topic; the worker's results agent writes each answer into the
 store this module reads.  The input file is validated when the batch is created: a batch
 with any bad line is ``failed`` at once, with every problem listed, and sends nothing.

@@ -602,3 +602,23 @@ async def test_a_vendor_without_a_batch_api_still_answers_background_work():
     [line] = sink.ledger
     assert line.status == "ok" and not line.batch_api and line.cost > 0
     assert not lane.accepts(handler.router.plan("m", time.time())[0])
+
+
+async def test_background_work_the_cache_can_answer_never_waits_for_a_vendor_batch():
+    """A background request whose answer is in the cache is served from there at once;
+    one that goes through the lane leaves its answer in the cache for the next."""
+    vendor = SlowBatches()
+    vendor.done.set()
+    handler, sink = lane_handler(vendor, max_age_s=0)
+    first = envelope(key="bg-cache", priority=Priority.background, cache_lookup=True)
+    await handler.handle(first)
+    for task in list(handler.lane._tasks):  # type: ignore[union-attr]
+        await task
+    assert len(vendor.calls) == 1 and "bg-cache" in sink.written
+    sink.stored = dict(sink.written)  # now in L2
+    again = envelope(key="bg-cache", priority=Priority.background, cache_lookup=True)
+    await handler.handle(again)
+    final = sink.for_(again.correlation_id)[-1]
+    assert final.kind == "final" and final.cache_hit
+    assert final.body["choices"][0]["message"]["content"] == "late"
+    assert len(vendor.calls) == 1, "no second vendor batch"
