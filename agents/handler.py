@@ -227,7 +227,8 @@ class RequestHandler:
                 # The vendor's batch failed it (no batch API after all, expired, cancelled):
                 # the request is answered the realtime way instead, at the full price.
                 log.warning("batch lane failed %s (%s): sent on", env.correlation_id, result.code)
-                await self.handle(env.model_copy(update={"priority": Priority.batch}))
+                # (on its own task: the batch's other requests go on meanwhile)
+                self._spawn(self.handle(env.model_copy(update={"priority": Priority.batch})))
                 return
             await self._fail(env, result)
             return

@@ -13,7 +13,7 @@ from gateway.auth import CallerDep
 from gateway.bodies import json_object
 from gateway.relay import Answer, Options, Relay
 from gateway.sse import EventStream, anthropic_sse
-from schemas.errors import BadRequest
+from schemas.errors import BadRequest, NoHealthyVendor
 from schemas.formats.anthropic import messages_request_to_openai, openai_response_to_messages
 
 router = APIRouter(prefix="/v1")
@@ -67,9 +67,13 @@ async def count_tokens(request: Request, who: CallerDep) -> Any:
     await relay.check_model(who, alias)
     if relay.config.counts_tokens(alias):
         opts = Options.from_headers(request.headers)
-        answer = await relay.answer(who, "count_tokens", neutral, opts)
-        counted = (answer.body or {}).get("input_tokens", 0)
-        return JSONResponse({"input_tokens": counted}, headers=answer.headers)
+        try:
+            answer = await relay.answer(who, "count_tokens", neutral, opts)
+        except NoHealthyVendor:
+            pass  # no vendor that counts is available now (or in this plan): estimate
+        else:
+            counted = (answer.body or {}).get("input_tokens", 0)
+            return JSONResponse({"input_tokens": counted}, headers=answer.headers)
     chars = len(orjson.dumps(neutral.get("messages", [])))
     chars += len(orjson.dumps(neutral.get("tools", []))) if neutral.get("tools") else 0
     return {"input_tokens": max(1, chars // 4)}

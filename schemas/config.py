@@ -231,10 +231,9 @@ class RelayConfig(Strict):
         return all(self.vendors[c.vendor].kind != "ollama" for c in cands)
 
     def counts_tokens(self, alias: str) -> bool:
-        """Whether a vendor of the alias can count input tokens (Anthropic's
+        """Whether a (stable) vendor of the alias can count input tokens (Anthropic's
         ``count_tokens``), so a count goes to it rather than being estimated."""
-        spec = self.models[alias]
-        cands = [*spec.candidates, *([spec.canary.candidate] if spec.canary else [])]
+        cands = self.models[alias].candidates
         return any(self.vendors[c.vendor].kind in TOKEN_COUNTING_KINDS for c in cands)
 
     def key_index(self) -> dict[str, tuple[str, str]]:

@@ -24,11 +24,12 @@ from schemas.envelope import RequestEnvelope
 # Extends a lease for its holder, and takes back one nobody holds (it lapsed during a
 # Redis outage, or Redis restarted empty) rather than abandon a batch no one else polls.
 _RENEW = """
+-- (A batch struck out as answered has a tombstone: its lease is never taken back.)
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-if not holder then
+if not holder and redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
@@ -40,6 +41,7 @@ _DONE = """
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SET', KEYS[5], 1, 'EX', 172800)
 redis.call('SREM', KEYS[3], ARGV[2])
 for i = 3, #ARGV do redis.call('SREM', KEYS[4], ARGV[i]) end
 return 1
@@ -70,6 +72,9 @@ class LaneJournal:
     def _lease(self, batch_id: str) -> str:
         return f"{self.prefix}lease:{batch_id}"
 
+    def _answered(self, batch_id: str) -> str:
+        return f"{self.prefix}done:{batch_id}"  # kept two days: the batch is not taken back
+
     @property
     def _all(self) -> str:
         return f"{self.prefix}batches"
@@ -97,7 +102,10 @@ class LaneJournal:
         """Extend this worker's lease (taking it back if nobody holds it); False when
         another worker holds it now."""
         return bool(
-            await self._renew(keys=[self._lease(batch_id)], args=[self.owner, self.lease_ms])
+            await self._renew(
+                keys=[self._lease(batch_id), self._answered(batch_id)],
+                args=[self.owner, self.lease_ms],
+            )
         )
 
     async def holds(self, batch_id: str) -> bool:
@@ -106,7 +114,13 @@ class LaneJournal:
     async def done(self, batch: VendorBatch) -> None:
         """Strike an answered batch out (not when another worker holds it now)."""
         await self._done(
-            keys=[self._entry(batch.id), self._lease(batch.id), self._all, self._carried],
+            keys=[
+                self._entry(batch.id),
+                self._lease(batch.id),
+                self._all,
+                self._carried,
+                self._answered(batch.id),
+            ],
             args=[self.owner, batch.id, *(env.correlation_id for env in batch.envelopes)],
         )
 

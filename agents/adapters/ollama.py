@@ -189,7 +189,6 @@ def chat_request(body: dict[str, Any], model: str, *, stream: bool) -> dict[str,
         raise BadRequest("n: this model answers one choice per request", param="n")
     # An echoed answer's reasoning goes back as the message's thinking, as Ollama keeps it.
     thoughts = [m.get("reasoning_content") for m in body.get("messages") or []]
-    top_k = body.get("top_k")  # an Anthropic client's: Ollama has the same knob
     body = without_cache_control(body)
     out: dict[str, Any] = {"model": model, "messages": _messages(body), "stream": stream}
     for item, thought in zip(out["messages"], thoughts, strict=True):
@@ -203,8 +202,8 @@ def chat_request(body: dict[str, Any], model: str, *, stream: bool) -> dict[str,
             )
         out["think"] = _THINK[effort]
     options = {_OPTIONS[k]: body[k] for k in _OPTIONS if body.get(k) is not None}
-    if top_k is not None:
-        options["top_k"] = top_k
+    if body.get("top_k") is not None:  # an Anthropic client's: Ollama has the same knob
+        options["top_k"] = body["top_k"]
     stop = body.get("stop")
     if stop:
         options["stop"] = [stop] if isinstance(stop, str) else list(stop)

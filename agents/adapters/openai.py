@@ -160,6 +160,8 @@ class OpenAIAdapter:
 
     def _body(self, call: VendorCall, *, chat: bool = True) -> dict[str, Any]:
         body = {**without_cache_control(call.body), "model": call.model}
+        if self._knows_new_limit():
+            body.pop("top_k", None)  # an Anthropic client's: OpenAI itself has no such knob
         body.pop("stream", None)
         body.pop("stream_options", None)
         new_limit = self._knows_new_limit() or _REASONING.match(call.model)

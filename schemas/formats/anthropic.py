@@ -63,8 +63,9 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
 
     Raises ``BadRequest`` naming the offending field for malformed input.  What OpenAI has
     no slot for rides along as an extension, so an Anthropic vendor gets it back:
-    ``cache_control`` on text parts (and top level), ``thinking`` and ``top_k`` (which an
-    Ollama vendor takes too); the OpenAI adapters strip them (``without_cache_control``).
+    ``cache_control`` on text parts (and top level) and ``thinking``; the OpenAI adapters
+    strip them (``without_cache_control``).  ``top_k`` goes on as is: Anthropic, Ollama
+    and most OpenAI-compatible servers take it (OpenAI's own adapter drops it for OpenAI).
     """
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
@@ -126,11 +127,11 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
 # tool result's error flag.  OpenAI-format vendors refuse unknown fields: they get the
 # body ``without_cache_control``.
 EXTENSIONS = frozenset({"cache_control", "is_error"})
-# ...and at the top level: cache breakpoints, the extended-thinking config and top_k; on
+# ...and at the top level: cache breakpoints and the extended-thinking config; on
 # messages, thinking (the blocks, the ordered content they sit in, and the keys an
 # OpenAI client's SDK folds into a message it echoes back: reasoning text, signature,
 # redacted data).  OpenAI-format vendors refuse fields they do not know.
-TOP_EXTENSIONS = ("cache_control", "thinking", "top_k")
+TOP_EXTENSIONS = ("cache_control", "thinking")
 MESSAGE_EXTENSIONS = EXTENSIONS | {
     "thinking_blocks",
     "anthropic_content",
@@ -681,7 +682,10 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     if answer_tool := _json_answer_tool(body.get("response_format")):
         # JSON mode as a tool the model must answer through (alone, or beside the
         # client's own tools, which it may call instead).
-        choice = choice if tools else {"type": "tool", "name": JSON_ANSWER_TOOL}
+        if not tools:
+            choice = {"type": "tool", "name": JSON_ANSWER_TOOL}
+        elif choice is None or choice.get("type") == "auto":
+            choice = {"type": "any"}  # a tool call or the JSON answer, never prose first
         tools.append(answer_tool)
     thinking = body.get("thinking")
     by_effort = False

@@ -203,3 +203,17 @@ async def test_a_lease_lost_to_a_redis_restart_is_taken_back_not_abandoned(
     assert await journal.holds("vb-9")
     await journal.done(batch)
     assert not await journal.holds("vb-9") and await journal.adopt() == []
+
+
+async def test_an_answered_batch_is_never_taken_back(redis: aioredis.Redis) -> None:
+    """A worker that stalled while another adopted and answered its batch finds, on
+    waking, no lease to take back: the batch is answered once."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    stalled = LaneJournal(redis, prefix, "w1", lease_s=5)
+    adopter = LaneJournal(redis, prefix, "w2", lease_s=5)
+    batch = VendorBatch(id="vb-7", candidate=CAND, key_index=0, envelopes=[request_envelope()])
+    await stalled.submitted(batch)
+    await redis.delete(f"{prefix}:lane:lease:vb-7")  # w1 stalls past its lease
+    [adopted] = await adopter.adopt()
+    await adopter.done(adopted)
+    assert not await stalled.renew("vb-7"), "answered: not taken back"

@@ -547,3 +547,16 @@ def test_openai_itself_and_azure_get_max_completion_tokens_for_any_chat_model():
         assert isinstance(adapter, OpenAIAdapter)
         assert adapter._body(call)["max_completion_tokens"] == 100
         assert adapter._body(call, chat=False)["max_tokens"] == 100
+
+
+def test_top_k_reaches_openai_compatible_servers_but_not_openai_itself():
+    call = VendorCall(model="m", body={"messages": [], "top_k": 40}, api_key="k")
+    vllm = make_adapter(
+        VendorConfig(kind="openai", base_url="http://vllm:8000/v1"), httpx.AsyncClient()
+    )
+    openai_ = make_adapter(
+        VendorConfig(kind="openai", base_url="https://api.openai.com/v1"), httpx.AsyncClient()
+    )
+    assert isinstance(vllm, OpenAIAdapter) and isinstance(openai_, OpenAIAdapter)
+    assert vllm._body(call)["top_k"] == 40
+    assert "top_k" not in openai_._body(call)

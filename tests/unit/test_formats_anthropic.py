@@ -1159,3 +1159,15 @@ def test_a_pdf_document_travels_as_an_openai_file_part_and_back():
         {**request, "messages": [{"role": "user", "content": [text_doc]}]}
     )
     assert plain["messages"][0]["content"] == "hi"
+
+
+def test_json_mode_beside_client_tools_makes_the_model_call_one_or_answer_json():
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    body = {
+        "messages": [{"role": "user", "content": "x"}],
+        "tools": [tool],
+        "response_format": {"type": "json_object"},
+    }
+    out = openai_request_to_messages(body, "m")
+    assert [t["name"] for t in out["tools"]] == ["f", "relay_json_answer"]
+    assert out["tool_choice"] == {"type": "any"}, "no prose before the JSON in a stream"

@@ -174,3 +174,21 @@ async def test_a_stream_refused_at_once_still_gets_its_real_status():
         reply = await http.post("/v1/chat/completions", json={**CHAT, "stream": True})
     assert reply.status_code == 429 and reply.headers["retry-after"] == "3"
     assert reply.json()["error"]["message"] == "slow down"
+
+
+async def test_a_count_with_no_counting_vendor_available_is_estimated_not_refused():
+    def no_vendor(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+        error = {"code": "no_healthy_vendor", "message": "every vendor is failing"}
+        return [(0.0, ReplyEvent(correlation_id=env.correlation_id, kind="error", error=error))]
+
+    app, bus = gateway_app(no_vendor)
+    async with client(app) as http:
+        reply = await http.post(
+            "/v1/messages/count_tokens",
+            json={
+                "model": "claude-haiku",
+                "messages": [{"role": "user", "content": "hello there"}],
+            },
+        )
+    assert reply.status_code == 200 and reply.json()["input_tokens"] > 0
+    assert [e.endpoint for e in bus.published] == ["count_tokens"], "the vendor was asked first"
