@@ -22,12 +22,12 @@ from agents.adapters.http import json_body, open_stream, send
 from schemas.config import VendorConfig
 from schemas.errors import BadRequest, VendorUnavailable
 from schemas.formats.anthropic import without_cache_control
-from schemas.formats.openai import new_id
+from schemas.formats.openai import new_id, reasoning_effort
 from schemas.usage import Usage
 
 # OpenAI's reasoning_effort -> Ollama's think: a level, which models with levels (gpt-oss)
 # take as is and the others as "on"; none and minimal turn thinking off.
-_THINK: dict[str, bool | str] = {
+_THINK: dict[str, bool | str] = {  # keyed by every one of openai.REASONING_EFFORTS
     "none": False,
     "minimal": False,
     "low": "low",
@@ -194,12 +194,7 @@ def chat_request(body: dict[str, Any], model: str, *, stream: bool) -> dict[str,
     for item, thought in zip(out["messages"], thoughts, strict=True):
         if thought and item["role"] == "assistant":
             item["thinking"] = thought
-    if (effort := body.get("reasoning_effort")) is not None:
-        if effort not in _THINK:
-            allowed = ", ".join(_THINK)
-            raise BadRequest(
-                f"reasoning_effort: {effort!r} is not one of {allowed}", param="reasoning_effort"
-            )
+    if (effort := reasoning_effort(body)) is not None:
         out["think"] = _THINK[effort]
     options = {_OPTIONS[k]: body[k] for k in _OPTIONS if body.get(k) is not None}
     if body.get("top_k") is not None:  # an Anthropic client's: Ollama has the same knob

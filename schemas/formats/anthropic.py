@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.errors import BadRequest
-from schemas.formats.openai import new_id, tool_use_block
+from schemas.formats.openai import new_id, reasoning_effort, tool_use_block
 from schemas.usage import Usage
 
 # OpenAI finish_reason -> Anthropic stop_reason; content_filter is what "refusal" means.
@@ -43,7 +43,7 @@ DEFAULT_MAX_TOKENS = 4096
 JSON_ANSWER_TOOL = "relay_json_answer"
 MIN_THINKING_BUDGET = 1024  # Anthropic's smallest budget_tokens
 # reasoning_effort → thinking budget_tokens ("none" and "minimal" do not think)
-THINKING_BUDGETS = {
+THINKING_BUDGETS = {  # keyed by every one of openai.REASONING_EFFORTS
     "none": 0,
     "minimal": 0,
     "low": 1024,
@@ -690,7 +690,7 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     thinking = body.get("thinking")
     by_effort = False
     if not thinking:
-        thinking = _effort_thinking(body.get("reasoning_effort"), given, messages, choice)
+        thinking = _effort_thinking(reasoning_effort(body), given, messages, choice)
         by_effort = thinking is not None
         if thinking is not None and not given:
             max_tokens = thinking["budget_tokens"] + DEFAULT_MAX_TOKENS
@@ -756,18 +756,11 @@ def _tool_result_content(content: Any, where: str) -> str | list[dict[str, Any]]
     if isinstance(content, list) and any(
         isinstance(p, dict) and p.get("cache_control") for p in content
     ):
-        return [
-            {
-                "type": "text",
-                "text": t,
-                **({"cache_control": p["cache_control"]} if p.get("cache_control") else {}),
-            }
-            for t, p in zip(texts, content, strict=True)
-        ]
+        return [_text_part({**p, "text": t}) for t, p in zip(texts, content, strict=True)]
     return "\n".join(texts)
 
 
-def _thinking_for(effort: Any, max_tokens: int | None) -> dict[str, Any] | None:
+def _thinking_for(effort: str | None, max_tokens: int | None) -> dict[str, Any] | None:
     """OpenAI's ``reasoning_effort`` as Anthropic's extended thinking: a thinking budget
     by effort, inside the ``max_tokens`` the client gave (which, as OpenAI's
     ``max_completion_tokens``, counts the reasoning too; none given, the caller makes room
@@ -775,11 +768,6 @@ def _thinking_for(effort: Any, max_tokens: int | None) -> dict[str, Any] | None:
     request whose ``max_tokens`` leaves no room for Anthropic's smallest budget."""
     if effort is None:
         return None
-    if effort not in THINKING_BUDGETS:
-        allowed = ", ".join(THINKING_BUDGETS)
-        raise BadRequest(
-            f"reasoning_effort: {effort!r} is not one of {allowed}", param="reasoning_effort"
-        )
     budget = THINKING_BUDGETS[effort]
     if max_tokens is not None:
         budget = min(budget, max_tokens - 1)
@@ -789,7 +777,7 @@ def _thinking_for(effort: Any, max_tokens: int | None) -> dict[str, Any] | None:
 
 
 def _effort_thinking(
-    effort: Any, given: int | None, messages: list[dict[str, Any]], choice: Any
+    effort: str | None, given: int | None, messages: list[dict[str, Any]], choice: Any
 ) -> dict[str, Any] | None:
     """The thinking ``reasoning_effort`` asks for, unless Anthropic would refuse it here:
     beside a forced tool choice, or in a tool loop whose last call came back without its

@@ -7,9 +7,26 @@ import re
 import secrets
 from typing import Any
 
+from schemas.errors import BadRequest
+
 # Word-ish pieces that concatenate back to the exact original text: leading whitespace
 # rides with the word after it, and trailing whitespace becomes a piece of its own.
 _PIECES = re.compile(r"\s*\S+|\s+")
+
+
+# OpenAI's reasoning_effort values, least to most; vendors that think map them their way.
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+
+
+def reasoning_effort(body: dict[str, Any]) -> str | None:
+    """The request's ``reasoning_effort`` (None when unset), or a 400 naming the field."""
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in REASONING_EFFORTS:
+        allowed = ", ".join(REASONING_EFFORTS)
+        raise BadRequest(
+            f"reasoning_effort: {effort!r} is not one of {allowed}", param="reasoning_effort"
+        )
+    return effort
 
 
 def new_id(prefix: str) -> str:

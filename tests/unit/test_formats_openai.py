@@ -199,3 +199,11 @@ def test_reasoning_tokens_are_kept_from_the_vendor_to_the_client():
     assert usage.reasoning_tokens == 800 and usage.output_tokens == 900
     assert usage.to_openai() == vendor
     assert response_usage(usage)["output_tokens_details"] == {"reasoning_tokens": 800}
+
+
+def test_every_reasoning_effort_means_something_to_each_thinking_vendor():
+    from agents.adapters.ollama import _THINK
+    from schemas.formats.anthropic import THINKING_BUDGETS
+    from schemas.formats.openai import REASONING_EFFORTS
+
+    assert set(THINKING_BUDGETS) == set(_THINK) == set(REASONING_EFFORTS)
