@@ -160,19 +160,12 @@ class RequestHandler:
         """Background chat goes to the batch-API lane when a candidate's vendor has one,
         unless it costs nothing now: the same call is under way (it joins that), or the
         answer is in the cache (it is served from there)."""
-        if not self._deferrable(env) or self.flights.live(env):
+        if self.lane is None or env.priority is not Priority.background:
+            return False
+        if env.stream or env.endpoint != "chat" or self.flights.live(env):
             return False
         if env.cache_lookup and await self.sink.cached(env.prompt_hash) is not None:
             return False
-        return self._defer(env)
-
-    def _deferrable(self, env: RequestEnvelope) -> bool:
-        if self.lane is None or env.priority is not Priority.background:
-            return False
-        return not env.stream and env.endpoint == "chat"
-
-    def _defer(self, env: RequestEnvelope) -> bool:
-        assert self.lane is not None
         try:
             plan = self.router.plan(env.alias, time.time())
         except RelayError:
@@ -234,13 +227,7 @@ class RequestHandler:
             return
         body = {**result.body, "model": env.alias}
         if env.cache_ttl_s and not env.degraded:
-            entry = CacheEntry(
-                body=body,
-                usage=result.usage,
-                vendor=cand.vendor,
-                model=cand.model,
-                created=time.time(),
-            )
+            entry = _entry(cand, result.usage, body=body)
             try:  # a cache that fails costs a later request a call, never this answer
                 await self.sink.cache(env.prompt_hash, entry, env.cache_ttl_s)
             except Exception:
@@ -348,14 +335,7 @@ class RequestHandler:
             return None
         if flight.degraded_for(leader):
             return None  # a cheaper model's answer must not be served later as the alias's
-        entry = CacheEntry(
-            chunks=list(flight.chunks) or None,
-            body=out.body,
-            usage=out.usage,
-            vendor=out.candidate.vendor,
-            model=out.candidate.model,
-            created=time.time(),
-        )
+        entry = _entry(out.candidate, out.usage, body=out.body, chunks=list(flight.chunks))
         return asyncio.ensure_future(self.sink.cache(leader.prompt_hash, entry, leader.cache_ttl_s))
 
     async def _fail(
@@ -377,6 +357,24 @@ class RequestHandler:
                 env, self.prices, candidate=None, usage=Usage(), error=err, coalesced=coalesced
             )
         )
+
+
+def _entry(
+    cand: Candidate,
+    usage: Usage,
+    *,
+    body: dict[str, Any] | None = None,
+    chunks: list[dict[str, Any]] | None = None,
+) -> CacheEntry:
+    """An answer as the cache keeps it: the whole body, or a stream's chunks."""
+    return CacheEntry(
+        chunks=chunks or None,
+        body=body,
+        usage=usage,
+        vendor=cand.vendor,
+        model=cand.model,
+        created=time.time(),
+    )
 
 
 async def _settled(storing: asyncio.Future[None]) -> None:
