@@ -7,6 +7,8 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -49,12 +51,25 @@ async def _reach(bootstrap: str) -> None:
         await admin.close()
 
 
-def _kafka_unreachable(bootstrap: str, exc: Exception) -> typer.Exit:
-    console.print(
-        f"[red]cannot reach Kafka at {bootstrap} ({type(exc).__name__}); start it with "
-        "`relay broker`, or set RELAY_KAFKA_BOOTSTRAP to a Kafka that runs[/red]"
-    )
-    return typer.Exit(1)
+@contextmanager
+def _on_kafka(bootstrap: str, missing: str = "nothing there yet") -> Iterator[None]:
+    """Kafka failing the command as one line: unreachable, or the topic to read absent
+    (``missing`` says what that means)."""
+    from aiokafka.errors import KafkaError
+
+    from cli.report import TopicMissing
+
+    try:
+        yield
+    except TopicMissing as exc:
+        console.print(f"[red]{exc}: {missing} (or RELAY_TOPIC_PREFIX names another)[/red]")
+        raise typer.Exit(1) from None
+    except KafkaError as exc:
+        console.print(
+            f"[red]cannot reach Kafka at {bootstrap} ({type(exc).__name__}); start it with "
+            "`relay broker`, or set RELAY_KAFKA_BOOTSTRAP to a Kafka that runs[/red]"
+        )
+        raise typer.Exit(1) from None
 
 
 def _bootstrap(settings: Settings) -> str:
@@ -127,18 +142,14 @@ def worker(config: ConfigOpt = None) -> None:
     # third more CPU per request (its consumer thread gets a uvloop loop too).
     mode.loop.use("uvloop")
 
-    from aiokafka.errors import KafkaError
-
     from streams.topics import Topics, ensure_topics
     from streams.wiring import build_worker
 
     settings = _settings(config)
     cfg = _config(settings)
     bootstrap = _bootstrap(settings)
-    try:
+    with _on_kafka(bootstrap):
         asyncio.run(ensure_topics(bootstrap, Topics(settings.topic_prefix).all()))
-    except KafkaError as exc:
-        raise _kafka_unreachable(bootstrap, exc) from None
     faust_app = build_worker(settings, cfg, bootstrap)
     Worker(faust_app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
 
@@ -151,17 +162,14 @@ def gateway(
 ) -> None:
     """Run the HTTP gateway (OpenAI- and Anthropic-compatible)."""
     import uvicorn
-    from aiokafka.errors import KafkaError
 
     from gateway.app import create_app
 
     settings = _settings(config)
     cfg = _config(settings)
     bootstrap = _bootstrap(settings)
-    try:
+    with _on_kafka(bootstrap):
         asyncio.run(_reach(bootstrap))
-    except KafkaError as exc:
-        raise _kafka_unreachable(bootstrap, exc) from None
     fastapi_app = create_app(settings, cfg, bootstrap)
     uvicorn.run(
         fastapi_app,
@@ -216,9 +224,7 @@ def report(
     chart: Annotated[Path | None, typer.Option(help="write cost over time to this PNG")] = None,
 ) -> None:
     """Cost report from the ledger topic: cost, direct cost, SaveRate, where savings came from."""
-    from aiokafka.errors import KafkaError
-
-    from cli.report import TopicMissing, run
+    from cli.report import run
     from streams.topics import Topics
 
     if by not in ("tenant", "alias", "tag", "model", "key"):
@@ -226,13 +232,8 @@ def report(
     settings = _settings(None)
     usage = Topics(settings.topic_prefix).usage
     bootstrap = _bootstrap(settings)
-    try:
+    with _on_kafka(bootstrap, missing="no ledger yet"):
         run(bootstrap, usage.name, usage.partitions, by, chart)
-    except TopicMissing as exc:
-        console.print(f"[red]{exc}: no ledger yet (or RELAY_TOPIC_PREFIX names another)[/red]")
-        raise typer.Exit(1) from None
-    except KafkaError as exc:
-        raise _kafka_unreachable(bootstrap, exc) from None
 
 
 @app.command()
@@ -245,10 +246,7 @@ def audit(
     """The audit log: authentication failures, denied models, process starts."""
     from typing import get_args
 
-    from aiokafka.errors import KafkaError
-
     from cli.audit import run
-    from cli.report import TopicMissing
     from schemas.envelope import AuditKind
     from streams.topics import Topics
 
@@ -257,13 +255,8 @@ def audit(
         raise typer.BadParameter(f"--kind must be one of {', '.join(kinds)}")
     settings = _settings(None)
     bootstrap = _bootstrap(settings)
-    try:
+    with _on_kafka(bootstrap, missing="no audit log yet"):
         run(bootstrap, Topics(settings.topic_prefix).audit.name, kind, last)
-    except TopicMissing as exc:
-        console.print(f"[red]{exc}: no audit log yet (or RELAY_TOPIC_PREFIX names another)[/red]")
-        raise typer.Exit(1) from None
-    except KafkaError as exc:
-        raise _kafka_unreachable(bootstrap, exc) from None
 
 
 @app.command()
