@@ -21,6 +21,7 @@ import openai
 import pytest
 
 from tests.integration.conftest import read_ledger
+from tests.support.clients import relay_openai
 from tests.support.stack import DEMO_KEY, SIM_KEY, Simulator, Stack, example_config
 
 MAX_TOKENS = 1024  # far above the simulator's longest answer (40 words)
@@ -75,16 +76,6 @@ def client(stack: Stack, trace: str | None = None) -> anthropic.AsyncAnthropic:
         headers["x-relay-trace-id"] = trace
     return anthropic.AsyncAnthropic(
         base_url=stack.url, api_key=DEMO_KEY, default_headers=headers, max_retries=0
-    )
-
-
-def openai_client(stack: Stack) -> openai.AsyncOpenAI:
-    """The openai SDK on the same relay (the cache bypassed), for OpenAI-format clients."""
-    return openai.AsyncOpenAI(
-        base_url=f"{stack.url}/v1",
-        api_key=DEMO_KEY,
-        default_headers={"x-relay-cache": "bypass"},
-        max_retries=0,
     )
 
 
@@ -632,7 +623,7 @@ async def test_an_openai_client_can_ask_an_anthropic_vendor_to_think(stack: Stac
     """``thinking`` in the body (the openai SDK's ``extra_body``), as LiteLLM takes it: the
     text comes back as ``reasoning_content``, and the message, echoed back as it came,
     carries the signed block through a tool-use loop."""
-    sdk = openai_client(stack)
+    sdk = relay_openai(stack)
     tool: Any = {
         "type": "function",
         "function": {
@@ -663,7 +654,7 @@ async def test_an_openai_client_can_ask_an_anthropic_vendor_to_think(stack: Stac
 async def test_reasoning_effort_asks_an_anthropic_vendor_to_think(stack: Stack):
     """OpenAI's ``reasoning_effort`` becomes a thinking budget for an Anthropic vendor, and
     the thinking comes back as ``reasoning_content``, streamed or not."""
-    sdk = openai_client(stack)
+    sdk = relay_openai(stack)
     params: Any = {
         "model": ROUTES["anthropic"].alias,
         "messages": [{"role": "user", "content": f"why is the sky blue? {uuid.uuid4().hex}"}],

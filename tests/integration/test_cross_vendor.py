@@ -20,7 +20,8 @@ import openai
 import pytest
 
 from tests.integration.conftest import read_ledger
-from tests.support.stack import DEMO_KEY, SIM_KEY, Simulator, Stack, example_config
+from tests.support.clients import relay_openai
+from tests.support.stack import SIM_KEY, Simulator, Stack, example_config
 
 AZURE_API_VERSION = "2024-10-21"
 ANTHROPIC_MAX_TOKENS = 4096  # what the relay asks Anthropic for when the client sets none
@@ -92,15 +93,6 @@ def stack(stack_factory: Any, simulator: Simulator) -> Stack:
         "candidates": [{"vendor": "sim-ollama", "model": "nomic-embed-text"}],
     }
     return stack_factory(cfg)  # type: ignore[no-any-return]
-
-
-def client(stack: Stack, trace: str | None = None) -> openai.AsyncOpenAI:
-    headers = {"x-relay-cache": "bypass"}
-    if trace:
-        headers["x-relay-trace-id"] = trace
-    return openai.AsyncOpenAI(
-        base_url=f"{stack.url}/v1", api_key=DEMO_KEY, default_headers=headers, max_retries=0
-    )
 
 
 def ask(topic: str = "say something about") -> list[dict[str, Any]]:
@@ -219,7 +211,9 @@ async def test_chat_matches_the_vendor_and_the_ledger(
 ):
     trace = uuid.uuid4().hex
     messages = [{"role": "system", "content": "Be brief."}, *ask()]
-    got = await client(stack, trace).chat.completions.create(model=route.alias, messages=messages)
+    got = await relay_openai(stack, trace).chat.completions.create(
+        model=route.alias, messages=messages
+    )
     want = await vendor_answer(simulator, route, messages)
 
     assert got.object == "chat.completion" and got.model == route.alias
@@ -240,7 +234,7 @@ async def test_stream_matches_the_vendor_and_the_ledger(
 ):
     trace = uuid.uuid4().hex
     messages = ask()
-    stream = await client(stack, trace).chat.completions.create(
+    stream = await relay_openai(stack, trace).chat.completions.create(
         model=route.alias,
         messages=messages,
         stream=True,
@@ -271,7 +265,7 @@ async def test_stream_matches_the_vendor_and_the_ledger(
 @ALL
 async def test_tool_call_round_trip(stack: Stack, simulator: Simulator, route: Route):
     question = ask("what is the weather in Paris?")
-    c = client(stack)
+    c = relay_openai(stack)
     first = await c.chat.completions.create(
         model=route.alias, messages=question, tools=[WEATHER_TOOL]
     )
@@ -317,7 +311,7 @@ async def test_streamed_tool_call_arguments_assemble_into_json(
     stack: Stack, simulator: Simulator, route: Route
 ):
     question = ask("use the tool: weather in Paris")
-    stream = await client(stack).chat.completions.create(
+    stream = await relay_openai(stack).chat.completions.create(
         model=route.alias, messages=question, tools=[WEATHER_TOOL], stream=True
     )
     calls: dict[int, dict[str, str]] = {}
@@ -345,7 +339,7 @@ async def test_streamed_tool_call_arguments_assemble_into_json(
 async def test_ollama_embeddings_equal_the_direct_vectors(stack: Stack, simulator: Simulator):
     trace = uuid.uuid4().hex
     inputs = [f"hello {uuid.uuid4().hex}", f"world {uuid.uuid4().hex}"]
-    got = await client(stack, trace).embeddings.create(model="nomic-embed", input=inputs)
+    got = await relay_openai(stack, trace).embeddings.create(model="nomic-embed", input=inputs)
     async with httpx.AsyncClient(timeout=30) as http:
         r = await http.post(
             f"{simulator.url}/api/embed",
@@ -358,7 +352,7 @@ async def test_ollama_embeddings_equal_the_direct_vectors(stack: Stack, simulato
     # The SDK asks for base64 (float32, as OpenAI sends it); as floats, the same vectors.
     for vector, direct in zip([d.embedding for d in got.data], want["embeddings"], strict=True):
         assert vector == pytest.approx(direct, rel=1e-6, abs=1e-7)
-    floats = await client(stack).embeddings.create(
+    floats = await relay_openai(stack).embeddings.create(
         model="nomic-embed", input=inputs, encoding_format="float"
     )
     assert [d.embedding for d in floats.data] == want["embeddings"]
@@ -380,13 +374,13 @@ async def test_openai_cached_tokens_reach_the_answer_and_the_ledger(
     messages = [{"role": "user", "content": body}]
     assert len(body) >= 1024, "the vendor caches prompts of 1024 characters or more"
     traces = [uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex]
-    first = await client(stack, traces[0]).chat.completions.create(
+    first = await relay_openai(stack, traces[0]).chat.completions.create(
         model="gpt-4o-mini", messages=messages
     )
-    second = await client(stack, traces[1]).chat.completions.create(
+    second = await relay_openai(stack, traces[1]).chat.completions.create(
         model="gpt-4o-mini", messages=messages
     )
-    stream = await client(stack, traces[2]).chat.completions.create(
+    stream = await relay_openai(stack, traces[2]).chat.completions.create(
         model="gpt-4o-mini",
         messages=messages,
         stream=True,
@@ -420,7 +414,7 @@ async def test_reasoning_effort_makes_an_ollama_model_think(stack: Stack, simula
     route = ROUTES["ollama"]
     trace = uuid.uuid4().hex
     messages = ask("think about")
-    got = await client(stack, trace).chat.completions.create(
+    got = await relay_openai(stack, trace).chat.completions.create(
         model=route.alias, messages=messages, reasoning_effort="high"
     )
     async with httpx.AsyncClient(timeout=30) as http:
@@ -443,7 +437,7 @@ async def test_reasoning_effort_makes_an_ollama_model_think(stack: Stack, simula
     assert event.usage.output_tokens == direct["eval_count"]
 
     streamed = ""
-    stream = await client(stack).chat.completions.create(
+    stream = await relay_openai(stack).chat.completions.create(
         model=route.alias, messages=messages, reasoning_effort="high", stream=True
     )
     async for chunk in stream:
@@ -469,13 +463,13 @@ async def test_json_mode_on_an_anthropic_vendor_answers_json(stack: Stack, strea
     }
     if stream:
         text, finish = "", None
-        async for chunk in await client(stack).chat.completions.create(**params, stream=True):
+        async for chunk in await relay_openai(stack).chat.completions.create(**params, stream=True):
             for choice in chunk.choices:
                 text += choice.delta.content or ""
                 finish = choice.finish_reason or finish
                 assert not choice.delta.tool_calls
     else:
-        got = await client(stack).chat.completions.create(**params)
+        got = await relay_openai(stack).chat.completions.create(**params)
         text, finish = got.choices[0].message.content or "", got.choices[0].finish_reason
         assert not got.choices[0].message.tool_calls
     assert json.loads(text) == {"city": "Paris", "days": 1}

@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from tests.integration.conftest import read_ledger
+from tests.support.clients import relay_openai
 from tests.support.stack import DEMO_KEY, Stack
 
 WEATHER: dict[str, Any] = {
@@ -27,28 +28,19 @@ WEATHER: dict[str, Any] = {
 VENDORS = pytest.mark.parametrize("alias", ["gpt-4o-mini", "claude-haiku"])
 
 
-def client(stack: Stack, trace: str | None = None) -> openai.AsyncOpenAI:
-    headers = {"x-relay-cache": "bypass"}
-    if trace:
-        headers["x-relay-trace-id"] = trace
-    return openai.AsyncOpenAI(
-        base_url=f"{stack.url}/v1", api_key=DEMO_KEY, default_headers=headers, max_retries=0
-    )
-
-
 async def chat_answer(stack: Stack, alias: str, question: str) -> openai.types.chat.ChatCompletion:
     """The same question through the relay's chat endpoint: what the vendor says to it."""
     messages: Any = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": question},
     ]
-    return await client(stack).chat.completions.create(model=alias, messages=messages)
+    return await relay_openai(stack).chat.completions.create(model=alias, messages=messages)
 
 
 @VENDORS
 async def test_a_response_says_what_the_vendor_says_and_is_metered(relay: Stack, alias: str):
     trace, question = uuid.uuid4().hex, f"say something about {uuid.uuid4().hex}"
-    got = await client(relay, trace).responses.create(
+    got = await relay_openai(relay, trace).responses.create(
         model=alias, instructions="Be brief.", input=question
     )
     want = await chat_answer(relay, alias, question)
@@ -72,11 +64,11 @@ async def test_a_response_says_what_the_vendor_says_and_is_metered(relay: Stack,
 async def test_a_streamed_response_assembles_into_the_same_answer(relay: Stack, alias: str):
     question = f"say something about {uuid.uuid4().hex}"
     kinds: list[str] = []
-    async with client(relay).responses.stream(model=alias, input=question) as stream:
+    async with relay_openai(relay).responses.stream(model=alias, input=question) as stream:
         async for event in stream:
             kinds.append(event.type)
         final = await stream.get_final_response()
-    plain = await client(relay).responses.create(model=alias, input=question)
+    plain = await relay_openai(relay).responses.create(model=alias, input=question)
 
     assert kinds[:2] == ["response.created", "response.in_progress"]
     assert kinds[-1] == "response.completed" and "response.output_text.delta" in kinds
@@ -90,7 +82,7 @@ async def test_a_streamed_response_assembles_into_the_same_answer(relay: Stack, 
 async def test_a_function_call_round_trip(relay: Stack, alias: str, effort: str | None):
     """With reasoning asked for too: an Anthropic vendor thinks, and the loop still closes
     though the call comes back without the signed thinking before it."""
-    sdk = client(relay)
+    sdk = relay_openai(relay)
     question = f"what is the weather in Paris? {uuid.uuid4().hex}"
     reasoning: Any = {"effort": effort} if effort else openai.NOT_GIVEN
     first = await sdk.responses.create(
@@ -123,7 +115,7 @@ async def test_a_function_call_round_trip(relay: Stack, alias: str, effort: str 
 
 async def test_a_streamed_function_call_arrives_whole(relay: Stack):
     question = f"use the tool: weather in Paris {uuid.uuid4().hex}"
-    async with client(relay).responses.stream(
+    async with relay_openai(relay).responses.stream(
         model="gpt-4o-mini",
         input=question,
         tools=[WEATHER],  # type: ignore[list-item]
@@ -134,7 +126,7 @@ async def test_a_streamed_function_call_arrives_whole(relay: Stack):
 
 
 async def test_stateful_requests_and_unknown_models_get_openai_errors(relay: Stack):
-    sdk = client(relay)
+    sdk = relay_openai(relay)
     with pytest.raises(openai.BadRequestError) as stateful:
         await sdk.responses.create(model="gpt-4o-mini", input="hi", previous_response_id="resp_1")
     assert stateful.value.body["param"] == "previous_response_id"  # type: ignore[index]
@@ -145,7 +137,7 @@ async def test_stateful_requests_and_unknown_models_get_openai_errors(relay: Sta
 
 
 async def test_what_needs_a_stored_response_is_a_clear_404(relay: Stack):
-    sdk = client(relay)
+    sdk = relay_openai(relay)
     with pytest.raises(openai.NotFoundError, match="stores no responses") as missing:
         await sdk.responses.retrieve("resp_123")
     assert missing.value.body["param"] == "response_id"  # type: ignore[index]
@@ -173,7 +165,7 @@ async def test_a_json_schema_format_gets_json_from_either_vendor(relay: Stack, a
         "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
         "required": ["city", "days"],
     }
-    answer = await client(relay).responses.create(
+    answer = await relay_openai(relay).responses.create(
         model=alias,
         input=f"plan a trip {uuid.uuid4().hex}",
         text={"format": {"type": "json_schema", "name": "trip", "schema": schema}},
