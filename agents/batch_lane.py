@@ -5,7 +5,9 @@ wait or the oldest has waited ``max_age_s``, then submitted as one batch (OpenAI
 ``/v1/files`` + ``/v1/batches``, Anthropic Message Batches) and polled until it ends.
 Each result goes back on the request's own reply topic like any other answer.  With a
 ``LaneJournal`` every vendor batch in flight is written down and leased, so a worker that
-dies mid-batch does not lose it: another worker adopts it when the lease lapses.
+dies mid-batch does not lose it: another worker adopts it when the lease lapses.  A
+vendor batch whose every request was cancelled (their Batch API batches were) is
+cancelled at the vendor, and what it had not run is answered ``batch_cancelled``.
 """
 
 from __future__ import annotations
@@ -217,7 +219,7 @@ class BatchLane:
         try:
             # Cancelled (the worker stops while the vendor works on): it stays in the
             # journal under a lease that lapses, for another worker to adopt.
-            results = await self._poll(adapter, batch.id, key, leased=leased)
+            results = await self._poll(adapter, batch, key, leased=leased)
         except _LeaseLost:
             log.warning("batch %s was taken over by another worker", batch.id)
             return
@@ -286,6 +288,10 @@ class BatchLane:
             got = _result_for(results, i, env)
             if not isinstance(got, VendorResult | RelayError):
                 got = VendorUnavailable("the batch returned no result")
+            if isinstance(got, RelayError) and got.retryable and await self._all_cancelled([env]):
+                # Not run because its batch was cancelled: answered so, never sent on the
+                # realtime way at the full price.
+                got = BatchCancelled("the batch was cancelled before this request ran")
             try:  # one caller's delivery failing must not leave the others unanswered
                 await self.deliver(env, cand, got)
             except Exception:
@@ -313,24 +319,49 @@ class BatchLane:
             return True  # the journal cannot say: this worker polled it, it answers
 
     async def _poll(
-        self, adapter: BatchVendor, batch_id: str, key: str, *, leased: bool
+        self, adapter: BatchVendor, batch: VendorBatch, key: str, *, leased: bool
     ) -> BatchResults:
         """Poll until the batch ends, renewing a ``leased`` batch's lease each time; a
         failed poll (the vendor busy for a moment) is tried again, up to
-        ``POLL_FAILURES`` in a row, since the batch runs on anyway."""
+        ``POLL_FAILURES`` in a row, since the batch runs on anyway.  Once every request
+        in it was cancelled (the Batch API batches they came from), the vendor is asked
+        to cancel it too, so what has not run yet is never paid for."""
         failures = 0
+        stopped = False
         while True:
             await asyncio.sleep(self.rule.poll_s)
-            if leased and not await self._still_mine(batch_id):
+            if leased and not await self._still_mine(batch.id):
                 raise _LeaseLost
             try:
-                results = await adapter.poll_batch(batch_id, key)
+                results = await adapter.poll_batch(batch.id, key)
             except RelayError as err:
                 failures += 1
                 if not err.retryable or failures >= POLL_FAILURES:
                     raise
-                log.warning("polling batch %s failed (%d in a row): %s", batch_id, failures, err)
+                log.warning("polling batch %s failed (%d in a row): %s", batch.id, failures, err)
                 continue
             failures = 0
             if results is not None:
                 return results
+            if not stopped and await self._all_cancelled(batch.envelopes):
+                stopped = await self._cancel(adapter, batch, key)
+
+    async def _all_cancelled(self, items: list[RequestEnvelope]) -> bool:
+        """Whether every request was cancelled (the first that was not ends the look)."""
+        if self.cancelled is None:
+            return False
+        for env in items:
+            if not await self.cancelled(env):
+                return False
+        return True
+
+    async def _cancel(self, adapter: BatchVendor, batch: VendorBatch, key: str) -> bool:
+        """Cancel the vendor batch; False when the vendor did not take it (asked again
+        at the next poll)."""
+        try:
+            await adapter.cancel_batch(batch.id, key)
+        except RelayError as err:
+            log.warning("could not cancel vendor batch %s: %s", batch.id, err)
+            return False
+        log.warning("every request of vendor batch %s was cancelled: cancelled it", batch.id)
+        return True

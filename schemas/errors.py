@@ -151,7 +151,7 @@ class StoreUnavailable(RelayError):
 
 
 class BatchCancelled(RelayError):
-    """A batch line its batch's cancel stopped before any vendor saw it."""
+    """A batch line its batch's cancel stopped before it ran."""
 
     code = "batch_cancelled"
     status = 499

@@ -184,6 +184,7 @@ async def create_batch(request: Request) -> Response:
         if bad
         else None,
         "counts": (len(good), len(bad)),
+        "custom_ids": [line["custom_id"] for line in good + bad if line["custom_id"]],
         "cancelled": False,
     }
     return json_response(job)
@@ -193,7 +194,11 @@ def _openai_view(sim: Sim, rec: dict[str, Any]) -> dict[str, Any]:
     obj = dict(rec["obj"])
     now = int(time.time())
     if rec["cancelled"]:
-        return obj | {"status": "cancelled", "cancelled_at": obj["cancelling_at"]}
+        return obj | {
+            "status": "cancelled",
+            "cancelled_at": obj["cancelling_at"],
+            "error_file_id": rec["errors"],
+        }
     if not _ended(sim, rec):
         return obj | {"status": "in_progress", "in_progress_at": obj["created_at"]}
     done, failed = rec["counts"]
@@ -234,8 +239,16 @@ async def cancel_batch(batch_id: str, request: Request) -> Response:
     if isinstance(rec, Response):
         return rec
     if not _ended(sim, rec) and not rec["cancelled"]:
+        # None of it ran: each request is listed in the error file as batch_cancelled.
+        error = {"code": "batch_cancelled", "message": "The batch was cancelled."}
+        unrun = [
+            {"id": new_id("batch_req_"), "custom_id": cid, "response": None, "error": error}
+            for cid in rec["custom_ids"]
+        ]
+        rec["errors"] = _store_file(sim, _jsonl(unrun), "batch_errors.jsonl", "batch_output")["id"]
         rec["obj"]["cancelling_at"] = int(time.time())
         rec["cancelled"] = True
+        sim.stats.batches_cancelled += 1
         return json_response(_openai_view(sim, rec) | {"status": "cancelling"})
     return json_response(_openai_view(sim, rec))
 
@@ -365,6 +378,7 @@ async def cancel_message_batch(batch_id: str, request: Request) -> Response:
         return rec
     if not _ended(sim, rec) and not rec["cancelled"]:
         rec["cancelled"] = True
+        sim.stats.batches_cancelled += 1
         rec["obj"]["cancel_initiated_at"] = _iso(time.time())
         return json_response(rec["obj"] | {"processing_status": "canceling"})
     return json_response(_anthropic_view(sim, rec, request))

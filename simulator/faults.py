@@ -54,6 +54,7 @@ class Stats:
         self.inputs: Counter[str] = Counter()
         self.by_endpoint: Counter[str] = Counter()
         self.batches = 0
+        self.batches_cancelled = 0
 
     def record(self, model: str, endpoint: str, inputs: int = 1) -> None:
         """Count one vendor call carrying ``inputs`` items (prompts, embedding inputs)."""
@@ -70,6 +71,7 @@ class Stats:
             "faults": dict(self.faults),
             "inputs": dict(self.inputs),
             "batches": self.batches,
+            "batches_cancelled": self.batches_cancelled,
         }
 
 

@@ -143,6 +143,12 @@ class AnthropicAdapter:
                 results[entry["custom_id"]] = self._batch_result(entry.get("result") or {})
         return results
 
+    async def cancel_batch(self, batch_id: str, api_key: str) -> None:
+        """Ask the vendor to stop a message batch; the requests it had not run yet end
+        ``canceled``."""
+        timeout = self.config.timeout_s
+        await self._send("POST", f"messages/batches/{batch_id}/cancel", api_key, timeout)
+
     async def _send(
         self, method: str, path: str, api_key: str, timeout_s: float, **kwargs: Any
     ) -> httpx.Response:

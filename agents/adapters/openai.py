@@ -156,6 +156,11 @@ class OpenAIAdapter:
                         results[entry["custom_id"]] = self._batch_entry(entry)
         return results
 
+    async def cancel_batch(self, batch_id: str, api_key: str) -> None:
+        """Ask the vendor to stop a batch; it ends ``cancelled``, and the requests it had
+        not run yet come back in its error file as ``batch_cancelled``."""
+        await self._request("POST", self.url(f"batches/{batch_id}/cancel"), api_key)
+
     # -- helpers ------------------------------------------------------------------------
 
     def _body(self, call: VendorCall, *, chat: bool = True) -> dict[str, Any]:

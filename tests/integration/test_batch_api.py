@@ -207,6 +207,44 @@ async def test_a_cancelled_batch_ends_cancelled_with_what_ran(relay: Stack) -> N
     assert again.status == "cancelled", "cancelling a finished batch changes nothing"
 
 
+async def test_cancelling_a_batch_the_vendor_runs_cancels_the_vendor_batch_too(
+    relay: Stack, simulator: Simulator
+) -> None:
+    """Once its lines are in a vendor batch, cancelling the relay's batch cancels that
+    vendor batch (what has not run is never paid for), the lines end batch_cancelled, and
+    none is sent on the realtime way instead."""
+    tag = uuid.uuid4().hex
+    sdk = client(relay, **{"x-relay-cost-tag": tag})
+    lines = [chat_line(f"v{i}", f"cancel at the vendor {i} {uuid.uuid4().hex}") for i in range(2)]
+    before = simulator.stats()
+    simulator.configure(batch_complete_after_s=120)  # the vendor is still at it when cancelled
+    try:
+        upload = await sdk.files.create(file=("v.jsonl", jsonl(lines)), purpose="batch")
+        created = await sdk.batches.create(
+            input_file_id=upload.id, endpoint=CHAT, completion_window="24h"
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while simulator.stats()["batches"] == before["batches"]:
+            assert loop.time() < deadline, "the lines never reached the vendor's batch API"
+            await asyncio.sleep(0.2)
+        await sdk.batches.cancel(created.id)
+        batch = await finished(sdk, created.id)
+    finally:
+        simulator.configure(batch_complete_after_s=0.5)
+    after = simulator.stats()
+    assert after["batches_cancelled"] == before["batches_cancelled"] + 1
+    assert batch.status == "cancelled" and batch.request_counts.failed == 2
+    errors = await output(sdk, batch.error_file_id)
+    assert {x["error"]["code"] for x in errors.values()} == {"batch_cancelled"}
+    realtime = {k: n for k, n in after["by_endpoint"].items() if k != "batch"}
+    assert realtime == {k: n for k, n in before["by_endpoint"].items() if k != "batch"}, (
+        "no cancelled line went on the realtime way"
+    )
+    events = await ledger_by_tag(relay, tag, 2)
+    assert {(e.status, e.error_code, e.cost) for e in events} == {("error", "batch_cancelled", 0)}
+
+
 async def test_another_tenant_sees_none_of_it(stack_factory: Any, simulator: Simulator) -> None:
     from schemas.config import hash_key
     from tests.support.stack import example_config

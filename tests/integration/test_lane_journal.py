@@ -78,6 +78,9 @@ class SlowBatches:
             return None
         return {cid: VendorResult(body={"id": cid}, usage=Usage()) for cid, _ in self.calls}
 
+    async def cancel_batch(self, batch_id: str, api_key: str) -> None:
+        raise AssertionError("nothing here cancels")
+
 
 class FlakyJournal(LaneJournal):
     """Redis drops the first ``failures`` attempts to strike a batch off."""

@@ -383,6 +383,15 @@ async def test_poll_batch_reads_every_kind_of_result():
     assert isinstance(results["stopped"], VendorUnavailable)
 
 
+async def test_cancel_batch_posts_to_the_message_batch_s_cancel_path():
+    body = {"id": "msgbatch_01", "type": "message_batch", "processing_status": "canceling"}
+    seen, handler = recorder(httpx.Response(200, json=body))
+    await adapter_for(handler).cancel_batch("msgbatch_01", KEY)
+    assert seen[0].method == "POST"
+    assert str(seen[0].url) == f"{BASE}/v1/messages/batches/msgbatch_01/cancel"
+    assert seen[0].headers["x-api-key"] == KEY and seen[0].headers["anthropic-version"]
+
+
 async def test_overloaded_status_keeps_retry_after_for_the_breaker():
     body = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
     _, handler = recorder(httpx.Response(529, json=body, headers={"retry-after": "4"}))

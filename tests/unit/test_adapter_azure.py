@@ -132,13 +132,15 @@ async def test_batch_uses_resource_level_files_and_batches():
         httpx.Response(200, json={"id": "file-1", "purpose": "batch"}),
         httpx.Response(200, json={"id": "batch_az", "status": "validating"}),
         httpx.Response(200, json={"id": "batch_az", "status": "in_progress"}),
+        httpx.Response(200, json={"id": "batch_az", "status": "cancelling"}),
     )
     adapter = adapter_for(handler)
 
     batch_id = await adapter.submit_batch([("r1", call())], KEY)
     assert await adapter.poll_batch(batch_id, KEY) is None
+    await adapter.cancel_batch(batch_id, KEY)
 
-    upload, create, poll = seen
+    upload, create, poll, cancel = seen
     assert str(upload.url) == f"{BASE}/openai/files?api-version=2024-10-21"
     line = json.loads(upload.content.split(b"\r\n\r\n")[-1].split(b"\r\n")[0])
     assert line["url"] == "/chat/completions"
@@ -146,6 +148,8 @@ async def test_batch_uses_resource_level_files_and_batches():
     assert str(create.url) == f"{BASE}/openai/batches?api-version=2024-10-21"
     assert json.loads(create.content)["endpoint"] == "/chat/completions"
     assert str(poll.url) == f"{BASE}/openai/batches/batch_az?api-version=2024-10-21"
+    assert cancel.method == "POST"
+    assert str(cancel.url) == f"{BASE}/openai/batches/batch_az/cancel?api-version=2024-10-21"
     assert all(r.headers["api-key"] == KEY for r in seen)
 
 

@@ -479,6 +479,26 @@ async def test_poll_batch_that_failed_validation_raises():
         await adapter_for(handler).poll_batch("batch_1", KEY)
 
 
+async def test_cancel_batch_posts_to_the_batch_s_cancel_path():
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"id": "batch_1", "status": "cancelling"})
+
+    await adapter_for(handler).cancel_batch("batch_1", KEY)
+    assert [(r.method, str(r.url)) for r in seen] == [("POST", f"{BASE}/batches/batch_1/cancel")]
+    assert seen[0].headers["authorization"] == f"Bearer {KEY}"
+
+
+async def test_cancel_batch_refused_raises_the_vendor_error():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, json={"error": {"message": "busy", "type": "server_error"}})
+
+    with pytest.raises(VendorUnavailable):
+        await adapter_for(handler).cancel_batch("batch_1", KEY)
+
+
 async def test_ollama_openai_compatible_endpoint_without_key_sends_no_auth():
     seen: list[httpx.Request] = []
 

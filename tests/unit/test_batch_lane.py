@@ -20,11 +20,15 @@ CAND = Candidate(vendor="v", model="m", input_per_1m=1, output_per_1m=1)
 
 class ScriptedBatches:
     """Answers each poll with the next scripted step: an exception to raise, None (still
-    running), or "done" (every call answered)."""
+    running), "done" (every call answered) or "cancelled" (none ran: the vendor reports
+    each as not run, as the adapters do for a cancelled batch).  ``cancel_fails`` cancels
+    are refused before one is taken."""
 
-    def __init__(self, steps: list[Any]) -> None:
+    def __init__(self, steps: list[Any], cancel_fails: int = 0) -> None:
         self.steps = steps
         self.calls: list[tuple[str, VendorCall]] = []
+        self.cancels: list[str] = []
+        self.cancel_fails = cancel_fails
 
     async def submit_batch(self, calls: list[tuple[str, VendorCall]], api_key: str) -> str:
         self.calls = calls
@@ -38,7 +42,15 @@ class ScriptedBatches:
             raise step
         if step is None:
             return None
+        if step == "cancelled":
+            return {cid: VendorUnavailable("batch request not run") for cid, _ in self.calls}
         return {cid: VendorResult(body={"id": cid}, usage=Usage()) for cid, _ in self.calls}
+
+    async def cancel_batch(self, batch_id: str, api_key: str) -> None:
+        if self.cancel_fails:
+            self.cancel_fails -= 1
+            raise VendorUnavailable("HTTP 503: busy")
+        self.cancels.append(batch_id)
 
 
 def envelope() -> RequestEnvelope:
@@ -153,3 +165,77 @@ async def test_a_line_cancelled_while_it_waited_never_reaches_the_vendor() -> No
     assert len(vendor.calls) == 2, "the cancelled line was not sent"
     assert isinstance(got[envs[1].correlation_id], BatchCancelled)
     assert all(isinstance(got[e.correlation_id], VendorResult) for e in (envs[0], envs[2]))
+
+
+async def cancelled_run(
+    vendor: ScriptedBatches, n: int, cancelled: set[int]
+) -> tuple[dict[int, Any], list[int]]:
+    """Send ``n`` requests as one vendor batch; once it was sent, those at ``cancelled``
+    are (their Batch API batch was cancelled).  Each request's answer, and the lines the
+    lane asked about."""
+    envs = [envelope() for _ in range(n)]
+    got: dict[int, Any] = {}
+    asked: list[int] = []
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        got[envs.index(env)] = out
+
+    async def is_cancelled(env: RequestEnvelope) -> bool:
+        asked.append(envs.index(env))
+        return bool(vendor.calls) and envs.index(env) in cancelled
+
+    lane = BatchLane(
+        {"v": vendor},
+        {"v": KeyPool(["key"])},
+        LaneRule(max_size=n, poll_s=0.001),
+        deliver,
+        cancelled=is_cancelled,
+    )
+    for env in envs:
+        lane.submit(env, CAND)
+    for task in list(lane._tasks):
+        await task
+    return got, asked
+
+
+async def test_a_vendor_batch_whose_every_request_was_cancelled_is_cancelled_at_the_vendor() -> (
+    None
+):
+    from schemas.errors import BatchCancelled
+
+    vendor = ScriptedBatches([None, "cancelled"])
+    got, _ = await cancelled_run(vendor, 3, cancelled={0, 1, 2})
+    assert vendor.cancels == ["batch_1"], "cancelled once, at the vendor"
+    assert all(isinstance(got[i], BatchCancelled) for i in range(3)), (
+        "answered as cancelled, not sent on the realtime way"
+    )
+
+
+async def test_a_vendor_batch_with_one_request_still_wanted_runs_on() -> None:
+    from schemas.errors import BatchCancelled
+
+    vendor = ScriptedBatches([None, None, "done"])
+    got, asked = await cancelled_run(vendor, 3, cancelled={0, 2})
+    assert vendor.cancels == []
+    assert all(isinstance(got[i], VendorResult) for i in range(3)), "what ran is delivered"
+    assert not any(isinstance(out, BatchCancelled) for out in got.values())
+    polls = asked[3:]  # after the look before sending: one look per poll
+    assert polls and 2 not in polls, "the first request still wanted ends each look"
+
+
+async def test_a_refused_vendor_cancel_is_asked_again_at_the_next_poll() -> None:
+    vendor = ScriptedBatches([None, None, None, "cancelled"], cancel_fails=1)
+    await cancelled_run(vendor, 2, cancelled={0, 1})
+    assert vendor.cancels == ["batch_1"]
+
+
+async def test_a_failed_request_of_a_cancelled_batch_is_not_sent_on_at_full_price() -> None:
+    """A vendor batch that ended without running a line (expired, or cancelled by someone
+    else) fails it as retryable, which would send it the realtime way; a line whose batch
+    was cancelled meanwhile is answered batch_cancelled instead."""
+    from schemas.errors import BatchCancelled
+
+    vendor = ScriptedBatches(["cancelled"])
+    got, _ = await cancelled_run(vendor, 2, cancelled={1})
+    assert isinstance(got[0], VendorUnavailable) and got[0].retryable
+    assert isinstance(got[1], BatchCancelled)

@@ -513,6 +513,9 @@ class SlowBatches:
         usage = Usage(input_tokens=7, output_tokens=1)
         return {cid: VendorResult(body=body, usage=usage) for cid, _ in self.calls}
 
+    async def cancel_batch(self, batch_id: str, api_key: str) -> None:
+        raise AssertionError("nothing here cancels")
+
 
 def lane_handler(vendor: SlowBatches, max_age_s: float) -> tuple[RequestHandler, Sink]:
     from agents.batch_lane import BatchLane
@@ -585,6 +588,9 @@ async def test_a_vendor_without_a_batch_api_still_answers_background_work():
             raise VendorNotFound("openai: HTTP 404: /v1/files not found")
 
         async def poll_batch(self, batch_id: str, api_key: str) -> Any:
+            raise AssertionError("never submitted")
+
+        async def cancel_batch(self, batch_id: str, api_key: str) -> None:
             raise AssertionError("never submitted")
 
     calls: list[str] = []

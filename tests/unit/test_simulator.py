@@ -594,6 +594,37 @@ async def test_openai_batch_lifecycle(oai: openai.AsyncOpenAI, sim: httpx.AsyncC
     assert stats["calls"] == {"gpt-4o-mini": 3, "gpt-fail500": 1}
 
 
+async def test_a_cancelled_openai_batch_lists_every_request_as_batch_cancelled(
+    oai: openai.AsyncOpenAI, sim: httpx.AsyncClient
+) -> None:
+    await sim.post("/sim/config", json={"batch_complete_after_s": 60})
+    lines = [
+        {
+            "custom_id": f"req-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": user(f"cancelled {i}")},
+        }
+        for i in range(2)
+    ]
+    data = "\n".join(json.dumps(line) for line in lines).encode()
+    f = await oai.files.create(file=("input.jsonl", data), purpose="batch")
+    batch = await oai.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert (await oai.batches.cancel(batch.id)).status == "cancelling"
+    done = await oai.batches.retrieve(batch.id)
+    assert done.status == "cancelled" and done.output_file_id is None
+    errors = [
+        json.loads(x) for x in (await oai.files.content(done.error_file_id)).text.splitlines()
+    ]
+    assert [(e["custom_id"], e["response"], e["error"]["code"]) for e in errors] == [
+        ("req-0", None, "batch_cancelled"),
+        ("req-1", None, "batch_cancelled"),
+    ]
+    assert (await sim.get("/stats")).json()["batches_cancelled"] == 1
+
+
 async def test_anthropic_batch_lifecycle(
     claude: anthropic.AsyncAnthropic, sim: httpx.AsyncClient
 ) -> None:
@@ -620,3 +651,17 @@ async def test_anthropic_batch_lifecycle(
     assert results["boom"].error.error.type == "api_error"
     stats = (await sim.get("/stats")).json()
     assert stats["batches"] == 1 and stats["calls"] == {"c": 2, "c-fail500": 1}
+
+
+async def test_a_cancelled_message_batch_ends_with_every_request_canceled(
+    claude: anthropic.AsyncAnthropic, sim: httpx.AsyncClient
+) -> None:
+    await sim.post("/sim/config", json={"batch_complete_after_s": 60})
+    params = {"model": "c", "max_tokens": 20, "messages": user("a")}
+    batch = await claude.messages.batches.create(requests=[{"custom_id": "x", "params": params}])
+    assert (await claude.messages.batches.cancel(batch.id)).processing_status == "canceling"
+    ended = await claude.messages.batches.retrieve(batch.id)
+    assert ended.processing_status == "ended" and ended.request_counts.canceled == 1
+    results = [r.result.type async for r in await claude.messages.batches.results(batch.id)]
+    assert results == ["canceled"]
+    assert (await sim.get("/stats")).json()["batches_cancelled"] == 1
