@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import signal
@@ -19,6 +20,7 @@ from rich.console import Console
 from schemas.config import ConfigError, RelayConfig, hash_key, load_config
 from schemas.settings import Settings
 
+LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"  # as the worker's
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
 
@@ -171,12 +173,14 @@ def gateway(
     with _on_kafka(bootstrap):
         asyncio.run(_reach(bootstrap))
     fastapi_app = create_app(settings, cfg, bootstrap)
+    level = settings.log_level.upper()
+    logging.basicConfig(level=level, format=LOG_FORMAT)
     uvicorn.run(
         fastapi_app,
         host=host or settings.host,
         port=port or settings.port,
-        log_level="warning",
-        access_log=False,
+        log_level=level.lower(),
+        access_log=False,  # one line per request would cost more CPU than a cache hit
     )
 
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import Annotated, Literal
 
+from pydantic import BeforeValidator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Annotated[
+    Literal["critical", "error", "warning", "info", "debug"],
+    BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v),
+]
 
 
 class Settings(BaseSettings):
@@ -27,7 +34,7 @@ class Settings(BaseSettings):
     instance_id: str = ""
     default_timeout_s: float = 120.0
     worker_metrics_port: int = 0  # the worker's Prometheus /metrics, on `host`; 0: off
-    log_level: str = "warning"
+    log_level: LogLevel = "warning"  # of worker and gateway
     demo_key: str = "rk-demo-relay-station-local"
     cache_stale_s: float = 3600.0  # how long L2 keeps an answer past its TTL (cache_only)
     workers: int = 1  # workers sharing the RPM/TPM limits: each enforces limit / workers

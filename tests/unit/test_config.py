@@ -112,3 +112,15 @@ def test_a_lane_lease_shorter_than_two_polls_is_refused() -> None:
     with pytest.raises(ValueError, match="lease_s"):
         BatchLane(poll_s=5, lease_s=6)
     assert BatchLane(poll_s=1, lease_s=3).lease_s == 3
+
+
+def test_log_level_takes_any_case_and_refuses_what_logging_does_not_know(monkeypatch) -> None:
+    from pydantic import ValidationError
+
+    from schemas.settings import Settings
+
+    monkeypatch.setenv("RELAY_LOG_LEVEL", "INFO")
+    assert Settings().log_level == "info"
+    monkeypatch.setenv("RELAY_LOG_LEVEL", "verbose")
+    with pytest.raises(ValidationError, match="log_level"):
+        Settings()
