@@ -247,7 +247,10 @@ class Dispatcher:
             return await send(call)
         params = {k: v for k, v in env.body.items() if k not in (shape.inputs, "model", "user")}
         vendor = id(getattr(send, "__self__", send))  # one window per adapter instance
-        key = (shape.inputs, call.model, repr(sorted(params.items())), str(vendor))
+        # Text and token-id inputs never share a call: the vendor takes a list of one kind.
+        raw = env.body.get(shape.inputs)
+        kind = "tokens" if isinstance(raw, list) and raw and not isinstance(raw[0], str) else "text"
+        key = (shape.inputs, call.model, repr(sorted(params.items())), str(vendor), kind)
         return await self.batcher.embed(key, call, send, rule.window_ms, rule.max_size, shape)
 
     async def _report(

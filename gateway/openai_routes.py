@@ -45,7 +45,7 @@ class EmbeddingsBody(BaseModel):
 class CompletionsBody(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1)
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]  # text, or token ids, as OpenAI's
     stream: Literal[False] = False
 
 

@@ -685,7 +685,11 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
         if not tools:
             choice = {"type": "tool", "name": JSON_ANSWER_TOOL}
         elif choice is None or choice.get("type") == "auto":
-            choice = {"type": "any"}  # a tool call or the JSON answer, never prose first
+            # A tool call or the JSON answer, never prose first (one at a time still, if
+            # the client said so).
+            choice = {"type": "any"} | {
+                k: v for k, v in (choice or {}).items() if k == "disable_parallel_tool_use"
+            }
         tools.append(answer_tool)
     thinking = body.get("thinking")
     by_effort = False

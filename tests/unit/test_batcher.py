@@ -175,3 +175,31 @@ async def test_several_answers_per_prompt_are_never_window_batched():
     await asyncio.gather(dispatcher._batched(env, c, complete, COMPLETIONS),
                          dispatcher._batched(env, c, complete, COMPLETIONS))  # fmt: skip
     assert len(sent) == 2 and all(s.body["prompt"] == ["a"] for s in sent)
+
+
+async def test_text_and_token_id_prompts_never_share_a_vendor_call():
+    """A vendor takes a list of texts or a list of token-id lists, never both mixed."""
+    from agents.batcher import COMPLETIONS
+    from agents.dispatch import Dispatcher
+    from schemas.config import Batching
+    from tests.support.envelopes import request_envelope
+
+    sent: list[VendorCall] = []
+
+    async def complete(c: VendorCall) -> VendorResult:
+        sent.append(c)
+        choices = [{"index": i, "text": "ok"} for i in range(len(c.body["prompt"]))]
+        return VendorResult({"choices": choices}, Usage())
+
+    dispatcher = Dispatcher({}, {}, lambda ev: asyncio.sleep(0), batching={"m": Batching()})
+    calls = []
+    for prompt in ("a text", [15339, 1917], "another text", [[1, 2], [3]]):
+        body = {"model": "m", "prompt": prompt}
+        env = request_envelope(body=body, endpoint="completions", alias="m")
+        call = VendorCall(model="x", body=body, api_key="k")
+        calls.append(dispatcher._batched(env, call, complete, COMPLETIONS))
+    await asyncio.gather(*calls)
+    assert sorted(map(str, (s.body["prompt"] for s in sent))) == [
+        "['a text', 'another text']",
+        "[[15339, 1917], [1, 2], [3]]",
+    ]

@@ -1171,3 +1171,5 @@ def test_json_mode_beside_client_tools_makes_the_model_call_one_or_answer_json()
     out = openai_request_to_messages(body, "m")
     assert [t["name"] for t in out["tools"]] == ["f", "relay_json_answer"]
     assert out["tool_choice"] == {"type": "any"}, "no prose before the JSON in a stream"
+    one_at_a_time = openai_request_to_messages({**body, "parallel_tool_calls": False}, "m")
+    assert one_at_a_time["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}

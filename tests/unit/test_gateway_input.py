@@ -192,3 +192,23 @@ async def test_a_count_with_no_counting_vendor_available_is_estimated_not_refuse
         )
     assert reply.status_code == 200 and reply.json()["input_tokens"] > 0
     assert [e.endpoint for e in bus.published] == ["count_tokens"], "the vendor was asked first"
+
+
+@pytest.mark.parametrize("prompt", [[15339, 1917], [[15339], [1917, 11]], ["a", "b"], "a"])
+async def test_completions_take_every_prompt_form_openai_takes(prompt: Any) -> None:
+    """Text, a list of texts, token ids, or a list of token-id lists."""
+    seen: list[RequestEnvelope] = []
+
+    def script(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+        seen.append(env)
+        return answer_hello(env)
+
+    app, _ = gateway_app(script)
+    async with client(app) as http:
+        reply = await http.post(
+            "/v1/completions",
+            json={"model": "gpt-3.5-turbo-instruct", "prompt": prompt},
+            headers=AUTH,
+        )
+    assert reply.status_code == 200, reply.text
+    assert seen[0].body["prompt"] == prompt

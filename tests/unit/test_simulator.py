@@ -657,7 +657,7 @@ async def test_a_cancelled_message_batch_ends_with_every_request_canceled(
     claude: anthropic.AsyncAnthropic, sim: httpx.AsyncClient
 ) -> None:
     await sim.post("/sim/config", json={"batch_complete_after_s": 60})
-    params = {"model": "c", "max_tokens": 20, "messages": user("a")}
+    params: Any = {"model": "c", "max_tokens": 20, "messages": user("a")}
     batch = await claude.messages.batches.create(requests=[{"custom_id": "x", "params": params}])
     assert (await claude.messages.batches.cancel(batch.id)).processing_status == "canceling"
     ended = await claude.messages.batches.retrieve(batch.id)
