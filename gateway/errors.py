@@ -38,7 +38,10 @@ ANTHROPIC_TYPES = {
     502: "api_error",
     503: "overloaded_error",
     504: "timeout_error",
+    529: "overloaded_error",
 }
+# Anthropic says "overloaded" with a 529 of its own, which its SDK raises as OverloadedError.
+ANTHROPIC_STATUS = {503: 529}
 
 
 def is_anthropic(request: Request) -> bool:
@@ -55,14 +58,16 @@ def error_response(request: Request, err: RelayError) -> JSONResponse:
     headers = {}
     if err.retry_after is not None:
         headers["retry-after"] = str(max(1, round(err.retry_after)))
+    status = err.status
     if is_anthropic(request):
+        status = ANTHROPIC_STATUS.get(status, status)
         body: dict[str, object] = {
             "type": "error",
-            "error": {"type": ANTHROPIC_TYPES.get(err.status, "api_error"), "message": err.message},
+            "error": {"type": ANTHROPIC_TYPES.get(status, "api_error"), "message": err.message},
         }
     else:
         body = err.openai_body()
-    return JSONResponse(body, status_code=err.status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 # pydantic names a union's branch in the error's location ("stop.str"): not a field

@@ -212,3 +212,24 @@ async def test_completions_take_every_prompt_form_openai_takes(prompt: Any) -> N
         )
     assert reply.status_code == 200, reply.text
     assert seen[0].body["prompt"] == prompt
+
+
+async def test_no_vendor_is_an_openai_503_and_anthropic_s_own_529_overloaded():
+    """Anthropic says overloaded with a 529, which its SDK raises as OverloadedError."""
+
+    def no_vendor(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+        error = {"code": "no_healthy_vendor", "message": "every vendor is failing"}
+        return [(0.0, ReplyEvent(correlation_id=env.correlation_id, kind="error", error=error))]
+
+    app, _ = gateway_app(no_vendor)
+    async with client(app) as http:
+        chat = await http.post("/v1/chat/completions", json=CHAT)
+        messages = await http.post("/v1/messages", json=MESSAGES)
+        streamed = await http.post("/v1/messages", json={**MESSAGES, "stream": True})
+    assert chat.status_code == 503 and chat.json()["error"]["type"] == "overloaded_error"
+    for reply in (messages, streamed):
+        assert reply.status_code == 529
+        assert reply.json()["error"] == {
+            "type": "overloaded_error",
+            "message": "every vendor is failing",
+        }
