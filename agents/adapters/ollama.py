@@ -22,7 +22,7 @@ from agents.adapters.http import json_body, open_stream, send
 from schemas.config import VendorConfig
 from schemas.errors import BadRequest, VendorUnavailable
 from schemas.formats.anthropic import without_cache_control
-from schemas.formats.openai import new_id, reasoning_effort
+from schemas.formats.openai import new_id, one_plain_choice, reasoning_effort
 from schemas.usage import Usage
 
 # OpenAI's reasoning_effort -> Ollama's think: a level, which models with levels (gpt-oss)
@@ -182,11 +182,10 @@ def chat_request(body: dict[str, Any], model: str, *, stream: bool) -> dict[str,
     """An OpenAI chat body as an Ollama ``/api/chat`` request.
 
     ``tool_choice`` has no Ollama equivalent: ``none`` leaves the tools out, anything else
-    lets the model decide.  Ollama
-    answers one choice per request, so ``n`` > 1 is refused rather than ignored.
+    lets the model decide.  Ollama answers one choice per request, without token
+    logprobs: ``n`` > 1 and logprobs are refused rather than ignored.
     """
-    if isinstance(body.get("n"), int) and body["n"] > 1:
-        raise BadRequest("n: this model answers one choice per request", param="n")
+    one_plain_choice(body)
     # An echoed answer's reasoning goes back as the message's thinking, as Ollama keeps it.
     thoughts = [m.get("reasoning_content") for m in body.get("messages") or []]
     body = without_cache_control(body)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.errors import BadRequest
-from schemas.formats.openai import new_id, reasoning_effort, tool_use_block
+from schemas.formats.openai import new_id, one_plain_choice, reasoning_effort, tool_use_block
 from schemas.usage import Usage
 
 # OpenAI finish_reason -> Anthropic stop_reason; content_filter is what "refusal" means.
@@ -119,6 +119,35 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("thinking: must be an object", param="thinking")
     if thinking:
         out["thinking"] = thinking
+    out |= _output_config_to_openai(body)
+    return out
+
+
+def _output_config_to_openai(body: dict[str, Any]) -> dict[str, Any]:
+    """Anthropic's structured outputs (``output_config.format``, or the older top-level
+    ``output_format``) as OpenAI's ``response_format`` json_schema, which every vendor
+    kind answers (an Anthropic one through the relay's JSON-answer tool, which any Claude
+    model takes); the rest of ``output_config`` (``effort``) rides along for Anthropic
+    vendors, and other vendors go without it."""
+    config = body.get("output_config")
+    if config is not None and not isinstance(config, dict):
+        raise BadRequest("output_config: must be an object", param="output_config")
+    config = config or {}
+    out: dict[str, Any] = {}
+    fmt, param = config.get("format"), "output_config.format"
+    if fmt is None:
+        fmt, param = body.get("output_format"), "output_format"
+    if fmt is not None:
+        if not (
+            isinstance(fmt, dict)
+            and fmt.get("type") == "json_schema"
+            and isinstance(fmt.get("schema"), dict)
+        ):
+            raise BadRequest(f"{param}: needs type json_schema and a schema object", param=param)
+        schema = {"name": "output", "schema": fmt["schema"]}
+        out["response_format"] = {"type": "json_schema", "json_schema": schema}
+    if rest := {k: v for k, v in config.items() if k != "format" and v is not None}:
+        out["output_config"] = rest
     return out
 
 
@@ -127,11 +156,12 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
 # tool result's error flag.  OpenAI-format vendors refuse unknown fields: they get the
 # body ``without_cache_control``.
 EXTENSIONS = frozenset({"cache_control", "is_error"})
-# ...and at the top level: cache breakpoints and the extended-thinking config; on
+# ...and at the top level: cache breakpoints, the extended-thinking config and what an
+# output_config holds besides its format (effort); on
 # messages, thinking (the blocks, the ordered content they sit in, and the keys an
 # OpenAI client's SDK folds into a message it echoes back: reasoning text, signature,
 # redacted data).  OpenAI-format vendors refuse fields they do not know.
-TOP_EXTENSIONS = ("cache_control", "thinking")
+TOP_EXTENSIONS = ("cache_control", "thinking", "output_config")
 MESSAGE_EXTENSIONS = EXTENSIONS | {
     "thinking_blocks",
     "anthropic_content",
@@ -400,10 +430,22 @@ def _anthropic_content(message: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _thinking_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """The thinking and redacted_thinking blocks a neutral message carries (extension)."""
+    """The thinking and redacted_thinking blocks a neutral message carries (extension).
+
+    A message an OpenAI client's SDK accumulated from a stream has no ``thinking_blocks``,
+    only the delta keys folded together: its signed ``reasoning_content`` is the block
+    (one: the SDK joins several blocks' signatures into one string no vendor takes), and
+    ``redacted_thinking`` the redacted one.  Unsigned reasoning (another vendor's) is no
+    thinking block."""
     blocks = message.get("thinking_blocks")
     if not isinstance(blocks, list):
-        return []
+        folded: list[dict[str, Any]] = []
+        text, signature = message.get("reasoning_content"), message.get("thinking_signature")
+        if isinstance(text, str) and isinstance(signature, str) and signature:
+            folded.append({"type": "thinking", "thinking": text, "signature": signature})
+        if isinstance(redacted := message.get("redacted_thinking"), str) and redacted:
+            folded.append({"type": "redacted_thinking", "data": redacted})
+        return folded
     return [
         b
         for b in blocks
@@ -645,11 +687,10 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
 
     System (and developer) messages become the top-level ``system``; tool messages
     become ``tool_result`` blocks in a user turn; consecutive turns of one role are
-    merged.  Raises ``BadRequest`` for content Anthropic cannot take, and for ``n`` > 1:
-    Anthropic answers one choice per request, and ignoring ``n`` would be a silent lie.
+    merged.  Raises ``BadRequest`` for content Anthropic cannot take, and for ``n`` > 1 or
+    logprobs: Anthropic answers one choice per request, with no token logprobs.
     """
-    if isinstance(body.get("n"), int) and body["n"] > 1:
-        raise BadRequest("n: this model answers one choice per request", param="n")
+    one_plain_choice(body)
     system: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
     for i, message in enumerate(body.get("messages") or []):
@@ -707,6 +748,8 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
         out["cache_control"] = body["cache_control"]
     if thinking:
         out["thinking"] = thinking
+    if body.get("output_config"):
+        out["output_config"] = body["output_config"]
     # Anthropic refuses sampling knobs beside thinking (as OpenAI's reasoning models do):
     # thinking the relay turned on for reasoning_effort goes without them.
     if body.get("temperature") is not None and not by_effort:

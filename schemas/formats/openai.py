@@ -17,6 +17,10 @@ _PIECES = re.compile(r"\s*\S+|\s+")
 # OpenAI's reasoning_effort values, least to most; vendors that think map them their way.
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
+# Top-level fields that every chunk repeats and a whole answer has once, when the vendor
+# sent them at all.
+_OPTIONAL_HEAD = ("system_fingerprint", "service_tier")
+
 
 def reasoning_effort(body: dict[str, Any]) -> str | None:
     """The request's ``reasoning_effort`` (None when unset), or a 400 naming the field."""
@@ -27,6 +31,17 @@ def reasoning_effort(body: dict[str, Any]) -> str | None:
             f"reasoning_effort: {effort!r} is not one of {allowed}", param="reasoning_effort"
         )
     return effort
+
+
+def one_plain_choice(body: dict[str, Any]) -> None:
+    """Refuse what a vendor answering one choice without token logprobs (Anthropic,
+    Ollama's native API) would drop in silence: ``n`` > 1, ``logprobs``, ``top_logprobs``.
+    An answer quietly missing what was asked would be a lie; a 400 names the field."""
+    if isinstance(body.get("n"), int) and body["n"] > 1:
+        raise BadRequest("n: this model answers one choice per request", param="n")
+    if body.get("logprobs") or body.get("top_logprobs"):
+        param = "logprobs" if body.get("logprobs") else "top_logprobs"
+        raise BadRequest(f"{param}: this model does not return token logprobs", param=param)
 
 
 def new_id(prefix: str) -> str:
@@ -66,15 +81,16 @@ def tool_use_block(call: dict[str, Any], fallback_id: str = "") -> dict[str, Any
 def assemble_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     """Merge a streamed ``chat.completion.chunk`` list into one ``chat.completion`` body.
 
-    Content and refusal deltas are concatenated per choice; tool calls are merged by
-    their ``index`` (id, type and name come once, argument fragments are joined). The
-    last usage seen, if any, is kept.
+    Content and refusal deltas are concatenated per choice, as are the choice's
+    ``logprobs`` lists and the delta's ``annotations``; tool calls are merged by their
+    ``index`` (id, type and name come once, argument fragments are joined). The last
+    usage seen, if any, is kept.
     """
     head: dict[str, Any] = {}
     choices: dict[int, dict[str, Any]] = {}
     usage = None
     for chunk in chunks:
-        for key in ("id", "created", "model", "system_fingerprint"):
+        for key in ("id", "created", "model", *_OPTIONAL_HEAD):
             if key not in head and chunk.get(key) is not None:
                 head[key] = chunk[key]
         if chunk.get("usage"):
@@ -89,8 +105,9 @@ def assemble_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
         "model": head.get("model", ""),
         "choices": [_finish_choice(i, choices[i]) for i in sorted(choices)],
     }
-    if "system_fingerprint" in head:
-        body["system_fingerprint"] = head["system_fingerprint"]
+    for key in _OPTIONAL_HEAD:
+        if key in head:
+            body[key] = head[key]
     if usage is not None:
         body["usage"] = usage
     return body
@@ -103,6 +120,8 @@ def _empty_choice() -> dict[str, Any]:
         "refusal": [],
         "tools": {},
         "reasoning": [],
+        "annotations": [],
+        "logprobs": None,  # {"content": [...], "refusal": [...]} once a chunk carries any
         "order": [],  # segments in arrival order: thinking, redacted, text, tool (see below)
         "finish": None,
     }
@@ -122,6 +141,12 @@ def _merge_choice(acc: dict[str, Any], choice: dict[str, Any]) -> None:
             order.append(("text", [delta["content"]]))
     if delta.get("refusal"):
         acc["refusal"].append(delta["refusal"])
+    # Web-search answers send their citations as deltas, often after the text they cite.
+    acc["annotations"].extend(delta.get("annotations") or [])
+    if logprobs := choice.get("logprobs"):
+        merged = acc["logprobs"] = acc["logprobs"] or {"content": [], "refusal": []}
+        merged["content"].extend(logprobs.get("content") or [])
+        merged["refusal"].extend(logprobs.get("refusal") or [])
     for frag in delta.get("tool_calls") or []:
         if frag.get("index", 0) not in acc["tools"]:
             acc["order"].append(("tool", frag.get("index", 0)))
@@ -183,6 +208,8 @@ def _finish_choice(index: int, acc: dict[str, Any]) -> dict[str, Any]:
         message["refusal"] = "".join(acc["refusal"])
     if acc["reasoning"]:
         message["reasoning_content"] = "".join(acc["reasoning"])
+    if acc["annotations"]:
+        message["annotations"] = acc["annotations"]
     calls: dict[int, dict[str, Any]] = {}
     if acc["tools"]:
         message["tool_calls"] = []
@@ -193,10 +220,23 @@ def _finish_choice(index: int, acc: dict[str, Any]) -> dict[str, Any]:
     if any(kind == "thinking" for kind, _ in acc["order"]):
         message["thinking_blocks"] = [seg for kind, seg in acc["order"] if kind == "thinking"]
         message["anthropic_content"] = [_anthropic_block(seg, calls) for seg in acc["order"]]
-    out = {"index": index, "message": message, "logprobs": None, "finish_reason": acc["finish"]}
+    out = {
+        "index": index,
+        "message": message,
+        "logprobs": _finish_logprobs(acc["logprobs"]),
+        "finish_reason": acc["finish"],
+    }
     if acc.get("stop_sequence"):
         out["stop_sequence"] = acc["stop_sequence"]
     return out
+
+
+def _finish_logprobs(merged: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A choice's logprobs as a whole answer has them: ``refusal`` is null, not [], when
+    the model refused nothing."""
+    if merged is None:
+        return None
+    return {"content": merged["content"], "refusal": merged["refusal"] or None}
 
 
 def _anthropic_block(segment: tuple[str, Any], calls: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -263,8 +303,9 @@ def response_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
         "created": body.get("created", 0),
         "model": body.get("model", ""),
     }
-    if body.get("system_fingerprint"):
-        head["system_fingerprint"] = body["system_fingerprint"]
+    for key in _OPTIONAL_HEAD:
+        if body.get(key):
+            head[key] = body[key]
 
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {**head, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
@@ -278,28 +319,41 @@ def response_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for choice in body.get("choices") or []:
         i = choice.get("index", 0)
-        message = choice.get("message") or {}
-        out.append(chunk(i, {"role": message.get("role", "assistant"), "content": ""}))
-        if isinstance(message.get("anthropic_content"), list):  # Anthropic's, in order
-            out.extend(chunk(i, d) for d in _anthropic_deltas(message["anthropic_content"]))
-            out.append(last(i, choice))
-            continue
-        if message.get("reasoning_content"):
-            out.append(chunk(i, {"reasoning_content": message["reasoning_content"]}))
-        content = message.get("content")
-        if isinstance(content, str):
-            out.extend(chunk(i, {"content": piece}) for piece in _PIECES.findall(content))
-        if message.get("refusal"):
-            out.append(chunk(i, {"refusal": message["refusal"]}))
-        for n, call in enumerate(message.get("tool_calls") or []):
-            fn = call.get("function") or {}
-            deltas = _call_deltas(
-                n,
-                call.get("id"),
-                call.get("type", "function"),
-                fn.get("name", ""),
-                fn.get("arguments") or "",
-            )
-            out.extend(chunk(i, d) for d in deltas)
+        deltas = _message_deltas(choice.get("message") or {})
+        chunks = [chunk(i, d) for d in deltas]
+        if choice.get("logprobs"):
+            # The pieces are words, not tokens, so splitting the logprobs to match them
+            # would be guesswork. The whole object rides on the choice's first text
+            # chunk instead: a client that joins logprobs across chunks (as the SDKs do)
+            # gets exactly the stored lists back.
+            text = (n for n, d in enumerate(deltas) if d.get("content") or d.get("refusal"))
+            chunks[next(text, 0)]["choices"][0]["logprobs"] = choice["logprobs"]
+        out += chunks
         out.append(last(i, choice))
     return out
+
+
+def _message_deltas(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The deltas that replay one choice's message, starting with its role."""
+    deltas: list[dict[str, Any]] = [{"role": message.get("role", "assistant"), "content": ""}]
+    if isinstance(message.get("anthropic_content"), list):  # Anthropic's, in order
+        return deltas + _anthropic_deltas(message["anthropic_content"])
+    if message.get("reasoning_content"):
+        deltas.append({"reasoning_content": message["reasoning_content"]})
+    content = message.get("content")
+    if isinstance(content, str):
+        deltas += [{"content": piece} for piece in _PIECES.findall(content)]
+    if message.get("refusal"):
+        deltas.append({"refusal": message["refusal"]})
+    if message.get("annotations"):  # after the text they cite, as OpenAI streams them
+        deltas.append({"annotations": message["annotations"]})
+    for n, call in enumerate(message.get("tool_calls") or []):
+        fn = call.get("function") or {}
+        deltas += _call_deltas(
+            n,
+            call.get("id"),
+            call.get("type", "function"),
+            fn.get("name", ""),
+            fn.get("arguments") or "",
+        )
+    return deltas

@@ -696,3 +696,21 @@ async def test_a_pdf_document_reaches_either_vendor(stack: Stack, simulator: Sim
     )
     assert got.content and got.content[0].type == "text" and got.content[0].text
     assert simulator.stats()["calls"][ROUTES[route].vendor_model] == before + 1
+
+
+@BOTH
+async def test_structured_output_parses_from_either_vendor(stack: Stack, route: Route):
+    """``messages.parse(output_format=Model)`` (``output_config.format``) gets JSON that
+    fits the model: from an Anthropic vendor (through the relay's JSON-answer tool, which
+    any Claude model takes) and from an OpenAI one (as ``response_format``)."""
+    import pydantic
+
+    class Trip(pydantic.BaseModel):
+        city: str
+        days: int
+
+    got = await client(stack).messages.parse(
+        model=route.alias, max_tokens=MAX_TOKENS, messages=ask("plan a trip"), output_format=Trip
+    )
+    assert isinstance(got.parsed_output, Trip)
+    assert got.stop_reason == "end_turn" and [b.type for b in got.content] == ["text"]

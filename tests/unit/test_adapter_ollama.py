@@ -289,6 +289,8 @@ def test_more_than_one_choice_is_refused_not_ignored():
     body = {"model": "m", "n": 2, "messages": [{"role": "user", "content": "hi"}]}
     with pytest.raises(BadRequest, match="one choice"):
         chat_request(body, "llama3", stream=False)
+    with pytest.raises(BadRequest, match="logprobs"):
+        chat_request({**body, "n": 1, "logprobs": True}, "llama3", stream=False)
 
 
 @pytest.mark.parametrize(

@@ -928,6 +928,17 @@ def test_more_than_one_choice_is_refused_not_ignored():
         openai_request_to_messages(body, "claude")
 
 
+@pytest.mark.parametrize(
+    ("asked", "param"), [({"logprobs": True}, "logprobs"), ({"top_logprobs": 3}, "top_logprobs")]
+)
+def test_logprobs_are_refused_not_ignored(asked, param):
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(BadRequest, match=f"{param}: this model does not return"):
+        openai_request_to_messages({**body, **asked}, "claude")
+    plain = {**body, "logprobs": False, "top_logprobs": 0, "n": 1}
+    assert openai_request_to_messages(plain, "claude")["messages"]
+
+
 def test_whitespace_only_stop_sequences_are_not_sent_to_anthropic():
     base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     assert "stop_sequences" not in openai_request_to_messages({**base, "stop": "\n"}, "claude")
@@ -1173,3 +1184,35 @@ def test_json_mode_beside_client_tools_makes_the_model_call_one_or_answer_json()
     assert out["tool_choice"] == {"type": "any"}, "no prose before the JSON in a stream"
     one_at_a_time = openai_request_to_messages({**body, "parallel_tool_calls": False}, "m")
     assert one_at_a_time["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
+
+
+def test_structured_output_becomes_a_json_schema_format_and_effort_rides_along():
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    request = {
+        "model": "claude",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "x"}],
+        "output_config": {"format": {"type": "json_schema", "schema": schema}, "effort": "low"},
+    }
+    neutral = messages_request_to_openai(request)
+    assert neutral["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": schema},
+    }
+    assert neutral["output_config"] == {"effort": "low"}
+    to_claude = openai_request_to_messages(neutral, "claude-x")
+    assert to_claude["output_config"] == {"effort": "low"}
+    assert to_claude["tool_choice"] == {"type": "tool", "name": "relay_json_answer"}
+    assert "output_config" not in without_cache_control(neutral), "other vendors go without"
+    older = {**request, "output_config": None, "output_format": request["output_config"]["format"]}
+    assert messages_request_to_openai(older)["response_format"] == neutral["response_format"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    ["low", {"format": {"type": "json_object"}}, {"format": {"type": "json_schema"}}],
+)
+def test_a_malformed_output_config_is_a_400_naming_it(config):
+    request = {"model": "c", "max_tokens": 9, "messages": [{"role": "user", "content": "x"}]}
+    with pytest.raises(BadRequest, match="output_config"):
+        messages_request_to_openai({**request, "output_config": config})

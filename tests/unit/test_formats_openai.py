@@ -207,3 +207,98 @@ def test_every_reasoning_effort_means_something_to_each_thinking_vendor():
     from schemas.formats.openai import REASONING_EFFORTS
 
     assert set(THINKING_BUDGETS) == set(_THINK) == set(REASONING_EFFORTS)
+
+
+def token(text: str, logprob: float) -> dict:
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode()), "top_logprobs": []}
+
+
+def with_logprobs(c: dict, content: list | None, refusal: list | None = None) -> dict:
+    c["choices"][0]["logprobs"] = {"content": content, "refusal": refusal}
+    return c
+
+
+def test_assemble_joins_a_choices_logprobs_across_chunks_in_order():
+    """A non-streamed request answered from a cached or coalesced stream still gets the
+    logprobs it asked for."""
+    hello, world = token("Hello", -0.1), token(" world", -0.7)
+    body = assemble_chunks(
+        [
+            with_logprobs(chunk({"role": "assistant", "content": ""}), []),
+            with_logprobs(chunk({"content": "Hello"}), [hello]),
+            with_logprobs(chunk({"content": " world"}), [world]),
+            chunk({}, "stop"),
+        ]
+    )
+    assert body["choices"][0]["logprobs"] == {"content": [hello, world], "refusal": None}
+
+
+def test_assemble_keeps_refusal_logprobs_apart_from_content_ones():
+    sorry = [token("I", -0.2), token(" can't", -0.3)]
+    body = assemble_chunks(
+        [
+            chunk({"role": "assistant"}),
+            with_logprobs(chunk({"refusal": "I"}), None, sorry[:1]),
+            with_logprobs(chunk({"refusal": " can't"}), None, sorry[1:]),
+            chunk({}, "stop"),
+        ]
+    )
+    assert body["choices"][0]["message"]["refusal"] == "I can't"
+    assert body["choices"][0]["logprobs"] == {"content": [], "refusal": sorry}
+
+
+def test_a_stream_without_logprobs_assembles_to_null_logprobs():
+    said = chunk({"content": "Hi"})
+    said["choices"][0]["logprobs"] = None  # as OpenAI sends it when none were asked for
+    body = assemble_chunks([chunk({"role": "assistant"}), said, chunk({}, "stop")])
+    assert body["choices"][0]["logprobs"] is None
+
+
+def test_logprobs_survive_a_replay_as_chunks_and_back():
+    """A streamed request replayed from a cached whole answer gets its logprobs, once, on
+    a chunk that carries text; assembling that stream again gives the same answer."""
+    logprobs = {"content": [token("Two", -0.5), token(" words", -1.5)], "refusal": None}
+    body = {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Two words"},
+                "logprobs": logprobs,
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    chunks = response_to_chunks(body)
+    carriers = [c["choices"][0] for c in chunks if c["choices"][0].get("logprobs")]
+    assert len(carriers) == 1 and carriers[0]["delta"] == {"content": "Two"}
+    assert carriers[0]["logprobs"] == logprobs
+    assert assemble_chunks(chunks) == body
+
+
+def test_service_tier_and_annotations_survive_a_replay_as_chunks_and_back():
+    cite = {
+        "type": "url_citation",
+        "url_citation": {"start_index": 0, "end_index": 4, "title": "T", "url": "https://x"},
+    }
+    body = {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "service_tier": "default",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Oslo", "annotations": [cite]},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    chunks = response_to_chunks(body)
+    assert all(c["service_tier"] == "default" for c in chunks)
+    assert assemble_chunks(chunks) == body

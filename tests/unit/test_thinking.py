@@ -239,3 +239,35 @@ def test_an_echoed_message_reaches_an_openai_vendor_without_any_thinking() -> No
     body = {"model": "m", "messages": [{"role": "user", "content": "q"}, echoed]}
     sent = without_cache_control(body)["messages"][1]
     assert set(sent) == {"role", "content", "tool_calls"}
+
+
+def test_a_message_the_openai_sdk_folded_from_a_stream_sends_its_signed_thinking_back() -> None:
+    """``chat.completions.stream()`` folds the thinking deltas into one message (no
+    ``thinking_blocks``); echoed in a tool loop, its signed thinking still goes back first,
+    as Anthropic requires of a turn that thought before calling a tool."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    neutral, _ = messages_response_to_openai(
+        {**VENDOR_MESSAGE, "content": [THOUGHT, {"type": "text", "text": "Checking."}, TOOL_USE]}
+    )
+    state = ChatCompletionStreamState()
+    for chunk in response_to_chunks({**neutral, "object": "chat.completion"}):
+        state.handle_chunk(
+            ChatCompletionChunk.model_validate({**chunk, "object": "chat.completion.chunk"})
+        )
+    folded = state.get_final_completion().choices[0].message.model_dump(exclude_none=True)
+    folded.pop("parsed", None)
+    assert "thinking_blocks" not in folded and folded["thinking_signature"] == "sig-1"
+    result = {"role": "tool", "tool_call_id": "toolu_1", "content": "12C"}
+    body = {"messages": [{"role": "user", "content": "weather?"}, folded, result]}
+    sent = openai_request_to_messages(body, "claude-x")["messages"][1]["content"]
+    assert [b["type"] for b in sent] == ["thinking", "text", "tool_use"]
+    assert sent[0] == THOUGHT
+
+
+def test_unsigned_reasoning_in_an_echoed_message_is_no_thinking_block() -> None:
+    echoed = {"role": "assistant", "content": "Hi", "reasoning_content": "hmm"}
+    body = {"messages": [{"role": "user", "content": "q"}, echoed]}
+    sent = openai_request_to_messages(body, "claude-x")["messages"][1]["content"]
+    assert [b["type"] for b in sent] == ["text"]
