@@ -138,41 +138,12 @@ async def test_vendor_ids_fit_anthropic_s_pattern_and_each_answer_reaches_its_ow
     assert got == {"batch_abc/0": "p0", "batch_abc/1": "p1", "batch_abc/2": "p2"}
 
 
-async def test_a_line_cancelled_while_it_waited_never_reaches_the_vendor() -> None:
-    from schemas.errors import BatchCancelled
-
-    vendor = ScriptedBatches(["done"])
-    envs = [envelope() for _ in range(3)]
-    got: dict[str, Any] = {}
-
-    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
-        got[env.correlation_id] = out
-
-    async def cancelled(env: RequestEnvelope) -> bool:
-        return env is envs[1]
-
-    lane = BatchLane(
-        {"v": vendor},
-        {"v": KeyPool(["key"])},
-        LaneRule(max_size=3, poll_s=0.001),
-        deliver,
-        cancelled=cancelled,
-    )
-    for env in envs:
-        lane.submit(env, CAND)
-    for task in list(lane._tasks):
-        await task
-    assert len(vendor.calls) == 2, "the cancelled line was not sent"
-    assert isinstance(got[envs[1].correlation_id], BatchCancelled)
-    assert all(isinstance(got[e.correlation_id], VendorResult) for e in (envs[0], envs[2]))
-
-
 async def cancelled_run(
-    vendor: ScriptedBatches, n: int, cancelled: set[int]
+    vendor: ScriptedBatches, n: int, cancelled: set[int], *, before_sending: bool = False
 ) -> tuple[dict[int, Any], list[int]]:
-    """Send ``n`` requests as one vendor batch; once it was sent, those at ``cancelled``
-    are (their Batch API batch was cancelled).  Each request's answer, and the lines the
-    lane asked about."""
+    """Send ``n`` requests as one vendor batch; those at ``cancelled`` are cancelled (their
+    Batch API batch was) once it was sent, or all along.  Each request's answer, and the
+    lines the lane asked about."""
     envs = [envelope() for _ in range(n)]
     got: dict[int, Any] = {}
     asked: list[int] = []
@@ -182,7 +153,7 @@ async def cancelled_run(
 
     async def is_cancelled(env: RequestEnvelope) -> bool:
         asked.append(envs.index(env))
-        return bool(vendor.calls) and envs.index(env) in cancelled
+        return (before_sending or bool(vendor.calls)) and envs.index(env) in cancelled
 
     lane = BatchLane(
         {"v": vendor},
@@ -196,6 +167,16 @@ async def cancelled_run(
     for task in list(lane._tasks):
         await task
     return got, asked
+
+
+async def test_a_line_cancelled_while_it_waited_never_reaches_the_vendor() -> None:
+    from schemas.errors import BatchCancelled
+
+    vendor = ScriptedBatches(["done"])
+    got, _ = await cancelled_run(vendor, 3, cancelled={1}, before_sending=True)
+    assert len(vendor.calls) == 2, "the cancelled line was not sent"
+    assert isinstance(got[1], BatchCancelled)
+    assert all(isinstance(got[i], VendorResult) for i in (0, 2))
 
 
 async def test_a_vendor_batch_whose_every_request_was_cancelled_is_cancelled_at_the_vendor() -> (

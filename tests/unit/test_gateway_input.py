@@ -30,6 +30,15 @@ async def post(path: str, body: Any, **headers: str) -> tuple[int, Any]:
     return reply.status_code, reply.json()
 
 
+def refusing(**error: Any) -> Any:
+    """A worker that answers every request with this error."""
+
+    def script(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+        return [(0.0, ReplyEvent(correlation_id=env.correlation_id, kind="error", error=error))]
+
+    return script
+
+
 def deep(levels: int) -> dict[str, Any]:
     node: dict[str, Any] = {}
     top = node
@@ -165,11 +174,7 @@ async def test_a_stream_slow_to_start_starts_anyway_and_keeps_the_line_alive(mon
 
 
 async def test_a_stream_refused_at_once_still_gets_its_real_status():
-    def refused(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
-        error = {"code": "rate_limited", "message": "slow down", "retry_after": 3}
-        return [(0.0, ReplyEvent(correlation_id=env.correlation_id, kind="error", error=error))]
-
-    app, _ = gateway_app(refused)
+    app, _ = gateway_app(refusing(code="rate_limited", message="slow down", retry_after=3))
     async with client(app) as http:
         reply = await http.post("/v1/chat/completions", json={**CHAT, "stream": True})
     assert reply.status_code == 429 and reply.headers["retry-after"] == "3"
@@ -177,11 +182,7 @@ async def test_a_stream_refused_at_once_still_gets_its_real_status():
 
 
 async def test_a_count_with_no_counting_vendor_available_is_estimated_not_refused():
-    def no_vendor(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
-        error = {"code": "no_healthy_vendor", "message": "every vendor is failing"}
-        return [(0.0, ReplyEvent(correlation_id=env.correlation_id, kind="error", error=error))]
-
-    app, bus = gateway_app(no_vendor)
+    app, bus = gateway_app(refusing(code="no_healthy_vendor", message="every vendor is failing"))
     async with client(app) as http:
         reply = await http.post(
             "/v1/messages/count_tokens",
@@ -216,12 +217,7 @@ async def test_completions_take_every_prompt_form_openai_takes(prompt: Any) -> N
 
 async def test_no_vendor_is_an_openai_503_and_anthropic_s_own_529_overloaded():
     """Anthropic says overloaded with a 529, which its SDK raises as OverloadedError."""
-
-    def no_vendor(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
-        error = {"code": "no_healthy_vendor", "message": "every vendor is failing"}
-        return [(0.0, ReplyEvent(correlation_id=env.correlation_id, kind="error", error=error))]
-
-    app, _ = gateway_app(no_vendor)
+    app, _ = gateway_app(refusing(code="no_healthy_vendor", message="every vendor is failing"))
     async with client(app) as http:
         chat = await http.post("/v1/chat/completions", json=CHAT)
         messages = await http.post("/v1/messages", json=MESSAGES)
