@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -39,6 +40,8 @@ from tables.prices import PriceSheet
 CacheMode = Literal["use", "bypass", "refresh"]
 MAX_TIMEOUT_S = 3600.0  # x-relay-timeout: an hour at most
 MAX_CACHE_TTL_S = 30 * 86400  # x-relay-cache-ttl: thirty days at most
+MAX_BETAS = 32  # anthropic-beta: feature names, such as interleaved-thinking-2025-05-14
+_BETA = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # A stream whose first chunk takes longer than this (queued in its lane, a slow vendor)
 # starts without it, so keep-alives can flow; one answered sooner gets its real status.
 STREAM_START_S = 10.0
@@ -54,6 +57,7 @@ class Options:
     timeout_s: float | None = None
     cost_tag: str | None = None
     trace_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    anthropic_beta: list[str] = field(default_factory=list)  # for Anthropic vendors
 
     @classmethod
     def from_headers(cls, headers: Any) -> Options:
@@ -81,7 +85,19 @@ class Options:
                 raise BadRequest("x-relay-timeout: must be more than 0 seconds")
         opts.cost_tag = headers.get("x-relay-cost-tag")
         opts.trace_id = headers.get("x-relay-trace-id") or opts.trace_id
+        if betas := headers.get("anthropic-beta"):
+            opts.anthropic_beta = _betas(betas)
         return opts
+
+
+def _betas(raw: str) -> list[str]:
+    """``anthropic-beta``'s comma-separated feature names, or a 400 naming the header."""
+    names = [name.strip() for name in raw.split(",") if name.strip()]
+    if len(names) > MAX_BETAS or not all(_BETA.fullmatch(name) for name in names):
+        raise BadRequest(
+            f"anthropic-beta: {raw[:200]!r} is not a list of up to {MAX_BETAS} feature names"
+        )
+    return names
 
 
 def _bounded(name: str, parse: Callable[[str], Any], raw: str, low: float, high: float) -> Any:
@@ -162,6 +178,10 @@ class Relay:
         alias = str(body.get("model", ""))
         await self.check_model(who, alias)
         self.check_kind(alias, endpoint)
+        if opts.anthropic_beta and endpoint in ("chat", "count_tokens"):
+            # Beta features an Anthropic vendor is asked for (other vendors go without);
+            # in the body, so they are part of the cache key too.
+            body = {**body, "anthropic_beta": opts.anthropic_beta}
         stream = bool(body.get("stream")) and endpoint == "chat"
         key, ttl = self.cache_terms(who, endpoint, body, opts)
         if opts.cache == "use":

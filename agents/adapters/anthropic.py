@@ -65,15 +65,21 @@ class AnthropicAdapter:
         # Tolerate a base URL given with its /v1, as the OpenAI habit suggests.
         self.base = config.base_url.rstrip("/").removesuffix("/v1")
 
-    def headers(self, api_key: str) -> dict[str, str]:
-        """Auth and API version headers."""
+    def headers(self, api_key: str, body: dict[str, Any] | None = None) -> dict[str, str]:
+        """Auth and API version headers, and the beta features the client asked for (the
+        neutral body's ``anthropic_beta``, from its ``anthropic-beta`` header)."""
         version = self.config.api_version or DEFAULT_API_VERSION
-        return {"x-api-key": api_key, "anthropic-version": version}
+        headers = {"x-api-key": api_key, "anthropic-version": version}
+        if betas := (body or {}).get("anthropic_beta"):
+            headers["anthropic-beta"] = ",".join(betas)
+        return headers
 
     async def chat(self, call: VendorCall) -> VendorResult:
         """One Message, answered as a ``chat.completion``."""
         body = openai_request_to_messages(call.body, call.model)
-        resp = await self._send("POST", "messages", call.api_key, call.timeout_s, json=body)
+        resp = await self._send(
+            "POST", "messages", call.api_key, call.timeout_s, json=body, asked=call.body
+        )
         answer, usage = messages_response_to_openai(json_body(resp, self.kind))
         return VendorResult(answer, usage)
 
@@ -88,7 +94,7 @@ class AnthropicAdapter:
             f"{self.base}/v1/messages",
             vendor=self.kind,
             json=body,
-            headers=self.headers(call.api_key),
+            headers=self.headers(call.api_key, call.body),
             timeout=call.timeout_s,
         ) as resp:
             async for event, raw in sse_events(resp):
@@ -109,7 +115,12 @@ class AnthropicAdapter:
         body = openai_request_to_messages(call.body, call.model)
         body = {k: v for k, v in body.items() if k in _COUNT_FIELDS}
         resp = await self._send(
-            "POST", "messages/count_tokens", call.api_key, call.timeout_s, json=body
+            "POST",
+            "messages/count_tokens",
+            call.api_key,
+            call.timeout_s,
+            json=body,
+            asked=call.body,
         )
         return int(json_body(resp, self.kind)["input_tokens"])
 
@@ -150,14 +161,21 @@ class AnthropicAdapter:
         await self._send("POST", f"messages/batches/{batch_id}/cancel", api_key, timeout)
 
     async def _send(
-        self, method: str, path: str, api_key: str, timeout_s: float, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        api_key: str,
+        timeout_s: float,
+        asked: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> httpx.Response:
+        """A request to the vendor; ``asked``, the neutral body, may ask for betas."""
         return await send(
             self.client,
             method,
             f"{self.base}/v1/{path}",
             vendor=self.kind,
-            headers=self.headers(api_key),
+            headers=self.headers(api_key, asked),
             timeout=timeout_s,
             **kwargs,
         )

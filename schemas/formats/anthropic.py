@@ -156,12 +156,13 @@ def _output_config_to_openai(body: dict[str, Any]) -> dict[str, Any]:
 # tool result's error flag.  OpenAI-format vendors refuse unknown fields: they get the
 # body ``without_cache_control``.
 EXTENSIONS = frozenset({"cache_control", "is_error"})
-# ...and at the top level: cache breakpoints, the extended-thinking config and what an
-# output_config holds besides its format (effort); on
+# ...and at the top level: cache breakpoints, the extended-thinking config, what an
+# output_config holds besides its format (effort) and the client's anthropic-beta
+# features (which the Anthropic adapter sends as that header); on
 # messages, thinking (the blocks, the ordered content they sit in, and the keys an
 # OpenAI client's SDK folds into a message it echoes back: reasoning text, signature,
 # redacted data).  OpenAI-format vendors refuse fields they do not know.
-TOP_EXTENSIONS = ("cache_control", "thinking", "output_config")
+TOP_EXTENSIONS = ("cache_control", "thinking", "output_config", "anthropic_beta")
 MESSAGE_EXTENSIONS = EXTENSIONS | {
     "thinking_blocks",
     "anthropic_content",

@@ -398,3 +398,23 @@ async def test_overloaded_status_keeps_retry_after_for_the_breaker():
     with pytest.raises(VendorUnavailable) as err:
         await adapter_for(handler).chat(call())
     assert err.value.retry_after == 4.0
+
+
+async def test_the_client_s_beta_features_go_as_the_anthropic_beta_header_not_in_the_body():
+    asked = {**BODY, "anthropic_beta": ["interleaved-thinking-2025-05-14", "context-1m-2025-08-07"]}
+    count = httpx.Response(200, json={"input_tokens": 7})
+    seen, handler = recorder(
+        httpx.Response(200, json=MESSAGE),
+        httpx.Response(200, content=sse(*STREAM)),
+        count,
+        httpx.Response(200, json=MESSAGE),
+    )
+    adapter = adapter_for(handler)
+    await adapter.chat(call(asked))
+    _ = [item async for item in adapter.stream(call(asked))]
+    await adapter.count_tokens(call(asked))
+    want = "interleaved-thinking-2025-05-14,context-1m-2025-08-07"
+    assert [r.headers.get("anthropic-beta") for r in seen] == [want] * 3
+    assert all("anthropic_beta" not in json.loads(r.content) for r in seen)
+    await adapter.chat(call())
+    assert "anthropic-beta" not in seen[-1].headers, "none asked, none sent"

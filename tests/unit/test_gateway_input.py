@@ -229,3 +229,21 @@ async def test_no_vendor_is_an_openai_503_and_anthropic_s_own_529_overloaded():
             "type": "overloaded_error",
             "message": "every vendor is failing",
         }
+
+
+async def test_anthropic_beta_features_ride_in_the_body_for_anthropic_vendors_only():
+    from schemas.formats.anthropic import without_cache_control
+
+    app, bus = gateway_app()
+    beta = {"anthropic-beta": "interleaved-thinking-2025-05-14, token-efficient-tools-2025-02-19"}
+    async with client(app) as http:
+        reply = await http.post("/v1/messages", json=MESSAGES, headers=beta)
+        refused = await http.post("/v1/messages", json=MESSAGES, headers={"anthropic-beta": "a b"})
+    assert reply.status_code == 200
+    body = bus.published[0].body
+    assert body["anthropic_beta"] == [
+        "interleaved-thinking-2025-05-14",
+        "token-efficient-tools-2025-02-19",
+    ]
+    assert "anthropic_beta" not in without_cache_control(body), "OpenAI-format vendors go without"
+    assert refused.status_code == 400 and "anthropic-beta" in refused.json()["error"]["message"]
