@@ -152,10 +152,10 @@ def _output_config_to_openai(body: dict[str, Any]) -> dict[str, Any]:
 
 
 # Anthropic-only fields the neutral body carries as extensions, so an Anthropic vendor
-# gets them back: cache breakpoints (top level, tools, content parts, tool results) and a
-# tool result's error flag.  OpenAI-format vendors refuse unknown fields: they get the
-# body ``without_cache_control``.
-EXTENSIONS = frozenset({"cache_control", "is_error"})
+# gets them back: cache breakpoints (top level, tools, content parts, tool results), a
+# tool result's error flag and a document block's own fields.  OpenAI-format vendors
+# refuse unknown fields: they get the body ``without_cache_control``.
+EXTENSIONS = frozenset({"cache_control", "is_error", "anthropic_document"})
 # ...and at the top level: cache breakpoints, the extended-thinking config, what an
 # output_config holds besides its format (effort) and the client's anthropic-beta
 # features (which the Anthropic adapter sends as that header); on
@@ -164,6 +164,8 @@ EXTENSIONS = frozenset({"cache_control", "is_error"})
 # redacted data).  OpenAI-format vendors refuse fields they do not know.
 TOP_EXTENSIONS = ("cache_control", "thinking", "output_config", "anthropic_beta")
 MESSAGE_EXTENSIONS = EXTENSIONS | {
+    "citation",
+    "text_block",
     "thinking_blocks",
     "anthropic_content",
     "reasoning_content",
@@ -203,6 +205,13 @@ def without_cache_control(body: dict[str, Any]) -> dict[str, Any]:
         else _plain(m, MESSAGE_EXTENSIONS)
         for m in messages
     ]
+    for i, m in enumerate(out["messages"]):
+        for j, part in enumerate(m["content"] if isinstance(m.get("content"), list) else []):
+            if isinstance(part, dict) and part.get("type") == "document":
+                raise BadRequest(
+                    f"messages.{i}.content.{j}: a document by URL, file id or content blocks "
+                    "reaches Anthropic vendors only; send it as base64 or text for this model"
+                )
     if tools:
         out["tools"] = [_plain(t) for t in tools]
     return out
@@ -293,9 +302,11 @@ def _assistant_to_openai(content: list[Any], where: str) -> dict[str, Any]:
         message["tool_calls"] = calls
     if thinking:
         message["thinking_blocks"] = thinking
-    if thinking or any(isinstance(b, dict) and b.get("cache_control") for b in content):
+    if thinking or any(
+        isinstance(b, dict) and (b.get("cache_control") or b.get("citations")) for b in content
+    ):
         # The blocks as they were, for an Anthropic vendor: thinking in the order it
-        # wants back, cache breakpoints where the client set them.
+        # wants back, cache breakpoints where the client set them, citations on their text.
         message["anthropic_content"] = content
     return message
 
@@ -327,9 +338,13 @@ def _tool_result_to_openai(
 
 def _document_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
     """A document block as OpenAI's file part (a PDF as a data URL), or a plain-text one
-    as text; documents by URL or file id have no twin OpenAI vendors could read."""
+    as text, with what OpenAI has no slot for (title, context, citations, the source's
+    kind) kept as the extension ``anthropic_document``, so an Anthropic vendor gets the
+    block back as it was.  Documents by URL, file id or content blocks have no twin an
+    OpenAI vendor could read: they become a ``document`` part only Anthropic vendors take."""
     source = block.get("source")
     kind = source.get("type") if isinstance(source, dict) else None
+    rest = {k: v for k, v in block.items() if k != "source"}  # the data rides once only
     if kind == "base64" and isinstance(source, dict) and source.get("data"):
         media = source.get("media_type") or "application/pdf"
         filename = block.get("title") or "document.pdf"
@@ -339,11 +354,27 @@ def _document_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
         }
     elif kind == "text" and isinstance(source, dict) and isinstance(source.get("data"), str):
         part = {"type": "text", "text": source["data"]}
+    elif kind in ("url", "file", "content"):
+        return {"type": "document", "anthropic_document": block}
     else:
-        raise BadRequest(f"{where}.source: a document needs a base64 or text source")
+        raise BadRequest(
+            f"{where}.source: a document needs a base64, text, url, file or content source"
+        )
     if block.get("cache_control"):
         part["cache_control"] = block["cache_control"]
-    return part
+    return part | {"anthropic_document": rest}
+
+
+def _document_back(part: dict[str, Any], where: str) -> dict[str, Any]:
+    """The document block an Anthropic client sent, from the part it became."""
+    document: dict[str, Any] = part["anthropic_document"]
+    if "source" in document:
+        return document  # by URL, file id or content blocks: carried whole
+    if part.get("type") == "text":
+        source = {"type": "text", "media_type": "text/plain", "data": part.get("text", "")}
+    else:
+        source = _document_to_anthropic(part, where)["source"]
+    return {**document, "source": source}
 
 
 def _image_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
@@ -508,8 +539,9 @@ class _ToolCall:
 class ChunksToMessageEvents:
     """Turns a stream of OpenAI chunks into Anthropic's stream events, as (event, data).
 
-    Text opens a text block; each tool call opens its own tool_use block, so block
-    indexes count up as the answer switches between them.  Only choice 0 is used:
+    Text opens a text block (an Anthropic vendor's cited spans one each, their
+    citations first); each tool call opens its own tool_use block, so block indexes count
+    up as the answer switches between them.  Only choice 0 is used:
     Anthropic has no ``n``.
     """
 
@@ -518,7 +550,7 @@ class ChunksToMessageEvents:
         self.message_id = message_id
         self._started = False
         self._block = -1  # index of the open block, -1 before the first one
-        self._open: str | None = None  # "text" or "tool:<n>": what the open block holds
+        self._open: str | None = None  # what the open block holds: "text:", "tool:<n>"...
         self._finish: str | None = None
         self._tools = False
         self._refused = False
@@ -535,9 +567,14 @@ class ChunksToMessageEvents:
             delta = choice.get("delta") or {}
             events += self._thinking(delta)
             self._refused = self._refused or bool(delta.get("refusal"))
+            text_key = f"text:{delta.get('text_block', '')}"
+            if (citation := delta.get("citation")) is not None:
+                block = {"type": "text", "text": "", "citations": []}
+                events += self._open_block(text_key, block)
+                events.append(self._delta({"type": "citations_delta", "citation": citation}))
             for text in (delta.get("content"), delta.get("refusal")):
                 if text:
-                    events += self._open_block("text", {"type": "text", "text": ""})
+                    events += self._open_block(text_key, {"type": "text", "text": ""})
                     events.append(self._delta({"type": "text_delta", "text": text}))
             for frag in delta.get("tool_calls") or []:
                 events += self._tool_fragment(frag)
@@ -881,7 +918,9 @@ def _user_content(content: Any, i: int) -> str | list[dict[str, Any]]:
         if not isinstance(part, dict):
             raise BadRequest(f"messages.{i}.content.{j}: a content part must be an object")
         kind = part.get("type")
-        if kind == "text":
+        if isinstance(part.get("anthropic_document"), dict):
+            blocks.append(_document_back(part, f"messages.{i}.content.{j}"))
+        elif kind == "text":
             if part.get("text"):  # Anthropic refuses empty text blocks
                 blocks.append(_text_part(part))
         elif kind == "image_url":
@@ -1020,6 +1059,8 @@ def messages_response_to_openai(body: dict[str, Any]) -> tuple[dict[str, Any], U
         # the blocks themselves, signatures included, for Anthropic clients.
         message["reasoning_content"] = "".join(b.get("thinking", "") for b in thinking)
         message["thinking_blocks"] = thinking
+    if thinking or any(b.get("citations") for b in body.get("content") or []):
+        # ...and text that cites a document keeps its citations, block by block.
         message["anthropic_content"] = [
             b for b in body["content"] if b.get("type") in _ANTHROPIC_BLOCKS
         ]
@@ -1048,7 +1089,9 @@ class MessageEventsToChunks:
     the delta: ``thinking_start`` opens a block, its text comes as ``reasoning_content``
     (as DeepSeek and LiteLLM send reasoning, so OpenAI clients read it too), and its
     ``thinking_signature`` closes it; a redacted block is one ``redacted_thinking``.
-    Unknown events and deltas (citations) are skipped, as Anthropic asks clients to do.
+    A text block's citations travel as ``citation`` deltas, and once the answer cites,
+    its text deltas name their block (``text_block``).  Unknown events and deltas are
+    skipped, as Anthropic asks clients to do.
     ``error`` events are the caller's to raise: this class only translates.
     """
 
@@ -1062,6 +1105,7 @@ class MessageEventsToChunks:
         self._finish = "stop"
         self._sequence: str | None = None
         self._usage: dict[str, Any] = {}
+        self._cited = False  # text blocks cite documents: each says which block it is
 
     def feed(self, event: str, data: dict[str, Any]) -> list[dict[str, Any] | Usage]:
         """The chunks (and, at ``message_stop``, the final ``Usage``) one event yields."""
@@ -1084,8 +1128,15 @@ class MessageEventsToChunks:
                 fn = {"name": block.get("name", ""), "arguments": ""}
                 call = {"index": n, "id": block.get("id", ""), "type": "function", "function": fn}
                 return [self._chunk({"tool_calls": [call]})]
-            if block.get("type") == "text" and block.get("text"):
-                return [self._chunk({"content": block["text"]})]
+            if block.get("type") == "text":
+                self._cited = self._cited or "citations" in block
+                cited = block.get("citations") or []
+                chunks: list[dict[str, Any] | Usage] = [
+                    self._text({"citation": c}, data) for c in cited
+                ]
+                if block.get("text"):
+                    chunks.append(self._text({"content": block["text"]}, data))
+                return chunks
             if block.get("type") == "thinking":
                 start: dict[str, Any] = {"thinking_start": True}
                 if block.get("thinking"):
@@ -1097,7 +1148,10 @@ class MessageEventsToChunks:
         if kind == "content_block_delta":
             delta = data.get("delta") or {}
             if delta.get("type") == "text_delta" and delta.get("text"):
-                return [self._chunk({"content": delta["text"]})]
+                return [self._text({"content": delta["text"]}, data)]
+            if delta.get("type") == "citations_delta" and delta.get("citation"):
+                self._cited = True
+                return [self._text({"citation": delta["citation"]}, data)]
             if delta.get("type") == "thinking_delta" and delta.get("thinking"):
                 return [self._chunk({"reasoning_content": delta["thinking"]})]
             if delta.get("type") == "signature_delta" and delta.get("signature"):
@@ -1141,6 +1195,13 @@ class MessageEventsToChunks:
                 last["choices"][0]["stop_sequence"] = self._sequence  # for an Anthropic client
             return [last, _usage_from_anthropic(self._usage)]
         return []
+
+    def _text(self, delta: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """A text or citation delta; once the answer cites, each names its block (the
+        extension ``text_block``), so every cited span stays a block of its own."""
+        if self._cited:
+            delta["text_block"] = data.get("index", 0)
+        return self._chunk(delta)
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {

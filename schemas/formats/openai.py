@@ -123,6 +123,7 @@ def _empty_choice() -> dict[str, Any]:
         "annotations": [],
         "logprobs": None,  # {"content": [...], "refusal": [...]} once a chunk carries any
         "order": [],  # segments in arrival order: thinking, redacted, text, tool (see below)
+        "cited": False,  # an Anthropic vendor's text cited a document
         "finish": None,
     }
 
@@ -132,13 +133,12 @@ def _merge_choice(acc: dict[str, Any], choice: dict[str, Any]) -> None:
     if delta.get("role"):
         acc["role"] = delta["role"]
     _merge_thinking(acc, delta)
+    if (citation := delta.get("citation")) is not None:
+        _text_segment(acc, delta)["citations"].append(citation)
+        acc["cited"] = True
     if delta.get("content"):
         acc["content"].append(delta["content"])
-        order = acc["order"]
-        if order and order[-1][0] == "text":
-            order[-1][1].append(delta["content"])
-        else:
-            order.append(("text", [delta["content"]]))
+        _text_segment(acc, delta)["pieces"].append(delta["content"])
     if delta.get("refusal"):
         acc["refusal"].append(delta["refusal"])
     # Web-search answers send their citations as deltas, often after the text they cite.
@@ -164,6 +164,18 @@ def _merge_choice(acc: dict[str, Any], choice: dict[str, Any]) -> None:
         acc["finish"] = choice["finish_reason"]
     if choice.get("stop_sequence"):  # an Anthropic vendor's, kept for Anthropic clients
         acc["stop_sequence"] = choice["stop_sequence"]
+
+
+def _text_segment(acc: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """The text segment a delta's text or citation belongs to: the open one, unless the
+    delta names another Anthropic text block (``text_block``: an answer that cites sends
+    each cited span as a block of its own, its citations first)."""
+    order, block = acc["order"], delta.get("text_block")
+    if order and order[-1][0] == "text" and order[-1][1]["block"] == block:
+        return order[-1][1]  # type: ignore[no-any-return]
+    segment: dict[str, Any] = {"pieces": [], "citations": [], "block": block}
+    order.append(("text", segment))
+    return segment
 
 
 def _merge_thinking(acc: dict[str, Any], delta: dict[str, Any]) -> None:
@@ -217,8 +229,10 @@ def _finish_choice(index: int, acc: dict[str, Any]) -> dict[str, Any]:
             fn = {"name": "".join(call["name"]), "arguments": "".join(call["arguments"])}
             calls[n] = {"id": call["id"], "type": call["type"], "function": fn}
             message["tool_calls"].append(calls[n])
-    if any(kind == "thinking" for kind, _ in acc["order"]):
+    thought = any(kind == "thinking" for kind, _ in acc["order"])
+    if thought:
         message["thinking_blocks"] = [seg for kind, seg in acc["order"] if kind == "thinking"]
+    if thought or acc.get("cited"):
         message["anthropic_content"] = [_anthropic_block(seg, calls) for seg in acc["order"]]
     out = {
         "index": index,
@@ -244,7 +258,8 @@ def _anthropic_block(segment: tuple[str, Any], calls: dict[int, dict[str, Any]])
     if kind == "thinking":
         return value  # type: ignore[no-any-return]
     if kind == "text":
-        return {"type": "text", "text": "".join(value)}
+        text = {"type": "text", "text": "".join(value["pieces"])}
+        return text | ({"citations": value["citations"]} if value["citations"] else {})
     return tool_use_block(calls[value])
 
 
@@ -254,7 +269,8 @@ def _anthropic_deltas(content: list[Any]) -> list[dict[str, Any]]:
     makes of it."""
     deltas: list[dict[str, Any]] = []
     tools = 0
-    for block in content:
+    cited = any(isinstance(b, dict) and b.get("citations") for b in content)
+    for n, block in enumerate(content):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "thinking":
             start: dict[str, Any] = {"thinking_start": True}
@@ -265,6 +281,10 @@ def _anthropic_deltas(content: list[Any]) -> list[dict[str, Any]]:
                 deltas.append({"thinking_signature": block["signature"]})
         elif kind == "redacted_thinking":
             deltas.append({"redacted_thinking": block.get("data", "")})
+        elif kind == "text" and cited:  # each text block apart, its citations first
+            deltas += [{"citation": c, "text_block": n} for c in block.get("citations") or []]
+            pieces = _PIECES.findall(block.get("text", ""))
+            deltas += [{"content": piece, "text_block": n} for piece in pieces]
         elif kind == "text":
             deltas += [{"content": piece} for piece in _PIECES.findall(block.get("text", ""))]
         elif kind == "tool_use":

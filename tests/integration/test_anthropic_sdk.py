@@ -714,3 +714,25 @@ async def test_structured_output_parses_from_either_vendor(stack: Stack, route: 
     )
     assert isinstance(got.parsed_output, Trip)
     assert got.stop_reason == "end_turn" and [b.type for b in got.content] == ["text"]
+
+
+async def test_a_document_by_url_reaches_an_anthropic_vendor_and_is_a_400_elsewhere(stack: Stack):
+    """Anthropic reads documents by URL; an OpenAI vendor has no such part, and the
+    client hears so from the relay rather than from a vendor that was paid to refuse."""
+    content: Any = [
+        {
+            "type": "document",
+            "source": {"type": "url", "url": "https://example.com/terms.pdf"},
+            "citations": {"enabled": True},
+        },
+        {"type": "text", "text": f"summarise this {uuid.uuid4().hex}"},
+    ]
+    messages: Any = [{"role": "user", "content": content}]
+    got = await client(stack).messages.create(
+        model=ROUTES["anthropic"].alias, max_tokens=MAX_TOKENS, messages=messages
+    )
+    assert got.content and got.content[0].type == "text"
+    with pytest.raises(anthropic.BadRequestError, match="reaches Anthropic vendors only"):
+        await client(stack).messages.create(
+            model=ROUTES["openai"].alias, max_tokens=MAX_TOKENS, messages=messages
+        )

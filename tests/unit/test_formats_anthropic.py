@@ -221,7 +221,7 @@ def test_tool_choice_to_openai(choice, expected):
         ({"messages": [{"role": "system", "content": "x"}]}, "messages.0.role"),
         (
             {"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
-            "messages.0.content.0.source: a document needs a base64 or text source",
+            "messages.0.content.0.source: a document needs a base64, text, url, file or",
         ),
         (
             {
@@ -764,12 +764,12 @@ def test_message_delta_usage_fields_replace_message_start_ones():
 def test_unknown_events_and_deltas_are_skipped():
     convert = MessageEventsToChunks()
     assert convert.feed("future_event", {"type": "future_event"}) == []
-    citation = {
+    future = {
         "type": "content_block_delta",
         "index": 0,
-        "delta": {"type": "citations_delta", "citation": {"cited_text": "hm"}},
+        "delta": {"type": "future_delta", "future": {"text": "hm"}},
     }
-    assert convert.feed("content_block_delta", citation) == []
+    assert convert.feed("content_block_delta", future) == []
 
 
 def test_anthropic_to_anthropic_keeps_cache_breakpoints_and_tool_errors():
@@ -1145,7 +1145,7 @@ def test_cache_breakpoints_on_assistant_blocks_and_tool_results_survive_the_roun
 
 def test_a_pdf_document_travels_as_an_openai_file_part_and_back():
     pdf = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}
-    doc = {"type": "document", "source": pdf, "title": "terms.pdf"}
+    doc = {"type": "document", "source": pdf, "title": "terms.pdf", "citations": {"enabled": True}}
     request = {
         "model": "claude",
         "max_tokens": 64,
@@ -1153,23 +1153,54 @@ def test_a_pdf_document_travels_as_an_openai_file_part_and_back():
     }
     neutral = messages_request_to_openai(request)
     part = neutral["messages"][0]["content"][0]
-    assert part == {
+    assert without_cache_control(neutral)["messages"][0]["content"][0] == {
         "type": "file",
         "file": {"filename": "terms.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"},
     }
+    assert "JVBERi0x" not in str(part["anthropic_document"]), "the data rides once"
     back = openai_request_to_messages(neutral, "claude")
-    assert back["messages"][0]["content"][0] == doc
+    assert back["messages"][0]["content"][0] == doc, "title and citations kept"
     by_id = {"type": "file", "file": {"file_id": "file-abc"}}
     with pytest.raises(BadRequest, match="needs the file inline"):
         openai_request_to_messages({"messages": [{"role": "user", "content": [by_id]}]}, "c")
+
+
+def test_a_text_document_is_text_to_openai_vendors_and_a_document_to_anthropic_ones():
     text_doc = {
         "type": "document",
-        "source": {"type": "text", "media_type": "text/plain", "data": "hi"},
+        "source": {"type": "text", "media_type": "text/plain", "data": "The sky is blue."},
+        "title": "facts",
+        "context": "from the encyclopedia",
+        "citations": {"enabled": True},
+        "cache_control": {"type": "ephemeral"},
     }
-    plain = messages_request_to_openai(
-        {**request, "messages": [{"role": "user", "content": [text_doc]}]}
-    )
-    assert plain["messages"][0]["content"] == "hi"
+    request = {
+        "model": "c",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": [text_doc]}],
+    }
+    neutral = messages_request_to_openai(request)
+    assert without_cache_control(neutral)["messages"][0]["content"] == [
+        {"type": "text", "text": "The sky is blue."}
+    ]
+    assert openai_request_to_messages(neutral, "claude")["messages"][0]["content"] == [text_doc]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"type": "url", "url": "https://example.com/terms.pdf"},
+        {"type": "file", "file_id": "file_011"},
+        {"type": "content", "content": [{"type": "text", "text": "chunk one"}]},
+    ],
+)
+def test_a_document_only_anthropic_can_read_reaches_anthropic_and_is_a_400_elsewhere(source):
+    doc = {"type": "document", "source": source}
+    request = {"model": "c", "max_tokens": 64, "messages": [{"role": "user", "content": [doc]}]}
+    neutral = messages_request_to_openai(request)
+    assert openai_request_to_messages(neutral, "claude")["messages"][0]["content"] == [doc]
+    with pytest.raises(BadRequest, match="reaches Anthropic vendors only"):
+        without_cache_control(neutral)
 
 
 def test_json_mode_beside_client_tools_makes_the_model_call_one_or_answer_json():
