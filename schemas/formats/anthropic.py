@@ -153,9 +153,11 @@ def _output_config_to_openai(body: dict[str, Any]) -> dict[str, Any]:
 
 # Anthropic-only fields the neutral body carries as extensions, so an Anthropic vendor
 # gets them back: cache breakpoints (top level, tools, content parts, tool results), a
-# tool result's error flag and a document block's own fields.  OpenAI-format vendors
-# refuse unknown fields: they get the body ``without_cache_control``.
-EXTENSIONS = frozenset({"cache_control", "is_error", "anthropic_document"})
+# tool result's error flag, a document block's own fields and Anthropic's client tools.
+# OpenAI-format vendors refuse unknown fields: they get the body ``without_cache_control``.
+EXTENSIONS = frozenset({"cache_control", "is_error", "anthropic_document", "anthropic_tool"})
+# Anthropic's own tools that run on the client (their ``type`` names a version).
+CLIENT_TOOLS = ("bash_", "text_editor_", "computer_", "memory_")
 # ...and at the top level: cache breakpoints, the extended-thinking config, what an
 # output_config holds besides its format (effort) and the client's anthropic-beta
 # features (which the Anthropic adapter sends as that header); on
@@ -213,6 +215,13 @@ def without_cache_control(body: dict[str, Any]) -> dict[str, Any]:
                     "reaches Anthropic vendors only; send it as base64 or text for this model"
                 )
     if tools:
+        for i, tool in enumerate(tools):
+            if isinstance(tool, dict) and tool.get("anthropic_tool"):
+                kind = tool["anthropic_tool"].get("type")
+                raise BadRequest(
+                    f"tools.{i}: Anthropic's {kind} tool reaches Anthropic vendors only",
+                    param="tools",
+                )
         out["tools"] = [_plain(t) for t in tools]
     return out
 
@@ -394,10 +403,16 @@ def _image_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
 def _tool_to_openai(tool: Any, where: str) -> dict[str, Any]:
     if not isinstance(tool, dict) or not tool.get("name"):
         raise BadRequest(f"{where}.name: a tool needs a name", param="tools")
-    if tool.get("type") not in (None, "custom"):
+    kind = tool.get("type")
+    if isinstance(kind, str) and kind.startswith(CLIENT_TOOLS):
+        # One of Anthropic's own tools the client runs (bash, text editor, computer,
+        # memory): the model calls it like any tool, with an input only Claude knows.
+        fn = {"name": tool["name"], "parameters": {"type": "object", "properties": {}}}
+        return {"type": "function", "function": fn, "anthropic_tool": tool}
+    if kind not in (None, "custom"):
         # Server tools (web search, code execution...) run inside Anthropic only.
         raise BadRequest(f"{where}: tool type {tool['type']!r} is not supported", param="tools")
-    fn: dict[str, Any] = {"name": tool["name"]}
+    fn = {"name": tool["name"]}
     if tool.get("description"):
         fn["description"] = tool["description"]
     fn["parameters"] = tool.get("input_schema") or {"type": "object", "properties": {}}
@@ -999,6 +1014,8 @@ def _append_turn(messages: list[dict[str, Any]], turn: dict[str, Any]) -> None:
 
 
 def _tool_to_anthropic(tool: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(tool.get("anthropic_tool"), dict):
+        return tool["anthropic_tool"]  # type: ignore[no-any-return]
     fn = tool.get("function") or {}
     out: dict[str, Any] = {"name": fn.get("name", "")}
     if fn.get("description"):

@@ -1247,3 +1247,29 @@ def test_a_malformed_output_config_is_a_400_naming_it(config):
     request = {"model": "c", "max_tokens": 9, "messages": [{"role": "user", "content": "x"}]}
     with pytest.raises(BadRequest, match="output_config"):
         messages_request_to_openai({**request, "output_config": config})
+
+
+@pytest.mark.parametrize(
+    "tool",
+    [
+        {"type": "bash_20250124", "name": "bash"},
+        {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+        {"type": "computer_20250124", "name": "computer", "display_width_px": 1024,
+         "display_height_px": 768},
+        {"type": "memory_20250818", "name": "memory"},
+    ],
+)  # fmt: skip
+def test_anthropic_s_client_tools_reach_anthropic_vendors_as_sent_and_are_a_400_elsewhere(tool):
+    request = {
+        "model": "c",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "list the files"}],
+        "tools": [tool],
+        "tool_choice": {"type": "tool", "name": tool["name"]},
+    }
+    neutral = messages_request_to_openai(request)
+    to_claude = openai_request_to_messages(neutral, "claude")
+    assert to_claude["tools"] == [tool]
+    assert to_claude["tool_choice"] == {"type": "tool", "name": tool["name"]}
+    with pytest.raises(BadRequest, match=f"{tool['type']} tool reaches Anthropic vendors only"):
+        without_cache_control(neutral)
