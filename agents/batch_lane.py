@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.adapters.base import BatchVendor, VendorCall, VendorResult
+from agents.adapters.http import scrubbed
 from agents.keys import KeyPool
 from schemas.config import BatchLane as LaneRule
 from schemas.config import Candidate
@@ -62,6 +63,12 @@ def _ids(items: list[RequestEnvelope]) -> list[str]:
 def _result_for(results: BatchResults, i: int, env: RequestEnvelope) -> object:
     # A batch an older worker sent (and this one adopted) is keyed by correlation id.
     return results.get(f"r{i}", results.get(env.correlation_id))
+
+
+def _scrub(got: Any, key: str) -> Any:
+    """A vendor's error without the key it was made with (a batch line's error may echo
+    it); answers and other exceptions (reported by type only) as they are."""
+    return scrubbed(got, key) if isinstance(got, RelayError) else got
 
 
 def _failure(exc: Exception) -> RelayError:
@@ -168,6 +175,7 @@ class BatchLane:
         try:
             batch_id = await adapter.submit_batch(calls, key)
         except Exception as exc:
+            exc = _scrub(exc, key)
             log.warning("batch to %s/%s not submitted: %s", cand.vendor, cand.model, exc)
             if isinstance(exc, VendorNotFound | VendorBadRequest):
                 self._refused[cand.vendor] = time.monotonic() + REFUSED_S
@@ -224,8 +232,10 @@ class BatchLane:
             log.warning("batch %s was taken over by another worker", batch.id)
             return
         except Exception as exc:  # a vendor error, or an answer we could not read
+            exc = _scrub(exc, key)
             log.warning("batch to %s/%s failed: %s", cand.vendor, cand.model, exc)
             results = dict.fromkeys(_ids(items), _failure(exc))
+        results = {cid: _scrub(got, key) for cid, got in results.items()}
         if leased and not await self._still_mine(batch.id):
             log.warning("batch %s was taken over by another worker", batch.id)
             return
@@ -338,6 +348,7 @@ class BatchLane:
                 failures += 1
                 if not err.retryable or failures >= POLL_FAILURES:
                     raise
+                err = scrubbed(err, key)
                 log.warning("polling batch %s failed (%d in a row): %s", batch.id, failures, err)
                 continue
             failures = 0
@@ -361,7 +372,7 @@ class BatchLane:
         try:
             await adapter.cancel_batch(batch.id, key)
         except RelayError as err:
-            log.warning("could not cancel vendor batch %s: %s", batch.id, err)
+            log.warning("could not cancel vendor batch %s: %s", batch.id, scrubbed(err, key))
             return False
         log.warning("every request of vendor batch %s was cancelled: cancelled it", batch.id)
         return True

@@ -9,11 +9,14 @@ all within the request's deadline.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
 
 from agents.adapters.base import (
     ChatVendor,
@@ -23,6 +26,7 @@ from agents.adapters.base import (
     VendorCall,
     VendorResult,
 )
+from agents.adapters.http import scrubbed
 from agents.batcher import COMPLETIONS, EMBEDDINGS, EmbeddingBatcher, EmbedFn, Shape
 from agents.keys import KeyPool
 from schemas.config import Batching, Candidate
@@ -35,13 +39,18 @@ from schemas.errors import (
     RelayError,
     VendorAuthFailed,
     VendorRateLimited,
+    VendorUnavailable,
 )
 from schemas.formats.openai import assemble_chunks
 from schemas.usage import Usage
 from tables.buckets import PriorityGate
 from tables.prices import cost_of
 
+log = logging.getLogger("relay.worker")
 ChunkSink = Callable[[dict[str, Any]], Awaitable[None]]
+# What reading a vendor answer of an unexpected shape raises (transport failures are the
+# adapters' own VendorErrors): a missing key, a wrong type, bad JSON, an undecodable body.
+UNREADABLE = (LookupError, TypeError, ValueError, AttributeError, httpx.DecodingError)
 HealthSink = Callable[[HealthEvent], Awaitable[None]]
 
 
@@ -196,12 +205,24 @@ class Dispatcher:
                 f"no answer from the vendor within the deadline ({remaining:.1f}s)"
             ) from None
         except RelayError as exc:
+            scrubbed(exc, key)
             if isinstance(exc, VendorAuthFailed):
                 pool.bench(key_index, 300.0)
             elif isinstance(exc, VendorRateLimited):
                 pool.bench(key_index, exc.retry_after or 1.0)
             await self._report(env, cand, started, exc)
             raise
+        except UNREADABLE as exc:
+            # An answer in a shape no adapter reads (not JSON, a list for an object, a
+            # body that will not decode): the vendor's failure, reported, and the next
+            # candidate tried, rather than an internal error for the client.
+            what = type(exc).__name__  # its text may quote the vendor's answer: not logged
+            log.warning("%s/%s sent an unreadable answer (%s)", cand.vendor, cand.model, what)
+            err = VendorUnavailable(
+                f"{cand.vendor}: the vendor's answer could not be read ({what})"
+            )
+            await self._report(env, cand, started, err)
+            raise err from None
         await self._report(env, cand, started, None, cost_of(cand, result.usage))
         return result
 

@@ -102,6 +102,7 @@ class RequestHandler:
         except RelayError as err:
             outcome = Outcome(error=err)
         except Exception as exc:  # a bug must still answer every waiter, never hang them
+            log.exception("request %s failed inside the worker", env.correlation_id)
             outcome = Outcome(error=RelayError(f"internal error: {type(exc).__name__}"))
         flight.cached = outcome.cached
         storing: asyncio.Future[None] | None = None

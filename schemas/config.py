@@ -39,8 +39,10 @@ class VendorConfig(Strict):
     batch_discount: float = Field(0.5, ge=0, le=1)
 
     def keys(self) -> list[str]:
-        """Resolve the key names to the secrets themselves (at call time, never logged)."""
-        keys = [os.environ.get(n, "") for n in [self.api_key_env, *self.api_keys_env] if n]
+        """Resolve the key names to the secrets themselves (at call time, never logged);
+        stray whitespace (a newline from ``echo`` or a secrets file) is not part of a key."""
+        names = [self.api_key_env, *self.api_keys_env]
+        keys = [os.environ.get(n, "").strip() for n in names if n]
         if self.api_key_file:
             keys.append(Path(self.api_key_file).read_text().strip())
         return [k for k in keys if k]

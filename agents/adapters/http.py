@@ -136,10 +136,25 @@ def transport_error(exc: Exception, vendor: str) -> RelayError:
 
 def status_error(resp: httpx.Response, vendor: str) -> RelayError:
     """The error-tree exception for a vendor's error status (the body must be read)."""
-    message = _redact(_vendor_message(resp), resp)
+    text = _redact(_vendor_message(resp), resp)[:_MAX_MESSAGE]  # cut after: no key halves
+    message = f"HTTP {resp.status_code}: {text}"
     return error_for_status(
         resp.status_code, f"{vendor}: {message}", retry_after=retry_after(resp.headers)
     )
+
+
+def redact(text: str, secret: str) -> str:
+    """``text`` without ``secret`` in it (a short value would blank out ordinary words)."""
+    return text.replace(secret, "[redacted]") if len(secret) >= 8 else text
+
+
+def scrubbed(err: RelayError, secret: str) -> RelayError:
+    """``err`` with the vendor key it was made with struck from its message: a vendor may
+    echo a key back in any error it sends (a stream's error event, a batch line's), and
+    the message goes on to clients, topics, logs and the batch store."""
+    err.message = redact(err.message, secret)
+    err.args = (err.message,)
+    return err
 
 
 def error_for_status(status: int, message: str, *, retry_after: float | None = None) -> RelayError:
@@ -192,7 +207,7 @@ def _vendor_message(resp: httpx.Response) -> str:
         text = error
     else:
         text = resp.text.strip() or resp.reason_phrase
-    return f"HTTP {resp.status_code}: {text[:_MAX_MESSAGE]}"
+    return text
 
 
 def _redact(text: str, resp: httpx.Response) -> str:
@@ -202,7 +217,6 @@ def _redact(text: str, resp: httpx.Response) -> str:
         return text
     for name in _AUTH_HEADERS:
         value = headers.get(name, "")
-        secret = value.split(" ", 1)[1] if name == "authorization" and " " in value else value
-        if len(secret) >= 8:  # a short value would blank out ordinary words
-            text = text.replace(secret, "[redacted]")
+        bearer = name == "authorization" and " " in value
+        text = redact(text, value.split(" ", 1)[1] if bearer else value)
     return text

@@ -262,6 +262,16 @@ async def test_error_message_never_carries_the_api_key():
     assert "[redacted]" in err.value.message
 
 
+async def test_a_key_where_a_long_message_is_cut_is_not_half_shown():
+    def handler(request: httpx.Request) -> httpx.Response:
+        message = "x" * 490 + f" {KEY} and more"
+        return httpx.Response(401, json={"error": {"message": message}})
+
+    with pytest.raises(VendorAuthFailed) as err:
+        await adapter_for(handler).chat(call())
+    assert "sk-test" not in err.value.message, "no part of the key either"
+
+
 async def test_non_json_error_body_is_quoted():
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(502, text="<html>Bad gateway</html>")

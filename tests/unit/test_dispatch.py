@@ -82,3 +82,75 @@ async def test_a_client_s_own_short_deadline_says_nothing_of_the_vendor_s_health
     assert seen == [], "no failure reported: the breaker stays closed for everyone else"
     ok = await d.run(within(2.0), [CAND], None)
     assert ok.error is None and [e.ok for e in seen] == [True]
+
+
+KEY = "sk-live-0123456789abcdefghij"
+
+
+def real_vendors(**answers: Any) -> tuple[Dispatcher, list[HealthEvent]]:
+    """Real adapters (by vendor name: ``anthropic``, ``openai``) on a MockTransport that
+    answers each vendor's requests with ``answers[name]``."""
+    import httpx
+
+    from agents.adapters.registry import make_adapter
+    from schemas.config import VendorConfig
+
+    def route(request: httpx.Request) -> httpx.Response:
+        return answers[request.url.host.split(".")[0]]  # type: ignore[no-any-return]
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(route))
+    kinds = {"anthropic": "anthropic", "openai": "openai", "backup": "openai"}
+    adapters = {
+        name: make_adapter(VendorConfig(kind=kinds[name], base_url=f"http://{name}.test/v1"), http)  # type: ignore[arg-type]
+        for name in answers
+    }
+    seen: list[HealthEvent] = []
+
+    async def on_health(ev: HealthEvent) -> None:
+        seen.append(ev)
+
+    pools = {name: KeyPool([KEY]) for name in answers}
+    return Dispatcher(adapters, pools, on_health), seen
+
+
+async def test_a_vendor_echoing_its_key_in_an_error_never_passes_the_key_on() -> None:
+    """Anthropic's stream error event and OpenAI's mid-stream error carry the vendor's
+    text as it is; the key is struck from it before it goes anywhere."""
+    import httpx
+
+    leak = f"invalid key {KEY}"
+    anthropic_stream = (
+        'event: error\ndata: {"type": "error", "error": {"type": "api_error", '
+        f'"message": "{leak}"}}}}\n\n'
+    )
+    openai_stream = f'data: {{"error": {{"message": "{leak}"}}}}\n\n'
+    for vendor, body in (("anthropic", anthropic_stream), ("openai", openai_stream)):
+        answer = httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+        dispatch, _ = real_vendors(**{vendor: answer})
+        cand = Candidate(vendor=vendor, model="m")
+        env = request_envelope(
+            deadline_ms=int((time.time() + 5) * 1000),
+            body={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+            stream=True,
+        )
+        out = await dispatch.run(env, [cand], lambda chunk: asyncio.sleep(0))
+        assert out.error is not None and "[redacted]" in out.error.message, vendor
+        assert KEY not in out.error.message and KEY not in str(out.error.to_dict())
+
+
+async def test_an_unreadable_answer_is_the_vendor_s_failure_and_the_next_one_answers() -> None:
+    import httpx
+
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}
+    dispatch, seen = real_vendors(
+        openai=httpx.Response(200, json=["not", "an", "object"]),
+        backup=httpx.Response(200, json=body),
+    )
+    plan = [Candidate(vendor="openai", model="m"), Candidate(vendor="backup", model="m")]
+    env = request_envelope(
+        deadline_ms=int((time.time() + 5) * 1000),
+        body={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    out = await dispatch.run(env, plan, None)
+    assert out.error is None and out.candidate == plan[1]
+    assert [(e.vendor, e.ok) for e in seen] == [("openai", False), ("backup", True)]
