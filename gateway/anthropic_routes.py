@@ -26,6 +26,8 @@ def neutral_request(body: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("model: field required", param="model")
     try:
         return messages_request_to_openai(body)
+    except RecursionError:
+        raise BadRequest("body: nested too deep to relay") from None
     except (TypeError, AttributeError, KeyError, ValueError) as exc:
         # A field of the wrong type deep in a block: still the client's 400, never a 500.
         problem = f"{type(exc).__name__}: {exc}"

@@ -33,7 +33,12 @@ class Line:
 
 
 def failed_line(custom_id: str, err: RelayError, request_id: str) -> OutputLine:
-    response = OutputResponse(status_code=err.status, request_id=request_id, body=err.openai_body())
+    body = err.openai_body()
+    # An error may quote the client's input, lone surrogates and all, which no store or
+    # topic can encode: quoted as escapes instead.
+    message = str(body["error"]["message"]).encode("utf-8", "backslashreplace").decode()
+    body["error"]["message"] = message
+    response = OutputResponse(status_code=err.status, request_id=request_id, body=body)
     return OutputLine(custom_id=custom_id, response=response)
 
 
@@ -59,9 +64,10 @@ async def submit(
             envs[index] = _envelope(relay, who, opts, batch, endpoint, index, line.body)
         except RelayError as exc:
             refused[index] = exc
+    refusals = {i: failed_line(lines[i].custom_id, why, batch.id) for i, why in refused.items()}
     await store.create(who.tenant, batch, [line.custom_id for line in lines])
-    for index, reason in refused.items():
-        await store.record(batch.id, index, failed_line(lines[index].custom_id, reason, batch.id))
+    for index, output in refusals.items():
+        await store.record(batch.id, index, output)
     published = await relay.bus.publish_all(list(envs.values()))
     for index, failed in zip(envs, published, strict=True):
         if failed is not None:

@@ -11,8 +11,9 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from gateway import metrics
 from schemas.errors import (
@@ -117,6 +118,12 @@ def install(app: FastAPI) -> None:
         response = error_response(request, err)
         response.status_code = exc.status_code
         return response
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client left while its body was read: nobody to answer, and no error of
+        # the relay's (nginx's 499 says so in the metrics, not a 500).
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

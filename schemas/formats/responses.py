@@ -77,6 +77,8 @@ def responses_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     if verbosity := (body.get("text") or {}).get("verbosity"):
         out["verbosity"] = verbosity  # chat's own name for it (GPT-5 models)
     include = body.get("include") or []
+    if not isinstance(include, list) or not all(isinstance(x, str) for x in include):
+        raise BadRequest("include: must be a list of strings", param="include")
     if body.get("top_logprobs") or "message.output_text.logprobs" in include:
         raise BadRequest(
             "top_logprobs: this relay's Responses API returns no logprobs; ask chat "

@@ -138,3 +138,14 @@ def test_a_body_the_relay_cannot_send_on_is_refused_up_front() -> None:
     assert [n for n, _ in lines] == [1]
     [error] = errors
     assert error.line == 2 and "cannot be sent" in error.message
+
+
+def test_a_refusal_quoting_a_lone_surrogate_can_still_be_stored() -> None:
+    """A line refused for a model name with a lone surrogate in it: its error line must
+    encode, or the batch would be stored half made and never end."""
+    from gateway.batch_submit import failed_line
+    from schemas.errors import ModelNotFound
+
+    line = failed_line("a", ModelNotFound("The model `\ud800` does not exist"), "req_1")
+    stored = orjson.loads(line.model_dump_json())
+    assert stored["response"]["body"]["error"]["message"] == "The model `\\ud800` does not exist"

@@ -247,3 +247,36 @@ async def test_anthropic_beta_features_ride_in_the_body_for_anthropic_vendors_on
     ]
     assert "anthropic_beta" not in without_cache_control(body), "OpenAI-format vendors go without"
     assert refused.status_code == 400 and "anthropic-beta" in refused.json()["error"]["message"]
+
+
+async def test_a_client_leaving_mid_upload_is_a_quiet_499_not_a_500() -> None:
+    from gateway import metrics
+
+    app, _ = gateway_app()
+    part = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n'
+        b"Content-Type: application/jsonl\r\n\r\n" + b"x" * 2000
+    )
+    headers = [(b"content-type", b"multipart/form-data; boundary=XyZ")]
+    headers += [(b"content-length", b"500000")]
+    headers += [(k.encode(), v.encode()) for k, v in AUTH.items()]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/files", "raw_path": b"/v1/files", "query_string": b"",
+        "root_path": "", "headers": headers, "client": ("127.0.0.1", 1),
+        "server": ("relay", 80), "state": {},
+    }  # fmt: skip
+    messages = [{"type": "http.request", "body": part, "more_body": True}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    internal = metrics.ERRORS.labels("internal_error")._value.get()
+    await app(scope, receive, send)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
+    assert metrics.ERRORS.labels("internal_error")._value.get() == internal
