@@ -280,3 +280,22 @@ async def test_a_client_leaving_mid_upload_is_a_quiet_499_not_a_500() -> None:
     await app(scope, receive, send)
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
     assert metrics.ERRORS.labels("internal_error")._value.get() == internal
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/v1/responses", b'{"model": "gpt-4o-mini", "input": "hi", "include": true}'),
+        ("/v1/responses", b'{"model": "gpt-4o-mini", "input": "hi", "include": -1}'),
+        (
+            "/v1/messages",
+            b'{"model": "claude-haiku", "max_tokens": 5, "messages": [{"role": "assistant", '
+            b'"content": [{"type": "tool_use", "id": "t", "name": "f", "input": '
+            + b'{"a":' * 1010 + b"1" + b"}" * 1010
+            + b'}]}, {"role": "user", "content": "hi"}]}',
+        ),
+    ],
+)  # fmt: skip
+async def test_odd_shapes_deep_in_a_body_are_a_400_never_a_500(path: str, raw: bytes) -> None:
+    status, body = await post(path, raw)
+    assert status == 400, body
