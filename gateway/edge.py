@@ -10,9 +10,10 @@ that fails validation, a missing or unknown key, a chunked or oversized upload) 
 to FastAPI untouched, whose routes answer it or send the proper error.  Errors while
 answering are sent in the vendor's error body, exactly as the routes would.
 
-The edge also holds every request body to ``max_body`` bytes: one that says it is larger
-gets 413 before a byte of it is read, and a chunked upload is read here, up to the limit,
-before anything behind the edge sees it.
+The edge also refuses a write without a known relay key before reading its body, and
+holds every request body to ``max_body`` bytes: one that says it is larger gets 413
+before a byte of it is read, and a chunked upload is read here, up to the limit, before
+anything behind the edge sees it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import anthropic_routes, openai_routes, responses_routes
-from gateway.auth import known_caller
+from gateway.auth import caller, known_caller
 from gateway.errors import error_response
 from gateway.relay import Answer, Options, Relay
 from schemas.envelope import Endpoint
@@ -74,6 +75,14 @@ class Edge:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
+            return
+        if scope.get("path", "").startswith("/v1/") and known_caller(Request(scope)) is None:
+            # Refused before a byte of the body is read (FastAPI reads and parses a
+            # route's body before its key check): the routes' own 401 or 429, audited.
+            try:
+                await caller(Request(scope))
+            except RelayError as err:
+                await error_response(Request(scope), err)(scope, receive, send)
             return
         length = _content_length(scope)
         if length is not None and length > self.max_body:

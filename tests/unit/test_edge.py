@@ -1,15 +1,21 @@
-"""The edge's body limit: 413 in the caller's error format, before reading too much."""
+"""The edge's body limit: 413 in the caller's error format, before reading too much; and
+no body read at all for a write without a known relay key."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 import httpx
 from starlette.types import Receive, Scope, Send
 
+from gateway.auth import RefusalThrottle
 from gateway.edge import Edge
+from schemas.config import TenantConfig, hash_key
 
 LIMIT = 1000
+KEY = "rk-edge-test-key"
 
 
 class Behind:
@@ -30,9 +36,24 @@ class Behind:
         await send({"type": "http.response.body", "body": str(len(body)).encode()})
 
 
-def client(behind: Behind) -> httpx.AsyncClient:
+def client(behind: Behind, key: str | None = KEY) -> httpx.AsyncClient:
+    """The edge before ``behind``, on an app whose relay knows ``KEY`` (and only it)."""
     edge = Edge(behind, max_body=LIMIT)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=edge), base_url="http://relay")
+    relay = SimpleNamespace(
+        keys={hash_key(KEY): ("t", "k")},
+        config=SimpleNamespace(tenants={"t": TenantConfig(keys=[])}),
+        refusals=RefusalThrottle(per_minute=0),
+        audit_refusal=lambda *a, **kw: asyncio.sleep(0),
+    )
+    app = SimpleNamespace(state=SimpleNamespace(relay=relay))
+
+    async def in_app(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = app
+        await edge(scope, receive, send)
+
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    transport = httpx.ASGITransport(app=in_app)
+    return httpx.AsyncClient(transport=transport, base_url="http://relay", headers=headers)
 
 
 async def chunks(total: int, size: int = 300) -> AsyncIterator[bytes]:
@@ -78,3 +99,20 @@ async def test_sized_bodies_within_the_limit_and_other_methods_pass_untouched() 
         assert (await http.post("/v1/files", content=b"y" * LIMIT)).text == str(LIMIT)
         assert (await http.get("/v1/models")).status_code == 200
     assert behind.bodies == [b"y" * LIMIT, b""]
+
+
+async def test_a_write_without_a_known_key_is_refused_before_its_body_is_read() -> None:
+    read: list[int] = []
+
+    async def counted(total: int) -> AsyncIterator[bytes]:
+        async for part in chunks(total):
+            read.append(len(part))
+            yield part
+
+    behind = Behind()
+    for key in (None, "rk-guessed"):
+        async with client(behind, key=key) as http:
+            reply = await http.post("/v1/chat/completions", content=counted(50 * LIMIT))
+        assert reply.status_code == 401 and reply.json()["error"]["type"] == "authentication_error"
+    assert behind.bodies == [], "nothing behind the edge saw it"
+    assert sum(read) < 50 * LIMIT, "the body was not read through"
