@@ -207,10 +207,15 @@ class ResponseCache:
         self._failed_at = -float("inf")
 
     def _l2(self) -> aioredis.Redis | None:
-        # The client, unless absent or failed less than retry_s ago.
+        # The client, unless absent or failed less than retry_s ago; once that passed,
+        # one caller probes it (the others go on without L2 until its answer or the
+        # next retry_s), so a Redis that hangs costs one request a timeout per retry_s.
         if self.redis is None:
             return None
-        if self.l2_healthy or self.clock() - self._failed_at >= self.retry_s:
+        if self.l2_healthy:
+            return self.redis
+        if self.clock() - self._failed_at >= self.retry_s:
+            self._failed_at = self.clock()
             return self.redis
         return None
 

@@ -167,6 +167,10 @@ async def test_redis_outage_never_reaches_the_caller(cache_factory: CacheFactory
     assert time.monotonic() - started < 0.5
     assert down.l2_errors == 2 and down.l2_healthy is False
 
+    clock.t += 1.0  # ...and of many at once, only one: the rest go on without L2
+    got = await asyncio.gather(*(down.get(f"k{i}") for i in range(20)))
+    assert got == [None] * 20 and down.l2_errors == 3
+
 
 async def test_l2_comes_back_after_the_outage(cache_factory: CacheFactory, redis_url: str) -> None:
     clock = Clock()
