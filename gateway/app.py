@@ -66,7 +66,9 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
             await redis.aclose()
             await store_redis.aclose()
 
-    app = FastAPI(title="Relay Station", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Relay Station", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     errors.install(app)
     app.include_router(openai_routes.router)
     app.include_router(anthropic_routes.router)

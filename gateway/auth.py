@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ async def caller(request: Request) -> Caller:
         return who
     relay = request.app.state.relay
     key = relay_key(request)
-    client = request.client.host if request.client else "unknown"
+    client = _guesser(request.client.host if request.client else "unknown")
     if wait := relay.refusals.refuse(client, time.monotonic()):
         await relay.audit_refusal(request, "auth_failed", detail="too many refused keys")
         raise RateLimited(
@@ -98,6 +99,18 @@ async def caller(request: Request) -> Caller:
         request, "auth_failed", detail="unknown relay key", key_fingerprint=fingerprint
     )
     raise AuthenticationFailed("Incorrect relay key provided.")
+
+
+def _guesser(host: str) -> str:
+    """Who the throttle counts: the address, or for IPv6 its /64 (one host holds a whole
+    /64, and would otherwise guess from a fresh address every time)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return host
 
 
 CallerDep = Annotated[Caller, Depends(caller)]

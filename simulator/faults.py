@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
@@ -96,7 +97,9 @@ class Sim:
 
     def authorized(self, supplied: str | None) -> bool:
         """True when no key is configured or the supplied key matches."""
-        return self.config.api_key is None or supplied == self.config.api_key
+        if self.config.api_key is None:
+            return True
+        return supplied is not None and hmac.compare_digest(supplied, self.config.api_key)
 
     def cache_seen(self, key: int) -> bool:
         """Remember a prompt prefix; True when it had been seen before."""

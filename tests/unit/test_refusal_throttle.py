@@ -22,3 +22,12 @@ def test_zero_means_no_limit_and_memory_stays_bounded() -> None:
         throttle.refuse(client, 0.0)
     assert throttle.refuse("a", 0.0) == 0.0, "the oldest address was forgotten"
     assert throttle.refuse("c", 0.0) > 0.0
+
+
+def test_an_ipv6_host_is_counted_by_its_64_and_ipv4_by_its_address() -> None:
+    from gateway.auth import _guesser
+
+    assert _guesser("2001:db8:1:2:aaaa::1") == _guesser("2001:db8:1:2:bbbb::9")
+    assert _guesser("2001:db8:1:2::1") != _guesser("2001:db8:1:3::1")
+    assert _guesser("203.0.113.7") == "203.0.113.7" != _guesser("203.0.113.8")
+    assert _guesser("unknown") == "unknown"
