@@ -210,11 +210,12 @@ def _merge_thinking(acc: dict[str, Any], delta: dict[str, Any]) -> None:
 
 
 def _finish_choice(index: int, acc: dict[str, Any]) -> dict[str, Any]:
-    # OpenAI sends ``content: null`` for a pure tool-call answer, "" for an empty one.
+    # OpenAI sends ``content: null`` for a pure tool-call or refusal answer, "" for an
+    # empty one.
     text = "".join(acc["content"])
     message: dict[str, Any] = {
         "role": acc["role"],
-        "content": text if text or not acc["tools"] else None,
+        "content": text if text or not (acc["tools"] or acc["refusal"]) else None,
     }
     if acc["refusal"]:
         message["refusal"] = "".join(acc["refusal"])

@@ -302,3 +302,13 @@ def test_service_tier_and_annotations_survive_a_replay_as_chunks_and_back():
     chunks = response_to_chunks(body)
     assert all(c["service_tier"] == "default" for c in chunks)
     assert assemble_chunks(chunks) == body
+
+
+def test_a_refusal_assembles_with_null_content_as_openai_sends_it() -> None:
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        {"choices": [{"index": 0, "delta": {"refusal": "I can't help with that."}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]
+    message = assemble_chunks(chunks)["choices"][0]["message"]
+    assert message["content"] is None and message["refusal"] == "I can't help with that."
