@@ -154,7 +154,10 @@ class RequestHandler:
         if env.endpoint == "chat":
             body = {**body, "model": env.alias}
             body.setdefault("usage", entry.usage.to_openai())
-        cand = self.prices.candidate(entry.vendor, entry.model)
+        # A pair no longer in the config still names who answered (a hit costs nothing).
+        cand = self.prices.candidate(entry.vendor, entry.model) or Candidate(
+            vendor=entry.vendor, model=entry.model
+        )
         return Outcome(candidate=cand, body=body, usage=entry.usage, cached=True)
 
     async def _deferred(self, env: RequestEnvelope) -> bool:
@@ -167,8 +170,8 @@ class RequestHandler:
             return False
         if env.cache_lookup and await self.sink.cached(env.prompt_hash) is not None:
             return False
-        try:
-            plan = self.router.plan(env.alias, time.time())
+        try:  # a request degraded by its tenant's budget goes the cheaper way here too
+            plan = self.router.plan(env.alias, time.time(), degraded=env.degraded is not None)
         except RelayError:
             return False
         cand = next((c for c in plan if self.lane.accepts(c)), None)
@@ -240,6 +243,7 @@ class RequestHandler:
             usage=result.usage,
             batch_api=True,
             discount=self.discounts.get(cand.vendor, 0.0),
+            degraded=env.degraded,
         )
         if not late:
             await self.sink.reply(env.reply_to, ReplyEvent.final(env, line, body))

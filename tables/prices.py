@@ -49,12 +49,14 @@ class PriceSheet:
 
     @classmethod
     def from_config(cls, models: dict[str, ModelAlias]) -> PriceSheet:
-        """Index every candidate; when two aliases price the same (vendor, model), the
-        first one in config order wins, so the sheet does not depend on dict churn."""
+        """Index every candidate (canaries too); when two aliases price the same (vendor,
+        model), the first one in config order wins, so the sheet does not depend on dict
+        churn."""
         sheet = cls()
         for alias, spec in models.items():
             sheet.primary[alias] = spec.candidates[0]
-            for cand in spec.candidates:
+            canary = [spec.canary.candidate] if spec.canary else []
+            for cand in [*spec.candidates, *canary]:
                 sheet.by_vendor_model.setdefault((cand.vendor, cand.model), cand)
         return sheet
 

@@ -630,3 +630,56 @@ async def test_background_work_the_cache_can_answer_never_waits_for_a_vendor_bat
     assert final.kind == "final" and final.cache_hit
     assert final.body["choices"][0]["message"]["content"] == "late"
     assert len(vendor.calls) == 1, "no second vendor batch"
+
+
+async def test_budget_degraded_background_work_goes_the_cheaper_way_and_says_so():
+    """Past the tenant's threshold a background request is batched on the degraded plan's
+    candidate, and its ledger line and answer carry the downgrade."""
+    from agents.batch_lane import BatchLane
+    from schemas.config import BatchLane as LaneRule
+
+    batches = SlowBatches()
+    batches.done.set()
+    sink = Sink()
+    handler = RequestHandler(
+        Router(PRESSURE, {}.get),
+        Dispatcher({}, {}, sink.health),
+        PriceSheet.from_config(PRESSURE.models),
+        sink,
+        budget=lambda tenant: BudgetDecision(
+            action="degrade", reason="budget_80pct", remaining_usd=1.0
+        ),
+    )
+    handler.lane = BatchLane(
+        {"a": batches, "b": batches},
+        {"a": KeyPool(["k"]), "b": KeyPool(["k"])},
+        LaneRule(max_size=1, poll_s=0.01),
+        handler.deliver_batch,
+    )
+    env = envelope(key="bg-degraded", priority=Priority.background)
+    await handler.handle(env)
+    for task in list(handler.lane._tasks):
+        await task
+    assert [call.model for _, call in batches.calls] == ["small"]
+    assert [(line.vendor_model, line.degraded) for line in sink.ledger] == [
+        ("small", "budget_80pct")
+    ]
+    assert sink.for_(env.correlation_id)[-1].degraded == "budget_80pct"
+
+
+async def test_an_answer_cached_by_a_candidate_no_longer_configured_still_names_it():
+    calls: list[str] = []
+    handler, sink = make(vendor(calls))
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}}]}
+    sink.stored["gone-key"] = CacheEntry(
+        body=body, usage=Usage(input_tokens=7), vendor="old", model="retired", created=1.0
+    )
+    await handler.handle(envelope(key="gone-key", cache_lookup=True))
+    assert calls == [], "answered from the cache"
+    line = sink.ledger[-1]
+    assert (line.vendor, line.vendor_model, line.cache_hit, line.cost) == (
+        "old",
+        "retired",
+        True,
+        0,
+    )

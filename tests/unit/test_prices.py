@@ -98,3 +98,16 @@ def test_direct_cost_is_the_first_candidate_at_full_price() -> None:
     assert sheet.direct_cost("fast", usage) == pytest.approx(0.15 + 0.60)
     with pytest.raises(KeyError, match="unknown-alias"):
         sheet.direct_cost("unknown-alias", usage)
+
+
+def test_a_canary_candidate_is_priced_too() -> None:
+    from schemas.config import Canary, ModelAlias
+
+    new = Candidate(vendor="a", model="new", input_per_1m=3.0)
+    spec = ModelAlias(
+        candidates=[Candidate(vendor="a", model="old", input_per_1m=1.0)],
+        canary=Canary(candidate=new, percent=5),
+    )
+    sheet = PriceSheet.from_config({"m": spec})
+    assert sheet.candidate("a", "new") == new
+    assert sheet.primary["m"].model == "old"
