@@ -69,6 +69,7 @@ class OpenAIAdapter:
         """
         body = {**self._body(call), "stream": True, "stream_options": {"include_usage": True}}
         usage = Usage()
+        done, written = False, 0  # [DONE] seen; characters of answer streamed
         async with open_stream(
             self.client,
             "POST",
@@ -80,6 +81,7 @@ class OpenAIAdapter:
         ) as resp:
             async for _, data in sse_events(resp):
                 if data.strip() == "[DONE]":
+                    done = True
                     break
                 chunk = self._parse_chunk(data)
                 if chunk.get("usage"):
@@ -87,7 +89,15 @@ class OpenAIAdapter:
                 # Azure opens with a choices-less content-filter chunk; it carries nothing.
                 if chunk.get("choices"):
                     chunk.pop("usage", None)
+                    written += sum(len(json.dumps(c.get("delta") or {})) for c in chunk["choices"])
                     yield chunk
+        if not done:  # cut off: never a whole answer to cache and meter as one
+            raise VendorUnavailable(f"{self.kind}: stream ended before [DONE]")
+        if usage == Usage():
+            # A server that ignores include_usage: about four characters a token, rather
+            # than an answer metered (and cached) as free.
+            prompt = len(json.dumps(call.body.get("messages") or [])) // 4 + 1
+            usage = Usage(input_tokens=prompt, output_tokens=written // 4 + 1)
         yield usage
 
     async def embed(self, call: VendorCall) -> VendorResult:
