@@ -95,7 +95,9 @@ class EmbeddingBatcher:
             model=first.model,
             body={**first.body, shape.inputs: merged},
             api_key=first.api_key,
-            timeout_s=min(p.call.timeout_s for p in batch),
+            # As long as its most patient caller waits: a caller with a short deadline
+            # gives up on its own, and never cuts the others' shared call short.
+            timeout_s=max(p.call.timeout_s for p in batch),
         )
         self.calls_sent += 1
         try:

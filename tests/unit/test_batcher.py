@@ -203,3 +203,20 @@ async def test_text_and_token_id_prompts_never_share_a_vendor_call():
         "['a text', 'another text']",
         "[[15339, 1917], [1, 2], [3]]",
     ]
+
+
+async def test_a_caller_in_a_hurry_never_cuts_the_shared_call_short_for_the_others():
+    seen: list[float] = []
+    vendor = Vendor()
+
+    async def embed(c: VendorCall) -> VendorResult:
+        seen.append(c.timeout_s)
+        return await vendor.embed(c)
+
+    batcher = EmbeddingBatcher()
+    hurried = VendorCall(model="e", body={"model": "e", "input": "a"}, api_key="k", timeout_s=0.2)
+    patient = VendorCall(model="e", body={"model": "e", "input": "b"}, api_key="k", timeout_s=30)
+    await asyncio.gather(
+        *(batcher.embed(("k",), c, embed, window_ms=20, max_size=64) for c in (hurried, patient))
+    )
+    assert seen == [30]
