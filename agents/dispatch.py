@@ -112,9 +112,12 @@ class Dispatcher:
         if admit_tenant:  # once per request, not again when the handler re-plans it
             await self._admit(env, [f"tenant:{env.tenant}"], [f"tenant-tpm:{env.tenant}"])
 
+        streamed = 0  # characters of answer forwarded, for a stream cut short
+
         async def forward(chunk: dict[str, Any]) -> None:
-            nonlocal sent_any
+            nonlocal sent_any, streamed
             sent_any = True
+            streamed += sum(_text_len(c.get("delta") or {}) for c in chunk.get("choices") or [])
             if on_chunk is not None:
                 await on_chunk(chunk)
 
@@ -140,6 +143,8 @@ class Dispatcher:
                         held[i] = time.time() + err.retry_after
                     if not err.retryable or sent_any:
                         out.error = err
+                        if sent_any:  # the vendor bills what it streamed before it broke
+                            out.candidate, out.usage = cand, partial_usage(env.body, streamed)
                         return out
                     continue
                 out.candidate, out.body, out.usage = cand, result.body, result.usage
@@ -295,6 +300,20 @@ class Dispatcher:
                 cost=cost,
             )
         )
+
+
+def _text_len(delta: dict[str, Any]) -> int:
+    """Characters of answer in a delta: text, reasoning and tool-call arguments."""
+    calls = delta.get("tool_calls") or []
+    arguments = sum(len((c.get("function") or {}).get("arguments") or "") for c in calls)
+    return len(delta.get("content") or "") + len(delta.get("reasoning_content") or "") + arguments
+
+
+def partial_usage(body: dict[str, Any], streamed_chars: int) -> Usage:
+    """What a stream that broke part way had used, estimated (vendors report usage only
+    at its end): about four characters a token of prompt and of what was streamed."""
+    prompt = body.get("messages") or body.get("input") or body.get("prompt") or ""
+    return Usage(input_tokens=len(str(prompt)) // 4 + 1, output_tokens=streamed_chars // 4 + 1)
 
 
 def estimate_tokens(body: dict[str, Any]) -> int:

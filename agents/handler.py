@@ -310,8 +310,11 @@ class RequestHandler:
             flight.answered += 1
             env = w.envelope
             if out.error is not None:
+                # A stream that broke part way was billed for what it sent: the leader's
+                # line says so (at an estimate), with the vendor that sent it.
+                paid = (out.candidate, out.usage) if w.leader else (None, Usage())
                 async with w.sending:
-                    await self._fail(env, out.error, coalesced=not w.leader)
+                    await self._fail(env, out.error, coalesced=not w.leader, paid=paid)
                 continue
             if env.stream and not flight.chunks and out.body is not None:
                 # A streaming waiter that joined a non-streamed call gets it as chunks.
@@ -344,7 +347,12 @@ class RequestHandler:
         return asyncio.ensure_future(self.sink.cache(leader.prompt_hash, entry, leader.cache_ttl_s))
 
     async def _fail(
-        self, env: RequestEnvelope, err: RelayError, coalesced: bool = False, meter: bool = True
+        self,
+        env: RequestEnvelope,
+        err: RelayError,
+        coalesced: bool = False,
+        meter: bool = True,
+        paid: tuple[Candidate | None, Usage] = (None, Usage()),
     ) -> None:
         await self.sink.reply(
             env.reply_to,
@@ -357,9 +365,10 @@ class RequestHandler:
         )
         if not meter:
             return
+        candidate, usage = paid
         await self.sink.usage(
             usage_event(
-                env, self.prices, candidate=None, usage=Usage(), error=err, coalesced=coalesced
+                env, self.prices, candidate=candidate, usage=usage, error=err, coalesced=coalesced
             )
         )
 

@@ -28,7 +28,8 @@ def usage_event(
     would have cost, the denominator of SaveRate."""
     call_cost = cost_of(candidate, usage, discount=discount) if candidate else 0.0
     free = coalesced or cache_hit
-    direct = prices.direct_cost(env.alias, usage) if error is None else 0.0
+    # A failed request used nothing, or (a stream broken part way) what it was billed.
+    direct = prices.direct_cost(env.alias, usage)
     return UsageEvent.for_request(
         env,
         vendor=candidate.vendor if candidate else None,

@@ -154,3 +154,57 @@ async def test_an_unreadable_answer_is_the_vendor_s_failure_and_the_next_one_ans
     out = await dispatch.run(env, plan, None)
     assert out.error is None and out.candidate == plan[1]
     assert [(e.vendor, e.ok) for e in seen] == [("openai", False), ("backup", True)]
+
+
+class BreaksMidStream:
+    """Streams 40 characters of answer, then fails."""
+
+    async def chat(self, call: Any) -> VendorResult:
+        raise NotImplementedError
+
+    async def stream(self, call: Any) -> Any:
+        from schemas.errors import VendorUnavailable
+
+        for _ in range(4):
+            yield {"choices": [{"index": 0, "delta": {"content": "x" * 10}}]}
+        raise VendorUnavailable("the vendor's stream broke")
+
+
+async def test_a_stream_broken_part_way_names_its_vendor_and_what_it_was_billed() -> None:
+    seen: list[HealthEvent] = []
+    env = request_envelope(
+        deadline_ms=int((time.time() + 5) * 1000),
+        body={"model": "m", "messages": [{"role": "user", "content": "y" * 40}], "stream": True},
+        stream=True,
+    )
+    out = await dispatcher(BreaksMidStream(), seen).run(env, [CAND], lambda c: asyncio.sleep(0))
+    assert out.error is not None and out.candidate == CAND
+    assert out.usage.output_tokens == 11 and out.usage.input_tokens > 10
+
+
+async def test_a_broken_stream_s_ledger_line_is_an_error_that_cost_something() -> None:
+    from agents.handler import RequestHandler
+    from agents.route import Router
+    from schemas.config import RelayConfig
+    from tables.prices import PriceSheet
+    from tests.support.sinks import Sink
+
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {"a": {"kind": "openai", "base_url": "http://a/v1"}},
+            "models": {"m": {"candidates": [CAND.model_dump()]}},
+            "tenants": {"t": {}},
+        }
+    )
+    sink = Sink()
+    handler = RequestHandler(
+        Router(config, {}.get),
+        Dispatcher({"a": BreaksMidStream()}, {"a": KeyPool(["k"])}, sink.health),
+        PriceSheet.from_config(config.models),
+        sink,
+    )
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    await handler.handle(request_envelope(body=body, stream=True, alias="m"))
+    [line] = sink.ledger
+    assert (line.status, line.vendor, line.error_code) == ("error", "a", "vendor_unavailable")
+    assert line.cost > 0 and line.direct_cost == line.cost

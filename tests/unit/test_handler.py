@@ -17,13 +17,14 @@ from agents.handler import RequestHandler
 from agents.keys import KeyPool
 from agents.route import Router
 from schemas.config import RelayConfig
-from schemas.envelope import HealthEvent, Priority, ReplyEvent, RequestEnvelope, UsageEvent
+from schemas.envelope import Priority, ReplyEvent, RequestEnvelope
 from schemas.usage import Usage
 from tables.buckets import PriorityGate, TokenBucket
 from tables.budgets import BudgetDecision
 from tables.cache import CacheEntry
 from tables.prices import PriceSheet
 from tests.support.envelopes import request_envelope
+from tests.support.sinks import Sink
 
 CONFIG = RelayConfig.model_validate(
     {
@@ -42,36 +43,6 @@ CONFIG = RelayConfig.model_validate(
         "tenants": {"t": {}},
     }
 )
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.replies: list[tuple[str, ReplyEvent]] = []
-        self.ledger: list[UsageEvent] = []
-        self.outcomes: list[HealthEvent] = []
-        self.written: dict[str, CacheEntry] = {}
-        self.stored: dict[str, CacheEntry] = {}
-        self.stale: dict[str, CacheEntry] = {}  # past their TTL, still in L2
-
-    async def reply(self, topic: str, event: ReplyEvent) -> None:
-        self.replies.append((topic, event))
-
-    async def usage(self, event: UsageEvent) -> None:
-        self.ledger.append(event)
-
-    async def health(self, event: HealthEvent) -> None:
-        self.outcomes.append(event)
-
-    async def cache(self, key: str, entry: CacheEntry, ttl_s: int) -> None:
-        self.written[key] = entry
-
-    async def cached(self, key: str, *, stale_ok: bool = False) -> CacheEntry | None:
-        if stale_ok and key in self.stale:
-            return self.stale[key]
-        return self.stored.get(key)
-
-    def for_(self, cid: str) -> list[ReplyEvent]:
-        return [e for _, e in self.replies if e.correlation_id == cid]
 
 
 async def slowly(parts: list[str], gap: float = 0.03) -> Any:
