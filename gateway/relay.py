@@ -235,7 +235,7 @@ class Relay:
         them already); ``fields`` override the defaults (a reply to this gateway, a fresh
         correlation id)."""
         key, ttl = terms or self.cache_terms(who, endpoint, body, opts)
-        user = body.get("user")
+        user = body.get("user") or body.get("safety_identifier")  # OpenAI's newer name
         values: dict[str, Any] = {
             "correlation_id": uuid.uuid4().hex,
             "reply_to": self.bus.reply_topic,

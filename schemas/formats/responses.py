@@ -58,7 +58,8 @@ def responses_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("input: field required", param="input")
 
     out: dict[str, Any] = {"model": model, "messages": messages}
-    for key in ("temperature", "top_p", "user", "parallel_tool_calls", "stream"):
+    passed = ("temperature", "top_p", "user", "stream", *_CHAT_TWINS)
+    for key in passed:
         if body.get(key) is not None:
             out[key] = body[key]
     max_tokens = body.get("max_output_tokens")
@@ -71,7 +72,11 @@ def responses_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
             raise BadRequest("tools: must be a list", param="tools")
         out["tools"] = [_tool(t, f"tools.{i}") for i, t in enumerate(body["tools"])]
     if body.get("tool_choice") is not None:
-        out["tool_choice"] = _tool_choice(body["tool_choice"])
+        choice = _tool_choice(body["tool_choice"])  # checked even with no tools to choose
+        if "tools" in out:  # chat refuses a tool choice (or parallel calls) without tools
+            out["tool_choice"] = choice
+    if "tools" in out and body.get("parallel_tool_calls") is not None:
+        out["parallel_tool_calls"] = body["parallel_tool_calls"]
     if fmt := _response_format(body.get("text")):
         out["response_format"] = fmt
     if verbosity := (body.get("text") or {}).get("verbosity"):
@@ -181,6 +186,10 @@ def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
     return {"role": role, "content": parts}
 
 
+# Request fields chat completions takes under the same name, passed on as they are.
+_CHAT_TWINS = ("service_tier", "prompt_cache_key", "safety_identifier")
+
+
 def _part(part: Any, where: str) -> dict[str, Any]:
     if not isinstance(part, dict):
         raise BadRequest(f"{where}: must be an object", param=where)
@@ -191,6 +200,16 @@ def _part(part: Any, where: str) -> dict[str, Any]:
         return {"type": "text", "text": part["text"]}
     if kind == "refusal":
         return {"type": "text", "text": str(part.get("refusal", ""))}
+    if kind == "input_file":
+        data = part.get("file_data")
+        if not isinstance(data, str) or not data.startswith("data:"):
+            raise BadRequest(
+                f"{where}.file_data: the file inline, as a base64 data URL (file ids and "
+                "URLs are not supported)",
+                param=f"{where}.file_data",
+            )
+        file = {"filename": str(part.get("filename") or "document.pdf"), "file_data": data}
+        return {"type": "file", "file": file}
     if kind == "input_image":
         url = part.get("image_url")
         if not isinstance(url, str) or not url:

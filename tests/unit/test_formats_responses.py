@@ -166,7 +166,7 @@ def test_items_tools_and_formats_map_onto_chat() -> None:
                 "model": "m",
                 "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}],
             },
-            "input.0.content.0",
+            "input.0.content.0.file_data",
         ),
         (
             {
@@ -377,3 +377,37 @@ def test_echoed_nulls_still_make_a_valid_response() -> None:
 def test_text_verbosity_is_chat_s_verbosity() -> None:
     body = {"model": "m", "input": "hi", "text": {"verbosity": "low"}}
     assert responses_request_to_openai(body)["verbosity"] == "low"
+
+
+def test_tool_settings_without_tools_stay_behind_and_chat_s_twins_go_on() -> None:
+    """Chat completions refuse tool_choice or parallel_tool_calls without tools, which
+    the Responses API allows; service_tier, prompt_cache_key and safety_identifier are
+    chat's too."""
+    body = {
+        "model": "m",
+        "input": "hi",
+        "tools": [],
+        "tool_choice": "auto",
+        "parallel_tool_calls": False,
+        "service_tier": "flex",
+        "prompt_cache_key": "tenant-42",
+        "safety_identifier": "user-7",
+    }
+    out = responses_request_to_openai(body)
+    assert "tool_choice" not in out and "parallel_tool_calls" not in out
+    assert (out["service_tier"], out["prompt_cache_key"], out["safety_identifier"]) == (
+        "flex",
+        "tenant-42",
+        "user-7",
+    )
+    with_tools = responses_request_to_openai({**body, "tools": [WEATHER]})
+    assert (with_tools["tool_choice"], with_tools["parallel_tool_calls"]) == ("auto", False)
+
+
+def test_an_inline_file_is_chat_s_file_part() -> None:
+    pdf = "data:application/pdf;base64,JVBERi0x"
+    part = {"type": "input_file", "filename": "terms.pdf", "file_data": pdf}
+    body = {"model": "m", "input": [{"role": "user", "content": [part]}]}
+    assert responses_request_to_openai(body)["messages"][0]["content"] == [
+        {"type": "file", "file": {"filename": "terms.pdf", "file_data": pdf}}
+    ]
