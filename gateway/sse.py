@@ -165,7 +165,8 @@ async def responses_sse(
 ) -> AsyncIterator[bytes]:
     """The Responses API's events (response.created … response.completed) built from
     chunks, with an SSE comment every ``keepalive_s`` while the first chunk is awaited;
-    an error once the stream began is its ``error`` event, and the stream ends there."""
+    an error once the stream began is its ``error`` event and ``response.failed``, and
+    the stream ends there."""
     events = ChunksToResponseEvents(request, response_id)
     for name, data in events.start():
         yield _frame(name, data)
@@ -173,4 +174,5 @@ async def responses_sse(
         async for frame in _named_events(events, chunks, _OPENAI_KEEPALIVE, keepalive_s):
             yield frame
     except RelayError as err:
-        yield _frame(*events.error(err.code, err.message))
+        for name, data in events.error(err.code, err.message):
+            yield _frame(name, data)

@@ -426,8 +426,20 @@ class ChunksToResponseEvents:
         name = "response.completed" if done["status"] == "completed" else "response.incomplete"
         return [*events, self._event(name, response=done)]
 
-    def error(self, code: str, message: str) -> tuple[str, dict[str, Any]]:
-        return self._event("error", code=code, message=message, param=None)
+    def error(self, code: str, message: str) -> list[tuple[str, dict[str, Any]]]:
+        """An ``error`` event, then ``response.failed`` with the output so far: the last
+        ``response.*`` event a client waits for, as OpenAI ends a failed response."""
+        failed_code = "rate_limit_exceeded" if "rate_limit" in code else "server_error"
+        failed = {
+            **self.shell,
+            "status": "failed",
+            "output": self.output,
+            "error": {"code": failed_code, "message": message},
+        }
+        return [
+            self._event("error", code=code, message=message, param=None),
+            self._event("response.failed", response=failed),
+        ]
 
     # -- items -------------------------------------------------------------------------
     def _text(self, text: str, kind: str) -> list[tuple[str, dict[str, Any]]]:

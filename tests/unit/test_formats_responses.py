@@ -289,7 +289,9 @@ def test_a_cut_off_stream_ends_incomplete_and_an_error_is_an_error_event() -> No
     assert events[-1]["type"] == "response.incomplete"
     Response.model_validate(events[-1]["response"])
     err = ChunksToResponseEvents({"model": "m"}, "resp_x").error("vendor_unavailable", "down")
-    assert EVENTS.validate_python(err[1]).type == "error"
+    assert [EVENTS.validate_python(data).type for _, data in err] == ["error", "response.failed"]
+    failed = Response.model_validate(err[1][1]["response"])
+    assert failed.status == "failed" and failed.error and failed.error.code == "server_error"
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
