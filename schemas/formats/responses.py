@@ -6,20 +6,33 @@ needs a stored response (``previous_response_id``, ``conversation``, ``backgroun
 references) or a tool that only OpenAI hosts (web search, file search, code interpreter…)
 is refused with a 400 naming the field.  Function tools, function calls and their outputs,
 images by URL, ``instructions``, ``text.format`` (JSON mode and JSON schema) and
-``reasoning.effort`` map onto chat; reasoning items sent back are dropped, as chat has no
-slot for them.  A function tool keeps the ``strict`` it was given; one given none runs as
-chat runs it (not strict), where OpenAI's Responses API would make its schema strict.
+``reasoning.effort`` map onto chat.  A model's reasoning (an Anthropic vendor's thinking,
+another's ``reasoning_content``) comes back as a reasoning item, its text the summary;
+with ``include: ["reasoning.encrypted_content"]`` an Anthropic vendor's signed thinking
+rides in ``encrypted_content``, and a reasoning item sent back with it goes back to the
+vendor as that thinking (a tool loop that thinks needs it); other reasoning items sent
+back are dropped, as chat has no slot for them.  A function tool keeps the ``strict`` it
+was given; one given none runs as chat runs it (not strict), where OpenAI's Responses API
+would make its schema strict.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import time
 from typing import Any
 
+import orjson
+
 from schemas.errors import BadRequest
-from schemas.formats.openai import new_id
+from schemas.formats.openai import assemble_chunks, new_id
 from schemas.usage import Usage
+
+_ENCRYPTED = "reasoning.encrypted_content"  # the include that asks for it
+# Delta keys of a model's reasoning (see schemas.formats.anthropic for the thinking ones).
+_THINKING_KEYS = ("reasoning_content", "thinking_start", "thinking_signature")
+_SEALED = "relay-thinking:"  # encrypted_content the relay made, of a vendor's thinking
 
 _STATEFUL = {
     "previous_response_id": "the relay keeps no responses: send the whole conversation in input",
@@ -104,7 +117,11 @@ def _input_to_messages(items: Any) -> list[dict[str, Any]]:
     if not isinstance(items, list):
         raise BadRequest("input: a string or a list of items", param="input")
     messages: list[dict[str, Any]] = []
+    thought: list[dict[str, Any]] = []  # thinking sent back, for the assistant turn next
     for i, item in enumerate(items):
+        if thought and messages and messages[-1]["role"] == "assistant":
+            messages[-1].setdefault("thinking_blocks", thought)
+            thought = []
         where = f"input.{i}"
         if not isinstance(item, dict):
             raise BadRequest(f"{where}: must be an object", param=where)
@@ -136,12 +153,43 @@ def _input_to_messages(items: Any) -> list[dict[str, Any]]:
                 }
             )
         elif kind == "reasoning":
-            continue  # chat has no slot for a model's reasoning sent back
+            thought += _thinking_sent_back(item.get("encrypted_content"))
         else:
             raise BadRequest(
                 f"{where}.type: `{kind}` items are not supported by the relay", param=where
             )
+    if thought and messages and messages[-1]["role"] == "assistant":
+        messages[-1].setdefault("thinking_blocks", thought)
     return messages
+
+
+def _thinking_sent_back(sealed: Any) -> list[dict[str, Any]]:
+    """The thinking blocks a reasoning item's ``encrypted_content`` carries when the relay
+    sealed it; nothing for anyone else's (OpenAI's own is opaque, and chat has no slot)."""
+    if not isinstance(sealed, str) or not sealed.startswith(_SEALED):
+        return []
+    try:
+        blocks = orjson.loads(base64.b64decode(sealed.removeprefix(_SEALED), validate=True))
+    except (ValueError, orjson.JSONDecodeError):
+        return []
+    if not isinstance(blocks, list):
+        return []
+    kinds = ("thinking", "redacted_thinking")
+    return [b for b in blocks if isinstance(b, dict) and b.get("type") in kinds]
+
+
+def _reasoning_item(
+    text: str, blocks: list[dict[str, Any]] | None, request: dict[str, Any], status: str
+) -> dict[str, Any]:
+    """A model's reasoning as a reasoning item: its text the summary, and its signed
+    thinking (an Anthropic vendor's) sealed into ``encrypted_content`` when asked for."""
+    item: dict[str, Any] = {"id": new_id("rs_"), "type": "reasoning", "summary": []}
+    if text:
+        item["summary"] = [{"type": "summary_text", "text": text}]
+    if blocks and _ENCRYPTED in (request.get("include") or []):
+        item["encrypted_content"] = _SEALED + base64.b64encode(orjson.dumps(blocks)).decode()
+    item["status"] = status
+    return item
 
 
 def _tool_output(output: Any, where: str) -> str | list[dict[str, Any]]:
@@ -359,6 +407,9 @@ def openai_response_to_responses(
     choice = (completion.get("choices") or [None])[0] or {}
     message = choice.get("message") or {}
     output: list[dict[str, Any]] = []
+    if message.get("reasoning_content") or message.get("thinking_blocks"):
+        text, blocks = message.get("reasoning_content") or "", message.get("thinking_blocks")
+        output.append(_reasoning_item(text, blocks, request, "completed"))
     if message.get("content"):
         output.append(_message_item(message["content"], refusal=False))
     if message.get("refusal"):
@@ -394,8 +445,10 @@ class ChunksToResponseEvents:
         self.shell = response_shell(request, response_id)
         self.output: list[dict[str, Any]] = []
         self._seq = 0
+        self.request = request
         self._message: tuple[str, int] | None = None  # ("text" | "refusal", output index)
         self._calls: dict[int, int] = {}  # open tool calls: chunk index -> output index
+        self._reasoning: tuple[int, list[dict[str, Any]]] | None = None  # index, its chunks
         self._finish: dict[str, Any] = {}
 
     def start(self) -> list[tuple[str, dict[str, Any]]]:
@@ -410,6 +463,8 @@ class ChunksToResponseEvents:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
+            if any(delta.get(k) for k in _THINKING_KEYS) or "redacted_thinking" in delta:
+                events += self._think(chunk, delta.get("reasoning_content") or "")
             for kind in ("content", "refusal"):
                 if text := delta.get(kind):
                     events += self._text(text, kind)
@@ -442,6 +497,59 @@ class ChunksToResponseEvents:
         ]
 
     # -- items -------------------------------------------------------------------------
+    def _think(self, chunk: dict[str, Any], text: str) -> list[tuple[str, dict[str, Any]]]:
+        """Reasoning text as a reasoning item's summary; the chunks that carry it are kept
+        to seal an Anthropic vendor's signed thinking into the item when it closes."""
+        events: list[tuple[str, dict[str, Any]]] = []
+        if self._reasoning is None:
+            events += self._close_all()
+            item = _reasoning_item("", None, self.request, "in_progress")
+            events += self._add(item)
+            self._reasoning = (len(self.output) - 1, [])
+            item["summary"] = [{"type": "summary_text", "text": ""}]
+            events.append(
+                self._event(
+                    "response.reasoning_summary_part.added",
+                    **self._in_reasoning(),
+                    part=item["summary"][0],
+                )
+            )
+        at, chunks = self._reasoning
+        chunks.append(chunk)
+        if text:
+            self.output[at]["summary"][0]["text"] += text
+            events.append(
+                self._event(
+                    "response.reasoning_summary_text.delta", **self._in_reasoning(), delta=text
+                )
+            )
+        return events
+
+    def _close_reasoning(self) -> list[tuple[str, dict[str, Any]]]:
+        if self._reasoning is None:
+            return []
+        at, chunks = self._reasoning
+        item = self.output[at]
+        part = item["summary"][0]
+        events = [
+            self._event(
+                "response.reasoning_summary_text.done", **self._in_reasoning(), text=part["text"]
+            ),
+            self._event("response.reasoning_summary_part.done", **self._in_reasoning(), part=part),
+        ]
+        blocks = assemble_chunks(chunks)["choices"][0]["message"].get("thinking_blocks")
+        sealed = _reasoning_item(part["text"], blocks, self.request, "completed")
+        item.update({k: v for k, v in sealed.items() if k not in ("id", "summary")})
+        self._reasoning = None
+        events.append(self._event("response.output_item.done", output_index=at, item=item))
+        return events
+
+    def _in_reasoning(self) -> dict[str, Any]:
+        """Where the open reasoning item's one summary part is."""
+        assert self._reasoning is not None
+        at = self._reasoning[0]
+        return {"item_id": self.output[at]["id"], "output_index": at, "summary_index": 0}
+
     def _text(self, text: str, kind: str) -> list[tuple[str, dict[str, Any]]]:
         events: list[tuple[str, dict[str, Any]]] = []
         if self._message is None or self._message[0] != kind:
@@ -468,7 +576,7 @@ class ChunksToResponseEvents:
         fn = frag.get("function") or {}
         events: list[tuple[str, dict[str, Any]]] = []
         if index not in self._calls:
-            events += self._close_message()
+            events += self._close_reasoning() + self._close_message()
             call = {"id": frag.get("id"), "function": {"name": fn.get("name")}}
             events += self._add(_call_item(call, status="in_progress"))
             self._calls[index] = len(self.output) - 1
@@ -495,6 +603,8 @@ class ChunksToResponseEvents:
         """Close what is open: the message, or else the function calls, in output order
         (text closes calls and a call closes the message, so never both); ``cut_last``
         marks the last of them incomplete (the answer was cut off there)."""
+        if self._reasoning is not None:
+            return self._close_reasoning()
         if self._message is not None:
             return self._close_message(cut_last)
         calls = sorted(self._calls.values())

@@ -413,3 +413,64 @@ def test_an_inline_file_is_chat_s_file_part() -> None:
     assert responses_request_to_openai(body)["messages"][0]["content"] == [
         {"type": "file", "file": {"filename": "terms.pdf", "file_data": pdf}}
     ]
+
+
+THOUGHT = {"type": "thinking", "thinking": "Weather needs the tool.", "signature": "sig-1"}
+THINKING_ANSWER = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-x",
+    "content": [
+        THOUGHT,
+        {"type": "text", "text": "Checking."},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}},
+    ],
+    "stop_reason": "tool_use",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 10, "output_tokens": 30},
+}
+
+
+def test_thinking_is_a_reasoning_item_streamed_or_not_sealed_when_asked() -> None:
+    from schemas.formats.anthropic import messages_response_to_openai
+
+    neutral, usage = messages_response_to_openai(THINKING_ANSWER)
+    request = {"model": "m", "input": "hi", "tools": [WEATHER]}
+    sealed_request = {**request, "include": ["reasoning.encrypted_content"]}
+    whole = Response.model_validate(openai_response_to_responses(neutral, usage, sealed_request))
+    assert [item.type for item in whole.output] == ["reasoning", "message", "function_call"]
+    reasoning = whole.output[0]
+    assert reasoning.type == "reasoning" and reasoning.summary[0].text == THOUGHT["thinking"]
+    assert reasoning.encrypted_content
+    plain = openai_response_to_responses(neutral, usage, request)["output"][0]
+    assert "encrypted_content" not in plain, "sealed only when asked for"
+
+    events = stream(sealed_request, neutral, usage)
+    state = ResponseStreamState(input_tools=[WEATHER], text_format=omit)  # type: ignore[list-item,var-annotated]
+    for data in events:
+        state.handle_event(EVENTS.validate_python(data))
+    streamed = events[-1]["response"]["output"]
+    assert [item["type"] for item in streamed] == ["reasoning", "message", "function_call"]
+    assert streamed[0]["summary"][0]["text"] == THOUGHT["thinking"]
+    assert streamed[0]["encrypted_content"] == reasoning.encrypted_content
+
+
+def test_a_sealed_reasoning_item_sent_back_is_the_vendor_s_thinking_again() -> None:
+    """A tool loop through the Responses API: the output items go back as input, and
+    the turn that called the tool reaches an Anthropic vendor with its signed thinking."""
+    from schemas.formats.anthropic import messages_response_to_openai, openai_request_to_messages
+
+    neutral, usage = messages_response_to_openai(THINKING_ANSWER)
+    request = {"model": "m", "input": "hi", "include": ["reasoning.encrypted_content"]}
+    output = openai_response_to_responses(neutral, usage, request)["output"]
+    result = {"type": "function_call_output", "call_id": "toolu_1", "output": "12C"}
+    again = {"model": "m", "input": ["hi", *output, result]}
+    again["input"][0] = {"role": "user", "content": "hi"}
+    turn = openai_request_to_messages(responses_request_to_openai(again), "claude-x")
+    blocks = turn["messages"][1]["content"]
+    assert [b["type"] for b in blocks] == ["thinking", "text", "tool_use"]
+    assert blocks[0] == THOUGHT
+    foreign = {**output[0], "encrypted_content": "gAAAA-openai-opaque"}
+    dropped = responses_request_to_openai({**again, "input": [again["input"][0], foreign]})
+    assert dropped["messages"] == [{"role": "user", "content": "hi"}]
