@@ -113,6 +113,34 @@ async def test_a_function_call_round_trip(relay: Stack, alias: str, effort: str 
     assert second.output_text == "Tool said: 18C and sunny"
 
 
+async def test_a_thinking_tool_loop_sends_the_sealed_reasoning_back(relay: Stack):
+    """Asked for encrypted reasoning, an Anthropic vendor's signed thinking comes back in
+    the reasoning item; sent back with the call, the vendor gets its thinking again (the
+    simulator, like Anthropic, refuses a thinking tool loop without it), so the model
+    thinks on the second turn too."""
+    sdk = relay_openai(relay)
+    question = f"what is the weather in Paris? {uuid.uuid4().hex}"
+    asked: Any = {
+        "model": "claude-haiku",
+        "tools": [WEATHER],
+        "reasoning": {"effort": "low"},
+        "include": ["reasoning.encrypted_content"],
+    }
+    first = await sdk.responses.create(input=question, **asked)
+    reasoning, call = first.output[0], first.output[-1]
+    assert reasoning.type == "reasoning" and reasoning.encrypted_content
+    assert reasoning.summary and reasoning.summary[0].text
+    assert call.type == "function_call"
+    items: Any = [
+        {"role": "user", "content": question},
+        *(item.model_dump(exclude_none=True) for item in first.output),
+        {"type": "function_call_output", "call_id": call.call_id, "output": "18C and sunny"},
+    ]
+    second = await sdk.responses.create(input=items, **asked)
+    assert second.output[0].type == "reasoning", "still thinking on the second turn"
+    assert second.output_text == "Tool said: 18C and sunny"
+
+
 async def test_a_streamed_function_call_arrives_whole(relay: Stack):
     question = f"use the tool: weather in Paris {uuid.uuid4().hex}"
     async with relay_openai(relay).responses.stream(
