@@ -338,7 +338,7 @@ def response_shell(request: dict[str, Any], response_id: str) -> dict[str, Any]:
     """The Response object before any output: what ``response.created`` carries, and
     what every answer is built on (the request's settings echoed back)."""
     tools = [{"type": "function", **t["function"]} for t in _function_tools(request.get("tools"))]
-    return {
+    shell: dict[str, Any] = {
         "id": response_id,
         "object": "response",
         "created_at": int(time.time()),
@@ -358,11 +358,15 @@ def response_shell(request: dict[str, Any], response_id: str) -> dict[str, Any]:
         "tool_choice": request.get("tool_choice") or "auto",
         "tools": tools,
         "top_p": request.get("top_p", 1.0),
-        "truncation": "disabled",
+        "truncation": "auto" if request.get("truncation") == "auto" else "disabled",
         "usage": None,
         "user": request.get("user"),
         "metadata": request.get("metadata") or {},
     }
+    for key in _CHAT_TWINS:  # echoed back as sent, as OpenAI does
+        if request.get(key) is not None:
+            shell[key] = request[key]
+    return shell
 
 
 def _function_tools(tools: Any) -> list[dict[str, Any]]:

@@ -474,3 +474,23 @@ def test_a_sealed_reasoning_item_sent_back_is_the_vendor_s_thinking_again() -> N
     foreign = {**output[0], "encrypted_content": "gAAAA-openai-opaque"}
     dropped = responses_request_to_openai({**again, "input": [again["input"][0], foreign]})
     assert dropped["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_settings_chat_passes_on_are_echoed_as_sent() -> None:
+    request = {
+        "model": "m",
+        "input": "hi",
+        "truncation": "auto",
+        "service_tier": "flex",
+        "prompt_cache_key": "k",
+        "safety_identifier": "u",
+    }
+    answer = Response.model_validate(
+        openai_response_to_responses(completion("hi"), Usage(), request)
+    )
+    assert (answer.truncation, answer.service_tier, answer.prompt_cache_key) == (
+        "auto",
+        "flex",
+        "k",
+    )
+    assert answer.safety_identifier == "u"
