@@ -12,12 +12,15 @@ class Usage(BaseModel):
     ``input_tokens - cache_read_tokens - cache_write_tokens`` is the uncached part.
     ``reasoning_tokens`` are the part of ``output_tokens`` a reasoning model spent
     thinking, when the vendor says (OpenAI does; Anthropic counts thinking as output).
+    ``cache_write_1h_tokens`` are the part of ``cache_write_tokens`` written to a one-hour
+    cache (Anthropic's ``ttl: "1h"``), which costs more than the default five minutes.
     """
 
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
 
     @property

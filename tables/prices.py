@@ -12,9 +12,11 @@ from schemas.usage import Usage
 # less (Anthropic's 10%) publish the number, so the missing-price case is the
 # OpenAI-like one, and erring high keeps the relay from under-reporting spend.
 CACHE_READ_DEFAULT_RATIO = 0.5
-# Writing a prompt-cache entry costs 1.25x the input price (Anthropic's 5-minute cache);
-# vendors with implicit caching never report cache writes, so this never misprices them.
+# Writing a prompt-cache entry costs 1.25x the input price (Anthropic's 5-minute cache),
+# 2x for its one-hour cache; vendors with implicit caching never report cache writes, so
+# this never misprices them.
 CACHE_WRITE_RATIO = 1.25
+CACHE_WRITE_1H_RATIO = 2.0
 
 PER_TOKEN = 1e-6  # prices are quoted per million tokens
 
@@ -34,7 +36,8 @@ def cost_of(candidate: Candidate, usage: Usage, *, discount: float = 0.0) -> flo
     total = (
         uncached * input_price
         + usage.cache_read_tokens * read_price
-        + usage.cache_write_tokens * input_price * CACHE_WRITE_RATIO
+        + (usage.cache_write_tokens - usage.cache_write_1h_tokens) * input_price * CACHE_WRITE_RATIO
+        + usage.cache_write_1h_tokens * input_price * CACHE_WRITE_1H_RATIO
         + usage.output_tokens * candidate.output_per_1m
     ) * PER_TOKEN
     return total * (1.0 - discount)

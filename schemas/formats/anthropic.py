@@ -438,14 +438,20 @@ def _tool_choice_to_openai(choice: Any, out: dict[str, Any]) -> None:
         out["parallel_tool_calls"] = False
 
 
-def _anthropic_usage(usage: Usage) -> dict[str, int]:
+def _anthropic_usage(usage: Usage) -> dict[str, Any]:
     # Anthropic's input_tokens is the uncached part only; ours counts every prompt token.
-    return {
+    out: dict[str, Any] = {
         "input_tokens": usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens,
         "cache_creation_input_tokens": usage.cache_write_tokens,
         "cache_read_input_tokens": usage.cache_read_tokens,
         "output_tokens": usage.output_tokens,
     }
+    if usage.cache_write_1h_tokens:  # how the writes split by cache lifetime, as Anthropic
+        out["cache_creation"] = {
+            "ephemeral_5m_input_tokens": usage.cache_write_tokens - usage.cache_write_1h_tokens,
+            "ephemeral_1h_input_tokens": usage.cache_write_1h_tokens,
+        }
+    return out
 
 
 def _stop_reason(
@@ -1042,11 +1048,14 @@ def _tool_choice_to_anthropic(choice: Any, parallel: Any) -> dict[str, Any] | No
 def _usage_from_anthropic(usage: dict[str, Any]) -> Usage:
     read = int(usage.get("cache_read_input_tokens") or 0)
     write = int(usage.get("cache_creation_input_tokens") or 0)
+    by_ttl = usage.get("cache_creation")
+    by_ttl = by_ttl if isinstance(by_ttl, dict) else {}
     return Usage(
         input_tokens=int(usage.get("input_tokens") or 0) + read + write,
         output_tokens=int(usage.get("output_tokens") or 0),
         cache_read_tokens=read,
         cache_write_tokens=write,
+        cache_write_1h_tokens=min(write, int(by_ttl.get("ephemeral_1h_input_tokens") or 0)),
     )
 
 

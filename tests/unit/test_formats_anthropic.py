@@ -1273,3 +1273,18 @@ def test_anthropic_s_client_tools_reach_anthropic_vendors_as_sent_and_are_a_400_
     assert to_claude["tool_choice"] == {"type": "tool", "name": tool["name"]}
     with pytest.raises(BadRequest, match=f"{tool['type']} tool reaches Anthropic vendors only"):
         without_cache_control(neutral)
+
+
+def test_one_hour_cache_writes_are_read_apart_and_told_back() -> None:
+    from schemas.formats.anthropic import _anthropic_usage, _usage_from_anthropic
+
+    vendor = {
+        "input_tokens": 10,
+        "cache_creation_input_tokens": 3000,
+        "cache_read_input_tokens": 0,
+        "output_tokens": 5,
+        "cache_creation": {"ephemeral_5m_input_tokens": 2000, "ephemeral_1h_input_tokens": 1000},
+    }
+    usage = _usage_from_anthropic(vendor)
+    assert (usage.cache_write_tokens, usage.cache_write_1h_tokens) == (3000, 1000)
+    assert _anthropic_usage(usage) == vendor

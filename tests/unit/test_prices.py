@@ -111,3 +111,9 @@ def test_a_canary_candidate_is_priced_too() -> None:
     sheet = PriceSheet.from_config({"m": spec})
     assert sheet.candidate("a", "new") == new
     assert sheet.primary["m"].model == "old"
+
+
+def test_one_hour_cache_writes_cost_twice_the_input_price() -> None:
+    cand = Candidate(vendor="anthropic", model="claude", input_per_1m=3.0)
+    usage = Usage(input_tokens=3000, cache_write_tokens=3000, cache_write_1h_tokens=1000)
+    assert cost_of(cand, usage) == pytest.approx((2000 * 3.0 * 1.25 + 1000 * 3.0 * 2.0) / 1e6)
