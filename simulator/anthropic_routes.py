@@ -129,6 +129,22 @@ def to_prompt(body: dict[str, Any]) -> tuple[Prompt, str | None]:
     return Prompt(texts, last_user, result, tools, _tool_choice(body.get("tool_choice"))), prefix
 
 
+def _one_hour(body: dict[str, Any]) -> bool:
+    """Whether a cache breakpoint asks for the one-hour cache (``ttl: "1h"``); the
+    simulator writes the whole prefix at that lifetime then."""
+    blocks = [body, *(body.get("tools") or [])]
+    system = body.get("system")
+    blocks += system if isinstance(system, list) else []
+    for m in body.get("messages") or []:
+        blocks += _blocks(m.get("content")) if isinstance(m, dict) else []
+    return any(
+        isinstance(b, dict)
+        and isinstance(b.get("cache_control"), dict)
+        and b["cache_control"].get("ttl") == "1h"
+        for b in blocks
+    )
+
+
 def _usage(
     sim: Sim, model: str, prompt: Prompt, prefix: str | None, answer: Answer
 ) -> dict[str, Any]:
@@ -197,6 +213,12 @@ def _prepare(
     thinking = _thinking(body, prompt, max_tokens)
     answer = compose(model, prompt, max_tokens)
     usage = _usage(sim, model, prompt, prefix, answer)
+    if usage["cache_creation_input_tokens"] and _one_hour(body):
+        written = usage["cache_creation_input_tokens"]
+        usage["cache_creation"] = {
+            "ephemeral_5m_input_tokens": 0,
+            "ephemeral_1h_input_tokens": written,
+        }
     if thinking:
         usage["output_tokens"] += text_tokens(thinking["thinking"])
     return model, answer, usage, thinking

@@ -20,6 +20,7 @@ import httpx
 import openai
 import pytest
 
+from schemas.config import Candidate
 from tests.integration.conftest import read_ledger
 from tests.support.clients import relay_openai
 from tests.support.stack import DEMO_KEY, SIM_KEY, Simulator, Stack, example_config
@@ -501,6 +502,34 @@ async def test_cache_control_tokens_reach_the_answer_and_the_ledger(
         cached,
     )
     assert wrote.output_tokens == read.output_tokens == want.usage.output_tokens
+
+
+async def test_a_one_hour_cache_write_is_priced_as_one(stack: Stack):
+    """Written to Anthropic's one-hour cache, the prefix costs twice the input price, not
+    the five-minute cache's 1.25x; the client hears how the write split."""
+    from tables.prices import cost_of
+
+    route = ROUTES["anthropic"]
+    notes = f"Case {uuid.uuid4().hex}. " + "The ferry leaves at noon. " * 60
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    system: Any = [{"type": "text", "text": notes, "cache_control": hour}]
+    trace = uuid.uuid4().hex
+    got = await client(stack, trace).messages.create(
+        model=route.alias,
+        max_tokens=MAX_TOKENS,
+        system=system,
+        messages=[{"role": "user", "content": "Summarise."}],
+    )
+    written = got.usage.cache_creation_input_tokens
+    assert written and got.usage.cache_creation
+    assert got.usage.cache_creation.ephemeral_1h_input_tokens == written
+    [line] = await read_ledger(stack, {trace})
+    assert line.usage.cache_write_1h_tokens == written
+    price = example_config(stack.url)["models"][route.alias]["candidates"][0]
+    cand = Candidate(**{k: v for k, v in price.items() if k in Candidate.model_fields})
+    assert line.cost == pytest.approx(cost_of(cand, line.usage))
+    five_minutes = line.usage.model_copy(update={"cache_write_1h_tokens": 0})
+    assert line.cost > cost_of(cand, five_minutes)
 
 
 async def test_models_list_and_retrieve_in_anthropic_shape(stack: Stack):
