@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import anthropic_routes, openai_routes, responses_routes
-from gateway.auth import caller, known_caller
+from gateway.auth import Caller, caller, known_caller
 from gateway.errors import error_response
 from gateway.relay import Answer, Options, Relay
 from schemas.envelope import Endpoint
@@ -76,7 +76,9 @@ class Edge:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        if scope.get("path", "").startswith("/v1/") and known_caller(Request(scope)) is None:
+        v1 = scope.get("path", "").startswith("/v1/")
+        who = known_caller(Request(scope)) if v1 else None
+        if v1 and who is None:
             # Refused before a byte of the body is read (FastAPI reads and parses a
             # route's body before its key check): the routes' own 401 or 429, audited.
             try:
@@ -99,7 +101,7 @@ class Edge:
             return
         if raw is None:
             return  # the client left before it finished sending: nobody to answer
-        response = await self._answer(scope, raw, route) if route else None
+        response = await self._answer(scope, raw, route, who) if route and who else None
         if response is None:
             await self.app(scope, _replay(raw, receive), send)
             return
@@ -109,7 +111,7 @@ class Edge:
         err = RequestTooLarge(f"the request body is over the relay's {self.max_body} bytes")
         await error_response(Request(scope), err)(scope, receive, send)
 
-    async def _answer(self, scope: Scope, raw: bytes, route: Route) -> Response | None:
+    async def _answer(self, scope: Scope, raw: bytes, route: Route, who: Caller) -> Response | None:
         endpoint, to_relay, render = route
         request = Request(scope)
         relay: Relay = request.app.state.relay
@@ -120,9 +122,6 @@ class Edge:
             if not isinstance(body, dict):
                 return None
             opts = Options.from_headers(request.headers)
-            who = known_caller(request)
-            if who is None:
-                return None
             relay_body = to_relay(body)
         except Exception:  # the routes will say what is wrong, in the vendor's error body
             return None
