@@ -41,8 +41,8 @@ from schemas.errors import (
     VendorRateLimited,
     VendorUnavailable,
 )
-from schemas.formats.openai import assemble_chunks
-from schemas.usage import Usage
+from schemas.formats.openai import answer_chars, assemble_chunks
+from schemas.usage import Usage, estimated_tokens, prompt_chars
 from tables.buckets import PriorityGate
 from tables.prices import cost_of
 
@@ -117,7 +117,7 @@ class Dispatcher:
         async def forward(chunk: dict[str, Any]) -> None:
             nonlocal sent_any, streamed
             sent_any = True
-            streamed += sum(_text_len(c.get("delta") or {}) for c in chunk.get("choices") or [])
+            streamed += answer_chars(chunk)
             if on_chunk is not None:
                 await on_chunk(chunk)
 
@@ -144,7 +144,7 @@ class Dispatcher:
                     if not err.retryable or sent_any:
                         out.error = err
                         if sent_any:  # the vendor bills what it streamed before it broke
-                            out.candidate, out.usage = cand, partial_usage(env.body, streamed)
+                            out.candidate, out.usage = cand, Usage.estimated(env.body, streamed)
                         return out
                     continue
                 out.candidate, out.body, out.usage = cand, result.body, result.usage
@@ -302,24 +302,9 @@ class Dispatcher:
         )
 
 
-def _text_len(delta: dict[str, Any]) -> int:
-    """Characters of answer in a delta: text, reasoning and tool-call arguments."""
-    calls = delta.get("tool_calls") or []
-    arguments = sum(len((c.get("function") or {}).get("arguments") or "") for c in calls)
-    return len(delta.get("content") or "") + len(delta.get("reasoning_content") or "") + arguments
-
-
-def partial_usage(body: dict[str, Any], streamed_chars: int) -> Usage:
-    """What a stream that broke part way had used, estimated (vendors report usage only
-    at its end): about four characters a token of prompt and of what was streamed."""
-    prompt = body.get("messages") or body.get("input") or body.get("prompt") or ""
-    return Usage(input_tokens=len(str(prompt)) // 4 + 1, output_tokens=streamed_chars // 4 + 1)
-
-
 def estimate_tokens(body: dict[str, Any]) -> int:
     """Tokens a request will spend against a TPM limit, before the vendor counts them:
     about four characters a token of prompt, plus the completion it may ask for."""
-    text = body.get("messages") or body.get("input") or body.get("prompt") or ""
-    prompt = len(str(text)) // 4 + 1
+    prompt = estimated_tokens(prompt_chars(body))
     limit = body.get("max_completion_tokens") or body.get("max_tokens") or 256
     return prompt + (int(limit) if isinstance(limit, int | float) else 256)

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
+
+
+def estimated_tokens(chars: int) -> int:
+    """About four characters a token (one at least): the relay's count where a vendor
+    gives none yet (a TPM limit's guess) or none at all (a stream cut short)."""
+    return chars // 4 + 1
+
+
+def prompt_chars(body: dict[str, Any]) -> int:
+    """Characters of a request's prompt, whichever field holds it."""
+    return len(str(body.get("messages") or body.get("input") or body.get("prompt") or ""))
 
 
 class Usage(BaseModel):
@@ -22,6 +35,15 @@ class Usage(BaseModel):
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
+
+    @classmethod
+    def estimated(cls, body: dict[str, Any], answer_chars: int) -> Usage:
+        """What a call used, estimated, when the vendor did not say: the request's
+        ``body`` and ``answer_chars`` characters of answer."""
+        return cls(
+            input_tokens=estimated_tokens(prompt_chars(body)),
+            output_tokens=estimated_tokens(answer_chars),
+        )
 
     @property
     def total_tokens(self) -> int:

@@ -21,6 +21,7 @@ from schemas.batches import ENDED
 from schemas.config import VendorConfig
 from schemas.errors import VendorBadRequest, VendorRateLimited, VendorUnavailable
 from schemas.formats.anthropic import without_cache_control
+from schemas.formats.openai import answer_chars
 from schemas.usage import Usage
 
 # Models that take ``max_completion_tokens`` only: o1, o3, o4-mini…, gpt-5…
@@ -89,15 +90,14 @@ class OpenAIAdapter:
                 # Azure opens with a choices-less content-filter chunk; it carries nothing.
                 if chunk.get("choices"):
                     chunk.pop("usage", None)
-                    written += sum(len(json.dumps(c.get("delta") or {})) for c in chunk["choices"])
+                    written += answer_chars(chunk)
                     yield chunk
         if not done:  # cut off: never a whole answer to cache and meter as one
             raise VendorUnavailable(f"{self.kind}: stream ended before [DONE]")
         if usage == Usage():
-            # A server that ignores include_usage: about four characters a token, rather
-            # than an answer metered (and cached) as free.
-            prompt = len(json.dumps(call.body.get("messages") or [])) // 4 + 1
-            usage = Usage(input_tokens=prompt, output_tokens=written // 4 + 1)
+            # A server that ignores include_usage: estimated, rather than an answer
+            # metered (and cached) as free.
+            usage = Usage.estimated(call.body, written)
         yield usage
 
     async def embed(self, call: VendorCall) -> VendorResult:

@@ -44,6 +44,17 @@ def one_plain_choice(body: dict[str, Any]) -> None:
         raise BadRequest(f"{param}: this model does not return token logprobs", param=param)
 
 
+def answer_chars(chunk: dict[str, Any]) -> int:
+    """Characters of answer a chunk carries: text, reasoning and tool-call arguments."""
+    total = 0
+    for choice in chunk.get("choices") or []:
+        delta = (choice.get("delta") if isinstance(choice, dict) else None) or {}
+        calls = delta.get("tool_calls") or []
+        total += sum(len((c.get("function") or {}).get("arguments") or "") for c in calls)
+        total += len(delta.get("content") or "") + len(delta.get("reasoning_content") or "")
+    return total
+
+
 def new_id(prefix: str) -> str:
     """A fresh random id such as ``chatcmpl-3f9c…``.
 
