@@ -186,10 +186,17 @@ def _reasoning_item(
     item: dict[str, Any] = {"id": new_id("rs_"), "type": "reasoning", "summary": []}
     if text:
         item["summary"] = [{"type": "summary_text", "text": text}]
+    item["status"] = status
+    _seal(item, blocks, request)
+    return item
+
+
+def _seal(
+    item: dict[str, Any], blocks: list[dict[str, Any]] | None, request: dict[str, Any]
+) -> None:
+    """Put the signed thinking into the reasoning ``item``, if the request asked for it."""
     if blocks and _ENCRYPTED in (request.get("include") or []):
         item["encrypted_content"] = _SEALED + base64.b64encode(orjson.dumps(blocks)).decode()
-    item["status"] = status
-    return item
 
 
 def _tool_output(output: Any, where: str) -> str | list[dict[str, Any]]:
@@ -542,8 +549,8 @@ class ChunksToResponseEvents:
             self._event("response.reasoning_summary_part.done", **self._in_reasoning(), part=part),
         ]
         blocks = assemble_chunks(chunks)["choices"][0]["message"].get("thinking_blocks")
-        sealed = _reasoning_item(part["text"], blocks, self.request, "completed")
-        item.update({k: v for k, v in sealed.items() if k not in ("id", "summary")})
+        _seal(item, blocks, self.request)
+        item["status"] = "completed"
         self._reasoning = None
         events.append(self._event("response.output_item.done", output_index=at, item=item))
         return events
