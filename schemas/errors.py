@@ -18,8 +18,10 @@
         ├── VendorRateLimited        429 from the vendor      (retryable, retry_after)
         ├── VendorAuthFailed         401/403 from the vendor  (key is taken out, next key tried)
         ├── VendorBadRequest         400 from the vendor      (the client's fault: not retried)
+        │   └── ContentFiltered      400 content_filter       (the vendor's content filter)
         ├── VendorNotFound           404 from the vendor      (no such model or deployment)
-        └── VendorUnavailable        5xx, connect and read failures
+        ├── VendorUnavailable        5xx, connect and read failures
+        └── VendorUnsupported        400 this candidate cannot (next one tried; health kept)
 
 Each class carries a stable ``code``, the HTTP ``status`` a client sees and whether a
 retry on another candidate may help.  The gateway maps them to the OpenAI or Anthropic
@@ -182,6 +184,13 @@ class VendorBadRequest(VendorError):
     retryable = False
 
 
+class ContentFiltered(VendorBadRequest):
+    """The vendor's content filter refused the prompt (Azure OpenAI's ``content_filter``
+    400): clients branch on this code, so it is kept rather than folded into a 400."""
+
+    code = "content_filter"
+
+
 class VendorNotFound(VendorError):
     """The vendor has no such model or deployment (not pulled, retired, misnamed in the
     config): that candidate is broken, not the client's request, so the next one is tried."""
@@ -191,6 +200,16 @@ class VendorNotFound(VendorError):
 
 class VendorUnavailable(VendorError):
     code = "vendor_unavailable"
+
+
+class VendorUnsupported(VendorError):
+    """This candidate cannot serve this request (a local model without tools or thinking,
+    a vendor that cannot fetch image URLs), though another may: the next one is tried, and
+    the candidate's health is untouched.  Last of all, the client hears why (400)."""
+
+    code = "vendor_unsupported"
+    status = 400
+    type = "invalid_request_error"
 
 
 def _all(cls: type[RelayError]) -> list[type[RelayError]]:

@@ -20,7 +20,14 @@ from pydantic import BaseModel, Field
 
 from schemas.config import Candidate, Strategy
 from schemas.envelope import HealthEvent
-from schemas.errors import BadRequest, RateLimited, VendorBadRequest, VendorRateLimited
+from schemas.errors import (
+    BadRequest,
+    ContentFiltered,
+    RateLimited,
+    VendorBadRequest,
+    VendorRateLimited,
+    VendorUnsupported,
+)
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -28,8 +35,11 @@ BreakerState = Literal["closed", "open", "half_open"]
 # failure counts.  Only when the vendor keeps answering 429 (policy.consecutive_failures
 # of them in a row) does the breaker open, so routing moves off a throttled vendor.
 RATE_LIMIT_CODES = frozenset({VendorRateLimited.code, RateLimited.code})
-# The request's own fault: the vendor answered, so its health is not in question.
-CLIENT_FAULT_CODES = frozenset({VendorBadRequest.code, BadRequest.code})
+# The request's own fault, or one this candidate cannot serve: the vendor answered, so
+# its health is not in question.
+CLIENT_FAULT_CODES = frozenset(
+    {VendorBadRequest.code, BadRequest.code, ContentFiltered.code, VendorUnsupported.code}
+)
 
 # "Blended" price per 1M tokens for the cheapest strategy: the common 3:1 input:output mix.
 BLEND_INPUT, BLEND_OUTPUT = 0.75, 0.25

@@ -19,6 +19,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 
 from schemas.errors import (
+    ContentFiltered,
     RelayError,
     VendorAuthFailed,
     VendorBadRequest,
@@ -33,6 +34,7 @@ _AUTH_HEADERS = ("authorization", "api-key", "x-api-key")
 # failures of the vendor's.
 _TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError)
 _MAX_MESSAGE = 500  # characters of a vendor's error text worth carrying
+CONNECT_TIMEOUT_S = 5.0  # a vendor host that does not accept a connection by then is down
 
 
 class _NoCookies(CookieJar):
@@ -62,8 +64,23 @@ def vendor_client(timeout_s: float) -> httpx.AsyncClient:
     return HttpxAiohttpClient(
         transport=AiohttpTransport(limits=limits, client=session),
         cookies=_NoCookies(),
-        timeout=httpx.Timeout(timeout_s, connect=5.0),
+        timeout=call_timeout(timeout_s),
     )
+
+
+def call_timeout(seconds: float) -> httpx.Timeout:
+    """A call's time limit, with the connection's own short limit inside it: a vendor
+    host that is down fails within seconds and the next candidate is tried, instead of
+    the whole deadline being spent waiting on a connect."""
+    return httpx.Timeout(seconds, connect=min(CONNECT_TIMEOUT_S, seconds))
+
+
+def _timed(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with a plain-seconds ``timeout`` made a ``call_timeout``: given as a
+    number, httpx would apply it to the connect too, replacing the client's limit."""
+    if isinstance(kwargs.get("timeout"), int | float):
+        kwargs["timeout"] = call_timeout(kwargs["timeout"])
+    return kwargs
 
 
 async def send(
@@ -71,7 +88,7 @@ async def send(
 ) -> httpx.Response:
     """Send one request; any failure comes back as an error-tree exception."""
     try:
-        resp = await client.request(method, url, **kwargs)
+        resp = await client.request(method, url, **_timed(kwargs))
     except _TRANSPORT_ERRORS as exc:
         raise transport_error(exc, vendor) from None
     if resp.status_code >= 400:
@@ -94,7 +111,7 @@ async def open_stream(
     """A streamed response, its status already checked; transport failures while
     reading it (a dropped connection mid-answer) also surface as error-tree exceptions."""
     try:
-        async with client.stream(method, url, **kwargs) as resp:
+        async with client.stream(method, url, **_timed(kwargs)) as resp:
             if resp.status_code >= 400:
                 await resp.aread()
                 raise status_error(resp, vendor)
@@ -136,11 +153,16 @@ def transport_error(exc: Exception, vendor: str) -> RelayError:
 
 def status_error(resp: httpx.Response, vendor: str) -> RelayError:
     """The error-tree exception for a vendor's error status (the body must be read)."""
-    text = _redact(_vendor_message(resp), resp)[:_MAX_MESSAGE]  # cut after: no key halves
-    message = f"HTTP {resp.status_code}: {text}"
-    return error_for_status(
-        resp.status_code, f"{vendor}: {message}", retry_after=retry_after(resp.headers)
-    )
+    said, code, param = _vendor_error(resp)
+    text = _redact(said, resp)[:_MAX_MESSAGE]  # cut after: no key halves
+    message = f"{vendor}: HTTP {resp.status_code}: {text}"
+    err = error_for_status(resp.status_code, message, retry_after=retry_after(resp.headers))
+    if isinstance(err, VendorBadRequest):
+        # The vendor's own code where clients branch on it, and the field it blamed.
+        if code == ContentFiltered.code:
+            err = ContentFiltered(message)
+        err.param = param
+    return err
 
 
 def redact(text: str, secret: str) -> str:
@@ -193,21 +215,25 @@ def retry_after(headers: httpx.Headers) -> float | None:
         return None
 
 
-def _vendor_message(resp: httpx.Response) -> str:
-    # OpenAI and Azure: {"error": {"message": ...}}; Anthropic: {"type": "error",
-    # "error": {"type": ..., "message": ...}}; Ollama: {"error": "..."}.
+def _vendor_error(resp: httpx.Response) -> tuple[str, str | None, str | None]:
+    """What the vendor said, with its error code and the parameter it blamed, if any.
+    OpenAI and Azure: {"error": {"message", "code", "param"}}; Anthropic: {"type":
+    "error", "error": {"type", "message"}}; Ollama: {"error": "..."}."""
     try:
         body = json.loads(resp.content)
     except ValueError:
         body = None
     error = body.get("error") if isinstance(body, dict) else None
+    code = param = None
     if isinstance(error, dict) and error.get("message"):
         text = str(error["message"])
+        code = error["code"] if isinstance(error.get("code"), str) else None
+        param = error["param"] if isinstance(error.get("param"), str) else None
     elif isinstance(error, str) and error:
         text = error
     else:
         text = resp.text.strip() or resp.reason_phrase
-    return text
+    return text, code, param
 
 
 def _redact(text: str, resp: httpx.Response) -> str:

@@ -12,7 +12,8 @@ import base64
 import json
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -20,9 +21,9 @@ import httpx
 from agents.adapters.base import StreamItem, VendorCall, VendorResult
 from agents.adapters.http import json_body, open_stream, send
 from schemas.config import VendorConfig
-from schemas.errors import BadRequest, VendorUnavailable
+from schemas.errors import BadRequest, VendorBadRequest, VendorUnavailable, VendorUnsupported
 from schemas.formats.anthropic import without_cache_control
-from schemas.formats.openai import new_id, one_plain_choice, reasoning_effort
+from schemas.formats.openai import new_id, one_plain_choice, parse_arguments, reasoning_effort
 from schemas.usage import Usage
 
 # OpenAI's reasoning_effort -> Ollama's think: a level, which models with levels (gpt-oss)
@@ -63,15 +64,16 @@ class OllamaAdapter:
 
     async def chat(self, call: VendorCall) -> VendorResult:
         """One non-streamed chat answer as a ``chat.completion``."""
-        resp = await send(
-            self.client,
-            "POST",
-            f"{self.base}/api/chat",
-            vendor=self.kind,
-            json=chat_request(call.body, call.model, stream=False),
-            headers=self.headers(call.api_key),
-            timeout=call.timeout_s,
-        )
+        with _model_limits():
+            resp = await send(
+                self.client,
+                "POST",
+                f"{self.base}/api/chat",
+                vendor=self.kind,
+                json=chat_request(call.body, call.model, stream=False),
+                headers=self.headers(call.api_key),
+                timeout=call.timeout_s,
+            )
         data = json_body(resp, self.kind)
         _raise_if_error(data)
         message = data.get("message") or {}
@@ -113,55 +115,67 @@ class OllamaAdapter:
             return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
         tools_seen = 0
-        async with open_stream(
-            self.client,
-            "POST",
-            f"{self.base}/api/chat",
-            vendor=self.kind,
-            json=chat_request(call.body, call.model, stream=True),
-            headers=self.headers(call.api_key),
-            timeout=call.timeout_s,
-        ) as resp:
-            # Only once the vendor has said yes: until a chunk is out, the relay may
-            # still fall back to another vendor.
-            yield chunk({"role": "assistant", "content": ""})
-            async for line in resp.aiter_lines():
-                if not line.strip():
-                    continue
-                try:
-                    data = json.loads(line)
-                except ValueError:
-                    raise VendorUnavailable("ollama: stream sent a line that is not JSON") from None
-                _raise_if_error(data)
-                message = data.get("message") or {}
-                if reasoning := _reasoning(message):
-                    yield chunk(reasoning)
-                if message.get("content"):
-                    yield chunk({"content": message["content"]})
-                # Ollama sends each tool call whole, so id, name and arguments go at once.
-                for call_ in _tool_calls(message):
-                    yield chunk({"tool_calls": [{"index": tools_seen, **call_}]})
-                    tools_seen += 1
-                if data.get("done"):
-                    yield chunk({}, _finish_reason(data, tools_seen > 0))
-                    yield _usage(data)
-                    return
+        started = False
+        with _model_limits():
+            async with open_stream(
+                self.client,
+                "POST",
+                f"{self.base}/api/chat",
+                vendor=self.kind,
+                json=chat_request(call.body, call.model, stream=True),
+                headers=self.headers(call.api_key),
+                timeout=call.timeout_s,
+            ) as resp:
+                async for line in resp.aiter_lines():
+                    if not line.strip():
+                        continue
+                    try:
+                        data = json.loads(line)
+                    except ValueError:
+                        raise VendorUnavailable(
+                            "ollama: stream sent a line that is not JSON"
+                        ) from None
+                    _raise_if_error(data)
+                    if not started:
+                        # Only once the vendor has answered with something: until a chunk
+                        # is out, the relay may still fall back to another vendor (an error
+                        # as the first line is as good as an error status).
+                        yield chunk({"role": "assistant", "content": ""})
+                        started = True
+                    message = data.get("message") or {}
+                    if reasoning := _reasoning(message):
+                        yield chunk(reasoning)
+                    if message.get("content"):
+                        yield chunk({"content": message["content"]})
+                    # Ollama sends each tool call whole, so id, name and arguments go at once.
+                    for call_ in _tool_calls(message):
+                        yield chunk({"tool_calls": [{"index": tools_seen, **call_}]})
+                        tools_seen += 1
+                    if data.get("done"):
+                        yield chunk({}, _finish_reason(data, tools_seen > 0))
+                        yield _usage(data)
+                        return
         raise VendorUnavailable("ollama: stream ended before done")
 
     async def embed(self, call: VendorCall) -> VendorResult:
         """Embeddings via ``/api/embed``, answered as an OpenAI embeddings list."""
-        body: dict[str, Any] = {"model": call.model, "input": call.body.get("input", "")}
+        given = call.body.get("input", "")
+        if not isinstance(given, str) and not all(isinstance(i, str) for i in given):
+            # /api/embed takes text only; a vendor that takes token ids may be next.
+            raise VendorUnsupported("ollama: embeddings of token ids are not supported (`input`)")
+        body: dict[str, Any] = {"model": call.model, "input": given}
         if call.body.get("dimensions"):
             body["dimensions"] = call.body["dimensions"]
-        resp = await send(
-            self.client,
-            "POST",
-            f"{self.base}/api/embed",
-            vendor=self.kind,
-            json=body,
-            headers=self.headers(call.api_key),
-            timeout=call.timeout_s,
-        )
+        with _model_limits():
+            resp = await send(
+                self.client,
+                "POST",
+                f"{self.base}/api/embed",
+                vendor=self.kind,
+                json=body,
+                headers=self.headers(call.api_key),
+                timeout=call.timeout_s,
+            )
         data = json_body(resp, self.kind)
         _raise_if_error(data)
         usage = Usage(input_tokens=int(data.get("prompt_eval_count") or 0))
@@ -235,15 +249,9 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _arguments(fn: dict[str, Any]) -> Any:
+def _arguments(fn: dict[str, Any]) -> dict[str, Any]:
     # Ollama wants the arguments as an object; a model's malformed JSON becomes {}.
-    raw = fn.get("arguments") or "{}"
-    if not isinstance(raw, str):
-        return raw
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return {}
+    return parse_arguments(fn.get("arguments"))
 
 
 def _content(content: Any, i: int) -> tuple[str, list[str]]:
@@ -266,8 +274,11 @@ def _content(content: Any, i: int) -> tuple[str, list[str]]:
                 raise BadRequest(f"messages.{i}.content.{j}.image_url: needs a `url`")
             header, _, data = url.partition(",")
             if not (url.startswith("data:") and ";base64" in header and data):
-                # Ollama cannot fetch URLs: it only takes the image bytes themselves.
-                raise BadRequest(f"messages.{i}.content.{j}: ollama needs base64 data: URLs")
+                # Ollama cannot fetch URLs: it only takes the image bytes themselves (a
+                # vendor that fetches them may be the next candidate).
+                raise VendorUnsupported(
+                    f"messages.{i}.content.{j}: ollama needs base64 data: URLs, not links"
+                )
             images.append(data)
         else:
             kind = part.get("type")
@@ -280,9 +291,9 @@ def _tool_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
     calls = []
     for call in message.get("tool_calls") or []:
         fn = call.get("function") or {}
-        arguments = fn.get("arguments", {})
+        arguments = fn.get("arguments")
         if not isinstance(arguments, str):
-            arguments = json.dumps(arguments)
+            arguments = json.dumps(arguments if isinstance(arguments, dict) else {})
         calls.append(
             {
                 "id": call.get("id") or new_id("call_"),
@@ -316,6 +327,18 @@ def _usage(data: dict[str, Any]) -> Usage:
         input_tokens=int(data.get("prompt_eval_count") or 0),
         output_tokens=int(data.get("eval_count") or 0),
     )
+
+
+@contextmanager
+def _model_limits() -> Iterator[None]:
+    """Ollama answers 400 "<model> does not support tools" (or thinking, or insert) for
+    what one local model lacks: that candidate cannot serve the request, another may."""
+    try:
+        yield
+    except VendorBadRequest as err:
+        if "does not support" not in err.message:
+            raise
+        raise VendorUnsupported(err.message) from None
 
 
 def _raise_if_error(data: Any) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from agents.adapters import AzureOpenAIAdapter, VendorCall
 from schemas.config import VendorConfig
-from schemas.errors import VendorAuthFailed, VendorRateLimited
+from schemas.errors import ContentFiltered, VendorAuthFailed, VendorRateLimited
 from schemas.usage import Usage
 
 BASE = "https://myres.openai.azure.com"
@@ -37,8 +37,8 @@ ANSWER = {
 }
 
 
-def adapter_for(handler, api_version: str | None = None) -> AzureOpenAIAdapter:
-    config = VendorConfig(kind="azure", base_url=BASE + "/", api_version=api_version)
+def adapter_for(handler, api_version: str | None = None, base: str = BASE) -> AzureOpenAIAdapter:
+    config = VendorConfig(kind="azure", base_url=base + "/", api_version=api_version)
     return AzureOpenAIAdapter(config, httpx.AsyncClient(transport=httpx.MockTransport(handler)))
 
 
@@ -175,3 +175,50 @@ async def test_auth_error_never_echoes_the_api_key():
     with pytest.raises(VendorAuthFailed) as err:
         await adapter_for(handler).chat(call())
     assert KEY not in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("version", "base", "query"),
+    [("v1", BASE, ""), (None, BASE + "/openai/v1", ""), ("preview", BASE, "?api-version=preview")],
+)
+async def test_the_v1_api_takes_openai_paths_and_the_deployment_in_the_body(version, base, query):
+    seen, handler = recorder(
+        httpx.Response(200, json=ANSWER),
+        httpx.Response(200, json={"id": "file-1", "purpose": "batch"}),
+        httpx.Response(200, json={"id": "batch_az", "status": "validating"}),
+    )
+    adapter = adapter_for(handler, version, base)
+    await adapter.chat(call())
+    await adapter.submit_batch([("r1", call())], KEY)
+
+    chat, upload, create = seen
+    assert str(chat.url) == f"{BASE}/openai/v1/chat/completions{query}"
+    assert json.loads(chat.content)["model"] == "gpt4o-prod"
+    assert chat.headers["api-key"] == KEY
+    assert str(upload.url) == f"{BASE}/openai/v1/files{query}"
+    assert str(create.url) == f"{BASE}/openai/v1/batches{query}"
+
+
+async def test_a_content_filter_refusal_keeps_its_code_and_the_field_it_blamed():
+    """Clients branch on Azure's ``content_filter`` code: it is not folded into a 400."""
+    refusal = {
+        "error": {
+            "message": "The response was filtered due to the prompt triggering Azure "
+            "OpenAI's content management policy.",
+            "type": None,
+            "param": "prompt",
+            "code": "content_filter",
+            "status": 400,
+            "innererror": {"code": "ResponsibleAIPolicyViolation"},
+        }
+    }
+    _, handler = recorder(httpx.Response(400, json=refusal))
+    with pytest.raises(ContentFiltered) as err:
+        await adapter_for(handler).chat(call())
+    body = err.value.openai_body()["error"]
+    assert (body["code"], body["param"], body["type"]) == (
+        "content_filter",
+        "prompt",
+        "invalid_request_error",
+    )
+    assert err.value.status == 400 and not err.value.retryable

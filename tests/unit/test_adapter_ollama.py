@@ -11,7 +11,13 @@ import pytest
 from agents.adapters import OllamaAdapter, VendorCall
 from agents.adapters.ollama import chat_request
 from schemas.config import VendorConfig
-from schemas.errors import BadRequest, VendorNotFound, VendorUnavailable
+from schemas.errors import (
+    BadRequest,
+    VendorBadRequest,
+    VendorNotFound,
+    VendorUnavailable,
+    VendorUnsupported,
+)
 from schemas.formats.openai import assemble_chunks
 from schemas.usage import Usage
 
@@ -194,10 +200,91 @@ async def test_stream_turns_ndjson_into_chunks_then_usage():
     assert message["content"] == "Let me check."
 
 
-async def test_stream_error_line_raises():
+async def test_stream_error_line_raises_before_any_chunk_is_out():
+    """An error as the first line is as good as an error status: nothing has reached the
+    client, so the dispatcher may still try the next candidate."""
     _, handler = recorder(httpx.Response(200, content=ndjson({"error": "out of memory"})))
+    got: list = []
     with pytest.raises(VendorUnavailable, match="ollama: out of memory"):
-        _ = [item async for item in adapter_for(handler).stream(call())]
+        async for item in adapter_for(handler).stream(call()):
+            got.append(item)
+    assert got == []
+
+
+async def test_stream_error_line_after_content_raises_after_what_was_said():
+    said = {"model": "m", "message": {"role": "assistant", "content": "Hi"}, "done": False}
+    stream = ndjson(said, {"error": "runner crashed"})
+    _, handler = recorder(httpx.Response(200, content=stream))
+    got: list = []
+    with pytest.raises(VendorUnavailable, match="runner crashed"):
+        async for item in adapter_for(handler).stream(call()):
+            got.append(item)
+    assert [c["choices"][0]["delta"] for c in got] == [
+        {"role": "assistant", "content": ""},
+        {"content": "Hi"},
+    ]
+
+
+@pytest.mark.parametrize("what", ["tools", "thinking"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_model_without_a_capability_is_unsupported_not_a_bad_request(what, stream):
+    """Ollama's 400 "<model> does not support tools" is this candidate's limit, not the
+    client's mistake: the next candidate is tried and this one's health is untouched."""
+    error = {"error": f"registry.ollama.ai/library/gemma:2b does not support {what}"}
+    _, handler = recorder(httpx.Response(400, json=error))
+    adapter = adapter_for(handler)
+    with pytest.raises(VendorUnsupported, match=f"does not support {what}") as err:
+        if stream:
+            _ = [item async for item in adapter.stream(call())]
+        else:
+            await adapter.chat(call())
+    assert err.value.retryable and err.value.status == 400
+
+
+async def test_any_other_400_stays_the_clients_fault():
+    _, handler = recorder(httpx.Response(400, json={"error": "invalid message format"}))
+    with pytest.raises(VendorBadRequest) as err:
+        await adapter_for(handler).chat(call())
+    assert not err.value.retryable
+
+
+async def test_tool_call_arguments_are_always_an_object_both_ways():
+    message = {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"function": {"name": "a", "arguments": None}},
+            {"function": {"name": "b", "arguments": [1, 2]}},
+        ],
+    }
+    _, handler = recorder(httpx.Response(200, json=final(message=message)))
+    answer = (await adapter_for(handler).chat(call())).body
+    calls = answer["choices"][0]["message"]["tool_calls"]
+    assert [c["function"]["arguments"] for c in calls] == ["{}", "{}"]
+    history = {
+        "messages": [
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "b", "arguments": "[1, 2]"},
+                    }
+                ],
+            }
+        ]
+    }
+    sent = chat_request(history, "m", stream=False)
+    assert sent["messages"][0]["tool_calls"][0]["function"]["arguments"] == {}
+
+
+async def test_token_id_embeddings_are_unsupported_before_sending():
+    seen, handler = recorder()
+    body = {"input": [[101, 2023, 102]]}
+    with pytest.raises(VendorUnsupported, match="`input`"):
+        await adapter_for(handler).embed(call(body))
+    assert seen == []
 
 
 async def test_stream_cut_before_done_raises():
@@ -227,8 +314,10 @@ async def test_connection_refused_is_vendor_unavailable():
 async def test_image_by_url_is_refused_before_sending():
     _, handler = recorder()
     part = {"type": "image_url", "image_url": {"url": "https://x.test/cat.png"}}
-    with pytest.raises(BadRequest, match="data: URLs"):
+    with pytest.raises(VendorUnsupported, match="data: URLs") as err:
         await adapter_for(handler).chat(call({"messages": [{"role": "user", "content": [part]}]}))
+    # A candidate that fetches URLs may take it; last of all the client hears why.
+    assert err.value.retryable and err.value.status == 400
 
 
 async def test_json_schema_response_format_becomes_format_schema():

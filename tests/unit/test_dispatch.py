@@ -99,7 +99,7 @@ def real_vendors(**answers: Any) -> tuple[Dispatcher, list[HealthEvent]]:
         return answers[request.url.host.split(".")[0]]  # type: ignore[no-any-return]
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(route))
-    kinds = {"anthropic": "anthropic", "openai": "openai", "backup": "openai"}
+    kinds = {"anthropic": "anthropic", "openai": "openai", "backup": "openai", "ollama": "ollama"}
     adapters = {
         name: make_adapter(VendorConfig(kind=kinds[name], base_url=f"http://{name}.test/v1"), http)  # type: ignore[arg-type]
         for name in answers
@@ -154,6 +154,38 @@ async def test_an_unreadable_answer_is_the_vendor_s_failure_and_the_next_one_ans
     out = await dispatch.run(env, plan, None)
     assert out.error is None and out.candidate == plan[1]
     assert [(e.vendor, e.ok) for e in seen] == [("openai", False), ("backup", True)]
+
+
+async def test_a_model_without_tools_passes_the_request_on_and_stays_healthy() -> None:
+    import httpx
+
+    from tables.health import BreakerPolicy, Health, record
+
+    refusal = {"error": "registry.ollama.ai/library/gemma:2b does not support tools"}
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}
+    dispatch, seen = real_vendors(
+        ollama=httpx.Response(400, json=refusal), backup=httpx.Response(200, json=body)
+    )
+    plan = [Candidate(vendor="ollama", model="gemma:2b"), Candidate(vendor="backup", model="m")]
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    env = request_envelope(
+        deadline_ms=int((time.time() + 5) * 1000),
+        body={"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": tools},
+    )
+    out = await dispatch.run(env, plan, None)
+    assert out.error is None and out.candidate == plan[1]
+    refused = seen[0]
+    assert (refused.vendor, refused.error_code) == ("ollama", "vendor_unsupported")
+    health = Health()
+    for _ in range(10):
+        health = record(health, refused, BreakerPolicy(), time.time())
+    assert health.state == "closed" and health.fail == 0
+
+    # With nobody else to ask, the client hears the model's limit as a 400.
+    dispatch, _ = real_vendors(ollama=httpx.Response(400, json=refusal))
+    out = await dispatch.run(env, plan[:1], None)
+    assert out.error is not None and out.error.status == 400
+    assert "does not support tools" in out.error.message
 
 
 class BreaksMidStream:

@@ -9,7 +9,13 @@ import pytest
 
 from schemas.config import Candidate
 from schemas.envelope import HealthEvent
-from schemas.errors import VendorBadRequest, VendorRateLimited, VendorUnavailable
+from schemas.errors import (
+    ContentFiltered,
+    VendorBadRequest,
+    VendorRateLimited,
+    VendorUnavailable,
+    VendorUnsupported,
+)
 from tables.health import (
     BreakerPolicy,
     Health,
@@ -185,8 +191,11 @@ def test_retry_after_on_a_5xx_also_holds_calls_back() -> None:
     assert available_at(h, POLICY) == T0 + 5.0
 
 
-def test_client_faults_do_not_touch_the_breaker() -> None:
-    h = feed(Health(), [fail(VendorBadRequest.code)] * 20, T0)
+@pytest.mark.parametrize(
+    "code", [VendorBadRequest.code, ContentFiltered.code, VendorUnsupported.code]
+)
+def test_client_faults_do_not_touch_the_breaker(code: str) -> None:
+    h = feed(Health(), [fail(code)] * 20, T0)
     assert h.state == "closed"
     assert h.calls == 20 and h.fail == 0 and h.consecutive_failures == 0
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 from aiohttp import web
 
-from agents.adapters.http import vendor_client
+from agents.adapters.http import open_stream, send, vendor_client
 
 
 @pytest.fixture
@@ -47,3 +48,25 @@ async def test_a_cookie_set_by_a_vendor_is_never_sent_on_a_later_call(
         await client.aclose()
     assert seen == [None, None, None]
     assert not list(client.cookies.jar)
+
+
+@pytest.mark.parametrize(("given", "connect"), [(60.0, 5.0), (2.0, 2.0)])
+async def test_a_calls_time_limit_keeps_the_short_connect_limit_inside_it(
+    given: float, connect: float
+) -> None:
+    """A call's own timeout (its remaining deadline) must not stretch the connect limit:
+    a vendor host that is down fails in seconds, and the next candidate gets the rest."""
+    seen: list[dict[str, float]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"])
+        return httpx.Response(200, json={"ok": True})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        await send(client, "POST", "http://vendor.test/v1/x", vendor="v", timeout=given)
+        async with open_stream(
+            client, "POST", "http://vendor.test/v1/x", vendor="v", timeout=given
+        ):
+            pass
+    limits = {"connect": connect, "read": given, "write": given, "pool": given}
+    assert seen == [limits, limits]
