@@ -23,6 +23,10 @@ _OPENAI_ENDPOINTS: dict[str, Callable[[Sim, dict[str, Any]], dict[str, Any]]] = 
     "/v1/chat/completions": openai_routes.chat_result,
     "/v1/completions": openai_routes.completions_result,
     "/v1/embeddings": openai_routes.embeddings_result,
+    # Azure's batch lines name the paths without /v1.
+    "/chat/completions": openai_routes.chat_result,
+    "/completions": openai_routes.completions_result,
+    "/embeddings": openai_routes.embeddings_result,
 }
 
 
@@ -59,12 +63,16 @@ def _store_file(sim: Sim, data: bytes, filename: str, purpose: str) -> dict[str,
 
 
 def _openai_auth(request: Request) -> Response | None:
-    if _sim(request).authorized(bearer(request)):
+    """OpenAI's bearer key, or Azure's ``api-key`` header on Azure's ``/openai/…`` paths."""
+    azure = request.url.path.startswith("/openai/")
+    if _sim(request).authorized(request.headers.get("api-key") if azure else bearer(request)):
         return None
     return openai_routes.error(401, "Incorrect API key provided.", code="invalid_api_key")
 
 
 @router.post("/v1/files")
+@router.post("/openai/files")  # Azure
+@router.post("/openai/v1/files")  # Azure v1 API
 async def upload_file(request: Request) -> Response:
     """Upload a file (multipart ``file`` + ``purpose``)."""
     if (rejected := _openai_auth(request)) is not None:
@@ -79,6 +87,8 @@ async def upload_file(request: Request) -> Response:
 
 
 @router.get("/v1/files/{file_id}")
+@router.get("/openai/files/{file_id}")  # Azure
+@router.get("/openai/v1/files/{file_id}")  # Azure v1 API
 async def get_file(file_id: str, request: Request) -> Response:
     """File metadata."""
     if (rejected := _openai_auth(request)) is not None:
@@ -90,6 +100,8 @@ async def get_file(file_id: str, request: Request) -> Response:
 
 
 @router.get("/v1/files/{file_id}/content")
+@router.get("/openai/files/{file_id}/content")  # Azure
+@router.get("/openai/v1/files/{file_id}/content")  # Azure v1 API
 async def file_content(file_id: str, request: Request) -> Response:
     """Raw file bytes (batch input, output or error JSONL)."""
     if (rejected := _openai_auth(request)) is not None:
@@ -132,6 +144,8 @@ def _openai_item(sim: Sim, endpoint: str, raw: bytes) -> tuple[dict[str, Any], b
 
 
 @router.post("/v1/batches")
+@router.post("/openai/batches")  # Azure
+@router.post("/openai/v1/batches")  # Azure v1 API
 async def create_batch(request: Request) -> Response:
     """Create a batch; every line is answered now and revealed once the job 'completes'."""
     if (rejected := _openai_auth(request)) is not None:
@@ -224,6 +238,8 @@ def _openai_job(request: Request, batch_id: str) -> tuple[Sim, dict[str, Any] | 
 
 
 @router.get("/v1/batches/{batch_id}")
+@router.get("/openai/batches/{batch_id}")  # Azure
+@router.get("/openai/v1/batches/{batch_id}")  # Azure v1 API
 async def get_batch(batch_id: str, request: Request) -> Response:
     """Batch status: ``in_progress`` until the delay passes, then ``completed``."""
     sim, rec = _openai_job(request, batch_id)
@@ -233,6 +249,8 @@ async def get_batch(batch_id: str, request: Request) -> Response:
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
+@router.post("/openai/batches/{batch_id}/cancel")  # Azure
+@router.post("/openai/v1/batches/{batch_id}/cancel")  # Azure v1 API
 async def cancel_batch(batch_id: str, request: Request) -> Response:
     """Cancel a batch that has not completed yet."""
     sim, rec = _openai_job(request, batch_id)

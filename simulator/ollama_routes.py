@@ -18,6 +18,7 @@ from simulator.text import (
     compose,
     digest,
     embedding,
+    in_json_mode,
     input_tokens,
     text_tokens,
 )
@@ -116,6 +117,15 @@ def _lines(model: str, answer: Answer, prompt_tokens: int, thinking: str) -> lis
     return [orjson.dumps(x) + b"\n" for x in [*lines, final]]
 
 
+def _format(fmt: Any) -> dict[str, Any] | None:
+    """Ollama's ``format`` ("json", or a JSON schema) as OpenAI's response_format."""
+    if fmt == "json":
+        return {"type": "json_object"}
+    if isinstance(fmt, dict):
+        return {"type": "json_schema", "json_schema": {"schema": fmt}}
+    return None
+
+
 @router.post("/api/chat")
 async def chat(request: Request) -> Response:
     """Ollama chat; ``stream`` defaults to true, streaming NDJSON lines."""
@@ -131,7 +141,7 @@ async def chat(request: Request) -> Response:
         thinking = _thinking(body, prompt)
     except BadRequest as exc:
         return error(400, exc.message)
-    answer = compose(model, prompt, _max_tokens(body))
+    answer = in_json_mode(compose(model, prompt, _max_tokens(body)), _format(body.get("format")))
     fault = await sim.admit(request, model, "ollama.chat")
     if fault:
         return error(int(fault), _FAULT_MESSAGES[fault])

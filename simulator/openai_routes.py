@@ -348,11 +348,11 @@ def embeddings_result(sim: Sim, body: dict[str, Any], model: str | None = None) 
 async def _handle(request: Request, kind: str, deployment: str | None = None) -> Response:
     """Shared flow: auth, parse, validate, count + faults, latency, answer."""
     sim: Sim = request.app.state.sim
-    azure = deployment is not None
+    azure = deployment is not None or request.url.path.startswith("/openai/v1/")
     supplied = request.headers.get("api-key") if azure else bearer(request)
     if not sim.authorized(supplied):
         return error(401, "Incorrect API key provided.", code="invalid_api_key")
-    if azure and not request.query_params.get("api-version"):
+    if deployment is not None and not request.query_params.get("api-version"):
         return error(400, "Missing required query parameter 'api-version'.", param="api-version")
     body = await read_json(request)
     if body is None:
@@ -389,18 +389,21 @@ async def _handle(request: Request, kind: str, deployment: str | None = None) ->
 
 
 @router.post("/v1/chat/completions")
+@router.post("/openai/v1/chat/completions")  # Azure's v1 API: the deployment in `model`
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions (also what Ollama's OpenAI-compatible API serves)."""
     return await _handle(request, "chat")
 
 
 @router.post("/v1/completions")
+@router.post("/openai/v1/completions")
 async def completions(request: Request) -> Response:
     """Legacy completions; a list of prompts gets one choice per prompt."""
     return await _handle(request, "completions")
 
 
 @router.post("/v1/embeddings")
+@router.post("/openai/v1/embeddings")
 async def embeddings(request: Request) -> Response:
     """Embeddings for a string or a list of inputs."""
     return await _handle(request, "embeddings")

@@ -284,6 +284,36 @@ async def test_azure_paths_and_api_version(app: Any, sim: httpx.AsyncClient) -> 
     assert stats["by_endpoint"] == {"azure.chat": 1, "azure.embeddings": 1}
 
 
+@pytest.mark.parametrize("version", ["2024-10-21", "v1"])
+async def test_the_azure_adapter_chats_and_batches_on_the_simulator(app: Any, version: str) -> None:
+    """Azure's dated paths (deployments, resource-level files and batches) and its v1 API
+    (``/openai/v1/…``, deployment in the body), both with the ``api-key`` header."""
+    from agents.adapters import AzureOpenAIAdapter, VendorCall
+    from schemas.config import VendorConfig
+
+    config = VendorConfig(kind="azure", base_url="http://sim", api_version=version)
+    adapter = AzureOpenAIAdapter(config, raw_client(app))
+    body = {"model": "alias", "messages": user("hello azure")}
+    answer = await adapter.chat(VendorCall(model="my-deploy", body=body, api_key="x"))
+    assert answer.body["model"] == "my-deploy" and answer.usage.output_tokens > 0
+    batch_id = await adapter.submit_batch([("r1", VendorCall("my-deploy", body, "x"))], "x")
+    results = await adapter.poll_batch(batch_id, "x")
+    assert results is not None and set(results) == {"r1"}
+    line = results["r1"]
+    assert not isinstance(line, Exception)
+    assert line.body["choices"][0]["message"] == answer.body["choices"][0]["message"]
+    stats = (await raw_client(app).get("/stats")).json()
+    assert stats["batches"] == 1 and stats["by_endpoint"]["azure.chat"] == 1
+
+
+async def test_ollama_format_answers_json(sim: httpx.AsyncClient) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    for fmt, keys in (("json", {"answer"}), (schema, {"n"})):
+        body = {"model": "llama3.2", "messages": user("count"), "format": fmt, "stream": False}
+        text = (await sim.post("/api/chat", json=body)).json()["message"]["content"]
+        assert set(json.loads(text)) == keys
+
+
 # ---- Anthropic ------------------------------------------------------------------------------
 
 
