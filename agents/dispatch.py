@@ -67,6 +67,15 @@ class Outcome:
     cached: bool = False  # answered from L2 on the worker, no vendor call
 
 
+@dataclass
+class Progress:
+    """How far a streamed answer got, kept by the caller of ``run``: should the call be
+    cancelled (the worker stopping), the ledger still says who streamed how much."""
+
+    candidate: Candidate | None = None
+    chars: int = 0  # characters of answer forwarded
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -96,6 +105,7 @@ class Dispatcher:
         *,
         vendor_wait_s: float | None = None,
         admit_tenant: bool = True,
+        progress: Progress | None = None,
     ) -> Outcome:
         """Try the plan (up to ``max_rounds`` passes) before the envelope's deadline.
 
@@ -112,12 +122,13 @@ class Dispatcher:
         if admit_tenant:  # once per request, not again when the handler re-plans it
             await self._admit(env, [f"tenant:{env.tenant}"], [f"tenant-tpm:{env.tenant}"])
 
-        streamed = 0  # characters of answer forwarded, for a stream cut short
+        streamed = progress if progress is not None else Progress()
 
         async def forward(chunk: dict[str, Any]) -> None:
-            nonlocal sent_any, streamed
+            nonlocal sent_any
             sent_any = True
-            streamed += answer_chars(chunk)
+            streamed.candidate = cand  # the candidate being tried (the loop's, below)
+            streamed.chars += answer_chars(chunk)
             if on_chunk is not None:
                 await on_chunk(chunk)
 
@@ -144,7 +155,8 @@ class Dispatcher:
                     if not err.retryable or sent_any:
                         out.error = err
                         if sent_any:  # the vendor bills what it streamed before it broke
-                            out.candidate, out.usage = cand, Usage.estimated(env.body, streamed)
+                            out.candidate = cand
+                            out.usage = Usage.estimated(env.body, streamed.chars)
                         return out
                     continue
                 out.candidate, out.body, out.usage = cand, result.body, result.usage

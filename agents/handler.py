@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from agents.adapters.base import VendorResult
 from agents.batch_lane import BatchLane
-from agents.dispatch import Dispatcher, Outcome
+from agents.dispatch import Dispatcher, Outcome, Progress
 from agents.flights import Flight, Flights, Waiter
 from agents.meter import usage_event
 from agents.route import Router
@@ -28,7 +28,7 @@ from schemas.envelope import (
     RequestEnvelope,
     UsageEvent,
 )
-from schemas.errors import BudgetExceeded, DeadlineExceeded, RateLimited, RelayError
+from schemas.errors import BudgetExceeded, DeadlineExceeded, NoWorker, RateLimited, RelayError
 from schemas.formats.openai import assemble_chunks, response_to_chunks
 from schemas.usage import Usage
 from tables.budgets import BudgetDecision
@@ -97,13 +97,24 @@ class RequestHandler:
         if not waiter.leader:
             await self._catch_up(flight, waiter)
             return
+        progress = Progress()
+        stopping = False
         try:
-            outcome = await self._from_cache(env) or await self._fly(flight, env)
+            outcome = await self._from_cache(env) or await self._fly(flight, env, progress)
         except RelayError as err:
             outcome = Outcome(error=err)
         except Exception as exc:  # a bug must still answer every waiter, never hang them
             log.exception("request %s failed inside the worker", env.correlation_id)
             outcome = Outcome(error=RelayError(f"internal error: {type(exc).__name__}"))
+        except asyncio.CancelledError:
+            # The worker is stopping with this call unfinished: every waiter hears so now
+            # rather than at its deadline, and the ledger gets the line (with what a
+            # stream sent before it was cut, which the vendor bills).
+            stopping = True
+            outcome = Outcome(error=NoWorker("the worker stopped before the answer; try again"))
+            if progress.candidate is not None:
+                outcome.candidate = progress.candidate
+                outcome.usage = Usage.estimated(env.body, progress.chars)
         flight.cached = outcome.cached
         storing: asyncio.Future[None] | None = None
         if outcome.error is None and not outcome.cached:
@@ -119,6 +130,8 @@ class RequestHandler:
         finally:  # whatever failed, the flight closes and nobody who joined it hangs
             self.flights.land(flight)
             await self._land(flight, outcome)  # those who joined meanwhile
+        if stopping:
+            raise asyncio.CancelledError
 
     async def refuse(self, env: RequestEnvelope, err: RelayError) -> None:
         """Answer ``env`` with ``err`` without any vendor call; metered as failed."""
@@ -249,7 +262,7 @@ class RequestHandler:
             await self.sink.reply(env.reply_to, ReplyEvent.final(env, line, body))
         await self.sink.usage(line)
 
-    async def _fly(self, flight: Flight, env: RequestEnvelope) -> Outcome:
+    async def _fly(self, flight: Flight, env: RequestEnvelope, progress: Progress) -> Outcome:
         plan = self.router.plan(
             env.alias, time.time(), user=env.user, degraded=env.degraded is not None
         )
@@ -263,14 +276,18 @@ class RequestHandler:
         on_chunk = fan_out if env.stream else None
         patience = self.router.spec(env.alias).degrade_after_wait_ms
         wait_s = patience / 1000 if patience is not None and env.degraded is None else None
-        outcome = await self.dispatcher.run(env, plan, on_chunk, vendor_wait_s=wait_s)
+        outcome = await self.dispatcher.run(
+            env, plan, on_chunk, vendor_wait_s=wait_s, progress=progress
+        )
         if wait_s is not None and isinstance(outcome.error, RateLimited):
             # Sustained rate pressure: no candidate's rate limits let it through within
             # the alias's patience.  Route it as degraded (cheaper), flagged as such.
             flight.degraded = "rate_pressure"
             env = env.model_copy(update={"degraded": flight.degraded})
             plan = self.router.plan(env.alias, time.time(), user=env.user, degraded=True)
-            outcome = await self.dispatcher.run(env, plan, on_chunk, admit_tenant=False)
+            outcome = await self.dispatcher.run(
+                env, plan, on_chunk, admit_tenant=False, progress=progress
+            )
         if outcome.body is not None and env.endpoint == "chat":
             outcome.body["model"] = env.alias
         return outcome
@@ -329,12 +346,28 @@ class RequestHandler:
                 batched=out.batched,
                 degraded=flight.degraded_for(env),
             )
-            async with w.sending:  # every chunk out before the final
-                await self._deliver(flight, w)
-                body = None if env.stream else out.body
-                final = ReplyEvent.final(env, line, body, seq=w.sent + 1)
-                await self.sink.reply(env.reply_to, final)
+            try:
+                async with w.sending:  # every chunk out before the final
+                    await self._deliver(flight, w)
+                    body = None if env.stream else out.body
+                    final = ReplyEvent.final(env, line, body, seq=w.sent + 1)
+                    await self.sink.reply(env.reply_to, final)
+            except Exception as exc:
+                # An answer the broker will not carry (over its size limit, say) was paid
+                # for all the same: the waiter hears why at once, and the ledger its line.
+                log.warning("answer to %s not delivered: %r", env.correlation_id, exc)
+                await self._undelivered(env, exc)
             await self.sink.usage(line)
+
+    async def _undelivered(self, env: RequestEnvelope, exc: Exception) -> None:
+        """Tell a waiter its answer could not be passed back (the broker is the relay's
+        own: a 500); when even that fails, its gateway answers at the deadline."""
+        err = RelayError(f"the answer could not be passed back ({type(exc).__name__})")
+        error = ReplyEvent(correlation_id=env.correlation_id, kind="error", error=err.to_dict())
+        try:
+            await self.sink.reply(env.reply_to, error)
+        except Exception as again:
+            log.warning("no error reply to %s either: %r", env.correlation_id, again)
 
     def _store(self, flight: Flight, out: Outcome) -> asyncio.Future[None] | None:
         """Start storing the answer (as it stands now), or None when it is not cached."""

@@ -22,7 +22,7 @@ from gateway.audit import AUDIT_WINDOW_S, AuditTrail
 from schemas.envelope import AuditEvent, AuditKind, ReplyEvent, RequestEnvelope, UsageEvent
 from schemas.errors import NoHealthyVendor, RequestTooLarge
 from streams.codec import encode
-from streams.topics import Topics, ensure_topics
+from streams.topics import MAX_MESSAGE_BYTES, Topics, ensure_topics
 
 log = logging.getLogger("relay.gateway")
 # Ledger and audit lines wait up to this long to share a produce request.  The spend
@@ -52,7 +52,11 @@ class Bus:
         self.ephemeral = ephemeral
         self.reply_topic = topics.replies(instance).name
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, linger_ms=0, acks=1, request_timeout_ms=10000
+            bootstrap_servers=bootstrap,
+            linger_ms=0,
+            acks=1,
+            request_timeout_ms=10000,
+            max_request_size=MAX_MESSAGE_BYTES,
         )
         # Ledger lines are not on anyone's critical path: let them batch for a moment.
         self.ledger = AIOKafkaProducer(

@@ -9,6 +9,7 @@ id ``b/n``.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -42,6 +43,9 @@ def new_id(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex}"
 
 
+_INDEX = re.compile(r"[0-9]{1,9}")  # a line's place in its batch, ASCII digits
+
+
 def line_correlation(batch_id: str, index: int) -> str:
     return f"{batch_id}/{index}"
 
@@ -49,8 +53,8 @@ def line_correlation(batch_id: str, index: int) -> str:
 def parse_correlation(correlation_id: str) -> tuple[str, int] | None:
     """``(batch id, line index)`` of a batch line's correlation id, else None."""
     batch_id, sep, index = correlation_id.rpartition("/")
-    if not sep or not batch_id.startswith(("batch_", "msgbatch_")) or not index.isdigit():
-        return None
+    if not sep or not batch_id.startswith(("batch_", "msgbatch_")) or not _INDEX.fullmatch(index):
+        return None  # (str.isdigit would pass "²", which int() refuses)
     return batch_id, int(index)
 
 

@@ -162,6 +162,9 @@ class UsageEvent(BaseModel):
         return cls.for_request(env, status="error", error_code=code)
 
 
+DEAD_LETTER_BYTES = 64 * 1024  # of an unreadable message kept in its dead letter
+
+
 class DeadLetter(BaseModel):
     """A message a worker could not read, kept with where it came from."""
 
@@ -169,8 +172,29 @@ class DeadLetter(BaseModel):
     partition: int | None = None
     offset: int | None = None
     error: str
-    value: str = Field(description="the raw message, decoded as UTF-8 with replacement")
+    value: str = Field(
+        description="the raw message, decoded as UTF-8 with replacement; its first "
+        "DEAD_LETTER_BYTES only when ``truncated``"
+    )
+    truncated: bool = False
+    size: int | None = Field(None, description="bytes of the raw message")
     ts_ms: int = Field(default_factory=now_ms)
+
+    @classmethod
+    def of(
+        cls, topic: str, partition: int | None, offset: int | None, error: str, raw: bytes
+    ) -> DeadLetter:
+        """A letter for ``raw``, cut to ``DEAD_LETTER_BYTES``: a large unreadable message
+        must not become one too large for the dead-letter topic."""
+        return cls(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            error=error[:2000],
+            value=raw[:DEAD_LETTER_BYTES].decode("utf-8", "replace"),
+            truncated=len(raw) > DEAD_LETTER_BYTES,
+            size=len(raw),
+        )
 
 
 class HealthEvent(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import faust
 
 from schemas.settings import Settings
-from streams.topics import Topics
+from streams.topics import MAX_MESSAGE_BYTES, Topics
 
 
 def make_app(settings: Settings, bootstrap: str) -> faust.App:
@@ -20,6 +20,7 @@ def make_app(settings: Settings, bootstrap: str) -> faust.App:
         # Realtime path: hand over every message at once, never linger to fill a batch.
         producer_linger_ms=0,
         producer_acks=1,
+        producer_max_request_size=MAX_MESSAGE_BYTES,  # answers as large as requests
         stream_wait_empty=False,
         stream_recovery_delay=0.0,
         broker_commit_every=100,

@@ -15,6 +15,12 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 APP_ID = "relay"
 DAY_MS = 24 * 3600 * 1000
+# The largest message the relay sends or takes: a request body may be 32 MiB (images as
+# base64), an answer as large (a few hundred base64 embeddings pass 1 MB), and Kafka's
+# own default of 1 MB would turn those into 413s and lost replies.  Topics that carry
+# requests and answers say so in ``max.message.bytes``; producers in ``max_request_size``.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+LARGE = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,9 @@ class Topics:
     def requests(self) -> TopicSpec:
         """Request envelopes, keyed by prompt hash: one worker owns each key."""
         return TopicSpec(
-            f"{self.prefix}.requests", self.request_partitions, {"retention.ms": str(DAY_MS)}
+            f"{self.prefix}.requests",
+            self.request_partitions,
+            {"retention.ms": str(DAY_MS)} | LARGE,
         )
 
     @property
@@ -64,11 +72,15 @@ class Topics:
     def batch_results(self) -> TopicSpec:
         """Answers to the lines of the relay's own Batch API, keyed by batch id; the
         results agent stores them, and replaying the topic rebuilds the store."""
-        return TopicSpec(f"{self.prefix}.batch-results", 4, {"retention.ms": str(30 * DAY_MS)})
+        return TopicSpec(
+            f"{self.prefix}.batch-results", 4, {"retention.ms": str(30 * DAY_MS)} | LARGE
+        )
 
     def replies(self, instance: str) -> TopicSpec:
         """One reply topic per gateway instance, so each replica reads only its replies."""
-        return TopicSpec(f"{self.prefix}.replies.{instance}", 1, {"retention.ms": str(3600_000)})
+        return TopicSpec(
+            f"{self.prefix}.replies.{instance}", 1, {"retention.ms": str(3600_000)} | LARGE
+        )
 
     def changelog(self, table: str, partitions: int) -> TopicSpec:
         return TopicSpec(f"{self.app_id}-{table}-changelog", partitions, COMPACT)

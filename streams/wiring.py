@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 import uuid
@@ -51,7 +52,7 @@ from tables.batches import BatchStore
 from tables.buckets import PriorityGate, TokenBucket
 from tables.budgets import BudgetDecision, BudgetPolicy, Spend, add_spend, decide
 from tables.cache import CacheEntry, L1Cache, ResponseCache
-from tables.health import BreakerPolicy, Health, health_key, record
+from tables.health import BreakerPolicy, Health, fold, health_key
 from tables.lane_journal import LaneJournal
 from tables.prices import PriceSheet
 
@@ -60,6 +61,7 @@ BACKGROUND_LINGER_MS = 250  # ledger/audit/dead letters: see gateway.bus.LEDGER_
 HEALTH_WINDOW_S = 0.2
 SPEND_BATCH = 500  # ledger lines folded into the spend table per write, at most
 SPEND_WINDOW_S = 0.25  # ...and at most this long after the first of them
+STOP_ANSWER_S = 5.0  # for requests cut at shutdown to send their error and ledger line
 
 
 class TenantTable(faust.GlobalTable):
@@ -267,6 +269,11 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
             return
         await handler.handle(env)
 
+    def _finished(task: asyncio.Task[None]) -> None:
+        in_flight.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("request task failed", exc_info=exc)
+
     async def requests_agent(stream: faust.StreamT[bytes]) -> None:
         """Take each envelope and let it fly on its own task, so a slow vendor call never
         holds up the partition behind it."""
@@ -277,24 +284,20 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
             except Exception as exc:
                 log.warning("dead letter %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, exc)
                 raw = event.value if isinstance(event.value, bytes) else str(event.value).encode()
-                await sink.dead_letter(
-                    DeadLetter(
-                        topic=msg.topic,
-                        partition=msg.partition,
-                        offset=msg.offset,
-                        error=str(exc)[:2000],
-                        value=raw.decode("utf-8", "replace"),
-                    )
-                )
+                letter = DeadLetter.of(msg.topic, msg.partition, msg.offset, str(exc), raw)
+                try:
+                    await sink.dead_letter(letter)
+                except Exception as again:  # the next envelope must still be taken
+                    log.warning("dead letter not written: %r", again)
                 continue
             task = asyncio.create_task(handle(env))
             in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
+            task.add_done_callback(_finished)
 
     async def batch_results_agent(stream: faust.StreamT[bytes]) -> None:
         """Write each answer to a Batch API line into its batch; while the store is down
         the partition waits (the topic keeps the answers), then carries on."""
-        async for event in readable(stream, ReplyEvent):
+        async for event, _ in readable(stream, ReplyEvent):
             while True:
                 try:
                     if line := await record_reply(store, event):
@@ -303,22 +306,20 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
                 except StoreUnavailable:
                     log.warning("batch store unavailable; result %s waits", event.correlation_id)
                     await asyncio.sleep(1.0)
+                except Exception:  # this result cannot be recorded; the next ones can
+                    log.exception("batch result %s not recorded", event.correlation_id)
+                    break
 
     async def health_agent(stream: faust.StreamT[bytes]) -> None:
         """Fold every call's outcome into the vendor-health table (one writer: 1 partition)."""
-        async for batch in readable(stream, HealthBatch):
+        async for batch, offset in readable(stream, HealthBatch):
             first = batch.events[0]
             key = health_key(first.vendor, first.model)
             raw = health.get(key)
             current = Health.model_validate(raw) if raw else Health()
-            now = time.time()
-            for ev in batch.events:
-                # Each outcome at the time it was observed, so probes and windows line up.
-                try:
-                    current = record(current, ev, policy, min(now, ev.ts_ms / 1000))
-                except Exception:  # one bad outcome must not stop every breaker
-                    log.exception("health outcome for %s not folded", key)
-            health[key] = current.model_dump(mode="json")
+            folded = fold(current, batch.events, offset, policy, time.time())
+            if folded is not None:
+                health[key] = folded.model_dump(mode="json")
 
     async def spend_agent(stream: faust.StreamT[bytes]) -> None:
         """Accumulate each tenant's spend from the ledger, a batch of lines at a time:
@@ -369,6 +370,13 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         lane.stopping = True  # adopts nothing more
         batches = lane.flush_all()
         await drain(in_flight | batches, settings.worker_drain_s)
+        # Requests still unanswered after the drain (a long stream) are cut now, while the
+        # producer is open: each waiter is told at once and each gets its ledger line.
+        unanswered = [task for task in in_flight if not task.done()]
+        for task in unanswered:
+            task.cancel()
+        if unanswered:
+            await asyncio.wait(unanswered, timeout=STOP_ANSWER_S)
         # Vendor batches still running stay journaled: their leases lapse and another
         # worker adopts them.  Stopped here, before the vendor clients close under them.
         running = [task for task in batches if not task.done()]
@@ -390,11 +398,18 @@ def spend_by_tenant(values: list[bytes]) -> list[tuple[str, float, float]]:
     only the three fields are read, and a line that does not parse is skipped (the
     ledger's readers own it)."""
     totals: dict[tuple[str, int], tuple[float, float]] = {}
+    now = time.time()
     for raw in values:
         try:
             line = orjson.loads(raw)
             tenant, cost, at = str(line["tenant"]), float(line.get("cost", 0)), line["ts_ms"] / 1000
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        # A line stamped ahead (a skewed clock, microseconds for milliseconds) counts now:
+        # taken at its word it would open a later budget period and make every line
+        # stamped rightly look late, which would switch the tenant's budget off.
+        at = min(at, now) if at > 0 else None
+        if at is None or not math.isfinite(cost):
             continue
         if cost > 0:
             day = (tenant, int(at // 86400))
@@ -413,15 +428,18 @@ async def drain(tasks: set[asyncio.Task[None]], timeout_s: float) -> None:
         log.warning("stopping: %d requests still unanswered after the drain", len(left))
 
 
-async def readable(stream: faust.StreamT[bytes], cls: type[M]) -> AsyncIterator[M]:
-    """The stream's messages as ``cls``; one that does not parse is logged and skipped
-    (these topics are ours alone, so a bad message is a bug to see, not a client's)."""
+async def readable(stream: faust.StreamT[bytes], cls: type[M]) -> AsyncIterator[tuple[M, int]]:
+    """The stream's messages as ``cls``, each with its offset; one that does not parse is
+    logged and skipped (these topics are ours alone, so a bad message is a bug to see, not
+    a client's)."""
     async for event in stream.events():
+        msg = event.message
         try:
-            yield decode(cls, event.value)
+            value = decode(cls, event.value)
         except Exception as exc:
-            msg = event.message
             log.warning("skipped %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, exc)
+            continue
+        yield value, msg.offset
 
 
 def make_gate(config: RelayConfig, workers: int) -> PriorityGate:

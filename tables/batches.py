@@ -17,6 +17,13 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import (
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 
 from schemas.batches import BatchObject, FileObject, LineError, OutputLine, new_id
 from schemas.errors import StoreUnavailable
@@ -346,6 +353,9 @@ class BatchStore:
         return _Guard(self.redis)
 
 
+_PASSING = (OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError)
+
+
 class _Guard:
     """``async with`` the Redis client, turning its failures into ``StoreUnavailable``."""
 
@@ -356,5 +366,11 @@ class _Guard:
         return self.redis
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: object, tb: object) -> None:
-        if kind is not None and issubclass(kind, REDIS_ERRORS):
-            raise StoreUnavailable("the batch store (Redis) is unavailable; try again") from None
+        if kind is None or not issubclass(kind, REDIS_ERRORS):
+            return
+        # A command refused for what it asks (a wrong type, a number out of range) will be
+        # refused again: that is no outage to wait out.  Refused for the server's state
+        # (out of memory, a read-only replica, a cluster failing over) it is one.
+        if issubclass(kind, ResponseError) and not issubclass(kind, _PASSING):
+            return
+        raise StoreUnavailable("the batch store (Redis) is unavailable; try again") from None

@@ -12,6 +12,7 @@ reads the clock, so the Faust table can replay the same events to the same state
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from typing import Literal
@@ -28,6 +29,8 @@ from schemas.errors import (
     VendorRateLimited,
     VendorUnsupported,
 )
+
+log = logging.getLogger("relay.worker")
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -91,6 +94,9 @@ class Health(BaseModel):
     ok: int = 0
     fail: int = 0
     rate_limited: int = 0
+    # The last health-topic offset folded in: what a worker folded but had not committed
+    # when it died is read again by the next one, and must not count twice.
+    folded_offset: int = -1
 
 
 def health_key(vendor: str, model: str) -> str:
@@ -128,6 +134,22 @@ def _open(h: Health, now: float) -> None:
     h.opened_at = now
     h.probes_in_flight = 0
     h.probe_started_at = None
+
+
+def fold(
+    h: Health, events: list[HealthEvent], offset: int, policy: BreakerPolicy, now: float
+) -> Health | None:
+    """``h`` with a batch of outcomes (read at ``offset`` of the one-partition health
+    topic) folded in, each at the time it was observed; None when that offset was folded
+    already (the topic read again after a crash)."""
+    if offset <= h.folded_offset:
+        return None
+    for ev in events:
+        try:
+            h = record(h, ev, policy, min(now, ev.ts_ms / 1000))
+        except Exception:  # one bad outcome must not stop every breaker
+            log.exception("health outcome for %s/%s not folded", ev.vendor, ev.model)
+    return h.model_copy(update={"folded_offset": offset})
 
 
 def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Health:

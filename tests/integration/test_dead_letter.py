@@ -15,7 +15,7 @@ from tests.support.stack import DEMO_KEY, Stack
 
 async def test_garbage_is_dead_lettered_and_the_worker_keeps_serving(relay: Stack):
     marker = uuid.uuid4().hex
-    producer = AIOKafkaProducer(bootstrap_servers=relay.bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=relay.bootstrap, max_request_size=4 << 20)
     await producer.start()
     try:
         await producer.send_and_wait(
@@ -24,6 +24,9 @@ async def test_garbage_is_dead_lettered_and_the_worker_keeps_serving(relay: Stac
         await producer.send_and_wait(
             f"{relay.prefix}.requests", orjson.dumps({"correlation_id": marker}), key=b"y"
         )
+        # Large and unreadable: kept in part, never grown past what the topic takes.
+        large = orjson.dumps({"correlation_id": marker, "pad": '"' * 700_000})
+        await producer.send_and_wait(f"{relay.prefix}.requests", large, key=b"z")
     finally:
         await producer.stop()
 
@@ -42,15 +45,17 @@ async def test_garbage_is_dead_lettered_and_the_worker_keeps_serving(relay: Stac
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 15
-        while loop.time() < deadline and len(letters) < 2:
+        while loop.time() < deadline and len(letters) < 3:
             batch = await consumer.getmany(timeout_ms=300)
             for records in batch.values():
                 letters += [DeadLetter.model_validate_json(r.value) for r in records]
             letters = [d for d in letters if marker in d.value]
     finally:
         await consumer.stop()
-    assert len(letters) == 2, "both bad messages were kept, with where they came from"
+    assert len(letters) == 3, "every bad message was kept, with where it came from"
     assert all(d.topic == f"{relay.prefix}.requests" for d in letters)
     assert all(d.partition is not None and d.offset is not None for d in letters)
     assert any("not json" in d.value for d in letters)
     assert all(d.error for d in letters)
+    cut = [d for d in letters if d.truncated]
+    assert len(cut) == 1 and cut[0].size == len(large) and len(cut[0].value) <= 64 * 1024

@@ -66,6 +66,9 @@ def test_a_line_travels_as_batch_slash_index() -> None:
     assert parse_correlation(cid) == ("batch_abc", 41)
     assert parse_correlation("0f3a9c") is None  # an ordinary request
     assert parse_correlation("batch_abc/x") is None
+    # Never a crash on a correlation id someone else posted to the topics.
+    assert parse_correlation("batch_abc/²") is None  # a digit to str.isdigit, not to int()
+    assert parse_correlation("batch_abc/" + "9" * 20) is None  # past any batch, and Redis
 
 
 def test_an_answer_becomes_a_200_response_line() -> None:
@@ -149,3 +152,21 @@ def test_a_refusal_quoting_a_lone_surrogate_can_still_be_stored() -> None:
     line = failed_line("a", ModelNotFound("The model `\ud800` does not exist"), "req_1")
     stored = orjson.loads(line.model_dump_json())
     assert stored["response"]["body"]["error"]["message"] == "The model `\\ud800` does not exist"
+
+
+async def test_only_an_unreachable_store_is_an_outage_a_refused_command_is_not() -> None:
+    """An outage makes the results agent wait and retry; a command Redis refused would be
+    refused forever, so it surfaces as itself and the agent moves on to the next result."""
+    import pytest
+    from redis.exceptions import ConnectionError, OutOfMemoryError, ResponseError
+
+    from schemas.errors import StoreUnavailable
+    from tables.batches import _Guard
+
+    for outage in (ConnectionError("connection refused"), OutOfMemoryError("OOM command")):
+        with pytest.raises(StoreUnavailable):
+            async with _Guard(None):  # type: ignore[arg-type]
+                raise outage
+    with pytest.raises(ResponseError):
+        async with _Guard(None):  # type: ignore[arg-type]
+            raise ResponseError("ERR value is not an integer or out of range")

@@ -654,3 +654,68 @@ async def test_an_answer_cached_by_a_candidate_no_longer_configured_still_names_
         True,
         0,
     )
+
+
+async def test_an_answer_the_broker_will_not_carry_is_still_metered_and_its_waiter_told():
+    """The vendor was paid whatever happens to the reply: the ledger gets its line, and
+    the waiter an error at once rather than silence until its deadline."""
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    calls: list[str] = []
+    handler, sink = make(vendor(calls, delay=0))
+    keep = sink.reply
+
+    async def refuses_finals(topic: str, event: ReplyEvent) -> None:
+        if event.kind == "final":
+            raise MessageSizeTooLargeError("the message is 9000000 bytes")
+        await keep(topic, event)
+
+    sink.reply = refuses_finals  # type: ignore[method-assign]
+    env = envelope(key="k-large")
+    await handler.handle(env)
+    [told] = sink.for_(env.correlation_id)
+    assert told.kind == "error" and told.error is not None
+    assert "MessageSizeTooLargeError" in told.error["message"]
+    [line] = sink.ledger
+    assert line.status == "ok" and line.cost > 0 and calls == ["a"]
+    assert len(handler.flights) == 0
+
+
+async def test_a_stream_cut_by_the_worker_stopping_is_told_and_metered_at_once():
+    """Shutdown cancels what outlived the drain: every waiter hears 503 now (not at its
+    deadline) and the leader's ledger line bills what was streamed, with its vendor."""
+
+    async def endless() -> Any:
+        for line in sse(["Hello", " there"])[:2]:
+            yield line.encode()
+        await asyncio.sleep(3600)
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=endless(), headers={"content-type": "text/event-stream"})
+
+    handler, sink = make(httpx.AsyncClient(transport=httpx.MockTransport(answer)))
+    first, second = envelope(stream=True, key="k-cut"), envelope(stream=True, key="k-cut")
+    streamed = asyncio.Event()
+    keep = sink.reply
+
+    async def noting(topic: str, event: ReplyEvent) -> None:
+        await keep(topic, event)
+        if event.kind == "chunk" and len(sink.for_(first.correlation_id)) >= 2:
+            streamed.set()
+
+    sink.reply = noting  # type: ignore[method-assign]
+    task = asyncio.create_task(handler.handle(first))
+    await asyncio.wait_for(streamed.wait(), 5)
+    await handler.handle(second)  # joins the flight mid-stream
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for env in (first, second):
+        last = sink.for_(env.correlation_id)[-1]
+        assert last.kind == "error" and last.error is not None
+        assert last.error["code"] == "no_worker"
+    leader, follower = sorted(sink.ledger, key=lambda line: line.coalesced)
+    assert leader.status == "error" and leader.vendor == "a" and leader.usage.output_tokens > 0
+    assert leader.cost > 0
+    assert follower.coalesced and follower.cost == 0
+    assert len(handler.flights) == 0

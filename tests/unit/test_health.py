@@ -22,6 +22,7 @@ from tables.health import (
     available,
     available_at,
     begin_probe,
+    fold,
     health_key,
     rank,
     record,
@@ -329,3 +330,20 @@ def test_a_vendor_out_of_quota_for_days_keeps_its_backoff_bounded():
                                   error_code="vendor_rate_limited"), policy, 1000.0 + i)  # fmt: skip
     assert h.consecutive_rate_limited == 2000
     assert h.retry_after_until <= 1000.0 + 1999 + policy.open_s
+
+
+def test_a_batch_read_again_after_a_crash_is_not_counted_twice() -> None:
+    """A worker that dies between writing the table and committing its offset leaves the
+    next owner to read the same batches: three failures stay three, the breaker closed."""
+    policy = BreakerPolicy(consecutive_failures=5)
+    h = Health()
+    batches = [(10, [fail()]), (11, [fail(), fail()])]
+    for offset, events in batches:
+        folded = fold(h, events, offset, policy, T0)
+        assert folded is not None
+        h = folded
+    assert (h.consecutive_failures, h.folded_offset) == (3, 11)
+    for offset, events in batches:  # the partition read again from the last commit
+        assert fold(h, events, offset, policy, T0) is None
+    later = fold(h, [fail()], 12, policy, T0)
+    assert later is not None and later.consecutive_failures == 4 and later.state == "closed"

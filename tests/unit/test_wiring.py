@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from streams.wiring import ledger_partition, spend_by_tenant
@@ -40,6 +41,28 @@ def test_spend_of_one_batch_is_never_summed_across_midnight() -> None:
         assert tenant == "a"
         spent = add_spend(spent, cost, at, "month")
     assert spent.spent_usd == 1.0
+
+
+def test_a_line_stamped_ahead_counts_now_and_never_switches_a_budget_off() -> None:
+    """One line a month ahead (or in microseconds) must not move the tenant's period on
+    and leave every rightly stamped line looking late."""
+    import time
+
+    now = time.time()
+    ahead = [
+        orjson.dumps({"tenant": "a", "cost": 0.01, "ts_ms": (now + 31 * 86400) * 1000}),
+        orjson.dumps({"tenant": "a", "cost": 0.01, "ts_ms": now * 1_000_000}),
+        orjson.dumps({"tenant": "a", "cost": 0.5, "ts_ms": -5}),  # before 1970: skipped
+    ]
+    spent = Spend()
+    for _, cost, at in spend_by_tenant(ahead):
+        assert at <= time.time()
+        spent = add_spend(spent, cost, at, "month")
+    for _, cost, at in spend_by_tenant(
+        [orjson.dumps({"tenant": "a", "cost": 20.0, "ts_ms": now * 1000})]
+    ):
+        spent = add_spend(spent, cost, at, "month")
+    assert spent.spent_usd == pytest.approx(20.02)
 
 
 def test_the_workers_shares_of_a_rate_limit_add_up_to_the_limit() -> None:
