@@ -38,6 +38,8 @@ def audit_table(events: list[AuditEvent]) -> Table:
 
 def run(bootstrap: str, topic: str, kind: str | None, last: int) -> None:
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=170)  # piped to a file or a pager: every column whole
     events = asyncio.run(read_topic(bootstrap, topic, 1, AuditEvent))
     if kind:
         events = [e for e in events if e.kind == kind]

@@ -130,8 +130,14 @@ def broker() -> None:
     signal.signal(signal.SIGINT, _stop)
     while not stop["now"] and kafka.proc and kafka.proc.poll() is None:
         time.sleep(0.2)
+    died = not stop["now"]
     kafka.stop()
     settings.broker_addr_file().unlink(missing_ok=True)
+    if died:
+        code = kafka.proc.returncode if kafka.proc else None
+        log = kafka.data_dir / "broker.log"
+        console.print(f"[red]broker: Kafka exited on its own ({code}); see {log}[/red]")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -160,7 +166,7 @@ def worker(config: ConfigOpt = None) -> None:
 def gateway(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="bind address")] = None,
-    port: Annotated[int | None, typer.Option(help="port")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="port")] = None,
 ) -> None:
     """Run the HTTP gateway (OpenAI- and Anthropic-compatible)."""
     import uvicorn
@@ -178,7 +184,7 @@ def gateway(
     uvicorn.run(
         fastapi_app,
         host=host or settings.host,
-        port=port or settings.port,
+        port=port if port is not None else settings.port,
         log_level=level.lower(),
         access_log=False,  # one line per request would cost more CPU than a cache hit
     )
@@ -187,11 +193,15 @@ def gateway(
 @app.command()
 def simulator(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 9100,
-    latency_ms: Annotated[float, typer.Option(help="delay before the answer")] = 0.0,
-    chunk_gap_ms: Annotated[float, typer.Option(help="delay between stream chunks")] = 0.0,
-    error_rate: Annotated[float, typer.Option(help="fraction of calls answered 500")] = 0.0,
-    rate_429: Annotated[float, typer.Option(help="fraction of calls answered 429")] = 0.0,
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 9100,
+    latency_ms: Annotated[float, typer.Option(min=0, help="delay before the answer")] = 0.0,
+    chunk_gap_ms: Annotated[float, typer.Option(min=0, help="delay between stream chunks")] = 0.0,
+    error_rate: Annotated[
+        float, typer.Option(min=0, max=1, help="fraction of calls answered 500")
+    ] = 0.0,
+    rate_429: Annotated[
+        float, typer.Option(min=0, max=1, help="fraction of calls answered 429")
+    ] = 0.0,
     api_key_env: Annotated[
         str | None, typer.Option(help="env var holding the key callers must send")
     ] = None,
@@ -201,6 +211,8 @@ def simulator(
     from simulator.app import serve
 
     key = os.environ.get(api_key_env) if api_key_env else None
+    if api_key_env and not key:
+        console.print(f"[yellow]simulator: {api_key_env} is not set; any key is accepted[/yellow]")
     serve(
         host,
         port,
@@ -225,7 +237,9 @@ def hash_key_cmd(key: Annotated[str | None, typer.Argument()] = None) -> None:
 @app.command()
 def report(
     by: Annotated[str, typer.Option(help="tenant, alias, tag, model or key")] = "tenant",
-    chart: Annotated[Path | None, typer.Option(help="write cost over time to this PNG")] = None,
+    chart: Annotated[
+        Path | None, typer.Option(help="write cost over time to this PNG (or .svg, .pdf)")
+    ] = None,
 ) -> None:
     """Cost report from the ledger topic: cost, direct cost, SaveRate, where savings came from."""
     from cli.report import run
@@ -233,6 +247,11 @@ def report(
 
     if by not in ("tenant", "alias", "tag", "model", "key"):
         raise typer.BadParameter("--by must be tenant, alias, tag, model or key")
+    if chart is not None:  # said before the ledger is read, not in a traceback after
+        if chart.suffix.lower() not in (".png", ".svg", ".pdf"):
+            raise typer.BadParameter("--chart must name a .png, .svg or .pdf file")
+        if not chart.resolve().parent.is_dir():
+            raise typer.BadParameter(f"--chart: no directory {chart.resolve().parent}")
     settings = _settings(None)
     usage = Topics(settings.topic_prefix).usage
     bootstrap = _bootstrap(settings)
@@ -245,7 +264,7 @@ def audit(
     kind: Annotated[
         str | None, typer.Option(help="only auth_failed, access_denied or started")
     ] = None,
-    last: Annotated[int, typer.Option(help="the most recent N events (0: all)")] = 50,
+    last: Annotated[int, typer.Option(min=0, help="the most recent N events (0: all)")] = 50,
 ) -> None:
     """The audit log: authentication failures, denied models, process starts."""
     from typing import get_args
@@ -270,7 +289,9 @@ def up(config: ConfigOpt = None) -> None:
 
     settings = _settings(config)
     cfg = _config(settings)
-    Supervisor(settings, cfg).run()
+    code = Supervisor(settings, cfg).run()
+    if code:
+        raise typer.Exit(code)
 
 
 if __name__ == "__main__":

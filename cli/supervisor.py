@@ -1,7 +1,8 @@
 """`relay up`: start every part as a child process, report where they are, stop them all.
 
 Children run in their own sessions so that one Ctrl-C (or SIGTERM) reaches the supervisor,
-which then stops them in reverse order and waits, leaving no orphans.
+which then stops them in stages (gateway and worker, then broker, then simulator) and
+waits for each, leaving no orphans.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -62,6 +64,11 @@ class Supervisor:
     def start(self) -> None:
         s = self.settings
         sim = self.config.simulator
+        # Ready checks ask these ports: a server of someone else's already on one (another
+        # `relay up`) would pass them and the lines printed would point at it.
+        _free(s.host, s.port, "gateway", "RELAY_PORT")
+        if sim is not None:
+            _free("127.0.0.1", sim.port, "simulator", "simulator.port in the config")
         if sim is not None:
             self.env.setdefault("RELAY_SIM_KEY", f"sim-{secrets.token_hex(8)}")
             port = str(sim.port)
@@ -73,9 +80,14 @@ class Supervisor:
             )
             self.sim_url = f"http://127.0.0.1:{port}"
             self._wait("simulator", lambda: _get(f"{self.sim_url}/stats") == 200)
-        if not s.kafka_bootstrap:
-            addr: Path = s.broker_addr_file()
-            addr.unlink(missing_ok=True)
+        addr: Path = s.broker_addr_file()
+        running = addr.read_text().strip() if addr.exists() else ""
+        if not s.kafka_bootstrap and running and _answers(running):
+            # `relay broker` already runs on this data directory: use it (a second broker
+            # on the same files would break the first).
+            console.print(f"using the embedded Kafka already running at {running}")
+        elif not s.kafka_bootstrap:
+            addr.unlink(missing_ok=True)  # a stale one, from a broker that is gone
             with console.status("starting Apache Kafka (the first run fetches it with mvn)…"):
                 self.spawn("broker", "broker")
                 self._wait("broker", addr.exists, timeout_s=300)
@@ -85,8 +97,13 @@ class Supervisor:
             self.url = f"http://{s.host}:{s.port}"
             self._wait("relay", lambda: _get(f"{self.url}/readyz") == 200, timeout_s=120)
 
-    def run(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    def run(self) -> int:
+        """Start everything and wait; the exit code: 0 when stopped on request (Ctrl-C,
+        SIGTERM), 1 when a part failed to start or stopped on its own."""
+        interrupt = lambda *_: (_ for _ in ()).throw(KeyboardInterrupt())  # noqa: E731
+        signal.signal(signal.SIGTERM, interrupt)
+        signal.signal(signal.SIGINT, interrupt)  # even when started with SIGINT ignored
+        failed = False
         try:
             self.start()
             print(f"gateway: {self.url}/v1", flush=True)
@@ -97,7 +114,8 @@ class Supervisor:
             print(f"relay key: {key}", flush=True)
             if self.config.simulator is not None:
                 print(f"simulator: {self.sim_url}", flush=True)
-            alias = next(iter(self.config.models))
+            chat = [a for a, m in self.config.models.items() if m.kind == "chat"]
+            alias = chat[0] if chat else next(iter(self.config.models))
             body = json.dumps({"model": alias, "messages": [{"role": "user", "content": "hello"}]})
             print(
                 f"curl: curl -s {self.url}/v1/chat/completions "
@@ -111,26 +129,58 @@ class Supervisor:
                 time.sleep(0.5)
             dead = [n for n, p in self.children if p.poll() is not None]
             console.print(f"[red]{', '.join(dead)} stopped; shutting down[/red]")
+            failed = True
         except KeyboardInterrupt:
             pass
         except SystemExit as exc:
             console.print(f"[red]{exc}[/red]")
+            failed = True
         finally:
             self.stop()
+        return 1 if failed else 0
 
     def stop(self) -> None:
-        for _, proc in reversed(self.children):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+        """Stop the relay's own processes first and wait for them: the worker's drain
+        answers and meters what it took, which needs the broker and the vendor still up.
+        Then the broker, then the simulator.  A second Ctrl-C does not cut this short;
+        each stage is bounded and a part that hangs is killed."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         # Long enough for a worker to finish what it took (RELAY_WORKER_DRAIN_S) and for
         # Kafka to close its logs, before anything is killed outright.
         patience = self.settings.worker_drain_s + 10
-        for _, proc in reversed(self.children):
-            try:
-                proc.wait(patience)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stages = [("gateway", "worker"), ("broker",), ("simulator",)]
+        for stage in stages:
+            procs = [p for name, p in self.children if name in stage]
+            for proc in procs:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(patience)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def _answers(bootstrap: str) -> bool:
+    """Whether something listens at ``host:port``."""
+    host, _, port = bootstrap.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=0.5):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _free(host: str, port: int, what: str, setting: str) -> None:
+    """Refuse to start when something already listens on the port ``what`` needs."""
+    where = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    if _answers(f"{where}:{port}"):
+        raise SystemExit(
+            f"port {port} ({what}) is already in use — another `relay up`? "
+            f"Stop it, or choose another port ({setting})"
+        )
 
 
 def _get(url: str) -> int:

@@ -7,6 +7,7 @@ keeps the log, the cluster id and the chosen ports, so a restart finds its topic
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -184,8 +185,26 @@ class EmbeddedKafka:
             "-cp", f"{self.jars()}/*", main, *args,
         ]  # fmt: skip
 
+    def _refuse_if_running(self) -> None:
+        """A second broker on one data directory writes into the running one's metadata
+        log before Kafka's own lock stops it, and crashes it: refuse before Java starts.
+        Kafka holds ``log/.lock`` (an fcntl lock) while it runs."""
+        lock = self.data_dir / "log" / ".lock"
+        if not lock.exists():
+            return
+        with open(lock, "a") as held:
+            try:
+                fcntl.lockf(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise BrokerError(
+                    f"a Kafka broker already runs on {self.data_dir}: use it (the relay "
+                    f"finds it there), or stop it first"
+                ) from None
+            fcntl.lockf(held, fcntl.LOCK_UN)
+
     def start(self, timeout_s: float = 60.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._refuse_if_running()
         port, cport = self._ports()
         props = self._properties(port, cport)
         cluster = self.data_dir / "cluster.id"

@@ -70,3 +70,28 @@ def test_relay_up_prints_lines_serves_and_stops_cleanly(kafka_bootstrap: str, tm
         up.wait(60)
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"orphans left: {[p.cmdline() for p in alive]}"
+    assert up.returncode == 0, "stopped on request: a clean exit"
+
+
+def test_relay_up_refuses_a_port_already_taken_and_says_so(kafka_bootstrap: str, tmp_path: Path):
+    """Its ready checks would pass on another server's port and the printed lines point
+    there: a taken port is refused before anything starts, with exit code 1."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **os.environ,
+            "RELAY_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "RELAY_PORT": str(port),
+            "RELAY_DATA_DIR": str(tmp_path / "var"),
+        }
+        up = subprocess.run(
+            [sys.executable, "-m", "cli.main", "up", "--config", str(ROOT / "relay.example.yaml")],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert up.returncode == 1
+    assert f"port {port} (gateway) is already in use" in up.stderr
+    assert "gateway:" not in up.stdout

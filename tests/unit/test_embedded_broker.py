@@ -54,3 +54,36 @@ def test_a_long_lived_broker_gets_the_full_jit_and_a_short_lived_one_c1() -> Non
     assert "-XX:TieredStopAtLevel=1" in QUICK_START_JVM_OPTS
     assert short_lived_jvm_opts(["-XX:+UseG1GC"]) == ["-XX:+UseG1GC"]  # the settings win
     assert short_lived_jvm_opts([]) == []
+
+
+def test_a_second_broker_on_a_running_brokers_data_dir_is_refused_before_java(
+    tmp_path: Path,
+) -> None:
+    """Kafka holds an fcntl lock on ``log/.lock`` while it runs (checked here by hand
+    against the real broker); a second one on the same files would crash the first."""
+    import subprocess
+    import sys
+
+    from streams.broker import BrokerError, EmbeddedKafka
+
+    (tmp_path / "log").mkdir()
+    lock = tmp_path / "log" / ".lock"
+    lock.touch()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+            "fcntl.lockf(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+            str(lock),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        with pytest.raises(BrokerError, match="already runs"):
+            EmbeddedKafka(tmp_path).start()
+        assert not (tmp_path / "ports").exists(), "nothing of the running broker's rewritten"
+    finally:
+        holder.kill()
+        holder.wait()
