@@ -32,7 +32,7 @@ from schemas.errors import BudgetExceeded, DeadlineExceeded, NoWorker, RateLimit
 from schemas.formats.openai import assemble_chunks, response_to_chunks
 from schemas.usage import Usage
 from tables.budgets import BudgetDecision
-from tables.cache import CacheEntry
+from tables.cache import CacheEntry, storable
 from tables.prices import PriceSheet
 
 log = logging.getLogger("relay.worker")
@@ -376,6 +376,8 @@ class RequestHandler:
             return None
         if flight.degraded_for(leader):
             return None  # a cheaper model's answer must not be served later as the alias's
+        if not storable(out.body, flight.chunks):
+            return None
         entry = _entry(out.candidate, out.usage, body=out.body, chunks=list(flight.chunks))
         return asyncio.ensure_future(self.sink.cache(leader.prompt_hash, entry, leader.cache_ttl_s))
 

@@ -20,11 +20,12 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from gateway import metrics
 from gateway.audit import AUDIT_WINDOW_S, AuditTrail
 from schemas.envelope import AuditEvent, AuditKind, ReplyEvent, RequestEnvelope, UsageEvent
-from schemas.errors import NoHealthyVendor, RequestTooLarge
+from schemas.errors import NoHealthyVendor, RelayError, RequestTooLarge
 from streams.codec import encode
 from streams.topics import MAX_MESSAGE_BYTES, Topics, ensure_topics
 
 log = logging.getLogger("relay.gateway")
+TOO_LARGE = "the request is larger than the relay's broker takes in one message"
 # Ledger and audit lines wait up to this long to share a produce request.  The spend
 # agent folds the ledger every 250 ms anyway; at 60 requests/s one line per request cost
 # the broker and the worker (which reads the ledger back) ~2 ms of CPU per request more.
@@ -159,9 +160,7 @@ class Bus:
         try:
             delivery = await self._send(env)
         except MessageSizeTooLargeError:
-            raise RequestTooLarge(
-                "the request is larger than the relay's broker takes in one message"
-            ) from None
+            raise RequestTooLarge(TOO_LARGE) from None
         except KafkaError as exc:
             log.warning("request %s not published: %s", env.correlation_id, exc)
             raise NoHealthyVendor(UNQUEUED) from None
@@ -184,7 +183,7 @@ class Bus:
                 await delivery
                 errors.append(None)
             except Exception as exc:
-                await self._unqueued(env, exc)
+                await self._unqueued(env, exc, _unqueued_error(exc).code)
                 errors.append(exc)
         return errors
 
@@ -194,16 +193,16 @@ class Bus:
             self.topics.requests.name, encode(env), key=env.prompt_hash.encode()
         )
 
-    async def _unqueued(self, env: RequestEnvelope, exc: BaseException) -> None:
+    async def _unqueued(self, env: RequestEnvelope, exc: BaseException, code: str) -> None:
         """The broker did not take ``env``: no worker will meter it, so this does."""
         log.warning("request %s not published: %s", env.correlation_id, exc)
-        await self.meter(UsageEvent.failure(env, NoHealthyVendor.code))
+        await self.meter(UsageEvent.failure(env, code))
 
     def _undelivered(self, env: RequestEnvelope, delivery: asyncio.Future[object]) -> None:
         if delivery.cancelled() or (exc := delivery.exception()) is None:
             return
-        err = NoHealthyVendor(UNQUEUED)
-        task = asyncio.ensure_future(self._unqueued(env, exc))
+        err = _unqueued_error(exc)
+        task = asyncio.ensure_future(self._unqueued(env, exc, err.code))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         queue = self.waiting.get(env.correlation_id)
@@ -214,6 +213,7 @@ class Bus:
 
     async def meter(self, event: UsageEvent) -> None:
         """Ledger events the gateway itself owes (cache hits, edge refusals)."""
+        metrics.count_line(event)
         await self.ledger.send(self.topics.usage.name, encode(event), key=event.tenant.encode())
 
     async def audit(self, kind: AuditKind, **fields: Any) -> None:
@@ -294,3 +294,11 @@ def _workers_in(described: list[Any]) -> bool:
     if error:  # e.g. the coordinator is still loading: the answer says nothing
         raise RuntimeError(f"DescribeGroups error code {error}")
     return bool(members) or state in ("PreparingRebalance", "CompletingRebalance")
+
+
+def _unqueued_error(exc: BaseException) -> RelayError:
+    """What a client hears of an envelope the broker did not take: 413 when it was too
+    large (for a topic made with a lower limit than the relay's), else 503."""
+    if isinstance(exc, MessageSizeTooLargeError):
+        return RequestTooLarge(TOO_LARGE)
+    return NoHealthyVendor(UNQUEUED)

@@ -55,7 +55,8 @@ def is_anthropic(request: Request) -> bool:
 
 
 def error_response(request: Request, err: RelayError) -> JSONResponse:
-    metrics.ERRORS.labels(err.code).inc()
+    if request.url.path.startswith("/v1/"):  # as relay_requests_total counts: a scanner's
+        metrics.count_error(err)  # 404s elsewhere must not make an error ratio of nothing
     headers = {}
     if err.retry_after is not None:
         headers["retry-after"] = str(max(1, round(err.retry_after)))

@@ -8,6 +8,9 @@ from collections.abc import Iterable
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from schemas.envelope import UsageEvent
+from schemas.errors import RelayError
+
 REQUESTS = Counter(
     "relay_requests_total", "Requests answered, by endpoint and status", ["endpoint", "status"]
 )
@@ -20,10 +23,23 @@ LATENCY = Histogram(
 VENDOR_CALLS = Counter(
     "relay_vendor_calls_total", "Answers that took a vendor call", ["vendor", "model"]
 )
-ERRORS = Counter("relay_errors_total", "Errors returned to clients, by code", ["code"])
+ERRORS = Counter(
+    "relay_errors_total",
+    "Errors returned to clients on /v1 (a stream's error event too), by the relay's code "
+    "and the HTTP status it stands for",
+    ["code", "status"],
+)
 CACHE = Counter("relay_cache_total", "Cache outcomes: hit-l1, hit-l2, miss, coalesced", ["result"])
-COST = Counter("relay_cost_usd_total", "Vendor cost metered at the gateway", ["tenant", "alias"])
-SAVED = Counter("relay_saved_usd_total", "Cost saved by cache and coalescing", ["tenant"])
+# Each process counts the ledger lines it writes (workers: relay_worker_cost_usd_total),
+# so the two together add up to the ledger, Batch API lines included.
+COST = Counter(
+    "relay_cost_usd_total",
+    "Vendor cost in the ledger lines this gateway wrote",
+    ["tenant", "alias"],
+)
+SAVED = Counter(
+    "relay_saved_usd_total", "Cost saved in the ledger lines this gateway wrote", ["tenant"]
+)
 DEGRADED = Counter(
     "relay_degraded_total",
     "Answers routed to a cheaper model, by reason (budget_80pct, rate_pressure...)",
@@ -35,6 +51,16 @@ WORKERS_MISSING = Gauge(
     "Seconds since this gateway last saw a worker in the requests consumer group",
 )
 IN_FLIGHT = Gauge("relay_in_flight", "Requests waiting on a reply")
+
+
+def count_error(err: RelayError) -> None:
+    ERRORS.labels(err.code, str(err.status)).inc()
+
+
+def count_line(event: UsageEvent) -> None:
+    """A ledger line this gateway writes: its cost and saving."""
+    COST.labels(event.tenant, event.alias).inc(event.cost)
+    SAVED.labels(event.tenant).inc(event.saved_cost)
 
 
 class Measure:

@@ -34,7 +34,7 @@ from schemas.errors import BadRequest, DeadlineExceeded, ModelNotFound, NoWorker
 from schemas.formats.openai import assemble_chunks, response_to_chunks
 from schemas.settings import Settings
 from schemas.usage import Usage
-from tables.cache import CacheEntry, ResponseCache, cache_key
+from tables.cache import CacheEntry, ResponseCache, cache_key, storable
 from tables.prices import PriceSheet
 
 CacheMode = Literal["use", "bypass", "refresh"]
@@ -184,18 +184,22 @@ class Relay:
             body = {**body, "anthropic_beta": opts.anthropic_beta}
         stream = bool(body.get("stream")) and endpoint == "chat"
         key, ttl = self.cache_terms(who, endpoint, body, opts)
-        if opts.cache == "use":
+        lookup = opts.cache == "use" and ttl > 0  # x-relay-cache-ttl: 0 asks for no cache
+        if lookup:
             hit = await self.cache.get(key)
             metrics.REDIS_UP.set(1 if self.cache.l2_healthy else 0)
             if hit is not None:
                 entry, level = hit
-                return await self._from_cache(who, endpoint, alias, entry, level, stream, opts)
+                if opts.ttl_s is None or time.time() - entry.created <= opts.ttl_s:
+                    return await self._from_cache(who, endpoint, alias, entry, level, stream, opts)
+                lookup = False  # older than this request takes: a new answer replaces it
         env = self.envelope(
             who,
             endpoint,
             body,
             opts,
             terms=(key, ttl),
+            cache_lookup=lookup,
             stream=stream,
             deadline_ms=int(
                 (time.time() + (opts.timeout_s or self.settings.default_timeout_s)) * 1000
@@ -347,8 +351,6 @@ class Relay:
 
     def _count(self, env: RequestEnvelope, final: ReplyEvent) -> None:
         metrics.CACHE.labels(_cache_header(final)).inc()
-        metrics.COST.labels(env.tenant, env.alias).inc(final.cost)
-        metrics.SAVED.labels(env.tenant).inc(final.saved_cost)
         if final.degraded:
             metrics.DEGRADED.labels(final.degraded).inc()
         if not final.coalesced and not final.cache_hit and final.vendor:
@@ -364,6 +366,8 @@ class Relay:
         """Put a fresh answer in this replica's L1 (the worker already wrote L2)."""
         if not env.cache_ttl_s or final.vendor is None or final.degraded:
             return  # a degraded (cheaper) answer is not the alias's answer to keep
+        if final.cache_hit or not storable(body, chunks):
+            return  # a worker's L2 hit may be near its end: not kept a whole TTL more
         entry = CacheEntry(
             chunks=chunks or None,
             body=body,
@@ -386,7 +390,6 @@ class Relay:
     ) -> Answer:
         metrics.CACHE.labels(f"hit-{level}").inc()
         direct = self.prices.direct_cost(alias, entry.usage)
-        metrics.SAVED.labels(who.tenant).inc(direct)
         await self.bus.meter(
             UsageEvent(
                 event_id=uuid.uuid4().hex,

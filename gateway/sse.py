@@ -10,6 +10,7 @@ import orjson
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from gateway import metrics
 from schemas.errors import RelayError
 from schemas.formats.anthropic import ChunksToMessageEvents
 from schemas.formats.responses import ChunksToResponseEvents
@@ -106,6 +107,7 @@ async def openai_sse(
             last = item
             yield _data(item)
     except RelayError as err:
+        metrics.count_error(err)
         yield _data({"error": {"message": err.message, "type": err.type, "code": err.code}})
     yield b"data: [DONE]\n\n"
 
@@ -153,6 +155,7 @@ async def anthropic_sse(
         async for frame in _named_events(events, chunks, _ANTHROPIC_PING, keepalive_s):
             yield frame
     except RelayError as err:
+        metrics.count_error(err)
         err_body = {"type": "error", "error": {"type": err.type, "message": err.message}}
         yield _frame("error", err_body)
 
@@ -174,5 +177,6 @@ async def responses_sse(
         async for frame in _named_events(events, chunks, _OPENAI_KEEPALIVE, keepalive_s):
             yield frame
     except RelayError as err:
+        metrics.count_error(err)
         for name, data in events.error(err.code, err.message):
             yield _frame(name, data)

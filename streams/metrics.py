@@ -8,6 +8,7 @@ tables between two events, never while an agent writes them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -32,6 +33,16 @@ BATCH_LINES = Counter(
     "Batch API lines recorded, by outcome (succeeded, errored, canceled, expired)",
     ["outcome"],
 )
+# The ledger lines this worker wrote (gateways count theirs in relay_cost_usd_total):
+# together the two add up to the ledger.
+COST = Counter(
+    "relay_worker_cost_usd_total",
+    "Vendor cost in the ledger lines this worker wrote",
+    ["tenant", "alias"],
+)
+SAVED = Counter(
+    "relay_worker_saved_usd_total", "Cost saved in the ledger lines this worker wrote", ["tenant"]
+)
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 
@@ -43,10 +54,12 @@ class WorkerState(Collector):
         in_flight: Callable[[], int],
         lane_queued: Callable[[], int],
         health: Callable[[], Mapping[str, Any]],
+        open_s: float = 10.0,
     ) -> None:
         self.in_flight = in_flight
         self.lane_queued = lane_queued
         self.health = health
+        self.open_s = open_s
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -64,9 +77,15 @@ class WorkerState(Collector):
             "Circuit breaker per vendor model: 0 closed, 1 half-open, 2 open",
             labels=["vendor", "model"],
         )
+        now = time.time()
         for key, raw in self.health().items():
             vendor, _, model = str(key).partition("/")
             state = raw.get("state", "closed") if isinstance(raw, dict) else "closed"
+            if state == "open" and (raw.get("opened_at") or 0) + self.open_s <= now:
+                # Its open period is over: the next call is let through as a probe.  The
+                # table says "open" until a call's outcome is folded, which an idle model
+                # may never have; shown as open, it would hold its alert up for good.
+                state = "half_open"
             breakers.add_metric([vendor, model], BREAKER_STATES.get(state, 0))
         yield breakers
 

@@ -125,6 +125,8 @@ class KafkaSink:
         await self._send(topic, event.correlation_id.encode(), encode(event))
 
     async def usage(self, event: UsageEvent) -> None:
+        metrics.COST.labels(event.tenant, event.alias).inc(event.cost)
+        metrics.SAVED.labels(event.tenant).inc(event.saved_cost)
         await self._send_later(self.topics.usage.name, event.tenant.encode(), encode(event))
 
     async def health(self, event: HealthEvent) -> None:
@@ -358,6 +360,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
             in_flight=lambda: len(in_flight),
             lane_queued=lambda: lane.queued,
             health=lambda: dict(health.items()),
+            open_s=policy.open_s,
         )
         serving.append(await metrics.serve(settings.host, settings.worker_metrics_port, state))
 

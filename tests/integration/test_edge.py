@@ -7,12 +7,16 @@ validation and error bodies still apply.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import httpx
 import orjson
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from streams.topics import Topics
 from tests.integration.conftest import read_ledger
 from tests.support.stack import DEMO_KEY, Stack
 
@@ -106,12 +110,32 @@ async def test_stream_options_must_be_an_object(relay: Stack) -> None:
     assert bad.json()["error"]["param"] == "stream_options"
 
 
-async def test_a_request_too_big_for_one_kafka_message_gets_413_and_a_ledger_line(
+async def test_a_request_too_big_for_the_request_topic_gets_413_and_a_ledger_line(
     relay: Stack,
 ) -> None:
-    trace = f"too-big-{uuid.uuid4().hex[:8]}"
+    """The relay's topics take 64 MiB; one made before (Kafka's default 1 MB) refuses a
+    larger message at the broker, and the client hears 413, not a 503."""
+    requests = Topics(relay.prefix).requests
+    admin = AIOKafkaAdminClient(bootstrap_servers=relay.bootstrap)
+    await admin.start()
+
+    async def limit(configs: dict[str, str]) -> None:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, requests.name, configs)]
+        )
+
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 1_200_000}]}
-    reply = await post(relay, "/v1/chat/completions", body, {"x-relay-trace-id": trace})
+    try:
+        await limit({**requests.config, "max.message.bytes": "1000000"})
+        for _ in range(20):  # until the broker applies the lower limit
+            trace = f"too-big-{uuid.uuid4().hex[:8]}"
+            reply = await post(relay, "/v1/chat/completions", body, {"x-relay-trace-id": trace})
+            if reply.status_code != 200:
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        await limit(requests.config)
+        await admin.close()
     assert reply.status_code == 413, reply.text
     assert reply.json()["error"]["code"] == "request_too_large"
     [line] = await read_ledger(relay, {trace})

@@ -49,4 +49,9 @@ async def test_the_worker_reports_vendor_calls_and_breakers(
     assert scraped[("relay_worker_vendor_latency_seconds_count", latency)] == 1
     assert scraped[("relay_worker_breaker_state", broken)] in (0, 1, 2)
     assert scraped[("relay_worker_in_flight", frozenset())] == 0
+    # The ledger lines it wrote: the paid answer's cost (the failure cost nothing).
+    paid = frozenset({("tenant", "demo"), ("alias", "gpt-4o-mini")})
+    assert scraped[("relay_worker_cost_usd_total", paid)] > 0
+    failure = frozenset({("tenant", "demo"), ("alias", "broken")})
+    assert scraped[("relay_worker_cost_usd_total", failure)] == 0
     assert scraped[("relay_worker_batch_lane_queued", frozenset())] == 0

@@ -33,15 +33,60 @@ def test_key_order_does_not_matter() -> None:
     assert key(reordered) == key(BASE)
 
 
-def test_whitespace_only_differences_do_not_matter() -> None:
+def test_whitespace_that_cannot_change_the_meaning_does_not_matter() -> None:
+    """Around the text, at line ends, Windows line ends, and Unicode's two spellings of
+    one letter (NFC and NFD)."""
     spaced = {
         **BASE,
         "messages": [
-            {"role": "system", "content": "  You are\tterse.\n"},
-            {"role": "user", "content": "What  is the\n\ncapital of   France? "},
+            {"role": "system", "content": "  You are terse.\n"},
+            {"role": "user", "content": "What is the capital of France? \r\n"},
         ],
     }
     assert key(spaced) == key(BASE)
+    lines = {**BASE, "messages": [{"role": "user", "content": "one  \r\ntwo\t\nthree"}]}
+    plain = {**BASE, "messages": [{"role": "user", "content": "one\ntwo\nthree"}]}
+    assert key(lines) == key(plain)
+    nfc = {**BASE, "messages": [{"role": "user", "content": "caf\u00e9"}]}
+    nfd = {**BASE, "messages": [{"role": "user", "content": "cafe\u0301"}]}
+    assert key(nfc) == key(nfd)
+
+
+def test_whitespace_inside_a_line_is_part_of_the_question() -> None:
+    """Indentation in code and spaces between quotes change what is asked."""
+
+    def ask(text: str) -> str:
+        return key({**BASE, "messages": [{"role": "user", "content": text}]})
+
+    nested = "What does this print?\nif False:\n    print('a')\n    print('b')"
+    flat = "What does this print?\nif False:\n    print('a')\nprint('b')"
+    assert ask(nested) != ask(flat)
+    assert ask("len('a    b')?") != ask("len('a b')?")
+    assert ask("Para one.\n\nPara two") != ask("Para one. Para two")
+
+
+def test_a_lone_text_part_with_more_than_text_is_not_a_plain_string() -> None:
+    """An Anthropic document (title, citations) travels as a text part with extras: asked
+    with citations it is another question than the same text pasted in."""
+    text = "The sky is blue."
+    document = {
+        "type": "text",
+        "text": text,
+        "anthropic_document": {"title": "Sky", "citations": {"enabled": True}},
+    }
+    as_document = {**BASE, "messages": [{"role": "user", "content": [document]}]}
+    pasted = {**BASE, "messages": [{"role": "user", "content": text}]}
+    breakpoint_only = {
+        **BASE,
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}],
+            }
+        ],
+    }
+    assert key(as_document) != key(pasted)
+    assert key(breakpoint_only) == key(pasted)
 
 
 def test_a_single_text_part_equals_a_plain_string() -> None:
@@ -61,7 +106,7 @@ def test_multi_part_content_is_kept_but_its_text_normalized() -> None:
     def user(content: object) -> dict[str, Any]:
         return {**BASE, "messages": [{"role": "user", "content": content}]}
 
-    a = user([{"type": "text", "text": "a  b"}, image])
+    a = user([{"type": "text", "text": "a b\n"}, image])
     b = user([{"type": "text", "text": " a b"}, image])
     other = user("a b")
     assert key(a) == key(b)
@@ -75,6 +120,8 @@ def test_transport_and_bookkeeping_fields_are_ignored() -> None:
         "stream": True,
         "stream_options": {"include_usage": True},
         "user": "u-123",
+        "safety_identifier": "end-user-42",
+        "prompt_cache_key": "tenant-a-prefix",
         "metadata": {"trace": "abc"},
     }
     assert key(noisy) == key(BASE)
@@ -89,8 +136,16 @@ def test_defaults_equal_absence() -> None:
         "n": 1,
         "logprobs": False,
         "stop": None,
+        "service_tier": "auto",
+        "response_format": {"type": "text"},
     }
     assert key(with_defaults) == key(BASE)
+    assert key({**BASE, "stop": []}) == key(BASE)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    assert key({**BASE, "tools": tools, "tool_choice": "auto"}) == key({**BASE, "tools": tools})
+    assert key({**BASE, "tools": tools, "tool_choice": "required"}) != key({**BASE, "tools": tools})
+    newer = {k: v for k, v in BASE.items() if k != "max_tokens"} | {"max_completion_tokens": 50}
+    assert key(newer) == key(BASE)
     no_temp = {k: v for k, v in BASE.items() if k != "temperature"}
     assert key({**BASE, "temperature": 1.0}) == key(no_temp)
     assert key({**BASE, "temperature": 1}) == key(no_temp)

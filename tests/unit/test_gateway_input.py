@@ -276,10 +276,10 @@ async def test_a_client_leaving_mid_upload_is_a_quiet_499_not_a_500() -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    internal = metrics.ERRORS.labels("internal_error")._value.get()
+    internal = metrics.ERRORS.labels("internal_error", "500")._value.get()
     await app(scope, receive, send)
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
-    assert metrics.ERRORS.labels("internal_error")._value.get() == internal
+    assert metrics.ERRORS.labels("internal_error", "500")._value.get() == internal
 
 
 @pytest.mark.parametrize(

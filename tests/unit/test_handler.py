@@ -719,3 +719,32 @@ async def test_a_stream_cut_by_the_worker_stopping_is_told_and_metered_at_once()
     assert leader.cost > 0
     assert follower.coalesced and follower.cost == 0
     assert len(handler.flights) == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_answer_a_content_filter_cut_is_answered_but_never_stored(stream: bool):
+    async def filtered(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content).get("stream"):
+            lines = sse(["Sorry"])
+            lines[1] = lines[1].replace(
+                '"finish_reason": "stop"', '"finish_reason": "content_filter"'
+            )
+            return httpx.Response(
+                200, content="".join(lines).encode(), headers={"content-type": "text/event-stream"}
+            )
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": ""},
+            "finish_reason": "content_filter",
+        }
+        return httpx.Response(
+            200,
+            json={"id": "c", "object": "chat.completion", "created": 1, "model": "x", "choices": [choice],
+                  "usage": {"prompt_tokens": 7, "completion_tokens": 0, "total_tokens": 7}},
+        )  # fmt: skip
+
+    handler, sink = make(httpx.AsyncClient(transport=httpx.MockTransport(filtered)))
+    env = envelope(stream=stream, key=f"filtered-{stream}")
+    await handler.handle(env)
+    assert sink.for_(env.correlation_id)[-1].kind == "final"
+    assert sink.written == {}, "a filtered answer must not be served to the next asker"
