@@ -118,9 +118,25 @@ class Dispatcher:
         if not plan:
             out.error = NoHealthyVendor(f"no healthy vendor for `{env.alias}`; try again shortly")
             return out
-        sent_any = False
         if admit_tenant:  # once per request, not again when the handler re-plans it
             await self._admit(env, [f"tenant:{env.tenant}"], [f"tenant-tpm:{env.tenant}"])
+        try:
+            return await self._run(env, plan, on_chunk, out, vendor_wait_s, progress)
+        finally:
+            if admit_tenant:  # what the request did not use, back to its tenant
+                used = out.usage if out.candidate is not None else Usage()
+                self._give_back(env, f"tenant-tpm:{env.tenant}", used)
+
+    async def _run(
+        self,
+        env: RequestEnvelope,
+        plan: list[Candidate],
+        on_chunk: ChunkSink | None,
+        out: Outcome,
+        vendor_wait_s: float | None,
+        progress: Progress | None,
+    ) -> Outcome:
+        sent_any = False
 
         streamed = progress if progress is not None else Progress()
 
@@ -138,7 +154,13 @@ class Dispatcher:
         for round_no in range(self.max_rounds):
             for i, cand in enumerate(plan):
                 if deadline - time.time() <= 0:
-                    out.error = DeadlineExceeded("the request's deadline passed before an answer")
+                    # Still waiting on our own limits when the time ran out: that is a 429
+                    # with Retry-After, whichever candidate came next.
+                    out.error = (
+                        last
+                        if isinstance(last, RateLimited)
+                        else DeadlineExceeded("the request's deadline passed before an answer")
+                    )
                     return out
                 if held[i] > time.time():
                     continue  # its Retry-After has not passed: not called again yet
@@ -180,9 +202,13 @@ class Dispatcher:
         if cap_s is not None:
             remaining = min(remaining, cap_s)
         deadline = time.monotonic() + remaining
-        tokens = 0 if env.endpoint == "count_tokens" else estimate_tokens(env.body)
-        needs = {key: 1.0 for key in rpm} | {key: float(tokens) for key in tpm}
+        tokens = _estimate(env)
+        needs = {key: 1.0 for key in rpm} | {key: float(tokens) for key in tpm if tokens}
         await self.gate.acquire(needs, env.priority, deadline)
+
+    def _give_back(self, env: RequestEnvelope, key: str, used: Usage) -> None:
+        """Return to a TPM bucket what the request's estimate took beyond what it used."""
+        self.gate.settle(key, _estimate(env), used.input_tokens + used.output_tokens)
 
     async def _backoff(self, env: RequestEnvelope, round_no: int, free_at: float) -> None:
         """Jittered exponential backoff, and no sooner than a candidate may be called."""
@@ -203,45 +229,66 @@ class Dispatcher:
         await self._admit(
             env, [f"vendor:{cand.vendor}"], [f"vendor-tpm:{cand.vendor}"], cap_s=wait_s
         )
-        remaining = env.deadline_ms / 1000 - time.time()
-        key_index, key = pool.pick()
-        # The vendor's own timeout (its config) is the vendor's fault: a failure, and the
-        # next candidate is tried.  The request's deadline coming first is not: the client
-        # asked for an answer sooner than this vendor gives one, which says nothing of its
-        # health, so it is not reported (one tenant's short deadlines never open a breaker).
-        vendor_timeout = getattr(getattr(adapter, "config", None), "timeout_s", remaining)
-        call = VendorCall(
-            model=cand.model, body=env.body, api_key=key, timeout_s=min(remaining, vendor_timeout)
-        )
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(remaining):
-                result = await self._call(adapter, env, call, forward)
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"no answer from the vendor within the deadline ({remaining:.1f}s)"
-            ) from None
-        except RelayError as exc:
-            scrubbed(exc, key)
-            if isinstance(exc, VendorAuthFailed):
-                pool.bench(key_index, 300.0)
-            elif isinstance(exc, VendorRateLimited):
-                pool.bench(key_index, exc.retry_after or 1.0)
-            await self._report(env, cand, started, exc)
-            raise
-        except UNREADABLE as exc:
-            # An answer in a shape no adapter reads (not JSON, a list for an object, a
-            # body that will not decode): the vendor's failure, reported, and the next
-            # candidate tried, rather than an internal error for the client.
-            what = type(exc).__name__  # its text may quote the vendor's answer: not logged
-            log.warning("%s/%s sent an unreadable answer (%s)", cand.vendor, cand.model, what)
-            err = VendorUnavailable(
-                f"{cand.vendor}: the vendor's answer could not be read ({what})"
+        tpm = f"vendor-tpm:{cand.vendor}"
+        forwarded = False
+
+        async def counted(chunk: dict[str, Any]) -> None:
+            nonlocal forwarded
+            forwarded = True
+            await forward(chunk)
+
+        while True:
+            remaining = env.deadline_ms / 1000 - time.time()
+            key_index, key = pool.pick()
+            # The vendor's own timeout (its config) is the vendor's fault: a failure, and
+            # the next candidate is tried.  The request's deadline coming first is not: the
+            # client asked for an answer sooner than this vendor gives one, which says
+            # nothing of its health, so it is not reported (one tenant's short deadlines
+            # never open a breaker).
+            vendor_timeout = getattr(getattr(adapter, "config", None), "timeout_s", remaining)
+            call = VendorCall(
+                model=cand.model,
+                body=env.body,
+                api_key=key,
+                timeout_s=min(remaining, vendor_timeout),
             )
-            await self._report(env, cand, started, err)
-            raise err from None
-        await self._report(env, cand, started, None, cost_of(cand, result.usage))
-        return result
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(remaining):
+                    result = await self._call(adapter, env, call, counted)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"no answer from the vendor within the deadline ({remaining:.1f}s)"
+                ) from None
+            except RelayError as exc:
+                scrubbed(exc, key)
+                keyed = isinstance(exc, VendorAuthFailed | VendorRateLimited)
+                if isinstance(exc, VendorAuthFailed):
+                    pool.bench(key_index, 300.0)
+                elif isinstance(exc, VendorRateLimited):
+                    pool.bench(key_index, exc.retry_after or 1.0)
+                if keyed and not forwarded and pool.free():
+                    # That key's refusal or limit, not the model's: the pool's next key
+                    # gets the call, and the model's health is not in question.
+                    continue
+                if not forwarded:
+                    self._give_back(env, tpm, Usage())  # refused: nothing was used
+                await self._report(env, cand, started, exc)
+                raise
+            except UNREADABLE as exc:
+                # An answer in a shape no adapter reads (not JSON, a list for an object,
+                # a body that will not decode): the vendor's failure, reported, and the
+                # next candidate tried, rather than an internal error for the client.
+                what = type(exc).__name__  # its text may quote the vendor's answer
+                log.warning("%s/%s sent an unreadable answer (%s)", cand.vendor, cand.model, what)
+                err = VendorUnavailable(
+                    f"{cand.vendor}: the vendor's answer could not be read ({what})"
+                )
+                await self._report(env, cand, started, err)
+                raise err from None
+            self._give_back(env, tpm, result.usage)
+            await self._report(env, cand, started, None, cost_of(cand, result.usage))
+            return result
 
     async def _call(
         self, adapter: object, env: RequestEnvelope, call: VendorCall, forward: ChunkSink
@@ -312,6 +359,11 @@ class Dispatcher:
                 cost=cost,
             )
         )
+
+
+def _estimate(env: RequestEnvelope) -> int:
+    """The tokens a request is held to against TPM limits (a token count spends none)."""
+    return 0 if env.endpoint == "count_tokens" else estimate_tokens(env.body)
 
 
 def estimate_tokens(body: dict[str, Any]) -> int:

@@ -88,7 +88,14 @@ class RequestHandler:
                 await self._stale_or_refuse(env.model_copy(update={"degraded": decision.reason}))
                 return
             if decision.action == "refuse":
-                await self._fail(env, self._spent(env))
+                spent: RelayError = self._spent(env)
+                if decision.throttle and decision.resets_at is not None:
+                    spent = RateLimited(
+                        f"tenant `{env.tenant}` has spent its budget for this period; "
+                        "it resets at the next period",
+                        retry_after=max(1.0, decision.resets_at - time.time()),
+                    )
+                await self._fail(env, spent)
                 return
             env = env.model_copy(update={"degraded": decision.reason})
         if await self._deferred(env):

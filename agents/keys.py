@@ -34,6 +34,11 @@ class KeyPool:
         i = min(range(len(self._keys)), key=self._benched_until.__getitem__)
         return i, self._keys[i]
 
+    def free(self) -> bool:
+        """Whether some key is not sitting out now."""
+        now = self._clock()
+        return any(until <= now for until in self._benched_until)
+
     def key(self, index: int) -> str:
         """The key at ``index`` (recorded earlier); the next usable one if it is gone."""
         if 0 <= index < len(self._keys):

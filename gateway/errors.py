@@ -8,6 +8,7 @@ become a plain 500 with no stack trace.
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -59,7 +60,8 @@ def error_response(request: Request, err: RelayError) -> JSONResponse:
         metrics.count_error(err)  # 404s elsewhere must not make an error ratio of nothing
     headers = {}
     if err.retry_after is not None:
-        headers["retry-after"] = str(max(1, round(err.retry_after)))
+        # Rounded up: a client that waits what it is told must find the way clear.
+        headers["retry-after"] = str(max(1, math.ceil(err.retry_after)))
     status = err.status
     if is_anthropic(request):
         status = ANTHROPIC_STATUS.get(status, status)

@@ -106,7 +106,9 @@ class Budget(Strict):
     limit_usd: float = Field(gt=0)
     period: Literal["day", "month"] = "month"
     degrade_at: float = Field(0.8, gt=0, le=1)
-    on_exhausted: Literal["refuse", "cache_only"] = "refuse"
+    # At 100 %: refuse with 402, throttle with 429 and Retry-After until the period
+    # resets, or serve cached answers only (stale ones too).
+    on_exhausted: Literal["refuse", "throttle", "cache_only"] = "refuse"
 
 
 class TenantConfig(Strict):

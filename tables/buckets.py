@@ -33,7 +33,10 @@ class TokenBucket(BaseModel):
 
     A request larger than ``capacity`` (a long prompt against a TPM bucket) is let through
     once the bucket is full and leaves it in debt, which later refills repay: the average
-    rate still holds and big requests are not starved forever.
+    rate still holds and big requests are not starved forever.  One take counts for a
+    minute's refill at most, so no single estimate (``max_tokens`` of a billion) can put
+    the bucket in debt for longer than that; what a call did not use is given back
+    (``give_back``).
     """
 
     capacity: float
@@ -46,10 +49,11 @@ class TokenBucket(BaseModel):
         """A bucket for a per-minute limit, full at ``now``.
 
         Capacity is one second's worth (at least 1).  Over any minute the bucket admits at
-        most limit + limit/60, i.e. within 2% of the limit, where capacity = limit/6 would
-        admit 17% too many in the first minute and trip the vendor's own limiter.  Vendors
-        enforce per-minute limits over sub-minute slices too, so a small burst is the safe
-        side.
+        most limit + capacity: within 2% of a limit of 60 a minute or more, where capacity
+        = limit/6 would admit 17% too many in the first minute and trip the vendor's own
+        limiter (a smaller limit overshoots by its 1-request floor: 4 of rpm 3 at once).
+        Vendors enforce per-minute limits over sub-minute slices too, so a small burst is
+        the safe side.
         """
         capacity = max(1.0, limit / 60.0)
         return cls(capacity=capacity, refill_per_s=limit / 60.0, tokens=capacity, updated=now)
@@ -83,12 +87,22 @@ class TokenBucket(BaseModel):
         """Seconds until ``take(n)`` would succeed; 0.0 if it would now.  Takes nothing."""
         return self.backlog_wait(min(n, self.capacity), now)
 
+    def bounded(self, n: float) -> float:
+        """What a take of ``n`` counts for: a minute's refill (or a full bucket) at most."""
+        return min(n, max(self.capacity, self.refill_per_s * 60))
+
     def take(self, n: float, now: float) -> float:
         """Spend ``n`` tokens and return 0.0, or spend nothing and return the wait."""
         wait = self.wait(n, now)
         if wait == 0.0:
-            self.tokens -= n
+            self.tokens -= self.bounded(n)
         return wait
+
+    def give_back(self, n: float, now: float) -> None:
+        """Return ``n`` tokens taken but not used (a call that used fewer than estimated,
+        or that the vendor refused), never past a full bucket."""
+        self._refill(now)
+        self.tokens = min(self.capacity, self.tokens + max(0.0, n))
 
 
 @dataclass(eq=False)
@@ -150,7 +164,7 @@ class PriorityGate:
             return
         lane, seq = LANES[Priority(priority)], next(self._seq)
         wait = self._estimate(limited, (lane, seq), now)
-        if now + wait > deadline:
+        if wait > 0 and now + wait > deadline:
             raise RateLimited(
                 f"rate limited: about {wait:.2f}s to wait, past the request's deadline",
                 retry_after=wait,
@@ -176,10 +190,26 @@ class PriorityGate:
         worst = 0.0
         for key, tokens in needs.items():
             bucket = self._buckets[key]
-            ahead = sum(w.needs.get(key, 0.0) for w in self._waiters if w.order < order)
+            ahead = sum(
+                bucket.bounded(w.needs.get(key, 0.0)) for w in self._waiters if w.order < order
+            )
             need = ahead + min(tokens, bucket.capacity)
             worst = max(worst, bucket.backlog_wait(need, now))
         return worst
+
+    def settle(self, key: str, estimated: float, used: float) -> None:
+        """A call admitted on ``estimated`` tokens of ``key`` used ``used``: what it was
+        charged beyond that goes back to the bucket (if it has one), and whoever can go
+        now is admitted."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return
+        unused = bucket.bounded(estimated) - used
+        if unused <= 0:
+            return
+        bucket.give_back(unused, self._clock())
+        if self._waiters:
+            self._pump()
 
     def _expire(self, waiter: _Waiter) -> None:
         if waiter.future.done() or waiter not in self._waiters:

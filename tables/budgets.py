@@ -16,7 +16,7 @@ class BudgetPolicy(BaseModel):
     limit_usd: float
     period: Period = "month"
     degrade_at: float = 0.8
-    on_exhausted: Literal["refuse", "cache_only"] = "refuse"
+    on_exhausted: Literal["refuse", "throttle", "cache_only"] = "refuse"
 
 
 class Spend(BaseModel):
@@ -37,6 +37,9 @@ class BudgetDecision(BaseModel):
     reason: str | None = None
     remaining_usd: float
     cache_only: bool = False
+    # A refusal as 429 until ``resets_at`` (the next period's start) instead of 402.
+    throttle: bool = False
+    resets_at: float | None = None
 
 
 def period_start(now: float, period: Period) -> float:
@@ -46,6 +49,15 @@ def period_start(now: float, period: Period) -> float:
     if period == "month":
         start = start.replace(day=1)
     return start.timestamp()
+
+
+def next_period_start(now: float, period: Period) -> float:
+    """Epoch seconds of the start of the next UTC day or month after ``now``."""
+    start = datetime.fromtimestamp(period_start(now, period), UTC)
+    if period == "day":
+        return start.timestamp() + 86400
+    year, month = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
+    return start.replace(year=year, month=month).timestamp()
 
 
 def add_spend(s: Spend, cost: float, now: float, period: Period) -> Spend:
@@ -74,7 +86,13 @@ def decide(policy: BudgetPolicy, spend: Spend, now: float) -> BudgetDecision:
             return BudgetDecision(
                 action="degrade", reason="budget_exhausted", remaining_usd=0.0, cache_only=True
             )
-        return BudgetDecision(action="refuse", reason="budget_exhausted", remaining_usd=0.0)
+        return BudgetDecision(
+            action="refuse",
+            reason="budget_exhausted",
+            remaining_usd=0.0,
+            throttle=policy.on_exhausted == "throttle",
+            resets_at=next_period_start(now, policy.period),
+        )
     if spent >= policy.degrade_at * policy.limit_usd:
         pct = round(policy.degrade_at * 100)
         return BudgetDecision(action="degrade", reason=f"budget_{pct}pct", remaining_usd=remaining)

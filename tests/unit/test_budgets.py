@@ -6,7 +6,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tables.budgets import BudgetPolicy, Spend, add_spend, decide, period_start
+from tables.budgets import (
+    BudgetPolicy,
+    Spend,
+    add_spend,
+    decide,
+    next_period_start,
+    period_start,
+)
 
 
 def ts(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
@@ -77,6 +84,16 @@ def test_refuse_once_the_limit_is_reached() -> None:
     d = decide(POLICY, spent(100.0), NOW)
     assert (d.action, d.reason, d.remaining_usd) == ("refuse", "budget_exhausted", 0.0)
     assert decide(POLICY, spent(250.0), NOW).remaining_usd == 0.0
+
+
+def test_throttle_refuses_until_the_period_resets() -> None:
+    policy = POLICY.model_copy(update={"on_exhausted": "throttle"})
+    d = decide(policy, spent(100.0), NOW)
+    assert (d.action, d.throttle) == ("refuse", True)
+    assert d.resets_at == next_period_start(NOW, POLICY.period)
+    assert next_period_start(ts(2024, 12, 31, 23, 59), "month") == ts(2025, 1, 1)
+    assert next_period_start(ts(2024, 2, 29, 12), "day") == ts(2024, 3, 1)
+    assert not decide(POLICY, spent(100.0), NOW).throttle
 
 
 def test_cache_only_degrades_instead_of_refusing() -> None:

@@ -748,3 +748,20 @@ async def test_an_answer_a_content_filter_cut_is_answered_but_never_stored(strea
     await handler.handle(env)
     assert sink.for_(env.correlation_id)[-1].kind == "final"
     assert sink.written == {}, "a filtered answer must not be served to the next asker"
+
+
+async def test_a_throttled_spent_budget_is_a_429_until_the_period_resets():
+    calls: list[str] = []
+    handler, sink = make(vendor(calls))
+    resets = time.time() + 3600
+    handler.budget = lambda tenant: BudgetDecision(
+        action="refuse", reason="budget_exhausted", remaining_usd=0.0, throttle=True,
+        resets_at=resets,
+    )  # fmt: skip
+    env = envelope(key="spent-throttle")
+    await handler.handle(env)
+    [told] = sink.for_(env.correlation_id)
+    assert told.kind == "error" and told.error is not None
+    assert told.error["code"] == "rate_limited"
+    assert 3590 < told.error["retry_after"] <= 3600
+    assert calls == [] and [line.error_code for line in sink.ledger] == ["rate_limited"]
