@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -12,6 +13,13 @@ from gateway.auth import CallerDep
 from gateway.relay import Answer, Options, Relay
 from gateway.sse import EventStream, openai_sse
 from schemas.errors import BadRequest
+from schemas.formats.functions import (
+    answer_as_function_call,
+    chunk_as_function_call,
+    functions_to_tools,
+    is_legacy,
+)
+from schemas.usage import Usage
 
 router = APIRouter(prefix="/v1")
 
@@ -61,26 +69,33 @@ def chat_fields(body: ChatBody) -> dict[str, Any]:
             raise BadRequest(f"messages.{i}.role: required", param=f"messages.{i}.role")
     if not isinstance(raw.get("stream_options") or {}, dict):
         raise BadRequest("stream_options: must be an object", param="stream_options")
-    return raw
+    return functions_to_tools(raw)  # the deprecated function calling, as tools
 
 
 def render(answer: Answer, raw: dict[str, Any]) -> Response:
-    """An answer in OpenAI's shape: JSON, or SSE chunks for a stream."""
+    """An answer in OpenAI's shape: JSON, or SSE chunks for a stream; ``raw`` is the
+    request as the client sent it (a request in ``functions`` hears a ``function_call``)."""
+    legacy = is_legacy(raw)
     if answer.chunks is None:
-        return JSONResponse(answer.body, headers=answer.headers)
+        body = answer_as_function_call(answer.body) if legacy and answer.body else answer.body
+        return JSONResponse(body, headers=answer.headers)
     include_usage = bool((raw.get("stream_options") or {}).get("include_usage"))
-    return EventStream(
-        openai_sse(answer.chunks, include_usage),
-        answer.close,
-        answer.headers,
-    )
+    chunks = _as_function_calls(answer.chunks) if legacy else answer.chunks
+    return EventStream(openai_sse(chunks, include_usage), answer.close, answer.headers)
+
+
+async def _as_function_calls(
+    chunks: AsyncIterator[dict[str, Any] | Usage],
+) -> AsyncIterator[dict[str, Any] | Usage]:
+    async for chunk in chunks:
+        yield chunk if isinstance(chunk, Usage) else chunk_as_function_call(chunk)
 
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatBody, request: Request, who: CallerDep) -> Any:
-    raw = chat_fields(body)
+    sent = body.model_dump(exclude_unset=True)
     opts = Options.from_headers(request.headers)
-    return render(await _relay(request).answer(who, "chat", raw, opts), raw)
+    return render(await _relay(request).answer(who, "chat", chat_fields(body), opts), sent)
 
 
 @router.post("/embeddings")

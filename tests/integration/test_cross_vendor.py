@@ -333,6 +333,62 @@ async def test_streamed_tool_call_arguments_assemble_into_json(
     assert json.loads(calls[0]["arguments"]) == want.tool_args == {"location": "Paris"}
 
 
+@pytest.mark.parametrize(
+    "route", [ROUTES["anthropic"], ROUTES["ollama"]], ids=["anthropic", "ollama"]
+)
+async def test_deprecated_function_calling_is_served_by_any_vendor(
+    stack: Stack, simulator: Simulator, route: Route
+):
+    """An old client's ``functions`` reaches Claude and Ollama as tools, and its answer
+    comes back as ``function_call``, streamed or not, as OpenAI itself would send it."""
+    question = ask("what is the weather in Paris?")
+    c = relay_openai(stack)
+    functions = [WEATHER_TOOL["function"]]
+    first = await c.chat.completions.create(
+        model=route.alias,
+        messages=question,
+        functions=functions,  # type: ignore[arg-type]
+    )
+    choice = first.choices[0]
+    assert choice.finish_reason == "function_call" and not choice.message.tool_calls
+    call = choice.message.function_call
+    assert call is not None and call.name == "get_weather"
+    assert json.loads(call.arguments) == {"location": "Paris"}
+
+    stream = await c.chat.completions.create(
+        model=route.alias,
+        messages=question,
+        functions=functions,
+        stream=True,  # type: ignore[arg-type]
+    )
+    name, arguments, finish = "", "", None
+    async for chunk in stream:
+        for part in chunk.choices:
+            finish = part.finish_reason or finish
+            assert not part.delta.tool_calls
+            if part.delta.function_call:
+                name += part.delta.function_call.name or ""
+                arguments += part.delta.function_call.arguments or ""
+    assert (name, finish) == ("get_weather", "function_call")
+    assert json.loads(arguments) == {"location": "Paris"}
+
+    answer = await c.chat.completions.create(
+        model=route.alias,
+        functions=functions,  # type: ignore[arg-type]
+        messages=[
+            *question,
+            {
+                "role": "assistant",
+                "content": None,
+                "function_call": {"name": call.name, "arguments": call.arguments},
+            },
+            {"role": "function", "name": "get_weather", "content": "18C and sunny"},
+        ],
+    )
+    assert answer.choices[0].finish_reason == "stop"
+    assert answer.choices[0].message.content == "Tool said: 18C and sunny"
+
+
 # -- embeddings and prompt caching ------------------------------------------------------
 
 

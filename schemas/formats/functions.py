@@ -1,0 +1,98 @@
+"""OpenAI's deprecated function calling (``functions`` / ``function_call``) as tools.
+
+Older clients (and frameworks pinned to them) still send ``functions`` and read
+``message.function_call``.  The relay speaks tools to every vendor, so such a request is
+turned into tools on the way in and its answer back into a function call on the way out:
+an Anthropic or Ollama vendor serves it as OpenAI itself would.  Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.errors import BadRequest
+
+FINISH = {"tool_calls": "function_call"}
+
+
+def is_legacy(body: dict[str, Any]) -> bool:
+    """Whether ``body`` asks in the deprecated form (and not in tools as well)."""
+    return body.get("functions") is not None and not body.get("tools")
+
+
+def functions_to_tools(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` in tools: ``functions`` as tools, ``function_call`` as ``tool_choice``, and
+    the history's function calls and results as tool calls and tool results, each pair
+    joined by an id made from the call's place in the conversation."""
+    if not is_legacy(body):
+        return body
+    functions = body["functions"]
+    if not isinstance(functions, list) or not all(isinstance(f, dict) for f in functions):
+        raise BadRequest("functions: must be a list of function objects", param="functions")
+    out = {k: v for k, v in body.items() if k not in ("functions", "function_call")}
+    out["tools"] = [{"type": "function", "function": f} for f in functions]
+    choice = body.get("function_call")
+    if choice in ("none", "auto"):
+        out["tool_choice"] = choice
+    elif isinstance(choice, dict) and isinstance(choice.get("name"), str):
+        out["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+    elif choice is not None:
+        raise BadRequest(
+            'function_call: must be "none", "auto" or {"name": ...}', param="function_call"
+        )
+    out["messages"] = _history(body.get("messages") or [])
+    return out
+
+
+def _history(messages: list[Any]) -> list[Any]:
+    calls: dict[str, str] = {}  # function name -> id of its latest call
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            out.append(message)
+            continue
+        call = message.get("function_call")
+        if message.get("role") == "assistant" and isinstance(call, dict):
+            call_id = f"call_fn_{i}"
+            calls[str(call.get("name", ""))] = call_id
+            fn = {"name": call.get("name", ""), "arguments": call.get("arguments") or "{}"}
+            message = {k: v for k, v in message.items() if k != "function_call"}
+            message["tool_calls"] = [{"id": call_id, "type": "function", "function": fn}]
+        elif message.get("role") == "function":
+            name = str(message.get("name", ""))
+            call_id = calls.get(name, f"call_fn_{name}")
+            message = {"role": "tool", "tool_call_id": call_id, "content": message.get("content")}
+        out.append(message)
+    return out
+
+
+def answer_as_function_call(body: dict[str, Any]) -> dict[str, Any]:
+    """A chat completion with its (first) tool call as the message's ``function_call``."""
+    choices = []
+    for choice in body.get("choices") or []:
+        message = dict(choice.get("message") or {})
+        calls = message.pop("tool_calls", None) or []
+        if calls:
+            fn = calls[0].get("function") or {}
+            message["function_call"] = {
+                "name": fn.get("name", ""),
+                "arguments": fn.get("arguments", ""),
+            }
+        reason = choice.get("finish_reason")
+        choices.append({**choice, "message": message, "finish_reason": FINISH.get(reason, reason)})
+    return {**body, "choices": choices}
+
+
+def chunk_as_function_call(chunk: dict[str, Any]) -> dict[str, Any]:
+    """A stream chunk with its first tool call's deltas as ``function_call`` deltas."""
+    choices = []
+    for choice in chunk.get("choices") or []:
+        delta = dict(choice.get("delta") or {})
+        calls = delta.pop("tool_calls", None) or []
+        first = [c for c in calls if c.get("index", 0) == 0]
+        if first:
+            fn = first[0].get("function") or {}
+            delta["function_call"] = {k: fn[k] for k in ("name", "arguments") if k in fn}
+        reason = choice.get("finish_reason")
+        choices.append({**choice, "delta": delta, "finish_reason": FINISH.get(reason, reason)})
+    return {**chunk, "choices": choices}
