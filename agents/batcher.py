@@ -20,6 +20,9 @@ from schemas.errors import RelayError, VendorBadRequest, VendorError
 from schemas.usage import Usage
 
 EmbedFn = Callable[[VendorCall], Awaitable[VendorResult]]
+# Told of a caller that gave up while its inputs were already on their way to the vendor:
+# its share of the answer is billed all the same, so somebody must meter it.
+Orphaned = Callable[["asyncio.Future[VendorResult]"], None]
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class EmbeddingBatcher:
 
     def __init__(self) -> None:
         self._windows: dict[tuple[str, ...], _Window] = {}
+        self._sending: set[asyncio.Task[None]] = set()
         self.calls_sent = 0
 
     async def embed(
@@ -63,8 +67,13 @@ class EmbeddingBatcher:
         window_ms: int,
         max_size: int,
         shape: Shape = EMBEDDINGS,
+        orphaned: Orphaned | None = None,
     ) -> VendorResult:
-        """The caller's own answers; ``shared`` says whether others rode the same call."""
+        """The caller's own answers; ``shared`` says whether others rode the same call.
+
+        A caller that gives up (its deadline) before the window goes out leaves it: its
+        inputs are not sent.  One that gives up after is ``orphaned``: told the future of
+        the share it will be billed for."""
         raw = call.body.get(shape.inputs)
         inputs = raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
         # Text and token-array inputs never share a call: vendors refuse a mixed list.
@@ -78,7 +87,18 @@ class EmbeddingBatcher:
         elif window.timer is None:
             loop = asyncio.get_running_loop()
             window.timer = loop.call_later(window_ms / 1000, self._flush, key, send, shape)
-        return await pending.future
+        try:
+            return await asyncio.shield(pending.future)
+        except asyncio.CancelledError:
+            if pending in window.pending and self._windows.get(key) is window:
+                window.pending.remove(pending)  # not sent yet: never paid for
+                window.size -= len(inputs)
+                pending.future.cancel()
+            elif orphaned is not None:
+                orphaned(pending.future)
+            else:  # nobody reads it: retrieved here, so asyncio does not complain
+                pending.future.add_done_callback(_retrieve)
+            raise
 
     def _flush(self, key: tuple[str, ...], send: EmbedFn, shape: Shape) -> None:
         window = self._windows.pop(key, None)
@@ -86,7 +106,9 @@ class EmbeddingBatcher:
             return
         if window.timer is not None:
             window.timer.cancel()
-        asyncio.get_running_loop().create_task(self._send(window.pending, send, shape))
+        task = asyncio.get_running_loop().create_task(self._send(window.pending, send, shape))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[_Pending], send: EmbedFn, shape: Shape) -> None:
         first = batch[0].call
@@ -121,6 +143,11 @@ class EmbeddingBatcher:
         for p, part in zip(batch, parts, strict=True):
             if not p.future.done():
                 p.future.set_result(replace(part, shared=len(batch) > 1))
+
+
+def _retrieve(future: asyncio.Future[VendorResult]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _reject(batch: list[_Pending], error: Callable[[], Exception]) -> None:

@@ -65,6 +65,9 @@ class Outcome:
     attempts: int = 0
     batched: bool = False
     cached: bool = False  # answered from L2 on the worker, no vendor call
+    # Failed, yet its share of a window-batched call went out and will be billed: the
+    # candidate and that share's answer to come (the ledger line waits for it).
+    late: tuple[Candidate, asyncio.Future[VendorResult]] | None = None
 
 
 @dataclass
@@ -93,6 +96,9 @@ class Dispatcher:
         self.on_health = on_health
         self.batching = batching or {}
         self.batcher = EmbeddingBatcher()
+        # Requests that gave up inside a window-batched call already sent, by correlation
+        # id: their candidate and the share they will be billed for.
+        self._orphans: dict[str, tuple[Candidate, asyncio.Future[VendorResult]]] = {}
         self.gate = gate or PriorityGate()
         self.max_rounds = max_rounds
         self.rng = rng or random.Random()
@@ -123,6 +129,11 @@ class Dispatcher:
         try:
             return await self._run(env, plan, on_chunk, out, vendor_wait_s, progress)
         finally:
+            if late := self._orphans.pop(env.correlation_id, None):
+                if out.error is not None:
+                    out.late = late
+                else:  # cancelled (the worker stopping): read, so asyncio never complains
+                    late[1].add_done_callback(lambda f: f.cancelled() or f.exception())
             if admit_tenant:  # what the request did not use, back to its tenant
                 used = out.usage if out.candidate is not None else Usage()
                 self._give_back(env, f"tenant-tpm:{env.tenant}", used)
@@ -255,7 +266,7 @@ class Dispatcher:
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(remaining):
-                    result = await self._call(adapter, env, call, counted)
+                    result = await self._call(adapter, env, cand, call, counted)
             except TimeoutError:
                 raise DeadlineExceeded(
                     f"no answer from the vendor within the deadline ({remaining:.1f}s)"
@@ -291,7 +302,12 @@ class Dispatcher:
             return result
 
     async def _call(
-        self, adapter: object, env: RequestEnvelope, call: VendorCall, forward: ChunkSink
+        self,
+        adapter: object,
+        env: RequestEnvelope,
+        cand: Candidate,
+        call: VendorCall,
+        forward: ChunkSink,
     ) -> VendorResult:
         if env.endpoint == "count_tokens" and isinstance(adapter, TokenCounter):
             counted = await adapter.count_tokens(call)
@@ -299,11 +315,11 @@ class Dispatcher:
         if env.endpoint == "embeddings":
             if not isinstance(adapter, EmbeddingVendor):
                 raise BadRequest(f"`{env.alias}` is served by a vendor without embeddings")
-            return await self._batched(env, call, adapter.embed, EMBEDDINGS)
+            return await self._batched(env, cand, call, adapter.embed, EMBEDDINGS)
         if env.endpoint == "completions":
             if not isinstance(adapter, CompletionVendor):
                 raise BadRequest(f"`{env.alias}` is served by a vendor without /completions")
-            return await self._batched(env, call, adapter.complete, COMPLETIONS)
+            return await self._batched(env, cand, call, adapter.complete, COMPLETIONS)
         if not isinstance(adapter, ChatVendor):
             raise BadRequest(f"`{env.alias}` is served by a vendor without chat")
         if not env.stream:
@@ -322,7 +338,7 @@ class Dispatcher:
         return VendorResult(body=body, usage=usage)
 
     async def _batched(
-        self, env: RequestEnvelope, call: VendorCall, send: EmbedFn, shape: Shape
+        self, env: RequestEnvelope, cand: Candidate, call: VendorCall, send: EmbedFn, shape: Shape
     ) -> VendorResult:
         """Through the window batcher when the alias asks for it, else straight."""
         rule = self.batching.get(env.alias)
@@ -336,7 +352,13 @@ class Dispatcher:
         raw = env.body.get(shape.inputs)
         kind = "tokens" if isinstance(raw, list) and raw and not isinstance(raw[0], str) else "text"
         key = (shape.inputs, call.model, repr(sorted(params.items())), str(vendor), kind)
-        return await self.batcher.embed(key, call, send, rule.window_ms, rule.max_size, shape)
+
+        def orphaned(share: asyncio.Future[VendorResult]) -> None:
+            self._orphans[env.correlation_id] = (cand, share)
+
+        return await self.batcher.embed(
+            key, call, send, rule.window_ms, rule.max_size, shape, orphaned=orphaned
+        )
 
     async def _report(
         self,

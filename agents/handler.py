@@ -36,6 +36,7 @@ from tables.cache import CacheEntry, storable
 from tables.prices import PriceSheet
 
 log = logging.getLogger("relay.worker")
+LATE_SHARE_S = 600.0  # how long a shared call's answer is awaited to meter a late share
 
 
 class Sink(Protocol):
@@ -337,8 +338,9 @@ class RequestHandler:
                 # A stream that broke part way was billed for what it sent: the leader's
                 # line says so (at an estimate), with the vendor that sent it.
                 paid = (out.candidate, out.usage) if w.leader else (None, Usage())
+                late = out.late if w.leader else None
                 async with w.sending:
-                    await self._fail(env, out.error, coalesced=not w.leader, paid=paid)
+                    await self._fail(env, out.error, coalesced=not w.leader, paid=paid, late=late)
                 continue
             if env.stream and not flight.chunks and out.body is not None:
                 # A streaming waiter that joined a non-streamed call gets it as chunks.
@@ -395,7 +397,10 @@ class RequestHandler:
         coalesced: bool = False,
         meter: bool = True,
         paid: tuple[Candidate | None, Usage] = (None, Usage()),
+        late: tuple[Candidate, asyncio.Future[VendorResult]] | None = None,
     ) -> None:
+        """Answer ``env`` with ``err`` and meter it; with ``late``, its share of a
+        window-batched call that went out is metered when that answer comes."""
         await self.sink.reply(
             env.reply_to,
             ReplyEvent(
@@ -407,12 +412,33 @@ class RequestHandler:
         )
         if not meter:
             return
+        if late is not None:
+            self._spawn(self._meter_share(env, err, late))
+            return
         candidate, usage = paid
         await self.sink.usage(
             usage_event(
                 env, self.prices, candidate=candidate, usage=usage, error=err, coalesced=coalesced
             )
         )
+
+    async def _meter_share(
+        self,
+        env: RequestEnvelope,
+        err: RelayError,
+        late: tuple[Candidate, asyncio.Future[VendorResult]],
+    ) -> None:
+        """The one ledger line of a request that gave up inside a shared call: failed, and
+        billed its share once the vendor answers (nothing, if the call failed)."""
+        cand, share = late
+        try:
+            result = await asyncio.wait_for(asyncio.shield(share), LATE_SHARE_S)
+            paid: tuple[Candidate | None, Usage] = (cand, result.usage)
+        except Exception:
+            paid = (None, Usage())
+        candidate, usage = paid
+        line = usage_event(env, self.prices, candidate=candidate, usage=usage, error=err)
+        await self.sink.usage(line.model_copy(update={"batched": candidate is not None}))
 
 
 def _entry(

@@ -6,6 +6,7 @@ import asyncio
 
 from agents.adapters.base import VendorCall, VendorResult
 from agents.batcher import EmbeddingBatcher
+from schemas.config import Candidate
 from schemas.errors import VendorBadRequest, VendorError, VendorUnavailable
 from schemas.usage import Usage
 
@@ -28,6 +29,9 @@ class Vendor:
         return VendorResult(
             {"object": "list", "data": data, "model": call.model}, Usage(input_tokens=tokens)
         )
+
+
+CAND = Candidate(vendor="v", model="x")
 
 
 def call(inputs: str | list[str]) -> VendorCall:
@@ -172,8 +176,9 @@ async def test_several_answers_per_prompt_are_never_window_batched():
     body = {"model": "m", "prompt": ["a"], "n": 2}
     env: RequestEnvelope = request_envelope(body=body, endpoint="completions", alias="m")
     c = VendorCall(model="x", body=body, api_key="k")
-    await asyncio.gather(dispatcher._batched(env, c, complete, COMPLETIONS),
-                         dispatcher._batched(env, c, complete, COMPLETIONS))  # fmt: skip
+    cand = Candidate(vendor="v", model="x")
+    await asyncio.gather(dispatcher._batched(env, cand, c, complete, COMPLETIONS),
+                         dispatcher._batched(env, cand, c, complete, COMPLETIONS))  # fmt: skip
     assert len(sent) == 2 and all(s.body["prompt"] == ["a"] for s in sent)
 
 
@@ -197,7 +202,7 @@ async def test_text_and_token_id_prompts_never_share_a_vendor_call():
         body = {"model": "m", "prompt": prompt}
         env = request_envelope(body=body, endpoint="completions", alias="m")
         call = VendorCall(model="x", body=body, api_key="k")
-        calls.append(dispatcher._batched(env, call, complete, COMPLETIONS))
+        calls.append(dispatcher._batched(env, CAND, call, complete, COMPLETIONS))
     await asyncio.gather(*calls)
     assert sorted(map(str, (s.body["prompt"] for s in sent))) == [
         "['a text', 'another text']",
@@ -220,3 +225,40 @@ async def test_a_caller_in_a_hurry_never_cuts_the_shared_call_short_for_the_othe
         *(batcher.embed(("k",), c, embed, window_ms=20, max_size=64) for c in (hurried, patient))
     )
     assert seen == [30]
+
+
+async def test_a_caller_that_gives_up_before_the_window_goes_out_is_never_sent() -> None:
+    vendor, batcher = Vendor(), EmbeddingBatcher()
+    quitter = asyncio.create_task(batcher.embed(("k",), call("gone"), vendor.embed, 50, 64))
+    stayer = asyncio.create_task(batcher.embed(("k",), call("here"), vendor.embed, 50, 64))
+    await asyncio.sleep(0.01)
+    quitter.cancel()
+    await stayer
+    assert vendor.calls == [["here"]], "never paid for"
+
+
+async def test_a_caller_that_gives_up_inside_the_shared_call_is_told_of_its_share() -> None:
+    """Its inputs went out: the vendor bills them, so its share must reach the ledger."""
+    release = asyncio.Event()
+    vendor = Vendor()
+
+    async def slow(c: VendorCall) -> VendorResult:
+        await release.wait()
+        return await vendor.embed(c)
+
+    batcher = EmbeddingBatcher()
+    shares: list[asyncio.Future[VendorResult]] = []
+    quitter = asyncio.create_task(
+        batcher.embed(("k",), call("gone"), slow, 10, 64, orphaned=shares.append)
+    )
+    stayer = asyncio.create_task(batcher.embed(("k",), call("here!"), slow, 10, 64))
+    await asyncio.sleep(0.05)  # the window went out; the vendor is answering
+    quitter.cancel()
+    await asyncio.sleep(0)
+    release.set()
+    mine = await stayer
+    [share] = shares
+    theirs = await share
+    assert vendor.calls == [["gone", "here!"]]
+    assert theirs.usage.input_tokens + mine.usage.input_tokens == 9
+    assert theirs.usage.input_tokens == 4

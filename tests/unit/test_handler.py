@@ -765,3 +765,67 @@ async def test_a_throttled_spent_budget_is_a_429_until_the_period_resets():
     assert told.error["code"] == "rate_limited"
     assert 3590 < told.error["retry_after"] <= 3600
     assert calls == [] and [line.error_code for line in sink.ledger] == ["rate_limited"]
+
+
+async def test_a_request_that_gives_up_inside_a_shared_batched_call_is_billed_its_share():
+    """Its inputs went out with the others': the vendor bills them, so its one ledger line
+    (failed, deadline) waits for the answer and carries its share of the cost."""
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {"a": {"kind": "openai", "base_url": "http://a/v1"}},
+            "models": {
+                "e": {
+                    "kind": "embeddings",
+                    "batching": {"window_ms": 20},
+                    "candidates": [{"vendor": "a", "model": "emb", "input_per_1m": 1000}],
+                }
+            },
+            "tenants": {"t": {}},
+        }
+    )
+
+    async def slow_embeddings(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.6)
+        inputs = json.loads(request.content)["input"]
+        data = [{"object": "embedding", "index": i, "embedding": [0.5]} for i in range(len(inputs))]
+        tokens = sum(len(t) for t in inputs)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return httpx.Response(
+            200, json={"object": "list", "data": data, "model": "emb", "usage": usage}
+        )
+
+    sink = Sink()
+    client = httpx.AsyncClient(transport=httpx.MockTransport(slow_embeddings))
+    handler = RequestHandler(
+        Router(config, {}.get),
+        Dispatcher(
+            {"a": OpenAIAdapter(config.vendors["a"], client)},
+            {"a": KeyPool(["k"])},
+            sink.health,
+            batching={"e": config.models["e"].batching},  # type: ignore[dict-item]
+        ),
+        PriceSheet.from_config(config.models),
+        sink,
+    )
+
+    def embed(text: str, seconds: float) -> RequestEnvelope:
+        return request_envelope(
+            alias="e",
+            endpoint="embeddings",
+            body={"model": "e", "input": text},
+            deadline_ms=int((time.time() + seconds) * 1000),
+        )
+
+    hurried, patient = embed("abcd", 0.3), embed("abcdefgh", 5)
+    await asyncio.gather(handler.handle(hurried), handler.handle(patient))
+    assert sink.for_(hurried.correlation_id)[-1].error["code"] == "deadline_exceeded"  # type: ignore[index]
+    assert sink.for_(patient.correlation_id)[-1].kind == "final"
+    for _ in range(100):  # the hurried line comes once the shared call answers
+        if len(sink.ledger) == 2:
+            break
+        await asyncio.sleep(0.02)
+    lines = {line.trace_id: line for line in sink.ledger}
+    late, done = lines[hurried.trace_id], lines[patient.trace_id]
+    assert (late.status, late.error_code, late.vendor) == ("error", "deadline_exceeded", "a")
+    assert late.usage.input_tokens == 4 and late.cost > 0 and late.batched
+    assert done.usage.input_tokens == 8 and done.status == "ok"
