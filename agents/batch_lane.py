@@ -31,6 +31,7 @@ from schemas.errors import (
     VendorBadRequest,
     VendorNotFound,
     VendorUnavailable,
+    VendorUnsupported,
 )
 from tables.cache import REDIS_ERRORS
 from tables.lane_journal import LaneJournal, VendorBatch
@@ -177,9 +178,15 @@ class BatchLane:
         except Exception as exc:
             exc = _scrub(exc, key)
             log.warning("batch to %s/%s not submitted: %s", cand.vendor, cand.model, exc)
-            if isinstance(exc, VendorNotFound | VendorBadRequest):
+            failure = _failure(exc)
+            if isinstance(exc, VendorNotFound):  # no batch API there: realtime for a while
                 self._refused[cand.vendor] = time.monotonic() + REFUSED_S
-            await self._deliver_all(cand, items, dict.fromkeys(_ids(items), _failure(exc)))
+            elif isinstance(exc, VendorBadRequest):
+                # Refused as a whole (too large, one bad line): one tenant's request must
+                # not fail the others, nor switch the lane off.  Each goes on alone, the
+                # realtime way, where only a bad one is refused.
+                failure = VendorUnsupported(f"the vendor refused the batch as a whole: {exc}")
+            await self._deliver_all(cand, items, dict.fromkeys(_ids(items), failure))
             return
         self.batches_sent += 1
         entry = VendorBatch(id=batch_id, candidate=cand, key_index=index, envelopes=items)

@@ -26,7 +26,7 @@ from agents.adapters.base import (
     VendorCall,
     VendorResult,
 )
-from agents.adapters.http import scrubbed
+from agents.adapters.http import SENT, scrubbed
 from agents.batcher import COMPLETIONS, EMBEDDINGS, EmbeddingBatcher, EmbedFn, Shape
 from agents.keys import KeyPool
 from schemas.config import Batching, Candidate
@@ -264,6 +264,7 @@ class Dispatcher:
                 timeout_s=min(remaining, vendor_timeout),
             )
             started = time.perf_counter()
+            SENT.set(False)
             try:
                 async with asyncio.timeout(remaining):
                     result = await self._call(adapter, env, cand, call, counted)
@@ -287,10 +288,19 @@ class Dispatcher:
                 await self._report(env, cand, started, exc)
                 raise
             except UNREADABLE as exc:
+                what = type(exc).__name__  # its text may quote the vendor's answer
+                if not SENT.get():
+                    # Before anything went out: the request has a shape the adapter could
+                    # not translate (a number for a list, say).  The client's fault, not
+                    # the vendor's: a 400, and no breaker opened by a bad request.
+                    self._give_back(env, tpm, Usage())
+                    raise BadRequest(
+                        f"the request could not be put to {cand.vendor} ({what}); "
+                        "check its fields' types"
+                    ) from None
                 # An answer in a shape no adapter reads (not JSON, a list for an object,
                 # a body that will not decode): the vendor's failure, reported, and the
                 # next candidate tried, rather than an internal error for the client.
-                what = type(exc).__name__  # its text may quote the vendor's answer
                 log.warning("%s/%s sent an unreadable answer (%s)", cand.vendor, cand.model, what)
                 err = VendorUnavailable(
                     f"{cand.vendor}: the vendor's answer could not be read ({what})"

@@ -192,7 +192,9 @@ class RequestHandler:
         if env.cache_lookup and await self.sink.cached(env.prompt_hash) is not None:
             return False
         try:  # a request degraded by its tenant's budget goes the cheaper way here too
-            plan = self.router.plan(env.alias, time.time(), degraded=env.degraded is not None)
+            plan = self.router.plan(
+                env.alias, time.time(), degraded=env.degraded is not None, tenant=env.tenant
+            )
         except RelayError:
             return False
         cand = next((c for c in plan if self.lane.accepts(c)), None)
@@ -272,7 +274,11 @@ class RequestHandler:
 
     async def _fly(self, flight: Flight, env: RequestEnvelope, progress: Progress) -> Outcome:
         plan = self.router.plan(
-            env.alias, time.time(), user=env.user, degraded=env.degraded is not None
+            env.alias,
+            time.time(),
+            user=env.user,
+            degraded=env.degraded is not None,
+            tenant=env.tenant,
         )
 
         async def fan_out(chunk: dict[str, Any]) -> None:
@@ -292,7 +298,9 @@ class RequestHandler:
             # the alias's patience.  Route it as degraded (cheaper), flagged as such.
             flight.degraded = "rate_pressure"
             env = env.model_copy(update={"degraded": flight.degraded})
-            plan = self.router.plan(env.alias, time.time(), user=env.user, degraded=True)
+            plan = self.router.plan(
+                env.alias, time.time(), user=env.user, degraded=True, tenant=env.tenant
+            )
             outcome = await self.dispatcher.run(
                 env, plan, on_chunk, admit_tenant=False, progress=progress
             )

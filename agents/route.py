@@ -47,12 +47,25 @@ class Router:
         return spec
 
     def plan(
-        self, alias: str, now: float, *, user: str | None = None, degraded: bool = False
+        self,
+        alias: str,
+        now: float,
+        *,
+        user: str | None = None,
+        degraded: bool = False,
+        tenant: str | None = None,
     ) -> list[Candidate]:
-        """Candidates in the order to try them, unavailable ones left out."""
+        """Candidates in the order to try them, unavailable ones left out.  Degraded, the
+        cheapest first: of ``degrade_to`` when ``tenant`` may use that alias (a tenant held
+        to some models, for data residency say, is never sent elsewhere), else its own."""
         spec = self.spec(alias)
         if degraded:
-            cheaper = self.spec(spec.degrade_to) if spec.degrade_to else spec
+            target = (
+                spec.degrade_to
+                if spec.degrade_to and self._may_use(tenant, spec.degrade_to)
+                else None
+            )
+            cheaper = self.spec(target) if target else spec
             cands = cheaper.candidates
             return self._rank(cands, "cheapest", now)
         cands = spec.candidates
@@ -67,6 +80,10 @@ class Router:
                 now,
             )
         return self._rank(cands, spec.strategy, now)
+
+    def _may_use(self, tenant: str | None, alias: str) -> bool:
+        rule = self.config.tenants.get(tenant) if tenant is not None else None
+        return rule is None or rule.may_use(alias)
 
     def _rank(self, cands: list[Candidate], strategy: Strategy, now: float) -> list[Candidate]:
         """Available candidates only; a breaker past its open period lets one probe per

@@ -29,7 +29,7 @@ from schemas.config import RelayConfig
 from schemas.settings import Settings
 from streams.topics import Topics
 from tables.batches import BatchStore
-from tables.cache import L1Cache, ResponseCache
+from tables.cache import L1Cache, ResponseCache, redis_prefix
 
 
 def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastAPI:
@@ -48,7 +48,12 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
         redis = aioredis.Redis.from_url(
             settings.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25
         )
-        cache = ResponseCache(L1Cache(10_000), redis, stale_s=settings.cache_stale_s)
+        cache = ResponseCache(
+            L1Cache(10_000),
+            redis,
+            stale_s=settings.cache_stale_s,
+            prefix=redis_prefix(settings.topic_prefix),
+        )
         app.state.relay = Relay(settings, config, bus, cache)
         # The Batch API's store moves whole files: give it time the cache's client lacks.
         store_redis = aioredis.Redis.from_url(
@@ -95,7 +100,9 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
         return JSONResponse({"ready": ok, **parts}, status_code=200 if ok else 503)
 
     @app.get("/metrics")
-    async def prometheus() -> Response:
+    async def prometheus(request: Request) -> Response:
+        if not settings.scrape_allowed(request.headers.get("authorization")):
+            return Response("metrics need the scrape token\n", status_code=401)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

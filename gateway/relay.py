@@ -40,6 +40,7 @@ from tables.prices import PriceSheet
 CacheMode = Literal["use", "bypass", "refresh"]
 MAX_TIMEOUT_S = 3600.0  # x-relay-timeout: an hour at most
 MAX_CACHE_TTL_S = 30 * 86400  # x-relay-cache-ttl: thirty days at most
+MAX_TRACE_ID = 128  # x-relay-trace-id: it travels in every envelope and ledger line
 MAX_BETAS = 32  # anthropic-beta: feature names, such as interleaved-thinking-2025-05-14
 _BETA = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # A stream whose first chunk takes longer than this (queued in its lane, a slow vendor)
@@ -84,7 +85,10 @@ class Options:
             if opts.timeout_s == 0:
                 raise BadRequest("x-relay-timeout: must be more than 0 seconds")
         opts.cost_tag = headers.get("x-relay-cost-tag")
-        opts.trace_id = headers.get("x-relay-trace-id") or opts.trace_id
+        if trace := headers.get("x-relay-trace-id"):
+            if len(trace) > MAX_TRACE_ID:
+                raise BadRequest(f"x-relay-trace-id: longer than {MAX_TRACE_ID} characters")
+            opts.trace_id = trace
         if betas := headers.get("anthropic-beta"):
             opts.anthropic_beta = _betas(betas)
         return opts
@@ -178,6 +182,8 @@ class Relay:
         alias = str(body.get("model", ""))
         await self.check_model(who, alias)
         self.check_kind(alias, endpoint)
+        if "anthropic_beta" in body:  # the header's alone (validated), never the body's
+            body = {k: v for k, v in body.items() if k != "anthropic_beta"}
         if opts.anthropic_beta and endpoint in ("chat", "count_tokens"):
             # Beta features an Anthropic vendor is asked for (other vendors go without);
             # in the body, so they are part of the cache key too.

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hmac
 import shlex
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Annotated[
@@ -34,6 +35,9 @@ class Settings(BaseSettings):
     instance_id: str = ""
     default_timeout_s: float = 120.0
     worker_metrics_port: int = 0  # the worker's Prometheus /metrics, on `host`; 0: off
+    # When set, /metrics (gateway and worker) asks for `Authorization: Bearer <token>`:
+    # it names every tenant and its spend, so a public gateway port should not show it.
+    metrics_token: SecretStr | None = None
     log_level: LogLevel = "warning"  # of worker and gateway
     demo_key: str = "rk-demo-relay-station-local"
     cache_stale_s: float = 3600.0  # how long L2 keeps an answer past its TTL (cache_only)
@@ -59,6 +63,14 @@ class Settings(BaseSettings):
     def jvm_opts(self) -> list[str] | None:
         """``kafka_jvm_opts`` split as a shell would, or None for the broker's defaults."""
         return shlex.split(self.kafka_jvm_opts) if self.kafka_jvm_opts is not None else None
+
+    def scrape_allowed(self, authorization: str | None) -> bool:
+        """Whether a scrape may read /metrics: always without ``RELAY_METRICS_TOKEN``, else
+        only with ``Authorization: Bearer <token>`` (compared in constant time)."""
+        if self.metrics_token is None:
+            return True
+        want = f"Bearer {self.metrics_token.get_secret_value()}".encode()
+        return hmac.compare_digest((authorization or "").encode(), want)
 
     def broker_addr_file(self) -> Path:
         return self.data_dir / "broker.addr"

@@ -90,11 +90,16 @@ class WorkerState(Collector):
         yield breakers
 
 
-async def serve(host: str, port: int, state: WorkerState) -> web.AppRunner:
-    """Start ``GET /metrics`` on ``host:port``; the caller cleans the runner up."""
+async def serve(
+    host: str, port: int, state: WorkerState, allowed: Callable[[str | None], bool]
+) -> web.AppRunner:
+    """Start ``GET /metrics`` on ``host:port`` for scrapes ``allowed`` lets through (by
+    their Authorization header); the caller cleans the runner up."""
     REGISTRY.register(state)
 
-    async def metrics(_: web.Request) -> web.Response:
+    async def metrics(request: web.Request) -> web.Response:
+        if not allowed(request.headers.get("authorization")):
+            return web.Response(status=401, text="metrics need the scrape token\n")
         body = generate_latest(REGISTRY)
         return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
 

@@ -51,7 +51,7 @@ from streams.topics import Topics
 from tables.batches import BatchStore
 from tables.buckets import PriorityGate, TokenBucket
 from tables.budgets import BudgetDecision, BudgetPolicy, Spend, add_spend, decide
-from tables.cache import CacheEntry, L1Cache, ResponseCache
+from tables.cache import CacheEntry, L1Cache, ResponseCache, redis_prefix
 from tables.health import BreakerPolicy, Health, fold, health_key
 from tables.lane_journal import LaneJournal
 from tables.prices import PriceSheet
@@ -201,7 +201,12 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     redis = aioredis.Redis.from_url(
         settings.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25
     )
-    cache = ResponseCache(L1Cache(1), redis, stale_s=settings.cache_stale_s)
+    cache = ResponseCache(
+        L1Cache(1),
+        redis,
+        stale_s=settings.cache_stale_s,
+        prefix=redis_prefix(settings.topic_prefix),
+    )
     sink = KafkaSink(app, topics, cache, bootstrap)
     http = vendor_client(settings.default_timeout_s)
     adapters = {name: make_adapter(v, http) for name, v in config.vendors.items()}
@@ -362,7 +367,8 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
             health=lambda: dict(health.items()),
             open_s=policy.open_s,
         )
-        serving.append(await metrics.serve(settings.host, settings.worker_metrics_port, state))
+        port, allowed = settings.worker_metrics_port, settings.scrape_allowed
+        serving.append(await metrics.serve(settings.host, port, state, allowed))
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _close(app: faust.App, **_: Any) -> None:

@@ -168,6 +168,12 @@ def storable(body: dict[str, Any] | None, chunks: list[dict[str, Any]] | None = 
     )
 
 
+def redis_prefix(topic_prefix: str) -> str:
+    """The L2 keys' prefix of one deployment (its ``RELAY_TOPIC_PREFIX``): deployments
+    sharing a Redis, production and staging say, never serve each other's answers."""
+    return f"{topic_prefix}:cache:"
+
+
 class CacheEntry(BaseModel):
     """A stored answer: a stream's chunks (without the usage chunk) or a whole body."""
 

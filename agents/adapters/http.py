@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from email.utils import parsedate_to_datetime
 from http.cookiejar import CookieJar
 from typing import Any
@@ -35,6 +36,11 @@ _AUTH_HEADERS = ("authorization", "api-key", "x-api-key")
 _TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError)
 _MAX_MESSAGE = 500  # characters of a vendor's error text worth carrying
 CONNECT_TIMEOUT_S = 5.0  # a vendor host that does not accept a connection by then is down
+
+
+# Whether the current call has gone out to the vendor yet: an error of shape before it did
+# (a body the adapter could not translate) is the request's, after it the answer's.
+SENT: ContextVar[bool] = ContextVar("relay_vendor_request_sent", default=False)
 
 
 class _NoCookies(CookieJar):
@@ -87,6 +93,7 @@ async def send(
     client: httpx.AsyncClient, method: str, url: str, *, vendor: str, **kwargs: Any
 ) -> httpx.Response:
     """Send one request; any failure comes back as an error-tree exception."""
+    SENT.set(True)
     try:
         resp = await client.request(method, url, **_timed(kwargs))
     except _TRANSPORT_ERRORS as exc:
@@ -110,6 +117,7 @@ async def open_stream(
 ) -> AsyncIterator[httpx.Response]:
     """A streamed response, its status already checked; transport failures while
     reading it (a dropped connection mid-answer) also surface as error-tree exceptions."""
+    SENT.set(True)
     try:
         async with client.stream(method, url, **_timed(kwargs)) as resp:
             if resp.status_code >= 400:
@@ -161,7 +169,7 @@ def status_error(resp: httpx.Response, vendor: str) -> RelayError:
         # The vendor's own code where clients branch on it, and the field it blamed.
         if code == ContentFiltered.code:
             err = ContentFiltered(message)
-        err.param = param
+        err.param = _redact(param, resp)[:200] if param else None
     return err
 
 
@@ -176,6 +184,8 @@ def scrubbed(err: RelayError, secret: str) -> RelayError:
     the message goes on to clients, topics, logs and the batch store."""
     err.message = redact(err.message, secret)
     err.args = (err.message,)
+    if err.param:
+        err.param = redact(err.param, secret)
     return err
 
 

@@ -222,3 +222,11 @@ async def test_a_content_filter_refusal_keeps_its_code_and_the_field_it_blamed()
         "invalid_request_error",
     )
     assert err.value.status == 400 and not err.value.retryable
+
+
+async def test_a_key_the_vendor_echoes_in_the_blamed_field_is_struck_from_it_too():
+    refusal = {"error": {"message": "bad key", "code": "invalid", "param": f"api-key {KEY}"}}
+    _, handler = recorder(httpx.Response(400, json=refusal))
+    with pytest.raises(Exception) as err:
+        await adapter_for(handler).chat(call())
+    assert KEY not in str(err.value.param) and "[redacted]" in str(err.value.param)  # type: ignore[attr-defined]

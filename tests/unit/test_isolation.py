@@ -1,0 +1,197 @@
+"""What one tenant (or one request) can do to others: open a breaker with a malformed
+body, reach a model it may not use by degradation, fail a shared vendor batch, read the
+metrics, or fill the ledger with an outsized trace id."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from agents.batch_lane import BatchLane
+from agents.dispatch import Dispatcher
+from agents.keys import KeyPool
+from agents.route import Router
+from schemas.config import BatchLane as LaneRule
+from schemas.config import Candidate, RelayConfig
+from schemas.envelope import HealthEvent, Priority, RequestEnvelope
+from schemas.errors import VendorBadRequest, VendorUnsupported
+from schemas.settings import Settings
+from tests.support.envelopes import request_envelope
+from tests.support.gateway import AUTH, client, gateway_app
+
+
+def real_vendor(kind: str) -> tuple[Dispatcher, list[HealthEvent], list[httpx.Request]]:
+    from agents.adapters.registry import make_adapter
+    from schemas.config import VendorConfig
+
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(500)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    adapter = make_adapter(VendorConfig(kind=kind, base_url="http://v.test"), http)  # type: ignore[arg-type]
+    seen: list[HealthEvent] = []
+
+    async def on_health(ev: HealthEvent) -> None:
+        seen.append(ev)
+
+    return Dispatcher({"v": adapter}, {"v": KeyPool(["k"])}, on_health), seen, sent
+
+
+async def test_a_body_no_adapter_can_translate_is_a_400_and_opens_no_breaker() -> None:
+    """Failing inside the adapter before anything went out is the request's fault: it used
+    to count as the vendor's (twice a request), so three bad requests opened the breaker
+    for every tenant."""
+    bad_bodies: dict[str, dict[str, Any]] = {
+        "anthropic": {"anthropic_beta": [1]},
+        "ollama": {"messages": [{"role": "assistant", "tool_calls": 5}]},
+    }
+    for kind, extra in bad_bodies.items():
+        dispatch, seen, sent = real_vendor(kind)
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+        env = request_envelope(body=body, deadline_ms=int((time.time() + 5) * 1000))
+        out = await dispatch.run(env, [Candidate(vendor="v", model="m")], None)
+        assert out.error is not None and out.error.status == 400, kind
+        assert seen == [] and sent == [], f"{kind}: no health event, no vendor call"
+
+
+async def test_a_client_cannot_smuggle_anthropic_beta_in_the_body() -> None:
+    app, bus = gateway_app()
+    async with client(app) as http:
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+        await http.post("/v1/chat/completions", json={**body, "anthropic_beta": [1]})
+        await http.post(
+            "/v1/chat/completions",
+            json={**body, "anthropic_beta": ["x"]},
+            headers={"anthropic-beta": "prompt-caching-2024-07-31"},
+        )
+    assert "anthropic_beta" not in bus.published[0].body
+    assert bus.published[1].body["anthropic_beta"] == ["prompt-caching-2024-07-31"]
+
+
+def test_degradation_never_sends_a_tenant_to_a_model_it_may_not_use() -> None:
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {
+                "eu": {"kind": "openai", "base_url": "http://eu/v1"},
+                "us": {"kind": "openai", "base_url": "http://us/v1"},
+            },
+            "models": {
+                "eu-chat": {
+                    "degrade_to": "us-cheap",
+                    "candidates": [
+                        {"vendor": "eu", "model": "big", "input_per_1m": 5},
+                        {"vendor": "eu", "model": "small", "input_per_1m": 1},
+                    ],
+                },
+                "us-cheap": {
+                    "candidates": [{"vendor": "us", "model": "tiny", "input_per_1m": 0.1}]
+                },
+            },
+            "tenants": {"eu-only": {"models": ["eu-chat"]}, "anyone": {}},
+        }
+    )
+    router = Router(config, {}.get)
+
+    def degraded(tenant: str) -> list[str]:
+        return [c.model for c in router.plan("eu-chat", time.time(), degraded=True, tenant=tenant)]
+
+    assert degraded("eu-only") == ["small", "big"], "the cheapest of its own alias"
+    assert degraded("anyone") == ["tiny"]
+
+
+async def test_a_vendor_refusing_a_whole_batch_fails_no_tenant_and_keeps_the_lane_on() -> None:
+    """One tenant's oversized request made the vendor refuse the batch: everyone's line
+    goes on alone, the realtime way (retryable), and the lane stays open."""
+
+    class Refuses:
+        async def submit_batch(self, calls: list[Any], api_key: str) -> str:
+            raise VendorBadRequest("HTTP 400: file too large")
+
+        async def poll_batch(self, batch_id: str, api_key: str) -> None:
+            return None
+
+        async def cancel_batch(self, batch_id: str, api_key: str) -> None:
+            return None
+
+    got: list[Any] = []
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        got.append(out)
+
+    lane = BatchLane(
+        {"v": Refuses()}, {"v": KeyPool(["k"])}, LaneRule(max_size=3, poll_s=0.01), deliver
+    )
+    cand = Candidate(vendor="v", model="m")
+    for _ in range(3):
+        lane.submit(request_envelope(priority=Priority.background), cand)
+    for task in list(lane._tasks):
+        await task
+    assert len(got) == 3 and all(isinstance(r, VendorUnsupported) and r.retryable for r in got)
+    assert lane.accepts(cand), "the lane is not switched off by a refusal of content"
+
+
+async def test_metrics_ask_for_the_scrape_token_when_one_is_set() -> None:
+    from gateway.app import create_app
+    from schemas.config import load_config
+    from tests.support.gateway import EXAMPLE
+
+    settings = Settings(config=EXAMPLE, metrics_token="scrape-me")  # type: ignore[arg-type]
+    app = create_app(settings, load_config(EXAMPLE), "unused:9092")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://relay") as http:
+        assert (await http.get("/metrics")).status_code == 401
+        bad = await http.get("/metrics", headers={"authorization": "Bearer nope"})
+        assert bad.status_code == 401
+        ok = await http.get("/metrics", headers={"authorization": "Bearer scrape-me"})
+        assert ok.status_code == 200 and "relay_requests_total" in ok.text
+    assert Settings().scrape_allowed(None), "open without a token, as before"
+
+
+async def test_an_outsized_trace_id_is_refused() -> None:
+    app, bus = gateway_app()
+    async with client(app) as http:
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+        long = await http.post(
+            "/v1/chat/completions", json=body, headers={**AUTH, "x-relay-trace-id": "t" * 129}
+        )
+        fine = await http.post(
+            "/v1/chat/completions", json=body, headers={**AUTH, "x-relay-trace-id": "t" * 128}
+        )
+    assert long.status_code == 400 and "x-relay-trace-id" in long.json()["error"]["message"]
+    assert fine.status_code == 200 and len(bus.published) == 1
+
+
+async def test_the_l2_cache_keeps_deployments_sharing_a_redis_apart() -> None:
+    """Production and staging on one Redis, each with a tenant `alice`: the same key in
+    each deployment's prefix is two entries (a real redis-server, database 15)."""
+    import pytest
+    import redis.asyncio as aioredis
+
+    from schemas.usage import Usage
+    from tables.cache import CacheEntry, L1Cache, ResponseCache, redis_prefix
+
+    redis = aioredis.Redis.from_url("redis://127.0.0.1:6379/15")
+    try:
+        await redis.ping()
+    except Exception:
+        pytest.skip("no redis-server on 127.0.0.1:6379")
+    prod, staging = (
+        ResponseCache(L1Cache(10), redis, prefix=redis_prefix(name))
+        for name in ("relay", "staging")
+    )
+    entry = CacheEntry(
+        body={"answer": "prod"}, usage=Usage(), vendor="v", model="m", created=time.time()
+    )
+    try:
+        await prod.put("k", entry, 60)
+        assert await staging.get("k") is None
+        hit = await ResponseCache(L1Cache(10), redis, prefix=redis_prefix("relay")).get("k")
+        assert hit is not None and hit[0].body == {"answer": "prod"}
+    finally:
+        await redis.delete(redis_prefix("relay") + "k")
+        await redis.aclose()
