@@ -62,18 +62,20 @@ class OllamaAdapter:
         """A local Ollama needs no key; one behind a proxy may want a bearer token."""
         return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
+    def _chat(self, call: VendorCall, *, stream: bool) -> dict[str, Any]:
+        """The ``/api/chat`` request of ``call``: URL, body, headers and time limit."""
+        return {
+            "url": f"{self.base}/api/chat",
+            "vendor": self.kind,
+            "json": chat_request(call.body, call.model, stream=stream),
+            "headers": self.headers(call.api_key),
+            "timeout": call.timeout_s,
+        }
+
     async def chat(self, call: VendorCall) -> VendorResult:
         """One non-streamed chat answer as a ``chat.completion``."""
         with _model_limits():
-            resp = await send(
-                self.client,
-                "POST",
-                f"{self.base}/api/chat",
-                vendor=self.kind,
-                json=chat_request(call.body, call.model, stream=False),
-                headers=self.headers(call.api_key),
-                timeout=call.timeout_s,
-            )
+            resp = await send(self.client, "POST", **self._chat(call, stream=False))
         data = json_body(resp, self.kind)
         _raise_if_error(data)
         message = data.get("message") or {}
@@ -117,15 +119,7 @@ class OllamaAdapter:
         tools_seen = 0
         started = False
         with _model_limits():
-            async with open_stream(
-                self.client,
-                "POST",
-                f"{self.base}/api/chat",
-                vendor=self.kind,
-                json=chat_request(call.body, call.model, stream=True),
-                headers=self.headers(call.api_key),
-                timeout=call.timeout_s,
-            ) as resp:
+            async with open_stream(self.client, "POST", **self._chat(call, stream=True)) as resp:
                 async for line in resp.aiter_lines():
                     if not line.strip():
                         continue
