@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from openai.types.chat import ChatCompletion
 
 from schemas.config import hash_key
-from tables.cache import cache_key
+from tables.cache import cache_key, redis_prefix
 from tests.integration.conftest import read_ledger
 from tests.support.stack import DEMO_KEY, Simulator, Stack, example_config
 
@@ -234,7 +234,7 @@ async def test_refresh_calls_the_vendor_and_stores_again(
 ):
     messages = prompt()
     body = {"model": ALIAS, "messages": messages}
-    redis_key = "relay:cache:" + cache_key(
+    redis_key = redis_prefix(pair.prefix) + cache_key(
         scope="tenant:demo", alias=ALIAS, endpoint="chat", body=body
     )
     r = aioredis.Redis.from_url(redis_url)
