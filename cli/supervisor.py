@@ -68,7 +68,12 @@ class Supervisor:
         # `relay up`) would pass them and the lines printed would point at it.
         _free(s.host, s.port, "gateway", "RELAY_PORT")
         if sim is not None:
-            _free("127.0.0.1", sim.port, "simulator", "simulator.port in the config")
+            _free(
+                "127.0.0.1",
+                sim.port,
+                "simulator",
+                "simulator.port in the config, and the vendors' base_url that point at it",
+            )
         if sim is not None:
             self.env.setdefault("RELAY_SIM_KEY", f"sim-{secrets.token_hex(8)}")
             port = str(sim.port)
