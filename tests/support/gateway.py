@@ -28,23 +28,28 @@ AUTH = {"authorization": f"Bearer {DEMO_KEY}"}
 Script = Callable[[RequestEnvelope], list[tuple[float, ReplyEvent]]]
 
 
+def hello(alias: str, finish: str = "stop") -> dict[str, Any]:
+    """A chat completion saying Hello."""
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": alias,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello"},
+                "finish_reason": finish,
+            }
+        ],
+    }
+
+
 def answer_hello(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
     """A worker's plain answer: chunks then a final for a stream, else one final."""
     usage, cid = Usage(input_tokens=3, output_tokens=1), env.correlation_id
     if not env.stream:
-        body = {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": env.alias,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "Hello"},
-                    "finish_reason": "stop",
-                }
-            ],
-        }
+        body = hello(env.alias)
         return [(0.0, ReplyEvent(correlation_id=cid, kind="final", body=body, usage=usage))]
     head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": env.alias}
     delta = {"role": "assistant", "content": "Hello"}

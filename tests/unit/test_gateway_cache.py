@@ -7,7 +7,7 @@ from typing import Any
 
 from schemas.envelope import ReplyEvent, RequestEnvelope
 from schemas.usage import Usage
-from tests.support.gateway import client, gateway_app
+from tests.support.gateway import client, gateway_app, hello
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "cache me"}]}
 
@@ -17,19 +17,7 @@ def paid(**extra: Any):  # type: ignore[no-untyped-def]
     finish = extra.pop("finish_reason", "stop")
 
     def script(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
-        body = {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": env.alias,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "Hello"},
-                    "finish_reason": finish,
-                }
-            ],
-        }
+        body = hello(env.alias, finish)
         final = ReplyEvent(
             correlation_id=env.correlation_id,
             kind="final",
