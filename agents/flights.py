@@ -51,9 +51,15 @@ class Flights:
 
     @staticmethod
     def _key(env: RequestEnvelope) -> str:
-        # A budget-degraded request flies apart: its cheaper answer is its tenant's
-        # downgrade, not the alias's answer to hand anyone else who asks the same.
-        return f"{env.endpoint}:{env.prompt_hash}" + (":degraded" if env.degraded else "")
+        # A budget-degraded request flies apart, with its own tenant: its cheaper answer
+        # is that tenant's downgrade (to models that tenant may use), not the alias's
+        # answer to hand anyone else who asks the same.  One that must not be answered
+        # from the cache (refresh, bypass, an answer too old for it) flies apart too: the
+        # leader of a flight may be answered from L2.
+        key = f"{env.endpoint}:{env.prompt_hash}"
+        if env.degraded:
+            key += f":degraded:{env.tenant}"
+        return key if env.cache_lookup else key + ":fresh"
 
     def live(self, env: RequestEnvelope) -> bool:
         """Whether a call for this request's key is under way (one it could join)."""

@@ -114,6 +114,9 @@ class RequestHandler:
         except Exception as exc:  # a bug must still answer every waiter, never hang them
             log.exception("request %s failed inside the worker", env.correlation_id)
             outcome = Outcome(error=RelayError(f"internal error: {type(exc).__name__}"))
+            if progress.candidate is not None:  # what streamed before was billed
+                outcome.candidate = progress.candidate
+                outcome.usage = Usage.estimated(env.body, progress.chars)
         except asyncio.CancelledError:
             # The worker is stopping with this call unfinished: every waiter hears so now
             # rather than at its deadline, and the ledger gets the line (with what a
@@ -284,8 +287,11 @@ class RequestHandler:
         async def fan_out(chunk: dict[str, Any]) -> None:
             flight.chunks.append(chunk)
             for w in list(flight.waiters):
-                async with w.sending:
-                    await self._deliver(flight, w)
+                try:
+                    async with w.sending:
+                        await self._deliver(flight, w)
+                except Exception as exc:  # one waiter's broken reply topic, not the stream's
+                    log.warning("chunk to %s not sent: %r", w.envelope.correlation_id, exc)
 
         on_chunk = fan_out if env.stream else None
         patience = self.router.spec(env.alias).degrade_after_wait_ms
@@ -342,6 +348,10 @@ class RequestHandler:
             w = flight.waiters[flight.answered]
             flight.answered += 1
             env = w.envelope
+            if _metered_by_gateway(env):
+                # Past its own deadline and grace (a follower with a shorter deadline than
+                # the leader's call): its gateway answered 504 and wrote its ledger line.
+                continue
             if out.error is not None:
                 # A stream that broke part way was billed for what it sent: the leader's
                 # line says so (at an estimate), with the vendor that sent it.
@@ -408,16 +418,18 @@ class RequestHandler:
         late: tuple[Candidate, asyncio.Future[VendorResult]] | None = None,
     ) -> None:
         """Answer ``env`` with ``err`` and meter it; with ``late``, its share of a
-        window-batched call that went out is metered when that answer comes."""
-        await self.sink.reply(
-            env.reply_to,
-            ReplyEvent(
-                correlation_id=env.correlation_id,
-                kind="error",
-                error=err.to_dict(),
-                coalesced=coalesced,
-            ),
+        window-batched call that went out is metered when that answer comes.  The line is
+        written even when the reply cannot go out."""
+        error = ReplyEvent(
+            correlation_id=env.correlation_id,
+            kind="error",
+            error=err.to_dict(),
+            coalesced=coalesced,
         )
+        try:
+            await self.sink.reply(env.reply_to, error)
+        except Exception as exc:
+            log.warning("error reply to %s not delivered: %r", env.correlation_id, exc)
         if not meter:
             return
         if late is not None:
@@ -447,6 +459,11 @@ class RequestHandler:
         candidate, usage = paid
         line = usage_event(env, self.prices, candidate=candidate, usage=usage, error=err)
         await self.sink.usage(line.model_copy(update={"batched": candidate is not None}))
+
+
+def _metered_by_gateway(env: RequestEnvelope) -> bool:
+    """Whether ``env``'s gateway has given up on it and metered it itself."""
+    return env.gateway_meters_timeout and time.time() > env.deadline_ms / 1000 + REPLY_GRACE_S
 
 
 def _entry(

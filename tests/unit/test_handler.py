@@ -829,3 +829,79 @@ async def test_a_request_that_gives_up_inside_a_shared_batched_call_is_billed_it
     assert (late.status, late.error_code, late.vendor) == ("error", "deadline_exceeded", "a")
     assert late.usage.input_tokens == 4 and late.cost > 0 and late.batched
     assert done.usage.input_tokens == 8 and done.status == "ok"
+
+
+async def test_a_follower_its_gateway_gave_up_on_gets_no_second_ledger_line(monkeypatch):
+    """A follower with a shorter deadline than the leader's call: its gateway answered 504
+    and metered it at deadline + grace, so the worker's answer does not meter it again."""
+    monkeypatch.setattr("agents.handler.REPLY_GRACE_S", 0.05)
+    calls: list[str] = []
+    handler, sink = make(vendor(calls, delay=0.4))
+    leader = envelope(key="k-short", gateway_meters_timeout=True)
+    follower = envelope(
+        key="k-short",
+        gateway_meters_timeout=True,
+        deadline_ms=int((time.time() + 0.1) * 1000),
+    )
+    await asyncio.gather(handler.handle(leader), handler.handle(follower))
+    assert calls == ["a"]
+    assert [line.trace_id for line in sink.ledger] == [leader.trace_id]
+
+
+async def test_a_reply_that_cannot_go_out_never_costs_a_ledger_line_or_the_next_waiter():
+    """Error replies to a broken reply topic: each waiter is still metered, and a waiter
+    on a healthy topic still hears its error."""
+
+    async def down(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.05)
+        return httpx.Response(400, json={"error": {"message": "no", "type": "invalid_request"}})
+
+    handler, sink = make(httpx.AsyncClient(transport=httpx.MockTransport(down)))
+    keep = sink.reply
+
+    async def broken_topic(topic: str, event: ReplyEvent) -> None:
+        if topic == "gone":
+            raise RuntimeError("reply topic deleted")
+        await keep(topic, event)
+
+    sink.reply = broken_topic  # type: ignore[method-assign]
+    a, b = envelope(key="k-gone", reply_to="gone"), envelope(key="k-gone", reply_to="gone")
+    c = envelope(key="k-gone")
+    await asyncio.gather(*(handler.handle(e) for e in (a, b, c)))
+    assert sink.for_(c.correlation_id)[-1].kind == "error"
+    assert sorted(line.trace_id for line in sink.ledger) == sorted(e.trace_id for e in (a, b, c))
+    assert len(handler.flights) == 0
+
+
+async def test_one_waiters_broken_topic_does_not_break_the_stream_for_the_others():
+    calls: list[str] = []
+    handler, sink = make(vendor(calls))
+    keep = sink.reply
+
+    async def broken_topic(topic: str, event: ReplyEvent) -> None:
+        if topic == "gone":
+            raise RuntimeError("reply topic deleted")
+        await keep(topic, event)
+
+    sink.reply = broken_topic  # type: ignore[method-assign]
+    leader = envelope(stream=True, key="k-fan")
+    broken = envelope(stream=True, key="k-fan", reply_to="gone")
+    await asyncio.gather(handler.handle(leader), handler.handle(broken))
+    got = sink.for_(leader.correlation_id)
+    assert got[-1].kind == "final" and [e.seq for e in got] == list(range(1, len(got) + 1))
+    assert {line.trace_id for line in sink.ledger} == {leader.trace_id, broken.trace_id}
+
+
+def test_who_may_share_a_flight() -> None:
+    """Refresh or bypass requests never ride a flight whose leader may answer from L2;
+    a budget-degraded request only shares with its own tenant's."""
+    from agents.flights import Flights
+
+    plain = envelope(key="k", cache_lookup=True)
+    fresh = envelope(key="k", cache_lookup=False)
+    mine = envelope(key="k", cache_lookup=True, degraded="budget_80pct", tenant="t")
+    theirs = envelope(key="k", cache_lookup=True, degraded="budget_80pct", tenant="u")
+    keys = {name: Flights._key(e) for name, e in locals().items() if name != "Flights"}
+    assert len(set(keys.values())) == 4
+    again = envelope(key="k", cache_lookup=True, degraded="budget_80pct", tenant="t")
+    assert Flights._key(again) == keys["mine"]
