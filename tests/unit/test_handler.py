@@ -848,6 +848,18 @@ async def test_a_follower_its_gateway_gave_up_on_gets_no_second_ledger_line(monk
     assert [line.trace_id for line in sink.ledger] == [leader.trace_id]
 
 
+def break_topic(sink: Sink, topic: str) -> None:
+    """Replies to ``topic`` fail, as to a reply topic deleted under the worker."""
+    keep = sink.reply
+
+    async def broken(to: str, event: ReplyEvent) -> None:
+        if to == topic:
+            raise RuntimeError("reply topic deleted")
+        await keep(to, event)
+
+    sink.reply = broken  # type: ignore[method-assign]
+
+
 async def test_a_reply_that_cannot_go_out_never_costs_a_ledger_line_or_the_next_waiter():
     """Error replies to a broken reply topic: each waiter is still metered, and a waiter
     on a healthy topic still hears its error."""
@@ -857,14 +869,7 @@ async def test_a_reply_that_cannot_go_out_never_costs_a_ledger_line_or_the_next_
         return httpx.Response(400, json={"error": {"message": "no", "type": "invalid_request"}})
 
     handler, sink = make(httpx.AsyncClient(transport=httpx.MockTransport(down)))
-    keep = sink.reply
-
-    async def broken_topic(topic: str, event: ReplyEvent) -> None:
-        if topic == "gone":
-            raise RuntimeError("reply topic deleted")
-        await keep(topic, event)
-
-    sink.reply = broken_topic  # type: ignore[method-assign]
+    break_topic(sink, "gone")
     a, b = envelope(key="k-gone", reply_to="gone"), envelope(key="k-gone", reply_to="gone")
     c = envelope(key="k-gone")
     await asyncio.gather(*(handler.handle(e) for e in (a, b, c)))
@@ -876,14 +881,7 @@ async def test_a_reply_that_cannot_go_out_never_costs_a_ledger_line_or_the_next_
 async def test_one_waiters_broken_topic_does_not_break_the_stream_for_the_others():
     calls: list[str] = []
     handler, sink = make(vendor(calls))
-    keep = sink.reply
-
-    async def broken_topic(topic: str, event: ReplyEvent) -> None:
-        if topic == "gone":
-            raise RuntimeError("reply topic deleted")
-        await keep(topic, event)
-
-    sink.reply = broken_topic  # type: ignore[method-assign]
+    break_topic(sink, "gone")
     leader = envelope(stream=True, key="k-fan")
     broken = envelope(stream=True, key="k-fan", reply_to="gone")
     await asyncio.gather(handler.handle(leader), handler.handle(broken))
