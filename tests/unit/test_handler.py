@@ -848,14 +848,14 @@ async def test_a_follower_its_gateway_gave_up_on_gets_no_second_ledger_line(monk
     assert [line.trace_id for line in sink.ledger] == [leader.trace_id]
 
 
-def break_topic(sink: Sink, topic: str) -> None:
-    """Replies to ``topic`` fail, as to a reply topic deleted under the worker."""
+def break_topic(sink: Sink, gone: str) -> None:
+    """Replies to topic ``gone`` fail, as to a reply topic deleted under the worker."""
     keep = sink.reply
 
-    async def broken(to: str, event: ReplyEvent) -> None:
-        if to == topic:
+    async def broken(topic: str, event: ReplyEvent) -> None:
+        if topic == gone:
             raise RuntimeError("reply topic deleted")
-        await keep(to, event)
+        await keep(topic, event)
 
     sink.reply = broken  # type: ignore[method-assign]
 
