@@ -94,10 +94,12 @@ class EmbeddingBatcher:
                 window.pending.remove(pending)  # not sent yet: never paid for
                 window.size -= len(inputs)
                 pending.future.cancel()
-            elif orphaned is not None:
-                orphaned(pending.future)
-            else:  # nobody reads it: retrieved here, so asyncio does not complain
+            else:
+                # Retrieved here whoever else reads it, so asyncio never complains of an
+                # exception nobody read (the worker stopping, say).
                 pending.future.add_done_callback(_retrieve)
+                if orphaned is not None:
+                    orphaned(pending.future)
             raise
 
     def _flush(self, key: tuple[str, ...], send: EmbedFn, shape: Shape) -> None:

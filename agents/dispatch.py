@@ -78,6 +78,13 @@ class Progress:
     candidate: Candidate | None = None
     chars: int = 0  # characters of answer forwarded
 
+    def bill(self, out: Outcome, body: dict[str, Any]) -> Outcome:
+        """``out`` charged for what was streamed before it ended (at an estimate), with
+        the candidate that streamed it; as it is when nothing was."""
+        if self.candidate is not None:
+            out.candidate, out.usage = self.candidate, Usage.estimated(body, self.chars)
+        return out
+
 
 class Dispatcher:
     def __init__(
@@ -129,11 +136,8 @@ class Dispatcher:
         try:
             return await self._run(env, plan, on_chunk, out, vendor_wait_s, progress)
         finally:
-            if late := self._orphans.pop(env.correlation_id, None):
-                if out.error is not None:
-                    out.late = late
-                else:  # cancelled (the worker stopping): read, so asyncio never complains
-                    late[1].add_done_callback(lambda f: f.cancelled() or f.exception())
+            if (late := self._orphans.pop(env.correlation_id, None)) and out.error is not None:
+                out.late = late
             if admit_tenant:  # what the request did not use, back to its tenant
                 used = out.usage if out.candidate is not None else Usage()
                 self._give_back(env, f"tenant-tpm:{env.tenant}", used)
@@ -187,10 +191,8 @@ class Dispatcher:
                         held[i] = time.time() + err.retry_after
                     if not err.retryable or sent_any:
                         out.error = err
-                        if sent_any:  # the vendor bills what it streamed before it broke
-                            out.candidate = cand
-                            out.usage = Usage.estimated(env.body, streamed.chars)
-                        return out
+                        # A stream that broke part way: the vendor bills what it sent.
+                        return streamed.bill(out, env.body) if sent_any else out
                     continue
                 out.candidate, out.body, out.usage = cand, result.body, result.usage
                 out.batched = result.shared
@@ -213,13 +215,15 @@ class Dispatcher:
         if cap_s is not None:
             remaining = min(remaining, cap_s)
         deadline = time.monotonic() + remaining
-        tokens = _estimate(env)
-        needs = {key: 1.0 for key in rpm} | {key: float(tokens) for key in tpm if tokens}
+        limited = [key for key in tpm if self.gate.bucket(key) is not None]
+        tokens = _estimate(env) if limited else 0
+        needs = {key: 1.0 for key in rpm} | {key: float(tokens) for key in limited if tokens}
         await self.gate.acquire(needs, env.priority, deadline)
 
     def _give_back(self, env: RequestEnvelope, key: str, used: Usage) -> None:
         """Return to a TPM bucket what the request's estimate took beyond what it used."""
-        self.gate.settle(key, _estimate(env), used.input_tokens + used.output_tokens)
+        if self.gate.bucket(key) is not None:  # no estimate on the hot path without limits
+            self.gate.settle(key, _estimate(env), used.input_tokens + used.output_tokens)
 
     async def _backoff(self, env: RequestEnvelope, round_no: int, free_at: float) -> None:
         """Jittered exponential backoff, and no sooner than a candidate may be called."""

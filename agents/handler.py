@@ -79,9 +79,8 @@ class RequestHandler:
         now = time.time()
         if env.deadline_ms / 1000 <= now:
             # Past the grace too, a waiting gateway has written the ledger line already.
-            metered = env.gateway_meters_timeout and now > env.deadline_ms / 1000 + REPLY_GRACE_S
             expired = DeadlineExceeded("the request expired before a worker took it")
-            await self._fail(env, expired, meter=not metered)
+            await self._fail(env, expired, meter=not _metered_by_gateway(env))
             return
         decision = self.budget(env.tenant)
         if decision is not None and decision.action != "allow":
@@ -113,19 +112,15 @@ class RequestHandler:
             outcome = Outcome(error=err)
         except Exception as exc:  # a bug must still answer every waiter, never hang them
             log.exception("request %s failed inside the worker", env.correlation_id)
-            outcome = Outcome(error=RelayError(f"internal error: {type(exc).__name__}"))
-            if progress.candidate is not None:  # what streamed before was billed
-                outcome.candidate = progress.candidate
-                outcome.usage = Usage.estimated(env.body, progress.chars)
+            bug = RelayError(f"internal error: {type(exc).__name__}")
+            outcome = progress.bill(Outcome(error=bug), env.body)  # what streamed was billed
         except asyncio.CancelledError:
             # The worker is stopping with this call unfinished: every waiter hears so now
             # rather than at its deadline, and the ledger gets the line (with what a
             # stream sent before it was cut, which the vendor bills).
             stopping = True
-            outcome = Outcome(error=NoWorker("the worker stopped before the answer; try again"))
-            if progress.candidate is not None:
-                outcome.candidate = progress.candidate
-                outcome.usage = Usage.estimated(env.body, progress.chars)
+            stopped = NoWorker("the worker stopped before the answer; try again")
+            outcome = progress.bill(Outcome(error=stopped), env.body)
         flight.cached = outcome.cached
         storing: asyncio.Future[None] | None = None
         if outcome.error is None and not outcome.cached:
@@ -382,19 +377,12 @@ class RequestHandler:
             except Exception as exc:
                 # An answer the broker will not carry (over its size limit, say) was paid
                 # for all the same: the waiter hears why at once, and the ledger its line.
+                # (the broker is the relay's own: a 500; when even that cannot go out, its
+                # gateway answers at the deadline)
                 log.warning("answer to %s not delivered: %r", env.correlation_id, exc)
-                await self._undelivered(env, exc)
+                lost = RelayError(f"the answer could not be passed back ({type(exc).__name__})")
+                await self._fail(env, lost, meter=False)
             await self.sink.usage(line)
-
-    async def _undelivered(self, env: RequestEnvelope, exc: Exception) -> None:
-        """Tell a waiter its answer could not be passed back (the broker is the relay's
-        own: a 500); when even that fails, its gateway answers at the deadline."""
-        err = RelayError(f"the answer could not be passed back ({type(exc).__name__})")
-        error = ReplyEvent(correlation_id=env.correlation_id, kind="error", error=err.to_dict())
-        try:
-            await self.sink.reply(env.reply_to, error)
-        except Exception as again:
-            log.warning("no error reply to %s either: %r", env.correlation_id, again)
 
     def _store(self, flight: Flight, out: Outcome) -> asyncio.Future[None] | None:
         """Start storing the answer (as it stands now), or None when it is not cached."""
@@ -453,12 +441,13 @@ class RequestHandler:
         cand, share = late
         try:
             result = await asyncio.wait_for(asyncio.shield(share), LATE_SHARE_S)
-            paid: tuple[Candidate | None, Usage] = (cand, result.usage)
-        except Exception:
-            paid = (None, Usage())
-        candidate, usage = paid
-        line = usage_event(env, self.prices, candidate=candidate, usage=usage, error=err)
-        await self.sink.usage(line.model_copy(update={"batched": candidate is not None}))
+        except Exception:  # the shared call failed: nothing was billed
+            line = usage_event(env, self.prices, candidate=None, usage=Usage(), error=err)
+        else:
+            line = usage_event(
+                env, self.prices, candidate=cand, usage=result.usage, error=err, batched=True
+            )
+        await self.sink.usage(line)
 
 
 def _metered_by_gateway(env: RequestEnvelope) -> bool:

@@ -183,7 +183,7 @@ class Bus:
                 await delivery
                 errors.append(None)
             except Exception as exc:
-                await self._unqueued(env, exc, _unqueued_error(exc).code)
+                await self._unqueued(env, exc)
                 errors.append(exc)
         return errors
 
@@ -193,16 +193,16 @@ class Bus:
             self.topics.requests.name, encode(env), key=env.prompt_hash.encode()
         )
 
-    async def _unqueued(self, env: RequestEnvelope, exc: BaseException, code: str) -> None:
+    async def _unqueued(self, env: RequestEnvelope, exc: BaseException) -> None:
         """The broker did not take ``env``: no worker will meter it, so this does."""
         log.warning("request %s not published: %s", env.correlation_id, exc)
-        await self.meter(UsageEvent.failure(env, code))
+        await self.meter(UsageEvent.failure(env, _unqueued_error(exc).code))
 
     def _undelivered(self, env: RequestEnvelope, delivery: asyncio.Future[object]) -> None:
         if delivery.cancelled() or (exc := delivery.exception()) is None:
             return
         err = _unqueued_error(exc)
-        task = asyncio.ensure_future(self._unqueued(env, exc, err.code))
+        task = asyncio.ensure_future(self._unqueued(env, exc))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         queue = self.waiting.get(env.correlation_id)
