@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from schemas.usage import Usage
-from tables.cache import CacheEntry, L1Cache, ResponseCache, cache_key
+from tables.cache import CacheEntry, L1Cache, ResponseCache, cache_key, redis_prefix
 
 
 def client(url: str) -> aioredis.Redis:
@@ -209,3 +209,25 @@ async def test_a_stale_answer_is_kept_for_readers_that_accept_one(
     assert await reader.get(KEY) is None, "a stale answer is a miss for ordinary reads"
     assert await reader.get(KEY, stale_ok=True) == (answer(), "l2")
     assert await reader.get(KEY) is None, "...and is not promoted to L1 as fresh"
+
+
+async def test_deployments_sharing_a_redis_keep_their_answers_apart(redis_url: str) -> None:
+    """Production and staging on one Redis, each with a tenant `alice`: the same key in
+    each deployment's prefix (its topic prefix) is two entries."""
+    redis = client(redis_url)
+    prod, staging = (
+        ResponseCache(L1Cache(10), redis, prefix=redis_prefix(name))
+        for name in (f"prod{uuid.uuid4().hex[:6]}", f"staging{uuid.uuid4().hex[:6]}")
+    )
+    entry = CacheEntry(
+        body={"answer": "prod"}, usage=Usage(), vendor="v", model="m", created=time.time()
+    )
+    try:
+        await prod.put("k", entry, 60)
+        assert await staging.get("k") is None
+        again = ResponseCache(L1Cache(10), redis, prefix=prod.prefix)  # another replica
+        hit = await again.get("k")
+        assert hit is not None and hit[0].body == {"answer": "prod"}
+    finally:
+        await redis.delete(prod.prefix + "k")
+        await redis.aclose()

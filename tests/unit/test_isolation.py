@@ -164,34 +164,3 @@ async def test_an_outsized_trace_id_is_refused() -> None:
         )
     assert long.status_code == 400 and "x-relay-trace-id" in long.json()["error"]["message"]
     assert fine.status_code == 200 and len(bus.published) == 1
-
-
-async def test_the_l2_cache_keeps_deployments_sharing_a_redis_apart() -> None:
-    """Production and staging on one Redis, each with a tenant `alice`: the same key in
-    each deployment's prefix is two entries (a real redis-server, database 15)."""
-    import pytest
-    import redis.asyncio as aioredis
-
-    from schemas.usage import Usage
-    from tables.cache import CacheEntry, L1Cache, ResponseCache, redis_prefix
-
-    redis = aioredis.Redis.from_url("redis://127.0.0.1:6379/15")
-    try:
-        await redis.ping()
-    except Exception:
-        pytest.skip("no redis-server on 127.0.0.1:6379")
-    prod, staging = (
-        ResponseCache(L1Cache(10), redis, prefix=redis_prefix(name))
-        for name in ("relay", "staging")
-    )
-    entry = CacheEntry(
-        body={"answer": "prod"}, usage=Usage(), vendor="v", model="m", created=time.time()
-    )
-    try:
-        await prod.put("k", entry, 60)
-        assert await staging.get("k") is None
-        hit = await ResponseCache(L1Cache(10), redis, prefix=redis_prefix("relay")).get("k")
-        assert hit is not None and hit[0].body == {"answer": "prod"}
-    finally:
-        await redis.delete(redis_prefix("relay") + "k")
-        await redis.aclose()
