@@ -1,7 +1,8 @@
 """The dispatch step: call the planned candidates in turn until one answers.
 
 Falls back to the next candidate on a retryable error, only before the first streamed
-chunk (after that the client has seen text and a switch would garble it).  Every attempt
+chunk that says something (after that the client has seen text and a switch would garble
+it; the role-only chunks a stream opens with are held back until then).  Every attempt
 is reported as a ``HealthEvent``.  Retries back off with jitter and honour Retry-After,
 all within the request's deadline.
 """
@@ -340,13 +341,25 @@ class Dispatcher:
             return await adapter.chat(call)
         chunks: list[dict[str, Any]] = []
         usage = Usage()
+        held = 0  # leading chunks of nothing (a role, an empty text) not yet forwarded
         async for item in adapter.stream(call):
             if isinstance(item, Usage):
                 usage = item
                 continue
             item["model"] = env.alias
             chunks.append(item)
+            if held == len(chunks) - 1 and hollow(item):
+                # Until the vendor has said something, an error (Anthropic's overloaded
+                # event right after message_start, say) is as good as an error status:
+                # nothing has reached the client, and the next candidate may answer.
+                held += 1
+                continue
+            for early in chunks[:held]:
+                await forward(early)
+            held = 0
             await forward(item)
+        for early in chunks[:held]:  # an answer of nothing is still an answer
+            await forward(early)
         body = assemble_chunks(chunks)
         body["usage"] = usage.to_openai()  # a non-streamed waiter or cache reader needs it
         return VendorResult(body=body, usage=usage)
@@ -395,6 +408,20 @@ class Dispatcher:
                 cost=cost,
             )
         )
+
+
+def hollow(chunk: dict[str, Any]) -> bool:
+    """Whether a stream chunk says nothing yet: no text, tool call, refusal, finish
+    reason or usage (the role-only chunk every stream opens with)."""
+    if chunk.get("usage"):
+        return False
+    for choice in chunk.get("choices") or []:
+        if not isinstance(choice, dict) or choice.get("finish_reason"):
+            return False
+        delta = choice.get("delta") or {}
+        if any(value for name, value in delta.items() if name != "role"):
+            return False
+    return True
 
 
 def _estimate(env: RequestEnvelope) -> int:

@@ -240,3 +240,99 @@ async def test_a_broken_stream_s_ledger_line_is_an_error_that_cost_something() -
     [line] = sink.ledger
     assert (line.status, line.vendor, line.error_code) == ("error", "a", "vendor_unavailable")
     assert line.cost > 0 and line.direct_cost == line.cost
+
+
+def _sse(events: list[tuple[str | None, dict[str, Any]]], *, done: bool = False) -> Any:
+    import json
+
+    import httpx
+
+    text = "".join(
+        (f"event: {name}\n" if name else "") + f"data: {json.dumps(data)}\n\n"
+        for name, data in events
+    ) + ("data: [DONE]\n\n" if done else "")
+    return httpx.Response(200, text=text, headers={"content-type": "text/event-stream"})
+
+
+def _openai_chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return {"id": "c", "object": "chat.completion.chunk", "created": 1, "choices": [choice]}
+
+
+async def test_an_error_after_a_stream_opened_but_before_any_text_falls_back() -> None:
+    """Anthropic may answer 200, send message_start, then an overloaded error: nothing
+    of that answer has reached the client, so the next candidate answers and the first
+    is neither forwarded nor billed."""
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": 12, "output_tokens": 1},
+        },
+    }  # fmt: skip
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    dispatch, seen = real_vendors(
+        anthropic=_sse(
+            [("message_start", start), ("ping", {"type": "ping"}), ("error", overloaded)]
+        ),
+        backup=_sse(
+            [
+                (None, _openai_chunk({"role": "assistant", "content": ""})),
+                (None, _openai_chunk({"content": "hello"})),
+                (None, _openai_chunk({}, "stop")),
+                (
+                    None,
+                    {"id": "c", "object": "chat.completion.chunk", "choices": [], "usage": usage},
+                ),
+            ],
+            done=True,
+        ),
+    )
+    plan = [Candidate(vendor="anthropic", model="claude"), Candidate(vendor="backup", model="m")]
+    env = request_envelope(
+        deadline_ms=int((time.time() + 5) * 1000),
+        body={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+        stream=True,
+    )
+    got: list[dict[str, Any]] = []
+
+    async def sink(chunk: dict[str, Any]) -> None:
+        got.append(chunk)
+
+    out = await dispatch.run(env, plan, sink)
+    assert out.error is None and out.candidate == plan[1]
+    assert out.usage.input_tokens == 3 and out.usage.output_tokens == 1, "the backup's usage"
+    deltas = [c["choices"][0]["delta"] for c in got if c["choices"]]
+    assert deltas == [{"role": "assistant", "content": ""}, {"content": "hello"}, {}]
+    assert [(e.vendor, e.ok) for e in seen] == [("anthropic", False), ("backup", True)]
+
+
+async def test_a_stream_that_says_nothing_still_forwards_its_opening_chunks() -> None:
+    """Held back only until something follows: an empty answer reaches the client whole."""
+    dispatch, _ = real_vendors(
+        openai=_sse(
+            [
+                (None, _openai_chunk({"role": "assistant", "content": ""})),
+                (None, _openai_chunk({"content": ""})),
+            ],
+            done=True,
+        )
+    )
+    env = request_envelope(
+        deadline_ms=int((time.time() + 5) * 1000),
+        body={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+        stream=True,
+    )
+    got: list[dict[str, Any]] = []
+
+    async def sink(chunk: dict[str, Any]) -> None:
+        got.append(chunk)
+
+    out = await dispatch.run(env, [Candidate(vendor="openai", model="m")], sink)
+    assert out.error is None
+    assert [c["choices"][0]["delta"] for c in got] == [
+        {"role": "assistant", "content": ""},
+        {"content": ""},
+    ]
