@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -62,16 +63,19 @@ def error_response(request: Request, err: RelayError) -> JSONResponse:
     if err.retry_after is not None:
         # Rounded up: a client that waits what it is told must find the way clear.
         headers["retry-after"] = str(max(1, math.ceil(err.retry_after)))
-    status = err.status
     if is_anthropic(request):
-        status = ANTHROPIC_STATUS.get(status, status)
-        body: dict[str, object] = {
-            "type": "error",
-            "error": {"type": ANTHROPIC_TYPES.get(status, "api_error"), "message": err.message},
-        }
+        status, body = anthropic_error(err)
     else:
-        body = err.openai_body()
+        status, body = err.status, err.openai_body()
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def anthropic_error(err: RelayError) -> tuple[int, dict[str, Any]]:
+    """The status and body Anthropic would answer ``err`` with (the body is also the
+    ``error`` event of a stream that already began)."""
+    status = ANTHROPIC_STATUS.get(err.status, err.status)
+    kind = ANTHROPIC_TYPES.get(status, "api_error")
+    return status, {"type": "error", "error": {"type": kind, "message": err.message}}
 
 
 # pydantic names a union's branch in the error's location ("stop.str"): not a field

@@ -11,6 +11,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway import metrics
+from gateway.errors import anthropic_error
 from schemas.errors import RelayError
 from schemas.formats.anthropic import ChunksToMessageEvents
 from schemas.formats.responses import ChunksToResponseEvents
@@ -156,8 +157,7 @@ async def anthropic_sse(
             yield frame
     except RelayError as err:
         metrics.count_error(err)
-        err_body = {"type": "error", "error": {"type": err.type, "message": err.message}}
-        yield _frame("error", err_body)
+        yield _frame("error", anthropic_error(err)[1])
 
 
 async def responses_sse(

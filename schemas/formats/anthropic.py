@@ -202,9 +202,11 @@ def without_cache_control(body: dict[str, Any]) -> dict[str, Any]:
         return body
     out = {k: v for k, v in body.items() if k not in TOP_EXTENSIONS}
     out["messages"] = [
-        {**_plain(m, MESSAGE_EXTENSIONS), "content": [_plain(p) for p in m["content"]]}
+        _flag_error(
+            m, {**_plain(m, MESSAGE_EXTENSIONS), "content": [_plain(p) for p in m["content"]]}
+        )
         if isinstance(m.get("content"), list)
-        else _plain(m, MESSAGE_EXTENSIONS)
+        else _flag_error(m, _plain(m, MESSAGE_EXTENSIONS))
         for m in messages
     ]
     for i, m in enumerate(out["messages"]):
@@ -224,6 +226,17 @@ def without_cache_control(body: dict[str, Any]) -> dict[str, Any]:
                 )
         out["tools"] = [_plain(t) for t in tools]
     return out
+
+
+def _flag_error(given: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any]:
+    """A tool result that failed (``is_error``, which only Anthropic takes) says so in
+    its text for other vendors, rather than reading as a normal result."""
+    if not (given.get("role") == "tool" and given.get("is_error")):
+        return plain
+    content = plain.get("content")
+    if isinstance(content, list):
+        return {**plain, "content": [{"type": "text", "text": "Error:"}, *content]}
+    return {**plain, "content": f"Error: {content or ''}".rstrip()}
 
 
 def _text_part(block: dict[str, Any]) -> dict[str, Any]:
@@ -471,6 +484,20 @@ def _stop_reason(
 
 
 _ANTHROPIC_BLOCKS = ("thinking", "redacted_thinking", "text", "tool_use")
+
+
+def _top_p_allowed(model: str, out: dict[str, Any]) -> bool:
+    """Whether ``top_p`` may go beside what ``out`` holds: Claude models after the 3
+    family refuse it together with ``temperature`` (OpenAI clients often send both, top_p
+    mostly at its default of 1), and temperature is the one Anthropic says to set."""
+    return "temperature" not in out or model.startswith("claude-3")
+
+
+def _json_answer_text(block: dict[str, Any]) -> dict[str, Any]:
+    """A call of the JSON answer tool as the text block it stands for; others as they are."""
+    if block.get("type") == "tool_use" and block.get("name") == JSON_ANSWER_TOOL:
+        return {"type": "text", "text": json.dumps(block.get("input", {}))}
+    return block
 
 
 def _anthropic_content(message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -779,10 +806,18 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     tools = [_tool_to_anthropic(t) for t in body.get("tools") or []]
     choice = _tool_choice_to_anthropic(body.get("tool_choice"), body.get("parallel_tool_calls"))
     choice = choice if tools else None
+    thinking = body.get("thinking")
     if answer_tool := _json_answer_tool(body.get("response_format")):
         # JSON mode as a tool the model must answer through (alone, or beside the
         # client's own tools, which it may call instead).
-        if not tools:
+        if thinking:
+            # Anthropic refuses thinking beside a forced tool: the model is asked (by the
+            # tool's description) rather than made to answer through it.
+            choice = {"type": "auto"} | {
+                k: v for k, v in (choice or {}).items() if k == "disable_parallel_tool_use"
+            }
+        elif not tools or (choice is not None and choice.get("type") == "none"):
+            # No tools of the client's, or none it may call: the JSON answer it is.
             choice = {"type": "tool", "name": JSON_ANSWER_TOOL}
         elif choice is None or choice.get("type") == "auto":
             # A tool call or the JSON answer, never prose first (one at a time still, if
@@ -791,7 +826,6 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
                 k: v for k, v in (choice or {}).items() if k == "disable_parallel_tool_use"
             }
         tools.append(answer_tool)
-    thinking = body.get("thinking")
     by_effort = False
     if not thinking:
         thinking = _effort_thinking(reasoning_effort(body), given, messages, choice)
@@ -814,7 +848,7 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     if body.get("temperature") is not None and not by_effort:
         # OpenAI allows 0..2, Anthropic 0..1: clamp rather than have the vendor refuse.
         out["temperature"] = min(float(body["temperature"]), 1.0)
-    if body.get("top_p") is not None and not by_effort:
+    if body.get("top_p") is not None and not by_effort and _top_p_allowed(model, out):
         out["top_p"] = body["top_p"]
     if body.get("top_k") is not None and not by_effort:
         out["top_k"] = body["top_k"]
@@ -1087,8 +1121,9 @@ def messages_response_to_openai(body: dict[str, Any]) -> tuple[dict[str, Any], U
         message["thinking_blocks"] = thinking
     if thinking or any(b.get("citations") for b in body.get("content") or []):
         # ...and text that cites a document keeps its citations, block by block.
+        # The JSON answer tool's call is the answer's text, for them as for everyone.
         message["anthropic_content"] = [
-            b for b in body["content"] if b.get("type") in _ANTHROPIC_BLOCKS
+            _json_answer_text(b) for b in body["content"] if b.get("type") in _ANTHROPIC_BLOCKS
         ]
     usage = _usage_from_anthropic(body.get("usage") or {})
     finish = _FINISH_REASON.get(body.get("stop_reason") or "end_turn", "stop")

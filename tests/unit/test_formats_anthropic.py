@@ -462,8 +462,7 @@ def test_openai_request_to_messages_inverts_the_client_side():
             },
             ANTHROPIC_REQUEST["messages"][2],
         ],
-        "temperature": 0.3,
-        "top_p": 0.9,
+        "temperature": 0.3,  # and no top_p beside it: Claude 4.5 refuses the pair
         "top_k": 40,
         "stop_sequences": ["END"],
         "metadata": {"user_id": "u-7"},
@@ -471,6 +470,53 @@ def test_openai_request_to_messages_inverts_the_client_side():
         "tool_choice": {"type": "any", "disable_parallel_tool_use": True},
     }
     assert out == expected
+
+
+def test_top_p_goes_beside_temperature_only_to_the_models_that_take_both():
+    body = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0.7, "top_p": 0.9}
+    newer = openai_request_to_messages(body, "claude-haiku-4-5")
+    assert newer["temperature"] == 0.7 and "top_p" not in newer
+    older = openai_request_to_messages(body, "claude-3-5-haiku-latest")
+    assert (older["temperature"], older["top_p"]) == (0.7, 0.9)
+    alone = openai_request_to_messages({**body, "temperature": None}, "claude-haiku-4-5")
+    assert alone["top_p"] == 0.9 and "temperature" not in alone
+
+
+def test_a_json_answer_with_thinking_is_asked_for_not_forced():
+    """Anthropic refuses thinking beside a forced tool choice; and a client that may call
+    none of its tools gets the JSON answer forced, never prose."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": WEATHER_SCHEMA}}
+    body = {
+        "messages": [{"role": "user", "content": "json please"}],
+        "response_format": fmt,
+        "thinking": {"type": "enabled", "budget_tokens": 2048},
+    }
+    out = openai_request_to_messages(body, "claude-sonnet-4-5")
+    assert out["thinking"] == body["thinking"] and out["tool_choice"] == {"type": "auto"}
+    assert [t["name"] for t in out["tools"]] == ["relay_json_answer"]
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    none = {**body, "thinking": None, "tools": [tool], "tool_choice": "none"}
+    forced = openai_request_to_messages(none, "claude-sonnet-4-5")
+    assert forced["tool_choice"] == {"type": "tool", "name": "relay_json_answer"}
+
+
+def test_a_json_answer_beside_thinking_reaches_an_anthropic_client_as_text():
+    answer = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "content": [
+            {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+            {"type": "tool_use", "id": "toolu_1", "name": "relay_json_answer", "input": {"a": 1}},
+        ],
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 5, "output_tokens": 3},
+    }
+    neutral, usage = messages_response_to_openai(answer)
+    assert neutral["choices"][0]["message"]["content"] == '{"a": 1}'
+    back = openai_response_to_messages(neutral, usage, "claude-alias")
+    assert back["content"][1] == {"type": "text", "text": '{"a": 1}'}
+    assert back["stop_reason"] == "end_turn"
 
 
 def test_consecutive_tool_messages_merge_into_one_user_turn():
@@ -812,7 +858,12 @@ def test_anthropic_to_anthropic_keeps_cache_breakpoints_and_tool_errors():
     plain = without_cache_control(neutral)  # what OpenAI-format vendors get
     text = json.dumps(plain)
     assert "cache_control" not in text and "is_error" not in text
-    assert plain["messages"][-1] == {"role": "tool", "tool_call_id": "tu", "content": "failed"}
+    # ...and a failed result says so in its text, the one place they read it.
+    assert plain["messages"][-1] == {
+        "role": "tool",
+        "tool_call_id": "tu",
+        "content": "Error: failed",
+    }
     assert without_cache_control(plain) is plain
 
 

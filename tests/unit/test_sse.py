@@ -114,3 +114,29 @@ async def test_a_client_leaving_mid_wait_cancels_the_pending_read() -> None:
 
 async def _aiter(raw: bytes) -> AsyncIterator[bytes]:
     yield raw
+
+
+async def test_an_anthropic_stream_s_error_event_says_anthropic_s_error_type() -> None:
+    """After the 200 the error is an event, typed as Anthropic types that status."""
+    import json
+
+    from schemas.errors import BudgetExceeded, NotFound, NoWorker, RelayError
+
+    def failing(err: RelayError) -> AsyncIterator[dict[str, Any] | Usage]:
+        async def chunks() -> AsyncIterator[dict[str, Any] | Usage]:
+            delta = {"role": "assistant", "content": "Hel"}
+            yield {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            raise err
+
+        return chunks()
+
+    for err, kind in (
+        (BudgetExceeded("spent"), "billing_error"),
+        (NotFound("gone"), "not_found_error"),
+        (NoWorker("none"), "overloaded_error"),
+    ):
+        raw = (await collect(anthropic_sse(failing(err), "claude", "msg_1"))).decode()
+        last = raw.strip().split("\n\n")[-1].splitlines()
+        assert last[0] == "event: error"
+        body = json.loads(last[1].removeprefix("data: "))
+        assert body == {"type": "error", "error": {"type": kind, "message": err.message}}
