@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from gateway.auth import Caller
-from gateway.relay import Options, Relay
+from gateway.relay import Options, Relay, with_beta
 from schemas.batches import BatchObject, OutputLine, OutputResponse, line_correlation, new_id
 from schemas.envelope import Endpoint, Priority, RequestEnvelope
 from schemas.errors import BadRequest, NoHealthyVendor, RelayError
@@ -92,7 +92,7 @@ def _envelope(
     return relay.envelope(
         who,
         endpoint,
-        body,
+        with_beta(endpoint, body, opts),
         opts,
         correlation_id=line_correlation(batch.id, index),
         reply_to=relay.bus.topics.batch_results.name,

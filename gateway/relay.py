@@ -132,6 +132,18 @@ class Answer:
     close: Callable[[], None] = _nothing
 
 
+def with_beta(endpoint: Endpoint, body: dict[str, Any], opts: Options) -> dict[str, Any]:
+    """``body`` with the Anthropic beta features of the ``anthropic-beta`` header
+    (validated) and never any the body itself names."""
+    if "anthropic_beta" in body:
+        body = {k: v for k, v in body.items() if k != "anthropic_beta"}
+    if opts.anthropic_beta and endpoint in ("chat", "count_tokens"):
+        # Beta features an Anthropic vendor is asked for (other vendors go without); in
+        # the body, so they are part of the cache key too.
+        body = {**body, "anthropic_beta": opts.anthropic_beta}
+    return body
+
+
 class Relay:
     def __init__(self, settings: Settings, config: RelayConfig, bus: Bus, cache: ResponseCache):
         self.settings = settings
@@ -182,12 +194,7 @@ class Relay:
         alias = str(body.get("model", ""))
         await self.check_model(who, alias)
         self.check_kind(alias, endpoint)
-        if "anthropic_beta" in body:  # the header's alone (validated), never the body's
-            body = {k: v for k, v in body.items() if k != "anthropic_beta"}
-        if opts.anthropic_beta and endpoint in ("chat", "count_tokens"):
-            # Beta features an Anthropic vendor is asked for (other vendors go without);
-            # in the body, so they are part of the cache key too.
-            body = {**body, "anthropic_beta": opts.anthropic_beta}
+        body = with_beta(endpoint, body, opts)
         stream = bool(body.get("stream")) and endpoint == "chat"
         key, ttl = self.cache_terms(who, endpoint, body, opts)
         lookup = opts.cache == "use" and ttl > 0  # x-relay-cache-ttl: 0 asks for no cache

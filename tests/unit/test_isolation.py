@@ -164,3 +164,37 @@ async def test_an_outsized_trace_id_is_refused() -> None:
         )
     assert long.status_code == 400 and "x-relay-trace-id" in long.json()["error"]["message"]
     assert fine.status_code == 200 and len(bus.published) == 1
+
+
+def test_a_batch_line_cannot_smuggle_anthropic_beta_and_the_header_s_features_apply() -> None:
+    """Batch lines become envelopes away from the realtime path: the same rule holds."""
+    import time
+
+    from gateway.auth import Caller
+    from gateway.batch_submit import _envelope
+    from gateway.relay import Options
+    from schemas.batches import BatchObject
+    from schemas.config import TenantConfig
+
+    app, _ = gateway_app()
+    relay = app.state.relay
+    who = Caller(tenant="demo", key_id="k", policy=TenantConfig())
+    now = int(time.time())
+    batch = BatchObject(
+        id="batch_1",
+        endpoint="/v1/chat/completions",
+        input_file_id="file_1",
+        status="in_progress",
+        created_at=now,
+        expires_at=now + 3600,
+    )
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "x"}],
+        "anthropic_beta": "not-a-list\r\nx-injected: 1",
+    }
+    plain = _envelope(relay, who, Options(), batch, "chat", 0, body)
+    assert "anthropic_beta" not in plain.body
+    opts = Options(anthropic_beta=["context-1m-2025-08-07"])
+    asked = _envelope(relay, who, opts, batch, "chat", 1, body)
+    assert asked.body["anthropic_beta"] == ["context-1m-2025-08-07"]
