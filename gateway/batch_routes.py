@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.datastructures import UploadFile
 
 from gateway.auth import CallerDep
@@ -124,6 +124,20 @@ class BatchRequest(BaseModel):
     endpoint: Literal["/v1/chat/completions", "/v1/embeddings", "/v1/completions"]
     completion_window: Literal["24h"]
     metadata: dict[str, str] | None = Field(None, max_length=16)
+
+    @field_validator("metadata")
+    @classmethod
+    def _storable(cls, given: dict[str, str] | None) -> dict[str, str] | None:
+        """OpenAI's limits (keys of 64 characters, values of 512), in text that can be
+        stored: a lone surrogate is no character of any encoding."""
+        for key, value in (given or {}).items():
+            if len(key) > 64 or len(value) > 512:
+                raise ValueError("keys may have up to 64 characters and values up to 512")
+            try:
+                (key + value).encode()
+            except UnicodeEncodeError:
+                raise ValueError("keys and values must be valid Unicode text") from None
+        return given
 
 
 @router.post("/batches")

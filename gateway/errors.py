@@ -95,7 +95,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         return "body must be a JSON object, sent as application/json", None
     loc = [str(p) for p in raw_loc if not (str(p) in _BRANCHES or "[" in str(p))]
     param = ".".join(loc) or None
-    msg = first.get("msg", "invalid request")
+    msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
     return (f"{param}: {msg}" if param else str(msg)), param
 
 

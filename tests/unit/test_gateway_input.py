@@ -299,3 +299,20 @@ async def test_a_client_leaving_mid_upload_is_a_quiet_499_not_a_500() -> None:
 async def test_odd_shapes_deep_in_a_body_are_a_400_never_a_500(path: str, raw: bytes) -> None:
     status, body = await post(path, raw)
     assert status == 400, body
+
+
+@pytest.mark.parametrize(
+    ("metadata", "says"),
+    [
+        (b'{"k": "\\ud800"}', "metadata: keys and values must be valid Unicode text"),
+        (b'{"k": "' + b"v" * 513 + b'"}', "metadata: keys may have up to 64 characters"),
+    ],
+)
+async def test_batch_metadata_that_cannot_be_kept_is_a_400(metadata: bytes, says: str) -> None:
+    body = (
+        b'{"input_file_id": "file-1", "endpoint": "/v1/chat/completions", '
+        b'"completion_window": "24h", "metadata": ' + metadata + b"}"
+    )
+    status, reply = await post("/v1/batches", body)
+    assert status == 400 and reply["error"]["message"].startswith(says), reply
+    assert reply["error"]["param"] == "metadata"
