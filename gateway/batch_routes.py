@@ -85,8 +85,13 @@ async def list_files(
     who: CallerDep,
     after: str | None = None,
     limit: int = Query(10_000, ge=1, le=10_000),
+    purpose: str | None = None,
+    order: Literal["asc", "desc"] = "desc",
 ) -> dict[str, Any]:
-    return _page(await _store(request).files(who.tenant), after, limit)
+    files = await _store(request).files(who.tenant)  # newest first
+    if purpose is not None:
+        files = [f for f in files if f.purpose == purpose]
+    return _page(files[::-1] if order == "asc" else files, after, limit)
 
 
 async def _file(request: Request, tenant: str, file_id: str) -> FileObject:

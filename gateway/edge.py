@@ -33,7 +33,6 @@ from gateway.errors import error_response
 from gateway.relay import Answer, Options, Relay
 from schemas.envelope import Endpoint
 from schemas.errors import RelayError, RequestTooLarge
-from schemas.formats.responses import responses_request_to_openai
 
 log = logging.getLogger("relay.gateway")
 MAX_BODY = 256 * 1024  # larger requests are rare and go straight to FastAPI
@@ -61,7 +60,7 @@ ROUTES: dict[str, Route] = {
     "/v1/embeddings": ("embeddings", _embeddings, openai_routes.render),
     "/v1/completions": ("completions", _completions, openai_routes.render),
     "/v1/messages": ("chat", anthropic_routes.neutral_request, anthropic_routes.render),
-    "/v1/responses": ("chat", responses_request_to_openai, responses_routes.render),
+    "/v1/responses": ("chat", responses_routes.neutral_request, responses_routes.render),
 }
 
 

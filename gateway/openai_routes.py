@@ -42,6 +42,8 @@ class ChatBody(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     reasoning_effort: str | None = None
+    parallel_tool_calls: StrictBool | None = None
+    user: str | None = None
 
 
 class EmbeddingsBody(BaseModel):

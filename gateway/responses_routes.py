@@ -6,16 +6,38 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 
 from gateway.auth import CallerDep
 from gateway.bodies import json_object
+from gateway.openai_routes import ChatBody, chat_fields
 from gateway.relay import Answer, Options, Relay
 from gateway.sse import EventStream, responses_sse
-from schemas.errors import NotFound
+from schemas.errors import BadRequest, NotFound
 from schemas.formats.openai import new_id
 from schemas.formats.responses import openai_response_to_responses, responses_request_to_openai
 
 router = APIRouter(prefix="/v1")
+# Chat's names for what a Responses request calls otherwise, for the 400 that names it.
+_RESPONSES_NAMES = {
+    "max_tokens": "max_output_tokens",
+    "reasoning_effort": "reasoning.effort",
+    "response_format": "text.format",
+    "messages": "input",
+}
+
+
+def neutral_request(body: dict[str, Any]) -> dict[str, Any]:
+    """A Responses request as the relay's chat body, held to chat's checks (a knob of
+    the wrong type is the client's 400 here, never a vendor's later)."""
+    try:
+        return chat_fields(ChatBody.model_validate(responses_request_to_openai(body)))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = [str(p) for p in first["loc"]]
+        param = ".".join([_RESPONSES_NAMES.get(loc[0], loc[0]), *loc[1:]]) if loc else None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise BadRequest(f"{param}: {message}" if param else message, param=param) from None
 
 
 def render(answer: Answer, body: dict[str, Any]) -> Response:
@@ -31,7 +53,7 @@ def render(answer: Answer, body: dict[str, Any]) -> Response:
 @router.post("/responses")
 async def responses(request: Request, who: CallerDep) -> Any:
     body = await json_object(request)
-    neutral = responses_request_to_openai(body)
+    neutral = neutral_request(body)
     relay: Relay = request.app.state.relay
     opts = Options.from_headers(request.headers)
     return render(await relay.answer(who, "chat", neutral, opts), body)

@@ -121,6 +121,10 @@ async def test_the_openai_sdk_runs_a_chat_batch_through_the_vendor_batch_api(
 
     files = {f.id: f for f in (await sdk.files.list()).data}
     assert files[batch.output_file_id].purpose == "batch_output" and upload.id in files
+    outputs = [f.id for f in (await sdk.files.list(purpose="batch_output")).data]
+    assert batch.output_file_id in outputs and upload.id not in outputs
+    newest_first = [f.id for f in (await sdk.files.list()).data]
+    assert [f.id for f in (await sdk.files.list(order="asc")).data] == newest_first[::-1]
     assert (await sdk.files.delete(batch.output_file_id)).deleted
     with pytest.raises(openai.NotFoundError):
         await sdk.files.retrieve(batch.output_file_id)

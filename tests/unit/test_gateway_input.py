@@ -316,3 +316,30 @@ async def test_batch_metadata_that_cannot_be_kept_is_a_400(metadata: bytes, says
     status, reply = await post("/v1/batches", body)
     assert status == 400 and reply["error"]["message"].startswith(says), reply
     assert reply["error"]["param"] == "metadata"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"temperature": "hot"}, "temperature"),
+        ({"top_p": [1]}, "top_p"),
+        ({"user": 5}, "user"),
+        (
+            {
+                "parallel_tool_calls": "yes",
+                "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}],
+            },
+            "parallel_tool_calls",
+        ),
+    ],
+)
+async def test_a_responses_request_is_held_to_chat_s_checks(extra: Any, param: str) -> None:
+    """Never sent on to a worker with a knob of the wrong type (chat's 400, same words)."""
+    status, reply = await post("/v1/responses", {"model": "gpt-4o-mini", "input": "hi", **extra})
+    assert status == 400 and reply["error"]["param"] == param, reply
+    assert reply["error"]["message"].startswith(f"{param}: ")
+    chat = {**CHAT, **extra}
+    if "tools" in extra:
+        chat["tools"] = [{"type": "function", "function": {"name": "f"}}]
+    status, reply = await post("/v1/chat/completions", chat)
+    assert status == 400 and reply["error"]["param"] == param, reply
