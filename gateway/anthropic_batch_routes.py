@@ -69,7 +69,8 @@ async def _shown(request: Request, batch: BatchObject) -> dict[str, Any]:
     counts = await _store(request).outcomes(batch.id)
     ended = batch.ended
     status = "ended" if ended else "canceling" if batch.status == "cancelling" else "in_progress"
-    results = f"{str(request.base_url).rstrip('/')}{ENDPOINT}/batches/{batch.id}/results"
+    base = request.app.state.relay.settings.public_url or str(request.base_url)
+    results = f"{base.rstrip('/')}{ENDPOINT}/batches/{batch.id}/results"
     return {
         "id": batch.id,
         "type": "message_batch",

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     # When set, /metrics (gateway and worker) asks for `Authorization: Bearer <token>`:
     # it names every tenant and its spend, so a public gateway port should not show it.
     metrics_token: SecretStr | None = None
+    # The gateway's address as clients reach it (behind a TLS proxy, say: https://…/relay),
+    # for the absolute URLs it hands out (a message batch's results_url); unset: the
+    # address each request came to.
+    public_url: str = ""
     log_level: LogLevel = "warning"  # of worker and gateway
     demo_key: str = "rk-demo-relay-station-local"
     cache_stale_s: float = 3600.0  # how long L2 keeps an answer past its TTL (cache_only)

@@ -170,3 +170,37 @@ async def test_only_an_unreachable_store_is_an_outage_a_refused_command_is_not()
     with pytest.raises(ResponseError):
         async with _Guard(None):  # type: ignore[arg-type]
             raise ResponseError("ERR value is not an integer or out of range")
+
+
+async def test_a_message_batch_s_results_url_is_on_the_public_address_when_set() -> None:
+    """Behind a TLS proxy the gateway sees http://internal/: the SDK fetches results_url
+    as given, so it must be the address clients reach."""
+    from types import SimpleNamespace
+
+    from gateway.anthropic_batch_routes import _shown
+    from schemas.batches import BatchObject
+
+    class Store:
+        async def outcomes(self, batch_id: str) -> dict[str, int]:
+            return {"succeeded": 1, "errored": 0, "canceled": 0, "expired": 0}
+
+    batch = BatchObject(
+        id="msgbatch_1",
+        endpoint="/v1/messages",
+        input_file_id="-",
+        status="completed",
+        created_at=1,
+        completed_at=2,
+    )
+    batch.request_counts.total = 1
+    for public, want in (
+        ("", "http://10.0.0.5:8000/v1/messages/batches/msgbatch_1/results"),
+        ("https://gw.example.com/relay/", "https://gw.example.com/relay/v1/messages/batches/msgbatch_1/results"),
+    ):  # fmt: skip
+        settings = SimpleNamespace(public_url=public)
+        state = SimpleNamespace(batches=Store(), relay=SimpleNamespace(settings=settings))
+        request = SimpleNamespace(
+            app=SimpleNamespace(state=state), base_url="http://10.0.0.5:8000/"
+        )
+        shown = await _shown(request, batch)  # type: ignore[arg-type]
+        assert shown["processing_status"] == "ended" and shown["results_url"] == want
