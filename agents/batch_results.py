@@ -21,7 +21,7 @@ def output_line(custom_id: str, event: ReplyEvent) -> OutputLine:
     """The output-file line of a batch line's final reply or error."""
     if event.kind == "final" and event.body is not None:
         response = OutputResponse(status_code=200, request_id=event.correlation_id, body=event.body)
-        return OutputLine(custom_id=custom_id, response=response)
+        return OutputLine(custom_id=custom_id, response=response, usage=event.usage)
     err = RelayError.from_dict(event.error or {"message": "the line has no answer"})
     if err.code in _LINE_ERRORS:
         return OutputLine(

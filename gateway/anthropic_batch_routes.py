@@ -188,7 +188,9 @@ def _result(line: OutputLine) -> dict[str, Any]:
     kind = line.outcome
     if kind == "succeeded" and line.response is not None:
         body = line.response.body
-        usage = Usage.from_openai(body.get("usage"))
+        usage = line.usage  # the vendor's, cache writes and all...
+        if usage is None or not (usage.input_tokens or usage.output_tokens):
+            usage = Usage.from_openai(body.get("usage"))  # ...unless it was a cache hit
         message = openai_response_to_messages(body, usage, str(body.get("model", "")))
         return {"custom_id": line.custom_id, "result": {"type": kind, "message": message}}
     if kind != "errored":

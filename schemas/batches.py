@@ -19,6 +19,7 @@ import orjson
 from pydantic import BaseModel, Field, ValidationError
 
 from schemas.errors import RelayError
+from schemas.usage import Usage
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions")
 COMPLETION_WINDOW_S = 24 * 3600  # OpenAI's only window, "24h"
@@ -142,6 +143,13 @@ class OutputLine(BaseModel):
     custom_id: str
     response: OutputResponse | None = None
     error: LineError | None = None
+    # The vendor's own counts, cache writes included (the body's OpenAI-shaped usage has
+    # no place for them): kept with the line for Anthropic's results, never in the file.
+    usage: Usage | None = None
+
+    def file_line(self) -> bytes:
+        """The line as OpenAI's batch output file has it."""
+        return self.model_dump_json(exclude={"usage"}).encode() + b"\n"
 
     @property
     def ok(self) -> bool:

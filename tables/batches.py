@@ -204,7 +204,7 @@ class BatchStore:
             if await redis.hget(self._batch(batch_id), f"deleted:{kind}"):
                 return None
         data = b"".join(
-            line.model_dump_json().encode() + b"\n"
+            line.file_line()
             for line in await self.lines(batch_id)
             if line.ok == ok
         )

@@ -204,3 +204,29 @@ async def test_a_message_batch_s_results_url_is_on_the_public_address_when_set()
         )
         shown = await _shown(request, batch)  # type: ignore[arg-type]
         assert shown["processing_status"] == "ended" and shown["results_url"] == want
+
+
+def test_a_message_batch_result_keeps_the_vendor_s_cache_writes_the_file_does_not_show() -> None:
+    """OpenAI's usage has no place for cache writes: the line keeps the vendor's counts
+    for Anthropic's results, and OpenAI's output file shows the line without them."""
+    from gateway.anthropic_batch_routes import _result
+    from schemas.usage import Usage
+
+    vendor = Usage(
+        input_tokens=2510, output_tokens=5, cache_read_tokens=500, cache_write_tokens=2000
+    )
+    body = {
+        "id": "chatcmpl-1",
+        "model": "claude-haiku",
+        "choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}],
+        "usage": vendor.to_openai(),
+    }
+    event = ReplyEvent(correlation_id="batch_x/0", kind="final", body=body, usage=vendor)
+    line = output_line("o", event)
+    assert _result(line)["result"]["message"]["usage"] == {
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "cache_read_input_tokens": 500,
+        "cache_creation_input_tokens": 2000,
+    }
+    assert "usage" not in orjson.loads(line.file_line()), "OpenAI's line, as OpenAI has it"
