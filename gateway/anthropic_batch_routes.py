@@ -10,6 +10,7 @@ it ends ``errored`` and the rest run.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from gateway.anthropic_routes import neutral_request
 from gateway.auth import Caller, CallerDep
-from gateway.batch_submit import Line, submit
+from gateway.batch_submit import YIELD_EVERY, Line, submit
 from gateway.errors import ANTHROPIC_TYPES
 from gateway.relay import Options, Relay
 from schemas.batches import (
@@ -95,7 +96,12 @@ async def create(body: CreateBody, request: Request, who: CallerDep) -> dict[str
         raise BadRequest("requests: every custom_id must be unique in a batch")
     opts = Options.from_headers(request.headers)  # a bad header refuses the whole batch
     relay: Relay = request.app.state.relay
-    lines = [await _line(relay, who, item) for item in body.requests]
+    allowed: dict[str, RelayError | None] = {}  # each model checked (and audited) once
+    lines = []
+    for n, item in enumerate(body.requests, 1):
+        lines.append(await _line(relay, who, item, allowed))
+        if n % YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # a large batch shares the gateway with everyone else
     now = int(time.time())
     batch = BatchObject(
         id=new_id("msgbatch_"),
@@ -111,15 +117,26 @@ async def create(body: CreateBody, request: Request, who: CallerDep) -> dict[str
     return await _shown(request, await _batch(request, who, batch.id))
 
 
-async def _line(relay: Relay, who: Caller, item: Item) -> Line:
+async def _line(
+    relay: Relay, who: Caller, item: Item, allowed: dict[str, RelayError | None]
+) -> Line:
     """The request as a batch line; as at Anthropic, invalid params error this request
-    alone (any malformed field: the translation's own checks, or what they missed)."""
+    alone (any malformed field: the translation's own checks, or what they missed).
+    ``allowed`` keeps each model's check of this batch: a refused one is audited once."""
     try:
         if item.params.get("stream"):
             raise BadRequest("stream: a batched request cannot stream", param="stream")
         neutral = neutral_request(item.params)
-        await relay.check_model(who, str(neutral["model"]))
-        relay.check_kind(str(neutral["model"]), "chat")
+        model = str(neutral["model"])
+        if model not in allowed:
+            try:
+                await relay.check_model(who, model)
+                relay.check_kind(model, "chat")
+                allowed[model] = None
+            except RelayError as err:
+                allowed[model] = err
+        if refused := allowed[model]:
+            raise refused
     except RelayError as err:
         return Line(item.custom_id, refused=err)
     return Line(item.custom_id, body=neutral)

@@ -8,6 +8,7 @@ encoding) is tried before the batch is stored.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from schemas.errors import BadRequest, NoHealthyVendor, RelayError
 from tables.batches import BatchStore
 
 UNQUEUED = "the relay could not queue this request"
+YIELD_EVERY = 256  # lines handled between turns of the event loop's other requests
 
 
 @dataclass
@@ -57,6 +59,8 @@ async def submit(
     envs: dict[int, RequestEnvelope] = {}
     refused: dict[int, RelayError] = {}
     for index, line in enumerate(lines):
+        if index % YIELD_EVERY == YIELD_EVERY - 1:
+            await asyncio.sleep(0)  # a large batch shares the gateway with everyone else
         if line.refused is not None or line.body is None:
             refused[index] = line.refused or BadRequest("the request has no body")
             continue

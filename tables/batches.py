@@ -127,8 +127,10 @@ class BatchStore:
 
     async def file(self, tenant: str, file_id: str) -> FileObject | None:
         if out := _output_of(file_id):
-            made = await self._output_file(*out, await self.batch(tenant, out[0]))
-            return made[0] if made else None
+            batch = await self.batch(tenant, out[0])
+            if batch is None or file_id not in (batch.output_file_id, batch.error_file_id):
+                return None
+            return await self._output_meta(batch, file_id)  # its lines read once, not again
         async with self._guard() as redis:
             meta, owner = await redis.hmget(self._file(file_id), ["meta", "tenant"])
         if meta is None or owner != tenant.encode():
@@ -203,11 +205,7 @@ class BatchStore:
         async with self._guard() as redis:
             if await redis.hget(self._batch(batch_id), f"deleted:{kind}"):
                 return None
-        data = b"".join(
-            line.file_line()
-            for line in await self.lines(batch_id)
-            if line.ok == ok
-        )
+        data = b"".join(line.file_line() for line in await self.lines(batch_id) if line.ok == ok)
         async with self._guard() as redis:
             await redis.hset(self._batch(batch_id), f"bytes:{kind}", len(data))
         return _output_file_object(batch, kind, len(data)), data
