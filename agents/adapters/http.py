@@ -7,10 +7,12 @@ any secret from those headers blanked out, because some vendors echo the key bac
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from http.cookiejar import CookieJar
 from typing import Any
@@ -35,6 +37,7 @@ _AUTH_HEADERS = ("authorization", "api-key", "x-api-key")
 # failures of the vendor's.
 _TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError)
 _MAX_MESSAGE = 500  # characters of a vendor's error text worth carrying
+MAX_LIMIT_RESET_S = 3600.0  # the longest wait a rate limit's reset header is taken at
 CONNECT_TIMEOUT_S = 5.0  # a vendor host that does not accept a connection by then is down
 
 
@@ -159,12 +162,25 @@ def transport_error(exc: Exception, vendor: str) -> RelayError:
     return VendorUnavailable(f"{vendor}: connection to the vendor failed ({type(exc).__name__})")
 
 
+# What says the key (its account) has no credit left, whatever the status: OpenAI's 429
+# insufficient_quota, Anthropic's 402 billing_error or its 400 about the credit balance.
+# Not a rate limit to wait out nor the client's mistake: the key is benched, the pool's
+# next key or the next vendor answers.
+_OUT_OF_CREDIT_CODES = frozenset({"insufficient_quota", "billing_error"})
+_OUT_OF_CREDIT_TEXT = "credit balance is too low"
+
+
 def status_error(resp: httpx.Response, vendor: str) -> RelayError:
     """The error-tree exception for a vendor's error status (the body must be read)."""
     said, code, param = _vendor_error(resp)
     text = _redact(said, resp)[:_MAX_MESSAGE]  # cut after: no key halves
     message = f"{vendor}: HTTP {resp.status_code}: {text}"
-    err = error_for_status(resp.status_code, message, retry_after=retry_after(resp.headers))
+    if code in _OUT_OF_CREDIT_CODES or resp.status_code == 402 or _OUT_OF_CREDIT_TEXT in said:
+        return VendorAuthFailed(message)
+    wait = retry_after(resp.headers)
+    if wait is None and resp.status_code == 429:
+        wait = limit_reset(resp.headers)
+    err = error_for_status(resp.status_code, message, retry_after=wait)
     if isinstance(err, VendorBadRequest):
         # The vendor's own code where clients branch on it, and the field it blamed.
         if code == ContentFiltered.code:
@@ -225,10 +241,62 @@ def retry_after(headers: httpx.Headers) -> float | None:
         return None
 
 
+_RESET = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def limit_reset(headers: httpx.Headers) -> float | None:
+    """Seconds until an exhausted rate limit refills, for a 429 without Retry-After:
+    OpenAI's and Azure's ``x-ratelimit-reset-{requests,tokens}`` (``6m0s``, ``20ms``,
+    ``1.5``) and Anthropic's ``anthropic-ratelimit-*-reset`` (an RFC 3339 time), of the
+    limits whose ``-remaining`` says 0 (or of every limit, when none says)."""
+    resets: dict[str, float] = {}  # by limit: "tokens", "requests", "input-tokens"...
+    exhausted: set[str] = set()
+    for name, value in headers.items():
+        name, value = name.lower(), value.strip()
+        if name.startswith("x-ratelimit-remaining-"):
+            if value == "0":
+                exhausted.add(name.removeprefix("x-ratelimit-remaining-"))
+        elif name.startswith("x-ratelimit-reset-"):
+            if (seconds := _duration(value)) is not None:
+                resets[name.removeprefix("x-ratelimit-reset-")] = seconds
+        elif name.startswith("anthropic-ratelimit-") and name.endswith("-remaining"):
+            if value == "0":
+                exhausted.add(name[len("anthropic-ratelimit-") : -len("-remaining")])
+        elif name.startswith("anthropic-ratelimit-") and name.endswith("-reset"):
+            try:
+                when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            limit = name[len("anthropic-ratelimit-") : -len("-reset")]
+            resets[limit] = max(when.timestamp() - time.time(), 0.0)
+    if waits := [seconds for limit, seconds in resets.items() if limit in exhausted]:
+        wait = max(waits)  # every exhausted limit must have refilled
+    elif resets:
+        wait = min(resets.values())
+    else:
+        return None
+    return min(wait, MAX_LIMIT_RESET_S)  # a skewed clock never benches a key for days
+
+
+def _duration(value: str) -> float | None:
+    """``6m0s``, ``1h2m``, ``20ms`` or plain seconds (``1.5``), in seconds."""
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    parts = _RESET.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return None
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
 def _vendor_error(resp: httpx.Response) -> tuple[str, str | None, str | None]:
-    """What the vendor said, with its error code and the parameter it blamed, if any.
-    OpenAI and Azure: {"error": {"message", "code", "param"}}; Anthropic: {"type":
-    "error", "error": {"type", "message"}}; Ollama: {"error": "..."}."""
+    """What the vendor said, with its error code (Anthropic: its error type) and the
+    parameter it blamed, if any.  OpenAI and Azure: {"error": {"message", "code",
+    "param"}}; Anthropic: {"type": "error", "error": {"type", "message"}}; Ollama:
+    {"error": "..."}."""
     try:
         body = json.loads(resp.content)
     except ValueError:
@@ -238,6 +306,8 @@ def _vendor_error(resp: httpx.Response) -> tuple[str, str | None, str | None]:
     if isinstance(error, dict) and error.get("message"):
         text = str(error["message"])
         code = error["code"] if isinstance(error.get("code"), str) else None
+        if code is None and body.get("type") == "error" and isinstance(error.get("type"), str):
+            code = error["type"]  # Anthropic's way of saying which error
         param = error["param"] if isinstance(error.get("param"), str) else None
     elif isinstance(error, str) and error:
         text = error

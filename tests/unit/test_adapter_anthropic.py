@@ -295,6 +295,25 @@ async def test_stream_rate_limited_status_carries_retry_after():
     assert err.value.retry_after == 13.0
 
 
+async def test_a_429_without_retry_after_waits_for_the_exhausted_limit_s_reset():
+    from datetime import UTC, datetime, timedelta
+
+    def at(seconds: float) -> str:
+        return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+
+    body = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow"}}
+    headers = {
+        "anthropic-ratelimit-requests-remaining": "40",
+        "anthropic-ratelimit-requests-reset": at(2),
+        "anthropic-ratelimit-input-tokens-remaining": "0",
+        "anthropic-ratelimit-input-tokens-reset": at(30),
+    }
+    _, handler = recorder(httpx.Response(429, json=body, headers=headers))
+    with pytest.raises(VendorRateLimited) as err:
+        await adapter_for(handler).chat(call())
+    assert err.value.retry_after is not None and 28 < err.value.retry_after <= 30
+
+
 async def test_untranslatable_request_fails_before_any_http():
     _, handler = recorder()
     body = {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]}

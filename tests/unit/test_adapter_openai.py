@@ -297,6 +297,21 @@ async def test_non_json_error_body_is_quoted():
         ({"retry-after-ms": "250", "retry-after": "1"}, 0.25),
         ({}, None),
         ({"retry-after": "soon"}, None),
+        # No Retry-After: the reset of the limit that ran out (OpenAI's Go durations)...
+        (
+            {
+                "x-ratelimit-remaining-tokens": "0",
+                "x-ratelimit-reset-tokens": "6m0s",
+                "x-ratelimit-remaining-requests": "99",
+                "x-ratelimit-reset-requests": "120ms",
+            },
+            360.0,
+        ),
+        ({"x-ratelimit-reset-requests": "1m30.5s", "x-ratelimit-reset-tokens": "20ms"}, 0.02),
+        ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "60"}, 60.0),
+        ({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "99h"}, 3600.0),
+        ({"x-ratelimit-reset-tokens": "soon"}, None),
+        ({"retry-after": "2", "x-ratelimit-reset-tokens": "6m0s"}, 2.0),  # ...never over it
     ],
 )
 async def test_rate_limit_carries_retry_after(headers, expected):
@@ -599,3 +614,26 @@ def test_top_k_reaches_openai_compatible_servers_but_not_openai_itself():
     assert isinstance(vllm, OpenAIAdapter) and isinstance(openai_, OpenAIAdapter)
     assert vllm._body(call)["top_k"] == 40
     assert "top_k" not in openai_._body(call)
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (429, {"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}),
+        (402, {"type": "error", "error": {"type": "billing_error", "message": "pay up"}}),
+        (400, {"type": "error", "error": {"type": "invalid_request_error",
+                                          "message": "Your credit balance is too low to access the API"}}),
+    ],
+)  # fmt: skip
+async def test_an_account_out_of_credit_is_the_key_s_failure_not_a_wait_or_the_client_s(
+    status, body
+):
+    """The key is benched and the pool's next key (or vendor) answers, as for a revoked
+    key: no retry into a quota that is gone, no 400 blaming the client."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json=body)
+
+    with pytest.raises(VendorAuthFailed) as err:
+        await adapter_for(handler).chat(call())
+    assert err.value.retryable and f"HTTP {status}" in err.value.message
