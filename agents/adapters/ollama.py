@@ -100,7 +100,7 @@ class OllamaAdapter:
                 }
             ],
         }
-        usage = _usage(data)
+        usage = _usage(data, call)
         answer["usage"] = usage.to_openai()
         return VendorResult(answer, usage)
 
@@ -147,7 +147,7 @@ class OllamaAdapter:
                         tools_seen += 1
                     if data.get("done"):
                         yield chunk({}, _finish_reason(data, tools_seen > 0))
-                        yield _usage(data)
+                        yield _usage(data, call)
                         return
         raise VendorUnavailable("ollama: stream ended before done")
 
@@ -316,10 +316,16 @@ def _finish_reason(data: dict[str, Any], called_tools: bool) -> str:
     return "length" if data.get("done_reason") == "length" else "stop"
 
 
-def _usage(data: dict[str, Any]) -> Usage:
+def _usage(data: dict[str, Any], call: VendorCall) -> Usage:
+    """Ollama's counts: ``prompt_eval_count`` includes the prompt tokens read from its
+    cache (``prompt_eval_cached_count``); versions before 0.2 left it out when the whole
+    prompt was cached, and it is estimated then rather than metered as nothing."""
+    given = data.get("prompt_eval_count")
+    prompt = int(given) if given is not None else Usage.estimated(call.body, 0).input_tokens
     return Usage(
-        input_tokens=int(data.get("prompt_eval_count") or 0),
+        input_tokens=prompt,
         output_tokens=int(data.get("eval_count") or 0),
+        cache_read_tokens=min(int(data.get("prompt_eval_cached_count") or 0), prompt),
     )
 
 

@@ -60,7 +60,7 @@ class OpenAIAdapter:
     async def chat(self, call: VendorCall) -> VendorResult:
         """One non-streamed chat completion."""
         data = await self._post("chat/completions", call, self._body(call))
-        return VendorResult(data, Usage.from_openai(data.get("usage")))
+        return VendorResult(data, _usage(data, call))
 
     async def stream(self, call: VendorCall) -> AsyncIterator[StreamItem]:
         """The vendor's chunks as it sends them, then one ``Usage``.
@@ -87,8 +87,11 @@ class OpenAIAdapter:
                 chunk = self._parse_chunk(data)
                 if chunk.get("usage"):
                     usage = Usage.from_openai(chunk["usage"])
-                # Azure opens with a choices-less content-filter chunk; it carries nothing.
-                if chunk.get("choices"):
+                # Azure opens with a choices-less content-filter chunk, and its asynchronous
+                # filter sends choices of annotations alone (no delta, no id), which
+                # clients reading deltas trip over: neither carries any answer.
+                if choices := [c for c in chunk.get("choices") or () if _answering(c)]:
+                    chunk["choices"] = choices
                     chunk.pop("usage", None)
                     written += answer_chars(chunk)
                     yield chunk
@@ -109,7 +112,7 @@ class OpenAIAdapter:
     async def complete(self, call: VendorCall) -> VendorResult:
         """A legacy ``/completions`` call; the relay packs many prompts into one list."""
         data = await self._post("completions", call, self._body(call, chat=False))
-        return VendorResult(data, Usage.from_openai(data.get("usage")))
+        return VendorResult(data, _usage(data, call))
 
     async def submit_batch(self, calls: list[tuple[str, VendorCall]], api_key: str) -> str:
         """Upload the calls as a JSONL file and start a 24-hour batch; returns its id."""
@@ -243,3 +246,35 @@ class OpenAIAdapter:
         return VendorUnavailable(
             f"{self.kind}: batch request not run: {error.get('code') or error.get('message')}"
         )
+
+
+def _answering(choice: Any) -> bool:
+    """Whether a streamed choice is part of the answer: it has a delta, or a finish
+    reason (given an empty delta, as OpenAI's final choice has)."""
+    if not isinstance(choice, dict):
+        return False
+    if not isinstance(choice.get("delta"), dict):
+        if not choice.get("finish_reason"):
+            return False
+        choice["delta"] = {}
+    return True
+
+
+def _usage(data: dict[str, Any], call: VendorCall) -> Usage:
+    """The answer's usage; estimated when the server reports none (some OpenAI-compatible
+    servers do not), rather than an answer metered and cached as free."""
+    usage = Usage.from_openai(data.get("usage"))
+    if usage != Usage():
+        return usage
+    choices = data.get("choices") or []
+    written = 0
+    for choice in choices if isinstance(choices, list) else []:
+        if isinstance(choice, dict):
+            message = choice.get("message") or {}
+            text = message.get("content") if isinstance(message, dict) else None
+            text = text if text is not None else choice.get("text")
+            written += len(text) if isinstance(text, str) else 0
+            calls = message.get("tool_calls") if isinstance(message, dict) else None
+            for tool in calls if isinstance(calls, list) else []:
+                written += len(str((tool.get("function") or {}).get("arguments") or ""))
+    return Usage.estimated(call.body, written)

@@ -230,3 +230,37 @@ async def test_a_key_the_vendor_echoes_in_the_blamed_field_is_struck_from_it_too
     with pytest.raises(Exception) as err:
         await adapter_for(handler).chat(call())
     assert KEY not in str(err.value.param) and "[redacted]" in str(err.value.param)  # type: ignore[attr-defined]
+
+
+async def test_the_asynchronous_filter_s_annotations_never_reach_a_client() -> None:
+    """Azure's asynchronous content filter sends choices of annotations alone (no delta,
+    ids empty, even after the finish): clients reading deltas crash on those."""
+    safe = {"hate": {"filtered": False, "severity": "safe"}}
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+
+    def choice(delta: dict | None, finish: str | None = None) -> dict:
+        given = {"index": 0, "finish_reason": finish}
+        return given | ({"delta": delta} if delta is not None else {})
+
+    offsets = {"check_offset": 0, "start_offset": 0, "end_offset": 5}
+    note = {"content_filter_offsets": offsets, "content_filter_results": safe}
+    events = [
+        {"choices": [], "id": "", "object": "", "prompt_filter_results": [{"prompt_index": 0}]},
+        {**head, "choices": [choice({"role": "assistant", "content": ""})]},
+        {**head, "choices": [choice({"content": "Hello"})]},
+        {**head, "choices": [choice(None, "stop")]},  # a finish without its delta
+        {"id": "", "object": "", "created": 0, "model": "", "choices": [choice(None) | note]},
+        {**head, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 1}},
+    ]
+    text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    _, handler = recorder(httpx.Response(200, text=text))
+    items = [i async for i in adapter_for(handler).stream(call())]
+    chunks = [i for i in items if isinstance(i, dict)]
+    assert all(c["id"] == "chatcmpl-1" for c in chunks)
+    assert [c["choices"][0]["delta"] for c in chunks] == [
+        {"role": "assistant", "content": ""},
+        {"content": "Hello"},
+        {},
+    ]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert items[-1] == Usage(input_tokens=9, output_tokens=1)

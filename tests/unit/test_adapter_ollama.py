@@ -461,3 +461,18 @@ async def test_embeddings_come_as_base64_float32_when_asked():
     assert struct.unpack("<2f", raw) == (0.5, -1.25)
     plain = await adapter.embed(VendorCall(model="nomic", body={"input": "hi"}, api_key=""))
     assert plain.body["data"][0]["embedding"] == [0.5, -1.25]
+
+
+async def test_usage_counts_cached_prompt_tokens_and_is_never_free() -> None:
+    """prompt_eval_cached_count is the part of prompt_eval_count read from Ollama's
+    cache; an Ollama that leaves the prompt count out (older ones, on a cached prompt)
+    gets an estimate, not zero."""
+    cached = final(prompt_eval_count=1000, prompt_eval_cached_count=960)
+    _, handler = recorder(httpx.Response(200, json=cached))
+    usage = (await adapter_for(handler).chat(call())).usage
+    assert (usage.input_tokens, usage.cache_read_tokens, usage.output_tokens) == (1000, 960, 9)
+    missing = final()
+    del missing["prompt_eval_count"]
+    _, handler = recorder(httpx.Response(200, json=missing))
+    usage = (await adapter_for(handler).chat(call())).usage
+    assert usage.input_tokens > 0 and usage.output_tokens == 9

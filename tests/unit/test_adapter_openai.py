@@ -637,3 +637,20 @@ async def test_an_account_out_of_credit_is_the_key_s_failure_not_a_wait_or_the_c
     with pytest.raises(VendorAuthFailed) as err:
         await adapter_for(handler).chat(call())
     assert err.value.retryable and f"HTTP {status}" in err.value.message
+
+
+async def test_a_server_that_reports_no_usage_is_estimated_not_free() -> None:
+    """Some OpenAI-compatible servers send no usage: the answer is metered at an
+    estimate (as a stream without its usage chunk is), never cached and billed as 0."""
+    answer = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * 400}}],
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answer)
+
+    body = {"model": "relay-alias", "messages": MESSAGES}
+    usage = (await adapter_for(handler).chat(call(body))).usage
+    assert usage.input_tokens > 0 and usage.output_tokens == 101  # 400 characters, /4, +1
