@@ -24,6 +24,7 @@ _STATUS_TYPES = {
 _FAULT_MESSAGES = {
     "500": "Internal server error",
     "429": "Number of requests has exceeded your rate limit",
+    "overloaded": "Overloaded",
 }
 
 
@@ -335,8 +336,14 @@ async def messages(request: Request) -> Response:
     except BadRequest as exc:
         return error(400, exc.message)
     fault = await sim.admit(request, model, "anthropic.messages")
+    if fault == "overloaded" and body.get("stream"):
+        # As Anthropic can: 200, message_start, then an error event before any text.
+        overloaded = {"type": "error", "error": error_object(529, "Overloaded")["error"]}
+        opened = _events(model, answer, usage, thinking)[:1]
+        chunks = [*opened, _event("ping", {"type": "ping"}), _event("error", overloaded)]
+        return StreamingResponse(sim.paced(request, chunks), media_type="text/event-stream")
     if fault:
-        return error(int(fault), _FAULT_MESSAGES[fault])
+        return error(529 if fault == "overloaded" else int(fault), _FAULT_MESSAGES[fault])
     if body.get("stream"):
         chunks = _events(model, answer, usage, thinking)
         return StreamingResponse(sim.paced(request, chunks), media_type="text/event-stream")

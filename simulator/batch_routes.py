@@ -128,7 +128,7 @@ def _openai_item(sim: Sim, endpoint: str, raw: bytes) -> tuple[dict[str, Any], b
     status, fault = 200, sim.model_fault(model)
     try:
         if fault:
-            status = int(fault)
+            status = 503 if fault == "overloaded" else int(fault)
             out = openai_routes.error_body(status, "Simulated failure for this model.")
         else:
             out = _OPENAI_ENDPOINTS[endpoint](sim, body)

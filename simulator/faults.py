@@ -116,18 +116,21 @@ class Sim:
 
     @staticmethod
     def model_fault(model: str) -> str | None:
-        """Faults forced by the model name: ``-fail500`` and ``-fail429``."""
+        """Faults forced by the model name: ``-fail500``, ``-fail429`` and ``-overloaded``
+        (a stream that opens, then errors before any text; else 529/503)."""
         if "-fail500" in model:
             return "500"
         if "-fail429" in model:
             return "429"
+        if "-overloaded" in model:
+            return "overloaded"
         return None
 
     def _fault(self, headers: Mapping[str, str], model: str) -> str | None:
         # Draw on every call so the sequence depends only on the call count, not on forcing.
         r = self.rng.random()
         forced = headers.get("x-sim-fail")
-        if forced in ("500", "429", "timeout"):
+        if forced in ("500", "429", "timeout", "overloaded"):
             return forced
         named = self.model_fault(model)
         if named:

@@ -26,7 +26,11 @@ from simulator.text import (
 router = APIRouter()
 
 TAGS = ("llama3.2:latest", "qwen2.5:7b", "nomic-embed-text:latest")
-_FAULT_MESSAGES = {"500": "internal server error", "429": "too many requests, retry later"}
+_FAULT_MESSAGES = {
+    "500": "internal server error",
+    "429": "too many requests, retry later",
+    "overloaded": "server busy, please try again.  maximum pending requests exceeded",
+}
 
 
 def error(status: int, message: str) -> Response:
@@ -144,7 +148,7 @@ async def chat(request: Request) -> Response:
     answer = in_json_mode(compose(model, prompt, _max_tokens(body)), _format(body.get("format")))
     fault = await sim.admit(request, model, "ollama.chat")
     if fault:
-        return error(int(fault), _FAULT_MESSAGES[fault])
+        return error(503 if fault == "overloaded" else int(fault), _FAULT_MESSAGES[fault])
     if body.get("stream", True):
         chunks = _lines(model, answer, prompt.tokens, thinking)
         return StreamingResponse(sim.paced(request, chunks), media_type="application/x-ndjson")
@@ -167,7 +171,7 @@ async def embed(request: Request) -> Response:
         return error(400, "dimensions must be a positive integer")
     fault = await sim.admit(request, model, "ollama.embed", len(items))
     if fault:
-        return error(int(fault), _FAULT_MESSAGES[fault])
+        return error(503 if fault == "overloaded" else int(fault), _FAULT_MESSAGES[fault])
     await sim.delay(request)
     return json_response(
         {

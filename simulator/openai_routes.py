@@ -39,6 +39,12 @@ _FAULTS = {
         "requests",
         "rate_limit_exceeded",
     ),
+    "overloaded": (
+        503,
+        "The engine is currently overloaded, please try again later",
+        "server_error",
+        None,
+    ),
 }
 
 
@@ -380,6 +386,13 @@ async def _handle(request: Request, kind: str, deployment: str | None = None) ->
     except BadRequest as exc:
         return error(400, exc.message, param=exc.param)
     fault = await sim.admit(request, model, ("azure." if azure else "openai.") + kind, inputs)
+    if fault == "overloaded" and stream:
+        # 200 and the opening chunk, then an error before any text.
+        _, message, type_, code = _FAULTS[fault]
+        failed = _sse({"error": {"message": message, "type": type_, "param": None, "code": code}})
+        return StreamingResponse(
+            sim.paced(request, [chunks[0], failed]), media_type="text/event-stream"
+        )
     if fault:
         return fault_response(fault)
     if stream:

@@ -38,6 +38,7 @@ THROTTLED = "gpt-4o-mini-fail429-storm"
 SATURATED = "gpt-4o-mini-fail429-breaker"
 BROKEN_CLAUDE = "claude-haiku-4-5-fail500"
 DEAD = "gpt-4o-mini-fail500-restart"
+OVERLOADED_CLAUDE = "claude-haiku-4-5-overloaded"  # a 200 stream that errors before text
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +104,7 @@ def stack(stack_factory: Any, sims: dict[str, Simulator]) -> Stack:
             "saturated": {"candidates": [cand("saturated", SATURATED, 0.1)]},
             "pooled": {"candidates": [cand("pooled", "gpt-4o-mini-pooled", 0.1)]},
             "cross": with_fallback("claude", BROKEN_CLAUDE),
+            "overloaded": with_fallback("claude", OVERLOADED_CLAUDE),
         },
         "tenants": tenants(),
         "breaker": {"consecutive_failures": TRIP, "open_s": OPEN_S},
@@ -374,6 +376,42 @@ async def test_an_openai_client_falls_back_from_anthropic_to_openai(
         if c["choices"]
     )
     assert text
+
+
+async def test_a_stream_the_vendor_opened_then_failed_before_any_text_falls_back(
+    stack: Stack, sims: dict[str, Simulator]
+):
+    """Anthropic may answer 200, send message_start, then an overloaded error: nothing
+    of it reached the client, so the fallback answers the stream whole, in either
+    dialect, with one message_start and the fallback's text."""
+    sim = sims["steady"]
+    before = calls(sim, OVERLOADED_CLAUDE)
+    async with httpx.AsyncClient() as http:
+        openai_stream = await chat(http, stack, "overloaded", stream=True)
+        body = {
+            "model": "overloaded",
+            "max_tokens": 16,
+            "stream": True,
+            "messages": [{"role": "user", "content": f"tell me about {uuid.uuid4().hex}"}],
+        }
+        headers = {"x-api-key": DEMO_KEY, "anthropic-version": "2023-06-01"}
+        headers["x-relay-cache"] = "bypass"
+        anthropic_stream = await http.post(
+            f"{stack.url}/v1/messages", json=body, headers=headers, timeout=40
+        )
+    assert calls(sim, OVERLOADED_CLAUDE) - before == 2, "each stream tried Claude first"
+    assert [openai_stream.status_code, anthropic_stream.status_code] == [200, 200], (
+        openai_stream.headers,
+        anthropic_stream.text[:300],
+    )
+    data = [line[6:] for line in openai_stream.text.splitlines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]" and "error" not in openai_stream.text
+    chunks = [orjson.loads(d) for d in data[:-1]]
+    assert sum(1 for c in chunks for ch in c["choices"] if "role" in ch["delta"]) == 1
+    assert "".join(ch["delta"].get("content") or "" for c in chunks for ch in c["choices"])
+    names = [x[7:] for x in anthropic_stream.text.splitlines() if x.startswith("event: ")]
+    assert names.count("message_start") == 1 and "error" not in names, names
+    assert names[-1] == "message_stop" and "content_block_delta" in names
 
 
 async def test_a_restarted_worker_still_avoids_a_vendor_whose_breaker_is_open(

@@ -501,6 +501,28 @@ async def test_forced_faults_in_each_vendor_format(sim: httpx.AsyncClient) -> No
     assert stats["calls"] == stats["faults"]
 
 
+async def test_an_overloaded_vendor_opens_a_stream_then_errors_before_any_text(
+    sim: httpx.AsyncClient,
+) -> None:
+    """What Anthropic documents (and OpenAI-compatible servers do): a 200 and the stream's
+    opening, then an error event; without a stream, 529 (Anthropic) or 503."""
+    msg = {"model": "c-overloaded", "max_tokens": 5, "messages": user("x"), "stream": True}
+    r = await sim.post("/v1/messages", json=msg, headers=AV)
+    names = [line for line in r.text.splitlines() if line.startswith("event: ")]
+    assert r.status_code == 200
+    assert names == ["event: message_start", "event: ping", "event: error"]
+    assert '"overloaded_error"' in r.text and "text_delta" not in r.text
+    r = await sim.post("/v1/messages", json={**msg, "stream": False}, headers=AV)
+    assert r.status_code == 529 and r.json()["error"]["type"] == "overloaded_error"
+    chat = {"model": "m-overloaded", "messages": user("x"), "stream": True}
+    r = await sim.post("/v1/chat/completions", json=chat)
+    data = [line for line in r.text.splitlines() if line.startswith("data: ")]
+    assert r.status_code == 200 and len(data) == 2 and '"error"' in data[1]
+    assert '"role": "assistant"' in data[0] or '"role":"assistant"' in data[0]
+    r = await sim.post("/v1/chat/completions", json={**chat, "stream": False})
+    assert r.status_code == 503
+
+
 async def test_live_config_fault_rates(sim: httpx.AsyncClient) -> None:
     chat = {"model": "m", "messages": user("x")}
     assert (await sim.post("/sim/config", json={"error_rate": 1.0})).json()["error_rate"] == 1.0
