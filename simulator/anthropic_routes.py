@@ -210,6 +210,10 @@ def _prepare(
     max_tokens = body.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise BadRequest("max_tokens: Field required")
+    both = body.get("temperature") is not None and body.get("top_p") is not None
+    if both and not model.startswith("claude-3"):
+        # As Claude 4.5 and later answer (and the relay must never ask).
+        raise BadRequest("`temperature` and `top_p` cannot both be specified for this model.")
     prompt, prefix = to_prompt(body)
     thinking = _thinking(body, prompt, max_tokens)
     answer = compose(model, prompt, max_tokens)

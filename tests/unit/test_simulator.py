@@ -717,3 +717,13 @@ async def test_a_cancelled_message_batch_ends_with_every_request_canceled(
     results = [r.result.type async for r in await claude.messages.batches.results(batch.id)]
     assert results == ["canceled"]
     assert (await sim.get("/stats")).json()["batches_cancelled"] == 1
+
+
+async def test_claude_past_the_3_family_refuses_temperature_beside_top_p(
+    sim: httpx.AsyncClient,
+) -> None:
+    msg = {"max_tokens": 5, "messages": user("x"), "temperature": 0.5, "top_p": 0.9}
+    r = await sim.post("/v1/messages", json={**msg, "model": "claude-sonnet-4-5"}, headers=AV)
+    assert r.status_code == 400 and "cannot both be specified" in r.json()["error"]["message"]
+    r = await sim.post("/v1/messages", json={**msg, "model": "claude-3-5-haiku"}, headers=AV)
+    assert r.status_code == 200
