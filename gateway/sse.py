@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import metrics
 from gateway.errors import anthropic_error
 from schemas.errors import RelayError
-from schemas.formats.anthropic import ChunksToMessageEvents
+from schemas.formats.anthropic import ChunksToMessageEvents, without_start_usage
 from schemas.formats.responses import ChunksToResponseEvents
 from schemas.usage import Usage
 
@@ -105,7 +105,7 @@ async def openai_sse(
                         }
                     )
                 continue
-            last = item
+            last = item = without_start_usage(item)
             yield _data(item)
     except RelayError as err:
         metrics.count_error(err)

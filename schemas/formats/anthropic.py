@@ -584,6 +584,30 @@ class _ToolCall:
     shown: bool = False
 
 
+# An Anthropic vendor's message_start usage (its input and cache counts, known before
+# any text), carried on the opening chunk to an Anthropic client's own message_start:
+# some clients read the input side there alone.  Not for OpenAI clients (see
+# ``without_start_usage``); other vendors say their counts at the end only.
+START_USAGE = "anthropic_start_usage"
+_START_USAGE_FIELDS = frozenset(
+    {
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+        "cache_creation",
+        "service_tier",
+    }
+)
+
+
+def without_start_usage(chunk: dict[str, Any]) -> dict[str, Any]:
+    """The chunk as an OpenAI client gets it: without ``START_USAGE``."""
+    if START_USAGE not in chunk:
+        return chunk
+    return {k: v for k, v in chunk.items() if k != START_USAGE}
+
+
 class ChunksToMessageEvents:
     """Turns a stream of OpenAI chunks into Anthropic's stream events, as (event, data).
 
@@ -608,7 +632,7 @@ class ChunksToMessageEvents:
 
     def feed(self, chunk: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         """The events one OpenAI chunk adds to the stream."""
-        events = self._start()
+        events = self._start(chunk.get(START_USAGE))
         for choice in chunk.get("choices") or []:
             if choice.get("index", 0) != 0:
                 continue
@@ -724,10 +748,13 @@ class ChunksToMessageEvents:
         events.append(("message_stop", {"type": "message_stop"}))
         return events
 
-    def _start(self) -> list[tuple[str, dict[str, Any]]]:
+    def _start(self, usage: Any = None) -> list[tuple[str, dict[str, Any]]]:
         if self._started:
             return []
         self._started = True
+        opening = {"input_tokens": 0, "output_tokens": 0}
+        if isinstance(usage, dict):  # an Anthropic vendor's own counts, as it sent them
+            opening |= {k: v for k, v in usage.items() if k in _START_USAGE_FIELDS}
         message: dict[str, Any] = {
             "id": self.message_id,
             "type": "message",
@@ -736,7 +763,7 @@ class ChunksToMessageEvents:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0},
+            "usage": opening,
         }
         return [("message_start", {"type": "message_start", "message": message})]
 
@@ -1176,7 +1203,10 @@ class MessageEventsToChunks:
             self._id = message.get("id", "")
             self._model = message.get("model", "")
             self._usage = dict(message.get("usage") or {})
-            return [self._chunk({"role": "assistant", "content": ""})]
+            opening = self._chunk({"role": "assistant", "content": ""})
+            if self._usage:  # for an Anthropic client's message_start (see START_USAGE)
+                opening[START_USAGE] = dict(self._usage)
+            return [opening]
         if kind == "content_block_start":
             block = data.get("content_block") or {}
             if block.get("type") == "tool_use" and block.get("name") == JSON_ANSWER_TOOL:

@@ -1339,3 +1339,28 @@ def test_one_hour_cache_writes_are_read_apart_and_told_back() -> None:
     usage = _usage_from_anthropic(vendor)
     assert (usage.cache_write_tokens, usage.cache_write_1h_tokens) == (3000, 1000)
     assert _anthropic_usage(usage) == vendor
+
+
+def test_an_anthropic_vendor_s_opening_usage_reaches_an_anthropic_client_s_message_start():
+    """Some clients take input and cache counts from message_start alone: an Anthropic
+    vendor's own reach them there; an OpenAI client's chunks never show the extension."""
+    from schemas.formats.anthropic import without_start_usage
+
+    vendor = MessageEventsToChunks()
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": 25, "cache_read_input_tokens": 2000,
+                      "cache_creation_input_tokens": 100, "output_tokens": 1},
+        },
+    }  # fmt: skip
+    [opening] = vendor.feed("message_start", start)
+    assert isinstance(opening, dict)
+    events = ChunksToMessageEvents("claude-alias", "msg_x").feed(opening)
+    assert events[0][1]["message"]["usage"] == start["message"]["usage"]
+    plain = without_start_usage(opening)
+    assert "anthropic_start_usage" not in plain and plain["choices"] == opening["choices"]
+    other = ChunksToMessageEvents("claude-alias", "msg_y").feed(plain)  # an OpenAI vendor's
+    assert other[0][1]["message"]["usage"] == {"input_tokens": 0, "output_tokens": 0}

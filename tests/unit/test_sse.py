@@ -140,3 +140,17 @@ async def test_an_anthropic_stream_s_error_event_says_anthropic_s_error_type() -
         assert last[0] == "event: error"
         body = json.loads(last[1].removeprefix("data: "))
         assert body == {"type": "error", "error": {"type": kind, "message": err.message}}
+
+
+async def test_an_openai_client_never_sees_the_anthropic_start_usage() -> None:
+    async def chunks() -> AsyncIterator[dict[str, Any] | Usage]:
+        delta = {"role": "assistant", "content": ""}
+        yield {
+            "id": "c",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+            "anthropic_start_usage": {"input_tokens": 25},
+        }
+        yield Usage(input_tokens=25, output_tokens=1)
+
+    raw = await collect(openai_sse(chunks(), include_usage=True))
+    assert b"anthropic_start_usage" not in raw and raw.count(b"data: ") == 3
