@@ -15,6 +15,7 @@ from gateway.relay import Answer, Options, Relay
 from gateway.sse import EventStream, anthropic_sse
 from schemas.errors import BadRequest, NoHealthyVendor
 from schemas.formats.anthropic import messages_request_to_openai, openai_response_to_messages
+from schemas.usage import prompt_chars
 
 router = APIRouter(prefix="/v1")
 
@@ -76,6 +77,6 @@ async def count_tokens(request: Request, who: CallerDep) -> Any:
         else:
             counted = (answer.body or {}).get("input_tokens", 0)
             return JSONResponse({"input_tokens": counted}, headers=answer.headers)
-    chars = len(orjson.dumps(neutral.get("messages", [])))
+    chars = prompt_chars(neutral)  # images at a flat size, not their base64
     chars += len(orjson.dumps(neutral.get("tools", []))) if neutral.get("tools") else 0
     return JSONResponse({"input_tokens": max(1, chars // 4)}, headers={"x-relay-cache": "miss"})

@@ -13,9 +13,29 @@ def estimated_tokens(chars: int) -> int:
     return chars // 4 + 1
 
 
+# An image in a prompt, whatever its encoding's size: about what Anthropic counts for a
+# large one (~1,600 tokens; OpenAI's high detail is in the same range), as characters.
+IMAGE_CHARS = 1600 * 4
+_IMAGES = frozenset({"image_url", "image", "input_image"})
+
+
 def prompt_chars(body: dict[str, Any]) -> int:
-    """Characters of a request's prompt, whichever field holds it."""
-    return len(str(body.get("messages") or body.get("input") or body.get("prompt") or ""))
+    """Characters of a request's prompt, whichever field holds it, the structure's own
+    text included; an image counts as ``IMAGE_CHARS``, not as its base64 (a 30 KB
+    picture would otherwise weigh 10 000 tokens)."""
+    return _chars(body.get("messages") or body.get("input") or body.get("prompt") or "")
+
+
+def _chars(item: Any) -> int:
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, dict):
+        if item.get("type") in _IMAGES:
+            return IMAGE_CHARS
+        return sum(len(str(k)) + 4 + _chars(v) for k, v in item.items())
+    if isinstance(item, list):
+        return sum(_chars(x) + 2 for x in item)
+    return len(str(item))
 
 
 class Usage(BaseModel):

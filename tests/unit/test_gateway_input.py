@@ -195,6 +195,18 @@ async def test_a_count_with_no_counting_vendor_available_is_estimated_not_refuse
     assert [e.endpoint for e in bus.published] == ["count_tokens"], "the vendor was asked first"
 
 
+async def test_an_estimated_count_weighs_an_image_as_an_image_not_as_its_base64():
+    app, _ = gateway_app(refusing(code="no_healthy_vendor", message="every vendor is failing"))
+    picture = {"type": "base64", "media_type": "image/png", "data": "A" * 40_000}
+    content = [{"type": "image", "source": picture}, {"type": "text", "text": "what is it?"}]
+    async with client(app) as http:
+        reply = await http.post(
+            "/v1/messages/count_tokens",
+            json={"model": "claude-haiku", "messages": [{"role": "user", "content": content}]},
+        )
+    assert reply.status_code == 200 and 1_600 < reply.json()["input_tokens"] < 2_000
+
+
 @pytest.mark.parametrize("prompt", [[15339, 1917], [[15339], [1917, 11]], ["a", "b"], "a"])
 async def test_completions_take_every_prompt_form_openai_takes(prompt: Any) -> None:
     """Text, a list of texts, token ids, or a list of token-id lists."""
