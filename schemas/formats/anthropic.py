@@ -831,7 +831,15 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     given = body.get("max_completion_tokens") or body.get("max_tokens")
     max_tokens = given or DEFAULT_MAX_TOKENS
     tools = [_tool_to_anthropic(t) for t in body.get("tools") or []]
-    choice = _tool_choice_to_anthropic(body.get("tool_choice"), body.get("parallel_tool_calls"))
+    asked = body.get("tool_choice")
+    if isinstance(asked, dict) and asked.get("type") == "allowed_tools":
+        # OpenAI's subset of the tools the model may call now: the others left out.
+        spec = asked.get("allowed_tools")
+        spec = spec if isinstance(spec, dict) else {}
+        allowed = {_choice_name(t) for t in spec.get("tools") or [] if isinstance(t, dict)}
+        tools = [t for t in tools if t.get("name") in allowed]
+        asked = "required" if spec.get("mode") == "required" else "auto"
+    choice = _tool_choice_to_anthropic(asked, body.get("parallel_tool_calls"))
     choice = choice if tools else None
     thinking = body.get("thinking")
     if answer_tool := _json_answer_tool(body.get("response_format")):
@@ -1093,10 +1101,18 @@ def _tool_to_anthropic(tool: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _choice_name(choice: dict[str, Any]) -> str:
+    """The tool a choice names: ``{"type": "function", "function": {"name"}}``, or a
+    custom tool's ``{"type": "custom", "custom": {"name"}}``."""
+    named = choice.get(str(choice.get("type") or "function"))
+    return str(named.get("name") or "") if isinstance(named, dict) else ""
+
+
 def _tool_choice_to_anthropic(choice: Any, parallel: Any) -> dict[str, Any] | None:
-    if isinstance(choice, dict):
-        out = {"type": "tool", "name": (choice.get("function") or {}).get("name", "")}
-    elif choice in (None, "auto"):
+    out: dict[str, Any]
+    if isinstance(choice, dict) and _choice_name(choice):
+        out = {"type": "tool", "name": _choice_name(choice)}
+    elif choice in (None, "auto") or isinstance(choice, dict):  # a choice it cannot say
         out = {"type": "auto"}
     else:
         out = {"type": {"required": "any", "none": "none"}.get(choice, "auto")}

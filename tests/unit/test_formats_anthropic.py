@@ -1364,3 +1364,31 @@ def test_an_anthropic_vendor_s_opening_usage_reaches_an_anthropic_client_s_messa
     assert "anthropic_start_usage" not in plain and plain["choices"] == opening["choices"]
     other = ChunksToMessageEvents("claude-alias", "msg_y").feed(plain)  # an OpenAI vendor's
     assert other[0][1]["message"]["usage"] == {"input_tokens": 0, "output_tokens": 0}
+
+
+def test_openai_allowed_tools_narrow_the_tools_claude_gets():
+    def fn(name: str) -> dict[str, Any]:
+        return {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+
+    body: dict[str, Any] = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [fn("a"), fn("b"), fn("c")],
+        "tool_choice": {
+            "type": "allowed_tools",
+            "allowed_tools": {
+                "mode": "required",
+                "tools": [{"type": "function", "function": {"name": "b"}}],
+            },
+        },
+    }
+    out = openai_request_to_messages(body, "claude-sonnet-4-5")
+    assert [t["name"] for t in out["tools"]] == ["b"] and out["tool_choice"] == {"type": "any"}
+    auto = {
+        **body,
+        "tool_choice": {**body["tool_choice"], "allowed_tools": {"mode": "auto", "tools": []}},
+    }
+    assert "tools" not in openai_request_to_messages(auto, "claude-sonnet-4-5")
+    named = openai_request_to_messages({**body, "tool_choice": fn("c")}, "claude-sonnet-4-5")
+    assert named["tool_choice"] == {"type": "tool", "name": "c"}
+    odd = openai_request_to_messages({**body, "tool_choice": {"type": "new"}}, "claude-sonnet-4-5")
+    assert "tool_choice" not in odd, "a choice it cannot say is Anthropic's default, auto"
