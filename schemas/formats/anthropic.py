@@ -155,7 +155,16 @@ def _output_config_to_openai(body: dict[str, Any]) -> dict[str, Any]:
 # gets them back: cache breakpoints (top level, tools, content parts, tool results), a
 # tool result's error flag, a document block's own fields and Anthropic's client tools.
 # OpenAI-format vendors refuse unknown fields: they get the body ``without_cache_control``.
-EXTENSIONS = frozenset({"cache_control", "is_error", "anthropic_document", "anthropic_tool"})
+EXTENSIONS = frozenset(
+    {
+        "cache_control",
+        "is_error",
+        "anthropic_document",
+        "anthropic_tool",
+        "anthropic_result",  # a tool result's own blocks (images, documents, search results)
+        "lifted",  # an image part lifted out of a tool result (the result keeps it too)
+    }
+)
 # Anthropic's own tools that run on the client (their ``type`` names a version).
 CLIENT_TOOLS = ("bash_", "text_editor_", "computer_", "memory_")
 # ...and at the top level: cache breakpoints, the extended-thinking config, what an
@@ -284,8 +293,13 @@ def _message_to_openai(message: Any, where: str) -> list[dict[str, Any]]:
             text, images = _tool_result_to_openai(block, f"{where}.content.{j}")
             tool = {"role": "tool", "tool_call_id": block["tool_use_id"], "content": text}
             tool |= {k: block[k] for k in EXTENSIONS if block.get(k)}
+            if isinstance(block.get("content"), list) and any(
+                isinstance(b, dict) and b.get("type") != "text" for b in block["content"]
+            ):
+                # Blocks beyond text: an Anthropic vendor gets the result as it was.
+                tool["anthropic_result"] = block["content"]
             tools.append(tool)
-            parts.extend(images)
+            parts.extend(image | {"lifted": True} for image in images)
         elif kind == "text":
             parts.append(_text_part(block))
         elif kind == "image":
@@ -349,6 +363,9 @@ def _tool_result_to_openai(
             texts.append(_text_part(inner))
         elif kind == "image":
             images.append(_image_to_openai(inner, f"{where}.content.{k}"))
+        elif kind in ("document", "search_result"):
+            # Text for other vendors (an Anthropic vendor gets the block itself).
+            texts.append({"type": "text", "text": _block_text(inner)})
         else:
             raise BadRequest(f"{where}.content.{k}: block type {kind!r} is not supported")
     # is_error has no OpenAI twin: it rides on the tool message as an extension.  Text
@@ -356,6 +373,26 @@ def _tool_result_to_openai(
     if any("cache_control" in t for t in texts):
         return texts, images
     return "\n".join(t["text"] for t in texts), images
+
+
+def _block_text(block: dict[str, Any]) -> str:
+    """A document or search result inside a tool result, as the text a vendor without
+    such blocks reads: its title and source, then its text."""
+    source = block.get("source")
+    head = [str(block[k]) for k in ("title",) if block.get(k)]
+    if isinstance(source, str):  # a search result's source is its URL
+        head.append(source)
+    body: list[str] = []
+    if isinstance(source, dict) and source.get("type") == "text":
+        body.append(str(source.get("data") or ""))
+    elif isinstance(source, dict) and source.get("type") == "content":
+        body += [
+            str(b.get("text") or "") for b in source.get("content") or [] if isinstance(b, dict)
+        ]
+    elif isinstance(source, dict):
+        body.append(f"[a {source.get('type', 'binary')} document this model cannot read]")
+    body += [str(b.get("text") or "") for b in block.get("content") or [] if isinstance(b, dict)]
+    return "\n".join([*head, *body])
 
 
 def _document_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
@@ -816,12 +853,15 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
         elif role == "assistant":
             turn = {"role": "assistant", "content": _assistant_blocks(message, i)}
         elif role == "tool":
+            own = message.get("anthropic_result")
             result = {
                 "type": "tool_result",
                 "tool_use_id": message.get("tool_call_id", ""),
-                "content": _tool_result_content(message.get("content"), f"messages.{i}"),
+                "content": own
+                if isinstance(own, list)
+                else _tool_result_content(message.get("content"), f"messages.{i}"),
             }
-            result |= {k: message[k] for k in EXTENSIONS if message.get(k)}
+            result |= {k: message[k] for k in EXTENSIONS - {"anthropic_result"} if message.get(k)}
             turn = {"role": "user", "content": [result]}
         else:
             raise BadRequest(f"messages.{i}.role: {role!r} is not supported", param="messages")
@@ -1008,6 +1048,8 @@ def _user_content(content: Any, i: int) -> str | list[dict[str, Any]]:
         if not isinstance(part, dict):
             raise BadRequest(f"messages.{i}.content.{j}: a content part must be an object")
         kind = part.get("type")
+        if part.get("lifted"):
+            continue  # the tool result it came from carries it, where the client put it
         if isinstance(part.get("anthropic_document"), dict):
             blocks.append(_document_back(part, f"messages.{i}.content.{j}"))
         elif kind == "text":

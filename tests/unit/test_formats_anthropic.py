@@ -181,14 +181,47 @@ def test_tool_result_blocks_become_tool_messages_and_images_follow():
             }
         ],
     }
-    assert messages_request_to_openai(body)["messages"] == [
+    neutral = messages_request_to_openai(body)
+    image = {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,QQ=="}}
+    assert without_cache_control(neutral)["messages"] == [  # what OpenAI vendors get
         {"role": "tool", "tool_call_id": "toolu_a", "content": "line 1\nline 2"},
-        {"role": "tool", "tool_call_id": "toolu_b", "content": "ok", "is_error": True},
-        {
-            "role": "user",
-            "content": [{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,QQ=="}}],
-        },
+        {"role": "tool", "tool_call_id": "toolu_b", "content": "Error: ok"},
+        {"role": "user", "content": [image]},
     ]
+    # ...and an Anthropic vendor the results as they were, the image inside its result.
+    back = openai_request_to_messages(neutral, "claude")
+    assert back["messages"] == body["messages"]
+
+
+def test_documents_and_search_results_in_a_tool_result_reach_any_vendor():
+    """Text for vendors without such blocks; the blocks themselves for Anthropic."""
+    found = {
+        "type": "search_result",
+        "source": "https://example.com/a",
+        "title": "A",
+        "content": [{"type": "text", "text": "alpha"}],
+        "citations": {"enabled": True},
+    }
+    note = {
+        "type": "document",
+        "source": {"type": "text", "media_type": "text/plain", "data": "beta"},
+    }
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [found, note]}],
+            }
+        ],
+    }
+    neutral = messages_request_to_openai(body)
+    plain = without_cache_control(neutral)["messages"]
+    assert plain == [
+        {"role": "tool", "tool_call_id": "t1", "content": "A\nhttps://example.com/a\nalpha\nbeta"}
+    ]
+    assert openai_request_to_messages(neutral, "claude")["messages"] == body["messages"]
 
 
 @pytest.mark.parametrize(
