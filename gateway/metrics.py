@@ -11,6 +11,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from schemas.envelope import UsageEvent
 from schemas.errors import RelayError
 
+# Cache hits take a millisecond, generations up to the longest deadline a client may set.
+_BUCKETS_S: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
+_BUCKETS_S += (1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 REQUESTS = Counter(
     "relay_requests_total", "Requests answered, by endpoint and status", ["endpoint", "status"]
 )
@@ -18,7 +21,7 @@ LATENCY = Histogram(
     "relay_request_latency_seconds",
     "Time to the complete answer, by endpoint",
     ["endpoint"],
-    buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    buckets=_BUCKETS_S,
 )
 VENDOR_CALLS = Counter(
     "relay_vendor_calls_total", "Answers that took a vendor call", ["vendor", "model"]
@@ -39,6 +42,12 @@ COST = Counter(
 )
 SAVED = Counter(
     "relay_saved_usd_total", "Cost saved in the ledger lines this gateway wrote", ["tenant"]
+)
+DIRECT = Counter(
+    "relay_direct_usd_total",
+    "What the ledger lines this gateway wrote would have cost sent straight to the vendor "
+    "(SaveRate = 1 - cost / direct)",
+    ["tenant"],
 )
 DEGRADED = Counter(
     "relay_degraded_total",
@@ -61,6 +70,17 @@ def count_line(event: UsageEvent) -> None:
     """A ledger line this gateway writes: its cost and saving."""
     COST.labels(event.tenant, event.alias).inc(event.cost)
     SAVED.labels(event.tenant).inc(event.saved_cost)
+    DIRECT.labels(event.tenant).inc(event.direct_cost)
+
+
+def start_cost_series(tenants: Iterable[tuple[str, Iterable[str]]]) -> None:
+    """Every tenant's cost series at 0 from the start: a counter born with its first
+    line's cost in it hides that cost from rate() and increase()."""
+    for tenant, aliases in tenants:
+        for alias in aliases:
+            COST.labels(tenant, alias)
+        SAVED.labels(tenant)
+        DIRECT.labels(tenant)
 
 
 class Measure:

@@ -240,6 +240,13 @@ class RelayConfig(Strict):
         cands = self.models[alias].candidates
         return any(self.vendors[c.vendor].kind in TOKEN_COUNTING_KINDS for c in cands)
 
+    def tenant_aliases(self) -> list[tuple[str, list[str]]]:
+        """Each tenant with the aliases it may use."""
+        return [
+            (tenant, [alias for alias in self.models if spec.may_use(alias)])
+            for tenant, spec in self.tenants.items()
+        ]
+
     def key_index(self) -> dict[str, tuple[str, str]]:
         """sha256 of a relay key -> (tenant, key id)."""
         return {k.sha256: (t, k.id) for t, spec in self.tenants.items() for k in spec.keys}

@@ -71,8 +71,8 @@ class Settings(BaseSettings):
     def scrape_allowed(self, authorization: str | None) -> bool:
         """Whether a scrape may read /metrics: always without ``RELAY_METRICS_TOKEN``, else
         only with ``Authorization: Bearer <token>`` (compared in constant time)."""
-        if self.metrics_token is None:
-            return True
+        if self.metrics_token is None or not self.metrics_token.get_secret_value():
+            return True  # unset, or set empty (compose's ${RELAY_METRICS_TOKEN:-}): open
         want = f"Bearer {self.metrics_token.get_secret_value()}".encode()
         return hmac.compare_digest((authorization or "").encode(), want)
 

@@ -9,12 +9,12 @@ tables between two events, never while an agent writes them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 VENDOR_CALLS = Counter(
@@ -42,6 +42,11 @@ COST = Counter(
 )
 SAVED = Counter(
     "relay_worker_saved_usd_total", "Cost saved in the ledger lines this worker wrote", ["tenant"]
+)
+DIRECT = Counter(
+    "relay_worker_direct_usd_total",
+    "What the ledger lines this worker wrote would have cost sent straight to the vendor",
+    ["tenant"],
 )
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -77,10 +82,18 @@ class WorkerState(Collector):
             "Circuit breaker per vendor model: 0 closed, 1 half-open, 2 open",
             labels=["vendor", "model"],
         )
+        opened = CounterMetricFamily(
+            "relay_worker_breaker_opened",
+            "Times each vendor model's circuit breaker opened, or opened again after a "
+            "failed probe (from the shared health table: every worker says the same)",
+            labels=["vendor", "model"],
+        )
         now = time.time()
         for key, raw in self.health().items():
             vendor, _, model = str(key).partition("/")
             state = raw.get("state", "closed") if isinstance(raw, dict) else "closed"
+            if isinstance(raw, dict):
+                opened.add_metric([vendor, model], float(raw.get("opened") or 0))
             if state == "open" and (raw.get("opened_at") or 0) + self.open_s <= now:
                 # Its open period is over: the next call is let through as a probe.  The
                 # table says "open" until a call's outcome is folded, which an idle model
@@ -88,6 +101,7 @@ class WorkerState(Collector):
                 state = "half_open"
             breakers.add_metric([vendor, model], BREAKER_STATES.get(state, 0))
         yield breakers
+        yield opened
 
 
 async def serve(
@@ -109,3 +123,12 @@ async def serve(
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
+
+
+def start_cost_series(tenants: Iterable[tuple[str, Iterable[str]]]) -> None:
+    """Every tenant's cost series at 0 from the start (see the gateway's twin)."""
+    for tenant, aliases in tenants:
+        for alias in aliases:
+            COST.labels(tenant, alias)
+        SAVED.labels(tenant)
+        DIRECT.labels(tenant)

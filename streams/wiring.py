@@ -127,6 +127,7 @@ class KafkaSink:
     async def usage(self, event: UsageEvent) -> None:
         metrics.COST.labels(event.tenant, event.alias).inc(event.cost)
         metrics.SAVED.labels(event.tenant).inc(event.saved_cost)
+        metrics.DIRECT.labels(event.tenant).inc(event.direct_cost)
         await self._send_later(self.topics.usage.name, event.tenant.encode(), encode(event))
 
     async def health(self, event: HealthEvent) -> None:
@@ -175,6 +176,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     """The worker app with its agents and tables; run it with ``app.main()``/``Worker``."""
     topics = Topics(settings.topic_prefix)
     app = make_app(settings, bootstrap)
+    metrics.start_cost_series(config.tenant_aliases())
     # httpcore traces every request at DEBUG; left to inherit, building those records
     # costs the worker more CPU than the rest of a vendor call.
     for name in ("httpx", "httpcore", "aiokafka"):

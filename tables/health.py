@@ -94,6 +94,7 @@ class Health(BaseModel):
     ok: int = 0
     fail: int = 0
     rate_limited: int = 0
+    opened: int = 0  # times the breaker opened (or opened again after a failed probe)
     # The last health-topic offset folded in: what a worker folded but had not committed
     # when it died is read again by the next one, and must not count twice.
     folded_offset: int = -1
@@ -132,6 +133,7 @@ def _counts(h: Health, policy: BreakerPolicy, now: float) -> tuple[int, int]:
 def _open(h: Health, now: float) -> None:
     h.state = "open"
     h.opened_at = now
+    h.opened += 1
     h.probes_in_flight = 0
     h.probe_started_at = None
 

@@ -92,6 +92,64 @@ def test_a_breaker_past_its_open_period_shows_half_open_not_open() -> None:
         "v/long-ago": {"state": "open", "opened_at": now - 60},
         "v/fine": {"state": "closed"},
     }
-    [*_, breakers] = WorkerState(lambda: 0, lambda: 0, lambda: health, open_s=10).collect()
+    [*_, breakers, _] = WorkerState(lambda: 0, lambda: 0, lambda: health, open_s=10).collect()
     states = {s.labels["model"]: s.value for s in breakers.samples}
     assert states == {"just-opened": 2, "long-ago": 1, "fine": 0}
+
+
+def test_breaker_openings_are_counted_from_the_shared_table() -> None:
+    """A vendor that hangs, or a model with little traffic, spends little time shown
+    open; the openings count is what says a breaker keeps failing its probes."""
+    from schemas.envelope import HealthEvent
+    from streams.metrics import WorkerState
+    from tables.health import BreakerPolicy, Health, fold
+
+    policy = BreakerPolicy(consecutive_failures=1, open_s=1.0)
+    h, at = Health(), 1000.0
+    for offset in range(3):  # fails, then each probe after the open period fails too
+        ev = HealthEvent(
+            vendor="v", model="m", ok=False, latency_ms=10, error_code="vendor_unavailable",
+            ts_ms=int(at * 1000),
+        )  # fmt: skip
+        h = fold(h, [ev], offset, policy, at) or h
+        at += 2.0
+    assert h.opened == 3
+    table = {"v/m": h.model_dump(mode="json")}
+    [*_, opened] = WorkerState(lambda: 0, lambda: 0, lambda: table).collect()
+    [sample] = [s for s in opened.samples if s.name.endswith("_total")]
+    assert (sample.name, sample.labels, sample.value) == (
+        "relay_worker_breaker_opened_total",
+        {"vendor": "v", "model": "m"},
+        3.0,
+    )
+
+
+def test_cost_series_start_at_zero_and_direct_cost_is_counted() -> None:
+    """A counter born with its first line's cost in it hides that cost from increase();
+    and SaveRate needs what the lines would have cost sent straight."""
+    from prometheus_client import REGISTRY
+
+    from gateway import metrics
+    from schemas.envelope import UsageEvent
+
+    metrics.start_cost_series([("zero-tenant", ["alias-a", "alias-b"])])
+    value = REGISTRY.get_sample_value
+    labels = {"tenant": "zero-tenant", "alias": "alias-b"}
+    assert value("relay_cost_usd_total", labels) == 0.0
+    assert value("relay_direct_usd_total", {"tenant": "zero-tenant"}) == 0.0
+    line = UsageEvent(
+        event_id="e1", trace_id="t1", tenant="zero-tenant", key_id="k", alias="alias-a",
+        cost=0.0, saved_cost=0.25, direct_cost=0.25,
+    )  # fmt: skip
+    metrics.count_line(line)
+    assert value("relay_direct_usd_total", {"tenant": "zero-tenant"}) == 0.25
+
+
+def test_an_empty_metrics_token_leaves_metrics_open() -> None:
+    """Compose's ${RELAY_METRICS_TOKEN:-} sets it empty: that is no token, not one that
+    no scrape can ever send."""
+    from schemas.settings import Settings
+
+    assert Settings(metrics_token="").scrape_allowed(None)
+    guarded = Settings(metrics_token="s3cret-token")
+    assert not guarded.scrape_allowed(None) and guarded.scrape_allowed("Bearer s3cret-token")
