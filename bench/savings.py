@@ -396,7 +396,7 @@ def ledger_events(stack: BenchStack, tag_prefix: str, expected: int) -> list[Usa
     usage = Topics(stack.relay.prefix).usage
     deadline = time.monotonic() + LEDGER_WAIT_S
     while True:
-        events = uvloop.run(read_ledger(stack.relay.bootstrap, usage.name, usage.partitions))
+        events = uvloop.run(read_ledger(stack.relay.bootstrap, usage.name, usage.partitions)).events
         ours = [e for e in events if (e.cost_tag or "").startswith(tag_prefix)]
         if len(ours) >= expected or time.monotonic() > deadline:
             return ours

@@ -40,7 +40,10 @@ def run(bootstrap: str, topic: str, kind: str | None, last: int) -> None:
     console = Console()
     if not console.is_terminal:
         console = Console(width=170)  # piped to a file or a pager: every column whole
-    events = asyncio.run(read_topic(bootstrap, topic, 1, AuditEvent))
+    read = asyncio.run(read_topic(bootstrap, topic, 1, AuditEvent))
+    if read.unreadable:
+        console.print(f"[yellow]{read.unreadable} unreadable events on {topic} skipped[/yellow]")
+    events = read.events
     if kind:
         events = [e for e in events if e.kind == kind]
     events = sorted(events, key=lambda e: e.ts_ms)[-last:] if last > 0 else events

@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -64,13 +64,21 @@ class TopicMissing(Exception):
     """The topic to read is not on this Kafka (a wrong prefix, or nothing ran yet)."""
 
 
-async def read_topic(bootstrap: str, topic: str, partitions: int, model: type[M]) -> list[M]:
+@dataclass
+class Read(Generic[M]):
+    """What a topic held: the messages that parse, and how many did not."""
+
+    events: list[M]
+    unreadable: int = 0
+
+
+async def read_topic(bootstrap: str, topic: str, partitions: int, model: type[M]) -> Read[M]:
     """Every message on ``topic`` that parses as ``model``, from the first offset to the end
-    as of now (a foreign message is skipped: it is not ours to read).  The partitions are
-    the topic's own; one that does not exist raises ``TopicMissing`` (rather than reading
-    it into being, shaped by the broker's defaults)."""
+    as of now (one that does not, foreign or damaged, is counted and skipped).  The
+    partitions are the topic's own; one that does not exist raises ``TopicMissing``
+    (rather than reading it into being, shaped by the broker's defaults)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    events: list[M] = []
+    read: Read[M] = Read([])
     try:
         await consumer.start()
         if topic not in await consumer.topics():
@@ -87,18 +95,23 @@ async def read_topic(bootstrap: str, topic: str, partitions: int, model: type[M]
                 for records in batch.values():
                     for r in records:
                         try:
-                            events.append(model.model_validate(orjson.loads(r.value)))
+                            read.events.append(model.model_validate(orjson.loads(r.value)))
                         except Exception:
-                            continue
+                            read.unreadable += 1
                     progress.advance(task, len(records))
     finally:
         await consumer.stop()
-    return events
+    return read
 
 
-async def read_ledger(bootstrap: str, topic: str, partitions: int) -> list[UsageEvent]:
-    """Every event on the ledger."""
-    return await read_topic(bootstrap, topic, partitions, UsageEvent)
+async def read_ledger(bootstrap: str, topic: str, partitions: int) -> Read[UsageEvent]:
+    """Every event on the ledger, each once: a line a producer sent twice (a retry after
+    a lost acknowledgement) carries the same ``event_id``."""
+    read = await read_topic(bootstrap, topic, partitions, UsageEvent)
+    once: dict[str, UsageEvent] = {}
+    for event in read.events:
+        once.setdefault(event.event_id, event)
+    return Read(list(once.values()), read.unreadable)
 
 
 def group(events: list[UsageEvent], by: str) -> dict[str, Totals]:
@@ -139,6 +152,14 @@ def _cells(name: str, r: Totals) -> list[str]:
     ]  # fmt: skip
 
 
+CHART_FROM_MS = 946_684_800_000  # 2000-01-01
+CHART_TO_MS = 4_102_444_800_000  # 2100-01-01
+
+
+def _ts(event: UsageEvent) -> int:
+    return event.ts_ms
+
+
 def chart(events: list[UsageEvent], path: Path) -> None:
     """Cumulative cost against what direct calls would have cost, over time."""
     import matplotlib
@@ -146,7 +167,11 @@ def chart(events: list[UsageEvent], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    events = sorted(events, key=lambda e: e.ts_ms)
+    # A line stamped outside any plausible time (a producer's broken clock) would
+    # stretch the axis over centuries, or past what a datetime can hold.
+    events = sorted((e for e in events if CHART_FROM_MS <= e.ts_ms < CHART_TO_MS), key=_ts)
+    if not events:
+        raise ValueError("no ledger line has a plausible time to chart")
     times = [datetime.fromtimestamp(e.ts_ms / 1000, UTC) for e in events]
     # Both lines start from zero at the first event, so even one event draws a step.
     times = times[:1] + times
@@ -176,11 +201,17 @@ def run(bootstrap: str, topic: str, partitions: int, by: str, png: Path | None) 
     console = Console()
     if not console.is_terminal:
         console = Console(width=170)  # a report piped to a file keeps every column
-    events = asyncio.run(read_ledger(bootstrap, topic, partitions))
-    if not events:
+    read = asyncio.run(read_ledger(bootstrap, topic, partitions))
+    if read.unreadable:
+        console.print(f"[yellow]{read.unreadable} unreadable lines on {topic} skipped[/yellow]")
+    if not read.events:
         console.print(f"no events on {topic} yet")
         return
-    console.print(table(group(events, by), by))
+    console.print(table(group(read.events, by), by))
     if png is not None:
-        chart(events, png)
+        try:
+            chart(read.events, png)
+        except ValueError as err:
+            console.print(f"[red]no chart: {err}[/red]")
+            return
         console.print(f"chart: {png}")
