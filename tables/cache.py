@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import time
 import unicodedata
 from collections import OrderedDict
@@ -57,7 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "response_format": {"type": "text"},
     "stop": [],
 }
-_LINE_END = re.compile(r"[ \t]+(?=\n)")
+MAX_NFC_CHARS = 32_768
 # A lone text part is its text, unless it carries more than a cache breakpoint (an
 # Anthropic document's title and citations ride on it, say).
 _PLAIN_PART = frozenset({"type", "text", "cache_control"})
@@ -79,9 +78,15 @@ def _canon(value: Any) -> Any:
 def _text(s: str) -> str:
     """Text up to what cannot change its meaning: the same Unicode spelling (NFC), line
     ends, spaces at the ends of lines and of the whole.  Whitespace inside a line stays:
-    in code, or between quotes, it is part of the question."""
-    s = unicodedata.normalize("NFC", s).replace("\r\n", "\n")
-    return _LINE_END.sub("", s).strip()
+    in code, or between quotes, it is part of the question.
+
+    Linear in the text's length whatever it holds (a regex stripping line ends went
+    quadratic on a long run of spaces); NFC, quadratic on long runs of combining marks,
+    is left out past ``MAX_NFC_CHARS`` (such a text is its own spelling)."""
+    if len(s) <= MAX_NFC_CHARS:
+        s = unicodedata.normalize("NFC", s)
+    lines = s.replace("\r\n", "\n").split("\n")
+    return "\n".join(line.rstrip(" \t") for line in lines).strip()
 
 
 def _content(content: Any) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
 from schemas.errors import BadRequest
@@ -866,7 +867,8 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
         else:
             raise BadRequest(f"messages.{i}.role: {role!r} is not supported", param="messages")
         if turn["content"]:
-            _append_turn(messages, turn)
+            messages.append(turn)
+    messages = _alternating(messages)
 
     given = body.get("max_completion_tokens") or body.get("max_tokens")
     max_tokens = given or DEFAULT_MAX_TOKENS
@@ -1116,18 +1118,23 @@ def _assistant_blocks(message: dict[str, Any], i: int) -> list[dict[str, Any]]:
     return blocks
 
 
-def _append_turn(messages: list[dict[str, Any]], turn: dict[str, Any]) -> None:
-    # Anthropic wants user and assistant to alternate; a run of one role (tool results
-    # followed by a user remark, say) becomes one turn with all their blocks, in order.
-    if not messages or messages[-1]["role"] != turn["role"]:
-        messages.append(turn)
-        return
-    last = messages[-1]
+def _alternating(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Anthropic wants user and assistant to alternate: a run of one role (tool results
+    followed by a user remark, say) becomes one turn with all their blocks, in order
+    (built once per run: a long run costs its length, not its square)."""
+    out: list[dict[str, Any]] = []
+    for role, run in groupby(turns, key=lambda turn: turn["role"]):
+        first, *rest = run
+        if not rest:
+            out.append(first)
+            continue
+        blocks = [block for turn in (first, *rest) for block in _blocks(turn["content"])]
+        out.append({"role": role, "content": blocks})
+    return out
 
-    def blocks(content: Any) -> list[dict[str, Any]]:
-        return [{"type": "text", "text": content}] if isinstance(content, str) else content
 
-    last["content"] = blocks(last["content"]) + blocks(turn["content"])
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content
 
 
 def _tool_to_anthropic(tool: dict[str, Any]) -> dict[str, Any]:

@@ -225,3 +225,18 @@ def test_an_explicit_temperature_of_1_is_its_own_request_for_a_vendor_with_other
     assert key(plain, True) == key(explicit, True)
     assert key(plain, False) != key(explicit, False)
     assert key({**plain, "n": 1}, False) == key(plain, False), "other defaults still drop"
+
+
+def test_normalizing_a_hostile_text_costs_its_length_not_its_square() -> None:
+    """A long run of spaces (a regex went quadratic on it) or of combining marks (so
+    does NFC) must not hold a gateway: each is keyed at once."""
+    import time
+
+    from tables.cache import _text
+
+    started = time.perf_counter()
+    assert _text("a" + " " * 200_000 + "b") == "a" + " " * 200_000 + "b"
+    assert _text("x" + " \t" * 100_000 + "\ny") == "x\ny"
+    marks = "\u0301\u0316" * 100_000
+    assert _text(marks) == marks, "past the NFC limit a text is its own spelling"
+    assert time.perf_counter() - started < 5.0  # quadratic took minutes

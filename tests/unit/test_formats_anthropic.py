@@ -1425,3 +1425,15 @@ def test_openai_allowed_tools_narrow_the_tools_claude_gets():
     assert named["tool_choice"] == {"type": "tool", "name": "c"}
     odd = openai_request_to_messages({**body, "tool_choice": {"type": "new"}}, "claude-sonnet-4-5")
     assert "tool_choice" not in odd, "a choice it cannot say is Anthropic's default, auto"
+
+
+def test_a_long_run_of_one_role_becomes_one_turn_at_the_cost_of_its_length():
+    """80 000 user messages in a row (2.6 MB) took a worker 16 s when each merge copied
+    the turn so far; one pass builds the turn."""
+    import time
+
+    body = {"messages": [{"role": "user", "content": f"m{i}"} for i in range(80_000)]}
+    started = time.perf_counter()
+    [turn] = openai_request_to_messages(body, "claude-sonnet-4-5")["messages"]
+    assert time.perf_counter() - started < 5.0
+    assert len(turn["content"]) == 80_000 and turn["content"][-1]["text"] == "m79999"
