@@ -33,6 +33,9 @@ LEDGER_LINGER_MS = 250
 UNQUEUED = "the relay could not queue the request; try again shortly"
 
 
+MAX_AUDIT_TEXT = 256  # characters of a path, model or detail an audit event keeps
+
+
 class Bus:
     """``ephemeral``: the instance id was made up at start, so no later gateway will read
     this reply topic again; it is deleted on a clean stop instead of piling up."""
@@ -220,6 +223,9 @@ class Bus:
         """An audit event from this gateway; like ledger lines, batched for a moment.
         Identical ones within ``audit_window_s`` of the first are counted, and reported
         in one line when the window closes."""
+        # What a client chose (a path, a model name) is cut short: an unknown caller must
+        # not fill a topic kept 400 days, nor dodge the folding, with made-up paths.
+        fields = {k: v[:MAX_AUDIT_TEXT] if isinstance(v, str) else v for k, v in fields.items()}
         event = AuditEvent(kind=kind, role="gateway", instance=self.instance, **fields)
         await self.audit_trail.record(event)
 

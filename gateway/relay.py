@@ -41,6 +41,7 @@ CacheMode = Literal["use", "bypass", "refresh"]
 MAX_TIMEOUT_S = 3600.0  # x-relay-timeout: an hour at most
 MAX_CACHE_TTL_S = 30 * 86400  # x-relay-cache-ttl: thirty days at most
 MAX_TRACE_ID = 128  # x-relay-trace-id: it travels in every envelope and ledger line
+MAX_COST_TAG = 128  # x-relay-cost-tag: the same
 MAX_BETAS = 32  # anthropic-beta: feature names, such as interleaved-thinking-2025-05-14
 _BETA = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # A stream whose first chunk takes longer than this (queued in its lane, a slow vendor)
@@ -84,7 +85,10 @@ class Options:
             opts.timeout_s = _bounded("x-relay-timeout", float, timeout, 0, MAX_TIMEOUT_S)
             if opts.timeout_s == 0:
                 raise BadRequest("x-relay-timeout: must be more than 0 seconds")
-        opts.cost_tag = headers.get("x-relay-cost-tag")
+        if tag := headers.get("x-relay-cost-tag"):
+            if len(tag) > MAX_COST_TAG:  # it rides on every ledger line, kept 400 days
+                raise BadRequest(f"x-relay-cost-tag: longer than {MAX_COST_TAG} characters")
+            opts.cost_tag = tag
         if trace := headers.get("x-relay-trace-id"):
             if len(trace) > MAX_TRACE_ID:
                 raise BadRequest(f"x-relay-trace-id: longer than {MAX_TRACE_ID} characters")

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from agents.batch_lane import BatchLane
 from agents.dispatch import Dispatcher
@@ -152,18 +153,42 @@ async def test_metrics_ask_for_the_scrape_token_when_one_is_set() -> None:
     assert Settings().scrape_allowed(None), "open without a token, as before"
 
 
-async def test_an_outsized_trace_id_is_refused() -> None:
+@pytest.mark.parametrize("header", ["x-relay-trace-id", "x-relay-cost-tag"])
+async def test_an_outsized_trace_id_or_cost_tag_is_refused(header: str) -> None:
+    """Both ride on every ledger line: a megabyte of tag made a line too large to send,
+    and the request went unmetered."""
     app, bus = gateway_app()
     async with client(app) as http:
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
         long = await http.post(
-            "/v1/chat/completions", json=body, headers={**AUTH, "x-relay-trace-id": "t" * 129}
+            "/v1/chat/completions", json=body, headers={**AUTH, header: "t" * 129}
         )
         fine = await http.post(
-            "/v1/chat/completions", json=body, headers={**AUTH, "x-relay-trace-id": "t" * 128}
+            "/v1/chat/completions", json=body, headers={**AUTH, header: "t" * 128}
         )
-    assert long.status_code == 400 and "x-relay-trace-id" in long.json()["error"]["message"]
+    assert long.status_code == 400 and header in long.json()["error"]["message"]
     assert fine.status_code == 200 and len(bus.published) == 1
+
+
+async def test_audit_events_keep_no_more_of_a_path_than_they_need() -> None:
+    """Refused callers choose the path: a 60 KB one per request would fill the audit
+    topic and dodge the folding of a flood."""
+    from gateway.bus import Bus
+    from schemas.envelope import AuditEvent
+    from streams.topics import Topics
+
+    bus = Bus("127.0.0.1:9", Topics("t"), "gw-1")  # never started: nothing is sent
+    seen: list[AuditEvent] = []
+
+    class Trail:
+        async def record(self, event: AuditEvent) -> None:
+            seen.append(event)
+
+    bus.audit_trail = Trail()  # type: ignore[assignment]
+    await bus.audit("access_denied", path="/v1/" + "x" * 60_000, model="m" * 1_000, client="::1")
+    [event] = seen
+    assert event.path is not None and len(event.path) == 256 and event.path.startswith("/v1/x")
+    assert event.model == "m" * 256 and event.client == "::1"
 
 
 def test_a_batch_line_cannot_smuggle_anthropic_beta_and_the_header_s_features_apply() -> None:
