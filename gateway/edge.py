@@ -75,9 +75,13 @@ class Edge:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        v1 = scope.get("path", "").startswith("/v1/")
-        who = known_caller(Request(scope)) if v1 else None
-        if v1 and who is None:
+        if not scope.get("path", "").startswith("/v1/"):
+            # No route outside /v1 takes a body: not read (a chunked upload to /healthz
+            # would otherwise be buffered, up to the limit, for a 405).
+            await self.app(scope, receive, send)
+            return
+        who = known_caller(Request(scope))
+        if who is None:
             # Refused before a byte of the body is read (FastAPI reads and parses a
             # route's body before its key check): the routes' own 401 or 429, audited.
             try:

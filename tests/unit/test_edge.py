@@ -116,3 +116,26 @@ async def test_a_write_without_a_known_key_is_refused_before_its_body_is_read() 
         assert reply.status_code == 401 and reply.json()["error"]["type"] == "authentication_error"
     assert behind.bodies == [], "nothing behind the edge saw it"
     assert sum(read) < 50 * LIMIT, "the body was not read through"
+
+
+async def test_a_chunked_body_outside_v1_is_never_read_by_the_edge() -> None:
+    """No route there takes a body: the app answers 404/405 without reading it, and the
+    edge must not buffer it first (up to the limit, for anyone, with no key)."""
+    pulled = 0
+
+    async def upload() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for _ in range(20):
+            pulled += 1
+            yield b"x" * 300
+
+    class Refusing:
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await send({"type": "http.response.start", "status": 405, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    edge = Edge(Refusing(), max_body=LIMIT * 100)
+    transport = httpx.ASGITransport(app=edge)
+    async with httpx.AsyncClient(transport=transport, base_url="http://relay") as http:
+        reply = await http.post("/healthz", content=upload())
+    assert reply.status_code == 405 and pulled <= 1
