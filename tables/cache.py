@@ -191,13 +191,25 @@ class CacheEntry(BaseModel):
 
 
 class L1Cache:
-    """A bounded in-process LRU with a TTL per entry.  Entries are shared, not copied:
-    treat what ``get`` returns as read-only."""
+    """A bounded in-process LRU with a TTL per entry, held to a count of entries and to
+    a total of bytes (each entry's size as stored in L2); an entry larger than
+    ``max_entry_bytes`` is left to L2 alone.  Entries are shared, not copied: treat what
+    ``get`` returns as read-only."""
 
-    def __init__(self, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_entries: int,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_bytes: int = 256 * 1024 * 1024,
+        max_entry_bytes: int = 1024 * 1024,
+    ) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.max_entry_bytes = max_entry_bytes
         self.clock = clock
-        self._items: OrderedDict[str, tuple[CacheEntry, float]] = OrderedDict()
+        self.bytes = 0
+        self._items: OrderedDict[str, tuple[CacheEntry, float, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -207,25 +219,29 @@ class L1Cache:
         item = self._items.get(key)
         if item is None:
             return None
-        entry, expires = item
+        entry, expires, _ = item
         if self.clock() >= expires:
-            del self._items[key]
+            self.delete(key)
             return None
         self._items.move_to_end(key)
         return entry
 
-    def put(self, key: str, entry: CacheEntry, ttl_s: float) -> None:
-        """Store ``entry`` for ``ttl_s`` seconds, evicting the least recently used."""
-        if ttl_s <= 0 or self.max_entries <= 0:
+    def put(self, key: str, entry: CacheEntry, ttl_s: float, size: int = 0) -> None:
+        """Store ``entry`` (``size`` bytes) for ``ttl_s`` seconds, evicting the least
+        recently used past either bound."""
+        self.delete(key)
+        if ttl_s <= 0 or self.max_entries <= 0 or size > self.max_entry_bytes:
             return
-        self._items[key] = (entry, self.clock() + ttl_s)
-        self._items.move_to_end(key)
-        while len(self._items) > self.max_entries:
-            self._items.popitem(last=False)
+        self._items[key] = (entry, self.clock() + ttl_s, size)
+        self.bytes += size
+        while len(self._items) > self.max_entries or self.bytes > self.max_bytes:
+            _, (_, _, gone) = self._items.popitem(last=False)
+            self.bytes -= gone
 
     def delete(self, key: str) -> None:
         """Forget ``key``."""
-        self._items.pop(key, None)
+        if (item := self._items.pop(key, None)) is not None:
+            self.bytes -= item[2]
 
 
 # Redis errors, and socket errors that slip past redis-py (OSError covers TimeoutError).
@@ -307,7 +323,7 @@ class ResponseCache:
             return None  # written by an incompatible version: a miss, overwritten later
         if fresh_s <= 0:
             return (entry, "l2") if stale_ok else None
-        self.l1.put(key, entry, min(fresh_s, ttl_ms / 1000.0))
+        self.l1.put(key, entry, min(fresh_s, ttl_ms / 1000.0), len(raw))
         return entry, "l2"
 
     async def put(self, key: str, entry: CacheEntry, ttl_s: float) -> None:
@@ -315,12 +331,12 @@ class ResponseCache:
         ``stale_s`` longer for readers that accept a stale answer."""
         if ttl_s <= 0:
             return
-        self.l1.put(key, entry, ttl_s)
+        stored = {"fresh_until": self.wall() + ttl_s, "entry": entry.model_dump(mode="json")}
+        data = orjson.dumps(stored)
+        self.l1.put(key, entry, ttl_s, len(data))
         redis = self._l2()
         if redis is None:
             return
-        stored = {"fresh_until": self.wall() + ttl_s, "entry": entry.model_dump(mode="json")}
-        data = orjson.dumps(stored)
         keep_ms = max(1, round((ttl_s + self.stale_s) * 1000))
         try:
             await redis.set(self.prefix + key, data, px=keep_ms)
