@@ -58,7 +58,7 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
         app.state.relay = Relay(settings, config, bus, cache)
         # The Batch API's store moves whole files: give it time the cache's client lacks.
         store_redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=10, socket_connect_timeout=1
+            settings.store_redis(), socket_timeout=10, socket_connect_timeout=1
         )
         app.state.batches = BatchStore(
             store_redis, settings.topic_prefix, settings.batch_retention_s

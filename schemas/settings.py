@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     kafka_bootstrap: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The Batch API's files, batches and results and the batch lane's journal: data that
+    # must not be evicted, unlike cached answers.  Unset: the cache's Redis (fine while it
+    # evicts nothing; a cache Redis run with an LRU policy should not hold them).
+    store_redis_url: str = ""
     topic_prefix: str = "relay"
     host: str = "127.0.0.1"
     port: int = 8000
@@ -75,6 +79,10 @@ class Settings(BaseSettings):
             return True  # unset, or set empty (compose's ${RELAY_METRICS_TOKEN:-}): open
         want = f"Bearer {self.metrics_token.get_secret_value()}".encode()
         return hmac.compare_digest((authorization or "").encode(), want)
+
+    def store_redis(self) -> str:
+        """Where the Batch API's store and the lane journal live."""
+        return self.store_redis_url or self.redis_url
 
     def broker_addr_file(self) -> Path:
         return self.data_dir / "broker.addr"

@@ -244,7 +244,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     )
     # The Batch API's store and the lane's journal: Redis with room for whole batches.
     store_redis = aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=5, socket_connect_timeout=1
+        settings.store_redis(), socket_timeout=5, socket_connect_timeout=1
     )
     store = BatchStore(store_redis, settings.topic_prefix, settings.batch_retention_s)
     owner = f"{settings.instance_id or 'worker'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"

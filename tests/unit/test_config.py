@@ -124,3 +124,12 @@ def test_log_level_takes_any_case_and_refuses_what_logging_does_not_know(monkeyp
     monkeypatch.setenv("RELAY_LOG_LEVEL", "verbose")
     with pytest.raises(ValidationError, match="log_level"):
         Settings()
+
+
+def test_the_batch_store_shares_the_cache_s_redis_unless_given_its_own() -> None:
+    from schemas.settings import Settings
+
+    shared = Settings(redis_url="redis://cache:6379/0")
+    assert shared.store_redis() == "redis://cache:6379/0"
+    apart = Settings(redis_url="redis://cache:6379/0", store_redis_url="redis://store:6379/1")
+    assert apart.store_redis() == "redis://store:6379/1"

@@ -130,10 +130,20 @@ def test_relay_services_point_at_the_compose_kafka_and_redis(
         env = _env(svc)
         assert env["RELAY_KAFKA_BOOTSTRAP"] == "kafka:9092", name
         assert env["RELAY_REDIS_URL"] == "redis://redis:6379/0", name
+        assert env["RELAY_STORE_REDIS_URL"] == "redis://redis-store:6379/0", name
         mounts = {m.split(":")[1]: m.split(":")[0] for m in svc["volumes"]}
         assert mounts[env["RELAY_CONFIG"]] == "./deploy/relay.compose.yaml", name
-        for dep in ("kafka", "redis"):
+        for dep in ("kafka", "redis", "redis-store"):
             assert svc["depends_on"][dep]["condition"] == "service_healthy", name
+
+
+def test_the_cache_may_evict_and_the_batch_store_never(services: dict[str, Service]) -> None:
+    """One tenant's uploads or large answers must not evict another tenant's batches."""
+    cache = " ".join(services["redis"]["command"])
+    store = " ".join(services["redis-store"]["command"])
+    assert "--maxmemory-policy allkeys-lru" in cache
+    assert "--maxmemory-policy noeviction" in store and "--appendonly yes" in store
+    assert services["redis-store"]["volumes"] == ["redis-store-data:/data"]
 
 
 def test_no_vendor_key_is_written_down(services: dict[str, Service]) -> None:
