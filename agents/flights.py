@@ -50,25 +50,26 @@ class Flights:
         return len(self._by_key)
 
     @staticmethod
-    def _key(env: RequestEnvelope) -> str:
+    def _key(env: RequestEnvelope, apart: str = "") -> str:
         # A budget-degraded request flies apart, with its own tenant: its cheaper answer
         # is that tenant's downgrade (to models that tenant may use), not the alias's
         # answer to hand anyone else who asks the same.  One that must not be answered
         # from the cache (refresh, bypass, an answer too old for it) flies apart too: the
-        # leader of a flight may be answered from L2.
-        key = f"{env.endpoint}:{env.prompt_hash}"
+        # leader of a flight may be answered from L2.  ``apart`` keeps apart what the
+        # caller knows must not share a call (tenants a downgrade may not reach).
+        key = f"{env.endpoint}:{env.prompt_hash}{apart}"
         if env.degraded:
             key += f":degraded:{env.tenant}"
         return key if env.cache_lookup else key + ":fresh"
 
-    def live(self, env: RequestEnvelope) -> bool:
+    def live(self, env: RequestEnvelope, apart: str = "") -> bool:
         """Whether a call for this request's key is under way (one it could join)."""
-        flight = self._by_key.get(self._key(env))
+        flight = self._by_key.get(self._key(env, apart))
         return flight is not None and not flight.finished
 
-    def join(self, env: RequestEnvelope, now: float) -> tuple[Flight, Waiter]:
+    def join(self, env: RequestEnvelope, now: float, apart: str = "") -> tuple[Flight, Waiter]:
         """Attach to the flight for this key, or start one with this request as leader."""
-        key = self._key(env)
+        key = self._key(env, apart)
         flight = self._by_key.get(key)
         if flight is None or flight.finished:
             flight = Flight(key=key, stream=env.stream)

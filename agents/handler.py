@@ -100,7 +100,7 @@ class RequestHandler:
             env = env.model_copy(update={"degraded": decision.reason})
         if await self._deferred(env):
             return
-        flight, waiter = self.flights.join(env, time.monotonic())
+        flight, waiter = self.flights.join(env, time.monotonic(), self._apart(env))
         if not waiter.leader:
             await self._catch_up(flight, waiter)
             return
@@ -179,13 +179,22 @@ class RequestHandler:
         )
         return Outcome(candidate=cand, body=body, usage=entry.usage, cached=True)
 
+    def _apart(self, env: RequestEnvelope) -> str:
+        """What keeps a request out of another tenant's flight (tenants share one under
+        a global cache scope): a flight may be routed to the alias's ``degrade_to`` under
+        rate pressure, which a tenant held to some models may not use."""
+        spec = self.router.spec(env.alias)
+        if spec.degrade_after_wait_ms is None or not spec.degrade_to:
+            return ""
+        return "" if self.router.may_use(env.tenant, spec.degrade_to) else ":undegradable"
+
     async def _deferred(self, env: RequestEnvelope) -> bool:
         """Background chat goes to the batch-API lane when a candidate's vendor has one,
         unless it costs nothing now: the same call is under way (it joins that), or the
         answer is in the cache (it is served from there)."""
         if self.lane is None or env.priority is not Priority.background:
             return False
-        if env.stream or env.endpoint != "chat" or self.flights.live(env):
+        if env.stream or env.endpoint != "chat" or self.flights.live(env, self._apart(env)):
             return False
         if env.cache_lookup and await self.sink.cached(env.prompt_hash) is not None:
             return False

@@ -62,7 +62,7 @@ class Router:
         if degraded:
             target = (
                 spec.degrade_to
-                if spec.degrade_to and self._may_use(tenant, spec.degrade_to)
+                if spec.degrade_to and self.may_use(tenant, spec.degrade_to)
                 else None
             )
             cheaper = self.spec(target) if target else spec
@@ -81,7 +81,9 @@ class Router:
             )
         return self._rank(cands, spec.strategy, now)
 
-    def _may_use(self, tenant: str | None, alias: str) -> bool:
+    def may_use(self, tenant: str | None, alias: str) -> bool:
+        """Whether ``tenant`` may use ``alias`` (a tenant not in the config may: the
+        gateway already checked who it is)."""
         rule = self.config.tenants.get(tenant) if tenant is not None else None
         return rule is None or rule.may_use(alias)
 

@@ -4,6 +4,7 @@ metrics, or fill the ledger with an outsized trace id."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -223,3 +224,60 @@ def test_a_batch_line_cannot_smuggle_anthropic_beta_and_the_header_s_features_ap
     opts = Options(anthropic_beta=["context-1m-2025-08-07"])
     asked = _envelope(relay, who, opts, batch, "chat", 1, body)
     assert asked.body["anthropic_beta"] == ["context-1m-2025-08-07"]
+
+
+async def test_rate_pressure_never_hands_a_tenant_an_answer_from_a_model_it_may_not_use() -> None:
+    """Tenants of a global cache scope share flights; one that may not use the alias's
+    degrade_to (data residency) must not ride a flight routed there under rate
+    pressure: it flies apart, and waits for its own vendor or hears 429."""
+    from agents.adapters.openai import OpenAIAdapter
+    from agents.handler import RequestHandler
+    from tables.buckets import PriorityGate, TokenBucket
+    from tables.prices import PriceSheet
+    from tests.support.sinks import Sink
+    from tests.unit.test_handler import vendor
+
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {
+                "eu": {"kind": "openai", "base_url": "http://eu/v1"},
+                "us": {"kind": "openai", "base_url": "http://us/v1"},
+            },
+            "models": {
+                "eu-chat": {
+                    "candidates": [{"vendor": "eu", "model": "big", "input_per_1m": 5}],
+                    "degrade_to": "us-cheap",
+                    "degrade_after_wait_ms": 100,
+                },
+                "us-cheap": {"candidates": [{"vendor": "us", "model": "tiny", "input_per_1m": 1}]},
+            },
+            "tenants": {
+                "eu-only": {"models": ["eu-chat"], "cache_scope": "global"},
+                "anyone": {"cache_scope": "global"},
+            },
+        }
+    )
+    calls: list[str] = []
+    sink, http = Sink(), vendor(calls)
+    gate = PriorityGate()
+    gate.configure("vendor:eu", TokenBucket.from_rpm(1, now=time.monotonic()))
+    router = Router(config, {}.get)
+    adapters = {name: OpenAIAdapter(v, http) for name, v in config.vendors.items()}
+    dispatcher = Dispatcher(
+        adapters, {n: KeyPool(["k"]) for n in config.vendors}, sink.health, gate=gate
+    )
+    handler = RequestHandler(router, dispatcher, PriceSheet.from_config(config.models), sink)
+    body = {"model": "eu-chat", "messages": [{"role": "user", "content": "hi"}]}
+
+    def asking(tenant: str, prompt_hash: str) -> RequestEnvelope:
+        return request_envelope(tenant=tenant, alias="eu-chat", body=body, prompt_hash=prompt_hash)
+
+    await handler.handle(asking("anyone", "warm"))  # the eu vendor's one call this minute
+    leader, follower = asking("anyone", "shared"), asking("eu-only", "shared")
+    await asyncio.gather(handler.handle(leader), handler.handle(follower))
+    led = sink.for_(leader.correlation_id)[-1]
+    assert (led.vendor, led.degraded) == ("us", "rate_pressure"), "the leader was routed cheaper"
+    answer = sink.for_(follower.correlation_id)[-1]
+    assert answer.vendor != "us" and not answer.coalesced
+    assert answer.kind == "error" and answer.error is not None
+    assert answer.error["code"] == "rate_limited"
