@@ -254,6 +254,23 @@ def _sse(events: list[tuple[str | None, dict[str, Any]]], *, done: bool = False)
     return httpx.Response(200, text=text, headers={"content-type": "text/event-stream"})
 
 
+async def _streamed(
+    dispatch: Dispatcher, plan: list[Candidate]
+) -> tuple[Any, list[dict[str, Any]]]:
+    """A streamed request through ``plan``: its outcome, and the chunks forwarded."""
+    env = request_envelope(
+        deadline_ms=int((time.time() + 5) * 1000),
+        body={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+        stream=True,
+    )
+    got: list[dict[str, Any]] = []
+
+    async def sink(chunk: dict[str, Any]) -> None:
+        got.append(chunk)
+
+    return await dispatch.run(env, plan, sink), got
+
+
 def _openai_chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
     choice = {"index": 0, "delta": delta, "finish_reason": finish}
     return {"id": "c", "object": "chat.completion.chunk", "created": 1, "choices": [choice]}
@@ -291,17 +308,7 @@ async def test_an_error_after_a_stream_opened_but_before_any_text_falls_back() -
         ),
     )
     plan = [Candidate(vendor="anthropic", model="claude"), Candidate(vendor="backup", model="m")]
-    env = request_envelope(
-        deadline_ms=int((time.time() + 5) * 1000),
-        body={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True},
-        stream=True,
-    )
-    got: list[dict[str, Any]] = []
-
-    async def sink(chunk: dict[str, Any]) -> None:
-        got.append(chunk)
-
-    out = await dispatch.run(env, plan, sink)
+    out, got = await _streamed(dispatch, plan)
     assert out.error is None and out.candidate == plan[1]
     assert out.usage.input_tokens == 3 and out.usage.output_tokens == 1, "the backup's usage"
     deltas = [c["choices"][0]["delta"] for c in got if c["choices"]]
@@ -320,17 +327,7 @@ async def test_a_stream_that_says_nothing_still_forwards_its_opening_chunks() ->
             done=True,
         )
     )
-    env = request_envelope(
-        deadline_ms=int((time.time() + 5) * 1000),
-        body={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True},
-        stream=True,
-    )
-    got: list[dict[str, Any]] = []
-
-    async def sink(chunk: dict[str, Any]) -> None:
-        got.append(chunk)
-
-    out = await dispatch.run(env, [Candidate(vendor="openai", model="m")], sink)
+    out, got = await _streamed(dispatch, [Candidate(vendor="openai", model="m")])
     assert out.error is None
     assert [c["choices"][0]["delta"] for c in got] == [
         {"role": "assistant", "content": ""},

@@ -75,13 +75,17 @@ async def test_a_client_cannot_smuggle_anthropic_beta_in_the_body() -> None:
     assert bus.published[1].body["anthropic_beta"] == ["prompt-caching-2024-07-31"]
 
 
+# A tenant held to an EU model, and a cheaper US one to degrade to.
+RESIDENCY_VENDORS = {
+    "eu": {"kind": "openai", "base_url": "http://eu/v1"},
+    "us": {"kind": "openai", "base_url": "http://us/v1"},
+}
+
+
 def test_degradation_never_sends_a_tenant_to_a_model_it_may_not_use() -> None:
     config = RelayConfig.model_validate(
         {
-            "vendors": {
-                "eu": {"kind": "openai", "base_url": "http://eu/v1"},
-                "us": {"kind": "openai", "base_url": "http://us/v1"},
-            },
+            "vendors": RESIDENCY_VENDORS,
             "models": {
                 "eu-chat": {
                     "degrade_to": "us-cheap",
@@ -239,10 +243,7 @@ async def test_rate_pressure_never_hands_a_tenant_an_answer_from_a_model_it_may_
 
     config = RelayConfig.model_validate(
         {
-            "vendors": {
-                "eu": {"kind": "openai", "base_url": "http://eu/v1"},
-                "us": {"kind": "openai", "base_url": "http://us/v1"},
-            },
+            "vendors": RESIDENCY_VENDORS,
             "models": {
                 "eu-chat": {
                     "candidates": [{"vendor": "eu", "model": "big", "input_per_1m": 5}],
