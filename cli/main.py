@@ -240,10 +240,30 @@ def report(
     chart: Annotated[
         Path | None, typer.Option(help="write cost over time to this PNG (or .svg, .pdf)")
     ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="from this UTC date or time (2026-12-01, 2026-12-01T12:00) or span back (24h, 7d)"
+        ),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="up to (not including) this date, time or span back")
+    ] = None,
 ) -> None:
     """Cost report from the ledger topic: cost, direct cost, SaveRate, where savings came from."""
-    from cli.report import run
+    from cli.report import moment_ms, run
     from streams.topics import Topics
+
+    now_ms = int(time.time() * 1000)
+    bounds: dict[str, int | None] = {}
+    for name, given in (("since", since), ("until", until)):
+        try:
+            bounds[name] = moment_ms(given, now_ms) if given else None
+        except ValueError:
+            raise typer.BadParameter(
+                f"--{name}: {given!r} is neither a date or time (2026-12-01T12:00) nor a span "
+                "(30m, 24h, 7d)"
+            ) from None
 
     if by not in ("tenant", "alias", "tag", "model", "key"):
         raise typer.BadParameter("--by must be tenant, alias, tag, model or key")
@@ -256,7 +276,7 @@ def report(
     usage = Topics(settings.topic_prefix).usage
     bootstrap = _bootstrap(settings)
     with _on_kafka(bootstrap, missing="no ledger yet"):
-        run(bootstrap, usage.name, usage.partitions, by, chart)
+        run(bootstrap, usage.name, usage.partitions, by, chart, bounds["since"], bounds["until"])
 
 
 @app.command()

@@ -8,8 +8,10 @@ every answered request at its alias's first candidate, as if sent straight to it
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
-from dataclasses import dataclass
+import re
+from collections import OrderedDict, defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -72,13 +74,14 @@ class Read(Generic[M]):
     unreadable: int = 0
 
 
-async def read_topic(bootstrap: str, topic: str, partitions: int, model: type[M]) -> Read[M]:
-    """Every message on ``topic`` that parses as ``model``, from the first offset to the end
-    as of now (one that does not, foreign or damaged, is counted and skipped).  The
-    partitions are the topic's own; one that does not exist raises ``TopicMissing``
-    (rather than reading it into being, shaped by the broker's defaults)."""
+async def values(
+    bootstrap: str, topic: str, partitions: int, since_ms: int | None = None
+) -> AsyncIterator[bytes | None]:
+    """Every message's value on ``topic``, from the first offset (or the first at or after
+    ``since_ms``) to the end as of now, with a progress bar.  The partitions are the
+    topic's own; one that does not exist raises ``TopicMissing`` (rather than reading it
+    into being, shaped by the broker's defaults)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    read: Read[M] = Read([])
     try:
         await consumer.start()
         if topic not in await consumer.topics():
@@ -86,21 +89,35 @@ async def read_topic(bootstrap: str, topic: str, partitions: int, model: type[M]
         found = consumer.partitions_for_topic(topic) or set(range(partitions))
         parts = [TopicPartition(topic, p) for p in sorted(found)]
         consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
         end = await consumer.end_offsets(parts)
+        await consumer.seek_to_beginning(*parts)
+        if since_ms is not None:  # straight to the first line of the period, by time
+            starts = await consumer.offsets_for_times({tp: since_ms for tp in parts})
+            for tp, at in starts.items():
+                consumer.seek(tp, at.offset if at is not None else end[tp])
+        start = {tp: await consumer.position(tp) for tp in parts}
         with Progress(transient=True) as progress:
-            task = progress.add_task(f"reading {topic}", total=sum(end.values()) or 1)
+            total = sum(end[tp] - start[tp] for tp in parts) or 1
+            task = progress.add_task(f"reading {topic}", total=total)
             while [tp for tp in parts if await consumer.position(tp) < end[tp]]:
                 batch = await consumer.getmany(timeout_ms=500)
                 for records in batch.values():
-                    for r in records:
-                        try:
-                            read.events.append(model.model_validate(orjson.loads(r.value)))
-                        except Exception:
-                            read.unreadable += 1
+                    for record in records:
+                        yield record.value
                     progress.advance(task, len(records))
     finally:
         await consumer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, partitions: int, model: type[M]) -> Read[M]:
+    """Every message on ``topic`` that parses as ``model``; one that does not, foreign or
+    damaged, is counted and skipped."""
+    read: Read[M] = Read([])
+    async for value in values(bootstrap, topic, partitions):
+        try:
+            read.events.append(model.model_validate(orjson.loads(value or b"")))
+        except Exception:
+            read.unreadable += 1
     return read
 
 
@@ -114,17 +131,62 @@ async def read_ledger(bootstrap: str, topic: str, partitions: int) -> Read[Usage
     return Read(list(once.values()), read.unreadable)
 
 
+RECENT_IDS = 1_000_000  # event ids remembered to drop a line sent twice (retries are near)
+
+
+@dataclass
+class Ledger:
+    """A report's totals, added up line by line as the ledger is read: memory grows with
+    the groups and the minutes charted, not with the lines (a ledger is kept 400 days)."""
+
+    by: str
+    since_ms: int | None = None
+    until_ms: int | None = None
+    rows: dict[str, Totals] = field(default_factory=lambda: defaultdict(Totals))
+    minutes: dict[int, list[float]] = field(default_factory=dict)  # minute -> [cost, direct]
+    unreadable: int = 0
+    repeated: int = 0
+    _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    def add(self, value: bytes | None) -> None:
+        try:
+            ev = UsageEvent.model_validate(orjson.loads(value or b""))
+        except Exception:
+            self.unreadable += 1
+            return
+        if ev.event_id in self._recent:
+            self.repeated += 1
+            return
+        self._recent[ev.event_id] = None
+        if len(self._recent) > RECENT_IDS:
+            self._recent.popitem(last=False)
+        if (self.since_ms is not None and ev.ts_ms < self.since_ms) or (
+            self.until_ms is not None and ev.ts_ms >= self.until_ms
+        ):
+            return
+        self.rows[_group_key(ev, self.by)].add(ev)
+        if CHART_FROM_MS <= ev.ts_ms < CHART_TO_MS:
+            point = self.minutes.setdefault(ev.ts_ms // 60_000, [0.0, 0.0])
+            point[0] += ev.cost
+            point[1] += ev.direct_cost
+
+
+def _group_key(ev: UsageEvent, by: str) -> str:
+    if by == "tenant":
+        return ev.tenant
+    if by == "alias":
+        return ev.alias
+    if by == "tag":
+        return ev.cost_tag or "-"
+    if by == "model":
+        return f"{ev.vendor or '-'}/{ev.vendor_model or '-'}"
+    return f"{ev.tenant}/{ev.key_id}"
+
+
 def group(events: list[UsageEvent], by: str) -> dict[str, Totals]:
     out: dict[str, Totals] = defaultdict(Totals)
     for ev in events:
-        key = {
-            "tenant": ev.tenant,
-            "alias": ev.alias,
-            "tag": ev.cost_tag or "-",
-            "model": f"{ev.vendor or '-'}/{ev.vendor_model or '-'}",
-            "key": f"{ev.tenant}/{ev.key_id}",
-        }[by]
-        out[key].add(ev)
+        out[_group_key(ev, by)].add(ev)
     return dict(out)
 
 
@@ -136,8 +198,8 @@ def table(rows: dict[str, Totals], by: str) -> Table:
     total = Totals()
     for name, r in sorted(rows.items(), key=lambda kv: -kv[1].cost):
         t.add_row(*_cells(name, r))
-        for field in Totals.__dataclass_fields__:
-            setattr(total, field, getattr(total, field) + getattr(r, field))
+        for column in Totals.__dataclass_fields__:
+            setattr(total, column, getattr(total, column) + getattr(r, column))
     t.add_section()
     t.add_row(*_cells("total", total))
     return t
@@ -156,33 +218,37 @@ CHART_FROM_MS = 946_684_800_000  # 2000-01-01
 CHART_TO_MS = 4_102_444_800_000  # 2100-01-01
 
 
-def _ts(event: UsageEvent) -> int:
-    return event.ts_ms
-
-
 def chart(events: list[UsageEvent], path: Path) -> None:
     """Cumulative cost against what direct calls would have cost, over time."""
+    ledger = Ledger(by="tenant")
+    for ev in events:
+        ledger.add(ev.model_dump_json().encode())
+    draw(ledger.minutes, path)
+
+
+def draw(minutes: dict[int, list[float]], path: Path) -> None:
+    """The chart of cost per minute (``minute -> [cost, direct]``), added up over time.
+    Lines stamped outside any plausible time (a producer's broken clock) are not in it:
+    they would stretch the axis over centuries, or past what a datetime can hold."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # A line stamped outside any plausible time (a producer's broken clock) would
-    # stretch the axis over centuries, or past what a datetime can hold.
-    events = sorted((e for e in events if CHART_FROM_MS <= e.ts_ms < CHART_TO_MS), key=_ts)
-    if not events:
+    if not minutes:
         raise ValueError("no ledger line has a plausible time to chart")
-    times = [datetime.fromtimestamp(e.ts_ms / 1000, UTC) for e in events]
-    # Both lines start from zero at the first event, so even one event draws a step.
+    order = sorted(minutes)
+    times = [datetime.fromtimestamp(m * 60, UTC) for m in order]
+    # Both lines start from zero at the first minute, so even one line draws a step.
     times = times[:1] + times
     paid, direct, p, d = [0.0], [0.0], 0.0, 0.0
-    for e in events:
-        p += e.cost
-        d += e.direct_cost
+    for m in order:
+        p += minutes[m][0]
+        d += minutes[m][1]
         paid.append(p)
         direct.append(d)
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    steps = {"drawstyle": "steps-post", "marker": "." if len(events) < 50 else None}
+    steps = {"drawstyle": "steps-post", "marker": "." if len(order) < 50 else None}
     # matplotlib plots datetimes through its unit converters; its stubs only know numbers.
     ax.plot(times, direct, label="direct to vendors (Cost_direct)", color="#c44", **steps)  # type: ignore[arg-type]
     ax.plot(times, paid, label="through the relay (Cost_total)", color="#2a7", **steps)  # type: ignore[arg-type]
@@ -197,21 +263,54 @@ def chart(events: list[UsageEvent], path: Path) -> None:
     plt.close(fig)
 
 
-def run(bootstrap: str, topic: str, partitions: int, by: str, png: Path | None) -> None:
+def run(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    by: str,
+    png: Path | None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> None:
     console = Console()
     if not console.is_terminal:
         console = Console(width=170)  # a report piped to a file keeps every column
-    read = asyncio.run(read_ledger(bootstrap, topic, partitions))
-    if read.unreadable:
-        console.print(f"[yellow]{read.unreadable} unreadable lines on {topic} skipped[/yellow]")
-    if not read.events:
-        console.print(f"no events on {topic} yet")
+    ledger = Ledger(by, since_ms, until_ms)
+
+    async def read() -> None:
+        async for value in values(bootstrap, topic, partitions, since_ms):
+            ledger.add(value)
+
+    asyncio.run(read())
+    if ledger.unreadable:
+        console.print(f"[yellow]{ledger.unreadable} unreadable lines on {topic} skipped[/yellow]")
+    if ledger.repeated:
+        console.print(f"[dim]{ledger.repeated} lines sent twice counted once[/dim]")
+    if not ledger.rows:
+        period = " in that period" if since_ms is not None or until_ms is not None else " yet"
+        console.print(f"no events on {topic}{period}")
         return
-    console.print(table(group(read.events, by), by))
+    console.print(table(dict(ledger.rows), by))
     if png is not None:
         try:
-            chart(read.events, png)
+            draw(ledger.minutes, png)
         except ValueError as err:
             console.print(f"[red]no chart: {err}[/red]")
             return
         console.print(f"chart: {png}")
+
+
+_SPAN = re.compile(r"(\d+)([mhd])")
+_SPAN_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def moment_ms(given: str, now_ms: int) -> int:
+    """``--since``/``--until`` as epoch milliseconds: a UTC date or time
+    (``2026-12-01``, ``2026-12-01T12:00``) or a span back from now (``30m``, ``24h``,
+    ``7d``)."""
+    if span := _SPAN.fullmatch(given.strip()):
+        return now_ms - int(span[1]) * _SPAN_MS[span[2]]
+    when = datetime.fromisoformat(given.strip())
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)

@@ -39,17 +39,23 @@ async def test_relay_report_prints_each_cost_tag_and_draws_the_chart(
         "RELAY_TOPIC_PREFIX": relay.prefix,
         "COLUMNS": "200",
     }
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "cli.main", "report", "--by", "tag", "--chart", str(png)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    async def report(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "cli.main", "report", "--by", "tag", *args]
+        return await asyncio.to_thread(
+            subprocess.run, command, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    done = await report("--since", "1h", "--chart", str(png))
     assert done.returncode == 0, done.stderr[-2000:]
     [row] = [line for line in done.stdout.splitlines() if tag in line]
     cells = [c.strip() for c in row.split("│") if c.strip()]
     assert cells[:3] == [tag, "2", "0"], row  # two requests, no errors
     assert cells[7] == "50.0%", row  # SaveRate: the second was free
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"chart: {png}" in done.stdout
+    before = await report("--until", "2020-01-01")  # every line is later than that
+    assert before.returncode == 0 and "in that period" in before.stdout, before.stdout
+    later = await report("--since", "2099-01-01")  # the time index: nothing to read at all
+    assert later.returncode == 0 and "in that period" in later.stdout, later.stdout
+    wrong = await report("--since", "last tuesday")
+    assert wrong.returncode == 2 and "--since" in wrong.stderr

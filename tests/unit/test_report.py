@@ -127,3 +127,40 @@ def test_a_line_with_an_impossible_time_is_left_off_the_chart(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="plausible time"):
         chart([broken], path)
+
+
+def test_the_ledger_is_added_up_line_by_line_within_the_period() -> None:
+    """Totals per group and cost per minute: memory grows with those, not with the lines
+    of a ledger kept 400 days; a line sent twice counts once."""
+    from cli.report import Ledger
+
+    minute = 60_000
+    at = 1_796_000_000_000 - 1_796_000_000_000 % minute
+    lines = [
+        event("a", 1.0, 2.0).model_copy(update={"ts_ms": at - minute}),  # before the period
+        event("a", 1.0, 2.0).model_copy(update={"ts_ms": at}),
+        event("b", 0.0, 2.0, cache_hit=True).model_copy(update={"ts_ms": at + 1}),
+        event("a", 3.0, 3.0).model_copy(update={"ts_ms": at + 2 * minute}),  # after it
+    ]
+    ledger = Ledger("tenant", since_ms=at, until_ms=at + 2 * minute)
+    for line in [*lines, lines[1]]:
+        ledger.add(line.model_dump_json().encode())
+    ledger.add(b"{not a line")
+    assert {k: (r.requests, r.cost, r.direct) for k, r in ledger.rows.items()} == {
+        "a": (1, 1.0, 2.0),
+        "b": (1, 0.0, 2.0),
+    }
+    assert ledger.minutes == {at // minute: [1.0, 4.0]}
+    assert (ledger.repeated, ledger.unreadable) == (1, 1)
+
+
+def test_a_period_is_a_utc_date_or_time_or_a_span_back() -> None:
+    from cli.report import moment_ms
+
+    now = 1_796_000_000_000
+    assert moment_ms("24h", now) == now - 86_400_000
+    assert moment_ms("7d", now) == now - 7 * 86_400_000
+    assert moment_ms("2026-12-01", now) == 1_796_083_200_000
+    assert moment_ms("2026-12-01T12:00+01:00", now) == 1_796_083_200_000 + 11 * 3_600_000
+    with pytest.raises(ValueError):
+        moment_ms("last tuesday", now)
