@@ -217,7 +217,12 @@ class Bus:
     async def meter(self, event: UsageEvent) -> None:
         """Ledger events the gateway itself owes (cache hits, edge refusals)."""
         metrics.count_line(event)
-        await self.ledger.send(self.topics.usage.name, encode(event), key=event.tenant.encode())
+        try:
+            await self.ledger.send(self.topics.usage.name, encode(event), key=event.tenant.encode())
+        except KafkaError as exc:
+            # Refused at once (the broker gone long enough for the buffer to fill): the
+            # client still gets its answer, and the loss is said, never a 500.
+            log.error("ledger line %s (%s) not written: %r", event.event_id, event.tenant, exc)
 
     async def audit(self, kind: AuditKind, **fields: Any) -> None:
         """An audit event from this gateway; like ledger lines, batched for a moment.
