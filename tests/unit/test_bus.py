@@ -43,7 +43,10 @@ async def test_a_ledger_line_the_producer_refuses_is_logged_never_a_client_s_500
             raise KafkaTimeoutError()
 
     bus = Bus("127.0.0.1:9", Topics("t"), "gw-1")  # never started
+    await bus.ledger.stop()
     bus.ledger = Refusing()  # type: ignore[assignment]
     line = UsageEvent(event_id="e-lost", trace_id="t", tenant="a", key_id="k", alias="m")
     await bus.meter(line)  # does not raise
+    for kafka in (bus.producer, bus.consumer):  # never started: closed all the same
+        await kafka.stop()
     assert "e-lost" in caplog.text and "not written" in caplog.text

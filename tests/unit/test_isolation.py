@@ -191,6 +191,8 @@ async def test_audit_events_keep_no_more_of_a_path_than_they_need() -> None:
 
     bus.audit_trail = Trail()  # type: ignore[assignment]
     await bus.audit("access_denied", path="/v1/" + "x" * 60_000, model="m" * 1_000, client="::1")
+    for kafka in (bus.producer, bus.ledger, bus.consumer):  # never started: closed anyway
+        await kafka.stop()
     [event] = seen
     assert event.path is not None and len(event.path) == 256 and event.path.startswith("/v1/x")
     assert event.model == "m" * 256 and event.client == "::1"
