@@ -183,7 +183,10 @@ class RequestHandler:
         """What keeps a request out of another tenant's flight (tenants share one under
         a global cache scope): a flight may be routed to the alias's ``degrade_to`` under
         rate pressure, which a tenant held to some models may not use."""
-        spec = self.router.spec(env.alias)
+        try:
+            spec = self.router.spec(env.alias)
+        except RelayError:  # an alias this worker does not know: the flight will say so
+            return ""
         if spec.degrade_after_wait_ms is None or not spec.degrade_to:
             return ""
         return "" if self.router.may_use(env.tenant, spec.degrade_to) else ":undegradable"

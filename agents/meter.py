@@ -29,7 +29,10 @@ def usage_event(
     call_cost = cost_of(candidate, usage, discount=discount) if candidate else 0.0
     free = coalesced or cache_hit
     # A failed request used nothing, or (a stream broken part way) what it was billed.
-    direct = prices.direct_cost(env.alias, usage)
+    try:
+        direct = prices.direct_cost(env.alias, usage)
+    except KeyError:  # an alias this worker's config lacks (refused): no baseline to price
+        direct = 0.0
     return UsageEvent.for_request(
         env,
         vendor=candidate.vendor if candidate else None,

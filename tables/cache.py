@@ -202,7 +202,7 @@ class L1Cache:
         clock: Callable[[], float] = time.monotonic,
         *,
         max_bytes: int = 256 * 1024 * 1024,
-        max_entry_bytes: int = 1024 * 1024,
+        max_entry_bytes: int = 8 * 1024 * 1024,  # a long streamed answer: ~250 B a token
     ) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes

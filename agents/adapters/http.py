@@ -7,6 +7,7 @@ any secret from those headers blanked out, because some vendors echo the key bac
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -167,7 +168,7 @@ def transport_error(exc: Exception, vendor: str) -> RelayError:
 # Not a rate limit to wait out nor the client's mistake: the key is benched, the pool's
 # next key or the next vendor answers.
 _OUT_OF_CREDIT_CODES = frozenset({"insufficient_quota", "billing_error"})
-_OUT_OF_CREDIT_TEXT = "credit balance is too low"
+_OUT_OF_CREDIT_TEXT = "Your credit balance is too low"
 
 
 def status_error(resp: httpx.Response, vendor: str) -> RelayError:
@@ -175,7 +176,12 @@ def status_error(resp: httpx.Response, vendor: str) -> RelayError:
     said, code, param = _vendor_error(resp)
     text = _redact(said, resp)[:_MAX_MESSAGE]  # cut after: no key halves
     message = f"{vendor}: HTTP {resp.status_code}: {text}"
-    if code in _OUT_OF_CREDIT_CODES or resp.status_code == 402 or _OUT_OF_CREDIT_TEXT in said:
+    anthropic_credit = (
+        resp.status_code == 400
+        and code == "invalid_request_error"  # Anthropic's type: a client's 400 never quotes
+        and said.startswith(_OUT_OF_CREDIT_TEXT)  # its own text first (an OpenAI 400 might)
+    )
+    if code in _OUT_OF_CREDIT_CODES or resp.status_code == 402 or anthropic_credit:
         return VendorAuthFailed(message)
     wait = retry_after(resp.headers)
     if wait is None and resp.status_code == 429:
@@ -225,16 +231,21 @@ def retry_after(headers: httpx.Headers) -> float | None:
     (seconds or an HTTP date)."""
     if ms := headers.get("retry-after-ms"):
         try:
-            return max(float(ms) / 1000, 0.0)
+            wait = float(ms) / 1000
         except ValueError:
             pass
+        else:
+            if math.isfinite(wait):  # NaN would bench a key for good
+                return max(wait, 0.0)
     value = headers.get("retry-after")
     if not value:
         return None
     try:
-        return max(float(value), 0.0)
+        wait = float(value)
     except ValueError:
         pass
+    else:
+        return max(wait, 0.0) if math.isfinite(wait) else None
     try:
         return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
     except (TypeError, ValueError):
@@ -270,22 +281,23 @@ def limit_reset(headers: httpx.Headers) -> float | None:
                 continue
             limit = name[len("anthropic-ratelimit-") : -len("-reset")]
             resets[limit] = max(when.timestamp() - time.time(), 0.0)
-    if waits := [seconds for limit, seconds in resets.items() if limit in exhausted]:
-        wait = max(waits)  # every exhausted limit must have refilled
-    elif resets:
-        wait = min(resets.values())
-    else:
+    waits = [seconds for limit, seconds in resets.items() if limit in exhausted]
+    if not waits:
+        # None says 0 (a token limit with too few left for this request, say): which one
+        # refused is unknown, and the health table's own backoff does better than a guess.
         return None
-    return min(wait, MAX_LIMIT_RESET_S)  # a skewed clock never benches a key for days
+    return min(max(waits), MAX_LIMIT_RESET_S)  # a skewed clock never benches a key for days
 
 
 def _duration(value: str) -> float | None:
     """``6m0s``, ``1h2m``, ``20ms`` or plain seconds (``1.5``), in seconds."""
     value = value.strip()
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     parts = _RESET.findall(value)
     if not parts or "".join(n + u for n, u in parts) != value:
         return None

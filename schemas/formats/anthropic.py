@@ -887,9 +887,13 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     if answer_tool := _json_answer_tool(body.get("response_format")):
         # JSON mode as a tool the model must answer through (alone, or beside the
         # client's own tools, which it may call instead).
-        if thinking:
+        thinks = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+        if thinks:
             # Anthropic refuses thinking beside a forced tool: the model is asked (by the
-            # tool's description) rather than made to answer through it.
+            # tool's description) rather than made to answer through it; tools the client
+            # said none of may be called are not offered at all.
+            if choice is not None and choice.get("type") == "none":
+                tools = []
             choice = {"type": "auto"} | {
                 k: v for k, v in (choice or {}).items() if k == "disable_parallel_tool_use"
             }

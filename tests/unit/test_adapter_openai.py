@@ -307,7 +307,11 @@ async def test_non_json_error_body_is_quoted():
             },
             360.0,
         ),
-        ({"x-ratelimit-reset-requests": "1m30.5s", "x-ratelimit-reset-tokens": "20ms"}, 0.02),
+        # ...and none when no limit says it ran out (the health table's backoff then).
+        ({"x-ratelimit-reset-requests": "12ms", "x-ratelimit-reset-tokens": "1m30.5s"}, None),
+        ({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1m30.5s"}, 90.5),
+        ({"retry-after": "NaN"}, None),
+        ({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "nan"}, None),
         ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "60"}, 60.0),
         ({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "99h"}, 3600.0),
         ({"x-ratelimit-reset-tokens": "soon"}, None),
@@ -637,6 +641,19 @@ async def test_an_account_out_of_credit_is_the_key_s_failure_not_a_wait_or_the_c
     with pytest.raises(VendorAuthFailed) as err:
         await adapter_for(handler).chat(call())
     assert err.value.retryable and f"HTTP {status}" in err.value.message
+
+
+async def test_a_client_s_400_quoting_the_credit_phrase_stays_the_client_s_400():
+    """OpenAI quotes the value a client sent: a tenant must not bench every key (and open
+    the breaker for everyone) by sending the words."""
+    said = "Invalid value: 'Your credit balance is too low'. Supported values are: 'low'."
+    body = {"error": {"message": said, "type": "invalid_request_error", "code": "invalid_value"}}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json=body)
+
+    with pytest.raises(VendorBadRequest):
+        await adapter_for(handler).chat(call())
 
 
 async def test_a_server_that_reports_no_usage_is_estimated_not_free() -> None:

@@ -531,6 +531,15 @@ def test_a_json_answer_with_thinking_is_asked_for_not_forced():
     none = {**body, "thinking": None, "tools": [tool], "tool_choice": "none"}
     forced = openai_request_to_messages(none, "claude-sonnet-4-5")
     assert forced["tool_choice"] == {"type": "tool", "name": "relay_json_answer"}
+    # Thinking, and no tool of the client's may be called: none is offered.
+    asked = openai_request_to_messages({**none, "thinking": body["thinking"]}, "claude-sonnet-4-5")
+    assert [t["name"] for t in asked["tools"]] == ["relay_json_answer"]
+    assert asked["tool_choice"] == {"type": "auto"}
+    # Thinking the client turned off is no thinking: the JSON answer stays forced.
+    off = openai_request_to_messages(
+        {**body, "thinking": {"type": "disabled"}}, "claude-sonnet-4-5"
+    )
+    assert off["tool_choice"] == {"type": "tool", "name": "relay_json_answer"}
 
 
 def test_a_json_answer_beside_thinking_reaches_an_anthropic_client_as_text():

@@ -903,3 +903,15 @@ def test_who_may_share_a_flight() -> None:
     assert len(set(keys.values())) == 4
     again = envelope(key="k", cache_lookup=True, degraded="budget_80pct", tenant="t")
     assert Flights._key(again) == keys["mine"]
+
+
+async def test_an_alias_the_worker_does_not_know_is_answered_404_not_left_to_time_out() -> None:
+    """Gateway and worker configs can differ for a moment (a rolling change): the client
+    hears model_not_found at once, and the ledger has its line."""
+    handler, sink = make(vendor([]))
+    env = envelope(alias="gone")
+    await handler.handle(env)
+    [reply] = sink.for_(env.correlation_id)
+    assert reply.kind == "error" and reply.error is not None
+    assert reply.error["code"] == "model_not_found"
+    assert [line.error_code for line in sink.ledger] == ["model_not_found"]
