@@ -78,12 +78,16 @@ class Progress:
 
     candidate: Candidate | None = None
     chars: int = 0  # characters of answer forwarded
+    # The candidate whose stream is open but has said nothing yet (its opening chunks
+    # held back): cut by the deadline or a stop, the vendor still bills the prompt.
+    opened: Candidate | None = None
 
     def bill(self, out: Outcome, body: dict[str, Any]) -> Outcome:
         """``out`` charged for what was streamed before it ended (at an estimate), with
-        the candidate that streamed it; as it is when nothing was."""
-        if self.candidate is not None:
-            out.candidate, out.usage = self.candidate, Usage.estimated(body, self.chars)
+        the candidate that streamed it (or opened a stream still silent); as it is when
+        neither."""
+        if (who := self.candidate or self.opened) is not None:
+            out.candidate, out.usage = who, Usage.estimated(body, self.chars)
         return out
 
 
@@ -164,6 +168,9 @@ class Dispatcher:
             if on_chunk is not None:
                 await on_chunk(chunk)
 
+        def opening() -> None:
+            streamed.opened = cand
+
         last: RelayError | None = None
         deadline = env.deadline_ms / 1000
         held = [0.0] * len(plan)  # when each candidate's vendor said it may be called again
@@ -177,23 +184,25 @@ class Dispatcher:
                         if isinstance(last, RateLimited)
                         else DeadlineExceeded("the request's deadline passed before an answer")
                     )
-                    return out
+                    return streamed.bill(out, env.body)
                 if held[i] > time.time():
                     continue  # its Retry-After has not passed: not called again yet
                 out.attempts += 1
                 try:
-                    result = await self._attempt(env, cand, forward, vendor_wait_s)
+                    result = await self._attempt(env, cand, forward, vendor_wait_s, opening)
                 except RateLimited as err:
                     last = err  # our own bucket: another candidate may have room
                     continue
                 except RelayError as err:
                     last = err
+                    if not isinstance(err, DeadlineExceeded):
+                        streamed.opened = None  # the vendor said no: its silence is unbilled
                     if err.retry_after:
                         held[i] = time.time() + err.retry_after
                     if not err.retryable or sent_any:
                         out.error = err
                         # A stream that broke part way: the vendor bills what it sent.
-                        return streamed.bill(out, env.body) if sent_any else out
+                        return streamed.bill(out, env.body)
                     continue
                 out.candidate, out.body, out.usage = cand, result.body, result.usage
                 out.batched = result.shared
@@ -205,7 +214,7 @@ class Dispatcher:
             if round_no + 1 < self.max_rounds:
                 await self._backoff(env, round_no, min(held))
         out.error = last or NoHealthyVendor("every candidate failed")
-        return out
+        return streamed.bill(out, env.body)
 
     async def _admit(
         self, env: RequestEnvelope, rpm: list[str], tpm: list[str], cap_s: float | None = None
@@ -239,6 +248,7 @@ class Dispatcher:
         cand: Candidate,
         forward: ChunkSink,
         wait_s: float | None = None,
+        opening: Callable[[], None] | None = None,
     ) -> VendorResult:
         adapter = self.adapters[cand.vendor]
         pool = self.pools[cand.vendor]
@@ -272,7 +282,7 @@ class Dispatcher:
             SENT.set(False)
             try:
                 async with asyncio.timeout(remaining):
-                    result = await self._call(adapter, env, cand, call, counted)
+                    result = await self._call(adapter, env, cand, call, counted, opening)
             except TimeoutError:
                 raise DeadlineExceeded(
                     f"no answer from the vendor within the deadline ({remaining:.1f}s)"
@@ -323,6 +333,7 @@ class Dispatcher:
         cand: Candidate,
         call: VendorCall,
         forward: ChunkSink,
+        opening: Callable[[], None] | None = None,
     ) -> VendorResult:
         if env.endpoint == "count_tokens" and isinstance(adapter, TokenCounter):
             counted = await adapter.count_tokens(call)
@@ -343,6 +354,9 @@ class Dispatcher:
         usage = Usage()
         held = 0  # leading chunks of nothing (a role, an empty text) not yet forwarded
         async for item in adapter.stream(call):
+            if opening is not None:  # the vendor took the call: it bills the prompt now
+                opening()
+                opening = None
             if isinstance(item, Usage):
                 usage = item
                 continue

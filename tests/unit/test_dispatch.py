@@ -8,8 +8,10 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from agents.adapters.base import VendorResult
-from agents.dispatch import Dispatcher
+from agents.dispatch import Dispatcher, Outcome
 from agents.keys import KeyPool
 from schemas.config import Candidate
 from schemas.envelope import HealthEvent
@@ -333,3 +335,58 @@ async def test_a_stream_that_says_nothing_still_forwards_its_opening_chunks() ->
         {"role": "assistant", "content": ""},
         {"content": ""},
     ]
+
+
+async def test_a_stream_that_opened_then_stayed_silent_is_billed_its_prompt() -> None:
+    """The vendor took the call (200 and its opening chunk), then said nothing before
+    the deadline, or before the worker stopped: it bills the prompt, and so does the
+    ledger.  An opening followed by the vendor's own error is not billed."""
+    import json
+
+    import httpx
+
+    from agents.adapters.openai import OpenAIAdapter
+    from agents.dispatch import Progress
+    from schemas.config import VendorConfig
+
+    async def silent() -> Any:
+        yield f"data: {json.dumps(_openai_chunk({'role': 'assistant'}))}\n\n".encode()
+        await asyncio.sleep(30)
+
+    def route(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=silent(), headers={"content-type": "text/event-stream"})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(route))
+    adapter = OpenAIAdapter(VendorConfig(kind="openai", base_url="http://a/v1"), http)
+    dispatch = Dispatcher({"a": adapter}, {"a": KeyPool(["k"])}, lambda ev: asyncio.sleep(0))
+    cand = Candidate(vendor="a", model="m", input_per_1m=5)
+    body = {"model": "m", "messages": [{"role": "user", "content": "word " * 800}], "stream": True}
+    env = request_envelope(deadline_ms=int((time.time() + 0.5) * 1000), stream=True, body=body)
+    out = await dispatch.run(env, [cand], lambda chunk: asyncio.sleep(0))
+    assert out.error is not None and out.error.code == "deadline_exceeded"
+    assert out.candidate == cand and out.usage.input_tokens > 1000, "the prompt, billed"
+
+    progress = Progress()
+    env = request_envelope(deadline_ms=int((time.time() + 10) * 1000), stream=True, body=body)
+    task = asyncio.create_task(
+        dispatch.run(env, [cand], lambda chunk: asyncio.sleep(0), progress=progress)
+    )
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    stopped = progress.bill(Outcome(), body)  # as the handler does when the worker stops
+    assert stopped.candidate == cand and stopped.usage.input_tokens > 1000
+
+
+async def test_a_stream_the_vendor_opened_then_refused_is_not_billed() -> None:
+    start = {
+        "type": "message_start",
+        "message": {"id": "m", "type": "message", "role": "assistant", "model": "c",
+                    "content": [], "usage": {"input_tokens": 900, "output_tokens": 1}},
+    }  # fmt: skip
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    dispatch, _ = real_vendors(anthropic=_sse([("message_start", start), ("error", overloaded)]))
+    out, got = await _streamed(dispatch, [Candidate(vendor="anthropic", model="c")])
+    assert out.error is not None and out.candidate is None and out.usage.input_tokens == 0
+    assert got == []
