@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
@@ -297,8 +298,12 @@ def _message_to_openai(message: Any, where: str) -> list[dict[str, Any]]:
             if isinstance(block.get("content"), list) and any(
                 isinstance(b, dict) and b.get("type") != "text" for b in block["content"]
             ):
-                # Blocks beyond text: an Anthropic vendor gets the result as it was.
-                tool["anthropic_result"] = block["content"]
+                # Blocks beyond text: an Anthropic vendor gets the result as it was, its
+                # images from the parts they were lifted into (their data carried once).
+                tool["anthropic_result"] = [
+                    LIFTED if isinstance(b, dict) and b.get("type") == "image" else b
+                    for b in block["content"]
+                ]
             tools.append(tool)
             parts.extend(image | {"lifted": True} for image in images)
         elif kind == "text":
@@ -844,6 +849,7 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     one_plain_choice(body)
     system: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
+    lifted = _lifted_images(body.get("messages") or [])
     for i, message in enumerate(body.get("messages") or []):
         role = message.get("role")
         if role in ("system", "developer"):
@@ -858,7 +864,7 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
             result = {
                 "type": "tool_result",
                 "tool_use_id": message.get("tool_call_id", ""),
-                "content": own
+                "content": _with_images(own, lifted)
                 if isinstance(own, list)
                 else _tool_result_content(message.get("content"), f"messages.{i}"),
             }
@@ -1120,6 +1126,35 @@ def _assistant_blocks(message: dict[str, Any], i: int) -> list[dict[str, Any]]:
     ]
     blocks += [tool_use_block(call) for call in message.get("tool_calls") or []]
     return blocks
+
+
+# Where an image sat in a tool result: its data rides in the image part lifted out of it.
+LIFTED = {"type": "lifted_image"}
+
+
+def _lifted_images(messages: list[Any]) -> deque[dict[str, Any]]:
+    """The images lifted out of tool results, as Anthropic blocks, in their order."""
+    images: deque[dict[str, Any]] = deque()
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            if isinstance(part, dict) and part.get("lifted"):
+                image = _image_to_anthropic(part, f"messages.{i}.content.{j}")
+                if part.get("cache_control"):
+                    image["cache_control"] = part["cache_control"]
+                images.append(image)
+    return images
+
+
+def _with_images(blocks: list[Any], lifted: deque[dict[str, Any]]) -> list[Any]:
+    """A tool result's own blocks, each lifted image back where it was."""
+    out = []
+    for block in blocks:
+        if block != LIFTED:
+            out.append(block)
+        elif lifted:  # (a body not made by this module may hold fewer: those are gone)
+            out.append(lifted.popleft())
+    return out
 
 
 def _alternating(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -188,7 +188,9 @@ def test_tool_result_blocks_become_tool_messages_and_images_follow():
         {"role": "tool", "tool_call_id": "toolu_b", "content": "Error: ok"},
         {"role": "user", "content": [image]},
     ]
-    # ...and an Anthropic vendor the results as they were, the image inside its result.
+    # ...and an Anthropic vendor the results as they were, the image inside its result
+    # (its data carried once in between: screenshots are large).
+    assert json.dumps(neutral).count("QQ==") == 1
     back = openai_request_to_messages(neutral, "claude")
     assert back["messages"] == body["messages"]
 
