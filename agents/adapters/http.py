@@ -229,23 +229,13 @@ def error_for_status(status: int, message: str, *, retry_after: float | None = N
 def retry_after(headers: httpx.Headers) -> float | None:
     """Seconds to wait, from ``retry-after-ms`` (more precise, OpenAI) or ``Retry-After``
     (seconds or an HTTP date)."""
-    if ms := headers.get("retry-after-ms"):
-        try:
-            wait = float(ms) / 1000
-        except ValueError:
-            pass
-        else:
-            if math.isfinite(wait):  # NaN would bench a key for good
-                return max(wait, 0.0)
+    if (ms := _number(headers.get("retry-after-ms", ""))) is not None:
+        return ms / 1000
     value = headers.get("retry-after")
     if not value:
         return None
-    try:
-        wait = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(wait, 0.0) if math.isfinite(wait) else None
+    if (seconds := _number(value)) is not None:
+        return seconds
     try:
         return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
     except (TypeError, ValueError):
@@ -289,15 +279,21 @@ def limit_reset(headers: httpx.Headers) -> float | None:
     return min(max(waits), MAX_LIMIT_RESET_S)  # a skewed clock never benches a key for days
 
 
+def _number(text: str) -> float | None:
+    """``text`` as a finite number, not below 0; None when it is none (NaN and infinity
+    included: either would bench a key for good)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return max(value, 0.0) if math.isfinite(value) else None
+
+
 def _duration(value: str) -> float | None:
     """``6m0s``, ``1h2m``, ``20ms`` or plain seconds (``1.5``), in seconds."""
     value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(seconds, 0.0) if math.isfinite(seconds) else None
+    if (seconds := _number(value)) is not None:
+        return seconds
     parts = _RESET.findall(value)
     if not parts or "".join(n + u for n, u in parts) != value:
         return None
