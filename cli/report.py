@@ -89,8 +89,10 @@ async def values(
         found = consumer.partitions_for_topic(topic) or set(range(partitions))
         parts = [TopicPartition(topic, p) for p in sorted(found)]
         consumer.assign(parts)
-        end = await consumer.end_offsets(parts)
+        # The first offsets before the last (asked the other way round, aiokafka's
+        # pending "latest" reset wins and a partition reads as empty).
         await consumer.seek_to_beginning(*parts)
+        end = await consumer.end_offsets(parts)
         if since_ms is not None:  # straight to the first line of the period, by time
             starts = await consumer.offsets_for_times({tp: since_ms for tp in parts})
             for tp, at in starts.items():
