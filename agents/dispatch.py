@@ -171,6 +171,9 @@ class Dispatcher:
         def opening() -> None:
             streamed.opened = cand
 
+        def refusing() -> None:
+            streamed.opened = None
+
         last: RelayError | None = None
         deadline = env.deadline_ms / 1000
         held = [0.0] * len(plan)  # when each candidate's vendor said it may be called again
@@ -189,14 +192,14 @@ class Dispatcher:
                     continue  # its Retry-After has not passed: not called again yet
                 out.attempts += 1
                 try:
-                    result = await self._attempt(env, cand, forward, vendor_wait_s, opening)
+                    result = await self._attempt(
+                        env, cand, forward, vendor_wait_s, opening, refusing
+                    )
                 except RateLimited as err:
                     last = err  # our own bucket: another candidate may have room
                     continue
                 except RelayError as err:
                     last = err
-                    if not isinstance(err, DeadlineExceeded):
-                        streamed.opened = None  # the vendor said no: its silence is unbilled
                     if err.retry_after:
                         held[i] = time.time() + err.retry_after
                     if not err.retryable or sent_any:
@@ -249,6 +252,7 @@ class Dispatcher:
         forward: ChunkSink,
         wait_s: float | None = None,
         opening: Callable[[], None] | None = None,
+        refusing: Callable[[], None] = lambda: None,
     ) -> VendorResult:
         adapter = self.adapters[cand.vendor]
         pool = self.pools[cand.vendor]
@@ -289,6 +293,8 @@ class Dispatcher:
                 ) from None
             except RelayError as exc:
                 scrubbed(exc, key)
+                if exc.refused:
+                    refusing()  # the vendor did not take the call: its opening is unbilled
                 keyed = isinstance(exc, VendorAuthFailed | VendorRateLimited)
                 if isinstance(exc, VendorAuthFailed):
                     pool.bench(key_index, 300.0)

@@ -133,17 +133,19 @@ async def read_ledger(bootstrap: str, topic: str, partitions: int) -> Read[Usage
     return Read(list(once.values()), read.unreadable)
 
 
-RECENT_IDS = 1_000_000  # event ids remembered to drop a line sent twice (retries are near)
+RECENT_IDS = 100_000  # event ids remembered to drop a line sent twice (retries are near)
 
 
 @dataclass
 class Ledger:
     """A report's totals, added up line by line as the ledger is read: memory grows with
-    the groups and the minutes charted, not with the lines (a ledger is kept 400 days)."""
+    the groups (and, for a chart, the minutes), not with the lines of a ledger kept 400
+    days; the last ``RECENT_IDS`` event ids (~15 MB) catch a line a producer sent twice."""
 
     by: str
     since_ms: int | None = None
     until_ms: int | None = None
+    charting: bool = True
     rows: dict[str, Totals] = field(default_factory=lambda: defaultdict(Totals))
     minutes: dict[int, list[float]] = field(default_factory=dict)  # minute -> [cost, direct]
     unreadable: int = 0
@@ -167,7 +169,7 @@ class Ledger:
         ):
             return
         self.rows[_group_key(ev, self.by)].add(ev)
-        if CHART_FROM_MS <= ev.ts_ms < CHART_TO_MS:
+        if self.charting and CHART_FROM_MS <= ev.ts_ms < CHART_TO_MS:
             point = self.minutes.setdefault(ev.ts_ms // 60_000, [0.0, 0.0])
             point[0] += ev.cost
             point[1] += ev.direct_cost
@@ -277,7 +279,7 @@ def run(
     console = Console()
     if not console.is_terminal:
         console = Console(width=170)  # a report piped to a file keeps every column
-    ledger = Ledger(by, since_ms, until_ms)
+    ledger = Ledger(by, since_ms, until_ms, charting=png is not None)
 
     async def read() -> None:
         async for value in values(bootstrap, topic, partitions, since_ms):
@@ -311,8 +313,12 @@ def moment_ms(given: str, now_ms: int) -> int:
     (``2026-12-01``, ``2026-12-01T12:00``) or a span back from now (``30m``, ``24h``,
     ``7d``)."""
     if span := _SPAN.fullmatch(given.strip()):
-        return now_ms - int(span[1]) * _SPAN_MS[span[2]]
-    when = datetime.fromisoformat(given.strip())
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
+        at = now_ms - int(span[1]) * _SPAN_MS[span[2]]
+    else:
+        when = datetime.fromisoformat(given.strip())
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        at = int(when.timestamp() * 1000)
+    if at < 0:
+        raise ValueError(f"{given!r} is before 1970: the ledger has nothing from then")
+    return at

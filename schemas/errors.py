@@ -46,6 +46,9 @@ class RelayError(Exception):
         self.message = message
         self.param = param
         self.retry_after = retry_after
+        # The vendor's own error inside a stream it had opened: it did not take the call
+        # (nothing to bill), unlike a stream cut by a timeout or a dropped connection.
+        self.refused = False
 
     def to_dict(self) -> dict[str, Any]:
         return {

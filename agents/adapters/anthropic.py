@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from agents.adapters.base import StreamItem, VendorCall, VendorResult
-from agents.adapters.http import json_body, open_stream, send, sse_events
+from agents.adapters.http import json_body, open_stream, refused, send, sse_events
 from schemas.config import VendorConfig
 from schemas.errors import (
     RelayError,
@@ -103,7 +103,7 @@ class AnthropicAdapter:
                 except ValueError:
                     raise VendorUnavailable("anthropic: stream event is not JSON") from None
                 if event == "error" or data.get("type") == "error":
-                    raise anthropic_error(data.get("error") or {})
+                    raise refused(anthropic_error(data.get("error") or {}))
                 for item in convert.feed(event, data):
                     finished = finished or isinstance(item, Usage)
                     yield item

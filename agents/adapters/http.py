@@ -38,7 +38,7 @@ _AUTH_HEADERS = ("authorization", "api-key", "x-api-key")
 # failures of the vendor's.
 _TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError)
 _MAX_MESSAGE = 500  # characters of a vendor's error text worth carrying
-MAX_LIMIT_RESET_S = 3600.0  # the longest wait a rate limit's reset header is taken at
+MAX_LIMIT_RESET_S = 3600.0  # the longest wait a vendor's Retry-After or reset is taken at
 CONNECT_TIMEOUT_S = 5.0  # a vendor host that does not accept a connection by then is down
 
 
@@ -154,6 +154,12 @@ async def sse_events(resp: httpx.Response) -> AsyncIterator[tuple[str, str]]:
         yield event or "message", "\n".join(data)
 
 
+def refused(err: RelayError) -> RelayError:
+    """``err``, marked as the vendor's own answer inside a stream it had opened."""
+    err.refused = True
+    return err
+
+
 def transport_error(exc: Exception, vendor: str) -> RelayError:
     """A failure to reach or hear from the vendor: always worth trying elsewhere."""
     if isinstance(exc, httpx.TimeoutException):
@@ -228,7 +234,13 @@ def error_for_status(status: int, message: str, *, retry_after: float | None = N
 
 def retry_after(headers: httpx.Headers) -> float | None:
     """Seconds to wait, from ``retry-after-ms`` (more precise, OpenAI) or ``Retry-After``
-    (seconds or an HTTP date)."""
+    (seconds or an HTTP date), at most ``MAX_LIMIT_RESET_S``: a wait of years (a typo, a
+    skewed clock) would take a key, and the model's health, out for good."""
+    wait = _asked_wait(headers)
+    return None if wait is None else min(wait, MAX_LIMIT_RESET_S)
+
+
+def _asked_wait(headers: httpx.Headers) -> float | None:
     if (ms := _number(headers.get("retry-after-ms", ""))) is not None:
         return ms / 1000
     value = headers.get("retry-after")
@@ -238,7 +250,7 @@ def retry_after(headers: httpx.Headers) -> float | None:
         return seconds
     try:
         return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 

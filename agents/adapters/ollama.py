@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from agents.adapters.base import StreamItem, VendorCall, VendorResult
-from agents.adapters.http import json_body, open_stream, send
+from agents.adapters.http import json_body, open_stream, refused, send
 from schemas.config import VendorConfig
 from schemas.errors import BadRequest, VendorBadRequest, VendorUnavailable, VendorUnsupported
 from schemas.formats.anthropic import without_cache_control
@@ -344,4 +344,4 @@ def _model_limits() -> Iterator[None]:
 def _raise_if_error(data: Any) -> None:
     # Ollama reports failures after a 200 (mid-stream, say) as {"error": "..."}.
     if isinstance(data, dict) and data.get("error"):
-        raise VendorUnavailable(f"ollama: {data['error']}")
+        raise refused(VendorUnavailable(f"ollama: {data['error']}"))

@@ -16,7 +16,14 @@ from urllib.parse import urlsplit
 import httpx
 
 from agents.adapters.base import StreamItem, VendorCall, VendorResult
-from agents.adapters.http import error_for_status, json_body, open_stream, send, sse_events
+from agents.adapters.http import (
+    error_for_status,
+    json_body,
+    open_stream,
+    refused,
+    send,
+    sse_events,
+)
 from schemas.batches import ENDED
 from schemas.config import VendorConfig
 from schemas.errors import VendorBadRequest, VendorRateLimited, VendorUnavailable
@@ -228,7 +235,7 @@ class OpenAIAdapter:
             message = error.get("message", "") if isinstance(error, dict) else str(error)
             code = error.get("code") if isinstance(error, dict) else None
             cls = VendorRateLimited if code == "rate_limit_exceeded" else VendorUnavailable
-            raise cls(f"{self.kind}: error mid-stream: {message}")
+            raise refused(cls(f"{self.kind}: error mid-stream: {message}"))
         return chunk
 
     def _batch_entry(self, entry: dict[str, Any]) -> VendorResult | Exception:

@@ -311,6 +311,8 @@ async def test_non_json_error_body_is_quoted():
         ({"x-ratelimit-reset-requests": "12ms", "x-ratelimit-reset-tokens": "1m30.5s"}, None),
         ({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1m30.5s"}, 90.5),
         ({"retry-after": "NaN"}, None),
+        ({"retry-after": "1e12"}, 3600.0),  # never a wait of years
+        ({"retry-after": "Fri, 01 Jan 2100 00:00:00 GMT"}, 3600.0),
         ({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "nan"}, None),
         ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "60"}, 60.0),
         ({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "99h"}, 3600.0),

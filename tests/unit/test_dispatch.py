@@ -390,3 +390,87 @@ async def test_a_stream_the_vendor_opened_then_refused_is_not_billed() -> None:
     out, got = await _streamed(dispatch, [Candidate(vendor="anthropic", model="c")])
     assert out.error is not None and out.candidate is None and out.usage.input_tokens == 0
     assert got == []
+
+
+async def test_a_key_s_in_stream_refusal_bills_nothing_when_the_next_key_never_answers() -> None:
+    """Key one opens, then its vendor says rate_limit_error (a refusal: nothing billed);
+    key two never answers before the deadline: the ledger charges no one."""
+    import httpx
+
+    from agents.adapters.registry import make_adapter
+    from schemas.config import VendorConfig
+
+    start = {
+        "type": "message_start",
+        "message": {"id": "m", "type": "message", "role": "assistant", "model": "c",
+                    "content": [], "usage": {"input_tokens": 900, "output_tokens": 1}},
+    }  # fmt: skip
+    limited = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+
+    async def route(request: httpx.Request) -> httpx.Response:
+        if request.headers["x-api-key"] == "key-one-11111":
+            return _sse([("message_start", start), ("error", limited)])  # type: ignore[no-any-return]
+        await asyncio.sleep(30)
+        raise AssertionError("never answers")
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(route))
+    adapter = make_adapter(VendorConfig(kind="anthropic", base_url="http://a/v1"), http)
+    pool = KeyPool(["key-one-11111", "key-two-22222"])
+    dispatch = Dispatcher({"a": adapter}, {"a": pool}, lambda ev: asyncio.sleep(0))
+    body = {"model": "m", "messages": [{"role": "user", "content": "word " * 800}], "stream": True}
+    env = request_envelope(deadline_ms=int((time.time() + 0.5) * 1000), stream=True, body=body)
+    cand = Candidate(vendor="a", model="c", input_per_1m=5)
+    out = await dispatch.run(env, [cand], lambda chunk: asyncio.sleep(0))
+    assert out.error is not None and out.error.code == "deadline_exceeded"
+    assert out.candidate is None and out.usage.input_tokens == 0
+
+
+async def test_a_stream_opened_then_cut_by_the_vendor_s_own_timeout_is_billed_its_prompt() -> None:
+    """Not a refusal: the vendor took the call and went quiet past its timeout_s."""
+    import json
+
+    from agents.adapters.http import vendor_client
+    from agents.adapters.registry import make_adapter
+    from schemas.config import VendorConfig
+
+    start = {
+        "type": "message_start",
+        "message": {"id": "m", "type": "message", "role": "assistant", "model": "c",
+                    "content": [], "usage": {"input_tokens": 900, "output_tokens": 1}},
+    }  # fmt: skip
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        writer.write(head + b"transfer-encoding: chunked\r\n\r\n")
+        event = f"event: message_start\ndata: {json.dumps(start)}\n\n".encode()
+        writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = VendorConfig(kind="anthropic", base_url=f"http://127.0.0.1:{port}/v1", timeout_s=0.5)
+    client = vendor_client(config.timeout_s)
+    try:
+        adapter = make_adapter(config, client)
+        dispatch = Dispatcher(
+            {"a": adapter},
+            {"a": KeyPool(["k-1234567890"])},
+            lambda ev: asyncio.sleep(0),
+            max_rounds=1,
+        )
+        body = {
+            "model": "m",
+            "messages": [{"role": "user", "content": "word " * 800}],
+            "stream": True,
+        }
+        env = request_envelope(deadline_ms=int((time.time() + 5) * 1000), stream=True, body=body)
+        cand = Candidate(vendor="a", model="c", input_per_1m=5)
+        out = await dispatch.run(env, [cand], lambda chunk: asyncio.sleep(0))
+    finally:
+        await client.aclose()
+        server.close()
+    assert out.error is not None and out.error.code == "vendor_unavailable"
+    assert out.candidate == cand and out.usage.input_tokens > 1000

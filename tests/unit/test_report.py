@@ -164,3 +164,5 @@ def test_a_period_is_a_utc_date_or_time_or_a_span_back() -> None:
     assert moment_ms("2026-12-01T12:00+01:00", now) == 1_796_083_200_000 + 11 * 3_600_000
     with pytest.raises(ValueError):
         moment_ms("last tuesday", now)
+    with pytest.raises(ValueError, match="before 1970"):
+        moment_ms("1969-12-31", now)
