@@ -273,6 +273,14 @@ async def _streamed(
     return await dispatch.run(env, plan, sink), got
 
 
+# Anthropic's opening event of a stream, before any text.
+MESSAGE_START = {
+    "type": "message_start",
+    "message": {"id": "m", "type": "message", "role": "assistant", "model": "c",
+                "content": [], "usage": {"input_tokens": 900, "output_tokens": 1}},
+}  # fmt: skip
+
+
 def _openai_chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
     choice = {"index": 0, "delta": delta, "finish_reason": finish}
     return {"id": "c", "object": "chat.completion.chunk", "created": 1, "choices": [choice]}
@@ -380,11 +388,7 @@ async def test_a_stream_that_opened_then_stayed_silent_is_billed_its_prompt() ->
 
 
 async def test_a_stream_the_vendor_opened_then_refused_is_not_billed() -> None:
-    start = {
-        "type": "message_start",
-        "message": {"id": "m", "type": "message", "role": "assistant", "model": "c",
-                    "content": [], "usage": {"input_tokens": 900, "output_tokens": 1}},
-    }  # fmt: skip
+    start = MESSAGE_START
     overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
     dispatch, _ = real_vendors(anthropic=_sse([("message_start", start), ("error", overloaded)]))
     out, got = await _streamed(dispatch, [Candidate(vendor="anthropic", model="c")])
@@ -400,11 +404,7 @@ async def test_a_key_s_in_stream_refusal_bills_nothing_when_the_next_key_never_a
     from agents.adapters.registry import make_adapter
     from schemas.config import VendorConfig
 
-    start = {
-        "type": "message_start",
-        "message": {"id": "m", "type": "message", "role": "assistant", "model": "c",
-                    "content": [], "usage": {"input_tokens": 900, "output_tokens": 1}},
-    }  # fmt: skip
+    start = MESSAGE_START
     limited = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
 
     async def route(request: httpx.Request) -> httpx.Response:
@@ -433,11 +433,7 @@ async def test_a_stream_opened_then_cut_by_the_vendor_s_own_timeout_is_billed_it
     from agents.adapters.registry import make_adapter
     from schemas.config import VendorConfig
 
-    start = {
-        "type": "message_start",
-        "message": {"id": "m", "type": "message", "role": "assistant", "model": "c",
-                    "content": [], "usage": {"input_tokens": 900, "output_tokens": 1}},
-    }  # fmt: skip
+    start = MESSAGE_START
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while (await reader.readline()) not in (b"\r\n", b""):
