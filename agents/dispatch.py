@@ -168,12 +168,6 @@ class Dispatcher:
             if on_chunk is not None:
                 await on_chunk(chunk)
 
-        def opening() -> None:
-            streamed.opened = cand
-
-        def refusing() -> None:
-            streamed.opened = None
-
         last: RelayError | None = None
         deadline = env.deadline_ms / 1000
         held = [0.0] * len(plan)  # when each candidate's vendor said it may be called again
@@ -192,9 +186,7 @@ class Dispatcher:
                     continue  # its Retry-After has not passed: not called again yet
                 out.attempts += 1
                 try:
-                    result = await self._attempt(
-                        env, cand, forward, vendor_wait_s, opening, refusing
-                    )
+                    result = await self._attempt(env, cand, forward, vendor_wait_s, streamed)
                 except RateLimited as err:
                     last = err  # our own bucket: another candidate may have room
                     continue
@@ -251,8 +243,7 @@ class Dispatcher:
         cand: Candidate,
         forward: ChunkSink,
         wait_s: float | None = None,
-        opening: Callable[[], None] | None = None,
-        refusing: Callable[[], None] = lambda: None,
+        progress: Progress | None = None,
     ) -> VendorResult:
         adapter = self.adapters[cand.vendor]
         pool = self.pools[cand.vendor]
@@ -286,15 +277,15 @@ class Dispatcher:
             SENT.set(False)
             try:
                 async with asyncio.timeout(remaining):
-                    result = await self._call(adapter, env, cand, call, counted, opening)
+                    result = await self._call(adapter, env, cand, call, counted, progress)
             except TimeoutError:
                 raise DeadlineExceeded(
                     f"no answer from the vendor within the deadline ({remaining:.1f}s)"
                 ) from None
             except RelayError as exc:
                 scrubbed(exc, key)
-                if exc.refused:
-                    refusing()  # the vendor did not take the call: its opening is unbilled
+                if exc.refused and progress is not None:
+                    progress.opened = None  # the vendor did not take the call: unbilled
                 keyed = isinstance(exc, VendorAuthFailed | VendorRateLimited)
                 if isinstance(exc, VendorAuthFailed):
                     pool.bench(key_index, 300.0)
@@ -339,7 +330,7 @@ class Dispatcher:
         cand: Candidate,
         call: VendorCall,
         forward: ChunkSink,
-        opening: Callable[[], None] | None = None,
+        progress: Progress | None = None,
     ) -> VendorResult:
         if env.endpoint == "count_tokens" and isinstance(adapter, TokenCounter):
             counted = await adapter.count_tokens(call)
@@ -360,9 +351,8 @@ class Dispatcher:
         usage = Usage()
         held = 0  # leading chunks of nothing (a role, an empty text) not yet forwarded
         async for item in adapter.stream(call):
-            if opening is not None:  # the vendor took the call: it bills the prompt now
-                opening()
-                opening = None
+            if progress is not None:  # the vendor took the call: it bills the prompt now
+                progress.opened = cand
             if isinstance(item, Usage):
                 usage = item
                 continue
