@@ -262,7 +262,7 @@ def limit_reset(headers: httpx.Headers) -> float | None:
     """Seconds until an exhausted rate limit refills, for a 429 without Retry-After:
     OpenAI's and Azure's ``x-ratelimit-reset-{requests,tokens}`` (``6m0s``, ``20ms``,
     ``1.5``) and Anthropic's ``anthropic-ratelimit-*-reset`` (an RFC 3339 time), of the
-    limits whose ``-remaining`` says 0 (or of every limit, when none says)."""
+    limits whose ``-remaining`` says 0; None when none says so."""
     resets: dict[str, float] = {}  # by limit: "tokens", "requests", "input-tokens"...
     exhausted: set[str] = set()
     for name, value in headers.items():

@@ -273,15 +273,19 @@ def _usage(data: dict[str, Any], call: VendorCall) -> Usage:
     usage = Usage.from_openai(data.get("usage"))
     if usage != Usage():
         return usage
-    choices = data.get("choices") or []
-    written = 0
-    for choice in choices if isinstance(choices, list) else []:
-        if isinstance(choice, dict):
-            message = choice.get("message") or {}
-            text = message.get("content") if isinstance(message, dict) else None
-            text = text if text is not None else choice.get("text")
-            written += len(text) if isinstance(text, str) else 0
-            calls = message.get("tool_calls") if isinstance(message, dict) else None
-            for tool in calls if isinstance(calls, list) else []:
-                written += len(str((tool.get("function") or {}).get("arguments") or ""))
-    return Usage.estimated(call.body, written)
+    # Counted as a stream's chunks are: a message holds what a delta does (a completion
+    # its text).
+    choices = data.get("choices")
+    deltas = [
+        {"delta": _said(c.get("message")) or _said({"content": c.get("text")})}
+        for c in (choices if isinstance(choices, list) else [])
+        if isinstance(c, dict)
+    ]
+    return Usage.estimated(call.body, answer_chars({"choices": deltas}))
+
+
+def _said(message: Any) -> dict[str, Any]:
+    """A message as a delta ``answer_chars`` can count: nothing when it is not one."""
+    if not isinstance(message, dict) or not isinstance(message.get("content") or "", str):
+        return {}
+    return message
