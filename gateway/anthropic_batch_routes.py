@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from gateway.anthropic_routes import neutral_request
 from gateway.auth import Caller, CallerDep
-from gateway.batch_submit import YIELD_EVERY, Line, submit
+from gateway.batch_submit import YIELD_EVERY, Line, refused_models, submit
 from gateway.errors import ANTHROPIC_TYPES
 from gateway.relay import Options, Relay
 from schemas.batches import (
@@ -96,12 +96,19 @@ async def create(body: CreateBody, request: Request, who: CallerDep) -> dict[str
         raise BadRequest("requests: every custom_id must be unique in a batch")
     opts = Options.from_headers(request.headers)  # a bad header refuses the whole batch
     relay: Relay = request.app.state.relay
-    allowed: dict[str, RelayError | None] = {}  # each model checked (and audited) once
     lines = []
     for n, item in enumerate(body.requests, 1):
-        lines.append(await _line(relay, who, item, allowed))
+        lines.append(_line(item))
         if n % YIELD_EVERY == 0:
             await asyncio.sleep(0)  # a large batch shares the gateway with everyone else
+    models = {str(line.body["model"]) for line in lines if line.body is not None}
+    refused = await refused_models(relay, who, models, "chat")
+    lines = [
+        Line(line.custom_id, refused=refused[model])
+        if line.body is not None and (model := str(line.body["model"])) in refused
+        else line
+        for line in lines
+    ]
     now = int(time.time())
     batch = BatchObject(
         id=new_id("msgbatch_"),
@@ -117,29 +124,15 @@ async def create(body: CreateBody, request: Request, who: CallerDep) -> dict[str
     return await _shown(request, await _batch(request, who, batch.id))
 
 
-async def _line(
-    relay: Relay, who: Caller, item: Item, allowed: dict[str, RelayError | None]
-) -> Line:
+def _line(item: Item) -> Line:
     """The request as a batch line; as at Anthropic, invalid params error this request
-    alone (any malformed field: the translation's own checks, or what they missed).
-    ``allowed`` keeps each model's check of this batch: a refused one is audited once."""
+    alone (any malformed field: the translation's own checks, or what they missed)."""
     try:
         if item.params.get("stream"):
             raise BadRequest("stream: a batched request cannot stream", param="stream")
-        neutral = neutral_request(item.params)
-        model = str(neutral["model"])
-        if model not in allowed:
-            try:
-                await relay.check_model(who, model)
-                relay.check_kind(model, "chat")
-                allowed[model] = None
-            except RelayError as err:
-                allowed[model] = err
-        if refused := allowed[model]:
-            raise refused
+        return Line(item.custom_id, body=neutral_request(item.params))
     except RelayError as err:
         return Line(item.custom_id, refused=err)
-    return Line(item.custom_id, body=neutral)
 
 
 @router.get("/batches")

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, field_validator
 from starlette.datastructures import UploadFile
 
 from gateway.auth import CallerDep
-from gateway.batch_submit import Line, submit
+from gateway.batch_submit import Line, refused_models, submit
 from gateway.edge import ROUTES
 from gateway.relay import Options, Relay
 from schemas.batches import (
@@ -34,7 +34,7 @@ from schemas.batches import (
     new_id,
     read_input,
 )
-from schemas.errors import BadRequest, NotFound, RelayError
+from schemas.errors import BadRequest, NotFound
 from tables.batches import MESSAGE_BATCHES, BatchStore
 
 router = APIRouter(prefix="/v1")
@@ -159,13 +159,8 @@ async def create_batch(body: BatchRequest, request: Request, who: CallerDep) -> 
     endpoint, validate, _ = ROUTES[body.endpoint]
     # Off the event loop: a file of 50 000 lines takes seconds to read and check.
     numbered, errors = await asyncio.to_thread(read_input, data, body.endpoint, validate)
-    refused: dict[str, RelayError] = {}
-    for model in {str(line.body.get("model", "")) for _, line in numbered}:
-        try:
-            await relay.check_model(who, model)
-            relay.check_kind(model, endpoint)
-        except RelayError as err:
-            refused[model] = err
+    models = {str(line.body.get("model", "")) for _, line in numbered}
+    refused = await refused_models(relay, who, models, endpoint)
     for number, line in numbered:
         if refusal := refused.get(str(line.body.get("model", ""))):
             errors.append(

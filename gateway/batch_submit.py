@@ -34,6 +34,21 @@ class Line:
     refused: RelayError | None = None
 
 
+async def refused_models(
+    relay: Relay, who: Caller, models: set[str], endpoint: Endpoint
+) -> dict[str, RelayError]:
+    """Why each of a batch's models is refused to this caller (none: not there): each
+    checked, and audited, once for the whole batch, however many lines name it."""
+    refused: dict[str, RelayError] = {}
+    for model in models:
+        try:
+            await relay.check_model(who, model)
+            relay.check_kind(model, endpoint)
+        except RelayError as err:
+            refused[model] = err
+    return refused
+
+
 def failed_line(custom_id: str, err: RelayError, request_id: str) -> OutputLine:
     body = err.openai_body()
     # An error may quote the client's input, lone surrogates and all, which no store or
