@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -82,11 +84,14 @@ def anthropic_error(err: RelayError) -> tuple[int, dict[str, Any]]:
 _BRANCHES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    """The first problem, said as a client reads it: the field's dotted path and what is
-    wrong with it (FastAPI's own wording for a body that is not JSON, or not an object,
-    is replaced by plain words)."""
-    first = exc.errors()[0] if exc.errors() else {}
+def validation_message(
+    exc: RequestValidationError | ValidationError, names: Mapping[str, str] | None = None
+) -> tuple[str, str | None]:
+    """The first problem, said as a client reads it: the field's dotted path (its first
+    part as ``names`` calls it, for a body checked in another shape than the client's)
+    and what is wrong with it (FastAPI's own wording for a body that is not JSON, or not
+    an object, is replaced by plain words)."""
+    first: Mapping[str, Any] = exc.errors()[0] if exc.errors() else {}
     kind = first.get("type", "")
     raw_loc = [p for p in first.get("loc", ()) if p not in ("body", "query")]
     if kind == "json_invalid":
@@ -94,6 +99,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     if not raw_loc and kind in ("model_attributes_type", "dict_type", "missing"):
         return "body must be a JSON object, sent as application/json", None
     loc = [str(p) for p in raw_loc if not (str(p) in _BRANCHES or "[" in str(p))]
+    if loc and names:
+        loc[0] = names.get(loc[0], loc[0])
     param = ".".join(loc) or None
     msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
     return (f"{param}: {msg}" if param else str(msg)), param
@@ -108,7 +115,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
+        message, param = validation_message(exc)
         return error_response(request, BadRequest(message, param=param))
 
     @app.exception_handler(HTTPException)

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from gateway.auth import CallerDep
 from gateway.bodies import json_object
+from gateway.errors import validation_message
 from gateway.openai_routes import ChatBody, chat_fields
 from gateway.relay import Answer, Options, Relay
 from gateway.sse import EventStream, responses_sse
@@ -33,11 +34,8 @@ def neutral_request(body: dict[str, Any]) -> dict[str, Any]:
     try:
         return chat_fields(ChatBody.model_validate(responses_request_to_openai(body)))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = [str(p) for p in first["loc"]]
-        param = ".".join([_RESPONSES_NAMES.get(loc[0], loc[0]), *loc[1:]]) if loc else None
-        message = str(first["msg"]).removeprefix("Value error, ")
-        raise BadRequest(f"{param}: {message}" if param else message, param=param) from None
+        message, param = validation_message(exc, _RESPONSES_NAMES)
+        raise BadRequest(message, param=param) from None
 
 
 def render(answer: Answer, body: dict[str, Any]) -> Response:
