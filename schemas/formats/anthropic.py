@@ -385,7 +385,7 @@ def _block_text(block: dict[str, Any]) -> str:
     """A document or search result inside a tool result, as the text a vendor without
     such blocks reads: its title and source, then its text."""
     source = block.get("source")
-    head = [str(block[k]) for k in ("title",) if block.get(k)]
+    head = [str(block["title"])] if block.get("title") else []
     if isinstance(source, str):  # a search result's source is its URL
         head.append(source)
     body: list[str] = []
@@ -900,18 +900,14 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
             # said none of may be called are not offered at all.
             if choice is not None and choice.get("type") == "none":
                 tools = []
-            choice = {"type": "auto"} | {
-                k: v for k, v in (choice or {}).items() if k == "disable_parallel_tool_use"
-            }
+            choice = _choice_like("auto", choice)
         elif not tools or (choice is not None and choice.get("type") == "none"):
             # No tools of the client's, or none it may call: the JSON answer it is.
             choice = {"type": "tool", "name": JSON_ANSWER_TOOL}
         elif choice is None or choice.get("type") == "auto":
             # A tool call or the JSON answer, never prose first (one at a time still, if
             # the client said so).
-            choice = {"type": "any"} | {
-                k: v for k, v in (choice or {}).items() if k == "disable_parallel_tool_use"
-            }
+            choice = _choice_like("any", choice)
         tools.append(answer_tool)
     by_effort = False
     if not thinking:
@@ -1187,6 +1183,12 @@ def _tool_to_anthropic(tool: dict[str, Any]) -> dict[str, Any]:
     if tool.get("cache_control"):
         out["cache_control"] = tool["cache_control"]
     return out
+
+
+def _choice_like(kind: str, choice: dict[str, Any] | None) -> dict[str, Any]:
+    """A tool choice of ``kind`` that keeps ``choice``'s one-call-at-a-time, if it said so."""
+    kept = {k: v for k, v in (choice or {}).items() if k == "disable_parallel_tool_use"}
+    return {"type": kind} | kept
 
 
 def _choice_name(choice: dict[str, Any]) -> str:
