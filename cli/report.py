@@ -153,11 +153,16 @@ class Ledger:
     _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     def add(self, value: bytes | None) -> None:
+        """A ledger message as read from the topic."""
         try:
             ev = UsageEvent.model_validate(orjson.loads(value or b""))
         except Exception:
             self.unreadable += 1
             return
+        self.count(ev)
+
+    def count(self, ev: UsageEvent) -> None:
+        """One ledger line, unless seen just before or outside the period."""
         if ev.event_id in self._recent:
             self.repeated += 1
             return
@@ -188,10 +193,10 @@ def _group_key(ev: UsageEvent, by: str) -> str:
 
 
 def group(events: list[UsageEvent], by: str) -> dict[str, Totals]:
-    out: dict[str, Totals] = defaultdict(Totals)
+    ledger = Ledger(by, charting=False)
     for ev in events:
-        out[_group_key(ev, by)].add(ev)
-    return dict(out)
+        ledger.count(ev)
+    return dict(ledger.rows)
 
 
 def table(rows: dict[str, Totals], by: str) -> Table:
@@ -226,7 +231,7 @@ def chart(events: list[UsageEvent], path: Path) -> None:
     """Cumulative cost against what direct calls would have cost, over time."""
     ledger = Ledger(by="tenant")
     for ev in events:
-        ledger.add(ev.model_dump_json().encode())
+        ledger.count(ev)
     draw(ledger.minutes, path)
 
 
