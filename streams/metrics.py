@@ -17,6 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from schemas.envelope import UsageEvent
+
 VENDOR_CALLS = Counter(
     "relay_worker_vendor_calls_total",
     "Vendor calls made by workers, by outcome (ok, or the relay's error code)",
@@ -123,6 +125,13 @@ async def serve(
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
+
+
+def count_line(event: UsageEvent) -> None:
+    """A ledger line this worker writes: its cost, saving and direct cost."""
+    COST.labels(event.tenant, event.alias).inc(event.cost)
+    SAVED.labels(event.tenant).inc(event.saved_cost)
+    DIRECT.labels(event.tenant).inc(event.direct_cost)
 
 
 def start_cost_series(tenants: Iterable[tuple[str, Iterable[str]]]) -> None:

@@ -125,9 +125,7 @@ class KafkaSink:
         await self._send(topic, event.correlation_id.encode(), encode(event))
 
     async def usage(self, event: UsageEvent) -> None:
-        metrics.COST.labels(event.tenant, event.alias).inc(event.cost)
-        metrics.SAVED.labels(event.tenant).inc(event.saved_cost)
-        metrics.DIRECT.labels(event.tenant).inc(event.direct_cost)
+        metrics.count_line(event)
         await self._send_later(self.topics.usage.name, event.tenant.encode(), encode(event))
 
     async def health(self, event: HealthEvent) -> None:
