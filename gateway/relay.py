@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
 from starlette.requests import Request
 
 from gateway import metrics
@@ -394,10 +393,7 @@ class Relay:
             model=final.model or "",
             created=time.time(),
         )
-        # Its size, as L1 counts it (orjson: microseconds, against a whole vendor call).
-        size = len(orjson.dumps(body)) if body else 0
-        size += len(orjson.dumps(chunks)) if chunks else 0
-        self.cache.l1.put(env.prompt_hash, entry, env.cache_ttl_s, size)
+        self.cache.l1.put(env.prompt_hash, entry, env.cache_ttl_s)
 
     async def _from_cache(
         self,

@@ -226,10 +226,14 @@ class L1Cache:
         self._items.move_to_end(key)
         return entry
 
-    def put(self, key: str, entry: CacheEntry, ttl_s: float, size: int = 0) -> None:
-        """Store ``entry`` (``size`` bytes) for ``ttl_s`` seconds, evicting the least
-        recently used past either bound."""
+    def put(self, key: str, entry: CacheEntry, ttl_s: float, size: int | None = None) -> None:
+        """Store ``entry`` (``size`` bytes: measured here when the caller does not know
+        them from storing it) for ``ttl_s`` seconds, evicting the least recently used past
+        either bound."""
         self.delete(key)
+        if size is None:  # orjson: microseconds, against the vendor call that made it
+            size = len(orjson.dumps(entry.body)) if entry.body else 0
+            size += len(orjson.dumps(entry.chunks)) if entry.chunks else 0
         if ttl_s <= 0 or self.max_entries <= 0 or size > self.max_entry_bytes:
             return
         self._items[key] = (entry, self.clock() + ttl_s, size)

@@ -225,6 +225,15 @@ def test_l1_is_held_to_its_bytes_and_leaves_a_huge_answer_to_l2() -> None:
     assert l1.bytes == 100 and len(l1) == 1
 
 
+def test_an_l1_entry_put_without_its_size_is_measured() -> None:
+    """What the gateway keeps of a worker's answer is held to the same bounds."""
+    l1 = L1Cache(max_entries=10, max_entry_bytes=100)
+    l1.put("big", CacheEntry(body={"x": "y" * 200}, vendor="v", model="m", created=0.0), 60)
+    assert l1.get("big") is None and l1.bytes == 0
+    l1.put("small", entry(1), 60)
+    assert l1.get("small") == entry(1) and 0 < l1.bytes <= 100
+
+
 async def test_the_response_cache_counts_what_it_puts_in_l1() -> None:
     from tables.cache import ResponseCache
 
