@@ -5,12 +5,13 @@ from __future__ import annotations
 import faust
 
 from schemas.settings import Settings
+from streams.inloop import RelayApp
 from streams.topics import MAX_MESSAGE_BYTES, Topics
 
 
 def make_app(settings: Settings, bootstrap: str) -> faust.App:
     topics = Topics(settings.topic_prefix)
-    return faust.App(
+    return RelayApp(
         topics.app_id,
         broker=f"kafka://{bootstrap}",
         datadir=str(settings.data_dir / "worker"),

@@ -1,0 +1,70 @@
+"""The worker's Faust consumer runs on the worker's own event loop (streams.inloop)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from mode.threads import WorkerThread
+
+from streams.inloop import RelayApp
+
+
+async def test_agent_reads_a_topic_without_a_consumer_thread_and_stops_cleanly(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    name = f"inloop-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=2, replication_factor=1)])
+    finally:
+        await admin.close()
+    app = RelayApp(
+        name,
+        broker=f"kafka://{kafka_bootstrap}",
+        datadir=str(tmp_path),
+        store="memory://",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=2,
+    )
+    topic = app.topic(name, key_serializer="raw", value_serializer="raw")
+    received: list[bytes] = []
+    got_all = asyncio.Event()
+    sent = [f"message {i}".encode() for i in range(20)]
+
+    async def reader(stream: object) -> None:
+        async for value in stream:  # type: ignore[attr-defined]
+            received.append(value)
+            if len(received) == len(sent):
+                got_all.set()
+
+    app.agent(topic, name="reader")(reader)
+    # A task of the test's own, on the same loop: stopping the app must leave it alone.
+    bystander = asyncio.create_task(asyncio.sleep(3600))
+    threads_before = {t.ident for t in threading.enumerate()}
+
+    await app.start()
+    try:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for value in sent:
+                await producer.send_and_wait(name, value, key=value)
+        finally:
+            await producer.stop()
+        await asyncio.wait_for(got_all.wait(), 60)
+        started = [t for t in threading.enumerate() if t.ident not in threads_before]
+        assert sorted(received) == sorted(sent)
+        # Faust's aiokafka driver would run the consumer on a thread of its own.
+        assert not [t for t in started if isinstance(t, WorkerThread)]
+        assert app.consumer._thread.thread_loop is asyncio.get_running_loop()  # type: ignore[attr-defined]
+    finally:
+        await asyncio.wait_for(app.stop(), 30)
+    assert not bystander.done()
+    bystander.cancel()
