@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +24,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from schemas.envelope import UsageEvent
+from tables.recent import RecentIds
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -150,7 +151,7 @@ class Ledger:
     minutes: dict[int, list[float]] = field(default_factory=dict)  # minute -> [cost, direct]
     unreadable: int = 0
     repeated: int = 0
-    _recent: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    _recent: RecentIds = field(default_factory=lambda: RecentIds(RECENT_IDS))
 
     def add(self, value: bytes | None) -> None:
         """A ledger message as read from the topic."""
@@ -163,12 +164,9 @@ class Ledger:
 
     def count(self, ev: UsageEvent) -> None:
         """One ledger line, unless seen just before or outside the period."""
-        if ev.event_id in self._recent:
+        if not self._recent.first_time(ev.event_id):
             self.repeated += 1
             return
-        self._recent[ev.event_id] = None
-        if len(self._recent) > RECENT_IDS:
-            self._recent.popitem(last=False)
         if (self.since_ms is not None and ev.ts_ms < self.since_ms) or (
             self.until_ms is not None and ev.ts_ms >= self.until_ms
         ):

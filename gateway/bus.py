@@ -63,8 +63,12 @@ class Bus:
             max_request_size=MAX_MESSAGE_BYTES,
         )
         # Ledger lines are not on anyone's critical path: let them batch for a moment.
+        # Idempotent, so a send retried after a timeout is not a second ledger line.
         self.ledger = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, linger_ms=LEDGER_LINGER_MS, acks=1
+            bootstrap_servers=bootstrap,
+            linger_ms=LEDGER_LINGER_MS,
+            acks="all",
+            enable_idempotence=True,
         )
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,

@@ -55,12 +55,14 @@ from tables.cache import CacheEntry, L1Cache, ResponseCache, redis_prefix
 from tables.health import BreakerPolicy, Health, fold, health_key
 from tables.lane_journal import LaneJournal
 from tables.prices import PriceSheet
+from tables.recent import RecentIds
 
 log = logging.getLogger("relay.worker")
 BACKGROUND_LINGER_MS = 250  # ledger/audit/dead letters: see gateway.bus.LEDGER_LINGER_MS
 HEALTH_WINDOW_S = 0.2
 SPEND_BATCH = 500  # ledger lines folded into the spend table per write, at most
 SPEND_WINDOW_S = 0.25  # ...and at most this long after the first of them
+RECENT_LINES = 100_000  # ledger ids remembered, so a line sent twice is spent once
 STOP_ANSWER_S = 5.0  # for requests cut at shutdown to send their error and ledger line
 
 
@@ -111,7 +113,10 @@ class KafkaSink:
             async with self._starting:
                 if self._background is None:
                     producer = AIOKafkaProducer(
-                        bootstrap_servers=self.bootstrap, linger_ms=BACKGROUND_LINGER_MS, acks=1
+                        bootstrap_servers=self.bootstrap,
+                        linger_ms=BACKGROUND_LINGER_MS,
+                        acks="all",
+                        enable_idempotence=True,  # a retried send is not a second line
                     )
                     await producer.start()
                     self._background = producer
@@ -328,13 +333,15 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
             if folded is not None:
                 health[key] = folded.model_dump(mode="json")
 
+    recent_lines = RecentIds(RECENT_LINES)
+
     async def spend_agent(stream: faust.StreamT[bytes]) -> None:
         """Accumulate each tenant's spend from the ledger, a batch of lines at a time:
         one table write per tenant per batch instead of one per request, which spares
         every worker a changelog message to send and to read back for each call.  Only
-        the three fields needed are read from each line."""
+        the fields needed are read from each line; a line sent twice is spent once."""
         async for values in stream.take(SPEND_BATCH, within=SPEND_WINDOW_S):
-            for tenant, cost, at in spend_by_tenant(values):
+            for tenant, cost, at in spend_by_tenant(values, recent_lines):
                 rule = config.tenants.get(tenant)
                 period = rule.budget.period if rule and rule.budget else "month"
                 current = Spend(**(spend.get(tenant) or {}))
@@ -401,18 +408,24 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     return app
 
 
-def spend_by_tenant(values: list[bytes]) -> list[tuple[str, float, float]]:
+def spend_by_tenant(
+    values: list[bytes], recent: RecentIds | None = None
+) -> list[tuple[str, float, float]]:
     """(tenant, summed cost, latest time) over ledger lines, summed per tenant and UTC day
     (budget periods start at midnight UTC, so no sum straddles one) and in time order;
-    only the three fields are read, and a line that does not parse is skipped (the
-    ledger's readers own it)."""
+    only the fields needed are read, a line that does not parse is skipped (the ledger's
+    readers own it), and a line whose event id is in ``recent`` (sent twice) is not
+    counted again."""
     totals: dict[tuple[str, int], tuple[float, float]] = {}
     now = time.time()
     for raw in values:
         try:
             line = orjson.loads(raw)
             tenant, cost, at = str(line["tenant"]), float(line.get("cost", 0)), line["ts_ms"] / 1000
+            event_id = line.get("event_id")
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        if recent is not None and isinstance(event_id, str) and not recent.first_time(event_id):
             continue
         # A line stamped ahead (a skewed clock, microseconds for milliseconds) counts now:
         # taken at its word it would open a later budget period and make every line

@@ -81,3 +81,29 @@ def test_the_workers_shares_of_a_rate_limit_add_up_to_the_limit() -> None:
     buckets = gate._buckets
     assert buckets["vendor:v"].refill_per_s * 60 * 4 == 3
     assert abs(buckets["vendor-tpm:v"].refill_per_s * 60 * 4 - 10) < 1e-9
+
+
+def test_a_ledger_line_sent_twice_is_spent_once() -> None:
+    """A producer's retry (or a service posting twice) repeats the event id: spend it once,
+    in this batch or a later one."""
+    from tables.recent import RecentIds
+
+    line = orjson.dumps({"event_id": "e1", "tenant": "a", "cost": 0.5, "ts_ms": 1000})
+    other = orjson.dumps({"event_id": "e2", "tenant": "a", "cost": 0.25, "ts_ms": 2000})
+    recent = RecentIds(10)
+    assert spend_by_tenant([line, line, other], recent) == [("a", 0.75, 2.0)]
+    assert spend_by_tenant([other, line], recent) == []
+
+
+def test_recent_ids_forget_the_oldest_first() -> None:
+    from tables.recent import RecentIds
+
+    recent = RecentIds(2)
+    assert [recent.first_time(i) for i in ("a", "b", "a", "c", "a", "b")] == [
+        True,
+        True,
+        False,
+        True,
+        True,  # "a" was the oldest when "c" came, so it was forgotten
+        True,  # and "a" coming back pushed "b" out
+    ]

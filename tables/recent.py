@@ -1,0 +1,27 @@
+"""The ids of the last events seen, to drop one that arrives twice.
+
+A producer that retries a send after a timeout may have written the event already, and a
+service posting straight to a topic may post twice; both copies land next to each other,
+so remembering the most recent ids (not all of them) is enough to count each event once.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+
+class RecentIds:
+    """An insertion-ordered set of at most ``size`` ids; the oldest drop out first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def first_time(self, event_id: str) -> bool:
+        """Remember ``event_id``; False when it was among the last ``size`` seen."""
+        if event_id in self._ids:
+            return False
+        self._ids[event_id] = None
+        if len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+        return True
