@@ -365,7 +365,14 @@ class RequestHandler:
                 paid = (out.candidate, out.usage) if w.leader else (None, Usage())
                 late = out.late if w.leader else None
                 async with w.sending:
-                    await self._fail(env, out.error, coalesced=not w.leader, paid=paid, late=late)
+                    await self._fail(
+                        env,
+                        out.error,
+                        coalesced=not w.leader,
+                        paid=paid,
+                        late=late,
+                        degraded=flight.degraded_for(env),
+                    )
                 continue
             if env.stream and not flight.chunks and out.body is not None:
                 # A streaming waiter that joined a non-streamed call gets it as chunks.
@@ -416,10 +423,13 @@ class RequestHandler:
         meter: bool = True,
         paid: tuple[Candidate | None, Usage] = (None, Usage()),
         late: tuple[Candidate, asyncio.Future[VendorResult]] | None = None,
+        degraded: str | None = None,
     ) -> None:
         """Answer ``env`` with ``err`` and meter it; with ``late``, its share of a
         window-batched call that went out is metered when that answer comes.  The line is
-        written even when the reply cannot go out."""
+        written even when the reply cannot go out, flagged ``degraded`` (else as ``env``
+        is) when the request was sent the cheaper way."""
+        degraded = degraded or env.degraded
         error = ReplyEvent(
             correlation_id=env.correlation_id,
             kind="error",
@@ -433,12 +443,18 @@ class RequestHandler:
         if not meter:
             return
         if late is not None:
-            self._spawn(self._meter_share(env, err, late))
+            self._spawn(self._meter_share(env, err, late, degraded))
             return
         candidate, usage = paid
         await self.sink.usage(
             usage_event(
-                env, self.prices, candidate=candidate, usage=usage, error=err, coalesced=coalesced
+                env,
+                self.prices,
+                candidate=candidate,
+                usage=usage,
+                error=err,
+                coalesced=coalesced,
+                degraded=degraded,
             )
         )
 
@@ -447,6 +463,7 @@ class RequestHandler:
         env: RequestEnvelope,
         err: RelayError,
         late: tuple[Candidate, asyncio.Future[VendorResult]],
+        degraded: str | None,
     ) -> None:
         """The one ledger line of a request that gave up inside a shared call: failed, and
         billed its share once the vendor answers (nothing, if the call failed)."""
@@ -454,10 +471,18 @@ class RequestHandler:
         try:
             result = await asyncio.wait_for(asyncio.shield(share), LATE_SHARE_S)
         except Exception:  # the shared call failed: nothing was billed
-            line = usage_event(env, self.prices, candidate=None, usage=Usage(), error=err)
+            line = usage_event(
+                env, self.prices, candidate=None, usage=Usage(), error=err, degraded=degraded
+            )
         else:
             line = usage_event(
-                env, self.prices, candidate=cand, usage=result.usage, error=err, batched=True
+                env,
+                self.prices,
+                candidate=cand,
+                usage=result.usage,
+                error=err,
+                batched=True,
+                degraded=degraded,
             )
         await self.sink.usage(line)
 

@@ -57,7 +57,7 @@ class Router:
     ) -> list[Candidate]:
         """Candidates in the order to try them, unavailable ones left out.  Degraded, the
         cheapest first: of ``degrade_to`` when ``tenant`` may use that alias (a tenant held
-        to some models, for data residency say, is never sent elsewhere), else its own."""
+        to some models, for data residency say, is never sent elsewhere), then its own."""
         spec = self.spec(alias)
         if degraded:
             target = (
@@ -65,8 +65,10 @@ class Router:
                 if spec.degrade_to and self.may_use(tenant, spec.degrade_to)
                 else None
             )
-            cheaper = self.spec(target) if target else spec
-            cands = cheaper.candidates
+            cands = self.spec(target).candidates if target else []
+            # The alias's own candidates behind degrade_to's: a cheaper alias that is down
+            # must not turn a tenant at 80 % of its budget away while the alias is up.
+            cands = cands + [c for c in spec.candidates if c not in cands]
             return self._rank(cands, "cheapest", now)
         cands = spec.candidates
         if spec.canary and self.in_canary(alias, spec, user):

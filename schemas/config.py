@@ -34,8 +34,8 @@ class VendorConfig(Strict):
     api_keys_env: list[str] = Field(default_factory=list, description="a key pool, by env name")
     api_version: str | None = Field(None, description="Azure api-version / anthropic-version")
     timeout_s: float = 120.0
-    rpm: int | None = None
-    tpm: int | None = None
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
     batch_discount: float = Field(0.5, ge=0, le=1)
 
     def keys(self) -> list[str]:
@@ -51,11 +51,11 @@ class VendorConfig(Strict):
 class Candidate(Strict):
     vendor: str
     model: str
-    input_per_1m: float = 0.0
-    output_per_1m: float = 0.0
-    cached_input_per_1m: float | None = None
+    input_per_1m: float = Field(0.0, ge=0, allow_inf_nan=False)
+    output_per_1m: float = Field(0.0, ge=0, allow_inf_nan=False)
+    cached_input_per_1m: float | None = Field(None, ge=0, allow_inf_nan=False)
     quality: int = 1
-    weight: float = 1.0
+    weight: float = Field(1.0, ge=0, allow_inf_nan=False)
 
 
 class Batching(Strict):
@@ -116,8 +116,8 @@ class TenantConfig(Strict):
     models: list[str] = Field(default_factory=lambda: ["*"])
     cache_scope: Literal["tenant", "global"] = "tenant"
     budget: Budget | None = None
-    rpm: int | None = None
-    tpm: int | None = None
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
 
     def may_use(self, alias: str) -> bool:
         return "*" in self.models or alias in self.models
@@ -193,8 +193,17 @@ class RelayConfig(Strict):
                     f"models.{alias}.degrade_after_wait_ms: needs degrade_to (the cheaper "
                     "alias to send requests to under rate pressure)"
                 )
-            if spec.degrade_to is not None and spec.degrade_to not in self.models:
-                raise ValueError(f"models.{alias}.degrade_to: unknown alias {spec.degrade_to!r}")
+            if spec.degrade_to is not None:
+                cheaper = self.models.get(spec.degrade_to)
+                if cheaper is None:
+                    raise ValueError(
+                        f"models.{alias}.degrade_to: unknown alias {spec.degrade_to!r}"
+                    )
+                if spec.degrade_to == alias or cheaper.kind != spec.kind:
+                    raise ValueError(
+                        f"models.{alias}.degrade_to: {spec.degrade_to!r} must be another "
+                        f"{spec.kind} alias"
+                    )
             if spec.canary and spec.canary.candidate.vendor not in self.vendors:
                 raise ValueError(f"models.{alias}.canary.candidate.vendor: unknown vendor")
         for alias, spec in self.models.items():

@@ -68,18 +68,26 @@ def add_spend(s: Spend, cost: float, now: float, period: Period) -> Spend:
     would charge the tenant twice for the boundary.
     """
     start = period_start(now, period)
-    if start > s.period_start:
+    kept = _kept_start(s, period)
+    if start > kept:
         return Spend(period_start=start, spent_usd=cost)
-    if start < s.period_start:
+    if start < kept:
         return s
     return Spend(period_start=start, spent_usd=s.spent_usd + cost)
+
+
+def _kept_start(s: Spend, period: Period) -> float:
+    """The start of the ``period`` that holds the spend kept: the table may have kept it
+    under the other period (a budget changed from daily to monthly starts the day's spend
+    on the month, rather than taking the month's lines for late ones)."""
+    return period_start(s.period_start, period)
 
 
 def decide(policy: BudgetPolicy, spend: Spend, now: float) -> BudgetDecision:
     """Allow, degrade past ``degrade_at`` of the limit, or refuse (or cache-only) once
     the limit is reached."""
     current = period_start(now, policy.period)
-    spent = spend.spent_usd if spend.period_start >= current else 0.0
+    spent = spend.spent_usd if _kept_start(spend, policy.period) >= current else 0.0
     remaining = max(0.0, policy.limit_usd - spent)
     if spent >= policy.limit_usd:
         if policy.on_exhausted == "cache_only":

@@ -53,6 +53,23 @@ def test_late_spend_from_a_closed_period_is_dropped() -> None:
     assert add_spend(s, 7.0, ts(2025, 3, 17, 23), "day") == s
 
 
+def test_a_budget_changed_from_daily_to_monthly_keeps_counting() -> None:
+    """The table kept today's spend under the day's start; the month's lines must add to
+    it, not be taken for late ones from a closed period."""
+    today = add_spend(Spend(), 5.0, ts(2025, 3, 14, 9), "day")
+    s = today
+    for day in (15, 20, 28):
+        s = add_spend(s, 4.0, ts(2025, 3, day, 12), "month")
+    assert s.spent_usd == 17.0 and s.period_start == ts(2025, 3, 1)
+    policy = BudgetPolicy(limit_usd=10.0, period="month")
+    assert decide(policy, today, ts(2025, 3, 15)).remaining_usd == 5.0
+    assert decide(policy, s, ts(2025, 3, 28, 13)).action == "refuse"
+    # And back to daily: the month's total is not today's.
+    daily = BudgetPolicy(limit_usd=10.0, period="day")
+    assert decide(daily, s, ts(2025, 3, 28, 13)).remaining_usd == 10.0
+    assert add_spend(s, 1.0, ts(2025, 3, 28, 14), "day").spent_usd == 1.0
+
+
 def test_spend_round_trips_through_json() -> None:
     s = add_spend(Spend(), 0.1234, ts(2025, 3, 18, 1), "month")
     assert Spend.model_validate(s.model_dump(mode="json")) == s

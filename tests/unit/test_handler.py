@@ -915,3 +915,32 @@ async def test_an_alias_the_worker_does_not_know_is_answered_404_not_left_to_tim
     assert reply.kind == "error" and reply.error is not None
     assert reply.error["code"] == "model_not_found"
     assert [line.error_code for line in sink.ledger] == ["model_not_found"]
+
+
+async def test_a_budget_degraded_request_that_fails_is_still_flagged_in_the_ledger():
+    """The downgrade is recorded whether or not the cheaper call succeeded: every waiter's
+    failed line says so too."""
+
+    async def down(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.02)
+        return httpx.Response(503, json={"error": {"message": "down"}})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(down))
+    sink = Sink()
+    adapters: dict[str, Any] = {n: OpenAIAdapter(v, client) for n, v in CONFIG.vendors.items()}
+    handler = RequestHandler(
+        Router(CONFIG, {}.get),
+        Dispatcher(adapters, {n: KeyPool(["k"]) for n in CONFIG.vendors}, sink.health),
+        PriceSheet.from_config(CONFIG.models),
+        sink,
+        budget=lambda tenant: BudgetDecision(
+            action="degrade", reason="budget_80pct", remaining_usd=1.0
+        ),
+    )
+    envs = [envelope(key="degraded-down") for _ in range(2)]
+    await asyncio.gather(*(handler.handle(e) for e in envs))
+    assert [sink.for_(e.correlation_id)[-1].kind for e in envs] == ["error", "error"]
+    assert [(line.status, line.degraded) for line in sink.ledger] == [
+        ("error", "budget_80pct"),
+        ("error", "budget_80pct"),
+    ]

@@ -59,3 +59,32 @@ def test_with_every_breaker_open_the_request_is_a_503_with_retry_after():
     with pytest.raises(NoHealthyVendor) as refused:
         plan({"a/stable": broken(), "b/next": broken()})
     assert refused.value.retry_after is not None and refused.value.retry_after >= 1
+
+
+def test_a_degraded_request_falls_back_on_its_own_alias_when_the_cheaper_one_is_down():
+    """A tenant at 80 % of its budget is sent cheaper, not turned away: with degrade_to's
+    candidates down, the alias's own serve it, cheapest first."""
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {"a": {"kind": "openai", "base_url": "http://a/v1"}},
+            "models": {
+                "chat": {
+                    "degrade_to": "small",
+                    "candidates": [
+                        {"vendor": "a", "model": "big", "input_per_1m": 5},
+                        {"vendor": "a", "model": "mid", "input_per_1m": 1},
+                    ],
+                },
+                "small": {"candidates": [{"vendor": "a", "model": "tiny", "input_per_1m": 0.1}]},
+            },
+            "tenants": {"t": {}},
+        }
+    )
+    table = {"a/tiny": broken()}
+    router = Router(config, table.get, random.Random(0))
+    assert [c.model for c in router.plan("chat", NOW, degraded=True)] == ["mid", "big"]
+    assert [c.model for c in Router(config, {}.get).plan("chat", NOW, degraded=True)] == [
+        "tiny",
+        "mid",
+        "big",
+    ]
