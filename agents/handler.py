@@ -98,6 +98,7 @@ class RequestHandler:
                 await self._fail(env, spent)
                 return
             env = env.model_copy(update={"degraded": decision.reason})
+            await self._say_degraded(env)
         if await self._deferred(env):
             return
         flight, waiter = self.flights.join(env, time.monotonic(), self._apart(env))
@@ -311,6 +312,9 @@ class RequestHandler:
             # the alias's patience.  Route it as degraded (cheaper), flagged as such.
             flight.degraded = "rate_pressure"
             env = env.model_copy(update={"degraded": flight.degraded})
+            for w in list(flight.waiters):
+                if not w.sent:
+                    await self._say_degraded(w.envelope, flight.degraded)
             plan = self.router.plan(
                 env.alias, time.time(), user=env.user, degraded=True, tenant=env.tenant
             )
@@ -320,6 +324,19 @@ class RequestHandler:
         if outcome.body is not None and env.endpoint == "chat":
             outcome.body["model"] = env.alias
         return outcome
+
+    async def _say_degraded(self, env: RequestEnvelope, reason: str | None = None) -> None:
+        """Tell a stream's gateway at once that it goes the cheaper way: the response's
+        headers go out before a slow first token does, and must carry the flag."""
+        if not env.stream:
+            return
+        notice = ReplyEvent(
+            correlation_id=env.correlation_id, kind="chunk", degraded=reason or env.degraded
+        )
+        try:
+            await self.sink.reply(env.reply_to, notice)
+        except Exception as exc:  # the answer itself will say so, or fail on its own
+            log.warning("degraded notice to %s not sent: %r", env.correlation_id, exc)
 
     async def _catch_up(self, flight: Flight, waiter: Waiter) -> None:
         """A late joiner of a stream gets what was sent so far; the rest comes live."""

@@ -74,6 +74,8 @@ class ReplyEvent(BaseModel):
 
     A streamed reply is ``chunk`` events numbered by ``seq`` followed by one ``final``
     (holding usage and no body); a non-streamed reply is a single ``final`` with ``body``.
+    A ``chunk`` without a body (``seq`` 0) only says, ahead of the first token, that the
+    stream was ``degraded``.
     """
 
     correlation_id: str

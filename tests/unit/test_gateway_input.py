@@ -173,6 +173,27 @@ async def test_a_stream_slow_to_start_starts_anyway_and_keeps_the_line_alive(mon
     assert bodies[-1][1] == b"data: [DONE]\n\n" or bodies[-2][1] == b"data: [DONE]\n\n"
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_a_degraded_stream_slow_to_start_still_says_so_in_its_headers(monkeypatch, path):
+    """The worker's notice (a chunk with no body) comes ahead of a slow first token, so
+    the headers sent before that token carry x-relay-degraded."""
+    monkeypatch.setattr(gateway.relay, "STREAM_START_S", 0.1)
+
+    def degraded_slow(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+        notice = ReplyEvent(
+            correlation_id=env.correlation_id, kind="chunk", degraded="budget_80pct"
+        )
+        answer = [(0.3 if i == 0 else 0.0, e) for i, (_, e) in enumerate(answer_hello(env))]
+        return [(0.0, notice), *answer]
+
+    app, _ = gateway_app(degraded_slow)
+    async with client(app) as http:
+        reply = await http.post(path, json={**MESSAGES, "stream": True})
+    assert reply.status_code == 200
+    assert reply.headers["x-relay-degraded"] == "budget_80pct"
+    assert "Hello" in reply.text, "the notice is not part of the answer; the answer is whole"
+
+
 async def test_a_stream_refused_at_once_still_gets_its_real_status():
     app, _ = gateway_app(refusing(code="rate_limited", message="slow down", retry_after=3))
     async with client(app) as http:

@@ -944,3 +944,28 @@ async def test_a_budget_degraded_request_that_fails_is_still_flagged_in_the_ledg
         ("error", "budget_80pct"),
         ("error", "budget_80pct"),
     ]
+
+
+async def test_a_budget_degraded_stream_is_told_so_before_its_first_token():
+    """A notice with no body goes out first, so a gateway whose stream starts before a
+    slow first token still sends x-relay-degraded; a non-streamed answer needs none."""
+    calls: list[str] = []
+    client = vendor(calls)
+    sink = Sink()
+    adapters: dict[str, Any] = {n: OpenAIAdapter(v, client) for n, v in CONFIG.vendors.items()}
+    handler = RequestHandler(
+        Router(CONFIG, {}.get),
+        Dispatcher(adapters, {n: KeyPool(["k"]) for n in CONFIG.vendors}, sink.health),
+        PriceSheet.from_config(CONFIG.models),
+        sink,
+        budget=lambda tenant: BudgetDecision(
+            action="degrade", reason="budget_80pct", remaining_usd=1.0
+        ),
+    )
+    streamed, whole = envelope(stream=True, key="s"), envelope(key="w")
+    await handler.handle(streamed)
+    await handler.handle(whole)
+    events = sink.for_(streamed.correlation_id)
+    assert (events[0].kind, events[0].body, events[0].degraded) == ("chunk", None, "budget_80pct")
+    assert [e.kind for e in events[1:]][-1] == "final" and all(e.body for e in events[1:-1])
+    assert [e.kind for e in sink.for_(whole.correlation_id)] == ["final"]
