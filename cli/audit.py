@@ -7,7 +7,9 @@ import asyncio
 from datetime import UTC, datetime
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from cli.report import read_topic
 from schemas.envelope import AuditEvent
@@ -32,7 +34,8 @@ def audit_table(events: list[AuditEvent]) -> Table:
         if ev.config_sha256:
             what = f"config sha256:{ev.config_sha256[:12]}…"
         kind = ev.kind if ev.repeats == 1 else f"{ev.kind} (x{ev.repeats})"
-        table.add_row(when, kind, f"{ev.role} {ev.instance}", who, origin, what)
+        cells = (when, kind, f"{ev.role} {ev.instance}", who, origin, what)
+        table.add_row(*(Text(cell) for cell in cells))  # data, never read as markup
     return table
 
 
@@ -42,12 +45,14 @@ def run(bootstrap: str, topic: str, kind: str | None, last: int) -> None:
         console = Console(width=170)  # piped to a file or a pager: every column whole
     read = asyncio.run(read_topic(bootstrap, topic, 1, AuditEvent))
     if read.unreadable:
-        console.print(f"[yellow]{read.unreadable} unreadable events on {topic} skipped[/yellow]")
+        console.print(
+            f"[yellow]{read.unreadable} unreadable events on {escape(topic)} skipped[/yellow]"
+        )
     events = read.events
     if kind:
         events = [e for e in events if e.kind == kind]
     events = sorted(events, key=lambda e: e.ts_ms)[-last:] if last > 0 else events
     if not events:
-        console.print(f"no audit events on {topic}" + (f" of kind {kind}" if kind else ""))
+        console.print(escape(f"no audit events on {topic}" + (f" of kind {kind}" if kind else "")))
         return
     console.print(audit_table(events))

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from schemas.config import ConfigError, RelayConfig, hash_key, load_config
 from schemas.settings import Settings
@@ -35,7 +36,7 @@ def _settings(config: Path | None) -> Settings:
     except ValidationError as exc:
         for err in exc.errors():
             name = "RELAY_" + "_".join(str(p) for p in err["loc"]).upper()
-            console.print(f"[red]environment: {name}: {err['msg']}[/red]")
+            console.print(f"[red]environment: {name}: {escape(str(err['msg']))}[/red]")
         raise typer.Exit(2) from None
     if config is not None:
         settings.config = config
@@ -64,7 +65,9 @@ def _on_kafka(bootstrap: str, missing: str = "nothing there yet") -> Iterator[No
     try:
         yield
     except TopicMissing as exc:
-        console.print(f"[red]{exc}: {missing} (or RELAY_TOPIC_PREFIX names another)[/red]")
+        console.print(
+            f"[red]{escape(str(exc))}: {missing} (or RELAY_TOPIC_PREFIX names another)[/red]"
+        )
         raise typer.Exit(1) from None
     except KafkaError as exc:
         console.print(
@@ -78,7 +81,7 @@ def _bootstrap(settings: Settings) -> str:
     try:
         return settings.bootstrap()
     except RuntimeError as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(2) from None
 
 
@@ -86,7 +89,7 @@ def _config(settings: Settings) -> RelayConfig:
     try:
         return load_config(settings.config)
     except ConfigError as exc:
-        console.print(f"[red]bad config[/red]\n{exc}")
+        console.print(f"[red]bad config[/red]\n{escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -102,19 +105,21 @@ def broker() -> None:
     kafka = EmbeddedKafka(settings.data_dir / "kafka", jvm_opts=settings.jvm_opts())
 
     def _interrupt(*_: object) -> None:
-        raise KeyboardInterrupt  # SIGTERM while starting: stop Java too, as on Ctrl-C
+        raise KeyboardInterrupt  # SIGTERM/SIGHUP while starting: stop Java, as on Ctrl-C
 
+    # Java runs in its own session: a closed terminal's SIGHUP must stop it through here.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     try:
         with console.status("starting Apache Kafka (first run fetches it with mvn)…"):
             bootstrap = kafka.start()
             asyncio.run(ensure_topics(bootstrap, Topics(settings.topic_prefix).all()))
     except BrokerError as exc:
-        console.print(f"[red]broker: {exc}[/red]")
+        console.print(f"[red]broker: {escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     except KafkaError as exc:
         kafka.stop()
-        console.print(f"[red]broker: Kafka started but took no topics: {exc}[/red]")
+        console.print(f"[red]broker: Kafka started but took no topics: {escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         kafka.stop()  # Java runs in its own session: nobody else would stop it
@@ -126,8 +131,8 @@ def broker() -> None:
     def _stop(*_: object) -> None:
         stop["now"] = True
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _stop)
     while not stop["now"] and kafka.proc and kafka.proc.poll() is None:
         time.sleep(0.2)
     died = not stop["now"]

@@ -20,8 +20,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
 from schemas.envelope import UsageEvent
 from tables.recent import RecentIds
@@ -212,9 +214,9 @@ def table(rows: dict[str, Totals], by: str) -> Table:
     return t
 
 
-def _cells(name: str, r: Totals) -> list[str]:
+def _cells(name: str, r: Totals) -> list[str | Text]:
     return [
-        name, str(r.requests), str(r.errors), f"{r.latency_ms / max(1, r.requests):.0f}",
+        Text(name), str(r.requests), str(r.errors), f"{r.latency_ms / max(1, r.requests):.0f}",
         f"{r.input_tokens}/{r.output_tokens}",
         f"{r.cost:.6f}", f"{r.direct:.6f}", f"{r.save_rate:.1%}", str(r.cache_hits),
         str(r.coalesced), str(r.batched), str(r.batch_api), str(r.degraded),
@@ -302,7 +304,7 @@ def run(
         try:
             draw(ledger.minutes, png)
         except ValueError as err:
-            console.print(f"[red]no chart: {err}[/red]")
+            console.print(f"[red]no chart: {escape(str(err))}[/red]")
             return
         console.print(f"chart: {png}")
 

@@ -1,8 +1,8 @@
 """`relay up`: start every part as a child process, report where they are, stop them all.
 
-Children run in their own sessions so that one Ctrl-C (or SIGTERM) reaches the supervisor,
-which then stops them in stages (gateway and worker, then broker, then simulator) and
-waits for each, leaving no orphans.
+Children run in their own sessions so that one Ctrl-C (or SIGTERM, or SIGHUP when the
+terminal closes) reaches the supervisor, which then stops them in stages (gateway and
+worker, then broker, then simulator) and waits for each, leaving no orphans.
 """
 
 from __future__ import annotations
@@ -19,11 +19,14 @@ from pathlib import Path
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 
 from schemas.config import RelayConfig, hash_key
 from schemas.settings import Settings
 
 console = Console(stderr=True)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+BROKER_STOP_S = 30.0  # `relay broker` waits up to 20 s for Kafka to close its logs
 
 
 class Supervisor:
@@ -31,16 +34,20 @@ class Supervisor:
         self.settings = settings
         self.config = config
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.reused_broker: str | None = None  # a `relay broker` this run uses, not its own
         self.env = dict(os.environ)
         self.env["RELAY_CONFIG"] = str(settings.config)
         self.env["RELAY_DATA_DIR"] = str(settings.data_dir)
         self.logs = settings.data_dir / "logs"
+        self._log_starts: dict[str, int] = {}  # where each child's output begins in its log
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = open(self.logs / f"{name}.log", "ab")
+        self._log_starts[name] = log.tell()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", *args],
+            # -P: the relay's own modules, never a cli.py or schemas/ in the working dir
+            [sys.executable, "-P", "-m", "cli.main", *args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -54,12 +61,29 @@ class Supervisor:
         while time.monotonic() < deadline:
             for name, proc in self.children:
                 if proc.poll() is not None:
-                    tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
-                    raise SystemExit(f"{name} exited ({proc.returncode}):\n{tail}")
+                    raise SystemExit(f"{name} exited ({proc.returncode}):\n{self._tail(name)}")
             if ready():  # type: ignore[operator]
                 return
             time.sleep(0.2)
         raise SystemExit(f"{what} not ready after {timeout_s:.0f}s; see {self.logs}")
+
+    def _tail(self, name: str) -> str:
+        """The end of what this run's ``name`` wrote (its log also holds earlier runs')."""
+        with open(self.logs / f"{name}.log", "rb") as log:
+            log.seek(self._log_starts.get(name, 0))
+            return log.read().decode(errors="replace")[-2000:]
+
+    def _stopped(self) -> str | None:
+        """What stopped on its own, if anything: a child, or a broker this run reused."""
+        for name, proc in self.children:
+            if proc.poll() is not None:
+                return (
+                    f"{name} stopped on its own ({proc.returncode}); see "
+                    f"{self.logs / (name + '.log')}"
+                )
+        if self.reused_broker and not _answers(self.reused_broker):
+            return f"the Kafka broker at {self.reused_broker} (`relay broker`) stopped"
+        return None
 
     def start(self) -> None:
         s = self.settings
@@ -91,6 +115,7 @@ class Supervisor:
             # `relay broker` already runs on this data directory: use it (a second broker
             # on the same files would break the first).
             console.print(f"using the embedded Kafka already running at {running}")
+            self.reused_broker = running
         elif not s.kafka_bootstrap:
             addr.unlink(missing_ok=True)  # a stale one, from a broker that is gone
             with console.status("starting Apache Kafka (the first run fetches it with mvn)…"):
@@ -99,15 +124,15 @@ class Supervisor:
         with console.status("starting worker and gateway…"):
             self.spawn("worker", "worker")
             self.spawn("gateway", "gateway")
-            self.url = f"http://{s.host}:{s.port}"
+            self.url = f"http://{_connectable(s.host)}:{s.port}"
             self._wait("relay", lambda: _get(f"{self.url}/readyz") == 200, timeout_s=120)
 
     def run(self) -> int:
         """Start everything and wait; the exit code: 0 when stopped on request (Ctrl-C,
         SIGTERM), 1 when a part failed to start or stopped on its own."""
         interrupt = lambda *_: (_ for _ in ()).throw(KeyboardInterrupt())  # noqa: E731
-        signal.signal(signal.SIGTERM, interrupt)
-        signal.signal(signal.SIGINT, interrupt)  # even when started with SIGINT ignored
+        for sig in STOP_SIGNALS:  # SIGINT even when started with it ignored
+            signal.signal(sig, interrupt)
         failed = False
         try:
             self.start()
@@ -130,15 +155,14 @@ class Supervisor:
                 flush=True,
             )
             console.print(f"logs in {self.logs}; Ctrl-C stops everything")
-            while all(p.poll() is None for _, p in self.children):
+            while (stopped := self._stopped()) is None:
                 time.sleep(0.5)
-            dead = [n for n, p in self.children if p.poll() is not None]
-            console.print(f"[red]{', '.join(dead)} stopped; shutting down[/red]")
+            console.print(f"[red]{escape(stopped)}; shutting down[/red]")
             failed = True
         except KeyboardInterrupt:
             pass
         except SystemExit as exc:
-            console.print(f"[red]{exc}[/red]")
+            console.print(f"[red]{escape(str(exc))}[/red]")
             failed = True
         finally:
             self.stop()
@@ -149,13 +173,16 @@ class Supervisor:
         answers and meters what it took, which needs the broker and the vendor still up.
         Then the broker, then the simulator.  A second Ctrl-C does not cut this short;
         each stage is bounded and a part that hangs is killed."""
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         # Long enough for a worker to finish what it took (RELAY_WORKER_DRAIN_S) and for
-        # Kafka to close its logs, before anything is killed outright.
+        # Kafka to close its logs (which `relay broker` gives up to 20 s), before anything
+        # is killed outright: a killed `relay broker` would leave its Java running.
         patience = self.settings.worker_drain_s + 10
         stages = [("gateway", "worker"), ("broker",), ("simulator",)]
         for stage in stages:
+            if stage == ("broker",):
+                patience = max(patience, BROKER_STOP_S)
             procs = [p for name, p in self.children if name in stage]
             for proc in procs:
                 if proc.poll() is None:
@@ -168,11 +195,21 @@ class Supervisor:
                     proc.wait()
 
 
+def _connectable(host: str) -> str:
+    """``host`` as a URL's host to reach a server bound there: a wildcard address is
+    reached on loopback, and an IPv6 address goes in brackets."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
 def _answers(bootstrap: str) -> bool:
     """Whether something listens at ``host:port``."""
     host, _, port = bootstrap.rpartition(":")
     try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=0.5):
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=0.5):
             return True
     except (OSError, ValueError):
         return False
@@ -180,8 +217,7 @@ def _answers(bootstrap: str) -> bool:
 
 def _free(host: str, port: int, what: str, setting: str) -> None:
     """Refuse to start when something already listens on the port ``what`` needs."""
-    where = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-    if _answers(f"{where}:{port}"):
+    if _answers(f"{_connectable(host)}:{port}"):
         raise SystemExit(
             f"port {port} ({what}) is already in use — another `relay up`? "
             f"Stop it, or choose another port ({setting})"

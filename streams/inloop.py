@@ -17,6 +17,7 @@ import asyncio
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TransportT
 from mode.threads import ServiceThread
@@ -32,6 +33,8 @@ class _SameLoop:
 
     def start(self) -> None:
         self.task = asyncio.ensure_future(self.service._serve(), loop=self.service.parent_loop)
+        # _serve re-raises what crashed the service, which mode has already reported.
+        self.task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def stop(self) -> None:
         """The serving task ends by itself once the service has stopped."""
@@ -44,12 +47,41 @@ class InLoopConsumerThread(driver.AIOKafkaConsumerThread):
         loop = consumer.loop
         super().__init__(consumer, loop=loop, thread_loop=loop, Worker=_SameLoop, **kwargs)
 
+    _closing: asyncio.Future[None] | None = None
+
     async def call_thread(self, fun: Any, *args: Any, **kwargs: Any) -> Any:
         return await maybe_async(fun(*args, **kwargs))
+
+    async def on_thread_started(self) -> None:
+        """No method queue to start: calls are awaited, not queued."""
+
+    async def _keepalive2(self) -> None:
+        """mode watches that the thread's loop still turns; there is no thread to watch."""
+
+    def close(self) -> None:
+        """Faust closes the consumer this way on a rebalance during shutdown, which marks
+        it closed without stopping its fetcher; a thread's loop took the fetcher down
+        with it, the worker's must stop it."""
+        consumer = self._consumer
+        if consumer is not None and self._closing is None:
+            consumer._closed = True  # at once, as Faust's close: no more fetches handed out
+            self._closing = asyncio.ensure_future(_close(consumer))
+
+    async def on_thread_stop(self) -> None:
+        await super().on_thread_stop()
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
 
     async def _gather_remaining_tasks(self) -> None:
         """mode cancels every task left on the thread's loop, which is the worker's here:
         the consumer's own tasks were stopped with it, and the rest are not its to cancel."""
+
+
+async def _close(consumer: AIOKafkaConsumer) -> None:
+    """What ``AIOKafkaConsumer.stop`` does once it is marked closed."""
+    await consumer._coordinator.close()
+    await consumer._fetcher.close()
+    await consumer._client.close()
 
 
 class InLoopConsumer(driver.Consumer):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 import yaml
 
 from tests.support.stack import free_port
@@ -19,7 +20,11 @@ from tests.support.stack import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_relay_up_prints_lines_serves_and_stops_cleanly(kafka_bootstrap: str, tmp_path: Path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hangup"])
+def test_relay_up_prints_lines_serves_and_stops_cleanly(
+    kafka_bootstrap: str, tmp_path: Path, stop: signal.Signals
+):
+    """Ctrl-C, or the terminal closing (SIGHUP), stops every child."""
     sim_port, gw_port = free_port(), free_port()
     cfg = yaml.safe_load((ROOT / "relay.example.yaml").read_text())
     cfg["simulator"] = {"port": sim_port}
@@ -66,7 +71,7 @@ def test_relay_up_prints_lines_serves_and_stops_cleanly(kafka_bootstrap: str, tm
         )
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
     finally:
-        up.send_signal(signal.SIGINT)
+        up.send_signal(stop)
         up.wait(60)
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"orphans left: {[p.cmdline() for p in alive]}"

@@ -68,3 +68,45 @@ async def test_agent_reads_a_topic_without_a_consumer_thread_and_stops_cleanly(
         await asyncio.wait_for(app.stop(), 30)
     assert not bystander.done()
     bystander.cancel()
+
+
+async def test_a_consumer_closed_during_shutdown_leaves_no_fetcher_on_the_loop(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Faust closes the consumer this way on a rebalance while stopping; on a thread its
+    loop took the fetcher down with it, here the fetcher must stop on its own."""
+    name = f"inloop-close-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+    app = RelayApp(
+        name,
+        broker=f"kafka://{kafka_bootstrap}",
+        datadir=str(tmp_path),
+        store="memory://",
+        web_enabled=False,
+    )
+    topic = app.topic(name, key_serializer="raw", value_serializer="raw")
+
+    async def reader(stream: object) -> None:
+        async for _ in stream:  # type: ignore[attr-defined]
+            pass
+
+    app.agent(topic, name="reader")(reader)
+    before = set(asyncio.all_tasks())
+    await app.start()
+    for _ in range(300):
+        if app.consumer.assignment():
+            break
+        await asyncio.sleep(0.1)
+    aiokafka_consumer = app.consumer._thread._consumer  # type: ignore[attr-defined]
+    app.consumer.close()
+    await asyncio.wait_for(app.stop(), 30)
+    await asyncio.sleep(0.5)
+    assert aiokafka_consumer._fetcher._closed
+    left = [t for t in asyncio.all_tasks() - before if not t.done()]
+    left = [t for t in left if t is not asyncio.current_task()]
+    assert not [t for t in left if "Fetcher" in repr(t.get_coro())], left
