@@ -181,16 +181,22 @@ class RequestHandler:
         return Outcome(candidate=cand, body=body, usage=entry.usage, cached=True)
 
     def _apart(self, env: RequestEnvelope) -> str:
-        """What keeps a request out of another tenant's flight (tenants share one under
-        a global cache scope): a flight may be routed to the alias's ``degrade_to`` under
-        rate pressure, which a tenant held to some models may not use."""
+        """What keeps a request out of a flight it must not share: another tenant's
+        (tenants share one under a global cache scope) when the flight may be routed to
+        the alias's ``degrade_to`` under rate pressure, which a tenant held to some models
+        may not use; and, for a canary sticky per user, a flight of the other version."""
         try:
             spec = self.router.spec(env.alias)
         except RelayError:  # an alias this worker does not know: the flight will say so
             return ""
-        if spec.degrade_after_wait_ms is None or not spec.degrade_to:
-            return ""
-        return "" if self.router.may_use(env.tenant, spec.degrade_to) else ":undegradable"
+        apart = ""
+        if spec.degrade_after_wait_ms is not None and spec.degrade_to:
+            if not self.router.may_use(env.tenant, spec.degrade_to):
+                apart += ":undegradable"
+        if spec.canary and spec.canary.sticky and env.user:
+            canary = self.router.in_canary(env.alias, spec, env.user)
+            apart += ":canary" if canary else ":stable"
+        return apart
 
     async def _deferred(self, env: RequestEnvelope) -> bool:
         """Background chat goes to the batch-API lane when a candidate's vendor has one,
@@ -427,10 +433,19 @@ class RequestHandler:
             return None
         if flight.degraded_for(leader):
             return None  # a cheaper model's answer must not be served later as the alias's
+        if self._canary_answered(leader, out.candidate):
+            return None  # nor a canary's to users of the stable version
         if not storable(out.body, flight.chunks):
             return None
         entry = _entry(out.candidate, out.usage, body=out.body, chunks=list(flight.chunks))
         return asyncio.ensure_future(self.sink.cache(leader.prompt_hash, entry, leader.cache_ttl_s))
+
+    def _canary_answered(self, env: RequestEnvelope, candidate: Candidate) -> bool:
+        try:
+            canary = self.router.spec(env.alias).canary
+        except RelayError:
+            return False
+        return canary is not None and canary.candidate == candidate
 
     async def _fail(
         self,

@@ -23,9 +23,7 @@ def paid(**extra: Any):  # type: ignore[no-untyped-def]
             kind="final",
             body=body,
             usage=Usage(input_tokens=3, output_tokens=1),
-            vendor="sim-openai",
-            model="gpt-4o-mini",
-            **extra,
+            **{"vendor": "sim-openai", "model": "gpt-4o-mini", **extra},
         )
         return [(0.0, final)]
 
@@ -69,4 +67,19 @@ async def test_an_answer_a_content_filter_cut_is_not_kept() -> None:
             answer = await http.post("/v1/chat/completions", json=BODY)
             assert answer.headers["x-relay-cache"] == "miss"
             assert answer.json()["choices"][0]["finish_reason"] == "content_filter"
+    assert len(bus.published) == 2
+
+
+async def test_a_canarys_answer_is_not_kept_for_users_of_the_stable_version() -> None:
+    from schemas.config import Canary, Candidate, load_config
+    from tests.support.gateway import EXAMPLE
+
+    config = load_config(EXAMPLE)
+    canary = Candidate(vendor="sim-openai", model="gpt-4o-mini-next")
+    config.models["gpt-4o-mini"].canary = Canary(candidate=canary, percent=10)
+    app, bus = gateway_app(paid(model="gpt-4o-mini-next"), config)
+    async with client(app) as http:
+        for _ in range(2):
+            answer = await http.post("/v1/chat/completions", json=BODY)
+            assert answer.headers["x-relay-cache"] == "miss"
     assert len(bus.published) == 2

@@ -969,3 +969,43 @@ async def test_a_budget_degraded_stream_is_told_so_before_its_first_token():
     assert (events[0].kind, events[0].body, events[0].degraded) == ("chunk", None, "budget_80pct")
     assert [e.kind for e in events[1:]][-1] == "final" and all(e.body for e in events[1:-1])
     assert [e.kind for e in sink.for_(whole.correlation_id)] == ["final"]
+
+
+CANARY = RelayConfig.model_validate(
+    {
+        "vendors": CONFIG.model_dump()["vendors"],
+        "models": {
+            "m": {
+                "candidates": [{"vendor": "a", "model": "stable"}],
+                "canary": {"candidate": {"vendor": "b", "model": "next"}, "percent": 50},
+            }
+        },
+        "tenants": {"t": {}},
+    }
+)
+
+
+async def test_a_sticky_canary_is_never_shared_with_users_of_the_stable_version():
+    """Identical prompts from a canary user and a stable user fly apart, each to its own
+    version, and only the stable version's answer is kept for the cache."""
+    router = Router(CANARY, {}.get)
+    spec = CANARY.models["m"]
+    users = [f"user-{i}" for i in range(100)]
+    in_canary = next(u for u in users if router.in_canary("m", spec, u))
+    in_stable = next(u for u in users if not router.in_canary("m", spec, u))
+    calls: list[str] = []
+    client = vendor(calls)
+    sink = Sink()
+    adapters: dict[str, Any] = {n: OpenAIAdapter(v, client) for n, v in CANARY.vendors.items()}
+    handler = RequestHandler(
+        router,
+        Dispatcher(adapters, {n: KeyPool(["k"]) for n in CANARY.vendors}, sink.health),
+        PriceSheet.from_config(CANARY.models),
+        sink,
+    )
+    envs = [envelope(key="same", user=in_canary), envelope(key="same", user=in_stable)]
+    await asyncio.gather(*(handler.handle(e) for e in envs))
+    assert sorted(calls) == ["a", "b"], "one call per version"
+    finals = [sink.for_(e.correlation_id)[-1] for e in envs]
+    assert [(f.vendor, f.coalesced) for f in finals] == [("b", False), ("a", False)]
+    assert sink.written["same"].vendor == "a", "the stable answer alone is cached"
