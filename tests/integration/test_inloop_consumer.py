@@ -14,25 +14,31 @@ from mode.threads import WorkerThread
 from streams.inloop import RelayApp
 
 
-async def test_agent_reads_a_topic_without_a_consumer_thread_and_stops_cleanly(
-    kafka_bootstrap: str, tmp_path: Path
-) -> None:
+async def app_on_new_topic(bootstrap: str, datadir: Path, partitions: int) -> RelayApp:
+    """A RelayApp, and a topic named as it is with ``partitions`` partitions."""
     name = f"inloop-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, num_partitions=2, replication_factor=1)])
+        await admin.create_topics([NewTopic(name, partitions, replication_factor=1)])
     finally:
         await admin.close()
-    app = RelayApp(
+    return RelayApp(
         name,
-        broker=f"kafka://{kafka_bootstrap}",
-        datadir=str(tmp_path),
+        broker=f"kafka://{bootstrap}",
+        datadir=str(datadir),
         store="memory://",
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
-        topic_partitions=2,
+        topic_partitions=partitions,
     )
+
+
+async def test_agent_reads_a_topic_without_a_consumer_thread_and_stops_cleanly(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    app = await app_on_new_topic(kafka_bootstrap, tmp_path, partitions=2)
+    name = app.conf.id
     topic = app.topic(name, key_serializer="raw", value_serializer="raw")
     received: list[bytes] = []
     got_all = asyncio.Event()
@@ -75,20 +81,8 @@ async def test_a_consumer_closed_during_shutdown_leaves_no_fetcher_on_the_loop(
 ) -> None:
     """Faust closes the consumer this way on a rebalance while stopping; on a thread its
     loop took the fetcher down with it, here the fetcher must stop on its own."""
-    name = f"inloop-close-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
-    finally:
-        await admin.close()
-    app = RelayApp(
-        name,
-        broker=f"kafka://{kafka_bootstrap}",
-        datadir=str(tmp_path),
-        store="memory://",
-        web_enabled=False,
-    )
+    app = await app_on_new_topic(kafka_bootstrap, tmp_path, partitions=1)
+    name = app.conf.id
     topic = app.topic(name, key_serializer="raw", value_serializer="raw")
 
     async def reader(stream: object) -> None:

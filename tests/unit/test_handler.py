@@ -107,18 +107,25 @@ def vendor(calls: list[str], *, fail_a: bool = False, delay: float = 0.05) -> ht
     return httpx.AsyncClient(transport=httpx.MockTransport(handle))
 
 
-def make(client: httpx.AsyncClient) -> tuple[RequestHandler, Sink]:
+def make(
+    client: httpx.AsyncClient, config: RelayConfig = CONFIG, **handler_kw: Any
+) -> tuple[RequestHandler, Sink]:
     sink = Sink()
-    adapters: dict[str, Any] = {n: OpenAIAdapter(v, client) for n, v in CONFIG.vendors.items()}
-    pools = {n: KeyPool(["k"]) for n in CONFIG.vendors}
+    adapters: dict[str, Any] = {n: OpenAIAdapter(v, client) for n, v in config.vendors.items()}
+    pools = {n: KeyPool(["k"]) for n in config.vendors}
     health: dict[str, Any] = {}
     handler = RequestHandler(
-        Router(CONFIG, health.get),
+        Router(config, health.get),
         Dispatcher(adapters, pools, sink.health),
-        PriceSheet.from_config(CONFIG.models),
+        PriceSheet.from_config(config.models),
         sink,
+        **handler_kw,
     )
     return handler, sink
+
+
+def at_80_percent(tenant: str) -> BudgetDecision:
+    return BudgetDecision(action="degrade", reason="budget_80pct", remaining_usd=1.0)
 
 
 def envelope(
@@ -926,17 +933,7 @@ async def test_a_budget_degraded_request_that_fails_is_still_flagged_in_the_ledg
         return httpx.Response(503, json={"error": {"message": "down"}})
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(down))
-    sink = Sink()
-    adapters: dict[str, Any] = {n: OpenAIAdapter(v, client) for n, v in CONFIG.vendors.items()}
-    handler = RequestHandler(
-        Router(CONFIG, {}.get),
-        Dispatcher(adapters, {n: KeyPool(["k"]) for n in CONFIG.vendors}, sink.health),
-        PriceSheet.from_config(CONFIG.models),
-        sink,
-        budget=lambda tenant: BudgetDecision(
-            action="degrade", reason="budget_80pct", remaining_usd=1.0
-        ),
-    )
+    handler, sink = make(client, budget=at_80_percent)
     envs = [envelope(key="degraded-down") for _ in range(2)]
     await asyncio.gather(*(handler.handle(e) for e in envs))
     assert [sink.for_(e.correlation_id)[-1].kind for e in envs] == ["error", "error"]
@@ -951,17 +948,7 @@ async def test_a_budget_degraded_stream_is_told_so_before_its_first_token():
     slow first token still sends x-relay-degraded; a non-streamed answer needs none."""
     calls: list[str] = []
     client = vendor(calls)
-    sink = Sink()
-    adapters: dict[str, Any] = {n: OpenAIAdapter(v, client) for n, v in CONFIG.vendors.items()}
-    handler = RequestHandler(
-        Router(CONFIG, {}.get),
-        Dispatcher(adapters, {n: KeyPool(["k"]) for n in CONFIG.vendors}, sink.health),
-        PriceSheet.from_config(CONFIG.models),
-        sink,
-        budget=lambda tenant: BudgetDecision(
-            action="degrade", reason="budget_80pct", remaining_usd=1.0
-        ),
-    )
+    handler, sink = make(client, budget=at_80_percent)
     streamed, whole = envelope(stream=True, key="s"), envelope(key="w")
     await handler.handle(streamed)
     await handler.handle(whole)
@@ -994,15 +981,7 @@ async def test_a_sticky_canary_is_never_shared_with_users_of_the_stable_version(
     in_canary = next(u for u in users if router.in_canary("m", spec, u))
     in_stable = next(u for u in users if not router.in_canary("m", spec, u))
     calls: list[str] = []
-    client = vendor(calls)
-    sink = Sink()
-    adapters: dict[str, Any] = {n: OpenAIAdapter(v, client) for n, v in CANARY.vendors.items()}
-    handler = RequestHandler(
-        router,
-        Dispatcher(adapters, {n: KeyPool(["k"]) for n in CANARY.vendors}, sink.health),
-        PriceSheet.from_config(CANARY.models),
-        sink,
-    )
+    handler, sink = make(vendor(calls), CANARY)
     envs = [envelope(key="same", user=in_canary), envelope(key="same", user=in_stable)]
     await asyncio.gather(*(handler.handle(e) for e in envs))
     assert sorted(calls) == ["a", "b"], "one call per version"
