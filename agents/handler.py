@@ -433,19 +433,12 @@ class RequestHandler:
             return None
         if flight.degraded_for(leader):
             return None  # a cheaper model's answer must not be served later as the alias's
-        if self._canary_answered(leader, out.candidate):
+        if self.router.spec(leader.alias).is_canary(out.candidate.vendor, out.candidate.model):
             return None  # nor a canary's to users of the stable version
         if not storable(out.body, flight.chunks):
             return None
         entry = _entry(out.candidate, out.usage, body=out.body, chunks=list(flight.chunks))
         return asyncio.ensure_future(self.sink.cache(leader.prompt_hash, entry, leader.cache_ttl_s))
-
-    def _canary_answered(self, env: RequestEnvelope, candidate: Candidate) -> bool:
-        try:
-            canary = self.router.spec(env.alias).canary
-        except RelayError:
-            return False
-        return canary is not None and canary.candidate == candidate
 
     async def _fail(
         self,

@@ -384,8 +384,7 @@ class Relay:
         if not env.cache_ttl_s or final.vendor is None or final.degraded:
             return  # a degraded (cheaper) answer is not the alias's answer to keep
         spec = self.config.models.get(env.alias)
-        canary = spec.canary.candidate if spec and spec.canary else None
-        if canary and (canary.vendor, canary.model) == (final.vendor, final.model):
+        if spec and spec.is_canary(final.vendor, final.model):
             return  # nor a canary's, for users of the stable version
         if final.cache_hit or not storable(body, chunks):
             return  # a worker's L2 hit may be near its end: not kept a whole TTL more

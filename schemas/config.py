@@ -94,6 +94,12 @@ class ModelAlias(Strict):
     def ttl_seconds(self) -> int:
         return ttl_seconds(self.cache_ttl)
 
+    def is_canary(self, vendor: str | None, model: str | None) -> bool:
+        """Whether ``vendor``/``model`` is this alias's canary (whose answers are never
+        cached: users of the stable version must not be served them)."""
+        c = self.canary.candidate if self.canary else None
+        return c is not None and (c.vendor, c.model) == (vendor, model)
+
 
 class RelayKey(Strict):
     id: str
