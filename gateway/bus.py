@@ -22,14 +22,11 @@ from gateway.audit import AUDIT_WINDOW_S, AuditTrail
 from schemas.envelope import AuditEvent, AuditKind, ReplyEvent, RequestEnvelope, UsageEvent
 from schemas.errors import NoHealthyVendor, RelayError, RequestTooLarge
 from streams.codec import encode
+from streams.producers import background_producer
 from streams.topics import MAX_MESSAGE_BYTES, Topics, ensure_topics
 
 log = logging.getLogger("relay.gateway")
 TOO_LARGE = "the request is larger than the relay's broker takes in one message"
-# Ledger and audit lines wait up to this long to share a produce request.  The spend
-# agent folds the ledger every 250 ms anyway; at 60 requests/s one line per request cost
-# the broker and the worker (which reads the ledger back) ~2 ms of CPU per request more.
-LEDGER_LINGER_MS = 250
 UNQUEUED = "the relay could not queue the request; try again shortly"
 
 
@@ -62,14 +59,7 @@ class Bus:
             request_timeout_ms=10000,
             max_request_size=MAX_MESSAGE_BYTES,
         )
-        # Ledger lines are not on anyone's critical path: let them batch for a moment.
-        # Idempotent, so a send retried after a timeout is not a second ledger line.
-        self.ledger = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            linger_ms=LEDGER_LINGER_MS,
-            acks="all",
-            enable_idempotence=True,
-        )
+        self.ledger = background_producer(bootstrap)  # ledger and audit lines
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=None,

@@ -47,6 +47,7 @@ from schemas.settings import Settings
 from streams import metrics
 from streams.app import make_app
 from streams.codec import M, decode, encode
+from streams.producers import background_producer
 from streams.topics import Topics
 from tables.batches import BatchStore
 from tables.buckets import PriorityGate, TokenBucket
@@ -58,7 +59,6 @@ from tables.prices import PriceSheet
 from tables.recent import RecentIds
 
 log = logging.getLogger("relay.worker")
-BACKGROUND_LINGER_MS = 250  # ledger/audit/dead letters: see gateway.bus.LEDGER_LINGER_MS
 HEALTH_WINDOW_S = 0.2
 SPEND_BATCH = 500  # ledger lines folded into the spend table per write, at most
 SPEND_WINDOW_S = 0.25  # ...and at most this long after the first of them
@@ -112,12 +112,7 @@ class KafkaSink:
         if self._background is None:
             async with self._starting:
                 if self._background is None:
-                    producer = AIOKafkaProducer(
-                        bootstrap_servers=self.bootstrap,
-                        linger_ms=BACKGROUND_LINGER_MS,
-                        acks="all",
-                        enable_idempotence=True,  # a retried send is not a second line
-                    )
+                    producer = background_producer(self.bootstrap)
                     await producer.start()
                     self._background = producer
         await self._background.send(topic, value, key=key)
