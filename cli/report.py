@@ -130,10 +130,8 @@ async def read_ledger(bootstrap: str, topic: str, partitions: int) -> Read[Usage
     """Every event on the ledger, each once: a line a producer sent twice (a retry after
     a lost acknowledgement) carries the same ``event_id``."""
     read = await read_topic(bootstrap, topic, partitions, UsageEvent)
-    once: dict[str, UsageEvent] = {}
-    for event in read.events:
-        once.setdefault(event.event_id, event)
-    return Read(list(once.values()), read.unreadable)
+    seen = RecentIds(len(read.events))  # room for every id: a repeat anywhere is dropped
+    return Read([e for e in read.events if seen.first_time(e.event_id)], read.unreadable)
 
 
 RECENT_IDS = 100_000  # event ids remembered to drop a line sent twice (retries are near)
