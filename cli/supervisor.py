@@ -2,7 +2,8 @@
 
 Children run in their own sessions so that one Ctrl-C (or SIGTERM, or SIGHUP when the
 terminal closes) reaches the supervisor, which then stops them in stages (gateway and
-worker, then broker, then simulator) and waits for each, leaving no orphans.
+worker, then broker, then simulator) and waits for each, leaving no orphans.  Should the
+supervisor itself be killed outright, the kernel stops each child (``streams.lifeline``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rich.markup import escape
 
 from schemas.config import RelayConfig, hash_key
 from schemas.settings import Settings
+from streams.lifeline import die_with_parent
 
 console = Console(stderr=True)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -52,6 +54,7 @@ class Supervisor:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(),  # a supervisor killed with -9 leaves no orphans
         )
         self.children.append((name, proc))
         return proc

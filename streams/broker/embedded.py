@@ -18,6 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
+from streams.lifeline import die_with_parent
+
 POM = Path(__file__).with_name("pom.xml")
 LOG4J = Path(__file__).with_name("log4j2.properties")
 
@@ -225,6 +227,7 @@ class EmbeddedKafka:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(),  # never outlives `relay broker`, a test run, a bench
         )
         self.port = port
         self._wait_ready(timeout_s)

@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import yaml
 
+from streams.lifeline import die_with_parent
+
 SIM_KEY = "sim-test-key"  # a made-up vendor key, only the simulator knows it
 DEMO_KEY = "rk-demo-relay-station-local"
 
@@ -64,6 +66,7 @@ def spawn(name: str, args: list[str], env: dict[str, str], logdir: Path) -> Proc
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         cwd=Path(__file__).resolve().parents[2],
+        preexec_fn=die_with_parent(),  # a test run killed outright leaves no relay behind
     )
     return Proc(name, popen, log)
 
