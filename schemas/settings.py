@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Annotated[
@@ -35,10 +35,11 @@ class Settings(BaseSettings):
     store_redis_url: str = ""
     topic_prefix: str = "relay"
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=1, le=65535)
     instance_id: str = ""
-    default_timeout_s: float = 120.0
-    worker_metrics_port: int = 0  # the worker's Prometheus /metrics, on `host`; 0: off
+    default_timeout_s: float = Field(120.0, gt=0)
+    # The worker's Prometheus /metrics, on `host`; 0: off.
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
     # When set, /metrics (gateway and worker) asks for `Authorization: Bearer <token>`:
     # it names every tenant and its spend, so a public gateway port should not show it.
     metrics_token: SecretStr | None = None
@@ -48,25 +49,47 @@ class Settings(BaseSettings):
     public_url: str = ""
     log_level: LogLevel = "warning"  # of worker and gateway
     demo_key: str = "rk-demo-relay-station-local"
-    cache_stale_s: float = 3600.0  # how long L2 keeps an answer past its TTL (cache_only)
-    workers: int = 1  # workers sharing the RPM/TPM limits: each enforces limit / workers
+    # How long L2 keeps an answer past its TTL (cache_only).
+    cache_stale_s: float = Field(3600.0, ge=0)
+    # Workers sharing the RPM/TPM limits: each enforces limit / workers.
+    workers: int = Field(1, ge=1)
     # With no worker in the requests consumer group for this long, the gateway answers 503
     # at once instead of queueing requests nobody takes (cache hits are still served).
-    worker_grace_s: float = 15.0
+    worker_grace_s: float = Field(15.0, ge=0)
     # Request bodies above this are refused with 413 before they are read (32 MiB, as
     # Anthropic's Messages API; an image-heavy chat rarely comes near it).
-    max_body_bytes: int = 32 * 1024 * 1024
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)
     # Requests refused for a missing or unknown relay key, per client address and minute,
     # before that address gets 429 instead of 401 (0: no limit).
-    auth_refusals_per_minute: int = 30
+    auth_refusals_per_minute: int = Field(30, ge=0)
     # How long a stopping worker lets the requests it already took finish (SIGTERM).
-    worker_drain_s: float = 30.0
+    worker_drain_s: float = Field(30.0, ge=0)
     # How long the Batch API keeps uploaded files, batches and their results.
-    batch_retention_s: int = 30 * 24 * 3600
+    batch_retention_s: int = Field(30 * 24 * 3600, ge=1)
     # JVM options of the embedded broker, replacing its defaults (serial GC, the JVM's
     # tiered JIT), e.g. "-XX:+UseSerialGC -XX:TieredStopAtLevel=1" for a broker that is
     # ready sooner but spends more CPU per message once warm.
     kafka_jvm_opts: str | None = None
+
+    @field_validator("data_dir")
+    @classmethod
+    def _a_directory(cls, path: Path) -> Path:
+        for place in (path, *path.parents):  # the nearest part that exists
+            if place.exists():
+                if not place.is_dir():
+                    raise ValueError(f"{place} is a file; give a directory (made if missing)")
+                break
+        return path
+
+    @field_validator("kafka_jvm_opts")
+    @classmethod
+    def _splits(cls, opts: str | None) -> str | None:
+        if opts is not None:
+            try:
+                shlex.split(opts)
+            except ValueError as exc:  # "No closing quotation"
+                raise ValueError(f"cannot split {opts!r} as a shell would: {exc}") from None
+        return opts
 
     def jvm_opts(self) -> list[str] | None:
         """``kafka_jvm_opts`` split as a shell would, or None for the broker's defaults."""

@@ -148,3 +148,37 @@ def test_the_batch_store_shares_the_cache_s_redis_unless_given_its_own() -> None
     assert shared.store_redis() == "redis://cache:6379/0"
     apart = Settings(redis_url="redis://cache:6379/0", store_redis_url="redis://store:6379/1")
     assert apart.store_redis() == "redis://store:6379/1"
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "says"),
+    [
+        ("RELAY_KAFKA_JVM_OPTS", "-Xmx1g '-Dunbalanced", "No closing quotation"),
+        ("RELAY_PORT", "70000", "less than or equal to 65535"),
+        ("RELAY_WORKERS", "0", "greater than or equal to 1"),
+        ("RELAY_DEFAULT_TIMEOUT_S", "0", "greater than 0"),
+    ],
+)
+def test_a_bad_setting_names_itself_and_what_is_wrong(monkeypatch, env, value, says) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    monkeypatch.setenv(env, value)
+    result = CliRunner().invoke(app, ["broker"])
+    assert result.exit_code == 2
+    assert f"environment: {env}" in result.output and says in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_data_dir_that_is_or_lies_under_a_file_is_refused(monkeypatch, tmp_path) -> None:
+    from pydantic import ValidationError
+
+    from schemas.settings import Settings
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for data_dir in (afile, afile / "below" / "it"):
+        with pytest.raises(ValidationError, match=f"{afile} is a file"):
+            Settings(data_dir=data_dir)
+    assert Settings(data_dir=tmp_path / "new" / "dir").data_dir == tmp_path / "new" / "dir"
