@@ -155,6 +155,7 @@ def worker(config: ConfigOpt = None) -> None:
     # third more CPU per request (its consumer thread gets a uvloop loop too).
     mode.loop.use("uvloop")
 
+    from streams.logs import quiet_repeats
     from streams.topics import Topics, ensure_topics
     from streams.wiring import build_worker
 
@@ -164,6 +165,7 @@ def worker(config: ConfigOpt = None) -> None:
     with _on_kafka(bootstrap):
         asyncio.run(ensure_topics(bootstrap, Topics(settings.topic_prefix).all()))
     faust_app = build_worker(settings, cfg, bootstrap)
+    quiet_repeats()  # a broker gone for a while: one line per kind of error, not sixty a second
     Worker(faust_app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
 
 
@@ -177,6 +179,7 @@ def gateway(
     import uvicorn
 
     from gateway.app import create_app
+    from streams.logs import quiet_repeats
 
     settings = _settings(config)
     cfg = _config(settings)
@@ -186,6 +189,7 @@ def gateway(
     fastapi_app = create_app(settings, cfg, bootstrap)
     level = settings.log_level.upper()
     logging.basicConfig(level=level, format=LOG_FORMAT)
+    quiet_repeats()
     uvicorn.run(
         fastapi_app,
         host=host or settings.host,

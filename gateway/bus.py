@@ -22,7 +22,8 @@ from gateway.audit import AUDIT_WINDOW_S, AuditTrail
 from schemas.envelope import AuditEvent, AuditKind, ReplyEvent, RequestEnvelope, UsageEvent
 from schemas.errors import NoHealthyVendor, RelayError, RequestTooLarge
 from streams.codec import encode
-from streams.producers import background_producer
+from streams.producers import BackgroundProducer
+from streams.stopping import stop_quietly
 from streams.topics import MAX_MESSAGE_BYTES, Topics, ensure_topics
 
 log = logging.getLogger("relay.gateway")
@@ -59,7 +60,7 @@ class Bus:
             request_timeout_ms=10000,
             max_request_size=MAX_MESSAGE_BYTES,
         )
-        self.ledger = background_producer(bootstrap)  # ledger and audit lines
+        self.ledger = BackgroundProducer(bootstrap)  # ledger and audit lines
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=None,
@@ -101,12 +102,13 @@ class Bus:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        # Each client is closed even when the one before could not reach the broker.
         if self._admin is not None:
-            await self._admin.close()
-        await self.consumer.stop()
-        await self.audit_trail.close()
-        await self.ledger.stop()
-        await self.producer.stop()
+            await stop_quietly(self._admin.close(), "the admin client")
+        await stop_quietly(self.consumer.stop(), "the reply consumer")
+        await stop_quietly(self.audit_trail.close(), "the audit trail")
+        await stop_quietly(self.ledger.stop(), "the ledger producer")
+        await stop_quietly(self.producer.stop(), "the request producer")
         if self.ephemeral:
             await self._drop_reply_topic()
 

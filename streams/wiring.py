@@ -22,7 +22,6 @@ import faust
 import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
 from agents.adapters.http import vendor_client
@@ -48,7 +47,7 @@ from schemas.settings import Settings
 from streams import metrics
 from streams.app import make_app
 from streams.codec import M, decode, encode
-from streams.producers import background_producer
+from streams.producers import BackgroundProducer
 from streams.topics import Topics
 from tables.batches import BatchStore
 from tables.buckets import PriorityGate, TokenBucket
@@ -98,7 +97,7 @@ class KafkaSink:
         self.topics = topics
         self.cache_store = cache
         self.bootstrap = bootstrap
-        self._background: AIOKafkaProducer | None = None
+        self._background: BackgroundProducer | None = None
         self._starting = asyncio.Lock()
         self._health: dict[str, list[HealthEvent]] = {}
         self._last_ok: dict[str, bool] = {}
@@ -113,7 +112,7 @@ class KafkaSink:
         if self._background is None:
             async with self._starting:
                 if self._background is None:
-                    producer = background_producer(self.bootstrap)
+                    producer = BackgroundProducer(self.bootstrap)
                     await producer.start()
                     self._background = producer
         await self._background.send(topic, value, key=key)
