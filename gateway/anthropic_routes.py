@@ -68,6 +68,7 @@ async def count_tokens(request: Request, who: CallerDep) -> Any:
     relay: Relay = request.app.state.relay
     alias = str(body["model"])
     await relay.check_model(who, alias)
+    relay.check_kind(alias, "count_tokens")
     if relay.config.counts_tokens(alias):
         opts = Options.from_headers(request.headers)
         try:
@@ -77,6 +78,9 @@ async def count_tokens(request: Request, who: CallerDep) -> Any:
         else:
             counted = (answer.body or {}).get("input_tokens", 0)
             return JSONResponse({"input_tokens": counted}, headers=answer.headers)
-    chars = prompt_chars(neutral)  # images at a flat size, not their base64
-    chars += len(orjson.dumps(neutral.get("tools", []))) if neutral.get("tools") else 0
+    try:
+        chars = prompt_chars(neutral)  # images at a flat size, not their base64
+        chars += len(orjson.dumps(neutral.get("tools", []))) if neutral.get("tools") else 0
+    except (TypeError, ValueError, RecursionError) as exc:  # nesting past what JSON goes to
+        raise BadRequest(f"body: cannot be counted ({exc})") from None
     return JSONResponse({"input_tokens": max(1, chars // 4)}, headers={"x-relay-cache": "miss"})

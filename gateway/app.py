@@ -77,7 +77,12 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
             await store_redis.aclose()
 
     app = FastAPI(
-        title="Relay Station", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+        title="Relay Station",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,  # a 307 with no body is no answer for an API client: 404
     )
     errors.install(app)
     app.include_router(openai_routes.router)

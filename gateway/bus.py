@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from gateway import metrics
 from gateway.audit import AUDIT_WINDOW_S, AuditTrail
 from schemas.envelope import AuditEvent, AuditKind, ReplyEvent, RequestEnvelope, UsageEvent
-from schemas.errors import NoHealthyVendor, RelayError, RequestTooLarge
+from schemas.errors import BadRequest, NoHealthyVendor, RelayError, RequestTooLarge
 from streams.codec import encode
 from streams.producers import BackgroundProducer
 from streams.stopping import stop_quietly
@@ -189,7 +189,7 @@ class Bus:
     async def _send(self, env: RequestEnvelope) -> asyncio.Future[object]:
         """Hand ``env`` to the producer, keyed by its prompt hash; the broker's ack."""
         return await self.producer.send(  # type: ignore[no-any-return]
-            self.topics.requests.name, encode(env), key=env.prompt_hash.encode()
+            self.topics.requests.name, wire(env), key=env.prompt_hash.encode()
         )
 
     async def _unqueued(self, env: RequestEnvelope, exc: BaseException) -> None:
@@ -292,6 +292,16 @@ class Bus:
             await admin.close()
 
 
+def wire(env: RequestEnvelope) -> bytes:
+    """``env`` as the request topic carries it; a 400 for what JSON allows but the topics'
+    encoding does not, in a field the cache key leaves out (``user``, ``metadata``): an
+    unpaired surrogate, an integer past 64 bits, nesting hundreds deep."""
+    try:
+        return encode(env)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise BadRequest(f"body: cannot be relayed ({exc})") from None
+
+
 def _workers_in(described: list[Any]) -> bool:
     """Whether a DescribeGroups answer shows workers: members, or a rebalance under way
     (while workers rejoin, the group can list none for a moment)."""
@@ -306,6 +316,8 @@ def _workers_in(described: list[Any]) -> bool:
 def _unqueued_error(exc: BaseException) -> RelayError:
     """What a client hears of an envelope the broker did not take: 413 when it was too
     large (for a topic made with a lower limit than the relay's), else 503."""
+    if isinstance(exc, RelayError):  # a line the topics' encoding cannot take (400)
+        return exc
     if isinstance(exc, MessageSizeTooLargeError):
         return RequestTooLarge(TOO_LARGE)
     return NoHealthyVendor(UNQUEUED)

@@ -30,7 +30,8 @@ def _chars(item: Any) -> int:
     if isinstance(item, str):
         return len(item)
     if isinstance(item, dict):
-        if item.get("type") in _IMAGES:
+        kind = item.get("type")
+        if isinstance(kind, str) and kind in _IMAGES:
             return IMAGE_CHARS
         return sum(len(str(k)) + 4 + _chars(v) for k, v in item.items())
     if isinstance(item, list):

@@ -12,6 +12,7 @@ import httpx
 from fastapi import FastAPI
 
 from gateway.app import create_app
+from gateway.bus import wire
 from gateway.relay import Relay
 from schemas.config import RelayConfig, load_config
 from schemas.envelope import ReplyEvent, RequestEnvelope
@@ -87,6 +88,7 @@ class FakeBus:
         return self._waiting.pop(correlation_id, None) is not None
 
     async def publish(self, env: RequestEnvelope) -> None:
+        wire(env)  # what the topic could not carry is refused as the real bus refuses it
         self.published.append(env)
         task = asyncio.create_task(self._play(env))
         self._tasks.add(task)

@@ -376,3 +376,63 @@ async def test_a_responses_request_is_held_to_chat_s_checks(extra: Any, param: s
         chat["tools"] = [{"type": "function", "function": {"name": "f"}}]
     status, reply = await post("/v1/chat/completions", chat)
     assert status == 400 and reply["error"]["param"] == param, reply
+
+
+def deep(levels: int) -> dict[str, Any]:
+    nested: dict[str, Any] = {"a": 1}
+    for _ in range(levels):
+        nested = {"a": nested}
+    return nested
+
+
+PAD = "x" * 300_000  # past the edge's own parser: FastAPI's keeps integers past 64 bits
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", b'{"model": "gpt-4o-mini", "messages": '
+         b'[{"role": "user", "content": "hi"}], "user": "\\ud800"}'),
+        ("/v1/chat/completions", {**CHAT, "metadata": deep(300)}),
+        ("/v1/chat/completions", {**CHAT, "pad": PAD, "metadata": {"a": 2**64}}),
+        ("/v1/embeddings", b'{"model": "text-embedding-3-small", "input": "x", '
+         b'"user": "\\ud800"}'),
+        ("/v1/messages", {**MESSAGES, "metadata": {"user_id": deep(300)}}),
+    ],
+)  # fmt: skip
+async def test_what_the_topic_cannot_carry_outside_the_cache_key_is_a_400(path, body):
+    """``user``, ``metadata`` and the like are not hashed into the cache key, so only the
+    envelope's own encoding meets them: a 400 there, in the route's own error shape."""
+    status, reply = await post(path, body)
+    assert status == 400, reply
+    error = reply["error"]
+    assert "cannot be relayed" in error["message"]
+    assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "says"),
+    [
+        ({"tools": [{"name": "f", "input_schema": deep(300)}]}, 400, "cannot be counted"),
+        ({"system": [{"type": "text", "text": "s", "cache_control": {"type": ["x"]}}]}, 200, ""),
+        ({"model": "text-embedding-3-small"}, 400, "does not serve count_tokens"),
+    ],
+)  # fmt: skip
+async def test_an_estimated_count_takes_odd_shapes_and_refuses_what_cannot_be_counted(
+    change, status, says
+):
+    """gpt-4o-mini has no vendor that counts tokens: the gateway estimates, and must
+    neither fail on what it walks (a list where a type name belongs) nor count for a
+    model that could never answer the messages."""
+    got, reply = await post("/v1/messages/count_tokens", {**MESSAGES, **change})
+    assert got == status, reply
+    if status == 200:
+        assert reply["input_tokens"] > 0
+    else:
+        assert reply["type"] == "error" and says in reply["error"]["message"]
+
+
+async def test_a_trailing_slash_is_an_openai_404_not_a_bodiless_redirect():
+    status, reply = await post("/v1/chat/completions/", CHAT)
+    assert status == 404
+    assert reply["error"]["message"].startswith("Invalid URL")
