@@ -378,13 +378,6 @@ async def test_a_responses_request_is_held_to_chat_s_checks(extra: Any, param: s
     assert status == 400 and reply["error"]["param"] == param, reply
 
 
-def deep(levels: int) -> dict[str, Any]:
-    nested: dict[str, Any] = {"a": 1}
-    for _ in range(levels):
-        nested = {"a": nested}
-    return nested
-
-
 PAD = "x" * 300_000  # past the edge's own parser: FastAPI's keeps integers past 64 bits
 
 
