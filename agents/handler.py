@@ -82,7 +82,9 @@ class RequestHandler:
             expired = DeadlineExceeded("the request expired before a worker took it")
             await self._fail(env, expired, meter=not _metered_by_gateway(env))
             return
-        decision = self.budget(env.tenant)
+        # Counting tokens costs nothing, so a spent budget never stops it; nor does a
+        # cheaper model stand in for it, whose count would be of another tokenizer.
+        decision = None if env.endpoint == "count_tokens" else self.budget(env.tenant)
         if decision is not None and decision.action != "allow":
             if decision.cache_only:
                 await self._stale_or_refuse(env.model_copy(update={"degraded": decision.reason}))

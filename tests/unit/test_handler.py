@@ -451,10 +451,15 @@ async def test_a_token_count_goes_to_a_vendor_that_counts_and_says_nothing_of_he
         PriceSheet.from_config(CONFIG.models),
         sink,
     )
+    # A tenant past its budget may still count: it costs nothing.
+    handler.budget = lambda tenant: BudgetDecision(
+        action="refuse", reason="budget_exhausted", remaining_usd=0.0
+    )
     env = envelope(endpoint="count_tokens")
     await handler.handle(env)
     [final] = sink.for_(env.correlation_id)
     assert (final.kind, final.body, final.vendor) == ("final", {"input_tokens": 42}, "b")
+    assert final.degraded is None
     assert calls == [] and counts.models == ["dear"]
     assert sink.outcomes == []
     assert [(line.status, line.cost) for line in sink.ledger] == [("ok", 0.0)]
