@@ -13,6 +13,7 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -21,9 +22,12 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 def die_with_parent() -> Callable[[], None] | None:
     """A ``preexec_fn`` for ``subprocess.Popen`` (None where the kernel cannot do it).
 
-    The kernel watches the *thread* that forks, so spawn from one that lives as long as
-    the parent (the main thread)."""
+    The kernel watches the *thread* that forks, not the process: a child spawned from a
+    pool's thread would be stopped when that thread ends.  So only the main thread's
+    children get it (None elsewhere)."""
     if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
     parent = os.getpid()

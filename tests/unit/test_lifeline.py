@@ -81,3 +81,25 @@ def test_relay_up_killed_outright_leaves_no_child_running(tmp_path: Path):
         time.sleep(60)
         """
     )
+
+
+def test_a_child_spawned_from_another_thread_outlives_that_thread():
+    """The kernel would stop it when the spawning thread ends (a pool's, say), not the
+    process: such children are spawned without the lifeline."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streams.lifeline import die_with_parent
+
+    with ThreadPoolExecutor(1) as pool:
+        child = pool.submit(
+            lambda: subprocess.Popen(
+                [sys.executable, "-c", "import time; time.sleep(30)"],
+                preexec_fn=die_with_parent(),
+            )
+        ).result()
+    time.sleep(1)  # the pool's thread is gone by now
+    try:
+        assert child.poll() is None, "the child died with the thread that spawned it"
+    finally:
+        child.kill()
+        child.wait()
