@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -23,7 +24,7 @@ from schemas.envelope import AuditEvent, AuditKind, ReplyEvent, RequestEnvelope,
 from schemas.errors import BadRequest, NoHealthyVendor, RelayError, RequestTooLarge
 from streams.codec import encode
 from streams.producers import BackgroundProducer
-from streams.stopping import stop_quietly
+from streams.stopping import stop_consumer, stop_quietly
 from streams.topics import MAX_MESSAGE_BYTES, Topics, ensure_topics
 
 log = logging.getLogger("relay.gateway")
@@ -47,6 +48,7 @@ class Bus:
         ephemeral: bool = False,
         audit_window_s: float = AUDIT_WINDOW_S,
         worker_check_s: float = 5.0,
+        spill_dir: Path | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -60,7 +62,7 @@ class Bus:
             request_timeout_ms=10000,
             max_request_size=MAX_MESSAGE_BYTES,
         )
-        self.ledger = BackgroundProducer(bootstrap)  # ledger and audit lines
+        self.ledger = BackgroundProducer(bootstrap, spill_dir)  # ledger and audit lines
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=None,
@@ -105,7 +107,7 @@ class Bus:
         # Each client is closed even when the one before could not reach the broker.
         if self._admin is not None:
             await stop_quietly(self._admin.close(), "the admin client")
-        await stop_quietly(self.consumer.stop(), "the reply consumer")
+        await stop_consumer(self.consumer, "the reply consumer")
         await stop_quietly(self.audit_trail.close(), "the audit trail")
         await stop_quietly(self.ledger.stop(), "the ledger producer")
         await stop_quietly(self.producer.stop(), "the request producer")

@@ -75,7 +75,11 @@ class Settings(BaseSettings):
     @classmethod
     def _a_directory(cls, path: Path) -> Path:
         for place in (path, *path.parents):  # the nearest part that exists
-            if place.exists():
+            try:
+                exists = place.exists()
+            except OSError as exc:  # a part of it that may not be looked into
+                raise ValueError(f"{place}: {exc.strerror}") from None
+            if exists:
                 if not place.is_dir():
                     raise ValueError(f"{place} is a file; give a directory (made if missing)")
                 break
@@ -106,6 +110,10 @@ class Settings(BaseSettings):
     def store_redis(self) -> str:
         """Where the Batch API's store and the lane journal live."""
         return self.store_redis_url or self.redis_url
+
+    def spill_dir(self) -> Path:
+        """Where ledger and audit lines the broker could not take wait to be sent again."""
+        return self.data_dir / "spill"
 
     def broker_addr_file(self) -> Path:
         return self.data_dir / "broker.addr"

@@ -17,7 +17,7 @@ the offsets commit and the producer's flush as long as the broker stays away.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer
@@ -26,7 +26,7 @@ from faust.types import TransportT
 from mode.threads import ServiceThread
 from mode.utils.futures import maybe_async
 
-from streams.stopping import STOP_GRACE_S, deliver_or_drop, finished_within, stop_quietly
+from streams.stopping import STOP_GRACE_S, deliver_or_drop, finished_within, stop_consumer
 
 
 class _SameLoop:
@@ -79,8 +79,11 @@ class InLoopConsumerThread(driver.AIOKafkaConsumerThread):
             self._closing = asyncio.ensure_future(_close(consumer))
 
     async def on_thread_stop(self) -> None:
-        # Without its broker, the consumer's stop ends in its coordinator's cancelled task.
-        await stop_quietly(super().on_thread_stop(), "the Kafka consumer")
+        # The driver's own: stop the method queue, then the consumer, whose stop without
+        # a broker ends early, in its coordinator's cancelled task (``stop_consumer``).
+        await super(driver.AIOKafkaConsumerThread, self).on_thread_stop()
+        if self._consumer is not None:
+            await stop_consumer(self._consumer, "the Kafka consumer")
         if self._closing is not None:
             await asyncio.shield(self._closing)
 
@@ -100,8 +103,12 @@ class InLoopConsumer(driver.Consumer):
     async def on_stop(self) -> None:
         """Faust commits what was processed before the consumer stops, retrying until the
         broker answers: wait ``STOP_GRACE_S``, then stop without (whoever takes the
-        partitions next starts from the last commit, at most a second older)."""
-        if not await finished_within(super().on_stop(), STOP_GRACE_S):
+        partitions next starts from the last commit, at most a second older).  Nor does
+        it commit once the producer was closed with messages undelivered: the offsets of
+        requests whose replies or table changes were lost must be taken again."""
+        if cast(RelayApp, self.app).undelivered:
+            self.log.error("offsets not committed: the producer could not deliver everything")
+        elif not await finished_within(super().on_stop(), STOP_GRACE_S):
             self.log.error(
                 "offsets not committed within %.0fs of stopping: the broker is unreachable",
                 STOP_GRACE_S,
@@ -111,29 +118,27 @@ class InLoopConsumer(driver.Consumer):
         return InLoopConsumerThread(self, beacon=self.beacon)
 
 
-class GracefulProducer(driver.Producer):
-    """Faust's producer, whose stop waits ``STOP_GRACE_S`` for the broker, not 20 minutes
-    (its request timeout): replies, health and table changelogs held when the broker is
-    gone are lost then, and said to be."""
-
-    _dropped = False
-
-    async def flush(self) -> None:
-        if not self.app.should_stop:  # running: the broker may be back in a minute
-            await super().flush()
-        elif not self._dropped:
-            self._dropped = not await deliver_or_drop(
-                super().flush(), self._producer, STOP_GRACE_S, "replies, health or table changes"
-            )
-
-
 class InLoopTransport(driver.Transport):
     Consumer = InLoopConsumer
-    Producer = GracefulProducer
 
 
 class RelayApp(faust.App):
     """A Faust app whose Kafka consumer runs on the worker's event loop."""
 
+    undelivered = False  # the producer was closed, at stop, with messages it still held
+
     def _new_transport(self) -> TransportT:
         return InLoopTransport(self.conf.broker_consumer, self)
+
+    async def _producer_flush(self, logger: Any) -> None:
+        """The flush at stop, once requests in flight were answered: Faust waits for the
+        broker as long as its producer's request timeout (20 minutes); this waits
+        ``STOP_GRACE_S``, then closes the producer and says what was lost."""
+        if self._producer is None:
+            return
+        aiokafka_producer = cast(driver.Producer, self._producer)._producer
+        flushing = super()._producer_flush(logger)
+        what = "replies, health or table changes"
+        self.undelivered = not await deliver_or_drop(
+            flushing, aiokafka_producer, STOP_GRACE_S, what
+        )

@@ -12,7 +12,8 @@ import importlib
 import logging
 import time
 
-KAFKA_CLIENT = "aiokafka"
+# The Kafka client, and the ledger's producer (a line the broker never took, each time)
+NOISY_WITHOUT_BROKER = ("aiokafka", "streams.producers")
 REPEAT_WINDOW_S = 30.0
 
 
@@ -39,12 +40,15 @@ class Repeats(logging.Filter):
         return True
 
 
-def quiet_repeats(prefix: str = KAFKA_CLIENT, window_s: float = REPEAT_WINDOW_S) -> Repeats:
-    """Fold repeats on every logger under ``prefix`` that its package's import made (a
+def quiet_repeats(
+    prefixes: tuple[str, ...] = NOISY_WITHOUT_BROKER, window_s: float = REPEAT_WINDOW_S
+) -> Repeats:
+    """Fold repeats on every logger under ``prefixes`` that their packages' import made (a
     logger's filter sees only what is logged on that very logger)."""
-    importlib.import_module(prefix)
     repeats = Repeats(window_s)
-    names = [prefix, *(n for n in logging.root.manager.loggerDict if n.startswith(prefix + "."))]
-    for name in names:
-        logging.getLogger(name).addFilter(repeats)
+    for prefix in prefixes:
+        importlib.import_module(prefix)
+        known = logging.root.manager.loggerDict
+        for name in [prefix, *(n for n in known if n.startswith(prefix + "."))]:
+            logging.getLogger(name).addFilter(repeats)
     return repeats

@@ -16,6 +16,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -91,12 +92,18 @@ class KafkaSink:
     """
 
     def __init__(
-        self, app: faust.App, topics: Topics, cache: ResponseCache, bootstrap: str
+        self,
+        app: faust.App,
+        topics: Topics,
+        cache: ResponseCache,
+        bootstrap: str,
+        spill_dir: Path | None = None,
     ) -> None:
         self.app = app
         self.topics = topics
         self.cache_store = cache
         self.bootstrap = bootstrap
+        self.spill_dir = spill_dir
         self._background: BackgroundProducer | None = None
         self._starting = asyncio.Lock()
         self._health: dict[str, list[HealthEvent]] = {}
@@ -112,7 +119,7 @@ class KafkaSink:
         if self._background is None:
             async with self._starting:
                 if self._background is None:
-                    producer = BackgroundProducer(self.bootstrap)
+                    producer = BackgroundProducer(self.bootstrap, self.spill_dir)
                     await producer.start()
                     self._background = producer
         await self._background.send(topic, value, key=key)
@@ -207,7 +214,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         stale_s=settings.cache_stale_s,
         prefix=redis_prefix(settings.topic_prefix),
     )
-    sink = KafkaSink(app, topics, cache, bootstrap)
+    sink = KafkaSink(app, topics, cache, bootstrap, settings.spill_dir())
     http = vendor_client(settings.default_timeout_s)
     adapters = {name: make_adapter(v, http) for name, v in config.vendors.items()}
     pools = {name: KeyPool(v.keys()) for name, v in config.vendors.items()}

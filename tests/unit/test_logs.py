@@ -63,5 +63,4 @@ def test_the_kafka_client_s_own_loggers_are_folded(clock, caplog):
         assert [r.name for r in caplog.records] == ["aiokafka", "aiokafka.consumer.fetcher"]
     finally:
         for name in ["aiokafka", *logging.root.manager.loggerDict]:
-            if name.startswith("aiokafka"):
-                logging.getLogger(name).removeFilter(repeats)
+            logging.getLogger(name).removeFilter(repeats)
