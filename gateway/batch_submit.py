@@ -90,7 +90,8 @@ async def submit(
     published = await relay.bus.publish_all(list(envs.values()))
     for index, failed in zip(envs, published, strict=True):
         if failed is not None:
-            unqueued = failed_line(lines[index].custom_id, NoHealthyVendor(UNQUEUED), batch.id)
+            why = failed if isinstance(failed, RelayError) else NoHealthyVendor(UNQUEUED)
+            unqueued = failed_line(lines[index].custom_id, why, batch.id)
             await store.record(batch.id, index, unqueued)
 
 
