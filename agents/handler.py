@@ -28,7 +28,14 @@ from schemas.envelope import (
     RequestEnvelope,
     UsageEvent,
 )
-from schemas.errors import BudgetExceeded, DeadlineExceeded, NoWorker, RateLimited, RelayError
+from schemas.errors import (
+    BadRequest,
+    BudgetExceeded,
+    DeadlineExceeded,
+    NoWorker,
+    RateLimited,
+    RelayError,
+)
 from schemas.formats.openai import assemble_chunks, response_to_chunks
 from schemas.usage import Usage
 from tables.budgets import BudgetDecision
@@ -77,6 +84,11 @@ class RequestHandler:
 
     async def handle(self, env: RequestEnvelope) -> None:
         now = time.time()
+        if env.stream and env.endpoint != "chat":  # only chat streams; the rest answer whole
+            env = env.model_copy(update={"stream": False})
+        if (wrong := self._wrong_kind(env)) is not None:
+            await self._fail(env, wrong)
+            return
         if env.deadline_ms / 1000 <= now:
             # Past the grace too, a waiting gateway has written the ledger line already.
             expired = DeadlineExceeded("the request expired before a worker took it")
@@ -181,6 +193,19 @@ class RequestHandler:
             vendor=entry.vendor, model=entry.model
         )
         return Outcome(candidate=cand, body=body, usage=entry.usage, cached=True)
+
+    def _wrong_kind(self, env: RequestEnvelope) -> RelayError | None:
+        """A 400 for an alias asked for what it does not serve (an embeddings model for a
+        chat), as the gateway refuses it: a producer posting straight to the topic must
+        not have a vendor refuse it, which would count toward the alias's breaker."""
+        spec = self.router.config.models.get(env.alias)
+        wanted = "chat" if env.endpoint == "count_tokens" else env.endpoint
+        if spec is None or spec.kind == wanted:
+            return None
+        return BadRequest(
+            f"model: `{env.alias}` is a {spec.kind} model and does not serve {env.endpoint}",
+            param="model",
+        )
 
     def _apart(self, env: RequestEnvelope) -> str:
         """What keeps a request out of a flight it must not share: another tenant's

@@ -11,7 +11,7 @@ import uuid
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from schemas.usage import Usage
 
@@ -44,7 +44,10 @@ class RequestEnvelope(BaseModel):
     """
 
     correlation_id: str
-    reply_to: str = Field(description="topic the reply goes to; a producer's own topic")
+    reply_to: str = Field(
+        description="topic the reply goes to; a producer's own topic",
+        pattern=r"^[A-Za-z0-9._-]{1,249}$",  # what Kafka takes as a topic name
+    )
     tenant: str
     key_id: str
     alias: str
@@ -67,6 +70,13 @@ class RequestEnvelope(BaseModel):
         "topic leave it false",
     )
     created_ms: int = Field(default_factory=now_ms)
+
+    @field_validator("reply_to")
+    @classmethod
+    def _a_topic_name(cls, topic: str) -> str:
+        if topic in (".", ".."):  # the one pair the pattern lets through
+            raise ValueError("`.` and `..` are not topic names")
+        return topic
 
 
 class ReplyEvent(BaseModel):

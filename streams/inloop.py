@@ -131,9 +131,13 @@ class RelayApp(faust.App):
         return InLoopTransport(self.conf.broker_consumer, self)
 
     async def _producer_flush(self, logger: Any) -> None:
-        """The flush at stop, once requests in flight were answered: Faust waits for the
-        broker as long as its producer's request timeout (20 minutes); this waits
-        ``STOP_GRACE_S``, then closes the producer and says what was lost."""
+        """At stop, once requests in flight were answered, Faust waits for the broker as
+        long as its producer's request timeout (20 minutes); this waits ``STOP_GRACE_S``,
+        then closes the producer and says what was lost.  (The flush of a rebalance,
+        while running, waits as Faust's does.)"""
+        if not self.should_stop:  # a rebalance: the broker may be back in a minute
+            await super()._producer_flush(logger)
+            return
         if self._producer is None:
             return
         aiokafka_producer = cast(driver.Producer, self._producer)._producer

@@ -288,6 +288,10 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("request task failed", exc_info=exc)
 
+    # Replies go to a producer's own topic, a gateway's, or the Batch API's results: never
+    # into the ledger, the request topic or a table's changelog.
+    not_for_replies = {t.name for t in topics.all()} - {topics.batch_results.name}
+
     async def requests_agent(stream: faust.StreamT[bytes]) -> None:
         """Take each envelope and let it fly on its own task, so a slow vendor call never
         holds up the partition behind it."""
@@ -295,9 +299,18 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
             msg = event.message
             try:
                 env = decode(RequestEnvelope, event.value)
+                if env.reply_to in not_for_replies:
+                    raise ValueError(f"reply_to names the relay's own topic {env.reply_to}")
             except Exception as exc:
                 log.warning("dead letter %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, exc)
-                raw = event.value if isinstance(event.value, bytes) else str(event.value).encode()
+                value = event.value
+                raw = (
+                    value
+                    if isinstance(value, bytes)
+                    else b""
+                    if value is None
+                    else str(value).encode()
+                )
                 letter = DeadLetter.of(msg.topic, msg.partition, msg.offset, str(exc), raw)
                 try:
                     await sink.dead_letter(letter)

@@ -21,7 +21,7 @@ from streams.broker.embedded import EmbeddedKafka, short_lived_jvm_opts
 from streams.producers import BackgroundProducer
 from tests.support.stack import DEMO_KEY, Simulator, example_config, start_stack
 
-STOP_WITHIN_S = 20.0  # the worker drains nothing here; mode's timeout alone was 60 s
+STOP_WITHIN_S = 30.0  # three 5 s graces at most; mode's timeout alone was 60 s
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "kept for later"}]}
 
 
@@ -80,15 +80,24 @@ def test_without_a_broker_the_relay_stops_at_once_and_keeps_its_ledger_lines(
 
 
 async def resend_and_read_ledger(bootstrap: str, spill: Path, usage: str) -> list[dict]:
-    producer = BackgroundProducer(bootstrap, spill)
-    await producer.start()  # sends what was spilled, then the file goes
+    producer = BackgroundProducer(bootstrap, spill, stop_grace_s=30)
+    await producer.start()  # sends what was spilled, in the background; then the file goes
+    assert producer._resending is not None
+    await producer._resending  # every spilled line queued
+    await asyncio.gather(*list(producer._settling))  # ... delivered, and its file gone
     await producer.stop()
+    deadline = time.monotonic() + 60
     consumer = AIOKafkaConsumer(
         usage, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
     )
     await consumer.start()
+    lines: list[dict] = []
     try:
-        batches = await consumer.getmany(timeout_ms=5000)
-        return [orjson.loads(r.value) for rs in batches.values() for r in rs if r.value]
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=1000)
+            if not batches and lines:
+                break
+            lines += [orjson.loads(r.value) for rs in batches.values() for r in rs if r.value]
+        return lines
     finally:
         await consumer.stop()

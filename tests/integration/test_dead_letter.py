@@ -24,6 +24,18 @@ async def test_garbage_is_dead_lettered_and_the_worker_keeps_serving(relay: Stac
         await producer.send_and_wait(
             f"{relay.prefix}.requests", orjson.dumps({"correlation_id": marker}), key=b"y"
         )
+        # Well formed, but no reply could go where it says: not a topic name, or the
+        # relay's own ledger (a reply there would be read as a ledger line).
+        for reply_to in ("not a topic!", f"{relay.prefix}.usage"):
+            envelope = {
+                "correlation_id": uuid.uuid4().hex, "reply_to": reply_to, "tenant": "demo",
+                "key_id": "demo", "alias": "gpt-4o-mini", "prompt_hash": marker,
+                "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]},
+                "deadline_ms": 2**41, "trace_id": marker,
+            }  # fmt: skip
+            await producer.send_and_wait(
+                f"{relay.prefix}.requests", orjson.dumps(envelope), key=marker.encode()
+            )
         # Large and unreadable: kept in part, never grown past what the topic takes.
         large = orjson.dumps({"correlation_id": marker, "pad": '"' * 700_000})
         await producer.send_and_wait(f"{relay.prefix}.requests", large, key=b"z")
@@ -45,14 +57,16 @@ async def test_garbage_is_dead_lettered_and_the_worker_keeps_serving(relay: Stac
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 15
-        while loop.time() < deadline and len(letters) < 3:
+        while loop.time() < deadline and len(letters) < 5:
             batch = await consumer.getmany(timeout_ms=300)
             for records in batch.values():
                 letters += [DeadLetter.model_validate_json(r.value) for r in records]
             letters = [d for d in letters if marker in d.value]
     finally:
         await consumer.stop()
-    assert len(letters) == 3, "every bad message was kept, with where it came from"
+    assert len(letters) == 5, "every bad message was kept, with where it came from"
+    assert sum("should match pattern" in d.error for d in letters) == 1  # not a topic name
+    assert sum("relay's own topic" in d.error for d in letters) == 1
     assert all(d.topic == f"{relay.prefix}.requests" for d in letters)
     assert all(d.partition is not None and d.offset is not None for d in letters)
     assert any("not json" in d.value for d in letters)

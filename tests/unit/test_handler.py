@@ -18,6 +18,7 @@ from agents.keys import KeyPool
 from agents.route import Router
 from schemas.config import RelayConfig
 from schemas.envelope import Priority, ReplyEvent, RequestEnvelope
+from schemas.errors import BadRequest
 from schemas.usage import Usage
 from tables.buckets import PriorityGate, TokenBucket
 from tables.budgets import BudgetDecision
@@ -993,3 +994,53 @@ async def test_a_sticky_canary_is_never_shared_with_users_of_the_stable_version(
     finals = [sink.for_(e.correlation_id)[-1] for e in envs]
     assert [(f.vendor, f.coalesced) for f in finals] == [("b", False), ("a", False)]
     assert sink.written["same"].vendor == "a", "the stable answer alone is cached"
+
+
+async def test_a_producer_asking_a_chat_alias_for_embeddings_is_refused_before_any_vendor():
+    """The gateway refuses it with a 400; an envelope posted straight to the topic gets
+    the same, so no vendor's refusal counts toward the alias's breaker."""
+    calls: list[str] = []
+    handler, sink = make(vendor(calls))
+    env = envelope(key="wrong-kind", endpoint="embeddings")
+    await handler.handle(env)
+    [told] = sink.for_(env.correlation_id)
+    assert told.kind == "error" and told.error is not None
+    assert told.error["code"] == BadRequest.code
+    assert "does not serve embeddings" in told.error["message"]
+    assert calls == [] and sink.outcomes == []
+    assert [line.status for line in sink.ledger] == ["error"]
+
+
+async def test_stream_true_on_an_endpoint_that_never_streams_is_answered_whole():
+    """Only chat streams: a producer's embeddings envelope marked ``stream`` gets its
+    answer in one final reply, body and all, not a bodiless final."""
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {"a": {"kind": "openai", "base_url": "http://a/v1"}},
+            "models": {
+                "e": {
+                    "kind": "embeddings",
+                    "candidates": [{"vendor": "a", "model": "emb", "input_per_1m": 1}],
+                }
+            },
+            "tenants": {"t": {}},
+        }
+    )
+
+    async def embeddings(request: httpx.Request) -> httpx.Response:
+        vector = {"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}
+        return httpx.Response(
+            200,
+            json={"object": "list", "data": [vector], "model": "emb",
+                  "usage": {"prompt_tokens": 2, "total_tokens": 2}},
+        )  # fmt: skip
+
+    handler, sink = make(httpx.AsyncClient(transport=httpx.MockTransport(embeddings)), config)
+    env = request_envelope(
+        alias="e", endpoint="embeddings", body={"model": "e", "input": "x"}, stream=True,
+        prompt_hash="emb-stream",
+    )  # fmt: skip
+    await handler.handle(env)
+    [final] = sink.for_(env.correlation_id)
+    assert final.kind == "final" and final.body is not None
+    assert final.body["data"][0]["embedding"] == [0.5, 0.25]
