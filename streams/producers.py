@@ -83,9 +83,8 @@ class BackgroundProducer:
             self._spill_now([line], "the producer had stopped")
             return None
         try:
-            delivery: asyncio.Future[object] = await asyncio.wait_for(
-                self.producer.send(topic, value, key=key), SEND_WAIT_S
-            )
+            async with asyncio.timeout(SEND_WAIT_S):  # no task of its own: the hot path
+                delivery: asyncio.Future[object] = await self.producer.send(topic, value, key=key)
         except (KafkaError, TimeoutError) as exc:
             if not _worth_keeping(exc):
                 raise
