@@ -115,6 +115,10 @@ class Dispatcher:
         self.max_rounds = max_rounds
         self.rng = rng or random.Random()
 
+    def counts(self, vendor: str) -> bool:
+        """Whether ``vendor`` can count a prompt's tokens (Anthropic's ``count_tokens``)."""
+        return isinstance(self.adapters.get(vendor), TokenCounter)
+
     async def run(
         self,
         env: RequestEnvelope,
@@ -132,7 +136,7 @@ class Dispatcher:
         ``RateLimited`` — which the handler may answer by routing cheaper."""
         out = Outcome()
         if env.endpoint == "count_tokens":  # only vendors that count can answer it
-            plan = [c for c in plan if isinstance(self.adapters[c.vendor], TokenCounter)]
+            plan = [c for c in plan if self.counts(c.vendor)]
         if not plan:
             out.error = NoHealthyVendor(f"no healthy vendor for `{env.alias}`; try again shortly")
             return out

@@ -196,12 +196,23 @@ class RequestHandler:
 
     def _wrong_kind(self, env: RequestEnvelope) -> RelayError | None:
         """A 400 for an alias asked for what it does not serve (an embeddings model for a
-        chat), as the gateway refuses it: a producer posting straight to the topic must
-        not have a vendor refuse it, which would count toward the alias's breaker."""
+        chat, a count of tokens no vendor of it counts), as the gateway refuses it: a
+        producer posting straight to the topic must not have a vendor refuse it (which
+        would count toward the alias's breaker), nor be told to try again."""
         spec = self.router.config.models.get(env.alias)
         wanted = "chat" if env.endpoint == "count_tokens" else env.endpoint
-        if spec is None or spec.kind == wanted:
+        if spec is None:
             return None
+        if spec.kind == wanted:
+            if env.endpoint != "count_tokens" or any(
+                self.dispatcher.counts(c.vendor) for c in spec.candidates
+            ):
+                return None
+            return BadRequest(
+                f"model: no vendor of `{env.alias}` counts tokens (the gateway estimates "
+                "them for such an alias)",
+                param="model",
+            )
         return BadRequest(
             f"model: `{env.alias}` is a {spec.kind} model and does not serve {env.endpoint}",
             param="model",

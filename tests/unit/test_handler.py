@@ -1011,6 +1011,17 @@ async def test_a_producer_asking_a_chat_alias_for_embeddings_is_refused_before_a
     assert [line.status for line in sink.ledger] == ["error"]
 
 
+async def test_a_count_no_vendor_of_the_alias_can_make_is_a_400_not_a_retry():
+    calls: list[str] = []
+    handler, sink = make(vendor(calls))  # OpenAI-format vendors only: none counts
+    env = envelope(key="no-counter", endpoint="count_tokens")
+    await handler.handle(env)
+    [told] = sink.for_(env.correlation_id)
+    assert told.kind == "error" and told.error is not None
+    assert told.error["code"] == BadRequest.code and "counts tokens" in told.error["message"]
+    assert calls == []
+
+
 async def test_stream_true_on_an_endpoint_that_never_streams_is_answered_whole():
     """Only chat streams: a producer's embeddings envelope marked ``stream`` gets its
     answer in one final reply, body and all, not a bodiless final."""
