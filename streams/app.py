@@ -24,7 +24,12 @@ def make_app(settings: Settings, bootstrap: str) -> faust.App:
         producer_max_request_size=MAX_MESSAGE_BYTES,  # answers as large as requests
         stream_wait_empty=False,
         stream_recovery_delay=0.0,
-        broker_commit_every=100,
+        # Offsets are committed once a second, by Faust's commit task.  Not also every N
+        # messages: that commit runs inside the consumer's drain loop and holds every
+        # message behind it until the producer's flush and the commit come back (at 100,
+        # three stalls a second at 150 requests/s: 0.943x of direct throughput at 32
+        # clients, 0.947-0.955x without).  10 000 is Faust's own default.
+        broker_commit_every=10_000,
         broker_commit_interval=1.0,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=10.0,
