@@ -199,22 +199,17 @@ class RequestHandler:
         chat, a count of tokens no vendor of it counts), as the gateway refuses it: a
         producer posting straight to the topic must not have a vendor refuse it (which
         would count toward the alias's breaker), nor be told to try again."""
-        spec = self.router.config.models.get(env.alias)
-        wanted = "chat" if env.endpoint == "count_tokens" else env.endpoint
-        if spec is None:
+        config = self.router.config
+        if (refusal := config.kind_refusal(env.alias, env.endpoint)) is not None:
+            return refusal
+        spec = config.models.get(env.alias)
+        if env.endpoint != "count_tokens" or spec is None:
             return None
-        if spec.kind == wanted:
-            if env.endpoint != "count_tokens" or any(
-                self.dispatcher.counts(c.vendor) for c in spec.candidates
-            ):
-                return None
-            return BadRequest(
-                f"model: no vendor of `{env.alias}` counts tokens (the gateway estimates "
-                "them for such an alias)",
-                param="model",
-            )
+        if any(self.dispatcher.counts(c.vendor) for c in spec.candidates):
+            return None
         return BadRequest(
-            f"model: `{env.alias}` is a {spec.kind} model and does not serve {env.endpoint}",
+            f"model: no vendor of `{env.alias}` counts tokens (the gateway estimates them "
+            "for such an alias)",
             param="model",
         )
 

@@ -179,13 +179,8 @@ class Relay:
     def check_kind(self, alias: str, endpoint: Endpoint) -> None:
         """A 400 for an alias asked for what it does not serve (embeddings of a chat
         model, say), before a vendor is paid to refuse it."""
-        kind = self.config.models[alias].kind
-        wanted = "chat" if endpoint == "count_tokens" else endpoint
-        if kind != wanted:
-            raise BadRequest(
-                f"model: `{alias}` is a {kind} model and does not serve {endpoint}",
-                param="model",
-            )
+        if (refusal := self.config.kind_refusal(alias, endpoint)) is not None:
+            raise refusal
 
     async def audit_refusal(self, request: Request, kind: AuditKind, **fields: Any) -> None:
         """An audit event about a request the gateway refused before knowing its caller."""

@@ -15,6 +15,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from schemas.errors import BadRequest
+
 VendorKind = Literal["openai", "azure", "anthropic", "ollama"]
 TOKEN_COUNTING_KINDS = frozenset({"anthropic"})  # vendors with a count_tokens endpoint
 Strategy = Literal["cheapest", "quality", "latency", "weighted"]
@@ -248,6 +250,19 @@ class RelayConfig(Strict):
         spec = self.models[alias]
         cands = [*spec.candidates, *([spec.canary.candidate] if spec.canary else [])]
         return all(self.vendors[c.vendor].kind != "ollama" for c in cands)
+
+    def kind_refusal(self, alias: str, endpoint: str) -> BadRequest | None:
+        """A 400 for an alias asked for what it does not serve (embeddings of a chat
+        model, say), which gateway and worker both give before a vendor is paid to refuse
+        it; None when it serves it, or is no alias here (a 404 of its own)."""
+        spec = self.models.get(alias)
+        wanted = "chat" if endpoint == "count_tokens" else endpoint
+        if spec is None or spec.kind == wanted:
+            return None
+        return BadRequest(
+            f"model: `{alias}` is a {spec.kind} model and does not serve {endpoint}",
+            param="model",
+        )
 
     def counts_tokens(self, alias: str) -> bool:
         """Whether a (stable) vendor of the alias can count input tokens (Anthropic's
