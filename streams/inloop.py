@@ -20,13 +20,18 @@ import asyncio
 from typing import Any, cast
 
 import faust
-from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TransportT
 from mode.threads import ServiceThread
 from mode.utils.futures import maybe_async
 
-from streams.stopping import STOP_GRACE_S, deliver_or_drop, finished_within, stop_consumer
+from streams.stopping import (
+    STOP_GRACE_S,
+    close_consumer,
+    deliver_or_drop,
+    finished_within,
+    stop_consumer,
+)
 
 
 class _SameLoop:
@@ -76,7 +81,7 @@ class InLoopConsumerThread(driver.AIOKafkaConsumerThread):
         consumer = self._consumer
         if consumer is not None and self._closing is None:
             consumer._closed = True  # at once, as Faust's close: no more fetches handed out
-            self._closing = asyncio.ensure_future(_close(consumer))
+            self._closing = asyncio.ensure_future(close_consumer(consumer, "the Kafka consumer"))
 
     async def on_thread_stop(self) -> None:
         # The driver's own: stop the method queue, then the consumer, whose stop without
@@ -90,13 +95,6 @@ class InLoopConsumerThread(driver.AIOKafkaConsumerThread):
     async def _gather_remaining_tasks(self) -> None:
         """mode cancels every task left on the thread's loop, which is the worker's here:
         the consumer's own tasks were stopped with it, and the rest are not its to cancel."""
-
-
-async def _close(consumer: AIOKafkaConsumer) -> None:
-    """What ``AIOKafkaConsumer.stop`` does once it is marked closed."""
-    await consumer._coordinator.close()
-    await consumer._fetcher.close()
-    await consumer._client.close()
 
 
 class InLoopConsumer(driver.Consumer):

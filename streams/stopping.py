@@ -46,6 +46,18 @@ async def stop_consumer(consumer: AIOKafkaConsumer, what: str) -> None:
         log.info("%s stopped without its broker", what)
     except Exception as exc:
         log.warning("%s did not stop cleanly: %r", what, exc)
+    await _close_fetching(consumer, what)  # its coordinator's close is what ended early
+
+
+async def close_consumer(consumer: AIOKafkaConsumer, what: str) -> None:
+    """What ``AIOKafkaConsumer.stop`` does once the consumer is marked closed: its
+    coordinator, fetcher and connections closed in turn, each even when the one before
+    failed without its broker."""
+    await stop_quietly(consumer._coordinator.close(), what)
+    await _close_fetching(consumer, what)
+
+
+async def _close_fetching(consumer: AIOKafkaConsumer, what: str) -> None:
     await stop_quietly(consumer._fetcher.close(), what)
     await stop_quietly(consumer._client.close(), what)
 
