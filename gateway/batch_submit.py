@@ -15,10 +15,11 @@ from typing import Any
 import orjson
 
 from gateway.auth import Caller
+from gateway.bus import unqueued_error
 from gateway.relay import Options, Relay, with_beta
 from schemas.batches import BatchObject, OutputLine, OutputResponse, line_correlation, new_id
 from schemas.envelope import Endpoint, Priority, RequestEnvelope
-from schemas.errors import BadRequest, NoHealthyVendor, RelayError
+from schemas.errors import BadRequest, RelayError
 from tables.batches import BatchStore
 
 UNQUEUED = "the relay could not queue this request"
@@ -90,7 +91,7 @@ async def submit(
     published = await relay.bus.publish_all(list(envs.values()))
     for index, failed in zip(envs, published, strict=True):
         if failed is not None:
-            why = failed if isinstance(failed, RelayError) else NoHealthyVendor(UNQUEUED)
+            why = unqueued_error(failed, UNQUEUED)  # as the line's ledger entry says
             unqueued = failed_line(lines[index].custom_id, why, batch.id)
             await store.record(batch.id, index, unqueued)
 

@@ -197,12 +197,12 @@ class Bus:
     async def _unqueued(self, env: RequestEnvelope, exc: BaseException) -> None:
         """The broker did not take ``env``: no worker will meter it, so this does."""
         log.warning("request %s not published: %s", env.correlation_id, exc)
-        await self.meter(UsageEvent.failure(env, _unqueued_error(exc).code))
+        await self.meter(UsageEvent.failure(env, unqueued_error(exc).code))
 
     def _undelivered(self, env: RequestEnvelope, delivery: asyncio.Future[object]) -> None:
         if delivery.cancelled() or (exc := delivery.exception()) is None:
             return
-        err = _unqueued_error(exc)
+        err = unqueued_error(exc)
         task = asyncio.ensure_future(self._unqueued(env, exc))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -315,11 +315,12 @@ def _workers_in(described: list[Any]) -> bool:
     return bool(members) or state in ("PreparingRebalance", "CompletingRebalance")
 
 
-def _unqueued_error(exc: BaseException) -> RelayError:
+def unqueued_error(exc: BaseException, unqueued: str = UNQUEUED) -> RelayError:
     """What a client hears of an envelope the broker did not take: 413 when it was too
-    large (for a topic made with a lower limit than the relay's), else 503."""
+    large (for a topic made with a lower limit than the relay's), else 503 saying
+    ``unqueued``."""
     if isinstance(exc, RelayError):  # a line the topics' encoding cannot take (400)
         return exc
     if isinstance(exc, MessageSizeTooLargeError):
         return RequestTooLarge(TOO_LARGE)
-    return NoHealthyVendor(UNQUEUED)
+    return NoHealthyVendor(unqueued)
