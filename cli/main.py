@@ -98,6 +98,7 @@ def broker() -> None:
     """Run the embedded single-node Apache Kafka (KRaft) until stopped."""
     from aiokafka.errors import KafkaError
 
+    from cli.supervisor import STOP_SIGNALS
     from streams.broker import BrokerError, EmbeddedKafka
     from streams.topics import Topics, ensure_topics
 
@@ -105,11 +106,11 @@ def broker() -> None:
     kafka = EmbeddedKafka(settings.data_dir / "kafka", jvm_opts=settings.jvm_opts())
 
     def _interrupt(*_: object) -> None:
-        raise KeyboardInterrupt  # SIGTERM/SIGHUP while starting: stop Java, as on Ctrl-C
+        raise KeyboardInterrupt  # any stop signal while starting: stop Java, as on Ctrl-C
 
     # Java runs in its own session: a closed terminal's SIGHUP must stop it through here.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _interrupt)
     try:
         with console.status("starting Apache Kafka (first run fetches it with mvn)…"):
             bootstrap = kafka.start()
@@ -131,7 +132,7 @@ def broker() -> None:
     def _stop(*_: object) -> None:
         stop["now"] = True
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, _stop)
     while not stop["now"] and kafka.proc and kafka.proc.poll() is None:
         time.sleep(0.2)
