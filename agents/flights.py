@@ -20,6 +20,7 @@ class Waiter:
     leader: bool
     joined_at: float
     sent: int = 0  # chunks already delivered to this waiter
+    lost: bool = False  # a reply to it failed: nothing more is sent, its line is still kept
     # Held while sending to this waiter, so its chunks (and then its final) go out in order.
     sending: asyncio.Lock = field(default_factory=asyncio.Lock)
 

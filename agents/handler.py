@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
 from agents.adapters.base import VendorResult
@@ -44,6 +44,11 @@ from tables.prices import PriceSheet
 
 log = logging.getLogger("relay.worker")
 LATE_SHARE_S = 600.0  # how long a shared call's answer is awaited to meter a late share
+# How long one reply may wait for the broker to take it.  Taking a message waits only for
+# its topic's metadata (and buffer room), so this is hit when the reply topic does not
+# exist on a broker that does not create topics: without it the send would hold the call's
+# every waiter for Faust's producer timeout (20 minutes).
+REPLY_SEND_S = 10.0
 
 
 class Sink(Protocol):
@@ -319,7 +324,10 @@ class RequestHandler:
             degraded=env.degraded,
         )
         if not late:
-            await self.sink.reply(env.reply_to, ReplyEvent.final(env, line, body))
+            try:
+                await self._send(env, ReplyEvent.final(env, line, body))
+            except Exception as exc:  # paid all the same: the line is written
+                log.warning("batch answer to %s not delivered: %r", env.correlation_id, exc)
         await self.sink.usage(line)
 
     async def _fly(self, flight: Flight, env: RequestEnvelope, progress: Progress) -> Outcome:
@@ -332,13 +340,12 @@ class RequestHandler:
         )
 
         async def fan_out(chunk: dict[str, Any]) -> None:
+            # Each waiter's sends run on their own task, so the vendor's stream is read on
+            # whatever a reply topic does; a waiter already sending takes this chunk too.
             flight.chunks.append(chunk)
-            for w in list(flight.waiters):
-                try:
-                    async with w.sending:
-                        await self._deliver(flight, w)
-                except Exception as exc:  # one waiter's broken reply topic, not the stream's
-                    log.warning("chunk to %s not sent: %r", w.envelope.correlation_id, exc)
+            for w in flight.waiters:
+                if not w.lost and not w.sending.locked():
+                    self._spawn(self._catch_up(flight, w))
 
         on_chunk = fan_out if env.stream else None
         patience = self.router.spec(env.alias).degrade_after_wait_ms
@@ -373,25 +380,36 @@ class RequestHandler:
             correlation_id=env.correlation_id, kind="chunk", degraded=reason or env.degraded
         )
         try:
-            await self.sink.reply(env.reply_to, notice)
+            await self._send(env, notice)
         except Exception as exc:  # the answer itself will say so, or fail on its own
             log.warning("degraded notice to %s not sent: %r", env.correlation_id, exc)
 
+    async def _send(self, env: RequestEnvelope, event: ReplyEvent) -> None:
+        """One reply to ``env``'s topic, given up after ``REPLY_SEND_S``."""
+        async with asyncio.timeout(REPLY_SEND_S):
+            await self.sink.reply(env.reply_to, event)
+
     async def _catch_up(self, flight: Flight, waiter: Waiter) -> None:
-        """A late joiner of a stream gets what was sent so far; the rest comes live."""
-        async with waiter.sending:
-            await self._deliver(flight, waiter)
+        """Send ``waiter`` the stream's chunks it lacks (a late joiner: those so far; the
+        rest come live).  A waiter whose reply topic fails is sent nothing more, and its
+        failure holds up neither the stream nor the call's other waiters."""
+        try:
+            async with waiter.sending:
+                await self._deliver(flight, waiter)
+        except Exception as exc:
+            waiter.lost = True
+            log.warning("chunk to %s not sent: %r", waiter.envelope.correlation_id, exc)
 
     async def _deliver(self, flight: Flight, w: Waiter) -> None:
         """Send ``w`` the chunks it lacks; the caller holds ``w.sending``, so two senders
         (a catch-up and the live stream) never interleave one waiter's chunks."""
         if not w.envelope.stream:
             return
-        while w.sent < len(flight.chunks):
+        while w.sent < len(flight.chunks) and not w.lost:
             chunk = flight.chunks[w.sent]
             w.sent += 1
-            await self.sink.reply(
-                w.envelope.reply_to,
+            await self._send(
+                w.envelope,
                 ReplyEvent(
                     correlation_id=w.envelope.correlation_id,
                     kind="chunk",
@@ -404,60 +422,68 @@ class RequestHandler:
             )
 
     async def _land(self, flight: Flight, out: Outcome) -> None:
-        """Answer the flight's waiters not answered yet, including any that join while
-        this runs."""
-        cand = out.candidate
+        """Answer the flight's waiters not answered yet, all at once (one whose reply
+        topic fails holds up no other)."""
+        landing = []
         while flight.answered < len(flight.waiters):
             w = flight.waiters[flight.answered]
             flight.answered += 1
-            env = w.envelope
-            if _metered_by_gateway(env):
-                # Past its own deadline and grace (a follower with a shorter deadline than
-                # the leader's call): its gateway answered 504 and wrote its ledger line.
-                continue
-            if out.error is not None:
-                # A stream that broke part way was billed for what it sent: the leader's
-                # line says so (at an estimate), with the vendor that sent it.
-                paid = (out.candidate, out.usage) if w.leader else (None, Usage())
-                late = out.late if w.leader else None
-                async with w.sending:
-                    await self._fail(
-                        env,
-                        out.error,
-                        coalesced=not w.leader,
-                        paid=paid,
-                        late=late,
-                        degraded=flight.degraded_for(env),
-                    )
-                continue
-            if env.stream and not flight.chunks and out.body is not None:
-                # A streaming waiter that joined a non-streamed call gets it as chunks.
-                flight.chunks.extend(response_to_chunks(out.body))
-            line = usage_event(
-                env,
-                self.prices,
-                candidate=cand,
-                usage=out.usage,
-                coalesced=not w.leader and not out.cached,
-                cache_hit=out.cached,
-                batched=out.batched,
-                degraded=flight.degraded_for(env),
-            )
-            try:
-                async with w.sending:  # every chunk out before the final
-                    await self._deliver(flight, w)
+            if not _metered_by_gateway(w.envelope):
+                landing.append(self._land_one(flight, w, out))
+            # else past its own deadline and grace (a follower with a shorter deadline
+            # than the leader's call): its gateway answered 504 and wrote its line.
+        await _together(landing)
+
+    async def _land_one(self, flight: Flight, w: Waiter, out: Outcome) -> None:
+        """Answer one waiter and write its ledger line."""
+        env = w.envelope
+        if out.error is not None:
+            # A stream that broke part way was billed for what it sent: the leader's
+            # line says so (at an estimate), with the vendor that sent it.
+            paid = (out.candidate, out.usage) if w.leader else (None, Usage())
+            late = out.late if w.leader else None
+            async with w.sending:
+                await self._fail(
+                    env,
+                    out.error,
+                    coalesced=not w.leader,
+                    paid=paid,
+                    late=late,
+                    degraded=flight.degraded_for(env),
+                    reply=not w.lost,
+                )
+            return
+        if env.stream and not flight.chunks and out.body is not None:
+            # A streaming waiter that joined a non-streamed call gets it as chunks.
+            flight.chunks.extend(response_to_chunks(out.body))
+        line = usage_event(
+            env,
+            self.prices,
+            candidate=out.candidate,
+            usage=out.usage,
+            coalesced=not w.leader and not out.cached,
+            cache_hit=out.cached,
+            batched=out.batched,
+            degraded=flight.degraded_for(env),
+        )
+        try:
+            async with w.sending:  # every chunk out before the final
+                await self._deliver(flight, w)
+                if not w.lost:
                     body = None if env.stream else out.body
-                    final = ReplyEvent.final(env, line, body, seq=w.sent + 1)
-                    await self.sink.reply(env.reply_to, final)
-            except Exception as exc:
-                # An answer the broker will not carry (over its size limit, say) was paid
-                # for all the same: the waiter hears why at once, and the ledger its line.
-                # (the broker is the relay's own: a 500; when even that cannot go out, its
-                # gateway answers at the deadline)
-                log.warning("answer to %s not delivered: %r", env.correlation_id, exc)
-                lost = RelayError(f"the answer could not be passed back ({type(exc).__name__})")
-                await self._fail(env, lost, meter=False)
-            await self.sink.usage(line)
+                    await self._send(env, ReplyEvent.final(env, line, body, seq=w.sent + 1))
+        except TimeoutError:
+            # The broker did not take it (no such topic): an error would not go either.
+            log.warning("answer to %s not sent: %s took nothing", env.correlation_id, env.reply_to)
+        except Exception as exc:
+            # An answer the broker will not carry (over its size limit, say) was paid
+            # for all the same: the waiter hears why at once, and the ledger its line.
+            # (the broker is the relay's own: a 500; when even that cannot go out, its
+            # gateway answers at the deadline)
+            log.warning("answer to %s not delivered: %r", env.correlation_id, exc)
+            lost = RelayError(f"the answer could not be passed back ({type(exc).__name__})")
+            await self._fail(env, lost, meter=False)
+        await self.sink.usage(line)
 
     def _store(self, flight: Flight, out: Outcome) -> asyncio.Future[None] | None:
         """Start storing the answer (as it stands now), or None when it is not cached."""
@@ -482,11 +508,13 @@ class RequestHandler:
         paid: tuple[Candidate | None, Usage] = (None, Usage()),
         late: tuple[Candidate, asyncio.Future[VendorResult]] | None = None,
         degraded: str | None = None,
+        reply: bool = True,
     ) -> None:
-        """Answer ``env`` with ``err`` and meter it; with ``late``, its share of a
-        window-batched call that went out is metered when that answer comes.  The line is
-        written even when the reply cannot go out, flagged ``degraded`` (else as ``env``
-        is) when the request was sent the cheaper way."""
+        """Answer ``env`` with ``err`` (unless ``reply`` is false: its topic failed
+        already) and meter it; with ``late``, its share of a window-batched call that went
+        out is metered when that answer comes.  The line is written even when the reply
+        cannot go out, flagged ``degraded`` (else as ``env`` is) when the request was sent
+        the cheaper way."""
         degraded = degraded or env.degraded
         error = ReplyEvent(
             correlation_id=env.correlation_id,
@@ -495,7 +523,8 @@ class RequestHandler:
             coalesced=coalesced,
         )
         try:
-            await self.sink.reply(env.reply_to, error)
+            if reply:
+                await self._send(env, error)
         except Exception as exc:
             log.warning("error reply to %s not delivered: %r", env.correlation_id, exc)
         if not meter:
@@ -543,6 +572,15 @@ class RequestHandler:
                 degraded=degraded,
             )
         await self.sink.usage(line)
+
+
+async def _together(sends: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run ``sends`` side by side (the common single one without a task)."""
+    pending = list(sends)
+    if len(pending) == 1:
+        await pending[0]
+    elif pending:
+        await asyncio.gather(*pending)
 
 
 def _metered_by_gateway(env: RequestEnvelope) -> bool:

@@ -903,6 +903,55 @@ async def test_one_waiters_broken_topic_does_not_break_the_stream_for_the_others
     assert {line.trace_id for line in sink.ledger} == {leader.trace_id, broken.trace_id}
 
 
+def stall_topic(sink: Sink, nowhere: str) -> list[str]:
+    """Replies to topic ``nowhere`` are never taken, as a broker that does not create
+    topics leaves a send waiting for the topic's metadata; returns who tried."""
+    keep, tried = sink.reply, []
+
+    async def stalled(topic: str, event: ReplyEvent) -> None:
+        if topic == nowhere:
+            tried.append(event.correlation_id)
+            await asyncio.Event().wait()
+        await keep(topic, event)
+
+    sink.reply = stalled  # type: ignore[method-assign]
+    return tried
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_reply_topic_that_takes_nothing_holds_up_no_other_waiter(monkeypatch, stream):
+    """A producer's ``reply_to`` that does not exist (auto-create off): its send is given
+    up after REPLY_SEND_S, once for the whole call; the others get their answers as soon
+    as the vendor's, and every request keeps its ledger line."""
+    monkeypatch.setattr("agents.handler.REPLY_SEND_S", 0.5)
+    calls: list[str] = []
+    handler, sink = make(vendor(calls))
+    tried = stall_topic(sink, "nowhere")
+    lost = envelope(stream=stream, key="k-nowhere", reply_to="nowhere")
+    others = [envelope(stream=stream, key="k-nowhere") for _ in range(2)]
+    answered: dict[str, float] = {}
+    keep = sink.reply
+
+    async def timed(topic: str, event: ReplyEvent) -> None:
+        await keep(topic, event)
+        if event.kind == "final":
+            answered[event.correlation_id] = time.monotonic()
+
+    sink.reply = timed  # type: ignore[method-assign]
+    start = time.monotonic()
+    await asyncio.gather(*(handler.handle(e) for e in (lost, *others)))
+    assert calls == ["a"]
+    for env in others:
+        got = sink.for_(env.correlation_id)
+        assert got[-1].kind == "final" and [e.seq for e in got] == list(range(1, len(got) + 1))
+        assert answered[env.correlation_id] - start < 0.4, "not held up by the stalled send"
+    assert tried == [lost.correlation_id], "one stalled send for the call, not one per chunk"
+    assert sorted(line.trace_id for line in sink.ledger) == sorted(
+        e.trace_id for e in (lost, *others)
+    )
+    assert len(handler.flights) == 0
+
+
 def test_who_may_share_a_flight() -> None:
     """Refresh or bypass requests never ride a flight whose leader may answer from L2;
     a budget-degraded request only shares with its own tenant's."""
