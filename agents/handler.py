@@ -187,7 +187,7 @@ class RequestHandler:
         if not env.cache_lookup:
             return None
         entry = await self.sink.cached(env.prompt_hash, stale_ok=stale_ok)
-        if entry is None:
+        if entry is None or not entry.answers(env.endpoint):
             return None
         body = entry.body if entry.body is not None else assemble_chunks(entry.chunks or [])
         if env.endpoint == "chat":
@@ -244,8 +244,9 @@ class RequestHandler:
             return False
         if env.stream or env.endpoint != "chat" or self.flights.live(env, self._apart(env)):
             return False
-        if env.cache_lookup and await self.sink.cached(env.prompt_hash) is not None:
-            return False
+        if env.cache_lookup and (hit := await self.sink.cached(env.prompt_hash)) is not None:
+            if hit.answers(env.endpoint):
+                return False
         try:  # a request degraded by its tenant's budget goes the cheaper way here too
             plan = self.router.plan(
                 env.alias, time.time(), degraded=env.degraded is not None, tenant=env.tenant
@@ -309,7 +310,7 @@ class RequestHandler:
             return
         body = {**result.body, "model": env.alias}
         if env.cache_ttl_s and not env.degraded:
-            entry = _entry(cand, result.usage, body=body)
+            entry = _entry(env, cand, result.usage, body=body)
             try:  # a cache that fails costs a later request a call, never this answer
                 await self.sink.cache(env.prompt_hash, entry, env.cache_ttl_s)
             except Exception:
@@ -496,7 +497,7 @@ class RequestHandler:
             return None  # nor a canary's to users of the stable version
         if not storable(out.body, flight.chunks):
             return None
-        entry = _entry(out.candidate, out.usage, body=out.body, chunks=list(flight.chunks))
+        entry = _entry(leader, out.candidate, out.usage, body=out.body, chunks=list(flight.chunks))
         return asyncio.ensure_future(self.sink.cache(leader.prompt_hash, entry, leader.cache_ttl_s))
 
     async def _fail(
@@ -589,6 +590,7 @@ def _metered_by_gateway(env: RequestEnvelope) -> bool:
 
 
 def _entry(
+    env: RequestEnvelope,
     cand: Candidate,
     usage: Usage,
     *,
@@ -603,6 +605,7 @@ def _entry(
         vendor=cand.vendor,
         model=cand.model,
         created=time.time(),
+        endpoint=env.endpoint,
     )
 
 

@@ -390,6 +390,7 @@ class Relay:
             vendor=final.vendor,
             model=final.model or "",
             created=time.time(),
+            endpoint=env.endpoint,
         )
         self.cache.l1.put(env.prompt_hash, entry, env.cache_ttl_s)
 

@@ -188,6 +188,13 @@ class CacheEntry(BaseModel):
     vendor: str
     model: str
     created: float
+    # The endpoint it answers (None in entries written before it was kept): a producer
+    # posting straight to the request topic picks its own ``prompt_hash``, and a chat
+    # answer must never come back as its embeddings.
+    endpoint: str | None = None
+
+    def answers(self, endpoint: str) -> bool:
+        return self.endpoint is None or self.endpoint == endpoint
 
 
 class L1Cache:

@@ -1071,23 +1071,23 @@ async def test_a_count_no_vendor_of_the_alias_can_make_is_a_400_not_a_retry():
     assert calls == []
 
 
-async def test_stream_true_on_an_endpoint_that_never_streams_is_answered_whole():
-    """Only chat streams: a producer's embeddings envelope marked ``stream`` gets its
-    answer in one final reply, body and all, not a bodiless final."""
-    config = RelayConfig.model_validate(
-        {
-            "vendors": {"a": {"kind": "openai", "base_url": "http://a/v1"}},
-            "models": {
-                "e": {
-                    "kind": "embeddings",
-                    "candidates": [{"vendor": "a", "model": "emb", "input_per_1m": 1}],
-                }
-            },
-            "tenants": {"t": {}},
-        }
-    )
+EMBEDDING = RelayConfig.model_validate(
+    {
+        "vendors": {"a": {"kind": "openai", "base_url": "http://a/v1"}},
+        "models": {
+            "e": {
+                "kind": "embeddings",
+                "candidates": [{"vendor": "a", "model": "emb", "input_per_1m": 1}],
+            }
+        },
+        "tenants": {"t": {}},
+    }
+)
 
+
+def embedder(calls: list[str]) -> httpx.AsyncClient:
     async def embeddings(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
         vector = {"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}
         return httpx.Response(
             200,
@@ -1095,7 +1095,13 @@ async def test_stream_true_on_an_endpoint_that_never_streams_is_answered_whole()
                   "usage": {"prompt_tokens": 2, "total_tokens": 2}},
         )  # fmt: skip
 
-    handler, sink = make(httpx.AsyncClient(transport=httpx.MockTransport(embeddings)), config)
+    return httpx.AsyncClient(transport=httpx.MockTransport(embeddings))
+
+
+async def test_stream_true_on_an_endpoint_that_never_streams_is_answered_whole():
+    """Only chat streams: a producer's embeddings envelope marked ``stream`` gets its
+    answer in one final reply, body and all, not a bodiless final."""
+    handler, sink = make(embedder([]), EMBEDDING)
     env = request_envelope(
         alias="e", endpoint="embeddings", body={"model": "e", "input": "x"}, stream=True,
         prompt_hash="emb-stream",
@@ -1104,3 +1110,27 @@ async def test_stream_true_on_an_endpoint_that_never_streams_is_answered_whole()
     [final] = sink.for_(env.correlation_id)
     assert final.kind == "final" and final.body is not None
     assert final.body["data"][0]["embedding"] == [0.5, 0.25]
+
+
+async def test_a_producers_prompt_hash_never_serves_one_endpoints_answer_to_another():
+    """Producers posting straight to the topic choose their own ``prompt_hash``: an
+    answer stored for a chat under it is no answer to an embeddings request."""
+    calls: list[str] = []
+    handler, sink = make(embedder(calls), EMBEDDING)
+    chat = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}}]}
+    sink.stored["shared"] = CacheEntry(
+        body=chat, vendor="a", model="chat", created=time.time(), endpoint="chat"
+    )
+    env = request_envelope(
+        alias="e", endpoint="embeddings", body={"model": "e", "input": "x"},
+        prompt_hash="shared", cache_lookup=True, cache_ttl_s=60,
+    )  # fmt: skip
+    await handler.handle(env)
+    [final] = sink.for_(env.correlation_id)
+    assert calls == ["/v1/embeddings"] and not final.cache_hit
+    assert final.body is not None and final.body["data"][0]["embedding"] == [0.5, 0.25]
+    assert sink.written["shared"].endpoint == "embeddings", "stored as what it answers"
+    sink.stored = dict(sink.written)
+    again = env.model_copy(update={"correlation_id": "again"})
+    await handler.handle(again)
+    assert sink.for_("again")[-1].cache_hit and calls == ["/v1/embeddings"]
