@@ -360,7 +360,7 @@ class RequestHandler:
             flight.degraded = "rate_pressure"
             env = env.model_copy(update={"degraded": flight.degraded})
             for w in list(flight.waiters):
-                if not w.sent:
+                if not w.sent and not w.lost:
                     await self._say_degraded(w.envelope, flight.degraded)
             plan = self.router.plan(
                 env.alias, time.time(), user=env.user, degraded=True, tenant=env.tenant
