@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -127,13 +128,19 @@ class Dispatcher:
         *,
         vendor_wait_s: float | None = None,
         admit_tenant: bool = True,
+        settle_tenant: bool | None = None,
         progress: Progress | None = None,
+        may_call: Callable[[Candidate], bool] | None = None,
     ) -> Outcome:
         """Try the plan (up to ``max_rounds`` passes) before the envelope's deadline.
 
         ``vendor_wait_s`` caps the wait for a vendor's rate limits (not the tenant's):
         past it that candidate is skipped, and when every one was, the outcome is our
-        ``RateLimited`` — which the handler may answer by routing cheaper."""
+        ``RateLimited`` — which the handler may answer by routing cheaper, in a second
+        run with ``admit_tenant`` false: the tenant's TPM estimate then stays taken until
+        that run settles it (``settle_tenant``; by default a run settles what it
+        admitted).  ``may_call`` is asked just before each candidate is called (the
+        router's half-open probes are spent by calls, not by plans)."""
         out = Outcome()
         if env.endpoint == "count_tokens":  # only vendors that count can answer it
             plan = [c for c in plan if self.counts(c.vendor)]
@@ -143,11 +150,13 @@ class Dispatcher:
         if admit_tenant:  # once per request, not again when the handler re-plans it
             await self._admit(env, [f"tenant:{env.tenant}"], [f"tenant-tpm:{env.tenant}"])
         try:
-            return await self._run(env, plan, on_chunk, out, vendor_wait_s, progress)
+            return await self._run(env, plan, on_chunk, out, vendor_wait_s, progress, may_call)
         finally:
             if (late := self._orphans.pop(env.correlation_id, None)) and out.error is not None:
                 out.late = late
-            if admit_tenant:  # what the request did not use, back to its tenant
+            replanned = vendor_wait_s is not None and isinstance(out.error, RateLimited)
+            settle = admit_tenant if settle_tenant is None else settle_tenant
+            if settle and not replanned:  # settled once: what was not used goes back
                 used = out.usage if out.candidate is not None else Usage()
                 self._give_back(env, f"tenant-tpm:{env.tenant}", used)
 
@@ -159,6 +168,7 @@ class Dispatcher:
         out: Outcome,
         vendor_wait_s: float | None,
         progress: Progress | None,
+        may_call: Callable[[Candidate], bool] | None,
     ) -> Outcome:
         sent_any = False
 
@@ -188,6 +198,8 @@ class Dispatcher:
                     return streamed.bill(out, env.body)
                 if held[i] > time.time():
                     continue  # its Retry-After has not passed: not called again yet
+                if may_call is not None and not may_call(cand):
+                    continue  # a probe of a breaker another request is sending
                 out.attempts += 1
                 try:
                     result = await self._attempt(env, cand, forward, vendor_wait_s, streamed)
@@ -198,6 +210,8 @@ class Dispatcher:
                     last = err
                     if err.retry_after:
                         held[i] = time.time() + err.retry_after
+                    if err.final_for_candidate:
+                        held[i] = math.inf  # it would say the same again: not next round
                     if not err.retryable or sent_any:
                         out.error = err
                         # A stream that broke part way: the vendor bills what it sent.
@@ -262,9 +276,11 @@ class Dispatcher:
             forwarded = True
             await forward(chunk)
 
+        tried: set[int] = set()  # keys this attempt used: each one call at most
         while True:
             remaining = env.deadline_ms / 1000 - time.time()
-            key_index, key = pool.pick()
+            key_index, key = pool.pick(skip=tried)
+            tried.add(key_index)
             # The vendor's own timeout (its config) is the vendor's fault: a failure, and
             # the next candidate is tried.  The request's deadline coming first is not: the
             # client asked for an answer sooner than this vendor gives one, which says
@@ -295,9 +311,11 @@ class Dispatcher:
                     pool.bench(key_index, 300.0)
                 elif isinstance(exc, VendorRateLimited):
                     pool.bench(key_index, exc.retry_after or 1.0)
-                if keyed and not forwarded and pool.free():
-                    # That key's refusal or limit, not the model's: the pool's next key
-                    # gets the call, and the model's health is not in question.
+                if keyed and not forwarded and pool.free(skip=tried):
+                    # That key's refusal or limit, not the model's: a key of the pool not
+                    # tried yet gets the call (once the vendor's RPM lets another go),
+                    # and the model's health is not in question.
+                    await self._admit(env, [f"vendor:{cand.vendor}"], [], cap_s=wait_s)
                     continue
                 if not forwarded:
                     self._give_back(env, tpm, Usage())  # refused: nothing was used
@@ -439,13 +457,18 @@ def hollow(chunk: dict[str, Any]) -> bool:
 
 
 def _estimate(env: RequestEnvelope) -> int:
-    """The tokens a request is held to against TPM limits (a token count spends none)."""
-    return 0 if env.endpoint == "count_tokens" else estimate_tokens(env.body)
+    """The tokens a request is held to against TPM limits (a token count spends none;
+    embeddings spend their input only)."""
+    if env.endpoint == "count_tokens":
+        return 0
+    return estimate_tokens(env.body, completion=env.endpoint != "embeddings")
 
 
-def estimate_tokens(body: dict[str, Any]) -> int:
+def estimate_tokens(body: dict[str, Any], *, completion: bool = True) -> int:
     """Tokens a request will spend against a TPM limit, before the vendor counts them:
     about four characters a token of prompt, plus the completion it may ask for."""
     prompt = estimated_tokens(prompt_chars(body))
+    if not completion:
+        return prompt
     limit = body.get("max_completion_tokens") or body.get("max_tokens") or 256
     return prompt + (int(limit) if isinstance(limit, int | float) else 256)

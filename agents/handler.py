@@ -222,12 +222,18 @@ class RequestHandler:
         """What keeps a request out of a flight it must not share: another tenant's
         (tenants share one under a global cache scope) when the flight may be routed to
         the alias's ``degrade_to`` under rate pressure, which a tenant held to some models
-        may not use; and, for a canary sticky per user, a flight of the other version."""
+        may not use; another tenant's too when this one has rate limits of its own (the
+        leader's tenant is the one admitted: a tenant without limits must not hear another
+        one's 429, nor one with limits ride free of them); and, for a canary sticky per
+        user, a flight of the other version."""
         try:
             spec = self.router.spec(env.alias)
         except RelayError:  # an alias this worker does not know: the flight will say so
             return ""
         apart = ""
+        rule = self.router.config.tenants.get(env.tenant)
+        if rule is not None and rule.cache_scope == "global" and (rule.rpm or rule.tpm):
+            apart += f":limits:{env.tenant}"
         if spec.degrade_after_wait_ms is not None and spec.degrade_to:
             if not self.router.may_use(env.tenant, spec.degrade_to):
                 apart += ":undegradable"
@@ -254,7 +260,7 @@ class RequestHandler:
         except RelayError:
             return False
         cand = next((c for c in plan if self.lane.accepts(c)), None)
-        if cand is None:
+        if cand is None or not self.router.may_call(cand):
             return False
         self.lane.submit(env, cand)
         if env.gateway_meters_timeout:
@@ -351,8 +357,9 @@ class RequestHandler:
         on_chunk = fan_out if env.stream else None
         patience = self.router.spec(env.alias).degrade_after_wait_ms
         wait_s = patience / 1000 if patience is not None and env.degraded is None else None
+        may_call = self.router.may_call
         outcome = await self.dispatcher.run(
-            env, plan, on_chunk, vendor_wait_s=wait_s, progress=progress
+            env, plan, on_chunk, vendor_wait_s=wait_s, progress=progress, may_call=may_call
         )
         if wait_s is not None and isinstance(outcome.error, RateLimited):
             # Sustained rate pressure: no candidate's rate limits let it through within
@@ -366,7 +373,13 @@ class RequestHandler:
                 env.alias, time.time(), user=env.user, degraded=True, tenant=env.tenant
             )
             outcome = await self.dispatcher.run(
-                env, plan, on_chunk, admit_tenant=False, progress=progress
+                env,
+                plan,
+                on_chunk,
+                admit_tenant=False,  # taken by the first run, settled by this one
+                settle_tenant=True,
+                progress=progress,
+                may_call=may_call,
             )
         if outcome.body is not None and env.endpoint == "chat":
             outcome.body["model"] = env.alias

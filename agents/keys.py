@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 
 class KeyPool:
@@ -22,22 +22,24 @@ class KeyPool:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def pick(self) -> tuple[int, str]:
-        """The next usable key; if every key is benched, the one back soonest."""
+    def pick(self, skip: Collection[int] = ()) -> tuple[int, str]:
+        """The next usable key not in ``skip``; if every such key is benched, the one
+        back soonest."""
         if not self._keys:
             return -1, ""
         now = self._clock()
         for _ in range(len(self._keys)):
             i = next(self._turn)
-            if self._benched_until[i] <= now:
+            if self._benched_until[i] <= now and i not in skip:
                 return i, self._keys[i]
-        i = min(range(len(self._keys)), key=self._benched_until.__getitem__)
+        left = [i for i in range(len(self._keys)) if i not in skip] or range(len(self._keys))
+        i = min(left, key=self._benched_until.__getitem__)
         return i, self._keys[i]
 
-    def free(self) -> bool:
-        """Whether some key is not sitting out now."""
+    def free(self, skip: Collection[int] = ()) -> bool:
+        """Whether some key not in ``skip`` is not sitting out now."""
         now = self._clock()
-        return any(until <= now for until in self._benched_until)
+        return any(u <= now for i, u in enumerate(self._benched_until) if i not in skip)
 
     def key(self, index: int) -> str:
         """The key at ``index`` (recorded earlier); the next usable one if it is gone."""

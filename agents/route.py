@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,7 @@ class Router:
         self.rng = rng or random.Random()
         self.policy = BreakerPolicy(**config.breaker.model_dump())
         self._probes: dict[str, float] = {}  # when this worker last sent a probe, per key
+        self._probing: set[str] = set()  # keys planned while their breaker was not closed
 
     def healths(self, candidates: list[Candidate]) -> dict[str, Health]:
         out: dict[str, Health] = {}
@@ -106,9 +108,27 @@ class Router:
             if h.state != "closed":
                 if now - self._probes.get(key, 0.0) < self.policy.open_s:
                     continue
-                self._probes[key] = now
+                self._probing.add(key)
+            elif self._probing:
+                self._probing.discard(key)
             out.append(c)
         return out
+
+    def may_call(self, cand: Candidate) -> bool:
+        """Whether ``cand`` may be called now, asked just before the call: yes, unless
+        it was planned as a probe of a breaker not closed and this worker sent one within
+        ``open_s`` (for another request).  The call spends the probe, so a candidate
+        planned behind one that answers keeps its probe for a request that needs it."""
+        if not self._probing:
+            return True
+        key = health_key(cand.vendor, cand.model)
+        if key not in self._probing:
+            return True
+        now = time.time()
+        if now - self._probes.get(key, 0.0) < self.policy.open_s:
+            return False
+        self._probes[key] = now
+        return True
 
     def _or_refuse(
         self, ranked: list[Candidate], cands: list[Candidate], now: float

@@ -38,6 +38,9 @@ class RelayError(Exception):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "api_error"
     retryable: ClassVar[bool] = False
+    # Retryable on another candidate, but the one that said it would say the same again
+    # for this request (no such model, a request it cannot serve, keys it rejects).
+    final_for_candidate: ClassVar[bool] = False
 
     def __init__(
         self, message: str, *, param: str | None = None, retry_after: float | None = None
@@ -178,6 +181,7 @@ class VendorRateLimited(VendorError):
 
 class VendorAuthFailed(VendorError):
     code = "vendor_auth_failed"
+    final_for_candidate = True
 
 
 class VendorBadRequest(VendorError):
@@ -199,6 +203,7 @@ class VendorNotFound(VendorError):
     config): that candidate is broken, not the client's request, so the next one is tried."""
 
     code = "vendor_not_found"
+    final_for_candidate = True
 
 
 class VendorUnavailable(VendorError):
@@ -211,6 +216,7 @@ class VendorUnsupported(VendorError):
     the candidate's health is untouched.  Last of all, the client hears why (400)."""
 
     code = "vendor_unsupported"
+    final_for_candidate = True
     status = 400
     type = "invalid_request_error"
 

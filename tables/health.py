@@ -163,7 +163,13 @@ def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Hea
     h = h.model_copy(deep=True)
     h.calls += 1
     started = now - ev.latency_ms / 1000  # when the call went out
-    if h.state == "open" and h.opened_at is not None and started >= h.opened_at + policy.open_s:
+    client_fault = not ev.ok and ev.error_code in CLIENT_FAULT_CODES
+    if (
+        h.state == "open"
+        and h.opened_at is not None
+        and started >= h.opened_at + policy.open_s
+        and not client_fault  # says nothing of the vendor's health: the breaker stays
+    ):
         # A call sent after the open period is a probe, whichever worker sent it: its
         # outcome decides, as if the breaker had been marked half-open when it went.
         h.state = "half_open"
@@ -190,7 +196,7 @@ def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Hea
         _bucket(h.window, policy, now).ok += 1
         return h
 
-    if ev.error_code in CLIENT_FAULT_CODES:
+    if client_fault:
         return h
 
     if ev.error_code in RATE_LIMIT_CODES:
@@ -255,6 +261,18 @@ def success_rate(h: Health, now: float, policy: BreakerPolicy = DEFAULT_POLICY) 
     return (ok + 1) / (ok + fail + 1)
 
 
+def recent_latency(h: Health, now: float, policy: BreakerPolicy = DEFAULT_POLICY) -> float:
+    """The latency EWMA, while the health window holds a success to back it; else 0.0,
+    as for an untried candidate: a vendor measured slow long ago is tried (and measured)
+    again, rather than ranked last on an old figure for good."""
+    if not h.latency_ewma_ms:
+        return 0.0
+    horizon = now - policy.window_s
+    if any(b.ok for b in h.window if b.start + policy.bucket_s > horizon):
+        return h.latency_ewma_ms
+    return 0.0
+
+
 def blended_price(c: Candidate) -> float:
     """USD per 1M tokens at a 3:1 input:output mix, to compare candidates on one number."""
     return BLEND_INPUT * c.input_per_1m + BLEND_OUTPUT * c.output_per_1m
@@ -270,12 +288,13 @@ def score(
     """The strategy's primary score; higher is tried first.
 
     cheapest: minus the blended price.  quality: the configured quality.  latency: minus
-    the latency EWMA (unknown counts as 0 so new candidates get tried).  weighted: the
+    the latency EWMA (unknown, or with no success in the window, counts as 0 so new and
+    long-unused candidates get tried).  weighted: the
     effective weight, weight x success rate / (1 + latency_s) / (1 + cost_per_call / $0.001),
     drawn from proportionally: a candidate loses half its share for every second of
     latency and for every tenth of a cent a call costs, over the health window.
     """
-    latency = h.latency_ewma_ms or 0.0
+    latency = recent_latency(h, now, policy)
     if strategy == "cheapest":
         return -blended_price(candidate)
     if strategy == "quality":
@@ -337,7 +356,7 @@ def rank(
         return [min(candidates, key=lambda c: available_at(health(c), policy))]
 
     def latency(c: Candidate) -> float:
-        return health(c).latency_ewma_ms or 0.0
+        return recent_latency(health(c), now, policy)
 
     if strategy == "weighted":
         weights = [score(health(c), c, strategy, now, policy) for c in live]

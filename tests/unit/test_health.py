@@ -19,6 +19,7 @@ from schemas.errors import (
 from tables.health import (
     BreakerPolicy,
     Health,
+    OutcomeBucket,
     available,
     available_at,
     begin_probe,
@@ -223,10 +224,16 @@ MID = Candidate(vendor="b", model="mid", input_per_1m=1.0, output_per_1m=4.0, qu
 BEST = Candidate(vendor="c", model="best", input_per_1m=3.0, output_per_1m=15.0, quality=3)
 
 
+def measured(latency_ms: float | None) -> Health:
+    """A candidate with this latency EWMA, backed by a success in the window at T0."""
+    if latency_ms is None:
+        return Health()
+    return Health(latency_ewma_ms=latency_ms, window=[OutcomeBucket(start=T0, ok=1)])
+
+
 def _healths(**latency: float) -> dict[str, Health]:
     return {
-        health_key(c.vendor, c.model): Health(latency_ewma_ms=latency.get(c.model))
-        for c in (CHEAP, MID, BEST)
+        health_key(c.vendor, c.model): measured(latency.get(c.model)) for c in (CHEAP, MID, BEST)
     }
 
 
@@ -235,7 +242,7 @@ def names(cands: list[Candidate]) -> list[str]:
 
 
 def test_score_per_strategy() -> None:
-    h = Health(latency_ewma_ms=500.0)
+    h = measured(500.0)
     assert score(h, CHEAP, "cheapest", T0) == pytest.approx(-(0.75 * 0.1 + 0.25 * 0.4))
     assert score(h, MID, "quality", T0) == 3.0
     assert score(h, MID, "latency", T0) == -500.0
@@ -255,8 +262,8 @@ def test_rank_cheapest_quality_latency() -> None:
 
 def test_cheapest_ties_go_to_the_faster_one() -> None:
     twin = CHEAP.model_copy(update={"vendor": "z"})
-    hs = {health_key("a", "cheap"): Health(latency_ewma_ms=800.0)}
-    hs[health_key("z", "cheap")] = Health(latency_ewma_ms=100.0)
+    hs = {health_key("a", "cheap"): measured(800.0)}
+    hs[health_key("z", "cheap")] = measured(100.0)
     assert [c.vendor for c in rank([CHEAP, twin], hs, "cheapest", T0, random.Random())] == [
         "z",
         "a",
@@ -266,6 +273,17 @@ def test_cheapest_ties_go_to_the_faster_one() -> None:
 def test_latency_tries_unmeasured_candidates_first() -> None:
     hs = _healths(cheap=900.0, best=300.0)  # mid never measured
     assert names(rank([CHEAP, BEST, MID], hs, "latency", T0, random.Random()))[0] == "mid"
+
+
+def test_a_latency_with_no_success_in_the_window_is_measured_again() -> None:
+    """Measured slow an hour ago and never called since (always ranked last): once the
+    window holds no success of it, its old EWMA no longer counts, and it is tried first,
+    as an unmeasured one is, so a vendor that became fast is found again."""
+    hs = _healths(cheap=50.0, best=300.0)
+    hs[health_key("a", "cheap")].window = [OutcomeBucket(start=T0 - 3600, ok=1)]
+    assert names(rank([BEST, CHEAP], hs, "latency", T0, random.Random()))[0] == "cheap"
+    hs[health_key("a", "cheap")] = measured(3000.0)
+    assert names(rank([BEST, CHEAP], hs, "latency", T0, random.Random())) == ["best", "cheap"]
 
 
 def test_weighted_picks_in_proportion_to_effective_weight() -> None:
@@ -281,7 +299,7 @@ def test_weighted_picks_in_proportion_to_effective_weight() -> None:
 
 def test_weighted_discounts_failing_and_slow_candidates() -> None:
     flaky = feed(Health(), [ok(latency_ms=0.0), fail(), fail(), fail()], T0)  # rate 2/5
-    slow = Health(latency_ewma_ms=3000.0)  # divided by 1 + 3
+    slow = measured(3000.0)  # divided by 1 + 3
     # success 2/5, and its one success cost 0.1 cent a call: half the share again
     assert score(flaky, CHEAP, "weighted", T0 + 1) == pytest.approx(0.4 / 2)
     assert score(slow, CHEAP, "weighted", T0) == pytest.approx(0.25)
@@ -347,3 +365,19 @@ def test_a_batch_read_again_after_a_crash_is_not_counted_twice() -> None:
         assert fold(h, events, offset, policy, T0) is None
     later = fold(h, [fail()], 12, policy, T0)
     assert later is not None and later.consecutive_failures == 4 and later.state == "closed"
+
+
+def test_a_probe_the_client_was_at_fault_for_leaves_the_breaker_as_it_was() -> None:
+    """A probe answered 400 says nothing of the vendor: the breaker stays open with its
+    open period, so a late failure of a call sent before it opened moves nothing."""
+    h = Health(state="open", opened_at=T0, consecutive_failures=5, opened=1)
+    bad = HealthEvent(
+        vendor="v", model="m", ok=False, latency_ms=100, error_code="vendor_bad_request"
+    )
+    h = record(h, bad, POLICY, T0 + POLICY.open_s + 1)
+    assert (h.state, h.opened_at) == ("open", T0)
+    late = HealthEvent(
+        vendor="v", model="m", ok=False, latency_ms=17_000, error_code="vendor_error"
+    )
+    h = record(h, late, POLICY, T0 + POLICY.open_s + 2)
+    assert (h.state, h.opened_at, h.opened) == ("open", T0, 1)

@@ -1,0 +1,290 @@
+"""Retries and limits that must not go too far: a key pool tries each key once per
+attempt, a refusal that cannot change is not sent again, a half-open probe is spent by
+the call that makes it (not by a plan), tenants' limits stay their own, and a TPM
+estimate fits what the request can spend."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from agents.adapters.base import VendorCall, VendorResult
+from agents.batch_lane import BatchLane
+from agents.dispatch import Dispatcher
+from agents.handler import RequestHandler
+from agents.keys import KeyPool
+from agents.route import Router
+from schemas.config import Batching, Candidate, RelayConfig
+from schemas.envelope import HealthEvent, Priority
+from schemas.errors import (
+    RateLimited,
+    VendorAuthFailed,
+    VendorNotFound,
+    VendorRateLimited,
+    VendorUnavailable,
+    VendorUnsupported,
+)
+from schemas.usage import Usage
+from tables.buckets import PriorityGate, TokenBucket
+from tables.cache import CacheEntry
+from tables.health import Health
+from tables.prices import PriceSheet
+from tests.support.envelopes import request_envelope
+from tests.support.sinks import Sink
+
+ANSWER = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}
+ONE = [Candidate(vendor="a", model="m")]
+
+
+class Vendor:
+    """Answers, or raises ``fail`` (an error class or instance) after ``delay``."""
+
+    def __init__(self, fail: Any = None, delay: float = 0.0, usage: Usage | None = None):
+        self.fail = fail
+        self.delay = delay
+        self.usage = usage or Usage(input_tokens=1, output_tokens=1)
+        self.calls = 0
+
+    async def chat(self, call: VendorCall) -> VendorResult:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail("refused") if isinstance(self.fail, type) else self.fail
+        return VendorResult(ANSWER, self.usage)
+
+    async def embed(self, call: VendorCall) -> VendorResult:
+        self.calls += 1
+        inputs = call.body["input"]
+        inputs = inputs if isinstance(inputs, list) else [inputs]
+        data = [{"object": "embedding", "index": i, "embedding": [0.0]} for i in range(len(inputs))]
+        return VendorResult({"object": "list", "data": data}, Usage(input_tokens=2 * len(inputs)))
+
+    def stream(self, call: Any) -> Any:
+        raise NotImplementedError
+
+
+def dispatcher(
+    vendors: dict[str, Any], keys: int = 1, gate: PriorityGate | None = None, **kw: Any
+) -> tuple[Dispatcher, list[HealthEvent]]:
+    seen: list[HealthEvent] = []
+
+    async def on_health(ev: HealthEvent) -> None:
+        seen.append(ev)
+
+    pools = {name: KeyPool([f"k{i}" for i in range(keys)]) for name in vendors}
+    return Dispatcher(vendors, pools, on_health, gate=gate, **kw), seen
+
+
+def within(seconds: float, **kw: Any) -> Any:
+    return request_envelope(deadline_ms=int((time.time() + seconds) * 1000), **kw)
+
+
+async def test_a_short_retry_after_never_becomes_a_tight_loop_over_the_keys() -> None:
+    """Each key's 429 asks for 5 ms, less than a call takes: the key is free again by the
+    time the pool is asked.  Each key is still tried once per attempt, and each extra
+    call waits its turn in the vendor's RPM bucket."""
+    gate = PriorityGate()
+    gate.configure("vendor:a", TokenBucket.from_rpm(60, now=time.monotonic()))
+    vendor = Vendor(VendorRateLimited("429", retry_after=0.005), delay=0.01)
+    dispatch, _ = dispatcher({"a": vendor}, keys=2, gate=gate)
+    out = await dispatch.run(within(1.0), ONE, None)
+    assert out.error is not None
+    assert vendor.calls <= 2, f"{vendor.calls} calls in 1 s against 60 RPM"
+
+
+async def test_a_limited_pool_is_tried_key_by_key_then_the_model_s_429_is_reported() -> None:
+    vendor = Vendor(VendorRateLimited("429", retry_after=1.0), delay=0.05)
+    dispatch, seen = dispatcher({"a": vendor}, keys=5)
+    out = await dispatch.run(within(3.0), ONE, None)
+    assert isinstance(out.error, VendorRateLimited)
+    assert vendor.calls <= 10, "each key once per round, two rounds"
+    assert seen and not seen[-1].ok, "the model's 429 reached its health"
+
+
+@pytest.mark.parametrize("err", [VendorUnsupported, VendorNotFound, VendorAuthFailed])
+async def test_a_refusal_that_cannot_change_is_not_sent_again_next_round(err: type) -> None:
+    vendor = Vendor(err)
+    dispatch, _ = dispatcher({"a": vendor})
+    out = await dispatch.run(within(5.0), ONE, None)
+    assert isinstance(out.error, err)
+    assert vendor.calls == 1
+
+
+async def test_a_vendor_that_failed_is_still_tried_again_next_round() -> None:
+    vendor = Vendor(VendorUnavailable)
+    dispatch, _ = dispatcher({"a": vendor})
+    await dispatch.run(within(5.0), ONE, None)
+    assert vendor.calls == 2
+
+
+async def test_a_burst_of_tiny_embeddings_fits_its_tpm_without_a_completion_allowance() -> None:
+    """An embeddings request spends its input only: 40 of ~3 tokens each fit a bucket of
+    1 000, where a chat's 256-token completion allowance would refuse most."""
+    gate = PriorityGate()
+    gate.configure("vendor-tpm:a", TokenBucket.from_tpm(60_000, now=time.monotonic()))
+    vendor = Vendor()
+    dispatch, _ = dispatcher(
+        {"a": vendor}, gate=gate, batching={"e": Batching(window_ms=50, max_size=64)}
+    )
+
+    async def one(i: int) -> Any:
+        env = within(2.0, endpoint="embeddings", alias="e", body={"model": "e", "input": f"hi {i}"})
+        return await dispatch.run(env, [Candidate(vendor="a", model="emb")], None)
+
+    outs = await asyncio.gather(*(one(i) for i in range(40)))
+    assert not [o for o in outs if isinstance(o.error, RateLimited)]
+
+
+TWO = RelayConfig.model_validate(
+    {
+        "vendors": {
+            "a": {"kind": "openai", "base_url": "http://a/v1"},
+            "b": {"kind": "openai", "base_url": "http://b/v1"},
+        },
+        "models": {
+            "m": {
+                "candidates": [
+                    {"vendor": "a", "model": "primary", "input_per_1m": 1},
+                    {"vendor": "b", "model": "fallback", "input_per_1m": 2},
+                ]
+            }
+        },
+        "tenants": {"t": {}},
+    }
+)
+
+
+def due_for_a_probe(key: str) -> dict[str, Any]:
+    """A health table where ``key``'s breaker opened long enough ago (open_s is 10 s)."""
+    opened = Health(state="open", opened_at=time.time() - 60, consecutive_failures=5)
+    return {key: opened.model_dump()}
+
+
+async def test_a_probe_is_spent_by_the_call_not_by_a_plan_it_was_not_called_in() -> None:
+    """A recovered fallback planned behind a primary that answers keeps its probe: when
+    the primary fails a moment later, the fallback is there to answer."""
+    router = Router(TWO, due_for_a_probe("b/fallback").get)
+    a, b = Vendor(), Vendor()
+    dispatch, _ = dispatcher({"a": a, "b": b})
+    first = await dispatch.run(
+        request_envelope(), router.plan("m", time.time()), None, may_call=router.may_call
+    )
+    assert first.error is None and b.calls == 0
+    a.fail = VendorUnavailable
+    plan = router.plan("m", time.time())
+    assert [c.vendor for c in plan] == ["a", "b"]
+    second = await dispatch.run(request_envelope(), plan, None, may_call=router.may_call)
+    assert second.error is None and b.calls == 1
+    # That was the probe: until it is told, this worker sends no second one.
+    assert [c.vendor for c in router.plan("m", time.time())] == ["a"]
+    assert not router.may_call(Candidate(vendor="b", model="fallback"))
+
+
+def handler_for(
+    config: RelayConfig, vendors: dict[str, Any], table: dict[str, Any] | None = None, **kw: Any
+) -> tuple[RequestHandler, Sink]:
+    sink = kw.pop("sink", None) or Sink()
+    pools = {name: KeyPool(["k"]) for name in vendors}
+    handler = RequestHandler(
+        Router(config, (table or {}).get),
+        Dispatcher(vendors, pools, sink.health, **kw),
+        PriceSheet.from_config(config.models),
+        sink,
+    )
+    return handler, sink
+
+
+async def test_background_work_sends_the_probe_its_plan_found_due() -> None:
+    """Background chat plans twice (for the batch lane, then to call): an Ollama vendor
+    has no batch API, and the first plan must not use up the probe the call then needs."""
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {"ollama": {"kind": "ollama", "base_url": "http://o"}},
+            "models": {"m": {"candidates": [{"vendor": "ollama", "model": "llama"}]}},
+            "tenants": {"t": {}},
+        }
+    )
+    vendor = Vendor()
+    handler, sink = handler_for(config, {"ollama": vendor}, due_for_a_probe("ollama/llama"))
+    pools = {"ollama": KeyPool([])}
+    handler.lane = BatchLane({"ollama": vendor}, pools, config.batch_lane, handler.deliver_batch)
+    env = request_envelope(priority=Priority.background)
+    await handler.handle(env)
+    assert vendor.calls == 1 and sink.for_(env.correlation_id)[-1].kind == "final"
+
+
+class SlowL2(Sink):
+    """Every L2 lookup takes a Redis round trip (so identical requests overlap)."""
+
+    async def cached(self, key: str, *, stale_ok: bool = False) -> CacheEntry | None:
+        await asyncio.sleep(0.02)
+        return None
+
+
+async def test_a_tenant_without_limits_never_hears_another_tenant_s_429() -> None:
+    """Under a global cache scope tenants share calls; the one with limits of its own
+    flies apart, so a tenant without limits is neither refused by them nor lets the
+    limited one ride free of them."""
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {"a": {"kind": "openai", "base_url": "http://a/v1"}},
+            "models": {"m": {"candidates": [{"vendor": "a", "model": "x"}]}},
+            "tenants": {
+                "noisy": {"cache_scope": "global", "rpm": 1},
+                "quiet": {"cache_scope": "global"},
+            },
+        }
+    )
+    gate = PriorityGate()
+    spent = TokenBucket(capacity=1, refill_per_s=1 / 60, tokens=0, updated=time.monotonic())
+    gate.configure("tenant:noisy", spent)  # its one request of the minute is used
+    vendor = Vendor()
+    handler, sink = handler_for(config, {"a": vendor}, gate=gate, sink=SlowL2())
+    noisy = within(0.5, tenant="noisy", prompt_hash="same", cache_lookup=True)
+    quiet = within(0.5, tenant="quiet", prompt_hash="same", cache_lookup=True)
+    leader = asyncio.create_task(handler.handle(noisy))
+    await asyncio.sleep(0.005)
+    await handler.handle(quiet)
+    await leader
+    assert sink.for_(quiet.correlation_id)[-1].kind == "final"
+    told = sink.for_(noisy.correlation_id)[-1]
+    assert told.kind == "error" and told.error is not None
+    assert told.error["code"] == RateLimited.code
+
+
+async def test_a_call_degraded_by_rate_pressure_is_charged_to_its_tenant_s_tpm() -> None:
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {
+                "big": {"kind": "openai", "base_url": "http://big/v1"},
+                "small": {"kind": "openai", "base_url": "http://small/v1"},
+            },
+            "models": {
+                "m": {
+                    "degrade_to": "cheap",
+                    "degrade_after_wait_ms": 100,
+                    "candidates": [{"vendor": "big", "model": "x", "input_per_1m": 5}],
+                },
+                "cheap": {"candidates": [{"vendor": "small", "model": "y", "input_per_1m": 1}]},
+            },
+            "tenants": {"t": {"tpm": 60_000}},
+        }
+    )
+    now = time.monotonic()
+    gate = PriorityGate()
+    gate.configure(
+        "vendor:big", TokenBucket(capacity=1, refill_per_s=1 / 60, tokens=0, updated=now)
+    )
+    gate.configure(
+        "tenant-tpm:t", TokenBucket(capacity=1000, refill_per_s=0.001, tokens=1000, updated=now)
+    )
+    big, small = Vendor(), Vendor(usage=Usage(input_tokens=40, output_tokens=10))
+    handler, sink = handler_for(config, {"big": big, "small": small}, gate=gate)
+    await handler.handle(within(5.0))
+    assert (big.calls, small.calls) == (0, 1)
+    assert sink.ledger[-1].status == "ok" and sink.ledger[-1].degraded == "rate_pressure"
+    bucket = gate.bucket("tenant-tpm:t")
+    assert bucket is not None and bucket.tokens == pytest.approx(1000 - 50, abs=1)
