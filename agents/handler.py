@@ -36,7 +36,7 @@ from schemas.errors import (
     RateLimited,
     RelayError,
 )
-from schemas.formats.openai import assemble_chunks, response_to_chunks
+from schemas.formats.openai import response_to_chunks
 from schemas.usage import Usage
 from tables.budgets import BudgetDecision
 from tables.cache import CacheEntry, storable
@@ -189,9 +189,10 @@ class RequestHandler:
         entry = await self.sink.cached(env.prompt_hash, stale_ok=stale_ok)
         if entry is None or not entry.answers(env.endpoint):
             return None
-        body = entry.body if entry.body is not None else assemble_chunks(entry.chunks or [])
+        if not entry.young_enough(env.cache_max_age_s):
+            return None  # older than the request takes (its gateway's L2 was not asked)
+        body = entry.whole(env.alias)
         if env.endpoint == "chat":
-            body = {**body, "model": env.alias}
             body.setdefault("usage", entry.usage.to_openai())
         # A pair no longer in the config still names who answered (a hit costs nothing).
         cand = self.prices.candidate(entry.vendor, entry.model) or Candidate(
@@ -251,7 +252,7 @@ class RequestHandler:
         if env.stream or env.endpoint != "chat" or self.flights.live(env, self._apart(env)):
             return False
         if env.cache_lookup and (hit := await self.sink.cached(env.prompt_hash)) is not None:
-            if hit.answers(env.endpoint):
+            if hit.answers(env.endpoint) and hit.young_enough(env.cache_max_age_s):
                 return False
         try:  # a request degraded by its tenant's budget goes the cheaper way here too
             plan = self.router.plan(
@@ -315,7 +316,7 @@ class RequestHandler:
             await self._fail(env, result)
             return
         body = {**result.body, "model": env.alias}
-        if env.cache_ttl_s and not env.degraded:
+        if env.cache_ttl_s and self._keeps(env, cand, body):
             entry = _entry(env, cand, result.usage, body=body)
             try:  # a cache that fails costs a later request a call, never this answer
                 await self.sink.cache(env.prompt_hash, entry, env.cache_ttl_s)
@@ -502,16 +503,26 @@ class RequestHandler:
     def _store(self, flight: Flight, out: Outcome) -> asyncio.Future[None] | None:
         """Start storing the answer (as it stands now), or None when it is not cached."""
         leader = flight.waiters[0].envelope
-        if not leader.cache_ttl_s or out.candidate is None:
+        if not leader.cache_ttl_s or out.candidate is None or flight.degraded:
             return None
-        if flight.degraded_for(leader):
-            return None  # a cheaper model's answer must not be served later as the alias's
-        if self.router.spec(leader.alias).is_canary(out.candidate.vendor, out.candidate.model):
-            return None  # nor a canary's to users of the stable version
-        if not storable(out.body, flight.chunks):
+        if not self._keeps(leader, out.candidate, out.body, flight.chunks):
             return None
         entry = _entry(leader, out.candidate, out.usage, body=out.body, chunks=list(flight.chunks))
         return asyncio.ensure_future(self.sink.cache(leader.prompt_hash, entry, leader.cache_ttl_s))
+
+    def _keeps(
+        self,
+        env: RequestEnvelope,
+        cand: Candidate,
+        body: dict[str, Any] | None,
+        chunks: list[dict[str, Any]] | None = None,
+    ) -> bool:
+        """Whether an answer to ``env`` may be stored for later requests to be served."""
+        if env.degraded:
+            return False  # a cheaper model's answer must not be served later as the alias's
+        if self.router.spec(env.alias).is_canary(cand.vendor, cand.model):
+            return False  # nor a canary's to users of the stable version
+        return storable(body, chunks)  # nor one a filter cut, nor an error sent as one
 
     async def _fail(
         self,

@@ -64,13 +64,13 @@ async def count_tokens(request: Request, who: CallerDep) -> Any:
     the pipeline like any request (cached, metered at no cost); else an estimate at four
     characters a token, since OpenAI and Ollama have no such endpoint."""
     body = await json_object(request)
+    opts = Options.from_headers(request.headers)  # a bad header is a 400 whoever counts
     neutral = neutral_request({**body, "max_tokens": body.get("max_tokens", 1)})
     relay: Relay = request.app.state.relay
     alias = str(body["model"])
     await relay.check_model(who, alias)
     relay.check_kind(alias, "count_tokens")
     if relay.config.counts_tokens(alias):
-        opts = Options.from_headers(request.headers)
         try:
             answer = await relay.answer(who, "count_tokens", neutral, opts)
         except NoHealthyVendor:

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from gateway import metrics
+from schemas.envelope import MAX_TRACE_ID
 from schemas.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -65,6 +66,10 @@ def error_response(request: Request, err: RelayError) -> JSONResponse:
     if err.retry_after is not None:
         # Rounded up: a client that waits what it is told must find the way clear.
         headers["retry-after"] = str(max(1, math.ceil(err.retry_after)))
+    # The trace id the request went under, or the client's own when it failed before that.
+    given = request.headers.get("x-relay-trace-id", "")
+    if trace := err.trace_id or (given if 0 < len(given) <= MAX_TRACE_ID else None):
+        headers["x-relay-trace-id"] = trace
     if is_anthropic(request):
         status, body = anthropic_error(err)
     else:

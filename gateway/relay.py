@@ -22,6 +22,7 @@ from gateway.auth import Caller, RefusalThrottle
 from gateway.bus import Bus
 from schemas.config import RelayConfig, ttl_seconds
 from schemas.envelope import (
+    MAX_TRACE_ID,
     REPLY_GRACE_S,
     AuditKind,
     Endpoint,
@@ -31,7 +32,7 @@ from schemas.envelope import (
     UsageEvent,
 )
 from schemas.errors import BadRequest, DeadlineExceeded, ModelNotFound, NoWorker, RelayError
-from schemas.formats.openai import assemble_chunks, response_to_chunks
+from schemas.formats.openai import response_to_chunks
 from schemas.settings import Settings
 from schemas.usage import Usage
 from tables.cache import CacheEntry, ResponseCache, cache_key, storable
@@ -40,7 +41,6 @@ from tables.prices import PriceSheet
 CacheMode = Literal["use", "bypass", "refresh"]
 MAX_TIMEOUT_S = 3600.0  # x-relay-timeout: an hour at most
 MAX_CACHE_TTL_S = 30 * 86400  # x-relay-cache-ttl: thirty days at most
-MAX_TRACE_ID = 128  # x-relay-trace-id: it travels in every envelope and ledger line
 MAX_COST_TAG = 128  # x-relay-cost-tag: the same
 MAX_BETAS = 32  # anthropic-beta: feature names, such as interleaved-thinking-2025-05-14
 _BETA = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -190,6 +190,17 @@ class Relay:
     async def answer(
         self, who: Caller, endpoint: Endpoint, body: dict[str, Any], opts: Options
     ) -> Answer:
+        """The answer to one request (cache, or a worker through Kafka); an error says
+        the request's trace id, made here when the client sent none."""
+        try:
+            return await self._answer(who, endpoint, body, opts)
+        except RelayError as err:
+            err.trace_id = err.trace_id or opts.trace_id
+            raise
+
+    async def _answer(
+        self, who: Caller, endpoint: Endpoint, body: dict[str, Any], opts: Options
+    ) -> Answer:
         alias = str(body.get("model", ""))
         await self.check_model(who, alias)
         self.check_kind(alias, endpoint)
@@ -202,7 +213,7 @@ class Relay:
             metrics.REDIS_UP.set(1 if self.cache.l2_healthy else 0)
             if hit is not None:
                 entry, level = hit
-                if opts.ttl_s is None or time.time() - entry.created <= opts.ttl_s:
+                if entry.young_enough(opts.ttl_s):
                     return await self._from_cache(who, endpoint, alias, entry, level, stream, opts)
                 lookup = False  # older than this request takes: a new answer replaces it
         env = self.envelope(
@@ -267,6 +278,7 @@ class Relay:
             "user": user if isinstance(user, str) else None,
             "cache_ttl_s": None if opts.cache == "bypass" or ttl <= 0 else ttl,
             "cache_lookup": opts.cache == "use" and ttl > 0,
+            "cache_max_age_s": opts.ttl_s,
         }
         return RequestEnvelope(**(values | fields))
 
@@ -427,12 +439,11 @@ class Relay:
         headers = {"x-relay-cache": f"hit-{level}", "x-relay-trace-id": opts.trace_id}
         headers.update(_cost_headers(0.0, direct))
         if not stream:
-            body = entry.body if entry.body is not None else assemble_chunks(entry.chunks or [])
-            body = _fresh(body, alias)
+            body = entry.whole(alias)
             if endpoint == "chat":
                 body.setdefault("usage", entry.usage.to_openai())
             return Answer(headers, body=body, usage=entry.usage)
-        chunks = entry.chunks if entry.chunks else response_to_chunks(_fresh(entry.body, alias))
+        chunks = entry.chunks if entry.chunks else response_to_chunks(entry.whole(alias))
         return Answer(headers, chunks=_replay(chunks, entry.usage))
 
     async def _meter_failure(self, env: RequestEnvelope, code: str) -> None:
@@ -441,22 +452,12 @@ class Relay:
         await self.bus.meter(UsageEvent.failure(env, code))
 
 
-def _fresh(body: dict[str, Any] | None, alias: str) -> dict[str, Any]:
-    """A cached chat answer under a new id and time, so no two answers share an id."""
-    out = dict(body or {})
-    if out.get("object") == "chat.completion":
-        out["id"] = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        out["created"] = int(time.time())
-        out["model"] = alias
-    return out
-
-
 async def _replay(
     chunks: list[dict[str, Any]], usage: Usage
 ) -> AsyncIterator[dict[str, Any] | Usage]:
-    cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-    for chunk in chunks:
-        yield {**chunk, "id": cid}
+    cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    for chunk in chunks:  # under a new id and time, as a whole answer is
+        yield {**chunk, "id": cid, "created": created}
     yield usage
 
 

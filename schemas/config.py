@@ -294,8 +294,8 @@ def ttl_seconds(value: str | int) -> int:
     """A TTL class name (static, semi-static, dynamic) or a number of seconds."""
     if isinstance(value, int):
         return value
-    if value in TTL_CLASSES:
-        return TTL_CLASSES[value]
+    if (name := value.strip().lower()) in TTL_CLASSES:  # as the other headers are read
+        return TTL_CLASSES[name]
     try:
         return int(value)
     except ValueError:

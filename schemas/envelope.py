@@ -30,6 +30,7 @@ Endpoint = Literal["chat", "embeddings", "completions", "count_tokens"]
 # How long past a request's deadline its gateway still waits for the worker's own answer
 # (a timeout error, say) before it gives up and writes the ledger line itself.
 REPLY_GRACE_S = 2.0
+MAX_TRACE_ID = 128  # x-relay-trace-id: it travels in every envelope and ledger line
 
 
 def now_ms() -> int:
@@ -62,6 +63,9 @@ class RequestEnvelope(BaseModel):
     user: str | None = None
     cache_ttl_s: int | None = Field(None, description="store the answer for this long")
     cache_lookup: bool = Field(False, description="a stored answer may serve this request")
+    cache_max_age_s: int | None = Field(
+        None, description="the oldest stored answer that may serve it (x-relay-cache-ttl)"
+    )
     degraded: str | None = Field(None, description="why the worker routes it cheaper")
     gateway_meters_timeout: bool = Field(
         False,

@@ -52,6 +52,9 @@ class RelayError(Exception):
         # The vendor's own error inside a stream it had opened: it did not take the call
         # (nothing to bill), unlike a stream cut by a timeout or a dropped connection.
         self.refused = False
+        # The request's trace id, echoed in the error response's x-relay-trace-id header
+        # (the client's way to its ledger line), when the gateway knows it.
+        self.trace_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ import hashlib
 import math
 import time
 import unicodedata
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
 from schemas.errors import BadRequest
+from schemas.formats.openai import assemble_chunks
 from schemas.usage import Usage
 
 KEY_VERSION = 2  # bump when normalization changes, so old entries are never misread
@@ -161,16 +163,38 @@ def cache_key(
         raise BadRequest(f"body: cannot be relayed ({exc})") from None
 
 
+UNSTORABLE_FINISH = frozenset({"content_filter", "error"})
+
+
 def storable(body: dict[str, Any] | None, chunks: list[dict[str, Any]] | None = None) -> bool:
     """Whether an answer may be served again: not one a vendor's content filter cut (a
-    filter may pass the same question next time; its refusal should not stick)."""
+    filter may pass the same question next time; its refusal should not stick), nor an
+    error a vendor sent as an answer (an ``error`` in a 200 body, a choice that finished
+    in ``error``, as OpenRouter does when a model fails part way)."""
     answers = [body] if body is not None else list(chunks or [])
     return not any(
-        isinstance(choice, dict) and choice.get("finish_reason") == "content_filter"
+        "error" in answer
+        or any(
+            isinstance(choice, dict) and choice.get("finish_reason") in UNSTORABLE_FINISH
+            for choice in answer.get("choices") or []
+        )
         for answer in answers
         if isinstance(answer, dict)
-        for choice in answer.get("choices") or []
     )
+
+
+ID_PREFIXES = {"chat.completion": "chatcmpl-", "text_completion": "cmpl-"}
+
+
+def fresh(body: dict[str, Any], alias: str) -> dict[str, Any]:
+    """A cached completion under a new id and time and the alias's name, so no two
+    answers share an id (a copy: the cached body is shared)."""
+    out = dict(body)
+    if (prefix := ID_PREFIXES.get(out.get("object", ""))) is not None:
+        out["id"] = f"{prefix}{uuid.uuid4().hex[:24]}"
+        out["created"] = int(time.time())
+        out["model"] = alias
+    return out
 
 
 def redis_prefix(topic_prefix: str) -> str:
@@ -195,6 +219,15 @@ class CacheEntry(BaseModel):
 
     def answers(self, endpoint: str) -> bool:
         return self.endpoint is None or self.endpoint == endpoint
+
+    def young_enough(self, max_age_s: int | None) -> bool:
+        """Whether it is no older than a request takes (``x-relay-cache-ttl``)."""
+        return max_age_s is None or time.time() - self.created <= max_age_s
+
+    def whole(self, alias: str) -> dict[str, Any]:
+        """The answer as one body (a stream's assembled), fresh for this request."""
+        body = self.body if self.body is not None else assemble_chunks(self.chunks or [])
+        return fresh(body, alias)
 
 
 class L1Cache:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
+
 from schemas.envelope import ReplyEvent, RequestEnvelope
+from schemas.errors import VendorUnavailable
 from schemas.usage import Usage
+from tables.cache import storable
 from tests.support.gateway import client, gateway_app, hello
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "cache me"}]}
@@ -83,3 +87,110 @@ async def test_a_canarys_answer_is_not_kept_for_users_of_the_stable_version() ->
             answer = await http.post("/v1/chat/completions", json=BODY)
             assert answer.headers["x-relay-cache"] == "miss"
     assert len(bus.published) == 2
+
+
+def streamed(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+    cid = env.correlation_id
+    head = {"id": "chatcmpl-vendor", "object": "chat.completion.chunk", "created": 1}
+    delta = {"role": "assistant", "content": "Hi"}
+    chunk = {**head, "model": env.alias, "choices": [{"index": 0, "delta": delta}]}
+    usage = Usage(input_tokens=3, output_tokens=1)
+    return [
+        (0.0, ReplyEvent(correlation_id=cid, kind="chunk", seq=1, body=chunk)),
+        (0.0, ReplyEvent(correlation_id=cid, kind="final", seq=2, vendor="sim-openai",
+                         model="gpt-4o-mini", usage=usage)),
+    ]  # fmt: skip
+
+
+def data_lines(text: str) -> list[dict[str, Any]]:
+    return [orjson.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+
+
+async def test_a_hit_whole_or_streamed_comes_under_a_new_id_and_time() -> None:
+    chat = {**BODY, "stream": True}
+    app, _ = gateway_app(streamed)
+    async with client(app) as http:
+        first = await http.post("/v1/chat/completions", json=chat)
+        now = int(time.time())
+        whole = await http.post("/v1/chat/completions", json={**chat, "stream": False})
+        replay = await http.post("/v1/chat/completions", json=chat)
+    assert first.headers["x-relay-cache"] == "miss"
+    assert whole.headers["x-relay-cache"] == replay.headers["x-relay-cache"] == "hit-l1"
+    assert whole.json()["created"] >= now and whole.json()["id"] != "chatcmpl-vendor"
+    chunks = data_lines(replay.text)
+    assert {c["id"] for c in chunks} != {"chatcmpl-vendor"} and len({c["id"] for c in chunks}) == 1
+    assert all(c["created"] >= now for c in chunks)
+
+
+async def test_a_legacy_completion_hit_is_not_served_under_the_first_answer_s_id() -> None:
+    def completion(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+        body = {
+            "id": "cmpl-first",
+            "object": "text_completion",
+            "created": 1,
+            "model": "x",
+            "choices": [{"index": 0, "text": "Hi", "finish_reason": "stop"}],
+        }
+        return [(0.0, ReplyEvent(correlation_id=env.correlation_id, kind="final", body=body,
+                                 vendor="sim-openai", model="x", usage=Usage(input_tokens=1)))]  # fmt: skip
+
+    app, _ = gateway_app(completion)
+    body = {"model": "gpt-3.5-turbo-instruct", "prompt": "hi"}
+    async with client(app) as http:
+        first = await http.post("/v1/completions", json=body)
+        again = await http.post("/v1/completions", json=body)
+    assert again.headers["x-relay-cache"] == "hit-l1"
+    assert again.json()["id"].startswith("cmpl-") and again.json()["id"] != first.json()["id"]
+
+
+async def test_an_error_a_vendor_sent_as_an_answer_is_never_kept() -> None:
+    """OpenRouter answers 200 with an ``error`` (or a choice finished in ``error``) when a
+    model fails part way: it must not be served again from L1."""
+
+    def script(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+        body = {"error": {"message": "upstream overloaded", "code": 502}, "model": env.alias}
+        return [(0.0, ReplyEvent(correlation_id=env.correlation_id, kind="final", body=body,
+                                 vendor="sim-openai", model="gpt-4o-mini",
+                                 usage=Usage(input_tokens=2)))]  # fmt: skip
+
+    app, _ = gateway_app(script)
+    async with client(app) as http:
+        await http.post("/v1/chat/completions", json=BODY)
+        again = await http.post("/v1/chat/completions", json=BODY)
+    assert again.headers["x-relay-cache"] == "miss"
+    finished_in_error = hello("gpt-4o-mini", "error")
+    assert not storable(finished_in_error) and storable(hello("gpt-4o-mini", "stop"))
+
+
+async def test_a_failed_request_still_says_its_trace_id() -> None:
+    def fails(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+        err = VendorUnavailable("vendor down").to_dict()
+        return [(0.0, ReplyEvent(correlation_id=env.correlation_id, kind="error", error=err))]
+
+    app, bus = gateway_app(fails)
+    async with client(app) as http:
+        given = await http.post(
+            "/v1/chat/completions", json=BODY, headers={"x-relay-trace-id": "trace-42"}
+        )
+        made = await http.post("/v1/chat/completions", json=BODY)
+        refused = await http.post(
+            "/v1/chat/completions", json=BODY,
+            headers={"x-relay-trace-id": "trace-43", "x-relay-priority": "soon"},
+        )  # fmt: skip
+    assert given.status_code == made.status_code == 502
+    assert given.headers["x-relay-trace-id"] == "trace-42"
+    assert made.headers["x-relay-trace-id"] == bus.published[-1].trace_id
+    assert refused.status_code == 400 and refused.headers["x-relay-trace-id"] == "trace-43"
+
+
+async def test_ttl_class_names_are_read_whatever_their_case_as_the_other_headers() -> None:
+    app, bus = gateway_app(paid())
+    async with client(app) as http:
+        ok = await http.post(
+            "/v1/chat/completions", json=BODY, headers={"x-relay-cache-ttl": "Static"}
+        )
+        counted = await http.post(
+            "/v1/messages/count_tokens", json=BODY, headers={"x-relay-cache": "nonsense"}
+        )
+    assert ok.status_code == 200 and bus.published[-1].cache_ttl_s == 6 * 3600
+    assert counted.status_code == 400, "a bad header is refused whoever counts the tokens"

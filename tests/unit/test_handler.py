@@ -16,7 +16,7 @@ from agents.dispatch import Dispatcher
 from agents.handler import RequestHandler
 from agents.keys import KeyPool
 from agents.route import Router
-from schemas.config import RelayConfig
+from schemas.config import Candidate, RelayConfig
 from schemas.envelope import Priority, ReplyEvent, RequestEnvelope
 from schemas.errors import BadRequest
 from schemas.usage import Usage
@@ -1134,3 +1134,80 @@ async def test_a_producers_prompt_hash_never_serves_one_endpoints_answer_to_anot
     again = env.model_copy(update={"correlation_id": "again"})
     await handler.handle(again)
     assert sink.for_("again")[-1].cache_hit and calls == ["/v1/embeddings"]
+
+
+def stored_answer(content: str = "Hi", created: float | None = None) -> CacheEntry:
+    body = {
+        "id": "chatcmpl-first",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content},
+             "finish_reason": "stop"}
+        ],
+    }  # fmt: skip
+    when = time.time() if created is None else created
+    return CacheEntry(
+        body=body, usage=Usage(input_tokens=7), vendor="a", model="cheap", created=when
+    )
+
+
+async def test_a_worker_s_cache_hit_comes_under_a_new_id_and_time() -> None:
+    handler, sink = make(vendor([]))
+    sink.stored["hit"] = stored_answer()
+    env = envelope(key="hit", cache_lookup=True)
+    before = int(time.time())
+    await handler.handle(env)
+    final = sink.for_(env.correlation_id)[-1]
+    assert final.kind == "final" and final.cache_hit and final.body is not None
+    assert final.body["id"] != "chatcmpl-first" and final.body["created"] >= before
+    assert sink.stored["hit"].body is not None and sink.stored["hit"].body["id"] == "chatcmpl-first"
+
+
+async def test_the_worker_serves_no_answer_older_than_the_request_takes() -> None:
+    """``x-relay-cache-ttl: 60`` is also the oldest answer the request takes; the worker
+    holds to it too (its gateway may not have asked L2: Redis was marked down there)."""
+    calls: list[str] = []
+    handler, sink = make(vendor(calls))
+    sink.stored["aged"] = stored_answer("stale", created=time.time() - 7200)
+    env = envelope(key="aged", cache_lookup=True, ttl=60, cache_max_age_s=60)
+    await handler.handle(env)
+    assert not sink.for_(env.correlation_id)[-1].cache_hit and calls == ["a"]
+    older_ok = envelope(key="aged", cache_lookup=True, ttl=60, cache_max_age_s=3 * 3600)
+    sink.stored["aged"] = stored_answer("stale", created=time.time() - 7200)
+    await handler.handle(older_ok)
+    assert sink.for_(older_ok.correlation_id)[-1].cache_hit and calls == ["a"]
+
+
+CANARY_A = RelayConfig.model_validate(
+    {
+        "vendors": {"a": {"kind": "openai", "base_url": "http://a/v1"}},
+        "models": {
+            "m": {
+                "candidates": [{"vendor": "a", "model": "cheap"}],
+                "canary": {"candidate": {"vendor": "a", "model": "next"}, "percent": 50},
+            }
+        },
+        "tenants": {"t": {}},
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("config", "model", "finish"),
+    [(CONFIG, "cheap", "content_filter"), (CANARY_A, "next", "stop")],
+    ids=["filtered", "canary"],
+)
+async def test_a_vendor_batch_answer_is_kept_only_as_a_realtime_one_would_be(config, model, finish):
+    """An answer from the batch-API lane that a filter cut, or a canary's, reaches its
+    caller and is never stored for later requests."""
+    handler, sink = make(vendor([]), config)
+    env = envelope(key="bg", priority=Priority.background)
+    body = stored_answer().body
+    assert body is not None
+    body["choices"][0]["finish_reason"] = finish
+    cand = Candidate(vendor="a", model=model)
+    await handler.deliver_batch(env, cand, VendorResult(body=body, usage=Usage(input_tokens=3)))
+    assert sink.for_(env.correlation_id)[-1].kind == "final"
+    assert "bg" not in sink.written
