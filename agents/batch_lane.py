@@ -26,6 +26,7 @@ from schemas.config import BatchLane as LaneRule
 from schemas.config import Candidate
 from schemas.envelope import RequestEnvelope
 from schemas.errors import (
+    BadRequest,
     BatchCancelled,
     RelayError,
     VendorBadRequest,
@@ -73,6 +74,12 @@ def _scrub(got: Any, key: str) -> Any:
 
 
 def _failure(exc: Exception) -> RelayError:
+    if isinstance(exc, VendorBadRequest | BadRequest):
+        # Refused or failed as a whole (too large, one bad line, a request the adapter
+        # could not put to the vendor, the vendor's queued-token limit): one tenant's
+        # request must not fail the others, nor switch the lane off.  Each goes on
+        # alone, the realtime way, where only a bad one is refused.
+        return VendorUnsupported(f"the vendor batch failed as a whole: {exc}")
     if isinstance(exc, RelayError):
         return exc
     return VendorUnavailable(f"the batch could not be read back ({type(exc).__name__})")
@@ -181,11 +188,6 @@ class BatchLane:
             failure = _failure(exc)
             if isinstance(exc, VendorNotFound):  # no batch API there: realtime for a while
                 self._refused[cand.vendor] = time.monotonic() + REFUSED_S
-            elif isinstance(exc, VendorBadRequest):
-                # Refused as a whole (too large, one bad line): one tenant's request must
-                # not fail the others, nor switch the lane off.  Each goes on alone, the
-                # realtime way, where only a bad one is refused.
-                failure = VendorUnsupported(f"the vendor refused the batch as a whole: {exc}")
             await self._deliver_all(cand, items, dict.fromkeys(_ids(items), failure))
             return
         self.batches_sent += 1

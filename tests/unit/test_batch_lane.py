@@ -5,13 +5,21 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from agents.adapters.base import VendorCall, VendorResult
 from agents.batch_lane import BatchLane
 from agents.keys import KeyPool
 from schemas.config import BatchLane as LaneRule
 from schemas.config import Candidate
 from schemas.envelope import Priority, RequestEnvelope
-from schemas.errors import RelayError, VendorUnavailable
+from schemas.errors import (
+    BadRequest,
+    RelayError,
+    VendorBadRequest,
+    VendorUnavailable,
+    VendorUnsupported,
+)
 from schemas.usage import Usage
 from tests.support.envelopes import request_envelope
 
@@ -220,3 +228,34 @@ async def test_a_failed_request_of_a_cancelled_batch_is_not_sent_on_at_full_pric
     got, _ = await cancelled_run(vendor, 2, cancelled={1})
     assert isinstance(got[0], VendorUnavailable) and got[0].retryable
     assert isinstance(got[1], BatchCancelled)
+
+
+class Refusing(ScriptedBatches):
+    """Refuses the batch as a whole: at submit (the adapter could not translate one
+    request), or when polled (the vendor failed the batch after taking it)."""
+
+    def __init__(self, at_submit: Exception | None = None, at_poll: Exception | None = None):
+        super().__init__([at_poll] if at_poll else [])
+        self.at_submit = at_submit
+
+    async def submit_batch(self, calls: list[tuple[str, VendorCall]], api_key: str) -> str:
+        if self.at_submit is not None:
+            raise self.at_submit
+        return await super().submit_batch(calls, api_key)
+
+
+@pytest.mark.parametrize(
+    "vendor",
+    [
+        Refusing(at_submit=BadRequest("messages.0.content.0.image_url: must be an object")),
+        Refusing(at_poll=VendorBadRequest("token_limit_exceeded: enqueued token limit reached")),
+    ],
+    ids=["untranslatable-request", "failed-after-taken"],
+)
+async def test_a_batch_failed_as_a_whole_sends_each_request_on_alone(vendor) -> None:
+    """One tenant's bad request, or the vendor's limit on queued tokens, must not answer
+    every tenant in the vendor batch with a 400: each hears a retryable refusal, which
+    the handler answers by sending the request the realtime way (only a bad one fails)."""
+    got = await run(vendor, 3)
+    assert len(got) == 3
+    assert all(isinstance(r, VendorUnsupported) and r.retryable for r in got)
