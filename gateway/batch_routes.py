@@ -35,7 +35,7 @@ from schemas.batches import (
     read_input,
 )
 from schemas.errors import BadRequest, NotFound
-from tables.batches import MESSAGE_BATCHES, BatchStore
+from tables.batches import MESSAGE_BATCHES, BatchStore, after_place
 
 router = APIRouter(prefix="/v1")
 
@@ -48,12 +48,24 @@ def _relay(request: Request) -> Relay:
     return request.app.state.relay  # type: ignore[no-any-return]
 
 
-def _page(items: list[Any], after: str | None, limit: int) -> dict[str, Any]:
-    """OpenAI's cursor page over ``items`` (newest first): those after ``after``."""
+async def _page(
+    request: Request,
+    tenant: str,
+    items: list[Any],
+    after: str | None,
+    limit: int,
+    newest_first: bool = True,
+) -> dict[str, Any]:
+    """OpenAI's cursor page over ``items`` (in ``listed_order``, or reversed): those
+    after ``after`` — also when that one was deleted since (a client deleting what it
+    lists), from the place it had; past any place known, nothing more."""
     ids = [i.id for i in items]
-    if after is not None and after not in ids:  # a cursor that is gone: nothing more
-        return {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
-    start = ids.index(after) + 1 if after in ids else 0
+    start = 0
+    if after in ids:
+        start = ids.index(after) + 1
+    elif after is not None:
+        place = await _store(request).place(tenant, after)
+        start = after_place(items, place, newest_first) if place else len(items)
     page = items[start : start + limit]
     return {
         "object": "list",
@@ -92,7 +104,9 @@ async def list_files(
     files = await _store(request).files(who.tenant)  # newest first
     if purpose is not None:
         files = [f for f in files if f.purpose == purpose]
-    return _page(files[::-1] if order == "asc" else files, after, limit)
+    newest_first = order == "desc"
+    listed = files if newest_first else files[::-1]
+    return await _page(request, who.tenant, listed, after, limit, newest_first)
 
 
 async def _file(request: Request, tenant: str, file_id: str) -> FileObject:
@@ -207,7 +221,8 @@ async def list_batches(
     limit: int = Query(20, ge=1, le=100),
 ) -> dict[str, Any]:
     batches = await _store(request).batches(who.tenant)
-    return _page([b for b in batches if b.endpoint != MESSAGE_BATCHES], after, limit)
+    ours = [b for b in batches if b.endpoint != MESSAGE_BATCHES]
+    return await _page(request, who.tenant, ours, after, limit)
 
 
 @router.get("/batches/{batch_id}")

@@ -14,7 +14,7 @@ answers 503 (``StoreUnavailable``) and the rest of the relay carries on.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import (
@@ -62,6 +62,7 @@ return 1
 # an answer the worker sent at the deadline may still be on its way to the store.
 EXPIRY_GRACE_S = 300
 MESSAGE_BATCHES = "/v1/messages"  # Anthropic's Message Batches: served at their results URL
+GONE_S = 24 * 3600  # how long a deleted file's or batch's place in its lists is kept
 _CANCEL_FIELDS = ("cancelling_at", "cancelled_at")
 
 
@@ -87,6 +88,25 @@ def _output_file_object(batch: BatchObject, kind: str, size: int) -> FileObject:
     )
 
 
+Listed = TypeVar("Listed", FileObject, BatchObject)
+
+
+def listed_order(items: list[Listed]) -> list[Listed]:
+    """Newest first, ties by id: an order any item's place, ``(created_at, id)``, locates
+    in, even once it is deleted (see ``BatchStore.place``)."""
+    return sorted(items, key=lambda i: (i.created_at, i.id), reverse=True)
+
+
+def after_place(items: list[Listed], place: tuple[int, str], newest_first: bool = True) -> int:
+    """The index in ``items`` (in ``listed_order``, or reversed) of the first item listed
+    after ``place``."""
+    for n, item in enumerate(items):
+        here = (item.created_at, item.id)
+        if (here < place) if newest_first else (here > place):
+            return n
+    return len(items)
+
+
 class BatchStore:
     def __init__(self, redis: aioredis.Redis, prefix: str, retention_s: int) -> None:
         self.redis = redis
@@ -110,6 +130,23 @@ class BatchStore:
 
     def _index(self, kind: str, tenant: str) -> str:
         return f"{self.prefix}{kind}:{tenant}"
+
+    def _gone(self, tenant: str) -> str:
+        return f"{self.prefix}gone:{tenant}"
+
+    async def _bury(self, tenant: str, item: FileObject | BatchObject) -> None:
+        """Keep a deleted file's or batch's place in its lists a while: a client that
+        deletes what it lists pages on from it (``after=<the id it just deleted>``)."""
+        async with self._guard() as redis, redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._gone(tenant), item.id, item.created_at)
+            pipe.pexpire(self._gone(tenant), GONE_S * 1000)
+            await pipe.execute()
+
+    async def place(self, tenant: str, item_id: str) -> tuple[int, str] | None:
+        """Where a file or batch deleted lately stood in its lists (``listed_order``)."""
+        async with self._guard() as redis:
+            created: Any = await redis.hget(self._gone(tenant), item_id)
+        return (int(created), item_id) if created is not None else None
 
     # ---- files ------------------------------------------------------------------------
 
@@ -162,19 +199,20 @@ class BatchStore:
             for file_id in (batch.output_file_id, batch.error_file_id):
                 if file_id and (meta := await self._output_meta(batch, file_id)):
                     found.append(meta)
-        return sorted(found, key=lambda f: f.created_at, reverse=True)
+        return listed_order(found)
 
     async def delete_file(self, tenant: str, file_id: str) -> bool:
         """Delete an upload, or a batch's output or error file (the batch keeps naming
         it, as OpenAI's does, but it is gone from the file endpoints)."""
-        if await self.file(tenant, file_id) is None:
+        if (meta := await self.file(tenant, file_id)) is None:
             return False
         async with self._guard() as redis:
             if out := _output_of(file_id):
                 await redis.hset(self._batch(out[0]), f"deleted:{out[1]}", 1)
-                return True
-            await redis.delete(self._file(file_id))
-            await redis.zrem(self._index("files", tenant), file_id)
+            else:
+                await redis.delete(self._file(file_id))
+                await redis.zrem(self._index("files", tenant), file_id)
+        await self._bury(tenant, meta)
         return True
 
     async def _output_meta(self, batch: BatchObject, file_id: str) -> FileObject | None:
@@ -303,7 +341,7 @@ class BatchStore:
         if gone := [i for i, b in zip(ids, found, strict=True) if b is None]:
             async with self._guard() as redis:
                 await redis.zrem(index, *gone)  # expired since they were listed
-        return [b for b in found if b is not None]
+        return listed_order([b for b in found if b is not None])
 
     async def cancel(self, tenant: str, batch_id: str) -> BatchObject | None:
         """Ask a running batch to stop: lines not yet sent to a vendor are answered with
@@ -316,9 +354,12 @@ class BatchStore:
 
     async def delete_batch(self, tenant: str, batch_id: str) -> None:
         """Forget a batch and its results (the caller checked the tenant)."""
+        batch = await self.batch(tenant, batch_id)
         async with self._guard() as redis:
             await redis.delete(self._batch(batch_id), self._out(batch_id), self._ids(batch_id))
             await redis.zrem(self._index("batches", tenant), batch_id)
+        if batch is not None:
+            await self._bury(tenant, batch)
 
     async def cancelled(self, batch_id: str) -> bool:
         async with self._guard() as redis:

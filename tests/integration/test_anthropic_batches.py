@@ -119,3 +119,22 @@ async def test_bad_batches_get_anthropic_errors(relay: Stack) -> None:
         await sdk.messages.batches.retrieve("msgbatch_nothing_here")
     with pytest.raises(anthropic.NotFoundError):
         await sdk.messages.batches.results("msgbatch_nothing_here")
+
+
+async def test_deleting_batches_while_listing_them_visits_every_one(relay: Stack) -> None:
+    """The usual clean-up: list, and delete each ended batch as it comes.  The SDK asks
+    each next page after the batch it just deleted, which the relay still places."""
+    sdk = client(relay)
+    made = set()
+    for _ in range(3):
+        batch = await sdk.messages.batches.create(
+            requests=[{"custom_id": "a", "params": params("no-such-model", "hi")}]
+        )
+        made.add((await ended(sdk, batch.id)).id)
+    seen = set()
+    async for batch in sdk.messages.batches.list(limit=1):
+        if batch.id in made:  # (other tests' batches are left as they are)
+            seen.add(batch.id)
+            await sdk.messages.batches.delete(batch.id)
+    assert seen == made
+    assert not made & {b.id async for b in sdk.messages.batches.list(limit=100)}

@@ -174,6 +174,25 @@ async def test_a_bad_input_file_fails_the_batch_with_every_problem_listed(relay:
     assert batch.request_counts.total == 0 and batch.output_file_id is None
 
 
+async def test_deleting_files_while_listing_them_visits_every_one(relay: Stack) -> None:
+    """The usual clean-up: list, and delete each file as it comes.  The SDK asks each
+    next page after the file it just deleted, which the relay still places."""
+    sdk = client(relay)
+    made = set()
+    for n in range(3):
+        upload = await sdk.files.create(
+            file=(f"f{n}.jsonl", jsonl([chat_line("a", "hi")])), purpose="batch"
+        )
+        made.add(upload.id)
+    seen = set()
+    async for listed in sdk.files.list(limit=1, purpose="batch"):
+        if listed.id in made:  # (other tests' files are left as they are)
+            seen.add(listed.id)
+            await sdk.files.delete(listed.id)
+    assert seen == made
+    assert not made & {f.id for f in (await sdk.files.list()).data}
+
+
 async def test_unknown_files_and_batches_are_openai_404s(relay: Stack) -> None:
     sdk = client(relay)
     with pytest.raises(openai.NotFoundError) as missing:
