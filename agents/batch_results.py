@@ -6,9 +6,16 @@ from __future__ import annotations
 
 import logging
 
-from schemas.batches import LineError, OutputLine, OutputResponse, parse_correlation
+from schemas.batches import (
+    LineError,
+    OutputLine,
+    OutputResponse,
+    legacy_line,
+    parse_correlation,
+)
 from schemas.envelope import ReplyEvent, RequestEnvelope
 from schemas.errors import RelayError, StoreUnavailable
+from schemas.formats.functions import answer_as_function_call
 from tables.batches import BatchStore
 
 log = logging.getLogger("relay.batch")
@@ -18,9 +25,13 @@ _LINE_ERRORS = {"deadline_exceeded": "batch_expired", "batch_cancelled": "batch_
 
 
 def output_line(custom_id: str, event: ReplyEvent) -> OutputLine:
-    """The output-file line of a batch line's final reply or error."""
+    """The output-file line of a batch line's final reply or error (a line asked with
+    the deprecated ``functions`` answered with ``function_call``, as the chat route does)."""
     if event.kind == "final" and event.body is not None:
-        response = OutputResponse(status_code=200, request_id=event.correlation_id, body=event.body)
+        body = event.body
+        if legacy_line(event.correlation_id):
+            body = answer_as_function_call(body)
+        response = OutputResponse(status_code=200, request_id=event.correlation_id, body=body)
         return OutputLine(custom_id=custom_id, response=response, usage=event.usage)
     err = RelayError.from_dict(event.error or {"message": "the line has no answer"})
     if err.code in _LINE_ERRORS:

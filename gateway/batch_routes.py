@@ -201,7 +201,7 @@ async def create_batch(body: BatchRequest, request: Request, who: CallerDep) -> 
         return batch.model_dump()
     batch.in_progress_at = now
     batch.expires_at = now + COMPLETION_WINDOW_S
-    lines = [Line(custom_id=line.custom_id, body=line.body) for line in valid]
+    lines = [Line(custom_id=line.custom_id, body=line.body, legacy=line.legacy) for line in valid]
     await submit(relay, store, who, opts, batch, endpoint, lines)
     return (await _batch(request, who.tenant, batch.id)).model_dump()
 

@@ -33,6 +33,7 @@ class Line:
     custom_id: str
     body: dict[str, Any] | None = None
     refused: RelayError | None = None
+    legacy: bool = False  # asked with ``functions``: answered with ``function_call``
 
 
 async def refused_models(
@@ -81,7 +82,7 @@ async def submit(
             refused[index] = line.refused or BadRequest("the request has no body")
             continue
         try:
-            envs[index] = _envelope(relay, who, opts, batch, endpoint, index, line.body)
+            envs[index] = _envelope(relay, who, opts, batch, endpoint, index, line)
         except RelayError as exc:
             refused[index] = exc
     refusals = {i: failed_line(lines[i].custom_id, why, batch.id) for i, why in refused.items()}
@@ -103,8 +104,9 @@ def _envelope(
     batch: BatchObject,
     endpoint: Endpoint,
     index: int,
-    body: dict[str, Any],
+    line: Line,
 ) -> RequestEnvelope:
+    body = line.body or {}
     try:
         orjson.dumps(body)
     except TypeError as exc:  # orjson's limits: integers beyond 64 bits, say
@@ -115,7 +117,7 @@ def _envelope(
         endpoint,
         with_beta(endpoint, body, opts),
         opts,
-        correlation_id=line_correlation(batch.id, index),
+        correlation_id=line_correlation(batch.id, index, legacy=line.legacy),
         reply_to=relay.bus.topics.batch_results.name,
         deadline_ms=(batch.expires_at or batch.created_at) * 1000,
     )

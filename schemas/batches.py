@@ -16,9 +16,10 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from schemas.errors import RelayError
+from schemas.formats.functions import is_legacy
 from schemas.usage import Usage
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions")
@@ -47,12 +48,22 @@ def new_id(prefix: str) -> str:
 _INDEX = re.compile(r"[0-9]{1,9}")  # a line's place in its batch, ASCII digits
 
 
-def line_correlation(batch_id: str, index: int) -> str:
-    return f"{batch_id}/{index}"
+LEGACY_MARK = "/functions"  # a line that asked with the deprecated ``functions``
+
+
+def line_correlation(batch_id: str, index: int, legacy: bool = False) -> str:
+    """A batch line's correlation id; ``legacy`` marks a line asked with ``functions``,
+    whose answer goes in the output file as ``function_call``, as it would be answered."""
+    return f"{batch_id}/{index}" + (LEGACY_MARK if legacy else "")
+
+
+def legacy_line(correlation_id: str) -> bool:
+    return correlation_id.endswith(LEGACY_MARK)
 
 
 def parse_correlation(correlation_id: str) -> tuple[str, int] | None:
     """``(batch id, line index)`` of a batch line's correlation id, else None."""
+    correlation_id = correlation_id.removesuffix(LEGACY_MARK)
     batch_id, sep, index = correlation_id.rpartition("/")
     if not sep or not batch_id.startswith(("batch_", "msgbatch_")) or not _INDEX.fullmatch(index):
         return None  # (str.isdigit would pass "²", which int() refuses)
@@ -78,6 +89,11 @@ class InputLine(BaseModel):
     method: Literal["POST"]
     url: str
     body: dict[str, Any]
+    _legacy: bool = PrivateAttr(False)  # asked with ``functions`` (read_input finds out)
+
+    @property
+    def legacy(self) -> bool:
+        return self._legacy
 
 
 class LineError(BaseModel):
@@ -195,6 +211,7 @@ def read_input(
             problem = "streaming is not available in a batch"
         else:
             try:
+                line._legacy = is_legacy(line.body)  # before the body becomes tools
                 line.body = validate(line.body)
                 orjson.dumps(line.body)  # what the relay cannot send on, it refuses now
             except (ValidationError, RelayError) as exc:

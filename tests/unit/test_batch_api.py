@@ -230,3 +230,27 @@ def test_a_message_batch_result_keeps_the_vendor_s_cache_writes_the_file_does_no
         "cache_creation_input_tokens": 2000,
     }
     assert "usage" not in orjson.loads(line.file_line()), "OpenAI's line, as OpenAI has it"
+
+
+def test_a_line_asked_with_functions_is_answered_with_function_call() -> None:
+    """The deprecated ``functions`` become tools on the way in; the line's correlation id
+    remembers, so its output line says ``function_call`` as the chat route would."""
+    functions = [{"name": "weather", "parameters": {"type": "object", "properties": {}}}]
+    data = jsonl(chat_line("old", functions=functions), chat_line("new"))
+    lines, errors = read_input(data, CHAT, validate_chat)
+    assert errors == [] and [line.legacy for _, line in lines] == [True, False]
+    assert "functions" not in lines[0][1].body and lines[0][1].body["tools"]
+    cid = line_correlation("batch_abc", 0, legacy=True)
+    assert parse_correlation(cid) == ("batch_abc", 0)
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    body = {"object": "chat.completion", "choices": [
+        {"index": 0, "message": message, "finish_reason": "tool_calls"}]}  # fmt: skip
+    legacy = output_line("old", ReplyEvent(correlation_id=cid, kind="final", body=body))
+    assert legacy.response is not None
+    choice = legacy.response.body["choices"][0]
+    assert choice["message"]["function_call"] == {"name": "weather", "arguments": "{}"}
+    assert choice["finish_reason"] == "function_call" and "tool_calls" not in choice["message"]
+    plain = line_correlation("batch_abc", 1)
+    kept = output_line("new", ReplyEvent(correlation_id=plain, kind="final", body=body))
+    assert kept.response is not None and kept.response.body == body
