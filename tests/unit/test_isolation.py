@@ -203,7 +203,7 @@ def test_a_batch_line_cannot_smuggle_anthropic_beta_and_the_header_s_features_ap
     import time
 
     from gateway.auth import Caller
-    from gateway.batch_submit import _envelope
+    from gateway.batch_submit import Line, _envelope
     from gateway.relay import Options
     from schemas.batches import BatchObject
     from schemas.config import TenantConfig
@@ -225,10 +225,11 @@ def test_a_batch_line_cannot_smuggle_anthropic_beta_and_the_header_s_features_ap
         "messages": [{"role": "user", "content": "x"}],
         "anthropic_beta": "not-a-list\r\nx-injected: 1",
     }
-    plain = _envelope(relay, who, Options(), batch, "chat", 0, body)
+    line = Line("a", body=body)
+    plain = _envelope(relay, who, Options(), batch, "chat", 0, line)
     assert "anthropic_beta" not in plain.body
     opts = Options(anthropic_beta=["context-1m-2025-08-07"])
-    asked = _envelope(relay, who, opts, batch, "chat", 1, body)
+    asked = _envelope(relay, who, opts, batch, "chat", 1, line)
     assert asked.body["anthropic_beta"] == ["context-1m-2025-08-07"]
 
 
