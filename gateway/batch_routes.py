@@ -56,7 +56,7 @@ async def _page(
     limit: int,
     newest_first: bool = True,
 ) -> dict[str, Any]:
-    """OpenAI's cursor page over ``items`` (in ``listed_order``, or reversed): those
+    """OpenAI's cursor page over ``items`` (newest first, or oldest): those
     after ``after`` — also when that one was deleted since (a client deleting what it
     lists), from the place it had; past any place known, nothing more."""
     ids = [i.id for i in items]
@@ -65,7 +65,7 @@ async def _page(
         start = ids.index(after) + 1
     elif after is not None:
         place = await _store(request).place(tenant, after)
-        start = after_place(items, place, newest_first) if place else len(items)
+        start = len(items) if place is None else after_place(items, place, newest_first)
     page = items[start : start + limit]
     return {
         "object": "list",

@@ -70,7 +70,18 @@ def parse_correlation(correlation_id: str) -> tuple[str, int] | None:
     return batch_id, int(index)
 
 
-class FileObject(BaseModel):
+class Listed(BaseModel):
+    """What a list pages over: ``listed_at`` (when it joined its list, to the
+    microsecond; never shown) orders the list and places a cursor."""
+
+    _listed_at: float = PrivateAttr(0.0)
+
+    @property
+    def listed_at(self) -> float:
+        return self._listed_at or float(getattr(self, "created_at", 0))
+
+
+class FileObject(Listed):
     id: str
     object: Literal["file"] = "file"
     bytes: int
@@ -114,7 +125,7 @@ class RequestCounts(BaseModel):
     failed: int = 0
 
 
-class BatchObject(BaseModel):
+class BatchObject(Listed):
     id: str
     object: Literal["batch"] = "batch"
     endpoint: str

@@ -88,21 +88,14 @@ def _output_file_object(batch: BatchObject, kind: str, size: int) -> FileObject:
     )
 
 
-Listed = TypeVar("Listed", FileObject, BatchObject)
+Item = TypeVar("Item", FileObject, BatchObject)
 
 
-def listed_order(items: list[Listed]) -> list[Listed]:
-    """Newest first, ties by id: an order any item's place, ``(created_at, id)``, locates
-    in, even once it is deleted (see ``BatchStore.place``)."""
-    return sorted(items, key=lambda i: (i.created_at, i.id), reverse=True)
-
-
-def after_place(items: list[Listed], place: tuple[int, str], newest_first: bool = True) -> int:
-    """The index in ``items`` (in ``listed_order``, or reversed) of the first item listed
-    after ``place``."""
+def after_place(items: list[Item], place: float, newest_first: bool = True) -> int:
+    """The index in ``items`` (newest first, or oldest first) of the first item listed
+    after ``place`` (a ``listed_at``)."""
     for n, item in enumerate(items):
-        here = (item.created_at, item.id)
-        if (here < place) if newest_first else (here > place):
+        if (item.listed_at < place) if newest_first else (item.listed_at > place):
             return n
     return len(items)
 
@@ -134,19 +127,24 @@ class BatchStore:
     def _gone(self, tenant: str) -> str:
         return f"{self.prefix}gone:{tenant}"
 
-    async def _bury(self, tenant: str, item: FileObject | BatchObject) -> None:
+    async def _bury(self, tenant: str, item_id: str, place: float) -> None:
         """Keep a deleted file's or batch's place in its lists a while: a client that
         deletes what it lists pages on from it (``after=<the id it just deleted>``)."""
         async with self._guard() as redis, redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._gone(tenant), item.id, item.created_at)
+            pipe.hset(self._gone(tenant), item_id, repr(place))
             pipe.pexpire(self._gone(tenant), GONE_S * 1000)
             await pipe.execute()
 
-    async def place(self, tenant: str, item_id: str) -> tuple[int, str] | None:
-        """Where a file or batch deleted lately stood in its lists (``listed_order``)."""
+    async def place(self, tenant: str, item_id: str) -> float | None:
+        """Where a file or batch deleted lately stood in its lists (its ``listed_at``)."""
         async with self._guard() as redis:
-            created: Any = await redis.hget(self._gone(tenant), item_id)
-        return (int(created), item_id) if created is not None else None
+            found: Any = await redis.hget(self._gone(tenant), item_id)
+        return float(found) if found is not None else None
+
+    async def _listed_at(self, kind: str, tenant: str, item_id: str) -> float | None:
+        async with self._guard() as redis:
+            score: Any = await redis.zscore(self._index(kind, tenant), item_id)
+        return float(score) if score is not None else None
 
     # ---- files ------------------------------------------------------------------------
 
@@ -190,29 +188,34 @@ class BatchStore:
         of its finished batches (until deleted), as OpenAI lists them."""
         index = self._index("files", tenant)
         async with self._guard() as redis:
-            ids: list[Any] = await redis.zrevrange(index, 0, -1)
-            metas = [await redis.hget(self._file(i.decode()), "meta") for i in ids]
-            if gone := [i for i, m in zip(ids, metas, strict=True) if m is None]:
+            scored: list[Any] = await redis.zrevrange(index, 0, -1, withscores=True)
+            metas = [await redis.hget(self._file(i.decode()), "meta") for i, _ in scored]
+            if gone := [i for (i, _), m in zip(scored, metas, strict=True) if m is None]:
                 await redis.zrem(index, *gone)  # expired since they were listed
-        found = [FileObject.model_validate_json(m) for m in metas if m is not None]
+        found = []
+        for (_, score), meta in zip(scored, metas, strict=True):
+            if meta is not None:
+                found.append(FileObject.model_validate_json(meta))
+                found[-1]._listed_at = float(score)
         for batch in await self.batches(tenant):
             for file_id in (batch.output_file_id, batch.error_file_id):
-                if file_id and (meta := await self._output_meta(batch, file_id)):
-                    found.append(meta)
-        return listed_order(found)
+                if file_id and (output := await self._output_meta(batch, file_id)):
+                    found.append(output)  # listed from its created_at
+        return sorted(found, key=lambda f: f.listed_at, reverse=True)
 
     async def delete_file(self, tenant: str, file_id: str) -> bool:
         """Delete an upload, or a batch's output or error file (the batch keeps naming
         it, as OpenAI's does, but it is gone from the file endpoints)."""
         if (meta := await self.file(tenant, file_id)) is None:
             return False
+        place = await self._listed_at("files", tenant, file_id) or meta.listed_at
         async with self._guard() as redis:
             if out := _output_of(file_id):
                 await redis.hset(self._batch(out[0]), f"deleted:{out[1]}", 1)
             else:
                 await redis.delete(self._file(file_id))
                 await redis.zrem(self._index("files", tenant), file_id)
-        await self._bury(tenant, meta)
+        await self._bury(tenant, file_id, place)
         return True
 
     async def _output_meta(self, batch: BatchObject, file_id: str) -> FileObject | None:
@@ -336,12 +339,17 @@ class BatchStore:
         """The tenant's batches, newest first."""
         index = self._index("batches", tenant)
         async with self._guard() as redis:
-            ids: list[Any] = await redis.zrevrange(index, 0, -1)
-        found = [await self.batch(tenant, i.decode()) for i in ids]
-        if gone := [i for i, b in zip(ids, found, strict=True) if b is None]:
+            scored: list[Any] = await redis.zrevrange(index, 0, -1, withscores=True)
+        found = [await self.batch(tenant, i.decode()) for i, _ in scored]
+        if gone := [i for (i, _), b in zip(scored, found, strict=True) if b is None]:
             async with self._guard() as redis:
                 await redis.zrem(index, *gone)  # expired since they were listed
-        return listed_order([b for b in found if b is not None])
+        listed = []
+        for (_, score), batch in zip(scored, found, strict=True):
+            if batch is not None:
+                batch._listed_at = float(score)
+                listed.append(batch)
+        return listed
 
     async def cancel(self, tenant: str, batch_id: str) -> BatchObject | None:
         """Ask a running batch to stop: lines not yet sent to a vendor are answered with
@@ -354,12 +362,12 @@ class BatchStore:
 
     async def delete_batch(self, tenant: str, batch_id: str) -> None:
         """Forget a batch and its results (the caller checked the tenant)."""
-        batch = await self.batch(tenant, batch_id)
+        place = await self._listed_at("batches", tenant, batch_id)
         async with self._guard() as redis:
             await redis.delete(self._batch(batch_id), self._out(batch_id), self._ids(batch_id))
             await redis.zrem(self._index("batches", tenant), batch_id)
-        if batch is not None:
-            await self._bury(tenant, batch)
+        if place is not None:
+            await self._bury(tenant, batch_id, place)
 
     async def cancelled(self, batch_id: str) -> bool:
         async with self._guard() as redis:
