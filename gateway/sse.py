@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import orjson
 from starlette.responses import StreamingResponse
@@ -41,57 +41,125 @@ class EventStream(StreamingResponse):
 
 
 # An SSE connection silent for ~60 s is cut by many proxies and load balancers (nginx's
-# proxy_read_timeout, cloud load balancers' idle timeouts); a stream waiting for its first
-# token (a request queued in its lane, a model that thinks first) sends a keep-alive this
-# often.
+# proxy_read_timeout, cloud load balancers' idle timeouts); a stream that has written
+# nothing for this long (a request queued in its lane, a model that thinks first, a
+# vendor's reasoning an Anthropic client is not shown) sends a keep-alive.
 KEEPALIVE_S = 15.0
 _OPENAI_KEEPALIVE = b": keepalive\n\n"  # an SSE comment: clients skip it
 _ANTHROPIC_PING = b'event: ping\ndata: {"type": "ping"}\n\n'  # Anthropic's own keep-alive
-
-Item = TypeVar("Item")
 
 
 def _data(obj: object) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-async def _beats(source: AsyncIterator[Item], every_s: float) -> AsyncIterator[Item | None]:
-    """``source``'s items, and None every ``every_s`` while the first one is awaited.  Once
-    tokens flow they flow: past the first item the source is read as it is, without a
-    task per item."""
-    first = asyncio.ensure_future(anext(source))
+async def _kept_alive(
+    frames: AsyncIterator[bytes], keepalive: bytes, every_s: float
+) -> AsyncIterator[bytes]:
+    """``frames``, and ``keepalive`` whenever ``every_s`` has passed since the last frame
+    was written: before the first token and after it alike, since chunks may come that
+    make no frame (reasoning an Anthropic client is not shown) or none come for a while.
+
+    One task reads ``frames`` for the whole stream and one timer, moved on only when it
+    fires, wakes the writer when the stream has been quiet: tokens that flow cost no task
+    and no timer each, and frames that came together are written in one wake-up."""
+    loop = asyncio.get_running_loop()
+    pipe = _Pipe(loop)
+    reader = asyncio.ensure_future(pipe.fill(frames))
+    written = loop.time()
+    timer: asyncio.TimerHandle | None = None
+
+    def beat() -> None:
+        nonlocal timer
+        now = loop.time()
+        if now - written < every_s:
+            timer = loop.call_at(written + every_s, beat)
+            return
+        if not pipe.frames:  # else frames are on their way out already
+            pipe.put(keepalive)
+        timer = loop.call_at(now + every_s, beat)
+
+    timer = loop.call_at(written + every_s, beat)
     try:
-        while not (await asyncio.wait({first}, timeout=every_s))[0]:
-            yield None
+        while batch := await pipe.take():
+            written = loop.time()
+            for frame in batch:
+                yield frame
     finally:
-        if not first.done():
-            first.cancel()  # the client left while the first item was awaited
-    try:
-        item = first.result()
-    except StopAsyncIteration:
-        return
-    yield item
-    async for item in source:
-        yield item
+        if timer is not None:
+            timer.cancel()
+        reader.cancel()  # the client left while a read was pending
 
 
-async def openai_sse(
+class _Pipe:
+    """Frames from the task reading a stream to the one writing it.  The reader is held
+    once ``LIMIT`` frames wait unwritten (a slow client does not make the gateway read
+    the whole answer into memory); a failure of the reader's reaches the writer."""
+
+    LIMIT = 64
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.frames: list[bytes] = []
+        self.ended = False
+        self.failure: Exception | None = None
+        self._writer: asyncio.Future[None] | None = None  # waiting for a frame
+        self._reader: asyncio.Future[None] | None = None  # waiting for room
+
+    def put(self, frame: bytes) -> None:
+        self.frames.append(frame)
+        _wake(self._writer)
+
+    async def fill(self, frames: AsyncIterator[bytes]) -> None:
+        """Every frame of ``frames``, then the end (or the failure)."""
+        try:
+            async for frame in frames:
+                self.put(frame)
+                if len(self.frames) >= self.LIMIT:
+                    self._reader = self.loop.create_future()
+                    await self._reader
+        except Exception as exc:
+            self.failure = exc
+        self.ended = True
+        _wake(self._writer)
+
+    async def take(self) -> list[bytes]:
+        """The frames waiting (after a wait for one, if none do); [] once ended."""
+        while not self.frames and not self.ended:
+            self._writer = self.loop.create_future()
+            await self._writer
+        if not self.frames and self.failure is not None:
+            raise self.failure
+        batch, self.frames = self.frames, []
+        _wake(self._reader)  # a reader held by a full pipe goes on
+        return batch
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+def openai_sse(
     chunks: AsyncIterator[dict[str, Any] | Usage],
     include_usage: bool,
     keepalive_s: float = KEEPALIVE_S,
 ) -> AsyncIterator[bytes]:
     """Chunks as ``data:`` lines; the usage chunk if asked; then ``data: [DONE]``; an SSE
-    comment every ``keepalive_s`` while the first chunk is awaited.
+    comment whenever ``keepalive_s`` passes without a line.
 
     An error after the stream began cannot change the status any more; it is sent the way
     OpenAI does it, as a final ``data:`` line holding an ``error`` object.
     """
+    return _kept_alive(_openai_lines(chunks, include_usage), _OPENAI_KEEPALIVE, keepalive_s)
+
+
+async def _openai_lines(
+    chunks: AsyncIterator[dict[str, Any] | Usage], include_usage: bool
+) -> AsyncIterator[bytes]:
     last: dict[str, Any] = {}
     try:
-        async for item in _beats(chunks, keepalive_s):
-            if item is None:
-                yield _OPENAI_KEEPALIVE
-                continue
+        async for item in chunks:
             if isinstance(item, Usage):
                 if include_usage:
                     yield _data(
@@ -126,55 +194,60 @@ def _frame(name: str, data: dict[str, Any]) -> bytes:
 
 
 async def _named_events(
-    events: _Translator,
-    chunks: AsyncIterator[dict[str, Any] | Usage],
-    keepalive: bytes,
-    keepalive_s: float,
+    events: _Translator, chunks: AsyncIterator[dict[str, Any] | Usage]
 ) -> AsyncIterator[bytes]:
-    """Each chunk's events (the closing ones for the final usage) as SSE frames, and
-    ``keepalive`` every ``keepalive_s`` while the first chunk is awaited.  A ``RelayError``
-    from the chunks is the caller's to send in its dialect."""
-    async for item in _beats(chunks, keepalive_s):
-        if item is None:
-            yield keepalive
-            continue
+    """Each chunk's events (the closing ones for the final usage) as SSE frames.  A
+    ``RelayError`` from the chunks is the caller's to send in its dialect."""
+    async for item in chunks:
         out = events.finish(item) if isinstance(item, Usage) else events.feed(item)
         for name, data in out:
             yield _frame(name, data)
 
 
-async def anthropic_sse(
+def anthropic_sse(
     chunks: AsyncIterator[dict[str, Any] | Usage],
     model: str,
     message_id: str,
     keepalive_s: float = KEEPALIVE_S,
 ) -> AsyncIterator[bytes]:
     """The Anthropic event sequence (message_start … message_stop) built from chunks,
-    with a ``ping`` every ``keepalive_s`` while the first chunk is awaited."""
-    events = ChunksToMessageEvents(model, message_id)
+    with a ``ping`` whenever ``keepalive_s`` passes without an event."""
+    frames = _anthropic_events(ChunksToMessageEvents(model, message_id), chunks)
+    return _kept_alive(frames, _ANTHROPIC_PING, keepalive_s)
+
+
+async def _anthropic_events(
+    events: ChunksToMessageEvents, chunks: AsyncIterator[dict[str, Any] | Usage]
+) -> AsyncIterator[bytes]:
     try:
-        async for frame in _named_events(events, chunks, _ANTHROPIC_PING, keepalive_s):
+        async for frame in _named_events(events, chunks):
             yield frame
     except RelayError as err:
         metrics.count_error(err)
         yield _frame("error", anthropic_error(err)[1])
 
 
-async def responses_sse(
+def responses_sse(
     chunks: AsyncIterator[dict[str, Any] | Usage],
     request: dict[str, Any],
     response_id: str,
     keepalive_s: float = KEEPALIVE_S,
 ) -> AsyncIterator[bytes]:
     """The Responses API's events (response.created … response.completed) built from
-    chunks, with an SSE comment every ``keepalive_s`` while the first chunk is awaited;
-    an error once the stream began is its ``error`` event and ``response.failed``, and
-    the stream ends there."""
-    events = ChunksToResponseEvents(request, response_id)
+    chunks, with an SSE comment whenever ``keepalive_s`` passes without an event; an
+    error once the stream began is its ``error`` event and ``response.failed``, and the
+    stream ends there."""
+    frames = _response_events(ChunksToResponseEvents(request, response_id), chunks)
+    return _kept_alive(frames, _OPENAI_KEEPALIVE, keepalive_s)
+
+
+async def _response_events(
+    events: ChunksToResponseEvents, chunks: AsyncIterator[dict[str, Any] | Usage]
+) -> AsyncIterator[bytes]:
     for name, data in events.start():
         yield _frame(name, data)
     try:
-        async for frame in _named_events(events, chunks, _OPENAI_KEEPALIVE, keepalive_s):
+        async for frame in _named_events(events, chunks):
             yield frame
     except RelayError as err:
         metrics.count_error(err)

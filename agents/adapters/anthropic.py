@@ -27,6 +27,7 @@ from schemas.errors import (
 from schemas.formats.anthropic import (
     MessageEventsToChunks,
     messages_response_to_openai,
+    offers_json_answer,
     openai_request_to_messages,
 )
 from schemas.usage import Usage
@@ -86,7 +87,7 @@ class AnthropicAdapter:
     async def stream(self, call: VendorCall) -> AsyncIterator[StreamItem]:
         """Anthropic's stream events as OpenAI chunks, then one ``Usage``."""
         body = {**openai_request_to_messages(call.body, call.model), "stream": True}
-        convert = MessageEventsToChunks()
+        convert = MessageEventsToChunks(json_answer=offers_json_answer(body))
         finished = False
         async with open_stream(
             self.client,

@@ -36,6 +36,9 @@ _THINK: dict[str, bool | str] = {  # keyed by every one of openai.REASONING_EFFO
     "high": "high",
     "xhigh": "high",
 }
+# Content parts /api/chat has no slot for, which other vendors read (a PDF as a ``file``
+# part: OpenAI and Anthropic; audio: OpenAI): the next candidate may serve them.
+_OTHER_VENDORS_PARTS = ("file", "input_audio")
 # OpenAI request field -> Ollama option of the same meaning.
 _OPTIONS = {
     "temperature": "temperature",
@@ -276,7 +279,10 @@ def _content(content: Any, i: int) -> tuple[str, list[str]]:
             images.append(data)
         else:
             kind = part.get("type")
-            raise BadRequest(f"messages.{i}.content.{j}: part type {kind!r} is not supported")
+            refusal = f"messages.{i}.content.{j}: part type {kind!r} is not supported"
+            if kind in _OTHER_VENDORS_PARTS:
+                raise VendorUnsupported(f"ollama: {refusal}")
+            raise BadRequest(refusal)
     return "\n".join(texts), images
 
 

@@ -7,6 +7,7 @@ it by overriding only where URLs and auth differ.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -21,20 +22,29 @@ from agents.adapters.http import (
     json_body,
     open_stream,
     refused,
+    scrubbed,
     send,
     sse_events,
 )
 from schemas.batches import ENDED
 from schemas.config import VendorConfig
-from schemas.errors import VendorBadRequest, VendorRateLimited, VendorUnavailable
+from schemas.errors import (
+    RelayError,
+    VendorBadRequest,
+    VendorRateLimited,
+    VendorUnavailable,
+    VendorUnsupported,
+)
 from schemas.formats.anthropic import without_cache_control
 from schemas.formats.openai import answer_chars
 from schemas.usage import Usage
 
 # Models that take ``max_completion_tokens`` only: o1, o3, o4-mini…, gpt-5…
 _REASONING = re.compile(r"^(o\d|gpt-5)")
-
-# Batch statuses after which no more results will come.
+# The longest ``user`` OpenAI takes (a longer one is a 400 string_above_max_length).
+MAX_USER = 64
+# The most stop sequences OpenAI and Azure take (Anthropic takes more).
+MAX_STOPS = 4
 
 
 class OpenAIAdapter:
@@ -67,7 +77,7 @@ class OpenAIAdapter:
     async def chat(self, call: VendorCall) -> VendorResult:
         """One non-streamed chat completion."""
         data = await self._post("chat/completions", call, self._body(call))
-        return VendorResult(data, _usage(data, call))
+        return VendorResult(self._answer(data, call), _usage(data, call))
 
     async def stream(self, call: VendorCall) -> AsyncIterator[StreamItem]:
         """The vendor's chunks as it sends them, then one ``Usage``.
@@ -119,7 +129,7 @@ class OpenAIAdapter:
     async def complete(self, call: VendorCall) -> VendorResult:
         """A legacy ``/completions`` call; the relay packs many prompts into one list."""
         data = await self._post("completions", call, self._body(call, chat=False))
-        return VendorResult(data, _usage(data, call))
+        return VendorResult(self._answer(data, call), _usage(data, call))
 
     async def submit_batch(self, calls: list[tuple[str, VendorCall]], api_key: str) -> str:
         """Upload the calls as a JSONL file and start a 24-hour batch; returns its id."""
@@ -185,10 +195,13 @@ class OpenAIAdapter:
 
     def _body(self, call: VendorCall, *, chat: bool = True) -> dict[str, Any]:
         body = {**without_cache_control(call.body), "model": call.model}
-        if self._knows_new_limit():
+        if self._knows_new_limit():  # OpenAI itself, or Azure
             body.pop("top_k", None)  # an Anthropic client's: OpenAI itself has no such knob
+            _check_stops(body.get("stop"), self.kind)
         body.pop("stream", None)
         body.pop("stream_options", None)
+        if isinstance(body.get("user"), str) and len(body["user"]) > MAX_USER:
+            body["user"] = _short_user(body["user"])
         new_limit = self._knows_new_limit() or _REASONING.match(call.model)
         if chat and "max_tokens" in body and new_limit:
             # OpenAI's reasoning models refuse the deprecated max_tokens (what an Anthropic
@@ -222,6 +235,17 @@ class OpenAIAdapter:
             **kwargs,
         )
 
+    def _answer(self, data: dict[str, Any], call: VendorCall) -> dict[str, Any]:
+        """``data``, if it is an answer.  A 200 is not one by itself: OpenRouter and other
+        proxies answer an upstream failure with ``{"error": ...}`` and a 200, and such a
+        body (or any without a ``choices`` list) is the vendor's failure, never an answer
+        to pass on or cache."""
+        if data.get("error") or not isinstance(data.get("choices"), list):
+            said = data.get("error") or "the answer has no choices"
+            failure = _vendor_failure(f"{self.kind}: HTTP 200 without an answer", said)
+            raise scrubbed(failure, call.api_key)
+        return data
+
     def _parse_chunk(self, data: str) -> dict[str, Any]:
         try:
             chunk = json.loads(data)
@@ -231,11 +255,7 @@ class OpenAIAdapter:
             raise VendorUnavailable(f"{self.kind}: stream sent a line that is not an object")
         # An error after the 200 has gone out arrives as an event of its own.
         if chunk.get("error"):
-            error = chunk["error"]
-            message = error.get("message", "") if isinstance(error, dict) else str(error)
-            code = error.get("code") if isinstance(error, dict) else None
-            cls = VendorRateLimited if code == "rate_limit_exceeded" else VendorUnavailable
-            raise refused(cls(f"{self.kind}: error mid-stream: {message}"))
+            raise refused(_vendor_failure(f"{self.kind}: error mid-stream", chunk["error"]))
         return chunk
 
     def _batch_entry(self, entry: dict[str, Any]) -> VendorResult | Exception:
@@ -253,6 +273,34 @@ class OpenAIAdapter:
         return VendorUnavailable(
             f"{self.kind}: batch request not run: {error.get('code') or error.get('message')}"
         )
+
+
+def _vendor_failure(where: str, error: Any) -> RelayError:
+    """An error object a vendor sent in place of an answer after its 200 (OpenAI's
+    ``{"message", "code"}``, or a bare string), in its own words: its rate limit, or a
+    failure another candidate may not have."""
+    message = error.get("message", "") if isinstance(error, dict) else str(error)
+    code = error.get("code") if isinstance(error, dict) else None
+    cls = VendorRateLimited if code == "rate_limit_exceeded" else VendorUnavailable
+    return cls(f"{where}: {message}")
+
+
+def _check_stops(stop: Any, kind: str) -> None:
+    """Refuse more stop sequences than OpenAI takes (an Anthropic client may send any
+    number): an Anthropic candidate may serve the request, so it is this one's refusal."""
+    if isinstance(stop, list) and len(stop) > MAX_STOPS:
+        raise VendorUnsupported(
+            f"stop_sequences: {kind} takes at most {MAX_STOPS} stop sequences "
+            f"(OpenAI's `stop`), {len(stop)} were given",
+            param="stop_sequences",
+        )
+
+
+def _short_user(user: str) -> str:
+    """A ``user`` too long for OpenAI (Claude Code's ``metadata.user_id`` runs to ~150
+    characters) as its sha256: 64 characters, the same for the same user, so OpenAI's
+    abuse tracking still tells users apart.  The envelope keeps the full value."""
+    return hashlib.sha256(user.encode()).hexdigest()
 
 
 def _answering(choice: Any) -> bool:

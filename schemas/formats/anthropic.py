@@ -15,8 +15,14 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
 
-from schemas.errors import BadRequest
-from schemas.formats.openai import new_id, one_plain_choice, reasoning_effort, tool_use_block
+from schemas.errors import BadRequest, VendorUnsupported
+from schemas.formats.openai import (
+    OWN_STOP_REASON,
+    new_id,
+    one_plain_choice,
+    reasoning_effort,
+    tool_use_block,
+)
 from schemas.usage import Usage
 
 # OpenAI finish_reason -> Anthropic stop_reason; content_filter is what "refusal" means.
@@ -38,6 +44,10 @@ _FINISH_REASON = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
+# Anthropic stop reasons a finish_reason cannot tell from another (they would come back
+# as end_turn and max_tokens): an Anthropic vendor's rides on the choice as the extension
+# ``OWN_STOP_REASON``, so an Anthropic client hears it as the vendor said it.
+_OWN_STOP_REASONS = ("pause_turn", "model_context_window_exceeded")
 # Anthropic requires max_tokens; this is what the relay asks for when a client did not.
 DEFAULT_MAX_TOKENS = 4096
 # The tool an Anthropic model answers a response_format request through: its call comes
@@ -196,7 +206,11 @@ def _plain(item: Any, keys: frozenset[str] = EXTENSIONS) -> Any:
 
 def without_cache_control(body: dict[str, Any]) -> dict[str, Any]:
     """The body minus the Anthropic extensions (``EXTENSIONS``), for vendors that do not
-    know them; the body itself when it has none."""
+    know them; the body itself when it has none.
+
+    Raises ``VendorUnsupported`` for what only an Anthropic vendor reads (a document by
+    URL, file id or content blocks, Anthropic's client tools): an Anthropic candidate
+    later in the plan may still serve the request."""
     messages = body.get("messages") or []
     tools = body.get("tools") or []
     if (
@@ -223,7 +237,7 @@ def without_cache_control(body: dict[str, Any]) -> dict[str, Any]:
     for i, m in enumerate(out["messages"]):
         for j, part in enumerate(m["content"] if isinstance(m.get("content"), list) else []):
             if isinstance(part, dict) and part.get("type") == "document":
-                raise BadRequest(
+                raise VendorUnsupported(
                     f"messages.{i}.content.{j}: a document by URL, file id or content blocks "
                     "reaches Anthropic vendors only; send it as base64 or text for this model"
                 )
@@ -231,7 +245,7 @@ def without_cache_control(body: dict[str, Any]) -> dict[str, Any]:
         for i, tool in enumerate(tools):
             if isinstance(tool, dict) and tool.get("anthropic_tool"):
                 kind = tool["anthropic_tool"].get("type")
-                raise BadRequest(
+                raise VendorUnsupported(
                     f"tools.{i}: Anthropic's {kind} tool reaches Anthropic vendors only",
                     param="tools",
                 )
@@ -511,17 +525,20 @@ def _anthropic_usage(usage: Usage) -> dict[str, Any]:
 
 
 def _stop_reason(
-    finish: str | None, *, tools: bool, refused: bool, sequence: Any
+    finish: str | None, *, tools: bool, refused: bool, sequence: Any, own: Any = None
 ) -> tuple[str, str | None]:
     """Anthropic's ``(stop_reason, stop_sequence)`` for an OpenAI answer that ended with
     ``finish``.  A forced tool choice ends with "stop" at OpenAI, yet the answer is tool
     calls: Anthropic clients loop on ``tool_use``, so that is what they get.  The matched
     stop sequence rides on the choice as an extension (``stop_sequence``) when an
-    Anthropic vendor said which one it was."""
+    Anthropic vendor said which one it was, and so does a stop reason ``finish`` cannot
+    say (``own``: the extension ``OWN_STOP_REASON``)."""
     if refused:
         return "refusal", None
     if isinstance(sequence, str) and sequence:
         return "stop_sequence", sequence
+    if own in _OWN_STOP_REASONS:
+        return own, None
     stop = _STOP_REASON.get(finish or "stop", "end_turn")
     return ("tool_use" if tools and stop == "end_turn" else stop), None
 
@@ -541,6 +558,16 @@ def _json_answer_text(block: dict[str, Any]) -> dict[str, Any]:
     if block.get("type") == "tool_use" and block.get("name") == JSON_ANSWER_TOOL:
         return {"type": "text", "text": json.dumps(block.get("input", {}))}
     return block
+
+
+def _without_preamble(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An answer given through the JSON answer tool, without the text before the call
+    (with thinking on, the tool is offered, not forced, and Claude may say a sentence
+    first): the JSON is the whole answer, as JSON mode gives it everywhere."""
+    answer = next((i for i, b in enumerate(content) if _json_answer_text(b) is not b), None)
+    if answer is None:
+        return content
+    return [b for i, b in enumerate(content) if i >= answer or b.get("type") != "text"]
 
 
 def _anthropic_content(message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -604,6 +631,7 @@ def openai_response_to_messages(body: dict[str, Any], usage: Usage, model: str) 
         tools=bool(message.get("tool_calls")),
         refused=bool(message.get("refusal")),
         sequence=choice.get("stop_sequence"),
+        own=choice.get(OWN_STOP_REASON),
     )
     return {
         "id": _message_id(body.get("id")),
@@ -670,6 +698,7 @@ class ChunksToMessageEvents:
         self._tools = False
         self._refused = False
         self._sequence: str | None = None
+        self._own_stop: str | None = None  # an Anthropic vendor's (OWN_STOP_REASON)
         self._thoughts = 0  # thinking and redacted blocks so far
         self._calls: dict[int, _ToolCall] = {}  # by the vendor's tool call index
 
@@ -696,6 +725,7 @@ class ChunksToMessageEvents:
             if choice.get("finish_reason"):
                 self._finish = choice["finish_reason"]
                 self._sequence = choice.get("stop_sequence")
+                self._own_stop = choice.get(OWN_STOP_REASON)
         return events
 
     def _tool_fragment(self, frag: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -783,7 +813,11 @@ class ChunksToMessageEvents:
         # The input side is only known at the end here, so message_delta carries it too;
         # Anthropic's SDKs take any usage field present on message_delta.
         stop, sequence = _stop_reason(
-            self._finish, tools=self._tools, refused=self._refused, sequence=self._sequence
+            self._finish,
+            tools=self._tools,
+            refused=self._refused,
+            sequence=self._sequence,
+            own=self._own_stop,
         )
         delta = {"stop_reason": stop, "stop_sequence": sequence}
         data = {"type": "message_delta", "delta": delta, "usage": _anthropic_usage(usage)}
@@ -1080,12 +1114,15 @@ def _user_content(content: Any, i: int) -> str | list[dict[str, Any]]:
 
 def _document_to_anthropic(part: dict[str, Any], where: str) -> dict[str, Any]:
     """OpenAI's file part (its data inline) as a document block; a ``file_id`` names a
-    file only OpenAI holds, which no other vendor can read."""
+    file only OpenAI holds, which an OpenAI candidate may still read (``VendorUnsupported``)."""
     file = part.get("file")
     data = file.get("file_data") if isinstance(file, dict) else None
     header, _, payload = data.partition(",") if isinstance(data, str) else ("", "", "")
     if not (header.startswith("data:") and header.endswith(";base64") and payload):
-        raise BadRequest(f"{where}.file: this model needs the file inline, as a base64 data URL")
+        refusal = f"{where}.file: this model needs the file inline, as a base64 data URL"
+        if isinstance(file, dict) and file.get("file_id"):
+            raise VendorUnsupported(refusal)
+        raise BadRequest(refusal)
     media = header.removeprefix("data:").removesuffix(";base64") or "application/pdf"
     block: dict[str, Any] = {
         "type": "document",
@@ -1256,7 +1293,9 @@ def messages_response_to_openai(body: dict[str, Any]) -> tuple[dict[str, Any], U
         # ...and text that cites a document keeps its citations, block by block.
         # The JSON answer tool's call is the answer's text, for them as for everyone.
         message["anthropic_content"] = [
-            _json_answer_text(b) for b in body["content"] if b.get("type") in _ANTHROPIC_BLOCKS
+            _json_answer_text(b)
+            for b in _without_preamble(body["content"])
+            if b.get("type") in _ANTHROPIC_BLOCKS
         ]
     usage = _usage_from_anthropic(body.get("usage") or {})
     finish = _FINISH_REASON.get(body.get("stop_reason") or "end_turn", "stop")
@@ -1265,6 +1304,8 @@ def messages_response_to_openai(body: dict[str, Any]) -> tuple[dict[str, Any], U
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
     if body.get("stop_reason") == "stop_sequence" and body.get("stop_sequence"):
         choice["stop_sequence"] = body["stop_sequence"]  # for an Anthropic client
+    if body.get("stop_reason") in _OWN_STOP_REASONS:
+        choice[OWN_STOP_REASON] = body["stop_reason"]  # for an Anthropic client
     answer = {
         "id": body.get("id", ""),
         "object": "chat.completion",
@@ -1274,6 +1315,21 @@ def messages_response_to_openai(body: dict[str, Any]) -> tuple[dict[str, Any], U
         "usage": usage.to_openai(),
     }
     return answer, usage
+
+
+def offers_json_answer(request: dict[str, Any]) -> bool:
+    """Whether a Messages request (``openai_request_to_messages``'s) offers the JSON
+    answer tool: its answer is JSON mode's, for ``MessageEventsToChunks``."""
+    tools = request.get("tools") or []
+    return any(isinstance(t, dict) and t.get("name") == JSON_ANSWER_TOOL for t in tools)
+
+
+def _says_text(item: dict[str, Any] | Usage) -> bool:
+    """Whether a chunk carries answer text (or a citation of it)."""
+    if not isinstance(item, dict):
+        return False
+    delta = (item.get("choices") or [{}])[0].get("delta") or {}
+    return bool(delta.get("content") or delta.get("citation"))
 
 
 class MessageEventsToChunks:
@@ -1287,10 +1343,17 @@ class MessageEventsToChunks:
     its text deltas name their block (``text_block``).  Unknown events and deltas are
     skipped, as Anthropic asks clients to do.
     ``error`` events are the caller's to raise: this class only translates.
+
+    ``json_answer``: the request offered the JSON answer tool (``offers_json_answer``).
+    With thinking on the tool is offered, not forced, and the model may write a sentence
+    before calling it; the whole answer is the tool's JSON alone, so text is held back
+    until the tool is called (then dropped) or is not (then sent, in its place).
     """
 
-    def __init__(self, created: int | None = None) -> None:
+    def __init__(self, created: int | None = None, *, json_answer: bool = False) -> None:
         self.created = int(time.time()) if created is None else created
+        self._json_answer = json_answer  # until its tool is called: text may be preamble
+        self._held: list[dict[str, Any]] = []  # chunks from the first text held on
         self._id = ""
         self._model = ""
         self._tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
@@ -1298,11 +1361,38 @@ class MessageEventsToChunks:
         self._answers: set[int] = set()  # JSON answer tool blocks: their input is content
         self._finish = "stop"
         self._sequence: str | None = None
+        self._own_stop: str | None = None  # a stop reason finish_reason cannot say
         self._usage: dict[str, Any] = {}
         self._cited = False  # text blocks cite documents: each says which block it is
 
     def feed(self, event: str, data: dict[str, Any]) -> list[dict[str, Any] | Usage]:
         """The chunks (and, at ``message_stop``, the final ``Usage``) one event yields."""
+        out = self._translate(event, data)
+        return self._sift(event, data, out) if self._json_answer else out
+
+    def _sift(
+        self, event: str, data: dict[str, Any], out: list[dict[str, Any] | Usage]
+    ) -> list[dict[str, Any] | Usage]:
+        """JSON mode: from the first text on, chunks are held (thinking too, so that what
+        is sent keeps its order) until a tool is called or the message ends.  The JSON
+        answer tool drops the held text, as the whole answer has none; a tool of the
+        client's, or the end, sends it all."""
+        kind = data.get("type", event)
+        block = data.get("content_block") or {}
+        if (kind == "content_block_start" and block.get("type") == "tool_use") or (
+            kind == "message_stop"
+        ):
+            held, self._held = self._held, []
+            if block.get("name") == JSON_ANSWER_TOOL:
+                self._json_answer = False  # answered: what follows is the answer
+                held = [c for c in held if not _says_text(c)]
+            return [*held, *out]
+        if self._held or any(_says_text(c) for c in out):
+            self._held += [c for c in out if isinstance(c, dict)]
+            return [c for c in out if isinstance(c, Usage)]
+        return out
+
+    def _translate(self, event: str, data: dict[str, Any]) -> list[dict[str, Any] | Usage]:
         kind = data.get("type", event)
         if kind == "message_start":
             message = data.get("message") or {}
@@ -1382,6 +1472,8 @@ class MessageEventsToChunks:
                     self._finish = "stop"  # only the JSON answer tool was called
             if reason == "stop_sequence" and delta.get("stop_sequence"):
                 self._sequence = delta["stop_sequence"]
+            if reason in _OWN_STOP_REASONS:
+                self._own_stop = reason
             # message_delta counts are cumulative: present ones replace message_start's.
             usage = data.get("usage") or {}
             self._usage.update({k: v for k, v in usage.items() if v is not None})
@@ -1390,6 +1482,8 @@ class MessageEventsToChunks:
             last = self._chunk({}, self._finish)
             if self._sequence:
                 last["choices"][0]["stop_sequence"] = self._sequence  # for an Anthropic client
+            if self._own_stop:
+                last["choices"][0][OWN_STOP_REASON] = self._own_stop  # for one too
             return [last, _usage_from_anthropic(self._usage)]
         return []
 

@@ -7,7 +7,7 @@ import re
 import secrets
 from typing import Any
 
-from schemas.errors import BadRequest
+from schemas.errors import BadRequest, VendorUnsupported
 
 # Word-ish pieces that concatenate back to the exact original text: leading whitespace
 # rides with the word after it, and trailing whitespace becomes a piece of its own.
@@ -20,6 +20,11 @@ REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 # Top-level fields that every chunk repeats and a whole answer has once, when the vendor
 # sent them at all.
 _OPTIONAL_HEAD = ("system_fingerprint", "service_tier")
+# How an Anthropic vendor's answer ended, where finish_reason cannot say it: the stop
+# sequence it matched, and a stop reason of its own (``schemas.formats.anthropic``).  The
+# choice carries them as extensions, through assembly and replay, for Anthropic clients.
+OWN_STOP_REASON = "anthropic_stop_reason"
+_STOP_EXTENSIONS = ("stop_sequence", OWN_STOP_REASON)
 
 
 def reasoning_effort(body: dict[str, Any]) -> str | None:
@@ -36,12 +41,14 @@ def reasoning_effort(body: dict[str, Any]) -> str | None:
 def one_plain_choice(body: dict[str, Any]) -> None:
     """Refuse what a vendor answering one choice without token logprobs (Anthropic,
     Ollama's native API) would drop in silence: ``n`` > 1, ``logprobs``, ``top_logprobs``.
-    An answer quietly missing what was asked would be a lie; a 400 names the field."""
+    An answer quietly missing what was asked would be a lie; a 400 names the field.  An
+    OpenAI-format candidate can give both, so it is this candidate's refusal
+    (``VendorUnsupported``): the next one is tried before the client hears it."""
     if isinstance(body.get("n"), int) and body["n"] > 1:
-        raise BadRequest("n: this model answers one choice per request", param="n")
+        raise VendorUnsupported("n: this model answers one choice per request", param="n")
     if body.get("logprobs") or body.get("top_logprobs"):
         param = "logprobs" if body.get("logprobs") else "top_logprobs"
-        raise BadRequest(f"{param}: this model does not return token logprobs", param=param)
+        raise VendorUnsupported(f"{param}: this model does not return token logprobs", param=param)
 
 
 def answer_chars(chunk: dict[str, Any]) -> int:
@@ -173,8 +180,9 @@ def _merge_choice(acc: dict[str, Any], choice: dict[str, Any]) -> None:
             call["arguments"].append(fn["arguments"])
     if choice.get("finish_reason"):
         acc["finish"] = choice["finish_reason"]
-    if choice.get("stop_sequence"):  # an Anthropic vendor's, kept for Anthropic clients
-        acc["stop_sequence"] = choice["stop_sequence"]
+    for key in _STOP_EXTENSIONS:  # an Anthropic vendor's, kept for Anthropic clients
+        if choice.get(key):
+            acc[key] = choice[key]
 
 
 def _text_segment(acc: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
@@ -252,8 +260,7 @@ def _finish_choice(index: int, acc: dict[str, Any]) -> dict[str, Any]:
         "logprobs": _finish_logprobs(acc["logprobs"]),
         "finish_reason": acc["finish"],
     }
-    if acc.get("stop_sequence"):
-        out["stop_sequence"] = acc["stop_sequence"]
+    out |= {key: acc[key] for key in _STOP_EXTENSIONS if acc.get(key)}
     return out
 
 
@@ -344,8 +351,8 @@ def response_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
 
     def last(index: int, choice: dict[str, Any]) -> dict[str, Any]:
         end = chunk(index, {}, choice.get("finish_reason") or "stop")
-        if choice.get("stop_sequence"):  # an Anthropic vendor's, kept for Anthropic clients
-            end["choices"][0]["stop_sequence"] = choice["stop_sequence"]
+        # An Anthropic vendor's, kept for Anthropic clients.
+        end["choices"][0] |= {key: choice[key] for key in _STOP_EXTENSIONS if choice.get(key)}
         return end
 
     out: list[dict[str, Any]] = []

@@ -21,18 +21,20 @@ from __future__ import annotations
 import base64
 import copy
 import time
+from itertools import groupby
 from typing import Any
 
 import orjson
 
 from schemas.errors import BadRequest
-from schemas.formats.openai import assemble_chunks, new_id
+from schemas.formats.openai import assemble_chunks, new_id, tool_use_block
 from schemas.usage import Usage
 
 _ENCRYPTED = "reasoning.encrypted_content"  # the include that asks for it
 # Delta keys of a model's reasoning (see schemas.formats.anthropic for the thinking ones).
 _THINKING_KEYS = ("reasoning_content", "thinking_start", "thinking_signature")
 _SEALED = "relay-thinking:"  # encrypted_content the relay made, of a vendor's thinking
+_THINKING = ("thinking", "redacted_thinking")  # an Anthropic vendor's thinking blocks
 
 _STATEFUL = {
     "previous_response_id": "the relay keeps no responses: send the whole conversation in input",
@@ -117,50 +119,89 @@ def _input_to_messages(items: Any) -> list[dict[str, Any]]:
     if not isinstance(items, list):
         raise BadRequest("input: a string or a list of items", param="input")
     messages: list[dict[str, Any]] = []
-    thought: list[dict[str, Any]] = []  # thinking sent back, for the assistant turn next
+    turns: dict[int, list[dict[str, Any]]] = {}  # an assistant turn's blocks, in order
+    thought: list[dict[str, Any]] = []  # thinking sent back, not yet placed in its turn
     for i, item in enumerate(items):
-        if thought and messages and messages[-1]["role"] == "assistant":
-            messages[-1].setdefault("thinking_blocks", thought)
-            thought = []
         where = f"input.{i}"
         if not isinstance(item, dict):
             raise BadRequest(f"{where}: must be an object", param=where)
         kind = item.get("type", "message")
-        if kind == "message":
-            messages.append(_message(item, where))
-        elif kind == "function_call":
-            if not isinstance(item.get("arguments", ""), str):
-                raise BadRequest(f"{where}.arguments: a JSON string", param=f"{where}.arguments")
-            call = {
-                "id": _text(item, "call_id", where),
-                "type": "function",
-                "function": {
-                    "name": _text(item, "name", where),
-                    "arguments": item.get("arguments") or "{}",
-                },
-            }
-            last = messages[-1] if messages else None
-            if last and last["role"] == "assistant":  # the calls of the turn that said it
-                last.setdefault("tool_calls", []).append(call)
-            else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
-            messages.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": _text(item, "call_id", where),
-                    "content": _tool_output(item.get("output"), f"{where}.output"),
-                }
-            )
-        elif kind == "reasoning":
+        if kind == "reasoning":
             thought += _thinking_sent_back(item.get("encrypted_content"))
-        else:
-            raise BadRequest(
-                f"{where}.type: `{kind}` items are not supported by the relay", param=where
-            )
+            continue
+        said = _input_item(item, kind, where, messages)
+        turn = len(messages) - 1
+        if messages[turn]["role"] == "assistant":
+            # Thinking goes back where the model thought it: before what it said next.
+            turns.setdefault(turn, []).extend([*thought, *said])
+            thought = []
+        elif thought and turn > 0 and messages[turn - 1]["role"] == "assistant":
+            _lead(turns, turn - 1, thought)
+            thought = []
     if thought and messages and messages[-1]["role"] == "assistant":
-        messages[-1].setdefault("thinking_blocks", thought)
+        _lead(turns, len(messages) - 1, thought)
+    for turn, blocks in turns.items():
+        _with_thinking(messages[turn], blocks)
     return messages
+
+
+def _lead(turns: dict[int, list[dict[str, Any]]], turn: int, thought: list[Any]) -> None:
+    """Thinking sent back after all its turn said (no item of the turn follows it): it
+    leads the turn, where Anthropic wants a tool-use turn's thinking."""
+    turns[turn] = [*thought, *turns.get(turn, [])]
+
+
+def _input_item(
+    item: dict[str, Any], kind: str, where: str, messages: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Put one input item into ``messages``; what it adds to an assistant turn comes back
+    as Anthropic blocks, for a turn whose thinking is sent back with it."""
+    if kind == "message":
+        message = _message(item, where)
+        messages.append(message)
+        return _text_blocks(message["content"]) if message["role"] == "assistant" else []
+    if kind == "function_call":
+        if not isinstance(item.get("arguments", ""), str):
+            raise BadRequest(f"{where}.arguments: a JSON string", param=f"{where}.arguments")
+        call = {
+            "id": _text(item, "call_id", where),
+            "type": "function",
+            "function": {
+                "name": _text(item, "name", where),
+                "arguments": item.get("arguments") or "{}",
+            },
+        }
+        last = messages[-1] if messages else None
+        if last and last["role"] == "assistant":  # the calls of the turn that said it
+            last.setdefault("tool_calls", []).append(call)
+        else:
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        return [tool_use_block(call)]
+    if kind == "function_call_output":
+        messages.append(
+            {
+                "role": "tool",
+                "tool_call_id": _text(item, "call_id", where),
+                "content": _tool_output(item.get("output"), f"{where}.output"),
+            }
+        )
+        return []
+    raise BadRequest(f"{where}.type: `{kind}` items are not supported by the relay", param=where)
+
+
+def _text_blocks(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    parts = [{"text": content}] if isinstance(content, str) else content
+    return [{"type": "text", "text": p["text"]} for p in parts if p.get("text")]
+
+
+def _with_thinking(message: dict[str, Any], blocks: list[dict[str, Any]]) -> None:
+    """An assistant turn sent back with its reasoning items: their signed thinking as the
+    neutral body's extensions, ``thinking_blocks`` and ``anthropic_content`` (every block
+    in its place, thinking between tool calls included), for an Anthropic vendor."""
+    thinking = [b for b in blocks if b["type"] in _THINKING]
+    if thinking:
+        message["thinking_blocks"] = thinking
+        message["anthropic_content"] = blocks
 
 
 def _thinking_sent_back(sealed: Any) -> list[dict[str, Any]]:
@@ -174,8 +215,7 @@ def _thinking_sent_back(sealed: Any) -> list[dict[str, Any]]:
         return []
     if not isinstance(blocks, list):
         return []
-    kinds = ("thinking", "redacted_thinking")
-    return [b for b in blocks if isinstance(b, dict) and b.get("type") in kinds]
+    return [b for b in blocks if isinstance(b, dict) and b.get("type") in _THINKING]
 
 
 def _reasoning_item(
@@ -418,15 +458,57 @@ def openai_response_to_responses(
     choice = (completion.get("choices") or [None])[0] or {}
     message = choice.get("message") or {}
     output: list[dict[str, Any]] = []
-    if message.get("reasoning_content") or message.get("thinking_blocks"):
-        text, blocks = message.get("reasoning_content") or "", message.get("thinking_blocks")
-        output.append(_reasoning_item(text, blocks, request, "completed"))
-    if message.get("content"):
-        output.append(_message_item(message["content"], refusal=False))
-    if message.get("refusal"):
-        output.append(_message_item(message["refusal"], refusal=True))
-    output += [_call_item(call) for call in message.get("tool_calls") or []]
+    if _thought_in_order(message):  # thinking between tool calls keeps its place
+        output += _items_in_order(message, request)
+    else:
+        if message.get("reasoning_content") or message.get("thinking_blocks"):
+            text, blocks = message.get("reasoning_content") or "", message.get("thinking_blocks")
+            output.append(_reasoning_item(text, blocks, request, "completed"))
+        if message.get("content"):
+            output.append(_message_item(message["content"], refusal=False))
+        if message.get("refusal"):
+            output.append(_message_item(message["refusal"], refusal=True))
+        output += [_call_item(call) for call in message.get("tool_calls") or []]
     return _finished(response_shell(request, new_id("resp_")), output, usage, choice)
+
+
+def _thought_in_order(message: dict[str, Any]) -> bool:
+    """Whether the answer is an Anthropic vendor's that thought, its blocks in order."""
+    blocks = message.get("anthropic_content")
+    blocks = blocks if isinstance(blocks, list) else []
+    return any(isinstance(b, dict) and b.get("type") in _THINKING for b in blocks)
+
+
+def _items_in_order(message: dict[str, Any], request: dict[str, Any]) -> list[dict[str, Any]]:
+    """An Anthropic vendor's blocks as output items in their order, as its stream makes
+    them: each run of thinking one reasoning item (sealed, if asked), each run of text
+    one message, each tool call its function_call.  Sent back, each reasoning item goes
+    to the vendor before what followed it, as the model thought it."""
+    calls = {call.get("id"): call for call in message.get("tool_calls") or []}
+    output: list[dict[str, Any]] = []
+    for kind, run in groupby(message["anthropic_content"], key=_item_kind):
+        blocks = list(run)
+        if kind == "reasoning":
+            text = "".join(b.get("thinking") or "" for b in blocks)
+            output.append(_reasoning_item(text, blocks, request, "completed"))
+        elif kind == "message":
+            output.append(_message_item("".join(b.get("text") or "" for b in blocks), False))
+        elif kind == "function_call":
+            output += [_call_item(calls.get(b.get("id")) or _as_call(b)) for b in blocks]
+    return output
+
+
+def _item_kind(block: Any) -> str:
+    kind = block.get("type") if isinstance(block, dict) else None
+    if kind in _THINKING:
+        return "reasoning"
+    return {"text": "message", "tool_use": "function_call"}.get(str(kind), "")
+
+
+def _as_call(block: dict[str, Any]) -> dict[str, Any]:
+    """A tool_use block as chat's tool call (for one the message's tool_calls lack)."""
+    arguments = orjson.dumps(block.get("input") or {}).decode()
+    return {"id": block.get("id"), "function": {"name": block.get("name"), "arguments": arguments}}
 
 
 def _finished(

@@ -77,8 +77,9 @@ def client_message(chunks: list[dict[str, Any]]) -> Message:
         events += convert.feed(chunk)
     events += convert.finish(Usage(input_tokens=10, output_tokens=30))
     snapshot = None
+    json_bufs: dict[int, bytes] = {}  # each tool block's input JSON so far, as the SDK keeps
     for _, data in events:
-        snapshot = accumulate_event(event=data, current_snapshot=snapshot, json_bufs={})  # type: ignore[arg-type]
+        snapshot = accumulate_event(event=data, current_snapshot=snapshot, json_bufs=json_bufs)  # type: ignore[arg-type]
     assert snapshot is not None
     return Message.model_validate(snapshot.model_dump())
 

@@ -375,11 +375,33 @@ def test_malformed_content_is_a_bad_request(content):
 
 
 def test_more_than_one_choice_is_refused_not_ignored():
+    """This candidate's refusal: an OpenAI-format one may answer both."""
     body = {"model": "m", "n": 2, "messages": [{"role": "user", "content": "hi"}]}
-    with pytest.raises(BadRequest, match="one choice"):
+    with pytest.raises(VendorUnsupported, match="one choice"):
         chat_request(body, "llama3", stream=False)
-    with pytest.raises(BadRequest, match="logprobs"):
+    with pytest.raises(VendorUnsupported, match="logprobs"):
         chat_request({**body, "n": 1, "logprobs": True}, "llama3", stream=False)
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"}},
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+    ],
+)  # fmt: skip
+async def test_a_part_only_other_vendors_read_passes_the_request_on_before_sending(part):
+    """A PDF or audio, which /api/chat has no slot for: the next candidate (OpenAI,
+    Anthropic) may read it, so this one refuses without failing the request."""
+    seen, handler = recorder()
+    body = {"messages": [{"role": "user", "content": [part, {"type": "text", "text": "Sum up"}]}]}
+    with pytest.raises(VendorUnsupported, match=part["type"]) as err:
+        await adapter_for(handler).chat(call(body))
+    assert err.value.retryable and err.value.status == 400
+    assert seen == []
+    nonsense = {"messages": [{"role": "user", "content": [{"type": "hologram"}]}]}
+    with pytest.raises(BadRequest, match="hologram"):  # no vendor reads it: the client's
+        chat_request(nonsense, "llama3", stream=False)
 
 
 @pytest.mark.parametrize(
@@ -476,3 +498,35 @@ async def test_usage_counts_cached_prompt_tokens_and_is_never_free() -> None:
     _, handler = recorder(httpx.Response(200, json=missing))
     usage = (await adapter_for(handler).chat(call())).usage
     assert usage.input_tokens > 0 and usage.output_tokens == 9
+
+
+async def test_a_pdf_goes_on_to_the_next_candidate_and_leaves_ollama_healthy() -> None:
+    import time
+
+    from gateway.anthropic_routes import neutral_request
+    from schemas.config import Candidate
+    from tests.support.envelopes import request_envelope
+    from tests.unit.test_dispatch import real_vendors
+
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}
+    dispatch, seen = real_vendors(
+        ollama=httpx.Response(200, json=final()), backup=httpx.Response(200, json=answer)
+    )
+    plan = [Candidate(vendor="ollama", model="llama3.2"), Candidate(vendor="backup", model="m")]
+    pdf = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}
+    content = [{"type": "document", "source": pdf}, {"type": "text", "text": "Summarise"}]
+    body = neutral_request(
+        {"model": "m", "max_tokens": 50, "messages": [{"role": "user", "content": content}]}
+    )
+    env = request_envelope(deadline_ms=int((time.time() + 5) * 1000), body=body)
+    out = await dispatch.run(env, plan, None)
+    assert out.error is None and out.candidate == plan[1]
+    assert seen[0].error_code == "vendor_unsupported"  # which health does not count
+
+    # With nobody else to ask, the client hears why, as a 400.
+    out = await dispatch.run(env, plan[:1], None)
+    assert out.error is not None and (out.error.status, out.error.type) == (
+        400,
+        "invalid_request_error",
+    )
+    assert "'file'" in out.error.message

@@ -29,6 +29,7 @@ from schemas.errors import (
     VendorNotFound,
     VendorRateLimited,
     VendorUnavailable,
+    VendorUnsupported,
 )
 from schemas.usage import Usage
 
@@ -673,3 +674,142 @@ async def test_a_server_that_reports_no_usage_is_estimated_not_free() -> None:
     body = {"model": "relay-alias", "messages": MESSAGES}
     usage = (await adapter_for(handler).chat(call(body))).usage
     assert usage.input_tokens > 0 and usage.output_tokens == 101  # 400 characters, /4, +1
+
+
+async def test_a_user_too_long_for_openai_goes_as_a_stable_64_character_digest() -> None:
+    """Claude Code's metadata.user_id (~150 characters) becomes OpenAI's ``user``, which
+    OpenAI refuses past 64: it goes as a digest, the same each time for the same user,
+    and the request itself keeps the full value for the relay's own use."""
+    long_user = "user_" + "a" * 64 + "_account_" + "1" * 36 + "_session_" + "2" * 36
+    sent: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json=COMPLETION)
+
+    body = {"model": "relay-alias", "messages": MESSAGES, "user": long_user}
+    other = {**body, "user": long_user.replace("2", "3")}
+    for given in (body, body, other, {**body, "user": "short-user"}):
+        await adapter_for(handler).chat(call(given))
+    users = [s["user"] for s in sent]
+    assert all(len(u) <= 64 for u in users)
+    assert users[0] == users[1] != users[2]
+    assert users[3] == "short-user"  # a user that fits goes as it is
+    assert body["user"] == long_user
+
+
+async def test_a_document_only_anthropic_reads_goes_on_to_the_anthropic_candidate() -> None:
+    """A document by URL has no OpenAI twin: the OpenAI candidate refuses it without
+    ending the request, and the Anthropic one after it answers."""
+    import time
+
+    from gateway.anthropic_routes import neutral_request
+    from schemas.config import Candidate
+    from tests.support.envelopes import request_envelope
+    from tests.unit.test_dispatch import real_vendors
+
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude",
+        "content": [{"type": "text", "text": "ok"}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 1, "output_tokens": 1},
+    }
+    dispatch, seen = real_vendors(
+        openai=httpx.Response(200, json=COMPLETION), anthropic=httpx.Response(200, json=message)
+    )
+    plan = [Candidate(vendor="openai", model="gpt-4o"), Candidate(vendor="anthropic", model="c")]
+    doc = {"type": "document", "source": {"type": "url", "url": "https://x.test/a.pdf"}}
+    content = [doc, {"type": "text", "text": "Summarise"}]
+    body = neutral_request(
+        {"model": "m", "max_tokens": 50, "messages": [{"role": "user", "content": content}]}
+    )
+    env = request_envelope(deadline_ms=int((time.time() + 5) * 1000), body=body)
+    out = await dispatch.run(env, plan, None)
+    assert out.error is None and out.candidate == plan[1]
+    assert [(e.vendor, e.error_code) for e in seen] == [
+        ("openai", "vendor_unsupported"),
+        ("anthropic", None),
+    ]
+    out = await dispatch.run(env, plan[:1], None)  # no Anthropic candidate: a 400 says why
+    assert out.error is not None and out.error.status == 400
+    assert "reaches Anthropic vendors only" in out.error.message
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        VendorConfig(kind="openai", base_url="https://api.openai.com/v1"),
+        VendorConfig(kind="azure", base_url="https://r.openai.azure.com", api_version="2024-10-21"),
+    ],
+)
+async def test_more_stop_sequences_than_openai_takes_pass_the_request_on(config) -> None:
+    """An Anthropic client may send any number of stop_sequences; OpenAI and Azure take
+    four.  Refused before sending, as this candidate's limit: an Anthropic one may serve."""
+    from gateway.anthropic_routes import neutral_request
+
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=COMPLETION)
+
+    adapter = make_adapter(config, httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    assert isinstance(adapter, OpenAIAdapter)
+    stops = ["</a>", "</b>", "</c>", "</d>", "</e>"]
+    body = neutral_request(
+        {
+            "model": "m",
+            "max_tokens": 9,
+            "stop_sequences": stops,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+    )
+    with pytest.raises(VendorUnsupported, match="stop_sequences") as err:
+        await adapter.chat(call(body))
+    assert err.value.retryable and err.value.status == 400 and seen == []
+    await adapter.chat(call({**body, "stop": stops[:4]}))  # four are fine
+    assert json.loads(seen[0].content)["stop"] == stops[:4]
+
+
+async def test_an_openai_compatible_server_gets_every_stop_sequence() -> None:
+    """vLLM and other OpenAI-compatible servers take more than four."""
+    sent: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json=COMPLETION)
+
+    stops = ["a", "b", "c", "d", "e"]
+    await adapter_for(handler).chat(call({"messages": MESSAGES, "stop": stops}))
+    assert sent[0]["stop"] == stops
+
+
+@pytest.mark.parametrize(
+    ("answer", "cls", "said"),
+    [
+        ({"error": {"message": f"upstream failed for {KEY}", "code": 502}}, VendorUnavailable,
+         "upstream failed for [redacted]"),
+        ({"error": {"message": "slow down", "code": "rate_limit_exceeded"}}, VendorRateLimited,
+         "slow down"),
+        ({"error": "overloaded"}, VendorUnavailable, "overloaded"),
+        ({"id": "gen-1", "object": "chat.completion"}, VendorUnavailable, "no choices"),
+        ({"id": "gen-1", "choices": None}, VendorUnavailable, "no choices"),
+    ],
+)  # fmt: skip
+async def test_a_200_without_an_answer_is_the_vendor_s_failure(answer, cls, said) -> None:
+    """OpenRouter answers a model failing mid-answer with a 200 and an error object: that
+    is no answer to pass on (or cache), but a failure the next candidate may not have,
+    in the vendor's words, and never with the key in them."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answer)
+
+    with pytest.raises(cls) as err:
+        await adapter_for(handler).chat(call({"model": "relay-alias", "messages": MESSAGES}))
+    assert err.value.retryable and said in err.value.message
+    assert KEY not in err.value.message
+    with pytest.raises(cls):  # legacy /completions answers in choices too
+        await adapter_for(handler).complete(call({"model": "relay-alias", "prompt": ["x"]}))

@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 
-from schemas.errors import BadRequest
+from schemas.errors import BadRequest, VendorUnsupported
 from schemas.formats.anthropic import (
     ChunksToMessageEvents,
     MessageEventsToChunks,
     messages_request_to_openai,
     messages_response_to_openai,
+    offers_json_answer,
     openai_request_to_messages,
     openai_response_to_messages,
     without_cache_control,
@@ -563,6 +564,96 @@ def test_a_json_answer_beside_thinking_reaches_an_anthropic_client_as_text():
     assert back["stop_reason"] == "end_turn"
 
 
+def _json_mode_message(*content: dict[str, Any]) -> dict[str, Any]:
+    thought = {"type": "thinking", "thinking": "They want JSON.", "signature": "sig"}
+    return {
+        "id": "msg_v",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude",
+        "content": [thought, *content],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 5, "output_tokens": 7},
+    }
+
+
+def _streamed(message: dict[str, Any], *, json_answer: bool) -> list[dict[str, Any]]:
+    from tests.support.anthropic_stream import vendor_events
+
+    convert = MessageEventsToChunks(json_answer=json_answer)
+    return [
+        item
+        for name, data in vendor_events(message)
+        for item in convert.feed(name, data)
+        if isinstance(item, dict)
+    ]
+
+
+def test_text_before_the_json_answer_is_dropped_streamed_or_not():
+    """With thinking on, the JSON answer tool is offered, not forced, and Claude may say
+    a sentence before calling it: the answer is the JSON alone, streamed as whole, for
+    OpenAI clients (content) and Anthropic ones (the ordered blocks) alike."""
+    from tests.support.anthropic_stream import blocks, client_message
+
+    preamble = {"type": "text", "text": "Here is the JSON you asked for."}
+    answer_tool = {
+        "type": "tool_use",
+        "id": "toolu_1",
+        "name": "relay_json_answer",
+        "input": {"a": 1},
+    }
+    message = _json_mode_message(preamble, answer_tool)
+    whole, usage = messages_response_to_openai(message)
+    chunks = _streamed(message, json_answer=True)
+    streamed = assemble_chunks(chunks)
+    for body in (whole, streamed):
+        assert json.loads(body["choices"][0]["message"]["content"]) == {"a": 1}
+        reply = openai_response_to_messages(body, usage, "alias")
+        assert [b["type"] for b in reply["content"]] == ["thinking", "text"]
+        assert json.loads(reply["content"][1]["text"]) == {"a": 1}
+    assert [b["type"] for b in blocks(client_message(chunks))] == ["thinking", "text"]
+
+
+def test_text_in_json_mode_without_the_json_answer_is_sent_in_its_place():
+    """The model answered in prose, or called a tool of the client's first: the text held
+    back goes out after all, in order."""
+    prose = _json_mode_message({"type": "text", "text": "I cannot answer that as JSON."})
+    prose["stop_reason"] = "end_turn"
+    streamed = assemble_chunks(_streamed(prose, json_answer=True))["choices"][0]["message"]
+    assert streamed["content"] == "I cannot answer that as JSON."
+    assert [b["type"] for b in streamed["anthropic_content"]] == ["thinking", "text"]
+
+    tool = {"type": "tool_use", "id": "toolu_2", "name": "weather", "input": {"city": "Oslo"}}
+    calls = _json_mode_message({"type": "text", "text": "Checking."}, tool)
+    streamed = assemble_chunks(_streamed(calls, json_answer=True))["choices"][0]["message"]
+    assert streamed["content"] == "Checking."
+    assert [b["type"] for b in streamed["anthropic_content"]] == ["thinking", "text", "tool_use"]
+
+
+def test_text_streams_as_it_comes_when_json_mode_is_off():
+    message = _json_mode_message({"type": "text", "text": "Hello."})
+    convert = MessageEventsToChunks()
+    from tests.support.anthropic_stream import vendor_events
+
+    texts = [
+        chunk
+        for name, data in vendor_events(message)
+        if name == "content_block_delta" and data["delta"]["type"] == "text_delta"
+        for chunk in convert.feed(name, data)
+    ]
+    assert texts, "a text delta is sent with the event that brought it"
+    assert not offers_json_answer({"tools": [{"name": "weather"}]})
+    asked = openai_request_to_messages(
+        {
+            "messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_object"},
+        },
+        "claude",
+    )
+    assert offers_json_answer(asked)
+
+
 def test_consecutive_tool_messages_merge_into_one_user_turn():
     body = {
         "messages": [
@@ -990,6 +1081,55 @@ def test_the_matched_stop_sequence_survives_anthropic_to_anthropic():
     }
 
 
+@pytest.mark.parametrize("reason", ["model_context_window_exceeded", "pause_turn"])
+def test_a_stop_reason_finish_reason_cannot_say_reaches_an_anthropic_client_as_sent(reason):
+    """OpenAI's finish_reason reads these as "length" and "stop", which would come back
+    as max_tokens and end_turn: the vendor's own reason rides along, streamed or not,
+    and through the cache (a stream assembled, stored and replayed)."""
+    from schemas.formats.openai import response_to_chunks
+    from tests.support.anthropic_stream import client_message, through_a_stream
+
+    message = {
+        "id": "msg_v",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5",
+        "content": [{"type": "text", "text": "partial"}],
+        "stop_reason": reason,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 9, "output_tokens": 1},
+    }
+    neutral, usage = messages_response_to_openai(message)
+    finish = {"model_context_window_exceeded": "length", "pause_turn": "stop"}[reason]
+    assert neutral["choices"][0]["finish_reason"] == finish  # what OpenAI clients read
+    back = openai_response_to_messages(neutral, usage, "claude")
+    assert (back["stop_reason"], back["stop_sequence"]) == (reason, None)
+
+    chunks, streamed = through_a_stream(message)
+    assert streamed.stop_reason == reason
+    stored = assemble_chunks(chunks)
+    assert stored["choices"][0]["finish_reason"] == finish
+    assert openai_response_to_messages(stored, usage, "claude")["stop_reason"] == reason
+    assert client_message(response_to_chunks(stored)).stop_reason == reason
+
+
+def test_a_stop_reason_another_vendor_sends_on_its_choice_is_not_taken_for_anthropic_s():
+    """vLLM puts its own ``stop_reason`` (the stop string or token id) on a choice."""
+    body = {
+        "id": "x",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "a"},
+                "finish_reason": "length",
+                "stop_reason": 128001,
+                "anthropic_stop_reason": "made_up",
+            }
+        ],
+    }
+    assert openai_response_to_messages(body, Usage(), "c")["stop_reason"] == "max_tokens"
+
+
 def test_tool_calls_that_finish_with_stop_read_as_tool_use():
     """OpenAI ends a forced tool choice with finish_reason "stop"."""
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
@@ -1018,9 +1158,11 @@ def test_a_streamed_refusal_ends_as_a_refusal():
 
 
 def test_more_than_one_choice_is_refused_not_ignored():
+    """Refused by this candidate only: an OpenAI one later in the plan answers n > 1."""
     body = {"model": "m", "n": 3, "messages": [{"role": "user", "content": "hi"}]}
-    with pytest.raises(BadRequest, match="one choice"):
+    with pytest.raises(VendorUnsupported, match="one choice") as err:
         openai_request_to_messages(body, "claude")
+    assert err.value.retryable and err.value.status == 400 and err.value.param == "n"
 
 
 @pytest.mark.parametrize(
@@ -1028,7 +1170,7 @@ def test_more_than_one_choice_is_refused_not_ignored():
 )
 def test_logprobs_are_refused_not_ignored(asked, param):
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    with pytest.raises(BadRequest, match=f"{param}: this model does not return"):
+    with pytest.raises(VendorUnsupported, match=f"{param}: this model does not return"):
         openai_request_to_messages({**body, **asked}, "claude")
     plain = {**body, "logprobs": False, "top_logprobs": 0, "n": 1}
     assert openai_request_to_messages(plain, "claude")["messages"]
@@ -1255,9 +1397,13 @@ def test_a_pdf_document_travels_as_an_openai_file_part_and_back():
     assert "JVBERi0x" not in str(part["anthropic_document"]), "the data rides once"
     back = openai_request_to_messages(neutral, "claude")
     assert back["messages"][0]["content"][0] == doc, "title and citations kept"
+    # A file by id only OpenAI holds: an OpenAI candidate may read it, this one cannot.
     by_id = {"type": "file", "file": {"file_id": "file-abc"}}
-    with pytest.raises(BadRequest, match="needs the file inline"):
+    with pytest.raises(VendorUnsupported, match="needs the file inline"):
         openai_request_to_messages({"messages": [{"role": "user", "content": [by_id]}]}, "c")
+    nothing = {"type": "file", "file": {"filename": "a.pdf"}}  # no vendor reads this
+    with pytest.raises(BadRequest, match="needs the file inline"):
+        openai_request_to_messages({"messages": [{"role": "user", "content": [nothing]}]}, "c")
 
 
 def test_a_text_document_is_text_to_openai_vendors_and_a_document_to_anthropic_ones():
@@ -1289,13 +1435,16 @@ def test_a_text_document_is_text_to_openai_vendors_and_a_document_to_anthropic_o
         {"type": "content", "content": [{"type": "text", "text": "chunk one"}]},
     ],
 )
-def test_a_document_only_anthropic_can_read_reaches_anthropic_and_is_a_400_elsewhere(source):
+def test_a_document_only_anthropic_can_read_reaches_anthropic_and_is_refused_elsewhere(source):
+    """Refused by an OpenAI-format candidate only (``VendorUnsupported``): an Anthropic
+    candidate later in the plan still gets it; with none, the client hears a 400."""
     doc = {"type": "document", "source": source}
     request = {"model": "c", "max_tokens": 64, "messages": [{"role": "user", "content": [doc]}]}
     neutral = messages_request_to_openai(request)
     assert openai_request_to_messages(neutral, "claude")["messages"][0]["content"] == [doc]
-    with pytest.raises(BadRequest, match="reaches Anthropic vendors only"):
+    with pytest.raises(VendorUnsupported, match="reaches Anthropic vendors only") as err:
         without_cache_control(neutral)
+    assert err.value.retryable and err.value.status == 400
 
 
 def test_json_mode_beside_client_tools_makes_the_model_call_one_or_answer_json():
@@ -1354,7 +1503,9 @@ def test_a_malformed_output_config_is_a_400_naming_it(config):
         {"type": "memory_20250818", "name": "memory"},
     ],
 )  # fmt: skip
-def test_anthropic_s_client_tools_reach_anthropic_vendors_as_sent_and_are_a_400_elsewhere(tool):
+def test_anthropic_s_client_tools_reach_anthropic_vendors_as_sent_and_are_refused_elsewhere(
+    tool,
+):
     request = {
         "model": "c",
         "max_tokens": 64,
@@ -1366,8 +1517,10 @@ def test_anthropic_s_client_tools_reach_anthropic_vendors_as_sent_and_are_a_400_
     to_claude = openai_request_to_messages(neutral, "claude")
     assert to_claude["tools"] == [tool]
     assert to_claude["tool_choice"] == {"type": "tool", "name": tool["name"]}
-    with pytest.raises(BadRequest, match=f"{tool['type']} tool reaches Anthropic vendors only"):
+    refusal = f"{tool['type']} tool reaches Anthropic vendors only"
+    with pytest.raises(VendorUnsupported, match=refusal) as err:
         without_cache_control(neutral)
+    assert err.value.retryable and err.value.param == "tools"
 
 
 def test_one_hour_cache_writes_are_read_apart_and_told_back() -> None:

@@ -476,6 +476,59 @@ def test_a_sealed_reasoning_item_sent_back_is_the_vendor_s_thinking_again() -> N
     assert dropped["messages"] == [{"role": "user", "content": "hi"}]
 
 
+INTERLEAVED = [
+    {"type": "thinking", "thinking": "one", "signature": "sig-1"},
+    {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"a": 1}},
+    {"type": "thinking", "thinking": "two", "signature": "sig-2"},
+    {"type": "text", "text": "And g too."},
+    {"type": "tool_use", "id": "toolu_2", "name": "g", "input": {"b": 2}},
+]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_thinking_between_tool_calls_goes_back_in_its_place(streamed: bool) -> None:
+    """Interleaved thinking (thinking, a call, thinking, another call): each run of
+    thinking is a reasoning item where the model thought it, streamed or not, and the
+    output sent back in a tool loop gives the vendor every signed block in its place."""
+    from schemas.formats.anthropic import messages_response_to_openai, openai_request_to_messages
+
+    answer = {**THINKING_ANSWER, "content": INTERLEAVED}
+    neutral, usage = messages_response_to_openai(answer)
+    request = {"model": "m", "input": "hi", "include": ["reasoning.encrypted_content"]}
+    if streamed:
+        output = stream(request, neutral, usage)[-1]["response"]["output"]
+    else:
+        output = openai_response_to_responses(neutral, usage, request)["output"]
+    kinds = ["reasoning", "function_call", "reasoning", "message", "function_call"]
+    assert [item["type"] for item in output] == kinds
+    assert [output[n]["summary"][0]["text"] for n in (0, 2)] == ["one", "two"]
+
+    results = [
+        {"type": "function_call_output", "call_id": f"toolu_{n}", "output": str(n)} for n in (1, 2)
+    ]
+    items = [{"role": "user", "content": "hi"}, *output, *results]
+    sent = openai_request_to_messages(
+        responses_request_to_openai({**request, "input": items}), "claude-x"
+    )
+    assert sent["messages"][1] == {"role": "assistant", "content": INTERLEAVED}
+
+
+def test_thinking_sent_back_after_its_turn_s_last_item_still_leads_that_turn() -> None:
+    """A reasoning item that follows all its turn said (and precedes the tool results)
+    goes back with that turn, first, where Anthropic wants a tool-use turn's thinking."""
+    from schemas.formats.anthropic import messages_response_to_openai, openai_request_to_messages
+
+    neutral, usage = messages_response_to_openai(THINKING_ANSWER)
+    request = {"model": "m", "input": "hi", "include": ["reasoning.encrypted_content"]}
+    reasoning, *said = openai_response_to_responses(neutral, usage, request)["output"]
+    result = {"type": "function_call_output", "call_id": "toolu_1", "output": "12C"}
+    items = [{"role": "user", "content": "hi"}, *said, reasoning, result]
+    sent = openai_request_to_messages(
+        responses_request_to_openai({**request, "input": items}), "claude-x"
+    )
+    assert [b["type"] for b in sent["messages"][1]["content"]] == ["thinking", "text", "tool_use"]
+
+
 def test_settings_chat_passes_on_are_echoed_as_sent() -> None:
     request = {
         "model": "m",

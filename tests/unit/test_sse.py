@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
+from itertools import pairwise
 from typing import Any, cast
 
 from openai._streaming import SSEDecoder
@@ -154,3 +155,51 @@ async def test_an_openai_client_never_sees_the_anthropic_start_usage() -> None:
 
     raw = await collect(openai_sse(chunks(), include_usage=True))
     assert b"anthropic_start_usage" not in raw and raw.count(b"data: ") == 3
+
+
+def reasoning(text: str) -> dict[str, Any]:
+    return {**chunk(""), "choices": [{"index": 0, "delta": {"reasoning_content": text}}]}
+
+
+async def reasons_then_answers() -> AsyncIterator[dict[str, Any] | Usage]:
+    """A vendor whose thinking comes as reasoning_content (Ollama, DeepSeek, vLLM), which
+    an Anthropic client is not shown, then a pause before the answer."""
+    yield chunk("")
+    for _ in range(5):
+        await asyncio.sleep(0.03)
+        yield reasoning("hmm ")
+    await asyncio.sleep(0.2)  # the vendor itself silent a while
+    yield chunk("Answer")
+    yield Usage(input_tokens=3, output_tokens=12)
+
+
+async def timed_frames(stream: AsyncIterator[bytes]) -> list[tuple[float, str]]:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    return [(loop.time() - start, frame.decode().split("\n")[0]) async for frame in stream]
+
+
+async def test_a_stream_that_has_begun_keeps_alive_while_nothing_is_written() -> None:
+    """Not only before the first chunk: while the client is shown nothing (reasoning an
+    Anthropic client does not see, a vendor gone quiet) a keep-alive goes out whenever
+    keepalive_s has passed since the last frame, in each dialect's own form."""
+    for stream, beat in (
+        (anthropic_sse(reasons_then_answers(), "claude", "msg_1", keepalive_s=0.06), "event: ping"),
+        (openai_sse(reasons_then_answers(), include_usage=True, keepalive_s=0.06), ": keepalive"),
+    ):
+        frames = await timed_frames(stream)
+        times = [t for t, _ in frames]
+        assert max(b - a for a, b in pairwise(times)) < 0.12, frames
+        after_first = [name for _, name in frames[1:]]
+        assert after_first.count(beat) >= 2, frames
+
+
+async def test_a_stream_that_flows_sends_no_keepalives() -> None:
+    async def flowing() -> AsyncIterator[dict[str, Any] | Usage]:
+        for _ in range(8):
+            await asyncio.sleep(0.02)
+            yield chunk("x")
+        yield Usage(input_tokens=1, output_tokens=8)
+
+    raw = await collect(openai_sse(flowing(), include_usage=False, keepalive_s=0.1))
+    assert b"keepalive" not in raw and raw.count(b"data: ") == 9

@@ -189,3 +189,41 @@ def test_unsigned_reasoning_in_an_echoed_message_is_no_thinking_block() -> None:
     body = {"messages": [{"role": "user", "content": "q"}, echoed]}
     sent = openai_request_to_messages(body, "claude-x")["messages"][1]["content"]
     assert [b["type"] for b in sent] == ["text"]
+
+
+async def test_a_streamed_json_answer_with_thinking_is_the_json_alone() -> None:
+    """JSON mode with thinking on: Claude may write a sentence before it calls the JSON
+    answer tool; the Anthropic adapter's stream leaves it out, as its whole answer does."""
+    import json
+
+    import httpx
+
+    from agents.adapters import AnthropicAdapter, VendorCall
+    from schemas.config import VendorConfig
+
+    answer = {"type": "tool_use", "id": "toolu_1", "name": "relay_json_answer", "input": {"a": 1}}
+    message = {
+        **VENDOR_MESSAGE,
+        "content": [THOUGHT, {"type": "text", "text": "Here is your JSON."}, answer],
+    }
+    text = "".join(
+        f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in vendor_events(message)
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=text, headers={"content-type": "text/event-stream"})
+
+    adapter = AnthropicAdapter(
+        VendorConfig(kind="anthropic", base_url="http://anthropic.test"),
+        httpx.AsyncClient(transport=httpx.MockTransport(handler)),
+    )
+    body = {
+        "messages": [{"role": "user", "content": "json please"}],
+        "response_format": {"type": "json_object"},
+        "thinking": {"type": "enabled", "budget_tokens": 2048},
+    }
+    call = VendorCall(model="claude-x", body=body, api_key="k")
+    chunks = [item async for item in adapter.stream(call) if isinstance(item, dict)]
+    streamed = assemble_chunks(chunks)["choices"][0]["message"]
+    assert json.loads(streamed["content"]) == {"a": 1}
+    assert streamed["reasoning_content"] == THOUGHT["thinking"]
