@@ -46,6 +46,9 @@ FORGET_ATTEMPTS = 8  # tries to strike an answered batch from the journal (~1 mi
 REFUSED_S = 600.0  # a vendor that refused a batch (no batch API) is left alone this long
 
 
+_Key = tuple[str, str, tuple[str, ...]]  # vendor, model, beta features
+
+
 @dataclass
 class _Queue:
     items: list[RequestEnvelope] = field(default_factory=list)
@@ -105,8 +108,8 @@ class BatchLane:
         self.pools = pools
         self.rule = rule
         self.deliver = deliver
-        self._queues: dict[tuple[str, str], _Queue] = {}
-        self._cands: dict[tuple[str, str], Candidate] = {}
+        self._queues: dict[_Key, _Queue] = {}
+        self._cands: dict[_Key, Candidate] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._refused: dict[str, float] = {}  # vendor -> when its batch API may be tried again
         self.batches_sent = 0
@@ -124,7 +127,10 @@ class BatchLane:
         return isinstance(self.adapters.get(cand.vendor), BatchVendor)
 
     def submit(self, env: RequestEnvelope, cand: Candidate) -> None:
-        key = (cand.vendor, cand.model)
+        # One vendor batch per (vendor, model) and beta features asked (Anthropic's
+        # ``anthropic-beta``): a batch goes out with one set of headers.
+        betas = env.body.get("anthropic_beta")
+        key = (cand.vendor, cand.model, tuple(betas) if isinstance(betas, list) else ())
         self._cands[key] = cand
         queue = self._queues.setdefault(key, _Queue())
         queue.items.append(env)
@@ -150,7 +156,7 @@ class BatchLane:
             self._flush(key)
         return set(self._tasks)
 
-    def _flush(self, key: tuple[str, str]) -> None:
+    def _flush(self, key: _Key) -> None:
         queue = self._queues.pop(key, None)
         if queue is None or not queue.items:
             return

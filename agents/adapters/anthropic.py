@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from agents.adapters.base import StreamItem, VendorCall, VendorResult
-from agents.adapters.http import json_body, open_stream, refused, send, sse_events
+from agents.adapters.http import json_body, jsonl_objects, open_stream, refused, send, sse_events
 from schemas.config import VendorConfig
 from schemas.errors import (
     RelayError,
@@ -131,8 +131,15 @@ class AnthropicAdapter:
             {"custom_id": cid, "params": openai_request_to_messages(c.body, c.model)}
             for cid, c in calls
         ]
+        # The lane batches requests asking the same betas together: one header for all.
+        asked = calls[0][1].body if calls else None
         resp = await self._send(
-            "POST", "messages/batches", api_key, self.config.timeout_s, json={"requests": requests}
+            "POST",
+            "messages/batches",
+            api_key,
+            self.config.timeout_s,
+            asked,
+            json={"requests": requests},
         )
         return str(json_body(resp, self.kind)["id"])
 
@@ -149,10 +156,8 @@ class AnthropicAdapter:
         # only ever goes to the host this vendor is configured with.
         resp = await self._send("GET", f"messages/batches/{batch_id}/results", api_key, timeout)
         results: dict[str, VendorResult | Exception] = {}
-        for line in resp.text.splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                results[entry["custom_id"]] = self._batch_result(entry.get("result") or {})
+        for entry in jsonl_objects(resp.text, self.kind):
+            results[str(entry.get("custom_id"))] = self._batch_result(entry.get("result") or {})
         return results
 
     async def cancel_batch(self, batch_id: str, api_key: str) -> None:

@@ -7,6 +7,7 @@ any secret from those headers blanked out, because some vendors echo the key bac
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import time
@@ -53,6 +54,9 @@ class _NoCookies(CookieJar):
 
     def extract_cookies(self, response: Any, request: Any) -> None:
         return None
+
+
+log = logging.getLogger("relay.worker")
 
 
 def vendor_client(timeout_s: float) -> httpx.AsyncClient:
@@ -105,6 +109,25 @@ async def send(
     if resp.status_code >= 400:
         raise status_error(resp, vendor)
     return resp
+
+
+def jsonl_objects(text: str, vendor: str) -> list[dict[str, Any]]:
+    """The objects of a JSONL results file.  Lines end at ``\n`` only: JSON allows
+    U+2028, U+2029 and U+0085 raw inside strings (orjson and serde write them so), which
+    ``str.splitlines`` would cut an answer at.  A line that still does not read is
+    skipped (its request hears that the batch returned no result), never the file."""
+    found = []
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            log.warning("%s: a batch results line that is not JSON was skipped", vendor)
+            continue
+        if isinstance(entry, dict):
+            found.append(entry)
+    return found
 
 
 def json_body(resp: httpx.Response, vendor: str) -> Any:

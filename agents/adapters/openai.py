@@ -20,6 +20,7 @@ from agents.adapters.base import StreamItem, VendorCall, VendorResult
 from agents.adapters.http import (
     error_for_status,
     json_body,
+    jsonl_objects,
     open_stream,
     refused,
     scrubbed,
@@ -180,10 +181,8 @@ class OpenAIAdapter:
                 content = await self._request(
                     "GET", self.url(f"files/{batch[key]}/content"), api_key
                 )
-                for line in content.text.splitlines():
-                    if line.strip():
-                        entry = json.loads(line)
-                        results[entry["custom_id"]] = self._batch_entry(entry)
+                for entry in jsonl_objects(content.text, self.kind):
+                    results[str(entry.get("custom_id"))] = self._batch_entry(entry)
         return results
 
     async def cancel_batch(self, batch_id: str, api_key: str) -> None:

@@ -437,3 +437,27 @@ async def test_the_client_s_beta_features_go_as_the_anthropic_beta_header_not_in
     assert all("anthropic_beta" not in json.loads(r.content) for r in seen)
     await adapter.chat(call())
     assert "anthropic-beta" not in seen[-1].headers, "none asked, none sent"
+
+
+async def test_a_batch_goes_out_with_the_beta_features_its_requests_asked():
+    """The lane batches requests by the betas they ask (as their anthropic-beta header):
+    the batch carries them as realtime calls do."""
+    seen, handler = recorder(
+        httpx.Response(200, json={"id": "msgbatch_01", "processing_status": "in_progress"})
+    )
+    asked = call({"anthropic_beta": ["output-128k-2025-02-19", "context-1m-2025-08-07"]})
+    await adapter_for(handler).submit_batch([("a", asked)], KEY)
+    assert seen[0].headers["anthropic-beta"] == "output-128k-2025-02-19,context-1m-2025-08-07"
+    assert "anthropic_beta" not in json.loads(seen[0].content)["requests"][0]["params"]
+
+
+async def test_batch_results_keep_an_answer_holding_a_unicode_line_separator():
+    message = {**MESSAGE, "content": [{"type": "text", "text": "a\u2028b"}]}
+    line = {"custom_id": "ok", "result": {"type": "succeeded", "message": message}}
+    _, handler = recorder(
+        httpx.Response(200, json={"id": "msgbatch_01", "processing_status": "ended"}),
+        httpx.Response(200, content=(json.dumps(line, ensure_ascii=False) + "\n").encode()),
+    )
+    results = await adapter_for(handler).poll_batch("msgbatch_01", KEY)
+    assert isinstance(results["ok"], VendorResult)
+    assert results["ok"].body["choices"][0]["message"]["content"] == "a\u2028b"

@@ -813,3 +813,25 @@ async def test_a_200_without_an_answer_is_the_vendor_s_failure(answer, cls, said
     assert KEY not in err.value.message
     with pytest.raises(cls):  # legacy /completions answers in choices too
         await adapter_for(handler).complete(call({"model": "relay-alias", "prompt": ["x"]}))
+
+
+async def test_poll_batch_reads_an_answer_holding_a_unicode_line_separator():
+    """JSON allows U+2028/U+2029/U+0085 raw in strings (orjson and serde write them so):
+    lines end at \\n alone, or one answer would lose the whole paid batch.  A line that
+    does not read is skipped: its request alone hears that nothing came back."""
+    body = {**COMPLETION, "choices": [{**COMPLETION["choices"][0]}]}
+    body["choices"][0]["message"] = {"role": "assistant", "content": "one\u2028two\u0085three"}
+    good = {"id": "b1", "custom_id": "r1", "response": {"status_code": 200, "body": body}}
+    text = json.dumps(good, ensure_ascii=False) + "\n{not json\n"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/batches/batch_1":
+            return httpx.Response(
+                200, json={"id": "batch_1", "status": "completed", "output_file_id": "file-out"}
+            )
+        return httpx.Response(200, content=text.encode())
+
+    results = await adapter_for(handler).poll_batch("batch_1", KEY)
+    assert set(results) == {"r1"}
+    assert isinstance(results["r1"], VendorResult)
+    assert results["r1"].body["choices"][0]["message"]["content"] == "one\u2028two\u0085three"

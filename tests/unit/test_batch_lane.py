@@ -259,3 +259,29 @@ async def test_a_batch_failed_as_a_whole_sends_each_request_on_alone(vendor) -> 
     got = await run(vendor, 3)
     assert len(got) == 3
     assert all(isinstance(r, VendorUnsupported) and r.retryable for r in got)
+
+
+async def test_requests_asking_other_beta_features_go_in_other_vendor_batches() -> None:
+    sent: list[list[str]] = []
+
+    class Recording(ScriptedBatches):
+        async def submit_batch(self, calls: list[tuple[str, VendorCall]], api_key: str) -> str:
+            sent.append([str(c.body.get("anthropic_beta")) for _, c in calls])
+            return await super().submit_batch(calls, api_key)
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        pass
+
+    lane = BatchLane(
+        {"v": Recording(["done", "done"])},
+        {"v": KeyPool(["key"])},
+        LaneRule(max_size=2, poll_s=0.001),
+        deliver,
+    )
+    for betas in (["context-1m"], None, ["context-1m"], None):
+        env = envelope()
+        env.body = {**env.body, **({"anthropic_beta": betas} if betas else {})}
+        lane.submit(env, CAND)
+    for task in list(lane._tasks):
+        await task
+    assert sorted(sent) == [["None", "None"], ["['context-1m']", "['context-1m']"]]
