@@ -341,10 +341,12 @@ class Relay:
         self, env: RequestEnvelope, queue: asyncio.Queue[ReplyEvent], first: ReplyEvent | None
     ) -> AsyncIterator[dict[str, Any] | Usage]:
         chunks: list[dict[str, Any]] = []
+        sent = 0  # the last chunk's seq: one that comes again (a producer's retry) is dropped
         try:
             event = first or await self._next(env, queue)
             while event.kind == "chunk":
-                if event.body is not None:
+                if event.body is not None and event.seq > sent:
+                    sent = event.seq
                     chunks.append(event.body)
                     yield event.body
                 event = await self._next(env, queue)

@@ -31,6 +31,7 @@ Endpoint = Literal["chat", "embeddings", "completions", "count_tokens"]
 # (a timeout error, say) before it gives up and writes the ledger line itself.
 REPLY_GRACE_S = 2.0
 MAX_TRACE_ID = 128  # x-relay-trace-id: it travels in every envelope and ledger line
+MAX_EPOCH_MS = 10**15  # a time in epoch ms beyond any deadline (the year 33 658)
 
 
 def now_ms() -> int:
@@ -57,7 +58,9 @@ class RequestEnvelope(BaseModel):
     stream: bool = False
     prompt_hash: str = Field(description="cache/coalescing key; also the Kafka message key")
     priority: Priority = Priority.realtime
-    deadline_ms: int = Field(description="epoch milliseconds after which nobody waits")
+    deadline_ms: int = Field(
+        ge=0, lt=MAX_EPOCH_MS, description="epoch milliseconds after which nobody waits"
+    )
     trace_id: str
     cost_tag: str | None = None
     user: str | None = None
@@ -73,7 +76,7 @@ class RequestEnvelope(BaseModel):
         "none reaches it by deadline_ms + REPLY_GRACE_S; producers posting straight to the "
         "topic leave it false",
     )
-    created_ms: int = Field(default_factory=now_ms)
+    created_ms: int = Field(default_factory=now_ms, ge=0, lt=MAX_EPOCH_MS)
 
     @field_validator("reply_to")
     @classmethod

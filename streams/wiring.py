@@ -64,6 +64,7 @@ HEALTH_WINDOW_S = 0.2
 SPEND_BATCH = 500  # ledger lines folded into the spend table per write, at most
 SPEND_WINDOW_S = 0.25  # ...and at most this long after the first of them
 RECENT_LINES = 100_000  # ledger ids remembered, so a line sent twice is spent once
+RECENT_REQUESTS = 100_000  # correlation ids remembered, so an envelope posted twice runs once
 STOP_ANSWER_S = 5.0  # for requests cut at shutdown to send their error and ledger line
 
 
@@ -292,9 +293,12 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     # into the ledger, the request topic or a table's changelog.
     not_for_replies = {t.name for t in topics.all()} - {topics.batch_results.name}
 
+    taken = RecentIds(RECENT_REQUESTS)
+
     async def requests_agent(stream: faust.StreamT[bytes]) -> None:
         """Take each envelope and let it fly on its own task, so a slow vendor call never
-        holds up the partition behind it."""
+        holds up the partition behind it.  An envelope taken already (a producer's retry,
+        a service posting twice) is dropped: one request, one answer, one ledger line."""
         async for event in stream.events():
             msg = event.message
             try:
@@ -316,6 +320,9 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
                     await sink.dead_letter(letter)
                 except Exception as again:  # the next envelope must still be taken
                     log.warning("dead letter not written: %r", again)
+                continue
+            if not taken.first_time(env.correlation_id):
+                log.warning("request %s arrived twice: the copy is dropped", env.correlation_id)
                 continue
             task = asyncio.create_task(handle(env))
             in_flight.add(task)

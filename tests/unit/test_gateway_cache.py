@@ -194,3 +194,19 @@ async def test_ttl_class_names_are_read_whatever_their_case_as_the_other_headers
         )
     assert ok.status_code == 200 and bus.published[-1].cache_ttl_s == 6 * 3600
     assert counted.status_code == 400, "a bad header is refused whoever counts the tokens"
+
+
+async def test_a_chunk_that_comes_twice_reaches_the_client_once() -> None:
+    """A producer's retry may put a chunk on the reply topic twice: its ``seq`` says so."""
+
+    def twice(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+        once = streamed(env)
+        return [once[0], once[0], *once[1:]]
+
+    app, _ = gateway_app(twice)
+    async with client(app) as http:
+        reply = await http.post("/v1/chat/completions", json={**BODY, "stream": True})
+    texts = [
+        c["choices"][0]["delta"].get("content") for c in data_lines(reply.text) if c["choices"]
+    ]
+    assert texts == ["Hi"]
