@@ -142,9 +142,9 @@ class EmbeddingBatcher:
         except Exception as exc:  # an answer we cannot cut up must still answer everyone
             _reject(batch, partial(VendorError, f"unreadable batched answer: {exc}"))
             return
-        for p, part in zip(batch, parts, strict=True):
+        for i, (p, part) in enumerate(zip(batch, parts, strict=True)):
             if not p.future.done():
-                p.future.set_result(replace(part, shared=len(batch) > 1))
+                p.future.set_result(replace(part, shared=len(batch) > 1, rode=i > 0))
 
 
 def _retrieve(future: asyncio.Future[VendorResult]) -> None:
@@ -153,10 +153,14 @@ def _retrieve(future: asyncio.Future[VendorResult]) -> None:
 
 
 def _reject(batch: list[_Pending], error: Callable[[], Exception]) -> None:
-    """Fail every caller still waiting, each with its own exception instance."""
-    for p in batch:
+    """Fail every caller still waiting, each with its own exception instance (the first
+    one's reports the call's failure: one call, one outcome)."""
+    for i, p in enumerate(batch):
         if not p.future.done():
-            p.future.set_exception(error())
+            exc = error()
+            if isinstance(exc, RelayError):
+                exc.rode = i > 0
+            p.future.set_exception(exc)
 
 
 def split(

@@ -54,6 +54,7 @@ ChunkSink = Callable[[dict[str, Any]], Awaitable[None]]
 # adapters' own VendorErrors): a missing key, a wrong type, bad JSON, an undecodable body.
 UNREADABLE = (LookupError, TypeError, ValueError, AttributeError, httpx.DecodingError)
 HealthSink = Callable[[HealthEvent], Awaitable[None]]
+KEY_REFUSED_S = 300.0  # a key a vendor refused (401/403) sits out this long
 
 
 @dataclass
@@ -284,8 +285,9 @@ class Dispatcher:
             # The vendor's own timeout (its config) is the vendor's fault: a failure, and
             # the next candidate is tried.  The request's deadline coming first is not: the
             # client asked for an answer sooner than this vendor gives one, which says
-            # nothing of its health, so it is not reported (one tenant's short deadlines
-            # never open a breaker).
+            # nothing of its health; it is reported as ``deadline_exceeded``, which the
+            # metrics count and the breaker leaves be (one tenant's short deadlines never
+            # open a breaker, and a vendor that hangs past every deadline still shows).
             vendor_timeout = getattr(getattr(adapter, "config", None), "timeout_s", remaining)
             call = VendorCall(
                 model=cand.model,
@@ -299,17 +301,26 @@ class Dispatcher:
                 async with asyncio.timeout(remaining):
                     result = await self._call(adapter, env, cand, call, counted, progress)
             except TimeoutError:
-                raise DeadlineExceeded(
+                cut = DeadlineExceeded(
                     f"no answer from the vendor within the deadline ({remaining:.1f}s)"
-                ) from None
+                )
+                await self._report(env, cand, started, cut)
+                raise cut from None
             except RelayError as exc:
                 scrubbed(exc, key)
                 if exc.refused and progress is not None:
                     progress.opened = None  # the vendor did not take the call: unbilled
                 keyed = isinstance(exc, VendorAuthFailed | VendorRateLimited)
                 if isinstance(exc, VendorAuthFailed):
-                    pool.bench(key_index, 300.0)
+                    # A revoked key, or one out of credit: the operator must hear of it
+                    # (by its place in the pool, never the key).
+                    log.warning(
+                        "%s: key #%d refused (401/403): out for 5 min", cand.vendor, key_index
+                    )
+                    pool.bench(key_index, KEY_REFUSED_S)
                 elif isinstance(exc, VendorRateLimited):
+                    log.info("%s: key #%d rate-limited: out for %.1f s", cand.vendor, key_index,
+                             exc.retry_after or 1.0)  # fmt: skip
                     pool.bench(key_index, exc.retry_after or 1.0)
                 if keyed and not forwarded and pool.free(skip=tried):
                     # That key's refusal or limit, not the model's: a key of the pool not
@@ -319,7 +330,8 @@ class Dispatcher:
                     continue
                 if not forwarded:
                     self._give_back(env, tpm, Usage())  # refused: nothing was used
-                await self._report(env, cand, started, exc)
+                if not exc.rode:  # a window-batched call's failure: reported once
+                    await self._report(env, cand, started, exc)
                 raise
             except UNREADABLE as exc:
                 what = type(exc).__name__  # its text may quote the vendor's answer
@@ -342,7 +354,8 @@ class Dispatcher:
                 await self._report(env, cand, started, err)
                 raise err from None
             self._give_back(env, tpm, result.usage)
-            await self._report(env, cand, started, None, cost_of(cand, result.usage))
+            if not result.rode:  # a window-batched call: one call, one outcome
+                await self._report(env, cand, started, None, cost_of(cand, result.usage))
             return result
 
     async def _call(

@@ -36,6 +36,7 @@ from tables.cache import L1Cache, ResponseCache, redis_prefix
 def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastAPI:
     instance = settings.instance_id or uuid.uuid4().hex[:12]
     metrics.start_cost_series(config.tenant_aliases())
+    metrics.start_error_series()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -9,11 +9,12 @@ from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.envelope import UsageEvent
-from schemas.errors import RelayError
+from schemas.errors import RelayError, error_classes
 
-# Cache hits take a millisecond, generations up to the longest deadline a client may set.
+# Cache hits take a millisecond, generations up to the longest deadline a client may set
+# (x-relay-timeout: an hour).
 _BUCKETS_S: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
-_BUCKETS_S += (1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_BUCKETS_S += (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 REQUESTS = Counter(
     "relay_requests_total", "Requests answered, by endpoint and status", ["endpoint", "status"]
 )
@@ -66,6 +67,13 @@ def count_error(err: RelayError) -> None:
     ERRORS.labels(err.code, str(err.status)).inc()
 
 
+def start_error_series() -> None:
+    """Every error's series at 0 from the start: a counter first scraped at 150 adds
+    nothing to rate(), so the first burst after a deploy would not show."""
+    for cls in error_classes():
+        ERRORS.labels(cls.code, str(cls.status))
+
+
 def count_line(event: UsageEvent) -> None:
     """A ledger line this gateway writes: its cost and saving."""
     COST.labels(event.tenant, event.alias).inc(event.cost)
@@ -103,7 +111,7 @@ class Measure:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        status: int | None = None
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -111,9 +119,15 @@ class Measure:
                 status = message["status"]
             await send(message)
 
+        failed = True
         try:
             await self.app(scope, receive, send_status)
+            failed = False
         finally:
+            # No answer started: the app failed (500), or the client left before there
+            # was anything to answer (499, as nginx logs it; the routes count it so too).
+            if status is None:
+                status = 500 if failed else 499
             endpoint = self._endpoint(scope, path)
             REQUESTS.labels(endpoint, str(status)).inc()
             LATENCY.labels(endpoint).observe(time.perf_counter() - started)

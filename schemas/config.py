@@ -96,6 +96,10 @@ class ModelAlias(Strict):
     def ttl_seconds(self) -> int:
         return ttl_seconds(self.cache_ttl)
 
+    def all_candidates(self) -> list[Candidate]:
+        """The candidates, and the canary's when there is one."""
+        return [*self.candidates, *([self.canary.candidate] if self.canary else [])]
+
     def is_canary(self, vendor: str | None, model: str | None) -> bool:
         """Whether ``vendor``/``model`` is this alias's canary (whose answers are never
         cached: users of the stable version must not be served them)."""
@@ -247,8 +251,7 @@ class RelayConfig(Strict):
     def openai_sampling(self, alias: str) -> bool:
         """Whether every vendor of the alias defaults temperature and top_p to 1, as
         OpenAI does (Ollama uses the model's own), so leaving them out is sending 1."""
-        spec = self.models[alias]
-        cands = [*spec.candidates, *([spec.canary.candidate] if spec.canary else [])]
+        cands = self.models[alias].all_candidates()
         return all(self.vendors[c.vendor].kind != "ollama" for c in cands)
 
     def kind_refusal(self, alias: str, endpoint: str) -> BadRequest | None:

@@ -55,6 +55,9 @@ class RelayError(Exception):
         # The request's trace id, echoed in the error response's x-relay-trace-id header
         # (the client's way to its ledger line), when the gateway knows it.
         self.trace_id: str | None = None
+        # A window-batched caller other than the first: the shared call's outcome is the
+        # first caller's to report (one vendor call, one health outcome).
+        self.rode = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -226,6 +229,11 @@ class VendorUnsupported(VendorError):
 
 def _all(cls: type[RelayError]) -> list[type[RelayError]]:
     return [cls, *(c for sub in cls.__subclasses__() for c in _all(sub))]
+
+
+def error_classes() -> list[type[RelayError]]:
+    """Every error the relay answers with."""
+    return _all(RelayError)
 
 
 _BY_CODE: dict[str, type[RelayError]] = {c.code: c for c in _all(RelayError)}

@@ -28,7 +28,7 @@ VENDOR_LATENCY = Histogram(
     "relay_worker_vendor_latency_seconds",
     "Vendor call latency seen by workers (to the full answer, or the stream's end)",
     ["vendor", "model"],
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
 BATCH_LINES = Counter(
     "relay_worker_batch_lines_total",
@@ -141,3 +141,22 @@ def start_cost_series(tenants: Iterable[tuple[str, Iterable[str]]]) -> None:
             COST.labels(tenant, alias)
         SAVED.labels(tenant)
         DIRECT.labels(tenant)
+
+
+# The outcomes a vendor call most often has, started at 0 for every configured model.
+COMMON_OUTCOMES = (
+    "ok",
+    "vendor_error",
+    "vendor_unavailable",
+    "vendor_rate_limited",
+    "vendor_auth_failed",
+    "deadline_exceeded",
+)
+
+
+def start_call_series(models: Iterable[tuple[str, str]]) -> None:
+    """Every configured (vendor, model)'s common outcomes at 0 from the start, so the
+    first failures after a deploy count in rate() (a series born at 150 adds nothing)."""
+    for vendor, model in models:
+        for outcome in COMMON_OUTCOMES:
+            VENDOR_CALLS.labels(vendor, model, outcome)

@@ -183,6 +183,9 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     topics = Topics(settings.topic_prefix)
     app = make_app(settings, bootstrap)
     metrics.start_cost_series(config.tenant_aliases())
+    metrics.start_call_series(
+        {(c.vendor, c.model) for spec in config.models.values() for c in spec.all_candidates()}
+    )
     # httpcore traces every request at DEBUG; left to inherit, building those records
     # costs the worker more CPU than the rest of a vendor call.
     for name in ("httpx", "httpcore", "aiokafka"):

@@ -24,6 +24,7 @@ from schemas.envelope import HealthEvent
 from schemas.errors import (
     BadRequest,
     ContentFiltered,
+    DeadlineExceeded,
     RateLimited,
     VendorBadRequest,
     VendorRateLimited,
@@ -43,6 +44,9 @@ RATE_LIMIT_CODES = frozenset({VendorRateLimited.code, RateLimited.code})
 CLIENT_FAULT_CODES = frozenset(
     {VendorBadRequest.code, BadRequest.code, ContentFiltered.code, VendorUnsupported.code}
 )
+# Outcomes that say nothing of the vendor's health: the client's fault, or a call the
+# request's own deadline cut (a client asking sooner than the vendor answers).
+NOT_THE_VENDORS = CLIENT_FAULT_CODES | {DeadlineExceeded.code}
 
 # "Blended" price per 1M tokens for the cheapest strategy: the common 3:1 input:output mix.
 BLEND_INPUT, BLEND_OUTPUT = 0.75, 0.25
@@ -163,7 +167,7 @@ def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Hea
     h = h.model_copy(deep=True)
     h.calls += 1
     started = now - ev.latency_ms / 1000  # when the call went out
-    client_fault = not ev.ok and ev.error_code in CLIENT_FAULT_CODES
+    client_fault = not ev.ok and ev.error_code in NOT_THE_VENDORS
     if (
         h.state == "open"
         and h.opened_at is not None

@@ -30,6 +30,8 @@ class VendorResult:
     body: dict[str, Any]
     usage: Usage
     shared: bool = False  # one vendor call served several requests (window batching)
+    # Not the first of those requests: the call's outcome is the first's to report.
+    rode: bool = False
 
 
 StreamItem = dict[str, Any] | Usage

@@ -262,3 +262,40 @@ async def test_a_caller_that_gives_up_inside_the_shared_call_is_told_of_its_shar
     assert vendor.calls == [["gone", "here!"]]
     assert theirs.usage.input_tokens + mine.usage.input_tokens == 9
     assert theirs.usage.input_tokens == 4
+
+
+async def test_one_shared_call_is_one_health_outcome_whatever_it_carried() -> None:
+    """Eight requests in one window are one vendor call: one outcome for the metrics and
+    the breaker, so one failed call never counts as eight (and opens no breaker alone)."""
+    import time
+
+    from agents.dispatch import Dispatcher
+    from agents.keys import KeyPool
+    from schemas.config import Batching, Candidate
+    from schemas.envelope import HealthEvent
+    from tests.support.envelopes import request_envelope
+
+    for fail in (False, True):
+        seen: list[HealthEvent] = []
+
+        async def on_health(ev: HealthEvent, into: list[HealthEvent] = seen) -> None:
+            into.append(ev)
+
+        vendor = Vendor(fail=fail)
+        dispatch = Dispatcher(
+            {"a": vendor}, {"a": KeyPool(["k"])}, on_health,
+            batching={"e": Batching(window_ms=50, max_size=64)}, max_rounds=1,
+        )  # fmt: skip
+        envs = [
+            request_envelope(
+                alias="e",
+                endpoint="embeddings",
+                body={"model": "e", "input": f"text {i}"},
+                deadline_ms=int((time.time() + 5) * 1000),
+            )
+            for i in range(8)
+        ]
+        cand = [Candidate(vendor="a", model="emb")]
+        outs = await asyncio.gather(*(dispatch.run(e, cand, None) for e in envs))
+        assert all((o.error is not None) == fail for o in outs)
+        assert len(vendor.calls) == 1 and len(seen) == 1 and seen[0].ok != fail

@@ -153,3 +153,55 @@ def test_an_empty_metrics_token_leaves_metrics_open() -> None:
     assert Settings(metrics_token="").scrape_allowed(None)
     guarded = Settings(metrics_token="s3cret-token")
     assert not guarded.scrape_allowed(None) and guarded.scrape_allowed("Bearer s3cret-token")
+
+
+def test_error_and_vendor_call_series_start_at_zero() -> None:
+    """A series first scraped at 150 adds nothing to rate(): the first burst of errors
+    after a deploy would not show on the dashboard or in the alerts."""
+    from gateway import metrics
+    from streams import metrics as worker_metrics
+
+    metrics.start_error_series()
+    worker_metrics.start_call_series([("zero-vendor", "zero-model")])
+    value = REGISTRY.get_sample_value
+    for code, status in (("vendor_unavailable", "502"), ("budget_exceeded", "402")):
+        assert value("relay_errors_total", {"code": code, "status": status}) is not None
+    for outcome in ("ok", "vendor_unavailable", "deadline_exceeded"):
+        labels = {"vendor": "zero-vendor", "model": "zero-model", "outcome": outcome}
+        assert value("relay_worker_vendor_calls_total", labels) == 0.0
+
+
+async def test_a_client_gone_before_its_body_was_read_is_a_499_not_a_500() -> None:
+    from tests.support.gateway import DEMO_KEY, gateway_app
+
+    app, _ = gateway_app()
+    before = {s: count("/v1/chat/completions", s) for s in ("499", "500")}
+    messages = [
+        {"type": "http.request", "body": b'{"model": "gpt-4o-mini", "mess', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive():  # type: ignore[no-untyped-def]
+        return messages.pop(0)
+
+    sent: list[dict] = []
+
+    async def send(message):  # type: ignore[no-untyped-def]
+        sent.append(message)
+
+    headers = [
+        (b"host", b"relay"),
+        (b"authorization", f"Bearer {DEMO_KEY}".encode()),
+        (b"content-type", b"application/json"),
+        (b"transfer-encoding", b"chunked"),
+    ]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+        "query_string": b"", "root_path": "", "headers": headers,
+        "client": ("127.0.0.1", 5000), "server": ("relay", 80), "state": {},
+    }  # fmt: skip
+    await app(scope, receive, send)
+    assert sent == []
+    after = {s: count("/v1/chat/completions", s) for s in ("499", "500")}
+    assert (after["499"] - before["499"], after["500"] - before["500"]) == (1, 0)
