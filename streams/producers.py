@@ -110,6 +110,16 @@ class BackgroundProducer:
         if lines:
             self._spill_now(lines, "the broker did not take them in time")
 
+    def keep(self, lines: list[Line], why: str) -> bool:
+        """Put ``lines`` in a spill file of their own, closed at once, for the next
+        producer that starts to send (a producer that could not start keeps its lines
+        so); True when they were kept."""
+        kept = self._spill_now(lines, why)
+        if self._spill is not None:
+            self._spill.close()  # (and its lock: the next start claims it)
+            self._spill, self._spill_path = None, None
+        return kept
+
     def _spill_now(self, lines: list[Line], why: str) -> bool:
         kept, where = self._keep(lines)
         log.error("%d lines for %s not written (%s); %s", len(lines), lines[0][0], why, where)

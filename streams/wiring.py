@@ -16,6 +16,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,13 @@ from schemas.envelope import (
     RequestEnvelope,
     UsageEvent,
 )
-from schemas.errors import BatchCancelled, StoreUnavailable
+from schemas.errors import BatchCancelled, RelayError, StoreUnavailable
 from schemas.settings import Settings
 from streams import metrics
 from streams.app import make_app
 from streams.codec import M, decode, encode
 from streams.producers import BackgroundProducer
+from streams.stopping import stop_quietly
 from streams.topics import Topics
 from tables.batches import BatchStore
 from tables.buckets import PriorityGate, TokenBucket
@@ -109,19 +111,28 @@ class KafkaSink:
         self._starting = asyncio.Lock()
         self._health: dict[str, list[HealthEvent]] = {}
         self._last_ok: dict[str, bool] = {}
-        self._tasks: set[asyncio.Future[None]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
 
-    async def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        await self.app.producer.send(
+    async def _send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+        """Queue one message on Faust's producer; the future of its delivery."""
+        delivery = await self.app.producer.send(
             topic, key, value, partition=None, timestamp=None, headers=None
         )
+        return asyncio.ensure_future(delivery)  # (aiokafka's future, typed as an awaitable)
 
     async def _send_later(self, topic: str, key: bytes | None, value: bytes) -> None:
         if self._background is None:
             async with self._starting:
                 if self._background is None:
                     producer = BackgroundProducer(self.bootstrap, self.spill_dir)
-                    await producer.start()
+                    try:
+                        await producer.start()
+                    except Exception as exc:
+                        # No broker to start on yet: the line waits in the spill file
+                        # (sent by the producer that starts), and the next line tries again.
+                        producer.keep([(topic, key, value)], f"no producer ({exc!r})")
+                        await stop_quietly(producer.producer.stop(), "a ledger producer")
+                        return
                     self._background = producer
         await self._background.send(topic, value, key=key)
 
@@ -130,7 +141,25 @@ class KafkaSink:
             await self._background.stop()
 
     async def reply(self, topic: str, event: ReplyEvent) -> None:
-        await self._send(topic, event.correlation_id.encode(), encode(event))
+        key = event.correlation_id.encode()
+        delivery = await self._send(topic, key, encode(event))
+        if event.kind != "chunk":  # an answer the broker took, then failed to store
+            delivery.add_done_callback(partial(self._replied, topic, event))
+
+    def _replied(self, topic: str, event: ReplyEvent, delivery: asyncio.Future[Any]) -> None:
+        """A reply the broker refused after taking it (a topic with a smaller message
+        limit than the relay's, say): logged, and its waiter told at once (a small error
+        goes where a large answer would not) rather than left to its deadline."""
+        if delivery.cancelled() or (exc := delivery.exception()) is None:
+            return
+        log.warning("reply to %s on %s not delivered: %r", event.correlation_id, topic, exc)
+        if event.kind != "final":
+            return
+        lost = RelayError(f"the answer could not be passed back ({type(exc).__name__})")
+        told = ReplyEvent(correlation_id=event.correlation_id, kind="error", error=lost.to_dict())
+        task = asyncio.ensure_future(self._send(topic, event.correlation_id.encode(), encode(told)))
+        self._tasks.add(task)
+        task.add_done_callback(self._sent_or_logged)
 
     async def usage(self, event: UsageEvent) -> None:
         metrics.count_line(event)
@@ -162,7 +191,14 @@ class KafkaSink:
         batch = encode(HealthBatch(events=events))
         task = asyncio.ensure_future(self._send(self.topics.health.name, key.encode(), batch))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._sent_or_logged)
+
+    def _sent_or_logged(self, task: asyncio.Future[Any]) -> None:
+        """A message queued off the request's path (health, a late error): a failure to
+        queue it is logged where the relay's logs are, never left to asyncio's."""
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("a worker message could not be sent: %r", exc)
 
     async def cache(self, key: str, entry: CacheEntry, ttl_s: int) -> None:
         await self.cache_store.put(key, entry, ttl_s)
