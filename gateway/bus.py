@@ -26,6 +26,7 @@ from streams.codec import encode
 from streams.producers import BackgroundProducer
 from streams.stopping import stop_consumer, stop_quietly
 from streams.topics import MAX_MESSAGE_BYTES, Topics, ensure_topics
+from tables.recent import RecentIds
 
 log = logging.getLogger("relay.gateway")
 TOO_LARGE = "the request is larger than the relay's broker takes in one message"
@@ -33,6 +34,9 @@ UNQUEUED = "the relay could not queue the request; try again shortly"
 
 
 MAX_AUDIT_TEXT = 256  # characters of a path, model or detail an audit event keeps
+# Requests whose ledger line this gateway wrote, remembered so that a later failure of the
+# same request (the producer giving up on an envelope whose deadline passed) writes none.
+METERED_REMEMBERED = 100_000
 
 
 class Bus:
@@ -71,6 +75,7 @@ class Bus:
             fetch_min_bytes=1,
         )
         self.waiting: dict[str, asyncio.Queue[ReplyEvent]] = {}
+        self._metered = RecentIds(METERED_REMEMBERED)  # requests this gateway metered
         self._background: set[asyncio.Future[None]] = set()
         self._reader: asyncio.Task[None] | None = None
         self.audit_trail = AuditTrail(self._send_audit, window_s=audit_window_s)
@@ -197,7 +202,13 @@ class Bus:
     async def _unqueued(self, env: RequestEnvelope, exc: BaseException) -> None:
         """The broker did not take ``env``: no worker will meter it, so this does."""
         log.warning("request %s not published: %s", env.correlation_id, exc)
-        await self.meter(UsageEvent.failure(env, unqueued_error(exc).code))
+        await self.meter_failure(env, unqueued_error(exc).code)
+
+    async def meter_failure(self, env: RequestEnvelope, code: str) -> None:
+        """The ledger line of a request no worker will meter, once however many ways it
+        failed (its deadline passed here, then the producer gave up on the envelope)."""
+        if self._metered.first_time(env.correlation_id):
+            await self.meter(UsageEvent.failure(env, code))
 
     def _undelivered(self, env: RequestEnvelope, delivery: asyncio.Future[object]) -> None:
         if delivery.cancelled() or (exc := delivery.exception()) is None:

@@ -451,7 +451,7 @@ class Relay:
     async def _meter_failure(self, env: RequestEnvelope, code: str) -> None:
         """No worker answered (deadline), none would (no worker), or the request never
         reached one: the gateway writes the request's ledger line."""
-        await self.bus.meter(UsageEvent.failure(env, code))
+        await self.bus.meter_failure(env, code)
 
 
 async def _replay(

@@ -103,6 +103,9 @@ class FakeBus:
     async def meter(self, event: Any) -> None:
         return None
 
+    async def meter_failure(self, env: RequestEnvelope, code: str) -> None:
+        return None
+
     async def audit(self, kind: str, **fields: Any) -> None:
         return None
 

@@ -50,3 +50,65 @@ async def test_a_ledger_line_the_producer_refuses_is_logged_never_a_client_s_500
     for kafka in (bus.producer, bus.consumer):  # never started: closed all the same
         await kafka.stop()
     assert "e-lost" in caplog.text and "not written" in caplog.text
+
+
+async def test_a_request_metered_at_its_deadline_gets_no_second_line_when_it_fails_later(
+    monkeypatch: Any,
+) -> None:
+    """The gateway writes the line of a request whose deadline passed; should the producer
+    give up on its envelope afterwards (10 s on, in a broker outage), that is the same
+    request failing twice, and one line is all it gets."""
+    import asyncio
+    import time
+
+    from aiokafka.errors import KafkaTimeoutError
+
+    import gateway.relay
+    from gateway.bus import Bus
+    from gateway.relay import Relay
+    from schemas.config import load_config
+    from schemas.errors import DeadlineExceeded
+    from schemas.settings import Settings
+    from streams.topics import Topics
+    from tables.cache import L1Cache, ResponseCache
+    from tests.support.envelopes import request_envelope
+    from tests.support.gateway import EXAMPLE
+
+    class Held:
+        """The request producer: it takes the envelope, the delivery still pending."""
+
+        def __init__(self) -> None:
+            self.deliveries: list[asyncio.Future[object]] = []
+
+        async def send(self, topic: str, value: bytes, key: bytes | None = None) -> Any:
+            self.deliveries.append(asyncio.get_running_loop().create_future())
+            return self.deliveries[-1]
+
+    class Ledger:
+        def __init__(self) -> None:
+            self.lines: list[bytes] = []
+
+        async def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+            self.lines.append(value)
+
+    monkeypatch.setattr(gateway.relay, "REPLY_GRACE_S", 0.05)
+    bus = Bus("127.0.0.1:9", Topics("t"), "gw-1")  # never started
+    for kafka in (bus.producer, bus.consumer):
+        await kafka.stop()
+    await bus.ledger.stop()
+    held, ledger = Held(), Ledger()
+    bus.producer, bus.ledger = held, ledger  # type: ignore[assignment]
+    relay = Relay(
+        Settings(config=EXAMPLE), load_config(EXAMPLE), bus, ResponseCache(L1Cache(10), None)
+    )
+    env = request_envelope(
+        reply_to=bus.reply_topic,
+        gateway_meters_timeout=True,
+        deadline_ms=int((time.time() + 0.1) * 1000),
+    )
+    with pytest.raises(DeadlineExceeded):
+        await relay._through_kafka(env)
+    held.deliveries[0].set_exception(KafkaTimeoutError())
+    await asyncio.sleep(0.01)
+    await asyncio.gather(*list(bus._background), return_exceptions=True)
+    assert [b"deadline_exceeded" in line for line in ledger.lines] == [True]
