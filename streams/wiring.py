@@ -15,7 +15,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -401,12 +401,17 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         one table write per tenant per batch instead of one per request, which spares
         every worker a changelog message to send and to read back for each call.  Only
         the fields needed are read from each line; a line sent twice is spent once."""
-        async for values in stream.take(SPEND_BATCH, within=SPEND_WINDOW_S):
-            for tenant, cost, at in spend_by_tenant(values, recent_lines):
+        batches = stream.take_events(SPEND_BATCH, within=SPEND_WINDOW_S)  # type: ignore[attr-defined]
+        async for events in batches:
+            fresh, last = unfolded(events, lambda t: Spend(**(spend.get(t) or {})))
+            for tenant, cost, at in spend_by_tenant(fresh, recent_lines):
                 rule = config.tenants.get(tenant)
                 period = rule.budget.period if rule and rule.budget else "month"
                 current = Spend(**(spend.get(tenant) or {}))
-                spend[tenant] = add_spend(current, cost, at, period).model_dump()
+                added = add_spend(current, cost, at, period)
+                if tenant in last:
+                    added = added.model_copy(update={"folded": last[tenant]})
+                spend[tenant] = added.model_dump()
 
     app.agent(requests, name="requests")(requests_agent)
     app.agent(health_events, name="health")(health_agent)
@@ -470,6 +475,28 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         await sink.close()
 
     return app
+
+
+def unfolded(
+    events: Sequence[Any], spent: Callable[[str], Spend]
+) -> tuple[list[bytes], dict[str, tuple[int, int]]]:
+    """The values of ledger ``events`` not folded into their tenant's spend yet (read
+    again after a worker died before committing), and each tenant's last line here, as
+    (partition, offset).  Lines are keyed by tenant; one without a key is let through."""
+    fresh: list[bytes] = []
+    last: dict[str, tuple[int, int]] = {}
+    known: dict[str, Spend] = {}
+    for event in events:
+        key, msg = event.key, event.message
+        tenant = key.decode(errors="replace") if isinstance(key, bytes) else key
+        if isinstance(tenant, str):
+            if tenant not in known:
+                known[tenant] = spent(tenant)
+            if known[tenant].has_folded(msg.partition, msg.offset):
+                continue
+            last[tenant] = (msg.partition, msg.offset)
+        fresh.append(event.value)
+    return fresh, last
 
 
 def spend_by_tenant(

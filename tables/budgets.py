@@ -20,10 +20,18 @@ class BudgetPolicy(BaseModel):
 
 
 class Spend(BaseModel):
-    """USD spent since ``period_start`` (epoch seconds of the period's UTC start)."""
+    """USD spent since ``period_start`` (epoch seconds of the period's UTC start), and
+    the last ledger line folded in, as (partition, offset): a worker that takes the
+    ledger over after another died before committing reads those lines again, and must
+    not count them twice (the tenant's lines all live in one partition)."""
 
     period_start: float = 0.0
     spent_usd: float = 0.0
+    folded: tuple[int, int] = (-1, -1)
+
+    def has_folded(self, partition: int, offset: int) -> bool:
+        """Whether the ledger line at ``partition``/``offset`` is counted already."""
+        return partition == self.folded[0] and offset <= self.folded[1]
 
 
 class BudgetDecision(BaseModel):
@@ -70,10 +78,10 @@ def add_spend(s: Spend, cost: float, now: float, period: Period) -> Spend:
     start = period_start(now, period)
     kept = _kept_start(s, period)
     if start > kept:
-        return Spend(period_start=start, spent_usd=cost)
+        return Spend(period_start=start, spent_usd=cost, folded=s.folded)
     if start < kept:
         return s
-    return Spend(period_start=start, spent_usd=s.spent_usd + cost)
+    return Spend(period_start=start, spent_usd=s.spent_usd + cost, folded=s.folded)
 
 
 def _kept_start(s: Spend, period: Period) -> float:

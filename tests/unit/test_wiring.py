@@ -107,3 +107,35 @@ def test_recent_ids_forget_the_oldest_first() -> None:
         True,  # "a" was the oldest when "c" came, so it was forgotten
         True,  # and "a" coming back pushed "b" out
     ]
+
+
+def test_ledger_lines_read_again_by_the_next_worker_are_not_spent_twice() -> None:
+    """A worker that dies after writing the spend table but before committing leaves its
+    lines to be read again by the next one (whose memory of event ids is empty): the
+    tenant's spend remembers the last line it folded, and those lines add nothing."""
+    from types import SimpleNamespace
+
+    from streams.wiring import unfolded
+    from tables.budgets import Spend, add_spend
+
+    def event(tenant: str, offset: int, cost: float) -> SimpleNamespace:
+        value = orjson.dumps({"event_id": f"e{offset}", "tenant": tenant, "cost": cost,
+                              "ts_ms": 1000 + offset})  # fmt: skip
+        message = SimpleNamespace(partition=3, offset=offset)
+        return SimpleNamespace(key=tenant.encode(), value=value, message=message)
+
+    table: dict[str, Spend] = {}
+
+    def fold(events: list[SimpleNamespace]) -> None:  # the spend agent's step, a new worker's
+        fresh, last = unfolded(events, lambda t: table.get(t, Spend()))
+        for tenant, cost, at in spend_by_tenant(fresh):
+            added = add_spend(table.get(tenant, Spend()), cost, at, "month")
+            table[tenant] = added.model_copy(update={"folded": last[tenant]})
+
+    first = [event("a", 10, 5.0), event("a", 11, 5.0), event("b", 12, 1.0)]
+    fold(first)
+    fold(first)  # read again after the crash
+    fold([*first, event("a", 13, 2.5)])  # and on, with a new line
+    assert (table["a"].spent_usd, table["b"].spent_usd) == (12.5, 1.0)
+    assert table["a"].folded == (3, 13)
+    assert Spend.model_validate(table["a"].model_dump(mode="json")).folded == (3, 13)
