@@ -183,13 +183,25 @@ class BackgroundProducer:
             if path == self._spill_path or (held := _claim(path)) is None:
                 continue
             deliveries: list[asyncio.Future[object]] = []
+            lines = _lines(held, path)
+            line: Line | None = None
             try:
-                for line in _lines(held, path):
+                for line in lines:
                     try:
                         if (delivery := await self._queue(line)) is not None:
                             deliveries.append(delivery)
                     except KafkaError as exc:  # refused for good: sending it again is no use
                         log.error("a spilled line for %s dropped: %r", line[0], exc)
+                    line = None  # queued, or kept again, or dropped: this file is done with it
+            except asyncio.CancelledError:
+                # Stopped part way through the file: the lines not queued yet move to this
+                # process's own spill file and the file goes, so the next start sends each
+                # line once (those queued are held, and kept at stop if not delivered).
+                rest = ([line] if line is not None else []) + list(lines)
+                if not rest or self._spill_now(rest, "the producer stopped while resending"):
+                    _remove(path)
+                held.close()
+                raise
             except BaseException:
                 held.close()
                 raise

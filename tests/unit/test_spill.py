@@ -3,8 +3,13 @@ file still being written by its process is never sent from under it."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
+import orjson
+
+import streams.producers
 from streams.producers import BackgroundProducer, _claim, _lines
 
 LINES = [
@@ -50,3 +55,74 @@ def test_a_claimed_file_that_was_meanwhile_sent_and_removed_is_left_alone(tmp_pa
     spill.unlink()  # another start sent it and removed it after this one listed it
     assert _claim(spill) is None
     opened.close()
+
+
+class Taking:
+    """An aiokafka producer that takes each line after a moment and delivers it, or,
+    with the broker ``away``, never takes one."""
+
+    def __init__(self, delivered: list[bytes], away: bool = False) -> None:
+        self.delivered, self.away = delivered, away
+
+    async def start(self) -> None:
+        return None
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> Any:
+        await asyncio.sleep(3600 if self.away else 0.01)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        self.delivered.append(value)
+        return done
+
+    async def stop(self) -> None:
+        return None
+
+
+def spilled(spill: Path, n: int) -> None:
+    spill.mkdir(parents=True)
+    with (spill / "20240101T000000-1-abcdef.jsonl").open("wb") as f:
+        for i in range(n):
+            entry = {"topic": "relay.usage", "key": "t", "value": f'{{"event_id": "e{i}"}}'}
+            f.write(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
+
+
+async def producer_on(spill: Path, kafka: Taking) -> BackgroundProducer:
+    producer = BackgroundProducer("127.0.0.1:9", spill)
+    await producer.producer.stop()
+    producer.producer = kafka  # type: ignore[assignment]
+    await producer.start()
+    return producer
+
+
+async def test_a_resend_cut_short_by_a_stop_sends_each_line_once_over_two_starts(
+    tmp_path: Path,
+) -> None:
+    spill, delivered = tmp_path / "spill", []
+    spilled(spill, 50)
+    first = await producer_on(spill, Taking(delivered))
+    await asyncio.sleep(0.1)  # some of the file's lines are out...
+    await first.stop()  # ...when the process is told to stop
+    assert 0 < len(delivered) < 50
+    second = await producer_on(spill, Taking(delivered))
+    assert second._resending is not None
+    await second._resending
+    await asyncio.gather(*list(second._settling))
+    await second.stop()
+    assert sorted(delivered) == sorted({f'{{"event_id": "e{i}"}}'.encode() for i in range(50)})
+
+
+async def test_lines_kept_again_while_the_broker_is_away_are_kept_once(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(streams.producers, "SEND_WAIT_S", 0.01)
+    spill = tmp_path / "spill"
+    spilled(spill, 50)
+    producer = await producer_on(spill, Taking([], away=True))
+    await asyncio.sleep(0.2)  # each line in turn times out and is kept again...
+    await producer.stop()  # ...until the process is told to stop
+    kept = [
+        orjson.loads(raw)["value"]
+        for p in spill.glob("*.jsonl")
+        for raw in p.read_bytes().splitlines()
+    ]
+    assert sorted(kept) == sorted(f'{{"event_id": "e{i}"}}' for i in range(50))
