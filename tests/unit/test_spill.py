@@ -97,7 +97,7 @@ async def producer_on(spill: Path, kafka: Taking) -> BackgroundProducer:
 async def test_a_resend_cut_short_by_a_stop_sends_each_line_once_over_two_starts(
     tmp_path: Path,
 ) -> None:
-    spill, delivered = tmp_path / "spill", []
+    spill, delivered = tmp_path / "spill", list[bytes]()
     spilled(spill, 50)
     first = await producer_on(spill, Taking(delivered))
     await asyncio.sleep(0.1)  # some of the file's lines are out...
