@@ -27,7 +27,7 @@ from schemas.errors import BadRequest
 from schemas.formats.openai import assemble_chunks
 from schemas.usage import Usage
 
-KEY_VERSION = 2  # bump when normalization changes, so old entries are never misread
+KEY_VERSION = 3  # bump when normalization changes, so old entries are never misread
 
 # Fields that do not change the answer: transport (stream), bookkeeping (user and its newer
 # name safety_identifier, metadata, store, the vendor's own prompt_cache_key) and the
@@ -57,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "service_tier": "auto",
     "response_format": {"type": "text"},
     "stop": [],
+    "logit_bias": {},
 }
 MAX_NFC_CHARS = 32_768
 # A lone text part is its text, unless it carries more than a cache breakpoint (an
@@ -122,6 +123,17 @@ def _is_default(key: str, value: Any, openai_sampling: bool = True) -> bool:
     return bool(value == default)
 
 
+def _message(message: Any) -> Any:
+    """A message without fields set to null (``name: null`` is no name), its content
+    normalized."""
+    if not isinstance(message, dict):
+        return message
+    out = {k: v for k, v in message.items() if v is not None or k == "content"}
+    if "content" in out:
+        out["content"] = _content(out["content"])
+    return out
+
+
 def normalize(body: dict[str, Any], *, openai_sampling: bool = True) -> dict[str, Any]:
     """The request with everything that cannot change the answer taken out
     (``openai_sampling``: the alias's vendors all default temperature and top_p to 1)."""
@@ -134,13 +146,10 @@ def normalize(body: dict[str, Any], *, openai_sampling: bool = True) -> dict[str
         out["max_tokens"] = out.pop("max_completion_tokens")
     if out.get("tool_choice") == "auto" and out.get("tools"):
         del out["tool_choice"]  # what a request with tools does unless told otherwise
+    if isinstance(out.get("stop"), str):
+        out["stop"] = [out["stop"]]  # one stop sequence, however it is spelled
     if isinstance(out.get("messages"), list):
-        out["messages"] = [
-            {**m, "content": _content(m["content"])}
-            if isinstance(m, dict) and "content" in m
-            else m
-            for m in out["messages"]
-        ]
+        out["messages"] = [_message(m) for m in out["messages"]]
     return _canon(out)
 
 

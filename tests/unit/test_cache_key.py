@@ -151,6 +151,19 @@ def test_defaults_equal_absence() -> None:
     assert key({**BASE, "temperature": 1}) == key(no_temp)
 
 
+def test_spellings_of_the_same_request_share_a_key() -> None:
+    """One stop sequence as a string or a list of one, an empty logit_bias, a message's
+    ``name: null``: each is the request without it."""
+    assert key({**BASE, "stop": "\n"}) == key({**BASE, "stop": ["\n"]})
+    assert key({**BASE, "stop": "\n"}) != key(BASE)
+    assert key({**BASE, "logit_bias": {}}) == key(BASE)
+    assert key({**BASE, "logit_bias": {"50256": -100}}) != key(BASE)
+    named = [{**BASE["messages"][0], "name": None}, BASE["messages"][1]]
+    assert key({**BASE, "messages": named}) == key(BASE)
+    called = [{**BASE["messages"][0], "name": "ops"}, BASE["messages"][1]]
+    assert key({**BASE, "messages": called}) != key(BASE)
+
+
 def test_integral_floats_equal_ints() -> None:
     assert key({**BASE, "temperature": 0.0}) == key({**BASE, "temperature": 0})
 
