@@ -115,9 +115,14 @@ class EmbeddingBatcher:
     async def _send(self, batch: list[_Pending], send: EmbedFn, shape: Shape) -> None:
         first = batch[0].call
         merged = [item for p in batch for item in p.inputs]
+        body = {**first.body, shape.inputs: merged}
+        if len({repr(p.call.body.get("user")) for p in batch}) > 1:
+            # Callers of different end users (tenants, even) share the call: none of
+            # theirs may stand for the others' inputs in the vendor's abuse tracking.
+            body.pop("user", None)
         call = VendorCall(
             model=first.model,
-            body={**first.body, shape.inputs: merged},
+            body=body,
             api_key=first.api_key,
             # As long as its most patient caller waits: a caller with a short deadline
             # gives up on its own, and never cuts the others' shared call short.

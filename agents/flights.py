@@ -35,6 +35,8 @@ class Flight:
     finished: bool = False
     cached: bool = False  # answered from L2 rather than by a vendor
     degraded: str | None = None  # routed cheaper for every waiter (rate pressure)
+    # Followers with time left when the leader's own deadline cut the call: run again.
+    rerun: list[RequestEnvelope] = field(default_factory=list)
 
     def degraded_for(self, env: RequestEnvelope) -> str | None:
         """Why this waiter's answer was routed cheaper: its own budget, or the flight's."""

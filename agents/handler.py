@@ -156,6 +156,8 @@ class RequestHandler:
         finally:  # whatever failed, the flight closes and nobody who joined it hangs
             self.flights.land(flight)
             await self._land(flight, outcome)  # those who joined meanwhile
+        for follower in flight.rerun:
+            self._spawn(self.handle(follower))
         if stopping:
             raise asyncio.CancelledError
 
@@ -452,6 +454,9 @@ class RequestHandler:
     async def _land_one(self, flight: Flight, w: Waiter, out: Outcome) -> None:
         """Answer one waiter and write its ledger line."""
         env = w.envelope
+        if _outlives(flight, w, out.error):
+            flight.rerun.append(env)  # its own call, once this flight has landed
+            return
         if out.error is not None:
             # A stream that broke part way was billed for what it sent: the leader's
             # line says so (at an estimate), with the vendor that sent it.
@@ -606,6 +611,20 @@ async def _together(sends: Iterable[Coroutine[Any, Any, None]]) -> None:
         await pending[0]
     elif pending:
         await asyncio.gather(*pending)
+
+
+RERUN_MIN_S = 1.0  # time a follower must have left to be worth a call of its own
+
+
+def _outlives(flight: Flight, w: Waiter, error: RelayError | None) -> bool:
+    """Whether a follower was cut by its leader's deadline, not its own: a shorter
+    deadline (another client's, another tenant's under a global cache scope) must not
+    fail a request that would still wait.  Only before it was sent any of the stream."""
+    if not isinstance(error, DeadlineExceeded) or w.leader or w.sent:
+        return False
+    leader = flight.waiters[0].envelope
+    left_s = w.envelope.deadline_ms / 1000 - time.time()
+    return w.envelope.deadline_ms > leader.deadline_ms and left_s > RERUN_MIN_S
 
 
 def _metered_by_gateway(env: RequestEnvelope) -> bool:

@@ -25,15 +25,38 @@ class Caller:
 class RefusalThrottle:
     """Slows key guessing: each client address may have ``per_minute`` requests refused
     for a missing or unknown key (a burst of as many, refilling over the minute); past
-    that its refused requests get 429 with ``Retry-After`` instead of 401.  Requests with
-    a valid key are never held back, so clients sharing an address with a guesser keep
-    working.  Per gateway replica, in memory, for the ``max_clients`` addresses seen last.
+    that its requests get 429 with ``Retry-After`` instead of 401 — a valid key too,
+    unless it was used from that address before it ran out (else a 200 among the 429s
+    would still tell a guesser it had found a key).  So clients sharing an address with
+    a guesser keep working with the keys they were using.  Per gateway replica, in
+    memory, for the ``max_clients`` addresses seen last (and ``max_keys`` keys each).
     """
 
-    def __init__(self, per_minute: int, max_clients: int = 10_000) -> None:
+    def __init__(self, per_minute: int, max_clients: int = 10_000, max_keys: int = 64) -> None:
         self.per_minute = per_minute
         self.max_clients = max_clients
+        self.max_keys = max_keys
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        # Valid keys seen from each address, most recent last (addresses likewise).
+        self._used: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
+
+    def admits(self, client: str, key_hash: str, now: float) -> bool:
+        """Whether a request with a valid key from ``client`` goes ahead: yes, unless the
+        address is past its allowance and the key was not used from it before."""
+        if self.per_minute <= 0:
+            return True
+        bucket = self._buckets.get(client)
+        if bucket is not None and bucket.wait(1, now) > 0.0:
+            return key_hash in self._used.get(client, ())
+        used = self._used.pop(client, None) or OrderedDict()
+        self._used[client] = used  # most recent last
+        used[key_hash] = None
+        used.move_to_end(key_hash)
+        if len(used) > self.max_keys:
+            used.popitem(last=False)
+        if len(self._used) > self.max_clients:
+            self._used.popitem(last=False)
+        return True
 
     def refuse(self, client: str, now: float) -> float:
         """Count one refusal for ``client``: 0.0 while within its allowance, else the
@@ -64,9 +87,13 @@ def known_caller(request: Request) -> Caller | None:
     refuses nor audits (the edge's; a refusal is the routes' to send and record)."""
     relay = request.app.state.relay
     key = relay_key(request)
-    found = relay.keys.get(hash_key(key)) if key else None
+    hashed = hash_key(key) if key else None
+    found = relay.keys.get(hashed) if hashed else None
     if found is None:
         return None
+    client = _guesser(request.client.host if request.client else "unknown")
+    if hashed is not None and not relay.refusals.admits(client, hashed, time.monotonic()):
+        return None  # refused as an unknown key would be: 429 from here
     tenant, key_id = found
     return Caller(tenant, key_id, relay.config.tenants[tenant])
 

@@ -1210,8 +1210,14 @@ def _blocks(content: Any) -> list[dict[str, Any]]:
 
 
 def _tool_to_anthropic(tool: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(tool.get("anthropic_tool"), dict):
-        return tool["anthropic_tool"]  # type: ignore[no-any-return]
+    if isinstance(own := tool.get("anthropic_tool"), dict):
+        # One of Anthropic's client-run tools, as /v1/messages carried it.  Any other type
+        # (a server tool: web search, code execution, billed per use beside the tokens)
+        # is refused, whichever route it came by: a body may carry this field itself.
+        kind = own.get("type")
+        if not (isinstance(kind, str) and kind.startswith(CLIENT_TOOLS)):
+            raise BadRequest(f"tools: tool type {kind!r} is not supported", param="tools")
+        return own
     fn = tool.get("function") or {}
     out: dict[str, Any] = {"name": fn.get("name", "")}
     if fn.get("description"):

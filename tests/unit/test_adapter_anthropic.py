@@ -461,3 +461,19 @@ async def test_batch_results_keep_an_answer_holding_a_unicode_line_separator():
     results = await adapter_for(handler).poll_batch("msgbatch_01", KEY)
     assert isinstance(results["ok"], VendorResult)
     assert results["ok"].body["choices"][0]["message"]["content"] == "a\u2028b"
+
+
+async def test_a_server_tool_smuggled_in_a_neutral_body_is_refused_before_sending():
+    """Server tools (web search, code execution: billed per use, beside the tokens) are
+    refused on /v1/messages; a chat body naming one in ``anthropic_tool`` is too."""
+    seen, handler = recorder(httpx.Response(200, json=MESSAGE))
+    server = {"type": "web_search_20250305", "name": "web_search", "max_uses": 50}
+    smuggled = {"type": "function", "function": {"name": "web_search"}, "anthropic_tool": server}
+    body = {"messages": [{"role": "user", "content": "search"}], "tools": [smuggled]}
+    with pytest.raises(BadRequest, match="web_search_20250305"):
+        await adapter_for(handler).chat(call(body))
+    assert seen == []
+    bash = {"type": "bash_20250124", "name": "bash"}
+    client_run = {"type": "function", "function": {"name": "bash"}, "anthropic_tool": bash}
+    await adapter_for(handler).chat(call({**body, "tools": [client_run]}))
+    assert json.loads(seen[0].content)["tools"] == [bash]

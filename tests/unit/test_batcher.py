@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from agents.adapters.base import VendorCall, VendorResult
 from agents.batcher import EmbeddingBatcher
@@ -14,11 +15,13 @@ from schemas.usage import Usage
 class Vendor:
     def __init__(self, fail: bool = False) -> None:
         self.calls: list[list[str]] = []
+        self.bodies: list[dict[str, Any]] = []
         self.fail = fail
 
     async def embed(self, call: VendorCall) -> VendorResult:
         inputs = call.body["input"]
         self.calls.append(list(inputs))
+        self.bodies.append(call.body)
         if self.fail:
             raise VendorUnavailable("down")
         data = [
@@ -299,3 +302,21 @@ async def test_one_shared_call_is_one_health_outcome_whatever_it_carried() -> No
         outs = await asyncio.gather(*(dispatch.run(e, cand, None) for e in envs))
         assert all((o.error is not None) == fail for o in outs)
         assert len(vendor.calls) == 1 and len(seen) == 1 and seen[0].ok != fail
+
+
+async def test_a_shared_call_names_no_end_user_when_its_callers_have_different_ones() -> None:
+    vendor = Vendor()
+    batcher = EmbeddingBatcher()
+
+    def asked(text: str, user: str | None) -> VendorCall:
+        body = {"model": "e", "input": text, **({"user": user} if user else {})}
+        return VendorCall(model="e", body=body, api_key="k")
+
+    async def window(*calls: VendorCall) -> dict[str, Any]:
+        await asyncio.gather(*(batcher.embed(("k",), c, vendor.embed, 50, 8) for c in calls))
+        return vendor.bodies[-1]
+
+    mixed = await window(asked("a", "alice@a"), asked("b", "mallory@b"))
+    assert "user" not in mixed and mixed["input"] == ["a", "b"]
+    same = await window(asked("c", "alice@a"), asked("d", "alice@a"))
+    assert same["user"] == "alice@a"

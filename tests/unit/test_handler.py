@@ -1211,3 +1211,26 @@ async def test_a_vendor_batch_answer_is_kept_only_as_a_realtime_one_would_be(con
     await handler.deliver_batch(env, cand, VendorResult(body=body, usage=Usage(input_tokens=3)))
     assert sink.for_(env.correlation_id)[-1].kind == "final"
     assert "bg" not in sink.written
+
+
+async def test_a_follower_with_time_left_is_run_again_when_its_leader_s_deadline_cut_the_call():
+    """A leader's short deadline (another client's, another tenant's under a global cache
+    scope) ends the shared call for it alone: a follower that would still wait gets its
+    own call, and each request keeps one ledger line."""
+    calls: list[str] = []
+    handler, sink = make(vendor(calls, delay=0.5))
+    hasty = envelope(key="shared", deadline_ms=int((time.time() + 0.2) * 1000))
+    patient = envelope(key="shared", deadline_ms=int((time.time() + 30) * 1000))
+
+    async def joins_later() -> None:
+        await asyncio.sleep(0.05)
+        await handler.handle(patient)
+
+    await asyncio.gather(handler.handle(hasty), joins_later())
+    await asyncio.gather(*list(handler._tasks))
+    assert sink.for_(hasty.correlation_id)[-1].kind == "error"
+    final = sink.for_(patient.correlation_id)[-1]
+    assert final.kind == "final" and not final.coalesced and len(calls) == 2
+    assert sorted(line.trace_id for line in sink.ledger) == sorted(
+        [hasty.trace_id, patient.trace_id]
+    )

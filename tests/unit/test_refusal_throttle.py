@@ -31,3 +31,29 @@ def test_an_ipv6_host_is_counted_by_its_64_and_ipv4_by_its_address() -> None:
     assert _guesser("2001:db8:1:2::1") != _guesser("2001:db8:1:3::1")
     assert _guesser("203.0.113.7") == "203.0.113.7" != _guesser("203.0.113.8")
     assert _guesser("unknown") == "unknown"
+
+
+async def test_a_throttled_address_cannot_tell_a_lucky_guess_while_its_users_keep_working() -> None:
+    """Past its allowance an address gets 429 for a key it had not used before (a 200
+    among the 429s would tell a guesser it had found one), while a key its clients were
+    using goes on working."""
+    import httpx
+
+    from tests.support.gateway import DEMO_KEY, gateway_app
+
+    app, _ = gateway_app()
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False, client=("203.0.113.9", 1))
+    async with httpx.AsyncClient(transport=transport, base_url="http://relay") as http:
+
+        async def status(key: str) -> int:
+            answer = await http.get("/v1/models", headers={"authorization": f"Bearer {key}"})
+            return answer.status_code
+
+        assert await status(DEMO_KEY) == 200  # a client of this address, in use
+        for i in range(40):  # a guesser past its 30 refusals a minute
+            await status(f"rk-guess-{i}")
+        assert await status("rk-guess-again") == 429
+        assert await status(DEMO_KEY) == 200, "the key in use here goes on working"
+        relay = app.state.relay
+        relay.refusals._used.clear()  # as if the guesser had just found DEMO_KEY
+        assert await status(DEMO_KEY) == 429, "a found key looks like any wrong guess"
