@@ -359,7 +359,15 @@ def _vendor_error(resp: httpx.Response) -> tuple[str, str | None, str | None]:
     return text, code, param
 
 
+# A key as vendors quote it masked ("Incorrect API key provided: sk-proj-****abcd"): the
+# part they show is still part of the operator's key, which never reaches a client.
+_MASKED_KEY = re.compile(
+    r"\b(?:sk|rk|key)[-_A-Za-z0-9]*\*{2,}[-_A-Za-z0-9*]*(?:\.{3}[-_A-Za-z0-9*]+)?"
+)
+
+
 def _redact(text: str, resp: httpx.Response) -> str:
+    text = _MASKED_KEY.sub("[redacted]", text)
     try:
         headers = resp.request.headers
     except RuntimeError:  # a response built without a request (tests)

@@ -70,3 +70,22 @@ async def test_a_calls_time_limit_keeps_the_short_connect_limit_inside_it(
             pass
     limits = {"connect": connect, "read": given, "write": given, "pool": given}
     assert seen == [limits, limits]
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "Incorrect API key provided: sk-proj-****abcd. You can find your API key at ...",
+        "invalid x-api-key: sk-ant-api03-***...***wxyz",
+    ],
+)
+def test_a_vendor_quoting_the_key_masked_shows_the_client_none_of_it(said: str) -> None:
+    """Vendors quote a refused key masked, its last characters shown: still part of the
+    operator's key, and no client of the relay sees them."""
+    from agents.adapters.http import status_error
+
+    request = httpx.Request("POST", "https://v.test/v1/chat", headers={"x-api-key": "k" * 12})
+    resp = httpx.Response(401, json={"error": {"message": said}}, request=request)
+    err = status_error(resp, "v")
+    assert "abcd" not in err.message and "wxyz" not in err.message
+    assert "[redacted]" in err.message and err.status == 502
