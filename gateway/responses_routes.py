@@ -28,11 +28,21 @@ _RESPONSES_NAMES = {
 }
 
 
+class _ResponsesChat(ChatBody):
+    """Chat's checks, and the types of the fields a Responses request passes on to chat
+    by the same name (chat's body lets them through unchecked)."""
+
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_retention: str | None = None
+
+
 def neutral_request(body: dict[str, Any]) -> dict[str, Any]:
     """A Responses request as the relay's chat body, held to chat's checks (a knob of
     the wrong type is the client's 400 here, never a vendor's later)."""
     try:
-        return chat_fields(ChatBody.model_validate(responses_request_to_openai(body)))
+        return chat_fields(_ResponsesChat.model_validate(responses_request_to_openai(body)))
     except ValidationError as exc:
         message, param = validation_message(exc, _RESPONSES_NAMES)
         raise BadRequest(message, param=param) from None

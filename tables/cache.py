@@ -42,6 +42,7 @@ IGNORED_FIELDS = frozenset(
         "metadata",
         "store",
         "prompt_cache_key",
+        "prompt_cache_retention",
     }
 )
 # Parameters equal to the vendor default are the same request as leaving them out.

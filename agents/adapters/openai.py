@@ -77,8 +77,8 @@ class OpenAIAdapter:
 
     async def chat(self, call: VendorCall) -> VendorResult:
         """One non-streamed chat completion."""
-        data = await self._post("chat/completions", call, self._body(call))
-        return VendorResult(self._answer(data, call), _usage(data, call))
+        data = self._answer(await self._post("chat/completions", call, self._body(call)), call)
+        return VendorResult(data, _usage(data, call))
 
     async def stream(self, call: VendorCall) -> AsyncIterator[StreamItem]:
         """The vendor's chunks as it sends them, then one ``Usage``.
@@ -109,6 +109,8 @@ class OpenAIAdapter:
                 # filter sends choices of annotations alone (no delta, no id), which
                 # clients reading deltas trip over: neither carries any answer.
                 if choices := [c for c in chunk.get("choices") or () if _answering(c)]:
+                    for choice in choices:
+                        _reasoning_as_content(choice["delta"])
                     chunk["choices"] = choices
                     chunk.pop("usage", None)
                     written += answer_chars(chunk)
@@ -243,6 +245,9 @@ class OpenAIAdapter:
             said = data.get("error") or "the answer has no choices"
             failure = _vendor_failure(f"{self.kind}: HTTP 200 without an answer", said)
             raise scrubbed(failure, call.api_key)
+        for choice in data["choices"]:
+            if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
+                _reasoning_as_content(choice["message"])
         return data
 
     def _parse_chunk(self, data: str) -> dict[str, Any]:
@@ -312,6 +317,15 @@ def _answering(choice: Any) -> bool:
             return False
         choice["delta"] = {}
     return True
+
+
+def _reasoning_as_content(said: dict[str, Any]) -> None:
+    """A message's (or delta's) thinking sent as ``reasoning`` (Ollama's /v1, vLLM,
+    OpenRouter) renamed ``reasoning_content``, the one name the relay's translators and
+    its size estimate read, and what every other vendor's thinking reaches OpenAI-format
+    clients as.  A vendor that sends both keeps both, as sent."""
+    if isinstance(said.get("reasoning"), str) and "reasoning_content" not in said:
+        said["reasoning_content"] = said.pop("reasoning")
 
 
 def _usage(data: dict[str, Any], call: VendorCall) -> Usage:

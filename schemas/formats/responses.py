@@ -7,7 +7,8 @@ references) or a tool that only OpenAI hosts (web search, file search, code inte
 is refused with a 400 naming the field.  Function tools, function calls and their outputs,
 images by URL, ``instructions``, ``text.format`` (JSON mode and JSON schema) and
 ``reasoning.effort`` map onto chat.  A model's reasoning (an Anthropic vendor's thinking,
-another's ``reasoning_content``) comes back as a reasoning item, its text the summary;
+another's ``reasoning_content``, which the OpenAI adapter also makes of a vendor's
+``reasoning``) comes back as a reasoning item, its text the summary;
 with ``include: ["reasoning.encrypted_content"]`` an Anthropic vendor's signed thinking
 rides in ``encrypted_content``, and a reasoning item sent back with it goes back to the
 vendor as that thinking (a tool loop that thinks needs it); other reasoning items sent
@@ -282,7 +283,7 @@ def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 # Request fields chat completions takes under the same name, passed on as they are.
-_CHAT_TWINS = ("service_tier", "prompt_cache_key", "safety_identifier")
+_CHAT_TWINS = ("service_tier", "prompt_cache_key", "safety_identifier", "prompt_cache_retention")
 
 
 def _part(part: Any, where: str) -> dict[str, Any]:
@@ -416,6 +417,15 @@ def response_shell(request: dict[str, Any], response_id: str) -> dict[str, Any]:
     return shell
 
 
+def _served(shell: dict[str, Any], tier: Any) -> dict[str, Any]:
+    """The Response naming the service tier the vendor says served it: OpenAI answers
+    with the tier actually used, which may differ from the one asked for.  The
+    request's echo stands when the vendor names none."""
+    if isinstance(tier, str) and tier:
+        return {**shell, "service_tier": tier}
+    return shell
+
+
 def _function_tools(tools: Any) -> list[dict[str, Any]]:
     """The request's function tools in chat's shape (validated when the request was)."""
     if not isinstance(tools, list):
@@ -469,7 +479,8 @@ def openai_response_to_responses(
         if message.get("refusal"):
             output.append(_message_item(message["refusal"], refusal=True))
         output += [_call_item(call) for call in message.get("tool_calls") or []]
-    return _finished(response_shell(request, new_id("resp_")), output, usage, choice)
+    shell = _served(response_shell(request, new_id("resp_")), completion.get("service_tier"))
+    return _finished(shell, output, usage, choice)
 
 
 def _thought_in_order(message: dict[str, Any]) -> bool:
@@ -543,6 +554,7 @@ class ChunksToResponseEvents:
         self._calls: dict[int, int] = {}  # open tool calls: chunk index -> output index
         self._reasoning: tuple[int, list[dict[str, Any]]] | None = None  # index, its chunks
         self._finish: dict[str, Any] = {}
+        self._tier: Any = None  # the service tier the vendor's chunks last named
 
     def start(self) -> list[tuple[str, dict[str, Any]]]:
         return [
@@ -552,6 +564,8 @@ class ChunksToResponseEvents:
 
     def feed(self, chunk: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         events: list[tuple[str, dict[str, Any]]] = []
+        if chunk.get("service_tier"):
+            self._tier = chunk["service_tier"]
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
@@ -570,7 +584,7 @@ class ChunksToResponseEvents:
     def finish(self, usage: Usage) -> list[tuple[str, dict[str, Any]]]:
         cut = _incomplete(self._finish.get("finish_reason")) is not None
         events = self._close_all(cut_last=cut)
-        done = _finished(self.shell, self.output, usage, self._finish)
+        done = _finished(_served(self.shell, self._tier), self.output, usage, self._finish)
         name = "response.completed" if done["status"] == "completed" else "response.incomplete"
         return [*events, self._event(name, response=done)]
 
@@ -579,7 +593,7 @@ class ChunksToResponseEvents:
         ``response.*`` event a client waits for, as OpenAI ends a failed response."""
         failed_code = "rate_limit_exceeded" if "rate_limit" in code else "server_error"
         failed = {
-            **self.shell,
+            **_served(self.shell, self._tier),
             "status": "failed",
             "output": self.output,
             "error": {"code": failed_code, "message": message},
@@ -618,7 +632,7 @@ class ChunksToResponseEvents:
             )
         return events
 
-    def _close_reasoning(self) -> list[tuple[str, dict[str, Any]]]:
+    def _close_reasoning(self, cut: bool = False) -> list[tuple[str, dict[str, Any]]]:
         if self._reasoning is None:
             return []
         at, chunks = self._reasoning
@@ -632,7 +646,7 @@ class ChunksToResponseEvents:
         ]
         blocks = assemble_chunks(chunks)["choices"][0]["message"].get("thinking_blocks")
         _seal(item, blocks, self.request)
-        item["status"] = "completed"
+        item["status"] = "incomplete" if cut else "completed"
         self._reasoning = None
         events.append(self._event("response.output_item.done", output_index=at, item=item))
         return events
@@ -695,9 +709,10 @@ class ChunksToResponseEvents:
     def _close_all(self, cut_last: bool = False) -> list[tuple[str, dict[str, Any]]]:
         """Close what is open: the message, or else the function calls, in output order
         (text closes calls and a call closes the message, so never both); ``cut_last``
-        marks the last of them incomplete (the answer was cut off there)."""
+        marks the last of them incomplete (the answer was cut off there, its reasoning
+        included: response.incomplete says the same of that item)."""
         if self._reasoning is not None:
-            return self._close_reasoning()
+            return self._close_reasoning(cut_last)
         if self._message is not None:
             return self._close_message(cut_last)
         calls = sorted(self._calls.values())

@@ -835,3 +835,48 @@ async def test_poll_batch_reads_an_answer_holding_a_unicode_line_separator():
     assert set(results) == {"r1"}
     assert isinstance(results["r1"], VendorResult)
     assert results["r1"].body["choices"][0]["message"]["content"] == "one\u2028two\u0085three"
+
+
+async def test_thinking_sent_as_reasoning_comes_on_as_reasoning_content() -> None:
+    """Ollama's /v1, vLLM and OpenRouter send a model's thinking as ``reasoning``: it goes
+    on as ``reasoning_content``, the one name the translators read (a Responses client
+    gets its reasoning item) and the usage estimate counts, streamed or not."""
+    from schemas.formats.responses import openai_response_to_responses
+
+    thought = "Let me think" * 10  # 120 characters
+    answer = {**COMPLETION, "usage": None}
+    answer["choices"] = [{**COMPLETION["choices"][0]}]
+    answer["choices"][0]["message"] = {"role": "assistant", "content": "Hi", "reasoning": thought}
+    stream = [chunk({"role": "assistant", "content": "", "reasoning": thought}), chunk({}, "stop")]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content).get("stream"):
+            return httpx.Response(200, content=sse(*stream, "[DONE]"))
+        return httpx.Response(200, json=answer)
+
+    body = {"model": "relay-alias", "messages": MESSAGES}
+    whole = await adapter_for(handler).chat(call(body))
+    message = whole.body["choices"][0]["message"]
+    assert message == {"role": "assistant", "content": "Hi", "reasoning_content": thought}
+    assert whole.usage.output_tokens == 31  # 122 characters, /4, +1: the thinking counted
+    request = {"model": "m", "input": "hi"}
+    output = openai_response_to_responses(whole.body, whole.usage, request)["output"]
+    assert [item["type"] for item in output] == ["reasoning", "message"]
+
+    *chunks, usage = await collect(adapter_for(handler).stream(call(body)))
+    assert chunks[0]["choices"][0]["delta"] == {
+        "role": "assistant",
+        "content": "",
+        "reasoning_content": thought,
+    }
+    assert usage.output_tokens == 31  # 120 characters of thinking, /4, +1
+
+
+async def test_a_vendor_sending_both_reasoning_names_keeps_both_as_sent() -> None:
+    delta = {"reasoning": "a", "reasoning_content": "b"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=sse(chunk(dict(delta)), "[DONE]"))
+
+    *chunks, _ = await collect(adapter_for(handler).stream(call()))
+    assert chunks[0]["choices"][0]["delta"] == delta

@@ -351,6 +351,17 @@ def test_a_cut_off_answer_marks_its_last_item_incomplete_both_ways() -> None:
     assert plain.output[-1].status == "incomplete"
 
 
+def test_a_stream_cut_off_while_reasoning_marks_the_reasoning_item_incomplete() -> None:
+    """A thinking model that spends its whole limit thinking: its reasoning item is the
+    one cut off, and its output_item.done says so, as response.incomplete does."""
+    events = run([chunk({"reasoning_content": "Let me think about"}), chunk({}, "length")])
+    final = Response.model_validate(events[-1]["response"])
+    assert final.status == "incomplete"
+    [done] = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert (done["type"], done["status"]) == ("reasoning", "incomplete")
+    assert (final.output[0].id, final.output[0].status) == (done["id"], "incomplete")
+
+
 def test_text_and_refusal_are_both_kept_and_a_null_tool_name_is_empty() -> None:
     body = completion("Part of it.")
     body["choices"][0]["message"]["refusal"] = "I can't say the rest."
@@ -383,8 +394,8 @@ def test_text_verbosity_is_chat_s_verbosity() -> None:
 
 def test_tool_settings_without_tools_stay_behind_and_chat_s_twins_go_on() -> None:
     """Chat completions refuse tool_choice or parallel_tool_calls without tools, which
-    the Responses API allows; service_tier, prompt_cache_key and safety_identifier are
-    chat's too."""
+    the Responses API allows; service_tier, prompt_cache_key, safety_identifier and
+    prompt_cache_retention are chat's too."""
     body = {
         "model": "m",
         "input": "hi",
@@ -394,6 +405,7 @@ def test_tool_settings_without_tools_stay_behind_and_chat_s_twins_go_on() -> Non
         "service_tier": "flex",
         "prompt_cache_key": "tenant-42",
         "safety_identifier": "user-7",
+        "prompt_cache_retention": "24h",
     }
     out = responses_request_to_openai(body)
     assert "tool_choice" not in out and "parallel_tool_calls" not in out
@@ -402,6 +414,7 @@ def test_tool_settings_without_tools_stay_behind_and_chat_s_twins_go_on() -> Non
         "tenant-42",
         "user-7",
     )
+    assert out["prompt_cache_retention"] == "24h"
     with_tools = responses_request_to_openai({**body, "tools": [WEATHER]})
     assert (with_tools["tool_choice"], with_tools["parallel_tool_calls"]) == ("auto", False)
 
@@ -537,6 +550,7 @@ def test_settings_chat_passes_on_are_echoed_as_sent() -> None:
         "service_tier": "flex",
         "prompt_cache_key": "k",
         "safety_identifier": "u",
+        "prompt_cache_retention": "in_memory",
     }
     answer = Response.model_validate(
         openai_response_to_responses(completion("hi"), Usage(), request)
@@ -546,4 +560,46 @@ def test_settings_chat_passes_on_are_echoed_as_sent() -> None:
         "flex",
         "k",
     )
-    assert answer.safety_identifier == "u"
+    assert (answer.safety_identifier, answer.prompt_cache_retention) == ("u", "in_memory")
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_the_service_tier_is_the_one_the_vendor_says_it_used(streamed: bool) -> None:
+    """OpenAI's answer names the tier that actually served it, which may differ from the
+    one asked for: the Response says that one (response.created, sent before any answer,
+    still echoes the request's), and the request's when the vendor names none."""
+    request = {"model": "m", "input": "hi", "service_tier": "auto"}
+    served = {**completion("hi"), "service_tier": "default"}
+    if streamed:
+        events = stream(request, served, Usage())
+        assert events[0]["response"]["service_tier"] == "auto"
+        answer = Response.model_validate(events[-1]["response"])
+        unnamed = stream(request, completion("hi"), Usage())[-1]["response"]
+    else:
+        answer = Response.model_validate(openai_response_to_responses(served, Usage(), request))
+        unnamed = openai_response_to_responses(completion("hi"), Usage(), request)
+    assert answer.service_tier == "default"
+    assert unnamed["service_tier"] == "auto"
+
+
+def test_a_stream_s_service_tier_is_the_last_one_its_chunks_name() -> None:
+    events = ChunksToResponseEvents({"model": "m", "service_tier": "flex"}, "resp_t")
+    out = events.start()
+    out += events.feed({**chunk({"content": "Hi"}), "service_tier": "flex"})
+    out += events.feed({**chunk({}, "stop"), "service_tier": "default"})
+    out += events.finish(Usage())
+    assert out[-1][1]["response"]["service_tier"] == "default"
+
+
+@pytest.mark.parametrize(
+    "field", ["service_tier", "prompt_cache_key", "safety_identifier", "prompt_cache_retention"]
+)
+def test_a_setting_chat_passes_on_of_the_wrong_type_is_the_client_s_400(field: str) -> None:
+    """Passed on as sent, so a vendor would refuse it later (and another candidate be
+    tried): the Responses route refuses it first, naming the field."""
+    from gateway.responses_routes import neutral_request
+
+    with pytest.raises(BadRequest) as refused:
+        neutral_request({"model": "m", "input": "hi", field: 123})
+    assert refused.value.param == field
+    assert neutral_request({"model": "m", "input": "hi", field: "24h"})[field] == "24h"

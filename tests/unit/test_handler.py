@@ -923,7 +923,7 @@ async def test_a_reply_topic_that_takes_nothing_holds_up_no_other_waiter(monkeyp
     """A producer's ``reply_to`` that does not exist (auto-create off): its send is given
     up after REPLY_SEND_S, once for the whole call; the others get their answers as soon
     as the vendor's, and every request keeps its ledger line."""
-    monkeypatch.setattr("agents.handler.REPLY_SEND_S", 0.5)
+    monkeypatch.setattr("agents.handler.REPLY_SEND_S", 2.0)
     calls: list[str] = []
     handler, sink = make(vendor(calls))
     tried = stall_topic(sink, "nowhere")
@@ -944,7 +944,7 @@ async def test_a_reply_topic_that_takes_nothing_holds_up_no_other_waiter(monkeyp
     for env in others:
         got = sink.for_(env.correlation_id)
         assert got[-1].kind == "final" and [e.seq for e in got] == list(range(1, len(got) + 1))
-        assert answered[env.correlation_id] - start < 0.4, "not held up by the stalled send"
+        assert answered[env.correlation_id] - start < 1.5, "not held up by the stalled send"
     assert tried == [lost.correlation_id], "one stalled send for the call, not one per chunk"
     assert sorted(line.trace_id for line in sink.ledger) == sorted(
         e.trace_id for e in (lost, *others)
