@@ -70,8 +70,9 @@ class Topics:
 
     @property
     def batch_results(self) -> TopicSpec:
-        """Answers to the lines of the relay's own Batch API, keyed by batch id; the
-        results agent stores them, and replaying the topic rebuilds the store."""
+        """Answers to the lines of the relay's own Batch API, keyed by each line's
+        correlation id (``<batch id>/<line index>``); the results agent stores them, and
+        replaying the topic rebuilds the store."""
         return TopicSpec(
             f"{self.prefix}.batch-results", 4, {"retention.ms": str(30 * DAY_MS)} | LARGE
         )
