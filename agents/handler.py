@@ -186,13 +186,9 @@ class RequestHandler:
     async def _from_cache(self, env: RequestEnvelope, *, stale_ok: bool = False) -> Outcome | None:
         """An answer stored between the gateway's cache miss and now (another replica's
         identical request finished meanwhile)."""
-        if not env.cache_lookup:
+        entry = await self._hit(env, stale_ok=stale_ok)
+        if entry is None:
             return None
-        entry = await self.sink.cached(env.prompt_hash, stale_ok=stale_ok)
-        if entry is None or not entry.answers(env.endpoint):
-            return None
-        if not entry.young_enough(env.cache_max_age_s):
-            return None  # older than the request takes (its gateway's L2 was not asked)
         body = entry.whole(env.alias)
         if env.endpoint == "chat":
             body.setdefault("usage", entry.usage.to_openai())
@@ -201,6 +197,16 @@ class RequestHandler:
             vendor=entry.vendor, model=entry.model
         )
         return Outcome(candidate=cand, body=body, usage=entry.usage, cached=True)
+
+    async def _hit(self, env: RequestEnvelope, *, stale_ok: bool = False) -> CacheEntry | None:
+        """What L2 holds that may answer ``env``: asked for by it, for its endpoint, and
+        no older than it takes (its gateway's own look-up may not have asked L2)."""
+        if not env.cache_lookup:
+            return None
+        entry = await self.sink.cached(env.prompt_hash, stale_ok=stale_ok)
+        if entry is None or not entry.answers(env.endpoint):
+            return None
+        return entry if entry.young_enough(env.cache_max_age_s) else None
 
     def _wrong_kind(self, env: RequestEnvelope) -> RelayError | None:
         """A 400 for an alias asked for what it does not serve (an embeddings model for a
@@ -253,9 +259,8 @@ class RequestHandler:
             return False
         if env.stream or env.endpoint != "chat" or self.flights.live(env, self._apart(env)):
             return False
-        if env.cache_lookup and (hit := await self.sink.cached(env.prompt_hash)) is not None:
-            if hit.answers(env.endpoint) and hit.young_enough(env.cache_max_age_s):
-                return False
+        if await self._hit(env) is not None:
+            return False
         try:  # a request degraded by its tenant's budget goes the cheaper way here too
             plan = self.router.plan(
                 env.alias, time.time(), degraded=env.degraded is not None, tenant=env.tenant
