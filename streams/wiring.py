@@ -403,14 +403,21 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         the fields needed are read from each line; a line sent twice is spent once."""
         batches = stream.take_events(SPEND_BATCH, within=SPEND_WINDOW_S)  # type: ignore[attr-defined]
         async for events in batches:
-            fresh, last = unfolded(events, lambda t: Spend(**(spend.get(t) or {})))
+            held: dict[str, Spend] = {}  # each tenant's spend, read once per batch
+
+            def spent(tenant: str, held: dict[str, Spend] = held) -> Spend:
+                if tenant not in held:
+                    held[tenant] = Spend(**(spend.get(tenant) or {}))
+                return held[tenant]
+
+            fresh, last = unfolded(events, spent)
             for tenant, cost, at in spend_by_tenant(fresh, recent_lines):
                 rule = config.tenants.get(tenant)
                 period = rule.budget.period if rule and rule.budget else "month"
-                current = Spend(**(spend.get(tenant) or {}))
-                added = add_spend(current, cost, at, period)
+                added = add_spend(spent(tenant), cost, at, period)
                 if tenant in last:
                     added = added.model_copy(update={"folded": last[tenant]})
+                held[tenant] = added
                 spend[tenant] = added.model_dump()
 
     app.agent(requests, name="requests")(requests_agent)
@@ -482,17 +489,15 @@ def unfolded(
 ) -> tuple[list[bytes], dict[str, tuple[int, int]]]:
     """The values of ledger ``events`` not folded into their tenant's spend yet (read
     again after a worker died before committing), and each tenant's last line here, as
-    (partition, offset).  Lines are keyed by tenant; one without a key is let through."""
+    (partition, offset).  Lines are keyed by tenant; one without a key is let through.
+    ``spent`` is asked once per line: the caller reads each tenant's spend once."""
     fresh: list[bytes] = []
     last: dict[str, tuple[int, int]] = {}
-    known: dict[str, Spend] = {}
     for event in events:
         key, msg = event.key, event.message
         tenant = key.decode(errors="replace") if isinstance(key, bytes) else key
         if isinstance(tenant, str):
-            if tenant not in known:
-                known[tenant] = spent(tenant)
-            if known[tenant].has_folded(msg.partition, msg.offset):
+            if spent(tenant).has_folded(msg.partition, msg.offset):
                 continue
             last[tenant] = (msg.partition, msg.offset)
         fresh.append(event.value)
