@@ -35,7 +35,7 @@ from schemas.batches import (
 from schemas.errors import BadRequest, NotFound, RelayError
 from schemas.formats.anthropic import openai_response_to_messages
 from schemas.usage import Usage
-from tables.batches import MESSAGE_BATCHES, BatchStore, after_place
+from tables.batches import MESSAGE_BATCHES, BatchStore
 
 router = APIRouter(prefix="/v1/messages")
 ENDPOINT = MESSAGE_BATCHES
@@ -144,12 +144,13 @@ async def list_batches(
     before_id: str | None = None,
 ) -> dict[str, Any]:
     """Newest first; ``after_id`` pages on to older batches, ``before_id`` back."""
-    batches = [b for b in await _store(request).batches(who.tenant) if b.endpoint == ENDPOINT]
+    store = _store(request)
+    batches = [b for b in await store.batches(who.tenant) if b.endpoint == ENDPOINT]
     if before_id is not None:
-        end = await _position(request, who.tenant, batches, before_id, before=True)
+        end = await store.position(who.tenant, batches, before_id, before=True)
         page, more = batches[max(0, end - limit) : end], end - limit > 0
     else:
-        start = 0 if after_id is None else await _position(request, who.tenant, batches, after_id)
+        start = 0 if after_id is None else await store.position(who.tenant, batches, after_id)
         page, more = batches[start : start + limit], start + limit < len(batches)
     return {
         "data": [await _shown(request, b) for b in page],
@@ -157,21 +158,6 @@ async def list_batches(
         "first_id": page[0].id if page else None,
         "last_id": page[-1].id if page else None,
     }
-
-
-async def _position(
-    request: Request, tenant: str, batches: list[BatchObject], cursor: str, before: bool = False
-) -> int:
-    """Where a page ends (``before``) or starts, next to ``cursor``: also when that batch
-    was deleted since (a client deleting what it lists), from the place it had; one
-    that never was here ends the paging (an empty page)."""
-    ids = [b.id for b in batches]
-    if cursor in ids:
-        return ids.index(cursor) + (0 if before else 1)
-    place = await _store(request).place(tenant, cursor)
-    if place is None:
-        return 0 if before else len(batches)
-    return after_place(batches, place)
 
 
 @router.get("/batches/{batch_id}")

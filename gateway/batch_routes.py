@@ -35,7 +35,7 @@ from schemas.batches import (
     read_input,
 )
 from schemas.errors import BadRequest, NotFound
-from tables.batches import MESSAGE_BATCHES, BatchStore, after_place
+from tables.batches import MESSAGE_BATCHES, BatchStore
 
 router = APIRouter(prefix="/v1")
 
@@ -56,16 +56,11 @@ async def _page(
     limit: int,
     newest_first: bool = True,
 ) -> dict[str, Any]:
-    """OpenAI's cursor page over ``items`` (newest first, or oldest): those
-    after ``after`` — also when that one was deleted since (a client deleting what it
-    lists), from the place it had; past any place known, nothing more."""
-    ids = [i.id for i in items]
+    """OpenAI's cursor page over ``items`` (newest first, or oldest): those after
+    ``after`` (``BatchStore.position``)."""
     start = 0
-    if after in ids:
-        start = ids.index(after) + 1
-    elif after is not None:
-        place = await _store(request).place(tenant, after)
-        start = len(items) if place is None else after_place(items, place, newest_first)
+    if after is not None:
+        start = await _store(request).position(tenant, items, after, newest_first=newest_first)
     page = items[start : start + limit]
     return {
         "object": "list",

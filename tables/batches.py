@@ -91,7 +91,7 @@ def _output_file_object(batch: BatchObject, kind: str, size: int) -> FileObject:
 Item = TypeVar("Item", FileObject, BatchObject)
 
 
-def after_place(items: list[Item], place: float, newest_first: bool = True) -> int:
+def _after_place(items: list[Item], place: float, newest_first: bool = True) -> int:
     """The index in ``items`` (newest first, or oldest first) of the first item listed
     after ``place`` (a ``listed_at``)."""
     for n, item in enumerate(items):
@@ -140,6 +140,26 @@ class BatchStore:
         async with self._guard() as redis:
             found: Any = await redis.hget(self._gone(tenant), item_id)
         return float(found) if found is not None else None
+
+    async def position(
+        self,
+        tenant: str,
+        items: list[Item],
+        cursor: str,
+        *,
+        before: bool = False,
+        newest_first: bool = True,
+    ) -> int:
+        """Where a page of ``items`` (newest first, or oldest) starts after ``cursor``, or
+        ends ``before`` it: also when that item was deleted since (a client deleting what
+        it lists), from the place it had; one never listed here ends the paging."""
+        ids = [i.id for i in items]
+        if cursor in ids:
+            return ids.index(cursor) + (0 if before else 1)
+        place = await self.place(tenant, cursor)
+        if place is None:
+            return 0 if before else len(items)
+        return _after_place(items, place, newest_first)
 
     async def _listed_at(self, kind: str, tenant: str, item_id: str) -> float | None:
         async with self._guard() as redis:
