@@ -314,9 +314,8 @@ class Dispatcher:
                 if isinstance(exc, VendorAuthFailed):
                     # A revoked key, or one out of credit: the operator must hear of it
                     # (by its place in the pool, never the key).
-                    log.warning(
-                        "%s: key #%d refused (401/403): out for 5 min", cand.vendor, key_index
-                    )
+                    log.warning("%s: key #%d refused (401/403): out for %.0f s",
+                                cand.vendor, key_index, KEY_REFUSED_S)  # fmt: skip
                     pool.bench(key_index, KEY_REFUSED_S)
                 elif isinstance(exc, VendorRateLimited):
                     log.info("%s: key #%d rate-limited: out for %.1f s", cand.vendor, key_index,

@@ -236,4 +236,4 @@ def error_classes() -> list[type[RelayError]]:
     return _all(RelayError)
 
 
-_BY_CODE: dict[str, type[RelayError]] = {c.code: c for c in _all(RelayError)}
+_BY_CODE: dict[str, type[RelayError]] = {c.code: c for c in error_classes()}
