@@ -5,8 +5,9 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
@@ -48,14 +49,8 @@ class RefusalThrottle:
         bucket = self._buckets.get(client)
         if bucket is not None and bucket.wait(1, now) > 0.0:
             return key_hash in self._used.get(client, ())
-        used = self._used.pop(client, None) or OrderedDict()
-        self._used[client] = used  # most recent last
-        used[key_hash] = None
-        used.move_to_end(key_hash)
-        if len(used) > self.max_keys:
-            used.popitem(last=False)
-        if len(self._used) > self.max_clients:
-            self._used.popitem(last=False)
+        used = _touch(self._used, client, OrderedDict, self.max_clients)
+        _touch(used, key_hash, lambda: None, self.max_keys)
         return True
 
     def refuse(self, client: str, now: float) -> float:
@@ -63,16 +58,29 @@ class RefusalThrottle:
         seconds until it has one again."""
         if self.per_minute <= 0:
             return 0.0
-        bucket = self._buckets.pop(client, None) or TokenBucket(
-            capacity=self.per_minute,
-            refill_per_s=self.per_minute / 60.0,
-            tokens=self.per_minute,
-            updated=now,
+        allowance = self.per_minute
+        bucket = _touch(
+            self._buckets,
+            client,
+            lambda: TokenBucket(
+                capacity=allowance, refill_per_s=allowance / 60.0, tokens=allowance, updated=now
+            ),
+            self.max_clients,
         )
-        self._buckets[client] = bucket  # most recent last
-        while len(self._buckets) > self.max_clients:
-            self._buckets.popitem(last=False)
         return bucket.take(1, now)
+
+
+V = TypeVar("V")
+
+
+def _touch(table: OrderedDict[str, V], key: str, make: Callable[[], V], limit: int) -> V:
+    """``table[key]`` (made when missing), now the most recent; the least recent beyond
+    ``limit`` entries are forgotten."""
+    value = table.pop(key) if key in table else make()
+    table[key] = value
+    while len(table) > limit:
+        table.popitem(last=False)
+    return value
 
 
 def relay_key(request: Request) -> str:
