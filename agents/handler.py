@@ -35,6 +35,7 @@ from schemas.errors import (
     NoWorker,
     RateLimited,
     RelayError,
+    answer_lost,
 )
 from schemas.formats.openai import response_to_chunks
 from schemas.usage import Usage
@@ -506,7 +507,7 @@ class RequestHandler:
             # (the broker is the relay's own: a 500; when even that cannot go out, its
             # gateway answers at the deadline)
             log.warning("answer to %s not delivered: %r", env.correlation_id, exc)
-            lost = RelayError(f"the answer could not be passed back ({type(exc).__name__})")
+            lost = answer_lost(exc)
             await self._fail(env, lost, meter=False)
         await self.sink.usage(line)
 

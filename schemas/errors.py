@@ -227,6 +227,12 @@ class VendorUnsupported(VendorError):
     type = "invalid_request_error"
 
 
+def answer_lost(exc: BaseException) -> RelayError:
+    """What a waiter hears when its answer, paid for, could not be passed back to it (a
+    broker refusing it: over a topic's size limit, say)."""
+    return RelayError(f"the answer could not be passed back ({type(exc).__name__})")
+
+
 def _all(cls: type[RelayError]) -> list[type[RelayError]]:
     return [cls, *(c for sub in cls.__subclasses__() for c in _all(sub))]
 

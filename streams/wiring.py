@@ -44,7 +44,7 @@ from schemas.envelope import (
     RequestEnvelope,
     UsageEvent,
 )
-from schemas.errors import BatchCancelled, RelayError, StoreUnavailable
+from schemas.errors import BatchCancelled, StoreUnavailable, answer_lost
 from schemas.settings import Settings
 from streams import metrics
 from streams.app import make_app
@@ -155,7 +155,7 @@ class KafkaSink:
         log.warning("reply to %s on %s not delivered: %r", event.correlation_id, topic, exc)
         if event.kind != "final":
             return
-        lost = RelayError(f"the answer could not be passed back ({type(exc).__name__})")
+        lost = answer_lost(exc)
         told = ReplyEvent(correlation_id=event.correlation_id, kind="error", error=lost.to_dict())
         task = asyncio.ensure_future(self._send(topic, event.correlation_id.encode(), encode(told)))
         self._tasks.add(task)
