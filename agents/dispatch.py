@@ -159,7 +159,7 @@ class Dispatcher:
             settle = admit_tenant if settle_tenant is None else settle_tenant
             if settle and not replanned:  # settled once: what was not used goes back
                 used = out.usage if out.candidate is not None else Usage()
-                self._give_back(env, f"tenant-tpm:{env.tenant}", used)
+                self._settle(env, f"tenant-tpm:{env.tenant}", used)
 
     async def _run(
         self,
@@ -244,8 +244,9 @@ class Dispatcher:
         needs = {key: 1.0 for key in rpm} | {key: float(tokens) for key in limited if tokens}
         await self.gate.acquire(needs, env.priority, deadline)
 
-    def _give_back(self, env: RequestEnvelope, key: str, used: Usage) -> None:
-        """Return to a TPM bucket what the request's estimate took beyond what it used."""
+    def _settle(self, env: RequestEnvelope, key: str, used: Usage) -> None:
+        """Square a TPM bucket with what the call used: what the request's estimate took
+        beyond that goes back, what it used beyond the estimate is charged."""
         if self.gate.bucket(key) is not None:  # no estimate on the hot path without limits
             self.gate.settle(key, _estimate(env), used.input_tokens + used.output_tokens)
 
@@ -328,7 +329,7 @@ class Dispatcher:
                     await self._admit(env, [f"vendor:{cand.vendor}"], [], cap_s=wait_s)
                     continue
                 if not forwarded:
-                    self._give_back(env, tpm, Usage())  # refused: nothing was used
+                    self._settle(env, tpm, Usage())  # refused: nothing was used
                 if not exc.rode:  # a window-batched call's failure: reported once
                     await self._report(env, cand, started, exc)
                 raise
@@ -338,7 +339,7 @@ class Dispatcher:
                     # Before anything went out: the request has a shape the adapter could
                     # not translate (a number for a list, say).  The client's fault, not
                     # the vendor's: a 400, and no breaker opened by a bad request.
-                    self._give_back(env, tpm, Usage())
+                    self._settle(env, tpm, Usage())
                     raise BadRequest(
                         f"the request could not be put to {cand.vendor} ({what}); "
                         "check its fields' types"
@@ -352,7 +353,7 @@ class Dispatcher:
                 )
                 await self._report(env, cand, started, err)
                 raise err from None
-            self._give_back(env, tpm, result.usage)
+            self._settle(env, tpm, result.usage)
             if not result.rode:  # a window-batched call: one call, one outcome
                 await self._report(env, cand, started, None, cost_of(cand, result.usage))
             return result

@@ -36,7 +36,7 @@ class TokenBucket(BaseModel):
     rate still holds and big requests are not starved forever.  One take counts for a
     minute's refill at most, so no single estimate (``max_tokens`` of a billion) can put
     the bucket in debt for longer than that; what a call did not use is given back
-    (``give_back``).
+    (``give_back``), and what it used beyond its estimate is charged after (``charge``).
     """
 
     capacity: float
@@ -97,6 +97,13 @@ class TokenBucket(BaseModel):
         if wait == 0.0:
             self.tokens -= self.bounded(n)
         return wait
+
+    def charge(self, n: float, now: float) -> None:
+        """Spend ``n`` more tokens now, whatever the bucket holds: a call that used more
+        than it was admitted on pays the rest from later refills, as a take beyond
+        capacity does."""
+        self._refill(now)
+        self.tokens -= max(0.0, n)
 
     def give_back(self, n: float, now: float) -> None:
         """Return ``n`` tokens taken but not used (a call that used fewer than estimated,
@@ -200,16 +207,18 @@ class PriorityGate:
     def settle(self, key: str, estimated: float, used: float) -> None:
         """A call admitted on ``estimated`` tokens of ``key`` used ``used``: what it was
         charged beyond that goes back to the bucket (if it has one), and whoever can go
-        now is admitted."""
+        now is admitted; what it used beyond its charge is spent from the bucket now, so
+        a vendor's TPM holds however long the answers run."""
         bucket = self._buckets.get(key)
         if bucket is None:
             return
-        unused = bucket.bounded(estimated) - used
-        if unused <= 0:
-            return
-        bucket.give_back(unused, self._clock())
-        if self._waiters:
-            self._pump()
+        charged, owed = bucket.bounded(estimated), bucket.bounded(used)
+        if owed > charged:  # a minute's refill at most, the estimate's share included
+            bucket.charge(owed - charged, self._clock())
+        elif used < charged:
+            bucket.give_back(charged - used, self._clock())
+            if self._waiters:
+                self._pump()
 
     def _expire(self, waiter: _Waiter) -> None:
         if waiter.future.done() or waiter not in self._waiters:

@@ -82,6 +82,20 @@ def test_a_request_bigger_than_capacity_goes_through_and_leaves_debt() -> None:
     assert b.wait(1, 0.0) == pytest.approx(4.01)
 
 
+def test_settling_charges_use_beyond_the_estimate_up_to_a_minutes_refill() -> None:
+    gate = PriorityGate(clock=lambda: 0.0)
+    gate.configure("v:tpm", TokenBucket(capacity=100, refill_per_s=10.0, tokens=100))
+    bucket = gate.bucket("v:tpm")
+    assert bucket is not None
+    bucket.take(50, 0.0)
+    gate.settle("v:tpm", estimated=50, used=80)  # 30 more than admitted on
+    assert bucket.tokens == 20
+    gate.settle("v:tpm", estimated=50, used=10_000)  # a minute's refill (600) at most
+    assert bucket.tokens == 20 - 550
+    gate.settle("v:tpm", estimated=50, used=20)  # 30 unused come back
+    assert bucket.tokens == 20 - 550 + 30
+
+
 async def test_unconfigured_keys_are_unlimited() -> None:
     gate = PriorityGate()
     for _ in range(1000):

@@ -96,6 +96,17 @@ async def test_a_tpm_bucket_gets_back_what_a_call_did_not_use() -> None:
     assert bucket is not None and bucket.tokens == pytest.approx(10_000 - 15, abs=50)
 
 
+async def test_a_call_that_used_more_than_its_estimate_is_charged_the_rest() -> None:
+    """No max_tokens: admitted on the prompt plus 256, but the answer ran to 5 000 tokens.
+    The bucket pays the difference, so the vendor's TPM holds however long answers run."""
+    gate = tpm_gate(600_000)  # the bucket holds 10 000
+    vendor = ByKey({"k": "ok"}, Usage(input_tokens=10, output_tokens=5_000))
+    dispatch, _ = make({"a": vendor}, {"a": ["k"]}, gate)
+    await dispatch.run(env(), [Candidate(vendor="a", model="m")], None)
+    bucket = gate.bucket("vendor-tpm:a")
+    assert bucket is not None and bucket.tokens == pytest.approx(10_000 - 5_010, abs=50)
+
+
 async def test_a_call_the_vendor_refused_costs_its_tpm_nothing() -> None:
     gate = tpm_gate(600_000)
     dispatch, _ = make({"a": ByKey({"k": "400"})}, {"a": ["k"]}, gate)
