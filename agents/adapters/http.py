@@ -155,11 +155,27 @@ async def open_stream(
         raise transport_error(exc, vendor) from None
 
 
+async def lines(resp: httpx.Response) -> AsyncIterator[str]:
+    """The response's lines, ended by LF or CRLF only.  httpx's ``aiter_lines`` splits as
+    ``str.splitlines`` does, at U+2028, U+2029 and U+0085 too, which JSON allows raw
+    inside strings (Go's encoder writes U+0085 so, serde and pydantic all three): an
+    answer quoting one would be cut into two lines that are not JSON."""
+    pending: list[str] = []  # a line's pieces so far (a long line comes in many reads)
+    async for text in resp.aiter_text():
+        first, *ended = text.split("\n")
+        pending.append(first)
+        for piece in ended:
+            yield "".join(pending).removesuffix("\r")
+            pending = [piece]
+    if tail := "".join(pending):
+        yield tail.removesuffix("\r")
+
+
 async def sse_events(resp: httpx.Response) -> AsyncIterator[tuple[str, str]]:
     """Server-sent events as (event name, data); the name is "message" when unnamed."""
     event = ""
     data: list[str] = []
-    async for line in resp.aiter_lines():
+    async for line in lines(resp):
         if not line:
             if data:
                 yield event or "message", "\n".join(data)

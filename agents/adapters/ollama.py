@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from agents.adapters.base import StreamItem, VendorCall, VendorResult
-from agents.adapters.http import json_body, open_stream, refused, send
+from agents.adapters.http import json_body, lines, open_stream, refused, send
 from schemas.config import VendorConfig
 from schemas.errors import BadRequest, VendorBadRequest, VendorUnavailable, VendorUnsupported
 from schemas.formats.anthropic import without_cache_control
@@ -123,7 +123,7 @@ class OllamaAdapter:
         started = False
         with _model_limits():
             async with open_stream(self.client, "POST", **self._chat(call, stream=True)) as resp:
-                async for line in resp.aiter_lines():
+                async for line in lines(resp):
                     if not line.strip():
                         continue
                     try:

@@ -200,6 +200,20 @@ async def test_stream_turns_ndjson_into_chunks_then_usage():
     assert message["content"] == "Let me check."
 
 
+async def test_a_raw_next_line_character_in_the_content_stays_in_its_line():
+    """Go's encoding/json leaves U+0085 (and U+2028's kin in other servers) raw inside
+    strings: NDJSON lines end at "\\n" alone, so the content arrives whole."""
+    lines = [
+        {"model": "m", "message": {"role": "assistant", "content": "a\u0085b\u2028c"}},
+        final(),
+    ]
+    data = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()
+    _, handler = recorder(httpx.Response(200, content=data))
+    *chunks, usage = [item async for item in adapter_for(handler).stream(call())]
+    assert usage == Usage(input_tokens=31, output_tokens=9)
+    assert chunks[1]["choices"][0]["delta"]["content"] == "a\u0085b\u2028c"
+
+
 async def test_stream_error_line_raises_before_any_chunk_is_out():
     """An error as the first line is as good as an error status: nothing has reached the
     client, so the dispatcher may still try the next candidate."""

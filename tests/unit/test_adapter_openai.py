@@ -169,6 +169,20 @@ async def test_stream_asks_for_usage_and_yields_chunks_then_usage():
     assert chunks == [{k: v for k, v in c.items() if k != "usage"} for c in STREAM[:-1]]
 
 
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085"])
+async def test_a_line_separator_inside_a_delta_does_not_cut_the_event(separator):
+    """Servers write U+2028/U+2029/U+0085 raw inside JSON strings (vLLM, Go's encoder);
+    an SSE line ends at LF or CRLF only, so the delta arrives whole."""
+    said = chunk({"content": f"a{separator}b"})
+    body = "".join(
+        f"data: {json.dumps(e, ensure_ascii=False)}\r\n\r\n" for e in [said, "[DONE]"]
+    ).replace('"[DONE]"', "[DONE]")
+    items = await collect(
+        adapter_for(lambda r: httpx.Response(200, content=pieces(body.encode(), 3))).stream(call())
+    )
+    assert items[0]["choices"][0]["delta"]["content"] == f"a{separator}b"
+
+
 async def test_stream_skips_azure_style_filter_chunk_and_survives_missing_usage():
     filter_chunk = {
         "id": "",
