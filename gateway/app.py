@@ -87,16 +87,21 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
         redirect_slashes=False,  # a 307 with no body is no answer for an API client: 404
     )
     errors.install(app)
-    app.include_router(openai_routes.router)
-    app.include_router(anthropic_routes.router)
-    app.include_router(responses_routes.router)
-    app.include_router(model_routes.router)
-    app.include_router(batch_routes.router)
-    app.include_router(anthropic_batch_routes.router)
+    routers = [
+        openai_routes.router,
+        anthropic_routes.router,
+        responses_routes.router,
+        model_routes.router,
+        batch_routes.router,
+        anthropic_batch_routes.router,
+    ]
+    for router in routers:
+        app.include_router(router)
 
     # Added last wraps first: Measure sees what the edge answers.
     app.add_middleware(Edge, max_body=settings.max_body_bytes)
-    app.add_middleware(metrics.Measure, known=ROUTES)
+    routes = [route for router in routers for route in router.routes]
+    app.add_middleware(metrics.Measure, known=ROUTES, routes=routes)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.envelope import UsageEvent
@@ -95,15 +96,19 @@ class Measure:
     """Counts and times every /v1 request (plain ASGI: Starlette's BaseHTTPMiddleware
     would cost more per request than a cache hit does).
 
-    The ``endpoint`` label is the route's template (``/v1/files/{file_id}``), one of the
-    ``known`` paths answered before routing (the edge's), or ``unmatched``: never the raw
+    The ``endpoint`` label is the route's template (``/v1/files/{file_id}``, also for a
+    request the edge refused before routing), one of the ``known`` paths the edge answers
+    itself, or ``unmatched`` for a path no route knows: never the raw
     path, where every file or batch id, and every path a scanner makes up, would start
     series of its own and grow the gateway's memory and Prometheus' without end.
     """
 
-    def __init__(self, app: ASGIApp, known: Iterable[str] = ()) -> None:
+    def __init__(
+        self, app: ASGIApp, known: Iterable[str] = (), routes: Iterable[BaseRoute] = ()
+    ) -> None:
         self.app = app
         self.known = frozenset(known)
+        self.routes = tuple(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -136,4 +141,11 @@ class Measure:
         template = getattr(scope.get("route"), "path", None)  # set by the router it reached
         if isinstance(template, str):
             return template
-        return path if path in self.known else "unmatched"
+        if path in self.known:
+            return path
+        # Answered before routing (the edge's 401, 413, 429): the route the router would
+        # have taken, so a refused upload counts as /v1/files, not as a scanner's path.
+        for route in self.routes:
+            if route.matches(scope)[0] is not Match.NONE:
+                return getattr(route, "path", "unmatched")
+        return "unmatched"

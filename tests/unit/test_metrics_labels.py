@@ -205,3 +205,19 @@ async def test_a_client_gone_before_its_body_was_read_is_a_499_not_a_500() -> No
     assert sent == []
     after = {s: count("/v1/chat/completions", s) for s in ("499", "500")}
     assert (after["499"] - before["499"], after["500"] - before["500"]) == (1, 0)
+
+
+async def test_a_request_the_edge_refuses_counts_under_the_route_it_asked_for() -> None:
+    """The edge answers a write with no known key before routing: the refused upload is
+    still /v1/files (its latency alert leaves uploads out), not a scanner's `unmatched`."""
+    from tests.support.gateway import answer_hello, client, gateway_app
+
+    app, _ = gateway_app(answer_hello)
+    before = count("/v1/files", "401"), count("/v1/batches/{batch_id}/cancel", "401")
+    async with client(app) as http:
+        nobody = {"authorization": ""}
+        assert (await http.post("/v1/files", content=b"x", headers=nobody)).status_code == 401
+        cancel = await http.post("/v1/batches/batch_1/cancel", headers=nobody)
+        assert cancel.status_code == 401
+    assert count("/v1/files", "401") - before[0] == 1
+    assert count("/v1/batches/{batch_id}/cancel", "401") - before[1] == 1
