@@ -227,3 +227,24 @@ def test_dashboard_charts_only_exported_metrics(series: set[str]) -> None:
             charted |= names
     for family in _families():
         assert any(name.startswith(family) for name in charted), f"{family} is not charted"
+
+
+def test_every_relay_variable_compose_sets_is_a_setting(services: dict[str, Service]) -> None:
+    """Settings ignore unknown RELAY_ variables: a misspelt one would silently do nothing.
+    (RELAY_SIM_KEY is the simulator's key, named by the config's `api_key_env`.)"""
+    from schemas.settings import Settings
+
+    known = {f"RELAY_{name.upper()}" for name in Settings.model_fields} | {"RELAY_SIM_KEY"}
+    for name, svc in services.items():
+        unknown = {k for k in _env(svc) if k.startswith("RELAY_")} - known
+        assert not unknown, f"{name}: {sorted(unknown)}"
+    assert "RELAY_METRICS_TOKEN" in _env(_by_role(services, "gateway")["gateway-1"])
+
+
+def test_the_image_copies_every_package_the_distribution_ships() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    shipped = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", (ROOT / "Dockerfile").read_text(), re.M))
+    assert copied == shipped
