@@ -6,7 +6,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 
 from simulator.faults import BadRequest, Sim, json_response, read_json
 from simulator.text import Answer, Prompt, compose, digest, new_id, text_tokens
@@ -21,6 +20,23 @@ _STATUS_TYPES = {
     500: "api_error",
     529: "overloaded_error",
 }
+# The body fields /v1/messages/count_tokens takes (its own and its beta's documented ones).
+COUNT_TOKENS_FIELDS = frozenset(
+    (
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "cache_control",
+        "output_config",
+        "output_format",
+        "context_management",
+        "mcp_servers",
+        "speed",
+    )
+)
 _FAULT_MESSAGES = {
     "500": "Internal server error",
     "429": "Number of requests has exceeded your rate limit",
@@ -94,8 +110,35 @@ def _tool_choice(choice: Any) -> str:
     return {"any": "required", "none": "none"}.get(kind or "", "auto")
 
 
+def _check_types(body: dict[str, Any]) -> None:
+    """Anthropic's 400 for a field of the wrong JSON type (its messages read as pydantic's)."""
+    wanted = {
+        "messages": (list, "a valid list"),
+        "tools": (list, "a valid list"),
+        "tool_choice": (dict, "a valid dictionary"),
+        "thinking": (dict, "a valid dictionary"),
+        "metadata": (dict, "a valid dictionary"),
+        "stop_sequences": (list, "a valid list"),
+        "stream": (bool, "a valid boolean"),
+        "system": (str | list, "a valid string or list"),
+    }
+    for field, (kind, what) in wanted.items():
+        value = body.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise BadRequest(f"{field}: Input should be {what}")
+    for i, tool in enumerate(body.get("tools") or []):
+        if not isinstance(tool, dict):
+            raise BadRequest(f"tools.{i}: Input should be a valid dictionary")
+        schema = tool.get("input_schema")
+        if schema is not None and not isinstance(schema, dict):
+            raise BadRequest(f"tools.{i}.input_schema: Input should be a valid dictionary")
+
+
 def to_prompt(body: dict[str, Any]) -> tuple[Prompt, str | None]:
     """The Prompt, plus the text up to the last ``cache_control`` breakpoint (None if none)."""
+    _check_types(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages: at least one message is required")
@@ -146,14 +189,22 @@ def _one_hour(body: dict[str, Any]) -> bool:
     )
 
 
+def _cache_key(sim: Sim, model: str, prompt: Prompt, prefix: str | None) -> int | None:
+    """The prompt-cache entry up to the last breakpoint, which a call reads and, once
+    answered, writes (None: no breakpoint, or too short to cache)."""
+    if prefix and sim.caching(len(prompt.key)):
+        return digest("anthropic", model, prefix)
+    return None
+
+
 def _usage(
-    sim: Sim, model: str, prompt: Prompt, prefix: str | None, answer: Answer
+    sim: Sim, prompt: Prompt, prefix: str | None, answer: Answer, cache_key: int | None
 ) -> dict[str, Any]:
     total = prompt.tokens
     created = read = 0
-    if prefix and sim.caching(len(prompt.key)):
+    if prefix and cache_key is not None:
         cached = min(total, text_tokens(prefix))
-        if sim.cache_seen(digest("anthropic", model, prefix)):
+        if sim.cache_seen(cache_key):
             read = cached
         else:
             created = cached
@@ -201,9 +252,11 @@ def _thinking(body: dict[str, Any], prompt: Prompt, max_tokens: int) -> dict[str
     return {"type": "thinking", "thinking": text, "signature": signature(text)}
 
 
-def _prepare(
-    sim: Sim, body: dict[str, Any]
-) -> tuple[str, Answer, dict[str, Any], dict[str, Any] | None]:
+Prepared = tuple[str, Answer, dict[str, Any], dict[str, Any] | None, int | None]
+"""model, answer, usage, thinking block, prompt-cache key"""
+
+
+def _prepare(sim: Sim, body: dict[str, Any]) -> Prepared:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model: Field required")
@@ -216,34 +269,34 @@ def _prepare(
         raise BadRequest("`temperature` and `top_p` cannot both be specified for this model.")
     prompt, prefix = to_prompt(body)
     thinking = _thinking(body, prompt, max_tokens)
-    answer = compose(model, prompt, max_tokens)
-    usage = _usage(sim, model, prompt, prefix, answer)
+    # The thinking counts towards max_tokens: the answer gets what it leaves.
+    thought = text_tokens(thinking["thinking"]) if thinking else 0
+    answer = compose(model, prompt, max_tokens - thought)
+    key = _cache_key(sim, model, prompt, prefix)
+    usage = _usage(sim, prompt, prefix, answer, key)
     if usage["cache_creation_input_tokens"] and _one_hour(body):
         written = usage["cache_creation_input_tokens"]
         usage["cache_creation"] = {
             "ephemeral_5m_input_tokens": 0,
             "ephemeral_1h_input_tokens": written,
         }
-    if thinking:
-        usage["output_tokens"] += text_tokens(thinking["thinking"])
-    return model, answer, usage, thinking
+    usage["output_tokens"] += thought
+    return model, answer, usage, thinking, key
 
 
 def _stop_reason(answer: Answer) -> str:
-    if answer.tool_name is not None:
-        return "tool_use"
-    return "max_tokens" if answer.truncated else "end_turn"
+    if answer.truncated:  # a tool call cut short too
+        return "max_tokens"
+    return "tool_use" if answer.tool_name is not None else "end_turn"
 
 
 def _block(answer: Answer) -> dict[str, Any]:
     if answer.tool_name is not None:
+        # Anthropic holds each input value back until it is whole: a call max_tokens cut
+        # carries (and streamed) only the values it finished.
+        finished, _ = answer.finished_args()
         tool_id = "toolu_" + answer.tool_id
-        return {
-            "type": "tool_use",
-            "id": tool_id,
-            "name": answer.tool_name,
-            "input": answer.tool_args,
-        }
+        return {"type": "tool_use", "id": tool_id, "name": answer.tool_name, "input": finished}
     return {"type": "text", "text": answer.text}
 
 
@@ -263,8 +316,10 @@ def _message(
 
 
 def message_result(sim: Sim, body: dict[str, Any]) -> dict[str, Any]:
-    """A whole Message for a request body (raises BadRequest)."""
-    model, answer, usage, thinking = _prepare(sim, body)
+    """A whole Message for a request body (raises BadRequest); an answered call, so it
+    writes its prompt-cache entry."""
+    model, answer, usage, thinking, key = _prepare(sim, body)
+    sim.cache_write(key)
     return _message(model, answer, usage, thinking)
 
 
@@ -293,7 +348,8 @@ def _events(
     start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
     if answer.tool_name is not None:
         first = {**_block(answer), "input": {}}
-        deltas = [{"type": "input_json_delta", "partial_json": p} for p in answer.json_pieces()]
+        _, sent = answer.finished_args()
+        deltas = [{"type": "input_json_delta", "partial_json": p} for p in answer.json_pieces(sent)]
     else:
         first = {"type": "text", "text": ""}
         deltas = [{"type": "text_delta", "text": p} for p in answer.stream_pieces()]
@@ -336,7 +392,7 @@ async def messages(request: Request) -> Response:
     if body is None:
         return error(400, "invalid JSON body")
     try:
-        model, answer, usage, thinking = _prepare(sim, body)
+        model, answer, usage, thinking, key = _prepare(sim, body)
     except BadRequest as exc:
         return error(400, exc.message)
     fault = await sim.admit(request, model, "anthropic.messages")
@@ -344,13 +400,14 @@ async def messages(request: Request) -> Response:
         # As Anthropic can: 200, message_start, then an error event before any text.
         overloaded = {"type": "error", "error": error_object(529, "Overloaded")["error"]}
         opened = _events(model, answer, usage, thinking)[:1]
-        chunks = [*opened, _event("ping", {"type": "ping"}), _event("error", overloaded)]
-        return StreamingResponse(sim.paced(request, chunks), media_type="text/event-stream")
+        return await sim.stream(
+            request, [*opened, _event("ping", {"type": "ping"}), _event("error", overloaded)]
+        )
     if fault:
         return error(529 if fault == "overloaded" else int(fault), _FAULT_MESSAGES[fault])
+    sim.cache_write(key)  # only a call that is answered writes the prompt cache
     if body.get("stream"):
-        chunks = _events(model, answer, usage, thinking)
-        return StreamingResponse(sim.paced(request, chunks), media_type="text/event-stream")
+        return await sim.stream(request, _events(model, answer, usage, thinking))
     await sim.delay(request)
     return json_response(_message(model, answer, usage, thinking))
 
@@ -365,6 +422,9 @@ async def count_tokens(request: Request) -> Response:
     body = await read_json(request)
     if body is None or not isinstance(body.get("model"), str):
         return error(400, "model: Field required")
+    extra = sorted(set(body) - COUNT_TOKENS_FIELDS)
+    if extra:  # what Messages takes beside (max_tokens, stream, temperature...) is refused
+        return error(400, f"{extra[0]}: Extra inputs are not permitted")
     try:
         prompt, _ = to_prompt(body)
     except BadRequest as exc:

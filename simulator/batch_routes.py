@@ -34,8 +34,18 @@ def _sim(request: Request) -> Sim:
     return request.app.state.sim
 
 
+def _end_time(sim: Sim, job: dict[str, Any]) -> float | None:
+    """When the job ended (t0 + the completion delay), or None while it runs.  Fixed the
+    first time it is seen ended, so its timestamps hold however often it is polled (and
+    a later change of the delay does not bring it back to life)."""
+    if job.get("ended") is None and time.time() - job["t0"] >= sim.config.batch_complete_after_s:
+        job["ended"] = job["t0"] + sim.config.batch_complete_after_s
+    ended: float | None = job.get("ended")
+    return ended
+
+
 def _ended(sim: Sim, job: dict[str, Any]) -> bool:
-    return time.time() - job["t0"] >= sim.config.batch_complete_after_s
+    return _end_time(sim, job) is not None
 
 
 def _jsonl(lines: list[dict[str, Any]]) -> bytes:
@@ -112,17 +122,59 @@ async def file_content(file_id: str, request: Request) -> Response:
     return Response(data, media_type="application/octet-stream")
 
 
-def _openai_item(sim: Sim, endpoint: str, raw: bytes) -> tuple[dict[str, Any], bool]:
-    """One output line for one input line, and whether it succeeded."""
+def _line_error(line: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"code": code, "line": line, "message": message, "param": param}
+
+
+def _validate_lines(
+    endpoint: str, data: bytes
+) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]]]:
+    """The requests of a batch input file as (custom_id, body), and what is wrong with it,
+    line by line, as OpenAI lists it in a failed batch's ``errors`` (any fails the batch)."""
+    requests: list[tuple[str, dict[str, Any]]] = []
+    errors: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for n, raw in enumerate(data.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            item = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            item = None
+        if not isinstance(item, dict):
+            errors.append(
+                _line_error(n, "invalid_json_line", "This line is not parseable as valid JSON.")
+            )
+            continue
+        custom_id, body, url = item.get("custom_id"), item.get("body"), item.get("url")
+        if not isinstance(custom_id, str) or not custom_id:
+            message = "Missing required parameter: 'custom_id'."
+            errors.append(_line_error(n, "missing_required_parameter", message, "custom_id"))
+        elif custom_id in seen:
+            message = (
+                f"The custom_id '{custom_id}' is used by another request in this batch: "
+                "each request's custom_id must be unique."
+            )
+            errors.append(_line_error(n, "duplicate_custom_id", message, "custom_id"))
+        elif url != endpoint:
+            message = f"The url '{url}' of this request does not match the batch's endpoint "
+            message += f"'{endpoint}'."
+            errors.append(_line_error(n, "url_mismatch", message, "url"))
+        elif not isinstance(body, dict):
+            message = "Missing required parameter: 'body' (an object)."
+            errors.append(_line_error(n, "missing_required_parameter", message, "body"))
+        else:
+            requests.append((custom_id, body))
+        if isinstance(custom_id, str):
+            seen.add(custom_id)
+    return requests, errors
+
+
+def _openai_item(
+    sim: Sim, endpoint: str, custom_id: str, body: dict[str, Any]
+) -> tuple[dict[str, Any], bool]:
+    """One output line for one (valid) input line, and whether it succeeded."""
     line_id, request_id = new_id("batch_req_"), new_id("req_")
-    try:
-        item = orjson.loads(raw)
-        custom_id, body = item.get("custom_id"), item.get("body")
-        if not isinstance(body, dict) or item.get("url") != endpoint:
-            raise BadRequest(f"Each line needs a 'body' object and url {endpoint}.")
-    except (orjson.JSONDecodeError, AttributeError, BadRequest) as exc:
-        error = {"code": "invalid_request", "message": str(exc)}
-        return {"id": line_id, "custom_id": None, "response": None, "error": error}, False
     model = str(body.get("model") or "unknown")
     sim.stats.record(model, "batch")
     status, fault = 200, sim.model_fault(model)
@@ -147,7 +199,9 @@ def _openai_item(sim: Sim, endpoint: str, raw: bytes) -> tuple[dict[str, Any], b
 @router.post("/openai/batches")  # Azure
 @router.post("/openai/v1/batches")  # Azure v1 API
 async def create_batch(request: Request) -> Response:
-    """Create a batch; every line is answered now and revealed once the job 'completes'."""
+    """Create a batch; every line is answered now and revealed once the job 'completes'.
+    An input file with a bad line fails the whole batch (``status: failed``, the lines'
+    problems in ``errors``), and none of it runs."""
     if (rejected := _openai_auth(request)) is not None:
         return rejected
     sim = _sim(request)
@@ -155,17 +209,17 @@ async def create_batch(request: Request) -> Response:
     if body is None:
         return openai_routes.error(400, "We could not parse the JSON body of your request.")
     endpoint, file_id = body.get("endpoint"), body.get("input_file_id")
-    if endpoint not in _OPENAI_ENDPOINTS:
+    if not isinstance(endpoint, str) or endpoint not in _OPENAI_ENDPOINTS:
         return openai_routes.error(400, f"Unsupported endpoint: {endpoint}", param="endpoint")
     data = sim.file_data.get(file_id) if isinstance(file_id, str) else None
     if data is None:
         return openai_routes.error(404, f"No such File object: {file_id}", param="input_file_id")
+    requests, invalid = _validate_lines(endpoint, data)
     good: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
-    for raw in data.splitlines():
-        if raw.strip():
-            line, ok = _openai_item(sim, endpoint, raw)
-            (good if ok else bad).append(line)
+    for custom_id, params in [] if invalid else requests:
+        line, ok = _openai_item(sim, endpoint, custom_id, params)
+        (good if ok else bad).append(line)
     sim.stats.batches += 1
     now = int(time.time())
     job: dict[str, Any] = {
@@ -193,12 +247,15 @@ async def create_batch(request: Request) -> Response:
     sim.batches[job["id"]] = {
         "t0": time.time(),
         "obj": job,
-        "output": _store_file(sim, _jsonl(good), "batch_output.jsonl", "batch_output")["id"],
+        "invalid": invalid,
+        "output": None
+        if invalid
+        else _store_file(sim, _jsonl(good), "batch_output.jsonl", "batch_output")["id"],
         "errors": _store_file(sim, _jsonl(bad), "batch_errors.jsonl", "batch_output")["id"]
         if bad
         else None,
         "counts": (len(good), len(bad)),
-        "custom_ids": [line["custom_id"] for line in good + bad if line["custom_id"]],
+        "custom_ids": [line["custom_id"] for line in good + bad],
         "cancelled": False,
     }
     return json_response(job)
@@ -206,23 +263,29 @@ async def create_batch(request: Request) -> Response:
 
 def _openai_view(sim: Sim, rec: dict[str, Any]) -> dict[str, Any]:
     obj = dict(rec["obj"])
-    now = int(time.time())
     if rec["cancelled"]:
         return obj | {
             "status": "cancelled",
             "cancelled_at": obj["cancelling_at"],
             "error_file_id": rec["errors"],
         }
-    if not _ended(sim, rec):
+    ended = _end_time(sim, rec)
+    if ended is None:
+        if rec["invalid"]:
+            return obj  # still "validating"
         return obj | {"status": "in_progress", "in_progress_at": obj["created_at"]}
+    at = int(ended)
+    if rec["invalid"]:
+        errors = {"object": "list", "data": rec["invalid"]}
+        return obj | {"status": "failed", "failed_at": at, "errors": errors}
     done, failed = rec["counts"]
     return obj | {
         "status": "completed",
         "output_file_id": rec["output"],
         "error_file_id": rec["errors"],
         "in_progress_at": obj["created_at"],
-        "finalizing_at": now,
-        "completed_at": now,
+        "finalizing_at": at,
+        "completed_at": at,
         "request_counts": {"total": done + failed, "completed": done, "failed": failed},
     }
 
@@ -306,7 +369,7 @@ def _anthropic_view(sim: Sim, rec: dict[str, Any], request: Request) -> dict[str
     return obj | {
         "processing_status": "ended",
         "request_counts": counts | {"expired": 0},
-        "ended_at": _iso(time.time()),
+        "ended_at": _iso(rec["ended"]),  # fixed when it ended (at the cancel, if cancelled)
         "results_url": url,
     }
 
@@ -397,7 +460,8 @@ async def cancel_message_batch(batch_id: str, request: Request) -> Response:
     if not _ended(sim, rec) and not rec["cancelled"]:
         rec["cancelled"] = True
         sim.stats.batches_cancelled += 1
-        rec["obj"]["cancel_initiated_at"] = _iso(time.time())
+        rec["ended"] = time.time()
+        rec["obj"]["cancel_initiated_at"] = _iso(rec["ended"])
         return json_response(rec["obj"] | {"processing_status": "canceling"})
     return json_response(_anthropic_view(sim, rec, request))
 

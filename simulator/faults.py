@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from fastapi import Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 HANG_S = 600.0  # "x-sim-fail: timeout" holds the request this long; clients time out first.
@@ -36,10 +37,11 @@ class SimConfig(BaseModel):
 class BadRequest(Exception):
     """A malformed vendor request; each vendor module renders it in its own error format."""
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.code = code
 
 
 class Stats:
@@ -102,13 +104,18 @@ class Sim:
         return supplied is not None and hmac.compare_digest(supplied, self.config.api_key)
 
     def cache_seen(self, key: int) -> bool:
-        """Remember a prompt prefix; True when it had been seen before."""
-        if key in self.seen_prefixes:
-            return True
+        """Whether a prompt prefix was written to the cache by an earlier, answered call."""
+        return key in self.seen_prefixes
+
+    def cache_write(self, key: int | None) -> None:
+        """Remember the prefix of a call that was answered (None: it took no part in
+        caching).  A refused call (429, 500, overloaded) writes nothing, so its retry
+        still reports a cache write, not a read."""
+        if key is None or key in self.seen_prefixes:
+            return
         if len(self.seen_prefixes) >= _CACHE_LIMIT:
             self.seen_prefixes.clear()
         self.seen_prefixes.add(key)
-        return False
 
     def caching(self, prompt_chars: int) -> bool:
         """Whether a prompt of this size takes part in prompt caching."""
@@ -173,14 +180,18 @@ class Sim:
         if s:
             await asyncio.sleep(s)
 
-    def paced(self, request: Request, chunks: list[bytes]) -> AsyncIterator[bytes]:
-        """Stream chunks after the latency, chunk_gap_ms apart (one write when there is no gap)."""
-        return _paced(chunks, self.latency_s(request), self.config.chunk_gap_ms / 1000.0)
+    async def stream(
+        self, request: Request, chunks: list[bytes], media_type: str = "text/event-stream"
+    ) -> StreamingResponse:
+        """A streamed answer.  The latency passes before the response starts, status and
+        headers included (a client's first-byte timeout sees it as with a plain answer),
+        then the chunks go chunk_gap_ms apart (one write when there is no gap)."""
+        await self.delay(request)
+        gap = self.config.chunk_gap_ms / 1000.0
+        return StreamingResponse(_paced(chunks, gap), media_type=media_type)
 
 
-async def _paced(chunks: list[bytes], latency: float, gap: float) -> AsyncIterator[bytes]:
-    if latency:
-        await asyncio.sleep(latency)
+async def _paced(chunks: list[bytes], gap: float) -> AsyncIterator[bytes]:
     if not gap:
         yield b"".join(chunks)
         return

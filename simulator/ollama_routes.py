@@ -7,7 +7,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 
 from simulator.faults import BadRequest, Sim, bearer, json_response, read_json
 from simulator.openai_routes import to_prompt
@@ -18,7 +17,6 @@ from simulator.text import (
     compose,
     digest,
     embedding,
-    in_json_mode,
     input_tokens,
     text_tokens,
 )
@@ -58,7 +56,9 @@ async def _gate(request: Request) -> tuple[Sim, dict[str, Any] | Response]:
 def _max_tokens(body: dict[str, Any]) -> int | None:
     options = body.get("options")
     value = options.get("num_predict") if isinstance(options, dict) else None
-    return value if isinstance(value, int) and value > 0 else None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # as Ollama reads a JSON number into an int option
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 THINK_LEVELS = ("low", "medium", "high")
@@ -80,7 +80,7 @@ def _final(
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if thinking:
         message["thinking"] = thinking
-    if answer.tool_name is not None:
+    if answer.tool_name is not None and not answer.truncated:
         message["tool_calls"] = [
             {"function": {"name": answer.tool_name, "arguments": answer.tool_args}}
         ]
@@ -114,7 +114,7 @@ def _lines(model: str, answer: Answer, prompt_tokens: int, thinking: str) -> lis
     lines += [line({"role": "assistant", "content": p}) for p in answer.stream_pieces()]
     final = _final(model, answer, prompt_tokens, "", thinking)
     final["message"].pop("thinking", None)  # already sent
-    if answer.tool_name is not None:
+    if "tool_calls" in final["message"]:
         # Ollama sends tool calls in a chunk of their own before the closing one.
         lines.append(line(final["message"]))
         final["message"] = {"role": "assistant", "content": ""}
@@ -128,6 +128,17 @@ def _format(fmt: Any) -> dict[str, Any] | None:
     if isinstance(fmt, dict):
         return {"type": "json_schema", "json_schema": {"schema": fmt}}
     return None
+
+
+def _answer(model: str, prompt: Prompt, body: dict[str, Any], thinking: str) -> tuple[str, Answer]:
+    """The thinking and the answer within ``num_predict``, which counts both: a thinking
+    that fills it is cut there, and the answer is left empty (a tool call cut short is
+    never parsed into ``tool_calls``: Ollama sends none)."""
+    cap, fmt = _max_tokens(body), _format(body.get("format"))
+    thought = text_tokens(thinking)
+    if cap is not None and thinking and thought >= cap:
+        return thinking[: 4 * cap], Answer(words=[], truncated=True, cap=0)
+    return thinking, compose(model, prompt, None if cap is None else cap - thought, fmt)
 
 
 @router.post("/api/chat")
@@ -145,13 +156,13 @@ async def chat(request: Request) -> Response:
         thinking = _thinking(body, prompt)
     except BadRequest as exc:
         return error(400, exc.message)
-    answer = in_json_mode(compose(model, prompt, _max_tokens(body)), _format(body.get("format")))
+    thinking, answer = _answer(model, prompt, body, thinking)
     fault = await sim.admit(request, model, "ollama.chat")
     if fault:
         return error(503 if fault == "overloaded" else int(fault), _FAULT_MESSAGES[fault])
-    if body.get("stream", True):
+    if body.get("stream") is not False:  # streams unless told exactly false (null streams)
         chunks = _lines(model, answer, prompt.tokens, thinking)
-        return StreamingResponse(sim.paced(request, chunks), media_type="application/x-ndjson")
+        return await sim.stream(request, chunks, "application/x-ndjson")
     await sim.delay(request)
     return json_response(_final(model, answer, prompt.tokens, answer.text, thinking))
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 
 from simulator.faults import BadRequest, Sim, bearer, json_response, read_json
 from simulator.text import (
@@ -18,7 +17,6 @@ from simulator.text import (
     digest,
     embedding,
     embedding_b64,
-    in_json_mode,
     input_tokens,
     new_id,
 )
@@ -87,22 +85,90 @@ def content_text(content: Any) -> str:
     return ""
 
 
-def _tool_choice(choice: Any) -> str:
+_JSON_TYPES: tuple[tuple[Any, str], ...] = (
+    (bool, "a boolean"),
+    (str, "a string"),
+    (int | float, "a number"),
+    (list, "an array"),
+    (dict, "an object"),
+)
+
+
+def _json_type(value: Any) -> str:
+    return next((name for kind, name in _JSON_TYPES if isinstance(value, kind)), "null")
+
+
+def check_type(body: dict[str, Any], field: str, kind: type, expected: str) -> Any:
+    """``body[field]`` when absent, null or of ``kind``; else OpenAI's 400 ``invalid_type``."""
+    value = body.get(field)
+    if value is None or (isinstance(value, kind) and (kind is bool or type(value) is not bool)):
+        return value
+    raise BadRequest(
+        f"Invalid type for '{field}': expected {expected}, but got {_json_type(value)} instead.",
+        field,
+        "invalid_type",
+    )
+
+
+def _function_name(spec: Any) -> str | None:
+    """The name in ``{"type": "function", "function": {"name": ...}}`` (or a custom tool's)."""
+    if not isinstance(spec, dict):
+        return None
+    inner = spec.get("function") or spec.get("custom")
+    name = inner.get("name") if isinstance(inner, dict) else spec.get("name")
+    return name if isinstance(name, str) and name else None
+
+
+def _tool_choice(choice: Any) -> tuple[str, set[str] | None]:
+    """The Prompt's tool_choice, and the names of the only tools allowed (None: all).
+
+    ``{"type": "allowed_tools", "allowed_tools": {"mode": "auto" | "required", "tools":
+    [...]}}`` narrows the tools to those listed, and calls one only as ``mode`` says."""
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        spec = choice.get("allowed_tools")
+        spec = spec if isinstance(spec, dict) else {}
+        listed = spec.get("tools")
+        names = (
+            {n for t in listed if (n := _function_name(t))} if isinstance(listed, list) else set()
+        )
+        return ("required" if spec.get("mode") == "required" else "auto"), names
     if isinstance(choice, dict):
-        return str((choice.get("function") or {}).get("name") or "required")
-    return choice if choice in ("none", "required") else "auto"
+        return _function_name(choice) or "required", None
+    return (choice if choice in ("none", "required") else "auto"), None
+
+
+def _parameters(fn: dict[str, Any]) -> dict[str, Any]:
+    params = fn.get("parameters")
+    if params is None:
+        return {}  # no parameters: the function takes none
+    if not isinstance(params, dict):
+        raise BadRequest(
+            "Invalid type for 'tools[].function.parameters': expected an object, but got "
+            f"{_json_type(params)} instead.",
+            "tools",
+            "invalid_type",
+        )
+    return params
 
 
 def to_prompt(messages: list[Any], tools: Any, tool_choice: Any) -> Prompt:
     """Reduce OpenAI-shaped messages (also Ollama's) to a vendor-neutral Prompt."""
     texts: list[str] = []
     last_user = ""
+    if tools is not None and not isinstance(tools, list):
+        raise BadRequest(
+            f"Invalid type for 'tools': expected an array, but got {_json_type(tools)} instead.",
+            "tools",
+            "invalid_type",
+        )
     for m in messages:
         if not isinstance(m, dict):
             raise BadRequest("Each message must be an object.", "messages")
         text = content_text(m.get("content"))
-        for call in m.get("tool_calls") or []:
-            fn = (call.get("function") or {}) if isinstance(call, dict) else {}
+        calls = m.get("tool_calls")
+        for call in calls if isinstance(calls, list) else []:
+            fn = call.get("function") if isinstance(call, dict) else None
+            fn = fn if isinstance(fn, dict) else {}
             args = fn.get("arguments", "")
             text += str(fn.get("name", "")) + (
                 args if isinstance(args, str) else orjson.dumps(args).decode()
@@ -112,12 +178,14 @@ def to_prompt(messages: list[Any], tools: Any, tool_choice: Any) -> Prompt:
             last_user = text
     last = messages[-1] if messages else {}
     result = texts[-1] if last.get("role") == "tool" else None
+    choice, allowed = _tool_choice(tool_choice)
     specs: list[tuple[str, dict[str, Any]]] = []
-    for t in tools if isinstance(tools, list) else []:
+    for t in tools or []:
         fn = (t.get("function") or t) if isinstance(t, dict) else {}
         if isinstance(fn, dict) and fn.get("name"):
-            specs.append((str(fn["name"]), fn.get("parameters") or {}))
-    return Prompt(texts, last_user, result, specs, _tool_choice(tool_choice))
+            if allowed is None or str(fn["name"]) in allowed:
+                specs.append((str(fn["name"]), _parameters(fn)))
+    return Prompt(texts, last_user, result, specs, choice)
 
 
 def _require_model(body: dict[str, Any], model: str | None) -> str:
@@ -128,21 +196,27 @@ def _require_model(body: dict[str, Any], model: str | None) -> str:
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:
-    value = body.get("max_completion_tokens", body.get("max_tokens"))
+    field = (
+        "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    )
+    value = body.get(field)
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise BadRequest("max_tokens must be a positive integer.", "max_tokens")
+        raise BadRequest(f"{field} must be a positive integer.", field)
     return value
 
 
-def _usage(sim: Sim, model: str, prompt: Prompt, answer: Answer) -> dict[str, Any]:
-    pt, ct = prompt.tokens, answer.completion_tokens
+def _cache_key(sim: Sim, model: str, prompt: Prompt) -> int | None:
+    """The prompt-cache entry a call reads and, once answered, writes (None: too short)."""
     key = prompt.key
-    cached = 0
     # OpenAI caches automatically on a shared prefix; the first 1024 chars stand for it.
-    if sim.caching(len(key)) and sim.cache_seen(digest("openai", model, key[:1024])):
-        cached = pt * 3 // 4
+    return digest("openai", model, key[:1024]) if sim.caching(len(key)) else None
+
+
+def _usage(sim: Sim, prompt: Prompt, answer: Answer, cache_key: int | None) -> dict[str, Any]:
+    pt, ct = prompt.tokens, answer.completion_tokens
+    cached = pt * 3 // 4 if cache_key is not None and sim.cache_seen(cache_key) else 0
     return {
         "prompt_tokens": pt,
         "completion_tokens": ct,
@@ -158,19 +232,24 @@ def _usage(sim: Sim, model: str, prompt: Prompt, answer: Answer) -> dict[str, An
 
 
 def _finish(answer: Answer) -> str:
-    if answer.tool_name is not None:
-        return "tool_calls"
-    return "length" if answer.truncated else "stop"
+    if answer.truncated:  # a tool call cut short too: its arguments are not whole
+        return "length"
+    return "tool_calls" if answer.tool_name is not None else "stop"
 
 
-def _chat(sim: Sim, body: dict[str, Any], model: str | None) -> tuple[str, Answer, dict[str, Any]]:
+Chat = tuple[str, Answer, dict[str, Any], int | None]  # model, answer, usage, cache key
+
+
+def _chat(sim: Sim, body: dict[str, Any], model: str | None) -> Chat:
     model = _require_model(body, model)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty array.", "messages")
+    response_format = check_type(body, "response_format", dict, "an object")
     prompt = to_prompt(messages, body.get("tools"), body.get("tool_choice"))
-    answer = in_json_mode(compose(model, prompt, _max_tokens(body)), body.get("response_format"))
-    return model, answer, _usage(sim, model, prompt, answer)
+    answer = compose(model, prompt, _max_tokens(body), response_format)
+    key = _cache_key(sim, model, prompt)
+    return model, answer, _usage(sim, prompt, answer, key), key
 
 
 def _chat_object(model: str, answer: Answer, usage: dict[str, Any]) -> dict[str, Any]:
@@ -199,54 +278,85 @@ def _chat_object(model: str, answer: Answer, usage: dict[str, Any]) -> dict[str,
 
 
 def chat_result(sim: Sim, body: dict[str, Any], model: str | None = None) -> dict[str, Any]:
-    """A whole ``chat.completion`` object for a request body (raises BadRequest)."""
-    return _chat_object(*_chat(sim, body, model))
+    """A whole ``chat.completion`` object for a request body (raises BadRequest); an
+    answered call, so it writes its prompt-cache entry."""
+    model, answer, usage, key = _chat(sim, body, model)
+    sim.cache_write(key)
+    return _chat_object(model, answer, usage)
 
 
 def _sse(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-def _chat_chunks(
-    model: str, answer: Answer, usage: dict[str, Any], include_usage: bool
-) -> list[bytes]:
-    base = {
-        "id": new_id("chatcmpl-"),
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": FINGERPRINT,
-    }
+_SAFE = {"filtered": False, "severity": "safe"}
+_FILTERS = {kind: _SAFE for kind in ("hate", "self_harm", "sexual", "violence")}
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        obj = {
-            **base,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+
+def _prompt_filter_chunk(prompts: int) -> bytes:
+    """The chunk Azure opens every stream with: no choices, its prompt filter's verdicts."""
+    results = [{"prompt_index": i, "content_filter_results": _FILTERS} for i in range(prompts)]
+    return _sse(
+        {
+            "choices": [],
+            "created": 0,
+            "id": "",
+            "model": "",
+            "object": "",
+            "system_fingerprint": None,
+            "prompt_filter_results": results,
         }
-        if include_usage:
+    )
+
+
+class _ChatStream:
+    """The chunks of one streamed chat completion (their shared id, model and stamp)."""
+
+    def __init__(self, model: str, include_usage: bool, azure: bool) -> None:
+        self.base = {
+            "id": new_id("chatcmpl-"),
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": FINGERPRINT,
+        }
+        self.include_usage = include_usage
+        self.azure = azure
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        obj = {**self.base, "choices": [choice]}
+        if self.include_usage:
             obj["usage"] = None
         return _sse(obj)
 
-    if answer.tool_name is not None:
-        head = {
-            "index": 0,
-            "id": "call_" + answer.tool_id,
-            "type": "function",
-            "function": {"name": answer.tool_name, "arguments": ""},
-        }
-        out = [chunk({"role": "assistant", "content": None, "tool_calls": [head]})]
-        out += [
-            chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
-            for piece in answer.json_pieces()
-        ]
-    else:
-        out = [chunk({"role": "assistant", "content": "", "refusal": None})]
-        out += [chunk({"content": piece}) for piece in answer.stream_pieces()]
-    out.append(chunk({}, _finish(answer)))
-    if include_usage:
-        out.append(_sse({**base, "choices": [], "usage": usage}))
-    out.append(b"data: [DONE]\n\n")
-    return out
+    def opening(self) -> list[bytes]:
+        """Azure's prompt-filter chunk, then the assistant's empty first delta."""
+        filtered = [_prompt_filter_chunk(1)] if self.azure else []
+        return [*filtered, self.chunk({"role": "assistant", "content": "", "refusal": None})]
+
+    def chunks(self, answer: Answer, usage: dict[str, Any]) -> list[bytes]:
+        if answer.tool_name is not None:
+            head = {
+                "index": 0,
+                "id": "call_" + answer.tool_id,
+                "type": "function",
+                "function": {"name": answer.tool_name, "arguments": ""},
+            }
+            out = [_prompt_filter_chunk(1)] if self.azure else []
+            out.append(self.chunk({"role": "assistant", "content": None, "tool_calls": [head]}))
+            out += [
+                self.chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                for piece in answer.json_pieces()
+            ]
+        else:
+            out = self.opening()
+            out += [self.chunk({"content": piece}) for piece in answer.stream_pieces()]
+        out.append(self.chunk({}, _finish(answer)))
+        if self.include_usage:
+            out.append(_sse({**self.base, "choices": [], "usage": usage}))
+        out.append(b"data: [DONE]\n\n")
+        return out
 
 
 def _prompts(body: dict[str, Any]) -> list[Any]:
@@ -294,24 +404,38 @@ def completions_result(sim: Sim, body: dict[str, Any], model: str | None = None)
     return _completion_object(*_completions(body, model))
 
 
-def _completion_chunks(
-    model: str, answers: list[Answer], usage: dict[str, Any], include_usage: bool
-) -> list[bytes]:
-    base = {"id": new_id("cmpl-"), "object": "text_completion", "created": int(time.time())}
-    base |= {"model": model, "system_fingerprint": FINGERPRINT}
+class _CompletionStream:
+    """The chunks of one streamed legacy completion."""
 
-    def chunk(i: int, text: str, finish: str | None = None) -> bytes:
+    def __init__(self, model: str, prompts: int, include_usage: bool, azure: bool) -> None:
+        self.base = {
+            "id": new_id("cmpl-"),
+            "object": "text_completion",
+            "created": int(time.time()),
+        }
+        self.base |= {"model": model, "system_fingerprint": FINGERPRINT}
+        self.prompts = prompts
+        self.include_usage = include_usage
+        self.azure = azure
+
+    def chunk(self, i: int, text: str, finish: str | None = None) -> bytes:
         choice = {"text": text, "index": i, "logprobs": None, "finish_reason": finish}
-        return _sse({**base, "choices": [choice]})
+        return _sse({**self.base, "choices": [choice]})
 
-    out: list[bytes] = []
-    for i, a in enumerate(answers):
-        out += [chunk(i, piece) for piece in a.stream_pieces()]
-        out.append(chunk(i, "", _finish(a)))
-    if include_usage:
-        out.append(_sse({**base, "choices": [], "usage": usage}))
-    out.append(b"data: [DONE]\n\n")
-    return out
+    def opening(self) -> list[bytes]:
+        """Azure's prompt-filter chunk, then a first chunk with no text yet."""
+        filtered = [_prompt_filter_chunk(self.prompts)] if self.azure else []
+        return [*filtered, self.chunk(0, "")]
+
+    def chunks(self, answers: list[Answer], usage: dict[str, Any]) -> list[bytes]:
+        out = [_prompt_filter_chunk(self.prompts)] if self.azure else []
+        for i, a in enumerate(answers):
+            out += [self.chunk(i, piece) for piece in a.stream_pieces()]
+            out.append(self.chunk(i, "", _finish(a)))
+        if self.include_usage:
+            out.append(_sse({**self.base, "choices": [], "usage": usage}))
+        out.append(b"data: [DONE]\n\n")
+        return out
 
 
 def _embed_inputs(body: dict[str, Any]) -> list[Any]:
@@ -333,7 +457,7 @@ def embeddings_result(sim: Sim, body: dict[str, Any], model: str | None = None) 
     model = _require_model(body, model)
     items = _embed_inputs(body)
     dim = body.get("dimensions") or EMBED_DIM
-    if not isinstance(dim, int) or dim < 1:
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
         raise BadRequest("'dimensions' must be a positive integer.", "dimensions")
     b64 = body.get("encoding_format") == "base64"
     data = []
@@ -351,52 +475,69 @@ def embeddings_result(sim: Sim, body: dict[str, Any], model: str | None = None) 
     }
 
 
+def _stream_flags(body: dict[str, Any], kind: str) -> tuple[bool, bool]:
+    """Whether to stream, and whether the stream ends with a usage chunk (raises BadRequest
+    for a ``stream`` or ``stream_options`` OpenAI would refuse)."""
+    stream = check_type(body, "stream", bool, "a boolean") is True
+    options = check_type(body, "stream_options", dict, "an object")
+    if options is not None and not stream:
+        raise BadRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            "stream_options",
+        )
+    return stream and kind != "embeddings", bool((options or {}).get("include_usage"))
+
+
 async def _handle(request: Request, kind: str, deployment: str | None = None) -> Response:
     """Shared flow: auth, parse, validate, count + faults, latency, answer."""
     sim: Sim = request.app.state.sim
     azure = deployment is not None or request.url.path.startswith("/openai/v1/")
+    if deployment is not None and not request.query_params.get("api-version"):
+        # What Azure answers a dated path without its api-version (no OpenAI-style body).
+        return json_response({"error": {"code": "404", "message": "Resource not found"}}, 404)
     supplied = request.headers.get("api-key") if azure else bearer(request)
     if not sim.authorized(supplied):
         return error(401, "Incorrect API key provided.", code="invalid_api_key")
-    if deployment is not None and not request.query_params.get("api-version"):
-        return error(400, "Missing required query parameter 'api-version'.", param="api-version")
     body = await read_json(request)
     if body is None:
         return error(400, "We could not parse the JSON body of your request.")
-    stream = bool(body.get("stream")) and kind != "embeddings"
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    # Azure opens a stream with its prompt filter's chunk on the deployment paths.
+    filtered = deployment is not None
+    cache_key: int | None = None
     try:
+        stream, include_usage = _stream_flags(body, kind)
         if kind == "chat":
-            model, answer, usage = _chat(sim, body, deployment)
+            model, answer, usage, cache_key = _chat(sim, body, deployment)
             inputs = 1
             if stream:
-                chunks = _chat_chunks(model, answer, usage, include_usage)
+                chat = _ChatStream(model, include_usage, filtered)
+                opening, chunks = chat.opening(), chat.chunks(answer, usage)
             else:
                 result = _chat_object(model, answer, usage)
         elif kind == "completions":
             model, answers, usage = _completions(body, deployment)
             inputs = len(answers)
             if stream:
-                chunks = _completion_chunks(model, answers, usage, include_usage)
+                legacy = _CompletionStream(model, len(answers), include_usage, filtered)
+                opening, chunks = legacy.opening(), legacy.chunks(answers, usage)
             else:
                 result = _completion_object(model, answers, usage)
         else:
             result = embeddings_result(sim, body, deployment)
             model, inputs = result["model"], len(result["data"])
     except BadRequest as exc:
-        return error(400, exc.message, param=exc.param)
+        return error(400, exc.message, param=exc.param, code=exc.code)
     fault = await sim.admit(request, model, ("azure." if azure else "openai.") + kind, inputs)
     if fault == "overloaded" and stream:
-        # 200 and the opening chunk, then an error before any text.
+        # 200 and the stream's opening (no text), then an error; nothing was answered.
         _, message, type_, code = _FAULTS[fault]
         failed = _sse({"error": {"message": message, "type": type_, "param": None, "code": code}})
-        return StreamingResponse(
-            sim.paced(request, [chunks[0], failed]), media_type="text/event-stream"
-        )
+        return await sim.stream(request, [*opening, failed])
     if fault:
         return fault_response(fault)
+    sim.cache_write(cache_key)  # only a call that is answered writes the prompt cache
     if stream:
-        return StreamingResponse(sim.paced(request, chunks), media_type="text/event-stream")
+        return await sim.stream(request, chunks)
     await sim.delay(request)
     return json_response(result)
 

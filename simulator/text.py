@@ -9,7 +9,7 @@ import math
 import os
 import random
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -77,13 +77,19 @@ class Prompt:
 
 @dataclass(slots=True)
 class Answer:
-    """A vendor-neutral reply: either words of text or a single tool call."""
+    """A vendor-neutral reply: either words of text or a single tool call.
+
+    ``truncated`` when the request's max_tokens (``cap``) cut it short: text keeps its
+    first ``cap`` words, a tool call the first ``4 * cap`` characters of name + arguments
+    (the chars/4 token rule), and either way the answer used exactly ``cap`` tokens.
+    """
 
     words: list[str]
     truncated: bool = False
     tool_name: str | None = None
     tool_args: dict[str, Any] | None = None
     tool_id: str = ""
+    cap: int | None = None
 
     @property
     def text(self) -> str:
@@ -91,24 +97,52 @@ class Answer:
         return " ".join(self.words)
 
     @property
-    def tool_json(self) -> str:
-        """Tool arguments as the JSON string OpenAI-style vendors send."""
+    def whole_tool_json(self) -> str:
+        """The tool arguments as JSON, whole."""
         return orjson.dumps(self.tool_args or {}).decode()
 
     @property
+    def tool_json(self) -> str:
+        """Tool arguments as the JSON string OpenAI-style vendors send: when max_tokens
+        cut the call, only what was written before the cut (no longer valid JSON)."""
+        whole = self.whole_tool_json
+        if not self.truncated or self.cap is None:
+            return whole
+        return whole[: max(0, 4 * self.cap - len(self.tool_name or ""))]
+
+    def finished_args(self) -> tuple[dict[str, Any], str]:
+        """The arguments as a vendor that holds each value back until it is whole
+        (Anthropic) gives a call that max_tokens cut: the values written in full, and the
+        JSON its stream sent for them (no closing brace); the whole call when not cut."""
+        args = self.tool_args or {}
+        if not self.truncated:
+            return args, self.whole_tool_json
+        budget, done = len(self.tool_json), dict[str, Any]()
+        for name, value in args.items():
+            more = {**done, name: value}
+            if len(orjson.dumps(more)) - 1 > budget:
+                break
+            done = more
+        return done, orjson.dumps(done).decode()[:-1] if done else ""
+
+    @property
     def completion_tokens(self) -> int:
-        """Completion tokens: one per word, or the size of the tool call."""
+        """Completion tokens: one per word, or the size of the tool call; never more
+        than the cap that cut the answer."""
         if self.tool_name is not None:
-            return text_tokens(self.tool_name + self.tool_json)
-        return len(self.words)
+            used = text_tokens(self.tool_name + self.tool_json)
+        else:
+            used = len(self.words)
+        return min(used, self.cap) if self.truncated and self.cap is not None else used
 
     def stream_pieces(self) -> list[str]:
         """Text deltas, one word each, leading space except on the first."""
         return [w if i == 0 else " " + w for i, w in enumerate(self.words)]
 
-    def json_pieces(self, size: int = 8) -> list[str]:
-        """Tool arguments JSON cut into fragments the way vendors stream them."""
-        s = self.tool_json
+    def json_pieces(self, text: str | None = None, size: int = 8) -> list[str]:
+        """Tool arguments JSON (``tool_json`` unless given) cut into fragments the way
+        vendors stream them."""
+        s = self.tool_json if text is None else text
         return [s[i : i + size] for i in range(0, len(s), size)]
 
 
@@ -123,17 +157,23 @@ def generate_words(model: str, key: str) -> list[str]:
     return words
 
 
-def tool_arguments(schema: dict[str, Any] | None) -> dict[str, Any]:
-    """Arguments for a tool: each required property (or all) set to a deterministic value."""
-    props = (schema or {}).get("properties") or {}
+def tool_arguments(schema: Any) -> dict[str, Any]:
+    """Arguments for a tool: each required property (or all) set to a deterministic value;
+    ``{}`` for a tool without properties (OpenAI: no parameters is an empty list of them)."""
+    props = schema.get("properties") if isinstance(schema, dict) else None
     if not isinstance(props, dict) or not props:
-        return {"location": "Paris"}
-    names = [n for n in (schema or {}).get("required") or [] if n in props] or list(props)
+        return {}
+    required = schema.get("required")
+    names = (
+        [n for n in required if isinstance(n, str) and n in props]
+        if isinstance(required, list)
+        else []
+    )
     out: dict[str, Any] = {}
-    for name in names:
+    for name in names or list(props):
         spec = props[name] if isinstance(props[name], dict) else {}
         kind = spec.get("type")
-        if spec.get("enum"):
+        if isinstance(spec.get("enum"), list) and spec["enum"]:
             out[name] = spec["enum"][0]
         elif kind in ("integer", "number"):
             out[name] = 1
@@ -163,24 +203,34 @@ def _pick_tool(prompt: Prompt) -> tuple[str, dict[str, Any]] | None:
     return prompt.tools[0] if any(k in low for k in TOOL_KEYWORDS) else None
 
 
-def compose(model: str, prompt: Prompt, max_tokens: int | None) -> Answer:
-    """Decide the reply: echo a tool result, call a tool, or deterministic capped text."""
+def compose(
+    model: str, prompt: Prompt, max_tokens: int | None, response_format: Any = None
+) -> Answer:
+    """Decide the reply: echo a tool result, call a tool, or deterministic text (as JSON
+    in JSON mode), then cut to ``max_tokens``, whatever kind of answer it is."""
     if prompt.tool_result is not None:
-        words = ("Tool said: " + prompt.tool_result).split()
+        answer = Answer(words=("Tool said: " + prompt.tool_result).split())
+    elif (tool := _pick_tool(prompt)) is not None:
+        seed = digest(model, prompt.key, tool[0])
+        answer = Answer(
+            words=[],
+            tool_name=tool[0],
+            tool_args=tool_arguments(tool[1]),
+            tool_id=f"{seed:016x}{seed % 99991:08x}",
+        )
     else:
-        tool = _pick_tool(prompt)
-        if tool is not None:
-            seed = digest(model, prompt.key, tool[0])
-            return Answer(
-                words=[],
-                tool_name=tool[0],
-                tool_args=tool_arguments(tool[1]),
-                tool_id=f"{seed:016x}{seed % 99991:08x}",
-            )
-        words = generate_words(model, prompt.key)
-    if max_tokens is not None and 0 < max_tokens < len(words):
-        return Answer(words=words[:max_tokens], truncated=True)
-    return Answer(words=words)
+        answer = Answer(words=generate_words(model, prompt.key))
+    return capped(in_json_mode(answer, response_format), max_tokens)
+
+
+def capped(answer: Answer, max_tokens: int | None) -> Answer:
+    """The answer cut to ``max_tokens`` output tokens (marked truncated), if it is longer."""
+    if max_tokens is None or answer.completion_tokens <= max_tokens:
+        return answer
+    cap = max(max_tokens, 0)
+    if answer.tool_name is not None:
+        return replace(answer, truncated=True, cap=cap)
+    return Answer(words=answer.words[:cap], truncated=True, cap=cap)
 
 
 def in_json_mode(answer: Answer, response_format: Any) -> Answer:

@@ -183,12 +183,21 @@ async def test_openai_json_mode_answers_json_streamed_or_not(oai: openai.AsyncOp
     assert set(json.loads(obj.choices[0].message.content or "")) == {"answer"}
 
 
-async def test_openai_tool_without_schema_gets_location(oai: openai.AsyncOpenAI) -> None:
-    tool = {"type": "function", "function": {"name": "lookup"}}
-    r = await oai.chat.completions.create(model="m", messages=user("use a tool"), tools=[tool])
-    assert json.loads(r.choices[0].message.tool_calls[0].function.arguments) == {
-        "location": "Paris"
-    }
+async def test_a_tool_without_parameters_is_called_with_no_arguments(
+    oai: openai.AsyncOpenAI, sim: httpx.AsyncClient
+) -> None:
+    """OpenAI: omitting ``parameters`` defines a function with an empty parameter list."""
+    bare: Any = {"type": "function", "function": {"name": "lookup"}}
+    empty: Any = {"type": "function", "function": {"name": "now", "parameters": {}}}
+    none: Any = {"type": "function", "function": {"name": "ping", "parameters": None}}
+    for tool in (bare, empty, none):
+        r = await oai.chat.completions.create(model="m", messages=user("use a tool"), tools=[tool])
+        call = r.choices[0].message.tool_calls[0].function
+        assert (call.name, json.loads(call.arguments)) == (tool["function"]["name"], {})
+    msg = {"model": "c", "max_tokens": 50, "messages": user("use a tool")}
+    tools = [{"name": "now", "input_schema": {"type": "object"}}]
+    got = await sim.post("/v1/messages", json={**msg, "tools": tools}, headers=AV)
+    assert got.json()["content"][0]["input"] == {}
 
 
 async def test_legacy_completions_one_choice_per_prompt(
@@ -279,7 +288,9 @@ async def test_azure_paths_and_api_version(app: Any, sim: httpx.AsyncClient) -> 
     missing = await sim.post(
         "/openai/deployments/my-deploy/chat/completions", json={"messages": user("x")}
     )
-    assert missing.status_code == 400 and missing.json()["error"]["param"] == "api-version"
+    # What Azure answers a dated path without its api-version.
+    assert missing.status_code == 404
+    assert missing.json() == {"error": {"code": "404", "message": "Resource not found"}}
     stats = (await sim.get("/stats")).json()
     assert stats["by_endpoint"] == {"azure.chat": 1, "azure.embeddings": 1}
 
@@ -416,7 +427,8 @@ async def test_anthropic_validation_and_count_tokens(sim: httpx.AsyncClient) -> 
     assert no_version.json()["error"]["type"] == "invalid_request_error"
     no_max = await sim.post("/v1/messages", json={**body, "max_tokens": None}, headers=AV)
     assert no_max.status_code == 400 and no_max.json()["type"] == "error"
-    counted = await sim.post("/v1/messages/count_tokens", json=body, headers=AV)
+    count = {"model": "c", "messages": user("count me")}
+    counted = await sim.post("/v1/messages/count_tokens", json=count, headers=AV)
     assert counted.json() == {"input_tokens": math.ceil(len("count me") / 4) + 3}
     assert (await sim.get("/stats")).json()["total"] == 0
 
@@ -727,3 +739,503 @@ async def test_claude_past_the_3_family_refuses_temperature_beside_top_p(
     assert r.status_code == 400 and "cannot both be specified" in r.json()["error"]["message"]
     r = await sim.post("/v1/messages", json={**msg, "model": "claude-3-5-haiku"}, headers=AV)
     assert r.status_code == 200
+
+
+# ---- Fidelity fixes -------------------------------------------------------------------------
+
+
+async def test_a_refused_call_writes_no_prompt_cache_entry(sim: httpx.AsyncClient) -> None:
+    """Only an answered call caches its prefix: the retry of a refused one (429, 500,
+    overloaded) still writes the cache rather than reading it."""
+    doc = "A long shared document for the cache. " * 40
+    chat = {"model": "m", "messages": [{"role": "system", "content": doc}, *user("q?")]}
+    for fail in ("500", "429", "overloaded"):
+        body = {**chat, "model": f"m{fail}"}  # (not -overloaded: that name forces it)
+        refused = await sim.post("/v1/chat/completions", json=body, headers={"x-sim-fail": fail})
+        assert refused.status_code >= 429
+        streamed = await sim.post(
+            "/v1/chat/completions",
+            json={**body, "stream": True},
+            headers={"x-sim-fail": "overloaded"},
+        )
+        assert '"error"' in streamed.text
+        first = (await sim.post("/v1/chat/completions", json=body)).json()["usage"]
+        again = (await sim.post("/v1/chat/completions", json=body)).json()["usage"]
+        assert first["prompt_tokens_details"]["cached_tokens"] == 0, fail
+        assert again["prompt_tokens_details"]["cached_tokens"] == again["prompt_tokens"] * 3 // 4
+
+    system = [{"type": "text", "text": doc, "cache_control": {"type": "ephemeral"}}]
+    msg: dict[str, Any] = {"model": "c", "max_tokens": 10, "system": system}
+    msg["messages"] = user("q?")
+    for fail in ("429", "500", "overloaded"):
+        body = {**msg, "model": f"c{fail}"}
+        r = await sim.post("/v1/messages", json=body, headers={**AV, "x-sim-fail": fail})
+        assert r.status_code in (429, 500, 529)
+        r = await sim.post(
+            "/v1/messages", json={**body, "stream": True}, headers={**AV, "x-sim-fail": fail}
+        )
+        first = (await sim.post("/v1/messages", json=body, headers=AV)).json()["usage"]
+        again = (await sim.post("/v1/messages", json=body, headers=AV)).json()["usage"]
+        cached = math.ceil(len(doc) / 4)
+        assert (first["cache_creation_input_tokens"], first["cache_read_input_tokens"]) == (
+            cached,
+            0,
+        ), fail
+        assert (again["cache_creation_input_tokens"], again["cache_read_input_tokens"]) == (
+            0,
+            cached,
+        )
+
+
+async def _chat_both_ways(
+    sim: httpx.AsyncClient, body: dict[str, Any]
+) -> tuple[dict[str, Any], list[Any]]:
+    whole = (await sim.post("/v1/chat/completions", json=body)).json()
+    streamed = await sim.post(
+        "/v1/chat/completions",
+        json={**body, "stream": True, "stream_options": {"include_usage": True}},
+    )
+    return whole, sse_data(streamed.text)
+
+
+async def test_max_tokens_caps_json_mode_answers(sim: httpx.AsyncClient) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "n": {"type": "integer"}},
+        "required": ["city", "n"],
+    }
+    formats: list[Any] = [
+        {"type": "json_object"},
+        {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}},
+    ]
+    for fmt in formats:
+        for field in ("max_tokens", "max_completion_tokens"):
+            body = {"model": "m", "messages": user("json"), "response_format": fmt, field: 2}
+            whole, chunks = await _chat_both_ways(sim, body)
+            choice = whole["choices"][0]
+            assert whole["usage"]["completion_tokens"] == 2
+            assert choice["finish_reason"] == "length"
+            assert len(choice["message"]["content"].split(" ")) == 2
+            text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1])
+            assert text == choice["message"]["content"]
+            assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+            assert chunks[-1]["usage"] == whole["usage"]
+    body = {"model": "m", "messages": user("j"), "response_format": formats[0], "max_tokens": 500}
+    whole, _ = await _chat_both_ways(sim, body)
+    assert whole["choices"][0]["finish_reason"] == "stop"  # a cap it does not reach
+    assert json.loads(whole["choices"][0]["message"]["content"])
+
+    fmt = {"model": "llama3.2", "messages": user("json"), "format": "json"}
+    capped = {**fmt, "options": {"num_predict": 2}}
+    whole = (await sim.post("/api/chat", json={**capped, "stream": False})).json()
+    assert (whole["eval_count"], whole["done_reason"]) == (2, "length")
+    lines = [json.loads(x) for x in (await sim.post("/api/chat", json=capped)).text.splitlines()]
+    assert "".join(x["message"]["content"] for x in lines) == whole["message"]["content"]
+    assert (lines[-1]["eval_count"], lines[-1]["done_reason"]) == (2, "length")
+
+
+async def test_max_tokens_cuts_a_tool_call_short(
+    sim: httpx.AsyncClient, claude: anthropic.AsyncAnthropic
+) -> None:
+    """A call max_tokens cuts: OpenAI sends its arguments as far as they got (finish
+    "length"); Anthropic only the values it finished (stop "max_tokens"); Ollama parses
+    no tool call out of it (done "length").  Never more tokens than the cap, and the
+    stream and the whole answer agree."""
+    ask = user("weather in Paris?")
+    full = (
+        await sim.post(
+            "/v1/chat/completions", json={"model": "m", "messages": ask, "tools": [WEATHER_TOOL]}
+        )
+    ).json()
+    whole_args = full["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+    assert full["usage"]["completion_tokens"] > 6
+    for cap in (1, 6):
+        body = {"model": "m", "messages": ask, "tools": [WEATHER_TOOL], "max_tokens": cap}
+        whole, chunks = await _chat_both_ways(sim, body)
+        choice = whole["choices"][0]
+        args = choice["message"]["tool_calls"][0]["function"]["arguments"]
+        assert choice["finish_reason"] == "length"
+        assert whole["usage"]["completion_tokens"] == cap
+        assert whole_args.startswith(args) and args != whole_args
+        streamed = "".join(
+            tc["function"].get("arguments") or ""
+            for c in chunks[:-1]
+            for tc in c["choices"][0]["delta"].get("tool_calls") or []
+        )
+        assert streamed == args
+        assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+        assert chunks[-1]["usage"] == whole["usage"]
+
+    tool: Any = {"name": "get_weather", "input_schema": WEATHER_TOOL["function"]["parameters"]}
+    kwargs: dict[str, Any] = {"model": "c", "messages": ask, "tools": [tool]}
+    uncut = await claude.messages.create(max_tokens=100, **kwargs)
+    assert uncut.stop_reason == "tool_use" and uncut.usage.output_tokens > 8
+    for cap, finished in ((2, {}), (8, {"city": "Paris"})):
+        msg = await claude.messages.create(max_tokens=cap, **kwargs)
+        assert msg.stop_reason == "max_tokens" and msg.usage.output_tokens == cap
+        block = msg.content[0]
+        assert block.type == "tool_use" and block.input == finished
+        async with claude.messages.stream(max_tokens=cap, **kwargs) as stream:
+            final = await stream.get_final_message()
+        assert final.stop_reason == "max_tokens" and final.usage.output_tokens == cap
+        assert final.content[0].type == "tool_use" and final.content[0].input == finished
+
+    native: dict[str, Any] = {"model": "llama3.2", "messages": ask, "tools": [WEATHER_TOOL]}
+    native["options"] = {"num_predict": 3}
+    whole = (await sim.post("/api/chat", json={**native, "stream": False})).json()
+    assert (whole["eval_count"], whole["done_reason"]) == (3, "length")
+    assert "tool_calls" not in whole["message"] and whole["message"]["content"] == ""
+    lines = [json.loads(x) for x in (await sim.post("/api/chat", json=native)).text.splitlines()]
+    assert all("tool_calls" not in x["message"] for x in lines)
+    assert (lines[-1]["eval_count"], lines[-1]["done_reason"]) == (3, "length")
+
+
+async def test_ollama_num_predict_counts_the_thinking(sim: httpx.AsyncClient) -> None:
+    body = {"model": "qwen3", "messages": user("why?"), "think": True, "stream": False}
+    free = (await sim.post("/api/chat", json=body)).json()
+    thought = math.ceil(len(free["message"]["thinking"]) / 4)
+    for cap in (thought - 2, thought + 2):
+        r = (await sim.post("/api/chat", json={**body, "options": {"num_predict": cap}})).json()
+        assert (r["eval_count"], r["done_reason"]) == (cap, "length")
+        assert len(r["message"]["content"].split()) == max(cap - thought, 0)
+
+
+async def _upload(oai: openai.AsyncOpenAI, lines: list[Any]) -> str:
+    data = b"".join(
+        (line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n" for line in lines
+    )
+    return (await oai.files.create(file=("input.jsonl", data), purpose="batch")).id
+
+
+def _chat_line(custom_id: str, url: str = "/v1/chat/completions") -> dict[str, Any]:
+    body = {"model": "gpt-4o-mini", "messages": user(custom_id)}
+    return {"custom_id": custom_id, "method": "POST", "url": url, "body": body}
+
+
+async def test_an_openai_batch_with_bad_lines_fails_listing_each(
+    oai: openai.AsyncOpenAI, sim: httpx.AsyncClient
+) -> None:
+    await sim.post("/sim/config", json={"batch_complete_after_s": 60})
+    file_id = await _upload(
+        oai,
+        [
+            _chat_line("ok"),
+            b"{not json",
+            _chat_line("wrong-url", "/v1/embeddings"),
+            _chat_line("ok"),
+            [1, 2],
+            {"method": "POST", "url": "/v1/chat/completions", "body": {}},
+        ],
+    )
+    batch = await oai.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert (await oai.batches.retrieve(batch.id)).status == "validating"
+    await sim.post("/sim/config", json={"batch_complete_after_s": 0})
+    failed = await oai.batches.retrieve(batch.id)
+    assert failed.status == "failed" and failed.failed_at
+    assert failed.completed_at is None and failed.output_file_id is None
+    assert failed.error_file_id is None and failed.request_counts.total == 0
+    assert failed.errors is not None and failed.errors.object == "list"
+    listed = [(e.line, e.code, e.param) for e in failed.errors.data or []]
+    assert listed == [
+        (2, "invalid_json_line", None),
+        (3, "url_mismatch", "url"),
+        (4, "duplicate_custom_id", "custom_id"),
+        (5, "invalid_json_line", None),
+        (6, "missing_required_parameter", "custom_id"),
+    ]
+    assert all(e.message for e in failed.errors.data or [])
+    raw = (await sim.get(f"/v1/batches/{batch.id}")).json()
+    assert set(raw["errors"]["data"][0]) == {"code", "line", "message", "param"}
+    stats = (await sim.get("/stats")).json()
+    assert stats["calls"] == {} and stats["batches"] == 1, "a failed batch runs nothing"
+
+
+async def test_batch_timestamps_hold_between_polls(
+    app: Any, sim: httpx.AsyncClient, oai: openai.AsyncOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from simulator import batch_routes
+
+    clock = [1_800_000_000.0]
+    monkeypatch.setattr(batch_routes, "time", SimpleNamespace(time=lambda: clock[0]))
+    await sim.post("/sim/config", json={"batch_complete_after_s": 5})
+    ok = await oai.batches.create(
+        input_file_id=await _upload(oai, [_chat_line("a")]),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    bad = await oai.batches.create(
+        input_file_id=await _upload(oai, [b"nope"]),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    params = {"model": "c", "max_tokens": 5, "messages": user("a")}
+    body = {"requests": [{"custom_id": "a", "params": params}]}
+    msgbatch = (await sim.post("/v1/messages/batches", json=body, headers=AV)).json()
+    clock[0] += 3
+    assert (await oai.batches.retrieve(ok.id)).status == "in_progress"
+    seen = []
+    for later in (4.0, 100.0, 5000.0):
+        clock[0] += later
+        done, failed = await oai.batches.retrieve(ok.id), await oai.batches.retrieve(bad.id)
+        ended = (await sim.get(f"/v1/messages/batches/{msgbatch['id']}", headers=AV)).json()
+        seen.append((done.finalizing_at, done.completed_at, failed.failed_at, ended["ended_at"]))
+    at = 1_800_000_005
+    assert seen == [(at, at, at, "2027-01-15T08:00:05Z")] * 3
+    await sim.post("/sim/config", json={"batch_complete_after_s": 1e6})
+    assert (await oai.batches.retrieve(ok.id)).status == "completed", "it stays ended"
+
+
+async def test_wrongly_typed_fields_are_400s_in_each_vendor_format(
+    sim: httpx.AsyncClient,
+) -> None:
+    chat: dict[str, Any] = {"model": "m", "messages": user("weather?")}
+    extras: list[tuple[dict[str, Any], str]] = [
+        ({"stream": True, "stream_options": True}, "stream_options"),
+        ({"stream": True, "stream_options": []}, "stream_options"),
+        ({"stream": "yes"}, "stream"),
+        ({"tools": 5}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]}, "tools"),
+        ({"response_format": "json"}, "response_format"),
+    ]
+    for extra, param in extras:
+        r = await sim.post("/v1/chat/completions", json={**chat, **extra})
+        assert r.status_code == 400, extra
+        error = r.json()["error"]
+        assert (error["type"], error["param"], error["code"]) == (
+            "invalid_request_error",
+            param,
+            "invalid_type",
+        )
+    r = await sim.post(
+        "/v1/chat/completions", json={**chat, "stream": True, "stream_options": True}
+    )
+    assert r.json()["error"]["message"] == (
+        "Invalid type for 'stream_options': expected an object, but got a boolean instead."
+    )
+    # Odd shapes that are still answered, not a 500.
+    odd: list[dict[str, Any]] = [
+        {"tool_choice": {"type": "function", "function": "f"}, "tools": [WEATHER_TOOL]},
+        {"messages": [{"role": "assistant", "content": None, "tool_calls": 5}, *user("x")]},
+        {"messages": [{"role": "assistant", "tool_calls": [{"function": None}]}, *user("x")]},
+    ]
+    for extra in odd:
+        assert (await sim.post("/v1/chat/completions", json={**chat, **extra})).status_code == 200
+    r = await sim.post("/api/chat", json={"model": "llama3.2", "messages": user("x"), "tools": 5})
+    assert r.status_code == 400 and isinstance(r.json()["error"], str)
+
+    msg: dict[str, Any] = {"model": "c", "max_tokens": 5, "messages": user("x")}
+    wrong: list[tuple[dict[str, Any], str]] = [
+        ({"tools": 5}, "tools"),
+        ({"tools": [5]}, "tools.0"),
+        ({"tools": [{"name": "f", "input_schema": "x"}]}, "tools.0.input_schema"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"thinking": True}, "thinking"),
+        ({"stream": "yes"}, "stream"),
+        ({"system": {"a": 1}}, "system"),
+        ({"messages": "hi"}, "messages"),
+    ]
+    for extra, field in wrong:
+        r = await sim.post("/v1/messages", json={**msg, **extra}, headers=AV)
+        assert r.status_code == 400, extra
+        body = r.json()
+        assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+        assert body["error"]["message"].startswith(f"{field}: Input should be")
+        r = await sim.post("/v1/messages/count_tokens", json={**msg, **extra}, headers=AV)
+        assert r.status_code == 400
+    stats = (await sim.get("/stats")).json()
+    assert stats["total"] == 3, "only the answered odd shapes reached the model"
+
+
+async def test_allowed_tools_honours_its_mode(oai: openai.AsyncOpenAI) -> None:
+    other: Any = {"type": "function", "function": {"name": "other"}}
+    allowed: Any = [{"type": "function", "function": {"name": "get_weather"}}]
+
+    async def ask(mode: str, text: str) -> Any:
+        choice: Any = {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": allowed}}
+        r = await oai.chat.completions.create(
+            model="m", messages=user(text), tools=[other, WEATHER_TOOL], tool_choice=choice
+        )
+        return r.choices[0].message.tool_calls
+
+    assert await ask("auto", "hello there") is None
+    assert [c.function.name for c in await ask("auto", "weather?")] == ["get_weather"]
+    assert [c.function.name for c in await ask("required", "hello there")] == ["get_weather"]
+
+
+async def test_an_overloaded_legacy_completion_stream_errors_before_any_text(
+    sim: httpx.AsyncClient,
+) -> None:
+    body = {"model": "davinci-overloaded", "prompt": "say something", "stream": True}
+    r = await sim.post("/v1/completions", json=body)
+    data = sse_data(r.text)
+    assert r.status_code == 200 and len(data) == 2
+    assert [c["text"] for c in data[0]["choices"]] == [""]
+    assert data[1]["error"]["code"] is None and "overloaded" in data[1]["error"]["message"]
+    plain = {**body, "model": "davinci"}
+    words = (await sim.post("/v1/completions", json={**plain, "stream": False})).json()
+    first = words["choices"][0]["text"].split()[0]
+    assert first not in r.text
+
+
+async def _response_start_s(app: Any, path: str, body: dict[str, Any], latency_ms: int) -> float:
+    """Seconds from a request until the app sends its response's status and headers."""
+    raw = json.dumps(body).encode()
+    started, stamps = time.perf_counter(), dict[str, float]()
+    asked = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        stamps.setdefault(message["type"], time.perf_counter() - started)
+
+    headers = [(b"content-type", b"application/json"), (b"anthropic-version", b"2023-06-01")]
+    headers.append((b"x-sim-latency-ms", str(latency_ms).encode()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "server": ("sim", 80),
+        "client": ("test", 1),
+    }
+    await app(scope, receive, send)
+    return stamps["http.response.start"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "m", "messages": user("x"), "stream": True}),
+        ("/v1/completions", {"model": "m", "prompt": "x", "stream": True}),
+        ("/v1/messages", {"model": "c", "max_tokens": 5, "messages": user("x"), "stream": True}),
+        ("/api/chat", {"model": "llama3.2", "messages": user("x")}),
+        ("/v1/chat/completions", {"model": "m", "messages": user("x")}),
+    ],
+)
+async def test_latency_passes_before_the_response_starts(
+    app: Any, path: str, body: dict[str, Any]
+) -> None:
+    """A stream's status and headers wait out the latency too, as a slow vendor's do."""
+    assert await _response_start_s(app, path, body, 150) >= 0.15
+    assert await _response_start_s(app, path, body, 0) < 0.15
+
+
+async def test_azure_streams_open_with_the_prompt_filter_chunk(
+    app: Any, sim: httpx.AsyncClient
+) -> None:
+    from agents.adapters import AzureOpenAIAdapter, VendorCall
+    from schemas.config import VendorConfig
+
+    path = "/openai/deployments/dep/chat/completions?api-version=2024-10-21"
+    body = {"messages": user("hello azure"), "stream": True}
+    data = sse_data((await sim.post(path, json=body)).text)
+    assert data[0]["choices"] == [] and data[0]["id"] == "" and data[0]["object"] == ""
+    [verdict] = data[0]["prompt_filter_results"]
+    assert verdict["prompt_index"] == 0
+    assert verdict["content_filter_results"]["hate"] == {"filtered": False, "severity": "safe"}
+    assert data[1]["choices"][0]["delta"]["role"] == "assistant"
+    legacy = "/openai/deployments/dep/completions?api-version=2024-10-21"
+    lines = sse_data((await sim.post(legacy, json={"prompt": ["a", "b"], "stream": True})).text)
+    assert [r["prompt_index"] for r in lines[0]["prompt_filter_results"]] == [0, 1]
+    plain = sse_data((await sim.post("/v1/chat/completions", json={**body, "model": "m"})).text)
+    assert all("prompt_filter_results" not in c for c in plain)
+
+    whole = (await sim.post(path, json={**body, "stream": False})).json()
+    want = whole["choices"][0]["message"]["content"]
+    azure = openai.AsyncAzureOpenAI(
+        azure_endpoint="http://sim",
+        api_version="2024-10-21",
+        api_key="x",
+        http_client=sdk_http(app),
+        max_retries=0,
+    )
+    stream = await azure.chat.completions.create(
+        model="dep", messages=user("hello azure"), stream=True
+    )
+    assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == want
+    config = VendorConfig(kind="azure", base_url="http://sim", api_version="2024-10-21")
+    adapter = AzureOpenAIAdapter(config, raw_client(app))
+    call = VendorCall(
+        model="dep", body={"model": "a", "messages": user("hello azure")}, api_key="x"
+    )
+    chunks = [c async for c in adapter.stream(call) if isinstance(c, dict)]
+    assert all(c["choices"] for c in chunks), "the adapter skips the choices-less chunk"
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == want
+
+
+async def test_count_tokens_refuses_what_the_endpoint_refuses(
+    app: Any, sim: httpx.AsyncClient
+) -> None:
+    from agents.adapters import AnthropicAdapter, VendorCall
+    from schemas.config import VendorConfig
+
+    count = {"model": "c", "messages": user("count me")}
+    for field, value in (("max_tokens", 5), ("stream", False), ("temperature", 0.5)):
+        r = await sim.post("/v1/messages/count_tokens", json={**count, field: value}, headers=AV)
+        assert r.status_code == 400
+        error = r.json()["error"]
+        assert error == {
+            "type": "invalid_request_error",
+            "message": f"{field}: Extra inputs are not permitted",
+        }
+    allowed = {
+        **count,
+        "system": "Be brief.",
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+        "tool_choice": {"type": "auto"},
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "cache_control": {"type": "ephemeral"},
+        "mcp_servers": [],
+    }
+    r = await sim.post("/v1/messages/count_tokens", json=allowed, headers=AV)
+    assert r.status_code == 200 and r.json()["input_tokens"] > 0
+    # The relay's adapter keeps only what the endpoint takes (an OpenAI body's max_tokens...).
+    adapter = AnthropicAdapter(
+        VendorConfig(kind="anthropic", base_url="http://sim"), raw_client(app)
+    )
+    body = {"model": "a", "messages": user("count me"), "max_tokens": 5, "temperature": 0.2}
+    assert await adapter.count_tokens(VendorCall("c", body, "x")) == math.ceil(8 / 4) + 3
+
+
+async def test_ollama_streams_unless_stream_is_exactly_false(sim: httpx.AsyncClient) -> None:
+    body = {"model": "llama3.2", "messages": user("hello")}
+    for stream in (None, True, "yes"):
+        r = await sim.post("/api/chat", json={**body, "stream": stream})
+        assert r.headers["content-type"].startswith("application/x-ndjson"), stream
+        assert len(r.text.splitlines()) > 1
+    r = await sim.post("/api/chat", json={**body, "stream": False})
+    assert r.headers["content-type"].startswith("application/json") and r.json()["done"]
+
+
+async def test_stream_options_need_stream(sim: httpx.AsyncClient) -> None:
+    chat = {"model": "m", "messages": user("x"), "stream_options": {"include_usage": True}}
+    for stream in ({}, {"stream": False}):
+        r = await sim.post("/v1/chat/completions", json={**chat, **stream})
+        assert r.status_code == 400
+        assert r.json()["error"] == {
+            "message": "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            "type": "invalid_request_error",
+            "param": "stream_options",
+            "code": None,
+        }
+    ok = await sim.post("/v1/chat/completions", json={**chat, "stream_options": None})
+    assert ok.status_code == 200
+    r = await sim.post("/v1/completions", json={"model": "m", "prompt": "x", **chat})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stream_options"
+    assert (await sim.get("/stats")).json()["total"] == 1
