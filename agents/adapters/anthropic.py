@@ -65,6 +65,7 @@ class AnthropicAdapter:
         self.client = client
         # Tolerate a base URL given with its /v1, as the OpenAI habit suggests.
         self.base = config.base_url.rstrip("/").removesuffix("/v1")
+        self.messages_url = httpx.URL(f"{self.base}/v1/messages")  # parsed once, not per call
 
     def headers(self, api_key: str, body: dict[str, Any] | None = None) -> dict[str, str]:
         """Auth and API version headers, and the beta features the client asked for (the
@@ -92,7 +93,7 @@ class AnthropicAdapter:
         async with open_stream(
             self.client,
             "POST",
-            f"{self.base}/v1/messages",
+            self.messages_url,
             vendor=self.kind,
             json=body,
             headers=self.headers(call.api_key, call.body),
@@ -179,7 +180,7 @@ class AnthropicAdapter:
         return await send(
             self.client,
             method,
-            f"{self.base}/v1/{path}",
+            self.messages_url if path == "messages" else f"{self.base}/v1/{path}",
             vendor=self.kind,
             headers=self.headers(api_key, asked),
             timeout=timeout_s,

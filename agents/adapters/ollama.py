@@ -60,6 +60,9 @@ class OllamaAdapter:
         self.config = config
         self.client = client
         self.base = config.base_url.rstrip("/")
+        # Parsed once: httpx would parse a string URL again on every call.
+        self.chat_url = httpx.URL(f"{self.base}/api/chat")
+        self.embed_url = httpx.URL(f"{self.base}/api/embed")
 
     def headers(self, api_key: str) -> dict[str, str]:
         """A local Ollama needs no key; one behind a proxy may want a bearer token."""
@@ -68,7 +71,7 @@ class OllamaAdapter:
     def _chat(self, call: VendorCall, *, stream: bool) -> dict[str, Any]:
         """The ``/api/chat`` request of ``call``: URL, body, headers and time limit."""
         return {
-            "url": f"{self.base}/api/chat",
+            "url": self.chat_url,
             "vendor": self.kind,
             "json": chat_request(call.body, call.model, stream=stream),
             "headers": self.headers(call.api_key),
@@ -167,7 +170,7 @@ class OllamaAdapter:
             resp = await send(
                 self.client,
                 "POST",
-                f"{self.base}/api/embed",
+                self.embed_url,
                 vendor=self.kind,
                 json=body,
                 headers=self.headers(call.api_key),

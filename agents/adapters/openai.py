@@ -46,6 +46,7 @@ _REASONING = re.compile(r"^(o\d|gpt-5)")
 MAX_USER = 64
 # The most stop sequences OpenAI and Azure take (Anthropic takes more).
 MAX_STOPS = 4
+MAX_KEPT_URLS = 1024  # parsed model-call URLs an adapter keeps
 
 
 class OpenAIAdapter:
@@ -58,12 +59,24 @@ class OpenAIAdapter:
         self.config = config
         self.client = client
         self.base = config.base_url.rstrip("/")
+        self._urls: dict[tuple[str, str], httpx.URL] = {}
 
     # -- where and how to call: the two things Azure changes --------------------------
 
     def url(self, path: str, model: str | None = None) -> str:
         """The URL of an API path such as ``chat/completions`` (``model`` is Azure's)."""
         return f"{self.base}/{path}"
+
+    def model_url(self, path: str, model: str) -> httpx.URL:
+        """``url`` for a model call, parsed once (httpx would parse the string again on
+        every call).  Kept per configured model, so bounded by the config."""
+        key = (path, model)
+        found = self._urls.get(key)
+        if found is None:
+            if len(self._urls) >= MAX_KEPT_URLS:
+                self._urls.clear()
+            found = self._urls[key] = httpx.URL(self.url(path, model))
+        return found
 
     def headers(self, api_key: str) -> dict[str, str]:
         """Auth headers; a keyless local server (Ollama) gets none."""
@@ -92,7 +105,7 @@ class OpenAIAdapter:
         async with open_stream(
             self.client,
             "POST",
-            self.url("chat/completions", call.model),
+            self.model_url("chat/completions", call.model),
             vendor=self.kind,
             json=body,
             headers=self.headers(call.api_key),
@@ -217,7 +230,7 @@ class OpenAIAdapter:
         resp = await send(
             self.client,
             "POST",
-            self.url(path, call.model),
+            self.model_url(path, call.model),
             vendor=self.kind,
             json=body,
             headers=self.headers(call.api_key),
