@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 
 from gateway.auth import CallerDep
 from gateway.bodies import json_object
+from gateway.json_answer import JSONAnswer
 from gateway.relay import Answer, Options, Relay
 from gateway.sse import EventStream, anthropic_sse
 from schemas.errors import BadRequest, NoHealthyVendor
@@ -40,7 +41,7 @@ def render(answer: Answer, body: dict[str, Any]) -> Response:
     model = str(body["model"])
     if answer.chunks is None:
         reply = openai_response_to_messages(answer.body or {}, answer.usage, model)
-        return JSONResponse(reply, headers=answer.headers)
+        return JSONAnswer(reply, headers=answer.headers)
     message_id = f"msg_{uuid.uuid4().hex[:24]}"
     return EventStream(
         anthropic_sse(answer.chunks, model, message_id),
@@ -77,7 +78,7 @@ async def count_tokens(request: Request, who: CallerDep) -> Any:
             pass  # no vendor that counts is available now (or in this plan): estimate
         else:
             counted = (answer.body or {}).get("input_tokens", 0)
-            return JSONResponse({"input_tokens": counted}, headers=answer.headers)
+            return JSONAnswer({"input_tokens": counted}, headers=answer.headers)
     try:
         chars = prompt_chars(neutral)  # images at a flat size, not their base64
         chars += len(orjson.dumps(neutral.get("tools", []))) if neutral.get("tools") else 0

@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from gateway.auth import CallerDep
+from gateway.json_answer import JSONAnswer
 from gateway.relay import Answer, Options, Relay
 from gateway.sse import EventStream, openai_sse
 from schemas.errors import BadRequest
@@ -80,7 +81,7 @@ def render(answer: Answer, raw: dict[str, Any]) -> Response:
     legacy = is_legacy(raw)
     if answer.chunks is None:
         body = answer_as_function_call(answer.body) if legacy and answer.body else answer.body
-        return JSONResponse(body, headers=answer.headers)
+        return JSONAnswer(body, headers=answer.headers)
     include_usage = bool((raw.get("stream_options") or {}).get("include_usage"))
     chunks = _as_function_calls(answer.chunks) if legacy else answer.chunks
     return EventStream(openai_sse(chunks, include_usage), answer.close, answer.headers)

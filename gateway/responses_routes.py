@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from gateway.auth import CallerDep
 from gateway.bodies import json_object
 from gateway.errors import validation_message
+from gateway.json_answer import JSONAnswer
 from gateway.openai_routes import ChatBody, chat_fields
 from gateway.relay import Answer, Options, Relay
 from gateway.sse import EventStream, responses_sse
@@ -52,7 +53,7 @@ def render(answer: Answer, body: dict[str, Any]) -> Response:
     """An answer as a Response object, or its event stream."""
     if answer.chunks is None:
         reply = openai_response_to_responses(answer.body or {}, answer.usage, body)
-        return JSONResponse(reply, headers=answer.headers)
+        return JSONAnswer(reply, headers=answer.headers)
     return EventStream(
         responses_sse(answer.chunks, body, new_id("resp_")), answer.close, answer.headers
     )
