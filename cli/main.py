@@ -280,8 +280,13 @@ def report(
     if chart is not None:  # said before the ledger is read, not in a traceback after
         if chart.suffix.lower() not in (".png", ".svg", ".pdf"):
             raise typer.BadParameter("--chart must name a .png, .svg or .pdf file")
-        if not chart.resolve().parent.is_dir():
-            raise typer.BadParameter(f"--chart: no directory {chart.resolve().parent}")
+        where = chart.resolve().parent
+        if not where.is_dir():
+            raise typer.BadParameter(f"--chart: no directory {where}")
+        if chart.is_dir():
+            raise typer.BadParameter(f"--chart: {chart} is a directory")
+        if not os.access(where, os.W_OK) or (chart.exists() and not os.access(chart, os.W_OK)):
+            raise typer.BadParameter(f"--chart: {chart} cannot be written here")
     settings = _settings(None)
     usage = Topics(settings.topic_prefix).usage
     bootstrap = _bootstrap(settings)

@@ -304,6 +304,9 @@ def run(
         except ValueError as err:
             console.print(f"[red]no chart: {escape(str(err))}[/red]")
             return
+        except OSError as err:  # the file could not be written after all (a full disk)
+            console.print(f"[red]no chart: {escape(str(png))}: {escape(err.strerror or '')}[/red]")
+            raise SystemExit(1) from None
         console.print(f"chart: {png}")
 
 

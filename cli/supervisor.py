@@ -133,29 +133,27 @@ class Supervisor:
     def run(self) -> int:
         """Start everything and wait; the exit code: 0 when stopped on request (Ctrl-C,
         SIGTERM), 1 when a part failed to start or stopped on its own."""
-        interrupt = lambda *_: (_ for _ in ()).throw(KeyboardInterrupt())  # noqa: E731
         for sig in STOP_SIGNALS:  # SIGINT even when started with it ignored
-            signal.signal(sig, interrupt)
+            signal.signal(sig, _interrupt)
         failed = False
         try:
             self.start()
-            print(f"gateway: {self.url}/v1", flush=True)
+            _say(f"gateway: {self.url}/v1")
             # The demo key only when this config admits it (a config of your own keys
             # has its keys with you: the relay keeps their hashes alone).
             admitted = hash_key(self.settings.demo_key) in self.config.key_index()
             key = self.settings.demo_key if admitted else "<one of your relay keys>"
-            print(f"relay key: {key}", flush=True)
+            _say(f"relay key: {key}")
             if self.config.simulator is not None:
-                print(f"simulator: {self.sim_url}", flush=True)
+                _say(f"simulator: {self.sim_url}")
             chat = [a for a, m in self.config.models.items() if m.kind == "chat"]
             alias = chat[0] if chat else next(iter(self.config.models))
             body = json.dumps({"model": alias, "messages": [{"role": "user", "content": "hello"}]})
-            print(
+            _say(
                 f"curl: curl -s {self.url}/v1/chat/completions "
                 f"-H 'Authorization: Bearer {key}' "
                 f"-H 'Content-Type: application/json' "
-                f"-d '{body}'",
-                flush=True,
+                f"-d '{body}'"
             )
             console.print(f"logs in {self.logs}; Ctrl-C stops everything")
             while (stopped := self._stopped()) is None:
@@ -196,6 +194,26 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+
+
+def _say(line: str) -> None:
+    """One of the lines scripts parse, on stdout.  A reader that stopped reading
+    (`relay up | head -1`) ends the lines, not the relay: stdout goes to /dev/null."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _interrupt(*_: object) -> None:
+    """The first stop signal interrupts the wait; any later one is ignored from here on
+    (two arriving together, SIGINT and SIGHUP from a closing terminal, would otherwise
+    interrupt the staged stop the first one began)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _connectable(host: str) -> str:

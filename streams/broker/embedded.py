@@ -41,7 +41,11 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether Kafka could listen on ``port``.  It binds with SO_REUSEADDR, as this check
+    does: the connections a stopped broker leaves in TIME-WAIT on its own port must not
+    move a restarted one to another port (and strand clients told the old address)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -87,3 +87,27 @@ def test_a_second_broker_on_a_running_brokers_data_dir_is_refused_before_java(
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_port_left_in_time_wait_by_a_stopped_broker_is_still_its_port() -> None:
+    """Kafka binds with SO_REUSEADDR: the connections a stopped broker closed leave its
+    port in TIME-WAIT, which must not move the restarted broker to another port."""
+    import socket
+
+    from streams.broker.embedded import port_is_free
+
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the broker's side closes first: its port sits in TIME-WAIT
+        client.close()
+    assert port_is_free(port)
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        assert not port_is_free(port)

@@ -166,3 +166,16 @@ def test_a_period_is_a_utc_date_or_time_or_a_span_back() -> None:
         moment_ms("last tuesday", now)
     with pytest.raises(ValueError, match="before 1970"):
         moment_ms("1969-12-31", now)
+
+
+def test_a_chart_that_cannot_be_written_is_refused_before_the_ledger_is_read(tmp_path):
+    """Said at once, as a bad option (exit 2), not in a traceback after reading it all."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    folder = tmp_path / "cost.png"
+    folder.mkdir()
+    result = CliRunner().invoke(app, ["report", "--chart", str(folder)])
+    said = " ".join(result.output.replace("│", " ").split())  # out of rich's box
+    assert result.exit_code == 2 and "is a directory" in said

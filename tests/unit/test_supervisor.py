@@ -51,3 +51,47 @@ def test_a_child_that_dies_is_named_with_its_code_and_only_this_runs_output(tmp_
     assert str(tmp_path / "logs" / "worker.log") in stopped
     tail = sup._tail("worker")
     assert "No such option" in tail and "earlier run" not in tail
+
+
+def test_after_the_first_stop_signal_later_ones_are_ignored() -> None:
+    """SIGINT and SIGHUP together (a terminal closing) must not cut the staged stop the
+    first one began: the first interrupts, the rest are ignored from then on."""
+    import signal
+
+    import pytest
+
+    from cli.supervisor import STOP_SIGNALS, _interrupt
+
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    try:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            _interrupt(signal.SIGINT, None)
+        assert all(signal.getsignal(sig) is signal.SIG_IGN for sig in STOP_SIGNALS)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def test_a_reader_that_stops_reading_the_lines_does_not_stop_the_relay() -> None:
+    """`relay up | head -1`: the pipe closes after the gateway line; the next lines go
+    nowhere, and the process carries on."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time; from cli.supervisor import _say\n"
+        "time.sleep(0.5)\n"
+        "_say('gateway: x'); _say('relay key: y'); sys.stderr.write('still running')\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # gone before the first line
+    assert proc.stderr.read() == b"still running"
+    assert proc.wait(30) == 0
