@@ -88,6 +88,7 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("max_tokens: a positive integer is required", param="max_tokens")
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         raise BadRequest("messages: a non-empty list is required", param="messages")
+    _carried_only(body)
 
     out: dict[str, Any] = {"model": body["model"], "messages": [], "max_tokens": max_tokens}
     if body.get("system"):
@@ -133,6 +134,31 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
         out["thinking"] = thinking
     out |= _output_config_to_openai(body)
     return out
+
+
+# The Messages request's fields the relay carries to every vendor kind.
+CARRIED = frozenset(
+    {
+        "model", "max_tokens", "messages", "system", "temperature", "top_p", "top_k",
+        "stream", "tools", "tool_choice", "stop_sequences", "metadata", "cache_control",
+        "thinking", "output_config", "output_format",
+    }
+)  # fmt: skip
+
+
+def _carried_only(body: dict[str, Any]) -> None:
+    """Refuse a field the relay does not carry (``mcp_servers``, ``container``,
+    ``context_management``, ``inference_geo``, a new one): the request would run
+    without it, which the client would never learn; Anthropic itself refuses fields it
+    does not know, too.  ``service_tier: auto`` is what the vendor does anyway."""
+    for key in body:
+        if key in CARRIED or (key == "service_tier" and body[key] == "auto"):
+            continue
+        if key == "service_tier":
+            raise BadRequest("service_tier: only `auto` passes through the relay", param=key)
+        raise BadRequest(
+            f"{key}: not supported by the relay (the request would run without it)", param=key
+        )
 
 
 def _output_config_to_openai(body: dict[str, Any]) -> dict[str, Any]:

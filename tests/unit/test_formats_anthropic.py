@@ -279,6 +279,30 @@ def test_malformed_requests_raise_bad_request(change, needle):
     assert needle in err.value.message
 
 
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "x"}]},
+        {"container": "cntr_123"},
+        {"context_management": {"edits": []}},
+        {"inference_geo": "us"},
+        {"service_tier": "standard_only"},
+    ],
+)
+def test_a_field_the_relay_does_not_carry_is_refused_not_dropped(field):
+    """The request would otherwise run without it (an MCP request without its servers, a
+    standard-only request on priority capacity), and the client would never know."""
+    (name,) = field
+    with pytest.raises(BadRequest) as err:
+        messages_request_to_openai({**ANTHROPIC_REQUEST, **field})
+    assert err.value.param == name and name in err.value.message
+
+
+def test_service_tier_auto_is_what_the_vendor_does_anyway():
+    out = messages_request_to_openai({**ANTHROPIC_REQUEST, "service_tier": "auto"})
+    assert "service_tier" not in out
+
+
 def test_openai_response_to_messages_with_text_tools_and_cache_usage():
     body = {
         "id": "chatcmpl-7",
