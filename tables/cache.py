@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
 from schemas.errors import BadRequest
-from schemas.formats.openai import assemble_chunks
+from schemas.formats.openai import assemble_chunks, faithful_chunks
 from schemas.usage import Usage
 
 KEY_VERSION = 3  # bump when normalization changes, so old entries are never misread
@@ -180,7 +180,10 @@ def storable(body: dict[str, Any] | None, chunks: list[dict[str, Any]] | None = 
     """Whether an answer may be served again: not one a vendor's content filter cut (a
     filter may pass the same question next time; its refusal should not stick), nor an
     error a vendor sent as an answer (an ``error`` in a 200 body, a choice that finished
-    in ``error``, as OpenRouter does when a model fails part way)."""
+    in ``error``, as OpenRouter does when a model fails part way), nor a stream that
+    would not assemble in full for a later non-streamed request (``faithful_chunks``)."""
+    if chunks and not faithful_chunks(chunks):
+        return False
     answers = [body] if body is not None else list(chunks or [])
     return not any(
         "error" in answer

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.errors import BadRequest
+from schemas.formats.openai import call_function
 
 FINISH = {"tool_calls": "function_call"}
 
@@ -73,7 +74,7 @@ def answer_as_function_call(body: dict[str, Any]) -> dict[str, Any]:
         message = dict(choice.get("message") or {})
         calls = message.pop("tool_calls", None) or []
         if calls:
-            fn = calls[0].get("function") or {}
+            fn = call_function(calls[0])  # a custom tool's input as the arguments
             message["function_call"] = {
                 "name": fn.get("name", ""),
                 "arguments": fn.get("arguments", ""),
@@ -91,7 +92,7 @@ def chunk_as_function_call(chunk: dict[str, Any]) -> dict[str, Any]:
         calls = delta.pop("tool_calls", None) or []
         first = [c for c in calls if c.get("index", 0) == 0]
         if first:
-            fn = first[0].get("function") or {}
+            fn = call_function(first[0])
             delta["function_call"] = {k: fn[k] for k in ("name", "arguments") if k in fn}
         reason = choice.get("finish_reason")
         choices.append({**choice, "delta": delta, "finish_reason": FINISH.get(reason, reason)})

@@ -26,6 +26,53 @@ _OPTIONAL_HEAD = ("system_fingerprint", "service_tier")
 OWN_STOP_REASON = "anthropic_stop_reason"
 _STOP_EXTENSIONS = ("stop_sequence", OWN_STOP_REASON)
 
+# A tool call carries its payload under its type's key: a function's name and JSON
+# arguments, or a custom tool's (OpenAI's free-form tools) name and raw input.  A stream
+# sends the name once and the second field in fragments, joined in the whole answer.
+_CALL_FIELDS = {"function": ("name", "arguments"), "custom": ("name", "input")}
+# ``message.audio``: id, expires_at (each said once) and the base64 ``data`` and its
+# ``transcript``, which a stream sends as ``delta.audio`` fragments to join.
+_AUDIO_JOINED = ("data", "transcript")
+_AUDIO_KEYS = frozenset({"id", "expires_at", *_AUDIO_JOINED})
+_AUDIO_PIECE = 16_384  # base64 characters per replayed audio delta
+# What a delta may say that ``assemble_chunks`` puts in the whole answer (``reasoning``:
+# the text a vendor sending both also sends as ``reasoning_content``).  The Anthropic
+# extensions are ``schemas.formats.anthropic``'s.
+_DELTA_KEYS = frozenset(
+    {
+        "role",
+        "content",
+        "refusal",
+        "tool_calls",
+        "function_call",
+        "audio",
+        "annotations",
+        "reasoning_content",
+        "reasoning",
+        "thinking_start",
+        "thinking_signature",
+        "redacted_thinking",
+        "citation",
+        "text_block",
+    }
+)
+# A message's keys ``response_to_chunks`` replays in their own way; any other rides whole
+# on a delta of its own.
+_MESSAGE_KEYS = frozenset(
+    {
+        "role",
+        "content",
+        "refusal",
+        "tool_calls",
+        "function_call",
+        "audio",
+        "annotations",
+        "reasoning_content",
+        "thinking_blocks",
+        "anthropic_content",
+    }
+)
+
 
 def reasoning_effort(body: dict[str, Any]) -> str | None:
     """The request's ``reasoning_effort`` (None when unset), or a 400 naming the field."""
@@ -52,14 +99,46 @@ def one_plain_choice(body: dict[str, Any]) -> None:
 
 
 def answer_chars(chunk: dict[str, Any]) -> int:
-    """Characters of answer a chunk carries: text, reasoning and tool-call arguments."""
+    """Characters of answer a chunk carries: text, reasoning, tool-call arguments (a
+    custom tool's input) and an audio answer's transcript."""
     total = 0
     for choice in chunk.get("choices") or []:
         delta = (choice.get("delta") if isinstance(choice, dict) else None) or {}
-        calls = delta.get("tool_calls") or []
-        total += sum(len((c.get("function") or {}).get("arguments") or "") for c in calls)
+        calls = [c for c in delta.get("tool_calls") or [] if isinstance(c, dict)]
+        if isinstance(delta.get("function_call"), dict):
+            calls.append({"function": delta["function_call"]})
+        for call in calls:
+            arguments = call_function(call).get("arguments")
+            total += len(arguments) if isinstance(arguments, str) else 0
+        transcript = _object(delta.get("audio")).get("transcript")
+        total += len(transcript) if isinstance(transcript, str) else 0
         total += len(delta.get("content") or "") + len(delta.get("reasoning_content") or "")
     return total
+
+
+def is_custom_call(call: dict[str, Any]) -> bool:
+    """Whether a tool call (or a streamed fragment of one) is a custom tool's: its type
+    says so, or it carries ``custom`` and no ``function`` (a stream names the type once,
+    on the first fragment).  An empty ``custom`` some servers echo on every function
+    fragment does not make one."""
+    if call.get("type"):
+        return bool(call["type"] == "custom")
+    return not isinstance(call.get("function"), dict) and bool(call.get("custom"))
+
+
+def call_function(call: dict[str, Any]) -> dict[str, Any]:
+    """A tool call's (or fragment's) ``function``, as formats with function calls alone
+    (the legacy ``function_call``, the Responses API's function_call items) carry any
+    call: a custom tool's raw input is the arguments.  Keys absent from the fragment stay
+    absent."""
+    if is_custom_call(call):
+        renamed = {"name": "name", "input": "arguments"}
+        return {renamed[k]: v for k, v in _object(call.get("custom")).items() if k in renamed}
+    return _object(call.get("function"))
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def new_id(prefix: str) -> str:
@@ -86,13 +165,18 @@ def parse_arguments(raw: Any) -> dict[str, Any]:
 
 def tool_use_block(call: dict[str, Any], fallback_id: str = "") -> dict[str, Any]:
     """An OpenAI tool call as an Anthropic ``tool_use`` block (``fallback_id`` for a call
-    that came without an id)."""
-    fn = call.get("function") or {}
+    that came without an id).  Anthropic has no free-form tools: a custom tool's call
+    keeps its name, its raw input the ``input`` field of the block's object."""
+    fn = call_function(call)
+    if is_custom_call(call):
+        tool_input: dict[str, Any] = {"input": fn.get("arguments") or ""}
+    else:
+        tool_input = parse_arguments(fn.get("arguments"))
     return {
         "type": "tool_use",
         "id": call.get("id") or fallback_id,
         "name": fn.get("name", ""),
-        "input": parse_arguments(fn.get("arguments")),
+        "input": tool_input,
     }
 
 
@@ -101,8 +185,11 @@ def assemble_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
 
     Content and refusal deltas are concatenated per choice, as are the choice's
     ``logprobs`` lists and the delta's ``annotations``; tool calls are merged by their
-    ``index`` (id, type and name come once, argument fragments are joined). The last
-    usage seen, if any, is kept.
+    ``index`` (id, type and name come once, fragments of a function's arguments or of a
+    custom tool's input are joined), as is a legacy ``function_call``; ``audio``
+    fragments are joined into the message's audio (data and transcript concatenated).
+    The last usage seen, if any, is kept.  What assembly cannot represent in full is
+    what ``faithful_chunks`` refuses.
     """
     head: dict[str, Any] = {}
     choices: dict[int, dict[str, Any]] = {}
@@ -137,6 +224,8 @@ def _empty_choice() -> dict[str, Any]:
         "content": [],
         "refusal": [],
         "tools": {},
+        "function_call": None,  # a legacy answer's: {"name": [...], "arguments": [...]}
+        "audio": None,  # {"id", "data": [...], "transcript": [...], "expires_at"?}
         "reasoning": [],
         "annotations": [],
         "logprobs": None,  # {"content": [...], "refusal": [...]} once a chunk carries any
@@ -166,23 +255,72 @@ def _merge_choice(acc: dict[str, Any], choice: dict[str, Any]) -> None:
         merged["content"].extend(logprobs.get("content") or [])
         merged["refusal"].extend(logprobs.get("refusal") or [])
     for frag in delta.get("tool_calls") or []:
-        if frag.get("index", 0) not in acc["tools"]:
-            acc["order"].append(("tool", frag.get("index", 0)))
-        call = acc["tools"].setdefault(
-            frag.get("index", 0), {"id": "", "type": "function", "name": [], "arguments": []}
-        )
-        if frag.get("id"):
-            call["id"] = frag["id"]
-        fn = frag.get("function") or {}
-        if fn.get("name"):
-            call["name"].append(fn["name"])
-        if fn.get("arguments"):
-            call["arguments"].append(fn["arguments"])
+        _merge_call(acc, frag)
+    if isinstance(legacy := delta.get("function_call"), dict):
+        acc["function_call"] = _merge_fields(acc["function_call"] or {}, legacy)
+    if isinstance(audio := delta.get("audio"), dict):
+        _merge_audio(acc, audio)
     if choice.get("finish_reason"):
         acc["finish"] = choice["finish_reason"]
     for key in _STOP_EXTENSIONS:  # an Anthropic vendor's, kept for Anthropic clients
         if choice.get(key):
             acc[key] = choice[key]
+
+
+def _merge_call(acc: dict[str, Any], frag: dict[str, Any]) -> None:
+    """One tool-call fragment into the call at its index: the id (the last one given),
+    the type (the first) and each payload (``function``, ``custom``) field by field."""
+    index = frag.get("index", 0)
+    if index not in acc["tools"]:
+        acc["order"].append(("tool", index))
+    call = acc["tools"].setdefault(index, {"id": "", "type": "", "payloads": {}})
+    if frag.get("id"):
+        call["id"] = frag["id"]
+    if frag.get("type") and not call["type"]:
+        call["type"] = frag["type"]
+    for key, payload in frag.items():
+        if key not in ("index", "id", "type") and isinstance(payload, dict):
+            _merge_fields(call["payloads"].setdefault(key, {}), payload)
+
+
+def _merge_fields(fields: dict[str, list[Any]], fragment: dict[str, Any]) -> dict[str, list[Any]]:
+    """A fragment's fields into ``fields``: text pieces are kept to be joined, anything
+    else (an object some servers send as arguments) replaces what came before."""
+    for key, value in fragment.items():
+        if isinstance(value, str):
+            fields.setdefault(key, []).append(value)
+        elif value is not None:
+            fields[key] = [value]
+    return fields
+
+
+def _joined(fields: dict[str, list[Any]]) -> dict[str, Any]:
+    return {
+        key: "".join(parts) if all(isinstance(p, str) for p in parts) else parts[-1]
+        for key, parts in fields.items()
+    }
+
+
+def _merge_audio(acc: dict[str, Any], audio: dict[str, Any]) -> None:
+    merged = acc["audio"] = acc["audio"] or {"id": "", "data": [], "transcript": []}
+    for key, value in audio.items():
+        if key in _AUDIO_JOINED:
+            merged[key].append(value if isinstance(value, str) else "")
+        elif value is not None and value != "":  # id, expires_at: said once (or again)
+            merged[key] = value
+
+
+def _call_kind(call: dict[str, Any]) -> str:
+    """A call's type: as the stream named it, else ``custom`` for one that said only a
+    custom tool's fields, else ``function``."""
+    if call["type"]:
+        return str(call["type"])
+    said = {k for k, fields in call["payloads"].items() if _says_something(fields)}
+    return "custom" if said == {"custom"} else "function"
+
+
+def _says_something(fields: dict[str, Any]) -> bool:
+    return any(p not in ("", None) for parts in fields.values() for p in parts)
 
 
 def _text_segment(acc: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
@@ -232,9 +370,10 @@ def _finish_choice(index: int, acc: dict[str, Any]) -> dict[str, Any]:
     # OpenAI sends ``content: null`` for a pure tool-call or refusal answer, "" for an
     # empty one.
     text = "".join(acc["content"])
+    said_else = acc["tools"] or acc["refusal"] or acc["audio"] or acc["function_call"]
     message: dict[str, Any] = {
         "role": acc["role"],
-        "content": text if text or not (acc["tools"] or acc["refusal"]) else None,
+        "content": text if text or not said_else else None,
     }
     if acc["refusal"]:
         message["refusal"] = "".join(acc["refusal"])
@@ -242,23 +381,35 @@ def _finish_choice(index: int, acc: dict[str, Any]) -> dict[str, Any]:
         message["reasoning_content"] = "".join(acc["reasoning"])
     if acc["annotations"]:
         message["annotations"] = acc["annotations"]
+    if (audio := acc["audio"]) is not None:
+        message["audio"] = {**audio, **_joined({k: audio[k] for k in _AUDIO_JOINED})}
+    if acc["function_call"] is not None:
+        message["function_call"] = {"name": "", "arguments": ""} | _joined(acc["function_call"])
     calls: dict[int, dict[str, Any]] = {}
     if acc["tools"]:
         message["tool_calls"] = []
         for n, call in sorted(acc["tools"].items()):
-            fn = {"name": "".join(call["name"]), "arguments": "".join(call["arguments"])}
-            calls[n] = {"id": call["id"], "type": call["type"], "function": fn}
+            kind = _call_kind(call)
+            payload = _joined(call["payloads"].get(kind, {}))
+            if kind in _CALL_FIELDS:
+                payload = dict.fromkeys(_CALL_FIELDS[kind], "") | payload
+            calls[n] = {"id": call["id"], "type": kind, kind: payload}
             message["tool_calls"].append(calls[n])
     thought = any(kind == "thinking" for kind, _ in acc["order"])
     if thought:
         message["thinking_blocks"] = [seg for kind, seg in acc["order"] if kind == "thinking"]
     if thought or acc.get("cited"):
         message["anthropic_content"] = [_anthropic_block(seg, calls) for seg in acc["order"]]
+    finish = acc["finish"]
+    if finish is None and audio is not None and "expires_at" in audio:
+        # An audio answer's stream may end on its expiry, with no finish_reason: it said
+        # all it had to (openai-node's stream helper takes it so, as ``stop``).
+        finish = "stop"
     out = {
         "index": index,
         "message": message,
         "logprobs": _finish_logprobs(acc["logprobs"]),
-        "finish_reason": acc["finish"],
+        "finish_reason": finish,
     }
     out |= {key: acc[key] for key in _STOP_EXTENSIONS if acc.get(key)}
     return out
@@ -307,34 +458,67 @@ def _anthropic_deltas(content: list[Any]) -> list[dict[str, Any]]:
         elif kind == "text":
             deltas += [{"content": piece} for piece in _PIECES.findall(block.get("text", ""))]
         elif kind == "tool_use":
-            args = json.dumps(block.get("input") or {})
-            deltas += _call_deltas(tools, block.get("id"), "function", block.get("name", ""), args)
+            fn = {"name": block.get("name", ""), "arguments": json.dumps(block.get("input") or {})}
+            deltas += _call_deltas(
+                tools, {"id": block.get("id"), "type": "function", "function": fn}
+            )
             tools += 1
     return deltas
 
 
-def _call_deltas(
-    index: int, call_id: Any, kind: Any, name: str, arguments: str
-) -> list[dict[str, Any]]:
-    """One tool call as a stream sends it: id and name first, then its arguments."""
-    start = {
-        "index": index,
-        "id": call_id,
-        "type": kind,
-        "function": {"name": name, "arguments": ""},
-    }
+def _call_deltas(index: int, call: dict[str, Any]) -> list[dict[str, Any]]:
+    """One tool call as a stream sends it: id, type and name first, then its arguments
+    (a custom tool's input).  What else the call carries rides whole on the first."""
+    kind = call.get("type") or ("custom" if is_custom_call(call) else "function")
+    start: dict[str, Any] = {"index": index, "id": call.get("id"), "type": kind}
+    start |= {k: v for k, v in call.items() if k not in ("index", "id", "type")}
+    if kind not in _CALL_FIELDS:  # a type of call the relay does not know: as it is
+        return [{"tool_calls": [start]}]
+    payload = _object(call.get(kind))
+    name, streamed = _CALL_FIELDS[kind]
+    start[kind] = {**payload, name: payload.get(name) or "", streamed: ""}
     deltas = [{"tool_calls": [start]}]
-    if arguments:
-        deltas.append({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]})
+    if value := payload.get(streamed):
+        deltas.append({"tool_calls": [{"index": index, kind: {streamed: value}}]})
+    return deltas
+
+
+def _audio_deltas(audio: dict[str, Any]) -> list[dict[str, Any]]:
+    """An audio answer as OpenAI streams it: its id with the transcript's first piece,
+    the rest of the transcript, the data in pieces, and its expiry last."""
+    first = {k: v for k, v in audio.items() if k not in (*_AUDIO_JOINED, "expires_at")}
+    transcript, data = audio.get("transcript"), audio.get("data")
+    pieces = _PIECES.findall(transcript) if isinstance(transcript, str) else []
+    if transcript and not pieces:
+        first["transcript"] = transcript  # not text: as it is
+    deltas = [{"audio": first | ({"transcript": pieces[0]} if pieces else {})}]
+    deltas += [{"audio": {"transcript": piece}} for piece in pieces[1:]]
+    if isinstance(data, str):
+        step = _AUDIO_PIECE
+        deltas += [{"audio": {"data": data[i : i + step]}} for i in range(0, len(data), step)]
+    elif data is not None:
+        deltas.append({"audio": {"data": data}})
+    if "expires_at" in audio:
+        deltas.append({"audio": {"expires_at": audio["expires_at"]}})
+    return deltas
+
+
+def _function_call_deltas(call: dict[str, Any]) -> list[dict[str, Any]]:
+    """A legacy ``function_call`` as a stream sends it: the name, then the arguments."""
+    deltas = [{"function_call": {**call, "name": call.get("name") or "", "arguments": ""}}]
+    if arguments := call.get("arguments"):
+        deltas.append({"function_call": {"arguments": arguments}})
     return deltas
 
 
 def response_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
     """The chunks a stream would have sent for ``body`` (used to replay cached answers).
 
-    Per choice: a role chunk, the content split into word-ish pieces, each tool call as
-    one chunk with its id and name followed by one with its arguments, and a finish
-    chunk.  No usage chunk: the caller adds its own.
+    Per choice: a role chunk, the content split into word-ish pieces, an audio answer's
+    transcript and data in pieces, each tool call as one chunk with its id and name
+    followed by one with its arguments (a custom tool's input), any other field of the
+    message whole in a chunk of its own, and a finish chunk.  No usage chunk: the caller
+    adds its own.
     """
     head = {
         "id": body.get("id", ""),
@@ -374,7 +558,9 @@ def response_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _message_deltas(message: dict[str, Any]) -> list[dict[str, Any]]:
     """The deltas that replay one choice's message, starting with its role."""
-    deltas: list[dict[str, Any]] = [{"role": message.get("role", "assistant"), "content": ""}]
+    # OpenAI opens an answer of no text (tool calls, audio) with ``content: null``.
+    opening = "" if isinstance(message.get("content"), str) else None
+    deltas: list[dict[str, Any]] = [{"role": message.get("role", "assistant"), "content": opening}]
     if isinstance(message.get("anthropic_content"), list):  # Anthropic's, in order
         return deltas + _anthropic_deltas(message["anthropic_content"])
     if message.get("reasoning_content"):
@@ -386,13 +572,65 @@ def _message_deltas(message: dict[str, Any]) -> list[dict[str, Any]]:
         deltas.append({"refusal": message["refusal"]})
     if message.get("annotations"):  # after the text they cite, as OpenAI streams them
         deltas.append({"annotations": message["annotations"]})
+    if isinstance(message.get("audio"), dict):
+        deltas += _audio_deltas(message["audio"])
+    if isinstance(message.get("function_call"), dict):
+        deltas += _function_call_deltas(message["function_call"])
     for n, call in enumerate(message.get("tool_calls") or []):
-        fn = call.get("function") or {}
-        deltas += _call_deltas(
-            n,
-            call.get("id"),
-            call.get("type", "function"),
-            fn.get("name", ""),
-            fn.get("arguments") or "",
-        )
+        deltas += _call_deltas(n, call)
+    # A field of a vendor's own: a client's SDK takes it back from one delta as it was.
+    deltas += [{k: v} for k, v in message.items() if k not in _MESSAGE_KEYS and v is not None]
     return deltas
+
+
+def faithful_chunks(chunks: list[dict[str, Any]]) -> bool:
+    """Whether ``assemble_chunks`` makes of ``chunks`` the whole answer in full: every
+    delta says only what assembly keeps (an unknown field's number or flag is the
+    chunk's, a token id say, not the answer's), a tool call is a function's or a custom
+    tool's and says only that call's fields, and audio only its own.  An answer it
+    cannot make whole is not one to cache: a later non-streamed request would get less
+    than the vendor said."""
+    said: dict[tuple[Any, Any], tuple[str, set[str]]] = {}  # call -> its type, payloads
+    for chunk in chunks:
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                continue
+            if not all(k in _DELTA_KEYS or _incidental(v) for k, v in delta.items()):
+                return False
+            if not _plain_fields(delta.get("function_call"), ("name", "arguments")):
+                return False
+            if not _plain_fields(delta.get("audio"), _AUDIO_KEYS):
+                return False
+            for frag in delta.get("tool_calls") or []:
+                if not isinstance(frag, dict):
+                    return False
+                key = (choice.get("index", 0), frag.get("index", 0))
+                kind, payloads = said.get(key, ("", set()))
+                kind = kind or frag.get("type") or ""
+                if kind and kind not in _CALL_FIELDS:
+                    return False
+                for name, value in frag.items():
+                    if name in ("index", "id", "type") or _incidental(value):
+                        continue
+                    if name not in _CALL_FIELDS or not _plain_fields(value, _CALL_FIELDS[name]):
+                        return False
+                    if any(v not in ("", None) for v in value.values()):
+                        payloads.add(name)
+                said[key] = (kind, payloads)
+    # A call says one payload, its type's (or, unnamed, the one its type is taken from).
+    return all(len(p) <= 1 and (not k or p <= {k}) for k, p in said.values())
+
+
+def _incidental(value: Any) -> bool:
+    """Whether a field says nothing of the answer: empty, or a number or flag."""
+    return value is None or isinstance(value, bool | int | float) or value in ("", [], {})
+
+
+def _plain_fields(value: Any, fields: Any) -> bool:
+    """Whether ``value`` is absent, or an object of text (or numbers) in ``fields``."""
+    if value is None:
+        return True
+    return isinstance(value, dict) and all(
+        k in fields and (v is None or isinstance(v, str | int)) for k, v in value.items()
+    )

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from schemas.errors import BadRequest
-from schemas.formats.openai import assemble_chunks, new_id, tool_use_block
+from schemas.formats.openai import assemble_chunks, call_function, new_id, tool_use_block
 from schemas.usage import Usage
 
 _ENCRYPTED = "reasoning.encrypted_content"  # the include that asks for it
@@ -449,7 +449,7 @@ def _message_item(text: str, refusal: bool, status: str = "completed") -> dict[s
 
 
 def _call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
-    fn = call.get("function") or {}
+    fn = call_function(call)  # a custom tool's call (never asked for here): its input
     return {
         "id": new_id("fc_"),
         "type": "function_call",
@@ -680,7 +680,7 @@ class ChunksToResponseEvents:
 
     def _tool(self, frag: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         index = frag.get("index", 0)
-        fn = frag.get("function") or {}
+        fn = call_function(frag)
         events: list[tuple[str, dict[str, Any]]] = []
         if index not in self._calls:
             events += self._close_reasoning() + self._close_message()

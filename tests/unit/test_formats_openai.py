@@ -312,3 +312,16 @@ def test_a_refusal_assembles_with_null_content_as_openai_sends_it() -> None:
     ]
     message = assemble_chunks(chunks)["choices"][0]["message"]
     assert message["content"] is None and message["refusal"] == "I can't help with that."
+
+
+def test_a_replay_opens_an_answer_of_no_text_with_null_content_as_openai_does() -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    body = {"id": "x", "created": 1, "model": "m", "choices": [{"index": 0, "message": message}]}
+    first = response_to_chunks(body)[0]["choices"][0]["delta"]
+    assert first == {"role": "assistant", "content": None}
+    text = {**body, "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}}]}
+    assert response_to_chunks(text)[0]["choices"][0]["delta"] == {
+        "role": "assistant",
+        "content": "",
+    }
