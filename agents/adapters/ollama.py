@@ -195,8 +195,8 @@ class OllamaAdapter:
 def chat_request(body: dict[str, Any], model: str, *, stream: bool) -> dict[str, Any]:
     """An OpenAI chat body as an Ollama ``/api/chat`` request.
 
-    ``tool_choice`` has no Ollama equivalent: ``none`` leaves the tools out, anything else
-    lets the model decide.  Ollama answers one choice per request, without token
+    ``tool_choice`` has no Ollama equivalent: the tools offered stand in for it
+    (``_offered_tools``).  Ollama answers one choice per request, without token
     logprobs: ``n`` > 1 and logprobs are refused rather than ignored.
     """
     one_plain_choice(body)
@@ -217,14 +217,39 @@ def chat_request(body: dict[str, Any], model: str, *, stream: bool) -> dict[str,
         options["stop"] = [stop] if isinstance(stop, str) else list(stop)
     if options:
         out["options"] = options
-    if body.get("tools") and body.get("tool_choice") != "none":
-        out["tools"] = body["tools"]  # Ollama takes OpenAI's tool shape as is
+    if tools := _offered_tools(body):
+        out["tools"] = tools  # Ollama takes OpenAI's tool shape as is
     fmt = body.get("response_format") or {}
     if fmt.get("type") == "json_object":
         out["format"] = "json"
     elif fmt.get("type") == "json_schema":
         out["format"] = (fmt.get("json_schema") or {}).get("schema", "json")
     return out
+
+
+def _offered_tools(body: dict[str, Any]) -> list[Any]:
+    """The tools the model may call now.  Ollama has no ``tool_choice``: ``none`` offers
+    none, a named function (or OpenAI's ``allowed_tools``) offers only those; that one be
+    called (``required``, or a name) cannot be forced, so the model may still answer in
+    text."""
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice")
+    if not tools or choice == "none":
+        return []
+    if not isinstance(choice, dict):
+        return list(tools)
+    if choice.get("type") == "allowed_tools":
+        spec = choice.get("allowed_tools")
+        listed = spec.get("tools") if isinstance(spec, dict) else None
+        names = {_function_name(t) for t in listed or [] if isinstance(t, dict)}
+    else:
+        names = {_function_name(choice)}
+    return [t for t in tools if isinstance(t, dict) and _function_name(t) in names - {""}]
+
+
+def _function_name(item: dict[str, Any]) -> str:
+    function = item.get("function")
+    return str(function.get("name") or "") if isinstance(function, dict) else ""
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -484,6 +484,25 @@ def test_tool_choice_none_leaves_the_tools_out_and_a_refusal_part_is_text():
     assert chat_request({**body, "tool_choice": "auto"}, "l", stream=False)["tools"] == TOOLS
 
 
+def test_a_named_or_allowed_tool_choice_offers_only_those_tools():
+    """Ollama has no tool_choice: the tools offered say what may be called."""
+    clock = {"type": "function", "function": {"name": "clock", "parameters": {}}}
+    body = {"messages": [{"role": "user", "content": "hi"}], "tools": [*TOOLS, clock]}
+    named = {"type": "function", "function": {"name": "clock"}}
+    out = chat_request({**body, "tool_choice": named}, "l", stream=False)
+    assert out["tools"] == [clock]
+    allowed = {
+        "type": "allowed_tools",
+        "allowed_tools": {
+            "mode": "auto",
+            "tools": [{"type": "function", "function": {"name": "weather"}}],
+        },
+    }
+    assert chat_request({**body, "tool_choice": allowed}, "l", stream=False)["tools"] == TOOLS
+    required = chat_request({**body, "tool_choice": "required"}, "l", stream=False)
+    assert required["tools"] == [*TOOLS, clock]
+
+
 async def test_embeddings_come_as_base64_float32_when_asked():
     import base64
     import struct
