@@ -23,7 +23,7 @@ from agents.adapters.http import json_body, lines, open_stream, refused, send
 from schemas.config import VendorConfig
 from schemas.errors import BadRequest, VendorBadRequest, VendorUnavailable, VendorUnsupported
 from schemas.formats.anthropic import without_cache_control
-from schemas.formats.openai import new_id, one_plain_choice, parse_arguments, reasoning_effort
+from schemas.formats.openai import new_id, openai_only_refused, parse_arguments, reasoning_effort
 from schemas.usage import Usage
 
 # OpenAI's reasoning_effort -> Ollama's think: a level, which models with levels (gpt-oss)
@@ -199,7 +199,7 @@ def chat_request(body: dict[str, Any], model: str, *, stream: bool) -> dict[str,
     (``_offered_tools``).  Ollama answers one choice per request, without token
     logprobs: ``n`` > 1 and logprobs are refused rather than ignored.
     """
-    one_plain_choice(body)
+    openai_only_refused(body)
     # An echoed answer's reasoning goes back as the message's thinking, as Ollama keeps it.
     thoughts = [m.get("reasoning_content") for m in body.get("messages") or []]
     body = without_cache_control(body)

@@ -19,7 +19,7 @@ from schemas.errors import BadRequest, VendorUnsupported
 from schemas.formats.openai import (
     OWN_STOP_REASON,
     new_id,
-    one_plain_choice,
+    openai_only_refused,
     reasoning_effort,
     tool_use_block,
 )
@@ -906,7 +906,7 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     merged.  Raises ``BadRequest`` for content Anthropic cannot take, and for ``n`` > 1 or
     logprobs: Anthropic answers one choice per request, with no token logprobs.
     """
-    one_plain_choice(body)
+    openai_only_refused(body)
     system: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
     lifted = _lifted_images(body.get("messages") or [])

@@ -85,17 +85,33 @@ def reasoning_effort(body: dict[str, Any]) -> str | None:
     return effort
 
 
-def one_plain_choice(body: dict[str, Any]) -> None:
-    """Refuse what a vendor answering one choice without token logprobs (Anthropic,
-    Ollama's native API) would drop in silence: ``n`` > 1, ``logprobs``, ``top_logprobs``.
-    An answer quietly missing what was asked would be a lie; a 400 names the field.  An
-    OpenAI-format candidate can give both, so it is this candidate's refusal
-    (``VendorUnsupported``): the next one is tried before the client hears it."""
+def openai_only_refused(body: dict[str, Any]) -> None:
+    """Refuse what a vendor of another kind (Anthropic, Ollama's native API) would drop in
+    silence: ``n`` > 1, token ``logprobs``, audio out (``modalities``, ``audio``), web
+    search (``web_search_options``), custom (free-text) tools.  An answer quietly
+    missing what was asked would be a lie; a 400 names the field.  An OpenAI-format
+    candidate can give them all, so it is this candidate's refusal (``VendorUnsupported``):
+    the next one is tried before the client hears it."""
     if isinstance(body.get("n"), int) and body["n"] > 1:
         raise VendorUnsupported("n: this model answers one choice per request", param="n")
     if body.get("logprobs") or body.get("top_logprobs"):
         param = "logprobs" if body.get("logprobs") else "top_logprobs"
         raise VendorUnsupported(f"{param}: this model does not return token logprobs", param=param)
+    modalities = body.get("modalities")
+    if body.get("audio") or (isinstance(modalities, list) and "audio" in modalities):
+        param = "audio" if body.get("audio") else "modalities"
+        raise VendorUnsupported(f"{param}: this model does not answer in audio", param=param)
+    if body.get("web_search_options") is not None:
+        raise VendorUnsupported(
+            "web_search_options: this model does not search the web", param="web_search_options"
+        )
+    for i, tool in enumerate(body.get("tools") or []):
+        kind = tool.get("type", "function") if isinstance(tool, dict) else None
+        if kind != "function":
+            raise VendorUnsupported(
+                f"tools.{i}.type: this model takes function tools only (not {kind!r})",
+                param="tools",
+            )
 
 
 def answer_chars(chunk: dict[str, Any]) -> int:

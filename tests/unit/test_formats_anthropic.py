@@ -1189,6 +1189,31 @@ def test_more_than_one_choice_is_refused_not_ignored():
     assert err.value.retryable and err.value.status == 400 and err.value.param == "n"
 
 
+CUSTOM_TOOL = {"type": "custom", "custom": {"name": "code_exec", "description": "runs code"}}
+
+
+@pytest.mark.parametrize(
+    ("asked", "param"),
+    [
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ({"web_search_options": {}}, "web_search_options"),
+        ({"tools": [CUSTOM_TOOL]}, "tools"),
+    ],
+)
+def test_what_only_an_openai_vendor_gives_passes_the_request_on(asked, param):
+    """Audio out, web search and custom tools would reach Claude (or Ollama) as nothing,
+    or as a nameless tool: this candidate refuses, so an OpenAI one may answer."""
+    from agents.adapters.ollama import chat_request
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **asked}
+    for translate in (openai_request_to_messages, chat_request):
+        kwargs = {"stream": False} if translate is chat_request else {}
+        with pytest.raises(VendorUnsupported) as err:
+            translate(body, "model", **kwargs)
+        assert err.value.param == param and err.value.status == 400
+
+
 @pytest.mark.parametrize(
     ("asked", "param"), [({"logprobs": True}, "logprobs"), ({"top_logprobs": 3}, "top_logprobs")]
 )
