@@ -15,7 +15,7 @@ import asyncio
 import time
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, field_validator
 from starlette.datastructures import UploadFile
@@ -37,7 +37,15 @@ from schemas.batches import (
 from schemas.errors import BadRequest, NotFound
 from tables.batches import MESSAGE_BATCHES, BatchStore
 
-router = APIRouter(prefix="/v1")
+
+def _not_anthropics(request: Request) -> None:
+    """The Anthropic SDK's Files API (``client.beta.files``) asks these same paths; it
+    must hear that the relay does not serve it, not get OpenAI's files in OpenAI's shape."""
+    if "anthropic-version" in request.headers:
+        raise NotFound("Anthropic's Files API is not served by the relay (OpenAI's is)")
+
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(_not_anthropics)])
 
 
 def _store(request: Request) -> BatchStore:

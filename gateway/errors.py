@@ -51,11 +51,11 @@ ANTHROPIC_STATUS = {503: 529}
 
 
 def is_anthropic(request: Request) -> bool:
-    """Anthropic's error body for its endpoints, and for the model list when the
-    Anthropic SDK (which always sends ``anthropic-version``) asks."""
+    """Anthropic's error body for its endpoints, and for the model list and files when
+    the Anthropic SDK (which always sends ``anthropic-version``) asks."""
     path = request.url.path
     return path.startswith("/v1/messages") or (
-        path.startswith("/v1/models") and "anthropic-version" in request.headers
+        path.startswith(("/v1/models", "/v1/files")) and "anthropic-version" in request.headers
     )
 
 

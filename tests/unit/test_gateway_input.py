@@ -429,3 +429,15 @@ async def test_a_trailing_slash_is_an_openai_404_not_a_bodiless_redirect():
     status, reply = await post("/v1/chat/completions/", CHAT)
     assert status == 404
     assert reply["error"]["message"].startswith("Invalid URL")
+
+
+async def test_the_anthropic_sdks_files_api_hears_it_is_not_served() -> None:
+    """`client.beta.files` asks /v1/files too: an Anthropic 404, not OpenAI's file list."""
+    app, _ = gateway_app()
+    anthropic = {"anthropic-version": "2023-06-01", "anthropic-beta": "files-api-2025-04-14"}
+    async with client(app) as http:
+        listed = await http.get("/v1/files", headers=anthropic)
+        uploaded = await http.post("/v1/files", headers=anthropic, files={"file": b"x"})
+    for resp in (listed, uploaded):
+        assert resp.status_code == 404
+        assert resp.json()["type"] == "error" and "Files API" in resp.json()["error"]["message"]
