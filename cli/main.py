@@ -180,6 +180,7 @@ def gateway(
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.http_head import BoundedHead
     from streams.logs import quiet_repeats
 
     settings = _settings(config)
@@ -197,6 +198,7 @@ def gateway(
         port=port if port is not None else settings.port,
         log_level=level.lower(),
         access_log=False,  # one line per request would cost more CPU than a cache hit
+        http=BoundedHead,  # request heads bounded in size and time, before any key check
     )
 
 
