@@ -79,13 +79,15 @@ class AuditTrail:
 
 def signature(event: AuditEvent) -> Hashable:
     """What makes two audit events the same, for folding: all but time and fingerprint
-    (a script trying keys presents a new one each time)."""
+    (a script trying keys presents a new one each time), and, for a refusal of a caller
+    not known, the path (anyone can make up a new one for every try, which would make
+    every refusal a line of its own; the summary keeps the first one's)."""
     return (
         event.kind,
         event.tenant,
         event.key_id,
         event.client,
-        event.path,
+        None if event.kind == "auth_failed" else event.path,
         event.model,
         event.detail,
         event.config_sha256,

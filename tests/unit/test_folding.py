@@ -94,3 +94,19 @@ async def test_the_trail_reports_each_window_when_it_closes_and_the_rest_on_clos
     await trail.record(refusal(11))
     await trail.close()
     assert [e.repeats for e in sent] == [1, 9, 1, 1], "a stopping gateway reports what it holds"
+
+
+async def test_refusals_on_made_up_paths_fold_as_one_source() -> None:
+    """Anyone can send every try to a new path: the path must not make each refusal a
+    line of its own (the audit topic is kept 400 days); the summary keeps the first."""
+    sent: list[AuditEvent] = []
+
+    async def send(event: AuditEvent) -> None:
+        sent.append(event)
+
+    trail = AuditTrail(send, window_s=60)
+    for i in range(500):
+        await trail.record(refusal(i).model_copy(update={"path": f"/v1/chat/completions/{i}"}))
+    await trail.close()
+    assert [e.repeats for e in sent] == [1, 499]
+    assert sent[1].path == "/v1/chat/completions/0"
