@@ -243,11 +243,18 @@ class CacheEntry(BaseModel):
         return fresh(body, alias)
 
 
+# What an entry takes in memory, as Python objects, against its size as JSON (measured:
+# a plain chat body 1.1x, an embeddings list 1.7x, a stream's chunks 4.4-5.5x).
+BODY_IN_MEMORY = 2
+STREAM_IN_MEMORY = 5
+
+
 class L1Cache:
     """A bounded in-process LRU with a TTL per entry, held to a count of entries and to
-    a total of bytes (each entry's size as stored in L2); an entry larger than
-    ``max_entry_bytes`` is left to L2 alone.  Entries are shared, not copied: treat what
-    ``get`` returns as read-only."""
+    a total of bytes of memory (each entry's size as stored in L2, times what its Python
+    objects take against that); an entry larger than ``max_entry_bytes`` as JSON is left
+    to L2 alone.  Entries are shared, not copied: treat what ``get`` returns as
+    read-only."""
 
     def __init__(
         self,
@@ -289,8 +296,9 @@ class L1Cache:
             size += len(orjson.dumps(entry.chunks)) if entry.chunks else 0
         if ttl_s <= 0 or self.max_entries <= 0 or size > self.max_entry_bytes:
             return
-        self._items[key] = (entry, self.clock() + ttl_s, size)
-        self.bytes += size
+        held = size * (STREAM_IN_MEMORY if entry.chunks else BODY_IN_MEMORY)
+        self._items[key] = (entry, self.clock() + ttl_s, held)
+        self.bytes += held
         while len(self._items) > self.max_entries or self.bytes > self.max_bytes:
             _, (_, _, gone) = self._items.popitem(last=False)
             self.bytes -= gone

@@ -226,16 +226,19 @@ def test_l1_entries_expire_by_their_own_ttl() -> None:
 
 def test_l1_is_held_to_its_bytes_and_leaves_a_huge_answer_to_l2() -> None:
     """Counting entries alone, forty 16 MB embeddings answers took a gateway to 930 MB."""
-    l1 = L1Cache(max_entries=100, max_bytes=1000, max_entry_bytes=600)
+    l1 = L1Cache(max_entries=100, max_bytes=2000, max_entry_bytes=600)
     l1.put("huge", entry(0), 60, size=601)
     assert l1.get("huge") is None and l1.bytes == 0
-    l1.put("a", entry(1), 60, size=400)
+    l1.put("a", entry(1), 60, size=400)  # held at twice its JSON: Python objects
     l1.put("b", entry(2), 60, size=400)
-    l1.put("c", entry(3), 60, size=400)  # over 1000 bytes: the least recently used goes
-    assert l1.get("a") is None and l1.get("c") == entry(3) and l1.bytes == 800
+    l1.put("c", entry(3), 60, size=400)  # over 2000 bytes: the least recently used goes
+    assert l1.get("a") is None and l1.get("c") == entry(3) and l1.bytes == 1600
     l1.put("c", entry(4), 60, size=100)  # replaced: counted once, at its new size
     l1.delete("b")
-    assert l1.bytes == 100 and len(l1) == 1
+    assert l1.bytes == 200 and len(l1) == 1
+    stream = CacheEntry(chunks=[{"choices": []}], vendor="v", model="m", created=0.0)
+    l1.put("s", stream, 60, size=100)  # a stream's chunks: five times their JSON
+    assert l1.bytes == 200 + 500
 
 
 def test_an_l1_entry_put_without_its_size_is_measured() -> None:
@@ -257,7 +260,7 @@ async def test_the_response_cache_counts_what_it_puts_in_l1() -> None:
     await cache.put("big", big, 60)
     assert await cache.get("small") == (small, "l1")
     assert await cache.get("big") is None, "too big for L1, and no L2 here"
-    assert 0 < cache.l1.bytes < 400
+    assert 0 < cache.l1.bytes < 2 * 400, "only the small one, at twice its JSON size"
 
 
 def test_an_explicit_temperature_of_1_is_its_own_request_for_a_vendor_with_other_defaults():
