@@ -51,6 +51,7 @@ _Key = tuple[str, str, tuple[str, ...]]  # vendor, model, beta features
 
 @dataclass
 class _Queue:
+    candidate: Candidate  # (the latest request's: kept here, it goes when the queue does)
     items: list[RequestEnvelope] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
 
@@ -109,7 +110,6 @@ class BatchLane:
         self.rule = rule
         self.deliver = deliver
         self._queues: dict[_Key, _Queue] = {}
-        self._cands: dict[_Key, Candidate] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._refused: dict[str, float] = {}  # vendor -> when its batch API may be tried again
         self.batches_sent = 0
@@ -131,8 +131,8 @@ class BatchLane:
         # ``anthropic-beta``): a batch goes out with one set of headers.
         betas = env.body.get("anthropic_beta")
         key = (cand.vendor, cand.model, tuple(betas) if isinstance(betas, list) else ())
-        self._cands[key] = cand
-        queue = self._queues.setdefault(key, _Queue())
+        queue = self._queues.setdefault(key, _Queue(cand))
+        queue.candidate = cand
         queue.items.append(env)
         if len(queue.items) >= self.rule.max_size:
             self._flush(key)
@@ -162,7 +162,7 @@ class BatchLane:
             return
         if queue.timer is not None:
             queue.timer.cancel()
-        self._spawn(self._run(self._cands[key], queue.items))
+        self._spawn(self._run(queue.candidate, queue.items))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` as one of the lane's tasks (``flush_all`` hands them over)."""

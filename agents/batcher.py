@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any
 
 from agents.adapters.base import VendorCall, VendorResult
+from agents.adapters.http import scrubbed
 from schemas.errors import RelayError, VendorBadRequest, VendorError
 from schemas.usage import Usage
 
@@ -137,6 +138,9 @@ class EmbeddingBatcher:
                 # so only that caller gets the 400 (and nobody sees another's input).
                 await asyncio.gather(*(self._send([p], send, shape) for p in batch))
                 return
+            # Struck of the key the shared call went with: the others' own keys may differ,
+            # and each caller's dispatcher strikes only its own.
+            scrubbed(err, call.api_key)
             _reject(batch, partial(type(err), err.message, retry_after=err.retry_after))
             return
         except Exception as exc:
@@ -145,6 +149,14 @@ class EmbeddingBatcher:
         try:
             parts = split(result, [p.inputs for p in batch], shape)
         except Exception as exc:  # an answer we cannot cut up must still answer everyone
+            if isinstance(exc, Mismatched) and len(batch) > 1:
+                # An answer missing an input (a server that skips one it will not take)
+                # cannot be cut by position: later callers would get earlier ones'
+                # vectors, across tenants.  As for a 400, one caller's input may be the
+                # cause: each goes on its own, and only an answer that still does not
+                # match its inputs fails, as the vendor's.
+                await asyncio.gather(*(self._send([p], send, shape) for p in batch))
+                return
             _reject(batch, partial(VendorError, f"unreadable batched answer: {exc}"))
             return
         for i, (p, part) in enumerate(zip(batch, parts, strict=True)):
@@ -168,15 +180,26 @@ def _reject(batch: list[_Pending], error: Callable[[], Exception]) -> None:
             p.future.set_exception(exc)
 
 
+class Mismatched(ValueError):
+    """A batched answer whose items are not one per input, indexed 0..n-1."""
+
+
 def split(
     result: VendorResult, inputs: list[list[Any]], shape: Shape = EMBEDDINGS
 ) -> list[VendorResult]:
     """Cut a batched answer back into per-caller answers (one item per input, in order).
     The vendor counts tokens for the whole call only, so each caller is billed its share
     by size: prompt tokens (cached ones too) by the length of its inputs, completion
-    tokens by the length of its answers, so a one-word caller never pays for a long one."""
+    tokens by the length of its answers, so a one-word caller never pays for a long one.
+
+    Raises ``Mismatched`` unless the answer's items are indexed exactly 0..n-1 for the n
+    inputs: cut by position, an answer that skipped an input would hand later callers
+    the items of earlier ones."""
     items = sorted(result.body.get(shape.outputs, []), key=lambda d: d.get("index", 0))
     sizes = [len(own) for own in inputs]
+    indices = [d.get("index") for d in items]
+    if indices != list(range(sum(sizes))) or any(isinstance(i, bool) for i in indices):
+        raise Mismatched(f"{len(items)} answers for {sum(sizes)} inputs, or not indexed 0..n-1")
     parts, start = [], 0
     for size in sizes:
         parts.append([{**d, "index": i} for i, d in enumerate(items[start : start + size])])

@@ -9,7 +9,7 @@ tables between two events, never while an agent writes them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -127,11 +127,19 @@ async def serve(
     return runner
 
 
-def count_line(event: UsageEvent) -> None:
-    """A ledger line this worker writes: its cost, saving and direct cost."""
-    COST.labels(event.tenant, event.alias).inc(event.cost)
-    SAVED.labels(event.tenant).inc(event.saved_cost)
-    DIRECT.labels(event.tenant).inc(event.direct_cost)
+UNKNOWN = "unknown"  # the label of a tenant or alias the config does not name
+
+
+def count_line(event: UsageEvent, tenants: Container[str], aliases: Container[str]) -> None:
+    """A ledger line this worker writes: its cost, saving and direct cost, under its
+    tenant and alias when the config (``tenants``, ``aliases``) names them, else under
+    ``unknown``.  An envelope put straight on the requests topic can name anything, and
+    its refusal's line must not make series of its own (one each, for ever)."""
+    tenant = event.tenant if event.tenant in tenants else UNKNOWN
+    alias = event.alias if event.alias in aliases else UNKNOWN
+    COST.labels(tenant, alias).inc(event.cost)
+    SAVED.labels(tenant).inc(event.saved_cost)
+    DIRECT.labels(tenant).inc(event.direct_cost)
 
 
 def start_cost_series(tenants: Iterable[tuple[str, Iterable[str]]]) -> None:

@@ -15,7 +15,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -101,12 +101,18 @@ class KafkaSink:
         cache: ResponseCache,
         bootstrap: str,
         spill_dir: Path | None = None,
+        *,
+        tenants: Collection[str] = frozenset(),
+        aliases: Collection[str] = frozenset(),
     ) -> None:
         self.app = app
         self.topics = topics
         self.cache_store = cache
         self.bootstrap = bootstrap
         self.spill_dir = spill_dir
+        # The config's names: a ledger line's metrics label any other ``unknown``.
+        self.tenants = frozenset(tenants)
+        self.aliases = frozenset(aliases)
         self._background: BackgroundProducer | None = None
         self._starting = asyncio.Lock()
         self._health: dict[str, list[HealthEvent]] = {}
@@ -162,7 +168,7 @@ class KafkaSink:
         task.add_done_callback(self._sent_or_logged)
 
     async def usage(self, event: UsageEvent) -> None:
-        metrics.count_line(event)
+        metrics.count_line(event, self.tenants, self.aliases)
         await self._send_later(self.topics.usage.name, event.tenant.encode(), encode(event))
 
     async def health(self, event: HealthEvent) -> None:
@@ -254,7 +260,15 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         stale_s=settings.cache_stale_s,
         prefix=redis_prefix(settings.topic_prefix),
     )
-    sink = KafkaSink(app, topics, cache, bootstrap, settings.spill_dir())
+    sink = KafkaSink(
+        app,
+        topics,
+        cache,
+        bootstrap,
+        settings.spill_dir(),
+        tenants=config.tenants.keys(),
+        aliases=config.models.keys(),
+    )
     http = vendor_client(settings.default_timeout_s)
     adapters = {name: make_adapter(v, http) for name, v in config.vendors.items()}
     pools = {name: KeyPool(v.keys()) for name, v in config.vendors.items()}

@@ -249,15 +249,26 @@ def status_error(resp: httpx.Response, vendor: str) -> RelayError:
     return err
 
 
+# A key as vendors quote it masked ("Incorrect API key provided: sk-proj-****abcd"): the
+# part they show is still part of the operator's key, which never reaches a client.
+_MASKED_KEY = re.compile(
+    r"\b(?:sk|rk|key)[-_A-Za-z0-9]*\*{2,}[-_A-Za-z0-9*]*(?:\.{3}[-_A-Za-z0-9*]+)?"
+)
+
+
 def redact(text: str, secret: str) -> str:
-    """``text`` without ``secret`` in it (a short value would blank out ordinary words)."""
-    return text.replace(secret, "[redacted]") if len(secret) >= 8 else text
+    """``text`` without ``secret`` in it (a short value would blank out ordinary words),
+    nor any key quoted masked (a vendor refusing a key quotes it so, whichever it was)."""
+    if len(secret) >= 8:
+        text = text.replace(secret, "[redacted]")
+    return _MASKED_KEY.sub("[redacted]", text)
 
 
 def scrubbed(err: RelayError, secret: str) -> RelayError:
-    """``err`` with the vendor key it was made with struck from its message: a vendor may
-    echo a key back in any error it sends (a stream's error event, a batch line's), and
-    the message goes on to clients, topics, logs and the batch store."""
+    """``err`` with the vendor key it was made with struck from its message, and any key
+    quoted masked: a vendor may echo a key back in any error it sends (a 200 with an
+    error body, a stream's error event, a batch line's), and the message goes on to
+    clients, topics, logs and the batch store."""
     err.message = redact(err.message, secret)
     err.args = (err.message,)
     if err.param:
@@ -384,19 +395,11 @@ def _vendor_error(resp: httpx.Response) -> tuple[str, str | None, str | None]:
     return text, code, param
 
 
-# A key as vendors quote it masked ("Incorrect API key provided: sk-proj-****abcd"): the
-# part they show is still part of the operator's key, which never reaches a client.
-_MASKED_KEY = re.compile(
-    r"\b(?:sk|rk|key)[-_A-Za-z0-9]*\*{2,}[-_A-Za-z0-9*]*(?:\.{3}[-_A-Za-z0-9*]+)?"
-)
-
-
 def _redact(text: str, resp: httpx.Response) -> str:
-    text = _MASKED_KEY.sub("[redacted]", text)
     try:
         headers = resp.request.headers
     except RuntimeError:  # a response built without a request (tests)
-        return text
+        return redact(text, "")
     for name in _AUTH_HEADERS:
         value = headers.get(name, "")
         bearer = name == "authorization" and " " in value

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from typing import Any
 
@@ -285,3 +287,88 @@ async def test_requests_asking_other_beta_features_go_in_other_vendor_batches() 
     for task in list(lane._tasks):
         await task
     assert sorted(sent) == [["None", "None"], ["['context-1m']", "['context-1m']"]]
+
+
+_MASKED = "Incorrect API key provided: sk-proj-****abcd."
+
+
+def _openai_batches(request: Any) -> Any:
+    import httpx
+
+    if request.url.path.endswith("/files"):
+        return httpx.Response(200, json={"id": "file_in"})
+    if request.url.path.endswith("/batches"):
+        return httpx.Response(200, json={"id": "b1"})
+    if request.url.path.endswith("/batches/b1"):
+        return httpx.Response(200, json={"id": "b1", "status": "completed", "output_file_id": "f1"})
+    error = {"error": {"message": _MASKED, "code": "invalid_api_key"}}
+    line = {"custom_id": "r0", "response": {"status_code": 401, "body": error}}
+    return httpx.Response(200, text=json.dumps(line) + "\n")
+
+
+def _anthropic_batches(request: Any) -> Any:
+    import httpx
+
+    if request.url.path.endswith("/messages/batches"):
+        return httpx.Response(200, json={"id": "b1"})
+    if request.url.path.endswith("/messages/batches/b1"):
+        return httpx.Response(200, json={"id": "b1", "processing_status": "ended"})
+    error = {"type": "error", "error": {"type": "authentication_error", "message": _MASKED}}
+    line = {"custom_id": "r0", "result": {"type": "errored", "error": error}}
+    return httpx.Response(200, text=json.dumps(line) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("kind", "answer"),
+    [("openai", _openai_batches), ("anthropic", _anthropic_batches)],
+    ids=["openai", "anthropic"],
+)
+async def test_a_batch_line_quoting_the_key_masked_delivers_none_of_it(kind, answer) -> None:
+    """A batch result line's error may quote the key masked ("sk-proj-****abcd"): struck
+    before the error reaches the caller (and so the batch store and its results topic)."""
+    import httpx
+
+    from agents.adapters.registry import make_adapter
+    from schemas.config import VendorConfig
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    adapter = make_adapter(VendorConfig(kind=kind, base_url="http://v.test/v1"), http)  # type: ignore[arg-type]
+    got: list[Any] = []
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        got.append(out)
+
+    rule = LaneRule(max_size=1, poll_s=0.001)
+    lane = BatchLane({"v": adapter}, {"v": KeyPool(["sk-proj-0123456789abcd"])}, rule, deliver)
+    env = envelope()
+    env.body = {"model": "a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    lane.submit(env, CAND)
+    for task in list(lane._tasks):
+        await task
+    [error] = got
+    assert isinstance(error, RelayError) and "provided: [redacted]." in error.message
+    assert "abcd" not in error.message
+
+
+async def test_a_lane_keeps_nothing_of_a_batch_once_it_is_answered() -> None:
+    """Each set of beta features asked makes a queue of its own: once its batch is sent
+    and answered, nothing of it stays (new sets per request grew the worker for good)."""
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        pass
+
+    vendor = ScriptedBatches(["done"] * 20)
+    lane = BatchLane({"v": vendor}, {"v": KeyPool(["key"])}, LaneRule(poll_s=0.001), deliver)
+    for i in range(20):
+        env = envelope()
+        env.body = {**env.body, "anthropic_beta": [f"feature-{i}"]}
+        lane.submit(env, CAND)
+    for task in lane.flush_all():
+        await task
+    await asyncio.sleep(0)  # (a finished task leaves the lane's set on the next turn)
+    kept = {
+        name: value
+        for name, value in vars(lane).items()
+        if isinstance(value, dict | list | set) and value and name not in ("adapters", "pools")
+    }
+    assert kept == {} and lane.queued == 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from agents.adapters.base import VendorCall, VendorResult
 from agents.batcher import EmbeddingBatcher
 from schemas.config import Candidate
@@ -139,6 +141,77 @@ async def test_an_answer_that_cannot_be_split_still_answers_everyone():
         return_exceptions=True,
     )
     assert all(isinstance(r, VendorError) for r in results)
+
+
+class Skipping(Vendor):
+    """A server that skips an input it will not take (here any empty one) instead of
+    refusing the call: its answer has fewer items than the call had inputs."""
+
+    async def embed(self, call: VendorCall) -> VendorResult:
+        inputs = call.body["input"]
+        self.calls.append(list(inputs))
+        data = [
+            {"object": "embedding", "index": i, "embedding": [f"emb({t})"]}
+            for i, t in enumerate(inputs)
+            if t
+        ]
+        return VendorResult({"object": "list", "data": data}, Usage(input_tokens=3))
+
+
+async def test_an_answer_missing_an_input_never_hands_one_caller_another_s_vectors():
+    """Cut by position, a shared answer that skipped an input would give the next caller
+    (another tenant's, maybe) the vectors of the one before: each caller goes on alone
+    instead, as for a 400, and only the one whose answer still does not match fails."""
+    vendor, batcher = Skipping(), EmbeddingBatcher()
+    first, second = await asyncio.gather(
+        batcher.embed(("k",), call(["tenant-a", ""]), vendor.embed, window_ms=10, max_size=8),
+        batcher.embed(("k",), call(["tenant-b"]), vendor.embed, window_ms=10, max_size=8),
+        return_exceptions=True,
+    )
+    assert isinstance(first, VendorError) and first.retryable  # the vendor's failure
+    assert isinstance(second, VendorResult)
+    assert [d["embedding"] for d in second.body["data"]] == [["emb(tenant-b)"]]
+    assert vendor.calls == [["tenant-a", "", "tenant-b"], ["tenant-a", ""], ["tenant-b"]]
+
+
+@pytest.mark.parametrize(
+    "indices",
+    [[0, 2], [0, 0], [1, 2], [0, 1, 2]],
+    ids=["gap", "twice", "shifted", "one-too-many"],
+)
+def test_split_refuses_an_answer_not_indexed_one_per_input(indices: list[int]) -> None:
+    from agents.batcher import Mismatched, split
+
+    data = [{"index": i, "embedding": [float(i)]} for i in indices]
+    with pytest.raises(Mismatched):
+        split(VendorResult({"data": data}, Usage()), [["a"], ["b"]])
+
+
+async def test_a_shared_call_s_error_never_carries_its_key_to_the_other_callers():
+    """The shared call goes with its first caller's key; a vendor echoing it back is
+    struck of it before every caller (whose own keys may differ) hears the error."""
+    from schemas.errors import VendorAuthFailed
+
+    async def echoing(c: VendorCall) -> VendorResult:
+        raise VendorAuthFailed(f"HTTP 401: invalid key {c.api_key}")
+
+    keys = ["sk-first-0123456789", "sk-other-0123456789"]
+    batcher = EmbeddingBatcher()
+    errors = await asyncio.gather(
+        *(
+            batcher.embed(
+                ("k",),
+                VendorCall(model="e", body={"model": "e", "input": "x"}, api_key=key),
+                echoing,
+                window_ms=10,
+                max_size=8,
+            )
+            for key in keys
+        ),
+        return_exceptions=True,
+    )
+    assert all(isinstance(e, VendorAuthFailed) for e in errors)
+    assert all(keys[0] not in e.message and "[redacted]" in e.message for e in errors)  # type: ignore[union-attr]
 
 
 def test_each_caller_pays_for_its_own_share_of_the_tokens():

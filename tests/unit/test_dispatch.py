@@ -5,6 +5,7 @@ request's own short deadline is not held against the vendor's health."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -145,6 +146,51 @@ async def test_a_vendor_echoing_its_key_in_an_error_never_passes_the_key_on() ->
         out = await dispatch.run(env, [cand], lambda chunk: asyncio.sleep(0))
         assert out.error is not None and "[redacted]" in out.error.message, vendor
         assert KEY not in out.error.message and KEY not in str(out.error.to_dict())
+
+
+MASKED = "Incorrect API key provided: sk-proj-****abcd. You can find your API key at ..."
+_OPENAI_ERROR = {"error": {"message": MASKED, "type": "invalid_request_error"}}
+_ANTHROPIC_ERROR = {"type": "error", "error": {"type": "authentication_error", "message": MASKED}}
+_SSE = {"content-type": "text/event-stream"}
+
+
+@pytest.mark.parametrize(
+    ("vendor", "stream", "status", "body", "headers"),
+    [
+        ("openai", False, 401, _OPENAI_ERROR, None),  # an error status (was redacted already)
+        ("openai", False, 200, _OPENAI_ERROR, None),  # OpenRouter's 200 with an error body
+        ("openai", True, 200, f"data: {json.dumps(_OPENAI_ERROR)}\n\n", _SSE),
+        ("anthropic", True, 200, f"event: error\ndata: {json.dumps(_ANTHROPIC_ERROR)}\n\n", _SSE),
+        ("ollama", False, 200, {"error": MASKED}, None),
+        ("ollama", True, 200, json.dumps({"error": MASKED}) + "\n", None),
+    ],
+    ids=["openai-401", "openai-200-error", "openai-stream", "anthropic-stream", "ollama",
+         "ollama-stream"],
+)  # fmt: skip
+async def test_a_key_a_vendor_quotes_masked_reaches_no_client_on_any_path(
+    vendor: str, stream: bool, status: int, body: Any, headers: Any
+) -> None:
+    """A vendor refusing a key quotes it masked ("sk-proj-****abcd"), its last characters
+    still the operator's key's: struck on every path a vendor error takes, not only an
+    error status (a 200 with an error body, a stream's error event or line)."""
+    import httpx
+
+    if isinstance(body, str):
+        answer = httpx.Response(status, text=body, headers=headers)
+    else:
+        answer = httpx.Response(status, json=body)
+    dispatch, _ = real_vendors(**{vendor: answer})
+    env = request_envelope(
+        deadline_ms=int((time.time() + 5) * 1000),
+        body={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream},
+        stream=stream,
+    )
+    forward = (lambda chunk: asyncio.sleep(0)) if stream else None
+    out = await dispatch.run(env, [Candidate(vendor=vendor, model="m")], forward)
+    assert out.error is not None
+    said = str(out.error.to_dict())
+    assert "Incorrect API key provided: [redacted]." in said
+    assert "abcd" not in said and "****" not in said
 
 
 async def test_an_unreadable_answer_is_the_vendor_s_failure_and_the_next_one_answers() -> None:

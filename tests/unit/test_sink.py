@@ -99,3 +99,39 @@ async def test_lines_a_producer_kept_without_starting_are_sent_by_the_next_one(
     nxt = streams.producers.BackgroundProducer("127.0.0.1:9", tmp_path)
     await nxt._resend_spilled()
     assert sent == [b'{"event_id":"e-1"}']
+
+
+async def test_a_ledger_line_naming_a_tenant_or_alias_not_configured_makes_no_series_of_it(
+    monkeypatch: Any,
+) -> None:
+    """An envelope put straight on the requests topic can name any tenant and alias: its
+    refusal's ledger line is counted under ``unknown``, not as series of its own (six
+    samples each, kept for as long as the worker runs)."""
+    from prometheus_client import REGISTRY
+
+    app = SimpleNamespace(producer=Producer())
+    sink = KafkaSink(app, Topics("relay"), None, "127.0.0.1:9", tenants={"acme"}, aliases={"m"})  # type: ignore[arg-type]
+
+    async def sent(*args: Any) -> None:
+        pass
+
+    monkeypatch.setattr(sink, "_send_later", sent)
+    value = REGISTRY.get_sample_value
+    unknown = {"tenant": "unknown", "alias": "unknown"}
+    before = value("relay_worker_cost_usd_total", unknown) or 0.0
+    made_up = UsageEvent(
+        event_id="e1", trace_id="t", tenant="t-made-up", key_id="k", alias="a-made-up", cost=0.5
+    )
+    await sink.usage(made_up)
+    await sink.usage(made_up.model_copy(update={"tenant": "acme"}))
+    await sink.usage(made_up.model_copy(update={"tenant": "acme", "alias": "m"}))
+    names = {
+        (s.labels.get("tenant"), s.labels.get("alias"))
+        for m in REGISTRY.collect()
+        if m.name.startswith("relay_worker")
+        for s in m.samples
+    }
+    assert not any("made-up" in str(n) for n in names)
+    assert value("relay_worker_cost_usd_total", unknown) == before + 0.5
+    assert value("relay_worker_cost_usd_total", {"tenant": "acme", "alias": "unknown"}) == 0.5
+    assert value("relay_worker_cost_usd_total", {"tenant": "acme", "alias": "m"}) == 0.5
