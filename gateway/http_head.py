@@ -26,10 +26,13 @@ class BoundedHead(HttpToolsProtocol):
     _head_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
+        was_reading = self._reading_head
         super().data_received(data)
-        # Counted once parsed: the bytes of a read that finished the head (and began the
-        # body) are not the head's.
-        if self._reading_head and not self.transport.is_closing():
+        # Counted once parsed, and only a read the head was open across: one that
+        # finished a head (and began the body) is the body's, and one that began the
+        # next pipelined request may hold the end of the last one's body.  A head is
+        # thus held to the limit plus one read (asyncio reads 256 KiB at most).
+        if was_reading and self._reading_head and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(431, b"Request Header Fields Too Large", "request head too large")
@@ -60,6 +63,11 @@ class BoundedHead(HttpToolsProtocol):
 
     def _refuse(self, status: int, reason: bytes, text: str) -> None:
         self._head_done()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head while the last answer still goes out: an answer written
+            # now would land inside that one's bytes.
+            self.transport.close()
+            return
         body = text.encode("ascii")
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"

@@ -132,6 +132,11 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("thinking: must be an object", param="thinking")
     if thinking:
         out["thinking"] = thinking
+    managed = body.get("context_management")
+    if managed is not None and not isinstance(managed, dict):
+        raise BadRequest("context_management: must be an object", param="context_management")
+    if managed:
+        out["context_management"] = managed  # an extension: Anthropic vendors only
     out |= _output_config_to_openai(body)
     return out
 
@@ -141,18 +146,19 @@ CARRIED = frozenset(
     {
         "model", "max_tokens", "messages", "system", "temperature", "top_p", "top_k",
         "stream", "tools", "tool_choice", "stop_sequences", "metadata", "cache_control",
-        "thinking", "output_config", "output_format",
+        "thinking", "output_config", "output_format", "context_management",
     }
 )  # fmt: skip
 
 
 def _carried_only(body: dict[str, Any]) -> None:
     """Refuse a field the relay does not carry (``mcp_servers``, ``container``,
-    ``context_management``, ``inference_geo``, a new one): the request would run
-    without it, which the client would never learn; Anthropic itself refuses fields it
-    does not know, too.  ``service_tier: auto`` is what the vendor does anyway."""
-    for key in body:
-        if key in CARRIED or (key == "service_tier" and body[key] == "auto"):
+    ``inference_geo``, a new one): the request would run without it, which the client
+    would never learn; Anthropic itself refuses fields it does not know, too.  A field
+    sent empty (null, [], {}) asks for nothing, and ``service_tier: auto`` is what the
+    vendor does anyway."""
+    for key, value in body.items():
+        if key in CARRIED or value in (None, [], {}) or (key == "service_tier" and value == "auto"):
             continue
         if key == "service_tier":
             raise BadRequest("service_tier: only `auto` passes through the relay", param=key)
@@ -206,12 +212,19 @@ EXTENSIONS = frozenset(
 # Anthropic's own tools that run on the client (their ``type`` names a version).
 CLIENT_TOOLS = ("bash_", "text_editor_", "computer_", "memory_")
 # ...and at the top level: cache breakpoints, the extended-thinking config, what an
-# output_config holds besides its format (effort) and the client's anthropic-beta
-# features (which the Anthropic adapter sends as that header); on
+# output_config holds besides its format (effort), context management (what Claude Code
+# asks to clear from a long context: other vendors get the context whole) and the
+# client's anthropic-beta features (which the Anthropic adapter sends as that header); on
 # messages, thinking (the blocks, the ordered content they sit in, and the keys an
 # OpenAI client's SDK folds into a message it echoes back: reasoning text, signature,
 # redacted data).  OpenAI-format vendors refuse fields they do not know.
-TOP_EXTENSIONS = ("cache_control", "thinking", "output_config", "anthropic_beta")
+TOP_EXTENSIONS = (
+    "cache_control",
+    "thinking",
+    "output_config",
+    "context_management",
+    "anthropic_beta",
+)
 MESSAGE_EXTENSIONS = EXTENSIONS | {
     "citation",
     "text_block",
@@ -986,6 +999,8 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
         out["thinking"] = thinking
     if body.get("output_config"):
         out["output_config"] = body["output_config"]
+    if body.get("context_management"):
+        out["context_management"] = body["context_management"]
     # Anthropic refuses sampling knobs beside thinking (as OpenAI's reasoning models do):
     # thinking the relay turned on for reasoning_effort goes without them.
     if body.get("temperature") is not None and not by_effort:

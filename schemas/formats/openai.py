@@ -106,7 +106,7 @@ def openai_only_refused(body: dict[str, Any]) -> None:
             "web_search_options: this model does not search the web", param="web_search_options"
         )
     for i, tool in enumerate(body.get("tools") or []):
-        kind = tool.get("type", "function") if isinstance(tool, dict) else None
+        kind = (tool.get("type") or "function") if isinstance(tool, dict) else None
         if kind != "function":
             raise VendorUnsupported(
                 f"tools.{i}.type: this model takes function tools only (not {kind!r})",

@@ -284,7 +284,6 @@ def test_malformed_requests_raise_bad_request(change, needle):
     [
         {"mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "x"}]},
         {"container": "cntr_123"},
-        {"context_management": {"edits": []}},
         {"inference_geo": "us"},
         {"service_tier": "standard_only"},
     ],
@@ -298,9 +297,24 @@ def test_a_field_the_relay_does_not_carry_is_refused_not_dropped(field):
     assert err.value.param == name and name in err.value.message
 
 
-def test_service_tier_auto_is_what_the_vendor_does_anyway():
-    out = messages_request_to_openai({**ANTHROPIC_REQUEST, "service_tier": "auto"})
-    assert "service_tier" not in out
+def test_service_tier_auto_and_fields_sent_empty_ask_for_nothing():
+    empty: dict[str, Any] = {
+        "service_tier": "auto",
+        "container": None,
+        "mcp_servers": [],
+        "inference_geo": None,
+    }
+    out = messages_request_to_openai({**ANTHROPIC_REQUEST, **empty})
+    assert not set(empty) & set(out)
+
+
+def test_claude_codes_context_management_reaches_anthropic_vendors_only():
+    """Claude Code sends it on its own: what to clear from a long context.  Another
+    vendor gets the context whole, which changes no answer."""
+    managed = {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}
+    neutral = messages_request_to_openai({**ANTHROPIC_REQUEST, "context_management": managed})
+    assert openai_request_to_messages(neutral, "claude")["context_management"] == managed
+    assert "context_management" not in without_cache_control(neutral)
 
 
 def test_openai_response_to_messages_with_text_tools_and_cache_usage():
@@ -1212,6 +1226,9 @@ def test_what_only_an_openai_vendor_gives_passes_the_request_on(asked, param):
         with pytest.raises(VendorUnsupported) as err:
             translate(body, "model", **kwargs)
         assert err.value.param == param and err.value.status == 400
+    typeless = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    typeless["tools"] = [{"type": None, "function": {"name": "f", "parameters": {}}}]
+    assert openai_request_to_messages(typeless, "claude")["tools"][0]["name"] == "f"
 
 
 @pytest.mark.parametrize(

@@ -54,10 +54,12 @@ async def exchange(port: int, *pieces: bytes, pause: float = 0.0) -> bytes:
         writer.close()
 
 
-def post(body: bytes, extra: bytes = b"") -> bytes:
+def post(body: bytes, extra: bytes = b"", *, last: bool = True) -> bytes:
     return (
         b"POST /v1/echo HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\n"
-        b"connection: close\r\n" + extra + b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        + (b"connection: close\r\n" if last else b"")
+        + extra
+        + b"content-length: %d\r\n\r\n%s" % (len(body), body)
     )
 
 
@@ -81,3 +83,13 @@ async def test_a_head_that_trickles_in_is_cut_at_the_timeout(
         server, *[b"POST /v1/echo HTTP/1.1\r\nx-slow: a"] + [b"a"] * 20, pause=0.05
     )
     assert answer.startswith(b"HTTP/1.1 408")
+
+
+async def test_a_pipelined_head_after_a_large_body_is_not_charged_for_that_body(
+    server: int,
+) -> None:
+    """One read that ends a 200 KB body and starts the next request's head: both served."""
+    big = post(b'{"text": "%s"}' % (b"x" * 200_000), last=False)
+    second = post(b'{"text": "hi"}')
+    answer = await exchange(server, big + second[:20], second[20:], pause=0.3)
+    assert answer.count(b"HTTP/1.1 200") == 2
