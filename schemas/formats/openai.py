@@ -212,8 +212,10 @@ def assemble_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     usage = None
     for chunk in chunks:
         for key in ("id", "created", "model", *_OPTIONAL_HEAD):
-            if key not in head and chunk.get(key) is not None:
-                head[key] = chunk[key]
+            value = chunk.get(key)
+            # Not Azure's opening content-filter chunk's blank id, created and model.
+            if key not in head and value is not None and (value or key in _OPTIONAL_HEAD):
+                head[key] = value
         if chunk.get("usage"):
             usage = chunk["usage"]
         for choice in chunk.get("choices") or []:

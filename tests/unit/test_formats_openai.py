@@ -325,3 +325,19 @@ def test_a_replay_opens_an_answer_of_no_text_with_null_content_as_openai_does() 
         "role": "assistant",
         "content": "",
     }
+
+
+def test_azures_blank_opening_chunk_does_not_blank_the_answers_id() -> None:
+    opening = {"id": "", "created": 0, "model": "", "choices": [], "prompt_filter_results": []}
+    said = {
+        "id": "chatcmpl-9",
+        "created": 1_700_000_000,
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}],
+    }
+    whole = assemble_chunks([opening, said])
+    assert (whole["id"], whole["created"], whole["model"]) == (
+        "chatcmpl-9",
+        1_700_000_000,
+        "gpt-4o",
+    )
