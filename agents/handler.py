@@ -264,7 +264,11 @@ class RequestHandler:
             return False
         try:  # a request degraded by its tenant's budget goes the cheaper way here too
             plan = self.router.plan(
-                env.alias, time.time(), degraded=env.degraded is not None, tenant=env.tenant
+                env.alias,
+                time.time(),
+                user=env.user,  # a canary sticky per user stays so on this lane too
+                degraded=env.degraded is not None,
+                tenant=env.tenant,
             )
         except RelayError:
             return False

@@ -67,11 +67,17 @@ class Router:
                 if spec.degrade_to and self.may_use(tenant, spec.degrade_to)
                 else None
             )
-            cands = self.spec(target).candidates if target else []
-            # The alias's own candidates behind degrade_to's: a cheaper alias that is down
-            # must not turn a tenant at 80 % of its budget away while the alias is up.
-            cands = cands + [c for c in spec.candidates if c not in cands]
-            return self._rank(cands, "cheapest", now)
+            cheaper = self.spec(target).candidates if target else []
+            # The alias's own candidates behind degrade_to's, each cheapest first (not all
+            # in one ranking: an unpriced candidate of the alias's own would come first):
+            # a cheaper alias that is down must not turn a tenant at 80 % of its budget
+            # away while the alias is up.
+            own = [c for c in spec.candidates if c not in cheaper]
+            return self._or_refuse(
+                self._available(cheaper, "cheapest", now) + self._available(own, "cheapest", now),
+                cheaper + own,
+                now,
+            )
         cands = spec.candidates
         if spec.canary and self.in_canary(alias, spec, user):
             # The canary first while it is available; the stable candidates behind it

@@ -66,6 +66,8 @@ def error_response(request: Request, err: RelayError) -> JSONResponse:
     if err.retry_after is not None:
         # Rounded up: a client that waits what it is told must find the way clear.
         headers["retry-after"] = str(max(1, math.ceil(err.retry_after)))
+    elif err.status == 429:  # a vendor's 429 that said no wait: every 429 says one
+        headers["retry-after"] = "1"
     # The trace id the request went under, or the client's own when it failed before that.
     given = request.headers.get("x-relay-trace-id", "")
     if trace := err.trace_id or (given if 0 < len(given) <= MAX_TRACE_ID else None):

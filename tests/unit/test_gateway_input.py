@@ -202,6 +202,13 @@ async def test_a_stream_refused_at_once_still_gets_its_real_status():
     assert reply.json()["error"]["message"] == "slow down"
 
 
+async def test_a_vendors_429_that_named_no_wait_still_tells_the_client_one():
+    app, _ = gateway_app(refusing(code="vendor_rate_limited", message="slow down"))
+    async with client(app) as http:
+        reply = await http.post("/v1/chat/completions", json=CHAT)
+    assert reply.status_code == 429 and reply.headers["retry-after"] == "1"
+
+
 async def test_a_count_with_no_counting_vendor_available_is_estimated_not_refused():
     app, bus = gateway_app(refusing(code="no_healthy_vendor", message="every vendor is failing"))
     async with client(app) as http:

@@ -1045,6 +1045,39 @@ async def test_a_sticky_canary_is_never_shared_with_users_of_the_stable_version(
     assert sink.written["same"].vendor == "a", "the stable answer alone is cached"
 
 
+async def test_background_work_keeps_a_sticky_canary_users_version():
+    """On the batch-API lane too, each user is served by the version it was given."""
+    from agents.batch_lane import BatchLane
+    from schemas.config import BatchLane as LaneRule
+
+    router = Router(CANARY, {}.get)
+    spec = CANARY.models["m"]
+    users = [f"user-{i}" for i in range(100)]
+    canary_users = [u for u in users if router.in_canary("m", spec, u)][:5]
+    stable_users = [u for u in users if not router.in_canary("m", spec, u)][:5]
+    models: list[str] = []
+
+    class Recording(SlowBatches):
+        async def submit_batch(self, calls: list[Any], api_key: str) -> str:
+            models.extend(call.model for _, call in calls)
+            return await super().submit_batch(calls, api_key)
+
+    batches = Recording()
+    batches.done.set()
+    handler, _ = make(vendor([]), CANARY)
+    handler.lane = BatchLane(
+        {"a": batches, "b": batches},
+        {"a": KeyPool(["k"]), "b": KeyPool(["k"])},
+        LaneRule(max_size=1, poll_s=0.01),
+        handler.deliver_batch,
+    )
+    for i, user in enumerate(canary_users + stable_users):
+        await handler.handle(envelope(key=f"bg-{i}", user=user, priority=Priority.background))
+    for task in list(handler.lane._tasks):
+        await task
+    assert models == ["next"] * 5 + ["stable"] * 5
+
+
 async def test_a_producer_asking_a_chat_alias_for_embeddings_is_refused_before_any_vendor():
     """The gateway refuses it with a 400; an envelope posted straight to the topic gets
     the same, so no vendor's refusal counts toward the alias's breaker."""

@@ -88,3 +88,26 @@ def test_a_degraded_request_falls_back_on_its_own_alias_when_the_cheaper_one_is_
         "mid",
         "big",
     ]
+
+
+def test_a_degraded_request_tries_degrade_to_before_an_unpriced_candidate_of_its_own():
+    """Unpriced counts as free when ranking by price: ranked together, the alias's own
+    local model would always come first and degrade_to would never be reached."""
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {"a": {"kind": "openai", "base_url": "http://a/v1"}},
+            "models": {
+                "chat": {
+                    "degrade_to": "small",
+                    "candidates": [
+                        {"vendor": "a", "model": "big", "input_per_1m": 5},
+                        {"vendor": "a", "model": "local"},
+                    ],
+                },
+                "small": {"candidates": [{"vendor": "a", "model": "tiny", "input_per_1m": 0.1}]},
+            },
+            "tenants": {"t": {}},
+        }
+    )
+    planned = Router(config, {}.get).plan("chat", NOW, degraded=True)
+    assert [c.model for c in planned] == ["tiny", "local", "big"]
