@@ -141,7 +141,9 @@ class EmbeddingBatcher:
             # Struck of the key the shared call went with: the others' own keys may differ,
             # and each caller's dispatcher strikes only its own.
             scrubbed(err, call.api_key)
-            _reject(batch, partial(type(err), err.message, retry_after=err.retry_after))
+            _reject(
+                batch, partial(type(err), err.message, retry_after=err.retry_after), call.api_key
+            )
             return
         except Exception as exc:
             _reject(batch, partial(VendorError, f"batched call failed: {exc}"))
@@ -169,14 +171,18 @@ def _retrieve(future: asyncio.Future[VendorResult]) -> None:
         future.exception()
 
 
-def _reject(batch: list[_Pending], error: Callable[[], Exception]) -> None:
+def _reject(
+    batch: list[_Pending], error: Callable[[], Exception], used_key: str | None = None
+) -> None:
     """Fail every caller still waiting, each with its own exception instance (the first
-    one's reports the call's failure: one call, one outcome)."""
+    one's reports the call's failure: one call, one outcome), saying whether the call
+    went with the caller's own key (``used_key``)."""
     for i, p in enumerate(batch):
         if not p.future.done():
             exc = error()
             if isinstance(exc, RelayError):
                 exc.rode = i > 0
+                exc.other_key = used_key is not None and p.call.api_key != used_key
             p.future.set_exception(exc)
 
 

@@ -312,7 +312,9 @@ class Dispatcher:
                 if exc.refused and progress is not None:
                     progress.opened = None  # the vendor did not take the call: unbilled
                 keyed = isinstance(exc, VendorAuthFailed | VendorRateLimited)
-                if isinstance(exc, VendorAuthFailed):
+                if exc.other_key:
+                    pass  # a window-batched call's key, not this caller's: its own is fine
+                elif isinstance(exc, VendorAuthFailed):
                     # A revoked key, or one out of credit: the operator must hear of it
                     # (by its place in the pool, never the key).
                     log.warning("%s: key #%d refused (401/403): out for %.0f s",

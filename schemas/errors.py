@@ -58,6 +58,9 @@ class RelayError(Exception):
         # A window-batched caller other than the first: the shared call's outcome is the
         # first caller's to report (one vendor call, one health outcome).
         self.rode = False
+        # A window-batched caller whose own vendor key the shared call did not go with
+        # (it went with the first caller's): a key's refusal or limit is not its key's.
+        self.other_key = False
 
     def to_dict(self) -> dict[str, Any]:
         return {

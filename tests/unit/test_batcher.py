@@ -212,6 +212,9 @@ async def test_a_shared_call_s_error_never_carries_its_key_to_the_other_callers(
     )
     assert all(isinstance(e, VendorAuthFailed) for e in errors)
     assert all(keys[0] not in e.message and "[redacted]" in e.message for e in errors)  # type: ignore[union-attr]
+    # Only the first caller's key was refused: the other's dispatcher must not take its
+    # own (good) key out of the pool for it.
+    assert [e.other_key for e in errors] == [False, True]  # type: ignore[union-attr]
 
 
 def test_each_caller_pays_for_its_own_share_of_the_tokens():

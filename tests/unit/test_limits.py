@@ -178,3 +178,28 @@ def test_retry_after_is_rounded_up_so_waiting_it_out_is_enough() -> None:
     for wait, header in ((2.49, "3"), (0.2, "1"), (2.0, "2")):
         response = error_response(request, RateLimited("slow down", retry_after=wait))
         assert response.headers["retry-after"] == header
+
+
+async def test_a_shared_calls_refused_key_is_not_benched_for_a_rider_with_its_own() -> None:
+    """A window-batched call goes with its first caller's key: its 401 says nothing of
+    another caller's key, which stays in the pool."""
+    from schemas.errors import VendorAuthFailed
+
+    class SharedCallRefused:
+        async def chat(self, call: VendorCall) -> VendorResult:
+            err = VendorAuthFailed("401 for the shared call's key")
+            err.other_key = True
+            raise err
+
+        def stream(self, call: Any) -> Any:
+            raise NotImplementedError
+
+    pool = KeyPool(["k0"])
+    dispatch = Dispatcher({"a": SharedCallRefused()}, {"a": pool}, _no_health)
+    out = await dispatch.run(env(), [Candidate(vendor="a", model="m")], None)
+    assert isinstance(out.error, VendorAuthFailed)
+    assert pool.free(), "its own key was not refused"
+
+
+async def _no_health(event: HealthEvent) -> None:
+    return None
