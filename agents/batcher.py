@@ -146,7 +146,10 @@ class EmbeddingBatcher:
             )
             return
         except Exception as exc:
-            _reject(batch, partial(VendorError, f"batched call failed: {exc}"))
+            # By its type alone: its text may quote the vendor's answer (the dispatcher
+            # reports such failures so too), which every caller of the window would hear.
+            what = type(exc).__name__
+            _reject(batch, partial(VendorError, f"batched call failed ({what})"))
             return
         try:
             parts = split(result, [p.inputs for p in batch], shape)
@@ -159,7 +162,8 @@ class EmbeddingBatcher:
                 # match its inputs fails, as the vendor's.
                 await asyncio.gather(*(self._send([p], send, shape) for p in batch))
                 return
-            _reject(batch, partial(VendorError, f"unreadable batched answer: {exc}"))
+            what = type(exc).__name__
+            _reject(batch, partial(VendorError, f"unreadable batched answer ({what})"))
             return
         for i, (p, part) in enumerate(zip(batch, parts, strict=True)):
             if not p.future.done():

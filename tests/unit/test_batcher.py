@@ -396,3 +396,17 @@ async def test_a_shared_call_names_no_end_user_when_its_callers_have_different_o
     assert "user" not in mixed and mixed["input"] == ["a", "b"]
     same = await window(asked("c", "alice@a"), asked("d", "alice@a"))
     assert same["user"] == "alice@a"
+
+
+async def test_a_shared_call_that_breaks_is_named_by_its_kind_not_its_text():
+    """Every caller of the window hears it: the text may quote another caller's answer."""
+
+    async def breaking(c: VendorCall) -> VendorResult:
+        raise KeyError("another tenant's input: the secret plan")
+
+    batcher = EmbeddingBatcher()
+    errors = await asyncio.gather(
+        *(batcher.embed(("k",), call([text]), breaking, window_ms=10, max_size=8) for text in "ab"),
+        return_exceptions=True,
+    )
+    assert [str(e) for e in errors] == ["batched call failed (KeyError)"] * 2
