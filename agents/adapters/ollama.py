@@ -23,7 +23,14 @@ from agents.adapters.http import json_body, lines, open_stream, refused, send
 from schemas.config import VendorConfig
 from schemas.errors import BadRequest, VendorBadRequest, VendorUnavailable, VendorUnsupported
 from schemas.formats.anthropic import without_cache_control
-from schemas.formats.openai import new_id, openai_only_refused, parse_arguments, reasoning_effort
+from schemas.formats.openai import (
+    allowed_tool_names,
+    choice_name,
+    new_id,
+    openai_only_refused,
+    parse_arguments,
+    reasoning_effort,
+)
 from schemas.usage import Usage
 
 # OpenAI's reasoning_effort -> Ollama's think: a level, which models with levels (gpt-oss)
@@ -239,17 +246,10 @@ def _offered_tools(body: dict[str, Any]) -> list[Any]:
     if not isinstance(choice, dict):
         return list(tools)
     if choice.get("type") == "allowed_tools":
-        spec = choice.get("allowed_tools")
-        listed = spec.get("tools") if isinstance(spec, dict) else None
-        names = {_function_name(t) for t in listed or [] if isinstance(t, dict)}
+        names = allowed_tool_names(choice)
     else:
-        names = {_function_name(choice)}
-    return [t for t in tools if isinstance(t, dict) and _function_name(t) in names - {""}]
-
-
-def _function_name(item: dict[str, Any]) -> str:
-    function = item.get("function")
-    return str(function.get("name") or "") if isinstance(function, dict) else ""
+        names = {choice_name(choice)}
+    return [t for t in tools if isinstance(t, dict) and choice_name(t) in names - {""}]
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -18,6 +18,8 @@ from typing import Any
 from schemas.errors import BadRequest, VendorUnsupported
 from schemas.formats.openai import (
     OWN_STOP_REASON,
+    allowed_tool_names,
+    choice_name,
     new_id,
     openai_only_refused,
     reasoning_effort,
@@ -955,11 +957,11 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     asked = body.get("tool_choice")
     if isinstance(asked, dict) and asked.get("type") == "allowed_tools":
         # OpenAI's subset of the tools the model may call now: the others left out.
-        spec = asked.get("allowed_tools")
-        spec = spec if isinstance(spec, dict) else {}
-        allowed = {_choice_name(t) for t in spec.get("tools") or [] if isinstance(t, dict)}
+        allowed = allowed_tool_names(asked)
         tools = [t for t in tools if t.get("name") in allowed]
-        asked = "required" if spec.get("mode") == "required" else "auto"
+        spec = asked.get("allowed_tools")
+        required = isinstance(spec, dict) and spec.get("mode") == "required"
+        asked = "required" if required else "auto"
     choice = _tool_choice_to_anthropic(asked, body.get("parallel_tool_calls"))
     choice = choice if tools else None
     thinking = body.get("thinking")
@@ -1275,17 +1277,10 @@ def _choice_like(kind: str, choice: dict[str, Any] | None) -> dict[str, Any]:
     return {"type": kind} | kept
 
 
-def _choice_name(choice: dict[str, Any]) -> str:
-    """The tool a choice names: ``{"type": "function", "function": {"name"}}``, or a
-    custom tool's ``{"type": "custom", "custom": {"name"}}``."""
-    named = choice.get(str(choice.get("type") or "function"))
-    return str(named.get("name") or "") if isinstance(named, dict) else ""
-
-
 def _tool_choice_to_anthropic(choice: Any, parallel: Any) -> dict[str, Any] | None:
     out: dict[str, Any]
-    if isinstance(choice, dict) and _choice_name(choice):
-        out = {"type": "tool", "name": _choice_name(choice)}
+    if isinstance(choice, dict) and choice_name(choice):
+        out = {"type": "tool", "name": choice_name(choice)}
     elif choice in (None, "auto") or isinstance(choice, dict):  # a choice it cannot say
         out = {"type": "auto"}
     else:

@@ -153,6 +153,18 @@ def call_function(call: dict[str, Any]) -> dict[str, Any]:
     return _object(call.get("function"))
 
 
+def choice_name(item: dict[str, Any]) -> str:
+    """The tool a tool choice (or a tool) names: ``{"type": "function", "function":
+    {"name"}}``, or a custom tool's ``{"type": "custom", "custom": {"name"}}``."""
+    return str(_object(item.get(str(item.get("type") or "function"))).get("name") or "")
+
+
+def allowed_tool_names(choice: dict[str, Any]) -> set[str]:
+    """The tools an ``allowed_tools`` choice lets the model call now."""
+    listed = _object(choice.get("allowed_tools")).get("tools")
+    return {choice_name(t) for t in listed or [] if isinstance(t, dict)}
+
+
 def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
