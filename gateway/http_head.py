@@ -32,15 +32,20 @@ class BoundedHead(HttpToolsProtocol):
         # finished a head (and began the body) is the body's, and one that began the
         # next pipelined request may hold the end of the last one's body.  A head is
         # thus held to the limit plus one read (asyncio reads 256 KiB at most).
-        if was_reading and self._reading_head and not self.transport.is_closing():
+        if not self._reading_head or self.transport.is_closing():
+            return
+        if was_reading:
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(431, b"Request Header Fields Too Large", "request head too large")
+        elif self._head_timer is None:
+            # Timed only once a head outlasts the read it began in: most heads come
+            # whole in one, and need no timer set and cancelled.
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timed_out)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_head, self._head_bytes = True, 0
-        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timed_out)
 
     def on_headers_complete(self) -> None:
         self._head_done()
