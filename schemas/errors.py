@@ -21,6 +21,7 @@
         │   └── ContentFiltered      400 content_filter       (the vendor's content filter)
         ├── VendorNotFound           404 from the vendor      (no such model or deployment)
         ├── VendorUnavailable        5xx, connect and read failures
+        │   └── VendorOverloaded     503 overloaded_error     (a vendor's 503/529, "overloaded")
         └── VendorUnsupported        400 this candidate cannot (next one tried; health kept)
 
 Each class carries a stable ``code``, the HTTP ``status`` a client sees and whether a
@@ -217,6 +218,16 @@ class VendorNotFound(VendorError):
 
 class VendorUnavailable(VendorError):
     code = "vendor_unavailable"
+
+
+class VendorOverloaded(VendorUnavailable):
+    """The vendor said it is overloaded (a 503, Anthropic's 529 or its stream's
+    ``overloaded_error`` event): retried elsewhere like any outage, and when it is the
+    last word a client hears it as such (Anthropic's SDK raises its OverloadedError)."""
+
+    code = "vendor_overloaded"
+    status = 503
+    type = "overloaded_error"
 
 
 class VendorUnsupported(VendorError):

@@ -156,6 +156,7 @@ COMMON_OUTCOMES = (
     "ok",
     "vendor_error",
     "vendor_unavailable",
+    "vendor_overloaded",
     "vendor_rate_limited",
     "vendor_auth_failed",
     "deadline_exceeded",

@@ -21,6 +21,7 @@ from schemas.errors import (
     VendorAuthFailed,
     VendorBadRequest,
     VendorNotFound,
+    VendorOverloaded,
     VendorRateLimited,
     VendorUnavailable,
 )
@@ -44,6 +45,7 @@ _ERROR_TYPES: dict[str, type[RelayError]] = {
     "permission_error": VendorAuthFailed,
     "billing_error": VendorAuthFailed,
     "rate_limit_error": VendorRateLimited,
+    "overloaded_error": VendorOverloaded,
 }
 
 

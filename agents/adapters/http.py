@@ -29,6 +29,7 @@ from schemas.errors import (
     VendorAuthFailed,
     VendorBadRequest,
     VendorNotFound,
+    VendorOverloaded,
     VendorRateLimited,
     VendorUnavailable,
 )
@@ -284,8 +285,10 @@ def error_for_status(status: int, message: str, *, retry_after: float | None = N
         return VendorAuthFailed(message)
     if status == 404:
         return VendorNotFound(message)
-    # 408 and 409 are the vendor's own timeouts and conflicts; 529 is Anthropic's
-    # "overloaded".  All pass if tried again, unlike the client's own mistakes.
+    # 529 is Anthropic's "overloaded"; 408 and 409 are the vendor's own timeouts and
+    # conflicts.  All pass if tried again, unlike the client's own mistakes.
+    if status in (503, 529):
+        return VendorOverloaded(message, retry_after=retry_after)
     if status in (408, 409) or status >= 500:
         return VendorUnavailable(message, retry_after=retry_after)
     return VendorBadRequest(message)

@@ -15,6 +15,7 @@ from schemas.errors import (
     VendorAuthFailed,
     VendorBadRequest,
     VendorNotFound,
+    VendorOverloaded,
     VendorRateLimited,
     VendorUnavailable,
 )
@@ -241,7 +242,7 @@ async def test_stream_turns_events_into_chunks_and_usage():
 @pytest.mark.parametrize(
     ("kind", "cls"),
     [
-        ("overloaded_error", VendorUnavailable),
+        ("overloaded_error", VendorOverloaded),
         ("api_error", VendorUnavailable),
         ("rate_limit_error", VendorRateLimited),
         ("invalid_request_error", VendorBadRequest),
@@ -275,7 +276,7 @@ async def test_stream_cut_before_message_stop_is_vendor_unavailable():
         (404, "not_found_error", VendorNotFound),
         (413, "request_too_large", VendorBadRequest),
         (500, "api_error", VendorUnavailable),
-        (529, "overloaded_error", VendorUnavailable),
+        (529, "overloaded_error", VendorOverloaded),
     ],
 )
 async def test_error_statuses_map_to_the_error_tree(status, kind, cls):
@@ -414,9 +415,10 @@ async def test_cancel_batch_posts_to_the_message_batch_s_cancel_path():
 async def test_overloaded_status_keeps_retry_after_for_the_breaker():
     body = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
     _, handler = recorder(httpx.Response(529, json=body, headers={"retry-after": "4"}))
-    with pytest.raises(VendorUnavailable) as err:
+    with pytest.raises(VendorOverloaded) as err:
         await adapter_for(handler).chat(call())
     assert err.value.retry_after == 4.0
+    assert (err.value.status, err.value.type) == (503, "overloaded_error")
 
 
 async def test_the_client_s_beta_features_go_as_the_anthropic_beta_header_not_in_the_body():

@@ -27,6 +27,7 @@ from schemas.errors import (
     VendorAuthFailed,
     VendorBadRequest,
     VendorNotFound,
+    VendorOverloaded,
     VendorRateLimited,
     VendorUnavailable,
     VendorUnsupported,
@@ -259,8 +260,8 @@ async def test_stream_error_status_raises_before_any_chunk():
         (408, VendorUnavailable),
         (409, VendorUnavailable),
         (500, VendorUnavailable),
-        (503, VendorUnavailable),
-        (529, VendorUnavailable),
+        (503, VendorOverloaded),
+        (529, VendorOverloaded),
         (429, VendorRateLimited),
     ],
 )

@@ -255,9 +255,12 @@ async def test_completions_take_every_prompt_form_openai_takes(prompt: Any) -> N
     assert seen[0].body["prompt"] == prompt
 
 
-async def test_no_vendor_is_an_openai_503_and_anthropic_s_own_529_overloaded():
-    """Anthropic says overloaded with a 529, which its SDK raises as OverloadedError."""
-    app, _ = gateway_app(refusing(code="no_healthy_vendor", message="every vendor is failing"))
+@pytest.mark.parametrize("code", ["no_healthy_vendor", "vendor_overloaded"])
+async def test_no_vendor_is_an_openai_503_and_anthropic_s_own_529_overloaded(code: str):
+    """Anthropic says overloaded with a 529, which its SDK raises as OverloadedError;
+    the relay says so when no vendor is healthy, or when the last one tried was
+    overloaded itself."""
+    app, _ = gateway_app(refusing(code=code, message="every vendor is failing"))
     async with client(app) as http:
         chat = await http.post("/v1/chat/completions", json=CHAT)
         messages = await http.post("/v1/messages", json=MESSAGES)

@@ -194,7 +194,7 @@ async def test_every_waiter_gets_the_leaders_error():
     envs = [envelope() for _ in range(3)]
     await asyncio.gather(*(handler.handle(e) for e in envs))
     errors = [sink.for_(e.correlation_id)[-1] for e in envs]
-    assert all(e.kind == "error" and e.error["code"] == "vendor_unavailable" for e in errors)
+    assert all(e.kind == "error" and e.error["code"] == "vendor_overloaded" for e in errors)
     assert [e.status for e in sink.ledger] == ["error"] * 3
 
 

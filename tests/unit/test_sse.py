@@ -121,7 +121,14 @@ async def test_an_anthropic_stream_s_error_event_says_anthropic_s_error_type() -
     """After the 200 the error is an event, typed as Anthropic types that status."""
     import json
 
-    from schemas.errors import BudgetExceeded, NotFound, NoWorker, RelayError
+    from schemas.errors import (
+        BudgetExceeded,
+        NotFound,
+        NoWorker,
+        RelayError,
+        VendorOverloaded,
+        VendorUnavailable,
+    )
 
     def failing(err: RelayError) -> AsyncIterator[dict[str, Any] | Usage]:
         async def chunks() -> AsyncIterator[dict[str, Any] | Usage]:
@@ -135,6 +142,8 @@ async def test_an_anthropic_stream_s_error_event_says_anthropic_s_error_type() -
         (BudgetExceeded("spent"), "billing_error"),
         (NotFound("gone"), "not_found_error"),
         (NoWorker("none"), "overloaded_error"),
+        (VendorOverloaded("anthropic: overloaded_error: Overloaded"), "overloaded_error"),
+        (VendorUnavailable("openai: HTTP 500: boom"), "api_error"),
     ):
         raw = (await collect(anthropic_sse(failing(err), "claude", "msg_1"))).decode()
         last = raw.strip().split("\n\n")[-1].splitlines()
