@@ -6,6 +6,10 @@ Breaker states::
     open   --(open_s elapsed; the router calls begin_probe)-----------------> half_open
     half_open --(probe succeeds)--> closed      half_open --(probe fails)--> open
 
+A late result, from a call sent before the breaker's last transition, moves it in neither
+direction: one sent before it opened cannot close it, and a failure of one sent before a
+probe closed it (an outage call ending on the vendor's timeout) cannot open it again.
+
 Every function takes ``now`` (epoch seconds) and returns a new ``Health``; nothing here
 reads the clock, so the Faust table can replay the same events to the same state.
 """
@@ -91,6 +95,9 @@ class Health(BaseModel):
     latency_ewma_ms: float | None = None
     cost_ewma: float | None = None
     opened_at: float | None = None
+    # When a probe last closed the breaker: failures of calls sent before then belong to
+    # the outage it ended.  None in records stored before this field (and never closed).
+    closed_at: float | None = None
     probes_in_flight: int = 0
     probe_started_at: float | None = None
     retry_after_until: float = 0.0
@@ -162,7 +169,8 @@ def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Hea
     """Fold one call's outcome into ``h`` and apply the breaker transitions.
 
     Late results from calls started before the breaker opened do not move an open
-    breaker either way; only probes decide when it closes.
+    breaker either way; only probes decide when it closes.  Failures (and 429s) of calls
+    started before a probe closed it count in the totals only, not towards opening it.
     """
     h = h.model_copy(deep=True)
     h.calls += 1
@@ -195,6 +203,7 @@ def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Hea
         if h.state == "half_open":
             # A fresh start: the failures that opened the breaker must not re-open it.
             h.state, h.opened_at, h.probe_started_at = "closed", None, None
+            h.closed_at = now
             h.consecutive_failures = 0
             h.window = []
         _bucket(h.window, policy, now).ok += 1
@@ -203,8 +212,12 @@ def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Hea
     if client_fault:
         return h
 
+    # Sent before the probe closed the breaker: the outage's news, already acted on.
+    stale = h.state == "closed" and h.closed_at is not None and started < h.closed_at
     if ev.error_code in RATE_LIMIT_CODES:
         h.rate_limited += 1
+        if stale:
+            return h
         h.consecutive_rate_limited += 1
         if ev.retry_after is None:
             # No Retry-After: back off 1, 2, 4 ... seconds, never longer than open_s.
@@ -218,6 +231,8 @@ def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Hea
         return h
 
     h.fail += 1
+    if stale:
+        return h
     h.consecutive_failures += 1
     _bucket(h.window, policy, now).fail += 1
     if h.state == "half_open":

@@ -381,3 +381,32 @@ def test_a_probe_the_client_was_at_fault_for_leaves_the_breaker_as_it_was() -> N
     )
     h = record(h, late, POLICY, T0 + POLICY.open_s + 2)
     assert (h.state, h.opened_at, h.opened) == ("open", T0, 1)
+
+
+def test_failures_of_calls_sent_before_a_probe_closed_it_do_not_open_it_again() -> None:
+    """Opened at T0, closed by a probe at T0+11; calls sent at ~T0-18 then end on a 30 s
+    vendor timeout: counted, but the outage they speak of is over.  Calls sent after the
+    probe closed it still count as before."""
+    h = feed(Health(), [fail()] * 5, T0)
+    assert h.state == "open"
+    h = record(h, ok(latency_ms=500), POLICY, T0 + 11)
+    assert h.state == "closed"
+    timed_out = HealthEvent(
+        vendor="v", model="m", ok=False, latency_ms=30_000, error_code=VendorUnavailable.code
+    )
+    throttled_late = timed_out.model_copy(update={"error_code": VendorRateLimited.code})
+    h = feed(h, [timed_out] * 5 + [throttled_late] * 5, T0 + 12)
+    assert (h.state, h.opened, h.fail, h.rate_limited) == ("closed", 1, 10, 5)
+    assert (h.consecutive_failures, h.consecutive_rate_limited) == (0, 0)
+    assert success_rate(h, T0 + 14) == 1.0  # the window holds only the probe
+
+    h = feed(h, [fail()] * 5, T0 + 20)  # sent after it closed: a new outage
+    assert (h.state, h.opened) == ("open", 2)
+
+
+def test_a_health_record_stored_before_closed_at_existed_still_loads() -> None:
+    stored = feed(Health(), [fail()] * 2, T0).model_dump(mode="json")
+    del stored["closed_at"]
+    h = Health.model_validate(stored)
+    assert h.closed_at is None and h.consecutive_failures == 2
+    assert feed(h, [fail()] * 3, T0 + 1).state == "open"
