@@ -55,6 +55,12 @@ ChunkSink = Callable[[dict[str, Any]], Awaitable[None]]
 UNREADABLE = (LookupError, TypeError, ValueError, AttributeError, httpx.DecodingError)
 HealthSink = Callable[[HealthEvent], Awaitable[None]]
 KEY_REFUSED_S = 300.0  # a key a vendor refused (401/403) sits out this long
+# Unless a vendor sets its own timeout_s, it has this share of the time left to begin
+# answering while another candidate could take over: a hang leaves that one a quarter.
+SPARE_SHARE = 0.75
+# ...when that share is this long at least: a vendor that has not begun to answer in it
+# has failed (its health, its breaker hear of it), not merely met a client's short deadline.
+HANG_S = 30.0
 
 
 @dataclass
@@ -91,6 +97,19 @@ class Progress:
         if (who := self.candidate or self.opened) is not None:
             out.candidate, out.usage = who, Usage.estimated(body, self.chars)
         return out
+
+
+def begin_limit(adapter: object, remaining: float, spare: bool) -> float:
+    """How long a vendor may take to begin answering, of the ``remaining`` seconds: its
+    own ``timeout_s``; unset, three quarters of them when a ``spare`` candidate could
+    take over and that is ``HANG_S`` at least (a vendor that hangs leaves the spare
+    time to answer), else all of them (a cut call may be billed all the same: a short
+    deadline is not shared out between calls that would each be too slow)."""
+    own = getattr(getattr(adapter, "config", None), "timeout_s", None)
+    if own is not None:
+        return min(float(own), remaining)
+    share = remaining * SPARE_SHARE
+    return share if spare and share >= HANG_S else remaining
 
 
 class Dispatcher:
@@ -202,8 +221,12 @@ class Dispatcher:
                 if may_call is not None and not may_call(cand):
                     continue  # a probe of a breaker another request is sending
                 out.attempts += 1
+                # Another candidate that could take over if this one hangs.
+                spare = any(h != math.inf for j, h in enumerate(held) if j != i)
                 try:
-                    result = await self._attempt(env, cand, forward, vendor_wait_s, streamed)
+                    result = await self._attempt(
+                        env, cand, forward, vendor_wait_s, streamed, spare=spare
+                    )
                 except RateLimited as err:
                     last = err  # our own bucket: another candidate may have room
                     continue
@@ -264,6 +287,8 @@ class Dispatcher:
         forward: ChunkSink,
         wait_s: float | None = None,
         progress: Progress | None = None,
+        *,
+        spare: bool = False,
     ) -> VendorResult:
         adapter = self.adapters[cand.vendor]
         pool = self.pools[cand.vendor]
@@ -272,9 +297,15 @@ class Dispatcher:
         )
         tpm = f"vendor-tpm:{cand.vendor}"
         forwarded = False
+        window: asyncio.Timeout | None = None
 
         async def counted(chunk: dict[str, Any]) -> None:
             nonlocal forwarded
+            if not forwarded and window is not None:
+                # The answer has begun: from here only the deadline bounds it as a whole
+                # (and the vendor's limit each silence in it).
+                left = env.deadline_ms / 1000 - time.time()
+                window.reschedule(asyncio.get_running_loop().time() + max(left, 0.0))
             forwarded = True
             await forward(chunk)
 
@@ -283,28 +314,29 @@ class Dispatcher:
             remaining = env.deadline_ms / 1000 - time.time()
             key_index, key = pool.pick(skip=tried)
             tried.add(key_index)
-            # The vendor's own timeout (its config) is the vendor's fault: a failure, and
-            # the next candidate is tried.  The request's deadline coming first is not: the
-            # client asked for an answer sooner than this vendor gives one, which says
-            # nothing of its health; it is reported as ``deadline_exceeded``, which the
-            # metrics count and the breaker leaves be (one tenant's short deadlines never
-            # open a breaker, and a vendor that hangs past every deadline still shows).
-            vendor_timeout = getattr(getattr(adapter, "config", None), "timeout_s", remaining)
-            call = VendorCall(
-                model=cand.model,
-                body=env.body,
-                api_key=key,
-                timeout_s=min(remaining, vendor_timeout),
-            )
+            # The vendor's time to begin answering (a stream's first content, a whole
+            # answer otherwise), taken as a whole: pings and keep-alives do not stretch
+            # it.  Past it, the vendor failed (counted against its health) and the next
+            # candidate is tried.  The request's deadline coming first is not the
+            # vendor's fault: the client asked for an answer sooner than this vendor gives
+            # one, which says nothing of its health; it is reported as
+            # ``deadline_exceeded``, which the metrics count and the breaker leaves be
+            # (one tenant's short deadlines never open a breaker for everyone).
+            limit = begin_limit(adapter, remaining, spare)
+            call = VendorCall(model=cand.model, body=env.body, api_key=key, timeout_s=limit)
             started = time.perf_counter()
             SENT.set(False)
             try:
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(limit) as window:
                     result = await self._call(adapter, env, cand, call, counted, progress)
             except TimeoutError:
-                cut = DeadlineExceeded(
-                    f"no answer from the vendor within the deadline ({remaining:.1f}s)"
-                )
+                cut: RelayError
+                if forwarded or limit >= remaining:
+                    cut = DeadlineExceeded(
+                        f"no answer from the vendor within the deadline ({remaining:.1f}s)"
+                    )
+                else:
+                    cut = VendorUnavailable(f"{cand.vendor}: no answer began in {limit:.1f}s")
                 await self._report(env, cand, started, cut)
                 raise cut from None
             except RelayError as exc:

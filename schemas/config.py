@@ -21,6 +21,7 @@ VendorKind = Literal["openai", "azure", "anthropic", "ollama"]
 TOKEN_COUNTING_KINDS = frozenset({"anthropic"})  # vendors with a count_tokens endpoint
 Strategy = Literal["cheapest", "quality", "latency", "weighted"]
 
+API_TIMEOUT_S = 120.0  # a file or batch call to a vendor without timeout_s
 TTL_CLASSES = {"static": 6 * 3600, "semi-static": 15 * 60, "dynamic": 60}
 
 
@@ -35,10 +36,23 @@ class VendorConfig(Strict):
     api_key_file: str | None = Field(None, description="path of a file holding the key")
     api_keys_env: list[str] = Field(default_factory=list, description="a key pool, by env name")
     api_version: str | None = Field(None, description="Azure api-version / anthropic-version")
-    timeout_s: float = 120.0
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="how long a call may take to begin answering (a stream's first "
+        "content, a whole answer otherwise), and the longest silence in a stream after "
+        "that; unset: 3/4 of the request's time left when another candidate could take "
+        f"over, all of it when none could (and {API_TIMEOUT_S:.0f} s for file and batch calls)",
+    )
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     batch_discount: float = Field(0.5, ge=0, le=1)
+
+    @property
+    def api_timeout_s(self) -> float:
+        """The time limit of calls no request's deadline bounds: files and batches."""
+        return self.timeout_s or API_TIMEOUT_S
 
     def keys(self) -> list[str]:
         """Resolve the key names to the secrets themselves (at call time, never logged);

@@ -140,7 +140,7 @@ class AnthropicAdapter:
             "POST",
             "messages/batches",
             api_key,
-            self.config.timeout_s,
+            self.config.api_timeout_s,
             asked,
             json={"requests": requests},
         )
@@ -150,7 +150,7 @@ class AnthropicAdapter:
         self, batch_id: str, api_key: str
     ) -> dict[str, VendorResult | Exception] | None:
         """None while the batch runs; then every request's result or error by custom_id."""
-        timeout = self.config.timeout_s
+        timeout = self.config.api_timeout_s
         resp = await self._send("GET", f"messages/batches/{batch_id}", api_key, timeout)
         batch = json_body(resp, self.kind)
         if batch.get("processing_status") != "ended":
@@ -166,7 +166,7 @@ class AnthropicAdapter:
     async def cancel_batch(self, batch_id: str, api_key: str) -> None:
         """Ask the vendor to stop a message batch; the requests it had not run yet end
         ``canceled``."""
-        timeout = self.config.timeout_s
+        timeout = self.config.api_timeout_s
         await self._send("POST", f"messages/batches/{batch_id}/cancel", api_key, timeout)
 
     async def _send(

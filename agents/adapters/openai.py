@@ -245,7 +245,7 @@ class OpenAIAdapter:
             url,
             vendor=self.kind,
             headers=self.headers(api_key),
-            timeout=self.config.timeout_s,
+            timeout=self.config.api_timeout_s,
             **kwargs,
         )
 
