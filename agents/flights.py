@@ -11,7 +11,15 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.envelope import RequestEnvelope
+from schemas.envelope import Priority, RequestEnvelope
+
+# A flight's priority lane is part of its key, and a request may join a call of its own
+# lane or a better one (best first), never a worse one: a call is admitted in its leader's
+# lane, where a realtime request would wait behind every queued batch job.  A realtime
+# key is as it was, so the common request still takes one look-up.
+_LANES = tuple(Priority)
+_SUFFIX = {lane: "" if lane is Priority.realtime else f":{lane}" for lane in _LANES}
+_JOINABLE = {lane: tuple(_SUFFIX[b] for b in _LANES[: i + 1]) for i, lane in enumerate(_LANES)}
 
 
 @dataclass
@@ -53,7 +61,7 @@ class Flights:
         return len(self._by_key)
 
     @staticmethod
-    def _key(env: RequestEnvelope, apart: str = "") -> str:
+    def _base(env: RequestEnvelope, apart: str = "") -> str:
         # A budget-degraded request flies apart, with its own tenant: its cheaper answer
         # is that tenant's downgrade (to models that tenant may use), not the alias's
         # answer to hand anyone else who asks the same.  One that must not be answered
@@ -65,16 +73,29 @@ class Flights:
             key += f":degraded:{env.tenant}"
         return key if env.cache_lookup else key + ":fresh"
 
+    @classmethod
+    def _key(cls, env: RequestEnvelope, apart: str = "") -> str:
+        """The key of a flight ``env`` leads: its own lane's."""
+        return cls._base(env, apart) + _SUFFIX[env.priority]
+
+    def _open(self, base: str, lane: Priority) -> Flight | None:
+        """A call under way that a request of ``lane`` may join: its lane's or a better."""
+        for suffix in _JOINABLE[lane]:
+            flight = self._by_key.get(base + suffix)
+            if flight is not None and not flight.finished:
+                return flight
+        return None
+
     def live(self, env: RequestEnvelope, apart: str = "") -> bool:
         """Whether a call for this request's key is under way (one it could join)."""
-        flight = self._by_key.get(self._key(env, apart))
-        return flight is not None and not flight.finished
+        return self._open(self._base(env, apart), env.priority) is not None
 
     def join(self, env: RequestEnvelope, now: float, apart: str = "") -> tuple[Flight, Waiter]:
-        """Attach to the flight for this key, or start one with this request as leader."""
-        key = self._key(env, apart)
-        flight = self._by_key.get(key)
-        if flight is None or flight.finished:
+        """Attach to a flight this request may join, or start one with it as leader."""
+        base = self._base(env, apart)
+        flight = self._open(base, env.priority)
+        if flight is None:
+            key = base + _SUFFIX[env.priority]
             flight = Flight(key=key, stream=env.stream)
             self._by_key[key] = flight
             waiter = Waiter(env, leader=True, joined_at=now)

@@ -629,8 +629,10 @@ RERUN_MIN_S = 1.0  # time a follower must have left to be worth a call of its ow
 def _outlives(flight: Flight, w: Waiter, error: RelayError | None) -> bool:
     """Whether a follower was cut by its leader's deadline, not its own: a shorter
     deadline (another client's, another tenant's under a global cache scope) must not
-    fail a request that would still wait.  Only before it was sent any of the stream."""
-    if not isinstance(error, DeadlineExceeded) or w.leader or w.sent:
+    fail a request that would still wait, whether that deadline passed or our own rate
+    limits said it could not be met (``RateLimited``: the call was admitted for the
+    leader's deadline).  Only before it was sent any of the stream."""
+    if not isinstance(error, DeadlineExceeded | RateLimited) or w.leader or w.sent:
         return False
     leader = flight.waiters[0].envelope
     left_s = w.envelope.deadline_ms / 1000 - time.time()

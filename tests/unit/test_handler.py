@@ -1267,3 +1267,105 @@ async def test_a_follower_with_time_left_is_run_again_when_its_leader_s_deadline
     assert sorted(line.trace_id for line in sink.ledger) == sorted(
         [hasty.trace_id, patient.trace_id]
     )
+
+
+def gated(
+    calls: list[str], bucket: TokenBucket, config: RelayConfig = CONFIG
+) -> tuple[RequestHandler, Sink]:
+    """A handler whose vendor ``a`` (the first candidate) is held to ``bucket``."""
+    handler, sink = make(vendor(calls, delay=0.0), config)
+    gate = PriorityGate()
+    gate.configure("vendor:a", bucket)
+    handler.dispatcher.gate = gate
+    return handler, sink
+
+
+def one_at(per_s: float) -> TokenBucket:
+    """A bucket that lets one call through now, then ``per_s`` a second."""
+    return TokenBucket(capacity=1, refill_per_s=per_s, tokens=1, updated=time.monotonic())
+
+
+def in_(seconds: float) -> int:
+    return int((time.time() + seconds) * 1000)
+
+
+async def answered(sink: Sink, env: RequestEnvelope, within: float) -> ReplyEvent | None:
+    """``env``'s final reply or error, if it comes within ``within`` seconds."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        if done := [e for e in sink.for_(env.correlation_id) if e.kind in ("final", "error")]:
+            return done[-1]
+        await asyncio.sleep(0.005)
+    return None
+
+
+async def test_a_realtime_request_never_waits_in_a_batch_leaders_lane():
+    """Vendor a takes 10 calls a second and batch work is queued for it: an identical
+    batch request's call waits behind that work, so a realtime request does not ride on
+    it (its lane, and its deadline, would be the batch leader's) but is admitted in its
+    own lane, ahead of the queue, within its deadline."""
+    calls: list[str] = []
+    handler, sink = gated(calls, one_at(10))
+    queued = [envelope(key=f"other{i}", priority=Priority.batch) for i in range(5)]
+    slow = envelope(key="same", priority=Priority.batch, deadline_ms=in_(30))
+    tasks = [asyncio.create_task(handler.handle(e)) for e in (*queued, slow)]
+    await asyncio.sleep(0.01)
+    urgent = envelope(key="same", priority=Priority.realtime, deadline_ms=in_(0.4))
+    tasks.append(asyncio.create_task(handler.handle(urgent)))
+    got = await answered(sink, urgent, within=0.3)
+    assert got is not None and got.kind == "final" and not got.coalesced
+    await asyncio.gather(*tasks)
+    assert calls == ["a"] * 7
+    assert sink.for_(slow.correlation_id)[-1].kind == "final"
+
+
+async def test_requests_share_a_call_of_their_own_lane_or_a_better_one():
+    """Coalescing holds within a lane, and a batch or background request still rides on
+    an identical realtime call (it is served no worse than alone)."""
+    calls: list[str] = []
+    handler, sink = make(vendor(calls, delay=0.1))
+    lead = envelope(key="same", priority=Priority.realtime)
+    riders = [
+        envelope(key="same", priority=Priority.realtime),
+        envelope(key="same", priority=Priority.batch),
+        envelope(key="same", priority=Priority.background),
+    ]
+    await asyncio.gather(*(handler.handle(e) for e in (lead, *riders)))
+    assert calls == ["a"]
+    assert all(sink.for_(e.correlation_id)[-1].coalesced for e in riders)
+    batch = [envelope(key="b", priority=Priority.batch) for _ in range(2)]
+    await asyncio.gather(*(handler.handle(e) for e in batch))
+    assert calls == ["a", "a"], "two identical batch requests share one call"
+
+
+ONLY_A = RelayConfig.model_validate(
+    {
+        "vendors": {"a": {"kind": "openai", "base_url": "http://a/v1"}},
+        "models": {"m": {"candidates": [{"vendor": "a", "model": "cheap", "input_per_1m": 1}]}},
+        "tenants": {"t": {}},
+    }
+)
+
+
+async def test_a_follower_with_time_left_is_run_again_when_our_limits_refused_its_leader():
+    """Vendor a's next call is 0.5 s away: the leader's 0.2 s deadline cannot be met,
+    so our own bucket answers it 429 at once.  The follower was refused only for the
+    leader's deadline; with 10 s of its own it gets its own call, once a is free."""
+    calls: list[str] = []
+    handler, sink = gated(calls, one_at(2), ONLY_A)
+    await handler.handle(envelope(key="warm"))  # spends a's one call for now
+    hasty = envelope(key="shared", deadline_ms=in_(0.2), cache_lookup=True)
+    patient = envelope(key="shared", deadline_ms=in_(10), cache_lookup=True)
+    look_up = sink.cached
+
+    async def slow_l2(key: str, *, stale_ok: bool = False) -> CacheEntry | None:
+        await asyncio.sleep(0.02)  # the leader looks in L2 while the follower joins
+        return await look_up(key, stale_ok=stale_ok)
+
+    sink.cached = slow_l2  # type: ignore[method-assign]
+    await asyncio.gather(handler.handle(hasty), handler.handle(patient))
+    await asyncio.gather(*list(handler._tasks))
+    hasty_got = sink.for_(hasty.correlation_id)[-1].error
+    assert hasty_got is not None and hasty_got["code"] == "rate_limited"
+    final = sink.for_(patient.correlation_id)[-1]
+    assert final.kind == "final" and not final.coalesced and calls == ["a", "a"]
