@@ -299,6 +299,13 @@ class RequestHandler:
         self._late.add(env.correlation_id)
         await self._fail(env, late, meter=False)  # its vendor answer is metered when it comes
 
+    @property
+    def spawned(self) -> set[asyncio.Task[None]]:
+        """Tasks the handler started on its own, still running: followers run again after
+        their leader's call, Batch API lines sent the realtime way, late ledger lines.  A
+        stopping worker drains (and at the end cuts) them with the requests it took."""
+        return self._tasks
+
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
@@ -595,23 +602,30 @@ class RequestHandler:
         """The one ledger line of a request that gave up inside a shared call: failed, and
         billed its share once the vendor answers (nothing, if the call failed)."""
         cand, share = late
+        stopping = False
         try:
-            result = await asyncio.wait_for(asyncio.shield(share), LATE_SHARE_S)
+            await asyncio.wait_for(asyncio.shield(share), LATE_SHARE_S)
+        except asyncio.CancelledError:
+            stopping = True  # the worker stops: the line goes now, with the share if it came
         except Exception:  # the shared call failed: nothing was billed
-            line = usage_event(
-                env, self.prices, candidate=None, usage=Usage(), error=err, degraded=degraded
-            )
-        else:
+            pass
+        if share.done() and not share.cancelled() and share.exception() is None:
             line = usage_event(
                 env,
                 self.prices,
                 candidate=cand,
-                usage=result.usage,
+                usage=share.result().usage,
                 error=err,
                 batched=True,
                 degraded=degraded,
             )
+        else:
+            line = usage_event(
+                env, self.prices, candidate=None, usage=Usage(), error=err, degraded=degraded
+            )
         await self.sink.usage(line)
+        if stopping:
+            raise asyncio.CancelledError
 
 
 async def _together(sends: Iterable[Coroutine[Any, Any, None]]) -> None:

@@ -475,14 +475,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         rolling restart leaves nobody waiting out a deadline."""
         lane.stopping = True  # adopts nothing more
         batches = lane.flush_all()
-        await drain(in_flight | batches, settings.worker_drain_s)
-        # Requests still unanswered after the drain (a long stream) are cut now, while the
-        # producer is open: each waiter is told at once and each gets its ledger line.
-        unanswered = [task for task in in_flight if not task.done()]
-        for task in unanswered:
-            task.cancel()
-        if unanswered:
-            await asyncio.wait(unanswered, timeout=STOP_ANSWER_S)
+        await finish(lambda: in_flight | handler.spawned, batches, settings.worker_drain_s)
         # Vendor batches still running stay journaled: their leases lapse and another
         # worker adopts them.  Stopped here, before the vendor clients close under them.
         running = [task for task in batches if not task.done()]
@@ -550,14 +543,46 @@ def spend_by_tenant(
     return sorted(((t, c, at) for (t, _), (c, at) in totals.items()), key=lambda s: s[2])
 
 
-async def drain(tasks: set[asyncio.Task[None]], timeout_s: float) -> None:
-    """Let ``tasks`` finish, for up to ``timeout_s``; say how many did not."""
-    if not tasks:
-        return
-    log.warning("stopping: finishing %d requests in flight (up to %.0fs)", len(tasks), timeout_s)
-    _, left = await asyncio.wait(tasks, timeout=timeout_s)
-    if left:
-        log.warning("stopping: %d requests still unanswered after the drain", len(left))
+Tasks = Callable[[], set[asyncio.Task[None]]]
+
+
+async def finish(
+    requests: Tasks,
+    batches: Collection[asyncio.Task[None]],
+    drain_s: float,
+    answer_s: float = STOP_ANSWER_S,
+) -> None:
+    """Answer and meter the requests a stopping worker took: let the tasks ``requests``
+    names (the agent's, and those the handler started on its own) and the vendor
+    ``batches`` finish for up to ``drain_s``; then cut the requests still unanswered (a
+    long stream), while the producer is open: each waiter is told at once and each gets
+    its ledger line, within ``answer_s``.  ``requests`` is asked again as tasks end, so a
+    follower run again when its leader's call landed is waited for (and cut) too."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + drain_s
+    told = False
+    while pending := {t for t in requests() | set(batches) if not t.done()}:
+        if (left := end - loop.time()) <= 0:
+            log.warning("stopping: %d requests still unanswered after the drain", len(pending))
+            break
+        if not told:
+            log.warning(
+                "stopping: finishing %d requests in flight (up to %.0fs)", len(pending), left
+            )
+            told = True
+        await asyncio.wait(pending, timeout=left)
+    end = loop.time() + answer_s
+    cut: set[asyncio.Task[None]] = set()
+    while (left := end - loop.time()) > 0:
+        # One turn of the loop first: a task spawned just now takes its first step, so
+        # it is cut inside the request (which answers), not before it began (nobody).
+        await asyncio.sleep(0)
+        if not (pending := {t for t in requests() if not t.done()}):
+            break
+        for task in pending - cut:  # once each: a second cancel would cut its answer
+            task.cancel()
+        cut |= pending
+        await asyncio.wait(pending, timeout=left)
 
 
 async def readable(stream: faust.StreamT[bytes], cls: type[M]) -> AsyncIterator[tuple[M, int]]:

@@ -1,13 +1,21 @@
-"""Pure helpers of the worker's wiring: ledger lines to spend, tenants to partitions."""
+"""Pure helpers of the worker's wiring: ledger lines to spend, tenants to partitions, a
+stopping worker's last answers."""
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 import orjson
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from streams.wiring import ledger_partition, spend_by_tenant
+from agents.adapters.base import VendorResult
+from schemas.config import Candidate
+from schemas.errors import DeadlineExceeded
+from streams.wiring import finish, ledger_partition, spend_by_tenant
 from tables.budgets import Spend, add_spend
+from tests.unit.test_handler import envelope, make, vendor
 
 
 def test_a_tenants_spend_lives_in_the_partition_of_its_ledger_lines() -> None:
@@ -139,3 +147,55 @@ def test_ledger_lines_read_again_by_the_next_worker_are_not_spent_twice() -> Non
     assert (table["a"].spent_usd, table["b"].spent_usd) == (12.5, 1.0)
     assert table["a"].folded == (3, 13)
     assert Spend.model_validate(table["a"].model_dump(mode="json")).folded == (3, 13)
+
+
+def in_(seconds: float) -> int:
+    return int((time.time() + seconds) * 1000)
+
+
+async def test_a_stopping_worker_answers_a_follower_run_again_after_the_requests_it_took():
+    """The leader's 0.1 s deadline cuts the shared call; the follower, with 30 s left,
+    is run again on a task of the handler's own, which the stop waits for like the
+    agent's: it is answered and metered before the producer closes."""
+    calls: list[str] = []
+    handler, sink = make(vendor(calls, delay=0.3))
+    hasty = envelope(key="shared", deadline_ms=in_(0.1))
+    patient = envelope(key="shared", deadline_ms=in_(30))
+    taken = {asyncio.create_task(handler.handle(e)) for e in (hasty, patient)}
+    await asyncio.sleep(0.01)  # both taken: then the worker is told to stop
+    await finish(lambda: taken | handler.spawned, set(), drain_s=5)
+    assert sink.for_(hasty.correlation_id)[-1].kind == "error"
+    assert sink.for_(patient.correlation_id)[-1].kind == "final"
+    assert sorted(line.trace_id for line in sink.ledger) == sorted(
+        [hasty.trace_id, patient.trace_id]
+    )
+
+
+async def test_a_follower_run_again_still_running_after_the_drain_is_cut_and_metered():
+    calls: list[str] = []
+    handler, sink = make(vendor(calls, delay=10))
+    hasty = envelope(key="shared", deadline_ms=in_(0.1))
+    patient = envelope(key="shared", deadline_ms=in_(30))
+    taken = {asyncio.create_task(handler.handle(e)) for e in (hasty, patient)}
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await finish(lambda: taken | handler.spawned, set(), drain_s=0.3, answer_s=2)
+    assert time.monotonic() - started < 1.5
+    error = sink.for_(patient.correlation_id)[-1].error
+    assert error is not None and error["code"] == "no_worker"
+    [line] = [line for line in sink.ledger if line.trace_id == patient.trace_id]
+    assert line.error_code == "no_worker"
+    assert not handler.spawned
+
+
+async def test_a_late_share_line_still_waiting_at_the_cut_is_written():
+    """A request that gave up inside a window-batched call waits for the vendor's answer
+    to be billed its share; cut at the stop, its one ledger line is written then."""
+    handler, sink = make(vendor([]))
+    env = envelope(key="late")
+    share: asyncio.Future[VendorResult] = asyncio.get_running_loop().create_future()
+    late = (Candidate(vendor="a", model="cheap"), share)
+    await handler._fail(env, DeadlineExceeded("cut"), late=late)
+    await finish(lambda: handler.spawned, set(), drain_s=0.05, answer_s=1)
+    [line] = sink.ledger
+    assert (line.trace_id, line.error_code) == (env.trace_id, "deadline_exceeded")
