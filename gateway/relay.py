@@ -7,7 +7,6 @@ is awaited on this instance's reply topic.  Streams are handed on chunk by chunk
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 import time
 import uuid
@@ -114,8 +113,11 @@ def _bounded(name: str, parse: Callable[[str], Any], raw: str, low: float, high:
         value = parse(raw.strip())
     except ValueError as exc:
         raise BadRequest(f"{name}: {exc}") from None
-    if not math.isfinite(value) or not low <= value <= high:
-        raise BadRequest(f"{name}: {raw.strip()!r} is not between {low:.0f} and {high:.0f}")
+    # Compared, never converted: an int of any length compares with a float exactly
+    # (``math.isfinite`` would overflow on it), and NaN and the infinities fail the test.
+    if not low <= value <= high:
+        shown = raw.strip() if len(raw.strip()) <= 40 else f"{raw.strip()[:40]}…"
+        raise BadRequest(f"{name}: {shown!r} is not between {low:.0f} and {high:.0f}")
     return value
 
 

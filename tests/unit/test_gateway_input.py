@@ -58,6 +58,9 @@ def deep(levels: int) -> dict[str, Any]:
         ("x-relay-timeout", "0", "more than 0"),
         ("x-relay-timeout", "soon", "x-relay-timeout"),
         ("x-relay-cache-ttl", "99999999999999999999", "not between 0 and 2592000"),
+        ("x-relay-cache-ttl", "1" * 400, "not between 0 and 2592000"),  # past a float
+        ("x-relay-cache-ttl", "1" * 5000, "x-relay-cache-ttl"),  # past int()'s digit limit
+        ("x-relay-timeout", "1" * 400, "not between 0 and 3600"),
         ("x-relay-cache-ttl", "-1", "not between"),
         ("x-relay-cache-ttl", "forever", "neither seconds nor one of"),
         ("x-relay-cache", "bypas", "'bypas' is not one of use, bypass, refresh"),
