@@ -5,7 +5,8 @@ wait or the oldest has waited ``max_age_s``, then submitted as one batch (OpenAI
 ``/v1/files`` + ``/v1/batches``, Anthropic Message Batches) and polled until it ends.
 Each result goes back on the request's own reply topic like any other answer.  With a
 ``LaneJournal`` every vendor batch in flight is written down and leased, so a worker that
-dies mid-batch does not lose it: another worker adopts it when the lease lapses.  A
+dies mid-batch does not lose it: another worker adopts it when the lease lapses, and
+answers only what the dead one had not (each answer is noted in the journal as it goes).  A
 vendor batch whose every request was cancelled (their Batch API batches were) is
 cancelled at the vendor, and what it had not run is answered ``batch_cancelled``.
 """
@@ -17,6 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from agents.adapters.base import BatchVendor, VendorCall, VendorResult
@@ -254,7 +256,7 @@ class BatchLane:
         if leased and not await self._still_mine(batch.id):
             log.warning("batch %s was taken over by another worker", batch.id)
             return
-        await self._deliver_all(cand, items, results)
+        await self._deliver_all(cand, items, results, journaled=batch if leased else None)
         if leased:
             await self._forget(batch)
 
@@ -306,10 +308,42 @@ class BatchLane:
             adopted += 1
         return adopted
 
+    async def _delivered(self, batch: VendorBatch) -> set[str] | None:
+        """The requests of a journaled batch answered already (by a worker that died, or
+        lost Redis, before striking the batch out); None when the journal cannot say."""
+        assert self.journal is not None
+        try:
+            done = await self.journal.delivered(batch.id)
+        except REDIS_ERRORS as exc:
+            log.warning(
+                "the lane journal is unavailable, batch %s is answered in full: %s", batch.id, exc
+            )
+            return None
+        if done:
+            log.warning("batch %s: %d requests were answered before", batch.id, len(done))
+        return done
+
     async def _deliver_all(
-        self, cand: Candidate, items: list[RequestEnvelope], results: BatchResults
+        self,
+        cand: Candidate,
+        items: list[RequestEnvelope],
+        results: BatchResults,
+        journaled: VendorBatch | None = None,
     ) -> None:
+        """Answer each request; of a ``journaled`` batch only those not answered before,
+        noting each in the journal once it is delivered."""
+        done = await self._delivered(journaled) if journaled is not None else None
+        # Noted after each delivery (one Redis call a request), so a worker that dies
+        # mid-way leaves at most the request it was on to be answered twice.  The first
+        # note Redis refuses ends the noting for this batch: delivering never waits on a
+        # Redis outage more than once, and _forget strikes the whole batch out later (if
+        # Redis does not come back in time, an adopter answers the unnoted ones again).
+        note = None
+        if journaled is not None and self.journal is not None and done is not None:
+            note = partial(self.journal.mark_delivered, journaled.id)
         for i, env in enumerate(items):
+            if done and env.correlation_id in done:
+                continue
             got = _result_for(results, i, env)
             if not isinstance(got, VendorResult | RelayError):
                 got = VendorUnavailable("the batch returned no result")
@@ -320,7 +354,11 @@ class BatchLane:
             try:  # one caller's delivery failing must not leave the others unanswered
                 await self.deliver(env, cand, got)
             except Exception:
+                # Noted all the same: it may be part-way out (answered, not metered), and
+                # the batch is struck out after this delivery, failed or not, anyway.
                 log.exception("could not deliver the batch result for %s", env.correlation_id)
+            if note and not await self._journal("note an answer of", note, [env.correlation_id]):
+                note = None
 
     async def _journal(
         self, what: str, step: Callable[[Any], Awaitable[Any]] | None, arg: Any

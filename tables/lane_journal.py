@@ -5,7 +5,9 @@ lane submits is recorded here (the requests it carries, its vendor and model, th
 of the key it used — never the key) and leased by the worker polling it, which renews the
 lease with every poll.  A worker that dies stops renewing; once the lease lapses, another
 worker (or the same one, restarted) adopts the batch, polls it to the end and delivers
-its answers.  Only the lease holder delivers, so nothing is answered or metered twice.
+its answers.  Only the lease holder delivers, so nothing is answered or metered twice;
+and each answer delivered is noted as it goes, so a batch adopted from a worker that died
+(or lost Redis) while delivering is answered only where that worker had not.
 
 Redis holds the journal, as it holds the Batch API's store; without Redis the lane runs
 on unjournaled, as before, and says so in its log.
@@ -40,7 +42,7 @@ return 0
 _DONE = """
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[6])
 redis.call('SET', KEYS[5], 1, 'EX', 172800)
 redis.call('SREM', KEYS[3], ARGV[2])
 for i = 3, #ARGV do redis.call('SREM', KEYS[4], ARGV[i]) end
@@ -75,6 +77,9 @@ class LaneJournal:
     def _answered(self, batch_id: str) -> str:
         return f"{self.prefix}done:{batch_id}"  # kept two days: the batch is not taken back
 
+    def _delivered(self, batch_id: str) -> str:
+        return f"{self.prefix}delivered:{batch_id}"  # gone with the entry, struck out
+
     @property
     def _all(self) -> str:
         return f"{self.prefix}batches"
@@ -108,6 +113,17 @@ class LaneJournal:
             )
         )
 
+    async def mark_delivered(self, batch_id: str, correlation_ids: list[str]) -> None:
+        """Note requests of a batch as answered (and metered): its adopter, should this
+        worker die before striking the batch out, does not answer them again."""
+        await self.redis.sadd(self._delivered(batch_id), *correlation_ids)  # type: ignore[misc]
+
+    async def delivered(self, batch_id: str) -> set[str]:
+        """The requests of a batch noted as answered (none for a batch never delivered,
+        or one journaled before answers were noted)."""
+        found: set[Any] = await self.redis.smembers(self._delivered(batch_id))  # type: ignore[misc]
+        return {raw.decode() for raw in found}
+
     async def holds(self, batch_id: str) -> bool:
         return await self.redis.get(self._lease(batch_id)) == self.owner.encode()
 
@@ -120,6 +136,7 @@ class LaneJournal:
                 self._all,
                 self._carried,
                 self._answered(batch.id),
+                self._delivered(batch.id),
             ],
             args=[self.owner, batch.id, *(env.correlation_id for env in batch.envelopes)],
         )

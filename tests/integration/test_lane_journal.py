@@ -220,3 +220,46 @@ async def test_an_answered_batch_is_never_taken_back(redis: aioredis.Redis) -> N
     [adopted] = await adopter.adopt()
     await adopter.done(adopted)
     assert not await stalled.renew("vb-7"), "answered: not taken back"
+
+
+async def test_a_worker_dying_mid_delivery_leaves_its_adopter_only_the_rest(
+    redis: aioredis.Redis,
+) -> None:
+    """Killed while delivering the third of four answers: the adopter answers (and so
+    meters) the third and fourth, and striking the batch out leaves nothing behind."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    delivered: list[str] = []
+    dying, killed = asyncio.Event(), asyncio.Event()
+
+    async def dies_at_the_third(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        if len(delivered) == 2:
+            dying.set()
+            await killed.wait()
+        delivered.append(env.correlation_id)
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        delivered.append(env.correlation_id)
+
+    rule = LaneRule(max_size=4, poll_s=0.05, lease_s=0.3)
+    mine = BatchLane(
+        {"v": SlowBatches(polls=1)}, {"v": KeyPool(["k"])}, rule, dies_at_the_third,
+        journal=LaneJournal(redis, prefix, "w1", lease_s=0.3),
+    )  # fmt: skip
+    envs = [request_envelope(priority=Priority.background) for _ in range(4)]
+    for env in envs:
+        mine.submit(env, CAND)
+    await asyncio.wait_for(dying.wait(), timeout=5)
+    for task in list(mine._tasks):
+        task.cancel()
+    await asyncio.gather(*mine._tasks, return_exceptions=True)
+
+    await asyncio.sleep(0.4)  # its lease lapses
+    adopter = BatchLane(
+        {"v": SlowBatches(polls=1)}, {"v": KeyPool(["k"])}, rule, deliver,
+        journal=LaneJournal(redis, prefix, "w2", lease_s=0.3),
+    )  # fmt: skip
+    assert await adopter.adopt() == 1
+    await asyncio.wait_for(asyncio.gather(*adopter._tasks), timeout=5)
+    assert sorted(delivered) == sorted(e.correlation_id for e in envs), "each answered once"
+    assert await redis.keys(f"{prefix}:lane:delivered:*") == []
+    assert await redis.keys(f"{prefix}:lane:batch:*") == []

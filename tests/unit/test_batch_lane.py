@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
+from functools import partial
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from agents import batch_lane
 from agents.adapters.base import VendorCall, VendorResult
 from agents.batch_lane import BatchLane
 from agents.keys import KeyPool
@@ -23,6 +27,7 @@ from schemas.errors import (
     VendorUnsupported,
 )
 from schemas.usage import Usage
+from tables.lane_journal import VendorBatch
 from tests.support.envelopes import request_envelope
 
 CAND = Candidate(vendor="v", model="m", input_per_1m=1, output_per_1m=1)
@@ -372,3 +377,126 @@ async def test_a_lane_keeps_nothing_of_a_batch_once_it_is_answered() -> None:
         if isinstance(value, dict | list | set) and value and name not in ("adapters", "pools")
     }
     assert kept == {} and lane.queued == 0
+
+
+class MemoryJournal:
+    """The lane journal's contract, in memory, shared by two workers: every lease lapses
+    at once (the worker that held it is dead); ``down`` names the steps Redis refuses."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, VendorBatch] = {}
+        self.answered: dict[str, set[str]] = {}
+        self.down: set[str] = set()
+        self.notes = 0  # mark_delivered calls, refused or not
+
+    def _redis(self, step: str) -> None:
+        if step in self.down:
+            raise RedisConnectionError("unreachable")
+
+    async def submitted(self, batch: VendorBatch) -> None:
+        self.entries[batch.id] = batch
+
+    async def carried(self, ids: list[str]) -> set[str]:
+        return set()
+
+    async def renew(self, batch_id: str) -> bool:
+        return True
+
+    async def done(self, batch: VendorBatch) -> None:
+        self._redis("done")
+        self.entries.pop(batch.id, None)
+        self.answered.pop(batch.id, None)
+
+    async def adopt(self) -> list[VendorBatch]:
+        return list(self.entries.values())
+
+    async def mark_delivered(self, batch_id: str, ids: list[str]) -> None:
+        self.notes += 1
+        self._redis("mark_delivered")
+        self.answered.setdefault(batch_id, set()).update(ids)
+
+    async def delivered(self, batch_id: str) -> set[str]:
+        self._redis("delivered")
+        return set(self.answered.get(batch_id, ()))
+
+
+def journaled_lane(journal: MemoryJournal, deliver: Any) -> BatchLane:
+    rule = LaneRule(max_size=3, max_age_s=0.01, poll_s=0.001, lease_s=1)
+    return BatchLane(
+        {"v": ScriptedBatches(["done"])}, {"v": KeyPool(["k"])}, rule, deliver,
+        journal=journal,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+async def test_a_batch_adopted_mid_delivery_answers_only_what_its_dead_worker_had_not() -> None:
+    """The first worker dies delivering the third answer: the adopter delivers (and so
+    meters) that one alone, not the two delivered already."""
+    journal, delivered = MemoryJournal(), Counter[str]()
+    dying, hang = asyncio.Event(), asyncio.Event()
+
+    async def dies_at_the_third(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        if sum(delivered.values()) == 2:
+            dying.set()
+            await hang.wait()  # killed here
+        delivered[env.correlation_id] += 1
+
+    first = journaled_lane(journal, dies_at_the_third)
+    envs = [envelope() for _ in range(3)]
+    for env in envs:
+        first.submit(env, CAND)
+    await dying.wait()
+    for task in list(first._tasks):
+        task.cancel()
+    await asyncio.gather(*first._tasks, return_exceptions=True)
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        delivered[env.correlation_id] += 1
+
+    second = journaled_lane(journal, deliver)
+    assert await second.adopt() == 1
+    await asyncio.gather(*second._tasks)
+    assert delivered == Counter(e.correlation_id for e in envs), "each answered once"
+    assert journal.entries == {}
+
+
+async def test_a_batch_left_in_the_journal_by_a_redis_outage_is_not_answered_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every answer delivered and noted, then Redis refuses to strike the batch out until
+    the worker gives up: its adopter finds every request answered."""
+    monkeypatch.setattr(batch_lane, "FORGET_ATTEMPTS", 2)
+    monkeypatch.setattr(batch_lane.asyncio, "sleep", partial(asyncio.sleep, 0))
+    journal, delivered = MemoryJournal(), Counter[str]()
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        delivered[env.correlation_id] += 1
+
+    journal.down = {"done"}
+    first = journaled_lane(journal, deliver)
+    for _ in range(3):
+        first.submit(envelope(), CAND)
+    await asyncio.gather(*first.flush_all())
+    assert len(journal.entries) == 1, "still journaled"
+
+    journal.down = set()
+    second = journaled_lane(journal, deliver)
+    assert await second.adopt() == 1
+    await asyncio.gather(*second._tasks)
+    assert set(delivered.values()) == {1} and len(delivered) == 3
+    assert journal.entries == {}
+
+
+async def test_with_redis_down_answers_go_out_without_waiting_on_it_for_each() -> None:
+    """Noting answers fails: the batch is delivered in full, Redis asked once, not once
+    a request (each ask may wait out a socket timeout)."""
+    journal, delivered = MemoryJournal(), Counter[str]()
+    journal.down = {"mark_delivered"}
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        delivered[env.correlation_id] += 1
+
+    lane = journaled_lane(journal, deliver)
+    for _ in range(3):
+        lane.submit(envelope(), CAND)
+    await asyncio.gather(*lane.flush_all())
+    assert len(delivered) == 3 and journal.notes == 1
