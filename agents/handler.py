@@ -464,6 +464,11 @@ class RequestHandler:
             flight.answered += 1
             if not _metered_by_gateway(w.envelope):
                 landing.append(self._land_one(flight, w, out))
+            elif w.leader and not out.cached and (out.candidate or out.late) is not None:
+                # Its gateway answered 504 and wrote a line at no cost, but the vendor was
+                # paid, and the leader's line alone carries that: written still, unsent.
+                w.lost = True
+                landing.append(self._land_one(flight, w, out))
             # else past its own deadline and grace (a follower with a shorter deadline
             # than the leader's call): its gateway answered 504 and wrote its line.
         await _together(landing)

@@ -1369,3 +1369,28 @@ async def test_a_follower_with_time_left_is_run_again_when_our_limits_refused_it
     assert hasty_got is not None and hasty_got["code"] == "rate_limited"
     final = sink.for_(patient.correlation_id)[-1]
     assert final.kind == "final" and not final.coalesced and calls == ["a", "a"]
+
+
+async def test_a_paid_call_that_lands_after_its_gateway_gave_up_keeps_its_priced_line(
+    monkeypatch,
+):
+    """The vendor answered, but the worker got to the answer past the deadline and grace
+    (its loop lagging; here the health report is slow): the gateway answered 504 and
+    wrote a line at no cost; the worker still writes the leader's, with the vendor's
+    price, and sends nothing."""
+    monkeypatch.setattr("agents.handler.REPLY_GRACE_S", 0.05)
+    calls: list[str] = []
+    handler, sink = make(vendor(calls, delay=0.0))
+    report = handler.dispatcher.on_health
+
+    async def lagging(event: Any) -> None:
+        await asyncio.sleep(0.3)
+        await report(event)
+
+    handler.dispatcher.on_health = lagging
+    env = envelope(key="lag", deadline_ms=in_(0.1), gateway_meters_timeout=True)
+    await handler.handle(env)
+    assert calls == ["a"]
+    [line] = sink.ledger
+    assert (line.trace_id, line.vendor) == (env.trace_id, "a") and line.cost > 0
+    assert sink.for_(env.correlation_id) == []
