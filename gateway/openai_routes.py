@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from gateway.auth import CallerDep
 from gateway.json_answer import JSONAnswer
@@ -46,6 +46,13 @@ class ChatBody(BaseModel):
     parallel_tool_calls: StrictBool | None = None
     user: str | None = None
 
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _stream(cls, value: Any) -> Any:
+        # OpenAI documents ``stream`` as a boolean or null, and the ``openai`` SDK sends
+        # null for ``stream=None``: null asks for what leaving it out does.
+        return False if value is None else value
+
 
 class EmbeddingsBody(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -57,7 +64,19 @@ class CompletionsBody(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1)
     prompt: str | list[str] | list[int] | list[list[int]]  # text, or token ids, as OpenAI's
-    stream: Literal[False] = False
+    # Never passed on (always false), so a request that says so is merged by window
+    # batching with those that do not.
+    stream: StrictBool = Field(False, exclude=True)
+
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _stream(cls, value: Any) -> Any:
+        if value is True:  # the relay answers legacy completions whole (and batches them)
+            raise ValueError(
+                "streaming of legacy completions is not supported; leave stream out, "
+                "or stream through /v1/chat/completions"
+            )
+        return False if value is None else value  # null, as chat's
 
 
 def _relay(request: Request) -> Relay:

@@ -258,6 +258,31 @@ async def test_completions_take_every_prompt_form_openai_takes(prompt: Any) -> N
     assert seen[0].body["prompt"] == prompt
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", CHAT),
+        ("/v1/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "a"}),
+    ],
+)
+async def test_stream_null_asks_for_a_whole_answer_as_openai_takes_it(path, body) -> None:
+    """The ``openai`` SDK sends ``"stream": null`` for ``stream=None``."""
+    app, bus = gateway_app()
+    async with client(app) as http:
+        reply = await http.post(path, json={**body, "stream": None}, headers=AUTH)
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"].startswith("application/json")
+    assert not bus.published[0].stream and not bus.published[0].body.get("stream")
+
+
+async def test_streamed_legacy_completions_are_refused_saying_so() -> None:
+    status, reply = await post(
+        "/v1/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": "a", "stream": True}
+    )
+    assert status == 400 and reply["error"]["param"] == "stream"
+    assert "streaming of legacy completions is not supported" in reply["error"]["message"]
+
+
 @pytest.mark.parametrize("code", ["no_healthy_vendor", "vendor_overloaded"])
 async def test_no_vendor_is_an_openai_503_and_anthropic_s_own_529_overloaded(code: str):
     """Anthropic says overloaded with a 529, which its SDK raises as OverloadedError;
