@@ -386,9 +386,13 @@ class RequestHandler:
             # the alias's patience.  Route it as degraded (cheaper), flagged as such.
             flight.degraded = "rate_pressure"
             env = env.model_copy(update={"degraded": flight.degraded})
-            for w in list(flight.waiters):
-                if not w.sent and not w.lost:
-                    await self._say_degraded(w.envelope, flight.degraded)
+            # Told side by side: one waiter's stalled reply topic holds up no other, nor
+            # the cheaper call (each notice is given up after REPLY_SEND_S).
+            await _together(
+                self._say_degraded(w.envelope, flight.degraded)
+                for w in list(flight.waiters)
+                if not w.sent and not w.lost
+            )
             plan = self.router.plan(
                 env.alias, time.time(), user=env.user, degraded=True, tenant=env.tenant
             )

@@ -1394,3 +1394,41 @@ async def test_a_paid_call_that_lands_after_its_gateway_gave_up_keeps_its_priced
     [line] = sink.ledger
     assert (line.trace_id, line.vendor) == (env.trace_id, "a") and line.cost > 0
     assert sink.for_(env.correlation_id) == []
+
+
+async def test_one_stalled_topic_does_not_delay_a_call_routed_cheaper_for_its_waiters(
+    monkeypatch,
+):
+    """Rate pressure routes a shared stream cheaper, and each streaming waiter is told so
+    first: two whose reply topics take nothing are given up on side by side, so the
+    cheaper call starts after one REPLY_SEND_S, not one per such waiter."""
+    monkeypatch.setattr("agents.handler.REPLY_SEND_S", 0.5)
+    called: dict[str, float] = {}
+    calls: list[str] = []
+    handler, sink = make(vendor(calls, delay=0.0), PRESSURE)
+    gate = PriorityGate()
+    gate.configure("vendor:a", TokenBucket.from_rpm(1, now=time.monotonic()))
+    handler.dispatcher.gate = gate
+    await handler.handle(envelope(key="warm"))  # a's one call this minute
+    stall_topic(sink, "nowhere")
+    look_up, started = sink.cached, time.monotonic()
+
+    async def slow_l2(key: str, *, stale_ok: bool = False) -> CacheEntry | None:
+        await asyncio.sleep(0.02)  # the leader looks in L2 while the others join
+        return await look_up(key, stale_ok=stale_ok)
+
+    sink.cached = slow_l2  # type: ignore[method-assign]
+    keep = sink.health
+
+    async def seen(event: Any) -> None:
+        called.setdefault(event.vendor, time.monotonic() - started)
+        await keep(event)
+
+    handler.dispatcher.on_health = seen
+    healthy = envelope(True, key="p", cache_lookup=True)
+    stalled = [envelope(True, key="p", cache_lookup=True, reply_to="nowhere") for _ in range(2)]
+    await asyncio.gather(*(handler.handle(e) for e in (healthy, *stalled)))
+    assert calls == ["a", "b"]
+    assert called["b"] < 0.8, "the cheaper call waited for each stalled notice in turn"
+    got = sink.for_(healthy.correlation_id)
+    assert got[-1].kind == "final" and {e.degraded for e in got} == {"rate_pressure"}
