@@ -22,7 +22,7 @@ from agents.adapters.base import StreamItem, VendorCall, VendorResult
 from agents.adapters.http import json_body, lines, open_stream, refused, send
 from schemas.config import VendorConfig
 from schemas.errors import BadRequest, VendorBadRequest, VendorUnavailable, VendorUnsupported
-from schemas.formats.anthropic import without_cache_control
+from schemas.formats.anthropic import thinking_effort, without_cache_control
 from schemas.formats.openai import (
     allowed_tool_names,
     choice_name,
@@ -209,12 +209,15 @@ def chat_request(body: dict[str, Any], model: str, *, stream: bool) -> dict[str,
     openai_only_refused(body)
     # An echoed answer's reasoning goes back as the message's thinking, as Ollama keeps it.
     thoughts = [m.get("reasoning_content") for m in body.get("messages") or []]
+    # An Anthropic client's thinking, disabled, is think false (without_cache_control
+    # turns thinking on into reasoning_effort, and sends nothing for disabled).
+    asked = thinking_effort(body)
     body = without_cache_control(body)
     out: dict[str, Any] = {"model": model, "messages": _messages(body), "stream": stream}
     for item, thought in zip(out["messages"], thoughts, strict=True):
         if thought and item["role"] == "assistant":
             item["thinking"] = thought
-    if (effort := reasoning_effort(body)) is not None:
+    if (effort := reasoning_effort(body) or asked) is not None:
         out["think"] = _THINK[effort]
     options = {_OPTIONS[k]: body[k] for k in _OPTIONS if body.get(k) is not None}
     if body.get("top_k") is not None:  # an Anthropic client's: Ollama has the same knob

@@ -65,6 +65,16 @@ THINKING_BUDGETS = {  # keyed by every one of openai.REASONING_EFFORTS
     "high": 16384,
     "xhigh": 32768,
 }
+# ...and back, for an Anthropic client's thinking served by another vendor kind: each
+# level's own budget comes back as that level (1 024 low, 4 096 medium, 16 384 high), and
+# between them the nearer by ratio.  Nothing asks for xhigh (a budget past 8 192 is high,
+# and so are Anthropic's efforts xhigh and max), which only OpenAI's newest models take:
+# Claude Code's usual 31 999 would fail on the others.
+_EFFORT_BY_BUDGET = (
+    (2 * THINKING_BUDGETS["low"], "low"),  # up to 2 048
+    (2 * THINKING_BUDGETS["medium"], "medium"),  # up to 8 192; more is high
+)
+THINKING_KINDS = ("enabled", "adaptive", "disabled")  # Anthropic's thinking.type
 
 
 # --------------------------------------------------------------------------------------
@@ -245,9 +255,31 @@ def _plain(item: Any, keys: frozenset[str] = EXTENSIONS) -> Any:
     return item
 
 
+def thinking_effort(body: dict[str, Any]) -> str | None:
+    """The ``reasoning_effort`` an Anthropic client's ``thinking`` (extension) asks of a
+    vendor of another kind: ``none`` for thinking disabled, a level for thinking on, and
+    None when it asked nothing (so nothing is sent: models that do not reason refuse the
+    field).  The level is the budget's (``_EFFORT_BY_BUDGET``) or, for adaptive thinking
+    or a budget not given, ``output_config.effort`` (low or medium; else high, Anthropic's
+    own default).  Effort without thinking asks for no reasoning: it reaches Anthropic
+    only."""
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") not in THINKING_KINDS:
+        return None
+    kind, budget = thinking["type"], thinking.get("budget_tokens")
+    if kind == "disabled":
+        return "none"
+    if kind == "enabled" and isinstance(budget, int) and not isinstance(budget, bool):
+        return next((level for most, level in _EFFORT_BY_BUDGET if budget <= most), "high")
+    config = body.get("output_config")
+    effort = config.get("effort") if isinstance(config, dict) else None
+    return effort if effort in ("low", "medium") else "high"
+
+
 def without_cache_control(body: dict[str, Any]) -> dict[str, Any]:
     """The body minus the Anthropic extensions (``EXTENSIONS``), for vendors that do not
-    know them; the body itself when it has none.
+    know them; the body itself when it has none.  Thinking an Anthropic client turned on
+    becomes ``reasoning_effort`` (``thinking_effort``), unless the body has its own.
 
     Raises ``VendorUnsupported`` for what only an Anthropic vendor reads (a document by
     URL, file id or content blocks, Anthropic's client tools): an Anthropic candidate
@@ -267,6 +299,11 @@ def without_cache_control(body: dict[str, Any]) -> dict[str, Any]:
     ):
         return body
     out = {k: v for k, v in body.items() if k not in TOP_EXTENSIONS}
+    # Thinking disabled sends nothing: OpenAI's models before gpt-5.1 refuse "none" (the
+    # Ollama adapter reads it from the body itself, as ``think: false``).
+    effort = thinking_effort(body)
+    if out.get("reasoning_effort") is None and effort not in (None, "none"):
+        out["reasoning_effort"] = effort
     out["messages"] = [
         _flag_error(
             m, {**_plain(m, MESSAGE_EXTENSIONS), "content": [_plain(p) for p in m["content"]]}

@@ -18,6 +18,7 @@ from schemas.errors import (
     VendorUnavailable,
     VendorUnsupported,
 )
+from schemas.formats.anthropic import messages_request_to_openai
 from schemas.formats.openai import assemble_chunks
 from schemas.usage import Usage
 
@@ -430,6 +431,27 @@ def test_reasoning_effort_becomes_think(effort, think):
     with pytest.raises(BadRequest, match="reasoning_effort: 'extreme'") as err:
         chat_request({**body, "reasoning_effort": "extreme"}, "qwen3", stream=False)
     assert err.value.param == "reasoning_effort"
+
+
+@pytest.mark.parametrize(
+    ("thinking", "think"),
+    [
+        ({"type": "enabled", "budget_tokens": 1024}, "low"),
+        ({"type": "enabled", "budget_tokens": 4096}, "medium"),
+        ({"type": "enabled", "budget_tokens": 30000}, "high"),
+        ({"type": "adaptive"}, "high"),
+        ({"type": "disabled"}, False),
+    ],
+)
+def test_an_anthropic_client_s_thinking_becomes_think(thinking, think):
+    request = {"model": "a", "max_tokens": 32000, "thinking": thinking}
+    neutral = messages_request_to_openai(
+        {**request, "messages": [{"role": "user", "content": "q"}]}
+    )
+    out = chat_request(neutral, "qwen3", stream=False)
+    assert out["think"] == think and "thinking" not in out and "reasoning_effort" not in out
+    effort = chat_request({**neutral, "output_config": {"effort": "low"}}, "qwen3", stream=False)
+    assert effort["think"] == ("low" if thinking["type"] == "adaptive" else think)
 
 
 def test_an_echoed_answer_s_reasoning_goes_back_as_its_thinking():

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from schemas.formats.anthropic import (
     MessageEventsToChunks,
     messages_request_to_openai,
     messages_response_to_openai,
     openai_request_to_messages,
     openai_response_to_messages,
+    thinking_effort,
     without_cache_control,
 )
 from schemas.formats.openai import assemble_chunks, response_to_chunks
@@ -227,3 +230,53 @@ async def test_a_streamed_json_answer_with_thinking_is_the_json_alone() -> None:
     streamed = assemble_chunks(chunks)["choices"][0]["message"]
     assert json.loads(streamed["content"]) == {"a": 1}
     assert streamed["reasoning_content"] == THOUGHT["thinking"]
+
+
+def _to_other_vendors(**fields: Any) -> dict[str, Any]:
+    """An Anthropic client's request as an OpenAI-format vendor gets it."""
+    request = {"model": "a", "max_tokens": 32000, "messages": [{"role": "user", "content": "q"}]}
+    return without_cache_control(messages_request_to_openai({**request, **fields}))
+
+
+@pytest.mark.parametrize(
+    ("thinking", "output_config", "effort"),
+    [
+        ({"type": "enabled", "budget_tokens": 1024}, None, "low"),
+        ({"type": "enabled", "budget_tokens": 2048}, None, "low"),
+        ({"type": "enabled", "budget_tokens": 4096}, None, "medium"),
+        ({"type": "enabled", "budget_tokens": 8192}, None, "medium"),
+        ({"type": "enabled", "budget_tokens": 16384}, None, "high"),
+        ({"type": "enabled", "budget_tokens": 31999}, None, "high"),  # Claude Code's: no xhigh
+        ({"type": "enabled", "budget_tokens": 4096}, {"effort": "high"}, "medium"),
+        ({"type": "adaptive"}, {"effort": "low"}, "low"),
+        ({"type": "adaptive"}, {"effort": "max"}, "high"),
+        ({"type": "adaptive"}, None, "high"),  # Anthropic's default effort
+        ({"type": "disabled"}, None, None),  # OpenAI's models before gpt-5.1 refuse "none"
+        (None, {"effort": "low"}, None),  # effort alone asks for no reasoning
+    ],
+)
+def test_thinking_reaches_openai_format_vendors_as_reasoning_effort(
+    thinking, output_config, effort
+) -> None:
+    fields = {"thinking": thinking, "output_config": output_config}
+    body = _to_other_vendors(**{k: v for k, v in fields.items() if v is not None})
+    assert body.get("reasoning_effort") == effort
+    assert "thinking" not in body and "output_config" not in body
+
+
+@pytest.mark.parametrize("effort", ["low", "medium", "high"])
+def test_an_effort_through_a_thinking_budget_comes_back_the_same(effort) -> None:
+    """reasoning_effort -> Anthropic's budget (an OpenAI client, Claude serving) and that
+    budget -> reasoning_effort (an Anthropic client, another vendor) agree."""
+    body = {"messages": [{"role": "user", "content": "q"}], "reasoning_effort": effort}
+    thinking = openai_request_to_messages(body, "claude-x")["thinking"]
+    assert thinking_effort({"thinking": thinking}) == effort
+
+
+def test_a_body_s_own_reasoning_effort_wins_over_its_thinking() -> None:
+    body = {
+        "messages": [{"role": "user", "content": "q"}],
+        "reasoning_effort": "minimal",
+        "thinking": {"type": "enabled", "budget_tokens": 20000},
+    }
+    assert without_cache_control(body)["reasoning_effort"] == "minimal"
