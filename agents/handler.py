@@ -73,7 +73,7 @@ class RequestHandler:
         sink: Sink,
         *,
         discounts: dict[str, float] | None = None,
-        budget: Callable[[str], BudgetDecision | None] | None = None,
+        budget: Callable[[RequestEnvelope], BudgetDecision | None] | None = None,
     ) -> None:
         self.router = router
         self.dispatcher = dispatcher
@@ -81,7 +81,7 @@ class RequestHandler:
         self.sink = sink
         self.flights = Flights()
         self.discounts = discounts or {}
-        self.budget = budget or (lambda tenant: None)
+        self.budget = budget or (lambda env: None)
         self.lane: BatchLane | None = None  # set by the wiring: it needs adapters and keys
         # Lane requests a gateway waits on: their deadline timers, and those answered 504
         self._lane_deadlines: dict[str, asyncio.TimerHandle] = {}
@@ -102,7 +102,7 @@ class RequestHandler:
             return
         # Counting tokens costs nothing, so a spent budget never stops it; nor does a
         # cheaper model stand in for it, whose count would be of another tokenizer.
-        decision = None if env.endpoint == "count_tokens" else self.budget(env.tenant)
+        decision = None if env.endpoint == "count_tokens" else self.budget(env)
         if decision is not None and decision.action != "allow":
             if decision.cache_only:
                 await self._stale_or_refuse(env.model_copy(update={"degraded": decision.reason}))

@@ -54,9 +54,10 @@ from streams.stopping import stop_quietly
 from streams.topics import Topics
 from tables.batches import BatchStore
 from tables.buckets import PriorityGate, TokenBucket
-from tables.budgets import BudgetDecision, BudgetPolicy, Spend, add_spend, decide
+from tables.budgets import BudgetPolicy, Spend, add_spend
 from tables.cache import CacheEntry, L1Cache, ResponseCache, redis_prefix
 from tables.health import BreakerPolicy, Health, fold, health_key
+from tables.holds import Budgets
 from tables.lane_journal import LaneJournal
 from tables.prices import PriceSheet
 from tables.recent import RecentIds
@@ -118,6 +119,8 @@ class KafkaSink:
         self._health: dict[str, list[HealthEvent]] = {}
         self._last_ok: dict[str, bool] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
+        # Told of every ledger line (tenant, trace id): the budgets' holds let go.
+        self.on_line: Callable[[str, str], None] = lambda tenant, trace: None
 
     async def _send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
         """Queue one message on Faust's producer; the future of its delivery."""
@@ -169,6 +172,7 @@ class KafkaSink:
 
     async def usage(self, event: UsageEvent) -> None:
         metrics.count_line(event, self.tenants, self.aliases)
+        self.on_line(event.tenant, event.trace_id)
         await self._send_later(self.topics.usage.name, event.tenant.encode(), encode(event))
 
     async def health(self, event: HealthEvent) -> None:
@@ -280,12 +284,13 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     def view(key: str) -> dict[str, Any] | None:
         return health.get(key)  # type: ignore[no-any-return]
 
-    def budget(tenant: str) -> BudgetDecision | None:
-        rule = config.tenants[tenant].budget if tenant in config.tenants else None
-        if rule is None:
-            return None
-        raw = spend.get(tenant)
-        return decide(BudgetPolicy(**rule.model_dump()), Spend(**(raw or {})), time.time())
+    prices = PriceSheet.from_config(config.models)
+    budgets = Budgets(
+        {t: BudgetPolicy(**c.budget.model_dump()) for t, c in config.tenants.items() if c.budget},
+        lambda tenant: Spend(**(spend.get(tenant) or {})),
+        prices,
+    )
+    sink.on_line = budgets.metered
 
     handler = RequestHandler(
         Router(config, view),
@@ -296,10 +301,10 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
             batching={a: m.batching for a, m in config.models.items() if m.batching},
             gate=make_gate(config, settings.workers),
         ),
-        PriceSheet.from_config(config.models),
+        prices,
         sink,
         discounts={name: v.batch_discount for name, v in config.vendors.items()},
-        budget=budget,
+        budget=budgets,
     )
     # The Batch API's store and the lane's journal: Redis with room for whole batches.
     store_redis = aioredis.Redis.from_url(

@@ -91,11 +91,13 @@ def _kept_start(s: Spend, period: Period) -> float:
     return period_start(s.period_start, period)
 
 
-def decide(policy: BudgetPolicy, spend: Spend, now: float) -> BudgetDecision:
+def decide(policy: BudgetPolicy, spend: Spend, now: float, held: float = 0.0) -> BudgetDecision:
     """Allow, degrade past ``degrade_at`` of the limit, or refuse (or cache-only) once
-    the limit is reached."""
+    the limit is reached, by the spend counted plus what is ``held`` for requests let go
+    ahead and not counted yet (``tables.holds``)."""
     current = period_start(now, policy.period)
     spent = spend.spent_usd if _kept_start(spend, policy.period) >= current else 0.0
+    spent += held
     remaining = max(0.0, policy.limit_usd - spent)
     if spent >= policy.limit_usd:
         if policy.on_exhausted == "cache_only":

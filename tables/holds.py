@@ -1,0 +1,147 @@
+"""Spend let go ahead but not counted yet, which a tenant's budget must see besides its
+spend table: without it, any number of requests arriving together pass a budget that
+has room for one, and a Batch API upload passes one nearly spent (its lines are metered
+when the vendor's batch ends, hours later)."""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from schemas.envelope import RequestEnvelope
+from schemas.usage import Usage, estimated_tokens, prompt_chars
+from tables.budgets import BudgetDecision, BudgetPolicy, Spend, decide
+from tables.prices import PriceSheet
+
+# A request whose line never reaches this worker (its gateway wrote it, at the deadline)
+# lets go of its hold this long after its deadline.
+AFTER_DEADLINE_S = 60.0
+# The completion a request without max_tokens is held to (as the TPM estimate is).
+DEFAULT_COMPLETION = 256
+
+
+def worst_cost(env: RequestEnvelope, prices: PriceSheet) -> float:
+    """What ``env`` may cost at most, about: its prompt and the completion it allows, at
+    its alias's primary candidate's prices (the degraded or cheaper route costs less)."""
+    body = env.body
+    output = 0
+    if env.endpoint != "embeddings":
+        limit = (
+            body.get("max_completion_tokens")
+            or body.get("max_tokens")
+            or body.get("max_output_tokens")
+        )
+        output = int(limit) if isinstance(limit, int | float) else DEFAULT_COMPLETION
+    usage = Usage(input_tokens=estimated_tokens(prompt_chars(body)), output_tokens=output)
+    try:
+        return prices.direct_cost(env.alias, usage)
+    except KeyError:
+        return 0.0
+
+
+@dataclass(eq=False)
+class _Hold:
+    tenant: str
+    usd: float
+    until: float
+    key: tuple[str, str]  # (tenant, trace id)
+    live: bool = True
+
+
+class Holds:
+    """One worker's holds on its tenants' budgets.
+
+    A request admitted against a budget holds its ``worst_cost`` until its ledger line is
+    written (``settle``, by tenant and trace id); the spend agent counts the line within a
+    batch window (250 ms) — holding its cost on for a while longer would count it twice
+    in that while, for a tenant whose requests keep coming.  Each worker holds for what it
+    has taken: with several, a budget can be overshot by what they have in flight at once,
+    not by every request that arrived before the spend agent caught up."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._waiting: dict[tuple[str, str], list[_Hold]] = {}
+        self._expiring: list[tuple[float, int, _Hold]] = []  # a heap, by ``until``
+        self._held: dict[str, float] = {}
+        self._count = 0
+
+    def held(self, tenant: str) -> float:
+        """USD the tenant's requests hold now."""
+        self._expire()
+        return max(0.0, self._held.get(tenant, 0.0))
+
+    def take(self, tenant: str, trace_id: str, usd: float, until: float) -> None:
+        """Hold ``usd`` for a request until its line is written (or ``until``, epoch
+        seconds, if it never is)."""
+        if usd > 0:
+            key = (tenant, trace_id)
+            self._waiting.setdefault(key, []).append(self._add(tenant, usd, until, key))
+
+    def settle(self, tenant: str, trace_id: str) -> None:
+        """A request's line is written: the spend table counts it from now on.  A line
+        without a hold (a tenant without budget, a request taken before a restart) lets
+        go of nothing."""
+        if waiting := self._waiting.get((tenant, trace_id)):
+            self._drop(waiting[0])
+
+    def _add(self, tenant: str, usd: float, until: float, key: tuple[str, str]) -> _Hold:
+        hold = _Hold(tenant, usd, until, key)
+        self._count += 1
+        heapq.heappush(self._expiring, (until, self._count, hold))
+        self._held[tenant] = self._held.get(tenant, 0.0) + usd
+        return hold
+
+    def _drop(self, hold: _Hold) -> None:
+        if not hold.live:
+            return
+        hold.live = False
+        left = self._held.get(hold.tenant, 0.0) - hold.usd
+        if left > 1e-12:
+            self._held[hold.tenant] = left
+        else:
+            self._held.pop(hold.tenant, None)  # and float dust with it
+        if waiting := self._waiting.get(hold.key):
+            waiting.remove(hold)
+            if not waiting:
+                del self._waiting[hold.key]
+
+    def _expire(self) -> None:
+        now = self.clock()
+        while self._expiring and self._expiring[0][0] <= now:
+            self._drop(heapq.heappop(self._expiring)[2])
+
+
+class Budgets:
+    """The budget verdict for each request (``RequestHandler``'s ``budget``): the
+    tenant's spend as its table has counted it, plus what its requests hold; a request
+    let go ahead holds its ``worst_cost`` until its ledger line is written."""
+
+    def __init__(
+        self,
+        policies: dict[str, BudgetPolicy],
+        spend: Callable[[str], Spend],
+        prices: PriceSheet,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.policies = policies
+        self.spend = spend
+        self.prices = prices
+        self.clock = clock
+        self.holds = Holds(clock)
+
+    def __call__(self, env: RequestEnvelope) -> BudgetDecision | None:
+        policy = self.policies.get(env.tenant)
+        if policy is None:
+            return None
+        held = self.holds.held(env.tenant)
+        decision = decide(policy, self.spend(env.tenant), self.clock(), held)
+        if decision.action != "refuse" and not decision.cache_only:
+            until = env.deadline_ms / 1000 + AFTER_DEADLINE_S
+            self.holds.take(env.tenant, env.trace_id, worst_cost(env, self.prices), until)
+        return decision
+
+    def metered(self, tenant: str, trace_id: str) -> None:
+        """A ledger line is written (the worker's sink says so for each one)."""
+        self.holds.settle(tenant, trace_id)
