@@ -1187,6 +1187,13 @@ def _user_content(content: Any, i: int) -> str | list[dict[str, Any]]:
             if part.get("cache_control"):
                 document["cache_control"] = part["cache_control"]
             blocks.append(document)
+        elif kind == "input_audio":
+            # Audio in has no Anthropic block, but an OpenAI candidate may hear it: that
+            # one's refusal, so the next candidate is tried (a 400 only if none can).
+            raise VendorUnsupported(
+                f"messages.{i}.content.{j}: this model does not take audio input",
+                param="messages",
+            )
         else:
             raise BadRequest(f"messages.{i}.content.{j}: part type {kind!r} is not supported")
     return blocks

@@ -18,6 +18,7 @@ from schemas.errors import (
     VendorOverloaded,
     VendorRateLimited,
     VendorUnavailable,
+    VendorUnsupported,
 )
 from schemas.formats.openai import assemble_chunks
 from schemas.usage import Usage
@@ -316,10 +317,16 @@ async def test_a_429_without_retry_after_waits_for_the_exhausted_limit_s_reset()
 
 
 async def test_untranslatable_request_fails_before_any_http():
-    _, handler = recorder()
-    body = {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]}
-    with pytest.raises(BadRequest, match="input_audio"):
+    seen, handler = recorder()
+    body = {"messages": [{"role": "user", "content": [{"type": "hologram"}]}]}
+    with pytest.raises(BadRequest, match="hologram"):
         await adapter_for(handler).chat(call(body))
+    audio = {
+        "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]
+    }
+    with pytest.raises(VendorUnsupported, match="audio"):  # an OpenAI candidate may hear it
+        await adapter_for(handler).chat(call(audio))
+    assert seen == []
 
 
 async def test_count_tokens_sends_only_the_fields_it_accepts():

@@ -755,7 +755,7 @@ def test_defaults_max_tokens_and_named_tool_choice():
 @pytest.mark.parametrize(
     "part",
     [
-        {"type": "input_audio", "input_audio": {"data": "x", "format": "wav"}},
+        {"type": "hologram"},
         {"type": "image_url", "image_url": {"url": "ftp://x.test/a.png"}},
         {"type": "image_url", "image_url": {"url": "data:image/png,rawbytes"}},
     ],
@@ -1470,6 +1470,14 @@ def test_a_pdf_document_travels_as_an_openai_file_part_and_back():
     nothing = {"type": "file", "file": {"filename": "a.pdf"}}  # no vendor reads this
     with pytest.raises(BadRequest, match="needs the file inline"):
         openai_request_to_messages({"messages": [{"role": "user", "content": [nothing]}]}, "c")
+
+
+def test_audio_in_is_this_candidate_s_refusal_so_an_openai_one_is_tried_next():
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGR", "format": "wav"}}
+    content = [{"type": "text", "text": "transcribe"}, audio]
+    with pytest.raises(VendorUnsupported, match=r"messages\.0\.content\.1: .*audio") as err:
+        openai_request_to_messages({"messages": [{"role": "user", "content": content}]}, "c")
+    assert err.value.final_for_candidate and err.value.status == 400
 
 
 def test_a_text_document_is_text_to_openai_vendors_and_a_document_to_anthropic_ones():
