@@ -1227,7 +1227,9 @@ def _image_to_anthropic(part: dict[str, Any], where: str) -> dict[str, Any]:
     url = image_url["url"]
     if url.startswith("data:"):
         header, _, data = url.partition(",")
-        media_type = header[len("data:") :].split(";")[0] or "image/png"
+        media_type = header[len("data:") :].split(";")[0].lower() or "image/png"
+        # OpenAI takes image/jpg, a common misspelling; Anthropic refuses all but jpeg.
+        media_type = "image/jpeg" if media_type == "image/jpg" else media_type
         if ";base64" not in header or not data:
             raise BadRequest(f"{where}: an image data URL must be base64-encoded")
         source = {"type": "base64", "media_type": media_type, "data": data}

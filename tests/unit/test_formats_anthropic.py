@@ -1472,6 +1472,14 @@ def test_a_pdf_document_travels_as_an_openai_file_part_and_back():
         openai_request_to_messages({"messages": [{"role": "user", "content": [nothing]}]}, "c")
 
 
+@pytest.mark.parametrize("given", ["image/jpg", "image/JPG", "image/jpeg"])
+def test_a_jpg_image_reaches_anthropic_as_the_jpeg_it_takes(given):
+    part = {"type": "image_url", "image_url": {"url": f"data:{given};base64,/9j/4AAQ"}}
+    body = {"messages": [{"role": "user", "content": [part]}]}
+    source = openai_request_to_messages(body, "c")["messages"][0]["content"][0]["source"]
+    assert source == {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"}
+
+
 def test_audio_in_is_this_candidate_s_refusal_so_an_openai_one_is_tried_next():
     audio = {"type": "input_audio", "input_audio": {"data": "UklGR", "format": "wav"}}
     content = [{"type": "text", "text": "transcribe"}, audio]
