@@ -987,6 +987,8 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
         if turn["content"]:
             messages.append(turn)
     messages = _alternating(messages)
+    if not messages:
+        messages, system = _system_as_the_turn(system), []
 
     given = body.get("max_completion_tokens") or body.get("max_tokens")
     max_tokens = given or DEFAULT_MAX_TOKENS
@@ -1062,6 +1064,24 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     if choice:
         out["tool_choice"] = choice
     return out
+
+
+def _system_as_the_turn(system: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The one user turn of a request with no turn but its system text (a chat of a
+    system message alone, Responses' ``instructions`` with no input): Anthropic wants at
+    least one turn, none empty, while OpenAI answers the system text as the request.  So
+    the text is asked as the user's (and is no system prompt as well: said twice, it
+    would weigh double); cache breakpoints stay on its blocks.  With no text at all (a lone
+    empty user message) there is nothing to ask Claude, but an OpenAI candidate, which
+    takes it, may still serve the request."""
+    blocks = [b for b in system if b["text"].strip()]  # Anthropic refuses blank text
+    if not blocks:
+        raise VendorUnsupported(
+            "messages: this model needs a message with text in it", param="messages"
+        )
+    if any("cache_control" in b for b in blocks):
+        return [{"role": "user", "content": blocks}]
+    return [{"role": "user", "content": "\n\n".join(b["text"] for b in blocks)}]
 
 
 def _json_answer_tool(response_format: Any) -> dict[str, Any] | None:

@@ -454,7 +454,7 @@ async def test_a_batch_goes_out_with_the_beta_features_its_requests_asked():
     seen, handler = recorder(
         httpx.Response(200, json={"id": "msgbatch_01", "processing_status": "in_progress"})
     )
-    asked = call({"anthropic_beta": ["output-128k-2025-02-19", "context-1m-2025-08-07"]})
+    asked = call({**BODY, "anthropic_beta": ["output-128k-2025-02-19", "context-1m-2025-08-07"]})
     await adapter_for(handler).submit_batch([("a", asked)], KEY)
     assert seen[0].headers["anthropic-beta"] == "output-128k-2025-02-19,context-1m-2025-08-07"
     assert "anthropic_beta" not in json.loads(seen[0].content)["requests"][0]["params"]

@@ -1472,6 +1472,43 @@ def test_a_pdf_document_travels_as_an_openai_file_part_and_back():
         openai_request_to_messages({"messages": [{"role": "user", "content": [nothing]}]}, "c")
 
 
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "system", "content": "Write a haiku about rain."}],
+        [
+            {"role": "developer", "content": "Write a haiku about rain."},
+            {"role": "user", "content": ""},
+        ],
+    ],
+)
+def test_system_text_alone_is_asked_as_the_one_user_turn(messages):
+    """Anthropic refuses ``messages: []``; OpenAI answers the system text (a chat of a
+    system message alone, Responses' instructions with no input)."""
+    out = openai_request_to_messages({"messages": messages}, "c")
+    assert out["messages"] == [{"role": "user", "content": "Write a haiku about rain."}]
+    assert "system" not in out
+
+
+def test_cached_system_text_alone_keeps_its_breakpoint_in_the_turn():
+    part = {"type": "text", "text": "Long rules.", "cache_control": {"type": "ephemeral"}}
+    out = openai_request_to_messages({"messages": [{"role": "system", "content": [part]}]}, "c")
+    assert out["messages"] == [{"role": "user", "content": [part]}] and "system" not in out
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": ""}],
+        [{"role": "system", "content": " "}, {"role": "user", "content": []}],
+    ],
+)
+def test_no_text_at_all_is_left_to_an_openai_candidate(messages):
+    with pytest.raises(VendorUnsupported, match="needs a message with text") as err:
+        openai_request_to_messages({"messages": messages}, "c")
+    assert err.value.param == "messages"
+
+
 @pytest.mark.parametrize("given", ["image/jpg", "image/JPG", "image/jpeg"])
 def test_a_jpg_image_reaches_anthropic_as_the_jpeg_it_takes(given):
     part = {"type": "image_url", "image_url": {"url": f"data:{given};base64,/9j/4AAQ"}}
