@@ -131,6 +131,8 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     if metadata is not None and not isinstance(metadata, dict):
         raise BadRequest("metadata: must be an object", param="metadata")
     user = (metadata or {}).get("user_id")
+    if user is not None and not isinstance(user, str):  # passed on as OpenAI's user
+        raise BadRequest("metadata.user_id: must be a string", param="metadata.user_id")
     if user:
         out["user"] = user
     if body.get("tools"):
@@ -450,12 +452,14 @@ def _tool_result_to_openai(
 ) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
     if not block.get("tool_use_id"):
         raise BadRequest(f"{where}.tool_use_id: required for a tool_result")
-    content = block.get("content", "")
-    if isinstance(content, str):
-        return content, []
+    content = block.get("content")
+    if content is None or isinstance(content, str):
+        return content or "", []
+    if not isinstance(content, list):  # as Anthropic, rather than an empty result
+        raise BadRequest(f"{where}.content: must be a string or a list of content blocks")
     texts: list[dict[str, Any]] = []
     images = []
-    for k, inner in enumerate(content if isinstance(content, list) else []):
+    for k, inner in enumerate(content):
         kind = inner.get("type") if isinstance(inner, dict) else None
         if kind == "text":
             texts.append(_text_part(inner))

@@ -18,6 +18,7 @@ from tests.support.gateway import AUTH, answer_hello, client, gateway_app
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 MESSAGES = {**CHAT, "max_tokens": 16}
+TOOL_USE = {"type": "tool_use", "id": "t1", "name": "f", "input": {}}
 
 
 async def post(path: str, body: Any, **headers: str) -> tuple[int, Any]:
@@ -109,6 +110,14 @@ async def test_a_body_no_vendor_could_take_is_a_400_not_a_500(body, says):
         ({"stream": "false"}, "stream: must be true or false"),
         ({"temperature": 2**70}, "cannot be relayed"),
         ({"top_k": "many"}, "top_k: must be a number"),
+        ({"metadata": {"user_id": 12345}}, "metadata.user_id: must be a string"),
+        ({"metadata": {"user_id": ["u"]}}, "metadata.user_id: must be a string"),
+        ({"metadata": {"user_id": deep(300)}}, "metadata.user_id: must be a string"),
+        ({"messages": [{"role": "user", "content": "q"},
+                       {"role": "assistant", "content": [TOOL_USE]},
+                       {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                                     "content": {"type": "text", "text": "42"}}]}]},
+         "messages.2.content.0.content: must be a string or a list of content blocks"),
     ],
 )  # fmt: skip
 async def test_a_malformed_messages_request_is_an_anthropic_400(change, says):
@@ -428,7 +437,6 @@ PAD = "x" * 300_000  # past the edge's own parser: FastAPI's keeps integers past
         ("/v1/chat/completions", {**CHAT, "pad": PAD, "metadata": {"a": 2**64}}),
         ("/v1/embeddings", b'{"model": "text-embedding-3-small", "input": "x", '
          b'"user": "\\ud800"}'),
-        ("/v1/messages", {**MESSAGES, "metadata": {"user_id": deep(300)}}),
     ],
 )  # fmt: skip
 async def test_what_the_topic_cannot_carry_outside_the_cache_key_is_a_400(path, body):
