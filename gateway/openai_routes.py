@@ -89,9 +89,40 @@ def chat_fields(body: ChatBody) -> dict[str, Any]:
     for i, msg in enumerate(raw["messages"]):
         if not isinstance(msg.get("role"), str):
             raise BadRequest(f"messages.{i}.role: required", param=f"messages.{i}.role")
+        if msg.get("tool_calls") is not None:  # null: what the openai SDK echoes
+            _check_tool_calls(msg["tool_calls"], f"messages.{i}.tool_calls")
     if not isinstance(raw.get("stream_options") or {}, dict):
         raise BadRequest("stream_options: must be an object", param="stream_options")
+    for i, tool in enumerate(raw.get("tools") or ()):
+        _check_named(tool, f"tools.{i}")
     return functions_to_tools(raw)  # the deprecated function calling, as tools
+
+
+def _check_tool_calls(calls: Any, where: str) -> None:
+    if not isinstance(calls, list):
+        raise BadRequest(f"{where}: must be a list", param=where)
+    for j, call in enumerate(calls):
+        if not isinstance(call, dict):
+            raise BadRequest(f"{where}.{j}: must be an object", param=f"{where}.{j}")
+        _check_named(call, f"{where}.{j}")
+
+
+def _check_named(item: dict[str, Any], where: str) -> None:
+    """A tool, or a tool call, names its function (or custom tool) under its type's key,
+    so every vendor is sent a name: a malformed one is the client's 400 naming the field
+    here, not each vendor's own vaguer refusal later.  Other types (and the extensions
+    an Anthropic client's tools carry) are left to the translators."""
+    kind = item.get("type") or (
+        "custom" if "function" not in item and "custom" in item else "function"
+    )
+    if kind not in ("function", "custom") or "anthropic_tool" in item:
+        return
+    spec = item.get(kind)
+    if not isinstance(spec, dict):
+        raise BadRequest(f"{where}.{kind}: must be an object", param=f"{where}.{kind}")
+    if not isinstance(spec.get("name"), str) or not spec["name"]:
+        where = f"{where}.{kind}.name"
+        raise BadRequest(f"{where}: must be a non-empty string", param=where)
 
 
 def render(answer: Answer, raw: dict[str, Any]) -> Response:

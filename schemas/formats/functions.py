@@ -30,6 +30,10 @@ def functions_to_tools(body: dict[str, Any]) -> dict[str, Any]:
     functions = body["functions"]
     if not isinstance(functions, list) or not all(isinstance(f, dict) for f in functions):
         raise BadRequest("functions: must be a list of function objects", param="functions")
+    for i, function in enumerate(functions):
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            where = f"functions.{i}.name"
+            raise BadRequest(f"{where}: must be a non-empty string", param=where)
     out = {k: v for k, v in body.items() if k not in ("functions", "function_call")}
     out["tools"] = [{"type": "function", "function": f} for f in functions]
     choice = body.get("function_call")

@@ -99,6 +99,54 @@ async def test_a_body_no_vendor_could_take_is_a_400_not_a_500(body, says):
     assert says in reply["error"]["message"]
 
 
+CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"tools": [{"type": "function", "function": "f"}]}, "tools.0.function"),
+        ({"tools": [{"type": "function"}]}, "tools.0.function"),
+        ({"tools": [{"type": "function", "function": {"description": "d"}}]},
+         "tools.0.function.name"),
+        ({"tools": [{"type": "function", "function": {"name": ""}}]}, "tools.0.function.name"),
+        ({"tools": [{"type": "custom", "custom": {"name": 5}}]}, "tools.0.custom.name"),
+        ({"functions": [{"description": "no name"}]}, "functions.0.name"),
+        ({"messages": [{"role": "user", "content": "q"},
+                       {"role": "assistant", "content": None, "tool_calls": 5}]},
+         "messages.1.tool_calls"),
+        ({"messages": [{"role": "user", "content": "q"},
+                       {"role": "assistant", "content": None, "tool_calls": ["c1"]}]},
+         "messages.1.tool_calls.0"),
+        ({"messages": [{"role": "user", "content": "q"},
+                       {"role": "assistant", "content": None,
+                        "tool_calls": [CALL, {**CALL, "function": {"arguments": "{}"}}]}]},
+         "messages.1.tool_calls.1.function.name"),
+    ],
+)  # fmt: skip
+async def test_malformed_tools_and_tool_calls_are_a_400_naming_the_field(change, param):
+    status, reply = await post("/v1/chat/completions", {**CHAT, **change})
+    assert status == 400, reply
+    assert reply["error"]["param"] == param and reply["error"]["message"].startswith(param)
+
+
+async def test_well_formed_tools_and_calls_pass_and_a_null_tool_calls_too():
+    tools = [
+        {"type": "function", "function": {"name": "f"}},
+        {"type": "custom", "custom": {"name": "g"}},
+    ]
+    messages = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a", "tool_calls": None},  # the openai SDK's echo
+        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "c1", "content": "r"},
+    ]
+    status, reply = await post(
+        "/v1/chat/completions", {**CHAT, "tools": tools, "messages": messages}
+    )
+    assert status == 200, reply
+
+
 @pytest.mark.parametrize(
     ("change", "says"),
     [
