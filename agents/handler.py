@@ -32,7 +32,9 @@ from schemas.errors import (
     BadRequest,
     BudgetExceeded,
     DeadlineExceeded,
+    ModelNotFound,
     NoWorker,
+    PermissionDenied,
     RateLimited,
     RelayError,
     answer_lost,
@@ -40,7 +42,7 @@ from schemas.errors import (
 from schemas.formats.openai import response_to_chunks
 from schemas.usage import Usage
 from tables.budgets import BudgetDecision
-from tables.cache import CacheEntry, storable
+from tables.cache import CacheEntry, cache_key, storable
 from tables.prices import PriceSheet
 
 log = logging.getLogger("relay.worker")
@@ -92,7 +94,15 @@ class RequestHandler:
         now = time.time()
         if env.stream and env.endpoint != "chat":  # only chat streams; the rest answer whole
             env = env.model_copy(update={"stream": False})
-        if (wrong := self._wrong_kind(env)) is not None:
+        try:
+            wrong = self._not_its(env) or self._wrong_kind(env)
+            if wrong is None and (key := self._key(env)) != env.prompt_hash:
+                # A producer's own key (or a forged one: another tenant's, to plant an
+                # answer in its cache or read one from it) chose the partition, no more.
+                env = env.model_copy(update={"prompt_hash": key})
+        except BadRequest as err:  # a body no key can be made of (nor vendor take)
+            wrong = err
+        if wrong is not None:
             await self._fail(env, wrong)
             return
         if env.deadline_ms / 1000 <= now:
@@ -208,6 +218,33 @@ class RequestHandler:
         if entry is None or not entry.answers(env.endpoint):
             return None
         return entry if entry.young_enough(env.cache_max_age_s) else None
+
+    def _not_its(self, env: RequestEnvelope) -> RelayError | None:
+        """A refusal for a tenant the config does not name, or a model it may not use, as
+        the gateway refuses them: an envelope a producer posts straight to the topic
+        names its tenant itself, and must not bill another one or pass its allow-list."""
+        policy = self.router.config.tenants.get(env.tenant)
+        if policy is None:
+            return PermissionDenied(f"tenant `{env.tenant}` is not configured")
+        if env.alias not in self.router.config.models or not policy.may_use(env.alias):
+            return ModelNotFound(
+                f"The model `{env.alias}` does not exist or you do not have access to it.",
+                param="model",
+            )
+        return None
+
+    def _key(self, env: RequestEnvelope) -> str:
+        """The request's cache and coalescing key, as the gateway works it out (the
+        worker's own reckoning: the envelope's may come from anyone who can post)."""
+        config = self.router.config
+        policy = config.tenants[env.tenant]
+        return cache_key(
+            scope="global" if policy.cache_scope == "global" else f"tenant:{env.tenant}",
+            alias=env.alias,
+            endpoint=env.endpoint,
+            body=env.body,
+            openai_sampling=config.openai_sampling(env.alias),
+        )
 
     def _wrong_kind(self, env: RequestEnvelope) -> RelayError | None:
         """A 400 for an alias asked for what it does not serve (an embeddings model for a

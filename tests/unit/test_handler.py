@@ -22,7 +22,7 @@ from schemas.errors import BadRequest
 from schemas.usage import Usage
 from tables.buckets import PriorityGate, TokenBucket
 from tables.budgets import BudgetDecision
-from tables.cache import CacheEntry
+from tables.cache import CacheEntry, cache_key
 from tables.prices import PriceSheet
 from tests.support.envelopes import request_envelope
 from tests.support.sinks import Sink
@@ -132,8 +132,18 @@ def at_80_percent(tenant: str) -> BudgetDecision:
 def envelope(
     stream: bool = False, key: str = "k1", ttl: int | None = 60, **kw: Any
 ) -> RequestEnvelope:
-    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-    return request_envelope(body=body, stream=stream, prompt_hash=key, cache_ttl_s=ttl, **kw)
+    """A request whose question is ``key``, keyed as a gateway keys it (the worker works
+    the key out again from the body: the one a producer gives picks the partition only)."""
+    text = "hi" if key == "k1" else f"hi, {key}"
+    body = {"model": "m", "messages": [{"role": "user", "content": text}], "stream": stream}
+    tenant, alias = kw.get("tenant", "t"), kw.get("alias", "m")
+    hashed = cache_key(scope=f"tenant:{tenant}", alias=alias, endpoint="chat", body=body)
+    return request_envelope(body=body, stream=stream, prompt_hash=hashed, cache_ttl_s=ttl, **kw)
+
+
+def key_of(key: str, **kw: Any) -> str:
+    """The cache key of ``envelope(key=key, **kw)``."""
+    return envelope(key=key, **kw).prompt_hash
 
 
 async def test_identical_requests_share_one_vendor_call():
@@ -202,8 +212,8 @@ async def test_answer_is_cached_only_when_asked_and_complete():
     handler, sink = make(vendor([]))
     await handler.handle(envelope(key="with-ttl"))
     await handler.handle(envelope(key="no-ttl", ttl=None))
-    assert set(sink.written) == {"with-ttl"}
-    assert sink.written["with-ttl"].body["choices"][0]["message"]["content"] == "Hi"
+    assert set(sink.written) == {key_of("with-ttl")}
+    assert sink.written[key_of("with-ttl")].body["choices"][0]["message"]["content"] == "Hi"
 
 
 async def test_expired_envelope_is_answered_and_metered_not_sent():
@@ -281,7 +291,9 @@ async def test_sustained_rate_pressure_routes_cheaper_and_says_so():
         assert events[-1].kind == "final" and events[-1].vendor == "b"
         assert {e.degraded for e in events} == {"rate_pressure"}, "every chunk says so too"
     assert [e.degraded for e in sink.ledger] == [None, "rate_pressure", "rate_pressure"]
-    assert set(sink.written) == {"p1"}, "a cheaper model's answer is not cached as the alias's"
+    assert set(sink.written) == {key_of("p1")}, (
+        "a cheaper model's answer is not cached as the alias's"
+    )
 
 
 async def test_a_spent_cache_only_tenant_gets_what_l2_holds_even_stale_else_402():
@@ -337,7 +349,7 @@ async def test_replies_do_not_wait_for_the_cache_and_late_joiners_still_share_th
     text = "".join(e.body["choices"][0]["delta"].get("content") or "" for e in events[:-1])
     assert text == "Hi" and events[-1].kind == "final" and events[-1].coalesced
     assert stored.is_set() and len(handler.flights) == 0
-    assert sink.written["k-slow"].chunks is None, "stored as the vendor answered it"
+    assert sink.written[key_of("k-slow")].chunks is None, "stored as the vendor answered it"
 
 
 def finals_seen(sink: Sink) -> asyncio.Event:
@@ -606,7 +618,7 @@ async def test_background_work_the_cache_can_answer_never_waits_for_a_vendor_bat
     await handler.handle(first)
     for task in list(handler.lane._tasks):  # type: ignore[union-attr]
         await task
-    assert len(vendor.calls) == 1 and "bg-cache" in sink.written
+    assert len(vendor.calls) == 1 and key_of("bg-cache") in sink.written
     sink.stored = dict(sink.written)  # now in L2
     again = envelope(key="bg-cache", priority=Priority.background, cache_lookup=True)
     await handler.handle(again)
@@ -655,7 +667,7 @@ async def test_an_answer_cached_by_a_candidate_no_longer_configured_still_names_
     calls: list[str] = []
     handler, sink = make(vendor(calls))
     body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}}]}
-    sink.stored["gone-key"] = CacheEntry(
+    sink.stored[key_of("gone-key")] = CacheEntry(
         body=body, usage=Usage(input_tokens=7), vendor="old", model="retired", created=1.0
     )
     await handler.handle(envelope(key="gone-key", cache_lookup=True))
@@ -1042,7 +1054,7 @@ async def test_a_sticky_canary_is_never_shared_with_users_of_the_stable_version(
     assert sorted(calls) == ["a", "b"], "one call per version"
     finals = [sink.for_(e.correlation_id)[-1] for e in envs]
     assert [(f.vendor, f.coalesced) for f in finals] == [("b", False), ("a", False)]
-    assert sink.written["same"].vendor == "a", "the stable answer alone is cached"
+    assert sink.written[key_of("same")].vendor == "a", "the stable answer alone is cached"
 
 
 async def test_background_work_keeps_a_sticky_canary_users_version():
@@ -1145,28 +1157,49 @@ async def test_stream_true_on_an_endpoint_that_never_streams_is_answered_whole()
     assert final.body["data"][0]["embedding"] == [0.5, 0.25]
 
 
-async def test_a_producers_prompt_hash_never_serves_one_endpoints_answer_to_another():
-    """Producers posting straight to the topic choose their own ``prompt_hash``: an
-    answer stored for a chat under it is no answer to an embeddings request."""
+async def test_a_producers_prompt_hash_never_picks_a_cache_entry():
+    """Producers posting straight to the topic may give any ``prompt_hash`` (another
+    tenant's key, to plant an answer in its cache or read one from it): the worker keys
+    each request by its own tenant, alias, endpoint and body, and the hash given picks
+    the partition only."""
     calls: list[str] = []
     handler, sink = make(embedder(calls), EMBEDDING)
-    chat = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}}]}
-    sink.stored["shared"] = CacheEntry(
+    victims = key_of("what is the wire transfer code?")
+    chat = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "secret"}}]}
+    sink.stored[victims] = CacheEntry(
         body=chat, vendor="a", model="chat", created=time.time(), endpoint="chat"
     )
     env = request_envelope(
         alias="e", endpoint="embeddings", body={"model": "e", "input": "x"},
-        prompt_hash="shared", cache_lookup=True, cache_ttl_s=60,
+        prompt_hash=victims, cache_lookup=True, cache_ttl_s=60,
     )  # fmt: skip
     await handler.handle(env)
     [final] = sink.for_(env.correlation_id)
     assert calls == ["/v1/embeddings"] and not final.cache_hit
     assert final.body is not None and final.body["data"][0]["embedding"] == [0.5, 0.25]
-    assert sink.written["shared"].endpoint == "embeddings", "stored as what it answers"
+    assert victims not in sink.written, "nothing planted under the key given"
+    [(own, entry)] = sink.written.items()
+    assert entry.endpoint == "embeddings" and own == cache_key(
+        scope="tenant:t", alias="e", endpoint="embeddings", body=env.body
+    )
     sink.stored = dict(sink.written)
-    again = env.model_copy(update={"correlation_id": "again"})
+    again = env.model_copy(update={"correlation_id": "again", "prompt_hash": "anything"})
     await handler.handle(again)
     assert sink.for_("again")[-1].cache_hit and calls == ["/v1/embeddings"]
+
+
+async def test_a_producer_names_no_tenant_the_config_does_not_and_no_model_it_may_not_use():
+    calls: list[str] = []
+    config = CONFIG.model_copy(deep=True)
+    config.tenants["narrow"] = config.tenants["t"].model_copy(update={"models": ["other"]})
+    handler, sink = make(vendor(calls), config)
+    stranger = envelope(key="free ride", tenant="nobody")
+    narrow = envelope(key="dear model", tenant="narrow")
+    await handler.handle(stranger)
+    await handler.handle(narrow)
+    assert calls == []
+    assert sink.for_(stranger.correlation_id)[-1].error["code"] == "permission_denied"
+    assert sink.for_(narrow.correlation_id)[-1].error["code"] == "model_not_found"
 
 
 def stored_answer(content: str = "Hi", created: float | None = None) -> CacheEntry:
@@ -1188,14 +1221,17 @@ def stored_answer(content: str = "Hi", created: float | None = None) -> CacheEnt
 
 async def test_a_worker_s_cache_hit_comes_under_a_new_id_and_time() -> None:
     handler, sink = make(vendor([]))
-    sink.stored["hit"] = stored_answer()
+    sink.stored[key_of("hit")] = stored_answer()
     env = envelope(key="hit", cache_lookup=True)
     before = int(time.time())
     await handler.handle(env)
     final = sink.for_(env.correlation_id)[-1]
     assert final.kind == "final" and final.cache_hit and final.body is not None
     assert final.body["id"] != "chatcmpl-first" and final.body["created"] >= before
-    assert sink.stored["hit"].body is not None and sink.stored["hit"].body["id"] == "chatcmpl-first"
+    assert (
+        sink.stored[key_of("hit")].body is not None
+        and sink.stored[key_of("hit")].body["id"] == "chatcmpl-first"
+    )
 
 
 async def test_the_worker_serves_no_answer_older_than_the_request_takes() -> None:
@@ -1203,12 +1239,12 @@ async def test_the_worker_serves_no_answer_older_than_the_request_takes() -> Non
     holds to it too (its gateway may not have asked L2: Redis was marked down there)."""
     calls: list[str] = []
     handler, sink = make(vendor(calls))
-    sink.stored["aged"] = stored_answer("stale", created=time.time() - 7200)
+    sink.stored[key_of("aged")] = stored_answer("stale", created=time.time() - 7200)
     env = envelope(key="aged", cache_lookup=True, ttl=60, cache_max_age_s=60)
     await handler.handle(env)
     assert not sink.for_(env.correlation_id)[-1].cache_hit and calls == ["a"]
     older_ok = envelope(key="aged", cache_lookup=True, ttl=60, cache_max_age_s=3 * 3600)
-    sink.stored["aged"] = stored_answer("stale", created=time.time() - 7200)
+    sink.stored[key_of("aged")] = stored_answer("stale", created=time.time() - 7200)
     await handler.handle(older_ok)
     assert sink.for_(older_ok.correlation_id)[-1].cache_hit and calls == ["a"]
 
