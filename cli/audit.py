@@ -9,9 +9,8 @@ from datetime import UTC, datetime
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
 
-from cli.report import read_topic
+from cli.report import read_topic, shown
 from schemas.envelope import AuditEvent
 
 
@@ -35,7 +34,7 @@ def audit_table(events: list[AuditEvent]) -> Table:
             what = f"config sha256:{ev.config_sha256[:12]}…"
         kind = ev.kind if ev.repeats == 1 else f"{ev.kind} (x{ev.repeats})"
         cells = (when, kind, f"{ev.role} {ev.instance}", who, origin, what)
-        table.add_row(*(Text(cell) for cell in cells))  # data, never read as markup
+        table.add_row(*(shown(cell) for cell in cells))  # data, never markup or controls
     return table
 
 

@@ -212,9 +212,20 @@ def table(rows: dict[str, Totals], by: str) -> Table:
     return t
 
 
+# C0 controls, DEL and C1 controls: a terminal acts on them (ESC starts a sequence that
+# can clear the screen or rewrite lines already shown), so they are shown, never sent.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(value: str) -> Text:
+    """A value read from a topic (anyone who can post may have written it) as plain text
+    for the terminal: no markup, and every control character spelled out (``\x1b``)."""
+    return Text(_CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", value))
+
+
 def _cells(name: str, r: Totals) -> list[str | Text]:
     return [
-        Text(name), str(r.requests), str(r.errors), f"{r.latency_ms / max(1, r.requests):.0f}",
+        shown(name), str(r.requests), str(r.errors), f"{r.latency_ms / max(1, r.requests):.0f}",
         f"{r.input_tokens}/{r.output_tokens}",
         f"{r.cost:.6f}", f"{r.direct:.6f}", f"{r.save_rate:.1%}", str(r.cache_hits),
         str(r.coalesced), str(r.batched), str(r.batch_api), str(r.degraded),
