@@ -118,8 +118,20 @@ def test_relay_roles_and_replicas(services: dict[str, Service]) -> None:
     assert len(_by_role(services, "simulator")) == 1
     ids = {_env(svc)["RELAY_INSTANCE_ID"] for svc in gateways.values()}
     assert len(ids) == 2, "each gateway reads its own reply topic"
-    host_ports = {port.split(":")[0] for svc in gateways.values() for port in svc["ports"]}
+    host_ports = {port.rsplit(":", 2)[-2] for svc in gateways.values() for port in svc["ports"]}
     assert host_ports == {"8001", "8002"}
+
+
+def test_published_ports_are_on_the_host_s_loopback_unless_told(
+    services: dict[str, Service],
+) -> None:
+    """Gateways take the demo key and Prometheus and Grafana show every tenant's spend:
+    none is published beyond the host unless RELAY_BIND or MONITOR_BIND say so."""
+    published = [port for svc in services.values() for port in svc.get("ports", [])]
+    assert published and all(
+        re.fullmatch(r"\$\{(RELAY|MONITOR)_BIND:-127\.0\.0\.1\}:\d+:\d+", port)
+        for port in published
+    ), published
 
 
 @pytest.mark.parametrize("role", ["gateway", "worker"])
