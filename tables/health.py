@@ -168,8 +168,8 @@ def fold(
 def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Health:
     """Fold one call's outcome into ``h`` and apply the breaker transitions.
 
-    Late results from calls started before the breaker opened do not move an open
-    breaker either way; only probes decide when it closes.  Failures (and 429s) of calls
+    Late results from calls started before the breaker opened do not move an open or
+    half-open breaker either way; only probes decide when it closes.  Failures (and 429s) of calls
     started before a probe closed it count in the totals only, not towards opening it.
     """
     h = h.model_copy(deep=True)
@@ -186,7 +186,12 @@ def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Hea
         # outcome decides, as if the breaker had been marked half-open when it went.
         h.state = "half_open"
         h.probes_in_flight = max(1, h.probes_in_flight)
-    if h.state == "half_open":
+    # Sent before the breaker opened (or while it was open): not a probe, so its late
+    # outcome neither closes a half-open breaker nor opens it again.
+    late = h.state == "half_open" and (
+        h.opened_at is not None and started < h.opened_at + policy.open_s
+    )
+    if h.state == "half_open" and not late:
         h.probes_in_flight = max(0, h.probes_in_flight - 1)
     if ev.retry_after is not None:  # any answer may carry Retry-After, e.g. a 503
         h.retry_after_until = max(h.retry_after_until, now + ev.retry_after)
@@ -200,7 +205,7 @@ def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Hea
         # look like the quickest one to the latency strategy.
         h.latency_ewma_ms = _ewma(h.latency_ewma_ms, ev.latency_ms, policy.ewma_alpha)
         h.cost_ewma = _ewma(h.cost_ewma, ev.cost, policy.ewma_alpha)
-        if h.state == "half_open":
+        if h.state == "half_open" and not late:
             # A fresh start: the failures that opened the breaker must not re-open it.
             h.state, h.opened_at, h.probe_started_at = "closed", None, None
             h.closed_at = now
@@ -213,7 +218,7 @@ def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Hea
         return h
 
     # Sent before the probe closed the breaker: the outage's news, already acted on.
-    stale = h.state == "closed" and h.closed_at is not None and started < h.closed_at
+    stale = late or (h.state == "closed" and h.closed_at is not None and started < h.closed_at)
     if ev.error_code in RATE_LIMIT_CODES:
         h.rate_limited += 1
         if stale:

@@ -152,6 +152,19 @@ def test_late_results_do_not_move_an_open_breaker() -> None:
     assert late.opened_at == h.opened_at
 
 
+def test_late_results_do_not_move_a_half_open_breaker_either() -> None:
+    """A probe is out; calls sent before the breaker opened end now (a 30 s timeout, a
+    slow success): only the probe decides."""
+    opened = feed(Health(), [fail()] * 5, T0).opened_at
+    assert opened is not None
+    probing = begin_probe(feed(Health(), [fail()] * 5, T0), opened + 11)
+    slow_failure = fail().model_copy(update={"latency_ms": 30_000.0})
+    still = record(probing, slow_failure, POLICY, opened + 12)
+    assert still.state == "half_open" and still.probes_in_flight == 1
+    assert record(still, ok(latency_ms=20_000.0), POLICY, opened + 12.5).state == "half_open"
+    assert record(still, ok(), POLICY, opened + 13).state == "closed", "the probe decides"
+
+
 def test_begin_probe_leaves_a_closed_breaker_alone() -> None:
     h = Health()
     assert begin_probe(h, T0) == h
