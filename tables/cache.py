@@ -66,12 +66,16 @@ MAX_NFC_CHARS = 32_768
 _PLAIN_PART = frozenset({"type", "text", "cache_control"})
 
 
+_INT_MIN, _INT_END = -(2**63), 2**64  # the integers orjson writes (i64 and u64)
+
+
 def _canon(value: Any) -> Any:
     if isinstance(value, float):
         if not math.isfinite(value):  # Python's json reads them; no vendor would
             raise BadRequest("body: NaN and Infinity are not JSON numbers")
-        # 1.0 and 1 are the same parameter; JSON would spell them differently.
-        return int(value) if value.is_integer() else value
+        # 1.0 and 1 are the same parameter; JSON would spell them differently.  Only
+        # within 64 bits, what orjson writes: 1e20 (a schema's bound, say) stays a float.
+        return int(value) if value.is_integer() and _INT_MIN <= value < _INT_END else value
     if isinstance(value, dict):
         return {k: _canon(v) for k, v in value.items()}
     if isinstance(value, list):

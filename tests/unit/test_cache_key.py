@@ -168,6 +168,21 @@ def test_integral_floats_equal_ints() -> None:
     assert key({**BASE, "temperature": 0.0}) == key({**BASE, "temperature": 0})
 
 
+def test_a_whole_float_past_64_bits_is_keyed_not_refused() -> None:
+    """A schema's bound written 1e20 (or the largest double) is JSON every vendor takes;
+    made an int it was past what orjson writes, and the request a 400."""
+
+    def bounded(maximum: float) -> dict[str, Any]:
+        schema = {"type": "object", "properties": {"n": {"type": "number", "maximum": maximum}}}
+        tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+        return {**BASE, "tools": [tool]}
+
+    keys = {key(bounded(m)) for m in (1e20, 1e21, 1.7976931348623157e308, -1e19)}
+    assert len(keys) == 4
+    assert key(bounded(2.0**63)) == key(bounded(2**63)), "within 64 bits, still an int"
+    assert key(bounded(-(2.0**63))) == key(bounded(-(2**63)))
+
+
 def test_answer_changing_fields_change_the_key() -> None:
     assert key({**BASE, "temperature": 0.3}) != key(BASE)
     assert key({**BASE, "max_tokens": 51}) != key(BASE)

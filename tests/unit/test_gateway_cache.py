@@ -210,3 +210,35 @@ async def test_a_chunk_that_comes_twice_reaches_the_client_once() -> None:
         c["choices"][0]["delta"].get("content") for c in data_lines(reply.text) if c["choices"]
     ]
     assert texts == ["Hi"]
+
+
+async def test_a_tool_schema_with_a_huge_whole_bound_is_relayed() -> None:
+    """``maximum: 1e20`` in a tool's schema (or an Anthropic tool's ``input_schema``) is
+    a valid request: relayed to a worker, not a 400 from working out its cache key."""
+    number = {"type": "number", "maximum": 1e20}
+    params = {"type": "object", "properties": {"n": number}}
+    chat = {
+        **BODY,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": params}}],
+    }
+    biggest = {"type": "object", "properties": {"n": {"maximum": 1.7976931348623157e308}}}
+    messages = {
+        "model": "claude-haiku",
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"name": "pick", "input_schema": biggest}],
+    }
+    # An integer literal past 64 bits is read (by orjson, at the edge) as the double
+    # 1e20 is: relayed as that number, for the vendor to judge, as 1e20 is.
+    seeded = orjson.dumps(BODY)[:-1] + b', "seed": ' + str(2**64).encode() + b"}"
+    app, bus = gateway_app(paid())
+    async with client(app) as http:
+        first = await http.post("/v1/chat/completions", json=chat)
+        second = await http.post(
+            "/v1/messages", json=messages, headers={"anthropic-version": "2023-06-01"}
+        )
+        third = await http.post(
+            "/v1/chat/completions", content=seeded, headers={"content-type": "application/json"}
+        )
+    assert first.status_code == second.status_code == third.status_code == 200
+    assert len(bus.published) == 3 and bus.published[2].body["seed"] == float(2**64)

@@ -77,8 +77,6 @@ async def test_a_header_that_makes_no_sense_is_a_400_naming_it(header, value, sa
 @pytest.mark.parametrize(
     ("body", "says"),
     [
-        (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "seed": '
-         + str(2**64).encode() + b"}", "cannot be relayed"),
         ({**CHAT, "response_format": {"type": "json_schema", "json_schema": deep(300)}},
          "cannot be relayed"),
         (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "\\ud800"}]}',
@@ -156,7 +154,6 @@ async def test_well_formed_tools_and_calls_pass_and_a_null_tool_calls_too():
         ({"messages": [{"role": "assistant", "content": [{"type": "text", "text": 5}]}]},
          "malformed Messages request"),
         ({"stream": "false"}, "stream: must be true or false"),
-        ({"temperature": 2**70}, "cannot be relayed"),
         ({"top_k": "many"}, "top_k: must be a number"),
         ({"metadata": {"user_id": 12345}}, "metadata.user_id: must be a string"),
         ({"metadata": {"user_id": ["u"]}}, "metadata.user_id: must be a string"),
