@@ -9,6 +9,8 @@ and only once per retry interval.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import math
 import time
@@ -21,6 +23,8 @@ from typing import Any, Literal
 import orjson
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ValidationError
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from schemas.errors import BadRequest
@@ -315,10 +319,21 @@ class L1Cache:
 
 # Redis errors, and socket errors that slip past redis-py (OSError covers TimeoutError).
 REDIS_ERRORS = (RedisError, OSError)
+# How long the replacement follower waits for a message before it pings Redis; a ping
+# not answered within as long again means a dead connection, made anew.
+FOLLOW_IDLE_S = 30.0
 
 
 class ResponseCache:
-    """L1 in front of a shared Redis L2; every replica sees every other's answers."""
+    """L1 in front of a shared Redis L2; every replica sees every other's answers.
+
+    A replica that replaces an answer (``x-relay-cache: refresh``, or one too old for the
+    request) says so on the ``replaced`` channel, and every other replica following it
+    (``follow``) drops the key from its L1, which would otherwise serve the old answer
+    for the rest of its TTL.  Pub/sub is best effort: a notice sent while a replica's
+    subscription is down is lost to it (while Redis itself is down none is sent, as no
+    answer is stored there either); clearing L1 on every reconnection would cost every
+    replica its hits after each Redis restart for a rare refresh it might have missed."""
 
     def __init__(
         self,
@@ -341,6 +356,8 @@ class ResponseCache:
         self.l2_healthy = True
         self.l2_errors = 0
         self._failed_at = -float("inf")
+        self.channel = prefix + "replaced"  # one deployment's, like its keys
+        self._origin = uuid.uuid4().hex.encode()  # this replica's own notices are no news
 
     def _l2(self) -> aioredis.Redis | None:
         # The client, unless absent or failed less than retry_s ago; once that passed,
@@ -413,6 +430,53 @@ class ResponseCache:
             self._l2_failed()
             return
         self.l2_healthy = True
+
+    async def replaced(self, key: str) -> None:
+        """Tell the other replicas following the ``replaced`` channel to drop ``key`` from
+        their L1: this one has put a new answer in place of whatever they hold."""
+        redis = self._l2()
+        if redis is None:
+            return
+        try:
+            await redis.publish(self.channel, self._origin + b" " + key.encode())
+        except REDIS_ERRORS:
+            self._l2_failed()
+            return
+        self.l2_healthy = True
+
+    async def follow(self, retry_s: float = 1.0) -> None:
+        """Until cancelled, drop from L1 each key another replica says it replaced (run
+        beside the gateway for its lifetime).  A Redis that is down or stops answering is
+        tried again every ``retry_s``, quietly."""
+        if self.redis is None:
+            return
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                await self._drop_replaced(pubsub)
+            except REDIS_ERRORS:
+                pass  # Redis is down, or the connection went: subscribed again shortly
+            finally:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await pubsub.aclose()
+            await asyncio.sleep(retry_s)
+
+    async def _drop_replaced(self, pubsub: PubSub) -> None:
+        pinged = False
+        while True:
+            message = await pubsub.get_message(timeout=FOLLOW_IDLE_S)
+            if message is None:
+                if pinged:  # a connection that went quiet without closing
+                    raise RedisConnectionError("no answer to a ping")
+                await pubsub.ping()
+                pinged = True
+                continue
+            pinged = False  # any message (a subscription's, a pong) says it is alive
+            if message["type"] == "message":
+                origin, _, key = message["data"].partition(b" ")
+                if origin != self._origin:
+                    self.l1.delete(key.decode())
 
     async def invalidate(self, key: str) -> None:
         """Drop ``key`` from both levels."""

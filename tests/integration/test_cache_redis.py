@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -231,3 +232,97 @@ async def test_deployments_sharing_a_redis_keep_their_answers_apart(redis_url: s
     finally:
         await redis.delete(prod.prefix + "k")
         await redis.aclose()
+
+
+async def until(check: Callable[[], Awaitable[bool]], within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not await check():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_refresh_on_one_gateway_reaches_the_others_l1(
+    cache_factory: CacheFactory, redis_url: str
+) -> None:
+    """Replica A refreshes an answer replica B holds in L1: B serves the new one next,
+    not the old one for the rest of its TTL (six hours for the static class)."""
+    import orjson
+    import redis
+
+    from gateway.relay import Relay
+    from schemas.envelope import ReplyEvent, RequestEnvelope
+    from tests.support.gateway import client as http_client
+    from tests.support.gateway import gateway_app, hello
+
+    a_cache, b_cache = cache_factory(), cache_factory()
+    l2 = redis.Redis.from_url(redis_url)
+    answers = iter(["v1", "v2"])
+
+    def worker(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+        """Answers the next version and stores it in L2, as a worker does."""
+        body = hello(env.alias)
+        body["choices"][0]["message"]["content"] = next(answers)
+        usage = Usage(input_tokens=3, output_tokens=1)
+        entry = CacheEntry(body=body, usage=usage, vendor="sim-openai", model="gpt-4o-mini",
+                           created=time.time(), endpoint=env.endpoint)  # fmt: skip
+        ttl = env.cache_ttl_s or 0
+        stored = {"fresh_until": time.time() + ttl, "entry": entry.model_dump(mode="json")}
+        l2.set(a_cache.prefix + env.prompt_hash, orjson.dumps(stored), px=ttl * 1000)
+        final = ReplyEvent(correlation_id=env.correlation_id, kind="final", body=body,
+                           usage=usage, vendor="sim-openai", model="gpt-4o-mini")  # fmt: skip
+        return [(0.0, final)]
+
+    def replica(cache: ResponseCache):  # type: ignore[no-untyped-def]
+        app, bus = gateway_app(worker)
+        relay = app.state.relay
+        app.state.relay = Relay(relay.settings, relay.config, bus, cache)
+        return app, bus
+
+    (a, bus), (b, _) = replica(a_cache), replica(b_cache)
+    following = asyncio.create_task(b_cache.follow())
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "refresh me"}]}
+    static = {"x-relay-cache-ttl": "static"}
+    try:
+        await until(lambda: _subscribed(b_cache))
+        async with http_client(a) as on_a, http_client(b) as on_b:
+
+            async def ask(http: Any, **headers: str) -> tuple[str, str]:
+                sent = {**static, **headers}
+                reply = await http.post("/v1/chat/completions", json=body, headers=sent)
+                said = reply.json()["choices"][0]["message"]["content"]
+                return reply.headers["x-relay-cache"], said
+
+            assert await ask(on_a) == ("miss", "v1")
+            assert await ask(on_b) == ("hit-l2", "v1")
+            assert await ask(on_b) == ("hit-l1", "v1")
+            assert await ask(on_a, **{"x-relay-cache": "refresh"}) == ("miss", "v2")
+            key = bus.published[-1].prompt_hash
+            await until(lambda: _forgotten(b_cache, key))
+            assert await ask(on_b) == ("hit-l2", "v2")
+            assert await ask(on_a) == ("hit-l1", "v2"), "A's own notice leaves its L1 alone"
+    finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+        l2.close()
+
+
+async def _subscribed(cache: ResponseCache) -> bool:
+    assert cache.redis is not None
+    counts = await cache.redis.pubsub_numsub(cache.channel)
+    return bool(counts and counts[0][1])
+
+
+async def _forgotten(cache: ResponseCache, key: str) -> bool:
+    return cache.l1.get(key) is None
+
+
+async def test_following_rides_out_a_redis_that_is_down(cache_factory: CacheFactory) -> None:
+    """The follower runs for the gateway's lifetime: no Redis is no error, only retries."""
+    down = cache_factory(url="redis://127.0.0.1:1/0")
+    following = asyncio.create_task(down.follow(retry_s=0.05))
+    await asyncio.sleep(0.5)
+    assert not following.done()
+    await down.replaced("k")  # the notice is dropped as quietly as a put would be
+    following.cancel()
+    await asyncio.gather(following, return_exceptions=True)
+    assert following.cancelled()

@@ -242,3 +242,36 @@ async def test_a_tool_schema_with_a_huge_whole_bound_is_relayed() -> None:
         )
     assert first.status_code == second.status_code == third.status_code == 200
     assert len(bus.published) == 3 and bus.published[2].body["seed"] == float(2**64)
+
+
+async def test_only_an_answer_put_in_place_of_another_is_announced() -> None:
+    """A refresh, or a new answer for one too old for the request, tells the other
+    replicas to drop theirs from L1; a first answer, a hit or a bypass says nothing."""
+    from gateway.relay import Relay
+    from tables.cache import L1Cache, ResponseCache
+
+    class Recording(ResponseCache):
+        def __init__(self) -> None:
+            super().__init__(L1Cache(100), None)
+            self.said: list[str] = []
+
+        async def replaced(self, key: str) -> None:
+            self.said.append(key)
+
+    app, bus = gateway_app(paid())
+    relay = app.state.relay
+    cache = Recording()
+    app.state.relay = Relay(relay.settings, relay.config, bus, cache)  # type: ignore[arg-type]
+    async with client(app) as http:
+        await http.post("/v1/chat/completions", json=BODY)  # first: nothing to replace
+        await http.post("/v1/chat/completions", json=BODY)  # a hit
+        await http.post("/v1/chat/completions", json=BODY, headers={"x-relay-cache": "bypass"})
+        assert cache.said == []
+        await http.post("/v1/chat/completions", json=BODY, headers={"x-relay-cache": "refresh"})
+        key = bus.published[0].prompt_hash
+        assert cache.said == [key]
+        cache.l1.get(key).created = time.time() - 7200  # type: ignore[union-attr]
+        older = await http.post(
+            "/v1/chat/completions", json=BODY, headers={"x-relay-cache-ttl": "dynamic"}
+        )
+        assert older.headers["x-relay-cache"] == "miss" and cache.said == [key, key]
