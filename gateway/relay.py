@@ -30,7 +30,14 @@ from schemas.envelope import (
     RequestEnvelope,
     UsageEvent,
 )
-from schemas.errors import BadRequest, DeadlineExceeded, ModelNotFound, NoWorker, RelayError
+from schemas.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    ModelNotFound,
+    NoWorker,
+    RelayError,
+    VendorUnavailable,
+)
 from schemas.formats.openai import response_to_chunks
 from schemas.settings import Settings
 from schemas.usage import Usage
@@ -319,10 +326,15 @@ class Relay:
         if first.kind == "final":
             self._done(env)
             self._count(env, first)
+            if first.body is None:  # no chunk came before it, nor a body with it
+                raise _unanswered()
             await self._keep(env, first.body, None, first)
             headers.update(_vendor_headers(first))
             headers.update(_cost_headers(first.cost, first.saved_cost))
-            return Answer(headers, body=first.body, usage=first.usage or Usage())
+            usage = first.usage or Usage()
+            if env.stream:  # asked as a stream: sent as one, whole as the answer came
+                return Answer(headers, chunks=_replay(response_to_chunks(first.body), usage))
+            return Answer(headers, body=first.body, usage=usage)
         return Answer(
             headers, chunks=self._stream(env, queue, first), close=lambda: self._done(env)
         )
@@ -353,6 +365,8 @@ class Relay:
                     yield event.body
                 event = await self._next(env, queue)
             self._count(env, event)
+            if not chunks:
+                raise _unanswered()
             await self._keep(env, None, chunks, event)
             yield event.usage or Usage()
         finally:
@@ -468,6 +482,15 @@ async def _replay(
     for chunk in chunks:  # under a new id and time, as a whole answer is
         yield {**chunk, "id": cid, "created": created}
     yield usage
+
+
+def _unanswered() -> VendorUnavailable:
+    """An answer that ended without saying anything (a stream with no chunk, a final with
+    no body): a vendor failure, not a 200 holding ``null`` or an event stream with no
+    answer in it.  A client SDK retries a 502 by itself; an empty stream it would take as
+    an answer with no message (the openai SDK's ``stream().get_final_completion()``
+    fails on it, and is not retried)."""
+    return VendorUnavailable("the vendor ended without sending an answer")
 
 
 def _cache_header(event: ReplyEvent) -> str:

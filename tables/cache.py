@@ -185,15 +185,16 @@ UNSTORABLE_FINISH = frozenset({"content_filter", "error"})
 
 
 def storable(body: dict[str, Any] | None, chunks: list[dict[str, Any]] | None = None) -> bool:
-    """Whether an answer may be served again: not one a vendor's content filter cut (a
-    filter may pass the same question next time; its refusal should not stick), nor an
-    error a vendor sent as an answer (an ``error`` in a 200 body, a choice that finished
-    in ``error``, as OpenRouter does when a model fails part way), nor a stream that
-    would not assemble in full for a later non-streamed request (``faithful_chunks``)."""
+    """Whether an answer may be served again: a whole one (``_whole``), not one a vendor's
+    content filter cut (a filter may pass the same question next time; its refusal
+    should not stick), nor an error a vendor sent as an answer (an ``error`` in a 200
+    body, a choice that finished in ``error``, as OpenRouter does when a model fails part
+    way), nor a stream that would not assemble in full for a later non-streamed request
+    (``faithful_chunks``)."""
     if chunks and not faithful_chunks(chunks):
         return False
     answers = [body] if body is not None else list(chunks or [])
-    return not any(
+    if any(
         "error" in answer
         or any(
             isinstance(choice, dict) and choice.get("finish_reason") in UNSTORABLE_FINISH
@@ -201,7 +202,31 @@ def storable(body: dict[str, Any] | None, chunks: list[dict[str, Any]] | None = 
         )
         for answer in answers
         if isinstance(answer, dict)
-    )
+    ):
+        return False
+    return _whole(body, answers)
+
+
+def _whole(body: dict[str, Any] | None, answers: list[dict[str, Any]]) -> bool:
+    """Whether the answer says something: a stream, a chat or legacy completion has a
+    choice and each of its choices finished (a ``finish_reason``); embeddings have a
+    vector.  Else (``choices: []``, a stream of no choice) a later request would be
+    served nothing.  Anything else, a token count say, is whole as it is."""
+    if body is None or "choices" in body or body.get("object") in ID_PREFIXES:
+        finished: dict[Any, bool] = {}
+        for answer in answers:
+            for choice in (answer.get("choices") or []) if isinstance(answer, dict) else []:
+                if isinstance(choice, dict):
+                    index = choice.get("index", 0)
+                    if not isinstance(index, int):
+                        return False
+                    finished[index] = finished.get(index, False) or bool(
+                        choice.get("finish_reason")
+                    )
+        return bool(finished) and all(finished.values())
+    if "data" in body or body.get("object") == "list":  # embeddings
+        return isinstance(body.get("data"), list) and bool(body["data"])
+    return True
 
 
 ID_PREFIXES = {"chat.completion": "chatcmpl-", "text_completion": "cmpl-"}

@@ -307,3 +307,35 @@ def test_normalizing_a_hostile_text_costs_its_length_not_its_square() -> None:
     marks = "\u0301\u0316" * 100_000
     assert _text(marks) == marks, "past the NFC limit a text is its own spelling"
     assert time.perf_counter() - started < 5.0  # quadratic took minutes
+
+
+def test_only_an_answer_that_says_something_is_storable() -> None:
+    """An answer with no choice (``choices: []``, a stream of no chunk) would serve
+    later requests nothing; each choice must have finished.  Embeddings are whole with a
+    vector, a token count as it is."""
+    from schemas.formats.openai import assemble_chunks
+    from tables.cache import storable
+
+    def choice(finish: str | None, index: int = 0) -> dict[str, Any]:
+        return {"index": index, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": finish}  # fmt: skip
+
+    def chunk(finish: str | None, index: int = 0) -> dict[str, Any]:
+        return {"choices": [{"index": index, "delta": {"content": "Hi"}, "finish_reason": finish}]}  # fmt: skip
+
+    chat = {"object": "chat.completion"}
+    assert not storable({**chat, "choices": []})
+    assert not storable(chat)
+    assert not storable(None, []) and not storable(None)
+    assert not storable(assemble_chunks([]))
+    assert not storable(None, [{"choices": []}]), "Azure's opening filter chunk alone"
+    assert storable({**chat, "choices": [choice("stop")]})
+    assert not storable({**chat, "choices": [choice(None)]})
+    assert not storable({**chat, "choices": [choice("stop"), choice(None, 1)]})
+    assert storable(None, [chunk(None), chunk("length")])
+    assert not storable(None, [chunk(None), chunk(None)]), "a stream that never finished"
+    assert not storable(None, [chunk("stop"), chunk(None, 1)])
+    legacy = {"object": "text_completion", "choices": [{"index": 0, "text": "Hi", "finish_reason": "stop"}]}  # fmt: skip
+    assert storable(legacy) and not storable({**legacy, "choices": []})
+    embeddings = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}]}  # fmt: skip
+    assert storable(embeddings) and not storable({**embeddings, "data": []})
+    assert storable({"input_tokens": 12}), "a token count"

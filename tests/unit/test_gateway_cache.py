@@ -93,7 +93,8 @@ def streamed(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
     cid = env.correlation_id
     head = {"id": "chatcmpl-vendor", "object": "chat.completion.chunk", "created": 1}
     delta = {"role": "assistant", "content": "Hi"}
-    chunk = {**head, "model": env.alias, "choices": [{"index": 0, "delta": delta}]}
+    choice = {"index": 0, "delta": delta, "finish_reason": "stop"}
+    chunk = {**head, "model": env.alias, "choices": [choice]}
     usage = Usage(input_tokens=3, output_tokens=1)
     return [
         (0.0, ReplyEvent(correlation_id=cid, kind="chunk", seq=1, body=chunk)),
@@ -275,3 +276,50 @@ async def test_only_an_answer_put_in_place_of_another_is_announced() -> None:
             "/v1/chat/completions", json=BODY, headers={"x-relay-cache-ttl": "dynamic"}
         )
         assert older.headers["x-relay-cache"] == "miss" and cache.said == [key, key]
+
+
+def body_less(notice: bool = False):  # type: ignore[no-untyped-def]
+    """A worker's only reply to a stream is its final: the vendor sent no chunk (after a
+    degraded notice, which carries none, with ``notice``)."""
+
+    def script(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+        cid, usage = env.correlation_id, Usage(input_tokens=3)
+        said = [(0.0, ReplyEvent(correlation_id=cid, kind="chunk", degraded="budget"))]
+        final = ReplyEvent(correlation_id=cid, kind="final", seq=1, usage=usage,
+                           vendor="sim-openai", model="gpt-4o-mini")  # fmt: skip
+        return [*(said if notice else []), (0.0, final)]
+
+    return script
+
+
+async def test_a_stream_the_vendor_ended_without_a_chunk_is_a_502_and_not_kept() -> None:
+    """Not a 200 ``application/json`` holding ``null`` (nor an event stream with nothing
+    in it): the SDKs retry a 502 themselves; nothing is kept for the next request."""
+    stream = {**BODY, "stream": True}
+    app, bus = gateway_app(body_less())
+    async with client(app) as http:
+        first = await http.post("/v1/chat/completions", json=stream)
+        whole = await http.post("/v1/chat/completions", json=BODY)
+    assert first.status_code == 502 and first.json()["error"]["type"] == "api_error"
+    assert whole.status_code == 502 and len(bus.published) == 2
+    app, _ = gateway_app(body_less(notice=True))
+    async with client(app) as http:
+        started = await http.post("/v1/chat/completions", json=stream)
+    assert started.status_code == 200  # its headers went out with the notice
+    assert data_lines(started.text)[-1]["error"]["code"] == "vendor_unavailable"
+
+
+async def test_a_stream_answered_whole_is_sent_as_a_stream() -> None:
+    def whole(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+        final = ReplyEvent(correlation_id=env.correlation_id, kind="final", body=hello(env.alias),
+                           usage=Usage(input_tokens=3, output_tokens=1), vendor="sim-openai",
+                           model="gpt-4o-mini")  # fmt: skip
+        return [(0.0, final)]
+
+    app, _ = gateway_app(whole)
+    async with client(app) as http:
+        reply = await http.post("/v1/chat/completions", json={**BODY, "stream": True})
+    assert reply.headers["content-type"].startswith("text/event-stream")
+    chunks = data_lines(reply.text)
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "Hello"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"

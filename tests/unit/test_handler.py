@@ -505,7 +505,8 @@ class SlowBatches:
     async def poll_batch(self, batch_id: str, api_key: str) -> Any:
         if not self.done.is_set():
             return None
-        body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "late"}}]}
+        message = {"role": "assistant", "content": "late"}
+        body = {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
         usage = Usage(input_tokens=7, output_tokens=1)
         return {cid: VendorResult(body=body, usage=usage) for cid, _ in self.calls}
 
