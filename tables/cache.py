@@ -31,7 +31,9 @@ from schemas.errors import BadRequest
 from schemas.formats.openai import assemble_chunks, faithful_chunks
 from schemas.usage import Usage
 
-KEY_VERSION = 3  # bump when normalization changes, so old entries are never misread
+KEY_VERSION = 4  # bump when normalization changes, so old entries are never misread
+# 4: a JSON schema's properties keep their written order (strict structured output emits
+# keys in that order), so keys differ from 3's; entries under 3 simply miss and expire.
 
 # Fields that do not change the answer: transport (stream), bookkeeping (user and its newer
 # name safety_identifier, metadata, store, the vendor's own prompt_cache_key) and the
@@ -143,6 +145,39 @@ def _message(message: Any) -> Any:
     return out
 
 
+def _schema(node: Any) -> Any:
+    """A JSON schema with each ``properties`` mapping as ``[name, schema]`` pairs in the
+    order written: strict structured output and tool calls emit keys in schema order (a
+    reasoning field put first changes the answer), and the key's sorted dicts would
+    lose it.  Key order stays insignificant everywhere else."""
+    if isinstance(node, dict):
+        return {
+            k: [[name, _schema(sub)] for name, sub in v.items()]
+            if k == "properties" and isinstance(v, dict)
+            else _schema(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_schema(v) for v in node]
+    return node
+
+
+def _with_schemas(holder: Any, fields: tuple[str, ...]) -> Any:
+    """``holder`` (a copy) with its ``fields`` read as JSON schemas (``_schema``)."""
+    if not isinstance(holder, dict):
+        return holder
+    return {k: _schema(v) if k in fields else v for k, v in holder.items()}
+
+
+def _tool(tool: Any) -> Any:
+    """A tool with its schema's property order kept: chat's ``function.parameters``, a
+    flat ``parameters`` or an Anthropic ``input_schema``."""
+    out = _with_schemas(tool, ("parameters", "input_schema"))
+    if isinstance(out, dict) and "function" in out:
+        out["function"] = _with_schemas(out["function"], ("parameters",))
+    return out
+
+
 def normalize(body: dict[str, Any], *, openai_sampling: bool = True) -> dict[str, Any]:
     """The request with everything that cannot change the answer taken out
     (``openai_sampling``: the alias's vendors all default temperature and top_p to 1)."""
@@ -159,6 +194,12 @@ def normalize(body: dict[str, Any], *, openai_sampling: bool = True) -> dict[str
         out["stop"] = [out["stop"]]  # one stop sequence, however it is spelled
     if isinstance(out.get("messages"), list):
         out["messages"] = [_message(m) for m in out["messages"]]
+    for field in ("tools", "functions"):  # functions: the deprecated spelling of tools
+        if isinstance(out.get(field), list):
+            out[field] = [_tool(t) for t in out[field]]
+    if isinstance(fmt := out.get("response_format"), dict) and "json_schema" in fmt:
+        schema = _with_schemas(fmt["json_schema"], ("schema",))
+        out["response_format"] = {**fmt, "json_schema": schema}
     return _canon(out)
 
 

@@ -339,3 +339,38 @@ def test_only_an_answer_that_says_something_is_storable() -> None:
     embeddings = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}]}  # fmt: skip
     assert storable(embeddings) and not storable({**embeddings, "data": []})
     assert storable({"input_tokens": 12}), "a token count"
+
+
+def test_a_schemas_property_order_is_part_of_the_question() -> None:
+    """Strict structured output emits keys in schema order: ``reasoning`` before
+    ``answer`` makes the model reason first, a different answer from the other order.
+    Key order elsewhere in the schema (and the body) still does not count."""
+
+    def schema(*names: str, nested: tuple[str, ...] = ("x", "y")) -> dict[str, Any]:
+        inner = {"type": "object", "properties": {n: {"type": "number"} for n in nested}}
+        props: dict[str, Any] = {n: {"type": "string"} for n in names}
+        return {"type": "object", "properties": {**props, "point": inner}, "strict": True}
+
+    def formatted(s: dict[str, Any]) -> dict[str, Any]:
+        return {**BASE, "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": s}}}  # fmt: skip
+
+    def tool(s: dict[str, Any]) -> dict[str, Any]:
+        return {**BASE, "tools": [{"type": "function", "function": {"name": "f", "parameters": s}}]}  # fmt: skip
+
+    def anthropic(s: dict[str, Any]) -> dict[str, Any]:
+        return {**BASE, "tools": [{"name": "f", "input_schema": s}]}
+
+    def functions(s: dict[str, Any]) -> dict[str, Any]:
+        return {**BASE, "functions": [{"name": "f", "parameters": s}]}
+
+    first, second = schema("reasoning", "answer"), schema("answer", "reasoning")
+    for ask in (formatted, tool, anthropic, functions):
+        assert key(ask(first)) != key(ask(second)), ask.__name__
+        assert key(ask(schema("a", nested=("x", "y")))) != key(ask(schema("a", nested=("y", "x"))))
+        reordered = dict(reversed(list(first.items())))  # "strict" first: not a property
+        assert key(ask(reordered)) == key(ask(first)), ask.__name__
+    # A property named "properties" is a name, not a keyword; the body is untouched.
+    odd = schema("properties", "answer")
+    body = tool(odd)
+    assert key(body) != key(tool(schema("answer", "properties")))
+    assert body["tools"][0]["function"]["parameters"] is odd and isinstance(odd["properties"], dict)
