@@ -33,7 +33,9 @@ from schemas.usage import Usage
 
 KEY_VERSION = 4  # bump when normalization changes, so old entries are never misread
 # 4: a JSON schema's properties keep their written order (strict structured output emits
-# keys in that order), so keys differ from 3's; entries under 3 simply miss and expire.
+# keys in that order), and whitespace where two text parts meet is kept ("Hello " +
+# "world" is not "Hello" + "world"), so keys differ from 3's; entries under 3 simply
+# miss and expire.
 
 # Fields that do not change the answer: transport (stream), bookkeeping (user and its newer
 # name safety_identifier, metadata, store, the vendor's own prompt_cache_key) and the
@@ -89,10 +91,12 @@ def _canon(value: Any) -> Any:
     return value
 
 
-def _text(s: str) -> str:
+def _text(s: str, lead: bool = True, trail: bool = True) -> str:
     """Text up to what cannot change its meaning: the same Unicode spelling (NFC), line
     ends, spaces at the ends of lines and of the whole.  Whitespace inside a line stays:
-    in code, or between quotes, it is part of the question.
+    in code, or between quotes, it is part of the question; so does whitespace where the
+    text meets another text part (``lead``/``trail`` false: the part before or after it
+    is text), as the parts are read joined.
 
     Linear in the text's length whatever it holds (a regex stripping line ends went
     quadratic on a long run of spaces); NFC, quadratic on long runs of combining marks,
@@ -100,18 +104,31 @@ def _text(s: str) -> str:
     if len(s) <= MAX_NFC_CHARS:
         s = unicodedata.normalize("NFC", s)
     lines = s.replace("\r\n", "\n").split("\n")
-    return "\n".join(line.rstrip(" \t") for line in lines).strip()
+    if lead and trail:  # a whole text: the common case, kept lean
+        return "\n".join(line.rstrip(" \t") for line in lines).strip()
+    end = lines.pop()  # the last line's end meets the next part, unless ``trail``
+    text = "\n".join([*(line.rstrip(" \t") for line in lines), end])
+    text = text.lstrip() if lead else text
+    return text.rstrip() if trail else text
 
 
 def _content(content: Any) -> Any:
     if isinstance(content, str):
         return _text(content)
     if isinstance(content, list):
+        # Whether each part is text, with no text before the first or after the last.
+        texts = [
+            False,
+            *(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                for p in content
+            ),
+            False,
+        ]
+        # Whitespace between two text parts stays: "Hello " + "world" is not "Helloworld".
         parts = [
-            {**p, "text": _text(p["text"])}
-            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-            else p
-            for p in content
+            {**p, "text": _text(p["text"], not texts[i], not texts[i + 2])} if texts[i + 1] else p
+            for i, p in enumerate(content)
         ]
         one = parts[0] if len(parts) == 1 else None
         if isinstance(one, dict) and one.get("type") == "text" and one.keys() <= _PLAIN_PART:

@@ -374,3 +374,21 @@ def test_a_schemas_property_order_is_part_of_the_question() -> None:
     body = tool(odd)
     assert key(body) != key(tool(schema("answer", "properties")))
     assert body["tools"][0]["function"]["parameters"] is odd and isinstance(odd["properties"], dict)
+
+
+def test_whitespace_where_two_text_parts_meet_is_part_of_the_question() -> None:
+    """Parts are read joined: "Hello " + "world" is not "Hello" + "world".  Whitespace
+    at the ends of the whole, or next to an image, still does not count."""
+    image = {"type": "image_url", "image_url": {"url": "https://x/y.png"}}
+
+    def ask(*parts: Any) -> str:
+        content = [{"type": "text", "text": p} if isinstance(p, str) else p for p in parts]
+        return key({**BASE, "messages": [{"role": "user", "content": content}]})
+
+    assert ask("Hello ", "world") != ask("Hello", "world")
+    assert ask("Hello", " world") != ask("Hello", "world")
+    assert ask("one\n  ", "two") != ask("one\n", "two"), "indenting the next part's line"
+    assert ask("one  \n", "two") == ask("one\n", "two"), "a line end, whichever part has it"
+    assert ask("  Hello ", "world \n") == ask("Hello ", "world"), "the ends of the whole"
+    assert ask("a  \nb ", "c") == ask("a\nb ", "c"), "inner line ends, as ever"
+    assert ask("Look: ", image, " what is it?") == ask("Look:", image, "what is it?")
