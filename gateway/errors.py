@@ -50,6 +50,13 @@ ANTHROPIC_TYPES = {
 ANTHROPIC_STATUS = {503: 529}
 
 
+def trace_headers(trace_id: str) -> dict[str, str]:
+    """A response's trace id (its ledger line's), also as the request id the official
+    SDKs read: ``x-request-id`` (openai's ``_request_id``) and ``request-id``
+    (anthropic's)."""
+    return {"x-relay-trace-id": trace_id, "x-request-id": trace_id, "request-id": trace_id}
+
+
 def is_anthropic(request: Request) -> bool:
     """Anthropic's error body for its endpoints, and for the model list and files when
     the Anthropic SDK (which always sends ``anthropic-version``) asks."""
@@ -71,7 +78,7 @@ def error_response(request: Request, err: RelayError) -> JSONResponse:
     # The trace id the request went under, or the client's own when it failed before that.
     given = request.headers.get("x-relay-trace-id", "")
     if trace := err.trace_id or (given if 0 < len(given) <= MAX_TRACE_ID else None):
-        headers["x-relay-trace-id"] = trace
+        headers.update(trace_headers(trace))
     if is_anthropic(request):
         status, body = anthropic_error(err)
     else:

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from gateway import metrics
 from gateway.auth import Caller, RefusalThrottle
 from gateway.bus import Bus
+from gateway.errors import trace_headers
 from schemas.config import RelayConfig, ttl_seconds
 from schemas.envelope import (
     MAX_TRACE_ID,
@@ -315,12 +316,11 @@ class Relay:
             self._done(env)
             raise
         if first is None:  # a stream still waiting: start it, keep-alives and all
-            headers = {"x-relay-cache": "miss", "x-relay-trace-id": env.trace_id}
+            headers = {"x-relay-cache": "miss", **trace_headers(env.trace_id)}
             return Answer(
                 headers, chunks=self._stream(env, queue, None), close=lambda: self._done(env)
             )
-        headers = {"x-relay-cache": _cache_header(first)}
-        headers["x-relay-trace-id"] = env.trace_id
+        headers = {"x-relay-cache": _cache_header(first), **trace_headers(env.trace_id)}
         if first.degraded:  # a stream's headers go out with its first chunk
             headers["x-relay-degraded"] = first.degraded
         if first.kind == "final":
@@ -459,7 +459,7 @@ class Relay:
                 cache_hit=True,
             )
         )
-        headers = {"x-relay-cache": f"hit-{level}", "x-relay-trace-id": opts.trace_id}
+        headers = {"x-relay-cache": f"hit-{level}", **trace_headers(opts.trace_id)}
         headers.update(_cost_headers(0.0, direct))
         if not stream:
             body = entry.whole(alias)

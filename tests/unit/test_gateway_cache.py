@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import orjson
+import pytest
 
 from schemas.envelope import ReplyEvent, RequestEnvelope
 from schemas.errors import VendorUnavailable
@@ -323,3 +324,33 @@ async def test_a_stream_answered_whole_is_sent_as_a_stream() -> None:
     chunks = data_lines(reply.text)
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "Hello"
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_the_sdks_request_id_is_the_trace_id_answered_hit_or_failed() -> None:
+    """openai's ``_request_id`` and anthropic's read ``x-request-id`` / ``request-id``:
+    both name the request's trace id, the way to its ledger line."""
+    import anthropic
+    import httpx2  # both official SDKs are built on it and refuse a plain httpx client
+    import openai
+
+    from tests.support.gateway import DEMO_KEY
+
+    app, bus = gateway_app(paid())
+    transport = httpx2.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://relay") as http:
+        oa = openai.AsyncOpenAI(base_url="http://relay/v1", api_key=DEMO_KEY, http_client=http)
+        ask = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "id me"}]}
+        answered = await oa.chat.completions.create(**ask)  # type: ignore[call-overload]
+        hit = await oa.chat.completions.create(**ask)  # type: ignore[call-overload]
+        claude = anthropic.AsyncAnthropic(
+            base_url="http://relay", api_key=DEMO_KEY, http_client=http
+        )
+        message = await claude.messages.create(
+            model="claude-haiku", max_tokens=16, messages=[{"role": "user", "content": "id me"}]
+        )
+        with pytest.raises(openai.NotFoundError) as failed:
+            await oa.chat.completions.create(model="no-such-model", messages=ask["messages"])
+    traces = [env.trace_id for env in bus.published]
+    assert answered._request_id == traces[0] and message._request_id == traces[1]
+    assert hit._request_id is not None and hit._request_id not in traces, "its own trace id"
+    assert failed.value.request_id == failed.value.response.headers["x-relay-trace-id"]
