@@ -3,7 +3,8 @@
 Requests marked ``background`` are held per (vendor, model) until ``max_size`` of them
 wait or the oldest has waited ``max_age_s``, then submitted as one batch (OpenAI
 ``/v1/files`` + ``/v1/batches``, Anthropic Message Batches) and polled until it ends.
-Each result goes back on the request's own reply topic like any other answer.  With a
+Each result goes back on the request's own reply topic like any other answer, with the
+request's own candidate (aliases sharing a vendor model may price it differently).  With a
 ``LaneJournal`` every vendor batch in flight is written down and leased, so a worker that
 dies mid-batch does not lose it: another worker adopts it when the lease lapses, and
 answers only what the dead one had not (each answer is noted in the journal as it goes).  A
@@ -49,12 +50,15 @@ REFUSED_S = 600.0  # a vendor that refused a batch (no batch API) is left alone 
 
 
 _Key = tuple[str, str, tuple[str, ...]]  # vendor, model, beta features
+# A request with its own candidate: a vendor batch holds one vendor and model, but two
+# aliases may price that model differently, and each request is billed (and cached) as
+# its own alias prices it.
+_Request = tuple[RequestEnvelope, Candidate]
 
 
 @dataclass
 class _Queue:
-    candidate: Candidate  # (the latest request's: kept here, it goes when the queue does)
-    items: list[RequestEnvelope] = field(default_factory=list)
+    items: list[_Request] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
 
 
@@ -62,7 +66,7 @@ class _LeaseLost(Exception):
     """Another worker adopted the batch this one polls."""
 
 
-def _ids(items: list[RequestEnvelope]) -> list[str]:
+def _ids(items: list[_Request]) -> list[str]:
     """Each request's id in its vendor batch: its place in the batch.  (Correlation ids
     hold a slash for Batch API lines, which Anthropic's custom_id pattern refuses.)"""
     return [f"r{i}" for i in range(len(items))]
@@ -133,9 +137,8 @@ class BatchLane:
         # ``anthropic-beta``): a batch goes out with one set of headers.
         betas = env.body.get("anthropic_beta")
         key = (cand.vendor, cand.model, tuple(betas) if isinstance(betas, list) else ())
-        queue = self._queues.setdefault(key, _Queue(cand))
-        queue.candidate = cand
-        queue.items.append(env)
+        queue = self._queues.setdefault(key, _Queue())
+        queue.items.append((env, cand))
         if len(queue.items) >= self.rule.max_size:
             self._flush(key)
         elif queue.timer is None:
@@ -146,9 +149,9 @@ class BatchLane:
         """Take a request back that still waits for its batch to go out (its caller gave
         up): True when it was waiting, so it never reaches the vendor."""
         for queue in self._queues.values():
-            for env in queue.items:
-                if env.correlation_id == correlation_id:
-                    queue.items.remove(env)
+            for item in queue.items:
+                if item[0].correlation_id == correlation_id:
+                    queue.items.remove(item)
                     return True
         return False
 
@@ -164,7 +167,7 @@ class BatchLane:
             return
         if queue.timer is not None:
             queue.timer.cancel()
-        self._spawn(self._run(queue.candidate, queue.items))
+        self._spawn(self._run(queue.items))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` as one of the lane's tasks (``flush_all`` hands them over)."""
@@ -172,21 +175,24 @@ class BatchLane:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, cand: Candidate, items: list[RequestEnvelope]) -> None:
-        adapter = self.adapters[cand.vendor]
-        assert isinstance(adapter, BatchVendor)
+    async def _run(self, items: list[_Request]) -> None:
         if not (items := await self._not_carried(items)):
             return
         if self.cancelled is not None:
-            stopped = [env for env in items if await self.cancelled(env)]
-            for env in stopped:
-                await self.deliver(env, cand, BatchCancelled("the batch was cancelled first"))
-            if not (items := [env for env in items if env not in stopped]):
+            stopped = [await self.cancelled(env) for env, _ in items]
+            for (env, own), no in zip(items, stopped, strict=True):
+                if no:
+                    await self.deliver(env, own, BatchCancelled("the batch was cancelled first"))
+            items = [item for item, no in zip(items, stopped, strict=True) if not no]
+            if not items:
                 return
+        cand = items[0][1]  # the vendor and model, every request's (not their prices)
+        adapter = self.adapters[cand.vendor]
+        assert isinstance(adapter, BatchVendor)
         index, key = self.pools[cand.vendor].pick()
         calls = [
             (vendor_id, VendorCall(model=cand.model, body=env.body, api_key=key))
-            for vendor_id, env in zip(_ids(items), items, strict=True)
+            for vendor_id, (env, _) in zip(_ids(items), items, strict=True)
         ]
         try:
             batch_id = await adapter.submit_batch(calls, key)
@@ -196,10 +202,16 @@ class BatchLane:
             failure = _failure(exc)
             if isinstance(exc, VendorNotFound):  # no batch API there: realtime for a while
                 self._refused[cand.vendor] = time.monotonic() + REFUSED_S
-            await self._deliver_all(cand, items, dict.fromkeys(_ids(items), failure))
+            await self._deliver_all(items, dict.fromkeys(_ids(items), failure))
             return
         self.batches_sent += 1
-        entry = VendorBatch(id=batch_id, candidate=cand, key_index=index, envelopes=items)
+        entry = VendorBatch(
+            id=batch_id,
+            candidate=cand,
+            key_index=index,
+            envelopes=[env for env, _ in items],
+            candidates=[own for _, own in items],
+        )
         write_down = self.journal.submitted if self.journal else None
         leased = await self._journal("write down", write_down, entry)
         if self.journal is not None and not leased:
@@ -240,7 +252,7 @@ class BatchLane:
     async def _poll_and_deliver(
         self, batch: VendorBatch, adapter: BatchVendor, key: str, *, leased: bool
     ) -> None:
-        cand, items = batch.candidate, batch.envelopes
+        cand, items = batch.candidate, batch.requests()
         try:
             # Cancelled (the worker stops while the vendor works on): it stays in the
             # journal under a lease that lapses, for another worker to adopt.
@@ -256,7 +268,7 @@ class BatchLane:
         if leased and not await self._still_mine(batch.id):
             log.warning("batch %s was taken over by another worker", batch.id)
             return
-        await self._deliver_all(cand, items, results, journaled=batch if leased else None)
+        await self._deliver_all(items, results, journaled=batch if leased else None)
         if leased:
             await self._forget(batch)
 
@@ -271,18 +283,18 @@ class BatchLane:
             await self._still_mine(batch.id)  # renew, if Redis answers again
         log.error("batch %s answered but still in the lane journal", batch.id)
 
-    async def _not_carried(self, items: list[RequestEnvelope]) -> list[RequestEnvelope]:
+    async def _not_carried(self, items: list[_Request]) -> list[_Request]:
         """``items`` minus those already in a vendor batch in flight (a dead worker sent
         them before its offsets were committed): the batch's adopter answers those."""
         if self.journal is None:
             return items
         try:
-            carried = await self.journal.carried([env.correlation_id for env in items])
+            carried = await self.journal.carried([env.correlation_id for env, _ in items])
         except REDIS_ERRORS:
             return items
         if carried:
             log.warning("%d requests are in a vendor batch already: not sent again", len(carried))
-        return [env for env in items if env.correlation_id not in carried]
+        return [item for item in items if item[0].correlation_id not in carried]
 
     async def adopt(self) -> int:
         """Take over the vendor batches whose worker stopped renewing its lease (it died);
@@ -325,13 +337,13 @@ class BatchLane:
 
     async def _deliver_all(
         self,
-        cand: Candidate,
-        items: list[RequestEnvelope],
+        items: list[_Request],
         results: BatchResults,
         journaled: VendorBatch | None = None,
     ) -> None:
-        """Answer each request; of a ``journaled`` batch only those not answered before,
-        noting each in the journal once it is delivered."""
+        """Answer each request with its own candidate (its alias's prices); of a
+        ``journaled`` batch only those not answered before, noting each in the journal
+        once it is delivered."""
         done = await self._delivered(journaled) if journaled is not None else None
         # Noted after each delivery (one Redis call a request), so a worker that dies
         # mid-way leaves at most the request it was on to be answered twice.  The first
@@ -341,7 +353,7 @@ class BatchLane:
         note = None
         if journaled is not None and self.journal is not None and done is not None:
             note = partial(self.journal.mark_delivered, journaled.id)
-        for i, env in enumerate(items):
+        for i, (env, cand) in enumerate(items):
             if done and env.correlation_id in done:
                 continue
             got = _result_for(results, i, env)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from schemas.config import Candidate
 from schemas.envelope import RequestEnvelope
@@ -54,9 +54,20 @@ class VendorBatch(BaseModel):
     """One vendor batch in flight: enough to poll it and answer its requests."""
 
     id: str
-    candidate: Candidate
+    candidate: Candidate  # the vendor and model it went to (its first request's candidate)
     key_index: int
     envelopes: list[RequestEnvelope]
+    # Each request's own candidate, in the order of ``envelopes``: all of one vendor and
+    # model, but two aliases may price it differently, and each request is billed and
+    # cached as its own alias has it.  Empty in entries written before they were kept.
+    candidates: list[Candidate] = Field(default_factory=list)
+
+    def requests(self) -> list[tuple[RequestEnvelope, Candidate]]:
+        """Each request with the candidate it is answered with (an entry that kept none
+        answers every request with ``candidate``, as it was written to)."""
+        if len(self.candidates) != len(self.envelopes):
+            return [(env, self.candidate) for env in self.envelopes]
+        return list(zip(self.envelopes, self.candidates, strict=True))
 
 
 class LaneJournal:

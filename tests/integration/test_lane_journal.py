@@ -263,3 +263,27 @@ async def test_a_worker_dying_mid_delivery_leaves_its_adopter_only_the_rest(
     assert sorted(delivered) == sorted(e.correlation_id for e in envs), "each answered once"
     assert await redis.keys(f"{prefix}:lane:delivered:*") == []
     assert await redis.keys(f"{prefix}:lane:batch:*") == []
+
+
+async def test_each_request_s_candidate_is_kept_in_the_journal(redis: aioredis.Redis) -> None:
+    """An adopter reads back each request's own candidate (two aliases may price the
+    vendor model differently); an entry written with one candidate gives it to all."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    journal = LaneJournal(redis, prefix, "w1", lease_s=0.1)
+    cheap, dear = Candidate(vendor="v", model="m", input_per_1m=1), CAND
+    envs = [request_envelope(), request_envelope()]
+    batch = VendorBatch(
+        id="vb-c", candidate=dear, key_index=0, envelopes=envs, candidates=[cheap, dear]
+    )
+    await journal.submitted(batch)
+    old = VendorBatch(id="vb-o", candidate=dear, key_index=0, envelopes=envs)
+    await journal.submitted(old)
+    await redis.set(  # as an older worker wrote it: no candidates at all
+        f"{prefix}:lane:batch:vb-o", old.model_dump_json(exclude={"candidates"})
+    )
+    await asyncio.sleep(0.2)
+    adopter = LaneJournal(redis, prefix, "w2", lease_s=5)
+    found = {b.id: b.requests() for b in await adopter.adopt()}
+    assert found == {"vb-c": [(envs[0], cheap), (envs[1], dear)], "vb-o": [(e, dear) for e in envs]}
+    for b in (batch, old):
+        await adopter.done(b)

@@ -408,7 +408,8 @@ class MemoryJournal:
         self.answered.pop(batch.id, None)
 
     async def adopt(self) -> list[VendorBatch]:
-        return list(self.entries.values())
+        # As read back from Redis: what the entry does not keep, the adopter does not get.
+        return [VendorBatch.model_validate_json(b.model_dump_json()) for b in self.entries.values()]
 
     async def mark_delivered(self, batch_id: str, ids: list[str]) -> None:
         self.notes += 1
@@ -500,3 +501,120 @@ async def test_with_redis_down_answers_go_out_without_waiting_on_it_for_each() -
         lane.submit(envelope(), CAND)
     await asyncio.gather(*lane.flush_all())
     assert len(delivered) == 3 and journal.notes == 1
+
+
+CHEAP = Candidate(vendor="v", model="m", input_per_1m=1, output_per_1m=1)
+DEAR = Candidate(vendor="v", model="m", input_per_1m=100, output_per_1m=100)
+
+
+async def test_each_request_of_a_shared_vendor_batch_is_answered_with_its_own_candidate() -> None:
+    """Two aliases pricing the same vendor model differently share a vendor batch: each
+    request is delivered (so billed and cached) with its own alias's candidate, not with
+    whichever request joined the queue last."""
+    vendor = ScriptedBatches(["done"])
+    envs = [envelope() for _ in range(3)]
+    got: dict[str, Candidate] = {}
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        assert isinstance(out, VendorResult)
+        got[env.correlation_id] = cand
+
+    rule = LaneRule(max_size=3, poll_s=0.001)
+    lane = BatchLane({"v": vendor}, {"v": KeyPool(["key"])}, rule, deliver)
+    for env, cand in zip(envs, (CHEAP, DEAR, CHEAP), strict=True):
+        lane.submit(env, cand)
+    for task in list(lane._tasks):
+        await task
+    assert len(vendor.calls) == 3, "one vendor batch"
+    assert [got[e.correlation_id] for e in envs] == [CHEAP, DEAR, CHEAP]
+
+
+async def test_a_cancelled_request_is_answered_with_its_own_candidate() -> None:
+    from schemas.errors import BatchCancelled
+
+    envs = [envelope() for _ in range(2)]
+    got: dict[str, tuple[Candidate, Any]] = {}
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        got[env.correlation_id] = (cand, out)
+
+    async def cancelled(env: RequestEnvelope) -> bool:
+        return env is envs[0]
+
+    rule = LaneRule(max_size=2, poll_s=0.001)
+    lane = BatchLane(
+        {"v": ScriptedBatches(["done"])}, {"v": KeyPool(["key"])}, rule, deliver,
+        cancelled=cancelled,
+    )  # fmt: skip
+    lane.submit(envs[0], CHEAP)
+    lane.submit(envs[1], DEAR)
+    for task in list(lane._tasks):
+        await task
+    cand, out = got[envs[0].correlation_id]
+    assert cand == CHEAP and isinstance(out, BatchCancelled)
+    assert got[envs[1].correlation_id][0] == DEAR
+
+
+async def test_an_adopted_batch_answers_each_request_with_its_own_candidate() -> None:
+    """The journal entry keeps each request's candidate: the worker adopting the batch
+    bills each as its first worker would have."""
+    journal, got = MemoryJournal(), dict[str, Candidate]()
+    dying, hang = asyncio.Event(), asyncio.Event()
+
+    async def never(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        dying.set()
+        await hang.wait()  # the first worker dies before answering any
+
+    first = journaled_lane(journal, never)
+    envs = [envelope() for _ in range(3)]
+    for env, cand in zip(envs, (DEAR, CHEAP, DEAR), strict=True):
+        first.submit(env, cand)
+    await dying.wait()
+    for task in list(first._tasks):
+        task.cancel()
+    await asyncio.gather(*first._tasks, return_exceptions=True)
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        got[env.correlation_id] = cand
+
+    second = journaled_lane(journal, deliver)
+    second.adapters = {"v": AnswersAll(3)}
+    assert await second.adopt() == 1
+    await asyncio.gather(*second._tasks)
+    assert [got[e.correlation_id] for e in envs] == [DEAR, CHEAP, DEAR]
+
+
+class AnswersAll(ScriptedBatches):
+    """A vendor batch (sent by another worker) that answers its ``n`` requests."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__([])
+        self.n = n
+
+    async def poll_batch(self, batch_id: str, api_key: str) -> dict[str, Any]:
+        return {f"r{i}": VendorResult(body={}, usage=Usage()) for i in range(self.n)}
+
+
+async def test_a_batch_journaled_with_one_candidate_is_still_adopted() -> None:
+    """Entries written before each request's candidate was kept hold one: an adopter
+    answers every request with it."""
+    envs = [envelope() for _ in range(2)]
+    old = {
+        "id": "vb-old",
+        "candidate": DEAR.model_dump(),
+        "key_index": 0,
+        "envelopes": [json.loads(e.model_dump_json()) for e in envs],
+    }
+    journal, got = MemoryJournal(), dict[str, Candidate]()
+    journal.entries["vb-old"] = VendorBatch.model_validate_json(json.dumps(old))
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        assert isinstance(out, VendorResult)
+        got[env.correlation_id] = cand
+
+    lane = journaled_lane(journal, deliver)
+    lane.adapters = {"v": AnswersAll(2)}
+    assert await lane.adopt() == 1
+    await asyncio.gather(*lane._tasks)
+    assert got == {e.correlation_id: DEAR for e in envs}
+    assert journal.entries == {}
