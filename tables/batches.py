@@ -58,6 +58,30 @@ if tonumber(h[3] or 0) + tonumber(h[4] or 0) >= tonumber(h[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'cancelling', 'cancelling_at', ARGV[1])
 return 1
 """
+# Ends a batch past its window in one step, however many lines it has out: each is
+# recorded batch_expired (its JSON made here, ARGV[1] the id's stem, ARGV[2] the error) and
+# the batch ends when its window did (ARGV[3]; a cancelled one ARGV[4]).  The status is the
+# guard: a batch another poller (or its last line) ended already is left as it is, so
+# concurrent pollers cost one cheap look each, not a pass over its lines.
+_EXPIRE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'in_progress' and status ~= 'cancelling' then return -1 end
+local ids = redis.call('LRANGE', KEYS[3], 0, -1)
+local n = 0
+for i, custom_id in ipairs(ids) do
+  local line = '{"id":"' .. ARGV[1] .. string.format('%08x', i - 1) .. '","custom_id":'
+    .. cjson.encode(custom_id) .. ',"response":null,"error":' .. ARGV[2] .. '}'
+  n = n + redis.call('HSETNX', KEYS[2], i - 1, line)
+end
+redis.call('HINCRBY', KEYS[1], 'failed', n)
+redis.call('HINCRBY', KEYS[1], 'outcome:expired', n)
+if status == 'cancelling' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancelled_at', ARGV[4])
+else
+  redis.call('HSET', KEYS[1], 'status', 'expired', 'expired_at', ARGV[3])
+end
+return n
+"""
 # Past its window a batch waits this much longer for its last lines before it expires them:
 # an answer the worker sent at the deadline may still be on its way to the store.
 EXPIRY_GRACE_S = 300
@@ -107,6 +131,7 @@ class BatchStore:
         self.retention_ms = retention_s * 1000
         self._record = redis.register_script(_RECORD)
         self._cancel = redis.register_script(_CANCEL)
+        self._expire_script = redis.register_script(_EXPIRE)
 
     # Keys: a batch's keys share a hash tag, so a Redis Cluster keeps them on one node.
     def _file(self, file_id: str) -> str:
@@ -320,20 +345,28 @@ class BatchStore:
             and batch.expires_at is not None
             and time.time() > batch.expires_at + EXPIRY_GRACE_S
         ):
-            await self._expire(batch_id)
+            await self._expire(batch)
             batch = await self._read(tenant, batch_id)
         return batch
 
-    async def _expire(self, batch_id: str) -> None:
-        """Record every line still out as ``batch_expired`` (idempotent, as any record)."""
-        async with self._guard() as redis:
-            ids: list[Any] = await redis.lrange(self._ids(batch_id), 0, -1)
-            done = {int(k) for k in await redis.hkeys(self._out(batch_id))}
+    async def _expire(self, batch: BatchObject) -> None:
+        """Record every line still out as ``batch_expired`` and end the batch, in one
+        Redis call (a no-op once the batch ended): ``expired_at`` is the end of its
+        window, not whenever someone first looked past it; a batch being cancelled ends
+        ``cancelled`` then (or when it was cancelled, if that came later)."""
+        assert batch.expires_at is not None
         late = LineError(code="batch_expired", message="the batch window ended first")
-        for index, custom_id in enumerate(ids):
-            if index not in done:
-                line = OutputLine(custom_id=custom_id.decode(), error=late)
-                await self.record(batch_id, index, line)
+        stem = new_id("batch_req_")[:-8]  # + each line's index, 8 hex digits
+        async with self._guard():
+            await self._expire_script(
+                keys=[self._batch(batch.id), self._out(batch.id), self._ids(batch.id)],
+                args=[
+                    stem,
+                    late.model_dump_json(),
+                    batch.expires_at,
+                    max(batch.expires_at, batch.cancelling_at or 0),
+                ],
+            )
 
     async def _read(self, tenant: str, batch_id: str) -> BatchObject | None:
         async with self._guard() as redis:

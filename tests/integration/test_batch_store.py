@@ -3,6 +3,7 @@ and a clear 503 when Redis is gone."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -239,3 +240,76 @@ async def test_a_batch_past_its_window_expires_the_lines_still_out(store: BatchS
     errors = (await store.content("acme", ended.error_file_id or "")) or b""
     assert [orjson.loads(x)["custom_id"] for x in errors.splitlines()] == ["a", "c"]
     assert {orjson.loads(x)["error"]["code"] for x in errors.splitlines()} == {"batch_expired"}
+
+
+async def test_a_batch_past_its_window_ends_when_its_window_did(store: BatchStore) -> None:
+    """Not whenever someone first looked: expired_at (and so the output files'
+    created_at) is the window's end; a batch cancelled before then ends cancelled then."""
+    past = int(time.time()) - EXPIRY_GRACE_S - 3600
+    batch = await new_batch(store, "acme", ["a", "b"], expires_at=past)
+    assert await record_reply(store, answer(batch, 0, "made it"))
+    ended = await store.batch("acme", batch.id)
+    assert ended is not None and ended.status == "expired"
+    assert ended.expired_at == past and ended.ended_at == past
+    files = {f.id: f.created_at for f in await store.files("acme")}
+    assert files == {ended.output_file_id: past, ended.error_file_id: past}
+
+    late = await new_batch(store, "acme", ["a", "b"], expires_at=past)
+    too_late = await store.cancel("acme", late.id)
+    assert too_late is not None and too_late.status == "expired" and too_late.expired_at == past
+    cancelled_before = await new_batch(store, "acme", ["a", "b"], expires_at=past)
+    await store.redis.hset(
+        store._batch(cancelled_before.id),
+        mapping={"status": "cancelling", "cancelling_at": past - 60},
+    )
+    ended = await store.batch("acme", cancelled_before.id)
+    assert ended is not None and ended.status == "cancelled" and ended.cancelled_at == past
+    assert await store.outcomes(cancelled_before.id) == {
+        "succeeded": 0,
+        "errored": 0,
+        "canceled": 0,
+        "expired": 2,
+    }
+
+
+async def test_expiring_a_large_batch_takes_a_few_redis_calls_whoever_polls(
+    store: BatchStore,
+) -> None:
+    """Every line still out is recorded in one call, not one call a line, and pollers
+    arriving at once (or a list) do not each go over the lines again."""
+    ids = [f"c{i}" for i in range(2000)]
+    past = int(time.time()) - EXPIRY_GRACE_S - 1
+    batch = await new_batch(store, "acme", ids, expires_at=past)
+    assert await record_reply(store, answer(batch, 7, "made it"))
+    calls: list[str] = []
+    send = store.redis.execute_command
+
+    async def counted(*args: object, **kw: object) -> object:
+        calls.append(str(args[0]))
+        return await send(*args, **kw)
+
+    store.redis.execute_command = counted  # type: ignore[method-assign]
+    polled = await asyncio.gather(*(store.batch("acme", batch.id) for _ in range(5)))
+    listed = await store.batches("acme")
+    assert all(b is not None and b.status == "expired" for b in [*polled, *listed])
+    assert len(calls) < 30, calls
+    assert calls.count("EVALSHA") <= 5
+    ended = polled[0]
+    assert ended is not None
+    assert (ended.request_counts.completed, ended.request_counts.failed) == (1, 1999)
+    assert (await store.outcomes(batch.id))["expired"] == 1999
+    lines = await store.lines(batch.id)
+    assert [line.custom_id for line in lines] == ids
+    assert len({line.id for line in lines}) == 2000 and all(
+        line.id.startswith("batch_req_") for line in lines
+    )
+
+
+async def test_expired_lines_keep_their_custom_ids_whatever_they_hold(store: BatchStore) -> None:
+    odd = ['quote " and \\ slash /', "ünïcode ✓ 😀", "line\nbreak\ttab", "\u2028"]
+    batch = await new_batch(store, "acme", odd, expires_at=1)
+    ended = await store.batch("acme", batch.id)
+    assert ended is not None and ended.status == "expired"
+    lines = await store.lines(batch.id)
+    assert [line.custom_id for line in lines] == odd
+    assert all(line.error is not None and line.error.code == "batch_expired" for line in lines)
