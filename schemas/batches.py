@@ -24,6 +24,9 @@ from schemas.usage import Usage
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions")
 COMPLETION_WINDOW_S = 24 * 3600  # OpenAI's only window, "24h"
+# Past its window a batch waits this much longer for its last lines before it expires them:
+# an answer the worker sent at the deadline may still be on its way to the store.
+EXPIRY_GRACE_S = 300
 MAX_LINES = 50_000  # OpenAI's limit per batch
 
 # The statuses a batch ends in (OpenAI's; its Batch API's terminal states as well).

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.batches import COMPLETION_WINDOW_S, EXPIRY_GRACE_S
+
 LogLevel = Annotated[
     Literal["critical", "error", "warning", "info", "debug"],
     BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v),
@@ -64,8 +66,9 @@ class Settings(BaseSettings):
     auth_refusals_per_minute: int = Field(30, ge=0)
     # How long a stopping worker lets the requests it already took finish (SIGTERM).
     worker_drain_s: float = Field(30.0, ge=0)
-    # How long the Batch API keeps uploaded files, batches and their results.
-    batch_retention_s: int = Field(30 * 24 * 3600, ge=1)
+    # How long the Batch API keeps uploaded files, batches and their results (from their
+    # last write); at least a batch's window and its grace, or it would vanish mid-run.
+    batch_retention_s: int = 30 * 24 * 3600
     # JVM options of the embedded broker, replacing its defaults (serial GC, the JVM's
     # tiered JIT), e.g. "-XX:+UseSerialGC -XX:TieredStopAtLevel=1" for a broker that is
     # ready sooner but spends more CPU per message once warm.
@@ -84,6 +87,18 @@ class Settings(BaseSettings):
                     raise ValueError(f"{place} is a file; give a directory (made if missing)")
                 break
         return path
+
+    @field_validator("batch_retention_s")
+    @classmethod
+    def _outlives_a_batch(cls, seconds: int) -> int:
+        least = COMPLETION_WINDOW_S + EXPIRY_GRACE_S
+        if seconds < least:
+            raise ValueError(
+                f"must be at least {least} s (a batch's {COMPLETION_WINDOW_S // 3600} h "
+                f"window and {EXPIRY_GRACE_S} s grace), or a batch still running would be "
+                f"lost: got {seconds}"
+            )
+        return seconds
 
     @field_validator("kafka_jvm_opts")
     @classmethod

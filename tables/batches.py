@@ -25,15 +25,24 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from schemas.batches import BatchObject, FileObject, LineError, OutputLine, new_id
+from schemas.batches import (
+    EXPIRY_GRACE_S,
+    BatchObject,
+    FileObject,
+    LineError,
+    OutputLine,
+    new_id,
+)
 from schemas.errors import StoreUnavailable
 from tables.cache import REDIS_ERRORS
 
-# Counts a line once, and finishes the batch with the line that completes it.
+# Counts a line once, and finishes the batch with the line that completes it (2 then).
+# Each line keeps every key of its batch for the retention from now: a batch running
+# longer than its keys were first given must not lose them half-way.
 _RECORD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
 redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
 redis.call('HINCRBY', KEYS[1], 'outcome:' .. ARGV[6], 1)
 local h = redis.call('HMGET', KEYS[1], 'total', 'completed', 'failed', 'status',
@@ -47,6 +56,7 @@ if tonumber(h[2] or 0) + tonumber(h[3] or 0) >= tonumber(h[1]) then
     redis.call('HSET', KEYS[1], 'status', 'completed', 'finalizing_at', ARGV[4],
                'completed_at', ARGV[4])
   end
+  return 2
 end
 return 1
 """
@@ -62,7 +72,8 @@ return 1
 # recorded batch_expired (its JSON made here, ARGV[1] the id's stem, ARGV[2] the error) and
 # the batch ends when its window did (ARGV[3]; a cancelled one ARGV[4]).  The status is the
 # guard: a batch another poller (or its last line) ended already is left as it is, so
-# concurrent pollers cost one cheap look each, not a pass over its lines.
+# concurrent pollers cost one cheap look each, not a pass over its lines.  Its keys are kept
+# for the retention (ARGV[5]) from its end.
 _EXPIRE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'in_progress' and status ~= 'cancelling' then return -1 end
@@ -80,11 +91,9 @@ if status == 'cancelling' then
 else
   redis.call('HSET', KEYS[1], 'status', 'expired', 'expired_at', ARGV[3])
 end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
 return n
 """
-# Past its window a batch waits this much longer for its last lines before it expires them:
-# an answer the worker sent at the deadline may still be on its way to the store.
-EXPIRY_GRACE_S = 300
 MESSAGE_BATCHES = "/v1/messages"  # Anthropic's Message Batches: served at their results URL
 GONE_S = 24 * 3600  # how long a deleted file's or batch's place in its lists is kept
 _CANCEL_FIELDS = ("cancelling_at", "cancelled_at")
@@ -358,15 +367,18 @@ class BatchStore:
         late = LineError(code="batch_expired", message="the batch window ended first")
         stem = new_id("batch_req_")[:-8]  # + each line's index, 8 hex digits
         async with self._guard():
-            await self._expire_script(
+            expired = await self._expire_script(
                 keys=[self._batch(batch.id), self._out(batch.id), self._ids(batch.id)],
                 args=[
                     stem,
                     late.model_dump_json(),
                     batch.expires_at,
                     max(batch.expires_at, batch.cancelling_at or 0),
+                    self.retention_ms,
                 ],
             )
+        if expired != -1:  # (-1: another poller, or its last line, ended it first)
+            await self._keep_listed(batch.id)
 
     async def _read(self, tenant: str, batch_id: str) -> BatchObject | None:
         async with self._guard() as redis:
@@ -437,7 +449,7 @@ class BatchStore:
         None when the batch is unknown (expired, or never created here)."""
         async with self._guard():
             done = await self._record(
-                keys=[self._batch(batch_id), self._out(batch_id)],
+                keys=[self._batch(batch_id), self._out(batch_id), self._ids(batch_id)],
                 args=[
                     index,
                     line.model_dump_json(),
@@ -447,7 +459,17 @@ class BatchStore:
                     line.outcome,
                 ],
             )
+        if done == 2:  # the line that ended the batch
+            await self._keep_listed(batch_id)
         return None if done == -1 else bool(done)
+
+    async def _keep_listed(self, batch_id: str) -> None:
+        """Keep an ended batch in its tenant's list as long as the batch is kept (the
+        list's own keys are in another slot of a Redis Cluster: not in the scripts)."""
+        async with self._guard() as redis:
+            tenant: Any = await redis.hget(self._batch(batch_id), "tenant")
+            if tenant is not None:
+                await redis.pexpire(self._index("batches", tenant.decode()), self.retention_ms)
 
     def _guard(self) -> _Guard:
         return _Guard(self.redis)

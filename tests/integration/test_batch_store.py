@@ -313,3 +313,29 @@ async def test_expired_lines_keep_their_custom_ids_whatever_they_hold(store: Bat
     lines = await store.lines(batch.id)
     assert [line.custom_id for line in lines] == odd
     assert all(line.error is not None and line.error.code == "batch_expired" for line in lines)
+
+
+async def test_a_running_batch_is_kept_from_its_last_line_not_its_creation(
+    store: BatchStore,
+) -> None:
+    """Each line recorded keeps every key of its batch for the retention from then (and
+    the line that ends it its tenant's list too): a batch that runs longer than its
+    keys were first given loses neither its state nor its custom ids."""
+    batch = await new_batch(store, "acme", ["a", "b"])
+    keys = [store._batch(batch.id), store._ids(batch.id)]
+    index = store._index("batches", "acme")
+    for key in [*keys, index]:
+        await store.redis.pexpire(key, 1000)  # as if created nearly retention_s ago
+    assert await record_reply(store, answer(batch, 0, "first"))
+    for key in keys:
+        assert await store.redis.pttl(key) > 500_000, key
+    assert await record_reply(store, answer(batch, 1, "last"))
+    assert await store.redis.pttl(index) > 500_000, "listed as long as it is kept"
+
+    overdue = await new_batch(store, "acme", ["a"], expires_at=1)
+    for key in (store._batch(overdue.id), store._ids(overdue.id), index):
+        await store.redis.pexpire(key, 1000)
+    ended = await store.batch("acme", overdue.id)
+    assert ended is not None and ended.status == "expired"
+    for key in (store._batch(overdue.id), store._ids(overdue.id), store._out(overdue.id), index):
+        assert await store.redis.pttl(key) > 500_000, key
