@@ -4,7 +4,9 @@ that were not sent yet are answered here without a vendor call."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from schemas.batches import (
     LineError,
@@ -19,6 +21,12 @@ from schemas.formats.functions import answer_as_function_call
 from tables.batches import BatchStore
 
 log = logging.getLogger("relay.batch")
+
+# How long a batch's cancel state, once read, stands for all its lines: each line asks
+# before every vendor attempt, and a batch of 50 000 lines must not cost Redis a read per
+# line per attempt.  A cancel is seen this much later at most.
+CANCEL_SEEN_S = 1.0
+KNOWN_BATCHES = 1024  # batches remembered before the stale ones are dropped
 
 # Relay errors that OpenAI reports as a line's own error rather than a vendor response.
 _LINE_ERRORS = {"deadline_exceeded": "batch_expired", "batch_cancelled": "batch_cancelled"}
@@ -72,3 +80,39 @@ async def cancelled(store: BatchStore, env: RequestEnvelope, results_topic: str)
         return await store.cancelled(line[0])
     except StoreUnavailable:
         return False
+
+
+class CancelledBatches:
+    """Whether a Batch API line's batch was cancelled, as ``cancelled`` says, read from
+    the store once per batch per ``ttl_s`` however many of its lines ask (those asking
+    together share one read)."""
+
+    def __init__(self, store: BatchStore, results_topic: str, ttl_s: float = CANCEL_SEEN_S):
+        self.store = store
+        self.results_topic = results_topic
+        self.ttl_s = ttl_s
+        self._known: dict[str, tuple[float, asyncio.Future[bool]]] = {}
+
+    async def __call__(self, env: RequestEnvelope) -> bool:
+        if env.reply_to != self.results_topic:
+            return False
+        line = parse_correlation(env.correlation_id)
+        if line is None:
+            return False
+        batch_id, now = line[0], time.monotonic()
+        known = self._known.get(batch_id)
+        if known is None or known[0] <= now:
+            if len(self._known) >= KNOWN_BATCHES:
+                self._known = {b: k for b, k in self._known.items() if k[0] > now}
+            known = (now + self.ttl_s, asyncio.ensure_future(self._read(batch_id)))
+            self._known[batch_id] = known
+        # Shielded: a line cut while it waits (the worker stopping) leaves the read to
+        # the other lines waiting on it.
+        return await asyncio.shield(known[1])
+
+    async def _read(self, batch_id: str) -> bool:
+        try:
+            return await self.store.cancelled(batch_id)
+        except Exception as exc:  # the line is sent: a cancel is best effort
+            log.warning("cancel state of %s not read: %r", batch_id, exc)
+            return False

@@ -35,6 +35,7 @@ from schemas.config import Batching, Candidate
 from schemas.envelope import HealthEvent, RequestEnvelope
 from schemas.errors import (
     BadRequest,
+    BatchCancelled,
     DeadlineExceeded,
     NoHealthyVendor,
     RateLimited,
@@ -54,6 +55,9 @@ ChunkSink = Callable[[dict[str, Any]], Awaitable[None]]
 # adapters' own VendorErrors): a missing key, a wrong type, bad JSON, an undecodable body.
 UNREADABLE = (LookupError, TypeError, ValueError, AttributeError, httpx.DecodingError)
 HealthSink = Callable[[HealthEvent], Awaitable[None]]
+# Asked before each vendor attempt of a request that may be withdrawn meanwhile (a Batch
+# API line whose batch was cancelled): True, and it is not sent.
+Withdrawn = Callable[[], Awaitable[bool]]
 KEY_REFUSED_S = 300.0  # a key a vendor refused (401/403) sits out this long
 # Unless a vendor sets its own timeout_s, it has this share of the time left to begin
 # answering while another candidate could take over: a hang leaves that one a quarter.
@@ -61,6 +65,7 @@ SPARE_SHARE = 0.75
 # ...when that share is this long at least: a vendor that has not begun to answer in it
 # has failed (its health, its breaker hear of it), not merely met a client's short deadline.
 HANG_S = 30.0
+WITHDRAWN = "the batch was cancelled before this line was sent"
 
 
 @dataclass
@@ -151,6 +156,7 @@ class Dispatcher:
         settle_tenant: bool | None = None,
         progress: Progress | None = None,
         may_call: Callable[[Candidate], bool] | None = None,
+        withdrawn: Withdrawn | None = None,
     ) -> Outcome:
         """Try the plan (up to ``max_rounds`` passes) before the envelope's deadline.
 
@@ -160,7 +166,12 @@ class Dispatcher:
         run with ``admit_tenant`` false: the tenant's TPM estimate then stays taken until
         that run settles it (``settle_tenant``; by default a run settles what it
         admitted).  ``may_call`` is asked just before each candidate is called (the
-        router's half-open probes are spent by calls, not by plans)."""
+        router's half-open probes are spent by calls, not by plans).  ``withdrawn``, given
+        for a Batch API line only (the realtime path awaits nothing more), is asked once
+        the tenant's gate has let the request through, before each vendor's gate and
+        again before each attempt: a line may wait at the gates and between retries for
+        hours, its batch cancelled meanwhile; then the outcome is ``BatchCancelled`` and
+        nothing more is sent."""
         out = Outcome()
         if env.endpoint == "count_tokens":  # only vendors that count can answer it
             plan = [c for c in plan if self.counts(c.vendor)]
@@ -170,7 +181,9 @@ class Dispatcher:
         if admit_tenant:  # once per request, not again when the handler re-plans it
             await self._admit(env, [f"tenant:{env.tenant}"], [f"tenant-tpm:{env.tenant}"])
         try:
-            return await self._run(env, plan, on_chunk, out, vendor_wait_s, progress, may_call)
+            return await self._run(
+                env, plan, on_chunk, out, vendor_wait_s, progress, may_call, withdrawn
+            )
         finally:
             if (late := self._orphans.pop(env.correlation_id, None)) and out.error is not None:
                 out.late = late
@@ -189,6 +202,7 @@ class Dispatcher:
         vendor_wait_s: float | None,
         progress: Progress | None,
         may_call: Callable[[Candidate], bool] | None,
+        withdrawn: Withdrawn | None = None,
     ) -> Outcome:
         sent_any = False
 
@@ -225,7 +239,13 @@ class Dispatcher:
                 spare = any(h != math.inf for j, h in enumerate(held) if j != i)
                 try:
                     result = await self._attempt(
-                        env, cand, forward, vendor_wait_s, streamed, spare=spare
+                        env,
+                        cand,
+                        forward,
+                        vendor_wait_s,
+                        streamed,
+                        spare=spare,
+                        withdrawn=withdrawn,
                     )
                 except RateLimited as err:
                     last = err  # our own bucket: another candidate may have room
@@ -289,9 +309,12 @@ class Dispatcher:
         progress: Progress | None = None,
         *,
         spare: bool = False,
+        withdrawn: Withdrawn | None = None,
     ) -> VendorResult:
         adapter = self.adapters[cand.vendor]
         pool = self.pools[cand.vendor]
+        if withdrawn is not None and await withdrawn():  # spends none of the vendor's limits
+            raise BatchCancelled(WITHDRAWN)
         await self._admit(
             env, [f"vendor:{cand.vendor}"], [f"vendor-tpm:{cand.vendor}"], cap_s=wait_s
         )
@@ -311,6 +334,9 @@ class Dispatcher:
 
         tried: set[int] = set()  # keys this attempt used: each one call at most
         while True:
+            if withdrawn is not None and await withdrawn():
+                self._settle(env, tpm, Usage())  # admitted, never sent: the estimate goes back
+                raise BatchCancelled(WITHDRAWN)
             remaining = env.deadline_ms / 1000 - time.time()
             key_index, key = pool.pick(skip=tried)
             tried.add(key_index)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from agents.adapters.base import VendorResult
@@ -30,6 +32,7 @@ from schemas.envelope import (
 )
 from schemas.errors import (
     BadRequest,
+    BatchCancelled,
     BudgetExceeded,
     DeadlineExceeded,
     ModelNotFound,
@@ -66,6 +69,16 @@ class Sink(Protocol):
     async def cached(self, key: str, *, stale_ok: bool = False) -> CacheEntry | None: ...
 
 
+@dataclass
+class BatchLines:
+    """What the worker does for the relay's own Batch API lines (the envelopes replying
+    to ``topic``), which a cancel may withdraw while they wait: ask ``cancelled`` before
+    each vendor attempt."""
+
+    topic: str
+    cancelled: Callable[[RequestEnvelope], Awaitable[bool]]
+
+
 class RequestHandler:
     def __init__(
         self,
@@ -85,6 +98,7 @@ class RequestHandler:
         self.discounts = discounts or {}
         self.budget = budget or (lambda env: None)
         self.lane: BatchLane | None = None  # set by the wiring: it needs adapters and keys
+        self.batch_lines: BatchLines | None = None  # set by the wiring: it needs the store
         # Lane requests a gateway waits on: their deadline timers, and those answered 504
         self._lane_deadlines: dict[str, asyncio.TimerHandle] = {}
         self._late: set[str] = set()
@@ -412,11 +426,21 @@ class RequestHandler:
                     self._spawn(self._catch_up(flight, w))
 
         on_chunk = fan_out if env.stream else None
+        lines = self.batch_lines
+        withdrawn = None  # a Batch API line's batch may be cancelled while it waits
+        if lines is not None and env.reply_to == lines.topic:
+            withdrawn = partial(lines.cancelled, env)
         patience = self.router.spec(env.alias).degrade_after_wait_ms
         wait_s = patience / 1000 if patience is not None and env.degraded is None else None
         may_call = self.router.may_call
         outcome = await self.dispatcher.run(
-            env, plan, on_chunk, vendor_wait_s=wait_s, progress=progress, may_call=may_call
+            env,
+            plan,
+            on_chunk,
+            vendor_wait_s=wait_s,
+            progress=progress,
+            may_call=may_call,
+            withdrawn=withdrawn,
         )
         if wait_s is not None and isinstance(outcome.error, RateLimited):
             # Sustained rate pressure: no candidate's rate limits let it through within
@@ -441,6 +465,7 @@ class RequestHandler:
                 settle_tenant=True,
                 progress=progress,
                 may_call=may_call,
+                withdrawn=withdrawn,
             )
         if outcome.body is not None and env.endpoint == "chat":
             outcome.body["model"] = env.alias
@@ -517,8 +542,12 @@ class RequestHandler:
     async def _land_one(self, flight: Flight, w: Waiter, out: Outcome) -> None:
         """Answer one waiter and write its ledger line."""
         env = w.envelope
-        if _outlives(flight, w, out.error):
-            flight.rerun.append(env)  # its own call, once this flight has landed
+        if _outlives(flight, w, out.error) or (
+            isinstance(out.error, BatchCancelled) and not w.leader
+        ):
+            # Its own call, once this flight has landed: cut by the leader's deadline, or
+            # by the cancel of the leader's batch (its own is checked on its own call).
+            flight.rerun.append(env)
             return
         if out.error is not None:
             # A stream that broke part way was billed for what it sent: the leader's

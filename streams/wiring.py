@@ -29,9 +29,9 @@ from aiokafka.partitioner import murmur2
 from agents.adapters.http import vendor_client
 from agents.adapters.registry import make_adapter
 from agents.batch_lane import BatchLane
-from agents.batch_results import cancelled, record_reply
+from agents.batch_results import CancelledBatches, cancelled, record_reply
 from agents.dispatch import Dispatcher
-from agents.handler import RequestHandler
+from agents.handler import BatchLines, RequestHandler
 from agents.keys import KeyPool
 from agents.route import Router
 from schemas.config import RelayConfig
@@ -315,8 +315,14 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     lease_s = config.batch_lane.lease_s
     journal = LaneJournal(store_redis, settings.topic_prefix, owner, lease_s)
 
+    results_topic = topics.batch_results.name
+
     async def line_cancelled(env: RequestEnvelope) -> bool:
-        return await cancelled(store, env, topics.batch_results.name)
+        return await cancelled(store, env, results_topic)
+
+    # Batch API lines the worker took: a cancel still reaches them before each vendor
+    # attempt.
+    handler.batch_lines = BatchLines(results_topic, CancelledBatches(store, results_topic))
 
     lane = handler.lane = BatchLane(
         adapters,
@@ -337,7 +343,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         await lane.adopt()
 
     async def handle(env: RequestEnvelope) -> None:
-        if await cancelled(store, env, topics.batch_results.name):
+        if await cancelled(store, env, results_topic):
             await handler.refuse(env, BatchCancelled("the batch was cancelled before this line"))
             return
         await handler.handle(env)
