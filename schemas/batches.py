@@ -9,6 +9,7 @@ id ``b/n``.
 
 from __future__ import annotations
 
+import codecs
 import re
 import time
 import uuid
@@ -204,6 +205,9 @@ def read_input(
     lines: list[tuple[int, InputLine]] = []
     errors: list[LineError] = []
     seen: set[str] = set()
+    # A file saved "UTF-8 with BOM" (Windows editors, PowerShell) starts with one, which
+    # no JSON parser takes: it is no part of line 1.
+    data = data.removeprefix(codecs.BOM_UTF8)
     for number, text in enumerate(data.splitlines(), start=1):
         if not text.strip():
             continue

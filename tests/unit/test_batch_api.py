@@ -56,6 +56,17 @@ def test_every_bad_line_is_reported_with_its_number() -> None:
     assert all(e.code == "invalid_request" for e in errors)
 
 
+def test_a_file_starting_with_a_utf8_bom_reads_as_without_it() -> None:
+    """As a Windows editor saves "UTF-8 with BOM": line 1 is a request, not bad JSON;
+    a BOM anywhere else is still the line's own."""
+    data = b"\xef\xbb\xbf" + jsonl(chat_line("a"), chat_line("b"))
+    lines, errors = read_input(data, CHAT, validate_chat)
+    assert errors == []
+    assert [(n, line.custom_id) for n, line in lines] == [(1, "a"), (2, "b")]
+    inner = jsonl(chat_line("a"), b"\xef\xbb\xbf" + orjson.dumps(chat_line("b")))
+    assert [e.line for e in read_input(inner, CHAT, validate_chat)[1]] == [2]
+
+
 def test_an_empty_file_is_an_error() -> None:
     lines, errors = read_input(b"\n\n", CHAT, validate_chat)
     assert lines == [] and [e.code for e in errors] == ["empty_file"]
