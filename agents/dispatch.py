@@ -82,6 +82,7 @@ class Outcome:
     # Failed, yet its share of a window-batched call went out and will be billed: the
     # candidate and that share's answer to come (the ledger line waits for it).
     late: tuple[Candidate, asyncio.Future[VendorResult]] | None = None
+    stopped: bool = False  # cut by the worker's stop before it was answered
 
 
 @dataclass

@@ -55,6 +55,10 @@ LATE_SHARE_S = 600.0  # how long a shared call's answer is awaited to meter a la
 # exist on a broker that does not create topics: without it the send would hold the call's
 # every waiter for Faust's producer timeout (20 minutes).
 REPLY_SEND_S = 10.0
+# How long a stopping worker waits for the broker to take back a Batch API line it cut
+# (within the stop's 5 s to answer what it cut): past it, the line is answered as cut.
+PUT_BACK_S = 2.0
+STOPPED = "the worker stopped before the answer; try again"
 
 
 class Sink(Protocol):
@@ -72,11 +76,14 @@ class Sink(Protocol):
 @dataclass
 class BatchLines:
     """What the worker does for the relay's own Batch API lines (the envelopes replying
-    to ``topic``), which a cancel may withdraw while they wait: ask ``cancelled`` before
-    each vendor attempt."""
+    to ``topic``), which nobody waits on and a cancel may withdraw: ask ``cancelled``
+    before each vendor attempt, and ``put_back`` on the request topic a line the worker's
+    stop cut (returning once the broker has it; raising when it cannot), for the next
+    worker to run rather than have the line fail for good."""
 
     topic: str
     cancelled: Callable[[RequestEnvelope], Awaitable[bool]]
+    put_back: Callable[[RequestEnvelope], Awaitable[None]]
 
 
 class RequestHandler:
@@ -143,7 +150,12 @@ class RequestHandler:
                 return
             env = env.model_copy(update={"degraded": decision.reason})
             await self._say_degraded(env)
-        if await self._deferred(env):
+        try:
+            deferred = await self._deferred(env)
+        except asyncio.CancelledError:  # the worker stops: no call yet, so nothing to bill
+            await self.cut(env)
+            raise
+        if deferred:
             return
         flight, waiter = self.flights.join(env, time.monotonic(), self._apart(env))
         if not waiter.leader:
@@ -163,9 +175,9 @@ class RequestHandler:
             # The worker is stopping with this call unfinished: every waiter hears so now
             # rather than at its deadline, and the ledger gets the line (with what a
             # stream sent before it was cut, which the vendor bills).
+            # (A Batch API line goes back on the request topic instead: see _land_one.)
             stopping = True
-            stopped = NoWorker("the worker stopped before the answer; try again")
-            outcome = progress.bill(Outcome(error=stopped), env.body)
+            outcome = progress.bill(Outcome(error=NoWorker(STOPPED), stopped=True), env.body)
         flight.cached = outcome.cached
         storing: asyncio.Future[None] | None = None
         if outcome.error is None and not outcome.cached:
@@ -189,6 +201,33 @@ class RequestHandler:
     async def refuse(self, env: RequestEnvelope, err: RelayError) -> None:
         """Answer ``env`` with ``err`` without any vendor call; metered as failed."""
         await self._fail(env, err)
+
+    async def cut(self, env: RequestEnvelope) -> None:
+        """A request the worker's stop cut before any vendor call: a Batch API line is put
+        back on the request topic (nothing metered), any other answered ``NoWorker`` and
+        metered as failed."""
+        if not await self._put_back(env):
+            await self._fail(env, NoWorker(STOPPED))
+
+    async def _put_back(self, env: RequestEnvelope) -> bool:
+        """Put a Batch API line cut by the stop back on the request topic; False for any
+        other request, or when the broker did not take it (then it is answered as cut)."""
+        lines = self.batch_lines
+        if lines is None or env.reply_to != lines.topic:
+            return False
+        # The worker's own routing choice (a budget's downgrade) is the next worker's to
+        # make again.
+        again = env.model_copy(update={"degraded": None}) if env.degraded else env
+        try:
+            async with asyncio.timeout(PUT_BACK_S):
+                await lines.put_back(again)
+        except Exception as exc:
+            # Should the broker take it later all the same, the line runs again and its
+            # answer is ignored: the first one recorded is the line's.
+            log.warning("batch line %s not put back (%r): answered as cut", env.correlation_id, exc)
+            return False
+        log.info("batch line %s cut by the stop: put back for the next worker", env.correlation_id)
+        return True
 
     def _spent(self, env: RequestEnvelope, cache_only: bool = False) -> BudgetExceeded:
         return BudgetExceeded(
@@ -554,6 +593,11 @@ class RequestHandler:
             # line says so (at an estimate), with the vendor that sent it.
             paid = (out.candidate, out.usage) if w.leader else (None, Usage())
             late = out.late if w.leader else None
+            # A Batch API line cut by the stop goes back on the request topic, unanswered:
+            # its one answer is the next worker's.  Metered here only if a vendor was paid.
+            put_back = out.stopped and await self._put_back(env)
+            if put_back and paid[0] is None and late is None:
+                return
             async with w.sending:
                 await self._fail(
                     env,
@@ -562,7 +606,7 @@ class RequestHandler:
                     paid=paid,
                     late=late,
                     degraded=flight.degraded_for(env),
-                    reply=not w.lost,
+                    reply=not w.lost and not put_back,
                 )
             return
         if env.stream and not flight.chunks and out.body is not None:

@@ -15,7 +15,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,9 @@ SPEND_WINDOW_S = 0.25  # ...and at most this long after the first of them
 RECENT_LINES = 100_000  # ledger ids remembered, so a line sent twice is spent once
 RECENT_REQUESTS = 100_000  # correlation ids remembered, so an envelope posted twice runs once
 STOP_ANSWER_S = 5.0  # for requests cut at shutdown to send their error and ledger line
+# The header marking a Batch API line a stopping worker put back on the request topic: its
+# value, new for each copy put back, tells that copy from the first (see ``taken_as``).
+PUT_BACK = "relay-put-back"
 
 
 class TenantTable(faust.GlobalTable):
@@ -122,12 +125,26 @@ class KafkaSink:
         # Told of every ledger line (tenant, trace id): the budgets' holds let go.
         self.on_line: Callable[[str, str], None] = lambda tenant, trace: None
 
-    async def _send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+    async def _send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Any]:
         """Queue one message on Faust's producer; the future of its delivery."""
         delivery = await self.app.producer.send(
-            topic, key, value, partition=None, timestamp=None, headers=None
+            topic, key, value, partition=None, timestamp=None, headers=headers
         )
         return asyncio.ensure_future(delivery)  # (aiokafka's future, typed as an awaitable)
+
+    async def put_back(self, env: RequestEnvelope) -> None:
+        """Put ``env`` (a Batch API line the worker's stop cut) back on the request topic,
+        keyed as the gateway keys it and marked ``PUT_BACK``; returns once the broker has
+        it."""
+        mark = [(PUT_BACK, uuid.uuid4().hex.encode())]
+        key = env.prompt_hash.encode()
+        await (await self._send(self.topics.requests.name, key, encode(env), mark))
 
     async def _send_later(self, topic: str, key: bytes | None, value: bytes) -> None:
         if self._background is None:
@@ -321,8 +338,10 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         return await cancelled(store, env, results_topic)
 
     # Batch API lines the worker took: a cancel still reaches them before each vendor
-    # attempt.
-    handler.batch_lines = BatchLines(results_topic, CancelledBatches(store, results_topic))
+    # attempt, and a stop puts those it cut back on the request topic.
+    handler.batch_lines = BatchLines(
+        results_topic, CancelledBatches(store, results_topic), sink.put_back
+    )
 
     lane = handler.lane = BatchLane(
         adapters,
@@ -343,7 +362,12 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         await lane.adopt()
 
     async def handle(env: RequestEnvelope) -> None:
-        if await cancelled(store, env, results_topic):
+        try:
+            gone = await cancelled(store, env, results_topic)
+        except asyncio.CancelledError:  # the worker stops while the store is slow to say
+            await handler.cut(env)
+            raise
+        if gone:
             await handler.refuse(env, BatchCancelled("the batch was cancelled before this line"))
             return
         await handler.handle(env)
@@ -385,7 +409,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
                 except Exception as again:  # the next envelope must still be taken
                     log.warning("dead letter not written: %r", again)
                 continue
-            if not taken.first_time(env.correlation_id):
+            if not taken.first_time(taken_as(env, msg.headers)):
                 log.warning("request %s arrived twice: the copy is dropped", env.correlation_id)
                 continue
             task = asyncio.create_task(handle(env))
@@ -502,6 +526,19 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
     return app
 
 
+def taken_as(env: RequestEnvelope, headers: Any) -> str:
+    """What the worker remembers an envelope by, to drop a copy of one it took: its
+    correlation id; for a Batch API line a stopping worker put back, that and the copy's
+    own ``PUT_BACK`` mark, so the copy is taken (by a worker that took the first, too)
+    while a producer's retry of either is still dropped."""
+    if headers:  # (the gateway's envelopes carry none)
+        for name, value in headers.items() if isinstance(headers, Mapping) else headers:
+            if name == PUT_BACK:
+                mark = value.decode(errors="replace") if isinstance(value, bytes) else value
+                return f"{env.correlation_id}#{mark}"
+    return env.correlation_id
+
+
 def unfolded(
     events: Sequence[Any], spent: Callable[[str], Spend]
 ) -> tuple[list[bytes], dict[str, tuple[int, int]]]:
@@ -567,7 +604,8 @@ async def finish(
     names (the agent's, and those the handler started on its own) and the vendor
     ``batches`` finish for up to ``drain_s``; then cut the requests still unanswered (a
     long stream), while the producer is open: each waiter is told at once and each gets
-    its ledger line, within ``answer_s``.  ``requests`` is asked again as tasks end, so a
+    its ledger line (a Batch API line is put back on the request topic instead), within
+    ``answer_s``.  ``requests`` is asked again as tasks end, so a
     follower run again when its leader's call landed is waited for (and cut) too."""
     loop = asyncio.get_running_loop()
     end = loop.time() + drain_s

@@ -1,5 +1,6 @@
 """The relay's own Batch API lines on a worker: a cancel reaches the lines it already took
-(waiting at the rate gates, between retries)."""
+(waiting at the rate gates, between retries), and a stop puts the lines it cut back on the
+request topic instead of failing them."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 from agents.batch_results import CancelledBatches
 from agents.handler import BatchLines, RequestHandler
 from schemas.envelope import Priority, RequestEnvelope
+from streams.wiring import PUT_BACK, finish, taken_as
 from tables.buckets import PriorityGate, TokenBucket
+from tables.recent import RecentIds
 from tests.support.sinks import Sink
 from tests.unit.test_handler import envelope, make, vendor
 
@@ -32,10 +35,23 @@ class Store:
         return batch_id in self.cancelled_ids
 
 
-def lines_of(store: Store, ttl_s: float = 0.05) -> BatchLines:
+class Topic:
+    """The request topic as a stopping worker sees it: what was put back on it."""
+
+    def __init__(self, *, fails: bool = False) -> None:
+        self.put: list[RequestEnvelope] = []
+        self.fails = fails
+
+    async def put_back(self, env: RequestEnvelope) -> None:
+        if self.fails:
+            raise ConnectionError("no broker")
+        self.put.append(env)
+
+
+def lines_of(store: Store, topic: Topic | None = None, ttl_s: float = 0.05) -> BatchLines:
     """What the wiring gives the handler (a shorter cache, for the tests' time scale)."""
     cancels = CancelledBatches(store, RESULTS, ttl_s=ttl_s)  # type: ignore[arg-type]
-    return BatchLines(RESULTS, cancels)
+    return BatchLines(RESULTS, cancels, (topic or Topic()).put_back)
 
 
 def gated(tokens: float, refill_per_s: float) -> PriorityGate:
@@ -155,3 +171,91 @@ async def test_a_request_sharing_a_cancelled_lines_call_gets_one_of_its_own():
     assert answer.error is not None and answer.error["code"] == "batch_cancelled"
     assert sink.for_(follower.correlation_id)[-1].kind == "final"
     assert calls == ["a"]
+
+
+async def test_a_stop_puts_the_lines_it_cut_back_on_the_request_topic():
+    """Four lines taken, three waiting at the tenant's gate when the worker stops: those
+    three are put back (same correlation id) for the next worker, unanswered and
+    unmetered, instead of failing for good; the one that was answered stays answered."""
+    calls: list[str] = []
+    topic = Topic()
+    handler, sink = handler_with(calls, gated(1, 0.01), lines_of(Store(), topic), delay=0)
+    envs = [line("batch_rs", i) for i in range(4)]
+    tasks = {asyncio.create_task(handler.handle(e)) for e in envs}
+    await asyncio.sleep(0.05)
+    await finish(lambda: tasks | handler.spawned, set(), drain_s=0.05, answer_s=2)
+
+    first, *cut = envs
+    assert [e.kind for e in sink.for_(first.correlation_id)] == ["final"]
+    assert sorted(e.correlation_id for e in topic.put) == [e.correlation_id for e in cut]
+    assert all(put == env for put, env in zip(sorted(topic.put, key=lambda e: e.correlation_id),
+                                              cut, strict=True))  # fmt: skip
+    assert not any(sink.for_(e.correlation_id) for e in cut), "no answer: the next worker's"
+    assert [line.trace_id for line in sink.ledger] == [first.trace_id]
+
+
+async def test_a_line_cut_mid_stream_is_put_back_and_what_streamed_metered():
+    """A vendor that had begun answering is paid for what it sent: that ledger line is
+    written as for any request cut, and the line still goes back, unanswered."""
+    calls: list[str] = []
+    topic = Topic()
+    handler, sink = handler_with(calls, PriorityGate(), lines_of(Store(), topic))
+    env = line("batch_stream", 0, stream=True)
+    task = asyncio.create_task(handler.handle(env))
+    await asyncio.sleep(0.12)  # a chunk or two streamed
+    await finish(lambda: {task} | handler.spawned, set(), drain_s=0, answer_s=2)
+    assert [e.correlation_id for e in topic.put] == [env.correlation_id]
+    assert all(e.kind == "chunk" for e in sink.for_(env.correlation_id))
+    [metered] = sink.ledger
+    assert metered.error_code == "no_worker" and metered.cost > 0
+
+
+async def test_a_line_the_broker_will_not_take_back_is_answered_as_cut():
+    calls: list[str] = []
+    topic = Topic(fails=True)
+    handler, sink = handler_with(calls, gated(0, 0.01), lines_of(Store(), topic))
+    env = line("batch_nobroker", 0)
+    task = asyncio.create_task(handler.handle(env))
+    await asyncio.sleep(0.02)
+    await finish(lambda: {task} | handler.spawned, set(), drain_s=0, answer_s=2)
+    [answer] = sink.for_(env.correlation_id)
+    assert answer.error is not None and answer.error["code"] == "no_worker"
+    [metered] = sink.ledger
+    assert metered.error_code == "no_worker" and metered.cost == 0
+
+
+async def test_a_line_cut_before_its_call_is_put_back():
+    """Cut while the worker still looks for its answer in the cache, before any flight."""
+    topic = Topic()
+    handler, sink = handler_with([], PriorityGate(), lines_of(Store(), topic))
+
+    class Lane:
+        def accepts(self, cand: Any) -> bool:
+            return True
+
+    async def slow_cache(key: str, *, stale_ok: bool = False) -> None:
+        await asyncio.sleep(10)
+
+    handler.lane = Lane()  # type: ignore[assignment]
+    sink.cached = slow_cache  # type: ignore[method-assign,assignment]
+    env = line("batch_early", 0, key="early", cache_lookup=True)
+    task = asyncio.create_task(handler.handle(env))
+    await asyncio.sleep(0.01)
+    await finish(lambda: {task}, set(), drain_s=0, answer_s=2)
+    assert [e.correlation_id for e in topic.put] == [env.correlation_id]
+    assert not sink.replies and not sink.ledger
+
+
+def test_a_line_put_back_is_taken_again_and_a_copy_of_either_is_not():
+    """The worker drops an envelope it took already (a producer's retry); the copy a
+    stopping worker put back is another envelope, taken by whichever worker reads it,
+    even one that took the first."""
+    env = line("batch_dup", 0)
+    taken = RecentIds(10)
+    first = taken.first_time(taken_as(env, []))
+    retry = taken.first_time(taken_as(env, ()))
+    put_back = [(PUT_BACK, b"7f3a")]
+    again = taken.first_time(taken_as(env, put_back))
+    again_retry = taken.first_time(taken_as(env, {PUT_BACK: b"7f3a"}))
+    later = taken.first_time(taken_as(env, [("other", b"x"), (PUT_BACK, b"c001")]))
+    assert (first, retry, again, again_retry, later) == (True, False, True, False, True)
