@@ -87,14 +87,16 @@ async def submit(
             refused[index] = exc
     refusals = {i: failed_line(lines[i].custom_id, why, batch.id) for i, why in refused.items()}
     await store.create(who.tenant, batch, [line.custom_id for line in lines])
-    for index, output in refusals.items():
-        await store.record(batch.id, index, output)
+    # One Redis call for all of them, however many: a large batch of bad lines must not
+    # make a round trip a line inside this one request.
+    await store.record_many(batch.id, refusals)
     published = await relay.bus.publish_all(list(envs.values()))
-    for index, failed in zip(envs, published, strict=True):
-        if failed is not None:
-            why = unqueued_error(failed, UNQUEUED)  # as the line's ledger entry says
-            unqueued = failed_line(lines[index].custom_id, why, batch.id)
-            await store.record(batch.id, index, unqueued)
+    unqueued = {
+        index: failed_line(lines[index].custom_id, unqueued_error(failed, UNQUEUED), batch.id)
+        for index, failed in zip(envs, published, strict=True)
+        if failed is not None  # (the error as the line's ledger entry says)
+    }
+    await store.record_many(batch.id, unqueued)
 
 
 def _envelope(

@@ -36,25 +36,45 @@ from schemas.batches import (
 from schemas.errors import StoreUnavailable
 from tables.cache import REDIS_ERRORS
 
-# Counts a line once, and finishes the batch with the line that completes it (2 then).
-# Each line keeps every key of its batch for the retention from now: a batch running
-# longer than its keys were first given must not lose them half-way.
+# Counts each line once (the first answer recorded for it wins), and finishes the batch
+# with the lines that complete it (2 then).  Any number of lines in one call (ARGV[3..]:
+# index, JSON, outcome for each): a batch's refusals at creation cost one round trip.
+# Each call that counts a line keeps every key of its batch for the retention from now: a
+# batch running longer than its keys were first given must not lose them half-way.
 _RECORD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
-redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
-redis.call('HINCRBY', KEYS[1], 'outcome:' .. ARGV[6], 1)
+local counts = {completed = 0, failed = 0, succeeded = 0, errored = 0, canceled = 0,
+                expired = 0}
+local n = 0
+for i = 3, #ARGV, 3 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
+    n = n + 1
+    local outcome = ARGV[i + 2]
+    local kind = outcome == 'succeeded' and 'completed' or 'failed'
+    counts[kind] = counts[kind] + 1
+    counts[outcome] = counts[outcome] + 1
+  end
+end
+if n == 0 then return 0 end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+for _, kind in ipairs({'completed', 'failed'}) do
+  if counts[kind] > 0 then redis.call('HINCRBY', KEYS[1], kind, counts[kind]) end
+end
+for _, outcome in ipairs({'succeeded', 'errored', 'canceled', 'expired'}) do
+  if counts[outcome] > 0 then
+    redis.call('HINCRBY', KEYS[1], 'outcome:' .. outcome, counts[outcome])
+  end
+end
 local h = redis.call('HMGET', KEYS[1], 'total', 'completed', 'failed', 'status',
                     'outcome:expired')
 if tonumber(h[2] or 0) + tonumber(h[3] or 0) >= tonumber(h[1]) then
   if h[4] == 'cancelling' then
-    redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancelled_at', ARGV[4])
+    redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancelled_at', ARGV[1])
   elseif tonumber(h[5] or 0) > 0 then
-    redis.call('HSET', KEYS[1], 'status', 'expired', 'expired_at', ARGV[4])
+    redis.call('HSET', KEYS[1], 'status', 'expired', 'expired_at', ARGV[1])
   else
-    redis.call('HSET', KEYS[1], 'status', 'completed', 'finalizing_at', ARGV[4],
-               'completed_at', ARGV[4])
+    redis.call('HSET', KEYS[1], 'status', 'completed', 'finalizing_at', ARGV[1],
+               'completed_at', ARGV[1])
   end
   return 2
 end
@@ -447,19 +467,23 @@ class BatchStore:
     async def record(self, batch_id: str, index: int, line: OutputLine) -> bool | None:
         """Store one line's result: True when counted now, False when it already was,
         None when the batch is unknown (expired, or never created here)."""
+        return await self.record_many(batch_id, {index: line})
+
+    async def record_many(self, batch_id: str, lines: dict[int, OutputLine]) -> bool | None:
+        """Store the results of many lines (by index) in one Redis call, each line
+        counted only if it has none yet: True when any was counted now, False when none
+        was, None when the batch is unknown (expired, or never created here)."""
+        if not lines:
+            return False
+        args: list[Any] = [int(time.time()), self.retention_ms]
+        for index, line in lines.items():
+            args += [index, line.model_dump_json(), line.outcome]
         async with self._guard():
             done = await self._record(
                 keys=[self._batch(batch_id), self._out(batch_id), self._ids(batch_id)],
-                args=[
-                    index,
-                    line.model_dump_json(),
-                    "completed" if line.ok else "failed",
-                    int(time.time()),
-                    self.retention_ms,
-                    line.outcome,
-                ],
+                args=args,
             )
-        if done == 2:  # the line that ended the batch
+        if done == 2:  # the lines that ended the batch
             await self._keep_listed(batch_id)
         return None if done == -1 else bool(done)
 

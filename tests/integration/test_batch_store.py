@@ -7,6 +7,9 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -15,6 +18,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from agents.batch_results import cancelled, record_reply
+from gateway.auth import Caller
+from gateway.batch_submit import Line, submit
+from gateway.relay import Options
 from schemas.batches import (
     BatchObject,
     OutputLine,
@@ -23,8 +29,15 @@ from schemas.batches import (
     line_correlation,
     new_id,
 )
+from schemas.config import TenantConfig
 from schemas.envelope import ReplyEvent
-from schemas.errors import DeadlineExceeded, RelayError, StoreUnavailable, VendorBadRequest
+from schemas.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    RelayError,
+    StoreUnavailable,
+    VendorBadRequest,
+)
 from tables.batches import EXPIRY_GRACE_S, MESSAGE_BATCHES, BatchStore, output_file_id
 from tests.support.envelopes import request_envelope
 
@@ -339,3 +352,115 @@ async def test_a_running_batch_is_kept_from_its_last_line_not_its_creation(
     assert ended is not None and ended.status == "expired"
     for key in (store._batch(overdue.id), store._ids(overdue.id), store._out(overdue.id), index):
         assert await store.redis.pttl(key) > 500_000, key
+
+
+class _Counting(aioredis.Connection):
+    """A connection noting the name of every command it sends, in a pipeline or not."""
+
+    sent: list[str]
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        name = args[0]
+        self.sent.append(name.decode() if isinstance(name, bytes) else str(name))
+        return super().pack_command(*args)
+
+
+@pytest.fixture
+async def counted_store(redis_url: str) -> AsyncIterator[tuple[BatchStore, list[str]]]:
+    """A store on a database of its own (11), counting the commands it sends; its keys
+    are deleted after."""
+    sent: list[str] = []
+    counting = type("Counting", (_Counting,), {"sent": sent})
+    url = urlsplit(redis_url)._replace(path="/11").geturl()
+    client = aioredis.Redis(
+        connection_pool=aioredis.ConnectionPool.from_url(url, connection_class=counting)
+    )
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    yield BatchStore(client, prefix, retention_s=600), sent
+    async for key in client.scan_iter(match=f"{prefix}:*"):
+        await client.delete(key)
+    await client.aclose()
+
+
+def _fake_relay() -> Any:
+    """As much of a Relay as ``submit`` uses, with a broker that takes nothing."""
+
+    async def publish_all(envs: list[Any]) -> list[Exception | None]:
+        return [RuntimeError("no broker") for _ in envs]
+
+    topics = SimpleNamespace(batch_results=SimpleNamespace(name=RESULTS))
+    return SimpleNamespace(
+        bus=SimpleNamespace(publish_all=publish_all, topics=topics),
+        envelope=lambda *args, **kw: object(),
+    )
+
+
+async def test_a_batchs_refused_lines_cost_the_same_redis_calls_however_many(
+    counted_store: tuple[BatchStore, list[str]],
+) -> None:
+    """Lines refused at creation (and lines the broker did not take) are recorded in one
+    call each kind, not one call a line: a 50k-line batch of bad lines is no 50k round
+    trips inside one HTTP request."""
+    store, sent = counted_store
+    who = Caller(tenant="acme", key_id="k", policy=cast(TenantConfig, None))
+
+    async def commands_for(refused: int, unqueued: int) -> tuple[BatchObject, list[str]]:
+        lines = [
+            Line(custom_id=f"r{i}", refused=BadRequest("no such model")) for i in range(refused)
+        ]
+        lines += [Line(custom_id=f"u{i}", body={"model": "m"}) for i in range(unqueued)]
+        batch = BatchObject(
+            id=new_id("batch_"),
+            endpoint="/v1/chat/completions",
+            input_file_id="file-x",
+            status="in_progress",
+            created_at=1,
+            request_counts=RequestCounts(total=len(lines)),
+        )
+        sent.clear()
+        await submit(_fake_relay(), store, who, Options(), batch, "chat", lines)
+        return batch, list(sent)
+
+    await commands_for(1, 1)  # the scripts loaded, the connection made
+    _, few = await commands_for(2, 2)
+    batch, many = await commands_for(1000, 1000)
+    assert many == few, (few, many)
+    assert len(many) < 20, many
+
+    ended = await store.batch("acme", batch.id)
+    assert ended is not None and ended.status == "completed"
+    assert (ended.request_counts.completed, ended.request_counts.failed) == (0, 2000)
+    assert (await store.outcomes(batch.id))["errored"] == 2000
+    lines = await store.lines(batch.id)
+    assert [line.custom_id for line in lines[998:1002]] == ["r998", "r999", "u0", "u1"]
+    assert {line.response.status_code for line in lines if line.response} == {400, 503}
+
+
+async def test_recording_many_lines_at_once_keeps_each_lines_first_answer(
+    store: BatchStore,
+) -> None:
+    batch = await new_batch(store, "acme", ["a", "b", "c"])
+    assert await record_reply(store, answer(batch, 0, "first"))
+
+    def refused(custom_id: str) -> OutputLine:
+        response = OutputResponse(status_code=400, request_id="r", body={"error": {}})
+        return OutputLine(custom_id=custom_id, response=response)
+
+    assert await store.record_many(batch.id, {0: refused("a"), 1: refused("b")})
+    assert not await store.record_many(batch.id, {0: refused("a"), 1: refused("b")})
+    half = await store.batch("acme", batch.id)
+    assert half is not None and half.status == "in_progress"
+    assert (half.request_counts.completed, half.request_counts.failed) == (1, 1)
+    assert await store.outcomes(batch.id) == {
+        "succeeded": 1,
+        "errored": 1,
+        "canceled": 0,
+        "expired": 0,
+    }
+    assert [line.ok for line in await store.lines(batch.id)] == [True, False]
+
+    assert await store.record_many(batch.id, {2: refused("c")})
+    done = await store.batch("acme", batch.id)
+    assert done is not None and done.status == "completed" and done.completed_at
+    assert await store.record_many("batch_gone", {0: refused("x")}) is None
+    assert not await store.record_many(batch.id, {})
