@@ -9,11 +9,9 @@ from prometheus_client import REGISTRY
 from gateway.metrics import Measure
 
 
-def count(endpoint: str, status: str) -> float:
-    value = REGISTRY.get_sample_value(
-        "relay_requests_total", {"endpoint": endpoint, "status": status}
-    )
-    return value or 0.0
+def count(endpoint: str, status: str, priority: str = "realtime") -> float:
+    labels = {"endpoint": endpoint, "status": status, "priority": priority}
+    return REGISTRY.get_sample_value("relay_requests_total", labels) or 0.0
 
 
 async def test_ids_and_unknown_paths_do_not_become_labels() -> None:
@@ -42,9 +40,9 @@ async def test_ids_and_unknown_paths_do_not_become_labels() -> None:
     assert count("/v1/wp-login.php", "404") == 0
 
 
-def errors(code: str, status: str) -> float:
-    value = REGISTRY.get_sample_value("relay_errors_total", {"code": code, "status": status})
-    return value or 0.0
+def errors(code: str, status: str, priority: str = "realtime") -> float:
+    labels = {"code": code, "status": status, "priority": priority}
+    return REGISTRY.get_sample_value("relay_errors_total", labels) or 0.0
 
 
 async def test_errors_are_counted_on_v1_only_and_inside_streams_too() -> None:
@@ -165,7 +163,9 @@ def test_error_and_vendor_call_series_start_at_zero() -> None:
     worker_metrics.start_call_series([("zero-vendor", "zero-model")])
     value = REGISTRY.get_sample_value
     for code, status in (("vendor_unavailable", "502"), ("budget_exceeded", "402")):
-        assert value("relay_errors_total", {"code": code, "status": status}) is not None
+        for lane in ("realtime", "batch", "background"):
+            labels = {"code": code, "status": status, "priority": lane}
+            assert value("relay_errors_total", labels) is not None
     for outcome in ("ok", "vendor_unavailable", "deadline_exceeded"):
         labels = {"vendor": "zero-vendor", "model": "zero-model", "outcome": outcome}
         assert value("relay_worker_vendor_calls_total", labels) == 0.0
@@ -221,3 +221,35 @@ async def test_a_request_the_edge_refuses_counts_under_the_route_it_asked_for() 
         assert cancel.status_code == 401
     assert count("/v1/files", "401") - before[0] == 1
     assert count("/v1/batches/{batch_id}/cancel", "401") - before[1] == 1
+
+
+async def test_requests_and_errors_are_counted_in_the_lane_the_request_asked_for() -> None:
+    """Background work may wait hours on a vendor batch: alerts on the realtime lane's
+    latency and errors filter on ``priority`` and never hear of it."""
+    from gateway import metrics
+    from schemas.errors import VendorUnavailable
+
+    app = FastAPI()
+
+    @app.post("/v1/lanes")
+    async def failing_softly() -> dict[str, str]:
+        metrics.count_error(VendorUnavailable("down"))  # as a stream's error event is
+        return {}
+
+    app.add_middleware(Measure)
+    asked = {"background": "background", "BATCH ": "batch", "soon": "realtime", None: "realtime"}
+    before = {lane: (count("/v1/lanes", "200", lane), errors("vendor_unavailable", "502", lane))
+              for lane in set(asked.values())}  # fmt: skip
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://relay") as http:
+        for header in asked:
+            headers = {} if header is None else {"x-relay-priority": header}
+            assert (await http.post("/v1/lanes", headers=headers)).status_code == 200
+    for lane, (requests, failed) in before.items():
+        times = list(asked.values()).count(lane)
+        assert count("/v1/lanes", "200", lane) - requests == times
+        assert errors("vendor_unavailable", "502", lane) - failed == times
+    latency = REGISTRY.get_sample_value(
+        "relay_request_latency_seconds_count", {"endpoint": "/v1/lanes", "priority": "background"}
+    )
+    assert latency == 1
