@@ -91,11 +91,24 @@ def chat_fields(body: ChatBody) -> dict[str, Any]:
             raise BadRequest(f"messages.{i}.role: required", param=f"messages.{i}.role")
         if msg.get("tool_calls") is not None:  # null: what the openai SDK echoes
             _check_tool_calls(msg["tool_calls"], f"messages.{i}.tool_calls")
+        if isinstance(msg.get("content"), list):
+            _check_parts(msg["content"], f"messages.{i}.content")
     if not isinstance(raw.get("stream_options") or {}, dict):
         raise BadRequest("stream_options: must be an object", param="stream_options")
     for i, tool in enumerate(raw.get("tools") or ()):
         _check_named(tool, f"tools.{i}")
     return functions_to_tools(raw)  # the deprecated function calling, as tools
+
+
+def _check_parts(parts: list[Any], where: str) -> None:
+    """Each content part is an object, a text part's text a string: a vendor's
+    translation would fail on anything else with a vague TypeError, in a worker, where
+    the client's 400 could no longer name the field.  Other parts are the translators'."""
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict):
+            raise BadRequest(f"{where}.{j}: must be an object", param=f"{where}.{j}")
+        if part.get("type") == "text" and not isinstance(part.get("text"), str):
+            raise BadRequest(f"{where}.{j}.text: must be a string", param=f"{where}.{j}.text")
 
 
 def _check_tool_calls(calls: Any, where: str) -> None:

@@ -351,6 +351,21 @@ def _text_part(block: dict[str, Any]) -> dict[str, Any]:
     return part
 
 
+def _block_string(block: dict[str, Any], where: str) -> str:
+    """A client's text block's text, which must be a string: anything else (null, or
+    none at all) is the client's 400 naming it, as Anthropic's own, not a vague
+    TypeError wherever (a worker, say) the text is joined later."""
+    text = block.get("text")
+    if not isinstance(text, str):
+        raise BadRequest(f"{where}.text: must be a string", param=f"{where}.text")
+    return text
+
+
+def _text_block_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
+    _block_string(block, where)
+    return _text_part(block)
+
+
 def _system_to_openai(system: Any) -> str | list[dict[str, Any]]:
     if isinstance(system, str):
         return system
@@ -360,7 +375,7 @@ def _system_to_openai(system: Any) -> str | list[dict[str, Any]]:
     for i, block in enumerate(system):
         if not isinstance(block, dict) or block.get("type") != "text":
             raise BadRequest(f"system.{i}: only text blocks are allowed", param="system")
-        parts.append(_text_part(block))
+        parts.append(_text_block_to_openai(block, f"system.{i}"))
     # One plain block reads best as a string; several (or cached ones) stay parts.
     if len(parts) == 1 and "cache_control" not in parts[0]:
         return str(parts[0]["text"])
@@ -401,7 +416,7 @@ def _message_to_openai(message: Any, where: str) -> list[dict[str, Any]]:
             tools.append(tool)
             parts.extend(image | {"lifted": True} for image in images)
         elif kind == "text":
-            parts.append(_text_part(block))
+            parts.append(_text_block_to_openai(block, f"{where}.content.{j}"))
         elif kind == "image":
             parts.append(_image_to_openai(block, f"{where}.content.{j}"))
         elif kind == "document":
@@ -423,7 +438,7 @@ def _assistant_to_openai(content: list[Any], where: str) -> dict[str, Any]:
     for j, block in enumerate(content):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            texts.append(block.get("text", ""))
+            texts.append(_block_string(block, f"{where}.content.{j}"))
         elif kind == "tool_use":
             fn = {"name": block.get("name", ""), "arguments": json.dumps(block.get("input", {}))}
             calls.append({"id": block.get("id", ""), "type": "function", "function": fn})
@@ -462,7 +477,7 @@ def _tool_result_to_openai(
     for k, inner in enumerate(content):
         kind = inner.get("type") if isinstance(inner, dict) else None
         if kind == "text":
-            texts.append(_text_part(inner))
+            texts.append(_text_block_to_openai(inner, f"{where}.content.{k}"))
         elif kind == "image":
             images.append(_image_to_openai(inner, f"{where}.content.{k}"))
         elif kind in ("document", "search_result"):

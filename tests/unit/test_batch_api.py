@@ -56,6 +56,20 @@ def test_every_bad_line_is_reported_with_its_number() -> None:
     assert all(e.code == "invalid_request" for e in errors)
 
 
+def test_a_line_with_a_null_text_part_is_refused_naming_it() -> None:
+    """At the upload, as the realtime route would: not sent to fail in a worker."""
+    null_text = chat_line("b")
+    null_text["body"]["messages"][0]["content"] = [
+        {"type": "text", "text": "a"},
+        {"type": "text", "text": None},
+    ]
+    lines, errors = read_input(jsonl(chat_line("a"), null_text), CHAT, validate_chat)
+    assert [n for n, _ in lines] == [1]
+    [error] = errors
+    assert error.line == 2 and error.code == "invalid_request"
+    assert error.message == "messages.0.content.1.text: must be a string"
+
+
 def test_a_file_starting_with_a_utf8_bom_reads_as_without_it() -> None:
     """As a Windows editor saves "UTF-8 with BOM": line 1 is a request, not bad JSON;
     a BOM anywhere else is still the line's own."""

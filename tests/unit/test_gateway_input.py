@@ -152,7 +152,7 @@ async def test_well_formed_tools_and_calls_pass_and_a_null_tool_calls_too():
          "malformed Messages request"),
         ({"tools": 5}, "tools: must be a list"),
         ({"messages": [{"role": "assistant", "content": [{"type": "text", "text": 5}]}]},
-         "malformed Messages request"),
+         "messages.0.content.0.text: must be a string"),
         ({"stream": "false"}, "stream: must be true or false"),
         ({"top_k": "many"}, "top_k: must be a number"),
         ({"metadata": {"user_id": 12345}}, "metadata.user_id: must be a string"),
@@ -170,6 +170,92 @@ async def test_a_malformed_messages_request_is_an_anthropic_400(change, says):
     assert status == 400, reply
     assert reply["type"] == "error" and reply["error"]["type"] == "invalid_request_error"
     assert says in reply["error"]["message"]
+
+
+NULL_TEXT = {"type": "text", "text": None}
+
+
+def user_says(*parts: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": list(parts)}]}
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        (user_says(NULL_TEXT), "messages.0.content.0.text"),
+        (user_says({"type": "text", "text": "ok"}, {"type": "text"}), "messages.0.content.1.text"),
+        (user_says({"type": "text", "text": 5}), "messages.0.content.0.text"),
+        ({"messages": [{"role": "system", "content": [NULL_TEXT]},
+                       {"role": "user", "content": "hi"}]}, "messages.0.content.0.text"),
+        ({"messages": [{"role": "user", "content": "q"},
+                       {"role": "assistant", "content": [NULL_TEXT]}]},
+         "messages.1.content.0.text"),
+        (user_says(None), "messages.0.content.0"),
+    ],
+)  # fmt: skip
+async def test_a_chat_text_part_that_is_no_string_is_a_400_naming_it(change, param):
+    """Not a worker's vague TypeError once a vendor's translation meets it."""
+    app, bus = gateway_app()
+    async with client(app) as http:
+        reply = await http.post("/v1/chat/completions", json={**CHAT, **change})
+    assert reply.status_code == 400, reply.json()
+    error = reply.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_request"
+    assert error["param"] == param and error["message"].startswith(f"{param}: must be")
+    assert bus.published == [], "nothing reached a worker"
+
+
+TOOL_RESULT = {"type": "tool_result", "tool_use_id": "t1"}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (user_says(NULL_TEXT), "messages.0.content.0.text"),
+        (user_says({"type": "text", "text": "ok"}, {"type": "text"}), "messages.0.content.1.text"),
+        ({"system": [NULL_TEXT]}, "system.0.text"),
+        ({"messages": [{"role": "user", "content": "q"},
+                       {"role": "assistant", "content": [NULL_TEXT]}]},
+         "messages.1.content.0.text"),
+        ({"messages": [{"role": "user", "content": "q"},
+                       {"role": "assistant", "content": [TOOL_USE]},
+                       {"role": "user", "content": [{**TOOL_RESULT, "content": [NULL_TEXT]}]}]},
+         "messages.2.content.0.content.0.text"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+async def test_an_anthropic_text_block_that_is_no_string_is_a_400_naming_it(change, field, path):
+    app, bus = gateway_app()
+    async with client(app) as http:
+        reply = await http.post(path, json={**MESSAGES, **change})
+    assert reply.status_code == 400, reply.json()
+    body = reply.json()
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["message"] == f"{field}: must be a string", body
+    assert bus.published == [], "nothing reached a worker"
+
+
+@pytest.mark.parametrize(
+    ("items", "param"),
+    [
+        ([{"role": "user", "content": [{"type": "input_text", "text": None}]}],
+         "input.0.content.0.text"),
+        ([{"type": "message", "role": "assistant",
+           "content": [{"type": "output_text", "text": None}]}], "input.0.content.0.text"),
+        ([{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+          {"type": "function_call_output", "call_id": "c",
+           "output": [{"type": "input_text", "text": None}]}], "input.1.output.0.text"),
+    ],
+)  # fmt: skip
+async def test_a_responses_text_part_that_is_no_string_is_a_400_naming_it(items, param):
+    app, bus = gateway_app()
+    async with client(app) as http:
+        reply = await http.post("/v1/responses", json={"model": "gpt-4o-mini", "input": items})
+    assert reply.status_code == 400, reply.json()
+    error = reply.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert error["message"].startswith(f"{param}: ")
+    assert bus.published == [], "nothing reached a worker"
 
 
 async def test_an_alias_asked_for_what_it_does_not_serve_is_refused_before_any_vendor():
@@ -401,10 +487,10 @@ async def test_a_client_leaving_mid_upload_is_a_quiet_499_not_a_500() -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    internal = metrics.ERRORS.labels("internal_error", "500")._value.get()
+    internal = metrics.ERRORS.labels("internal_error", "500", "realtime")._value.get()
     await app(scope, receive, send)
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
-    assert metrics.ERRORS.labels("internal_error", "500")._value.get() == internal
+    assert metrics.ERRORS.labels("internal_error", "500", "realtime")._value.get() == internal
 
 
 @pytest.mark.parametrize(
