@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
@@ -51,3 +53,56 @@ def test_latency_is_per_endpoint() -> None:
     for target in panel["targets"]:
         assert "sum by (le, endpoint)" in target["expr"]
         assert "{{endpoint}}" in target["legendFormat"]
+
+
+def _uncommented(text: str, marker: str) -> str:
+    """``text`` with the commented lines that hold ``marker``, or follow one at a deeper
+    indent, uncommented in place, as an operator following the comments would."""
+    out, depth = [], None
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        indent = len(line) - len(stripped)
+        opens = stripped.startswith("# ") and marker in stripped
+        if opens or (depth is not None and stripped.startswith("# ") and indent == depth):
+            nested = stripped[2:]
+            if opens and depth is None:
+                depth = indent
+            out.append(" " * indent + nested)
+            continue
+        depth = None
+        out.append(line)
+    return "\n".join(out)
+
+
+def test_the_commented_scrape_token_config_works_once_uncommented() -> None:
+    """With RELAY_METRICS_TOKEN set, every scrape without the token gets 401 and the down
+    and no-traffic alerts fire: the shipped comments, uncommented, must make Prometheus
+    send exactly what the relay compares, from a file compose mounts."""
+    from schemas.settings import Settings
+
+    prom_text = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
+    assert yaml.safe_load(prom_text) == yaml.safe_load(_uncommented(prom_text, "nothing"))
+    prom = yaml.safe_load(_uncommented(prom_text, "authorization:"))
+    jobs = {job["job_name"]: job for job in prom["scrape_configs"]}
+    assert set(jobs) == {"relay-gateway", "relay-worker"}
+    files = set()
+    for name, job in jobs.items():
+        auth = job["authorization"]
+        assert set(auth) == {"type", "credentials_file"}, name
+        files.add(auth["credentials_file"])
+        # Prometheus sends "<type> <file's content, trimmed>"; the relay wants exactly this.
+        token = "t0ken"
+        assert Settings(metrics_token=token).scrape_allowed(f"{auth['type']} {token}"), name
+    assert files == {"/etc/prometheus/relay-metrics-token"}
+
+    compose_text = (ROOT / "docker-compose.yml").read_text()
+    plain = yaml.safe_load(compose_text)["services"]["prometheus"]["volumes"]
+    assert not any("relay-metrics-token" in v for v in plain), "off until uncommented"
+    opened = yaml.safe_load(_uncommented(compose_text, "relay-metrics-token:/etc"))
+    mounts = {v.split(":")[1]: v for v in opened["services"]["prometheus"]["volumes"]}
+    assert mounts["/etc/prometheus/relay-metrics-token"].endswith(":ro")
+    source = mounts["/etc/prometheus/relay-metrics-token"].split(":")[0]
+    assert source.startswith("./var/"), "var/ is git-ignored: the token stays out of git"
+    assert "/var/" in (ROOT / ".gitignore").read_text().split()
+    for text in (compose_text, (DEPLOY / "README.md").read_text()):
+        assert "relay-metrics-token" in text and "RELAY_METRICS_TOKEN" in text
