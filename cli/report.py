@@ -35,8 +35,10 @@ M = TypeVar("M", bound=BaseModel)
 class Totals:
     requests: int = 0
     errors: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
+    # Billed tokens: those of the lines that took a vendor call, as vendors invoice them.
+    # A cache hit's or a coalesced line's usage is the answer's, paid for by another line.
+    billed_input_tokens: int = 0
+    billed_output_tokens: int = 0
     cost: float = 0.0
     direct: float = 0.0
     cache_hits: int = 0
@@ -49,8 +51,9 @@ class Totals:
     def add(self, ev: UsageEvent) -> None:
         self.requests += 1
         self.errors += ev.status == "error"
-        self.input_tokens += ev.usage.input_tokens
-        self.output_tokens += ev.usage.output_tokens
+        if not (ev.cache_hit or ev.coalesced):
+            self.billed_input_tokens += ev.usage.input_tokens
+            self.billed_output_tokens += ev.usage.output_tokens
         self.cost += ev.cost
         self.direct += ev.direct_cost
         self.cache_hits += ev.cache_hit
@@ -197,9 +200,15 @@ def group(events: list[UsageEvent], by: str) -> dict[str, Totals]:
     return dict(ledger.rows)
 
 
+BILLED_NOTE = (
+    "billed tokens: of the lines that took a vendor call, as vendors invoice them "
+    "(cache hits and coalesced lines left out)"
+)
+
+
 def table(rows: dict[str, Totals], by: str) -> Table:
-    t = Table(title=f"cost by {by}")
-    for col in (by, "requests", "errors", "mean ms", "tokens in/out", "cost $", "direct $",
+    t = Table(title=f"cost by {by}", caption=BILLED_NOTE)
+    for col in (by, "requests", "errors", "mean ms", "billed tokens in/out", "cost $", "direct $",
                 "SaveRate", "cache", "coalesced", "batched", "batch API", "degraded"):  # fmt: skip
         t.add_column(col, justify="left" if col == by else "right")
     total = Totals()
@@ -226,7 +235,7 @@ def shown(value: str) -> Text:
 def _cells(name: str, r: Totals) -> list[str | Text]:
     return [
         shown(name), str(r.requests), str(r.errors), f"{r.latency_ms / max(1, r.requests):.0f}",
-        f"{r.input_tokens}/{r.output_tokens}",
+        f"{r.billed_input_tokens}/{r.billed_output_tokens}",
         f"{r.cost:.6f}", f"{r.direct:.6f}", f"{r.save_rate:.1%}", str(r.cache_hits),
         str(r.coalesced), str(r.batched), str(r.batch_api), str(r.degraded),
     ]  # fmt: skip

@@ -38,7 +38,34 @@ def test_save_rate_per_tenant():
     assert rows["a"].requests == 4 and rows["a"].cache_hits == 1 and rows["a"].coalesced == 1
     assert rows["a"].save_rate == pytest.approx(1 - 1.5 / 4.0)
     assert rows["b"].save_rate == 0.0
-    assert rows["a"].input_tokens == 40
+    assert rows["a"].billed_input_tokens == 20, "the cache hit and the coalesced line billed none"
+
+
+def test_billed_tokens_are_those_of_lines_that_took_a_vendor_call():
+    """A cache hit's and a coalesced line's usage is the answer's, paid for by the line
+    that called: counted, the tokens would not match the vendors' invoices.  A window-
+    batched or Batch API line, and a failed call's (what a broken stream was billed), did
+    call."""
+    from rich.console import Console
+
+    from cli.report import table
+
+    events = [
+        event("a", 1.0, 1.0),
+        event("a", 0.0, 1.0, cache_hit=True),
+        event("a", 0.0, 1.0, coalesced=True),
+        event("a", 0.4, 1.0, batched=True),
+        event("a", 0.5, 1.0, batch_api=True),
+        event("a", 0.2, 1.0, status="error"),
+    ]
+    rows = group(events, "tenant")
+    assert rows["a"].requests == 6
+    assert (rows["a"].billed_input_tokens, rows["a"].billed_output_tokens) == (40, 20)
+    console = Console(width=250, record=True)
+    console.print(table(rows, "tenant"))
+    shown = console.export_text()
+    assert "billed tokens in/out" in shown and "40/20" in shown
+    assert "cache hits and coalesced lines left out" in shown
 
 
 def test_chart_is_written(tmp_path):
