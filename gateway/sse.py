@@ -251,5 +251,5 @@ async def _response_events(
             yield frame
     except RelayError as err:
         metrics.count_error(err)
-        for name, data in events.error(err.code, err.message):
+        for name, data in events.error(err):
             yield _frame(name, data)

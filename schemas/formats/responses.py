@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from schemas.errors import BadRequest
+from schemas.errors import BadRequest, RelayError
 from schemas.formats.openai import assemble_chunks, call_function, new_id, tool_use_block
 from schemas.usage import Usage
 
@@ -538,6 +538,19 @@ def _finished(
     }
 
 
+def _failure_code(err: RelayError) -> str:
+    """A failure as one of the error codes OpenAI documents for a failed Response: the
+    client's request refused (a vendor's 400, its content filter, a model not found) is
+    ``invalid_prompt``, a limit reached (a rate limit; a spent budget, which OpenAI's
+    own quota answers with a 429) ``rate_limit_exceeded``; only what failed on the
+    serving side (5xx: a vendor down, a deadline passed) is ``server_error``."""
+    if err.status in (402, 429):
+        return "rate_limit_exceeded"
+    if 400 <= err.status < 500:
+        return "invalid_prompt"
+    return "server_error"
+
+
 class ChunksToResponseEvents:
     """Chat chunks as the Responses API's stream events, as (event, data): the response
     is created; each run of text (or refusal) is a message item, each tool call a
@@ -588,18 +601,18 @@ class ChunksToResponseEvents:
         name = "response.completed" if done["status"] == "completed" else "response.incomplete"
         return [*events, self._event(name, response=done)]
 
-    def error(self, code: str, message: str) -> list[tuple[str, dict[str, Any]]]:
-        """An ``error`` event, then ``response.failed`` with the output so far: the last
-        ``response.*`` event a client waits for, as OpenAI ends a failed response."""
-        failed_code = "rate_limit_exceeded" if "rate_limit" in code else "server_error"
+    def error(self, err: RelayError) -> list[tuple[str, dict[str, Any]]]:
+        """An ``error`` event (the relay's code and the field it names), then
+        ``response.failed`` with the output so far and the failure in OpenAI's codes: the
+        last ``response.*`` event a client waits for, as OpenAI ends a failed response."""
         failed = {
             **_served(self.shell, self._tier),
             "status": "failed",
             "output": self.output,
-            "error": {"code": failed_code, "message": message},
+            "error": {"code": _failure_code(err), "message": err.message},
         }
         return [
-            self._event("error", code=code, message=message, param=None),
+            self._event("error", code=err.code, message=err.message, param=err.param),
             self._event("response.failed", response=failed),
         ]
 

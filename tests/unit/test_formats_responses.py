@@ -11,7 +11,16 @@ from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from schemas.errors import BadRequest
+from schemas.errors import (
+    BadRequest,
+    BudgetExceeded,
+    ContentFiltered,
+    DeadlineExceeded,
+    RelayError,
+    VendorBadRequest,
+    VendorRateLimited,
+    VendorUnavailable,
+)
 from schemas.formats.openai import response_to_chunks
 from schemas.formats.responses import (
     ChunksToResponseEvents,
@@ -288,10 +297,40 @@ def test_a_cut_off_stream_ends_incomplete_and_an_error_is_an_error_event() -> No
     events = stream({"model": "m"}, completion("Once upon", finish="length"), Usage())
     assert events[-1]["type"] == "response.incomplete"
     Response.model_validate(events[-1]["response"])
-    err = ChunksToResponseEvents({"model": "m"}, "resp_x").error("vendor_unavailable", "down")
+    down = VendorUnavailable("down")
+    err = ChunksToResponseEvents({"model": "m"}, "resp_x").error(down)
     assert [EVENTS.validate_python(data).type for _, data in err] == ["error", "response.failed"]
     failed = Response.model_validate(err[1][1]["response"])
     assert failed.status == "failed" and failed.error and failed.error.code == "server_error"
+
+
+@pytest.mark.parametrize(
+    ("err", "failed_code"),
+    [
+        (BadRequest("messages.1.content: image too large", param="messages"), "invalid_prompt"),
+        (VendorBadRequest("openai: HTTP 400: bad", param="tools"), "invalid_prompt"),
+        (ContentFiltered("flagged"), "invalid_prompt"),
+        (BudgetExceeded("spent"), "rate_limit_exceeded"),
+        (VendorRateLimited("slow down"), "rate_limit_exceeded"),
+        (VendorUnavailable("down"), "server_error"),
+        (DeadlineExceeded("late"), "server_error"),
+        (RelayError("boom"), "server_error"),
+    ],
+)
+def test_a_failure_keeps_its_param_and_only_a_server_side_one_is_a_server_error(
+    err: RelayError, failed_code: str
+) -> None:
+    """A client's error that comes after the stream began (a queued request's vendor
+    400) is still the client's: the error event names its field, response.failed says
+    OpenAI's code for it, not server_error."""
+    error, failed = ChunksToResponseEvents({"model": "m"}, "resp_x").error(err)
+    event = EVENTS.validate_python(error[1])
+    assert (event.code, event.message, event.param) == (err.code, err.message, err.param)
+    response = Response.model_validate(failed[1]["response"])
+    assert response.error and (response.error.code, response.error.message) == (
+        failed_code,
+        err.message,
+    )
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:

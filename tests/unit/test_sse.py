@@ -9,7 +9,7 @@ from typing import Any, cast
 
 from openai._streaming import SSEDecoder
 
-from gateway.sse import EventStream, anthropic_sse, openai_sse
+from gateway.sse import EventStream, anthropic_sse, openai_sse, responses_sse
 from schemas.usage import Usage
 
 
@@ -150,6 +150,28 @@ async def test_an_anthropic_stream_s_error_event_says_anthropic_s_error_type() -
         assert last[0] == "event: error"
         body = json.loads(last[1].removeprefix("data: "))
         assert body == {"type": "error", "error": {"type": kind, "message": err.message}}
+
+
+def _response_events(raw: bytes) -> list[dict[str, Any]]:
+    import json
+
+    blocks = raw.decode().strip().split("\n\n")
+    return [json.loads(b.split("data: ", 1)[1]) for b in blocks if "data: " in b]
+
+
+async def test_a_responses_stream_s_late_client_error_stays_the_client_s() -> None:
+    """A vendor's 400 after the stream began: the error event names its field and
+    response.failed is invalid_prompt, not server_error."""
+    from schemas.errors import VendorBadRequest
+
+    async def chunks() -> AsyncIterator[dict[str, Any] | Usage]:
+        raise VendorBadRequest("openai: HTTP 400: image too large", param="messages")
+        yield {}
+
+    events = _response_events(await collect(responses_sse(chunks(), {"model": "m"}, "resp_1")))
+    assert [e["type"] for e in events][-2:] == ["error", "response.failed"]
+    assert (events[-2]["code"], events[-2]["param"]) == ("vendor_bad_request", "messages")
+    assert events[-1]["response"]["error"]["code"] == "invalid_prompt"
 
 
 async def test_an_openai_client_never_sees_the_anthropic_start_usage() -> None:
