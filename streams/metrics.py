@@ -143,12 +143,22 @@ def count_line(event: UsageEvent, tenants: Container[str], aliases: Container[st
 
 
 def start_cost_series(tenants: Iterable[tuple[str, Iterable[str]]]) -> None:
-    """Every tenant's cost series at 0 from the start (see the gateway's twin)."""
+    """Every tenant's cost series at 0 from the start (see the gateway's twin), those
+    ``count_line`` puts under ``unknown`` included: each tenant's unknown alias, and the
+    unknown tenant's with every alias a tenant may use and the unknown one."""
+    every_alias = {UNKNOWN}
     for tenant, aliases in tenants:
-        for alias in aliases:
-            COST.labels(tenant, alias)
-        SAVED.labels(tenant)
-        DIRECT.labels(tenant)
+        named = {*aliases, UNKNOWN}
+        every_alias |= named
+        _start_tenant(tenant, named)
+    _start_tenant(UNKNOWN, every_alias)
+
+
+def _start_tenant(tenant: str, aliases: Iterable[str]) -> None:
+    for alias in aliases:
+        COST.labels(tenant, alias)
+    SAVED.labels(tenant)
+    DIRECT.labels(tenant)
 
 
 # The outcomes a vendor call most often has, started at 0 for every configured model.

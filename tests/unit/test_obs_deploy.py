@@ -1,4 +1,5 @@
-"""The dashboard, the scrape config and the compose file say what operators need to know."""
+"""The dashboard, the scrape config and the compose file say what operators need to know,
+and the worker's cost series are there from the start."""
 
 from __future__ import annotations
 
@@ -106,3 +107,27 @@ def test_the_commented_scrape_token_config_works_once_uncommented() -> None:
     assert "/var/" in (ROOT / ".gitignore").read_text().split()
     for text in (compose_text, (DEPLOY / "README.md").read_text()):
         assert "relay-metrics-token" in text and "RELAY_METRICS_TOKEN" in text
+
+
+def test_the_worker_starts_the_unknown_cost_series_at_zero() -> None:
+    """A line naming a tenant or alias the config does not name counts under ``unknown``:
+    those series start at 0 with the process too, as every tenant's do, so rate() and
+    increase() see their first line."""
+    from prometheus_client import REGISTRY
+
+    from streams import metrics
+
+    metrics.start_cost_series([("obs-tenant", ["obs-alias"])])
+    value = REGISTRY.get_sample_value
+    for tenant, alias in [
+        ("obs-tenant", "obs-alias"),
+        ("obs-tenant", "unknown"),  # its line for an alias the config lacks
+        ("unknown", "obs-alias"),  # a made-up tenant's line for a configured alias
+        ("unknown", "unknown"),
+    ]:
+        labels = {"tenant": tenant, "alias": alias}
+        assert value("relay_worker_cost_usd_total", labels) is not None, labels
+    assert value("relay_worker_cost_usd_total", {"tenant": "unknown", "alias": "obs-alias"}) == 0
+    for name in ("relay_worker_saved_usd_total", "relay_worker_direct_usd_total"):
+        assert value(name, {"tenant": "unknown"}) is not None, name
+        assert value(name, {"tenant": "obs-tenant"}) == 0, name
