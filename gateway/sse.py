@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -16,6 +17,8 @@ from schemas.errors import RelayError
 from schemas.formats.anthropic import ChunksToMessageEvents, without_start_usage
 from schemas.formats.responses import ChunksToResponseEvents
 from schemas.usage import Usage
+
+log = logging.getLogger("relay.gateway")
 
 
 class EventStream(StreamingResponse):
@@ -235,8 +238,8 @@ def responses_sse(
 ) -> AsyncIterator[bytes]:
     """The Responses API's events (response.created … response.completed) built from
     chunks, with an SSE comment whenever ``keepalive_s`` passes without an event; an
-    error once the stream began is its ``error`` event and ``response.failed``, and the
-    stream ends there."""
+    error once the stream began (a bug of the relay's too, logged) is its ``error``
+    event and ``response.failed``, and the stream ends there."""
     frames = _response_events(ChunksToResponseEvents(request, response_id), chunks)
     return _kept_alive(frames, _OPENAI_KEEPALIVE, keepalive_s)
 
@@ -252,4 +255,10 @@ async def _response_events(
     except RelayError as err:
         metrics.count_error(err)
         for name, data in events.error(err):
+            yield _frame(name, data)
+    except Exception:  # a bug of ours: the client still hears the stream end
+        log.exception("Responses stream failed")
+        bug = RelayError("internal error; it has been logged")
+        metrics.count_error(bug)
+        for name, data in events.error(bug):
             yield _frame(name, data)

@@ -456,8 +456,16 @@ def _call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any
         "status": status,
         "call_id": call.get("id") or new_id("call_"),
         "name": fn.get("name") or "",
-        "arguments": fn.get("arguments") or "",
+        "arguments": _arguments(fn.get("arguments")),
     }
+
+
+def _arguments(value: Any) -> str:
+    """A call's arguments as the JSON text a Response carries: an object (which some
+    servers send, and chat's assembler keeps) is written out as JSON."""
+    if isinstance(value, str):
+        return value
+    return "" if value is None else orjson.dumps(value).decode()
 
 
 def openai_response_to_responses(
@@ -700,10 +708,13 @@ class ChunksToResponseEvents:
             call = {"id": frag.get("id"), "function": {"name": fn.get("name")}}
             events += self._add(_call_item(call, status="in_progress"))
             self._calls[index] = len(self.output) - 1
-        if args := fn.get("arguments"):
+        raw = fn.get("arguments")
+        if args := _arguments(raw):
             at = self._calls[index]
             item = self.output[at]
-            item["arguments"] += args
+            # Text fragments add up; an object is the whole arguments, replacing what
+            # came before as chat's assembler does (the item's done events say so).
+            item["arguments"] = item["arguments"] + args if isinstance(raw, str) else args
             events.append(
                 self._event(
                     "response.function_call_arguments.delta",

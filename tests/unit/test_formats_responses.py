@@ -357,6 +357,28 @@ def run(chunks: list[dict[str, Any]], usage: Usage | None = None) -> list[dict[s
     return [data for _, data in out]
 
 
+def test_tool_call_arguments_sent_as_an_object_are_json_text() -> None:
+    """Some servers send a call's arguments as an object: streamed or not, the function
+    call carries them as JSON text (the object replacing any text before it, as chat's
+    assembler takes it), not a TypeError that cuts the stream."""
+    events = run(
+        [
+            chunk(frag(0, "", id="c1", name="get_weather")),
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": {"city": "Oslo"}}}]}),
+            chunk({}, "tool_calls"),
+        ]
+    )
+    final = Response.model_validate(events[-1]["response"])
+    assert [(o.type, getattr(o, "arguments", None)) for o in final.output] == [
+        ("function_call", '{"city":"Oslo"}')
+    ]
+    done = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert [e["arguments"] for e in done] == ['{"city":"Oslo"}']
+    whole = completion(calls=[{"id": "c1", "function": {"name": "f", "arguments": {"x": 1}}}])
+    reply = openai_response_to_responses(whole, Usage(), {"model": "m"})
+    assert Response.model_validate(reply).output[0].arguments == '{"x":1}'  # type: ignore[union-attr]
+
+
 def test_interleaved_tool_call_fragments_each_keep_their_own_item() -> None:
     events = run(
         [

@@ -174,6 +174,23 @@ async def test_a_responses_stream_s_late_client_error_stays_the_client_s() -> No
     assert events[-1]["response"]["error"]["code"] == "invalid_prompt"
 
 
+async def test_a_responses_stream_that_hits_a_bug_still_ends_failed(caplog: Any) -> None:
+    """An unexpected exception mid-stream is logged, and the client gets the error event
+    and response.failed (internal_error, server_error) rather than a cut stream."""
+
+    async def chunks() -> AsyncIterator[dict[str, Any] | Usage]:
+        delta = {"role": "assistant", "content": "Hel"}
+        yield {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        raise TypeError("a bug")
+
+    events = _response_events(await collect(responses_sse(chunks(), {"model": "m"}, "resp_1")))
+    assert [e["type"] for e in events][-2:] == ["error", "response.failed"]
+    assert events[-2]["code"] == "internal_error"
+    failed = events[-1]["response"]
+    assert failed["error"]["code"] == "server_error" and failed["output"][0]["type"] == "message"
+    assert "Responses stream failed" in caplog.text and "TypeError: a bug" in caplog.text
+
+
 async def test_an_openai_client_never_sees_the_anthropic_start_usage() -> None:
     async def chunks() -> AsyncIterator[dict[str, Any] | Usage]:
         delta = {"role": "assistant", "content": ""}
