@@ -346,11 +346,21 @@ def _tool_choice(choice: Any) -> Any:
 
 def _response_format(text: Any) -> dict[str, Any] | None:
     fmt = text.get("format") if isinstance(text, dict) else None
-    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise BadRequest(
+            'text.format: an object, e.g. {"type": "json_object"}', param="text.format"
+        )
+    if fmt.get("type") in (None, "text"):
         return None
     if fmt["type"] == "json_object":
         return {"type": "json_object"}
     if fmt["type"] == "json_schema":
+        for key, kind, what in (("name", str, "a string"), ("schema", dict, "a JSON Schema")):
+            if not isinstance(fmt.get(key), kind):
+                where = f"text.format.{key}"
+                raise BadRequest(f"{where}: {what} (required with json_schema)", param=where)
         schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
         return {"type": "json_schema", "json_schema": schema}
     raise BadRequest("text.format.type: text, json_object or json_schema", param="text.format")

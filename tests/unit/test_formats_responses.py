@@ -187,6 +187,19 @@ def test_items_tools_and_formats_map_onto_chat() -> None:
         ({"model": "m", "input": "hi", "tools": [{"type": "web_search"}]}, "tools.0"),
         ({"model": "m", "input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
         ({"model": "m", "input": "hi", "text": {"format": {"type": "yaml"}}}, "text.format"),
+        ({"model": "m", "input": "hi", "text": {"format": "json_object"}}, "text.format"),
+        (
+            {"model": "m", "input": "hi", "text": {"format": {"type": "json_schema", "name": "x"}}},
+            "text.format.schema",
+        ),
+        (
+            {
+                "model": "m",
+                "input": "hi",
+                "text": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
+            },
+            "text.format.name",
+        ),
         ({"model": "m", "input": "hi", "reasoning": "high"}, "reasoning"),
         ({"model": "m", "input": "hi", "stream": "false"}, "stream"),
         ({"model": "m", "input": "hi", "metadata": {"n": 1}}, "metadata"),
