@@ -4,7 +4,9 @@ The relay keeps no conversation state, so a Responses request is taken as a stat
 one (``store`` is answered ``false``): the whole conversation comes in ``input``, and what
 needs a stored response (``previous_response_id``, ``conversation``, ``background``, item
 references) or a tool that only OpenAI hosts (web search, file search, code interpreter…)
-is refused with a 400 naming the field.  Function tools, function calls and their outputs,
+is refused with a 400 naming the field, as is ``context_management`` (the relay never
+compacts or trims the conversation, so every answer says ``truncation: disabled``,
+``auto`` asked or not).  Function tools, function calls and their outputs,
 images by URL, ``instructions``, ``text.format`` (JSON mode and JSON schema) and
 ``reasoning.effort`` map onto chat.  A model's reasoning (an Anthropic vendor's thinking,
 another's ``reasoning_content``, which the OpenAI adapter also makes of a vendor's
@@ -43,6 +45,8 @@ _STATEFUL = {
     "background": "background responses are not supported; use the Batch API or "
     "`x-relay-priority: background`",
     "prompt": "stored prompt templates are not supported; send the prompt in input",
+    "context_management": "the relay does not compact or trim the conversation; send "
+    "in input what the model should see",
 }
 _ROLES = ("user", "assistant", "system", "developer")
 
@@ -63,6 +67,8 @@ def responses_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("metadata: values must be strings", param="metadata")
     if body.get("stream") is not None and not isinstance(body["stream"], bool):
         raise BadRequest("stream: must be true or false", param="stream")
+    if body.get("truncation") not in (None, "auto", "disabled"):
+        raise BadRequest("truncation: auto or disabled", param="truncation")
     messages: list[dict[str, Any]] = []
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
@@ -416,7 +422,10 @@ def response_shell(request: dict[str, Any], response_id: str) -> dict[str, Any]:
         "tool_choice": request.get("tool_choice") or "auto",
         "tools": tools,
         "top_p": request.get("top_p", 1.0),
-        "truncation": "auto" if request.get("truncation") == "auto" else "disabled",
+        # What the relay does, whatever was asked: it never drops input to fit the
+        # context window, so a conversation too long is the vendor's 400, as with
+        # "disabled" ("auto" is taken, as clients send it by default).
+        "truncation": "disabled",
         "usage": None,
         "user": request.get("user"),
         "metadata": request.get("metadata") or {},

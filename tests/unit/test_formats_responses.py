@@ -189,6 +189,11 @@ def test_items_tools_and_formats_map_onto_chat() -> None:
         ({"model": "m", "input": "hi", "text": {"format": {"type": "yaml"}}}, "text.format"),
         ({"model": "m", "input": "hi", "text": {"format": "json_object"}}, "text.format"),
         (
+            {"model": "m", "input": "hi", "context_management": [{"type": "compaction"}]},
+            "context_management",
+        ),
+        ({"model": "m", "input": "hi", "truncation": "middle"}, "truncation"),
+        (
             {"model": "m", "input": "hi", "text": {"format": {"type": "json_schema", "name": "x"}}},
             "text.format.schema",
         ),
@@ -629,8 +634,9 @@ def test_settings_chat_passes_on_are_echoed_as_sent() -> None:
     answer = Response.model_validate(
         openai_response_to_responses(completion("hi"), Usage(), request)
     )
+    # truncation: the relay never drops input to fit, so it says "disabled" to "auto"
     assert (answer.truncation, answer.service_tier, answer.prompt_cache_key) == (
-        "auto",
+        "disabled",
         "flex",
         "k",
     )
