@@ -310,6 +310,16 @@ def _part(part: Any, where: str) -> dict[str, Any]:
                 "URLs are not supported)",
                 param=f"{where}.file_data",
             )
+        # Chat's file part (and an Anthropic vendor's document) takes PDFs only, where
+        # Responses takes other documents too: one of another type is the client's 400
+        # here, not sent on as a PDF a vendor refuses or misreads.
+        media = data[5:].split(",", 1)[0].split(";", 1)[0].strip().lower()
+        if media != "application/pdf":
+            raise BadRequest(
+                f"{where}.file_data: only PDF files (data:application/pdf;base64,...) pass "
+                f"through the relay, not `{media or 'no media type'}`",
+                param=f"{where}.file_data",
+            )
         file = {"filename": str(part.get("filename") or "document.pdf"), "file_data": data}
         return {"type": "file", "file": file}
     if kind == "input_image":

@@ -507,6 +507,19 @@ def test_an_inline_file_is_chat_s_file_part() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "data", ["data:text/csv;base64,YSxiCjEsMgo=", "data:;base64,YSxi", "data:text/plain,a,b"]
+)
+def test_an_inline_file_that_is_not_a_pdf_is_a_400_naming_it(data: str) -> None:
+    """Chat's file part (and an Anthropic vendor's document) is PDF only: a CSV is the
+    client's 400, not sent on as document.pdf."""
+    parts = [{"type": "input_text", "text": "sum b"}, {"type": "input_file", "file_data": data}]
+    body = {"model": "m", "input": [{"role": "user", "content": parts}]}
+    with pytest.raises(BadRequest, match="only PDF files") as refused:
+        responses_request_to_openai(body)
+    assert refused.value.param == "input.0.content.1.file_data"
+
+
 THOUGHT = {"type": "thinking", "thinking": "Weather needs the tool.", "signature": "sig-1"}
 THINKING_ANSWER = {
     "id": "msg_1",
