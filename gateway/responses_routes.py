@@ -68,6 +68,24 @@ async def responses(request: Request, who: CallerDep) -> Any:
     return render(await relay.answer(who, "chat", neutral, opts), body)
 
 
+_UNSUPPORTED = {
+    "input_tokens": "counting a Responses request's input tokens is not supported by the "
+    "relay (an Anthropic client's POST /v1/messages/count_tokens is); each answer's usage "
+    "says what its input took",
+    "compact": "compacting a conversation is not supported by the relay: it keeps no "
+    "conversations and never trims one; send in input what the model should see",
+}
+
+
+@router.post("/responses/input_tokens")
+@router.post("/responses/compact")
+async def unsupported(request: Request, who: CallerDep) -> Any:
+    """OpenAI's endpoints the relay does not serve: a clear 404 rather than the 405 the
+    stored-response routes' path would give."""
+    action = request.url.path.rsplit("/", 1)[-1]
+    raise NotFound(f"POST /v1/responses/{action}: {_UNSUPPORTED[action]}")
+
+
 def _not_stored(response_id: str) -> NotFound:
     return NotFound(
         f"No response with id '{response_id}': the relay stores no responses (every answer "
