@@ -35,43 +35,33 @@ _CALL_FIELDS = {"function": ("name", "arguments"), "custom": ("name", "input")}
 _AUDIO_JOINED = ("data", "transcript")
 _AUDIO_KEYS = frozenset({"id", "expires_at", *_AUDIO_JOINED})
 _AUDIO_PIECE = 16_384  # base64 characters per replayed audio delta
+# The fields a chat message and a stream's delta have alike.
+_MESSAGE_FIELDS = frozenset(
+    {
+        "role",
+        "content",
+        "refusal",
+        "tool_calls",
+        "function_call",
+        "audio",
+        "annotations",
+        "reasoning_content",
+    }
+)
 # What a delta may say that ``assemble_chunks`` puts in the whole answer (``reasoning``:
 # the text a vendor sending both also sends as ``reasoning_content``).  The Anthropic
 # extensions are ``schemas.formats.anthropic``'s.
-_DELTA_KEYS = frozenset(
-    {
-        "role",
-        "content",
-        "refusal",
-        "tool_calls",
-        "function_call",
-        "audio",
-        "annotations",
-        "reasoning_content",
-        "reasoning",
-        "thinking_start",
-        "thinking_signature",
-        "redacted_thinking",
-        "citation",
-        "text_block",
-    }
-)
+_DELTA_KEYS = _MESSAGE_FIELDS | {
+    "reasoning",
+    "thinking_start",
+    "thinking_signature",
+    "redacted_thinking",
+    "citation",
+    "text_block",
+}
 # A message's keys ``response_to_chunks`` replays in their own way; any other rides whole
 # on a delta of its own.
-_MESSAGE_KEYS = frozenset(
-    {
-        "role",
-        "content",
-        "refusal",
-        "tool_calls",
-        "function_call",
-        "audio",
-        "annotations",
-        "reasoning_content",
-        "thinking_blocks",
-        "anthropic_content",
-    }
-)
+_MESSAGE_KEYS = _MESSAGE_FIELDS | {"thinking_blocks", "anthropic_content"}
 
 
 def reasoning_effort(body: dict[str, Any]) -> str | None:

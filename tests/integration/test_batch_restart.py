@@ -5,7 +5,6 @@ their ending `failed` with the stop's "try again"."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import uuid
 from collections.abc import Iterator
@@ -13,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import WORKDIR
+from tests.integration.conftest import WORKDIR, worker_env
 from tests.integration.test_batch_api import chat_line, client, finished, jsonl, output
-from tests.support.stack import SIM_KEY, Simulator, example_config, spawn, start_simulator
+from tests.support.stack import Simulator, example_config, spawn, start_simulator
 
 VENDOR_S = 3.0
 LINES = 3
@@ -51,15 +50,7 @@ async def test_lines_cut_by_a_restart_are_answered_by_the_next_worker(
     assert await asyncio.to_thread(worker.popen.wait, 60) == 0
     assert (await sdk.batches.retrieve(created.id)).request_counts.failed == 0
     slow_vendor.configure(latency_ms=5)
-    env = {
-        **os.environ,
-        "RELAY_CONFIG": str(WORKDIR / f"{stack.prefix}.yaml"),
-        "RELAY_KAFKA_BOOTSTRAP": stack.bootstrap,
-        "RELAY_REDIS_URL": redis_url,
-        "RELAY_TOPIC_PREFIX": stack.prefix,
-        "RELAY_DATA_DIR": str(WORKDIR / stack.prefix),
-        "RELAY_SIM_KEY": SIM_KEY,
-    }
+    env = worker_env(stack, redis_url)
     stack.procs.append(spawn("worker-next", ["worker"], env, WORKDIR / stack.prefix / "logs"))
     batch = await finished(sdk, created.id, timeout_s=90)
 

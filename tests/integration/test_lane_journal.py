@@ -21,6 +21,7 @@ from schemas.envelope import Priority, RequestEnvelope
 from schemas.usage import Usage
 from tables.lane_journal import LaneJournal, VendorBatch
 from tests.support.envelopes import request_envelope
+from tests.unit.test_batch_lane import kill
 
 CAND = Candidate(vendor="v", model="m")
 
@@ -249,9 +250,7 @@ async def test_a_worker_dying_mid_delivery_leaves_its_adopter_only_the_rest(
     for env in envs:
         mine.submit(env, CAND)
     await asyncio.wait_for(dying.wait(), timeout=5)
-    for task in list(mine._tasks):
-        task.cancel()
-    await asyncio.gather(*mine._tasks, return_exceptions=True)
+    await kill(mine)
 
     await asyncio.sleep(0.4)  # its lease lapses
     adopter = BatchLane(

@@ -421,6 +421,13 @@ class MemoryJournal:
         return set(self.answered.get(batch_id, ()))
 
 
+async def kill(lane: BatchLane) -> None:
+    """The lane's worker dies: its tasks stop where they are, nothing more is said."""
+    for task in list(lane._tasks):
+        task.cancel()
+    await asyncio.gather(*lane._tasks, return_exceptions=True)
+
+
 def journaled_lane(journal: MemoryJournal, deliver: Any) -> BatchLane:
     rule = LaneRule(max_size=3, max_age_s=0.01, poll_s=0.001, lease_s=1)
     return BatchLane(
@@ -446,9 +453,7 @@ async def test_a_batch_adopted_mid_delivery_answers_only_what_its_dead_worker_ha
     for env in envs:
         first.submit(env, CAND)
     await dying.wait()
-    for task in list(first._tasks):
-        task.cancel()
-    await asyncio.gather(*first._tasks, return_exceptions=True)
+    await kill(first)
 
     async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
         delivered[env.correlation_id] += 1
@@ -570,9 +575,7 @@ async def test_an_adopted_batch_answers_each_request_with_its_own_candidate() ->
     for env, cand in zip(envs, (DEAR, CHEAP, DEAR), strict=True):
         first.submit(env, cand)
     await dying.wait()
-    for task in list(first._tasks):
-        task.cancel()
-    await asyncio.gather(*first._tasks, return_exceptions=True)
+    await kill(first)
 
     async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
         got[env.correlation_id] = cand

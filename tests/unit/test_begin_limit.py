@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -44,7 +44,7 @@ def event(name: str, data: dict[str, Any]) -> bytes:
 
 
 class Events(httpx.AsyncByteStream):
-    """A stream body written as it goes: ``parts`` with ``gap`` seconds before each."""
+    """A stream body written as ``parts`` comes, at its own pace."""
 
     def __init__(self, parts: AsyncIterator[bytes]) -> None:
         self.parts = parts
@@ -52,6 +52,29 @@ class Events(httpx.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for part in self.parts:
             yield part
+
+
+def streaming(parts: Callable[[], AsyncIterator[bytes]]) -> Any:
+    """A vendor answering each call with the event stream ``parts()`` makes."""
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=Events(parts())
+        )
+
+    return answer
+
+
+async def streamed(dispatch: Dispatcher, plan: list[Candidate]) -> tuple[Any, str]:
+    """A streamed request with 5 s to go: its outcome, and the text it forwarded."""
+    got: list[dict[str, Any]] = []
+
+    async def sink(chunk: dict[str, Any]) -> None:
+        got.append(chunk)
+
+    out = await dispatch.run(envelope(5.0, stream=True), plan, sink)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in got if c["choices"])
+    return out, text
 
 
 def vendors(
@@ -167,22 +190,11 @@ async def test_keep_alives_do_not_stretch_a_vendor_s_time_to_begin() -> None:
             await asyncio.sleep(0.05)
             yield event("ping", {"type": "ping"})
 
-    async def pinging(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, stream=Events(pings())
-        )
-
-    dispatch, seen, plan = vendors(pinging, timeout_s=0.3)
-    got: list[dict[str, Any]] = []
-
-    async def sink(chunk: dict[str, Any]) -> None:
-        got.append(chunk)
-
+    dispatch, seen, plan = vendors(streaming(pings), timeout_s=0.3)
     started = time.monotonic()
-    out = await dispatch.run(envelope(5.0, stream=True), plan, sink)
+    out, text = await streamed(dispatch, plan)
     assert time.monotonic() - started < 1.5
     assert out.error is None and out.candidate == plan[1]
-    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in got)
     assert text == "backup here", "nothing of the silent stream reached the client"
     assert (seen[0].vendor, seen[0].error_code) == ("anthropic", "vendor_unavailable")
 
@@ -206,19 +218,8 @@ async def test_an_answer_that_began_in_time_runs_on_past_the_vendor_s_limit() ->
                                       "delta": {"stop_reason": "end_turn"}})  # fmt: skip
         yield event("message_stop", {"type": "message_stop"})
 
-    async def streaming(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, stream=Events(words())
-        )
-
-    dispatch, seen, plan = vendors(streaming, timeout_s=0.3)
-    got: list[dict[str, Any]] = []
-
-    async def sink(chunk: dict[str, Any]) -> None:
-        got.append(chunk)
-
-    out = await dispatch.run(envelope(5.0, stream=True), plan, sink)
+    dispatch, seen, plan = vendors(streaming(words), timeout_s=0.3)
+    out, text = await streamed(dispatch, plan)
     assert out.error is None and out.candidate == plan[0]
-    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in got if c["choices"])
     assert text == "".join(f"w{n} " for n in range(8))
     assert [e.ok for e in seen] == [True]
