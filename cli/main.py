@@ -222,6 +222,11 @@ def simulator(
     from simulator import SimConfig
     from simulator.app import serve
 
+    if error_rate + rate_429 > 1:
+        raise typer.BadParameter(
+            f"--error-rate + --rate-429 is {error_rate + rate_429:g}; they are shares of "
+            "the same calls and cannot add up to more than 1"
+        )
     key = os.environ.get(api_key_env) if api_key_env else None
     if api_key_env and not key:
         console.print(f"[yellow]simulator: {api_key_env} is not set; any key is accepted[/yellow]")

@@ -189,6 +189,16 @@ class SimulatorConfig(Strict):
     error_rate: float = Field(0.0, ge=0, le=1)
     rate_429: float = Field(0.0, ge=0, le=1)
 
+    @model_validator(mode="after")
+    def _fault_shares_fit(self) -> SimulatorConfig:
+        # Shares of the same calls: a 500 is drawn first, a 429 from what is left.
+        if self.error_rate + self.rate_429 > 1:
+            raise ValueError(
+                f"simulator: error_rate + rate_429 is {self.error_rate + self.rate_429:g}; "
+                "they are shares of the same calls and cannot add up to more than 1"
+            )
+        return self
+
 
 class RelayConfig(Strict):
     vendors: dict[str, VendorConfig]

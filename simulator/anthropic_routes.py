@@ -191,8 +191,9 @@ def _one_hour(body: dict[str, Any]) -> bool:
 
 def _cache_key(sim: Sim, model: str, prompt: Prompt, prefix: str | None) -> int | None:
     """The prompt-cache entry up to the last breakpoint, which a call reads and, once
-    answered, writes (None: no breakpoint, or too short to cache)."""
-    if prefix and sim.caching(len(prompt.key)):
+    answered, writes (None: no breakpoint, or the marked prefix too short to cache: the
+    minimum applies to what is cached, not to the whole prompt)."""
+    if prefix and sim.caching(len(prefix)):
         return digest("anthropic", model, prefix)
     return None
 
@@ -401,7 +402,9 @@ async def messages(request: Request) -> Response:
         overloaded = {"type": "error", "error": error_object(529, "Overloaded")["error"]}
         opened = _events(model, answer, usage, thinking)[:1]
         return await sim.stream(
-            request, [*opened, _event("ping", {"type": "ping"}), _event("error", overloaded)]
+            request,
+            [*opened, _event("ping", {"type": "ping"}), _event("error", overloaded)],
+            waited=True,
         )
     if fault:
         return error(529 if fault == "overloaded" else int(fault), _FAULT_MESSAGES[fault])

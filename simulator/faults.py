@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
@@ -12,7 +13,7 @@ from typing import Any
 import orjson
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 HANG_S = 600.0  # "x-sim-fail: timeout" holds the request this long; clients time out first.
 CACHE_MIN_CHARS = 1024  # prompts shorter than this never report cached tokens
@@ -32,6 +33,15 @@ class SimConfig(BaseModel):
     seed: int = Field(default=0, description="seed of the fault RNG, for reproducible runs")
     batch_complete_after_s: float = Field(default=0.5, ge=0, description="batch jobs end this late")
     prompt_cache: bool = Field(default=True, description="report cached prompt tokens on repeats")
+
+    @model_validator(mode="after")
+    def _fault_shares_fit(self) -> SimConfig:
+        if self.error_rate + self.rate_429 > 1:
+            raise ValueError(
+                f"error_rate + rate_429 is {self.error_rate + self.rate_429:g}: the two are "
+                "shares of the same calls and cannot add up to more than 1"
+            )
+        return self
 
 
 class BadRequest(Exception):
@@ -153,7 +163,8 @@ class Sim:
     ) -> str | None:
         """Count a vendor call and return the fault to answer with ("500"/"429"), or None.
 
-        A forced ``timeout`` hangs for HANG_S and then answers 500.
+        A fault is answered after the same latency as an answer (a slow vendor is slow
+        to fail too); a forced ``timeout`` hangs for HANG_S and then answers 500.
         """
         self.stats.record(model, endpoint, inputs)
         fault = self._fault(request.headers, model)
@@ -163,6 +174,7 @@ class Sim:
         if fault == "timeout":
             await asyncio.sleep(HANG_S)
             return "500"
+        await self.delay(request)
         return fault
 
     def latency_s(self, request: Request) -> float:
@@ -171,6 +183,8 @@ class Sim:
         try:
             ms = float(raw) if raw is not None else self.config.latency_ms
         except ValueError:
+            ms = self.config.latency_ms
+        if not math.isfinite(ms):  # "nan" or "inf" would sleep forever
             ms = self.config.latency_ms
         return max(ms, 0.0) / 1000.0
 
@@ -181,12 +195,19 @@ class Sim:
             await asyncio.sleep(s)
 
     async def stream(
-        self, request: Request, chunks: list[bytes], media_type: str = "text/event-stream"
+        self,
+        request: Request,
+        chunks: list[bytes],
+        media_type: str = "text/event-stream",
+        *,
+        waited: bool = False,
     ) -> StreamingResponse:
         """A streamed answer.  The latency passes before the response starts, status and
         headers included (a client's first-byte timeout sees it as with a plain answer),
+        unless it has passed already (``waited``: a fault's stream, delayed by ``admit``),
         then the chunks go chunk_gap_ms apart (one write when there is no gap)."""
-        await self.delay(request)
+        if not waited:
+            await self.delay(request)
         gap = self.config.chunk_gap_ms / 1000.0
         return StreamingResponse(_paced(chunks, gap), media_type=media_type)
 

@@ -532,7 +532,7 @@ async def _handle(request: Request, kind: str, deployment: str | None = None) ->
         # 200 and the stream's opening (no text), then an error; nothing was answered.
         _, message, type_, code = _FAULTS[fault]
         failed = _sse({"error": {"message": message, "type": type_, "param": None, "code": code}})
-        return await sim.stream(request, [*opening, failed])
+        return await sim.stream(request, [*opening, failed], waited=True)
     if fault:
         return fault_response(fault)
     sim.cache_write(cache_key)  # only a call that is answered writes the prompt cache

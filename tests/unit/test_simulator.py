@@ -420,6 +420,19 @@ async def test_anthropic_prompt_cache_usage(claude: anthropic.AsyncAnthropic) ->
     assert plain.usage.cache_read_input_tokens == plain.usage.cache_creation_input_tokens == 0
 
 
+async def test_anthropic_short_marked_prefix_is_not_cached(
+    claude: anthropic.AsyncAnthropic,
+) -> None:
+    """The minimum cacheable size applies to the marked prefix, not the whole prompt: a
+    short marked system prompt before a long question is processed normally."""
+    system = [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]
+    for _ in range(2):
+        msg = await claude.messages.create(
+            model="c", max_tokens=10, system=system, messages=user("x" * 5000)
+        )
+        assert msg.usage.cache_creation_input_tokens == msg.usage.cache_read_input_tokens == 0
+
+
 async def test_anthropic_validation_and_count_tokens(sim: httpx.AsyncClient) -> None:
     body = {"model": "c", "max_tokens": 5, "messages": user("count me")}
     no_version = await sim.post("/v1/messages", json=body)
@@ -546,6 +559,9 @@ async def test_live_config_fault_rates(sim: httpx.AsyncClient) -> None:
     await sim.post("/sim/config", json={"rate_429": 0})
     assert (await sim.post("/v1/chat/completions", json=chat)).status_code == 200
     assert (await sim.post("/sim/config", json={"error_rate": 2})).status_code == 400
+    too_many = await sim.post("/sim/config", json={"error_rate": 0.8, "rate_429": 0.5})
+    assert too_many.status_code == 400 and "cannot add up to more than 1" in too_many.text
+    assert (await sim.get("/sim/config")).json()["error_rate"] == 0  # left as it was
     assert (await sim.post("/sim/config", json={"nope": 1})).status_code == 400
 
 
@@ -1239,3 +1255,37 @@ async def test_stream_options_need_stream(sim: httpx.AsyncClient) -> None:
     r = await sim.post("/v1/completions", json={"model": "m", "prompt": "x", **chat})
     assert r.status_code == 400 and r.json()["error"]["param"] == "stream_options"
     assert (await sim.get("/stats")).json()["total"] == 1
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "x"}]}),
+        (
+            "/v1/messages",
+            {"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+        ),
+        (
+            "/api/chat",
+            {"model": "o", "messages": [{"role": "user", "content": "x"}], "stream": False},
+        ),
+    ],
+)
+@pytest.mark.parametrize("fault", ["500", "429"])
+async def test_a_fault_comes_after_the_latency_too(path: str, body: Any, fault: str) -> None:
+    """A slow vendor is slow to fail as well: retries and deadlines see that."""
+    client = raw_client(create_app(SimConfig(latency_ms=150)))
+    started = time.monotonic()
+    r = await client.post(path, json=body, headers={**AV, "x-sim-fail": fault})
+    assert r.status_code == int(fault)
+    assert time.monotonic() - started >= 0.15
+
+
+@pytest.mark.parametrize("latency", ["nan", "inf", "-inf"])
+async def test_a_latency_header_that_is_not_a_finite_number_is_ignored(latency: str) -> None:
+    client = raw_client(create_app(SimConfig()))
+    body = {"model": "m", "messages": user("x")}
+    r = await asyncio.wait_for(
+        client.post("/v1/chat/completions", json=body, headers={"x-sim-latency-ms": latency}), 5
+    )
+    assert r.status_code == 200
