@@ -506,8 +506,8 @@ class RequestHandler:
                 may_call=may_call,
                 withdrawn=withdrawn,
             )
-        if outcome.body is not None and env.endpoint == "chat":
-            outcome.body["model"] = env.alias
+        if outcome.body is not None and "model" in outcome.body:
+            outcome.body["model"] = env.alias  # the alias asked for, never a vendor's name
         return outcome
 
     async def _say_degraded(self, env: RequestEnvelope, reason: str | None = None) -> None:

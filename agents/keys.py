@@ -48,5 +48,8 @@ class KeyPool:
         return self.pick()[1]
 
     def bench(self, index: int, seconds: float) -> None:
+        """Take the key at ``index`` out for ``seconds``; a shorter bench never cuts a
+        longer one short (a 429 without Retry-After after one with 20 s)."""
         if 0 <= index < len(self._keys):
-            self._benched_until[index] = self._clock() + seconds
+            until = self._clock() + seconds
+            self._benched_until[index] = max(self._benched_until[index], until)

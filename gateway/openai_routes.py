@@ -54,10 +54,29 @@ class ChatBody(BaseModel):
         return False if value is None else value
 
 
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on the items of one embeddings request
+
+
 class EmbeddingsBody(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1)
     input: str | list[str] | list[int] | list[list[int]]
+
+    @field_validator("input")
+    @classmethod
+    def _something_to_embed(cls, value: Any) -> Any:
+        # As OpenAI: no empty string, no empty list or token array, at most 2048 items
+        # (an empty input would be one empty vector, or none, depending on batching).
+        items = (
+            value
+            if isinstance(value, list) and value and isinstance(value[0], list | str)
+            else [value]
+        )
+        if value == [] or any(len(item) == 0 for item in items if not isinstance(item, int)):
+            raise ValueError("an input must not be empty (an empty string, list or token array)")
+        if isinstance(value, list) and len(value) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs in one request")
+        return value
 
 
 class CompletionsBody(BaseModel):
@@ -67,6 +86,13 @@ class CompletionsBody(BaseModel):
     # Never passed on (always false), so a request that says so is merged by window
     # batching with those that do not.
     stream: StrictBool = Field(False, exclude=True)
+
+    @field_validator("prompt")
+    @classmethod
+    def _some_prompt(cls, value: Any) -> Any:
+        if value == [] or (isinstance(value, list) and any(item == [] for item in value)):
+            raise ValueError("a prompt list or token array must not be empty")
+        return value
 
     @field_validator("stream", mode="before")
     @classmethod

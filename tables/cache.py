@@ -297,6 +297,7 @@ def fresh(body: dict[str, Any], alias: str) -> dict[str, Any]:
     if (prefix := ID_PREFIXES.get(out.get("object", ""))) is not None:
         out["id"] = f"{prefix}{uuid.uuid4().hex[:24]}"
         out["created"] = int(time.time())
+    if "model" in out:
         out["model"] = alias
     return out
 

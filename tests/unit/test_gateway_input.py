@@ -618,3 +618,26 @@ async def test_the_anthropic_sdks_files_api_hears_it_is_not_served() -> None:
     for resp in (listed, uploaded):
         assert resp.status_code == 404
         assert resp.json()["type"] == "error" and "Files API" in resp.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "value", "says"),
+    [
+        ("/v1/embeddings", "input", "", "must not be empty"),
+        ("/v1/embeddings", "input", [], "must not be empty"),
+        ("/v1/embeddings", "input", ["a", ""], "must not be empty"),
+        ("/v1/embeddings", "input", [[1, 2], []], "must not be empty"),
+        ("/v1/embeddings", "input", ["x"] * 2049, "at most 2048 inputs"),
+        ("/v1/completions", "prompt", [], "must not be empty"),
+        ("/v1/completions", "prompt", [[5], []], "must not be empty"),
+    ],
+)
+async def test_an_empty_input_is_a_400_naming_the_field(
+    path: str, field: str, value: Any, says: str
+) -> None:
+    """As OpenAI: nothing to embed (or complete) is refused, not sent on as one empty
+    vector or none depending on the alias's batching."""
+    status, body = await post(path, {"model": "text-embedding-3-small", field: value}, **AUTH)
+    assert status == 400, body
+    assert body["error"]["param"] == field and says in body["error"]["message"]
+    assert body["error"]["type"] == "invalid_request_error"

@@ -1469,3 +1469,20 @@ async def test_one_stalled_topic_does_not_delay_a_call_routed_cheaper_for_its_wa
     assert called["b"] < 0.8, "the cheaper call waited for each stalled notice in turn"
     got = sink.for_(healthy.correlation_id)
     assert got[-1].kind == "final" and {e.degraded for e in got} == {"rate_pressure"}
+
+
+async def test_an_answer_names_the_alias_fresh_or_cached_never_the_vendors_model():
+    """The vendor's model (an Azure deployment's name, say) stays the relay's business:
+    embeddings and completions name the alias, as chat does, on a miss and on a hit."""
+    handler, sink = make(embedder([]), EMBEDDING)
+    env = request_envelope(
+        alias="e", endpoint="embeddings", body={"model": "e", "input": "x"},
+        prompt_hash="alias-named", cache_lookup=True, cache_ttl_s=60,
+    )  # fmt: skip
+    await handler.handle(env)
+    [final] = sink.for_(env.correlation_id)
+    assert final.body is not None and final.body["model"] == "e" and not final.cache_hit
+    sink.stored = dict(sink.written)
+    await handler.handle(env.model_copy(update={"correlation_id": "hit"}))
+    [hit] = sink.for_("hit")
+    assert hit.cache_hit and hit.body is not None and hit.body["model"] == "e"
