@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 
 from gateway.auth import CallerDep
 from gateway.bodies import json_object
+from gateway.errors import trace_headers
 from gateway.json_answer import JSONAnswer
 from gateway.relay import Answer, Options, Relay
 from gateway.sse import EventStream, anthropic_sse
@@ -84,4 +85,5 @@ async def count_tokens(request: Request, who: CallerDep) -> Any:
         chars += len(orjson.dumps(neutral.get("tools", []))) if neutral.get("tools") else 0
     except (TypeError, ValueError, RecursionError) as exc:  # nesting past what JSON goes to
         raise BadRequest(f"body: cannot be counted ({exc})") from None
-    return JSONResponse({"input_tokens": max(1, chars // 4)}, headers={"x-relay-cache": "miss"})
+    headers = {"x-relay-cache": "miss", **trace_headers(opts.trace_id)}
+    return JSONResponse({"input_tokens": max(1, chars // 4)}, headers=headers)

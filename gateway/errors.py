@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,10 +76,12 @@ def error_response(request: Request, err: RelayError) -> JSONResponse:
         headers["retry-after"] = str(max(1, math.ceil(err.retry_after)))
     elif err.status == 429:  # a vendor's 429 that said no wait: every 429 says one
         headers["retry-after"] = "1"
-    # The trace id the request went under, or the client's own when it failed before that.
+    # The trace id the request went under, or the client's own when it failed before that,
+    # or else a new one: every answer carries a request id, as the vendors' do (one to
+    # quote in a report, though a request refused this early has no ledger line).
     given = request.headers.get("x-relay-trace-id", "")
-    if trace := err.trace_id or (given if 0 < len(given) <= MAX_TRACE_ID else None):
-        headers.update(trace_headers(trace))
+    trace = err.trace_id or (given if 0 < len(given) <= MAX_TRACE_ID else uuid.uuid4().hex)
+    headers.update(trace_headers(trace))
     if is_anthropic(request):
         status, body = anthropic_error(err)
     else:

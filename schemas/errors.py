@@ -23,6 +23,7 @@
         ├── VendorUnavailable        5xx, connect and read failures
         │   └── VendorOverloaded     503 overloaded_error     (a vendor's 503/529, "overloaded")
         └── VendorUnsupported        400 this candidate cannot (next one tried; health kept)
+            └── VendorRequestTooLarge 413 too large for this vendor (request_too_large)
 
 Each class carries a stable ``code``, the HTTP ``status`` a client sees and whether a
 retry on another candidate may help.  The gateway maps them to the OpenAI or Anthropic
@@ -239,6 +240,15 @@ class VendorUnsupported(VendorError):
     final_for_candidate = True
     status = 400
     type = "invalid_request_error"
+
+
+class VendorRequestTooLarge(VendorUnsupported):
+    """The vendor's 413 (Anthropic's ``request_too_large``): too large for this vendor,
+    though another candidate's limit may take it, so the next one is tried; last of all
+    the client hears a 413 (Anthropic's SDK raises its RequestTooLargeError)."""
+
+    code = "vendor_request_too_large"
+    status = 413
 
 
 def answer_lost(exc: BaseException) -> RelayError:

@@ -32,6 +32,7 @@ from schemas.errors import (
     RateLimited,
     VendorBadRequest,
     VendorRateLimited,
+    VendorRequestTooLarge,
     VendorUnsupported,
 )
 
@@ -46,7 +47,13 @@ RATE_LIMIT_CODES = frozenset({VendorRateLimited.code, RateLimited.code})
 # The request's own fault, or one this candidate cannot serve: the vendor answered, so
 # its health is not in question.
 CLIENT_FAULT_CODES = frozenset(
-    {VendorBadRequest.code, BadRequest.code, ContentFiltered.code, VendorUnsupported.code}
+    {
+        VendorBadRequest.code,
+        BadRequest.code,
+        ContentFiltered.code,
+        VendorUnsupported.code,
+        VendorRequestTooLarge.code,
+    }
 )
 # Outcomes that say nothing of the vendor's health: the client's fault, or a call the
 # request's own deadline cut (a client asking sooner than the vendor answers).

@@ -23,6 +23,7 @@ from schemas.errors import (
     VendorNotFound,
     VendorOverloaded,
     VendorRateLimited,
+    VendorRequestTooLarge,
     VendorUnavailable,
 )
 from schemas.formats.anthropic import (
@@ -40,7 +41,7 @@ _COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinkin
 _ERROR_TYPES: dict[str, type[RelayError]] = {
     "invalid_request_error": VendorBadRequest,
     "not_found_error": VendorNotFound,
-    "request_too_large": VendorBadRequest,
+    "request_too_large": VendorRequestTooLarge,
     "authentication_error": VendorAuthFailed,
     "permission_error": VendorAuthFailed,
     "billing_error": VendorAuthFailed,

@@ -31,6 +31,7 @@ from schemas.errors import (
     VendorNotFound,
     VendorOverloaded,
     VendorRateLimited,
+    VendorRequestTooLarge,
     VendorUnavailable,
 )
 
@@ -285,6 +286,8 @@ def error_for_status(status: int, message: str, *, retry_after: float | None = N
         return VendorAuthFailed(message)
     if status == 404:
         return VendorNotFound(message)
+    if status == 413:
+        return VendorRequestTooLarge(message)
     # 529 is Anthropic's "overloaded"; 408 and 409 are the vendor's own timeouts and
     # conflicts.  All pass if tried again, unlike the client's own mistakes.
     if status in (503, 529):

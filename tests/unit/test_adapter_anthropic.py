@@ -17,6 +17,7 @@ from schemas.errors import (
     VendorNotFound,
     VendorOverloaded,
     VendorRateLimited,
+    VendorRequestTooLarge,
     VendorUnavailable,
     VendorUnsupported,
 )
@@ -275,7 +276,7 @@ async def test_stream_cut_before_message_stop_is_vendor_unavailable():
         (401, "authentication_error", VendorAuthFailed),
         (403, "permission_error", VendorAuthFailed),
         (404, "not_found_error", VendorNotFound),
-        (413, "request_too_large", VendorBadRequest),
+        (413, "request_too_large", VendorRequestTooLarge),
         (500, "api_error", VendorUnavailable),
         (529, "overloaded_error", VendorOverloaded),
     ],

@@ -29,6 +29,7 @@ from schemas.errors import (
     VendorNotFound,
     VendorOverloaded,
     VendorRateLimited,
+    VendorRequestTooLarge,
     VendorUnavailable,
     VendorUnsupported,
 )
@@ -254,6 +255,7 @@ async def test_stream_error_status_raises_before_any_chunk():
     [
         (400, VendorBadRequest),
         (404, VendorNotFound),
+        (413, VendorRequestTooLarge),
         (422, VendorBadRequest),
         (401, VendorAuthFailed),
         (403, VendorAuthFailed),

@@ -354,3 +354,23 @@ async def test_the_sdks_request_id_is_the_trace_id_answered_hit_or_failed() -> N
     assert answered._request_id == traces[0] and message._request_id == traces[1]
     assert hit._request_id is not None and hit._request_id not in traces, "its own trace id"
     assert failed.value.request_id == failed.value.response.headers["x-relay-trace-id"]
+
+
+async def test_an_early_400_and_an_estimated_count_carry_a_request_id_too() -> None:
+    """A body refused before the relay starts work, and a token count the gateway
+    estimates (no vendor that counts), still name a request id: the client's trace id
+    when it gave one, else a new one, as the vendors' answers always do."""
+    from tests.support.gateway import AUTH
+
+    app, _ = gateway_app(paid())
+    async with client(app) as http:
+        no_max = {"model": "claude-haiku", "messages": [{"role": "user", "content": "x"}]}
+        refused = await http.post("/v1/messages", json=no_max, headers=AUTH)
+        count = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "four"}]}
+        counted = await http.post(
+            "/v1/messages/count_tokens", json=count, headers={**AUTH, "x-relay-trace-id": "mine"}
+        )
+    assert refused.status_code == 400 and refused.headers["request-id"]
+    assert refused.headers["request-id"] == refused.headers["x-relay-trace-id"]
+    assert counted.status_code == 200 and counted.json()["input_tokens"] >= 1
+    assert counted.headers["request-id"] == counted.headers["x-request-id"] == "mine"
