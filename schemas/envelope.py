@@ -151,6 +151,11 @@ class UsageEvent(BaseModel):
     error_code: str | None = None
     cost_tag: str | None = None
     trace_id: str
+    correlation_id: str | None = Field(
+        None,
+        description="the request the line is about (its envelope's correlation id); none "
+        "for a cache hit the gateway answered",
+    )
     priority: Priority = Priority.realtime
     cache_hit: bool = False
     coalesced: bool = False
@@ -171,6 +176,7 @@ class UsageEvent(BaseModel):
             latency_ms=max(0.0, now_ms() - env.created_ms),
             cost_tag=env.cost_tag,
             trace_id=env.trace_id,
+            correlation_id=env.correlation_id,
             priority=env.priority,
             **fields,
         )

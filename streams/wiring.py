@@ -122,8 +122,8 @@ class KafkaSink:
         self._health: dict[str, list[HealthEvent]] = {}
         self._last_ok: dict[str, bool] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
-        # Told of every ledger line (tenant, trace id): the budgets' holds let go.
-        self.on_line: Callable[[str, str], None] = lambda tenant, trace: None
+        # Told of every ledger line (tenant, correlation id): the budgets' holds let go.
+        self.on_line: Callable[[str, str | None], None] = lambda tenant, request: None
 
     async def _send(
         self,
@@ -189,7 +189,7 @@ class KafkaSink:
 
     async def usage(self, event: UsageEvent) -> None:
         metrics.count_line(event, self.tenants, self.aliases)
-        self.on_line(event.tenant, event.trace_id)
+        self.on_line(event.tenant, event.correlation_id)
         await self._send_later(self.topics.usage.name, event.tenant.encode(), encode(event))
 
     async def health(self, event: HealthEvent) -> None:

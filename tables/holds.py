@@ -46,7 +46,7 @@ class _Hold:
     tenant: str
     usd: float
     until: float
-    key: tuple[str, str]  # (tenant, trace id)
+    key: tuple[str, str]  # (tenant, correlation id)
     live: bool = True
 
 
@@ -54,15 +54,18 @@ class Holds:
     """One worker's holds on its tenants' budgets.
 
     A request admitted against a budget holds its ``worst_cost`` until its ledger line is
-    written (``settle``, by tenant and trace id); the spend agent counts the line within a
-    batch window (250 ms) — holding its cost on for a while longer would count it twice
-    in that while, for a tenant whose requests keep coming.  Each worker holds for what it
-    has taken: with several, a budget can be overshot by what they have in flight at once,
-    not by every request that arrived before the spend agent caught up."""
+    written (``settle``, by tenant and the request's correlation id: unique per request,
+    unlike a trace id a client may give many requests); the spend agent counts the line
+    within a batch window (250 ms) — holding its cost on for a while longer would count
+    it twice in that while, for a tenant whose requests keep coming.  A request handled
+    again (a vendor batch that failed, sent the realtime way; a follower whose leader was
+    cut) holds once, not twice.  Each worker holds for what it has taken: with several, a
+    budget can be overshot by what they have in flight at once, not by every request that
+    arrived before the spend agent caught up."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self._waiting: dict[tuple[str, str], list[_Hold]] = {}
+        self._by_request: dict[tuple[str, str], _Hold] = {}
         self._expiring: list[tuple[float, int, _Hold]] = []  # a heap, by ``until``
         self._held: dict[str, float] = {}
         self._count = 0
@@ -72,19 +75,21 @@ class Holds:
         self._expire()
         return max(0.0, self._held.get(tenant, 0.0))
 
-    def take(self, tenant: str, trace_id: str, usd: float, until: float) -> None:
+    def take(self, tenant: str, request_id: str, usd: float, until: float) -> None:
         """Hold ``usd`` for a request until its line is written (or ``until``, epoch
-        seconds, if it never is)."""
+        seconds, if it never is); a request that holds already holds this instead."""
+        key = (tenant, request_id)
+        if (earlier := self._by_request.get(key)) is not None:
+            self._drop(earlier)
         if usd > 0:
-            key = (tenant, trace_id)
-            self._waiting.setdefault(key, []).append(self._add(tenant, usd, until, key))
+            self._by_request[key] = self._add(tenant, usd, until, key)
 
-    def settle(self, tenant: str, trace_id: str) -> None:
+    def settle(self, tenant: str, request_id: str | None) -> None:
         """A request's line is written: the spend table counts it from now on.  A line
-        without a hold (a tenant without budget, a request taken before a restart) lets
-        go of nothing."""
-        if waiting := self._waiting.get((tenant, trace_id)):
-            self._drop(waiting[0])
+        without a hold (a tenant without budget, a request taken before a restart, a
+        cache hit) lets go of nothing."""
+        if request_id is not None and (hold := self._by_request.get((tenant, request_id))):
+            self._drop(hold)
 
     def _add(self, tenant: str, usd: float, until: float, key: tuple[str, str]) -> _Hold:
         hold = _Hold(tenant, usd, until, key)
@@ -102,10 +107,8 @@ class Holds:
             self._held[hold.tenant] = left
         else:
             self._held.pop(hold.tenant, None)  # and float dust with it
-        if waiting := self._waiting.get(hold.key):
-            waiting.remove(hold)
-            if not waiting:
-                del self._waiting[hold.key]
+        if self._by_request.get(hold.key) is hold:
+            del self._by_request[hold.key]
 
     def _expire(self) -> None:
         now = self.clock()
@@ -139,9 +142,10 @@ class Budgets:
         decision = decide(policy, self.spend(env.tenant), self.clock(), held)
         if decision.action != "refuse" and not decision.cache_only:
             until = env.deadline_ms / 1000 + AFTER_DEADLINE_S
-            self.holds.take(env.tenant, env.trace_id, worst_cost(env, self.prices), until)
+            self.holds.take(env.tenant, env.correlation_id, worst_cost(env, self.prices), until)
         return decision
 
-    def metered(self, tenant: str, trace_id: str) -> None:
-        """A ledger line is written (the worker's sink says so for each one)."""
-        self.holds.settle(tenant, trace_id)
+    def metered(self, tenant: str, request_id: str | None) -> None:
+        """A ledger line about request ``request_id`` (its correlation id) is written:
+        the worker's sink says so for each one."""
+        self.holds.settle(tenant, request_id)

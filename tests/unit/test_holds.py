@@ -51,18 +51,31 @@ def test_a_hold_whose_line_never_comes_here_ends_after_its_deadline() -> None:
     assert holds.held("t") == 0.0
 
 
-def test_requests_sharing_a_trace_id_each_let_go_of_one_hold() -> None:
-    """A client may reuse its trace id: each line settles one request's hold."""
+def test_a_request_handled_again_holds_once() -> None:
+    """A vendor batch that failed sends its lines the realtime way, through the budget
+    again: the request's second hold replaces its first, and its one line lets go."""
     clock = Clock()
     holds = Holds(clock)
-    for _ in range(3):
-        holds.take("t", "same", 0.1, until=clock.now + 100)
-    holds.settle("t", "same")
-    assert holds.held("t") == pytest.approx(0.2)
-    holds.settle("t", "same")
-    holds.settle("t", "same")
-    holds.settle("t", "same")  # one line too many (a duplicate): holds nothing
+    holds.take("t", "req-1", 0.1, until=clock.now + 86_400)
+    holds.take("t", "req-1", 0.1, until=clock.now + 100)
+    assert holds.held("t") == pytest.approx(0.1)
+    holds.settle("t", "req-1")
+    holds.settle("t", "req-1")  # one line too many (a duplicate): holds nothing
     assert holds.held("t") == 0.0
+    clock.now += 86_401  # the replaced hold's expiry passes without touching anything
+    holds.take("t", "req-2", 0.3, until=clock.now + 100)
+    assert holds.held("t") == pytest.approx(0.3)
+
+
+def test_a_line_settles_only_its_own_request_s_hold() -> None:
+    """Lines of other requests (a refusal, a count of tokens, no correlation id at all)
+    never let go of an admitted request's hold, whatever trace id they share."""
+    holds = Holds(Clock())
+    holds.take("t", "req-1", 0.1, until=holds.clock() + 100)
+    holds.settle("t", "req-2")
+    holds.settle("t", None)
+    holds.settle("u", "req-1")
+    assert holds.held("t") == pytest.approx(0.1)
 
 
 def test_a_line_without_a_hold_holds_nothing() -> None:
@@ -92,14 +105,18 @@ def test_budgets_count_what_is_held_toward_the_threshold_and_the_limit() -> None
     until = int((clock.now + 60) * 1000)
     verdicts = []
     for n in range(4):
-        env = request_envelope(tenant="t", body=body, deadline_ms=until, trace_id=f"r{n}")
+        env = request_envelope(
+            tenant="t", body=body, deadline_ms=until, trace_id="shared", correlation_id=f"r{n}"
+        )
         verdict = budgets(env)
         assert verdict is not None
         verdicts.append(verdict.action)
     assert verdicts == ["allow", "allow", "degrade", "refuse"]
     budgets.metered("t", "r0")  # answered: the spend table has its cost
     budgets.metered("t", "r1")
-    env = request_envelope(tenant="t", body=body, deadline_ms=until, trace_id="r4")
+    env = request_envelope(
+        tenant="t", body=body, deadline_ms=until, trace_id="shared", correlation_id="r4"
+    )
     verdict = budgets(env)
     assert verdict is not None and verdict.action == "allow"
     assert budgets(request_envelope(tenant="other", body=body)) is None, "no budget, no hold"
@@ -125,7 +142,7 @@ async def test_requests_arriving_together_do_not_all_pass_a_budget_with_room_for
 
     async def usage(event: UsageEvent) -> None:  # the worker's sink, and the spend agent
         await written(event)
-        budgets.metered(event.tenant, event.trace_id)
+        budgets.metered(event.tenant, event.correlation_id)
         spent[event.tenant] = add_spend(spent[event.tenant], event.cost, time.time(), "month")
 
     sink.usage = usage  # type: ignore[method-assign]
@@ -135,3 +152,50 @@ async def test_requests_arriving_together_do_not_all_pass_a_budget_with_room_for
     assert len(calls) == 3 and sum(f.kind == "final" for f in finals) == 3
     refused = [f for f in finals if f.kind == "error"]
     assert len(refused) == 47 and all(f.error["code"] == "budget_exceeded" for f in refused)
+
+
+class Lane:
+    """A vendor-batch lane that takes every background request and sends none."""
+
+    def __init__(self) -> None:
+        self.taken: list[Any] = []
+
+    def accepts(self, cand: Any) -> bool:
+        return True
+
+    def submit(self, env: Any, cand: Any) -> None:
+        self.taken.append((env, cand))
+
+    def withdraw(self, correlation_id: str) -> bool:
+        return False
+
+
+async def test_a_vendor_batch_that_failed_leaves_no_hold_behind() -> None:
+    """Background requests wait for a vendor batch, which fails as a whole: each is sent
+    the realtime way (the budget asked again) and answered with one ledger line, after
+    which the tenant holds nothing (a second hold used to stay for the batch's 24 h)."""
+    from schemas.envelope import Priority
+    from schemas.errors import VendorUnavailable
+
+    budgets = Budgets({"t": BudgetPolicy(limit_usd=1.0)}, lambda t: Spend(), PRICES)
+    handler, sink = make(vendor([]), budget=budgets)
+    written = sink.usage
+
+    async def usage(event: UsageEvent) -> None:
+        await written(event)
+        budgets.metered(event.tenant, event.correlation_id)
+
+    sink.usage = usage  # type: ignore[method-assign]
+    lane = Lane()
+    handler.lane = lane  # type: ignore[assignment]
+    day = int((time.time() + 86_400) * 1000)
+    for n in range(5):
+        env = envelope(key=f"b{n}", ttl=None, priority=Priority.background, deadline_ms=day)
+        await handler.handle(env)
+    assert len(lane.taken) == 5 and budgets.holds.held("t") > 0
+    for env, cand in lane.taken:
+        await handler.deliver_batch(env, cand, VendorUnavailable("the vendor's batch failed"))
+    await asyncio.gather(*handler.spawned)  # each sent on the realtime way, on its own task
+    finals = [sink.for_(env.correlation_id)[-1] for env, _ in lane.taken]
+    assert all(f.kind == "final" for f in finals)
+    assert budgets.holds.held("t") == 0.0
