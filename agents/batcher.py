@@ -5,6 +5,15 @@ Chat is never batched this way: a chat completion takes exactly one conversation
 there is no list to merge into.  Embeddings (and legacy completions with a list prompt)
 take many inputs per call, and vendors price them per token, so batching costs nothing
 extra while saving requests against the vendor's RPM limit and per-call latency.
+
+The vendor's RPM limit is therefore taken per vendor call, not per caller: a window, once
+it closes (on age or size), waits for one request of the vendor's RPM (``admit``, given
+the callers' ``ticket``s: the dispatcher waits in the most urgent of their priority lanes,
+until the latest of their deadlines) and then goes out as one call.  A caller that gives
+up while its window waits there leaves it, as it leaves an open window (its inputs are
+never sent); when the last one leaves, the window's wait is given up too.  Its other
+limits (tokens, the tenant's) stay per caller: they are the caller's own, whoever it
+shares a call with.
 """
 
 from __future__ import annotations
@@ -21,6 +30,10 @@ from schemas.errors import RelayError, VendorBadRequest, VendorError
 from schemas.usage import Usage
 
 EmbedFn = Callable[[VendorCall], Awaitable[VendorResult]]
+# Waits until the vendor's rate limits let one call go out for callers holding these
+# tickets (whatever each caller gave ``embed``); raises a RelayError (our own 429) when
+# that cannot be within their time, and every caller of the call gets it.
+Admit = Callable[[list[Any]], Awaitable[None]]
 # Told of a caller that gave up while its inputs were already on their way to the vendor:
 # its share of the answer is billed all the same, so somebody must meter it.
 Orphaned = Callable[["asyncio.Future[VendorResult]"], None]
@@ -42,7 +55,12 @@ COMPLETIONS = Shape("prompt", "choices")
 class _Pending:
     call: VendorCall
     inputs: list[Any]
+    ticket: Any = None  # for ``admit``: the caller's lane and deadline, say
     future: asyncio.Future[VendorResult] = field(default_factory=asyncio.Future)
+    # The call its inputs wait in (the window's, or its own after a fallback), until sent.
+    carrier: _Window | None = None
+    sent: bool = False  # its inputs went out: the vendor bills them
+    left: bool = False  # its caller gave up after they went out (orphaned)
 
 
 @dataclass
@@ -50,6 +68,8 @@ class _Window:
     pending: list[_Pending] = field(default_factory=list)
     size: int = 0
     timer: asyncio.TimerHandle | None = None
+    # Once closed: the task that waits for the vendor's RPM, then sends the call.
+    task: asyncio.Task[None] | None = None
 
 
 class EmbeddingBatcher:
@@ -69,33 +89,41 @@ class EmbeddingBatcher:
         max_size: int,
         shape: Shape = EMBEDDINGS,
         orphaned: Orphaned | None = None,
+        admit: Admit | None = None,
+        ticket: Any = None,
     ) -> VendorResult:
         """The caller's own answers; ``shared`` says whether others rode the same call.
 
-        A caller that gives up (its deadline) before the window goes out leaves it: its
-        inputs are not sent.  One that gives up after is ``orphaned``: told the future of
-        the share it will be billed for."""
+        A caller that gives up (its deadline) before the window goes out (while it is open,
+        or waiting on ``admit``) leaves it: its inputs are not sent.  One that gives up
+        after is ``orphaned``: told the future of the share it will be billed for.  The
+        window's call waits on the ``admit`` of the caller that closes it, told every
+        caller's ``ticket``."""
         raw = call.body.get(shape.inputs)
         inputs = raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
         # Text and token-array inputs never share a call: vendors refuse a mixed list.
         key = (*key, "text" if all(isinstance(i, str) for i in inputs) else "tokens")
         window = self._windows.setdefault(key, _Window())
-        pending = _Pending(call, inputs)
+        pending = _Pending(call, inputs, ticket, carrier=window)
         window.pending.append(pending)
         window.size += len(inputs)
         if window.size >= max_size:
-            self._flush(key, send, shape)
+            self._flush(key, send, shape, admit)
         elif window.timer is None:
             loop = asyncio.get_running_loop()
-            window.timer = loop.call_later(window_ms / 1000, self._flush, key, send, shape)
+            window.timer = loop.call_later(window_ms / 1000, self._flush, key, send, shape, admit)
         try:
             return await asyncio.shield(pending.future)
         except asyncio.CancelledError:
-            if pending in window.pending and self._windows.get(key) is window:
-                window.pending.remove(pending)  # not sent yet: never paid for
-                window.size -= len(inputs)
+            carrier = pending.carrier
+            if not pending.sent and carrier is not None and pending in carrier.pending:
+                carrier.pending.remove(pending)  # not sent yet: never paid for
+                carrier.size -= len(inputs)
                 pending.future.cancel()
+                if not carrier.pending and carrier.task is not None:
+                    carrier.task.cancel()  # nobody left to send for: no RPM spent on it
             else:
+                pending.left = True
                 # Retrieved here whoever else reads it, so asyncio never complains of an
                 # exception nobody read (the worker stopping, say).
                 pending.future.add_done_callback(_retrieve)
@@ -103,17 +131,39 @@ class EmbeddingBatcher:
                     orphaned(pending.future)
             raise
 
-    def _flush(self, key: tuple[str, ...], send: EmbedFn, shape: Shape) -> None:
+    def _flush(
+        self, key: tuple[str, ...], send: EmbedFn, shape: Shape, admit: Admit | None = None
+    ) -> None:
         window = self._windows.pop(key, None)
         if window is None or not window.pending:
             return
         if window.timer is not None:
             window.timer.cancel()
-        task = asyncio.get_running_loop().create_task(self._send(window.pending, send, shape))
+        self._start(window, send, shape, admit)
+
+    def _start(self, window: _Window, send: EmbedFn, shape: Shape, admit: Admit | None) -> None:
+        """Send ``window``'s call on a task of its own (no caller's: any may leave)."""
+        task = asyncio.get_running_loop().create_task(self._send(window, send, shape, admit))
+        window.task = task
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[_Pending], send: EmbedFn, shape: Shape) -> None:
+    async def _send(
+        self, window: _Window, send: EmbedFn, shape: Shape, admit: Admit | None
+    ) -> None:
+        if admit is not None:
+            try:
+                await admit([p.ticket for p in window.pending])
+            except RelayError as err:  # our own limits: nothing went out
+                _reject(
+                    window.pending, partial(type(err), err.message, retry_after=err.retry_after)
+                )
+                return
+        batch = list(window.pending)  # those still waiting: the others left meanwhile
+        if not batch:
+            return
+        for p in batch:
+            p.sent = True
         first = batch[0].call
         merged = [item for p in batch for item in p.inputs]
         body = {**first.body, shape.inputs: merged}
@@ -136,7 +186,7 @@ class EmbeddingBatcher:
             if isinstance(err, VendorBadRequest) and len(batch) > 1:
                 # One caller's input may be what the vendor refused: each goes on its own,
                 # so only that caller gets the 400 (and nobody sees another's input).
-                await asyncio.gather(*(self._send([p], send, shape) for p in batch))
+                await self._one_by_one(batch, send, shape, admit)
                 return
             # Struck of the key the shared call went with: the others' own keys may differ,
             # and each caller's dispatcher strikes only its own.
@@ -160,7 +210,7 @@ class EmbeddingBatcher:
                 # vectors, across tenants.  As for a 400, one caller's input may be the
                 # cause: each goes on its own, and only an answer that still does not
                 # match its inputs fails, as the vendor's.
-                await asyncio.gather(*(self._send([p], send, shape) for p in batch))
+                await self._one_by_one(batch, send, shape, admit)
                 return
             what = type(exc).__name__
             _reject(batch, partial(VendorError, f"unreadable batched answer ({what})"))
@@ -168,6 +218,23 @@ class EmbeddingBatcher:
         for i, (p, part) in enumerate(zip(batch, parts, strict=True)):
             if not p.future.done():
                 p.future.set_result(replace(part, shared=len(batch) > 1, rode=i > 0))
+
+    async def _one_by_one(
+        self, batch: list[_Pending], send: EmbedFn, shape: Shape, admit: Admit | None
+    ) -> None:
+        """Each caller of ``batch`` on a call of its own (each one call of the vendor's
+        RPM).  A caller that left meanwhile is sent no more."""
+        alone = []
+        for p in batch:
+            if p.left:  # the shared call was refused, unbilled: nothing is sent for it now
+                p.future.cancel()
+            if p.future.done():
+                continue
+            p.carrier, p.sent = _Window([p], len(p.inputs)), False
+            self._start(p.carrier, send, shape, admit)
+            assert p.carrier.task is not None
+            alone.append(p.carrier.task)
+        await asyncio.gather(*alone, return_exceptions=True)
 
 
 def _retrieve(future: asyncio.Future[VendorResult]) -> None:

@@ -46,7 +46,7 @@ from schemas.errors import (
 )
 from schemas.formats.openai import answer_chars, assemble_chunks
 from schemas.usage import Usage, estimated_tokens, prompt_chars
-from tables.buckets import PriorityGate
+from tables.buckets import LANES, PriorityGate
 from tables.prices import cost_of
 
 log = logging.getLogger("relay.worker")
@@ -55,6 +55,8 @@ ChunkSink = Callable[[dict[str, Any]], Awaitable[None]]
 # adapters' own VendorErrors): a missing key, a wrong type, bad JSON, an undecodable body.
 UNREADABLE = (LookupError, TypeError, ValueError, AttributeError, httpx.DecodingError)
 HealthSink = Callable[[HealthEvent], Awaitable[None]]
+# A share of a window-batched call its request gave up on: the candidate, and the answer.
+Late = tuple[Candidate, asyncio.Future[VendorResult]]
 # Asked before each vendor attempt of a request that may be withdrawn meanwhile (a Batch
 # API line whose batch was cancelled): True, and it is not sent.
 Withdrawn = Callable[[], Awaitable[bool]]
@@ -79,9 +81,11 @@ class Outcome:
     attempts: int = 0
     batched: bool = False
     cached: bool = False  # answered from L2 on the worker, no vendor call
-    # Failed, yet its share of a window-batched call went out and will be billed: the
-    # candidate and that share's answer to come (the ledger line waits for it).
-    late: tuple[Candidate, asyncio.Future[VendorResult]] | None = None
+    # Shares of window-batched calls the request was cut from after its inputs went out
+    # (a vendor that had not answered within its begin limit, the deadline): billed all
+    # the same, whether the request then failed or another candidate answered it.  Each
+    # is the candidate and that share's answer to come; the ledger line adds them up.
+    late: list[Late] = field(default_factory=list)
     stopped: bool = False  # cut by the worker's stop before it was answered
 
 
@@ -137,7 +141,7 @@ class Dispatcher:
         self.batcher = EmbeddingBatcher()
         # Requests that gave up inside a window-batched call already sent, by correlation
         # id: their candidate and the share they will be billed for.
-        self._orphans: dict[str, tuple[Candidate, asyncio.Future[VendorResult]]] = {}
+        self._orphans: dict[str, list[Late]] = {}
         self.gate = gate or PriorityGate()
         self.max_rounds = max_rounds
         self.rng = rng or random.Random()
@@ -186,8 +190,9 @@ class Dispatcher:
                 env, plan, on_chunk, out, vendor_wait_s, progress, may_call, withdrawn
             )
         finally:
-            if (late := self._orphans.pop(env.correlation_id, None)) and out.error is not None:
-                out.late = late
+            # Kept whatever the outcome: a share of a call that went out is billed even when
+            # another candidate answered the request after (the handler meters both).
+            out.late.extend(self._orphans.pop(env.correlation_id, ()))
             replanned = vendor_wait_s is not None and isinstance(out.error, RateLimited)
             settle = admit_tenant if settle_tenant is None else settle_tenant
             if settle and not replanned:  # settled once: what was not used goes back
@@ -279,14 +284,35 @@ class Dispatcher:
     ) -> None:
         """Wait in the request's priority lane until the buckets allow, or 429 if the
         deadline (or the ``cap_s`` from now, if sooner) cannot be met."""
-        remaining = env.deadline_ms / 1000 - time.time()
-        if cap_s is not None:
-            remaining = min(remaining, cap_s)
-        deadline = time.monotonic() + remaining
+        deadline = _gate_deadline(env, cap_s)
         limited = [key for key in tpm if self.gate.bucket(key) is not None]
         tokens = _estimate(env) if limited else 0
         needs = {key: 1.0 for key in rpm} | {key: float(tokens) for key in limited if tokens}
         await self.gate.acquire(needs, env.priority, deadline)
+
+    def _windowed(self, env: RequestEnvelope) -> bool:
+        """Whether ``env``'s vendor call goes through the window batcher (then the
+        window's one call takes the vendor's RPM, not each of its callers)."""
+        return (
+            env.endpoint in ("embeddings", "completions")
+            and env.alias in self.batching
+            and not _several(env.body)
+        )
+
+    def _window_admit(self, vendor: str) -> Callable[[list[Any]], Awaitable[None]]:
+        """How a window-batched call to ``vendor`` waits for the vendor's RPM: one request
+        for the whole call, in the most urgent lane of its callers' (a realtime caller
+        never waits behind batch work for riding with it) and until the latest of their
+        deadlines (a caller who cannot wait that long gives up on its own, and leaves the
+        window if it has not gone out yet).  Each ticket is a caller's (priority, deadline
+        on the gate's clock), from ``_batched``."""
+
+        async def admit(tickets: list[Any]) -> None:
+            lane = min((t[0] for t in tickets), key=LANES.__getitem__)
+            deadline = max(t[1] for t in tickets)
+            await self.gate.acquire({f"vendor:{vendor}": 1.0}, lane, deadline)
+
+        return admit
 
     def _settle(self, env: RequestEnvelope, key: str, used: Usage) -> None:
         """Square a TPM bucket with what the call used: what the request's estimate took
@@ -316,10 +342,13 @@ class Dispatcher:
         pool = self.pools[cand.vendor]
         if withdrawn is not None and await withdrawn():  # spends none of the vendor's limits
             raise BatchCancelled(WITHDRAWN)
-        await self._admit(
-            env, [f"vendor:{cand.vendor}"], [f"vendor-tpm:{cand.vendor}"], cap_s=wait_s
-        )
+        # The vendor's RPM is taken per vendor call: here, for a call of this request's
+        # own; for a window-batched one, once by the window's call as it goes out (see
+        # ``_window_admit``), or one RPM per caller would let one caller at a time into
+        # windows that are then sent alone.  Tokens are every caller's own: taken here.
+        rpm = [] if self._windowed(env) else [f"vendor:{cand.vendor}"]
         tpm = f"vendor-tpm:{cand.vendor}"
+        await self._admit(env, rpm, [tpm], cap_s=wait_s)
         forwarded = False
         window: asyncio.Timeout | None = None
 
@@ -334,6 +363,7 @@ class Dispatcher:
             await forward(chunk)
 
         tried: set[int] = set()  # keys this attempt used: each one call at most
+        spared: set[int] = set()  # keys given back once: a shared call went with another's
         while True:
             if withdrawn is not None and await withdrawn():
                 self._settle(env, tpm, Usage())  # admitted, never sent: the estimate goes back
@@ -355,7 +385,9 @@ class Dispatcher:
             SENT.set(False)
             try:
                 async with asyncio.timeout(limit) as window:
-                    result = await self._call(adapter, env, cand, call, counted, progress)
+                    result = await self._call(
+                        adapter, env, cand, call, counted, progress, wait_s=wait_s
+                    )
             except TimeoutError:
                 cut: RelayError
                 if forwarded or limit >= remaining:
@@ -370,9 +402,21 @@ class Dispatcher:
                 scrubbed(exc, key)
                 if exc.refused and progress is not None:
                     progress.opened = None  # the vendor did not take the call: unbilled
+                if isinstance(exc, RateLimited):
+                    # Our own gate, for the window's call: nothing went out, nothing to
+                    # report; the next candidate may have room.
+                    self._settle(env, tpm, Usage())
+                    raise
                 keyed = isinstance(exc, VendorAuthFailed | VendorRateLimited)
                 if exc.other_key:
-                    pass  # a window-batched call's key, not this caller's: its own is fine
+                    # A window-batched call that went with another caller's key: this
+                    # caller's own never went out, so it is not spent (its owner benches
+                    # the one that failed), and this caller tries again with its own —
+                    # once per key, so windows that keep going with others' failing keys
+                    # cannot keep it going round.
+                    if key_index not in spared:
+                        spared.add(key_index)
+                        tried.discard(key_index)
                 elif isinstance(exc, VendorAuthFailed):
                     # A revoked key, or one out of credit: the operator must hear of it
                     # (by its place in the pool, never the key).
@@ -387,7 +431,7 @@ class Dispatcher:
                     # That key's refusal or limit, not the model's: a key of the pool not
                     # tried yet gets the call (once the vendor's RPM lets another go),
                     # and the model's health is not in question.
-                    await self._admit(env, [f"vendor:{cand.vendor}"], [], cap_s=wait_s)
+                    await self._admit(env, rpm, [], cap_s=wait_s)
                     continue
                 if not forwarded:
                     self._settle(env, tpm, Usage())  # refused: nothing was used
@@ -427,6 +471,8 @@ class Dispatcher:
         call: VendorCall,
         forward: ChunkSink,
         progress: Progress | None = None,
+        *,
+        wait_s: float | None = None,
     ) -> VendorResult:
         if env.endpoint == "count_tokens" and isinstance(adapter, TokenCounter):
             counted = await adapter.count_tokens(call)
@@ -434,11 +480,11 @@ class Dispatcher:
         if env.endpoint == "embeddings":
             if not isinstance(adapter, EmbeddingVendor):
                 raise BadRequest(f"`{env.alias}` is served by a vendor without embeddings")
-            return await self._batched(env, cand, call, adapter.embed, EMBEDDINGS)
+            return await self._batched(env, cand, call, adapter.embed, EMBEDDINGS, wait_s)
         if env.endpoint == "completions":
             if not isinstance(adapter, CompletionVendor):
                 raise BadRequest(f"`{env.alias}` is served by a vendor without /completions")
-            return await self._batched(env, cand, call, adapter.complete, COMPLETIONS)
+            return await self._batched(env, cand, call, adapter.complete, COMPLETIONS, wait_s)
         if not isinstance(adapter, ChatVendor):
             raise BadRequest(f"`{env.alias}` is served by a vendor without chat")
         if not env.stream:
@@ -471,12 +517,18 @@ class Dispatcher:
         return VendorResult(body=body, usage=usage)
 
     async def _batched(
-        self, env: RequestEnvelope, cand: Candidate, call: VendorCall, send: EmbedFn, shape: Shape
+        self,
+        env: RequestEnvelope,
+        cand: Candidate,
+        call: VendorCall,
+        send: EmbedFn,
+        shape: Shape,
+        wait_s: float | None = None,
     ) -> VendorResult:
-        """Through the window batcher when the alias asks for it, else straight."""
+        """Through the window batcher when the alias asks for it, else straight (the
+        request took the vendor's RPM then; through the window, its call takes it)."""
         rule = self.batching.get(env.alias)
-        several = any((env.body.get(k) or 1) != 1 for k in ("n", "best_of"))
-        if rule is None or several:
+        if rule is None or not self._windowed(env):
             # Several answers per prompt come back interleaved by prompt: not split here.
             return await send(call)
         params = {k: v for k, v in env.body.items() if k not in (shape.inputs, "model", "user")}
@@ -487,10 +539,18 @@ class Dispatcher:
         key = (shape.inputs, call.model, repr(sorted(params.items())), str(vendor), kind)
 
         def orphaned(share: asyncio.Future[VendorResult]) -> None:
-            self._orphans[env.correlation_id] = (cand, share)
+            self._orphans.setdefault(env.correlation_id, []).append((cand, share))
 
         return await self.batcher.embed(
-            key, call, send, rule.window_ms, rule.max_size, shape, orphaned=orphaned
+            key,
+            call,
+            send,
+            rule.window_ms,
+            rule.max_size,
+            shape,
+            orphaned=orphaned,
+            admit=self._window_admit(cand.vendor),
+            ticket=(env.priority, _gate_deadline(env, wait_s)),
         )
 
     async def _report(
@@ -528,6 +588,20 @@ def hollow(chunk: dict[str, Any]) -> bool:
         if any(value for name, value in delta.items() if name != "role"):
             return False
     return True
+
+
+def _several(body: dict[str, Any]) -> bool:
+    """Whether a request asks for several answers per prompt (``n``, ``best_of``)."""
+    return any((body.get(k) or 1) != 1 for k in ("n", "best_of"))
+
+
+def _gate_deadline(env: RequestEnvelope, cap_s: float | None = None) -> float:
+    """Until when, on the gate's clock, ``env`` may wait for rate limits: its deadline,
+    or ``cap_s`` from now if sooner."""
+    remaining = env.deadline_ms / 1000 - time.time()
+    if cap_s is not None:
+        remaining = min(remaining, cap_s)
+    return time.monotonic() + remaining
 
 
 def _estimate(env: RequestEnvelope) -> int:

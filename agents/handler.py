@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from agents.adapters.base import VendorResult
 from agents.batch_lane import BatchLane
-from agents.dispatch import Dispatcher, Outcome, Progress
+from agents.dispatch import Dispatcher, Late, Outcome, Progress
 from agents.flights import Flight, Flights, Waiter
 from agents.meter import usage_event
 from agents.route import Router
@@ -46,7 +46,7 @@ from schemas.formats.openai import response_to_chunks
 from schemas.usage import Usage
 from tables.budgets import BudgetDecision
 from tables.cache import CacheEntry, cache_key, storable
-from tables.prices import PriceSheet
+from tables.prices import PriceSheet, cost_of
 
 log = logging.getLogger("relay.worker")
 LATE_SHARE_S = 600.0  # how long a shared call's answer is awaited to meter a late share
@@ -496,6 +496,7 @@ class RequestHandler:
             plan = self.router.plan(
                 env.alias, time.time(), user=env.user, degraded=True, tenant=env.tenant
             )
+            cut = outcome.late  # shares the first run gave up on: billed all the same
             outcome = await self.dispatcher.run(
                 env,
                 plan,
@@ -506,6 +507,7 @@ class RequestHandler:
                 may_call=may_call,
                 withdrawn=withdrawn,
             )
+            outcome.late[:0] = cut
         if outcome.body is not None and "model" in outcome.body:
             outcome.body["model"] = env.alias  # the alias asked for, never a vendor's name
         return outcome
@@ -569,7 +571,7 @@ class RequestHandler:
             flight.answered += 1
             if not _metered_by_gateway(w.envelope):
                 landing.append(self._land_one(flight, w, out))
-            elif w.leader and not out.cached and (out.candidate or out.late) is not None:
+            elif w.leader and not out.cached and (out.candidate is not None or out.late):
                 # Its gateway answered 504 and wrote a line at no cost, but the vendor was
                 # paid, and the leader's line alone carries that: written still, unsent.
                 w.lost = True
@@ -592,11 +594,11 @@ class RequestHandler:
             # A stream that broke part way was billed for what it sent: the leader's
             # line says so (at an estimate), with the vendor that sent it.
             paid = (out.candidate, out.usage) if w.leader else (None, Usage())
-            late = out.late if w.leader else None
+            late = out.late if w.leader else []
             # A Batch API line cut by the stop goes back on the request topic, unanswered:
             # its one answer is the next worker's.  Metered here only if a vendor was paid.
             put_back = out.stopped and await self._put_back(env)
-            if put_back and paid[0] is None and late is None:
+            if put_back and paid[0] is None and not late:
                 return
             async with w.sending:
                 await self._fail(
@@ -639,6 +641,12 @@ class RequestHandler:
             log.warning("answer to %s not delivered: %r", env.correlation_id, exc)
             lost = answer_lost(exc)
             await self._fail(env, lost, meter=False)
+        if w.leader and out.late:
+            # Shares of window-batched calls the request was cut from before this answer
+            # came: billed too, so its one line adds them once they are known (the
+            # reply above carries the answer's own figures, as the client got them).
+            self._spawn(self._meter_share(partial(_plus_shares, line), out.late))
+            return
         await self.sink.usage(line)
 
     def _store(self, flight: Flight, out: Outcome) -> asyncio.Future[None] | None:
@@ -672,13 +680,13 @@ class RequestHandler:
         coalesced: bool = False,
         meter: bool = True,
         paid: tuple[Candidate | None, Usage] = (None, Usage()),
-        late: tuple[Candidate, asyncio.Future[VendorResult]] | None = None,
+        late: Late | list[Late] | None = None,
         degraded: str | None = None,
         reply: bool = True,
     ) -> None:
         """Answer ``env`` with ``err`` (unless ``reply`` is false: its topic failed
-        already) and meter it; with ``late``, its share of a window-batched call that went
-        out is metered when that answer comes.  The line is written even when the reply
+        already) and meter it; with ``late``, its share (or shares) of window-batched calls
+        that went out is metered when those answers come.  The line is written even when the reply
         cannot go out, flagged ``degraded`` (else as ``env`` is) when the request was sent
         the cheaper way."""
         degraded = degraded or env.degraded
@@ -695,8 +703,26 @@ class RequestHandler:
             log.warning("error reply to %s not delivered: %r", env.correlation_id, exc)
         if not meter:
             return
-        if late is not None:
-            self._spawn(self._meter_share(env, err, late, degraded))
+        if isinstance(late, tuple):
+            late = [late]  # one share, as a list of several
+        if late:
+
+            def failed(billed: list[tuple[Candidate, Usage]]) -> UsageEvent:
+                # Failed, and billed its shares (the first one's vendor named); none, if
+                # those calls failed too.
+                cand, usage = billed[0] if billed else (None, Usage())
+                line = usage_event(
+                    env,
+                    self.prices,
+                    candidate=cand,
+                    usage=usage,
+                    error=err,
+                    batched=cand is not None,
+                    degraded=degraded,
+                )
+                return _plus_shares(line, billed[1:])
+
+            self._spawn(self._meter_share(failed, late))
             return
         candidate, usage = paid
         await self.sink.usage(
@@ -712,37 +738,22 @@ class RequestHandler:
         )
 
     async def _meter_share(
-        self,
-        env: RequestEnvelope,
-        err: RelayError,
-        late: tuple[Candidate, asyncio.Future[VendorResult]],
-        degraded: str | None,
+        self, line_for: Callable[[list[tuple[Candidate, Usage]]], UsageEvent], late: list[Late]
     ) -> None:
-        """The one ledger line of a request that gave up inside a shared call: failed, and
-        billed its share once the vendor answers (nothing, if the call failed)."""
-        cand, share = late
+        """The one ledger line of a request cut from window-batched calls after its inputs
+        went out (``late``): written once those calls answer, by ``line_for`` the shares
+        the vendors billed (a call that failed billed nothing)."""
         stopping = False
         try:
-            await asyncio.wait_for(asyncio.shield(share), LATE_SHARE_S)
+            await asyncio.wait([share for _, share in late], timeout=LATE_SHARE_S)
         except asyncio.CancelledError:
-            stopping = True  # the worker stops: the line goes now, with the share if it came
-        except Exception:  # the shared call failed: nothing was billed
-            pass
-        if share.done() and not share.cancelled() and share.exception() is None:
-            line = usage_event(
-                env,
-                self.prices,
-                candidate=cand,
-                usage=share.result().usage,
-                error=err,
-                batched=True,
-                degraded=degraded,
-            )
-        else:
-            line = usage_event(
-                env, self.prices, candidate=None, usage=Usage(), error=err, degraded=degraded
-            )
-        await self.sink.usage(line)
+            stopping = True  # the worker stops: the line goes now, with the shares that came
+        billed = [
+            (cand, share.result().usage)
+            for cand, share in late
+            if share.done() and not share.cancelled() and share.exception() is None
+        ]
+        await self.sink.usage(line_for(billed))
         if stopping:
             raise asyncio.CancelledError
 
@@ -770,6 +781,22 @@ def _outlives(flight: Flight, w: Waiter, error: RelayError | None) -> bool:
     leader = flight.waiters[0].envelope
     left_s = w.envelope.deadline_ms / 1000 - time.time()
     return w.envelope.deadline_ms > leader.deadline_ms and left_s > RERUN_MIN_S
+
+
+def _plus_shares(line: UsageEvent, billed: list[tuple[Candidate, Usage]]) -> UsageEvent:
+    """``line`` with shares of window-batched calls its request was cut from added: their
+    tokens and cost (at their own candidates' prices), flagged ``batched``.  The request
+    keeps its one ledger line (its vendor the one that answered, if one did); what it
+    would have cost sent straight (``direct_cost``) stays its answer's."""
+    if not billed:
+        return line
+    usage, cost = line.usage, line.cost
+    for cand, used in billed:
+        usage = Usage(**{f: getattr(usage, f) + getattr(used, f) for f in Usage.model_fields})
+        cost += cost_of(cand, used)
+    saved = max(0.0, line.direct_cost - cost)
+    update = {"usage": usage, "cost": cost, "saved_cost": saved, "batched": True}
+    return line.model_copy(update=update)
 
 
 def _metered_by_gateway(env: RequestEnvelope) -> bool:

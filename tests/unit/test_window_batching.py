@@ -1,0 +1,244 @@
+"""Window batching against the vendor's limits, keys and the ledger: one window is one
+vendor call of the vendor's RPM, a rider's own key is tried when the shared call's key
+fails, and a share of a call its request was cut from is metered even when another
+candidate answered.  Vendors are real OpenAI adapters on httpx.MockTransport."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from agents.adapters.openai import OpenAIAdapter
+from agents.dispatch import Dispatcher
+from agents.handler import RequestHandler
+from agents.keys import KeyPool
+from agents.route import Router
+from schemas.config import Batching, Candidate, RelayConfig, VendorConfig
+from schemas.envelope import HealthEvent, Priority, RequestEnvelope
+from schemas.errors import RateLimited
+from schemas.usage import Usage
+from tables.buckets import PriorityGate, TokenBucket
+from tables.prices import PriceSheet, cost_of
+from tests.support.envelopes import request_envelope
+from tests.support.sinks import Sink
+
+EMB = [Candidate(vendor="a", model="emb")]
+
+
+class Embeddings:
+    """An OpenAI-compatible embeddings server: records (host, key, inputs) of each call;
+    ``refuse`` maps a key to the status it gets (429 with Retry-After 20, 401)."""
+
+    def __init__(self, refuse: dict[str, int] | None = None, delay: dict[str, float] | None = None):
+        self.calls: list[tuple[str, str, list[str]]] = []
+        self.refuse = refuse or {}
+        self.delay = delay or {}
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        key = request.headers["authorization"].removeprefix("Bearer ")
+        inputs = json.loads(request.content)["input"]
+        inputs = inputs if isinstance(inputs, list) else [inputs]
+        self.calls.append((request.url.host, key, inputs))
+        await asyncio.sleep(self.delay.get(request.url.host, 0.0))
+        if status := self.refuse.get(key):
+            headers = {"retry-after": "20"} if status == 429 else {}
+            error = {"error": {"message": "no", "type": "rate_limit_error"}}
+            return httpx.Response(status, json=error, headers=headers)
+        data = [{"object": "embedding", "index": i, "embedding": [0.5]} for i in range(len(inputs))]
+        usage = {"prompt_tokens": 100 * len(inputs), "total_tokens": 100 * len(inputs)}
+        return httpx.Response(200, json={"object": "list", "data": data, "usage": usage})
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.MockTransport(self))
+
+
+def dispatcher(
+    vendor: Embeddings,
+    keys: list[str] | None = None,
+    gate: PriorityGate | None = None,
+    hosts: tuple[str, ...] = ("a",),
+) -> tuple[Dispatcher, list[HealthEvent]]:
+    seen: list[HealthEvent] = []
+
+    async def on_health(ev: HealthEvent) -> None:
+        seen.append(ev)
+
+    client = vendor.client()
+    adapters: dict[str, Any] = {
+        h: OpenAIAdapter(VendorConfig(kind="openai", base_url=f"http://{h}/v1"), client)
+        for h in hosts
+    }
+    pools = {h: KeyPool(keys or ["k"]) for h in hosts}
+    batching = {"e": Batching(window_ms=50, max_size=64)}
+    return Dispatcher(adapters, pools, on_health, gate=gate, batching=batching), seen
+
+
+def embed(text: str, seconds: float = 3, **kw: Any) -> RequestEnvelope:
+    return request_envelope(
+        alias="e",
+        endpoint="embeddings",
+        body={"model": "e", "input": text},
+        deadline_ms=int((time.time() + seconds) * 1000),
+        **kw,
+    )
+
+
+def rpm_gate(rpm: float, tokens: float | None = None) -> PriorityGate:
+    gate = PriorityGate()
+    bucket = TokenBucket.from_rpm(rpm, now=time.monotonic())
+    if tokens is not None:
+        bucket.tokens = tokens
+    gate.configure("vendor:a", bucket)
+    return gate
+
+
+# --- the vendor's RPM: one per vendor call, not per caller -------------------------------
+
+
+async def test_a_window_under_an_rpm_limit_is_one_call_for_all_its_callers() -> None:
+    """60 rpm holds one request at a time: per caller, 20 callers arriving together
+    would go out one by one and most be refused 429; one window is one vendor call."""
+    vendor = Embeddings()
+    gate = rpm_gate(60)
+    dispatch, _ = dispatcher(vendor, gate=gate)
+    envs = [embed(f"t{i}") for i in range(20)]
+    outs = await asyncio.gather(*(dispatch.run(e, EMB, None) for e in envs))
+    assert [o.error for o in outs] == [None] * 20
+    assert [len(inputs) for _, _, inputs in vendor.calls] == [20]
+    bucket = gate.bucket("vendor:a")
+    assert bucket is not None and bucket.tokens < 0.5, "the one call took its request"
+
+
+async def test_a_window_the_rpm_cannot_let_out_in_time_is_a_429_for_each_caller() -> None:
+    """Our own limit, for the window's call: no vendor call, no health outcome, and each
+    caller hears how long to wait."""
+    vendor = Embeddings()
+    dispatch, seen = dispatcher(vendor, gate=rpm_gate(1, tokens=0))  # next in a minute
+    outs = await asyncio.gather(*(dispatch.run(embed(t, 2), EMB, None) for t in "ab"))
+    assert all(isinstance(o.error, RateLimited) for o in outs)
+    assert all(o.error is not None and (o.error.retry_after or 0) > 2 for o in outs)
+    assert vendor.calls == [] and seen == []
+
+
+async def test_a_caller_that_gives_up_while_its_window_waits_for_the_rpm_is_never_sent() -> None:
+    vendor = Embeddings()
+    dispatch, _ = dispatcher(vendor, gate=rpm_gate(60, tokens=0))  # next in a second
+    hurried, patient = embed("gone", 0.4), embed("here", 5)
+    outs = await asyncio.gather(*(dispatch.run(e, EMB, None) for e in (hurried, patient)))
+    assert outs[0].error is not None and outs[0].error.code == "deadline_exceeded"
+    assert outs[1].error is None
+    assert [inputs for _, _, inputs in vendor.calls] == [["here"]], "never paid for"
+
+
+async def test_a_window_waits_for_the_rpm_in_its_most_urgent_caller_s_lane() -> None:
+    """A realtime caller riding with background work is not queued behind batch work
+    for the vendor's RPM."""
+    vendor = Embeddings()
+    gate = rpm_gate(60, tokens=0)
+    dispatch, _ = dispatcher(vendor, gate=gate)
+    order: list[str] = []
+
+    async def batch_work() -> None:
+        await gate.acquire({"vendor:a": 1.0}, Priority.batch, time.monotonic() + 5)
+        order.append("batch")
+
+    queued = asyncio.create_task(batch_work())
+    await asyncio.sleep(0.01)  # batch work waits first for the next request of the RPM
+    envs = [embed("bg", priority=Priority.background), embed("rt", priority=Priority.realtime)]
+    outs = await asyncio.gather(*(dispatch.run(e, EMB, None) for e in envs))
+    order.append("window")
+    await queued
+    assert [o.error for o in outs] == [None, None]
+    assert order == ["window", "batch"]
+    assert [inputs for _, _, inputs in vendor.calls] == [["bg", "rt"]]
+
+
+# --- a rider's own key ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [429, 401])
+async def test_a_rider_whose_own_key_is_healthy_is_answered_when_the_shared_key_fails(
+    status: int,
+) -> None:
+    """The shared call goes with the first caller's key; when the vendor refuses or
+    limits that key, the other caller's own key never went out: it is tried."""
+    vendor = Embeddings(refuse={"sk-limited-000": status})
+    dispatch, _ = dispatcher(vendor, keys=["sk-limited-000", "sk-healthy-111"])
+    outs = await asyncio.gather(*(dispatch.run(embed(t, 10), EMB, None) for t in "AB"))
+    assert [o.error for o in outs] == [None, None]
+    assert [(key, inputs) for _, key, inputs in vendor.calls] == [
+        ("sk-limited-000", ["A", "B"]),
+        ("sk-healthy-111", ["A", "B"]),
+    ]
+
+
+# --- the ledger: a share of a call the request was cut from --------------------------
+
+
+CONFIG = RelayConfig.model_validate(
+    {
+        "vendors": {
+            "a": {"kind": "openai", "base_url": "http://a/v1"},
+            "b": {"kind": "openai", "base_url": "http://b/v1"},
+        },
+        "models": {
+            "e": {
+                "kind": "embeddings",
+                "batching": {"window_ms": 20},
+                "candidates": [
+                    {"vendor": "a", "model": "emb", "input_per_1m": 1000},
+                    {"vendor": "b", "model": "emb", "input_per_1m": 3000},
+                ],
+            }
+        },
+        "tenants": {"t": {}},
+    }
+)
+
+
+async def test_a_share_of_a_call_cut_short_is_metered_when_another_candidate_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A is cut from vendor a's shared call (slow to begin answering) after its input
+    went out, and vendor b answers it: vendor a bills A's share all the same, so A's one
+    ledger line carries it besides b's answer; its reply carries the answer's own."""
+    monkeypatch.setattr("agents.dispatch.HANG_S", 0.1)  # a spare candidate takes over soon
+    vendor = Embeddings(delay={"a": 1.0})
+    sink = Sink()
+    client = vendor.client()
+    handler = RequestHandler(
+        Router(CONFIG, {}.get),
+        Dispatcher(
+            {n: OpenAIAdapter(v, client) for n, v in CONFIG.vendors.items()},
+            {n: KeyPool(["k"]) for n in CONFIG.vendors},
+            sink.health,
+            batching={"e": CONFIG.models["e"].batching},  # type: ignore[dict-item]
+        ),
+        PriceSheet.from_config(CONFIG.models),
+        sink,
+    )
+    hurried, patient = embed("A", 1.2), embed("B", 20)
+    await asyncio.gather(handler.handle(hurried), handler.handle(patient))
+    assert [(h, i) for h, _, i in vendor.calls] == [("a", ["A", "B"]), ("b", ["A"])]
+    for _ in range(100):  # A's line waits for vendor a's answer
+        if len(sink.ledger) == 2:
+            break
+        await asyncio.sleep(0.02)
+    lines = {line.trace_id: line for line in sink.ledger}
+    assert len(sink.ledger) == 2, "one line per request"
+    line = lines[hurried.trace_id]
+    a, b = (Candidate(vendor=v, model="emb", input_per_1m=p) for v, p in (("a", 1000), ("b", 3000)))
+    share = Usage(input_tokens=100)
+    assert (line.status, line.vendor) == ("ok", "b")
+    assert line.usage.input_tokens == 200, "b's answer and a's share"
+    assert line.cost == pytest.approx(cost_of(b, share) + cost_of(a, share))
+    assert line.batched
+    [final] = [e for e in sink.for_(hurried.correlation_id) if e.kind == "final"]
+    assert final.vendor == "b" and final.usage is not None and final.usage.input_tokens == 100
+    assert final.cost == pytest.approx(cost_of(b, share)), "the answer's own figures"
+    assert lines[patient.trace_id].usage.input_tokens == 100
