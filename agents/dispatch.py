@@ -223,6 +223,7 @@ class Dispatcher:
                 await on_chunk(chunk)
 
         last: RelayError | None = None
+        probe_spent = False  # a candidate skipped: its probe went with another request
         deadline = env.deadline_ms / 1000
         held = [0.0] * len(plan)  # when each candidate's vendor said it may be called again
         for round_no in range(self.max_rounds):
@@ -239,6 +240,7 @@ class Dispatcher:
                 if held[i] > time.time():
                     continue  # its Retry-After has not passed: not called again yet
                 if may_call is not None and not may_call(cand):
+                    probe_spent = True
                     continue  # a probe of a breaker another request is sending
                 out.attempts += 1
                 # Another candidate that could take over if this one hangs.
@@ -269,6 +271,15 @@ class Dispatcher:
                     continue
                 out.candidate, out.body, out.usage = cand, result.body, result.usage
                 out.batched = result.shared
+                return out
+            if last is None and out.attempts == 0 and probe_spent:
+                # Planned as the probe another request sent first (both waited at a gate
+                # in between): nothing was called, so say at once what a request planned
+                # a moment later hears, not "every candidate failed" after backing off.
+                out.error = NoHealthyVendor(
+                    "every vendor for this model is failing or rate-limited; try again shortly",
+                    retry_after=1.0,
+                )
                 return out
             if isinstance(last, RateLimited):
                 break  # our own bucket said the deadline cannot be met: say so now

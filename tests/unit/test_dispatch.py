@@ -523,3 +523,30 @@ async def test_a_stream_opened_then_cut_by_the_vendor_s_own_timeout_is_billed_it
         server.close()
     assert out.error is not None and out.error.code == "vendor_unavailable"
     assert out.candidate == cand and out.usage.input_tokens > 1000
+
+
+async def test_a_probe_another_request_sent_first_is_a_503_with_retry_after_at_once() -> None:
+    """Two requests planned the same half-open probe and waited at a gate; the first
+    spent it.  The second calls nothing and hears what a request planned a moment later
+    hears, a 503 with Retry-After, without backing off first."""
+    calls: list[float] = []
+
+    class Answers:
+        async def chat(self, call: Any) -> VendorResult:
+            calls.append(time.monotonic())
+            return VendorResult({"choices": []}, Usage(input_tokens=1))
+
+        def stream(self, call: Any) -> Any:
+            raise NotImplementedError
+
+    dispatch = dispatcher(Answers(), [])
+    backoffs: list[int] = []
+
+    async def no_backoff(env: Any, round_no: int, until: float) -> None:
+        backoffs.append(round_no)
+
+    dispatch._backoff = no_backoff  # type: ignore[method-assign]
+    out = await dispatch.run(within(5), [CAND], None, may_call=lambda cand: False)
+    assert out.error is not None and out.error.code == "no_healthy_vendor"
+    assert out.error.retry_after == 1.0 and out.error.status == 503
+    assert calls == [] and backoffs == [] and out.attempts == 0
