@@ -214,7 +214,9 @@ def anthropic_sse(
     keepalive_s: float = KEEPALIVE_S,
 ) -> AsyncIterator[bytes]:
     """The Anthropic event sequence (message_start … message_stop) built from chunks,
-    with a ``ping`` whenever ``keepalive_s`` passes without an event."""
+    with a ``ping`` whenever ``keepalive_s`` passes without an event; an error once the
+    stream began (a bug of the relay's too, logged, as ``api_error``) is its ``error``
+    event, and the stream ends there, as Anthropic's own does."""
     frames = _anthropic_events(ChunksToMessageEvents(model, message_id), chunks)
     return _kept_alive(frames, _ANTHROPIC_PING, keepalive_s)
 
@@ -228,6 +230,11 @@ async def _anthropic_events(
     except RelayError as err:
         metrics.count_error(err)
         yield _frame("error", anthropic_error(err)[1])
+    except Exception:  # a bug of ours: the client still hears the stream end
+        log.exception("Anthropic stream failed")
+        bug = RelayError("internal error; it has been logged")
+        metrics.count_error(bug)
+        yield _frame("error", anthropic_error(bug)[1])
 
 
 def responses_sse(

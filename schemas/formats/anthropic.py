@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 
@@ -211,7 +211,8 @@ def _output_config_to_openai(body: dict[str, Any]) -> dict[str, Any]:
 
 # Anthropic-only fields the neutral body carries as extensions, so an Anthropic vendor
 # gets them back: cache breakpoints (top level, tools, content parts, tool results), a
-# tool result's error flag, a document block's own fields and Anthropic's client tools.
+# tool result's error flag, a document block's own fields, Anthropic's client tools and
+# a custom tool's own fields (``input_examples``, ``defer_loading``...).
 # OpenAI-format vendors refuse unknown fields: they get the body ``without_cache_control``.
 EXTENSIONS = frozenset(
     {
@@ -219,6 +220,7 @@ EXTENSIONS = frozenset(
         "is_error",
         "anthropic_document",
         "anthropic_tool",
+        "anthropic_tool_fields",  # a custom tool's fields OpenAI has no slot for
         "anthropic_result",  # a tool result's own blocks (images, documents, search results)
         "lifted",  # an image part lifted out of a tool result (the result keeps it too)
     }
@@ -453,13 +455,31 @@ def _assistant_to_openai(content: list[Any], where: str) -> dict[str, Any]:
         message["tool_calls"] = calls
     if thinking:
         message["thinking_blocks"] = thinking
-    if thinking or any(
-        isinstance(b, dict) and (b.get("cache_control") or b.get("citations")) for b in content
+    if (
+        thinking
+        or _text_apart(content)
+        or any(
+            isinstance(b, dict) and (b.get("cache_control") or b.get("citations")) for b in content
+        )
     ):
         # The blocks as they were, for an Anthropic vendor: thinking in the order it
-        # wants back, cache breakpoints where the client set them, citations on their text.
+        # wants back, cache breakpoints where the client set them, citations on their
+        # text, each text block apart and where it was (before a tool call or after it).
         message["anthropic_content"] = content
     return message
+
+
+def _text_apart(blocks: list[Any]) -> bool:
+    """Whether a turn's text is more than its one string before its tool calls says:
+    several text blocks, or text after a tool_use.  Such a turn keeps its blocks in
+    order (``anthropic_content``) for Anthropic; OpenAI's one ``content`` string joins
+    the texts with nothing between them, as a stream of the answer joins its text
+    deltas (an answer's text blocks are pieces of one text: a cited span is a block of
+    its own, mid-sentence), and has them before its ``tool_calls``."""
+    kinds = [b.get("type") for b in blocks if isinstance(b, dict)]
+    texts = [n for n, kind in enumerate(kinds) if kind == "text"]
+    calls = [n for n, kind in enumerate(kinds) if kind == "tool_use"]
+    return len(texts) > 1 or bool(texts and calls and texts[-1] > calls[0])
 
 
 def _tool_result_to_openai(
@@ -583,10 +603,23 @@ def _tool_to_openai(tool: Any, where: str) -> dict[str, Any]:
     if tool.get("description"):
         fn["description"] = tool["description"]
     fn["parameters"] = tool.get("input_schema") or {"type": "object", "properties": {}}
+    strict = tool.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise BadRequest(f"{where}.strict: must be true or false", param=f"{where}.strict")
+    if strict is not None:
+        fn["strict"] = strict  # OpenAI's own twin: strict function calling
     out: dict[str, Any] = {"type": "function", "function": fn}
     if tool.get("cache_control"):
         out["cache_control"] = tool["cache_control"]
+    if own := {k: v for k, v in tool.items() if k not in _TOOL_SLOTS and v is not None}:
+        out["anthropic_tool_fields"] = own  # for Anthropic vendors only
     return out
+
+
+# A custom tool's fields the neutral tool has a slot for; the others (``input_examples``,
+# ``defer_loading``, ``eager_input_streaming``, ``allowed_callers``, a newer one) ride as
+# the extension ``anthropic_tool_fields``, which OpenAI-format vendors never see.
+_TOOL_SLOTS = frozenset({"type", "name", "description", "input_schema", "strict", "cache_control"})
 
 
 def _tool_choice_to_openai(choice: Any, out: dict[str, Any]) -> None:
@@ -669,7 +702,8 @@ def _without_preamble(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _anthropic_content(message: dict[str, Any]) -> list[dict[str, Any]]:
     """An Anthropic turn's blocks in their order, when the neutral message carries them
-    (extension ``anthropic_content``: only turns with thinking do), else []."""
+    (extension ``anthropic_content``: only turns whose order or blocks OpenAI's shape
+    loses do: thinking, citations, cache breakpoints, ``_text_apart``), else []."""
     content = message.get("anthropic_content")
     if not isinstance(content, list):
         return []
@@ -742,14 +776,181 @@ def openai_response_to_messages(body: dict[str, Any], usage: Usage, model: str) 
     }
 
 
+_DIGITS = frozenset("0123456789")
+_HEX = frozenset("0123456789abcdefABCDEF")
+_SPACE = frozenset(" \t\n\r")
+_ESCAPES = frozenset('"\\/bfnrt')
+_LITERALS = {"t": "rue", "f": "alse", "n": "ull"}
+# A number's reading: state -> {character class: next state}; it may end in _NUMBER_ENDS.
+_NUMBER = {
+    "-": {"0": "0", "1": "1"},
+    "0": {".": ".", "e": "e"},
+    "1": {"0": "1", "1": "1", ".": ".", "e": "e"},
+    ".": {"0": "f", "1": "f"},
+    "f": {"0": "f", "1": "f", "e": "e"},
+    "e": {"+": "s", "0": "x", "1": "x"},
+    "s": {"0": "x", "1": "x"},
+    "x": {"0": "x", "1": "x"},
+}
+_NUMBER_ENDS = frozenset("01fx")
+
+
+class JsonObjectPrefix:
+    """Whether the text fed so far begins a JSON object (what a tool call's arguments
+    must be), checked as it comes, each character once: ``feed`` says whether a piece
+    keeps it so, and ``whole`` whether the object is complete.  Once a piece breaks it,
+    every later one is refused too."""
+
+    def __init__(self) -> None:
+        self.ok = True
+        self._stack: list[str] = []  # the open objects and arrays, "{" or "["
+        # What may come next: "start" (the object), "value", "value]" (a value or the
+        # array's end), "key}" (a key or the object's end), "key", ":", "," (a comma or
+        # the container's end), "done" (only space), or inside "string", "literal",
+        # "number".
+        self._want = "start"
+        self._key = False  # the string being read is an object's key
+        self._escape = ""  # in a string: "\\" after a backslash, "u" + the hex digits
+        self._rest = ""  # the letters a literal still needs
+        self._number = ""  # the number's state in _NUMBER
+
+    @property
+    def whole(self) -> bool:
+        return self.ok and self._want == "done"
+
+    def feed(self, text: str) -> bool:
+        if self.ok:
+            for char in text:
+                if not self._step(char):
+                    self.ok = False
+                    break
+        return self.ok
+
+    def _step(self, char: str) -> bool:
+        want = self._want
+        if want == "string":
+            return self._string(char)
+        if want == "literal":
+            if char != self._rest[0]:
+                return False
+            self._rest = self._rest[1:]
+            if not self._rest:
+                self._after_value()
+            return True
+        if want == "number":
+            kind = "1" if char in "123456789" else "e" if char in "eE" else char
+            kind = "+" if kind == "-" else kind  # a sign goes only after an exponent
+            if state := _NUMBER[self._number].get(kind):
+                self._number = state
+                return True
+            if self._number not in _NUMBER_ENDS:
+                return False
+            self._after_value()
+            return self._step(char)  # what ended the number is read as itself
+        if char in _SPACE:
+            return True
+        if want == "done":
+            return False
+        if want == ":":
+            self._want = "value"
+            return char == ":"
+        if want == ",":
+            top = self._stack[-1]
+            if char == ",":
+                self._want = "key" if top == "{" else "value"
+                return True
+            return self._close(char)
+        if want in ("key}", "key"):
+            if char == "}" and want == "key}":
+                return self._close(char)
+            self._want, self._key = "string", True
+            return char == '"'
+        if want == "value]" and char == "]":
+            return self._close(char)
+        return self._value(char, top_level=want == "start")
+
+    def _value(self, char: str, *, top_level: bool) -> bool:
+        if char == "{":
+            self._stack.append("{")
+            self._want = "key}"
+            return True
+        if top_level:
+            return False  # arguments are an object
+        if char == "[":
+            self._stack.append("[")
+            self._want = "value]"
+        elif char == '"':
+            self._want, self._key = "string", False
+        elif char in _LITERALS:
+            self._want, self._rest = "literal", _LITERALS[char]
+        elif char == "-" or char in _DIGITS:
+            self._want = "number"
+            self._number = char if char in "-0" else "1"
+        else:
+            return False
+        return True
+
+    def _string(self, char: str) -> bool:
+        if self._escape == "\\":
+            self._escape = "u" if char == "u" else ""
+            return char in _ESCAPES or char == "u"
+        if self._escape:
+            if char not in _HEX:
+                return False
+            self._escape = "" if len(self._escape) == 4 else self._escape + char
+            return True
+        if char == "\\":
+            self._escape = "\\"
+        elif char == '"':
+            if self._key:
+                self._want = ":"
+            else:
+                self._after_value()
+        elif char < " ":
+            return False  # a control character must be escaped
+        return True
+
+    def _close(self, char: str) -> bool:
+        if char != {"{": "}", "[": "]"}[self._stack[-1]]:
+            return False
+        self._stack.pop()
+        self._after_value()
+        return True
+
+    def _after_value(self) -> None:
+        self._want = "," if self._stack else "done"
+
+
 @dataclass
 class _ToolCall:
-    """A streamed tool call as far as it has come, and whether its block was opened."""
+    """A streamed tool call as far as it has come, and whether its block was opened:
+    ``args`` is what of its arguments may reach an Anthropic client (``prefix`` checks
+    it still begins an object)."""
 
     id: str
     name: str = ""
     args: str = ""
     shown: bool = False
+    prefix: JsonObjectPrefix = field(default_factory=JsonObjectPrefix)
+
+    def take(self, args: str) -> str:
+        """The part of a fragment an Anthropic client may get: all of it while the
+        arguments still begin a JSON object, nothing from the fragment that breaks it on
+        (Anthropic's SDKs parse the deltas as they come, and fail on JSON that is not;
+        the client gets what parsed so far, {} for arguments wrong from the start, as a
+        whole answer gets {} for malformed arguments)."""
+        if not self.prefix.feed(args):
+            return ""
+        if not self.args:  # space alone is no JSON to parse: it goes (or not) with the {
+            args = args.lstrip(" \t\n\r")
+        self.args += args
+        return args
+
+    @property
+    def done(self) -> bool:
+        """Whether nothing more of the arguments can come to the client: whole JSON, or
+        broken."""
+        return self.prefix.whole or not self.prefix.ok
 
 
 # An Anthropic vendor's message_start usage (its input and cache counts, known before
@@ -829,7 +1030,9 @@ class ChunksToMessageEvents:
         """One fragment of a tool call.  The open call's arguments stream live; another
         call's fragments open its block only once the open call's arguments are whole
         JSON (vendors send parallel calls one after another), and are held back until
-        then when a vendor interleaves them: a block, once stopped, cannot take more."""
+        then when a vendor interleaves them: a block, once stopped, cannot take more.
+        Arguments sent as an object (some OpenAI-compatible servers do) go as its JSON;
+        a fragment that makes them no JSON object goes nowhere (``_ToolCall.take``)."""
         self._tools = True
         fn = frag.get("function") or {}
         index = frag.get("index", 0)
@@ -837,8 +1040,10 @@ class ChunksToMessageEvents:
         if call is None:
             call = self._calls[index] = _ToolCall(frag.get("id") or new_id("toolu_"))
         call.name = call.name or fn.get("name") or ""
-        args = fn.get("arguments") or ""
-        call.args += args
+        given = fn.get("arguments")
+        if given is not None and not isinstance(given, str):
+            given = json.dumps(given)  # an object: some OpenAI-compatible servers send one
+        args = call.take(given or "")
         if self._open == f"tool:{index}":
             return [self._json_delta(args)] if args else []
         if call.shown or not self._may_switch():
@@ -847,13 +1052,8 @@ class ChunksToMessageEvents:
 
     def _may_switch(self) -> bool:
         open_key = self._open or ""
-        if not open_key.startswith("tool:"):
-            return True
-        try:
-            json.loads(self._calls[int(open_key[5:])].args)
-        except ValueError:
-            return False  # the open call's arguments are not whole yet
-        return True
+        # Unless the open call's arguments are not whole yet (and not broken either).
+        return not open_key.startswith("tool:") or self._calls[int(open_key[5:])].done
 
     def _show_held(self) -> list[tuple[str, dict[str, Any]]]:
         """Open the held-back calls in the order they began, each with its arguments so
@@ -1076,8 +1276,11 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     # asked to stop there simply runs on, rather than the whole request failing.
     if stops := [s for s in stops if isinstance(s, str) and s.strip()]:
         out["stop_sequences"] = stops
-    if body.get("user"):
-        out["metadata"] = {"user_id": body["user"]}
+    # The end user, as OpenAI's deprecated ``user`` or its successor ``safety_identifier``
+    # (the same abuse attribution that Anthropic's ``metadata.user_id`` is for).
+    user = body.get("user") or body.get("safety_identifier")
+    if isinstance(user, str) and user:
+        out["metadata"] = {"user_id": user}
     if tools:
         out["tools"] = tools
     if choice:
@@ -1351,6 +1554,14 @@ def _tool_to_anthropic(tool: dict[str, Any]) -> dict[str, Any]:
     if fn.get("description"):
         out["description"] = fn["description"]
     out["input_schema"] = fn.get("parameters") or {"type": "object", "properties": {}}
+    if fn.get("strict") is True:
+        # Strict tool use; false is the default on both sides, and goes unsaid.
+        out["strict"] = True
+    own = tool.get("anthropic_tool_fields")
+    if isinstance(own, dict):
+        # An Anthropic client's own tool fields, as it sent them: never one the neutral
+        # tool says (a body may carry this field itself; a type would make a server tool).
+        out |= {k: v for k, v in own.items() if k not in _TOOL_SLOTS}
     if tool.get("cache_control"):
         out["cache_control"] = tool["cache_control"]
     return out
@@ -1416,14 +1627,17 @@ def messages_response_to_openai(body: dict[str, Any]) -> tuple[dict[str, Any], U
         # the blocks themselves, signatures included, for Anthropic clients.
         message["reasoning_content"] = "".join(b.get("thinking", "") for b in thinking)
         message["thinking_blocks"] = thinking
-    if thinking or any(b.get("citations") for b in body.get("content") or []):
-        # ...and text that cites a document keeps its citations, block by block.
-        # The JSON answer tool's call is the answer's text, for them as for everyone.
-        message["anthropic_content"] = [
-            _json_answer_text(b)
-            for b in _without_preamble(body["content"])
-            if b.get("type") in _ANTHROPIC_BLOCKS
-        ]
+    # The JSON answer tool's call is the answer's text, for them as for everyone.
+    ordered = [
+        _json_answer_text(b)
+        for b in _without_preamble(body.get("content") or [])
+        if b.get("type") in _ANTHROPIC_BLOCKS
+    ]
+    if thinking or _text_apart(ordered) or any(b.get("citations") for b in ordered):
+        # ...and an Anthropic client gets the blocks in their order: text that cites a
+        # document keeps its citations, block by block, and text blocks stay apart and
+        # where they were (``_text_apart``: OpenAI's content joins them, before the calls).
+        message["anthropic_content"] = ordered
     usage = _usage_from_anthropic(body.get("usage") or {})
     finish = _FINISH_REASON.get(body.get("stop_reason") or "end_turn", "stop")
     if finish == "tool_calls" and not calls:

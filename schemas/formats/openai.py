@@ -418,7 +418,9 @@ def _finish_choice(index: int, acc: dict[str, Any]) -> dict[str, Any]:
     thought = any(kind == "thinking" for kind, _ in acc["order"])
     if thought:
         message["thinking_blocks"] = [seg for kind, seg in acc["order"] if kind == "thinking"]
-    if thought or acc.get("cited"):
+    if thought or acc.get("cited") or _text_after_call(acc["order"]):
+        # Anthropic's blocks in order, for an Anthropic client (content has all the text,
+        # and before the tool calls): what the stream said, not only what OpenAI keeps.
         message["anthropic_content"] = [_anthropic_block(seg, calls) for seg in acc["order"]]
     finish = acc["finish"]
     if finish is None and audio is not None and "expires_at" in audio:
@@ -433,6 +435,13 @@ def _finish_choice(index: int, acc: dict[str, Any]) -> dict[str, Any]:
     }
     out |= {key: acc[key] for key in _STOP_EXTENSIONS if acc.get(key)}
     return out
+
+
+def _text_after_call(order: list[tuple[str, Any]]) -> bool:
+    """Whether a stream said text after a tool call (an Anthropic vendor's text, tool_use,
+    text answer): a whole answer keeps that text where it was only in its blocks."""
+    kinds = [kind for kind, _ in order]
+    return "tool" in kinds and "text" in kinds[kinds.index("tool") :]
 
 
 def _finish_logprobs(merged: dict[str, Any] | None) -> dict[str, Any] | None:

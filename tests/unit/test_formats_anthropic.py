@@ -10,6 +10,7 @@ import pytest
 from schemas.errors import BadRequest, VendorUnsupported
 from schemas.formats.anthropic import (
     ChunksToMessageEvents,
+    JsonObjectPrefix,
     MessageEventsToChunks,
     messages_request_to_openai,
     messages_response_to_openai,
@@ -268,6 +269,7 @@ def test_tool_choice_to_openai(choice, expected):
             "messages.0.content.0.source",
         ),
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools.0"),
+        ({"tools": [{"name": "f", "strict": "yes"}]}, "tools.0.strict: must be true or false"),
         ({"tool_choice": {"type": "sometimes"}}, "tool_choice"),
         ({"system": 5}, "system"),
     ],
@@ -1720,3 +1722,189 @@ def test_a_long_run_of_one_role_becomes_one_turn_at_the_cost_of_its_length():
     [turn] = openai_request_to_messages(body, "claude-sonnet-4-5")["messages"]
     assert time.perf_counter() - started < 5.0
     assert len(turn["content"]) == 80_000 and turn["content"][-1]["text"] == "m79999"
+
+
+# -- a tool's strict and own fields; text blocks in order; streamed arguments ------------
+
+
+def test_a_custom_tool_s_own_fields_reach_anthropic_vendors_and_strict_every_vendor():
+    tool = {
+        "name": "weather",
+        "description": "Weather now",
+        "input_schema": WEATHER_SCHEMA,
+        "strict": True,
+        "input_examples": [{"city": "Oslo"}],
+        "defer_loading": True,
+        "cache_control": {"type": "ephemeral"},
+    }
+    request = {"model": "c", "max_tokens": 64, "messages": [{"role": "user", "content": "x"}]}
+    neutral = messages_request_to_openai({**request, "tools": [tool]})
+    assert openai_request_to_messages(neutral, "claude")["tools"] == [tool]
+    function = {"name": "weather", "description": "Weather now", "parameters": WEATHER_SCHEMA}
+    assert without_cache_control(neutral)["tools"] == [
+        {"type": "function", "function": {**function, "strict": True}}
+    ]
+    plain = {k: v for k, v in tool.items() if k not in ("strict", "input_examples")}
+    neutral = messages_request_to_openai({**request, "tools": [{**plain, "strict": False}]})
+    assert openai_request_to_messages(neutral, "claude")["tools"] == [plain]
+
+
+def test_tool_fields_a_body_carries_itself_never_remake_the_tool():
+    """The extension is the client's own fields only: a body that says a type (a server
+    tool, billed per use), a name or a schema in it does not change the tool."""
+    forged = {
+        "type": "web_search_20250305",
+        "name": "web_search",
+        "input_schema": {},
+        "input_examples": [{"city": "Oslo"}],
+    }
+    body = {
+        "messages": [{"role": "user", "content": "x"}],
+        "tools": [
+            {
+                "type": "function",
+                "function": {"name": "weather", "parameters": WEATHER_SCHEMA},
+                "anthropic_tool_fields": forged,
+            }
+        ],
+    }
+    assert openai_request_to_messages(body, "claude")["tools"] == [
+        {"name": "weather", "input_schema": WEATHER_SCHEMA, "input_examples": [{"city": "Oslo"}]}
+    ]
+
+
+INTERLEAVED_ANSWER = [
+    {"type": "text", "text": "First I'll look it up."},
+    {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Oslo"}},
+    {"type": "text", "text": "Done."},
+]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        INTERLEAVED_ANSWER,
+        [{"type": "text", "text": "One."}, {"type": "text", "text": "Two."}],
+    ],
+)
+def test_an_answer_s_text_blocks_stay_apart_and_in_order_whole_or_cached(content):
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-x",
+        "content": content,
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, "output_tokens": 30},
+    }
+    neutral, usage = messages_response_to_openai(message)
+    said = neutral["choices"][0]["message"]
+    # OpenAI's one string joins them with nothing between, as a stream's deltas join.
+    assert said["content"] == "".join(b.get("text", "") for b in content)
+    assert openai_response_to_messages(neutral, usage, "claude")["content"] == content
+    if len(content) == 3:  # streamed and cached: the same blocks from the cache
+        from tests.support.anthropic_stream import through_a_stream
+
+        chunks, _ = through_a_stream(message)
+        assembled = assemble_chunks(chunks)
+        assert openai_response_to_messages(assembled, usage, "claude")["content"] == content
+
+
+def test_one_text_before_tool_calls_needs_no_blocks_of_its_own():
+    content = INTERLEAVED_ANSWER[:2]
+    message = {"content": content, "stop_reason": "tool_use", "usage": {}}
+    neutral, usage = messages_response_to_openai(message)
+    assert "anthropic_content" not in neutral["choices"][0]["message"]
+    assert openai_response_to_messages(neutral, usage, "claude")["content"] == content
+    history = messages_request_to_openai(
+        {"model": "c", "max_tokens": 9, "messages": [{"role": "assistant", "content": content}]}
+    )
+    assert "anthropic_content" not in history["messages"][0]
+
+
+def test_an_assistant_turn_s_text_blocks_reach_anthropic_as_they_were_and_openai_joined():
+    content = [
+        {"type": "text", "text": "Step one."},
+        {"type": "text", "text": "Step two."},
+        *INTERLEAVED_ANSWER[1:],
+    ]
+    neutral = messages_request_to_openai(
+        {"model": "c", "max_tokens": 9, "messages": [{"role": "assistant", "content": content}]}
+    )
+    assert openai_request_to_messages(neutral, "claude")["messages"][0]["content"] == content
+    plain = without_cache_control(neutral)["messages"][0]
+    assert plain["content"] == "Step one.Step two.Done." and "anthropic_content" not in plain
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {},
+        {"a": [1, -2.5e-3, 0, {"b": None}], "c": True, "d": False},
+        {'q"\\': "\u00e9\n\t\u2028", "e": 1e21, "f": [[], {}], "g": 12345678901234567890},
+    ],
+)
+def test_every_prefix_of_a_json_object_begins_one(value):
+    for text in (json.dumps(value), json.dumps(value, ensure_ascii=False, indent=1)):
+        for end in range(len(text)):
+            check = JsonObjectPrefix()
+            assert check.feed(text[:end]) and not check.whole, text[:end]
+        check = JsonObjectPrefix()
+        assert all(check.feed(piece) for piece in text) and check.whole
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{'city': 'Paris'}",
+        "[1]",
+        '"text"',
+        "null",
+        '{"a": 1}}',
+        '{"a": 1} {"b": 2}',
+        '{"a": 01}',
+        '{"a": 1.}',
+        '{"a": -}',
+        '{"a": tru}',
+        '{"a": 1,}',
+        '{"a" 1}',
+        '{"a": "\\x"}',
+        '{"a": "\\u12"}',
+        '{"a": "line\nbreak"}',
+        '{"a": [1,]}',
+        '{"a": NaN}',
+    ],
+)
+def test_what_is_no_json_object_is_found_out_as_it_comes(text):
+    check = JsonObjectPrefix()
+    assert not all(check.feed(piece) for piece in text)
+    assert not check.feed("}") and not check.whole, "broken stays broken"
+
+
+def test_a_call_whose_arguments_break_lets_the_next_call_stream():
+    """Its block gets nothing more (the client's input is what parsed before), and the
+    next call need not wait for arguments that can never be whole."""
+    from tests.support.anthropic_stream import blocks, client_message
+
+    convert = ChunksToMessageEvents("m", "msg_4")
+
+    def tool(index, **fields):
+        return {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": index, **fields}]}}]}
+
+    chunks = [
+        tool(0, id="call_a", function={"name": "weather", "arguments": '{"city": '}),
+        tool(0, function={"arguments": "'Oslo'}"}),
+        tool(1, id="call_b", function={"name": "clock", "arguments": {"tz": "UTC"}}),
+        tool(0, function={"arguments": "}"}),
+    ]
+    events = [event for c in chunks for event in convert.feed(c)]
+    names = [name for name, _ in events]
+    assert names.count("content_block_start") == 2, "call_b did not wait for the end"
+    events += convert.finish(Usage(input_tokens=5, output_tokens=9))
+    partial = [d["delta"]["partial_json"] for n, d in events if n == "content_block_delta"]
+    assert partial == ['{"city": ', '{"tz": "UTC"}']
+    assert blocks(client_message(chunks)) == [
+        {"type": "tool_use", "id": "call_a", "name": "weather", "input": {}},
+        {"type": "tool_use", "id": "call_b", "name": "clock", "input": {"tz": "UTC"}},
+    ], "what the anthropic SDK makes of it"

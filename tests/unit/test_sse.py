@@ -251,3 +251,46 @@ async def test_a_stream_that_flows_sends_no_keepalives() -> None:
 
     raw = await collect(openai_sse(flowing(), include_usage=False, keepalive_s=0.1))
     assert b"keepalive" not in raw and raw.count(b"data: ") == 9
+
+
+async def test_an_anthropic_stream_that_hits_a_bug_still_ends_with_an_error_event(
+    caplog: Any,
+) -> None:
+    """An unexpected exception mid-stream is logged, and the client gets Anthropic's
+    ``error`` event (api_error), which the official SDK raises as an API error, rather
+    than a stream cut with no word."""
+    import json
+
+    import anthropic
+    import httpx2
+    from anthropic.lib.streaming import MessageStreamEvent
+
+    async def chunks() -> AsyncIterator[dict[str, Any] | Usage]:
+        delta = {"role": "assistant", "content": "Hel"}
+        yield {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        raise TypeError("a bug")
+
+    raw = await collect(anthropic_sse(chunks(), "claude", "msg_1"))
+    last = raw.decode().strip().split("\n\n")[-1].splitlines()
+    assert last[0] == "event: error"
+    error = {"type": "api_error", "message": "internal error; it has been logged"}
+    assert json.loads(last[1].removeprefix("data: ")) == {"type": "error", "error": error}
+    assert "Anthropic stream failed" in caplog.text and "TypeError: a bug" in caplog.text
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        headers = {"content-type": "text/event-stream"}
+        return httpx2.Response(200, content=raw, headers=headers)
+
+    http = httpx2.AsyncClient(transport=httpx2.MockTransport(answer))
+    claude = anthropic.AsyncAnthropic(api_key="x", http_client=http, max_retries=0)
+    seen: list[MessageStreamEvent] = []
+    user: Any = [{"role": "user", "content": "hi"}]
+    try:
+        async with claude.messages.stream(model="claude", max_tokens=9, messages=user) as s:
+            async for event in s:
+                seen.append(event)
+    except anthropic.APIStatusError as err:
+        assert err.body == {"type": "error", "error": error}
+    else:
+        raise AssertionError("the SDK raises the error event")
+    assert [e.type for e in seen][:2] == ["message_start", "content_block_start"]
