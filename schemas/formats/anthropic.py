@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 
+import ijson  # type: ignore[import-untyped]
+
 from schemas.errors import BadRequest, VendorUnsupported
 from schemas.formats.openai import (
     OWN_STOP_REASON,
@@ -776,149 +778,48 @@ def openai_response_to_messages(body: dict[str, Any], usage: Usage, model: str) 
     }
 
 
-_DIGITS = frozenset("0123456789")
-_HEX = frozenset("0123456789abcdefABCDEF")
-_SPACE = frozenset(" \t\n\r")
-_ESCAPES = frozenset('"\\/bfnrt')
-_LITERALS = {"t": "rue", "f": "alse", "n": "ull"}
-# A number's reading: state -> {character class: next state}; it may end in _NUMBER_ENDS.
-_NUMBER = {
-    "-": {"0": "0", "1": "1"},
-    "0": {".": ".", "e": "e"},
-    "1": {"0": "1", "1": "1", ".": ".", "e": "e"},
-    ".": {"0": "f", "1": "f"},
-    "f": {"0": "f", "1": "f", "e": "e"},
-    "e": {"+": "s", "0": "x", "1": "x"},
-    "s": {"0": "x", "1": "x"},
-    "x": {"0": "x", "1": "x"},
-}
-_NUMBER_ENDS = frozenset("01fx")
+_SPACE = " \t\n\r"
 
 
 class JsonObjectPrefix:
     """Whether the text fed so far begins a JSON object (what a tool call's arguments
-    must be), checked as it comes, each character once: ``feed`` says whether a piece
-    keeps it so, and ``whole`` whether the object is complete.  Once a piece breaks it,
-    every later one is refused too."""
+    must be): ``feed`` says whether a piece keeps it so, and ``whole`` whether the object
+    is complete.  ijson's push parser (yajl, in C) reads each piece once as it comes, so
+    a long argument streamed in thousands of pieces costs no more than read whole.  Once
+    a piece breaks it, every later one is refused too."""
 
     def __init__(self) -> None:
         self.ok = True
-        self._stack: list[str] = []  # the open objects and arrays, "{" or "["
-        # What may come next: "start" (the object), "value", "value]" (a value or the
-        # array's end), "key}" (a key or the object's end), "key", ":", "," (a comma or
-        # the container's end), "done" (only space), or inside "string", "literal",
-        # "number".
-        self._want = "start"
-        self._key = False  # the string being read is an object's key
-        self._escape = ""  # in a string: "\\" after a backslash, "u" + the hex digits
-        self._rest = ""  # the letters a literal still needs
-        self._number = ""  # the number's state in _NUMBER
+        self._begun = False
+        self._depth = 0  # open objects and arrays
+        self._whole = False
+        self._parser = ijson.basic_parse_coro(self)  # (numbers as Decimal: no overflow)
 
     @property
     def whole(self) -> bool:
-        return self.ok and self._want == "done"
+        return self.ok and self._whole
+
+    def send(self, event: tuple[str, Any]) -> None:
+        """One parse event (ijson's target): the object's own end makes it whole."""
+        kind = event[0]
+        if kind in ("start_map", "start_array"):
+            self._depth += 1
+        elif kind in ("end_map", "end_array"):
+            self._depth -= 1
+            self._whole = self._depth == 0
 
     def feed(self, text: str) -> bool:
-        if self.ok:
-            for char in text:
-                if not self._step(char):
-                    self.ok = False
-                    break
+        if not self.ok:
+            return False
+        if not self._begun and (begun := text.lstrip(_SPACE)):
+            self._begun = True
+            self.ok = begun.startswith("{")  # arguments are an object
+        if self.ok and text:  # (no bytes at all would tell the parser the text ended)
+            try:
+                self._parser.send(text.encode())
+            except ijson.JSONError:
+                self.ok = False
         return self.ok
-
-    def _step(self, char: str) -> bool:
-        want = self._want
-        if want == "string":
-            return self._string(char)
-        if want == "literal":
-            if char != self._rest[0]:
-                return False
-            self._rest = self._rest[1:]
-            if not self._rest:
-                self._after_value()
-            return True
-        if want == "number":
-            kind = "1" if char in "123456789" else "e" if char in "eE" else char
-            kind = "+" if kind == "-" else kind  # a sign goes only after an exponent
-            if state := _NUMBER[self._number].get(kind):
-                self._number = state
-                return True
-            if self._number not in _NUMBER_ENDS:
-                return False
-            self._after_value()
-            return self._step(char)  # what ended the number is read as itself
-        if char in _SPACE:
-            return True
-        if want == "done":
-            return False
-        if want == ":":
-            self._want = "value"
-            return char == ":"
-        if want == ",":
-            top = self._stack[-1]
-            if char == ",":
-                self._want = "key" if top == "{" else "value"
-                return True
-            return self._close(char)
-        if want in ("key}", "key"):
-            if char == "}" and want == "key}":
-                return self._close(char)
-            self._want, self._key = "string", True
-            return char == '"'
-        if want == "value]" and char == "]":
-            return self._close(char)
-        return self._value(char, top_level=want == "start")
-
-    def _value(self, char: str, *, top_level: bool) -> bool:
-        if char == "{":
-            self._stack.append("{")
-            self._want = "key}"
-            return True
-        if top_level:
-            return False  # arguments are an object
-        if char == "[":
-            self._stack.append("[")
-            self._want = "value]"
-        elif char == '"':
-            self._want, self._key = "string", False
-        elif char in _LITERALS:
-            self._want, self._rest = "literal", _LITERALS[char]
-        elif char == "-" or char in _DIGITS:
-            self._want = "number"
-            self._number = char if char in "-0" else "1"
-        else:
-            return False
-        return True
-
-    def _string(self, char: str) -> bool:
-        if self._escape == "\\":
-            self._escape = "u" if char == "u" else ""
-            return char in _ESCAPES or char == "u"
-        if self._escape:
-            if char not in _HEX:
-                return False
-            self._escape = "" if len(self._escape) == 4 else self._escape + char
-            return True
-        if char == "\\":
-            self._escape = "\\"
-        elif char == '"':
-            if self._key:
-                self._want = ":"
-            else:
-                self._after_value()
-        elif char < " ":
-            return False  # a control character must be escaped
-        return True
-
-    def _close(self, char: str) -> bool:
-        if char != {"{": "}", "[": "]"}[self._stack[-1]]:
-            return False
-        self._stack.pop()
-        self._after_value()
-        return True
-
-    def _after_value(self) -> None:
-        self._want = "," if self._stack else "done"
 
 
 @dataclass
@@ -942,7 +843,7 @@ class _ToolCall:
         if not self.prefix.feed(args):
             return ""
         if not self.args:  # space alone is no JSON to parse: it goes (or not) with the {
-            args = args.lstrip(" \t\n\r")
+            args = args.lstrip(_SPACE)
         self.args += args
         return args
 
