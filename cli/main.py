@@ -43,17 +43,6 @@ def _settings(config: Path | None) -> Settings:
     return settings
 
 
-async def _reach(bootstrap: str) -> None:
-    """Raise ``KafkaError`` unless a broker answers at ``bootstrap``."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-    try:
-        await admin.start()
-    finally:
-        await admin.close()
-
-
 @contextmanager
 def _on_kafka(bootstrap: str, missing: str = "nothing there yet") -> Iterator[None]:
     """Kafka failing the command as one line: unreachable, or the topic to read absent
@@ -179,6 +168,7 @@ def gateway(
     """Run the HTTP gateway (OpenAI- and Anthropic-compatible)."""
     import uvicorn
 
+    from cli.report import reach
     from gateway.app import create_app
     from gateway.http_head import BoundedHead
     from streams.logs import quiet_repeats
@@ -187,7 +177,7 @@ def gateway(
     cfg = _config(settings)
     bootstrap = _bootstrap(settings)
     with _on_kafka(bootstrap):
-        asyncio.run(_reach(bootstrap))
+        asyncio.run(reach(bootstrap))
     fastapi_app = create_app(settings, cfg, bootstrap)
     level = settings.log_level.upper()
     logging.basicConfig(level=level, format=LOG_FORMAT)

@@ -8,11 +8,13 @@ every answered request at its alias's first candidate, as if sent straight to it
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -80,14 +82,45 @@ class Read(Generic[M]):
     unreadable: int = 0
 
 
+STALL_S = 10.0  # no partition's position moved this long: is the broker still there?
+REACH_S = 30.0  # the longest that asking it may take
+
+
+async def reach(bootstrap: str) -> None:
+    """Raise ``KafkaError`` unless a broker answers at ``bootstrap``."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        await admin.start()
+    finally:
+        await admin.close()
+
+
+async def _still_there(bootstrap: str) -> None:
+    """Raise ``KafkaConnectionError`` unless the broker answers within ``REACH_S``: the
+    consumer itself would retry a broker gone mid-read for ever, printing as it goes."""
+    from aiokafka.errors import KafkaConnectionError
+
+    try:
+        await asyncio.wait_for(reach(bootstrap), REACH_S)
+    except TimeoutError:
+        raise KafkaConnectionError(f"no answer from {bootstrap} in {REACH_S:.0f}s") from None
+
+
 async def values(
     bootstrap: str, topic: str, partitions: int, since_ms: int | None = None
 ) -> AsyncIterator[bytes | None]:
     """Every message's value on ``topic``, from the first offset (or the first at or after
     ``since_ms``) to the end as of now, with a progress bar.  The partitions are the
     topic's own; one that does not exist raises ``TopicMissing`` (rather than reading it
-    into being, shaped by the broker's defaults)."""
+    into being, shaped by the broker's defaults).  A broker lost mid-read (no position
+    moving for ``STALL_S``, and the broker not answering) raises ``KafkaConnectionError``."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    # A broker lost mid-read is one line in the end (``KafkaConnectionError``), not
+    # aiokafka's two errors a second while it retries.
+    quiet, level = logging.getLogger("aiokafka"), logging.getLogger("aiokafka").level
+    quiet.setLevel(logging.CRITICAL)
     try:
         await consumer.start()
         if topic not in await consumer.topics():
@@ -107,14 +140,34 @@ async def values(
         with Progress(transient=True) as progress:
             total = sum(end[tp] - start[tp] for tp in parts) or 1
             task = progress.add_task(f"reading {topic}", total=total)
-            while [tp for tp in parts if await consumer.position(tp) < end[tp]]:
+            at, moved_at = dict(start), time.monotonic()
+            while True:
+                now = {tp: await consumer.position(tp) for tp in parts}
+                if all(now[tp] >= end[tp] for tp in parts):
+                    break
+                if now != at:
+                    at, moved_at = now, time.monotonic()
+                elif time.monotonic() - moved_at > STALL_S:
+                    progress.update(task, description=f"reading {topic} (is Kafka there?)")
+                    await _still_there(bootstrap)  # it is: carry on waiting
+                    progress.update(task, description=f"reading {topic}")
+                    moved_at = time.monotonic()
                 batch = await consumer.getmany(timeout_ms=500)
                 for records in batch.values():
                     for record in records:
                         yield record.value
                     progress.advance(task, len(records))
     finally:
-        await consumer.stop()
+        try:
+            await consumer.stop()
+        except asyncio.CancelledError:
+            # aiokafka's fetcher, stopped while it waits to retry a lost broker, lets the
+            # cancellation of its own request out of stop(): only ours is passed on.
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+        finally:
+            quiet.setLevel(level)
 
 
 async def read_topic(bootstrap: str, topic: str, partitions: int, model: type[M]) -> Read[M]:
@@ -264,17 +317,31 @@ def draw(minutes: dict[int, list[float]], path: Path) -> None:
 
     if not minutes:
         raise ValueError("no ledger line has a plausible time to chart")
+    import matplotlib.dates as mdates
+
     order = sorted(minutes)
     times = [datetime.fromtimestamp(m * 60, UTC) for m in order]
-    # Both lines start from zero at the first minute, so even one line draws a step.
-    times = times[:1] + times
+    # Both lines start from zero a minute before the first line and hold their last
+    # level a minute after the last, so even one line draws a step and its saved area.
+    minute = timedelta(minutes=1)
+    times = [times[0] - minute, *times, times[-1] + minute]
     paid, direct, p, d = [0.0], [0.0], 0.0, 0.0
     for m in order:
         p += minutes[m][0]
         d += minutes[m][1]
         paid.append(p)
         direct.append(d)
+    paid.append(p)
+    direct.append(d)
     fig, ax = plt.subplots(figsize=(9, 4.5))
+    # At least a few minutes of axis: lines all in one minute (a first run) would have
+    # matplotlib widen a span of nothing to years, the step a hairline in the middle.
+    pad = max(2 * minute, (times[-1] - times[0]) / 50)
+    ax.set_xlim(times[0] - pad, times[-1] + pad)  # type: ignore[arg-type]
+    locator = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.set_xlabel("time (UTC)")
     steps = {"drawstyle": "steps-post", "marker": "." if len(order) < 50 else None}
     # matplotlib plots datetimes through its unit converters; its stubs only know numbers.
     ax.plot(times, direct, label="direct to vendors (Cost_direct)", color="#c44", **steps)  # type: ignore[arg-type]
@@ -284,7 +351,6 @@ def draw(minutes: dict[int, list[float]], path: Path) -> None:
     rate = 1 - p / d if d else 0.0
     ax.set_title(f"Relay Station cost over time — SaveRate {rate:.1%}")
     ax.legend(loc="upper left")
-    fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
@@ -95,7 +96,36 @@ def test_a_one_event_ledger_still_draws_its_step(tmp_path):
     finally:
         plt.Axes.plot = real  # type: ignore[method-assign]
     assert path.stat().st_size > 1000
-    assert drawn == [[0.0, 2.0], [0.0, 1.0]], "direct then paid, each from zero"
+    assert drawn == [[0.0, 2.0, 2.0], [0.0, 1.0, 1.0]], "direct then paid, from zero, held"
+
+
+def test_lines_all_in_one_minute_draw_on_an_axis_of_minutes_not_years(tmp_path):
+    """A first run's few lines share one minute: matplotlib would widen that span of
+    nothing to years, the step a hairline in the middle of the picture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.dates import num2date
+    from matplotlib.figure import Figure
+
+    from cli.report import draw
+
+    spans: list[tuple[float, float]] = []
+    real = Figure.savefig
+
+    def spy(self, *args, **kwargs):
+        spans.append(self.axes[0].get_xlim())
+        return real(self, *args, **kwargs)
+
+    Figure.savefig = spy  # type: ignore[method-assign]
+    try:
+        draw({29_000_000: [2e-5, 9e-5]}, tmp_path / "one.png")
+    finally:
+        Figure.savefig = real  # type: ignore[method-assign]
+    low, high = (num2date(x) for x in spans[0])
+    minute = datetime.fromtimestamp(29_000_000 * 60, UTC)
+    assert low < minute < high
+    assert 3 * 60 <= (high - low).total_seconds() <= 30 * 60, (low, high)
 
 
 async def test_the_ledger_is_read_once_per_line_and_unreadable_lines_are_counted(monkeypatch):
@@ -206,3 +236,139 @@ def test_a_chart_that_cannot_be_written_is_refused_before_the_ledger_is_read(tmp
     result = CliRunner().invoke(app, ["report", "--chart", str(folder)])
     said = " ".join(result.output.replace("│", " ").split())  # out of rich's box
     assert result.exit_code == 2 and "is a directory" in said
+
+
+class StalledConsumer:
+    """A consumer whose broker went away mid-read: its positions stop moving, and
+    ``getmany`` returns nothing (aiokafka retries it without end)."""
+
+    stopped = False
+
+    def __init__(self, **_: object) -> None:
+        self.polls = 0
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None:
+        StalledConsumer.stopped = True
+
+    async def topics(self) -> set[str]:
+        return {"relay.usage"}
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0}
+
+    def assign(self, parts: object) -> None: ...
+    async def seek_to_beginning(self, *parts: object) -> None: ...
+    async def end_offsets(self, parts: list) -> dict:
+        return {parts[0]: 10}
+
+    async def position(self, tp: object) -> int:
+        return 3
+
+    async def getmany(self, timeout_ms: int) -> dict:
+        import asyncio
+
+        self.polls += 1
+        await asyncio.sleep(0.01)
+        return {}
+
+
+async def test_a_broker_lost_mid_read_ends_the_read_as_unreachable(monkeypatch):
+    """No position moving for STALL_S, and the broker not answering: KafkaConnectionError
+    (one line from `_on_kafka`), not a read that waits for ever."""
+    import asyncio
+
+    from aiokafka.errors import KafkaConnectionError
+
+    import cli.report as report
+
+    asked: list[str] = []
+
+    async def gone(bootstrap: str) -> None:
+        asked.append(bootstrap)
+        raise KafkaConnectionError("Unable to bootstrap")
+
+    monkeypatch.setattr(report, "AIOKafkaConsumer", StalledConsumer)
+    monkeypatch.setattr(report, "STALL_S", 0.05)
+    monkeypatch.setattr(report, "reach", gone)
+    StalledConsumer.stopped = False
+    with pytest.raises(KafkaConnectionError):
+        await asyncio.wait_for(report.read_ledger("127.0.0.1:9", "relay.usage", 1), 5)
+    assert asked == ["127.0.0.1:9"] and StalledConsumer.stopped
+
+
+async def test_a_broker_that_does_not_answer_in_time_is_unreachable(monkeypatch):
+    import asyncio
+
+    from aiokafka.errors import KafkaConnectionError
+
+    import cli.report as report
+
+    async def frozen(bootstrap: str) -> None:
+        await asyncio.sleep(60)
+
+    monkeypatch.setattr(report, "AIOKafkaConsumer", StalledConsumer)
+    monkeypatch.setattr(report, "STALL_S", 0.05)
+    monkeypatch.setattr(report, "REACH_S", 0.1)
+    monkeypatch.setattr(report, "reach", frozen)
+    with pytest.raises(KafkaConnectionError):
+        await asyncio.wait_for(report.read_ledger("127.0.0.1:9", "relay.usage", 1), 5)
+
+
+async def test_a_slow_broker_that_still_answers_is_waited_for(monkeypatch):
+    """Positions still for a while, but the broker answers: the read goes on to the end."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import cli.report as report
+
+    line = event("a", 1.0, 2.0).model_dump_json().encode()
+
+    class Slow(StalledConsumer):
+        at = 0
+
+        async def position(self, tp: object) -> int:
+            return self.at
+
+        async def end_offsets(self, parts: list) -> dict:
+            return {parts[0]: 1}
+
+        async def getmany(self, timeout_ms: int) -> dict:
+            await super().getmany(timeout_ms)
+            if self.polls < 20:  # ~0.2 s of nothing, four stall periods
+                return {}
+            self.at = 1
+            return {"p": [SimpleNamespace(value=line)]}
+
+    asked: list[str] = []
+
+    async def there(bootstrap: str) -> None:
+        asked.append(bootstrap)
+
+    monkeypatch.setattr(report, "AIOKafkaConsumer", Slow)
+    monkeypatch.setattr(report, "STALL_S", 0.05)
+    monkeypatch.setattr(report, "reach", there)
+    read = await asyncio.wait_for(report.read_ledger("127.0.0.1:9", "relay.usage", 1), 5)
+    assert len(read.events) == 1 and asked
+
+
+def test_a_lost_broker_is_one_line_from_relay_report(monkeypatch):
+    """From the command: the `cannot reach Kafka` line and exit code 1, no traceback."""
+    from typer.testing import CliRunner
+
+    import cli.report as report
+    from cli.main import app
+
+    async def gone(bootstrap: str) -> None:
+        from aiokafka.errors import KafkaConnectionError
+
+        raise KafkaConnectionError("Unable to bootstrap")
+
+    monkeypatch.setattr(report, "AIOKafkaConsumer", StalledConsumer)
+    monkeypatch.setattr(report, "STALL_S", 0.05)
+    monkeypatch.setattr(report, "reach", gone)
+    monkeypatch.setenv("RELAY_KAFKA_BOOTSTRAP", "127.0.0.1:9")
+    result = CliRunner().invoke(app, ["report"])
+    assert result.exit_code == 1, result.output
+    assert "cannot reach Kafka at 127.0.0.1:9" in result.output
+    assert "Traceback" not in result.output
