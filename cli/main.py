@@ -83,11 +83,15 @@ def _config(settings: Settings) -> RelayConfig:
 
 
 @app.command()
-def broker() -> None:
+def broker(
+    started_by: Annotated[
+        str, typer.Option(hidden=True, help="who starts it: `relay up` says it is")
+    ] = "relay broker",
+) -> None:
     """Run the embedded single-node Apache Kafka (KRaft) until stopped."""
     from aiokafka.errors import KafkaError
 
-    from cli.supervisor import STOP_SIGNALS
+    from cli.supervisor import STOP_SIGNALS, broker_owner_file
     from streams.broker import BrokerError, EmbeddedKafka
     from streams.topics import Topics, ensure_topics
 
@@ -114,6 +118,10 @@ def broker() -> None:
     except KeyboardInterrupt:
         kafka.stop()  # Java runs in its own session: nobody else would stop it
         raise typer.Exit(130) from None
+    # Who started it first, then where it is: a `relay up` that finds the address knows
+    # whether the broker is a `relay broker` it may share, or another `relay up`'s.
+    owner = broker_owner_file(settings)
+    owner.write_text(started_by)
     settings.broker_addr_file().write_text(bootstrap)
     print(f"kafka: {bootstrap}", flush=True)
     stop = {"now": False}
@@ -128,6 +136,7 @@ def broker() -> None:
     died = not stop["now"]
     kafka.stop()
     settings.broker_addr_file().unlink(missing_ok=True)
+    owner.unlink(missing_ok=True)
     if died:
         code = kafka.proc.returncode if kafka.proc else None
         log = kafka.data_dir / "broker.log"
@@ -236,7 +245,10 @@ def simulator(
 @app.command("hash-key")
 def hash_key_cmd(key: Annotated[str | None, typer.Argument()] = None) -> None:
     """Make a relay key (or hash a given one) and print the config line that admits it."""
-    key = key or f"rk-{secrets.token_urlsafe(24)}"
+    if key is None:
+        key = f"rk-{secrets.token_urlsafe(24)}"
+    elif not key.strip():  # `relay hash-key "$KEY"` with KEY unset: not a new key
+        raise typer.BadParameter("the key is empty; give a key, or none to make one")
     print(f"relay key: {key}")
     print(f"config:    {{id: my-key, sha256: {hash_key(key)}}}")
 

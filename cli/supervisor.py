@@ -88,19 +88,67 @@ class Supervisor:
             return f"the Kafka broker at {self.reused_broker} (`relay broker`) stopped"
         return None
 
+    def preflight(self) -> None:
+        """Refuse before anything starts: ports shared or already in use, or the data
+        directory's broker another `relay up`'s.  Sets ``reused_broker`` to a `relay
+        broker` running on the data directory, if one does."""
+        s = self.settings
+        sim = self.config.simulator
+        ports = [(s.host, s.port, "gateway", "RELAY_PORT")]
+        if sim is not None:
+            ports.append(
+                (
+                    "127.0.0.1",
+                    sim.port,
+                    "simulator",
+                    "simulator.port in the config, and the vendors' base_url that point at it",
+                )
+            )
+        if s.worker_metrics_port:
+            ports.append(
+                (s.host, s.worker_metrics_port, "worker metrics", "RELAY_WORKER_METRICS_PORT")
+            )
+        taken: dict[int, tuple[str, str]] = {}
+        for _, port, what, setting in ports:
+            if port in taken:
+                other, other_setting = taken[port]
+                raise SystemExit(
+                    f"port {port} is given to both the {other} ({other_setting}) and the "
+                    f"{what} ({setting}): each needs its own"
+                )
+            taken[port] = (what, setting)
+        # Ready checks ask these ports: a server of someone else's already on one (another
+        # `relay up`) would pass them and the lines printed would point at it.  The worker
+        # would fail to serve its metrics only after the ready lines were printed.
+        for host, port, what, setting in ports:
+            _free(host, port, what, setting)
+        self.reused_broker = self._running_broker()
+
+    def _running_broker(self) -> str | None:
+        """The address of a `relay broker` already running on the data directory: used,
+        as a second broker on the same files would break the first.  One another `relay
+        up` started is refused: its worker and this one would share one consumer group,
+        each serving the other's requests under its own config."""
+        s = self.settings
+        addr = s.broker_addr_file()
+        running = addr.read_text().strip() if addr.exists() else ""
+        if s.kafka_bootstrap or not running or not _answers(running):
+            return None
+        owner = broker_owner_file(s)
+        started_by = owner.read_text().strip() if owner.exists() else BROKER_OWNER
+        if started_by != BROKER_OWNER:
+            raise SystemExit(
+                f"the Kafka broker at {running} on {s.data_dir} belongs to another relay "
+                f"(started by {started_by}), and two relays on one broker would serve each "
+                "other's requests: give this one its own RELAY_DATA_DIR (its broker, topics "
+                "and logs then stay apart), or stop the other first"
+            )
+        return running
+
     def start(self) -> None:
         s = self.settings
         sim = self.config.simulator
-        # Ready checks ask these ports: a server of someone else's already on one (another
-        # `relay up`) would pass them and the lines printed would point at it.
-        _free(s.host, s.port, "gateway", "RELAY_PORT")
-        if sim is not None:
-            _free(
-                "127.0.0.1",
-                sim.port,
-                "simulator",
-                "simulator.port in the config, and the vendors' base_url that point at it",
-            )
+        self.preflight()
         if sim is not None:
             self.env.setdefault("RELAY_SIM_KEY", f"sim-{secrets.token_hex(8)}")
             port = str(sim.port)
@@ -113,16 +161,12 @@ class Supervisor:
             self.sim_url = f"http://127.0.0.1:{port}"
             self._wait("simulator", lambda: _get(f"{self.sim_url}/stats") == 200)
         addr: Path = s.broker_addr_file()
-        running = addr.read_text().strip() if addr.exists() else ""
-        if not s.kafka_bootstrap and running and _answers(running):
-            # `relay broker` already runs on this data directory: use it (a second broker
-            # on the same files would break the first).
-            console.print(f"using the embedded Kafka already running at {running}")
-            self.reused_broker = running
+        if self.reused_broker:
+            console.print(f"using the embedded Kafka already running at {self.reused_broker}")
         elif not s.kafka_bootstrap:
             addr.unlink(missing_ok=True)  # a stale one, from a broker that is gone
             with console.status("starting Apache Kafka (the first run fetches it with mvn)…"):
-                self.spawn("broker", "broker")
+                self.spawn("broker", "broker", "--started-by", f"relay up, pid {os.getpid()}")
                 self._wait("broker", addr.exists, timeout_s=300)
         with console.status("starting worker and gateway…"):
             self.spawn("worker", "worker")
@@ -139,22 +183,22 @@ class Supervisor:
         try:
             self.start()
             _say(f"gateway: {self.url}/v1")
-            # The demo key only when this config admits it (a config of your own keys
-            # has its keys with you: the relay keeps their hashes alone).
-            admitted = hash_key(self.settings.demo_key) in self.config.key_index()
-            key = self.settings.demo_key if admitted else "<one of your relay keys>"
+            key, alias, why_not = demo_request(self.config, self.settings.demo_key)
             _say(f"relay key: {key}")
             if self.config.simulator is not None:
                 _say(f"simulator: {self.sim_url}")
-            chat = [a for a, m in self.config.models.items() if m.kind == "chat"]
-            alias = chat[0] if chat else next(iter(self.config.models))
-            body = json.dumps({"model": alias, "messages": [{"role": "user", "content": "hello"}]})
-            _say(
-                f"curl: curl -s {self.url}/v1/chat/completions "
-                f"-H 'Authorization: Bearer {key}' "
-                f"-H 'Content-Type: application/json' "
-                f"-d '{body}'"
-            )
+            if alias is not None:
+                body = json.dumps(
+                    {"model": alias, "messages": [{"role": "user", "content": "hello"}]}
+                )
+                _say(
+                    f"curl: curl -s {self.url}/v1/chat/completions "
+                    f"-H 'Authorization: Bearer {key}' "
+                    f"-H 'Content-Type: application/json' "
+                    f"-d '{body}'"
+                )
+            else:
+                console.print(f"[yellow]no curl line: {escape(why_not)}[/yellow]")
             console.print(f"logs in {self.logs}; Ctrl-C stops everything")
             while (stopped := self._stopped()) is None:
                 time.sleep(0.5)
@@ -194,6 +238,40 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+
+
+BROKER_OWNER = "relay broker"  # who started a broker a `relay up` may share
+
+
+def broker_owner_file(settings: Settings) -> Path:
+    """Who started the broker running on the data directory (beside its address)."""
+    return settings.data_dir / "broker.owner"
+
+
+def demo_request(config: RelayConfig, demo_key: str) -> tuple[str, str | None, str]:
+    """The key and the chat alias of the curl line `relay up` prints, or ``None`` and
+    why there is no alias for it.  The demo key only when this config admits it (a
+    config of your own keys has its keys with you: the relay keeps their hashes alone),
+    and a chat alias that key's tenant may use (any tenant's, for a key of your own)."""
+    found = config.key_index().get(hash_key(demo_key))
+    key = demo_key if found else "<one of your relay keys>"
+    chat = [alias for alias, m in config.models.items() if m.kind == "chat"]
+    if not chat:
+        return key, None, "the config has no chat model (kind: chat)"
+    tenants = [config.tenants[found[0]]] if found else list(config.tenants.values())
+    usable = [alias for alias in chat if any(t.may_use(alias) for t in tenants)]
+    if usable:
+        return key, usable[0], ""
+    if found:
+        return (
+            key,
+            None,
+            (
+                f"tenant {found[0]}, the demo key's, may use no chat model "
+                f"(tenants.{found[0]}.models in the config)"
+            ),
+        )
+    return key, None, "no tenant may use a chat model (tenants.*.models in the config)"
 
 
 def _say(line: str) -> None:

@@ -105,6 +105,13 @@ class EmbeddedKafka:
     # -- prerequisites -------------------------------------------------------------
     def java(self) -> str:
         java_home = os.environ.get("JAVA_HOME")
+        if java_home and not (Path(java_home) / "bin" / "java").exists():
+            # Set, it alone says which Java (as for Kafka's own scripts): not silently
+            # another one on PATH, nor "install a JDK" when one may well be installed.
+            raise BrokerError(
+                f"JAVA_HOME={java_home} has no bin/java: point JAVA_HOME at a Java 17+ "
+                "installation, or unset it to use the java on PATH"
+            )
         java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
         if not java or not Path(java).exists():
             raise BrokerError(

@@ -111,3 +111,18 @@ def test_a_port_left_in_time_wait_by_a_stopped_broker_is_still_its_port() -> Non
         taken.bind(("127.0.0.1", port))
         taken.listen()
         assert not port_is_free(port)
+
+
+def test_a_java_home_without_java_is_named_not_taken_for_java_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JAVA_HOME alone says which Java when set: one with no bin/java is the thing to fix
+    (or unset), and the message says so, not "install a JDK"."""
+    from streams.broker.embedded import BrokerError
+
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "gone"))
+    with pytest.raises(BrokerError) as refused:
+        EmbeddedKafka(tmp_path / "data", cache_dir=tmp_path).java()
+    message = str(refused.value)
+    assert f"JAVA_HOME={tmp_path / 'gone'} has no bin/java" in message
+    assert "unset it to use the java on PATH" in message and "install a JDK" not in message

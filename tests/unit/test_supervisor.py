@@ -95,3 +95,117 @@ def test_a_reader_that_stops_reading_the_lines_does_not_stop_the_relay() -> None
     proc.stdout.close()  # gone before the first line
     assert proc.stderr.read() == b"still running"
     assert proc.wait(30) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def on_free_ports(tmp_path: Path, **settings: object) -> Supervisor:
+    """A supervisor whose gateway and simulator ports are free (the example's 8000 and
+    9100 may be another run's)."""
+    config = load_config(ROOT / "relay.example.yaml")
+    assert config.simulator is not None
+    config.simulator.port = free_port()
+    given: dict = {"data_dir": tmp_path, "port": free_port(), **settings}
+    return Supervisor(Settings(**given), config)
+
+
+def test_the_curl_line_names_a_chat_model_the_demo_keys_tenant_may_use() -> None:
+    from cli.supervisor import demo_request
+
+    config = load_config(ROOT / "relay.example.yaml")
+    chat = [a for a, m in config.models.items() if m.kind == "chat"]
+    assert len(chat) > 1
+    demo = Settings().demo_key
+    assert demo_request(config, demo) == (demo, chat[0], "")
+    config.tenants["demo"].models = [chat[1]]
+    assert demo_request(config, demo) == (demo, chat[1], "")
+    embeddings = [a for a, m in config.models.items() if m.kind != "chat"]
+    config.tenants["demo"].models = embeddings
+    _, alias, why = demo_request(config, demo)
+    assert alias is None and "tenant demo" in why and "tenants.demo.models" in why
+
+
+def test_without_any_chat_model_there_is_no_curl_line_and_it_says_why() -> None:
+    from cli.supervisor import demo_request
+
+    config = load_config(ROOT / "relay.example.yaml")
+    config.models = {a: m for a, m in config.models.items() if m.kind != "chat"}
+    assert config.models
+    assert demo_request(config, Settings().demo_key)[1:] == (
+        None,
+        "the config has no chat model (kind: chat)",
+    )
+
+
+def test_a_key_of_your_own_gets_a_chat_model_some_tenant_may_use() -> None:
+    from cli.supervisor import demo_request
+
+    config = load_config(ROOT / "relay.example.yaml")
+    key, alias, _ = demo_request(config, "rk-not-in-this-config")
+    assert key == "<one of your relay keys>" and alias is not None
+    assert config.models[alias].kind == "chat"
+
+
+def test_a_worker_metrics_port_in_use_is_refused_before_anything_starts(tmp_path: Path):
+    import pytest
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sup = on_free_ports(tmp_path, worker_metrics_port=port)
+        with pytest.raises(SystemExit, match="RELAY_WORKER_METRICS_PORT"):
+            sup.preflight()
+    assert not sup.children
+
+
+def test_ports_given_twice_are_refused_before_anything_starts(tmp_path: Path):
+    import pytest
+
+    sup = on_free_ports(tmp_path)
+    assert sup.config.simulator is not None
+    sup.settings.port = sup.config.simulator.port
+    with pytest.raises(SystemExit, match=r"given to both the gateway \(RELAY_PORT\) and the sim"):
+        sup.preflight()
+    sup = on_free_ports(tmp_path)
+    sup.settings.worker_metrics_port = sup.settings.port
+    with pytest.raises(SystemExit, match="RELAY_WORKER_METRICS_PORT"):
+        sup.preflight()
+    sup.settings.worker_metrics_port = 0  # off: no port of its own to check
+    sup.preflight()
+    assert not sup.children
+
+
+def test_a_relay_broker_on_the_data_dir_is_shared_and_another_relay_ups_refused(
+    tmp_path: Path,
+):
+    """Two relays on one broker share one consumer group: each serves the other's
+    requests under its own config.  A `relay broker` is there to be shared."""
+    import pytest
+
+    from cli.supervisor import broker_owner_file
+
+    with socket.socket() as broker:
+        broker.bind(("127.0.0.1", 0))
+        broker.listen()
+        running = f"127.0.0.1:{broker.getsockname()[1]}"
+        sup = on_free_ports(tmp_path)
+        sup.settings.broker_addr_file().write_text(running)
+        broker_owner_file(sup.settings).write_text("relay broker")
+        sup.preflight()
+        assert sup.reused_broker == running
+        broker_owner_file(sup.settings).unlink()  # a broker older than the owner file
+        sup.preflight()
+        assert sup.reused_broker == running
+        broker_owner_file(sup.settings).write_text("relay up, pid 4242")
+        sup = on_free_ports(tmp_path)
+        with pytest.raises(SystemExit, match=r"started by relay up, pid 4242.*own RELAY_DATA_DIR"):
+            sup.preflight()
+        assert not sup.children
+    sup = on_free_ports(tmp_path)
+    sup.preflight()  # that broker gone: this relay starts its own
+    assert sup.reused_broker is None
