@@ -297,10 +297,14 @@ def report(
         if not os.access(where, os.W_OK) or (chart.exists() and not os.access(chart, os.W_OK)):
             raise typer.BadParameter(f"--chart: {chart} cannot be written here")
     settings = _settings(None)
-    usage = Topics(settings.topic_prefix).usage
+    topics = Topics(settings.topic_prefix)
+    usage, health = topics.usage, topics.health
     bootstrap = _bootstrap(settings)
     with _on_kafka(bootstrap, missing="no ledger yet"):
-        run(bootstrap, usage.name, usage.partitions, by, chart, bounds["since"], bounds["until"])
+        run(
+            bootstrap, usage.name, usage.partitions, by, chart, bounds["since"],
+            bounds["until"], health=(health.name, health.partitions),
+        )  # fmt: skip
 
 
 @app.command()

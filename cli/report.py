@@ -3,6 +3,10 @@
 The ledger (``relay.usage``) is replayed from its first offset, so a report can be
 rebuilt at any time.  SaveRate = 1 - Cost_total / Cost_direct, where Cost_direct prices
 every answered request at its alias's first candidate, as if sent straight to it.
+
+By model, a second table counts every vendor call from ``relay.health`` (kept a day): a
+ledger line names only the candidate that answered, so a canary's failed attempts that
+fell back to the stable version show there, with their own errors and latency.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from schemas.envelope import UsageEvent
+from schemas.envelope import HealthBatch, UsageEvent
 from tables.recent import RecentIds
 
 M = TypeVar("M", bound=BaseModel)
@@ -294,6 +298,59 @@ def _cells(name: str, r: Totals) -> list[str | Text]:
     ]  # fmt: skip
 
 
+@dataclass
+class Calls:
+    """Vendor calls of one (vendor, model), each attempt counted, fallbacks included."""
+
+    calls: int = 0
+    errors: int = 0
+    latency_ms: float = 0.0  # summed; shown as the mean
+    cost: float = 0.0
+
+    def add(self, ok: bool, latency_ms: float, cost: float) -> None:
+        self.calls += 1
+        self.errors += not ok
+        self.latency_ms += latency_ms
+        self.cost += cost
+
+
+@dataclass
+class VendorCalls:
+    """``relay.health`` added up by model, within the report's period."""
+
+    since_ms: int | None = None
+    until_ms: int | None = None
+    rows: dict[str, Calls] = field(default_factory=lambda: defaultdict(Calls))
+    unreadable: int = 0
+
+    def add(self, value: bytes | None) -> None:
+        try:
+            batch = HealthBatch.model_validate(orjson.loads(value or b""))
+        except Exception:
+            self.unreadable += 1
+            return
+        for ev in batch.events:
+            if (self.since_ms is None or ev.ts_ms >= self.since_ms) and (
+                self.until_ms is None or ev.ts_ms < self.until_ms
+            ):
+                self.rows[f"{ev.vendor}/{ev.model}"].add(ev.ok, ev.latency_ms, ev.cost)
+
+
+def calls_table(rows: dict[str, Calls]) -> Table:
+    t = Table(
+        title="vendor calls by model",
+        caption="every attempt, fallbacks included (relay.health, kept a day)",
+    )
+    for col in ("model", "calls", "errors", "error rate", "mean ms", "cost $"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for name, r in sorted(rows.items(), key=lambda kv: -kv[1].calls):
+        t.add_row(
+            shown(name), str(r.calls), str(r.errors), f"{r.errors / max(1, r.calls):.1%}",
+            f"{r.latency_ms / max(1, r.calls):.0f}", f"{r.cost:.6f}",
+        )  # fmt: skip
+    return t
+
+
 CHART_FROM_MS = 946_684_800_000  # 2000-01-01
 CHART_TO_MS = 4_102_444_800_000  # 2100-01-01
 
@@ -364,7 +421,10 @@ def run(
     png: Path | None,
     since_ms: int | None = None,
     until_ms: int | None = None,
+    health: tuple[str, int] | None = None,
 ) -> None:
+    """Print the ledger's table by ``by`` (and, by model, the vendor calls of the
+    ``health`` topic, name and partitions), and draw the chart to ``png`` if given."""
     console = Console()
     if not console.is_terminal:
         console = Console(width=170)  # a report piped to a file keeps every column
@@ -384,6 +444,8 @@ def run(
         console.print(f"no events on {topic}{period}")
         return
     console.print(table(dict(ledger.rows), by))
+    if by == "model" and health is not None:
+        _print_calls(console, bootstrap, health, since_ms, until_ms)
     if png is not None:
         try:
             draw(ledger.minutes, png)
@@ -394,6 +456,33 @@ def run(
             console.print(f"[red]no chart: {escape(str(png))}: {escape(err.strerror or '')}[/red]")
             raise SystemExit(1) from None
         console.print(f"chart: {png}")
+
+
+def _print_calls(
+    console: Console,
+    bootstrap: str,
+    health: tuple[str, int],
+    since_ms: int | None,
+    until_ms: int | None,
+) -> None:
+    topic, partitions = health
+    calls = VendorCalls(since_ms, until_ms)
+
+    async def read() -> None:
+        async for value in values(bootstrap, topic, partitions, since_ms):
+            calls.add(value)
+
+    try:
+        asyncio.run(read())
+    except TopicMissing:
+        console.print(f"[dim]no vendor calls: no topic {topic}[/dim]")
+        return
+    if calls.unreadable:
+        console.print(f"[yellow]{calls.unreadable} unreadable messages on {topic} skipped[/yellow]")
+    if calls.rows:
+        console.print(calls_table(dict(calls.rows)))
+    else:
+        console.print(f"[dim]no vendor calls on {topic} in that period (it keeps a day)[/dim]")
 
 
 _SPAN = re.compile(r"(\d+)([mhd])")

@@ -372,3 +372,76 @@ def test_a_lost_broker_is_one_line_from_relay_report(monkeypatch):
     assert result.exit_code == 1, result.output
     assert "cannot reach Kafka at 127.0.0.1:9" in result.output
     assert "Traceback" not in result.output
+
+
+def test_by_model_a_canary_s_failed_attempts_show_in_the_vendor_calls(monkeypatch):
+    """A canary attempt that failed and fell back to the stable version leaves a ledger
+    line naming the stable version only; `relay report --by model` also counts every
+    vendor call from relay.health, so the canary's errors and latency are there, apart."""
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+    from typer.testing import CliRunner
+
+    import cli.report as report
+    from cli.main import app
+    from schemas.envelope import HealthBatch, HealthEvent
+
+    def call(model: str, ok: bool, ms: float) -> HealthEvent:
+        return HealthEvent(vendor="openai", model=model, ok=ok, latency_ms=ms, cost=0.001 * ok)
+
+    topics = {
+        "relay.usage": [
+            event("t", 0.001, 0.001, vendor="openai", vendor_model="stable").model_dump_json()
+            for _ in range(4)
+        ],
+        "relay.health": [
+            HealthBatch(
+                events=[call("canary", False, 200), call("canary", False, 200)]
+            ).model_dump_json(),
+            HealthBatch(events=[call("stable", True, 10)] * 4).model_dump_json(),
+        ],
+    }
+
+    class Consumer:
+        def __init__(self, **_: object) -> None:
+            self.at = 0
+
+        async def start(self) -> None: ...
+        async def stop(self) -> None: ...
+        async def topics(self) -> set[str]:
+            return set(topics)
+
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return {0}
+
+        def assign(self, parts: list[TopicPartition]) -> None:
+            self.values = [v.encode() for v in topics[parts[0].topic]]
+
+        async def seek_to_beginning(self, *parts: object) -> None: ...
+        async def end_offsets(self, parts: list[TopicPartition]) -> dict[TopicPartition, int]:
+            return {parts[0]: len(self.values)}
+
+        async def position(self, tp: TopicPartition) -> int:
+            return self.at
+
+        async def getmany(self, timeout_ms: int) -> dict[TopicPartition, list[SimpleNamespace]]:
+            records = [SimpleNamespace(value=v) for v in self.values[self.at :]]
+            self.at = len(self.values)
+            return {TopicPartition("x", 0): records}
+
+    monkeypatch.setattr(report, "AIOKafkaConsumer", Consumer)
+    monkeypatch.setenv("RELAY_KAFKA_BOOTSTRAP", "127.0.0.1:9")
+    monkeypatch.setenv("COLUMNS", "200")
+    result = CliRunner().invoke(app, ["report", "--by", "model"])
+    assert result.exit_code == 0, result.output
+    ledger, calls = result.output.split("vendor calls by model")
+    assert "openai/stable" in ledger and "openai/canary" not in ledger
+    rows = {
+        cells[0]: cells[1:]
+        for line in calls.splitlines()
+        if len(cells := [c.strip() for c in line.strip("│ ").split("│")]) == 6
+    }
+    # calls, errors, error rate, mean ms, cost
+    assert rows["openai/canary"] == ["2", "2", "100.0%", "200", "0.000000"]
+    assert rows["openai/stable"] == ["4", "0", "0.0%", "10", "0.004000"]
