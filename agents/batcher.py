@@ -26,7 +26,7 @@ from typing import Any
 
 from agents.adapters.base import VendorCall, VendorResult
 from agents.adapters.http import scrubbed
-from schemas.errors import RelayError, VendorBadRequest, VendorError
+from schemas.errors import RelayError, VendorBadRequest, VendorError, VendorRequestTooLarge
 from schemas.usage import Usage
 
 EmbedFn = Callable[[VendorCall], Awaitable[VendorResult]]
@@ -183,9 +183,10 @@ class EmbeddingBatcher:
         try:
             result = await send(call)
         except RelayError as err:
-            if isinstance(err, VendorBadRequest) and len(batch) > 1:
-                # One caller's input may be what the vendor refused: each goes on its own,
-                # so only that caller gets the 400 (and nobody sees another's input).
+            if isinstance(err, VendorBadRequest | VendorRequestTooLarge) and len(batch) > 1:
+                # One caller's input may be what the vendor refused (or made the call too
+                # large for it): each goes on its own, so only that caller gets the 400 or
+                # 413 (and nobody sees another's input, nor fails for another tenant's).
                 await self._one_by_one(batch, send, shape, admit)
                 return
             # Struck of the key the shared call went with: the others' own keys may differ,

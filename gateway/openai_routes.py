@@ -74,7 +74,7 @@ class EmbeddingsBody(BaseModel):
         )
         if value == [] or any(len(item) == 0 for item in items if not isinstance(item, int)):
             raise ValueError("an input must not be empty (an empty string, list or token array)")
-        if isinstance(value, list) and len(value) > MAX_EMBEDDING_INPUTS:
+        if items is value and len(value) > MAX_EMBEDDING_INPUTS:  # (a list of inputs)
             raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs in one request")
         return value
 

@@ -566,6 +566,9 @@ def _document_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
 def _document_back(part: dict[str, Any], where: str) -> dict[str, Any]:
     """The document block an Anthropic client sent, from the part it became."""
     document: dict[str, Any] = part["anthropic_document"]
+    if not isinstance(document, dict) or document.get("type") != "document":
+        # (a body may carry this field itself: it brings a document, never another block)
+        raise BadRequest(f"{where}: anthropic_document must be a document block")
     if "source" in document:
         return document  # by URL, file id or content blocks: carried whole
     if part.get("type") == "text":
@@ -613,15 +616,20 @@ def _tool_to_openai(tool: Any, where: str) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "function", "function": fn}
     if tool.get("cache_control"):
         out["cache_control"] = tool["cache_control"]
-    if own := {k: v for k, v in tool.items() if k not in _TOOL_SLOTS and v is not None}:
+    if unknown := sorted(k for k in tool if k not in _TOOL_SLOTS | _TOOL_EXTRAS):
+        raise BadRequest(f"{where}.{unknown[0]}: not a tool field the relay carries", param="tools")
+    if own := {k: v for k, v in tool.items() if k in _TOOL_EXTRAS and v is not None}:
         out["anthropic_tool_fields"] = own  # for Anthropic vendors only
     return out
 
 
-# A custom tool's fields the neutral tool has a slot for; the others (``input_examples``,
-# ``defer_loading``, ``eager_input_streaming``, ``allowed_callers``, a newer one) ride as
-# the extension ``anthropic_tool_fields``, which OpenAI-format vendors never see.
+# A custom tool's fields the neutral tool has a slot for; the others Anthropic documents
+# ride as the extension ``anthropic_tool_fields``, which OpenAI-format vendors never see,
+# and any other is refused (not dropped in silence, nor passed on unchecked).
 _TOOL_SLOTS = frozenset({"type", "name", "description", "input_schema", "strict", "cache_control"})
+_TOOL_EXTRAS = frozenset(
+    {"input_examples", "defer_loading", "eager_input_streaming", "allowed_callers"}
+)
 
 
 def _tool_choice_to_openai(choice: Any, out: dict[str, Any]) -> None:
@@ -1096,7 +1104,7 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
             result = {
                 "type": "tool_result",
                 "tool_use_id": message.get("tool_call_id", ""),
-                "content": _with_images(own, lifted)
+                "content": _with_images(own, lifted, f"messages.{i}.anthropic_result")
                 if isinstance(own, list)
                 else _tool_result_content(message.get("content"), f"messages.{i}"),
             }
@@ -1411,11 +1419,20 @@ def _lifted_images(messages: list[Any]) -> deque[dict[str, Any]]:
     return images
 
 
-def _with_images(blocks: list[Any], lifted: deque[dict[str, Any]]) -> list[Any]:
-    """A tool result's own blocks, each lifted image back where it was."""
+# The blocks a tool result may hold, as the Messages ingress lets them in.
+_RESULT_BLOCKS = frozenset({"text", "image", "document", "search_result"})
+
+
+def _with_images(blocks: list[Any], lifted: deque[dict[str, Any]], where: str) -> list[Any]:
+    """A tool result's own blocks, each lifted image back where it was; a block of
+    another kind is refused (a body may carry ``anthropic_result`` itself, and no block
+    reaches the vendor past the checks the Messages ingress makes)."""
     out = []
     for block in blocks:
         if block != LIFTED:
+            if not isinstance(block, dict) or block.get("type") not in _RESULT_BLOCKS:
+                kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+                raise BadRequest(f"{where}: a tool result block of type {kind!r} is not supported")
             out.append(block)
         elif lifted:  # (a body not made by this module may hold fewer: those are gone)
             out.append(lifted.popleft())
@@ -1462,7 +1479,7 @@ def _tool_to_anthropic(tool: dict[str, Any]) -> dict[str, Any]:
     if isinstance(own, dict):
         # An Anthropic client's own tool fields, as it sent them: never one the neutral
         # tool says (a body may carry this field itself; a type would make a server tool).
-        out |= {k: v for k, v in own.items() if k not in _TOOL_SLOTS}
+        out |= {k: v for k, v in own.items() if k in _TOOL_EXTRAS}
     if tool.get("cache_control"):
         out["cache_control"] = tool["cache_control"]
     return out

@@ -1752,7 +1752,7 @@ def test_a_custom_tool_s_own_fields_reach_anthropic_vendors_and_strict_every_ven
 def test_tool_fields_a_body_carries_itself_never_remake_the_tool():
     """The extension is the client's own fields only: a body that says a type (a server
     tool, billed per use), a name or a schema in it does not change the tool."""
-    forged = {
+    forged: dict[str, Any] = {
         "type": "web_search_20250305",
         "name": "web_search",
         "input_schema": {},
@@ -1771,6 +1771,51 @@ def test_tool_fields_a_body_carries_itself_never_remake_the_tool():
     assert openai_request_to_messages(body, "claude")["tools"] == [
         {"name": "weather", "input_schema": WEATHER_SCHEMA, "input_examples": [{"city": "Oslo"}]}
     ]
+    forged["max_uses"] = 99  # a server tool's field: never on a tool of the client's
+    assert "max_uses" not in openai_request_to_messages(body, "claude")["tools"][0]
+
+
+def test_a_tool_field_the_relay_does_not_carry_is_a_400_naming_it():
+    request = {"model": "c", "max_tokens": 64, "messages": [{"role": "user", "content": "x"}]}
+    tool = {"name": "weather", "input_schema": WEATHER_SCHEMA, "max_uses": 3}
+    with pytest.raises(BadRequest, match=r"tools\.0\.max_uses"):
+        messages_request_to_openai({**request, "tools": [tool]})
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "text",
+                    "text": "see",
+                    "anthropic_document": {
+                        "type": "container_upload",
+                        "file_id": "f",
+                        "source": None,
+                    },
+                }
+            ],
+        },
+        {
+            "role": "tool",
+            "tool_call_id": "c1",
+            "content": "ok",
+            "anthropic_result": [{"type": "container_upload", "file_id": "f"}],
+        },
+    ],
+)
+def test_extension_fields_a_body_carries_itself_bring_no_block_the_ingress_would_refuse(message):
+    """An OpenAI-format body may carry the relay's own extension fields: what they hold
+    reaches an Anthropic vendor only if it is a block the Messages ingress lets in."""
+    call = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    ]}  # fmt: skip
+    body = {"messages": [{"role": "user", "content": "x"}, call, message]}
+    with pytest.raises(BadRequest, match=r"not supported|must be a document"):
+        openai_request_to_messages(body, "claude")
 
 
 INTERLEAVED_ANSWER = [

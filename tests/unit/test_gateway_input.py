@@ -628,6 +628,7 @@ async def test_the_anthropic_sdks_files_api_hears_it_is_not_served() -> None:
         ("/v1/embeddings", "input", ["a", ""], "must not be empty"),
         ("/v1/embeddings", "input", [[1, 2], []], "must not be empty"),
         ("/v1/embeddings", "input", ["x"] * 2049, "at most 2048 inputs"),
+        ("/v1/embeddings", "input", [[1]] * 2049, "at most 2048 inputs"),
         ("/v1/completions", "prompt", [], "must not be empty"),
         ("/v1/completions", "prompt", [[5], []], "must not be empty"),
     ],
@@ -641,3 +642,12 @@ async def test_an_empty_input_is_a_400_naming_the_field(
     assert status == 400, body
     assert body["error"]["param"] == field and says in body["error"]["message"]
     assert body["error"]["type"] == "invalid_request_error"
+
+
+async def test_one_token_array_longer_than_2048_is_one_input() -> None:
+    """The 2048 limit counts inputs: one input given as 3000 token ids is one (it passes
+    the input checks, and the unknown model is what is said)."""
+    status, body = await post(
+        "/v1/embeddings", {"model": "nope", "input": list(range(3000))}, **AUTH
+    )
+    assert status == 404 and body["error"]["param"] == "model", body

@@ -242,3 +242,30 @@ async def test_a_share_of_a_call_cut_short_is_metered_when_another_candidate_ans
     assert final.vendor == "b" and final.usage is not None and final.usage.input_tokens == 100
     assert final.cost == pytest.approx(cost_of(b, share)), "the answer's own figures"
     assert lines[patient.trace_id].usage.input_tokens == 100
+
+
+# --- a shared call too large for the vendor ----------------------------------------------
+
+
+class SizeLimited(Embeddings):
+    """A vendor behind a body-size limit (nginx's client_max_body_size, say): 413."""
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if len(request.content) > 2_000:
+            inputs = json.loads(request.content)["input"]
+            self.calls.append(
+                (request.url.host, "", inputs if isinstance(inputs, list) else [inputs])
+            )
+            return httpx.Response(413, text="request entity too large")
+        return await super().__call__(request)
+
+
+async def test_a_shared_call_too_large_for_the_vendor_is_split_so_a_small_input_goes_through():
+    """One tenant's large input in a window must not fail another tenant's small one:
+    the shared call's 413 sends each caller on its own, as a shared 400 does."""
+    vendor = SizeLimited()
+    dispatch, _ = dispatcher(vendor)
+    small, large = embed("s" * 100, tenant="victim"), embed("L" * 1_900, tenant="other")
+    outs = await asyncio.gather(*(dispatch.run(e, EMB, None) for e in (small, large)))
+    assert [o.error for o in outs] == [None, None]
+    assert [len(inputs) for _, _, inputs in vendor.calls] == [2, 1, 1]
