@@ -347,7 +347,8 @@ class Relay:
         if not env.stream:
             return await self._next(env, queue)
         try:
-            return await asyncio.wait_for(self._next(env, queue), STREAM_START_S)
+            async with asyncio.timeout(STREAM_START_S):
+                return await self._next(env, queue)
         except TimeoutError:
             return None
 
@@ -378,7 +379,12 @@ class Relay:
             # What already came is delivered even past the deadline (a slow reader).
             event = queue.get_nowait() if not queue.empty() else None
             if event is None:
-                event = await asyncio.wait_for(queue.get(), timeout=max(0.0, remaining))
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for returns a reply
+                # that came as the reader was cancelled (its client gone) and drops the
+                # cancel, and the reader then waited out the deadline to meter a second
+                # ledger line.
+                async with asyncio.timeout(max(0.0, remaining)):
+                    event = await queue.get()
         except TimeoutError:
             await self._meter_failure(env, DeadlineExceeded.code)
             raise DeadlineExceeded("no answer within the request's deadline") from None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from gateway.bus import _workers_in
+from schemas.envelope import ReplyEvent
 
 
 def described(error: int, state: str, members: list[Any]) -> list[Any]:
@@ -112,3 +115,31 @@ async def test_a_request_metered_at_its_deadline_gets_no_second_line_when_it_fai
     await asyncio.sleep(0.01)
     await asyncio.gather(*list(bus._background), return_exceptions=True)
     assert [b"deadline_exceeded" in line for line in ledger.lines] == [True]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_reader_cancelled_as_a_reply_arrives_stops_and_meters_nothing(stream: bool) -> None:
+    """A stream's client goes away (a load balancer cutting stalled connections) just as
+    a chunk comes: the reader must stop there, not take the chunk, wait out the deadline
+    on a queue nobody fills and then write a second ledger line for the request."""
+    from gateway.relay import Relay
+    from tests.support.envelopes import request_envelope
+    from tests.support.gateway import gateway_app
+
+    app, bus = gateway_app()
+    relay: Relay = app.state.relay
+    failures: list[str] = []
+
+    async def meter_failure(env: object, code: str) -> None:
+        failures.append(code)
+
+    bus.meter_failure = meter_failure  # type: ignore[method-assign]
+    env = request_envelope(stream=stream, deadline_ms=int((time.time() + 0.3) * 1000))
+    queue: asyncio.Queue[ReplyEvent] = asyncio.Queue()
+    reader = asyncio.ensure_future(relay._first(env, queue))
+    await asyncio.sleep(0.01)  # waiting on the empty queue
+    queue.put_nowait(ReplyEvent(correlation_id=env.correlation_id, kind="chunk", body={}))
+    reader.cancel()  # in the same loop step as the reply
+    with pytest.raises(asyncio.CancelledError):
+        await reader  # (Python 3.11's wait_for took the chunk and dropped the cancel)
+    assert failures == []
