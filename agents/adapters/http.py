@@ -230,24 +230,43 @@ _OUT_OF_CREDIT_TEXT = "Your credit balance is too low"
 def status_error(resp: httpx.Response, vendor: str) -> RelayError:
     """The error-tree exception for a vendor's error status (the body must be read)."""
     said, code, param = _vendor_error(resp)
-    text = _redact(said, resp)[:_MAX_MESSAGE]  # cut after: no key halves
-    message = f"{vendor}: HTTP {resp.status_code}: {text}"
+    return classified(
+        vendor,
+        resp.status_code,
+        _redact(said, resp),
+        code,
+        _redact(param, resp) if param else None,
+        resp.headers,
+    )
+
+
+def classified(
+    vendor: str,
+    status: int,
+    said: str,
+    code: str | None,
+    param: str | None,
+    headers: httpx.Headers | None = None,
+) -> RelayError:
+    """The error-tree exception for what a vendor said with an error status: in a
+    response, or in a batch result line (which carries the same error object)."""
+    message = f"{vendor}: HTTP {status}: {said[:_MAX_MESSAGE]}"
     anthropic_credit = (
-        resp.status_code == 400
+        status == 400
         and code == "invalid_request_error"  # Anthropic's type: a client's 400 never quotes
         and said.startswith(_OUT_OF_CREDIT_TEXT)  # its own text first (an OpenAI 400 might)
     )
-    if code in _OUT_OF_CREDIT_CODES or resp.status_code == 402 or anthropic_credit:
+    if code in _OUT_OF_CREDIT_CODES or status == 402 or anthropic_credit:
         return VendorAuthFailed(message)
-    wait = retry_after(resp.headers)
-    if wait is None and resp.status_code == 429:
-        wait = limit_reset(resp.headers)
-    err = error_for_status(resp.status_code, message, retry_after=wait)
+    wait = retry_after(headers) if headers is not None else None
+    if wait is None and status == 429 and headers is not None:
+        wait = limit_reset(headers)
+    err = error_for_status(status, message, retry_after=wait)
     if isinstance(err, VendorBadRequest):
         # The vendor's own code where clients branch on it, and the field it blamed.
         if code == ContentFiltered.code:
             err = ContentFiltered(message)
-        err.param = _redact(param, resp)[:200] if param else None
+        err.param = param[:200] if param else None
     return err
 
 

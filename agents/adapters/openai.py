@@ -18,7 +18,7 @@ import httpx
 
 from agents.adapters.base import StreamItem, VendorCall, VendorResult
 from agents.adapters.http import (
-    error_for_status,
+    classified,
     json_body,
     jsonl_objects,
     open_stream,
@@ -84,7 +84,10 @@ class OpenAIAdapter:
 
     def _knows_new_limit(self) -> bool:
         """Whether the server takes ``max_completion_tokens`` for any model: OpenAI's own."""
-        return urlsplit(self.base).hostname == "api.openai.com"
+        host = urlsplit(self.base).hostname or ""
+        return host == "api.openai.com" or host.endswith(
+            ".api.openai.com"
+        )  # (eu., us.: data residency)
 
     # -- the capabilities ---------------------------------------------------------------
 
@@ -137,10 +140,18 @@ class OpenAIAdapter:
         yield usage
 
     async def embed(self, call: VendorCall) -> VendorResult:
-        """Embeddings; only prompt tokens are billed."""
+        """Embeddings; only prompt tokens are billed.  A 200 without a ``data`` list (a
+        proxy's ``{"error": ...}``) is the vendor's failure, as for chat; a server that
+        says no usage is metered at an estimate, not as free."""
         data = await self._post("embeddings", call, {**call.body, "model": call.model})
-        usage = data.get("usage") or {}
-        return VendorResult(data, Usage(input_tokens=int(usage.get("prompt_tokens") or 0)))
+        if data.get("error") or not isinstance(data.get("data"), list):
+            said = data.get("error") or "the answer has no data"
+            failure = _vendor_failure(f"{self.kind}: HTTP 200 without embeddings", said)
+            raise scrubbed(failure, call.api_key)
+        prompt = int((data.get("usage") or {}).get("prompt_tokens") or 0)
+        if not prompt:
+            prompt = Usage.estimated(call.body, 0).input_tokens
+        return VendorResult(data, Usage(input_tokens=prompt))
 
     async def complete(self, call: VendorCall) -> VendorResult:
         """A legacy ``/completions`` call; the relay packs many prompts into one list."""
@@ -281,10 +292,18 @@ class OpenAIAdapter:
         status = int(response.get("status_code") or 0)
         if status == 200:
             return VendorResult(body, Usage.from_openai(body.get("usage")))
-        if status:
+        if status:  # the error object of a live answer: classified the same way
             error = body.get("error") or {}
-            message = error.get("message", "") if isinstance(error, dict) else str(error)
-            return error_for_status(status, f"{self.kind}: HTTP {status}: {message}")
+            if not isinstance(error, dict):
+                return classified(self.kind, status, str(error), None, None)
+            code, param = error.get("code"), error.get("param")
+            return classified(
+                self.kind,
+                status,
+                str(error.get("message", "")),
+                code if isinstance(code, str) else None,
+                param if isinstance(param, str) else None,
+            )
         # No response at all: the request never ran (batch_expired, batch_cancelled).
         error = entry.get("error") or {}
         return VendorUnavailable(

@@ -24,6 +24,7 @@ from agents.adapters import (
 )
 from schemas.config import VendorConfig
 from schemas.errors import (
+    ContentFiltered,
     VendorAuthFailed,
     VendorBadRequest,
     VendorNotFound,
@@ -897,3 +898,54 @@ async def test_a_vendor_sending_both_reasoning_names_keeps_both_as_sent() -> Non
 
     *chunks, _ = await collect(adapter_for(handler).stream(call()))
     assert chunks[0]["choices"][0]["delta"] == delta
+
+
+def test_openai_s_regional_hosts_are_openai_itself():
+    """eu.api.openai.com and its kind (data residency) take what api.openai.com takes:
+    top_k is dropped, more than 4 stops refused before sending (the next candidate
+    serves), max_tokens sent as max_completion_tokens."""
+    body = {"messages": [], "top_k": 40, "max_tokens": 9, "stop": list("abcde")}
+    regional = adapter_for(lambda r: httpx.Response(500), base="https://eu.api.openai.com/v1")
+    sent = regional._body(
+        VendorCall(model="gpt-4o-mini", body={**body, "stop": ["a"]}, api_key="k")
+    )
+    assert "top_k" not in sent and sent["max_completion_tokens"] == 9 and "max_tokens" not in sent
+    with pytest.raises(VendorUnsupported):
+        regional._body(VendorCall(model="gpt-4o-mini", body=body, api_key="k"))
+
+
+async def test_an_embeddings_200_without_data_is_the_vendor_s_failure_and_no_usage_is_estimated():
+    def failing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"error": {"message": "upstream failed", "code": 502}})
+
+    embed = VendorCall(model="emb", body={"model": "e", "input": "hello " * 500}, api_key=KEY)
+    with pytest.raises(VendorUnavailable, match="upstream failed"):
+        await adapter_for(failing).embed(embed)
+
+    def usageless(request: httpx.Request) -> httpx.Response:
+        data = [{"object": "embedding", "index": 0, "embedding": [0.1]}]
+        return httpx.Response(200, json={"object": "list", "data": data, "model": "emb"})
+
+    result = await adapter_for(usageless).embed(embed)
+    assert result.usage.input_tokens >= 700, "about 3000 characters, metered, not free"
+
+
+async def test_a_batch_line_s_error_keeps_the_vendor_s_code_as_a_live_answer_does():
+    """Azure's content_filter keeps its code and the field it blamed; an account out of
+    credit is the key's failure, not a rate limit to wait out."""
+    filtered = {"error": {"message": "filtered", "code": "content_filter", "param": "prompt"}}
+    quota = {"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}
+    output = [
+        {"custom_id": "a", "response": {"status_code": 400, "body": filtered}},
+        {"custom_id": "b", "response": {"status_code": 429, "body": quota}},
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/batches/batch_1":
+            done = {"id": "batch_1", "status": "completed", "output_file_id": "file-out"}
+            return httpx.Response(200, json=done)
+        return httpx.Response(200, text="".join(json.dumps(x) + "\n" for x in output))
+
+    results = await adapter_for(handler).poll_batch("batch_1", KEY)
+    assert isinstance(results["a"], ContentFiltered) and results["a"].param == "prompt"
+    assert isinstance(results["b"], VendorAuthFailed)
