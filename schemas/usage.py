@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 
 def estimated_tokens(chars: int) -> int:
@@ -56,6 +56,13 @@ class Usage(BaseModel):
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
+
+    @field_validator("*")
+    @classmethod
+    def _none_below_zero(cls, tokens: int) -> int:
+        # A vendor's count as it says it, but never negative (a server that reports -100
+        # completion tokens would make a negative cost, which no counter or budget takes).
+        return max(0, tokens)
 
     @classmethod
     def estimated(cls, body: dict[str, Any], answer_chars: int) -> Usage:

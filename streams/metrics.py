@@ -137,9 +137,11 @@ def count_line(event: UsageEvent, tenants: Container[str], aliases: Container[st
     its refusal's line must not make series of its own (one each, for ever)."""
     tenant = event.tenant if event.tenant in tenants else UNKNOWN
     alias = event.alias if event.alias in aliases else UNKNOWN
-    COST.labels(tenant, alias).inc(event.cost)
-    SAVED.labels(tenant).inc(event.saved_cost)
-    DIRECT.labels(tenant).inc(event.direct_cost)
+    # Counters only go up (a negative amount raises, which would cost the line itself):
+    # a line that says less than nothing counts as nothing here.
+    COST.labels(tenant, alias).inc(max(0.0, event.cost))
+    SAVED.labels(tenant).inc(max(0.0, event.saved_cost))
+    DIRECT.labels(tenant).inc(max(0.0, event.direct_cost))
 
 
 def start_cost_series(tenants: Iterable[tuple[str, Iterable[str]]]) -> None:

@@ -152,7 +152,8 @@ class BackgroundProducer:
             if self._resending is not None:
                 await asyncio.gather(self._resending, return_exceptions=True)
             if self._spill is not None:
-                self._spill.close()
+                self._spill.close()  # a line sent after this opens a spill file of its own
+                self._spill, self._spill_path = None, None
 
     def _keep(self, lines: list[Line]) -> tuple[bool, str]:
         """Append ``lines`` to this process's spill file: whether they were kept, and

@@ -253,3 +253,22 @@ async def test_requests_and_errors_are_counted_in_the_lane_the_request_asked_for
         "relay_request_latency_seconds_count", {"endpoint": "/v1/lanes", "priority": "background"}
     )
     assert latency == 1
+
+
+def test_a_ledger_line_that_says_less_than_nothing_is_counted_as_nothing() -> None:
+    """A counter refuses a negative amount by raising, which must never cost the worker
+    the ledger line being written; nor may a vendor's negative token count make one."""
+    from schemas.envelope import UsageEvent
+    from schemas.usage import Usage
+    from streams import metrics
+
+    before = REGISTRY.get_sample_value("relay_worker_cost_usd_total", {"tenant": "t", "alias": "a"})
+    line = UsageEvent(
+        event_id="e1", trace_id="t1", tenant="t", key_id="k", alias="a",
+        cost=-0.5, saved_cost=-0.5, direct_cost=-0.5,
+    )  # fmt: skip
+    metrics.count_line(line, {"t"}, {"a"})
+    after = REGISTRY.get_sample_value("relay_worker_cost_usd_total", {"tenant": "t", "alias": "a"})
+    assert (after or 0.0) == (before or 0.0)
+    usage = Usage.from_openai({"prompt_tokens": 10, "completion_tokens": -100000})
+    assert (usage.input_tokens, usage.output_tokens) == (10, 0)

@@ -126,3 +126,47 @@ async def test_lines_kept_again_while_the_broker_is_away_are_kept_once(
         for raw in p.read_bytes().splitlines()
     ]
     assert sorted(kept) == sorted(f'{{"event_id": "e{i}"}}' for i in range(50))
+
+
+class FlakyKafka:
+    """Stands in for AIOKafkaProducer: delivers while ``up``, else fails retriably."""
+
+    def __init__(self) -> None:
+        self.up = False
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> Any:
+        from aiokafka.errors import KafkaTimeoutError
+
+        delivery = asyncio.get_running_loop().create_future()
+        if self.up:
+            delivery.set_result(None)
+        else:
+            delivery.set_exception(KafkaTimeoutError())
+        return delivery
+
+
+async def test_a_line_sent_after_a_clean_stop_is_kept_though_the_process_spilled_before(
+    tmp_path: Path,
+):
+    """A request still running when its worker stopped writes its ledger line late: it
+    goes to a spill file, even when this process's earlier spill file is closed."""
+    producer = BackgroundProducer("127.0.0.1:9", tmp_path, stop_grace_s=0.2)
+    producer.producer = FlakyKafka()  # type: ignore[assignment]
+    await producer.start()
+    await producer.send("relay.usage", b'{"event_id": "early"}', key=b"t")
+    await asyncio.sleep(0.05)  # delivery failed: spilled
+    producer.producer.up = True  # type: ignore[attr-defined]
+    await producer.stop()  # every line delivered or kept: a clean stop
+    await producer.send("relay.usage", b'{"event_id": "late"}', key=b"t")
+    assert {"early", "late"} <= kept_ids(tmp_path)
+
+
+def kept_ids(spill_dir: Path) -> set[str]:
+    return {
+        orjson.loads(orjson.loads(line)["value"])["event_id"]
+        for path in spill_dir.glob("*.jsonl")
+        for line in path.read_bytes().splitlines()
+    }
