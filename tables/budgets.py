@@ -68,6 +68,12 @@ def next_period_start(now: float, period: Period) -> float:
     return start.replace(year=year, month=month).timestamp()
 
 
+# A period's spend at most: two absurd lines (1e308 each) would add up to infinity, which
+# the table's changelog writes as null and the record recovered after a restart fails to
+# read.  Past every budget there is, and finite.
+MAX_SPEND = 1e15
+
+
 def add_spend(s: Spend, cost: float, now: float, period: Period) -> Spend:
     """Add ``cost`` to the current period, starting a fresh one at the UTC boundary.
 
@@ -78,10 +84,11 @@ def add_spend(s: Spend, cost: float, now: float, period: Period) -> Spend:
     start = period_start(now, period)
     kept = _kept_start(s, period)
     if start > kept:
-        return Spend(period_start=start, spent_usd=cost, folded=s.folded)
+        return Spend(period_start=start, spent_usd=min(cost, MAX_SPEND), folded=s.folded)
     if start < kept:
         return s
-    return Spend(period_start=start, spent_usd=s.spent_usd + cost, folded=s.folded)
+    total = min(s.spent_usd + cost, MAX_SPEND)
+    return Spend(period_start=start, spent_usd=total, folded=s.folded)
 
 
 def _kept_start(s: Spend, period: Period) -> float:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tables.budgets import (
+    MAX_SPEND,
     BudgetPolicy,
     Spend,
     add_spend,
@@ -131,3 +132,15 @@ def test_last_periods_spend_does_not_count() -> None:
 
 def test_a_zero_budget_refuses_everything() -> None:
     assert decide(BudgetPolicy(limit_usd=0.0), Spend(), NOW).action == "refuse"
+
+
+def test_absurd_lines_add_up_to_a_finite_spend_that_survives_the_changelog() -> None:
+    """Two lines of 1e308 would make infinity, which the changelog writes as null: the
+    record recovered after a restart would not read, and every request of the tenant
+    would fail its budget check.  The total stops at a finite ceiling, past any budget."""
+    s = Spend()
+    for _ in range(2):
+        s = add_spend(s, 1e308, ts(2025, 3, 17), "day")
+    assert s.spent_usd == MAX_SPEND
+    assert Spend.model_validate_json(s.model_dump_json()) == s
+    assert decide(BudgetPolicy(limit_usd=1e6), s, ts(2025, 3, 17)).action == "refuse"
