@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -131,10 +132,8 @@ def test_lines_all_in_one_minute_draw_on_an_axis_of_minutes_not_years(tmp_path):
 async def test_the_ledger_is_read_once_per_line_and_unreadable_lines_are_counted(monkeypatch):
     """A producer's retry can write a line twice (same event_id); a damaged, empty or
     foreign record is skipped and counted, never silently."""
-    from types import SimpleNamespace
 
     import orjson
-    from aiokafka import TopicPartition
 
     import cli.report as report
 
@@ -147,32 +146,7 @@ async def test_the_ledger_is_read_once_per_line_and_unreadable_lines_are_counted
         orjson.dumps({"tenant": "a", "cost": 5.0}),  # not a ledger line
     ]
 
-    class Consumer:
-        def __init__(self, **_: object) -> None:
-            self.at = 0
-
-        async def start(self) -> None: ...
-        async def stop(self) -> None: ...
-        async def topics(self) -> set[str]:
-            return {"relay.usage"}
-
-        def partitions_for_topic(self, topic: str) -> set[int]:
-            return {0}
-
-        def assign(self, parts: object) -> None: ...
-        async def seek_to_beginning(self, *parts: object) -> None: ...
-        async def end_offsets(self, parts: list[TopicPartition]) -> dict[TopicPartition, int]:
-            return {parts[0]: len(values)}
-
-        async def position(self, tp: TopicPartition) -> int:
-            return self.at
-
-        async def getmany(self, timeout_ms: int) -> dict[TopicPartition, list[SimpleNamespace]]:
-            records = [SimpleNamespace(value=v) for v in values[self.at :]]
-            self.at = len(values)
-            return {TopicPartition("relay.usage", 0): records}
-
-    monkeypatch.setattr(report, "AIOKafkaConsumer", Consumer)
+    monkeypatch.setattr(report, "AIOKafkaConsumer", reading({"relay.usage": values}))
     read = await report.read_ledger("127.0.0.1:9", "relay.usage", 1)
     assert [e.event_id for e in read.events] == [line.event_id] and read.unreadable == 3
 
@@ -238,34 +212,67 @@ def test_a_chart_that_cannot_be_written_is_refused_before_the_ledger_is_read(tmp
     assert result.exit_code == 2 and "is a directory" in said
 
 
-class StalledConsumer:
-    """A consumer whose broker went away mid-read: its positions stop moving, and
-    ``getmany`` returns nothing (aiokafka retries it without end)."""
+class FakeConsumer:
+    """Stands in for AIOKafkaConsumer: each topic of ``held`` on one partition, read
+    whole by the first poll."""
 
-    stopped = False
+    held: dict[str, list[bytes | None]] = {}
 
     def __init__(self, **_: object) -> None:
-        self.polls = 0
+        self.at = 0
+        self.values: list[bytes | None] = []
 
     async def start(self) -> None: ...
-    async def stop(self) -> None:
-        StalledConsumer.stopped = True
-
+    async def stop(self) -> None: ...
     async def topics(self) -> set[str]:
-        return {"relay.usage"}
+        return set(self.held)
 
     def partitions_for_topic(self, topic: str) -> set[int]:
         return {0}
 
-    def assign(self, parts: object) -> None: ...
+    def assign(self, parts: list[Any]) -> None:
+        self.values = self.held[parts[0].topic]
+
     async def seek_to_beginning(self, *parts: object) -> None: ...
-    async def end_offsets(self, parts: list) -> dict:
-        return {parts[0]: 10}
+    async def end_offsets(self, parts: list[Any]) -> dict[Any, int]:
+        return {parts[0]: len(self.values)}
+
+    async def position(self, tp: object) -> int:
+        return self.at
+
+    async def getmany(self, timeout_ms: int) -> dict[Any, list[Any]]:
+        from types import SimpleNamespace
+
+        from aiokafka import TopicPartition
+
+        records = [SimpleNamespace(value=v) for v in self.values[self.at :]]
+        self.at = len(self.values)
+        return {TopicPartition("x", 0): records}
+
+
+def reading(held: dict[str, list[bytes | None]]) -> type[FakeConsumer]:
+    """A FakeConsumer class whose topics hold ``held``."""
+    return type("Consumer", (FakeConsumer,), {"held": held})
+
+
+class StalledConsumer(FakeConsumer):
+    """A consumer whose broker went away mid-read: its positions stop moving, and
+    ``getmany`` returns nothing (aiokafka retries it without end)."""
+
+    held = {"relay.usage": [None] * 10}
+    stopped = False
+
+    def __init__(self, **_: object) -> None:
+        super().__init__()
+        self.polls = 0
+
+    async def stop(self) -> None:
+        StalledConsumer.stopped = True
 
     async def position(self, tp: object) -> int:
         return 3
 
-    async def getmany(self, timeout_ms: int) -> dict:
+    async def getmany(self, timeout_ms: int) -> dict[Any, list[Any]]:
         import asyncio
 
         self.polls += 1
@@ -378,9 +385,7 @@ def test_by_model_a_canary_s_failed_attempts_show_in_the_vendor_calls(monkeypatc
     """A canary attempt that failed and fell back to the stable version leaves a ledger
     line naming the stable version only; `relay report --by model` also counts every
     vendor call from relay.health, so the canary's errors and latency are there, apart."""
-    from types import SimpleNamespace
 
-    from aiokafka import TopicPartition
     from typer.testing import CliRunner
 
     import cli.report as report
@@ -403,34 +408,8 @@ def test_by_model_a_canary_s_failed_attempts_show_in_the_vendor_calls(monkeypatc
         ],
     }
 
-    class Consumer:
-        def __init__(self, **_: object) -> None:
-            self.at = 0
-
-        async def start(self) -> None: ...
-        async def stop(self) -> None: ...
-        async def topics(self) -> set[str]:
-            return set(topics)
-
-        def partitions_for_topic(self, topic: str) -> set[int]:
-            return {0}
-
-        def assign(self, parts: list[TopicPartition]) -> None:
-            self.values = [v.encode() for v in topics[parts[0].topic]]
-
-        async def seek_to_beginning(self, *parts: object) -> None: ...
-        async def end_offsets(self, parts: list[TopicPartition]) -> dict[TopicPartition, int]:
-            return {parts[0]: len(self.values)}
-
-        async def position(self, tp: TopicPartition) -> int:
-            return self.at
-
-        async def getmany(self, timeout_ms: int) -> dict[TopicPartition, list[SimpleNamespace]]:
-            records = [SimpleNamespace(value=v) for v in self.values[self.at :]]
-            self.at = len(self.values)
-            return {TopicPartition("x", 0): records}
-
-    monkeypatch.setattr(report, "AIOKafkaConsumer", Consumer)
+    encoded = {topic: [v.encode() for v in values] for topic, values in topics.items()}
+    monkeypatch.setattr(report, "AIOKafkaConsumer", reading(encoded))
     monkeypatch.setenv("RELAY_KAFKA_BOOTSTRAP", "127.0.0.1:9")
     monkeypatch.setenv("COLUMNS", "200")
     result = CliRunner().invoke(app, ["report", "--by", "model"])
