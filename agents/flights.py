@@ -3,6 +3,8 @@
 The request topic is keyed by the coalescing key, so every identical request reaches the
 same worker, whichever gateway replica took it; this registry is that worker's memory of
 calls under way.  A waiter that joins mid-stream gets the chunks so far, then live ones.
+A waiter whose client went away (a cancel notice) is ``gone``: sent nothing more; when
+every waiter of a flight is gone its call is stopped (the handler's job).
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ class Waiter:
     leader: bool
     joined_at: float
     sent: int = 0  # chunks already delivered to this waiter
-    lost: bool = False  # a reply to it failed: nothing more is sent, its line is still kept
+    # Nothing more is sent to it (a reply to it failed, or it is ``gone``); its line is
+    # still kept.
+    lost: bool = False
+    gone: bool = False  # its client went away (a cancel notice): its line says client_closed
     # Held while sending to this waiter, so its chunks (and then its final) go out in order.
     sending: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -45,6 +50,9 @@ class Flight:
     degraded: str | None = None  # routed cheaper for every waiter (rate pressure)
     # Followers with time left when the leader's own deadline cut the call: run again.
     rerun: list[RequestEnvelope] = field(default_factory=list)
+    # The vendor call on a task of its own (a stream's, which its clients may all leave),
+    # so that it can be stopped; None while it runs on the leader's own task.
+    call: asyncio.Future[Any] | None = None
 
     def degraded_for(self, env: RequestEnvelope) -> str | None:
         """Why this waiter's answer was routed cheaper: its own budget, or the flight's."""
@@ -56,6 +64,8 @@ class Flights:
 
     def __init__(self) -> None:
         self._by_key: dict[str, Flight] = {}
+        # Who waits on a flight under way, by correlation id: where a cancel notice goes.
+        self._by_id: dict[str, tuple[Flight, Waiter]] = {}
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -102,10 +112,26 @@ class Flights:
         else:
             waiter = Waiter(env, leader=False, joined_at=now)
         flight.waiters.append(waiter)
+        self._by_id[env.correlation_id] = (flight, waiter)
         return flight, waiter
+
+    def leave(self, correlation_id: str, tenant: str) -> Flight | None:
+        """The client of ``correlation_id`` went away: its waiter is sent nothing more.
+        The flight when that left nobody on it (the caller may stop its call), else None;
+        an id not waiting on a flight here (unknown, landed, another tenant's, gone
+        already) changes nothing."""
+        found = self._by_id.get(correlation_id)
+        if found is None or found[1].envelope.tenant != tenant or found[1].gone:
+            return None
+        flight, waiter = found
+        waiter.gone = waiter.lost = True
+        return flight if all(w.gone for w in flight.waiters) else None
 
     def land(self, flight: Flight) -> None:
         """The call is over: later requests start a new flight (or hit the cache)."""
         flight.finished = True
         if self._by_key.get(flight.key) is flight:
             del self._by_key[flight.key]
+        for w in flight.waiters:
+            if self._by_id.get(w.envelope.correlation_id, (None,))[0] is flight:
+                del self._by_id[w.envelope.correlation_id]

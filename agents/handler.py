@@ -34,6 +34,7 @@ from schemas.errors import (
     BadRequest,
     BatchCancelled,
     BudgetExceeded,
+    ClientClosed,
     DeadlineExceeded,
     ModelNotFound,
     NoWorker,
@@ -59,6 +60,7 @@ REPLY_SEND_S = 10.0
 # (within the stop's 5 s to answer what it cut): past it, the line is answered as cut.
 PUT_BACK_S = 2.0
 STOPPED = "the worker stopped before the answer; try again"
+CLOSED = "the client went away before the answer ended"
 
 
 class Sink(Protocol):
@@ -164,7 +166,13 @@ class RequestHandler:
         progress = Progress()
         stopping = False
         try:
-            outcome = await self._from_cache(env) or await self._fly(flight, env, progress)
+            if env.stream:
+                # On a task of its own: should every client of the stream go away, a
+                # cancel notice stops it (``cancel``), and this task goes on to meter it.
+                flight.call = asyncio.ensure_future(self._answer(flight, env, progress))
+                outcome = await flight.call
+            else:  # nobody withdraws a plain request: no task spent on it
+                outcome = await self._answer(flight, env, progress)
         except RelayError as err:
             outcome = Outcome(error=err)
         except Exception as exc:  # a bug must still answer every waiter, never hang them
@@ -172,12 +180,18 @@ class RequestHandler:
             bug = RelayError(f"internal error: {type(exc).__name__}")
             outcome = progress.bill(Outcome(error=bug), env.body)  # what streamed was billed
         except asyncio.CancelledError:
-            # The worker is stopping with this call unfinished: every waiter hears so now
-            # rather than at its deadline, and the ledger gets the line (with what a
-            # stream sent before it was cut, which the vendor bills).
-            # (A Batch API line goes back on the request topic instead: see _land_one.)
-            stopping = True
-            outcome = progress.bill(Outcome(error=NoWorker(STOPPED), stopped=True), env.body)
+            if _stopped_for_nobody(flight):
+                # Every client of the stream went away and the call was stopped: the
+                # vendor bills what it streamed till then, which the line says.  (A call
+                # stopped so says nothing of the vendor's health: it is not reported.)
+                outcome = progress.bill(Outcome(error=ClientClosed(CLOSED)), env.body)
+            else:
+                # The worker is stopping with this call unfinished: every waiter hears so
+                # now rather than at its deadline, and the ledger gets the line (with what
+                # a stream sent before it was cut, which the vendor bills).
+                # (A Batch API line goes back on the request topic instead: see _land_one.)
+                stopping = True
+                outcome = progress.bill(Outcome(error=NoWorker(STOPPED), stopped=True), env.body)
         flight.cached = outcome.cached
         storing: asyncio.Future[None] | None = None
         if outcome.error is None and not outcome.cached:
@@ -197,6 +211,28 @@ class RequestHandler:
             self._spawn(self.handle(follower))
         if stopping:
             raise asyncio.CancelledError
+
+    async def _answer(self, flight: Flight, env: RequestEnvelope, progress: Progress) -> Outcome:
+        """The leader's answer: from L2 (another replica's identical request finished
+        meanwhile), else from a vendor."""
+        return await self._from_cache(env) or await self._fly(flight, env, progress)
+
+    def cancel(self, notice: RequestEnvelope) -> None:
+        """A cancel notice (``RequestEnvelope.cancel``): the client of the request it
+        names went away.  Its waiter is sent nothing more (its line, when its flight
+        lands, says ``client_closed``); when nobody else waits on the call, the call is
+        stopped, and the flight closed first, so that an identical request arriving now
+        starts a call of its own rather than join one that will not answer.  A notice for
+        a request not waiting here (unknown, answered, another tenant's, a Batch API line:
+        its batch's cancel withdraws it) changes nothing; none is answered or metered."""
+        lines = self.batch_lines
+        if lines is not None and notice.reply_to == lines.topic:
+            return
+        flight = self.flights.leave(notice.correlation_id, notice.tenant)
+        if flight is None or flight.call is None or flight.call.done():
+            return  # others still wait, or the call is over (its answer is landing)
+        self.flights.land(flight)
+        flight.call.cancel()
 
     async def refuse(self, env: RequestEnvelope, err: RelayError) -> None:
         """Answer ``env`` with ``err`` without any vendor call; metered as failed."""
@@ -569,7 +605,8 @@ class RequestHandler:
         while flight.answered < len(flight.waiters):
             w = flight.waiters[flight.answered]
             flight.answered += 1
-            if not _metered_by_gateway(w.envelope):
+            # (a gateway that sent a cancel notice never meters the request itself)
+            if w.gone or not _metered_by_gateway(w.envelope):
                 landing.append(self._land_one(flight, w, out))
             elif w.leader and not out.cached and (out.candidate is not None or out.late):
                 # Its gateway answered 504 and wrote a line at no cost, but the vendor was
@@ -583,6 +620,9 @@ class RequestHandler:
     async def _land_one(self, flight: Flight, w: Waiter, out: Outcome) -> None:
         """Answer one waiter and write its ledger line."""
         env = w.envelope
+        if w.gone:
+            await self._closed(flight, w, out)
+            return
         if _outlives(flight, w, out.error) or (
             isinstance(out.error, BatchCancelled) and not w.leader
         ):
@@ -648,6 +688,23 @@ class RequestHandler:
             self._spawn(self._meter_share(partial(_plus_shares, line), out.late))
             return
         await self.sink.usage(line)
+
+    async def _closed(self, flight: Flight, w: Waiter, out: Outcome) -> None:
+        """The ledger line of a waiter whose client went away, whatever the call's
+        outcome: ``client_closed``, with the figures it would have had otherwise, as
+        coalesced calls are metered: the leader's line carries what the vendor billed
+        (what streamed when the call was stopped; the whole answer when the call went on
+        for other waiters), a follower's costs nothing.  No reply: nobody reads it."""
+        paid = (out.candidate, out.usage) if w.leader and not out.cached else (None, Usage())
+        await self._fail(
+            w.envelope,
+            ClientClosed(CLOSED),
+            coalesced=not w.leader,
+            paid=paid,
+            late=out.late if w.leader else [],
+            degraded=flight.degraded_for(w.envelope),
+            reply=False,
+        )
 
     def _store(self, flight: Flight, out: Outcome) -> asyncio.Future[None] | None:
         """Start storing the answer (as it stands now), or None when it is not cached."""
@@ -797,6 +854,13 @@ def _plus_shares(line: UsageEvent, billed: list[tuple[Candidate, Usage]]) -> Usa
     saved = max(0.0, line.direct_cost - cost)
     update = {"usage": usage, "cost": cost, "saved_cost": saved, "batched": True}
     return line.model_copy(update=update)
+
+
+def _stopped_for_nobody(flight: Flight) -> bool:
+    """Whether the leader's ``CancelledError`` is its call stopped by ``cancel`` (every
+    client gone), not the worker stopping (which cancels the leader's own task)."""
+    call, task = flight.call, asyncio.current_task()
+    return call is not None and call.cancelled() and not (task and task.cancelling())
 
 
 def _metered_by_gateway(env: RequestEnvelope) -> bool:

@@ -172,6 +172,20 @@ class Bus:
             raise NoHealthyVendor(UNQUEUED) from None
         delivery.add_done_callback(lambda fut: self._undelivered(env, fut))
 
+    def cancel(self, notice: RequestEnvelope) -> None:
+        """Publish a cancel notice (``RequestEnvelope.cancel``) in the background: nobody
+        waits on it, nothing is metered for it, and one the broker does not take only
+        leaves the vendor call it would have stopped to run on to its end."""
+        task = asyncio.ensure_future(self._withdraw(notice))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _withdraw(self, notice: RequestEnvelope) -> None:
+        try:
+            await (await self._send(notice))
+        except Exception as exc:
+            log.warning("cancel of %s not published: %r", notice.correlation_id, exc)
+
     async def publish_all(self, envs: list[RequestEnvelope]) -> list[Exception | None]:
         """Publish envelopes nobody waits for here (a batch's lines), and wait until the
         broker took each: the error of each one it did not (metered as failed), or None."""

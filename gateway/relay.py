@@ -309,6 +309,7 @@ class Relay:
             try:
                 await self.bus.publish(env)
             except RelayError as err:  # never queued: no worker will meter it
+                self._done(env, ended=True)  # (nor hear of it: nothing to withdraw)
                 await self._meter_failure(env, err.code)
                 raise
             first = await self._first(env, queue)
@@ -386,16 +387,27 @@ class Relay:
                 async with asyncio.timeout(max(0.0, remaining)):
                     event = await queue.get()
         except TimeoutError:
+            self._done(env, ended=True)
             await self._meter_failure(env, DeadlineExceeded.code)
             raise DeadlineExceeded("no answer within the request's deadline") from None
+        if event.kind != "chunk":  # its last reply: from here nothing is withdrawn
+            self._done(env, ended=True)
         if event.kind == "error":
             raise RelayError.from_dict(event.error or {})
         return event
 
-    def _done(self, env: RequestEnvelope) -> None:
-        """Release the request's reply queue (once, however often it is called)."""
+    def _done(self, env: RequestEnvelope, *, ended: bool = False) -> None:
+        """Release the request's reply queue (once, however often it is called).
+
+        A stream released before it ``ended`` (its final or error came, or the gateway
+        gave up at the deadline and metered it) lost its client: the worker is told with
+        a cancel notice, keyed as the request so it follows it to the same worker, and
+        stops the vendor call when nobody else waits on it, rather than pay for an answer
+        nobody reads.  Released once, so told at most once."""
         if self.bus.forget(env.correlation_id):
             metrics.IN_FLIGHT.dec()
+            if env.stream and not ended:
+                self.bus.cancel(env.cancel_notice())
 
     def _count(self, env: RequestEnvelope, final: ReplyEvent) -> None:
         metrics.CACHE.labels(_cache_header(final)).inc()

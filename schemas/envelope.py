@@ -77,6 +77,23 @@ class RequestEnvelope(BaseModel):
         "topic leave it false",
     )
     created_ms: int = Field(default_factory=now_ms, ge=0, lt=MAX_EPOCH_MS)
+    cancel: bool = Field(
+        False,
+        description="not a request but a notice that the client of the request with this "
+        "correlation_id and tenant, posted before it with the same key, went away: the worker "
+        "sends that request nothing more, and stops its vendor call (a stream's) when nobody "
+        "else waits on it; its one ledger line says client_closed (billed what streamed "
+        "when the call was stopped). The notice "
+        "itself gets no reply and no ledger line, and its body is not read; one for a request "
+        "answered already, or unknown, is ignored, and so is one for a Batch API line (its "
+        "batch's cancel withdraws it)",
+    )
+
+    def cancel_notice(self) -> RequestEnvelope:
+        """The notice withdrawing this request (``cancel``): the same envelope without
+        its body, so it is small, and keyed alike on the topic (it reaches the same worker,
+        after the request)."""
+        return self.model_copy(update={"cancel": True, "body": {}})
 
     @field_validator("reply_to")
     @classmethod

@@ -14,6 +14,7 @@
     ├── NoWorker                     503 api_error            (no worker takes requests)
     ├── StoreUnavailable             503 api_error            (the Batch API's Redis is down)
     ├── BatchCancelled               499 cancelled            (a batch line never sent)
+    ├── ClientClosed                 499 cancelled            (every client of a stream left)
     └── VendorError                  502 api_error            (retryable)
         ├── VendorRateLimited        429 from the vendor      (retryable, retry_after)
         ├── VendorAuthFailed         401/403 from the vendor  (key is taken out, next key tried)
@@ -173,6 +174,17 @@ class BatchCancelled(RelayError):
     """A batch line its batch's cancel stopped before it ran."""
 
     code = "batch_cancelled"
+    status = 499
+    type = "cancelled"
+
+
+class ClientClosed(RelayError):
+    """A stream's client went away before its end (a closed stream, a dropped
+    connection) and its gateway said so: nobody hears this error, it names the request's
+    ledger line.  When no other waiter was left on the call, the vendor call was stopped
+    and the line is billed what streamed until then."""
+
+    code = "client_closed"
     status = 499
     type = "cancelled"
 

@@ -409,6 +409,9 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
                 except Exception as again:  # the next envelope must still be taken
                     log.warning("dead letter not written: %r", again)
                 continue
+            if env.cancel:  # a notice, not a request: no task, reply or ledger line
+                handler.cancel(env)
+                continue
             if not taken.first_time(taken_as(env, msg.headers)):
                 log.warning("request %s arrived twice: the copy is dropped", env.correlation_id)
                 continue

@@ -149,8 +149,11 @@ class Streamed:
         return next((c["usage"] for c in self.chunks if c.get("usage")), None)
 
 
-async def stream_chat(gateway: str, messages: list[dict[str, Any]], out: Streamed) -> Streamed:
-    """One streamed chat (with the usage chunk), read as raw server-sent events into ``out``."""
+async def stream_chat(
+    gateway: str, messages: list[dict[str, Any]], out: Streamed, *, leave_after: int = 0
+) -> Streamed:
+    """One streamed chat (with the usage chunk), read as raw server-sent events into ``out``;
+    with ``leave_after``, the client disconnects once it has read that many."""
     body = {
         "model": ALIAS,
         "messages": messages,
@@ -168,6 +171,8 @@ async def stream_chat(gateway: str, messages: list[dict[str, Any]], out: Streame
             if line.startswith("data: "):
                 out.data.append(line.removeprefix("data: "))
                 out.first_chunk.set()
+                if len(out.data) == leave_after:
+                    return out  # (leaving the block closes the connection mid-stream)
     out.done = True
     return out
 
@@ -327,3 +332,35 @@ async def test_a_failed_call_fails_every_waiter_alike(
     assert len(events) == len(traces)
     assert all(e.status == "error" and e.error_code == "vendor_unavailable" for e in events)
     assert all(e.cost == 0 for e in events)
+
+
+async def a_long_answer(sim: Simulator) -> tuple[list[dict[str, Any]], int]:
+    """A prompt the vendor answers at length (30 words at least), and its output tokens."""
+    client = openai.AsyncOpenAI(base_url=f"{sim.url}/v1", api_key=SIM_KEY, max_retries=0)
+    async with client:
+        for _ in range(100):
+            messages = prompt()
+            got = await client.chat.completions.create(model=VENDOR_MODEL, messages=messages)
+            if got.usage is not None and got.usage.completion_tokens >= 30:
+                return messages, got.usage.completion_tokens
+    raise AssertionError("no long answer in 100 prompts")
+
+
+async def test_a_stream_its_client_left_stops_the_vendor_call(
+    single: Stack, simulator: Simulator, vendor: Callable[..., None]
+):
+    """The client reads three events and disconnects: its gateway sends a cancel notice,
+    and the worker, nobody else waiting, stops the call and writes the request's line
+    as client_closed, billed the few words that streamed, well before the answer would
+    have ended (a word every 100 ms)."""
+    messages, full = await a_long_answer(simulator)
+    vendor(chunk_gap_ms=100)
+    left = await stream_chat(single.url, messages, Streamed(uuid.uuid4().hex), leave_after=3)
+    assert not left.done
+    [line] = await read_ledger(single, {left.trace})
+    assert (line.status, line.error_code, line.vendor) == ("error", "client_closed", "sim-openai")
+    assert 0 < line.usage.output_tokens <= full // 3, (line.usage, full)
+    assert line.latency_ms < full * 100 / 2, "the call ended long before the whole answer"
+    # The call was stopped, not left for another to join: the same question is answered.
+    again = await stream_chat(single.url, messages, Streamed(uuid.uuid4().hex))
+    assert again.done and again.usage is not None and again.usage["completion_tokens"] == full

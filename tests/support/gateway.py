@@ -94,6 +94,10 @@ class FakeBus:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def cancel(self, notice: RequestEnvelope) -> None:
+        wire(notice)
+        self.published.append(notice)  # a notice: no worker answers it
+
     async def _play(self, env: RequestEnvelope) -> None:
         for delay, event in self.script(env):
             await asyncio.sleep(delay)

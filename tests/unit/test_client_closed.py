@@ -1,0 +1,141 @@
+"""A stream whose clients went away (cancel notices): the vendor call stops when nobody
+is left on it, goes on when someone is, and each request keeps its one ledger line."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from agents.handler import RequestHandler
+from schemas.envelope import RequestEnvelope
+from tests.support.sinks import Sink
+from tests.unit.test_handler import envelope, make, sse
+
+WORDS = [f" w{i:02d}" for i in range(40)]  # 4 characters each: about a token each
+
+
+def vendor(sent: list[str], calls: list[int], gap: float = 0.01) -> httpx.AsyncClient:
+    """A vendor streaming ``WORDS`` a ``gap`` apart; ``sent`` is every line it wrote."""
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+
+        async def lines() -> Any:
+            for line in sse(WORDS):
+                await asyncio.sleep(gap)
+                sent.append(line)
+                yield line.encode()
+
+        return httpx.Response(200, content=lines(), headers={"content-type": "text/event-stream"})
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(answer))
+
+
+def chunks(sink: Sink, env: RequestEnvelope) -> int:
+    return sum(1 for e in sink.for_(env.correlation_id) if e.kind == "chunk")
+
+
+def text(sink: Sink, env: RequestEnvelope) -> str:
+    events = sink.for_(env.correlation_id)
+    return "".join(e.body["choices"][0]["delta"].get("content") or "" for e in events if e.body)
+
+
+async def until(done: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if done():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("never happened")
+
+
+def setup(**kw: Any) -> tuple[RequestHandler, Sink, list[str], list[int]]:
+    sent: list[str] = []
+    calls: list[int] = []
+    handler, sink = make(vendor(sent, calls, **kw))
+    return handler, sink, sent, calls
+
+
+async def test_a_stream_whose_only_client_left_stops_the_vendor_and_bills_what_streamed():
+    handler, sink, sent, _ = setup()
+    env = envelope(stream=True, key="k-left")
+    task = asyncio.create_task(handler.handle(env))
+    await until(lambda: chunks(sink, env) >= 3)
+    handler.cancel(env.cancel_notice())
+    await asyncio.wait_for(task, 2)  # the leader's task meters it, then ends
+    written = len(sent)
+    await asyncio.sleep(0.2)  # twenty more lines, had it read on
+    assert len(sent) == written < 10, "the vendor's stream was closed, not read to its end"
+    [line] = sink.ledger
+    assert (line.status, line.error_code, line.vendor) == ("error", "client_closed", "a")
+    assert 0 < line.usage.output_tokens < len(WORDS) and line.cost > 0
+    assert [e.kind for e in sink.for_(env.correlation_id)] == ["chunk"] * chunks(sink, env)
+    assert sink.outcomes == [], "a call stopped for nobody says nothing of the vendor's health"
+    assert len(handler.flights) == 0
+
+
+@pytest.mark.parametrize("leaves", ["leader", "follower"])
+async def test_a_call_goes_on_for_the_waiter_still_there(leaves: str):
+    """The one who left gets nothing more, and a ``client_closed`` line with the figures
+    it would have had: the leader's carries what the vendor billed (the whole answer,
+    since the call went on), a follower's costs nothing, as coalesced lines do."""
+    handler, sink, sent, calls = setup()
+    leader, follower = envelope(stream=True, key="k-two"), envelope(stream=True, key="k-two")
+    task = asyncio.create_task(handler.handle(leader))
+    await until(lambda: chunks(sink, leader) >= 2)
+    await handler.handle(follower)  # joins mid-stream
+    gone, stays = (leader, follower) if leaves == "leader" else (follower, leader)
+    handler.cancel(gone.cancel_notice())
+    heard = chunks(sink, gone)
+    await asyncio.wait_for(task, 5)
+    assert calls == [1] and len(sent) == len(sse(WORDS)), "read to its end, once"
+    assert text(sink, stays) == "".join(WORDS) and sink.for_(stays.correlation_id)[-1].kind == (
+        "final"
+    )
+    assert chunks(sink, gone) == heard and sink.for_(gone.correlation_id)[-1].kind == "chunk"
+    lines = {line.correlation_id: line for line in sink.ledger}
+    assert len(sink.ledger) == 2
+    closed, answered = lines[gone.correlation_id], lines[stays.correlation_id]
+    assert (closed.status, closed.error_code) == ("error", "client_closed")
+    assert answered.status == "ok"
+    paid, free = (closed, answered) if leaves == "leader" else (answered, closed)
+    assert paid.usage.output_tokens == len(WORDS) and paid.cost > 0 and not paid.coalesced
+    assert free.coalesced and free.cost == 0
+    assert [o.ok for o in sink.outcomes] == [True]
+
+
+async def test_a_cancel_for_no_request_waiting_here_changes_nothing():
+    handler, sink, _, _ = setup(gap=0.001)
+    handler.cancel(envelope(stream=True, key="k-unknown").cancel_notice())
+    env = envelope(stream=True, key="k-other-tenant")
+    task = asyncio.create_task(handler.handle(env))
+    await until(lambda: chunks(sink, env) >= 1)
+    # another tenant cannot withdraw it by naming its correlation id
+    handler.cancel(env.cancel_notice().model_copy(update={"tenant": "u"}))
+    await asyncio.wait_for(task, 2)
+    handler.cancel(env.cancel_notice())  # answered already
+    await asyncio.sleep(0.01)
+    assert text(sink, env) == "".join(WORDS)
+    [line] = sink.ledger
+    assert line.status == "ok" and line.correlation_id == env.correlation_id
+    assert len(sink.replies) == chunks(sink, env) + 1
+
+
+async def test_an_identical_request_after_a_stop_gets_a_fresh_answer():
+    handler, sink, _, calls = setup()
+    first, again = envelope(stream=True, key="k-again"), envelope(stream=True, key="k-again")
+    task = asyncio.create_task(handler.handle(first))
+    await until(lambda: chunks(sink, first) >= 2)
+    handler.cancel(first.cancel_notice())
+    # at once, while the stopped call is still being metered: it must not join that one
+    await asyncio.wait_for(handler.handle(again), 5)
+    await asyncio.wait_for(task, 2)
+    assert calls == [1, 1]
+    assert text(sink, again) == "".join(WORDS)
+    assert sink.for_(again.correlation_id)[-1].kind == "final"
+    codes = {line.correlation_id: line.error_code for line in sink.ledger}
+    assert codes == {first.correlation_id: "client_closed", again.correlation_id: None}
+    assert len(handler.flights) == 0
