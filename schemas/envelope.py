@@ -11,7 +11,7 @@ import uuid
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.usage import Usage
 
@@ -148,8 +148,15 @@ class ReplyEvent(BaseModel):
         )
 
 
+# Floats that JSON can say: a table that folded NaN or Infinity would write it to its
+# changelog as null, which the record recovered after a restart fails to read.
+FINITE = ConfigDict(allow_inf_nan=False)
+
+
 class UsageEvent(BaseModel):
     """One line of the cost ledger: exactly one per answered or failed request."""
+
+    model_config = FINITE
 
     event_id: str
     ts_ms: int = Field(default_factory=now_ms)
@@ -241,6 +248,8 @@ class DeadLetter(BaseModel):
 
 class HealthEvent(BaseModel):
     """The outcome of one vendor call, folded into the vendor-health table."""
+
+    model_config = FINITE
 
     vendor: str
     model: str

@@ -36,3 +36,27 @@ def test_times_no_clock_holds_are_refused_on_reading(field: str, value: int) -> 
     )
     with pytest.raises(ValidationError):
         decode(RequestEnvelope, raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"events": [{"vendor": "a", "model": "m", "ok": true, "latency_ms": NaN}]}',
+        b'{"events": [{"vendor": "a", "model": "m", "ok": true, "latency_ms": 1, "cost": Infinity}]}',
+    ],
+)
+def test_a_health_outcome_with_nan_or_infinity_is_refused(raw: bytes) -> None:
+    """A table that folded one would write it to its changelog as null, which the record
+    recovered after a restart cannot read: such a message is unreadable from the start."""
+    from schemas.envelope import HealthBatch
+
+    with pytest.raises(ValidationError):
+        decode(HealthBatch, raw)
+
+
+def test_a_ledger_line_with_a_non_finite_cost_is_refused() -> None:
+    from schemas.envelope import UsageEvent
+
+    line = b'{"event_id": "e", "tenant": "t", "key_id": "k", "alias": "a", "trace_id": "x", "cost": NaN}'
+    with pytest.raises(ValidationError):
+        decode(UsageEvent, line)
