@@ -40,7 +40,8 @@ M = TypeVar("M", bound=BaseModel)
 @dataclass
 class Totals:
     requests: int = 0
-    errors: int = 0
+    errors: int = 0  # failed requests; a client that went away (client_closed) is not one
+    closed: int = 0  # streams whose clients went away before the end (client_closed)
     # Billed tokens: those of the lines that took a vendor call, as vendors invoice them.
     # A cache hit's or a coalesced line's usage is the answer's, paid for by another line.
     billed_input_tokens: int = 0
@@ -56,7 +57,9 @@ class Totals:
 
     def add(self, ev: UsageEvent) -> None:
         self.requests += 1
-        self.errors += ev.status == "error"
+        closed = ev.error_code == "client_closed"
+        self.errors += ev.status == "error" and not closed
+        self.closed += closed
         if not (ev.cache_hit or ev.coalesced):
             self.billed_input_tokens += ev.usage.input_tokens
             self.billed_output_tokens += ev.usage.output_tokens
@@ -265,8 +268,9 @@ BILLED_NOTE = (
 
 def table(rows: dict[str, Totals], by: str) -> Table:
     t = Table(title=f"cost by {by}", caption=BILLED_NOTE)
-    for col in (by, "requests", "errors", "mean ms", "billed tokens in/out", "cost $", "direct $",
-                "SaveRate", "cache", "coalesced", "batched", "batch API", "degraded"):  # fmt: skip
+    for col in (by, "requests", "errors", "client left", "mean ms", "billed tokens in/out",
+                "cost $", "direct $", "SaveRate", "cache", "coalesced", "batched", "batch API",
+                "degraded"):  # fmt: skip
         t.add_column(col, justify="left" if col == by else "right")
     total = Totals()
     for name, r in sorted(rows.items(), key=lambda kv: -kv[1].cost):
@@ -291,7 +295,8 @@ def shown(value: str) -> Text:
 
 def _cells(name: str, r: Totals) -> list[str | Text]:
     return [
-        shown(name), str(r.requests), str(r.errors), f"{r.latency_ms / max(1, r.requests):.0f}",
+        shown(name), str(r.requests), str(r.errors), str(r.closed),
+        f"{r.latency_ms / max(1, r.requests):.0f}",
         f"{r.billed_input_tokens}/{r.billed_output_tokens}",
         f"{r.cost:.6f}", f"{r.direct:.6f}", f"{r.save_rate:.1%}", str(r.cache_hits),
         str(r.coalesced), str(r.batched), str(r.batch_api), str(r.degraded),

@@ -424,3 +424,16 @@ def test_by_model_a_canary_s_failed_attempts_show_in_the_vendor_calls(monkeypatc
     # calls, errors, error rate, mean ms, cost
     assert rows["openai/canary"] == ["2", "2", "100.0%", "200", "0.000000"]
     assert rows["openai/stable"] == ["4", "0", "0.0%", "10", "0.004000"]
+
+
+def test_a_client_that_went_away_is_counted_apart_from_errors():
+    """A stream stopped because its client left (client_closed) is no failure of the
+    relay's: the report counts it in its own column, with what it cost."""
+    lines = [
+        event("t", 0.001, 0.001),
+        event("t", 0.0005, 0.0005, status="error", error_code="client_closed"),
+        event("t", 0.0, 0.0, status="error", error_code="vendor_unavailable"),
+    ]
+    rows = group(lines, "tenant")
+    assert (rows["t"].requests, rows["t"].errors, rows["t"].closed) == (3, 1, 1)
+    assert rows["t"].cost == pytest.approx(0.0015)
