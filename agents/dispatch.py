@@ -196,7 +196,10 @@ class Dispatcher:
             replanned = vendor_wait_s is not None and isinstance(out.error, RateLimited)
             settle = admit_tenant if settle_tenant is None else settle_tenant
             if settle and not replanned:  # settled once: what was not used goes back
-                used = out.usage if out.candidate is not None else Usage()
+                if out.candidate is not None:
+                    used = out.usage
+                else:  # cut (a stop, every client gone): what streamed, as the line bills
+                    used = progress.bill(Outcome(), env.body).usage if progress else Usage()
                 self._settle(env, f"tenant-tpm:{env.tenant}", used)
 
     async def _run(
@@ -399,6 +402,15 @@ class Dispatcher:
                     result = await self._call(
                         adapter, env, cand, call, counted, progress, wait_s=wait_s
                     )
+            except asyncio.CancelledError:
+                # Stopped (every client of the stream gone, or the worker stopping): the
+                # vendor's tokens are squared with what streamed, as the line bills it.
+                streamed = progress is not None and cand in (progress.candidate, progress.opened)
+                used = (
+                    Usage.estimated(env.body, progress.chars) if progress and streamed else Usage()
+                )
+                self._settle(env, tpm, used)
+                raise
             except TimeoutError:
                 cut: RelayError
                 if forwarded or limit >= remaining:

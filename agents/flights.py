@@ -49,7 +49,7 @@ class Flight:
     cached: bool = False  # answered from L2 rather than by a vendor
     degraded: str | None = None  # routed cheaper for every waiter (rate pressure)
     # Followers with time left when the leader's own deadline cut the call: run again.
-    rerun: list[RequestEnvelope] = field(default_factory=list)
+    rerun: list[Waiter] = field(default_factory=list)
     # The vendor call on a task of its own (a stream's, which its clients may all leave),
     # so that it can be stopped; None while it runs on the leader's own task.
     call: asyncio.Future[Any] | None = None

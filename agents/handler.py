@@ -208,7 +208,10 @@ class RequestHandler:
             self.flights.land(flight)
             await self._land(flight, outcome)  # those who joined meanwhile
         for follower in flight.rerun:
-            self._spawn(self.handle(follower))
+            if follower.gone:  # its client left while the flight landed: no call for nobody
+                self._spawn(self._closed(flight, follower, Outcome()))
+            else:
+                self._spawn(self.handle(follower.envelope))
         if stopping:
             raise asyncio.CancelledError
 
@@ -628,7 +631,7 @@ class RequestHandler:
         ):
             # Its own call, once this flight has landed: cut by the leader's deadline, or
             # by the cancel of the leader's batch (its own is checked on its own call).
-            flight.rerun.append(env)
+            flight.rerun.append(w)
             return
         if out.error is not None:
             # A stream that broke part way was billed for what it sent: the leader's

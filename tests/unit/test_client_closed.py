@@ -139,3 +139,64 @@ async def test_an_identical_request_after_a_stop_gets_a_fresh_answer():
     codes = {line.correlation_id: line.error_code for line in sink.ledger}
     assert codes == {first.correlation_id: "client_closed", again.correlation_id: None}
     assert len(handler.flights) == 0
+
+
+async def test_a_stopped_stream_s_tpm_is_squared_with_what_streamed() -> None:
+    """The tenant's and the vendor's TPM buckets are charged what the line bills (what
+    streamed), not given the whole estimate back (a client reading most of a stream and
+    leaving would use no TPM) nor left holding it."""
+    import time
+
+    from tables.buckets import TokenBucket
+
+    handler, sink, _, _ = setup(gap=0.005)
+    gate = handler.dispatcher.gate
+    full = 100_000.0
+    for key in ("tenant-tpm:t", "vendor-tpm:a"):
+        now = time.monotonic()
+        gate.configure(key, TokenBucket(capacity=full, refill_per_s=1e-9, tokens=full, updated=now))
+    env = envelope(stream=True, key="tpm-stopped")
+    task = asyncio.create_task(handler.handle(env))
+    await until(lambda: chunks(sink, env) >= 30)
+    handler.cancel(env.cancel_notice())
+    await asyncio.wait_for(task, 5)
+    [line] = sink.ledger
+    billed = line.usage.input_tokens + line.usage.output_tokens
+    assert line.error_code == "client_closed" and billed > 0
+    for key in ("tenant-tpm:t", "vendor-tpm:a"):
+        bucket = gate.bucket(key)
+        assert bucket is not None and full - bucket.tokens == pytest.approx(billed), key
+
+
+async def test_a_follower_due_a_call_of_its_own_whose_client_left_gets_none() -> None:
+    """A follower cut by its leader's deadline is run again once the flight lands; its
+    client leaving meanwhile means no second vendor call for nobody, just its line."""
+    from schemas.errors import DeadlineExceeded
+    from tests.unit.test_handler import in_
+    from tests.unit.test_handler import vendor as plain_vendor
+
+    calls: list[str] = []
+    handler, sink = make(plain_vendor(calls, delay=0.5))
+    hasty = envelope(stream=True, key="rerun-gone", deadline_ms=in_(0.2))
+    patient = envelope(stream=True, key="rerun-gone", deadline_ms=in_(30))
+    fail = handler._fail
+
+    async def leader_fails(env: RequestEnvelope, err: Any, *args: Any, **kw: Any) -> None:
+        if env.correlation_id == hasty.correlation_id and isinstance(err, DeadlineExceeded):
+            await asyncio.sleep(0.005)  # the leader's 504 going out; the other client leaves
+            handler.cancel(patient.cancel_notice())
+        await fail(env, err, *args, **kw)
+
+    handler._fail = leader_fails  # type: ignore[method-assign]
+
+    async def joins_later() -> None:
+        await asyncio.sleep(0.05)
+        await handler.handle(patient)
+
+    await asyncio.gather(handler.handle(hasty), joins_later())
+    await asyncio.gather(*handler.spawned)
+    assert calls == ["a"], "one vendor call, not a second for nobody"
+    assert [e.kind for e in sink.for_(patient.correlation_id)] == []
+    lines = {line.correlation_id: line for line in sink.ledger}
+    assert lines[patient.correlation_id].error_code == "client_closed"
+    assert lines[hasty.correlation_id].error_code == "deadline_exceeded" and len(lines) == 2
