@@ -10,6 +10,7 @@ every waiter of a flight is gone its call is stopped (the handler's job).
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from schemas.envelope import Priority, RequestEnvelope
 # key is as it was, so the common request still takes one look-up.
 _LANES = tuple(Priority)
 _SUFFIX = {lane: "" if lane is Priority.realtime else f":{lane}" for lane in _LANES}
+LEFT_EARLY_REMEMBERED = 10_000  # cancel notices kept for requests not joined yet
 _JOINABLE = {lane: tuple(_SUFFIX[b] for b in _LANES[: i + 1]) for i, lane in enumerate(_LANES)}
 
 
@@ -66,6 +68,10 @@ class Flights:
         self._by_key: dict[str, Flight] = {}
         # Who waits on a flight under way, by correlation id: where a cancel notice goes.
         self._by_id: dict[str, tuple[Flight, Waiter]] = {}
+        # Notices for requests not waiting on a flight when they came (not joined yet: a
+        # degraded stream's notice still going out, a follower about to run again), by
+        # (tenant, correlation id); the oldest drop out first.
+        self._left_early: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -121,11 +127,25 @@ class Flights:
         an id not waiting on a flight here (unknown, landed, another tenant's, gone
         already) changes nothing."""
         found = self._by_id.get(correlation_id)
-        if found is None or found[1].envelope.tenant != tenant or found[1].gone:
+        if found is None:  # (it may join yet: ``left_before`` says so then)
+            self._left_early[(tenant, correlation_id)] = None
+            if len(self._left_early) > LEFT_EARLY_REMEMBERED:
+                self._left_early.popitem(last=False)
+            return None
+        if found[1].envelope.tenant != tenant or found[1].gone:
             return None
         flight, waiter = found
         waiter.gone = waiter.lost = True
         return flight if all(w.gone for w in flight.waiters) else None
+
+    def left_before(self, env: RequestEnvelope) -> bool:
+        """Whether the client of ``env`` went away before it joined a flight (its
+        cancel notice came first): it is not to start or join a call."""
+        try:
+            del self._left_early[(env.tenant, env.correlation_id)]
+        except KeyError:
+            return False
+        return True
 
     def land(self, flight: Flight) -> None:
         """The call is over: later requests start a new flight (or hit the cache)."""

@@ -159,6 +159,11 @@ class RequestHandler:
             raise
         if deferred:
             return
+        if env.stream and self.flights.left_before(env):
+            # Its client went away before it joined (a degraded stream's notice was going
+            # out, a follower was about to run again): no call for nobody, just its line.
+            await self._fail(env, ClientClosed(CLOSED), reply=False)
+            return
         flight, waiter = self.flights.join(env, time.monotonic(), self._apart(env))
         if not waiter.leader:
             await self._catch_up(flight, waiter)

@@ -200,3 +200,18 @@ async def test_a_follower_due_a_call_of_its_own_whose_client_left_gets_none() ->
     lines = {line.correlation_id: line for line in sink.ledger}
     assert lines[patient.correlation_id].error_code == "client_closed"
     assert lines[hasty.correlation_id].error_code == "deadline_exceeded" and len(lines) == 2
+
+
+async def test_a_notice_that_comes_before_its_request_joined_stops_it_before_any_call() -> None:
+    """The notice was taken before the request joined a flight (a degraded stream's own
+    notice still going out): the request starts no call, and its line says why."""
+    handler, sink, _, calls = setup()
+    env = envelope(stream=True, key="left-early")
+    task = asyncio.create_task(handler.handle(env))
+    handler.cancel(env.cancel_notice())  # before the request's task has run
+    await asyncio.wait_for(task, 5)
+    assert calls == [] and sink.for_(env.correlation_id) == []
+    assert [line.error_code for line in sink.ledger] == ["client_closed"]
+    other = envelope(stream=True, key="left-early")  # the same question, someone else's
+    await handler.handle(other)
+    assert calls == [1] and sink.for_(other.correlation_id)[-1].kind == "final"
