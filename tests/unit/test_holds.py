@@ -14,22 +14,18 @@ from schemas.envelope import UsageEvent
 from tables.budgets import BudgetPolicy, Spend, add_spend
 from tables.holds import AFTER_DEADLINE_S, Budgets, Holds, worst_cost
 from tables.prices import PriceSheet
+from tests.support.clock import Clock
 from tests.support.envelopes import request_envelope
 from tests.unit.test_handler import CONFIG, envelope, make, vendor
 
 PRICES = PriceSheet.from_config(CONFIG.models)  # alias m: $1 in, $2 out per 1M (primary)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+EPOCH = 1_000_000.0  # where the tests' clocks start
 
 
 def test_a_hold_lasts_until_the_request_s_line_is_written() -> None:
-    clock = Clock()
+    clock = Clock(EPOCH)
     holds = Holds(clock)
     holds.take("t", "trace-1", 0.5, until=clock.now + 100)
     holds.take("u", "trace-2", 0.25, until=clock.now + 100)
@@ -40,7 +36,7 @@ def test_a_hold_lasts_until_the_request_s_line_is_written() -> None:
 
 def test_a_hold_whose_line_never_comes_here_ends_after_its_deadline() -> None:
     """Its gateway wrote the line (the deadline passed): the hold lasts until then."""
-    clock = Clock()
+    clock = Clock(EPOCH)
     holds = Holds(clock)
     holds.take("t", "trace", 0.5, until=clock.now + 10)
     clock.now += 9
@@ -54,7 +50,7 @@ def test_a_hold_whose_line_never_comes_here_ends_after_its_deadline() -> None:
 def test_a_request_handled_again_holds_once() -> None:
     """A vendor batch that failed sends its lines the realtime way, through the budget
     again: the request's second hold replaces its first, and its one line lets go."""
-    clock = Clock()
+    clock = Clock(EPOCH)
     holds = Holds(clock)
     holds.take("t", "req-1", 0.1, until=clock.now + 86_400)
     holds.take("t", "req-1", 0.1, until=clock.now + 100)
@@ -70,7 +66,7 @@ def test_a_request_handled_again_holds_once() -> None:
 def test_a_line_settles_only_its_own_request_s_hold() -> None:
     """Lines of other requests (a refusal, a count of tokens, no correlation id at all)
     never let go of an admitted request's hold, whatever trace id they share."""
-    holds = Holds(Clock())
+    holds = Holds(Clock(EPOCH))
     holds.take("t", "req-1", 0.1, until=holds.clock() + 100)
     holds.settle("t", "req-2")
     holds.settle("t", None)
@@ -80,7 +76,7 @@ def test_a_line_settles_only_its_own_request_s_hold() -> None:
 
 def test_a_line_without_a_hold_holds_nothing() -> None:
     """A tenant without budget, or a request taken before a restart."""
-    holds = Holds(Clock())
+    holds = Holds(Clock(EPOCH))
     holds.settle("t", "trace")
     assert holds.held("t") == 0.0
 
@@ -97,7 +93,7 @@ def test_the_worst_case_is_the_prompt_and_the_completion_it_allows() -> None:
 
 
 def test_budgets_count_what_is_held_toward_the_threshold_and_the_limit() -> None:
-    clock = Clock()
+    clock = Clock(EPOCH)
     spent = Spend()
     budgets = Budgets({"t": BudgetPolicy(limit_usd=1.0)}, lambda t: spent, PRICES, clock)
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200_000}

@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 from agents.keys import KeyPool
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import Clock
 
 
 def test_keys_take_turns_and_a_benched_key_sits_out() -> None:
