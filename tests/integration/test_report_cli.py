@@ -52,8 +52,8 @@ async def test_relay_report_prints_each_cost_tag_and_draws_the_chart(
     assert done.returncode == 0, done.stderr[-2000:]
     [row] = [line for line in done.stdout.splitlines() if tag in line]
     cells = [c.strip() for c in row.split("│") if c.strip()]
-    assert cells[:3] == [tag, "2", "0"], row  # two requests, no errors
-    assert cells[7] == "50.0%", row  # SaveRate: the second was free
+    assert cells[:4] == [tag, "2", "0", "0"], row  # two requests, no errors, none left
+    assert cells[8] == "50.0%", row  # SaveRate: the second was free
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"chart: {png}" in done.stdout
     before = await report("--until", "2020-01-01")  # every line is later than that
     assert before.returncode == 0 and "in that period" in before.stdout, before.stdout
