@@ -10,11 +10,11 @@ every waiter of a flight is gone its call is stopped (the handler's job).
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.envelope import Priority, RequestEnvelope
+from tables.recent import RecentIds
 
 # A flight's priority lane is part of its key, and a request may join a call of its own
 # lane or a better one (best first), never a worse one: a call is admitted in its leader's
@@ -71,7 +71,7 @@ class Flights:
         # Notices for requests not waiting on a flight when they came (not joined yet: a
         # degraded stream's notice still going out, a follower about to run again), by
         # (tenant, correlation id); the oldest drop out first.
-        self._left_early: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._left_early = RecentIds(LEFT_EARLY_REMEMBERED)
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -128,9 +128,7 @@ class Flights:
         already) changes nothing."""
         found = self._by_id.get(correlation_id)
         if found is None:  # (it may join yet: ``left_before`` says so then)
-            self._left_early[(tenant, correlation_id)] = None
-            if len(self._left_early) > LEFT_EARLY_REMEMBERED:
-                self._left_early.popitem(last=False)
+            self._left_early.first_time((tenant, correlation_id))
             return None
         if found[1].envelope.tenant != tenant or found[1].gone:
             return None
@@ -141,11 +139,7 @@ class Flights:
     def left_before(self, env: RequestEnvelope) -> bool:
         """Whether the client of ``env`` went away before it joined a flight (its
         cancel notice came first): it is not to start or join a call."""
-        try:
-            del self._left_early[(env.tenant, env.correlation_id)]
-        except KeyError:
-            return False
-        return True
+        return self._left_early.take((env.tenant, env.correlation_id))
 
     def land(self, flight: Flight) -> None:
         """The call is over: later requests start a new flight (or hit the cache)."""

@@ -8,6 +8,7 @@ so remembering the most recent ids (not all of them) is enough to count each eve
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable
 
 
 class RecentIds:
@@ -15,9 +16,17 @@ class RecentIds:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: OrderedDict[Hashable, None] = OrderedDict()
 
-    def first_time(self, event_id: str) -> bool:
+    def take(self, event_id: Hashable) -> bool:
+        """Whether ``event_id`` is among those remembered; it is forgotten then."""
+        try:
+            del self._ids[event_id]
+        except KeyError:
+            return False
+        return True
+
+    def first_time(self, event_id: Hashable) -> bool:
         """Remember ``event_id``; False when it was among the last ``size`` seen."""
         if event_id in self._ids:
             return False

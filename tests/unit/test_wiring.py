@@ -199,3 +199,12 @@ async def test_a_late_share_line_still_waiting_at_the_cut_is_written():
     await finish(lambda: handler.spawned, set(), drain_s=0.05, answer_s=1)
     [line] = sink.ledger
     assert (line.trace_id, line.error_code) == (env.trace_id, "deadline_exceeded")
+
+
+def test_an_id_taken_from_recent_ids_is_forgotten() -> None:
+    from tables.recent import RecentIds
+
+    recent = RecentIds(2)
+    recent.first_time(("t", "r1"))
+    assert recent.take(("t", "r1")) and not recent.take(("t", "r1"))
+    assert not recent.take(("t", "never"))
