@@ -105,8 +105,16 @@ class Progress:
         the candidate that streamed it (or opened a stream still silent); as it is when
         neither."""
         if (who := self.candidate or self.opened) is not None:
-            out.candidate, out.usage = who, Usage.estimated(body, self.chars)
+            out.candidate, out.usage = who, self.used(body)
         return out
+
+    def used(self, body: dict[str, Any], by: Candidate | None = None) -> Usage:
+        """What the vendor bills for what streamed (at an estimate): nothing when no
+        stream opened (or, given ``by``, when that candidate's did not)."""
+        streamers = (self.candidate, self.opened)
+        if all(c is None for c in streamers) or (by is not None and by not in streamers):
+            return Usage()
+        return Usage.estimated(body, self.chars)
 
 
 def begin_limit(adapter: object, remaining: float, spare: bool) -> float:
@@ -199,7 +207,7 @@ class Dispatcher:
                 if out.candidate is not None:
                     used = out.usage
                 else:  # cut (a stop, every client gone): what streamed, as the line bills
-                    used = progress.bill(Outcome(), env.body).usage if progress else Usage()
+                    used = progress.used(env.body) if progress else Usage()
                 self._settle(env, f"tenant-tpm:{env.tenant}", used)
 
     async def _run(
@@ -405,11 +413,7 @@ class Dispatcher:
             except asyncio.CancelledError:
                 # Stopped (every client of the stream gone, or the worker stopping): the
                 # vendor's tokens are squared with what streamed, as the line bills it.
-                streamed = progress is not None and cand in (progress.candidate, progress.opened)
-                used = (
-                    Usage.estimated(env.body, progress.chars) if progress and streamed else Usage()
-                )
-                self._settle(env, tpm, used)
+                self._settle(env, tpm, progress.used(env.body, cand) if progress else Usage())
                 raise
             except TimeoutError:
                 cut: RelayError
