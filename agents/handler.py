@@ -745,13 +745,13 @@ class RequestHandler:
         coalesced: bool = False,
         meter: bool = True,
         paid: tuple[Candidate | None, Usage] = (None, Usage()),
-        late: Late | list[Late] | None = None,
+        late: list[Late] | None = None,
         degraded: str | None = None,
         reply: bool = True,
     ) -> None:
         """Answer ``env`` with ``err`` (unless ``reply`` is false: its topic failed
-        already) and meter it; with ``late``, its share (or shares) of window-batched calls
-        that went out is metered when those answers come.  The line is written even when the reply
+        already) and meter it; with ``late``, its shares of window-batched calls that went
+        out are metered when those answers come.  The line is written even when the reply
         cannot go out, flagged ``degraded`` (else as ``env`` is) when the request was sent
         the cheaper way."""
         degraded = degraded or env.degraded
@@ -768,8 +768,6 @@ class RequestHandler:
             log.warning("error reply to %s not delivered: %r", env.correlation_id, exc)
         if not meter:
             return
-        if isinstance(late, tuple):
-            late = [late]  # one share, as a list of several
         if late:
 
             def failed(billed: list[tuple[Candidate, Usage]]) -> UsageEvent:

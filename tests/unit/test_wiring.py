@@ -194,7 +194,7 @@ async def test_a_late_share_line_still_waiting_at_the_cut_is_written():
     handler, sink = make(vendor([]))
     env = envelope(key="late")
     share: asyncio.Future[VendorResult] = asyncio.get_running_loop().create_future()
-    late = (Candidate(vendor="a", model="cheap"), share)
+    late = [(Candidate(vendor="a", model="cheap"), share)]
     await handler._fail(env, DeadlineExceeded("cut"), late=late)
     await finish(lambda: handler.spawned, set(), drain_s=0.05, answer_s=1)
     [line] = sink.ledger
