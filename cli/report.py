@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -230,15 +230,35 @@ class Ledger:
         if not self._recent.first_time(ev.event_id):
             self.repeated += 1
             return
-        if (self.since_ms is not None and ev.ts_ms < self.since_ms) or (
-            self.until_ms is not None and ev.ts_ms >= self.until_ms
-        ):
+        if not within(ev.ts_ms, self.since_ms, self.until_ms):
             return
         self.rows[_group_key(ev, self.by)].add(ev)
         if self.charting and CHART_FROM_MS <= ev.ts_ms < CHART_TO_MS:
             point = self.minutes.setdefault(ev.ts_ms // 60_000, [0.0, 0.0])
             point[0] += ev.cost
             point[1] += ev.direct_cost
+
+
+def within(ts_ms: int, since_ms: int | None, until_ms: int | None) -> bool:
+    """Whether a moment falls in the report's period: from ``since_ms``, before
+    ``until_ms`` (either open when None)."""
+    return (since_ms is None or ts_ms >= since_ms) and (until_ms is None or ts_ms < until_ms)
+
+
+def feed(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    since_ms: int | None,
+    add: Callable[[bytes | None], None],
+) -> None:
+    """Read ``topic`` (from ``since_ms``, if given) to its end as of now into ``add``."""
+
+    async def read() -> None:
+        async for value in values(bootstrap, topic, partitions, since_ms):
+            add(value)
+
+    asyncio.run(read())
 
 
 def _group_key(ev: UsageEvent, by: str) -> str:
@@ -335,9 +355,7 @@ class VendorCalls:
             self.unreadable += 1
             return
         for ev in batch.events:
-            if (self.since_ms is None or ev.ts_ms >= self.since_ms) and (
-                self.until_ms is None or ev.ts_ms < self.until_ms
-            ):
+            if within(ev.ts_ms, self.since_ms, self.until_ms):
                 self.rows[f"{ev.vendor}/{ev.model}"].add(ev.ok, ev.latency_ms, ev.cost)
 
 
@@ -434,12 +452,7 @@ def run(
     if not console.is_terminal:
         console = Console(width=170)  # a report piped to a file keeps every column
     ledger = Ledger(by, since_ms, until_ms, charting=png is not None)
-
-    async def read() -> None:
-        async for value in values(bootstrap, topic, partitions, since_ms):
-            ledger.add(value)
-
-    asyncio.run(read())
+    feed(bootstrap, topic, partitions, since_ms, ledger.add)
     if ledger.unreadable:
         console.print(f"[yellow]{ledger.unreadable} unreadable lines on {topic} skipped[/yellow]")
     if ledger.repeated:
@@ -472,13 +485,8 @@ def _print_calls(
 ) -> None:
     topic, partitions = health
     calls = VendorCalls(since_ms, until_ms)
-
-    async def read() -> None:
-        async for value in values(bootstrap, topic, partitions, since_ms):
-            calls.add(value)
-
     try:
-        asyncio.run(read())
+        feed(bootstrap, topic, partitions, since_ms, calls.add)
     except TopicMissing:
         console.print(f"[dim]no vendor calls: no topic {topic}[/dim]")
         return
