@@ -1289,3 +1289,14 @@ async def test_a_latency_header_that_is_not_a_finite_number_is_ignored(latency: 
         client.post("/v1/chat/completions", json=body, headers={"x-sim-latency-ms": latency}), 5
     )
     assert r.status_code == 200
+
+
+def test_relay_simulator_refuses_fault_rates_adding_up_to_more_than_one() -> None:
+    """The simulator's own rule, said as a bad parameter before anything starts."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    result = CliRunner().invoke(app, ["simulator", "--error-rate", "0.8", "--rate-429", "0.5"])
+    said = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "cannot add up to more than 1" in said
