@@ -458,7 +458,11 @@ class Dispatcher:
                     # That key's refusal or limit, not the model's: a key of the pool not
                     # tried yet gets the call (once the vendor's RPM lets another go),
                     # and the model's health is not in question.
-                    await self._admit(env, rpm, [], cap_s=wait_s)
+                    try:
+                        await self._admit(env, rpm, [], cap_s=wait_s)
+                    except BaseException:  # stopped, or no room in time: nothing was used
+                        self._settle(env, tpm, Usage())
+                        raise
                     continue
                 if not forwarded:
                     self._settle(env, tpm, Usage())  # refused: nothing was used

@@ -550,3 +550,31 @@ async def test_a_probe_another_request_sent_first_is_a_503_with_retry_after_at_o
     assert out.error is not None and out.error.code == "no_healthy_vendor"
     assert out.error.retry_after == 1.0 and out.error.status == 503
     assert calls == [] and backoffs == [] and out.attempts == 0
+
+
+async def test_a_second_key_s_wait_that_fails_gives_the_vendor_tpm_estimate_back() -> None:
+    """Key one is rate-limited; key two would wait for the vendor's RPM past the
+    deadline: the 429 goes back, and the TPM estimate taken for the call is returned,
+    so no token of the vendor's minute stays spent on a call that never went out."""
+    from tables.buckets import PriorityGate, TokenBucket
+
+    class OneKeyLimited:
+        async def chat(self, call: Any) -> VendorResult:
+            raise VendorRateLimited("429", retry_after=30.0)
+
+        def stream(self, call: Any) -> Any:
+            raise NotImplementedError
+
+    gate = PriorityGate()
+    gate.configure("vendor:a", TokenBucket.from_rpm(1, now=time.monotonic()))
+    gate.configure("vendor-tpm:a", TokenBucket.from_tpm(600_000, now=time.monotonic()))
+    tpm = gate.bucket("vendor-tpm:a")
+    assert tpm is not None
+    full = tpm.tokens
+    pools = {"a": KeyPool(["key-one-11111", "key-two-22222"])}
+    dispatch = Dispatcher({"a": OneKeyLimited()}, pools, lambda ev: asyncio.sleep(0), gate=gate)
+    body = {"model": "m", "messages": [{"role": "user", "content": "word " * 800}]}
+    env = request_envelope(deadline_ms=int((time.time() + 0.5) * 1000), body=body)
+    out = await dispatch.run(env, [CAND], None)
+    assert out.error is not None and out.error.status == 429
+    assert tpm.tokens == pytest.approx(full, abs=1.0), "the estimate came back"
