@@ -22,7 +22,8 @@
         │   └── ContentFiltered      400 content_filter       (the vendor's content filter)
         ├── VendorNotFound           404 from the vendor      (no such model or deployment)
         ├── VendorUnavailable        5xx, connect and read failures
-        │   └── VendorOverloaded     503 overloaded_error     (a vendor's 503/529, "overloaded")
+        │   ├── VendorOverloaded     503 overloaded_error     (a vendor's 503/529, "overloaded")
+        │   └── VendorAnswerUnreadable 502 a batch answer run but unreadable (not retried)
         └── VendorUnsupported        400 this candidate cannot (next one tried; health kept)
             └── VendorRequestTooLarge 413 too large for this vendor (request_too_large)
 
@@ -241,6 +242,15 @@ class VendorOverloaded(VendorUnavailable):
     code = "vendor_overloaded"
     status = 503
     type = "overloaded_error"
+
+
+class VendorAnswerUnreadable(VendorUnavailable):
+    """A vendor batch ran the request (and may have billed it), but its answer could not
+    be read (a result line in a shape no adapter reads, or none at all): never sent again
+    the realtime way, where it would be paid twice."""
+
+    code = "vendor_answer_unreadable"
+    retryable = False
 
 
 class VendorUnsupported(VendorError):
