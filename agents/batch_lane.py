@@ -32,6 +32,8 @@ from schemas.errors import (
     BadRequest,
     BatchCancelled,
     RelayError,
+    VendorAnswerUnreadable,
+    VendorAuthFailed,
     VendorBadRequest,
     VendorNotFound,
     VendorUnavailable,
@@ -44,7 +46,12 @@ log = logging.getLogger("relay.batch")
 
 Deliver = Callable[[RequestEnvelope, Candidate, VendorResult | RelayError], Awaitable[None]]
 BatchResults = dict[str, VendorResult | Exception]
-POLL_FAILURES = 5  # failed polls in a row before the batch's callers are told it failed
+# Answers nobody can read, polls in a row, before the batch's callers are told so.
+POLL_FAILURES = 5
+POLL_MAX_S = 60.0  # polls of a long batch slow down to one a minute (one a minute retried)
+# A vendor batch runs (and bills) up to its 24-hour window whatever its poller hears, so
+# a poll that fails is tried again until that window, and an hour more, has passed.
+VENDOR_WINDOW_S = 25 * 3600.0
 FORGET_ATTEMPTS = 8  # tries to strike an answered batch from the journal (~1 min)
 REFUSED_S = 600.0  # a vendor that refused a batch (no batch API) is left alone this long
 
@@ -207,6 +214,7 @@ class BatchLane:
         self.batches_sent += 1
         entry = VendorBatch(
             id=batch_id,
+            submitted_at=time.time(),
             candidate=cand,
             key_index=index,
             envelopes=[env for env, _ in items],
@@ -260,11 +268,9 @@ class BatchLane:
         except _LeaseLost:
             log.warning("batch %s was taken over by another worker", batch.id)
             return
-        except Exception as exc:  # a vendor error, or an answer we could not read
-            exc = _scrub(exc, key)
+        except RelayError as exc:  # it failed as a whole, or could not be read back
             log.warning("batch to %s/%s failed: %s", cand.vendor, cand.model, exc)
             results = dict.fromkeys(_ids(items), _failure(exc))
-        results = {cid: _scrub(got, key) for cid, got in results.items()}
         if leased and not await self._still_mine(batch.id):
             log.warning("batch %s was taken over by another worker", batch.id)
             return
@@ -358,7 +364,10 @@ class BatchLane:
                 continue
             got = _result_for(results, i, env)
             if not isinstance(got, VendorResult | RelayError):
-                got = VendorUnavailable("the batch returned no result")
+                # An ended batch lists every request it had, run or not (those it did not
+                # run with their reason): one missing was on a line nobody could read,
+                # and may have been paid for.
+                got = VendorAnswerUnreadable("the vendor batch's answer to it could not be read")
             if isinstance(got, RelayError) and got.retryable and await self._all_cancelled([env]):
                 # Not run because its batch was cancelled: answered so, never sent on the
                 # realtime way at the full price.
@@ -396,29 +405,58 @@ class BatchLane:
     async def _poll(
         self, adapter: BatchVendor, batch: VendorBatch, key: str, *, leased: bool
     ) -> BatchResults:
-        """Poll until the batch ends, renewing a ``leased`` batch's lease each time; a
-        failed poll (the vendor busy for a moment) is tried again, up to
-        ``POLL_FAILURES`` in a row, since the batch runs on anyway.  Once every request
+        """Poll until the batch ends, renewing a ``leased`` batch's lease each time; every
+        result and error comes back without the key it was read with.  Once every request
         in it was cancelled (the Batch API batches they came from), the vendor is asked
-        to cancel it too, so what has not run yet is never paid for."""
-        failures = 0
-        stopped = False
+        to cancel it too, so what has not run yet is never paid for.
+
+        Once sent, a vendor batch runs (and is billed) whatever its poller hears, so its
+        requests are never sent again the realtime way while it may run, or may have:
+        a poll that fails (a rate limit, an outage, a key refused: the pool's next key is
+        tried) is tried again, backing off to one a minute, until the vendor's window
+        has passed; an answer nobody can read, ``POLL_FAILURES`` times in a row, is
+        ``VendorAnswerUnreadable``.  Only a batch the vendor says failed as a whole
+        (``VendorBadRequest``: nothing in it ran) raises for its requests to go on."""
+        failures = unreadable = 0
+        wait, stopped = self.rule.poll_s, False
+        give_up_at = (batch.submitted_at or time.time()) + VENDOR_WINDOW_S
+        pool, index = self.pools[batch.candidate.vendor], batch.key_index
         while True:
-            await asyncio.sleep(self.rule.poll_s)
+            await asyncio.sleep(wait)
             if leased and not await self._still_mine(batch.id):
                 raise _LeaseLost
             try:
                 results = await adapter.poll_batch(batch.id, key)
+            except VendorBadRequest as err:
+                raise scrubbed(err, key) from None
             except RelayError as err:
                 failures += 1
-                if not err.retryable or failures >= POLL_FAILURES:
-                    raise
                 err = scrubbed(err, key)
                 log.warning("polling batch %s failed (%d in a row): %s", batch.id, failures, err)
+                if time.time() >= give_up_at:
+                    raise VendorAnswerUnreadable(
+                        f"the vendor batch could not be read back in its window: {err.message}"
+                    ) from None
+                if isinstance(err, VendorAuthFailed | VendorNotFound) and len(pool) > 1:
+                    index = (index + 1) % len(pool)  # rotated, or revoked: another key
+                    key = pool.key(index)
+                backoff = self.rule.poll_s * 2.0**failures
+                wait = min(max(backoff, err.retry_after or 0.0), POLL_MAX_S)
                 continue
-            failures = 0
+            except Exception as exc:  # an answer in a shape no adapter reads
+                unreadable += 1
+                what = type(exc).__name__  # its text may quote the answer
+                log.warning("batch %s: its answer could not be read (%s)", batch.id, what)
+                if unreadable >= POLL_FAILURES:
+                    raise VendorAnswerUnreadable(
+                        f"the vendor batch's answers could not be read ({what})"
+                    ) from None
+                wait = min(self.rule.poll_s * 2.0**unreadable, POLL_MAX_S)
+                continue
+            failures = unreadable = 0
             if results is not None:
-                return results
+                return {cid: _scrub(got, key) for cid, got in results.items()}
+            wait = min(wait * 1.5, max(POLL_MAX_S, self.rule.poll_s))  # a long batch
             if not stopped and await self._all_cancelled(batch.envelopes):
                 stopped = await self._cancel(adapter, batch, key)
 

@@ -57,6 +57,10 @@ class VendorBatch(BaseModel):
     candidate: Candidate  # the vendor and model it went to (its first request's candidate)
     key_index: int
     envelopes: list[RequestEnvelope]
+    # When the vendor took it (epoch seconds; 0 in entries written before it was kept):
+    # its poller gives up on a batch it cannot read back only once the vendor's window
+    # has passed.
+    submitted_at: float = 0.0
     # Each request's own candidate, in the order of ``envelopes``: all of one vendor and
     # model, but two aliases may price it differently, and each request is billed and
     # cached as its own alias has it.  Empty in entries written before they were kept.

@@ -22,7 +22,10 @@ from schemas.envelope import Priority, RequestEnvelope
 from schemas.errors import (
     BadRequest,
     RelayError,
+    VendorAnswerUnreadable,
+    VendorAuthFailed,
     VendorBadRequest,
+    VendorRateLimited,
     VendorUnavailable,
     VendorUnsupported,
 )
@@ -99,14 +102,69 @@ async def test_a_poll_failing_for_a_moment_is_tried_again() -> None:
     assert len(got) == 3 and all(isinstance(r, VendorResult) for r in got)
 
 
-async def test_an_unreadable_batch_answers_every_caller_with_an_error() -> None:
-    got = await run(ScriptedBatches([KeyError("custom_id")]), 3)
-    assert len(got) == 3 and all(isinstance(r, VendorUnavailable) for r in got)
+async def test_an_answer_that_stays_unreadable_fails_its_callers_never_sent_again() -> None:
+    """The vendor ran the batch (and may have billed it): its callers hear a non-retryable
+    error rather than go out again the realtime way at full price."""
+    got = await run(ScriptedBatches([KeyError("custom_id")] * batch_lane.POLL_FAILURES), 3)
+    assert len(got) == 3 and all(isinstance(r, VendorAnswerUnreadable) for r in got)
+    assert not any(r.retryable for r in got)
 
 
-async def test_a_poll_that_keeps_failing_fails_the_batch() -> None:
-    got = await run(ScriptedBatches([VendorUnavailable("down")] * 10), 2)
-    assert len(got) == 2 and all(isinstance(r, RelayError) for r in got)
+async def test_an_answer_unreadable_once_is_read_again() -> None:
+    got = await run(ScriptedBatches([KeyError("custom_id"), "done"]), 2)
+    assert len(got) == 2 and all(isinstance(r, VendorResult) for r in got)
+
+
+async def test_a_request_missing_from_an_ended_batch_is_not_sent_again() -> None:
+    class OneLost(ScriptedBatches):
+        async def poll_batch(self, batch_id: str, api_key: str) -> dict[str, Any]:
+            return {cid: VendorResult(body={}, usage=Usage()) for cid, _ in self.calls[1:]}
+
+    got = await run(OneLost([]), 3)
+    lost = [r for r in got if isinstance(r, RelayError)]
+    assert len(got) == 3 and len(lost) == 1
+    assert isinstance(lost[0], VendorAnswerUnreadable) and not lost[0].retryable
+
+
+async def test_a_poll_that_keeps_failing_is_tried_until_the_batch_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rate limits and outages of the status endpoint, however many: the batch runs on at
+    the vendor, so it is polled on (backing off) rather than its requests sent again."""
+    monkeypatch.setattr(batch_lane, "POLL_MAX_S", 0.01)
+    steps: list[Any] = [VendorRateLimited("429", retry_after=0.001)] * 6
+    got = await run(ScriptedBatches([*steps, VendorUnavailable("down")] * 2 + ["done"]), 2)
+    assert len(got) == 2 and all(isinstance(r, VendorResult) for r in got)
+
+
+async def test_a_batch_unreadable_past_the_vendor_s_window_fails_its_callers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batch_lane, "VENDOR_WINDOW_S", 0.0)
+    got = await run(ScriptedBatches([VendorUnavailable("down")]), 2)
+    assert len(got) == 2 and all(isinstance(r, VendorAnswerUnreadable) for r in got)
+
+
+async def test_a_key_the_vendor_refuses_while_polling_gives_way_to_the_pool_s_next() -> None:
+    """A key revoked (or the pool reordered) after the batch went out: its status is read
+    with another key of the pool, and its answers reach their callers."""
+
+    class Revoked(ScriptedBatches):
+        async def poll_batch(self, batch_id: str, api_key: str) -> dict[str, Any] | None:
+            if api_key == "key-one":
+                raise VendorAuthFailed("HTTP 401: invalid api key key-one")
+            return {"r0": VendorResult(body={}, usage=Usage())}
+
+    got: list[Any] = []
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        got.append(out)
+
+    pool = KeyPool(["key-one", "key-two"])
+    lane = BatchLane({"v": Revoked([])}, {"v": pool}, LaneRule(poll_s=0.001), deliver)
+    batch = VendorBatch(id="b", candidate=CAND, key_index=0, envelopes=[envelope()])
+    await lane._follow(batch, "key-one", leased=False)
+    assert len(got) == 1 and isinstance(got[0], VendorResult)
 
 
 async def test_one_failed_delivery_does_not_stop_the_others() -> None:
