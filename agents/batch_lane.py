@@ -143,7 +143,9 @@ class BatchLane:
         # One vendor batch per (vendor, model) and beta features asked (Anthropic's
         # ``anthropic-beta``): a batch goes out with one set of headers.
         betas = env.body.get("anthropic_beta")
-        key = (cand.vendor, cand.model, tuple(betas) if isinstance(betas, list) else ())
+        # (As text: a producer's body may hold anything there; a batch of ones no vendor
+        # takes fails as a whole, and each goes on alone, to its own 400.)
+        key = (cand.vendor, cand.model, tuple(map(str, betas)) if isinstance(betas, list) else ())
         queue = self._queues.setdefault(key, _Queue())
         queue.items.append((env, cand))
         if len(queue.items) >= self.rule.max_size:

@@ -42,6 +42,8 @@ def _not_anthropics(request: Request) -> None:
     """The Anthropic SDK's Files API (``client.beta.files``) asks these same paths; it
     must hear that the relay does not serve it, not get OpenAI's files in OpenAI's shape."""
     if "anthropic-version" in request.headers:
+        if request.url.path.startswith("/v1/batches"):  # Anthropic's are /v1/messages/batches
+            raise NotFound("not an Anthropic endpoint: Message Batches are at /v1/messages/batches")
         raise NotFound("Anthropic's Files API is not served by the relay (OpenAI's is)")
 
 

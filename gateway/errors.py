@@ -59,11 +59,12 @@ def trace_headers(trace_id: str) -> dict[str, str]:
 
 
 def is_anthropic(request: Request) -> bool:
-    """Anthropic's error body for its endpoints, and for the model list and files when
-    the Anthropic SDK (which always sends ``anthropic-version``) asks."""
+    """Anthropic's error body for its endpoints, and for the model list, files and
+    batches when the Anthropic SDK (which always sends ``anthropic-version``) asks."""
     path = request.url.path
     return path.startswith("/v1/messages") or (
-        path.startswith(("/v1/models", "/v1/files")) and "anthropic-version" in request.headers
+        path.startswith(("/v1/models", "/v1/files", "/v1/batches"))
+        and "anthropic-version" in request.headers
     )
 
 

@@ -679,3 +679,24 @@ async def test_a_batch_journaled_with_one_candidate_is_still_adopted() -> None:
     await asyncio.gather(*lane._tasks)
     assert got == {e.correlation_id: DEAR for e in envs}
     assert journal.entries == {}
+
+
+async def test_a_producer_s_odd_beta_list_queues_apart_instead_of_failing_the_request() -> None:
+    """A producer's body may hold anything in ``anthropic_beta``: such a request waits in
+    a batch of its own (which, refused, sends it on alone to its own 400), never an
+    exception that leaves it unanswered."""
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        pass
+
+    lane = BatchLane({"v": ScriptedBatches([])}, {"v": KeyPool(["k"])}, LaneRule(), deliver)
+    odd = request_envelope(alias="a", body={"model": "a", "anthropic_beta": [["x"], {"y": 1}]})
+    plain = request_envelope(alias="a", body={"model": "a"})
+    lane.submit(odd, CAND)
+    lane.submit(plain, CAND)
+    assert lane.queued == 2 and len(lane._queues) == 2
+    for key in list(lane._queues):
+        lane.withdraw(lane._queues[key].items[0][0].correlation_id)
+        timer = lane._queues[key].timer
+        assert timer is not None
+        timer.cancel()

@@ -620,6 +620,15 @@ async def test_the_anthropic_sdks_files_api_hears_it_is_not_served() -> None:
         assert resp.json()["type"] == "error" and "Files API" in resp.json()["error"]["message"]
 
 
+async def test_openai_s_batch_path_asked_with_anthropic_s_header_hears_where_anthropic_s_are():
+    app, _ = gateway_app()
+    async with client(app) as http:
+        resp = await http.get("/v1/batches", headers={"anthropic-version": "2023-06-01"})
+    assert resp.status_code == 404
+    assert resp.json()["type"] == "error"  # Anthropic's body, as the README says
+    assert "/v1/messages/batches" in resp.json()["error"]["message"]
+
+
 @pytest.mark.parametrize(
     ("path", "field", "value", "says"),
     [
