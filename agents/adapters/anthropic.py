@@ -14,7 +14,15 @@ from typing import Any
 import httpx
 
 from agents.adapters.base import StreamItem, VendorCall, VendorResult
-from agents.adapters.http import json_body, jsonl_objects, open_stream, refused, send, sse_events
+from agents.adapters.http import (
+    json_body,
+    jsonl_objects,
+    open_stream,
+    refused,
+    scrubbed,
+    send,
+    sse_events,
+)
 from schemas.config import VendorConfig
 from schemas.errors import (
     RelayError,
@@ -58,6 +66,33 @@ def anthropic_error(error: dict[str, Any]) -> RelayError:
     return cls(f"anthropic: {kind}: {error.get('message', '')}")
 
 
+def _not_an_error(body: Any, api_key: str) -> dict[str, Any]:
+    """``body``, an object that is not Anthropic's error body.  An Anthropic-compatible
+    gateway (or a proxy in front of Anthropic) may answer an upstream failure with that
+    body and a 200: it is classified as the same error in a stream's ``error`` event
+    would be, with the key struck out should the vendor have echoed it."""
+    if not isinstance(body, dict):
+        raise VendorUnavailable("anthropic: HTTP 200 with an answer that is not an object")
+    if body.get("type") == "error":
+        error = body.get("error")
+        raise scrubbed(anthropic_error(error if isinstance(error, dict) else {}), api_key)
+    return body
+
+
+def _message(body: Any, api_key: str) -> dict[str, Any]:
+    """``body``, if it is a Message.  Read as one, any other body (an error, a proxy's own
+    ``{"error": ...}``) would be an empty answer, metered as free, reported healthy and
+    cached to be served again, so it is the vendor's failure instead.  ``type`` may be
+    left out (a compatible server may skip it), but never be something else."""
+    body = _not_an_error(body, api_key)
+    if body.get("type", "message") != "message" or not isinstance(body.get("content"), list):
+        error = body.get("error")
+        said = error.get("message") if isinstance(error, dict) else error
+        detail = f": {str(said)[:500]}" if said else ""
+        raise scrubbed(VendorUnavailable(f"anthropic: HTTP 200 without a message{detail}"), api_key)
+    return body
+
+
 class AnthropicAdapter:
     """Chat, stream, batch and count tokens against ``{base_url}/v1/messages``."""
 
@@ -85,7 +120,8 @@ class AnthropicAdapter:
         resp = await self._send(
             "POST", "messages", call.api_key, call.timeout_s, json=body, asked=call.body
         )
-        answer, usage = messages_response_to_openai(json_body(resp, self.kind))
+        message = _message(json_body(resp, self.kind), call.api_key)
+        answer, usage = messages_response_to_openai(message)
         return VendorResult(answer, usage)
 
     async def stream(self, call: VendorCall) -> AsyncIterator[StreamItem]:
@@ -127,7 +163,10 @@ class AnthropicAdapter:
             json=body,
             asked=call.body,
         )
-        return int(json_body(resp, self.kind)["input_tokens"])
+        counted = _not_an_error(json_body(resp, self.kind), call.api_key).get("input_tokens")
+        if not isinstance(counted, int) or isinstance(counted, bool):
+            raise VendorUnavailable("anthropic: HTTP 200 without input_tokens")
+        return counted
 
     async def submit_batch(self, calls: list[tuple[str, VendorCall]], api_key: str) -> str:
         """Start a message batch; returns its id."""

@@ -160,6 +160,50 @@ async def test_chat_translates_request_and_answer():
     assert result.body["choices"][0]["finish_reason"] == "stop"
 
 
+@pytest.mark.parametrize(
+    ("answer", "cls", "said"),
+    [
+        (
+            {"type": "error", "error": {"type": "overloaded_error", "message": f"busy {KEY}"}},
+            VendorOverloaded,
+            "anthropic: overloaded_error: busy [redacted]",
+        ),
+        (
+            {"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}},
+            VendorBadRequest,
+            "anthropic: invalid_request_error: bad",
+        ),
+        (
+            {"error": {"message": f"upstream failed for {KEY}", "code": 502}},
+            VendorUnavailable,
+            "anthropic: HTTP 200 without a message: upstream failed for [redacted]",
+        ),
+        ({**MESSAGE, "content": None}, VendorUnavailable, "anthropic: HTTP 200 without a message"),
+        ({**MESSAGE, "type": "completion"}, VendorUnavailable, "without a message"),
+        ([MESSAGE], VendorUnavailable, "not an object"),
+    ],
+)
+async def test_a_200_that_is_not_a_message_is_the_vendor_s_error_never_an_empty_answer(
+    answer, cls, said
+):
+    """An Anthropic-compatible gateway may answer a failure with a 200: read as a Message
+    it would be an empty, free answer, cached and served again."""
+    _, handler = recorder(httpx.Response(200, json=answer))
+    with pytest.raises(cls) as err:
+        await adapter_for(handler).chat(call())
+    assert type(err.value) is cls
+    assert said in err.value.message and KEY not in err.value.message
+
+
+async def test_count_tokens_answered_with_an_error_body_raises_it():
+    body = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow"}}
+    _, handler = recorder(httpx.Response(200, json=body), httpx.Response(200, json={}))
+    with pytest.raises(VendorRateLimited):
+        await adapter_for(handler).count_tokens(call())
+    with pytest.raises(VendorUnavailable, match="without input_tokens"):
+        await adapter_for(handler).count_tokens(call())
+
+
 @pytest.mark.parametrize("base", [BASE + "/v1", BASE + "/v1/", BASE + "/"])
 async def test_base_url_with_or_without_v1(base):
     seen, handler = recorder(httpx.Response(200, json=MESSAGE))
