@@ -148,7 +148,8 @@ class BatchLane:
         key = (cand.vendor, cand.model, tuple(map(str, betas)) if isinstance(betas, list) else ())
         queue = self._queues.setdefault(key, _Queue())
         queue.items.append((env, cand))
-        if len(queue.items) >= self.rule.max_size:
+        if len(queue.items) >= self.rule.max_size or self.stopping:
+            # (A stopping worker's drain waits for the lane's tasks, not for its timers.)
             self._flush(key)
         elif queue.timer is None:
             loop = asyncio.get_running_loop()
@@ -165,10 +166,12 @@ class BatchLane:
         return False
 
     def flush_all(self) -> set[asyncio.Task[None]]:
-        """Send every waiting batch now (the worker is stopping); the tasks running them."""
+        """Send every waiting batch now (the worker is stopping); the lane's set of tasks
+        running them, live: a batch sent later (by a request the worker is finishing)
+        joins it, so a drain that watches it waits for that one too."""
         for key in list(self._queues):
             self._flush(key)
-        return set(self._tasks)
+        return self._tasks
 
     def _flush(self, key: _Key) -> None:
         queue = self._queues.pop(key, None)

@@ -511,8 +511,8 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         uncommitted, for the next owner of the partition).  The requests already taken
         are answered and metered before the producer and vendor clients close, so a
         rolling restart leaves nobody waiting out a deadline."""
-        lane.stopping = True  # adopts nothing more
-        batches = lane.flush_all()
+        lane.stopping = True  # adopts nothing more, and sends at once what comes now
+        batches = lane.flush_all()  # the lane's live set: what the drain's requests send too
         await finish(lambda: in_flight | handler.spawned, batches, settings.worker_drain_s)
         # Vendor batches still running stay journaled: their leases lapse and another
         # worker adopts them.  Stopped here, before the vendor clients close under them.

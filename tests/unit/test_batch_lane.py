@@ -426,7 +426,7 @@ async def test_a_lane_keeps_nothing_of_a_batch_once_it_is_answered() -> None:
         env = envelope()
         env.body = {**env.body, "anthropic_beta": [f"feature-{i}"]}
         lane.submit(env, CAND)
-    for task in lane.flush_all():
+    for task in list(lane.flush_all()):
         await task
     await asyncio.sleep(0)  # (a finished task leaves the lane's set on the next turn)
     kept = {
@@ -700,3 +700,29 @@ async def test_a_producer_s_odd_beta_list_queues_apart_instead_of_failing_the_re
         timer = lane._queues[key].timer
         assert timer is not None
         timer.cancel()
+
+
+async def test_a_request_reaching_a_stopping_lane_goes_out_at_once_and_the_drain_waits() -> None:
+    """A request the stopping worker is still finishing reaches the lane after its
+    flush: it is sent at once (no timer the drain would not wait for), and the drain
+    waits for its vendor batch as for those sent at the flush."""
+    from streams.wiring import finish
+
+    got: list[Any] = []
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        got.append(out)
+
+    rule = LaneRule(max_size=100, max_age_s=60, poll_s=0.001)
+    lane = BatchLane({"v": ScriptedBatches([None, "done"])}, {"v": KeyPool(["k"])}, rule, deliver)
+    lane.stopping = True
+    live = lane.flush_all()
+    assert not live  # nothing waited when the worker began to stop
+
+    async def late() -> None:
+        await asyncio.sleep(0.01)
+        lane.submit(envelope(), CAND)
+
+    request = asyncio.create_task(late())
+    await finish(lambda: {request}, live, drain_s=5)
+    assert len(got) == 1 and isinstance(got[0], VendorResult)
