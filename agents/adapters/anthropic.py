@@ -128,7 +128,6 @@ class AnthropicAdapter:
         """Anthropic's stream events as OpenAI chunks, then one ``Usage``."""
         body = {**openai_request_to_messages(call.body, call.model), "stream": True}
         convert = MessageEventsToChunks(json_answer=offers_json_answer(body))
-        finished = False
         async with open_stream(
             self.client,
             "POST",
@@ -146,10 +145,13 @@ class AnthropicAdapter:
                 if event == "error" or data.get("type") == "error":
                     raise refused(anthropic_error(data.get("error") or {}))
                 for item in convert.feed(event, data):
-                    finished = finished or isinstance(item, Usage)
                     yield item
-        if not finished:
-            raise VendorUnavailable("anthropic: stream ended before message_stop")
+                    if isinstance(item, Usage):
+                        # message_stop: the answer is whole.  Ended here, not at the
+                        # connection's close, which a keep-alive proxy may hold off until
+                        # the read times out (a whole answer then reported as failed).
+                        return
+        raise VendorUnavailable("anthropic: stream ended before message_stop")
 
     async def count_tokens(self, call: VendorCall) -> int:
         """Input tokens the request would use, without running it."""

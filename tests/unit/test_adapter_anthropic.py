@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -311,6 +312,24 @@ async def test_stream_cut_before_message_stop_is_vendor_unavailable():
     _, handler = recorder(httpx.Response(200, content=sse(*STREAM[:5])))
     with pytest.raises(VendorUnavailable, match="before message_stop"):
         _ = [item async for item in adapter_for(handler).stream(call())]
+
+
+async def test_stream_ends_at_message_stop_though_the_connection_stays_open():
+    """A keep-alive proxy may hold the connection after the last event: the answer is
+    whole at message_stop, not when the read times out (then reported as a failure)."""
+
+    class Held(httpx.AsyncByteStream):
+        async def __aiter__(self):
+            yield sse(*STREAM)
+            await asyncio.sleep(3600)
+
+    _, handler = recorder(httpx.Response(200, stream=Held()))
+
+    async def read() -> list:
+        return [item async for item in adapter_for(handler).stream(call())]
+
+    *_, usage = await asyncio.wait_for(read(), 2)
+    assert usage == Usage(input_tokens=512, output_tokens=27, cache_write_tokens=500)
 
 
 @pytest.mark.parametrize(
