@@ -1664,16 +1664,28 @@ class MessageEventsToChunks:
             return [opening]
         if kind == "content_block_start":
             block = data.get("content_block") or {}
+            index = data.get("index", 0)
+            # Anthropic starts a tool block with ``input: {}`` and streams the JSON after;
+            # a compatible server may give the whole input here instead, and nothing
+            # after: it is the first fragment, or the call would end with ``{}``.
+            given = block.get("input")
+            whole = json.dumps(given) if isinstance(given, dict) and given else ""
             if block.get("type") == "tool_use" and block.get("name") == JSON_ANSWER_TOOL:
-                self._answers.add(data.get("index", 0))  # its JSON streams as the content
-                self._quiet.add(data.get("index", 0))
-                return []
+                self._answers.add(index)  # its JSON streams as the content
+                if not whole:
+                    self._quiet.add(index)
+                    return []
+                return [self._chunk({"content": whole})]
             if block.get("type") == "tool_use":
-                n = self._tools[data.get("index", 0)] = len(self._tools)
-                self._quiet.add(data.get("index", 0))
+                n = self._tools[index] = len(self._tools)
                 fn = {"name": block.get("name", ""), "arguments": ""}
                 call = {"index": n, "id": block.get("id", ""), "type": "function", "function": fn}
-                return [self._chunk({"tool_calls": [call]})]
+                named: list[dict[str, Any] | Usage] = [self._chunk({"tool_calls": [call]})]
+                if not whole:
+                    self._quiet.add(index)
+                    return named
+                given_args = {"index": n, "function": {"arguments": whole}}
+                return [*named, self._chunk({"tool_calls": [given_args]})]
             if block.get("type") == "text":
                 self._cited = self._cited or "citations" in block
                 cited = block.get("citations") or []

@@ -1087,6 +1087,43 @@ def test_a_tool_called_without_input_streams_empty_json_object_arguments():
     assert answer["choices"][0]["finish_reason"] == "tool_calls"
 
 
+def test_tool_input_given_whole_at_the_block_s_start_is_the_call_s_arguments():
+    """Anthropic starts a tool block with ``input: {}``; a compatible server may send the
+    whole input there and no JSON after it, which must not become ``{}``."""
+    chunks = _events(
+        {"type": "message_start", "message": {"id": "msg_1", "model": "c", "usage": {}}},
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {
+                "type": "tool_use",
+                "id": "tu",
+                "name": "weather",
+                "input": {"city": "Paris"},
+            },
+        },
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {}},
+        {"type": "message_stop"},
+    )
+    dicts = [c for c in chunks if isinstance(c, dict)]
+    [call] = assemble_chunks(dicts)["choices"][0]["message"]["tool_calls"]
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    opening = next(c for c in dicts if c["choices"][0]["delta"].get("tool_calls"))
+    assert opening["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] == ""
+
+    convert = MessageEventsToChunks(created=1, json_answer=True)
+    answer = {"type": "tool_use", "id": "t", "name": "relay_json_answer", "input": {"a": 1}}
+    events = [
+        ("message_start", {"type": "message_start", "message": {"id": "m", "usage": {}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": answer}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_stop", {"type": "message_stop"}),
+    ]  # fmt: skip
+    chunks = [c for name, data in events for c in convert.feed(name, data) if isinstance(c, dict)]
+    assert assemble_chunks(chunks)["choices"][0]["message"]["content"] == '{"a": 1}'
+
+
 def test_the_matched_stop_sequence_survives_anthropic_to_anthropic():
     message = {
         "id": "msg_1",
