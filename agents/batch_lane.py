@@ -48,7 +48,7 @@ Deliver = Callable[[RequestEnvelope, Candidate, VendorResult | RelayError], Awai
 BatchResults = dict[str, VendorResult | Exception]
 # Answers nobody can read, polls in a row, before the batch's callers are told so.
 POLL_FAILURES = 5
-POLL_MAX_S = 60.0  # polls of a long batch slow down to one a minute (one a minute retried)
+POLL_MAX_S = 60.0  # polls of a long batch slow down to one a minute, failed ones too
 # A vendor batch runs (and bills) up to its 24-hour window whatever its poller hears, so
 # a poll that fails is tried again until that window, and an hour more, has passed.
 VENDOR_WINDOW_S = 25 * 3600.0
@@ -424,7 +424,8 @@ class BatchLane:
         (``VendorBadRequest``: nothing in it ran) raises for its requests to go on."""
         failures = unreadable = 0
         wait, stopped = self.rule.poll_s, False
-        give_up_at = (batch.submitted_at or time.time()) + VENDOR_WINDOW_S
+        began = batch.submitted_at or time.time()
+        give_up_at = began + VENDOR_WINDOW_S
         pool, index = self.pools[batch.candidate.vendor], batch.key_index
         while True:
             await asyncio.sleep(wait)
@@ -461,7 +462,9 @@ class BatchLane:
             failures = unreadable = 0
             if results is not None:
                 return {cid: _scrub(got, key) for cid, got in results.items()}
-            wait = min(wait * 1.5, max(POLL_MAX_S, self.rule.poll_s))  # a long batch
+            # A tenth of the batch's age: an answer is read at most ~10 % later than it
+            # came, and a batch of hours is not asked after every second.
+            wait = max(self.rule.poll_s, min((time.time() - began) / 10, POLL_MAX_S))
             if not stopped and await self._all_cancelled(batch.envelopes):
                 stopped = await self._cancel(adapter, batch, key)
 
