@@ -5,11 +5,17 @@ same worker, whichever gateway replica took it; this registry is that worker's m
 calls under way.  A waiter that joins mid-stream gets the chunks so far, then live ones.
 A waiter whose client went away (a cancel notice) is ``gone``: sent nothing more; when
 every waiter of a flight is gone its call is stopped (the handler's job).
+
+A stream answered with no ledger line of the worker's (by the clock its gateway had given
+up on it and written the line) is remembered a while: a cancel notice for it coming
+later says its gateway wrote none (a gateway that withdraws a request never meters it),
+and the line is the worker's to write after all.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +29,7 @@ from tables.recent import RecentIds
 _LANES = tuple(Priority)
 _SUFFIX = {lane: "" if lane is Priority.realtime else f":{lane}" for lane in _LANES}
 LEFT_EARLY_REMEMBERED = 10_000  # cancel notices kept for requests not joined yet
+UNMETERED_REMEMBERED = 10_000  # streams left to their gateway's line, kept for a late notice
 _JOINABLE = {lane: tuple(_SUFFIX[b] for b in _LANES[: i + 1]) for i, lane in enumerate(_LANES)}
 
 
@@ -38,6 +45,16 @@ class Waiter:
     gone: bool = False  # its client went away (a cancel notice): its line says client_closed
     # Held while sending to this waiter, so its chunks (and then its final) go out in order.
     sending: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(frozen=True)
+class Unmetered:
+    """A stream answered without a ledger line of the worker's (``Flights.unmetered``):
+    what its line needs should a cancel notice come for it, its body left out (kept
+    small; a line does not read it) and the flight's downgrade folded in."""
+
+    envelope: RequestEnvelope
+    coalesced: bool
 
 
 @dataclass
@@ -72,6 +89,9 @@ class Flights:
         # degraded stream's notice still going out, a follower about to run again), by
         # (tenant, correlation id); the oldest drop out first.
         self._left_early = RecentIds(LEFT_EARLY_REMEMBERED)
+        # Streams answered with no line of the worker's, by (tenant, correlation id).
+        # Not a RecentIds: a late notice needs the request itself to write its line.
+        self._unmetered: OrderedDict[tuple[str, str], Unmetered] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -140,6 +160,23 @@ class Flights:
         """Whether the client of ``env`` went away before it joined a flight (its
         cancel notice came first): it is not to start or join a call."""
         return self._left_early.take((env.tenant, env.correlation_id))
+
+    def unmetered(self, env: RequestEnvelope, *, coalesced: bool, degraded: str | None) -> None:
+        """``env``, a stream, is answered without a ledger line of the worker's: by the
+        clock its gateway has given up on it and metered it.  Only a clock says so, and a
+        gateway whose client left first (it sent a notice) wrote nothing: a notice that
+        comes now or later makes the line the worker's (``unmetered_left``)."""
+        key = (env.tenant, env.correlation_id)
+        update: dict[str, Any] = {"body": {}, "degraded": degraded}
+        self._unmetered[key] = Unmetered(env.model_copy(update=update), coalesced)
+        self._unmetered.move_to_end(key)
+        if len(self._unmetered) > UNMETERED_REMEMBERED:
+            self._unmetered.popitem(last=False)
+
+    def unmetered_left(self, correlation_id: str, tenant: str) -> Unmetered | None:
+        """The stream of ``correlation_id`` answered without a line of the worker's, now
+        that a cancel notice names it (forgotten then: one line); None for any other."""
+        return self._unmetered.pop((tenant, correlation_id), None)
 
     def land(self, flight: Flight) -> None:
         """The call is over: later requests start a new flight (or hit the cache)."""

@@ -129,9 +129,7 @@ class RequestHandler:
             await self._fail(env, wrong)
             return
         if env.deadline_ms / 1000 <= now:
-            # Past the grace too, a waiting gateway has written the ledger line already.
-            expired = DeadlineExceeded("the request expired before a worker took it")
-            await self._fail(env, expired, meter=not _metered_by_gateway(env))
+            await self._expired(env)
             return
         # Counting tokens costs nothing, so a spent budget never stops it; nor does a
         # cheaper model stand in for it, whose count would be of another tokenizer.
@@ -220,6 +218,22 @@ class RequestHandler:
         if stopping:
             raise asyncio.CancelledError
 
+    async def _expired(self, env: RequestEnvelope) -> None:
+        """A request past its deadline when taken (a lagging partition, a rebalance, a
+        restart): answered 504 without a call.  Past the grace too, a waiting gateway has
+        written its ledger line already, unless its stream's client left first: then the
+        gateway sent a cancel notice instead and wrote nothing, and the worker writes the
+        ``client_closed`` line, whether that notice came before the request was taken or
+        comes after it was answered."""
+        if env.stream and self.flights.left_before(env):
+            await self._fail(env, ClientClosed(CLOSED), reply=False)
+            return
+        metered = _metered_by_gateway(env)
+        if metered and env.stream:  # (before any await: the notice may come meanwhile)
+            self.flights.unmetered(env, coalesced=False, degraded=env.degraded)
+        expired = DeadlineExceeded("the request expired before a worker took it")
+        await self._fail(env, expired, meter=not metered)
+
     async def _answer(self, flight: Flight, env: RequestEnvelope, progress: Progress) -> Outcome:
         """The leader's answer: from L2 (another replica's identical request finished
         meanwhile), else from a vendor."""
@@ -232,9 +246,17 @@ class RequestHandler:
         stopped, and the flight closed first, so that an identical request arriving now
         starts a call of its own rather than join one that will not answer.  A notice for
         a request not waiting here (unknown, answered, another tenant's, a Batch API line:
-        its batch's cancel withdraws it) changes nothing; none is answered or metered."""
+        its batch's cancel withdraws it) changes nothing; none is answered or metered,
+        except a stream answered without a line because its gateway was taken to have
+        metered it (past its deadline and grace): a gateway that sends a notice writes no
+        line, so the worker writes its ``client_closed`` line now."""
         lines = self.batch_lines
         if lines is not None and notice.reply_to == lines.topic:
+            return
+        left = self.flights.unmetered_left(notice.correlation_id, notice.tenant)
+        if left is not None:
+            closed = ClientClosed(CLOSED)
+            self._spawn(self._fail(left.envelope, closed, coalesced=left.coalesced, reply=False))
             return
         flight = self.flights.leave(notice.correlation_id, notice.tenant)
         if flight is None or flight.call is None or flight.call.done():
@@ -621,8 +643,14 @@ class RequestHandler:
                 # paid, and the leader's line alone carries that: written still, unsent.
                 w.lost = True
                 landing.append(self._land_one(flight, w, out))
-            # else past its own deadline and grace (a follower with a shorter deadline
-            # than the leader's call): its gateway answered 504 and wrote its line.
+            elif w.envelope.stream:
+                # Past its own deadline and grace (a follower with a shorter deadline than
+                # the leader's call, a notice lagging): its gateway answered 504 and wrote
+                # its line, unless its client left first, which a notice still to come
+                # would say (then the line is ours).
+                degraded = flight.degraded_for(w.envelope)
+                self.flights.unmetered(w.envelope, coalesced=not w.leader, degraded=degraded)
+            # else a plain request past its deadline and grace: its gateway wrote its line.
         await _together(landing)
 
     async def _land_one(self, flight: Flight, w: Waiter, out: Outcome) -> None:

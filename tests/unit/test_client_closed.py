@@ -215,3 +215,64 @@ async def test_a_notice_that_comes_before_its_request_joined_stops_it_before_any
     other = envelope(stream=True, key="left-early")  # the same question, someone else's
     await handler.handle(other)
     assert calls == [1] and sink.for_(other.correlation_id)[-1].kind == "final"
+
+
+@pytest.mark.parametrize("notice", ["before", "after"])
+async def test_a_stream_taken_past_its_deadline_whose_client_left_keeps_its_one_line(
+    notice: str,
+) -> None:
+    """Taken past its deadline and grace (a lagging partition), a stream is answered
+    without a line of the worker's, its gateway's taken for written; but a gateway whose
+    client left first sent a notice instead and wrote nothing: the line is the worker's,
+    whichever of the two the worker took first."""
+    from tests.unit.test_handler import in_
+
+    handler, sink, _, calls = setup()
+    env = envelope(stream=True, key="late-gone", deadline_ms=in_(-3), gateway_meters_timeout=True)
+    if notice == "before":  # the request's task made, then the notice behind it taken
+        task = asyncio.create_task(handler.handle(env))
+        handler.cancel(env.cancel_notice())
+        await task
+    else:
+        await handler.handle(env)
+        assert sink.ledger == [], "its gateway's line, as far as the worker knows yet"
+        handler.cancel(env.cancel_notice())
+    await asyncio.gather(*handler.spawned)
+    assert calls == []
+    [line] = sink.ledger
+    assert (line.correlation_id, line.error_code, line.cost) == (
+        env.correlation_id,
+        "client_closed",
+        0,
+    )
+    handler.cancel(env.cancel_notice())  # the same notice again (a producer's retry)
+    await asyncio.gather(*handler.spawned)
+    assert len(sink.ledger) == 1
+
+
+async def test_a_follower_whose_notice_comes_after_its_flight_landed_late_keeps_its_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A follower whose client left, its notice taken only after the flight landed past
+    the follower's deadline and grace (a lagging agent, a notice gone to the partition's
+    next owner): its gateway wrote no line, so the worker does, once."""
+    from tests.unit.test_handler import in_
+
+    monkeypatch.setattr("agents.handler.REPLY_GRACE_S", 0.05)
+    handler, sink, _, calls = setup()
+    leader = envelope(stream=True, key="late-notice")
+    follower = envelope(
+        stream=True, key="late-notice", deadline_ms=in_(0.1), gateway_meters_timeout=True
+    )
+    task = asyncio.create_task(handler.handle(leader))
+    await until(lambda: chunks(sink, leader) >= 1)
+    await handler.handle(follower)
+    await asyncio.wait_for(task, 5)
+    assert [line.correlation_id for line in sink.ledger] == [leader.correlation_id]
+    handler.cancel(follower.cancel_notice())
+    await asyncio.gather(*handler.spawned)
+    lines = {line.correlation_id: line for line in sink.ledger}
+    assert len(sink.ledger) == 2 and calls == [1]
+    closed = lines[follower.correlation_id]
+    assert (closed.error_code, closed.coalesced, closed.cost) == ("client_closed", True, 0)
+    assert lines[leader.correlation_id].status == "ok"
