@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from agents.adapters.base import StreamItem, VendorCall, VendorResult
-from agents.adapters.http import json_body, lines, open_stream, refused, send
+from agents.adapters.http import classified, json_body, lines, open_stream, refused, send
 from schemas.config import VendorConfig
 from schemas.errors import BadRequest, VendorBadRequest, VendorUnavailable, VendorUnsupported
 from schemas.formats.anthropic import thinking_effort, without_cache_control
@@ -375,10 +375,20 @@ def _model_limits() -> Iterator[None]:
     except VendorBadRequest as err:
         if "does not support" not in err.message:
             raise
-        raise VendorUnsupported(err.message) from None
+        unsupported = VendorUnsupported(err.message)
+        unsupported.refused = err.refused  # said inside a stream: still not billed
+        raise unsupported from None
 
 
 def _raise_if_error(data: Any) -> None:
-    # Ollama reports failures after a 200 (mid-stream, say) as {"error": "..."}.
-    if isinstance(data, dict) and data.get("error"):
-        raise refused(VendorUnavailable(f"ollama: {data['error']}"))
+    """Ollama reports failures after a 200 (mid-stream, say) as ``{"error": "..."}``, with
+    the ``status`` the same failure has as a response when it knows one (a prompt over
+    the context, a full queue): classified by it, as that response would be, rather
+    than every such failure retried on the next candidate and held against this one's
+    health."""
+    if not isinstance(data, dict) or not data.get("error"):
+        return
+    said, status = str(data["error"]), data.get("status")
+    if isinstance(status, int) and not isinstance(status, bool) and 400 <= status < 600:
+        raise refused(classified("ollama", status, said, None, None))
+    raise refused(VendorUnavailable(f"ollama: {said}"))

@@ -15,6 +15,8 @@ from schemas.errors import (
     BadRequest,
     VendorBadRequest,
     VendorNotFound,
+    VendorOverloaded,
+    VendorRateLimited,
     VendorUnavailable,
     VendorUnsupported,
 )
@@ -238,6 +240,38 @@ async def test_stream_error_line_after_content_raises_after_what_was_said():
         {"role": "assistant", "content": ""},
         {"content": "Hi"},
     ]
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, VendorBadRequest),
+        (429, VendorRateLimited),
+        (500, VendorUnavailable),
+        (503, VendorOverloaded),
+        (None, VendorUnavailable),
+        ("400", VendorUnavailable),  # not a status Ollama sends: no class read from it
+    ],
+)
+async def test_a_stream_s_error_line_is_classified_by_the_status_it_carries(status, cls):
+    """Mid-stream, Ollama sends ``{"error", "status"}``: the same failure as a response
+    would be that status, and is classified alike (a prompt over the context is the
+    client's 400, never retried elsewhere as an outage)."""
+    said = {"model": "m", "message": {"role": "assistant", "content": "Hi"}, "done": False}
+    error = {"error": "the input length exceeds the context length", "status": status}
+    for lines in ([said, error], [error]):
+        _, handler = recorder(httpx.Response(200, content=ndjson(*lines)))
+        with pytest.raises(cls, match="exceeds the context length") as err:
+            _ = [item async for item in adapter_for(handler).stream(call())]
+        assert type(err.value) is cls and err.value.refused
+
+
+async def test_a_stream_s_error_line_of_a_capability_is_unsupported_and_refused():
+    error = {"error": "gemma:2b does not support thinking", "status": 400}
+    _, handler = recorder(httpx.Response(200, content=ndjson(error)))
+    with pytest.raises(VendorUnsupported) as err:
+        _ = [item async for item in adapter_for(handler).stream(call())]
+    assert err.value.refused
 
 
 @pytest.mark.parametrize("what", ["tools", "thinking"])
