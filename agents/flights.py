@@ -4,7 +4,8 @@ The request topic is keyed by the coalescing key, so every identical request rea
 same worker, whichever gateway replica took it; this registry is that worker's memory of
 calls under way.  A waiter that joins mid-stream gets the chunks so far, then live ones.
 A waiter whose client went away (a cancel notice) is ``gone``: sent nothing more; when
-every waiter of a flight is gone its call is stopped (the handler's job).
+no waiter of a flight still waits (each gone, or lost, or given up on by its gateway) its
+call is stopped (the handler's job).
 
 A stream answered with no ledger line of the worker's (by the clock its gateway had given
 up on it and written the line) is remembered a while: a cancel notice for it coming
@@ -15,11 +16,12 @@ and the line is the worker's to write after all.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.envelope import Priority, RequestEnvelope
+from schemas.envelope import REPLY_GRACE_S, Priority, RequestEnvelope
 from tables.recent import RecentIds
 
 # A flight's priority lane is part of its key, and a request may join a call of its own
@@ -45,6 +47,20 @@ class Waiter:
     gone: bool = False  # its client went away (a cancel notice): its line says client_closed
     # Held while sending to this waiter, so its chunks (and then its final) go out in order.
     sending: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def waits(self) -> bool:
+        """Whether anything sent to it may still be read: it is not ``lost`` (nor gone),
+        nor given up on by its gateway (a follower cut at its own, shorter, deadline: its
+        gateway answered 504, metered it, and sends no notice, having nothing to
+        withdraw).  One that does not keeps no call going and is sent no more chunks."""
+        return not self.lost and not given_up(self.envelope)
+
+
+def given_up(env: RequestEnvelope) -> bool:
+    """Whether ``env``'s gateway has, by the clock, given up on it (past its deadline and
+    the grace) and metered it itself; unless its client left first (see ``unmetered``)."""
+    return env.gateway_meters_timeout and time.time() > env.deadline_ms / 1000 + REPLY_GRACE_S
 
 
 @dataclass(frozen=True)
@@ -143,9 +159,9 @@ class Flights:
 
     def leave(self, correlation_id: str, tenant: str) -> Flight | None:
         """The client of ``correlation_id`` went away: its waiter is sent nothing more.
-        The flight when that left nobody on it (the caller may stop its call), else None;
-        an id not waiting on a flight here (unknown, landed, another tenant's, gone
-        already) changes nothing."""
+        The flight when that left nobody on it who ``waits`` (the caller may stop its
+        call), else None; an id not waiting on a flight here (unknown, landed, another
+        tenant's, gone already) changes nothing."""
         found = self._by_id.get(correlation_id)
         if found is None:  # (it may join yet: ``left_before`` says so then)
             self._left_early.first_time((tenant, correlation_id))
@@ -154,7 +170,7 @@ class Flights:
             return None
         flight, waiter = found
         waiter.gone = waiter.lost = True
-        return flight if all(w.gone for w in flight.waiters) else None
+        return None if any(w.waits for w in flight.waiters) else flight
 
     def left_before(self, env: RequestEnvelope) -> bool:
         """Whether the client of ``env`` went away before it joined a flight (its

@@ -18,12 +18,11 @@ from typing import Any, Protocol
 from agents.adapters.base import VendorResult
 from agents.batch_lane import BatchLane
 from agents.dispatch import Dispatcher, Late, Outcome, Progress
-from agents.flights import Flight, Flights, Waiter
+from agents.flights import Flight, Flights, Waiter, given_up
 from agents.meter import usage_event
 from agents.route import Router
 from schemas.config import Candidate
 from schemas.envelope import (
-    REPLY_GRACE_S,
     HealthEvent,
     Priority,
     ReplyEvent,
@@ -228,7 +227,7 @@ class RequestHandler:
         if env.stream and self.flights.left_before(env):
             await self._fail(env, ClientClosed(CLOSED), reply=False)
             return
-        metered = _metered_by_gateway(env)
+        metered = given_up(env)
         if metered and env.stream:  # (before any await: the notice may come meanwhile)
             self.flights.unmetered(env, coalesced=False, degraded=env.degraded)
         expired = DeadlineExceeded("the request expired before a worker took it")
@@ -526,8 +525,8 @@ class RequestHandler:
             # Each waiter's sends run on their own task, so the vendor's stream is read on
             # whatever a reply topic does; a waiter already sending takes this chunk too.
             flight.chunks.append(chunk)
-            for w in flight.waiters:
-                if not w.lost and not w.sending.locked():
+            for w in flight.waiters:  # (none to one nobody reads: gone, lost, given up)
+                if w.waits and not w.sending.locked():
                     self._spawn(self._catch_up(flight, w))
 
         on_chunk = fan_out if env.stream else None
@@ -557,7 +556,7 @@ class RequestHandler:
             await _together(
                 self._say_degraded(w.envelope, flight.degraded)
                 for w in list(flight.waiters)
-                if not w.sent and not w.lost
+                if not w.sent and w.waits
             )
             plan = self.router.plan(
                 env.alias, time.time(), user=env.user, degraded=True, tenant=env.tenant
@@ -636,7 +635,7 @@ class RequestHandler:
             w = flight.waiters[flight.answered]
             flight.answered += 1
             # (a gateway that sent a cancel notice never meters the request itself)
-            if w.gone or not _metered_by_gateway(w.envelope):
+            if w.gone or not given_up(w.envelope):
                 landing.append(self._land_one(flight, w, out))
             elif w.leader and not out.cached and (out.candidate is not None or out.late):
                 # Its gateway answered 504 and wrote a line at no cost, but the vendor was
@@ -895,11 +894,6 @@ def _stopped_for_nobody(flight: Flight) -> bool:
     client gone), not the worker stopping (which cancels the leader's own task)."""
     call, task = flight.call, asyncio.current_task()
     return call is not None and call.cancelled() and not (task and task.cancelling())
-
-
-def _metered_by_gateway(env: RequestEnvelope) -> bool:
-    """Whether ``env``'s gateway has given up on it and metered it itself."""
-    return env.gateway_meters_timeout and time.time() > env.deadline_ms / 1000 + REPLY_GRACE_S
 
 
 def _entry(

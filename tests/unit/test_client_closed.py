@@ -258,7 +258,7 @@ async def test_a_follower_whose_notice_comes_after_its_flight_landed_late_keeps_
     next owner): its gateway wrote no line, so the worker does, once."""
     from tests.unit.test_handler import in_
 
-    monkeypatch.setattr("agents.handler.REPLY_GRACE_S", 0.05)
+    monkeypatch.setattr("agents.flights.REPLY_GRACE_S", 0.05)
     handler, sink, _, calls = setup()
     leader = envelope(stream=True, key="late-notice")
     follower = envelope(
@@ -276,3 +276,42 @@ async def test_a_follower_whose_notice_comes_after_its_flight_landed_late_keeps_
     closed = lines[follower.correlation_id]
     assert (closed.error_code, closed.coalesced, closed.cost) == ("client_closed", True, 0)
     assert lines[leader.correlation_id].status == "ok"
+
+
+@pytest.mark.parametrize("other", ["given_up", "lost"])
+async def test_a_waiter_nobody_reads_keeps_no_call_going_for_nobody(
+    other: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower its gateway gave up on (cut at its own, shorter, deadline: answered 504
+    and metered there, no notice sent) or one whose reply topic failed reads nothing more:
+    it is sent no more chunks, and when the leader's client leaves, the call stops."""
+    from tests.unit.test_handler import break_topic, in_
+
+    monkeypatch.setattr("agents.flights.REPLY_GRACE_S", 0.05)
+    handler, sink, sent, _ = setup()  # 40 words, 10 ms apart
+    break_topic(sink, "gone")
+    key = f"nobody-{other}"
+    leader = envelope(stream=True, key=key)
+    if other == "given_up":
+        follower = envelope(
+            stream=True, key=key, deadline_ms=in_(0.05), gateway_meters_timeout=True
+        )
+    else:
+        follower = envelope(stream=True, key=key, reply_to="gone")
+    task = asyncio.create_task(handler.handle(leader))
+    await until(lambda: chunks(sink, leader) >= 1)
+    await handler.handle(follower)
+    await asyncio.sleep(0.15)  # the follower's deadline and grace passed
+    heard = chunks(sink, follower)
+    await until(lambda: chunks(sink, leader) >= 15)
+    assert chunks(sink, follower) == heard, "nothing more to a waiter nobody reads"
+    handler.cancel(leader.cancel_notice())
+    await asyncio.wait_for(task, 2)
+    written = len(sent)
+    await asyncio.sleep(0.1)  # ten more lines, had it read on
+    assert len(sent) == written < len(WORDS), "the vendor's stream was closed"
+    lines = {line.correlation_id: line for line in sink.ledger}
+    assert lines[leader.correlation_id].error_code == "client_closed"
+    assert len(sink.ledger) == len(lines), "one line each at most"
+    if other == "given_up":  # its gateway wrote its line
+        assert follower.correlation_id not in lines

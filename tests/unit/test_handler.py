@@ -860,7 +860,7 @@ async def test_a_request_that_gives_up_inside_a_shared_batched_call_is_billed_it
 async def test_a_follower_its_gateway_gave_up_on_gets_no_second_ledger_line(monkeypatch):
     """A follower with a shorter deadline than the leader's call: its gateway answered 504
     and metered it at deadline + grace, so the worker's answer does not meter it again."""
-    monkeypatch.setattr("agents.handler.REPLY_GRACE_S", 0.05)
+    monkeypatch.setattr("agents.flights.REPLY_GRACE_S", 0.05)
     calls: list[str] = []
     handler, sink = make(vendor(calls, delay=0.4))
     leader = envelope(key="k-short", gateway_meters_timeout=True)
@@ -1415,7 +1415,7 @@ async def test_a_paid_call_that_lands_after_its_gateway_gave_up_keeps_its_priced
     (its loop lagging; here the health report is slow): the gateway answered 504 and
     wrote a line at no cost; the worker still writes the leader's, with the vendor's
     price, and sends nothing."""
-    monkeypatch.setattr("agents.handler.REPLY_GRACE_S", 0.05)
+    monkeypatch.setattr("agents.flights.REPLY_GRACE_S", 0.05)
     calls: list[str] = []
     handler, sink = make(vendor(calls, delay=0.0))
     report = handler.dispatcher.on_health
