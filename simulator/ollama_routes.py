@@ -65,12 +65,16 @@ THINK_LEVELS = ("low", "medium", "high")
 
 
 def _thinking(body: dict[str, Any], prompt: Prompt) -> str:
-    """What the model thinks first when ``think`` is on (a boolean or a level), or ''."""
+    """What the model thinks first when ``think`` is on (a boolean or a level), or ''.
+    A level is gpt-oss's alone, as in Ollama 0.11 and 0.12 (the version reported), which
+    refuse it for any other model; later versions take it as true."""
     think = body.get("think")
     if think is None or think is False:
         return ""
     if think is not True and think not in THINK_LEVELS:
         raise BadRequest(f"invalid think value: {think!r} (use true, false, low, medium or high)")
+    if isinstance(think, str) and "gpt-oss" not in str(body["model"]).lower():
+        raise BadRequest(f'think value "{think}" is not supported for this model')
     return f"Thinking ({think}) about: {prompt.last_user[:60]}. Keep it short."
 
 

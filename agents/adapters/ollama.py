@@ -33,8 +33,8 @@ from schemas.formats.openai import (
 )
 from schemas.usage import Usage
 
-# OpenAI's reasoning_effort -> Ollama's think: a level, which models with levels (gpt-oss)
-# take as is and the others as "on"; none and minimal turn thinking off.
+# OpenAI's reasoning_effort -> Ollama's think: a level, which gpt-oss takes as is, or
+# true for every other model (``_think``); none and minimal turn thinking off.
 _THINK: dict[str, bool | str] = {  # keyed by every one of openai.REASONING_EFFORTS
     "none": False,
     "minimal": False,
@@ -43,6 +43,10 @@ _THINK: dict[str, bool | str] = {  # keyed by every one of openai.REASONING_EFFO
     "high": "high",
     "xhigh": "high",
 }
+# What Ollama says, with a 400, of what one local model lacks: "<model> does not support
+# tools" (or thinking, or insert); "think value "high" is not supported for this model"
+# (a level, which Ollama 0.11 and 0.12 take for gpt-oss alone).
+_CANNOT = ("does not support", "is not supported for this model")
 # Content parts /api/chat has no slot for, which other vendors read (a PDF as a ``file``
 # part: OpenAI and Anthropic; audio: OpenAI): the next candidate may serve them.
 _OTHER_VENDORS_PARTS = ("file", "input_audio")
@@ -218,7 +222,7 @@ def chat_request(body: dict[str, Any], model: str, *, stream: bool) -> dict[str,
         if thought and item["role"] == "assistant":
             item["thinking"] = thought
     if (effort := reasoning_effort(body) or asked) is not None:
-        out["think"] = _THINK[effort]
+        out["think"] = _think(effort, model)
     options = {_OPTIONS[k]: body[k] for k in _OPTIONS if body.get(k) is not None}
     if body.get("top_k") is not None:  # an Anthropic client's: Ollama has the same knob
         options["top_k"] = body["top_k"]
@@ -235,6 +239,18 @@ def chat_request(body: dict[str, Any], model: str, *, stream: bool) -> dict[str,
     elif fmt.get("type") == "json_schema":
         out["format"] = (fmt.get("json_schema") or {}).get("schema", "json")
     return out
+
+
+def _think(effort: str, model: str) -> bool | str:
+    """Ollama's ``think`` for an effort.  Levels are gpt-oss's alone (its harmony format):
+    Ollama 0.11 and 0.12 refuse a level for any other model (a 400, "think value ... is
+    not supported for this model"), later versions take it as true.  The model's family
+    is not known here, only its name, so any other name gets true: thinking on, at the
+    model's own depth.  A gpt-oss under another name gets true as well, which it takes."""
+    think = _THINK[effort]
+    if isinstance(think, str) and not any(n in model.lower() for n in ("gpt-oss", "gptoss")):
+        return True
+    return think
 
 
 def _offered_tools(body: dict[str, Any]) -> list[Any]:
@@ -368,12 +384,12 @@ def _usage(data: dict[str, Any], call: VendorCall) -> Usage:
 
 @contextmanager
 def _model_limits() -> Iterator[None]:
-    """Ollama answers 400 "<model> does not support tools" (or thinking, or insert) for
-    what one local model lacks: that candidate cannot serve the request, another may."""
+    """Ollama answers 400 for what one local model lacks (``_CANNOT``): that candidate
+    cannot serve the request, another may."""
     try:
         yield
     except VendorBadRequest as err:
-        if "does not support" not in err.message:
+        if not any(said in err.message for said in _CANNOT):
             raise
         unsupported = VendorUnsupported(err.message)
         unsupported.refused = err.refused  # said inside a stream: still not billed

@@ -480,7 +480,7 @@ async def test_reasoning_effort_makes_an_ollama_model_think(stack: Stack, simula
                 "model": route.vendor_model,
                 "messages": messages,
                 "stream": False,
-                "think": "high",
+                "think": True,  # a level is gpt-oss's alone: llama3.2 is told true
             },
             headers={"authorization": f"Bearer {SIM_KEY}"},
         )

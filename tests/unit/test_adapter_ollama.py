@@ -458,9 +458,13 @@ async def test_a_part_only_other_vendors_read_passes_the_request_on_before_sendi
     [("low", "low"), ("high", "high"), ("xhigh", "high"), ("minimal", False), ("none", False)],
 )
 def test_reasoning_effort_becomes_think(effort, think):
+    """A level goes to gpt-oss alone: Ollama 0.11 and 0.12 refuse one for other models,
+    which are told true (on) instead."""
     body = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": effort}
-    out = chat_request(body, "qwen3", stream=False)
+    out = chat_request(body, "gpt-oss:20b", stream=False)
     assert out["think"] == think and "reasoning_effort" not in out
+    other = chat_request(body, "qwen3", stream=False)["think"]
+    assert other is (think is not False)
     assert "think" not in chat_request({"messages": body["messages"]}, "qwen3", stream=False)
     with pytest.raises(BadRequest, match="reasoning_effort: 'extreme'") as err:
         chat_request({**body, "reasoning_effort": "extreme"}, "qwen3", stream=False)
@@ -482,10 +486,28 @@ def test_an_anthropic_client_s_thinking_becomes_think(thinking, think):
     neutral = messages_request_to_openai(
         {**request, "messages": [{"role": "user", "content": "q"}]}
     )
-    out = chat_request(neutral, "qwen3", stream=False)
+    out = chat_request(neutral, "gpt-oss:120b", stream=False)
     assert out["think"] == think and "thinking" not in out and "reasoning_effort" not in out
-    effort = chat_request({**neutral, "output_config": {"effort": "low"}}, "qwen3", stream=False)
+    low = {**neutral, "output_config": {"effort": "low"}}
+    effort = chat_request(low, "gpt-oss:120b", stream=False)
     assert effort["think"] == ("low" if thinking["type"] == "adaptive" else think)
+    assert chat_request(neutral, "qwen3", stream=False)["think"] is (think is not False)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_think_level_a_model_refuses_passes_the_request_on(stream):
+    """Ollama 0.11 and 0.12 refuse a level for any model but gpt-oss: should a gpt-oss
+    by name be another model after all, that candidate cannot serve it, another may."""
+    refused = {"error": 'think value "high" is not supported for this model'}
+    seen, handler = recorder(httpx.Response(400, json=refused))
+    body = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "high"}
+    named = VendorCall(model="my-gpt-oss-finetune", body=body, api_key="")
+    with pytest.raises(VendorUnsupported, match="not supported for this model") as err:
+        if stream:
+            _ = [item async for item in adapter_for(handler).stream(named)]
+        else:
+            await adapter_for(handler).chat(named)
+    assert err.value.retryable and json.loads(seen[0].content)["think"] == "high"
 
 
 def test_an_echoed_answer_s_reasoning_goes_back_as_its_thinking():

@@ -468,7 +468,7 @@ async def test_ollama_chat_streams_ndjson_by_default(sim: httpx.AsyncClient) -> 
 
 
 async def test_ollama_thinks_when_asked(sim: httpx.AsyncClient) -> None:
-    body = {"model": "qwen3", "messages": user("why?"), "think": "low"}
+    body = {"model": "gpt-oss:20b", "messages": user("why?"), "think": "low"}
     whole = (await sim.post("/api/chat", json={**body, "stream": False})).json()
     plain = (await sim.post("/api/chat", json={**body, "stream": False, "think": False})).json()
     assert whole["message"]["thinking"] and "thinking" not in plain["message"]
@@ -479,6 +479,13 @@ async def test_ollama_thinks_when_asked(sim: httpx.AsyncClient) -> None:
     assert lines[-1]["eval_count"] == whole["eval_count"]
     bad = await sim.post("/api/chat", json={**body, "think": "extreme"})
     assert bad.status_code == 400 and "invalid think value" in bad.json()["error"]
+    # A level is gpt-oss's alone, as Ollama 0.11 and 0.12 hold it; others take true.
+    other = {**body, "model": "qwen3", "stream": False}
+    refused = await sim.post("/api/chat", json=other)
+    assert refused.status_code == 400
+    assert refused.json()["error"] == 'think value "low" is not supported for this model'
+    on = (await sim.post("/api/chat", json={**other, "think": True})).json()
+    assert on["message"]["thinking"]
 
 
 async def test_ollama_tools_embed_and_tags(sim: httpx.AsyncClient) -> None:
