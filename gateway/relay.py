@@ -142,8 +142,9 @@ class Answer:
     usage: Usage = field(default_factory=Usage)
     chunks: AsyncIterator[dict[str, Any] | Usage] | None = None
     # Releases what a live stream holds; the response calls it however the stream ends,
-    # even when the client left before the first chunk and ``chunks`` never started.
-    close: Callable[[], None] = _nothing
+    # even when the client left before the first chunk and ``chunks`` never started
+    # (what it returns is not read).
+    close: Callable[[], object] = _nothing
 
 
 def with_beta(endpoint: Endpoint, body: dict[str, Any], opts: Options) -> dict[str, Any]:
@@ -387,8 +388,12 @@ class Relay:
                 async with asyncio.timeout(max(0.0, remaining)):
                     event = await queue.get()
         except TimeoutError:
-            self._done(env, ended=True)
-            await self._meter_failure(env, DeadlineExceeded.code)
+            # Metered only by the read that released the request: one released already
+            # lost its client (its response let go of it while this read still waited,
+            # as when cancelled inside ``send``), so a cancel notice went out, and the
+            # worker writes its line.
+            if self._done(env, ended=True):
+                await self._meter_failure(env, DeadlineExceeded.code)
             raise DeadlineExceeded("no answer within the request's deadline") from None
         if event.kind != "chunk":  # its last reply: from here nothing is withdrawn
             self._done(env, ended=True)
@@ -396,18 +401,21 @@ class Relay:
             raise RelayError.from_dict(event.error or {})
         return event
 
-    def _done(self, env: RequestEnvelope, *, ended: bool = False) -> None:
-        """Release the request's reply queue (once, however often it is called).
+    def _done(self, env: RequestEnvelope, *, ended: bool = False) -> bool:
+        """Release the request's reply queue (once, however often it is called); whether
+        this call released it (False: released already).
 
         A stream released before it ``ended`` (its final or error came, or the gateway
         gave up at the deadline and metered it) lost its client: the worker is told with
         a cancel notice, keyed as the request so it follows it to the same worker, and
         stops the vendor call when nobody else waits on it, rather than pay for an answer
         nobody reads.  Released once, so told at most once."""
-        if self.bus.forget(env.correlation_id):
-            metrics.IN_FLIGHT.dec()
-            if env.stream and not ended:
-                self.bus.cancel(env.cancel_notice())
+        if not self.bus.forget(env.correlation_id):
+            return False
+        metrics.IN_FLIGHT.dec()
+        if env.stream and not ended:
+            self.bus.cancel(env.cancel_notice())
+        return True
 
     def _count(self, env: RequestEnvelope, final: ReplyEvent) -> None:
         metrics.CACHE.labels(_cache_header(final)).inc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
@@ -24,12 +25,14 @@ log = logging.getLogger("relay.gateway")
 class EventStream(StreamingResponse):
     """An SSE response (never cached by the way) that calls ``on_close`` however it ends:
     finished, failed, or cancelled because the client left (possibly before the first
-    event was made)."""
+    event was made).  Its events are closed first: a response that ends inside ``send``
+    (a client that stopped reading, then left) leaves them paused at a ``yield``, where
+    nothing else would stop their read-ahead of the answer and their keep-alive timer."""
 
     def __init__(
         self,
         content: AsyncIterator[bytes],
-        on_close: Callable[[], None],
+        on_close: Callable[[], object],
         headers: dict[str, str] | None = None,
     ) -> None:
         headers = {**(headers or {}), "cache-control": "no-cache"}
@@ -40,7 +43,11 @@ class EventStream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.on_close()
+            try:
+                if inspect.isasyncgen(events := self.body_iterator):
+                    await events.aclose()  # (a no-op for events that ran to their end)
+            finally:
+                self.on_close()
 
 
 # An SSE connection silent for ~60 s is cut by many proxies and load balancers (nginx's

@@ -4,12 +4,15 @@ cancel notice on the request topic), and never about a request that got its fina
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
 import pytest
 
 from schemas.envelope import ReplyEvent, RequestEnvelope
+from schemas.errors import DeadlineExceeded
+from tests.support.envelopes import request_envelope
 from tests.support.gateway import AUTH, answer_hello, gateway_app
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -99,3 +102,35 @@ async def test_a_stream_the_worker_failed_sends_no_cancel():
     assert b"vendor_unavailable" in answer
     [request] = bus.published
     assert not request.cancel
+
+
+async def test_a_stream_withdrawn_while_its_read_waits_is_metered_by_the_worker_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The response let go of the request (its client left: the notice went out) while
+    the read of its next reply still waited, as when it ends inside ``send``: that read,
+    given up at the deadline, meters nothing (the worker writes the client_closed line)."""
+    monkeypatch.setattr("gateway.relay.REPLY_GRACE_S", 0.05)
+    app, bus = gateway_app(lambda env: endless(env)[:1])  # one chunk, then nothing
+    metered: list[str] = []
+
+    async def meter_failure(env: RequestEnvelope, code: str) -> None:
+        metered.append(code)
+
+    bus.meter_failure = meter_failure  # type: ignore[method-assign]
+    env = request_envelope(
+        reply_to=bus.reply_topic,
+        stream=True,
+        gateway_meters_timeout=True,
+        deadline_ms=int((time.time() + 0.2) * 1000),
+    )
+    answer = await app.state.relay._through_kafka(env)
+    assert answer.chunks is not None
+    await anext(answer.chunks)
+    reading = asyncio.ensure_future(anext(answer.chunks))
+    await asyncio.sleep(0.01)
+    answer.close()  # the response ended with the read still waiting
+    with pytest.raises(DeadlineExceeded):
+        await asyncio.wait_for(reading, 2)
+    assert [e.cancel for e in bus.published] == [False, True]
+    assert metered == [], "the worker writes its line: the gateway none"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from itertools import pairwise
 from typing import Any, cast
 
+import pytest
 from openai._streaming import SSEDecoder
+from starlette.requests import ClientDisconnect
 
 from gateway.sse import EventStream, anthropic_sse, openai_sse, responses_sse
 from schemas.usage import Usage
@@ -111,6 +114,44 @@ async def test_a_client_leaving_mid_wait_cancels_the_pending_read() -> None:
     assert await anext(stream) == b": keepalive\n\n"
     await stream.aclose()
     await asyncio.wait_for(cancelled.wait(), timeout=2)
+
+
+@pytest.mark.parametrize("spec", ["2.3", "2.4"])
+async def test_a_response_that_ends_inside_send_stops_its_read_ahead(spec: str) -> None:
+    """A client that stopped reading (``send`` waits), then left: the response ends inside
+    ``send`` (cancelled there under ASGI 2.3, an ``OSError`` from it under 2.4), its
+    events paused at a ``yield``.  Their read of the answer and their keep-alive timer
+    stop then, not when the garbage collector gets to them (meanwhile the read waited out
+    the request's deadline and the gateway metered a 504 for a request withdrawn)."""
+    cancelled, left = asyncio.Event(), asyncio.Event()
+    closed: list[bool] = []
+
+    async def one_then_stuck() -> AsyncIterator[dict[str, Any] | Usage]:
+        yield chunk("one")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        yield chunk("never")
+
+    async def receive() -> dict[str, Any]:
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message.get("body"):  # the first event: the client reads no more, then leaves
+            left.set()
+            if spec == "2.4":
+                raise OSError("connection lost")
+            await asyncio.Event().wait()
+
+    events = openai_sse(one_then_stuck(), include_usage=False, keepalive_s=0.05)
+    response = EventStream(events, lambda: closed.append(True))
+    with contextlib.suppress(ClientDisconnect):
+        await asyncio.wait_for(response(scope(spec), receive, send), timeout=5)
+    assert closed == [True]
+    await asyncio.wait_for(cancelled.wait(), timeout=1)
 
 
 async def _aiter(raw: bytes) -> AsyncIterator[bytes]:
