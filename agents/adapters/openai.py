@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,6 +43,9 @@ from schemas.usage import Usage
 
 # Models that take ``max_completion_tokens`` only: o1, o3, o4-mini…, gpt-5…
 _REASONING = re.compile(r"^(o\d|gpt-5)")
+# Models that refuse ``parallel_tool_calls``, true or false (a 400 unsupported_parameter):
+# o1, o3-mini, o3, o4-mini… (gpt-5 takes it).
+_NO_PARALLEL_KNOB = re.compile(r"^o\d")
 # The longest ``user`` OpenAI takes (a longer one is a 400 string_above_max_length).
 MAX_USER = 64
 # The most stop sequences OpenAI and Azure take (Anthropic takes more).
@@ -93,7 +97,14 @@ class OpenAIAdapter:
 
     async def chat(self, call: VendorCall) -> VendorResult:
         """One non-streamed chat completion."""
-        data = self._answer(await self._post("chat/completions", call, self._body(call)), call)
+        body = self._body(call)
+        try:
+            data = await self._post("chat/completions", call, body)
+        except VendorBadRequest as err:
+            if not _knob_refused(err, body):
+                raise
+            data = await self._post("chat/completions", call, body)
+        data = self._answer(data, call)
         return VendorResult(data, _usage(data, call))
 
     async def stream(self, call: VendorCall) -> AsyncIterator[StreamItem]:
@@ -105,15 +116,25 @@ class OpenAIAdapter:
         body = {**self._body(call), "stream": True, "stream_options": {"include_usage": True}}
         usage = Usage()
         done, written = False, 0  # [DONE] seen; characters of answer streamed
-        async with open_stream(
-            self.client,
-            "POST",
-            self.model_url("chat/completions", call.model),
-            vendor=self.kind,
-            json=body,
-            headers=self.headers(call.api_key),
-            timeout=call.timeout_s,
-        ) as resp:
+
+        def opened() -> AbstractAsyncContextManager[httpx.Response]:
+            return open_stream(
+                self.client,
+                "POST",
+                self.model_url("chat/completions", call.model),
+                vendor=self.kind,
+                json=body,
+                headers=self.headers(call.api_key),
+                timeout=call.timeout_s,
+            )
+
+        async with AsyncExitStack() as stack:
+            try:
+                resp = await stack.enter_async_context(opened())
+            except VendorBadRequest as err:
+                if not _knob_refused(err, body):
+                    raise
+                resp = await stack.enter_async_context(opened())
             async for _, data in sse_events(resp):
                 if data.strip() == "[DONE]":
                     done = True
@@ -225,6 +246,11 @@ class OpenAIAdapter:
             _check_stops(body.get("stop"), self.kind)
         body.pop("stream", None)
         body.pop("stream_options", None)
+        if _NO_PARALLEL_KNOB.match(call.model):
+            # Left off rather than the model refusing the whole request: a legacy
+            # ``functions`` request asks for one call at a time (functions_to_tools), and
+            # an alias may route any client's tools to an o-series candidate.
+            body.pop("parallel_tool_calls", None)
         if isinstance(body.get("user"), str) and len(body["user"]) > MAX_USER:
             body["user"] = _short_user(body["user"])
         new_limit = self._knows_new_limit() or _REASONING.match(call.model)
@@ -319,6 +345,18 @@ def _vendor_failure(where: str, error: Any) -> RelayError:
     code = error.get("code") if isinstance(error, dict) else None
     cls = VendorRateLimited if code == "rate_limit_exceeded" else VendorUnavailable
     return cls(f"{where}: {message}")
+
+
+def _knob_refused(err: VendorBadRequest, body: dict[str, Any]) -> bool:
+    """Whether the vendor refused ``parallel_tool_calls`` itself (an o-series model behind
+    an Azure deployment name that does not say so, a server without the knob); if so it
+    is struck from ``body``, to be sent again without it.  A legacy ``functions`` request
+    carries it though the client never sent it (functions_to_tools), and such a 400 is
+    not billed: the request is served without the knob, as it was before it carried it."""
+    if err.param != "parallel_tool_calls" or "parallel_tool_calls" not in body:
+        return False
+    del body["parallel_tool_calls"]
+    return True
 
 
 def _check_stops(stop: Any, kind: str) -> None:

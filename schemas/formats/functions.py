@@ -22,9 +22,10 @@ def is_legacy(body: dict[str, Any]) -> bool:
 
 
 def functions_to_tools(body: dict[str, Any]) -> dict[str, Any]:
-    """``body`` in tools: ``functions`` as tools, ``function_call`` as ``tool_choice``, and
-    the history's function calls and results as tool calls and tool results, each pair
-    joined by an id made from the call's place in the conversation."""
+    """``body`` in tools: ``functions`` as tools, ``function_call`` as ``tool_choice``, one
+    call at a time (unless the client said otherwise), and the history's function calls
+    and results as tool calls and tool results, each pair joined by an id made from the
+    call's place in the conversation."""
     if not is_legacy(body):
         return body
     functions = body["functions"]
@@ -45,6 +46,12 @@ def functions_to_tools(body: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest(
             'function_call: must be "none", "auto" or {"name": ...}', param="function_call"
         )
+    if out["tools"] and choice != "none" and body.get("parallel_tool_calls") is None:
+        # The deprecated answer holds one call (``message.function_call``): a model left
+        # to call several at once would have the others, billed, dropped from the answer
+        # and so from the history the client sends back.  One at a time, as the old API
+        # answered (Anthropic's ``disable_parallel_tool_use``; Ollama has no such knob).
+        out["parallel_tool_calls"] = False
     out["messages"] = _history(body.get("messages") or [])
     return out
 

@@ -610,6 +610,65 @@ def test_reasoning_models_get_max_completion_tokens_others_keep_max_tokens():
     )
 
 
+def test_o_series_models_go_without_parallel_tool_calls_which_they_refuse():
+    """o1, o3-mini, o3, o4-mini answer parallel_tool_calls (true or false) with a 400; a
+    legacy ``functions`` request carries it false, though its client never sent it."""
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    asked = {"messages": MESSAGES, "tools": tools, "parallel_tool_calls": False}
+    adapter = adapter_for(lambda r: httpx.Response(500))
+    for model in ("o1", "o3-mini", "o4-mini-2025-04-16"):
+        assert "parallel_tool_calls" not in adapter._body(VendorCall(model, asked, "k"))
+    for model in ("gpt-4o", "gpt-5-mini"):
+        assert adapter._body(VendorCall(model, asked, "k"))["parallel_tool_calls"] is False
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_vendor_refusing_parallel_tool_calls_is_asked_again_without_it(stream):
+    """A model whose name does not say it refuses the knob (an Azure deployment's) is
+    sent the request again without it, once; any other 400 stays the client's."""
+    refusal = {
+        "message": "Unsupported parameter: 'parallel_tool_calls' is not supported with this model.",
+        "type": "invalid_request_error",
+        "param": "parallel_tool_calls",
+        "code": "unsupported_parameter",
+    }
+    seen: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent = json.loads(request.content)
+        seen.append(sent)
+        if "parallel_tool_calls" in sent:
+            return httpx.Response(400, json={"error": refusal})
+        if sent.get("stream"):
+            return httpx.Response(200, content=sse(chunk({"content": "Hi"}, "stop"), "[DONE]"))
+        return httpx.Response(200, json=COMPLETION)
+
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    asked = {"messages": MESSAGES, "tools": tools, "parallel_tool_calls": False}
+    adapter = adapter_for(handler)
+    if stream:
+        *chunks, _ = await collect(adapter.stream(call(asked)))
+        assert chunks[0]["choices"][0]["delta"] == {"content": "Hi"}
+    else:
+        assert (await adapter.chat(call(asked))).body["choices"] == COMPLETION["choices"]
+    assert [("parallel_tool_calls" in sent) for sent in seen] == [True, False]
+
+    seen.clear()
+    other = {**refusal, "param": "tools"}
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return httpx.Response(400, json={"error": other})
+
+    adapter = adapter_for(refusing)
+    with pytest.raises(VendorBadRequest):
+        if stream:
+            await collect(adapter.stream(call(asked)))
+        else:
+            await adapter.chat(call(asked))
+    assert len(seen) == 1
+
+
 def test_openai_itself_and_azure_get_max_completion_tokens_for_any_chat_model():
     """An Azure deployment's name says nothing of its model, and OpenAI takes the new name
     for every chat model; legacy /completions keeps max_tokens, its only name."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from schemas.errors import BadRequest
+from schemas.formats.anthropic import openai_request_to_messages
 from schemas.formats.functions import (
     answer_as_function_call,
     chunk_as_function_call,
@@ -52,6 +53,24 @@ def test_functions_become_tools_and_the_history_pairs_calls_with_results() -> No
 def test_function_call_modes_become_tool_choice(given: object, choice: object) -> None:
     body = functions_to_tools(legacy(**({"function_call": given} if given else {})))
     assert body.get("tool_choice") == choice
+
+
+@pytest.mark.parametrize("given", [None, "auto", {"name": "get_weather"}])
+def test_the_model_is_asked_for_one_call_at_a_time_as_the_answer_holds_one(
+    given: object,
+) -> None:
+    """``message.function_call`` holds one call: a second one, made and billed, would be
+    dropped and missing from the history the client sends back."""
+    body = functions_to_tools(legacy(**({"function_call": given} if given else {})))
+    assert body["parallel_tool_calls"] is False
+    claude = openai_request_to_messages(body, "claude-sonnet-4-5")
+    assert claude["tool_choice"]["disable_parallel_tool_use"] is True
+
+
+def test_one_call_at_a_time_is_not_asked_when_none_may_be_made_or_the_client_said() -> None:
+    assert "parallel_tool_calls" not in functions_to_tools(legacy(function_call="none"))
+    said = functions_to_tools(legacy(parallel_tool_calls=True))
+    assert said["parallel_tool_calls"] is True
 
 
 def test_a_body_in_tools_is_left_as_it_is_and_nonsense_is_a_400() -> None:
