@@ -15,6 +15,7 @@ import httpx
 
 from agents.adapters.base import StreamItem, VendorCall, VendorResult
 from agents.adapters.http import (
+    batch_result,
     json_body,
     jsonl_objects,
     open_stream,
@@ -26,6 +27,7 @@ from agents.adapters.http import (
 from schemas.config import VendorConfig
 from schemas.errors import (
     RelayError,
+    VendorAnswerUnreadable,
     VendorAuthFailed,
     VendorBadRequest,
     VendorNotFound,
@@ -85,12 +87,22 @@ def _message(body: Any, api_key: str) -> dict[str, Any]:
     cached to be served again, so it is the vendor's failure instead.  ``type`` may be
     left out (a compatible server may skip it), but never be something else."""
     body = _not_an_error(body, api_key)
-    if body.get("type", "message") != "message" or not isinstance(body.get("content"), list):
+    if not _is_message(body):
         error = body.get("error")
         said = error.get("message") if isinstance(error, dict) else error
         detail = f": {str(said)[:500]}" if said else ""
         raise scrubbed(VendorUnavailable(f"anthropic: HTTP 200 without a message{detail}"), api_key)
     return body
+
+
+def _is_message(body: Any) -> bool:
+    """Whether ``body`` is a Message: an object whose ``type`` says so (a compatible
+    server may leave it out, never give another) holding a list of content blocks."""
+    return (
+        isinstance(body, dict)
+        and body.get("type", "message") == "message"
+        and isinstance(body.get("content"), list)
+    )
 
 
 class AnthropicAdapter:
@@ -202,7 +214,7 @@ class AnthropicAdapter:
         resp = await self._send("GET", f"messages/batches/{batch_id}/results", api_key, timeout)
         results: dict[str, VendorResult | Exception] = {}
         for entry in jsonl_objects(resp.text, self.kind):
-            results[str(entry.get("custom_id"))] = self._batch_result(entry.get("result") or {})
+            results[str(entry.get("custom_id"))] = batch_result(self.kind, _batch_entry, entry)
         return results
 
     async def cancel_batch(self, batch_id: str, api_key: str) -> None:
@@ -231,14 +243,22 @@ class AnthropicAdapter:
             **kwargs,
         )
 
-    @staticmethod
-    def _batch_result(result: dict[str, Any]) -> VendorResult | Exception:
-        kind = result.get("type")
-        if kind == "succeeded":
-            answer, usage = messages_response_to_openai(result.get("message") or {})
-            return VendorResult(answer, usage)
-        if kind == "errored":
-            # ``error`` is an error response: {"type": "error", "error": {...}}.
-            return anthropic_error((result.get("error") or {}).get("error") or {})
-        # canceled or expired: never run, so another route may still answer it.
+
+def _batch_entry(entry: dict[str, Any]) -> VendorResult | Exception:
+    """One line of a batch's results (``batch_result`` takes a line in a shape this cannot
+    read, a count that is not a number, say)."""
+    result = entry["result"]
+    kind = result.get("type")
+    if kind == "succeeded":
+        message = result.get("message")
+        if not _is_message(message):  # run, and billed: never sent again
+            return VendorAnswerUnreadable("anthropic: a succeeded batch request without a message")
+        answer, usage = messages_response_to_openai(message)
+        return VendorResult(answer, usage)
+    if kind == "errored":
+        # ``error`` is an error response: {"type": "error", "error": {...}}.
+        return anthropic_error(result["error"].get("error") or {})
+    if kind in ("canceled", "expired"):  # never run, so another route may still answer it
         return VendorUnavailable(f"anthropic: batch request {kind}")
+    # A result of no kind Anthropic lists: nothing says it was not run (and billed).
+    return VendorAnswerUnreadable(f"anthropic: a batch result of an unknown type ({kind})")

@@ -11,13 +11,13 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from http.cookiejar import CookieJar
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import httpx
@@ -26,6 +26,7 @@ from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 from schemas.errors import (
     ContentFiltered,
     RelayError,
+    VendorAnswerUnreadable,
     VendorAuthFailed,
     VendorBadRequest,
     VendorNotFound,
@@ -139,6 +140,27 @@ def jsonl_objects(text: str, vendor: str) -> list[dict[str, Any]]:
         if isinstance(entry, dict):
             found.append(entry)
     return found
+
+
+# What reading a result line of the wrong shape raises: a count that is not a number,
+# an object that is a list or a string, a field that is missing.
+_SHAPE_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError)
+T = TypeVar("T")
+
+
+def batch_result(
+    vendor: str, read: Callable[[dict[str, Any]], T], entry: dict[str, Any]
+) -> T | VendorAnswerUnreadable:
+    """``read(entry)``, one batch result line read, or, when it is in a shape ``read``
+    cannot take, that request's ``VendorAnswerUnreadable``: the vendor ran it and may
+    have billed it, so it is never sent again, and the batch's other answers are read
+    all the same.  Only the failure's type is logged: its text may quote the answer."""
+    try:
+        return read(entry)
+    except _SHAPE_ERRORS as exc:
+        what = type(exc).__name__
+        log.warning("%s: a batch result line that could not be read (%s)", vendor, what)
+        return VendorAnswerUnreadable(f"{vendor}: the batch's answer could not be read ({what})")
 
 
 def json_body(resp: httpx.Response, vendor: str) -> Any:

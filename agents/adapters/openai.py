@@ -19,6 +19,7 @@ import httpx
 
 from agents.adapters.base import StreamItem, VendorCall, VendorResult
 from agents.adapters.http import (
+    batch_result,
     classified,
     json_body,
     jsonl_objects,
@@ -32,6 +33,7 @@ from schemas.batches import ENDED
 from schemas.config import VendorConfig
 from schemas.errors import (
     RelayError,
+    VendorAnswerUnreadable,
     VendorBadRequest,
     VendorRateLimited,
     VendorUnavailable,
@@ -229,7 +231,8 @@ class OpenAIAdapter:
                     "GET", self.url(f"files/{batch[key]}/content"), api_key
                 )
                 for entry in jsonl_objects(content.text, self.kind):
-                    results[str(entry.get("custom_id"))] = self._batch_entry(entry)
+                    got = batch_result(self.kind, self._batch_entry, entry)
+                    results[str(entry.get("custom_id"))] = got
         return results
 
     async def cancel_batch(self, batch_id: str, api_key: str) -> None:
@@ -313,28 +316,40 @@ class OpenAIAdapter:
         return chunk
 
     def _batch_entry(self, entry: dict[str, Any]) -> VendorResult | Exception:
-        response = entry.get("response") or {}
+        """One line of a batch's output or error file (``batch_result`` takes a line in a
+        shape this cannot read)."""
+        response = entry.get("response")
+        if response is None:
+            return self._not_run(entry)
         body = response.get("body") or {}
         status = int(response.get("status_code") or 0)
-        if status == 200:
+        if status == 200 and isinstance(body.get("choices"), list):
             return VendorResult(body, Usage.from_openai(body.get("usage")))
-        if status:  # the error object of a live answer: classified the same way
-            error = body.get("error") or {}
-            if not isinstance(error, dict):
-                return classified(self.kind, status, str(error), None, None)
-            code, param = error.get("code"), error.get("param")
-            return classified(
-                self.kind,
-                status,
-                str(error.get("message", "")),
-                code if isinstance(code, str) else None,
-                param if isinstance(param, str) else None,
-            )
-        # No response at all: the request never ran (batch_expired, batch_cancelled).
-        error = entry.get("error") or {}
-        return VendorUnavailable(
-            f"{self.kind}: batch request not run: {error.get('code') or error.get('message')}"
+        if status < 400:  # no status, or a 200 without an answer (a proxy's {"error": ...})
+            said = f"{self.kind}: a batch response without an answer (HTTP {status})"
+            return VendorAnswerUnreadable(said)
+        # The error object of a live answer: classified the same way.
+        error = body.get("error") or {}
+        if not isinstance(error, dict):
+            return classified(self.kind, status, str(error), None, None)
+        code, param = error.get("code"), error.get("param")
+        return classified(
+            self.kind,
+            status,
+            str(error.get("message", "")),
+            code if isinstance(code, str) else None,
+            param if isinstance(param, str) else None,
         )
+
+    def _not_run(self, entry: dict[str, Any]) -> Exception:
+        """A line without a response: its error says why the request never ran
+        (batch_expired, batch_cancelled), and another route may still answer it.  Without
+        one, nothing says it did not run (and was not billed)."""
+        error = entry.get("error")
+        said = (error.get("code") or error.get("message")) if isinstance(error, dict) else None
+        if not said:
+            return VendorAnswerUnreadable(f"{self.kind}: a batch line with no response nor error")
+        return VendorUnavailable(f"{self.kind}: batch request not run: {said}")
 
 
 def _vendor_failure(where: str, error: Any) -> RelayError:

@@ -13,6 +13,7 @@ from agents.adapters import AnthropicAdapter, VendorCall, VendorResult
 from schemas.config import VendorConfig
 from schemas.errors import (
     BadRequest,
+    VendorAnswerUnreadable,
     VendorAuthFailed,
     VendorBadRequest,
     VendorNotFound,
@@ -472,6 +473,36 @@ async def test_poll_batch_reads_every_kind_of_result():
     assert results["bad"].message == "anthropic: invalid_request_error: max_tokens: too big"
     assert isinstance(results["late"], VendorUnavailable)
     assert isinstance(results["stopped"], VendorUnavailable)
+
+
+async def test_a_batch_result_that_cannot_be_read_is_its_request_s_alone():
+    """The vendor ran the request and may have billed it: an answer nobody can read is
+    that request's VendorAnswerUnreadable (never sent again), and the batch's other
+    answers are read all the same."""
+    bad_count = {**MESSAGE, "usage": {"input_tokens": "a", "output_tokens": 6}}
+    error_body = {"type": "error", "error": {"type": "api_error", "message": "x"}}
+    lines = [
+        {"custom_id": "ok", "result": {"type": "succeeded", "message": MESSAGE}},
+        {"custom_id": "count", "result": {"type": "succeeded", "message": bad_count}},
+        {"custom_id": "string", "result": "succeeded"},
+        {"custom_id": "none", "result": None},
+        {"custom_id": "error", "result": {"type": "succeeded", "message": error_body}},
+        {"custom_id": "block", "result": {"type": "succeeded", "message": {**MESSAGE, "content": ["x"]}}},
+        {"custom_id": "errored", "result": {"type": "errored", "error": "overloaded"}},
+        {"custom_id": "odd", "result": {"type": "pending"}},
+        {"custom_id": "late", "result": {"type": "expired"}},
+    ]  # fmt: skip
+    _, handler = recorder(
+        httpx.Response(200, json={"id": "msgbatch_01", "processing_status": "ended"}),
+        httpx.Response(200, text="\n".join(json.dumps(x) for x in lines) + "\n"),
+    )
+    results = await adapter_for(handler).poll_batch("msgbatch_01", KEY)
+    assert isinstance(results.pop("ok"), VendorResult)
+    late = results.pop("late")
+    assert type(late) is VendorUnavailable and late.retryable, "never run: another route may"
+    assert set(results) == {"count", "string", "none", "error", "block", "errored", "odd"}
+    for got in results.values():
+        assert isinstance(got, VendorAnswerUnreadable) and not got.retryable
 
 
 async def test_cancel_batch_posts_to_the_message_batch_s_cancel_path():

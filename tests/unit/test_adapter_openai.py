@@ -25,6 +25,7 @@ from agents.adapters import (
 from schemas.config import VendorConfig
 from schemas.errors import (
     ContentFiltered,
+    VendorAnswerUnreadable,
     VendorAuthFailed,
     VendorBadRequest,
     VendorNotFound,
@@ -529,6 +530,37 @@ async def test_poll_batch_reads_output_and_error_files():
     assert "Invalid 'messages'" in results["r2"].message
     assert isinstance(results["r3"], VendorUnavailable)
     assert "batch_expired" in results["r3"].message
+
+
+async def test_a_batch_line_that_cannot_be_read_is_its_request_s_alone():
+    """The vendor ran the request and may have billed it: an answer nobody can read is
+    that request's VendorAnswerUnreadable (never sent again), and the batch's other
+    answers are read all the same."""
+    usage = {"prompt_tokens": "a", "completion_tokens": 4, "total_tokens": 4}
+    lines = [
+        {"custom_id": "ok", "response": {"status_code": 200, "body": COMPLETION}},
+        {"custom_id": "count", "response": {"status_code": 200, "body": {**COMPLETION, "usage": usage}}},
+        {"custom_id": "string", "response": "oops"},
+        {"custom_id": "status", "response": {"status_code": "two hundred", "body": COMPLETION}},
+        {"custom_id": "no-status", "response": {"body": COMPLETION}},
+        {"custom_id": "proxy", "response": {"status_code": 200, "body": {"error": {"message": "x"}}}},
+        {"custom_id": "nothing", "response": None, "error": None},
+        {"custom_id": "late", "response": None, "error": {"code": "batch_expired"}},
+    ]  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/batches/batch_1":
+            done = {"id": "batch_1", "status": "completed", "output_file_id": "file-out"}
+            return httpx.Response(200, json=done)
+        return httpx.Response(200, text="".join(json.dumps(x) + "\n" for x in lines))
+
+    results = await adapter_for(handler).poll_batch("batch_1", KEY)
+    assert isinstance(results.pop("ok"), VendorResult)
+    late = results.pop("late")
+    assert type(late) is VendorUnavailable and late.retryable, "never run: another route may"
+    assert set(results) == {"count", "string", "status", "no-status", "proxy", "nothing"}
+    for got in results.values():
+        assert isinstance(got, VendorAnswerUnreadable) and not got.retryable
 
 
 async def test_poll_batch_that_failed_validation_raises():
