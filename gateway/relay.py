@@ -22,6 +22,7 @@ from gateway.bus import Bus
 from gateway.errors import trace_headers
 from schemas.config import RelayConfig, ttl_seconds
 from schemas.envelope import (
+    MAX_CACHE_TTL_S,
     MAX_TRACE_ID,
     REPLY_GRACE_S,
     AuditKind,
@@ -47,7 +48,6 @@ from tables.prices import PriceSheet
 
 CacheMode = Literal["use", "bypass", "refresh"]
 MAX_TIMEOUT_S = 3600.0  # x-relay-timeout: an hour at most
-MAX_CACHE_TTL_S = 30 * 86400  # x-relay-cache-ttl: thirty days at most
 MAX_COST_TAG = 128  # x-relay-cost-tag: the same
 MAX_BETAS = 32  # anthropic-beta: feature names, such as interleaved-thinking-2025-05-14
 _BETA = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -255,7 +255,11 @@ class Relay:
             body=body,
             openai_sampling=self.config.openai_sampling(alias),
         )
-        ttl = opts.ttl_s if opts.ttl_s is not None else self.config.models[alias].ttl_seconds()
+        ttl = self.config.models[alias].ttl_seconds()
+        if opts.ttl_s is not None:
+            # An answer shared across tenants lives no longer than the alias says: one
+            # tenant's header must not keep it for everyone (its own, it may).
+            ttl = min(opts.ttl_s, ttl) if scope == "global" else opts.ttl_s
         return key, ttl
 
     def envelope(

@@ -32,6 +32,7 @@ Endpoint = Literal["chat", "embeddings", "completions", "count_tokens"]
 REPLY_GRACE_S = 2.0
 MAX_TRACE_ID = 128  # x-relay-trace-id: it travels in every envelope and ledger line
 MAX_EPOCH_MS = 10**15  # a time in epoch ms beyond any deadline (the year 33 658)
+MAX_CACHE_TTL_S = 30 * 86400  # a stored answer lives thirty days at most
 
 
 def now_ms() -> int:
@@ -64,10 +65,15 @@ class RequestEnvelope(BaseModel):
     trace_id: str
     cost_tag: str | None = None
     user: str | None = None
-    cache_ttl_s: int | None = Field(None, description="store the answer for this long")
+    cache_ttl_s: int | None = Field(
+        None, ge=0, le=MAX_CACHE_TTL_S, description="store the answer for this long"
+    )
     cache_lookup: bool = Field(False, description="a stored answer may serve this request")
     cache_max_age_s: int | None = Field(
-        None, description="the oldest stored answer that may serve it (x-relay-cache-ttl)"
+        None,
+        ge=0,
+        le=MAX_CACHE_TTL_S,
+        description="the oldest stored answer that may serve it (x-relay-cache-ttl)",
     )
     degraded: str | None = Field(None, description="why the worker routes it cheaper")
     gateway_meters_timeout: bool = Field(

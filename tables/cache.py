@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import math
 import time
 import unicodedata
@@ -25,12 +26,13 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ValidationError
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from schemas.errors import BadRequest
 from schemas.formats.openai import assemble_chunks, faithful_chunks
 from schemas.usage import Usage
 
+log = logging.getLogger("relay.cache")
 KEY_VERSION = 4  # bump when normalization changes, so old entries are never misread
 # 4: a JSON schema's properties keep their written order (strict structured output emits
 # keys in that order), and whitespace where two text parts meet is kept ("Hello " +
@@ -510,6 +512,9 @@ class ResponseCache:
         keep_ms = max(1, round((ttl_s + self.stale_s) * 1000))
         try:
             await redis.set(self.prefix + key, data, px=keep_ms)
+        except ResponseError as exc:  # this command refused (too large, say): Redis is up
+            log.warning("answer not stored in L2: %s", exc)
+            return
         except REDIS_ERRORS:
             self._l2_failed()
             return

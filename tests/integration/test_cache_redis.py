@@ -326,3 +326,15 @@ async def test_following_rides_out_a_redis_that_is_down(cache_factory: CacheFact
     following.cancel()
     await asyncio.gather(following, return_exceptions=True)
     assert following.cancelled()
+
+
+async def test_a_write_redis_refuses_leaves_l2_in_use(cache_factory: CacheFactory) -> None:
+    """One command Redis refuses (here an expiry beyond its range) says nothing of Redis
+    being down: the answers after it are still shared through L2."""
+    writer, reader = cache_factory(), cache_factory()
+    key = cache_key(scope="t", alias="a", endpoint="chat", body={"q": "refused"})
+    await writer.put(key, answer(), ttl_s=1e17)
+    assert writer.l2_healthy and writer.l2_errors == 0
+    other = cache_key(scope="t", alias="a", endpoint="chat", body={"q": "kept"})
+    await writer.put(other, answer(), ttl_s=60)
+    assert await reader.get(other) is not None, "the next answer reached L2"

@@ -374,3 +374,33 @@ async def test_an_early_400_and_an_estimated_count_carry_a_request_id_too() -> N
     assert refused.headers["request-id"] == refused.headers["x-relay-trace-id"]
     assert counted.status_code == 200 and counted.json()["input_tokens"] >= 1
     assert counted.headers["request-id"] == counted.headers["x-request-id"] == "mine"
+
+
+@pytest.mark.parametrize(("scope", "stored"), [("tenant", 30 * 86400), ("global", None)])
+async def test_a_header_ttl_outlives_the_alias_s_only_in_the_tenant_s_own_cache(
+    scope: str, stored: int | None
+) -> None:
+    """``x-relay-cache-ttl`` of thirty days keeps the tenant's own answer that long; an
+    answer shared across tenants lives no longer than the alias says."""
+    from schemas.config import load_config
+    from tests.support.gateway import EXAMPLE
+
+    config = load_config(EXAMPLE)
+    config.tenants["demo"].cache_scope = scope  # type: ignore[assignment]
+    app, bus = gateway_app(paid(), config)
+    month = {"x-relay-cache-ttl": str(30 * 86400)}
+    async with client(app) as http:
+        await http.post("/v1/chat/completions", json=BODY, headers=month)
+    alias_ttl = config.models["gpt-4o-mini"].ttl_seconds()
+    assert bus.published[0].cache_ttl_s == (stored or alias_ttl)
+
+
+def test_a_producer_s_envelope_may_not_keep_an_answer_past_thirty_days() -> None:
+    """An envelope posted straight to the request topic is held to the gateway's bound:
+    out of it, the envelope is malformed (dead-lettered), not a Redis write refused."""
+    from pydantic import ValidationError
+
+    from tests.support.envelopes import request_envelope
+
+    with pytest.raises(ValidationError, match="cache_ttl_s"):
+        request_envelope(cache_ttl_s=10**12)
