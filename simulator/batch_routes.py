@@ -122,6 +122,21 @@ async def file_content(file_id: str, request: Request) -> Response:
     return Response(data, media_type="application/octet-stream")
 
 
+@router.delete("/v1/files/{file_id}")
+@router.delete("/openai/files/{file_id}")  # Azure
+@router.delete("/openai/v1/files/{file_id}")  # Azure v1 API
+async def delete_file(file_id: str, request: Request) -> Response:
+    """Delete a file and its bytes."""
+    if (rejected := _openai_auth(request)) is not None:
+        return rejected
+    sim = _sim(request)
+    if sim.files.pop(file_id, None) is None:
+        return openai_routes.error(404, f"No such File object: {file_id}", param="id")
+    sim.file_data.pop(file_id, None)
+    sim.stats.files_deleted += 1
+    return json_response({"id": file_id, "object": "file", "deleted": True})
+
+
 def _line_error(line: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
     return {"code": code, "line": line, "message": message, "param": param}
 
@@ -464,6 +479,20 @@ async def cancel_message_batch(batch_id: str, request: Request) -> Response:
         rec["obj"]["cancel_initiated_at"] = _iso(rec["ended"])
         return json_response(rec["obj"] | {"processing_status": "canceling"})
     return json_response(_anthropic_view(sim, rec, request))
+
+
+@router.delete("/v1/messages/batches/{batch_id}")
+async def delete_message_batch(batch_id: str, request: Request) -> Response:
+    """Delete an ended batch and its results (one still running cannot be)."""
+    sim, rec = _anthropic_job(request, batch_id)
+    if isinstance(rec, Response):
+        return rec
+    if not _ended(sim, rec) and not rec["cancelled"]:
+        message = f"message batch {batch_id} is still in progress; cancel it first"
+        return anthropic_routes.error(400, message)
+    del sim.batches[batch_id]
+    sim.stats.batches_deleted += 1
+    return json_response({"id": batch_id, "type": "message_batch_deleted"})
 
 
 @router.get("/v1/messages/batches/{batch_id}/results")

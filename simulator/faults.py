@@ -68,6 +68,8 @@ class Stats:
         self.by_endpoint: Counter[str] = Counter()
         self.batches = 0
         self.batches_cancelled = 0
+        self.files_deleted = 0  # OpenAI files a client deleted (the lane's, once answered)
+        self.batches_deleted = 0  # Anthropic message batches deleted
 
     def record(self, model: str, endpoint: str, inputs: int = 1) -> None:
         """Count one vendor call carrying ``inputs`` items (prompts, embedding inputs)."""
@@ -85,6 +87,8 @@ class Stats:
             "inputs": dict(self.inputs),
             "batches": self.batches,
             "batches_cancelled": self.batches_cancelled,
+            "files_deleted": self.files_deleted,
+            "batches_deleted": self.batches_deleted,
         }
 
 

@@ -3,6 +3,7 @@
 from agents.adapters.anthropic import AnthropicAdapter
 from agents.adapters.azure import AzureOpenAIAdapter
 from agents.adapters.base import (
+    BatchCleaner,
     BatchVendor,
     ChatVendor,
     EmbeddingVendor,
@@ -20,6 +21,7 @@ __all__ = [
     "Adapter",
     "AnthropicAdapter",
     "AzureOpenAIAdapter",
+    "BatchCleaner",
     "BatchVendor",
     "ChatVendor",
     "EmbeddingVendor",

@@ -223,6 +223,12 @@ class AnthropicAdapter:
         timeout = self.config.api_timeout_s
         await self._send("POST", f"messages/batches/{batch_id}/cancel", api_key, timeout)
 
+    async def clean_batch(self, batch_id: str, api_key: str) -> None:
+        """Delete an ended message batch, its results with it (they are kept 29 days
+        otherwise)."""
+        timeout = self.config.api_timeout_s
+        await self._send("DELETE", f"messages/batches/{batch_id}", api_key, timeout)
+
     async def _send(
         self,
         method: str,

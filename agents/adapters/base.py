@@ -75,3 +75,12 @@ class BatchVendor(Protocol):
     ) -> dict[str, VendorResult | Exception] | None: ...
 
     async def cancel_batch(self, batch_id: str, api_key: str) -> None: ...
+
+
+@runtime_checkable
+class BatchCleaner(Protocol):
+    """A vendor batch API that keeps what a batch leaves behind (OpenAI's input, output
+    and error files, which count against the account's file storage; Anthropic's
+    results) until they are deleted."""
+
+    async def clean_batch(self, batch_id: str, api_key: str) -> None: ...

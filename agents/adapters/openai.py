@@ -240,6 +240,16 @@ class OpenAIAdapter:
         not run yet come back in its error file as ``batch_cancelled``."""
         await self._request("POST", self.url(f"batches/{batch_id}/cancel"), api_key)
 
+    async def clean_batch(self, batch_id: str, api_key: str) -> None:
+        """Delete an answered batch's input, output and error files: they stay in the
+        account's file storage, which is limited, until deleted (the batch itself
+        cannot be)."""
+        resp = await self._request("GET", self.url(f"batches/{batch_id}"), api_key)
+        batch = json_body(resp, self.kind)
+        for field in ("input_file_id", "output_file_id", "error_file_id"):
+            if isinstance(file_id := batch.get(field), str) and file_id:
+                await self._request("DELETE", self.url(f"files/{file_id}"), api_key)
+
     # -- helpers ------------------------------------------------------------------------
 
     def _body(self, call: VendorCall, *, chat: bool = True) -> dict[str, Any]:

@@ -754,6 +754,46 @@ async def test_a_cancelled_message_batch_ends_with_every_request_canceled(
     assert (await sim.get("/stats")).json()["batches_cancelled"] == 1
 
 
+@pytest.mark.parametrize("kind", ["openai", "azure", "anthropic"])
+async def test_an_answered_vendor_batch_is_cleaned_up_through_each_adapter(
+    app: Any, kind: str
+) -> None:
+    """What a batch leaves at the vendor (OpenAI's and Azure's input and output files,
+    Anthropic's batch and results) is deleted once read: files count against the
+    account's storage, and the simulator keeps nothing it no longer needs."""
+    from agents.adapters import BatchCleaner, VendorCall, make_adapter
+    from schemas.config import VendorConfig
+
+    config = VendorConfig(kind=kind, base_url="http://sim/v1" if kind == "openai" else "http://sim")  # type: ignore[arg-type]
+    adapter = make_adapter(config, raw_client(app))
+    assert isinstance(adapter, BatchCleaner)
+    body = {"model": "m", "messages": user("clean me"), "max_tokens": 20}
+    batch_id = await adapter.submit_batch([("r0", VendorCall("m", body, "x"))], "x")  # type: ignore[union-attr]
+    results = await adapter.poll_batch(batch_id, "x")  # type: ignore[union-attr]
+    assert results is not None and not isinstance(results["r0"], Exception)
+    await adapter.clean_batch(batch_id, "x")
+    stats = (await raw_client(app).get("/stats")).json()
+    sim = app.state.sim
+    if kind == "anthropic":
+        assert stats["batches_deleted"] == 1 and batch_id not in sim.batches
+    else:  # the input file and the output file (no request failed: no error file)
+        assert stats["files_deleted"] == 2 and not sim.files and not sim.file_data
+
+
+async def test_the_sdks_delete_files_and_message_batches(
+    oai: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic
+) -> None:
+    f = await oai.files.create(file=("input.jsonl", b"{}\n"), purpose="batch")
+    assert (await oai.files.delete(f.id)).deleted
+    with pytest.raises(openai.NotFoundError):
+        await oai.files.delete(f.id)
+    params: Any = {"model": "c", "max_tokens": 20, "messages": user("a")}
+    batch = await claude.messages.batches.create(requests=[{"custom_id": "x", "params": params}])
+    assert (await claude.messages.batches.delete(batch.id)).type == "message_batch_deleted"
+    with pytest.raises(anthropic.NotFoundError):
+        await claude.messages.batches.retrieve(batch.id)
+
+
 async def test_claude_past_the_3_family_refuses_temperature_beside_top_p(
     sim: httpx.AsyncClient,
 ) -> None:
