@@ -602,6 +602,8 @@ class ChunksToResponseEvents:
         self.request = request
         self._message: tuple[str, int] | None = None  # ("text" | "refusal", output index)
         self._calls: dict[int, int] = {}  # open tool calls: chunk index -> output index
+        # Calls no fragment has named or given an id yet: chunk index -> their fragments.
+        self._held: dict[int, list[dict[str, Any]]] = {}
         self._reasoning: tuple[int, list[dict[str, Any]]] | None = None  # index, its chunks
         self._finish: dict[str, Any] = {}
         self._tier: Any = None  # the service tier the vendor's chunks last named
@@ -642,6 +644,7 @@ class ChunksToResponseEvents:
         """An ``error`` event (the relay's code and the field it names), then
         ``response.failed`` with the output so far and the failure in OpenAI's codes: the
         last ``response.*`` event a client waits for, as OpenAI ends a failed response."""
+        held = self._open_held()  # (the output so far includes them)
         failed = {
             **_served(self.shell, self._tier),
             "status": "failed",
@@ -649,6 +652,7 @@ class ChunksToResponseEvents:
             "error": {"code": _failure_code(err), "message": err.message},
         }
         return [
+            *held,
             self._event("error", code=err.code, message=err.message, param=err.param),
             self._event("response.failed", response=failed),
         ]
@@ -730,29 +734,64 @@ class ChunksToResponseEvents:
 
     def _tool(self, frag: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         index = frag.get("index", 0)
-        fn = call_function(frag)
+        if index in self._calls:
+            return self._into_call(self._calls[index], frag)
+        self._held.setdefault(index, []).append(frag)
+        if not frag.get("id") and not call_function(frag).get("name"):
+            # Nothing says which call this is yet (some servers open a call with a bare
+            # fragment of its arguments and name it, with its id, in the next): held
+            # until a fragment does, or other output must go out after it.  Its item's
+            # call_id cannot change once added (the openai SDK refuses a stream whose
+            # function_call's call_id differs between its added and done events).
+            return []
+        return self._open_held(until=index)
+
+    def _open_held(self, until: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """Open the held calls, in the order their first fragments came (up to the call
+        ``until``, else all), each with the id and name its fragments gave (an id of ours
+        and "" when none did), then their arguments."""
         events: list[tuple[str, dict[str, Any]]] = []
-        if index not in self._calls:
+        while self._held:
+            index, frags = next(iter(self._held.items()))
+            del self._held[index]
             events += self._close_reasoning() + self._close_message()
-            call = {"id": frag.get("id"), "function": {"name": fn.get("name")}}
+            # An id an earlier item already has (a server resuming a call that text
+            # closed) is not taken again: the SDK refuses two items under one call_id.
+            taken = {o.get("call_id") for o in self.output}
+            ids = [i for f in frags if isinstance(i := f.get("id"), str) and i not in taken]
+            names = [n for f in frags if (n := call_function(f).get("name"))]
+            call = {"id": ids[-1] if ids else None, "function": {"name": names[0] if names else ""}}
             events += self._add(_call_item(call, status="in_progress"))
-            self._calls[index] = len(self.output) - 1
-        raw = fn.get("arguments")
-        if args := _arguments(raw):
-            at = self._calls[index]
-            item = self.output[at]
-            # Text fragments add up; an object is the whole arguments, replacing what
-            # came before as chat's assembler does (the item's done events say so).
-            item["arguments"] = item["arguments"] + args if isinstance(raw, str) else args
-            events.append(
-                self._event(
-                    "response.function_call_arguments.delta",
-                    item_id=item["id"],
-                    output_index=at,
-                    delta=args,
-                )
-            )
+            at = self._calls[index] = len(self.output) - 1
+            for frag in frags:
+                events += self._into_call(at, frag)
+            if index == until:
+                break
         return events
+
+    def _into_call(self, at: int, frag: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """A fragment into the open call at output index ``at``: its arguments, and its
+        name when the call had none yet (one that gave its id first: the done events and
+        the finished Response name it, as chat's assembler does the whole answer)."""
+        fn = call_function(frag)
+        item = self.output[at]
+        if not item["name"] and fn.get("name"):
+            item["name"] = fn["name"]
+        raw = fn.get("arguments")
+        args = _arguments(raw)
+        if not args:
+            return []
+        # Text fragments add up; an object is the whole arguments, replacing what came
+        # before as chat's assembler does (the item's done events say so).
+        item["arguments"] = item["arguments"] + args if isinstance(raw, str) else args
+        return [
+            self._event(
+                "response.function_call_arguments.delta",
+                item_id=item["id"],
+                output_index=at,
+                delta=args,
+            )
+        ]
 
     def _add(self, item: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         self.output.append(item)
@@ -763,14 +802,15 @@ class ChunksToResponseEvents:
         """Close what is open: the message, or else the function calls, in output order
         (text closes calls and a call closes the message, so never both); ``cut_last``
         marks the last of them incomplete (the answer was cut off there, its reasoning
-        included: response.incomplete says the same of that item)."""
+        included: response.incomplete says the same of that item).  Calls held for want
+        of a name are opened first: they came before what follows."""
+        events = self._open_held()
         if self._reasoning is not None:
-            return self._close_reasoning(cut_last)
+            return events + self._close_reasoning(cut_last)
         if self._message is not None:
-            return self._close_message(cut_last)
+            return events + self._close_message(cut_last)
         calls = sorted(self._calls.values())
         self._calls.clear()
-        events: list[tuple[str, dict[str, Any]]] = []
         for at in calls:
             events += self._close_call(at, cut_last and at == calls[-1])
         return events

@@ -419,6 +419,70 @@ def test_interleaved_tool_call_fragments_each_keep_their_own_item() -> None:
     assert arg_deltas == [(0, '{"city":'), (1, '{"city":"Rome"}'), (0, '"Oslo"}')]
 
 
+@pytest.mark.parametrize(
+    "first",
+    [
+        {"index": 0, "function": {"arguments": ""}},  # a bare fragment, then id and name
+        {"index": 0, "function": {"arguments": '{"ci'}},  # some arguments, then the rest
+        {"index": 0, "id": "call_late", "function": {"arguments": ""}},  # the id, then the name
+    ],
+)
+def test_a_call_named_after_its_first_fragment_streams_under_its_name_and_id(
+    first: dict[str, Any],
+) -> None:
+    """A server that opens a call with a fragment that does not name it: the streamed call
+    is the vendor's (its name and id), as the whole answer's is, not "" under an id of the
+    relay's; and the openai SDK reads the sequence (``run``: its accumulator refuses a
+    call whose call_id changes between its added and done events)."""
+    rest = '{"city":"Oslo"}'.removeprefix(first["function"]["arguments"])
+    events = run(
+        [
+            chunk({"tool_calls": [first]}),
+            chunk(frag(0, rest[:5], id="call_late", name="get_weather")),
+            chunk(frag(0, rest[5:])),
+            chunk({}, "tool_calls"),
+        ]
+    )
+    final = Response.model_validate(events[-1]["response"])
+    calls = [(o.name, o.call_id, o.arguments) for o in final.output if o.type == "function_call"]
+    assert calls == [("get_weather", "call_late", '{"city":"Oslo"}')]
+    [args_done] = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    [added] = [e["item"] for e in events if e["type"] == "response.output_item.added"]
+    [done] = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert args_done["name"] == done["name"] == "get_weather"
+    assert added["call_id"] == done["call_id"] == "call_late"
+    deltas = [e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta"]
+    assert "".join(deltas) == '{"city":"Oslo"}'
+    whole = completion(calls=[call("call_late", "get_weather", '{"city":"Oslo"}')])
+    plain = Response.model_validate(openai_response_to_responses(whole, Usage(), {"model": "m"}))
+    assert [(o.name, o.call_id) for o in plain.output] == [("get_weather", "call_late")]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("then", ["text", "end", "error"])
+def test_a_call_nothing_ever_names_still_comes_in_its_place(then: str) -> None:
+    """Fragments that never name their call are held only until other output (or the
+    end) must follow them: the call comes first, as it came, with what it was sent."""
+    chunks = [chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]})]
+    if then == "text":
+        chunks.append(chunk({"content": "Done."}))
+    events = ChunksToResponseEvents({"model": "m", "tools": [WEATHER]}, "resp_t")
+    out = events.start()
+    for c in chunks:
+        out += events.feed(c)
+    if then == "error":
+        out += events.error(RelayError("boom"))
+    else:
+        out += events.finish(Usage())
+    state = ResponseStreamState(input_tools=[WEATHER], text_format=omit)  # type: ignore[list-item,var-annotated]
+    for _, data in out:
+        state.handle_event(EVENTS.validate_python(data))
+    output = out[-1][1]["response"]["output"]
+    assert [(o["type"], o.get("arguments")) for o in output][:1] == [("function_call", "{}")]
+    assert [o["type"] for o in output] == ["function_call"] + (
+        ["message"] if then == "text" else []
+    )
+
+
 def test_a_cut_off_answer_marks_its_last_item_incomplete_both_ways() -> None:
     events = run([chunk({"content": "Once upon"}), chunk({}, "length")])
     final = Response.model_validate(events[-1]["response"])
