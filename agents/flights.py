@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.envelope import REPLY_GRACE_S, Priority, RequestEnvelope
+from schemas.errors import RelayError
 from tables.recent import RecentIds
 
 # A flight's priority lane is part of its key, and a request may join a call of its own
@@ -45,6 +46,9 @@ class Waiter:
     # still kept.
     lost: bool = False
     gone: bool = False  # its client went away (a cancel notice): its line says client_closed
+    # A chunk of its stream did not reach it (refused, or not taken in time): it is told
+    # so, its stream being of no use with a hole in it, and its line says it failed.
+    broken: RelayError | None = None
     # Held while sending to this waiter, so its chunks (and then its final) go out in order.
     sending: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -171,6 +175,11 @@ class Flights:
         flight, waiter = found
         waiter.gone = waiter.lost = True
         return None if any(w.waits for w in flight.waiters) else flight
+
+    def waiter(self, correlation_id: str) -> Waiter | None:
+        """Who waits on a flight under way as ``correlation_id``, if anyone does."""
+        found = self._by_id.get(correlation_id)
+        return None if found is None else found[1]
 
     def left_before(self, env: RequestEnvelope) -> bool:
         """Whether the client of ``env`` went away before it joined a flight (its

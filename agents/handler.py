@@ -599,33 +599,59 @@ class RequestHandler:
         """Send ``waiter`` the stream's chunks it lacks (a late joiner: those so far; the
         rest come live).  A waiter whose reply topic fails is sent nothing more, and its
         failure holds up neither the stream nor the call's other waiters."""
-        try:
-            async with waiter.sending:
-                await self._deliver(flight, waiter)
-        except Exception as exc:
-            waiter.lost = True
-            log.warning("chunk to %s not sent: %r", waiter.envelope.correlation_id, exc)
+        async with waiter.sending:
+            await self._deliver(flight, waiter)
 
     async def _deliver(self, flight: Flight, w: Waiter) -> None:
         """Send ``w`` the chunks it lacks; the caller holds ``w.sending``, so two senders
-        (a catch-up and the live stream) never interleave one waiter's chunks."""
+        (a catch-up and the live stream) never interleave one waiter's chunks.  A chunk
+        that does not go out loses the waiter (``_lose``)."""
         if not w.envelope.stream:
             return
         while w.sent < len(flight.chunks) and not w.lost:
             chunk = flight.chunks[w.sent]
             w.sent += 1
-            await self._send(
-                w.envelope,
-                ReplyEvent(
-                    correlation_id=w.envelope.correlation_id,
-                    kind="chunk",
-                    seq=w.sent,
-                    body=chunk,
-                    coalesced=not w.leader and not flight.cached,
-                    cache_hit=flight.cached,
-                    degraded=flight.degraded_for(w.envelope),
-                ),
-            )
+            try:
+                await self._send(
+                    w.envelope,
+                    ReplyEvent(
+                        correlation_id=w.envelope.correlation_id,
+                        kind="chunk",
+                        seq=w.sent,
+                        body=chunk,
+                        coalesced=not w.leader and not flight.cached,
+                        cache_hit=flight.cached,
+                        degraded=flight.degraded_for(w.envelope),
+                    ),
+                )
+            except Exception as exc:
+                self._lose(w, exc)
+
+    def reply_lost(self, event: ReplyEvent, exc: BaseException) -> None:
+        """A chunk the broker refused after taking it (the sink hears so after ``reply``
+        returned: a reply topic with a smaller message limit than the relay's, say).  Its
+        waiter, while its flight is under way, is lost as if the send had failed.  One
+        answered already got its final: its gateway sees the hole in ``seq`` and fails
+        the stream itself (its line, written, says ok: the failure came too late)."""
+        if event.kind != "chunk" or event.body is None:
+            return  # a final's failure the sink reports itself; a notice's changes nothing
+        if (w := self.flights.waiter(event.correlation_id)) is not None:
+            self._lose(w, exc)
+
+    def _lose(self, w: Waiter, exc: BaseException) -> None:
+        """A chunk of its stream did not reach ``w``: it is sent nothing more, and told
+        why on a fresh send (a small error goes where a large chunk would not; after a
+        send the broker did not take in time, it may go once the broker is back) rather
+        than left to its deadline, when its gateway would answer 504 and write a second
+        line.  Its one line, when the flight lands, says it failed (``Waiter.broken``).
+        The error goes on a task of its own: a topic that takes nothing holds up neither
+        the call nor the flight's landing."""
+        if w.lost:  # told already, or nobody reads it (its client left, it was given up)
+            return
+        log.warning("chunk to %s not sent: %r", w.envelope.correlation_id, exc)
+        w.lost = True
+        w.broken = answer_lost(exc)
+        self._spawn(self._fail(w.envelope, w.broken, coalesced=not w.leader, meter=False))
 
     async def _land(self, flight: Flight, out: Outcome) -> None:
         """Answer the flight's waiters not answered yet, all at once (one whose reply
@@ -678,7 +704,7 @@ class RequestHandler:
             async with w.sending:
                 await self._fail(
                     env,
-                    out.error,
+                    w.broken or out.error,  # (what it was told, when a chunk was lost)
                     coalesced=not w.leader,
                     paid=paid,
                     late=late,
@@ -716,6 +742,11 @@ class RequestHandler:
             log.warning("answer to %s not delivered: %r", env.correlation_id, exc)
             lost = answer_lost(exc)
             await self._fail(env, lost, meter=False)
+        if w.broken is not None:
+            # A chunk did not reach it (told so already): its stream is of no use to it,
+            # so its line says it failed, with the figures the answer would have had.
+            await self._unreached(flight, w, out, w.broken)
+            return
         if w.leader and out.late:
             # Shares of window-batched calls the request was cut from before this answer
             # came: billed too, so its one line adds them once they are known (the
@@ -726,14 +757,22 @@ class RequestHandler:
 
     async def _closed(self, flight: Flight, w: Waiter, out: Outcome) -> None:
         """The ledger line of a waiter whose client went away, whatever the call's
-        outcome: ``client_closed``, with the figures it would have had otherwise, as
-        coalesced calls are metered: the leader's line carries what the vendor billed
-        (what streamed when the call was stopped; the whole answer when the call went on
-        for other waiters), a follower's costs nothing.  No reply: nobody reads it."""
+        outcome: ``client_closed`` (see ``_unreached``); or, for one lost first (a chunk
+        of its stream did not reach it, so its gateway failed the stream and withdrew it),
+        what it was told then.  No reply: nobody reads it."""
+        await self._unreached(flight, w, out, w.broken or ClientClosed(CLOSED))
+
+    async def _unreached(self, flight: Flight, w: Waiter, out: Outcome, err: RelayError) -> None:
+        """The ledger line of a waiter the answer did not reach (its client went away, a
+        chunk of its stream was lost), whatever the call's outcome: failed with ``err``,
+        with the figures it would have had otherwise, as coalesced calls are metered: the
+        leader's line carries what the vendor billed (what streamed when the call was
+        stopped; the whole answer when the call went on for other waiters), a follower's
+        costs nothing.  No reply: it was told already, or nobody reads it."""
         paid = (out.candidate, out.usage) if w.leader and not out.cached else (None, Usage())
         await self._fail(
             w.envelope,
-            ClientClosed(CLOSED),
+            err,
             coalesced=not w.leader,
             paid=paid,
             late=out.late if w.leader else [],

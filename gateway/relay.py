@@ -333,7 +333,7 @@ class Relay:
             self._done(env)
             self._count(env, first)
             if first.body is None:  # no chunk came before it, nor a body with it
-                raise _unanswered()
+                raise _broken(1) if first.seq > 1 else _unanswered()
             await self._keep(env, first.body, None, first)
             headers.update(_vendor_headers(first))
             headers.update(_cost_headers(first.cost, first.saved_cost))
@@ -367,10 +367,14 @@ class Relay:
             event = first or await self._next(env, queue)
             while event.kind == "chunk":
                 if event.body is not None and event.seq > sent:
+                    if event.seq != sent + 1:
+                        raise _broken(sent + 1)
                     sent = event.seq
                     chunks.append(event.body)
                     yield event.body
                 event = await self._next(env, queue)
+            if event.seq != sent + 1:  # the worker numbers its final after the last chunk
+                raise _broken(sent + 1)
             self._count(env, event)
             if not chunks:
                 raise _unanswered()
@@ -521,6 +525,14 @@ def _unanswered() -> VendorUnavailable:
     an answer with no message (the openai SDK's ``stream().get_final_completion()``
     fails on it, and is not retried)."""
     return VendorUnavailable("the vendor ended without sending an answer")
+
+
+def _broken(seq: int) -> RelayError:
+    """A stream missing chunk ``seq`` (the broker refused it after the worker's send, and
+    what came after went through): an error in the stream, never an answer with a hole in
+    it passed off as whole (nor kept in L1).  The worker, told of the refusal, meters the
+    request as failed and says so too, as it does for a reply it could not pass back."""
+    return RelayError(f"the answer could not be passed back (its chunk {seq} went missing)")
 
 
 def _cache_header(event: ReplyEvent) -> str:

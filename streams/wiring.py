@@ -124,6 +124,9 @@ class KafkaSink:
         self._tasks: set[asyncio.Future[Any]] = set()
         # Told of every ledger line (tenant, correlation id): the budgets' holds let go.
         self.on_line: Callable[[str, str | None], None] = lambda tenant, request: None
+        # Told of a stream's chunk the broker refused after taking it: the handler loses
+        # that waiter (told at once, its line failed) instead of streaming on past a hole.
+        self.on_chunk_lost: Callable[[ReplyEvent, BaseException], None] = lambda e, exc: None
 
     async def _send(
         self,
@@ -169,16 +172,21 @@ class KafkaSink:
     async def reply(self, topic: str, event: ReplyEvent) -> None:
         key = event.correlation_id.encode()
         delivery = await self._send(topic, key, encode(event))
-        if event.kind != "chunk":  # an answer the broker took, then failed to store
+        if event.kind != "chunk" or event.body is not None:  # (a degraded notice: no matter)
+            # An answer or a chunk the broker took, then failed to store.
             delivery.add_done_callback(partial(self._replied, topic, event))
 
     def _replied(self, topic: str, event: ReplyEvent, delivery: asyncio.Future[Any]) -> None:
         """A reply the broker refused after taking it (a topic with a smaller message
         limit than the relay's, say): logged, and its waiter told at once (a small error
-        goes where a large answer would not) rather than left to its deadline."""
+        goes where a large answer would not) rather than left to its deadline; a chunk's
+        waiter by the handler (``on_chunk_lost``), which knows its stream."""
         if delivery.cancelled() or (exc := delivery.exception()) is None:
             return
         log.warning("reply to %s on %s not delivered: %r", event.correlation_id, topic, exc)
+        if event.kind == "chunk":
+            self.on_chunk_lost(event, exc)
+            return
         if event.kind != "final":
             return
         lost = answer_lost(exc)
@@ -323,6 +331,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         discounts={name: v.batch_discount for name, v in config.vendors.items()},
         budget=budgets,
     )
+    sink.on_chunk_lost = handler.reply_lost
     # The Batch API's store and the lane's journal: Redis with room for whole batches.
     store_redis = aioredis.Redis.from_url(
         settings.store_redis(), socket_timeout=5, socket_connect_timeout=1

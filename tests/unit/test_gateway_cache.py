@@ -404,3 +404,43 @@ def test_a_producer_s_envelope_may_not_keep_an_answer_past_thirty_days() -> None
 
     with pytest.raises(ValidationError, match="cache_ttl_s"):
         request_envelope(cache_ttl_s=10**12)
+
+
+def holed(missing: int):  # type: ignore[no-untyped-def]
+    """A worker's three-chunk stream whose chunk ``missing`` the broker refused after
+    taking it (4: the final is numbered as if the last chunk went)."""
+
+    def script(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+        cid = env.correlation_id
+        head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": env.alias}
+        words = [("The answer ", None), ("is not ", None), ("42", "stop")]
+        events = [
+            ReplyEvent(correlation_id=cid, kind="chunk", seq=i, body={**head, "choices": [
+                {"index": 0, "delta": {"content": word}, "finish_reason": finish}]})
+            for i, (word, finish) in enumerate(words, 1)
+        ]  # fmt: skip
+        final = ReplyEvent(correlation_id=cid, kind="final", seq=4, vendor="sim-openai",
+                           model="gpt-4o-mini", usage=Usage(input_tokens=3, output_tokens=3))  # fmt: skip
+        return [(0.0, e) for e in [*events, final] if e.seq != missing]
+
+    return script
+
+
+@pytest.mark.parametrize("missing", [2, 3])
+async def test_a_stream_missing_a_chunk_ends_in_an_error_and_is_never_kept(missing: int) -> None:
+    """A chunk lost between the worker and the gateway, in the middle (the next one's
+    ``seq`` skips) or at the end (the final's does): the client hears the stream broke,
+    never a 200 answer with a hole in it, and the next request is not served it."""
+    stream = {**BODY, "stream": True}
+    app, bus = gateway_app(holed(missing))
+    async with client(app) as http:
+        broken = await http.post("/v1/chat/completions", json=stream)
+        again = await http.post("/v1/chat/completions", json=BODY)
+    events = data_lines(broken.text)
+    texts = [c["choices"][0]["delta"]["content"] for c in events if "choices" in c]
+    assert texts == ["The answer ", "is not "][: missing - 1]
+    assert "could not be passed back" in events[-1]["error"]["message"]
+    assert again.headers["x-relay-cache"] == "miss" and not bus.published[-1].cancel
+    # Cut mid-stream, the worker is told (nobody reads the rest); at the final, nothing
+    # is left to withdraw.
+    assert [e.cancel for e in bus.published[1:-1]] == ([True] if missing == 2 else [])

@@ -916,6 +916,64 @@ async def test_one_waiters_broken_topic_does_not_break_the_stream_for_the_others
     assert {line.trace_id for line in sink.ledger} == {leader.trace_id, broken.trace_id}
 
 
+async def test_a_stream_waiter_a_chunk_cannot_reach_is_told_at_once_and_metered_failed():
+    """The broker refuses one chunk for one waiter (over a topic's size limit): that
+    waiter hears why at once, not at its deadline (when its gateway would write a second
+    line), and its one line says it failed, billed as the leader; the other waiter gets
+    the whole stream."""
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    calls: list[str] = []
+    handler, sink = make(vendor(calls))
+    leader, follower = envelope(stream=True, key="k-hole"), envelope(stream=True, key="k-hole")
+    keep = sink.reply
+
+    async def refuses_the_second(topic: str, event: ReplyEvent) -> None:
+        if event.correlation_id == leader.correlation_id and event.seq == 2:
+            raise MessageSizeTooLargeError("the message is 9000000 bytes")
+        await keep(topic, event)
+
+    sink.reply = refuses_the_second  # type: ignore[method-assign]
+    await asyncio.gather(handler.handle(leader), handler.handle(follower))
+    await asyncio.gather(*handler.spawned)
+    told = sink.for_(leader.correlation_id)
+    assert [(e.kind, e.seq) for e in told] == [("chunk", 1), ("error", 0)]
+    assert told[-1].error is not None and "could not be passed back" in told[-1].error["message"]
+    got = sink.for_(follower.correlation_id)
+    assert got[-1].kind == "final" and [e.seq for e in got] == list(range(1, len(got) + 1))
+    lines = {line.trace_id: line for line in sink.ledger}
+    assert len(sink.ledger) == 2 and calls == ["a"]
+    lost, whole = lines[leader.trace_id], lines[follower.trace_id]
+    assert (lost.status, lost.error_code, lost.vendor) == ("error", "internal_error", "a")
+    assert lost.cost > 0, "the vendor billed the whole answer"
+    assert whole.status == "ok" and whole.coalesced
+
+
+async def test_a_chunk_the_broker_refused_after_taking_it_loses_its_waiter_too():
+    """The refusal comes after ``reply`` returned (the sink hears it from the delivery):
+    the waiter is sent nothing more, told why, and metered as failed."""
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    calls: list[str] = []
+    handler, sink = make(vendor(calls))
+    env = envelope(stream=True, key="k-taken")
+    keep = sink.reply
+
+    async def refused_later(topic: str, event: ReplyEvent) -> None:
+        await keep(topic, event)
+        if event.kind == "chunk" and event.seq == 1:
+            refused = MessageSizeTooLargeError("RecordTooLarge")
+            asyncio.get_running_loop().call_soon(handler.reply_lost, event, refused)
+
+    sink.reply = refused_later  # type: ignore[method-assign]
+    await handler.handle(env)
+    await asyncio.gather(*handler.spawned)
+    told = sink.for_(env.correlation_id)
+    assert [e.kind for e in told] == ["chunk", "error"]
+    [line] = sink.ledger
+    assert (line.status, line.error_code) == ("error", "internal_error") and line.cost > 0
+
+
 def stall_topic(sink: Sink, nowhere: str) -> list[str]:
     """Replies to topic ``nowhere`` are never taken, as a broker that does not create
     topics leaves a send waiting for the topic's metadata; returns who tried."""
@@ -958,7 +1016,12 @@ async def test_a_reply_topic_that_takes_nothing_holds_up_no_other_waiter(monkeyp
         got = sink.for_(env.correlation_id)
         assert got[-1].kind == "final" and [e.seq for e in got] == list(range(1, len(got) + 1))
         assert answered[env.correlation_id] - start < 1.5, "not held up by the stalled send"
-    assert tried == [lost.correlation_id], "one stalled send for the call, not one per chunk"
+    await asyncio.sleep(0.01)
+    # One stalled send for the call, not one per chunk; a stream's waiter is then told
+    # once why its stream broke, on a task of its own (which stalls too, holding nobody).
+    assert tried == [lost.correlation_id] * (2 if stream else 1)
+    for task in handler.spawned:
+        task.cancel()
     assert sorted(line.trace_id for line in sink.ledger) == sorted(
         e.trace_id for e in (lost, *others)
     )

@@ -54,6 +54,23 @@ async def test_an_answer_the_broker_refuses_is_followed_by_an_error_its_waiter_h
     assert told["correlation_id"] == "c1" and "could not be passed back" in told["error"]["message"]
 
 
+async def test_a_chunk_the_broker_refuses_is_reported_to_the_handler_not_dropped() -> None:
+    """A stream's chunk refused after the broker took it: the handler hears of it (it
+    knows the waiter, to tell it and meter it failed); a degraded notice, with no body,
+    changes nothing."""
+    producer = Producer(limit=1_000)
+    sink = sink_on(producer)
+    lost: list[tuple[ReplyEvent, BaseException]] = []
+    sink.on_chunk_lost = lambda event, exc: lost.append((event, exc))
+    large = ReplyEvent(correlation_id="c1", kind="chunk", seq=2, body={"text": "x" * 5_000})
+    await sink.reply("relay.replies.g", large)
+    await sink.reply("relay.replies.g", ReplyEvent(correlation_id="c1", kind="chunk", seq=3))
+    await asyncio.sleep(0.01)
+    [(event, exc)] = lost
+    assert event is large and isinstance(exc, MessageSizeTooLargeError)
+    assert [told["kind"] for _, told in producer.delivered] == ["chunk"], "the handler tells"
+
+
 async def test_a_ledger_line_written_while_no_producer_can_start_is_spilled(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
