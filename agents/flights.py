@@ -87,6 +87,9 @@ class Flight:
     finished: bool = False
     cached: bool = False  # answered from L2 rather than by a vendor
     degraded: str | None = None  # routed cheaper for every waiter (rate pressure)
+    # The leader found no answer in L2 and calls a vendor: its waiters are not answered
+    # from the cache (what a degraded stream's early notice must say rightly).
+    flying: bool = False
     # Followers with time left when the leader's own deadline cut the call: run again.
     rerun: list[Waiter] = field(default_factory=list)
     # The vendor call on a task of its own (a stream's, which its clients may all leave),

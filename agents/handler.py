@@ -147,8 +147,8 @@ class RequestHandler:
                     )
                 await self._fail(env, spent)
                 return
+            # (A stream is told so once it is known how it is answered: see _fly.)
             env = env.model_copy(update={"degraded": decision.reason})
-            await self._say_degraded(env)
         try:
             deferred = await self._deferred(env)
         except asyncio.CancelledError:  # the worker stops: no call yet, so nothing to bill
@@ -157,13 +157,15 @@ class RequestHandler:
         if deferred:
             return
         if env.stream and self.flights.left_before(env):
-            # Its client went away before it joined (a degraded stream's notice was going
-            # out, a follower was about to run again): no call for nobody, just its line.
+            # Its client went away before it joined (its cancel notice was taken first,
+            # a follower was about to run again): no call for nobody, just its line.
             await self._fail(env, ClientClosed(CLOSED), reply=False)
             return
         flight, waiter = self.flights.join(env, time.monotonic(), self._apart(env))
         if not waiter.leader:
-            await self._catch_up(flight, waiter)
+            # A budget-degraded stream joining a call under way is told so first; one
+            # joining before the leader knows whether L2 answers is told by the leader.
+            await self._catch_up(flight, waiter, tell=flight.flying and env.degraded is not None)
             return
         progress = Progress()
         stopping = False
@@ -513,6 +515,15 @@ class RequestHandler:
         await self.sink.usage(line)
 
     async def _fly(self, flight: Flight, env: RequestEnvelope, progress: Progress) -> Outcome:
+        flight.flying = True
+        if env.degraded is not None:
+            # A budget's downgrade (the flight is its tenant's alone, every waiter
+            # degraded): each stream is told now, as the leader or a follower of a vendor
+            # call, before a slow first token; not before the L2 look-up, whose answer
+            # would be a hit, free, and not the cheaper model's.
+            for w in list(flight.waiters):
+                if w.envelope.stream:
+                    self._spawn(self._catch_up(flight, w, tell=True))
         plan = self.router.plan(
             env.alias,
             time.time(),
@@ -554,7 +565,7 @@ class RequestHandler:
             # Told side by side: one waiter's stalled reply topic holds up no other, nor
             # the cheaper call (each notice is given up after REPLY_SEND_S).
             await _together(
-                self._say_degraded(w.envelope, flight.degraded)
+                self._say_degraded(w.envelope, flight.degraded, coalesced=not w.leader)
                 for w in list(flight.waiters)
                 if not w.sent and w.waits
             )
@@ -577,13 +588,19 @@ class RequestHandler:
             outcome.body["model"] = env.alias  # the alias asked for, never a vendor's name
         return outcome
 
-    async def _say_degraded(self, env: RequestEnvelope, reason: str | None = None) -> None:
+    async def _say_degraded(
+        self, env: RequestEnvelope, reason: str | None = None, *, coalesced: bool = False
+    ) -> None:
         """Tell a stream's gateway at once that it goes the cheaper way: the response's
-        headers go out before a slow first token does, and must carry the flag."""
+        headers go out before a slow first token does, and must carry the flag, and
+        ``x-relay-cache`` as its chunks would say it (a follower's ``coalesced``)."""
         if not env.stream:
             return
         notice = ReplyEvent(
-            correlation_id=env.correlation_id, kind="chunk", degraded=reason or env.degraded
+            correlation_id=env.correlation_id,
+            kind="chunk",
+            degraded=reason or env.degraded,
+            coalesced=coalesced,
         )
         try:
             await self._send(env, notice)
@@ -595,11 +612,15 @@ class RequestHandler:
         async with asyncio.timeout(REPLY_SEND_S):
             await self.sink.reply(env.reply_to, event)
 
-    async def _catch_up(self, flight: Flight, waiter: Waiter) -> None:
+    async def _catch_up(self, flight: Flight, waiter: Waiter, *, tell: bool = False) -> None:
         """Send ``waiter`` the stream's chunks it lacks (a late joiner: those so far; the
         rest come live).  A waiter whose reply topic fails is sent nothing more, and its
-        failure holds up neither the stream nor the call's other waiters."""
+        failure holds up neither the stream nor the call's other waiters.  With ``tell``,
+        one sent nothing yet is first told its budget routes it cheaper (as the sender,
+        which also sends the chunks that came meanwhile)."""
         async with waiter.sending:
+            if tell and not waiter.sent and waiter.waits:
+                await self._say_degraded(waiter.envelope, coalesced=not waiter.leader)
             await self._deliver(flight, waiter)
 
     async def _deliver(self, flight: Flight, w: Waiter) -> None:

@@ -1089,6 +1089,70 @@ async def test_a_budget_degraded_stream_is_told_so_before_its_first_token():
     assert [e.kind for e in sink.for_(whole.correlation_id)] == ["final"]
 
 
+def slow_l2(sink: Sink, seconds: float = 0.02) -> None:
+    """The leader's look in L2 takes ``seconds``: others join its flight meanwhile."""
+    look_up = sink.cached
+
+    async def slow(key: str, *, stale_ok: bool = False) -> CacheEntry | None:
+        await asyncio.sleep(seconds)
+        return await look_up(key, stale_ok=stale_ok)
+
+    sink.cached = slow  # type: ignore[method-assign]
+
+
+async def late(handler: RequestHandler, env: RequestEnvelope, after_s: float) -> None:
+    await asyncio.sleep(after_s)
+    await handler.handle(env)
+
+
+async def test_a_degraded_stream_s_early_notice_says_coalesced_for_a_follower():
+    """The notice sets the gateway's headers: a follower's says ``coalesced`` (as its
+    chunks do), whether it joined before the leader's call began or after; the
+    leader's says it went to a vendor."""
+    calls: list[str] = []
+    handler, sink = make(vendor(calls), budget=at_80_percent)
+    slow_l2(sink)
+    leader, early, later = (envelope(True, key="deg", cache_lookup=True) for _ in range(3))
+    await asyncio.gather(
+        handler.handle(leader), late(handler, early, 0.005), late(handler, later, 0.04)
+    )
+    assert calls == ["a"]
+    for env, coalesced in ((leader, False), (early, True), (later, True)):
+        first, *rest = sink.for_(env.correlation_id)
+        assert (first.kind, first.body, first.degraded) == ("chunk", None, "budget_80pct")
+        assert first.coalesced is coalesced and not first.cache_hit
+        assert [e.body is None for e in rest].count(True) == 1, "one notice, then the final"
+
+
+async def test_a_degraded_stream_answered_from_l2_is_not_told_it_went_to_a_vendor():
+    """The leader of a budget-degraded stream finds the alias's answer in L2: no notice
+    saying ``miss`` goes ahead of the answer, whose chunks say ``cache_hit``."""
+    calls: list[str] = []
+    handler, sink = make(vendor(calls), budget=at_80_percent)
+    sink.stored[key_of("deg-l2")] = stored_answer()
+    env = envelope(True, key="deg-l2", cache_lookup=True)
+    await handler.handle(env)
+    assert calls == []
+    first = sink.for_(env.correlation_id)[0]
+    assert first.body is not None and first.cache_hit and first.degraded == "budget_80pct"
+
+
+async def test_a_stream_routed_cheaper_under_rate_pressure_tells_a_follower_coalesced():
+    calls: list[str] = []
+    handler, sink = make(vendor(calls, delay=0.0), PRESSURE)
+    gate = PriorityGate()
+    gate.configure("vendor:a", TokenBucket.from_rpm(1, now=time.monotonic()))
+    handler.dispatcher.gate = gate
+    await handler.handle(envelope(key="warm"))  # a's one call this minute
+    slow_l2(sink)
+    leader, follower = (envelope(True, key="rp", cache_lookup=True) for _ in range(2))
+    await asyncio.gather(handler.handle(leader), late(handler, follower, 0.005))
+    assert calls == ["a", "b"]
+    for env, coalesced in ((leader, False), (follower, True)):
+        first = sink.for_(env.correlation_id)[0]
+        assert (first.body, first.degraded, first.coalesced) == (None, "rate_pressure", coalesced)
+
+
 CANARY = RelayConfig.model_validate(
     {
         "vendors": CONFIG.model_dump()["vendors"],
