@@ -45,6 +45,7 @@ from tables.lane_journal import LaneJournal, VendorBatch
 log = logging.getLogger("relay.batch")
 
 Deliver = Callable[[RequestEnvelope, Candidate, VendorResult | RelayError], Awaitable[None]]
+Adopted = Callable[[list[RequestEnvelope]], None]
 BatchResults = dict[str, VendorResult | Exception]
 # Answers nobody can read, polls in a row, before the batch's callers are told so.
 POLL_FAILURES = 5
@@ -111,8 +112,13 @@ class BatchLane:
         deliver: Deliver,
         journal: LaneJournal | None = None,
         cancelled: Callable[[RequestEnvelope], Awaitable[bool]] | None = None,
+        on_adopted: Adopted | None = None,
     ) -> None:
         self.adapters = adapters
+        # Told the requests of a vendor batch adopted here that are not answered yet:
+        # what the worker that sent it kept in memory for them (the deadline timers of
+        # those a gateway waits on) died with it, and is the caller's to set up again.
+        self.on_adopted = on_adopted
         # Whether a request was cancelled while it waited to go out (a Batch API line of
         # a batch cancelled since): asked again just before the vendor batch is sent.
         self.cancelled = cancelled
@@ -327,9 +333,21 @@ class BatchLane:
                 continue
             log.warning("adopting vendor batch %s (%d requests)", entry.id, len(entry.envelopes))
             key = self.pools[cand.vendor].key(entry.key_index)
+            if self.on_adopted is not None:
+                self.on_adopted(await self._unanswered(entry))
             self._spawn(self._follow(entry, key, leased=True))
             adopted += 1
         return adopted
+
+    async def _unanswered(self, batch: VendorBatch) -> list[RequestEnvelope]:
+        """The requests of a journaled batch not answered yet (every one, when the
+        journal cannot say: the caller's set-up must bear a request answered already)."""
+        assert self.journal is not None
+        try:
+            done = await self.journal.delivered(batch.id)
+        except REDIS_ERRORS:
+            done = set()
+        return [env for env in batch.envelopes if env.correlation_id not in done]
 
     async def _delivered(self, batch: VendorBatch) -> set[str] | None:
         """The requests of a journaled batch answered already (by a worker that died, or

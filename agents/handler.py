@@ -439,12 +439,37 @@ class RequestHandler:
             # gives up and writes a ledger line of its own, so that the request keeps one
             # line: the vendor's answer, metered whenever it comes (or nothing, when the
             # request was still waiting to go out and is withdrawn).
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, env.deadline_ms / 1000 - time.time())
-            self._lane_deadlines[env.correlation_id] = loop.call_later(
-                delay, lambda: self._spawn(self._lane_deadline(env))
-            )
+            self._arm(env)
         return True
+
+    def _arm(self, env: RequestEnvelope) -> None:
+        """Answer ``env`` (a lane request a gateway waits on) 504 at its deadline, or at
+        once when that has passed (``_lane_deadline``)."""
+        delay = max(0.0, env.deadline_ms / 1000 - time.time())
+        self._lane_deadlines[env.correlation_id] = asyncio.get_running_loop().call_later(
+            delay, lambda: self._spawn(self._lane_deadline(env))
+        )
+
+    def adopted(self, envs: list[RequestEnvelope]) -> None:
+        """The unanswered requests of a vendor batch this worker adopted (the worker that
+        sent it died, or stopped and left it): the deadline timers that worker kept for
+        those a gateway waits on died with it, and are armed again here, so each still
+        gets its 504 from a worker (unmetered) and keeps its one line, the vendor's
+        answer.  One whose deadline has passed but not the gateway's grace is answered
+        504 now.  One past both is late already: nobody reads it, and its line is written
+        when the vendor answers.  That line is its only one if its first worker answered
+        it 504 (its deadline passed while that worker ran); if not (its deadline passed
+        after that worker went, before the adoption), its gateway wrote a
+        ``deadline_exceeded`` line and the vendor's answer, billed all the same, is a
+        second line for the request: the adopter cannot tell the two apart."""
+        for env in envs:
+            cid = env.correlation_id
+            if not env.gateway_meters_timeout or cid in self._lane_deadlines or cid in self._late:
+                continue  # nobody waits on it, or this worker keeps its deadline already
+            if given_up(env):
+                self._late.add(cid)
+            else:
+                self._arm(env)
 
     async def _lane_deadline(self, env: RequestEnvelope) -> None:
         self._lane_deadlines.pop(env.correlation_id, None)
@@ -472,7 +497,8 @@ class RequestHandler:
         self, env: RequestEnvelope, cand: Candidate, result: VendorResult | RelayError
     ) -> None:
         """A batch-API result: answered and metered like any other, at the batch price
-        (only metered when its caller had its 504 at the deadline already)."""
+        (only metered when its caller had its 504 at the deadline already, or its
+        gateway gave up on it before this worker adopted its batch: see ``adopted``)."""
         if timer := self._lane_deadlines.pop(env.correlation_id, None):
             timer.cancel()
         late = env.correlation_id in self._late

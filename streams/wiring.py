@@ -359,6 +359,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         handler.deliver_batch,
         journal=journal,
         cancelled=line_cancelled,
+        on_adopted=handler.adopted,  # the deadlines its first worker kept are set again
     )
     in_flight: set[asyncio.Task[None]] = set()
     batch_results = app.topic(

@@ -523,6 +523,40 @@ async def test_a_batch_adopted_mid_delivery_answers_only_what_its_dead_worker_ha
     assert journal.entries == {}
 
 
+async def test_an_adopter_is_handed_the_requests_its_dead_worker_had_not_answered() -> None:
+    """What the dead worker kept in memory for them (the deadlines of those a gateway
+    waits on) is the adopter's to set up again: the lane hands it those requests, not
+    the ones answered already."""
+    journal, delivered = MemoryJournal(), Counter[str]()
+    dying, hang = asyncio.Event(), asyncio.Event()
+
+    async def dies_at_the_second(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        if delivered:
+            dying.set()
+            await hang.wait()  # killed here
+        delivered[env.correlation_id] += 1
+
+    first = journaled_lane(journal, dies_at_the_second)
+    envs = [envelope() for _ in range(3)]
+    for env in envs:
+        first.submit(env, CAND)
+    await dying.wait()
+    await kill(first)
+
+    handed: list[list[str]] = []
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        assert handed, "set up before any answer is delivered"
+        delivered[env.correlation_id] += 1
+
+    second = journaled_lane(journal, deliver)
+    second.on_adopted = lambda adopted: handed.append([e.correlation_id for e in adopted])
+    assert await second.adopt() == 1
+    await asyncio.gather(*second._tasks)
+    assert handed == [[e.correlation_id for e in envs[1:]]]
+    assert delivered == Counter(e.correlation_id for e in envs)
+
+
 async def test_a_batch_left_in_the_journal_by_a_redis_outage_is_not_answered_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -560,6 +560,33 @@ async def test_a_vendor_batch_outlasting_the_deadline_answers_504_then_meters_on
     assert line.status == "ok" and line.batch_api and line.cost > 0
 
 
+async def test_an_adopted_vendor_batch_answers_each_waiting_gateway_504_and_meters_once():
+    """The worker that sent the batch died with its deadline timers: the adopter arms
+    them again, so a gateway still waiting hears 504 from a worker (at the deadline, or
+    at once when only the grace is left) and writes no line; the vendor's answer is each
+    request's one line.  One past its grace is answered by nobody: its line too is the
+    answer's (a second one if its gateway, not its first worker, answered it 504)."""
+    vendor = SlowBatches()
+    handler, sink = lane_handler(vendor, max_age_s=0)
+    ahead, in_grace, gone = background(0.1), background(-1.0), background(-5.0)
+    handler.adopted([ahead, in_grace, gone])
+    await asyncio.sleep(0.05)
+    assert [e.error["code"] for e in sink.for_(in_grace.correlation_id)] == ["deadline_exceeded"]
+    assert sink.for_(ahead.correlation_id) == []
+    await asyncio.sleep(0.15)
+    [timeout] = sink.for_(ahead.correlation_id)
+    assert timeout.kind == "error" and timeout.error["code"] == "deadline_exceeded"
+    assert sink.for_(gone.correlation_id) == [] and sink.ledger == []
+    answer = VendorResult(body={"choices": []}, usage=Usage(input_tokens=7, output_tokens=1))
+    cand = handler.prices.candidate("a", "cheap")
+    assert cand is not None
+    for env in (ahead, in_grace, gone):
+        await handler.deliver_batch(env, cand, answer)
+        assert [e.kind for e in sink.for_(env.correlation_id)] == ["error"] * (env is not gone)
+    assert [line.trace_id for line in sink.ledger] == [e.trace_id for e in (ahead, in_grace, gone)]
+    assert all(line.status == "ok" and line.batch_api for line in sink.ledger)
+
+
 async def test_a_request_still_waiting_for_its_batch_at_the_deadline_is_never_sent():
     vendor = SlowBatches()
     handler, sink = lane_handler(vendor, max_age_s=30)  # would wait long to go out
