@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from agents.adapters.base import BatchVendor, VendorCall, VendorResult
+from agents.adapters.base import BatchCleaner, BatchVendor, VendorCall, VendorResult
 from agents.adapters.http import scrubbed
 from agents.keys import KeyPool
 from schemas.config import BatchLane as LaneRule
@@ -272,10 +272,12 @@ class BatchLane:
         self, batch: VendorBatch, adapter: BatchVendor, key: str, *, leased: bool
     ) -> None:
         cand, items = batch.candidate, batch.requests()
+        read = False  # its answers were read: what it left at the vendor may go
         try:
             # Cancelled (the worker stops while the vendor works on): it stays in the
             # journal under a lease that lapses, for another worker to adopt.
             results = await self._poll(adapter, batch, key, leased=leased)
+            read = True
         except _LeaseLost:
             log.warning("batch %s was taken over by another worker", batch.id)
             return
@@ -288,6 +290,19 @@ class BatchLane:
         await self._deliver_all(items, results, journaled=batch if leased else None)
         if leased:
             await self._forget(batch)
+        if read and isinstance(adapter, BatchCleaner):
+            await self._clean(adapter, batch.id, key)
+
+    async def _clean(self, adapter: BatchCleaner, batch_id: str, key: str) -> None:
+        """Delete what an answered vendor batch left at the vendor (OpenAI's files count
+        against the account's storage, which, full, would refuse the lane's next upload),
+        best effort: only after every answer was delivered (and the batch struck from the
+        journal), since an adopter must still be able to read them before."""
+        try:
+            await adapter.clean_batch(batch_id, key)
+        except Exception as exc:
+            what = scrubbed(exc, key) if isinstance(exc, RelayError) else type(exc).__name__
+            log.warning("vendor batch %s answered, but not cleaned up: %s", batch_id, what)
 
     async def _forget(self, batch: VendorBatch) -> None:
         """Strike an answered batch from the journal, retrying while Redis is away and

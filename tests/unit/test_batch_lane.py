@@ -760,3 +760,32 @@ async def test_a_request_reaching_a_stopping_lane_goes_out_at_once_and_the_drain
     request = asyncio.create_task(late())
     await finish(lambda: {request}, live, drain_s=5)
     assert len(got) == 1 and isinstance(got[0], VendorResult)
+
+
+async def test_an_answered_vendor_batch_is_cleaned_up_after_its_answers_are_delivered() -> None:
+    """What the batch left at the vendor goes once every caller has its answer; a batch
+    whose answers could not be read keeps it (for whoever looks into it), and a cleanup
+    the vendor refuses changes nothing for the callers."""
+    order: list[str] = []
+
+    class Cleaned(ScriptedBatches):
+        async def clean_batch(self, batch_id: str, api_key: str) -> None:
+            order.append("cleaned")
+            raise VendorUnavailable(f"HTTP 503 for key {api_key}")
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        order.append("delivered")
+
+    rule = LaneRule(max_size=2, poll_s=0.001)
+    lane = BatchLane({"v": Cleaned(["done"])}, {"v": KeyPool(["k"])}, rule, deliver)
+    lane.submit(envelope(), CAND)
+    lane.submit(envelope(), CAND)
+    await asyncio.gather(*list(lane._tasks))
+    assert order == ["delivered", "delivered", "cleaned"]
+    order.clear()
+    unreadable = Cleaned([KeyError("x")] * batch_lane.POLL_FAILURES)
+    lane = BatchLane({"v": unreadable}, {"v": KeyPool(["k"])}, rule, deliver)
+    lane.submit(envelope(), CAND)
+    lane.submit(envelope(), CAND)
+    await asyncio.gather(*list(lane._tasks))
+    assert order == ["delivered", "delivered"]
