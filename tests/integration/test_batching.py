@@ -83,6 +83,7 @@ async def test_background_chat_goes_through_the_vendor_batch_api_at_a_discount(
     relay: Stack, simulator: Simulator
 ):
     before = simulator.stats().get("batches", 0)
+    deleted = simulator.stats().get("files_deleted", 0)
     trace = uuid.uuid4().hex
     body = {
         "model": "gpt-4o-mini",
@@ -102,3 +103,8 @@ async def test_background_chat_goes_through_the_vendor_batch_api_at_a_discount(
     full = (event.usage.input_tokens * 0.15 + event.usage.output_tokens * 0.60) / 1e6
     assert event.cost == pytest.approx(full * 0.5)
     assert event.saved_cost == pytest.approx(full * 0.5)
+    for _ in range(50):  # the batch's input and output files go once it is answered
+        if simulator.stats().get("files_deleted", 0) >= deleted + 2:
+            break
+        await asyncio.sleep(0.1)
+    assert simulator.stats()["files_deleted"] >= deleted + 2
