@@ -69,7 +69,9 @@ class Sink(Protocol):
 
     async def health(self, event: HealthEvent) -> None: ...
 
-    async def cache(self, key: str, entry: CacheEntry, ttl_s: int) -> None: ...
+    async def cache(
+        self, key: str, entry: CacheEntry, ttl_s: int, *, replacing: bool = False
+    ) -> None: ...
 
     async def cached(self, key: str, *, stale_ok: bool = False) -> CacheEntry | None: ...
 
@@ -521,7 +523,9 @@ class RequestHandler:
         if env.cache_ttl_s and self._keeps(env, cand, body):
             entry = _entry(env, cand, result.usage, body=body)
             try:  # a cache that fails costs a later request a call, never this answer
-                await self.sink.cache(env.prompt_hash, entry, env.cache_ttl_s)
+                await self.sink.cache(
+                    env.prompt_hash, entry, env.cache_ttl_s, replacing=not env.cache_lookup
+                )
             except Exception:
                 log.warning("batch answer for %s not cached", env.correlation_id)
         line = usage_event(
@@ -693,8 +697,8 @@ class RequestHandler:
         line.  Its one line, when the flight lands, says it failed (``Waiter.broken``).
         The error goes on a task of its own: a topic that takes nothing holds up neither
         the call nor the flight's landing."""
-        if w.lost:  # told already, or nobody reads it (its client left, it was given up)
-            return
+        if not w.waits:  # told already, or nobody reads it (its client left, its gateway
+            return  # gave up on it and wrote its line)
         log.warning("chunk to %s not sent: %r", w.envelope.correlation_id, exc)
         w.lost = True
         w.broken = answer_lost(exc)
@@ -707,8 +711,9 @@ class RequestHandler:
         while flight.answered < len(flight.waiters):
             w = flight.waiters[flight.answered]
             flight.answered += 1
-            # (a gateway that sent a cancel notice never meters the request itself)
-            if w.gone or not given_up(w.envelope):
+            # (a gateway that sent a cancel notice never meters the request itself, nor
+            # one told its answer was lost: those lines are the worker's, however late)
+            if w.gone or w.broken is not None or not given_up(w.envelope):
                 landing.append(self._land_one(flight, w, out))
             elif w.leader and not out.cached and (out.candidate is not None or out.late):
                 # Its gateway answered 504 and wrote a line at no cost, but the vendor was
@@ -835,7 +840,12 @@ class RequestHandler:
         if not self._keeps(leader, out.candidate, out.body, flight.chunks):
             return None
         entry = _entry(leader, out.candidate, out.usage, body=out.body, chunks=list(flight.chunks))
-        return asyncio.ensure_future(self.sink.cache(leader.prompt_hash, entry, leader.cache_ttl_s))
+        # Stored without looking (a refresh, an answer too old for the request): in place
+        # of whatever is there, which the gateways are told to drop from their L1.
+        store = self.sink.cache(
+            leader.prompt_hash, entry, leader.cache_ttl_s, replacing=not leader.cache_lookup
+        )
+        return asyncio.ensure_future(store)
 
     def _keeps(
         self,

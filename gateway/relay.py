@@ -439,10 +439,9 @@ class Relay:
         chunks: list[dict[str, Any]] | None,
         final: ReplyEvent,
     ) -> None:
-        """Put a fresh answer in this replica's L1 (the worker already wrote L2); when it
-        replaces one (a refresh, or an answer too old for the request), tell the other
-        replicas to drop theirs from L1.  The worker's L2 write started before its reply
-        was sent, so a replica that drops its copy reads the new answer from L2."""
+        """Put a fresh answer in this replica's L1 (the worker wrote L2, and when it
+        replaced an answer there — a refresh, an answer too old for the request — told
+        every replica to drop its L1 copy once the new one was in L2)."""
         if not env.cache_ttl_s or final.vendor is None or final.degraded:
             return  # a degraded (cheaper) answer is not the alias's answer to keep
         spec = self.config.models.get(env.alias)
@@ -460,8 +459,6 @@ class Relay:
             endpoint=env.endpoint,
         )
         self.cache.l1.put(env.prompt_hash, entry, env.cache_ttl_s)
-        if not env.cache_lookup:  # stored without looking: in place of what may be there
-            await self.cache.replaced(env.prompt_hash)
 
     async def _from_cache(
         self,

@@ -235,8 +235,15 @@ class KafkaSink:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.warning("a worker message could not be sent: %r", exc)
 
-    async def cache(self, key: str, entry: CacheEntry, ttl_s: int) -> None:
-        await self.cache_store.put(key, entry, ttl_s)
+    async def cache(
+        self, key: str, entry: CacheEntry, ttl_s: int, *, replacing: bool = False
+    ) -> None:
+        """Store an answer in L2; one ``replacing`` what may be there (a refresh) is then
+        announced, so every gateway drops its L1 copy and reads the new answer, which is
+        in L2 by then.  The worker announces, not a gateway: only it knows the answer
+        was stored (one a bypass leader's flight answered is not), and when."""
+        if await self.cache_store.put(key, entry, ttl_s) and replacing:
+            await self.cache_store.replaced(key)
 
     async def cached(self, key: str, *, stale_ok: bool = False) -> CacheEntry | None:
         hit = await self.cache_store.get(key, stale_ok=stale_ok)

@@ -498,27 +498,29 @@ class ResponseCache:
         self.l1.put(key, entry, min(fresh_s, ttl_ms / 1000.0), len(raw))
         return entry, "l2"
 
-    async def put(self, key: str, entry: CacheEntry, ttl_s: float) -> None:
+    async def put(self, key: str, entry: CacheEntry, ttl_s: float) -> bool:
         """Store ``entry`` in both levels, fresh for ``ttl_s`` seconds; L2 keeps it
-        ``stale_s`` longer for readers that accept a stale answer."""
+        ``stale_s`` longer for readers that accept a stale answer.  True when it is in
+        L2 (shared by every replica)."""
         if ttl_s <= 0:
-            return
+            return False
         stored = {"fresh_until": self.wall() + ttl_s, "entry": entry.model_dump(mode="json")}
         data = orjson.dumps(stored)
         self.l1.put(key, entry, ttl_s, len(data))
         redis = self._l2()
         if redis is None:
-            return
+            return False
         keep_ms = max(1, round((ttl_s + self.stale_s) * 1000))
         try:
             await redis.set(self.prefix + key, data, px=keep_ms)
         except ResponseError as exc:  # this command refused (too large, say): Redis is up
             log.warning("answer not stored in L2: %s", exc)
-            return
+            return False
         except REDIS_ERRORS:
             self._l2_failed()
-            return
+            return False
         self.l2_healthy = True
+        return True
 
     async def replaced(self, key: str) -> None:
         """Tell the other replicas following the ``replaced`` channel to drop ``key`` from

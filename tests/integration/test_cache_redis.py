@@ -259,7 +259,8 @@ async def test_a_refresh_on_one_gateway_reaches_the_others_l1(
     answers = iter(["v1", "v2"])
 
     def worker(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
-        """Answers the next version and stores it in L2, as a worker does."""
+        """Answers the next version and stores it in L2, as a worker does, announcing one
+        stored in place of another (a refresh) once it is there."""
         body = hello(env.alias)
         body["choices"][0]["message"]["content"] = next(answers)
         usage = Usage(input_tokens=3, output_tokens=1)
@@ -268,6 +269,8 @@ async def test_a_refresh_on_one_gateway_reaches_the_others_l1(
         ttl = env.cache_ttl_s or 0
         stored = {"fresh_until": time.time() + ttl, "entry": entry.model_dump(mode="json")}
         l2.set(a_cache.prefix + env.prompt_hash, orjson.dumps(stored), px=ttl * 1000)
+        if not env.cache_lookup:
+            l2.publish(a_cache.channel, b"worker " + env.prompt_hash.encode())
         final = ReplyEvent(correlation_id=env.correlation_id, kind="final", body=body,
                            usage=usage, vendor="sim-openai", model="gpt-4o-mini")  # fmt: skip
         return [(0.0, final)]
@@ -299,7 +302,7 @@ async def test_a_refresh_on_one_gateway_reaches_the_others_l1(
             key = bus.published[-1].prompt_hash
             await until(lambda: _forgotten(b_cache, key))
             assert await ask(on_b) == ("hit-l2", "v2")
-            assert await ask(on_a) == ("hit-l1", "v2"), "A's own notice leaves its L1 alone"
+            assert await ask(on_a) == ("hit-l1", "v2"), "A kept the answer it was sent"
     finally:
         following.cancel()
         await asyncio.gather(following, return_exceptions=True)

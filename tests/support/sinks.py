@@ -13,6 +13,7 @@ class Sink:
         self.ledger: list[UsageEvent] = []
         self.outcomes: list[HealthEvent] = []
         self.written: dict[str, CacheEntry] = {}
+        self.replaced: list[str] = []  # keys stored in place of what was there
         self.stored: dict[str, CacheEntry] = {}
         self.stale: dict[str, CacheEntry] = {}  # past their TTL, still in L2
 
@@ -25,8 +26,12 @@ class Sink:
     async def health(self, event: HealthEvent) -> None:
         self.outcomes.append(event)
 
-    async def cache(self, key: str, entry: CacheEntry, ttl_s: int) -> None:
+    async def cache(
+        self, key: str, entry: CacheEntry, ttl_s: int, *, replacing: bool = False
+    ) -> None:
         self.written[key] = entry
+        if replacing:
+            self.replaced.append(key)
 
     async def cached(self, key: str, *, stale_ok: bool = False) -> CacheEntry | None:
         if stale_ok and key in self.stale:

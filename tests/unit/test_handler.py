@@ -327,7 +327,7 @@ async def test_replies_do_not_wait_for_the_cache_and_late_joiners_still_share_th
     stored = asyncio.Event()
     release = asyncio.Event()
 
-    async def slow_cache(key: str, entry: CacheEntry, ttl_s: int) -> None:
+    async def slow_cache(key: str, entry: CacheEntry, ttl_s: int, **_: Any) -> None:
         await release.wait()  # Redis taking its time
         sink.written[key] = entry
         stored.set()
@@ -371,7 +371,7 @@ async def test_a_cache_that_fails_never_leaves_the_flight_open():
     handler, sink = make(vendor(calls, delay=0))
     release = asyncio.Event()
 
-    async def broken_cache(key: str, entry: CacheEntry, ttl_s: int) -> None:
+    async def broken_cache(key: str, entry: CacheEntry, ttl_s: int, **_: Any) -> None:
         await release.wait()
         raise RuntimeError("cache fell over")
 
@@ -407,7 +407,7 @@ async def test_a_late_stream_joiner_gets_its_chunks_in_order_however_slow_the_se
     answered = finals_seen(sink)
     release = asyncio.Event()
 
-    async def slow_cache(key: str, entry: CacheEntry, ttl_s: int) -> None:
+    async def slow_cache(key: str, entry: CacheEntry, ttl_s: int, **_: Any) -> None:
         await release.wait()
 
     sink.cache = slow_cache  # type: ignore[method-assign]
@@ -1640,3 +1640,48 @@ async def test_an_answer_names_the_alias_fresh_or_cached_never_the_vendors_model
     await handler.handle(env.model_copy(update={"correlation_id": "hit"}))
     [hit] = sink.for_("hit")
     assert hit.cache_hit and hit.body is not None and hit.body["model"] == "e"
+
+
+async def test_only_an_answer_stored_in_place_of_another_is_announced() -> None:
+    """The worker tells the gateways to drop their L1 copy when it stored an answer
+    without looking first (a refresh, an answer too old for the request), after the
+    write; a first answer is stored quietly, and a bypass, which stores nothing, says
+    nothing — nor does a refresh that rode on a bypass's call."""
+    calls: list[str] = []
+    handler, sink = make(vendor(calls, delay=0))
+    await handler.handle(envelope(key="first", cache_lookup=True))
+    assert sink.written and sink.replaced == []
+    await handler.handle(envelope(key="refresh", cache_lookup=False))
+    assert sink.replaced == [key_of("refresh")]
+    await handler.handle(envelope(key="bypass", ttl=None, cache_lookup=False))
+    assert key_of("bypass") not in sink.written and sink.replaced == [key_of("refresh")]
+
+
+async def test_a_waiter_told_its_answer_was_lost_keeps_its_line_when_the_call_lands_late(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A follower with a short deadline loses a chunk early (told at once: its gateway
+    then writes no line) and the call lands past its deadline and grace: its one line
+    is still the worker's, not left to a notice that never comes."""
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    monkeypatch.setattr("agents.flights.REPLY_GRACE_S", 0.01)
+    calls: list[str] = []
+    handler, sink = make(vendor(calls, delay=0))
+    metered = {"stream": True, "key": "k-late-hole", "gateway_meters_timeout": True}
+    leader = envelope(**metered)  # type: ignore[arg-type]
+    soon = int((time.time() + 0.06) * 1000)
+    follower = envelope(**metered, deadline_ms=soon)  # type: ignore[arg-type]
+    keep = sink.reply
+
+    async def refuses_the_follower(topic: str, event: ReplyEvent) -> None:
+        if event.correlation_id == follower.correlation_id and event.kind == "chunk":
+            raise MessageSizeTooLargeError("the message is 9000000 bytes")
+        await keep(topic, event)
+
+    sink.reply = refuses_the_follower  # type: ignore[method-assign]
+    await asyncio.gather(handler.handle(leader), handler.handle(follower))
+    await asyncio.gather(*handler.spawned)
+    assert [e.kind for e in sink.for_(follower.correlation_id)] == ["error"]
+    lines = [line for line in sink.ledger if line.trace_id == follower.trace_id]
+    assert len(lines) == 1 and lines[0].error_code == "internal_error"
