@@ -15,6 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from schemas.envelope import MAX_CACHE_TTL_S
 from schemas.errors import BadRequest
 
 VendorKind = Literal["openai", "azure", "anthropic", "ollama"]
@@ -250,6 +251,11 @@ class RelayConfig(Strict):
             if ttl < 0:
                 raise ValueError(
                     f"models.{alias}.cache_ttl: {ttl} s is negative (0 caches nothing)"
+                )
+            if ttl > MAX_CACHE_TTL_S:
+                raise ValueError(
+                    f"models.{alias}.cache_ttl: {ttl} s is more than the {MAX_CACHE_TTL_S} s "
+                    "(30 days) an answer is kept at most"
                 )
         for name, vendor in self.vendors.items():
             path = vendor.api_key_file

@@ -49,6 +49,11 @@ def test_vendor_key_comes_from_the_named_env_var(tmp_path, monkeypatch):
         ),
         (GOOD.replace("{candidates:", "{cache_ttl: -5, candidates:"), "models.m.cache_ttl", "negative"),
         (
+            GOOD.replace("{candidates:", "{cache_ttl: 3888000, candidates:"),
+            "models.m.cache_ttl",
+            "30 days",
+        ),
+        (
             GOOD.replace("api_key_env: A_KEY", "api_key_file: /nonexistent/key"),
             "vendors.a.api_key_file",
             "not a readable file",
