@@ -272,25 +272,29 @@ class BatchLane:
         self, batch: VendorBatch, adapter: BatchVendor, key: str, *, leased: bool
     ) -> None:
         cand, items = batch.candidate, batch.requests()
-        read = False  # its answers were read: what it left at the vendor may go
+        read = False  # every answer was read: what it left at the vendor may go
         try:
             # Cancelled (the worker stops while the vendor works on): it stays in the
             # journal under a lease that lapses, for another worker to adopt.
-            results = await self._poll(adapter, batch, key, leased=leased)
-            read = True
+            results, key = await self._poll(adapter, batch, key, leased=leased)
+            read = not any(isinstance(got, VendorAnswerUnreadable) for got in results.values())
         except _LeaseLost:
             log.warning("batch %s was taken over by another worker", batch.id)
             return
         except RelayError as exc:  # it failed as a whole, or could not be read back
             log.warning("batch to %s/%s failed: %s", cand.vendor, cand.model, exc)
             results = dict.fromkeys(_ids(items), _failure(exc))
+        except Exception as exc:  # a bug: its callers still hear, and it is not resent
+            log.exception("batch %s could not be followed", batch.id)
+            unread = VendorAnswerUnreadable(f"the vendor batch could not be read ({exc!r:.80})")
+            results = dict.fromkeys(_ids(items), unread)
         if leased and not await self._still_mine(batch.id):
             log.warning("batch %s was taken over by another worker", batch.id)
             return
         await self._deliver_all(items, results, journaled=batch if leased else None)
-        if leased:
-            await self._forget(batch)
-        if read and isinstance(adapter, BatchCleaner):
+        # Cleaned once no adopter can need it: struck from the journal (or never in it).
+        forgotten = await self._forget(batch) if leased else True
+        if read and forgotten and isinstance(adapter, BatchCleaner):
             await self._clean(adapter, batch.id, key)
 
     async def _clean(self, adapter: BatchCleaner, batch_id: str, key: str) -> None:
@@ -304,16 +308,18 @@ class BatchLane:
             what = scrubbed(exc, key) if isinstance(exc, RelayError) else type(exc).__name__
             log.warning("vendor batch %s answered, but not cleaned up: %s", batch_id, what)
 
-    async def _forget(self, batch: VendorBatch) -> None:
+    async def _forget(self, batch: VendorBatch) -> bool:
         """Strike an answered batch from the journal, retrying while Redis is away and
-        keeping the lease meanwhile: left there, it would be adopted and answered again."""
+        keeping the lease meanwhile: left there, it would be adopted and answered again.
+        False when it is still there."""
         assert self.journal is not None
         for attempt in range(FORGET_ATTEMPTS):
             if await self._journal("forget", self.journal.done, batch):
-                return
+                return True
             await asyncio.sleep(min(2.0**attempt, 10.0))
             await self._still_mine(batch.id)  # renew, if Redis answers again
         log.error("batch %s answered but still in the lane journal", batch.id)
+        return False
 
     async def _not_carried(self, items: list[_Request]) -> list[_Request]:
         """``items`` minus those already in a vendor batch in flight (a dead worker sent
@@ -442,9 +448,10 @@ class BatchLane:
 
     async def _poll(
         self, adapter: BatchVendor, batch: VendorBatch, key: str, *, leased: bool
-    ) -> BatchResults:
-        """Poll until the batch ends, renewing a ``leased`` batch's lease each time; every
-        result and error comes back without the key it was read with.  Once every request
+    ) -> tuple[BatchResults, str]:
+        """Poll until the batch ends, renewing a ``leased`` batch's lease each time; its
+        results, and the key they were read with.  Every result and error comes back
+        without the key the batch was sent with, nor the one it was read with.  Once every request
         in it was cancelled (the Batch API batches they came from), the vendor is asked
         to cancel it too, so what has not run yet is never paid for.
 
@@ -460,6 +467,7 @@ class BatchLane:
         began = batch.submitted_at or time.time()
         give_up_at = began + VENDOR_WINDOW_S
         pool, index = self.pools[batch.candidate.vendor], batch.key_index
+        sent_with = key
         while True:
             await asyncio.sleep(wait)
             if leased and not await self._still_mine(batch.id):
@@ -467,10 +475,10 @@ class BatchLane:
             try:
                 results = await adapter.poll_batch(batch.id, key)
             except VendorBadRequest as err:
-                raise scrubbed(err, key) from None
+                raise scrubbed(scrubbed(err, key), sent_with) from None
             except RelayError as err:
-                failures += 1
-                err = scrubbed(err, key)
+                failures = min(failures + 1, 30)  # (2**30 poll_s: beyond any window)
+                err = scrubbed(scrubbed(err, key), sent_with)
                 log.warning("polling batch %s failed (%d in a row): %s", batch.id, failures, err)
                 if time.time() >= give_up_at:
                     raise VendorAnswerUnreadable(
@@ -494,7 +502,8 @@ class BatchLane:
                 continue
             failures = unreadable = 0
             if results is not None:
-                return {cid: _scrub(got, key) for cid, got in results.items()}
+                read = {cid: _scrub(_scrub(got, key), sent_with) for cid, got in results.items()}
+                return read, key
             # A tenth of the batch's age: an answer is read at most ~10 % later than it
             # came, and a batch of hours is not asked after every second.
             wait = max(self.rule.poll_s, min((time.time() - began) / 10, POLL_MAX_S))

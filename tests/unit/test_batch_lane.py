@@ -789,3 +789,85 @@ async def test_an_answered_vendor_batch_is_cleaned_up_after_its_answers_are_deli
     lane.submit(envelope(), CAND)
     await asyncio.gather(*list(lane._tasks))
     assert order == ["delivered", "delivered"]
+
+
+async def test_results_read_with_another_key_are_scrubbed_of_the_key_the_batch_went_with() -> None:
+    """A line's error may quote the key the batch ran under: after the poll moved to the
+    pool's next key, both keys are struck out of what reaches the callers."""
+
+    class Rotated(ScriptedBatches):
+        async def poll_batch(self, batch_id: str, api_key: str) -> dict[str, Any] | None:
+            if api_key == "sk-one-1111111111":
+                raise VendorAuthFailed("HTTP 401: key revoked")
+            return {"r0": VendorUnavailable("batch request not run: bad key sk-one-1111111111")}
+
+    got: list[Any] = []
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        got.append(out)
+
+    pool = KeyPool(["sk-one-1111111111", "sk-two-2222222222"])
+    lane = BatchLane({"v": Rotated([])}, {"v": pool}, LaneRule(poll_s=0.001), deliver)
+    batch = VendorBatch(id="b", candidate=CAND, key_index=0, envelopes=[envelope()])
+    await lane._follow(batch, "sk-one-1111111111", leased=False)
+    assert len(got) == 1 and "sk-one-1111111111" not in str(got[0])
+
+
+async def test_a_poll_failing_a_thousand_times_backs_off_without_overflowing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batch_lane, "POLL_MAX_S", 0.0)
+    got = await run(ScriptedBatches([VendorUnavailable("down")] * 1100 + ["done"]), 1)
+    assert len(got) == 1 and isinstance(got[0], VendorResult)
+
+
+async def test_a_batch_with_an_unreadable_answer_keeps_what_it_left_at_the_vendor() -> None:
+    cleaned: list[str] = []
+
+    class PartlyUnreadable(ScriptedBatches):
+        async def poll_batch(self, batch_id: str, api_key: str) -> dict[str, Any]:
+            return {"r0": VendorResult(body={}, usage=Usage()), "r1": VendorAnswerUnreadable("?")}
+
+        async def clean_batch(self, batch_id: str, api_key: str) -> None:
+            cleaned.append(batch_id)
+
+    got = await run(PartlyUnreadable([]), 2)
+    assert len(got) == 2 and cleaned == []
+
+
+async def test_a_batch_still_in_the_journal_keeps_what_it_left_at_the_vendor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis would not let the answered batch be struck out: an adopter may read it
+    again, so its files stay."""
+    monkeypatch.setattr(batch_lane, "FORGET_ATTEMPTS", 0)  # every strike-out refused
+    cleaned: list[str] = []
+
+    class Cleaned(ScriptedBatches):
+        async def clean_batch(self, batch_id: str, api_key: str) -> None:
+            cleaned.append(batch_id)
+
+    class Journal:
+        async def delivered(self, batch_id: str) -> set[str]:
+            return set()
+
+        async def mark_delivered(self, batch_id: str, ids: list[str]) -> None:
+            pass
+
+        async def renew(self, batch_id: str) -> bool:
+            return True
+
+    got: list[Any] = []
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        got.append(out)
+
+    lane = BatchLane(
+        {"v": Cleaned(["done"])}, {"v": KeyPool(["k"])}, LaneRule(poll_s=0.001), deliver,
+        journal=Journal(),  # type: ignore[arg-type]
+    )  # fmt: skip
+    batch = VendorBatch(id="b", candidate=CAND, key_index=0, envelopes=[envelope()])
+    batch_vendor = lane.adapters["v"]
+    batch_vendor.calls = [("r0", VendorCall("m", {}, "k"))]  # type: ignore[attr-defined]
+    await lane._follow(batch, "k", leased=True)
+    assert len(got) == 1 and cleaned == []
