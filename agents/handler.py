@@ -46,6 +46,7 @@ from schemas.formats.openai import response_to_chunks
 from schemas.usage import Usage
 from tables.budgets import BudgetDecision
 from tables.cache import CacheEntry, cache_key, storable
+from tables.holds import Joins
 from tables.prices import PriceSheet, cost_of
 
 log = logging.getLogger("relay.worker")
@@ -76,6 +77,14 @@ class Sink(Protocol):
     async def cached(self, key: str, *, stale_ok: bool = False) -> CacheEntry | None: ...
 
 
+class Budget(Protocol):
+    """The tenants' budgets as the handler asks them (``tables.holds.Budgets``): the
+    verdict for a request, told whether it would join an identical call under way
+    (which costs its tenant nothing)."""
+
+    def __call__(self, env: RequestEnvelope, joins: Joins) -> BudgetDecision | None: ...
+
+
 @dataclass
 class BatchLines:
     """What the worker does for the relay's own Batch API lines (the envelopes replying
@@ -98,7 +107,7 @@ class RequestHandler:
         sink: Sink,
         *,
         discounts: dict[str, float] | None = None,
-        budget: Callable[[RequestEnvelope], BudgetDecision | None] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.router = router
         self.dispatcher = dispatcher
@@ -106,7 +115,7 @@ class RequestHandler:
         self.sink = sink
         self.flights = Flights()
         self.discounts = discounts or {}
-        self.budget = budget or (lambda env: None)
+        self.budget: Budget = budget or (lambda env, joins: None)
         self.lane: BatchLane | None = None  # set by the wiring: it needs adapters and keys
         self.batch_lines: BatchLines | None = None  # set by the wiring: it needs the store
         # Lane requests a gateway waits on: their deadline timers, and those answered 504
@@ -134,20 +143,13 @@ class RequestHandler:
             return
         # Counting tokens costs nothing, so a spent budget never stops it; nor does a
         # cheaper model stand in for it, whose count would be of another tokenizer.
-        decision = None if env.endpoint == "count_tokens" else self.budget(env)
+        decision = None if env.endpoint == "count_tokens" else self.budget(env, self._joins(env))
         if decision is not None and decision.action != "allow":
             if decision.cache_only:
                 await self._stale_or_refuse(env.model_copy(update={"degraded": decision.reason}))
                 return
             if decision.action == "refuse":
-                spent: RelayError = self._spent(env)
-                if decision.throttle and decision.resets_at is not None:
-                    spent = RateLimited(
-                        f"tenant `{env.tenant}` has spent its budget for this period; "
-                        "it resets at the next period",
-                        retry_after=max(1.0, decision.resets_at - time.time()),
-                    )
-                await self._fail(env, spent)
+                await self._fail(env, self._refusal(env, decision))
                 return
             # (A stream is told so once it is known how it is answered: see _fly.)
             env = env.model_copy(update={"degraded": decision.reason})
@@ -297,6 +299,37 @@ class RequestHandler:
             return False
         log.info("batch line %s cut by the stop: put back for the next worker", env.correlation_id)
         return True
+
+    def _joins(self, env: RequestEnvelope) -> Joins:
+        """Whether ``env``, degraded for a reason or not (a budget-degraded request flies
+        apart), would join an identical call under way: asked by the budget before
+        anything else is awaited, so a request found joining does join (``_deferred``
+        sends no request a live call answers to the batch lane)."""
+
+        def joins(degraded: str | None) -> bool:
+            asked = env.model_copy(update={"degraded": degraded}) if degraded else env
+            return self.flights.live(asked, self._apart(asked))
+
+        return joins
+
+    def _refusal(self, env: RequestEnvelope, decision: BudgetDecision) -> RelayError:
+        """The error for a budget's refusal: 402 for a spent budget, or 429 until the
+        period resets (``throttle``), or 429 for a few seconds when the budget is not
+        spent but what is in flight may reach it (the message must not say "spent": the
+        client only has to wait for those requests to end)."""
+        if decision.retry_after_s is not None:
+            return RateLimited(
+                f"tenant `{env.tenant}` has requests in flight that may reach its budget "
+                "for this period; try again in a few seconds",
+                retry_after=decision.retry_after_s,
+            )
+        if decision.throttle and decision.resets_at is not None:
+            return RateLimited(
+                f"tenant `{env.tenant}` has spent its budget for this period; "
+                "it resets at the next period",
+                retry_after=max(1.0, decision.resets_at - time.time()),
+            )
+        return self._spent(env)
 
     def _spent(self, env: RequestEnvelope, cache_only: bool = False) -> BudgetExceeded:
         return BudgetExceeded(

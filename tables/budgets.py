@@ -48,6 +48,9 @@ class BudgetDecision(BaseModel):
     # A refusal as 429 until ``resets_at`` (the next period's start) instead of 402.
     throttle: bool = False
     resets_at: float | None = None
+    # A refusal as 429 for a few seconds: the budget is not spent, but what requests in
+    # flight may still cost could reach it (``held_back``).
+    retry_after_s: float | None = None
 
 
 def period_start(now: float, period: Period) -> float:
@@ -98,13 +101,26 @@ def _kept_start(s: Spend, period: Period) -> float:
     return period_start(s.period_start, period)
 
 
-def decide(policy: BudgetPolicy, spend: Spend, now: float, held: float = 0.0) -> BudgetDecision:
-    """Allow, degrade past ``degrade_at`` of the limit, or refuse (or cache-only) once
-    the limit is reached, by the spend counted plus what is ``held`` for requests let go
-    ahead and not counted yet (``tables.holds``)."""
+# How long a request held back by what is in flight is told to wait: about a call's
+# length, after which most of those requests have written their lines (and let go of
+# their holds), and the spend they counted says whether there is room.
+IN_FLIGHT_RETRY_S = 5.0
+
+
+def counted(policy: BudgetPolicy, spend: Spend, now: float) -> float:
+    """USD the spend table has counted in the period containing ``now`` (none when what
+    it keeps is a period already closed)."""
     current = period_start(now, policy.period)
-    spent = spend.spent_usd if _kept_start(spend, policy.period) >= current else 0.0
-    spent += held
+    return spend.spent_usd if _kept_start(spend, policy.period) >= current else 0.0
+
+
+def decide(policy: BudgetPolicy, spend: Spend, now: float) -> BudgetDecision:
+    """Allow, degrade past ``degrade_at`` of the limit, or refuse (or cache-only) once
+    the limit is reached, by the spend counted alone: money a request may still cost
+    (``tables.holds``) is a guess, often many times what it costs, and must neither
+    degrade a tenant (a degraded request flies apart, so the relay would pay for a second
+    call) nor tell it its budget is spent until the period resets."""
+    spent = counted(policy, spend, now)
     remaining = max(0.0, policy.limit_usd - spent)
     if spent >= policy.limit_usd:
         if policy.on_exhausted == "cache_only":
@@ -122,3 +138,26 @@ def decide(policy: BudgetPolicy, spend: Spend, now: float, held: float = 0.0) ->
         pct = round(policy.degrade_at * 100)
         return BudgetDecision(action="degrade", reason=f"budget_{pct}pct", remaining_usd=remaining)
     return BudgetDecision(action="allow", remaining_usd=remaining)
+
+
+def held_back(
+    policy: BudgetPolicy, spend: Spend, now: float, held: float, worst: float
+) -> BudgetDecision | None:
+    """A short 429 for a request whose ``worst`` case, on top of the spend counted and
+    what other requests in flight ``held``, would pass the limit; None when it may go.
+
+    Holds cap admission, nothing more: requests arriving together cannot all pass a
+    budget with room for one, yet none is told the budget is spent, and the wait is
+    seconds (until those in flight write their lines), not the period.  A request that
+    finds nothing held goes ahead whatever its worst case (alone it passes the limit by
+    one request at most), or a tenant whose requests may each cost more than what is
+    left would be refused for good with money still in its budget."""
+    spent = counted(policy, spend, now)
+    if held <= 0.0 or spent + held + worst <= policy.limit_usd:
+        return None
+    return BudgetDecision(
+        action="refuse",
+        reason="budget_in_flight",
+        remaining_usd=max(0.0, policy.limit_usd - spent),
+        retry_after_s=IN_FLIGHT_RETRY_S,
+    )

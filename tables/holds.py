@@ -1,7 +1,12 @@
 """Spend let go ahead but not counted yet, which a tenant's budget must see besides its
 spend table: without it, any number of requests arriving together pass a budget that
 has room for one, and a Batch API upload passes one nearly spent (its lines are metered
-when the vendor's batch ends, hours later)."""
+when the vendor's batch ends, hours later).
+
+A hold is a guess at the worst case, often many times what the request costs: it caps
+how much may be in flight at once (``tables.budgets.held_back``), and never counts as
+money spent (refusals until the period resets, and degradation, go by the spend table
+alone)."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from dataclasses import dataclass
 
 from schemas.envelope import RequestEnvelope
 from schemas.usage import Usage, estimated_tokens, prompt_chars
-from tables.budgets import BudgetDecision, BudgetPolicy, Spend, decide
+from tables.budgets import BudgetDecision, BudgetPolicy, Spend, decide, held_back
 from tables.prices import PriceSheet
 
 # A request whose line never reaches this worker (its gateway wrote it, at the deadline)
@@ -20,11 +25,20 @@ from tables.prices import PriceSheet
 AFTER_DEADLINE_S = 60.0
 # The completion a request without max_tokens is held to (as the TPM estimate is).
 DEFAULT_COMPLETION = 256
+# The most completion a hold counts a request for: about the longest answer any model
+# writes today (128k tokens), so that a client's absurd max_tokens (any positive integer
+# passes the gateway) holds what a real answer could cost, not enough to hold back every
+# other request of its tenant until its own line comes.
+MAX_HELD_COMPLETION = 128_000
+# Whether a request, degraded for the reason given (None: not degraded), would join an
+# identical call under way (the handler knows; ``Budgets`` asks).
+Joins = Callable[[str | None], bool]
 
 
 def worst_cost(env: RequestEnvelope, prices: PriceSheet) -> float:
-    """What ``env`` may cost at most, about: its prompt and the completion it allows, at
-    its alias's primary candidate's prices (the degraded or cheaper route costs less)."""
+    """What ``env`` may cost at most, about: its prompt and the completion it allows (up
+    to ``MAX_HELD_COMPLETION``), at its alias's primary candidate's prices (the degraded
+    or cheaper route costs less)."""
     body = env.body
     output = 0
     if env.endpoint != "embeddings":
@@ -34,6 +48,7 @@ def worst_cost(env: RequestEnvelope, prices: PriceSheet) -> float:
             or body.get("max_output_tokens")
         )
         output = int(limit) if isinstance(limit, int | float) else DEFAULT_COMPLETION
+        output = min(output, MAX_HELD_COMPLETION)
     usage = Usage(input_tokens=estimated_tokens(prompt_chars(body)), output_tokens=output)
     try:
         return prices.direct_cost(env.alias, usage)
@@ -70,10 +85,14 @@ class Holds:
         self._held: dict[str, float] = {}
         self._count = 0
 
-    def held(self, tenant: str) -> float:
-        """USD the tenant's requests hold now."""
+    def held(self, tenant: str, besides: str | None = None) -> float:
+        """USD the tenant's requests hold now, but for request ``besides``'s own hold (a
+        request handled again is not held back by what it holds itself)."""
         self._expire()
-        return max(0.0, self._held.get(tenant, 0.0))
+        total = self._held.get(tenant, 0.0)
+        if besides is not None and (own := self._by_request.get((tenant, besides))):
+            total -= own.usd
+        return total if total > 1e-12 else 0.0  # (float dust is nothing held)
 
     def take(self, tenant: str, request_id: str, usd: float, until: float) -> None:
         """Hold ``usd`` for a request until its line is written (or ``until``, epoch
@@ -117,9 +136,12 @@ class Holds:
 
 
 class Budgets:
-    """The budget verdict for each request (``RequestHandler``'s ``budget``): the
-    tenant's spend as its table has counted it, plus what its requests hold; a request
-    let go ahead holds its ``worst_cost`` until its ledger line is written."""
+    """The budget verdict for each request (``RequestHandler``'s ``budget``): refused,
+    degraded or let go by the tenant's spend as its table has counted it; held back a
+    few seconds (429) when what its requests in flight hold, with its own worst case,
+    could pass the limit.  A request let go ahead holds its ``worst_cost`` until its
+    ledger line is written, unless it joins an identical call under way: its line costs
+    nothing (the call's leader holds for the call), so it neither holds nor is held back."""
 
     def __init__(
         self,
@@ -134,15 +156,24 @@ class Budgets:
         self.clock = clock
         self.holds = Holds(clock)
 
-    def __call__(self, env: RequestEnvelope) -> BudgetDecision | None:
+    def __call__(
+        self, env: RequestEnvelope, joins: Joins = lambda degraded: False
+    ) -> BudgetDecision | None:
         policy = self.policies.get(env.tenant)
         if policy is None:
             return None
-        held = self.holds.held(env.tenant)
-        decision = decide(policy, self.spend(env.tenant), self.clock(), held)
-        if decision.action != "refuse" and not decision.cache_only:
-            until = env.deadline_ms / 1000 + AFTER_DEADLINE_S
-            self.holds.take(env.tenant, env.correlation_id, worst_cost(env, self.prices), until)
+        now, spend = self.clock(), self.spend(env.tenant)
+        decision = decide(policy, spend, now)
+        if decision.action == "refuse" or decision.cache_only:
+            return decision
+        if joins(decision.reason if decision.action == "degrade" else None):
+            return decision
+        worst = worst_cost(env, self.prices)
+        held = self.holds.held(env.tenant, besides=env.correlation_id)
+        if (refusal := held_back(policy, spend, now, held, worst)) is not None:
+            return refusal
+        until = env.deadline_ms / 1000 + AFTER_DEADLINE_S
+        self.holds.take(env.tenant, env.correlation_id, worst, until)
         return decision
 
     def metered(self, tenant: str, request_id: str | None) -> None:

@@ -7,11 +7,13 @@ from datetime import UTC, datetime
 import pytest
 
 from tables.budgets import (
+    IN_FLIGHT_RETRY_S,
     MAX_SPEND,
     BudgetPolicy,
     Spend,
     add_spend,
     decide,
+    held_back,
     next_period_start,
     period_start,
 )
@@ -128,6 +130,21 @@ def test_last_periods_spend_does_not_count() -> None:
     yesterday = Spend(period_start=ts(2025, 3, 16), spent_usd=5.0)
     assert decide(daily, yesterday, NOW).action == "allow"
     assert decide(daily, yesterday, ts(2025, 3, 16, 22)).action == "refuse"
+
+
+def test_what_is_in_flight_holds_a_request_back_for_seconds_only_past_the_limit() -> None:
+    """Spend counted, plus what other requests in flight hold, plus this one's worst case:
+    past the limit it waits a few seconds (429, not spent), never when nothing else is
+    held (alone, a request passes the limit by itself at most)."""
+    assert held_back(POLICY, spent(50.0), NOW, held=0.0, worst=500.0) is None
+    assert held_back(POLICY, spent(50.0), NOW, held=30.0, worst=20.0) is None
+    d = held_back(POLICY, spent(50.0), NOW, held=30.0, worst=21.0)
+    assert d is not None and (d.action, d.reason) == ("refuse", "budget_in_flight")
+    assert d.retry_after_s == IN_FLIGHT_RETRY_S and d.remaining_usd == pytest.approx(50.0)
+    assert not d.throttle and d.resets_at is None and not d.cache_only
+    # last period's spend is not counted here either
+    old = Spend(period_start=ts(2025, 2, 1), spent_usd=90.0)
+    assert held_back(POLICY, old, NOW, held=30.0, worst=20.0) is None
 
 
 def test_a_zero_budget_refuses_everything() -> None:

@@ -23,6 +23,7 @@ from schemas.usage import Usage
 from tables.buckets import PriorityGate, TokenBucket
 from tables.budgets import BudgetDecision
 from tables.cache import CacheEntry, cache_key
+from tables.holds import Joins
 from tables.prices import PriceSheet
 from tests.support.envelopes import request_envelope
 from tests.support.sinks import Sink
@@ -125,7 +126,7 @@ def make(
     return handler, sink
 
 
-def at_80_percent(tenant: str) -> BudgetDecision:
+def at_80_percent(env: RequestEnvelope, joins: Joins) -> BudgetDecision:
     return BudgetDecision(action="degrade", reason="budget_80pct", remaining_usd=1.0)
 
 
@@ -299,7 +300,7 @@ async def test_sustained_rate_pressure_routes_cheaper_and_says_so():
 async def test_a_spent_cache_only_tenant_gets_what_l2_holds_even_stale_else_402():
     calls: list[str] = []
     handler, sink = make(vendor(calls))
-    handler.budget = lambda tenant: BudgetDecision(
+    handler.budget = lambda env, joins: BudgetDecision(
         action="degrade", reason="budget_exhausted", remaining_usd=0.0, cache_only=True
     )
     await RequestHandler(handler.router, handler.dispatcher, handler.prices, sink).handle(
@@ -465,7 +466,7 @@ async def test_a_token_count_goes_to_a_vendor_that_counts_and_says_nothing_of_he
         sink,
     )
     # A tenant past its budget may still count: it costs nothing.
-    handler.budget = lambda tenant: BudgetDecision(
+    handler.budget = lambda env, joins: BudgetDecision(
         action="refuse", reason="budget_exhausted", remaining_usd=0.0
     )
     env = envelope(endpoint="count_tokens")
@@ -670,7 +671,7 @@ async def test_budget_degraded_background_work_goes_the_cheaper_way_and_says_so(
         Dispatcher({}, {}, sink.health),
         PriceSheet.from_config(PRESSURE.models),
         sink,
-        budget=lambda tenant: BudgetDecision(
+        budget=lambda env, joins: BudgetDecision(
             action="degrade", reason="budget_80pct", remaining_usd=1.0
         ),
     )
@@ -807,7 +808,7 @@ async def test_a_throttled_spent_budget_is_a_429_until_the_period_resets():
     calls: list[str] = []
     handler, sink = make(vendor(calls))
     resets = time.time() + 3600
-    handler.budget = lambda tenant: BudgetDecision(
+    handler.budget = lambda env, joins: BudgetDecision(
         action="refuse", reason="budget_exhausted", remaining_usd=0.0, throttle=True,
         resets_at=resets,
     )  # fmt: skip

@@ -1,6 +1,7 @@
 """Budgets see spend let go ahead and not counted yet: requests arriving together do
 not all pass a budget with room for one, and what a request held is let go when its
-line is written (the spend table counts it from then), or after its deadline."""
+line is written (the spend table counts it from then), or after its deadline.  What is
+held caps admission only (a 429 for seconds): it is never money spent."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any
 import pytest
 
 from schemas.envelope import UsageEvent
-from tables.budgets import BudgetPolicy, Spend, add_spend
-from tables.holds import AFTER_DEADLINE_S, Budgets, Holds, worst_cost
+from tables.budgets import IN_FLIGHT_RETRY_S, BudgetPolicy, Spend, add_spend
+from tables.holds import AFTER_DEADLINE_S, MAX_HELD_COMPLETION, Budgets, Holds, worst_cost
 from tables.prices import PriceSheet
 from tests.support.clock import Clock
 from tests.support.envelopes import request_envelope
@@ -92,12 +93,16 @@ def test_the_worst_case_is_the_prompt_and_the_completion_it_allows() -> None:
     assert worst_cost(request_envelope(alias="nope", body=long), PRICES) == 0.0
 
 
-def test_budgets_count_what_is_held_toward_the_threshold_and_the_limit() -> None:
+def test_what_is_held_caps_admission_for_seconds_and_never_counts_as_spent() -> None:
+    """Each request holds 0.2 against $0.5 with nothing spent: two go ahead (with the
+    third's worst case, what is in flight could pass the limit), the others are held
+    back with a 429 of seconds, not refused as spent nor degraded; once the first two
+    have their lines, there is room again."""
     clock = Clock(EPOCH)
     spent = Spend()
-    budgets = Budgets({"t": BudgetPolicy(limit_usd=1.0)}, lambda t: spent, PRICES, clock)
-    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200_000}
-    # Each holds 0.4 (200k completion tokens at $2 per 1M) until its line is written.
+    budgets = Budgets({"t": BudgetPolicy(limit_usd=0.5)}, lambda t: spent, PRICES, clock)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000}
+    # Each holds 0.2 (100k completion tokens at $2 per 1M) until its line is written.
     until = int((clock.now + 60) * 1000)
     verdicts = []
     for n in range(4):
@@ -106,8 +111,13 @@ def test_budgets_count_what_is_held_toward_the_threshold_and_the_limit() -> None
         )
         verdict = budgets(env)
         assert verdict is not None
-        verdicts.append(verdict.action)
-    assert verdicts == ["allow", "allow", "degrade", "refuse"]
+        verdicts.append((verdict.action, verdict.reason, verdict.retry_after_s))
+    held_back = ("refuse", "budget_in_flight", IN_FLIGHT_RETRY_S)
+    assert verdicts == [("allow", None, None)] * 2 + [held_back] * 2
+    assert IN_FLIGHT_RETRY_S <= 10, "a few seconds, not the period"
+    assert budgets.holds.held("t") == pytest.approx(0.4, rel=1e-3), (
+        "a request held back holds nothing"
+    )
     budgets.metered("t", "r0")  # answered: the spend table has its cost
     budgets.metered("t", "r1")
     env = request_envelope(
@@ -119,11 +129,102 @@ def test_budgets_count_what_is_held_toward_the_threshold_and_the_limit() -> None
     assert AFTER_DEADLINE_S > 0
 
 
+def test_refusals_and_degradation_go_by_the_spend_counted_alone() -> None:
+    """A throttled monthly $10 budget, nothing spent, each request holding about $0.96
+    (64k completion tokens at $15 per 1M): the one that would pass the limit is told to
+    wait seconds, not until the month's end, nor degraded on the way there."""
+    from schemas.config import RelayConfig
+
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {"a": {"kind": "anthropic", "base_url": "http://a"}},
+            "models": {
+                "sonnet": {
+                    "candidates": [
+                        {"vendor": "a", "model": "s", "input_per_1m": 3, "output_per_1m": 15}
+                    ]
+                }
+            },
+            "tenants": {"t": {}},
+        }
+    )
+    spent = Spend()
+    policy = BudgetPolicy(limit_usd=10.0, degrade_at=0.5, on_exhausted="throttle")
+    budgets = Budgets({"t": policy}, lambda t: spent, PriceSheet.from_config(config.models))
+    body = {"model": "sonnet", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 64000}
+    verdicts = [
+        budgets(request_envelope(tenant="t", alias="sonnet", body=body, correlation_id=f"r{n}"))
+        for n in range(12)
+    ]
+    assert [v.action for v in verdicts if v] == ["allow"] * 10 + ["refuse"] * 2
+    for refused in verdicts[10:]:
+        assert refused is not None and not refused.throttle and refused.resets_at is None
+        assert refused.retry_after_s == IN_FLIGHT_RETRY_S
+    spent = Spend(period_start=EPOCH, spent_usd=10.0)  # now it is spent: until the reset
+    budgets.clock = lambda: EPOCH + 60
+    verdict = budgets(request_envelope(tenant="t", alias="sonnet", body=body))
+    assert verdict is not None and verdict.throttle and verdict.resets_at is not None
+    assert verdict.retry_after_s is None
+
+
+def test_a_request_alone_goes_ahead_whatever_its_worst_case() -> None:
+    """Nothing else in flight: a request whose worst case passes what is left goes
+    (it passes the limit by itself at most), or the tenant would be refused for good
+    with money left; one with an absurd max_tokens holds what a real answer may cost."""
+    spent = Spend()
+    budgets = Budgets({"t": BudgetPolicy(limit_usd=0.01)}, lambda t: spent, PRICES)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 9 * 10**18}
+    verdict = budgets(request_envelope(tenant="t", body=body, correlation_id="huge"))
+    assert verdict is not None and verdict.action == "allow"
+    # 128k completion tokens at $2 per 1M, and a word of prompt
+    assert budgets.holds.held("t") == pytest.approx(MAX_HELD_COMPLETION * 2 / 1e6, rel=0.01)
+
+
+def test_a_request_joining_a_call_under_way_holds_nothing_and_is_not_held_back() -> None:
+    """Its line costs nothing (the leader holds for the call); the spend counted still
+    refuses it once the budget is spent."""
+    spent = Spend()
+    budgets = Budgets(
+        {"t": BudgetPolicy(limit_usd=1.0, degrade_at=0.5)}, lambda t: spent, PRICES, time.time
+    )
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400_000}
+    assert budgets(request_envelope(tenant="t", body=body, correlation_id="leader"))
+    asked: list[str | None] = []
+
+    def joins(degraded: str | None) -> bool:
+        asked.append(degraded)
+        return True
+
+    for n in range(5):
+        verdict = budgets(request_envelope(tenant="t", body=body, correlation_id=f"f{n}"), joins)
+        assert verdict is not None and verdict.action == "allow"
+    assert budgets.holds.held("t") == pytest.approx(0.256, rel=1e-3), "the leader's hold alone"
+    assert asked == [None] * 5
+    spent = Spend(period_start=time.time(), spent_usd=0.6)  # past degrade_at
+    verdict = budgets(request_envelope(tenant="t", body=body), joins)
+    assert verdict is not None and verdict.action == "degrade"
+    assert asked[-1] == "budget_50pct", "asked whether it joins as the degraded request it is"
+    spent = Spend(period_start=time.time(), spent_usd=1.0)
+    verdict = budgets(request_envelope(tenant="t", body=body), joins)
+    assert verdict is not None and verdict.reason == "budget_exhausted"
+
+
+def test_a_request_handled_again_is_not_held_back_by_its_own_hold() -> None:
+    spent = Spend()
+    budgets = Budgets({"t": BudgetPolicy(limit_usd=0.3)}, lambda t: spent, PRICES)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000}
+    env = request_envelope(tenant="t", body=body, correlation_id="again")
+    first, second = budgets(env), budgets(env)
+    assert first is not None and second is not None
+    assert (first.action, second.action) == ("allow", "allow")
+    assert budgets.holds.held("t") == pytest.approx(0.2, rel=1e-3)
+
+
 async def test_requests_arriving_together_do_not_all_pass_a_budget_with_room_for_a_few() -> None:
     """50 distinct requests at once against a budget worth 2.5 worst cases, with a
-    spend table that counts each line the instant it is written: three go ahead while
-    less than the limit is spent or held (the vendor is called three times, not fifty),
-    and the others are refused with 402."""
+    spend table that counts each line the instant it is written: two go ahead (a third
+    would let what is in flight pass the limit), and the others are told to try again
+    in a few seconds (429, not 402: nothing is spent yet)."""
     calls: list[str] = []
     spent = {"t": Spend()}
     probe = envelope(key="probe")
@@ -145,9 +246,43 @@ async def test_requests_arriving_together_do_not_all_pass_a_budget_with_room_for
     envs = [envelope(key=f"k{n}", ttl=None) for n in range(50)]
     await asyncio.gather(*(handler.handle(e) for e in envs))
     finals: list[Any] = [sink.for_(e.correlation_id)[-1] for e in envs]
-    assert len(calls) == 3 and sum(f.kind == "final" for f in finals) == 3
+    assert len(calls) == 2 and sum(f.kind == "final" for f in finals) == 2
     refused = [f for f in finals if f.kind == "error"]
-    assert len(refused) == 47 and all(f.error["code"] == "budget_exceeded" for f in refused)
+    assert len(refused) == 48 and all(f.error["code"] == "rate_limited" for f in refused)
+    for f in refused:
+        assert f.error["retry_after"] == IN_FLIGHT_RETRY_S
+        assert "in flight" in f.error["message"] and "spent" not in f.error["message"]
+    assert spent["t"].spent_usd < 2.5 * worst
+
+
+async def test_identical_requests_arriving_together_share_one_call_none_refused() -> None:
+    """20 identical requests at once against a budget worth 2.5 worst cases, degrading
+    at half of it: one vendor call, every one answered (the followers cost nothing and
+    hold nothing), and none degraded (a degraded one flies apart, a second call)."""
+    calls: list[str] = []
+    spent = {"t": Spend()}
+    worst = worst_cost(envelope(key="same"), PRICES)
+    budgets = Budgets(
+        {"t": BudgetPolicy(limit_usd=2.5 * worst, degrade_at=0.5)},
+        lambda tenant: spent[tenant],
+        PRICES,
+    )
+    handler, sink = make(vendor(calls, delay=0.05), budget=budgets)
+    written = sink.usage
+
+    async def usage(event: UsageEvent) -> None:
+        await written(event)
+        budgets.metered(event.tenant, event.correlation_id)
+        spent[event.tenant] = add_spend(spent[event.tenant], event.cost, time.time(), "month")
+
+    sink.usage = usage  # type: ignore[method-assign]
+    envs = [envelope(key="same", ttl=None) for _ in range(20)]
+    await asyncio.gather(*(handler.handle(e) for e in envs))
+    finals: list[Any] = [sink.for_(e.correlation_id)[-1] for e in envs]
+    assert len(calls) == 1
+    assert all(f.kind == "final" and not f.degraded for f in finals)
+    assert sum(bool(f.coalesced) for f in finals) == 19
+    assert budgets.holds.held("t") == 0.0
 
 
 class Lane:
