@@ -8,12 +8,11 @@ a bucket, so a throttled vendor never holds up calls to another.
 from __future__ import annotations
 
 import asyncio
-import bisect
-import itertools
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
@@ -116,16 +115,73 @@ class TokenBucket(BaseModel):
 class _Waiter:
     needs: dict[str, float]  # bucket key -> tokens to spend there
     lane: int
-    seq: int
     future: asyncio.Future[None]
+    # What it counts for in each bucket's queue (its need, bounded as a take bounds it):
+    # kept so that leaving takes off the running totals exactly what joining added.
+    counts: dict[str, float]
+    queued: bool = True  # False once granted, expired or gone: its queue entries are dead
+
+
+@dataclass(eq=False)
+class _Line:
+    """One bucket's queue: a FIFO per lane and running totals per lane, so the gate
+    prices and serves a queue without walking it.  A waiter leaving from the middle
+    (expired, cancelled) stays in its deque, dead, until it reaches the front or the deque
+    is compacted: leaving is O(1), whatever the queue's length."""
+
+    lanes: tuple[deque[_Waiter], ...] = field(default_factory=lambda: tuple(deque() for _ in LANES))
+    tokens: list[float] = field(default_factory=lambda: [0.0] * len(LANES))
+    members: list[int] = field(default_factory=lambda: [0] * len(LANES))
+
+    def head(self) -> _Waiter | None:
+        """The first live waiter, best lane first."""
+        for queue in self.lanes:
+            while queue and not queue[0].queued:
+                queue.popleft()
+            if queue:
+                return queue[0]
+        return None
+
+    def ahead(self, lane: int) -> float:
+        """Tokens queued in ``lane`` and the better lanes: what a newcomer to ``lane``
+        waits behind."""
+        return sum(self.tokens[: lane + 1])
+
+    def join(self, waiter: _Waiter, count: float) -> None:
+        self.lanes[waiter.lane].append(waiter)
+        self.tokens[waiter.lane] += count
+        self.members[waiter.lane] += 1
+
+    def leave(self, waiter: _Waiter, count: float) -> None:
+        lane, queue = waiter.lane, self.lanes[waiter.lane]
+        self.members[lane] -= 1
+        self.tokens[lane] -= count
+        if not self.members[lane]:
+            # Empty: the total starts afresh (a float sum drifts), the dead go.
+            self.tokens[lane] = 0.0
+            queue.clear()
+        elif len(queue) > 2 * self.members[lane] + 64:
+            # Mostly dead entries (waiters behind a long-lived head came and went).
+            alive = [w for w in queue if w.queued]
+            queue.clear()
+            queue.extend(alive)
 
     @property
-    def order(self) -> tuple[int, int]:
-        return (self.lane, self.seq)
+    def empty(self) -> bool:
+        return not any(self.members)
 
 
 class PriorityGate:
     """Admits calls when every named bucket allows, realtime first.
+
+    Each bucket keeps its own queue (``_Line``), one FIFO per lane, with running totals
+    of what its waiters will spend: an arrival is priced in O(buckets x lanes) and a
+    pump looks only at each bucket's first waiter, so a backlog of tens of thousands of
+    background waiters (a Batch API upload) costs a realtime arrival, any tenant's, no
+    more than an empty queue does.  A waiter goes when it is first in every one of its
+    buckets' queues and each has its tokens: the same order as walking every waiter by
+    (lane, arrival) and holding back whoever shares a bucket with an earlier one still
+    waiting, without the walk.
 
     ``clock`` must tick in real seconds (the gate sleeps on the event loop between
     checks); it is injectable so the buckets' time base can be shared with other code.
@@ -134,15 +190,15 @@ class PriorityGate:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._buckets: dict[str, TokenBucket] = {}
-        self._waiters: list[_Waiter] = []  # sorted by (lane, arrival)
-        self._seq = itertools.count()
+        self._lines: dict[str, _Line] = {}  # buckets someone waits on
+        self._waiting = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def configure(self, key: str, bucket: TokenBucket) -> None:
         """Limit ``key`` by ``bucket`` (replacing any earlier one); keys never configured
         are unlimited."""
         self._buckets[key] = bucket
-        if self._waiters:
+        if self._waiting:
             self._pump()
 
     def bucket(self, key: str) -> TokenBucket | None:
@@ -152,7 +208,7 @@ class PriorityGate:
     @property
     def waiting(self) -> int:
         """How many callers are queued."""
-        return len(self._waiters)
+        return self._waiting
 
     async def acquire(
         self, needs: Mapping[str, float], priority: Priority, deadline: float
@@ -169,16 +225,22 @@ class PriorityGate:
         limited = {k: n for k, n in needs.items() if k in self._buckets}
         if not limited:
             return
-        lane, seq = LANES[Priority(priority)], next(self._seq)
-        wait = self._estimate(limited, (lane, seq), now)
+        lane = LANES[Priority(priority)]
+        wait = self._estimate(limited, lane, now)
         if wait > 0 and now + wait > deadline:
             raise RateLimited(
                 f"rate limited: about {wait:.2f}s to wait, past the request's deadline",
                 retry_after=wait,
             )
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(limited, lane, seq, loop.create_future())
-        bisect.insort(self._waiters, waiter, key=lambda w: w.order)
+        counts = {k: self._buckets[k].bounded(n) for k, n in limited.items()}
+        waiter = _Waiter(limited, lane, loop.create_future(), counts)
+        if wait == 0.0 and not any(self._lines.get(k) for k in limited):
+            self._grant(waiter, now)  # nobody queued on these buckets: no queue, no pump
+            return
+        for key, count in counts.items():
+            self._lines.setdefault(key, _Line()).join(waiter, count)
+        self._waiting += 1
         self._pump()
         if waiter.future.done():
             return
@@ -187,21 +249,19 @@ class PriorityGate:
             await waiter.future
         finally:
             expiry.cancel()
-            if waiter in self._waiters:  # our caller was cancelled: give the place up
-                self._waiters.remove(waiter)
+            if waiter.queued:  # our caller was cancelled: give the place up
+                self._leave(waiter)
                 self._pump()
 
-    def _estimate(self, needs: dict[str, float], order: tuple[int, int], now: float) -> float:
-        # Waiters ahead in this lane or a better one spend first; later realtime arrivals
-        # may still overtake, which the deadline timer then catches.
+    def _estimate(self, needs: Mapping[str, float], lane: int, now: float) -> float:
+        # Waiters queued in this lane or a better one spend first; later realtime
+        # arrivals may still overtake, which the deadline timer then catches.
         worst = 0.0
         for key, tokens in needs.items():
             bucket = self._buckets[key]
-            ahead = sum(
-                bucket.bounded(w.needs.get(key, 0.0)) for w in self._waiters if w.order < order
-            )
-            need = ahead + min(tokens, bucket.capacity)
-            worst = max(worst, bucket.backlog_wait(need, now))
+            line = self._lines.get(key)
+            ahead = line.ahead(lane) if line is not None else 0.0
+            worst = max(worst, bucket.backlog_wait(ahead + min(tokens, bucket.capacity), now))
         return worst
 
     def settle(self, key: str, estimated: float, used: float) -> None:
@@ -217,43 +277,66 @@ class PriorityGate:
             bucket.charge(owed - charged, self._clock())
         elif used < charged:
             bucket.give_back(charged - used, self._clock())
-            if self._waiters:
+            if self._waiting:
                 self._pump()
 
+    def _leave(self, waiter: _Waiter) -> None:
+        """Take ``waiter`` out of every queue it is in (granted, expired or gone)."""
+        waiter.queued = False
+        self._waiting -= 1
+        for key, count in waiter.counts.items():
+            line = self._lines[key]
+            line.leave(waiter, count)
+            if line.empty:
+                del self._lines[key]
+
+    def _grant(self, waiter: _Waiter, now: float) -> None:
+        for key, n in waiter.needs.items():
+            self._buckets[key].take(n, now)
+        waiter.future.set_result(None)
+
     def _expire(self, waiter: _Waiter) -> None:
-        if waiter.future.done() or waiter not in self._waiters:
+        if waiter.future.done() or not waiter.queued:
             return
-        self._waiters.remove(waiter)
-        now = self._clock()
-        wait = self._estimate(waiter.needs, waiter.order, now)
+        self._leave(waiter)
+        # The wait it would have as a newcomer to its lane: what a retry would queue
+        # behind, and no walk of the queue to find its place in it.
+        wait = self._estimate(waiter.needs, waiter.lane, self._clock())
         waiter.future.set_exception(
             RateLimited("rate limited: the deadline passed while queued", retry_after=wait)
         )
         self._pump()
 
     def _pump(self) -> None:
-        """Admit every waiter that can go now, in lane order, and sleep until the next."""
+        """Admit every waiter that can go now, in lane order, and sleep until the next.
+
+        Only each bucket's first waiter is looked at: one behind it on that bucket waits
+        its turn, and one first on this bucket but behind another waiter on its other
+        bucket is looked at when that bucket's turn comes."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         now = self._clock()
-        claimed: set[str] = set()  # buckets an earlier, still-waiting waiter is first on
         soonest = math.inf
-        for waiter in list(self._waiters):
-            if waiter.future.done():  # cancelled; its task removes it
+        pending = list(self._lines)
+        while pending:
+            line = self._lines.get(pending.pop())
+            head = line.head() if line is not None else None
+            if head is None:
                 continue
-            if claimed.intersection(waiter.needs):
-                claimed.update(waiter.needs)
+            if head.future.done():  # its task was cancelled and has not run yet: gone
+                self._leave(head)
+                pending.extend(k for k in head.needs if k in self._lines)
                 continue
-            wait = max(self._buckets[k].wait(n, now) for k, n in waiter.needs.items())
+            if any(self._lines[k].head() is not head for k in head.needs):
+                continue  # behind another waiter on one of its other buckets
+            wait = max(self._buckets[k].wait(n, now) for k, n in head.needs.items())
             if wait == 0.0:
-                for key, n in waiter.needs.items():
-                    self._buckets[key].take(n, now)
-                self._waiters.remove(waiter)
-                waiter.future.set_result(None)
+                self._leave(head)
+                self._grant(head, now)
+                pending.extend(k for k in head.needs if k in self._lines)  # new heads
             else:
-                claimed.update(waiter.needs)
                 soonest = min(soonest, wait)
-        if self._waiters and soonest < math.inf:
+        if self._waiting and soonest < math.inf:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(max(soonest, MIN_TICK_S), self._pump)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import ClassVar
 
 import pytest
 
@@ -211,3 +212,66 @@ async def test_waiters_on_other_buckets_are_not_held_up() -> None:
     with pytest.raises(asyncio.CancelledError):
         await blocked
     assert gate.waiting == 0
+
+
+class Counted(TokenBucket):
+    """A bucket that counts how often the gate looks at it: the gate's work, whatever
+    the machine's speed."""
+
+    looks: ClassVar[int] = 0
+
+    def backlog_wait(self, n: float, now: float) -> float:
+        Counted.looks += 1
+        return super().backlog_wait(n, now)
+
+    def bounded(self, n: float) -> float:
+        Counted.looks += 1
+        return super().bounded(n)
+
+
+async def test_a_long_backlog_costs_a_later_arrival_no_more_than_an_empty_queue() -> None:
+    """Thousands of background waiters (a Batch API upload at a vendor's limit): each
+    arrival is priced from running totals, not by walking those ahead of it, so queueing
+    them is linear and a realtime arrival after them does as little work as with none;
+    it still goes first."""
+    now = time.monotonic()
+    gate = PriorityGate(clock=lambda: now)  # frozen: nothing refills unless given back
+    for key, capacity in (("v:rpm", 10.0), ("v:tpm", 10_000.0)):
+        gate.configure(
+            key, Counted(capacity=capacity, refill_per_s=capacity, tokens=0, updated=now)
+        )
+    needs = {"v:rpm": 1.0, "v:tpm": 300.0}
+    backlog = 5_000
+    Counted.looks = 0
+    waiters = [
+        asyncio.create_task(gate.acquire(needs, Priority.background, deadline=now + 86_400))
+        for _ in range(backlog)
+    ]
+    await asyncio.sleep(0)
+    assert gate.waiting == backlog
+    assert Counted.looks <= 20 * backlog, "queueing n waiters must be O(n), not O(n^2)"
+
+    async def realtime_arrival() -> tuple[asyncio.Task[None], int]:
+        Counted.looks = 0
+        task = asyncio.create_task(gate.acquire(needs, Priority.realtime, deadline=now + 3600))
+        await asyncio.sleep(0)
+        return task, Counted.looks
+
+    first, work = await realtime_arrival()
+    assert work <= 20, f"{work} looks for one arrival behind {backlog} waiters"
+    # One request's worth comes back: the realtime arrival takes it, not the oldest
+    # background waiter.
+    gate.settle("v:rpm", estimated=1, used=0)
+    gate.settle("v:tpm", estimated=300, used=0)
+    await asyncio.sleep(0)
+    assert first.done() and first.exception() is None and gate.waiting == backlog
+    for task in waiters:
+        task.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    assert gate.waiting == 0
+    # The same arrival at an empty gate does the same work.
+    gate.bucket("v:rpm").tokens = gate.bucket("v:tpm").tokens = 0  # type: ignore[union-attr]
+    alone, empty_work = await realtime_arrival()
+    assert work <= empty_work + 4
+    alone.cancel()
+    await asyncio.gather(alone, return_exceptions=True)
