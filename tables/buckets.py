@@ -120,6 +120,7 @@ class _Waiter:
     # kept so that leaving takes off the running totals exactly what joining added.
     counts: dict[str, float]
     queued: bool = True  # False once granted, expired or gone: its queue entries are dead
+    taken: dict[str, float] = field(default_factory=dict)  # what its grant spent
 
 
 @dataclass(eq=False)
@@ -247,6 +248,16 @@ class PriorityGate:
         expiry = loop.call_later(max(0.0, deadline - now), self._expire, waiter)
         try:
             await waiter.future
+        except asyncio.CancelledError:
+            if waiter.taken and not waiter.future.cancelled():
+                # Granted, then cancelled in the same tick, before this task ran: the
+                # tokens were spent for a call that will never go, and nobody else would
+                # give them back.
+                now = self._clock()
+                for key, n in waiter.taken.items():
+                    self._buckets[key].give_back(n, now)
+                self._pump()
+            raise
         finally:
             expiry.cancel()
             if waiter.queued:  # our caller was cancelled: give the place up
@@ -292,7 +303,9 @@ class PriorityGate:
 
     def _grant(self, waiter: _Waiter, now: float) -> None:
         for key, n in waiter.needs.items():
-            self._buckets[key].take(n, now)
+            bucket = self._buckets[key]
+            bucket.take(n, now)
+            waiter.taken[key] = bucket.bounded(n)
         waiter.future.set_result(None)
 
     def _expire(self, waiter: _Waiter) -> None:

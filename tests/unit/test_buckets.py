@@ -275,3 +275,20 @@ async def test_a_long_backlog_costs_a_later_arrival_no_more_than_an_empty_queue(
     assert work <= empty_work + 4
     alone.cancel()
     await asyncio.gather(alone, return_exceptions=True)
+
+
+async def test_a_grant_cancelled_in_the_same_tick_gives_its_tokens_back() -> None:
+    """The gate grants a waiter and its client's cancel lands before the waiter's task
+    runs: no call goes out, so the tokens the grant spent go back to the bucket."""
+    now = time.monotonic()
+    gate = PriorityGate(clock=lambda: now)
+    gate.configure("v:tpm", TokenBucket(capacity=100, refill_per_s=1.0, tokens=0, updated=now))
+    task = asyncio.create_task(gate.acquire({"v:tpm": 50}, Priority.realtime, deadline=now + 99))
+    await asyncio.sleep(0)
+    assert gate.waiting == 1
+    gate.settle("v:tpm", estimated=100, used=0)  # 100 back: the waiter is granted 50...
+    task.cancel()  # ...and cancelled before it ran
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert gate.bucket("v:tpm").tokens == pytest.approx(100)  # type: ignore[union-attr]
+    assert gate.waiting == 0
