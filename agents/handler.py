@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from agents.adapters.base import VendorResult
-from agents.batch_lane import BatchLane
+from agents.batch_lane import VENDOR_WINDOW_S, BatchLane
 from agents.dispatch import Dispatcher, Late, Outcome, Progress
 from agents.flights import Flight, Flights, Waiter, given_up
 from agents.meter import usage_event
@@ -46,7 +46,7 @@ from schemas.formats.openai import response_to_chunks
 from schemas.usage import Usage
 from tables.budgets import BudgetDecision
 from tables.cache import CacheEntry, cache_key, storable
-from tables.holds import Joins
+from tables.holds import AFTER_DEADLINE_S, Joins
 from tables.prices import PriceSheet, cost_of
 
 log = logging.getLogger("relay.worker")
@@ -80,9 +80,22 @@ class Sink(Protocol):
 class Budget(Protocol):
     """The tenants' budgets as the handler asks them (``tables.holds.Budgets``): the
     verdict for a request, told whether it would join an identical call under way
-    (which costs its tenant nothing)."""
+    (which costs its tenant nothing); and ``keep``, to hold a request's worst case until
+    ``until`` (epoch seconds) or its ledger line, whatever it held before."""
 
     def __call__(self, env: RequestEnvelope, joins: Joins) -> BudgetDecision | None: ...
+
+    def keep(self, env: RequestEnvelope, until: float) -> None: ...
+
+
+class _NoBudget:
+    """No tenant has a budget: no verdict, nothing held."""
+
+    def __call__(self, env: RequestEnvelope, joins: Joins) -> BudgetDecision | None:
+        return None
+
+    def keep(self, env: RequestEnvelope, until: float) -> None:
+        return None
 
 
 @dataclass
@@ -115,7 +128,7 @@ class RequestHandler:
         self.sink = sink
         self.flights = Flights()
         self.discounts = discounts or {}
-        self.budget: Budget = budget or (lambda env, joins: None)
+        self.budget: Budget = budget or _NoBudget()
         self.lane: BatchLane | None = None  # set by the wiring: it needs adapters and keys
         self.batch_lines: BatchLines | None = None  # set by the wiring: it needs the store
         # Lane requests a gateway waits on: their deadline timers, and those answered 504
@@ -468,6 +481,11 @@ class RequestHandler:
         if cand is None or not self.router.may_call(cand):
             return False
         self.lane.submit(env, cand)
+        # Its line comes when its vendor batch is read back, maybe a day from now (its
+        # deadline's 504 is unmetered), so its hold lasts till then, not till just after
+        # its deadline: bounded by the wait for the batch to go out and the vendor's
+        # window, past which the lane answers it (and meters it) whatever happened.
+        self.budget.keep(env, time.time() + self.lane.rule.max_age_s + VENDOR_WINDOW_S)
         if env.gateway_meters_timeout:
             # A gateway waits on it, and a vendor batch may outlast the request's
             # deadline: the worker answers 504 at the deadline itself, before the gateway
@@ -496,7 +514,14 @@ class RequestHandler:
         it 504 (its deadline passed while that worker ran); if not (its deadline passed
         after that worker went, before the adoption), its gateway wrote a
         ``deadline_exceeded`` line and the vendor's answer, billed all the same, is a
-        second line for the request: the adopter cannot tell the two apart."""
+        second line for the request: the adopter cannot tell the two apart.
+
+        Each holds its worst case against its tenant's budget here until its line, as it
+        did on the worker that sent it (whose holds died with it), or a budget would let
+        its tenant pass it again by what those vendor batches will bill.  (A request the
+        journal could not say was answered is held too, until the vendor's window ends.)"""
+        for env in envs:
+            self.budget.keep(env, time.time() + VENDOR_WINDOW_S)
         for env in envs:
             cid = env.correlation_id
             if not env.gateway_meters_timeout or cid in self._lane_deadlines or cid in self._late:
@@ -547,6 +572,10 @@ class RequestHandler:
                 # The vendor's batch failed it (no batch API after all, expired, cancelled):
                 # the request is answered the realtime way instead, at the full price.
                 log.warning("batch lane failed %s (%s): sent on", env.correlation_id, result.code)
+                # Held as a realtime request again: the budget holds it afresh if it goes
+                # ahead, and a line that never comes here (expired, its gateway metered
+                # it) lets go of it after its deadline, not at the end of the lane's bound.
+                self.budget.keep(env, env.deadline_ms / 1000 + AFTER_DEADLINE_S)
                 # (on its own task: the batch's other requests go on meanwhile)
                 self._spawn(self.handle(env.model_copy(update={"priority": Priority.batch})))
                 return

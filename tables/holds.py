@@ -21,7 +21,8 @@ from tables.budgets import BudgetDecision, BudgetPolicy, Spend, decide, held_bac
 from tables.prices import PriceSheet
 
 # A request whose line never reaches this worker (its gateway wrote it, at the deadline)
-# lets go of its hold this long after its deadline.
+# lets go of its hold this long after its deadline.  (One handed to the vendor-batch lane
+# is held longer: see ``Budgets.keep``.)
 AFTER_DEADLINE_S = 60.0
 # The completion a request without max_tokens is held to (as the TPM estimate is).
 DEFAULT_COMPLETION = 256
@@ -175,6 +176,15 @@ class Budgets:
         until = env.deadline_ms / 1000 + AFTER_DEADLINE_S
         self.holds.take(env.tenant, env.correlation_id, worst, until)
         return decision
+
+    def keep(self, env: RequestEnvelope, until: float) -> None:
+        """Hold ``env``'s worst case until its line is written or ``until`` (epoch
+        seconds), whatever it held before: a request handed to the vendor-batch lane is
+        metered when its batch is read back, hours after its deadline maybe, and one of a
+        vendor batch this worker adopted held nothing here (its holds died with the
+        worker that sent it).  Admitted already, it is not held back."""
+        if env.tenant in self.policies:
+            self.holds.take(env.tenant, env.correlation_id, worst_cost(env, self.prices), until)
 
     def metered(self, tenant: str, request_id: str | None) -> None:
         """A ledger line about request ``request_id`` (its correlation id) is written:

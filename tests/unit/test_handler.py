@@ -126,8 +126,20 @@ def make(
     return handler, sink
 
 
-def at_80_percent(env: RequestEnvelope, joins: Joins) -> BudgetDecision:
-    return BudgetDecision(action="degrade", reason="budget_80pct", remaining_usd=1.0)
+class Verdict:
+    """A budget that gives every request one verdict and holds nothing."""
+
+    def __init__(self, **decision: Any) -> None:
+        self.decision = BudgetDecision(**decision)
+
+    def __call__(self, env: RequestEnvelope, joins: Joins) -> BudgetDecision:
+        return self.decision
+
+    def keep(self, env: RequestEnvelope, until: float) -> None:
+        pass
+
+
+at_80_percent = Verdict(action="degrade", reason="budget_80pct", remaining_usd=1.0)
 
 
 def envelope(
@@ -300,7 +312,7 @@ async def test_sustained_rate_pressure_routes_cheaper_and_says_so():
 async def test_a_spent_cache_only_tenant_gets_what_l2_holds_even_stale_else_402():
     calls: list[str] = []
     handler, sink = make(vendor(calls))
-    handler.budget = lambda env, joins: BudgetDecision(
+    handler.budget = Verdict(
         action="degrade", reason="budget_exhausted", remaining_usd=0.0, cache_only=True
     )
     await RequestHandler(handler.router, handler.dispatcher, handler.prices, sink).handle(
@@ -466,9 +478,7 @@ async def test_a_token_count_goes_to_a_vendor_that_counts_and_says_nothing_of_he
         sink,
     )
     # A tenant past its budget may still count: it costs nothing.
-    handler.budget = lambda env, joins: BudgetDecision(
-        action="refuse", reason="budget_exhausted", remaining_usd=0.0
-    )
+    handler.budget = Verdict(action="refuse", reason="budget_exhausted", remaining_usd=0.0)
     env = envelope(endpoint="count_tokens")
     await handler.handle(env)
     [final] = sink.for_(env.correlation_id)
@@ -671,9 +681,7 @@ async def test_budget_degraded_background_work_goes_the_cheaper_way_and_says_so(
         Dispatcher({}, {}, sink.health),
         PriceSheet.from_config(PRESSURE.models),
         sink,
-        budget=lambda env, joins: BudgetDecision(
-            action="degrade", reason="budget_80pct", remaining_usd=1.0
-        ),
+        budget=Verdict(action="degrade", reason="budget_80pct", remaining_usd=1.0),
     )
     handler.lane = BatchLane(
         {"a": batches, "b": batches},
@@ -808,7 +816,7 @@ async def test_a_throttled_spent_budget_is_a_429_until_the_period_resets():
     calls: list[str] = []
     handler, sink = make(vendor(calls))
     resets = time.time() + 3600
-    handler.budget = lambda env, joins: BudgetDecision(
+    handler.budget = Verdict(
         action="refuse", reason="budget_exhausted", remaining_usd=0.0, throttle=True,
         resets_at=resets,
     )  # fmt: skip

@@ -11,13 +11,16 @@ from typing import Any
 
 import pytest
 
-from schemas.envelope import UsageEvent
+from agents.batch_lane import VENDOR_WINDOW_S
+from schemas.config import BatchLane as LaneRule
+from schemas.envelope import Priority, UsageEvent
+from schemas.usage import Usage
 from tables.budgets import IN_FLIGHT_RETRY_S, BudgetPolicy, Spend, add_spend
 from tables.holds import AFTER_DEADLINE_S, MAX_HELD_COMPLETION, Budgets, Holds, worst_cost
 from tables.prices import PriceSheet
 from tests.support.clock import Clock
 from tests.support.envelopes import request_envelope
-from tests.unit.test_handler import CONFIG, envelope, make, vendor
+from tests.unit.test_handler import CONFIG, SlowBatches, envelope, lane_handler, make, vendor
 
 PRICES = PriceSheet.from_config(CONFIG.models)  # alias m: $1 in, $2 out per 1M (primary)
 
@@ -290,6 +293,7 @@ class Lane:
 
     def __init__(self) -> None:
         self.taken: list[Any] = []
+        self.rule = LaneRule()
 
     def accepts(self, cand: Any) -> bool:
         return True
@@ -305,7 +309,6 @@ async def test_a_vendor_batch_that_failed_leaves_no_hold_behind() -> None:
     """Background requests wait for a vendor batch, which fails as a whole: each is sent
     the realtime way (the budget asked again) and answered with one ledger line, after
     which the tenant holds nothing (a second hold used to stay for the batch's 24 h)."""
-    from schemas.envelope import Priority
     from schemas.errors import VendorUnavailable
 
     budgets = Budgets({"t": BudgetPolicy(limit_usd=1.0)}, lambda t: Spend(), PRICES)
@@ -329,4 +332,117 @@ async def test_a_vendor_batch_that_failed_leaves_no_hold_behind() -> None:
     await asyncio.gather(*handler.spawned)  # each sent on the realtime way, on its own task
     finals = [sink.for_(env.correlation_id)[-1] for env, _ in lane.taken]
     assert all(f.kind == "final" for f in finals)
+    assert budgets.holds.held("t") == 0.0
+
+
+class Later:
+    """The budgets' clock, ``ahead`` seconds past the real one (the handler's)."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.ahead
+
+
+def metered_by(budgets: Budgets, sink: Any) -> None:
+    """The worker's sink tells the budgets of each line it writes."""
+    written = sink.usage
+
+    async def usage(event: UsageEvent) -> None:
+        await written(event)
+        budgets.metered(event.tenant, event.correlation_id)
+
+    sink.usage = usage
+
+
+async def test_a_request_in_a_vendor_batch_stays_held_past_its_deadline_until_its_line() -> None:
+    """Background requests go out in a vendor batch and get their 504 (unmetered) at
+    their deadline; a minute later the vendor batch still runs, and will bill them: they
+    still hold, so the tenant's next requests are held back, until the batch's answers
+    are metered.  Nothing is held past the vendor's window."""
+    batches = SlowBatches()
+    handler, sink = lane_handler(batches, max_age_s=0)
+    worst = worst_cost(envelope(key="probe"), PRICES)
+    later = Later()
+    budgets = Budgets(
+        {"t": BudgetPolicy(limit_usd=2.5 * worst, degrade_at=1.0)}, lambda t: Spend(), PRICES, later
+    )
+    handler.budget = budgets
+    metered_by(budgets, sink)
+    soon = int((time.time() + 0.05) * 1000)
+    envs = [
+        envelope(
+            key=f"lane-{n}",
+            priority=Priority.background,
+            gateway_meters_timeout=True,
+            deadline_ms=soon,
+            ttl=None,
+        )
+        for n in range(2)
+    ]
+    for env in envs:
+        await handler.handle(env)
+    await asyncio.sleep(0.15)  # past the deadlines: each answered 504, no line
+    assert [sink.for_(e.correlation_id)[-1].error["code"] for e in envs] == [
+        "deadline_exceeded"
+    ] * 2
+    assert sink.ledger == []
+    later.ahead = AFTER_DEADLINE_S + 5  # a hold for a realtime request would be gone
+    assert budgets.holds.held("t") == pytest.approx(2 * worst)
+    verdict = budgets(envelope(key="next", ttl=None))
+    assert verdict is not None and verdict.reason == "budget_in_flight"
+    # Bounded all the same: none is held past the lane's wait and the vendor's window.
+    bound = time.time() + LaneRule(max_age_s=5).max_age_s + VENDOR_WINDOW_S
+    assert all(until <= bound for until, _, hold in budgets.holds._expiring if hold.live)
+    batches.done.set()
+    for task in list(handler.lane._tasks):  # type: ignore[union-attr]
+        await task
+    assert len(sink.ledger) == 2 and budgets.holds.held("t") == 0.0
+    verdict = budgets(envelope(key="next", ttl=None))
+    assert verdict is not None and verdict.action == "allow"
+
+
+async def test_an_adopted_vendor_batch_s_requests_hold_again_on_the_adopting_worker() -> None:
+    """The worker that sent a vendor batch died with its holds; the adopter holds each
+    unanswered request again until its answer is metered."""
+    from agents.adapters.base import VendorResult
+
+    budgets = Budgets({"t": BudgetPolicy(limit_usd=1.0)}, lambda t: Spend(), PRICES)
+    handler, sink = make(vendor([]), budget=budgets)
+    metered_by(budgets, sink)
+    day = int((time.time() + 86_400) * 1000)
+    envs = [envelope(key=f"adopted-{n}", ttl=None, deadline_ms=day) for n in range(3)]
+    handler.adopted(envs)
+    worst = worst_cost(envs[0], PRICES)
+    assert budgets.holds.held("t") == pytest.approx(3 * worst, rel=0.01)
+    handler.adopted(envs[:1])  # adopted again (this worker stalled): held once
+    assert budgets.holds.held("t") == pytest.approx(3 * worst, rel=0.01)
+    cand = CONFIG.models["m"].candidates[0]
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}
+    for env in envs:
+        result = VendorResult(body=answer, usage=Usage(input_tokens=7, output_tokens=1))
+        await handler.deliver_batch(env, cand, result)
+    assert len(sink.ledger) == 3 and budgets.holds.held("t") == 0.0
+
+
+async def test_a_lane_request_sent_on_the_realtime_way_is_held_as_one_again() -> None:
+    """Its vendor batch failed after its gateway gave up on it: sent on, it expires at
+    once (no line of the worker's: its gateway wrote one), and lets go of its hold after
+    its deadline, as a realtime request does, not at the end of the lane's window."""
+    from schemas.envelope import REPLY_GRACE_S
+    from schemas.errors import VendorUnavailable
+
+    later = Later()
+    budgets = Budgets({"t": BudgetPolicy(limit_usd=1.0)}, lambda t: Spend(), PRICES, later)
+    handler, sink = make(vendor([]), budget=budgets)
+    metered_by(budgets, sink)
+    gone = int((time.time() - REPLY_GRACE_S - 1) * 1000)
+    env = envelope(key="sent-on", ttl=None, gateway_meters_timeout=True, deadline_ms=gone)
+    budgets.keep(env, time.time() + VENDOR_WINDOW_S)  # as the lane kept it
+    cand = CONFIG.models["m"].candidates[0]
+    await handler.deliver_batch(env, cand, VendorUnavailable("the vendor's batch failed"))
+    await asyncio.gather(*handler.spawned)
+    assert sink.ledger == []
+    later.ahead = AFTER_DEADLINE_S
     assert budgets.holds.held("t") == 0.0
