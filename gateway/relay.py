@@ -221,7 +221,8 @@ class Relay:
         lookup = opts.cache == "use" and ttl > 0  # x-relay-cache-ttl: 0 asks for no cache
         if lookup:
             hit = await self.cache.get(key)
-            metrics.REDIS_UP.set(1 if self.cache.l2_healthy else 0)
+            if hit is None or hit[1] != "l1":  # (an L1 hit says nothing of Redis)
+                metrics.REDIS_UP.set(1 if self.cache.l2_healthy else 0)
             if hit is not None:
                 entry, level = hit
                 if entry.young_enough(opts.ttl_s):

@@ -258,6 +258,8 @@ class RelayConfig(Strict):
                     "(30 days) an answer is kept at most"
                 )
         for name, vendor in self.vendors.items():
+            if "/" in name:  # health is kept per "vendor/model", which must split back
+                raise ValueError(f"vendors.{name}: a vendor's name may not hold '/'")
             path = vendor.api_key_file
             if path is not None and not os.access(path, os.R_OK):
                 raise ValueError(f"vendors.{name}.api_key_file: {path} is not a readable file")

@@ -49,6 +49,11 @@ def test_vendor_key_comes_from_the_named_env_var(tmp_path, monkeypatch):
         ),
         (GOOD.replace("{candidates:", "{cache_ttl: -5, candidates:"), "models.m.cache_ttl", "negative"),
         (
+            GOOD.replace("{a: {kind", "{a/east: {kind").replace("vendor: a,", "vendor: a/east,"),
+            "vendors.a/east",
+            "'/'",
+        ),
+        (
             GOOD.replace("{candidates:", "{cache_ttl: 3888000, candidates:"),
             "models.m.cache_ttl",
             "30 days",

@@ -440,3 +440,18 @@ async def test_a_stream_missing_a_chunk_ends_in_an_error_and_is_never_kept(missi
     # Cut mid-stream, the worker is told (nobody reads the rest); at the final, nothing
     # is left to withdraw.
     assert [e.cancel for e in bus.published[1:-1]] == ([True] if missing == 2 else [])
+
+
+async def test_an_l1_hit_leaves_the_redis_gauge_as_the_last_look_at_redis_set_it() -> None:
+    """An L1 hit touches no Redis: it must not say Redis is down (or up) on the word of
+    a look taken long ago, between the health checks that ask Redis itself."""
+    from gateway import metrics
+
+    app, _ = gateway_app(paid())
+    async with client(app) as http:
+        await http.post("/v1/chat/completions", json=BODY)
+        metrics.REDIS_UP.set(1)  # as /readyz's ping left it
+        app.state.relay.cache.l2_healthy = False  # a blip some while ago
+        hit = await http.post("/v1/chat/completions", json=BODY)
+    assert hit.headers["x-relay-cache"] == "hit-l1"
+    assert metrics.REDIS_UP._value.get() == 1

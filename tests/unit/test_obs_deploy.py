@@ -47,13 +47,26 @@ def test_save_rate_may_go_below_zero() -> None:
     assert "min" not in defaults
 
 
-def test_latency_is_per_endpoint() -> None:
-    """Streams and file uploads would otherwise set every endpoint's p99."""
-    panel = next(p for title, p in _panels().items() if title.startswith("Latency p50"))
+def test_latency_is_per_endpoint_and_realtime() -> None:
+    """Streams and file uploads would otherwise set every endpoint's p99, and background
+    work waiting hours for its vendor batch the chat endpoint's."""
+    panel = next(p for title, p in _panels().items() if "latency p50" in title.lower())
     assert panel["targets"]
     for target in panel["targets"]:
         assert "sum by (le, endpoint)" in target["expr"]
+        assert 'priority="realtime"' in target["expr"]
         assert "{{endpoint}}" in target["legendFormat"]
+
+
+def test_the_error_ratio_stat_counts_what_the_alert_counts() -> None:
+    """Its red is the critical alert's threshold: it must measure the same ratio."""
+    stat = next(p for title, p in _panels().items() if title.startswith("Error ratio"))
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    [alert] = [
+        r for g in rules["groups"] for r in g["rules"] if r["alert"] == "RelayHighErrorRatio"
+    ]
+    ratio = alert["expr"].split(" > 0.05")[0].strip()
+    assert stat["targets"][0]["expr"] == ratio.replace("[5m]", "[$__rate_interval]")
 
 
 def _uncommented(text: str, marker: str) -> str:
