@@ -11,11 +11,13 @@ alone)."""
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from schemas.envelope import RequestEnvelope
+from schemas.formats.anthropic import DEFAULT_MAX_TOKENS
 from schemas.usage import Usage, estimated_tokens, prompt_chars
 from tables.budgets import BudgetDecision, BudgetPolicy, Spend, decide, held_back
 from tables.prices import PriceSheet
@@ -24,13 +26,19 @@ from tables.prices import PriceSheet
 # lets go of its hold this long after its deadline.  (One handed to the vendor-batch lane
 # is held longer: see ``Budgets.keep``.)
 AFTER_DEADLINE_S = 60.0
-# The completion a request without max_tokens is held to (as the TPM estimate is).
-DEFAULT_COMPLETION = 256
+# The completion a request without max_tokens is held to: what the relay asks an
+# Anthropic vendor for then (which requires a figure), and a fair guess at an answer of
+# an OpenAI-kind vendor, which sets none.  (The TPM estimate's smaller 256 is a typical
+# answer, for pacing; a hold is a worst case.)
+DEFAULT_COMPLETION = DEFAULT_MAX_TOKENS
 # The most completion a hold counts a request for: about the longest answer any model
 # writes today (128k tokens), so that a client's absurd max_tokens (any positive integer
 # passes the gateway) holds what a real answer could cost, not enough to hold back every
 # other request of its tenant until its own line comes.
 MAX_HELD_COMPLETION = 128_000
+# The most answers (``n``, or legacy completions' ``best_of``) a hold counts: OpenAI's
+# own bound on ``n``.
+MAX_HELD_ANSWERS = 128
 # Whether a request, degraded for the reason given (None: not degraded), would join an
 # identical call under way (the handler knows; ``Budgets`` asks).
 Joins = Callable[[str | None], bool]
@@ -38,8 +46,9 @@ Joins = Callable[[str | None], bool]
 
 def worst_cost(env: RequestEnvelope, prices: PriceSheet) -> float:
     """What ``env`` may cost at most, about: its prompt and the completion it allows (up
-    to ``MAX_HELD_COMPLETION``), at its alias's primary candidate's prices (the degraded
-    or cheaper route costs less)."""
+    to ``MAX_HELD_COMPLETION`` an answer), once for each answer it asks for (``n``, or
+    ``best_of``, which the vendor writes and bills all of), at its alias's primary
+    candidate's prices (the degraded or cheaper route costs less)."""
     body = env.body
     output = 0
     if env.endpoint != "embeddings":
@@ -48,13 +57,24 @@ def worst_cost(env: RequestEnvelope, prices: PriceSheet) -> float:
             or body.get("max_tokens")
             or body.get("max_output_tokens")
         )
-        output = int(limit) if isinstance(limit, int | float) else DEFAULT_COMPLETION
-        output = min(output, MAX_HELD_COMPLETION)
+        answer = _count(limit, DEFAULT_COMPLETION, MAX_HELD_COMPLETION)
+        answers = max(_count(body.get(k), 1, MAX_HELD_ANSWERS) for k in ("n", "best_of"))
+        output = answer * answers
     usage = Usage(input_tokens=estimated_tokens(prompt_chars(body)), output_tokens=output)
     try:
         return prices.direct_cost(env.alias, usage)
     except KeyError:
         return 0.0
+
+
+def _count(given: object, default: int, most: int) -> int:
+    """A count a body gives (tokens, answers), at most ``most``; ``default`` for none, or
+    for anything but a positive number (a producer's envelope may carry any JSON)."""
+    if isinstance(given, bool) or not isinstance(given, int | float):
+        return default
+    if not math.isfinite(given) or given < 1:
+        return default
+    return int(min(given, most))
 
 
 @dataclass(eq=False)

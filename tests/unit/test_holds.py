@@ -90,10 +90,32 @@ def test_the_worst_case_is_the_prompt_and_the_completion_it_allows() -> None:
     capped = request_envelope(body={**long, "max_tokens": 1000})
     uncapped = request_envelope(body=long)
     assert worst_cost(capped, PRICES) == pytest.approx((1000 * 1 + 1000 * 2) / 1e6, rel=0.05)
-    assert worst_cost(uncapped, PRICES) < worst_cost(capped, PRICES), "256 without max_tokens"
     embed = request_envelope(endpoint="embeddings", body={"model": "m", "input": "x" * 4000})
     assert worst_cost(embed, PRICES) == pytest.approx(1000 / 1e6, rel=0.05)
     assert worst_cost(request_envelope(alias="nope", body=long), PRICES) == 0.0
+    # Without max_tokens: what the relay asks an Anthropic vendor for then.
+    from schemas.formats.anthropic import DEFAULT_MAX_TOKENS
+
+    assert DEFAULT_MAX_TOKENS == 4096
+    asked = (1000 * 1 + DEFAULT_MAX_TOKENS * 2) / 1e6
+    assert worst_cost(uncapped, PRICES) == pytest.approx(asked, rel=0.05)
+    for nonsense in (0, -5, True, "lots", float("nan"), float("inf"), None):
+        odd = request_envelope(body={**long, "max_tokens": nonsense, "n": nonsense})
+        assert worst_cost(odd, PRICES) == pytest.approx(asked, rel=0.05), nonsense
+
+
+def test_the_worst_case_counts_every_answer_asked_for() -> None:
+    """``n`` answers (or legacy completions' ``best_of``, all written and billed) may
+    each run to max_tokens; both bounded, as the completion is."""
+    long = {"model": "m", "messages": [{"role": "user", "content": "x" * 4000}]}
+    eight = request_envelope(body={**long, "max_tokens": 1000, "n": 8})
+    assert worst_cost(eight, PRICES) == pytest.approx((1000 * 1 + 8 * 1000 * 2) / 1e6, rel=0.05)
+    legacy = {"model": "m", "prompt": "x" * 4000, "max_tokens": 1000, "n": 2, "best_of": 5}
+    best_of = request_envelope(endpoint="completions", body=legacy)
+    assert worst_cost(best_of, PRICES) == pytest.approx((1000 * 1 + 5 * 1000 * 2) / 1e6, rel=0.05)
+    absurd = request_envelope(body={**long, "max_tokens": 10**12, "n": 10**6})
+    most = 128 * MAX_HELD_COMPLETION * 2 / 1e6
+    assert worst_cost(absurd, PRICES) == pytest.approx(most, rel=0.01)
 
 
 def test_what_is_held_caps_admission_for_seconds_and_never_counts_as_spent() -> None:
