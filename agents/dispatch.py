@@ -64,9 +64,17 @@ KEY_REFUSED_S = 300.0  # a key a vendor refused (401/403) sits out this long
 # Unless a vendor sets its own timeout_s, it has this share of the time left to begin
 # answering while another candidate could take over: a hang leaves that one a quarter.
 SPARE_SHARE = 0.75
-# ...when that share is this long at least: a vendor that has not begun to answer in it
-# has failed (its health, its breaker hear of it), not merely met a client's short deadline.
+# ...when that share is this long at least, so a short deadline is not split in calls
+# that would each be too slow.  A stream that has not begun to answer in it has failed
+# (its health, its breaker hear of it), not merely met a client's short deadline.
 HANG_S = 30.0
+# An unstreamed call is judged on its whole answer, which a healthy vendor may take
+# longer than HANG_S to give (a long generation): one cut at a share shorter than this
+# came from the client's own short deadline, and says nothing of the vendor's health.
+# 90 s is the share of the default 120 s deadline, so a vendor that hangs is still
+# counted by the requests that keep the default, and one that answers within 90 s is
+# never blamed, whatever deadlines its clients set.
+HANG_WHOLE_S = 90.0
 WITHDRAWN = "the batch was cancelled before this line was sent"
 
 
@@ -128,6 +136,18 @@ def begin_limit(adapter: object, remaining: float, spare: bool) -> float:
         return min(float(own), remaining)
     share = remaining * SPARE_SHARE
     return share if spare and share >= HANG_S else remaining
+
+
+def hung(adapter: object, limit: float, *, streamed: bool) -> bool:
+    """Whether a vendor cut at ``limit`` seconds (short of the deadline) before it began
+    to answer has failed, for its health and its breaker: ``limit`` was its own
+    ``timeout_s`` (the operator's figure), or a share of the deadline long enough that no
+    healthy vendor takes it (``HANG_S`` to a stream's first content, ``HANG_WHOLE_S`` to a
+    whole answer).  A shorter share was set by one client's deadline: counting it would
+    let that client open the breaker for everyone."""
+    if getattr(getattr(adapter, "config", None), "timeout_s", None) is not None:
+        return True
+    return limit >= (HANG_S if streamed else HANG_WHOLE_S)
 
 
 class Dispatcher:
@@ -395,8 +415,9 @@ class Dispatcher:
             tried.add(key_index)
             # The vendor's time to begin answering (a stream's first content, a whole
             # answer otherwise), taken as a whole: pings and keep-alives do not stretch
-            # it.  Past it, the vendor failed (counted against its health) and the next
-            # candidate is tried.  The request's deadline coming first is not the
+            # it.  Past it the next candidate is tried, and the vendor is counted as
+            # failed when it hung (``hung``: not when a share of one client's short
+            # deadline cut it).  The request's deadline coming first is not the
             # vendor's fault: the client asked for an answer sooner than this vendor gives
             # one, which says nothing of its health; it is reported as
             # ``deadline_exceeded``, which the metrics count and the breaker leaves be
@@ -417,13 +438,26 @@ class Dispatcher:
                 raise
             except TimeoutError:
                 cut: RelayError
+                blame: RelayError
                 if forwarded or limit >= remaining:
                     cut = DeadlineExceeded(
                         f"no answer from the vendor within the deadline ({remaining:.1f}s)"
                     )
+                    blame = cut
                 else:
+                    # Cut to leave the next candidate time: that one is tried (a
+                    # retryable error), and the vendor is blamed only when it hung.
                     cut = VendorUnavailable(f"{cand.vendor}: no answer began in {limit:.1f}s")
-                await self._report(env, cand, started, cut)
+                    streamed = env.stream and env.endpoint == "chat"
+                    blame = (
+                        cut
+                        if hung(adapter, limit, streamed=streamed)
+                        else DeadlineExceeded(
+                            f"{cand.vendor}: no answer in {limit:.1f}s, its share of the "
+                            "request's deadline"
+                        )
+                    )
+                await self._report(env, cand, started, blame)
                 raise cut from None
             except RelayError as exc:
                 scrubbed(exc, key)

@@ -133,8 +133,9 @@ async def test_a_vendor_that_never_answers_leaves_the_next_one_time_to_answer(
 ) -> None:
     """No timeout_s set: the first vendor has 3/4 of the deadline, then the backup
     answers, and the hang counts against the first vendor's health (the deadline here
-    scaled down from the default 120 s, HANG_S with it)."""
+    scaled down from the default 120 s, HANG_S and HANG_WHOLE_S with it)."""
     monkeypatch.setattr(dispatch_module, "HANG_S", 1.0)
+    monkeypatch.setattr(dispatch_module, "HANG_WHOLE_S", 1.4)
     dispatch, seen, plan = vendors(hangs)
     started = time.monotonic()
     out = await dispatch.run(envelope(2.0), plan, None)
@@ -223,3 +224,56 @@ async def test_an_answer_that_began_in_time_runs_on_past_the_vendor_s_limit() ->
     assert out.error is None and out.candidate == plan[0]
     assert text == "".join(f"w{n} " for n in range(8))
     assert [e.ok for e in seen] == [True]
+
+
+async def test_a_healthy_vendor_cut_at_a_share_of_a_short_deadline_is_not_blamed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client's short deadline (scaled down: HANG_WHOLE_S 3 s stands for 90 s, so
+    1 s stands for 30 s) gives the first vendor 3/4 of it; a healthy vendor answering
+    unstreamed just past that is cut and the backup answers, but the cut came from the
+    client's deadline: the breaker hears ``deadline_exceeded`` and stays closed for
+    everyone else, however many such requests come."""
+    monkeypatch.setattr(dispatch_module, "HANG_S", 0.5)
+    monkeypatch.setattr(dispatch_module, "HANG_WHOLE_S", 3.0)
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.85)
+        message = {**MESSAGE_START["message"], "content": [{"type": "text", "text": "late"}],
+                   "stop_reason": "end_turn"}  # fmt: skip
+        return httpx.Response(200, json=message)
+
+    dispatch, seen, plan = vendors(slow)
+    outs = await asyncio.gather(*(dispatch.run(envelope(1.0), plan, None) for _ in range(6)))
+    assert all(o.error is None and o.candidate == plan[1] for o in outs)
+    first = [e for e in seen if e.vendor == "anthropic"]
+    assert [e.error_code for e in first] == ["deadline_exceeded"] * 6
+    health = Health()
+    for e in first:
+        health = record(health, e, BreakerPolicy(), time.time())
+    assert health.state == "closed" and health.consecutive_failures == 0
+
+
+async def test_a_stream_that_has_not_begun_within_its_share_still_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stream is judged on its first content, which no healthy vendor holds back for
+    HANG_S: cut at a share that long (scaled down: 1.5 s of a 2 s deadline, HANG_S 1 s),
+    its silence counts against its health, whatever the whole-answer floor."""
+    monkeypatch.setattr(dispatch_module, "HANG_S", 1.0)
+
+    async def pings() -> AsyncIterator[bytes]:
+        yield event("message_start", MESSAGE_START)
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            yield event("ping", {"type": "ping"})
+
+    dispatch, seen, plan = vendors(streaming(pings))
+    got: list[dict[str, Any]] = []
+
+    async def sink(chunk: dict[str, Any]) -> None:
+        got.append(chunk)
+
+    out = await dispatch.run(envelope(2.0, stream=True), plan, sink)
+    assert out.error is None and out.candidate == plan[1]
+    assert (seen[0].vendor, seen[0].error_code) == ("anthropic", "vendor_unavailable")
