@@ -39,6 +39,9 @@ MAX_HELD_COMPLETION = 128_000
 # The most answers (``n``, or legacy completions' ``best_of``) a hold counts: OpenAI's
 # own bound on ``n``.
 MAX_HELD_ANSWERS = 128
+# Settled holds the expiry heap may keep beyond as many as are live, before it is rebuilt
+# without them (see ``Holds._compact``).
+SETTLED_KEPT = 1024
 # Whether a request, degraded for the reason given (None: not degraded), would join an
 # identical call under way (the handler knows; ``Budgets`` asks).
 Joins = Callable[[str | None], bool]
@@ -130,6 +133,7 @@ class Holds:
         cache hit) lets go of nothing."""
         if request_id is not None and (hold := self._by_request.get((tenant, request_id))):
             self._drop(hold)
+            self._compact()
 
     def _add(self, tenant: str, usd: float, until: float, key: tuple[str, str]) -> _Hold:
         hold = _Hold(tenant, usd, until, key)
@@ -154,6 +158,16 @@ class Holds:
         now = self.clock()
         while self._expiring and self._expiring[0][0] <= now:
             self._drop(heapq.heappop(self._expiring)[2])
+
+    def _compact(self) -> None:
+        """Rebuild the expiry heap without settled holds once they outnumber the live
+        ones (and ``SETTLED_KEPT``): a settled hold leaves the heap only at its ``until``,
+        a day away for a request sent in a vendor batch, so a busy lane would otherwise
+        keep a day of answered requests in memory.  Each rebuild drops at least half the
+        heap, so it costs O(1) a settle over time."""
+        if len(self._expiring) > 2 * len(self._by_request) + SETTLED_KEPT:
+            self._expiring = [entry for entry in self._expiring if entry[2].live]
+            heapq.heapify(self._expiring)
 
 
 class Budgets:

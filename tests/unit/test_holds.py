@@ -67,6 +67,24 @@ def test_a_request_handled_again_holds_once() -> None:
     assert holds.held("t") == pytest.approx(0.3)
 
 
+def test_settled_holds_do_not_stay_in_memory_until_their_expiry() -> None:
+    """Requests sent in vendor batches hold for a day; once answered, their holds go,
+    not a day later (a busy lane would keep a day of answered requests)."""
+    from tables.holds import SETTLED_KEPT
+
+    clock = Clock(EPOCH)
+    holds = Holds(clock)
+    for n in range(5 * SETTLED_KEPT):
+        holds.take("t", f"req-{n}", 0.001, until=clock.now + 86_400)
+        if n % 10:
+            holds.settle("t", f"req-{n}")
+    live = len(range(0, 5 * SETTLED_KEPT, 10))
+    assert len(holds._expiring) <= 2 * live + SETTLED_KEPT + 1
+    assert holds.held("t") == pytest.approx(live * 0.001)
+    clock.now += 86_401
+    assert holds.held("t") == 0.0 and not holds._expiring
+
+
 def test_a_line_settles_only_its_own_request_s_hold() -> None:
     """Lines of other requests (a refusal, a count of tokens, no correlation id at all)
     never let go of an admitted request's hold, whatever trace id they share."""
