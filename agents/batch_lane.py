@@ -113,8 +113,14 @@ class BatchLane:
         journal: LaneJournal | None = None,
         cancelled: Callable[[RequestEnvelope], Awaitable[bool]] | None = None,
         on_adopted: Adopted | None = None,
+        on_dropped: Adopted | None = None,
     ) -> None:
         self.adapters = adapters
+        # Told the requests this lane will not answer after all, though it took them:
+        # another worker's vendor batch carries them already, or another worker took over
+        # the batch this one followed.  What the caller keeps for them (their budget
+        # holds) is that worker's now.
+        self.on_dropped = on_dropped
         # Told the requests of a vendor batch adopted here that are not answered yet:
         # what the worker that sent it kept in memory for them (the deadline timers of
         # those a gateway waits on) died with it, and is the caller's to set up again.
@@ -280,6 +286,7 @@ class BatchLane:
             read = not any(isinstance(got, VendorAnswerUnreadable) for got in results.values())
         except _LeaseLost:
             log.warning("batch %s was taken over by another worker", batch.id)
+            self._dropped(batch.envelopes)
             return
         except RelayError as exc:  # it failed as a whole, or could not be read back
             log.warning("batch to %s/%s failed: %s", cand.vendor, cand.model, exc)
@@ -290,6 +297,7 @@ class BatchLane:
             results = dict.fromkeys(_ids(items), unread)
         if leased and not await self._still_mine(batch.id):
             log.warning("batch %s was taken over by another worker", batch.id)
+            self._dropped(batch.envelopes)
             return
         await self._deliver_all(items, results, journaled=batch if leased else None)
         # Cleaned once no adopter can need it: struck from the journal (or never in it).
@@ -332,7 +340,12 @@ class BatchLane:
             return items
         if carried:
             log.warning("%d requests are in a vendor batch already: not sent again", len(carried))
+            self._dropped([env for env, _ in items if env.correlation_id in carried])
         return [item for item in items if item[0].correlation_id not in carried]
+
+    def _dropped(self, envs: list[RequestEnvelope]) -> None:
+        if self.on_dropped is not None and envs:
+            self.on_dropped(envs)
 
     async def adopt(self) -> int:
         """Take over the vendor batches whose worker stopped renewing its lease (it died);

@@ -531,6 +531,13 @@ class RequestHandler:
             else:
                 self._arm(env)
 
+    def dropped(self, envs: list[RequestEnvelope]) -> None:
+        """Requests the batch lane took but another worker answers (its vendor batch
+        carries them, or it took over the batch): their holds are that worker's, and go
+        here, or the tenant would be held twice until the vendor's window ends."""
+        for env in envs:
+            self.budget.keep(env, time.time())
+
     async def _lane_deadline(self, env: RequestEnvelope) -> None:
         self._lane_deadlines.pop(env.correlation_id, None)
         late = DeadlineExceeded("the vendor batch did not answer within the request's deadline")

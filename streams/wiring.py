@@ -367,6 +367,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         journal=journal,
         cancelled=line_cancelled,
         on_adopted=handler.adopted,  # the deadlines its first worker kept are set again
+        on_dropped=handler.dropped,  # and the holds of those another worker answers go
     )
     in_flight: set[asyncio.Task[None]] = set()
     batch_results = app.topic(

@@ -871,3 +871,45 @@ async def test_a_batch_still_in_the_journal_keeps_what_it_left_at_the_vendor(
     batch_vendor.calls = [("r0", VendorCall("m", {}, "k"))]  # type: ignore[attr-defined]
     await lane._follow(batch, "k", leased=True)
     assert len(got) == 1 and cleaned == []
+
+
+async def test_requests_another_worker_answers_are_handed_back_to_the_caller() -> None:
+    """Two the journal says another worker's vendor batch carries, and the whole batch a
+    worker loses to an adopter: each is told ``on_dropped`` (its holds go), never sent
+    or answered here."""
+    dropped: list[str] = []
+    carried_envs = [envelope(), envelope()]
+
+    class Carrying(MemoryJournal):
+        async def carried(self, ids: list[str]) -> set[str]:
+            return {env.correlation_id for env in carried_envs} & set(ids)
+
+    class Lost(Carrying):
+        async def renew(self, batch_id: str) -> bool:
+            return False  # adopted by another worker meanwhile
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        raise AssertionError("answered by the other worker")
+
+    def on_dropped(envs: list[RequestEnvelope]) -> None:
+        dropped.extend(env.correlation_id for env in envs)
+
+    vendor = ScriptedBatches(["done"])
+    lane = BatchLane(
+        {"v": vendor}, {"v": KeyPool(["k"])}, LaneRule(max_size=2, poll_s=0.001), deliver,
+        journal=Carrying(), on_dropped=on_dropped,  # type: ignore[arg-type]
+    )  # fmt: skip
+    for env in carried_envs:
+        lane.submit(env, CAND)
+    await asyncio.gather(*list(lane._tasks))
+    assert sorted(dropped) == sorted(e.correlation_id for e in carried_envs)
+    assert vendor.calls == [], "not sent again"
+    dropped.clear()
+    mine = envelope()
+    lane = BatchLane(
+        {"v": ScriptedBatches([None])}, {"v": KeyPool(["k"])}, LaneRule(poll_s=0.001), deliver,
+        journal=Lost(), on_dropped=on_dropped,  # type: ignore[arg-type]
+    )  # fmt: skip
+    batch = VendorBatch(id="b", candidate=CAND, key_index=0, envelopes=[mine])
+    await lane._follow(batch, "k", leased=True)
+    assert dropped == [mine.correlation_id]

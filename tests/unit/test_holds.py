@@ -486,3 +486,15 @@ async def test_a_lane_request_sent_on_the_realtime_way_is_held_as_one_again() ->
     assert sink.ledger == []
     later.ahead = AFTER_DEADLINE_S
     assert budgets.holds.held("t") == 0.0
+
+
+def test_a_request_another_worker_answers_lets_go_of_its_hold_here() -> None:
+    """The batch lane hands back what another worker's vendor batch carries (or a batch
+    another worker took over): the handler drops their holds, which are that worker's."""
+    budgets = Budgets({"t": BudgetPolicy(limit_usd=100.0)}, lambda tenant: Spend(), PRICES)
+    handler, _ = make(vendor([]), budget=budgets)
+    env = envelope(key="elsewhere")
+    budgets.keep(env, time.time() + VENDOR_WINDOW_S)
+    assert budgets.holds.held("t") > 0
+    handler.dropped([env])
+    assert budgets.holds.held("t") == 0.0
