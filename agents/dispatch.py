@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -61,6 +61,22 @@ Late = tuple[Candidate, asyncio.Future[VendorResult]]
 # API line whose batch was cancelled): True, and it is not sent.
 Withdrawn = Callable[[], Awaitable[bool]]
 KEY_REFUSED_S = 300.0  # a key a vendor refused (401/403) sits out this long
+
+
+class MayCall(Protocol):
+    """The router's word on calling a candidate now (``Router.may_call``): its breaker
+    read again, and whether a probe of one not closed is this worker's to send.  Asked
+    with ``spend`` false before a candidate's gate (a look), then with it true once the
+    gate let the call through, just before it goes (the probe is the call's)."""
+
+    def __call__(self, cand: Candidate, *, spend: bool = True) -> bool: ...
+
+
+class _Passed(Exception):
+    """The router said no just before the call, after the gate let it through: its
+    breaker opened meanwhile, or another request took the probe.  Nothing went out."""
+
+
 # Unless a vendor sets its own timeout_s, it has this share of the time left to begin
 # answering while another candidate could take over: a hang leaves that one a quarter.
 SPARE_SHARE = 0.75
@@ -189,7 +205,7 @@ class Dispatcher:
         admit_tenant: bool = True,
         settle_tenant: bool | None = None,
         progress: Progress | None = None,
-        may_call: Callable[[Candidate], bool] | None = None,
+        may_call: MayCall | None = None,
         withdrawn: Withdrawn | None = None,
     ) -> Outcome:
         """Try the plan (up to ``max_rounds`` passes) before the envelope's deadline.
@@ -199,8 +215,10 @@ class Dispatcher:
         ``RateLimited`` — which the handler may answer by routing cheaper, in a second
         run with ``admit_tenant`` false: the tenant's TPM estimate then stays taken until
         that run settles it (``settle_tenant``; by default a run settles what it
-        admitted).  ``may_call`` is asked just before each candidate is called (the
-        router's half-open probes are spent by calls, not by plans).  ``withdrawn``, given
+        admitted).  ``may_call`` is asked before each candidate's gate and again once
+        the gate let it through, just before it is called: a breaker that opened while
+        the request waited at the gate or between rounds is not called, and the router's
+        half-open probes are spent by calls, not by plans.  ``withdrawn``, given
         for a Batch API line only (the realtime path awaits nothing more), is asked once
         the tenant's gate has let the request through, before each vendor's gate and
         again before each attempt: a line may wait at the gates and between retries for
@@ -239,7 +257,7 @@ class Dispatcher:
         out: Outcome,
         vendor_wait_s: float | None,
         progress: Progress | None,
-        may_call: Callable[[Candidate], bool] | None,
+        may_call: MayCall | None,
         withdrawn: Withdrawn | None = None,
     ) -> Outcome:
         sent_any = False
@@ -255,7 +273,9 @@ class Dispatcher:
                 await on_chunk(chunk)
 
         last: RelayError | None = None
-        probe_spent = False  # a candidate skipped: its probe went with another request
+        # A candidate passed over: its breaker opened since the plan, or its probe went
+        # with another request.
+        passed = False
         deadline = env.deadline_ms / 1000
         held = [0.0] * len(plan)  # when each candidate's vendor said it may be called again
         for round_no in range(self.max_rounds):
@@ -271,9 +291,9 @@ class Dispatcher:
                     return streamed.bill(out, env.body)
                 if held[i] > time.time():
                     continue  # its Retry-After has not passed: not called again yet
-                if may_call is not None and not may_call(cand):
-                    probe_spent = True
-                    continue  # a probe of a breaker another request is sending
+                if may_call is not None and not may_call(cand, spend=False):
+                    passed = True
+                    continue  # not worth a wait at its gate
                 out.attempts += 1
                 # Another candidate that could take over if this one hangs.
                 spare = any(h != math.inf for j, h in enumerate(held) if j != i)
@@ -286,7 +306,12 @@ class Dispatcher:
                         streamed,
                         spare=spare,
                         withdrawn=withdrawn,
+                        may_call=may_call,
                     )
+                except _Passed:
+                    out.attempts -= 1  # nothing was called
+                    passed = True
+                    continue
                 except RateLimited as err:
                     last = err  # our own bucket: another candidate may have room
                     continue
@@ -304,9 +329,9 @@ class Dispatcher:
                 out.candidate, out.body, out.usage = cand, result.body, result.usage
                 out.batched = result.shared
                 return out
-            if last is None and out.attempts == 0 and probe_spent:
-                # Planned as the probe another request sent first (both waited at a gate
-                # in between): nothing was called, so say at once what a request planned
+            if last is None and out.attempts == 0 and passed:
+                # Planned as the probe another request sent first, or to a breaker that
+                # opened since: nothing was called, so say at once what a request planned
                 # a moment later hears, not "every candidate failed" after backing off.
                 out.error = NoHealthyVendor(
                     "every vendor for this model is failing or rate-limited; try again shortly",
@@ -380,6 +405,7 @@ class Dispatcher:
         *,
         spare: bool = False,
         withdrawn: Withdrawn | None = None,
+        may_call: MayCall | None = None,
     ) -> VendorResult:
         adapter = self.adapters[cand.vendor]
         pool = self.pools[cand.vendor]
@@ -392,6 +418,16 @@ class Dispatcher:
         rpm = [] if self._windowed(env) else [f"vendor:{cand.vendor}"]
         tpm = f"vendor-tpm:{cand.vendor}"
         await self._admit(env, rpm, [tpm], cap_s=wait_s)
+        try:
+            if withdrawn is not None and await withdrawn():
+                raise BatchCancelled(WITHDRAWN)
+            if may_call is not None and not may_call(cand):
+                raise _Passed
+        except BaseException:  # withdrawn, passed over or stopped: nothing went out
+            self._settle(env, tpm, Usage())
+            for key in rpm:
+                self.gate.settle(key, 1.0, 0.0)
+            raise
         forwarded = False
         window: asyncio.Timeout | None = None
 
@@ -408,9 +444,13 @@ class Dispatcher:
         tried: set[int] = set()  # keys this attempt used: each one call at most
         spared: set[int] = set()  # keys given back once: a shared call went with another's
         while True:
-            if withdrawn is not None and await withdrawn():
-                self._settle(env, tpm, Usage())  # admitted, never sent: the estimate goes back
-                raise BatchCancelled(WITHDRAWN)
+            if tried and withdrawn is not None:  # another key's turn: asked again
+                try:
+                    if await withdrawn():
+                        raise BatchCancelled(WITHDRAWN)
+                except BaseException:  # admitted, never sent: the estimate goes back
+                    self._settle(env, tpm, Usage())
+                    raise
             remaining = env.deadline_ms / 1000 - time.time()
             key_index, key = pool.pick(skip=tried)
             tried.add(key_index)

@@ -32,7 +32,6 @@ class Router:
         self.rng = rng or random.Random()
         self.policy = BreakerPolicy(**config.breaker.model_dump())
         self._probes: dict[str, float] = {}  # when this worker last sent a probe, per key
-        self._probing: set[str] = set()  # keys planned while their breaker was not closed
 
     def healths(self, candidates: list[Candidate]) -> dict[str, Health]:
         out: dict[str, Health] = {}
@@ -111,29 +110,34 @@ class Router:
             h = healths[key]
             if not available(h, self.policy, now):
                 continue
-            if h.state != "closed":
-                if now - self._probes.get(key, 0.0) < self.policy.open_s:
-                    continue
-                self._probing.add(key)
-            elif self._probing:
-                self._probing.discard(key)
+            if h.state != "closed" and now - self._probes.get(key, 0.0) < self.policy.open_s:
+                continue  # this worker's probe is out
             out.append(c)
         return out
 
-    def may_call(self, cand: Candidate) -> bool:
-        """Whether ``cand`` may be called now, asked just before the call: yes, unless
-        it was planned as a probe of a breaker not closed and this worker sent one within
-        ``open_s`` (for another request).  The call spends the probe, so a candidate
-        planned behind one that answers keeps its probe for a request that needs it."""
-        if not self._probing:
-            return True
+    def may_call(self, cand: Candidate, *, spend: bool = True) -> bool:
+        """Whether ``cand`` may be called now, asked just before the call (after any wait
+        at the rate limits, and again each round): its breaker is read again, as a plan
+        may be seconds old and the breaker opened (or a Retry-After came) since; and a
+        call to a breaker not closed is a probe, one per worker per ``open_s``.  The call
+        spends the probe, so a candidate planned behind one that answers keeps its probe
+        for a request that needs it; ``spend`` false only looks."""
         key = health_key(cand.vendor, cand.model)
-        if key not in self._probing:
-            return True
+        raw = self.view(key)
+        if not raw:
+            return True  # never heard of: closed
         now = time.time()
-        if now - self._probes.get(key, 0.0) < self.policy.open_s:
+        if raw.get("state") == "closed" and float(raw.get("retry_after_until") or 0.0) <= now:
+            return True  # the usual case, without reading the whole record
+        h = Health.model_validate(raw)
+        if not available(h, self.policy, now):
             return False
-        self._probes[key] = now
+        if h.state == "closed":
+            return True
+        if now - self._probes.get(key, 0.0) < self.policy.open_s:
+            return False  # this worker's probe is out, with another request
+        if spend:
+            self._probes[key] = now
         return True
 
     def _or_refuse(

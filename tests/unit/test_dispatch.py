@@ -546,7 +546,7 @@ async def test_a_probe_another_request_sent_first_is_a_503_with_retry_after_at_o
         backoffs.append(round_no)
 
     dispatch._backoff = no_backoff  # type: ignore[method-assign,assignment]
-    out = await dispatch.run(within(5), [CAND], None, may_call=lambda cand: False)
+    out = await dispatch.run(within(5), [CAND], None, may_call=lambda cand, spend=True: False)
     assert out.error is not None and out.error.code == "no_healthy_vendor"
     assert out.error.retry_after == 1.0 and out.error.status == 503
     assert calls == [] and backoffs == [] and out.attempts == 0

@@ -288,3 +288,50 @@ async def test_a_call_degraded_by_rate_pressure_is_charged_to_its_tenant_s_tpm()
     assert sink.ledger[-1].status == "ok" and sink.ledger[-1].degraded == "rate_pressure"
     bucket = gate.bucket("tenant-tpm:t")
     assert bucket is not None and bucket.tokens == pytest.approx(1000 - 50, abs=1)
+
+
+async def test_a_breaker_that_opened_during_the_gate_wait_is_not_called() -> None:
+    """A request planned while the primary's breaker was closed waits at the primary's
+    RPM bucket; meanwhile the breaker opens.  Once the gate lets it through the router is
+    asked again: the primary is not called, its request slot goes back, and the fallback
+    answers."""
+    table: dict[str, Any] = {}
+    router = Router(TWO, table.get)
+    gate = PriorityGate()
+    gate.configure(
+        "vendor:a", TokenBucket(capacity=1, refill_per_s=10, tokens=0, updated=time.monotonic())
+    )
+    a, b = Vendor(), Vendor()
+    dispatch, _ = dispatcher({"a": a, "b": b}, gate=gate)
+    plan = router.plan("m", time.time())
+    assert [c.vendor for c in plan] == ["a", "b"]
+    run = asyncio.create_task(dispatch.run(within(5.0), plan, None, may_call=router.may_call))
+    await asyncio.sleep(0.02)
+    assert gate.waiting == 1  # at the primary's gate
+    opened = Health(state="open", opened_at=time.time(), consecutive_failures=5)
+    table["a/primary"] = opened.model_dump()
+    out = await run
+    assert out.error is None and out.candidate == plan[1]
+    assert (a.calls, b.calls) == (0, 1)
+    assert gate.bucket("vendor:a").tokens > 0.5  # type: ignore[union-attr]
+
+
+async def test_a_breaker_that_opened_after_round_one_is_not_called_in_round_two() -> None:
+    """The vendor fails and its failures open the breaker (here at once) before the
+    second round: the second round reads the breaker again and leaves the vendor be."""
+    table: dict[str, Any] = {}
+    router = Router(TWO, table.get)
+    a = Vendor(VendorUnavailable)
+
+    dispatch, seen = dispatcher({"a": a})
+
+    async def opens(ev: HealthEvent) -> None:
+        seen.append(ev)
+        opened = Health(state="open", opened_at=time.time(), consecutive_failures=5)
+        table["a/primary"] = opened.model_dump()
+
+    dispatch.on_health = opens
+    primary = [Candidate(vendor="a", model="primary")]
+    out = await dispatch.run(within(5.0), primary, None, may_call=router.may_call)
+    assert isinstance(out.error, VendorUnavailable)
+    assert a.calls == 1

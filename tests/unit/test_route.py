@@ -111,3 +111,25 @@ def test_a_degraded_request_tries_degrade_to_before_an_unpriced_candidate_of_its
     )
     planned = Router(config, {}.get).plan("chat", NOW, degraded=True)
     assert [c.model for c in planned] == ["tiny", "local", "big"]
+
+
+def test_may_call_reads_the_breaker_again_after_the_plan() -> None:
+    """A plan may be seconds old by the call (a wait at the gate, a second round): a
+    breaker that opened since says no; one past its open period lets this worker's one
+    probe through, and no second until it is told."""
+    import time
+
+    table: dict[str, Any] = {}
+    router = Router(CONFIG, table.get, random.Random(0))
+    stable = CONFIG.models["m"].candidates[0]
+    assert router.may_call(stable)
+    table["a/stable"] = Health(
+        state="open", opened_at=time.time(), consecutive_failures=5
+    ).model_dump()
+    assert not router.may_call(stable)
+    table["a/stable"] = Health(state="open", opened_at=time.time() - 60).model_dump()
+    assert router.may_call(stable, spend=False) and router.may_call(stable, spend=False)
+    assert router.may_call(stable)  # the probe
+    assert not router.may_call(stable) and not router.may_call(stable, spend=False)
+    table["a/stable"] = Health(retry_after_until=time.time() + 30).model_dump()
+    assert not router.may_call(stable), "a Retry-After that came since the plan holds"
