@@ -60,6 +60,9 @@ Late = tuple[Candidate, asyncio.Future[VendorResult]]
 # Asked before each vendor attempt of a request that may be withdrawn meanwhile (a Batch
 # API line whose batch was cancelled): True, and it is not sent.
 Withdrawn = Callable[[], Awaitable[bool]]
+# Gives back the half-open probe a call took (``Router.release``) when the health table
+# will never hear of that call: nothing else would free it before ``open_s``.
+Release = Callable[[Candidate], None]
 KEY_REFUSED_S = 300.0  # a key a vendor refused (401/403) sits out this long
 
 
@@ -75,6 +78,18 @@ class MayCall(Protocol):
 class _Passed(Exception):
     """The router said no just before the call, after the gate let it through: its
     breaker opened meanwhile, or another request took the probe.  Nothing went out."""
+
+
+@dataclass
+class _Heard:
+    """Whether an attempt's call was let through by the router (``may_call``: it may
+    have taken a probe) and whether the health table hears of it (reported by the
+    attempt, or by the first caller of a window-batched call it rode).  Let through and
+    never heard of (stopped, refused by our own gate, withdrawn), it gives back the probe
+    it may have taken."""
+
+    asked: bool = False
+    heard: bool = False
 
 
 # Unless a vendor sets its own timeout_s, it has this share of the time left to begin
@@ -207,6 +222,7 @@ class Dispatcher:
         progress: Progress | None = None,
         may_call: MayCall | None = None,
         withdrawn: Withdrawn | None = None,
+        release: Release | None = None,
     ) -> Outcome:
         """Try the plan (up to ``max_rounds`` passes) before the envelope's deadline.
 
@@ -218,7 +234,10 @@ class Dispatcher:
         admitted).  ``may_call`` is asked before each candidate's gate and again once
         the gate let it through, just before it is called: a breaker that opened while
         the request waited at the gate or between rounds is not called, and the router's
-        half-open probes are spent by calls, not by plans.  ``withdrawn``, given
+        half-open probes are spent by calls, not by plans; ``release`` gives a probe back
+        when its call ends unheard by the health table (stopped, refused by our own gate
+        for a window-batched call, withdrawn), and a token count, which reports no
+        outcome, asks neither.  ``withdrawn``, given
         for a Batch API line only (the realtime path awaits nothing more), is asked once
         the tenant's gate has let the request through, before each vendor's gate and
         again before each attempt: a line may wait at the gates and between retries for
@@ -227,6 +246,7 @@ class Dispatcher:
         out = Outcome()
         if env.endpoint == "count_tokens":  # only vendors that count can answer it
             plan = [c for c in plan if self.counts(c.vendor)]
+            may_call = None  # its own endpoint, no outcome reported: it spends no probe
         if not plan:
             out.error = NoHealthyVendor(f"no healthy vendor for `{env.alias}`; try again shortly")
             return out
@@ -234,7 +254,7 @@ class Dispatcher:
             await self._admit(env, [f"tenant:{env.tenant}"], [f"tenant-tpm:{env.tenant}"])
         try:
             return await self._run(
-                env, plan, on_chunk, out, vendor_wait_s, progress, may_call, withdrawn
+                env, plan, on_chunk, out, vendor_wait_s, progress, may_call, withdrawn, release
             )
         finally:
             # Kept whatever the outcome: a share of a call that went out is billed even when
@@ -259,6 +279,7 @@ class Dispatcher:
         progress: Progress | None,
         may_call: MayCall | None,
         withdrawn: Withdrawn | None = None,
+        release: Release | None = None,
     ) -> Outcome:
         sent_any = False
 
@@ -297,6 +318,7 @@ class Dispatcher:
                 out.attempts += 1
                 # Another candidate that could take over if this one hangs.
                 spare = any(h != math.inf for j, h in enumerate(held) if j != i)
+                told = _Heard()
                 try:
                     result = await self._attempt(
                         env,
@@ -307,6 +329,7 @@ class Dispatcher:
                         spare=spare,
                         withdrawn=withdrawn,
                         may_call=may_call,
+                        told=told,
                     )
                 except _Passed:
                     out.attempts -= 1  # nothing was called
@@ -326,6 +349,9 @@ class Dispatcher:
                         # A stream that broke part way: the vendor bills what it sent.
                         return streamed.bill(out, env.body)
                     continue
+                finally:
+                    if told.asked and not told.heard and release is not None:
+                        release(cand)
                 out.candidate, out.body, out.usage = cand, result.body, result.usage
                 out.batched = result.shared
                 return out
@@ -406,6 +432,7 @@ class Dispatcher:
         spare: bool = False,
         withdrawn: Withdrawn | None = None,
         may_call: MayCall | None = None,
+        told: _Heard | None = None,
     ) -> VendorResult:
         adapter = self.adapters[cand.vendor]
         pool = self.pools[cand.vendor]
@@ -418,6 +445,7 @@ class Dispatcher:
         rpm = [] if self._windowed(env) else [f"vendor:{cand.vendor}"]
         tpm = f"vendor-tpm:{cand.vendor}"
         await self._admit(env, rpm, [tpm], cap_s=wait_s)
+        told = told or _Heard()
         try:
             if withdrawn is not None and await withdrawn():
                 raise BatchCancelled(WITHDRAWN)
@@ -428,6 +456,7 @@ class Dispatcher:
             for key in rpm:
                 self.gate.settle(key, 1.0, 0.0)
             raise
+        told.asked = may_call is not None  # the call may be a probe: this one's to send
         forwarded = False
         window: asyncio.Timeout | None = None
 
@@ -498,6 +527,7 @@ class Dispatcher:
                             "request's deadline"
                         )
                     )
+                told.heard = True
                 await self._report(env, cand, started, blame)
                 raise cut from None
             except RelayError as exc:
@@ -541,6 +571,7 @@ class Dispatcher:
                     continue
                 if not forwarded:
                     self._settle(env, tpm, Usage())  # refused: nothing was used
+                told.heard = True  # here, or by the window's first caller when it rode
                 if not exc.rode:  # a window-batched call's failure: reported once
                     await self._report(env, cand, started, exc)
                 raise
@@ -562,9 +593,11 @@ class Dispatcher:
                 err = VendorUnavailable(
                     f"{cand.vendor}: the vendor's answer could not be read ({what})"
                 )
+                told.heard = True
                 await self._report(env, cand, started, err)
                 raise err from None
             self._settle(env, tpm, result.usage)
+            told.heard = True  # here, or by the window's first caller when it rode
             if not result.rode:  # a window-batched call: one call, one outcome
                 await self._report(env, cand, started, None, cost_of(cand, result.usage))
             return result

@@ -7,6 +7,7 @@ alias's ``degrade_to`` alias when it names one.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import time
@@ -32,6 +33,8 @@ class Router:
         self.rng = rng or random.Random()
         self.policy = BreakerPolicy(**config.breaker.model_dump())
         self._probes: dict[str, float] = {}  # when this worker last sent a probe, per key
+        # Which request's task sent it: only that one gives it back (``release``).
+        self._probers: dict[str, asyncio.Task[Any] | None] = {}
 
     def healths(self, candidates: list[Candidate]) -> dict[str, Health]:
         out: dict[str, Health] = {}
@@ -138,7 +141,19 @@ class Router:
             return False  # this worker's probe is out, with another request
         if spend:
             self._probes[key] = now
+            self._probers[key] = _task()
         return True
+
+    def release(self, cand: Candidate) -> None:
+        """Give back the probe of ``cand`` this request's call took, when the health
+        table will never hear of that call (stopped, refused by our own gate, withdrawn):
+        the breaker would stay open for ``open_s`` more on this worker for no outcome.  A
+        probe another request took is not touched, so a call that was not the probe can
+        never free a second one."""
+        key = health_key(cand.vendor, cand.model)
+        task = _task()
+        if task is not None and self._probers.get(key) is task:
+            del self._probes[key], self._probers[key]
 
     def _or_refuse(
         self, ranked: list[Candidate], cands: list[Candidate], now: float
@@ -159,3 +174,11 @@ class Router:
             digest = hashlib.sha256(f"{alias}:{user}".encode()).digest()
             return int.from_bytes(digest[:8], "big") / 2**64 < share
         return self.rng.random() < share
+
+
+def _task() -> asyncio.Task[Any] | None:
+    """The request's task (None outside an event loop)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None

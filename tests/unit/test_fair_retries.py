@@ -335,3 +335,80 @@ async def test_a_breaker_that_opened_after_round_one_is_not_called_in_round_two(
     out = await dispatch.run(within(5.0), primary, None, may_call=router.may_call)
     assert isinstance(out.error, VendorUnavailable)
     assert a.calls == 1
+
+
+class Counter(Vendor):
+    """Counts tokens too (Anthropic's count_tokens)."""
+
+    async def count_tokens(self, call: VendorCall) -> int:
+        self.calls += 1
+        return 7
+
+
+async def test_a_token_count_does_not_spend_the_probe() -> None:
+    """count_tokens reports no health outcome: a count sent to a breaker due for a probe
+    leaves the probe to the chat that follows, which closes the breaker."""
+    router = Router(TWO, due_for_a_probe("a/primary").get)
+    a, b = Counter(), Counter()
+    dispatch, seen = dispatcher({"a": a, "b": b})
+    plan = router.plan("m", time.time())
+    count = request_envelope(endpoint="count_tokens")
+    counted = await dispatch.run(count, plan, None, may_call=router.may_call)
+    assert counted.error is None and counted.candidate == plan[0] and seen == []
+    chat = await dispatch.run(
+        request_envelope(), router.plan("m", time.time()), None, may_call=router.may_call
+    )
+    assert chat.error is None and chat.candidate == plan[0]
+    assert [(e.vendor, e.ok) for e in seen] == [("a", True)], "the chat was the probe"
+
+
+async def test_a_call_our_own_gate_refuses_does_not_spend_the_probe() -> None:
+    """The probe's request waits at the vendor's RPM bucket past its deadline and gets
+    our own 429: nothing went out, so the next request still has the probe."""
+    router = Router(TWO, due_for_a_probe("a/primary").get)
+    gate = PriorityGate()
+    gate.configure(
+        "vendor:a", TokenBucket(capacity=1, refill_per_s=1, tokens=0, updated=time.monotonic())
+    )
+    a = Vendor()
+    dispatch, _ = dispatcher({"a": a}, gate=gate)
+    primary = [Candidate(vendor="a", model="primary")]
+    refused = await dispatch.run(within(0.3), primary, None, may_call=router.may_call)
+    assert isinstance(refused.error, RateLimited) and a.calls == 0
+    assert router.may_call(primary[0], spend=False), "the probe is still this worker's"
+
+
+async def test_a_probe_call_that_is_stopped_gives_the_probe_back() -> None:
+    """The probe's client goes away (or the worker stops) before the vendor answers: the
+    call is cancelled and never reported, so the probe is given back for the next
+    request instead of holding the breaker open on this worker for open_s."""
+    router = Router(TWO, due_for_a_probe("a/primary").get)
+    a = Vendor(delay=5.0)
+    dispatch, seen = dispatcher({"a": a})
+    primary = [Candidate(vendor="a", model="primary")]
+    run = asyncio.create_task(
+        dispatch.run(within(10.0), primary, None, may_call=router.may_call, release=router.release)
+    )
+    await asyncio.sleep(0.05)
+    assert a.calls == 1 and not router.may_call(primary[0], spend=False), "the probe is out"
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert seen == [] and router.may_call(primary[0], spend=False)
+
+
+def test_only_the_request_that_took_the_probe_gives_it_back() -> None:
+    """A call that was not the probe (sent while the breaker was closed, say) ending
+    unheard frees nothing: only the probing request's task gives its probe back."""
+    router = Router(TWO, due_for_a_probe("a/primary").get)
+    primary = Candidate(vendor="a", model="primary")
+
+    async def probe() -> None:
+        assert router.may_call(primary)
+
+    async def other() -> None:
+        router.release(primary)
+
+    asyncio.run(probe())
+    asyncio.run(other())
+    assert not router.may_call(primary, spend=False)
