@@ -2,13 +2,14 @@
 
 On top of the alias's strategy: a canary share goes to the new version first (sticky per
 end user when asked), and a degraded request is sent to the cheapest candidates — of the
-alias's ``degrade_to`` alias when it names one.
+alias's ``degrade_to`` alias when it names one, none dearer than the alias's own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import random
 import time
 from collections.abc import Callable
@@ -16,7 +17,15 @@ from typing import Any
 
 from schemas.config import Candidate, ModelAlias, RelayConfig, Strategy
 from schemas.errors import ModelNotFound, NoHealthyVendor
-from tables.health import BreakerPolicy, Health, available, available_at, health_key, rank
+from tables.health import (
+    BreakerPolicy,
+    Health,
+    available,
+    available_at,
+    blended_price,
+    health_key,
+    rank,
+)
 
 
 class Router:
@@ -61,7 +70,8 @@ class Router:
     ) -> list[Candidate]:
         """Candidates in the order to try them, unavailable ones left out.  Degraded, the
         cheapest first: of ``degrade_to`` when ``tenant`` may use that alias (a tenant held
-        to some models, for data residency say, is never sent elsewhere), then its own."""
+        to some models, for data residency say, is never sent elsewhere) and no dearer
+        than the alias's own cheapest available one, then its own."""
         spec = self.spec(alias)
         if degraded:
             target = (
@@ -69,15 +79,21 @@ class Router:
                 if spec.degrade_to and self.may_use(tenant, spec.degrade_to)
                 else None
             )
-            cheaper = self.spec(target).candidates if target else []
+            # The alias's own, cheapest first: its normal route costs at least the first.
+            own = self._available(spec.candidates, "cheapest", now)
+            # Of degrade_to's candidates, only those no dearer than that: a cheaper
+            # alias's pricey fallback (its quality pick, say) must not make the "cheaper"
+            # route dearer than the one it replaces.
+            ceiling = _cheapest_priced(own or spec.candidates)
+            offered = self.spec(target).candidates if target else []
+            cheaper = [c for c in offered if blended_price(c) <= ceiling]
             # The alias's own candidates behind degrade_to's, each cheapest first (not all
             # in one ranking: an unpriced candidate of the alias's own would come first):
             # a cheaper alias that is down must not turn a tenant at 80 % of its budget
             # away while the alias is up.
-            own = [c for c in spec.candidates if c not in cheaper]
             return self._or_refuse(
-                self._available(cheaper, "cheapest", now) + self._available(own, "cheapest", now),
-                cheaper + own,
+                self._available(cheaper, "cheapest", now) + [c for c in own if c not in cheaper],
+                cheaper + [c for c in spec.candidates if c not in cheaper],
                 now,
             )
         cands = spec.candidates
@@ -174,6 +190,12 @@ class Router:
             digest = hashlib.sha256(f"{alias}:{user}".encode()).digest()
             return int.from_bytes(digest[:8], "big") / 2**64 < share
         return self.rng.random() < share
+
+
+def _cheapest_priced(cands: list[Candidate]) -> float:
+    """The lowest blended price among ``cands`` that have one (unpriced is unknown, not
+    free: it sets no ceiling); infinite when none has."""
+    return min((p for c in cands if (p := blended_price(c)) > 0), default=math.inf)
 
 
 def _task() -> asyncio.Task[Any] | None:

@@ -133,3 +133,50 @@ def test_may_call_reads_the_breaker_again_after_the_plan() -> None:
     assert not router.may_call(stable) and not router.may_call(stable, spend=False)
     table["a/stable"] = Health(retry_after_until=time.time() + 30).model_dump()
     assert not router.may_call(stable), "a Retry-After that came since the plan holds"
+
+
+def test_a_degraded_plan_is_never_dearer_than_the_alias_s_own_route():
+    """degrade_to's own fallback (a dear quality pick) is left out of the degraded plan
+    when it costs more than the alias's cheapest available candidate: with the cheap
+    model down, a tenant past degrade_at is served by the alias itself, not a model six
+    times its price."""
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {
+                "o": {"kind": "openai", "base_url": "http://o/v1"},
+                "an": {"kind": "anthropic", "base_url": "http://an/v1"},
+            },
+            "models": {
+                "gpt-4o": {
+                    "degrade_to": "cheap",
+                    "candidates": [
+                        {"vendor": "o", "model": "gpt-4o", "input_per_1m": 2.5, "output_per_1m": 10}
+                    ],
+                },
+                "cheap": {
+                    "strategy": "quality",
+                    "candidates": [
+                        {
+                            "vendor": "o",
+                            "model": "mini",
+                            "input_per_1m": 0.15,
+                            "output_per_1m": 0.6,
+                            "quality": 1,
+                        },
+                        {
+                            "vendor": "an",
+                            "model": "opus",
+                            "input_per_1m": 15,
+                            "output_per_1m": 75,
+                            "quality": 3,
+                        },
+                    ],
+                },
+            },
+            "tenants": {"t": {}},
+        }
+    )
+    healthy = Router(config, {}.get, random.Random(0))
+    assert [c.model for c in healthy.plan("gpt-4o", NOW, degraded=True)] == ["mini", "gpt-4o"]
+    down = Router(config, {"o/mini": broken()}.get, random.Random(0))
+    assert [c.model for c in down.plan("gpt-4o", NOW, degraded=True)] == ["gpt-4o"]
