@@ -299,6 +299,7 @@ class Dispatcher:
         passed = False
         deadline = env.deadline_ms / 1000
         held = [0.0] * len(plan)  # when each candidate's vendor said it may be called again
+        errs: list[RelayError | None] = [None] * len(plan)  # each one's last error
         for round_no in range(self.max_rounds):
             for i, cand in enumerate(plan):
                 if deadline - time.time() <= 0:
@@ -336,12 +337,20 @@ class Dispatcher:
                     passed = True
                     continue
                 except RateLimited as err:
-                    last = err  # our own bucket: another candidate may have room
+                    # Our own bucket: another candidate may have room; this one has none
+                    # before the wait it named.
+                    last = errs[i] = err
+                    held[i] = max(held[i], time.time() + (err.retry_after or 0.0))
                     continue
                 except RelayError as err:
-                    last = err
+                    last = errs[i] = err
                     if err.retry_after:
                         held[i] = time.time() + err.retry_after
+                    if isinstance(err, VendorRateLimited):
+                        # Every key of its pool is sitting out (it tried each free one):
+                        # none is called again, next round, before the first is back, so a
+                        # 429 without Retry-After is not answered by a call 50 ms later.
+                        held[i] = max(held[i], time.time() + self.pools[cand.vendor].wait())
                     if err.final_for_candidate:
                         held[i] = math.inf  # it would say the same again: not next round
                     if not err.retryable or sent_any:
@@ -370,7 +379,7 @@ class Dispatcher:
                 break  # every vendor asked to wait past the deadline: say so now, not later
             if round_no + 1 < self.max_rounds:
                 await self._backoff(env, round_no, min(held))
-        out.error = last or NoHealthyVendor("every candidate failed")
+        out.error = _verdict(held, errs, last)
         return streamed.bill(out, env.body)
 
     async def _admit(
@@ -713,6 +722,28 @@ class Dispatcher:
                 cost=cost,
             )
         )
+
+
+def _verdict(
+    held: list[float], errs: list[RelayError | None], last: RelayError | None
+) -> RelayError:
+    """The error a request no candidate answered ends with: the last one, unless no
+    candidate may be called now (each asked to wait, by its Retry-After, its benched keys
+    or our own bucket, or is ruled out).  Then the client hears the soonest of those
+    waits, counted from now: when a retry can be served, not the last candidate's longer
+    wait, nor a 502 without any while another candidate said when.  Our own bucket's
+    ``RateLimited`` stays what it is when it came last (the handler may route a request
+    it held too long cheaper), carrying that soonest wait."""
+    now = time.time()
+    if last is None:
+        return NoHealthyVendor("every candidate failed")
+    waits = [(until, err) for until, err in zip(held, errs, strict=True) if err is not None]
+    if min(held) <= now or not any(until < math.inf for until, _ in waits):
+        return last  # a candidate may be called now: its error says more than a wait
+    until, err = min(waits, key=lambda w: w[0])
+    chosen = last if isinstance(last, RateLimited) else err
+    chosen.retry_after = max(0.0, until - now)
+    return chosen
 
 
 def hollow(chunk: dict[str, Any]) -> bool:

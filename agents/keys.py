@@ -41,6 +41,13 @@ class KeyPool:
         now = self._clock()
         return any(u <= now for i, u in enumerate(self._benched_until) if i not in skip)
 
+    def wait(self) -> float:
+        """Seconds until some key is free again (0.0 when one is now, or the pool has
+        none): how long a call to this vendor would wait for a key it may use."""
+        if not self._keys:
+            return 0.0
+        return max(0.0, min(self._benched_until) - self._clock())
+
     def key(self, index: int) -> str:
         """The key at ``index`` (recorded earlier); the next usable one if it is gone."""
         if 0 <= index < len(self._keys):

@@ -16,7 +16,7 @@ from agents.dispatch import Dispatcher, Outcome
 from agents.keys import KeyPool
 from schemas.config import Candidate
 from schemas.envelope import HealthEvent
-from schemas.errors import VendorRateLimited
+from schemas.errors import VendorAuthFailed, VendorRateLimited
 from schemas.usage import Usage
 from tables.health import BreakerPolicy, Health, record
 from tests.support.envelopes import request_envelope
@@ -68,7 +68,7 @@ async def test_a_retry_after_past_the_deadline_is_said_at_once_not_retried_into(
     assert len(vendor.calls) == 1, "not called again inside its Retry-After"
     assert time.monotonic() - started < 0.5, "the 429 goes back now, not at the deadline"
     assert out.error is not None and out.error.code == "vendor_rate_limited"
-    assert out.error.retry_after == 30.0
+    assert out.error.retry_after == pytest.approx(30.0, abs=0.1)  # counted from now
 
 
 async def test_a_short_retry_after_is_waited_out_before_the_next_call():
@@ -578,3 +578,74 @@ async def test_a_second_key_s_wait_that_fails_gives_the_vendor_tpm_estimate_back
     out = await dispatch.run(env, [CAND], None)
     assert out.error is not None and out.error.status == 429
     assert tpm.tokens == pytest.approx(full, abs=1.0), "the estimate came back"
+
+
+class Refusing:
+    """Always raises ``err``, noting when it was called and with which key."""
+
+    def __init__(self, err: Any) -> None:
+        self.err = err
+        self.calls: list[tuple[float, str]] = []
+
+    async def chat(self, call: Any) -> VendorResult:
+        self.calls.append((time.monotonic(), call.api_key))
+        raise self.err("refused") if isinstance(self.err, type) else self.err
+
+    def stream(self, call: Any) -> Any:
+        raise NotImplementedError
+
+
+def several(vendors: dict[str, Any], keys: int = 1, gate: Any = None) -> Dispatcher:
+    async def on_health(ev: HealthEvent) -> None:
+        pass
+
+    pools = {name: KeyPool([f"k{i}" for i in range(keys)]) for name in vendors}
+    return Dispatcher(vendors, pools, on_health, gate=gate)
+
+
+async def test_a_pool_whose_every_key_is_benched_is_not_called_again_before_one_is_back():
+    """Three keys, each 429 without Retry-After (benched 1 s): the second round waits
+    for the keys to be back (each tried once again) instead of calling the first again
+    50 ms after its 429."""
+    vendor = Refusing(VendorRateLimited("429"))
+    out = await several({"a": vendor}, keys=3).run(within(5.0), [CAND], None)
+    assert out.error is not None and out.error.code == "vendor_rate_limited"
+    assert [key for _, key in vendor.calls] == ["k0", "k1", "k2"] * 2
+    assert vendor.calls[3][0] - vendor.calls[0][0] >= 0.95, "not inside the key's bench"
+
+
+async def test_a_429_without_retry_after_tells_the_client_when_a_key_is_back():
+    vendor = Refusing(VendorRateLimited("429"))
+    out = await several({"a": vendor}, keys=2).run(within(0.5), [CAND], None)
+    assert out.error is not None and out.error.code == "vendor_rate_limited"
+    assert len(vendor.calls) == 2, "no key free before the deadline: said at once"
+    assert out.error.retry_after is not None and 0.8 < out.error.retry_after <= 1.0
+
+
+async def test_our_own_limits_tell_the_client_the_soonest_wait_not_the_last():
+    """Two candidates our own buckets hold past the deadline, 5 s and 200 s: the client's
+    Retry-After is 5, not the last candidate's 200."""
+    from tables.buckets import PriorityGate, TokenBucket
+
+    now = time.monotonic()
+    gate = PriorityGate()
+    gate.configure("vendor:a", TokenBucket(capacity=1, refill_per_s=0.2, tokens=0, updated=now))
+    gate.configure("vendor:b", TokenBucket(capacity=1, refill_per_s=0.005, tokens=0, updated=now))
+    a, b = Refusing(VendorRateLimited("429")), Refusing(VendorRateLimited("429"))
+    plan = [CAND, Candidate(vendor="b", model="y")]
+    out = await several({"a": a, "b": b}, gate=gate).run(within(1.0), plan, None)
+    assert out.error is not None and out.error.code == "rate_limited"
+    assert out.error.retry_after == pytest.approx(5.0, abs=0.2)
+    assert a.calls == b.calls == []
+
+
+async def test_a_candidate_ruled_out_does_not_hide_another_s_retry_after():
+    """The first candidate asks for 20 s, the second rejects every key (ruled out for the
+    request): the client hears the 429 and its Retry-After, not a 502 without one."""
+    a = Refusing(VendorRateLimited("429", retry_after=20.0))
+    b = Refusing(VendorAuthFailed)
+    plan = [CAND, Candidate(vendor="b", model="y")]
+    out = await several({"a": a, "b": b}).run(within(5.0), plan, None)
+    assert out.error is not None and out.error.code == "vendor_rate_limited"
+    assert out.error.retry_after == pytest.approx(20.0, abs=0.2)
+    assert len(a.calls) == len(b.calls) == 1

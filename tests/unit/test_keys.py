@@ -36,3 +36,16 @@ def test_every_key_benched_gives_the_one_back_soonest() -> None:
     pool.bench(0, 30)
     pool.bench(1, 10)
     assert pool.pick() == (1, "sk-b") and not pool.free()
+
+
+def test_wait_is_the_time_until_the_first_key_is_back() -> None:
+    clock = Clock()
+    pool = KeyPool(["sk-a", "sk-b"], clock=clock)
+    assert pool.wait() == 0.0
+    pool.bench(0, 20)
+    assert pool.wait() == 0.0, "another key is free"
+    pool.bench(1, 5)
+    assert pool.wait() == 5.0
+    clock.now = 6
+    assert pool.wait() == 0.0
+    assert KeyPool([]).wait() == 0.0
