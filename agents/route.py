@@ -25,6 +25,7 @@ from tables.health import (
     blended_price,
     health_key,
     rank,
+    stale_latency,
 )
 
 
@@ -44,6 +45,8 @@ class Router:
         self._probes: dict[str, float] = {}  # when this worker last sent a probe, per key
         # Which request's task sent it: only that one gives it back (``release``).
         self._probers: dict[str, asyncio.Task[Any] | None] = {}
+        # When this worker last sent a call to measure a stale latency again, per key.
+        self._explored: dict[str, float] = {}
 
     def healths(self, candidates: list[Candidate]) -> dict[str, Health]:
         out: dict[str, Health] = {}
@@ -132,7 +135,23 @@ class Router:
             if h.state != "closed" and now - self._probes.get(key, 0.0) < self.policy.open_s:
                 continue  # this worker's probe is out
             out.append(c)
+        if strategy == "latency":
+            self._explore(out, healths, now)
         return out
+
+    def _explore(self, ranked: list[Candidate], healths: dict[str, Health], now: float) -> None:
+        """Put first, for this one plan, a candidate whose latency figure is stale (no
+        success in the health window: ranked behind, so unused): once per window per
+        worker, so a vendor that became fast is found again at the cost of one request a
+        minute, where ranking it as untried sent it every request until its first answer
+        was folded."""
+        for i, c in enumerate(ranked[1:], start=1):
+            key = health_key(c.vendor, c.model)
+            due = now - self._explored.get(key, -math.inf) >= self.policy.window_s
+            if due and stale_latency(healths[key], now, self.policy):
+                self._explored[key] = now
+                ranked.insert(0, ranked.pop(i))
+                return
 
     def may_call(self, cand: Candidate, *, spend: bool = True) -> bool:
         """Whether ``cand`` may be called now, asked just before the call (after any wait

@@ -182,6 +182,10 @@ def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Hea
     h = h.model_copy(deep=True)
     h.calls += 1
     started = now - ev.latency_ms / 1000  # when the call went out
+    # A latency figure no success in the window backs (the candidate unused a while):
+    # its next success measures it afresh rather than moving an old figure a fifth of
+    # the way, so a vendor that became fast is ranked so after one call.
+    measured_afresh = stale_latency(h, now, policy)
     client_fault = not ev.ok and ev.error_code in NOT_THE_VENDORS
     if (
         h.state == "open"
@@ -210,7 +214,8 @@ def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Hea
         h.consecutive_rate_limited = 0
         # Only successes feed the EWMAs: a fast error would make a broken vendor
         # look like the quickest one to the latency strategy.
-        h.latency_ewma_ms = _ewma(h.latency_ewma_ms, ev.latency_ms, policy.ewma_alpha)
+        old = None if measured_afresh else h.latency_ewma_ms
+        h.latency_ewma_ms = _ewma(old, ev.latency_ms, policy.ewma_alpha)
         h.cost_ewma = _ewma(h.cost_ewma, ev.cost, policy.ewma_alpha)
         if h.state == "half_open" and not late:
             # A fresh start: the failures that opened the breaker must not re-open it.
@@ -293,15 +298,28 @@ def success_rate(h: Health, now: float, policy: BreakerPolicy = DEFAULT_POLICY) 
 
 
 def recent_latency(h: Health, now: float, policy: BreakerPolicy = DEFAULT_POLICY) -> float:
-    """The latency EWMA, while the health window holds a success to back it; else 0.0,
-    as for an untried candidate: a vendor measured slow long ago is tried (and measured)
-    again, rather than ranked last on an old figure for good."""
+    """The latency EWMA; 0.0 for a candidate never measured, so it is tried first and
+    measured.  A figure the health window no longer backs (``stale_latency``) still
+    counts: read as untried, it sent every request, on every worker, to a candidate known
+    slow until its first answer came back.  The router sends a stale candidate one call
+    per worker and window instead, to measure it again (``Router._explore``)."""
+    return h.latency_ewma_ms or 0.0
+
+
+def stale_latency(h: Health, now: float, policy: BreakerPolicy = DEFAULT_POLICY) -> bool:
+    """Whether ``h`` has a latency figure but no success in the health window to back
+    it: measured long ago, unused since (ranked last), and due to be measured again."""
     if not h.latency_ewma_ms:
-        return 0.0
+        return False
     horizon = now - policy.window_s
-    if any(b.ok for b in h.window if b.start + policy.bucket_s > horizon):
-        return h.latency_ewma_ms
-    return 0.0
+    return not any(b.ok for b in h.window if b.start + policy.bucket_s > horizon)
+
+
+def expected_latency(h: Health, now: float, policy: BreakerPolicy = DEFAULT_POLICY) -> float:
+    """The latency EWMA over the success rate: what a call to this candidate costs in
+    time once its failures (each a wasted attempt before a fallback) are counted.  A fast
+    vendor failing 40 % of calls ranks behind one a little slower that answers."""
+    return recent_latency(h, now, policy) / success_rate(h, now, policy)
 
 
 def blended_price(c: Candidate) -> float:
@@ -319,8 +337,8 @@ def score(
     """The strategy's primary score; higher is tried first.
 
     cheapest: minus the blended price.  quality: the configured quality.  latency: minus
-    the latency EWMA (unknown, or with no success in the window, counts as 0 so new and
-    long-unused candidates get tried).  weighted: the
+    the expected latency, the EWMA over the success rate (unknown counts as 0 so new
+    candidates get tried).  weighted: the
     effective weight, weight x success rate / (1 + latency_s) / (1 + cost_per_call / $0.001),
     drawn from proportionally: a candidate loses half its share for every second of
     latency and for every tenth of a cent a call costs, over the health window.
@@ -331,7 +349,7 @@ def score(
     if strategy == "quality":
         return float(candidate.quality)
     if strategy == "latency":
-        return -latency
+        return -expected_latency(h, now, policy)
     cost = h.cost_ewma or 0.0
     return (
         candidate.weight
@@ -396,4 +414,4 @@ def rank(
         return sorted(live, key=lambda c: (blended_price(c), latency(c)))
     if strategy == "quality":
         return sorted(live, key=lambda c: (-c.quality, blended_price(c), latency(c)))
-    return sorted(live, key=lambda c: (latency(c), blended_price(c)))
+    return sorted(live, key=lambda c: (expected_latency(health(c), now, policy), blended_price(c)))

@@ -28,6 +28,7 @@ from tables.health import (
     rank,
     record,
     score,
+    stale_latency,
     success_rate,
 )
 
@@ -288,15 +289,28 @@ def test_latency_tries_unmeasured_candidates_first() -> None:
     assert names(rank([CHEAP, BEST, MID], hs, "latency", T0, random.Random()))[0] == "mid"
 
 
-def test_a_latency_with_no_success_in_the_window_is_measured_again() -> None:
-    """Measured slow an hour ago and never called since (always ranked last): once the
-    window holds no success of it, its old EWMA no longer counts, and it is tried first,
-    as an unmeasured one is, so a vendor that became fast is found again."""
-    hs = _healths(cheap=50.0, best=300.0)
+def test_a_stale_latency_keeps_its_rank_and_its_next_success_measures_it_afresh() -> None:
+    """Measured slow an hour ago and unused since: its old figure still ranks it last
+    (read as untried, it drew every request until its first answer was folded), and
+    the next success replaces that figure instead of moving it a fifth of the way."""
+    hs = _healths(cheap=3000.0, best=300.0)
     hs[health_key("a", "cheap")].window = [OutcomeBucket(start=T0 - 3600, ok=1)]
-    assert names(rank([BEST, CHEAP], hs, "latency", T0, random.Random()))[0] == "cheap"
-    hs[health_key("a", "cheap")] = measured(3000.0)
-    assert names(rank([BEST, CHEAP], hs, "latency", T0, random.Random())) == ["best", "cheap"]
+    assert stale_latency(hs[health_key("a", "cheap")], T0)
+    assert names(rank([CHEAP, BEST], hs, "latency", T0, random.Random())) == ["best", "cheap"]
+    again = record(hs[health_key("a", "cheap")], ok(latency_ms=150.0), POLICY, T0)
+    assert again.latency_ewma_ms == 150.0 and not stale_latency(again, T0)
+    blended = record(again, ok(latency_ms=1150.0), POLICY, T0 + 1)
+    assert blended.latency_ewma_ms == pytest.approx(0.8 * 150 + 0.2 * 1150)
+
+
+def test_latency_counts_a_candidate_s_failures_against_its_speed() -> None:
+    """100 ms but failing 40 % of calls (each a wasted attempt before a fallback) ranks
+    behind 150 ms that answers: 100 / 0.6 is more than 150."""
+    flaky = measured(100.0)
+    flaky.window = [OutcomeBucket(start=T0, ok=6, fail=4)]
+    hs = {health_key("a", "cheap"): flaky, health_key("c", "best"): measured(150.0)}
+    assert names(rank([CHEAP, BEST], hs, "latency", T0, random.Random())) == ["best", "cheap"]
+    assert score(flaky, CHEAP, "latency", T0) == pytest.approx(-100.0 * 11 / 7)
 
 
 def test_weighted_picks_in_proportion_to_effective_weight() -> None:

@@ -180,3 +180,36 @@ def test_a_degraded_plan_is_never_dearer_than_the_alias_s_own_route():
     assert [c.model for c in healthy.plan("gpt-4o", NOW, degraded=True)] == ["mini", "gpt-4o"]
     down = Router(config, {"o/mini": broken()}.get, random.Random(0))
     assert [c.model for c in down.plan("gpt-4o", NOW, degraded=True)] == ["gpt-4o"]
+
+
+def test_a_stale_latency_is_measured_by_one_call_per_window_per_worker() -> None:
+    """The slow candidate of a latency alias has had no call for a window (the fast one
+    answers them all): one plan on this worker puts it first to measure it again; the
+    others keep the fast one first until the next window."""
+    from tables.health import OutcomeBucket
+
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {"a": {"kind": "openai", "base_url": "http://a/v1"}},
+            "models": {
+                "fast-first": {
+                    "strategy": "latency",
+                    "candidates": [
+                        {"vendor": "a", "model": "fast", "input_per_1m": 1},
+                        {"vendor": "a", "model": "slow", "input_per_1m": 1},
+                    ],
+                }
+            },
+            "tenants": {"t": {}},
+        }
+    )
+    fresh = [OutcomeBucket(start=NOW, ok=5)]
+    old = [OutcomeBucket(start=NOW - 3600, ok=5)]
+    table = {
+        "a/fast": Health(latency_ewma_ms=200, window=fresh).model_dump(),
+        "a/slow": Health(latency_ewma_ms=5000, window=old).model_dump(),
+    }
+    router = Router(config, table.get, random.Random(0))
+    firsts = [router.plan("fast-first", NOW + i * 0.1)[0].model for i in range(100)]
+    assert firsts.count("slow") == 1 and firsts[0] == "slow"
+    assert router.plan("fast-first", NOW + 61)[0].model == "slow"  # the next window
