@@ -478,7 +478,8 @@ class RequestHandler:
         except RelayError:
             return False
         cand = next((c for c in plan if self.lane.accepts(c)), None)
-        if cand is None or not self.router.may_call(cand):
+        # (a look only: a vendor batch reports no outcome, so it must not spend the probe)
+        if cand is None or not self.router.may_call(cand, spend=False):
             return False
         self.lane.submit(env, cand)
         # Its line comes when its vendor batch is read back, maybe a day from now (its
@@ -654,6 +655,7 @@ class RequestHandler:
             vendor_wait_s=wait_s,
             progress=progress,
             may_call=may_call,
+            release=self.router.release,
             withdrawn=withdrawn,
         )
         if wait_s is not None and isinstance(outcome.error, RateLimited):
@@ -680,6 +682,7 @@ class RequestHandler:
                 settle_tenant=True,
                 progress=progress,
                 may_call=may_call,
+                release=self.router.release,
                 withdrawn=withdrawn,
             )
             outcome.late[:0] = cut

@@ -498,3 +498,21 @@ def test_a_request_another_worker_answers_lets_go_of_its_hold_here() -> None:
     assert budgets.holds.held("t") > 0
     handler.dropped([env])
     assert budgets.holds.held("t") == 0.0
+
+
+async def test_a_background_request_handed_to_the_batch_lane_spends_no_breaker_probe() -> None:
+    """A vendor batch reports no outcome to the health table: handing a request to the
+    lane only looks at a half-open breaker, so the worker's one probe is still there for
+    a realtime call that will say how the vendor is."""
+    from tables.health import Health
+
+    table: dict[str, Any] = {}
+    handler, _ = make(vendor([]))
+    handler.router.view = table.get
+    handler.lane = Lane()  # type: ignore[assignment]
+    cand = handler.router.plan("m", time.time())[0]
+    key = f"{cand.vendor}/{cand.model}"
+    table[key] = Health(state="open", opened_at=time.time() - 3600).model_dump()
+    await handler.handle(envelope(key="bg-probe", priority=Priority.background))
+    assert handler.lane.taken, "it went to the lane"  # type: ignore[attr-defined]
+    assert handler.router.may_call(cand), "the probe is still this worker's to send"
