@@ -85,7 +85,7 @@ class Budget(Protocol):
 
     def __call__(self, env: RequestEnvelope, joins: Joins) -> BudgetDecision | None: ...
 
-    def keep(self, env: RequestEnvelope, until: float) -> None: ...
+    def keep(self, env: RequestEnvelope, until: float, *, share: float = 1.0) -> None: ...
 
 
 class _NoBudget:
@@ -94,7 +94,7 @@ class _NoBudget:
     def __call__(self, env: RequestEnvelope, joins: Joins) -> BudgetDecision | None:
         return None
 
-    def keep(self, env: RequestEnvelope, until: float) -> None:
+    def keep(self, env: RequestEnvelope, until: float, *, share: float = 1.0) -> None:
         return None
 
 
@@ -333,7 +333,8 @@ class RequestHandler:
         if decision.retry_after_s is not None:
             return RateLimited(
                 f"tenant `{env.tenant}` has requests in flight that may reach its budget "
-                "for this period; try again in a few seconds",
+                "for this period (vendor batches among them, when the wait is long); try "
+                "again after the Retry-After",
                 retry_after=decision.retry_after_s,
             )
         if decision.throttle and decision.resets_at is not None:
@@ -478,15 +479,18 @@ class RequestHandler:
         except RelayError:
             return False
         cand = next((c for c in plan if self.lane.accepts(c)), None)
-        # (a look only: a vendor batch reports no outcome, so it must not spend the probe)
-        if cand is None or not self.router.may_call(cand, spend=False):
+        # Closed breakers only: a vendor batch reports no outcome, so it can neither be
+        # the probe nor go to a vendor no probe has said is back (the realtime way can).
+        if cand is None or not self.router.closed(cand):
             return False
         self.lane.submit(env, cand)
         # Its line comes when its vendor batch is read back, maybe a day from now (its
         # deadline's 504 is unmetered), so its hold lasts till then, not till just after
         # its deadline: bounded by the wait for the batch to go out and the vendor's
         # window, past which the lane answers it (and meters it) whatever happened.
-        self.budget.keep(env, time.time() + self.lane.rule.max_age_s + VENDOR_WINDOW_S)
+        until = time.time() + self.lane.rule.max_age_s + VENDOR_WINDOW_S
+        share = 1.0 - self.discounts.get(cand.vendor, 0.0)  # billed at the batch price
+        self.budget.keep(env, until, share=share)
         if env.gateway_meters_timeout:
             # A gateway waits on it, and a vendor batch may outlast the request's
             # deadline: the worker answers 504 at the deadline itself, before the gateway

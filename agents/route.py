@@ -179,6 +179,16 @@ class Router:
             self._probers[key] = _task()
         return True
 
+    def closed(self, cand: Candidate) -> bool:
+        """Whether ``cand``'s breaker is closed and no Retry-After holds it: what work
+        that reports no outcome (a vendor batch) asks, never spending a probe, and never
+        going to a vendor whose probe has not said it is back."""
+        raw = self.view(health_key(cand.vendor, cand.model))
+        if not raw:
+            return True
+        h = Health.model_validate(raw)
+        return h.state == "closed" and available(h, self.policy, time.time())
+
     def release(self, cand: Candidate) -> None:
         """Give back the probe of ``cand`` this request's call took, when the health
         table will never hear of that call (stopped, refused by our own gate, withdrawn):

@@ -105,6 +105,9 @@ def _kept_start(s: Spend, period: Period) -> float:
 # length, after which most of those requests have written their lines (and let go of
 # their holds), and the spend they counted says whether there is room.
 IN_FLIGHT_RETRY_S = 5.0
+# ... and when vendor batches alone hold what would pass it (their lines come when their
+# batch ends, minutes or hours away): a minute, not a loop of retries every 5 s.
+LASTING_RETRY_S = 60.0
 
 
 def counted(policy: BudgetPolicy, spend: Spend, now: float) -> float:
@@ -141,7 +144,12 @@ def decide(policy: BudgetPolicy, spend: Spend, now: float) -> BudgetDecision:
 
 
 def held_back(
-    policy: BudgetPolicy, spend: Spend, now: float, held: float, worst: float
+    policy: BudgetPolicy,
+    spend: Spend,
+    now: float,
+    held: float,
+    worst: float,
+    lasting: float = 0.0,
 ) -> BudgetDecision | None:
     """A short 429 for a request whose ``worst`` case, on top of the spend counted and
     what other requests in flight ``held``, would pass the limit; None when it may go.
@@ -151,13 +159,16 @@ def held_back(
     seconds (until those in flight write their lines), not the period.  A request that
     finds nothing held goes ahead whatever its worst case (alone it passes the limit by
     one request at most), or a tenant whose requests may each cost more than what is
-    left would be refused for good with money still in its budget."""
+    left would be refused for good with money still in its budget.  Of ``held``,
+    ``lasting`` is what requests in vendor batches hold: when those alone would pass it,
+    the wait is ``LASTING_RETRY_S``."""
     spent = counted(policy, spend, now)
     if held <= 0.0 or spent + held + worst <= policy.limit_usd:
         return None
+    long_wait = lasting > 0.0 and spent + lasting + worst > policy.limit_usd
     return BudgetDecision(
         action="refuse",
         reason="budget_in_flight",
         remaining_usd=max(0.0, policy.limit_usd - spent),
-        retry_after_s=IN_FLIGHT_RETRY_S,
+        retry_after_s=LASTING_RETRY_S if long_wait else IN_FLIGHT_RETRY_S,
     )

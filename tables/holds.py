@@ -26,6 +26,9 @@ from tables.prices import PriceSheet
 # lets go of its hold this long after its deadline.  (One handed to the vendor-batch lane
 # is held longer: see ``Budgets.keep``.)
 AFTER_DEADLINE_S = 60.0
+# A hold this long or longer is a request sent in a vendor batch, metered when its batch
+# ends (hours maybe): a request held back by such holds is told to wait longer.
+LASTING_S = 600.0
 # The completion a request without max_tokens is held to: what the relay asks an
 # Anthropic vendor for then (which requires a figure), and a fair guess at an answer of
 # an OpenAI-kind vendor, which sets none.  (The TPM estimate's smaller 256 is a typical
@@ -87,6 +90,7 @@ class _Hold:
     until: float
     key: tuple[str, str]  # (tenant, correlation id)
     live: bool = True
+    lasting: bool = False  # held for LASTING_S or more (a request in a vendor batch)
 
 
 class Holds:
@@ -107,6 +111,7 @@ class Holds:
         self._by_request: dict[tuple[str, str], _Hold] = {}
         self._expiring: list[tuple[float, int, _Hold]] = []  # a heap, by ``until``
         self._held: dict[str, float] = {}
+        self._lasting: dict[str, float] = {}  # of those, holds of LASTING_S or more
         self._count = 0
 
     def held(self, tenant: str, besides: str | None = None) -> float:
@@ -117,6 +122,13 @@ class Holds:
         if besides is not None and (own := self._by_request.get((tenant, besides))):
             total -= own.usd
         return total if total > 1e-12 else 0.0  # (float dust is nothing held)
+
+    def lasting(self, tenant: str) -> float:
+        """USD the tenant's holds of ``LASTING_S`` or more hold now (requests in vendor
+        batches, metered when their batch ends, hours maybe)."""
+        self._expire()
+        total = self._lasting.get(tenant, 0.0)
+        return total if total > 1e-12 else 0.0
 
     def take(self, tenant: str, request_id: str, usd: float, until: float) -> None:
         """Hold ``usd`` for a request until its line is written (or ``until``, epoch
@@ -136,21 +148,21 @@ class Holds:
             self._compact()
 
     def _add(self, tenant: str, usd: float, until: float, key: tuple[str, str]) -> _Hold:
-        hold = _Hold(tenant, usd, until, key)
+        hold = _Hold(tenant, usd, until, key, lasting=until - self.clock() >= LASTING_S)
         self._count += 1
         heapq.heappush(self._expiring, (until, self._count, hold))
-        self._held[tenant] = self._held.get(tenant, 0.0) + usd
+        _add_to(self._held, tenant, usd)
+        if hold.lasting:
+            _add_to(self._lasting, tenant, usd)
         return hold
 
     def _drop(self, hold: _Hold) -> None:
         if not hold.live:
             return
         hold.live = False
-        left = self._held.get(hold.tenant, 0.0) - hold.usd
-        if left > 1e-12:
-            self._held[hold.tenant] = left
-        else:
-            self._held.pop(hold.tenant, None)  # and float dust with it
+        _add_to(self._held, hold.tenant, -hold.usd)
+        if hold.lasting:
+            _add_to(self._lasting, hold.tenant, -hold.usd)
         if self._by_request.get(hold.key) is hold:
             del self._by_request[hold.key]
 
@@ -168,6 +180,14 @@ class Holds:
         if len(self._expiring) > 2 * len(self._by_request) + SETTLED_KEPT:
             self._expiring = [entry for entry in self._expiring if entry[2].live]
             heapq.heapify(self._expiring)
+
+
+def _add_to(totals: dict[str, float], tenant: str, usd: float) -> None:
+    left = totals.get(tenant, 0.0) + usd
+    if left > 1e-12:
+        totals[tenant] = left
+    else:
+        totals.pop(tenant, None)  # and float dust with it
 
 
 class Budgets:
@@ -205,20 +225,23 @@ class Budgets:
             return decision
         worst = worst_cost(env, self.prices)
         held = self.holds.held(env.tenant, besides=env.correlation_id)
-        if (refusal := held_back(policy, spend, now, held, worst)) is not None:
+        lasting = self.holds.lasting(env.tenant)
+        if (refusal := held_back(policy, spend, now, held, worst, lasting)) is not None:
             return refusal
         until = env.deadline_ms / 1000 + AFTER_DEADLINE_S
         self.holds.take(env.tenant, env.correlation_id, worst, until)
         return decision
 
-    def keep(self, env: RequestEnvelope, until: float) -> None:
+    def keep(self, env: RequestEnvelope, until: float, *, share: float = 1.0) -> None:
         """Hold ``env``'s worst case until its line is written or ``until`` (epoch
         seconds), whatever it held before: a request handed to the vendor-batch lane is
         metered when its batch is read back, hours after its deadline maybe, and one of a
         vendor batch this worker adopted held nothing here (its holds died with the
-        worker that sent it).  Admitted already, it is not held back."""
+        worker that sent it).  Admitted already, it is not held back.  ``share`` of its
+        worst case: a vendor batch bills at its discount."""
         if env.tenant in self.policies:
-            self.holds.take(env.tenant, env.correlation_id, worst_cost(env, self.prices), until)
+            worst = worst_cost(env, self.prices) * max(0.0, min(share, 1.0))
+            self.holds.take(env.tenant, env.correlation_id, worst, until)
 
     def metered(self, tenant: str, request_id: str | None) -> None:
         """A ledger line about request ``request_id`` (its correlation id) is written:

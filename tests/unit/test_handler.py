@@ -135,7 +135,7 @@ class Verdict:
     def __call__(self, env: RequestEnvelope, joins: Joins) -> BudgetDecision:
         return self.decision
 
-    def keep(self, env: RequestEnvelope, until: float) -> None:
+    def keep(self, env: RequestEnvelope, until: float, *, share: float = 1.0) -> None:
         pass
 
 

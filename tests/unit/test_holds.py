@@ -500,19 +500,45 @@ def test_a_request_another_worker_answers_lets_go_of_its_hold_here() -> None:
     assert budgets.holds.held("t") == 0.0
 
 
-async def test_a_background_request_handed_to_the_batch_lane_spends_no_breaker_probe() -> None:
-    """A vendor batch reports no outcome to the health table: handing a request to the
-    lane only looks at a half-open breaker, so the worker's one probe is still there for
-    a realtime call that will say how the vendor is."""
+async def test_background_work_goes_to_vendor_batches_only_while_the_breaker_is_closed() -> None:
+    """A vendor batch reports no outcome: it can neither be a half-open breaker's probe
+    nor go to a vendor no probe has said is back.  Past the open period the request
+    goes the realtime way (whose call may be the probe, and says how the vendor is)."""
     from tables.health import Health
 
     table: dict[str, Any] = {}
     handler, _ = make(vendor([]))
     handler.router.view = table.get
-    handler.lane = Lane()  # type: ignore[assignment]
+    handler.lane = lane = Lane()  # type: ignore[assignment]
     cand = handler.router.plan("m", time.time())[0]
     key = f"{cand.vendor}/{cand.model}"
     table[key] = Health(state="open", opened_at=time.time() - 3600).model_dump()
-    await handler.handle(envelope(key="bg-probe", priority=Priority.background))
-    assert handler.lane.taken, "it went to the lane"  # type: ignore[attr-defined]
-    assert handler.router.may_call(cand), "the probe is still this worker's to send"
+    await handler.handle(envelope(key="bg-half-open", priority=Priority.background))
+    assert lane.taken == []
+    table[key] = Health().model_dump()
+    await handler.handle(envelope(key="bg-closed", priority=Priority.background))
+    assert len(lane.taken) == 1
+
+
+def test_requests_in_vendor_batches_hold_their_batch_price_and_a_wait_for_them_is_long() -> None:
+    """A request sent in a vendor batch holds its worst case at the batch discount; a
+    request held back because such holds (metered when their batch ends, hours maybe)
+    would pass the budget is told to wait a minute, not to retry every 5 s."""
+    from tables.budgets import IN_FLIGHT_RETRY_S, LASTING_RETRY_S
+
+    clock = Clock(time.time())  # (a realtime hold lasts till its deadline, on the wall clock)
+    env = envelope(key="in-a-batch")
+    worst = worst_cost(env, PRICES)
+    budgets = Budgets(
+        {"t": BudgetPolicy(limit_usd=1.2 * worst)}, lambda tenant: Spend(), PRICES, clock=clock
+    )
+    budgets.keep(env, clock() + VENDOR_WINDOW_S, share=0.5)
+    assert budgets.holds.held("t") == pytest.approx(0.5 * worst)
+    assert budgets.holds.lasting("t") == pytest.approx(0.5 * worst)
+    late = budgets(envelope(key="realtime"))
+    assert late is not None and late.retry_after_s == LASTING_RETRY_S
+    budgets.metered("t", env.correlation_id)  # its batch ended: it goes
+    quick = envelope(key="quick")
+    assert budgets(quick) is not None and budgets.holds.lasting("t") == 0.0
+    again = budgets(envelope(key="behind-it"))  # held back by a realtime hold alone
+    assert again is not None and again.retry_after_s == IN_FLIGHT_RETRY_S
