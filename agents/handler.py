@@ -628,12 +628,14 @@ class RequestHandler:
             for w in list(flight.waiters):
                 if w.envelope.stream:
                     self._spawn(self._catch_up(flight, w, tell=True))
+        now = time.time()
         plan = self.router.plan(
             env.alias,
-            time.time(),
+            now,
             user=env.user,
             degraded=env.degraded is not None,
             tenant=env.tenant,
+            room_s=env.deadline_ms / 1000 - now,  # (a short deadline measures nothing)
         )
 
         async def fan_out(chunk: dict[str, Any]) -> None:

@@ -28,6 +28,10 @@ from tables.health import (
     stale_latency,
 )
 
+# A request is used to measure a stale candidate's latency again only with this much
+# time left: the candidate first gets a spare's share of it, the fallback the rest.
+EXPLORE_ROOM_S = 60.0
+
 
 class Router:
     """Reads health through ``view`` (a Faust table's ``get`` on the worker)."""
@@ -70,6 +74,7 @@ class Router:
         user: str | None = None,
         degraded: bool = False,
         tenant: str | None = None,
+        room_s: float = math.inf,
     ) -> list[Candidate]:
         """Candidates in the order to try them, unavailable ones left out.  Degraded, the
         cheapest first: of ``degrade_to`` when ``tenant`` may use that alias (a tenant held
@@ -110,7 +115,7 @@ class Router:
                 [spec.canary.candidate, *cands],
                 now,
             )
-        return self._rank(cands, spec.strategy, now)
+        return self._rank(cands, spec.strategy, now, room_s)
 
     def may_use(self, tenant: str | None, alias: str) -> bool:
         """Whether ``tenant`` may use ``alias`` (a tenant not in the config may: the
@@ -118,13 +123,17 @@ class Router:
         rule = self.config.tenants.get(tenant) if tenant is not None else None
         return rule is None or rule.may_use(alias)
 
-    def _rank(self, cands: list[Candidate], strategy: Strategy, now: float) -> list[Candidate]:
+    def _rank(
+        self, cands: list[Candidate], strategy: Strategy, now: float, room_s: float = math.inf
+    ) -> list[Candidate]:
         """Available candidates only; a breaker past its open period lets one probe per
         worker through per ``open_s``.  None available: 503 with Retry-After, and the
-        vendor is spared."""
-        return self._or_refuse(self._available(cands, strategy, now), cands, now)
+        vendor is spared.  ``room_s``: the time the request has left."""
+        return self._or_refuse(self._available(cands, strategy, now, room_s), cands, now)
 
-    def _available(self, cands: list[Candidate], strategy: Strategy, now: float) -> list[Candidate]:
+    def _available(
+        self, cands: list[Candidate], strategy: Strategy, now: float, room_s: float = math.inf
+    ) -> list[Candidate]:
         healths = self.healths(cands)
         out = []
         for c in rank(cands, healths, strategy, now, self.rng, self.policy):
@@ -135,20 +144,25 @@ class Router:
             if h.state != "closed" and now - self._probes.get(key, 0.0) < self.policy.open_s:
                 continue  # this worker's probe is out
             out.append(c)
-        if strategy == "latency":
-            self._explore(out, healths, now)
+        if strategy == "latency" and room_s >= EXPLORE_ROOM_S:
+            self._explore(out, healths, now, room_s)
         return out
 
-    def _explore(self, ranked: list[Candidate], healths: dict[str, Health], now: float) -> None:
+    def _explore(
+        self, ranked: list[Candidate], healths: dict[str, Health], now: float, room_s: float
+    ) -> None:
         """Put first, for this one plan, a candidate whose latency figure is stale (no
         success in the health window: ranked behind, so unused): once per window per
         worker, so a vendor that became fast is found again at the cost of one request a
         minute, where ranking it as untried sent it every request until its first answer
-        was folded."""
+        was folded.  Only a request with ``room_s`` for it and for the fallback after it
+        (three times the stale figure, a minute at least) is used to measure: the client
+        of one with a short deadline would pay for the measurement with its answer."""
         for i, c in enumerate(ranked[1:], start=1):
             key = health_key(c.vendor, c.model)
             due = now - self._explored.get(key, -math.inf) >= self.policy.window_s
-            if due and stale_latency(healths[key], now, self.policy):
+            slow_s = (healths[key].latency_ewma_ms or 0.0) / 1000
+            if due and 3 * slow_s <= room_s and stale_latency(healths[key], now, self.policy):
                 self._explored[key] = now
                 ranked.insert(0, ranked.pop(i))
                 return

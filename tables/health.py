@@ -3,7 +3,7 @@
 Breaker states::
 
     closed --(K consecutive failures, or failure rate > X over the window)--> open
-    open   --(open_s elapsed; the router calls begin_probe)-----------------> half_open
+    open   --(open_s elapsed; each worker's router lets one probe through)--> half_open
     half_open --(probe succeeds)--> closed      half_open --(probe fails)--> open
 
 A late result, from a call sent before the breaker's last transition, moves it in neither

@@ -213,3 +213,7 @@ def test_a_stale_latency_is_measured_by_one_call_per_window_per_worker() -> None
     firsts = [router.plan("fast-first", NOW + i * 0.1)[0].model for i in range(100)]
     assert firsts.count("slow") == 1 and firsts[0] == "slow"
     assert router.plan("fast-first", NOW + 61)[0].model == "slow"  # the next window
+    # A request with little time left is never the one that measures: it would lose its
+    # answer to the slow candidate's share of its deadline.
+    assert router.plan("fast-first", NOW + 122, room_s=30)[0].model == "fast"
+    assert router.plan("fast-first", NOW + 122.1, room_s=120)[0].model == "slow"
