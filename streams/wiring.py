@@ -243,7 +243,7 @@ class KafkaSink:
         in L2 by then.  The worker announces, not a gateway: only it knows the answer
         was stored (one a bypass leader's flight answered is not), and when."""
         if await self.cache_store.put(key, entry, ttl_s) and replacing:
-            await self.cache_store.replaced(key)
+            await self.cache_store.replaced(key, entry.created)
 
     async def cached(self, key: str, *, stale_ok: bool = False) -> CacheEntry | None:
         hit = await self.cache_store.get(key, stale_ok=stale_ok)

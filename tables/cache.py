@@ -522,14 +522,19 @@ class ResponseCache:
         self.l2_healthy = True
         return True
 
-    async def replaced(self, key: str) -> None:
+    async def replaced(self, key: str, created: float | None = None) -> None:
         """Tell the other replicas following the ``replaced`` channel to drop ``key`` from
-        their L1: this one has put a new answer in place of whatever they hold."""
+        their L1: this one has put a new answer in place of whatever they hold (made at
+        ``created``, when given: a copy of that answer or a newer one, which the
+        replica that asked for it may hold already, is kept)."""
         redis = self._l2()
         if redis is None:
             return
+        notice = self._origin + b" " + key.encode()
+        if created is not None:
+            notice += b" " + repr(created).encode()
         try:
-            await redis.publish(self.channel, self._origin + b" " + key.encode())
+            await redis.publish(self.channel, notice)
         except REDIS_ERRORS:
             self._l2_failed()
             return
@@ -565,9 +570,23 @@ class ResponseCache:
                 continue
             pinged = False  # any message (a subscription's, a pong) says it is alive
             if message["type"] == "message":
-                origin, _, key = message["data"].partition(b" ")
+                origin, _, rest = message["data"].partition(b" ")
+                key, _, created = rest.partition(b" ")
                 if origin != self._origin:
-                    self.l1.delete(key.decode())
+                    self._drop_older(key.decode(), created)
+
+    def _drop_older(self, key: str, created: bytes) -> None:
+        """Drop ``key`` from L1 unless what is there was made at ``created`` or later
+        (the new answer itself, kept by the gateway that got it)."""
+        held = self.l1.get(key)
+        if held is None:
+            return
+        try:
+            newer = bool(created) and held.created >= float(created)
+        except ValueError:
+            newer = False
+        if not newer:
+            self.l1.delete(key)
 
     async def invalidate(self, key: str) -> None:
         """Drop ``key`` from both levels."""

@@ -341,3 +341,29 @@ async def test_a_write_redis_refuses_leaves_l2_in_use(cache_factory: CacheFactor
     other = cache_key(scope="t", alias="a", endpoint="chat", body={"q": "kept"})
     await writer.put(other, answer(), ttl_s=60)
     assert await reader.get(other) is not None, "the next answer reached L2"
+
+
+async def test_a_replaced_notice_spares_the_new_answer_a_replica_holds_already(
+    cache_factory: CacheFactory,
+) -> None:
+    """The worker announces the answer it stored, with when it was made: a replica
+    holding an older answer drops it; the gateway that got the new one, and kept it in
+    its L1 as it came, keeps it (it would only read the same answer back from L2)."""
+    worker, got_it, other = cache_factory(), cache_factory(), cache_factory()
+    following = [asyncio.create_task(c.follow()) for c in (got_it, other)]
+    try:
+        await until(lambda: _subscribed(got_it))
+        await until(lambda: _subscribed(other))
+        old = answer("old").model_copy(update={"created": 1000.0})
+        new = answer("new").model_copy(update={"created": 2000.0})
+        other.l1.put(KEY, old, 3600)
+        got_it.l1.put(KEY, new.model_copy(update={"created": 2000.5}), 3600)
+        await worker.replaced(KEY, created=2000.0)
+        await until(lambda: _forgotten(other, KEY))
+        await asyncio.sleep(0.1)  # (the same notice reached the other follower too)
+        kept = got_it.l1.get(KEY)
+        assert kept is not None and kept.created == 2000.5
+    finally:
+        for task in following:
+            task.cancel()
+        await asyncio.gather(*following, return_exceptions=True)

@@ -258,7 +258,7 @@ async def test_the_gateway_announces_no_replaced_answer_itself() -> None:
             super().__init__(L1Cache(100), None)
             self.said: list[str] = []
 
-        async def replaced(self, key: str) -> None:
+        async def replaced(self, key: str, created: float | None = None) -> None:
             self.said.append(key)
 
     app, bus = gateway_app(paid())
