@@ -1173,13 +1173,20 @@ async def test_a_degraded_stream_answered_from_l2_is_not_told_it_went_to_a_vendo
     assert first.body is not None and first.cache_hit and first.degraded == "budget_80pct"
 
 
-async def test_a_stream_routed_cheaper_under_rate_pressure_tells_a_follower_coalesced():
+async def under_pressure() -> tuple[RequestHandler, Sink, list[str]]:
+    """A handler whose vendor ``a`` has spent its one call this minute (RPM 1): the next
+    request waits past the alias's patience and is routed cheaper (rate pressure)."""
     calls: list[str] = []
     handler, sink = make(vendor(calls, delay=0.0), PRESSURE)
     gate = PriorityGate()
     gate.configure("vendor:a", TokenBucket.from_rpm(1, now=time.monotonic()))
     handler.dispatcher.gate = gate
     await handler.handle(envelope(key="warm"))  # a's one call this minute
+    return handler, sink, calls
+
+
+async def test_a_stream_routed_cheaper_under_rate_pressure_tells_a_follower_coalesced():
+    handler, sink, calls = await under_pressure()
     slow_l2(sink)
     leader, follower = (envelope(True, key="rp", cache_lookup=True) for _ in range(2))
     await asyncio.gather(handler.handle(leader), late(handler, follower, 0.005))
@@ -1604,12 +1611,7 @@ async def test_one_stalled_topic_does_not_delay_a_call_routed_cheaper_for_its_wa
     cheaper call starts after one REPLY_SEND_S, not one per such waiter."""
     monkeypatch.setattr("agents.handler.REPLY_SEND_S", 0.5)
     called: dict[str, float] = {}
-    calls: list[str] = []
-    handler, sink = make(vendor(calls, delay=0.0), PRESSURE)
-    gate = PriorityGate()
-    gate.configure("vendor:a", TokenBucket.from_rpm(1, now=time.monotonic()))
-    handler.dispatcher.gate = gate
-    await handler.handle(envelope(key="warm"))  # a's one call this minute
+    handler, sink, calls = await under_pressure()
     stall_topic(sink, "nowhere")
     look_up, started = sink.cached, time.monotonic()
 
