@@ -539,9 +539,13 @@ class RequestHandler:
     def dropped(self, envs: list[RequestEnvelope]) -> None:
         """Requests the batch lane took but another worker answers (its vendor batch
         carries them, or it took over the batch): their holds are that worker's, and go
-        here, or the tenant would be held twice until the vendor's window ends."""
+        here, or the tenant would be held twice until the vendor's window ends; and
+        their 504 at the deadline is that worker's to send (it arms its own timers)."""
         for env in envs:
             self.budget.keep(env, time.time())
+            if timer := self._lane_deadlines.pop(env.correlation_id, None):
+                timer.cancel()
+            self._late.discard(env.correlation_id)
 
     async def _lane_deadline(self, env: RequestEnvelope) -> None:
         self._lane_deadlines.pop(env.correlation_id, None)

@@ -488,7 +488,7 @@ async def test_a_lane_request_sent_on_the_realtime_way_is_held_as_one_again() ->
     assert budgets.holds.held("t") == 0.0
 
 
-def test_a_request_another_worker_answers_lets_go_of_its_hold_here() -> None:
+async def test_a_request_another_worker_answers_lets_go_of_its_hold_here() -> None:
     """The batch lane hands back what another worker's vendor batch carries (or a batch
     another worker took over): the handler drops their holds, which are that worker's."""
     budgets = Budgets({"t": BudgetPolicy(limit_usd=100.0)}, lambda tenant: Spend(), PRICES)
@@ -496,8 +496,10 @@ def test_a_request_another_worker_answers_lets_go_of_its_hold_here() -> None:
     env = envelope(key="elsewhere")
     budgets.keep(env, time.time() + VENDOR_WINDOW_S)
     assert budgets.holds.held("t") > 0
+    handler._arm(env)  # as _deferred does for a request a gateway waits on
     handler.dropped([env])
     assert budgets.holds.held("t") == 0.0
+    assert env.correlation_id not in handler._lane_deadlines, "its 504 is the other's"
 
 
 async def test_background_work_goes_to_vendor_batches_only_while_the_breaker_is_closed() -> None:
