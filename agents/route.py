@@ -175,11 +175,8 @@ class Router:
         spends the probe, so a candidate planned behind one that answers keeps its probe
         for a request that needs it; ``spend`` false only looks."""
         key = health_key(cand.vendor, cand.model)
-        raw = self.view(key)
-        if not raw:
-            return True  # never heard of: closed
-        now = time.time()
-        if raw.get("state") == "closed" and float(raw.get("retry_after_until") or 0.0) <= now:
+        raw, now = self.view(key), time.time()
+        if _closed_now(raw, now):
             return True  # the usual case, without reading the whole record
         h = Health.model_validate(raw)
         if not available(h, self.policy, now):
@@ -197,11 +194,7 @@ class Router:
         """Whether ``cand``'s breaker is closed and no Retry-After holds it: what work
         that reports no outcome (a vendor batch) asks, never spending a probe, and never
         going to a vendor whose probe has not said it is back."""
-        raw = self.view(health_key(cand.vendor, cand.model))
-        if not raw:
-            return True
-        h = Health.model_validate(raw)
-        return h.state == "closed" and available(h, self.policy, time.time())
+        return _closed_now(self.view(health_key(cand.vendor, cand.model)), time.time())
 
     def release(self, cand: Candidate) -> None:
         """Give back the probe of ``cand`` this request's call took, when the health
@@ -239,6 +232,15 @@ def _cheapest_priced(cands: list[Candidate]) -> float:
     """The lowest blended price among ``cands`` that have one (unpriced is unknown, not
     free: it sets no ceiling); infinite when none has."""
     return min((p for c in cands if (p := blended_price(c)) > 0), default=math.inf)
+
+
+def _closed_now(raw: dict[str, Any] | None, now: float) -> bool:
+    """Whether a health record (as the table holds it; None: never heard of) says its
+    breaker is closed and no Retry-After holds it: read off the raw record, as the hot
+    path asks it for every call."""
+    if not raw:
+        return True
+    return raw.get("state") == "closed" and float(raw.get("retry_after_until") or 0.0) <= now
 
 
 def _task() -> asyncio.Task[Any] | None:
