@@ -481,6 +481,10 @@ class BatchLane:
         give_up_at = began + VENDOR_WINDOW_S
         pool, index = self.pools[batch.candidate.vendor], batch.key_index
         sent_with = key
+
+        def unkeyed(got: Any) -> Any:  # without the key it was sent with, nor read with
+            return _scrub(_scrub(got, key), sent_with)
+
         while True:
             await asyncio.sleep(wait)
             if leased and not await self._still_mine(batch.id):
@@ -488,10 +492,10 @@ class BatchLane:
             try:
                 results = await adapter.poll_batch(batch.id, key)
             except VendorBadRequest as err:
-                raise scrubbed(scrubbed(err, key), sent_with) from None
+                raise unkeyed(err) from None
             except RelayError as err:
                 failures = min(failures + 1, 30)  # (2**30 poll_s: beyond any window)
-                err = scrubbed(scrubbed(err, key), sent_with)
+                err = unkeyed(err)
                 log.warning("polling batch %s failed (%d in a row): %s", batch.id, failures, err)
                 if time.time() >= give_up_at:
                     raise VendorAnswerUnreadable(
@@ -515,8 +519,7 @@ class BatchLane:
                 continue
             failures = unreadable = 0
             if results is not None:
-                read = {cid: _scrub(_scrub(got, key), sent_with) for cid, got in results.items()}
-                return read, key
+                return {cid: unkeyed(got) for cid, got in results.items()}, key
             # A tenth of the batch's age: an answer is read at most ~10 % later than it
             # came, and a batch of hours is not asked after every second.
             wait = max(self.rule.poll_s, min((time.time() - began) / 10, POLL_MAX_S))
