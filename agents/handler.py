@@ -527,7 +527,6 @@ class RequestHandler:
         journal could not say was answered is held too, until the vendor's window ends.)"""
         for env in envs:
             self.budget.keep(env, time.time() + VENDOR_WINDOW_S)
-        for env in envs:
             cid = env.correlation_id
             if not env.gateway_meters_timeout or cid in self._lane_deadlines or cid in self._late:
                 continue  # nobody waits on it, or this worker keeps its deadline already

@@ -127,8 +127,7 @@ class Holds:
         """USD the tenant's holds of ``LASTING_S`` or more hold now (requests in vendor
         batches, metered when their batch ends, hours maybe)."""
         self._expire()
-        total = self._lasting.get(tenant, 0.0)
-        return total if total > 1e-12 else 0.0
+        return self._lasting.get(tenant, 0.0)  # (``_add_to`` leaves no float dust)
 
     def take(self, tenant: str, request_id: str, usd: float, until: float) -> None:
         """Hold ``usd`` for a request until its line is written (or ``until``, epoch
