@@ -70,7 +70,10 @@ def is_anthropic(request: Request) -> bool:
 
 def error_response(request: Request, err: RelayError) -> JSONResponse:
     if request.url.path.startswith("/v1/"):  # as relay_requests_total counts: a scanner's
-        metrics.count_error(err)  # 404s elsewhere must not make an error ratio of nothing
+        # 404s elsewhere must not make an error ratio of nothing.  The lane is read off the
+        # request, as Measure reads it: the catch-all handler answers from Starlette's
+        # ServerErrorMiddleware, outside Measure, once the lane it set has been reset.
+        metrics.count_error(err, metrics.lane_of(request.scope))
     headers = {}
     if err.retry_after is not None:
         # Rounded up: a client that waits what it is told must find the way clear.

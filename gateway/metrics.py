@@ -77,10 +77,10 @@ WORKERS_MISSING = Gauge(
 IN_FLIGHT = Gauge("relay_in_flight", "Requests waiting on a reply")
 
 
-def count_error(err: RelayError) -> None:
-    """An error a client hears, in the lane of the request being answered (``Measure``
-    says which)."""
-    ERRORS.labels(err.code, str(err.status), _LANE.get()).inc()
+def count_error(err: RelayError, lane: str | None = None) -> None:
+    """An error a client hears, in ``lane``: by default the lane of the request being
+    answered, as ``Measure`` set it (a stream's error event)."""
+    ERRORS.labels(err.code, str(err.status), lane or _LANE.get()).inc()
 
 
 def start_error_series() -> None:

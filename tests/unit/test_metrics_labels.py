@@ -272,3 +272,29 @@ def test_a_ledger_line_that_says_less_than_nothing_is_counted_as_nothing() -> No
     assert (after or 0.0) == (before or 0.0)
     usage = Usage.from_openai({"prompt_tokens": 10, "completion_tokens": -100000})
     assert (usage.input_tokens, usage.output_tokens) == (10, 0)
+
+
+async def test_a_relay_bug_is_counted_in_the_lane_of_the_request_that_hit_it() -> None:
+    """The catch-all handler answers from Starlette's ServerErrorMiddleware, outside
+    ``Measure``, once the lane it set is gone: the 500 and its error must still land in
+    the same lane, or a batch-lane crash loop pages on the realtime error ratio."""
+    from gateway import errors as error_handlers
+
+    app = FastAPI()
+    error_handlers.install(app)
+
+    @app.post("/v1/embeddings")
+    async def broken() -> None:
+        raise ValueError("a bug")
+
+    app.add_middleware(Measure, routes=app.routes)
+    lanes = ("realtime", "batch")
+    before = {lane: (count("/v1/embeddings", "500", lane), errors("internal_error", "500", lane))
+              for lane in lanes}  # fmt: skip
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://relay") as http:
+        answer = await http.post("/v1/embeddings", headers={"x-relay-priority": "batch"})
+        assert answer.status_code == 500
+    assert count("/v1/embeddings", "500", "batch") - before["batch"][0] == 1
+    assert errors("internal_error", "500", "batch") - before["batch"][1] == 1
+    assert errors("internal_error", "500", "realtime") - before["realtime"][1] == 0
