@@ -260,3 +260,40 @@ def test_the_image_copies_every_package_the_distribution_ships() -> None:
     shipped = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
     copied = set(re.findall(r"^COPY (\w+) \./\1$", (ROOT / "Dockerfile").read_text(), re.M))
     assert copied == shipped
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration (``1m30s``, ``40s``, ``500ms``) in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+# The gateway's bounded drain (uvicorn's timeout_graceful_shutdown): a setting when the CLI
+# has one, else the 25 s it is meant to be.
+GATEWAY_DRAIN_S = 25.0
+
+
+@pytest.mark.parametrize("role", ["gateway", "worker"])
+def test_relay_services_get_their_drain_and_shutdown_before_docker_kills_them(
+    services: dict[str, Service], role: str
+) -> None:
+    """Docker's default 10 s would SIGKILL a gateway with a stream open (or a worker with
+    a call in flight) before its shutdown runs: open streams cut with no error and no
+    cancel notice, ledger and audit lines neither sent nor spilled."""
+    from schemas.settings import Settings
+    from streams.stopping import STOP_GRACE_S
+
+    fields = Settings.model_fields
+    drain = {
+        "gateway": fields["gateway_drain_s"].default
+        if "gateway_drain_s" in fields
+        else GATEWAY_DRAIN_S,
+        "worker": fields["worker_drain_s"].default,
+    }[role]
+    # The drain, then cut answers and ledger lines (a STOP_GRACE_S each), and some room.
+    needed = drain + 2 * STOP_GRACE_S + 5
+    for name, svc in _by_role(services, role).items():
+        assert "stop_grace_period" in svc, name
+        assert _seconds(svc["stop_grace_period"]) >= needed, name
