@@ -339,9 +339,53 @@ def ttl_seconds(value: str | int) -> int:
         ) from None
 
 
+_MERGE = "tag:yaml.org,2002:merge"  # `<<: *anchor`, whose keys a mapping may override
+
+
+def _read_yaml(path: Path) -> object:
+    """The file's YAML, as ``yaml.safe_load`` reads it, except that a key given twice in
+    one mapping is refused: PyYAML keeps the last one without a word, so a tenant pasted
+    twice would lose its keys and budget, or an alias be served by another model."""
+    loader = yaml.SafeLoader(path.read_text())
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _unique_keys(path, node, "", set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _unique_keys(path: Path, node: yaml.Node, where: str, seen: set[int]) -> None:
+    """Raise ``ConfigError`` at the second of two equal keys in a mapping under ``node``,
+    naming its key path and both lines."""
+    if id(node) in seen:  # an alias of a node already checked (or of its own parent)
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _unique_keys(path, item, f"{where}.{i}" if where else str(i), seen)
+    elif isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE:
+                continue  # a key no config holds, or merged keys, which may be overridden
+            here = f"{where}.{key.value}" if where else key.value
+            line = key.start_mark.line + 1
+            if (key.tag, key.value) in first:
+                raise ConfigError(
+                    f"{path}: line {line}: {here} is given twice (first on line "
+                    f"{first[key.tag, key.value]}); YAML would keep the last alone and drop "
+                    "the first without a word: merge them, or rename one"
+                )
+            first[key.tag, key.value] = line
+            _unique_keys(path, value, here, seen)
+
+
 def load_config(path: Path) -> RelayConfig:
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _read_yaml(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -192,3 +192,46 @@ def test_a_data_dir_that_is_or_lies_under_a_file_is_refused(monkeypatch, tmp_pat
         with pytest.raises(ValidationError, match=f"{afile} is a file"):
             Settings(data_dir=data_dir)
     assert Settings(data_dir=tmp_path / "new" / "dir").data_dir == tmp_path / "new" / "dir"
+
+
+BLOCKS = """\
+vendors:
+  a: {{kind: openai, base_url: "http://a/v1"}}
+models:
+  m: {{candidates: [{{vendor: a, model: x}}]}}
+  {}
+tenants:
+  t: {{keys: [{{id: k1, sha256: {}}}], budget: {{limit_usd: 100}}}}
+  {}
+"""
+HASH = hash_key("rk-test")
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "line", "first"),
+    [
+        # A tenant pasted twice: the first block's key and budget would be gone.
+        (BLOCKS.format("", HASH, "t: {keys: [{id: k2, sha256: " + hash_key("rk-2") + "}]}"),
+         "tenants.t", 8, 7),
+        # An alias pasted twice: it would be served by the second block's model.
+        (BLOCKS.format("m: {candidates: [{vendor: a, model: y}]}", HASH, ""), "models.m", 5, 4),
+        (GOOD + "vendors: {b: {kind: openai, base_url: 'http://b/v1'}}\n", "vendors", 5, 2),
+        (GOOD.replace("model: x}", "model: x, model: y}"), "models.m.candidates.0.model", 3, 3),
+    ],
+)  # fmt: skip
+def test_a_key_given_twice_is_refused_with_its_path_and_lines(tmp_path, text, where, line, first):
+    """PyYAML keeps the last of two equal keys without a word; the config refuses them."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"{path}: line {line}: {where} is given twice (first on line {first})" in str(info.value)
+
+
+def test_merged_keys_may_be_overridden_and_aliases_are_read_once(tmp_path) -> None:
+    text = GOOD.replace(
+        "models: {m: {candidates: [{vendor: a, model: x}]}}",
+        "models:\n  m: &base {strategy: quality, candidates: [{vendor: a, model: x}]}\n"
+        "  n: {<<: *base, strategy: cheapest}\n  o: *base",
+    )
+    cfg = load_config(write(tmp_path, text))
+    assert (cfg.models["n"].strategy, cfg.models["o"].strategy) == ("cheapest", "quality")
