@@ -14,12 +14,21 @@ from cli.report import read_topic, shown
 from schemas.envelope import AuditEvent
 
 
+def when(ts_ms: int) -> str:
+    """An event's time in UTC, or its raw ``ts_ms`` when no calendar holds it: the topic
+    takes lines from any producer (a clock gone wrong, microseconds where milliseconds
+    belong), and one such line must not stop the operator reading the rest."""
+    try:
+        return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (ValueError, OverflowError, OSError):
+        return f"ts_ms={ts_ms}"
+
+
 def audit_table(events: list[AuditEvent]) -> Table:
     table = Table(title="Audit log", title_justify="left")
     for column in ("time (UTC)", "event", "process", "who", "from", "what"):
         table.add_column(column)
     for ev in events:
-        when = datetime.fromtimestamp(ev.ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
         if ev.tenant:
             who = f"{ev.tenant}/{ev.key_id or '-'}"
         elif ev.key_fingerprint:
@@ -33,7 +42,7 @@ def audit_table(events: list[AuditEvent]) -> Table:
         if ev.config_sha256:
             what = f"config sha256:{ev.config_sha256[:12]}…"
         kind = ev.kind if ev.repeats == 1 else f"{ev.kind} (x{ev.repeats})"
-        cells = (when, kind, f"{ev.role} {ev.instance}", who, origin, what)
+        cells = (when(ev.ts_ms), kind, f"{ev.role} {ev.instance}", who, origin, what)
         table.add_row(*(shown(cell) for cell in cells))  # data, never markup or controls
     return table
 
