@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import re
 import shlex
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -11,6 +14,20 @@ from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.batches import COMPLETION_WINDOW_S, EXPIRY_GRACE_S
+
+# A host (a name, an IPv4 address or an IPv6 one in brackets) and a port, as aiokafka
+# reads them; the port may be left out (9092).
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.%\w]+\]|[\w.-]+)(?::(?P<port>\d{1,5}))?")
+
+
+def _host_port(server: str) -> bool:
+    """Whether ``server`` is one Kafka address aiokafka can connect to."""
+    with contextlib.suppress(OSError):
+        socket.inet_pton(socket.AF_INET6, server)  # a bare IPv6 address: port 9092
+        return True
+    found = _HOST_PORT.fullmatch(server)
+    return found is not None and 1 <= int(found["port"] or 9092) <= 65535
+
 
 LogLevel = Annotated[
     Literal["critical", "error", "warning", "info", "debug"],
@@ -87,6 +104,20 @@ class Settings(BaseSettings):
                     raise ValueError(f"{place} is a file; give a directory (made if missing)")
                 break
         return path
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _host_ports(cls, servers: str) -> str:
+        # Refused here, as one line: aiokafka would raise a bare ValueError (a port that
+        # is no number) or OverflowError (one past 65535) from deep inside a connect.
+        servers = servers.strip()
+        for server in servers.split(",") if servers else ():
+            if not _host_port(server.strip()):
+                raise ValueError(
+                    f"{server.strip()!r} is not host:port (a port from 1 to 65535), as in "
+                    "127.0.0.1:9092; several are separated by commas"
+                )
+        return servers
 
     @field_validator("batch_retention_s")
     @classmethod

@@ -235,3 +235,36 @@ def test_merged_keys_may_be_overridden_and_aliases_are_read_once(tmp_path) -> No
     )
     cfg = load_config(write(tmp_path, text))
     assert (cfg.models["n"].strategy, cfg.models["o"].strategy) == ("cheapest", "quality")
+
+
+@pytest.mark.parametrize(
+    "value", ["127.0.0.1:abc", "127.0.0.1:99999", "h:0", "kafka://h:9092", "a:1,"]
+)
+@pytest.mark.parametrize("command", ["report", "audit", "gateway"])
+def test_a_malformed_kafka_bootstrap_is_refused_as_a_setting(monkeypatch, command, value) -> None:
+    """aiokafka would raise a bare ValueError or OverflowError from a connect: a traceback
+    rather than the line every other bad setting gets."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    monkeypatch.setenv("RELAY_KAFKA_BOOTSTRAP", value)
+    result = CliRunner().invoke(app, [command])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "environment: RELAY_KAFKA_BOOTSTRAP:" in said and "is not host:port" in said
+    assert "Traceback" not in result.output
+
+
+def test_kafka_bootstrap_takes_what_aiokafka_connects_to() -> None:
+    from schemas.settings import Settings
+
+    for servers in (
+        "",
+        "127.0.0.1:9092",
+        "kafka-1:9092, kafka-2:9092",
+        "[::1]:9092",
+        "::1",
+        "kafka",
+    ):
+        assert Settings(kafka_bootstrap=servers).kafka_bootstrap == servers.strip()
