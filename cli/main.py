@@ -36,7 +36,8 @@ def _settings(config: Path | None) -> Settings:
     except ValidationError as exc:
         for err in exc.errors():
             name = "RELAY_" + "_".join(str(p) for p in err["loc"]).upper()
-            console.print(f"[red]environment: {name}: {escape(str(err['msg']))}[/red]")
+            msg = str(err["msg"]).removeprefix("Value error, ")  # pydantic's, not ours
+            console.print(f"[red]environment: {name}: {escape(msg)}[/red]")
         raise typer.Exit(2) from None
     if config is not None:
         settings.config = config

@@ -401,5 +401,8 @@ def load_config(path: Path) -> RelayConfig:
         for err in exc.errors():
             msg = str(err["msg"]).removeprefix("Value error, ")
             where = ".".join(str(p) for p in err["loc"])
-            lines.append(f"{path}: {where}: {msg}" if where else f"{path}: {msg}")
+            if not where or msg.startswith((f"{where}:", f"{where}.")):
+                lines.append(f"{path}: {msg}")  # the message names its place itself
+            else:
+                lines.append(f"{path}: {where}: {msg}")
         raise ConfigError("\n".join(lines)) from None

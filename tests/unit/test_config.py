@@ -268,3 +268,32 @@ def test_kafka_bootstrap_takes_what_aiokafka_connects_to() -> None:
         "kafka",
     ):
         assert Settings(kafka_bootstrap=servers).kafka_bootstrap == servers.strip()
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (
+            GOOD + "simulator: {error_rate: 0.8, rate_429: 0.8}\n",
+            ": simulator: error_rate + rate_429",
+        ),
+        (GOOD + "batch_lane: {poll_s: 5, lease_s: 6}\n", ": batch_lane.lease_s: 6.0 s is renewed"),
+    ],
+)
+def test_a_message_that_names_its_place_is_not_given_it_twice(tmp_path, text, said) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}{said}")
+
+
+def test_a_bad_setting_s_line_has_no_pydantic_prefix(monkeypatch, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    (afile := tmp_path / "afile").write_text("")
+    monkeypatch.setenv("RELAY_DATA_DIR", str(afile))
+    result = CliRunner().invoke(app, ["broker"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"environment: RELAY_DATA_DIR: {afile} is a file" in said
