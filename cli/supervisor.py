@@ -31,6 +31,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 BROKER_STOP_S = 30.0  # `relay broker` waits up to 20 s for Kafka to close its logs
 
 
+class Refused(SystemExit):
+    """The settings or the config refused before anything starts (exit code 2: fix them),
+    unlike a part that failed to start (1)."""
+
+
 class Supervisor:
     def __init__(self, settings: Settings, config: RelayConfig) -> None:
         self.settings = settings
@@ -112,7 +117,7 @@ class Supervisor:
         for _, port, what, setting in ports:
             if port in taken:
                 other, other_setting = taken[port]
-                raise SystemExit(
+                raise Refused(
                     f"port {port} is given to both the {other} ({other_setting}) and the "
                     f"{what} ({setting}): each needs its own"
                 )
@@ -137,7 +142,7 @@ class Supervisor:
         owner = broker_owner_file(s)
         started_by = owner.read_text().strip() if owner.exists() else BROKER_OWNER
         if started_by != BROKER_OWNER:
-            raise SystemExit(
+            raise Refused(
                 f"the Kafka broker at {running} on {s.data_dir} belongs to another relay "
                 f"(started by {started_by}), and two relays on one broker would serve each "
                 "other's requests: give this one its own RELAY_DATA_DIR (its broker, topics "
@@ -176,10 +181,11 @@ class Supervisor:
 
     def run(self) -> int:
         """Start everything and wait; the exit code: 0 when stopped on request (Ctrl-C,
-        SIGTERM), 1 when a part failed to start or stopped on its own."""
+        SIGTERM), 1 when a part failed to start or stopped on its own, 2 when the settings
+        or the config are refused before anything starts."""
         for sig in STOP_SIGNALS:  # SIGINT even when started with it ignored
             signal.signal(sig, _interrupt)
-        failed = False
+        code = 0
         try:
             self.start()
             _say(f"gateway: {self.url}/v1")
@@ -203,15 +209,15 @@ class Supervisor:
             while (stopped := self._stopped()) is None:
                 time.sleep(0.5)
             console.print(f"[red]{escape(stopped)}; shutting down[/red]")
-            failed = True
+            code = 1
         except KeyboardInterrupt:
             pass
         except SystemExit as exc:
             console.print(f"[red]{escape(str(exc))}[/red]")
-            failed = True
+            code = 2 if isinstance(exc, Refused) else 1
         finally:
             self.stop()
-        return 1 if failed else 0
+        return code
 
     def stop(self) -> None:
         """Stop the relay's own processes first and wait for them: the worker's drain
@@ -317,7 +323,7 @@ def _answers(bootstrap: str) -> bool:
 def _free(host: str, port: int, what: str, setting: str) -> None:
     """Refuse to start when something already listens on the port ``what`` needs."""
     if _answers(f"{_connectable(host)}:{port}"):
-        raise SystemExit(
+        raise Refused(
             f"port {port} ({what}) is already in use — another `relay up`? "
             f"Stop it, or choose another port ({setting})"
         )

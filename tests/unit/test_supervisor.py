@@ -209,3 +209,32 @@ def test_a_relay_broker_on_the_data_dir_is_shared_and_another_relay_ups_refused(
     sup = on_free_ports(tmp_path)
     sup.preflight()  # that broker gone: this relay starts its own
     assert sup.reused_broker is None
+
+
+def run_without_starting(sup: Supervisor) -> int:
+    """``sup.run()`` with nothing able to start, and the signal handlers it installs (and
+    ignores on its way out) given back to the test session."""
+    import signal
+
+    import pytest
+
+    def no_spawn(name: str, *args: str) -> object:
+        pytest.fail(f"{name} was started")
+
+    sup.spawn = no_spawn  # type: ignore[method-assign,assignment]
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return sup.run()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def test_a_refusal_before_anything_starts_exits_2(tmp_path: Path, capsys) -> None:
+    """README: 2 when the config or the environment is refused before anything starts
+    (fix the settings), 1 only when a part failed (look at its log)."""
+    sup = on_free_ports(tmp_path)
+    assert sup.config.simulator is not None
+    sup.settings.port = sup.config.simulator.port
+    assert run_without_starting(sup) == 2
+    assert "given to both the gateway (RELAY_PORT)" in capsys.readouterr().err
