@@ -94,10 +94,20 @@ class Supervisor:
         return None
 
     def preflight(self) -> None:
-        """Refuse before anything starts: ports shared or already in use, or the data
-        directory's broker another `relay up`'s.  Sets ``reused_broker`` to a `relay
-        broker` running on the data directory, if one does."""
+        """Refuse before anything starts: a data directory this user cannot write, ports
+        shared or already in use, or the data directory's broker another `relay up`'s.
+        Sets ``reused_broker`` to a `relay broker` running on the data directory, if one
+        does."""
         s = self.settings
+        try:
+            self.logs.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Refused(
+                f"RELAY_DATA_DIR: cannot make {self.logs} ({exc.strerror}); give a directory "
+                "this user may write (made if missing)"
+            ) from None
+        if not all(os.access(place, os.W_OK) for place in (s.data_dir, self.logs)):
+            raise Refused(f"RELAY_DATA_DIR: {s.data_dir} cannot be written by this user")
         sim = self.config.simulator
         ports = [(s.host, s.port, "gateway", "RELAY_PORT")]
         if sim is not None:

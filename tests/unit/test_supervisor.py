@@ -238,3 +238,10 @@ def test_a_refusal_before_anything_starts_exits_2(tmp_path: Path, capsys) -> Non
     sup.settings.port = sup.config.simulator.port
     assert run_without_starting(sup) == 2
     assert "given to both the gateway (RELAY_PORT)" in capsys.readouterr().err
+
+
+def test_a_data_dir_that_cannot_be_made_is_refused_naming_it(tmp_path: Path, capsys) -> None:
+    sup = on_free_ports(tmp_path, data_dir=Path("/proc/relay-no-such/var"))  # even for root
+    assert run_without_starting(sup) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert "RELAY_DATA_DIR: cannot make /proc/relay-no-such/var/logs" in said
