@@ -267,7 +267,7 @@ def report(
     ] = None,
 ) -> None:
     """Cost report from the ledger topic: cost, direct cost, SaveRate, where savings came from."""
-    from cli.report import moment_ms, run
+    from cli.report import BeforeLedger, moment_ms, run
     from streams.topics import Topics
 
     now_ms = int(time.time() * 1000)
@@ -275,6 +275,8 @@ def report(
     for name, given in (("since", since), ("until", until)):
         try:
             bounds[name] = moment_ms(given, now_ms) if given else None
+        except BeforeLedger as exc:
+            raise typer.BadParameter(f"--{name}: {exc}") from None
         except ValueError:
             raise typer.BadParameter(
                 f"--{name}: {given!r} is neither a date or time (2026-12-01T12:00) nor a span "

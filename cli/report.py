@@ -498,6 +498,11 @@ def _print_calls(
         console.print(f"[dim]no vendor calls on {topic} in that period (it keeps a day)[/dim]")
 
 
+class BeforeLedger(ValueError):
+    """A ``--since``/``--until`` that is a date or span, but before 1970: said as such,
+    not as one that could not be read."""
+
+
 _SPAN = re.compile(r"(\d+)([mhd])")
 _SPAN_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
@@ -514,5 +519,5 @@ def moment_ms(given: str, now_ms: int) -> int:
             when = when.replace(tzinfo=UTC)
         at = int(when.timestamp() * 1000)
     if at < 0:
-        raise ValueError(f"{given!r} is before 1970: the ledger has nothing from then")
+        raise BeforeLedger(f"{given!r} is before 1970: the ledger has nothing from then")
     return at

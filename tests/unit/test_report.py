@@ -199,6 +199,18 @@ def test_a_period_is_a_utc_date_or_time_or_a_span_back() -> None:
         moment_ms("1969-12-31", now)
 
 
+@pytest.mark.parametrize(("option", "given"), [("--until", "1969-12-31"), ("--since", "99999999d")])
+def test_a_period_before_1970_is_said_to_be_so_not_unreadable(option: str, given: str) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    result = CliRunner().invoke(app, ["report", option, given])
+    said = " ".join(result.output.replace("│", " ").split())  # out of rich's box
+    assert result.exit_code == 2 and f"{option}: '{given}' is before 1970" in said
+    assert "neither a date" not in said
+
+
 def test_a_chart_that_cannot_be_written_is_refused_before_the_ledger_is_read(tmp_path):
     """Said at once, as a bad option (exit 2), not in a traceback after reading it all."""
     from typer.testing import CliRunner
