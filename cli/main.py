@@ -246,6 +246,16 @@ def hash_key_cmd(key: Annotated[str | None, typer.Argument()] = None) -> None:
         key = f"rk-{secrets.token_urlsafe(24)}"
     elif not key.strip():  # `relay hash-key "$KEY"` with KEY unset: not a new key
         raise typer.BadParameter("the key is empty; give a key, or none to make one")
+    elif key != key.strip():  # the gateway strips the header: this hash would admit no one
+        raise typer.BadParameter(
+            "the key has whitespace around it, which the gateway drops from the request "
+            "header; give it without"
+        )
+    elif odd := next((c for c in key if not " " <= c <= "~"), None):
+        raise typer.BadParameter(  # a header carries ASCII: no client could send it as hashed
+            f"the key holds {odd!r}, which a request header cannot carry as it is; use "
+            "visible ASCII characters"
+        )
     print(f"relay key: {key}")
     print(f"config:    {{id: my-key, sha256: {hash_key(key)}}}")
 
