@@ -11,9 +11,17 @@ import hashlib
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from schemas.envelope import MAX_CACHE_TTL_S
 from schemas.errors import BadRequest
@@ -49,6 +57,20 @@ class VendorConfig(Strict):
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     batch_discount: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _an_http_url(cls, url: str) -> str:
+        # Said at start: without a scheme or a host every call fails (httpx's
+        # UnsupportedProtocol), which would read as a vendor outage and open its breaker.
+        try:
+            parts = urlsplit(url)
+            good = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # "http://[::1" and the like
+            good = False
+        if not good:
+            raise ValueError(f"{url!r} is no http:// or https:// URL with a host")
+        return url
 
     @property
     def api_timeout_s(self) -> float:

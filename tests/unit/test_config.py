@@ -87,6 +87,12 @@ def test_vendor_key_comes_from_the_named_env_var(tmp_path, monkeypatch):
          "models.m.degrade_to", "another chat alias"),
         (GOOD.replace("models: {m: {candidates: [{vendor: a, model: x}]}}", "models: {}"), "models",
          "at least 1"),
+        (GOOD.replace('"http://a/v1"', "api.openai.com/v1"), "vendors.a.base_url",
+         "'api.openai.com/v1' is no http:// or https:// URL with a host"),
+        (GOOD.replace('"http://a/v1"', '""'), "vendors.a.base_url", "no http://"),
+        (GOOD.replace('"http://a/v1"', '"ftp://a/v1"'), "vendors.a.base_url", "no http://"),
+        (GOOD.replace('"http://a/v1"', '"http:///v1"'), "vendors.a.base_url", "no http://"),
+        (GOOD.replace('"http://a/v1"', '"http://[::1/v1"'), "vendors.a.base_url", "no http://"),
     ],
 )  # fmt: skip
 def test_bad_config_names_file_key_and_problem(tmp_path, text, where, what):
