@@ -123,7 +123,12 @@ async def values(
     topic's own; one that does not exist raises ``TopicMissing`` (rather than reading it
     into being, shaped by the broker's defaults).  A broker lost mid-read (no position
     moving for ``STALL_S``, and the broker not answering) raises ``KafkaConnectionError``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    # An offset gone mid-read (retention deleting the oldest segment under us) resets to
+    # the first line still there: aiokafka's default, the last, would skip the rest of
+    # that partition and end the read as if it were complete.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
     # A broker lost mid-read is one line in the end (``KafkaConnectionError``), not
     # aiokafka's two errors a second while it retries.
     quiet, level = logging.getLogger("aiokafka"), logging.getLogger("aiokafka").level
@@ -135,8 +140,8 @@ async def values(
         found = consumer.partitions_for_topic(topic) or set(range(partitions))
         parts = [TopicPartition(topic, p) for p in sorted(found)]
         consumer.assign(parts)
-        # The first offsets before the last (asked the other way round, aiokafka's
-        # pending "latest" reset wins and a partition reads as empty).
+        # The first offsets before the last (asked the other way round, the pending
+        # reset of a new assignment could win over the seek).
         await consumer.seek_to_beginning(*parts)
         end = await consumer.end_offsets(parts)
         if since_ms is not None:  # straight to the first line of the period, by time

@@ -267,6 +267,23 @@ def reading(held: dict[str, list[bytes | None]]) -> type[FakeConsumer]:
     return type("Consumer", (FakeConsumer,), {"held": held})
 
 
+async def test_an_offset_gone_mid_read_resumes_at_the_oldest_line_not_the_end(monkeypatch):
+    """Retention deleting the segment being read makes the offset out of range: reset to
+    the latest, the rest of that partition would be skipped and the report end short."""
+    import cli.report as report
+
+    built: list[dict[str, object]] = []
+
+    class Recorded(FakeConsumer):
+        def __init__(self, **kwargs: object) -> None:
+            built.append(kwargs)
+            super().__init__()
+
+    monkeypatch.setattr(report, "AIOKafkaConsumer", type("C", (Recorded,), {"held": {"t": []}}))
+    await report.read_ledger("127.0.0.1:9", "t", 1)
+    assert [kw.get("auto_offset_reset") for kw in built] == ["earliest"]
+
+
 class StalledConsumer(FakeConsumer):
     """A consumer whose broker went away mid-read: its positions stop moving, and
     ``getmany`` returns nothing (aiokafka retries it without end)."""
