@@ -1,4 +1,5 @@
-"""The gateway's HTTP protocol bounds a request's head in size and in time."""
+"""The gateway's HTTP protocol bounds a request's head in size and in time, and leaves no
+connection open without a timer on it."""
 
 from __future__ import annotations
 
@@ -9,23 +10,49 @@ from collections.abc import AsyncIterator
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from gateway import http_head
 from gateway.http_head import BoundedHead
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[int]:
+def echo_app() -> FastAPI:
     app = FastAPI()
 
     @app.post("/v1/echo")
     async def echo(body: dict[str, str]) -> dict[str, str]:
         return body
 
+    @app.post("/v1/refuse")
+    async def refuse() -> JSONResponse:  # as the edge refuses: before reading the body
+        return JSONResponse({"error": "no key"}, status_code=401)
+
+    return app
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[int]:
+    async for port in serving(keep_alive_s=5.0):
+        yield port
+
+
+@pytest.fixture
+async def brief_server() -> AsyncIterator[int]:
+    """One whose keep-alive timeout (the bound on an idle or lingering connection) is
+    short enough to wait out."""
+    async for port in serving(keep_alive_s=0.2):
+        yield port
+
+
+async def serving(keep_alive_s: float) -> AsyncIterator[int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=BoundedHead, log_level="error")
+    config = uvicorn.Config(
+        echo_app(), host="127.0.0.1", port=port, http=BoundedHead, log_level="error"
+    )
+    # uvicorn types the option an int; its timer takes any number of seconds
+    config.timeout_keep_alive = keep_alive_s  # type: ignore[assignment]
     served = uvicorn.Server(config)
     task = asyncio.create_task(served.serve())
     while not served.started:  # noqa: ASYNC110 (uvicorn offers a flag, not an event)
@@ -93,3 +120,65 @@ async def test_a_pipelined_head_after_a_large_body_is_not_charged_for_that_body(
     second = post(b'{"text": "hi"}')
     answer = await exchange(server, big + second[:20], second[20:], pause=0.3)
     assert answer.count(b"HTTP/1.1 200") == 2
+
+
+async def test_a_connection_that_sends_nothing_is_closed(brief_server: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", brief_server)
+    try:
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
+
+
+async def head_of_answer(reader: asyncio.StreamReader) -> bytes:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    await asyncio.wait_for(reader.readexactly(length), 5)
+    return head.lower()
+
+
+@pytest.mark.parametrize("path", ["/v1/refuse", "/nope"])
+async def test_an_answer_before_the_body_closes_the_connection_though_bytes_trickle_in(
+    brief_server: int, path: str
+) -> None:
+    """The refusal says ``connection: close``; the body's bytes that come after it no
+    longer keep the connection open (they cancelled the keep-alive timer)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", brief_server)
+    try:
+        writer.write(
+            b"POST %s HTTP/1.1\r\nhost: relay\r\ncontent-length: %d\r\n\r\n"
+            % (path.encode(), 10**9)
+        )
+        head = await head_of_answer(reader)
+        assert head.startswith((b"http/1.1 401", b"http/1.1 404"))
+        assert b"connection: close" in head
+        for _ in range(3):
+            writer.write(b"x")
+            await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
+
+
+async def test_a_client_still_uploading_gets_the_answer_sent_before_its_body(
+    brief_server: int,
+) -> None:
+    """The rest of the body is read and dropped, not met with a reset that could take
+    the answer with it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", brief_server)
+    try:
+        writer.write(b"POST /v1/refuse HTTP/1.1\r\nhost: relay\r\ncontent-length: 2000000\r\n\r\n")
+        head = await head_of_answer(reader)
+        writer.write(b"x" * 2_000_000)
+        await asyncio.wait_for(writer.drain(), 5)
+        assert head.startswith(b"http/1.1 401")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed after the linger
+    finally:
+        writer.close()
+
+
+async def test_a_body_all_in_before_the_answer_keeps_the_connection_alive(server: int) -> None:
+    refused = b"POST /v1/refuse HTTP/1.1\r\nhost: relay\r\ncontent-length: 2\r\n\r\n{}"
+    answer = await exchange(server, refused, post(b'{"text": "hi"}'), pause=0.2)
+    assert answer.count(b"HTTP/1.1 401") == 1 and answer.count(b"HTTP/1.1 200") == 1
+    assert answer.lower().count(b"connection: close") == 1  # the echo's, asked for
