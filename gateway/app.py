@@ -120,6 +120,7 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
         parts: dict[str, Any] = await relay.bus.ready()
         parts["redis"] = await _redis_up(relay.cache)
         metrics.REDIS_UP.set(1 if parts["redis"] else 0)
+        metrics.BROKER_UP.set(1 if parts["broker"] else 0)
         ok = parts["broker"] and parts["worker"]
         return JSONResponse({"ready": ok, **parts}, status_code=200 if ok else 503)
 

@@ -79,9 +79,13 @@ class Bus:
         self._background: set[asyncio.Future[None]] = set()
         self._reader: asyncio.Task[None] | None = None
         self.audit_trail = AuditTrail(self._send_audit, window_s=audit_window_s)
-        # When a worker was last seen in the requests consumer group (monotonic); a check
-        # that cannot tell (broker unreachable, no rights to describe) counts as seen.
+        # When a worker was last seen in the requests consumer group (monotonic), as
+        # admission reads it: a look that cannot tell (broker unreachable, no rights to
+        # describe the group) counts as seen, so a failed look never refuses a request.
         self.worker_seen_at = time.monotonic()
+        # When one was really seen, for relay_workers_missing_seconds: counting a failed
+        # look as a sighting there would hide from the alerts that nothing takes requests.
+        self.worker_sighted_at = time.monotonic()
         self.worker_check_s = worker_check_s
         self._watcher: asyncio.Task[None] | None = None
         self._admin: AIOKafkaAdminClient | None = None
@@ -93,6 +97,7 @@ class Bus:
         await ensure_topics(
             self.bootstrap, [*self.topics.all(), self.topics.replies(self.instance)]
         )
+        metrics.BROKER_UP.set(1)  # it just answered
         await self.producer.start()
         await self.ledger.start()
         await self.consumer.start()
@@ -278,25 +283,43 @@ class Bus:
         self._looking = None
 
     async def _look(self) -> None:
+        present: bool | None = None  # None: cannot tell
         try:
-            if self._admin is None:
-                admin = AIOKafkaAdminClient(
-                    bootstrap_servers=self.bootstrap, request_timeout_ms=2000
-                )
-                try:
-                    await admin.start()
-                except BaseException:  # cancelled too: never leave a half-started client
-                    await admin.close()
-                    raise
-                self._admin = admin
-            present = _workers_in(await self._admin.describe_consumer_groups([self.topics.app_id]))
-        except Exception as exc:  # cannot tell: never refuse on a failed look
+            described = await self._describe_group()
+        except Exception as exc:  # no answer: unreachable, timed out, or no coordinator
             log.debug("could not look for workers: %s", exc)
-            present = True
+            metrics.BROKER_UP.set(0)
+            await self._drop_admin()  # the next look starts afresh, once it is back
+        else:
+            metrics.BROKER_UP.set(1)
+            try:
+                present = _workers_in(described)
+            except Exception as exc:  # an error answer (a loading coordinator, no rights)
+                log.debug("could not look for workers: %s", exc)
+        now = time.monotonic()
+        if present is not False:  # cannot tell: never refuse on a failed look
+            self.worker_seen_at = now
         if present:
-            self.worker_seen_at = time.monotonic()
-        self._looked_at = time.monotonic()
-        metrics.WORKERS_MISSING.set(self.workers_missing_s())
+            self.worker_sighted_at = now
+        self._looked_at = now
+        metrics.WORKERS_MISSING.set(max(0.0, now - self.worker_sighted_at))
+
+    async def _describe_group(self) -> list[Any]:
+        """The broker's DescribeGroups answer for the requests consumer group."""
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=2000)
+            try:
+                await admin.start()
+            except BaseException:  # cancelled too: never leave a half-started client
+                await admin.close()
+                raise
+            self._admin = admin
+        return await self._admin.describe_consumer_groups([self.topics.app_id])
+
+    async def _drop_admin(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            await stop_quietly(admin.close(), "the admin client")
 
     async def _watch_workers(self) -> None:
         while True:

@@ -72,7 +72,14 @@ DEGRADED = Counter(
 REDIS_UP = Gauge("relay_redis_up", "1 when the L2 cache (Redis) answers")
 WORKERS_MISSING = Gauge(
     "relay_workers_missing_seconds",
-    "Seconds since this gateway last saw a worker in the requests consumer group",
+    "Seconds since this gateway last saw a worker in the requests consumer group (a look "
+    "that could not tell, the broker away, saw none)",
+)
+# A broker outage leaves gateways answering scrapes, and refusing every uncached request
+# with 503s that a quiet relay's error ratio never pages on: this gauge is what does.
+BROKER_UP = Gauge(
+    "relay_broker_up",
+    "1 when the broker (Kafka) answered this gateway's last look: every few seconds, and /readyz",
 )
 IN_FLIGHT = Gauge("relay_in_flight", "Requests waiting on a reply")
 

@@ -143,3 +143,71 @@ async def test_a_reader_cancelled_as_a_reply_arrives_stops_and_meters_nothing(st
     with pytest.raises(asyncio.CancelledError):
         await reader  # (Python 3.11's wait_for took the chunk and dropped the cancel)
     assert failures == []
+
+
+class Admin:
+    """The admin client a look asks: its DescribeGroups answer, or the error it raises."""
+
+    def __init__(self, answer: list[Any] | Exception) -> None:
+        self.answer = answer
+        self.closed = False
+
+    async def describe_consumer_groups(self, group_ids: list[str]) -> list[Any]:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def _looked(answer: list[Any] | Exception) -> tuple[Any, Admin]:
+    """A never-started gateway bus after one look for workers that got ``answer``, the
+    last worker it saw 100 s ago."""
+    from gateway.bus import Bus
+    from streams.topics import Topics
+
+    bus = Bus("127.0.0.1:9", Topics("t"), "gw-1")  # never started
+    for kafka in (bus.producer, bus.consumer):
+        await kafka.stop()
+    await bus.ledger.stop()
+    admin = Admin(answer)
+    bus._admin = admin  # type: ignore[assignment]
+    bus.worker_seen_at = bus.worker_sighted_at = time.monotonic() - 100
+    await bus.look_for_workers()
+    return bus, admin
+
+
+def _gauge(name: str) -> float | None:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name)
+
+
+async def test_a_broker_that_does_not_answer_is_said_yet_still_refuses_nobody() -> None:
+    """A Kafka outage on a quiet relay must page (relay_broker_up 0, and no worker seen),
+    while admission still lets requests try (a look that cannot tell refuses nobody)."""
+    from aiokafka.errors import KafkaConnectionError
+
+    bus, admin = await _looked(KafkaConnectionError("no broker"))
+    assert _gauge("relay_broker_up") == 0
+    assert (_gauge("relay_workers_missing_seconds") or 0) >= 100
+    assert bus.workers_missing_s() < 1  # admission: seen, as before
+    assert admin.closed and bus._admin is None  # the next look starts a fresh client
+
+
+async def test_an_error_answer_says_the_broker_is_up_but_sees_no_worker() -> None:
+    bus, admin = await _looked(described(14, "", []))  # COORDINATOR_LOAD_IN_PROGRESS
+    assert _gauge("relay_broker_up") == 1
+    assert (_gauge("relay_workers_missing_seconds") or 0) >= 100
+    assert bus.workers_missing_s() < 1  # cannot tell: never refused on
+    assert not admin.closed and bus._admin is admin
+
+
+@pytest.mark.parametrize("members", [[("member-1",)], []])
+async def test_a_broker_s_answer_says_whether_workers_are_there(members: list[Any]) -> None:
+    bus, _ = await _looked(described(0, "Stable" if members else "Empty", members))
+    assert _gauge("relay_broker_up") == 1
+    missing = _gauge("relay_workers_missing_seconds") or 0
+    assert (missing < 1) if members else (missing >= 100)
+    assert (bus.workers_missing_s() < 1) == bool(members)
