@@ -199,6 +199,10 @@ def gateway(
         log_level=level.lower(),
         access_log=False,  # one line per request would cost more CPU than a cache hit
         http=BoundedHead,  # request heads bounded in size and time, before any key check
+        # Open answers get this long once stopped, then are cut: unbounded, a stream kept
+        # the lifespan's shutdown (bus.stop: ledger lines sent or spilled, cancel
+        # notices) from running before the supervisor's or Docker's SIGKILL.
+        timeout_graceful_shutdown=settings.gateway_drain_s,
     )
 
 

@@ -25,6 +25,7 @@ from rich.markup import escape
 from schemas.config import RelayConfig, hash_key
 from schemas.settings import Settings
 from streams.lifeline import die_with_parent
+from streams.stopping import STOP_GRACE_S
 
 console = Console(stderr=True)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -229,6 +230,14 @@ class Supervisor:
             self.stop()
         return code
 
+    def relay_patience(self) -> float:
+        """How long a stopping gateway or worker is waited for before it is killed: its
+        drain (RELAY_GATEWAY_DRAIN_S, RELAY_WORKER_DRAIN_S), then its shutdown handing
+        the broker what it holds, or the spill file what the broker would not take
+        (twice ``STOP_GRACE_S``): killed sooner, those lines are lost."""
+        drain = max(self.settings.worker_drain_s, self.settings.gateway_drain_s)
+        return drain + 2 * STOP_GRACE_S
+
     def stop(self) -> None:
         """Stop the relay's own processes first and wait for them: the worker's drain
         answers and meters what it took, which needs the broker and the vendor still up.
@@ -236,10 +245,10 @@ class Supervisor:
         each stage is bounded and a part that hangs is killed."""
         for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
-        # Long enough for a worker to finish what it took (RELAY_WORKER_DRAIN_S) and for
-        # Kafka to close its logs (which `relay broker` gives up to 20 s), before anything
-        # is killed outright: a killed `relay broker` would leave its Java running.
-        patience = self.settings.worker_drain_s + 10
+        # Long enough for Kafka to close its logs (which `relay broker` gives up to 20 s)
+        # before anything is killed outright: a killed `relay broker` would leave its Java
+        # running.
+        patience = self.relay_patience()
         stages = [("gateway", "worker"), ("broker",), ("simulator",)]
         for stage in stages:
             if stage == ("broker",):

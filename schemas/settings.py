@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     auth_refusals_per_minute: int = Field(30, ge=0)
     # How long a stopping worker lets the requests it already took finish (SIGTERM).
     worker_drain_s: float = Field(30.0, ge=0)
+    # How long a stopping gateway lets its open answers finish (a stream runs up to its
+    # deadline) before it cuts them, which sends their cancel notices; its shutdown (the
+    # ledger's lines sent or spilled) runs after.  Whoever stops it must wait longer:
+    # `relay up` and compose give it 40 s.  Whole seconds: uvicorn takes an int.
+    gateway_drain_s: int = Field(20, ge=0)
     # How long the Batch API keeps uploaded files, batches and their results (from their
     # last write); at least a batch's window and its grace, or it would vanish mid-run.
     batch_retention_s: int = 30 * 24 * 3600
