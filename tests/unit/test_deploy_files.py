@@ -280,11 +280,6 @@ def _seconds(duration: str) -> float:
     return sum(float(n) * units[u] for n, u in parts)
 
 
-# The gateway's bounded drain (uvicorn's timeout_graceful_shutdown): a setting when the CLI
-# has one, else the 25 s it is meant to be.
-GATEWAY_DRAIN_S = 25.0
-
-
 @pytest.mark.parametrize("role", ["gateway", "worker"])
 def test_relay_services_get_their_drain_and_shutdown_before_docker_kills_them(
     services: dict[str, Service], role: str
@@ -295,13 +290,7 @@ def test_relay_services_get_their_drain_and_shutdown_before_docker_kills_them(
     from schemas.settings import Settings
     from streams.stopping import STOP_GRACE_S
 
-    fields = Settings.model_fields
-    drain = {
-        "gateway": fields["gateway_drain_s"].default
-        if "gateway_drain_s" in fields
-        else GATEWAY_DRAIN_S,
-        "worker": fields["worker_drain_s"].default,
-    }[role]
+    drain = Settings.model_fields[f"{role}_drain_s"].default
     # The drain, then cut answers and ledger lines (a STOP_GRACE_S each), and some room.
     needed = drain + 2 * STOP_GRACE_S + 5
     for name, svc in _by_role(services, role).items():
