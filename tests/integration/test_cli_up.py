@@ -80,7 +80,8 @@ def test_relay_up_prints_lines_serves_and_stops_cleanly(
 
 def test_relay_up_refuses_a_port_already_taken_and_says_so(kafka_bootstrap: str, tmp_path: Path):
     """Its ready checks would pass on another server's port and the printed lines point
-    there: a taken port is refused before anything starts, with exit code 1."""
+    there: a taken port is refused before anything starts, with exit code 2 (the settings
+    to fix, as README says, not a part that failed)."""
     import socket
 
     with socket.socket() as taken:
@@ -97,6 +98,6 @@ def test_relay_up_refuses_a_port_already_taken_and_says_so(kafka_bootstrap: str,
             [sys.executable, "-m", "cli.main", "up", "--config", str(ROOT / "relay.example.yaml")],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-    assert up.returncode == 1
+    assert up.returncode == 2
     assert f"port {port} (gateway) is already in use" in up.stderr
     assert "gateway:" not in up.stdout
