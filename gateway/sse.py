@@ -187,7 +187,7 @@ async def _openai_lines(
             yield _data(item)
     except RelayError as err:
         metrics.count_error(err)
-        yield _data({"error": {"message": err.message, "type": err.type, "code": err.code}})
+        yield _data(err.openai_body())
     yield b"data: [DONE]\n\n"
 
 

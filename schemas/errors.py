@@ -30,6 +30,11 @@
 Each class carries a stable ``code``, the HTTP ``status`` a client sees and whether a
 retry on another candidate may help.  The gateway maps them to the OpenAI or Anthropic
 error body in one place (``gateway/errors.py``); errors cross Kafka as ``to_dict()``.
+
+A vendor's 400 may also carry the OpenAI-format vendor's own code (``vendor_code``:
+``context_length_exceeded``, ``unsupported_parameter``...), which clients branch on: the
+OpenAI error body says it in place of the class's, while metrics, the ledger and routing
+keep reading the stable ``code``.
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ class RelayError(Exception):
         # A window-batched caller whose own vendor key the shared call did not go with
         # (it went with the first caller's): a key's refusal or limit is not its key's.
         self.other_key = False
+        # An OpenAI-format vendor's own error code, for OpenAI-format clients (see above).
+        self.vendor_code: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,7 +79,13 @@ class RelayError(Exception):
             "message": self.message,
             "param": self.param,
             "retry_after": self.retry_after,
+            "vendor_code": self.vendor_code,
         }
+
+    @property
+    def openai_code(self) -> str:
+        """The ``code`` an OpenAI-format client is told: the vendor's own, if it gave one."""
+        return self.vendor_code or self.code
 
     def openai_body(self) -> dict[str, Any]:
         """The error in OpenAI's body: ``{"error": {"message", "type", "param", "code"}}``."""
@@ -81,18 +94,21 @@ class RelayError(Exception):
                 "message": self.message,
                 "type": self.type,
                 "param": self.param,
-                "code": self.code,
+                "code": self.openai_code,
             }
         }
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> RelayError:
         cls = _BY_CODE.get(str(data.get("code")), RelayError)
-        return cls(
+        err = cls(
             str(data.get("message", "")),
             param=data.get("param"),
             retry_after=data.get("retry_after"),
         )
+        vendor_code = data.get("vendor_code")
+        err.vendor_code = vendor_code if isinstance(vendor_code, str) and vendor_code else None
+        return err
 
 
 class BadRequest(RelayError):

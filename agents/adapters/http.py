@@ -251,14 +251,15 @@ _OUT_OF_CREDIT_TEXT = "Your credit balance is too low"
 
 def status_error(resp: httpx.Response, vendor: str) -> RelayError:
     """The error-tree exception for a vendor's error status (the body must be read)."""
-    said, code, param = _vendor_error(resp)
+    said, code, param, code_is_type = _vendor_error(resp)
     return classified(
         vendor,
         resp.status_code,
         _redact(said, resp),
-        code,
+        _redact(code, resp) if code else None,
         _redact(param, resp) if param else None,
         resp.headers,
+        code_is_type=code_is_type,
     )
 
 
@@ -269,9 +270,13 @@ def classified(
     code: str | None,
     param: str | None,
     headers: httpx.Headers | None = None,
+    *,
+    code_is_type: bool = False,
 ) -> RelayError:
     """The error-tree exception for what a vendor said with an error status: in a
-    response, or in a batch result line (which carries the same error object)."""
+    response, or in a batch result line (which carries the same error object).  ``code``
+    is the vendor's error code, or Anthropic's error type (``code_is_type``), which no
+    OpenAI-format client reads as a code."""
     message = f"{vendor}: HTTP {status}: {said[:_MAX_MESSAGE]}"
     anthropic_credit = (
         status == 400
@@ -285,12 +290,18 @@ def classified(
         wait = limit_reset(headers)
     err = error_for_status(status, message, retry_after=wait)
     if isinstance(err, VendorBadRequest):
-        # The vendor's own code where clients branch on it, and the field it blamed.
+        # The vendor's own code where clients branch on it (an overflowing context, an
+        # unsupported parameter), and the field it blamed.
         if code == ContentFiltered.code:
             err = ContentFiltered(message)
+        elif code and not code_is_type and _CODE.fullmatch(code):
+            err.vendor_code = code
         err.param = param[:200] if param else None
     return err
 
+
+# A vendor's error code as clients may be told it: an identifier, never free text.
+_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 # A key as vendors quote it masked ("Incorrect API key provided: sk-proj-****abcd"): the
 # part they show is still part of the operator's key, which never reaches a client.
@@ -418,10 +429,10 @@ def _duration(value: str) -> float | None:
     return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
-def _vendor_error(resp: httpx.Response) -> tuple[str, str | None, str | None]:
-    """What the vendor said, with its error code (Anthropic: its error type) and the
-    parameter it blamed, if any.  OpenAI and Azure: {"error": {"message", "code",
-    "param"}}; Anthropic: {"type": "error", "error": {"type", "message"}}; Ollama:
+def _vendor_error(resp: httpx.Response) -> tuple[str, str | None, str | None, bool]:
+    """What the vendor said, with its error code (Anthropic: its error type, and True
+    last) and the parameter it blamed, if any.  OpenAI and Azure: {"error": {"message",
+    "code", "param"}}; Anthropic: {"type": "error", "error": {"type", "message"}}; Ollama:
     {"error": "..."}."""
     try:
         body = json.loads(resp.content)
@@ -429,17 +440,18 @@ def _vendor_error(resp: httpx.Response) -> tuple[str, str | None, str | None]:
         body = None
     error = body.get("error") if isinstance(body, dict) else None
     code = param = None
+    code_is_type = False
     if isinstance(error, dict) and error.get("message"):
         text = str(error["message"])
         code = error["code"] if isinstance(error.get("code"), str) else None
         if code is None and body.get("type") == "error" and isinstance(error.get("type"), str):
-            code = error["type"]  # Anthropic's way of saying which error
+            code, code_is_type = error["type"], True  # Anthropic's way of saying which error
         param = error["param"] if isinstance(error.get("param"), str) else None
     elif isinstance(error, str) and error:
         text = error
     else:
         text = resp.text.strip() or resp.reason_phrase
-    return text, code, param
+    return text, code, param, code_is_type
 
 
 def _redact(text: str, resp: httpx.Response) -> str:

@@ -641,9 +641,10 @@ class ChunksToResponseEvents:
         return [*events, self._event(name, response=done)]
 
     def error(self, err: RelayError) -> list[tuple[str, dict[str, Any]]]:
-        """An ``error`` event (the relay's code and the field it names), then
-        ``response.failed`` with the output so far and the failure in OpenAI's codes: the
-        last ``response.*`` event a client waits for, as OpenAI ends a failed response."""
+        """An ``error`` event (the vendor's own code if it gave one, else the relay's, and
+        the field it names), then ``response.failed`` with the output so far and the
+        failure in OpenAI's codes: the last ``response.*`` event a client waits for, as
+        OpenAI ends a failed response."""
         held = self._open_held()  # (the output so far includes them)
         failed = {
             **_served(self.shell, self._tier),
@@ -653,7 +654,7 @@ class ChunksToResponseEvents:
         }
         return [
             *held,
-            self._event("error", code=err.code, message=err.message, param=err.param),
+            self._event("error", code=err.openai_code, message=err.message, param=err.param),
             self._event("response.failed", response=failed),
         ]
 

@@ -1023,12 +1023,15 @@ async def test_an_embeddings_200_without_data_is_the_vendor_s_failure_and_no_usa
 
 async def test_a_batch_line_s_error_keeps_the_vendor_s_code_as_a_live_answer_does():
     """Azure's content_filter keeps its code and the field it blamed; an account out of
-    credit is the key's failure, not a rate limit to wait out."""
+    credit is the key's failure, not a rate limit to wait out; any other 400's code is
+    carried for OpenAI-format clients."""
     filtered = {"error": {"message": "filtered", "code": "content_filter", "param": "prompt"}}
     quota = {"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}
+    overflow = {"error": {"message": "too long", "code": "context_length_exceeded"}}
     output = [
         {"custom_id": "a", "response": {"status_code": 400, "body": filtered}},
         {"custom_id": "b", "response": {"status_code": 429, "body": quota}},
+        {"custom_id": "c", "response": {"status_code": 400, "body": overflow}},
     ]
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -1040,3 +1043,5 @@ async def test_a_batch_line_s_error_keeps_the_vendor_s_code_as_a_live_answer_doe
     results = await adapter_for(handler).poll_batch("batch_1", KEY)
     assert isinstance(results["a"], ContentFiltered) and results["a"].param == "prompt"
     assert isinstance(results["b"], VendorAuthFailed)
+    assert isinstance(results["c"], VendorBadRequest)
+    assert results["c"].vendor_code == "context_length_exceeded"

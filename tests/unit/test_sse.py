@@ -335,3 +335,24 @@ async def test_an_anthropic_stream_that_hits_a_bug_still_ends_with_an_error_even
     else:
         raise AssertionError("the SDK raises the error event")
     assert [e.type for e in seen][:2] == ["message_start", "content_block_start"]
+
+
+async def test_a_late_vendor_error_tells_openai_clients_the_vendor_s_code() -> None:
+    """A vendor's 400 after the stream began: the chat stream's error line and the
+    Responses stream's error event both carry the vendor's code (context overflow)."""
+    import json
+
+    from schemas.errors import VendorBadRequest
+
+    async def chunks() -> AsyncIterator[dict[str, Any] | Usage]:
+        err = VendorBadRequest("openai: HTTP 400: too long", param="messages")
+        err.vendor_code = "context_length_exceeded"
+        raise err
+        yield {}
+
+    raw = (await collect(openai_sse(chunks(), include_usage=False))).decode()
+    lines = [b.removeprefix("data: ") for b in raw.strip().split("\n\n")]
+    assert lines[-1] == "[DONE]"
+    assert json.loads(lines[-2])["error"]["code"] == "context_length_exceeded"
+    events = _response_events(await collect(responses_sse(chunks(), {"model": "m"}, "resp_1")))
+    assert events[-2]["code"] == "context_length_exceeded"

@@ -89,3 +89,44 @@ def test_a_vendor_quoting_the_key_masked_shows_the_client_none_of_it(said: str) 
     err = status_error(resp, "v")
     assert "abcd" not in err.message and "wxyz" not in err.message
     assert "[redacted]" in err.message and err.status == 502
+
+
+def test_an_openai_vendor_s_400_code_is_carried_for_openai_clients() -> None:
+    """OpenAI's ``context_length_exceeded`` (which agents branch on to trim history) is
+    what an OpenAI-format client is told; the relay's own stable code stays for metrics,
+    the ledger and routing, and both cross Kafka."""
+    from agents.adapters.http import status_error
+    from schemas.errors import RelayError, VendorBadRequest
+
+    said = {
+        "error": {
+            "message": "This model's maximum context length is 128000 tokens.",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }
+    }
+    err = status_error(httpx.Response(400, json=said), "openai")
+    assert isinstance(err, VendorBadRequest) and err.code == "vendor_bad_request"
+    assert err.openai_body()["error"]["code"] == "context_length_exceeded"
+    again = RelayError.from_dict(err.to_dict())
+    assert type(again) is VendorBadRequest and again.code == "vendor_bad_request"
+    assert (again.vendor_code, again.param) == ("context_length_exceeded", "messages")
+
+
+def test_an_anthropic_vendor_s_error_type_is_no_openai_code() -> None:
+    from agents.adapters.http import status_error
+
+    said = {"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}}
+    err = status_error(httpx.Response(400, json=said), "anthropic")
+    assert err.vendor_code is None and err.openai_body()["error"]["code"] == "vendor_bad_request"
+
+
+@pytest.mark.parametrize("code", ["see https://x.test/why?key=1", "k" * 12, "a" * 65])
+def test_a_vendor_code_that_is_no_identifier_or_quotes_the_key_is_not_carried(code: str) -> None:
+    from agents.adapters.http import status_error
+
+    request = httpx.Request("POST", "https://v.test/v1/chat", headers={"api-key": "k" * 12})
+    said = {"error": {"message": "bad", "code": code}}
+    err = status_error(httpx.Response(400, json=said, request=request), "v")
+    assert err.vendor_code is None and err.openai_code == "vendor_bad_request"
