@@ -32,7 +32,8 @@ retry on another candidate may help.  The gateway maps them to the OpenAI or Ant
 error body in one place (``gateway/errors.py``); errors cross Kafka as ``to_dict()``.
 
 A vendor's 400 may also carry the OpenAI-format vendor's own code (``vendor_code``:
-``context_length_exceeded``, ``unsupported_parameter``...), which clients branch on: the
+``context_length_exceeded``, ``unsupported_parameter``...), which clients branch on, as
+may a 400 of the relay's that OpenAI itself gives a code (``unknown_parameter``): the
 OpenAI error body says it in place of the class's, while metrics, the ledger and routing
 keep reading the stable ``code``.
 """
@@ -70,7 +71,7 @@ class RelayError(Exception):
         # A window-batched caller whose own vendor key the shared call did not go with
         # (it went with the first caller's): a key's refusal or limit is not its key's.
         self.other_key = False
-        # An OpenAI-format vendor's own error code, for OpenAI-format clients (see above).
+        # OpenAI's own code for the error, for OpenAI-format clients (see above).
         self.vendor_code: str | None = None
 
     def to_dict(self) -> dict[str, Any]:

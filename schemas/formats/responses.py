@@ -17,6 +17,11 @@ vendor as that thinking (a tool loop that thinks needs it); other reasoning item
 back are dropped, as chat has no slot for them.  A function tool keeps the ``strict`` it
 was given; one given none runs as chat runs it (not strict), where OpenAI's Responses API
 would make its schema strict.
+
+Every top-level field the openai SDK sends is taken, refused, or ignored on purpose
+(``_IGNORED`` says why); any other (chat's ``max_tokens``, ``stop``, ``seed``...) is
+refused with OpenAI's own ``unknown_parameter``, as OpenAI refuses it, rather than the
+request run without it.
 """
 
 from __future__ import annotations
@@ -50,19 +55,73 @@ _STATEFUL = {
 }
 _ROLES = ("user", "assistant", "system", "developer")
 
+# The fields read below (those in _STATEFUL are refused when given).
+_TAKEN = frozenset(
+    {
+        "model", "input", "instructions", "stream", "temperature", "top_p", "user",
+        "max_output_tokens", "tools", "tool_choice", "parallel_tool_calls", "text",
+        "verbosity", "reasoning", "include", "metadata", "truncation", "top_logprobs",
+        "moderation", "prompt_cache_options", "service_tier", "prompt_cache_key",
+        "safety_identifier", "prompt_cache_retention",
+    }
+)  # fmt: skip
+# Fields the SDK may send that change nothing the relay could do, left aside on purpose.
+_IGNORED = {
+    "store": "the relay stores no responses: every answer says store: false",
+    "stream_options": "its one option obfuscates OpenAI's own events; the relay's carry none",
+    "max_tool_calls": "it counts calls to OpenAI-hosted tools, which the relay refuses",
+    "background_options": "it only goes with background, which the relay refuses",
+    "image": "a hint for how OpenAI compresses images in its context",
+    "access_programs": "OpenAI's account access programs; a vendor serves under its own",
+}
+# Chat's names for a Responses field, for the refusal of a client that sent them.
+_CHAT_NAMES = {
+    "max_tokens": "max_output_tokens",
+    "max_completion_tokens": "max_output_tokens",
+    "messages": "input",
+    "response_format": "text.format",
+    "reasoning_effort": "reasoning.effort",
+}
+
+
+def _known_only(body: dict[str, Any]) -> None:
+    """Refuse a field the Responses API does not have, as OpenAI does (``unknown_parameter``,
+    which clients read): the relay would run the request without it.  A field sent empty
+    (null, [], {}) asks for nothing, as the Messages route also takes it."""
+    for key, value in body.items():
+        if key in _TAKEN or key in _STATEFUL or key in _IGNORED or value in (None, [], {}):
+            continue
+        twin = _CHAT_NAMES.get(key)
+        why = f"the Responses API calls it {twin}" if twin else "the request would run without it"
+        err = BadRequest(f"{key}: unknown parameter ({why})", param=key)
+        err.vendor_code = "unknown_parameter"
+        raise err
+
 
 def responses_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     """A Responses request as the neutral (OpenAI chat) body; ``BadRequest`` names the
     field that cannot be taken."""
+    _known_only(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model: field required", param="model")
     for field, why in _STATEFUL.items():
         if body.get(field):
             raise BadRequest(f"{field}: {why}", param=field)
-    for field in ("metadata", "reasoning", "text"):
+    for field in ("metadata", "reasoning", "text", "prompt_cache_options"):
         if body.get(field) is not None and not isinstance(body[field], dict):
             raise BadRequest(f"{field}: must be an object", param=field)
+    if body.get("moderation"):
+        raise BadRequest(
+            "moderation: not supported by the relay (the request would run without it)",
+            param="moderation",
+        )
+    if (body.get("prompt_cache_options") or {}).get("prewarm"):
+        raise BadRequest(
+            "prompt_cache_options.prewarm: not supported by the relay (it would answer the "
+            "request, and bill it, rather than only warm a cache)",
+            param="prompt_cache_options.prewarm",
+        )
     if not all(isinstance(v, str) for v in (body.get("metadata") or {}).values()):
         raise BadRequest("metadata: values must be strings", param="metadata")
     if body.get("stream") is not None and not isinstance(body["stream"], bool):
@@ -101,7 +160,8 @@ def responses_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
         out["parallel_tool_calls"] = body["parallel_tool_calls"]
     if fmt := _response_format(body.get("text")):
         out["response_format"] = fmt
-    if verbosity := (body.get("text") or {}).get("verbosity"):
+    # text.verbosity, or the SDK's parse(verbosity=...) at the top
+    if verbosity := (body.get("text") or {}).get("verbosity") or body.get("verbosity"):
         out["verbosity"] = verbosity  # chat's own name for it (GPT-5 models)
     include = body.get("include") or []
     if not isinstance(include, list) or not all(isinstance(x, str) for x in include):

@@ -556,6 +556,39 @@ async def test_a_responses_request_is_held_to_chat_s_checks(extra: Any, param: s
     assert status == 400 and reply["error"]["param"] == param, reply
 
 
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"max_tokens": 5}, "max_tokens"),
+        ({"seed": 7}, "seed"),
+        ({"stop": ["\n"]}, "stop"),
+        ({"frequency_penalty": 2}, "frequency_penalty"),
+        ({"n": 3}, "n"),
+    ],
+)
+async def test_a_responses_request_with_a_field_the_api_lacks_is_refused(
+    extra: Any, param: str
+) -> None:
+    """As OpenAI refuses it (unknown_parameter, naming the field), rather than the request
+    run without it (no length limit for a client that used chat's max_tokens)."""
+    app, bus = gateway_app()
+    async with client(app) as http:
+        body = {"model": "gpt-4o-mini", "input": "hi", **extra}
+        reply = await http.post("/v1/responses", json=body)
+    error = reply.json()["error"]
+    assert reply.status_code == 400 and not bus.published
+    assert (error["param"], error["code"]) == (param, "unknown_parameter")
+    assert error["type"] == "invalid_request_error"
+
+
+async def test_a_responses_request_asking_for_moderation_is_refused() -> None:
+    status, reply = await post(
+        "/v1/responses",
+        {"model": "gpt-4o-mini", "input": "hi", "moderation": {"model": "omni-moderation"}},
+    )
+    assert status == 400 and reply["error"]["param"] == "moderation"
+
+
 PAD = "x" * 300_000  # past the edge's own parser: FastAPI's keeps integers past 64 bits
 
 
