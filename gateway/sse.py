@@ -158,8 +158,9 @@ def openai_sse(
     """Chunks as ``data:`` lines; the usage chunk if asked; then ``data: [DONE]``; an SSE
     comment whenever ``keepalive_s`` passes without a line.
 
-    An error after the stream began cannot change the status any more; it is sent the way
-    OpenAI does it, as a final ``data:`` line holding an ``error`` object.
+    An error after the stream began (a bug of the relay's too, logged) cannot change the
+    status any more; it is sent the way OpenAI does it, as a final ``data:`` line holding
+    an ``error`` object.
     """
     return _kept_alive(_openai_lines(chunks, include_usage), _OPENAI_KEEPALIVE, keepalive_s)
 
@@ -188,6 +189,11 @@ async def _openai_lines(
     except RelayError as err:
         metrics.count_error(err)
         yield _data(err.openai_body())
+    except Exception:  # a bug of ours: the client still hears the stream end
+        log.exception("OpenAI stream failed")
+        bug = RelayError("internal error; it has been logged")
+        metrics.count_error(bug)
+        yield _data(bug.openai_body())
     yield b"data: [DONE]\n\n"
 
 

@@ -356,3 +356,45 @@ async def test_a_late_vendor_error_tells_openai_clients_the_vendor_s_code() -> N
     assert json.loads(lines[-2])["error"]["code"] == "context_length_exceeded"
     events = _response_events(await collect(responses_sse(chunks(), {"model": "m"}, "resp_1")))
     assert events[-2]["code"] == "context_length_exceeded"
+
+
+async def test_an_openai_stream_that_hits_a_bug_still_ends_with_an_error_line(
+    caplog: Any,
+) -> None:
+    """An unexpected exception mid-stream is logged, and the client gets an ``error``
+    line (internal_error) and ``[DONE]``, which the official SDK raises as an API error,
+    rather than a stream cut with no word (or, over ASGI, one that seems to end well)."""
+    import json
+
+    import httpx2
+    import openai
+
+    async def chunks() -> AsyncIterator[dict[str, Any] | Usage]:
+        head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+        delta = {"role": "assistant", "content": "Hel"}
+        yield {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        raise KeyError("a bug")
+
+    raw = await collect(openai_sse(chunks(), include_usage=False))
+    lines = [b.removeprefix("data: ") for b in raw.decode().strip().split("\n\n")]
+    assert lines[-1] == "[DONE]"
+    error = json.loads(lines[-2])["error"]
+    assert (error["code"], error["message"]) == (
+        "internal_error",
+        "internal error; it has been logged",
+    )
+    assert "OpenAI stream failed" in caplog.text and "KeyError: 'a bug'" in caplog.text
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=raw, headers={"content-type": "text/event-stream"})
+
+    http = httpx2.AsyncClient(transport=httpx2.MockTransport(answer))
+    oa = openai.AsyncOpenAI(api_key="x", base_url="http://v/v1", http_client=http, max_retries=0)
+    said: list[str] = []
+    with pytest.raises(openai.APIError, match="internal error"):
+        stream = await oa.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        async for chunk in stream:
+            said.append(chunk.choices[0].delta.content or "")
+    assert said == ["Hel"]
