@@ -3,12 +3,16 @@ SDK asking (Anthropic's when the request carries ``anthropic-version``, else Ope
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from gateway.auth import CallerDep
+from gateway.errors import trace_headers
+from gateway.json_answer import JSONAnswer
 from gateway.relay import Relay
+from schemas.envelope import MAX_TRACE_ID
 
 router = APIRouter(prefix="/v1")
 EPOCH = "1970-01-01T00:00:00Z"  # aliases have no release date; Anthropic's field is required
@@ -26,6 +30,15 @@ def _anthropic(alias: str) -> dict[str, Any]:
     return {"type": "model", "id": alias, "display_name": alias, "created_at": EPOCH}
 
 
+def _answer(request: Request, body: dict[str, Any]) -> JSONAnswer:
+    """``body`` with a request id, as every answer carries one (the SDKs' ``_request_id``):
+    the client's own trace id if it sent one the relay takes, else a new one.  No ledger
+    line is written for a model list, so the id only names the request."""
+    given = request.headers.get("x-relay-trace-id", "")
+    trace = given if 0 < len(given) <= MAX_TRACE_ID else uuid.uuid4().hex
+    return JSONAnswer(body, headers=trace_headers(trace))
+
+
 @router.get("/models")
 async def list_models(
     request: Request,
@@ -33,12 +46,12 @@ async def list_models(
     limit: int = 20,
     after_id: str | None = None,
     before_id: str | None = None,
-) -> dict[str, Any]:
+) -> JSONAnswer:
     """OpenAI's list is whole; Anthropic's pages by ``limit``/``after_id``/``before_id``."""
     relay: Relay = request.app.state.relay
     aliases = [a for a in relay.config.models if who.policy.may_use(a)]
     if not wants_anthropic(request):
-        return {"object": "list", "data": [_openai(a) for a in aliases]}
+        return _answer(request, {"object": "list", "data": [_openai(a) for a in aliases]})
     limit = min(max(limit, 1), 1000)  # Anthropic's bounds
     if after_id in aliases:
         aliases = aliases[aliases.index(after_id) + 1 :]
@@ -49,17 +62,20 @@ async def list_models(
     else:
         page = aliases[:limit]
         has_more = len(aliases) > len(page)
-    return {
-        "data": [_anthropic(a) for a in page],
-        "has_more": has_more,
-        "first_id": page[0] if page else None,
-        "last_id": page[-1] if page else None,
-    }
+    return _answer(
+        request,
+        {
+            "data": [_anthropic(a) for a in page],
+            "has_more": has_more,
+            "first_id": page[0] if page else None,
+            "last_id": page[-1] if page else None,
+        },
+    )
 
 
 @router.get("/models/{model_id:path}")
-async def get_model(model_id: str, request: Request, who: CallerDep) -> dict[str, Any]:
+async def get_model(model_id: str, request: Request, who: CallerDep) -> JSONAnswer:
     """One alias; 404 in the caller's format when it does not exist or is not theirs."""
     relay: Relay = request.app.state.relay
     await relay.check_model(who, model_id)
-    return _anthropic(model_id) if wants_anthropic(request) else _openai(model_id)
+    return _answer(request, _anthropic(model_id) if wants_anthropic(request) else _openai(model_id))
