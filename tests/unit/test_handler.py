@@ -1609,7 +1609,7 @@ async def test_one_stalled_topic_does_not_delay_a_call_routed_cheaper_for_its_wa
     """Rate pressure routes a shared stream cheaper, and each streaming waiter is told so
     first: two whose reply topics take nothing are given up on side by side, so the
     cheaper call starts after one REPLY_SEND_S, not one per such waiter."""
-    monkeypatch.setattr("agents.handler.REPLY_SEND_S", 0.5)
+    monkeypatch.setattr("agents.handler.REPLY_SEND_S", 1.0)  # one give-up: 1 s; one per waiter: 2 s or more
     called: dict[str, float] = {}
     handler, sink, calls = await under_pressure()
     stall_topic(sink, "nowhere")
@@ -1631,7 +1631,9 @@ async def test_one_stalled_topic_does_not_delay_a_call_routed_cheaper_for_its_wa
     stalled = [envelope(True, key="p", cache_lookup=True, reply_to="nowhere") for _ in range(2)]
     await asyncio.gather(*(handler.handle(e) for e in (healthy, *stalled)))
     assert calls == ["a", "b"]
-    assert called["b"] < 0.8, "the cheaper call waited for each stalled notice in turn"
+    # Measured against the 2 s that giving up in turn takes, with room for a loaded
+    # machine (a tighter bound failed under CI's load now and then).
+    assert called["b"] < 1.9, "the cheaper call waited for each stalled notice in turn"
     got = sink.for_(healthy.correlation_id)
     assert got[-1].kind == "final" and {e.degraded for e in got} == {"rate_pressure"}
 
