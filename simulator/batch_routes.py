@@ -414,14 +414,16 @@ async def create_message_batch(request: Request) -> Response:
     items = body.get("requests") if body else None
     if not isinstance(items, list) or not items:
         return anthropic_routes.error(400, "requests: at least one request is required")
-    for item in items:
+    for i, item in enumerate(items):
         if not (isinstance(item, dict) and isinstance(item.get("params"), dict)):
             return anthropic_routes.error(400, "requests: each needs custom_id and params")
-        if not _CUSTOM_ID.fullmatch(str(item.get("custom_id", ""))):
+        custom_id = item.get("custom_id")
+        if not isinstance(custom_id, str):  # null or a number is no id, not "None" or "5"
+            message = f"requests.{i}.custom_id: Input should be a valid string"
+            return anthropic_routes.error(400, message)
+        if not _CUSTOM_ID.fullmatch(custom_id):
             return anthropic_routes.error(
-                400,
-                f"requests.custom_id: {item.get('custom_id')!r} does not match "
-                "^[a-zA-Z0-9_-]{1,64}$",
+                400, f"requests.custom_id: {custom_id!r} does not match ^[a-zA-Z0-9_-]{{1,64}}$"
             )
     if len({item["custom_id"] for item in items}) < len(items):
         return anthropic_routes.error(400, "requests: custom_id values must be unique")
