@@ -214,9 +214,10 @@ def _openai_item(
 @router.post("/openai/batches")  # Azure
 @router.post("/openai/v1/batches")  # Azure v1 API
 async def create_batch(request: Request) -> Response:
-    """Create a batch; every line is answered now and revealed once the job 'completes'.
-    An input file with a bad line fails the whole batch (``status: failed``, the lines'
-    problems in ``errors``), and none of it runs."""
+    """Create a batch; its lines are answered once the job 'completes' (when it is first
+    seen ended), so a batch cancelled before then runs none of them.  An input file with
+    a bad line fails the whole batch (``status: failed``, the lines' problems in
+    ``errors``), and none of it runs."""
     if (rejected := _openai_auth(request)) is not None:
         return rejected
     sim = _sim(request)
@@ -230,11 +231,7 @@ async def create_batch(request: Request) -> Response:
     if data is None:
         return openai_routes.error(404, f"No such File object: {file_id}", param="input_file_id")
     requests, invalid = _validate_lines(endpoint, data)
-    good: list[dict[str, Any]] = []
-    bad: list[dict[str, Any]] = []
-    for custom_id, params in [] if invalid else requests:
-        line, ok = _openai_item(sim, endpoint, custom_id, params)
-        (good if ok else bad).append(line)
+    requests = [] if invalid else requests
     sim.stats.batches += 1
     now = int(time.time())
     job: dict[str, Any] = {
@@ -256,24 +253,38 @@ async def create_batch(request: Request) -> Response:
         "expired_at": None,
         "cancelling_at": None,
         "cancelled_at": None,
-        "request_counts": {"total": len(good) + len(bad), "completed": 0, "failed": 0},
+        "request_counts": {"total": len(requests), "completed": 0, "failed": 0},
         "metadata": body.get("metadata"),
     }
     sim.batches[job["id"]] = {
         "t0": time.time(),
         "obj": job,
         "invalid": invalid,
-        "output": None
-        if invalid
-        else _store_file(sim, _jsonl(good), "batch_output.jsonl", "batch_output")["id"],
-        "errors": _store_file(sim, _jsonl(bad), "batch_errors.jsonl", "batch_output")["id"]
-        if bad
-        else None,
-        "counts": (len(good), len(bad)),
-        "custom_ids": [line["custom_id"] for line in good + bad],
+        "requests": requests,
+        "ran": False,
+        "output": None,
+        "errors": None,
+        "counts": (0, 0),
         "cancelled": False,
     }
     return json_response(job)
+
+
+def _run_openai(sim: Sim, rec: dict[str, Any]) -> None:
+    """Answer an ended batch's requests, once: its output file holds the answered lines,
+    its error file (if any) the failed ones."""
+    if rec["ran"] or rec["invalid"]:
+        return
+    rec["ran"] = True
+    good: list[dict[str, Any]] = []
+    bad: list[dict[str, Any]] = []
+    for custom_id, params in rec["requests"]:
+        line, ok = _openai_item(sim, rec["obj"]["endpoint"], custom_id, params)
+        (good if ok else bad).append(line)
+    rec["output"] = _store_file(sim, _jsonl(good), "batch_output.jsonl", "batch_output")["id"]
+    if bad:
+        rec["errors"] = _store_file(sim, _jsonl(bad), "batch_errors.jsonl", "batch_output")["id"]
+    rec["counts"] = (len(good), len(bad))
 
 
 def _openai_view(sim: Sim, rec: dict[str, Any]) -> dict[str, Any]:
@@ -293,6 +304,7 @@ def _openai_view(sim: Sim, rec: dict[str, Any]) -> dict[str, Any]:
     if rec["invalid"]:
         errors = {"object": "list", "data": rec["invalid"]}
         return obj | {"status": "failed", "failed_at": at, "errors": errors}
+    _run_openai(sim, rec)
     done, failed = rec["counts"]
     return obj | {
         "status": "completed",
@@ -339,7 +351,7 @@ async def cancel_batch(batch_id: str, request: Request) -> Response:
         error = {"code": "batch_cancelled", "message": "The batch was cancelled."}
         unrun = [
             {"id": new_id("batch_req_"), "custom_id": cid, "response": None, "error": error}
-            for cid in rec["custom_ids"]
+            for cid, _ in rec["requests"]
         ]
         rec["errors"] = _store_file(sim, _jsonl(unrun), "batch_errors.jsonl", "batch_output")["id"]
         rec["obj"]["cancelling_at"] = int(time.time())
@@ -371,12 +383,24 @@ def _anthropic_item(sim: Sim, item: Any) -> dict[str, Any]:
     return {"custom_id": custom_id, "result": {"type": "errored", "error": error}}
 
 
+def _anthropic_results(sim: Sim, rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """An ended batch's results, its requests answered the first time they are asked for
+    (so a batch cancelled before it ended runs none of them)."""
+    if rec["results"] is None:
+        rec["results"] = [_anthropic_item(sim, item) for item in rec["items"]]
+    results: list[dict[str, Any]] = rec["results"]
+    return results
+
+
 def _anthropic_view(sim: Sim, rec: dict[str, Any], request: Request) -> dict[str, Any]:
     obj = dict(rec["obj"])
-    succeeded, errored = rec["counts"]
     if rec["cancelled"]:
-        counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": succeeded + errored}
+        canceled = len(rec["items"])
+        counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": canceled}
     elif _ended(sim, rec):
+        results = _anthropic_results(sim, rec)
+        succeeded = sum(r["result"]["type"] == "succeeded" for r in results)
+        errored = len(results) - succeeded
         counts = {"processing": 0, "succeeded": succeeded, "errored": errored, "canceled": 0}
     else:
         return obj
@@ -427,9 +451,7 @@ async def create_message_batch(request: Request) -> Response:
             )
     if len({item["custom_id"] for item in items}) < len(items):
         return anthropic_routes.error(400, "requests: custom_id values must be unique")
-    results = [_anthropic_item(sim, item) for item in items]
     sim.stats.batches += 1
-    ok = sum(r["result"]["type"] == "succeeded" for r in results)
     now = time.time()
     job: dict[str, Any] = {
         "id": new_id("msgbatch_"),
@@ -452,8 +474,8 @@ async def create_message_batch(request: Request) -> Response:
     sim.batches[job["id"]] = {
         "t0": now,
         "obj": job,
-        "results": results,
-        "counts": (ok, len(results) - ok),
+        "items": items,
+        "results": None,  # until it has ended and is looked at
         "cancelled": False,
     }
     return json_response(job)
@@ -505,10 +527,11 @@ async def message_batch_results(batch_id: str, request: Request) -> Response:
         return rec
     if rec["cancelled"]:
         lines = [
-            {"custom_id": r["custom_id"], "result": {"type": "canceled"}} for r in rec["results"]
+            {"custom_id": item["custom_id"], "result": {"type": "canceled"}}
+            for item in rec["items"]
         ]
     elif _ended(sim, rec):
-        lines = rec["results"]
+        lines = _anthropic_results(sim, rec)
     else:
         return anthropic_routes.error(400, f"message batch {batch_id} has not ended yet")
     return Response(_jsonl(lines), media_type="application/binary")
