@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.datastructures import UploadFile
 
 from simulator import anthropic_routes, openai_routes
-from simulator.faults import BadRequest, Sim, bearer, json_response, read_json
+from simulator.faults import BadRequest, Sim, json_response, read_json
 from simulator.text import new_id
 
 router = APIRouter()
@@ -73,9 +73,11 @@ def _store_file(sim: Sim, data: bytes, filename: str, purpose: str) -> dict[str,
 
 
 def _openai_auth(request: Request) -> Response | None:
-    """OpenAI's bearer key, or Azure's ``api-key`` header on Azure's ``/openai/…`` paths."""
-    azure = request.url.path.startswith("/openai/")
-    if _sim(request).authorized(request.headers.get("api-key") if azure else bearer(request)):
+    """OpenAI's bearer key, or Azure's ``api-key`` header on Azure's ``/openai/…`` paths,
+    whose dated ones (not the v1 API) also need their ``api-version``."""
+    if (missing := openai_routes.missing_api_version(request)) is not None:
+        return missing
+    if _sim(request).authorized(openai_routes.supplied_key(request)):
         return None
     return openai_routes.error(401, "Incorrect API key provided.", code="invalid_api_key")
 

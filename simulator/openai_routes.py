@@ -74,6 +74,26 @@ def fault_response(fault: str) -> Response:
     return error(status, message, type_, None, code)
 
 
+def supplied_key(request: Request) -> str | None:
+    """The key a call carries: a bearer token at OpenAI; the ``api-key`` header on Azure's
+    dated paths; either on Azure's v1 API, which the plain OpenAI client calls with its
+    bearer token."""
+    path = request.url.path
+    if path.startswith("/openai/v1/"):
+        return request.headers.get("api-key") or bearer(request)
+    return request.headers.get("api-key") if path.startswith("/openai/") else bearer(request)
+
+
+def missing_api_version(request: Request) -> Response | None:
+    """What Azure answers a dated path (``/openai/...`` but not its v1 API) without its
+    ``api-version``: a 404 with no OpenAI-style body."""
+    path = request.url.path
+    dated = path.startswith("/openai/") and not path.startswith("/openai/v1/")
+    if dated and not request.query_params.get("api-version"):
+        return json_response({"error": {"code": "404", "message": "Resource not found"}}, 404)
+    return None
+
+
 def content_text(content: Any) -> str:
     """Text of an OpenAI/Ollama message content: a string or a list of parts."""
     if isinstance(content, str):
@@ -492,11 +512,9 @@ async def _handle(request: Request, kind: str, deployment: str | None = None) ->
     """Shared flow: auth, parse, validate, count + faults, latency, answer."""
     sim: Sim = request.app.state.sim
     azure = deployment is not None or request.url.path.startswith("/openai/v1/")
-    if deployment is not None and not request.query_params.get("api-version"):
-        # What Azure answers a dated path without its api-version (no OpenAI-style body).
-        return json_response({"error": {"code": "404", "message": "Resource not found"}}, 404)
-    supplied = request.headers.get("api-key") if azure else bearer(request)
-    if not sim.authorized(supplied):
+    if (missing := missing_api_version(request)) is not None:
+        return missing
+    if not sim.authorized(supplied_key(request)):
         return error(401, "Incorrect API key provided.", code="invalid_api_key")
     body = await read_json(request)
     if body is None:

@@ -288,11 +288,44 @@ async def test_azure_paths_and_api_version(app: Any, sim: httpx.AsyncClient) -> 
     missing = await sim.post(
         "/openai/deployments/my-deploy/chat/completions", json={"messages": user("x")}
     )
-    # What Azure answers a dated path without its api-version.
+    # What Azure answers a dated path without its api-version, files and batches too.
     assert missing.status_code == 404
     assert missing.json() == {"error": {"code": "404", "message": "Resource not found"}}
+    for method, path in (
+        ("POST", "/openai/files"),
+        ("GET", "/openai/files/file-x"),
+        ("DELETE", "/openai/files/file-x"),
+        ("POST", "/openai/batches"),
+        ("GET", "/openai/batches/batch_x"),
+        ("POST", "/openai/batches/batch_x/cancel"),
+    ):
+        unversioned = await sim.request(method, path, headers={"api-key": "x"})
+        assert (unversioned.status_code, unversioned.json()) == (404, missing.json()), path
+    versioned = await sim.get("/openai/files/file-x?api-version=2024-10-21")
+    assert versioned.status_code == 404 and "No such File" in versioned.json()["error"]["message"]
     stats = (await sim.get("/stats")).json()
     assert stats["by_endpoint"] == {"azure.chat": 1, "azure.embeddings": 1}
+
+
+async def test_azure_v1_takes_the_plain_openai_client_s_bearer_key() -> None:
+    """Azure's v1 API is called with the plain OpenAI client (its key as a bearer token)
+    or with the ``api-key`` header; its paths carry no api-version."""
+    app = create_app(SimConfig(api_key="k"))
+    plain = openai.AsyncOpenAI(
+        base_url="http://sim/openai/v1", api_key="k", http_client=sdk_http(app), max_retries=0
+    )
+    r = await plain.chat.completions.create(model="my-deploy", messages=user("hello v1"))
+    assert r.choices[0].message.content
+    f = await plain.files.create(file=("input.jsonl", b"{}\n"), purpose="batch")
+    assert (await plain.files.delete(f.id)).deleted
+    raw = raw_client(app)
+    body = {"model": "d", "messages": user("x")}
+    by_header = await raw.post("/openai/v1/chat/completions", json=body, headers={"api-key": "k"})
+    assert by_header.status_code == 200
+    wrong = await raw.post(
+        "/openai/v1/chat/completions", json=body, headers={"authorization": "Bearer nope"}
+    )
+    assert wrong.status_code == 401
 
 
 @pytest.mark.parametrize("version", ["2024-10-21", "v1"])
