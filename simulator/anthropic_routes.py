@@ -8,7 +8,16 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from simulator.faults import BadRequest, Sim, json_response, read_json
-from simulator.text import Answer, Prompt, compose, digest, new_id, text_tokens
+from simulator.text import (
+    Answer,
+    Call,
+    Prompt,
+    compose,
+    digest,
+    json_pieces,
+    new_id,
+    text_tokens,
+)
 
 router = APIRouter()
 
@@ -128,6 +137,9 @@ def _check_types(body: dict[str, Any]) -> None:
             continue
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
             raise BadRequest(f"{field}: Input should be {what}")
+    for i, stop in enumerate(body.get("stop_sequences") or []):
+        if not isinstance(stop, str):
+            raise BadRequest(f"stop_sequences.{i}: Input should be a valid string")
     for i, tool in enumerate(body.get("tools") or []):
         if not isinstance(tool, dict):
             raise BadRequest(f"tools.{i}: Input should be a valid dictionary")
@@ -170,7 +182,10 @@ def to_prompt(body: dict[str, Any]) -> tuple[Prompt, str | None]:
         for t in body.get("tools") or []
         if isinstance(t, dict) and t.get("name")
     ]
-    return Prompt(texts, last_user, result, tools, _tool_choice(body.get("tool_choice"))), prefix
+    choice = _tool_choice(body.get("tool_choice"))
+    asked = body.get("tool_choice")
+    parallel = not (isinstance(asked, dict) and asked.get("disable_parallel_tool_use"))
+    return Prompt(texts, last_user, result, tools, choice, parallel), prefix
 
 
 def _one_hour(body: dict[str, Any]) -> bool:
@@ -272,7 +287,10 @@ def _prepare(sim: Sim, body: dict[str, Any]) -> Prepared:
     thinking = _thinking(body, prompt, max_tokens)
     # The thinking counts towards max_tokens: the answer gets what it leaves.
     thought = text_tokens(thinking["thinking"]) if thinking else 0
-    answer = compose(model, prompt, max_tokens - thought)
+    # Claude writes a sentence before the calls it chooses to make; with thinking on,
+    # that reasoning is in the thinking block, and it calls straight after.
+    stops = body.get("stop_sequences") or []
+    answer = compose(model, prompt, max_tokens - thought, stops=stops, preamble=not thinking)
     key = _cache_key(sim, model, prompt, prefix)
     usage = _usage(sim, prompt, prefix, answer, key)
     if usage["cache_creation_input_tokens"] and _one_hour(body):
@@ -288,17 +306,25 @@ def _prepare(sim: Sim, body: dict[str, Any]) -> Prepared:
 def _stop_reason(answer: Answer) -> str:
     if answer.truncated:  # a tool call cut short too
         return "max_tokens"
-    return "tool_use" if answer.tool_name is not None else "end_turn"
+    if answer.stop_sequence:
+        return "stop_sequence"
+    return "tool_use" if answer.calls else "end_turn"
 
 
-def _block(answer: Answer) -> dict[str, Any]:
-    if answer.tool_name is not None:
-        # Anthropic holds each input value back until it is whole: a call max_tokens cut
-        # carries (and streamed) only the values it finished.
-        finished, _ = answer.finished_args()
-        tool_id = "toolu_" + answer.tool_id
-        return {"type": "tool_use", "id": tool_id, "name": answer.tool_name, "input": finished}
-    return {"type": "text", "text": answer.text}
+def _tool_block(call: Call) -> dict[str, Any]:
+    # Anthropic holds each input value back until it is whole: a call max_tokens cut
+    # carries (and streamed) only the values it finished.
+    finished, _ = call.finished_args()
+    return {"type": "tool_use", "id": "toolu_" + call.id, "name": call.name, "input": finished}
+
+
+def _blocks_of(answer: Answer) -> list[dict[str, Any]]:
+    """The answer's content blocks: its text (none when it has no words, as when the
+    thinking took all of max_tokens), then a tool_use block per call."""
+    text = [{"type": "text", "text": answer.text}] if answer.words else []
+    if not text and not answer.calls and not answer.truncated:
+        text = [{"type": "text", "text": ""}]  # cut by a stop sequence before any word
+    return [*text, *(_tool_block(call) for call in answer.calls)]
 
 
 def _message(
@@ -309,9 +335,9 @@ def _message(
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [*([thinking] if thinking else []), _block(answer)],
+        "content": [*([thinking] if thinking else []), *_blocks_of(answer)],
         "stop_reason": _stop_reason(answer),
-        "stop_sequence": None,
+        "stop_sequence": answer.stop_sequence,
         "usage": usage,
     }
 
@@ -347,38 +373,39 @@ def _events(
 ) -> list[bytes]:
     message = _message(model, answer, usage)
     start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
-    if answer.tool_name is not None:
-        first = {**_block(answer), "input": {}}
-        _, sent = answer.finished_args()
-        deltas = [{"type": "input_json_delta", "partial_json": p} for p in answer.json_pieces(sent)]
-    else:
-        first = {"type": "text", "text": ""}
-        deltas = [{"type": "text_delta", "text": p} for p in answer.stream_pieces()]
-    blocks: list[bytes] = []
+    # Each block as it starts (empty) and the deltas that fill it, in the message's order.
+    blocks: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
     if thinking:
         words = thinking["thinking"].split(" ")
         pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
-        blocks = _block_events(
-            0,
-            {"type": "thinking", "thinking": "", "signature": ""},
-            [{"type": "thinking_delta", "thinking": p} for p in pieces]
-            + [{"type": "signature_delta", "signature": thinking["signature"]}],
-        )
+        deltas = [{"type": "thinking_delta", "thinking": p} for p in pieces]
+        deltas.append({"type": "signature_delta", "signature": thinking["signature"]})
+        blocks.append(({"type": "thinking", "thinking": "", "signature": ""}, deltas))
+    calls = iter(answer.calls)
+    for block in _blocks_of(answer):
+        if block["type"] == "text":
+            deltas = [{"type": "text_delta", "text": p} for p in answer.stream_pieces()]
+            blocks.append(({"type": "text", "text": ""}, deltas))
+            continue
+        _, sent = next(calls).finished_args()
+        deltas = [{"type": "input_json_delta", "partial_json": p} for p in json_pieces(sent)]
+        blocks.append(({**block, "input": {}}, deltas))
+    stop = {"stop_reason": message["stop_reason"], "stop_sequence": answer.stop_sequence}
     events = [
         _event("message_start", {"type": "message_start", "message": start}),
-        *blocks,
-        *_block_events(1 if thinking else 0, first, deltas),
+        *(e for i, (first, deltas) in enumerate(blocks) for e in _block_events(i, first, deltas)),
         _event(
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                "delta": stop,
                 "usage": {"output_tokens": usage["output_tokens"]},
             },
         ),
         _event("message_stop", {"type": "message_stop"}),
     ]
-    events.insert(2, _event("ping", {"type": "ping"}))  # after the first block's start
+    # After the first block's start (after message_start when there is no block).
+    events.insert(2 if blocks else 1, _event("ping", {"type": "ping"}))
     return events
 
 

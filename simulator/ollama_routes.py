@@ -84,9 +84,9 @@ def _final(
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if thinking:
         message["thinking"] = thinking
-    if answer.tool_name is not None and not answer.truncated:
+    if answer.calls and not answer.truncated:
         message["tool_calls"] = [
-            {"function": {"name": answer.tool_name, "arguments": answer.tool_args}}
+            {"function": {"name": call.name, "arguments": call.args}} for call in answer.calls
         ]
     # Durations are nanoseconds, synthesised from the token counts so they are stable.
     output_tokens = answer.completion_tokens + (text_tokens(thinking) if thinking else 0)
@@ -125,6 +125,15 @@ def _lines(model: str, answer: Answer, prompt_tokens: int, thinking: str) -> lis
     return [orjson.dumps(x) + b"\n" for x in [*lines, final]]
 
 
+def _stops(body: dict[str, Any]) -> list[str]:
+    """``options.stop``: the sequences the answer stops before (a string taken as one)."""
+    options = body.get("options")
+    stop = options.get("stop") if isinstance(options, dict) else None
+    if isinstance(stop, str):
+        return [stop]
+    return [s for s in stop if isinstance(s, str)] if isinstance(stop, list) else []
+
+
 def _format(fmt: Any) -> dict[str, Any] | None:
     """Ollama's ``format`` ("json", or a JSON schema) as OpenAI's response_format."""
     if fmt == "json":
@@ -142,7 +151,8 @@ def _answer(model: str, prompt: Prompt, body: dict[str, Any], thinking: str) -> 
     thought = text_tokens(thinking)
     if cap is not None and thinking and thought >= cap:
         return thinking[: 4 * cap], Answer(words=[], truncated=True, cap=0)
-    return thinking, compose(model, prompt, None if cap is None else cap - thought, fmt)
+    left = None if cap is None else cap - thought
+    return thinking, compose(model, prompt, left, fmt, stops=_stops(body))
 
 
 @router.post("/api/chat")

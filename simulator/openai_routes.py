@@ -18,6 +18,7 @@ from simulator.text import (
     embedding,
     embedding_b64,
     input_tokens,
+    json_pieces,
     new_id,
 )
 
@@ -171,7 +172,9 @@ def _parameters(fn: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def to_prompt(messages: list[Any], tools: Any, tool_choice: Any) -> Prompt:
+def to_prompt(
+    messages: list[Any], tools: Any, tool_choice: Any, *, parallel: bool = True
+) -> Prompt:
     """Reduce OpenAI-shaped messages (also Ollama's) to a vendor-neutral Prompt."""
     texts: list[str] = []
     last_user = ""
@@ -205,7 +208,7 @@ def to_prompt(messages: list[Any], tools: Any, tool_choice: Any) -> Prompt:
         if isinstance(fn, dict) and fn.get("name"):
             if allowed is None or str(fn["name"]) in allowed:
                 specs.append((str(fn["name"]), _parameters(fn)))
-    return Prompt(texts, last_user, result, specs, choice)
+    return Prompt(texts, last_user, result, specs, choice, parallel)
 
 
 def _require_model(body: dict[str, Any], model: str | None) -> str:
@@ -225,6 +228,23 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise BadRequest(f"{field} must be a positive integer.", field)
     return value
+
+
+def stops(value: Any, field: str = "stop") -> list[str]:
+    """The stop sequences of an OpenAI ``stop`` (a string, a list of them, or null);
+    OpenAI's 400 ``invalid_type`` for anything else."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        return value
+    raise BadRequest(
+        f"Invalid type for '{field}': expected a string or an array of strings, but got "
+        f"{_json_type(value)} instead.",
+        field,
+        "invalid_type",
+    )
 
 
 def _cache_key(sim: Sim, model: str, prompt: Prompt) -> int | None:
@@ -252,9 +272,10 @@ def _usage(sim: Sim, prompt: Prompt, answer: Answer, cache_key: int | None) -> d
 
 
 def _finish(answer: Answer) -> str:
+    """OpenAI's finish_reason; a stop sequence ends an answer with "stop", as the end does."""
     if answer.truncated:  # a tool call cut short too: its arguments are not whole
         return "length"
-    return "tool_calls" if answer.tool_name is not None else "stop"
+    return "tool_calls" if answer.calls else "stop"
 
 
 Chat = tuple[str, Answer, dict[str, Any], int | None]  # model, answer, usage, cache key
@@ -266,24 +287,28 @@ def _chat(sim: Sim, body: dict[str, Any], model: str | None) -> Chat:
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty array.", "messages")
     response_format = check_type(body, "response_format", dict, "an object")
-    prompt = to_prompt(messages, body.get("tools"), body.get("tool_choice"))
-    answer = compose(model, prompt, _max_tokens(body), response_format)
+    parallel = body.get("parallel_tool_calls") is not False
+    prompt = to_prompt(messages, body.get("tools"), body.get("tool_choice"), parallel=parallel)
+    answer = compose(
+        model, prompt, _max_tokens(body), response_format, stops=stops(body.get("stop"))
+    )
     key = _cache_key(sim, model, prompt)
     return model, answer, _usage(sim, prompt, answer, key), key
 
 
 def _chat_object(model: str, answer: Answer, usage: dict[str, Any]) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
-    if answer.tool_name is not None:
+    # As OpenAI: content is null beside tool calls (unless there is text too).
+    text = answer.text if answer.words or not answer.calls else None
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    if answer.calls:
         message["tool_calls"] = [
             {
-                "id": "call_" + answer.tool_id,
+                "id": "call_" + call.id,
                 "type": "function",
-                "function": {"name": answer.tool_name, "arguments": answer.tool_json},
+                "function": {"name": call.name, "arguments": call.json},
             }
+            for call in answer.calls
         ]
-    else:
-        message["content"] = answer.text
     return {
         "id": new_id("chatcmpl-"),
         "object": "chat.completion",
@@ -356,22 +381,31 @@ class _ChatStream:
         return [*filtered, self.chunk({"role": "assistant", "content": "", "refusal": None})]
 
     def chunks(self, answer: Answer, usage: dict[str, Any]) -> list[bytes]:
-        if answer.tool_name is not None:
-            head = {
-                "index": 0,
-                "id": "call_" + answer.tool_id,
+        """The text's deltas, then each tool call: its id and name with empty arguments,
+        then their fragments, at its own index (parallel calls one after another)."""
+        heads = [
+            {
+                "index": i,
+                "id": "call_" + call.id,
                 "type": "function",
-                "function": {"name": answer.tool_name, "arguments": ""},
+                "function": {"name": call.name, "arguments": ""},
             }
+            for i, call in enumerate(answer.calls)
+        ]
+        if heads and not answer.words:  # the first call opens the answer
             out = [_prompt_filter_chunk(1)] if self.azure else []
-            out.append(self.chunk({"role": "assistant", "content": None, "tool_calls": [head]}))
-            out += [
-                self.chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
-                for piece in answer.json_pieces()
-            ]
+            first = {"role": "assistant", "content": None, "tool_calls": heads[:1]}
+            out.append(self.chunk(first))
         else:
             out = self.opening()
             out += [self.chunk({"content": piece}) for piece in answer.stream_pieces()]
+        for i, call in enumerate(answer.calls):
+            if i or answer.words:
+                out.append(self.chunk({"tool_calls": [heads[i]]}))
+            out += [
+                self.chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
+                for piece in json_pieces(call.json)
+            ]
         out.append(self.chunk({}, _finish(answer)))
         if self.include_usage:
             out.append(_sse({**self.base, "choices": [], "usage": usage}))
@@ -396,9 +430,9 @@ def _completions(
 ) -> tuple[str, list[Answer], dict[str, Any]]:
     model = _require_model(body, model)
     prompts = _prompts(body)
-    cap = _max_tokens(body)
+    cap, cut = _max_tokens(body), stops(body.get("stop"))
     keys = [p if isinstance(p, str) else orjson.dumps(p).decode() for p in prompts]
-    answers = [compose(model, Prompt([k], k), cap) for k in keys]
+    answers = [compose(model, Prompt([k], k), cap, stops=cut) for k in keys]
     pt = sum(input_tokens(p) for p in prompts)
     ct = sum(a.completion_tokens for a in answers)
     return model, answers, {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}

@@ -23,6 +23,11 @@ VOCAB = (
 ).split()
 
 TOOL_KEYWORDS = ("weather", "tool")
+# A last user turn saying one of these asks for every offered tool at once (parallel calls).
+EVERY_TOOL = ("both tools", "all tools", "each tool", "every tool")
+# What Claude writes before the tool calls it chooses to make (tool_choice auto), unless
+# the user told it outright to use one (a last turn that begins with "use ").
+PREAMBLE = "Let me check that."
 EMBED_DIM = 16
 
 # Ids only need to be unique per process; a random prefix keeps restarts apart cheaply.
@@ -63,6 +68,7 @@ class Prompt:
     tool_result: str | None = None
     tools: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     tool_choice: str = "auto"  # "auto", "none", "required", or a tool name to force
+    parallel: bool = True  # several tool calls in one answer allowed
 
     @property
     def key(self) -> str:
@@ -76,20 +82,64 @@ class Prompt:
 
 
 @dataclass(slots=True)
-class Answer:
-    """A vendor-neutral reply: either words of text or a single tool call.
+class Call:
+    """One tool call.  ``budget``: when max_tokens cut the call short, how many characters
+    of its arguments' JSON were written before the cut (None: the call is whole)."""
 
-    ``truncated`` when the request's max_tokens (``cap``) cut it short: text keeps its
-    first ``cap`` words, a tool call the first ``4 * cap`` characters of name + arguments
-    (the chars/4 token rule), and either way the answer used exactly ``cap`` tokens.
+    name: str
+    args: dict[str, Any]
+    id: str
+    budget: int | None = None
+
+    @property
+    def whole_json(self) -> str:
+        """The arguments as JSON, whole."""
+        return orjson.dumps(self.args).decode()
+
+    @property
+    def json(self) -> str:
+        """The arguments as the JSON string OpenAI-style vendors send: when max_tokens cut
+        the call, only what was written before the cut (no longer valid JSON)."""
+        whole = self.whole_json
+        return whole if self.budget is None else whole[: self.budget]
+
+    @property
+    def tokens(self) -> int:
+        """Output tokens of the call: its name and arguments by the chars/4 rule."""
+        return text_tokens(self.name + self.json)
+
+    def finished_args(self) -> tuple[dict[str, Any], str]:
+        """The arguments as a vendor that holds each value back until it is whole
+        (Anthropic) gives a call that max_tokens cut: the values written in full, and the
+        JSON its stream sent for them (no closing brace); the whole call when not cut."""
+        if self.budget is None:
+            return self.args, self.whole_json
+        budget, done = len(self.json), dict[str, Any]()
+        for name, value in self.args.items():
+            more = {**done, name: value}
+            if len(orjson.dumps(more)) - 1 > budget:
+                break
+            done = more
+        return done, orjson.dumps(done).decode()[:-1] if done else ""
+
+
+@dataclass(slots=True)
+class Answer:
+    """A vendor-neutral reply: words of text, then any tool calls (several when the prompt
+    asks for more than one; text before them only where the vendor writes some).
+
+    ``truncated`` when the request's max_tokens (``cap``) cut it short: the text keeps its
+    first ``cap`` words, the calls what the tokens left cover (the one the cut falls in
+    the first ``4 * tokens left`` characters of name + arguments, the chars/4 token rule),
+    and either way the answer used exactly ``cap`` tokens.  ``stop_sequence``: the
+    request's stop sequence the text was cut before (it is not in the text).
     """
 
     words: list[str]
     truncated: bool = False
-    tool_name: str | None = None
-    tool_args: dict[str, Any] | None = None
-    tool_id: str = ""
+    calls: list[Call] = field(default_factory=list)
     cap: int | None = None
+    stop_sequence: str | None = None
 
     @property
     def text(self) -> str:
@@ -97,53 +147,22 @@ class Answer:
         return " ".join(self.words)
 
     @property
-    def whole_tool_json(self) -> str:
-        """The tool arguments as JSON, whole."""
-        return orjson.dumps(self.tool_args or {}).decode()
-
-    @property
-    def tool_json(self) -> str:
-        """Tool arguments as the JSON string OpenAI-style vendors send: when max_tokens
-        cut the call, only what was written before the cut (no longer valid JSON)."""
-        whole = self.whole_tool_json
-        if not self.truncated or self.cap is None:
-            return whole
-        return whole[: max(0, 4 * self.cap - len(self.tool_name or ""))]
-
-    def finished_args(self) -> tuple[dict[str, Any], str]:
-        """The arguments as a vendor that holds each value back until it is whole
-        (Anthropic) gives a call that max_tokens cut: the values written in full, and the
-        JSON its stream sent for them (no closing brace); the whole call when not cut."""
-        args = self.tool_args or {}
-        if not self.truncated:
-            return args, self.whole_tool_json
-        budget, done = len(self.tool_json), dict[str, Any]()
-        for name, value in args.items():
-            more = {**done, name: value}
-            if len(orjson.dumps(more)) - 1 > budget:
-                break
-            done = more
-        return done, orjson.dumps(done).decode()[:-1] if done else ""
-
-    @property
     def completion_tokens(self) -> int:
-        """Completion tokens: one per word, or the size of the tool call; never more
-        than the cap that cut the answer."""
-        if self.tool_name is not None:
-            used = text_tokens(self.tool_name + self.tool_json)
-        else:
-            used = len(self.words)
-        return min(used, self.cap) if self.truncated and self.cap is not None else used
+        """Completion tokens: one per word, plus the size of each call, plus one for a
+        stop sequence (written, though left out of the text); the cap, when it cut."""
+        if self.truncated and self.cap is not None:
+            return self.cap
+        stop = 1 if self.stop_sequence else 0
+        return len(self.words) + sum(c.tokens for c in self.calls) + stop
 
     def stream_pieces(self) -> list[str]:
         """Text deltas, one word each, leading space except on the first."""
         return [w if i == 0 else " " + w for i, w in enumerate(self.words)]
 
-    def json_pieces(self, text: str | None = None, size: int = 8) -> list[str]:
-        """Tool arguments JSON (``tool_json`` unless given) cut into fragments the way
-        vendors stream them."""
-        s = self.tool_json if text is None else text
-        return [s[i : i + size] for i in range(0, len(s), size)]
+
+def json_pieces(text: str, size: int = 8) -> list[str]:
+    """Tool arguments JSON cut into fragments the way vendors stream them."""
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 def generate_words(model: str, key: str) -> list[str]:
@@ -190,47 +209,100 @@ def tool_arguments(schema: Any) -> dict[str, Any]:
     return out
 
 
-def _pick_tool(prompt: Prompt) -> tuple[str, dict[str, Any]] | None:
-    if not prompt.tools or prompt.tool_choice == "none":
-        return None
-    if prompt.tool_choice not in ("auto", "required"):
-        for tool in prompt.tools:
-            if tool[0] == prompt.tool_choice:
-                return tool
-    if prompt.tool_choice != "auto":
-        return prompt.tools[0]
+def _asked_tools(prompt: Prompt) -> list[tuple[str, dict[str, Any]]]:
+    """The offered tools the last user turn asks for together: those it names, when it
+    names two or more, or every one when it says so (``EVERY_TOOL``)."""
     low = prompt.last_user.lower()
-    return prompt.tools[0] if any(k in low for k in TOOL_KEYWORDS) else None
+    if any(phrase in low for phrase in EVERY_TOOL):
+        return list(prompt.tools)
+    named = [tool for tool in prompt.tools if tool[0].lower() in low]
+    return named if len(named) >= 2 else []
+
+
+def _pick_tools(prompt: Prompt) -> list[tuple[str, dict[str, Any]]]:
+    """The tools to call, in the order offered: the forced one; those the prompt asks for
+    together (the first alone when parallel calls are off); else the first tool, when
+    the choice requires a call or the prompt mentions a tool (``TOOL_KEYWORDS``)."""
+    if not prompt.tools or prompt.tool_choice == "none":
+        return []
+    if prompt.tool_choice not in ("auto", "required"):
+        forced = [tool for tool in prompt.tools if tool[0] == prompt.tool_choice]
+        if forced:
+            return forced[:1]
+    elif asked := _asked_tools(prompt):
+        return asked if prompt.parallel else asked[:1]
+    if prompt.tool_choice != "auto":
+        return prompt.tools[:1]
+    low = prompt.last_user.lower()
+    return prompt.tools[:1] if any(k in low for k in TOOL_KEYWORDS) else []
+
+
+def _call(model: str, prompt: Prompt, tool: tuple[str, dict[str, Any]]) -> Call:
+    seed = digest(model, prompt.key, tool[0])
+    return Call(tool[0], tool_arguments(tool[1]), f"{seed:016x}{seed % 99991:08x}")
 
 
 def compose(
-    model: str, prompt: Prompt, max_tokens: int | None, response_format: Any = None
+    model: str,
+    prompt: Prompt,
+    max_tokens: int | None,
+    response_format: Any = None,
+    *,
+    stops: list[str] | None = None,
+    preamble: bool = False,
 ) -> Answer:
-    """Decide the reply: echo a tool result, call a tool, or deterministic text (as JSON
-    in JSON mode), then cut to ``max_tokens``, whatever kind of answer it is."""
+    """Decide the reply: echo a tool result, call tools, or deterministic text (as JSON
+    in JSON mode); then cut it before the first of ``stops`` in its text, and to
+    ``max_tokens``, whatever kind of answer it is.  ``preamble``: the vendor writes a
+    sentence before the tool calls it chose to make (Claude does; a forced call it
+    makes at once, and so does one told outright to "use" a tool)."""
     if prompt.tool_result is not None:
         answer = Answer(words=("Tool said: " + prompt.tool_result).split())
-    elif (tool := _pick_tool(prompt)) is not None:
-        seed = digest(model, prompt.key, tool[0])
-        answer = Answer(
-            words=[],
-            tool_name=tool[0],
-            tool_args=tool_arguments(tool[1]),
-            tool_id=f"{seed:016x}{seed % 99991:08x}",
-        )
+    elif tools := _pick_tools(prompt):
+        told = prompt.last_user.lstrip().lower().startswith("use ")
+        said = PREAMBLE.split() if preamble and prompt.tool_choice == "auto" and not told else []
+        answer = Answer(words=said, calls=[_call(model, prompt, tool) for tool in tools])
     else:
         answer = Answer(words=generate_words(model, prompt.key))
-    return capped(in_json_mode(answer, response_format), max_tokens)
+    answer = stopped(in_json_mode(answer, response_format), stops or [])
+    return capped(answer, max_tokens)
+
+
+def stopped(answer: Answer, stops: list[str]) -> Answer:
+    """The answer cut before the first stop sequence its text holds (the earliest; the
+    first listed of two at one place), left out of the text as vendors leave it, and
+    the calls after it with it; as it was when its text holds none."""
+    text = answer.text
+    hits = [(text.find(s), s) for s in stops if s and s in text]
+    if not hits:
+        return answer
+    at, sequence = min(hits, key=lambda hit: hit[0])
+    kept = text[:at]
+    words = kept.split(" ") if kept else []
+    if len(words) > 1 and not words[-1]:  # cut just after a space: it stays with its word
+        words.pop()
+        words[-1] += " "
+    return Answer(words=words, stop_sequence=sequence)
 
 
 def capped(answer: Answer, max_tokens: int | None) -> Answer:
-    """The answer cut to ``max_tokens`` output tokens (marked truncated), if it is longer."""
+    """The answer cut to ``max_tokens`` output tokens (marked truncated), if it is longer:
+    text first, then the calls in order, the one the cut falls in kept as far as it got
+    (its name and ``4 * tokens left`` characters, the chars/4 rule)."""
     if max_tokens is None or answer.completion_tokens <= max_tokens:
         return answer
     cap = max(max_tokens, 0)
-    if answer.tool_name is not None:
-        return replace(answer, truncated=True, cap=cap)
-    return Answer(words=answer.words[:cap], truncated=True, cap=cap)
+    words = answer.words[:cap]
+    left, calls = cap - len(words), list[Call]()
+    for call in answer.calls:
+        if left <= 0:
+            break
+        if call.tokens > left:
+            calls.append(replace(call, budget=max(0, 4 * left - len(call.name))))
+            break
+        calls.append(call)
+        left -= call.tokens
+    return Answer(words=words, truncated=True, calls=calls, cap=cap)
 
 
 def in_json_mode(answer: Answer, response_format: Any) -> Answer:
@@ -238,7 +310,7 @@ def in_json_mode(answer: Answer, response_format: Any) -> Answer:
     (``json_schema``: deterministic values, as for tool arguments) or wrapping the text
     (``json_object``).  Words split at spaces, so the stream and the whole agree."""
     kind = response_format.get("type") if isinstance(response_format, dict) else None
-    if answer.tool_name is not None or kind not in ("json_schema", "json_object"):
+    if answer.calls or kind not in ("json_schema", "json_object"):
         return answer
     if kind == "json_schema":
         spec = response_format.get("json_schema") or {}

@@ -413,17 +413,24 @@ async def test_anthropic_tool_use_and_result(claude: anthropic.AsyncAnthropic) -
     }
     ask = user("weather in Paris?")
     msg = await claude.messages.create(model="c", max_tokens=50, messages=ask, tools=[tool])
-    block = msg.content[0]
+    said, block = msg.content
+    # As Claude does when it chooses to call a tool: a sentence first, then the call.
+    assert said.type == "text" and said.text == "Let me check that."
     assert msg.stop_reason == "tool_use" and block.type == "tool_use"
     assert block.name == "get_weather" and block.input == {"location": "Paris"}
     async with claude.messages.stream(
         model="c", max_tokens=50, messages=ask, tools=[tool]
     ) as stream:
         streamed = await stream.get_final_message()
-    assert streamed.content[0].input == block.input and streamed.content[0].id == block.id
+    assert [b.model_dump() for b in streamed.content] == [b.model_dump() for b in msg.content]
+    assert streamed.usage.output_tokens == msg.usage.output_tokens
+    forced = await claude.messages.create(
+        model="c", max_tokens=50, messages=ask, tools=[tool], tool_choice={"type": "any"}
+    )
+    assert [b.type for b in forced.content] == ["tool_use"], "a forced call comes at once"
     follow = [
         *ask,
-        {"role": "assistant", "content": [block.model_dump()]},
+        {"role": "assistant", "content": [b.model_dump() for b in msg.content]},
         {
             "role": "user",
             "content": [{"type": "tool_result", "tool_use_id": block.id, "content": "18 degrees"}],
@@ -964,6 +971,10 @@ async def test_max_tokens_cuts_a_tool_call_short(
 
     tool: Any = {"name": "get_weather", "input_schema": WEATHER_TOOL["function"]["parameters"]}
     kwargs: dict[str, Any] = {"model": "c", "messages": ask, "tools": [tool]}
+    said = await claude.messages.create(max_tokens=2, **kwargs)  # the sentence comes first
+    assert said.stop_reason == "max_tokens" and said.usage.output_tokens == 2
+    assert [(b.type, getattr(b, "text", None)) for b in said.content] == [("text", "Let me")]
+    kwargs["tool_choice"] = {"type": "any"}  # a forced call: no sentence before it
     uncut = await claude.messages.create(max_tokens=100, **kwargs)
     assert uncut.stop_reason == "tool_use" and uncut.usage.output_tokens > 8
     for cap, finished in ((2, {}), (8, {"city": "Paris"})):
