@@ -46,6 +46,10 @@ COUNT_TOKENS_FIELDS = frozenset(
         "speed",
     )
 )
+# The tool-use system prompt Anthropic adds when tools are offered, in input tokens (its
+# "Tool use system prompt token count" for Claude 4 models): by whether the tool choice
+# leaves the call to the model or forces one.
+TOOL_SYSTEM_TOKENS = {"auto": 346, "forced": 313}
 _FAULT_MESSAGES = {
     "500": "Internal server error",
     "429": "Number of requests has exceeded your rate limit",
@@ -185,7 +189,17 @@ def to_prompt(body: dict[str, Any]) -> tuple[Prompt, str | None]:
     choice = _tool_choice(body.get("tool_choice"))
     asked = body.get("tool_choice")
     parallel = not (isinstance(asked, dict) and asked.get("disable_parallel_tool_use"))
-    return Prompt(texts, last_user, result, tools, choice, parallel), prefix
+    prompt = Prompt(texts, last_user, result, tools, choice, parallel, _tool_tokens(body, choice))
+    return prompt, prefix
+
+
+def _tool_tokens(body: dict[str, Any], choice: str) -> int:
+    """Input tokens the tools cost: their definitions (as JSON) and the tool-use system
+    prompt Anthropic adds for them (``TOOL_SYSTEM_TOKENS``)."""
+    if not body.get("tools"):
+        return 0
+    system = TOOL_SYSTEM_TOKENS["auto" if choice in ("auto", "none") else "forced"]
+    return text_tokens(orjson.dumps(body["tools"]).decode()) + system
 
 
 def _one_hour(body: dict[str, Any]) -> bool:
@@ -219,7 +233,8 @@ def _usage(
     total = prompt.tokens
     created = read = 0
     if prefix and cache_key is not None:
-        cached = min(total, text_tokens(prefix))
+        # Tools come first in Anthropic's cache order: any breakpoint caches them too.
+        cached = min(total, text_tokens(prefix) + prompt.tool_tokens)
         if sim.cache_seen(cache_key):
             read = cached
         else:

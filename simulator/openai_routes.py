@@ -20,6 +20,7 @@ from simulator.text import (
     input_tokens,
     json_pieces,
     new_id,
+    text_tokens,
 )
 
 router = APIRouter()
@@ -175,7 +176,8 @@ def _parameters(fn: dict[str, Any]) -> dict[str, Any]:
 def to_prompt(
     messages: list[Any], tools: Any, tool_choice: Any, *, parallel: bool = True
 ) -> Prompt:
-    """Reduce OpenAI-shaped messages (also Ollama's) to a vendor-neutral Prompt."""
+    """Reduce OpenAI-shaped messages (also Ollama's) to a vendor-neutral Prompt; the tool
+    definitions count towards the prompt's tokens, as their JSON."""
     texts: list[str] = []
     last_user = ""
     if tools is not None and not isinstance(tools, list):
@@ -208,7 +210,8 @@ def to_prompt(
         if isinstance(fn, dict) and fn.get("name"):
             if allowed is None or str(fn["name"]) in allowed:
                 specs.append((str(fn["name"]), _parameters(fn)))
-    return Prompt(texts, last_user, result, specs, choice, parallel)
+    tool_tokens = text_tokens(orjson.dumps(tools).decode()) if tools else 0
+    return Prompt(texts, last_user, result, specs, choice, parallel, tool_tokens)
 
 
 def _require_model(body: dict[str, Any], model: str | None) -> str:

@@ -69,6 +69,8 @@ class Prompt:
     tools: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     tool_choice: str = "auto"  # "auto", "none", "required", or a tool name to force
     parallel: bool = True  # several tool calls in one answer allowed
+    # What the tool definitions (and any tool-use system prompt the vendor adds) cost.
+    tool_tokens: int = 0
 
     @property
     def key(self) -> str:
@@ -77,8 +79,8 @@ class Prompt:
 
     @property
     def tokens(self) -> int:
-        """Prompt tokens as reported in usage."""
-        return prompt_tokens(self.texts)
+        """Prompt tokens as reported in usage: the messages and the tool definitions."""
+        return prompt_tokens(self.texts) + self.tool_tokens
 
 
 @dataclass(slots=True)

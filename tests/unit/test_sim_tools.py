@@ -1,9 +1,10 @@
 """Tool calls as vendors give them: Claude's sentence before the calls it chooses to make,
-and parallel calls when a prompt asks for several tools."""
+parallel calls when a prompt asks for several tools, and the tools' cost in input tokens."""
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import anthropic
@@ -143,3 +144,33 @@ async def test_ollama_calls_the_tools_a_prompt_asks_for(sim: httpx.AsyncClient) 
     whole = (await sim.post("/api/chat", json=body)).json()
     calls = [c["function"]["name"] for c in whole["message"]["tool_calls"]]
     assert calls == ["get_weather", "get_time"]
+
+
+async def test_the_tools_count_towards_the_input_tokens(
+    sim: httpx.AsyncClient, oai: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic
+) -> None:
+    """OpenAI (and Ollama) count the tool definitions; Anthropic those and the tool-use
+    system prompt it adds (346 tokens, 313 when the choice forces a call), in Messages and
+    in count_tokens alike."""
+    bare = await oai.chat.completions.create(model="m", messages=user("hi"))
+    tooled = await oai.chat.completions.create(model="m", messages=user("hi"), tools=TOOLS)  # type: ignore[arg-type]
+    schema = math.ceil(len(json.dumps(TOOLS, separators=(",", ":"))) / 4)
+    assert tooled.usage.prompt_tokens == bare.usage.prompt_tokens + schema  # type: ignore[union-attr]
+    native = {"model": "llama3.2", "messages": user("hi"), "stream": False}
+    plain = (await sim.post("/api/chat", json=native)).json()["prompt_eval_count"]
+    with_tools = (await sim.post("/api/chat", json={**native, "tools": TOOLS})).json()
+    assert with_tools["prompt_eval_count"] == plain + schema
+
+    ask: Any = {"model": "c", "messages": user("hi")}
+    tools = math.ceil(len(json.dumps(CLAUDE_TOOLS, separators=(",", ":"))) / 4)
+    for extra, system in (
+        ({}, None),
+        ({"tools": CLAUDE_TOOLS}, 346),
+        ({"tools": CLAUDE_TOOLS, "tool_choice": {"type": "none"}}, 346),
+        ({"tools": CLAUDE_TOOLS, "tool_choice": {"type": "any"}}, 313),
+    ):
+        msg = await claude.messages.create(max_tokens=50, **ask, **extra)
+        counted = await claude.messages.count_tokens(**ask, **extra)
+        assert counted.input_tokens == msg.usage.input_tokens
+        base = math.ceil(len("hi") / 4) + 3
+        assert msg.usage.input_tokens == base + (0 if system is None else tools + system)
