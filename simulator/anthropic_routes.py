@@ -50,6 +50,10 @@ COUNT_TOKENS_FIELDS = frozenset(
 # "Tool use system prompt token count" for Claude 4 models): by whether the tool choice
 # leaves the call to the model or forces one.
 TOOL_SYSTEM_TOKENS = {"auto": 346, "forced": 313}
+_THINKING_DOCS = (
+    "Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/"
+    "extended-thinking#important-considerations-when-using-extended-thinking"
+)
 _FAULT_MESSAGES = {
     "500": "Internal server error",
     "429": "Number of requests has exceeded your rate limit",
@@ -255,8 +259,9 @@ def signature(thinking: str) -> str:
 
 def _thinking(body: dict[str, Any], prompt: Prompt, max_tokens: int) -> dict[str, Any] | None:
     """The thinking block to answer with when the request enables extended thinking, after
-    the checks Anthropic makes: a budget of at least 1024 tokens below ``max_tokens``, and
-    a tool-use turn sent back starting with its thinking block, signature intact."""
+    the checks Anthropic makes: a budget of at least 1024 tokens below ``max_tokens``; no
+    forced tool use, temperature but 1, top_k, or top_p below 0.95 beside it; and a
+    tool-use turn sent back starting with its thinking block, signature intact."""
     config = body.get("thinking")
     if not isinstance(config, dict) or config.get("type") not in ("enabled", "adaptive"):
         return None
@@ -264,6 +269,7 @@ def _thinking(body: dict[str, Any], prompt: Prompt, max_tokens: int) -> dict[str
         budget = config.get("budget_tokens")
         if not isinstance(budget, int) or budget < 1024 or budget >= max_tokens:
             raise BadRequest("thinking.budget_tokens: must be >= 1024 and less than max_tokens")
+    _sampling_beside_thinking(body)
     messages = body.get("messages") or []
     last = next((m for m in reversed(messages) if m.get("role") == "assistant"), None)
     blocks = _blocks(last.get("content")) if last else []
@@ -283,6 +289,40 @@ def _thinking(body: dict[str, Any], prompt: Prompt, max_tokens: int) -> dict[str
     return {"type": "thinking", "thinking": text, "signature": signature(text)}
 
 
+def _sampling_beside_thinking(body: dict[str, Any]) -> None:
+    """Anthropic's 400s for what extended thinking does not go with."""
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        raise BadRequest("Thinking may not be enabled when tool_choice forces tool use.")
+    temperature = body.get("temperature")
+    if temperature is not None and temperature != 1:
+        raise BadRequest(
+            f"`temperature` may only be set to 1 when thinking is enabled. {_THINKING_DOCS}"
+        )
+    if body.get("top_k") is not None:
+        raise BadRequest(f"`top_k` must be unset when thinking is enabled. {_THINKING_DOCS}")
+    top_p = body.get("top_p")
+    if isinstance(top_p, int | float) and top_p < 0.95:
+        raise BadRequest(
+            "`top_p` must be greater than or equal to 0.95 or unset when thinking is "
+            f"enabled. {_THINKING_DOCS}"
+        )
+
+
+def _thought_within(
+    thinking: dict[str, Any] | None, max_tokens: int
+) -> tuple[dict[str, Any] | None, int]:
+    """The thinking as far as ``max_tokens`` lets it go (adaptive thinking has no budget
+    below it: it may use all of it, never more), and the tokens it used."""
+    if thinking is None:
+        return None, 0
+    text = thinking["thinking"]
+    if text_tokens(text) >= max_tokens:
+        text = text[: 4 * max_tokens]
+        thinking = {"type": "thinking", "thinking": text, "signature": signature(text)}
+    return thinking, text_tokens(text)
+
+
 Prepared = tuple[str, Answer, dict[str, Any], dict[str, Any] | None, int | None]
 """model, answer, usage, thinking block, prompt-cache key"""
 
@@ -299,13 +339,15 @@ def _prepare(sim: Sim, body: dict[str, Any]) -> Prepared:
         # As Claude 4.5 and later answer (and the relay must never ask).
         raise BadRequest("`temperature` and `top_p` cannot both be specified for this model.")
     prompt, prefix = to_prompt(body)
-    thinking = _thinking(body, prompt, max_tokens)
-    # The thinking counts towards max_tokens: the answer gets what it leaves.
-    thought = text_tokens(thinking["thinking"]) if thinking else 0
-    # Claude writes a sentence before the calls it chooses to make; with thinking on,
-    # that reasoning is in the thinking block, and it calls straight after.
-    stops = body.get("stop_sequences") or []
-    answer = compose(model, prompt, max_tokens - thought, stops=stops, preamble=not thinking)
+    # The thinking counts towards max_tokens: the answer gets what it leaves, if any.
+    thinking, thought = _thought_within(_thinking(body, prompt, max_tokens), max_tokens)
+    if thought >= max_tokens:
+        answer = Answer(words=[], truncated=True, cap=0)
+    else:
+        # Claude writes a sentence before the calls it chooses to make; with thinking
+        # on, that reasoning is in the thinking block, and it calls straight after.
+        stops = body.get("stop_sequences") or []
+        answer = compose(model, prompt, max_tokens - thought, stops=stops, preamble=not thinking)
     key = _cache_key(sim, model, prompt, prefix)
     usage = _usage(sim, prompt, prefix, answer, key)
     if usage["cache_creation_input_tokens"] and _one_hour(body):
