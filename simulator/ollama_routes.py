@@ -23,7 +23,19 @@ from simulator.text import (
 
 router = APIRouter()
 
-TAGS = ("llama3.2:latest", "qwen2.5:7b", "nomic-embed-text:latest")
+# The locally pulled models and what each can do (Ollama's "capabilities"): one chat model
+# without tools or thinking and one for embeddings only, so that Ollama's 400s for what a
+# model lacks can be met.  llama3.2 thinks here (not at Ollama), so that reasoning_effort
+# has a model to reach in the demo.
+TAGS = {
+    "llama3.2:latest": ("completion", "tools", "thinking"),
+    "qwen2.5:7b": ("completion", "tools"),
+    "qwen3:latest": ("completion", "tools", "thinking"),
+    "gpt-oss:20b": ("completion", "tools", "thinking"),
+    "gemma3:1b": ("completion",),
+    "nomic-embed-text:latest": ("embedding",),
+}
+_EVERYTHING = ("completion", "tools", "thinking", "embedding")
 _FAULT_MESSAGES = {
     "500": "internal server error",
     "429": "too many requests, retry later",
@@ -50,7 +62,30 @@ async def _gate(request: Request) -> tuple[Sim, dict[str, Any] | Response]:
         return sim, error(400, "invalid JSON body")
     if not isinstance(body.get("model"), str) or not body["model"]:
         return sim, error(400, "model is required")
+    if capabilities(body["model"]) is None:
+        return sim, error(404, f'model "{body["model"]}" not found, try pulling it first')
     return sim, body
+
+
+def capabilities(model: str) -> tuple[str, ...] | None:
+    """What a pulled model can do (a name without a tag is its ``:latest``), None for a
+    model not pulled.  A name that forces a fault (``-fail500``...) stands for any model."""
+    found = TAGS.get(model if ":" in model else f"{model}:latest")
+    return _EVERYTHING if found is None and Sim.model_fault(model) else found
+
+
+def _check_capable(model: str, body: dict[str, Any], thinks: bool) -> None:
+    """Ollama's 400 for a chat its model cannot have: no chat at all (an embedding model),
+    tools, or thinking."""
+    able = capabilities(model) or ()
+    for need, asked in (
+        ("completion", True),
+        ("tools", bool(body.get("tools"))),
+        ("thinking", thinks),
+    ):
+        if asked and need not in able:
+            what = "chat" if need == "completion" else need
+            raise BadRequest(f'"{model}" does not support {what}')
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:
@@ -168,6 +203,7 @@ async def chat(request: Request) -> Response:
             raise BadRequest("messages must be an array")
         prompt = to_prompt(messages, body.get("tools"), None)
         thinking = _thinking(body, prompt)
+        _check_capable(model, body, bool(thinking))
     except BadRequest as exc:
         return error(400, exc.message)
     thinking, answer = _answer(model, prompt, body, thinking)

@@ -538,7 +538,9 @@ async def test_ollama_tools_embed_and_tags(sim: httpx.AsyncClient) -> None:
     back = [*ask["messages"], r["message"], {"role": "tool", "content": "cloudy"}]
     echoed = await sim.post("/api/chat", json={**ask, "messages": back, "stream": False})
     assert echoed.json()["message"]["content"] == "Tool said: cloudy"
-    emb = (await sim.post("/api/embed", json={"model": "nomic", "input": ["a", "b"]})).json()
+    emb = (
+        await sim.post("/api/embed", json={"model": "nomic-embed-text", "input": ["a", "b"]})
+    ).json()
     assert len(emb["embeddings"]) == 2 and len(emb["embeddings"][0]) == 16
     assert emb["prompt_eval_count"] == 2
     tags = (await sim.get("/api/tags")).json()
@@ -1358,7 +1360,7 @@ async def test_stream_options_need_stream(sim: httpx.AsyncClient) -> None:
         ),
         (
             "/api/chat",
-            {"model": "o", "messages": [{"role": "user", "content": "x"}], "stream": False},
+            {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}], "stream": False},
         ),
     ],
 )
