@@ -37,6 +37,18 @@ WEATHER_TOOL: dict[str, Any] = {
         },
     },
 }
+CLOCK_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Local time in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"location": {"type": "string"}},
+            "required": ["location"],
+        },
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -331,6 +343,85 @@ async def test_streamed_tool_call_arguments_assemble_into_json(
     assert list(calls) == [0]
     assert calls[0]["id"] and calls[0]["name"] == "get_weather"
     assert json.loads(calls[0]["arguments"]) == want.tool_args == {"location": "Paris"}
+
+
+@ALL
+async def test_parallel_tool_calls_come_back_whole_and_streamed(
+    stack: Stack, simulator: Simulator, route: Route
+):
+    """A prompt asking for two tools gets both calls, in order, from every vendor: Claude
+    says a sentence first (its text block, then tool_use blocks 1 and 2), which is the
+    answer's content beside the calls; the input counts the tools too."""
+    question = ask("what are the weather and the time? call get_weather and get_time for Paris")
+    tools = [WEATHER_TOOL, CLOCK_TOOL]
+    want = await vendor_answer(simulator, route, question, tools=tools)
+    c = relay_openai(stack)
+    whole = await c.chat.completions.create(model=route.alias, messages=question, tools=tools)  # type: ignore[arg-type]
+    choice = whole.choices[0]
+    assert choice.finish_reason == want.finish_reason == "tool_calls"
+    assert (choice.message.content or "") == want.text
+    assert bool(want.text) == (route.kind == "anthropic")
+    calls = [(t.id, t.function.name, t.function.arguments) for t in choice.message.tool_calls or []]  # type: ignore[union-attr]
+    assert [(name, json.loads(args)) for _, name, args in calls] == [
+        ("get_weather", {"location": "Paris"}),
+        ("get_time", {"location": "Paris"}),
+    ]
+    assert all(call_id for call_id, _, _ in calls) and len({i for i, _, _ in calls}) == 2
+    assert whole.usage is not None
+    assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (
+        want.prompt_tokens,
+        want.completion_tokens,
+    )
+
+    stream = await c.chat.completions.create(
+        model=route.alias,
+        messages=question,
+        tools=tools,  # type: ignore[arg-type]
+        stream=True,
+    )
+    text, streamed, finish = "", dict[int, dict[str, str]](), None
+    async for chunk in stream:
+        for part in chunk.choices:
+            finish = part.finish_reason or finish
+            text += part.delta.content or ""
+            for frag in part.delta.tool_calls or []:
+                call = streamed.setdefault(frag.index, {"id": "", "name": "", "arguments": ""})
+                call["id"] = frag.id or call["id"]
+                if frag.function:
+                    call["name"] += frag.function.name or ""
+                    call["arguments"] += frag.function.arguments or ""
+    assert (finish, text) == ("tool_calls", want.text)
+    assert list(streamed) == [0, 1]
+    got = [(s["name"], json.loads(s["arguments"])) for s in streamed.values()]
+    assert got == [(name, json.loads(args)) for _, name, args in calls]
+    assert all(s["id"] for s in streamed.values())
+
+
+@ALL
+async def test_a_stop_sequence_ends_the_answer_before_it(
+    stack: Stack, simulator: Simulator, route: Route
+):
+    """The client's ``stop`` reaches every vendor in its own terms (Anthropic's
+    ``stop_sequences``, Ollama's ``options.stop``): the answer ends just before the
+    sequence, with finish "stop", whole and streamed."""
+    question = ask("tell me about the sea")
+    plain = await vendor_answer(simulator, route, question)
+    sequence = plain.text.split()[3].strip(".")
+    before = plain.text[: plain.text.index(sequence)]
+    c = relay_openai(stack)
+    whole = await c.chat.completions.create(model=route.alias, messages=question, stop=[sequence])
+    assert whole.choices[0].message.content == before
+    assert whole.choices[0].finish_reason == "stop"
+    assert whole.usage is not None and whole.usage.completion_tokens < plain.completion_tokens
+    stream = await c.chat.completions.create(
+        model=route.alias, messages=question, stop=[sequence], stream=True
+    )
+    text, finish = "", None
+    async for chunk in stream:
+        for part in chunk.choices:
+            text += part.delta.content or ""
+            finish = part.finish_reason or finish
+    assert (text, finish) == (before, "stop")
 
 
 @pytest.mark.parametrize(
