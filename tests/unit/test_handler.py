@@ -1609,7 +1609,8 @@ async def test_one_stalled_topic_does_not_delay_a_call_routed_cheaper_for_its_wa
     """Rate pressure routes a shared stream cheaper, and each streaming waiter is told so
     first: two whose reply topics take nothing are given up on side by side, so the
     cheaper call starts after one REPLY_SEND_S, not one per such waiter."""
-    monkeypatch.setattr("agents.handler.REPLY_SEND_S", 1.0)  # one give-up: 1 s; one per waiter: 2 s or more
+    # One give-up takes 1 s; one per waiter in turn, 2 s or more.
+    monkeypatch.setattr("agents.handler.REPLY_SEND_S", 1.0)
     called: dict[str, float] = {}
     handler, sink, calls = await under_pressure()
     stall_topic(sink, "nowhere")
