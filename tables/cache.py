@@ -284,9 +284,17 @@ def _whole(body: dict[str, Any] | None, answers: list[dict[str, Any]]) -> bool:
                         choice.get("finish_reason")
                     )
         return bool(finished) and all(finished.values())
-    if "data" in body or body.get("object") == "list":  # embeddings
-        return isinstance(body.get("data"), list) and bool(body["data"])
+    if "data" in body or body.get("object") == "list":  # embeddings: each item a vector
+        data = body.get("data")
+        return isinstance(data, list) and bool(data) and all(_vector(item) for item in data)
     return True
+
+
+def _vector(item: Any) -> bool:
+    """Whether an embeddings item holds a vector: a list of numbers, or the base64 string
+    of one (``encoding_format: base64``)."""
+    vector = item.get("embedding") if isinstance(item, dict) else None
+    return isinstance(vector, list | str) and bool(vector)
 
 
 ID_PREFIXES = {"chat.completion": "chatcmpl-", "text_completion": "cmpl-"}

@@ -302,9 +302,11 @@ class OpenAIAdapter:
     def _answer(self, data: dict[str, Any], call: VendorCall) -> dict[str, Any]:
         """``data``, if it is an answer.  A 200 is not one by itself: OpenRouter and other
         proxies answer an upstream failure with ``{"error": ...}`` and a 200, and such a
-        body (or any without a ``choices`` list) is the vendor's failure, never an answer
-        to pass on or cache."""
-        if data.get("error") or not isinstance(data.get("choices"), list):
+        body (or any without a choice: OpenAI's spec allows ``choices: []`` only on a
+        stream's usage chunk) is the vendor's failure, never an answer to pass on or
+        cache, nor a success for the vendor's health."""
+        choices = data.get("choices")
+        if data.get("error") or not isinstance(choices, list) or not choices:
             said = data.get("error") or "the answer has no choices"
             failure = _vendor_failure(f"{self.kind}: HTTP 200 without an answer", said)
             raise scrubbed(failure, call.api_key)

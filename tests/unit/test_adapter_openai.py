@@ -906,6 +906,8 @@ async def test_an_openai_compatible_server_gets_every_stop_sequence() -> None:
         ({"error": "overloaded"}, VendorUnavailable, "overloaded"),
         ({"id": "gen-1", "object": "chat.completion"}, VendorUnavailable, "no choices"),
         ({"id": "gen-1", "choices": None}, VendorUnavailable, "no choices"),
+        ({"id": "gen-1", "object": "chat.completion", "choices": []}, VendorUnavailable,
+         "no choices"),
     ],
 )  # fmt: skip
 async def test_a_200_without_an_answer_is_the_vendor_s_failure(answer, cls, said) -> None:

@@ -338,6 +338,12 @@ def test_only_an_answer_that_says_something_is_storable() -> None:
     assert storable(legacy) and not storable({**legacy, "choices": []})
     embeddings = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}]}  # fmt: skip
     assert storable(embeddings) and not storable({**embeddings, "data": []})
+    empties: tuple[Any, ...] = (None, [], "")
+    for empty in empties:
+        vectorless = {"object": "embedding", "index": 0, "embedding": empty}
+        assert not storable({**embeddings, "data": [vectorless]}), empty
+    assert not storable({**embeddings, "data": [{"object": "embedding", "index": 0}]})
+    assert storable({**embeddings, "data": [{"index": 0, "embedding": "AAAAAA=="}]}), "base64"
     assert storable({"input_tokens": 12}), "a token count"
 
 
