@@ -501,7 +501,8 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         what start-up made out of the collector's scans (a full collection under load
         then pauses the loop ~2 ms instead of ~45 ms)."""
         gc.freeze()
-        instance = settings.instance_id or f"worker-{os.getpid()}"
+        # Not the pid alone: in containers every worker is pid 1.
+        instance = settings.instance_id or f"worker-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         await sink.audit(
             AuditEvent(
                 kind="started", role="worker", instance=instance, config_sha256=config.digest()
