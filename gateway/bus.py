@@ -37,6 +37,9 @@ MAX_AUDIT_TEXT = 256  # characters of a path, model or detail an audit event kee
 # Requests whose ledger line this gateway wrote, remembered so that a later failure of the
 # same request (the producer giving up on an envelope whose deadline passed) writes none.
 METERED_REMEMBERED = 100_000
+# How long a stop waits for cancel notices and failure lines still being handed to the
+# producers (see ``Bus.stop``).
+BACKGROUND_STOP_S = 1.0
 
 
 class Bus:
@@ -114,6 +117,11 @@ class Bus:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        # Cancel notices and failure lines still on their way need the producers: they
+        # go first.  A broker that answers takes them in milliseconds; one gone would not
+        # take them at all, so the wait is short.
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=BACKGROUND_STOP_S)
         # Each client is closed even when the one before could not reach the broker.
         if self._admin is not None:
             await stop_quietly(self._admin.close(), "the admin client")

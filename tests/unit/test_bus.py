@@ -211,3 +211,43 @@ async def test_a_broker_s_answer_says_whether_workers_are_there(members: list[An
     missing = _gauge("relay_workers_missing_seconds") or 0
     assert (missing < 1) if members else (missing >= 100)
     assert (bus.workers_missing_s() < 1) == bool(members)
+
+
+async def test_a_stop_lets_a_cancel_notice_on_its_way_reach_the_producer_first() -> None:
+    """A client gone just before its gateway stops: the cancel notice, still waiting its
+    turn for the producer, goes out before the producer stops, so the worker stops the
+    vendor call instead of paying for an answer nobody reads."""
+    import asyncio
+
+    from gateway.bus import Bus
+    from streams.topics import Topics
+    from tests.support.envelopes import request_envelope
+
+    class Slow:
+        """The request producer, a moment to take each envelope; stopped, it takes none."""
+
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+            self.stopped = False
+
+        async def send(self, topic: str, value: bytes, key: bytes | None = None) -> Any:
+            await asyncio.sleep(0.05)
+            if self.stopped:
+                raise RuntimeError("the producer is stopped")
+            self.sent.append(value)
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+        async def stop(self) -> None:
+            self.stopped = True
+
+    bus = Bus("127.0.0.1:9", Topics("t"), "gw-1")  # never started
+    for kafka in (bus.producer, bus.consumer):
+        await kafka.stop()
+    await bus.ledger.stop()
+    slow = Slow()
+    bus.producer = slow  # type: ignore[assignment]
+    bus.cancel(request_envelope(cancel=True, body={}))
+    await bus.stop()
+    assert len(slow.sent) == 1 and b'"cancel":true' in slow.sent[0]
