@@ -68,6 +68,13 @@ def is_anthropic(request: Request) -> bool:
     )
 
 
+def request_trace(request: Request) -> str:
+    """The client's own trace id (``x-relay-trace-id``) if the relay takes it, else a new
+    one: the id an answer that went under no trace of the relay's says."""
+    given = request.headers.get("x-relay-trace-id", "")
+    return given if 0 < len(given) <= MAX_TRACE_ID else uuid.uuid4().hex
+
+
 def error_response(request: Request, err: RelayError) -> JSONResponse:
     if request.url.path.startswith("/v1/"):  # as relay_requests_total counts: a scanner's
         # 404s elsewhere must not make an error ratio of nothing.  The lane is read off the
@@ -83,9 +90,7 @@ def error_response(request: Request, err: RelayError) -> JSONResponse:
     # The trace id the request went under, or the client's own when it failed before that,
     # or else a new one: every answer carries a request id, as the vendors' do (one to
     # quote in a report, though a request refused this early has no ledger line).
-    given = request.headers.get("x-relay-trace-id", "")
-    trace = err.trace_id or (given if 0 < len(given) <= MAX_TRACE_ID else uuid.uuid4().hex)
-    headers.update(trace_headers(trace))
+    headers.update(trace_headers(err.trace_id or request_trace(request)))
     if is_anthropic(request):
         status, body = anthropic_error(err)
     else:

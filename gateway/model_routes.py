@@ -3,16 +3,14 @@ SDK asking (Anthropic's when the request carries ``anthropic-version``, else Ope
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from gateway.auth import CallerDep
-from gateway.errors import trace_headers
+from gateway.errors import request_trace, trace_headers
 from gateway.json_answer import JSONAnswer
 from gateway.relay import Relay
-from schemas.envelope import MAX_TRACE_ID
 
 router = APIRouter(prefix="/v1")
 EPOCH = "1970-01-01T00:00:00Z"  # aliases have no release date; Anthropic's field is required
@@ -34,9 +32,7 @@ def _answer(request: Request, body: dict[str, Any]) -> JSONAnswer:
     """``body`` with a request id, as every answer carries one (the SDKs' ``_request_id``):
     the client's own trace id if it sent one the relay takes, else a new one.  No ledger
     line is written for a model list, so the id only names the request."""
-    given = request.headers.get("x-relay-trace-id", "")
-    trace = given if 0 < len(given) <= MAX_TRACE_ID else uuid.uuid4().hex
-    return JSONAnswer(body, headers=trace_headers(trace))
+    return JSONAnswer(body, headers=trace_headers(request_trace(request)))
 
 
 @router.get("/models")
