@@ -34,10 +34,15 @@ def kafka_version() -> str:
     return match.group(1)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports() -> tuple[int, int]:
+    """Two different free ports, for the broker and its controller.  Both sockets stay
+    bound until both are chosen: one closed before the second is drawn may be handed out
+    again as the second (about 1 draw in 11 000), and Kafka refuses two listeners on one
+    port."""
+    with socket.socket() as first, socket.socket() as second:
+        first.bind(("127.0.0.1", 0))
+        second.bind(("127.0.0.1", 0))
+        return int(first.getsockname()[1]), int(second.getsockname()[1])
 
 
 def port_is_free(port: int) -> bool:
@@ -148,13 +153,14 @@ class EmbeddedKafka:
 
     # -- lifecycle -----------------------------------------------------------------
     def _ports(self) -> tuple[int, int]:
-        """Keep the ports a data directory was first given, unless taken meanwhile."""
+        """Keep the ports a data directory was first given, unless taken meanwhile, or
+        one port saved for both (an earlier draw's: Kafka would refuse it at every start)."""
         saved = self.data_dir / "ports"
         if saved.exists():
             port, cport = (int(p) for p in saved.read_text().split())
-            if port_is_free(port) and port_is_free(cport):
+            if port != cport and port_is_free(port) and port_is_free(cport):
                 return port, cport
-        port, cport = free_port(), free_port()
+        port, cport = free_ports()
         saved.write_text(f"{port} {cport}")
         return port, cport
 
