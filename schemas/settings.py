@@ -29,6 +29,11 @@ def _host_port(server: str) -> bool:
     return found is not None and 1 <= int(found["port"] or 9092) <= 65535
 
 
+def _unset_if_empty(value: object) -> object:
+    """An empty variable (compose's ``${RELAY_X:-}``) means unset, not a bad number."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 LogLevel = Annotated[
     Literal["critical", "error", "warning", "info", "debug"],
     BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v),
@@ -53,6 +58,9 @@ class Settings(BaseSettings):
     # evicts nothing; a cache Redis run with an LRU policy should not hold them).
     store_redis_url: str = ""
     topic_prefix: str = "relay"
+    # Replicas of each topic the relay creates; unset (or empty): as many as the cluster
+    # has brokers, up to 3 (1 on the embedded broker).  Topics that exist keep theirs.
+    topic_replication: Annotated[int | None, BeforeValidator(_unset_if_empty)] = Field(None, ge=1)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     instance_id: str = ""
