@@ -20,7 +20,11 @@ def make_app(settings: Settings, bootstrap: str) -> faust.App:
         topic_disable_leader=True,
         # Realtime path: hand over every message at once, never linger to fill a batch.
         producer_linger_ms=0,
-        producer_acks=1,
+        # Every in-sync replica, as the ledger's producer: this one writes the spend and
+        # health changelogs, whose state decides budgets and breakers, and a leader lost
+        # before its followers copied a write would drop it.  On one broker (the embedded
+        # one) the leader is the only replica, and replies wait no longer for it.
+        producer_acks=-1,
         producer_max_request_size=MAX_MESSAGE_BYTES,  # answers as large as requests
         stream_wait_empty=False,
         stream_recovery_delay=0.0,
