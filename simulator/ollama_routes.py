@@ -36,6 +36,7 @@ TAGS = {
     "nomic-embed-text:latest": ("embedding",),
 }
 _EVERYTHING = ("completion", "tools", "thinking", "embedding")
+UNPULLED = "-unpulled"  # in a model's name: a model not pulled (Ollama's 404)
 _FAULT_MESSAGES = {
     "500": "internal server error",
     "429": "too many requests, retry later",
@@ -69,9 +70,13 @@ async def _gate(request: Request) -> tuple[Sim, dict[str, Any] | Response]:
 
 def capabilities(model: str) -> tuple[str, ...] | None:
     """What a pulled model can do (a name without a tag is its ``:latest``), None for a
-    model not pulled.  A name that forces a fault (``-fail500``...) stands for any model."""
-    found = TAGS.get(model if ":" in model else f"{model}:latest")
-    return _EVERYTHING if found is None and Sim.model_fault(model) else found
+    model not pulled: one whose name says so (``-unpulled``), as ``-fail500`` forces a
+    fault.  Any other name stands for a model that can do everything, so that a config
+    naming its own local models (and the tests' per-test model names) runs on the
+    simulator."""
+    if UNPULLED in model:
+        return None
+    return TAGS.get(model if ":" in model else f"{model}:latest", _EVERYTHING)
 
 
 def _check_capable(model: str, body: dict[str, Any], thinks: bool) -> None:

@@ -30,15 +30,15 @@ def sim() -> httpx.AsyncClient:
 
 
 async def test_a_model_not_pulled_is_a_404(sim: httpx.AsyncClient) -> None:
-    chat = {"model": "llama3", "messages": user("hi"), "stream": False}
+    chat = {"model": "llama3-unpulled", "messages": user("hi"), "stream": False}
     r = await sim.post("/api/chat", json=chat)
     assert (r.status_code, r.json()) == (
         404,
-        {"error": 'model "llama3" not found, try pulling it first'},
+        {"error": 'model "llama3-unpulled" not found, try pulling it first'},
     )
-    embed = await sim.post("/api/embed", json={"model": "nomic", "input": "x"})
+    embed = await sim.post("/api/embed", json={"model": "nomic-unpulled", "input": "x"})
     assert embed.status_code == 404
-    for pulled in ("llama3.2", "llama3.2:latest", "qwen2.5:7b", "llama3.2-fail500"):
+    for pulled in ("llama3.2", "llama3.2:latest", "qwen2.5:7b", "llama3.2-fail500", "mistral"):
         r = await sim.post("/api/chat", json={**chat, "model": pulled})
         assert r.status_code == (500 if "fail" in pulled else 200), pulled
     assert (await sim.get("/stats")).json()["calls"] == {
@@ -46,10 +46,11 @@ async def test_a_model_not_pulled_is_a_404(sim: httpx.AsyncClient) -> None:
         "llama3.2:latest": 1,
         "qwen2.5:7b": 1,
         "llama3.2-fail500": 1,
+        "mistral": 1,
     }
     adapter = OllamaAdapter(VendorConfig(kind="ollama", base_url="http://sim"), sim)
     with pytest.raises(VendorNotFound):
-        await adapter.chat(VendorCall("llama3", {"messages": user("hi")}, ""))
+        await adapter.chat(VendorCall("llama3-unpulled", {"messages": user("hi")}, ""))
 
 
 @pytest.mark.parametrize(
