@@ -46,9 +46,10 @@ from schemas.envelope import (
 )
 from schemas.errors import BatchCancelled, StoreUnavailable, answer_lost
 from schemas.settings import Settings
-from streams import metrics
+from streams import fetch_guard, metrics
 from streams.app import make_app
 from streams.codec import M, decode, encode
+from streams.fetch_guard import Unreadable
 from streams.producers import BackgroundProducer
 from streams.stopping import stop_quietly
 from streams.topics import Topics
@@ -252,6 +253,12 @@ class KafkaSink:
     async def dead_letter(self, letter: DeadLetter) -> None:
         await self._send_later(self.topics.dead_letter.name, None, encode(letter))
 
+    def dead_letter_soon(self, letter: DeadLetter) -> None:
+        """Send ``letter`` from a task of its own: for a fetch, which cannot wait."""
+        task = asyncio.ensure_future(self.dead_letter(letter))
+        self._tasks.add(task)
+        task.add_done_callback(self._sent_or_logged)
+
     async def audit(self, event: AuditEvent) -> None:
         await self._send_later(self.topics.audit.name, event.kind.encode(), encode(event))
 
@@ -305,6 +312,8 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         tenants=config.tenants.keys(),
         aliases=config.models.keys(),
     )
+    # A fetched batch aiokafka cannot read no longer stops the worker (streams.fetch_guard).
+    fetch_guard.install(partial(unreadable, sink, topics.requests.name))
     http = vendor_client(settings.default_timeout_s)
     adapters = {name: make_adapter(v, http) for name, v in config.vendors.items()}
     pools = {name: KeyPool(v.keys()) for name, v in config.vendors.items()}
@@ -546,6 +555,25 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         await sink.close()
 
     return app
+
+
+def unreadable(sink: KafkaSink, requests: str, bad: Unreadable) -> None:
+    """Records of a fetched batch that could not be read (a header key that is not
+    UTF-8, say): on the request topic they are dead-lettered, as an envelope that does
+    not parse is, with the whole batch as the letter's value; on the relay's own topics
+    they are logged and skipped, as a message that does not parse there is."""
+    where = f"{bad.topic}[{bad.partition}]@{bad.first}"
+    if bad.last > bad.first:
+        where += f"-{bad.last}"
+    if bad.topic != requests:
+        log.error("skipped %s: a record batch that cannot be read (%s)", where, bad.error)
+        return
+    log.warning("dead letter %s: a record batch that cannot be read (%s)", where, bad.error)
+    error = (
+        f"offsets {bad.first} to {bad.last} of a record batch that cannot be read "
+        f"({bad.error}); the value is the whole batch, as fetched"
+    )
+    sink.dead_letter_soon(DeadLetter.of(bad.topic, bad.partition, bad.first, error, bad.raw))
 
 
 def taken_as(env: RequestEnvelope, headers: Any) -> str:
