@@ -46,7 +46,7 @@ from schemas.envelope import (
 )
 from schemas.errors import BatchCancelled, StoreUnavailable, answer_lost
 from schemas.settings import Settings
-from streams import fetch_guard, metrics
+from streams import fetch_guard, metrics, topic_guard
 from streams.app import make_app
 from streams.codec import M, decode, encode
 from streams.fetch_guard import Unreadable
@@ -312,8 +312,10 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         tenants=config.tenants.keys(),
         aliases=config.models.keys(),
     )
-    # A fetched batch aiokafka cannot read no longer stops the worker (streams.fetch_guard).
+    # A fetched batch aiokafka cannot read no longer stops the worker (streams.fetch_guard),
+    # and no topic is made by naming it: a deleted reply topic stays deleted.
     fetch_guard.install(partial(unreadable, sink, topics.requests.name))
+    topic_guard.install()
     http = vendor_client(settings.default_timeout_s)
     adapters = {name: make_adapter(v, http) for name, v in config.vendors.items()}
     pools = {name: KeyPool(v.keys()) for name, v in config.vendors.items()}
