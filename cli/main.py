@@ -51,9 +51,13 @@ def _on_kafka(bootstrap: str, missing: str = "nothing there yet") -> Iterator[No
     from aiokafka.errors import KafkaError
 
     from cli.report import TopicMissing
+    from streams.topics import TopicsRefused
 
     try:
         yield
+    except TopicsRefused as exc:  # the broker answered, and said no: its words, not a trace
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
     except TopicMissing as exc:
         console.print(
             f"[red]{escape(str(exc))}: {missing} (or RELAY_TOPIC_PREFIX names another)[/red]"
@@ -94,7 +98,7 @@ def broker(
 
     from cli.supervisor import STOP_SIGNALS, broker_owner_file
     from streams.broker import BrokerError, EmbeddedKafka
-    from streams.topics import Topics, ensure_topics
+    from streams.topics import Topics, TopicsRefused, ensure_topics
 
     settings = _settings(None)
     kafka = EmbeddedKafka(settings.data_dir / "kafka", jvm_opts=settings.jvm_opts())
@@ -108,11 +112,17 @@ def broker(
     try:
         with console.status("starting Apache Kafka (first run fetches it with mvn)…"):
             bootstrap = kafka.start()
-            asyncio.run(ensure_topics(bootstrap, Topics(settings.topic_prefix).all()))
+            asyncio.run(
+                ensure_topics(
+                    bootstrap,
+                    Topics(settings.topic_prefix).all(),
+                    replication=settings.topic_replication,
+                )
+            )
     except BrokerError as exc:
         console.print(f"[red]broker: {escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
-    except KafkaError as exc:
+    except (KafkaError, TopicsRefused) as exc:
         kafka.stop()
         console.print(f"[red]broker: Kafka started but took no topics: {escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
@@ -163,7 +173,13 @@ def worker(config: ConfigOpt = None) -> None:
     cfg = _config(settings)
     bootstrap = _bootstrap(settings)
     with _on_kafka(bootstrap):
-        asyncio.run(ensure_topics(bootstrap, Topics(settings.topic_prefix).all()))
+        asyncio.run(
+            ensure_topics(
+                bootstrap,
+                Topics(settings.topic_prefix).all(),
+                replication=settings.topic_replication,
+            )
+        )
     faust_app = build_worker(settings, cfg, bootstrap)
     quiet_repeats()  # a broker gone for a while: one line per kind of error, not sixty a second
     Worker(faust_app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()

@@ -49,6 +49,7 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
             ephemeral=not settings.instance_id,
             worker_check_s=min(5.0, max(0.5, settings.worker_grace_s / 3)),
             spill_dir=settings.spill_dir(),
+            replication=settings.topic_replication,
         )
         await bus.start()
         redis = aioredis.Redis.from_url(

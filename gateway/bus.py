@@ -56,8 +56,10 @@ class Bus:
         audit_window_s: float = AUDIT_WINDOW_S,
         worker_check_s: float = 5.0,
         spill_dir: Path | None = None,
+        replication: int | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.replication = replication  # of topics it creates (RELAY_TOPIC_REPLICATION)
         self.topics = topics
         self.instance = instance
         self.ephemeral = ephemeral
@@ -98,7 +100,9 @@ class Bus:
 
     async def start(self) -> None:
         await ensure_topics(
-            self.bootstrap, [*self.topics.all(), self.topics.replies(self.instance)]
+            self.bootstrap,
+            [*self.topics.all(), self.topics.replies(self.instance)],
+            replication=self.replication,
         )
         metrics.BROKER_UP.set(1)  # it just answered
         await self.producer.start()
