@@ -26,11 +26,13 @@ async def test_requests_are_refused_quickly_once_no_worker_runs(
     stack = stack_factory(example_config(simulator.url), extra_env={"RELAY_WORKER_GRACE_S": "1"})
     url = f"{stack.url}/v1/chat/completions"
     remembered = f"remember me {uuid.uuid4().hex}"
-    async with httpx.AsyncClient(timeout=30) as http:
+    refused_trace = f"nw-{uuid.uuid4().hex[:12]}"
+    async with httpx.AsyncClient(timeout=60) as http:
         body, headers = chat(remembered)
-        for _ in range(20):  # a 1 s grace can run out before the worker's first join
+        deadline = time.monotonic() + 60
+        while True:  # a 1 s grace can run out before the worker's first join
             first = await http.post(url, json=body, headers=headers)
-            if first.status_code != NoWorker.status:
+            if first.status_code != NoWorker.status or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
         assert first.status_code == 200, first.text
@@ -40,27 +42,39 @@ async def test_requests_are_refused_quickly_once_no_worker_runs(
         while True:
             assert time.monotonic() < deadline, "never refused"
             body, headers = chat(f"unique {time.monotonic()}", **{"x-relay-trace-id": "nw"})
-            started = time.monotonic()
             reply = await http.post(url, json=body, headers={**headers, "x-relay-timeout": "3"})
             if reply.status_code == NoWorker.status:
                 break
             assert reply.status_code == 504, reply.text  # queued before the gateway noticed
 
-        assert time.monotonic() - started < 1.0, "refused at once, not at the deadline"
+        # The gateway knows now: a request with a long deadline is refused in a round
+        # trip, where one queued until its deadline would take all 30 s.
+        body, headers = chat(f"unique {uuid.uuid4().hex}", **{"x-relay-trace-id": refused_trace})
+        started = time.monotonic()
+        reply = await http.post(url, json=body, headers={**headers, "x-relay-timeout": "30"})
+        assert reply.status_code == NoWorker.status, reply.text
+        assert time.monotonic() - started < 10.0, "refused at once, not at the deadline"
         error = reply.json()["error"]
         assert (error["code"], error["type"]) == ("no_worker", "api_error")
         assert int(reply.headers["retry-after"]) >= 1
 
-        metrics = (await http.get(f"{stack.url}/metrics")).text
-        [missing] = [
-            line for line in metrics.splitlines() if line.startswith("relay_workers_missing")
-        ]
-        assert float(missing.split()[-1]) > 1.0
+        # The gauge is set at each look for workers (every 0.5 s here, and before a
+        # refusal unless the last look is under 0.1 s old): it passes the 1 s grace at
+        # the next look, if the refusal came just after one that saw it a little under.
+        missing, deadline = 0.0, time.monotonic() + 10
+        while missing <= 1.0:
+            assert time.monotonic() < deadline, f"relay_workers_missing_seconds {missing}"
+            await asyncio.sleep(0.1)
+            metrics = (await http.get(f"{stack.url}/metrics")).text
+            [gauge] = [
+                line for line in metrics.splitlines() if line.startswith("relay_workers_missing")
+            ]
+            missing = float(gauge.split()[-1])
 
         body, headers = chat(remembered)  # answered before, from the gateway's cache
         cached = await http.post(url, json=body, headers=headers)
         assert cached.status_code == 200, (first.headers, cached.text)
         assert cached.headers["x-relay-cache"].startswith("hit")
 
-    [line] = [e for e in await read_ledger(stack, {"nw"}) if e.error_code == "no_worker"][-1:]
-    assert line.status == "error" and line.tenant == "demo"
+    [line] = await read_ledger(stack, {refused_trace})  # the refusal's one line
+    assert (line.status, line.error_code, line.tenant) == ("error", "no_worker", "demo")
