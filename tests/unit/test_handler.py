@@ -1507,22 +1507,26 @@ async def answered(sink: Sink, env: RequestEnvelope, within: float) -> ReplyEven
 
 
 async def test_a_realtime_request_never_waits_in_a_batch_leaders_lane():
-    """Vendor a takes 10 calls a second and batch work is queued for it: an identical
+    """Vendor a takes 50 calls a second and batch work is queued for it: an identical
     batch request's call waits behind that work, so a realtime request does not ride on
     it (its lane, and its deadline, would be the batch leader's) but is admitted in its
     own lane, ahead of the queue, within its deadline."""
     calls: list[str] = []
-    handler, sink = gated(calls, one_at(10))
-    queued = [envelope(key=f"other{i}", priority=Priority.batch) for i in range(5)]
+    handler, sink = gated(calls, one_at(50))
+    queued = [envelope(key=f"other{i}", priority=Priority.batch) for i in range(25)]
     slow = envelope(key="same", priority=Priority.batch, deadline_ms=in_(30))
     tasks = [asyncio.create_task(handler.handle(e)) for e in (*queued, slow)]
     await asyncio.sleep(0.01)
+    # Riding on the batch leader it would be answered by the 26th call, 0.5 s on, past
+    # its deadline; in its own lane it has the next, 20 ms on, well inside it.  Its
+    # reply says which (coalesced, or an error at the deadline); `answered` only
+    # guards against a hang, so a loaded machine's slow turns do not decide.
     urgent = envelope(key="same", priority=Priority.realtime, deadline_ms=in_(0.4))
     tasks.append(asyncio.create_task(handler.handle(urgent)))
-    got = await answered(sink, urgent, within=0.3)
+    got = await answered(sink, urgent, within=5)
     assert got is not None and got.kind == "final" and not got.coalesced
     await asyncio.gather(*tasks)
-    assert calls == ["a"] * 7
+    assert calls == ["a"] * 27
     assert sink.for_(slow.correlation_id)[-1].kind == "final"
 
 
