@@ -5,6 +5,9 @@ Every vendor here is one of this module's own simulators, so the faults injected
 ``configure`` disturb no other module; each vendor model serves one alias, so the
 simulators' per-model call counts are one test's alone.  Vendor health is read from what the simulators
 count (a vendor the breaker shuts out sees no calls), never from the relay's internals.
+The worker's /metrics is read only to know when an outcome has reached its health table
+(the breaker opened, closed): a test waits for that, never for a fixed time, since a
+loaded machine can take longer than any such time for the trip through Kafka.
 """
 
 from __future__ import annotations
@@ -14,22 +17,36 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.config import hash_key
 from schemas.errors import NoHealthyVendor, RateLimited, VendorRateLimited
 from tests.integration.conftest import WORKDIR, worker_env
-from tests.support.stack import DEMO_KEY, SIM_KEY, Simulator, Stack, spawn, start_simulator
+from tests.support.stack import (
+    DEMO_KEY,
+    SIM_KEY,
+    Simulator,
+    Stack,
+    free_port,
+    spawn,
+    start_simulator,
+)
 
 T = TypeVar("T")
 
+
+class Breaker(NamedTuple):
+    state: int  # 0 closed, 1 half-open (open, its open_s over), 2 open
+    opened: int  # times it opened
+
+
 OPEN_S = 2.0  # the module stack's breaker stays open this long
 TRIP = 3  # ... after this many failures in a row
-SETTLE_S = 0.5  # a health event's trip through Kafka to the worker's health table
 GOOD_KEY_ENV, BAD_KEY_ENV = "RELAY_TEST_POOL_GOOD_KEY", "RELAY_TEST_POOL_BAD_KEY"
 FALLBACK = "gpt-4o-mini"
 # Vendor models the simulator always fails by name, so no test need configure a fault.
@@ -79,7 +96,17 @@ def tenants() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def stack(stack_factory: Any, sims: dict[str, Simulator]) -> Stack:
+def metrics() -> str:
+    """The module stack's worker's /metrics."""
+    return f"http://127.0.0.1:{free_port()}/metrics"
+
+
+def metrics_env(url: str) -> dict[str, str]:
+    return {"RELAY_WORKER_METRICS_PORT": url.rsplit(":", 1)[1].split("/")[0]}
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory: Any, sims: dict[str, Simulator], metrics: str) -> Stack:
     steady, toggled = sims["steady"], sims["toggled"]
     pooled = vendor(steady, api_keys_env=[GOOD_KEY_ENV, BAD_KEY_ENV])
     del pooled["api_key_env"]
@@ -111,7 +138,7 @@ def stack(stack_factory: Any, sims: dict[str, Simulator]) -> Stack:
     }
     # The simulator knows SIM_KEY only: the pool's second key is rejected with a 401.
     keys = {GOOD_KEY_ENV: SIM_KEY, BAD_KEY_ENV: "sk-revoked-by-the-vendor"}
-    return stack_factory(cfg, extra_env=keys)  # type: ignore[no-any-return]
+    return stack_factory(cfg, extra_env={**keys, **metrics_env(metrics)})  # type: ignore[no-any-return]
 
 
 async def chat(
@@ -169,17 +196,63 @@ def statuses(replies: list[httpx.Response]) -> list[int]:
     return [r.status_code for r in replies]
 
 
+async def breaker(http: httpx.AsyncClient, metrics: str, vendor: str, model: str) -> Breaker:
+    """The worker's breaker for ``vendor``'s ``model`` as its /metrics shows it (read from
+    the health table its router reads); closed and never opened when it has no record."""
+    found = {
+        (s.name, s.labels.get("vendor"), s.labels.get("model")): s.value
+        for family in text_string_to_metric_families((await http.get(metrics)).text)
+        for s in family.samples
+    }
+    state = found.get(("relay_worker_breaker_state", vendor, model), 0.0)
+    return Breaker(
+        int(state), int(found.get(("relay_worker_breaker_opened_total", vendor, model), 0))
+    )
+
+
+async def until_breaker(
+    http: httpx.AsyncClient,
+    metrics: str,
+    vendor: str,
+    model: str,
+    ready: Callable[[Breaker], bool],
+    within_s: float = 20.0,
+) -> None:
+    """Wait until the worker's health table has folded the outcomes sent so far, as far as
+    ``ready`` says (a breaker opened once more, closed)."""
+    deadline = time.monotonic() + within_s
+    while not ready(seen := await breaker(http, metrics, vendor, model)):
+        assert time.monotonic() < deadline, f"{vendor}/{model}: {seen}"
+        await asyncio.sleep(0.05)
+
+
 async def open_breaker(
-    http: httpx.AsyncClient, stack: Stack, alias: str, sim: Simulator, model: str
+    http: httpx.AsyncClient,
+    stack: Stack,
+    metrics: str,
+    alias: str,
+    sim: Simulator,
+    vendor: str,
+    model: str,
 ) -> float:
-    """Send requests to a failing primary until its breaker trips; returns when (monotonic)."""
-    before = calls(sim, model)
+    """Send requests to a failing primary until its breaker trips, and wait until the
+    worker has it open; returns when the trip's last reply came (monotonic), which is
+    after the breaker opened (at that failure)."""
+    before, opened = calls(sim, model), (await breaker(http, metrics, vendor, model)).opened
     replies = await sequential(http, stack, alias, TRIP)
     tripped = time.monotonic()
     assert served_by(replies) == ["steady"] * TRIP, statuses(replies)
     assert calls(sim, model) - before == TRIP, "each request tried the primary, then fell back"
-    await asyncio.sleep(SETTLE_S)
+    await until_breaker(http, metrics, vendor, model, lambda b: b.opened > opened)
     return tripped
+
+
+async def at_once(
+    http: httpx.AsyncClient, stack: Stack, alias: str, n: int
+) -> list[httpx.Response]:
+    """``n`` requests together: those meant to land inside an open window (OPEN_S) do,
+    however slow each round trip is on a loaded machine, as they would not in turn."""
+    return list(await asyncio.gather(*(chat(http, stack, alias) for _ in range(n))))
 
 
 async def until_open_s_passed(tripped: float) -> None:
@@ -203,7 +276,7 @@ async def test_fallback_keeps_success_above_three_nines_with_a_30pct_failing_pri
 
 
 async def test_breaker_opens_then_a_probe_closes_it_and_traffic_returns(
-    stack: Stack, sims: dict[str, Simulator]
+    stack: Stack, sims: dict[str, Simulator], metrics: str
 ):
     sim, model = sims["toggled"], "gpt-4o-mini-tripping"
     sim.configure(error_rate=0.0)
@@ -212,9 +285,9 @@ async def test_breaker_opens_then_a_probe_closes_it_and_traffic_returns(
         assert served_by(warm) == ["tripping"] * 3, "the cheapest candidate serves when healthy"
 
         sim.configure(error_rate=1.0)
-        tripped = await open_breaker(http, stack, "tripping", sim, model)
+        tripped = await open_breaker(http, stack, metrics, "tripping", sim, "tripping", model)
         shut = calls(sim, model)
-        while_open = await sequential(http, stack, "tripping", 5)
+        while_open = await at_once(http, stack, "tripping", 5)
         assert time.monotonic() - tripped < OPEN_S, "still inside the open window"
         assert served_by(while_open) == ["steady"] * 5
         assert calls(sim, model) == shut, "an open breaker sends nothing to the primary"
@@ -224,23 +297,28 @@ async def test_breaker_opens_then_a_probe_closes_it_and_traffic_returns(
         [probe] = await sequential(http, stack, "tripping", 1)
         assert calls(sim, model) == shut + 1, "after open_s one probe reaches the primary"
         assert served_by([probe]) == ["tripping"], "the probe succeeded"
-        await asyncio.sleep(SETTLE_S)
+        await until_breaker(http, metrics, "tripping", model, lambda b: b.state == 0)
         back = await sequential(http, stack, "tripping", 5)
         assert served_by(back) == ["tripping"] * 5, "traffic returns to the cheapest"
         assert calls(sim, model) == shut + 6
 
 
-async def test_a_failed_probe_opens_the_breaker_again(stack: Stack, sims: dict[str, Simulator]):
+async def test_a_failed_probe_opens_the_breaker_again(
+    stack: Stack, sims: dict[str, Simulator], metrics: str
+):
     sim = sims["steady"]  # BROKEN always answers 500
     async with httpx.AsyncClient() as http:
-        tripped = await open_breaker(http, stack, "reopening", sim, BROKEN)
+        tripped = await open_breaker(http, stack, metrics, "reopening", sim, "broken", BROKEN)
         shut = calls(sim, BROKEN)
+        opened = (await breaker(http, metrics, "broken", BROKEN)).opened
         await until_open_s_passed(tripped)
         [probe] = await sequential(http, stack, "reopening", 1)
         assert served_by([probe]) == ["steady"]
         assert calls(sim, BROKEN) == shut + 1, "after open_s one probe reaches the primary"
-        await asyncio.sleep(SETTLE_S)
-        after = await sequential(http, stack, "reopening", 5)
+        # The probe's failure folded (the breaker opened again, or it never will: then
+        # this waits in vain and says so); the next requests land in the new window.
+        await until_breaker(http, metrics, "broken", BROKEN, lambda b: b.opened > opened)
+        after = await at_once(http, stack, "reopening", 5)
         assert served_by(after) == ["steady"] * 5
         reached = calls(sim, BROKEN) - shut - 1
         assert reached == 0, (
@@ -250,21 +328,24 @@ async def test_a_failed_probe_opens_the_breaker_again(stack: Stack, sims: dict[s
 
 
 async def test_a_closed_breaker_opens_again_on_new_failures(
-    stack: Stack, sims: dict[str, Simulator]
+    stack: Stack, sims: dict[str, Simulator], metrics: str
 ):
     sim, model = sims["toggled"], "gpt-4o-mini-recovering"
     async with httpx.AsyncClient() as http:
         sim.configure(error_rate=1.0)
-        tripped = await open_breaker(http, stack, "recovering", sim, model)
+        tripped = await open_breaker(http, stack, metrics, "recovering", sim, "recovering", model)
         sim.configure(error_rate=0.0)
         await until_open_s_passed(tripped)
-        healed = await sequential(http, stack, "recovering", 3)
+        [probe] = await sequential(http, stack, "recovering", 1)
+        # Until the probe's success is folded this worker has no second probe to give.
+        await until_breaker(http, metrics, "recovering", model, lambda b: b.state == 0)
+        healed = [probe, *await sequential(http, stack, "recovering", 2)]
         assert served_by(healed) == ["recovering"] * 3, "the probe closed the breaker"
 
         sim.configure(error_rate=1.0)
-        await open_breaker(http, stack, "recovering", sim, model)
+        await open_breaker(http, stack, metrics, "recovering", sim, "recovering", model)
         shut = calls(sim, model)
-        after = await sequential(http, stack, "recovering", 5)
+        after = await at_once(http, stack, "recovering", 5)
         sim.configure(error_rate=0.0)
         assert served_by(after) == ["steady"] * 5
         reached = calls(sim, model) - shut
@@ -321,12 +402,13 @@ async def test_a_429_storm_is_answered_quickly_without_a_retry_storm(
 
 
 async def test_an_open_breaker_spares_a_vendor_that_only_answers_429(
-    stack: Stack, sims: dict[str, Simulator]
+    stack: Stack, sims: dict[str, Simulator], metrics: str
 ):
     burst = 10
     async with httpx.AsyncClient() as http:
         # The first burst's 429s trip the breaker (TRIP in a row) within its first calls.
         _, _, first = await storm(http, stack, "saturated", sims["steady"], SATURATED, burst)
+        await until_breaker(http, metrics, "saturated", SATURATED, lambda b: b.opened > 0)
         replies, slowest, while_open = await storm(
             http, stack, "saturated", sims["steady"], SATURATED, burst
         )
@@ -424,9 +506,10 @@ async def test_a_restarted_worker_still_avoids_a_vendor_whose_breaker_is_open(
         "tenants": tenants(),
         "breaker": {"consecutive_failures": TRIP, "open_s": 120},
     }
-    own: Stack = stack_factory(cfg)
+    own_metrics = f"http://127.0.0.1:{free_port()}/metrics"
+    own: Stack = stack_factory(cfg, extra_env=metrics_env(own_metrics))
     async with httpx.AsyncClient() as http:
-        await open_breaker(http, own, "restart", sim, DEAD)
+        await open_breaker(http, own, own_metrics, "restart", sim, "dead", DEAD)
         shut = calls(sim, DEAD)
         assert served_by(await sequential(http, own, "restart", 2)) == ["steady"] * 2
         assert calls(sim, DEAD) == shut, "the breaker is open before the restart"
