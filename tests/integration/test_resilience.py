@@ -397,7 +397,10 @@ async def test_a_429_storm_is_answered_quickly_without_a_retry_storm(
     for reply in replies:
         rate_limit_shaped(reply)
     assert any(r.status_code == VendorRateLimited.status for r in replies)
-    assert slowest < 3.0, f"a throttled request took {slowest:.1f}s"
+    # Each waits out the vendor's Retry-After (1 s) once at most, then says it: about a
+    # second.  Held to its 30 s deadline it would take all of it; under a third of that
+    # tells the two apart however loaded the machine (3 s was under 3x the second).
+    assert slowest < 10.0, f"a throttled request took {slowest:.1f}s"
     assert made <= 2 * burst, f"{made} vendor calls for {burst} requests"
 
 
