@@ -166,17 +166,25 @@ async def test_realtime_overtakes_a_background_flood(stack: Stack, sim: Simulato
         ]
         await asyncio.sleep(1.5 * interval)  # the flood is queued on the bucket
         urgent: list[Timed] = []
+        others: list[int] = []  # vendor calls not its own while each realtime one waited
         for _ in range(realtime):
+            before = await calls(http, sim, model)
             urgent.append(await chat(http, stack, alias, priority="realtime"))
+            others.append(await calls(http, sim, model) - before - 1)
         pending_then = sum(not t.done() for t in background)
         waited = await asyncio.gather(*background)
         made = await calls(http, sim, model)
     assert [t.reply.status_code for t in urgent] == [200] * realtime
     assert [t.reply.status_code for t in waited] == [200] * flood
+    # First come, first served, each realtime request would wait for the eight or more
+    # background calls queued ahead of it.  Ahead of them, it waits for the next token
+    # (at most one background call in between: one given the token as it arrived), or
+    # a few more when a loaded machine slows its trips: counted, not timed, so the
+    # machine's pace does not decide (a 2-interval bound on its latency did).
     latencies = [t.latency for t in urgent]
-    assert max(latencies) < 2 * interval, (
-        f"realtime latencies under a background flood: {[f'{s:.2f}' for s in latencies]}s, "
-        f"bucket interval {interval:.1f}s"
+    assert max(others) <= 3, (
+        f"background calls while each realtime request waited: {others}; its latencies "
+        f"{[f'{s:.2f}' for s in latencies]}s, bucket interval {interval:.1f}s"
     )
     assert pending_then >= flood - 2 - realtime, (
         f"only {pending_then} of {flood} background requests were still waiting"
