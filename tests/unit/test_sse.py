@@ -70,27 +70,39 @@ def chunk(text: str) -> dict[str, Any]:
     }
 
 
-async def slow_start() -> AsyncIterator[dict[str, Any] | Usage]:
-    await asyncio.sleep(0.35)  # a model thinking before its first token
+async def slow_start(sent: list[bytes]) -> AsyncIterator[dict[str, Any] | Usage]:
+    """A model thinking before its first token: silent until the client has been sent
+    two frames (a second at most), rather than for a time a loaded machine may not fit
+    two keep-alives into."""
+    for _ in range(100):
+        if len(sent) >= 2:
+            break
+        await asyncio.sleep(0.01)
     yield chunk("hel")
     yield chunk("lo")
     yield Usage(input_tokens=3, output_tokens=2)
 
 
-async def collect(stream: AsyncIterator[bytes]) -> bytes:
-    return b"".join([part async for part in stream])
+async def collect(stream: AsyncIterator[bytes], sent: list[bytes] | None = None) -> bytes:
+    """The stream's bytes; each frame also goes to ``sent`` as it is written."""
+    parts = [] if sent is None else sent
+    async for part in stream:
+        parts.append(part)
+    return b"".join(parts)
 
 
 async def test_a_silent_openai_stream_sends_keepalives_the_sdk_skips() -> None:
-    raw = await collect(openai_sse(slow_start(), include_usage=True, keepalive_s=0.1))
-    assert raw.startswith(b": keepalive\n\n") and raw.count(b": keepalive") >= 2
+    sent: list[bytes] = []
+    raw = await collect(openai_sse(slow_start(sent), include_usage=True, keepalive_s=0.1), sent)
+    assert raw.startswith(b": keepalive\n\n: keepalive\n\n")
     events = [e async for e in SSEDecoder().aiter_bytes(_aiter(raw))]
     data = [e.data for e in events]
     assert data[-1] == "[DONE]" and len(data) == 4, "two chunks, usage, done: nothing else"
 
 
 async def test_a_silent_anthropic_stream_pings() -> None:
-    raw = await collect(anthropic_sse(slow_start(), "claude", "msg_1", keepalive_s=0.1))
+    sent: list[bytes] = []
+    raw = await collect(anthropic_sse(slow_start(sent), "claude", "msg_1", keepalive_s=0.1), sent)
     names = [line for line in raw.decode().splitlines() if line.startswith("event: ")]
     assert names[:2] == ["event: ping", "event: ping"]
     assert "event: message_start" in names and names[-1] == "event: message_stop"
