@@ -133,16 +133,21 @@ async def test_a_vendor_that_never_answers_leaves_the_next_one_time_to_answer(
 ) -> None:
     """No timeout_s set: the first vendor has 3/4 of the deadline, then the backup
     answers, and the hang counts against the first vendor's health (the deadline here
-    scaled down from the default 120 s, HANG_S and HANG_WHOLE_S with it)."""
-    monkeypatch.setattr(dispatch_module, "HANG_S", 1.0)
-    monkeypatch.setattr(dispatch_module, "HANG_WHOLE_S", 1.4)
+    scaled down from the default 120 s, HANG_S and HANG_WHOLE_S with it: 1/60 of each).
+
+    The backup answering at all says the first vendor was cut before the deadline, and
+    the time taken that it had its 3/4 (1.5 s) first, not HANG_S or HANG_WHOLE_S.  A
+    share counts as a hang from 1 s: a loaded machine may reach the call 0.6 s late and
+    the hang still counts (with 1.4 s, 0.13 s late was too late)."""
+    monkeypatch.setattr(dispatch_module, "HANG_S", 0.5)
+    monkeypatch.setattr(dispatch_module, "HANG_WHOLE_S", 1.0)
     dispatch, seen, plan = vendors(hangs)
     started = time.monotonic()
     out = await dispatch.run(envelope(2.0), plan, None)
     took = time.monotonic() - started
     assert out.error is None and out.candidate == plan[1]
     assert out.body["choices"][0]["message"]["content"] == "backup here"
-    assert 1.4 < took < 2.0, took
+    assert took >= 1.4, took
     first = seen[0]
     assert (first.vendor, first.ok, first.error_code) == ("anthropic", False, "vendor_unavailable")
     health = record(Health(), first, BreakerPolicy(), time.time())
