@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -76,6 +77,16 @@ def line(batch: str, index: int, **kw: Any) -> RequestEnvelope:
     return envelope(**{**fields, **kw})
 
 
+async def until(done: Callable[[], bool]) -> None:
+    """Wait until ``done()`` (5 s at most): for a step of the handler's to be reached,
+    rather than for a time a loaded machine may take longer than."""
+    for _ in range(5000):
+        if done():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("never happened")
+
+
 def handler_with(
     calls: list[str], gate: PriorityGate, lines: BatchLines, **kw: Any
 ) -> tuple[RequestHandler, Sink]:
@@ -117,7 +128,7 @@ async def test_a_line_retrying_is_not_sent_again_once_its_batch_is_cancelled():
     handler, sink = handler_with(calls, PriorityGate(), lines_of(store), fail_a=True, delay=0.05)
     env = line("batch_retry", 0)
     task = asyncio.create_task(handler.handle(env))
-    await asyncio.sleep(0.02)  # the call to vendor a is under way
+    await until(lambda: calls == ["a"])  # the call to vendor a is under way (for 0.05 s)
     store.cancelled_ids.add("batch_retry")
     await task
     assert calls == ["a"]
@@ -203,7 +214,7 @@ async def test_a_line_cut_mid_stream_is_put_back_and_what_streamed_metered():
     handler, sink = handler_with(calls, PriorityGate(), lines_of(Store(), topic))
     env = line("batch_stream", 0, stream=True)
     task = asyncio.create_task(handler.handle(env))
-    await asyncio.sleep(0.12)  # a chunk or two streamed
+    await until(lambda: bool(sink.for_(env.correlation_id)))  # a chunk streamed, more to come
     await finish(lambda: {task} | handler.spawned, set(), drain_s=0, answer_s=2)
     assert [e.correlation_id for e in topic.put] == [env.correlation_id]
     assert all(e.kind == "chunk" for e in sink.for_(env.correlation_id))
