@@ -261,11 +261,13 @@ async def test_a_follower_whose_notice_comes_after_its_flight_landed_late_keeps_
     monkeypatch.setattr("agents.flights.REPLY_GRACE_S", 0.05)
     handler, sink, _, calls = setup()
     leader = envelope(stream=True, key="late-notice")
+    task = asyncio.create_task(handler.handle(leader))
+    await until(lambda: chunks(sink, leader) >= 1)
+    # Its 0.1 s counted from when it joins, not from before the leader's first chunk,
+    # which a loaded machine may take most of 0.1 s to bring.
     follower = envelope(
         stream=True, key="late-notice", deadline_ms=in_(0.1), gateway_meters_timeout=True
     )
-    task = asyncio.create_task(handler.handle(leader))
-    await until(lambda: chunks(sink, leader) >= 1)
     await handler.handle(follower)
     await asyncio.wait_for(task, 5)
     assert [line.correlation_id for line in sink.ledger] == [leader.correlation_id]
