@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -305,12 +306,24 @@ async def test_a_breaker_that_opened_during_the_gate_wait_is_not_called() -> Non
     dispatch, _ = dispatcher({"a": a, "b": b}, gate=gate)
     plan = router.plan("m", time.time())
     assert [c.vendor for c in plan] == ["a", "b"]
-    run = asyncio.create_task(dispatch.run(within(5.0), plan, None, may_call=router.may_call))
-    await asyncio.sleep(0.02)
-    assert gate.waiting == 1  # at the primary's gate
-    opened = Health(state="open", opened_at=time.time(), consecutive_failures=5)
-    table["a/primary"] = opened.model_dump()
-    out = await run
+    acquire = gate.acquire
+
+    async def opens_meanwhile(
+        needs: Mapping[str, float], priority: Priority, deadline: float
+    ) -> None:
+        """The breaker opens once the request waits at the primary's gate: at that step,
+        not after a sleep a busy machine could stretch past the token 0.1 s away."""
+        if "vendor:a" not in needs:
+            return await acquire(needs, priority, deadline)
+        waiting = asyncio.ensure_future(acquire(needs, priority, deadline))
+        await asyncio.sleep(0)  # it takes its place in the queue, then this goes on
+        assert gate.waiting == 1  # at the primary's gate
+        opened = Health(state="open", opened_at=time.time(), consecutive_failures=5)
+        table["a/primary"] = opened.model_dump()
+        await waiting
+
+    gate.acquire = opens_meanwhile  # type: ignore[method-assign]
+    out = await dispatch.run(within(5.0), plan, None, may_call=router.may_call)
     assert out.error is None and out.candidate == plan[1]
     assert (a.calls, b.calls) == (0, 1)
     assert gate.bucket("vendor:a").tokens > 0.5  # type: ignore[union-attr]
