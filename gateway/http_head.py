@@ -6,7 +6,8 @@ no limit on its size nor on how long it may take to arrive, and all of it before
 edge can refuse a request without a key: three connections sending 200 MB headers that
 never end took 600 MB from a gateway, and one that trickles a byte a second holds its
 connection for ever.  Here a head past ``MAX_HEAD_BYTES`` gets a 431, and one not
-finished within ``HEAD_TIMEOUT_S`` of its first byte a 408, and the connection closes.
+finished within ``HEAD_TIMEOUT_S`` of its first byte a 408, and the connection closes
+(lingering, as below).
 (nginx allows 32 KB of headers by default, Node.js 16 KB.)
 
 uvicorn also times nothing on a connection before its first byte, nor once it has answered
@@ -136,4 +137,11 @@ class BoundedHead(HttpToolsProtocol):
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, reason, len(body), body)
         )
-        self.transport.close()
+        # A lingering close, as for a body answered early: the client may still be
+        # sending its head, and a close now would meet those bytes with a reset that can
+        # take the answer with it.  Our side ends (FIN after the answer); what comes is
+        # dropped until the client closes, or the keep-alive timeout.
+        self._lingering = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(self.timeout_keep_alive, self.transport.close)

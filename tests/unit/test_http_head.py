@@ -177,6 +177,22 @@ async def test_a_client_still_uploading_gets_the_answer_sent_before_its_body(
         writer.close()
 
 
+async def test_a_client_still_sending_a_head_too_large_gets_its_431(brief_server: int) -> None:
+    """The 431 goes out while the head still comes in: the rest is read and dropped, not
+    met with a reset that could take the answer with it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", brief_server)
+    try:
+        writer.write(b"POST /v1/echo HTTP/1.1\r\nx-filler: ")
+        for _ in range(40):  # 2 MB of head, the 431 due after the first 64 KiB of it
+            writer.write(b"a" * 50_000)
+            await asyncio.wait_for(writer.drain(), 5)
+        head = await head_of_answer(reader)
+        assert head.startswith(b"http/1.1 431") and b"connection: close" in head
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed after the linger
+    finally:
+        writer.close()
+
+
 async def test_a_body_all_in_before_the_answer_keeps_the_connection_alive(server: int) -> None:
     refused = b"POST /v1/refuse HTTP/1.1\r\nhost: relay\r\ncontent-length: 2\r\n\r\n{}"
     answer = await exchange(server, refused, post(b'{"text": "hi"}'), pause=0.2)
