@@ -30,7 +30,6 @@ from schemas.formats.anthropic import (
 )
 from schemas.formats.openai import assemble_chunks
 from schemas.usage import Usage
-from simulator import SimConfig, create_app
 
 AV = {"anthropic-version": "2023-06-01"}
 CLAUDE, GPT, LLAMA = "claude-sonnet-4-5", "gpt-4o-mini", "llama3.2"
@@ -68,16 +67,6 @@ def anthropic_tool(tool: dict[str, Any]) -> dict[str, Any]:
 
 def user(text: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": text}]
-
-
-@pytest.fixture
-def app() -> Any:
-    return create_app(SimConfig())
-
-
-@pytest.fixture
-def sim(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim")
 
 
 def adapter(kind: str, sim: httpx.AsyncClient) -> Any:

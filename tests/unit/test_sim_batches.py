@@ -23,11 +23,6 @@ def app() -> Any:
     return create_app(SimConfig(batch_complete_after_s=60))
 
 
-@pytest.fixture
-def sim(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim")
-
-
 @pytest.mark.parametrize("custom_id", [None, 5, True])
 async def test_a_message_batch_request_id_must_be_a_string(
     sim: httpx.AsyncClient, custom_id: Any

@@ -11,8 +11,6 @@ import httpx
 import httpx2
 import pytest
 
-from simulator import SimConfig, create_app
-
 AV = {"anthropic-version": "2023-06-01"}
 
 
@@ -26,16 +24,6 @@ def sse_data(text: str) -> list[Any]:
         for line in text.splitlines()
         if line.startswith("data: ") and line != "data: [DONE]"
     ]
-
-
-@pytest.fixture
-def app() -> Any:
-    return create_app(SimConfig())
-
-
-@pytest.fixture
-def sim(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim")
 
 
 @pytest.fixture

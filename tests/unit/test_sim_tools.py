@@ -13,8 +13,6 @@ import httpx2
 import openai
 import pytest
 
-from simulator import SimConfig, create_app
-
 AV = {"anthropic-version": "2023-06-01"}
 WEATHER = {
     "type": "function",
@@ -43,16 +41,6 @@ BOTH = "call get_weather and get_time for Paris"
 
 def user(text: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": text}]
-
-
-@pytest.fixture
-def app() -> Any:
-    return create_app(SimConfig())
-
-
-@pytest.fixture
-def sim(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim")
 
 
 def _http(app: Any) -> httpx2.AsyncClient:
