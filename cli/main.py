@@ -71,6 +71,14 @@ def _on_kafka(bootstrap: str, missing: str = "nothing there yet") -> Iterator[No
         raise typer.Exit(1) from None
 
 
+def _make_topics(settings: Settings, bootstrap: str) -> None:
+    """Every topic the relay uses, made before any part starts (the broker's, a worker's)."""
+    from streams.topics import Topics, ensure_topics
+
+    topics = Topics(settings.topic_prefix).all()
+    asyncio.run(ensure_topics(bootstrap, topics, replication=settings.topic_replication))
+
+
 def _bootstrap(settings: Settings) -> str:
     try:
         return settings.bootstrap()
@@ -98,7 +106,7 @@ def broker(
 
     from cli.supervisor import STOP_SIGNALS, broker_owner_file
     from streams.broker import BrokerError, EmbeddedKafka
-    from streams.topics import Topics, TopicsRefused, ensure_topics
+    from streams.topics import TopicsRefused
 
     settings = _settings(None)
     kafka = EmbeddedKafka(settings.data_dir / "kafka", jvm_opts=settings.jvm_opts())
@@ -112,13 +120,7 @@ def broker(
     try:
         with console.status("starting Apache Kafka (first run fetches it with mvn)…"):
             bootstrap = kafka.start()
-            asyncio.run(
-                ensure_topics(
-                    bootstrap,
-                    Topics(settings.topic_prefix).all(),
-                    replication=settings.topic_replication,
-                )
-            )
+            _make_topics(settings, bootstrap)
     except BrokerError as exc:
         console.print(f"[red]broker: {escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
@@ -166,20 +168,13 @@ def worker(config: ConfigOpt = None) -> None:
     mode.loop.use("uvloop")
 
     from streams.logs import quiet_repeats
-    from streams.topics import Topics, ensure_topics
     from streams.wiring import build_worker
 
     settings = _settings(config)
     cfg = _config(settings)
     bootstrap = _bootstrap(settings)
     with _on_kafka(bootstrap):
-        asyncio.run(
-            ensure_topics(
-                bootstrap,
-                Topics(settings.topic_prefix).all(),
-                replication=settings.topic_replication,
-            )
-        )
+        _make_topics(settings, bootstrap)
     faust_app = build_worker(settings, cfg, bootstrap)
     quiet_repeats()  # a broker gone for a while: one line per kind of error, not sixty a second
     Worker(faust_app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
