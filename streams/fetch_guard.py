@@ -83,26 +83,26 @@ class Unreadable:
     error: str
     raw: bytes
 
+    @property
+    def where(self) -> str:
+        """``topic[partition]@first``, or ``@first-last`` for several records."""
+        span = f"{self.first}-{self.last}" if self.last > self.first else str(self.first)
+        return f"{self.topic}[{self.partition}]@{span}"
+
 
 Report = Callable[[Unreadable], None]
 
 
-def _log_only(bad: Unreadable) -> None:
-    log.error(
-        "skipped %s[%s]@%s-%s: a record batch that cannot be read (%s)",
-        bad.topic,
-        bad.partition,
-        bad.first,
-        bad.last,
-        bad.error,
-    )
+def skipped(bad: Unreadable) -> None:
+    """Log ``bad`` as stepped over: the report where nothing is dead-lettered."""
+    log.error("skipped %s: a record batch that cannot be read (%s)", bad.where, bad.error)
 
 
-_report: Report = _log_only
+_report: Report = skipped
 _ORIGINAL = {"MemoryRecords": MemoryRecords, "PartitionRecords": _PartitionRecords}
 
 
-def install(report: Report = _log_only) -> None:
+def install(report: Report = skipped) -> None:
     """Guard every fetch in this process, telling ``report`` of each unreadable batch
     (called on the consumer's event loop, never raising into it).  Installing again
     only changes ``report``."""
@@ -116,7 +116,7 @@ def install(report: Report = _log_only) -> None:
 def uninstall() -> None:
     """aiokafka's own fetch again (for tests)."""
     global _report
-    _report = _log_only
+    _report = skipped
     fetcher.MemoryRecords = _ORIGINAL["MemoryRecords"]  # type: ignore[misc]
     fetcher.PartitionRecords = _ORIGINAL["PartitionRecords"]  # type: ignore[misc]
 
@@ -222,7 +222,7 @@ class _Batches:
             _report(bad)
         except Exception:  # the fetch goes on whatever the report does
             log.exception("an unreadable batch could not be reported")
-            _log_only(bad)
+            skipped(bad)
 
 
 class _GuardedBatch:

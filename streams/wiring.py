@@ -512,8 +512,9 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         what start-up made out of the collector's scans (a full collection under load
         then pauses the loop ~2 ms instead of ~45 ms)."""
         gc.freeze()
-        # Not the pid alone: in containers every worker is pid 1.
-        instance = settings.instance_id or f"worker-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # The lease owner's name unless one is set: not the pid alone, as every worker in
+        # a container is pid 1.
+        instance = settings.instance_id or owner
         await sink.audit(
             AuditEvent(
                 kind="started", role="worker", instance=instance, config_sha256=config.digest()
@@ -564,13 +565,10 @@ def unreadable(sink: KafkaSink, requests: str, bad: Unreadable) -> None:
     UTF-8, say): on the request topic they are dead-lettered, as an envelope that does
     not parse is, with the whole batch as the letter's value; on the relay's own topics
     they are logged and skipped, as a message that does not parse there is."""
-    where = f"{bad.topic}[{bad.partition}]@{bad.first}"
-    if bad.last > bad.first:
-        where += f"-{bad.last}"
     if bad.topic != requests:
-        log.error("skipped %s: a record batch that cannot be read (%s)", where, bad.error)
+        fetch_guard.skipped(bad)
         return
-    log.warning("dead letter %s: a record batch that cannot be read (%s)", where, bad.error)
+    log.warning("dead letter %s: a record batch that cannot be read (%s)", bad.where, bad.error)
     error = (
         f"offsets {bad.first} to {bad.last} of a record batch that cannot be read "
         f"({bad.error}); the value is the whole batch, as fetched"
