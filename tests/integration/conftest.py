@@ -18,8 +18,9 @@ import orjson
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 
-from schemas.envelope import UsageEvent
+from schemas.envelope import DeadLetter, UsageEvent
 from schemas.settings import Settings
 from tests.support.stack import (
     SIM_KEY,
@@ -138,6 +139,41 @@ async def read_ledger(stack: Stack, trace_ids: set[str], timeout_s: float = 15) 
     finally:
         await consumer.stop()
     return found
+
+
+async def dead_letters(
+    stack: Stack, marker: str, want: int, timeout_s: float = 20
+) -> list[DeadLetter]:
+    """The dead letters whose value holds ``marker``, read until ``want`` have come (or
+    ``timeout_s`` passed)."""
+    consumer = AIOKafkaConsumer(
+        f"{stack.prefix}.dead-letter",
+        bootstrap_servers=stack.bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    letters: list[DeadLetter] = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline and len(letters) < want:
+            for records in (await consumer.getmany(timeout_ms=300)).values():
+                letters += [DeadLetter.model_validate_json(r.value or b"") for r in records]
+            letters = [d for d in letters if marker in d.value]
+    finally:
+        await consumer.stop()
+    return letters
+
+
+async def topic_names(bootstrap: str) -> set[str]:
+    """Every topic the cluster has."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
 
 
 def worker_env(stack: Stack, redis_url: str) -> dict[str, str]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import openai
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
-from schemas.envelope import DeadLetter
+from tests.integration.conftest import dead_letters
 from tests.support.stack import DEMO_KEY, Stack
 
 
@@ -48,22 +47,7 @@ async def test_garbage_is_dead_lettered_and_the_worker_keeps_serving(relay: Stac
     )
     assert answer.choices[0].message.content
 
-    consumer = AIOKafkaConsumer(
-        f"{relay.prefix}.dead-letter", bootstrap_servers=relay.bootstrap,
-        auto_offset_reset="earliest", group_id=None,
-    )  # fmt: skip
-    await consumer.start()
-    letters: list[DeadLetter] = []
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 15
-        while loop.time() < deadline and len(letters) < 5:
-            batch = await consumer.getmany(timeout_ms=300)
-            for records in batch.values():
-                letters += [DeadLetter.model_validate_json(r.value) for r in records]
-            letters = [d for d in letters if marker in d.value]
-    finally:
-        await consumer.stop()
+    letters = await dead_letters(relay, marker, 5, timeout_s=15)
     assert len(letters) == 5, "every bad message was kept, with where it came from"
     assert sum("should match pattern" in d.error for d in letters) == 1  # not a topic name
     assert sum("relay's own topic" in d.error for d in letters) == 1

@@ -5,20 +5,19 @@ which stopped the worker and left the partition stuck at that offset."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.producer import message_accumulator
 from aiokafka.producer import producer as producer_module
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
-from schemas.envelope import DeadLetter
 from streams.topics import Topics
+from tests.integration.conftest import dead_letters
 from tests.support.stack import DEMO_KEY, Simulator, Stack, example_config
 
 
@@ -49,25 +48,6 @@ async def post_poison(stack: Stack, marker: str, monkeypatch: pytest.MonkeyPatch
     finally:
         await producer.stop()
     return offsets
-
-
-async def dead_letters(stack: Stack, marker: str, want: int) -> list[DeadLetter]:
-    consumer = AIOKafkaConsumer(
-        f"{stack.prefix}.dead-letter", bootstrap_servers=stack.bootstrap,
-        auto_offset_reset="earliest", group_id=None,
-    )  # fmt: skip
-    await consumer.start()
-    letters: list[DeadLetter] = []
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        while loop.time() < deadline and len(letters) < want:
-            for records in (await consumer.getmany(timeout_ms=300)).values():
-                letters += [DeadLetter.model_validate_json(r.value or b"") for r in records]
-            letters = [d for d in letters if marker in d.value]
-    finally:
-        await consumer.stop()
-    return letters
 
 
 async def test_a_header_key_that_is_not_utf8_is_dead_lettered_and_the_worker_serves_on(

@@ -10,15 +10,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.topics import TopicSpec, TopicsRefused, ensure_topics
-
-
-async def topic_names(bootstrap: str) -> set[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        return set(await admin.list_topics())
-    finally:
-        await admin.close()
+from tests.integration.conftest import topic_names
 
 
 async def test_a_refused_topic_fails_loudly_and_is_not_made_with_defaults(

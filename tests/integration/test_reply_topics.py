@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from aiokafka.admin import AIOKafkaAdminClient
-
 from gateway.bus import Bus
 from streams.topics import Topics
-
-
-async def topic_names(bootstrap: str) -> set[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        return set(await admin.list_topics())
-    finally:
-        await admin.close()
+from tests.integration.conftest import topic_names
 
 
 async def test_an_ephemeral_gateway_deletes_its_reply_topic_and_a_named_one_keeps_it(
