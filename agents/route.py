@@ -1,8 +1,9 @@
 """The routing step: order an alias's candidates from the live vendor-health table.
 
 On top of the alias's strategy: a canary share goes to the new version first (sticky per
-end user when asked), and a degraded request is sent to the cheapest candidates — of the
-alias's ``degrade_to`` alias when it names one, none dearer than the alias's own.
+end user when asked; the other users have it behind the stable ones, as a last resort),
+and a degraded request is sent to the cheapest candidates — of the alias's ``degrade_to``
+alias when it names one, none dearer than the alias's own.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class Router:
         self.rng = rng or random.Random()
         self.policy = BreakerPolicy(**config.breaker.model_dump())
         self._probes: dict[str, float] = {}  # when this worker last sent a probe, per key
-        # Which request's task sent it: only that one gives it back (``release``).
+        # Which request's task sent it: while that runs the probe is out (``_probe_out``),
+        # and only that one gives it back (``release``).
         self._probers: dict[str, asyncio.Task[Any] | None] = {}
         # When this worker last sent a call to measure a stale latency again, per key.
         self._explored: dict[str, float] = {}
@@ -108,11 +110,22 @@ class Router:
         if spec.canary and self.in_canary(alias, spec, user):
             # The canary first while it is available; the stable candidates behind it
             # (and alone, when its breaker is open).
-            canary = self._available([spec.canary.candidate], spec.strategy, now)
-            stable = self._available(cands, spec.strategy, now)
+            canary = self._available([spec.canary.candidate], spec.strategy, now, room_s)
+            stable = self._available(cands, spec.strategy, now, room_s)
             return self._or_refuse(
                 canary + [c for c in stable if c not in canary],
                 [spec.canary.candidate, *cands],
+                now,
+            )
+        if spec.canary and spec.canary.percent > 0:
+            # The stable candidates, and the canary behind them as a last resort: a
+            # request it could answer is not refused (a 503) because every stable
+            # candidate is out.  (A canary at 0 % is switched off: it takes nothing.)
+            stable = self._available(cands, spec.strategy, now, room_s)
+            canary = self._available([spec.canary.candidate], spec.strategy, now, room_s)
+            return self._or_refuse(
+                stable + [c for c in canary if c not in stable],
+                [*cands, spec.canary.candidate],
                 now,
             )
         return self._rank(cands, spec.strategy, now, room_s)
@@ -127,8 +140,8 @@ class Router:
         self, cands: list[Candidate], strategy: Strategy, now: float, room_s: float = math.inf
     ) -> list[Candidate]:
         """Available candidates only; a breaker past its open period lets one probe per
-        worker through per ``open_s``.  None available: 503 with Retry-After, and the
-        vendor is spared.  ``room_s``: the time the request has left."""
+        worker through at a time (``_probe_out``).  None available: 503 with Retry-After,
+        and the vendor is spared.  ``room_s``: the time the request has left."""
         return self._or_refuse(self._available(cands, strategy, now, room_s), cands, now)
 
     def _available(
@@ -141,7 +154,7 @@ class Router:
             h = healths[key]
             if not available(h, self.policy, now):
                 continue
-            if h.state != "closed" and now - self._probes.get(key, 0.0) < self.policy.open_s:
+            if h.state != "closed" and self._probe_out(key, h, now):
                 continue  # this worker's probe is out
             out.append(c)
         if strategy == "latency" and room_s >= EXPLORE_ROOM_S:
@@ -171,7 +184,7 @@ class Router:
         """Whether ``cand`` may be called now, asked just before the call (after any wait
         at the rate limits, and again each round): its breaker is read again, as a plan
         may be seconds old and the breaker opened (or a Retry-After came) since; and a
-        call to a breaker not closed is a probe, one per worker per ``open_s``.  The call
+        call to a breaker not closed is a probe, one out per worker at a time.  The call
         spends the probe, so a candidate planned behind one that answers keeps its probe
         for a request that needs it; ``spend`` false only looks."""
         key = health_key(cand.vendor, cand.model)
@@ -183,12 +196,30 @@ class Router:
             return False
         if h.state == "closed":
             return True
-        if now - self._probes.get(key, 0.0) < self.policy.open_s:
+        if self._probe_out(key, h, now):
             return False  # this worker's probe is out, with another request
         if spend:
             self._probes[key] = now
             self._probers[key] = _task()
         return True
+
+    def _probe_out(self, key: str, h: Health, now: float) -> bool:
+        """Whether the probe this worker sent to ``key``'s breaker (``h``, not closed) is
+        still out: the breaker has not opened again since it went (its outcome, or
+        another worker's probe's, is not in), and its request is still running, or it
+        went less than ``open_s`` ago.  So a worker has one probe out at a time, however
+        long a hanging vendor keeps it (a call may wait 3/4 of a deadline), where a rule
+        by time alone let another out every ``open_s``; the time rule stays for the
+        moment between a probe's request ending and its outcome being folded in (and a
+        caller outside a task)."""
+        sent = self._probes.get(key)
+        if sent is None:
+            return False
+        if h.opened_at is None or h.opened_at > sent:
+            del self._probes[key], self._probers[key]  # a new open period: a new probe
+            return False
+        task = self._probers.get(key)
+        return now - sent < self.policy.open_s or (task is not None and not task.done())
 
     def closed(self, cand: Candidate) -> bool:
         """Whether ``cand``'s breaker is closed and no Retry-After holds it: what work

@@ -217,3 +217,143 @@ def test_a_stale_latency_is_measured_by_one_call_per_window_per_worker() -> None
     # answer to the slow candidate's share of its deadline.
     assert router.plan("fast-first", NOW + 122, room_s=30)[0].model == "fast"
     assert router.plan("fast-first", NOW + 122.1, room_s=120)[0].model == "slow"
+
+
+def test_a_stale_latency_is_not_measured_by_a_canary_user_s_short_request() -> None:
+    """A canary user's request with little time left keeps the stable candidates in
+    their order behind the canary: if the canary fails, its deadline is not spent on the
+    slow candidate."""
+    from tables.health import OutcomeBucket
+
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {"a": {"kind": "openai", "base_url": "http://a/v1"}},
+            "models": {
+                "m": {
+                    "strategy": "latency",
+                    "candidates": [
+                        {"vendor": "a", "model": "fast", "input_per_1m": 1},
+                        {"vendor": "a", "model": "slow", "input_per_1m": 1},
+                    ],
+                    "canary": {"candidate": {"vendor": "a", "model": "next"}, "percent": 100},
+                }
+            },
+            "tenants": {"t": {}},
+        }
+    )
+    table = {
+        "a/fast": Health(latency_ewma_ms=200, window=[OutcomeBucket(start=NOW, ok=5)]).model_dump(),
+        "a/slow": Health(latency_ewma_ms=20_000).model_dump(),  # no success in the window
+    }
+    router = Router(config, table.get, random.Random(0))
+    short = router.plan("m", NOW, user="u", room_s=5)
+    assert [c.model for c in short] == ["next", "fast", "slow"]
+    roomy = router.plan("m", NOW + 0.1, user="u", room_s=120)
+    assert [c.model for c in roomy] == ["next", "slow", "fast"], "one with time to spare measures"
+
+
+def one_in_twenty() -> tuple[RelayConfig, str]:
+    """CONFIG with its canary at 5 %, and a user the canary does not take."""
+    raw = CONFIG.model_dump()
+    raw["models"]["m"]["canary"]["percent"] = 5
+    config = RelayConfig.model_validate(raw)
+    router = Router(config, {}.get)
+    user = next(
+        u
+        for u in (f"user{n}" for n in range(100))
+        if not router.in_canary("m", config.models["m"], u)
+    )
+    return config, user
+
+
+def test_the_canary_is_the_last_resort_of_the_users_it_does_not_take() -> None:
+    """A stable user is sent the stable candidates first, and the canary behind them: with
+    every stable breaker open it is served by the canary rather than refused."""
+    config, user = one_in_twenty()
+
+    def plan_for(table: dict[str, Any]) -> list[str]:
+        return [c.model for c in Router(config, table.get).plan("m", NOW, user=user)]
+
+    assert plan_for({}) == ["stable", "next"]
+    assert plan_for({"a/stable": broken()}) == ["next"]
+    assert plan_for({"b/next": broken()}) == ["stable"]
+    with pytest.raises(NoHealthyVendor):
+        plan_for({"a/stable": broken(), "b/next": broken()})
+    # A canary at 0 % is switched off: it takes nobody, not even as a last resort.
+    raw = config.model_dump()
+    raw["models"]["m"]["canary"]["percent"] = 0
+    off = RelayConfig.model_validate(raw)
+    with pytest.raises(NoHealthyVendor):
+        Router(off, {"a/stable": broken()}.get).plan("m", NOW, user=user)
+
+
+async def test_a_worker_sends_no_second_probe_while_its_first_is_out() -> None:
+    """A hanging vendor keeps the probe's request waiting (up to 3/4 of its deadline):
+    this worker sends no second probe however many open periods pass, until that request
+    ends or the breaker moves (the probe's outcome, or another worker's, is folded in)."""
+    import asyncio
+    from unittest import mock
+
+    import agents.route as route
+
+    table = {"a/stable": Health(state="open", opened_at=NOW, consecutive_failures=5).model_dump()}
+    config, user = one_in_twenty()
+    router = Router(config, table.get)
+    stable = config.models["m"].candidates[0]
+    clock = [NOW + 10]  # the open period (10 s) is over: a probe may go
+    sent, answered = asyncio.Event(), asyncio.Event()
+
+    async def probe() -> None:
+        assert router.may_call(stable)
+        sent.set()
+        await answered.wait()  # the vendor hangs
+
+    with mock.patch.object(route.time, "time", lambda: clock[0]):
+        prober = asyncio.create_task(probe())
+        await sent.wait()
+        for later in (NOW + 10.5, NOW + 21, NOW + 95):
+            clock[0] = later
+            assert not router.may_call(stable, spend=False) and not router.may_call(stable)
+            assert [c.model for c in router.plan("m", later, user=user)] == ["next"]
+        answered.set()
+        await prober  # its request ended; its outcome (a 400, say) moved nothing
+        assert router.may_call(stable, spend=False), "the next request may probe"
+
+        # Out again, with a request that hangs; another worker's probe fails meanwhile:
+        # a new open period, whose probe this worker may send when it is over.
+        clock[0] = NOW + 100
+        answered.clear()
+        sent.clear()
+        prober = asyncio.create_task(probe())
+        await sent.wait()
+        table["a/stable"] = Health(state="open", opened_at=NOW + 101).model_dump()
+        clock[0] = NOW + 105
+        assert not router.may_call(stable), "the new open period is not over"
+        clock[0] = NOW + 111
+        assert router.may_call(stable)
+        answered.set()
+        await prober
+
+
+async def test_a_probe_whose_request_ended_is_out_for_its_open_period() -> None:
+    """The probe's request ends a moment before its outcome is folded in: the breaker
+    still reads open as before, and for open_s no second probe goes."""
+    import asyncio
+    from unittest import mock
+
+    import agents.route as route
+
+    table = {"a/stable": Health(state="open", opened_at=NOW, consecutive_failures=5).model_dump()}
+    router = Router(CONFIG, table.get)
+    stable = CONFIG.models["m"].candidates[0]
+    clock = [NOW + 10]
+
+    async def probe() -> bool:
+        return router.may_call(stable)
+
+    with mock.patch.object(route.time, "time", lambda: clock[0]):
+        assert await asyncio.create_task(probe())
+        clock[0] = NOW + 19.9
+        assert not await asyncio.create_task(probe())
+        clock[0] = NOW + 20
+        assert await asyncio.create_task(probe())
