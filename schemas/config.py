@@ -27,6 +27,16 @@ from schemas.envelope import MAX_CACHE_TTL_S
 from schemas.errors import BadRequest
 
 VendorKind = Literal["openai", "azure", "anthropic", "ollama"]
+AliasKind = Literal["chat", "embeddings", "completions"]
+# The endpoints each vendor kind's adapter serves (agents/adapters: ChatVendor,
+# EmbeddingVendor, CompletionVendor): a candidate of any other alias kind would answer
+# every request 400, and its fallbacks never be tried, so the config refuses it.
+KIND_SERVES: dict[VendorKind, frozenset[AliasKind]] = {
+    "openai": frozenset({"chat", "embeddings", "completions"}),
+    "azure": frozenset({"chat", "embeddings", "completions"}),
+    "anthropic": frozenset({"chat"}),
+    "ollama": frozenset({"chat", "embeddings"}),
+}
 TOKEN_COUNTING_KINDS = frozenset({"anthropic"})  # vendors with a count_tokens endpoint
 Strategy = Literal["cheapest", "quality", "latency", "weighted"]
 
@@ -117,7 +127,7 @@ class ModelAlias(Strict):
     candidates: list[Candidate] = Field(min_length=1)
     strategy: Strategy = "cheapest"
     cache_ttl: str | int = "dynamic"
-    kind: Literal["chat", "embeddings", "completions"] = "chat"
+    kind: AliasKind = "chat"
     batching: Batching | None = None
     canary: Canary | None = None
     degrade_to: str | None = Field(
@@ -238,15 +248,30 @@ class RelayConfig(Strict):
         the audit log says which config each process ran with."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
+    def _serving_vendor(self, where: str, cand: Candidate, kind: AliasKind) -> None:
+        """Refuse a candidate (at key path ``where``) whose vendor is not in the config,
+        or cannot serve its alias's ``kind``."""
+        vendor = self.vendors.get(cand.vendor)
+        if vendor is None:
+            raise ValueError(
+                f"{where}.vendor: unknown vendor {cand.vendor!r} (known: {', '.join(self.vendors)})"
+            )
+        if kind not in KIND_SERVES[vendor.kind]:
+            able = [k for k, serves in KIND_SERVES.items() if kind in serves]
+            raise ValueError(
+                f"{where}.vendor: {vendor.kind} vendor {cand.vendor!r} has no {kind} "
+                f"endpoint (kinds that serve {kind}: {', '.join(able)})"
+            )
+
     @model_validator(mode="after")
     def _candidates_name_vendors(self) -> RelayConfig:
         for alias, spec in self.models.items():
             for i, cand in enumerate(spec.candidates):
-                if cand.vendor not in self.vendors:
-                    raise ValueError(
-                        f"models.{alias}.candidates.{i}.vendor: unknown vendor "
-                        f"{cand.vendor!r} (known: {', '.join(self.vendors)})"
-                    )
+                self._serving_vendor(f"models.{alias}.candidates.{i}", cand, spec.kind)
+            if spec.canary:
+                self._serving_vendor(
+                    f"models.{alias}.canary.candidate", spec.canary.candidate, spec.kind
+                )
             if spec.degrade_after_wait_ms is not None and spec.degrade_to is None:
                 raise ValueError(
                     f"models.{alias}.degrade_after_wait_ms: needs degrade_to (the cheaper "
@@ -263,8 +288,6 @@ class RelayConfig(Strict):
                         f"models.{alias}.degrade_to: {spec.degrade_to!r} must be another "
                         f"{spec.kind} alias"
                     )
-            if spec.canary and spec.canary.candidate.vendor not in self.vendors:
-                raise ValueError(f"models.{alias}.canary.candidate.vendor: unknown vendor")
         for alias, spec in self.models.items():
             try:
                 ttl = spec.ttl_seconds()

@@ -1,6 +1,7 @@
 """A bad config fails at start with the file, the key and what is wrong."""
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -93,6 +94,22 @@ def test_vendor_key_comes_from_the_named_env_var(tmp_path, monkeypatch):
         (GOOD.replace('"http://a/v1"', '"ftp://a/v1"'), "vendors.a.base_url", "no http://"),
         (GOOD.replace('"http://a/v1"', '"http:///v1"'), "vendors.a.base_url", "no http://"),
         (GOOD.replace('"http://a/v1"', '"http://[::1/v1"'), "vendors.a.base_url", "no http://"),
+        (GOOD.replace("kind: openai", "kind: anthropic").replace("{candidates:", "{kind: embeddings, candidates:"),
+         "models.m.candidates.0.vendor", "anthropic vendor 'a' has no embeddings endpoint"),
+        (GOOD.replace("kind: openai", "kind: anthropic").replace("{candidates:", "{kind: completions, candidates:"),
+         "models.m.candidates.0.vendor", "anthropic vendor 'a' has no completions endpoint"),
+        (GOOD.replace("kind: openai", "kind: ollama").replace("{candidates:", "{kind: completions, candidates:"),
+         "models.m.candidates.0.vendor", "(kinds that serve completions: openai, azure)"),
+        (GOOD.replace("vendors: {a:", "vendors: {o: {kind: ollama, base_url: 'http://o'}, a:")
+             .replace("model: x}]", "model: x}, {vendor: o, model: y}]")
+             .replace("{candidates:", "{kind: completions, candidates:"),
+         "models.m.candidates.1.vendor", "ollama vendor 'o' has no completions endpoint"),
+        (GOOD.replace("vendors: {a:", "vendors: {c: {kind: anthropic, base_url: 'http://c'}, a:")
+             .replace("model: x}]", "model: x}], canary: {candidate: {vendor: c, model: y}, percent: 5}")
+             .replace("{candidates:", "{kind: embeddings, candidates:"),
+         "models.m.canary.candidate.vendor", "anthropic vendor 'c' has no embeddings endpoint"),
+        (GOOD.replace("model: x}]", "model: x}], canary: {candidate: {vendor: zz, model: y}, percent: 5}"),
+         "models.m.canary.candidate.vendor", "unknown vendor 'zz' (known: a)"),
     ],
 )  # fmt: skip
 def test_bad_config_names_file_key_and_problem(tmp_path, text, where, what):
@@ -303,3 +320,29 @@ def test_a_bad_setting_s_line_has_no_pydantic_prefix(monkeypatch, tmp_path) -> N
     result = CliRunner().invoke(app, ["broker"])
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and f"environment: RELAY_DATA_DIR: {afile} is a file" in said
+
+
+def test_the_kinds_a_vendor_serves_are_what_its_adapter_serves() -> None:
+    """The config's table of which vendor kind serves which alias kind mirrors the
+    adapters' capabilities, so a candidate the config lets through never answers 400."""
+    import httpx
+
+    from agents.adapters.base import ChatVendor, CompletionVendor, EmbeddingVendor
+    from agents.adapters.registry import make_adapter
+    from schemas.config import KIND_SERVES, VendorConfig, VendorKind
+
+    protocols = {"chat": ChatVendor, "embeddings": EmbeddingVendor, "completions": CompletionVendor}
+    http = httpx.AsyncClient()
+    for kind, serves in KIND_SERVES.items():
+        adapter = make_adapter(VendorConfig(kind=kind, base_url="http://v/v1"), http)
+        assert {k for k, proto in protocols.items() if isinstance(adapter, proto)} == serves, kind
+    assert set(KIND_SERVES) == set(get_args(VendorKind))
+
+
+def test_a_canary_of_a_kind_its_alias_serves_loads(tmp_path) -> None:
+    text = GOOD.replace("vendors: {a:", "vendors: {o: {kind: ollama, base_url: 'http://o'}, a:")
+    text = text.replace(
+        "model: x}]", "model: x}], canary: {candidate: {vendor: o, model: y}, percent: 5}"
+    ).replace("{candidates:", "{kind: embeddings, candidates:")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.models["m"].canary is not None
