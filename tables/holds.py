@@ -53,8 +53,10 @@ Joins = Callable[[str | None], bool]
 def worst_cost(env: RequestEnvelope, prices: PriceSheet) -> float:
     """What ``env`` may cost at most, about: its prompt and the completion it allows (up
     to ``MAX_HELD_COMPLETION`` an answer), once for each answer it asks for (``n``, or
-    ``best_of``, which the vendor writes and bills all of), at its alias's primary
-    candidate's prices (the degraded or cheaper route costs less)."""
+    ``best_of``, which the vendor writes and bills all of), at the prices of the dearest
+    candidate its alias may send it to (``PriceSheet.dearest_cost``): priced at the
+    first-listed, an unpriced local primary held nothing for a request its priced
+    fallback may serve."""
     body = env.body
     output = 0
     if env.endpoint != "embeddings":
@@ -68,7 +70,7 @@ def worst_cost(env: RequestEnvelope, prices: PriceSheet) -> float:
         output = answer * answers
     usage = Usage(input_tokens=estimated_tokens(prompt_chars(body)), output_tokens=output)
     try:
-        return prices.direct_cost(env.alias, usage)
+        return prices.dearest_cost(env.alias, usage)
     except KeyError:
         return 0.0
 

@@ -45,10 +45,12 @@ def cost_of(candidate: Candidate, usage: Usage, *, discount: float = 0.0) -> flo
 
 @dataclass
 class PriceSheet:
-    """Prices by (vendor, model) and each alias's primary candidate, from the config."""
+    """Prices by (vendor, model), and each alias's primary candidate and every candidate
+    it may route to (canary included), from the config."""
 
     by_vendor_model: dict[tuple[str, str], Candidate] = field(default_factory=dict)
     primary: dict[str, Candidate] = field(default_factory=dict)
+    routes: dict[str, list[Candidate]] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, models: dict[str, ModelAlias]) -> PriceSheet:
@@ -58,8 +60,8 @@ class PriceSheet:
         sheet = cls()
         for alias, spec in models.items():
             sheet.primary[alias] = spec.candidates[0]
-            canary = [spec.canary.candidate] if spec.canary else []
-            for cand in [*spec.candidates, *canary]:
+            sheet.routes[alias] = spec.all_candidates()
+            for cand in sheet.routes[alias]:
                 sheet.by_vendor_model.setdefault((cand.vendor, cand.model), cand)
         return sheet
 
@@ -81,3 +83,15 @@ class PriceSheet:
         except KeyError:
             raise KeyError(f"no model alias {alias!r} in the price sheet") from None
         return cost_of(cand, usage)
+
+    def dearest_cost(self, alias: str, usage: Usage) -> float:
+        """What ``usage`` would cost at the dearest of the alias's candidates, canary
+        included: the most a request may cost whichever one serves it (a fallback behind
+        an unpriced local primary, the canary, a quality or latency pick).  A degraded
+        route is not counted: its candidates are no dearer than the alias's cheapest, at
+        the blended 3:1 price the router compares them by."""
+        try:
+            cands = self.routes[alias]
+        except KeyError:
+            raise KeyError(f"no model alias {alias!r} in the price sheet") from None
+        return max(cost_of(cand, usage) for cand in cands)

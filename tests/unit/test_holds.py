@@ -22,7 +22,8 @@ from tests.support.clock import Clock
 from tests.support.envelopes import request_envelope
 from tests.unit.test_handler import CONFIG, SlowBatches, envelope, lane_handler, make, vendor
 
-PRICES = PriceSheet.from_config(CONFIG.models)  # alias m: $1 in, $2 out per 1M (primary)
+# Alias m: $1 in, $2 out per 1M first, its fallback $5 in, $10 out: holds are at the latter.
+PRICES = PriceSheet.from_config(CONFIG.models)
 
 
 EPOCH = 1_000_000.0  # where the tests' clocks start
@@ -107,19 +108,60 @@ def test_the_worst_case_is_the_prompt_and_the_completion_it_allows() -> None:
     long = {"model": "m", "messages": [{"role": "user", "content": "x" * 4000}]}
     capped = request_envelope(body={**long, "max_tokens": 1000})
     uncapped = request_envelope(body=long)
-    assert worst_cost(capped, PRICES) == pytest.approx((1000 * 1 + 1000 * 2) / 1e6, rel=0.05)
+    assert worst_cost(capped, PRICES) == pytest.approx((1000 * 5 + 1000 * 10) / 1e6, rel=0.05)
     embed = request_envelope(endpoint="embeddings", body={"model": "m", "input": "x" * 4000})
-    assert worst_cost(embed, PRICES) == pytest.approx(1000 / 1e6, rel=0.05)
+    assert worst_cost(embed, PRICES) == pytest.approx(1000 * 5 / 1e6, rel=0.05)
     assert worst_cost(request_envelope(alias="nope", body=long), PRICES) == 0.0
     # Without max_tokens: what the relay asks an Anthropic vendor for then.
     from schemas.formats.anthropic import DEFAULT_MAX_TOKENS
 
     assert DEFAULT_MAX_TOKENS == 4096
-    asked = (1000 * 1 + DEFAULT_MAX_TOKENS * 2) / 1e6
+    asked = (1000 * 5 + DEFAULT_MAX_TOKENS * 10) / 1e6
     assert worst_cost(uncapped, PRICES) == pytest.approx(asked, rel=0.05)
     for nonsense in (0, -5, True, "lots", float("nan"), float("inf"), None):
         odd = request_envelope(body={**long, "max_tokens": nonsense, "n": nonsense})
         assert worst_cost(odd, PRICES) == pytest.approx(asked, rel=0.05), nonsense
+
+
+def test_the_worst_case_is_at_the_dearest_candidate_its_alias_may_route_to() -> None:
+    """An unpriced local primary and a priced fallback (and a dearer canary): held at the
+    first-listed prices, each request held nothing, and a burst went ahead whole against
+    a budget its fallback could spend many times over."""
+    from schemas.config import RelayConfig
+
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {
+                "local": {"kind": "ollama", "base_url": "http://o:11434"},
+                "oai": {"kind": "openai", "base_url": "http://a/v1"},
+            },
+            "models": {
+                "m": {
+                    "candidates": [
+                        {"vendor": "local", "model": "llama"},
+                        {"vendor": "oai", "model": "gpt-4o", "input_per_1m": 2.5, "output_per_1m": 10},
+                    ]
+                },
+                "canaried": {
+                    "candidates": [{"vendor": "local", "model": "llama"}],
+                    "canary": {
+                        "candidate": {"vendor": "oai", "model": "o3", "input_per_1m": 5, "output_per_1m": 20},
+                        "percent": 5,
+                    },
+                },
+            },
+            "tenants": {"t": {}},
+        }
+    )  # fmt: skip
+    prices = PriceSheet.from_config(config.models)
+    body = {"model": "m", "messages": [{"role": "user", "content": "x" * 4000}], "max_tokens": 1000}
+    worst = worst_cost(request_envelope(body=body), prices)
+    assert worst == pytest.approx((1000 * 2.5 + 1000 * 10) / 1e6, rel=0.05)
+    canaried = request_envelope(alias="canaried", body={**body, "model": "canaried"})
+    assert worst_cost(canaried, prices) == pytest.approx((1000 * 5 + 1000 * 20) / 1e6, rel=0.05)
+    budgets = Budgets({"t": BudgetPolicy(limit_usd=4.5 * worst)}, lambda t: Spend(), prices)
+    verdicts = [budgets(request_envelope(body=body, correlation_id=f"r{n}")) for n in range(50)]
+    assert [v.action for v in verdicts if v].count("allow") == 4, "four worst cases fit"
 
 
 def test_the_worst_case_counts_every_answer_asked_for() -> None:
@@ -127,25 +169,25 @@ def test_the_worst_case_counts_every_answer_asked_for() -> None:
     each run to max_tokens; both bounded, as the completion is."""
     long = {"model": "m", "messages": [{"role": "user", "content": "x" * 4000}]}
     eight = request_envelope(body={**long, "max_tokens": 1000, "n": 8})
-    assert worst_cost(eight, PRICES) == pytest.approx((1000 * 1 + 8 * 1000 * 2) / 1e6, rel=0.05)
+    assert worst_cost(eight, PRICES) == pytest.approx((1000 * 5 + 8 * 1000 * 10) / 1e6, rel=0.05)
     legacy = {"model": "m", "prompt": "x" * 4000, "max_tokens": 1000, "n": 2, "best_of": 5}
     best_of = request_envelope(endpoint="completions", body=legacy)
-    assert worst_cost(best_of, PRICES) == pytest.approx((1000 * 1 + 5 * 1000 * 2) / 1e6, rel=0.05)
+    assert worst_cost(best_of, PRICES) == pytest.approx((1000 * 5 + 5 * 1000 * 10) / 1e6, rel=0.05)
     absurd = request_envelope(body={**long, "max_tokens": 10**12, "n": 10**6})
-    most = 128 * MAX_HELD_COMPLETION * 2 / 1e6
+    most = 128 * MAX_HELD_COMPLETION * 10 / 1e6
     assert worst_cost(absurd, PRICES) == pytest.approx(most, rel=0.01)
 
 
 def test_what_is_held_caps_admission_for_seconds_and_never_counts_as_spent() -> None:
-    """Each request holds 0.2 against $0.5 with nothing spent: two go ahead (with the
+    """Each request holds 1.0 against $2.5 with nothing spent: two go ahead (with the
     third's worst case, what is in flight could pass the limit), the others are held
     back with a 429 of seconds, not refused as spent nor degraded; once the first two
     have their lines, there is room again."""
     clock = Clock(EPOCH)
     spent = Spend()
-    budgets = Budgets({"t": BudgetPolicy(limit_usd=0.5)}, lambda t: spent, PRICES, clock)
+    budgets = Budgets({"t": BudgetPolicy(limit_usd=2.5)}, lambda t: spent, PRICES, clock)
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000}
-    # Each holds 0.2 (100k completion tokens at $2 per 1M) until its line is written.
+    # Each holds 1.0 (100k completion tokens at $10 per 1M) until its line is written.
     until = int((clock.now + 60) * 1000)
     verdicts = []
     for n in range(4):
@@ -158,7 +200,7 @@ def test_what_is_held_caps_admission_for_seconds_and_never_counts_as_spent() -> 
     held_back = ("refuse", "budget_in_flight", IN_FLIGHT_RETRY_S)
     assert verdicts == [("allow", None, None)] * 2 + [held_back] * 2
     assert IN_FLIGHT_RETRY_S <= 10, "a few seconds, not the period"
-    assert budgets.holds.held("t") == pytest.approx(0.4, rel=1e-3), (
+    assert budgets.holds.held("t") == pytest.approx(2.0, rel=1e-3), (
         "a request held back holds nothing"
     )
     budgets.metered("t", "r0")  # answered: the spend table has its cost
@@ -219,8 +261,8 @@ def test_a_request_alone_goes_ahead_whatever_its_worst_case() -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 9 * 10**18}
     verdict = budgets(request_envelope(tenant="t", body=body, correlation_id="huge"))
     assert verdict is not None and verdict.action == "allow"
-    # 128k completion tokens at $2 per 1M, and a word of prompt
-    assert budgets.holds.held("t") == pytest.approx(MAX_HELD_COMPLETION * 2 / 1e6, rel=0.01)
+    # 128k completion tokens at $10 per 1M, and a word of prompt
+    assert budgets.holds.held("t") == pytest.approx(MAX_HELD_COMPLETION * 10 / 1e6, rel=0.01)
 
 
 def test_a_request_joining_a_call_under_way_holds_nothing_and_is_not_held_back() -> None:
@@ -241,7 +283,7 @@ def test_a_request_joining_a_call_under_way_holds_nothing_and_is_not_held_back()
     for n in range(5):
         verdict = budgets(request_envelope(tenant="t", body=body, correlation_id=f"f{n}"), joins)
         assert verdict is not None and verdict.action == "allow"
-    assert budgets.holds.held("t") == pytest.approx(0.256, rel=1e-3), "the leader's hold alone"
+    assert budgets.holds.held("t") == pytest.approx(1.28, rel=1e-3), "the leader's hold alone"
     assert asked == [None] * 5
     spent = Spend(period_start=time.time(), spent_usd=0.6)  # past degrade_at
     verdict = budgets(request_envelope(tenant="t", body=body), joins)
@@ -254,13 +296,13 @@ def test_a_request_joining_a_call_under_way_holds_nothing_and_is_not_held_back()
 
 def test_a_request_handled_again_is_not_held_back_by_its_own_hold() -> None:
     spent = Spend()
-    budgets = Budgets({"t": BudgetPolicy(limit_usd=0.3)}, lambda t: spent, PRICES)
+    budgets = Budgets({"t": BudgetPolicy(limit_usd=1.5)}, lambda t: spent, PRICES)
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000}
     env = request_envelope(tenant="t", body=body, correlation_id="again")
     first, second = budgets(env), budgets(env)
     assert first is not None and second is not None
     assert (first.action, second.action) == ("allow", "allow")
-    assert budgets.holds.held("t") == pytest.approx(0.2, rel=1e-3)
+    assert budgets.holds.held("t") == pytest.approx(1.0, rel=1e-3)
 
 
 async def test_requests_arriving_together_do_not_all_pass_a_budget_with_room_for_a_few() -> None:

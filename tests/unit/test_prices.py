@@ -100,6 +100,31 @@ def test_direct_cost_is_the_first_candidate_at_full_price() -> None:
         sheet.direct_cost("unknown-alias", usage)
 
 
+def test_the_dearest_cost_is_at_the_dearest_candidate_canary_included() -> None:
+    """What a request may cost whichever candidate serves it: an unpriced local primary
+    sets no ceiling, a priced fallback and a dearer canary do."""
+    from schemas.config import Canary
+
+    local = Candidate(vendor="ollama", model="llama")
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    sheet = _sheet()
+    assert sheet.dearest_cost("fast", usage) == pytest.approx(1.0 + 5.0)  # CLAUDE, second
+    canary = Canary(candidate=CLAUDE.model_copy(update={"output_per_1m": 20.0}), percent=5)
+    sheet = PriceSheet.from_config(
+        {
+            "local-first": ModelAlias(candidates=[local, GPT]),
+            "canaried": ModelAlias(candidates=[local, GPT], canary=canary),
+            "local": ModelAlias(candidates=[local]),
+        }
+    )
+    assert sheet.direct_cost("local-first", usage) == 0.0  # the SaveRate baseline
+    assert sheet.dearest_cost("local-first", usage) == pytest.approx(0.15 + 0.60)
+    assert sheet.dearest_cost("canaried", usage) == pytest.approx(1.0 + 20.0)
+    assert sheet.dearest_cost("local", usage) == 0.0
+    with pytest.raises(KeyError, match="unknown-alias"):
+        sheet.dearest_cost("unknown-alias", usage)
+
+
 def test_a_canary_candidate_is_priced_too() -> None:
     from schemas.config import Canary, ModelAlias
 
