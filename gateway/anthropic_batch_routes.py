@@ -32,7 +32,7 @@ from schemas.batches import (
     RequestCounts,
     new_id,
 )
-from schemas.errors import BadRequest, NotFound, RelayError
+from schemas.errors import BadRequest, NotFound, RelayError, StoreUnavailable
 from schemas.formats.anthropic import openai_response_to_messages
 from schemas.usage import Usage
 from tables.batches import MESSAGE_BATCHES, BatchStore
@@ -65,9 +65,16 @@ async def _batch(request: Request, who: Caller, batch_id: str) -> BatchObject:
     return batch
 
 
-async def _shown(request: Request, batch: BatchObject) -> dict[str, Any]:
-    """The batch as Anthropic's ``message_batch`` object."""
-    counts = await _store(request).outcomes(batch.id)
+_NONE_YET = {"succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+
+
+async def _shown(
+    request: Request, batch: BatchObject, counts: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """The batch as Anthropic's ``message_batch`` object (its requests' ``counts`` by
+    outcome, read from the store unless given)."""
+    if counts is None:
+        counts = await _store(request).outcomes(batch.id)
     ended = batch.ended
     status = "ended" if ended else "canceling" if batch.status == "cancelling" else "in_progress"
     base = request.app.state.relay.settings.public_url or str(request.base_url)
@@ -120,8 +127,13 @@ async def create(body: CreateBody, request: Request, who: CallerDep) -> dict[str
         expires_at=now + COMPLETION_WINDOW_S,
         request_counts=RequestCounts(total=len(ids)),
     )
-    await submit(relay, _store(request), who, opts, batch, "chat", lines)
-    return await _shown(request, await _batch(request, who, batch.id))
+    failed = await submit(relay, _store(request), who, opts, batch, "chat", lines)
+    try:
+        return await _shown(request, await _batch(request, who, batch.id))
+    except StoreUnavailable:
+        # Its requests are out: the batch exists, and a 503 would have the client make
+        # (and pay for) a second one.  As it stood when they went out.
+        return await _shown(request, batch, {**_NONE_YET, "errored": failed})
 
 
 def _line(item: Item) -> Line:

@@ -34,7 +34,7 @@ from schemas.batches import (
     new_id,
     read_input,
 )
-from schemas.errors import BadRequest, NotFound
+from schemas.errors import BadRequest, NotFound, StoreUnavailable
 from tables.batches import MESSAGE_BATCHES, BatchStore
 
 
@@ -207,8 +207,14 @@ async def create_batch(body: BatchRequest, request: Request, who: CallerDep) -> 
     batch.in_progress_at = now
     batch.expires_at = now + COMPLETION_WINDOW_S
     lines = [Line(custom_id=line.custom_id, body=line.body, legacy=line.legacy) for line in valid]
-    await submit(relay, store, who, opts, batch, endpoint, lines)
-    return (await _batch(request, who.tenant, batch.id)).model_dump()
+    failed = await submit(relay, store, who, opts, batch, endpoint, lines)
+    try:
+        return (await _batch(request, who.tenant, batch.id)).model_dump()
+    except StoreUnavailable:
+        # Its lines are out: the batch exists, and a 503 would have the client make (and
+        # pay for) a second one.  As it stood when they went out.
+        batch.request_counts.failed = failed
+        return batch.model_dump()
 
 
 async def _batch(request: Request, tenant: str, batch_id: str) -> BatchObject:

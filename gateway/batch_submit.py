@@ -9,6 +9,7 @@ encoding) is tried before the batch is stored.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +20,12 @@ from gateway.bus import unqueued_error
 from gateway.relay import Options, Relay, with_beta
 from schemas.batches import BatchObject, OutputLine, OutputResponse, line_correlation, new_id
 from schemas.envelope import Endpoint, Priority, RequestEnvelope
-from schemas.errors import BadRequest, RelayError
+from schemas.errors import BadRequest, RelayError, StoreUnavailable
 from tables.batches import BatchStore
 
 UNQUEUED = "the relay could not queue this request"
 YIELD_EVERY = 256  # lines handled between turns of the event loop's other requests
+log = logging.getLogger("relay.gateway")
 
 
 @dataclass
@@ -69,9 +71,11 @@ async def submit(
     batch: BatchObject,
     endpoint: Endpoint,
     lines: list[Line],
-) -> None:
+) -> int:
     """Store ``batch`` and send its lines as background envelopes replying to the
-    batch-results topic; refused and unsendable lines are recorded as failed."""
+    batch-results topic; refused and unsendable lines are recorded as failed: how many
+    were.  Once a line is out it raises no more (``StoreUnavailable`` would tell the
+    client to try again, making and paying for a second batch of the same lines)."""
     opts.priority = Priority.background
     envs: dict[int, RequestEnvelope] = {}
     refused: dict[int, RelayError] = {}
@@ -96,7 +100,13 @@ async def submit(
         for index, failed in zip(envs, published, strict=True)
         if failed is not None  # (the error as the line's ledger entry says)
     }
-    await store.record_many(batch.id, unqueued)
+    try:
+        await store.record_many(batch.id, unqueued)
+    except StoreUnavailable:
+        # Those lines end batch_expired with the batch's window instead.
+        log.warning("batch %s: %d unqueued lines not recorded", batch.id, len(unqueued))
+        return len(refusals)
+    return len(refusals) + len(unqueued)
 
 
 def _envelope(

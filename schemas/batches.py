@@ -10,6 +10,7 @@ id ``b/n``.
 from __future__ import annotations
 
 import codecs
+import math
 import re
 import time
 import uuid
@@ -227,6 +228,8 @@ def read_input(
             problem = f"custom_id `{line.custom_id}` is used by an earlier line"
         elif line.body.get("stream"):
             problem = "streaming is not available in a batch"
+        elif not _finite(line.body):  # (read as JSON here, though JSON has no such number)
+            problem = "body: NaN and Infinity are not JSON numbers"
         else:
             try:
                 line._legacy = is_legacy(line.body)  # before the body becomes tools
@@ -246,6 +249,21 @@ def read_input(
     elif len(lines) + len(errors) > MAX_LINES:
         errors.append(LineError(code="too_many_requests", message=f"over {MAX_LINES} lines"))
     return lines, errors
+
+
+def _finite(value: Any) -> bool:
+    """Whether no number in ``value`` is NaN or infinite (``NaN``, ``Infinity``, ``1e999``),
+    which the relay refuses as its realtime routes do: no vendor takes them."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 def _reason(exc: ValidationError | RelayError) -> str:

@@ -5,12 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from agents.batch_results import output_line
 from gateway.edge import ROUTES
-from schemas.batches import line_correlation, parse_correlation, read_input
-from schemas.envelope import ReplyEvent
-from schemas.errors import DeadlineExceeded, VendorBadRequest
+from schemas.batches import (
+    BatchObject,
+    FileObject,
+    line_correlation,
+    parse_correlation,
+    read_input,
+)
+from schemas.envelope import ReplyEvent, RequestEnvelope
+from schemas.errors import DeadlineExceeded, StoreUnavailable, VendorBadRequest
+from tests.support.gateway import FakeBus, client, gateway_app
 
 CHAT = "/v1/chat/completions"
 validate_chat = ROUTES[CHAT][1]
@@ -279,3 +287,118 @@ def test_a_line_asked_with_functions_is_answered_with_function_call() -> None:
     plain = line_correlation("batch_abc", 1)
     kept = output_line("new", ReplyEvent(correlation_id=plain, kind="final", body=body))
     assert kept.response is not None and kept.response.body == body
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_a_line_with_a_number_json_does_not_have_fails_the_batch(number: bytes) -> None:
+    """Read as JSON by a lenient parser, but no JSON number, as the realtime routes
+    refuse it: named by its line at creation, so nothing of the batch is sent."""
+    bad = orjson.dumps(chat_line("b", temperature=0.5)).replace(b"0.5", number)
+    lines, errors = read_input(jsonl(chat_line("a"), bad), CHAT, validate_chat)
+    assert [n for n, _ in lines] == [1]
+    [error] = errors
+    assert error.line == 2 and error.message == "body: NaN and Infinity are not JSON numbers"
+
+
+class BlinkingStore:
+    """A batch store that takes a batch and its refusals, then fails every read: Redis
+    went away once the lines were out."""
+
+    def __init__(self, data: bytes, *, records: bool = True) -> None:
+        self.data = data
+        self.records = records  # False: recording a line fails too
+        self.recorded: dict[int, Any] = {}
+
+    async def file(self, tenant: str, file_id: str) -> FileObject:
+        return FileObject(id=file_id, bytes=len(self.data), filename="in.jsonl", purpose="batch")
+
+    async def content(self, tenant: str, file_id: str) -> bytes:
+        return self.data
+
+    async def create(self, tenant: str, batch: BatchObject, custom_ids: list[str]) -> None:
+        return None
+
+    async def record_many(self, batch_id: str, lines: dict[int, Any]) -> bool:
+        if lines and not self.records:
+            raise StoreUnavailable("the batch store (Redis) is unavailable; try again")
+        self.recorded.update(lines)
+        return True
+
+    async def batch(self, tenant: str, batch_id: str) -> BatchObject | None:
+        raise StoreUnavailable("the batch store (Redis) is unavailable; try again")
+
+    async def outcomes(self, batch_id: str) -> dict[str, int]:
+        raise StoreUnavailable("the batch store (Redis) is unavailable; try again")
+
+
+class Bus(FakeBus):
+    """Takes a batch's lines, but for those at the places in ``refused``."""
+
+    refused: frozenset[int] = frozenset()
+
+    async def publish_all(self, envs: list[RequestEnvelope]) -> list[Exception | None]:
+        taken = [env for i, env in enumerate(envs) if i not in self.refused]
+        self.published.extend(taken)
+        return [
+            ConnectionError("broker down") if i in self.refused else None for i in range(len(envs))
+        ]
+
+
+def blinking_gateway(
+    store: BlinkingStore, refused: frozenset[int] = frozenset()
+) -> tuple[Any, Bus]:
+    app, _ = gateway_app()
+    bus = app.state.relay.bus = Bus()
+    bus.refused = refused
+    app.state.batches = store
+    return app, bus
+
+
+@pytest.mark.parametrize("records", [True, False])
+async def test_a_batch_whose_lines_are_out_is_created_though_the_store_blinks(
+    records: bool,
+) -> None:
+    """The read after the lines went out fails (and, or not, the recording of a line the
+    broker did not take, which then ends ``batch_expired`` with the batch's window): the
+    batch exists all the same (its lines run and bill), so the client hears it as it
+    stood, not a 503 that would have it make and pay for a second one."""
+    data = jsonl(chat_line("a"), chat_line("b"), chat_line("c"))
+    store = BlinkingStore(data, records=records)
+    app, bus = blinking_gateway(store, refused=frozenset({1}))  # b: not queued, failed
+    asked = {"input_file_id": "file-1", "endpoint": CHAT, "completion_window": "24h"}
+    async with client(app) as http:
+        reply = await http.post("/v1/batches", json=asked)
+    assert reply.status_code == 200, reply.json()
+    batch = reply.json()
+    assert batch["status"] == "in_progress" and batch["id"].startswith("batch_")
+    assert batch["request_counts"] == {"total": 3, "completed": 0, "failed": int(records)}
+    assert [e.correlation_id for e in bus.published] == [f"{batch['id']}/0", f"{batch['id']}/2"]
+
+
+async def test_a_message_batch_whose_requests_are_out_is_created_though_the_store_blinks() -> None:
+    params = {
+        "model": "claude-haiku",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    refused = {**params, "model": "no-such-model"}
+    asked = {
+        "requests": [
+            {"custom_id": "a", "params": params},
+            {"custom_id": "b", "params": refused},
+        ]
+    }
+    app, bus = blinking_gateway(BlinkingStore(b""))
+    async with client(app) as http:
+        reply = await http.post("/v1/messages/batches", json=asked)
+    assert reply.status_code == 200, reply.json()
+    shown = reply.json()
+    assert shown["type"] == "message_batch" and shown["processing_status"] == "in_progress"
+    assert shown["request_counts"] == {
+        "processing": 1,
+        "succeeded": 0,
+        "errored": 1,
+        "canceled": 0,
+        "expired": 0,
+    }
+    assert [e.correlation_id for e in bus.published] == [f"{shown['id']}/0"]
