@@ -9,7 +9,10 @@ request's own candidate (aliases sharing a vendor model may price it differently
 dies mid-batch does not lose it: another worker adopts it when the lease lapses, and
 answers only what the dead one had not (each answer is noted in the journal as it goes).  A
 vendor batch whose every request was cancelled (their Batch API batches were) is
-cancelled at the vendor, and what it had not run is answered ``batch_cancelled``.
+cancelled at the vendor, and what it had not run is answered ``batch_cancelled``.  A
+vendor batch refused as it was sent leaves its requests to go on the realtime way; one
+that may have been made though its create call failed (``BatchVendor``) fails them
+instead, never sent again, and its vendor is left alone for ``REFUSED_S``.
 """
 
 from __future__ import annotations
@@ -83,6 +86,18 @@ def _ids(items: list[_Request]) -> list[str]:
 def _result_for(results: BatchResults, i: int, env: RequestEnvelope) -> object:
     # A batch an older worker sent (and this one adopted) is keyed by correlation id.
     return results.get(f"r{i}", results.get(env.correlation_id))
+
+
+def _all_read(results: BatchResults, items: list[_Request]) -> bool:
+    """Whether every request's answer was read: none missing (a results line nobody could
+    read is skipped, its request with it) and none ``VendorAnswerUnreadable``."""
+    for i, (env, _) in enumerate(items):
+        got = _result_for(results, i, env)
+        if not isinstance(got, VendorResult | RelayError) or isinstance(
+            got, VendorAnswerUnreadable
+        ):
+            return False
+    return True
 
 
 def _scrub(got: Any, key: str) -> Any:
@@ -224,7 +239,10 @@ class BatchLane:
             exc = _scrub(exc, key)
             log.warning("batch to %s/%s not submitted: %s", cand.vendor, cand.model, exc)
             failure = _failure(exc)
-            if isinstance(exc, VendorNotFound):  # no batch API there: realtime for a while
+            # No batch API there, or one whose create calls fail without an answer (the
+            # batch may run all the same: its requests are not sent again, and fail):
+            # background requests go the realtime way for a while.
+            if isinstance(exc, VendorNotFound | VendorAnswerUnreadable):
                 self._refused[cand.vendor] = time.monotonic() + REFUSED_S
             await self._deliver_all(items, dict.fromkeys(_ids(items), failure))
             return
@@ -283,7 +301,7 @@ class BatchLane:
             # Cancelled (the worker stops while the vendor works on): it stays in the
             # journal under a lease that lapses, for another worker to adopt.
             results, key = await self._poll(adapter, batch, key, leased=leased)
-            read = not any(isinstance(got, VendorAnswerUnreadable) for got in results.values())
+            read = _all_read(results, items)
         except _LeaseLost:
             log.warning("batch %s was taken over by another worker", batch.id)
             self._dropped(batch.envelopes)

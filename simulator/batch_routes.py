@@ -227,6 +227,8 @@ async def create_batch(request: Request) -> Response:
     if body is None:
         return openai_routes.error(400, "We could not parse the JSON body of your request.")
     endpoint, file_id = body.get("endpoint"), body.get("input_file_id")
+    if (refused := _metadata_refused(body.get("metadata"))) is not None:
+        return openai_routes.error(400, refused, param="metadata")
     if not isinstance(endpoint, str) or endpoint not in _OPENAI_ENDPOINTS:
         return openai_routes.error(400, f"Unsupported endpoint: {endpoint}", param="endpoint")
     data = sim.file_data.get(file_id) if isinstance(file_id, str) else None
@@ -270,6 +272,19 @@ async def create_batch(request: Request) -> Response:
         "cancelled": False,
     }
     return json_response(job)
+
+
+def _metadata_refused(metadata: Any) -> str | None:
+    """Why OpenAI would refuse a batch's ``metadata`` (at most 16 pairs of strings, keys
+    up to 64 characters, values up to 512), or None."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict) or len(metadata) > 16:
+        return "metadata: expected an object of at most 16 key-value pairs"
+    for key, value in metadata.items():
+        if not isinstance(value, str) or len(key) > 64 or len(value) > 512:
+            return "metadata: keys are strings of up to 64 characters, values up to 512"
+    return None
 
 
 def _run_openai(sim: Sim, rec: dict[str, Any]) -> None:
@@ -327,6 +342,36 @@ def _openai_job(request: Request, batch_id: str) -> tuple[Sim, dict[str, Any] | 
     if rec is None or rec["obj"].get("object") != "batch":
         return sim, openai_routes.error(404, f"No such Batch object: {batch_id}", param="batch_id")
     return sim, rec
+
+
+@router.get("/v1/batches")
+@router.get("/openai/batches")  # Azure
+@router.get("/openai/v1/batches")  # Azure v1 API
+async def list_batches(request: Request) -> Response:
+    """The account's batches, newest first, paged by ``after`` (a batch id) and ``limit``
+    (1 to 100, 20 if not given), as OpenAI lists them."""
+    if (rejected := _openai_auth(request)) is not None:
+        return rejected
+    sim = _sim(request)
+    try:
+        limit = int(request.query_params.get("limit", "20"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        return openai_routes.error(400, "limit: an integer from 1 to 100", param="limit")
+    ids = [i for i, rec in reversed(sim.batches.items()) if rec["obj"].get("object") == "batch"]
+    after = request.query_params.get("after")
+    start = ids.index(after) + 1 if after in ids else 0 if after is None else len(ids)
+    page = [_openai_view(sim, sim.batches[i]) for i in ids[start : start + limit]]
+    return json_response(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": start + limit < len(ids),
+        }
+    )
 
 
 @router.get("/v1/batches/{batch_id}")

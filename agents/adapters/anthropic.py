@@ -183,22 +183,42 @@ class AnthropicAdapter:
         return counted
 
     async def submit_batch(self, calls: list[tuple[str, VendorCall]], api_key: str) -> str:
-        """Start a message batch; returns its id."""
+        """Start a message batch; returns its id.
+
+        Creating one is not idempotent, and a message batch carries nothing of the
+        relay's to find it by afterwards: a create call that fails without a clear
+        answer (the connection dropped, it timed out, a 5xx, a 200 nobody can read) may
+        have made the batch all the same, to run and bill, so it is
+        ``VendorAnswerUnreadable`` and its requests are never sent again.  A refusal (a
+        4xx) stands as it is."""
         requests = [
             {"custom_id": cid, "params": openai_request_to_messages(c.body, c.model)}
             for cid, c in calls
         ]
         # The lane batches requests asking the same betas together: one header for all.
         asked = calls[0][1].body if calls else None
-        resp = await self._send(
-            "POST",
-            "messages/batches",
-            api_key,
-            self.config.api_timeout_s,
-            asked,
-            json={"requests": requests},
-        )
-        return str(json_body(resp, self.kind)["id"])
+        try:
+            resp = await self._send(
+                "POST",
+                "messages/batches",
+                api_key,
+                self.config.api_timeout_s,
+                asked,
+                json={"requests": requests},
+            )
+            batch = json_body(resp, self.kind)
+            found = batch.get("id") if isinstance(batch, dict) else None
+            if not isinstance(found, str) or not found:
+                raise VendorUnavailable(
+                    "anthropic: the batch was created with an answer without its id"
+                )
+        except VendorUnavailable as err:  # (a timeout, a dropped connection, a 5xx)
+            raise VendorAnswerUnreadable(
+                f"anthropic: the message batch's create call failed ({err.message}), and "
+                "Anthropic may have made it all the same: the vendor may run it, so its "
+                "requests are not sent again"
+            ) from None
+        return found
 
     async def poll_batch(
         self, batch_id: str, api_key: str

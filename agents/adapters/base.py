@@ -66,7 +66,13 @@ class TokenCounter(Protocol):
 
 @runtime_checkable
 class BatchVendor(Protocol):
-    """A vendor batch API: submit many calls at once, collect later at a discount."""
+    """A vendor batch API: submit many calls at once, collect later at a discount.
+
+    ``submit_batch`` returns the new batch's id.  What it raises says whether the batch
+    may exist: any error but ``VendorAnswerUnreadable`` means it was not made (its calls
+    may go on the realtime way); ``VendorAnswerUnreadable`` means it may have been (the
+    create call failed without a clear answer, and no look-up settled it), and may run
+    and bill, so its calls are never sent again."""
 
     async def submit_batch(self, calls: list[tuple[str, VendorCall]], api_key: str) -> str: ...
 

@@ -7,9 +7,13 @@ it by overriding only where URLs and auth differ.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import re
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
@@ -53,6 +57,16 @@ MAX_USER = 64
 # The most stop sequences OpenAI and Azure take (Anthropic takes more).
 MAX_STOPS = 4
 MAX_KEPT_URLS = 1024  # parsed model-call URLs an adapter keeps
+# The lane's tag on each vendor batch it makes (in the batch's ``metadata``): a create call
+# that failed without a clear answer is settled by looking for it.
+NONCE_KEY = "relay_lane_nonce"
+LOOKUP_PAGES = 5  # pages of 100 batches looked through for one
+LOOKUP_SKEW_S = 600.0  # how far behind the relay's clock the vendor's may run
+# Pauses before each look (a create still on its way at the vendor lands meanwhile): the
+# batch must be absent every time for its requests to go on the realtime way.
+LOOKUP_WAITS_S = (2.0, 10.0)
+_SHAPE_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError)
+log = logging.getLogger("relay.worker")
 
 
 class OpenAIAdapter:
@@ -60,6 +74,7 @@ class OpenAIAdapter:
 
     kind = "openai"
     batch_endpoint = "/v1/chat/completions"  # the ``url`` of each batch line
+    lookup_waits_s: tuple[float, ...] = LOOKUP_WAITS_S
 
     def __init__(self, config: VendorConfig, client: httpx.AsyncClient) -> None:
         self.config = config
@@ -182,7 +197,18 @@ class OpenAIAdapter:
         return VendorResult(self._answer(data, call), _usage(data, call))
 
     async def submit_batch(self, calls: list[tuple[str, VendorCall]], api_key: str) -> str:
-        """Upload the calls as a JSONL file and start a 24-hour batch; returns its id."""
+        """Upload the calls as a JSONL file and start a 24-hour batch; returns its id.
+
+        Creating a batch is not idempotent, and a create call that fails without a clear
+        answer (the connection dropped, it timed out, a 5xx, a 200 nobody can read) may
+        have created the batch all the same, to run and bill.  So the batch is tagged
+        with a nonce of its own (``metadata``), and such a failure is settled by looking
+        for it in the account's latest batches (``_created``): found, it is the batch
+        (followed as if the create had answered); shown absent, the failure stands (its
+        requests may go on the realtime way), and its input file is deleted (a create
+        still on its way then finds no file); when the look cannot say,
+        ``VendorAnswerUnreadable``: never sent again.  A refusal (a 4xx) stands as it is.
+        """
         lines = [
             {"custom_id": cid, "method": "POST", "url": self.batch_endpoint, "body": self._body(c)}
             for cid, c in calls
@@ -195,17 +221,34 @@ class OpenAIAdapter:
             data={"purpose": "batch"},
             files={"file": ("batch.jsonl", jsonl, "application/jsonl")},
         )
-        batch = await self._request(
-            "POST",
-            self.url("batches"),
-            api_key,
-            json={
-                "input_file_id": json_body(upload, self.kind)["id"],
-                "endpoint": self.batch_endpoint,
-                "completion_window": "24h",
-            },
-        )
-        return str(json_body(batch, self.kind)["id"])
+        file_id = str(json_body(upload, self.kind)["id"])
+        nonce, asked_at = uuid.uuid4().hex, time.time()
+        try:
+            batch = await self._request(
+                "POST",
+                self.url("batches"),
+                api_key,
+                json={
+                    "input_file_id": file_id,
+                    "endpoint": self.batch_endpoint,
+                    "completion_window": "24h",
+                    "metadata": {NONCE_KEY: nonce},
+                },
+            )
+            return _batch_id(json_body(batch, self.kind), self.kind)
+        except VendorUnavailable as err:  # (a timeout, a dropped connection, a 5xx)
+            failure = err
+        except RelayError:  # refused: no batch was made
+            await self._drop_file(file_id, api_key)
+            raise
+        for wait in self.lookup_waits_s:
+            await asyncio.sleep(wait)  # a create still on its way at the vendor lands
+            found = await self._created(nonce, file_id, asked_at, api_key, failure)
+            if found is not None:
+                log.warning("%s: batch %s was made though its create call failed", self.kind, found)
+                return found
+        await self._drop_file(file_id, api_key)
+        raise failure
 
     async def poll_batch(
         self, batch_id: str, api_key: str
@@ -249,6 +292,70 @@ class OpenAIAdapter:
         for field in ("input_file_id", "output_file_id", "error_file_id"):
             if isinstance(file_id := batch.get(field), str) and file_id:
                 await self._request("DELETE", self.url(f"files/{file_id}"), api_key)
+
+    async def _created(
+        self, nonce: str, file_id: str, asked_at: float, api_key: str, failure: RelayError
+    ) -> str | None:
+        """The id of the batch a failed create call made after all: the one tagged with
+        ``nonce`` (or made from ``file_id``, for a server that keeps no metadata) among
+        the account's batches, newest first, paged back to some made before the call;
+        None when it is not there.  ``VendorAnswerUnreadable`` when the list cannot say
+        (it fails, its pages are in no order the look can trust, or it runs past
+        ``LOOKUP_PAGES`` before reaching the batches older than the call)."""
+
+        def cannot_tell(why: str) -> VendorAnswerUnreadable:
+            return VendorAnswerUnreadable(
+                f"{self.kind}: the vendor batch's create call failed ({failure.message}), "
+                f"and whether it made the batch cannot be told ({why}): the vendor may run "
+                "it, so its requests are not sent again"
+            )
+
+        after: str | None = None
+        last = float("inf")  # when the last batch listed was made: each is older
+        older = asked_at - LOOKUP_SKEW_S  # (the vendor's clock may run behind the relay's)
+        for _ in range(LOOKUP_PAGES):
+            params: dict[str, str | int] = {"limit": 100, **({"after": after} if after else {})}
+            # Merged into the URL's own query (Azure's api-version), which httpx's
+            # ``params`` would replace.
+            listing = str(httpx.URL(self.url("batches")).copy_merge_params(params))
+            try:
+                resp = await self._request("GET", listing, api_key)
+                page = json_body(resp, self.kind)
+                batches, more = page["data"], page.get("has_more")
+            except RelayError as err:
+                raise cannot_tell(f"listing the batches failed: {err.message}") from None
+            except _SHAPE_ERRORS:
+                raise cannot_tell("the batch list could not be read") from None
+            if not isinstance(batches, list):
+                raise cannot_tell("the batch list could not be read")
+            for batch in batches:
+                made = batch.get("created_at") if isinstance(batch, dict) else None
+                if not isinstance(made, int | float) or made > last:
+                    raise cannot_tell("the batch list is not newest first")
+                last = made
+                meta = batch.get("metadata")
+                ours = isinstance(meta, dict) and meta.get(NONCE_KEY) == nonce
+                if ours or batch.get("input_file_id") == file_id:
+                    if not isinstance(found := batch.get("id"), str) or not found:
+                        raise cannot_tell("the batch is listed without its id")
+                    return found
+                if made < older:
+                    return None  # every batch made since the call was seen
+            if not more:
+                return None
+            after = batches[-1].get("id") if batches else None
+            if not isinstance(after, str) or not after:
+                raise cannot_tell("the batch list pages on from nowhere")
+        raise cannot_tell(f"more than {LOOKUP_PAGES * 100} batches were made since")
+
+    async def _drop_file(self, file_id: str, api_key: str) -> None:
+        """Delete the input file of a batch that was not made (best effort): it would
+        stay in the account's file storage, and a create still on its way at the vendor
+        then finds no file to run."""
+        try:
+            await self._request("DELETE", self.url(f"files/{file_id}"), api_key)
+        except RelayError as err:
+            log.warning("%s: batch input file not deleted: %s", self.kind, err.message)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -362,6 +469,14 @@ class OpenAIAdapter:
         if not said:
             return VendorAnswerUnreadable(f"{self.kind}: a batch line with no response nor error")
         return VendorUnavailable(f"{self.kind}: batch request not run: {said}")
+
+
+def _batch_id(batch: Any, kind: str) -> str:
+    """The id of a batch object; a 200 without one may still have made the batch."""
+    found = batch.get("id") if isinstance(batch, dict) else None
+    if not isinstance(found, str) or not found:
+        raise VendorUnavailable(f"{kind}: the batch was created with an answer without its id")
+    return found
 
 
 def _vendor_failure(where: str, error: Any) -> RelayError:

@@ -431,6 +431,41 @@ async def test_submit_batch_sends_translated_params():
     }
 
 
+@pytest.mark.parametrize(
+    "lost",
+    [
+        httpx.ReadTimeout("timed out"),
+        httpx.Response(500, json={"type": "error", "error": {"type": "api_error"}}),
+        httpx.Response(529, json={"type": "error", "error": {"type": "overloaded_error"}}),
+        httpx.Response(200, json={"type": "message_batch"}),  # no id
+    ],
+)
+async def test_a_batch_create_call_that_failed_unclearly_fails_its_requests_for_good(lost):
+    """A message batch carries nothing to find it by: one whose create call failed
+    without a clear answer may have been made (to run and bill), so its requests are
+    never sent again."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if isinstance(lost, Exception):
+            raise lost
+        return lost
+
+    with pytest.raises(VendorAnswerUnreadable) as caught:
+        await adapter_for(handler).submit_batch([("a", call())], KEY)
+    assert not caught.value.retryable and "not sent again" in caught.value.message
+
+
+async def test_a_refused_batch_create_stands():
+    _, handler = recorder(
+        httpx.Response(
+            400,
+            json={"type": "error", "error": {"type": "invalid_request_error", "message": "no"}},
+        )
+    )
+    with pytest.raises(VendorBadRequest):
+        await adapter_for(handler).submit_batch([("a", call())], KEY)
+
+
 async def test_poll_batch_is_none_while_in_progress():
     _, handler = recorder(
         httpx.Response(200, json={"id": "msgbatch_01", "processing_status": "in_progress"})

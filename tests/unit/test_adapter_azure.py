@@ -153,6 +153,27 @@ async def test_batch_uses_resource_level_files_and_batches():
     assert all(r.headers["api-key"] == KEY for r in seen)
 
 
+async def test_a_batch_made_though_its_create_call_failed_is_looked_for_at_the_resource():
+    """Azure's batch list, at the resource, with its api-version and the look's page."""
+    made: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/files"):
+            return httpx.Response(200, json={"id": "file-1", "purpose": "batch"})
+        if request.method == "POST":
+            made.append(
+                {"id": "batch_az", "created_at": 2_000_000_000, **json.loads(request.content)}
+            )
+            return httpx.Response(504, text="Gateway Timeout")
+        assert str(request.url) == f"{BASE}/openai/batches?api-version=2024-10-21&limit=100"
+        return httpx.Response(200, json={"object": "list", "data": made, "has_more": False})
+
+    adapter = adapter_for(handler)
+    adapter.lookup_waits_s = (0.0,)
+    assert await adapter.submit_batch([("r1", call())], KEY) == "batch_az"
+    assert made[0]["metadata"]["relay_lane_nonce"]
+
+
 async def test_rate_limit_reads_retry_after_ms():
     _, handler = recorder(
         httpx.Response(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -483,11 +484,148 @@ async def test_submit_batch_uploads_jsonl_then_creates_the_batch():
         },
     ]
     assert str(create.url) == f"{BASE}/batches"
-    assert json.loads(create.content) == {
+    sent = json.loads(create.content)
+    nonce = sent.pop("metadata")["relay_lane_nonce"]  # the batch's own: found by it
+    assert len(nonce) == 32 and int(nonce, 16) >= 0
+    assert sent == {
         "input_file_id": "file-in",
         "endpoint": "/v1/chat/completions",
         "completion_window": "24h",
     }
+
+
+class Account:
+    """An OpenAI account whose batch create call fails (``create``: an exception to
+    raise, or a response) after making the batch or not (``made``); its batch list holds
+    ``older`` batches made an hour before, under those made since, newest first."""
+
+    def __init__(
+        self,
+        create,
+        *,
+        made: bool,
+        older: int = 1,
+        metadata: bool = True,
+        made_id: str = "batch_made",
+    ):
+        self.create, self.made, self.metadata, self.made_id = create, made, metadata, made_id
+        self.seen: list[httpx.Request] = []
+        self.list_fails = False
+        now = int(time.time())
+        self.batches = [
+            {"id": f"batch_old{i}", "created_at": now - 3600, "input_file_id": f"file-{i}"}
+            for i in range(older)
+        ]
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append(request)
+        path, method = request.url.path, request.method
+        if path.endswith("/files") and method == "POST":
+            return httpx.Response(200, json={"id": "file-in", "object": "file"})
+        if path.endswith("/batches") and method == "POST":
+            asked = json.loads(request.content)
+            if self.made:
+                made = {"created_at": int(time.time()), **asked}
+                if self.made_id:  # (none: a list that leaves it out)
+                    made["id"] = self.made_id
+                if not self.metadata:  # a server that keeps none
+                    made["metadata"] = None
+                self.batches.insert(0, made)
+                other = {"id": "batch_later", "created_at": int(time.time()), "metadata": {}}
+                self.batches.insert(0, other)  # another worker's, made since
+            if isinstance(self.create, Exception):
+                raise self.create
+            return self.create
+        if path.endswith("/batches") and method == "GET":
+            if self.list_fails:
+                return httpx.Response(500, json={"error": {"message": "busy"}})
+            start = 0
+            if after := request.url.params.get("after"):
+                start = [b["id"] for b in self.batches].index(after) + 1
+            limit = int(request.url.params["limit"])
+            page = self.batches[start : start + limit]
+            more = start + limit < len(self.batches)
+            return httpx.Response(200, json={"object": "list", "data": page, "has_more": more})
+        return httpx.Response(200, json={"id": path.rpartition("/")[2], "deleted": True})
+
+    def asked(self, method: str, suffix: str) -> list[httpx.Request]:
+        return [r for r in self.seen if r.method == method and r.url.path.endswith(suffix)]
+
+
+def looking_adapter(account: Account) -> OpenAIAdapter:
+    adapter = adapter_for(account)
+    adapter.lookup_waits_s = (0.0, 0.0)  # (no pause before each look)
+    return adapter
+
+
+LOST = [
+    httpx.ReadTimeout("timed out"),
+    httpx.RemoteProtocolError("Server disconnected"),
+    httpx.Response(502, text="Bad Gateway"),
+    httpx.Response(504, json={"error": {"message": "upstream timed out"}}),
+    httpx.Response(200, text="<html>proxy</html>"),
+]
+
+
+@pytest.mark.parametrize("create", LOST)
+@pytest.mark.parametrize("metadata", [True, False])
+async def test_a_batch_made_though_its_create_call_failed_is_found_and_followed(create, metadata):
+    """The create's answer was lost, not the batch: it runs, and bills, all the same, so
+    it is found in the account's batches (by its nonce, or its input file on a server
+    that keeps no metadata) and followed, never sent again the realtime way."""
+    account = Account(create, made=True, metadata=metadata)
+    assert await looking_adapter(account).submit_batch([("r0", call())], KEY) == "batch_made"
+    [listed] = account.asked("GET", "/batches")
+    assert listed.url.params["limit"] == "100"
+    assert not account.asked("DELETE", "/files/file-in")
+
+
+@pytest.mark.parametrize("create", LOST)
+async def test_a_batch_not_made_by_its_failed_create_call_fails_as_it_did(create):
+    """Absent at every look, back to the batches made before the call: its requests may
+    go on the realtime way (a retryable error), and its input file is gone (a create
+    still on its way at the vendor then finds none to run)."""
+    account = Account(create, made=False, older=150)  # (the look stops at the first)
+    with pytest.raises(VendorUnavailable) as caught:
+        await looking_adapter(account).submit_batch([("r0", call())], KEY)
+    assert caught.value.retryable and not isinstance(caught.value, VendorAnswerUnreadable)
+    assert len(account.asked("GET", "/batches")) == 2  # a look after each pause
+    assert len(account.asked("DELETE", "/files/file-in")) == 1
+
+
+@pytest.mark.parametrize("why", ["list fails", "out of order", "too many since", "no id"])
+async def test_a_failed_create_call_nobody_can_settle_fails_its_requests_for_good(why):
+    """Whether the batch was made cannot be told: it may run and bill, so its requests
+    are never sent again (not retryable), and its input file stays (it may be read)."""
+    account = Account(httpx.ReadTimeout("timed out"), made=why == "no id", made_id="")
+    now = int(time.time())
+    if why == "out of order":
+        account.batches = [{"id": "a", "created_at": now - 60}, {"id": "b", "created_at": now}]
+    elif why == "too many since":
+        account.batches = [{"id": f"b{i}", "created_at": now} for i in range(1000)]
+    account.list_fails = why == "list fails"
+    with pytest.raises(VendorAnswerUnreadable) as caught:
+        await looking_adapter(account).submit_batch([("r0", call())], KEY)
+    assert not caught.value.retryable
+    assert "may run" in caught.value.message and "timed out" in caught.value.message
+    assert not account.asked("DELETE", "/files/file-in")
+    if why == "too many since":
+        afters = [r.url.params.get("after") for r in account.asked("GET", "/batches")]
+        assert afters == [None, "b99", "b199", "b299", "b399"]
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(400, VendorBadRequest), (429, VendorRateLimited), (401, VendorAuthFailed)],
+)
+async def test_a_refused_batch_create_stands_and_its_input_file_goes(status, error):
+    """A 4xx made no batch: no look, the refusal as it was, and no file left behind."""
+    refusal = httpx.Response(status, json={"error": {"message": "no", "code": "x"}})
+    account = Account(refusal, made=False)
+    with pytest.raises(error):
+        await looking_adapter(account).submit_batch([("r0", call())], KEY)
+    assert not account.asked("GET", "/batches")
+    assert len(account.asked("DELETE", "/files/file-in")) == 1
 
 
 def batch_handler(status: str, **batch):

@@ -835,6 +835,46 @@ async def test_a_batch_with_an_unreadable_answer_keeps_what_it_left_at_the_vendo
     assert len(got) == 2 and cleaned == []
 
 
+async def test_a_batch_with_a_results_line_nobody_could_read_keeps_what_it_left() -> None:
+    """A results line that is not JSON is skipped, its request with it: that request may
+    have been billed, and what the vendor keeps is its only record."""
+    cleaned: list[str] = []
+
+    class OneLineGarbled(ScriptedBatches):
+        async def poll_batch(self, batch_id: str, api_key: str) -> dict[str, Any]:
+            return {"r0": VendorResult(body={}, usage=Usage())}  # r1's line did not read
+
+        async def clean_batch(self, batch_id: str, api_key: str) -> None:
+            cleaned.append(batch_id)
+
+    got = await run(OneLineGarbled([]), 2)
+    assert [type(r) for r in got] == [VendorResult, VendorAnswerUnreadable]
+    assert cleaned == []
+
+
+async def test_a_batch_that_may_have_been_made_fails_its_requests_never_sent_again() -> None:
+    """The create call failed and nothing settled whether the vendor made the batch (the
+    adapter says so): it may run and bill, so every request fails (not retryable: none
+    goes on the realtime way at full price), and the vendor's batch API is left alone."""
+    got: list[Any] = []
+
+    class MaybeMade(ScriptedBatches):
+        async def submit_batch(self, calls: list[tuple[str, VendorCall]], api_key: str) -> str:
+            raise VendorAnswerUnreadable("the create call timed out; the vendor may run it")
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        got.append(out)
+
+    lane = BatchLane({"v": MaybeMade([])}, {"v": KeyPool(["key"])}, LaneRule(max_size=3), deliver)
+    for _ in range(3):
+        lane.submit(envelope(), CAND)
+    for task in list(lane._tasks):
+        await task
+    assert len(got) == 3 and all(isinstance(r, VendorAnswerUnreadable) for r in got)
+    assert not any(r.retryable for r in got)
+    assert not lane.accepts(CAND)  # later background requests go the realtime way
+
+
 async def test_a_batch_still_in_the_journal_keeps_what_it_left_at_the_vendor(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
