@@ -20,6 +20,7 @@ import ijson  # type: ignore[import-untyped]
 from schemas.errors import BadRequest, VendorUnsupported
 from schemas.formats.openai import (
     OWN_STOP_REASON,
+    ToolCallIndexes,
     allowed_tool_names,
     choice_name,
     new_id,
@@ -833,10 +834,11 @@ class JsonObjectPrefix:
 @dataclass
 class _ToolCall:
     """A streamed tool call as far as it has come, and whether its block was opened:
-    ``args`` is what of its arguments may reach an Anthropic client (``prefix`` checks
-    it still begins an object)."""
+    the vendor's id and name ("" until a fragment gives them), and ``args``, what of its
+    arguments may reach an Anthropic client (``prefix`` checks it still begins an
+    object)."""
 
-    id: str
+    id: str = ""
     name: str = ""
     args: str = ""
     shown: bool = False
@@ -907,7 +909,8 @@ class ChunksToMessageEvents:
         self._sequence: str | None = None
         self._own_stop: str | None = None  # an Anthropic vendor's (OWN_STOP_REASON)
         self._thoughts = 0  # thinking and redacted blocks so far
-        self._calls: dict[int, _ToolCall] = {}  # by the vendor's tool call index
+        self._calls: dict[int, _ToolCall] = {}  # by their ``ToolCallIndexes`` number
+        self._indexes = ToolCallIndexes()
 
     def feed(self, chunk: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         """The events one OpenAI chunk adds to the stream."""
@@ -940,15 +943,18 @@ class ChunksToMessageEvents:
         call's fragments open its block only once the open call's arguments are whole
         JSON (vendors send parallel calls one after another), and are held back until
         then when a vendor interleaves them: a block, once stopped, cannot take more.
+        A call no fragment has named yet is held too (some servers open a call with a
+        bare fragment of its arguments, and give its id and name in the next): its
+        block's start says its id and name once and for all.
         Arguments sent as an object (some OpenAI-compatible servers do) go as its JSON;
         a fragment that makes them no JSON object goes nowhere (``_ToolCall.take``)."""
         self._tools = True
         fn = frag.get("function") or {}
-        index = frag.get("index", 0)
-        call = self._calls.get(index)
-        if call is None:
-            call = self._calls[index] = _ToolCall(frag.get("id") or new_id("toolu_"))
-        call.name = call.name or fn.get("name") or ""
+        index = self._indexes.of(frag)
+        call = self._calls.setdefault(index, _ToolCall())
+        if not call.shown:
+            call.id = call.id or frag.get("id") or ""
+            call.name = call.name or fn.get("name") or ""
         given = fn.get("arguments")
         if given is not None and not isinstance(given, str):
             given = json.dumps(given)  # an object: some OpenAI-compatible servers send one
@@ -964,20 +970,32 @@ class ChunksToMessageEvents:
         # Unless the open call's arguments are not whole yet (and not broken either).
         return not open_key.startswith("tool:") or self._calls[int(open_key[5:])].done
 
-    def _show_held(self) -> list[tuple[str, dict[str, Any]]]:
+    def _show_held(self, unnamed: bool = False) -> list[tuple[str, dict[str, Any]]]:
         """Open the held-back calls in the order they began, each with its arguments so
-        far; one whose arguments are not yet whole stays open and the rest wait."""
+        far; one whose arguments are not yet whole stays open and the rest wait, as they
+        do behind one not named yet (unless ``unnamed``: other output must follow them;
+        such a call goes as it is, "" under an id of the relay's)."""
         events: list[tuple[str, dict[str, Any]]] = []
         for index, call in self._calls.items():
             if call.shown:
                 continue
+            if not call.name and not unnamed:
+                break
             call.shown = True
+            call.id = call.id or new_id("toolu_")
             block = {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}
             events += self._open_block(f"tool:{index}", block)
             if call.args:
                 events.append(self._json_delta(call.args))
             if not self._may_switch():
                 break
+        return events
+
+    def _show_all(self) -> list[tuple[str, dict[str, Any]]]:
+        """Open every held call, in turn: what comes next came after them."""
+        events: list[tuple[str, dict[str, Any]]] = []
+        while any(not call.shown for call in self._calls.values()):
+            events += self._close_block() + self._show_held(unnamed=True)
         return events
 
     def _json_delta(self, partial: str) -> tuple[str, dict[str, Any]]:
@@ -1012,10 +1030,7 @@ class ChunksToMessageEvents:
 
     def finish(self, usage: Usage) -> list[tuple[str, dict[str, Any]]]:
         """The closing events: the open block's stop, message_delta and message_stop."""
-        events = self._start()
-        while any(not call.shown for call in self._calls.values()):
-            events += self._close_block() + self._show_held()
-        events += self._close_block()
+        events = self._start() + self._show_all() + self._close_block()
         # The input side is only known at the end here, so message_delta carries it too;
         # Anthropic's SDKs take any usage field present on message_delta.
         stop, sequence = _stop_reason(
@@ -1051,9 +1066,11 @@ class ChunksToMessageEvents:
         return [("message_start", {"type": "message_start", "message": message})]
 
     def _open_block(self, key: str, block: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        # Other output than a call's opens the calls held so far first: they came before.
+        events = [] if key.startswith("tool:") else self._show_all()
         if self._open == key:
-            return []
-        events = self._close_block()
+            return events
+        events += self._close_block()
         self._block += 1
         self._open = key
         start = {"type": "content_block_start", "index": self._block, "content_block": block}

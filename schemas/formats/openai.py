@@ -143,6 +143,52 @@ def call_function(call: dict[str, Any]) -> dict[str, Any]:
     return _object(call.get("function"))
 
 
+class ToolCallIndexes:
+    """Which call of a choice each streamed tool-call fragment is part of: a number per
+    call, counting up from 0 in the order the calls began (on a stream that numbers its
+    calls as OpenAI does, their own ``index``).
+
+    OpenAI tells parallel calls apart by ``index``; some OpenAI-compatible servers do
+    not.  Ollama's ``/v1`` sends each call whole, all at ``index`` 0 (older builds send
+    no index at all), and other servers reuse an index likewise; each call still has an
+    id of its own.  OpenAI gives a call's id and name once, whole, in its first fragment,
+    so a fragment giving an id or a name other than the call's at its index is another
+    call's.  A fragment with no index goes on with the call the last one was part of;
+    an id said before goes back to its own call."""
+
+    def __init__(self) -> None:
+        self._at: dict[Any, int] = {}  # the vendor's index -> the call now there
+        self._by_id: dict[str, int] = {}
+        self._ids: list[str] = []  # each call's id and name ("" until given)
+        self._names: list[str] = []
+        self._last: Any = 0  # the vendor's index the last fragment had
+
+    def of(self, frag: dict[str, Any]) -> int:
+        """The number of the call ``frag`` is part of."""
+        given = frag.get("index")
+        key = given if isinstance(given, int) else self._last
+        call_id = frag.get("id")
+        call_id = call_id if isinstance(call_id, str) else ""
+        name = call_function(frag).get("name")
+        name = name if isinstance(name, str) else ""
+        n = self._by_id.get(call_id) if call_id else None
+        if n is None:
+            n = self._at.get(key)
+            if n is None or _other(self._ids[n], call_id) or _other(self._names[n], name):
+                n = len(self._ids)
+                self._ids.append("")
+                self._names.append("")
+        self._at[key], self._last = n, key
+        if call_id and not self._ids[n]:
+            self._ids[n], self._by_id[call_id] = call_id, n
+        self._names[n] = self._names[n] or name
+        return n
+
+
+def _other(had: str, given: str) -> bool:
+    return bool(had and given and had != given)
+
+
 def choice_name(item: dict[str, Any]) -> str:
     """The tool a tool choice (or a tool) names: ``{"type": "function", "function":
     {"name"}}``, or a custom tool's ``{"type": "custom", "custom": {"name"}}``."""
@@ -203,9 +249,10 @@ def assemble_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
 
     Content and refusal deltas are concatenated per choice, as are the choice's
     ``logprobs`` lists and the delta's ``annotations``; tool calls are merged by their
-    ``index`` (id, type and name come once, fragments of a function's arguments or of a
-    custom tool's input are joined), as is a legacy ``function_call``; ``audio``
-    fragments are joined into the message's audio (data and transcript concatenated).
+    ``index``, or what stands for it (``ToolCallIndexes``: id, type and name come once,
+    fragments of a function's arguments or of a custom tool's input are joined), as is
+    a legacy ``function_call``; ``audio`` fragments are joined into the message's audio
+    (data and transcript concatenated).
     The last usage seen, if any, is kept.  What assembly cannot represent in full is
     what ``faithful_chunks`` refuses.
     """
@@ -244,6 +291,7 @@ def _empty_choice() -> dict[str, Any]:
         "content": [],
         "refusal": [],
         "tools": {},
+        "indexes": ToolCallIndexes(),  # which call each tool-call fragment is part of
         "function_call": None,  # a legacy answer's: {"name": [...], "arguments": [...]}
         "audio": None,  # {"id", "data": [...], "transcript": [...], "expires_at"?}
         "reasoning": [],
@@ -288,9 +336,10 @@ def _merge_choice(acc: dict[str, Any], choice: dict[str, Any]) -> None:
 
 
 def _merge_call(acc: dict[str, Any], frag: dict[str, Any]) -> None:
-    """One tool-call fragment into the call at its index: the id (the last one given),
-    the type (the first) and each payload (``function``, ``custom``) field by field."""
-    index = frag.get("index", 0)
+    """One tool-call fragment into its call (``ToolCallIndexes``): the id (the last one
+    given), the type (the first) and each payload (``function``, ``custom``) field by
+    field."""
+    index = acc["indexes"].of(frag)
     if index not in acc["tools"]:
         acc["order"].append(("tool", index))
     call = acc["tools"].setdefault(index, {"id": "", "type": "", "payloads": {}})
@@ -305,9 +354,15 @@ def _merge_call(acc: dict[str, Any], frag: dict[str, Any]) -> None:
 
 def _merge_fields(fields: dict[str, list[Any]], fragment: dict[str, Any]) -> dict[str, list[Any]]:
     """A fragment's fields into ``fields``: text pieces are kept to be joined, anything
-    else (an object some servers send as arguments) replaces what came before."""
+    else (an object some servers send as arguments) replaces what came before.  A name
+    is said once, whole (OpenAI's first fragment has it): the first one given is the
+    call's, not joined to the same name said again on every fragment, as some servers
+    (Fireworks, MiniMax on NVIDIA NIM) do."""
     for key, value in fragment.items():
-        if isinstance(value, str):
+        if key == "name" and isinstance(value, str):
+            if not (fields.get(key) or [""])[0]:
+                fields[key] = [value]
+        elif isinstance(value, str):
             fields.setdefault(key, []).append(value)
         elif value is not None:
             fields[key] = [value]
@@ -620,6 +675,7 @@ def faithful_chunks(chunks: list[dict[str, Any]]) -> bool:
     cannot make whole is not one to cache: a later non-streamed request would get less
     than the vendor said."""
     said: dict[tuple[Any, Any], tuple[str, set[str]]] = {}  # call -> its type, payloads
+    indexes: dict[Any, ToolCallIndexes] = {}  # per choice: which call a fragment is part of
     for chunk in chunks:
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") if isinstance(choice, dict) else None
@@ -634,7 +690,8 @@ def faithful_chunks(chunks: list[dict[str, Any]]) -> bool:
             for frag in delta.get("tool_calls") or []:
                 if not isinstance(frag, dict):
                     return False
-                key = (choice.get("index", 0), frag.get("index", 0))
+                at = choice.get("index", 0)
+                key = (at, indexes.setdefault(at, ToolCallIndexes()).of(frag))
                 kind, payloads = said.get(key, ("", set()))
                 kind = kind or frag.get("type") or ""
                 if kind and kind not in _CALL_FIELDS:

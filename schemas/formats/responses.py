@@ -35,7 +35,13 @@ from typing import Any
 import orjson
 
 from schemas.errors import BadRequest, RelayError
-from schemas.formats.openai import assemble_chunks, call_function, new_id, tool_use_block
+from schemas.formats.openai import (
+    ToolCallIndexes,
+    assemble_chunks,
+    call_function,
+    new_id,
+    tool_use_block,
+)
 from schemas.usage import Usage
 
 _ENCRYPTED = "reasoning.encrypted_content"  # the include that asks for it
@@ -661,8 +667,10 @@ class ChunksToResponseEvents:
         self._seq = 0
         self.request = request
         self._message: tuple[str, int] | None = None  # ("text" | "refusal", output index)
-        self._calls: dict[int, int] = {}  # open tool calls: chunk index -> output index
-        # Calls no fragment has named or given an id yet: chunk index -> their fragments.
+        # Open tool calls: their ``ToolCallIndexes`` number -> output index.
+        self._calls: dict[int, int] = {}
+        self._indexes = ToolCallIndexes()
+        # Calls no fragment has named or given an id yet: number -> their fragments.
         self._held: dict[int, list[dict[str, Any]]] = {}
         self._reasoning: tuple[int, list[dict[str, Any]]] | None = None  # index, its chunks
         self._finish: dict[str, Any] = {}
@@ -794,7 +802,7 @@ class ChunksToResponseEvents:
         return events
 
     def _tool(self, frag: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-        index = frag.get("index", 0)
+        index = self._indexes.of(frag)
         if index in self._calls:
             return self._into_call(self._calls[index], frag)
         self._held.setdefault(index, []).append(frag)

@@ -1990,3 +1990,72 @@ def test_a_call_whose_arguments_break_lets_the_next_call_stream():
         {"type": "tool_use", "id": "call_a", "name": "weather", "input": {}},
         {"type": "tool_use", "id": "call_b", "name": "clock", "input": {"tz": "UTC"}},
     ], "what the anthropic SDK makes of it"
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        {"index": 0, "function": {"arguments": ""}},  # a bare fragment, then id and name
+        {"index": 0, "function": {"arguments": '{"ci'}},  # some arguments, then the rest
+        {"index": 0, "id": "call_late", "function": {"arguments": ""}},  # the id, then the name
+    ],
+)
+def test_a_call_named_after_its_first_fragment_streams_under_its_name_and_id(
+    first: dict[str, Any],
+) -> None:
+    """A server that opens a call with a fragment that does not name it: the tool_use
+    block (whose start says its id and name once and for all) waits for the fragment
+    that does, so an Anthropic client gets the vendor's name and id, as the whole answer
+    has them, not "" under an id of the relay's."""
+    from tests.support.anthropic_stream import blocks, client_message
+
+    def tool(**fields: Any) -> dict[str, Any]:
+        return {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, **fields}]}}]}
+
+    rest = '{"city":"Oslo"}'.removeprefix(first["function"]["arguments"])
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"tool_calls": [first]}}]},
+        tool(
+            id="call_late", type="function", function={"name": "get_weather", "arguments": rest[:5]}
+        ),
+        tool(function={"arguments": rest[5:]}),
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+    ]
+    expected = {
+        "type": "tool_use",
+        "id": "call_late",
+        "name": "get_weather",
+        "input": {"city": "Oslo"},
+    }
+    assert blocks(client_message(chunks)) == [expected]
+    whole = assemble_chunks(chunks)["choices"][0]["message"]["tool_calls"]
+    assert [(c["id"], c["function"]["name"]) for c in whole] == [("call_late", "get_weather")]
+    convert = ChunksToMessageEvents("m", "msg_5")
+    events = [event for c in chunks[:2] for event in convert.feed(c)]
+    assert [name for name, _ in events][-2:] == ["ping", "content_block_delta"], (
+        "the block opens, with the arguments so far, on the fragment that names it"
+    )
+
+
+@pytest.mark.parametrize("then", ["text", "end"])
+def test_a_call_nothing_names_still_comes_in_its_place(then: str) -> None:
+    """A call held for want of a name waits only until other output (or the end) must go
+    out: it comes first, as it came, with its arguments; a named call behind it waits
+    for it, so the blocks keep the order the calls began in."""
+    from tests.support.anthropic_stream import blocks, client_message
+
+    def tool(index: int, **fields: Any) -> dict[str, Any]:
+        return {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": index, **fields}]}}]}
+
+    chunks = [
+        tool(0, function={"arguments": '{"city":"Oslo"}'}),
+        tool(1, id="call_b", function={"name": "clock", "arguments": "{}"}),
+    ]
+    if then == "text":
+        chunks.append({"choices": [{"index": 0, "delta": {"content": "Done."}}]})
+    got = blocks(client_message(chunks))
+    assert [(b["type"], b.get("name"), b.get("input")) for b in got] == [
+        ("tool_use", "", {"city": "Oslo"}),
+        ("tool_use", "clock", {}),
+    ] + ([("text", None, None)] if then == "text" else [])
+    assert got[0]["id"].startswith("toolu_") and got[1]["id"] == "call_b"

@@ -341,3 +341,51 @@ def test_azures_blank_opening_chunk_does_not_blank_the_answers_id() -> None:
         1_700_000_000,
         "gpt-4o",
     )
+
+
+def test_a_name_said_on_every_fragment_is_the_call_s_name_once() -> None:
+    """Fireworks and MiniMax on NVIDIA NIM repeat a call's id, type and name on every
+    fragment; OpenAI says the name once, whole.  The whole answer (cached, and what later
+    requests get) names the tool the stream named, as does a legacy function_call."""
+    repeated = {"index": 0, "id": "call_a", "type": "function"}
+    whole = assemble_chunks(
+        [
+            chunk(
+                {"tool_calls": [{**repeated, "function": {"name": "debug_tool", "arguments": ""}}]}
+            ),
+            chunk(
+                {
+                    "tool_calls": [
+                        {**repeated, "function": {"name": "debug_tool", "arguments": '{"a":'}}
+                    ]
+                }
+            ),
+            chunk(
+                {
+                    "tool_calls": [
+                        {**repeated, "function": {"name": "debug_tool", "arguments": "1}"}}
+                    ]
+                }
+            ),
+            chunk({}, "tool_calls"),
+        ]
+    )
+    assert whole["choices"][0]["message"]["tool_calls"] == [
+        {
+            "id": "call_a",
+            "type": "function",
+            "function": {"name": "debug_tool", "arguments": '{"a":1}'},
+        }
+    ]
+    legacy = assemble_chunks(
+        [
+            chunk({"function_call": {"name": "", "arguments": ""}}),
+            chunk({"function_call": {"name": "debug_tool", "arguments": '{"a":'}}),
+            chunk({"function_call": {"name": "debug_tool", "arguments": "1}"}}),
+            chunk({}, "function_call"),
+        ]
+    )
+    assert legacy["choices"][0]["message"]["function_call"] == {
+        "name": "debug_tool",
+        "arguments": '{"a":1}',
+    }

@@ -1,0 +1,210 @@
+"""Parallel tool calls from servers that do not number them as OpenAI does (Ollama's /v1
+sends every call at index 0, older builds no index at all): each call stays its own in
+the whole answer, and streamed to Anthropic and Responses clients."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from openai import omit
+from openai.lib.streaming.responses._responses import ResponseStreamState
+from openai.types.responses import ResponseStreamEvent
+from pydantic import TypeAdapter
+
+from schemas.formats.openai import (
+    ToolCallIndexes,
+    assemble_chunks,
+    faithful_chunks,
+    response_to_chunks,
+)
+from schemas.formats.responses import ChunksToResponseEvents
+from schemas.usage import Usage
+from tests.support.anthropic_stream import blocks, client_message
+
+EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+WEATHER = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+TIME = {"type": "function", "name": "get_time", "parameters": {"type": "object"}}
+
+
+def frag(index: int | None, arguments: str = "", **first: Any) -> dict[str, Any]:
+    """A tool-call fragment (``index`` None: none given)."""
+    fn: dict[str, Any] = {"arguments": arguments}
+    if "name" in first:
+        fn["name"] = first.pop("name")
+    out: dict[str, Any] = {} if index is None else {"index": index}
+    return {**out, **first, "function": fn}
+
+
+def chunk(*frags: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    delta = {"tool_calls": list(frags)} if frags else {}
+    return {"id": "c", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def numbers(*frags: dict[str, Any]) -> list[int]:
+    indexes = ToolCallIndexes()
+    return [indexes.of(f) for f in frags]
+
+
+def test_openai_s_own_numbering_is_kept() -> None:
+    assert numbers(
+        frag(0, "", id="call_a", type="function", name="get_weather"),
+        frag(0, '{"city":'),
+        frag(0, '"Oslo"}'),
+        frag(1, "", id="call_b", type="function", name="get_time"),
+        frag(1, "{}"),
+    ) == [0, 0, 0, 1, 1]
+
+
+def test_interleaved_fragments_keep_their_calls() -> None:
+    assert numbers(
+        frag(0, "", id="call_a", name="get_weather"),
+        frag(1, "", id="call_b", name="get_time"),
+        frag(0, "{}"),
+        frag(1, "{}"),
+    ) == [0, 1, 0, 1]
+
+
+def test_an_index_given_again_with_another_id_is_another_call() -> None:
+    """Ollama's /v1: each call whole, all at index 0, each with its own id."""
+    assert numbers(
+        frag(0, '{"city":"Paris"}', id="call_a", name="get_weather"),
+        frag(0, '{"city":"Oslo"}', id="call_b", name="get_time"),
+        frag(0, '{"city":"Rome"}', id="call_c", name="get_weather"),
+    ) == [0, 1, 2]
+
+
+def test_fragments_with_no_index_go_on_with_the_last_call() -> None:
+    """Older Ollama builds send no index; a fragment with none continues the call the last
+    one was part of (not index 0's), and a new id is a new call."""
+    assert numbers(
+        frag(None, '{"city":"Paris"}', id="call_a", name="get_weather"),
+        frag(None, '{"city":"Oslo"}', id="call_b", name="get_time"),
+        frag(None, ""),
+    ) == [0, 1, 1]
+    assert numbers(
+        frag(0, "", id="call_a", name="get_weather"),
+        frag(1, "", id="call_b", name="get_time"),
+        frag(None, "{}"),
+    ) == [0, 1, 1]
+
+
+def test_a_reused_index_s_later_fragments_go_to_the_call_opened_there_last() -> None:
+    assert numbers(
+        frag(0, "", id="call_a", name="get_weather"),
+        frag(0, '{"city":"Paris"}'),
+        frag(0, "", id="call_b", name="get_time"),
+        frag(0, '{"city":'),
+        frag(0, '"Oslo"}'),
+    ) == [0, 0, 1, 1, 1]
+
+
+def test_another_name_at_an_index_is_another_call_even_without_ids() -> None:
+    assert numbers(
+        frag(0, "{}", name="get_weather"),
+        frag(0, "{}", name="get_time"),
+    ) == [0, 1]
+
+
+def test_an_id_or_name_said_again_is_the_same_call() -> None:
+    """Fireworks and MiniMax on NVIDIA NIM repeat the id, type and name on every fragment;
+    an id said again after another call's goes back to its own call."""
+    assert numbers(
+        frag(0, "", id="call_a", type="function", name="debug_tool"),
+        frag(0, '{"a":', id="call_a", type="function", name="debug_tool"),
+        frag(0, "1}", id="call_a", type="function", name="debug_tool"),
+    ) == [0, 0, 0]
+    assert numbers(
+        frag(0, "{}", id="call_a", name="get_weather"),
+        frag(0, "{}", id="call_b", name="get_time"),
+        frag(0, "", id="call_a"),
+    ) == [0, 1, 0]
+
+
+def test_a_call_named_after_its_first_fragment_is_one_call() -> None:
+    assert numbers(
+        frag(0, ""),
+        frag(0, '{"city":', id="call_late", type="function", name="get_weather"),
+        frag(0, '"Oslo"}'),
+    ) == [0, 0, 0]
+    assert numbers(
+        frag(0, "", id="call_late"),
+        frag(0, '{"city":', name="get_weather"),
+    ) == [0, 0]
+
+
+END = [chunk(finish="tool_calls")]
+CALLS = [
+    ("call_a", "get_weather", {"city": "Paris"}),
+    ("call_b", "get_time", {"city": "Oslo"}),
+]
+STREAMS = {
+    # Ollama 0.20.x /v1 (ollama/ollama#15457): every call whole, each at index 0.
+    "whole at index 0": [
+        chunk(frag(0, '{"city":"Paris"}', id="call_a", type="function", name="get_weather")),
+        chunk(frag(0, '{"city":"Oslo"}', id="call_b", type="function", name="get_time")),
+        *END,
+    ],
+    # Older Ollama builds (ollama/ollama#7881): no index at all.
+    "no index": [
+        chunk(frag(None, '{"city":"Paris"}', id="call_a", type="function", name="get_weather")),
+        chunk(frag(None, '{"city":"Oslo"}', id="call_b", type="function", name="get_time")),
+        *END,
+    ],
+    # Both in one chunk, at index 0.
+    "one chunk": [
+        chunk(
+            frag(0, '{"city":"Paris"}', id="call_a", name="get_weather"),
+            frag(0, '{"city":"Oslo"}', id="call_b", name="get_time"),
+        ),
+        *END,
+    ],
+    # Arguments in fragments, each call's at index 0.
+    "fragments at index 0": [
+        chunk(frag(0, "", id="call_a", type="function", name="get_weather")),
+        chunk(frag(0, '{"city":')),
+        chunk(frag(0, '"Paris"}')),
+        chunk(frag(0, "", id="call_b", type="function", name="get_time")),
+        chunk(frag(0, '{"city":')),
+        chunk(frag(0, '"Oslo"}')),
+        *END,
+    ],
+}
+
+
+def whole_calls(chunks: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+    message = assemble_chunks(chunks)["choices"][0]["message"]
+    return [
+        (c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
+        for c in message["tool_calls"]
+    ]
+
+
+def responses_calls(chunks: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+    """The function calls of the finished Response, the events read by the openai SDK's
+    accumulator on the way."""
+    events = ChunksToResponseEvents({"model": "m", "tools": [WEATHER, TIME]}, "resp_t")
+    out = events.start()
+    for c in chunks:
+        out += events.feed(c)
+    out += events.finish(Usage())
+    state = ResponseStreamState(input_tools=[WEATHER, TIME], text_format=omit)  # type: ignore[list-item,var-annotated]
+    for _, data in out:
+        state.handle_event(EVENTS.validate_python(data))
+    output = out[-1][1]["response"]["output"]
+    return [(o["call_id"], o["name"], json.loads(o["arguments"])) for o in output]
+
+
+@pytest.mark.parametrize("shape", STREAMS)
+def test_each_parallel_call_stays_its_own_whole_and_streamed(shape: str) -> None:
+    """Two calls the vendor made are two calls: in the whole answer (cached, and served
+    to non-streamed waiters and replays), to an Anthropic client (what the anthropic
+    SDK makes of the events) and to a Responses client."""
+    chunks = STREAMS[shape]
+    assert whole_calls(chunks) == CALLS
+    assert faithful_chunks(chunks), "the whole answer is the stream's: it may be cached"
+    assert [(b["id"], b["name"], b["input"]) for b in blocks(client_message(chunks))] == CALLS
+    assert responses_calls(chunks) == CALLS
+    replayed = response_to_chunks(assemble_chunks(chunks))
+    assert whole_calls(replayed) == CALLS, "a replay of the cached answer says the same"
