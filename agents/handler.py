@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol
 
@@ -40,6 +40,7 @@ from schemas.errors import (
     PermissionDenied,
     RateLimited,
     RelayError,
+    VendorAnswerUnreadable,
     answer_lost,
 )
 from schemas.formats.openai import response_to_chunks
@@ -215,13 +216,13 @@ class RequestHandler:
                 outcome = progress.bill(Outcome(error=NoWorker(STOPPED), stopped=True), env.body)
         flight.cached = outcome.cached
         storing: asyncio.Future[None] | None = None
-        if outcome.error is None and not outcome.cached:
-            # The answer goes to L2 while the replies go out, and the flight stays open
-            # until it is stored: an identical request either joins this flight or,
-            # arriving later, finds the answer in L2 — never pays again, and no waiter
-            # waits for Redis.
-            storing = self._store(flight, outcome)
         try:
+            if outcome.error is None and not outcome.cached:
+                # The answer goes to L2 while the replies go out, and the flight stays
+                # open until it is stored: an identical request either joins this flight
+                # or, arriving later, finds the answer in L2 — never pays again, and no
+                # waiter waits for Redis.
+                storing = self._store(flight, outcome)
             await self._land(flight, outcome)
             if storing is not None:
                 await _settled(storing)
@@ -846,8 +847,16 @@ class RequestHandler:
                 )
             return
         if env.stream and not flight.chunks and out.body is not None:
-            # A streaming waiter that joined a non-streamed call gets it as chunks.
-            flight.chunks.extend(response_to_chunks(out.body))
+            # A streaming waiter that joined a non-streamed call gets it as chunks; a
+            # body of a shape they cannot be made of (a vendor's, taken as it came) is an
+            # answer it cannot be given: it fails as an unreadable answer does, its line
+            # the one it would have had (a leader's carries what the vendor billed).
+            try:
+                flight.chunks.extend(response_to_chunks(out.body))
+            except Exception:
+                log.exception("answer to %s cannot be streamed", env.correlation_id)
+                await self._land_one(flight, w, _unstreamable(out))
+                return
         line = usage_event(
             env,
             self.prices,
@@ -935,12 +944,19 @@ class RequestHandler:
         body: dict[str, Any] | None,
         chunks: list[dict[str, Any]] | None = None,
     ) -> bool:
-        """Whether an answer to ``env`` may be stored for later requests to be served."""
+        """Whether an answer to ``env`` may be stored for later requests to be served.
+        Never raises: an answer that cannot be checked (a vendor's of a shape ``storable``
+        did not foresee, an alias a new config no longer has) is simply not stored, and
+        the request is answered all the same."""
         if env.degraded:
             return False  # a cheaper model's answer must not be served later as the alias's
-        if self.router.spec(env.alias).is_canary(cand.vendor, cand.model):
-            return False  # nor a canary's to users of the stable version
-        return storable(body, chunks)  # nor one a filter cut, nor an error sent as one
+        try:
+            if self.router.spec(env.alias).is_canary(cand.vendor, cand.model):
+                return False  # nor a canary's to users of the stable version
+            return storable(body, chunks)  # nor one a filter cut, nor an error sent as one
+        except Exception:
+            log.exception("answer to %s not cached: it could not be checked", env.correlation_id)
+            return False
 
     async def _fail(
         self,
@@ -1064,6 +1080,13 @@ def _plus_shares(line: UsageEvent, billed: list[tuple[Candidate, Usage]]) -> Usa
     saved = max(0.0, line.direct_cost - cost)
     update = {"usage": usage, "cost": cost, "saved_cost": saved, "batched": True}
     return line.model_copy(update=update)
+
+
+def _unstreamable(out: Outcome) -> Outcome:
+    """``out`` (an answer whose body cannot be sent as a stream) as the error a streaming
+    waiter gets instead, its figures kept for the leader's line."""
+    said = "the vendor's answer could not be sent as a stream (it is not in the chat format)"
+    return replace(out, error=VendorAnswerUnreadable(said), body=None)
 
 
 def _stopped_for_nobody(flight: Flight) -> bool:

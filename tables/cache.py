@@ -29,7 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from schemas.errors import BadRequest
-from schemas.formats.openai import assemble_chunks, faithful_chunks
+from schemas.formats.openai import assemble_chunks, faithful_chunks, response_to_chunks
 from schemas.usage import Usage
 
 log = logging.getLogger("relay.cache")
@@ -250,39 +250,70 @@ def storable(body: dict[str, Any] | None, chunks: list[dict[str, Any]] | None = 
     should not stick), nor an error a vendor sent as an answer (an ``error`` in a 200
     body, a choice that finished in ``error``, as OpenRouter does when a model fails part
     way), nor a stream that would not assemble in full for a later non-streamed request
-    (``faithful_chunks``)."""
-    if chunks and not faithful_chunks(chunks):
-        return False
+    (``faithful_chunks``), nor a body that would not replay as a stream for a later
+    streamed one, nor one not in the shape its format gives (``choices`` not a list of
+    objects, a ``finish_reason`` or ``object`` not a string).  A vendor's answer is
+    taken as it comes: one a later request could not be served from is simply not
+    stored, never an error for the request it answers."""
     answers = [body] if body is not None else list(chunks or [])
+    if not all(_readable(answer) for answer in answers):
+        return False
+    try:  # (a part of a shape the format's readers do not expect: not one to serve again)
+        if chunks and not faithful_chunks(chunks):
+            return False
+        if body is not None and "choices" in body:
+            response_to_chunks(body)
+    except Exception:
+        return False
     if any(
         "error" in answer
-        or any(
-            isinstance(choice, dict) and choice.get("finish_reason") in UNSTORABLE_FINISH
-            for choice in answer.get("choices") or []
-        )
+        or any(choice.get("finish_reason") in UNSTORABLE_FINISH for choice in _choices(answer))
         for answer in answers
-        if isinstance(answer, dict)
     ):
         return False
     return _whole(body, answers)
+
+
+def _readable(answer: Any) -> bool:
+    """Whether an answer (a body or a chunk) is in its format's shape where the cache
+    reads it: an object whose ``object`` is a string, whose ``choices`` is a list of
+    objects, each with a string ``finish_reason`` (or none), a whole-number index and
+    its message (or a chunk's delta) an object."""
+    if not isinstance(answer, dict):
+        return False
+    if not isinstance(answer.get("object", ""), str):
+        return False
+    choices = answer.get("choices")
+    if choices is None:
+        return True
+    return isinstance(choices, list) and all(
+        isinstance(choice, dict)
+        and isinstance(choice.get("finish_reason") or "", str)
+        and isinstance(choice.get("index", 0), int)
+        and isinstance(choice.get("message") or {}, dict)
+        and isinstance(choice.get("delta") or {}, dict)
+        for choice in choices
+    )
+
+
+def _choices(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """A readable answer's choices (``_readable``)."""
+    choices: list[dict[str, Any]] = answer.get("choices") or []
+    return choices
 
 
 def _whole(body: dict[str, Any] | None, answers: list[dict[str, Any]]) -> bool:
     """Whether the answer says something: a stream, a chat or legacy completion has a
     choice and each of its choices finished (a ``finish_reason``); embeddings have a
     vector.  Else (``choices: []``, a stream of no choice) a later request would be
-    served nothing.  Anything else, a token count say, is whole as it is."""
+    served nothing.  Anything else, a token count say, is whole as it is.  (``answers``
+    are readable: see ``storable``.)"""
     if body is None or "choices" in body or body.get("object") in ID_PREFIXES:
-        finished: dict[Any, bool] = {}
+        finished: dict[int, bool] = {}
         for answer in answers:
-            for choice in (answer.get("choices") or []) if isinstance(answer, dict) else []:
-                if isinstance(choice, dict):
-                    index = choice.get("index", 0)
-                    if not isinstance(index, int):
-                        return False
-                    finished[index] = finished.get(index, False) or bool(
-                        choice.get("finish_reason")
-                    )
+            for choice in _choices(answer):
+                index = choice.get("index", 0)
+                finished[index] = finished.get(index, False) or bool(choice.get("finish_reason"))
         return bool(finished) and all(finished.values())
     if "data" in body or body.get("object") == "list":  # embeddings: each item a vector
         data = body.get("data")
@@ -304,7 +335,8 @@ def fresh(body: dict[str, Any], alias: str) -> dict[str, Any]:
     """A cached completion under a new id and time and the alias's name, so no two
     answers share an id (a copy: the cached body is shared)."""
     out = dict(body)
-    if (prefix := ID_PREFIXES.get(out.get("object", ""))) is not None:
+    kind = out.get("object")
+    if isinstance(kind, str) and (prefix := ID_PREFIXES.get(kind)) is not None:
         out["id"] = f"{prefix}{uuid.uuid4().hex[:24]}"
         out["created"] = int(time.time())
     if "model" in out:

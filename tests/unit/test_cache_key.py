@@ -347,6 +347,39 @@ def test_only_an_answer_that_says_something_is_storable() -> None:
     assert storable({"input_tokens": 12}), "a token count"
 
 
+def test_an_answer_not_in_its_format_s_shape_is_not_storable_and_never_an_error() -> None:
+    """A vendor's answer is taken as it comes: one with a list or an object where a
+    string or a number belongs (``finish_reason: ["stop"]``, ``object: {}``, a choice,
+    message or delta that is not an object, a tool call's type a list) is simply not
+    stored, whatever else it says; it never raises (the request it answers must still be
+    answered and metered)."""
+    from tables.cache import fresh, storable
+
+    def chat(**choice: Any) -> dict[str, Any]:
+        whole = {"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}  # fmt: skip
+        return {"object": "chat.completion", "choices": [{**whole, **choice}]}
+
+    def chunk(**choice: Any) -> dict[str, Any]:
+        return {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop", **choice}]}  # fmt: skip
+
+    assert storable(chat()) and storable(None, [chunk()]), "the shape itself is storable"
+    odd: tuple[Any, ...] = (["stop"], {"a": 1}, 1, 1.5)
+    for value in odd:
+        assert not storable(chat(finish_reason=value)), value
+        assert not storable(None, [chunk(finish_reason=value)]), value
+        assert not storable(chat(index=[value])), value
+        assert not storable({**chat(), "object": value}), value
+        assert not storable({**chat(), "choices": value}), value
+        assert not storable({**chat(), "choices": [value]}), value
+        assert not storable(None, [{"choices": [value]}]), value
+        if not isinstance(value, dict):  # (a message of fields of its own is one)
+            assert not storable(chat(message=value)), value
+            assert not storable(None, [chunk(delta=value)]), value
+        assert not storable(None, [chunk(delta={"tool_calls": [{"index": 0, "type": [value]}]})])
+    assert not storable(chat(index="0"))
+    assert fresh({"object": ["chat.completion"], "id": "x"}, "m")["id"] == "x"
+
+
 def test_a_schemas_property_order_is_part_of_the_question() -> None:
     """Strict structured output emits keys in schema order: ``reasoning`` before
     ``answer`` makes the model reason first, a different answer from the other order.

@@ -812,6 +812,89 @@ async def test_an_answer_a_content_filter_cut_is_answered_but_never_stored(strea
     assert sink.written == {}, "a filtered answer must not be served to the next asker"
 
 
+def answering(calls: list[str], choice: dict[str, Any]) -> httpx.AsyncClient:
+    """A vendor whose every answer has ``choice`` as its one choice, whatever its shape:
+    a body's, or a stream's (its message one chunk's delta, its finish the next's)."""
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.host)
+        await asyncio.sleep(0.05)  # (a call under way, for identical requests to join)
+        head = {"id": "c1", "created": 1, "model": "x"}
+        usage = {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}
+        if not json.loads(request.content).get("stream"):
+            body = {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
+            return httpx.Response(200, json=body)
+        chunk = {**head, "object": "chat.completion.chunk"}
+        parts = [
+            {**chunk, "choices": [{"index": 0, "delta": choice["message"], "finish_reason": None}]},
+            {
+                **chunk,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}],
+            },
+            {**chunk, "choices": [], "usage": usage},
+        ]
+        text = "".join(f"data: {json.dumps(part)}\n\n" for part in parts) + "data: [DONE]\n\n"
+        return httpx.Response(
+            200, content=text.encode(), headers={"content-type": "text/event-stream"}
+        )
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handle))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_answer_the_cache_cannot_read_is_answered_and_metered_and_never_stored(
+    stream: bool,
+):
+    """A vendor's answer with a list where a string belongs (``finish_reason: ["stop"]``)
+    is simply not stored: the leader and a follower still get it, each its one ledger
+    line, the flight lands, and the next identical request is answered (by a call of its
+    own: nothing was stored)."""
+    calls: list[str] = []
+    odd = {"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": ["stop"]}  # fmt: skip
+    handler, sink = make(answering(calls, odd))
+    leader, follower = envelope(stream=stream, key="odd"), envelope(stream=stream, key="odd")
+    await asyncio.gather(handler.handle(leader), handler.handle(follower))
+    assert calls == ["a"], "one call for both"
+    for env in (leader, follower):
+        kinds = [e.kind for e in sink.for_(env.correlation_id)]
+        assert kinds[-1] == "final" and "error" not in kinds
+    lines = sorted(sink.ledger, key=lambda line: line.coalesced)
+    assert [(line.status, line.coalesced) for line in lines] == [("ok", False), ("ok", True)]
+    assert lines[0].cost > 0
+    assert sink.written == {} and len(handler.flights) == 0
+    again = envelope(stream=stream, key="odd")
+    await handler.handle(again)
+    assert sink.for_(again.correlation_id)[-1].kind == "final" and calls == ["a", "a"]
+
+
+async def test_a_stream_joining_a_call_whose_answer_cannot_be_streamed_is_told_and_metered():
+    """A non-streamed answer that cannot be made into a stream's chunks (its message a
+    string, not an object) reaches the request that asked for it whole; a stream that
+    joined the call is told the answer is unreadable, each keeps its one line (the
+    leader's with what the vendor billed), and the flight lands."""
+    calls: list[str] = []
+    odd = {"index": 0, "message": "Hi", "finish_reason": "stop"}
+    handler, sink = make(answering(calls, odd))
+    plain, streamed = envelope(key="unstreamable"), envelope(stream=True, key="unstreamable")
+    await asyncio.gather(handler.handle(plain), handler.handle(streamed))
+    assert calls == ["a"]
+    whole = sink.for_(plain.correlation_id)[-1]
+    assert whole.kind == "final" and whole.body["choices"][0]["message"] == "Hi"
+    [told] = sink.for_(streamed.correlation_id)
+    assert told.kind == "error" and told.error["code"] == "vendor_answer_unreadable"
+    lines = {line.correlation_id: line for line in sink.ledger}
+    assert len(sink.ledger) == 2
+    assert lines[plain.correlation_id].status == "ok" and lines[plain.correlation_id].cost > 0
+    failed = lines[streamed.correlation_id]
+    assert (failed.status, failed.error_code, failed.coalesced, failed.cost) == (
+        "error",
+        "vendor_answer_unreadable",
+        True,
+        0,
+    )
+    assert sink.written == {} and len(handler.flights) == 0
+
+
 async def test_a_throttled_spent_budget_is_a_429_until_the_period_resets():
     calls: list[str] = []
     handler, sink = make(vendor(calls))
@@ -1451,6 +1534,22 @@ async def test_a_vendor_batch_answer_is_kept_only_as_a_realtime_one_would_be(con
     await handler.deliver_batch(env, cand, VendorResult(body=body, usage=Usage(input_tokens=3)))
     assert sink.for_(env.correlation_id)[-1].kind == "final"
     assert "bg" not in sink.written
+
+
+async def test_a_vendor_batch_answer_the_cache_cannot_read_is_answered_and_metered():
+    """A batch-API answer with a list where a string belongs is not stored, and reaches
+    its caller with its one line all the same."""
+    handler, sink = make(vendor([]))
+    env = envelope(key="bg-odd", priority=Priority.background)
+    body = stored_answer().body
+    assert body is not None
+    body["choices"][0]["finish_reason"] = ["stop"]
+    cand = Candidate(vendor="a", model="cheap")
+    await handler.deliver_batch(env, cand, VendorResult(body=body, usage=Usage(input_tokens=3)))
+    assert [e.kind for e in sink.for_(env.correlation_id)] == ["final"]
+    [line] = sink.ledger
+    assert line.status == "ok" and line.batch_api
+    assert sink.written == {}
 
 
 async def test_a_follower_with_time_left_is_run_again_when_its_leader_s_deadline_cut_the_call():
