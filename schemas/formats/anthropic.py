@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
@@ -1608,6 +1609,35 @@ def _says_text(item: dict[str, Any] | Usage) -> bool:
     return bool(delta.get("content") or delta.get("citation"))
 
 
+# The input side of Anthropic's usage, which message_start says and message_delta may
+# say again.
+_INPUT_COUNTS = frozenset(
+    {"input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"}
+)
+
+
+def _cumulative_usage(
+    earlier: dict[str, Any], later: dict[str, Any], input_side: Collection[str] = _INPUT_COUNTS
+) -> dict[str, Any]:
+    """message_delta's usage over what message_start said.  Anthropic's message_delta
+    counts are cumulative, so a count present there replaces the earlier one (a server
+    may give an estimate first, the true count last), and one absent or null keeps it.
+    An input or cache count of 0 after one that was not is taken as absent: some
+    Anthropic-compatible servers say the input side again as zeros, and a cumulative
+    count cannot drop to 0 (the ledger would bill no input).  The cache writes by TTL
+    (``cache_creation``) likewise, count by count."""
+    merged = dict(earlier)
+    for key, value in later.items():
+        if value is None or (key in input_side and value == 0 and earlier.get(key)):
+            continue
+        if key == "cache_creation" and isinstance(value, dict):
+            then = earlier.get(key)
+            if isinstance(then, dict):
+                value = _cumulative_usage(then, value, input_side=value.keys())
+        merged[key] = value
+    return merged
+
+
 class MessageEventsToChunks:
     """Turns Anthropic stream events into OpenAI chunks, ending with one ``Usage``.
 
@@ -1762,9 +1792,7 @@ class MessageEventsToChunks:
                 self._sequence = delta["stop_sequence"]
             if reason in _OWN_STOP_REASONS:
                 self._own_stop = reason
-            # message_delta counts are cumulative: present ones replace message_start's.
-            usage = data.get("usage") or {}
-            self._usage.update({k: v for k, v in usage.items() if v is not None})
+            self._usage = _cumulative_usage(self._usage, data.get("usage") or {})
             return []
         if kind == "message_stop":
             last = self._chunk({}, self._finish)

@@ -982,6 +982,57 @@ def test_message_delta_usage_fields_replace_message_start_ones():
     assert usage == Usage(input_tokens=7, output_tokens=9)
 
 
+def usage_of(start: dict[str, Any], delta: dict[str, Any]) -> Usage:
+    """The Usage a stream whose message_start and message_delta say these counts ends with."""
+    convert = MessageEventsToChunks()
+    message = {"id": "m", "usage": start}
+    convert.feed("message_start", {"type": "message_start", "message": message})
+    said = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": delta}
+    convert.feed("message_delta", said)
+    *_, usage = convert.feed("message_stop", {"type": "message_stop"})
+    assert isinstance(usage, Usage)
+    return usage
+
+
+def test_zero_input_counts_on_message_delta_keep_message_start_s():
+    """Some Anthropic-compatible servers (sglang, proxies) say the input side again on
+    message_delta as zeros.  Anthropic's counts there are cumulative, so a 0 after a count
+    that was not is no count: the ledger bills the input message_start said (1 300 tokens,
+    800 of them cache reads, 100 cache writes), not a free call."""
+    start = {
+        "input_tokens": 400,
+        "cache_read_input_tokens": 800,
+        "cache_creation_input_tokens": 100,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 100},
+        "output_tokens": 1,
+    }
+    zeros = {
+        "input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+        "output_tokens": 42,
+    }
+    expected = Usage(
+        input_tokens=1300,
+        output_tokens=42,
+        cache_read_tokens=800,
+        cache_write_tokens=100,
+        cache_write_1h_tokens=100,
+    )
+    assert usage_of(start, zeros) == expected
+    assert usage_of(start, {"output_tokens": 42}) == expected, "absent: kept"
+    # A count that is there replaces message_start's, lower or higher (an estimate first,
+    # the true count last), and a 0 after a 0 is 0.
+    assert usage_of({"input_tokens": 500}, {"input_tokens": 480, "output_tokens": 3}) == Usage(
+        input_tokens=480, output_tokens=3
+    )
+    assert usage_of({"input_tokens": 0}, {"input_tokens": 0, "output_tokens": 3}) == Usage(
+        output_tokens=3
+    )
+    assert usage_of({"output_tokens": 1}, {"output_tokens": 0}).output_tokens == 0
+
+
 def test_unknown_events_and_deltas_are_skipped():
     convert = MessageEventsToChunks()
     assert convert.feed("future_event", {"type": "future_event"}) == []
