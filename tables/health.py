@@ -3,7 +3,7 @@
 Breaker states::
 
     closed --(K consecutive failures, or failure rate > X over the window)--> open
-    open   --(open_s elapsed; each worker's router lets one probe through)--> half_open
+    open   --(open_s elapsed; each worker's router has one probe out at a time)--> half_open
     half_open --(probe succeeds)--> closed      half_open --(probe fails)--> open
 
 A late result, from a call sent before the breaker's last transition, moves it in neither
@@ -71,7 +71,6 @@ class BreakerPolicy(BaseModel):
     min_calls: int = 10
     window_s: float = 60.0
     open_s: float = 10.0
-    half_open_probes: int = 1
     ewma_alpha: float = 0.2
     buckets: int = 12  # the window is kept as this many time buckets (5 s each by default)
 
@@ -105,8 +104,6 @@ class Health(BaseModel):
     # When a probe last closed the breaker: failures of calls sent before then belong to
     # the outage it ended.  None in records stored before this field (and never closed).
     closed_at: float | None = None
-    probes_in_flight: int = 0
-    probe_started_at: float | None = None
     retry_after_until: float = 0.0
     calls: int = 0
     ok: int = 0
@@ -152,8 +149,6 @@ def _open(h: Health, now: float) -> None:
     h.state = "open"
     h.opened_at = now
     h.opened += 1
-    h.probes_in_flight = 0
-    h.probe_started_at = None
 
 
 def fold(
@@ -175,9 +170,11 @@ def fold(
 def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Health:
     """Fold one call's outcome into ``h`` and apply the breaker transitions.
 
-    Late results from calls started before the breaker opened do not move an open or
-    half-open breaker either way; only probes decide when it closes.  Failures (and 429s) of calls
-    started before a probe closed it count in the totals only, not towards opening it.
+    Late results from calls sent before the breaker's open period ended do not move an
+    open breaker either way; only probes decide when it closes.  Failures (and 429s) of
+    calls sent before a probe closed it count in the totals only, not towards opening it.
+    (Half-open lasts the one outcome: which worker may send a probe when is the router's
+    rule, ``Router.may_call``, each worker holding one out at a time.)
     """
     h = h.model_copy(deep=True)
     h.calls += 1
@@ -194,16 +191,9 @@ def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Hea
         and not client_fault  # says nothing of the vendor's health: the breaker stays
     ):
         # A call sent after the open period is a probe, whichever worker sent it: its
-        # outcome decides, as if the breaker had been marked half-open when it went.
+        # outcome decides, as if the breaker had been marked half-open when it went.  One
+        # sent before (or while it was open) is not: its late outcome moves nothing.
         h.state = "half_open"
-        h.probes_in_flight = max(1, h.probes_in_flight)
-    # Sent before the breaker opened (or while it was open): not a probe, so its late
-    # outcome neither closes a half-open breaker nor opens it again.
-    late = h.state == "half_open" and (
-        h.opened_at is not None and started < h.opened_at + policy.open_s
-    )
-    if h.state == "half_open" and not late:
-        h.probes_in_flight = max(0, h.probes_in_flight - 1)
     if ev.retry_after is not None:  # any answer may carry Retry-After, e.g. a 503
         h.retry_after_until = max(h.retry_after_until, now + ev.retry_after)
     _prune(h.window, policy, now)
@@ -217,9 +207,9 @@ def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Hea
         old = None if measured_afresh else h.latency_ewma_ms
         h.latency_ewma_ms = _ewma(old, ev.latency_ms, policy.ewma_alpha)
         h.cost_ewma = _ewma(h.cost_ewma, ev.cost, policy.ewma_alpha)
-        if h.state == "half_open" and not late:
+        if h.state == "half_open":
             # A fresh start: the failures that opened the breaker must not re-open it.
-            h.state, h.opened_at, h.probe_started_at = "closed", None, None
+            h.state, h.opened_at = "closed", None
             h.closed_at = now
             h.consecutive_failures = 0
             h.window = []
@@ -230,7 +220,7 @@ def record(h: Health, ev: HealthEvent, policy: BreakerPolicy, now: float) -> Hea
         return h
 
     # Sent before the probe closed the breaker: the outage's news, already acted on.
-    stale = late or (h.state == "closed" and h.closed_at is not None and started < h.closed_at)
+    stale = h.state == "closed" and h.closed_at is not None and started < h.closed_at
     if ev.error_code in RATE_LIMIT_CODES:
         h.rate_limited += 1
         if stale:
@@ -267,27 +257,13 @@ def available_at(h: Health, policy: BreakerPolicy = DEFAULT_POLICY) -> float:
     at = h.retry_after_until
     if h.state == "open" and h.opened_at is not None:
         at = max(at, h.opened_at + policy.open_s)
-    elif h.state == "half_open" and h.probes_in_flight >= policy.half_open_probes:
-        # A probe that never reports back (a crashed worker) frees its slot after open_s.
-        at = max(at, (h.probe_started_at or 0.0) + policy.open_s)
     return at
 
 
 def available(h: Health, policy: BreakerPolicy, now: float) -> bool:
-    """Whether a call may go now: closed, or a half-open probe is due; never before a
-    429's Retry-After has passed."""
+    """Whether a call may go now: closed, or open with its open period over (a probe is
+    due); never before a 429's Retry-After has passed."""
     return now >= available_at(h, policy)
-
-
-def begin_probe(h: Health, now: float) -> Health:
-    """Mark a probe as sent; call it when routing to an available non-closed candidate."""
-    if h.state == "closed":
-        return h
-    h = h.model_copy(deep=True)
-    h.state = "half_open"
-    h.probes_in_flight += 1
-    h.probe_started_at = now
-    return h
 
 
 def success_rate(h: Health, now: float, policy: BreakerPolicy = DEFAULT_POLICY) -> float:

@@ -22,7 +22,6 @@ from tables.health import (
     OutcomeBucket,
     available,
     available_at,
-    begin_probe,
     fold,
     health_key,
     rank,
@@ -123,26 +122,16 @@ def test_open_waits_open_s_then_one_probe_decides() -> None:
     assert not available(h, POLICY, opened + POLICY.open_s - 0.01)
     assert available(h, POLICY, opened + POLICY.open_s)
 
-    probing = begin_probe(h, opened + 11)
-    assert probing.state == "half_open" and probing.probes_in_flight == 1
-    assert not available(probing, POLICY, opened + 11.5)  # the one probe is out
-
-    closed = record(probing, ok(), POLICY, opened + 12)
+    # The probe went at opened + 11 (the router's rule: one out per worker at a time).
+    closed = record(h, ok(latency_ms=1000.0), POLICY, opened + 12)
     assert closed.state == "closed" and closed.opened_at is None
-    assert closed.probes_in_flight == 0
     # The failures that opened it were cleared: one more failure does not re-open.
     assert record(closed, fail(), POLICY, opened + 13).state == "closed"
 
-    reopened = record(probing, fail(), POLICY, opened + 12)
+    reopened = record(h, fail(), POLICY, opened + 12)
     assert reopened.state == "open" and reopened.opened_at == opened + 12
     assert not available(reopened, POLICY, opened + 15)
     assert available(reopened, POLICY, opened + 22)
-
-
-def test_a_lost_probe_frees_its_slot_after_open_s() -> None:
-    h = begin_probe(feed(Health(), [fail()] * 5, T0), T0 + 20)
-    assert not available(h, POLICY, T0 + 29)
-    assert available(h, POLICY, T0 + 30)
 
 
 def test_late_results_do_not_move_an_open_breaker() -> None:
@@ -153,22 +142,18 @@ def test_late_results_do_not_move_an_open_breaker() -> None:
     assert late.opened_at == h.opened_at
 
 
-def test_late_results_do_not_move_a_half_open_breaker_either() -> None:
-    """A probe is out; calls sent before the breaker opened end now (a 30 s timeout, a
-    slow success): only the probe decides."""
-    opened = feed(Health(), [fail()] * 5, T0).opened_at
+def test_late_results_do_not_move_a_breaker_whose_probe_is_out_either() -> None:
+    """A probe is out; calls sent before the open period ended end now (a 30 s timeout,
+    a slow success): only the probe decides."""
+    h = feed(Health(), [fail()] * 5, T0)
+    opened = h.opened_at
     assert opened is not None
-    probing = begin_probe(feed(Health(), [fail()] * 5, T0), opened + 11)
     slow_failure = fail().model_copy(update={"latency_ms": 30_000.0})
-    still = record(probing, slow_failure, POLICY, opened + 12)
-    assert still.state == "half_open" and still.probes_in_flight == 1
-    assert record(still, ok(latency_ms=20_000.0), POLICY, opened + 12.5).state == "half_open"
+    still = record(h, slow_failure, POLICY, opened + 12)
+    assert still.state == "open" and still.opened_at == opened
+    still = record(still, ok(latency_ms=20_000.0), POLICY, opened + 12.5)
+    assert still.state == "open" and still.opened_at == opened
     assert record(still, ok(), POLICY, opened + 13).state == "closed", "the probe decides"
-
-
-def test_begin_probe_leaves_a_closed_breaker_alone() -> None:
-    h = Health()
-    assert begin_probe(h, T0) == h
 
 
 def test_429_sets_retry_after_without_counting_as_a_failure() -> None:
@@ -354,7 +339,7 @@ def test_when_all_are_unavailable_the_soonest_is_the_last_resort() -> None:
 
 
 def test_a_call_sent_after_the_open_period_is_a_probe_whoever_sent_it() -> None:
-    # No begin_probe: another worker routed the probe; only its outcome reaches the table.
+    # Another worker routed the probe: only its outcome reaches the table.
     h = feed(Health(), [fail()] * 5, T0)
     reopened = record(h, fail(), POLICY, T0 + POLICY.open_s + 1)
     assert reopened.state == "open" and reopened.opened_at == T0 + POLICY.open_s + 1
