@@ -1198,10 +1198,17 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     if body.get("top_k") is not None and not by_effort:
         out["top_k"] = body["top_k"]
     stop = body.get("stop")
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    # Anthropic refuses whitespace-only sequences ("\n" is a common OpenAI stop): a model
-    # asked to stop there simply runs on, rather than the whole request failing.
-    if stops := [s for s in stops if isinstance(s, str) and s.strip()]:
+    stops = [s for s in ([stop] if isinstance(stop, str) else stop or []) if isinstance(s, str)]
+    for sequence in stops:
+        if sequence and not sequence.strip():
+            # Anthropic refuses whitespace-only sequences ("\n" is a common OpenAI stop).
+            # Sent without it, the model would run on past every newline (and the answer
+            # be cached as the one to that stop): an OpenAI-format candidate serves it.
+            raise VendorUnsupported(
+                f"stop: this model takes no stop sequence of whitespace alone ({sequence!r})",
+                param="stop",
+            )
+    if stops := [s for s in stops if s]:
         out["stop_sequences"] = stops
     # The end user, as OpenAI's deprecated ``user`` or its successor ``safety_identifier``
     # (the same abuse attribution that Anthropic's ``metadata.user_id`` is for).

@@ -1332,11 +1332,19 @@ def test_logprobs_are_refused_not_ignored(asked, param):
     assert openai_request_to_messages(plain, "claude")["messages"]
 
 
-def test_whitespace_only_stop_sequences_are_not_sent_to_anthropic():
+@pytest.mark.parametrize("stop", ["\n", ["\n\n", "END"], [" \t"]])
+def test_a_whitespace_only_stop_sequence_is_this_candidate_s_refusal(stop: Any) -> None:
+    """Anthropic refuses stop sequences of whitespace alone.  Left out, the model would
+    run on past every newline the client asked it to stop at, so it is not left out in
+    silence: this candidate cannot serve the request (an OpenAI-format one later in the
+    plan can), and when none can the client's 400 names ``stop``."""
     base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    assert "stop_sequences" not in openai_request_to_messages({**base, "stop": "\n"}, "claude")
-    out = openai_request_to_messages({**base, "stop": ["\n\n", "END"]}, "claude")
-    assert out["stop_sequences"] == ["END"]
+    with pytest.raises(VendorUnsupported, match=r"^stop: .*whitespace") as err:
+        openai_request_to_messages({**base, "stop": stop}, "claude")
+    assert err.value.retryable and err.value.status == 400 and err.value.param == "stop"
+    out = openai_request_to_messages({**base, "stop": ["END", " END\n"]}, "claude")
+    assert out["stop_sequences"] == ["END", " END\n"], "text with whitespace around it goes"
+    assert "stop_sequences" not in openai_request_to_messages({**base, "stop": [""]}, "claude")
 
 
 @pytest.mark.parametrize(
