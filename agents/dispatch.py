@@ -31,6 +31,7 @@ from agents.adapters.base import (
 from agents.adapters.http import SENT, scrubbed
 from agents.batcher import COMPLETIONS, EMBEDDINGS, EmbeddingBatcher, EmbedFn, Shape
 from agents.keys import KeyPool
+from agents.meter import Billed, added
 from schemas.config import Batching, Candidate
 from schemas.envelope import HealthEvent, RequestEnvelope
 from schemas.errors import (
@@ -126,35 +127,56 @@ class Outcome:
     # the same, whether the request then failed or another candidate answered it.  Each
     # is the candidate and that share's answer to come; the ledger line adds them up.
     late: list[Late] = field(default_factory=list)
+    # Other calls the request made that went out and were cut before they answered (see
+    # ``Progress.cut``): billed at an estimate on its one line (``usage_event``'s
+    # ``cut``), whether it then failed or another candidate answered.
+    cut: list[Billed] = field(default_factory=list)
     stopped: bool = False  # cut by the worker's stop before it was answered
+
+    def spent(self) -> Usage:
+        """Every token the request's calls are billed: its answer's (or, failed, the
+        call its line names) and the cut calls'."""
+        return added((used for _, used in self.cut), self.usage)
 
 
 @dataclass
 class Progress:
-    """How far a streamed answer got, kept by the caller of ``run``: should the call be
-    cancelled (the worker stopping), the ledger still says who streamed how much."""
+    """How far a request's vendor calls got, kept by the caller of ``run``: should the
+    call be cancelled (the worker stopping, every client gone), the ledger still says
+    which vendors were paid for what."""
 
-    candidate: Candidate | None = None
+    candidate: Candidate | None = None  # the candidate whose stream forwarded text
     chars: int = 0  # characters of answer forwarded
     # The candidate whose stream is open but has said nothing yet (its opening chunks
     # held back): cut by the deadline or a stop, the vendor still bills the prompt.
     opened: Candidate | None = None
+    # Calls that went out (an unstreamed call sent, a stream the vendor opened) and were
+    # cut before they said anything: by a begin limit, the deadline or a stop, or an
+    # opened stream that broke.  The vendor bills each its prompt all the same, so each
+    # is billed so (at an estimate) whatever came next: another candidate's answer too.
+    cut: list[Billed] = field(default_factory=list)
+
+    def cut_off(self, cand: Candidate, body: dict[str, Any]) -> Usage:
+        """``cand``'s call went out and was cut before it said anything: kept to be
+        billed its prompt (at an estimate), and no longer the stream under way."""
+        used = Usage.estimated(body, 0)
+        self.cut.append((cand, used))
+        if self.opened == cand:
+            self.opened = None
+        return used
 
     def bill(self, out: Outcome, body: dict[str, Any]) -> Outcome:
-        """``out`` charged for what was streamed before it ended (at an estimate), with
-        the candidate that streamed it (or opened a stream still silent); as it is when
-        neither."""
+        """``out``, which no candidate answered, charged for what its calls cost (at an
+        estimate): the stream under way (what it forwarded, or a stream opened still
+        silent) and the calls cut before it.  Its line names the last of them (a stream
+        broken part way: the vendor that sent it) and adds the others (``Outcome.cut``);
+        as it is when there were none."""
+        billed = list(self.cut)
         if (who := self.candidate or self.opened) is not None:
-            out.candidate, out.usage = who, self.used(body)
+            billed.append((who, Usage.estimated(body, self.chars)))
+        if billed:
+            (out.candidate, out.usage), out.cut = billed[-1], billed[:-1]
         return out
-
-    def used(self, body: dict[str, Any], by: Candidate | None = None) -> Usage:
-        """What the vendor bills for what streamed (at an estimate): nothing when no
-        stream opened (or, given ``by``, when that candidate's did not)."""
-        streamers = (self.candidate, self.opened)
-        if all(c is None for c in streamers) or (by is not None and by not in streamers):
-            return Usage()
-        return Usage.estimated(body, self.chars)
 
 
 def begin_limit(adapter: object, remaining: float, spare: bool) -> float:
@@ -247,12 +269,15 @@ class Dispatcher:
         if env.endpoint == "count_tokens":  # only vendors that count can answer it
             plan = [c for c in plan if self.counts(c.vendor)]
             may_call = None  # its own endpoint, no outcome reported: it spends no probe
-        if not plan:
-            out.error = NoHealthyVendor(f"no healthy vendor for `{env.alias}`; try again shortly")
-            return out
-        if admit_tenant:  # once per request, not again when the handler re-plans it
+        if admit_tenant and plan:  # once per request, not again when the handler re-plans it
             await self._admit(env, [f"tenant:{env.tenant}"], [f"tenant-tpm:{env.tenant}"])
         try:
+            if not plan:
+                out.error = NoHealthyVendor(
+                    f"no healthy vendor for `{env.alias}`; try again shortly"
+                )
+                # (a re-plan's first run may have paid for calls cut before it)
+                return progress.bill(out, env.body) if progress else out
             return await self._run(
                 env, plan, on_chunk, out, vendor_wait_s, progress, may_call, withdrawn, release
             )
@@ -261,13 +286,14 @@ class Dispatcher:
             # another candidate answered the request after (the handler meters both).
             out.late.extend(self._orphans.pop(env.correlation_id, ()))
             replanned = vendor_wait_s is not None and isinstance(out.error, RateLimited)
-            settle = admit_tenant if settle_tenant is None else settle_tenant
+            admitted = admit_tenant and bool(plan)
+            settle = admitted if settle_tenant is None else settle_tenant
             if settle and not replanned:  # settled once: what was not used goes back
-                if out.candidate is not None:
-                    used = out.usage
-                else:  # cut (a stop, every client gone): what streamed, as the line bills
-                    used = progress.used(env.body) if progress else Usage()
-                self._settle(env, f"tenant-tpm:{env.tenant}", used)
+                billed = out
+                if out.candidate is None and progress is not None:
+                    # Cut (a stop, every client gone): what its calls cost, as the line bills
+                    billed = progress.bill(Outcome(), env.body)
+                self._settle(env, f"tenant-tpm:{env.tenant}", billed.spent())
 
     async def _run(
         self,
@@ -301,10 +327,12 @@ class Dispatcher:
         held = [0.0] * len(plan)  # when each candidate's vendor said it may be called again
         errs: list[RelayError | None] = [None] * len(plan)  # each one's last error
         for round_no in range(self.max_rounds):
+            skipped = [False] * len(plan)  # passed over this round (a breaker, a probe)
             for i, cand in enumerate(plan):
                 if deadline - time.time() <= 0:
-                    # Still waiting on our own limits when the time ran out: that is a 429
-                    # with Retry-After, whichever candidate came next.
+                    # Still waiting on our own limits when the time ran out (the last
+                    # attempt is the one that ran into it): that is a 429 with Retry-After,
+                    # whichever candidate came next.
                     out.error = (
                         last
                         if isinstance(last, RateLimited)
@@ -314,7 +342,7 @@ class Dispatcher:
                 if held[i] > time.time():
                     continue  # its Retry-After has not passed: not called again yet
                 if may_call is not None and not may_call(cand, spend=False):
-                    passed = True
+                    passed = skipped[i] = True
                     continue  # not worth a wait at its gate
                 out.attempts += 1
                 # Another candidate that could take over if this one hangs.
@@ -334,7 +362,7 @@ class Dispatcher:
                     )
                 except _Passed:
                     out.attempts -= 1  # nothing was called
-                    passed = True
+                    passed = skipped[i] = True
                     continue
                 except RateLimited as err:
                     # Our own bucket: another candidate may have room; this one has none
@@ -363,6 +391,7 @@ class Dispatcher:
                         release(cand)
                 out.candidate, out.body, out.usage = cand, result.body, result.usage
                 out.batched = result.shared
+                out.cut = list(streamed.cut)  # calls cut before it: billed on its line too
                 return out
             if last is None and out.attempts == 0 and passed:
                 # Planned as the probe another request sent first, or to a breaker that
@@ -372,11 +401,17 @@ class Dispatcher:
                     "every vendor for this model is failing or rate-limited; try again shortly",
                     retry_after=1.0,
                 )
-                return out
-            if isinstance(last, RateLimited):
-                break  # our own bucket said the deadline cannot be met: say so now
-            if min(held) >= deadline:
-                break  # every vendor asked to wait past the deadline: say so now, not later
+                return streamed.bill(out, env.body)  # (a re-plan's first run's cut calls)
+            if all(
+                skipped[j] or held[j] >= deadline or isinstance(errs[j], RateLimited)
+                for j in range(len(plan))
+            ):
+                # Every candidate is held past the deadline (its vendor's Retry-After, its
+                # benched keys, ruled out), refused by our own bucket (its wait past the
+                # deadline, or the alias's patience), or passed over: say so now, not
+                # later.  Whatever the plan's order: one candidate's full bucket never
+                # keeps another's retryable failure from its retry.
+                break
             if round_no + 1 < self.max_rounds:
                 await self._backoff(env, round_no, min(held))
         out.error = _verdict(held, errs, last)
@@ -511,11 +546,13 @@ class Dispatcher:
                         adapter, env, cand, call, counted, progress, wait_s=wait_s
                     )
             except asyncio.CancelledError:
-                # Stopped (every client of the stream gone, or the worker stopping): the
-                # vendor's tokens are squared with what streamed, as the line bills it.
-                self._settle(env, tpm, progress.used(env.body, cand) if progress else Usage())
+                # Stopped (every client of the stream gone, or the worker stopping): a call
+                # that went out is billed all the same, and the vendor's tokens are
+                # squared with what it is billed, as the line bills it.
+                self._settle(env, tpm, _cut(env, cand, progress, forwarded))
                 raise
             except TimeoutError:
+                _cut(env, cand, progress, forwarded)  # billed even when another answers
                 cut: RelayError
                 blame: RelayError
                 if forwarded or limit >= remaining:
@@ -543,6 +580,10 @@ class Dispatcher:
                 scrubbed(exc, key)
                 if exc.refused and progress is not None:
                     progress.opened = None  # the vendor did not take the call: unbilled
+                elif env.stream and progress is not None and progress.opened == cand:
+                    # Opened, then broken before it said anything (a dropped connection):
+                    # billed its prompt, whether or not the next candidate answers.
+                    _cut(env, cand, progress, forwarded)
                 if isinstance(exc, RateLimited):
                     # Our own gate, for the window's call: nothing went out, nothing to
                     # report; the next candidate may have room.
@@ -599,6 +640,8 @@ class Dispatcher:
                 # a body that will not decode): the vendor's failure, reported, and the
                 # next candidate tried, rather than an internal error for the client.
                 log.warning("%s/%s sent an unreadable answer (%s)", cand.vendor, cand.model, what)
+                if env.stream and progress is not None and progress.opened == cand:
+                    _cut(env, cand, progress, forwarded)  # opened: billed, as above
                 err = VendorUnavailable(
                     f"{cand.vendor}: the vendor's answer could not be read ({what})"
                 )
@@ -727,23 +770,52 @@ class Dispatcher:
 def _verdict(
     held: list[float], errs: list[RelayError | None], last: RelayError | None
 ) -> RelayError:
-    """The error a request no candidate answered ends with: the last one, unless no
-    candidate may be called now (each asked to wait, by its Retry-After, its benched keys
-    or our own bucket, or is ruled out).  Then the client hears the soonest of those
-    waits, counted from now: when a retry can be served, not the last candidate's longer
-    wait, nor a 502 without any while another candidate said when.  Our own bucket's
-    ``RateLimited`` stays what it is when it came last (the handler may route a request
-    it held too long cheaper), carrying that soonest wait."""
+    """The error a request no candidate answered ends with, whatever the plan's order.
+    When a candidate may be called now, its error says more than a wait: the last such
+    one's in the plan (else, one passed over, the last error).  When none may (each
+    asked to wait, by its Retry-After, its benched keys or our own bucket, or is ruled
+    out), the client hears the soonest of those waits, counted from now: when a retry
+    can be served, not the last candidate's longer wait, nor a 502 without any while
+    another candidate said when.  It is our own bucket's ``RateLimited`` when one of
+    them held a candidate (the handler may route a request it held too long cheaper),
+    else the error of the candidate that named that wait."""
     now = time.time()
     if last is None:
         return NoHealthyVendor("every candidate failed")
-    waits = [(until, err) for until, err in zip(held, errs, strict=True) if err is not None]
-    if min(held) <= now or not any(until < math.inf for until, _ in waits):
-        return last  # a candidate may be called now: its error says more than a wait
+    said = [(until, err) for until, err in zip(held, errs, strict=True) if err is not None]
+    if min(held) <= now:
+        free = [err for until, err in said if until <= now]
+        return free[-1] if free else last
+    waits = [(until, err) for until, err in said if until < math.inf]
+    if not waits:
+        return last  # every candidate ruled out: the last one's reason
     until, err = min(waits, key=lambda w: w[0])
-    chosen = last if isinstance(last, RateLimited) else err
+    ours = [e for _, e in said if isinstance(e, RateLimited)]
+    chosen = ours[0] if ours else err
     chosen.retry_after = max(0.0, until - now)
     return chosen
+
+
+def _cut(
+    env: RequestEnvelope, cand: Candidate, progress: Progress | None, forwarded: bool
+) -> Usage:
+    """What ``cand``'s call, cut (a begin limit, the deadline, a stop) or broken, is
+    billed (at an estimate), kept on ``progress`` when it is one of the request's cut
+    calls.  A stream that forwarded text is the stream under way (``Progress.bill``
+    charges it).  One that said nothing is billed its prompt once it went out: a stream
+    the vendor opened (the README's rule for streams), an unstreamed call sent (the vendor
+    goes on with it, and bills it).  Nothing otherwise: a stream not yet opened, a call
+    not sent, a token count (free), a window-batched call (its share is metered as
+    ``Outcome.late``: it went out on the window's own task, which ``SENT`` does not
+    reach from here)."""
+    if progress is None or env.endpoint == "count_tokens":
+        return Usage()
+    if forwarded:
+        return Usage.estimated(env.body, progress.chars)
+    streamed = env.stream and env.endpoint == "chat"
+    if progress.opened == cand if streamed else SENT.get():
+        return progress.cut_off(cand, env.body)
+    return Usage()
 
 
 def hollow(chunk: dict[str, Any]) -> bool:

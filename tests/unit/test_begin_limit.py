@@ -20,6 +20,7 @@ from agents.dispatch import Dispatcher
 from agents.keys import KeyPool
 from schemas.config import Candidate, VendorConfig
 from schemas.envelope import HealthEvent
+from schemas.usage import Usage
 from tables.health import BreakerPolicy, Health, record
 from tests.support.envelopes import request_envelope
 
@@ -284,3 +285,38 @@ async def test_a_stream_that_has_not_begun_within_its_share_still_counts(
     out = await dispatch.run(envelope(2.0, stream=True), plan, sink)
     assert out.error is None and out.candidate == plan[1]
     assert (seen[0].vendor, seen[0].error_code) == ("anthropic", "vendor_unavailable")
+
+
+async def opened_then_silent() -> AsyncIterator[bytes]:
+    """The vendor takes the call (message_start) and then says nothing."""
+    yield event("message_start", MESSAGE_START)
+    await asyncio.sleep(30)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_call_cut_by_its_begin_limit_is_billed_when_the_next_one_answers(
+    stream: bool,
+) -> None:
+    """Unstreamed, the first vendor took the call and hung past its timeout_s; streamed,
+    it opened its stream and went quiet.  It was cut and the backup answered; the vendor
+    bills the cut call's prompt all the same, so the outcome carries it (at an
+    estimate) beside the answer, for the request's one ledger line — as it would were
+    the request to fail instead."""
+    dispatch, _, plan = vendors(streaming(opened_then_silent) if stream else hangs, timeout_s=0.3)
+    env = envelope(5.0, stream=stream)
+    out = await dispatch.run(env, plan, _ignore if stream else None)
+    assert out.error is None and out.candidate == plan[1]
+    assert out.cut == [(plan[0], Usage.estimated(env.body, 0))]
+    assert out.spent().input_tokens == out.usage.input_tokens + out.cut[0][1].input_tokens
+
+
+async def test_a_stream_cut_before_the_vendor_opened_it_is_not_billed() -> None:
+    """No answer at all (not even the stream's opening) within timeout_s: the vendor did
+    not take the call, as far as the relay can tell, and nothing is billed for it."""
+    dispatch, _, plan = vendors(hangs, timeout_s=0.3)
+    out = await dispatch.run(envelope(5.0, stream=True), plan, _ignore)
+    assert out.error is None and out.candidate == plan[1] and out.cut == []
+
+
+async def _ignore(chunk: dict[str, Any]) -> None:
+    return None

@@ -372,7 +372,7 @@ async def test_an_error_after_a_stream_opened_but_before_any_text_falls_back() -
     )
     plan = [Candidate(vendor="anthropic", model="claude"), Candidate(vendor="backup", model="m")]
     out, got = await _streamed(dispatch, plan)
-    assert out.error is None and out.candidate == plan[1]
+    assert out.error is None and out.candidate == plan[1] and out.cut == []
     assert out.usage.input_tokens == 3 and out.usage.output_tokens == 1, "the backup's usage"
     deltas = [c["choices"][0]["delta"] for c in got if c["choices"]]
     assert deltas == [{"role": "assistant", "content": ""}, {"content": "hello"}, {}]
@@ -649,3 +649,172 @@ async def test_a_candidate_ruled_out_does_not_hide_another_s_retry_after():
     assert out.error is not None and out.error.code == "vendor_rate_limited"
     assert out.error.retry_after == pytest.approx(20.0, abs=0.2)
     assert len(a.calls) == len(b.calls) == 1
+
+
+# Cut calls: a call that went out and was cut before it answered (a begin limit, the
+# deadline, a stop) is billed its prompt at an estimate, whatever came after.
+
+PROMPT = {"model": "m", "messages": [{"role": "user", "content": "word " * 800}]}
+
+
+def hanging(
+    timeout_s: dict[str, float] | None = None, *, names: tuple[str, ...] = ("a",)
+) -> tuple[Dispatcher, asyncio.Event]:
+    """OpenAI adapters (one per name) whose vendors take each call and never answer; the
+    event is set once a call has reached a vendor."""
+    import httpx
+
+    from agents.adapters.registry import make_adapter
+    from schemas.config import VendorConfig
+
+    reached = asyncio.Event()
+
+    async def route(request: Any) -> Any:
+        reached.set()
+        await asyncio.sleep(30)
+        raise AssertionError("never answers")
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(route))
+    adapters = {
+        name: make_adapter(
+            VendorConfig(
+                kind="openai",
+                base_url=f"http://{name}.test/v1",
+                timeout_s=(timeout_s or {}).get(name),
+            ),
+            http,
+        )
+        for name in names
+    }
+    pools = {name: KeyPool(["k-0123456789"]) for name in names}
+    return Dispatcher(adapters, pools, lambda ev: asyncio.sleep(0), max_rounds=1), reached
+
+
+async def test_an_unstreamed_call_cut_by_the_deadline_is_billed_its_prompt() -> None:
+    """The prompt went out and the vendor was still generating at the deadline: it
+    finishes (and bills) the call all the same, so the failed request's line names it,
+    with its prompt at an estimate, rather than a free call."""
+    dispatch, _ = hanging()
+    env = request_envelope(deadline_ms=int((time.time() + 0.5) * 1000), body=PROMPT)
+    out = await dispatch.run(env, [CAND], None)
+    assert out.error is not None and out.error.code == "deadline_exceeded"
+    assert out.candidate == CAND and out.usage == Usage.estimated(PROMPT, 0)
+    assert out.usage.input_tokens > 1000 and out.cut == []
+
+
+async def test_an_unstreamed_call_stopped_after_it_went_out_is_billed_its_prompt() -> None:
+    from agents.dispatch import Progress
+
+    dispatch, reached = hanging()
+    env = request_envelope(deadline_ms=int((time.time() + 10) * 1000), body=PROMPT)
+    progress = Progress()
+    task = asyncio.create_task(dispatch.run(env, [CAND], None, progress=progress))
+    await reached.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    stopped = progress.bill(Outcome(), PROMPT)  # as the handler does when the worker stops
+    assert stopped.candidate == CAND and stopped.usage == Usage.estimated(PROMPT, 0)
+
+
+async def test_every_call_cut_is_billed_on_the_failed_request_s_line() -> None:
+    """``a`` is cut by its timeout_s, ``b`` by the deadline: the line names ``b`` (the
+    last) and adds ``a``'s call, each at its own candidate's prices."""
+    dispatch, _ = hanging({"a": 0.2}, names=("a", "b"))
+    a, b = CAND, Candidate(vendor="b", model="y", input_per_1m=3)
+    env = request_envelope(deadline_ms=int((time.time() + 1.0) * 1000), body=PROMPT)
+    out = await dispatch.run(env, [a, b], None)
+    assert out.error is not None and out.error.code == "deadline_exceeded"
+    estimate = Usage.estimated(PROMPT, 0)
+    assert (out.candidate, out.usage, out.cut) == (b, estimate, [(a, estimate)])
+
+
+async def test_a_stream_opened_then_broken_before_any_text_is_billed_when_the_next_answers():
+    """The vendor opened the stream (its role chunk) and the connection then dropped: it
+    took the call (not a refusal), so it is billed its prompt, the next candidate's
+    answer notwithstanding — as it is when no candidate answers after it."""
+    import httpx
+
+    from agents.adapters.registry import make_adapter
+    from schemas.config import VendorConfig
+
+    async def opened_then_dropped() -> Any:
+        yield f"data: {json.dumps(_openai_chunk({'role': 'assistant'}))}\n\n".encode()
+        raise httpx.ReadError("connection reset")
+
+    answer = "".join(
+        f"data: {json.dumps(c)}\n\n"
+        for c in (_openai_chunk({"content": "hello"}), _openai_chunk({}, "stop"))
+    )
+
+    def route(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "text/event-stream"}
+        if request.url.host == "a.test":
+            return httpx.Response(200, content=opened_then_dropped(), headers=headers)
+        return httpx.Response(200, text=answer + "data: [DONE]\n\n", headers=headers)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(route))
+    adapters = {
+        name: make_adapter(VendorConfig(kind="openai", base_url=f"http://{name}.test/v1"), http)
+        for name in ("a", "b")
+    }
+    pools = {name: KeyPool(["k-0123456789"]) for name in adapters}
+    dispatch = Dispatcher(adapters, pools, lambda ev: asyncio.sleep(0), max_rounds=1)
+    body = {**PROMPT, "stream": True}
+    env = request_envelope(deadline_ms=int((time.time() + 5) * 1000), body=body, stream=True)
+    b = Candidate(vendor="b", model="y")
+    out = await dispatch.run(env, [CAND, b], lambda chunk: asyncio.sleep(0))
+    assert out.error is None and out.candidate == b
+    assert out.cut == [(CAND, Usage.estimated(body, 0))]
+
+    out = await dispatch.run(env, [CAND], lambda chunk: asyncio.sleep(0))
+    assert out.error is not None and out.candidate == CAND and out.cut == []
+
+
+def test_a_cut_call_is_added_to_the_request_s_one_line_at_its_own_prices() -> None:
+    """The answer's figures plus the cut calls' (tokens, and cost at their candidates'
+    prices); the direct cost stays the answer's.  A coalesced line pays for no call."""
+    from agents.meter import usage_event
+    from tables.prices import PriceSheet, cost_of
+
+    answered = Candidate(vendor="b", model="y", input_per_1m=10, output_per_1m=20)
+    cut = Candidate(vendor="a", model="x", input_per_1m=1, output_per_1m=2)
+    sheet = PriceSheet(primary={"m": answered})
+    env = request_envelope(alias="m")
+    usage, estimate = Usage(input_tokens=100, output_tokens=50), Usage(input_tokens=1000)
+    line = usage_event(env, sheet, candidate=answered, usage=usage, cut=[(cut, estimate)])
+    assert line.vendor == "b" and line.status == "ok"
+    assert (line.usage.input_tokens, line.usage.output_tokens) == (1100, 50)
+    assert line.cost == pytest.approx(cost_of(answered, usage) + cost_of(cut, estimate))
+    assert line.direct_cost == pytest.approx(cost_of(answered, usage))
+    coalesced = usage_event(
+        env, sheet, candidate=answered, usage=usage, cut=[(cut, estimate)], coalesced=True
+    )
+    assert coalesced.cost == 0 and coalesced.usage == usage
+
+
+async def test_an_unstreamed_request_cut_by_the_deadline_has_one_line_that_bills_the_call():
+    from agents.handler import RequestHandler
+    from agents.route import Router
+    from schemas.config import RelayConfig
+    from tables.prices import PriceSheet
+    from tests.support.sinks import Sink
+
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {"a": {"kind": "openai", "base_url": "http://a.test/v1"}},
+            "models": {"m": {"candidates": [CAND.model_dump()]}},
+            "tenants": {"t": {}},
+        }
+    )
+    dispatch, _ = hanging()
+    sink = Sink()
+    dispatch.on_health = sink.health
+    handler = RequestHandler(
+        Router(config, {}.get), dispatch, PriceSheet.from_config(config.models), sink
+    )
+    env = request_envelope(deadline_ms=int((time.time() + 0.5) * 1000), body=PROMPT, alias="m")
+    await handler.handle(env)
+    [line] = sink.ledger
+    assert (line.status, line.error_code, line.vendor) == ("error", "deadline_exceeded", "a")
+    assert line.usage == Usage.estimated(PROMPT, 0) and line.cost > 0

@@ -425,3 +425,77 @@ def test_only_the_request_that_took_the_probe_gives_it_back() -> None:
     asyncio.run(probe())
     asyncio.run(other())
     assert not router.may_call(primary, spend=False)
+
+
+class FailsOnce(Vendor):
+    """A transient 502 on its first call, then answers."""
+
+    async def chat(self, call: VendorCall) -> VendorResult:
+        self.calls += 1
+        if self.calls == 1:
+            raise VendorUnavailable("a: HTTP 502 once")
+        return VendorResult(ANSWER, self.usage)
+
+
+def spent_bucket(vendor: str) -> PriorityGate:
+    """A gate whose ``vendor`` has spent its one request of this minute."""
+    gate = PriorityGate()
+    gate.configure(
+        f"vendor:{vendor}",
+        TokenBucket(capacity=1, refill_per_s=1 / 60, tokens=0, updated=time.monotonic()),
+    )
+    return gate
+
+
+@pytest.mark.parametrize("order", ["ab", "ba"])
+@pytest.mark.parametrize("patience", [None, 0.1])
+async def test_a_full_bucket_never_keeps_another_candidate_s_transient_error_from_its_retry(
+    order: str, patience: float | None
+) -> None:
+    """``a`` fails once with a 502 and would answer on retry; ``b``'s vendor RPM bucket is
+    empty for a minute (past the deadline; past the alias's patience).  Whatever the
+    plan's order, ``a`` is retried and answers: no 429 with a minute's Retry-After, and
+    no rate-pressure downgrade (a ``RateLimited`` outcome), because ``b`` came last."""
+    a, b = FailsOnce(), Vendor()
+    dispatch, _ = dispatcher({"a": a, "b": b}, gate=spent_bucket("b"))
+    cands = {"a": Candidate(vendor="a", model="m"), "b": Candidate(vendor="b", model="m")}
+    out = await dispatch.run(within(5.0), [cands[x] for x in order], None, vendor_wait_s=patience)
+    assert out.error is None and out.candidate == cands["a"]
+    assert (a.calls, b.calls) == (2, 0)
+
+
+@pytest.mark.parametrize("order", ["ab", "ba"])
+@pytest.mark.parametrize("patience", [None, 0.1])
+async def test_a_request_every_candidate_failed_hears_the_same_whatever_the_plan_s_order(
+    order: str, patience: float | None
+) -> None:
+    """``a`` keeps failing with a 502 (it may be called again now), ``b``'s bucket is
+    empty: the verdict is ``a``'s error, in either order, not our own 429 when ``b``
+    happened to be tried last."""
+    a, b = Vendor(VendorUnavailable), Vendor()
+    dispatch, _ = dispatcher({"a": a, "b": b}, gate=spent_bucket("b"))
+    cands = {"a": Candidate(vendor="a", model="m"), "b": Candidate(vendor="b", model="m")}
+    out = await dispatch.run(within(5.0), [cands[x] for x in order], None, vendor_wait_s=patience)
+    assert isinstance(out.error, VendorUnavailable)
+    assert (a.calls, b.calls) == (2, 0)
+
+
+async def test_every_candidate_held_by_our_own_buckets_is_said_at_once() -> None:
+    """Both buckets empty past the deadline: one round, no backoff, our own 429."""
+    gate = spent_bucket("a")
+    gate.configure(
+        "vendor:b",
+        TokenBucket(capacity=1, refill_per_s=1 / 60, tokens=0, updated=time.monotonic()),
+    )
+    a, b = Vendor(), Vendor()
+    dispatch, _ = dispatcher({"a": a, "b": b}, gate=gate)
+    backoffs: list[int] = []
+
+    async def no_backoff(env: Any, round_no: int, until: float) -> None:
+        backoffs.append(round_no)
+
+    dispatch._backoff = no_backoff  # type: ignore[method-assign,assignment]
+    plan = [Candidate(vendor="a", model="m"), Candidate(vendor="b", model="m")]
+    out = await dispatch.run(within(5.0), plan, None)
+    assert isinstance(out.error, RateLimited) and backoffs == []
+    assert (a.calls, b.calls) == (0, 0)
