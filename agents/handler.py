@@ -16,11 +16,12 @@ from functools import partial
 from typing import Any, Protocol
 
 from agents.adapters.base import VendorResult
-from agents.batch_lane import VENDOR_WINDOW_S, BatchLane
+from agents.batch_lane import POLL_MAX_S, VENDOR_WINDOW_S, BatchLane
 from agents.dispatch import Dispatcher, Late, Outcome, Progress
 from agents.flights import Flight, Flights, Waiter, given_up
 from agents.meter import usage_event
 from agents.route import Router
+from schemas.batches import COMPLETION_WINDOW_S, EXPIRY_GRACE_S
 from schemas.config import Candidate
 from schemas.envelope import (
     HealthEvent,
@@ -47,6 +48,7 @@ from schemas.formats.openai import response_to_chunks
 from schemas.usage import Usage
 from tables.budgets import BudgetDecision
 from tables.cache import CacheEntry, cache_key, storable
+from tables.health import blended_price
 from tables.holds import AFTER_DEADLINE_S, Joins
 from tables.prices import PriceSheet, cost_of
 
@@ -60,6 +62,11 @@ REPLY_SEND_S = 10.0
 # How long a stopping worker waits for the broker to take back a Batch API line it cut
 # (within the stop's 5 s to answer what it cut): past it, the line is answered as cut.
 PUT_BACK_S = 2.0
+# The longest a vendor batch may take to answer, from when the lane sends it: the vendor's
+# 24 h window (OpenAI's, Azure's and Anthropic's; the relay's own Batch API's too), the
+# upload and create calls before it starts, and the poll that reads the answer (a minute
+# apart at most by then).
+VENDOR_BATCH_S = COMPLETION_WINDOW_S + 30.0 + POLL_MAX_S
 STOPPED = "the worker stopped before the answer; try again"
 CLOSED = "the client went away before the answer ended"
 
@@ -460,14 +467,16 @@ class RequestHandler:
         return apart
 
     async def _deferred(self, env: RequestEnvelope) -> bool:
-        """Background chat goes to the batch-API lane when a candidate's vendor has one,
-        unless it costs nothing now: the same call is under way (it joins that), or the
-        answer is in the cache (it is served from there)."""
+        """Background chat goes to the batch-API lane when a candidate's vendor has one
+        and its batch price is no higher than the realtime way's, unless it costs nothing
+        now: the same call is under way (it joins that), or the answer is in the cache
+        (it is served from there).  A Batch API line whose batch could end before a
+        vendor batch sent now answers goes the realtime way too (``_outlasted``)."""
         if self.lane is None or env.priority is not Priority.background:
             return False
         if env.stream or env.endpoint != "chat" or self.flights.live(env, self._apart(env)):
             return False
-        if await self._hit(env) is not None:
+        if await self._hit(env) is not None or self._outlasted(env, self.lane):
             return False
         try:  # a request degraded by its tenant's budget goes the cheaper way here too
             plan = self.router.plan(
@@ -476,6 +485,9 @@ class RequestHandler:
                 user=env.user,  # a canary sticky per user stays so on this lane too
                 degraded=env.degraded is not None,
                 tenant=env.tenant,
+                # No stale latency is measured with it: a vendor batch reports none, and
+                # the worker's one measurement a window is the realtime way's to make.
+                room_s=0.0,
             )
         except RelayError:
             return False
@@ -483,6 +495,8 @@ class RequestHandler:
         # Closed breakers only: a vendor batch reports no outcome, so it can neither be
         # the probe nor go to a vendor no probe has said is back (the realtime way can).
         if cand is None or not self.router.closed(cand):
+            return False
+        if not self._batch_pays(env, cand, plan[0]):
             return False
         self.lane.submit(env, cand)
         # Its line comes when its vendor batch is read back, maybe a day from now (its
@@ -500,6 +514,29 @@ class RequestHandler:
             # request was still waiting to go out and is withdrawn).
             self._arm(env)
         return True
+
+    def _batch_pays(self, env: RequestEnvelope, cand: Candidate, first: Candidate) -> bool:
+        """Whether ``env`` costs no more through ``cand``'s vendor batch (at its discount)
+        than the realtime way, whose first candidate is ``first`` (blended prices, as the
+        route ranks them): a background request never costs more for waiting, so a
+        cheaper candidate without a batch API (a local model, say) answers it now.  A
+        budget-degraded request never goes to a dearer model than its cheaper plan's
+        first, discount or not: the downgrade is to that model."""
+        price = blended_price(cand)
+        if env.degraded is None:
+            price *= 1.0 - self.discounts.get(cand.vendor, 0.0)
+        return price <= blended_price(first)
+
+    def _outlasted(self, env: RequestEnvelope, lane: BatchLane) -> bool:
+        """Whether ``env`` is a Batch API line whose batch could end before a vendor batch
+        sent now answers it: that answer, billed, would come after its line was recorded
+        ``batch_expired`` and be thrown away; sent now, the line is answered in time."""
+        lines = self.batch_lines
+        if lines is None or env.reply_to != lines.topic:
+            return False
+        # Its deadline is its batch's end; the store takes answers for a grace after it.
+        recorded_by = env.deadline_ms / 1000 + EXPIRY_GRACE_S
+        return time.time() + lane.rule.max_age_s + VENDOR_BATCH_S > recorded_by
 
     def _arm(self, env: RequestEnvelope) -> None:
         """Answer ``env`` (a lane request a gateway waits on) 504 at its deadline, or at

@@ -700,6 +700,167 @@ async def test_budget_degraded_background_work_goes_the_cheaper_way_and_says_so(
     assert sink.for_(env.correlation_id)[-1].degraded == "budget_80pct"
 
 
+def with_lane(handler: RequestHandler, batches: SlowBatches) -> None:
+    """Give ``handler`` a batch lane to vendor ``a``'s batch API (``batches``), sending
+    each request at once."""
+    from agents.batch_lane import BatchLane
+    from schemas.config import BatchLane as LaneRule
+
+    rule = LaneRule(max_size=1, poll_s=0.01)
+    handler.lane = BatchLane({"a": batches}, {"a": KeyPool(["k"])}, rule, handler.deliver_batch)
+
+
+async def settled(handler: RequestHandler) -> None:
+    """Wait for the vendor batches the handler's lane sent to be answered."""
+    assert handler.lane is not None
+    for task in list(handler.lane._tasks):
+        await task
+
+
+def priced(**prices: tuple[float, float] | None) -> RelayConfig:
+    """Alias ``m`` (cheapest first) of one candidate per vendor named, model ``<vendor>-m``,
+    at (input, output) USD per 1M tokens (None: unpriced, a local model's)."""
+    cands = []
+    for name, price in prices.items():
+        cand: dict[str, Any] = {"vendor": name, "model": f"{name}-m"}
+        if price is not None:
+            cand |= {"input_per_1m": price[0], "output_per_1m": price[1]}
+        cands.append(cand)
+    return RelayConfig.model_validate(
+        {
+            "vendors": {n: {"kind": "openai", "base_url": f"http://{n}/v1"} for n in prices},
+            "models": {"m": {"strategy": "cheapest", "candidates": cands}},
+            "tenants": {"t": {}},
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "discount", "degraded", "sent"),
+    [
+        (priced(a=(2.5, 10), local=None), 0.5, False, "local"),
+        (priced(a=(2.5, 10), local=None), 0.5, True, "local"),
+        (priced(a=(3, 3), b=(2, 2)), 0.5, False, "vendor batch"),
+        (priced(a=(3, 3), b=(2, 2)), 0.0, False, "b"),
+        (priced(a=(3, 3), b=(2, 2)), 0.5, True, "b"),
+    ],
+    ids=["free-local", "free-local-degraded", "discount-wins", "no-discount", "degraded"],
+)
+async def test_background_work_goes_to_a_vendor_batch_only_when_it_costs_no_more(
+    config: RelayConfig, discount: float, degraded: bool, sent: str
+):
+    """Only vendor ``a`` has a batch API.  A background request goes to its batch only
+    when a's price there (its discount taken off) is no higher than the realtime way's
+    first candidate's; a cheaper candidate without a batch API (a free local model)
+    answers it now instead.  A budget-degraded request never goes to a dearer model
+    than its cheaper plan's first, however deep the discount."""
+    calls: list[str] = []
+    batches = SlowBatches()
+    batches.done.set()
+    budget = at_80_percent if degraded else None
+    handler, sink = make(vendor(calls, delay=0), config, discounts={"a": discount}, budget=budget)
+    with_lane(handler, batches)
+    env = envelope(key="bg-priced", priority=Priority.background)
+    await handler.handle(env)
+    await settled(handler)
+    assert sink.for_(env.correlation_id)[-1].kind == "final"
+    [line] = sink.ledger
+    if sent == "vendor batch":
+        assert [call.model for _, call in batches.calls] == ["a-m"] and calls == []
+        assert line.batch_api and line.vendor == "a"
+    else:
+        assert batches.calls == [] and calls == [sent]
+        assert not line.batch_api and line.vendor == sent
+
+
+async def test_a_background_request_never_spends_the_workers_stale_latency_measurement():
+    """A latency alias's slow candidate has had no success for a window: the worker's
+    one measurement of it is a realtime request's to make (a vendor batch reports no
+    latency).  A background request goes to the fast one's vendor batch, and the next
+    realtime request with time for it still measures the slow one."""
+    from tables.health import Health, OutcomeBucket
+
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {"a": {"kind": "openai", "base_url": "http://a/v1"}},
+            "models": {
+                "m": {
+                    "strategy": "latency",
+                    "candidates": [
+                        {"vendor": "a", "model": "fast", "input_per_1m": 1},
+                        {"vendor": "a", "model": "slow", "input_per_1m": 1},
+                    ],
+                }
+            },
+            "tenants": {"t": {}},
+        }
+    )
+    now = time.time()
+    table = {
+        "a/fast": Health(latency_ewma_ms=200, window=[OutcomeBucket(start=now, ok=5)]).model_dump(),
+        "a/slow": Health(
+            latency_ewma_ms=5000, window=[OutcomeBucket(start=now - 3600, ok=5)]
+        ).model_dump(),
+    }
+    sink = Sink()
+    handler = RequestHandler(
+        Router(config, table.get),
+        Dispatcher({}, {}, sink.health),
+        PriceSheet.from_config(config.models),
+        sink,
+    )
+    batches = SlowBatches()
+    batches.done.set()
+    with_lane(handler, batches)
+    env = envelope(key="bg-stale", priority=Priority.background)
+    await handler.handle(env)
+    await settled(handler)
+    assert [call.model for _, call in batches.calls] == ["fast"]
+    assert handler.router.plan("m", time.time(), room_s=3600)[0].model == "slow"
+
+
+@pytest.mark.parametrize(("taken_after_s", "deferred"), [(0, True), (600, False)])
+async def test_a_batch_api_line_goes_to_a_vendor_batch_only_if_its_answer_comes_in_time(
+    taken_after_s: float, deferred: bool
+):
+    """A Batch API line's deadline is its batch's end (24 h from creation; the store
+    takes answers 5 minutes more).  A vendor batch may take its own 24 h from when the
+    lane sends it: a line taken 10 minutes after its batch was created (a lagging
+    consumer, a restart) goes the realtime way, or the vendor's answer, billed, could
+    come after the line was recorded ``batch_expired``.  One taken at once is sent in
+    a vendor batch."""
+    from agents.handler import BatchLines
+    from schemas.batches import COMPLETION_WINDOW_S
+
+    async def not_cancelled(env: RequestEnvelope) -> bool:
+        return False
+
+    async def put_back(env: RequestEnvelope) -> None:
+        raise AssertionError("nothing stops here")
+
+    calls: list[str] = []
+    batches = SlowBatches()
+    batches.done.set()
+    handler, sink = make(vendor(calls, delay=0))
+    handler.batch_lines = BatchLines("relay.batch-results", not_cancelled, put_back)
+    with_lane(handler, batches)
+    created = time.time() - taken_after_s
+    env = envelope(
+        key="line-late",
+        priority=Priority.background,
+        reply_to="relay.batch-results",
+        correlation_id="batch_x/0",
+        deadline_ms=int((created + COMPLETION_WINDOW_S) * 1000),
+    )
+    await handler.handle(env)
+    await settled(handler)
+    assert sink.for_(env.correlation_id)[-1].kind == "final"
+    [line] = sink.ledger
+    assert line.batch_api is deferred
+    assert calls == ([] if deferred else ["a"])
+    assert len(batches.calls) == deferred
+
+
 async def test_an_answer_cached_by_a_candidate_no_longer_configured_still_names_it():
     calls: list[str] = []
     handler, sink = make(vendor(calls))
