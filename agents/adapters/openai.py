@@ -44,7 +44,7 @@ from schemas.errors import (
     VendorUnsupported,
 )
 from schemas.formats.anthropic import without_cache_control
-from schemas.formats.openai import answer_chars
+from schemas.formats.openai import ToolCallIndexes, answer_chars
 from schemas.usage import Usage
 
 # Models that take ``max_completion_tokens`` only: o1, o3, o4-mini…, gpt-5…
@@ -128,11 +128,13 @@ class OpenAIAdapter:
         """The vendor's chunks as it sends them, then one ``Usage``.
 
         ``include_usage`` makes the vendor end with a choices-less usage chunk; that one
-        becomes the ``Usage`` rather than being passed on.
+        becomes the ``Usage`` rather than being passed on.  Tool calls are numbered as
+        OpenAI numbers them (``_number_calls``).
         """
         body = {**self._body(call), "stream": True, "stream_options": {"include_usage": True}}
         usage = Usage()
         done, written = False, 0  # [DONE] seen; characters of answer streamed
+        numbering: dict[int, ToolCallIndexes] = {}  # per choice, for the whole stream
 
         def opened() -> AbstractAsyncContextManager[httpx.Response]:
             return open_stream(
@@ -165,6 +167,7 @@ class OpenAIAdapter:
                 if choices := [c for c in chunk.get("choices") or () if _answering(c)]:
                     for choice in choices:
                         _reasoning_as_content(choice["delta"])
+                        _number_calls(choice, numbering)
                     chunk["choices"] = choices
                     chunk.pop("usage", None)
                     written += answer_chars(chunk)
@@ -529,6 +532,24 @@ def _answering(choice: Any) -> bool:
             return False
         choice["delta"] = {}
     return True
+
+
+def _number_calls(choice: dict[str, Any], numbering: dict[int, ToolCallIndexes]) -> None:
+    """A streamed choice's tool-call fragments at the ``index`` OpenAI would give them:
+    each call its own, counting up from 0 (``ToolCallIndexes``, one per choice for the
+    whole stream).  Ollama's /v1 sends every parallel call at index 0 (older builds no
+    index at all), and an OpenAI-format client's SDK merges fragments by index, so two
+    calls would reach it as one (get_weatherget_time), while the same answer replayed
+    from the cache, or streamed to an Anthropic or Responses client, keeps them apart.
+    OpenAI's own numbering is kept as it is."""
+    frags = choice["delta"].get("tool_calls")
+    if not isinstance(frags, list):
+        return
+    at = choice.get("index")
+    indexes = numbering.setdefault(at if isinstance(at, int) else 0, ToolCallIndexes())
+    for frag in frags:
+        if isinstance(frag, dict):
+            frag["index"] = indexes.of(frag)
 
 
 def _reasoning_as_content(said: dict[str, Any]) -> None:

@@ -1204,8 +1204,11 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
             # Anthropic refuses whitespace-only sequences ("\n" is a common OpenAI stop).
             # Sent without it, the model would run on past every newline (and the answer
             # be cached as the one to that stop): an OpenAI-format candidate serves it.
+            # Said to the client if none can: an Anthropic client's body says
+            # ``stop_sequences``, and its error body carries the message alone, no param.
             raise VendorUnsupported(
-                f"stop: this model takes no stop sequence of whitespace alone ({sequence!r})",
+                f"stop: this model takes no stop sequence of whitespace alone ({sequence!r}), "
+                "in `stop` or `stop_sequences`",
                 param="stop",
             )
     if stops := [s for s in stops if s]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.errors import BadRequest
-from schemas.formats.openai import call_function
+from schemas.formats.openai import ToolCallIndexes, call_function
 
 FINISH = {"tool_calls": "function_call"}
 
@@ -95,13 +95,26 @@ def answer_as_function_call(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "choices": choices}
 
 
-def chunk_as_function_call(chunk: dict[str, Any]) -> dict[str, Any]:
-    """A stream chunk with its first tool call's deltas as ``function_call`` deltas."""
+def chunk_as_function_call(
+    chunk: dict[str, Any], numbering: dict[int, ToolCallIndexes] | None = None
+) -> dict[str, Any]:
+    """A stream chunk with its first tool call's deltas as ``function_call`` deltas.
+
+    The first call is the one ``ToolCallIndexes`` numbers 0, not every fragment at index
+    0: a server that gives each parallel call index 0 (Ollama's /v1) would have them
+    joined into one function call.  ``numbering`` is the stream's, one per choice, kept
+    across its chunks (pass the same dict for each); without it a fragment's call is its
+    own ``index``, as the relay's streams number them (its adapters', a cache replay's)."""
     choices = []
     for choice in chunk.get("choices") or []:
         delta = dict(choice.get("delta") or {})
-        calls = delta.pop("tool_calls", None) or []
-        first = [c for c in calls if c.get("index", 0) == 0]
+        calls = [c for c in delta.pop("tool_calls", None) or [] if isinstance(c, dict)]
+        if numbering is None:
+            first = [c for c in calls if c.get("index", 0) == 0]
+        else:
+            at = choice.get("index")
+            indexes = numbering.setdefault(at if isinstance(at, int) else 0, ToolCallIndexes())
+            first = [c for c in calls if indexes.of(c) == 0]  # (each fragment numbered)
         if first:
             fn = call_function(first[0])
             delta["function_call"] = {k: fn[k] for k in ("name", "arguments") if k in fn}

@@ -203,6 +203,32 @@ async def test_stream_turns_ndjson_into_chunks_then_usage():
     assert message["content"] == "Let me check."
 
 
+async def test_parallel_tool_calls_stream_numbered_as_openai_numbers_them():
+    """/api/chat numbers no call: the adapter counts them, so the chunks an OpenAI-format
+    client's SDK merges by index keep each call its own, two in one line or not."""
+    from openai._models import construct_type
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    def line(*cities: str) -> dict:
+        calls = [{"function": {"name": "weather", "arguments": {"city": c}}} for c in cities]
+        message = {"role": "assistant", "content": "", "tool_calls": calls}
+        return {"model": "llama3.2", "message": message, "done": False}
+
+    _, handler = recorder(
+        httpx.Response(200, content=ndjson(line("Oslo", "Paris"), line("Rome"), final()))
+    )
+    *chunks, _ = [item async for item in adapter_for(handler).stream(call())]
+    frags = [f for c in chunks for f in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert [f["index"] for f in frags] == [0, 1, 2]
+    assert len({f["id"] for f in frags}) == 3
+    state = ChatCompletionStreamState()
+    for c in chunks:
+        state.handle_chunk(construct_type(type_=ChatCompletionChunk, value=c))
+    said = state.current_completion_snapshot.choices[0].message.tool_calls or []
+    assert [json.loads(c.function.arguments)["city"] for c in said] == ["Oslo", "Paris", "Rome"]
+
+
 async def test_a_raw_next_line_character_in_the_content_stays_in_its_line():
     """Go's encoding/json leaves U+0085 (and U+2028's kin in other servers) raw inside
     strings: NDJSON lines end at "\\n" alone, so the content arrives whole."""

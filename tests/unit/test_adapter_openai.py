@@ -1185,3 +1185,108 @@ async def test_a_batch_line_s_error_keeps_the_vendor_s_code_as_a_live_answer_doe
     assert isinstance(results["b"], VendorAuthFailed)
     assert isinstance(results["c"], VendorBadRequest)
     assert results["c"].vendor_code == "context_length_exceeded"
+
+
+# -- parallel tool calls a server numbers its own way --------------------------------
+
+
+def call_frag(index: int | None, arguments: str, **first) -> dict:
+    """A tool-call fragment (``index`` None: none given); ``first`` its id and name."""
+    fn = {"arguments": arguments, **({"name": first.pop("name")} if "name" in first else {})}
+    return {**({} if index is None else {"index": index}), **first, "function": fn}
+
+
+def calls_chunk(*frags: dict) -> dict:
+    return chunk({"tool_calls": list(frags)})
+
+
+WEATHER_A = {"id": "call_a", "type": "function", "name": "get_weather"}
+TIME_B = {"id": "call_b", "type": "function", "name": "get_time"}
+PARALLEL_CALLS = [
+    ("call_a", "get_weather", '{"city":"Paris"}'),
+    ("call_b", "get_time", '{"city":"Oslo"}'),
+]
+PARALLEL = {
+    # Ollama 0.20.x /v1: every call whole, each at index 0.
+    "whole at index 0": [
+        calls_chunk(call_frag(0, '{"city":"Paris"}', **WEATHER_A)),
+        calls_chunk(call_frag(0, '{"city":"Oslo"}', **TIME_B)),
+    ],
+    # Older Ollama builds: no index at all.
+    "no index": [
+        calls_chunk(call_frag(None, '{"city":"Paris"}', **WEATHER_A)),
+        calls_chunk(call_frag(None, '{"city":"Oslo"}', **TIME_B)),
+    ],
+    "one chunk at index 0": [
+        calls_chunk(
+            call_frag(0, '{"city":"Paris"}', **WEATHER_A),
+            call_frag(0, '{"city":"Oslo"}', **TIME_B),
+        ),
+    ],
+    "fragments at index 0": [
+        calls_chunk(call_frag(0, "", **WEATHER_A)),
+        calls_chunk(call_frag(0, '{"city":')),
+        calls_chunk(call_frag(0, '"Paris"}')),
+        calls_chunk(call_frag(0, "", **TIME_B)),
+        calls_chunk(call_frag(0, '{"city":"Oslo"}')),
+    ],
+    # OpenAI's own numbering, the calls' fragments interleaved.
+    "interleaved, as OpenAI numbers them": [
+        calls_chunk(call_frag(0, "", **WEATHER_A)),
+        calls_chunk(call_frag(1, "", **TIME_B)),
+        calls_chunk(call_frag(0, '{"city":"Paris"}')),
+        calls_chunk(call_frag(1, '{"city":"Oslo"}')),
+    ],
+}
+
+
+def sdk_calls(chunks: list[dict]) -> list[tuple[str, str, str]]:
+    """The tool calls the ``openai`` SDK's stream helper makes of ``chunks`` (it merges
+    fragments by their ``index``)."""
+    from openai._models import construct_type
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    state = ChatCompletionStreamState()
+    for c in chunks:
+        state.handle_chunk(construct_type(type_=ChatCompletionChunk, value=c))
+    message = state.current_completion_snapshot.choices[0].message
+    return [(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or []]
+
+
+@pytest.mark.parametrize("shape", PARALLEL)
+async def test_parallel_calls_reach_an_openai_client_live_as_a_replay_gives_them(shape):
+    """An OpenAI-format client's SDK tells calls apart by ``index``: each call the server
+    made is its own, numbered from 0 as OpenAI numbers them, live as in a replay of the
+    cached answer (which numbers them so), not two calls joined into one."""
+    from schemas.formats.openai import assemble_chunks, response_to_chunks
+
+    sent = [*PARALLEL[shape], chunk({}, "tool_calls")]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=sse(*sent, "[DONE]"))
+
+    *chunks, _ = await collect(adapter_for(handler).stream(call()))
+    assert sdk_calls(chunks) == PARALLEL_CALLS
+    assert sdk_calls(response_to_chunks(assemble_chunks(chunks))) == PARALLEL_CALLS
+    if shape.startswith("interleaved"):
+        assert chunks == [{k: v for k, v in c.items() if k != "usage"} for c in sent]
+
+
+async def test_each_choice_numbers_its_own_calls() -> None:
+    """With ``n`` > 1, each choice's calls count from 0 on their own."""
+    frags = [call_frag(0, "{}", **WEATHER_A), call_frag(0, "{}", **TIME_B)]
+    sent = [
+        {**chunk(None), "choices": [{"index": i, "delta": {"tool_calls": frags}}]} for i in (0, 1)
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=sse(*sent, "[DONE]"))
+
+    *chunks, _ = await collect(adapter_for(handler).stream(call()))
+    said = [
+        (c["choices"][0]["index"], f["id"], f["index"])
+        for c in chunks
+        for f in c["choices"][0]["delta"]["tool_calls"]
+    ]
+    assert said == [(0, "call_a", 0), (0, "call_b", 1), (1, "call_a", 0), (1, "call_b", 1)]

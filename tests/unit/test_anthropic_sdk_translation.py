@@ -21,6 +21,7 @@ from agents.adapters.base import VendorCall
 from agents.adapters.openai import OpenAIAdapter
 from schemas.config import VendorConfig
 from schemas.envelope import ReplyEvent, RequestEnvelope
+from schemas.errors import RelayError
 from schemas.usage import Usage
 from tests.support.gateway import DEMO_KEY, FakeBus, gateway_app
 
@@ -60,6 +61,13 @@ class AdapterBus(FakeBus):
         self.vendor = vendor
 
     async def _play(self, env: RequestEnvelope) -> None:
+        try:
+            await self._run(env)
+        except RelayError as err:  # the adapter's refusal, as a worker replies it
+            error = ReplyEvent(correlation_id=env.correlation_id, kind="error", error=err.to_dict())
+            self._waiting[env.correlation_id].put_nowait(error)
+
+    async def _run(self, env: RequestEnvelope) -> None:
         adapter: AnthropicAdapter | OpenAIAdapter
         if env.alias.startswith("claude"):
             config = VendorConfig(kind="anthropic", base_url="http://anthropic", api_key_env="X")
@@ -324,3 +332,92 @@ async def test_well_formed_streamed_arguments_still_stream_as_they_come(
     # Space alone is no JSON the SDK can parse: it goes nowhere (the SDK failed on it).
     assert deltas == ['{"ci', 'ty": "Pa', 'ris"}']
     assert message.content[0].model_dump()["input"] == {"city": "Paris"}
+
+
+# -- parallel tool calls a server numbers its own way -----------------------------------
+
+WEATHER: Any = {"type": "function", "function": {"name": "get_weather", "parameters": SCHEMA}}
+TIME: Any = {"type": "function", "function": {"name": "get_time", "parameters": SCHEMA}}
+
+
+def ollama_calls() -> list[dict[str, Any]]:
+    """Two parallel calls as Ollama's /v1 streams them: each whole, both at index 0."""
+    calls = [("call_a", "get_weather", "Paris"), ("call_b", "get_time", "Oslo")]
+    chunks = [
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": call_id,
+                                "type": "function",
+                                "function": {"name": name, "arguments": json.dumps({"city": city})},
+                            }
+                        ]
+                    },
+                }
+            ]
+        }
+        for call_id, name, city in calls
+    ]
+    end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
+    return [*chunks, end]
+
+
+async def test_an_openai_client_hears_each_parallel_call_of_an_ollama_stream(
+    oai: openai.AsyncOpenAI, vendor: Vendor
+) -> None:
+    """The openai SDK merges fragments by index: two calls at index 0 reach it as two
+    calls, numbered 0 and 1, as a replay of the cached answer numbers them."""
+    vendor.handler = lambda r: openai_stream(ollama_calls())
+    user: Any = [{"role": "user", "content": "x"}]
+    async with oai.chat.completions.stream(
+        model="gpt-4o-mini", messages=user, tools=[WEATHER, TIME]
+    ) as s:
+        completion = await s.get_final_completion()
+    calls = completion.choices[0].message.tool_calls or []
+    assert [(c.id, c.function.name, c.function.arguments) for c in calls] == [  # type: ignore[union-attr]
+        ("call_a", "get_weather", '{"city": "Paris"}'),
+        ("call_b", "get_time", '{"city": "Oslo"}'),
+    ]
+
+
+async def test_a_legacy_function_call_client_hears_the_first_call_alone(
+    oai: openai.AsyncOpenAI, vendor: Vendor
+) -> None:
+    """A server that ignores ``parallel_tool_calls: false`` and gives both calls index 0:
+    the legacy client's ``function_call`` is the first call, not the two joined."""
+    vendor.handler = lambda r: openai_stream(ollama_calls())
+    user: Any = [{"role": "user", "content": "x"}]
+    functions: Any = [WEATHER["function"], TIME["function"]]
+    stream = await oai.chat.completions.create(
+        model="gpt-4o-mini", messages=user, functions=functions, stream=True
+    )
+    name, arguments, finish = "", "", None
+    async for chunk in stream:
+        for choice in chunk.choices:
+            said = choice.delta.function_call
+            name += (said.name or "") if said else ""
+            arguments += (said.arguments or "") if said else ""
+            finish = choice.finish_reason or finish
+    assert (name, arguments, finish) == ("get_weather", '{"city": "Paris"}', "function_call")
+
+
+# -- an Anthropic client's stop_sequences ----------------------------------------------
+
+
+async def test_a_whitespace_stop_sequence_no_candidate_takes_is_named_as_sent(
+    claude: anthropic.AsyncAnthropic, vendor: Vendor
+) -> None:
+    """Anthropic refuses a stop sequence of whitespace alone; with no candidate to serve
+    it, the Anthropic client's 400 names its own field (its error body has no param)."""
+    user: Any = [{"role": "user", "content": "x"}]
+    with pytest.raises(anthropic.BadRequestError) as err:
+        await claude.messages.create(
+            model="claude-haiku", max_tokens=64, messages=user, stop_sequences=["\n"]
+        )
+    assert "stop_sequences" in err.value.message and "whitespace" in err.value.message
+    assert not vendor.bodies, "nothing was sent"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from schemas.errors import BadRequest
@@ -125,3 +127,83 @@ def test_streamed_tool_call_deltas_come_back_as_function_call_deltas() -> None:
     assert got[0]["delta"] == {"role": "assistant", "function_call": {"name": "f", "arguments": ""}}
     assert got[1]["delta"] == {"function_call": {"arguments": '{"a": 1}'}}
     assert got[2]["finish_reason"] == "function_call"
+
+
+def streamed_function_call(
+    chunks: list[dict[str, Any]], numbering: dict[int, Any] | None
+) -> list[tuple[int, dict[str, Any]]]:
+    """Each choice's ``function_call`` deltas, as the legacy client hears them."""
+    said = []
+    for c in chunks:
+        for choice in chunk_as_function_call(c, numbering)["choices"]:
+            if "function_call" in choice["delta"]:
+                said.append((choice["index"], choice["delta"]["function_call"]))
+    return said
+
+
+def tool_chunk(*frags: dict[str, Any], choice: int = 0) -> dict[str, Any]:
+    return {"choices": [{"index": choice, "delta": {"tool_calls": list(frags)}}]}
+
+
+def frag(index: int | None, arguments: str, **first: Any) -> dict[str, Any]:
+    fn = {"arguments": arguments, **({"name": first.pop("name")} if "name" in first else {})}
+    return {**({} if index is None else {"index": index}), **first, "function": fn}
+
+
+A = {"id": "call_a", "name": "get_weather"}
+B = {"id": "call_b", "name": "get_time"}
+FIRST_ONLY = [(0, {"name": "get_weather", "arguments": '{"city":"Paris"}'})]
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        # Ollama's /v1: each call whole, both at index 0.
+        [tool_chunk(frag(0, '{"city":"Paris"}', **A)), tool_chunk(frag(0, "{}", **B))],
+        # Older Ollama builds: no index.
+        [tool_chunk(frag(None, '{"city":"Paris"}', **A)), tool_chunk(frag(None, "{}", **B))],
+        # Both in one chunk.
+        [tool_chunk(frag(0, '{"city":"Paris"}', **A), frag(0, "{}", **B))],
+    ],
+)
+def test_a_legacy_client_hears_the_first_of_calls_sharing_an_index(
+    chunks: list[dict[str, Any]],
+) -> None:
+    """A server that numbers parallel calls its own way (and ignores
+    ``parallel_tool_calls: false``): the function call is the first call alone, not the
+    calls joined into one (get_weatherget_time)."""
+    assert streamed_function_call(chunks, {}) == FIRST_ONLY
+
+
+def test_the_first_call_s_later_fragments_go_on_and_the_second_s_do_not() -> None:
+    chunks = [
+        tool_chunk(frag(0, "", **A)),
+        tool_chunk(frag(0, '{"city":')),
+        tool_chunk(frag(0, "", **B)),
+        tool_chunk(frag(0, "{}")),
+        tool_chunk(frag(None, "")),
+    ]
+    assert streamed_function_call(chunks, {}) == [
+        (0, {"name": "get_weather", "arguments": ""}),
+        (0, {"arguments": '{"city":'}),
+    ]
+
+
+def test_openai_s_numbering_is_read_as_it_is_and_each_choice_counts_its_own() -> None:
+    """Interleaved calls numbered as OpenAI numbers them; a second choice's first call is
+    its own call 0.  Without the stream's numbering, the index given is the call's (as
+    on every stream the relay's adapters yield)."""
+    chunks = [
+        tool_chunk(frag(0, "", **A)),
+        tool_chunk(frag(1, "", **B)),
+        tool_chunk(frag(1, "{}")),
+        tool_chunk(frag(0, "{}")),
+        tool_chunk(frag(0, "{}", **B), choice=1),
+    ]
+    expected = [
+        (0, {"name": "get_weather", "arguments": ""}),
+        (0, {"arguments": "{}"}),
+        (1, {"name": "get_time", "arguments": "{}"}),
+    ]
+    assert streamed_function_call(chunks, {}) == expected
+    assert streamed_function_call(chunks, None) == expected

@@ -208,3 +208,47 @@ def test_each_parallel_call_stays_its_own_whole_and_streamed(shape: str) -> None
     assert responses_calls(chunks) == CALLS
     replayed = response_to_chunks(assemble_chunks(chunks))
     assert whole_calls(replayed) == CALLS, "a replay of the cached answer says the same"
+
+
+def test_an_anthropic_vendor_s_calls_come_numbered_as_openai_numbers_them() -> None:
+    """An Anthropic vendor's tool_use blocks reach OpenAI-format clients numbered from 0,
+    whatever their block index (text first, the JSON answer tool left out)."""
+    from openai._models import construct_type
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    from schemas.formats.anthropic import JSON_ANSWER_TOOL, MessageEventsToChunks
+    from tests.support.anthropic_stream import vendor_events
+
+    content = [
+        {"type": "text", "text": "Checking."},
+        {"type": "tool_use", "id": "toolu_a", "name": "get_weather", "input": {"city": "Paris"}},
+        {"type": "tool_use", "id": "toolu_j", "name": JSON_ANSWER_TOOL, "input": {"a": 1}},
+        {"type": "tool_use", "id": "toolu_b", "name": "get_time", "input": {"city": "Oslo"}},
+    ]
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude",
+        "content": content,
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 1, "output_tokens": 1},
+    }
+    convert = MessageEventsToChunks(json_answer=True)
+    items = [c for name, data in vendor_events(message) for c in convert.feed(name, data)]
+    chunks = [c for c in items if isinstance(c, dict)]
+    frags = [f for c in chunks for ch in c["choices"] for f in ch["delta"].get("tool_calls", [])]
+    assert sorted({(f["index"], f.get("id")) for f in frags if f.get("id")}) == [
+        (0, "toolu_a"),
+        (1, "toolu_b"),
+    ]
+    state = ChatCompletionStreamState()
+    for c in chunks:
+        state.handle_chunk(construct_type(type_=ChatCompletionChunk, value={"id": "c", **c}))
+    said = state.current_completion_snapshot.choices[0].message.tool_calls or []
+    assert [(c.id, c.function.name, json.loads(c.function.arguments)) for c in said] == [
+        ("toolu_a", "get_weather", {"city": "Paris"}),
+        ("toolu_b", "get_time", {"city": "Oslo"}),
+    ]
