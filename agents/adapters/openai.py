@@ -134,7 +134,7 @@ class OpenAIAdapter:
         body = {**self._body(call), "stream": True, "stream_options": {"include_usage": True}}
         usage = Usage()
         done, written = False, 0  # [DONE] seen; characters of answer streamed
-        numbering: dict[int, ToolCallIndexes] = {}  # per choice, for the whole stream
+        numbering: dict[int, _StreamCalls] = {}  # per choice, for the whole stream
 
         def opened() -> AbstractAsyncContextManager[httpx.Response]:
             return open_stream(
@@ -534,22 +534,45 @@ def _answering(choice: Any) -> bool:
     return True
 
 
-def _number_calls(choice: dict[str, Any], numbering: dict[int, ToolCallIndexes]) -> None:
-    """A streamed choice's tool-call fragments at the ``index`` OpenAI would give them:
-    each call its own, counting up from 0 (``ToolCallIndexes``, one per choice for the
-    whole stream).  Ollama's /v1 sends every parallel call at index 0 (older builds no
-    index at all), and an OpenAI-format client's SDK merges fragments by index, so two
-    calls would reach it as one (get_weatherget_time), while the same answer replayed
-    from the cache, or streamed to an Anthropic or Responses client, keeps them apart.
+class _StreamCalls:
+    """One choice's tool calls on a stream: which call each fragment is part of
+    (``ToolCallIndexes``), and the id and name each call has said so far."""
+
+    def __init__(self) -> None:
+        self.indexes = ToolCallIndexes()
+        self.said: dict[int, tuple[Any, Any]] = {}  # call number -> its id, its name
+
+
+def _number_calls(choice: dict[str, Any], numbering: dict[int, _StreamCalls]) -> None:
+    """A streamed choice's tool-call fragments as OpenAI sends them: at the ``index``
+    OpenAI would give them, each call its own, counting up from 0 (``ToolCallIndexes``),
+    and a call's id and name said once.  An OpenAI-format client's SDK merges fragments
+    by index and joins the strings they carry, so a live stream would otherwise reach it
+    unlike the same answer replayed from the cache (or streamed to an Anthropic or
+    Responses client): Ollama's /v1 sends every parallel call at index 0 (older builds
+    no index at all), two calls made one (get_weatherget_time); Fireworks and MiniMax
+    on NIM repeat a call's id and name on every fragment (debug_tooldebug_tool).
     OpenAI's own numbering is kept as it is."""
     frags = choice["delta"].get("tool_calls")
     if not isinstance(frags, list):
         return
     at = choice.get("index")
-    indexes = numbering.setdefault(at if isinstance(at, int) else 0, ToolCallIndexes())
+    calls = numbering.setdefault(at if isinstance(at, int) else 0, _StreamCalls())
     for frag in frags:
-        if isinstance(frag, dict):
-            frag["index"] = indexes.of(frag)
+        if not isinstance(frag, dict):
+            continue
+        n = frag["index"] = calls.indexes.of(frag)
+        had_id, had_name = calls.said.get(n, (None, None))
+        call_id = frag.get("id")
+        if call_id and call_id == had_id:
+            del frag["id"]
+        name = None
+        for payload in (frag.get("function"), frag.get("custom")):  # (a custom tool's)
+            if isinstance(payload, dict) and payload.get("name"):
+                name = payload["name"]
+                if name == had_name:
+                    del payload["name"]
+        calls.said[n] = (had_id or call_id, had_name or name)
 
 
 def _reasoning_as_content(said: dict[str, Any]) -> None:

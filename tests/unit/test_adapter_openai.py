@@ -1290,3 +1290,43 @@ async def test_each_choice_numbers_its_own_calls() -> None:
         for f in c["choices"][0]["delta"]["tool_calls"]
     ]
     assert said == [(0, "call_a", 0), (0, "call_b", 1), (1, "call_a", 0), (1, "call_b", 1)]
+
+
+@pytest.mark.parametrize("kind", ["function", "custom"])
+async def test_an_id_and_name_said_on_every_fragment_reach_an_openai_client_once(kind):
+    """Fireworks and MiniMax on NVIDIA NIM repeat a call's id, type and name on every
+    fragment; the SDK joins the strings fragments carry, so said again they would make
+    call_acall_a and debug_tooldebug_tool live, where a replay of the cached answer says
+    each once.  Each is said in the call's first fragment alone, as OpenAI does."""
+    from schemas.formats.openai import assemble_chunks, response_to_chunks
+
+    def frag(arguments: str, call_id: str, name: str) -> dict:
+        said = "arguments" if kind == "function" else "input"
+        return {"index": 0, "id": call_id, "type": kind, kind: {"name": name, said: arguments}}
+
+    sent = [
+        calls_chunk(frag("", "call_a", "debug_tool")),
+        calls_chunk(frag('{"a":', "call_a", "debug_tool")),
+        calls_chunk(frag("1}", "call_a", "debug_tool")),
+        calls_chunk(frag("{}", "call_b", "get_time")),
+        calls_chunk(frag("", "call_b", "get_time")),
+        chunk({}, "tool_calls"),
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=sse(*sent, "[DONE]"))
+
+    *chunks, _ = await collect(adapter_for(handler).stream(call()))
+    frags = [f for c in chunks for f in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert [(f["index"], f.get("id"), f[kind].get("name")) for f in frags] == [
+        (0, "call_a", "debug_tool"),
+        (0, None, None),
+        (0, None, None),
+        (1, "call_b", "get_time"),
+        (1, None, None),
+    ]
+    assert all(f["type"] == kind for f in frags), "the type, which the SDK does not join, stays"
+    if kind == "function":
+        expected = [("call_a", "debug_tool", '{"a":1}'), ("call_b", "get_time", "{}")]
+        assert sdk_calls(chunks) == expected
+        assert sdk_calls(response_to_chunks(assemble_chunks(chunks))) == expected
