@@ -8,8 +8,9 @@ request's own candidate (aliases sharing a vendor model may price it differently
 ``LaneJournal`` every vendor batch in flight is written down and leased, so a worker that
 dies mid-batch does not lose it: another worker adopts it when the lease lapses, and
 answers only what the dead one had not (each answer is noted in the journal as it goes).  A
-vendor batch whose every request was cancelled (their Batch API batches were) is
-cancelled at the vendor, and what it had not run is answered ``batch_cancelled``.  A
+vendor batch whose every request was cancelled (their Batch API batches were cancelled,
+or expired) is cancelled at the vendor, and what it had not run is answered
+``batch_cancelled`` (``batch_expired``); what it had run is delivered and metered.  A
 vendor batch refused as it was sent leaves its requests to go on the realtime way; one
 that may have been made though its create call failed (``BatchVendor``) fails them
 instead, never sent again, and its vendor is left alone for ``REFUSED_S``.
@@ -34,6 +35,7 @@ from schemas.envelope import RequestEnvelope
 from schemas.errors import (
     BadRequest,
     BatchCancelled,
+    DeadlineExceeded,
     RelayError,
     VendorAnswerUnreadable,
     VendorAuthFailed,
@@ -100,6 +102,16 @@ def _all_read(results: BatchResults, items: list[_Request]) -> bool:
     return True
 
 
+def _withdrawn(env: RequestEnvelope, before: str) -> RelayError:
+    """Why a request its Batch API batch withdrew goes unsent (or unrun): that batch was
+    cancelled, or its window ended (a line's deadline is its batch's end) and it takes
+    no more answers: ``deadline_exceeded``, which its error file says ``batch_expired``,
+    as the store recorded the line when it found the batch expired."""
+    if time.time() * 1000 >= env.deadline_ms:
+        return DeadlineExceeded(f"the batch's window ended {before}")
+    return BatchCancelled(f"the batch was cancelled {before}")
+
+
 def _scrub(got: Any, key: str) -> Any:
     """A vendor's error without the key it was made with (a batch line's error may echo
     it); answers and other exceptions (reported by type only) as they are."""
@@ -141,7 +153,8 @@ class BatchLane:
         # those a gateway waits on) died with it, and is the caller's to set up again.
         self.on_adopted = on_adopted
         # Whether a request was cancelled while it waited to go out (a Batch API line of
-        # a batch cancelled since): asked again just before the vendor batch is sent.
+        # a batch cancelled, or expired, since): asked again just before the vendor batch
+        # is sent, and at each poll (every request cancelled: so is the vendor batch).
         self.cancelled = cancelled
         self.journal = journal
         self.stopping = False  # set when the worker stops: it adopts nothing more
@@ -221,7 +234,7 @@ class BatchLane:
             stopped = [await self.cancelled(env) for env, _ in items]
             for (env, own), no in zip(items, stopped, strict=True):
                 if no:
-                    await self.deliver(env, own, BatchCancelled("the batch was cancelled first"))
+                    await self.deliver(env, own, _withdrawn(env, "first"))
             items = [item for item, no in zip(items, stopped, strict=True) if not no]
             if not items:
                 return
@@ -444,9 +457,9 @@ class BatchLane:
                 # and may have been paid for.
                 got = VendorAnswerUnreadable("the vendor batch's answer to it could not be read")
             if isinstance(got, RelayError) and got.retryable and await self._all_cancelled([env]):
-                # Not run because its batch was cancelled: answered so, never sent on the
-                # realtime way at the full price.
-                got = BatchCancelled("the batch was cancelled before this request ran")
+                # Not run because its batch was cancelled (or expired): answered so, never
+                # sent on the realtime way at the full price.
+                got = _withdrawn(env, "before this request ran")
             try:  # one caller's delivery failing must not leave the others unanswered
                 await self.deliver(env, cand, got)
             except Exception:
@@ -483,8 +496,10 @@ class BatchLane:
         """Poll until the batch ends, renewing a ``leased`` batch's lease each time; its
         results, and the key they were read with.  Every result and error comes back
         without the key the batch was sent with, nor the one it was read with.  Once every request
-        in it was cancelled (the Batch API batches they came from), the vendor is asked
-        to cancel it too, so what has not run yet is never paid for.
+        in it was cancelled (the Batch API batches they came from were cancelled, or
+        expired: their lines take no more answers), the vendor is asked to cancel it
+        too, so what has not run yet is never paid for; what has is still answered, and
+        metered.
 
         Once sent, a vendor batch runs (and is billed) whatever its poller hears, so its
         requests are never sent again the realtime way while it may run, or may have:
@@ -545,7 +560,8 @@ class BatchLane:
                 stopped = await self._cancel(adapter, batch, key)
 
     async def _all_cancelled(self, items: list[RequestEnvelope]) -> bool:
-        """Whether every request was cancelled (the first that was not ends the look)."""
+        """Whether every request was cancelled, its Batch API batch cancelled or expired
+        (the first that was not ends the look)."""
         if self.cancelled is None:
             return False
         for env in items:

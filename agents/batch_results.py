@@ -1,6 +1,6 @@
 """Answers to the relay's own Batch API lines: each reply becomes a line of its batch's
-output (or error) file, in OpenAI's batch output format, and a cancelled batch's lines
-that were not sent yet are answered here without a vendor call."""
+output (or error) file, in OpenAI's batch output format, and the lines not sent yet of a
+batch cancelled (or expired) are answered here without a vendor call."""
 
 from __future__ import annotations
 
@@ -69,8 +69,10 @@ async def record_reply(store: BatchStore, event: ReplyEvent) -> OutputLine | Non
 
 
 async def cancelled(store: BatchStore, env: RequestEnvelope, results_topic: str) -> bool:
-    """Whether ``env`` is a line of a batch cancelled before the line was sent; when the
-    store cannot say, the line is sent (a cancel is best effort, an answer is owed)."""
+    """Whether ``env`` is a line of a batch cancelled, or expired, before the line was
+    sent (``BatchStore.cancelled``: an expired batch takes no more answers, and the
+    line's is recorded ``batch_expired`` already); when the store cannot say, the line is
+    sent (a cancel is best effort, an answer is owed)."""
     if env.reply_to != results_topic:
         return False  # not a Batch API line: no lookup on the realtime path
     line = parse_correlation(env.correlation_id)
@@ -83,9 +85,9 @@ async def cancelled(store: BatchStore, env: RequestEnvelope, results_topic: str)
 
 
 class CancelledBatches:
-    """Whether a Batch API line's batch was cancelled, as ``cancelled`` says, read from
-    the store once per batch per ``ttl_s`` however many of its lines ask (those asking
-    together share one read)."""
+    """Whether a Batch API line's batch was cancelled (or expired), as ``cancelled``
+    says, read from the store once per batch per ``ttl_s`` however many of its lines ask
+    (those asking together share one read)."""
 
     def __init__(self, store: BatchStore, results_topic: str, ttl_s: float = CANCEL_SEEN_S):
         self.store = store

@@ -455,9 +455,25 @@ class BatchStore:
             await self._bury(tenant, batch_id, place)
 
     async def cancelled(self, batch_id: str) -> bool:
+        """Whether the batch's lines not sent yet are to stay unsent: it was cancelled, or
+        it expired (``expired``, or past its window and ``EXPIRY_GRACE_S`` with lines
+        still out).  An expired batch takes no more answers, so a vendor call for one of
+        its lines would be paid for nothing.  One found past its window is expired here
+        and now (each line still out recorded ``batch_expired``, as ``batch`` does), so
+        whatever its worker answers such a line after this, the batch says
+        ``batch_expired`` for it.  False for a batch the store does not hold."""
         async with self._guard() as redis:
-            status: Any = await redis.hget(self._batch(batch_id), "status")
-        return status in (b"cancelling", b"cancelled")
+            found: list[Any] = await redis.hmget(self._batch(batch_id), ["status", "meta"])
+        status, meta = found
+        if status in (b"cancelling", b"cancelled", b"expired"):
+            return True
+        if status != b"in_progress" or meta is None:
+            return False
+        batch = BatchObject.model_validate_json(meta)
+        if batch.expires_at is None or time.time() <= batch.expires_at + EXPIRY_GRACE_S:
+            return False
+        await self._expire(batch)
+        return True
 
     async def custom_id(self, batch_id: str, index: int) -> str | None:
         async with self._guard() as redis:

@@ -402,3 +402,87 @@ async def test_a_message_batch_whose_requests_are_out_is_created_though_the_stor
         "expired": 0,
     }
     assert [e.correlation_id for e in bus.published] == [f"{shown['id']}/0"]
+
+
+class _BatchHash:
+    """Just enough of Redis for ``BatchStore.cancelled``: one batch's hash, and its
+    expiry script (which records every line still out ``batch_expired`` and ends the
+    batch ``expired``), counted."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = {k: v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()}
+        self.expiries: list[list[Any]] = []
+
+    def register_script(self, source: str) -> Any:
+        async def run(keys: list[str], args: list[Any]) -> int:
+            assert "LRANGE" in source, "only the expiry script is run here"
+            if self.fields.get("status") not in (b"in_progress", b"cancelling"):
+                return -1
+            self.expiries.append(args)
+            self.fields["status"] = b"expired"
+            return 1
+
+        return run
+
+    async def hmget(self, key: str, names: list[str]) -> list[bytes | None]:
+        return [self.fields.get(n) for n in names]
+
+    async def hget(self, key: str, name: str) -> bytes | None:
+        return self.fields.get(name)
+
+    async def pexpire(self, key: str, ms: int) -> None:
+        return None
+
+
+def _store_of(status: str, expires_in_s: float) -> tuple[Any, _BatchHash]:
+    import time
+
+    from tables.batches import BatchStore
+
+    now = int(time.time())
+    meta = BatchObject(
+        id="batch_e",
+        endpoint=CHAT,
+        input_file_id="file-1",
+        status="in_progress",
+        created_at=now - 86400,
+        expires_at=int(now + expires_in_s),
+    )
+    redis = _BatchHash(status=status, meta=meta.model_dump_json(), tenant="t")
+    return BatchStore(redis, "t", retention_s=600), redis  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("status", "expires_in_s", "says"),
+    [
+        ("in_progress", 3600, False),
+        ("in_progress", -60, False),  # past its window, within the grace: lines still land
+        ("in_progress", -400, True),  # past the grace too: expired
+        ("expired", -400, True),
+        ("cancelling", 3600, True),
+        ("cancelled", 3600, True),
+        ("completed", -400, False),
+    ],
+)
+async def test_an_expired_batch_is_cancelled_for_its_lines_not_sent_yet(
+    status: str, expires_in_s: float, says: bool
+) -> None:
+    """An expired batch takes no more answers, so its lines not sent yet stay unsent, as a
+    cancelled batch's do: the store says so, and one found past its window and grace is
+    expired there and then (its lines recorded ``batch_expired``, so a worker's answer to
+    one of them after this changes nothing in its error file)."""
+    store, redis = _store_of(status, expires_in_s)
+    assert await store.cancelled("batch_e") is says
+    expired_now = status == "in_progress" and says
+    assert len(redis.expiries) == expired_now
+    if expired_now:
+        assert redis.fields["status"] == b"expired"
+        assert await store.cancelled("batch_e"), "and it stays so, with no second expiry"
+        assert len(redis.expiries) == 1
+
+
+async def test_a_batch_the_store_does_not_hold_is_not_cancelled() -> None:
+    from tables.batches import BatchStore
+
+    store = BatchStore(_BatchHash(), "t", retention_s=600)  # type: ignore[arg-type]
+    assert await store.cancelled("batch_gone") is False

@@ -38,8 +38,9 @@ CAND = Candidate(vendor="v", model="m", input_per_1m=1, output_per_1m=1)
 
 class ScriptedBatches:
     """Answers each poll with the next scripted step: an exception to raise, None (still
-    running), "done" (every call answered) or "cancelled" (none ran: the vendor reports
-    each as not run, as the adapters do for a cancelled batch).  ``cancel_fails`` cancels
+    running), "done" (every call answered), "cancelled" (none ran: the vendor reports
+    each as not run, as the adapters do for a cancelled batch) or "first ran" (cancelled
+    after the first call ran).  ``cancel_fails`` cancels
     are refused before one is taken."""
 
     def __init__(self, steps: list[Any], cancel_fails: int = 0) -> None:
@@ -62,6 +63,13 @@ class ScriptedBatches:
             return None
         if step == "cancelled":
             return {cid: VendorUnavailable("batch request not run") for cid, _ in self.calls}
+        if step == "first ran":  # cancelled after its first call ran
+            return {
+                cid: VendorResult(body={"id": cid}, usage=Usage(input_tokens=5))
+                if n == 0
+                else VendorUnavailable("batch request not run")
+                for n, (cid, _) in enumerate(self.calls)
+            }
         return {cid: VendorResult(body={"id": cid}, usage=Usage()) for cid, _ in self.calls}
 
     async def cancel_batch(self, batch_id: str, api_key: str) -> None:
@@ -71,9 +79,9 @@ class ScriptedBatches:
         self.cancels.append(batch_id)
 
 
-def envelope() -> RequestEnvelope:
+def envelope(deadline_s: float = 60) -> RequestEnvelope:
     return request_envelope(
-        alias="a", priority=Priority.background, deadline_ms=int((time.time() + 60) * 1000)
+        alias="a", priority=Priority.background, deadline_ms=int((time.time() + deadline_s) * 1000)
     )
 
 
@@ -212,12 +220,18 @@ async def test_vendor_ids_fit_anthropic_s_pattern_and_each_answer_reaches_its_ow
 
 
 async def cancelled_run(
-    vendor: ScriptedBatches, n: int, cancelled: set[int], *, before_sending: bool = False
+    vendor: ScriptedBatches,
+    n: int,
+    cancelled: set[int],
+    *,
+    before_sending: bool = False,
+    expired: bool = False,
 ) -> tuple[dict[int, Any], list[int]]:
     """Send ``n`` requests as one vendor batch; those at ``cancelled`` are cancelled (their
-    Batch API batch was) once it was sent, or all along.  Each request's answer, and the
-    lines the lane asked about."""
-    envs = [envelope() for _ in range(n)]
+    Batch API batch was; ``expired``: it expired, its window, their deadline, over) once
+    it was sent, or all along.  Each request's answer, and the lines the lane asked
+    about."""
+    envs = [envelope(-1 if expired else 60) for _ in range(n)]
     got: dict[int, Any] = {}
     asked: list[int] = []
 
@@ -293,6 +307,34 @@ async def test_a_failed_request_of_a_cancelled_batch_is_not_sent_on_at_full_pric
     got, _ = await cancelled_run(vendor, 2, cancelled={1})
     assert isinstance(got[0], VendorUnavailable) and got[0].retryable
     assert isinstance(got[1], BatchCancelled)
+
+
+async def test_a_line_whose_batch_expired_while_it_waited_never_reaches_the_vendor() -> None:
+    """Its Batch API batch expired (the store says so, as it says cancelled): it takes no
+    more answers, so the line is not sent, and is answered ``deadline_exceeded`` (its
+    error file says ``batch_expired``), not ``batch_cancelled``."""
+    from schemas.errors import DeadlineExceeded
+
+    vendor = ScriptedBatches(["done"])
+    got, _ = await cancelled_run(vendor, 2, cancelled={0, 1}, before_sending=True, expired=True)
+    assert vendor.calls == [], "no vendor batch for lines nobody will take"
+    assert all(isinstance(got[i], DeadlineExceeded) for i in range(2))
+
+
+async def test_a_vendor_batch_whose_every_request_s_batch_expired_is_cancelled_at_the_vendor():
+    """A large batch paced by its tenant's rpm: its lines went out in a vendor batch late
+    in its window, which the vendor had not finished when the window ended.  Once the
+    relay batch has expired, the vendor batch is cancelled, so what it had not run is
+    not paid for; what it had run is still delivered (and metered: the handler's line),
+    and what it had not is answered ``deadline_exceeded``, never sent on the realtime
+    way at the full price."""
+    from schemas.errors import DeadlineExceeded
+
+    vendor = ScriptedBatches([None, "first ran"])
+    got, _ = await cancelled_run(vendor, 3, cancelled={0, 1, 2}, expired=True)
+    assert vendor.cancels == ["batch_1"], "cancelled once, at the vendor"
+    assert isinstance(got[0], VendorResult) and got[0].usage.input_tokens == 5
+    assert all(isinstance(got[i], DeadlineExceeded) for i in (1, 2))
 
 
 class Refusing(ScriptedBatches):
