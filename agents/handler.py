@@ -10,19 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol
 
 from agents.adapters.base import VendorResult
-from agents.batch_lane import POLL_MAX_S, VENDOR_WINDOW_S, BatchLane
+from agents.batch_lane import VENDOR_WINDOW_S, BatchLane
 from agents.dispatch import Dispatcher, Late, Outcome, Progress
 from agents.flights import Flight, Flights, Waiter, given_up
-from agents.meter import usage_event
+from agents.meter import Billed, usage_event
 from agents.route import Router
-from schemas.batches import COMPLETION_WINDOW_S, EXPIRY_GRACE_S
-from schemas.config import Candidate
+from schemas.config import Candidate, ModelAlias
 from schemas.envelope import (
     HealthEvent,
     Priority,
@@ -62,11 +61,6 @@ REPLY_SEND_S = 10.0
 # How long a stopping worker waits for the broker to take back a Batch API line it cut
 # (within the stop's 5 s to answer what it cut): past it, the line is answered as cut.
 PUT_BACK_S = 2.0
-# The longest a vendor batch may take to answer, from when the lane sends it: the vendor's
-# 24 h window (OpenAI's, Azure's and Anthropic's; the relay's own Batch API's too), the
-# upload and create calls before it starts, and the poll that reads the answer (a minute
-# apart at most by then).
-VENDOR_BATCH_S = COMPLETION_WINDOW_S + 30.0 + POLL_MAX_S
 STOPPED = "the worker stopped before the answer; try again"
 CLOSED = "the client went away before the answer ended"
 
@@ -202,8 +196,8 @@ class RequestHandler:
                 outcome = await flight.call
             else:  # nobody withdraws a plain request: no task spent on it
                 outcome = await self._answer(flight, env, progress)
-        except RelayError as err:
-            outcome = Outcome(error=err)
+        except RelayError as err:  # (any call cut before it is billed all the same)
+            outcome = progress.bill(Outcome(error=err), env.body)
         except Exception as exc:  # a bug must still answer every waiter, never hang them
             log.exception("request %s failed inside the worker", env.correlation_id)
             bug = RelayError(f"internal error: {type(exc).__name__}")
@@ -470,13 +464,13 @@ class RequestHandler:
         """Background chat goes to the batch-API lane when a candidate's vendor has one
         and its batch price is no higher than the realtime way's, unless it costs nothing
         now: the same call is under way (it joins that), or the answer is in the cache
-        (it is served from there).  A Batch API line whose batch could end before a
-        vendor batch sent now answers goes the realtime way too (``_outlasted``)."""
+        (it is served from there).  (A Batch API line whose batch ends before its vendor
+        batch answers is not sent, or its vendor batch is cancelled: see the lane.)"""
         if self.lane is None or env.priority is not Priority.background:
             return False
         if env.stream or env.endpoint != "chat" or self.flights.live(env, self._apart(env)):
             return False
-        if await self._hit(env) is not None or self._outlasted(env, self.lane):
+        if await self._hit(env) is not None:
             return False
         try:  # a request degraded by its tenant's budget goes the cheaper way here too
             plan = self.router.plan(
@@ -491,7 +485,8 @@ class RequestHandler:
             )
         except RelayError:
             return False
-        cand = next((c for c in plan if self.lane.accepts(c)), None)
+        batchable = _batchable(plan, self.router.spec(env.alias))
+        cand = next((c for c in batchable if self.lane.accepts(c)), None)
         # Closed breakers only: a vendor batch reports no outcome, so it can neither be
         # the probe nor go to a vendor no probe has said is back (the realtime way can).
         if cand is None or not self.router.closed(cand):
@@ -526,17 +521,6 @@ class RequestHandler:
         if env.degraded is None:
             price *= 1.0 - self.discounts.get(cand.vendor, 0.0)
         return price <= blended_price(first)
-
-    def _outlasted(self, env: RequestEnvelope, lane: BatchLane) -> bool:
-        """Whether ``env`` is a Batch API line whose batch could end before a vendor batch
-        sent now answers it: that answer, billed, would come after its line was recorded
-        ``batch_expired`` and be thrown away; sent now, the line is answered in time."""
-        lines = self.batch_lines
-        if lines is None or env.reply_to != lines.topic:
-            return False
-        # Its deadline is its batch's end; the store takes answers for a grace after it.
-        recorded_by = env.deadline_ms / 1000 + EXPIRY_GRACE_S
-        return time.time() + lane.rule.max_age_s + VENDOR_BATCH_S > recorded_by
 
     def _arm(self, env: RequestEnvelope) -> None:
         """Answer ``env`` (a lane request a gateway waits on) 504 at its deadline, or at
@@ -717,10 +701,16 @@ class RequestHandler:
                 for w in list(flight.waiters)
                 if not w.sent and w.waits
             )
-            plan = self.router.plan(
-                env.alias, time.time(), user=env.user, degraded=True, tenant=env.tenant
-            )
-            cut = outcome.late  # shares the first run gave up on: billed all the same
+            refused: RelayError | None = None
+            try:
+                plan = self.router.plan(
+                    env.alias, time.time(), user=env.user, degraded=True, tenant=env.tenant
+                )
+            except RelayError as err:
+                # Nothing cheaper is up either: the run of an empty plan still settles the
+                # tenant's TPM and bills the calls the first run cut (``Progress.cut``).
+                plan, refused = [], err
+            shares = outcome.late  # shares the first run gave up on: billed all the same
             outcome = await self.dispatcher.run(
                 env,
                 plan,
@@ -732,7 +722,9 @@ class RequestHandler:
                 release=self.router.release,
                 withdrawn=withdrawn,
             )
-            outcome.late[:0] = cut
+            outcome.late[:0] = shares
+            if refused is not None:
+                outcome.error = refused  # the router's reason, and its Retry-After
         if outcome.body is not None and "model" in outcome.body:
             outcome.body["model"] = env.alias  # the alias asked for, never a vendor's name
         return outcome
@@ -879,6 +871,7 @@ class RequestHandler:
                     coalesced=not w.leader,
                     paid=paid,
                     late=late,
+                    cut=out.cut if w.leader else [],
                     degraded=flight.degraded_for(env),
                     reply=not w.lost and not put_back,
                 )
@@ -903,6 +896,7 @@ class RequestHandler:
             cache_hit=out.cached,
             batched=out.batched,
             degraded=flight.degraded_for(env),
+            cut=out.cut,  # calls cut before the answer: billed too (a follower's: none)
         )
         try:
             async with w.sending:  # every chunk out before the final
@@ -955,6 +949,7 @@ class RequestHandler:
             coalesced=not w.leader,
             paid=paid,
             late=out.late if w.leader else [],
+            cut=out.cut if w.leader and not out.cached else [],
             degraded=flight.degraded_for(w.envelope),
             reply=False,
         )
@@ -1005,12 +1000,15 @@ class RequestHandler:
         late: list[Late] | None = None,
         degraded: str | None = None,
         reply: bool = True,
+        cut: Sequence[Billed] = (),
     ) -> None:
         """Answer ``env`` with ``err`` (unless ``reply`` is false: its topic failed
-        already) and meter it; with ``late``, its shares of window-batched calls that went
-        out are metered when those answers come.  The line is written even when the reply
-        cannot go out, flagged ``degraded`` (else as ``env`` is) when the request was sent
-        the cheaper way."""
+        already) and meter it: billed what ``paid`` names (a stream broken part way, the
+        last call cut) and the other calls ``cut`` after they went out (``Outcome.cut``);
+        with ``late``, its shares of window-batched calls that went out are added when
+        those answers come.  The line is written even when the reply cannot go out,
+        flagged ``degraded`` (else as ``env`` is) when the request was sent the cheaper
+        way."""
         degraded = degraded or env.degraded
         error = ReplyEvent(
             correlation_id=env.correlation_id,
@@ -1028,8 +1026,19 @@ class RequestHandler:
         if late:
 
             def failed(billed: list[tuple[Candidate, Usage]]) -> UsageEvent:
-                # Failed, and billed its shares (the first one's vendor named); none, if
-                # those calls failed too.
+                # Failed, and billed its shares and the calls cut (the vendor it paid
+                # named, else the first share's); none, if nothing was paid.
+                if paid[0] is not None:
+                    line = usage_event(
+                        env,
+                        self.prices,
+                        candidate=paid[0],
+                        usage=paid[1],
+                        error=err,
+                        degraded=degraded,
+                        cut=cut,
+                    )
+                    return _plus_shares(line, billed)
                 cand, usage = billed[0] if billed else (None, Usage())
                 line = usage_event(
                     env,
@@ -1039,6 +1048,7 @@ class RequestHandler:
                     error=err,
                     batched=cand is not None,
                     degraded=degraded,
+                    cut=cut,
                 )
                 return _plus_shares(line, billed[1:])
 
@@ -1054,6 +1064,7 @@ class RequestHandler:
                 error=err,
                 coalesced=coalesced,
                 degraded=degraded,
+                cut=cut,
             )
         )
 
@@ -1101,6 +1112,15 @@ def _outlives(flight: Flight, w: Waiter, error: RelayError | None) -> bool:
     leader = flight.waiters[0].envelope
     left_s = w.envelope.deadline_ms / 1000 - time.time()
     return w.envelope.deadline_ms > leader.deadline_ms and left_s > RERUN_MIN_S
+
+
+def _batchable(plan: list[Candidate], spec: ModelAlias) -> list[Candidate]:
+    """The candidates of a background request's ``plan`` whose vendor batch may answer it:
+    the alias's canary only when it comes first (the request is the canary's, or nothing
+    else is up).  A user the canary did not take has it behind the stable candidates, as
+    the realtime way's last resort (``Router.plan``): never a vendor batch to send the
+    request to while a stable candidate is up."""
+    return [c for i, c in enumerate(plan) if i == 0 or not spec.is_canary(c.vendor, c.model)]
 
 
 def _plus_shares(line: UsageEvent, billed: list[tuple[Candidate, Usage]]) -> UsageEvent:

@@ -271,3 +271,86 @@ def test_a_line_put_back_is_taken_again_and_a_copy_of_either_is_not():
     again_retry = taken.first_time(taken_as(env, {PUT_BACK: b"7f3a"}))
     later = taken.first_time(taken_as(env, [("other", b"x"), (PUT_BACK, b"c001")]))
     assert (first, retry, again, again_retry, later) == (True, False, True, False, True)
+
+
+class ExpiringBatches:
+    """A vendor batch API whose batch runs until it is cancelled, and then says the first
+    request had run (answered, billed) and the others had not."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+        self.cancels = 0
+
+    async def submit_batch(self, calls: list[Any], api_key: str) -> str:
+        self.calls = calls
+        return "vb_exp"
+
+    async def poll_batch(self, batch_id: str, api_key: str) -> Any:
+        from agents.adapters.base import VendorResult
+        from schemas.errors import VendorUnavailable
+        from schemas.usage import Usage
+
+        if not self.cancels:
+            return None
+        message = {"role": "assistant", "content": "done"}
+        body = {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+        ran = VendorResult(body=body, usage=Usage(input_tokens=70, output_tokens=10))
+        return {
+            cid: ran if n == 0 else VendorUnavailable("batch request not run")
+            for n, (cid, _) in enumerate(self.calls)
+        }
+
+    async def cancel_batch(self, batch_id: str, api_key: str) -> None:
+        self.cancels += 1
+
+
+async def test_lines_of_a_batch_that_expired_in_a_vendor_batch_are_not_paid_for_unrun():
+    """Two lines went to a vendor batch late in their batch's window; the window (and
+    the store's grace) ends while the vendor still works on it.  The store says the batch
+    is done with (as it says cancelled), so the lane cancels the vendor batch: the line
+    the vendor had run is delivered and metered at the batch price (its batch does not
+    take it: its error file says batch_expired), the other is answered deadline_exceeded,
+    which its error file says batch_expired too, never batch_cancelled, and is neither
+    sent the realtime way nor paid for.  One ledger line each."""
+    from agents.batch_lane import BatchLane
+    from agents.batch_results import cancelled, output_line
+    from agents.keys import KeyPool
+    from schemas.config import BatchLane as LaneRule
+
+    calls: list[str] = []
+    store = Store()
+    handler, sink = handler_with(calls, PriorityGate(), lines_of(store))
+    vendor = ExpiringBatches()
+
+    async def line_cancelled(env: RequestEnvelope) -> bool:
+        return await cancelled(store, env, RESULTS)  # type: ignore[arg-type]
+
+    handler.lane = BatchLane(
+        {"a": vendor},
+        {"a": KeyPool(["k"])},
+        LaneRule(max_size=2, poll_s=0.01),
+        handler.deliver_batch,
+        cancelled=line_cancelled,
+    )
+    end = time.time() + 0.2  # the batch's window ends (its lines' deadline)
+    envs = [line("batch_exp", i, deadline_ms=int(end * 1000)) for i in range(2)]
+    for env in envs:
+        await handler.handle(env)
+    await until(lambda: bool(vendor.calls))
+    await until(lambda: time.time() > end)
+    store.cancelled_ids.add("batch_exp")  # past its window and grace: the store says so
+    for task in list(handler.lane._tasks):
+        await task
+
+    assert calls == [] and vendor.cancels == 1
+    ran, unrun = envs
+    [answer] = sink.for_(ran.correlation_id)
+    assert answer.kind == "final"
+    [refused] = sink.for_(unrun.correlation_id)
+    assert output_line("c1", refused).error is not None
+    assert output_line("c1", refused).error.code == "batch_expired"  # type: ignore[union-attr]
+    by_id = {line.trace_id: line for line in sink.ledger}
+    assert len(sink.ledger) == 2
+    paid, free = by_id[ran.trace_id], by_id[unrun.trace_id]
+    assert paid.batch_api and paid.status == "ok" and paid.cost > 0
+    assert (free.status, free.error_code, free.cost) == ("error", "deadline_exceeded", 0.0)

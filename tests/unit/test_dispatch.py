@@ -818,3 +818,205 @@ async def test_an_unstreamed_request_cut_by_the_deadline_has_one_line_that_bills
     [line] = sink.ledger
     assert (line.status, line.error_code, line.vendor) == ("error", "deadline_exceeded", "a")
     assert line.usage == Usage.estimated(PROMPT, 0) and line.cost > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_call_cut_by_its_begin_limit_is_on_the_line_of_the_request_the_next_answered(
+    stream: bool,
+) -> None:
+    import httpx
+
+    from agents.adapters.registry import make_adapter
+    from agents.handler import RequestHandler
+    from agents.route import Router
+    from schemas.config import RelayConfig
+    from tables.prices import PriceSheet, cost_of
+    from tests.support.sinks import Sink
+
+    a = Candidate(vendor="a", model="x", input_per_1m=1, output_per_1m=2)
+    b = Candidate(vendor="b", model="y", input_per_1m=5, output_per_1m=10)
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {
+                "a": {"kind": "openai", "base_url": "http://a.test/v1", "timeout_s": 0.3},
+                "b": {"kind": "openai", "base_url": "http://b.test/v1"},
+            },
+            "models": {"m": {"candidates": [a.model_dump(), b.model_dump()]}},
+            "tenants": {"t": {}},
+        }
+    )
+
+    async def opened_then_silent() -> Any:
+        yield f"data: {json.dumps(_openai_chunk({'role': 'assistant'}))}\n\n".encode()
+        await asyncio.sleep(30)
+
+    usage = {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}
+
+    async def route(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "text/event-stream"}
+        if request.url.host == "a.test":
+            if stream:
+                return httpx.Response(200, content=opened_then_silent(), headers=headers)
+            await asyncio.sleep(30)
+        if stream:
+            chunks = [_openai_chunk({"content": "Hi"}), _openai_chunk({}, "stop"),
+                      {"id": "c", "object": "chat.completion.chunk", "choices": [],
+                       "usage": usage}]  # fmt: skip
+            text = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+            return httpx.Response(200, text=text, headers=headers)
+        message = {"role": "assistant", "content": "Hi"}
+        return httpx.Response(200, json={"id": "c", "object": "chat.completion", "created": 1,
+            "model": "y", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": usage})  # fmt: skip
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(route))
+    sink = Sink()
+    adapters = {name: make_adapter(v, http) for name, v in config.vendors.items()}
+    pools = {name: KeyPool(["k-0123456789"]) for name in adapters}
+    dispatch = Dispatcher(adapters, pools, sink.health, max_rounds=1)
+    handler = RequestHandler(
+        Router(config, {}.get), dispatch, PriceSheet.from_config(config.models), sink
+    )
+    body = {**PROMPT, "stream": stream}
+    await handler.handle(request_envelope(body=body, stream=stream, alias="m"))
+    [line] = sink.ledger
+    answer, estimate = Usage(input_tokens=7, output_tokens=1), Usage.estimated(body, 0)
+    assert (line.status, line.vendor) == ("ok", "b")
+    assert line.usage.input_tokens == 7 + estimate.input_tokens
+    assert line.cost == pytest.approx(cost_of(b, answer) + cost_of(a, estimate))
+
+
+def _cut_then_answered() -> tuple[Any, Any, Candidate, Candidate]:
+    """A handler for alias ``m`` whose first candidate ``a`` takes each call and never
+    answers (cut by its 0.3 s begin limit), and whose second ``b`` answers (7 tokens in,
+    1 out); its sink; ``a`` and ``b``."""
+    import httpx
+
+    from agents.adapters.registry import make_adapter
+    from agents.handler import RequestHandler
+    from agents.route import Router
+    from schemas.config import RelayConfig
+    from tables.prices import PriceSheet
+    from tests.support.sinks import Sink
+
+    a = Candidate(vendor="a", model="x", input_per_1m=1, output_per_1m=2)
+    b = Candidate(vendor="b", model="y", input_per_1m=5, output_per_1m=10)
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {
+                "a": {"kind": "openai", "base_url": "http://a.test/v1", "timeout_s": 0.3},
+                "b": {"kind": "openai", "base_url": "http://b.test/v1"},
+            },
+            "models": {"m": {"candidates": [a.model_dump(), b.model_dump()]}},
+            "tenants": {"t": {}},
+        }
+    )
+    usage = {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}
+
+    async def route(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "a.test":
+            await asyncio.sleep(30)
+        message = {"role": "assistant", "content": "Hi"}
+        return httpx.Response(200, json={"id": "c", "object": "chat.completion", "created": 1,
+            "model": "y", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": usage})  # fmt: skip
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(route))
+    sink = Sink()
+    adapters = {name: make_adapter(v, http) for name, v in config.vendors.items()}
+    pools = {name: KeyPool(["k-0123456789"]) for name in adapters}
+    dispatch = Dispatcher(adapters, pools, sink.health, max_rounds=1)
+    handler = RequestHandler(
+        Router(config, {}.get), dispatch, PriceSheet.from_config(config.models), sink
+    )
+    return handler, sink, a, b
+
+
+async def test_a_follower_of_a_call_that_cut_another_pays_nothing_and_the_leader_pays_once():
+    """Two identical requests share one flight: ``a``'s call is cut by its begin limit
+    and ``b`` answers.  The leader's one line bills both calls; the follower's (coalesced)
+    line adds nothing, however many calls the leader's request cut."""
+    from tables.prices import cost_of
+
+    handler, sink, a, b = _cut_then_answered()
+    envs = [request_envelope(body=PROMPT, alias="m") for _ in range(2)]
+    await asyncio.gather(*(handler.handle(env) for env in envs))
+    assert sorted(line.correlation_id for line in sink.ledger) == sorted(
+        env.correlation_id for env in envs
+    ), "one line per request"
+    first, second = sorted(sink.ledger, key=lambda line: line.coalesced)
+    answer, estimate = Usage(input_tokens=7, output_tokens=1), Usage.estimated(PROMPT, 0)
+    assert (first.status, first.vendor, first.coalesced) == ("ok", "b", False)
+    assert first.cost == pytest.approx(cost_of(b, answer) + cost_of(a, estimate))
+    assert (second.status, second.coalesced, second.cost) == ("ok", True, 0.0)
+    assert second.usage.input_tokens == 7, "the answer's figures, not the cut call's"
+
+
+async def test_a_request_whose_cheaper_route_is_down_too_is_billed_what_its_first_run_cut():
+    """Rate pressure: the first run's calls were cut (``a``'s, billed its prompt) and it
+    ended ``RateLimited``; the cheaper route the handler asks for next is all down, so
+    the router refuses it (503, its Retry-After).  The request's one line still bills
+    the call that went out, and its tenant's TPM is settled with what it was billed."""
+    from agents.dispatch import Progress
+    from schemas.errors import NoHealthyVendor, RateLimited
+    from tables.prices import cost_of
+
+    handler, sink, a, _ = _cut_then_answered()
+    handler.router.config.models["m"].degrade_after_wait_ms = 100
+    real_run, real_plan = handler.dispatcher.run, handler.router.plan
+    settled: list[Usage] = []
+    handler.dispatcher._settle = lambda env, key, used: settled.append(used)  # type: ignore[method-assign]
+
+    async def first_run_cut(env: Any, plan: Any, on_chunk: Any, **kw: Any) -> Outcome:
+        if kw.get("admit_tenant", True):  # the first run: a's call went out, then cut
+            progress: Progress = kw["progress"]
+            progress.cut_off(a, env.body)
+            return Outcome(error=RateLimited("held", retry_after=1.0))
+        return await real_run(env, plan, on_chunk, **kw)
+
+    def plan(*args: Any, degraded: bool = False, **kw: Any) -> Any:
+        if degraded:
+            raise NoHealthyVendor("every vendor for this model is down", retry_after=7.0)
+        return real_plan(*args, degraded=degraded, **kw)
+
+    handler.dispatcher.run = first_run_cut  # type: ignore[method-assign]
+    handler.router.plan = plan  # type: ignore[method-assign]
+    env = request_envelope(body=PROMPT, alias="m")
+    await handler.handle(env)
+    [line] = sink.ledger
+    estimate = Usage.estimated(PROMPT, 0)
+    assert (line.status, line.error_code, line.vendor) == ("error", "no_healthy_vendor", "a")
+    assert line.usage == estimate and line.cost == pytest.approx(cost_of(a, estimate))
+    assert line.degraded == "rate_pressure"
+    assert settled == [estimate], "the tenant's TPM settled once, with what was billed"
+
+
+async def test_a_failed_request_s_line_bills_its_cut_calls_and_its_late_shares_together():
+    """A request that failed after a call it paid for (``a``'s, the last cut), another cut
+    call (``c``'s) and a share of a window-batched call it was cut from (``b``'s, billed
+    when that call answers): its one line names ``a`` and adds the other two."""
+    from schemas.errors import DeadlineExceeded
+    from tables.prices import cost_of
+
+    handler, sink, a, b = _cut_then_answered()
+    c = Candidate(vendor="c", model="z", input_per_1m=3, output_per_1m=3)
+    estimate, share = Usage.estimated(PROMPT, 0), Usage(input_tokens=11, output_tokens=2)
+    answer: asyncio.Future[VendorResult] = asyncio.get_running_loop().create_future()
+    env = request_envelope(body=PROMPT, alias="m")
+    await handler._fail(
+        env,
+        DeadlineExceeded("late"),
+        paid=(a, estimate),
+        late=[(b, answer)],
+        cut=[(c, estimate)],
+    )
+    assert sink.ledger == [], "written once the shared call answers"
+    answer.set_result(VendorResult({"choices": []}, share))
+    for task in list(handler.spawned):
+        await task
+    [line] = sink.ledger
+    assert (line.status, line.vendor, line.batched) == ("error", "a", True)
+    assert line.usage.input_tokens == 2 * estimate.input_tokens + 11
+    assert line.cost == pytest.approx(
+        cost_of(a, estimate) + cost_of(c, estimate) + cost_of(b, share)
+    )

@@ -819,16 +819,15 @@ async def test_a_background_request_never_spends_the_workers_stale_latency_measu
     assert handler.router.plan("m", time.time(), room_s=3600)[0].model == "slow"
 
 
-@pytest.mark.parametrize(("taken_after_s", "deferred"), [(0, True), (600, False)])
-async def test_a_batch_api_line_goes_to_a_vendor_batch_only_if_its_answer_comes_in_time(
-    taken_after_s: float, deferred: bool
+@pytest.mark.parametrize("taken_after_s", [0, 600, 23 * 3600])
+async def test_a_batch_api_line_goes_to_a_vendor_batch_however_late_it_is_taken(
+    taken_after_s: float,
 ):
-    """A Batch API line's deadline is its batch's end (24 h from creation; the store
-    takes answers 5 minutes more).  A vendor batch may take its own 24 h from when the
-    lane sends it: a line taken 10 minutes after its batch was created (a lagging
-    consumer, a restart) goes the realtime way, or the vendor's answer, billed, could
-    come after the line was recorded ``batch_expired``.  One taken at once is sent in
-    a vendor batch."""
+    """A Batch API line's deadline is its batch's end (24 h from creation).  Taken at once,
+    10 minutes or 23 hours after its batch was created (a large batch paced by its
+    tenant's rpm, a lagging consumer), it goes to a vendor batch at its discount, never
+    the realtime way at the full price: should its batch expire before the vendor
+    answers, the lane cancels the vendor batch instead (see test_batch_lane)."""
     from agents.handler import BatchLines
     from schemas.batches import COMPLETION_WINDOW_S
 
@@ -856,9 +855,90 @@ async def test_a_batch_api_line_goes_to_a_vendor_batch_only_if_its_answer_comes_
     await settled(handler)
     assert sink.for_(env.correlation_id)[-1].kind == "final"
     [line] = sink.ledger
-    assert line.batch_api is deferred
-    assert calls == ([] if deferred else ["a"])
-    assert len(batches.calls) == deferred
+    assert line.batch_api and calls == [] and len(batches.calls) == 1
+
+
+def canary_config() -> RelayConfig:
+    """Alias ``m``: stable candidate ``b`` (no batch API here), and vendor ``a``'s model as
+    a sticky 50 % canary, cheaper in a vendor batch than ``b`` is realtime."""
+    return RelayConfig.model_validate(
+        {
+            "vendors": {n: {"kind": "openai", "base_url": f"http://{n}/v1"} for n in "ab"},
+            "models": {
+                "m": {
+                    "candidates": [{"vendor": "b", "model": "b-m", "input_per_1m": 2}],
+                    "canary": {
+                        "candidate": {"vendor": "a", "model": "a-m", "input_per_1m": 1},
+                        "percent": 50,
+                    },
+                }
+            },
+            "tenants": {"t": {}},
+        }
+    )
+
+
+@pytest.mark.parametrize("in_canary", [False, True])
+async def test_background_work_goes_to_the_canary_s_vendor_batch_only_for_its_users(
+    in_canary: bool,
+):
+    """Users the canary did not take have it behind the stable candidates, as the
+    realtime way's last resort: their background request is answered by the stable
+    candidate (the realtime way here, as it has no batch API), never sent to the
+    canary's vendor batch while that one is up.  The canary's own users' requests go
+    to its vendor batch."""
+    config = canary_config()
+    calls: list[str] = []
+    batches = SlowBatches()
+    batches.done.set()
+    handler, sink = make(vendor(calls, delay=0), config, discounts={"a": 0.5})
+    with_lane(handler, batches)
+    spec = config.models["m"]
+    user = next(
+        u
+        for u in (f"user-{n}" for n in range(1000))
+        if handler.router.in_canary("m", spec, u) is in_canary
+    )
+    env = envelope(key=f"bg-canary-{in_canary}", priority=Priority.background, user=user)
+    await handler.handle(env)
+    await settled(handler)
+    assert sink.for_(env.correlation_id)[-1].kind == "final"
+    [line] = sink.ledger
+    if in_canary:
+        assert [call.model for _, call in batches.calls] == ["a-m"] and calls == []
+        assert line.batch_api and line.vendor == "a"
+    else:
+        assert batches.calls == [] and calls == ["b"]
+        assert not line.batch_api and line.vendor == "b"
+
+
+async def test_a_stable_user_s_background_work_goes_to_the_canary_s_batch_when_it_is_all_left():
+    """The stable candidate's breaker is open: the canary is the plan's first (and only)
+    candidate for a stable user too, and its vendor batch may answer the request."""
+    from tables.health import Health
+
+    config = canary_config()
+    batches = SlowBatches()
+    batches.done.set()
+    sink = Sink()
+    down = {"b/b-m": Health(state="open", opened_at=time.time()).model_dump()}
+    handler = RequestHandler(
+        Router(config, down.get),
+        Dispatcher({}, {}, sink.health),
+        PriceSheet.from_config(config.models),
+        sink,
+        discounts={"a": 0.5},
+    )
+    with_lane(handler, batches)
+    spec = config.models["m"]
+    user = next(
+        u for u in (f"user-{n}" for n in range(1000)) if not handler.router.in_canary("m", spec, u)
+    )
+    env = envelope(key="bg-canary-left", priority=Priority.background, user=user)
+    await handler.handle(env)
+    await settled(handler)
+    [line] = sink.ledger
+    assert line.batch_api and line.vendor == "a"
 
 
 async def test_an_answer_cached_by_a_candidate_no_longer_configured_still_names_it():
