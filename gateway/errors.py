@@ -98,12 +98,20 @@ def error_response(request: Request, err: RelayError) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+# A request field the relay names in OpenAI's words, as a Messages client sent it.
+ANTHROPIC_NAMES = {"stop": "stop_sequences"}
+
+
 def anthropic_error(err: RelayError) -> tuple[int, dict[str, Any]]:
     """The status and body Anthropic would answer ``err`` with (the body is also the
     ``error`` event of a stream that already began)."""
     status = ANTHROPIC_STATUS.get(err.status, err.status)
     kind = ANTHROPIC_TYPES.get(status, "api_error")
-    return status, {"type": "error", "error": {"type": kind, "message": err.message}}
+    message = err.message
+    name = ANTHROPIC_NAMES.get(err.param or "")
+    if name is not None and message.startswith(f"{err.param}:"):
+        message = name + message.removeprefix(err.param or "")
+    return status, {"type": "error", "error": {"type": kind, "message": message}}
 
 
 # pydantic names a union's branch in the error's location ("stop.str"): not a field

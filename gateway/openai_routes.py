@@ -20,6 +20,7 @@ from schemas.formats.functions import (
     functions_to_tools,
     is_legacy,
 )
+from schemas.formats.openai import ToolCallIndexes
 from schemas.usage import Usage
 
 router = APIRouter(prefix="/v1")
@@ -179,8 +180,9 @@ def render(answer: Answer, raw: dict[str, Any]) -> Response:
 async def _as_function_calls(
     chunks: AsyncIterator[dict[str, Any] | Usage],
 ) -> AsyncIterator[dict[str, Any] | Usage]:
+    numbering: dict[int, ToolCallIndexes] = {}  # the stream's, per choice
     async for chunk in chunks:
-        yield chunk if isinstance(chunk, Usage) else chunk_as_function_call(chunk)
+        yield chunk if isinstance(chunk, Usage) else chunk_as_function_call(chunk, numbering)
 
 
 @router.post("/chat/completions")

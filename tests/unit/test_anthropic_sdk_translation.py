@@ -419,5 +419,6 @@ async def test_a_whitespace_stop_sequence_no_candidate_takes_is_named_as_sent(
         await claude.messages.create(
             model="claude-haiku", max_tokens=64, messages=user, stop_sequences=["\n"]
         )
-    assert "stop_sequences" in err.value.message and "whitespace" in err.value.message
+    said = err.value.body["error"]["message"]  # type: ignore[index]
+    assert said.startswith("stop_sequences: ") and "whitespace" in said
     assert not vendor.bodies, "nothing was sent"
