@@ -44,7 +44,7 @@ from schemas.envelope import (
     RequestEnvelope,
     UsageEvent,
 )
-from schemas.errors import BatchCancelled, StoreUnavailable, answer_lost
+from schemas.errors import BatchCancelled, DeadlineExceeded, StoreUnavailable, answer_lost
 from schemas.settings import Settings
 from streams import fetch_guard, metrics, topic_guard
 from streams.app import make_app
@@ -397,7 +397,14 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
             await handler.cut(env)
             raise
         if gone:
-            await handler.refuse(env, BatchCancelled("the batch was cancelled before this line"))
+            # Done with: its batch cancelled, or expired (its window, the line's deadline, over).
+            ended = env.deadline_ms / 1000 <= time.time()
+            await handler.refuse(
+                env,
+                DeadlineExceeded("the batch's window ended before this line")
+                if ended
+                else BatchCancelled("the batch was cancelled before this line"),
+            )
             return
         await handler.handle(env)
 
