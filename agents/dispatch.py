@@ -45,6 +45,7 @@ from schemas.errors import (
     VendorRateLimited,
     VendorUnavailable,
 )
+from schemas.formats.anthropic import opening_usage
 from schemas.formats.openai import answer_chars, assemble_chunks
 from schemas.usage import Usage, estimated_tokens, prompt_chars
 from tables.buckets import LANES, PriorityGate
@@ -153,27 +154,42 @@ class Progress:
     # Calls that went out (an unstreamed call sent, a stream the vendor opened) and were
     # cut before they said anything: by a begin limit, the deadline or a stop, or an
     # opened stream that broke.  The vendor bills each its prompt all the same, so each
-    # is billed so (at an estimate) whatever came next: another candidate's answer too.
+    # is billed so (as its vendor counted it, see ``said``, else at an estimate) whatever
+    # came next: another candidate's answer too.
     cut: list[Billed] = field(default_factory=list)
+    # What the vendor of the stream under way (``opened``, then ``candidate``) counted of
+    # its prompt as the stream opened, before any answer (Anthropic's message_start: its
+    # input, cache reads and cache writes); None from a vendor that counts at the end only.
+    said: Usage | None = None
+
+    def used(self, body: dict[str, Any], chars: int) -> Usage:
+        """What the stream under way is billed, cut with ``chars`` characters of answer:
+        its prompt as its vendor counted it when it said (a cached prompt at the cached
+        price), else at an estimate; its answer at an estimate."""
+        guess = Usage.estimated(body, chars)
+        if self.said is None:
+            return guess
+        return self.said.model_copy(update={"output_tokens": guess.output_tokens})
 
     def cut_off(self, cand: Candidate, body: dict[str, Any]) -> Usage:
         """``cand``'s call went out and was cut before it said anything: kept to be
-        billed its prompt (at an estimate), and no longer the stream under way."""
-        used = Usage.estimated(body, 0)
+        billed its prompt (as its vendor counted it, else at an estimate), and no longer
+        the stream under way."""
+        used = self.used(body, 0) if self.opened == cand else Usage.estimated(body, 0)
         self.cut.append((cand, used))
         if self.opened == cand:
-            self.opened = None
+            self.opened, self.said = None, None
         return used
 
     def bill(self, out: Outcome, body: dict[str, Any]) -> Outcome:
-        """``out``, which no candidate answered, charged for what its calls cost (at an
-        estimate): the stream under way (what it forwarded, or a stream opened still
-        silent) and the calls cut before it.  Its line names the last of them (a stream
-        broken part way: the vendor that sent it) and adds the others (``Outcome.cut``);
-        as it is when there were none."""
+        """``out``, which no candidate answered, charged for what its calls cost (see
+        ``used``, ``cut_off``): the stream under way (what it forwarded, or a stream
+        opened still silent) and the calls cut before it.  Its line names the last of
+        them (a stream broken part way: the vendor that sent it) and adds the others
+        (``Outcome.cut``); as it is when there were none."""
         billed = list(self.cut)
         if (who := self.candidate or self.opened) is not None:
-            billed.append((who, Usage.estimated(body, self.chars)))
+            billed.append((who, self.used(body, self.chars)))
         if billed:
             (out.candidate, out.usage), out.cut = billed[-1], billed[:-1]
         return out
@@ -579,7 +595,8 @@ class Dispatcher:
             except RelayError as exc:
                 scrubbed(exc, key)
                 if exc.refused and progress is not None:
-                    progress.opened = None  # the vendor did not take the call: unbilled
+                    # The vendor did not take the call: unbilled.
+                    progress.opened, progress.said = None, None
                 elif env.stream and progress is not None and progress.opened == cand:
                     # Opened, then broken before it said anything (a dropped connection):
                     # billed its prompt, whether or not the next candidate answers.
@@ -683,12 +700,16 @@ class Dispatcher:
         chunks: list[dict[str, Any]] = []
         usage = Usage()
         held = 0  # leading chunks of nothing (a role, an empty text) not yet forwarded
+        if progress is not None:
+            progress.said = None  # this call's vendor has counted nothing yet
         async for item in adapter.stream(call):
             if progress is not None:  # the vendor took the call: it bills the prompt now
                 progress.opened = cand
             if isinstance(item, Usage):
                 usage = item
                 continue
+            if progress is not None and (said := opening_usage(item)) is not None:
+                progress.said = said  # a cut from here bills the prompt the vendor counted
             item["model"] = env.alias
             chunks.append(item)
             if held == len(chunks) - 1 and hollow(item):
@@ -811,7 +832,7 @@ def _cut(
     if progress is None or env.endpoint == "count_tokens":
         return Usage()
     if forwarded:
-        return Usage.estimated(env.body, progress.chars)
+        return progress.used(env.body, progress.chars)
     streamed = env.stream and env.endpoint == "chat"
     if progress.opened == cand if streamed else SENT.get():
         return progress.cut_off(cand, env.body)

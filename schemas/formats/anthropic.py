@@ -867,7 +867,8 @@ class _ToolCall:
 
 # An Anthropic vendor's message_start usage (its input and cache counts, known before
 # any text), carried on the opening chunk to an Anthropic client's own message_start:
-# some clients read the input side there alone.  Not for OpenAI clients (see
+# some clients read the input side there alone; and the relay bills a stream cut after it
+# that count of its prompt (``opening_usage``).  Not for OpenAI clients (see
 # ``without_start_usage``); other vendors say their counts at the end only.
 START_USAGE = "anthropic_start_usage"
 _START_USAGE_FIELDS = frozenset(
@@ -880,6 +881,23 @@ _START_USAGE_FIELDS = frozenset(
         "service_tier",
     }
 )
+
+
+def opening_usage(chunk: dict[str, Any]) -> Usage | None:
+    """The vendor's own count of the prompt an opening chunk carries (``START_USAGE``):
+    its input, cache reads and cache writes, said before any answer, so that a stream cut
+    after it is billed what the vendor counted (a cached prompt at the cached price), its
+    output alone estimated.  None when the chunk carries none, or a count that says no
+    prompt at all or cannot be read (a compatible server that counts at the end only):
+    the relay's estimate stands then."""
+    said = chunk.get(START_USAGE)
+    if not isinstance(said, dict):
+        return None
+    try:
+        usage = _usage_from_anthropic(said)
+    except (TypeError, ValueError, OverflowError):  # a count that is not a number
+        return None
+    return usage if usage.input_tokens else None
 
 
 def without_start_usage(chunk: dict[str, Any]) -> dict[str, Any]:

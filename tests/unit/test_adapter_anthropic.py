@@ -23,6 +23,7 @@ from schemas.errors import (
     VendorUnavailable,
     VendorUnsupported,
 )
+from schemas.formats.anthropic import MessageEventsToChunks, opening_usage
 from schemas.formats.openai import assemble_chunks
 from schemas.usage import Usage
 
@@ -285,6 +286,35 @@ async def test_stream_turns_events_into_chunks_and_usage():
         if "tool_calls" in c["choices"][0]["delta"]
     ]
     assert tool_deltas[0]["id"] == "toolu_9" and tool_deltas[0]["function"]["arguments"] == ""
+
+
+async def test_the_opening_chunk_carries_the_prompt_the_vendor_counted():
+    """message_start's counts come with the stream's first chunk, before any answer: a
+    stream cut after it is billed them (``opening_usage``), its output alone estimated."""
+    _, handler = recorder(httpx.Response(200, content=sse(*STREAM[:2])))
+    items = []
+    with pytest.raises(VendorUnavailable, match="before message_stop"):
+        async for item in adapter_for(handler).stream(call()):
+            items.append(item)
+    first, *rest = items
+    assert opening_usage(first) == Usage(input_tokens=512, output_tokens=1, cache_write_tokens=500)
+    assert [opening_usage(c) for c in rest] == [None] * len(rest)
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"input_tokens": 0, "output_tokens": 0},  # a compatible server counting at the end
+        {"input_tokens": "many"},
+        {"input_tokens": {"n": 3}},
+        None,
+    ],
+)
+def test_an_opening_without_a_readable_count_of_its_prompt_leaves_the_estimate(usage):
+    convert = MessageEventsToChunks()
+    message = {**START, "usage": usage}
+    [opening] = convert.feed("message_start", {"type": "message_start", "message": message})
+    assert opening_usage(opening) is None
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,10 @@ import pytest
 
 from agents.handler import RequestHandler
 from schemas.envelope import RequestEnvelope
+from schemas.usage import Usage, estimated_tokens
+from tables.prices import cost_of
 from tests.support.sinks import Sink
+from tests.unit import test_cut_stream_usage as cut
 from tests.unit.test_handler import envelope, make, sse
 
 WORDS = [f" w{i:02d}" for i in range(40)]  # 4 characters each: about a token each
@@ -317,3 +320,22 @@ async def test_a_waiter_nobody_reads_keeps_no_call_going_for_nobody(
     assert len(sink.ledger) == len(lines), "one line each at most"
     if other == "given_up":  # its gateway wrote its line
         assert follower.correlation_id not in lines
+
+
+async def test_a_stopped_anthropic_stream_bills_the_prompt_its_vendor_counted() -> None:
+    """A client's "stop" on a long prompt served from Anthropic's cache: the line bills
+    the input, cache reads and cache writes message_start said (each at its own price),
+    only its output estimated, never the whole prompt guessed at the full input price."""
+    handler, sink = cut.make(cut.vendors("hang"))
+    env = cut.asked()
+    task = asyncio.create_task(handler.handle(env))
+    await until(lambda: text(sink, env) == cut.ANSWERED)  # then the vendor goes silent
+    handler.cancel(env.cancel_notice())
+    await asyncio.wait_for(task, 2)
+    [line] = sink.ledger
+    assert (line.status, line.error_code, line.vendor) == ("error", "client_closed", "an")
+    used = cut.prompt_vendor_counted(estimated_tokens(len(cut.ANSWERED)))
+    assert line.usage == used
+    assert (line.usage.input_tokens, line.usage.cache_read_tokens) == (9020, 8000)
+    assert line.cost == cost_of(cut.claude(), used)
+    assert line.cost * 3 < cost_of(cut.claude(), Usage.estimated(env.body, len(cut.ANSWERED)))
