@@ -299,14 +299,15 @@ async def test_a_call_cut_by_its_begin_limit_is_billed_when_the_next_one_answers
 ) -> None:
     """Unstreamed, the first vendor took the call and hung past its timeout_s; streamed,
     it opened its stream and went quiet.  It was cut and the backup answered; the vendor
-    bills the cut call's prompt all the same, so the outcome carries it (at an
-    estimate) beside the answer, for the request's one ledger line — as it would were
-    the request to fail instead."""
+    bills the cut call's prompt all the same, so the outcome carries it beside the
+    answer (the count its message_start gave, else an estimate), for the request's one
+    ledger line — as it would were the request to fail instead."""
     dispatch, _, plan = vendors(streaming(opened_then_silent) if stream else hangs, timeout_s=0.3)
     env = envelope(5.0, stream=stream)
     out = await dispatch.run(env, plan, _ignore if stream else None)
     assert out.error is None and out.candidate == plan[1]
-    assert out.cut == [(plan[0], Usage.estimated(env.body, 0))]
+    said = Usage(input_tokens=9, output_tokens=1)  # MESSAGE_START's count
+    assert out.cut == [(plan[0], said if stream else Usage.estimated(env.body, 0))]
     assert out.spent().input_tokens == out.usage.input_tokens + out.cut[0][1].input_tokens
 
 
