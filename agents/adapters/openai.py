@@ -166,7 +166,7 @@ class OpenAIAdapter:
                 # clients reading deltas trip over: neither carries any answer.
                 if choices := [c for c in chunk.get("choices") or () if _answering(c)]:
                     for choice in choices:
-                        _reasoning_as_content(choice["delta"])
+                        _in_relay_shape(choice["delta"], whole=False)
                         _number_calls(choice, numbering)
                     chunk["choices"] = choices
                     chunk.pop("usage", None)
@@ -420,9 +420,7 @@ class OpenAIAdapter:
             said = data.get("error") or "the answer has no choices"
             failure = _vendor_failure(f"{self.kind}: HTTP 200 without an answer", said)
             raise scrubbed(failure, call.api_key)
-        for choice in data["choices"]:
-            if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
-                _reasoning_as_content(choice["message"])
+        _messages_in_relay_shape(data)
         return data
 
     def _parse_chunk(self, data: str) -> dict[str, Any]:
@@ -446,6 +444,7 @@ class OpenAIAdapter:
         body = response.get("body") or {}
         status = int(response.get("status_code") or 0)
         if status == 200 and isinstance(body.get("choices"), list):
+            _messages_in_relay_shape(body)  # read as a live answer is
             return VendorResult(body, Usage.from_openai(body.get("usage")))
         if status < 400:  # no status, or a 200 without an answer (a proxy's {"error": ...})
             said = f"{self.kind}: a batch response without an answer (HTTP {status})"
@@ -573,6 +572,65 @@ def _number_calls(choice: dict[str, Any], numbering: dict[int, _StreamCalls]) ->
                 if name == had_name:
                     del payload["name"]
         calls.said[n] = (had_id or call_id, had_name or name)
+
+
+def _messages_in_relay_shape(answer: dict[str, Any]) -> None:
+    """Each message of a whole answer in the shape the relay reads (``_in_relay_shape``)."""
+    for choice in answer["choices"]:
+        if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
+            _in_relay_shape(choice["message"], whole=True)
+
+
+def _in_relay_shape(said: dict[str, Any], *, whole: bool) -> None:
+    """A message (``whole``) or a stream's delta as the relay reads one, whatever
+    OpenAI-compatible server sent it: its thinking under ``reasoning_content``
+    (``_reasoning_as_content``), its text a string (``_content_parts``)."""
+    _reasoning_as_content(said)
+    _content_parts(said, whole)
+
+
+def _content_parts(said: dict[str, Any], whole: bool) -> None:
+    """A message's (or delta's) ``content`` sent as a list of parts made a string, as
+    OpenAI sends it and every translator, the assembler and the cache read it.
+
+    Mistral's reasoning models (Magistral; Mistral Small and Medium given
+    ``reasoning_effort``) answer so, streamed or not: ``{"type": "text", "text"}`` parts
+    are the answer, and a ``{"type": "thinking", "thinking": [{"type": "text", "text"}],
+    "closed"}`` part its reasoning, which goes on as ``reasoning_content`` (after any the
+    server sent under that name), as every other vendor's thinking does.  Other parts
+    (Mistral's ``reference`` ids) have no slot in a chat answer and are left out.  With
+    no text part, a message's content is "" (null beside tool calls, as OpenAI's), a
+    delta's null."""
+    parts = said.get("content")
+    if not isinstance(parts, list):
+        return
+    text: list[str] = []
+    thought: list[str] = []
+    for part in parts:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            text.append(part["text"])
+        elif kind == "thinking":
+            thought.append(_thinking_text(part.get("thinking")))
+    if text:
+        said["content"] = "".join(text)
+    else:
+        said["content"] = "" if whole and not said.get("tool_calls") else None
+    if reasoning := "".join(thought):
+        had = said.get("reasoning_content")
+        said["reasoning_content"] = (had if isinstance(had, str) else "") + reasoning
+
+
+def _thinking_text(thinking: Any) -> str:
+    """The text of a thinking part: Mistral's list of text chunks (a server may send a
+    string)."""
+    if isinstance(thinking, str):
+        return thinking
+    if not isinstance(thinking, list):
+        return ""
+    return "".join(
+        c["text"] for c in thinking if isinstance(c, dict) and isinstance(c.get("text"), str)
+    )
 
 
 def _reasoning_as_content(said: dict[str, Any]) -> None:

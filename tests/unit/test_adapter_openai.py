@@ -1330,3 +1330,118 @@ async def test_an_id_and_name_said_on_every_fragment_reach_an_openai_client_once
         expected = [("call_a", "debug_tool", '{"a":1}'), ("call_b", "get_time", "{}")]
         assert sdk_calls(chunks) == expected
         assert sdk_calls(response_to_chunks(assemble_chunks(chunks))) == expected
+
+
+# -- content sent as a list of parts (Mistral's reasoning models) -------------------
+
+
+def think(text: str) -> dict:
+    """Mistral's thinking part: its text in a list of text chunks."""
+    return {"type": "thinking", "thinking": [{"type": "text", "text": text}], "closed": True}
+
+
+async def test_content_sent_as_parts_is_text_and_reasoning_for_every_client() -> None:
+    """Mistral's reasoning models send ``content`` as a list of thinking and text parts,
+    streamed or not: the text parts are the answer's text, the thinking its
+    ``reasoning_content``, so a Responses client gets a reasoning item and a message
+    (not a failed stream, or a list as output_text), and the stream assembles (and
+    caches) into the same answer."""
+    from openai import omit
+    from openai.lib.streaming.responses._responses import ResponseStreamState
+    from openai.types.responses import Response, ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    from schemas.formats.openai import assemble_chunks
+    from schemas.formats.responses import ChunksToResponseEvents, openai_response_to_responses
+
+    answer = {**COMPLETION, "usage": None}
+    parts = [think("Capital of France... "), think("Paris."), {"type": "text", "text": "Paris."}]
+    answer["choices"] = [{**COMPLETION["choices"][0]}]
+    answer["choices"][0]["message"] = {"role": "assistant", "content": parts}
+    stream = [
+        chunk({"role": "assistant", "content": [think("Capital of France... ")]}),
+        chunk({"content": [think("Paris.")]}),
+        chunk({"content": [{"type": "text", "text": "Par"}]}),
+        chunk({"content": "is."}),  # (after its thinking, Mistral may send plain text)
+        chunk({"content": [{"type": "reference", "reference_ids": [1]}]}, "stop"),
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content).get("stream"):
+            return httpx.Response(200, content=sse(*stream, "[DONE]"))
+        return httpx.Response(200, json=answer)
+
+    body = {"model": "relay-alias", "messages": MESSAGES}
+    whole = await adapter_for(handler).chat(call(body))
+    message = whole.body["choices"][0]["message"]
+    thought = "Capital of France... Paris."
+    assert message == {"role": "assistant", "content": "Paris.", "reasoning_content": thought}
+    assert whole.usage.output_tokens == (len(thought) + len("Paris.")) // 4 + 1
+    request = {"model": "m", "input": "capital?"}
+    response = Response.model_validate(
+        openai_response_to_responses(whole.body, whole.usage, request)
+    )
+    assert response.output_text == "Paris."
+    assert response.output[0].type == "reasoning"
+    assert response.output[0].summary[0].text == thought
+
+    *chunks, _ = await collect(adapter_for(handler).stream(call(body)))
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas == [
+        {"role": "assistant", "content": None, "reasoning_content": "Capital of France... "},
+        {"content": None, "reasoning_content": "Paris."},
+        {"content": "Par"},
+        {"content": "is."},
+        {"content": None},
+    ]
+    assembled = assemble_chunks(chunks)["choices"][0]["message"]
+    assert (assembled["content"], assembled["reasoning_content"]) == ("Paris.", thought)
+    events = ChunksToResponseEvents(request, "resp_t")
+    out = [data for _, data in events.start()]
+    for c in chunks:
+        out += [data for _, data in events.feed(c)]
+    out += [data for _, data in events.finish(Usage())]
+    state = ResponseStreamState(input_tools=[], text_format=omit)  # type: ignore[var-annotated]
+    for data in out:
+        state.handle_event(TypeAdapter(ResponseStreamEvent).validate_python(data))
+    final = Response.model_validate(out[-1]["response"])
+    assert final.status == "completed" and final.output_text == "Paris."
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+
+
+async def test_a_message_of_thinking_and_tool_calls_has_null_content() -> None:
+    """With no text part, content is null beside tool calls (as OpenAI's), "" else."""
+    calls = [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    said = [
+        {"role": "assistant", "content": [think("hm")], "tool_calls": calls},
+        {"role": "assistant", "content": [think("hm")]},
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        choices = [{"index": i, "message": m, "finish_reason": "stop"} for i, m in enumerate(said)]
+        return httpx.Response(200, json={**COMPLETION, "choices": choices})
+
+    result = await adapter_for(handler).chat(call({"model": "relay-alias", "messages": MESSAGES}))
+    got = [
+        (c["message"]["content"], c["message"]["reasoning_content"]) for c in result.body["choices"]
+    ]
+    assert got == [(None, "hm"), ("", "hm")]
+
+
+async def test_a_batch_answer_s_content_parts_are_read_as_a_live_answer_s() -> None:
+    body = {**COMPLETION, "choices": [{**COMPLETION["choices"][0]}]}
+    parts = [think("hm"), {"type": "text", "text": "A cat."}]
+    body["choices"][0]["message"] = {"role": "assistant", "content": parts}
+    line = {"id": "b1", "custom_id": "r1", "response": {"status_code": 200, "body": body}}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/batches/batch_1":
+            return httpx.Response(
+                200, json={"id": "batch_1", "status": "completed", "output_file_id": "file-out"}
+            )
+        return httpx.Response(200, content=(json.dumps(line) + "\n").encode())
+
+    results = await adapter_for(handler).poll_batch("batch_1", KEY)
+    assert isinstance(results["r1"], VendorResult)
+    message = results["r1"].body["choices"][0]["message"]
+    assert message == {"role": "assistant", "content": "A cat.", "reasoning_content": "hm"}
