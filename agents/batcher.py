@@ -14,6 +14,18 @@ up while its window waits there leaves it, as it leaves an open window (its inpu
 never sent); when the last one leaves, the window's wait is given up too.  Its other
 limits (tokens, the tenant's) stay per caller: they are the caller's own, whoever it
 shares a call with.
+
+A window never carries more than ``max_size`` inputs, nor more than the vendor takes in
+one request (OpenAI's embeddings: 2,048 inputs, 300,000 tokens, estimated at four
+characters a token): a caller that would take it over flushes it first and opens the next
+one, so the merged call is never refused for its size and sent again caller by caller.
+A caller over that alone goes alone.
+
+Only the vendor call itself is the vendor's time: each caller is told when its inputs go
+out (``on_sent``, with the call's ``Claim``), and when they are taken back to go again
+on a call of their own, so the dispatcher holds the vendor's time-to-answer limit from
+then, never the window's wait nor the RPM's.  One call has one outcome for the vendor's
+health whatever it carried: the caller to report it is the one that wins its ``Claim``.
 """
 
 from __future__ import annotations
@@ -22,12 +34,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from agents.adapters.base import VendorCall, VendorResult
 from agents.adapters.http import scrubbed
 from schemas.errors import RelayError, VendorBadRequest, VendorError, VendorRequestTooLarge
-from schemas.usage import Usage
+from schemas.usage import Usage, estimated_tokens
 
 EmbedFn = Callable[[VendorCall], Awaitable[VendorResult]]
 # Waits until the vendor's rate limits let one call go out for callers holding these
@@ -39,19 +51,38 @@ Admit = Callable[[list[Any]], Awaitable[None]]
 Orphaned = Callable[["asyncio.Future[VendorResult]"], None]
 
 
+class Claim(Protocol):
+    """Asked by a caller of a call that went out, cut before it answered: whether the
+    call's outcome is this caller's to report (one call, one outcome).  The first to ask
+    wins it, unless ``last`` and another caller is still waiting on the call (a caller
+    cut by its own deadline says nothing of the vendor while the call goes on for
+    others; the last one to leave does, when nobody heard the call's outcome)."""
+
+    def __call__(self, *, last: bool = False) -> bool: ...
+
+
+# Told with the call's ``Claim`` when the caller's inputs go out, and with None when they
+# are taken back to go again alone (a shared 400, an answer that could not be split).
+Sent = Callable[[Claim | None], None]
+
+
 @dataclass(frozen=True)
 class Shape:
     """Where a batchable endpoint keeps its inputs and its per-input answers."""
 
     inputs: str  # request field holding a string or a list
     outputs: str  # response field holding one item per input, each with an ``index``
+    # The most one request may carry, as the vendor says (None: only ``max_size``).
+    max_inputs: int | None = None
+    max_tokens: int | None = None  # summed over its inputs (estimated for text)
 
 
-EMBEDDINGS = Shape("input", "data")
+# OpenAI's limits for one embeddings request (its API reference, ``input``).
+EMBEDDINGS = Shape("input", "data", max_inputs=2048, max_tokens=300_000)
 COMPLETIONS = Shape("prompt", "choices")
 
 
-@dataclass
+@dataclass(eq=False)  # one caller's place: found by identity, never by value
 class _Pending:
     call: VendorCall
     inputs: list[Any]
@@ -61,15 +92,59 @@ class _Pending:
     carrier: _Window | None = None
     sent: bool = False  # its inputs went out: the vendor bills them
     left: bool = False  # its caller gave up after they went out (orphaned)
+    tokens: int = 0  # its inputs' tokens, estimated
+    on_sent: Sent | None = None
+    orphaned: Orphaned | None = None
+
+    def going(self, carrier: _Window | None) -> None:
+        """Its inputs went out on ``carrier``'s call, or (None) were taken back."""
+        self.sent = carrier is not None
+        if self.on_sent is not None:
+            self.on_sent(carrier.claim if carrier is not None else None)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Window:
     pending: list[_Pending] = field(default_factory=list)
     size: int = 0
+    tokens: int = 0
     timer: asyncio.TimerHandle | None = None
     # Once closed: the task that waits for the vendor's RPM, then sends the call.
     task: asyncio.Task[None] | None = None
+    told: bool = False  # one of its callers reports the call's outcome (see ``Claim``)
+
+    def claim(self, *, last: bool = False) -> bool:
+        """This call's ``Claim``."""
+        if self.told:
+            return False
+        if last and any(not p.left and not p.future.done() for p in self.pending):
+            return False
+        self.told = True
+        return True
+
+    def join(self, pending: _Pending) -> None:
+        self.pending.append(pending)
+        self.size += len(pending.inputs)
+        self.tokens += pending.tokens
+
+    def leave(self, pending: _Pending) -> None:
+        self.pending.remove(pending)
+        self.size -= len(pending.inputs)
+        self.tokens -= pending.tokens
+
+    def full(self, cap: int, shape: Shape) -> bool:
+        return self.size >= cap or (
+            shape.max_tokens is not None and self.tokens >= shape.max_tokens
+        )
+
+    def takes(self, pending: _Pending, cap: int, shape: Shape) -> bool:
+        """Whether ``pending`` fits in this window, under ``cap`` inputs and the
+        vendor's tokens for one request (an empty window takes anyone)."""
+        if not self.pending:
+            return True
+        if self.size + len(pending.inputs) > cap:
+            return False
+        return shape.max_tokens is None or self.tokens + pending.tokens <= shape.max_tokens
 
 
 class EmbeddingBatcher:
@@ -91,23 +166,30 @@ class EmbeddingBatcher:
         orphaned: Orphaned | None = None,
         admit: Admit | None = None,
         ticket: Any = None,
+        on_sent: Sent | None = None,
     ) -> VendorResult:
         """The caller's own answers; ``shared`` says whether others rode the same call.
 
         A caller that gives up (its deadline) before the window goes out (while it is open,
         or waiting on ``admit``) leaves it: its inputs are not sent.  One that gives up
-        after is ``orphaned``: told the future of the share it will be billed for.  The
+        after is ``orphaned``: told the future of the share it will be billed for (also
+        of a call answered but not split back, before it goes again alone).  The
         window's call waits on the ``admit`` of the caller that closes it, told every
-        caller's ``ticket``."""
+        caller's ``ticket``; ``on_sent`` is told when the caller's inputs go out."""
         raw = call.body.get(shape.inputs)
         inputs = raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
         # Text and token-array inputs never share a call: vendors refuse a mixed list.
         key = (*key, "text" if all(isinstance(i, str) for i in inputs) else "tokens")
+        tokens = sum(_tokens(i) for i in inputs)
+        pending = _Pending(call, inputs, ticket, tokens=tokens, on_sent=on_sent, orphaned=orphaned)
+        cap = min(max_size, shape.max_inputs or max_size)
+        opened = self._windows.get(key)
+        if opened is not None and not opened.takes(pending, cap, shape):
+            self._flush(key, send, shape, admit)  # it goes as it is; this caller, in the next
         window = self._windows.setdefault(key, _Window())
-        pending = _Pending(call, inputs, ticket, carrier=window)
-        window.pending.append(pending)
-        window.size += len(inputs)
-        if window.size >= max_size:
+        pending.carrier = window
+        window.join(pending)
+        if window.full(cap, shape):
             self._flush(key, send, shape, admit)
         elif window.timer is None:
             loop = asyncio.get_running_loop()
@@ -117,8 +199,7 @@ class EmbeddingBatcher:
         except asyncio.CancelledError:
             carrier = pending.carrier
             if not pending.sent and carrier is not None and pending in carrier.pending:
-                carrier.pending.remove(pending)  # not sent yet: never paid for
-                carrier.size -= len(inputs)
+                carrier.leave(pending)  # not sent yet: never paid for
                 pending.future.cancel()
                 if not carrier.pending and carrier.task is not None:
                     carrier.task.cancel()  # nobody left to send for: no RPM spent on it
@@ -155,15 +236,13 @@ class EmbeddingBatcher:
             try:
                 await admit([p.ticket for p in window.pending])
             except RelayError as err:  # our own limits: nothing went out
-                _reject(
-                    window.pending, partial(type(err), err.message, retry_after=err.retry_after)
-                )
+                _reject(window, window.pending, partial(_clone, err))
                 return
         batch = list(window.pending)  # those still waiting: the others left meanwhile
         if not batch:
             return
         for p in batch:
-            p.sent = True
+            p.going(window)  # from here the vendor's time to answer runs
         first = batch[0].call
         merged = [item for p in batch for item in p.inputs]
         body = {**first.body, shape.inputs: merged}
@@ -192,19 +271,23 @@ class EmbeddingBatcher:
             # Struck of the key the shared call went with: the others' own keys may differ,
             # and each caller's dispatcher strikes only its own.
             scrubbed(err, call.api_key)
-            _reject(
-                batch, partial(type(err), err.message, retry_after=err.retry_after), call.api_key
-            )
+            # Each caller hears the vendor's error as a call of its own would have: its
+            # code and the field it blamed (context_length_exceeded, content_filter's
+            # prompt), which clients branch on.
+            _reject(window, batch, partial(_clone, err), call.api_key)
             return
         except Exception as exc:
             # By its type alone: its text may quote the vendor's answer (the dispatcher
             # reports such failures so too), which every caller of the window would hear.
             what = type(exc).__name__
-            _reject(batch, partial(VendorError, f"batched call failed ({what})"))
+            _reject(window, batch, partial(VendorError, f"batched call failed ({what})"))
             return
         try:
             parts = split(result, [p.inputs for p in batch], shape)
         except Exception as exc:  # an answer we cannot cut up must still answer everyone
+            # The vendor answered, and billed the call: each caller is billed its share
+            # (by the size of its inputs) on its one ledger line, whatever comes next.
+            _bill(batch, result.usage)
             if isinstance(exc, Mismatched) and len(batch) > 1:
                 # An answer missing an input (a server that skips one it will not take)
                 # cannot be cut by position: later callers would get earlier ones'
@@ -214,11 +297,13 @@ class EmbeddingBatcher:
                 await self._one_by_one(batch, send, shape, admit)
                 return
             what = type(exc).__name__
-            _reject(batch, partial(VendorError, f"unreadable batched answer ({what})"))
+            _reject(window, batch, partial(VendorError, f"unreadable batched answer ({what})"))
             return
-        for i, (p, part) in enumerate(zip(batch, parts, strict=True)):
+        for p, part in zip(batch, parts, strict=True):
             if not p.future.done():
-                p.future.set_result(replace(part, shared=len(batch) > 1, rode=i > 0))
+                # (a caller that left has its share here: its outcome is nobody's)
+                rode = p.left or not window.claim()
+                p.future.set_result(replace(part, shared=len(batch) > 1, rode=rode))
 
     async def _one_by_one(
         self, batch: list[_Pending], send: EmbedFn, shape: Shape, admit: Admit | None
@@ -231,7 +316,8 @@ class EmbeddingBatcher:
                 p.future.cancel()
             if p.future.done():
                 continue
-            p.carrier, p.sent = _Window([p], len(p.inputs)), False
+            p.carrier = _Window([p], len(p.inputs), p.tokens)
+            p.going(None)  # waiting again (for the RPM): our own time, not the vendor's
             self._start(p.carrier, send, shape, admit)
             assert p.carrier.task is not None
             alone.append(p.carrier.task)
@@ -244,18 +330,52 @@ def _retrieve(future: asyncio.Future[VendorResult]) -> None:
 
 
 def _reject(
-    batch: list[_Pending], error: Callable[[], Exception], used_key: str | None = None
+    window: _Window,
+    batch: list[_Pending],
+    error: Callable[[], Exception],
+    used_key: str | None = None,
 ) -> None:
     """Fail every caller still waiting, each with its own exception instance (the first
-    one's reports the call's failure: one call, one outcome), saying whether the call
-    went with the caller's own key (``used_key``)."""
-    for i, p in enumerate(batch):
+    one still there reports the call's failure, unless a caller cut from it did: one
+    call, one outcome), saying whether the call went with the caller's own key
+    (``used_key``)."""
+    for p in batch:
         if not p.future.done():
             exc = error()
             if isinstance(exc, RelayError):
-                exc.rode = i > 0
+                exc.rode = p.left or not window.claim()
                 exc.other_key = used_key is not None and p.call.api_key != used_key
             p.future.set_exception(exc)
+
+
+def _clone(err: RelayError) -> RelayError:
+    """``err`` again, for one more caller: the vendor's error as it came (the vendor's
+    own code, the field it blamed, whether it took the call), not its message alone."""
+    exc = type(err)(err.message, param=err.param, retry_after=err.retry_after)
+    exc.vendor_code, exc.refused = err.vendor_code, err.refused
+    return exc
+
+
+def _bill(batch: list[_Pending], usage: Usage) -> None:
+    """Bill ``batch``'s callers the call the vendor answered but that could not be split
+    back: each its share of ``usage`` by the size of its inputs, as a share of a call it
+    was cut from is (one that left has it as its orphaned answer; one still waiting is
+    told it as ``orphaned``, then goes on, alone or failed).  Nothing counted, nothing
+    billed."""
+    if usage == Usage():
+        return
+    weights = [sum(_size(x) for x in p.inputs) for p in batch]
+    cuts = {name: _shares(getattr(usage, name), weights) for name in Usage.model_fields}
+    loop = asyncio.get_running_loop()
+    for i, p in enumerate(batch):
+        share = VendorResult({}, Usage(**{name: cut[i] for name, cut in cuts.items()}))
+        if p.left:
+            if not p.future.done():
+                p.future.set_result(share)
+        elif p.orphaned is not None and not p.future.done():
+            billed: asyncio.Future[VendorResult] = loop.create_future()
+            billed.set_result(share)
+            p.orphaned(billed)
 
 
 class Mismatched(ValueError):
@@ -302,6 +422,13 @@ def split(
 def _size(item: Any) -> int:
     """How much of the prompt an input is: characters of a string, tokens of a token list."""
     return len(item) if isinstance(item, str | list) else 1
+
+
+def _tokens(item: Any) -> int:
+    """An input's tokens: a token list's own, a string's at four characters a token."""
+    if isinstance(item, str):
+        return estimated_tokens(len(item))
+    return len(item) if isinstance(item, list) else 1
 
 
 def _shares(total: int, sizes: list[int]) -> list[int]:

@@ -29,7 +29,7 @@ from agents.adapters.base import (
     VendorResult,
 )
 from agents.adapters.http import SENT, scrubbed
-from agents.batcher import COMPLETIONS, EMBEDDINGS, EmbeddingBatcher, EmbedFn, Shape
+from agents.batcher import COMPLETIONS, EMBEDDINGS, Claim, EmbeddingBatcher, EmbedFn, Sent, Shape
 from agents.keys import KeyPool
 from agents.meter import Billed, added
 from schemas.config import Batching, Candidate
@@ -519,6 +519,16 @@ class Dispatcher:
         told.asked = may_call is not None  # the call may be a probe: this one's to send
         forwarded = False
         window: asyncio.Timeout | None = None
+        # A window-batched call goes out when its window does, after the window's wait and
+        # the vendor's RPM (the relay's own): until then only the deadline bounds it, and a
+        # caller cut there was never sent (no vendor outcome); from then the vendor's time
+        # to begin answering runs, as for a call of its own.  ``shared`` is the call's
+        # claim to its one outcome once this caller's inputs went out on it.
+        windowed = self._windowed(env)
+        shared: Claim | None = None
+        waiting = False  # inside the call's time limit (``window`` may be moved)
+        deadline = env.deadline_ms / 1000
+        limit = remaining = started = 0.0  # each call's, below
 
         async def counted(chunk: dict[str, Any]) -> None:
             nonlocal forwarded
@@ -530,6 +540,23 @@ class Dispatcher:
             forwarded = True
             await forward(chunk)
 
+        def sending(claim: Claim | None) -> None:
+            """The window's call took this caller's inputs out (``claim``), or gave
+            them back to go again alone (None): the vendor's time from now, or the
+            deadline's only again."""
+            nonlocal shared, limit, remaining, started
+            if not waiting or window is None or window.expired():
+                return  # cut meanwhile: its caller leaves as one never sent
+            remaining = deadline - time.time()
+            now = asyncio.get_running_loop().time()
+            shared = claim
+            if claim is None:
+                window.reschedule(now + max(remaining, 0.0))
+                return
+            limit = begin_limit(adapter, remaining, spare)
+            started = time.perf_counter()
+            window.reschedule(now + limit)
+
         tried: set[int] = set()  # keys this attempt used: each one call at most
         spared: set[int] = set()  # keys given back once: a shared call went with another's
         while True:
@@ -540,7 +567,7 @@ class Dispatcher:
                 except BaseException:  # admitted, never sent: the estimate goes back
                     self._settle(env, tpm, Usage())
                     raise
-            remaining = env.deadline_ms / 1000 - time.time()
+            remaining = deadline - time.time()
             key_index, key = pool.pick(skip=tried)
             tried.add(key_index)
             # The vendor's time to begin answering (a stream's first content, a whole
@@ -555,12 +582,18 @@ class Dispatcher:
             limit = begin_limit(adapter, remaining, spare)
             call = VendorCall(model=cand.model, body=env.body, api_key=key, timeout_s=limit)
             started = time.perf_counter()
+            shared = None
+
             SENT.set(False)
             try:
-                async with asyncio.timeout(limit) as window:
-                    result = await self._call(
-                        adapter, env, cand, call, counted, progress, wait_s=wait_s
-                    )
+                async with asyncio.timeout(remaining if windowed else limit) as window:
+                    waiting = True
+                    try:
+                        result = await self._call(
+                            adapter, env, cand, call, counted, progress, wait_s=wait_s, sent=sending
+                        )
+                    finally:
+                        waiting = False
             except asyncio.CancelledError:
                 # Stopped (every client of the stream gone, or the worker stopping): a call
                 # that went out is billed all the same, and the vendor's tokens are
@@ -568,6 +601,14 @@ class Dispatcher:
                 self._settle(env, tpm, _cut(env, cand, progress, forwarded))
                 raise
             except TimeoutError:
+                if windowed and shared is None:
+                    # Its deadline passed in the window or its wait for the vendor's RPM:
+                    # our own limits, nothing sent, the vendor's health not in question.
+                    self._settle(env, tpm, Usage())
+                    raise DeadlineExceeded(
+                        "the request's deadline passed before its batched call went out "
+                        f"({remaining:.1f}s)"
+                    ) from None
                 _cut(env, cand, progress, forwarded)  # billed even when another answers
                 cut: RelayError
                 blame: RelayError
@@ -590,7 +631,13 @@ class Dispatcher:
                         )
                     )
                 told.heard = True
-                await self._report(env, cand, started, blame)
+                # A window-batched call: its one outcome, reported by one of its callers.
+                # One cut by its vendor's limit says the call failed, unless another
+                # already said what became of it; one cut by its own deadline says so
+                # only as the last of them (the call goes on for the others).
+                failed = isinstance(blame, VendorUnavailable)
+                if shared is None or shared(last=not failed):
+                    await self._report(env, cand, started, blame)
                 raise cut from None
             except RelayError as exc:
                 scrubbed(exc, key)
@@ -681,6 +728,7 @@ class Dispatcher:
         progress: Progress | None = None,
         *,
         wait_s: float | None = None,
+        sent: Sent | None = None,
     ) -> VendorResult:
         if env.endpoint == "count_tokens" and isinstance(adapter, TokenCounter):
             counted = await adapter.count_tokens(call)
@@ -688,11 +736,11 @@ class Dispatcher:
         if env.endpoint == "embeddings":
             if not isinstance(adapter, EmbeddingVendor):
                 raise BadRequest(f"`{env.alias}` is served by a vendor without embeddings")
-            return await self._batched(env, cand, call, adapter.embed, EMBEDDINGS, wait_s)
+            return await self._batched(env, cand, call, adapter.embed, EMBEDDINGS, wait_s, sent)
         if env.endpoint == "completions":
             if not isinstance(adapter, CompletionVendor):
                 raise BadRequest(f"`{env.alias}` is served by a vendor without /completions")
-            return await self._batched(env, cand, call, adapter.complete, COMPLETIONS, wait_s)
+            return await self._batched(env, cand, call, adapter.complete, COMPLETIONS, wait_s, sent)
         if not isinstance(adapter, ChatVendor):
             raise BadRequest(f"`{env.alias}` is served by a vendor without chat")
         if not env.stream:
@@ -736,9 +784,11 @@ class Dispatcher:
         send: EmbedFn,
         shape: Shape,
         wait_s: float | None = None,
+        sent: Sent | None = None,
     ) -> VendorResult:
         """Through the window batcher when the alias asks for it, else straight (the
-        request took the vendor's RPM then; through the window, its call takes it)."""
+        request took the vendor's RPM then; through the window, its call takes it).
+        ``sent`` is told when the window's call takes the request's inputs out."""
         rule = self.batching.get(env.alias)
         if rule is None or not self._windowed(env):
             # Several answers per prompt come back interleaved by prompt: not split here.
@@ -763,6 +813,7 @@ class Dispatcher:
             orphaned=orphaned,
             admit=self._window_admit(cand.vendor),
             ticket=(env.priority, _gate_deadline(env, wait_s)),
+            on_sent=sent,
         )
 
     async def _report(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -70,6 +72,35 @@ async def test_max_size_flushes_before_the_window_ends():
     assert vendor.calls == [["0", "1", "2"]]
 
 
+async def test_a_caller_that_would_take_a_window_over_max_size_starts_the_next_one():
+    """The window goes as it is, and the caller waits in a new one: a window never
+    carries more than ``max_size`` inputs unless one caller alone does."""
+    vendor, batcher = Vendor(), EmbeddingBatcher()
+    asks: list[str | list[str]] = ["a", "b", ["c", "d"], ["e", "f", "g", "h", "i"], "j"]
+    results = await asyncio.gather(
+        *(batcher.embed(("k",), call(a), vendor.embed, window_ms=20, max_size=3) for a in asks)
+    )
+    assert vendor.calls == [["a", "b"], ["c", "d"], ["e", "f", "g", "h", "i"], ["j"]]
+    assert [len(r.body["data"]) for r in results] == [1, 1, 2, 5, 1]
+
+
+async def test_a_window_never_carries_more_than_openai_takes_in_one_request():
+    """OpenAI refuses an embeddings request of more than 2,048 inputs or 300,000 tokens;
+    a merged call over either would be refused, and every caller sent again alone."""
+    vendor, batcher = Vendor(), EmbeddingBatcher()
+    many = [f"x{i}" for i in range(2048)]  # the most the gateway lets one request carry
+    await asyncio.gather(
+        *(batcher.embed(("k",), call(a), vendor.embed, 20, 2048) for a in ["a", "b", many])
+    )
+    assert [len(c) for c in vendor.calls] == [2, 2048]
+    vendor.calls.clear()
+    long = "word " * 200_000  # ~250,000 tokens at four characters a token
+    await asyncio.gather(
+        *(batcher.embed(("k",), call(a), vendor.embed, 20, 64) for a in [long, long, "short"])
+    )
+    assert [[len(t) for t in c] for c in vendor.calls] == [[len(long)], [len(long), 5]]
+
+
 async def test_a_failed_batch_fails_every_caller_with_the_vendor_error():
     vendor, batcher = Vendor(fail=True), EmbeddingBatcher()
     results = await asyncio.gather(
@@ -115,6 +146,57 @@ async def test_a_refused_input_fails_only_its_own_caller():
     assert isinstance(good, VendorResult) and good.body["data"][0]["embedding"] == [4.0]
     assert isinstance(bad, VendorBadRequest)
     assert vendor.calls == [["fine", ""], ["fine"], [""]], "together, then each alone"
+
+
+class TooLong(Vendor):
+    """OpenAI's 400 for an input over the model's context, as the adapter raises it."""
+
+    async def embed(self, call: VendorCall) -> VendorResult:
+        inputs = call.body["input"]
+        if any(len(t) > 10 for t in inputs):
+            self.calls.append(list(inputs))
+            err = VendorBadRequest("HTTP 400: maximum context length exceeded", param="input")
+            err.vendor_code = "context_length_exceeded"
+            raise err
+        return await super().embed(call)
+
+
+async def test_a_lone_caller_hears_the_vendor_s_own_code_and_param():
+    """What an OpenAI-format client branches on (``context_length_exceeded``, the field
+    blamed) is the same whether or not the alias batches."""
+    batcher = EmbeddingBatcher()
+    with pytest.raises(VendorBadRequest) as caught:
+        await batcher.embed(("k",), call("x" * 20), TooLong().embed, window_ms=10, max_size=8)
+    assert (caught.value.vendor_code, caught.value.param) == ("context_length_exceeded", "input")
+    assert caught.value.openai_body()["error"]["code"] == "context_length_exceeded"
+
+
+async def test_a_caller_sent_alone_after_a_shared_400_hears_the_vendor_s_own_code():
+    vendor, batcher = TooLong(), EmbeddingBatcher()
+    good, bad = await asyncio.gather(
+        batcher.embed(("k",), call("fine"), vendor.embed, window_ms=10, max_size=8),
+        batcher.embed(("k",), call("x" * 20), vendor.embed, window_ms=10, max_size=8),
+        return_exceptions=True,
+    )
+    assert isinstance(good, VendorResult)
+    assert isinstance(bad, VendorBadRequest)
+    assert (bad.vendor_code, bad.param) == ("context_length_exceeded", "input")
+
+
+async def test_a_content_filter_refusal_keeps_the_field_it_blamed():
+    from schemas.errors import ContentFiltered
+
+    async def filtered(c: VendorCall) -> VendorResult:
+        raise ContentFiltered("HTTP 400: the prompt was filtered", param="prompt")
+
+    batcher = EmbeddingBatcher()
+    errors = await asyncio.gather(
+        *(batcher.embed(("k",), call(t), filtered, 10, 8) for t in ("a", "b")),
+        return_exceptions=True,
+    )
+    assert [(type(e), getattr(e, "param", None)) for e in errors] == [
+        (ContentFiltered, "prompt")
+    ] * 2
 
 
 async def test_text_and_token_inputs_never_share_a_call():
@@ -172,6 +254,60 @@ async def test_an_answer_missing_an_input_never_hands_one_caller_another_s_vecto
     assert isinstance(second, VendorResult)
     assert [d["embedding"] for d in second.body["data"]] == [["emb(tenant-b)"]]
     assert vendor.calls == [["tenant-a", "", "tenant-b"], ["tenant-a", ""], ["tenant-b"]]
+
+
+async def test_an_answer_that_cannot_be_split_is_billed_to_its_callers_all_the_same():
+    """The vendor answered (and billed) the merged call: each caller is billed its share
+    of it by the size of its inputs, as a share of a call it was cut from is, besides
+    its own call after; a caller that had left is billed its share, not dropped."""
+    went, release = asyncio.Event(), asyncio.Event()
+
+    class Slow(Skipping):
+        async def embed(self, call: VendorCall) -> VendorResult:
+            went.set()
+            await release.wait()  # the merged call's answer, held until one caller left
+            return await super().embed(call)
+
+    vendor, batcher = Slow(), EmbeddingBatcher()
+    shares: dict[str, list[asyncio.Future[VendorResult]]] = {"a": [], "b": [], "c": []}
+
+    def ask(text: list[str], who: str) -> Any:
+        return batcher.embed(("k",), call(text), vendor.embed, 10, 8, orphaned=shares[who].append)
+
+    first = asyncio.create_task(ask(["aaaa", ""], "a"))
+    second = asyncio.create_task(ask(["bbbbbbbb"], "b"))
+    gone = asyncio.create_task(ask(["cccc"], "c"))
+    await went.wait()  # the window went out
+    gone.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await gone
+    release.set()
+    results = await asyncio.gather(first, second, return_exceptions=True)
+    assert isinstance(results[0], VendorError) and isinstance(results[1], VendorResult)
+    assert vendor.calls == [["aaaa", "", "bbbbbbbb", "cccc"], ["aaaa", ""], ["bbbbbbbb"]]
+    billed = {who: [f.result().usage.input_tokens for f in fs] for who, fs in shares.items()}
+    # The merged call's 3 tokens by size (4, 8 and 4 characters); then each alone's 3.
+    assert billed == {"a": [0, 3], "b": [1], "c": [2]}
+    assert results[1].usage.input_tokens == 3  # its own answer, besides its share
+
+
+async def test_an_unreadable_answer_is_billed_to_its_callers_before_they_fail():
+    class Broken(Vendor):
+        async def embed(self, call: VendorCall) -> VendorResult:
+            return VendorResult({"data": None}, Usage(input_tokens=10, cache_read_tokens=4))
+
+    batcher = EmbeddingBatcher()
+    shares: list[asyncio.Future[VendorResult]] = []
+    results = await asyncio.gather(
+        *(
+            batcher.embed(("k",), call(t), Broken().embed, 10, 8, orphaned=shares.append)
+            for t in ("a", "bbb")
+        ),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, VendorError) for r in results)
+    billed = [f.result().usage for f in shares]
+    assert [(u.input_tokens, u.cache_read_tokens) for u in billed] == [(2, 1), (8, 3)]
 
 
 @pytest.mark.parametrize(
@@ -354,13 +490,25 @@ async def test_one_shared_call_is_one_health_outcome_whatever_it_carried() -> No
     from schemas.envelope import HealthEvent
     from tests.support.envelopes import request_envelope
 
-    for fail in (False, True):
+    release = asyncio.Event()
+
+    class Hanging(Vendor):
+        """Slower to answer than its operator's ``timeout_s``."""
+
+        config = SimpleNamespace(timeout_s=0.2)
+
+        async def embed(self, call: VendorCall) -> VendorResult:
+            self.calls.append(list(call.body["input"]))
+            await release.wait()
+            raise VendorUnavailable("too late")
+
+    for fail in (False, True, "hangs"):
         seen: list[HealthEvent] = []
 
         async def on_health(ev: HealthEvent, into: list[HealthEvent] = seen) -> None:
             into.append(ev)
 
-        vendor = Vendor(fail=fail)
+        vendor = Hanging() if fail == "hangs" else Vendor(fail=bool(fail))
         dispatch = Dispatcher(
             {"a": vendor}, {"a": KeyPool(["k"])}, on_health,
             batching={"e": Batching(window_ms=50, max_size=64)}, max_rounds=1,
@@ -376,8 +524,66 @@ async def test_one_shared_call_is_one_health_outcome_whatever_it_carried() -> No
         ]
         cand = [Candidate(vendor="a", model="emb")]
         outs = await asyncio.gather(*(dispatch.run(e, cand, None) for e in envs))
-        assert all((o.error is not None) == fail for o in outs)
-        assert len(vendor.calls) == 1 and len(seen) == 1 and seen[0].ok != fail
+        assert all((o.error is not None) == bool(fail) for o in outs)
+        assert len(vendor.calls) == 1 and len(seen) == 1 and seen[0].ok != bool(fail)
+    assert seen[0].error_code == "vendor_unavailable"
+    release.set()
+
+
+async def test_callers_cut_from_a_shared_call_by_their_own_deadlines_are_one_outcome() -> None:
+    """A caller cut by its own deadline says nothing of the vendor while the call goes on
+    for others (who report what came of it); the last to leave reports the call."""
+    import time
+
+    from agents.dispatch import Dispatcher
+    from agents.keys import KeyPool
+    from schemas.config import Batching
+    from schemas.envelope import HealthEvent
+    from tests.support.envelopes import request_envelope
+
+    release = asyncio.Event()
+
+    class Slow(Vendor):
+        sent = 0
+
+        async def embed(self, call: VendorCall) -> VendorResult:
+            self.sent += 1
+            await release.wait()
+            return await super().embed(call)
+
+    def embedding(text: str, seconds: float) -> Any:
+        body = {"model": "e", "input": text}
+        deadline_ms = int((time.time() + seconds) * 1000)
+        return request_envelope(
+            alias="e", endpoint="embeddings", body=body, deadline_ms=deadline_ms
+        )
+
+    for answered in (True, False):
+        release.clear()
+        seen: list[HealthEvent] = []
+
+        async def on_health(ev: HealthEvent, into: list[HealthEvent] = seen) -> None:
+            into.append(ev)
+
+        vendor = Slow()
+        dispatch = Dispatcher(
+            {"v": vendor}, {"v": KeyPool(["k"])}, on_health,
+            batching={"e": Batching(window_ms=20, max_size=64)}, max_rounds=1,
+        )  # fmt: skip
+        hurried = asyncio.create_task(dispatch.run(embedding("h", 0.2), [CAND], None))
+        patient = asyncio.create_task(
+            dispatch.run(embedding("p", 9 if answered else 0.4), [CAND], None)
+        )
+        cut = await hurried
+        assert cut.error is not None and cut.error.code == "deadline_exceeded"
+        assert seen == [], "the call goes on for the patient caller"
+        if answered:
+            release.set()  # the vendor answers the patient caller
+        out = await patient
+        assert (out.error is None) == answered and vendor.sent == 1
+        want = [(True, None)] if answered else [(False, "deadline_exceeded")]
+        assert [(e.ok, e.error_code) for e in seen] == want
+        release.set()
 
 
 async def test_a_shared_call_names_no_end_user_when_its_callers_have_different_ones() -> None:

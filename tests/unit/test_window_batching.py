@@ -62,6 +62,8 @@ def dispatcher(
     keys: list[str] | None = None,
     gate: PriorityGate | None = None,
     hosts: tuple[str, ...] = ("a",),
+    timeout_s: float | None = None,
+    window_ms: int = 50,
 ) -> tuple[Dispatcher, list[HealthEvent]]:
     seen: list[HealthEvent] = []
 
@@ -70,11 +72,13 @@ def dispatcher(
 
     client = vendor.client()
     adapters: dict[str, Any] = {
-        h: OpenAIAdapter(VendorConfig(kind="openai", base_url=f"http://{h}/v1"), client)
+        h: OpenAIAdapter(
+            VendorConfig(kind="openai", base_url=f"http://{h}/v1", timeout_s=timeout_s), client
+        )
         for h in hosts
     }
     pools = {h: KeyPool(keys or ["k"]) for h in hosts}
-    batching = {"e": Batching(window_ms=50, max_size=64)}
+    batching = {"e": Batching(window_ms=window_ms, max_size=64)}
     return Dispatcher(adapters, pools, on_health, gate=gate, batching=batching), seen
 
 
@@ -127,12 +131,77 @@ async def test_a_window_the_rpm_cannot_let_out_in_time_is_a_429_for_each_caller(
 
 async def test_a_caller_that_gives_up_while_its_window_waits_for_the_rpm_is_never_sent() -> None:
     vendor = Embeddings()
-    dispatch, _ = dispatcher(vendor, gate=rpm_gate(60, tokens=0))  # next in a second
+    dispatch, seen = dispatcher(vendor, gate=rpm_gate(60, tokens=0))  # next in a second
     hurried, patient = embed("gone", 0.4), embed("here", 5)
     outs = await asyncio.gather(*(dispatch.run(e, EMB, None) for e in (hurried, patient)))
     assert outs[0].error is not None and outs[0].error.code == "deadline_exceeded"
     assert outs[1].error is None
     assert [inputs for _, _, inputs in vendor.calls] == [["here"]], "never paid for"
+    assert [(e.vendor, e.ok) for e in seen] == [("a", True)], "the one call's outcome only"
+
+
+# --- the vendor's time to answer: from when the window's call goes out -------------------
+
+AB = [Candidate(vendor="a", model="emb"), Candidate(vendor="b", model="emb")]
+
+
+async def test_a_window_waiting_for_the_rpm_longer_than_the_vendor_s_timeout_is_not_its_failure():
+    """The wait for the vendor's RPM is our own limit, as it is for a call of its own: the
+    vendor's ``timeout_s`` runs from when the window's call goes out, so a window held
+    past it neither fails its callers over to the next candidate nor counts against
+    the vendor's health (5 callers reported failed would open its breaker)."""
+    vendor = Embeddings()
+    gate = rpm_gate(120, tokens=0)  # the next request of the RPM in half a second
+    dispatch, seen = dispatcher(vendor, gate=gate, hosts=("a", "b"), timeout_s=0.3)
+    outs = await asyncio.gather(*(dispatch.run(embed(f"t{i}", 5), AB, None) for i in range(5)))
+    assert [o.error for o in outs] == [None] * 5
+    assert [o.candidate.vendor for o in outs if o.candidate] == ["a"] * 5, "no fallback"
+    assert [(h, len(inputs)) for h, _, inputs in vendor.calls] == [("a", 5)]
+    assert [(e.vendor, e.ok) for e in seen] == [("a", True)]
+
+
+async def test_a_window_longer_than_the_vendor_s_timeout_is_not_its_failure():
+    """``window_ms`` (up to 5 s) may be longer than the vendor's ``timeout_s``: the
+    window is the relay's own wait, and the vendor's time starts when the call goes."""
+    vendor = Embeddings()
+    dispatch, seen = dispatcher(vendor, hosts=("a", "b"), timeout_s=0.2, window_ms=400)
+    outs = await asyncio.gather(*(dispatch.run(embed(t, 5), AB, None) for t in "xyz"))
+    assert [o.error for o in outs] == [None] * 3
+    assert [(h, inputs) for h, _, inputs in vendor.calls] == [("a", ["x", "y", "z"])]
+    assert [(e.vendor, e.ok) for e in seen] == [("a", True)]
+
+
+async def test_a_caller_whose_deadline_passes_before_its_window_goes_is_no_vendor_outcome():
+    """Cut while the window waits for the RPM (a patient caller keeps it waiting): never
+    sent, so the vendor is neither blamed nor credited for it, and no other candidate
+    is tried for it (its time is up)."""
+    vendor = Embeddings()
+    dispatch, seen = dispatcher(vendor, gate=rpm_gate(60, tokens=0), hosts=("a", "b"))
+    hurried, patient = embed("gone", 0.4), embed("here", 5)
+    outs = await asyncio.gather(*(dispatch.run(e, AB, None) for e in (hurried, patient)))
+    assert outs[0].error is not None and outs[0].error.code == "deadline_exceeded"
+    assert (outs[0].candidate, outs[0].late, outs[0].usage) == (None, [], Usage())
+    assert outs[1].candidate is not None and outs[1].candidate.vendor == "a"
+    assert [(h, inputs) for h, _, inputs in vendor.calls] == [("a", ["here"])]
+    assert [(e.vendor, e.ok) for e in seen] == [("a", True)]
+
+
+async def test_a_shared_call_that_hangs_past_the_vendor_s_timeout_is_one_failure():
+    """Five callers cut from one call by the vendor's ``timeout_s`` are one failed call
+    for its health (the default breaker opens at five in a row), then the next
+    candidate answers them; each is billed its share of the call that went out."""
+    vendor = Embeddings(delay={"a": 1.0})
+    dispatch, seen = dispatcher(vendor, hosts=("a", "b"), timeout_s=0.3)
+    outs = await asyncio.gather(*(dispatch.run(embed(f"t{i}", 5), AB, None) for i in range(5)))
+    assert [o.candidate.vendor for o in outs if o.candidate] == ["b"] * 5
+    assert [(e.vendor, e.ok, e.error_code) for e in seen] == [
+        ("a", False, "vendor_unavailable"),
+        ("b", True, None),
+    ]
+    shares = [share for o in outs for _, share in o.late]
+    assert len(shares) == 5
+    answers = await asyncio.gather(*shares)  # vendor a's one call, answered late
+    assert sum(a.usage.input_tokens for a in answers) == 500
 
 
 async def test_a_window_waits_for_the_rpm_in_its_most_urgent_caller_s_lane() -> None:
@@ -269,3 +338,51 @@ async def test_a_shared_call_too_large_for_the_vendor_is_split_so_a_small_input_
     outs = await asyncio.gather(*(dispatch.run(e, EMB, None) for e in (small, large)))
     assert [o.error for o in outs] == [None, None]
     assert [len(inputs) for _, _, inputs in vendor.calls] == [2, 1, 1]
+
+
+# --- a shared answer that cannot be split back ------------------------------------------
+
+
+class Skipping(Embeddings):
+    """A compatible server that leaves out an input it will not embed (here "skip me")
+    instead of refusing the call, and bills every input it was sent."""
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        inputs = json.loads(request.content)["input"]
+        inputs = inputs if isinstance(inputs, list) else [inputs]
+        self.calls.append((request.url.host, "", inputs))
+        kept = [t for t in inputs if t != "skip me"]
+        data = [{"object": "embedding", "index": i, "embedding": [0.5]} for i in range(len(kept))]
+        usage = {"prompt_tokens": 100 * len(inputs), "total_tokens": 100 * len(inputs)}
+        return httpx.Response(200, json={"object": "list", "data": data, "usage": usage})
+
+
+async def test_a_shared_answer_that_cannot_be_split_is_on_its_callers_ledger_lines():
+    """The vendor billed the merged call it answered: its tokens are on its callers' one
+    line each (a share by the size of their inputs) besides their calls after, so the
+    ledger adds up to what the vendors billed."""
+    vendor = Skipping()
+    sink = Sink()
+    client = vendor.client()
+    handler = RequestHandler(
+        Router(CONFIG, {}.get),
+        Dispatcher(
+            {n: OpenAIAdapter(v, client) for n, v in CONFIG.vendors.items()},
+            {n: KeyPool(["k"]) for n in CONFIG.vendors},
+            sink.health,
+            batching={"e": CONFIG.models["e"].batching},  # type: ignore[dict-item]
+        ),
+        PriceSheet.from_config(CONFIG.models),
+        sink,
+    )
+    envs = [embed(t, 10) for t in ("abcd", "efgh", "skip me")]
+    await asyncio.gather(*(handler.handle(e) for e in envs))
+    for task in list(handler.spawned):  # lines with shares go once the shares are known
+        await task
+    assert vendor.calls[0][2] == ["abcd", "efgh", "skip me"], "one merged call first"
+    assert len(sink.ledger) == 3, "one line per request"
+    billed = sum(100 * len(inputs) for _, _, inputs in vendor.calls)
+    assert sum(line.usage.input_tokens for line in sink.ledger) == billed
+    lines = {line.trace_id: line for line in sink.ledger}
+    assert [lines[e.trace_id].status for e in envs] == ["ok", "ok", "error"]
+    assert all(line.batched for line in sink.ledger)
