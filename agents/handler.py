@@ -224,12 +224,13 @@ class RequestHandler:
                 # or, arriving later, finds the answer in L2 — never pays again, and no
                 # waiter waits for Redis.
                 storing = self._store(flight, outcome)
-            await self._land(flight, outcome)
+            await self._land(flight, outcome, stored=storing is not None)
             if storing is not None:
                 await _settled(storing)
         finally:  # whatever failed, the flight closes and nobody who joined it hangs
             self.flights.land(flight)
-            await self._land(flight, outcome)  # those who joined meanwhile
+            # (those who joined meanwhile)
+            await self._land(flight, outcome, stored=storing is not None)
         for follower in flight.rerun:
             if follower.gone:  # its client left while the flight landed: no call for nobody
                 self._spawn(self._closed(flight, follower, Outcome()))
@@ -619,7 +620,9 @@ class RequestHandler:
             await self._fail(env, result)
             return
         body = {**result.body, "model": env.alias}
+        stored = False  # (its final says so: a gateway keeps only what the worker stored)
         if env.cache_ttl_s and self._keeps(env, cand, body):
+            stored = True
             entry = _entry(env, cand, result.usage, body=body)
             try:  # a cache that fails costs a later request a call, never this answer
                 await self.sink.cache(
@@ -638,7 +641,7 @@ class RequestHandler:
         )
         if not late:
             try:
-                await self._send(env, ReplyEvent.final(env, line, body))
+                await self._send(env, ReplyEvent.final(env, line, body, stored=stored))
             except Exception as exc:  # paid all the same: the line is written
                 log.warning("batch answer to %s not delivered: %r", env.correlation_id, exc)
         await self.sink.usage(line)
@@ -815,7 +818,7 @@ class RequestHandler:
         w.broken = answer_lost(exc)
         self._spawn(self._fail(w.envelope, w.broken, coalesced=not w.leader, meter=False))
 
-    async def _land(self, flight: Flight, out: Outcome) -> None:
+    async def _land(self, flight: Flight, out: Outcome, *, stored: bool = False) -> None:
         """Answer the flight's waiters not answered yet, all at once (one whose reply
         topic fails holds up no other)."""
         landing = []
@@ -825,12 +828,12 @@ class RequestHandler:
             # (a gateway that sent a cancel notice never meters the request itself, nor
             # one told its answer was lost: those lines are the worker's, however late)
             if w.gone or w.broken is not None or not given_up(w.envelope):
-                landing.append(self._land_one(flight, w, out))
+                landing.append(self._land_one(flight, w, out, stored))
             elif w.leader and not out.cached and (out.candidate is not None or out.late):
                 # Its gateway answered 504 and wrote a line at no cost, but the vendor was
                 # paid, and the leader's line alone carries that: written still, unsent.
                 w.lost = True
-                landing.append(self._land_one(flight, w, out))
+                landing.append(self._land_one(flight, w, out, stored))
             elif w.envelope.stream:
                 # Past its own deadline and grace (a follower with a shorter deadline than
                 # the leader's call, a notice lagging): its gateway answered 504 and wrote
@@ -841,8 +844,12 @@ class RequestHandler:
             # else a plain request past its deadline and grace: its gateway wrote its line.
         await _together(landing)
 
-    async def _land_one(self, flight: Flight, w: Waiter, out: Outcome) -> None:
-        """Answer one waiter and write its ledger line."""
+    async def _land_one(
+        self, flight: Flight, w: Waiter, out: Outcome, stored: bool = False
+    ) -> None:
+        """Answer one waiter and write its ledger line; its final says whether the
+        answer was ``stored`` (the flight's leader chose: a gateway keeps only what the
+        worker stored)."""
         env = w.envelope
         if w.gone:
             await self._closed(flight, w, out)
@@ -903,7 +910,8 @@ class RequestHandler:
                 await self._deliver(flight, w)
                 if not w.lost:
                     body = None if env.stream else out.body
-                    await self._send(env, ReplyEvent.final(env, line, body, seq=w.sent + 1))
+                    final = ReplyEvent.final(env, line, body, seq=w.sent + 1, stored=stored)
+                    await self._send(env, final)
         except TimeoutError:
             # The broker did not take it (no such topic): an error would not go either.
             log.warning("answer to %s not sent: %s took nothing", env.correlation_id, env.reply_to)

@@ -23,7 +23,7 @@ from gateway.audit import AUDIT_WINDOW_S, AuditTrail
 from schemas.envelope import AuditEvent, AuditKind, ReplyEvent, RequestEnvelope, UsageEvent
 from schemas.errors import BadRequest, NoHealthyVendor, RelayError, RequestTooLarge
 from streams.codec import encode
-from streams.producers import BackgroundProducer
+from streams.producers import BackgroundProducer, Line
 from streams.stopping import stop_consumer, stop_quietly
 from streams.topics import MAX_MESSAGE_BYTES, Topics, ensure_topics
 from tables.recent import RecentIds
@@ -37,9 +37,10 @@ MAX_AUDIT_TEXT = 256  # characters of a path, model or detail an audit event kee
 # Requests whose ledger line this gateway wrote, remembered so that a later failure of the
 # same request (the producer giving up on an envelope whose deadline passed) writes none.
 METERED_REMEMBERED = 100_000
-# How long a stop waits for cancel notices and failure lines still being handed to the
+# How long a stop waits for cancel notices and ledger lines still being handed to the
 # producers (see ``Bus.stop``).
 BACKGROUND_STOP_S = 1.0
+KEPT_AT_STOP = "the gateway stopped before the producer took them"
 
 
 class Bus:
@@ -82,6 +83,8 @@ class Bus:
         self.waiting: dict[str, asyncio.Queue[ReplyEvent]] = {}
         self._metered = RecentIds(METERED_REMEMBERED)  # requests this gateway metered
         self._background: set[asyncio.Future[None]] = set()
+        # Ledger lines on their way to the producer (``meter``), by the task handing each.
+        self._unsent: dict[asyncio.Future[None], Line] = {}
         self._reader: asyncio.Task[None] | None = None
         self.audit_trail = AuditTrail(self._send_audit, window_s=audit_window_s)
         # When a worker was last seen in the requests consumer group (monotonic), as
@@ -121,11 +124,9 @@ class Bus:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        # Cancel notices and failure lines still on their way need the producers: they
-        # go first.  A broker that answers takes them in milliseconds; one gone would not
-        # take them at all, so the wait is short.
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=BACKGROUND_STOP_S)
+        # Cancel notices and ledger lines still on their way need the producers: they
+        # go first.
+        await self._settle_background()
         # Each client is closed even when the one before could not reach the broker.
         if self._admin is not None:
             await stop_quietly(self._admin.close(), "the admin client")
@@ -135,6 +136,27 @@ class Bus:
         await stop_quietly(self.producer.stop(), "the request producer")
         if self.ephemeral:
             await self._drop_reply_topic()
+
+    async def _settle_background(self) -> None:
+        """Wait up to ``BACKGROUND_STOP_S`` for what is still being handed to the
+        producers (and for what that hands on meanwhile: a failure's ledger line).  A
+        broker that answers takes it in milliseconds; one gone would not take it at all,
+        so the wait is short.  A ledger line still not handed on then goes to the spill
+        file, for the next start to send: never lost (a cancel notice is simply not
+        sent: the vendor call it would have stopped runs on to its end)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + BACKGROUND_STOP_S
+        while (left := until - loop.time()) > 0:
+            running = {task for task in self._background if not task.done()}
+            if not running:
+                break
+            await asyncio.wait(running, timeout=left)
+        unsent = {task: line for task, line in self._unsent.items() if not task.done()}
+        for task in unsent:
+            task.cancel()  # (waiting for room in the producer's buffer: not queued)
+        await asyncio.gather(*unsent, return_exceptions=True)
+        if kept := [line for task, line in unsent.items() if task.cancelled()]:
+            self.ledger.keep(kept, KEPT_AT_STOP)
 
     async def _drop_reply_topic(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
@@ -255,14 +277,31 @@ class Bus:
             )
 
     async def meter(self, event: UsageEvent) -> None:
-        """Ledger events the gateway itself owes (cache hits, edge refusals)."""
+        """Ledger events the gateway itself owes (cache hits, edge refusals, requests no
+        worker will meter), handed to the ledger producer in the background: returns at
+        once.  A broker away makes a send wait up to ``SEND_WAIT_S`` for room in the
+        producer's buffer (then spill the line), and every cache hit, the one answer
+        left to give in an outage, would wait so too.  Tracked: ``stop`` waits for the
+        line, and spills it if it is still not handed on."""
         metrics.count_line(event)
+        line = (self.topics.usage.name, event.tenant.encode(), encode(event))
+        task = asyncio.ensure_future(self._write(event, line))
+        self._background.add(task)
+        self._unsent[task] = line
+        task.add_done_callback(self._written)
+
+    async def _write(self, event: UsageEvent, line: Line) -> None:
+        topic, key, value = line
         try:
-            await self.ledger.send(self.topics.usage.name, encode(event), key=event.tenant.encode())
-        except KafkaError as exc:
-            # Refused at once (the broker gone long enough for the buffer to fill): the
-            # client still gets its answer, and the loss is said, never a 500.
+            await self.ledger.send(topic, value, key=key)
+        except Exception as exc:
+            # Refused for good (too large, not authorised): the client had its answer,
+            # and the loss is said.  (A broker away is the producer's to wait out.)
             log.error("ledger line %s (%s) not written: %r", event.event_id, event.tenant, exc)
+
+    def _written(self, task: asyncio.Future[None]) -> None:
+        self._background.discard(task)
+        self._unsent.pop(task, None)
 
     async def audit(self, kind: AuditKind, **fields: Any) -> None:
         """An audit event from this gateway; like ledger lines, batched for a moment.

@@ -7,6 +7,7 @@ is awaited on this instance's reply topic.  Streams are handed on chunk by chunk
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 import uuid
@@ -38,13 +39,16 @@ from schemas.errors import (
     ModelNotFound,
     NoWorker,
     RelayError,
+    VendorAnswerUnreadable,
     VendorUnavailable,
 )
 from schemas.formats.openai import response_to_chunks
 from schemas.settings import Settings
 from schemas.usage import Usage
-from tables.cache import CacheEntry, ResponseCache, cache_key, storable
+from tables.cache import CacheEntry, ResponseCache, cache_key, plain_text, storable
 from tables.prices import PriceSheet
+
+log = logging.getLogger("relay.gateway")
 
 CacheMode = Literal["use", "bypass", "refresh"]
 MAX_TIMEOUT_S = 3600.0  # x-relay-timeout: an hour at most
@@ -226,8 +230,15 @@ class Relay:
             if hit is not None:
                 entry, level = hit
                 if entry.young_enough(opts.ttl_s):
-                    return await self._from_cache(who, endpoint, alias, entry, level, stream, opts)
-                lookup = False  # older than this request takes: a new answer replaces it
+                    served = await self._from_cache(
+                        who, endpoint, alias, entry, level, stream, opts
+                    )
+                    if served is not None:
+                        return served
+                    self.cache.l1.delete(key)  # one it cannot serve: asked of a vendor anew
+                # Older than this request takes, or not one to serve: a new answer
+                # replaces it (the worker must not serve it from L2 either).
+                lookup = False
         env = self.envelope(
             who,
             endpoint,
@@ -340,7 +351,7 @@ class Relay:
             headers.update(_cost_headers(first.cost, first.saved_cost))
             usage = first.usage or Usage()
             if env.stream:  # asked as a stream: sent as one, whole as the answer came
-                return Answer(headers, chunks=_replay(response_to_chunks(first.body), usage))
+                return Answer(headers, chunks=_replay(_as_stream(first.body), usage))
             return Answer(headers, body=first.body, usage=usage)
         return Answer(
             headers, chunks=self._stream(env, queue, first), close=lambda: self._done(env)
@@ -442,7 +453,14 @@ class Relay:
     ) -> None:
         """Put a fresh answer in this replica's L1 (the worker wrote L2, and when it
         replaced an answer there — a refresh, an answer too old for the request — told
-        every replica to drop its L1 copy once the new one was in L2)."""
+        every replica to drop its L1 copy once the new one was in L2).  Only one the
+        worker stored: a request that rode on another's call (a refresh on a bypass
+        request's, which stores nothing) keeps what that call's leader chose, and an
+        answer the worker would not store (its text not text, say) is not one to serve
+        here either.  A final that does not say (a worker from before ``stored``) is
+        judged by this request's own terms, as then."""
+        if final.stored is False:
+            return
         if not env.cache_ttl_s or final.vendor is None or final.degraded:
             return  # a degraded (cheaper) answer is not the alias's answer to keep
         spec = self.config.models.get(env.alias)
@@ -470,7 +488,19 @@ class Relay:
         level: str,
         stream: bool,
         opts: Options,
-    ) -> Answer:
+    ) -> Answer | None:
+        """A cache hit's answer, or None for an entry that cannot be served as asked: one
+        stored before its text was checked (``CacheEntry.plain``), or of a shape that
+        will not render.  Made before its ledger line, so a hit that is not served
+        writes none.  The line is handed to the bus, never waited for (``Bus.meter``):
+        a broker away must not hold up a hit."""
+        if not entry.plain():
+            return None
+        try:
+            body, chunks = _served(entry, alias, endpoint, stream)
+        except Exception:
+            log.warning("a cached answer for %s could not be served", alias, exc_info=True)
+            return None
         metrics.CACHE.labels(f"hit-{level}").inc()
         direct = self.prices.direct_cost(alias, entry.usage)
         await self.bus.meter(
@@ -493,18 +523,39 @@ class Relay:
         )
         headers = {"x-relay-cache": f"hit-{level}", **trace_headers(opts.trace_id)}
         headers.update(_cost_headers(0.0, direct))
-        if not stream:
-            body = entry.whole(alias)
-            if endpoint == "chat":
-                body.setdefault("usage", entry.usage.to_openai())
-            return Answer(headers, body=body, usage=entry.usage)
-        chunks = entry.chunks if entry.chunks else response_to_chunks(entry.whole(alias))
-        return Answer(headers, chunks=_replay(chunks, entry.usage))
+        if chunks is not None:
+            return Answer(headers, chunks=_replay(chunks, entry.usage))
+        return Answer(headers, body=body, usage=entry.usage)
 
     async def _meter_failure(self, env: RequestEnvelope, code: str) -> None:
         """No worker answered (deadline), none would (no worker), or the request never
         reached one: the gateway writes the request's ledger line."""
         await self.bus.meter_failure(env, code)
+
+
+def _served(
+    entry: CacheEntry, alias: str, endpoint: Endpoint, stream: bool
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+    """A cached entry as the request asked for it: a whole body, or a stream's chunks."""
+    if stream:
+        return None, entry.chunks or response_to_chunks(entry.whole(alias))
+    body = entry.whole(alias)
+    if endpoint == "chat":
+        body.setdefault("usage", entry.usage.to_openai())
+    return body, None
+
+
+def _as_stream(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A worker's whole answer to a streamed request as the chunks of one; an error
+    when it cannot be (text that is not a string would replay as a stream saying
+    nothing): never an empty answer passed off as whole."""
+    try:
+        if plain_text(body):
+            return response_to_chunks(body)
+    except Exception:
+        log.warning("a worker's answer could not be sent as a stream", exc_info=True)
+    said = "the vendor's answer could not be sent as a stream (it is not in the chat format)"
+    raise VendorAnswerUnreadable(said)
 
 
 async def _replay(

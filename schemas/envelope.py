@@ -131,13 +131,28 @@ class ReplyEvent(BaseModel):
     degraded: str | None = None
     cost: float = Field(0.0, description="on a final: what this request cost (its ledger line)")
     saved_cost: float = Field(0.0, description="on a final: what it saved (its ledger line)")
+    stored: bool | None = Field(
+        None,
+        description="on a final: whether the worker stored the answer in the cache (or "
+        "would have, with Redis down), so a gateway may keep it too; a follower of another "
+        "request's call is told that call's choice (none stored after a bypass request's); "
+        "null: not said (a worker from before this field), the gateway judges by the "
+        "request's own terms",
+    )
 
     @classmethod
     def final(
-        cls, env: RequestEnvelope, line: UsageEvent, body: dict[str, Any] | None, seq: int = 0
+        cls,
+        env: RequestEnvelope,
+        line: UsageEvent,
+        body: dict[str, Any] | None,
+        seq: int = 0,
+        *,
+        stored: bool | None = None,
     ) -> ReplyEvent:
         """The final reply to ``env``: its answer's ``body`` (None after a stream's
-        chunks) with what its ledger ``line`` says: usage, vendor, flags, cost."""
+        chunks) with what its ledger ``line`` says: usage, vendor, flags, cost; and
+        whether the answer was ``stored``."""
         return cls(
             correlation_id=env.correlation_id,
             kind="final",
@@ -151,6 +166,7 @@ class ReplyEvent(BaseModel):
             degraded=line.degraded,
             cost=line.cost,
             saved_cost=line.saved_cost,
+            stored=stored,
         )
 
 

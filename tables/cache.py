@@ -252,11 +252,12 @@ def storable(body: dict[str, Any] | None, chunks: list[dict[str, Any]] | None = 
     way), nor a stream that would not assemble in full for a later non-streamed request
     (``faithful_chunks``), nor a body that would not replay as a stream for a later
     streamed one, nor one not in the shape its format gives (``choices`` not a list of
-    objects, a ``finish_reason`` or ``object`` not a string).  A vendor's answer is
-    taken as it comes: one a later request could not be served from is simply not
-    stored, never an error for the request it answers."""
+    objects, a ``finish_reason`` or ``object`` not a string), nor one whose text is not
+    text (``plain_text``: a list of parts would replay as a stream saying nothing).  A
+    vendor's answer is taken as it comes: one a later request could not be served from
+    is simply not stored, never an error for the request it answers."""
     answers = [body] if body is not None else list(chunks or [])
-    if not all(_readable(answer) for answer in answers):
+    if not all(_readable(answer) and plain_text(answer) for answer in answers):
         return False
     try:  # (a part of a shape the format's readers do not expect: not one to serve again)
         if chunks and not faithful_chunks(chunks):
@@ -294,6 +295,32 @@ def _readable(answer: Any) -> bool:
         and isinstance(choice.get("delta") or {}, dict)
         for choice in choices
     )
+
+
+# A message's or delta's text, which a replay says piece by piece and an assembly joins:
+# each a string or null.
+TEXT_FIELDS = ("content", "refusal", "reasoning_content", "reasoning")
+
+
+def plain_text(answer: Any) -> bool:
+    """Whether each choice's text (``TEXT_FIELDS`` of its message, or a chunk's delta) is a
+    string or null.  Some OpenAI-compatible servers send ``content`` as a list of typed
+    parts (Mistral's reasoning models: a thinking part, then a text part): served as a
+    stream, such a body would say nothing (a replay speaks strings only), and such
+    chunks would not assemble into a body.  (An answer in another shape is for
+    ``_readable`` to judge: true here.)"""
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if not isinstance(choices, list):
+        return True
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        for said in (choice.get("message"), choice.get("delta")):
+            if isinstance(said, dict) and not all(
+                isinstance(said.get(field), str | None) for field in TEXT_FIELDS
+            ):
+                return False
+    return True
 
 
 def _choices(answer: dict[str, Any]) -> list[dict[str, Any]]:
@@ -370,6 +397,13 @@ class CacheEntry(BaseModel):
     def young_enough(self, max_age_s: int | None) -> bool:
         """Whether it is no older than a request takes (``x-relay-cache-ttl``)."""
         return max_age_s is None or time.time() - self.created <= max_age_s
+
+    def plain(self) -> bool:
+        """Whether its text is text (``plain_text``): an entry stored before that was
+        checked (a list of parts as ``content``) would replay as a stream saying nothing,
+        or not assemble at all, so it is not one to serve."""
+        answers = [self.body] if self.body is not None else []
+        return all(plain_text(answer) for answer in [*answers, *(self.chunks or [])])
 
     def whole(self, alias: str) -> dict[str, Any]:
         """The answer as one body (a stream's assembled), fresh for this request."""

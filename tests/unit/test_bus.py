@@ -13,6 +13,13 @@ from gateway.bus import _workers_in
 from schemas.envelope import ReplyEvent
 
 
+async def drained(bus: Any) -> None:
+    """Until the bus has nothing left on its way to the producers (a line a failure's
+    line hands on included)."""
+    while running := [task for task in bus._background if not task.done()]:
+        await asyncio.gather(*running, return_exceptions=True)
+
+
 def described(error: int, state: str, members: list[Any]) -> list[Any]:
     return [SimpleNamespace(groups=[(error, "relay", state, "consumer", "faust", members, [])])]
 
@@ -50,6 +57,7 @@ async def test_a_ledger_line_the_producer_refuses_is_logged_never_a_client_s_500
     bus.ledger = Refusing()  # type: ignore[assignment]
     line = UsageEvent(event_id="e-lost", trace_id="t", tenant="a", key_id="k", alias="m")
     await bus.meter(line)  # does not raise
+    await drained(bus)
     for kafka in (bus.producer, bus.consumer):  # never started: closed all the same
         await kafka.stop()
     assert "e-lost" in caplog.text and "not written" in caplog.text
@@ -113,7 +121,7 @@ async def test_a_request_metered_at_its_deadline_gets_no_second_line_when_it_fai
         await relay._through_kafka(env)
     held.deliveries[0].set_exception(KafkaTimeoutError())
     await asyncio.sleep(0.01)
-    await asyncio.gather(*list(bus._background), return_exceptions=True)
+    await drained(bus)
     assert [b"deadline_exceeded" in line for line in ledger.lines] == [True]
 
 
@@ -251,3 +259,54 @@ async def test_a_stop_lets_a_cancel_notice_on_its_way_reach_the_producer_first()
     bus.cancel(request_envelope(cancel=True, body={}))
     await bus.stop()
     assert len(slow.sent) == 1 and b'"cancel":true' in slow.sent[0]
+
+
+class Ledger:
+    """The ledger producer: each line takes a few loop turns to queue, and ``stop`` and
+    ``keep`` are recorded."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.kept: list[Any] = []
+        self.stopped = False
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self.lines.append(value)
+
+    def keep(self, lines: list[Any], why: str) -> bool:
+        self.kept += lines
+        return True
+
+    async def stop(self) -> None:
+        assert not self.stopped
+        self.stopped = True
+
+
+async def test_a_stop_waits_for_a_ledger_line_a_failure_hands_on_before_the_producer_stops() -> (
+    None
+):
+    """``meter`` returns at once, the line on its way: a stop lets it (and the line a
+    failure writes as the stop begins) reach the producer before it stops, nothing
+    spilled, each line once."""
+    from gateway.bus import Bus
+    from schemas.envelope import UsageEvent
+    from streams.topics import Topics
+    from tests.support.envelopes import request_envelope
+
+    bus = Bus("127.0.0.1:9", Topics("t"), "gw-1")  # never started
+    for kafka in (bus.producer, bus.consumer):
+        await kafka.stop()
+    await bus.ledger.stop()
+    ledger = Ledger()
+    bus.ledger = ledger  # type: ignore[assignment]
+    hit = UsageEvent(event_id="e-hit", trace_id="t", tenant="a", key_id="k", alias="m")
+    await bus.meter(hit)
+    assert ledger.lines == [], "handed on, not waited for"
+    failed = asyncio.ensure_future(bus.meter_failure(request_envelope(), "no_worker"))
+    await bus.stop()
+    await failed
+    assert len(ledger.lines) == 2 and b"e-hit" in ledger.lines[0]
+    assert b"no_worker" in ledger.lines[1]
+    assert ledger.kept == [] and ledger.stopped

@@ -431,3 +431,35 @@ def test_whitespace_where_two_text_parts_meet_is_part_of_the_question() -> None:
     assert ask("  Hello ", "world \n") == ask("Hello ", "world"), "the ends of the whole"
     assert ask("a  \nb ", "c") == ask("a\nb ", "c"), "inner line ends, as ever"
     assert ask("Look: ", image, " what is it?") == ask("Look:", image, "what is it?")
+
+
+def test_an_answer_whose_text_is_not_a_string_is_not_storable_nor_served() -> None:
+    """A message's (or a delta's) ``content``, ``refusal``, ``reasoning_content`` or
+    ``reasoning`` as a list of parts (Mistral's reasoning models send content so) would
+    replay as a stream saying nothing, or not assemble: not stored, and an entry an
+    older version stored so is not served (``CacheEntry.plain``)."""
+    from tables.cache import TEXT_FIELDS, plain_text, storable
+
+    parts = [{"type": "text", "text": "Hi"}]
+
+    def body(**message: Any) -> dict[str, Any]:
+        said = {"role": "assistant", "content": "Hi", **message}
+        choice = {"index": 0, "message": said, "finish_reason": "stop"}
+        return {"object": "chat.completion", "choices": [choice]}
+
+    def chunk(**delta: Any) -> dict[str, Any]:
+        choice = {"index": 0, "delta": {"content": "Hi", **delta}, "finish_reason": "stop"}
+        return {"object": "chat.completion.chunk", "choices": [choice]}
+
+    assert storable(body()) and storable(None, [chunk()])
+    assert storable(body(content=None, refusal="No.")) and storable(None, [chunk(content=None)])
+    for field in TEXT_FIELDS:
+        assert not storable(body(**{field: parts})), field
+        assert not storable(None, [chunk(**{field: parts})]), field
+        assert not plain_text(body(**{field: {"text": "Hi"}})), field
+    assert plain_text({"object": "list", "data": []}), "no choices: nothing to judge"
+    entry = {"vendor": "v", "model": "m", "created": 0.0}
+    assert CacheEntry(body=body(), **entry).plain()
+    assert CacheEntry(chunks=[chunk()], **entry).plain()
+    assert not CacheEntry(body=body(content=parts), **entry).plain()
+    assert not CacheEntry(chunks=[chunk(), chunk(reasoning_content=parts)], **entry).plain()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -12,7 +14,7 @@ from schemas.envelope import ReplyEvent, RequestEnvelope
 from schemas.errors import VendorUnavailable
 from schemas.usage import Usage
 from tables.cache import storable
-from tests.support.gateway import client, gateway_app, hello
+from tests.support.gateway import answer_hello, client, gateway_app, hello
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "cache me"}]}
 
@@ -455,3 +457,201 @@ async def test_an_l1_hit_leaves_the_redis_gauge_as_the_last_look_at_redis_set_it
         hit = await http.post("/v1/chat/completions", json=BODY)
     assert hit.headers["x-relay-cache"] == "hit-l1"
     assert metrics.REDIS_UP._value.get() == 1
+
+
+class Stuck:
+    """aiokafka's producer with its buffer full and no broker to drain it: a send waits
+    for room that never comes."""
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self.entered = asyncio.Event()
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> Any:
+        self.waiting += 1
+        self.entered.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.waiting -= 1
+
+    async def stop(self) -> None:
+        return None
+
+
+def spilled_lines(spill_dir: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for path in spill_dir.glob("*.jsonl") for line in path.open()]
+
+
+async def test_a_hit_in_a_broker_outage_waits_for_no_ledger_line_which_a_stop_spills(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With the broker away, a ledger line waits for room in the producer's buffer (up
+    to ``SEND_WAIT_S``): a cache hit is answered without waiting for it, and its one
+    line, never taken, is in the spill file once the gateway stops."""
+    import gateway.bus
+    import streams.producers
+    from gateway.bus import Bus
+    from streams.topics import Topics
+
+    monkeypatch.setattr(streams.producers, "SEND_WAIT_S", 5.0)
+    monkeypatch.setattr(gateway.bus, "BACKGROUND_STOP_S", 0.0)
+    app, _ = gateway_app(paid())
+    bus = Bus("127.0.0.1:9", Topics("relay"), "gw-1", spill_dir=tmp_path)  # never started
+    await bus.ledger.producer.stop()
+    stuck = bus.ledger.producer = Stuck()  # type: ignore[assignment]
+    async with client(app) as http:
+        await http.post("/v1/chat/completions", json=BODY)  # a miss, kept in L1
+        app.state.relay.bus = bus
+        hit = await http.post("/v1/chat/completions", json=BODY)
+        assert hit.headers["x-relay-cache"] == "hit-l1"
+        await stuck.entered.wait()
+        assert stuck.waiting == 1, "answered while its ledger line still waits for room"
+    await bus.stop()
+    spilled = spilled_lines(tmp_path)
+    assert [line["topic"] for line in spilled] == ["relay.usage"]
+    assert orjson.loads(spilled[0]["value"])["cache_hit"] is True
+
+
+# Some OpenAI-compatible servers (Mistral's reasoning models) send a message's content
+# as a list of typed parts.
+PARTS = [
+    {"type": "thinking", "thinking": [{"type": "text", "text": "Let me think."}]},
+    {"type": "text", "text": "Forty-two."},
+]
+
+
+def parts_body(alias: str) -> dict[str, Any]:
+    body = hello(alias)
+    body["choices"][0]["message"]["content"] = PARTS
+    return body
+
+
+def answering_parts(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+    """A worker's whole answer in parts; a plain stream (Hello) to a streamed request."""
+    if env.stream:
+        return answer_hello(env)
+    return paid_with(parts_body(env.alias))(env)
+
+
+def paid_with(body: dict[str, Any], **extra: Any):  # type: ignore[no-untyped-def]
+    def script(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+        final = ReplyEvent(
+            correlation_id=env.correlation_id,
+            kind="final",
+            body=body,
+            usage=Usage(input_tokens=3, output_tokens=5),
+            **{"vendor": "sim-openai", "model": "gpt-4o-mini", **extra},
+        )
+        return [(0.0, final)]
+
+    return script
+
+
+async def test_an_answer_whose_content_is_a_list_of_parts_is_never_kept_or_replayed_empty() -> None:
+    """Replayed as a stream, such a body would say nothing (a 200 with no text): it is
+    not kept, and the stream that asks next is asked of a worker."""
+    app, bus = gateway_app(answering_parts)
+    async with client(app) as http:
+        whole = await http.post("/v1/chat/completions", json=BODY)
+        streamed = await http.post("/v1/chat/completions", json={**BODY, "stream": True})
+    assert whole.json()["choices"][0]["message"]["content"] == PARTS, "answered as it came"
+    assert streamed.headers["x-relay-cache"] == "miss" and len(bus.published) == 2
+    texts = [c["choices"][0]["delta"].get("content") for c in data_lines(streamed.text)]
+    assert "Hello" in texts
+
+
+async def test_a_stream_follower_of_an_answer_the_worker_did_not_store_is_not_kept() -> None:
+    """A stream that joined a call whose answer the worker would not store (its content
+    a list of parts: the stream it was sent says nothing) spreads no copy of it: the
+    plain request that comes next is asked of a worker, not given ``content: ""``."""
+    from schemas.formats.openai import response_to_chunks
+
+    def follower(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+        cid, chunks = env.correlation_id, response_to_chunks(parts_body(env.alias))
+        events = [
+            ReplyEvent(correlation_id=cid, kind="chunk", seq=n, body=c, coalesced=True)
+            for n, c in enumerate(chunks, 1)
+        ]
+        final = ReplyEvent(correlation_id=cid, kind="final", seq=len(chunks) + 1,
+                           usage=Usage(input_tokens=3, output_tokens=5), vendor="sim-openai",
+                           model="gpt-4o-mini", coalesced=True, stored=False)  # fmt: skip
+        return [(0.0, e) for e in [*events, final]]
+
+    app, bus = gateway_app(follower)
+    async with client(app) as http:
+        await http.post("/v1/chat/completions", json={**BODY, "stream": True})
+        bus.script = paid()
+        plain = await http.post("/v1/chat/completions", json=BODY)
+    assert plain.headers["x-relay-cache"] == "miss"
+    assert plain.json()["choices"][0]["message"]["content"] == "Hello"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_entry_an_older_version_stored_with_text_in_parts_is_asked_anew(
+    stream: bool,
+) -> None:
+    """An entry stored before answers in parts were refused (a body in parts, a stream
+    whose deltas carry them) is served neither way, nor metered as a hit: the request
+    goes to a worker, which must not serve it from L2 either."""
+    from tables.cache import CacheEntry
+
+    metered: list[Any] = []
+    app, bus = gateway_app(paid())
+    relay = app.state.relay
+
+    async def meter(event: Any) -> None:
+        metered.append(event)
+
+    bus.meter = meter  # type: ignore[method-assign]
+    async with client(app) as http:
+        await http.post("/v1/chat/completions", json=BODY)  # a plain answer, kept
+        key = bus.published[0].prompt_hash
+        head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+        delta = {"role": "assistant", "content": PARTS}
+        chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": "stop"}]}
+        stored_as = {"body": parts_body("gpt-4o-mini")} if stream else {"chunks": [chunk]}
+        old = CacheEntry(vendor="sim-openai", model="gpt-4o-mini", created=time.time(),
+                         endpoint="chat", **stored_as)  # fmt: skip
+        relay.cache.l1.put(key, old, 60)
+        asked = await http.post("/v1/chat/completions", json={**BODY, "stream": stream})
+    assert asked.status_code == 200 and asked.headers["x-relay-cache"] == "miss"
+    assert len(bus.published) == 2 and not bus.published[1].cache_lookup
+    assert metered == [], "no hit, no hit's ledger line"
+    assert relay.cache.l1.get(key).body["choices"][0]["message"]["content"] == "Hello"
+
+
+async def test_a_whole_answer_in_parts_to_a_streamed_request_is_an_error_not_an_empty_200() -> None:
+    app, _ = gateway_app(paid_with({"object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": PARTS}, "finish_reason": "stop"}
+    ]}))  # fmt: skip
+    async with client(app) as http:
+        answer = await http.post("/v1/chat/completions", json={**BODY, "stream": True})
+    assert answer.status_code == 502
+    assert answer.json()["error"]["code"] == "vendor_answer_unreadable"
+
+
+async def test_a_refresh_that_rode_on_a_call_whose_answer_was_not_stored_keeps_none() -> None:
+    """A refresh that rode on an identical bypass request's call: the worker stored
+    nothing and says so, and this replica keeps nothing either, so it serves what every
+    other replica serves."""
+    app, bus = gateway_app(paid(coalesced=True, stored=False))
+    async with client(app) as http:
+        first = await http.post(
+            "/v1/chat/completions", json=BODY, headers={"x-relay-cache": "refresh"}
+        )
+        assert first.headers["x-relay-cache"] == "coalesced" and bus.published[0].cache_ttl_s
+        bus.script = paid()
+        again = await http.post("/v1/chat/completions", json=BODY)
+    assert again.headers["x-relay-cache"] == "miss" and len(bus.published) == 2
+
+
+@pytest.mark.parametrize("stored", [True, None])
+async def test_an_answer_the_worker_stored_or_did_not_say_is_kept(stored: bool | None) -> None:
+    """Kept as before when the worker stored it, or when it does not say (a worker from
+    before ``stored``: judged by the request's own terms)."""
+    app, bus = gateway_app(paid(stored=stored))
+    async with client(app) as http:
+        await http.post("/v1/chat/completions", json=BODY)
+        again = await http.post("/v1/chat/completions", json=BODY)
+    assert again.headers["x-relay-cache"] == "hit-l1" and len(bus.published) == 1

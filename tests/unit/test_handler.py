@@ -2043,3 +2043,46 @@ async def test_a_waiter_told_its_answer_was_lost_keeps_its_line_when_the_call_la
     assert [e.kind for e in sink.for_(follower.correlation_id)] == ["error"]
     lines = [line for line in sink.ledger if line.trace_id == follower.trace_id]
     assert len(lines) == 1 and lines[0].error_code == "internal_error"
+
+
+@pytest.mark.parametrize(
+    ("leader", "stored"),
+    [({"ttl": None}, False), ({}, True)],
+    ids=["bypass-leader", "refresh-leader"],
+)
+async def test_every_final_of_a_flight_says_whether_its_answer_was_stored(
+    leader: dict[str, Any], stored: bool
+) -> None:
+    """A refresh that rides on an identical bypass request's call (both must not be
+    answered from the cache: one flight) stores nothing, and its final says so, so its
+    gateway keeps nothing either; led by the refresh, the answer is stored and every
+    final says that."""
+    calls: list[str] = []
+    handler, sink = make(vendor(calls))
+    first = envelope(key="k-fresh", cache_lookup=False, **leader)
+    second = envelope(key="k-fresh", cache_lookup=False)  # a refresh
+    await asyncio.gather(handler.handle(first), handler.handle(second))
+    assert calls == ["a"], "one call for both"
+    finals = [sink.for_(e.correlation_id)[-1] for e in (first, second)]
+    assert [(f.kind, f.coalesced, f.stored) for f in finals] == [
+        ("final", False, stored),
+        ("final", True, stored),
+    ]
+    assert bool(sink.written) == stored
+
+
+async def test_a_final_says_an_answer_the_cache_would_not_keep_was_not_stored() -> None:
+    """An answer ``storable`` refuses (a content filter cut it), and one served from L2,
+    are not stored: their finals say so."""
+    calls: list[str] = []
+    cut = {"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "content_filter"}  # fmt: skip
+    handler, sink = make(answering(calls, cut))
+    env = envelope(key="k-cut")
+    await handler.handle(env)
+    assert sink.for_(env.correlation_id)[-1].stored is False and not sink.written
+    handler, sink = make(vendor(calls))
+    sink.stored[key_of("k-hit")] = stored_answer()
+    hit = envelope(key="k-hit", cache_lookup=True)
+    await handler.handle(hit)
+    final = sink.for_(hit.correlation_id)[-1]
+    assert final.cache_hit and final.stored is False
