@@ -14,7 +14,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -110,6 +111,46 @@ HANG_S = 30.0
 # request spends before its first call: the hops, the gate, a first candidate's failure).
 HANG_WHOLE_S = 60.0
 WITHDRAWN = "the batch was cancelled before this line was sent"
+# What an adapter's own time limit (httpx's: the connect, each read) is, for a call whose
+# time to begin answering is all the time left: the call's window (below) cuts it at the
+# deadline, which may move later (``Deadline``) than when the call went out.
+OPEN_READ_S = 3600.0
+
+
+class Deadline:
+    """Until when (epoch seconds) a request's vendor calls may run, read afresh at each
+    step: its own deadline (``of``), or, for a call several requests share (coalescing,
+    see the handler), the latest deadline of those still waiting for it, which moves as
+    they come and go.  It bounds the gates' waits (as it stands when a wait begins),
+    the retries, the fallbacks and each call's time to begin; the call under way
+    follows it when told it ``moved``: a later one gives it more time, an earlier one
+    (the latest waiter gone) cuts it sooner."""
+
+    def __init__(self, read: Callable[[], float]) -> None:
+        self._read = read
+        self._followers: list[Callable[[], None]] = []
+
+    @classmethod
+    def of(cls, env: RequestEnvelope) -> Deadline:
+        """``env``'s own deadline, which never moves."""
+        return cls(lambda: env.deadline_ms / 1000)
+
+    def __call__(self) -> float:
+        return self._read()
+
+    def moved(self) -> None:
+        """It may have moved: the call under way sets its time limit again."""
+        for follow in list(self._followers):
+            follow()
+
+    @contextmanager
+    def followed(self, follow: Callable[[], None]) -> Iterator[None]:
+        """``follow`` is told each move while the block runs (a call's time limit)."""
+        self._followers.append(follow)
+        try:
+            yield
+        finally:
+            self._followers.remove(follow)
 
 
 @dataclass
@@ -208,6 +249,19 @@ def begin_limit(adapter: object, remaining: float, spare: bool) -> float:
     return share if spare and share >= HANG_S else remaining
 
 
+def read_limit(adapter: object, limit: float, remaining: float) -> float:
+    """An adapter's own time limit for a call (httpx's, on its connect and each read)
+    whose time to begin answering is ``limit`` of the ``remaining`` seconds: that time
+    when it is the vendor's own ``timeout_s`` or a share of the deadline (each silence in
+    the answer is held to it too); when it is all the time left, none short of the call's
+    window, which cuts it at the deadline, and follows it should it move later (its own
+    ``timeout_s``, should the vendor have one, still holds each silence)."""
+    own = getattr(getattr(adapter, "config", None), "timeout_s", None)
+    if own is not None:
+        return float(own)
+    return limit if limit < remaining else max(remaining, OPEN_READ_S)
+
+
 def hung(adapter: object, limit: float, *, streamed: bool) -> bool:
     """Whether a vendor cut at ``limit`` seconds (short of the deadline) before it began
     to answer has failed, for its health and its breaker: ``limit`` was its own
@@ -261,8 +315,10 @@ class Dispatcher:
         may_call: MayCall | None = None,
         withdrawn: Withdrawn | None = None,
         release: Release | None = None,
+        deadline: Deadline | None = None,
     ) -> Outcome:
-        """Try the plan (up to ``max_rounds`` passes) before the envelope's deadline.
+        """Try the plan (up to ``max_rounds`` passes) before the envelope's deadline, or
+        ``deadline`` when given (a call its waiters share: the latest of theirs).
 
         ``vendor_wait_s`` caps the wait for a vendor's rate limits (not the tenant's):
         past it that candidate is skipped, and when every one was, the outcome is our
@@ -282,11 +338,12 @@ class Dispatcher:
         hours, its batch cancelled meanwhile; then the outcome is ``BatchCancelled`` and
         nothing more is sent."""
         out = Outcome()
+        until = deadline or Deadline.of(env)
         if env.endpoint == "count_tokens":  # only vendors that count can answer it
             plan = [c for c in plan if self.counts(c.vendor)]
             may_call = None  # its own endpoint, no outcome reported: it spends no probe
         if admit_tenant and plan:  # once per request, not again when the handler re-plans it
-            await self._admit(env, [f"tenant:{env.tenant}"], [f"tenant-tpm:{env.tenant}"])
+            await self._admit(env, until, [f"tenant:{env.tenant}"], [f"tenant-tpm:{env.tenant}"])
         try:
             if not plan:
                 out.error = NoHealthyVendor(
@@ -295,7 +352,16 @@ class Dispatcher:
                 # (a re-plan's first run may have paid for calls cut before it)
                 return progress.bill(out, env.body) if progress else out
             return await self._run(
-                env, plan, on_chunk, out, vendor_wait_s, progress, may_call, withdrawn, release
+                env,
+                until,
+                plan,
+                on_chunk,
+                out,
+                vendor_wait_s,
+                progress,
+                may_call,
+                withdrawn,
+                release,
             )
         finally:
             # Kept whatever the outcome: a share of a call that went out is billed even when
@@ -314,6 +380,7 @@ class Dispatcher:
     async def _run(
         self,
         env: RequestEnvelope,
+        until: Deadline,
         plan: list[Candidate],
         on_chunk: ChunkSink | None,
         out: Outcome,
@@ -339,13 +406,12 @@ class Dispatcher:
         # A candidate passed over: its breaker opened since the plan, or its probe went
         # with another request.
         passed = False
-        deadline = env.deadline_ms / 1000
         held = [0.0] * len(plan)  # when each candidate's vendor said it may be called again
         errs: list[RelayError | None] = [None] * len(plan)  # each one's last error
         for round_no in range(self.max_rounds):
             skipped = [False] * len(plan)  # passed over this round (a breaker, a probe)
             for i, cand in enumerate(plan):
-                if deadline - time.time() <= 0:
+                if until() - time.time() <= 0:
                     # Still waiting on our own limits when the time ran out (the last
                     # attempt is the one that ran into it): that is a 429 with Retry-After,
                     # whichever candidate came next.
@@ -367,6 +433,7 @@ class Dispatcher:
                 try:
                     result = await self._attempt(
                         env,
+                        until,
                         cand,
                         forward,
                         vendor_wait_s,
@@ -418,6 +485,7 @@ class Dispatcher:
                     retry_after=1.0,
                 )
                 return streamed.bill(out, env.body)  # (a re-plan's first run's cut calls)
+            deadline = until()
             if all(
                 skipped[j] or held[j] >= deadline or isinstance(errs[j], RateLimited)
                 for j in range(len(plan))
@@ -429,16 +497,21 @@ class Dispatcher:
                 # keeps another's retryable failure from its retry.
                 break
             if round_no + 1 < self.max_rounds:
-                await self._backoff(env, round_no, min(held))
+                await self._backoff(until, round_no, min(held))
         out.error = _verdict(held, errs, last)
         return streamed.bill(out, env.body)
 
     async def _admit(
-        self, env: RequestEnvelope, rpm: list[str], tpm: list[str], cap_s: float | None = None
+        self,
+        env: RequestEnvelope,
+        until: Deadline,
+        rpm: list[str],
+        tpm: list[str],
+        cap_s: float | None = None,
     ) -> None:
         """Wait in the request's priority lane until the buckets allow, or 429 if the
-        deadline (or the ``cap_s`` from now, if sooner) cannot be met."""
-        deadline = _gate_deadline(env, cap_s)
+        deadline (as it stands now; or the ``cap_s`` from now, if sooner) cannot be met."""
+        deadline = _gate_deadline(until(), cap_s)
         limited = [key for key in tpm if self.gate.bucket(key) is not None]
         tokens = _estimate(env) if limited else 0
         needs = {key: 1.0 for key in rpm} | {key: float(tokens) for key in limited if tokens}
@@ -474,16 +547,17 @@ class Dispatcher:
         if self.gate.bucket(key) is not None:  # no estimate on the hot path without limits
             self.gate.settle(key, _estimate(env), used.input_tokens + used.output_tokens)
 
-    async def _backoff(self, env: RequestEnvelope, round_no: int, free_at: float) -> None:
+    async def _backoff(self, until: Deadline, round_no: int, free_at: float) -> None:
         """Jittered exponential backoff, and no sooner than a candidate may be called."""
         delay = self.rng.uniform(0.05, 0.2) * (2**round_no)
         delay = max(delay, free_at - time.time())
-        remaining = env.deadline_ms / 1000 - time.time()
+        remaining = until() - time.time()
         await asyncio.sleep(max(0.0, min(delay, remaining - 0.05)))
 
     async def _attempt(
         self,
         env: RequestEnvelope,
+        until: Deadline,
         cand: Candidate,
         forward: ChunkSink,
         wait_s: float | None = None,
@@ -504,7 +578,7 @@ class Dispatcher:
         # windows that are then sent alone.  Tokens are every caller's own: taken here.
         rpm = [] if self._windowed(env) else [f"vendor:{cand.vendor}"]
         tpm = f"vendor-tpm:{cand.vendor}"
-        await self._admit(env, rpm, [tpm], cap_s=wait_s)
+        await self._admit(env, until, rpm, [tpm], cap_s=wait_s)
         told = told or _Heard()
         try:
             if withdrawn is not None and await withdrawn():
@@ -527,35 +601,43 @@ class Dispatcher:
         windowed = self._windowed(env)
         shared: Claim | None = None
         waiting = False  # inside the call's time limit (``window`` may be moved)
-        deadline = env.deadline_ms / 1000
-        limit = remaining = started = 0.0  # each call's, below
+        # Each call's, below: its time to begin answering (``limit``) of what the deadline
+        # left it (``remaining``) when the vendor's time began (``began``, epoch seconds).
+        limit = remaining = began = started = 0.0
+
+        def fit() -> None:
+            """Set the call's window where it ends now (the deadline may have moved, its
+            waiters changed): at the deadline once the answer has begun (the vendor's
+            time then bounds each silence in it) or while a window-batched call has not
+            gone out, else at the vendor's time to begin, of what the deadline leaves."""
+            nonlocal limit, remaining
+            if not waiting or window is None or window.expired():
+                return  # cut meanwhile, or not yet in it
+            end = until()
+            if not forwarded and not (windowed and shared is None):
+                remaining = end - began
+                limit = begin_limit(adapter, remaining, spare)
+                end = began + limit
+            window.reschedule(asyncio.get_running_loop().time() + max(end - time.time(), 0.0))
 
         async def counted(chunk: dict[str, Any]) -> None:
             nonlocal forwarded
-            if not forwarded and window is not None:
-                # The answer has begun: from here only the deadline bounds it as a whole
-                # (and the vendor's limit each silence in it).
-                left = env.deadline_ms / 1000 - time.time()
-                window.reschedule(asyncio.get_running_loop().time() + max(left, 0.0))
-            forwarded = True
+            if not forwarded:
+                forwarded = True  # the answer has begun: from here the deadline bounds it
+                fit()
             await forward(chunk)
 
         def sending(claim: Claim | None) -> None:
             """The window's call took this caller's inputs out (``claim``), or gave
             them back to go again alone (None): the vendor's time from now, or the
             deadline's only again."""
-            nonlocal shared, limit, remaining, started
+            nonlocal shared, began, started
             if not waiting or window is None or window.expired():
                 return  # cut meanwhile: its caller leaves as one never sent
-            remaining = deadline - time.time()
-            now = asyncio.get_running_loop().time()
             shared = claim
-            if claim is None:
-                window.reschedule(now + max(remaining, 0.0))
-                return
-            limit = begin_limit(adapter, remaining, spare)
-            started = time.perf_counter()
-            window.reschedule(now + limit)
+            if claim is not None:
+                began, started = time.time(), time.perf_counter()
+            fit()
 
         tried: set[int] = set()  # keys this attempt used: each one call at most
         spared: set[int] = set()  # keys given back once: a shared call went with another's
@@ -567,7 +649,8 @@ class Dispatcher:
                 except BaseException:  # admitted, never sent: the estimate goes back
                     self._settle(env, tpm, Usage())
                     raise
-            remaining = deadline - time.time()
+            began = time.time()
+            remaining = until() - began
             key_index, key = pool.pick(skip=tried)
             tried.add(key_index)
             # The vendor's time to begin answering (a stream's first content, a whole
@@ -579,21 +662,33 @@ class Dispatcher:
             # one, which says nothing of its health; it is reported as
             # ``deadline_exceeded``, which the metrics count and the breaker leaves be
             # (one tenant's short deadlines never open a breaker for everyone).
+            # A deadline that moves (``Deadline``: a waiter with a later one joined the
+            # call, the latest one left) moves that time with it while the call runs.
             limit = begin_limit(adapter, remaining, spare)
-            call = VendorCall(model=cand.model, body=env.body, api_key=key, timeout_s=limit)
+            own = limit if windowed else read_limit(adapter, limit, remaining)
+            call = VendorCall(model=cand.model, body=env.body, api_key=key, timeout_s=own)
             started = time.perf_counter()
             shared = None
 
             SENT.set(False)
             try:
-                async with asyncio.timeout(remaining if windowed else limit) as window:
-                    waiting = True
-                    try:
-                        result = await self._call(
-                            adapter, env, cand, call, counted, progress, wait_s=wait_s, sent=sending
-                        )
-                    finally:
-                        waiting = False
+                with until.followed(fit):
+                    async with asyncio.timeout(remaining if windowed else limit) as window:
+                        waiting = True
+                        try:
+                            result = await self._call(
+                                adapter,
+                                env,
+                                cand,
+                                call,
+                                counted,
+                                progress,
+                                wait_s=wait_s,
+                                sent=sending,
+                                until=until,
+                            )
+                        finally:
+                            waiting = False
             except asyncio.CancelledError:
                 # Stopped (every client of the stream gone, or the worker stopping): a call
                 # that went out is billed all the same, and the vendor's tokens are
@@ -678,7 +773,7 @@ class Dispatcher:
                     # tried yet gets the call (once the vendor's RPM lets another go),
                     # and the model's health is not in question.
                     try:
-                        await self._admit(env, rpm, [], cap_s=wait_s)
+                        await self._admit(env, until, rpm, [], cap_s=wait_s)
                     except BaseException:  # stopped, or no room in time: nothing was used
                         self._settle(env, tpm, Usage())
                         raise
@@ -729,6 +824,7 @@ class Dispatcher:
         *,
         wait_s: float | None = None,
         sent: Sent | None = None,
+        until: Deadline | None = None,
     ) -> VendorResult:
         if env.endpoint == "count_tokens" and isinstance(adapter, TokenCounter):
             counted = await adapter.count_tokens(call)
@@ -736,11 +832,15 @@ class Dispatcher:
         if env.endpoint == "embeddings":
             if not isinstance(adapter, EmbeddingVendor):
                 raise BadRequest(f"`{env.alias}` is served by a vendor without embeddings")
-            return await self._batched(env, cand, call, adapter.embed, EMBEDDINGS, wait_s, sent)
+            return await self._batched(
+                env, cand, call, adapter.embed, EMBEDDINGS, wait_s, sent, until
+            )
         if env.endpoint == "completions":
             if not isinstance(adapter, CompletionVendor):
                 raise BadRequest(f"`{env.alias}` is served by a vendor without /completions")
-            return await self._batched(env, cand, call, adapter.complete, COMPLETIONS, wait_s, sent)
+            return await self._batched(
+                env, cand, call, adapter.complete, COMPLETIONS, wait_s, sent, until
+            )
         if not isinstance(adapter, ChatVendor):
             raise BadRequest(f"`{env.alias}` is served by a vendor without chat")
         if not env.stream:
@@ -785,6 +885,7 @@ class Dispatcher:
         shape: Shape,
         wait_s: float | None = None,
         sent: Sent | None = None,
+        until: Deadline | None = None,
     ) -> VendorResult:
         """Through the window batcher when the alias asks for it, else straight (the
         request took the vendor's RPM then; through the window, its call takes it).
@@ -812,7 +913,7 @@ class Dispatcher:
             shape,
             orphaned=orphaned,
             admit=self._window_admit(cand.vendor),
-            ticket=(env.priority, _gate_deadline(env, wait_s)),
+            ticket=(env.priority, _gate_deadline((until or Deadline.of(env))(), wait_s)),
             on_sent=sent,
         )
 
@@ -909,10 +1010,10 @@ def _several(body: dict[str, Any]) -> bool:
     return any((body.get(k) or 1) != 1 for k in ("n", "best_of"))
 
 
-def _gate_deadline(env: RequestEnvelope, cap_s: float | None = None) -> float:
-    """Until when, on the gate's clock, ``env`` may wait for rate limits: its deadline,
-    or ``cap_s`` from now if sooner."""
-    remaining = env.deadline_ms / 1000 - time.time()
+def _gate_deadline(deadline: float, cap_s: float | None = None) -> float:
+    """Until when, on the gate's clock, a request may wait for rate limits: its
+    ``deadline`` (epoch seconds), or ``cap_s`` from now if sooner."""
+    remaining = deadline - time.time()
     if cap_s is not None:
         remaining = min(remaining, cap_s)
     return time.monotonic() + remaining

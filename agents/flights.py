@@ -5,7 +5,9 @@ same worker, whichever gateway replica took it; this registry is that worker's m
 calls under way.  A waiter that joins mid-stream gets the chunks so far, then live ones.
 A waiter whose client went away (a cancel notice) is ``gone``: sent nothing more; when
 no waiter of a flight still waits (each gone, or lost, or given up on by its gateway) its
-call is stopped (the handler's job).
+call is stopped (the handler's job).  Until then the call runs to the latest deadline of
+those that still wait (``Flight.deadline``), which moves as they come and go: a follower
+is never cut by a leader's shorter deadline.
 
 A stream answered with no ledger line of the worker's (by the clock its gateway had given
 up on it and written the line) is remembered a while: a cancel notice for it coming
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,8 +49,10 @@ class Waiter:
     # still kept.
     lost: bool = False
     gone: bool = False  # its client went away (a cancel notice): its line says client_closed
-    # A chunk of its stream did not reach it (refused, or not taken in time): it is told
-    # so, its stream being of no use with a hole in it, and its line says it failed.
+    # It was told its answer failed while the call went on: a chunk of its stream did not
+    # reach it (refused, or not taken in time), its stream being of no use with a hole in
+    # it; or, a leader, its own deadline passed while the call ran on for later ones.  Its
+    # line, when the flight lands, says it failed so.
     broken: RelayError | None = None
     # Held while sending to this waiter, so its chunks (and then its final) go out in order.
     sending: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -95,6 +100,24 @@ class Flight:
     # The vendor call on a task of its own (a stream's, which its clients may all leave),
     # so that it can be stopped; None while it runs on the leader's own task.
     call: asyncio.Future[Any] | None = None
+    # Told when ``deadline`` may have moved (a waiter joined or left): the call under way
+    # follows it.  Set by the handler while it calls a vendor.
+    moved: Callable[[], None] | None = None
+    # Armed while the call may outlast its leader's own deadline, to answer the leader then.
+    due: asyncio.TimerHandle | None = None
+    # ``deadline``'s, in ms: kept as waiters join and leave (``Flights``), so that neither
+    # a join nor a look at it goes through every waiter of a much-asked prompt.
+    latest_ms: int = 0
+
+    def deadline(self) -> float:
+        """Until when its call may run (epoch seconds): the latest deadline of the
+        waiters that wait for it (its leader's when none does), reckoned as they join
+        and as the one whose deadline it is leaves.  A follower that joins with a later
+        one gives the call that much more time, and the leader has its 504 at its own
+        (the handler's job); one that leaves takes its time away.  (One lost meanwhile
+        or given up on by its gateway counts until then: its deadline past, or no later
+        than a lone leader's call would have run.)"""
+        return (self.latest_ms or self.waiters[0].envelope.deadline_ms) / 1000
 
     def degraded_for(self, env: RequestEnvelope) -> str | None:
         """Why this waiter's answer was routed cheaper: its own budget, or the flight's."""
@@ -162,6 +185,10 @@ class Flights:
             waiter = Waiter(env, leader=False, joined_at=now)
         flight.waiters.append(waiter)
         self._by_id[env.correlation_id] = (flight, waiter)
+        if env.deadline_ms > flight.latest_ms:
+            flight.latest_ms = env.deadline_ms  # the call's deadline now
+            if not waiter.leader and flight.moved is not None:
+                flight.moved()
         return flight, waiter
 
     def leave(self, correlation_id: str, tenant: str) -> Flight | None:
@@ -177,7 +204,14 @@ class Flights:
             return None
         flight, waiter = found
         waiter.gone = waiter.lost = True
-        return None if any(w.waits for w in flight.waiters) else flight
+        if not any(w.waits for w in flight.waiters):
+            return flight
+        if waiter.envelope.deadline_ms >= flight.latest_ms:  # its deadline was the call's
+            staying = (w.envelope.deadline_ms for w in flight.waiters if w.waits)
+            flight.latest_ms = max(staying, default=0)
+            if flight.moved is not None:
+                flight.moved()
+        return None
 
     def waiter(self, correlation_id: str) -> Waiter | None:
         """Who waits on a flight under way as ``correlation_id``, if anyone does."""

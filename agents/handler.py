@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from agents.adapters.base import VendorResult
 from agents.batch_lane import VENDOR_WINDOW_S, BatchLane
-from agents.dispatch import Dispatcher, Late, Outcome, Progress
+from agents.dispatch import Deadline, Dispatcher, Late, Outcome, Progress
 from agents.flights import Flight, Flights, Waiter, given_up
 from agents.meter import Billed, usage_event
 from agents.route import Router
@@ -46,7 +46,7 @@ from schemas.errors import (
 from schemas.formats.openai import response_to_chunks
 from schemas.usage import Usage
 from tables.budgets import BudgetDecision
-from tables.cache import CacheEntry, cache_key, storable
+from tables.cache import CacheEntry, cache_key, plain_text, storable
 from tables.health import blended_price
 from tables.holds import AFTER_DEADLINE_S, Joins
 from tables.prices import PriceSheet, cost_of
@@ -228,6 +228,9 @@ class RequestHandler:
             if storing is not None:
                 await _settled(storing)
         finally:  # whatever failed, the flight closes and nobody who joined it hangs
+            if flight.due is not None:  # (its leader's deadline has not come: answered)
+                flight.due.cancel()
+                flight.due = None
             self.flights.land(flight)
             # (those who joined meanwhile)
             await self._land(flight, outcome, stored=storing is not None)
@@ -387,8 +390,8 @@ class RequestHandler:
         if not env.cache_lookup:
             return None
         entry = await self.sink.cached(env.prompt_hash, stale_ok=stale_ok)
-        if entry is None or not entry.answers(env.endpoint):
-            return None
+        if entry is None or not entry.answers(env.endpoint) or not entry.plain():
+            return None  # (one whose text is not text would be served saying nothing)
         return entry if entry.young_enough(env.cache_max_age_s) else None
 
     def _not_its(self, env: RequestEnvelope) -> RelayError | None:
@@ -656,6 +659,20 @@ class RequestHandler:
             for w in list(flight.waiters):
                 if w.envelope.stream:
                     self._spawn(self._catch_up(flight, w, tell=True))
+        # The call runs to the latest deadline of its waiters (followers that joined while
+        # the leader looked in L2 count already), retries and fallbacks included.
+        deadline = Deadline(flight.deadline)
+        flight.moved = partial(self._moved, flight, deadline)
+        try:
+            self._moved(flight, deadline)
+            return await self._dispatch(flight, env, progress, deadline)
+        finally:
+            flight.moved = None  # the call is over: its waiters' deadlines move nothing
+
+    async def _dispatch(
+        self, flight: Flight, env: RequestEnvelope, progress: Progress, deadline: Deadline
+    ) -> Outcome:
+        """The leader's call to a vendor, run to the flight's ``deadline``."""
         now = time.time()
         plan = self.router.plan(
             env.alias,
@@ -663,7 +680,7 @@ class RequestHandler:
             user=env.user,
             degraded=env.degraded is not None,
             tenant=env.tenant,
-            room_s=env.deadline_ms / 1000 - now,  # (a short deadline measures nothing)
+            room_s=deadline() - now,  # (a short deadline measures nothing)
         )
 
         async def fan_out(chunk: dict[str, Any]) -> None:
@@ -691,6 +708,7 @@ class RequestHandler:
             may_call=may_call,
             release=self.router.release,
             withdrawn=withdrawn,
+            deadline=deadline,
         )
         if wait_s is not None and isinstance(outcome.error, RateLimited):
             # Sustained rate pressure: no candidate's rate limits let it through within
@@ -724,6 +742,7 @@ class RequestHandler:
                 may_call=may_call,
                 release=self.router.release,
                 withdrawn=withdrawn,
+                deadline=deadline,
             )
             outcome.late[:0] = shares
             if refused is not None:
@@ -731,6 +750,49 @@ class RequestHandler:
         if outcome.body is not None and "model" in outcome.body:
             outcome.body["model"] = env.alias  # the alias asked for, never a vendor's name
         return outcome
+
+    def _moved(self, flight: Flight, deadline: Deadline) -> None:
+        """The flight's deadline may have moved (a waiter joined or left): the call under
+        way follows it.  Past its leader's own, the leader's budget hold lasts as long as
+        the call may (its line bills the call, when it ends), and the leader is answered
+        504 at its own deadline (``_overdue``), as a call of its own would have been."""
+        deadline.moved()
+        leader = flight.waiters[0].envelope
+        until = flight.deadline()
+        if until <= leader.deadline_ms / 1000:
+            return
+        self.budget.keep(leader, until + AFTER_DEADLINE_S)
+        if flight.due is None:
+            delay = max(0.0, leader.deadline_ms / 1000 - time.time())
+            flight.due = asyncio.get_running_loop().call_later(delay, self._overdue, flight)
+
+    def _overdue(self, flight: Flight) -> None:
+        """The leader's own deadline passed while its call runs on for a follower with a
+        later one: the leader is answered 504 now and sent nothing more (``broken``).
+        Its one ledger line is written when the call ends, and bills the whole call, as a
+        leader's line always does (followers' lines cost nothing): the call went out on
+        its request, and the line waits for what the vendor billed, as a window-batched
+        caller's does for its share."""
+        flight.due = None
+        w = flight.waiters[0]
+        if flight.finished or flight.answered or not w.waits:
+            return  # answered, landing, or nobody reads it (its line is written anyway)
+        if flight.call is not None and flight.call.done():
+            return  # the answer is in, about to land
+        if flight.deadline() <= w.envelope.deadline_ms / 1000:
+            return  # nobody waits longer now: the call ends at this deadline, and says so
+        w.lost = True
+        w.broken = DeadlineExceeded(
+            "no answer within the request's deadline (the call goes on for identical "
+            "requests with later deadlines)"
+        )
+        self._spawn(self._tell(w, w.broken))
+
+    async def _tell(self, w: Waiter, err: RelayError) -> None:
+        """Tell ``w`` its answer failed with ``err`` (after any chunk being sent to it);
+        its line is written when its flight lands."""
+        async with w.sending:
+            await self._fail(w.envelope, err, coalesced=not w.leader, meter=False)
 
     async def _say_degraded(
         self, env: RequestEnvelope, reason: str | None = None, *, coalesced: bool = False
@@ -885,9 +947,16 @@ class RequestHandler:
             return
         if env.stream and not flight.chunks and out.body is not None:
             # A streaming waiter that joined a non-streamed call gets it as chunks; a
-            # body of a shape they cannot be made of (a vendor's, taken as it came) is an
-            # answer it cannot be given: it fails as an unreadable answer does, its line
-            # the one it would have had (a leader's carries what the vendor billed).
+            # body of a shape they cannot be made of (a vendor's, taken as it came), or
+            # whose text is not text (chunks of it would say nothing), is an answer it
+            # cannot be given: it fails as an unreadable answer does, its line the one it
+            # would have had (a leader's carries what the vendor billed).
+            if not plain_text(out.body):
+                log.warning(
+                    "answer to %s cannot be streamed: its text is not a string", env.correlation_id
+                )
+                await self._land_one(flight, w, _unstreamable(out))
+                return
             try:
                 flight.chunks.extend(response_to_chunks(out.body))
             except Exception:
@@ -1112,9 +1181,11 @@ RERUN_MIN_S = 1.0  # time a follower must have left to be worth a call of its ow
 def _outlives(flight: Flight, w: Waiter, error: RelayError | None) -> bool:
     """Whether a follower was cut by its leader's deadline, not its own: a shorter
     deadline (another client's, another tenant's under a global cache scope) must not
-    fail a request that would still wait, whether that deadline passed or our own rate
-    limits said it could not be met (``RateLimited``: the call was admitted for the
-    leader's deadline).  Only before it was sent any of the stream."""
+    fail a request that would still wait.  The call runs to the latest deadline of its
+    waiters (``Flight.deadline``), but one that joined after our own rate limits said the
+    deadline the call had then could not be met (``RateLimited``: a gate's wait keeps the
+    deadline it began with), or as a call cut at it was landing, gets a call of its own.
+    Only before it was sent any of the stream."""
     if not isinstance(error, DeadlineExceeded | RateLimited) or w.leader or w.sent:
         return False
     leader = flight.waiters[0].envelope
@@ -1148,9 +1219,13 @@ def _plus_shares(line: UsageEvent, billed: list[tuple[Candidate, Usage]]) -> Usa
 
 
 def _unstreamable(out: Outcome) -> Outcome:
-    """``out`` (an answer whose body cannot be sent as a stream) as the error a streaming
-    waiter gets instead, its figures kept for the leader's line."""
-    said = "the vendor's answer could not be sent as a stream (it is not in the chat format)"
+    """``out`` (an answer whose body cannot be sent as a stream: not in the chat format,
+    or its text not a string) as the error a streaming waiter gets instead, its figures
+    kept for the leader's line."""
+    said = (
+        "the vendor's answer could not be sent as a stream (it is not in the chat format, "
+        "or its text is not a string)"
+    )
     return replace(out, error=VendorAnswerUnreadable(said), body=None)
 
 

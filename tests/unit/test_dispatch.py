@@ -1020,3 +1020,74 @@ async def test_a_failed_request_s_line_bills_its_cut_calls_and_its_late_shares_t
     assert line.cost == pytest.approx(
         cost_of(a, estimate) + cost_of(c, estimate) + cost_of(b, share)
     )
+
+
+class Held:
+    """A healthy vendor that answers once ``go_on`` is set (its calls' own time limits
+    kept), and says when a call has come."""
+
+    def __init__(self) -> None:
+        self.go_on, self.called = asyncio.Event(), asyncio.Event()
+        self.limits: list[float] = []
+
+    async def chat(self, call: Any) -> VendorResult:
+        self.limits.append(call.timeout_s)
+        self.called.set()
+        await asyncio.wait_for(self.go_on.wait(), 10)
+        return VendorResult({"choices": []}, Usage(input_tokens=1))
+
+    def stream(self, call: Any) -> Any:
+        raise NotImplementedError
+
+
+async def test_a_call_follows_its_deadline_when_it_moves_later():
+    """A call several requests share runs to the latest of their deadlines, which moves
+    as they join: one under way is not cut at the deadline it began with, and the
+    adapter's own time limit (httpx's) does not cut it there either."""
+    from agents.dispatch import Deadline
+
+    vendor, seen = Held(), list[HealthEvent]()
+    env = within(0.2)
+    until = [env.deadline_ms / 1000]
+    deadline = Deadline(lambda: until[0])
+    run = asyncio.ensure_future(dispatcher(vendor, seen).run(env, [CAND], None, deadline=deadline))
+    await vendor.called.wait()
+    until_was, until[0] = until[0], time.time() + 30  # a follower with a later one joined
+    deadline.moved()
+    # The vendor answers past the deadline the call began with.
+    asyncio.get_running_loop().call_later(until_was - time.time() + 0.1, vendor.go_on.set)
+    out = await run
+    assert out.error is None and out.candidate == CAND
+    assert vendor.limits[0] > 30, "the adapter's own limit leaves the cut to the deadline"
+    assert [e.ok for e in seen] == [True]
+
+
+async def test_a_call_is_cut_when_its_deadline_moves_earlier():
+    """The waiter with the latest deadline left: the call under way is cut at the
+    deadline of those still waiting, which has passed, as any deadline cuts it (the
+    vendor's health not in question)."""
+    from agents.dispatch import Deadline
+
+    vendor, seen = Held(), list[HealthEvent]()
+    env = within(30)
+    until = [env.deadline_ms / 1000]
+    deadline = Deadline(lambda: until[0])
+    run = asyncio.ensure_future(dispatcher(vendor, seen).run(env, [CAND], None, deadline=deadline))
+    await vendor.called.wait()
+    until[0] = time.time()
+    deadline.moved()
+    out = await asyncio.wait_for(run, 5)  # (a hang guard: cut at once)
+    assert out.error is not None and out.error.code == "deadline_exceeded"
+    assert [e.error_code for e in seen] == ["deadline_exceeded"]
+
+
+async def test_no_call_starts_once_the_deadline_of_every_waiter_has_passed():
+    from agents.dispatch import Deadline
+
+    vendor, seen = Held(), list[HealthEvent]()
+    env = within(30)
+    out = await dispatcher(vendor, seen).run(
+        env, [CAND], None, deadline=Deadline(lambda: time.time() - 1)
+    )
+    assert out.error is not None and out.error.code == "deadline_exceeded"
+    assert vendor.limits == [] and seen == []

@@ -1136,6 +1136,50 @@ async def test_a_stream_joining_a_call_whose_answer_cannot_be_streamed_is_told_a
     assert sink.written == {} and len(handler.flights) == 0
 
 
+@pytest.mark.parametrize("content", [5, {"text": "Hi"}], ids=["number", "object"])
+async def test_a_stream_joining_a_call_whose_text_is_not_a_string_is_told_not_sent_nothing(
+    content: Any,
+):
+    """A whole answer whose text is not a string (a vendor's own shape, left as it came)
+    reaches the request that asked for it whole; a stream that joined the call is told
+    the answer is unreadable rather than sent chunks that say nothing with a 200."""
+    calls: list[str] = []
+    odd = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}  # fmt: skip
+    handler, sink = make(answering(calls, odd))
+    plain, streamed = envelope(key="not-text"), envelope(stream=True, key="not-text")
+    await asyncio.gather(handler.handle(plain), handler.handle(streamed))
+    assert calls == ["a"]
+    assert sink.for_(plain.correlation_id)[-1].kind == "final"
+    [told] = sink.for_(streamed.correlation_id)
+    assert told.kind == "error" and told.error["code"] == "vendor_answer_unreadable"
+    lines = {line.correlation_id: line for line in sink.ledger}
+    assert len(sink.ledger) == 2 and lines[plain.correlation_id].cost > 0
+    failed = lines[streamed.correlation_id]
+    assert (failed.error_code, failed.coalesced, failed.cost) == (
+        "vendor_answer_unreadable",
+        True,
+        0,
+    )
+    assert len(handler.flights) == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_worker_serves_no_stored_answer_whose_text_is_not_a_string(stream: bool):
+    """An answer stored before its text was checked (a list of parts as ``content``)
+    would be served saying nothing: the worker's look in L2 passes it by, and the request
+    goes to a vendor."""
+    calls: list[str] = []
+    handler, sink = make(vendor(calls))
+    entry = stored_answer()
+    assert entry.body is not None
+    entry.body["choices"][0]["message"]["content"] = [{"type": "text", "text": "Hi"}]
+    sink.stored[key_of("parts", stream=stream)] = entry
+    env = envelope(stream=stream, key="parts", cache_lookup=True)
+    await handler.handle(env)
+    final = sink.for_(env.correlation_id)[-1]
+    assert final.kind == "final" and not final.cache_hit and calls == ["a"]
+
+
 async def test_a_throttled_spent_budget_is_a_429_until_the_period_resets():
     calls: list[str] = []
     handler, sink = make(vendor(calls))
@@ -1793,27 +1837,219 @@ async def test_a_vendor_batch_answer_the_cache_cannot_read_is_answered_and_meter
     assert sink.written == {}
 
 
-async def test_a_follower_with_time_left_is_run_again_when_its_leader_s_deadline_cut_the_call():
-    """A leader's short deadline (another client's, another tenant's under a global cache
-    scope) ends the shared call for it alone: a follower that would still wait gets its
-    own call, and each request keeps one ledger line."""
-    calls: list[str] = []
-    handler, sink = make(vendor(calls, delay=0.5))
-    hasty = envelope(key="shared", deadline_ms=int((time.time() + 0.2) * 1000))
-    patient = envelope(key="shared", deadline_ms=int((time.time() + 30) * 1000))
+def held(calls: list[str], until: asyncio.Event, words: int = 8) -> httpx.AsyncClient:
+    """A vendor that takes each call and goes on with it only once ``until`` is set: an
+    unstreamed answer comes then; a stream sends its first three chunks at once and the
+    rest then (a hang guard of 10 s, never reached by a passing test)."""
 
-    async def joins_later() -> None:
-        await asyncio.sleep(0.05)
-        await handler.handle(patient)
+    async def handle(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.host)
+        parts = sse([f"w{i} " for i in range(words)])
+        if not json.loads(request.content).get("stream"):
+            await asyncio.wait_for(until.wait(), 10)
+            text = "".join(f"w{i} " for i in range(words))
+            return httpx.Response(
+                200,
+                json={
+                    "id": "c1",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": "x",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 7, "completion_tokens": 8, "total_tokens": 15},
+                },
+            )
 
-    await asyncio.gather(handler.handle(hasty), joins_later())
-    await asyncio.gather(*list(handler._tasks))
-    assert sink.for_(hasty.correlation_id)[-1].kind == "error"
-    final = sink.for_(patient.correlation_id)[-1]
-    assert final.kind == "final" and not final.coalesced and len(calls) == 2
-    assert sorted(line.trace_id for line in sink.ledger) == sorted(
-        [hasty.trace_id, patient.trace_id]
+        async def body() -> Any:
+            for n, part in enumerate(parts):
+                if n == 3:
+                    await asyncio.wait_for(until.wait(), 10)
+                yield part.encode()
+
+        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handle))
+
+
+def when_told(sink: Sink, env: RequestEnvelope) -> asyncio.Event:
+    """Set once ``env`` is sent its error."""
+    told = asyncio.Event()
+    keep = sink.reply
+
+    async def watching(topic: str, event: ReplyEvent) -> None:
+        await keep(topic, event)
+        if event.correlation_id == env.correlation_id and event.kind == "error":
+            told.set()
+
+    sink.reply = watching  # type: ignore[method-assign]
+    return told
+
+
+def text_of(sink: Sink, env: RequestEnvelope) -> str:
+    """What ``env``'s stream said."""
+    return "".join(
+        (e.body["choices"][0]["delta"].get("content") or "")
+        for e in sink.for_(env.correlation_id)
+        if e.kind == "chunk" and e.body and e.body.get("choices")
     )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_follower_with_a_later_deadline_keeps_the_shared_call_going_past_its_leader_s(
+    stream: bool,
+):
+    """A leader's short deadline (another client's, another tenant's under a global cache
+    scope) ends the shared call for it alone: the call runs on to the follower's later
+    deadline, so a follower already sent part of the stream gets the rest, not a 504
+    with time left.  The leader is answered 504 at its own deadline (here the vendor goes
+    on only once it has been); each keeps one ledger line, the leader's billing the call
+    (it went out on its request) and the follower's costing nothing, as a coalesced
+    line does."""
+    calls: list[str] = []
+    go_on = asyncio.Event()
+    handler, sink = make(held(calls, go_on))
+    hasty = envelope(stream=stream, key=f"later-{stream}", deadline_ms=in_(0.3))
+    patient = envelope(stream=stream, key=f"later-{stream}", deadline_ms=in_(30))
+    told = when_told(sink, hasty)
+    told_hasty = asyncio.ensure_future(told.wait())
+    told_hasty.add_done_callback(lambda _: go_on.set())
+    await asyncio.gather(handler.handle(hasty), handler.handle(patient))
+    await asyncio.gather(*handler.spawned)
+    assert calls == ["a"], "one call for both"
+    hasty_got = sink.for_(hasty.correlation_id)[-1]
+    assert hasty_got.error is not None and hasty_got.error["code"] == "deadline_exceeded"
+    final = sink.for_(patient.correlation_id)[-1]
+    assert final.kind == "final" and final.coalesced
+    if stream:
+        assert text_of(sink, patient) == "".join(f"w{i} " for i in range(8))
+        # It had its first chunks before its leader's deadline cut the leader alone.
+        order = [(e.correlation_id, e.kind) for _, e in sink.replies]
+        joined = order.index((patient.correlation_id, "chunk"))
+        assert joined < order.index((hasty.correlation_id, "error"))
+    else:
+        assert final.body is not None and final.body["choices"][0]["message"]["content"]
+    lines = {line.trace_id: line for line in sink.ledger}
+    assert len(sink.ledger) == 2
+    lead, rode = lines[hasty.trace_id], lines[patient.trace_id]
+    assert (lead.status, lead.error_code, lead.vendor) == ("error", "deadline_exceeded", "a")
+    assert lead.cost > 0 and lead.usage.output_tokens == 8
+    assert (rode.status, rode.coalesced, rode.cost) == ("ok", True, 0)
+    assert len(handler.flights) == 0
+
+
+async def test_a_leader_s_budget_hold_lasts_as_long_as_a_call_its_follower_keeps_going():
+    """The leader's line bills the call when it ends, past its own deadline: its tenant's
+    hold on its worst case lasts till then, not till just after its own deadline."""
+    from tables.holds import AFTER_DEADLINE_S
+
+    kept: list[tuple[str, float]] = []
+
+    class Holds:
+        def __call__(self, env: RequestEnvelope, joins: Joins) -> BudgetDecision | None:
+            return None  # (the gateway's verdict stands)
+
+        def keep(self, env: RequestEnvelope, until: float, *, share: float = 1.0) -> None:
+            kept.append((env.correlation_id, until))
+
+    calls: list[str] = []
+    go_on = asyncio.Event()
+    handler, sink = make(held(calls, go_on), budget=Holds())
+    hasty = envelope(key="held-on", deadline_ms=in_(0.2))
+    patient = envelope(key="held-on", deadline_ms=in_(30))
+    told = when_told(sink, hasty)
+    told_hasty = asyncio.ensure_future(told.wait())
+    told_hasty.add_done_callback(lambda _: go_on.set())
+    await asyncio.gather(handler.handle(hasty), handler.handle(patient))
+    assert [cid for cid, _ in kept] == [hasty.correlation_id]
+    assert kept[0][1] == patient.deadline_ms / 1000 + AFTER_DEADLINE_S
+
+
+async def test_a_follower_s_later_deadline_lets_the_call_wait_for_our_limits_too():
+    """Vendor a's next call is 0.5 s away, past the leader's 0.2 s deadline but not the
+    follower's: the shared call waits for it, to the follower's deadline.  The leader is
+    answered 504 at its own (a call of its own would have been refused 429 at once)."""
+    calls: list[str] = []
+    handler, sink = gated(calls, one_at(2), ONLY_A)
+    await handler.handle(envelope(key="warm"))  # spends a's one call for now
+    hasty = envelope(key="shared", deadline_ms=in_(0.2), cache_lookup=True)
+    patient = envelope(key="shared", deadline_ms=in_(10), cache_lookup=True)
+    slow_l2(sink)  # the leader looks in L2 while the follower joins
+    await asyncio.gather(handler.handle(hasty), handler.handle(patient))
+    await asyncio.gather(*handler.spawned)
+    hasty_got = sink.for_(hasty.correlation_id)[-1].error
+    assert hasty_got is not None and hasty_got["code"] == "deadline_exceeded"
+    final = sink.for_(patient.correlation_id)[-1]
+    assert final.kind == "final" and final.coalesced and calls == ["a", "a"]
+    assert len(sink.ledger) == 3
+
+
+async def test_a_call_stops_when_its_follower_leaves_and_its_leader_s_deadline_has_passed():
+    """The leader's deadline passed while the call ran on for a streaming follower, who
+    then leaves: nobody is left to read the call, which is stopped.  The leader keeps its
+    one line (504, billed what streamed), the follower its ``client_closed`` one."""
+    calls: list[str] = []
+    go_on = asyncio.Event()  # never set: the vendor holds the stream after 3 chunks
+    handler, sink = make(held(calls, go_on))
+    hasty = envelope(stream=True, key="left", deadline_ms=in_(0.2))
+    patient = envelope(stream=True, key="left", deadline_ms=in_(30))
+    told = when_told(sink, hasty)
+
+    async def leaves() -> None:
+        await told.wait()
+        handler.cancel(patient.cancel_notice())
+
+    await asyncio.wait_for(
+        asyncio.gather(handler.handle(hasty), handler.handle(patient), leaves()), 10
+    )
+    await asyncio.gather(*handler.spawned)
+    assert calls == ["a"]
+    lines = {line.trace_id: line for line in sink.ledger}
+    assert len(sink.ledger) == 2
+    assert (lines[hasty.trace_id].error_code, lines[hasty.trace_id].vendor) == (
+        "deadline_exceeded",
+        "a",
+    )
+    assert lines[patient.trace_id].error_code == "client_closed"
+    assert lines[patient.trace_id].cost == 0 and len(handler.flights) == 0
+
+
+async def test_a_leader_that_leaves_takes_its_later_deadline_off_the_call():
+    """A streaming leader with a long deadline leaves; the follower still reading has a
+    shorter one: the call now runs to the follower's deadline, not the leader's, and the
+    follower hears so from the worker.  One line each."""
+    calls: list[str] = []
+    go_on = asyncio.Event()  # never set: the vendor holds the stream after 3 chunks
+    handler, sink = make(held(calls, go_on))
+    lasting = envelope(stream=True, key="shrinks", deadline_ms=in_(30))
+    brief = envelope(stream=True, key="shrinks", deadline_ms=in_(0.3))
+    keep = sink.reply
+
+    async def leader_leaves(topic: str, event: ReplyEvent) -> None:
+        await keep(topic, event)
+        if event.correlation_id == brief.correlation_id and event.seq == 1:
+            handler.cancel(lasting.cancel_notice())
+
+    sink.reply = leader_leaves  # type: ignore[method-assign]
+    done = asyncio.gather(handler.handle(lasting), handler.handle(brief))
+    await asyncio.wait_for(done, 10)  # (a hang guard: the call ends at 0.3 s)
+    await asyncio.gather(*handler.spawned)
+    assert calls == ["a"]
+    got = sink.for_(brief.correlation_id)[-1]
+    assert got.error is not None and got.error["code"] == "deadline_exceeded"
+    lines = {line.trace_id: line for line in sink.ledger}
+    assert len(sink.ledger) == 2
+    assert (lines[lasting.trace_id].error_code, lines[lasting.trace_id].vendor) == (
+        "client_closed",
+        "a",
+    )
+    assert lines[brief.trace_id].error_code == "deadline_exceeded"
+    assert lines[brief.trace_id].coalesced and lines[brief.trace_id].cost == 0
 
 
 def gated(
@@ -1900,26 +2136,29 @@ ONLY_A = RelayConfig.model_validate(
 
 async def test_a_follower_with_time_left_is_run_again_when_our_limits_refused_its_leader():
     """Vendor a's next call is 0.5 s away: the leader's 0.2 s deadline cannot be met,
-    so our own bucket answers it 429 at once.  The follower was refused only for the
-    leader's deadline; with 10 s of its own it gets its own call, once a is free."""
+    so our own bucket answers it 429 at once.  A follower that joins as that refusal
+    goes out was refused only for the leader's deadline; with 10 s of its own it gets
+    its own call, once a is free."""
     calls: list[str] = []
     handler, sink = gated(calls, one_at(2), ONLY_A)
     await handler.handle(envelope(key="warm"))  # spends a's one call for now
-    hasty = envelope(key="shared", deadline_ms=in_(0.2), cache_lookup=True)
-    patient = envelope(key="shared", deadline_ms=in_(10), cache_lookup=True)
-    look_up = sink.cached
+    hasty = envelope(key="shared", deadline_ms=in_(0.2))
+    patient = envelope(key="shared", deadline_ms=in_(10))
+    keep = sink.reply
 
-    async def slow_l2(key: str, *, stale_ok: bool = False) -> CacheEntry | None:
-        await asyncio.sleep(0.02)  # the leader looks in L2 while the follower joins
-        return await look_up(key, stale_ok=stale_ok)
+    async def joins_as_it_lands(topic: str, event: ReplyEvent) -> None:
+        if event.correlation_id == hasty.correlation_id:
+            await handler.handle(patient)  # (a plain follower: joined, nothing to send)
+        await keep(topic, event)
 
-    sink.cached = slow_l2  # type: ignore[method-assign]
-    await asyncio.gather(handler.handle(hasty), handler.handle(patient))
-    await asyncio.gather(*list(handler._tasks))
+    sink.reply = joins_as_it_lands  # type: ignore[method-assign]
+    await handler.handle(hasty)
+    await asyncio.gather(*handler.spawned)
     hasty_got = sink.for_(hasty.correlation_id)[-1].error
     assert hasty_got is not None and hasty_got["code"] == "rate_limited"
     final = sink.for_(patient.correlation_id)[-1]
     assert final.kind == "final" and not final.coalesced and calls == ["a", "a"]
+    assert len(sink.ledger) == 3
 
 
 async def test_a_paid_call_that_lands_after_its_gateway_gave_up_keeps_its_priced_line(

@@ -285,3 +285,61 @@ async def test_rate_pressure_never_hands_a_tenant_an_answer_from_a_model_it_may_
     assert answer.vendor != "us" and not answer.coalesced
     assert answer.kind == "error" and answer.error is not None
     assert answer.error["code"] == "rate_limited"
+
+
+async def test_one_tenant_s_short_deadline_never_breaks_another_tenant_s_stream() -> None:
+    """Under a global cache scope another tenant's stream may ride on a call led by a
+    request with a short deadline: it reads on to the end, the leader alone answered 504
+    at its deadline; the call is billed once, on the leader's line, the rider's costing
+    nothing."""
+    from agents.adapters.openai import OpenAIAdapter
+    from agents.handler import RequestHandler
+    from tables.prices import PriceSheet
+    from tests.support.sinks import Sink
+    from tests.unit.test_handler import held, in_, text_of, when_told
+
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {"a": {"kind": "openai", "base_url": "http://a/v1"}},
+            "models": {"m": {"candidates": [{"vendor": "a", "model": "x", "input_per_1m": 1}]}},
+            "tenants": {"hasty": {"cache_scope": "global"}, "patient": {"cache_scope": "global"}},
+        }
+    )
+    calls: list[str] = []
+    go_on = asyncio.Event()
+    sink = Sink()
+    handler = RequestHandler(
+        Router(config, {}.get),
+        Dispatcher(
+            {"a": OpenAIAdapter(config.vendors["a"], held(calls, go_on))},
+            {"a": KeyPool(["k"])},
+            sink.health,
+        ),
+        PriceSheet.from_config(config.models),
+        sink,
+    )
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+    def asking(tenant: str, seconds: float) -> RequestEnvelope:
+        return request_envelope(
+            tenant=tenant, alias="m", body=body, stream=True, deadline_ms=in_(seconds)
+        )
+
+    leader, rider = asking("hasty", 0.3), asking("patient", 30)
+    told = when_told(sink, leader)
+
+    async def vendor_goes_on() -> None:
+        await told.wait()
+        go_on.set()
+
+    await asyncio.gather(handler.handle(leader), handler.handle(rider), vendor_goes_on())
+    await asyncio.gather(*handler.spawned)
+    assert calls == ["a"]
+    cut = sink.for_(leader.correlation_id)[-1]
+    assert cut.error is not None and cut.error["code"] == "deadline_exceeded"
+    assert sink.for_(rider.correlation_id)[-1].kind == "final"
+    assert text_of(sink, rider) == "".join(f"w{i} " for i in range(8))
+    lines = {line.tenant: line for line in sink.ledger}
+    assert len(sink.ledger) == 2
+    assert lines["hasty"].error_code == "deadline_exceeded" and lines["hasty"].cost > 0
+    assert (lines["patient"].status, lines["patient"].cost) == ("ok", 0)
