@@ -29,7 +29,9 @@ from schemas.errors import (
     PermissionDenied,
     RateLimited,
     RelayError,
+    VendorError,
 )
+from schemas.formats.responses import in_responses_words
 
 log = logging.getLogger("relay.gateway")
 
@@ -94,6 +96,8 @@ def error_response(request: Request, err: RelayError) -> JSONResponse:
     if is_anthropic(request):
         status, body = anthropic_error(err)
     else:
+        if request.url.path == "/v1/responses":
+            responses_words(err)
         status, body = err.status, err.openai_body()
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -112,6 +116,17 @@ def anthropic_error(err: RelayError) -> tuple[int, dict[str, Any]]:
     if name is not None and message.startswith(f"{err.param}:"):
         message = name + message.removeprefix(err.param or "")
     return status, {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def responses_words(err: RelayError) -> None:
+    """A Responses client's error naming its fields as a Responses request does, where
+    the worker's checks and OpenAI-format vendors name them as chat does
+    (``in_responses_words``: ``reasoning_effort`` is ``reasoning.effort``), a message's
+    place in ``input`` unsaid unless the route said it from the request (this has only
+    the error).  The relay's refusal of a chat field sent to /v1/responses
+    (``unknown_parameter``) names the field as it was sent."""
+    if err.vendor_code != "unknown_parameter" or isinstance(err, VendorError):
+        in_responses_words(err, {})
 
 
 # pydantic names a union's branch in the error's location ("stop.str"): not a field

@@ -15,18 +15,15 @@ from gateway.json_answer import JSONAnswer
 from gateway.openai_routes import ChatBody, chat_fields
 from gateway.relay import Answer, Options, Relay
 from gateway.sse import EventStream, responses_sse
-from schemas.errors import BadRequest, NotFound
+from schemas.errors import BadRequest, NotFound, RelayError
 from schemas.formats.openai import new_id
-from schemas.formats.responses import openai_response_to_responses, responses_request_to_openai
+from schemas.formats.responses import (
+    in_responses_words,
+    openai_response_to_responses,
+    responses_request_to_openai,
+)
 
 router = APIRouter(prefix="/v1")
-# Chat's names for what a Responses request calls otherwise, for the 400 that names it.
-_RESPONSES_NAMES = {
-    "max_tokens": "max_output_tokens",
-    "reasoning_effort": "reasoning.effort",
-    "response_format": "text.format",
-    "messages": "input",
-}
 
 
 class _ResponsesChat(ChatBody):
@@ -41,12 +38,13 @@ class _ResponsesChat(ChatBody):
 
 def neutral_request(body: dict[str, Any]) -> dict[str, Any]:
     """A Responses request as the relay's chat body, held to chat's checks (a knob of
-    the wrong type is the client's 400 here, never a vendor's later)."""
+    the wrong type is the client's 400 here, never a vendor's later), which name the
+    field as the client sent it."""
     try:
         return chat_fields(_ResponsesChat.model_validate(responses_request_to_openai(body)))
     except ValidationError as exc:
-        message, param = validation_message(exc, _RESPONSES_NAMES)
-        raise BadRequest(message, param=param) from None
+        message, param = validation_message(exc)
+        raise in_responses_words(BadRequest(message, param=param), body) from None
 
 
 def render(answer: Answer, body: dict[str, Any]) -> Response:
@@ -65,7 +63,12 @@ async def responses(request: Request, who: CallerDep) -> Any:
     neutral = neutral_request(body)
     relay: Relay = request.app.state.relay
     opts = Options.from_headers(request.headers)
-    return render(await relay.answer(who, "chat", neutral, opts), body)
+    try:
+        answer = await relay.answer(who, "chat", neutral, opts)
+    except RelayError as err:  # (the worker's, a vendor's: in chat's words)
+        in_responses_words(err, body)
+        raise
+    return render(answer, body)
 
 
 _UNSUPPORTED = {

@@ -13,10 +13,14 @@ another's ``reasoning_content``, which the OpenAI adapter also makes of a vendor
 ``reasoning``) comes back as a reasoning item, its text the summary;
 with ``include: ["reasoning.encrypted_content"]`` an Anthropic vendor's signed thinking
 rides in ``encrypted_content``, and a reasoning item sent back with it goes back to the
-vendor as that thinking (a tool loop that thinks needs it); other reasoning items sent
-back are dropped, as chat has no slot for them.  A function tool keeps the ``strict`` it
-was given; one given none runs as chat runs it (not strict), where OpenAI's Responses API
-would make its schema strict.
+vendor as that thinking (a tool loop that thinks needs it); another reasoning item sent
+back (its reasoning_text, else its summary) goes on as its assistant turn's
+``reasoning_content``, as a chat client echoes it: an Ollama vendor reads it as that
+turn's thinking, and the OpenAI adapter sends it to no server (OpenAI refuses the
+field).  A function tool keeps the ``strict`` it was given; one given none runs as chat
+runs it (not strict), where OpenAI's Responses API would make its schema strict.  An
+error raised in chat's words (chat's checks, the worker's, an OpenAI-format vendor's
+400) names the field as the Responses request sent it (``in_responses_words``).
 
 Every top-level field the openai SDK sends is taken, refused, or ignored on purpose
 (``_IGNORED`` says why); any other (chat's ``max_tokens``, ``stop``, ``seed``...) is
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import re
 import time
 from itertools import groupby
 from typing import Any
@@ -60,6 +65,7 @@ _STATEFUL = {
     "in input what the model should see",
 }
 _ROLES = ("user", "assistant", "system", "developer")
+_VERBOSITY = ("low", "medium", "high")  # text.verbosity's values
 
 # The fields read below (those in _STATEFUL are refused when given).
 _TAKEN = frozenset(
@@ -162,12 +168,22 @@ def responses_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
         choice = _tool_choice(body["tool_choice"])  # checked even with no tools to choose
         if "tools" in out:  # chat refuses a tool choice (or parallel calls) without tools
             out["tool_choice"] = choice
-    if "tools" in out and body.get("parallel_tool_calls") is not None:
-        out["parallel_tool_calls"] = body["parallel_tool_calls"]
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):  # checked even with no tools
+        raise BadRequest("parallel_tool_calls: must be true or false", param="parallel_tool_calls")
+    if "tools" in out and parallel is not None:
+        out["parallel_tool_calls"] = parallel
     if fmt := _response_format(body.get("text")):
         out["response_format"] = fmt
     # text.verbosity, or the SDK's parse(verbosity=...) at the top
-    if verbosity := (body.get("text") or {}).get("verbosity") or body.get("verbosity"):
+    text = body.get("text") or {}
+    for where, said in (
+        ("text.verbosity", text.get("verbosity")),
+        ("verbosity", body.get("verbosity")),
+    ):
+        if said is not None and said not in _VERBOSITY:
+            raise BadRequest(f"{where}: one of {', '.join(_VERBOSITY)}", param=where)
+    if verbosity := text.get("verbosity") or body.get("verbosity"):
         out["verbosity"] = verbosity  # chat's own name for it (GPT-5 models)
     include = body.get("include") or []
     if not isinstance(include, list) or not all(isinstance(x, str) for x in include):
@@ -184,8 +200,11 @@ def responses_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _input_to_messages(items: Any) -> list[dict[str, Any]]:
+def _input_to_messages(items: Any, origins: list[_Origin] | None = None) -> list[dict[str, Any]]:
+    """``input`` as chat's messages; each message's ``_Origin`` added to ``origins``."""
     if isinstance(items, str):
+        if origins is not None:
+            origins.append(_Origin("input"))
         return [{"role": "user", "content": items}]
     if items is None:
         return []
@@ -193,35 +212,65 @@ def _input_to_messages(items: Any) -> list[dict[str, Any]]:
         raise BadRequest("input: a string or a list of items", param="input")
     messages: list[dict[str, Any]] = []
     turns: dict[int, list[dict[str, Any]]] = {}  # an assistant turn's blocks, in order
+    reasoned: dict[int, list[str]] = {}  # an assistant turn's unsealed reasoning
     thought: list[dict[str, Any]] = []  # thinking sent back, not yet placed in its turn
+    text: list[str] = []  # reasoning sent back unsealed, not yet placed in its turn
     for i, item in enumerate(items):
         where = f"input.{i}"
         if not isinstance(item, dict):
             raise BadRequest(f"{where}: must be an object", param=where)
         kind = item.get("type", "message")
         if kind == "reasoning":
-            thought += _thinking_sent_back(item.get("encrypted_content"))
+            sealed = _thinking_sent_back(item.get("encrypted_content"))
+            thought += sealed
+            if not sealed and (said_text := _reasoning_text(item)):
+                text.append(said_text)
             continue
+        had = len(messages)
         said = _input_item(item, kind, where, messages)
+        if origins is not None:
+            _trace(origins, kind, i, joined=len(messages) == had)
         turn = len(messages) - 1
         if messages[turn]["role"] == "assistant":
             # Thinking goes back where the model thought it: before what it said next.
             turns.setdefault(turn, []).extend([*thought, *said])
-            thought = []
-        elif thought and turn > 0 and messages[turn - 1]["role"] == "assistant":
+            reasoned.setdefault(turn, []).extend(text)
+            thought, text = [], []
+        elif (thought or text) and turn > 0 and messages[turn - 1]["role"] == "assistant":
             _lead(turns, turn - 1, thought)
-            thought = []
-    if thought and messages and messages[-1]["role"] == "assistant":
+            _lead(reasoned, turn - 1, text)
+            thought, text = [], []
+    if (thought or text) and messages and messages[-1]["role"] == "assistant":
         _lead(turns, len(messages) - 1, thought)
+        _lead(reasoned, len(messages) - 1, text)
     for turn, blocks in turns.items():
         _with_thinking(messages[turn], blocks)
+    for turn, texts in reasoned.items():
+        if texts:
+            messages[turn]["reasoning_content"] = "\n\n".join(texts)
     return messages
 
 
-def _lead(turns: dict[int, list[dict[str, Any]]], turn: int, thought: list[Any]) -> None:
+def _lead(turns: dict[int, list[Any]], turn: int, thought: list[Any]) -> None:
     """Thinking sent back after all its turn said (no item of the turn follows it): it
     leads the turn, where Anthropic wants a tool-use turn's thinking."""
     turns[turn] = [*thought, *turns.get(turn, [])]
+
+
+def _reasoning_text(item: dict[str, Any]) -> str:
+    """What a reasoning item sent back without the relay's seal says: its reasoning_text
+    content (a model's own words, where a server gives them), else its summary (where
+    the relay puts an OpenAI-format or Ollama vendor's reasoning whole)."""
+    for key, kind in (("content", "reasoning_text"), ("summary", "summary_text")):
+        parts = item.get(key)
+        texts = [
+            p["text"]
+            for p in (parts if isinstance(parts, list) else [])
+            if isinstance(p, dict) and p.get("type") == kind and isinstance(p.get("text"), str)
+        ]
+        if any(texts):
+            return "\n\n".join(t for t in texts if t)
+    return ""
 
 
 def _input_item(
@@ -412,10 +461,33 @@ def _tool(tool: Any, where: str) -> dict[str, Any]:
             param=where,
         )
     fn: dict[str, Any] = {"name": _text(tool, "name", where)}
-    for key in ("description", "parameters", "strict"):
-        if tool.get(key) is not None:
-            fn[key] = tool[key]
+    for key, said in _typed(tool, _TOOL_FIELDS, where).items():
+        fn[key] = said
     return {"type": "function", "function": fn}
+
+
+# A function tool's settings (and a JSON schema format's) of their own type, or the
+# client's 400 naming them, as OpenAI refuses them, rather than a vendor's 400 later or
+# a vendor reading them its own way (a strict of "yes" taken as not strict).
+_TOOL_FIELDS = (
+    ("description", str, "a string"),
+    ("parameters", dict, "a JSON Schema object"),
+    ("strict", bool, "true or false"),
+)
+_FORMAT_FIELDS = (("description", str, "a string"), ("strict", bool, "true or false"))
+
+
+def _typed(given: dict[str, Any], fields: Any, where: str) -> dict[str, Any]:
+    """The ``fields`` ``given`` sets (null: not set), each checked of its type."""
+    out = {}
+    for key, kind, what in fields:
+        said = given.get(key)
+        if said is None:
+            continue
+        if not isinstance(said, kind):
+            raise BadRequest(f"{where}.{key}: must be {what}", param=f"{where}.{key}")
+        out[key] = said
+    return out
 
 
 def _tool_choice(choice: Any) -> Any:
@@ -443,9 +515,120 @@ def _response_format(text: Any) -> dict[str, Any] | None:
             if not isinstance(fmt.get(key), kind):
                 where = f"text.format.{key}"
                 raise BadRequest(f"{where}: {what} (required with json_schema)", param=where)
-        schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
+        schema = {"name": fmt["name"], "schema": fmt["schema"]}
+        schema |= _typed(fmt, _FORMAT_FIELDS, "text.format")
         return {"type": "json_schema", "json_schema": schema}
     raise BadRequest("text.format.type: text, json_object or json_schema", param="text.format")
+
+
+# --------------------------------------------------------------------------------------
+# Errors: a field named in chat's words (the relay's checks of the chat body, the
+# worker's, an OpenAI-format vendor's) said in the Responses request's.
+# --------------------------------------------------------------------------------------
+
+_SEGMENT = re.compile(r"[^.\[\]]+")  # a path's parts: messages.[1].content[0] too
+_LEADING_PATH = re.compile(r"[A-Za-z_][\w.\[\]]*")  # what an error message opens with
+
+
+class _Origin:
+    """Where one of chat's messages came from in a Responses request: ``instructions``,
+    a string ``input``, a ``message`` item or a function's ``output`` (``item``, its
+    index in input), or an assistant turn of function ``calls`` alone; the function
+    calls an assistant turn gathered (their items' indices)."""
+
+    __slots__ = ("calls", "item", "kind")
+
+    def __init__(self, kind: str, item: int | None = None) -> None:
+        self.kind, self.item = kind, item
+        self.calls: list[int] = []
+
+
+def _trace(origins: list[_Origin], kind: str, i: int, *, joined: bool) -> None:
+    """Note where the message input item ``i`` made (or ``joined``: a function call
+    added to the assistant turn before it) came from."""
+    if joined:
+        origins[-1].calls.append(i)
+    elif kind == "function_call":
+        origins.append(_Origin("calls"))
+        origins[-1].calls.append(i)
+    else:
+        origins.append(_Origin("output" if kind == "function_call_output" else "message", i))
+
+
+def in_responses_words(err: RelayError, request: dict[str, Any]) -> RelayError:
+    """``err`` (itself, changed) naming the fields of the Responses ``request`` it answers
+    as the client sent them: its ``param``, and the path its message opens with
+    (``messages.2.content.0: ...`` is ``input.1.content.0: ...``; ``reasoning_effort``
+    ``reasoning.effort``).  A message's index in ``input`` is named only when it is
+    sure: a turn several items made (a message and its function calls) is ``input``."""
+    head, colon, rest = err.message.partition(":")
+    if colon and _LEADING_PATH.fullmatch(head):
+        err.message = responses_path(head, request) + colon + rest
+    if err.param:
+        err.param = responses_path(err.param, request)
+    return err
+
+
+def responses_path(path: str, request: dict[str, Any]) -> str:
+    """A field of chat's body (``messages.1.content.0``) as the Responses ``request``
+    named it (``input.0.content.0``); a path of no field chat renames, as it is."""
+    first, *rest = _SEGMENT.findall(path) or [""]
+    if first == "messages":
+        return _input_path(rest, request)
+    if first == "response_format":  # text.format is json_schema's own fields, flat
+        return ".".join(
+            ["text.format", *rest[1:]] if rest[:1] == ["json_schema"] else ["text.format", *rest]
+        )
+    if first == "verbosity":
+        text = request.get("text")
+        return "text.verbosity" if isinstance(text, dict) and text.get("verbosity") else first
+    if first == "tools" and rest[1:2] == ["function"]:  # a function tool's fields, flat
+        return ".".join(["tools", rest[0], *rest[2:]])
+    if first == "tool_choice" and rest[:1] == ["function"]:
+        return ".".join([first, *rest[1:]])
+    return _CHAT_NAMES.get(first, path)
+
+
+def _input_path(rest: list[str], request: dict[str, Any]) -> str:
+    """``messages.<rest>`` as the item of ``input`` (or ``instructions``) it came from."""
+    origins = [_Origin("instructions")] if request.get("instructions") else []
+    try:
+        _input_to_messages(request.get("input"), origins)
+    except BadRequest:  # (not a request the relay took)
+        return "input"
+    at = rest[0] if rest else ""
+    if not at.isdigit() or int(at) >= len(origins):
+        return "input"
+    origin, tail = origins[int(at)], rest[1:]
+    if origin.kind in ("instructions", "input"):
+        return origin.kind
+    if tail[:1] == ["tool_calls"]:
+        k = tail[1] if len(tail) > 1 else ""
+        if not k.isdigit() or int(k) >= len(origin.calls):
+            return "input"
+        return f"input.{origin.calls[int(k)]}" + _call_field(tail[2:])
+    if origin.item is None:  # a turn of function calls alone
+        return f"input.{origin.calls[0]}" if len(origin.calls) == 1 else "input"
+    if origin.calls and not tail:  # the message, or one of its calls: which is not said
+        return "input"
+    where = f"input.{origin.item}"
+    if tail[:1] == ["content"]:
+        where += ".output" if origin.kind == "output" else ".content"
+        if len(tail) > 1 and tail[1].isdigit():  # parts are taken one for one
+            where += f".{tail[1]}" + (
+                f".{tail[2]}" if tail[2:3] in (["text"], ["image_url"]) else ""
+            )
+        return where
+    if (origin.kind, tail[:1]) in (("message", ["role"]), ("output", ["tool_call_id"])):
+        return where + (".role" if tail[0] == "role" else ".call_id")
+    return where
+
+
+def _call_field(tail: list[str]) -> str:
+    """A tool call's field as its function_call item names it."""
+    if tail[:1] == ["function"] and tail[1:2] in (["name"], ["arguments"]):
+        return f".{tail[1]}"
+    return ".call_id" if tail[:1] == ["id"] else ""
 
 
 # --------------------------------------------------------------------------------------
@@ -714,6 +897,7 @@ class ChunksToResponseEvents:
         failure in OpenAI's codes: the last ``response.*`` event a client waits for, as
         OpenAI ends a failed response."""
         held = self._open_held()  # (the output so far includes them)
+        err = in_responses_words(err, self.request)
         failed = {
             **_served(self.shell, self._tier),
             "status": "failed",

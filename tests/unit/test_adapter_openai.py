@@ -1445,3 +1445,32 @@ async def test_a_batch_answer_s_content_parts_are_read_as_a_live_answer_s() -> N
     assert isinstance(results["r1"], VendorResult)
     message = results["r1"].body["choices"][0]["message"]
     assert message == {"role": "assistant", "content": "A cat.", "reasoning_content": "hm"}
+
+
+@pytest.mark.parametrize("base", [BASE, "https://api.openai.com/v1"])
+async def test_reasoning_sent_back_by_a_responses_client_never_reaches_the_server(base) -> None:
+    """A reasoning item sent back goes on as its turn's ``reasoning_content`` (an Ollama
+    vendor reads it as thinking); an OpenAI-format server is not sent the field, which
+    OpenAI (and Mistral, Groq) refuse."""
+    from schemas.formats.responses import responses_request_to_openai
+
+    said = {"type": "reasoning", "summary": [{"type": "summary_text", "text": "hm"}]}
+    fc = {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}
+    out = {"type": "function_call_output", "call_id": "c", "output": "x"}
+    user = {"role": "user", "content": "hi"}
+    body = responses_request_to_openai({"model": "m", "input": [user, said, fc, out]})
+    assert body["messages"][1]["reasoning_content"] == "hm"
+    seen: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return httpx.Response(200, json=COMPLETION)
+
+    await adapter_for(handler, base).chat(call(body))
+    assert seen[0]["messages"][1] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        ],
+    }

@@ -229,6 +229,40 @@ def test_items_tools_and_formats_map_onto_chat() -> None:
         ),
         ({"model": "m", "input": "hi", "tool_choice": {"type": "allowed_tools"}}, "tool_choice"),
         ({"model": "m", "input": [{"type": "function_call", "name": "f"}]}, "input.0.call_id"),
+        # Settings of the wrong type, as OpenAI refuses them (not a vendor's 400 later, nor
+        # a vendor reading them its own way):
+        ({"model": "m", "input": "hi", "text": {"verbosity": 5}}, "text.verbosity"),
+        ({"model": "m", "input": "hi", "verbosity": "loud"}, "verbosity"),
+        ({"model": "m", "input": "hi", "tools": [{**WEATHER, "strict": "yes"}]}, "tools.0.strict"),
+        (
+            {"model": "m", "input": "hi", "tools": [{**WEATHER, "parameters": 5}]},
+            "tools.0.parameters",
+        ),
+        (
+            {"model": "m", "input": "hi", "tools": [{**WEATHER, "description": 7}]},
+            "tools.0.description",
+        ),
+        (
+            {
+                "model": "m",
+                "input": "hi",
+                "text": {
+                    "format": {"type": "json_schema", "name": "x", "schema": {}, "strict": "y"}
+                },
+            },
+            "text.format.strict",
+        ),
+        (
+            {
+                "model": "m",
+                "input": "hi",
+                "text": {
+                    "format": {"type": "json_schema", "name": "x", "schema": {}, "description": 1}
+                },
+            },
+            "text.format.description",
+        ),
+        ({"model": "m", "input": "hi", "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
         (
             {
                 "model": "m",
@@ -760,3 +794,157 @@ def test_a_setting_chat_passes_on_of_the_wrong_type_is_the_client_s_400(field: s
         neutral_request({"model": "m", "input": "hi", field: 123})
     assert refused.value.param == field
     assert neutral_request({"model": "m", "input": "hi", field: "24h"})[field] == "24h"
+
+
+def test_settings_of_their_own_type_go_on_and_null_ones_are_not_set() -> None:
+    tool = {**WEATHER, "strict": True, "description": None}
+    fmt = {"type": "json_schema", "name": "x", "schema": {}, "strict": False, "description": "d"}
+    body = {"model": "m", "input": "hi", "tools": [tool], "text": {"format": fmt}}
+    out = responses_request_to_openai({**body, "verbosity": "high", "parallel_tool_calls": True})
+    assert out["tools"][0]["function"] == {
+        "name": "get_weather",
+        "parameters": WEATHER["parameters"],
+        "strict": True,
+    }
+    assert out["response_format"]["json_schema"] == {
+        "name": "x",
+        "schema": {},
+        "strict": False,
+        "description": "d",
+    }
+    assert (out["verbosity"], out["parallel_tool_calls"]) == ("high", True)
+
+
+# -- errors raised in chat's words, said in the Responses request's --------------------
+
+LOOP = [
+    {"role": "user", "content": "weather?"},
+    {"type": "reasoning", "id": "rs_1", "summary": []},
+    {"role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
+    {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+    {"type": "function_call", "call_id": "c2", "name": "g", "arguments": "{}"},
+    {"type": "function_call_output", "call_id": "c1", "output": [{"type": "input_text", "text": "x"}]},
+    {"type": "function_call", "call_id": "c3", "name": "f", "arguments": "{}"},
+    {"role": "user", "content": [{"type": "input_text", "text": "and"}, {"type": "input_image", "image_url": "u"}]},
+]  # fmt: skip
+# chat: 0 system (instructions), 1 user, 2 assistant + c1 c2, 3 tool, 4 assistant c3, 5 user
+LOOP_REQUEST = {"model": "m", "instructions": "be brief", "input": LOOP}
+
+
+@pytest.mark.parametrize(
+    ("chat", "responses"),
+    [
+        ("messages.0.content", "instructions"),
+        ("messages.1.content", "input.0.content"),
+        ("messages.2", "input"),  # the message, or one of its calls: not said which
+        ("messages.2.content.0", "input.2.content.0"),
+        ("messages.2.tool_calls.1.function.arguments", "input.4.arguments"),
+        ("messages.2.tool_calls.0.id", "input.3.call_id"),
+        ("messages.2.tool_calls.0.type", "input.3"),
+        ("messages.2.tool_calls.5", "input"),
+        ("messages.3.content.0.text", "input.5.output.0.text"),
+        ("messages.3.tool_call_id", "input.5.call_id"),
+        ("messages.4", "input.6"),
+        ("messages.4.content", "input.6"),
+        ("messages.5.content.1.image_url.url", "input.7.content.1.image_url"),
+        ("messages.[5].content.[1]", "input.7.content.1"),  # (as OpenAI writes its param)
+        ("messages.5.role", "input.7.role"),
+        ("messages.9", "input"),
+        ("messages", "input"),
+        ("reasoning_effort", "reasoning.effort"),
+        ("max_tokens", "max_output_tokens"),
+        ("max_completion_tokens", "max_output_tokens"),
+        ("response_format.json_schema.schema", "text.format.schema"),
+        ("response_format", "text.format"),
+        ("tools.1.function.parameters", "tools.1.parameters"),
+        ("tool_choice.function.name", "tool_choice.name"),
+        ("verbosity", "verbosity"),
+        ("temperature", "temperature"),
+        ("openai", "openai"),
+    ],
+)
+def test_a_field_chat_names_is_the_one_the_responses_request_sent(
+    chat: str, responses: str
+) -> None:
+    from schemas.formats.responses import responses_path
+
+    assert responses_path(chat, LOOP_REQUEST) == responses
+    string_input = {"model": "m", "input": "hi", "text": {"verbosity": "low"}}
+    assert responses_path("messages.0.content", string_input) == "input"
+    assert responses_path("verbosity", string_input) == "text.verbosity"
+
+
+@pytest.mark.parametrize(
+    ("err", "message", "param"),
+    [
+        (
+            BadRequest("reasoning_effort: 'mega' is not one of low", param="reasoning_effort"),
+            "reasoning.effort: 'mega' is not one of low",
+            "reasoning.effort",
+        ),
+        (
+            BadRequest("messages.5.content.1: an image needs a data: or http(s) URL"),
+            "input.7.content.1: an image needs a data: or http(s) URL",
+            None,
+        ),
+        (
+            BadRequest("messages: this model needs a message with text in it", param="messages"),
+            "input: this model needs a message with text in it",
+            "input",
+        ),
+        (
+            VendorBadRequest("openai: HTTP 400: Invalid schema", param="response_format"),
+            "openai: HTTP 400: Invalid schema",
+            "text.format",
+        ),
+    ],
+)
+def test_an_error_in_chat_s_words_reaches_a_responses_client_in_its_own(
+    err: RelayError, message: str, param: str | None
+) -> None:
+    """The worker checks (and vendors refuse) the chat body: a Responses client hears the
+    field it sent, whole or streamed."""
+    from schemas.formats.responses import in_responses_words
+
+    said = (err.message, err.param)
+    assert (in_responses_words(err, LOOP_REQUEST).message, err.param) == (message, param)
+    assert in_responses_words(err, LOOP_REQUEST).message == message, "said once"
+    again = type(err)(said[0], param=said[1])
+    error, failed = ChunksToResponseEvents(LOOP_REQUEST, "resp_x").error(again)
+    event = EVENTS.validate_python(error[1])
+    assert (event.message, event.param) == (message, param)
+    response = Response.model_validate(failed[1]["response"])
+    assert response.error and response.error.message == message
+
+
+def test_a_reasoning_item_sent_back_unsealed_goes_on_as_its_turn_s_reasoning_content() -> None:
+    """Another vendor's reasoning (an OpenAI-format one's reasoning_content, Ollama's
+    thinking) comes back as a reasoning item with its text the summary; sent back in a
+    tool loop, that text goes on as the reasoning_content of the assistant turn it
+    belongs to, as a chat client would echo it (an Ollama vendor reads it as the turn's
+    thinking; the OpenAI adapter sends no such field)."""
+    from schemas.formats.anthropic import messages_response_to_openai
+
+    answer = completion(None, [call("c1", "get_weather", "{}")], "tool_calls")
+    answer["choices"][0]["message"]["reasoning_content"] = "I should look it up."
+    request = {"model": "m", "input": "weather?", "tools": [WEATHER]}
+    output = openai_response_to_responses(answer, Usage(), request)["output"]
+    assert [item["type"] for item in output] == ["reasoning", "function_call"]
+    result = {"type": "function_call_output", "call_id": "c1", "output": "12C"}
+    items = [{"role": "user", "content": "weather?"}, *output, result]
+    turn = responses_request_to_openai({**request, "input": items})["messages"][1]
+    assert turn["reasoning_content"] == "I should look it up."
+    assert turn["tool_calls"][0]["id"] == "c1"
+    after = [{"role": "user", "content": "weather?"}, output[1], output[0], result]
+    moved = responses_request_to_openai({**request, "input": after})["messages"][1]
+    assert moved["reasoning_content"] == "I should look it up.", "after its turn's calls too"
+    raw = {"type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": "r"}]}
+    with_raw = responses_request_to_openai({**request, "input": [items[0], raw, output[1]]})
+    assert with_raw["messages"][1]["reasoning_content"] == "r"
+    # A sealed one is an Anthropic vendor's signed thinking, never this text as well.
+    neutral, usage = messages_response_to_openai(THINKING_ANSWER)
+    sealed_request = {**request, "include": ["reasoning.encrypted_content"]}
+    sealed = openai_response_to_responses(neutral, usage, sealed_request)["output"]
+    back = [{"role": "user", "content": "weather?"}, *sealed, result]
+    sealed_turn = responses_request_to_openai({**sealed_request, "input": back})["messages"][1]
+    assert "reasoning_content" not in sealed_turn and sealed_turn["thinking_blocks"]
