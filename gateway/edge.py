@@ -33,6 +33,7 @@ from gateway.errors import error_response
 from gateway.relay import Answer, Options, Relay
 from schemas.envelope import Endpoint
 from schemas.errors import RelayError, RequestTooLarge
+from schemas.formats.responses import in_responses_words
 
 log = logging.getLogger("relay.gateway")
 MAX_BODY = 256 * 1024  # larger requests are rare and go straight to FastAPI
@@ -131,6 +132,8 @@ class Edge:
         try:
             return render(await relay.answer(who, endpoint, relay_body, opts), body)
         except RelayError as err:
+            if scope["path"] == "/v1/responses":
+                in_responses_words(err, body)  # the item it came from, as the route says it
             return error_response(request, err)
         except Exception:
             log.exception("unhandled error on %s", scope["path"])

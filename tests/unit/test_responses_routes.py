@@ -96,9 +96,8 @@ async def test_chat_s_check_of_a_setting_names_it_as_the_client_sent_it() -> Non
 @pytest.mark.parametrize("size", ["small", "large"])
 async def test_a_worker_s_400_before_the_answer_never_names_a_chat_message(size: str) -> None:
     """Chat's message index is not the Responses input's (instructions, function calls
-    joined into their turn, reasoning items): the route, which has the request, names
-    the item; the gateway's edge (small bodies), which has only the error, names input
-    alone, never the wrong item."""
+    joined into their turn, reasoning items): the gateway names the item the client
+    sent, whether its edge (small bodies) or the route (large ones) answered."""
     err = BadRequest("messages.1.content.0: an image needs a data: or http(s) URL")
     oa = sdk_for(failing(err))
     image = {"type": "input_image", "image_url": "not-a-url"}
@@ -106,6 +105,5 @@ async def test_a_worker_s_400_before_the_answer_never_names_a_chat_message(size:
     instructions = "Be brief." + " " * (300_000 if size == "large" else 0)
     with pytest.raises(openai.BadRequestError) as refused:
         await oa.responses.create(model="gpt-4o-mini", instructions=instructions, input=items)
-    where = "input.0.content.0" if size == "large" else "input"
     said = refused.value.body["message"]  # type: ignore[index]
-    assert said == f"{where}: an image needs a data: or http(s) URL"
+    assert said == "input.0.content.0: an image needs a data: or http(s) URL"

@@ -222,7 +222,7 @@ async def test_a_responses_stream_s_late_client_error_stays_the_client_s() -> No
 
     events = _response_events(await collect(responses_sse(chunks(), {"model": "m"}, "resp_1")))
     assert [e["type"] for e in events][-2:] == ["error", "response.failed"]
-    assert (events[-2]["code"], events[-2]["param"]) == ("vendor_bad_request", "messages")
+    assert (events[-2]["code"], events[-2]["param"]) == ("vendor_bad_request", "input")
     assert events[-1]["response"]["error"]["code"] == "invalid_prompt"
 
 
