@@ -67,6 +67,13 @@ class VendorConfig(Strict):
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     batch_discount: float = Field(0.5, ge=0, le=1)
+    send_reasoning: bool = Field(
+        False,
+        description="send each earlier assistant turn's reasoning_content back, as the "
+        "client sent it (an OpenAI-compatible vendor that wants it: DeepSeek's thinking "
+        "mode with tool calls); off, it is left out, as OpenAI, Azure, Mistral and Groq "
+        "refuse it",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -95,6 +102,25 @@ class VendorConfig(Strict):
         if self.api_key_file:
             keys.append(Path(self.api_key_file).read_text().strip())
         return [k for k in keys if k]
+
+
+def openai_itself(base_url: str) -> bool:
+    """Whether a base URL is OpenAI's own API (``eu.``, ``us.``: data residency)."""
+    host = urlsplit(base_url).hostname or ""
+    return host == "api.openai.com" or host.endswith(".api.openai.com")
+
+
+def _reasoning_refusal(vendor: VendorConfig) -> str | None:
+    """Why ``send_reasoning`` cannot be set on ``vendor``, if it cannot."""
+    if vendor.kind == "azure":
+        return "Azure OpenAI refuses reasoning_content in messages"
+    if vendor.kind == "anthropic":
+        return "an anthropic vendor is sent a turn's thinking as its signed thinking blocks"
+    if vendor.kind == "ollama":
+        return "an ollama vendor is sent a turn's reasoning_content as its thinking already"
+    if openai_itself(vendor.base_url):
+        return f"OpenAI ({vendor.base_url}) refuses reasoning_content in messages"
+    return None
 
 
 class Candidate(Strict):
@@ -308,6 +334,11 @@ class RelayConfig(Strict):
             path = vendor.api_key_file
             if path is not None and not os.access(path, os.R_OK):
                 raise ValueError(f"vendors.{name}.api_key_file: {path} is not a readable file")
+            if vendor.send_reasoning and (why := _reasoning_refusal(vendor)):
+                raise ValueError(
+                    f"vendors.{name}.send_reasoning: {why}; it is for an OpenAI-compatible "
+                    "vendor that wants reasoning_content back (DeepSeek's thinking mode)"
+                )
         owners: dict[str, str] = {}
         for tenant, rules in self.tenants.items():
             unknown = [m for m in rules.models if m != "*" and m not in self.models]

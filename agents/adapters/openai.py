@@ -17,7 +17,6 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -34,7 +33,7 @@ from agents.adapters.http import (
     sse_events,
 )
 from schemas.batches import ENDED
-from schemas.config import VendorConfig
+from schemas.config import VendorConfig, openai_itself
 from schemas.errors import (
     RelayError,
     VendorAnswerUnreadable,
@@ -105,10 +104,7 @@ class OpenAIAdapter:
 
     def _knows_new_limit(self) -> bool:
         """Whether the server takes ``max_completion_tokens`` for any model: OpenAI's own."""
-        host = urlsplit(self.base).hostname or ""
-        return host == "api.openai.com" or host.endswith(
-            ".api.openai.com"
-        )  # (eu., us.: data residency)
+        return openai_itself(self.base)
 
     # -- the capabilities ---------------------------------------------------------------
 
@@ -364,6 +360,8 @@ class OpenAIAdapter:
 
     def _body(self, call: VendorCall, *, chat: bool = True) -> dict[str, Any]:
         body = {**without_cache_control(call.body), "model": call.model}
+        if self.config.send_reasoning:
+            _reasoning_sent_back(body, call.body)
         if self._knows_new_limit():  # OpenAI itself, or Azure
             body.pop("top_k", None)  # an Anthropic client's: OpenAI itself has no such knob
             _check_stops(body.get("stop"), self.kind)
@@ -501,6 +499,28 @@ def _knob_refused(err: VendorBadRequest, body: dict[str, Any]) -> bool:
         return False
     del body["parallel_tool_calls"]
     return True
+
+
+def _reasoning_sent_back(body: dict[str, Any], given: dict[str, Any]) -> None:
+    """Each assistant message of ``body`` (the request as it goes out) given back the
+    string ``reasoning_content`` its turn carries in ``given`` (the relay's body), which
+    ``without_cache_control`` leaves out: a vendor with ``send_reasoning`` wants it.
+    DeepSeek's thinking mode refuses (400) a request whose earlier tool-call turns lack
+    it, and ignores it on turns without tool calls; a chat client echoes it, and a
+    Responses client's reasoning items come as it.  New messages and a new list, never
+    the given ones (the cache key and other candidates read ``given``)."""
+    sent, kept = given.get("messages"), body.get("messages")
+    if not isinstance(sent, list) or not isinstance(kept, list) or len(sent) != len(kept):
+        return
+    out: list[Any] | None = None
+    for i, (said, going) in enumerate(zip(sent, kept, strict=True)):
+        if not (isinstance(said, dict) and isinstance(going, dict)):
+            continue
+        reasoning = said.get("reasoning_content")
+        if said.get("role") == "assistant" and isinstance(reasoning, str):
+            if out is None:
+                out = body["messages"] = list(kept)
+            out[i] = {**going, "reasoning_content": reasoning}
 
 
 def _check_stops(stop: Any, kind: str) -> None:

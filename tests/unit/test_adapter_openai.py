@@ -6,6 +6,7 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import Any
 
 import aiohttp
 import httpx
@@ -1474,3 +1475,116 @@ async def test_reasoning_sent_back_by_a_responses_client_never_reaches_the_serve
             {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
         ],
     }
+
+
+def deepseek_for(handler, send_reasoning: bool) -> OpenAIAdapter:
+    config = VendorConfig(
+        kind="openai", base_url="https://api.deepseek.com", send_reasoning=send_reasoning
+    )
+    return OpenAIAdapter(config, httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+
+
+TOOL_LOOP: list[dict[str, Any]] = [
+    {"role": "user", "content": "Weather in Hangzhou tomorrow?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "reasoning_content": "First the date.",
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_date", "arguments": "{}"}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "c1", "content": "2025-12-02"},
+    {
+        "role": "assistant",
+        "content": "",
+        "reasoning_content": "",  # a tool-call turn that thought nothing still sends it
+        "thinking_signature": "sig",  # an Anthropic client's: never sent
+        "tool_calls": [
+            {"id": "c2", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "c2", "content": "Rain"},
+]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("send_reasoning", [True, False])
+async def test_reasoning_goes_back_on_its_own_turns_only_to_a_vendor_that_wants_it(
+    send_reasoning, streamed
+) -> None:
+    """DeepSeek's thinking mode answers 400 unless each earlier tool-call turn of the loop
+    carries its reasoning_content back: with ``send_reasoning`` each assistant message
+    gets its own, as the client sent it; without, it is struck as OpenAI needs.  The
+    relay's body is left as it was (the cache key and other candidates read it)."""
+    import copy
+
+    from tables.cache import cache_key
+
+    body = {"model": "relay-alias", "messages": TOOL_LOOP, "tools": [], "stream": streamed}
+    before = copy.deepcopy(body)
+    key = cache_key(scope="t", alias="relay-alias", endpoint="chat", body=body)
+    seen: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        if streamed:
+            return httpx.Response(200, content=sse(chunk({"content": "Rain."}, "stop"), "[DONE]"))
+        return httpx.Response(200, json=COMPLETION)
+
+    adapter = deepseek_for(handler, send_reasoning)
+    if streamed:
+        await collect(adapter.stream(call(body)))
+    else:
+        await adapter.chat(call(body))
+    sent = seen[0]["messages"]
+    assert [m.get("reasoning_content") for m in sent] == (
+        [None, "First the date.", None, "", None] if send_reasoning else [None] * 5
+    )
+    assert all("thinking_signature" not in m for m in sent)
+    expected = [{k: v for k, v in m.items() if k != "thinking_signature"} for m in TOOL_LOOP]
+    if not send_reasoning:
+        expected = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in expected]
+    assert sent == expected
+    assert body == before
+    assert cache_key(scope="t", alias="relay-alias", endpoint="chat", body=body) == key
+
+
+async def test_a_request_without_reasoning_goes_out_the_same_either_way() -> None:
+    plain = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in TOOL_LOOP[:3]]
+    body = {"model": "relay-alias", "messages": plain, "user": "u"}
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.content)
+        return httpx.Response(200, json=COMPLETION)
+
+    for send_reasoning in (True, False):
+        await deepseek_for(handler, send_reasoning).chat(call(body))
+    assert seen[0] == seen[1]
+    assert json.loads(seen[0])["messages"] == plain
+
+
+async def test_a_responses_client_s_reasoning_items_reach_a_vendor_that_wants_them() -> None:
+    """The reasoning item a Responses client sends back before a function call is that
+    turn's reasoning_content, sent on to a ``send_reasoning`` vendor."""
+    from schemas.formats.responses import responses_request_to_openai
+
+    said = {"type": "reasoning", "summary": [{"type": "summary_text", "text": "hm"}]}
+    fc = {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}
+    out = {"type": "function_call_output", "call_id": "c", "output": "x"}
+    user = {"role": "user", "content": "hi"}
+    body = responses_request_to_openai({"model": "m", "input": [user, said, fc, out]})
+    seen: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return httpx.Response(200, json=COMPLETION)
+
+    await deepseek_for(handler, True).chat(call(body))
+    turn = seen[0]["messages"][1]
+    assert (turn["role"], turn["reasoning_content"], turn["tool_calls"][0]["id"]) == (
+        "assistant",
+        "hm",
+        "c",
+    )

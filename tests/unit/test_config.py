@@ -346,3 +346,31 @@ def test_a_canary_of_a_kind_its_alias_serves_loads(tmp_path) -> None:
     ).replace("{candidates:", "{kind: embeddings, candidates:")
     cfg = load_config(write(tmp_path, text))
     assert cfg.models["m"].canary is not None
+
+
+@pytest.mark.parametrize(
+    ("vendor", "what"),
+    [
+        ("{kind: azure, base_url: 'https://r.openai.azure.com'", "Azure OpenAI refuses"),
+        ("{kind: anthropic, base_url: 'https://api.anthropic.com'", "signed thinking blocks"),
+        ("{kind: ollama, base_url: 'http://o:11434'", "as its thinking already"),
+        ("{kind: openai, base_url: 'https://api.openai.com/v1'", "OpenAI (https://api.openai.com"),
+        ("{kind: openai, base_url: 'https://eu.api.openai.com/v1'", "refuses reasoning_content"),
+    ],
+)
+def test_sending_reasoning_back_is_refused_where_the_vendor_refuses_or_reads_it_otherwise(
+    tmp_path, vendor, what
+) -> None:
+    text = GOOD.replace('{kind: openai, base_url: "http://a/v1"', vendor + ", send_reasoning: true")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    said = str(info.value)
+    assert said.startswith(f"{path}: vendors.a.send_reasoning: ") and what in said
+
+
+def test_an_openai_compatible_vendor_may_send_reasoning_back(tmp_path) -> None:
+    text = GOOD.replace('base_url: "http://a/v1"', 'base_url: "https://api.deepseek.com"')
+    assert not load_config(write(tmp_path, text)).vendors["a"].send_reasoning
+    on = text.replace("api_key_env: A_KEY", "api_key_env: A_KEY, send_reasoning: true")
+    assert load_config(write(tmp_path, on)).vendors["a"].send_reasoning
