@@ -554,24 +554,27 @@ def _answering(choice: Any) -> bool:
 
 
 class _StreamCalls:
-    """One choice's tool calls on a stream: which call each fragment is part of
-    (``ToolCallIndexes``), and the id and name each call has said so far."""
+    """One choice's tool calls on a stream: which call each fragment is part of, and the
+    id and name each call has said so far to the client (``ToolCallIndexes``)."""
 
     def __init__(self) -> None:
         self.indexes = ToolCallIndexes()
-        self.said: dict[int, tuple[Any, Any]] = {}  # call number -> its id, its name
+        self.said: dict[int, tuple[str, str]] = {}  # call number -> its id, its name
 
 
 def _number_calls(choice: dict[str, Any], numbering: dict[int, _StreamCalls]) -> None:
     """A streamed choice's tool-call fragments as OpenAI sends them: at the ``index``
     OpenAI would give them, each call its own, counting up from 0 (``ToolCallIndexes``),
-    and a call's id and name said once.  An OpenAI-format client's SDK merges fragments
-    by index and joins the strings they carry, so a live stream would otherwise reach it
-    unlike the same answer replayed from the cache (or streamed to an Anthropic or
-    Responses client): Ollama's /v1 sends every parallel call at index 0 (older builds
-    no index at all), two calls made one (get_weatherget_time); Fireworks and MiniMax
-    on NIM repeat a call's id and name on every fragment (debug_tooldebug_tool).
-    OpenAI's own numbering is kept as it is."""
+    a call's id said once (its first) and its name once, whole or in pieces.  An
+    OpenAI-format client's SDK merges fragments by index and joins the strings they
+    carry, so a live stream would otherwise reach it unlike the same answer replayed
+    from the cache (or streamed to an Anthropic or Responses client): Ollama's /v1
+    sends every parallel call at index 0 (older builds no index at all), two calls
+    made one (get_weatherget_time); Fireworks and MiniMax on NIM repeat a call's id
+    and name on every fragment (debug_tooldebug_tool); Poolside gives a call another
+    id after its first fragment (call_acall_b).  A name streamed in pieces (Gemini)
+    goes on in its pieces, as the cached answer joins them (``more_name``).  OpenAI's
+    own numbering is kept as it is."""
     frags = choice["delta"].get("tool_calls")
     if not isinstance(frags, list):
         return
@@ -581,17 +584,13 @@ def _number_calls(choice: dict[str, Any], numbering: dict[int, _StreamCalls]) ->
         if not isinstance(frag, dict):
             continue
         n = frag["index"] = calls.indexes.of(frag)
-        had_id, had_name = calls.said.get(n, (None, None))
-        call_id = frag.get("id")
-        if call_id and call_id == had_id:
+        had_id, had_name = calls.said.get(n, ("", ""))
+        if frag.get("id") and had_id:
             del frag["id"]
-        name = None
         for payload in (frag.get("function"), frag.get("custom")):  # (a custom tool's)
-            if isinstance(payload, dict) and payload.get("name"):
-                name = payload["name"]
-                if name == had_name:
-                    del payload["name"]
-        calls.said[n] = (had_id or call_id, had_name or name)
+            if isinstance(payload, dict) and payload.get("name") == had_name and had_name:
+                del payload["name"]
+        calls.said[n] = (calls.indexes.call_id(n), calls.indexes.name(n))
 
 
 def _messages_in_relay_shape(answer: dict[str, Any]) -> None:

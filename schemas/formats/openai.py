@@ -146,21 +146,27 @@ def call_function(call: dict[str, Any]) -> dict[str, Any]:
 class ToolCallIndexes:
     """Which call of a choice each streamed tool-call fragment is part of: a number per
     call, counting up from 0 in the order the calls began (on a stream that numbers its
-    calls as OpenAI does, their own ``index``).
+    calls as OpenAI does, their own ``index``), and each call's id and name so far.
 
     OpenAI tells parallel calls apart by ``index``; some OpenAI-compatible servers do
     not.  Ollama's ``/v1`` sends each call whole, all at ``index`` 0 (older builds send
     no index at all), and other servers reuse an index likewise; each call still has an
-    id of its own.  OpenAI gives a call's id and name once, whole, in its first fragment,
-    so a fragment giving an id or a name other than the call's at its index is another
-    call's.  A fragment with no index goes on with the call the last one was part of;
-    an id said before goes back to its own call."""
+    id of its own.  So at an index that already holds a call, a fragment is another
+    call's when the open call's arguments are already whole JSON and the fragment gives
+    an id other than the call's (or, with no id, a name other than the call's).  Any
+    other fragment goes on with the open call, whatever it says: some servers change a
+    call's id after its first fragment (Poolside; mlx-openai-server before its #216),
+    stream a name in pieces (Gemini: ``edit_ex``, ``isting_file``) or repeat the id and
+    name on every fragment (Fireworks, MiniMax on NIM).  A call keeps the first id it
+    was given, and its name is ``more_name``'s.  A fragment with no index goes on with
+    the call the last one was part of; an id said before goes back to its own call."""
 
     def __init__(self) -> None:
         self._at: dict[Any, int] = {}  # the vendor's index -> the call now there
-        self._by_id: dict[str, int] = {}
-        self._ids: list[str] = []  # each call's id and name ("" until given)
+        self._by_id: dict[str, int] = {}  # every id a call was given -> the call
+        self._ids: list[str] = []  # each call's first id and name so far ("" until given)
         self._names: list[str] = []
+        self._args: list[list[str]] = []  # each call's arguments so far, in pieces
         self._last: Any = 0  # the vendor's index the last fragment had
 
     def of(self, frag: dict[str, Any]) -> int:
@@ -169,20 +175,59 @@ class ToolCallIndexes:
         key = given if isinstance(given, int) else self._last
         call_id = frag.get("id")
         call_id = call_id if isinstance(call_id, str) else ""
-        name = call_function(frag).get("name")
+        fn = call_function(frag)
+        name = fn.get("name")
         name = name if isinstance(name, str) else ""
         n = self._by_id.get(call_id) if call_id else None
         if n is None:
             n = self._at.get(key)
-            if n is None or _other(self._ids[n], call_id) or _other(self._names[n], name):
+            if n is None or self._begins_another(n, call_id, name):
                 n = len(self._ids)
                 self._ids.append("")
                 self._names.append("")
+                self._args.append([])
         self._at[key], self._last = n, key
-        if call_id and not self._ids[n]:
-            self._ids[n], self._by_id[call_id] = call_id, n
-        self._names[n] = self._names[n] or name
+        if call_id:
+            self._ids[n] = self._ids[n] or call_id
+            self._by_id.setdefault(call_id, n)
+        self._names[n] = more_name(self._names[n], name)
+        arguments = fn.get("arguments")
+        if isinstance(arguments, str):
+            self._args[n].append(arguments)
+        elif arguments is not None:  # an object, as some servers send: whole
+            self._args[n] = [json.dumps(arguments)]
         return n
+
+    def call_id(self, n: int) -> str:
+        """Call ``n``'s id: the first one given ("" until one is)."""
+        return self._ids[n]
+
+    def name(self, n: int) -> str:
+        """Call ``n``'s name so far ("" until one is given)."""
+        return self._names[n]
+
+    def _begins_another(self, n: int, call_id: str, name: str) -> bool:
+        """Whether a fragment at call ``n``'s index, giving ``call_id`` (one not said
+        before) and ``name``, is another call's."""
+        if not (_other(self._ids[n], call_id) or (not call_id and _other(self._names[n], name))):
+            return False
+        return _whole_json("".join(self._args[n]))
+
+
+def more_name(had: str, piece: str) -> str:
+    """A call's name so far with a fragment's ``piece`` of it: a piece equal to the
+    name so far says it again (Fireworks and MiniMax on NIM repeat it on every
+    fragment) and adds nothing; any other goes on the end (Gemini streams a name in
+    pieces, ``edit_ex`` then ``isting_file``)."""
+    return had if piece == had else had + piece
+
+
+def _whole_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _other(had: str, given: str) -> bool:
@@ -249,9 +294,10 @@ def assemble_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
 
     Content and refusal deltas are concatenated per choice, as are the choice's
     ``logprobs`` lists and the delta's ``annotations``; tool calls are merged by their
-    ``index``, or what stands for it (``ToolCallIndexes``: id, type and name come once,
-    fragments of a function's arguments or of a custom tool's input are joined), as is
-    a legacy ``function_call``; ``audio`` fragments are joined into the message's audio
+    ``index``, or what stands for it (``ToolCallIndexes``: a call's first id and type
+    are kept, its name pieces joined (``more_name``: one said again adds nothing), the
+    fragments of a function's arguments or of a custom tool's input joined), as is a
+    legacy ``function_call``; ``audio`` fragments are joined into the message's audio
     (data and transcript concatenated).
     The last usage seen, if any, is kept.  What assembly cannot represent in full is
     what ``faithful_chunks`` refuses.
@@ -336,15 +382,14 @@ def _merge_choice(acc: dict[str, Any], choice: dict[str, Any]) -> None:
 
 
 def _merge_call(acc: dict[str, Any], frag: dict[str, Any]) -> None:
-    """One tool-call fragment into its call (``ToolCallIndexes``): the id (the last one
-    given), the type (the first) and each payload (``function``, ``custom``) field by
-    field."""
+    """One tool-call fragment into its call (``ToolCallIndexes``): the id (the first one
+    given, as a live stream says it), the type (the first) and each payload
+    (``function``, ``custom``) field by field."""
     index = acc["indexes"].of(frag)
     if index not in acc["tools"]:
         acc["order"].append(("tool", index))
     call = acc["tools"].setdefault(index, {"id": "", "type": "", "payloads": {}})
-    if frag.get("id"):
-        call["id"] = frag["id"]
+    call["id"] = acc["indexes"].call_id(index)
     if frag.get("type") and not call["type"]:
         call["type"] = frag["type"]
     for key, payload in frag.items():
@@ -355,13 +400,13 @@ def _merge_call(acc: dict[str, Any], frag: dict[str, Any]) -> None:
 def _merge_fields(fields: dict[str, list[Any]], fragment: dict[str, Any]) -> dict[str, list[Any]]:
     """A fragment's fields into ``fields``: text pieces are kept to be joined, anything
     else (an object some servers send as arguments) replaces what came before.  A name
-    is said once, whole (OpenAI's first fragment has it): the first one given is the
-    call's, not joined to the same name said again on every fragment, as some servers
-    (Fireworks, MiniMax on NVIDIA NIM) do."""
+    piece is ``more_name``'s: one equal to the name so far (Fireworks and MiniMax on
+    NVIDIA NIM say it again on every fragment) adds nothing, any other is joined to it
+    (Gemini streams a name in pieces)."""
     for key, value in fragment.items():
         if key == "name" and isinstance(value, str):
-            if not (fields.get(key) or [""])[0]:
-                fields[key] = [value]
+            had = (fields.get(key) or [""])[-1]
+            fields[key] = [more_name(had if isinstance(had, str) else "", value)]
         elif isinstance(value, str):
             fields.setdefault(key, []).append(value)
         elif value is not None:

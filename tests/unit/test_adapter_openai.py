@@ -1238,6 +1238,32 @@ PARALLEL = {
         calls_chunk(call_frag(0, '{"city":"Paris"}')),
         calls_chunk(call_frag(1, '{"city":"Oslo"}')),
     ],
+    # Poolside (mlx-openai-server before its #216): another id after a call's first
+    # fragment; the SDK would join them (call_acall_a2).
+    "id changed after the first fragment": [
+        calls_chunk(call_frag(0, "", **WEATHER_A)),
+        calls_chunk(call_frag(0, '{"city":', id="call_a2")),
+        calls_chunk(call_frag(0, '"Paris"}', id="call_a2")),
+        calls_chunk(call_frag(1, "", **TIME_B)),
+        calls_chunk(call_frag(1, '{"city":"Oslo"}', id="call_b2")),
+    ],
+    # The same, each call at index 0 (two servers' habits at once).
+    "id changed, at index 0": [
+        calls_chunk(call_frag(0, "", **WEATHER_A)),
+        calls_chunk(call_frag(0, '{"city":', id="call_a2")),
+        calls_chunk(call_frag(0, '"Paris"}', id="call_a2")),
+        calls_chunk(call_frag(0, "", **TIME_B)),
+        calls_chunk(call_frag(0, '{"city":"Oslo"}', id="call_b2")),
+    ],
+    # Gemini's OpenAI endpoint: a name in pieces, some repeating the id.
+    "name in pieces": [
+        calls_chunk(call_frag(0, "", **{**WEATHER_A, "name": "get_"})),
+        calls_chunk(call_frag(0, "", id="call_a", name="weather")),
+        calls_chunk(call_frag(0, '{"city":"Paris"}')),
+        calls_chunk(call_frag(1, "", **{**TIME_B, "name": "get_t"})),
+        calls_chunk(call_frag(1, '{"city":', name="ime")),
+        calls_chunk(call_frag(1, '"Oslo"}')),
+    ],
 }
 
 

@@ -179,6 +179,7 @@ def test_the_first_call_s_later_fragments_go_on_and_the_second_s_do_not() -> Non
     chunks = [
         tool_chunk(frag(0, "", **A)),
         tool_chunk(frag(0, '{"city":')),
+        tool_chunk(frag(0, '"Paris"}')),
         tool_chunk(frag(0, "", **B)),
         tool_chunk(frag(0, "{}")),
         tool_chunk(frag(None, "")),
@@ -186,6 +187,7 @@ def test_the_first_call_s_later_fragments_go_on_and_the_second_s_do_not() -> Non
     assert streamed_function_call(chunks, {}) == [
         (0, {"name": "get_weather", "arguments": ""}),
         (0, {"arguments": '{"city":'}),
+        (0, {"arguments": '"Paris"}'}),
     ]
 
 

@@ -389,3 +389,36 @@ def test_a_name_said_on_every_fragment_is_the_call_s_name_once() -> None:
         "name": "debug_tool",
         "arguments": '{"a":1}',
     }
+
+
+def test_a_name_in_pieces_and_an_id_changed_midway_make_one_call() -> None:
+    """Gemini streams a name in pieces (edit_ex, isting_file); Poolside gives a call
+    another id after its first fragment.  The whole answer has one call, its first id
+    and the pieces joined, as the stream said them; a legacy function_call's name too."""
+    first = {"index": 0, "id": "call_a", "type": "function"}
+    whole = assemble_chunks(
+        [
+            chunk({"tool_calls": [{**first, "function": {"name": "edit_ex", "arguments": ""}}]}),
+            chunk({"tool_calls": [{"index": 0, "function": {"name": "isting_file"}}]}),
+            chunk({"tool_calls": [{"index": 0, "id": "call_b", "function": {"arguments": "{}"}}]}),
+            chunk({}, "tool_calls"),
+        ]
+    )
+    assert whole["choices"][0]["message"]["tool_calls"] == [
+        {
+            "id": "call_a",
+            "type": "function",
+            "function": {"name": "edit_existing_file", "arguments": "{}"},
+        }
+    ]
+    legacy = assemble_chunks(
+        [
+            chunk({"function_call": {"name": "edit_ex", "arguments": ""}}),
+            chunk({"function_call": {"name": "isting_file", "arguments": "{}"}}),
+            chunk({}, "function_call"),
+        ]
+    )
+    assert legacy["choices"][0]["message"]["function_call"] == {
+        "name": "edit_existing_file",
+        "arguments": "{}",
+    }
