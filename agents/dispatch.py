@@ -111,9 +111,9 @@ HANG_S = 30.0
 # request spends before its first call: the hops, the gate, a first candidate's failure).
 HANG_WHOLE_S = 60.0
 WITHDRAWN = "the batch was cancelled before this line was sent"
-# What an adapter's own time limit (httpx's: the connect, each read) is, for a call whose
-# time to begin answering is all the time left: the call's window (below) cuts it at the
-# deadline, which may move later (``Deadline``) than when the call went out.
+# What an adapter's own time limit (httpx's: the connect, each read) is, for a vendor
+# without its own ``timeout_s``: the call's window (below) cuts it at its time to begin or
+# the deadline, which may move later (``Deadline``) than when the call went out.
 OPEN_READ_S = 3600.0
 
 
@@ -249,17 +249,17 @@ def begin_limit(adapter: object, remaining: float, spare: bool) -> float:
     return share if spare and share >= HANG_S else remaining
 
 
-def read_limit(adapter: object, limit: float, remaining: float) -> float:
+def read_limit(adapter: object, remaining: float) -> float:
     """An adapter's own time limit for a call (httpx's, on its connect and each read)
-    whose time to begin answering is ``limit`` of the ``remaining`` seconds: that time
-    when it is the vendor's own ``timeout_s`` or a share of the deadline (each silence in
-    the answer is held to it too); when it is all the time left, none short of the call's
-    window, which cuts it at the deadline, and follows it should it move later (its own
-    ``timeout_s``, should the vendor have one, still holds each silence)."""
+    with ``remaining`` seconds to its deadline: the vendor's own ``timeout_s``, which
+    holds each silence in the answer too; else none short of the call's window, which
+    cuts it at its time to begin (a share of the deadline, or all of it) and follows the
+    deadline should it move later (``Deadline``): a share fixed here would cut the call
+    at the deadline it began with, as a vendor's failure, unbilled."""
     own = getattr(getattr(adapter, "config", None), "timeout_s", None)
     if own is not None:
         return float(own)
-    return limit if limit < remaining else max(remaining, OPEN_READ_S)
+    return max(remaining, OPEN_READ_S)
 
 
 def hung(adapter: object, limit: float, *, streamed: bool) -> bool:
@@ -665,7 +665,7 @@ class Dispatcher:
             # A deadline that moves (``Deadline``: a waiter with a later one joined the
             # call, the latest one left) moves that time with it while the call runs.
             limit = begin_limit(adapter, remaining, spare)
-            own = limit if windowed else read_limit(adapter, limit, remaining)
+            own = limit if windowed else read_limit(adapter, remaining)
             call = VendorCall(model=cand.model, body=env.body, api_key=key, timeout_s=own)
             started = time.perf_counter()
             shared = None

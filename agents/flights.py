@@ -114,9 +114,9 @@ class Flight:
         waiters that wait for it (its leader's when none does), reckoned as they join
         and as the one whose deadline it is leaves.  A follower that joins with a later
         one gives the call that much more time, and the leader has its 504 at its own
-        (the handler's job); one that leaves takes its time away.  (One lost meanwhile
-        or given up on by its gateway counts until then: its deadline past, or no later
-        than a lone leader's call would have run.)"""
+        (the handler's job); one that leaves, or is lost, or the leader answered 504,
+        takes its time away (``Flights.reckon``).  (One given up on by its gateway
+        meanwhile counts until then: its deadline is past.)"""
         return (self.latest_ms or self.waiters[0].envelope.deadline_ms) / 1000
 
     def degraded_for(self, env: RequestEnvelope) -> str | None:
@@ -204,19 +204,25 @@ class Flights:
             return None
         flight, waiter = found
         waiter.gone = waiter.lost = True
-        if not any(w.waits for w in flight.waiters):
-            return flight
-        if waiter.envelope.deadline_ms >= flight.latest_ms:  # its deadline was the call's
-            staying = (w.envelope.deadline_ms for w in flight.waiters if w.waits)
-            flight.latest_ms = max(staying, default=0)
+        return None if self.reckon(flight) else flight
+
+    def reckon(self, flight: Flight) -> bool:
+        """A waiter of ``flight`` stopped reading it (left, lost, answered 504 while the
+        call goes on): the call's deadline is the latest of those that still wait (the
+        leader's when none does, as a lone leader's call would run), its call told when
+        that moved.  Whether anybody still waits (else the caller stops the call)."""
+        staying = [w.envelope.deadline_ms for w in flight.waiters if w.waits]
+        latest = max(staying, default=flight.waiters[0].envelope.deadline_ms)
+        if latest != flight.latest_ms:
+            flight.latest_ms = latest
             if flight.moved is not None:
                 flight.moved()
-        return None
+        return bool(staying)
 
-    def waiter(self, correlation_id: str) -> Waiter | None:
-        """Who waits on a flight under way as ``correlation_id``, if anyone does."""
-        found = self._by_id.get(correlation_id)
-        return None if found is None else found[1]
+    def waiter(self, correlation_id: str) -> tuple[Flight, Waiter] | None:
+        """Who waits on a flight under way as ``correlation_id``, and on which, if
+        anyone does."""
+        return self._by_id.get(correlation_id)
 
     def left_before(self, env: RequestEnvelope) -> bool:
         """Whether the client of ``env`` went away before it joined a flight (its

@@ -283,8 +283,24 @@ class RequestHandler:
             self._spawn(self._fail(left.envelope, closed, coalesced=left.coalesced, reply=False))
             return
         flight = self.flights.leave(notice.correlation_id, notice.tenant)
-        if flight is None or flight.call is None or flight.call.done():
-            return  # others still wait, or the call is over (its answer is landing)
+        if flight is not None:  # (else others still wait)
+            self._stop(flight)
+
+    def _unread(self, flight: Flight) -> None:
+        """A waiter of ``flight`` stopped reading it (a chunk did not reach it, or, its
+        leader, it was answered 504 at its own deadline): the call runs to the latest
+        deadline of those still reading (``Flights.reckon``), and is stopped when none is
+        left, as when every client went away."""
+        if not self.flights.reckon(flight):
+            self._stop(flight)
+
+    def _stop(self, flight: Flight) -> None:
+        """Nobody reads ``flight``'s call any more: a stream's is stopped, and the flight
+        closed first, so that an identical request arriving now starts a call of its own
+        rather than join one that will not answer.  A plain call (on its leader's own
+        task) ends at its leader's deadline, which is the call's now (``reckon``)."""
+        if flight.call is None or flight.call.done():
+            return  # a plain call, or the call is over (its answer is landing)
         self.flights.land(flight)
         flight.call.cancel()
 
@@ -787,6 +803,7 @@ class RequestHandler:
             "requests with later deadlines)"
         )
         self._spawn(self._tell(w, w.broken))
+        self._unread(flight)  # (a follower that has stopped reading meanwhile keeps nothing)
 
     async def _tell(self, w: Waiter, err: RelayError) -> None:
         """Tell ``w`` its answer failed with ``err`` (after any chunk being sent to it);
@@ -852,7 +869,7 @@ class RequestHandler:
                     ),
                 )
             except Exception as exc:
-                self._lose(w, exc)
+                self._lose(flight, w, exc)
 
     def reply_lost(self, event: ReplyEvent, exc: BaseException) -> None:
         """A chunk the broker refused after taking it (the sink hears so after ``reply``
@@ -862,10 +879,10 @@ class RequestHandler:
         the stream itself (its line, written, says ok: the failure came too late)."""
         if event.kind != "chunk" or event.body is None:
             return  # a final's failure the sink reports itself; a notice's changes nothing
-        if (w := self.flights.waiter(event.correlation_id)) is not None:
-            self._lose(w, exc)
+        if (found := self.flights.waiter(event.correlation_id)) is not None:
+            self._lose(*found, exc)
 
-    def _lose(self, w: Waiter, exc: BaseException) -> None:
+    def _lose(self, flight: Flight, w: Waiter, exc: BaseException) -> None:
         """A chunk of its stream did not reach ``w``: it is sent nothing more, and told
         why on a fresh send (a small error goes where a large chunk would not; after a
         send the broker did not take in time, it may go once the broker is back) rather
@@ -879,6 +896,7 @@ class RequestHandler:
         w.lost = True
         w.broken = answer_lost(exc)
         self._spawn(self._fail(w.envelope, w.broken, coalesced=not w.leader, meter=False))
+        self._unread(flight)  # (its deadline no longer keeps the call going)
 
     async def _land(self, flight: Flight, out: Outcome, *, stored: bool = False) -> None:
         """Answer the flight's waiters not answered yet, all at once (one whose reply

@@ -16,7 +16,7 @@ from agents.dispatch import Dispatcher, Outcome
 from agents.keys import KeyPool
 from schemas.config import Candidate
 from schemas.envelope import HealthEvent
-from schemas.errors import VendorAuthFailed, VendorRateLimited
+from schemas.errors import VendorAuthFailed, VendorRateLimited, VendorUnavailable
 from schemas.usage import Usage
 from tables.health import BreakerPolicy, Health, record
 from tests.support.envelopes import request_envelope
@@ -1060,6 +1060,54 @@ async def test_a_call_follows_its_deadline_when_it_moves_later():
     assert out.error is None and out.candidate == CAND
     assert vendor.limits[0] > 30, "the adapter's own limit leaves the cut to the deadline"
     assert [e.ok for e in seen] == [True]
+
+
+class HeldToItsLimit(Held):
+    """``Held``, but its own time limit (httpx's read timeout) cuts the call as an
+    adapter's would: a vendor failure."""
+
+    async def chat(self, call: Any) -> VendorResult:
+        self.limits.append(call.timeout_s)
+        self.called.set()
+        try:
+            await asyncio.wait_for(self.go_on.wait(), min(call.timeout_s, 10))
+        except TimeoutError:
+            raise VendorUnavailable("vendor timed out") from None
+        return VendorResult({"choices": []}, Usage(input_tokens=1))
+
+
+async def test_a_share_of_the_deadline_follows_it_when_it_moves_later(monkeypatch):
+    """A spare candidate leaves the first a share of the deadline to begin answering: the
+    adapter's own limit is not that share, fixed when the call went out, but the call's
+    window, which follows the deadline should a later waiter move it, so the vendor
+    answering inside the moved share is not cut as a failure (unbilled, its breaker
+    charged)."""
+    from agents import dispatch as dispatch_module
+    from agents.dispatch import Deadline
+
+    monkeypatch.setattr(dispatch_module, "HANG_S", 0.1)  # (a 1 s deadline gets a share)
+    a, b, seen = HeldToItsLimit(), Held(), list[HealthEvent]()
+    b.go_on.set()
+
+    async def on_health(ev: HealthEvent) -> None:
+        seen.append(ev)
+
+    pools = {"a": KeyPool(["k"]), "b": KeyPool(["k"])}
+    run_on = Dispatcher({"a": a, "b": b}, pools, on_health)
+    env = within(1.0)
+    until = [env.deadline_ms / 1000]
+    deadline = Deadline(lambda: until[0])
+    spare = Candidate(vendor="b", model="y", input_per_1m=1)
+    run = asyncio.ensure_future(run_on.run(env, [CAND, spare], None, deadline=deadline))
+    await a.called.wait()
+    until[0] = time.time() + 30  # a follower with a later one joined
+    deadline.moved()
+    # a answers past the share it began with (0.75 s), well inside the moved one.
+    asyncio.get_running_loop().call_later(1.0, a.go_on.set)
+    out = await run
+    assert a.limits[0] > 30, "the adapter's own limit leaves the cut to the call's window"
+    assert out.error is None and out.candidate == CAND and b.limits == []
+    assert [(e.vendor, e.ok) for e in seen] == [("a", True)]
 
 
 async def test_a_call_is_cut_when_its_deadline_moves_earlier():

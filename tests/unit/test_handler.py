@@ -2019,6 +2019,68 @@ async def test_a_call_stops_when_its_follower_leaves_and_its_leader_s_deadline_h
     assert lines[patient.trace_id].cost == 0 and len(handler.flights) == 0
 
 
+async def test_a_follower_whose_stream_was_lost_takes_its_later_deadline_off_the_call():
+    """A streaming follower with a later deadline is lost (the broker refused a chunk to
+    it): it reads the call no more, so the call ends at its leader's deadline, as the
+    leader's own would have, rather than run on for nobody to the lost one's."""
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    calls: list[str] = []
+    go_on = asyncio.Event()  # never set: the vendor holds the stream after 3 chunks
+    handler, sink = make(held(calls, go_on))
+    hasty = envelope(stream=True, key="lost-later", deadline_ms=in_(0.3))
+    patient = envelope(stream=True, key="lost-later", deadline_ms=in_(30))
+    keep = sink.reply
+
+    async def refused_later(topic: str, event: ReplyEvent) -> None:
+        await keep(topic, event)
+        if event.correlation_id == patient.correlation_id and event.kind == "chunk":
+            refused = MessageSizeTooLargeError("RecordTooLarge")
+            asyncio.get_running_loop().call_soon(handler.reply_lost, event, refused)
+
+    sink.reply = refused_later  # type: ignore[method-assign]
+    done = asyncio.gather(handler.handle(hasty), handler.handle(patient))
+    await asyncio.wait_for(done, 5)  # (a hang guard: the call ends at 0.3 s)
+    await asyncio.gather(*handler.spawned)
+    assert calls == ["a"]
+    lines = {line.trace_id: line for line in sink.ledger}
+    assert len(sink.ledger) == 2
+    lead, lost = lines[hasty.trace_id], lines[patient.trace_id]
+    assert (lead.error_code, lead.vendor) == ("deadline_exceeded", "a")
+    assert lost.error_code == "internal_error" and lost.cost == 0
+    assert len(handler.flights) == 0
+
+
+async def test_a_plain_leader_s_call_stops_when_its_last_follower_leaves_past_its_deadline():
+    """A plain leader was answered 504 at its own deadline while its call ran on for a
+    streaming follower, who then leaves: nobody reads the call (which runs on the
+    leader's own task, no stream's to stop), so it ends now, at the leader's deadline,
+    not at the deadline of the follower who left."""
+    calls: list[str] = []
+    go_on = asyncio.Event()  # never set: the vendor holds the call
+    handler, sink = make(held(calls, go_on))
+    hasty = envelope(key="plain-left", deadline_ms=in_(0.2))
+    patient = envelope(stream=True, key="plain-left", deadline_ms=in_(30))
+    told = when_told(sink, hasty)
+
+    async def leaves() -> None:
+        await told.wait()
+        handler.cancel(patient.cancel_notice())
+
+    done = asyncio.gather(handler.handle(hasty), handler.handle(patient), leaves())
+    await asyncio.wait_for(done, 5)  # (a hang guard: the call stops once the follower left)
+    await asyncio.gather(*handler.spawned)
+    assert calls == ["a"]
+    lines = {line.trace_id: line for line in sink.ledger}
+    assert len(sink.ledger) == 2
+    assert (lines[hasty.trace_id].error_code, lines[hasty.trace_id].vendor) == (
+        "deadline_exceeded",
+        "a",
+    )
+    assert lines[patient.trace_id].error_code == "client_closed"
+    assert len(handler.flights) == 0
+
+
 async def test_a_leader_that_leaves_takes_its_later_deadline_off_the_call():
     """A streaming leader with a long deadline leaves; the follower still reading has a
     shorter one: the call now runs to the follower's deadline, not the leader's, and the
