@@ -11,9 +11,11 @@ answers only what the dead one had not (each answer is noted in the journal as i
 vendor batch whose every request was cancelled (their Batch API batches were cancelled,
 or expired) is cancelled at the vendor, and what it had not run is answered
 ``batch_cancelled`` (``batch_expired``); what it had run is delivered and metered.  A
-vendor batch refused as it was sent leaves its requests to go on the realtime way; one
-that may have been made though its create call failed (``BatchVendor``) fails them
-instead, never sent again, and its vendor is left alone for ``REFUSED_S``.
+request the vendor cannot take in a batch (``CallsRefused``) goes on alone the realtime
+way, and the batch goes out without it.  A vendor batch refused as it was sent leaves
+its requests to go on the realtime way; one that may have been made though its create
+call failed (``BatchVendor``) fails them instead, never sent again, and its vendor is
+left alone for ``REFUSED_S``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from agents.adapters.base import BatchCleaner, BatchVendor, VendorCall, VendorResult
+from agents.adapters.base import (
+    BatchCleaner,
+    BatchVendor,
+    CallsRefused,
+    VendorCall,
+    VendorResult,
+)
 from agents.adapters.http import scrubbed
 from agents.keys import KeyPool
 from schemas.config import BatchLane as LaneRule
@@ -118,13 +126,18 @@ def _scrub(got: Any, key: str) -> Any:
     return scrubbed(got, key) if isinstance(got, RelayError) else got
 
 
-def _failure(exc: Exception) -> RelayError:
+def _failure(exc: Exception, *, alone: bool = False) -> RelayError:
+    """What a request hears of its vendor batch's failure (``alone``: of its own refusal,
+    left out of the batch)."""
     if isinstance(exc, VendorBadRequest | BadRequest):
-        # Refused or failed as a whole (too large, one bad line, a request the adapter
-        # could not put to the vendor, the vendor's queued-token limit): one tenant's
-        # request must not fail the others, nor switch the lane off.  Each goes on
-        # alone, the realtime way, where only a bad one is refused.
-        return VendorUnsupported(f"the vendor batch failed as a whole: {exc}")
+        # Refused or failed as a whole (too large, one bad line, the vendor's
+        # queued-token limit), or a request the adapter could not put to the vendor: one
+        # tenant's request must not fail the others, nor switch the lane off.  Each goes
+        # on alone, the realtime way, where only a bad one is refused.
+        what = (
+            "the vendor batch could not take it" if alone else "the vendor batch failed as a whole"
+        )
+        return VendorUnsupported(f"{what}: {exc}")
     if isinstance(exc, RelayError):
         return exc
     return VendorUnavailable(f"the batch could not be read back ({type(exc).__name__})")
@@ -242,23 +255,10 @@ class BatchLane:
         adapter = self.adapters[cand.vendor]
         assert isinstance(adapter, BatchVendor)
         index, key = self.pools[cand.vendor].pick()
-        calls = [
-            (vendor_id, VendorCall(model=cand.model, body=env.body, api_key=key))
-            for vendor_id, (env, _) in zip(_ids(items), items, strict=True)
-        ]
-        try:
-            batch_id = await adapter.submit_batch(calls, key)
-        except Exception as exc:
-            exc = _scrub(exc, key)
-            log.warning("batch to %s/%s not submitted: %s", cand.vendor, cand.model, exc)
-            failure = _failure(exc)
-            # No batch API there, or one whose create calls fail without an answer (the
-            # batch may run all the same: its requests are not sent again, and fail):
-            # background requests go the realtime way for a while.
-            if isinstance(exc, VendorNotFound | VendorAnswerUnreadable):
-                self._refused[cand.vendor] = time.monotonic() + REFUSED_S
-            await self._deliver_all(items, dict.fromkeys(_ids(items), failure))
+        sent = await self._submit(adapter, items, key)
+        if sent is None:
             return
+        batch_id, items = sent
         self.batches_sent += 1
         entry = VendorBatch(
             id=batch_id,
@@ -275,6 +275,67 @@ class BatchLane:
             # lease is this worker's and must be kept, or another would adopt it too.
             leased = await self._still_mine(entry.id)
         await self._follow(entry, key, leased=leased)
+
+    async def _submit(
+        self, adapter: BatchVendor, items: list[_Request], key: str
+    ) -> tuple[str, list[_Request]] | None:
+        """Send ``items`` as one vendor batch: its id and the requests it holds, or None
+        when none went out (each request answered why).  A request the vendor cannot
+        take (``CallsRefused``) is answered its own refusal, to go on alone the realtime
+        way, and the batch goes out without it: one request must not cost the others
+        the discount."""
+        while True:
+            calls = [
+                (vendor_id, VendorCall(model=items[0][1].model, body=env.body, api_key=key))
+                for vendor_id, (env, _) in zip(_ids(items), items, strict=True)
+            ]
+            try:
+                return await adapter.submit_batch(calls, key), items
+            except CallsRefused as exc:
+                refusal = exc
+            except Exception as exc:
+                await self._not_submitted(items, exc, key)
+                return None
+            if not refusal.refused.keys() & set(_ids(items)):  # (an adapter's bug)
+                await self._not_submitted(items, refusal, key)
+                return None
+            if not (items := await self._left_out(items, refusal, key)):
+                return None
+
+    async def _left_out(
+        self, items: list[_Request], refusal: CallsRefused, key: str
+    ) -> list[_Request]:
+        """Answer the requests the vendor cannot take in a batch, each its own refusal
+        (to go on alone, the realtime way); the others."""
+        ids = _ids(items)
+        out = [item for i, item in zip(ids, items, strict=True) if i in refusal.refused]
+        why = [
+            _failure(_scrub(refusal.refused[i], key), alone=True)
+            for i in ids
+            if i in refusal.refused
+        ]
+        cand = items[0][1]
+        log.warning(
+            "%d requests left out of a batch to %s/%s: %s",
+            len(out),
+            cand.vendor,
+            cand.model,
+            why[0],
+        )
+        await self._deliver_all(out, dict(zip(_ids(out), why, strict=True)))
+        return [item for i, item in zip(ids, items, strict=True) if i not in refusal.refused]
+
+    async def _not_submitted(self, items: list[_Request], exc: Exception, key: str) -> None:
+        """Answer the requests of a vendor batch that did not go out, or may have."""
+        cand = items[0][1]
+        exc = _scrub(exc, key)
+        log.warning("batch to %s/%s not submitted: %s", cand.vendor, cand.model, exc)
+        # No batch API there, or one whose create calls fail without an answer (the batch
+        # may run all the same: its requests are not sent again, and fail): background
+        # requests go the realtime way for a while.
+        if isinstance(exc, VendorNotFound | VendorAnswerUnreadable):
+            self._refused[cand.vendor] = time.monotonic() + REFUSED_S
+        await self._deliver_all(items, dict.fromkeys(_ids(items), _failure(exc)))
 
     async def _follow(self, batch: VendorBatch, key: str, *, leased: bool) -> None:
         """Poll a vendor batch to its end and deliver its answers; a ``leased`` one (in

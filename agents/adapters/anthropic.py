@@ -13,9 +13,10 @@ from typing import Any
 
 import httpx
 
-from agents.adapters.base import StreamItem, VendorCall, VendorResult
+from agents.adapters.base import StreamItem, VendorCall, VendorResult, batch_lines
 from agents.adapters.http import (
     batch_result,
+    in_doubt,
     json_body,
     jsonl_objects,
     open_stream,
@@ -186,15 +187,14 @@ class AnthropicAdapter:
         """Start a message batch; returns its id.
 
         Creating one is not idempotent, and a message batch carries nothing of the
-        relay's to find it by afterwards: a create call that fails without a clear
-        answer (the connection dropped, it timed out, a 5xx, a 200 nobody can read) may
-        have made the batch all the same, to run and bill, so it is
-        ``VendorAnswerUnreadable`` and its requests are never sent again.  A refusal (a
-        4xx) stands as it is."""
-        requests = [
-            {"custom_id": cid, "params": openai_request_to_messages(c.body, c.model)}
-            for cid, c in calls
-        ]
+        relay's to find it by afterwards: a create call that went out and failed without
+        a clear answer (the connection dropped, it timed out, a 5xx, a 200 nobody can
+        read) may have made the batch all the same, to run and bill, so it is
+        ``VendorAnswerUnreadable`` and its requests are never sent again.  A call that
+        never went out (no connection), and a refusal (a 4xx, a 429, a 503 or 529
+        overloaded), stand as they are.  Calls Anthropic cannot take (a stop sequence of
+        whitespace alone) are ``CallsRefused`` before anything is sent."""
+        requests = batch_lines(calls, _batch_request)
         # The lane batches requests asking the same betas together: one header for all.
         asked = calls[0][1].body if calls else None
         try:
@@ -212,7 +212,9 @@ class AnthropicAdapter:
                 raise VendorUnavailable(
                     "anthropic: the batch was created with an answer without its id"
                 )
-        except VendorUnavailable as err:  # (a timeout, a dropped connection, a 5xx)
+        except VendorUnavailable as err:
+            if not in_doubt(err):  # (not sent, or turned away: overloaded)
+                raise
             raise VendorAnswerUnreadable(
                 f"anthropic: the message batch's create call failed ({err.message}), and "
                 "Anthropic may have made it all the same: the vendor may run it, so its "
@@ -268,6 +270,11 @@ class AnthropicAdapter:
             timeout=timeout_s,
             **kwargs,
         )
+
+
+def _batch_request(custom_id: str, call: VendorCall) -> dict[str, Any]:
+    """One request of a message batch."""
+    return {"custom_id": custom_id, "params": openai_request_to_messages(call.body, call.model)}
 
 
 def _batch_entry(entry: dict[str, Any]) -> VendorResult | Exception:

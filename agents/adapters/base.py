@@ -8,10 +8,11 @@ Each adapter converts to and from its vendor's wire format and raises only error
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from schemas.errors import BadRequest, RelayError
 from schemas.usage import Usage
 
 
@@ -71,8 +72,10 @@ class BatchVendor(Protocol):
     ``submit_batch`` returns the new batch's id.  What it raises says whether the batch
     may exist: any error but ``VendorAnswerUnreadable`` means it was not made (its calls
     may go on the realtime way); ``VendorAnswerUnreadable`` means it may have been (the
-    create call failed without a clear answer, and no look-up settled it), and may run
-    and bill, so its calls are never sent again."""
+    create call went out and failed without a clear answer, and no look-up settled it),
+    and may run and bill, so its calls are never sent again.  ``CallsRefused``, raised
+    before anything goes out, names the calls this vendor cannot take (each with its own
+    refusal): the others may be submitted again without them."""
 
     async def submit_batch(self, calls: list[tuple[str, VendorCall]], api_key: str) -> str: ...
 
@@ -81,6 +84,43 @@ class BatchVendor(Protocol):
     ) -> dict[str, VendorResult | Exception] | None: ...
 
     async def cancel_batch(self, batch_id: str, api_key: str) -> None: ...
+
+
+class CallsRefused(Exception):
+    """Some calls of a batch cannot go to this vendor (a stop sequence it does not take,
+    a body it cannot translate): each one's refusal, by its id in the batch.  Nothing was
+    sent; one request the vendor cannot take must not keep the others from its batch."""
+
+    def __init__(self, refused: dict[str, RelayError]) -> None:
+        super().__init__(f"{len(refused)} calls cannot go in the vendor batch")
+        self.refused = refused
+
+
+Line = TypeVar("Line")
+# What translating a body of the wrong shape raises (a number where a list belongs).
+_SHAPE_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError)
+
+
+def batch_lines(
+    calls: list[tuple[str, VendorCall]], line: Callable[[str, VendorCall], Line]
+) -> list[Line]:
+    """Each call as its batch line (``line``), or ``CallsRefused`` naming every call
+    that cannot be one, so that the rest go out in one batch on the next try."""
+    lines: list[Line] = []
+    refused: dict[str, RelayError] = {}
+    for cid, call in calls:
+        try:
+            lines.append(line(cid, call))
+        except RelayError as err:
+            refused[cid] = err
+        except _SHAPE_ERRORS as exc:
+            refused[cid] = BadRequest(
+                f"the request could not be put to the vendor ({type(exc).__name__}); "
+                "check its fields' types"
+            )
+    if refused:
+        raise CallsRefused(refused)
+    return lines
 
 
 @runtime_checkable

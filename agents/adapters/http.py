@@ -47,8 +47,21 @@ CONNECT_TIMEOUT_S = 5.0  # a vendor host that does not accept a connection by th
 
 
 # Whether the current call has gone out to the vendor yet: an error of shape before it did
-# (a body the adapter could not translate) is the request's, after it the answer's.
+# (a body the adapter could not translate) is the request's, after it the answer's.  Set
+# as the call is sent, and back to False when it failed without going out (``_unsent``).
 SENT: ContextVar[bool] = ContextVar("relay_vendor_request_sent", default=False)
+# The transport failures that leave nothing sent: no connection was made (refused, a name
+# that does not resolve, a TLS handshake that failed, a connect that timed out), or none
+# came free in the pool.  httpx-aiohttp maps aiohttp's failures onto httpx's loosely (a
+# connection dropped after the request went out comes as a ConnectTimeout), so aiohttp's
+# own failure, when there is one, is the one that says.
+_UNSENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
+)
 
 
 class _NoCookies(CookieJar):
@@ -117,6 +130,8 @@ async def send(
     try:
         resp = await client.request(method, url, **_timed(kwargs))
     except _TRANSPORT_ERRORS as exc:
+        if _unsent(exc):
+            SENT.set(False)
         raise transport_error(exc, vendor) from None
     if resp.status_code >= 400:
         raise status_error(resp, vendor)
@@ -185,7 +200,26 @@ async def open_stream(
                 raise status_error(resp, vendor)
             yield resp
     except _TRANSPORT_ERRORS as exc:
+        if _unsent(exc):
+            SENT.set(False)
         raise transport_error(exc, vendor) from None
+
+
+def _unsent(exc: Exception) -> bool:
+    """Whether a transport failure shows the request never went out (``_UNSENT``)."""
+    cause = exc.__cause__
+    return isinstance(cause if isinstance(cause, aiohttp.ClientError) else exc, _UNSENT)
+
+
+def in_doubt(err: RelayError) -> bool:
+    """Whether the call that just failed with ``err`` (read before another is sent) may
+    have been carried out at the vendor all the same: it went out, and no clear answer
+    came back (a timeout, a dropped connection, a 5xx, a 200 nobody can read).  A call
+    that never went out, and one the vendor refused in so many words (a 4xx, a 429, a
+    503 or 529 overloaded: busy, it turned the call away), did nothing."""
+    if not SENT.get() or isinstance(err, VendorOverloaded):
+        return False
+    return isinstance(err, VendorUnavailable)
 
 
 async def lines(resp: httpx.Response) -> AsyncIterator[str]:

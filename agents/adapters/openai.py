@@ -20,10 +20,11 @@ from typing import Any
 
 import httpx
 
-from agents.adapters.base import StreamItem, VendorCall, VendorResult
+from agents.adapters.base import StreamItem, VendorCall, VendorResult, batch_lines
 from agents.adapters.http import (
     batch_result,
     classified,
+    in_doubt,
     json_body,
     jsonl_objects,
     open_stream,
@@ -198,20 +199,20 @@ class OpenAIAdapter:
     async def submit_batch(self, calls: list[tuple[str, VendorCall]], api_key: str) -> str:
         """Upload the calls as a JSONL file and start a 24-hour batch; returns its id.
 
-        Creating a batch is not idempotent, and a create call that fails without a clear
-        answer (the connection dropped, it timed out, a 5xx, a 200 nobody can read) may
-        have created the batch all the same, to run and bill.  So the batch is tagged
-        with a nonce of its own (``metadata``), and such a failure is settled by looking
-        for it in the account's latest batches (``_created``): found, it is the batch
-        (followed as if the create had answered); shown absent, the failure stands (its
-        requests may go on the realtime way), and its input file is deleted (a create
-        still on its way then finds no file); when the look cannot say,
-        ``VendorAnswerUnreadable``: never sent again.  A refusal (a 4xx) stands as it is.
+        Creating a batch is not idempotent, and a create call that went out and failed
+        without a clear answer (the connection dropped, it timed out, a 5xx, a 200
+        nobody can read) may have created the batch all the same, to run and bill.  So
+        the batch is tagged with a nonce of its own (``metadata``), and such a failure is
+        settled by looking for it in the account's latest batches (``_created``): found,
+        it is the batch (followed as if the create had answered); shown absent, the
+        failure stands (its requests may go on the realtime way), and its input file is
+        deleted (a create still on its way then finds no file); when the look cannot
+        say, ``VendorAnswerUnreadable``: never sent again.  A create call that never went
+        out (no connection), and a refusal (a 4xx, a 429, a 503 overloaded), stand as
+        they are, and the input file goes.  Calls this vendor cannot take (more stop
+        sequences than it allows) are ``CallsRefused`` before anything is sent.
         """
-        lines = [
-            {"custom_id": cid, "method": "POST", "url": self.batch_endpoint, "body": self._body(c)}
-            for cid, c in calls
-        ]
+        lines = batch_lines(calls, self._batch_line)
         jsonl = "".join(json.dumps(line) + "\n" for line in lines).encode()
         upload = await self._request(
             "POST",
@@ -235,11 +236,11 @@ class OpenAIAdapter:
                 },
             )
             return _batch_id(json_body(batch, self.kind), self.kind)
-        except VendorUnavailable as err:  # (a timeout, a dropped connection, a 5xx)
+        except RelayError as err:
+            if not in_doubt(err):  # not sent, or refused: no batch was made
+                await self._drop_file(file_id, api_key)
+                raise
             failure = err
-        except RelayError:  # refused: no batch was made
-            await self._drop_file(file_id, api_key)
-            raise
         for wait in self.lookup_waits_s:
             await asyncio.sleep(wait)  # a create still on its way at the vendor lands
             found = await self._created(nonce, file_id, asked_at, api_key, failure)
@@ -291,6 +292,11 @@ class OpenAIAdapter:
         for field in ("input_file_id", "output_file_id", "error_file_id"):
             if isinstance(file_id := batch.get(field), str) and file_id:
                 await self._request("DELETE", self.url(f"files/{file_id}"), api_key)
+
+    def _batch_line(self, custom_id: str, call: VendorCall) -> dict[str, Any]:
+        """One line of a batch's input file."""
+        body = self._body(call)
+        return {"custom_id": custom_id, "method": "POST", "url": self.batch_endpoint, "body": body}
 
     async def _created(
         self, nonce: str, file_id: str, asked_at: float, api_key: str, failure: RelayError

@@ -6,10 +6,12 @@ import asyncio
 import json
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 
 from agents.adapters import AnthropicAdapter, VendorCall, VendorResult
+from agents.adapters.base import CallsRefused
 from schemas.config import VendorConfig
 from schemas.errors import (
     BadRequest,
@@ -461,19 +463,30 @@ async def test_submit_batch_sends_translated_params():
     }
 
 
+def _dropped_after_sending() -> httpx.ConnectTimeout:
+    """What httpx-aiohttp raises for a connection the vendor closed after the request went
+    out: a ConnectTimeout, from aiohttp's ServerDisconnectedError."""
+    try:
+        raise httpx.ConnectTimeout("Server disconnected") from aiohttp.ServerDisconnectedError()
+    except httpx.ConnectTimeout as exc:
+        return exc
+
+
 @pytest.mark.parametrize(
     "lost",
     [
         httpx.ReadTimeout("timed out"),
+        httpx.RemoteProtocolError("Server disconnected"),
+        _dropped_after_sending(),
         httpx.Response(500, json={"type": "error", "error": {"type": "api_error"}}),
-        httpx.Response(529, json={"type": "error", "error": {"type": "overloaded_error"}}),
+        httpx.Response(502, text="Bad Gateway"),
         httpx.Response(200, json={"type": "message_batch"}),  # no id
     ],
 )
 async def test_a_batch_create_call_that_failed_unclearly_fails_its_requests_for_good(lost):
-    """A message batch carries nothing to find it by: one whose create call failed
-    without a clear answer may have been made (to run and bill), so its requests are
-    never sent again."""
+    """A message batch carries nothing to find it by: one whose create call went out and
+    failed without a clear answer may have been made (to run and bill), so its requests
+    are never sent again."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         if isinstance(lost, Exception):
@@ -483,6 +496,60 @@ async def test_a_batch_create_call_that_failed_unclearly_fails_its_requests_for_
     with pytest.raises(VendorAnswerUnreadable) as caught:
         await adapter_for(handler).submit_batch([("a", call())], KEY)
     assert not caught.value.retryable and "not sent again" in caught.value.message
+
+
+def _connect_timed_out() -> httpx.ConnectTimeout:
+    """httpx-aiohttp's ConnectTimeout for a connect that timed out (nothing went out)."""
+    try:
+        raise httpx.ConnectTimeout("Connection timeout") from aiohttp.ConnectionTimeoutError()
+    except httpx.ConnectTimeout as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        (httpx.ConnectError("Connection refused"), VendorUnavailable),
+        (httpx.ConnectError("Name or service not known"), VendorUnavailable),
+        (httpx.ConnectTimeout("timed out"), VendorUnavailable),
+        (_connect_timed_out(), VendorUnavailable),
+        (
+            httpx.Response(529, json={"type": "error", "error": {"type": "overloaded_error"}}),
+            VendorOverloaded,
+        ),
+        (httpx.Response(503, text="Service Unavailable"), VendorOverloaded),
+        (
+            httpx.Response(429, json={"type": "error", "error": {"type": "rate_limit_error"}}),
+            VendorRateLimited,
+        ),
+    ],
+    ids=["refused", "dns", "connect-timeout", "aiohttp-connect-timeout", "529", "503", "429"],
+)
+async def test_a_batch_create_call_that_never_went_out_or_was_turned_away_stands(failure, error):
+    """No connection (nothing was sent), or the vendor busy or limiting (it turned the
+    call away): no batch was made, so the failure stands as it is, retryable, and the
+    batch's requests go on the realtime way."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if isinstance(failure, Exception):
+            raise failure
+        return failure
+
+    with pytest.raises(error) as caught:
+        await adapter_for(handler).submit_batch([("a", call())], KEY)
+    assert caught.value.retryable and not isinstance(caught.value, VendorAnswerUnreadable)
+
+
+async def test_a_batch_leaves_out_only_the_requests_anthropic_cannot_take():
+    """A stop sequence of whitespace alone is that request's refusal, named before
+    anything is sent, so the lane can send the others in the batch without it."""
+    seen, handler = recorder()
+    newline = call({**BODY, "stop": ["\n"]})
+    with pytest.raises(CallsRefused) as caught:
+        await adapter_for(handler).submit_batch([("a", call()), ("b", newline)], KEY)
+    [(cid, refusal)] = caught.value.refused.items()
+    assert cid == "b" and isinstance(refusal, VendorUnsupported) and refusal.retryable
+    assert seen == []
 
 
 async def test_a_refused_batch_create_stands():

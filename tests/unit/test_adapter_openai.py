@@ -24,6 +24,7 @@ from agents.adapters import (
     VendorResult,
     make_adapter,
 )
+from agents.adapters.base import CallsRefused
 from schemas.config import VendorConfig
 from schemas.errors import (
     ContentFiltered,
@@ -627,6 +628,40 @@ async def test_a_refused_batch_create_stands_and_its_input_file_goes(status, err
         await looking_adapter(account).submit_batch([("r0", call())], KEY)
     assert not account.asked("GET", "/batches")
     assert len(account.asked("DELETE", "/files/file-in")) == 1
+
+
+@pytest.mark.parametrize(
+    ("create", "error"),
+    [
+        (httpx.ConnectError("Connection refused"), VendorUnavailable),
+        (httpx.ConnectTimeout("timed out"), VendorUnavailable),
+        (httpx.Response(503, json={"error": {"message": "overloaded"}}), VendorOverloaded),
+    ],
+    ids=["refused", "connect-timeout", "503"],
+)
+async def test_a_batch_create_call_that_never_went_out_or_was_turned_away_stands(create, error):
+    """No connection to the create call (nothing was sent), or the vendor turning it
+    away busy: no batch was made, so no look, the failure as it was (retryable: its
+    requests go on the realtime way), and no file left behind."""
+    account = Account(create, made=False)
+    with pytest.raises(error) as caught:
+        await looking_adapter(account).submit_batch([("r0", call())], KEY)
+    assert caught.value.retryable and not isinstance(caught.value, VendorAnswerUnreadable)
+    assert not account.asked("GET", "/batches")
+    assert len(account.asked("DELETE", "/files/file-in")) == 1
+
+
+async def test_a_batch_leaves_out_only_the_requests_the_vendor_cannot_take():
+    """More stop sequences than OpenAI takes is that request's refusal, named before
+    anything is uploaded, so the lane can send the others in the batch without it."""
+    account = Account(httpx.Response(200, json={"id": "batch_1"}), made=False)
+    many = call({"messages": MESSAGES, "stop": ["a", "b", "c", "d", "e"]})
+    openai = adapter_for(account, "https://api.openai.com/v1")  # (others take more)
+    with pytest.raises(CallsRefused) as caught:
+        await openai.submit_batch([("r0", call()), ("r1", many)], KEY)
+    [(cid, refusal)] = caught.value.refused.items()
+    assert cid == "r1" and isinstance(refusal, VendorUnsupported) and refusal.retryable
+    assert account.seen == []
 
 
 def batch_handler(status: str, **batch):

@@ -13,7 +13,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agents import batch_lane
-from agents.adapters.base import VendorCall, VendorResult
+from agents.adapters.base import CallsRefused, VendorCall, VendorResult
 from agents.batch_lane import BatchLane
 from agents.keys import KeyPool
 from schemas.config import BatchLane as LaneRule
@@ -338,8 +338,8 @@ async def test_a_vendor_batch_whose_every_request_s_batch_expired_is_cancelled_a
 
 
 class Refusing(ScriptedBatches):
-    """Refuses the batch as a whole: at submit (the adapter could not translate one
-    request), or when polled (the vendor failed the batch after taking it)."""
+    """Refuses the batch as a whole: at submit (the vendor refused it), or when polled
+    (the vendor failed the batch after taking it)."""
 
     def __init__(self, at_submit: Exception | None = None, at_poll: Exception | None = None):
         super().__init__([at_poll] if at_poll else [])
@@ -366,6 +366,116 @@ async def test_a_batch_failed_as_a_whole_sends_each_request_on_alone(vendor) -> 
     got = await run(vendor, 3)
     assert len(got) == 3
     assert all(isinstance(r, VendorUnsupported) and r.retryable for r in got)
+
+
+class AnthropicBatches:
+    """Anthropic's Message Batches API for a real adapter: the create call answered
+    ``create`` (a response, or a failure to raise), then every request it held answered."""
+
+    def __init__(self, create: Any = None) -> None:
+        self.create = create
+        self.sent: list[str] = []  # the custom ids of the batch created
+
+    def __call__(self, request: Any) -> Any:
+        import httpx
+
+        path = request.url.path
+        if path.endswith("/messages/batches"):
+            if isinstance(self.create, Exception):
+                raise self.create
+            if self.create is not None:
+                return self.create
+            self.sent = [r["custom_id"] for r in json.loads(request.content)["requests"]]
+            return httpx.Response(200, json={"id": "b1"})
+        if path.endswith("/messages/batches/b1"):
+            return httpx.Response(200, json={"id": "b1", "processing_status": "ended"})
+        message = {"type": "message", "role": "assistant", "content": [], "usage": {}}
+        lines = [
+            {"custom_id": cid, "result": {"type": "succeeded", "message": message}}
+            for cid in self.sent
+        ]
+        return httpx.Response(200, text="".join(json.dumps(line) + "\n" for line in lines))
+
+
+async def anthropic_run(vendor: AnthropicBatches, bodies: list[dict]) -> tuple[list, BatchLane]:
+    """The bodies through a lane to a real Anthropic adapter; each one's answer, in order."""
+    import httpx
+
+    from agents.adapters.registry import make_adapter
+    from schemas.config import VendorConfig
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(vendor))
+    adapter = make_adapter(VendorConfig(kind="anthropic", base_url="http://v.test"), http)  # type: ignore[arg-type]
+    envs = [envelope() for _ in bodies]
+    got: dict[int, Any] = {}
+
+    async def deliver(env: RequestEnvelope, cand: Candidate, out: Any) -> None:
+        got[envs.index(env)] = out
+
+    rule = LaneRule(max_size=len(bodies), poll_s=0.001)
+    lane = BatchLane({"v": adapter}, {"v": KeyPool(["key"])}, rule, deliver)
+    for env, body in zip(envs, bodies, strict=True):
+        env.body = {"model": "a", "messages": [{"role": "user", "content": "hi"}], **body}
+        lane.submit(env, CAND)
+    for task in list(lane._tasks):
+        await task
+    return [got[i] for i in range(len(bodies))], lane
+
+
+async def test_a_request_the_vendor_cannot_take_goes_on_alone_and_the_rest_are_batched() -> None:
+    """A stop sequence of whitespace alone passes that request's Anthropic candidate over:
+    it alone goes on the realtime way (a retryable refusal), and the others keep the
+    batch's discount."""
+    vendor = AnthropicBatches()
+    got, lane = await anthropic_run(vendor, [{}, {"stop": ["\n"]}, {}, {"stop": "\n"}])
+    assert [type(r) for r in got] == [
+        VendorResult,
+        VendorUnsupported,
+        VendorResult,
+        VendorUnsupported,
+    ]
+    assert got[1].retryable and "whitespace" in got[1].message
+    assert vendor.sent == ["r0", "r1"]  # the two it takes, numbered in the batch they went in
+    assert lane.batches_sent == 1 and lane.accepts(CAND)
+
+
+async def test_a_batch_of_requests_the_vendor_cannot_take_sends_nothing() -> None:
+    vendor = AnthropicBatches()
+    got, lane = await anthropic_run(vendor, [{"stop": ["\n"]}, {"stop": [" "]}])
+    assert all(isinstance(r, VendorUnsupported) and r.retryable for r in got)
+    assert vendor.sent == [] and lane.batches_sent == 0
+
+
+@pytest.mark.parametrize("create", ["refused", "overloaded"])
+async def test_a_batch_create_call_that_made_no_batch_sends_its_requests_the_realtime_way(
+    create: str,
+) -> None:
+    """No connection to the vendor (nothing was sent), or its 529 overloaded_error (it
+    turned the call away): no batch can exist, so every request hears a retryable error
+    (the realtime way, where a fallback may serve it), and the lane stays open."""
+    import httpx
+
+    overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
+    failure = {
+        "refused": httpx.ConnectError("Connection refused"),
+        "overloaded": httpx.Response(529, json=overloaded),
+    }[create]
+    got, lane = await anthropic_run(AnthropicBatches(failure), [{}, {}])
+    assert all(isinstance(r, VendorUnavailable) and r.retryable for r in got)
+    assert not any(isinstance(r, VendorAnswerUnreadable) for r in got)
+    assert lane.accepts(CAND)
+
+
+async def test_a_refusal_naming_no_request_of_the_batch_fails_it_as_a_whole() -> None:
+    """An adapter's refusal that names none of the batch's requests cannot shrink it:
+    the lane does not loop, and every request goes on alone."""
+
+    class NamesNone(ScriptedBatches):
+        async def submit_batch(self, calls: list[tuple[str, VendorCall]], api_key: str) -> str:
+            raise CallsRefused({"elsewhere": VendorUnsupported("no")})
+
+    got = await run(NamesNone([]), 2)
+    assert len(got) == 2 and all(isinstance(r, RelayError) and r.retryable for r in got)
 
 
 async def test_requests_asking_other_beta_features_go_in_other_vendor_batches() -> None:
