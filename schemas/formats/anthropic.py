@@ -962,18 +962,18 @@ class ChunksToMessageEvents:
         call's fragments open its block only once the open call's arguments are whole
         JSON (vendors send parallel calls one after another), and are held back until
         then when a vendor interleaves them: a block, once stopped, cannot take more.
-        A call no fragment has named yet is held too (some servers open a call with a
-        bare fragment of its arguments, and give its id and name in the next): its
-        block's start says its id and name once and for all.
+        A call is held too until it is named and its arguments have begun (some servers
+        open a call with a bare fragment of its arguments and give its id and name in the
+        next; some stream a name in pieces before the arguments): its block's start says
+        its id and name once and for all.
         Arguments sent as an object (some OpenAI-compatible servers do) go as its JSON;
         a fragment that makes them no JSON object goes nowhere (``_ToolCall.take``)."""
         self._tools = True
         fn = frag.get("function") or {}
         index = self._indexes.of(frag)
         call = self._calls.setdefault(index, _ToolCall())
-        if not call.shown:
-            call.id = call.id or frag.get("id") or ""
-            call.name = call.name or fn.get("name") or ""
+        if not call.shown:  # the id first given, the name its pieces make so far
+            call.id, call.name = self._indexes.call_id(index), self._indexes.name(index)
         given = fn.get("arguments")
         if given is not None and not isinstance(given, str):
             given = json.dumps(given)  # an object: some OpenAI-compatible servers send one
@@ -998,7 +998,7 @@ class ChunksToMessageEvents:
         for index, call in self._calls.items():
             if call.shown:
                 continue
-            if not call.name and not unnamed:
+            if not (call.name and call.args) and not unnamed:
                 break
             call.shown = True
             call.id = call.id or new_id("toolu_")

@@ -990,12 +990,16 @@ class ChunksToResponseEvents:
         if index in self._calls:
             return self._into_call(self._calls[index], frag)
         self._held.setdefault(index, []).append(frag)
-        if not frag.get("id") and not call_function(frag).get("name"):
+        if not (self._indexes.name(index) or self._indexes.call_id(index)) or not any(
+            _arguments(call_function(f).get("arguments")) for f in self._held[index]
+        ):
             # Nothing says which call this is yet (some servers open a call with a bare
-            # fragment of its arguments and name it, with its id, in the next): held
-            # until a fragment does, or other output must go out after it.  Its item's
-            # call_id cannot change once added (the openai SDK refuses a stream whose
-            # function_call's call_id differs between its added and done events).
+            # fragment of its arguments and name it, with its id, in the next), or its
+            # name may still be coming in pieces (before its arguments): held until it
+            # is named and its arguments begin, or other output must go out after it.
+            # Its item's call_id and name cannot change once added (the openai SDK
+            # refuses a stream whose function_call's call_id differs between its added
+            # and done events).
             return []
         return self._open_held(until=index)
 
@@ -1011,9 +1015,9 @@ class ChunksToResponseEvents:
             # An id an earlier item already has (a server resuming a call that text
             # closed) is not taken again: the SDK refuses two items under one call_id.
             taken = {o.get("call_id") for o in self.output}
-            ids = [i for f in frags if isinstance(i := f.get("id"), str) and i not in taken]
-            names = [n for f in frags if (n := call_function(f).get("name"))]
-            call = {"id": ids[-1] if ids else None, "function": {"name": names[0] if names else ""}}
+            call_id = self._indexes.call_id(index)
+            name = self._indexes.name(index)
+            call = {"id": call_id if call_id not in taken else None, "function": {"name": name}}
             events += self._add(_call_item(call, status="in_progress"))
             at = self._calls[index] = len(self.output) - 1
             for frag in frags:

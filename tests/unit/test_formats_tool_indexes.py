@@ -259,8 +259,7 @@ def test_each_parallel_call_stays_its_own_whole_and_streamed(shape: str) -> None
     chunks = STREAMS[shape]
     assert whole_calls(chunks) == CALLS
     assert faithful_chunks(chunks), "the whole answer is the stream's: it may be cached"
-    if shape not in NAME_PIECES:
-        assert translated_calls(chunks) == (CALLS, CALLS)
+    assert translated_calls(chunks) == (CALLS, CALLS)
     replayed = response_to_chunks(assemble_chunks(chunks))
     assert whole_calls(replayed) == CALLS, "a replay of the cached answer says the same"
 
@@ -269,19 +268,6 @@ def translated_calls(chunks: list[dict[str, Any]]) -> tuple[list[Any], list[Any]
     """The calls an Anthropic client and a Responses client are told."""
     anthropic = [(b["id"], b["name"], b["input"]) for b in blocks(client_message(chunks))]
     return anthropic, responses_calls(chunks)
-
-
-NAME_PIECES = {"name in pieces"}
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="ChunksToMessageEvents and ChunksToResponseEvents name a call by the first "
-    "piece of its name (schemas/formats/anthropic.py, responses.py)",
-)
-@pytest.mark.parametrize("shape", sorted(NAME_PIECES))
-def test_a_name_in_pieces_reaches_anthropic_and_responses_clients_whole(shape: str) -> None:
-    assert translated_calls(STREAMS[shape]) == (CALLS, CALLS)
 
 
 def test_an_anthropic_vendor_s_calls_come_numbered_as_openai_numbers_them() -> None:
