@@ -112,12 +112,13 @@ class OpenAIAdapter:
     async def chat(self, call: VendorCall) -> VendorResult:
         """One non-streamed chat completion."""
         body = self._body(call)
-        try:
-            data = await self._post("chat/completions", call, body)
-        except VendorBadRequest as err:
-            if not _knob_refused(err, body):
-                raise
-            data = await self._post("chat/completions", call, body)
+        while True:  # each knob refused is struck, so this ends
+            try:
+                data = await self._post("chat/completions", call, body)
+                break
+            except VendorBadRequest as err:
+                if not _knob_refused(err, body, call.body):
+                    raise
         data = self._answer(data, call)
         return VendorResult(data, _usage(data, call))
 
@@ -145,12 +146,13 @@ class OpenAIAdapter:
             )
 
         async with AsyncExitStack() as stack:
-            try:
-                resp = await stack.enter_async_context(opened())
-            except VendorBadRequest as err:
-                if not _knob_refused(err, body):
-                    raise
-                resp = await stack.enter_async_context(opened())
+            while True:  # each knob refused is struck, so this ends
+                try:
+                    resp = await stack.enter_async_context(opened())
+                    break
+                except VendorBadRequest as err:
+                    if not _knob_refused(err, body, call.body):
+                        raise
             async for _, data in sse_events(resp):
                 if data.strip() == "[DONE]":
                     done = True
@@ -495,16 +497,41 @@ def _vendor_failure(where: str, error: Any) -> RelayError:
     return cls(f"{where}: {message}")
 
 
-def _knob_refused(err: VendorBadRequest, body: dict[str, Any]) -> bool:
-    """Whether the vendor refused ``parallel_tool_calls`` itself (an o-series model behind
-    an Azure deployment name that does not say so, a server without the knob); if so it
-    is struck from ``body``, to be sent again without it.  A legacy ``functions`` request
-    carries it though the client never sent it (functions_to_tools), and such a 400 is
-    not billed: the request is served without the knob, as it was before it carried it."""
-    if err.param != "parallel_tool_calls" or "parallel_tool_calls" not in body:
-        return False
-    del body["parallel_tool_calls"]
-    return True
+def _knob_refused(err: VendorBadRequest, body: dict[str, Any], given: dict[str, Any]) -> bool:
+    """Whether the vendor refused a knob the request can go without; if so it is struck
+    from ``body`` (the request as it goes out), to be sent again without it.
+
+    ``parallel_tool_calls``, whoever set it: an o-series model behind an Azure deployment
+    name that does not say so, or a server without the knob, refuses it, and a legacy
+    ``functions`` request carries it though the client never sent it
+    (functions_to_tools).  ``reasoning_effort`` only when the relay added it (it is not
+    in ``given``, the relay's body): an Anthropic client's ``thinking`` becomes it for
+    every OpenAI-format candidate, and a model that does not reason (gpt-4o, gpt-4.1)
+    refuses it with a 400 ``unsupported_parameter`` (or a level it lacks with
+    ``unsupported_value``); served without it, the model answers as it would have, not
+    thinking.  A client's own ``reasoning_effort`` refused stays its 400.  Such a 400
+    is not billed."""
+    for knob in _KNOBS:
+        ours = knob == "parallel_tool_calls" or given.get(knob) is None
+        if knob in body and ours and _names(err, knob):
+            del body[knob]
+            return True
+    return False
+
+
+# What _knob_refused strikes when refused, and the codes that say a 400 is about a field
+# OpenAI-format servers lack or a value they do not take (no code: a server that gives
+# none, as Azure's older API versions' "Unrecognized request argument supplied").
+_KNOBS = ("parallel_tool_calls", "reasoning_effort")
+_REFUSED_CODES = frozenset({"unsupported_parameter", "unsupported_value", "unknown_parameter"})
+
+
+def _names(err: VendorBadRequest, knob: str) -> bool:
+    """Whether the vendor's 400 blames ``knob``: its ``param``, or its message naming it
+    with a code saying the field or value is not taken (or no code)."""
+    if err.param is not None:
+        return err.param == knob
+    return knob in err.message and (err.vendor_code in _REFUSED_CODES or err.vendor_code is None)
 
 
 def _reasoning_sent_back(body: dict[str, Any], given: dict[str, Any]) -> None:

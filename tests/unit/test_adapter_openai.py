@@ -875,6 +875,125 @@ async def test_a_vendor_refusing_parallel_tool_calls_is_asked_again_without_it(s
     assert len(seen) == 1
 
 
+# OpenAI's answer to reasoning_effort on a model that does not reason (gpt-4o, gpt-4.1).
+EFFORT_REFUSED = {
+    "message": "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+    "type": "invalid_request_error",
+    "param": "reasoning_effort",
+    "code": "unsupported_parameter",
+}
+# An Anthropic client's request: its thinking goes out as reasoning_effort "low".
+THINKING_BODY = {
+    "model": "relay-alias",
+    "messages": [{"role": "user", "content": "hi"}],
+    "max_tokens": 4000,
+    "thinking": {"type": "enabled", "budget_tokens": 2000},
+}
+
+
+def refusing_effort(seen: list[dict], refusal: dict = EFFORT_REFUSED):
+    """OpenAI as a model that does not reason: a 400 for reasoning_effort, else an answer."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent = json.loads(request.content)
+        seen.append(sent)
+        if "reasoning_effort" in sent:
+            return httpx.Response(400, json={"error": refusal})
+        if sent.get("stream"):
+            return httpx.Response(200, content=sse(chunk({"content": "Hi"}, "stop"), "[DONE]"))
+        return httpx.Response(200, json=COMPLETION)
+
+    return handler
+
+
+async def answer_of(adapter: OpenAIAdapter, asked: dict, stream: bool) -> Any:
+    if stream:
+        *chunks, _ = await collect(adapter.stream(call(asked)))
+        return chunks[0]["choices"][0]["delta"]
+    return (await adapter.chat(call(asked))).body["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        EFFORT_REFUSED,
+        {
+            **EFFORT_REFUSED,
+            "message": "Unsupported value: 'reasoning_effort' does not support 'low' with "
+            "this model. Supported values are: 'high'.",
+            "code": "unsupported_value",
+        },
+        {  # a server that names the field in its words only
+            "message": "Unrecognized request argument supplied: reasoning_effort",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        },
+    ],
+    ids=["unsupported_parameter", "unsupported_value", "unrecognized"],
+)
+async def test_reasoning_effort_the_relay_added_is_dropped_when_the_model_refuses_it(
+    stream: bool, refusal: dict
+):
+    """An Anthropic client's thinking becomes reasoning_effort for an OpenAI-format
+    candidate; a model that does not reason refuses it (a 400, never billed), and the
+    request is sent again once without it and answered, rather than failing the plan."""
+    seen: list[dict] = []
+    adapter = adapter_for(refusing_effort(seen, refusal))
+    got = await answer_of(adapter, THINKING_BODY, stream)
+    assert got in ("A cat.", {"content": "Hi"})
+    assert [sent.get("reasoning_effort") for sent in seen] == ["low", None]
+    assert "thinking" not in seen[1] and seen[1]["messages"] == THINKING_BODY["messages"]
+    assert THINKING_BODY["thinking"] == {"type": "enabled", "budget_tokens": 2000}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_clients_own_reasoning_effort_refused_stays_its_400(stream: bool):
+    """reasoning_effort the client sent itself (an OpenAI or Responses client) is its
+    choice: the model's refusal reaches it, naming the field, with nothing sent again."""
+    seen: list[dict] = []
+    adapter = adapter_for(refusing_effort(seen))
+    asked = {"model": "relay-alias", "messages": MESSAGES, "reasoning_effort": "low"}
+    with pytest.raises(VendorBadRequest) as info:
+        await answer_of(adapter, asked, stream)
+    assert (info.value.param, info.value.vendor_code) == (
+        "reasoning_effort",
+        "unsupported_parameter",
+    )
+    assert len(seen) == 1
+
+    seen.clear()  # another 400 about a request carrying the relay's effort stays too
+    other = {**EFFORT_REFUSED, "param": "messages", "message": "Invalid 'messages'."}
+    with pytest.raises(VendorBadRequest):
+        await answer_of(adapter_for(refusing_effort(seen, other)), THINKING_BODY, stream)
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_each_knob_a_model_refuses_is_struck_in_turn(stream: bool):
+    """OpenAI names one refused parameter at a time: parallel_tool_calls (a legacy
+    ``functions`` request's), then the relay's reasoning_effort; each goes, once."""
+    seen: list[dict] = []
+    knob = {**EFFORT_REFUSED, "param": "parallel_tool_calls", "message": "No knob."}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent = json.loads(request.content)
+        seen.append(sent)
+        if "parallel_tool_calls" in sent:
+            return httpx.Response(400, json={"error": knob})
+        return refusing_effort([])(request)
+
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    asked = {**THINKING_BODY, "tools": tools, "parallel_tool_calls": False}
+    assert await answer_of(adapter_for(handler), asked, stream) in ("A cat.", {"content": "Hi"})
+    assert [sorted({"parallel_tool_calls", "reasoning_effort"} & set(s)) for s in seen] == [
+        ["parallel_tool_calls", "reasoning_effort"],
+        ["reasoning_effort"],
+        [],
+    ]
+
+
 def test_openai_itself_and_azure_get_max_completion_tokens_for_any_chat_model():
     """An Azure deployment's name says nothing of its model, and OpenAI takes the new name
     for every chat model; legacy /completions keeps max_tokens, its only name."""
