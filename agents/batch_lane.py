@@ -58,7 +58,9 @@ from tables.lane_journal import LaneJournal, VendorBatch
 log = logging.getLogger("relay.batch")
 
 Deliver = Callable[[RequestEnvelope, Candidate, VendorResult | RelayError], Awaitable[None]]
-Adopted = Callable[[list[RequestEnvelope]], None]
+Dropped = Callable[[list[RequestEnvelope]], None]
+# Told the unanswered requests of a vendor batch adopted, and the batch's candidate.
+Adopted = Callable[[list[RequestEnvelope], Candidate], None]
 BatchResults = dict[str, VendorResult | Exception]
 # Answers nobody can read, polls in a row, before the batch's callers are told so.
 POLL_FAILURES = 5
@@ -153,7 +155,7 @@ class BatchLane:
         journal: LaneJournal | None = None,
         cancelled: Callable[[RequestEnvelope], Awaitable[bool]] | None = None,
         on_adopted: Adopted | None = None,
-        on_dropped: Adopted | None = None,
+        on_dropped: Dropped | None = None,
     ) -> None:
         self.adapters = adapters
         # Told the requests this lane will not answer after all, though it took them:
@@ -161,9 +163,10 @@ class BatchLane:
         # the batch this one followed.  What the caller keeps for them (their budget
         # holds) is that worker's now.
         self.on_dropped = on_dropped
-        # Told the requests of a vendor batch adopted here that are not answered yet:
-        # what the worker that sent it kept in memory for them (the deadline timers of
-        # those a gateway waits on) died with it, and is the caller's to set up again.
+        # Told the requests of a vendor batch adopted here that are not answered yet, and
+        # the batch's candidate (whose vendor's discount it bills at): what the worker
+        # that sent it kept in memory for them (the deadline timers of those a gateway
+        # waits on, their budget holds) died with it, and is the caller's to set up again.
         self.on_adopted = on_adopted
         # Whether a request was cancelled while it waited to go out (a Batch API line of
         # a batch cancelled, or expired, since): asked again just before the vendor batch
@@ -460,7 +463,7 @@ class BatchLane:
             log.warning("adopting vendor batch %s (%d requests)", entry.id, len(entry.envelopes))
             key = self.pools[cand.vendor].key(entry.key_index)
             if self.on_adopted is not None:
-                self.on_adopted(await self._unanswered(entry))
+                self.on_adopted(await self._unanswered(entry), cand)
             self._spawn(self._follow(entry, key, leased=True))
             adopted += 1
         return adopted

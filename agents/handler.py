@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol
@@ -48,7 +49,7 @@ from schemas.usage import Usage
 from tables.budgets import BudgetDecision
 from tables.cache import CacheEntry, cache_key, plain_text, storable
 from tables.health import blended_price
-from tables.holds import AFTER_DEADLINE_S, Joins
+from tables.holds import AFTER_DEADLINE_S, Joins, Turn, Waiting
 from tables.prices import PriceSheet, cost_of
 
 log = logging.getLogger("relay.worker")
@@ -61,6 +62,9 @@ REPLY_SEND_S = 10.0
 # How long a stopping worker waits for the broker to take back a Batch API line it cut
 # (within the stop's 5 s to answer what it cut): past it, the line is answered as cut.
 PUT_BACK_S = 2.0
+# How often a Batch API line waiting behind others for room in its tenant's budget looks
+# whether its batch was cancelled (the first in line looks each time it is judged).
+WAITING_LOOK_S = 60.0
 STOPPED = "the worker stopped before the answer; try again"
 CLOSED = "the client went away before the answer ended"
 
@@ -82,22 +86,36 @@ class Sink(Protocol):
 class Budget(Protocol):
     """The tenants' budgets as the handler asks them (``tables.holds.Budgets``): the
     verdict for a request, told whether it would join an identical call under way
-    (which costs its tenant nothing); and ``keep``, to hold a request's worst case until
-    ``until`` (epoch seconds) or its ledger line, whatever it held before."""
+    (which costs its tenant nothing); ``keep``, to hold a request's worst case until
+    ``until`` (epoch seconds) or its ledger line, whatever it held before (``lasting``
+    for a request in a vendor batch); and ``turn``, a place in the tenant's line of
+    requests waiting for room, whose first is woken when a hold of the tenant goes."""
 
     def __call__(self, env: RequestEnvelope, joins: Joins) -> BudgetDecision | None: ...
 
-    def keep(self, env: RequestEnvelope, until: float, *, share: float = 1.0) -> None: ...
+    def keep(
+        self, env: RequestEnvelope, until: float, *, share: float = 1.0, lasting: bool = False
+    ) -> None: ...
+
+    def turn(self, tenant: str) -> AbstractContextManager[Turn]: ...
 
 
 class _NoBudget:
-    """No tenant has a budget: no verdict, nothing held."""
+    """No tenant has a budget: no verdict, nothing held (so nobody waits in line)."""
+
+    def __init__(self) -> None:
+        self.waiting = Waiting()
 
     def __call__(self, env: RequestEnvelope, joins: Joins) -> BudgetDecision | None:
         return None
 
-    def keep(self, env: RequestEnvelope, until: float, *, share: float = 1.0) -> None:
+    def keep(
+        self, env: RequestEnvelope, until: float, *, share: float = 1.0, lasting: bool = False
+    ) -> None:
         return None
+
+    def turn(self, tenant: str) -> AbstractContextManager[Turn]:
+        return self.waiting.turn(tenant)
 
 
 @dataclass
@@ -137,6 +155,7 @@ class RequestHandler:
         self._lane_deadlines: dict[str, asyncio.TimerHandle] = {}
         self._late: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._waiting: set[asyncio.Task[Any]] = set()  # Batch API lines waiting for room
 
     async def handle(self, env: RequestEnvelope) -> None:
         now = time.time()
@@ -144,10 +163,8 @@ class RequestHandler:
             env = env.model_copy(update={"stream": False})
         try:
             wrong = self._not_its(env) or self._wrong_kind(env)
-            if wrong is None and (key := self._key(env)) != env.prompt_hash:
-                # A producer's own key (or a forged one: another tenant's, to plant an
-                # answer in its cache or read one from it) chose the partition, no more.
-                env = env.model_copy(update={"prompt_hash": key})
+            if wrong is None:
+                env = self._held_to_terms(env)
         except BadRequest as err:  # a body no key can be made of (nor vendor take)
             wrong = err
         if wrong is not None:
@@ -159,6 +176,16 @@ class RequestHandler:
         # Counting tokens costs nothing, so a spent budget never stops it; nor does a
         # cheaper model stand in for it, whose count would be of another tokenizer.
         decision = None if env.endpoint == "count_tokens" else self.budget(env, self._joins(env))
+        if decision is not None and self._waits(env, decision):
+            try:
+                judged = await self._in_turn(env, decision)
+            except asyncio.CancelledError:  # the worker stops: the line goes back, unanswered
+                await self.cut(env)
+                raise
+            if isinstance(judged, RelayError):
+                await self._fail(env, judged)
+                return
+            decision = judged
         if decision is not None and decision.action != "allow":
             if decision.cache_only:
                 await self._stale_or_refuse(env.model_copy(update={"degraded": decision.reason}))
@@ -347,6 +374,70 @@ class RequestHandler:
 
         return joins
 
+    def _waits(self, env: RequestEnvelope, decision: BudgetDecision) -> bool:
+        """Whether ``decision`` is, for ``env``, a wait rather than an answer: a Batch API
+        line (OpenAI's or Anthropic's: both reply to the results topic) held back by what
+        its tenant has in flight has no client to come back after the Retry-After, and
+        its batch may take hours; a request with a client is told to come back."""
+        lines = self.batch_lines
+        return (
+            decision.retry_after_s is not None
+            and decision.action == "refuse"
+            and lines is not None
+            and env.reply_to == lines.topic
+        )
+
+    async def _in_turn(
+        self, env: RequestEnvelope, decision: BudgetDecision
+    ) -> BudgetDecision | RelayError | None:
+        """The verdict for a Batch API line held back by what its tenant has in flight
+        (``_waits``), once it has waited its turn, or the error it ends with.  It waits in
+        line with the tenant's other lines held back so (first come, first judged): the
+        first is judged again whenever a hold of the tenant is let go, else after the
+        Retry-After it was given (holds also lapse), until it may go or is refused for
+        good (a spent budget: 402, or the throttle's 429); the others look at their
+        batch's cancel state every ``WAITING_LOOK_S``.  A cancelled batch, or its
+        deadline (the batch's window) passing, ends it.
+
+        It waits on its own task (each envelope has one), so neither the partition nor
+        other requests wait for it, and keeps nothing but the envelope the worker took
+        already.  A worker that stops puts it back on the request topic for the next one
+        (``cut``: at once with ``stop_waiting``, else when the drain ends)."""
+        lines = self.batch_lines
+        assert lines is not None
+        verdict: BudgetDecision | None = decision
+        task = asyncio.current_task()
+        if task is not None:
+            self._waiting.add(task)
+        try:
+            with self.budget.turn(env.tenant) as turn:
+                while verdict is not None and self._waits(env, verdict):
+                    left = env.deadline_ms / 1000 - time.time()
+                    if left <= 0:
+                        return DeadlineExceeded(
+                            "the batch's window ended while this line waited for requests "
+                            f"in flight of tenant `{env.tenant}` that may reach its budget"
+                        )
+                    patience = verdict.retry_after_s if turn.first else None
+                    await turn.wait(min(patience or WAITING_LOOK_S, left))
+                    if await lines.cancelled(env):
+                        if env.deadline_ms / 1000 <= time.time():
+                            return DeadlineExceeded("the batch's window ended before this line")
+                        return BatchCancelled("the batch was cancelled before this line")
+                    if turn.first:
+                        verdict = self.budget(env, self._joins(env))
+                return verdict
+        finally:
+            if task is not None:
+                self._waiting.discard(task)
+
+    def stop_waiting(self) -> None:
+        """The worker stops: Batch API lines waiting for room in their tenant's budget
+        (``_in_turn``) go back on the request topic now, for the next worker, rather than
+        hold the drain to its end (each is ``cut``, on its own task)."""
+        for task in list(self._waiting):
+            task.cancel()
+
     def _refusal(self, env: RequestEnvelope, decision: BudgetDecision) -> RelayError:
         """The error for a budget's refusal: 402 for a spent budget, or 429 until the
         period resets (``throttle``), or 429 for a few seconds when the budget is not
@@ -382,6 +473,7 @@ class RequestHandler:
             await self._fail(env, self._spent(env, cache_only=True))
             return
         flight = Flight(key=env.prompt_hash, stream=env.stream, cached=True)
+        flight.degraded = env.degraded  # (served because the budget is spent: says so)
         flight.waiters.append(Waiter(env, leader=True, joined_at=time.monotonic()))
         await self._land(flight, outcome)
 
@@ -423,6 +515,26 @@ class RequestHandler:
                 param="model",
             )
         return None
+
+    def _held_to_terms(self, env: RequestEnvelope) -> RequestEnvelope:
+        """``env`` keyed and cached as the gateway would (``Relay.cache_terms``): the
+        envelope's terms may come from anyone who can post.  A producer's own key (or a
+        forged one: another tenant's, to plant an answer in its cache or read one from
+        it) chose the partition, no more; and under a ``global`` cache scope an answer,
+        shared with every tenant of that scope, is stored no longer than the alias's own
+        TTL (not at all, nor looked for, when the alias caches nothing), whatever the
+        envelope asks (a tenant's own scope may keep its answers as long as it likes)."""
+        update: dict[str, Any] = {}
+        if (key := self._key(env)) != env.prompt_hash:
+            update["prompt_hash"] = key
+        config = self.router.config
+        if config.tenants[env.tenant].cache_scope == "global":
+            most = config.models[env.alias].ttl_seconds()
+            if env.cache_ttl_s is not None and env.cache_ttl_s > most:
+                update["cache_ttl_s"] = most if most > 0 else None
+            if most <= 0 and env.cache_lookup:
+                update["cache_lookup"] = False
+        return env.model_copy(update=update) if update else env
 
     def _key(self, env: RequestEnvelope) -> str:
         """The request's cache and coalescing key, as the gateway works it out (the
@@ -520,7 +632,7 @@ class RequestHandler:
         # window, past which the lane answers it (and meters it) whatever happened.
         until = time.time() + self.lane.rule.max_age_s + VENDOR_WINDOW_S
         share = 1.0 - self.discounts.get(cand.vendor, 0.0)  # billed at the batch price
-        self.budget.keep(env, until, share=share)
+        self.budget.keep(env, until, share=share, lasting=True)
         if env.gateway_meters_timeout:
             # A gateway waits on it, and a vendor batch may outlast the request's
             # deadline: the worker answers 504 at the deadline itself, before the gateway
@@ -550,7 +662,7 @@ class RequestHandler:
             delay, lambda: self._spawn(self._lane_deadline(env))
         )
 
-    def adopted(self, envs: list[RequestEnvelope]) -> None:
+    def adopted(self, envs: list[RequestEnvelope], cand: Candidate) -> None:
         """The unanswered requests of a vendor batch this worker adopted (the worker that
         sent it died, or stopped and left it): the deadline timers that worker kept for
         those a gateway waits on died with it, and are armed again here, so each still
@@ -563,12 +675,14 @@ class RequestHandler:
         ``deadline_exceeded`` line and the vendor's answer, billed all the same, is a
         second line for the request: the adopter cannot tell the two apart.
 
-        Each holds its worst case against its tenant's budget here until its line, as it
-        did on the worker that sent it (whose holds died with it), or a budget would let
-        its tenant pass it again by what those vendor batches will bill.  (A request the
-        journal could not say was answered is held too, until the vendor's window ends.)"""
+        Each holds its worst case at the batch price of ``cand``'s vendor (the vendor
+        batch's) against its tenant's budget here until its line, as it did on the worker
+        that sent it (whose holds died with it), or a budget would let its tenant pass it
+        again by what those vendor batches will bill.  (A request the journal could not
+        say was answered is held too, until the vendor's window ends.)"""
+        share = 1.0 - self.discounts.get(cand.vendor, 0.0)
         for env in envs:
-            self.budget.keep(env, time.time() + VENDOR_WINDOW_S)
+            self.budget.keep(env, time.time() + VENDOR_WINDOW_S, share=share, lasting=True)
             cid = env.correlation_id
             if not env.gateway_meters_timeout or cid in self._lane_deadlines or cid in self._late:
                 continue  # nobody waits on it, or this worker keeps its deadline already
@@ -865,7 +979,7 @@ class RequestHandler:
                         body=chunk,
                         coalesced=not w.leader and not flight.cached,
                         cache_hit=flight.cached,
-                        degraded=flight.degraded_for(w.envelope),
+                        degraded=_flagged(flight, w.envelope),
                     ),
                 )
             except Exception as exc:
@@ -919,7 +1033,7 @@ class RequestHandler:
                 # the leader's call, a notice lagging): its gateway answered 504 and wrote
                 # its line, unless its client left first, which a notice still to come
                 # would say (then the line is ours).
-                degraded = flight.degraded_for(w.envelope)
+                degraded = _flagged(flight, w.envelope)
                 self.flights.unmetered(w.envelope, coalesced=not w.leader, degraded=degraded)
             # else a plain request past its deadline and grace: its gateway wrote its line.
         await _together(landing)
@@ -953,13 +1067,12 @@ class RequestHandler:
                 return
             async with w.sending:
                 await self._fail(
-                    env,
+                    _as_flagged(flight, env),
                     w.broken or out.error,  # (what it was told, when a chunk was lost)
                     coalesced=not w.leader,
                     paid=paid,
                     late=late,
                     cut=out.cut if w.leader else [],
-                    degraded=flight.degraded_for(env),
                     reply=not w.lost and not put_back,
                 )
             return
@@ -989,7 +1102,7 @@ class RequestHandler:
             coalesced=not w.leader and not out.cached,
             cache_hit=out.cached,
             batched=out.batched,
-            degraded=flight.degraded_for(env),
+            degraded=_flagged(flight, env),
             cut=out.cut,  # calls cut before the answer: billed too (a follower's: none)
         )
         try:
@@ -1039,13 +1152,12 @@ class RequestHandler:
         costs nothing.  No reply: it was told already, or nobody reads it."""
         paid = (out.candidate, out.usage) if w.leader and not out.cached else (None, Usage())
         await self._fail(
-            w.envelope,
+            _as_flagged(flight, w.envelope),
             err,
             coalesced=not w.leader,
             paid=paid,
             late=out.late if w.leader else [],
             cut=out.cut if w.leader and not out.cached else [],
-            degraded=flight.degraded_for(w.envelope),
             reply=False,
         )
 
@@ -1245,6 +1357,22 @@ def _unstreamable(out: Outcome) -> Outcome:
         "or its text is not a string)"
     )
     return replace(out, error=VendorAnswerUnreadable(said), body=None)
+
+
+def _flagged(flight: Flight, env: RequestEnvelope) -> str | None:
+    """Why the answer to ``env`` is flagged degraded: it went the cheaper way (its budget's
+    downgrade, or the flight's rate pressure).  An answer from the cache did not: it is
+    the full model's, and free, whatever the request's budget said; but for the answer a
+    spent ``cache_only`` budget is served, stale maybe, which its flight says
+    (``budget_exhausted``, see ``_stale_or_refuse``)."""
+    return flight.degraded if flight.cached else flight.degraded_for(env)
+
+
+def _as_flagged(flight: Flight, env: RequestEnvelope) -> RequestEnvelope:
+    """``env`` flagged as its line is (``_flagged``), for ``_fail``, which flags a line
+    as the envelope it is given."""
+    flagged = _flagged(flight, env)
+    return env if flagged == env.degraded else env.model_copy(update={"degraded": flagged})
 
 
 def _stopped_for_nobody(flight: Flight) -> bool:

@@ -10,10 +10,13 @@ alone)."""
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import math
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from schemas.envelope import RequestEnvelope
@@ -26,9 +29,6 @@ from tables.prices import PriceSheet
 # lets go of its hold this long after its deadline.  (One handed to the vendor-batch lane
 # is held longer: see ``Budgets.keep``.)
 AFTER_DEADLINE_S = 60.0
-# A hold this long or longer is a request sent in a vendor batch, metered when its batch
-# ends (hours maybe): a request held back by such holds is told to wait longer.
-LASTING_S = 600.0
 # The completion a request without max_tokens is held to: what the relay asks an
 # Anthropic vendor for then (which requires a figure), and a fair guess at an answer of
 # an OpenAI-kind vendor, which sets none.  (The TPM estimate's smaller 256 is a typical
@@ -92,7 +92,7 @@ class _Hold:
     until: float
     key: tuple[str, str]  # (tenant, correlation id)
     live: bool = True
-    lasting: bool = False  # held for LASTING_S or more (a request in a vendor batch)
+    lasting: bool = False  # a request in a vendor batch, metered when its batch ends
 
 
 class Holds:
@@ -113,7 +113,7 @@ class Holds:
         self._by_request: dict[tuple[str, str], _Hold] = {}
         self._expiring: list[tuple[float, int, _Hold]] = []  # a heap, by ``until``
         self._held: dict[str, float] = {}
-        self._lasting: dict[str, float] = {}  # of those, holds of LASTING_S or more
+        self._lasting: dict[str, float] = {}  # of those, requests in vendor batches
         self._count = 0
 
     def held(self, tenant: str, besides: str | None = None) -> float:
@@ -126,30 +126,39 @@ class Holds:
         return total if total > 1e-12 else 0.0  # (float dust is nothing held)
 
     def lasting(self, tenant: str) -> float:
-        """USD the tenant's holds of ``LASTING_S`` or more hold now (requests in vendor
-        batches, metered when their batch ends, hours maybe)."""
+        """USD the tenant's requests in vendor batches hold now (held ``lasting``: metered
+        when their batch ends, hours maybe)."""
         self._expire()
         return self._lasting.get(tenant, 0.0)  # (``_add_to`` leaves no float dust)
 
-    def take(self, tenant: str, request_id: str, usd: float, until: float) -> None:
+    def take(
+        self, tenant: str, request_id: str, usd: float, until: float, *, lasting: bool = False
+    ) -> None:
         """Hold ``usd`` for a request until its line is written (or ``until``, epoch
-        seconds, if it never is); a request that holds already holds this instead."""
+        seconds, if it never is); a request that holds already holds this instead.
+        ``lasting``: the request is in a vendor batch, its line comes when the batch ends
+        (said by the caller, who sent it there: a realtime request with a long deadline
+        holds long too, and its line comes when its call ends)."""
         key = (tenant, request_id)
         if (earlier := self._by_request.get(key)) is not None:
             self._drop(earlier)
         if usd > 0:
-            self._by_request[key] = self._add(tenant, usd, until, key)
+            self._by_request[key] = self._add(tenant, usd, until, key, lasting)
 
-    def settle(self, tenant: str, request_id: str | None) -> None:
+    def settle(self, tenant: str, request_id: str | None) -> bool:
         """A request's line is written: the spend table counts it from now on.  A line
         without a hold (a tenant without budget, a request taken before a restart, a
-        cache hit) lets go of nothing."""
+        cache hit) lets go of nothing.  Whether a hold was let go."""
         if request_id is not None and (hold := self._by_request.get((tenant, request_id))):
             self._drop(hold)
             self._compact()
+            return True
+        return False
 
-    def _add(self, tenant: str, usd: float, until: float, key: tuple[str, str]) -> _Hold:
-        hold = _Hold(tenant, usd, until, key, lasting=until - self.clock() >= LASTING_S)
+    def _add(
+        self, tenant: str, usd: float, until: float, key: tuple[str, str], lasting: bool
+    ) -> _Hold:
+        hold = _Hold(tenant, usd, until, key, lasting=lasting)
         self._count += 1
         heapq.heappush(self._expiring, (until, self._count, hold))
         _add_to(self._held, tenant, usd)
@@ -191,13 +200,79 @@ def _add_to(totals: dict[str, float], tenant: str, usd: float) -> None:
         totals.pop(tenant, None)  # and float dust with it
 
 
+class Turn:
+    """A request's place among its tenant's requests waiting for room under the budget
+    (``Waiting.turn``): only the first in line is judged again, whenever it is woken (a
+    hold of its tenant was let go, or the one before it left the line) or its wait ends;
+    the others wait behind it, so a hold let go wakes one request, not every one."""
+
+    def __init__(self, line: OrderedDict[Turn, None]) -> None:
+        self._line = line
+        self._woken = asyncio.Event()
+
+    @property
+    def first(self) -> bool:
+        return next(iter(self._line)) is self
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    async def wait(self, most_s: float) -> None:
+        """Until woken or ``most_s`` has passed, whichever comes first: the caller looks
+        at where it stands (``first``) either way, so a wake that comes as the wait ends
+        is never missed."""
+        try:
+            async with asyncio.timeout(most_s):
+                await self._woken.wait()
+        except TimeoutError:
+            pass
+        self._woken.clear()
+
+
+class Waiting:
+    """Each tenant's line of requests waiting for room under its budget (Batch API lines,
+    which have no client to try again later), first come, first judged."""
+
+    def __init__(self) -> None:
+        self._lines: dict[str, OrderedDict[Turn, None]] = {}
+
+    @contextmanager
+    def turn(self, tenant: str) -> Iterator[Turn]:
+        """A place at the end of ``tenant``'s line, held until the block ends, when the
+        next in line (first now) is woken to be judged at once: the one before it went
+        ahead (there may be room for it too), or gave up."""
+        line = self._lines.setdefault(tenant, OrderedDict())
+        turn = Turn(line)
+        line[turn] = None
+        try:
+            yield turn
+        finally:
+            first = turn.first
+            del line[turn]
+            if not line:
+                del self._lines[tenant]
+            elif first:
+                next(iter(line)).wake()
+
+    def settled(self, tenant: str) -> None:
+        """A hold of ``tenant`` was let go: the first in its line is judged again."""
+        if line := self._lines.get(tenant):
+            next(iter(line)).wake()
+
+    def waiting(self, tenant: str) -> int:
+        """How many of ``tenant``'s requests wait."""
+        return len(self._lines.get(tenant, ()))
+
+
 class Budgets:
     """The budget verdict for each request (``RequestHandler``'s ``budget``): refused,
     degraded or let go by the tenant's spend as its table has counted it; held back a
     few seconds (429) when what its requests in flight hold, with its own worst case,
     could pass the limit.  A request let go ahead holds its ``worst_cost`` until its
     ledger line is written, unless it joins an identical call under way: its line costs
-    nothing (the call's leader holds for the call), so it neither holds nor is held back."""
+    nothing (the call's leader holds for the call), so it neither holds nor is held back.
+    A request held back with no client to come back (a Batch API line) waits in its
+    tenant's line instead (``turn``), to be judged again as holds are let go."""
 
     def __init__(
         self,
@@ -211,6 +286,7 @@ class Budgets:
         self.prices = prices
         self.clock = clock
         self.holds = Holds(clock)
+        self.waiting = Waiting()
 
     def __call__(
         self, env: RequestEnvelope, joins: Joins = lambda degraded: False
@@ -233,18 +309,30 @@ class Budgets:
         self.holds.take(env.tenant, env.correlation_id, worst, until)
         return decision
 
-    def keep(self, env: RequestEnvelope, until: float, *, share: float = 1.0) -> None:
+    def keep(
+        self, env: RequestEnvelope, until: float, *, share: float = 1.0, lasting: bool = False
+    ) -> None:
         """Hold ``env``'s worst case until its line is written or ``until`` (epoch
         seconds), whatever it held before: a request handed to the vendor-batch lane is
         metered when its batch is read back, hours after its deadline maybe, and one of a
         vendor batch this worker adopted held nothing here (its holds died with the
         worker that sent it).  Admitted already, it is not held back.  ``share`` of its
-        worst case: a vendor batch bills at its discount."""
+        worst case: a vendor batch bills at its discount.  ``lasting``: it is in a vendor
+        batch (a request held back by such holds is told to wait longer)."""
         if env.tenant in self.policies:
             worst = worst_cost(env, self.prices) * max(0.0, min(share, 1.0))
-            self.holds.take(env.tenant, env.correlation_id, worst, until)
+            self.holds.take(env.tenant, env.correlation_id, worst, until, lasting=lasting)
+
+    def turn(self, tenant: str) -> AbstractContextManager[Turn]:
+        """A place in ``tenant``'s line of requests waiting for room (``Waiting.turn``),
+        whose first is woken each time a hold of the tenant is let go."""
+        return self.waiting.turn(tenant)
 
     def metered(self, tenant: str, request_id: str | None) -> None:
         """A ledger line about request ``request_id`` (its correlation id) is written:
-        the worker's sink says so for each one."""
-        self.holds.settle(tenant, request_id)
+        the worker's sink says so for each one.  The first request waiting for room in
+        the tenant's budget is judged again when a hold goes (the spend table counts the
+        line within its batch window, so for that while its cost is neither held nor
+        counted: a waiting request goes ahead then as a client's retry would)."""
+        if self.holds.settle(tenant, request_id):
+            self.waiting.settled(tenant)

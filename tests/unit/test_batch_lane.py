@@ -702,7 +702,7 @@ async def test_an_adopter_is_handed_the_requests_its_dead_worker_had_not_answere
         delivered[env.correlation_id] += 1
 
     second = journaled_lane(journal, deliver)
-    second.on_adopted = lambda adopted: handed.append([e.correlation_id for e in adopted])
+    second.on_adopted = lambda adopted, cand: handed.append([e.correlation_id for e in adopted])
     assert await second.adopt() == 1
     await asyncio.gather(*second._tasks)
     assert handed == [[e.correlation_id for e in envs[1:]]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx
@@ -23,7 +24,7 @@ from schemas.usage import Usage
 from tables.buckets import PriorityGate, TokenBucket
 from tables.budgets import BudgetDecision
 from tables.cache import CacheEntry, cache_key
-from tables.holds import Joins
+from tables.holds import Joins, Turn, Waiting
 from tables.prices import PriceSheet
 from tests.support.envelopes import request_envelope
 from tests.support.sinks import Sink
@@ -135,8 +136,13 @@ class Verdict:
     def __call__(self, env: RequestEnvelope, joins: Joins) -> BudgetDecision:
         return self.decision
 
-    def keep(self, env: RequestEnvelope, until: float, *, share: float = 1.0) -> None:
+    def keep(
+        self, env: RequestEnvelope, until: float, *, share: float = 1.0, lasting: bool = False
+    ) -> None:
         pass
+
+    def turn(self, tenant: str) -> AbstractContextManager[Turn]:
+        return Waiting().turn(tenant)
 
 
 at_80_percent = Verdict(action="degrade", reason="budget_80pct", remaining_usd=1.0)
@@ -580,7 +586,9 @@ async def test_an_adopted_vendor_batch_answers_each_waiting_gateway_504_and_mete
     vendor = SlowBatches()
     handler, sink = lane_handler(vendor, max_age_s=0)
     ahead, in_grace, gone = background(0.1), background(-1.0), background(-5.0)
-    handler.adopted([ahead, in_grace, gone])
+    cand = handler.prices.candidate("a", "cheap")
+    assert cand is not None
+    handler.adopted([ahead, in_grace, gone], cand)
     await asyncio.sleep(0.05)
     assert [e.error["code"] for e in sink.for_(in_grace.correlation_id)] == ["deadline_exceeded"]
     assert sink.for_(ahead.correlation_id) == []
@@ -589,8 +597,6 @@ async def test_an_adopted_vendor_batch_answers_each_waiting_gateway_504_and_mete
     assert timeout.kind == "error" and timeout.error["code"] == "deadline_exceeded"
     assert sink.for_(gone.correlation_id) == [] and sink.ledger == []
     answer = VendorResult(body={"choices": []}, usage=Usage(input_tokens=7, output_tokens=1))
-    cand = handler.prices.candidate("a", "cheap")
-    assert cand is not None
     for env in (ahead, in_grace, gone):
         await handler.deliver_batch(env, cand, answer)
         assert [e.kind for e in sink.for_(env.correlation_id)] == ["error"] * (env is not gone)
@@ -1530,7 +1536,8 @@ async def test_a_degraded_stream_s_early_notice_says_coalesced_for_a_follower():
 
 async def test_a_degraded_stream_answered_from_l2_is_not_told_it_went_to_a_vendor():
     """The leader of a budget-degraded stream finds the alias's answer in L2: no notice
-    saying ``miss`` goes ahead of the answer, whose chunks say ``cache_hit``."""
+    saying ``miss`` goes ahead of the answer, whose chunks say ``cache_hit`` and not
+    degraded (it is the full model's answer, not a cheaper one)."""
     calls: list[str] = []
     handler, sink = make(vendor(calls), budget=at_80_percent)
     sink.stored[key_of("deg-l2")] = stored_answer()
@@ -1538,7 +1545,10 @@ async def test_a_degraded_stream_answered_from_l2_is_not_told_it_went_to_a_vendo
     await handler.handle(env)
     assert calls == []
     first = sink.for_(env.correlation_id)[0]
-    assert first.body is not None and first.cache_hit and first.degraded == "budget_80pct"
+    assert first.body is not None and first.cache_hit and first.degraded is None
+    final = sink.for_(env.correlation_id)[-1]
+    assert final.kind == "final" and final.cache_hit and final.degraded is None
+    assert sink.ledger[-1].cache_hit and sink.ledger[-1].degraded is None
 
 
 async def under_pressure() -> tuple[RequestHandler, Sink, list[str]]:
@@ -1954,8 +1964,13 @@ async def test_a_leader_s_budget_hold_lasts_as_long_as_a_call_its_follower_keeps
         def __call__(self, env: RequestEnvelope, joins: Joins) -> BudgetDecision | None:
             return None  # (the gateway's verdict stands)
 
-        def keep(self, env: RequestEnvelope, until: float, *, share: float = 1.0) -> None:
+        def keep(
+            self, env: RequestEnvelope, until: float, *, share: float = 1.0, lasting: bool = False
+        ) -> None:
             kept.append((env.correlation_id, until))
+
+        def turn(self, tenant: str) -> AbstractContextManager[Turn]:
+            return Waiting().turn(tenant)
 
     calls: list[str] = []
     go_on = asyncio.Event()
@@ -2387,3 +2402,20 @@ async def test_a_final_says_an_answer_the_cache_would_not_keep_was_not_stored() 
     await handler.handle(hit)
     final = sink.for_(hit.correlation_id)[-1]
     assert final.cache_hit and final.stored is False
+
+
+async def test_a_budget_degraded_request_answered_from_l2_is_not_flagged_degraded() -> None:
+    """The tenant is past ``degrade_at``; the alias's own answer is in L2 and the worker
+    serves it: a hit, free, the full model's, so neither its final (the gateway's
+    ``x-relay-degraded``) nor its ledger line says degraded."""
+    calls: list[str] = []
+    handler, sink = make(vendor(calls), budget=at_80_percent)
+    sink.stored[key_of("deg-plain")] = stored_answer()
+    env = envelope(key="deg-plain", cache_lookup=True)
+    await handler.handle(env)
+    assert calls == []
+    [final] = sink.for_(env.correlation_id)
+    assert final.kind == "final" and final.cache_hit and final.degraded is None
+    assert (final.vendor, final.model) == ("a", "cheap")
+    [line] = sink.ledger
+    assert line.cache_hit and line.degraded is None and line.cost == 0

@@ -487,20 +487,22 @@ async def test_a_request_in_a_vendor_batch_stays_held_past_its_deadline_until_it
 
 async def test_an_adopted_vendor_batch_s_requests_hold_again_on_the_adopting_worker() -> None:
     """The worker that sent a vendor batch died with its holds; the adopter holds each
-    unanswered request again until its answer is metered."""
+    unanswered request again until its answer is metered, at the batch price (as the
+    sending worker did), as requests in a vendor batch."""
     from agents.adapters.base import VendorResult
 
     budgets = Budgets({"t": BudgetPolicy(limit_usd=1.0)}, lambda t: Spend(), PRICES)
-    handler, sink = make(vendor([]), budget=budgets)
+    handler, sink = make(vendor([]), budget=budgets, discounts={"a": 0.5})
     metered_by(budgets, sink)
     day = int((time.time() + 86_400) * 1000)
     envs = [envelope(key=f"adopted-{n}", ttl=None, deadline_ms=day) for n in range(3)]
-    handler.adopted(envs)
-    worst = worst_cost(envs[0], PRICES)
-    assert budgets.holds.held("t") == pytest.approx(3 * worst, rel=0.01)
-    handler.adopted(envs[:1])  # adopted again (this worker stalled): held once
-    assert budgets.holds.held("t") == pytest.approx(3 * worst, rel=0.01)
     cand = CONFIG.models["m"].candidates[0]
+    handler.adopted(envs, cand)
+    worst = worst_cost(envs[0], PRICES)
+    assert budgets.holds.held("t") == pytest.approx(3 * 0.5 * worst, rel=0.01)
+    assert budgets.holds.lasting("t") == pytest.approx(3 * 0.5 * worst, rel=0.01)
+    handler.adopted(envs[:1], cand)  # adopted again (this worker stalled): held once
+    assert budgets.holds.held("t") == pytest.approx(3 * 0.5 * worst, rel=0.01)
     answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}
     for env in envs:
         result = VendorResult(body=answer, usage=Usage(input_tokens=7, output_tokens=1))
@@ -576,7 +578,7 @@ def test_requests_in_vendor_batches_hold_their_batch_price_and_a_wait_for_them_i
     budgets = Budgets(
         {"t": BudgetPolicy(limit_usd=1.2 * worst)}, lambda tenant: Spend(), PRICES, clock=clock
     )
-    budgets.keep(env, clock() + VENDOR_WINDOW_S, share=0.5)
+    budgets.keep(env, clock() + VENDOR_WINDOW_S, share=0.5, lasting=True)
     assert budgets.holds.held("t") == pytest.approx(0.5 * worst)
     assert budgets.holds.lasting("t") == pytest.approx(0.5 * worst)
     late = budgets(envelope(key="realtime"))
@@ -586,3 +588,40 @@ def test_requests_in_vendor_batches_hold_their_batch_price_and_a_wait_for_them_i
     assert budgets(quick) is not None and budgets.holds.lasting("t") == 0.0
     again = budgets(envelope(key="behind-it"))  # held back by a realtime hold alone
     assert again is not None and again.retry_after_s == IN_FLIGHT_RETRY_S
+
+
+def test_a_long_realtime_request_is_not_taken_for_one_in_a_vendor_batch() -> None:
+    """A hold is in a vendor batch when its caller says so, not by how long it may last:
+    a realtime request with a 10-minute deadline (its line comes when its call ends)
+    holds back the next one for the usual few seconds, not a minute."""
+    clock = Clock(time.time())
+    long = envelope(key="long", deadline_ms=int((clock() + 600) * 1000))
+    worst = worst_cost(long, PRICES)
+    budgets = Budgets(
+        {"t": BudgetPolicy(limit_usd=1.5 * worst)}, lambda tenant: Spend(), PRICES, clock=clock
+    )
+    first = budgets(long)
+    assert first is not None and first.action == "allow"
+    assert budgets.holds.lasting("t") == 0.0
+    held_back = budgets(envelope(key="next"))
+    assert held_back is not None and held_back.reason == "budget_in_flight"
+    assert held_back.retry_after_s == IN_FLIGHT_RETRY_S
+
+
+async def test_a_request_sent_in_a_vendor_batch_holds_as_one() -> None:
+    """The lane's requests are held as requests in vendor batches (a long wait for those
+    held back by them), at the batch price."""
+    from tables.budgets import LASTING_RETRY_S
+
+    budgets = Budgets({"t": BudgetPolicy(limit_usd=1.0)}, lambda t: Spend(), PRICES)
+    handler, _ = make(vendor([]), budget=budgets, discounts={"a": 0.5})
+    handler.lane = lane = Lane()  # type: ignore[assignment]
+    env = envelope(key="to-the-lane", ttl=None, priority=Priority.background)
+    await handler.handle(env)
+    assert len(lane.taken) == 1
+    worst = worst_cost(env, PRICES)
+    assert budgets.holds.lasting("t") == pytest.approx(0.5 * worst)
+    assert budgets.holds.held("t") == pytest.approx(0.5 * worst)
+    budgets.policies["t"] = BudgetPolicy(limit_usd=worst)  # no room left beside it
+    verdict = budgets(envelope(key="behind-it"))
+    assert verdict is not None and verdict.retry_after_s == LASTING_RETRY_S

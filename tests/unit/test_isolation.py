@@ -343,3 +343,57 @@ async def test_one_tenant_s_short_deadline_never_breaks_another_tenant_s_stream(
     assert len(sink.ledger) == 2
     assert lines["hasty"].error_code == "deadline_exceeded" and lines["hasty"].cost > 0
     assert (lines["patient"].status, lines["patient"].cost) == ("ok", 0)
+
+
+@pytest.mark.parametrize(
+    ("scope", "alias_ttl", "stored_ttl"),
+    [("global", "dynamic", 60), ("global", 0, None), ("tenant", "dynamic", 30 * 86_400)],
+)
+async def test_a_producer_cannot_keep_a_shared_answer_past_the_alias_s_ttl(
+    scope: str, alias_ttl: str | int, stored_ttl: int | None
+) -> None:
+    """A service posting straight to the request topic asks 30 days of cache for an
+    alias whose TTL is 60 s (or 0: it caches nothing).  Under a ``global`` scope every
+    tenant of it would be served that answer for a month: the worker holds the envelope
+    to the gateway's rule, the alias's TTL at most (none at all for 0, nor a look-up).
+    A tenant's own scope keeps what it asked."""
+    from tables.cache import cache_key
+    from tests.unit.test_handler import CONFIG, make, vendor
+
+    config = RelayConfig.model_validate(
+        {
+            **CONFIG.model_dump(mode="json"),
+            "models": {"m": {**CONFIG.models["m"].model_dump(mode="json"), "cache_ttl": alias_ttl}},
+            "tenants": {"t": {"cache_scope": scope}},
+        }
+    )
+    calls: list[str] = []
+    handler, sink = make(vendor(calls), config)
+    ttls: dict[str, int] = {}
+    cache = sink.cache
+
+    async def kept(key: str, entry: Any, ttl_s: int, *, replacing: bool = False) -> None:
+        ttls[key] = ttl_s
+        await cache(key, entry, ttl_s, replacing=replacing)
+
+    sink.cache = kept  # type: ignore[method-assign]
+    looked: list[str] = []
+    cached = sink.cached
+
+    async def look(key: str, *, stale_ok: bool = False) -> Any:
+        looked.append(key)
+        return await cached(key, stale_ok=stale_ok)
+
+    sink.cached = look  # type: ignore[method-assign]
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    month = 30 * 86_400
+    env = request_envelope(
+        body=body, tenant="t", prompt_hash="any", cache_ttl_s=month, cache_lookup=True
+    )
+    await handler.handle(env)
+    assert calls == ["a"] and sink.for_(env.correlation_id)[-1].kind == "final"
+    key = cache_key(
+        scope="global" if scope == "global" else "tenant:t", alias="m", endpoint="chat", body=body
+    )
+    assert ttls == ({} if stored_ttl is None else {key: stored_ttl})
+    assert looked == ([] if stored_ttl is None else [key])
