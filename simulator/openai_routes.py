@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 import time
 from typing import Any
 
@@ -141,22 +143,73 @@ def _function_name(spec: Any) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
-def _tool_choice(choice: Any) -> tuple[str, set[str] | None]:
-    """The Prompt's tool_choice, and the names of the only tools allowed (None: all).
+_NO_TOOLS = (
+    "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified."
+)
+
+
+def _tool_choice(choice: Any, tools: list[Any]) -> tuple[str, set[str] | None]:
+    """The Prompt's tool_choice, and the names of the only tools allowed (None: all),
+    after OpenAI's 400s: any tool choice with no tools, a word it does not know, a forced
+    function without its name or naming none of the tools, an ``allowed_tools`` list
+    naming none of them.  The relay rewrites tool choices between formats: a garbled or
+    dropped name must fail here as it would at OpenAI, not get a call of another tool.
 
     ``{"type": "allowed_tools", "allowed_tools": {"mode": "auto" | "required", "tools":
     [...]}}`` narrows the tools to those listed, and calls one only as ``mode`` says."""
-    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+    if choice is None:
+        return "auto", None
+    if not tools:
+        raise BadRequest(_NO_TOOLS, "tool_choice")
+    if isinstance(choice, str):
+        if choice not in ("none", "auto", "required"):
+            raise BadRequest(
+                f"Invalid value: '{choice}'. Supported values are: 'none', 'auto', and 'required'.",
+                "tool_choice",
+                "invalid_value",
+            )
+        return choice, None
+    check_type({"tool_choice": choice}, "tool_choice", dict, "a string or an object")
+    offered = {n for t in tools if (n := _function_name(t))}
+    kind = choice.get("type")
+    if kind == "allowed_tools":
         spec = choice.get("allowed_tools")
         spec = spec if isinstance(spec, dict) else {}
         listed = spec.get("tools")
         names = (
             {n for t in listed if (n := _function_name(t))} if isinstance(listed, list) else set()
         )
+        if not names & offered:
+            raise BadRequest(
+                "Invalid value for 'tool_choice': none of the tools 'allowed_tools' lists is "
+                "among 'tools'.",
+                "tool_choice",
+            )
         return ("required" if spec.get("mode") == "required" else "auto"), names
-    if isinstance(choice, dict):
-        return _function_name(choice) or "required", None
-    return (choice if choice in ("none", "required") else "auto"), None
+    if kind not in ("function", "custom"):
+        raise BadRequest(
+            f"Invalid value: {str(kind)!r}. Supported values are: 'function', 'custom', and "
+            "'allowed_tools'.",
+            "tool_choice.type",
+            "invalid_value",
+        )
+    where, inner = f"tool_choice.{kind}", choice.get(kind)
+    if inner is not None and not isinstance(inner, dict):
+        raise BadRequest(
+            f"Invalid type for '{where}': expected an object, but got {_json_type(inner)} instead.",
+            where,
+            "invalid_type",
+        )
+    if inner is None or not isinstance(inner.get("name"), str) or not inner["name"]:
+        field = where if inner is None else f"{where}.name"
+        raise BadRequest(
+            f"Missing required parameter: '{field}'.", field, "missing_required_parameter"
+        )
+    if inner["name"] not in offered:
+        raise BadRequest(
+            f"Tool choice '{inner['name']}' not found in 'tools' parameter.", "tool_choice"
+        )
+    return inner["name"], None
 
 
 def _parameters(fn: dict[str, Any]) -> dict[str, Any]:
@@ -203,7 +256,7 @@ def to_prompt(
             last_user = text
     last = messages[-1] if messages else {}
     result = texts[-1] if last.get("role") == "tool" else None
-    choice, allowed = _tool_choice(tool_choice)
+    choice, allowed = _tool_choice(tool_choice, tools or [])
     specs: list[tuple[str, dict[str, Any]]] = []
     for t in tools or []:
         fn = (t.get("function") or t) if isinstance(t, dict) else {}
@@ -212,6 +265,53 @@ def to_prompt(
                 specs.append((str(fn["name"]), _parameters(fn)))
     tool_tokens = text_tokens(orjson.dumps(tools).decode()) if tools else 0
     return Prompt(texts, last_user, result, specs, choice, parallel, tool_tokens)
+
+
+# The models that reason, so take ``reasoning_effort``: OpenAI's o-series and gpt-5
+# family, the open reasoning models OpenAI-compatible servers serve (gpt-oss, qwen3,
+# DeepSeek's reasoner), and any name saying "reason" or "think" (for tests).  Any other
+# model (gpt-4o, gpt-4.1, gpt-3.5-turbo...) refuses the field, as OpenAI's do.
+_REASONS = re.compile(r"^(o\d|gpt-5|gpt-oss|qwen3|deepseek-r)|reason|think", re.IGNORECASE)
+MAX_CHOICES = 128  # the most answers to one prompt OpenAI gives (``n``)
+MAX_BEST_OF = 20  # the most candidates a legacy completion weighs (``best_of``)
+
+
+def reasons(model: str) -> bool:
+    """Whether ``model`` takes ``reasoning_effort`` (``_REASONS``)."""
+    return _REASONS.search(model) is not None
+
+
+def _check_effort(body: dict[str, Any], model: str) -> None:
+    """OpenAI's 400 for ``reasoning_effort`` sent to a model that does not reason."""
+    if body.get("reasoning_effort") is not None and not reasons(model):
+        raise BadRequest(
+            "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+            "reasoning_effort",
+            "unsupported_parameter",
+        )
+
+
+def _count(body: dict[str, Any], field: str, most: int) -> int:
+    """A count field (``n``, ``best_of``): 1 when absent, else an integer 1..``most``, or
+    OpenAI's 400 naming it."""
+    value = check_type(body, field, int, "an integer")
+    if value is None:
+        return 1
+    if value < 1:
+        raise BadRequest(
+            f"Invalid '{field}': integer below minimum value. Expected a value >= 1, but "
+            f"got {value} instead.",
+            field,
+            "integer_below_min_value",
+        )
+    if value > most:
+        raise BadRequest(
+            f"Invalid '{field}': integer above maximum value. Expected a value <= {most}, "
+            f"but got {value} instead.",
+            field,
+            "integer_above_max_value",
+        )
+    return value
 
 
 def _require_model(body: dict[str, Any], model: str | None) -> str:
@@ -257,8 +357,11 @@ def _cache_key(sim: Sim, model: str, prompt: Prompt) -> int | None:
     return digest("openai", model, key[:1024]) if sim.caching(len(key)) else None
 
 
-def _usage(sim: Sim, prompt: Prompt, answer: Answer, cache_key: int | None) -> dict[str, Any]:
-    pt, ct = prompt.tokens, answer.completion_tokens
+def _usage(
+    sim: Sim, prompt: Prompt, answers: list[Answer], cache_key: int | None
+) -> dict[str, Any]:
+    """The usage of a call: the prompt once, the completion tokens of every answer."""
+    pt, ct = prompt.tokens, sum(a.completion_tokens for a in answers)
     cached = pt * 3 // 4 if cache_key is not None and sim.cache_seen(cache_key) else 0
     return {
         "prompt_tokens": pt,
@@ -281,7 +384,7 @@ def _finish(answer: Answer) -> str:
     return "tool_calls" if answer.calls else "stop"
 
 
-Chat = tuple[str, Answer, dict[str, Any], int | None]  # model, answer, usage, cache key
+Chat = tuple[str, list[Answer], dict[str, Any], int | None]  # model, answers, usage, cache key
 
 
 def _chat(sim: Sim, body: dict[str, Any], model: str | None) -> Chat:
@@ -289,17 +392,20 @@ def _chat(sim: Sim, body: dict[str, Any], model: str | None) -> Chat:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty array.", "messages")
+    _check_effort(body, model)
+    choices = _count(body, "n", MAX_CHOICES)
     response_format = check_type(body, "response_format", dict, "an object")
     parallel = body.get("parallel_tool_calls") is not False
     prompt = to_prompt(messages, body.get("tools"), body.get("tool_choice"), parallel=parallel)
-    answer = compose(
-        model, prompt, _max_tokens(body), response_format, stops=stops(body.get("stop"))
-    )
+    cap, cut = _max_tokens(body), stops(body.get("stop"))
+    answers = [
+        compose(model, prompt, cap, response_format, stops=cut, choice=i) for i in range(choices)
+    ]
     key = _cache_key(sim, model, prompt)
-    return model, answer, _usage(sim, prompt, answer, key), key
+    return model, answers, _usage(sim, prompt, answers, key), key
 
 
-def _chat_object(model: str, answer: Answer, usage: dict[str, Any]) -> dict[str, Any]:
+def _message(answer: Answer) -> dict[str, Any]:
     # As OpenAI: content is null beside tool calls (unless there is text too).
     text = answer.text if answer.words or not answer.calls else None
     message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
@@ -312,6 +418,10 @@ def _chat_object(model: str, answer: Answer, usage: dict[str, Any]) -> dict[str,
             }
             for call in answer.calls
         ]
+    return message
+
+
+def _chat_object(model: str, answers: list[Answer], usage: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": new_id("chatcmpl-"),
         "object": "chat.completion",
@@ -319,7 +429,8 @@ def _chat_object(model: str, answer: Answer, usage: dict[str, Any]) -> dict[str,
         "model": model,
         "system_fingerprint": FINGERPRINT,
         "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(answer)}
+            {"index": i, "message": _message(a), "logprobs": None, "finish_reason": _finish(a)}
+            for i, a in enumerate(answers)
         ],
         "usage": usage,
     }
@@ -328,9 +439,9 @@ def _chat_object(model: str, answer: Answer, usage: dict[str, Any]) -> dict[str,
 def chat_result(sim: Sim, body: dict[str, Any], model: str | None = None) -> dict[str, Any]:
     """A whole ``chat.completion`` object for a request body (raises BadRequest); an
     answered call, so it writes its prompt-cache entry."""
-    model, answer, usage, key = _chat(sim, body, model)
+    model, answers, usage, key = _chat(sim, body, model)
     sim.cache_write(key)
-    return _chat_object(model, answer, usage)
+    return _chat_object(model, answers, usage)
 
 
 def _sse(obj: Any) -> bytes:
@@ -357,10 +468,16 @@ def _prompt_filter_chunk(prompts: int) -> bytes:
     )
 
 
-class _ChatStream:
-    """The chunks of one streamed chat completion (their shared id, model and stamp)."""
+Delta = tuple[dict[str, Any], str | None]  # a choice's delta, and its finish reason
+_OPENING: dict[str, Any] = {"role": "assistant", "content": "", "refusal": None}
 
-    def __init__(self, model: str, include_usage: bool, azure: bool) -> None:
+
+class _ChatStream:
+    """The chunks of one streamed chat completion (their shared id, model and stamp):
+    each chunk carries one choice, and several choices (``n``) take turns, as OpenAI
+    interleaves them."""
+
+    def __init__(self, model: str, include_usage: bool, azure: bool, choices: int = 1) -> None:
         self.base = {
             "id": new_id("chatcmpl-"),
             "object": "chat.completion.chunk",
@@ -370,50 +487,61 @@ class _ChatStream:
         }
         self.include_usage = include_usage
         self.azure = azure
+        self.choices = choices
 
-    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def chunk(self, delta: dict[str, Any], finish: str | None = None, index: int = 0) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
         obj = {**self.base, "choices": [choice]}
         if self.include_usage:
             obj["usage"] = None
         return _sse(obj)
 
     def opening(self) -> list[bytes]:
-        """Azure's prompt-filter chunk, then the assistant's empty first delta."""
+        """Azure's prompt-filter chunk, then each choice's empty first delta."""
         filtered = [_prompt_filter_chunk(1)] if self.azure else []
-        return [*filtered, self.chunk({"role": "assistant", "content": "", "refusal": None})]
+        return [*filtered, *(self.chunk(_OPENING, index=i) for i in range(self.choices))]
 
-    def chunks(self, answer: Answer, usage: dict[str, Any]) -> list[bytes]:
-        """The text's deltas, then each tool call: its id and name with empty arguments,
-        then their fragments, at its own index (parallel calls one after another)."""
-        heads = [
-            {
-                "index": i,
-                "id": "call_" + call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": ""},
-            }
-            for i, call in enumerate(answer.calls)
-        ]
-        if heads and not answer.words:  # the first call opens the answer
-            out = [_prompt_filter_chunk(1)] if self.azure else []
-            first = {"role": "assistant", "content": None, "tool_calls": heads[:1]}
-            out.append(self.chunk(first))
-        else:
-            out = self.opening()
-            out += [self.chunk({"content": piece}) for piece in answer.stream_pieces()]
-        for i, call in enumerate(answer.calls):
-            if i or answer.words:
-                out.append(self.chunk({"tool_calls": [heads[i]]}))
-            out += [
-                self.chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
-                for piece in json_pieces(call.json)
-            ]
-        out.append(self.chunk({}, _finish(answer)))
+    def chunks(self, answers: list[Answer], usage: dict[str, Any]) -> list[bytes]:
+        """Each choice's deltas (``_deltas``), a round of one from each at a time, then
+        the usage chunk (if asked for) and ``[DONE]``."""
+        out = [_prompt_filter_chunk(1)] if self.azure else []
+        rounds = itertools.zip_longest(*(_deltas(a) for a in answers))
+        for turn in rounds:
+            out += [self.chunk(d[0], d[1], i) for i, d in enumerate(turn) if d is not None]
         if self.include_usage:
             out.append(_sse({**self.base, "choices": [], "usage": usage}))
         out.append(b"data: [DONE]\n\n")
         return out
+
+
+def _deltas(answer: Answer) -> list[Delta]:
+    """One choice's deltas: the text's, then each tool call: its id and name with empty
+    arguments, then their fragments, at its own index (parallel calls one after
+    another); last the empty delta with the finish reason."""
+    heads = [
+        {
+            "index": i,
+            "id": "call_" + call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        for i, call in enumerate(answer.calls)
+    ]
+    out: list[Delta]
+    if heads and not answer.words:  # the first call opens the answer
+        out = [({"role": "assistant", "content": None, "tool_calls": heads[:1]}, None)]
+    else:
+        out = [(_OPENING, None)]
+        out += [({"content": piece}, None) for piece in answer.stream_pieces()]
+    for i, call in enumerate(answer.calls):
+        if i or answer.words:
+            out.append(({"tool_calls": [heads[i]]}, None))
+        out += [
+            ({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}, None)
+            for piece in json_pieces(call.json)
+        ]
+    out.append(({}, _finish(answer)))
+    return out
 
 
 def _prompts(body: dict[str, Any]) -> list[Any]:
@@ -428,17 +556,36 @@ def _prompts(body: dict[str, Any]) -> list[Any]:
     raise BadRequest("'prompt' must be a string, a list of strings or token arrays.", "prompt")
 
 
-def _completions(
-    body: dict[str, Any], model: str | None
-) -> tuple[str, list[Answer], dict[str, Any]]:
+Completions = tuple[str, list[Answer], dict[str, Any], int]  # model, answers, usage, prompts
+
+
+def _completions(body: dict[str, Any], model: str | None) -> Completions:
+    """The answers to a legacy completion: ``n`` per prompt (index prompt * n + j), the
+    first ``n`` of its ``best_of`` candidates, each candidate billed (as OpenAI does)."""
     model = _require_model(body, model)
     prompts = _prompts(body)
+    n, best_of = _count(body, "n", MAX_CHOICES), _count(body, "best_of", MAX_BEST_OF)
+    if body.get("best_of") is not None:
+        if best_of < n:
+            raise BadRequest(
+                f"best_of must be greater than or equal to n (best_of is {best_of}, n is {n}).",
+                "best_of",
+            )
+        if best_of > 1 and body.get("stream") is True:
+            raise BadRequest("Cannot stream results with best_of greater than 1.", "best_of")
+    best_of = max(best_of, n)
     cap, cut = _max_tokens(body), stops(body.get("stop"))
     keys = [p if isinstance(p, str) else orjson.dumps(p).decode() for p in prompts]
-    answers = [compose(model, Prompt([k], k), cap, stops=cut) for k in keys]
+    answers, billed = list[Answer](), 0
+    for k in keys:
+        candidates = [
+            compose(model, Prompt([k], k), cap, stops=cut, choice=j) for j in range(best_of)
+        ]
+        billed += sum(a.completion_tokens for a in candidates)
+        answers += candidates[:n]
     pt = sum(input_tokens(p) for p in prompts)
-    ct = sum(a.completion_tokens for a in answers)
-    return model, answers, {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+    usage = {"prompt_tokens": pt, "completion_tokens": billed, "total_tokens": pt + billed}
+    return model, answers, usage, len(prompts)
 
 
 def _completion_object(model: str, answers: list[Answer], usage: dict[str, Any]) -> dict[str, Any]:
@@ -457,8 +604,9 @@ def _completion_object(model: str, answers: list[Answer], usage: dict[str, Any])
 
 
 def completions_result(sim: Sim, body: dict[str, Any], model: str | None = None) -> dict[str, Any]:
-    """A ``text_completion`` with one choice per prompt (raises BadRequest)."""
-    return _completion_object(*_completions(body, model))
+    """A ``text_completion`` with ``n`` choices per prompt (raises BadRequest)."""
+    model, answers, usage, _ = _completions(body, model)
+    return _completion_object(model, answers, usage)
 
 
 class _CompletionStream:
@@ -562,18 +710,17 @@ async def _handle(request: Request, kind: str, deployment: str | None = None) ->
     try:
         stream, include_usage = _stream_flags(body, kind)
         if kind == "chat":
-            model, answer, usage, cache_key = _chat(sim, body, deployment)
+            model, answers, usage, cache_key = _chat(sim, body, deployment)
             inputs = 1
             if stream:
-                chat = _ChatStream(model, include_usage, filtered)
-                opening, chunks = chat.opening(), chat.chunks(answer, usage)
+                chat = _ChatStream(model, include_usage, filtered, len(answers))
+                opening, chunks = chat.opening(), chat.chunks(answers, usage)
             else:
-                result = _chat_object(model, answer, usage)
+                result = _chat_object(model, answers, usage)
         elif kind == "completions":
-            model, answers, usage = _completions(body, deployment)
-            inputs = len(answers)
+            model, answers, usage, inputs = _completions(body, deployment)
             if stream:
-                legacy = _CompletionStream(model, len(answers), include_usage, filtered)
+                legacy = _CompletionStream(model, inputs, include_usage, filtered)
                 opening, chunks = legacy.opening(), legacy.chunks(answers, usage)
             else:
                 result = _completion_object(model, answers, usage)
@@ -607,7 +754,7 @@ async def chat_completions(request: Request) -> Response:
 @router.post("/v1/completions")
 @router.post("/openai/v1/completions")
 async def completions(request: Request) -> Response:
-    """Legacy completions; a list of prompts gets one choice per prompt."""
+    """Legacy completions; a list of prompts gets ``n`` choices per prompt."""
     return await _handle(request, "completions")
 
 

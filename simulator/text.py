@@ -239,9 +239,16 @@ def _pick_tools(prompt: Prompt) -> list[tuple[str, dict[str, Any]]]:
     return prompt.tools[:1] if any(k in low for k in TOOL_KEYWORDS) else []
 
 
-def _call(model: str, prompt: Prompt, tool: tuple[str, dict[str, Any]]) -> Call:
-    seed = digest(model, prompt.key, tool[0])
+def _call(model: str, key: str, tool: tuple[str, dict[str, Any]]) -> Call:
+    seed = digest(model, key, tool[0])
     return Call(tool[0], tool_arguments(tool[1]), f"{seed:016x}{seed % 99991:08x}")
+
+
+def seed_text(key: str, choice: int) -> str:
+    """The text an answer is drawn from: the prompt's own for the first (or only) choice,
+    and for each other choice of several (OpenAI's ``n``) the prompt's and its index, so
+    that each choice is an answer of its own, the same on every call."""
+    return key if not choice else f"{key}\x00choice {choice}"
 
 
 def compose(
@@ -252,20 +259,23 @@ def compose(
     *,
     stops: list[str] | None = None,
     preamble: bool = False,
+    choice: int = 0,
 ) -> Answer:
     """Decide the reply: echo a tool result, call tools, or deterministic text (as JSON
     in JSON mode); then cut it before the first of ``stops`` in its text, and to
     ``max_tokens``, whatever kind of answer it is.  ``preamble``: the vendor writes a
     sentence before the tool calls it chose to make (Claude does; a forced call it
-    makes at once, and so does one told outright to "use" a tool)."""
+    makes at once, and so does one told outright to "use" a tool).  ``choice``: which
+    of several answers to one prompt (``seed_text``); 0 is the only one's."""
+    key = seed_text(prompt.key, choice)
     if prompt.tool_result is not None:
         answer = Answer(words=("Tool said: " + prompt.tool_result).split())
     elif tools := _pick_tools(prompt):
         told = prompt.last_user.lstrip().lower().startswith("use ")
         said = PREAMBLE.split() if preamble and prompt.tool_choice == "auto" and not told else []
-        answer = Answer(words=said, calls=[_call(model, prompt, tool) for tool in tools])
+        answer = Answer(words=said, calls=[_call(model, key, tool) for tool in tools])
     else:
-        answer = Answer(words=generate_words(model, prompt.key))
+        answer = Answer(words=generate_words(model, key))
     answer = stopped(in_json_mode(answer, response_format), stops or [])
     return capped(answer, max_tokens)
 
