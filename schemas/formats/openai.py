@@ -20,11 +20,31 @@ REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 # Top-level fields that every chunk repeats and a whole answer has once, when the vendor
 # sent them at all.
 _OPTIONAL_HEAD = ("system_fingerprint", "service_tier")
+# The top-level fields the format itself gives a body or a chunk, and those that say
+# where a stream is, not what the answer is: OpenAI's ``obfuscation`` (random padding,
+# new on each chunk) and Perplexity's ``status`` and ``type`` (PENDING then COMPLETED;
+# message, info, end_of_stream).  Any other is a vendor's own and answer data
+# (Perplexity's ``citations`` and ``search_results``, which the text's "[1]" points
+# into; Azure's ``prompt_filter_results``; OpenRouter's ``provider``): assembly and
+# replay carry it across (``_vendor_fields``).
+_HEAD_KEYS = frozenset(
+    {"id", "object", "created", "model", "choices", "usage", *_OPTIONAL_HEAD}
+    | {"obfuscation", "status", "type"}
+)
 # How an Anthropic vendor's answer ended, where finish_reason cannot say it: the stop
 # sequence it matched, and a stop reason of its own (``schemas.formats.anthropic``).  The
 # choice carries them as extensions, through assembly and replay, for Anthropic clients.
 OWN_STOP_REASON = "anthropic_stop_reason"
 _STOP_EXTENSIONS = ("stop_sequence", OWN_STOP_REASON)
+# The fields the format gives a choice, of a body (``message``) or of a chunk (``delta``,
+# and Perplexity's ``message``: the answer so far, repeated on each chunk).  Any other is
+# a vendor's own (the Anthropic extensions above go their own way), carried across like
+# a top-level one: vLLM's ``stop_reason`` (the stop string or token that ended the
+# answer, said on the last chunk), OpenRouter's ``native_finish_reason``, Azure's
+# ``content_filter_results``.
+_CHOICE_KEYS = frozenset(
+    {"index", "message", "delta", "finish_reason", "logprobs", *_STOP_EXTENSIONS}
+)
 
 # A tool call carries its payload under its type's key: a function's name and JSON
 # arguments, or a custom tool's (OpenAI's free-form tools) name and raw input.  A stream
@@ -299,10 +319,15 @@ def assemble_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     fragments of a function's arguments or of a custom tool's input joined), as is a
     legacy ``function_call``; ``audio`` fragments are joined into the message's audio
     (data and transcript concatenated).
-    The last usage seen, if any, is kept.  What assembly cannot represent in full is
-    what ``faithful_chunks`` refuses.
+    The last usage seen, if any, is kept.  A vendor's own fields, at the top level and a
+    choice's (``_vendor_fields``), are the answer's as the chunks say them together
+    (``_say_more``): one said on each chunk is said whole each time (Perplexity's
+    ``citations``), one said once is said there (vLLM's ``stop_reason`` on the last
+    chunk), an object's keys add up.  What assembly cannot represent in full is what
+    ``faithful_chunks`` refuses.
     """
     head: dict[str, Any] = {}
+    extra: dict[str, Any] = {}  # the vendor's own top-level fields
     choices: dict[int, dict[str, Any]] = {}
     usage = None
     for chunk in chunks:
@@ -311,6 +336,7 @@ def assemble_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
             # Not Azure's opening content-filter chunk's blank id, created and model.
             if key not in head and value is not None and (value or key in _OPTIONAL_HEAD):
                 head[key] = value
+        _say_more(extra, _vendor_fields(chunk, _HEAD_KEYS))
         if chunk.get("usage"):
             usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
@@ -326,9 +352,43 @@ def assemble_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     for key in _OPTIONAL_HEAD:
         if key in head:
             body[key] = head[key]
+    body |= extra
     if usage is not None:
         body["usage"] = usage
     return body
+
+
+def _vendor_fields(holder: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:
+    """The fields of a body, a chunk or a choice that are a vendor's own (not in
+    ``known``: ``_HEAD_KEYS``, ``_CHOICE_KEYS``), with something to say (not null, nor
+    empty)."""
+    return {k: v for k, v in holder.items() if k not in known and not _blank(v)}
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str | list | dict) and not value)
+
+
+def _say_more(own: dict[str, Any], fields: dict[str, Any]) -> bool:
+    """A chunk's (or one of its choices') own ``fields`` into ``own``, what the chunks
+    before said of them.  A field said again is said as it stands: Perplexity repeats
+    its ``citations`` on every chunk, and lists its search results again as they grow.
+    An object may say more keys each time, its whole being them all: Groq's ``x_groq``
+    adds the usage on the last chunk, and Azure judges a text's categories apart from its
+    protected material.  False when one says otherwise than before (a list that does not
+    begin with what it was, an object's key said anew): the last word stands, and it is
+    not the whole."""
+    whole = True
+    for key, value in fields.items():
+        had = own.get(key)
+        if isinstance(had, dict) and isinstance(value, dict):
+            whole = whole and all(value[k] == v for k, v in had.items() if k in value)
+            value = had | value
+        elif had is not None and value != had:
+            grew = isinstance(had, list) and isinstance(value, list)
+            whole = whole and grew and value[: len(had)] == had
+        own[key] = value
+    return whole
 
 
 def _empty_choice() -> dict[str, Any]:
@@ -346,6 +406,7 @@ def _empty_choice() -> dict[str, Any]:
         "order": [],  # segments in arrival order: thinking, redacted, text, tool (see below)
         "cited": False,  # an Anthropic vendor's text cited a document
         "finish": None,
+        "extra": {},  # the vendor's own fields of the choice (``_say_more``)
     }
 
 
@@ -379,6 +440,7 @@ def _merge_choice(acc: dict[str, Any], choice: dict[str, Any]) -> None:
     for key in _STOP_EXTENSIONS:  # an Anthropic vendor's, kept for Anthropic clients
         if choice.get(key):
             acc[key] = choice[key]
+    _say_more(acc["extra"], _vendor_fields(choice, _CHOICE_KEYS))
 
 
 def _merge_call(acc: dict[str, Any], frag: dict[str, Any]) -> None:
@@ -534,7 +596,7 @@ def _finish_choice(index: int, acc: dict[str, Any]) -> dict[str, Any]:
         "finish_reason": finish,
     }
     out |= {key: acc[key] for key in _STOP_EXTENSIONS if acc.get(key)}
-    return out
+    return out | acc["extra"]
 
 
 def _text_after_call(order: list[tuple[str, Any]]) -> bool:
@@ -647,7 +709,11 @@ def response_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
     transcript and data in pieces, each tool call as one chunk with its id and name
     followed by one with its arguments (a custom tool's input), any other field of the
     message whole in a chunk of its own, and a finish chunk.  No usage chunk: the caller
-    adds its own.
+    adds its own.  A vendor's own top-level fields (``_vendor_fields``: Perplexity's
+    ``citations``) ride on the first chunk and the last, where clients look for them
+    (Azure says ``prompt_filter_results`` first, Perplexity's concise stream its
+    citations last), not on every word of the replay; a choice's own (vLLM's
+    ``stop_reason``) on its finish chunk, as vLLM says it.
     """
     head = {
         "id": body.get("id", ""),
@@ -666,6 +732,7 @@ def response_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
         end = chunk(index, {}, choice.get("finish_reason") or "stop")
         # An Anthropic vendor's, kept for Anthropic clients.
         end["choices"][0] |= {key: choice[key] for key in _STOP_EXTENSIONS if choice.get(key)}
+        end["choices"][0] |= _vendor_fields(choice, _CHOICE_KEYS)
         return end
 
     out: list[dict[str, Any]] = []
@@ -682,6 +749,9 @@ def response_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
             chunks[next(text, 0)]["choices"][0]["logprobs"] = choice["logprobs"]
         out += chunks
         out.append(last(i, choice))
+    if out and (extra := _vendor_fields(body, _HEAD_KEYS)):
+        for end in (out[0], out[-1]):
+            end |= extra
     return out
 
 
@@ -716,14 +786,26 @@ def faithful_chunks(chunks: list[dict[str, Any]]) -> bool:
     """Whether ``assemble_chunks`` makes of ``chunks`` the whole answer in full: every
     delta says only what assembly keeps (an unknown field's number or flag is the
     chunk's, a token id say, not the answer's), a tool call is a function's or a custom
-    tool's and says only that call's fields, and audio only its own.  An answer it
-    cannot make whole is not one to cache: a later non-streamed request would get less
-    than the vendor said."""
+    tool's and says only that call's fields, and audio only its own; and a vendor's own
+    field, at the top level or a choice's, says the same each time it is said, or more
+    (``_say_more``): Azure's ``content_filter_results`` judge each piece of text apart,
+    and two that differ on one category are no one answer's.  An answer it cannot make
+    whole is not one to cache: a later non-streamed request would get less than the
+    vendor said."""
     said: dict[tuple[Any, Any], tuple[str, set[str]]] = {}  # call -> its type, payloads
     indexes: dict[Any, ToolCallIndexes] = {}  # per choice: which call a fragment is part of
+    own: dict[str, Any] = {}  # the vendor's own top-level fields, as said so far
+    owns: dict[Any, dict[str, Any]] = {}  # and each choice's
     for chunk in chunks:
+        if not _say_more(own, _vendor_fields(chunk, _HEAD_KEYS)):
+            return False
         for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(choice, dict):
+                continue
+            said_so_far = owns.setdefault(choice.get("index", 0), {})
+            if not _say_more(said_so_far, _vendor_fields(choice, _CHOICE_KEYS)):
+                return False
+            delta = choice.get("delta")
             if not isinstance(delta, dict):
                 continue
             if not all(k in _DELTA_KEYS or _incidental(v) for k, v in delta.items()):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from schemas.formats.openai import assemble_chunks, new_id, response_to_chunks
+from schemas.formats.openai import assemble_chunks, faithful_chunks, new_id, response_to_chunks
 
 HEAD = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1700, "model": "gpt-x"}
 
@@ -422,3 +422,87 @@ def test_a_name_in_pieces_and_an_id_changed_midway_make_one_call() -> None:
         "name": "edit_existing_file",
         "arguments": "{}",
     }
+
+
+# What OpenAI-compatible vendors put beside the answer: Perplexity's sources, which the
+# text's "[1]" points into, Azure's prompt filter verdict, vLLM's stop string.
+CITED = {
+    "citations": ["https://a.example", "https://b.example"],
+    "search_results": [{"title": "A", "url": "https://a.example"}],
+    "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}],
+}
+
+
+def cited_body() -> dict[str, Any]:
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": "Paris [1] is the capital."},
+        "logprobs": None,
+        "finish_reason": "stop",
+        "stop_reason": "</answer>",
+    }
+    head = {"id": "c", "object": "chat.completion", "created": 1, "model": "sonar"}
+    return {**head, **CITED, "choices": [choice]}
+
+
+def test_a_vendors_own_fields_survive_a_replay_as_chunks_and_back() -> None:
+    """A cached whole answer served to a stream, and a stream's served whole, keep what
+    the vendor said beside the text (review finding: citations were dropped)."""
+    body = cited_body()
+    chunks = response_to_chunks(body)
+    # Where a client looks: the first chunk (the SDKs' stream snapshot) and the last.
+    for end in (chunks[0], chunks[-1]):
+        assert {k: end[k] for k in CITED} == CITED
+    assert all("citations" not in c for c in chunks[1:-1]), "not on every word of it"
+    assert chunks[-1]["choices"][0]["stop_reason"] == "</answer>"
+    assert all("stop_reason" not in c["choices"][0] for c in chunks[:-1])
+    assert faithful_chunks(chunks)
+    assert assemble_chunks(chunks) == body
+    assert assemble_chunks(response_to_chunks(assemble_chunks(chunks))) == body
+
+
+def test_a_stream_that_repeats_its_citations_on_every_chunk_assembles_with_them() -> None:
+    """Perplexity says its sources on every chunk (growing as it searches), vLLM its
+    stop string on the last; OpenAI's ``obfuscation`` padding is the chunk's alone."""
+    first = {"citations": ["https://a.example"], "obfuscation": "x7"}
+    chunks = [
+        chunk({"role": "assistant", "content": "Paris"}, **first),
+        chunk({"content": " [1][2]."}, **CITED, obfuscation="q"),
+        chunk({}, "stop", **CITED),
+    ]
+    for c, stop in zip(chunks, (None, None, 7), strict=True):
+        c["choices"][0]["stop_reason"] = stop  # vLLM's: the stop token's id, at the end
+        c["choices"][0]["message"] = {"role": "assistant", "content": "so far"}  # Perplexity's
+    assert faithful_chunks(chunks)
+    body = assemble_chunks(chunks)
+    assert {k: body[k] for k in CITED} == CITED and "obfuscation" not in body
+    choice = body["choices"][0]
+    assert choice["stop_reason"] == 7 and choice["message"]["content"] == "Paris [1][2]."
+    replayed = response_to_chunks(body)
+    assert all("obfuscation" not in c for c in replayed)
+    assert assemble_chunks(replayed) == body
+
+
+def test_an_objects_keys_said_apart_add_up_and_one_said_otherwise_is_not_whole() -> None:
+    """Groq adds the usage to ``x_groq`` on the last chunk, Azure says a text's filter
+    categories and its protected material apart: the whole has them all.  Two chunks
+    whose verdicts differ on one category, or sources that are not the same list, are
+    no one answer's: such a stream is not one to serve whole later."""
+    safe = {"hate": {"filtered": False, "severity": "safe"}}
+    material = {"protected_material_text": {"filtered": False, "detected": False}}
+    chunks = [
+        chunk({"role": "assistant", "content": "Hi"}, x_groq={"id": "req_1"}),
+        chunk({}, "stop", x_groq={"id": "req_1", "usage": {"queue_time": 0.1}}),
+    ]
+    chunks[0]["choices"][0]["content_filter_results"] = safe
+    chunks[1]["choices"][0]["content_filter_results"] = material
+    assert faithful_chunks(chunks)
+    body = assemble_chunks(chunks)
+    assert body["x_groq"] == {"id": "req_1", "usage": {"queue_time": 0.1}}
+    assert body["choices"][0]["content_filter_results"] == safe | material
+
+    worse = {"hate": {"filtered": False, "severity": "low"}}
+    chunks[1]["choices"][0]["content_filter_results"] = worse
+    assert not faithful_chunks(chunks)
+    other = [chunk({"content": "a"}, citations=["u1"]), chunk({}, "stop", citations=["u2"])]
+    assert not faithful_chunks(other)
