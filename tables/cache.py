@@ -371,6 +371,26 @@ def fresh(body: dict[str, Any], alias: str) -> dict[str, Any]:
     return out
 
 
+def audio_expiry(answers: list[dict[str, Any]]) -> float | None:
+    """When the earliest audio answer among ``answers`` (a body, or a stream's chunks)
+    stops being the vendor's to use: its ``audio.expires_at`` (epoch seconds), on a
+    choice's message or a streamed delta; None for an answer holding none.  OpenAI keeps
+    an audio answer for a later turn to name by its id until then; a copy served later
+    would send the client back with an id its vendor no longer knows (a 400)."""
+    earliest: float | None = None
+    for answer in answers:
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        for choice in choices if isinstance(choices, list) else ():
+            if not isinstance(choice, dict):
+                continue
+            for said in (choice.get("message"), choice.get("delta")):
+                audio = said.get("audio") if isinstance(said, dict) else None
+                at = audio.get("expires_at") if isinstance(audio, dict) else None
+                if isinstance(at, int | float) and not isinstance(at, bool):
+                    earliest = at if earliest is None else min(earliest, at)
+    return earliest
+
+
 def redis_prefix(topic_prefix: str) -> str:
     """The L2 keys' prefix of one deployment (its ``RELAY_TOPIC_PREFIX``): deployments
     sharing a Redis, production and staging say, never serve each other's answers."""
@@ -395,8 +415,27 @@ class CacheEntry(BaseModel):
         return self.endpoint is None or self.endpoint == endpoint
 
     def young_enough(self, max_age_s: int | None) -> bool:
-        """Whether it is no older than a request takes (``x-relay-cache-ttl``)."""
-        return max_age_s is None or time.time() - self.created <= max_age_s
+        """Whether it is no older than a request takes (``x-relay-cache-ttl``), and
+        still usable as the live answer was (``usable_for``: an audio answer before its
+        vendor forgets it)."""
+        now = time.time()
+        young = max_age_s is None or now - self.created <= max_age_s
+        return young and self.usable_for(now) > 0
+
+    def expires_at(self) -> float | None:
+        """When what it points to at its vendor goes (``audio_expiry``), if ever."""
+        answers = [self.body] if self.body is not None else []
+        return audio_expiry([*answers, *(self.chunks or [])])
+
+    def usable_for(self, now: float) -> float:
+        """Seconds from ``now`` it may still be served (``expires_at``): infinite for
+        an answer that points to nothing of its vendor's, none once that has gone."""
+        expires = self.expires_at()
+        return math.inf if expires is None else expires - now
+
+    def ttl_within(self, ttl_s: float, now: float) -> float:
+        """``ttl_s``, or less: never past what it points to (``usable_for``)."""
+        return min(ttl_s, self.usable_for(now))
 
     def plain(self) -> bool:
         """Whether its text is text (``plain_text``): an entry stored before that was
@@ -431,11 +470,13 @@ class L1Cache:
         *,
         max_bytes: int = 256 * 1024 * 1024,
         max_entry_bytes: int = 8 * 1024 * 1024,  # a long streamed answer: ~250 B a token
+        wall: Callable[[], float] = time.time,  # epoch seconds, as an audio expiry is
     ) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_entry_bytes
         self.clock = clock
+        self.wall = wall
         self.bytes = 0
         self._items: OrderedDict[str, tuple[CacheEntry, float, int]] = OrderedDict()
 
@@ -456,9 +497,11 @@ class L1Cache:
 
     def put(self, key: str, entry: CacheEntry, ttl_s: float, size: int | None = None) -> None:
         """Store ``entry`` (``size`` bytes: measured here when the caller does not know
-        them from storing it) for ``ttl_s`` seconds, evicting the least recently used past
-        either bound."""
+        them from storing it) for ``ttl_s`` seconds, or until what it points to at its
+        vendor goes (``CacheEntry.ttl_within``: an audio answer's expiry), evicting the
+        least recently used past either bound."""
         self.delete(key)
+        ttl_s = entry.ttl_within(ttl_s, self.wall())
         if size is None:  # orjson: microseconds, against the vendor call that made it
             size = len(orjson.dumps(entry.body)) if entry.body else 0
             size += len(orjson.dumps(entry.chunks)) if entry.chunks else 0
@@ -564,9 +607,12 @@ class ResponseCache:
         try:
             stored = orjson.loads(raw)
             entry = CacheEntry.model_validate(stored["entry"])
-            fresh_s = float(stored["fresh_until"]) - self.wall()
+            now = self.wall()
+            fresh_s = float(stored["fresh_until"]) - now
         except (orjson.JSONDecodeError, ValidationError, KeyError, TypeError, ValueError):
             return None  # written by an incompatible version: a miss, overwritten later
+        if entry.usable_for(now) <= 0:
+            return None  # stale or not, gone at its vendor (one stored before it was capped)
         if fresh_s <= 0:
             return (entry, "l2") if stale_ok else None
         self.l1.put(key, entry, min(fresh_s, ttl_ms / 1000.0), len(raw))
@@ -574,17 +620,22 @@ class ResponseCache:
 
     async def put(self, key: str, entry: CacheEntry, ttl_s: float) -> bool:
         """Store ``entry`` in both levels, fresh for ``ttl_s`` seconds; L2 keeps it
-        ``stale_s`` longer for readers that accept a stale answer.  True when it is in
-        L2 (shared by every replica)."""
+        ``stale_s`` longer for readers that accept a stale answer.  Neither outlives what
+        it points to at its vendor (``CacheEntry.usable_for``: an audio answer's id is
+        no use once its vendor forgot it, stale or not).  True when it is in L2 (shared
+        by every replica)."""
+        now = self.wall()
+        usable_s = entry.usable_for(now)
+        ttl_s = min(ttl_s, usable_s)
         if ttl_s <= 0:
             return False
-        stored = {"fresh_until": self.wall() + ttl_s, "entry": entry.model_dump(mode="json")}
+        stored = {"fresh_until": now + ttl_s, "entry": entry.model_dump(mode="json")}
         data = orjson.dumps(stored)
         self.l1.put(key, entry, ttl_s, len(data))
         redis = self._l2()
         if redis is None:
             return False
-        keep_ms = max(1, round((ttl_s + self.stale_s) * 1000))
+        keep_ms = max(1, round(min(ttl_s + self.stale_s, usable_s) * 1000))
         try:
             await redis.set(self.prefix + key, data, px=keep_ms)
         except ResponseError as exc:  # this command refused (too large, say): Redis is up

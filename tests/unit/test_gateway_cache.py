@@ -655,3 +655,83 @@ async def test_an_answer_the_worker_stored_or_did_not_say_is_kept(stored: bool |
         await http.post("/v1/chat/completions", json=BODY)
         again = await http.post("/v1/chat/completions", json=BODY)
     assert again.headers["x-relay-cache"] == "hit-l1" and len(bus.published) == 1
+
+
+# Perplexity's sources, which the answer's "[1]" points into, beside the text.
+CITATIONS = ["https://a.example/paris", "https://b.example/france"]
+
+
+def cited(env: RequestEnvelope) -> list[tuple[float, ReplyEvent]]:
+    """A search vendor's answer: its citations on every chunk of a stream (as Perplexity
+    sends them), or at the top of a whole body."""
+    cid, usage = env.correlation_id, Usage(input_tokens=3, output_tokens=4)
+    end = {"vendor": "sim-openai", "model": "gpt-4o-mini", "usage": usage}
+    if not env.stream:
+        body = {**hello(env.alias), "citations": CITATIONS}
+        body["choices"][0]["message"]["content"] = "Paris [1]."
+        return [(0.0, ReplyEvent(correlation_id=cid, kind="final", body=body, **end))]
+    head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": env.alias}
+    said = [({"role": "assistant", "content": "Paris"}, None), ({"content": " [1]."}, "stop")]
+    events = [
+        ReplyEvent(correlation_id=cid, kind="chunk", seq=n, body={**head, "citations": CITATIONS,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        for n, (delta, finish) in enumerate(said, 1)
+    ]  # fmt: skip
+    final = ReplyEvent(correlation_id=cid, kind="final", seq=len(events) + 1, **end)
+    return [(0.0, e) for e in [*events, final]]
+
+
+@pytest.mark.parametrize("stored_as_stream", [True, False])
+async def test_a_vendors_citations_survive_a_hit_served_the_other_way(
+    stored_as_stream: bool,
+) -> None:
+    """A streamed answer served whole to a later request, or a whole one replayed as a
+    stream, keeps what the vendor said beside its text: "[1]" still has its source."""
+    app, bus = gateway_app(cited)
+    stream = {**BODY, "stream": True}
+    first, then = (stream, BODY) if stored_as_stream else (BODY, stream)
+    async with client(app) as http:
+        live = await http.post("/v1/chat/completions", json=first)
+        hit = await http.post("/v1/chat/completions", json=then)
+    assert live.headers["x-relay-cache"] == "miss" and hit.headers["x-relay-cache"] == "hit-l1"
+    assert len(bus.published) == 1
+    if stored_as_stream:
+        assert hit.json()["citations"] == CITATIONS
+        assert hit.json()["choices"][0]["message"]["content"] == "Paris [1]."
+    else:
+        chunks = data_lines(hit.text)
+        assert chunks[0]["citations"] == CITATIONS, "where the SDKs' stream snapshot reads it"
+        said = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+        assert "".join(s or "" for s in said) == "Paris [1]."
+
+
+def audio_answer(expires_at: float) -> dict[str, Any]:
+    """An audio answer (``modalities: ["audio"]``): its id names it for a later turn
+    until ``expires_at``."""
+    audio = {"id": "audio_abc", "expires_at": int(expires_at), "data": "UklGR", "transcript": "Hi"}
+    message = {"role": "assistant", "content": None, "audio": audio}
+    choice = {"index": 0, "message": message, "finish_reason": "stop"}
+    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [choice]}  # fmt: skip
+
+
+async def test_an_audio_answer_is_not_served_after_its_vendor_forgets_it() -> None:
+    """A client sends the audio's id back on its next turn; past ``expires_at`` the
+    vendor answers that with a 400, so a copy is no answer then: asked anew (and the
+    worker must not serve it from L2 either).  One that came already expired is not
+    kept at all."""
+    app, bus = gateway_app(paid_with(audio_answer(time.time() + 3600)))
+    async with client(app) as http:
+        await http.post("/v1/chat/completions", json=BODY)
+        hit = await http.post("/v1/chat/completions", json=BODY)
+        assert hit.headers["x-relay-cache"] == "hit-l1"
+        kept = app.state.relay.cache.l1.get(bus.published[0].prompt_hash)
+        kept.body["choices"][0]["message"]["audio"]["expires_at"] = int(time.time()) - 1
+        after = await http.post("/v1/chat/completions", json=BODY)
+        assert after.headers["x-relay-cache"] == "miss" and len(bus.published) == 2
+        assert not bus.published[1].cache_lookup
+        bus.script = paid_with(audio_answer(time.time() - 3600))
+        other = {**BODY, "messages": [{"role": "user", "content": "say it again"}]}
+        await http.post("/v1/chat/completions", json=other)
+        again = await http.post("/v1/chat/completions", json=other)
+    assert again.headers["x-relay-cache"] == "miss" and len(bus.published) == 4
