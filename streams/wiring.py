@@ -550,6 +550,7 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         are answered and metered before the producer and vendor clients close, so a
         rolling restart leaves nobody waiting out a deadline."""
         lane.stopping = True  # adopts nothing more, and sends at once what comes now
+        handler.stop_waiting()  # Batch API lines waiting on a budget go back now
         batches = lane.flush_all()  # the lane's live set: what the drain's requests send too
         await finish(lambda: in_flight | handler.spawned, batches, settings.worker_drain_s)
         # Vendor batches still running stay journaled: their leases lapse and another

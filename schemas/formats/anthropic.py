@@ -142,7 +142,10 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("tools"):
         out["tools"] = [_tool_to_openai(t, f"tools.{i}") for i, t in enumerate(body["tools"])]
     if body.get("tool_choice"):
-        _tool_choice_to_openai(body["tool_choice"], out)
+        chosen: dict[str, Any] = {}
+        _tool_choice_to_openai(body["tool_choice"], chosen)  # checked even with no tools
+        if "tools" in out or chosen["tool_choice"] not in ("auto", "none"):
+            out |= chosen  # chat refuses auto/none (and parallel calls) without tools
     if body.get("cache_control"):
         out["cache_control"] = body["cache_control"]
     thinking = body.get("thinking")

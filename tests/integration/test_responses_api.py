@@ -81,10 +81,21 @@ async def test_a_streamed_response_assembles_into_the_same_answer(relay: Stack, 
 @pytest.mark.parametrize("effort", [None, "low"])
 async def test_a_function_call_round_trip(relay: Stack, alias: str, effort: str | None):
     """With reasoning asked for too: an Anthropic vendor thinks, and the loop still closes
-    though the call comes back without the signed thinking before it."""
+    though the call comes back without the signed thinking before it; a model that does
+    not reason refuses the client's own effort with OpenAI's 400, passed on as it is."""
     sdk = relay_openai(relay)
     question = f"what is the weather in Paris? {uuid.uuid4().hex}"
     reasoning: Any = {"effort": effort} if effort else openai.NOT_GIVEN
+    if effort and alias == "gpt-4o-mini":
+        with pytest.raises(openai.BadRequestError) as refused:
+            await sdk.responses.create(
+                model=alias,
+                input=question,
+                tools=[WEATHER],  # type: ignore[list-item]
+                reasoning=reasoning,
+            )
+        assert "reasoning" in str(refused.value.message)
+        return
     first = await sdk.responses.create(
         model=alias,
         input=question,

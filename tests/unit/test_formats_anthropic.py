@@ -247,6 +247,19 @@ def test_tool_choice_to_openai(choice, expected):
     assert "parallel_tool_calls" not in out
 
 
+@pytest.mark.parametrize("kind", ["auto", "none"])
+def test_a_tool_choice_without_tools_is_left_out_for_chat(kind):
+    """Chat vendors refuse a tool_choice (or parallel_tool_calls) sent with no tools, where
+    Anthropic lets an auto or none choice pass: the relay leaves it out, still checked."""
+    body = {k: v for k, v in ANTHROPIC_REQUEST.items() if k != "tools"}
+    body["tool_choice"] = {"type": kind, "disable_parallel_tool_use": True}
+    out = messages_request_to_openai(body)
+    assert "tools" not in out
+    assert "tool_choice" not in out and "parallel_tool_calls" not in out
+    with pytest.raises(BadRequest):
+        messages_request_to_openai({**body, "tool_choice": {"type": "sometimes"}})
+
+
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
