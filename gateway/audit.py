@@ -3,6 +3,8 @@
 Refusals come in floods (a script trying keys), so identical events within a window fold
 (``tables.folding``): the first goes out at once, and when the window closes one line
 with ``repeats`` says how many more came.  Stopping reports every count still open.
+A refused caller's address counts as the refusal throttle counts it: an IPv6 host picks
+a fresh address in its /64 for every try as easily as it makes up a key.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
+from gateway.auth import client_key
 from schemas.envelope import AuditEvent, now_ms
 from tables.folding import Folded, Folder
 
@@ -81,13 +84,16 @@ def signature(event: AuditEvent) -> Hashable:
     """What makes two audit events the same, for folding: all but time and fingerprint
     (a script trying keys presents a new one each time), and, for a refusal of a caller
     not known, the path (anyone can make up a new one for every try, which would make
-    every refusal a line of its own; the summary keeps the first one's)."""
+    every refusal a line of its own; the summary keeps the first one's) and the address
+    within its /64 (``client_key``, as the throttle counts it; the first line keeps the
+    exact address)."""
+    refused = event.kind == "auth_failed"
     return (
         event.kind,
         event.tenant,
         event.key_id,
-        event.client,
-        None if event.kind == "auth_failed" else event.path,
+        client_key(event.client) if refused and event.client else event.client,
+        None if refused else event.path,
         event.model,
         event.detail,
         event.config_sha256,
@@ -100,8 +106,12 @@ def group(event: AuditEvent) -> Hashable:
 
 
 def summary(folded: Folded[AuditEvent]) -> AuditEvent:
-    """The line for a closed window: its first event, counted, at the time of reporting."""
+    """The line for a closed window: its first event, counted, at the time of reporting;
+    a refusal's client as it was folded (an IPv6 address's /64: the repeats came from
+    anywhere in it)."""
     update: dict[str, Any] = {"repeats": folded.count, "ts_ms": now_ms(), "key_fingerprint": None}
+    if folded.first.kind == "auth_failed" and folded.first.client:
+        update["client"] = client_key(folded.first.client)
     if folded.overflow:  # many sources at once: only kind and tenant are shared
         update |= {"client": None, "path": None, "model": None}
         update["detail"] = f"{folded.first.detail} (and others like it, from many sources)"

@@ -99,7 +99,7 @@ def known_caller(request: Request) -> Caller | None:
     found = relay.keys.get(hashed) if hashed else None
     if found is None:
         return None
-    client = _guesser(request.client.host if request.client else "unknown")
+    client = client_key(request.client.host if request.client else "unknown")
     if hashed is not None and not relay.refusals.admits(client, hashed, time.monotonic()):
         return None  # refused as an unknown key would be: 429 from here
     tenant, key_id = found
@@ -117,7 +117,7 @@ async def caller(request: Request) -> Caller:
         return who
     relay = request.app.state.relay
     key = relay_key(request)
-    client = _guesser(request.client.host if request.client else "unknown")
+    client = client_key(request.client.host if request.client else "unknown")
     if wait := relay.refusals.refuse(client, time.monotonic()):
         await relay.audit_refusal(request, "auth_failed", detail="too many refused keys")
         raise RateLimited(
@@ -136,9 +136,10 @@ async def caller(request: Request) -> Caller:
     raise AuthenticationFailed("Incorrect relay key provided.")
 
 
-def _guesser(host: str) -> str:
-    """Who the throttle counts: the address, or for IPv6 its /64 (one host holds a whole
-    /64, and would otherwise guess from a fresh address every time)."""
+def client_key(host: str) -> str:
+    """Who the throttle counts, and the audit folds refusals by: the address, or for IPv6
+    its /64 (one host holds a whole /64, and would otherwise guess from a fresh address
+    every time)."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

@@ -110,3 +110,49 @@ async def test_refusals_on_made_up_paths_fold_as_one_source() -> None:
     await trail.close()
     assert [e.repeats for e in sent] == [1, 499]
     assert sent[1].path == "/v1/chat/completions/0"
+
+
+async def test_a_host_trying_keys_from_every_address_of_its_64_folds_as_one_source() -> None:
+    """The throttle counts an IPv6 host by its /64, and so must the audit: a fresh source
+    address for every try (trivial on Linux) must not make every 401 and 429 a line of
+    its own.  The real routes, from 300 addresses in one /64 and 300 in another."""
+    import httpx
+
+    from tests.support.gateway import FakeBus, gateway_app
+
+    sent: list[AuditEvent] = []
+
+    async def send(event: AuditEvent) -> None:
+        sent.append(event)
+
+    trail = AuditTrail(send, window_s=60)
+
+    class Audited(FakeBus):
+        async def audit(self, kind: str, **fields: object) -> None:
+            await trail.record(AuditEvent(kind=kind, role="gateway", instance="g", **fields))  # type: ignore[arg-type]
+
+    app, _ = gateway_app()
+    app.state.relay.bus = Audited()
+    statuses: dict[int, int] = {}
+    for net in ("2001:db8:1:2", "2001:db8:1:3"):
+        for i in range(1, 301):
+            transport = httpx.ASGITransport(
+                app=app, raise_app_exceptions=False, client=(f"{net}:{i:x}::{i:x}", 1)
+            )
+            async with httpx.AsyncClient(transport=transport, base_url="http://relay") as http:
+                reply = await http.get("/v1/models", headers={"x-api-key": f"rk-guess-{i}"})
+            statuses[reply.status_code] = statuses.get(reply.status_code, 0) + 1
+    await trail.close()
+    assert statuses == {401: 60, 429: 540}, "each /64 is throttled as one client"
+    lines = {(e.client, e.detail, e.repeats) for e in sent}
+    assert lines == {
+        ("2001:db8:1:2:1::1", "unknown relay key", 1),  # the first line: its exact address
+        ("2001:db8:1:2::/64", "unknown relay key", 29),  # the rest of the window: the /64
+        ("2001:db8:1:2:1f::1f", "too many refused keys", 1),
+        ("2001:db8:1:2::/64", "too many refused keys", 269),
+        ("2001:db8:1:3:1::1", "unknown relay key", 1),
+        ("2001:db8:1:3::/64", "unknown relay key", 29),
+        ("2001:db8:1:3:1f::1f", "too many refused keys", 1),
+        ("2001:db8:1:3::/64", "too many refused keys", 269),
+    }
+    assert len(sent) == 8

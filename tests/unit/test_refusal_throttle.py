@@ -25,14 +25,16 @@ def test_zero_means_no_limit_and_memory_stays_bounded() -> None:
 
 
 def test_an_ipv6_host_is_counted_by_its_64_and_ipv4_by_its_address() -> None:
-    from gateway.auth import _guesser
+    from gateway.auth import client_key
 
-    assert _guesser("2001:db8:1:2:aaaa::1") == _guesser("2001:db8:1:2:bbbb::9")
-    assert _guesser("2001:db8:1:2::1") != _guesser("2001:db8:1:3::1")
-    assert _guesser("203.0.113.7") == "203.0.113.7" != _guesser("203.0.113.8")
-    assert _guesser("unknown") == "unknown"
+    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:bbbb::9")
+    assert client_key("2001:db8:1:2::1") != client_key("2001:db8:1:3::1")
+    assert client_key("203.0.113.7") == "203.0.113.7" != client_key("203.0.113.8")
+    assert client_key("unknown") == "unknown"
     # IPv4 as a dual-stack proxy forwards it: each address its own, not one shared ::/64.
-    assert _guesser("::ffff:198.51.100.66") == "198.51.100.66" != _guesser("::ffff:198.51.100.7")
+    assert (
+        client_key("::ffff:198.51.100.66") == "198.51.100.66" != client_key("::ffff:198.51.100.7")
+    )
 
 
 async def test_a_throttled_address_cannot_tell_a_lucky_guess_while_its_users_keep_working() -> None:
