@@ -13,16 +13,23 @@ answering are sent in the vendor's error body, exactly as the routes would.
 The edge also refuses a write without a known relay key before reading its body, and
 holds every request body to ``max_body`` bytes: one that says it is larger gets 413
 before a byte of it is read, and a chunked upload is read here, up to the limit, before
-anything behind the edge sees it.
+anything behind the edge sees it.  And it times every body as it comes in: one that goes
+``BODY_TIMEOUT_S`` without a byte, or comes slower than ``BODY_MIN_RATE`` past that
+long, before anything was answered, gets 408 in the endpoint's error body (uvicorn sets
+no timer while a body arrives, so a client could otherwise hold its connection, and
+what it sent so far, for ever).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,11 +39,16 @@ from gateway.auth import Caller, caller, known_caller
 from gateway.errors import error_response
 from gateway.relay import Answer, Options, Relay
 from schemas.envelope import Endpoint
-from schemas.errors import RelayError, RequestTooLarge
+from schemas.errors import RelayError, RequestTimeout, RequestTooLarge
 from schemas.formats.responses import in_responses_words
 
 log = logging.getLogger("relay.gateway")
 MAX_BODY = 256 * 1024  # larger requests are rare and go straight to FastAPI
+# The longest a request body may go without a byte: as long as a request head may take
+# (http_head.HEAD_TIMEOUT_S; nginx's client_body_timeout is 60 s).  Past that long, a body
+# must also have come at BODY_MIN_RATE bytes a second on average (Apache's default).
+BODY_TIMEOUT_S = 30.0
+BODY_MIN_RATE = 500.0
 
 
 def _chat(body: dict[str, Any]) -> dict[str, Any]:
@@ -68,9 +80,17 @@ ROUTES: dict[str, Route] = {
 class Edge:
     """Plain ASGI middleware: the hot endpoints here, everything else to the app behind."""
 
-    def __init__(self, app: ASGIApp, max_body: int = 32 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body: int = 32 * 1024 * 1024,
+        body_timeout_s: float | None = None,
+        body_min_rate: float | None = None,
+    ) -> None:
         self.app = app
         self.max_body = max_body
+        self.body_timeout_s = BODY_TIMEOUT_S if body_timeout_s is None else body_timeout_s
+        self.body_min_rate = BODY_MIN_RATE if body_min_rate is None else body_min_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -95,13 +115,19 @@ class Edge:
             await self._too_large(scope, receive, send)
             return
         route = ROUTES.get(scope.get("path", "")) if scope["method"] == "POST" else None
+        clock = _BodyClock(receive, send, self.body_timeout_s, self.body_min_rate)
         if length is not None and (route is None or length > MAX_BODY):
-            await self.app(scope, receive, send)  # sized within the limit: not ours to read
+            # Sized within the limit: not ours to read, but timed all the same.
+            await self.app(scope, clock.receive, clock.send)
             return
         try:  # a hot route's small body, or any chunked upload (held to the limit here)
-            raw = await _read_body(receive, self.max_body)
+            raw = await _read_body(clock.receive, self.max_body)
         except _BodyTooLarge:
             await self._too_large(scope, receive, send)
+            return
+        except BodyStalled as stalled:
+            timed_out = RequestTimeout(stalled.detail)
+            await error_response(Request(scope), timed_out)(scope, receive, send)
             return
         if raw is None:
             return  # the client left before it finished sending: nobody to answer
@@ -158,6 +184,63 @@ def _content_length(scope: Scope) -> int | None:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class BodyStalled(HTTPException):
+    """A request body that stopped coming in, or came too slowly.  An HTTPException
+    because FastAPI passes one raised while it reads a body on as it is (any other
+    becomes its 400), to the handler that answers it as ``RequestTimeout``."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(408, f"the request body {why}")
+
+
+class _BodyClock:
+    """A request's ``receive``, timed while its body comes in and nothing has been
+    answered: ``timeout_s`` at most without a message, and, past its first ``timeout_s``,
+    ``min_rate`` bytes a second on average (Apache's mod_reqtimeout ``MinRate``: a byte
+    every few seconds would otherwise hold a connection for hours).  Once an answer has
+    begun, what is left of its body is the protocol's to bound (http_head closes a
+    connection whose body outlasts its answer)."""
+
+    def __init__(self, receive: Receive, send: Send, timeout_s: float, min_rate: float) -> None:
+        self._receive = receive
+        self._send = send
+        self.timeout_s = timeout_s
+        self.min_rate = min_rate
+        self._timing = True
+        self._received = 0
+        self._started: float | None = None
+
+    async def receive(self) -> Message:
+        if not self._timing:
+            return await self._receive()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._started is None:
+            self._started = now
+        earned = self._received / self.min_rate if self.min_rate > 0 else math.inf
+        by_rate = self._started + self.timeout_s + earned
+        wait = min(self.timeout_s, by_rate - now)
+        try:
+            # (A message already here is taken even past the deadline: it never waits.)
+            async with asyncio.timeout(max(0.0, wait)):
+                message = await self._receive()
+        except TimeoutError:
+            why = (
+                f"came too slowly: under {self.min_rate:g} bytes a second"
+                if wait < self.timeout_s
+                else f"stopped coming in: nothing for {self.timeout_s:g} s"
+            )
+            raise BodyStalled(why) from None
+        self._received += len(message.get("body", b""))
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self._timing = False  # the body is all in (or the client gone)
+        return message
+
+    async def send(self, message: Message) -> None:
+        self._timing = False
+        await self._send(message)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

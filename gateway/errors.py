@@ -29,6 +29,7 @@ from schemas.errors import (
     PermissionDenied,
     RateLimited,
     RelayError,
+    RequestTimeout,
     VendorError,
 )
 from schemas.formats.responses import in_responses_words
@@ -41,6 +42,7 @@ ANTHROPIC_TYPES = {
     402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "timeout_error",
     413: "request_too_large",
     429: "rate_limit_error",
     500: "api_error",
@@ -51,6 +53,18 @@ ANTHROPIC_TYPES = {
 }
 # Anthropic says "overloaded" with a 529 of its own, which its SDK raises as OverloadedError.
 ANTHROPIC_STATUS = {503: 529}
+# The endpoints the relay answers from its cache or through a worker: every response of
+# theirs says ``x-relay-cache``, an error too (``miss`` unless the relay knew better).
+ANSWER_PATHS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/v1/completions",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/responses",
+    }
+)
 
 
 def trace_headers(trace_id: str) -> dict[str, str]:
@@ -93,6 +107,10 @@ def error_response(request: Request, err: RelayError) -> JSONResponse:
     # or else a new one: every answer carries a request id, as the vendors' do (one to
     # quote in a report, though a request refused this early has no ledger line).
     headers.update(trace_headers(err.trace_id or request_trace(request)))
+    if request.url.path in ANSWER_PATHS:
+        # Refused before any look-up, or failed on its way to a vendor: not from the
+        # cache (a caller that shared another's failed call hears it was ``coalesced``).
+        headers["x-relay-cache"] = err.cache or "miss"
     if is_anthropic(request):
         status, body = anthropic_error(err)
     else:
@@ -172,6 +190,7 @@ def install(app: FastAPI) -> None:
         by_status: dict[int, type[RelayError]] = {
             401: AuthenticationFailed,
             403: PermissionDenied,
+            408: RequestTimeout,  # a body that stopped coming in (edge.BodyStalled)
             429: RateLimited,
         }
         if exc.status_code in (404, 405):  # no such route (or method): say which, as OpenAI

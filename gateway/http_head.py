@@ -20,6 +20,8 @@ timeout), and an answer sent before its request's body ended says ``connection: 
 the rest of that body is then read and dropped, unparsed, for at most the keep-alive
 timeout before the connection closes (closing at once could reset the connection under a
 client still uploading, and take the answer with it: what nginx calls a lingering close).
+A body still coming in before any answer is timed by the edge (``gateway.edge``: a 408
+for one that stops, or trickles in), which answers in the endpoint's own error body.
 """
 
 from __future__ import annotations

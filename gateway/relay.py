@@ -345,13 +345,17 @@ class Relay:
             self._done(env)
             self._count(env, first)
             if first.body is None:  # no chunk came before it, nor a body with it
-                raise _broken(1) if first.seq > 1 else _unanswered()
+                raise _as_told(_broken(1) if first.seq > 1 else _unanswered(), first)
             await self._keep(env, first.body, None, first)
             headers.update(_vendor_headers(first))
             headers.update(_cost_headers(first.cost, first.saved_cost))
             usage = first.usage or Usage()
             if env.stream:  # asked as a stream: sent as one, whole as the answer came
-                return Answer(headers, chunks=_replay(_as_stream(first.body), usage))
+                try:
+                    chunks = _as_stream(first.body)
+                except RelayError as err:
+                    raise _as_told(err, first) from None
+                return Answer(headers, chunks=_replay(chunks, usage))
             return Answer(headers, body=first.body, usage=usage)
         return Answer(
             headers, chunks=self._stream(env, queue, first), close=lambda: self._done(env)
@@ -418,7 +422,7 @@ class Relay:
         if event.kind != "chunk":  # its last reply: from here nothing is withdrawn
             self._done(env, ended=True)
         if event.kind == "error":
-            raise RelayError.from_dict(event.error or {})
+            raise _as_told(RelayError.from_dict(event.error or {}), event)
         return event
 
     def _done(self, env: RequestEnvelope, *, ended: bool = False) -> bool:
@@ -582,6 +586,13 @@ def _broken(seq: int) -> RelayError:
     it passed off as whole (nor kept in L1).  The worker, told of the refusal, meters the
     request as failed and says so too, as it does for a reply it could not pass back."""
     return RelayError(f"the answer could not be passed back (its chunk {seq} went missing)")
+
+
+def _as_told(err: RelayError, event: ReplyEvent) -> RelayError:
+    """``err`` with the x-relay-cache its response says, as ``event`` told it (a caller
+    that shared another's failed call hears ``coalesced``)."""
+    err.cache = _cache_header(event)
+    return err
 
 
 def _cache_header(event: ReplyEvent) -> str:

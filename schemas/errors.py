@@ -2,10 +2,11 @@
 
     RelayError                       500 internal_error
     ├── BadRequest                   400 invalid_request_error
-    │   └── RequestTooLarge          413 (a body over RELAY_MAX_BODY_BYTES)
-    ├── AuthenticationFailed         401 authentication_error
+    │   ├── RequestTooLarge          413 (a body over RELAY_MAX_BODY_BYTES)
+    │   └── RequestTimeout           408 (a body that stopped coming in, or trickled)
+    ├── AuthenticationFailed         401 invalid_request_error (OpenAI's type for a bad key)
     ├── PermissionDenied             403 permission_error
-    ├── ModelNotFound                404 not_found_error
+    ├── ModelNotFound                404 invalid_request_error (OpenAI's type for it too)
     ├── NotFound                     404 invalid_request_error (a file or batch)
     ├── BudgetExceeded               402 budget_exceeded
     ├── RateLimited                  429 rate_limit_error     (retry_after)
@@ -27,7 +28,8 @@
         └── VendorUnsupported        400 this candidate cannot (next one tried; health kept)
             └── VendorRequestTooLarge 413 too large for this vendor (request_too_large)
 
-Each class carries a stable ``code``, the HTTP ``status`` a client sees and whether a
+Each class carries a stable ``code``, the HTTP ``status`` a client sees, the ``type`` of
+OpenAI's error body (Anthropic's body takes its type from the status) and whether a
 retry on another candidate may help.  The gateway maps them to the OpenAI or Anthropic
 error body in one place (``gateway/errors.py``); errors cross Kafka as ``to_dict()``.
 
@@ -73,6 +75,10 @@ class RelayError(Exception):
         self.other_key = False
         # OpenAI's own code for the error, for OpenAI-format clients (see above).
         self.vendor_code: str | None = None
+        # What the gateway's x-relay-cache header says of it (``miss``, ``coalesced``
+        # for a caller that shared another's failed call), when the relay knows; never
+        # sent across Kafka.
+        self.cache: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,10 +129,18 @@ class RequestTooLarge(BadRequest):
     status = 413
 
 
+class RequestTimeout(BadRequest):
+    """The client stopped sending its body part-way (nothing came for the gateway's body
+    timeout): a connection held open without end, not a request."""
+
+    code = "request_timeout"
+    status = 408
+
+
 class AuthenticationFailed(RelayError):
     code = "invalid_api_key"
     status = 401
-    type = "authentication_error"
+    type = "invalid_request_error"  # as OpenAI's 401 says it (Anthropic's body: by status)
 
 
 class PermissionDenied(RelayError):
@@ -138,7 +152,7 @@ class PermissionDenied(RelayError):
 class ModelNotFound(RelayError):
     code = "model_not_found"
     status = 404
-    type = "not_found_error"
+    type = "invalid_request_error"  # as OpenAI's says it (Anthropic's body: by status)
 
 
 class NotFound(RelayError):
