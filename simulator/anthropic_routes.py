@@ -1,7 +1,10 @@
-"""Anthropic Messages wire format: messages, SSE events, token counting, prompt-cache usage."""
+"""Anthropic Messages wire format: messages, SSE events, token counting, prompt-cache usage,
+and the 400s Anthropic answers a request it refuses."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -44,6 +47,23 @@ COUNT_TOKENS_FIELDS = frozenset(
         "context_management",
         "mcp_servers",
         "speed",
+    )
+)
+# The body fields /v1/messages takes (its own, and its betas' documented ones: the beta is
+# asked for in a header, which the simulator does not demand); Anthropic refuses any other
+# as an extra input.  Generous on purpose: it is the unknown field that is refused.
+MESSAGES_FIELDS = COUNT_TOKENS_FIELDS | frozenset(
+    (
+        "max_tokens",
+        "metadata",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_k",
+        "top_p",
+        "service_tier",
+        "container",
+        "inference_geo",
     )
 )
 # The tool-use system prompt Anthropic adds when tools are offered, in input tokens (its
@@ -120,11 +140,42 @@ def _blocks(content: Any) -> list[Any]:
     return content if isinstance(content, list) else []
 
 
-def _tool_choice(choice: Any) -> str:
-    kind = choice.get("type") if isinstance(choice, dict) else None
+def _tool_choice(choice: Any, names: list[str]) -> str:
+    """The Prompt's tool choice, after Anthropic's 400s: a type it does not know, a forced
+    tool (``tool``, or ``any``) with no tools offered, or a named tool not among them.
+    The relay rewrites tool choices between formats: a garbled or dropped name must fail
+    here as it would at Anthropic, not get a call of some other tool."""
+    if choice is None:
+        return "auto"
+    kind = choice.get("type")
+    if kind not in ("auto", "any", "tool", "none"):
+        raise BadRequest(
+            f"tool_choice: Input tag {kind!r} found using 'type' does not match any of the "
+            "expected tags: 'auto', 'any', 'tool', 'none'"
+        )
+    if kind in ("any", "tool") and not names:
+        raise BadRequest(
+            f"tool_choice: tool_choice of type '{kind}' may only be specified while providing tools"
+        )
     if kind == "tool":
-        return str(choice.get("name") or "required")
-    return {"any": "required", "none": "none"}.get(kind or "", "auto")
+        name = choice.get("name")
+        if not isinstance(name, str):
+            raise BadRequest("tool_choice.tool.name: Field required")
+        if name not in names:
+            raise BadRequest(f"tool_choice.name: Tool '{name}' not found in tools")
+        return name
+    return {"any": "required", "none": "none"}.get(kind, "auto")
+
+
+def _check_roles(messages: list[Any]) -> None:
+    """Anthropic's 400 for a turn of a role it does not take: the system prompt is the
+    top-level ``system`` (never a ``system`` turn), a tool's result a ``tool_result``
+    block in a user turn (never a ``tool`` turn)."""
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise BadRequest("messages: each message must be an object")
+        if m.get("role") not in ("user", "assistant"):
+            raise BadRequest(f"messages.{i}.role: Input should be 'user' or 'assistant'")
 
 
 def _check_types(body: dict[str, Any]) -> None:
@@ -156,25 +207,26 @@ def _check_types(body: dict[str, Any]) -> None:
             raise BadRequest(f"tools.{i}.input_schema: Input should be a valid dictionary")
 
 
-def to_prompt(body: dict[str, Any]) -> tuple[Prompt, str | None]:
-    """The Prompt, plus the text up to the last ``cache_control`` breakpoint (None if none)."""
+def to_prompt(body: dict[str, Any]) -> tuple[Prompt, list[str]]:
+    """The Prompt, plus the text (system, then messages) up to each ``cache_control``
+    breakpoint in it, in order (``_breakpoints`` puts the tools' own before them)."""
     _check_types(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages: at least one message is required")
+    _check_roles(messages)
+    _check_tool_pairs(messages)
     texts: list[str] = []
-    prefix: str | None = None
+    marks: list[str] = []
     # The system prompt comes first in Anthropic's cache order (after tools), then messages.
     turns: list[Any] = [{"role": "system", "content": body["system"]}] if body.get("system") else []
     last_user, result = "", None
     for m in [*turns, *messages]:
-        if not isinstance(m, dict):
-            raise BadRequest("messages: each message must be an object")
         parts: list[str] = []
         for block in _blocks(m.get("content")):
             parts.append(_block_text(block))
             if isinstance(block, dict) and block.get("cache_control"):
-                prefix = "\n".join([*texts, "\n".join(parts)])
+                marks.append("\n".join([*texts, "\n".join(parts)]))
         texts.append("\n".join(parts))
         if m.get("role") == "user":
             blocks = [b for b in _blocks(m.get("content")) if isinstance(b, dict)]
@@ -184,17 +236,65 @@ def to_prompt(body: dict[str, Any]) -> tuple[Prompt, str | None]:
     if messages[-1].get("role") != "user":
         result = None
     if body.get("cache_control"):  # automatic caching: the breakpoint is the last block
-        prefix = "\n".join(texts)
+        marks.append("\n".join(texts))
     tools = [
         (str(t["name"]), t.get("input_schema") or {})
         for t in body.get("tools") or []
         if isinstance(t, dict) and t.get("name")
     ]
-    choice = _tool_choice(body.get("tool_choice"))
     asked = body.get("tool_choice")
+    choice = _tool_choice(asked, [name for name, _ in tools])
     parallel = not (isinstance(asked, dict) and asked.get("disable_parallel_tool_use"))
     prompt = Prompt(texts, last_user, result, tools, choice, parallel, _tool_tokens(body, choice))
-    return prompt, prefix
+    return prompt, marks
+
+
+_TOOL_USE_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
+
+
+def _tool_ids(message: dict[str, Any], kind: str) -> list[tuple[int, Any]]:
+    """(block index, id) of a turn's ``tool_use`` blocks' ids or ``tool_result`` blocks'
+    ``tool_use_id``s."""
+    key = "id" if kind == "tool_use" else "tool_use_id"
+    return [
+        (j, b.get(key))
+        for j, b in enumerate(_blocks(message.get("content")))
+        if isinstance(b, dict) and b.get("type") == kind
+    ]
+
+
+def _check_tool_pairs(messages: list[dict[str, Any]]) -> None:
+    """Anthropic's 400s for tool turns that do not pair up: a ``tool_use`` id outside its
+    pattern, a ``tool_use`` with no ``tool_result`` for it in the next turn, and a
+    ``tool_result`` for no ``tool_use`` of the turn before.  (An assistant turn's calls
+    that end the conversation are a prefill, which nothing answers yet.)"""
+    for i, m in enumerate(messages):
+        if m.get("role") == "assistant":
+            uses = _tool_ids(m, "tool_use")
+            for j, use in uses:
+                if not isinstance(use, str) or not _TOOL_USE_ID.fullmatch(use):
+                    raise BadRequest(
+                        f"messages.{i}.content.{j}.tool_use.id: String should match pattern "
+                        "'^[a-zA-Z0-9_-]+$'"
+                    )
+            if uses and i + 1 < len(messages):
+                answered = {r for _, r in _tool_ids(messages[i + 1], "tool_result")}
+                if missing := [u for _, u in uses if u not in answered]:
+                    raise BadRequest(
+                        f"messages.{i}: `tool_use` ids were found without `tool_result` blocks "
+                        f"immediately after: {', '.join(missing)}. Each `tool_use` block must "
+                        "have a corresponding `tool_result` block in the next message."
+                    )
+        elif m.get("role") == "user":
+            before = messages[i - 1] if i else {}
+            used = {u for _, u in _tool_ids(before, "tool_use")}
+            for j, result in _tool_ids(m, "tool_result"):
+                if result not in used:
+                    raise BadRequest(
+                        f"messages.{i}.content.{j}: unexpected `tool_use_id` found in "
+                        f"`tool_result` blocks: {result}. Each `tool_result` block must have "
+                        "a corresponding `tool_use` block in the previous message."
+                    )
 
 
 def _tool_tokens(body: dict[str, Any], choice: str) -> int:
@@ -222,33 +322,59 @@ def _one_hour(body: dict[str, Any]) -> bool:
     )
 
 
-def _cache_key(sim: Sim, model: str, prompt: Prompt, prefix: str | None) -> int | None:
-    """The prompt-cache entry up to the last breakpoint, which a call reads and, once
-    answered, writes (None: no breakpoint, or the marked prefix too short to cache: the
-    minimum applies to what is cached, not to the whole prompt)."""
-    if prefix and sim.caching(len(prefix)):
-        return digest("anthropic", model, prefix)
-    return None
+@dataclass(frozen=True, slots=True)
+class Breakpoint:
+    """A prompt-cache entry: the key of everything up to a ``cache_control`` breakpoint,
+    and that prefix's input tokens."""
+
+    key: int
+    tokens: int
+
+
+def _breakpoints(
+    sim: Sim, model: str, body: dict[str, Any], prompt: Prompt, marks: list[str]
+) -> list[Breakpoint]:
+    """The prompt-cache entries a call reads and, once answered, writes: one per
+    breakpoint, in Anthropic's cache order, tools, then system, then messages.  A tool's
+    breakpoint caches the tools up to it (with the tool-use system prompt); any later one
+    caches every tool before its text, so the tools are in every later key and changing
+    them makes all of those new.  A breakpoint whose prefix is under the minimum is none
+    (the minimum applies to what is cached, not to the whole prompt)."""
+    tools = body.get("tools") or []
+    every = orjson.dumps(tools).decode() if tools else ""
+    system = prompt.tool_tokens - text_tokens(every) if tools else 0
+    found: list[tuple[int, int, int]] = []  # key, tokens, characters
+    for i, tool in enumerate(tools):
+        if isinstance(tool, dict) and tool.get("cache_control"):
+            upto = orjson.dumps(tools[: i + 1]).decode()
+            found.append((digest("anthropic", model, upto), text_tokens(upto) + system, len(upto)))
+    for mark in marks:
+        tokens = prompt.tool_tokens + text_tokens(mark)
+        found.append((digest("anthropic", model, every, mark), tokens, len(every) + len(mark)))
+    return [Breakpoint(key, tokens) for key, tokens, chars in found if sim.caching(chars)]
 
 
 def _usage(
-    sim: Sim, prompt: Prompt, prefix: str | None, answer: Answer, cache_key: int | None
+    sim: Sim, prompt: Prompt, breakpoints: list[Breakpoint], answer: Answer, one_hour: bool
 ) -> dict[str, Any]:
+    """The call's usage: the longest prefix an earlier answered call cached is read, the
+    rest up to the last breakpoint written."""
     total = prompt.tokens
-    created = read = 0
-    if prefix and cache_key is not None:
-        # Tools come first in Anthropic's cache order: any breakpoint caches them too.
-        cached = min(total, text_tokens(prefix) + prompt.tool_tokens)
-        if sim.cache_seen(cache_key):
-            read = cached
-        else:
-            created = cached
+    last = min(total, max((b.tokens for b in breakpoints), default=0))
+    read = min(last, max((b.tokens for b in breakpoints if sim.cache_seen(b.key)), default=0))
+    created = last - read
     # Anthropic's input_tokens counts only the tokens after the last cache breakpoint.
     return {
         "input_tokens": total - created - read,
         "output_tokens": answer.completion_tokens,
         "cache_creation_input_tokens": created,
         "cache_read_input_tokens": read,
+        # The writes by cache lifetime (the simulator writes the whole prefix at the one
+        # asked for, the five-minute one unless a breakpoint says "1h").
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": 0 if one_hour else created,
+            "ephemeral_1h_input_tokens": created if one_hour else 0,
+        },
     }
 
 
@@ -323,14 +449,17 @@ def _thought_within(
     return thinking, text_tokens(text)
 
 
-Prepared = tuple[str, Answer, dict[str, Any], dict[str, Any] | None, int | None]
-"""model, answer, usage, thinking block, prompt-cache key"""
+Prepared = tuple[str, Answer, dict[str, Any], dict[str, Any] | None, list[int]]
+"""model, answer, usage, thinking block, the prompt-cache entries it writes once answered"""
 
 
 def _prepare(sim: Sim, body: dict[str, Any]) -> Prepared:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model: Field required")
+    extra = sorted(k for k in body if k not in MESSAGES_FIELDS)
+    if extra:
+        raise BadRequest(f"{extra[0]}: Extra inputs are not permitted")
     max_tokens = body.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise BadRequest("max_tokens: Field required")
@@ -338,7 +467,7 @@ def _prepare(sim: Sim, body: dict[str, Any]) -> Prepared:
     if both and not model.startswith("claude-3"):
         # As Claude 4.5 and later answer (and the relay must never ask).
         raise BadRequest("`temperature` and `top_p` cannot both be specified for this model.")
-    prompt, prefix = to_prompt(body)
+    prompt, marks = to_prompt(body)
     # The thinking counts towards max_tokens: the answer gets what it leaves, if any.
     thinking, thought = _thought_within(_thinking(body, prompt, max_tokens), max_tokens)
     if thought >= max_tokens:
@@ -348,16 +477,16 @@ def _prepare(sim: Sim, body: dict[str, Any]) -> Prepared:
         # on, that reasoning is in the thinking block, and it calls straight after.
         stops = body.get("stop_sequences") or []
         answer = compose(model, prompt, max_tokens - thought, stops=stops, preamble=not thinking)
-    key = _cache_key(sim, model, prompt, prefix)
-    usage = _usage(sim, prompt, prefix, answer, key)
-    if usage["cache_creation_input_tokens"] and _one_hour(body):
-        written = usage["cache_creation_input_tokens"]
-        usage["cache_creation"] = {
-            "ephemeral_5m_input_tokens": 0,
-            "ephemeral_1h_input_tokens": written,
-        }
+    breakpoints = _breakpoints(sim, model, body, prompt, marks)
+    usage = _usage(sim, prompt, breakpoints, answer, _one_hour(body))
     usage["output_tokens"] += thought
-    return model, answer, usage, thinking, key
+    return model, answer, usage, thinking, [b.key for b in breakpoints]
+
+
+def _cache_write(sim: Sim, keys: list[int]) -> None:
+    """An answered call's prompt-cache entries, one per breakpoint."""
+    for key in keys:
+        sim.cache_write(key)
 
 
 def _stop_reason(answer: Answer) -> str:
@@ -401,9 +530,9 @@ def _message(
 
 def message_result(sim: Sim, body: dict[str, Any]) -> dict[str, Any]:
     """A whole Message for a request body (raises BadRequest); an answered call, so it
-    writes its prompt-cache entry."""
-    model, answer, usage, thinking, key = _prepare(sim, body)
-    sim.cache_write(key)
+    writes its prompt-cache entries."""
+    model, answer, usage, thinking, keys = _prepare(sim, body)
+    _cache_write(sim, keys)
     return _message(model, answer, usage, thinking)
 
 
@@ -423,6 +552,15 @@ def _block_events(index: int, first: dict[str, Any], deltas: list[dict[str, Any]
         ),
         _event("content_block_stop", {"type": "content_block_stop", "index": index}),
     ]
+
+
+# message_delta's usage fields (MessageDeltaUsage; server_tool_use only with server tools).
+_DELTA_USAGE = (
+    "input_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "output_tokens",
+)
 
 
 def _events(
@@ -456,7 +594,9 @@ def _events(
             {
                 "type": "message_delta",
                 "delta": stop,
-                "usage": {"output_tokens": usage["output_tokens"]},
+                # Cumulative, as the API now says them: the input side again beside the
+                # output (a stream's last word on usage, which the relay's merge reads).
+                "usage": {k: usage[k] for k in _DELTA_USAGE},
             },
         ),
         _event("message_stop", {"type": "message_stop"}),
@@ -477,7 +617,7 @@ async def messages(request: Request) -> Response:
     if body is None:
         return error(400, "invalid JSON body")
     try:
-        model, answer, usage, thinking, key = _prepare(sim, body)
+        model, answer, usage, thinking, keys = _prepare(sim, body)
     except BadRequest as exc:
         return error(400, exc.message)
     fault = await sim.admit(request, model, "anthropic.messages")
@@ -492,7 +632,7 @@ async def messages(request: Request) -> Response:
         )
     if fault:
         return error(529 if fault == "overloaded" else int(fault), _FAULT_MESSAGES[fault])
-    sim.cache_write(key)  # only a call that is answered writes the prompt cache
+    _cache_write(sim, keys)  # only a call that is answered writes the prompt cache
     if body.get("stream"):
         return await sim.stream(request, _events(model, answer, usage, thinking))
     await sim.delay(request)
