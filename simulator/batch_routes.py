@@ -1,4 +1,6 @@
-"""OpenAI Files + Batch API and Anthropic Message Batches; jobs end after batch_complete_after_s."""
+"""OpenAI Files + Batch API and Anthropic Message Batches; jobs end after batch_complete_after_s,
+expired (their window closed on requests not yet run) when a request's model says ``-expire``
+or past the first ``batch_expire_after`` requests."""
 
 from __future__ import annotations
 
@@ -50,6 +52,23 @@ def _ended(sim: Sim, job: dict[str, Any]) -> bool:
 
 def _jsonl(lines: list[dict[str, Any]]) -> bytes:
     return b"".join(orjson.dumps(line) + b"\n" for line in lines)
+
+
+EXPIRE = "-expire"  # a model name with this in it: its batch requests are never run
+
+
+def _unrun(sim: Sim, models: list[str]) -> list[bool]:
+    """Which of an ended batch's requests its window closed on before they ran (as the
+    vendors' 24 hours can): those whose model says ``-expire``, and every one past the
+    first ``batch_expire_after`` (as configured when the batch is seen ended).  A batch
+    with any such request ends expired; the others ran."""
+    after = sim.config.batch_expire_after
+    return [EXPIRE in model or (after is not None and i >= after) for i, model in enumerate(models)]
+
+
+def _model(params: Any) -> str:
+    model = params.get("model") if isinstance(params, dict) else None
+    return str(model or "")
 
 
 # ---- OpenAI Files and Batches -------------------------------------------------------------
@@ -268,7 +287,7 @@ async def create_batch(request: Request) -> Response:
         "ran": False,
         "output": None,
         "errors": None,
-        "counts": (0, 0),
+        "counts": (0, 0, 0),  # completed, failed, expired
         "cancelled": False,
     }
     return json_response(job)
@@ -287,21 +306,41 @@ def _metadata_refused(metadata: Any) -> str | None:
     return None
 
 
+_EXPIRED_LINE = {
+    "code": "batch_expired",
+    "message": "This request could not be executed before the completion window expired.",
+}
+
+
 def _run_openai(sim: Sim, rec: dict[str, Any]) -> None:
     """Answer an ended batch's requests, once: its output file holds the answered lines,
-    its error file (if any) the failed ones."""
+    its error file (if any) the failed ones, then those its window closed on
+    (``batch_expired``, no response: never run, never billed).  An expired batch with no
+    answered line has no output file."""
     if rec["ran"] or rec["invalid"]:
         return
     rec["ran"] = True
     good: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
-    for custom_id, params in rec["requests"]:
+    late: list[dict[str, Any]] = []
+    requests = rec["requests"]
+    for (custom_id, params), unrun in zip(
+        requests, _unrun(sim, [_model(p) for _, p in requests]), strict=True
+    ):
+        if unrun:
+            line_id = new_id("batch_req_")
+            late.append(
+                {"id": line_id, "custom_id": custom_id, "response": None, "error": _EXPIRED_LINE}
+            )
+            continue
         line, ok = _openai_item(sim, rec["obj"]["endpoint"], custom_id, params)
         (good if ok else bad).append(line)
-    rec["output"] = _store_file(sim, _jsonl(good), "batch_output.jsonl", "batch_output")["id"]
-    if bad:
-        rec["errors"] = _store_file(sim, _jsonl(bad), "batch_errors.jsonl", "batch_output")["id"]
-    rec["counts"] = (len(good), len(bad))
+    if good or not late:
+        rec["output"] = _store_file(sim, _jsonl(good), "batch_output.jsonl", "batch_output")["id"]
+    if bad or late:
+        errors = _jsonl([*bad, *late])
+        rec["errors"] = _store_file(sim, errors, "batch_errors.jsonl", "batch_output")["id"]
+    rec["counts"] = (len(good), len(bad), len(late))
 
 
 def _openai_view(sim: Sim, rec: dict[str, Any]) -> dict[str, Any]:
@@ -322,7 +361,23 @@ def _openai_view(sim: Sim, rec: dict[str, Any]) -> dict[str, Any]:
         errors = {"object": "list", "data": rec["invalid"]}
         return obj | {"status": "failed", "failed_at": at, "errors": errors}
     _run_openai(sim, rec)
-    done, failed = rec["counts"]
+    done, failed, expired = rec["counts"]
+    if expired:
+        # Its window closed (at the simulator's end time, not 24 hours on): what ran is
+        # in the output file, the rest in the error file, counted as failed.
+        return obj | {
+            "status": "expired",
+            "output_file_id": rec["output"],
+            "error_file_id": rec["errors"],
+            "in_progress_at": obj["created_at"],
+            "expires_at": at,
+            "expired_at": at,
+            "request_counts": {
+                "total": done + failed + expired,
+                "completed": done,
+                "failed": failed + expired,
+            },
+        }
     return obj | {
         "status": "completed",
         "output_file_id": rec["output"],
@@ -432,9 +487,17 @@ def _anthropic_item(sim: Sim, item: Any) -> dict[str, Any]:
 
 def _anthropic_results(sim: Sim, rec: dict[str, Any]) -> list[dict[str, Any]]:
     """An ended batch's results, its requests answered the first time they are asked for
-    (so a batch cancelled before it ended runs none of them)."""
+    (so a batch cancelled before it ended runs none of them); those its window closed on
+    are ``expired`` (never run, never billed)."""
     if rec["results"] is None:
-        rec["results"] = [_anthropic_item(sim, item) for item in rec["items"]]
+        items = rec["items"]
+        late = _unrun(sim, [_model(item.get("params")) for item in items])
+        rec["results"] = [
+            {"custom_id": item["custom_id"], "result": {"type": "expired"}}
+            if unrun
+            else _anthropic_item(sim, item)
+            for item, unrun in zip(items, late, strict=True)
+        ]
     results: list[dict[str, Any]] = rec["results"]
     return results
 
@@ -444,17 +507,21 @@ def _anthropic_view(sim: Sim, rec: dict[str, Any], request: Request) -> dict[str
     if rec["cancelled"]:
         canceled = len(rec["items"])
         counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": canceled}
+        counts["expired"] = 0
     elif _ended(sim, rec):
-        results = _anthropic_results(sim, rec)
-        succeeded = sum(r["result"]["type"] == "succeeded" for r in results)
-        errored = len(results) - succeeded
+        kinds = [r["result"]["type"] for r in _anthropic_results(sim, rec)]
+        succeeded, expired = kinds.count("succeeded"), kinds.count("expired")
+        errored = len(kinds) - succeeded - expired
         counts = {"processing": 0, "succeeded": succeeded, "errored": errored, "canceled": 0}
+        counts["expired"] = expired
+        if expired:  # its window closed then (at the simulator's end time)
+            obj["expires_at"] = _iso(rec["ended"])
     else:
         return obj
     url = f"{str(request.base_url).rstrip('/')}/v1/messages/batches/{obj['id']}/results"
     return obj | {
         "processing_status": "ended",
-        "request_counts": counts | {"expired": 0},
+        "request_counts": counts,
         "ended_at": _iso(rec["ended"]),  # fixed when it ended (at the cancel, if cancelled)
         "results_url": url,
     }

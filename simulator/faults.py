@@ -32,6 +32,12 @@ class SimConfig(BaseModel):
     api_key: str | None = Field(default=None, description="when set, calls must carry this key")
     seed: int = Field(default=0, description="seed of the fault RNG, for reproducible runs")
     batch_complete_after_s: float = Field(default=0.5, ge=0, description="batch jobs end this late")
+    batch_expire_after: int | None = Field(
+        default=None,
+        ge=0,
+        description="batch jobs end expired, their window closed after running this many "
+        "requests (None: every request runs; a model name with -expire never runs)",
+    )
     prompt_cache: bool = Field(default=True, description="report cached prompt tokens on repeats")
 
     @model_validator(mode="after")

@@ -1,5 +1,6 @@
 """Vendor batches that run only once they end: a cancel stops requests that had not run,
-and leaves nothing behind once the relay cleans up; Anthropic's request ids are strings."""
+and leaves nothing behind once the relay cleans up; a batch whose window closed first ends
+expired, the requests it never ran said to be so; Anthropic's request ids are strings."""
 
 from __future__ import annotations
 
@@ -178,3 +179,108 @@ async def test_a_batch_whose_create_answer_was_lost_is_found_by_its_nonce(
     newest = list(app.state.sim.batches)[-1]
     assert batch_id == newest
     assert app.state.sim.batches[newest]["obj"]["metadata"]["relay_lane_nonce"]
+
+
+def _chat_line(custom_id: str, model: str) -> dict[str, Any]:
+    body = {"model": model, "messages": user(custom_id)}
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+async def _openai_batch(sim: httpx.AsyncClient, lines: list[dict[str, Any]]) -> str:
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    upload = await sim.post(
+        "/v1/files", files={"file": ("in.jsonl", data)}, data={"purpose": "batch"}
+    )
+    asked = {"input_file_id": upload.json()["id"], "endpoint": "/v1/chat/completions"}
+    made = await sim.post("/v1/batches", json=asked)
+    batch_id: str = made.json()["id"]
+    return batch_id
+
+
+async def _lines(sim: httpx.AsyncClient, file_id: str) -> list[dict[str, Any]]:
+    content = (await sim.get(f"/v1/files/{file_id}/content")).text
+    return [json.loads(line) for line in content.splitlines()]
+
+
+async def test_an_openai_batch_whose_window_closed_ends_expired(sim: httpx.AsyncClient) -> None:
+    """What ran is in the output file; the rest is in the error file as batch_expired,
+    with no response (never run, never billed), and counted as failed."""
+    batch_id = await _openai_batch(sim, [_chat_line(f"r{i}", "gpt-4o-mini") for i in range(3)])
+    await sim.post("/sim/config", json={"batch_complete_after_s": 0, "batch_expire_after": 1})
+    batch = (await sim.get(f"/v1/batches/{batch_id}")).json()
+    assert batch["status"] == "expired" and batch["expired_at"] and not batch["completed_at"]
+    assert batch["expires_at"] == batch["expired_at"]
+    assert batch["request_counts"] == {"total": 3, "completed": 1, "failed": 2}
+    [answered] = await _lines(sim, batch["output_file_id"])
+    assert answered["custom_id"] == "r0" and answered["response"]["status_code"] == 200
+    late = await _lines(sim, batch["error_file_id"])
+    assert [line["custom_id"] for line in late] == ["r1", "r2"]
+    assert all(line["response"] is None for line in late)
+    assert {line["error"]["code"] for line in late} == {"batch_expired"}
+    assert (await sim.get("/stats")).json()["calls"] == {"gpt-4o-mini": 1}, "r0 alone ran"
+
+
+@pytest.mark.parametrize("kind", ["openai", "azure", "anthropic"])
+async def test_an_expired_batch_s_unrun_requests_may_go_another_way(
+    sim: httpx.AsyncClient, kind: str
+) -> None:
+    """A model name with -expire: its requests are never run.  The relay's adapter reads
+    each as not run (retryable, another route may answer it), and the others' answers."""
+    from agents.adapters import VendorCall, VendorResult, make_adapter
+    from schemas.config import VendorConfig
+    from schemas.errors import RelayError
+
+    base = "http://sim/v1" if kind == "openai" else "http://sim"
+    adapter: Any = make_adapter(VendorConfig(kind=kind, base_url=base), sim)  # type: ignore[arg-type]
+    calls = [
+        (f"r{i}", VendorCall(model, {"messages": user(f"q{i}"), "max_tokens": 20}, "x"))
+        for i, model in enumerate(["m", "m-expire", "m-expire"])
+    ]
+    batch_id = await adapter.submit_batch(calls, "x")
+    await sim.post("/sim/config", json={"batch_complete_after_s": 0})
+    results = await adapter.poll_batch(batch_id, "x")
+    assert results is not None and isinstance(results["r0"], VendorResult)
+    for custom_id in ("r1", "r2"):
+        unrun = results[custom_id]
+        assert isinstance(unrun, RelayError) and unrun.retryable
+        assert "expired" in unrun.message
+    assert (await sim.get("/stats")).json()["calls"] == {"m": 1}
+    if kind == "anthropic":
+        got = (await sim.get(f"/v1/messages/batches/{batch_id}", headers=AV)).json()
+        assert got["processing_status"] == "ended"
+        assert got["request_counts"] == {
+            "processing": 0,
+            "succeeded": 1,
+            "errored": 0,
+            "canceled": 0,
+            "expired": 2,
+        }
+        assert got["expires_at"] == got["ended_at"]
+        results_url = f"/v1/messages/batches/{batch_id}/results"
+        kinds = [
+            json.loads(x)["result"]["type"]
+            for x in (await sim.get(results_url, headers=AV)).text.splitlines()
+        ]
+        assert kinds == ["succeeded", "expired", "expired"]
+    else:
+        path = "/v1/batches/" if kind == "openai" else "/openai/batches/"
+        params = {} if kind == "openai" else {"api-version": "2024-10-21"}
+        got = (await sim.get(path + batch_id, params=params)).json()
+        assert got["status"] == "expired"
+
+
+async def test_an_openai_batch_with_nothing_run_has_no_output_file(sim: httpx.AsyncClient) -> None:
+    batch_id = await _openai_batch(sim, [_chat_line("a", "gpt-4o-mini-expire")])
+    await sim.post("/sim/config", json={"batch_complete_after_s": 0})
+    batch = (await sim.get(f"/v1/batches/{batch_id}")).json()
+    assert batch["status"] == "expired" and batch["output_file_id"] is None
+    assert batch["request_counts"] == {"total": 1, "completed": 0, "failed": 1}
+    assert (await sim.get("/stats")).json()["total"] == 0
+
+
+async def test_a_batch_within_its_window_still_completes(sim: httpx.AsyncClient) -> None:
+    """batch_expire_after past the batch's size: every request ran, nothing expired."""
+    batch_id = await _openai_batch(sim, [_chat_line("a", "gpt-4o-mini")])
+    await sim.post("/sim/config", json={"batch_complete_after_s": 0, "batch_expire_after": 5})
+    batch = (await sim.get(f"/v1/batches/{batch_id}")).json()
+    assert batch["status"] == "completed" and batch["expired_at"] is None
