@@ -2,9 +2,11 @@
 
 The ledger (``relay.usage``) is replayed from its first offset, so a report can be
 rebuilt at any time.  SaveRate = 1 - Cost_total / Cost_direct, where Cost_direct prices
-every answered request at its alias's first candidate, as if sent straight to it.
+every answered request at its alias's first candidate, as if sent straight to it.  Where
+the savings came from is a second table: per mechanism (the line's flags), its lines and
+the dollars they saved (the ledger's ``saved_cost``).
 
-By model, a second table counts every vendor call from ``relay.health`` (kept a day): a
+By model, a third table counts every vendor call from ``relay.health`` (kept a day): a
 ledger line names only the candidate that answered, so a canary's failed attempts that
 fell back to the stable version show there, with their own errors and latency.
 """
@@ -50,10 +52,18 @@ class Totals:
     direct: float = 0.0
     cache_hits: int = 0
     coalesced: int = 0
-    batched: int = 0
+    batched: int = 0  # lines billed a share of a window-batched call: no discount in itself
     batch_api: int = 0
     degraded: int = 0
     latency_ms: float = 0.0  # summed; shown as the mean
+    # The ledger's saved_cost (direct - cost, never below 0) of the lines with each flag,
+    # and of those with none (an answer from a cheaper candidate than the alias's first).
+    saved_cache: float = 0.0
+    saved_coalesced: float = 0.0
+    saved_batched: float = 0.0
+    saved_batch_api: float = 0.0
+    saved_degraded: float = 0.0
+    saved_other: float = 0.0
 
     def add(self, ev: UsageEvent) -> None:
         self.requests += 1
@@ -71,6 +81,14 @@ class Totals:
         self.batch_api += ev.batch_api
         self.degraded += ev.degraded is not None
         self.latency_ms += ev.latency_ms
+        saved = ev.saved_cost
+        self.saved_cache += saved if ev.cache_hit else 0.0
+        self.saved_coalesced += saved if ev.coalesced else 0.0
+        self.saved_batched += saved if ev.batched else 0.0
+        self.saved_batch_api += saved if ev.batch_api else 0.0
+        self.saved_degraded += saved if ev.degraded is not None else 0.0
+        flagged = ev.cache_hit or ev.coalesced or ev.batched or ev.batch_api
+        self.saved_other += 0.0 if flagged or ev.degraded is not None else saved
 
     @property
     def save_rate(self) -> float:
@@ -291,20 +309,62 @@ BILLED_NOTE = (
 )
 
 
+def _total(rows: dict[str, Totals]) -> Totals:
+    total = Totals()
+    for r in rows.values():
+        for column in Totals.__dataclass_fields__:
+            setattr(total, column, getattr(total, column) + getattr(r, column))
+    return total
+
+
+def _by_cost(rows: dict[str, Totals]) -> list[tuple[str, Totals]]:
+    return sorted(rows.items(), key=lambda kv: -kv[1].cost)
+
+
 def table(rows: dict[str, Totals], by: str) -> Table:
     t = Table(title=f"cost by {by}", caption=BILLED_NOTE)
     for col in (by, "requests", "errors", "client left", "mean ms", "billed tokens in/out",
-                "cost $", "direct $", "SaveRate", "cache", "coalesced", "batched", "batch API",
-                "degraded"):  # fmt: skip
+                "cost $", "direct $", "SaveRate"):  # fmt: skip
         t.add_column(col, justify="left" if col == by else "right")
-    total = Totals()
-    for name, r in sorted(rows.items(), key=lambda kv: -kv[1].cost):
+    for name, r in _by_cost(rows):
         t.add_row(*_cells(name, r))
-        for column in Totals.__dataclass_fields__:
-            setattr(total, column, getattr(total, column) + getattr(r, column))
     t.add_section()
-    t.add_row(*_cells("total", total))
+    t.add_row(*_cells("total", _total(rows)))
     return t
+
+
+SAVINGS_NOTE = (
+    "each: lines with the flag / their saved $ (saved_cost: direct - cost, never below 0; "
+    "a line with two flags counts under both). batched: lines billed a share of a "
+    "window-batched call (embeddings, legacy completions) at the full price, no discount "
+    "in itself: their saved $ is what they cost below direct, as any line's. other: lines "
+    "with no flag (answered by a cheaper candidate than the alias's first)"
+)
+
+
+def savings_table(rows: dict[str, Totals], by: str) -> Table:
+    """Where the savings came from: per group, the lines of each mechanism (flag) and
+    the dollars they saved, from the ledger's ``saved_cost``."""
+    t = Table(title=f"where the savings came from, by {by}", caption=SAVINGS_NOTE)
+    for col in (by, "cache", "coalesced", "batch API", "degraded", "batched", "other $"):
+        t.add_column(col, justify="left" if col == by else "right")
+    for name, r in _by_cost(rows):
+        t.add_row(*_savings_cells(name, r))
+    t.add_section()
+    t.add_row(*_savings_cells("total", _total(rows)))
+    return t
+
+
+def _savings_cells(name: str, r: Totals) -> list[str | Text]:
+    return [
+        shown(name),
+        f"{r.cache_hits} / {r.saved_cache:.6f}",
+        f"{r.coalesced} / {r.saved_coalesced:.6f}",
+        f"{r.batch_api} / {r.saved_batch_api:.6f}",
+        f"{r.degraded} / {r.saved_degraded:.6f}",
+        f"{r.batched} / {r.saved_batched:.6f}",
+        f"{r.saved_other:.6f}",
+    ]
 
 
 # C0 controls, DEL and C1 controls: a terminal acts on them (ESC starts a sequence that
@@ -323,8 +383,7 @@ def _cells(name: str, r: Totals) -> list[str | Text]:
         shown(name), str(r.requests), str(r.errors), str(r.closed),
         f"{r.latency_ms / max(1, r.requests):.0f}",
         f"{r.billed_input_tokens}/{r.billed_output_tokens}",
-        f"{r.cost:.6f}", f"{r.direct:.6f}", f"{r.save_rate:.1%}", str(r.cache_hits),
-        str(r.coalesced), str(r.batched), str(r.batch_api), str(r.degraded),
+        f"{r.cost:.6f}", f"{r.direct:.6f}", f"{r.save_rate:.1%}",
     ]  # fmt: skip
 
 
@@ -467,6 +526,7 @@ def run(
         console.print(f"no events on {topic}{period}")
         return
     console.print(table(dict(ledger.rows), by))
+    console.print(savings_table(dict(ledger.rows), by))
     if by == "model" and health is not None:
         _print_calls(console, bootstrap, health, since_ms, until_ms)
     if png is not None:
