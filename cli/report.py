@@ -4,7 +4,7 @@ The ledger (``relay.usage``) is replayed from its first offset, so a report can 
 rebuilt at any time.  SaveRate = 1 - Cost_total / Cost_direct, where Cost_direct prices
 every answered request at its alias's first candidate, as if sent straight to it.  Where
 the savings came from is a second table: per mechanism (the line's flags), its lines and
-the dollars they saved (the ledger's ``saved_cost``).
+the dollars they saved (the ledger's ``saved_cost``), over every group.
 
 By model, a third table counts every vendor call from ``relay.health`` (kept a day): a
 ledger line names only the candidate that answered, so a canary's failed attempts that
@@ -55,9 +55,11 @@ class Totals:
     batched: int = 0  # lines billed a share of a window-batched call: no discount in itself
     batch_api: int = 0
     degraded: int = 0
+    unflagged: int = 0  # lines with none of the five flags above
     latency_ms: float = 0.0  # summed; shown as the mean
-    # The ledger's saved_cost (direct - cost, never below 0) of the lines with each flag,
-    # and of those with none (an answer from a cheaper candidate than the alias's first).
+    # The ledger's saved_cost (direct - cost, never below 0): of every line, of the lines
+    # with each flag, and of those with none (a cheaper candidate than the alias's first).
+    saved: float = 0.0
     saved_cache: float = 0.0
     saved_coalesced: float = 0.0
     saved_batched: float = 0.0
@@ -82,13 +84,16 @@ class Totals:
         self.degraded += ev.degraded is not None
         self.latency_ms += ev.latency_ms
         saved = ev.saved_cost
+        self.saved += saved
         self.saved_cache += saved if ev.cache_hit else 0.0
         self.saved_coalesced += saved if ev.coalesced else 0.0
         self.saved_batched += saved if ev.batched else 0.0
         self.saved_batch_api += saved if ev.batch_api else 0.0
         self.saved_degraded += saved if ev.degraded is not None else 0.0
         flagged = ev.cache_hit or ev.coalesced or ev.batched or ev.batch_api
-        self.saved_other += 0.0 if flagged or ev.degraded is not None else saved
+        flagged = flagged or ev.degraded is not None
+        self.unflagged += not flagged
+        self.saved_other += 0.0 if flagged else saved
 
     @property
     def save_rate(self) -> float:
@@ -317,16 +322,13 @@ def _total(rows: dict[str, Totals]) -> Totals:
     return total
 
 
-def _by_cost(rows: dict[str, Totals]) -> list[tuple[str, Totals]]:
-    return sorted(rows.items(), key=lambda kv: -kv[1].cost)
-
-
 def table(rows: dict[str, Totals], by: str) -> Table:
     t = Table(title=f"cost by {by}", caption=BILLED_NOTE)
     for col in (by, "requests", "errors", "client left", "mean ms", "billed tokens in/out",
-                "cost $", "direct $", "SaveRate"):  # fmt: skip
+                "cost $", "direct $", "SaveRate", "cache", "coalesced", "batched", "batch API",
+                "degraded"):  # fmt: skip
         t.add_column(col, justify="left" if col == by else "right")
-    for name, r in _by_cost(rows):
+    for name, r in sorted(rows.items(), key=lambda kv: -kv[1].cost):
         t.add_row(*_cells(name, r))
     t.add_section()
     t.add_row(*_cells("total", _total(rows)))
@@ -334,37 +336,46 @@ def table(rows: dict[str, Totals], by: str) -> Table:
 
 
 SAVINGS_NOTE = (
-    "each: lines with the flag / their saved $ (saved_cost: direct - cost, never below 0; "
-    "a line with two flags counts under both). batched: lines billed a share of a "
-    "window-batched call (embeddings, legacy completions) at the full price, no discount "
-    "in itself: their saved $ is what they cost below direct, as any line's. other: lines "
-    "with no flag (answered by a cheaper candidate than the alias's first)"
+    "saved $: the ledger's saved_cost (direct - cost, never below 0) of the lines with the "
+    "flag; a line with two flags counts under both"
+)
+# Each mechanism: its name, the Totals fields of its lines and of what they saved, and
+# what its lines are.  "batched" is no saving in itself: a window-batched call's share
+# is charged at the full price (the flag says how the line was billed).
+MECHANISMS = (
+    ("cache", "cache_hits", "saved_cache", "answered from the response cache, cost 0"),
+    ("coalesced", "coalesced", "saved_coalesced", "rode on an identical request's call, cost 0"),
+    ("batch API", "batch_api", "saved_batch_api", "answered by a vendor batch, at its discount"),
+    ("degraded", "degraded", "saved_degraded", "routed cheaper (budget, rate pressure)"),
+    (
+        "batched",
+        "batched",
+        "saved_batched",
+        "billed a share of a window-batched call (embeddings, legacy completions) at the full "
+        "price: no discount in itself; what they saved is their candidate's",
+    ),
+    (
+        "other",
+        "unflagged",
+        "saved_other",
+        "no flag: a saving only when a cheaper candidate than the alias's first answered",
+    ),
 )
 
 
-def savings_table(rows: dict[str, Totals], by: str) -> Table:
-    """Where the savings came from: per group, the lines of each mechanism (flag) and
-    the dollars they saved, from the ledger's ``saved_cost``."""
-    t = Table(title=f"where the savings came from, by {by}", caption=SAVINGS_NOTE)
-    for col in (by, "cache", "coalesced", "batch API", "degraded", "batched", "other $"):
-        t.add_column(col, justify="left" if col == by else "right")
-    for name, r in _by_cost(rows):
-        t.add_row(*_savings_cells(name, r))
+def savings_table(rows: dict[str, Totals]) -> Table:
+    """Where the savings came from, over every group: each mechanism's (flag's) lines and
+    the dollars they saved, from the ledger's ``saved_cost``, with what its lines are."""
+    total = _total(rows)
+    t = Table(title="where the savings came from", caption=SAVINGS_NOTE)
+    for col in ("mechanism", "lines", "saved $", "its lines"):
+        t.add_column(col, justify="right" if col in ("lines", "saved $") else "left")
+    for name, lines, saved, meaning in MECHANISMS:
+        count, dollars = getattr(total, lines), getattr(total, saved)
+        t.add_row(name, str(count), f"{dollars:.6f}", meaning)
     t.add_section()
-    t.add_row(*_savings_cells("total", _total(rows)))
+    t.add_row("all lines", str(total.requests), f"{total.saved:.6f}", "")
     return t
-
-
-def _savings_cells(name: str, r: Totals) -> list[str | Text]:
-    return [
-        shown(name),
-        f"{r.cache_hits} / {r.saved_cache:.6f}",
-        f"{r.coalesced} / {r.saved_coalesced:.6f}",
-        f"{r.batch_api} / {r.saved_batch_api:.6f}",
-        f"{r.degraded} / {r.saved_degraded:.6f}",
-        f"{r.batched} / {r.saved_batched:.6f}",
-        f"{r.saved_other:.6f}",
-    ]
 
 
 # C0 controls, DEL and C1 controls: a terminal acts on them (ESC starts a sequence that
@@ -383,7 +394,8 @@ def _cells(name: str, r: Totals) -> list[str | Text]:
         shown(name), str(r.requests), str(r.errors), str(r.closed),
         f"{r.latency_ms / max(1, r.requests):.0f}",
         f"{r.billed_input_tokens}/{r.billed_output_tokens}",
-        f"{r.cost:.6f}", f"{r.direct:.6f}", f"{r.save_rate:.1%}",
+        f"{r.cost:.6f}", f"{r.direct:.6f}", f"{r.save_rate:.1%}", str(r.cache_hits),
+        str(r.coalesced), str(r.batched), str(r.batch_api), str(r.degraded),
     ]  # fmt: skip
 
 
@@ -526,7 +538,7 @@ def run(
         console.print(f"no events on {topic}{period}")
         return
     console.print(table(dict(ledger.rows), by))
-    console.print(savings_table(dict(ledger.rows), by))
+    console.print(savings_table(dict(ledger.rows)))
     if by == "model" and health is not None:
         _print_calls(console, bootstrap, health, since_ms, until_ms)
     if png is not None:

@@ -481,7 +481,7 @@ def test_the_savings_are_said_in_dollars_per_mechanism():
         event("a", 0.0, 0.2, cache_hit=True),
         event("a", 0.0, 0.1, coalesced=True),
         event("a", 0.25, 0.5, batch_api=True),
-        event("a", 0.4, 1.0, batch_api=True, degraded="budget"),
+        event("a", 0.4, 1.0, batch_api=True, degraded="budget_exhausted"),
         event("a", 0.7, 0.7, batched=True),
         event("a", 0.6, 1.0),
         event("b", 1.0, 1.0),
@@ -493,24 +493,57 @@ def test_the_savings_are_said_in_dollars_per_mechanism():
     assert (a.batch_api, a.saved_batch_api) == (2, pytest.approx(0.85))
     assert (a.degraded, a.saved_degraded) == (1, pytest.approx(0.6))
     assert (a.batched, a.saved_batched) == (1, 0.0), "a share costs what it costs"
-    assert a.saved_other == pytest.approx(0.4)
-    assert rows["b"].saved_other == 0.0
+    assert (a.unflagged, a.saved_other) == (1, pytest.approx(0.4))
+    assert (rows["b"].unflagged, rows["b"].saved_other) == (1, 0.0)
+    assert a.saved == pytest.approx(0.3 + 0.2 + 0.1 + 0.25 + 0.6 + 0.4)
     console = Console(width=200, record=True)
-    console.print(savings_table(rows, "tenant"))
+    console.print(savings_table(rows))
     shown = console.export_text()
     cells = {
-        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+        parts[0]: parts[1:3]
         for line in shown.splitlines()
-        if line.startswith("│")
+        if line.startswith("│") and (parts := [c.strip() for c in line.split("│")[1:-1]])[0]
     }
-    assert cells["a"] == [
-        "2 / 0.500000",
-        "1 / 0.100000",
-        "2 / 0.850000",
-        "1 / 0.600000",
-        "1 / 0.000000",
-        "0.400000",
-    ]
-    assert cells["total"][0] == "2 / 0.500000" and cells["total"][-1] == "0.400000"
+    assert cells == {
+        "cache": ["2", "0.500000"],
+        "coalesced": ["1", "0.100000"],
+        "batch API": ["2", "0.850000"],
+        "degraded": ["1", "0.600000"],
+        "batched": ["1", "0.000000"],
+        "other": ["2", "0.400000"],
+        "all lines": ["8", "1.850000"],
+    }
     said = " ".join(shown.split())
     assert "window-batched call" in said and "no discount in itself" in said
+    assert "a line with two flags counts under both" in said
+
+
+def test_relay_report_prints_where_the_savings_came_from(monkeypatch):
+    """After the cost table, the savings by mechanism over every group; the cost table's
+    row of a group stays its one line (what scripts read)."""
+    from typer.testing import CliRunner
+
+    import cli.report as report
+    from cli.main import app
+
+    lines = [
+        event("t", 0.0, 0.002, cache_hit=True).model_dump_json(),
+        event("t", 0.001, 0.002, batch_api=True).model_dump_json(),
+    ]
+    monkeypatch.setattr(
+        report, "AIOKafkaConsumer", reading({"relay.usage": [x.encode() for x in lines]})
+    )
+    monkeypatch.setenv("RELAY_KAFKA_BOOTSTRAP", "127.0.0.1:9")
+    monkeypatch.setenv("COLUMNS", "200")
+    result = CliRunner().invoke(app, ["report", "--by", "tenant"])
+    assert result.exit_code == 0, result.output
+    costs, savings = result.output.split("where the savings came from")
+    assert [line for line in result.output.splitlines() if "│ t " in line] == [
+        line for line in costs.splitlines() if "│ t " in line
+    ]
+    rows = {
+        parts[0]: parts[1:3]
+        for line in savings.splitlines()
+        if line.startswith("│") and (parts := [c.strip() for c in line.split("│")[1:-1]])[0]
+    }
+    assert rows["cache"] == ["1", "0.002000"] and rows["batch API"] == ["1", "0.001000"]
