@@ -36,6 +36,7 @@ from agents.adapters.http import (
 from schemas.batches import ENDED
 from schemas.config import VendorConfig, openai_itself
 from schemas.errors import (
+    ContentFiltered,
     RelayError,
     VendorAnswerUnreadable,
     VendorBadRequest,
@@ -133,6 +134,7 @@ class OpenAIAdapter:
         usage = Usage()
         done, written = False, 0  # [DONE] seen; characters of answer streamed
         numbering: dict[int, _StreamCalls] = {}  # per choice, for the whole stream
+        held: dict[str, Any] = {}  # the own fields of chunks left out, for the next one
 
         def opened() -> AbstractAsyncContextManager[httpx.Response]:
             return open_stream(
@@ -162,15 +164,22 @@ class OpenAIAdapter:
                     usage = Usage.from_openai(chunk["usage"])
                 # Azure opens with a choices-less content-filter chunk, and its asynchronous
                 # filter sends choices of annotations alone (no delta, no id), which
-                # clients reading deltas trip over: neither carries any answer.
+                # clients reading deltas trip over: neither carries any answer.  What such
+                # a chunk says of its own at the top (the opening one's
+                # prompt_filter_results) rides on the next chunk that goes on.
                 if choices := [c for c in chunk.get("choices") or () if _answering(c)]:
                     for choice in choices:
                         _in_relay_shape(choice["delta"], whole=False)
                         _number_calls(choice, numbering)
                     chunk["choices"] = choices
                     chunk.pop("usage", None)
+                    for key, value in held.items():
+                        chunk.setdefault(key, value)
+                    held = {}
                     written += answer_chars(chunk)
                     yield chunk
+                else:
+                    held |= _own_fields(chunk)
         if not done:  # cut off: never a whole answer to cache and meter as one
             raise VendorUnavailable(f"{self.kind}: stream ended before [DONE]")
         if usage == Usage():
@@ -460,13 +469,14 @@ class OpenAIAdapter:
         if not isinstance(error, dict):
             return classified(self.kind, status, str(error), None, None)
         code, param = error.get("code"), error.get("param")
-        return classified(
+        err = classified(
             self.kind,
             status,
             str(error.get("message", "")),
             code if isinstance(code, str) else None,
             param if isinstance(param, str) else None,
         )
+        return _knob_refused_in_batch(err)
 
     def _not_run(self, entry: dict[str, Any]) -> Exception:
         """A line without a response: its error says why the request never ran
@@ -517,6 +527,24 @@ def _knob_refused(err: VendorBadRequest, body: dict[str, Any], given: dict[str, 
             del body[knob]
             return True
     return False
+
+
+def _knob_refused_in_batch(err: RelayError) -> RelayError:
+    """A batch line's error; one refusing a knob ``_knob_refused`` strikes on the realtime
+    way (a ``VendorBadRequest`` naming it) as a retryable ``VendorUnsupported``: not
+    answered this way, so the lane sends the request on the realtime way, where the knob
+    is struck and the request sent again if the relay set it (an Anthropic client's
+    ``thinking`` made ``reasoning_effort``), and the refusal is the answer if the client
+    did.  Which of the two cannot be told from the result file (it carries no request),
+    so a client's own knob refused costs one more 400; neither is billed (a batch line
+    that failed is not).  Both lanes answer such a request alike."""
+    if not isinstance(err, VendorBadRequest) or isinstance(err, ContentFiltered):
+        return err
+    for knob in _KNOBS:
+        if _names(err, knob):
+            said = f"the vendor batch could not take it ({knob} refused): {err.message}"
+            return VendorUnsupported(said, param=knob)
+    return err
 
 
 # What _knob_refused strikes when refused, and the codes that say a 400 is about a field
@@ -572,6 +600,22 @@ def _short_user(user: str) -> str:
     characters) as its sha256: 64 characters, the same for the same user, so OpenAI's
     abuse tracking still tells users apart.  The envelope keeps the full value."""
     return hashlib.sha256(user.encode()).hexdigest()
+
+
+# The fields every chunk has its own of (a left-out chunk's are not the next one's):
+# Azure's opening chunk gives a blank id, object, created and model.
+_CHUNK_FIELDS = frozenset({"id", "object", "created", "model", "choices", "usage"})
+
+
+def _own_fields(chunk: dict[str, Any]) -> dict[str, Any]:
+    """The top-level fields of a chunk left out (it answers nothing) that say something:
+    a vendor's own (Azure's ``prompt_filter_results``), which the next chunk carries on to
+    the client, the assembled whole answer and the cache, as a replayed stream has them."""
+    return {
+        k: v
+        for k, v in chunk.items()
+        if k not in _CHUNK_FIELDS and v is not None and v != "" and v != [] and v != {}
+    }
 
 
 def _answering(choice: Any) -> bool:

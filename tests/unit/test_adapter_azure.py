@@ -10,6 +10,7 @@ import pytest
 from agents.adapters import AzureOpenAIAdapter, VendorCall
 from schemas.config import VendorConfig
 from schemas.errors import ContentFiltered, VendorAuthFailed, VendorRateLimited
+from schemas.formats.openai import assemble_chunks, faithful_chunks
 from schemas.usage import Usage
 
 BASE = "https://myres.openai.azure.com"
@@ -76,7 +77,7 @@ async def test_chat_goes_to_the_deployment_with_api_key_header(version, expected
     assert result.body == ANSWER
 
 
-async def test_stream_uses_the_deployment_url_and_skips_the_filter_chunk():
+async def test_stream_uses_the_deployment_url_and_carries_the_filter_chunk_s_results_on():
     filter_chunk = {
         "id": "",
         "object": "",
@@ -102,8 +103,9 @@ async def test_stream_uses_the_deployment_url_and_skips_the_filter_chunk():
 
     assert seen[0].url.path == "/openai/deployments/gpt4o-prod/chat/completions"
     assert json.loads(seen[0].content)["stream_options"] == {"include_usage": True}
+    verdict = {"prompt_filter_results": filter_chunk["prompt_filter_results"]}
     assert items == [
-        {k: v for k, v in text.items() if k != "usage"},
+        {k: v for k, v in text.items() if k != "usage"} | verdict,
         Usage(input_tokens=8, output_tokens=1),
     ]
 
@@ -285,3 +287,39 @@ async def test_the_asynchronous_filter_s_annotations_never_reach_a_client() -> N
     ]
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     assert items[-1] == Usage(input_tokens=9, output_tokens=1)
+
+
+async def test_the_prompt_filter_results_of_a_stream_reach_its_whole_answer() -> None:
+    """Azure opens a stream with a chunk of no choice, its blank id, created and model
+    and its verdict on the prompt (``prompt_filter_results``): the chunk goes, its
+    verdict rides on the first chunk of the answer, so the whole answer assembled from
+    the stream (what the cache keeps, what a non-streamed follower gets) has it, as the
+    non-streamed answer does; the closing usage chunk is the stream's usage as before."""
+    safe = {"hate": {"filtered": False, "severity": "safe"}}
+    verdict = [{"prompt_index": 0, "content_filter_results": safe}]
+    head = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+
+    def said(delta: dict, finish: str | None = None) -> dict:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return {**head, "choices": [choice | {"content_filter_results": safe}]}
+
+    events = [
+        {"choices": [], "created": 0, "id": "", "model": "", "object": "", "prompt_filter_results": verdict},
+        said({"role": "assistant", "content": ""}),
+        said({"content": "Hi"}),
+        said({}, "stop"),
+        {**head, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 1}},
+    ]  # fmt: skip
+    text = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+    _, handler = recorder(httpx.Response(200, text=text))
+
+    *chunks, usage = [i async for i in adapter_for(handler).stream(call())]
+
+    assert usage == Usage(input_tokens=9, output_tokens=1)
+    assert [c.get("prompt_filter_results") for c in chunks] == [verdict, None, None]
+    assert all(c["id"] == "c1" and c["model"] == "gpt-4o" for c in chunks)
+    assert faithful_chunks(chunks)
+    whole = assemble_chunks(chunks)
+    assert whole["prompt_filter_results"] == verdict
+    assert (whole["id"], whole["model"]) == ("c1", "gpt-4o")
+    assert whole["choices"][0]["message"]["content"] == "Hi"

@@ -209,6 +209,32 @@ async def test_stream_skips_azure_style_filter_chunk_and_survives_missing_usage(
     assert usage.input_tokens > 0 and usage.output_tokens > 0, "estimated, never free"
 
 
+async def test_what_a_left_out_chunk_says_of_its_own_rides_on_the_next_chunk():
+    """A chunk that answers nothing is left out, but not a vendor's own field on it: the
+    next chunk carries it (never over that chunk's own say, nor with the left-out one's
+    blank head).  The closing usage chunk is the stream's Usage, as ever."""
+    opening = {"id": "", "object": "", "created": 0, "model": "", "choices": [],
+               "verdict": {"ok": True}, "note": "a", "blank": None}  # fmt: skip
+    between = {**STREAM[0], "choices": [], "note": "b", "extra": [1]}
+    own = {**STREAM[1], "note": "c"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, content=sse(opening, STREAM[0], between, own, *STREAM[5:], "[DONE]")
+        )
+
+    *chunks, usage = await collect(adapter_for(handler).stream(call()))
+    assert usage == Usage(input_tokens=1500, output_tokens=17, cache_read_tokens=1024)
+    plain = [
+        {k: v for k, v in c.items() if k != "usage"} for c in (STREAM[0], STREAM[1], STREAM[5])
+    ]
+    assert chunks == [
+        plain[0] | {"verdict": {"ok": True}, "note": "a"},
+        plain[1] | {"note": "c", "extra": [1]},
+        plain[2],
+    ]
+
+
 async def test_a_stream_cut_off_before_done_is_a_vendor_failure_not_an_answer():
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=sse(STREAM[0], STREAM[1]))
@@ -1340,6 +1366,36 @@ async def test_a_batch_line_s_error_keeps_the_vendor_s_code_as_a_live_answer_doe
     assert isinstance(results["b"], VendorAuthFailed)
     assert isinstance(results["c"], VendorBadRequest)
     assert results["c"].vendor_code == "context_length_exceeded"
+
+
+async def test_a_batch_line_refusing_a_knob_goes_on_the_realtime_way_where_it_is_struck():
+    """A batch line carries what the realtime way strikes when the model refuses it (the
+    relay's reasoning_effort, parallel_tool_calls), and the result file says nothing of
+    whether the relay or the client set it: its 400 is retryable, a "not this way"
+    (unbilled), so the request goes the realtime way, where it is struck and asked again
+    or, the client's own, its 400.  Any other 400 stays the request's answer."""
+    words = {"message": "Unrecognized request argument supplied: reasoning_effort"}
+    knob = {**EFFORT_REFUSED, "param": "parallel_tool_calls", "message": "No knob."}
+    other = {**EFFORT_REFUSED, "param": "messages", "message": "Invalid 'messages'."}
+    output = [
+        {"custom_id": "effort", "response": {"status_code": 400, "body": {"error": EFFORT_REFUSED}}},
+        {"custom_id": "words", "response": {"status_code": 400, "body": {"error": words}}},
+        {"custom_id": "knob", "response": {"status_code": 400, "body": {"error": knob}}},
+        {"custom_id": "other", "response": {"status_code": 400, "body": {"error": other}}},
+    ]  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/batches/batch_1":
+            done = {"id": "batch_1", "status": "completed", "output_file_id": "file-out"}
+            return httpx.Response(200, json=done)
+        return httpx.Response(200, text="".join(json.dumps(x) + "\n" for x in output))
+
+    results = await adapter_for(handler).poll_batch("batch_1", KEY)
+    blamed = {"effort": "reasoning_effort", "words": "reasoning_effort"}
+    for cid, param in (blamed | {"knob": "parallel_tool_calls"}).items():
+        got = results[cid]
+        assert type(got) is VendorUnsupported and got.retryable and got.param == param, cid
+    assert type(results["other"]) is VendorBadRequest and not results["other"].retryable
 
 
 # -- parallel tool calls a server numbers its own way --------------------------------

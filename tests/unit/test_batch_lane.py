@@ -1105,3 +1105,149 @@ async def test_requests_another_worker_answers_are_handed_back_to_the_caller() -
     batch = VendorBatch(id="b", candidate=CAND, key_index=0, envelopes=[mine])
     await lane._follow(batch, "k", leased=True)
     assert dropped == [mine.correlation_id]
+
+
+# -- a knob the model refuses: the vendor batch's 400 is not the answer -------------------
+
+# OpenAI's 400 for reasoning_effort sent to a model that does not reason (gpt-4o, gpt-4.1).
+_EFFORT_REFUSED = {
+    "message": "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+    "type": "invalid_request_error",
+    "param": "reasoning_effort",
+    "code": "unsupported_parameter",
+}
+
+
+class OpenAIRefusingEffort:
+    """OpenAI's batch and chat APIs for gpt-4o, which refuses ``reasoning_effort`` as a
+    batch line (its 400 in the output file) and as a live call; what each was sent."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []  # the batch's input file
+        self.chats: list[dict[str, Any]] = []  # live chat calls
+
+    def __call__(self, request: Any) -> Any:
+        import httpx
+
+        path = request.url.path
+        if path == "/v1/files":
+            jsonl = request.content.split(b"\r\n\r\n", 2)[-1].split(b"\r\n--")[0]
+            self.lines = [json.loads(x) for x in jsonl.decode().splitlines() if x.strip()]
+            return httpx.Response(200, json={"id": "file_in"})
+        if path == "/v1/batches":
+            return httpx.Response(200, json={"id": "b1", "status": "validating"})
+        if path == "/v1/batches/b1":
+            done = {"id": "b1", "status": "completed", "output_file_id": "file_out"}
+            return httpx.Response(200, json=done)
+        if path == "/v1/files/file_out/content":
+            out = [
+                {"custom_id": line["custom_id"], "response": self._answer(line["body"])}
+                for line in self.lines
+            ]
+            return httpx.Response(200, text="".join(json.dumps(x) + "\n" for x in out))
+        assert path == "/v1/chat/completions", path
+        got = self._answer(json.loads(request.content))
+        self.chats.append(json.loads(request.content))
+        return httpx.Response(got["status_code"], json=got["body"])
+
+    @staticmethod
+    def _answer(body: dict[str, Any]) -> dict[str, Any]:
+        if "reasoning_effort" in body:
+            return {"status_code": 400, "body": {"error": _EFFORT_REFUSED}}
+        message = {"role": "assistant", "content": "Hi"}
+        answer = {
+            "id": "c1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8},
+        }
+        return {"status_code": 200, "body": answer}
+
+
+async def _background_on_gpt_4o(body: dict[str, Any]) -> tuple[OpenAIRefusingEffort, Any, Any]:
+    """``body`` sent as background work to an alias of gpt-4o at OpenAI, which has a batch
+    API: the vendor, and the caller's replies and ledger lines (a worker with a lane)."""
+    import httpx
+
+    from agents.adapters.openai import OpenAIAdapter
+    from agents.dispatch import Dispatcher
+    from agents.handler import RequestHandler
+    from agents.route import Router
+    from schemas.config import RelayConfig
+    from tables.prices import PriceSheet
+    from tests.support.sinks import Sink
+
+    config = RelayConfig.model_validate(
+        {
+            "vendors": {"a": {"kind": "openai", "base_url": "https://api.openai.com/v1"}},
+            "models": {
+                "m": {
+                    "candidates": [
+                        {"vendor": "a", "model": "gpt-4o", "input_per_1m": 1, "output_per_1m": 2}
+                    ]
+                }
+            },
+            "tenants": {"t": {}},
+        }
+    )
+    openai = OpenAIRefusingEffort()
+    adapter = OpenAIAdapter(
+        config.vendors["a"], httpx.AsyncClient(transport=httpx.MockTransport(openai))
+    )
+    sink = Sink()
+    handler = RequestHandler(
+        Router(config, {}.get),
+        Dispatcher({"a": adapter}, {"a": KeyPool(["k"])}, sink.health),
+        PriceSheet.from_config(config.models),
+        sink,
+        discounts={"a": 0.5},
+    )
+    rule = LaneRule(max_size=1, poll_s=0.001)
+    lane = handler.lane = BatchLane(
+        {"a": adapter}, {"a": KeyPool(["k"])}, rule, handler.deliver_batch
+    )
+    env = request_envelope(alias="m", priority=Priority.background, body=body)
+    await handler.handle(env)
+    await asyncio.gather(*list(lane._tasks))
+    await asyncio.gather(*list(handler.spawned))  # the realtime way, on its own task
+    assert lane.batches_sent == 1 and len(openai.lines) == 1
+    return openai, sink.for_(env.correlation_id), sink.ledger
+
+
+async def test_reasoning_effort_the_relay_added_is_struck_for_a_background_request_too() -> None:
+    """An Anthropic client's thinking goes to gpt-4o as reasoning_effort, which it
+    refuses.  Sent the realtime way the relay strikes it and asks again; as a vendor
+    batch line its 400 is not the answer either: the request goes on the realtime way,
+    where it is struck, and is answered as it would have been sent so at first.  Billed
+    once: the line that failed is not billed, the realtime call is."""
+    body = {
+        "model": "m",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "hi"}],
+        "thinking": {"type": "enabled", "budget_tokens": 2048},
+    }
+    openai, replies, ledger = await _background_on_gpt_4o(body)
+    assert openai.lines[0]["body"]["reasoning_effort"] == "low", "the lane sent the relay's"
+    assert [sent.get("reasoning_effort") for sent in openai.chats] == ["low", None]
+    [final] = replies
+    assert final.kind == "final" and final.body["choices"][0]["message"]["content"] == "Hi"
+    [line] = ledger
+    assert line.status == "ok" and not line.batch_api and line.cost > 0
+
+
+async def test_a_clients_own_reasoning_effort_refused_in_a_vendor_batch_is_its_400() -> None:
+    """A client's own reasoning_effort is its choice, the way a batch goes as the realtime
+    way: the model's 400 naming the field is its answer, and nothing is billed."""
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "reasoning_effort": "low",
+    }
+    openai, replies, ledger = await _background_on_gpt_4o(body)
+    assert [sent.get("reasoning_effort") for sent in openai.chats] == ["low"]
+    [error] = replies
+    assert error.kind == "error" and error.error["param"] == "reasoning_effort"
+    [line] = ledger
+    assert (line.status, line.cost) == ("error", 0)
