@@ -46,7 +46,7 @@ from schemas.errors import (
 )
 from schemas.formats.openai import response_to_chunks
 from schemas.usage import Usage
-from tables.budgets import BudgetDecision
+from tables.budgets import IN_FLIGHT_RETRY_S, BudgetDecision
 from tables.cache import CacheEntry, cache_key, plain_text, storable
 from tables.health import blended_price
 from tables.holds import AFTER_DEADLINE_S, Joins, Turn, Waiting
@@ -63,7 +63,8 @@ REPLY_SEND_S = 10.0
 # (within the stop's 5 s to answer what it cut): past it, the line is answered as cut.
 PUT_BACK_S = 2.0
 # How often a Batch API line waiting behind others for room in its tenant's budget looks
-# whether its batch was cancelled (the first in line looks each time it is judged).
+# whether its batch was cancelled (it looks too whenever it is woken: let go ahead, or
+# first in line now).
 WAITING_LOOK_S = 60.0
 STOPPED = "the worker stopped before the answer; try again"
 CLOSED = "the client went away before the answer ended"
@@ -89,7 +90,7 @@ class Budget(Protocol):
     (which costs its tenant nothing); ``keep``, to hold a request's worst case until
     ``until`` (epoch seconds) or its ledger line, whatever it held before (``lasting``
     for a request in a vendor batch); and ``turn``, a place in the tenant's line of
-    requests waiting for room, whose first is woken when a hold of the tenant goes."""
+    requests waiting for room, judged again in order as holds of the tenant go."""
 
     def __call__(self, env: RequestEnvelope, joins: Joins) -> BudgetDecision | None: ...
 
@@ -175,10 +176,12 @@ class RequestHandler:
             return
         # Counting tokens costs nothing, so a spent budget never stops it; nor does a
         # cheaper model stand in for it, whose count would be of another tokenizer.
-        decision = None if env.endpoint == "count_tokens" else self.budget(env, self._joins(env))
-        if decision is not None and self._waits(env, decision):
+        decision = None
+        if env.endpoint == "count_tokens":
+            pass
+        elif self._is_line(env):
             try:
-                judged = await self._in_turn(env, decision)
+                judged = await self._in_turn(env)
             except asyncio.CancelledError:  # the worker stops: the line goes back, unanswered
                 await self.cut(env)
                 raise
@@ -186,6 +189,8 @@ class RequestHandler:
                 await self._fail(env, judged)
                 return
             decision = judged
+        else:
+            decision = self.budget(env, self._joins(env))
         if decision is not None and decision.action != "allow":
             if decision.cache_only:
                 await self._stale_or_refuse(env.model_copy(update={"degraded": decision.reason}))
@@ -374,59 +379,70 @@ class RequestHandler:
 
         return joins
 
-    def _waits(self, env: RequestEnvelope, decision: BudgetDecision) -> bool:
-        """Whether ``decision`` is, for ``env``, a wait rather than an answer: a Batch API
-        line (OpenAI's or Anthropic's: both reply to the results topic) held back by what
-        its tenant has in flight has no client to come back after the Retry-After, and
-        its batch may take hours; a request with a client is told to come back."""
+    def _is_line(self, env: RequestEnvelope) -> bool:
+        """Whether ``env`` is a Batch API line (OpenAI's or Anthropic's: both reply to the
+        results topic): held back by what its tenant has in flight, it has no client to
+        come back after a Retry-After, and its batch may take hours, so it waits its turn
+        (``_in_turn``); a request with a client is told to come back."""
         lines = self.batch_lines
-        return (
-            decision.retry_after_s is not None
-            and decision.action == "refuse"
-            and lines is not None
-            and env.reply_to == lines.topic
-        )
+        return lines is not None and env.reply_to == lines.topic
 
-    async def _in_turn(
-        self, env: RequestEnvelope, decision: BudgetDecision
-    ) -> BudgetDecision | RelayError | None:
-        """The verdict for a Batch API line held back by what its tenant has in flight
-        (``_waits``), once it has waited its turn, or the error it ends with.  It waits in
-        line with the tenant's other lines held back so (first come, first judged): the
-        first is judged again whenever a hold of the tenant is let go, else after the
-        Retry-After it was given (holds also lapse), until it may go or is refused for
-        good (a spent budget: 402, or the throttle's 429); the others look at their
-        batch's cancel state every ``WAITING_LOOK_S``.  A cancelled batch, or its
-        deadline (the batch's window) passing, ends it.
+    async def _in_turn(self, env: RequestEnvelope) -> BudgetDecision | RelayError | None:
+        """The budget's verdict for a Batch API line (``_is_line``), once it has waited its
+        turn if it must, or the error it ends with.  It takes a place at the end of its
+        tenant's line of lines held back by what the tenant has in flight, and is judged
+        in it (``tables.holds.Waiting``): first fit, in order, so it goes at once if there
+        is room for it once those before it have had theirs (with nobody waiting: if there
+        is room), and otherwise waits to be judged again whenever a hold of the tenant is
+        let go, or after the Retry-After the first was given (holds also lapse), until it
+        may go or is refused for good (a spent budget: 402, or the throttle's 429).  A
+        first passed by others for ``PASSED_BY_S`` is passed by none any more.  Each looks
+        at its batch's cancel state when woken, and every ``WAITING_LOOK_S``: a cancelled
+        batch, or its deadline (the batch's window) passing, ends it.
 
         It waits on its own task (each envelope has one), so neither the partition nor
         other requests wait for it, and keeps nothing but the envelope the worker took
         already.  A worker that stops puts it back on the request topic for the next one
-        (``cut``: at once with ``stop_waiting``, else when the drain ends)."""
+        (``cut``: at once with ``stop_waiting``, else when the drain ends), letting go of
+        what it was let go ahead to hold, should that come first."""
         lines = self.batch_lines
         assert lines is not None
-        verdict: BudgetDecision | None = decision
         task = asyncio.current_task()
         if task is not None:
             self._waiting.add(task)
         try:
             with self.budget.turn(env.tenant) as turn:
-                while verdict is not None and self._waits(env, verdict):
-                    left = env.deadline_ms / 1000 - time.time()
-                    if left <= 0:
-                        return DeadlineExceeded(
-                            "the batch's window ended while this line waited for requests "
-                            f"in flight of tenant `{env.tenant}` that may reach its budget"
-                        )
-                    patience = verdict.retry_after_s if turn.first else None
-                    await turn.wait(min(patience or WAITING_LOOK_S, left))
-                    if await lines.cancelled(env):
-                        if env.deadline_ms / 1000 <= time.time():
-                            return DeadlineExceeded("the batch's window ended before this line")
-                        return BatchCancelled("the batch was cancelled before this line")
-                    if turn.first:
-                        verdict = self.budget(env, self._joins(env))
-                return verdict
+                # (Told whether it goes on at once: a line judged while it waits holds its
+                # worst case, as the call it would join may be over when its task runs.)
+                judge = partial(_judged, self.budget, env, self._joins(env))
+                turn.ask(env, judge)
+                try:
+                    while not turn.gone:
+                        left = env.deadline_ms / 1000 - time.time()
+                        if left <= 0:
+                            return DeadlineExceeded(
+                                "the batch's window ended while this line waited for requests "
+                                f"in flight of tenant `{env.tenant}` that may reach its budget"
+                            )
+                        patience: float | None = WAITING_LOOK_S
+                        if turn.first:  # its Retry-After (none yet if it came in behind a
+                            verdict = turn.verdict  # first passed by long enough: 5 s)
+                            patience = verdict.retry_after_s if verdict else IN_FLIGHT_RETRY_S
+                        woken = await turn.wait(min(patience or WAITING_LOOK_S, left))
+                        if await lines.cancelled(env):
+                            # (Let go ahead meanwhile: the line it ends with lets go of that.)
+                            if env.deadline_ms / 1000 <= time.time():
+                                return DeadlineExceeded("the batch's window ended before this line")
+                            return BatchCancelled("the batch was cancelled before this line")
+                        if not turn.gone and not woken and turn.first:
+                            turn.look()  # its Retry-After passed
+                except asyncio.CancelledError:
+                    if turn.gone:  # let go ahead before the worker stopped: it holds nothing
+                        self.budget.keep(env, time.time())
+                    raise
+                if turn.failed is not None:
+                    raise turn.failed
+                return turn.verdict
         finally:
             if task is not None:
                 self._waiting.discard(task)
@@ -1357,6 +1373,19 @@ def _unstreamable(out: Outcome) -> Outcome:
         "or its text is not a string)"
     )
     return replace(out, error=VendorAnswerUnreadable(said), body=None)
+
+
+def _judged(
+    budget: Budget, env: RequestEnvelope, joins: Joins, at_once: bool
+) -> BudgetDecision | None:
+    """``budget``'s verdict for ``env``, a waiting Batch API line: it may join an
+    identical call under way only if it goes on at once (``Turn.ask``)."""
+    return budget(env, joins if at_once else _alone)
+
+
+def _alone(degraded: str | None) -> bool:
+    """Joins nothing: holds as a call of its own."""
+    return False
 
 
 def _flagged(flight: Flight, env: RequestEnvelope) -> str | None:

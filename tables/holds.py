@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -24,6 +25,8 @@ from schemas.formats.anthropic import DEFAULT_MAX_TOKENS
 from schemas.usage import Usage, estimated_tokens, prompt_chars
 from tables.budgets import BudgetDecision, BudgetPolicy, Spend, decide, held_back
 from tables.prices import PriceSheet
+
+log = logging.getLogger("relay.budgets")
 
 # A request whose line never reaches this worker (its gateway wrote it, at the deadline)
 # lets go of its hold this long after its deadline.  (One handed to the vendor-batch lane
@@ -45,6 +48,11 @@ MAX_HELD_ANSWERS = 128
 # Settled holds the expiry heap may keep beyond as many as are live, before it is rebuilt
 # without them (see ``Holds._compact``).
 SETTLED_KEPT = 1024
+# How long the first of a tenant's waiting requests may be passed by those behind it that
+# fit the room it does not fit (first fit): past it, none passes it any more, so what
+# the tenant holds drains until it fits, rather than a big request wait out its window
+# behind a stream of small ones.  (A realtime request is not held back by waiting ones.)
+PASSED_BY_S = 600.0
 # Whether a request, degraded for the reason given (None: not degraded), would join an
 # identical call under way (the handler knows; ``Budgets`` asks).
 Joins = Callable[[str | None], bool]
@@ -200,68 +208,239 @@ def _add_to(totals: dict[str, float], tenant: str, usd: float) -> None:
         totals.pop(tenant, None)  # and float dust with it
 
 
+def waits(decision: BudgetDecision | None) -> bool:
+    """Whether ``decision`` only holds its request back for what its tenant has in flight
+    (``held_back``'s 429 for seconds): a Batch API line so held back waits in its
+    tenant's line (``Waiting``) rather than end; any other verdict ends its wait."""
+    return (
+        decision is not None and decision.action == "refuse" and decision.retry_after_s is not None
+    )
+
+
+# The verdict for a waiting request, told whether the request goes on at once: only then
+# may it join an identical call under way for nothing (``Joins``), as by the time a
+# waiting request's task runs that call may be over and the request would lead a call
+# it holds nothing for.
+Judge = Callable[[bool], BudgetDecision | None]
+
+
 class Turn:
     """A request's place among its tenant's requests waiting for room under the budget
-    (``Waiting.turn``): only the first in line is judged again, whenever it is woken (a
-    hold of its tenant was let go, or the one before it left the line) or its wait ends;
-    the others wait behind it, so a hold let go wakes one request, not every one."""
+    (``Waiting.turn``).  Its request (``ask``) is judged in its place whenever its line
+    is looked at (``Waiting.look``): it either goes (``gone``, with its ``verdict``: let
+    go ahead, or refused for good; or what judging it ``failed`` with), woken to do so,
+    or stays in its place."""
 
-    def __init__(self, line: OrderedDict[Turn, None]) -> None:
-        self._line = line
+    def __init__(self, waiting: Waiting, tenant: str) -> None:
+        self._waiting = waiting
+        self.tenant = tenant
+        self.env: RequestEnvelope | None = None
+        self.judge: Judge | None = None
+        self.worst = 0.0  # what it would hold, to pass over it at a glance when it cannot
+        self.verdict: BudgetDecision | None = None  # its latest verdict
+        self.gone = False  # judged to go: it left the line
+        self.passed_at: float | None = None  # first passed by one behind it, as the first
+        self.led = False  # it knows it is the first (it waits the first's Retry-After)
+        self.failed: Exception | None = None  # what judging it raised: it leaves with it
         self._woken = asyncio.Event()
 
     @property
     def first(self) -> bool:
-        return next(iter(self._line)) is self
+        """Whether it is the first in its line (the one whose Retry-After is kept)."""
+        line = self._waiting._lines.get(self.tenant)
+        return line is not None and next(iter(line.turns), None) is self
+
+    def ask(self, env: RequestEnvelope, judge: Judge) -> None:
+        """Take the place for ``env``, judged by ``judge``, and judge the line at once:
+        ``env`` goes now if there is room for it once those before it have had theirs
+        (first fit), else it waits in its place."""
+        self.env, self.judge = env, judge
+        self._waiting.measured(self)
+        self._waiting.look(self.tenant, asking=self)
+
+    def look(self) -> None:
+        """Its line judged again, it first (its Retry-After passed: holds also lapse
+        with no line written to say so)."""
+        self._waiting.look(self.tenant, asking=self)
 
     def wake(self) -> None:
         self._woken.set()
 
-    async def wait(self, most_s: float) -> None:
-        """Until woken or ``most_s`` has passed, whichever comes first: the caller looks
-        at where it stands (``first``) either way, so a wake that comes as the wait ends
-        is never missed."""
+    async def wait(self, most_s: float) -> bool:
+        """Until woken or ``most_s`` has passed, whichever comes first; whether it was
+        woken.  The caller looks at where it stands (``gone``, ``first``) either way, so
+        a wake that comes as the wait ends is never missed."""
         try:
             async with asyncio.timeout(most_s):
                 await self._woken.wait()
         except TimeoutError:
             pass
+        woken = self._woken.is_set()
         self._woken.clear()
+        return woken
+
+
+@dataclass
+class _Line:
+    """A tenant's waiting requests in order, and their worst cases, smallest first (a
+    heap, of requests gone too until they come up): when even the smallest cannot fit,
+    nobody behind the first is looked at."""
+
+    turns: OrderedDict[Turn, None]
+    smallest: list[tuple[float, int, Turn]]
+
+    def least(self) -> float:
+        """The smallest worst case of those waiting."""
+        while self.smallest and self.smallest[0][2] not in self.turns:
+            heapq.heappop(self.smallest)
+        return self.smallest[0][0] if self.smallest else math.inf
+
+    def compact(self) -> None:
+        """Drop those gone from the heap once they outnumber those waiting (one gone
+        stays under smaller ones that wait, else)."""
+        if len(self.smallest) > 2 * len(self.turns) + SETTLED_KEPT:
+            self.smallest = [entry for entry in self.smallest if entry[2] in self.turns]
+            heapq.heapify(self.smallest)
 
 
 class Waiting:
     """Each tenant's line of requests waiting for room under its budget (Batch API lines,
-    which have no client to try again later), first come, first judged."""
+    which have no client to try again later), judged in order, first fit: whenever the
+    line is looked at (a hold of the tenant let go, the first's Retry-After, a request
+    joining it), each request is judged in turn while there may be room, so one that fits
+    goes though one before it does not, which keeps its place.  A first request passed
+    by others for ``passed_by_s`` is passed by nobody any more: those behind it wait
+    until it goes, so what they hold drains until it fits.
 
-    def __init__(self) -> None:
-        self._lines: dict[str, OrderedDict[Turn, None]] = {}
+    The line is judged at once, one request after another, each verdict taking its hold
+    as it is given (``Budgets.__call__``): two requests never both take the same room,
+    and a request let go is woken to go, one task for each that goes.  ``fits`` (tenant,
+    worst case) says whether a request may fit, at a glance (only those are judged), and
+    ``measure`` its worst case: a line none of which fits costs O(1) to look at (its
+    smallest worst case does not fit), any other at most one pass."""
+
+    def __init__(
+        self,
+        fits: Callable[[str, float], bool] | None = None,
+        measure: Callable[[RequestEnvelope], float] | None = None,
+        clock: Callable[[], float] = time.time,
+        passed_by_s: float = PASSED_BY_S,
+    ) -> None:
+        self._lines: dict[str, _Line] = {}
+        self._fits = fits or (lambda tenant, worst: True)
+        self._measure = measure or (lambda env: 0.0)
+        self.clock = clock
+        self.passed_by_s = passed_by_s
+        self._count = 0
 
     @contextmanager
     def turn(self, tenant: str) -> Iterator[Turn]:
-        """A place at the end of ``tenant``'s line, held until the block ends, when the
-        next in line (first now) is woken to be judged at once: the one before it went
-        ahead (there may be room for it too), or gave up."""
-        line = self._lines.setdefault(tenant, OrderedDict())
-        turn = Turn(line)
-        line[turn] = None
+        """A place at the end of ``tenant``'s line (``Turn.ask`` says for what), held
+        until the block ends.  A first that leaves without going (its batch cancelled,
+        its window over, the worker stopping) lets those behind it pass again: the line
+        is looked at."""
+        line = self._lines.get(tenant)
+        if line is None:
+            line = self._lines[tenant] = _Line(OrderedDict(), [])
+        turn = Turn(self, tenant)
+        line.turns[turn] = None
         try:
             yield turn
         finally:
-            first = turn.first
-            del line[turn]
-            if not line:
-                del self._lines[tenant]
-            elif first:
-                next(iter(line)).wake()
+            if not turn.gone:
+                first = turn.first
+                self._leave(line, turn)
+                if first:
+                    self._look_for_others(tenant)
+
+    def measured(self, turn: Turn) -> None:
+        """``turn``'s worst case, now that it says what it asks for."""
+        assert turn.env is not None
+        turn.worst = self._measure(turn.env)
+        line = self._lines[turn.tenant]
+        self._count += 1
+        heapq.heappush(line.smallest, (turn.worst, self._count, turn))
+
+    def look(self, tenant: str, asking: Turn | None = None) -> None:
+        """Judge ``tenant``'s line in order while there may be room (first fit): each
+        that may fit the room left (``fits``) is judged, and goes if let go, until none
+        of those left may fit, or the first that stays has been passed by others for
+        ``passed_by_s``.  ``asking``: the request whose own task looks (the one joining
+        the line, last; or the first, its Retry-After passed), which goes on at once if
+        let go: it is judged whatever its size, as it may join a call under way for
+        nothing, unless the first has been passed by long enough."""
+        line = self._lines.get(tenant)
+        if line is None:
+            return
+        stays: Turn | None = None  # the first that stays in line
+        asked = asking is None
+        for turn in list(line.turns):
+            if turn.judge is None:  # (its task has not said for what yet)
+                continue
+            if stays is not None and self._passed_enough(stays):
+                break  # nobody passes it any more
+            asked = asked or turn is asking
+            if turn is not asking and not self._fits(tenant, turn.worst):
+                stays = stays or turn
+                if not self._fits(tenant, line.least()):
+                    break  # nobody left may fit (but the one asking, below)
+                continue
+            if not self._judged(line, turn, at_once=turn is asking):
+                stays = stays or turn
+            elif stays is not None and stays.passed_at is None:
+                stays.passed_at = self.clock()
+        if not asked and asking is not None and asking in line.turns:
+            if stays is None or not self._passed_enough(stays):
+                went = self._judged(line, asking, at_once=True)
+                if went and stays is not None and stays.passed_at is None:
+                    stays.passed_at = self.clock()
+        head = next(iter(line.turns), None)
+        if head is not None and not head.led:
+            head.led = True
+            if head is not asking:
+                head.wake()  # first now: it waits its Retry-After from here
+        line.compact()
+
+    def _judged(self, line: _Line, turn: Turn, *, at_once: bool) -> bool:
+        """Judge ``turn``: whether it goes (let go ahead, refused for good, or judging it
+        failed), woken to, or stays in its place."""
+        assert turn.judge is not None
+        try:
+            turn.verdict = turn.judge(at_once)
+        except Exception as exc:  # (a bug: its own task raises it, not whoever looks)
+            turn.failed, turn.verdict = exc, None
+        if turn.failed is None and waits(turn.verdict):
+            return False
+        turn.gone = True
+        self._leave(line, turn)
+        turn.wake()
+        return True
+
+    def _passed_enough(self, first: Turn) -> bool:
+        return first.passed_at is not None and self.clock() - first.passed_at >= self.passed_by_s
+
+    def _leave(self, line: _Line, turn: Turn) -> None:
+        line.turns.pop(turn, None)
+        if not line.turns and self._lines.get(turn.tenant) is line:
+            del self._lines[turn.tenant]
 
     def settled(self, tenant: str) -> None:
-        """A hold of ``tenant`` was let go: the first in its line is judged again."""
-        if line := self._lines.get(tenant):
-            next(iter(line)).wake()
+        """A hold of ``tenant`` was let go: its line is judged again (``look``)."""
+        self._look_for_others(tenant)
+
+    def _look_for_others(self, tenant: str) -> None:
+        """``look``, for a caller that is not in the line (a ledger line being written,
+        a request leaving it): what fails is logged, not its (the line is looked at again
+        at the first's Retry-After)."""
+        try:
+            self.look(tenant)
+        except Exception:
+            log.exception("tenant %s's waiting requests not judged again", tenant)
 
     def waiting(self, tenant: str) -> int:
         """How many of ``tenant``'s requests wait."""
-        return len(self._lines.get(tenant, ()))
+        line = self._lines.get(tenant)
+        return len(line.turns) if line is not None else 0
 
 
 class Budgets:
@@ -272,7 +451,8 @@ class Budgets:
     ledger line is written, unless it joins an identical call under way: its line costs
     nothing (the call's leader holds for the call), so it neither holds nor is held back.
     A request held back with no client to come back (a Batch API line) waits in its
-    tenant's line instead (``turn``), to be judged again as holds are let go."""
+    tenant's line instead (``turn``), to be judged again, in order, as holds are let
+    go."""
 
     def __init__(
         self,
@@ -286,7 +466,7 @@ class Budgets:
         self.prices = prices
         self.clock = clock
         self.holds = Holds(clock)
-        self.waiting = Waiting()
+        self.waiting = Waiting(self._may_fit, lambda env: worst_cost(env, self.prices), clock)
 
     def __call__(
         self, env: RequestEnvelope, joins: Joins = lambda degraded: False
@@ -325,14 +505,28 @@ class Budgets:
 
     def turn(self, tenant: str) -> AbstractContextManager[Turn]:
         """A place in ``tenant``'s line of requests waiting for room (``Waiting.turn``),
-        whose first is woken each time a hold of the tenant is let go."""
+        judged again in order (first fit) each time a hold of the tenant is let go."""
         return self.waiting.turn(tenant)
+
+    def _may_fit(self, tenant: str, worst: float) -> bool:
+        """Whether a waiting request of ``tenant`` whose worst case is ``worst`` may be
+        let go now, at a glance (``Waiting.look`` judges only those): its budget is
+        spent (it is judged, to be refused for good), or ``held_back`` lets it go."""
+        policy = self.policies.get(tenant)
+        if policy is None:
+            return True
+        now, spend = self.clock(), self.spend(tenant)
+        decision = decide(policy, spend, now)
+        if decision.action == "refuse" or decision.cache_only:
+            return True
+        return held_back(policy, spend, now, self.holds.held(tenant), worst) is None
 
     def metered(self, tenant: str, request_id: str | None) -> None:
         """A ledger line about request ``request_id`` (its correlation id) is written:
-        the worker's sink says so for each one.  The first request waiting for room in
-        the tenant's budget is judged again when a hold goes (the spend table counts the
-        line within its batch window, so for that while its cost is neither held nor
-        counted: a waiting request goes ahead then as a client's retry would)."""
+        the worker's sink says so for each one.  The requests waiting for room in the
+        tenant's budget are judged again when a hold goes, in order while there may be
+        room (``Waiting.look``; the spend table counts the line within its batch window,
+        so for that while its cost is neither held nor counted: a waiting request goes
+        ahead then as a client's retry would)."""
         if self.holds.settle(tenant, request_id):
             self.waiting.settled(tenant)

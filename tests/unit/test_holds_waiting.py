@@ -1,18 +1,21 @@
 """Batch API lines held back by what their tenant has in flight wait their turn and are
 judged again, rather than end with the 429 a client would come back after: nobody comes
 back for a Batch API line.  Only a spent budget (402, the throttle's 429), a cancelled
-batch or the batch's window ends one unanswered; a stopping worker puts them back."""
+batch or the batch's window ends one unanswered; a stopping worker puts them back.  The
+line is judged in order, first fit: one that fits goes though one before it does not,
+until that one has been passed by for ``PASSED_BY_S``."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import ExitStack
 from typing import Any
 
 from agents.handler import BatchLines, RequestHandler
 from schemas.envelope import Priority, RequestEnvelope, UsageEvent
-from tables.budgets import BudgetPolicy, Spend, add_spend
-from tables.holds import Budgets, Waiting, worst_cost
+from tables.budgets import BudgetDecision, BudgetPolicy, Spend, add_spend
+from tables.holds import PASSED_BY_S, Budgets, Judge, Waiting, worst_cost
 from tests.support.envelopes import request_envelope
 from tests.support.sinks import Sink
 from tests.unit.test_handler import envelope, make, vendor
@@ -229,32 +232,218 @@ async def test_a_stopping_worker_puts_waiting_lines_back_unanswered() -> None:
     assert budgets.waiting.waiting("t") == 0
 
 
-async def test_a_hold_let_go_wakes_the_first_in_line_only() -> None:
-    """One hold let go wakes one waiting request (the first), not every one: a tenant
-    with thousands of lines waiting pays for one verdict a hold, not thousands.  The
-    next is woken when the first leaves the line."""
-    waiting = Waiting()
-    entered, woke, leave = ([asyncio.Event() for _ in range(3)] for _ in range(3))
+def in_flight(budgets: Budgets, name: str, usd: float) -> RequestEnvelope:
+    """A realtime request of tenant ``t`` in flight (for an hour at most) holding ``usd``."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**6}
+    held = request_envelope(body=body, correlation_id=name)
+    budgets.keep(held, time.time() + 3600, share=usd / worst_cost(held, PRICES))
+    return held
 
-    async def wait(n: int) -> None:
-        with waiting.turn("t") as turn:
-            entered[n].set()
-            await turn.wait(3600)
-            woke[n].set()
-            await leave[n].wait()
 
-    tasks = [asyncio.ensure_future(wait(n)) for n in range(3)]
-    await asyncio.gather(*(e.wait() for e in entered))
-    waiting.settled("t")
-    await woke[0].wait()
-    for _ in range(10):  # the loop runs on: nothing else wakes the others
-        await asyncio.sleep(0)
-    assert not woke[1].is_set() and not woke[2].is_set()
-    leave[0].set()
-    await woke[1].wait()
-    assert not woke[2].is_set() and waiting.waiting("t") == 2
-    for event in leave:
-        event.set()
-    waiting.settled("t")
-    await asyncio.gather(*tasks)
-    assert waiting.waiting("t") == 0
+def big_line(n: int) -> RequestEnvelope:
+    """Line ``n``, whose worst case ($1.28) is more than a $1 budget: it goes only when
+    nothing else of its tenant is held."""
+    env = line(n)
+    return env.model_copy(update={"body": {**env.body, "max_tokens": 10**6}})
+
+
+async def test_a_small_line_behind_a_big_one_goes_once_its_worst_case_fits() -> None:
+    """First fit: a big line first in line cannot fit while anything is held; a small one
+    behind it goes as soon as a hold let go leaves room for it, not once everything held
+    is let go.  The big one keeps its place and goes once nothing is held."""
+    handler, sink, budgets, _, calls, _ = budgeted(1.0)
+    blocker = in_flight(budgets, "blocker", 0.5)
+    other = in_flight(budgets, "other", 0.48)
+    big, small = big_line(0), line(1)
+    assert worst_cost(small, PRICES) < 0.5 < 1.0 < worst_cost(big, PRICES)
+    queued = lined_up(budgets, 2)
+    t_big = asyncio.ensure_future(handler.handle(big))
+    t_small = asyncio.ensure_future(handler.handle(small))
+    await queued.wait()
+    assert budgets.waiting.waiting("t") == 2
+    budgets.metered("t", other.correlation_id)  # $0.5 still held: room for the small one
+    await t_small
+    assert sink.for_(small.correlation_id)[-1].kind == "final"
+    assert not t_big.done() and budgets.waiting.waiting("t") == 1 and len(calls) == 1
+    budgets.metered("t", blocker.correlation_id)  # nothing held: the big one goes
+    await t_big
+    assert sink.for_(big.correlation_id)[-1].kind == "final" and len(calls) == 2
+    assert budgets.waiting.waiting("t") == 0 and budgets.holds.held("t") == 0.0
+
+
+async def test_a_new_line_that_fits_goes_though_others_wait_and_one_that_does_not_queues() -> None:
+    """A line arriving while others wait takes its place at the end and is judged there:
+    it goes at once if it fits the room those before it leave (first fit), else waits
+    behind them (it does not take room one before it could use)."""
+    handler, sink, budgets, _, _, _ = budgeted(1.0)
+    blocker = in_flight(budgets, "blocker", 0.9)
+    big = big_line(0)
+    queued = lined_up(budgets, 1)
+    t_big = asyncio.ensure_future(handler.handle(big))
+    await queued.wait()
+    small = line(1)  # $0.04 fits the $0.1 left
+    await handler.handle(small)
+    assert sink.for_(small.correlation_id)[-1].kind == "final"
+    mid = line(2).model_copy(update={"body": {**line(2).body, "max_tokens": 50_000}})
+    assert worst_cost(mid, PRICES) > 1.0 - 0.9
+    queued = lined_up(budgets, 1)
+    t_mid = asyncio.ensure_future(handler.handle(mid))
+    await queued.wait()
+    assert budgets.waiting.waiting("t") == 2
+    budgets.metered("t", blocker.correlation_id)  # the big one first, then the other
+    await asyncio.gather(t_big, t_mid)
+    assert [e.correlation_id for _, e in sink.replies if e.kind == "final"] == [
+        small.correlation_id,
+        big.correlation_id,
+        mid.correlation_id,
+    ]
+
+
+async def test_a_first_passed_by_long_enough_is_passed_by_nobody_any_more() -> None:
+    """A big first line passed by small ones for ``PASSED_BY_S``: later small lines wait
+    behind it, so what is held drains and it goes, then they go."""
+    handler, sink, budgets, _, _, _ = budgeted(1.0)
+    now = [1_000_000.0]
+    budgets.waiting.clock = lambda: now[0]
+    blocker = in_flight(budgets, "blocker", 0.5)
+    big = big_line(0)
+    queued = lined_up(budgets, 1)
+    t_big = asyncio.ensure_future(handler.handle(big))
+    await queued.wait()
+    first = line(1)
+    await handler.handle(first)  # passes the big one, which counts from here
+    assert sink.for_(first.correlation_id)[-1].kind == "final"
+    now[0] += PASSED_BY_S
+    late = line(2)
+    queued = lined_up(budgets, 1)
+    t_late = asyncio.ensure_future(handler.handle(late))
+    await queued.wait()
+    assert budgets.waiting.waiting("t") == 2 and sink.for_(late.correlation_id) == []
+    budgets.metered("t", blocker.correlation_id)
+    await asyncio.gather(t_big, t_late)
+    finals = [e.correlation_id for _, e in sink.replies if e.kind == "final"]
+    assert finals == [first.correlation_id, big.correlation_id, late.correlation_id]
+
+
+class Room:
+    """A budget at a glance for ``Waiting`` on its own: ``usd`` of room, a request of
+    worst case ``max_tokens`` dollars let go while it fits (taking its room), each
+    verdict recorded."""
+
+    def __init__(self, usd: float) -> None:
+        self.usd = usd
+        self.judged: list[str] = []
+        self.at_once: list[str] = []  # those judged as going on at once
+
+    def fits(self, tenant: str, worst: float) -> bool:
+        return worst <= self.usd
+
+    def judge(self, env: RequestEnvelope) -> Judge:
+        def judged(at_once: bool) -> BudgetDecision:
+            self.judged.append(env.correlation_id)
+            if at_once:
+                self.at_once.append(env.correlation_id)
+            worst = float(env.body["max_tokens"])
+            if worst > self.usd:
+                return BudgetDecision(action="refuse", remaining_usd=0.0, retry_after_s=5.0)
+            self.usd -= worst
+            return BudgetDecision(action="allow", remaining_usd=self.usd)
+
+        return judged
+
+
+def costing(usd: float, name: str) -> RequestEnvelope:
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": usd}
+    return request_envelope(body=body, correlation_id=name)
+
+
+def worst_of(env: RequestEnvelope) -> float:
+    return float(env.body["max_tokens"])
+
+
+async def test_a_line_is_judged_in_order_while_there_is_room_each_verdict_taking_it() -> None:
+    """A hold let go: the line is judged in order, first fit, each verdict taking its room
+    before the next is judged (two that fit alone but not together: one goes); only
+    those that may fit are judged, and only those that go are woken."""
+    room = Room(0.0)
+    waiting = Waiting(room.fits, worst_of)
+    sizes = {"big": 5.0, "a": 1.0, "b": 1.5, "c": 1.0, "d": 3.0}
+    with ExitStack() as stack:
+        turns = {}
+        for name, usd in sizes.items():
+            turn = stack.enter_context(waiting.turn("t"))
+            env = costing(usd, name)
+            turn.ask(env, room.judge(env))
+            turns[name] = turn
+        assert [t.gone for t in turns.values()] == [False] * 5
+        room.judged.clear()
+        room.usd = 2.2
+        waiting.settled("t")
+        gone = [name for name, t in turns.items() if t.gone]
+        assert gone == ["a", "c"], "b fits alone, not after a"
+        assert room.judged == ["a", "c"], "big, b, d not judged: they cannot fit"
+        assert round(room.usd, 6) == 0.2 and waiting.waiting("t") == 3
+        woken = {name: await t.wait(0) for name, t in turns.items()}
+        assert woken == {"big": False, "a": True, "b": False, "c": True, "d": False}
+        waiting.settled("t")  # no room for any: nobody is judged
+        assert room.judged == ["a", "c"]
+
+
+async def test_a_thousand_waiting_that_cannot_fit_cost_one_verdict_a_hold_let_go() -> None:
+    """A line that cannot fit is passed over at a glance, and once the smallest worst case
+    left does not fit, nobody else is looked at: a tenant with thousands of lines
+    waiting pays for no verdict a hold let go but one for each that goes."""
+    room = Room(0.0)
+    waiting = Waiting(room.fits, worst_of)
+    with ExitStack() as stack:
+        for n in range(1000):
+            env = costing(1.0, f"line-{n}")
+            stack.enter_context(waiting.turn("t")).ask(env, room.judge(env))
+        room.judged.clear()
+        room.usd = 0.5
+        waiting.settled("t")
+        assert room.judged == []
+        room.usd = 2.0
+        waiting.settled("t")
+        assert room.judged == ["line-0", "line-1"] and waiting.waiting("t") == 998
+
+
+async def test_a_first_that_leaves_without_going_lets_the_next_be_judged() -> None:
+    """The first's batch is cancelled (it leaves the line unjudged): those behind it are
+    judged at once, a new first among them."""
+    room = Room(0.0)
+    waiting = Waiting(room.fits, worst_of)
+    with ExitStack() as stack:
+        with waiting.turn("t") as first:
+            env = costing(1.0, "first")
+            first.ask(env, room.judge(env))
+            second = stack.enter_context(waiting.turn("t"))
+            env = costing(2.0, "second")
+            second.ask(env, room.judge(env))
+            room.judged.clear()
+            room.usd = 1.5  # (not for the first: it is leaving)
+            assert first.first and not second.first
+        assert room.judged == [] and second.first and not second.gone
+        assert await second.wait(0), "woken: first now, it waits its Retry-After from here"
+
+
+async def test_only_a_request_whose_own_task_looks_may_join_a_call_under_way() -> None:
+    """Judged as it asks (whatever its size: it is judged as the budget judges any), or
+    as the first whose Retry-After passed, a request goes on at once, so it may join a
+    call under way for nothing; judged while it waits, it holds its worst case (that
+    call may be over by the time its task runs)."""
+    room = Room(0.0)
+    waiting = Waiting(room.fits, worst_of)
+    with waiting.turn("t") as first, waiting.turn("t") as second:
+        env = costing(1.0, "first")
+        first.ask(env, room.judge(env))
+        env = costing(1.0, "second")
+        second.ask(env, room.judge(env))
+        assert room.at_once == room.judged == ["first", "second"]
+        first.look()
+        waiting.settled("t")
+        assert room.at_once == room.judged == ["first", "second", "first"]
+        room.usd = 2.0
+        waiting.settled("t")
+        assert first.gone and second.gone and room.judged[3:] == ["first", "second"]
+        assert room.at_once == ["first", "second", "first"]
