@@ -20,16 +20,21 @@ REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 # Top-level fields that every chunk repeats and a whole answer has once, when the vendor
 # sent them at all.
 _OPTIONAL_HEAD = ("system_fingerprint", "service_tier")
+_HEAD_SAID = ("id", "created", "model", *_OPTIONAL_HEAD)  # what a whole answer takes of them
+# Random padding a vendor puts on each streamed chunk against token-length side
+# channels: OpenAI's ``obfuscation`` and Mistral's ``p`` (docs.mistral.ai release note,
+# 2025-08-27).  It says where a stream is, not what the answer is; another vendor's is
+# known by its kind (``_OwnHead``).
+_PADDING = ("obfuscation", "p")
 # The top-level fields the format itself gives a body or a chunk, and those that say
-# where a stream is, not what the answer is: OpenAI's ``obfuscation`` (random padding,
-# new on each chunk) and Perplexity's ``status`` and ``type`` (PENDING then COMPLETED;
-# message, info, end_of_stream).  Any other is a vendor's own and answer data
-# (Perplexity's ``citations`` and ``search_results``, which the text's "[1]" points
-# into; Azure's ``prompt_filter_results``; OpenRouter's ``provider``): assembly and
-# replay carry it across (``_vendor_fields``).
+# where a stream is, not what the answer is: the padding and Perplexity's ``status`` and
+# ``type`` (PENDING then COMPLETED; message, info, end_of_stream).  Any other is a
+# vendor's own and answer data (Perplexity's ``citations`` and ``search_results``, which
+# the text's "[1]" points into; Azure's ``prompt_filter_results``; OpenRouter's
+# ``provider``): assembly and replay carry it across (``_vendor_fields``).
 _HEAD_KEYS = frozenset(
     {"id", "object", "created", "model", "choices", "usage", *_OPTIONAL_HEAD}
-    | {"obfuscation", "status", "type"}
+    | {*_PADDING, "status", "type"}
 )
 # How an Anthropic vendor's answer ended, where finish_reason cannot say it: the stop
 # sequence it matched, and a stop reason of its own (``schemas.formats.anthropic``).  The
@@ -323,20 +328,21 @@ def assemble_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     choice's (``_vendor_fields``), are the answer's as the chunks say them together
     (``_say_more``): one said on each chunk is said whole each time (Perplexity's
     ``citations``), one said once is said there (vLLM's ``stop_reason`` on the last
-    chunk), an object's keys add up.  What assembly cannot represent in full is what
-    ``faithful_chunks`` refuses.
+    chunk), an object's keys add up; a chunk's padding is not (``_OwnHead``).  What
+    assembly cannot represent in full is what ``faithful_chunks`` refuses.
     """
     head: dict[str, Any] = {}
-    extra: dict[str, Any] = {}  # the vendor's own top-level fields
+    own = _OwnHead(len(chunks))  # the vendor's own top-level fields
     choices: dict[int, dict[str, Any]] = {}
     usage = None
     for chunk in chunks:
-        for key in ("id", "created", "model", *_OPTIONAL_HEAD):
+        for key in _HEAD_SAID:
             value = chunk.get(key)
             # Not Azure's opening content-filter chunk's blank id, created and model.
             if key not in head and value is not None and (value or key in _OPTIONAL_HEAD):
                 head[key] = value
-        _say_more(extra, _vendor_fields(chunk, _HEAD_KEYS))
+        if not _HEAD_KEYS.issuperset(chunk):  # the format's fields alone: the common case
+            own.add(chunk)
         if chunk.get("usage"):
             usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
@@ -352,7 +358,7 @@ def assemble_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     for key in _OPTIONAL_HEAD:
         if key in head:
             body[key] = head[key]
-    body |= extra
+    body |= own.fields()
     if usage is not None:
         body["usage"] = usage
     return body
@@ -391,6 +397,48 @@ def _say_more(own: dict[str, Any], fields: dict[str, Any]) -> bool:
     return whole
 
 
+class _OwnHead:
+    """A stream's own top-level fields (``_vendor_fields``) as its chunks say them
+    together (``_say_more``), less any that says where the stream is: a string said on
+    every chunk, each time new (not the one before, nor more of it), is padding as
+    ``_PADDING`` is, whatever the vendor names it; neither carried into the whole answer
+    nor a contradiction.  A filter's verdict (an object, a list), a string said the same
+    twice running, or one said on some chunks only, is the answer's as ever."""
+
+    __slots__ = ("_chunks", "_clashed", "_new", "_said")
+
+    def __init__(self, chunks: int) -> None:
+        self._chunks = chunks  # how many the stream has
+        self._said: dict[str, Any] = {}
+        self._new: dict[str, int] = {}  # a field's sayings so far, each a new string; or -1
+        self._clashed: set[str] = set()  # said otherwise than before (``_say_more``)
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        """One of the stream's chunks (one saying only the format's fields, ``_HEAD_KEYS``,
+        may be left out: it says nothing here)."""
+        for key, value in _vendor_fields(chunk, _HEAD_KEYS).items():
+            had = self._said.get(key)
+            new = isinstance(value, str) and not (isinstance(had, str) and value.startswith(had))
+            runs = self._new.get(key, 0)
+            self._new[key] = runs + 1 if new and runs >= 0 else -1
+            if not _say_more(self._said, {key: value}):
+                self._clashed.add(key)
+
+    def _padding(self) -> set[str]:
+        return {k for k, runs in self._new.items() if runs == self._chunks > 1}
+
+    def whole(self) -> bool:
+        """Whether every field but padding said the same, or more, each time."""
+        return not self._clashed or self._clashed <= self._padding()
+
+    def fields(self) -> dict[str, Any]:
+        """The fields the whole answer carries: all said, but padding."""
+        if not self._said:
+            return {}
+        padding = self._padding()
+        return {k: v for k, v in self._said.items() if k not in padding}
+
+
 def _empty_choice() -> dict[str, Any]:
     return {
         "role": "assistant",
@@ -418,18 +466,19 @@ def _merge_choice(acc: dict[str, Any], choice: dict[str, Any]) -> None:
     if (citation := delta.get("citation")) is not None:
         _text_segment(acc, delta)["citations"].append(citation)
         acc["cited"] = True
-    if delta.get("content"):
-        acc["content"].append(delta["content"])
-        _text_segment(acc, delta)["pieces"].append(delta["content"])
-    if delta.get("refusal"):
-        acc["refusal"].append(delta["refusal"])
+    if content := delta.get("content"):
+        acc["content"].append(content)
+        _text_segment(acc, delta)["pieces"].append(content)
+    if refusal := delta.get("refusal"):
+        acc["refusal"].append(refusal)
     # Web-search answers send their citations as deltas, often after the text they cite.
-    acc["annotations"].extend(delta.get("annotations") or [])
+    if annotations := delta.get("annotations"):
+        acc["annotations"].extend(annotations)
     if logprobs := choice.get("logprobs"):
         merged = acc["logprobs"] = acc["logprobs"] or {"content": [], "refusal": []}
         merged["content"].extend(logprobs.get("content") or [])
         merged["refusal"].extend(logprobs.get("refusal") or [])
-    for frag in delta.get("tool_calls") or []:
+    for frag in delta.get("tool_calls") or ():
         _merge_call(acc, frag)
     if isinstance(legacy := delta.get("function_call"), dict):
         acc["function_call"] = _merge_fields(acc["function_call"] or {}, legacy)
@@ -440,7 +489,8 @@ def _merge_choice(acc: dict[str, Any], choice: dict[str, Any]) -> None:
     for key in _STOP_EXTENSIONS:  # an Anthropic vendor's, kept for Anthropic clients
         if choice.get(key):
             acc[key] = choice[key]
-    _say_more(acc["extra"], _vendor_fields(choice, _CHOICE_KEYS))
+    if not _CHOICE_KEYS.issuperset(choice):  # a vendor's own fields: rare, and kept
+        _say_more(acc["extra"], _vendor_fields(choice, _CHOICE_KEYS))
 
 
 def _merge_call(acc: dict[str, Any], frag: dict[str, Any]) -> None:
@@ -596,7 +646,7 @@ def _finish_choice(index: int, acc: dict[str, Any]) -> dict[str, Any]:
         "finish_reason": finish,
     }
     out |= {key: acc[key] for key in _STOP_EXTENSIONS if acc.get(key)}
-    return out | acc["extra"]
+    return out | acc["extra"] if acc["extra"] else out
 
 
 def _text_after_call(order: list[tuple[str, Any]]) -> bool:
@@ -789,31 +839,35 @@ def faithful_chunks(chunks: list[dict[str, Any]]) -> bool:
     tool's and says only that call's fields, and audio only its own; and a vendor's own
     field, at the top level or a choice's, says the same each time it is said, or more
     (``_say_more``): Azure's ``content_filter_results`` judge each piece of text apart,
-    and two that differ on one category are no one answer's.  An answer it cannot make
-    whole is not one to cache: a later non-streamed request would get less than the
-    vendor said."""
+    and two that differ on one category are no one answer's (a chunk's padding, new on
+    each, is no contradiction: ``_OwnHead``).  An answer it cannot make whole is not one
+    to cache: a later non-streamed request would get less than the vendor said."""
     said: dict[tuple[Any, Any], tuple[str, set[str]]] = {}  # call -> its type, payloads
     indexes: dict[Any, ToolCallIndexes] = {}  # per choice: which call a fragment is part of
-    own: dict[str, Any] = {}  # the vendor's own top-level fields, as said so far
+    own = _OwnHead(len(chunks))  # the vendor's own top-level fields, as said so far
     owns: dict[Any, dict[str, Any]] = {}  # and each choice's
     for chunk in chunks:
-        if not _say_more(own, _vendor_fields(chunk, _HEAD_KEYS)):
-            return False
+        if not _HEAD_KEYS.issuperset(chunk):
+            own.add(chunk)
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict):
                 continue
-            said_so_far = owns.setdefault(choice.get("index", 0), {})
-            if not _say_more(said_so_far, _vendor_fields(choice, _CHOICE_KEYS)):
-                return False
+            if not _CHOICE_KEYS.issuperset(choice):
+                said_so_far = owns.setdefault(choice.get("index", 0), {})
+                if not _say_more(said_so_far, _vendor_fields(choice, _CHOICE_KEYS)):
+                    return False
             delta = choice.get("delta")
             if not isinstance(delta, dict):
                 continue
-            if not all(k in _DELTA_KEYS or _incidental(v) for k, v in delta.items()):
+            if not _DELTA_KEYS.issuperset(delta) and not all(
+                k in _DELTA_KEYS or _incidental(v) for k, v in delta.items()
+            ):
                 return False
-            if not _plain_fields(delta.get("function_call"), ("name", "arguments")):
-                return False
-            if not _plain_fields(delta.get("audio"), _AUDIO_KEYS):
-                return False
+            if "function_call" in delta or "audio" in delta:
+                if not _plain_fields(delta.get("function_call"), ("name", "arguments")):
+                    return False
+                if not _plain_fields(delta.get("audio"), _AUDIO_KEYS):
+                    return False
             for frag in delta.get("tool_calls") or []:
                 if not isinstance(frag, dict):
                     return False
@@ -831,6 +885,8 @@ def faithful_chunks(chunks: list[dict[str, Any]]) -> bool:
                     if any(v not in ("", None) for v in value.values()):
                         payloads.add(name)
                 said[key] = (kind, payloads)
+    if not own.whole():
+        return False
     # A call says one payload, its type's (or, unnamed, the one its type is taken from).
     return all(len(p) <= 1 and (not k or p <= {k}) for k, p in said.values())
 

@@ -506,3 +506,81 @@ def test_an_objects_keys_said_apart_add_up_and_one_said_otherwise_is_not_whole()
     assert not faithful_chunks(chunks)
     other = [chunk({"content": "a"}, citations=["u1"]), chunk({}, "stop", citations=["u2"])]
     assert not faithful_chunks(other)
+
+
+def padded(pads: list[Any], key: str = "p") -> list[dict[str, Any]]:
+    """A short stream whose chunks carry ``pads`` (one each, None for none) under ``key``."""
+    deltas = [{"role": "assistant", "content": ""}, {"content": "Hello"}, {"content": " world"}]
+    chunks = [chunk(d) for d in deltas] + [chunk({}, "stop")]
+    for c, pad in zip(chunks, pads, strict=True):
+        if pad is not None:
+            c[key] = pad
+    return chunks
+
+
+def test_mistrals_padding_new_on_every_chunk_is_neither_kept_nor_a_contradiction() -> None:
+    """Mistral pads each streamed chunk with a random ``p`` (docs.mistral.ai, 2025-08-27),
+    as OpenAI does with ``obfuscation``: it says where the stream is, so such a stream is
+    whole, stored and served whole without it (review finding: no Mistral stream was
+    cached, and a whole answer carried the last chunk's ``p``)."""
+    from tables.cache import storable
+
+    chunks = padded(["a1", "Zq", "x", "k9P"])
+    assert faithful_chunks(chunks) and storable(None, chunks)
+    body = assemble_chunks(chunks)
+    assert "p" not in body
+    assert body["choices"][0]["message"]["content"] == "Hello world"
+    # Padding on some chunks only, or the same twice, is still padding by its name.
+    assert faithful_chunks(padded(["a1", None, "a1", "b"]))
+    assert "p" not in assemble_chunks(padded(["a1", None, "a1", "b"]))
+
+
+def test_another_vendors_padding_is_known_by_its_kind() -> None:
+    """A top-level string said on every chunk, new each time, is padding whatever it is
+    called: the next vendor's does not switch caching off.  A string said the same twice
+    running and then otherwise, one that grows, or one said on some chunks only, is the
+    answer's, and two sayings that differ are no one answer's, as before."""
+    chunks = padded(["r4nd", "0m", "pAd", "x"], key="pad")
+    assert faithful_chunks(chunks)
+    assert "pad" not in assemble_chunks(chunks)
+
+    for pads in (
+        ["same", "same", "other", "more"],  # the same twice running: not new each time
+        ["Hel", "Hello", "Hello w", "Hello world"],  # grows: a text so far, not padding
+        ["a", None, "b", "c"],  # not on every chunk
+    ):
+        chunks = padded(pads, key="said")
+        assert not faithful_chunks(chunks), pads
+        assert assemble_chunks(chunks)["said"] == pads[-1], "the last word stands"
+    once = padded([None, None, None, "said once"], key="note")
+    assert faithful_chunks(once) and assemble_chunks(once)["note"] == "said once"
+    kept = padded(["openai"] * 4, key="provider")  # OpenRouter's, the same on each
+    assert faithful_chunks(kept) and assemble_chunks(kept)["provider"] == "openai"
+    verdicts = padded([[{"v": 1}], [{"v": 2}], [{"v": 3}], [{"v": 4}]], key="filter")
+    assert not faithful_chunks(verdicts), "an object or list is never padding"
+
+
+def test_a_stream_of_the_formats_fields_alone_assembles_as_it_did() -> None:
+    """The fast path for chunks and choices with only the format's fields (review finding:
+    every streamed answer paid for vendor fields it never had) gives the same answer."""
+    chunks = padded(["o1", "o2", "o3", "o4"], key="obfuscation")
+    for c in chunks:
+        c["system_fingerprint"] = "fp"
+        c["choices"][0]["logprobs"] = None
+    body = assemble_chunks(chunks)
+    assert faithful_chunks(chunks)
+    assert body == {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1700,
+        "model": "gpt-x",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello world"},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "system_fingerprint": "fp",
+    }
