@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -19,11 +20,11 @@ import unicodedata
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import orjson
 import redis.asyncio as aioredis
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -377,7 +378,13 @@ def audio_expiry(answers: list[dict[str, Any]]) -> float | None:
     choice's message or a streamed delta; None for an answer holding none.  OpenAI keeps
     an audio answer for a later turn to name by its id until then; a copy served later
     would send the client back with an id its vendor no longer knows (a 400)."""
-    earliest: float | None = None
+    return _earliest(_audio_of(answers))
+
+
+def _audio_of(answers: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """The ``audio`` objects of ``answers``' choices (a message's or a delta's) that say
+    when they expire (``audio_expiry``)."""
+    found: list[dict[str, Any]] = []
     for answer in answers:
         choices = answer.get("choices") if isinstance(answer, dict) else None
         for choice in choices if isinstance(choices, list) else ():
@@ -385,10 +392,17 @@ def audio_expiry(answers: list[dict[str, Any]]) -> float | None:
                 continue
             for said in (choice.get("message"), choice.get("delta")):
                 audio = said.get("audio") if isinstance(said, dict) else None
-                at = audio.get("expires_at") if isinstance(audio, dict) else None
-                if isinstance(at, int | float) and not isinstance(at, bool):
-                    earliest = at if earliest is None else min(earliest, at)
-    return earliest
+                if isinstance(audio, dict) and _epoch(audio.get("expires_at")):
+                    found.append(audio)
+    return tuple(found)
+
+
+def _earliest(audio: tuple[dict[str, Any], ...]) -> float | None:
+    return min((at for a in audio if _epoch(at := a.get("expires_at"))), default=None)
+
+
+def _epoch(at: Any) -> TypeGuard[float]:
+    return isinstance(at, int | float) and not isinstance(at, bool)
 
 
 def redis_prefix(topic_prefix: str) -> str:
@@ -398,10 +412,15 @@ def redis_prefix(topic_prefix: str) -> str:
 
 
 class CacheEntry(BaseModel):
-    """A stored answer: a stream's chunks (without the usage chunk) or a whole body."""
+    """A stored answer: a stream's chunks (without the usage chunk) or a whole body.
 
-    chunks: list[dict[str, Any]] | None = None
-    body: dict[str, Any] | None = None
+    The answer is fixed once made (``chunks`` and ``body`` are frozen, their contents
+    read-only), so what it points to at its vendor (``expires_at``: its audio) is found
+    in it once, as it is made or read back from L2: a hit reads that audio's expiry
+    alone, and nothing for an answer of no audio, never a stream's every chunk."""
+
+    chunks: list[dict[str, Any]] | None = Field(default=None, frozen=True)
+    body: dict[str, Any] | None = Field(default=None, frozen=True)
     usage: Usage = Usage()
     vendor: str
     model: str
@@ -410,6 +429,15 @@ class CacheEntry(BaseModel):
     # posting straight to the request topic picks its own ``prompt_hash``, and a chat
     # answer must never come back as its embeddings.
     endpoint: str | None = None
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._audio  # noqa: B018  (found now: a hit reads it as a plain attribute)
+
+    @functools.cached_property
+    def _audio(self) -> tuple[dict[str, Any], ...]:
+        """The audio its answer points to at its vendor (``audio_expiry``)."""
+        answers = [self.body] if self.body is not None else []
+        return _audio_of([*answers, *(self.chunks or [])])
 
     def answers(self, endpoint: str) -> bool:
         return self.endpoint is None or self.endpoint == endpoint
@@ -424,8 +452,7 @@ class CacheEntry(BaseModel):
 
     def expires_at(self) -> float | None:
         """When what it points to at its vendor goes (``audio_expiry``), if ever."""
-        answers = [self.body] if self.body is not None else []
-        return audio_expiry([*answers, *(self.chunks or [])])
+        return _earliest(self._audio) if self._audio else None
 
     def usable_for(self, now: float) -> float:
         """Seconds from ``now`` it may still be served (``expires_at``): infinite for
