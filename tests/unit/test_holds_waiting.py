@@ -447,3 +447,22 @@ async def test_only_a_request_whose_own_task_looks_may_join_a_call_under_way() -
         waiting.settled("t")
         assert first.gone and second.gone and room.judged[3:] == ["first", "second"]
         assert room.at_once == ["first", "second", "first"]
+
+
+async def test_a_line_let_go_as_the_worker_stops_is_put_back_holding_nothing() -> None:
+    """A hold let go lets a waiting line go (its verdict takes its hold at once); the
+    worker stops before the line's task runs on: it goes back on the request topic, and
+    what it was let go to hold is let go with it, not kept until its window ends."""
+    handler, sink, budgets, _, calls, lines = budgeted(1.0)
+    blocker = holding_all(budgets)
+    waiting = line(0)
+    queued = lined_up(budgets, 1)
+    task = asyncio.ensure_future(handler.handle(waiting))
+    await queued.wait()
+    budgets.metered("t", blocker.correlation_id)
+    assert budgets.waiting.waiting("t") == 0 and budgets.holds.held("t") > 0.0
+    handler.stop_waiting()
+    [done] = await asyncio.gather(task, return_exceptions=True)
+    assert isinstance(done, asyncio.CancelledError)
+    assert lines.put_back == [waiting.correlation_id] and sink.replies == [] and calls == []
+    assert budgets.holds.held("t") == 0.0
