@@ -402,9 +402,11 @@ class RequestHandler:
 
         It waits on its own task (each envelope has one), so neither the partition nor
         other requests wait for it, and keeps nothing but the envelope the worker took
-        already.  A worker that stops puts it back on the request topic for the next one
-        (``cut``: at once with ``stop_waiting``, else when the drain ends), letting go of
-        what it was let go ahead to hold, should that come first."""
+        already; it holds nothing of the budget while it waits (a line handled again, its
+        vendor batch failed or its leader cut, lets go of its hold as it takes its place:
+        ``Turn.ask``).  A worker that stops puts it back on the request topic for the
+        next one (``cut``: at once with ``stop_waiting``, else when the drain ends),
+        letting go of what it was let go ahead to hold, should that come first."""
         lines = self.batch_lines
         assert lines is not None
         task = asyncio.current_task()
@@ -759,10 +761,17 @@ class RequestHandler:
                 # The vendor's batch failed it (no batch API after all, expired, cancelled):
                 # the request is answered the realtime way instead, at the full price.
                 log.warning("batch lane failed %s (%s): sent on", env.correlation_id, result.code)
-                # Held as a realtime request again: the budget holds it afresh if it goes
-                # ahead, and a line that never comes here (expired, its gateway metered
-                # it) lets go of it after its deadline, not at the end of the lane's bound.
-                self.budget.keep(env, env.deadline_ms / 1000 + AFTER_DEADLINE_S)
+                if self._is_line(env):
+                    # A Batch API line is judged again in its tenant's line (_in_turn),
+                    # which holds it afresh if it goes: till then it holds nothing, or its
+                    # full price would keep out the others sent on with it (and itself).
+                    self.budget.keep(env, time.time(), share=0.0)
+                else:
+                    # Held as a realtime request again: the budget holds it afresh if it
+                    # goes ahead, and a line that never comes here (expired, its gateway
+                    # metered it) lets go of it after its deadline, not at the end of the
+                    # lane's bound.
+                    self.budget.keep(env, env.deadline_ms / 1000 + AFTER_DEADLINE_S)
                 # (on its own task: the batch's other requests go on meanwhile)
                 self._spawn(self.handle(env.model_copy(update={"priority": Priority.batch})))
                 return

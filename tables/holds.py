@@ -154,7 +154,8 @@ class Holds:
             self._by_request[key] = self._add(tenant, usd, until, key, lasting)
 
     def settle(self, tenant: str, request_id: str | None) -> bool:
-        """A request's line is written: the spend table counts it from now on.  A line
+        """A request's line is written: the spend table counts it from now on (or it
+        takes its place among its tenant's waiting requests, which hold nothing).  A line
         without a hold (a tenant without budget, a request taken before a restart, a
         cache hit) lets go of nothing.  Whether a hold was let go."""
         if request_id is not None and (hold := self._by_request.get((tenant, request_id))):
@@ -253,8 +254,13 @@ class Turn:
     def ask(self, env: RequestEnvelope, judge: Judge) -> None:
         """Take the place for ``env``, judged by ``judge``, and judge the line at once:
         ``env`` goes now if there is room for it once those before it have had theirs
-        (first fit), else it waits in its place."""
+        (first fit), else it waits in its place.  What ``env`` holds already is let go
+        first (a request handled again: a Batch API line its vendor batch failed, a
+        follower whose leader was cut): a waiting request is not in flight, so it holds
+        nothing that keeps others, or itself, out; its verdict holds it afresh if it
+        goes."""
         self.env, self.judge = env, judge
+        self._waiting.let_go(env)
         self._waiting.measured(self)
         self._waiting.look(self.tenant, asking=self)
 
@@ -315,20 +321,26 @@ class Waiting:
     The line is judged at once, one request after another, each verdict taking its hold
     as it is given (``Budgets.__call__``): two requests never both take the same room,
     and a request let go is woken to go, one task for each that goes.  ``fits`` (tenant,
-    worst case) says whether a request may fit, at a glance (only those are judged), and
-    ``measure`` its worst case: a line none of which fits costs O(1) to look at (its
-    smallest worst case does not fit), any other at most one pass."""
+    worst case, and the request it is, whose own hold it leaves out as its verdict does;
+    None for the smallest worst case of the line) says whether a request may fit, at a
+    glance (only those are judged), and ``measure`` its worst case: a line none of which
+    fits costs O(1) to look at (its smallest worst case does not fit), any other at most
+    one pass.  ``let_go`` lets go of what a request holds as it takes its place: waiting,
+    it holds nothing (so no hold of a waiting request is left out of that glance at the
+    smallest)."""
 
     def __init__(
         self,
-        fits: Callable[[str, float], bool] | None = None,
+        fits: Callable[[str, float, str | None], bool] | None = None,
         measure: Callable[[RequestEnvelope], float] | None = None,
         clock: Callable[[], float] = time.time,
         passed_by_s: float = PASSED_BY_S,
+        let_go: Callable[[RequestEnvelope], object] | None = None,
     ) -> None:
         self._lines: dict[str, _Line] = {}
-        self._fits = fits or (lambda tenant, worst: True)
+        self._fits = fits or (lambda tenant, worst, besides: True)
         self._measure = measure or (lambda env: 0.0)
+        self.let_go = let_go or (lambda env: None)
         self.clock = clock
         self.passed_by_s = passed_by_s
         self._count = 0
@@ -380,9 +392,10 @@ class Waiting:
             if stays is not None and self._passed_enough(stays):
                 break  # nobody passes it any more
             asked = asked or turn is asking
-            if turn is not asking and not self._fits(tenant, turn.worst):
+            besides = turn.env.correlation_id if turn.env is not None else None
+            if turn is not asking and not self._fits(tenant, turn.worst, besides):
                 stays = stays or turn
-                if not self._fits(tenant, line.least()):
+                if not self._fits(tenant, line.least(), None):
                     break  # nobody left may fit (but the one asking, below)
                 continue
             if not self._judged(line, turn, at_once=turn is asking):
@@ -451,8 +464,8 @@ class Budgets:
     ledger line is written, unless it joins an identical call under way: its line costs
     nothing (the call's leader holds for the call), so it neither holds nor is held back.
     A request held back with no client to come back (a Batch API line) waits in its
-    tenant's line instead (``turn``), to be judged again, in order, as holds are let
-    go."""
+    tenant's line instead (``turn``), holding nothing (what it held, handled again, is
+    let go as it takes its place), to be judged again, in order, as holds are let go."""
 
     def __init__(
         self,
@@ -466,7 +479,12 @@ class Budgets:
         self.prices = prices
         self.clock = clock
         self.holds = Holds(clock)
-        self.waiting = Waiting(self._may_fit, lambda env: worst_cost(env, self.prices), clock)
+        self.waiting = Waiting(
+            self._may_fit,
+            lambda env: worst_cost(env, self.prices),
+            clock,
+            let_go=lambda env: self.holds.settle(env.tenant, env.correlation_id),
+        )
 
     def __call__(
         self, env: RequestEnvelope, joins: Joins = lambda degraded: False
@@ -497,8 +515,9 @@ class Budgets:
         metered when its batch is read back, hours after its deadline maybe, and one of a
         vendor batch this worker adopted held nothing here (its holds died with the
         worker that sent it).  Admitted already, it is not held back.  ``share`` of its
-        worst case: a vendor batch bills at its discount.  ``lasting``: it is in a vendor
-        batch (a request held back by such holds is told to wait longer)."""
+        worst case: a vendor batch bills at its discount (none: what it held is let go
+        now).  ``lasting``: it is in a vendor batch (a request held back by such holds is
+        told to wait longer)."""
         if env.tenant in self.policies:
             worst = worst_cost(env, self.prices) * max(0.0, min(share, 1.0))
             self.holds.take(env.tenant, env.correlation_id, worst, until, lasting=lasting)
@@ -508,10 +527,12 @@ class Budgets:
         judged again in order (first fit) each time a hold of the tenant is let go."""
         return self.waiting.turn(tenant)
 
-    def _may_fit(self, tenant: str, worst: float) -> bool:
+    def _may_fit(self, tenant: str, worst: float, besides: str | None = None) -> bool:
         """Whether a waiting request of ``tenant`` whose worst case is ``worst`` may be
         let go now, at a glance (``Waiting.look`` judges only those): its budget is
-        spent (it is judged, to be refused for good), or ``held_back`` lets it go."""
+        spent (it is judged, to be refused for good), or ``held_back`` lets it go.  What
+        request ``besides`` (its correlation id) holds itself is left out, as its verdict
+        leaves it out: the glance never passes over a request its verdict would let go."""
         policy = self.policies.get(tenant)
         if policy is None:
             return True
@@ -519,7 +540,8 @@ class Budgets:
         decision = decide(policy, spend, now)
         if decision.action == "refuse" or decision.cache_only:
             return True
-        return held_back(policy, spend, now, self.holds.held(tenant), worst) is None
+        held = self.holds.held(tenant, besides=besides)
+        return held_back(policy, spend, now, held, worst) is None
 
     def metered(self, tenant: str, request_id: str | None) -> None:
         """A ledger line about request ``request_id`` (its correlation id) is written:

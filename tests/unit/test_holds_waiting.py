@@ -12,13 +12,17 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
+import pytest
+
+from agents.batch_lane import VENDOR_WINDOW_S
 from agents.handler import BatchLines, RequestHandler
 from schemas.envelope import Priority, RequestEnvelope, UsageEvent
+from schemas.errors import VendorUnsupported
 from tables.budgets import BudgetDecision, BudgetPolicy, Spend, add_spend
-from tables.holds import PASSED_BY_S, Budgets, Judge, Waiting, worst_cost
+from tables.holds import AFTER_DEADLINE_S, PASSED_BY_S, Budgets, Judge, Waiting, worst_cost
 from tests.support.envelopes import request_envelope
 from tests.support.sinks import Sink
-from tests.unit.test_handler import envelope, make, vendor
+from tests.unit.test_handler import CONFIG, envelope, make, vendor
 from tests.unit.test_holds import PRICES
 
 RESULTS = "relay.batch-results"
@@ -335,7 +339,7 @@ class Room:
         self.judged: list[str] = []
         self.at_once: list[str] = []  # those judged as going on at once
 
-    def fits(self, tenant: str, worst: float) -> bool:
+    def fits(self, tenant: str, worst: float, besides: str | None) -> bool:
         return worst <= self.usd
 
     def judge(self, env: RequestEnvelope) -> Judge:
@@ -466,3 +470,113 @@ async def test_a_line_let_go_as_the_worker_stops_is_put_back_holding_nothing() -
     assert isinstance(done, asyncio.CancelledError)
     assert lines.put_back == [waiting.correlation_id] and sink.replies == [] and calls == []
     assert budgets.holds.held("t") == 0.0
+
+
+def refused_knob() -> VendorUnsupported:
+    """A vendor batch's line refused for a knob the realtime way strikes: retryable, so
+    the lane hands the request back to be sent the realtime way."""
+    return VendorUnsupported("reasoning_effort is not supported", param="reasoning_effort")
+
+
+async def test_lines_a_vendor_batch_failed_sent_on_together_are_all_answered() -> None:
+    """Three lines a vendor batch failed (held at its batch price: all three fit) are sent
+    the realtime way at once, at the full price, with room for two of them at a time.
+    Each holds nothing until it is judged again in its tenant's line, so two go and the
+    third once one's line is written; they used to re-hold their full price each and
+    wait behind one another's holds, nothing in flight, until their batch's window."""
+    handler, sink, budgets, _, calls, _ = budgeted(1.0)
+    envs = [line(n) for n in range(3)]
+    worst = worst_cost(envs[0], PRICES)
+    budgets.policies["t"] = BudgetPolicy(limit_usd=2.5 * worst)
+    cand = CONFIG.models["m"].candidates[0]
+    for env in envs:  # as the lane held them
+        budgets.keep(env, time.time() + VENDOR_WINDOW_S, share=0.5, lasting=True)
+    assert budgets.holds.held("t") == pytest.approx(1.5 * worst)
+    most = 0.0
+    dispatch = handler.dispatcher.run
+
+    async def counted(*args: Any, **kw: Any) -> Any:  # what is held as each call goes out
+        nonlocal most
+        most = max(most, budgets.holds.held("t"))
+        return await dispatch(*args, **kw)
+
+    handler.dispatcher.run = counted  # type: ignore[method-assign]
+    for env in envs:
+        await handler.deliver_batch(env, cand, refused_knob())
+    assert budgets.holds.held("t") == 0.0, "sent on, a line holds nothing till it is judged"
+    async with asyncio.timeout(60):  # (a guard: they used to hang till their window ended)
+        await asyncio.gather(*handler.spawned)
+    assert [sink.for_(e.correlation_id)[-1].kind for e in envs] == ["final"] * 3
+    assert len(calls) == 3 and len(sink.ledger) == 3
+    assert 0.0 < most <= 2.5 * worst, "never more in flight than the budget holds"
+    assert budgets.waiting.waiting("t") == 0 and budgets.holds.held("t") == 0.0
+
+
+async def test_a_request_with_a_client_sent_on_is_held_as_a_realtime_one_again() -> None:
+    """Only a Batch API line sent the realtime way lets go of its hold (it is judged
+    again in its line): a background request with a client, whose vendor batch failed
+    it too, is held at its full price until its ledger line, as before."""
+    handler, sink, budgets, _, calls, _ = budgeted(100.0)
+    mine = line(0)
+    theirs = envelope(key="background", ttl=None, priority=Priority.background)
+    cand = CONFIG.models["m"].candidates[0]
+    for env in (mine, theirs):
+        budgets.keep(env, time.time() + VENDOR_WINDOW_S, share=0.5, lasting=True)
+        await handler.deliver_batch(env, cand, refused_knob())
+    assert budgets.holds.held("t") == pytest.approx(worst_cost(theirs, PRICES))
+    assert budgets.holds.lasting("t") == 0.0
+    await asyncio.gather(*handler.spawned)
+    assert [sink.for_(e.correlation_id)[-1].kind for e in (mine, theirs)] == ["final"] * 2
+    assert len(calls) == 2 and budgets.holds.held("t") == 0.0
+
+
+async def test_a_line_handled_again_waits_holding_nothing_and_goes_past_a_big_first() -> None:
+    """A line comes back holding its worst case (its verdict took it as it waited, then
+    it joined a call whose leader was cut, and is run again; or a vendor batch failed
+    it): it takes its place behind a big first line holding nothing, and a hold let go
+    that leaves room for it lets it go, past the first.  Its own hold used to count
+    against it at the glance (and the walk stop there) and against everyone else."""
+    handler, sink, budgets, _, calls, _ = budgeted(1.0)
+    base = line(1)
+    again = base.model_copy(update={"body": {**base.body, "max_tokens": 40_000}})
+    worst = worst_cost(again, PRICES)
+    assert 0.3 < worst < 0.6
+    blocker = in_flight(budgets, "blocker", 1.0 - 1.5 * worst)  # room for it alone
+    other = in_flight(budgets, "other", worst)
+    big = big_line(0)
+    queued = lined_up(budgets, 1)
+    t_big = asyncio.ensure_future(handler.handle(big))
+    await queued.wait()
+    budgets.keep(again, again.deadline_ms / 1000 + AFTER_DEADLINE_S)  # what it holds
+    queued = lined_up(budgets, 1)
+    t_again = asyncio.ensure_future(handler.handle(again))
+    await queued.wait()
+    assert budgets.waiting.waiting("t") == 2 and not t_again.done()
+    assert budgets.holds.held("t") == pytest.approx(1.0 - 0.5 * worst), "it holds nothing"
+    budgets.metered("t", other.correlation_id)
+    async with asyncio.timeout(60):  # (a guard: it used to wait till its window ended)
+        await t_again
+    assert sink.for_(again.correlation_id)[-1].kind == "final" and len(calls) == 1
+    assert not t_big.done() and budgets.waiting.waiting("t") == 1
+    budgets.metered("t", blocker.correlation_id)
+    await t_big
+    assert sink.for_(big.correlation_id)[-1].kind == "final" and len(calls) == 2
+    assert budgets.waiting.waiting("t") == 0 and budgets.holds.held("t") == 0.0
+
+
+def test_the_glance_at_a_waiting_request_leaves_out_its_own_hold_as_its_verdict_does() -> None:
+    """``Budgets._may_fit`` passes over only a request its verdict would hold back: what
+    the request holds itself is left out of both."""
+    spent = {"t": Spend()}
+    own, other = line(0), line(1)
+    worst = worst_cost(own, PRICES)
+    budgets = Budgets({"t": BudgetPolicy(limit_usd=2.5 * worst)}, lambda t: spent[t], PRICES)
+    budgets.keep(own, time.time() + 3600)
+    budgets.keep(other, time.time() + 3600)
+    assert budgets._may_fit("t", worst, own.correlation_id)
+    verdict = budgets(own)
+    assert verdict is not None and verdict.action == "allow"
+    budgets.keep(request_envelope(correlation_id="third"), time.time() + 3600)
+    assert not budgets._may_fit("t", worst, own.correlation_id)
+    verdict = budgets(own)
+    assert verdict is not None and verdict.reason == "budget_in_flight"
