@@ -19,7 +19,7 @@ import time
 import unicodedata
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, TypeGuard
 
 import orjson
@@ -310,18 +310,20 @@ def plain_text(answer: Any) -> bool:
     stream, such a body would say nothing (a replay speaks strings only), and such
     chunks would not assemble into a body.  (An answer in another shape is for
     ``_readable`` to judge: true here.)"""
+    return all(
+        isinstance(said.get(field), str | None) for said in _said(answer) for field in TEXT_FIELDS
+    )
+
+
+def _said(answer: Any) -> Iterator[dict[str, Any]]:
+    """What an answer's choices say: each choice's message, or a chunk's delta (objects
+    only; an answer or a choice in another shape says nothing here)."""
     choices = answer.get("choices") if isinstance(answer, dict) else None
-    if not isinstance(choices, list):
-        return True
-    for choice in choices:
-        if not isinstance(choice, dict):
-            continue
-        for said in (choice.get("message"), choice.get("delta")):
-            if isinstance(said, dict) and not all(
-                isinstance(said.get(field), str | None) for field in TEXT_FIELDS
-            ):
-                return False
-    return True
+    for choice in choices if isinstance(choices, list) else ():
+        if isinstance(choice, dict):
+            for said in (choice.get("message"), choice.get("delta")):
+                if isinstance(said, dict):
+                    yield said
 
 
 def _choices(answer: dict[str, Any]) -> list[dict[str, Any]]:
@@ -384,17 +386,12 @@ def audio_expiry(answers: list[dict[str, Any]]) -> float | None:
 def _audio_of(answers: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
     """The ``audio`` objects of ``answers``' choices (a message's or a delta's) that say
     when they expire (``audio_expiry``)."""
-    found: list[dict[str, Any]] = []
-    for answer in answers:
-        choices = answer.get("choices") if isinstance(answer, dict) else None
-        for choice in choices if isinstance(choices, list) else ():
-            if not isinstance(choice, dict):
-                continue
-            for said in (choice.get("message"), choice.get("delta")):
-                audio = said.get("audio") if isinstance(said, dict) else None
-                if isinstance(audio, dict) and _epoch(audio.get("expires_at")):
-                    found.append(audio)
-    return tuple(found)
+    return tuple(
+        audio
+        for answer in answers
+        for said in _said(answer)
+        if isinstance(audio := said.get("audio"), dict) and _epoch(audio.get("expires_at"))
+    )
 
 
 def _earliest(audio: tuple[dict[str, Any], ...]) -> float | None:
@@ -467,7 +464,12 @@ class CacheEntry(BaseModel):
     def plain(self) -> bool:
         """Whether its text is text (``plain_text``): an entry stored before that was
         checked (a list of parts as ``content``) would replay as a stream saying nothing,
-        or not assemble at all, so it is not one to serve."""
+        or not assemble at all, so it is not one to serve.  Judged once, at its first
+        hit (its answer is fixed), not on every hit."""
+        return self._plain
+
+    @functools.cached_property
+    def _plain(self) -> bool:
         answers = [self.body] if self.body is not None else []
         return all(plain_text(answer) for answer in [*answers, *(self.chunks or [])])
 
