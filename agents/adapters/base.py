@@ -98,7 +98,7 @@ class CallsRefused(Exception):
 
 Line = TypeVar("Line")
 # What translating a body of the wrong shape raises (a number where a list belongs).
-_SHAPE_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError)
+SHAPE_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError)
 
 
 def batch_lines(
@@ -113,7 +113,7 @@ def batch_lines(
             lines.append(line(cid, call))
         except RelayError as err:
             refused[cid] = err
-        except _SHAPE_ERRORS as exc:
+        except SHAPE_ERRORS as exc:
             refused[cid] = BadRequest(
                 f"the request could not be put to the vendor ({type(exc).__name__}); "
                 "check its fields' types"

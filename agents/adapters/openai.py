@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from agents.adapters.base import StreamItem, VendorCall, VendorResult, batch_lines
+from agents.adapters.base import SHAPE_ERRORS, StreamItem, VendorCall, VendorResult, batch_lines
 from agents.adapters.http import (
     batch_result,
     classified,
@@ -45,7 +45,7 @@ from schemas.errors import (
     VendorUnsupported,
 )
 from schemas.formats.anthropic import without_cache_control
-from schemas.formats.openai import ToolCallIndexes, answer_chars
+from schemas.formats.openai import ToolCallIndexes, answer_chars, vendor_fields
 from schemas.usage import Usage
 
 # Models that take ``max_completion_tokens`` only: o1, o3, o4-mini…, gpt-5…
@@ -66,7 +66,6 @@ LOOKUP_SKEW_S = 600.0  # how far behind the relay's clock the vendor's may run
 # Pauses before each look (a create still on its way at the vendor lands meanwhile): the
 # batch must be absent every time for its requests to go on the realtime way.
 LOOKUP_WAITS_S = (2.0, 10.0)
-_SHAPE_ERRORS = (TypeError, ValueError, AttributeError, KeyError, IndexError)
 log = logging.getLogger("relay.worker")
 
 
@@ -179,7 +178,7 @@ class OpenAIAdapter:
                     written += answer_chars(chunk)
                     yield chunk
                 else:
-                    held |= _own_fields(chunk)
+                    held |= vendor_fields(chunk, _CHUNK_FIELDS)
         if not done:  # cut off: never a whole answer to cache and meter as one
             raise VendorUnavailable(f"{self.kind}: stream ended before [DONE]")
         if usage == Usage():
@@ -340,7 +339,7 @@ class OpenAIAdapter:
                 batches, more = page["data"], page.get("has_more")
             except RelayError as err:
                 raise cannot_tell(f"listing the batches failed: {err.message}") from None
-            except _SHAPE_ERRORS:
+            except SHAPE_ERRORS:
                 raise cannot_tell("the batch list could not be read") from None
             if not isinstance(batches, list):
                 raise cannot_tell("the batch list could not be read")
@@ -605,17 +604,6 @@ def _short_user(user: str) -> str:
 # The fields every chunk has its own of (a left-out chunk's are not the next one's):
 # Azure's opening chunk gives a blank id, object, created and model.
 _CHUNK_FIELDS = frozenset({"id", "object", "created", "model", "choices", "usage"})
-
-
-def _own_fields(chunk: dict[str, Any]) -> dict[str, Any]:
-    """The top-level fields of a chunk left out (it answers nothing) that say something:
-    a vendor's own (Azure's ``prompt_filter_results``), which the next chunk carries on to
-    the client, the assembled whole answer and the cache, as a replayed stream has them."""
-    return {
-        k: v
-        for k, v in chunk.items()
-        if k not in _CHUNK_FIELDS and v is not None and v != "" and v != [] and v != {}
-    }
 
 
 def _answering(choice: Any) -> bool:

@@ -31,7 +31,7 @@ _PADDING = ("obfuscation", "p")
 # ``type`` (PENDING then COMPLETED; message, info, end_of_stream).  Any other is a
 # vendor's own and answer data (Perplexity's ``citations`` and ``search_results``, which
 # the text's "[1]" points into; Azure's ``prompt_filter_results``; OpenRouter's
-# ``provider``): assembly and replay carry it across (``_vendor_fields``).
+# ``provider``): assembly and replay carry it across (``vendor_fields``).
 _HEAD_KEYS = frozenset(
     {"id", "object", "created", "model", "choices", "usage", *_OPTIONAL_HEAD}
     | {*_PADDING, "status", "type"}
@@ -325,7 +325,7 @@ def assemble_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     legacy ``function_call``; ``audio`` fragments are joined into the message's audio
     (data and transcript concatenated).
     The last usage seen, if any, is kept.  A vendor's own fields, at the top level and a
-    choice's (``_vendor_fields``), are the answer's as the chunks say them together
+    choice's (``vendor_fields``), are the answer's as the chunks say them together
     (``_say_more``): one said on each chunk is said whole each time (Perplexity's
     ``citations``), one said once is said there (vLLM's ``stop_reason`` on the last
     chunk), an object's keys add up; a chunk's padding is not (``_OwnHead``).  What
@@ -364,7 +364,7 @@ def assemble_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     return body
 
 
-def _vendor_fields(holder: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:
+def vendor_fields(holder: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:
     """The fields of a body, a chunk or a choice that are a vendor's own (not in
     ``known``: ``_HEAD_KEYS``, ``_CHOICE_KEYS``), with something to say (not null, nor
     empty)."""
@@ -398,7 +398,7 @@ def _say_more(own: dict[str, Any], fields: dict[str, Any]) -> bool:
 
 
 class _OwnHead:
-    """A stream's own top-level fields (``_vendor_fields``) as its chunks say them
+    """A stream's own top-level fields (``vendor_fields``) as its chunks say them
     together (``_say_more``), less any that says where the stream is: a string said on
     every chunk, each time new (not the one before, nor more of it), is padding as
     ``_PADDING`` is, whatever the vendor names it; neither carried into the whole answer
@@ -416,7 +416,7 @@ class _OwnHead:
     def add(self, chunk: dict[str, Any]) -> None:
         """One of the stream's chunks (one saying only the format's fields, ``_HEAD_KEYS``,
         may be left out: it says nothing here)."""
-        for key, value in _vendor_fields(chunk, _HEAD_KEYS).items():
+        for key, value in vendor_fields(chunk, _HEAD_KEYS).items():
             had = self._said.get(key)
             new = isinstance(value, str) and not (isinstance(had, str) and value.startswith(had))
             runs = self._new.get(key, 0)
@@ -490,7 +490,7 @@ def _merge_choice(acc: dict[str, Any], choice: dict[str, Any]) -> None:
         if choice.get(key):
             acc[key] = choice[key]
     if not _CHOICE_KEYS.issuperset(choice):  # a vendor's own fields: rare, and kept
-        _say_more(acc["extra"], _vendor_fields(choice, _CHOICE_KEYS))
+        _say_more(acc["extra"], vendor_fields(choice, _CHOICE_KEYS))
 
 
 def _merge_call(acc: dict[str, Any], frag: dict[str, Any]) -> None:
@@ -759,7 +759,7 @@ def response_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
     transcript and data in pieces, each tool call as one chunk with its id and name
     followed by one with its arguments (a custom tool's input), any other field of the
     message whole in a chunk of its own, and a finish chunk.  No usage chunk: the caller
-    adds its own.  A vendor's own top-level fields (``_vendor_fields``: Perplexity's
+    adds its own.  A vendor's own top-level fields (``vendor_fields``: Perplexity's
     ``citations``) ride on the first chunk and the last, where clients look for them
     (Azure says ``prompt_filter_results`` first, Perplexity's concise stream its
     citations last), not on every word of the replay; a choice's own (vLLM's
@@ -782,7 +782,7 @@ def response_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
         end = chunk(index, {}, choice.get("finish_reason") or "stop")
         # An Anthropic vendor's, kept for Anthropic clients.
         end["choices"][0] |= {key: choice[key] for key in _STOP_EXTENSIONS if choice.get(key)}
-        end["choices"][0] |= _vendor_fields(choice, _CHOICE_KEYS)
+        end["choices"][0] |= vendor_fields(choice, _CHOICE_KEYS)
         return end
 
     out: list[dict[str, Any]] = []
@@ -799,7 +799,7 @@ def response_to_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
             chunks[next(text, 0)]["choices"][0]["logprobs"] = choice["logprobs"]
         out += chunks
         out.append(last(i, choice))
-    if out and (extra := _vendor_fields(body, _HEAD_KEYS)):
+    if out and (extra := vendor_fields(body, _HEAD_KEYS)):
         for end in (out[0], out[-1]):
             end |= extra
     return out
@@ -854,7 +854,7 @@ def faithful_chunks(chunks: list[dict[str, Any]]) -> bool:
                 continue
             if not _CHOICE_KEYS.issuperset(choice):
                 said_so_far = owns.setdefault(choice.get("index", 0), {})
-                if not _say_more(said_so_far, _vendor_fields(choice, _CHOICE_KEYS)):
+                if not _say_more(said_so_far, vendor_fields(choice, _CHOICE_KEYS)):
                     return False
             delta = choice.get("delta")
             if not isinstance(delta, dict):

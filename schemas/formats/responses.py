@@ -461,8 +461,7 @@ def _tool(tool: Any, where: str) -> dict[str, Any]:
             param=where,
         )
     fn: dict[str, Any] = {"name": _text(tool, "name", where)}
-    for key, said in _typed(tool, _TOOL_FIELDS, where).items():
-        fn[key] = said
+    fn |= _typed(tool, _TOOL_FIELDS, where)
     return {"type": "function", "function": fn}
 
 
