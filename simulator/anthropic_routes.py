@@ -453,13 +453,18 @@ Prepared = tuple[str, Answer, dict[str, Any], dict[str, Any] | None, list[int]]
 """model, answer, usage, thinking block, the prompt-cache entries it writes once answered"""
 
 
+def _known_fields_only(body: dict[str, Any], known: frozenset[str]) -> None:
+    """Anthropic's 400 for a field it does not take (the first, in name order)."""
+    extra = sorted(set(body) - known)
+    if extra:
+        raise BadRequest(f"{extra[0]}: Extra inputs are not permitted")
+
+
 def _prepare(sim: Sim, body: dict[str, Any]) -> Prepared:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model: Field required")
-    extra = sorted(k for k in body if k not in MESSAGES_FIELDS)
-    if extra:
-        raise BadRequest(f"{extra[0]}: Extra inputs are not permitted")
+    _known_fields_only(body, MESSAGES_FIELDS)
     max_tokens = body.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise BadRequest("max_tokens: Field required")
@@ -649,10 +654,9 @@ async def count_tokens(request: Request) -> Response:
     body = await read_json(request)
     if body is None or not isinstance(body.get("model"), str):
         return error(400, "model: Field required")
-    extra = sorted(set(body) - COUNT_TOKENS_FIELDS)
-    if extra:  # what Messages takes beside (max_tokens, stream, temperature...) is refused
-        return error(400, f"{extra[0]}: Extra inputs are not permitted")
     try:
+        # What Messages takes beside (max_tokens, stream, temperature...) is refused here.
+        _known_fields_only(body, COUNT_TOKENS_FIELDS)
         prompt, _ = to_prompt(body)
     except BadRequest as exc:
         return error(400, exc.message)
