@@ -242,7 +242,7 @@ def begin_limit(adapter: object, remaining: float, spare: bool) -> float:
     take over and that is ``HANG_S`` at least (a vendor that hangs leaves the spare
     time to answer), else all of them (a cut call may be billed all the same: a short
     deadline is not shared out between calls that would each be too slow)."""
-    own = getattr(getattr(adapter, "config", None), "timeout_s", None)
+    own = _own_timeout(adapter)
     if own is not None:
         return min(float(own), remaining)
     share = remaining * SPARE_SHARE
@@ -256,7 +256,7 @@ def read_limit(adapter: object, remaining: float) -> float:
     cuts it at its time to begin (a share of the deadline, or all of it) and follows the
     deadline should it move later (``Deadline``): a share fixed here would cut the call
     at the deadline it began with, as a vendor's failure, unbilled."""
-    own = getattr(getattr(adapter, "config", None), "timeout_s", None)
+    own = _own_timeout(adapter)
     if own is not None:
         return float(own)
     return max(remaining, OPEN_READ_S)
@@ -269,9 +269,14 @@ def hung(adapter: object, limit: float, *, streamed: bool) -> bool:
     healthy vendor takes it (``HANG_S`` to a stream's first content, ``HANG_WHOLE_S`` to a
     whole answer).  A shorter share was set by one client's deadline: counting it would
     let that client open the breaker for everyone."""
-    if getattr(getattr(adapter, "config", None), "timeout_s", None) is not None:
+    if _own_timeout(adapter) is not None:
         return True
     return limit >= (HANG_S if streamed else HANG_WHOLE_S)
+
+
+def _own_timeout(adapter: object) -> float | None:
+    """A vendor's own ``timeout_s`` (its config's), if the operator set one."""
+    return getattr(getattr(adapter, "config", None), "timeout_s", None)
 
 
 class Dispatcher:
@@ -576,7 +581,8 @@ class Dispatcher:
         # own; for a window-batched one, once by the window's call as it goes out (see
         # ``_window_admit``), or one RPM per caller would let one caller at a time into
         # windows that are then sent alone.  Tokens are every caller's own: taken here.
-        rpm = [] if self._windowed(env) else [f"vendor:{cand.vendor}"]
+        windowed = self._windowed(env)
+        rpm = [] if windowed else [f"vendor:{cand.vendor}"]
         tpm = f"vendor-tpm:{cand.vendor}"
         await self._admit(env, until, rpm, [tpm], cap_s=wait_s)
         told = told or _Heard()
@@ -598,7 +604,6 @@ class Dispatcher:
         # caller cut there was never sent (no vendor outcome); from then the vendor's time
         # to begin answering runs, as for a call of its own.  ``shared`` is the call's
         # claim to its one outcome once this caller's inputs went out on it.
-        windowed = self._windowed(env)
         shared: Claim | None = None
         waiting = False  # inside the call's time limit (``window`` may be moved)
         # Each call's, below: its time to begin answering (``limit``) of what the deadline

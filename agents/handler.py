@@ -1230,7 +1230,6 @@ class RequestHandler:
         meter: bool = True,
         paid: tuple[Candidate | None, Usage] = (None, Usage()),
         late: list[Late] | None = None,
-        degraded: str | None = None,
         reply: bool = True,
         cut: Sequence[Billed] = (),
     ) -> None:
@@ -1239,9 +1238,8 @@ class RequestHandler:
         last call cut) and the other calls ``cut`` after they went out (``Outcome.cut``);
         with ``late``, its shares of window-batched calls that went out are added when
         those answers come.  The line is written even when the reply cannot go out,
-        flagged ``degraded`` (else as ``env`` is) when the request was sent the cheaper
-        way."""
-        degraded = degraded or env.degraded
+        flagged ``degraded`` as ``env`` is when the request was sent the cheaper way."""
+        degraded = env.degraded
         error = ReplyEvent(
             correlation_id=env.correlation_id,
             kind="error",
