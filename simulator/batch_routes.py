@@ -362,31 +362,21 @@ def _openai_view(sim: Sim, rec: dict[str, Any]) -> dict[str, Any]:
         return obj | {"status": "failed", "failed_at": at, "errors": errors}
     _run_openai(sim, rec)
     done, failed, expired = rec["counts"]
-    if expired:
-        # Its window closed (at the simulator's end time, not 24 hours on): what ran is
-        # in the output file, the rest in the error file, counted as failed.
-        return obj | {
-            "status": "expired",
-            "output_file_id": rec["output"],
-            "error_file_id": rec["errors"],
-            "in_progress_at": obj["created_at"],
-            "expires_at": at,
-            "expired_at": at,
-            "request_counts": {
-                "total": done + failed + expired,
-                "completed": done,
-                "failed": failed + expired,
-            },
-        }
-    return obj | {
-        "status": "completed",
+    ran = {
         "output_file_id": rec["output"],
         "error_file_id": rec["errors"],
         "in_progress_at": obj["created_at"],
-        "finalizing_at": at,
-        "completed_at": at,
-        "request_counts": {"total": done + failed, "completed": done, "failed": failed},
+        "request_counts": {
+            "total": done + failed + expired,
+            "completed": done,
+            "failed": failed + expired,
+        },
     }
+    if expired:
+        # Its window closed (at the simulator's end time, not 24 hours on): what ran is
+        # in the output file, the rest in the error file, counted as failed.
+        return obj | ran | {"status": "expired", "expires_at": at, "expired_at": at}
+    return obj | ran | {"status": "completed", "finalizing_at": at, "completed_at": at}
 
 
 def _openai_job(request: Request, batch_id: str) -> tuple[Sim, dict[str, Any] | Response]:
