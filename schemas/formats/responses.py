@@ -280,7 +280,11 @@ def _input_item(
     as Anthropic blocks, for a turn whose thinking is sent back with it."""
     if kind == "message":
         message = _message(item, where)
-        messages.append(message)
+        last = messages[-1] if messages else None
+        if message["role"] == "assistant" and last and last.get("tool_calls"):
+            _fold(last, message["content"])  # (a tool message since would be last)
+        else:
+            messages.append(message)
         return _text_blocks(message["content"]) if message["role"] == "assistant" else []
     if kind == "function_call":
         if not isinstance(item.get("arguments", ""), str):
@@ -311,18 +315,36 @@ def _input_item(
     raise BadRequest(f"{where}.type: `{kind}` items are not supported by the relay", param=where)
 
 
+def _fold(turn: dict[str, Any], content: str | list[dict[str, Any]]) -> None:
+    """An assistant message item that follows its turn's function calls (text between
+    parallel calls, as Claude writes it; GPT-5's preambles) said by that turn, after what
+    it said before: OpenAI-format servers refuse (400) a turn with tool calls followed by
+    anything but their tool messages, as a second assistant turn would be.  The turn's
+    blocks (``anthropic_content``) keep the text in its place for an Anthropic vendor."""
+    if not _text_blocks(content):
+        return
+    had = turn.get("content")
+    turn["content"] = [*_parts(had), *_parts(content)] if had else content
+
+
+def _parts(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content
+
+
 def _text_blocks(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
-    parts = [{"text": content}] if isinstance(content, str) else content
-    return [{"type": "text", "text": p["text"]} for p in parts if p.get("text")]
+    return [{"type": "text", "text": p["text"]} for p in _parts(content) if p.get("text")]
 
 
 def _with_thinking(message: dict[str, Any], blocks: list[dict[str, Any]]) -> None:
-    """An assistant turn sent back with its reasoning items: their signed thinking as the
-    neutral body's extensions, ``thinking_blocks`` and ``anthropic_content`` (every block
-    in its place, thinking between tool calls included), for an Anthropic vendor."""
+    """An assistant turn sent back with its reasoning items, or whose text comes after a
+    function call: its blocks as the neutral body's extensions, ``thinking_blocks`` (the
+    signed thinking) and ``anthropic_content`` (every block in its place, thinking or
+    text between tool calls included), for an Anthropic vendor."""
     thinking = [b for b in blocks if b["type"] in _THINKING]
     if thinking:
         message["thinking_blocks"] = thinking
+    kinds = [b["type"] for b in blocks]
+    if thinking or ("tool_use" in kinds and "text" in kinds[kinds.index("tool_use") :]):
         message["anthropic_content"] = blocks
 
 
@@ -532,8 +554,9 @@ _LEADING_PATH = re.compile(r"[A-Za-z_][\w.\[\]]*")  # what an error message open
 class _Origin:
     """Where one of chat's messages came from in a Responses request: ``instructions``,
     a string ``input``, a ``message`` item or a function's ``output`` (``item``, its
-    index in input), or an assistant turn of function ``calls`` alone; the function
-    calls an assistant turn gathered (their items' indices)."""
+    index in input), an assistant turn of function ``calls`` alone, or one ``folded``
+    of several items' text and calls (its content no one item's); the function calls
+    an assistant turn gathered (their items' indices)."""
 
     __slots__ = ("calls", "item", "kind")
 
@@ -543,9 +566,11 @@ class _Origin:
 
 
 def _trace(origins: list[_Origin], kind: str, i: int, *, joined: bool) -> None:
-    """Note where the message input item ``i`` made (or ``joined``: a function call
-    added to the assistant turn before it) came from."""
-    if joined:
+    """Note where the message input item ``i`` made (or ``joined``: a function call, or
+    a message's text, added to the assistant turn before it) came from."""
+    if joined and kind == "message":  # (``_fold``)
+        origins[-1].kind, origins[-1].item = "folded", None
+    elif joined:
         origins[-1].calls.append(i)
     elif kind == "function_call":
         origins.append(_Origin("calls"))
@@ -606,6 +631,8 @@ def _input_path(rest: list[str], request: dict[str, Any]) -> str:
         if not k.isdigit() or int(k) >= len(origin.calls):
             return "input"
         return f"input.{origin.calls[int(k)]}" + _call_field(tail[2:])
+    if origin.kind == "folded":  # its content and role: which item's is not said
+        return "input"
     if origin.item is None:  # a turn of function calls alone
         return f"input.{origin.calls[0]}" if len(origin.calls) == 1 else "input"
     if origin.calls and not tail:  # the message, or one of its calls: which is not said
