@@ -17,10 +17,13 @@ vendor as that thinking (a tool loop that thinks needs it); another reasoning it
 back (its reasoning_text, else its summary) goes on as its assistant turn's
 ``reasoning_content``, as a chat client echoes it: an Ollama vendor reads it as that
 turn's thinking, and the OpenAI adapter sends it to no server (OpenAI refuses the
-field).  A function tool keeps the ``strict`` it was given; one given none runs as chat
-runs it (not strict), where OpenAI's Responses API would make its schema strict.  An
-error raised in chat's words (chat's checks, the worker's, an OpenAI-format vendor's
-400) names the field as the Responses request sent it (``in_responses_words``).
+field).  An answer's ``url_citation`` annotations (a search model's) are its text's
+annotations, in the Responses API's flat form, streamed as
+``response.output_text.annotation.added``.  A function tool keeps the ``strict`` it
+was given; one given none runs as chat runs it (not strict), where OpenAI's Responses
+API would make its schema strict.  An error raised in chat's words (chat's checks, the
+worker's, an OpenAI-format vendor's 400) names the field as the Responses request sent
+it (``in_responses_words``).
 
 Every top-level field the openai SDK sends is taken, refused, or ignored on purpose
 (``_IGNORED`` says why); any other (chat's ``max_tokens``, ``stop``, ``seed``...) is
@@ -737,11 +740,18 @@ def _function_tools(tools: Any) -> list[dict[str, Any]]:
     return [_tool(t, f"tools.{i}") for i, t in enumerate(tools)]
 
 
-def _message_item(text: str, refusal: bool, status: str = "completed") -> dict[str, Any]:
+def _message_item(
+    text: str, refusal: bool, status: str = "completed", annotations: Any = None
+) -> dict[str, Any]:
     part = (
         {"type": "refusal", "refusal": text}
         if refusal
-        else {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        else {
+            "type": "output_text",
+            "text": text,
+            "annotations": _annotations(annotations),
+            "logprobs": [],
+        }
     )
     return {
         "id": new_id("msg_"),
@@ -750,6 +760,31 @@ def _message_item(text: str, refusal: bool, status: str = "completed") -> dict[s
         "role": "assistant",
         "content": [part],
     }
+
+
+def _annotations(annotations: Any) -> list[dict[str, Any]]:
+    """A chat answer's ``annotations`` as the Responses API's: each ``url_citation`` (a
+    search model's, an OpenRouter ``:online`` model's) in its flat form, with the fields
+    the SDK reads; another kind (none has a Responses twin here) is left out."""
+    out = []
+    for annotation in annotations if isinstance(annotations, list) else []:
+        if not isinstance(annotation, dict) or annotation.get("type") != "url_citation":
+            continue
+        cited = annotation.get("url_citation")
+        cited = cited if isinstance(cited, dict) else {}
+        start, end, url = cited.get("start_index"), cited.get("end_index"), cited.get("url")
+        if isinstance(url, str) and type(start) is int and type(end) is int:
+            title = cited.get("title")
+            out.append(
+                {
+                    "type": "url_citation",
+                    "start_index": start,
+                    "end_index": end,
+                    "title": title if isinstance(title, str) else "",
+                    "url": url,
+                }
+            )
+    return out
 
 
 def _call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
@@ -787,7 +822,8 @@ def openai_response_to_responses(
             text, blocks = message.get("reasoning_content") or "", message.get("thinking_blocks")
             output.append(_reasoning_item(text, blocks, request, "completed"))
         if message.get("content"):
-            output.append(_message_item(message["content"], refusal=False))
+            said = message["content"]
+            output.append(_message_item(said, False, annotations=message.get("annotations")))
         if message.get("refusal"):
             output.append(_message_item(message["refusal"], refusal=True))
         output += [_call_item(call) for call in message.get("tool_calls") or []]
@@ -875,7 +911,7 @@ class ChunksToResponseEvents:
         self.output: list[dict[str, Any]] = []
         self._seq = 0
         self.request = request
-        self._message: tuple[str, int] | None = None  # ("text" | "refusal", output index)
+        self._message: tuple[str, int] | None = None  # ("content" | "refusal", output index)
         # Open tool calls: their ``ToolCallIndexes`` number -> output index.
         self._calls: dict[int, int] = {}
         self._indexes = ToolCallIndexes()
@@ -884,6 +920,7 @@ class ChunksToResponseEvents:
         self._reasoning: tuple[int, list[dict[str, Any]]] | None = None  # index, its chunks
         self._finish: dict[str, Any] = {}
         self._tier: Any = None  # the service tier the vendor's chunks last named
+        self._cites: list[dict[str, Any]] = []  # citations no text message was open for
 
     def start(self) -> list[tuple[str, dict[str, Any]]]:
         return [
@@ -904,6 +941,8 @@ class ChunksToResponseEvents:
             for kind in ("content", "refusal"):
                 if text := delta.get(kind):
                     events += self._text(text, kind)
+            if cites := _annotations(delta.get("annotations")):
+                events += self._cite(cites)
             for frag in delta.get("tool_calls") or []:
                 events += self._tool(frag)
             if choice.get("finish_reason"):
@@ -913,6 +952,9 @@ class ChunksToResponseEvents:
     def finish(self, usage: Usage) -> list[tuple[str, dict[str, Any]]]:
         cut = _incomplete(self._finish.get("finish_reason")) is not None
         events = self._close_all(cut_last=cut)
+        texts = [o["content"][0] for o in self.output if o["type"] == "message"]
+        if self._cites and (said := [p for p in texts if p["type"] == "output_text"]):
+            said[-1]["annotations"] += self._cites  # (where the whole answer has them)
         done = _finished(_served(self.shell, self._tier), self.output, usage, self._finish)
         name = "response.completed" if done["status"] == "completed" else "response.incomplete"
         return [*events, self._event(name, response=done)]
@@ -1000,6 +1042,9 @@ class ChunksToResponseEvents:
             self._message = (kind, len(self.output) - 1)
             item["content"].append(part)
             events.append(self._event("response.content_part.added", **self._at(), part=part))
+            if kind == "content" and self._cites:
+                cites, self._cites = self._cites, []
+                events += self._cite(cites)
         part = self.output[self._message[1]]["content"][0]
         if kind == "refusal":
             part["refusal"] += text
@@ -1008,6 +1053,28 @@ class ChunksToResponseEvents:
             part["text"] += text
             events.append(
                 self._event("response.output_text.delta", **self._at(), delta=text, logprobs=[])
+            )
+        return events
+
+    def _cite(self, cites: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+        """Citations onto the open text's part, each announced (a search model sends them
+        after the text they cite); with no text open, held for the next text to open or,
+        if none does, for the last one's part in the finished Response (its events have
+        gone): the whole answer has them on its one text, whose indices they give."""
+        if self._message is None or self._message[0] != "content":
+            self._cites += cites
+            return []
+        said = self.output[self._message[1]]["content"][0]["annotations"]
+        events = []
+        for cite in cites:
+            said.append(cite)
+            events.append(
+                self._event(
+                    "response.output_text.annotation.added",
+                    **self._at(),
+                    annotation_index=len(said) - 1,
+                    annotation=cite,
+                )
             )
         return events
 
