@@ -11,8 +11,8 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -34,6 +34,7 @@ from schemas.errors import (
     VendorRateLimited,
     VendorRequestTooLarge,
     VendorUnavailable,
+    VendorUnsupported,
 )
 
 _AUTH_HEADERS = ("authorization", "api-key", "x-api-key")
@@ -258,6 +259,100 @@ async def sse_events(resp: httpx.Response) -> AsyncIterator[tuple[str, str]]:
                 data.append(value)
     if data:
         yield event or "message", "\n".join(data)
+
+
+async def knobs_struck(
+    attempt: Callable[[], Awaitable[T]],
+    body: dict[str, Any],
+    given: dict[str, Any],
+    knobs: Mapping[str, str | None],
+) -> T:
+    """``attempt()``, sending ``body``, and again each time the vendor's 400 refuses a
+    knob the request can go without (``knob_refused``), that knob struck from ``body``
+    first: each goes once, so this ends.  Any other failure is raised."""
+    while True:
+        try:
+            return await attempt()
+        except VendorBadRequest as err:
+            if not knob_refused(err, body, given, knobs):
+                raise
+
+
+def knob_refused(
+    err: VendorBadRequest,
+    body: dict[str, Any],
+    given: dict[str, Any],
+    knobs: Mapping[str, str | None],
+) -> bool:
+    """Whether the vendor refused a knob the request can go without; if so it is struck
+    from ``body`` (the request as it goes out), to be sent again without it.
+
+    ``knobs`` maps each such field of ``body`` to the field of ``given`` (the relay's
+    body) that makes it the client's own, or None for a knob struck whoever set it.  A
+    knob the relay added (an Anthropic client's ``thinking`` made ``reasoning_effort``,
+    or Ollama's ``think``) goes when a model that does not reason refuses it; served
+    without it, the model answers as it would have, not thinking.  The client's own
+    refused stays its 400.  Such a 400 is not billed."""
+    for knob, own in knobs.items():
+        ours = own is None or given.get(own) is None
+        if knob in body and ours and blames(err, knob):
+            del body[knob]
+            return True
+    return False
+
+
+# The codes that say a 400 is about a field OpenAI-format servers lack or a value they do
+# not take (no code: a server that gives none, as Azure's older API versions'
+# "Unrecognized request argument supplied").
+_REFUSED_CODES = frozenset({"unsupported_parameter", "unsupported_value", "unknown_parameter"})
+# What a server says, without naming the field, of a thinking knob it refuses: Ollama, on
+# /api/chat (``think``) and on /v1 (``reasoning_effort``, which it reads as ``think``):
+# '"llama3.2" does not support thinking', 'think value "high" is not supported for this
+# model' (a level, which Ollama 0.11 and 0.12 take for gpt-oss alone), and its /v1's
+# "invalid reasoning value: 'x'".
+_THINKING_REFUSED = ("does not support thinking", "think value", "invalid reasoning value")
+_SAID_OF = {"reasoning_effort": _THINKING_REFUSED, "think": _THINKING_REFUSED}
+
+
+def blames(err: VendorBadRequest, knob: str) -> bool:
+    """Whether the vendor's 400 blames ``knob``: its ``param``, or its message naming it
+    (or saying what ``_SAID_OF`` lists for it) with a code saying the field or value is
+    not taken (or no code)."""
+    if err.param is not None:
+        return err.param == knob
+    if err.vendor_code is not None and err.vendor_code not in _REFUSED_CODES:
+        return False
+    return knob in err.message or any(said in err.message for said in _SAID_OF.get(knob, ()))
+
+
+# What Ollama says, with a 400 and no code, of what one local model lacks, natively and on
+# its /v1: "<model> does not support tools" (or thinking, or insert); "think value "high"
+# is not supported for this model" (a level, which Ollama 0.11 and 0.12 take for gpt-oss
+# alone); and on /v1 only, of an image it cannot read (a link, a GIF: /v1 takes base64
+# PNG, JPEG and WebP alone) "image URLs are not currently supported..." or "invalid image
+# input".
+MODEL_LACKS = (
+    "does not support",
+    "is not supported for this model",
+    "image URLs are not currently supported",
+    "invalid image input",
+)
+
+
+@contextmanager
+def model_limits() -> Iterator[None]:
+    """A 400 without a code or a field that says what one local model lacks
+    (``MODEL_LACKS``) as ``VendorUnsupported``: that candidate cannot serve the request,
+    another may (and this one's health is untouched)."""
+    try:
+        yield
+    except VendorBadRequest as err:
+        coded = err.vendor_code is not None or err.param is not None
+        if coded or not any(said in err.message for said in MODEL_LACKS):
+            raise
+        unsupported = VendorUnsupported(err.message)
+        unsupported.refused = err.refused  # said inside a stream: still not billed
+        raise unsupported from None
 
 
 def refused(err: RelayError) -> RelayError:

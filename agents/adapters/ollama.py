@@ -12,16 +12,25 @@ import base64
 import json
 import struct
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
 
 from agents.adapters.base import StreamItem, VendorCall, VendorResult
-from agents.adapters.http import classified, json_body, lines, open_stream, refused, send
+from agents.adapters.http import (
+    classified,
+    json_body,
+    knobs_struck,
+    lines,
+    model_limits,
+    open_stream,
+    refused,
+    send,
+)
 from schemas.config import VendorConfig
-from schemas.errors import BadRequest, VendorBadRequest, VendorUnavailable, VendorUnsupported
+from schemas.errors import BadRequest, VendorUnavailable, VendorUnsupported
 from schemas.formats.anthropic import thinking_effort, without_cache_control
 from schemas.formats.openai import (
     allowed_tool_names,
@@ -43,10 +52,11 @@ _THINK: dict[str, bool | str] = {  # keyed by every one of openai.REASONING_EFFO
     "high": "high",
     "xhigh": "high",
 }
-# What Ollama says, with a 400, of what one local model lacks: "<model> does not support
-# tools" (or thinking, or insert); "think value "high" is not supported for this model"
-# (a level, which Ollama 0.11 and 0.12 take for gpt-oss alone).
-_CANNOT = ("does not support", "is not supported for this model")
+# ``think`` goes when the model refuses it (``knobs_struck``) unless the client asked for
+# it (its own ``reasoning_effort``): the relay adds it for an Anthropic client's
+# ``thinking``, which a model without thinking (llama3.x, gemma3, qwen2.5...) refuses
+# with a 400 '"<model>" does not support thinking'.
+_KNOBS = {"think": "reasoning_effort"}
 # Content parts /api/chat has no slot for, which other vendors read (a PDF as a ``file``
 # part: OpenAI and Anthropic; audio: OpenAI): the next candidate may serve them.
 _OTHER_VENDORS_PARTS = ("file", "input_audio")
@@ -79,20 +89,29 @@ class OllamaAdapter:
         """A local Ollama needs no key; one behind a proxy may want a bearer token."""
         return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
-    def _chat(self, call: VendorCall, *, stream: bool) -> dict[str, Any]:
-        """The ``/api/chat`` request of ``call``: URL, body, headers and time limit."""
+    def _chat(self, call: VendorCall, body: dict[str, Any]) -> dict[str, Any]:
+        """The ``/api/chat`` request of ``call`` sending ``body``: URL, body, headers and
+        time limit."""
         return {
             "url": self.chat_url,
             "vendor": self.kind,
-            "json": chat_request(call.body, call.model, stream=stream),
+            "json": body,
             "headers": self.headers(call.api_key),
             "timeout": call.timeout_s,
         }
 
     async def chat(self, call: VendorCall) -> VendorResult:
-        """One non-streamed chat answer as a ``chat.completion``."""
-        with _model_limits():
-            resp = await send(self.client, "POST", **self._chat(call, stream=False))
+        """One non-streamed chat answer as a ``chat.completion``.  A model that does not
+        think is asked again without the ``think`` the relay added (``_KNOBS``); what else
+        one local model lacks passes the request on (``model_limits``)."""
+        body = chat_request(call.body, call.model, stream=False)
+        with model_limits():
+            resp = await knobs_struck(
+                lambda: send(self.client, "POST", **self._chat(call, body)),
+                body,
+                call.body,
+                _KNOBS,
+            )
         data = json_body(resp, self.kind)
         _raise_if_error(data)
         message = data.get("message") or {}
@@ -135,8 +154,15 @@ class OllamaAdapter:
 
         tools_seen = 0
         started = False
-        with _model_limits():
-            async with open_stream(self.client, "POST", **self._chat(call, stream=True)) as resp:
+        body = chat_request(call.body, call.model, stream=True)
+        async with AsyncExitStack() as stack:
+
+            async def opened() -> httpx.Response:
+                sending = open_stream(self.client, "POST", **self._chat(call, body))
+                return await stack.enter_async_context(sending)
+
+            with model_limits():
+                resp = await knobs_struck(opened, body, call.body, _KNOBS)
                 async for line in lines(resp):
                     if not line.strip():
                         continue
@@ -177,7 +203,7 @@ class OllamaAdapter:
         body: dict[str, Any] = {"model": call.model, "input": given}
         if call.body.get("dimensions"):
             body["dimensions"] = call.body["dimensions"]
-        with _model_limits():
+        with model_limits():
             resp = await send(
                 self.client,
                 "POST",
@@ -380,20 +406,6 @@ def _usage(data: dict[str, Any], call: VendorCall) -> Usage:
         output_tokens=int(data.get("eval_count") or 0),
         cache_read_tokens=min(int(data.get("prompt_eval_cached_count") or 0), prompt),
     )
-
-
-@contextmanager
-def _model_limits() -> Iterator[None]:
-    """Ollama answers 400 for what one local model lacks (``_CANNOT``): that candidate
-    cannot serve the request, another may."""
-    try:
-        yield
-    except VendorBadRequest as err:
-        if not any(said in err.message for said in _CANNOT):
-            raise
-        unsupported = VendorUnsupported(err.message)
-        unsupported.refused = err.refused  # said inside a stream: still not billed
-        raise unsupported from None
 
 
 def _raise_if_error(data: Any) -> None:

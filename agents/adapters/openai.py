@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
 from typing import Any
 
 import httpx
@@ -23,10 +23,13 @@ import httpx
 from agents.adapters.base import SHAPE_ERRORS, StreamItem, VendorCall, VendorResult, batch_lines
 from agents.adapters.http import (
     batch_result,
+    blames,
     classified,
     in_doubt,
     json_body,
     jsonl_objects,
+    knobs_struck,
+    model_limits,
     open_stream,
     refused,
     scrubbed,
@@ -107,18 +110,22 @@ class OpenAIAdapter:
         """Whether the server takes ``max_completion_tokens`` for any model: OpenAI's own."""
         return openai_itself(self.base)
 
+    def _model_limits(self) -> AbstractContextManager[None]:
+        """A local model's refusal of what it lacks as ``VendorUnsupported``, so the next
+        candidate is tried (``model_limits``: Ollama's /v1 says "does not support tools",
+        as its native API does), from any server but OpenAI's own and Azure, whose 400s
+        stay the client's."""
+        return nullcontext() if self._knows_new_limit() else model_limits()
+
     # -- the capabilities ---------------------------------------------------------------
 
     async def chat(self, call: VendorCall) -> VendorResult:
         """One non-streamed chat completion."""
         body = self._body(call)
-        while True:  # each knob refused is struck, so this ends
-            try:
-                data = await self._post("chat/completions", call, body)
-                break
-            except VendorBadRequest as err:
-                if not _knob_refused(err, body, call.body):
-                    raise
+        with self._model_limits():
+            data = await knobs_struck(
+                lambda: self._post("chat/completions", call, body), body, call.body, _KNOBS
+            )
         data = self._answer(data, call)
         return VendorResult(data, _usage(data, call))
 
@@ -135,25 +142,22 @@ class OpenAIAdapter:
         numbering: dict[int, _StreamCalls] = {}  # per choice, for the whole stream
         held: dict[str, Any] = {}  # the own fields of chunks left out, for the next one
 
-        def opened() -> AbstractAsyncContextManager[httpx.Response]:
-            return open_stream(
-                self.client,
-                "POST",
-                self.model_url("chat/completions", call.model),
-                vendor=self.kind,
-                json=body,
-                headers=self.headers(call.api_key),
-                timeout=call.timeout_s,
-            )
-
         async with AsyncExitStack() as stack:
-            while True:  # each knob refused is struck, so this ends
-                try:
-                    resp = await stack.enter_async_context(opened())
-                    break
-                except VendorBadRequest as err:
-                    if not _knob_refused(err, body, call.body):
-                        raise
+
+            async def opened() -> httpx.Response:
+                sending = open_stream(
+                    self.client,
+                    "POST",
+                    self.model_url("chat/completions", call.model),
+                    vendor=self.kind,
+                    json=body,
+                    headers=self.headers(call.api_key),
+                    timeout=call.timeout_s,
+                )
+                return await stack.enter_async_context(sending)
+
+            with self._model_limits():
+                resp = await knobs_struck(opened, body, call.body, _KNOBS)
             async for _, data in sse_events(resp):
                 if data.strip() == "[DONE]":
                     done = True
@@ -506,30 +510,8 @@ def _vendor_failure(where: str, error: Any) -> RelayError:
     return cls(f"{where}: {message}")
 
 
-def _knob_refused(err: VendorBadRequest, body: dict[str, Any], given: dict[str, Any]) -> bool:
-    """Whether the vendor refused a knob the request can go without; if so it is struck
-    from ``body`` (the request as it goes out), to be sent again without it.
-
-    ``parallel_tool_calls``, whoever set it: an o-series model behind an Azure deployment
-    name that does not say so, or a server without the knob, refuses it, and a legacy
-    ``functions`` request carries it though the client never sent it
-    (functions_to_tools).  ``reasoning_effort`` only when the relay added it (it is not
-    in ``given``, the relay's body): an Anthropic client's ``thinking`` becomes it for
-    every OpenAI-format candidate, and a model that does not reason (gpt-4o, gpt-4.1)
-    refuses it with a 400 ``unsupported_parameter`` (or a level it lacks with
-    ``unsupported_value``); served without it, the model answers as it would have, not
-    thinking.  A client's own ``reasoning_effort`` refused stays its 400.  Such a 400
-    is not billed."""
-    for knob in _KNOBS:
-        ours = knob == "parallel_tool_calls" or given.get(knob) is None
-        if knob in body and ours and _names(err, knob):
-            del body[knob]
-            return True
-    return False
-
-
 def _knob_refused_in_batch(err: RelayError) -> RelayError:
-    """A batch line's error; one refusing a knob ``_knob_refused`` strikes on the realtime
+    """A batch line's error; one refusing a knob ``knob_refused`` strikes on the realtime
     way (a ``VendorBadRequest`` naming it) as a retryable ``VendorUnsupported``: not
     answered this way, so the lane sends the request on the realtime way, where the knob
     is struck and the request sent again if the relay set it (an Anthropic client's
@@ -540,25 +522,25 @@ def _knob_refused_in_batch(err: RelayError) -> RelayError:
     if not isinstance(err, VendorBadRequest) or isinstance(err, ContentFiltered):
         return err
     for knob in _KNOBS:
-        if _names(err, knob):
+        if blames(err, knob):
             said = f"the vendor batch could not take it ({knob} refused): {err.message}"
             return VendorUnsupported(said, param=knob)
     return err
 
 
-# What _knob_refused strikes when refused, and the codes that say a 400 is about a field
-# OpenAI-format servers lack or a value they do not take (no code: a server that gives
-# none, as Azure's older API versions' "Unrecognized request argument supplied").
-_KNOBS = ("parallel_tool_calls", "reasoning_effort")
-_REFUSED_CODES = frozenset({"unsupported_parameter", "unsupported_value", "unknown_parameter"})
-
-
-def _names(err: VendorBadRequest, knob: str) -> bool:
-    """Whether the vendor's 400 blames ``knob``: its ``param``, or its message naming it
-    with a code saying the field or value is not taken (or no code)."""
-    if err.param is not None:
-        return err.param == knob
-    return knob in err.message and (err.vendor_code in _REFUSED_CODES or err.vendor_code is None)
+# The knobs a request can go without, struck when the vendor refuses them (``knob_refused``),
+# each to the field of the relay's body that makes it the client's own (None: struck
+# whoever set it).  ``parallel_tool_calls``: an o-series model behind an Azure deployment
+# name that does not say so, or a server without the knob, refuses it, and a legacy
+# ``functions`` request carries it though the client never sent it (functions_to_tools).
+# ``reasoning_effort`` only when the relay added it: an Anthropic client's ``thinking``
+# becomes it for every OpenAI-format candidate, and a model that does not reason refuses
+# it (OpenAI's gpt-4o, gpt-4.1: a 400 ``unsupported_parameter``, or a level it lacks with
+# ``unsupported_value``; a local model behind Ollama's /v1: "does not support thinking").
+_KNOBS: dict[str, str | None] = {
+    "parallel_tool_calls": None,
+    "reasoning_effort": "reasoning_effort",
+}
 
 
 def _reasoning_sent_back(body: dict[str, Any], given: dict[str, Any]) -> None:

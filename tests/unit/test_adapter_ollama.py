@@ -536,6 +536,66 @@ async def test_a_think_level_a_model_refuses_passes_the_request_on(stream):
     assert err.value.retryable and json.loads(seen[0].content)["think"] == "high"
 
 
+# An Anthropic client's request with thinking on: the relay makes it ``think`` (a level
+# for gpt-oss, true for every other model).
+THINKING = messages_request_to_openai(
+    {
+        "model": "a",
+        "max_tokens": 2000,
+        "messages": [{"role": "user", "content": "hi"}],
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+    }
+)
+DOES_NOT_THINK = {"error": '"gemma3:1b" does not support thinking'}
+
+
+async def ask(adapter: OllamaAdapter, vc: VendorCall, stream: bool) -> str:
+    if stream:
+        *chunks, _ = [item async for item in adapter.stream(vc)]
+        return assemble_chunks(chunks)["choices"][0]["message"]["content"]
+    return (await adapter.chat(vc)).body["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("model", "refusal"),
+    [
+        ("gemma3:1b", DOES_NOT_THINK),
+        ("my-gpt-oss-finetune", {"error": 'think value "low" is not supported for this model'}),
+    ],
+    ids=["no-thinking", "no-level"],
+)
+async def test_the_think_the_relay_added_is_struck_when_the_model_refuses_it(
+    stream, model, refusal
+):
+    """An Anthropic client's thinking becomes ``think``; a local model that does not think
+    (or takes no level) refuses it with a 400, and the same request goes once more
+    without it, answered by the model as it would have been: not passed on to a paid
+    candidate, nor the client's 400."""
+    said = {"role": "assistant", "content": "Hello"}
+    answer = (
+        httpx.Response(200, content=ndjson({"message": said, "done": False}, final()))
+        if stream
+        else httpx.Response(200, json=final(message=said))
+    )
+    seen, handler = recorder(httpx.Response(400, json=refusal), answer)
+    assert await ask(adapter_for(handler), VendorCall(model, THINKING, ""), stream) == "Hello"
+    first, second = (json.loads(r.content) for r in seen)
+    assert first["think"] in (True, "low") and "think" not in second
+    assert {**second, "think": first["think"]} == first
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_clients_own_reasoning_effort_refused_passes_the_request_on(stream):
+    """reasoning_effort the client sent itself is its choice: never struck, the model
+    that cannot think passes the request to the next candidate (which may)."""
+    seen, handler = recorder(httpx.Response(400, json=DOES_NOT_THINK))
+    asked = {"messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "low"}
+    with pytest.raises(VendorUnsupported, match="does not support thinking"):
+        await ask(adapter_for(handler), VendorCall("gemma3:1b", asked, ""), stream)
+    assert len(seen) == 1
+
+
 def test_an_echoed_answer_s_reasoning_goes_back_as_its_thinking():
     body = {
         "messages": [

@@ -917,6 +917,16 @@ THINKING_BODY = {
 }
 
 
+# Ollama's /v1 (openai.NewError: no param, no code) for a model without thinking, which
+# it reads reasoning_effort as.
+OLLAMA_NO_THINKING = {
+    "message": '"llama3.2" does not support thinking',
+    "type": "api_error",
+    "param": None,
+    "code": None,
+}
+
+
 def refusing_effort(seen: list[dict], refusal: dict = EFFORT_REFUSED):
     """OpenAI as a model that does not reason: a 400 for reasoning_effort, else an answer."""
 
@@ -956,8 +966,10 @@ async def answer_of(adapter: OpenAIAdapter, asked: dict, stream: bool) -> Any:
             "param": None,
             "code": None,
         },
+        OLLAMA_NO_THINKING,  # names no field: says what the model lacks
+        {**OLLAMA_NO_THINKING, "message": 'think value "low" is not supported for this model'},
     ],
-    ids=["unsupported_parameter", "unsupported_value", "unrecognized"],
+    ids=["unsupported_parameter", "unsupported_value", "unrecognized", "ollama", "ollama-level"],
 )
 async def test_reasoning_effort_the_relay_added_is_dropped_when_the_model_refuses_it(
     stream: bool, refusal: dict
@@ -994,6 +1006,45 @@ async def test_a_clients_own_reasoning_effort_refused_stays_its_400(stream: bool
     with pytest.raises(VendorBadRequest):
         await answer_of(adapter_for(refusing_effort(seen, other)), THINKING_BODY, stream)
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_clients_own_reasoning_effort_an_ollama_model_refuses_passes_it_on(stream):
+    """Ollama's /v1 says what the model lacks rather than blaming the field: a client's
+    own reasoning_effort is not struck, and the request goes to the next candidate, which
+    may think, as native Ollama passes it on."""
+    seen: list[dict] = []
+    adapter = adapter_for(refusing_effort(seen, OLLAMA_NO_THINKING))
+    asked = {"model": "relay-alias", "messages": MESSAGES, "reasoning_effort": "low"}
+    with pytest.raises(VendorUnsupported, match="does not support thinking"):
+        await answer_of(adapter, asked, stream)
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "said",
+    [
+        "registry.ollama.ai/library/gemma3:1b does not support tools",
+        '"llama3.2" does not support thinking',
+        "invalid image input",
+        "image URLs are not currently supported, please use base64 encoded data instead",
+    ],
+)
+async def test_what_a_local_model_behind_ollama_v1_lacks_passes_the_request_on(stream, said):
+    """Ollama's /v1 refuses what one local model lacks with a 400 without code or field,
+    as its native API does: that candidate cannot serve the request, another may (its
+    health untouched), rather than the client getting a 400 no fallback was tried for.
+    OpenAI's own 400s in the same words stay the client's."""
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    asked = {"model": "relay-alias", "messages": MESSAGES, "tools": tools}
+    refusal = {"error": {"message": said, "type": "api_error", "param": None, "code": None}}
+    for base, cls in ((BASE, VendorUnsupported), ("https://api.openai.com/v1", VendorBadRequest)):
+        adapter = adapter_for(lambda r: httpx.Response(400, json=refusal), base)
+        with pytest.raises(cls, match=said[:20]) as err:
+            await answer_of(adapter, asked, stream)
+        assert type(err.value) is cls and err.value.status == 400
+        assert err.value.retryable is (cls is VendorUnsupported)
 
 
 @pytest.mark.parametrize("stream", [False, True])

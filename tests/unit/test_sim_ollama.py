@@ -3,6 +3,7 @@ with the 400 the relay reads as "try the next candidate"."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -11,6 +12,8 @@ import pytest
 from agents.adapters import OllamaAdapter, VendorCall
 from schemas.config import VendorConfig
 from schemas.errors import VendorNotFound, VendorUnsupported
+from schemas.formats.anthropic import messages_request_to_openai
+from schemas.formats.openai import assemble_chunks
 from simulator import SimConfig, create_app
 
 TOOL = {
@@ -80,3 +83,37 @@ async def test_what_a_model_cannot_do_is_a_400_the_relay_passes_on(
         _ = [item async for item in adapter.stream(call)]
     plain = await sim.post("/api/chat", json={**body, "model": "llama3.2"})
     assert plain.status_code == 200
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_anthropic_client_s_thinking_on_a_model_that_does_not_think_is_answered(
+    stream: bool,
+) -> None:
+    """Claude Code with thinking on, routed to a local model without it: the ``think``
+    the relay made of it is refused, and the request goes again without it, answered."""
+    sent: list[dict[str, Any]] = []
+
+    async def record(request: httpx.Request) -> None:
+        sent.append(json.loads(request.content))
+
+    app = create_app(SimConfig())
+    sim = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://sim",
+        event_hooks={"request": [record]},
+    )
+    asked = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 2000,
+        "messages": user("hello there"),
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+    }
+    call = VendorCall("gemma3:1b", messages_request_to_openai(asked), "")
+    adapter = OllamaAdapter(VendorConfig(kind="ollama", base_url="http://sim"), sim)
+    if stream:
+        *chunks, _ = [item async for item in adapter.stream(call)]
+        message = assemble_chunks(chunks)["choices"][0]["message"]
+    else:
+        message = (await adapter.chat(call)).body["choices"][0]["message"]
+    assert message["content"] and not message.get("reasoning_content")
+    assert [body.get("think") for body in sent] == [True, None]
