@@ -402,6 +402,12 @@ class OpenAIAdapter:
             # OpenAI-compatible servers may not know it, so they get it for these only.
             body.setdefault("max_completion_tokens", body.pop("max_tokens"))
             body.pop("max_tokens", None)
+        elif chat and body.get("max_completion_tokens") is not None and not new_limit:
+            # The other way: Ollama's /v1 (ollama/ollama#7125) and DeepSeek read max_tokens
+            # alone and drop the new name unread, so the client's cap would be lost and the
+            # model write on to its context's end; every OpenAI-compatible server reads
+            # the old name (the new one wins over it, as on OpenAI's own).
+            body["max_tokens"] = body.pop("max_completion_tokens")
         return body
 
     async def _post(self, path: str, call: VendorCall, body: dict[str, Any]) -> dict[str, Any]:

@@ -842,6 +842,27 @@ def test_reasoning_models_get_max_completion_tokens_others_keep_max_tokens():
     )
 
 
+def test_max_completion_tokens_reaches_other_servers_as_max_tokens():
+    """Ollama's /v1 (and DeepSeek) read max_tokens alone and drop max_completion_tokens
+    unread: a chat client's cap goes to them as max_tokens, the new name winning over an
+    old one beside it; OpenAI itself, Azure and reasoning models keep the new name."""
+    asked = {"messages": MESSAGES, "max_completion_tokens": 10}
+    ollama = adapter_for(lambda r: httpx.Response(500), "http://127.0.0.1:11434/v1")
+    sent = ollama._body(VendorCall("llama3.2", asked, "k"))
+    assert sent["max_tokens"] == 10 and "max_completion_tokens" not in sent
+    both = ollama._body(VendorCall("llama3.2", {**asked, "max_tokens": 99}, "k"))
+    assert both["max_tokens"] == 10 and "max_completion_tokens" not in both
+    assert ollama._body(VendorCall("o3-mini", asked, "k"))["max_completion_tokens"] == 10
+    for config in (
+        VendorConfig(kind="openai", base_url="https://api.openai.com/v1"),
+        VendorConfig(kind="azure", base_url="https://r.openai.azure.com", api_version="2024-10-21"),
+    ):
+        adapter = make_adapter(config, httpx.AsyncClient())
+        assert isinstance(adapter, OpenAIAdapter)
+        kept = adapter._body(VendorCall("gpt-4o-mini", asked, "k"))
+        assert kept["max_completion_tokens"] == 10 and "max_tokens" not in kept
+
+
 def test_o_series_models_go_without_parallel_tool_calls_which_they_refuse():
     """o1, o3-mini, o3, o4-mini answer parallel_tool_calls (true or false) with a 400; a
     legacy ``functions`` request carries it false, though its client never sent it."""
