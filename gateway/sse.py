@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol
 
 import orjson
@@ -165,36 +165,58 @@ def openai_sse(
     return _kept_alive(_openai_lines(chunks, include_usage), _OPENAI_KEEPALIVE, keepalive_s)
 
 
+async def _guarded(
+    frames: AsyncIterator[bytes],
+    on_error: Callable[[RelayError], Iterable[bytes]],
+    what: str,
+) -> AsyncIterator[bytes]:
+    """``frames``, and when they fail, ``on_error``'s frames for the failure (counted): a
+    ``RelayError`` as it is, any other a bug of ours, logged and said as an internal
+    error, so the client still hears the stream end in its dialect."""
+    try:
+        async for frame in frames:
+            yield frame
+    except RelayError as err:
+        failure = err
+    except Exception:  # a bug of ours: the client still hears the stream end
+        log.exception("%s stream failed", what)
+        failure = RelayError("internal error; it has been logged")
+    else:
+        return
+    metrics.count_error(failure)
+    for frame in on_error(failure):
+        yield frame
+
+
 async def _openai_lines(
     chunks: AsyncIterator[dict[str, Any] | Usage], include_usage: bool
 ) -> AsyncIterator[bytes]:
-    last: dict[str, Any] = {}
-    try:
-        async for item in chunks:
-            if isinstance(item, Usage):
-                if include_usage:
-                    yield _data(
-                        {
-                            "id": last.get("id", ""),
-                            "object": "chat.completion.chunk",
-                            "created": last.get("created", 0),
-                            "model": last.get("model", ""),
-                            "choices": [],
-                            "usage": item.to_openai(),
-                        }
-                    )
-                continue
-            last = item = without_start_usage(item)
-            yield _data(item)
-    except RelayError as err:
-        metrics.count_error(err)
-        yield _data(err.openai_body())
-    except Exception:  # a bug of ours: the client still hears the stream end
-        log.exception("OpenAI stream failed")
-        bug = RelayError("internal error; it has been logged")
-        metrics.count_error(bug)
-        yield _data(bug.openai_body())
+    lines = _openai_data(chunks, include_usage)
+    async for line in _guarded(lines, lambda err: [_data(err.openai_body())], "OpenAI"):
+        yield line
     yield b"data: [DONE]\n\n"
+
+
+async def _openai_data(
+    chunks: AsyncIterator[dict[str, Any] | Usage], include_usage: bool
+) -> AsyncIterator[bytes]:
+    last: dict[str, Any] = {}
+    async for item in chunks:
+        if isinstance(item, Usage):
+            if include_usage:
+                yield _data(
+                    {
+                        "id": last.get("id", ""),
+                        "object": "chat.completion.chunk",
+                        "created": last.get("created", 0),
+                        "model": last.get("model", ""),
+                        "choices": [],
+                        "usage": item.to_openai(),
+                    }
+                )
+            continue
+        last = item = without_start_usage(item)
+        yield _data(item)
 
 
 class _Translator(Protocol):
@@ -213,7 +235,7 @@ async def _named_events(
     events: _Translator, chunks: AsyncIterator[dict[str, Any] | Usage]
 ) -> AsyncIterator[bytes]:
     """Each chunk's events (the closing ones for the final usage) as SSE frames.  A
-    ``RelayError`` from the chunks is the caller's to send in its dialect."""
+    failure is the caller's to send in its dialect (``_guarded``)."""
     async for item in chunks:
         out = events.finish(item) if isinstance(item, Usage) else events.feed(item)
         for name, data in out:
@@ -230,24 +252,9 @@ def anthropic_sse(
     with a ``ping`` whenever ``keepalive_s`` passes without an event; an error once the
     stream began (a bug of the relay's too, logged, as ``api_error``) is its ``error``
     event, and the stream ends there, as Anthropic's own does."""
-    frames = _anthropic_events(ChunksToMessageEvents(model, message_id), chunks)
+    events = _named_events(ChunksToMessageEvents(model, message_id), chunks)
+    frames = _guarded(events, lambda err: [_frame("error", anthropic_error(err)[1])], "Anthropic")
     return _kept_alive(frames, _ANTHROPIC_PING, keepalive_s)
-
-
-async def _anthropic_events(
-    events: ChunksToMessageEvents, chunks: AsyncIterator[dict[str, Any] | Usage]
-) -> AsyncIterator[bytes]:
-    try:
-        async for frame in _named_events(events, chunks):
-            yield frame
-    except RelayError as err:
-        metrics.count_error(err)
-        yield _frame("error", anthropic_error(err)[1])
-    except Exception:  # a bug of ours: the client still hears the stream end
-        log.exception("Anthropic stream failed")
-        bug = RelayError("internal error; it has been logged")
-        metrics.count_error(bug)
-        yield _frame("error", anthropic_error(bug)[1])
 
 
 def responses_sse(
@@ -269,16 +276,9 @@ async def _response_events(
 ) -> AsyncIterator[bytes]:
     for name, data in events.start():
         yield _frame(name, data)
-    try:
-        async for frame in _named_events(events, chunks):
-            yield frame
-    except RelayError as err:
-        metrics.count_error(err)
-        for name, data in events.error(err):
-            yield _frame(name, data)
-    except Exception:  # a bug of ours: the client still hears the stream end
-        log.exception("Responses stream failed")
-        bug = RelayError("internal error; it has been logged")
-        metrics.count_error(bug)
-        for name, data in events.error(bug):
-            yield _frame(name, data)
+    async for frame in _guarded(
+        _named_events(events, chunks),
+        lambda err: (_frame(name, data) for name, data in events.error(err)),
+        "Responses",
+    ):
+        yield frame

@@ -426,3 +426,34 @@ async def test_an_openai_stream_that_hits_a_bug_still_ends_with_an_error_line(
         async for chunk in stream:
             said.append(chunk.choices[0].delta.content or "")
     assert said == ["Hel"]
+
+
+@pytest.mark.parametrize("dialect", ["openai", "anthropic", "responses"])
+@pytest.mark.parametrize("failure", ["vendor", "bug"])
+async def test_a_stream_s_failure_is_counted_once_in_every_dialect(
+    dialect: str, failure: str
+) -> None:
+    """A failure after the stream began is an error the client hears, counted once
+    (relay_errors_total) whichever dialect says it: the vendor's, by its own code; a
+    bug of ours, as internal_error."""
+    from gateway.metrics import ERRORS
+    from schemas.errors import VendorUnavailable
+
+    async def chunks() -> AsyncIterator[dict[str, Any] | Usage]:
+        delta = {"role": "assistant", "content": "Hel"}
+        yield {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        if failure == "vendor":
+            raise VendorUnavailable("down")
+        raise TypeError("a bug")
+
+    labels = ("vendor_unavailable", "502") if failure == "vendor" else ("internal_error", "500")
+    counter = ERRORS.labels(*labels, "realtime")
+    before = counter._value.get()
+    frames = {
+        "openai": lambda: openai_sse(chunks(), include_usage=False),
+        "anthropic": lambda: anthropic_sse(chunks(), "claude", "msg_1"),
+        "responses": lambda: responses_sse(chunks(), {"model": "m"}, "resp_1"),
+    }[dialect]()
+    raw = await collect(frames)
+    assert counter._value.get() == before + 1
+    assert (b"internal error" in raw) == (failure == "bug")
