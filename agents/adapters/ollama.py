@@ -200,7 +200,10 @@ class OllamaAdapter:
         if not isinstance(given, str) and not all(isinstance(i, str) for i in given):
             # /api/embed takes text only; a vendor that takes token ids may be next.
             raise VendorUnsupported("ollama: embeddings of token ids are not supported (`input`)")
-        body: dict[str, Any] = {"model": call.model, "input": given}
+        # Too long for the model's context is the client's 400, as OpenAI answers it:
+        # Ollama otherwise cuts each input to fit (``truncate`` defaults to true) and
+        # answers a vector of its start alone.  Older servers ignore the field.
+        body: dict[str, Any] = {"model": call.model, "input": given, "truncate": False}
         if call.body.get("dimensions"):
             body["dimensions"] = call.body["dimensions"]
         with model_limits():

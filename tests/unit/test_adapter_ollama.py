@@ -426,6 +426,7 @@ async def test_embed_answers_as_openai_list():
     assert json.loads(seen[0].content) == {
         "model": "nomic-embed-text",
         "input": ["a", "b"],
+        "truncate": False,  # too long is a 400, as at OpenAI, not a vector of its start
         "dimensions": 2,
     }
     assert result.usage == Usage(input_tokens=8)
