@@ -114,7 +114,11 @@ class OllamaAdapter:
             )
         data = json_body(resp, self.kind)
         _raise_if_error(data)
-        message = data.get("message") or {}
+        message = data.get("message")
+        if data.get("done") is not True or not isinstance(message, dict):
+            # A proxy's body, or Ollama's own for a model only loaded (done_reason "load"):
+            # never an empty answer to cache, nor a success for the vendor's health.
+            raise VendorUnavailable("ollama: HTTP 200 without an answer")
         calls = _tool_calls(message)
         text = message.get("content") or ""
         answer = {
@@ -218,13 +222,25 @@ class OllamaAdapter:
             )
         data = json_body(resp, self.kind)
         _raise_if_error(data)
-        usage = Usage(input_tokens=int(data.get("prompt_eval_count") or 0))
+        vectors = data.get("embeddings")
+        if not isinstance(vectors, list) or len(vectors) != (
+            1 if isinstance(given, str) else len(given)
+        ):
+            # Not an answer (a proxy's body): never an empty list passed on as one.
+            raise VendorUnavailable("ollama: HTTP 200 without an embedding for each input")
+        # An Ollama that says no count (its first /api/embed): estimated, not free.
+        counted = data.get("prompt_eval_count")
+        usage = Usage(
+            input_tokens=int(counted)
+            if counted is not None
+            else Usage.estimated(call.body, 0).input_tokens
+        )
         encode = _base64 if call.body.get("encoding_format") == "base64" else list
         answer = {
             "object": "list",
             "data": [
                 {"object": "embedding", "index": i, "embedding": encode(vector)}
-                for i, vector in enumerate(data.get("embeddings") or [])
+                for i, vector in enumerate(vectors)
             ],
             "model": data.get("model", call.model),
             "usage": {"prompt_tokens": usage.input_tokens, "total_tokens": usage.input_tokens},

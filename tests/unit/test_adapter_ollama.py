@@ -442,6 +442,48 @@ async def test_embed_answers_as_openai_list():
 
 
 @pytest.mark.parametrize(
+    "answer",
+    [
+        {"model": "m"},  # a proxy's 200
+        {"model": "m", "created_at": "x", "message": {"role": "assistant", "content": ""}},
+        {"model": "m", "done": True, "done_reason": "load"},  # the model loaded, no message
+    ],
+    ids=["nothing", "not-done", "load"],
+)
+async def test_a_chat_200_that_is_no_answer_is_the_vendor_s_failure(answer):
+    """Never an empty answer to cache and count as the vendor's success."""
+    _, handler = recorder(httpx.Response(200, json=answer))
+    with pytest.raises(VendorUnavailable, match="HTTP 200 without an answer"):
+        await adapter_for(handler).chat(call())
+
+
+@pytest.mark.parametrize(
+    ("answer", "given"),
+    [
+        ({"model": "m"}, ["a", "b"]),
+        ({"model": "m", "embeddings": [[0.1]]}, ["a", "b"]),
+        ({"model": "m", "embeddings": "no"}, "a"),
+    ],
+)
+async def test_an_embed_200_without_a_vector_per_input_is_the_vendor_s_failure(answer, given):
+    _, handler = recorder(httpx.Response(200, json=answer))
+    vc = VendorCall(model="nomic", body={"input": given}, api_key="")
+    with pytest.raises(VendorUnavailable, match="without an embedding for each input"):
+        await adapter_for(handler).embed(vc)
+
+
+async def test_embeddings_without_a_count_are_metered_at_an_estimate_not_free():
+    """An /api/embed that says no prompt_eval_count (Ollama's first) is estimated, as chat
+    and the OpenAI adapter's embeddings are."""
+    _, handler = recorder(httpx.Response(200, json={"model": "m", "embeddings": [[0.1, 0.2]]}))
+    text = "some fairly long text " * 50
+    vc = VendorCall(model="nomic", body={"input": text}, api_key="")
+    result = await adapter_for(handler).embed(vc)
+    assert result.usage.input_tokens == len(text) // 4 + 1
+    assert result.body["usage"]["prompt_tokens"] == result.usage.input_tokens
+
+
+@pytest.mark.parametrize(
     "content", [["hi"], [{"type": "image_url", "image_url": "data:image/png;base64,QQ=="}], 7]
 )
 def test_malformed_content_is_a_bad_request(content):
