@@ -4,6 +4,7 @@ and the worker's cost series are there from the start."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,25 @@ def test_the_worker_starts_the_unknown_cost_series_at_zero() -> None:
     for name in ("relay_worker_saved_usd_total", "relay_worker_direct_usd_total"):
         assert value(name, {"tenant": "unknown"}) is not None, name
         assert value(name, {"tenant": "obs-tenant"}) == 0, name
+
+
+def test_the_readme_runs_report_and_audit_where_the_compose_kafka_is() -> None:
+    """Compose neither publishes Kafka nor advertises a name the host knows: the report
+    and the audit log run in a relay container, with options the commands take, and the
+    chart is copied out from where it was written."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    text = (DEPLOY / "README.md").read_text()
+    runs = re.findall(r"^docker compose exec (?:-T )?(\S+) relay (.+?)(?:\s+#.*)?$", text, re.M)
+    assert {args.split()[0] for _, args in runs} == {"report", "audit"}
+    for service, args in runs:
+        assert services[service]["command"][0] in {"gateway", "worker"}, service
+        argv = args.split(">")[0].split()
+        result = CliRunner().invoke(app, [*argv, "--help"])
+        assert result.exit_code == 0, (args, result.output)
+    charts = {m for _, args in runs for m in re.findall(r"--chart (\S+)", args)}
+    copied = re.findall(r"^docker compose cp (\S+?):(\S+) \.", text, re.M)
+    assert charts and {path for _, path in copied} == charts
