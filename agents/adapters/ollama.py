@@ -2,8 +2,9 @@
 
 Ollama differs from OpenAI in small ways handled here: sampling knobs live in
 ``options``, images are bare base64 strings beside the text, tool-call arguments are
-objects and carry no ids, usage is ``prompt_eval_count`` / ``eval_count``, and a thinking
-model's ``think`` / ``thinking`` are OpenAI's ``reasoning_effort`` / ``reasoning_content``.
+objects (with ids from Ollama 0.12 on), usage is ``prompt_eval_count`` /
+``eval_count``, and a thinking model's ``think`` / ``thinking`` are OpenAI's
+``reasoning_effort`` / ``reasoning_content``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import httpx
 
 from agents.adapters.base import StreamItem, VendorCall, VendorResult
 from agents.adapters.http import (
-    classified,
     json_body,
     knobs_struck,
     lines,
@@ -167,35 +167,33 @@ class OllamaAdapter:
 
             with model_limits():
                 resp = await knobs_struck(opened, body, call.body, _KNOBS)
-                async for line in lines(resp):
-                    if not line.strip():
-                        continue
-                    try:
-                        data = json.loads(line)
-                    except ValueError:
-                        raise VendorUnavailable(
-                            "ollama: stream sent a line that is not JSON"
-                        ) from None
-                    _raise_if_error(data)
-                    if not started:
-                        # Only once the vendor has answered with something: until a chunk
-                        # is out, the relay may still fall back to another vendor (an error
-                        # as the first line is as good as an error status).
-                        yield chunk({"role": "assistant", "content": ""})
-                        started = True
-                    message = data.get("message") or {}
-                    if reasoning := _reasoning(message):
-                        yield chunk(reasoning)
-                    if message.get("content"):
-                        yield chunk({"content": message["content"]})
-                    # Ollama sends each tool call whole, so id, name and arguments go at once.
-                    for call_ in _tool_calls(message):
-                        yield chunk({"tool_calls": [{"index": tools_seen, **call_}]})
-                        tools_seen += 1
-                    if data.get("done"):
-                        yield chunk({}, _finish_reason(data, tools_seen > 0))
-                        yield _usage(data, call)
-                        return
+            async for line in lines(resp):
+                if not line.strip():
+                    continue
+                try:
+                    data = json.loads(line)
+                except ValueError:
+                    raise VendorUnavailable("ollama: stream sent a line that is not JSON") from None
+                _raise_if_error(data)
+                if not started:
+                    # Only once the vendor has answered with something: until a chunk
+                    # is out, the relay may still fall back to another vendor (an error
+                    # as the first line is as good as an error status).
+                    yield chunk({"role": "assistant", "content": ""})
+                    started = True
+                message = data.get("message") or {}
+                if reasoning := _reasoning(message):
+                    yield chunk(reasoning)
+                if message.get("content"):
+                    yield chunk({"content": message["content"]})
+                # Ollama sends each tool call whole, so id, name and arguments go at once.
+                for call_ in _tool_calls(message):
+                    yield chunk({"tool_calls": [{"index": tools_seen, **call_}]})
+                    tools_seen += 1
+                if data.get("done"):
+                    yield chunk({}, _finish_reason(data, tools_seen > 0))
+                    yield _usage(data, call)
+                    return
         raise VendorUnavailable("ollama: stream ended before done")
 
     async def embed(self, call: VendorCall) -> VendorResult:
@@ -379,7 +377,8 @@ def _content(content: Any, i: int) -> tuple[str, list[str]]:
 
 
 def _tool_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
-    # Ollama gives no call ids; the relay makes them so tool results can refer back.
+    # Ollama's call ids when it gives them (0.12 on); else the relay makes them, so tool
+    # results can refer back.
     calls = []
     for call in message.get("tool_calls") or []:
         fn = call.get("function") or {}
@@ -428,14 +427,9 @@ def _usage(data: dict[str, Any], call: VendorCall) -> Usage:
 
 
 def _raise_if_error(data: Any) -> None:
-    """Ollama reports failures after a 200 (mid-stream, say) as ``{"error": "..."}``, with
-    the ``status`` the same failure has as a response when it knows one (a prompt over
-    the context, a full queue): classified by it, as that response would be, rather
-    than every such failure retried on the next candidate and held against this one's
-    health."""
-    if not isinstance(data, dict) or not data.get("error"):
-        return
-    said, status = str(data["error"]), data.get("status")
-    if isinstance(status, int) and not isinstance(status, bool) and 400 <= status < 600:
-        raise refused(classified("ollama", status, said, None, None))
-    raise refused(VendorUnavailable(f"ollama: {said}"))
+    """Ollama reports a failure after its 200 (a runner that crashed mid-stream) as
+    ``{"error": "..."}`` alone: its ``streamResponse`` sends a failure before any line as
+    that failure's own status (classified as any error response), and drops the status
+    from one after content.  So such a line is the vendor's failure, said by it."""
+    if isinstance(data, dict) and data.get("error"):
+        raise refused(VendorUnavailable(f"ollama: {data['error']}"))
