@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -35,6 +35,9 @@ from rich.text import Text
 
 from schemas.envelope import HealthBatch, UsageEvent
 from tables.recent import RecentIds
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -96,8 +99,26 @@ class Totals:
         self.saved_other += 0.0 if flagged else saved
 
     @property
-    def save_rate(self) -> float:
-        return 1 - self.cost / self.direct if self.direct > 0 else 0.0
+    def save_rate(self) -> float | None:
+        return save_rate(self.cost, self.direct)
+
+
+def save_rate(cost: float, direct: float) -> float | None:
+    """``1 - cost / direct``; None for money spent against no direct cost at all (an
+    alias whose first candidate is free, as a local model, that fell back to a paid one;
+    by model, a failed request's billed cut calls, under no vendor): no rate says how
+    much worse than free that is, and 0% would say it broke even."""
+    if direct > 0:
+        return 1 - cost / direct
+    return None if cost > 0 else 0.0
+
+
+NO_RATE = "n/a"
+NO_RATE_NOTE = f"SaveRate {NO_RATE}: cost with no direct cost to measure it against"
+
+
+def rate_text(rate: float | None) -> str:
+    return NO_RATE if rate is None else f"{rate:.1%}"
 
 
 class TopicMissing(Exception):
@@ -217,14 +238,6 @@ async def read_topic(bootstrap: str, topic: str, partitions: int, model: type[M]
     return read
 
 
-async def read_ledger(bootstrap: str, topic: str, partitions: int) -> Read[UsageEvent]:
-    """Every event on the ledger, each once: a line a producer sent twice (a retry after
-    a lost acknowledgement) carries the same ``event_id``."""
-    read = await read_topic(bootstrap, topic, partitions, UsageEvent)
-    seen = RecentIds(len(read.events))  # room for every id: a repeat anywhere is dropped
-    return Read([e for e in read.events if seen.first_time(e.event_id)], read.unreadable)
-
-
 RECENT_IDS = 100_000  # event ids remembered to drop a line sent twice (retries are near)
 
 
@@ -301,13 +314,6 @@ def _group_key(ev: UsageEvent, by: str) -> str:
     return f"{ev.tenant}/{ev.key_id}"
 
 
-def group(events: list[UsageEvent], by: str) -> dict[str, Totals]:
-    ledger = Ledger(by, charting=False)
-    for ev in events:
-        ledger.count(ev)
-    return dict(ledger.rows)
-
-
 BILLED_NOTE = (
     "billed tokens: of the lines that took a vendor call, as vendors invoice them "
     "(cache hits and coalesced lines left out)"
@@ -323,7 +329,10 @@ def _total(rows: dict[str, Totals]) -> Totals:
 
 
 def table(rows: dict[str, Totals], by: str) -> Table:
-    t = Table(title=f"cost by {by}", caption=BILLED_NOTE)
+    total = _total(rows)
+    unmeasured = any(r.save_rate is None for r in [*rows.values(), total])
+    caption = f"{BILLED_NOTE}; {NO_RATE_NOTE}" if unmeasured else BILLED_NOTE
+    t = Table(title=f"cost by {by}", caption=caption)
     for col in (by, "requests", "errors", "client left", "mean ms", "billed tokens in/out",
                 "cost $", "direct $", "SaveRate", "cache", "coalesced", "batched", "batch API",
                 "degraded"):  # fmt: skip
@@ -331,7 +340,7 @@ def table(rows: dict[str, Totals], by: str) -> Table:
     for name, r in sorted(rows.items(), key=lambda kv: -kv[1].cost):
         t.add_row(*_cells(name, r))
     t.add_section()
-    t.add_row(*_cells("total", _total(rows)))
+    t.add_row(*_cells("total", total))
     return t
 
 
@@ -394,7 +403,7 @@ def _cells(name: str, r: Totals) -> list[str | Text]:
         shown(name), str(r.requests), str(r.errors), str(r.closed),
         f"{r.latency_ms / max(1, r.requests):.0f}",
         f"{r.billed_input_tokens}/{r.billed_output_tokens}",
-        f"{r.cost:.6f}", f"{r.direct:.6f}", f"{r.save_rate:.1%}", str(r.cache_hits),
+        f"{r.cost:.6f}", f"{r.direct:.6f}", rate_text(r.save_rate), str(r.cache_hits),
         str(r.coalesced), str(r.batched), str(r.batch_api), str(r.degraded),
     ]  # fmt: skip
 
@@ -454,18 +463,12 @@ CHART_FROM_MS = 946_684_800_000  # 2000-01-01
 CHART_TO_MS = 4_102_444_800_000  # 2100-01-01
 
 
-def chart(events: list[UsageEvent], path: Path) -> None:
-    """Cumulative cost against what direct calls would have cost, over time."""
-    ledger = Ledger(by="tenant")
-    for ev in events:
-        ledger.count(ev)
-    draw(ledger.minutes, path)
-
-
 def draw(minutes: dict[int, list[float]], path: Path) -> None:
-    """The chart of cost per minute (``minute -> [cost, direct]``), added up over time.
-    Lines stamped outside any plausible time (a producer's broken clock) are not in it:
-    they would stretch the axis over centuries, or past what a datetime can hold."""
+    """The chart of cost per minute (``minute -> [cost, direct]``), added up over time:
+    the area where the relay cost less than direct calls is shaded as saved, and where it
+    cost more (a fallback to a pricier model) as extra cost.  Lines stamped outside any
+    plausible time (a producer's broken clock) are not in it: they would stretch the axis
+    over centuries, or past what a datetime can hold."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -502,14 +505,33 @@ def draw(minutes: dict[int, list[float]], path: Path) -> None:
     # matplotlib plots datetimes through its unit converters; its stubs only know numbers.
     ax.plot(times, direct, label="direct to vendors (Cost_direct)", color="#c44", **steps)  # type: ignore[arg-type]
     ax.plot(times, paid, label="through the relay (Cost_total)", color="#2a7", **steps)  # type: ignore[arg-type]
-    ax.fill_between(times, paid, direct, color="#2a7", alpha=0.12, label="saved", step="post")  # type: ignore[arg-type]
+    _shade(ax, mdates.date2num(times), paid, direct)
     ax.set_ylabel("USD, cumulative")
-    rate = 1 - p / d if d else 0.0
-    ax.set_title(f"Relay Station cost over time — SaveRate {rate:.1%}")
+    ax.set_title(f"Relay Station cost over time — SaveRate {rate_text(save_rate(p, d))}")
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _shade(ax: Axes, x: Any, paid: list[float], direct: list[float]) -> None:
+    """Shade between the two step lines: green and "saved" where direct calls would have
+    cost more, red and "extra cost" where the relay cost more; each only where it is."""
+    import numpy as np
+
+    # The steps as points (each level held to the next minute), so that a fill stops
+    # where the lines cross, on the step that crosses, not a minute before or after.
+    xs = np.repeat(np.asarray(x, dtype=float), 2)[1:]
+    ps = np.repeat(np.asarray(paid), 2)[:-1]
+    ds = np.repeat(np.asarray(direct), 2)[:-1]
+    for where, color, label in (
+        (ds > ps, "#2a7", "saved"),
+        (ps > ds, "#c44", "extra cost (paid more than direct)"),
+    ):
+        if where.any():
+            ax.fill_between(
+                xs, ps, ds, where=where, interpolate=True, color=color, alpha=0.12, label=label
+            )
 
 
 def run(

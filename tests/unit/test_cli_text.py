@@ -9,9 +9,9 @@ import io
 from rich.console import Console
 
 from cli.audit import audit_table
-from cli.report import group, table
+from cli.report import table
 from schemas.envelope import AuditEvent
-from tests.unit.test_report import event
+from tests.unit.test_report import event, rows_by
 
 TRICKY = "/v1/models/[/x] and [red]hidden[/red]"
 
@@ -28,7 +28,7 @@ def test_an_audit_path_that_looks_like_markup_is_shown_as_sent():
 
 
 def test_a_cost_tag_that_looks_like_markup_is_shown_as_sent():
-    rows = group([event("t", 0.1, 0.2, cost_tag=TRICKY)], "tag")
+    rows = rows_by([event("t", 0.1, 0.2, cost_tag=TRICKY)], "tag")
     assert TRICKY in rendered(table(rows, "tag"))
 
 
@@ -45,6 +45,6 @@ def test_terminal_controls_in_an_audit_path_are_spelled_out_never_sent():
 
 
 def test_terminal_controls_in_a_tenant_or_tag_a_producer_wrote_are_spelled_out():
-    rows = group([event("t\x1b[2J", 0.1, 0.2, cost_tag="tag\x1b]0;owned\x07")], "tag")
+    rows = rows_by([event("t\x1b[2J", 0.1, 0.2, cost_tag="tag\x1b]0;owned\x07")], "tag")
     out = rendered(table(rows, "tag"))
     assert "\x1b" not in out and "\x07" not in out and "tag\\x1b]0;owned\\x07" in out

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cli.report import chart, group
+import cli.report as report
+from cli.report import Ledger, Totals, draw
 from schemas.envelope import UsageEvent
 from schemas.usage import Usage
 
@@ -28,6 +30,30 @@ def event(tenant: str, cost: float, direct: float, **flags: object) -> UsageEven
     )
 
 
+def ledger(events: list[UsageEvent], by: str = "tenant") -> Ledger:
+    """``events`` added up as `relay report` reads them off the topic."""
+    read = Ledger(by)
+    for ev in events:
+        read.add(ev.model_dump_json().encode())
+    return read
+
+
+def rows_by(events: list[UsageEvent], by: str) -> dict[str, Totals]:
+    return dict(ledger(events, by).rows)
+
+
+def chart(events: list[UsageEvent], path: Path) -> None:
+    draw(ledger(events).minutes, path)
+
+
+async def read_topic_into_ledger(topic: str = "relay.usage") -> Ledger:
+    """The ledger as `relay report` reads it, through a consumer patched in."""
+    read = Ledger("tenant")
+    async for value in report.values("127.0.0.1:9", topic, 1):
+        read.add(value)
+    return read
+
+
 def test_save_rate_per_tenant():
     events = [
         event("a", 1.0, 1.0),
@@ -36,7 +62,7 @@ def test_save_rate_per_tenant():
         event("a", 0.5, 1.0, batch_api=True),
         event("b", 2.0, 2.0),
     ]
-    rows = group(events, "tenant")
+    rows = rows_by(events, "tenant")
     assert rows["a"].requests == 4 and rows["a"].cache_hits == 1 and rows["a"].coalesced == 1
     assert rows["a"].save_rate == pytest.approx(1 - 1.5 / 4.0)
     assert rows["b"].save_rate == 0.0
@@ -60,7 +86,7 @@ def test_billed_tokens_are_those_of_lines_that_took_a_vendor_call():
         event("a", 0.5, 1.0, batch_api=True),
         event("a", 0.2, 1.0, status="error"),
     ]
-    rows = group(events, "tenant")
+    rows = rows_by(events, "tenant")
     assert rows["a"].requests == 6
     assert (rows["a"].billed_input_tokens, rows["a"].billed_output_tokens) == (40, 20)
     console = Console(width=250, record=True)
@@ -109,8 +135,6 @@ def test_lines_all_in_one_minute_draw_on_an_axis_of_minutes_not_years(tmp_path):
     from matplotlib.dates import num2date
     from matplotlib.figure import Figure
 
-    from cli.report import draw
-
     spans: list[tuple[float, float]] = []
     real = Figure.savefig
 
@@ -135,8 +159,6 @@ async def test_the_ledger_is_read_once_per_line_and_unreadable_lines_are_counted
 
     import orjson
 
-    import cli.report as report
-
     line = event("a", 1.0, 2.0)
     values = [
         line.model_dump_json().encode(),
@@ -147,8 +169,8 @@ async def test_the_ledger_is_read_once_per_line_and_unreadable_lines_are_counted
     ]
 
     monkeypatch.setattr(report, "AIOKafkaConsumer", reading({"relay.usage": values}))
-    read = await report.read_ledger("127.0.0.1:9", "relay.usage", 1)
-    assert [e.event_id for e in read.events] == [line.event_id] and read.unreadable == 3
+    read = await read_topic_into_ledger()
+    assert read.rows["a"].requests == 1 and (read.repeated, read.unreadable) == (1, 3)
 
 
 def test_a_line_with_an_impossible_time_is_left_off_the_chart(tmp_path):
@@ -163,7 +185,6 @@ def test_a_line_with_an_impossible_time_is_left_off_the_chart(tmp_path):
 def test_the_ledger_is_added_up_line_by_line_within_the_period() -> None:
     """Totals per group and cost per minute: memory grows with those, not with the lines
     of a ledger kept 400 days; a line sent twice counts once."""
-    from cli.report import Ledger
 
     minute = 60_000
     at = 1_796_000_000_000 - 1_796_000_000_000 % minute
@@ -270,7 +291,6 @@ def reading(held: dict[str, list[bytes | None]]) -> type[FakeConsumer]:
 async def test_an_offset_gone_mid_read_resumes_at_the_oldest_line_not_the_end(monkeypatch):
     """Retention deleting the segment being read makes the offset out of range: reset to
     the latest, the rest of that partition would be skipped and the report end short."""
-    import cli.report as report
 
     built: list[dict[str, object]] = []
 
@@ -280,7 +300,7 @@ async def test_an_offset_gone_mid_read_resumes_at_the_oldest_line_not_the_end(mo
             super().__init__()
 
     monkeypatch.setattr(report, "AIOKafkaConsumer", type("C", (Recorded,), {"held": {"t": []}}))
-    await report.read_ledger("127.0.0.1:9", "t", 1)
+    await read_topic_into_ledger("t")
     assert [kw.get("auto_offset_reset") for kw in built] == ["earliest"]
 
 
@@ -316,8 +336,6 @@ async def test_a_broker_lost_mid_read_ends_the_read_as_unreachable(monkeypatch):
 
     from aiokafka.errors import KafkaConnectionError
 
-    import cli.report as report
-
     asked: list[str] = []
 
     async def gone(bootstrap: str) -> None:
@@ -329,7 +347,7 @@ async def test_a_broker_lost_mid_read_ends_the_read_as_unreachable(monkeypatch):
     monkeypatch.setattr(report, "reach", gone)
     StalledConsumer.stopped = False
     with pytest.raises(KafkaConnectionError):
-        await asyncio.wait_for(report.read_ledger("127.0.0.1:9", "relay.usage", 1), 5)
+        await asyncio.wait_for(read_topic_into_ledger(), 5)
     assert asked == ["127.0.0.1:9"] and StalledConsumer.stopped
 
 
@@ -337,8 +355,6 @@ async def test_a_broker_that_does_not_answer_in_time_is_unreachable(monkeypatch)
     import asyncio
 
     from aiokafka.errors import KafkaConnectionError
-
-    import cli.report as report
 
     async def frozen(bootstrap: str) -> None:
         await asyncio.sleep(60)
@@ -348,15 +364,13 @@ async def test_a_broker_that_does_not_answer_in_time_is_unreachable(monkeypatch)
     monkeypatch.setattr(report, "REACH_S", 0.1)
     monkeypatch.setattr(report, "reach", frozen)
     with pytest.raises(KafkaConnectionError):
-        await asyncio.wait_for(report.read_ledger("127.0.0.1:9", "relay.usage", 1), 5)
+        await asyncio.wait_for(read_topic_into_ledger(), 5)
 
 
 async def test_a_slow_broker_that_still_answers_is_waited_for(monkeypatch):
     """Positions still for a while, but the broker answers: the read goes on to the end."""
     import asyncio
     from types import SimpleNamespace
-
-    import cli.report as report
 
     line = event("a", 1.0, 2.0).model_dump_json().encode()
 
@@ -384,15 +398,14 @@ async def test_a_slow_broker_that_still_answers_is_waited_for(monkeypatch):
     monkeypatch.setattr(report, "AIOKafkaConsumer", Slow)
     monkeypatch.setattr(report, "STALL_S", 0.05)
     monkeypatch.setattr(report, "reach", there)
-    read = await asyncio.wait_for(report.read_ledger("127.0.0.1:9", "relay.usage", 1), 5)
-    assert len(read.events) == 1 and asked
+    read = await asyncio.wait_for(read_topic_into_ledger(), 5)
+    assert read.rows["a"].requests == 1 and asked
 
 
 def test_a_lost_broker_is_one_line_from_relay_report(monkeypatch):
     """From the command: the `cannot reach Kafka` line and exit code 1, no traceback."""
     from typer.testing import CliRunner
 
-    import cli.report as report
     from cli.main import app
 
     async def gone(bootstrap: str) -> None:
@@ -417,7 +430,6 @@ def test_by_model_a_canary_s_failed_attempts_show_in_the_vendor_calls(monkeypatc
 
     from typer.testing import CliRunner
 
-    import cli.report as report
     from cli.main import app
     from schemas.envelope import HealthBatch, HealthEvent
 
@@ -463,7 +475,7 @@ def test_a_client_that_went_away_is_counted_apart_from_errors():
         event("t", 0.0005, 0.0005, status="error", error_code="client_closed"),
         event("t", 0.0, 0.0, status="error", error_code="vendor_unavailable"),
     ]
-    rows = group(lines, "tenant")
+    rows = rows_by(lines, "tenant")
     assert (rows["t"].requests, rows["t"].errors, rows["t"].closed) == (3, 1, 1)
     assert rows["t"].cost == pytest.approx(0.0015)
 
@@ -486,7 +498,7 @@ def test_the_savings_are_said_in_dollars_per_mechanism():
         event("a", 0.6, 1.0),
         event("b", 1.0, 1.0),
     ]
-    rows = group(events, "tenant")
+    rows = rows_by(events, "tenant")
     a = rows["a"]
     assert (a.cache_hits, a.saved_cache) == (2, pytest.approx(0.5))
     assert (a.coalesced, a.saved_coalesced) == (1, pytest.approx(0.1))
@@ -523,7 +535,6 @@ def test_relay_report_prints_where_the_savings_came_from(monkeypatch):
     row of a group stays its one line (what scripts read)."""
     from typer.testing import CliRunner
 
-    import cli.report as report
     from cli.main import app
 
     lines = [
@@ -547,3 +558,84 @@ def test_relay_report_prints_where_the_savings_came_from(monkeypatch):
         if line.startswith("│") and (parts := [c.strip() for c in line.split("│")[1:-1]])[0]
     }
     assert rows["cache"] == ["1", "0.002000"] and rows["batch API"] == ["1", "0.001000"]
+
+
+def test_cost_with_no_direct_cost_has_no_save_rate_not_zero():
+    """An alias whose first candidate is free (a local model) that fell back to a paid
+    one, or by model a failed request's billed cut calls under no vendor: money spent
+    against a direct cost of 0 is no 0.0% (breaking even), and says so."""
+    from rich.console import Console
+
+    from cli.report import save_rate, table
+
+    assert save_rate(0.3, 0.0) is None
+    assert save_rate(0.0, 0.0) == 0.0 and save_rate(1.0, 2.0) == 0.5
+    rows = rows_by([event("free-first", 0.3, 0.0), event("paid", 1.0, 2.0)], "tenant")
+    assert rows["free-first"].save_rate is None
+    console = Console(width=250, record=True)
+    console.print(table(rows, "tenant"))
+    shown = console.export_text()
+    cells = {
+        parts[0]: parts[8]
+        for line in shown.splitlines()
+        if line.startswith("│") and (parts := [c.strip() for c in line.split("│")[1:-1]])[0]
+    }
+    assert cells == {"free-first": "n/a", "paid": "50.0%", "total": "35.0%"}
+    assert "SaveRate n/a: cost with no direct cost" in " ".join(shown.split())
+
+
+def _shaded(minutes: dict[int, list[float]], path: Path) -> tuple[dict[str, float], str]:
+    """The areas the chart of ``minutes`` shades, by legend label (in USD x days, the
+    axis' units), and its title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    seen: list[tuple[dict[str, float], str]] = []
+    real = Figure.savefig
+
+    def spy(self, *args, **kwargs):
+        ax = self.axes[0]
+        areas = {}
+        for fill in ax.collections:
+            area = 0.0
+            for polygon in fill.get_paths():
+                x, y = polygon.vertices[:, 0], polygon.vertices[:, 1]
+                area += abs(sum(x[i] * y[i + 1] - x[i + 1] * y[i] for i in range(len(x) - 1))) / 2
+            areas[fill.get_label()] = area
+        seen.append((areas, ax.get_title()))
+        return real(self, *args, **kwargs)
+
+    Figure.savefig = spy  # type: ignore[method-assign]
+    try:
+        draw(minutes, path)
+    finally:
+        Figure.savefig = real  # type: ignore[method-assign]
+    return seen[0]
+
+
+MINUTE_IN_DAYS = 1 / 1440
+
+
+def test_a_relay_that_cost_more_than_direct_shades_extra_cost_not_saved(tmp_path):
+    """A fallback to a pricier model costs more than direct: the area is red and said to
+    be extra cost, and nothing is said to be saved."""
+    areas, title = _shaded({29_000_000: [2.0, 1.0]}, tmp_path / "neg.png")
+    extra = "extra cost (paid more than direct)"
+    assert set(areas) == {extra}
+    assert areas[extra] == pytest.approx(1.0 * MINUTE_IN_DAYS)  # 1 USD more, for a minute
+    assert "SaveRate -100.0%" in title
+
+
+def test_lines_that_cross_shade_each_side_where_it_is(tmp_path):
+    """Saved 2 USD over the first minute, then a line that paid 3 for nothing direct:
+    green for the first minute, red for the next, cut where the lines cross."""
+    areas, title = _shaded({29_000_000: [0.0, 2.0], 29_000_001: [3.0, 0.0]}, tmp_path / "x.png")
+    assert areas == {
+        "saved": pytest.approx(2.0 * MINUTE_IN_DAYS),
+        "extra cost (paid more than direct)": pytest.approx(1.0 * MINUTE_IN_DAYS),
+    }
+    assert "SaveRate -50.0%" in title
+    _, free = _shaded({29_000_000: [0.3, 0.0]}, tmp_path / "free.png")
+    assert "SaveRate n/a" in free
