@@ -36,12 +36,21 @@ TAGS = {
     "nomic-embed-text:latest": ("embedding",),
 }
 _EVERYTHING = ("completion", "tools", "thinking", "embedding")
+# The pulled models that think only when asked: llama3.2, which cannot think at Ollama at
+# all.  Every other pulled model that can think thinks unasked, as Ollama turns thinking
+# on when ``think`` is not sent; a name not pulled here (a config's own model) thinks only
+# when asked too, so that its answers stay plain.
+_THINKS_WHEN_ASKED = frozenset({"llama3.2:latest"})
 UNPULLED = "-unpulled"  # in a model's name: a model not pulled (Ollama's 404)
 _FAULT_MESSAGES = {
     "500": "internal server error",
     "429": "too many requests, retry later",
     "overloaded": "server busy, please try again.  maximum pending requests exceeded",
 }
+# ``x-sim-fail: midstream``: the runner dies after the first line of the answer, and the
+# stream ends with this ``{"error"}`` line (an answer not streamed is a 500 saying it).
+MIDSTREAM = "midstream"
+_RUNNER_DIED = "llama runner process has terminated: exit status 2"
 
 
 def error(status: int, message: str) -> Response:
@@ -68,6 +77,11 @@ async def _gate(request: Request) -> tuple[Sim, dict[str, Any] | Response]:
     return sim, body
 
 
+def _pulled(model: str) -> str:
+    """A model's name as pulled: a name without a tag is its ``:latest``."""
+    return model if ":" in model else f"{model}:latest"
+
+
 def capabilities(model: str) -> tuple[str, ...] | None:
     """What a pulled model can do (a name without a tag is its ``:latest``), None for a
     model not pulled: one whose name says so (``-unpulled``), as ``-fail500`` forces a
@@ -76,7 +90,7 @@ def capabilities(model: str) -> tuple[str, ...] | None:
     simulator."""
     if UNPULLED in model:
         return None
-    return TAGS.get(model if ":" in model else f"{model}:latest", _EVERYTHING)
+    return TAGS.get(_pulled(model), _EVERYTHING)
 
 
 def _check_capable(model: str, body: dict[str, Any], thinks: bool) -> None:
@@ -107,8 +121,13 @@ THINK_LEVELS = ("low", "medium", "high")
 def _thinking(body: dict[str, Any], prompt: Prompt) -> str:
     """What the model thinks first when ``think`` is on (a boolean or a level), or ''.
     A level is gpt-oss's alone, as in Ollama 0.11 and 0.12 (the version reported), which
-    refuse it for any other model; later versions take it as true."""
+    refuse it for any other model; later versions take it as true.  Not sent, it is on
+    for a pulled model that can think (qwen3, gpt-oss), as Ollama's ChatHandler turns it
+    on (``_THINKS_WHEN_ASKED``): such a model spends ``num_predict`` on thinking first."""
     think = body.get("think")
+    model = _pulled(str(body["model"]))
+    if think is None and "thinking" in TAGS.get(model, ()) and model not in _THINKS_WHEN_ASKED:
+        think = True
     if think is None or think is False:
         return ""
     if think is not True and think not in THINK_LEVELS:
@@ -125,8 +144,10 @@ def _final(
     if thinking:
         message["thinking"] = thinking
     if answer.calls and not answer.truncated:
+        # Ollama 0.12 on gives each call an id: "call_" and eight characters.
         message["tool_calls"] = [
-            {"function": {"name": call.name, "arguments": call.args}} for call in answer.calls
+            {"id": f"call_{call.id[:8]}", "function": {"name": call.name, "arguments": call.args}}
+            for call in answer.calls
         ]
     # Durations are nanoseconds, synthesised from the token counts so they are stable.
     output_tokens = answer.completion_tokens + (text_tokens(thinking) if thinking else 0)
@@ -165,13 +186,39 @@ def _lines(model: str, answer: Answer, prompt_tokens: int, thinking: str) -> lis
     return [orjson.dumps(x) + b"\n" for x in [*lines, final]]
 
 
+class _OptionRefused(Exception):
+    """An option of the wrong type: Ollama's ``Options.FromMap`` refuses it as the model
+    is scheduled, and ``handleScheduleError`` answers such an error with a 500."""
+
+
 def _stops(body: dict[str, Any]) -> list[str]:
-    """``options.stop``: the sequences the answer stops before (a string taken as one)."""
+    """``options.stop``: the sequences the answer stops before, a list of strings (a
+    string is refused, as Ollama refuses it)."""
     options = body.get("options")
     stop = options.get("stop") if isinstance(options, dict) else None
-    if isinstance(stop, str):
-        return [stop]
-    return [s for s in stop if isinstance(s, str)] if isinstance(stop, list) else []
+    if stop is None:
+        return []
+    if not isinstance(stop, list):
+        raise _OptionRefused('option "stop" must be of type array')
+    if not all(isinstance(s, str) for s in stop):
+        raise _OptionRefused('option "stop" must be of an array of strings')
+    return stop
+
+
+def _check_arguments(messages: list[Any]) -> None:
+    """Ollama binds each tool call's ``arguments`` to an object (api.ToolCallFunction-
+    Arguments): a JSON string there (OpenAI's shape) fails the request's binding, a 400."""
+    for m in messages:
+        calls = m.get("tool_calls") if isinstance(m, dict) else None
+        for call in calls if isinstance(calls, list) else []:
+            fn = call.get("function") if isinstance(call, dict) else None
+            args = fn.get("arguments") if isinstance(fn, dict) else None
+            if args is not None and not isinstance(args, dict):
+                kind = "string" if isinstance(args, str) else "value"
+                raise BadRequest(
+                    f"json: cannot unmarshal {kind} into Go struct field ToolCallFunction."
+                    "messages.tool_calls.function.arguments of type api.ToolCallFunctionArguments"
+                )
 
 
 def _format(fmt: Any) -> dict[str, Any] | None:
@@ -206,16 +253,28 @@ async def chat(request: Request) -> Response:
     try:
         if not isinstance(messages, list):
             raise BadRequest("messages must be an array")
+        _check_arguments(messages)
         prompt = to_prompt(messages, body.get("tools"), None)
         thinking = _thinking(body, prompt)
         _check_capable(model, body, bool(thinking))
+        thinking, answer = _answer(model, prompt, body, thinking)
     except BadRequest as exc:
         return error(400, exc.message)
-    thinking, answer = _answer(model, prompt, body, thinking)
+    except _OptionRefused as exc:
+        return error(500, str(exc))
     fault = await sim.admit(request, model, "ollama.chat")
     if fault:
         return error(503 if fault == "overloaded" else int(fault), _FAULT_MESSAGES[fault])
-    if body.get("stream") is not False:  # streams unless told exactly false (null streams)
+    streams = body.get("stream") is not False  # unless told exactly false (null streams)
+    if request.headers.get("x-sim-fail") == MIDSTREAM:
+        sim.stats.faults[model] += 1
+        if not streams:
+            await sim.delay(request)
+            return error(500, _RUNNER_DIED)
+        said = _lines(model, answer, prompt.tokens, thinking)[:-1][:1]  # never the last
+        failed = orjson.dumps({"error": _RUNNER_DIED}) + b"\n"
+        return await sim.stream(request, [*said, failed], "application/x-ndjson")
+    if streams:
         chunks = _lines(model, answer, prompt.tokens, thinking)
         return await sim.stream(request, chunks, "application/x-ndjson")
     await sim.delay(request)

@@ -4,6 +4,7 @@ with the 400 the relay reads as "try the next candidate"."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 
 from agents.adapters import OllamaAdapter, VendorCall
 from schemas.config import VendorConfig
-from schemas.errors import VendorNotFound, VendorUnsupported
+from schemas.errors import VendorNotFound, VendorUnavailable, VendorUnsupported
 from schemas.formats.anthropic import messages_request_to_openai
 from schemas.formats.openai import assemble_chunks
 from simulator import SimConfig, create_app
@@ -117,3 +118,109 @@ async def test_an_anthropic_client_s_thinking_on_a_model_that_does_not_think_is_
         message = (await adapter.chat(call)).body["choices"][0]["message"]
     assert message["content"] and not message.get("reasoning_content")
     assert [body.get("think") for body in sent] == [True, None]
+
+
+# ---- the simulator as close to Ollama as the relay's tests need ------------------------
+
+
+async def test_a_model_that_can_think_thinks_unasked(sim: httpx.AsyncClient) -> None:
+    """Ollama turns thinking on when ``think`` is not sent, for a model that can think: an
+    Anthropic client without thinking, given a small max_tokens, gets the budget spent on
+    thinking and an empty answer cut at its length.  llama3.2 (which cannot think at
+    Ollama, and thinks here only to show reasoning_effort) and a config's own model
+    names think only when asked."""
+    for model in ("qwen3", "gpt-oss:20b"):
+        body = {"model": model, "messages": user("why?"), "stream": False}
+        assert (await sim.post("/api/chat", json=body)).json()["message"]["thinking"]
+        off = (await sim.post("/api/chat", json={**body, "think": False})).json()
+        assert "thinking" not in off["message"]
+    for model in ("llama3.2", "my-local-model"):
+        body = {"model": model, "messages": user("why?"), "stream": False}
+        assert "thinking" not in (await sim.post("/api/chat", json=body)).json()["message"]
+
+    adapter = OllamaAdapter(VendorConfig(kind="ollama", base_url="http://sim"), sim)
+    asked = {"model": "claude", "max_tokens": 5, "messages": user("why is the sky blue?")}
+    call = VendorCall("qwen3", messages_request_to_openai(asked), "")
+    choice = (await adapter.chat(call)).body["choices"][0]
+    assert choice["message"]["reasoning_content"] and not choice["message"]["content"]
+    assert choice["finish_reason"] == "length"
+
+
+async def test_string_tool_arguments_and_a_string_stop_are_refused_as_ollama_refuses_them(
+    sim: httpx.AsyncClient,
+) -> None:
+    """Ollama binds a tool call's arguments to an object (a string fails the request's
+    binding, a 400) and reads ``options.stop`` as an array (a string fails as the model
+    is scheduled, which handleScheduleError answers with a 500); the adapter sends
+    neither, so its requests are answered."""
+    history = [
+        *user("weather in Oslo?"),
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}],
+        },
+        {"role": "tool", "content": "12C"},
+    ]
+    body = {"model": "llama3.2", "messages": history, "tools": [TOOL], "stream": False}
+    r = await sim.post("/api/chat", json=body)
+    assert r.status_code == 400 and "cannot unmarshal string" in r.json()["error"]
+    plain = {"model": "llama3.2", "messages": user("hi"), "stream": False}
+    r = await sim.post("/api/chat", json={**plain, "options": {"stop": "END"}})
+    assert (r.status_code, r.json()) == (500, {"error": 'option "stop" must be of type array'})
+    r = await sim.post("/api/chat", json={**plain, "options": {"stop": [5]}})
+    assert r.status_code == 500 and "array of strings" in r.json()["error"]
+
+    adapter = OllamaAdapter(VendorConfig(kind="ollama", base_url="http://sim"), sim)
+    openai_history = [
+        history[0],
+        {
+            **history[1],
+            "tool_calls": [{"id": "call_1", "type": "function", **history[1]["tool_calls"][0]}],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "12C"},
+    ]
+    asked = {"messages": openai_history, "tools": [TOOL], "stop": "END"}
+    answer = await adapter.chat(VendorCall("llama3.2", asked, ""))
+    assert answer.body["choices"][0]["message"]["content"]
+
+
+async def test_tool_calls_carry_ollama_s_ids_which_reach_the_client(
+    sim: httpx.AsyncClient,
+) -> None:
+    body = {"model": "llama3.2", "messages": user("the weather?"), "tools": [TOOL]}
+    whole = (await sim.post("/api/chat", json={**body, "stream": False})).json()
+    [said] = whole["message"]["tool_calls"]
+    assert re.fullmatch(r"call_[0-9a-z]{8}", said["id"])
+    adapter = OllamaAdapter(VendorConfig(kind="ollama", base_url="http://sim"), sim)
+    call = VendorCall("llama3.2", {"messages": body["messages"], "tools": [TOOL]}, "")
+    [got] = (await adapter.chat(call)).body["choices"][0]["message"]["tool_calls"]
+    *chunks, _ = [item async for item in adapter.stream(call)]
+    [streamed] = assemble_chunks(chunks)["choices"][0]["message"]["tool_calls"]
+    assert got["id"] == streamed["id"] == said["id"]
+
+
+async def test_a_runner_that_dies_mid_stream_ends_it_with_an_error_line() -> None:
+    """``x-sim-fail: midstream``: one line of the answer, then Ollama's ``{"error"}``
+    line; the relay passes on what was said and fails the stream as the vendor's
+    refusal (unbilled).  Not streamed, the same failure is a 500."""
+    app = create_app(SimConfig())
+    sim = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://sim",
+        headers={"x-sim-fail": "midstream"},
+    )
+    body = {"model": "llama3.2", "messages": user("hello")}
+    lines = [json.loads(x) for x in (await sim.post("/api/chat", json=body)).text.splitlines()]
+    assert lines[0]["message"]["content"] and lines[0]["done"] is False
+    assert lines[1:] == [{"error": "llama runner process has terminated: exit status 2"}]
+    adapter = OllamaAdapter(VendorConfig(kind="ollama", base_url="http://sim"), sim)
+    call = VendorCall("llama3.2", {"messages": body["messages"]}, "")
+    got: list[Any] = []
+    with pytest.raises(VendorUnavailable, match="runner process has terminated") as err:
+        async for item in adapter.stream(call):
+            got.append(item)
+    assert err.value.refused and got[1]["choices"][0]["delta"]["content"]
+    with pytest.raises(VendorUnavailable, match="runner process has terminated"):
+        await adapter.chat(call)
+    assert (await sim.get("/stats")).json()["faults"] == {"llama3.2": 3}
