@@ -57,7 +57,7 @@ LATE_SHARE_S = 600.0  # how long a shared call's answer is awaited to meter a la
 # How long one reply may wait for the broker to take it.  Taking a message waits only for
 # its topic's metadata (and buffer room), so this is hit when the reply topic does not
 # exist on a broker that does not create topics: without it the send would hold the call's
-# every waiter for Faust's producer timeout (20 minutes).
+# every waiter for the reply producer's request timeout.
 REPLY_SEND_S = 10.0
 # How long a stopping worker waits for the broker to take back a Batch API line it cut
 # (within the stop's 5 s to answer what it cut): past it, the line is answered as cut.

@@ -123,7 +123,8 @@ class InLoopTransport(driver.Transport):
 class RelayApp(faust.App):
     """A Faust app whose Kafka consumer runs on the worker's event loop."""
 
-    undelivered = False  # the producer was closed, at stop, with messages it still held
+    # A producer (Faust's, or the replies') was closed, at stop, with messages it still held.
+    undelivered = False
 
     def _new_transport(self) -> TransportT:
         return InLoopTransport(self.conf.broker_consumer, self)
@@ -140,7 +141,6 @@ class RelayApp(faust.App):
             return
         aiokafka_producer = cast(driver.Producer, self._producer)._producer
         flushing = super()._producer_flush(logger)
-        what = "replies, health or table changes"
-        self.undelivered = not await deliver_or_drop(
-            flushing, aiokafka_producer, STOP_GRACE_S, what
-        )
+        what = "health or table changes"
+        if not await deliver_or_drop(flushing, aiokafka_producer, STOP_GRACE_S, what):
+            self.undelivered = True  # (replies lost at stop may have said so already)

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
@@ -31,7 +31,7 @@ from agents.adapters.registry import make_adapter
 from agents.batch_lane import BatchLane
 from agents.batch_results import CancelledBatches, cancelled, record_reply
 from agents.dispatch import Dispatcher
-from agents.handler import BatchLines, RequestHandler
+from agents.handler import REPLY_SEND_S, BatchLines, RequestHandler
 from agents.keys import KeyPool
 from agents.route import Router
 from schemas.config import RelayConfig
@@ -50,7 +50,9 @@ from streams import fetch_guard, metrics, topic_guard
 from streams.app import make_app
 from streams.codec import M, decode, encode
 from streams.fetch_guard import Unreadable
+from streams.inloop import RelayApp
 from streams.producers import BackgroundProducer
+from streams.replies import Replies
 from streams.stopping import stop_quietly
 from streams.topics import Topics
 from tables.batches import BatchStore
@@ -94,9 +96,11 @@ def ledger_partition(tenant: str, partitions: int) -> int:
 class KafkaSink:
     """The handler's outputs, as Kafka messages (and the L2 cache).
 
-    Replies and health go out on Faust's producer (linger 0: a client or a breaker is
-    waiting).  Ledger lines are on nobody's critical path, so a second producer lets
-    them batch for up to 250 ms: fewer, larger produce requests for the broker.
+    Replies go out on a producer of their own (``streams.replies``: linger 0, a client
+    is waiting), so one to a topic deleted meanwhile never holds up Faust's flush before
+    each offset commit.  Health goes out on Faust's (a breaker is waiting).  Ledger lines
+    are on nobody's critical path, so a third producer lets them batch for up to 250 ms:
+    fewer, larger produce requests for the broker.
     """
 
     def __init__(
@@ -109,8 +113,10 @@ class KafkaSink:
         *,
         tenants: Collection[str] = frozenset(),
         aliases: Collection[str] = frozenset(),
+        replies: Replies | None = None,
     ) -> None:
         self.app = app
+        self.replies = replies if replies is not None else Replies(bootstrap)
         self.topics = topics
         self.cache_store = cache
         self.bootstrap = bootstrap
@@ -166,13 +172,17 @@ class KafkaSink:
                     self._background = producer
         await self._background.send(topic, value, key=key)
 
-    async def close(self) -> None:
+    async def close(self) -> bool:
+        """Deliver the replies and lines still held, each producer within its grace;
+        True when every reply was delivered (a line not delivered is spilled)."""
+        replies = asyncio.ensure_future(self.replies.close())  # both waits at once
         if self._background is not None:
             await self._background.stop()
+        return await replies
 
     async def reply(self, topic: str, event: ReplyEvent) -> None:
         key = event.correlation_id.encode()
-        delivery = await self._send(topic, key, encode(event))
+        delivery = await self.replies.send(topic, key, encode(event))
         if event.kind != "chunk" or event.body is not None:  # (a degraded notice: no matter)
             # An answer or a chunk the broker took, then failed to store.
             delivery.add_done_callback(partial(self._replied, topic, event))
@@ -192,9 +202,15 @@ class KafkaSink:
             return
         lost = answer_lost(exc)
         told = ReplyEvent(correlation_id=event.correlation_id, kind="error", error=lost.to_dict())
-        task = asyncio.ensure_future(self._send(topic, event.correlation_id.encode(), encode(told)))
+        task = asyncio.ensure_future(self._tell(topic, told))
         self._tasks.add(task)
         task.add_done_callback(self._sent_or_logged)
+
+    async def _tell(self, topic: str, told: ReplyEvent) -> None:
+        """Queue ``told`` within ``REPLY_SEND_S``, as the handler's replies are: a topic
+        gone meanwhile would keep the send asking the broker for its metadata."""
+        async with asyncio.timeout(REPLY_SEND_S):
+            await self.replies.send(topic, told.correlation_id.encode(), encode(told))
 
     async def usage(self, event: UsageEvent) -> None:
         metrics.count_line(event, self.tenants, self.aliases)
@@ -515,9 +531,14 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
 
     @app.task
     async def _started() -> None:
-        """Say in the audit log that this worker runs, and with which config; and take
-        what start-up made out of the collector's scans (a full collection under load
-        then pauses the loop ~2 ms instead of ~45 ms)."""
+        """Start the reply producer (now, not at the first reply, which starts it
+        otherwise); say in the audit log that this worker runs, and with which config;
+        and take what start-up made out of the collector's scans (a full collection under
+        load then pauses the loop ~2 ms instead of ~45 ms)."""
+        try:
+            await sink.replies.start()
+        except Exception as exc:
+            log.warning("the reply producer could not start yet: %r", exc)
         gc.freeze()
         # The lease owner's name unless one is set: not the pid alone, as every worker in
         # a container is pid 1.
@@ -563,7 +584,8 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
             await runner.cleanup()
         await store_redis.aclose()
         await http.aclose()
-        await sink.close()
+        if not await sink.close():
+            cast(RelayApp, app).undelivered = True  # so the consumer commits nothing
 
     return app
 

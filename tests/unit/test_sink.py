@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 from faust.exceptions import ProducerSendError
 
@@ -38,9 +40,25 @@ class Producer:
         return delivery
 
 
-def sink_on(producer: Any, spill: Path | None = None) -> KafkaSink:
+class OwnReplies:
+    """The sink's reply producer (``streams.replies.Replies``), sending on ``producer``."""
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+        return await self.producer.send(topic, key, value, None, None, None)  # type: ignore[no-any-return]
+
+    async def close(self) -> bool:
+        return True
+
+
+def sink_on(producer: Any, spill: Path | None = None, replies: Any = None) -> KafkaSink:
+    """A sink whose Faust producer is ``producer``, and whose replies go on it too unless
+    ``replies`` is given."""
     app = SimpleNamespace(producer=producer)
-    return KafkaSink(app, Topics("relay"), None, "127.0.0.1:9", spill)  # type: ignore[arg-type]
+    replies = replies if replies is not None else OwnReplies(producer)
+    return KafkaSink(app, Topics("relay"), None, "127.0.0.1:9", spill, replies=replies)  # type: ignore[arg-type]
 
 
 async def test_an_answer_the_broker_refuses_is_followed_by_an_error_its_waiter_hears() -> None:
@@ -152,3 +170,114 @@ async def test_a_ledger_line_naming_a_tenant_or_alias_not_configured_makes_no_se
     assert value("relay_worker_cost_usd_total", unknown) == before + 0.5
     assert value("relay_worker_cost_usd_total", {"tenant": "acme", "alias": "unknown"}) == 0.5
     assert value("relay_worker_cost_usd_total", {"tenant": "acme", "alias": "m"}) == 0.5
+
+
+class Leaderless:
+    """Cluster metadata after a topic was deleted: its partition has no leader."""
+
+    def leader_for_partition(self, tp: Any) -> None:
+        return None
+
+
+def replies_with_a_deleted_topic(monkeypatch: Any) -> Any:
+    """The sink's real reply producer (``streams.replies``), its metadata still listing a
+    reply topic whose partition has lost its leader: the topic was deleted after the
+    producer had cached it, so a send queues the reply and nothing can ever take it."""
+    from aiokafka import AIOKafkaProducer
+
+    from streams.replies import Replies, reply_producer
+
+    replies = Replies("127.0.0.1:9")
+    producer: AIOKafkaProducer = reply_producer("127.0.0.1:9")
+
+    async def cached(topic: str) -> None:
+        return None
+
+    monkeypatch.setattr(producer.client, "_wait_on_metadata", cached)
+    monkeypatch.setattr(producer, "_partition", lambda *args: 0)
+    producer._message_accumulator._cluster = Leaderless()
+    replies.producer = producer  # (as started)
+    return replies
+
+
+async def test_a_reply_to_a_deleted_topic_holds_up_no_flush_of_fausts_and_expires_soon(
+    monkeypatch: Any,
+) -> None:
+    """Replies go on the sink's own producer, never Faust's: Faust flushes its producer
+    before every offset commit and at each rebalance, and a reply stuck there (its topic
+    gone) froze the worker's commits for Faust's 20-minute request timeout.  On its own
+    producer the stuck reply expires after REPLY_TIMEOUT_MS, and then its waiter is told."""
+    from aiokafka.errors import KafkaError
+
+    from streams.replies import REPLY_TIMEOUT_MS
+
+    faust_producer = Producer()
+    replies = replies_with_a_deleted_topic(monkeypatch)
+    sink = sink_on(faust_producer, replies=replies)
+    final = ReplyEvent(correlation_id="c1", kind="final", body={"text": "late"})
+    await asyncio.wait_for(sink.reply("relay.replies.gone", final), 1)
+    assert faust_producer.delivered == [], "nothing on Faust's producer"
+    accumulator = replies.producer._message_accumulator
+    [batch] = [b for batches in accumulator._batches.values() for b in batches]
+    assert batch._ttl == REPLY_TIMEOUT_MS / 1000 <= 30, "not Faust's 1200 s"
+
+    nodes, unknown_leaders = accumulator.drain_by_nodes(ignore_nodes=set())
+    assert not nodes and unknown_leaders, "no leader: the batch waits"
+    batch._ctime -= REPLY_TIMEOUT_MS / 1000 + 1  # its time is up
+    accumulator.drain_by_nodes(ignore_nodes=set())
+    assert isinstance(batch.future.exception(), KafkaError)  # expired: the broker is not asked
+    await asyncio.sleep(0.01)  # the sink tells the waiter: a small error, on the same producer
+    [told] = [b for batches in accumulator._batches.values() for b in batches]
+    assert told is not batch and told.tp.topic == "relay.replies.gone"
+    assert faust_producer.delivered == []
+    assert await replies.close(0.01) is False  # (the notice is as stuck)
+
+
+async def test_the_notice_of_a_lost_answer_is_given_up_after_reply_send_s(
+    monkeypatch: Any, caplog: Any
+) -> None:
+    """The error sent after an answer the broker failed goes to the same topic, which may
+    be gone: its send, which would ask the broker for the topic's metadata for the reply
+    producer's whole request timeout, is given up after REPLY_SEND_S as the handler's are."""
+    monkeypatch.setattr("streams.wiring.REPLY_SEND_S", 0.05)
+    answered: list[str] = []
+
+    class Hanging:
+        async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+            if answered:
+                await asyncio.sleep(3600)  # the notice: its topic's metadata never comes
+            answered.append(topic)
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(MessageSizeTooLargeError("RecordTooLarge"))
+            return failed
+
+    caplog.set_level(logging.WARNING)
+    sink = sink_on(Producer(), replies=Hanging())
+    await sink.reply("relay.replies.gone", ReplyEvent(correlation_id="c1", kind="final"))
+    await asyncio.sleep(0.2)
+    assert not sink._tasks, "the notice's task ended"
+    assert any("could not be sent" in r.getMessage() for r in caplog.records)
+
+
+async def test_replies_still_held_at_stop_are_said_lost_and_the_close_says_so(
+    monkeypatch: Any, caplog: Any
+) -> None:
+    """At stop the reply producer delivers what it holds within its grace, else drops it
+    and says so: the sink's close returns False, and the worker then commits no offset."""
+    caplog.set_level(logging.ERROR)
+    replies = replies_with_a_deleted_topic(monkeypatch)
+    sink = sink_on(Producer(), replies=replies)
+    await sink.reply("relay.replies.gone", ReplyEvent(correlation_id="c1", kind="final"))
+    monkeypatch.setattr(replies, "close", partial(type(replies).close, replies, 0.05))
+    assert await asyncio.wait_for(sink.close(), 5) is False
+    assert any("replies" in r.getMessage() and "lost" in r.getMessage() for r in caplog.records)
+    from aiokafka.errors import ProducerClosed
+
+    with pytest.raises(ProducerClosed):
+        await replies.send("relay.replies.g", b"c2", b"{}")
+
+
+async def test_a_sink_that_sent_no_reply_closes_delivered() -> None:
+    from streams.replies import Replies
+
+    assert await sink_on(Producer(), replies=Replies("127.0.0.1:9")).close() is True
