@@ -41,10 +41,18 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
-COMPACT = {"cleanup.policy": "compact", "segment.ms": str(3600 * 1000)}
+# Every topic keeps each batch as its producer wrote it: a broker or topic default of
+# compression.type=zstd (say) would recompress the relay's own messages, and a reader
+# without that codec could read none of them.
+AS_WRITTEN = {"compression.type": "producer"}
+COMPACT = {"cleanup.policy": "compact", "segment.ms": str(3600 * 1000)} | AS_WRITTEN
+# Every other topic is a log, said outright: on a cluster whose log.cleanup.policy is
+# compact, requests, answers and results would be compacted by key, and a dead letter
+# (or any message without a key) refused.
+DELETE = {"cleanup.policy": "delete"} | AS_WRITTEN
 # The ledger and the audit log are replayed for 400 days: said outright, so no broker
 # default (log.retention.bytes, a compacting log.cleanup.policy) shortens them.
-KEPT = {"cleanup.policy": "delete", "retention.ms": str(400 * DAY_MS), "retention.bytes": "-1"}
+KEPT = DELETE | {"retention.ms": str(400 * DAY_MS), "retention.bytes": "-1"}
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,7 @@ class Topics:
         return TopicSpec(
             f"{self.prefix}.requests",
             self.request_partitions,
-            {"retention.ms": str(DAY_MS)} | LARGE,
+            DELETE | {"retention.ms": str(DAY_MS)} | LARGE,
         )
 
     @property
@@ -71,7 +79,7 @@ class Topics:
     @property
     def health(self) -> TopicSpec:
         """Outcome of every vendor call, folded into the vendor-health table."""
-        return TopicSpec(f"{self.prefix}.health", 1, {"retention.ms": str(DAY_MS)})
+        return TopicSpec(f"{self.prefix}.health", 1, DELETE | {"retention.ms": str(DAY_MS)})
 
     @property
     def audit(self) -> TopicSpec:
@@ -80,21 +88,29 @@ class Topics:
 
     @property
     def dead_letter(self) -> TopicSpec:
-        return TopicSpec(f"{self.prefix}.dead-letter", 1, {"retention.ms": str(30 * DAY_MS)})
+        """Messages a worker could not read, keyed by the topic each came from."""
+        return TopicSpec(
+            f"{self.prefix}.dead-letter", 1, DELETE | {"retention.ms": str(30 * DAY_MS)}
+        )
 
     @property
     def batch_results(self) -> TopicSpec:
         """Answers to the lines of the relay's own Batch API, keyed by each line's
         correlation id (``<batch id>/<line index>``); the results agent stores them, and
-        replaying the topic rebuilds the store."""
+        replaying the topic rebuilds the store's results of the last 30 days (the store
+        may keep them longer: ``RELAY_BATCH_RETENTION_S``)."""
         return TopicSpec(
-            f"{self.prefix}.batch-results", 4, {"retention.ms": str(30 * DAY_MS)} | LARGE
+            f"{self.prefix}.batch-results",
+            4,
+            DELETE | {"retention.ms": str(30 * DAY_MS)} | LARGE,
         )
 
     def replies(self, instance: str) -> TopicSpec:
         """One reply topic per gateway instance, so each replica reads only its replies."""
         return TopicSpec(
-            f"{self.prefix}.replies.{instance}", 1, {"retention.ms": str(3600_000)} | LARGE
+            f"{self.prefix}.replies.{instance}",
+            1,
+            DELETE | {"retention.ms": str(3600_000)} | LARGE,
         )
 
     def changelog(self, table: str, partitions: int) -> TopicSpec:
@@ -105,9 +121,9 @@ class Topics:
         return f"{self.prefix}-{APP_ID}" if self.prefix != "relay" else APP_ID
 
     def tables(self) -> list[TopicSpec]:
+        """The changelogs of the worker's tables (``streams.wiring``), one per table."""
         return [
             self.changelog("vendor_health", 1),
-            self.changelog("prices", 1),
             self.changelog("tenant_spend", self.usage.partitions),
         ]
 
@@ -134,13 +150,14 @@ async def ensure_topics(
     *,
     replication: int | None = None,
     leader_wait_s: float = LEADER_WAIT_S,
-) -> None:
+) -> dict[str, int]:
     """Create the topics of ``specs`` that do not exist yet, with their configs, and wait
     for their leaders; raises ``TopicsRefused`` when the broker refuses one (no right to
     create it, a replication factor or config it does not take) or gives it no leader
     within ``leader_wait_s``.  Topics that exist are left as they are, but where their
     partitions, replicas or declared configs differ from ``specs`` it is logged, with the
-    command that fixes it.
+    command that fixes it.  Returns each topic's partitions: as declared for one made
+    here, as it has them for one made earlier.
 
     ``replication``: the replication factor of new topics (``RELAY_TOPIC_REPLICATION``);
     None: as many as the cluster has brokers, up to ``MAX_AUTO_REPLICATION`` (1 on the
@@ -166,6 +183,12 @@ async def ensure_topics(
             await _check(admin, bootstrap, existing, described, wanted)
     finally:
         await admin.close()
+    return {
+        s.name: len(described[s.name].get("partitions") or ())
+        if s.name in described
+        else s.partitions
+        for s in specs
+    }
 
 
 async def _create(

@@ -267,7 +267,9 @@ class KafkaSink:
         return hit[0] if hit else None
 
     async def dead_letter(self, letter: DeadLetter) -> None:
-        await self._send_later(self.topics.dead_letter.name, None, encode(letter))
+        # Keyed (by where it came from): a topic a cluster's default compacts refuses
+        # a message without a key.
+        await self._send_later(self.topics.dead_letter.name, letter.topic.encode(), encode(letter))
 
     def dead_letter_soon(self, letter: DeadLetter) -> None:
         """Send ``letter`` from a task of its own: for a fetch, which cannot wait."""

@@ -188,7 +188,7 @@ async def test_a_changelog_that_is_not_compacted_is_reported(
     admin(
         StubAdmin(
             existing={spend.name: existing(spend)},
-            configs={spend.name: {"cleanup.policy": "delete", "segment.ms": "3600000"}},
+            configs={spend.name: {**spend.config, "cleanup.policy": "delete"}},
         )
     )
     with caplog.at_level(logging.WARNING, logger="relay.topics"):
@@ -229,3 +229,62 @@ async def test_a_config_check_the_broker_refuses_never_stops_a_start(
     with caplog.at_level(logging.WARNING, logger="relay.topics"):
         await ensure_topics("kafka:9092", [t.usage])
     assert any("could not check the configs" in r.getMessage() for r in caplog.records)
+
+
+def every_spec(t: Topics) -> list[TopicSpec]:
+    return [*t.all(), t.replies("gw-1")]
+
+
+def test_every_topic_keeps_batches_as_their_producer_wrote_them() -> None:
+    """compression.type=producer, said outright: a cluster default (zstd, say) would
+    recompress the relay's own messages, and _check reports a topic made otherwise."""
+    for spec in every_spec(Topics("relay")):
+        assert spec.config.get("compression.type") == "producer", spec.name
+
+
+def test_every_topic_but_a_changelog_says_it_is_a_log_that_deletes() -> None:
+    """On a cluster whose default log.cleanup.policy is compact, requests, answers and
+    results would be compacted by key, and a message without a key refused."""
+    t = Topics("relay")
+    changelogs = {s.name for s in t.tables()}
+    for spec in every_spec(t):
+        wanted = "compact" if spec.name in changelogs else "delete"
+        assert spec.config.get("cleanup.policy") == wanted, spec.name
+
+
+def test_every_changelog_declared_is_a_worker_table_s_and_each_table_s_is_declared(
+    tmp_path: Any,
+) -> None:
+    """The changelogs made are exactly those of the worker's tables (no relay-prices-
+    changelog made on every cluster for a table that never existed), partitions and all."""
+    from pathlib import Path
+
+    import yaml
+
+    from schemas.config import RelayConfig
+    from schemas.settings import Settings
+    from streams import fetch_guard, topic_guard
+    from streams.wiring import build_worker
+
+    example = Path(__file__).resolve().parents[2] / "relay.example.yaml"
+    cfg = yaml.safe_load(example.read_text())
+    cfg.pop("simulator", None)
+    try:
+        app = build_worker(Settings(data_dir=tmp_path), RelayConfig.model_validate(cfg), "x:9")
+    finally:  # (process-wide guards the worker installs)
+        fetch_guard.uninstall()
+        topic_guard.uninstall()
+    tables = {t.changelog_topic.get_topic_name(): t.partitions for t in app.tables.values()}
+    declared = {s.name: s.partitions for s in Topics(Settings().topic_prefix).tables()}
+    assert declared == tables
+
+
+async def test_the_partitions_of_each_topic_are_returned(admin: Any) -> None:
+    """As declared for a topic made now; as it is for one made earlier (a reply topic
+    made by hand with three)."""
+    t = Topics("relay")
+    replies = t.replies("gw-1")
+    stub = admin(StubAdmin(existing={replies.name: existing(replies, partitions=3)}))
+    stub.configs[replies.name] = dict(replies.config)
+    made = await ensure_topics("kafka:9092", [t.requests, replies])
+    assert made == {t.requests.name: 8, replies.name: 3}
