@@ -17,18 +17,29 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from prometheus_client import Counter
 
 from gateway import metrics
 from gateway.audit import AUDIT_WINDOW_S, AuditTrail
 from schemas.envelope import AuditEvent, AuditKind, ReplyEvent, RequestEnvelope, UsageEvent
 from schemas.errors import BadRequest, NoHealthyVendor, RelayError, RequestTooLarge
+from streams import fetch_guard
 from streams.codec import encode
+from streams.fetch_guard import Unreadable
 from streams.producers import BackgroundProducer, Line
 from streams.stopping import stop_consumer, stop_quietly
 from streams.topics import MAX_MESSAGE_BYTES, Topics, ensure_topics
 from tables.recent import RecentIds
 
 log = logging.getLogger("relay.gateway")
+SKIPPED = Counter(
+    "relay_replies_skipped_total",
+    "Records on this gateway's reply topic it could not read and stepped over: a batch "
+    "that cannot be read (unreadable), a record that is no reply (unparsed)",
+    ["reason"],
+)
+for _reason in ("unreadable", "unparsed"):
+    SKIPPED.labels(_reason)
 TOO_LARGE = "the request is larger than the relay's broker takes in one message"
 UNQUEUED = "the relay could not queue the request; try again shortly"
 
@@ -102,18 +113,23 @@ class Bus:
         self._stopping = False
 
     async def start(self) -> None:
-        await ensure_topics(
+        made = await ensure_topics(
             self.bootstrap,
             [*self.topics.all(), self.topics.replies(self.instance)],
             replication=self.replication,
         )
         metrics.BROKER_UP.set(1)  # it just answered
+        # A record batch the reader cannot read is stepped over (logged and counted),
+        # not fetched again for ever: the reply consumer is the only one in the process.
+        fetch_guard.install(skipped)
         await self.producer.start()
         await self.ledger.start()
         await self.consumer.start()
-        tp = TopicPartition(self.reply_topic, 0)
-        self.consumer.assign([tp])
-        await self.consumer.seek_to_end(tp)
+        # Every partition: workers spread replies over all a reply topic has (one made
+        # earlier, by hand or by a cluster's defaults, may have more than the one declared).
+        tps = [TopicPartition(self.reply_topic, p) for p in range(made[self.reply_topic] or 1)]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_end(*tps)
         self._reader = asyncio.create_task(self._read())
         self._watcher = asyncio.create_task(self._watch_workers())
 
@@ -182,6 +198,7 @@ class Bus:
                         event = ReplyEvent.model_validate_json(record.value or b"")
                     except Exception as exc:
                         log.warning("unreadable reply at offset %s: %s", record.offset, exc)
+                        SKIPPED.labels("unparsed").inc()
                         continue
                     queue = self.waiting.get(event.correlation_id)
                     if queue is not None:
@@ -391,6 +408,14 @@ class Bus:
             return {"broker": True, "worker": False}
         finally:
             await admin.close()
+
+
+def skipped(bad: Unreadable) -> None:
+    """A record batch on the reply topic that cannot be read (a codec this install
+    lacks, a header key that is not UTF-8): logged and counted, the fetch moves past it.
+    Its replies' waiters hear nothing more, and time out at their deadlines."""
+    log.error("skipped %s: a record batch that cannot be read (%s)", bad.where, bad.error)
+    SKIPPED.labels("unreadable").inc(bad.last - bad.first + 1)
 
 
 def wire(env: RequestEnvelope) -> bytes:

@@ -310,3 +310,86 @@ async def test_a_stop_waits_for_a_ledger_line_a_failure_hands_on_before_the_prod
     assert len(ledger.lines) == 2 and b"e-hit" in ledger.lines[0]
     assert b"no_worker" in ledger.lines[1]
     assert ledger.kept == [] and ledger.stopped
+
+
+async def test_a_reply_topic_made_earlier_with_three_partitions_is_read_on_all_three(
+    monkeypatch: Any,
+) -> None:
+    """Workers key replies over every partition the reply topic has: a gateway reading
+    partition 0 alone never heard two answers in three."""
+    import gateway.bus
+    from gateway.bus import Bus
+    from streams import fetch_guard
+    from streams.topics import Topics
+
+    class Started:
+        async def start(self) -> None: ...
+
+    class Consumer(Started):
+        assigned: list[Any] = []
+        at_end: tuple[Any, ...] = ()
+
+        def assign(self, tps: list[Any]) -> None:
+            self.assigned = tps
+
+        async def seek_to_end(self, *tps: Any) -> None:
+            self.at_end = tps
+
+    bus = Bus("127.0.0.1:9", Topics("t"), "gw-1")  # never started
+    for kafka in (bus.producer, bus.consumer):
+        await kafka.stop()
+    await bus.ledger.stop()
+
+    async def made(bootstrap: str, specs: list[Any], **_: Any) -> dict[str, int]:
+        return {s.name: 3 if s.name == bus.reply_topic else s.partitions for s in specs}
+
+    monkeypatch.setattr(gateway.bus, "ensure_topics", made)
+    consumer = Consumer()
+    bus.producer, bus.ledger, bus.consumer = Started(), Started(), consumer  # type: ignore[assignment]
+    monkeypatch.setattr(bus, "_read", lambda: asyncio.sleep(0))
+    monkeypatch.setattr(bus, "_watch_workers", lambda: asyncio.sleep(0))
+    try:
+        await bus.start()
+        # and every fetch guarded: a batch it cannot read is stepped over (next test)
+        assert fetch_guard._report is gateway.bus.skipped
+    finally:
+        fetch_guard.uninstall()
+    assert [(tp.topic, tp.partition) for tp in consumer.assigned] == [
+        ("t.replies.gw-1", p) for p in range(3)
+    ]
+    assert list(consumer.at_end) == consumer.assigned
+
+
+async def test_a_reply_batch_that_cannot_be_read_is_stepped_over_logged_and_counted(
+    caplog: Any,
+) -> None:
+    """Through aiokafka's own fetch classes, as the reply consumer reads: with the guard
+    the gateway installs, the readable replies are handed over and the fetch position
+    moves past the bad batch, instead of getmany() raising at the same offset for ever."""
+    from aiokafka.consumer import fetcher
+    from aiokafka.structs import TopicPartition
+    from prometheus_client import REGISTRY
+
+    from gateway.bus import skipped
+    from streams import fetch_guard
+    from tests.unit.test_kafka_fetch_guard import batch
+
+    def counted() -> float:
+        value = REGISTRY.get_sample_value("relay_replies_skipped_total", {"reason": "unreadable"})
+        assert value is not None, "started at 0"
+        return value
+
+    before = counted()
+    tp = TopicPartition("t.replies.gw-1", 0)
+    data = batch(0, [b"a", b"b", b"c"], poison=1) + batch(3, [b"d"])
+    fetch_guard.install(skipped)
+    try:
+        records = fetcher.PartitionRecords(
+            tp, fetcher.MemoryRecords(data), [], 0, None, None, True, 0
+        )
+        assert [r.value for r in records] == [b"a", b"d"]
+    finally:
+        fetch_guard.uninstall()
+    assert records.next_fetch_offset == 4
+    assert counted() == before + 2, "the records not read: offsets 1 and 2"
+    assert "skipped t.replies.gw-1[0]@1-2" in caplog.text
