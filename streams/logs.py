@@ -4,10 +4,16 @@ While its broker is down, the Kafka client logs the same few errors (cannot conn
 metadata, fetch failed) for every retry: about sixty lines a second per process, which
 buries whatever else was said and fills disks.  ``Repeats`` lets the first of each kind
 through at once, holds back the rest for a window, and then says how many it held.
+
+A kind is a logger, a level and a message template; a record logged with
+``extra={FOLD_BY: value}`` is of a kind of its own for each value (the ledger's producer
+folds its errors per topic: one for the ledger never hides one for the audit log).  What is
+still held back when the process exits is said then (``Repeats.flush``).
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
 import time
@@ -15,19 +21,23 @@ import time
 # The Kafka client, and the ledger's producer (a line the broker never took, each time)
 NOISY_WITHOUT_BROKER = ("aiokafka", "streams.producers")
 REPEAT_WINDOW_S = 30.0
+FOLD_BY = "fold_by"  # the ``extra`` key that makes a record's kind finer
+
+Kind = tuple[str, int, str, object]
 
 
 class Repeats(logging.Filter):
-    """Passes a record unless one with the same logger, level and message template
-    passed within ``window_s``; the next one to pass tells how many were held back."""
+    """Passes a record unless one of its kind (logger, level, message template and any
+    ``FOLD_BY``) passed within ``window_s``; the next one to pass tells how many were
+    held back."""
 
     def __init__(self, window_s: float = REPEAT_WINDOW_S) -> None:
         super().__init__()
         self.window_s = window_s
-        self._last: dict[tuple[str, int, str], tuple[float, int]] = {}
+        self._last: dict[Kind, tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, record.levelno, str(record.msg))
+        key = (record.name, record.levelno, str(record.msg), getattr(record, FOLD_BY, None))
         now = time.monotonic()
         passed_at, held = self._last.get(key, (float("-inf"), 0))
         if now - passed_at < self.window_s:
@@ -38,6 +48,21 @@ class Repeats(logging.Filter):
             said = f"{held} more like this in the last {now - passed_at:.0f}s"
             record.msg = f"{record.msg} ({said})"  # no "%" added: safe to format with args
         return True
+
+    def flush(self) -> None:
+        """Say how many of each kind are held back and not told yet (at exit: no later
+        record of theirs will tell)."""
+        now = time.monotonic()
+        for (name, level, template, _), (passed_at, held) in list(self._last.items()):
+            if held:
+                logging.getLogger(name).log(
+                    level,
+                    "%d more like %r held back in the last %.0fs",
+                    held,
+                    template,
+                    now - passed_at,
+                )
+        self._last.clear()
 
 
 def quiet_repeats(
@@ -51,4 +76,5 @@ def quiet_repeats(
         known = logging.root.manager.loggerDict
         for name in [prefix, *(n for n in known if n.startswith(prefix + "."))]:
             logging.getLogger(name).addFilter(repeats)
+    atexit.register(repeats.flush)  # (before logging's own exit hook, registered earlier)
     return repeats

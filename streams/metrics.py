@@ -4,6 +4,11 @@ Vendor calls, their latency and the breakers are measured here rather than at th
 gateway: only a worker sees every call (fallbacks, retries, batches) and the breakers'
 states.  The endpoint runs on the worker's own event loop (aiohttp), so a scrape reads the
 tables between two events, never while an agent writes them.
+
+One counter here is a gateway's as much as a worker's: ``relay_unsent_lines_total``, kept by
+the producer both write ledger, audit and dead-letter lines with (``streams.producers``),
+and served on each one's /metrics (the gateway's, which imports it with that producer,
+lists this module's other families too, with no samples).
 """
 
 from __future__ import annotations
@@ -33,11 +38,14 @@ VENDOR_CALLS = Counter(
     "Vendor calls made by workers, by outcome (ok, or the relay's error code)",
     ["vendor", "model", "outcome"],
 )
+# From 5 ms (a local model, a vendor's cached answer) to the longest call a deadline allows.
+_VENDOR_BUCKETS_S: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)
+_VENDOR_BUCKETS_S += (10, 30, 60, 120, 300, 600, 1800, 3600)
 VENDOR_LATENCY = Histogram(
     "relay_worker_vendor_latency_seconds",
     "Vendor call latency seen by workers (to the full answer, or the stream's end)",
     ["vendor", "model"],
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+    buckets=_VENDOR_BUCKETS_S,
 )
 BATCH_LINES = Counter(
     "relay_worker_batch_lines_total",
@@ -60,6 +68,33 @@ DIRECT = Counter(
     ["tenant"],
 )
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+# Counted by the ledger's producer (``streams.producers``), in gateways and workers alike:
+# each exposes it on its own /metrics.  Every series starts at 0 with the process.
+UNSENT = Counter(
+    "relay_unsent_lines_total",
+    "Ledger, audit and dead-letter lines not delivered as sent, by kind and outcome: spilled "
+    "(kept in a spill file, sent again at the next start), lost (could not be spilled), "
+    "refused (by the broker, for good)",
+    ["kind", "outcome"],
+)
+# A line's kind, by the last part of its topic's name (``streams.topics.Topics``).
+UNSENT_KINDS = {"usage": "usage", "audit": "audit", "dead-letter": "dead_letter"}
+UNSENT_OUTCOMES = ("spilled", "lost", "refused")
+for _kind in (*UNSENT_KINDS.values(), "other"):
+    for _outcome in UNSENT_OUTCOMES:
+        UNSENT.labels(_kind, _outcome)
+
+
+def line_kind(topic: str) -> str:
+    """``usage``, ``audit`` or ``dead_letter`` for a line on one of those topics (under
+    any prefix), else ``other``."""
+    return UNSENT_KINDS.get(topic.rpartition(".")[2], "other")
+
+
+def count_unsent(lines: Iterable[tuple[str, object, object]], outcome: str) -> None:
+    """``lines`` (topic, key, value) were spilled, lost or refused (``outcome``)."""
+    for topic, _, _ in lines:
+        UNSENT.labels(line_kind(topic), outcome).inc()
 
 
 class WorkerState(Collector):

@@ -11,7 +11,9 @@ broker is away.  A line it cannot queue within ``SEND_WAIT_S`` (its buffer full)
 broker never took (the batch expired), and one still held when the process stops (after
 ``STOP_GRACE_S``) are written to a spill file under ``spill_dir``, and whichever producer
 starts there next sends them again.  A line the broker refuses for good (too large, not
-authorised) is logged and dropped: sending it again would fail again.  A line can arrive
+authorised) is logged and dropped: sending it again would fail again.  Each line spilled,
+lost (it could not be spilled) or refused counts in ``relay_unsent_lines_total``, and
+each kind of loss is logged apart (by topic, kept or lost).  A line can arrive
 twice (a broker that took it just after the stop gave up on it): ``relay report`` counts
 a ledger line once by its event id, the spend agent only within the last 100 000 ids it
 saw, and audit events carry no id.
@@ -33,6 +35,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
+from streams.logs import FOLD_BY
+from streams.metrics import count_unsent
 from streams.stopping import STOP_GRACE_S, close_unflushed
 
 LEDGER_LINGER_MS = 250
@@ -87,6 +91,7 @@ class BackgroundProducer:
                 delivery: asyncio.Future[object] = await self.producer.send(topic, value, key=key)
         except (KafkaError, TimeoutError) as exc:
             if not _worth_keeping(exc):
+                count_unsent([line], "refused")
                 raise
             self._spill_now([line], f"it could not be queued ({exc!r})")
             return None
@@ -99,7 +104,13 @@ class BackgroundProducer:
         if line is None or delivery.cancelled() or (exc := delivery.exception()) is None:
             return
         if not _worth_keeping(exc):
-            log.error("a line for %s was refused by the broker and dropped: %r", line[0], exc)
+            count_unsent([line], "refused")
+            log.error(
+                "a line for %s was refused by the broker and dropped: %r",
+                line[0],
+                exc,
+                extra={FOLD_BY: line[0]},
+            )
             return
         self._failed.append(line)
         if len(self._failed) == 1:  # one spill write for every failure of this loop turn
@@ -122,7 +133,12 @@ class BackgroundProducer:
 
     def _spill_now(self, lines: list[Line], why: str) -> bool:
         kept, where = self._keep(lines)
-        log.error("%d lines for %s not written (%s); %s", len(lines), lines[0][0], why, where)
+        count_unsent(lines, "spilled" if kept else "lost")
+        topics = ", ".join(sorted({topic for topic, _, _ in lines}))
+        # Folded apart by topic and fate: lines kept never hide lines lost, nor the
+        # ledger's the audit log's.
+        said = "%d lines for %s not written (%s); %s"
+        log.error(said, len(lines), topics, why, where, extra={FOLD_BY: (topics, kept)})
         return kept
 
     async def stop(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 
 import pytest
@@ -62,5 +63,49 @@ def test_the_kafka_client_s_own_loggers_are_folded(clock, caplog):
                 fetcher.log.error("Failed fetch messages from %s: %s", 1, "NodeNotReadyError")
         assert [r.name for r in caplog.records] == ["aiokafka", "aiokafka.consumer.fetcher"]
     finally:
+        atexit.unregister(repeats.flush)
         for name in ["aiokafka", *logging.root.manager.loggerDict]:
             logging.getLogger(name).removeFilter(repeats)
+
+
+def producer_record(msg: str, *args: object, fold: object) -> logging.LogRecord:
+    made = logging.LogRecord("streams.producers", logging.ERROR, __file__, 1, msg, args, None)
+    made.fold_by = fold  # as logging's ``extra={FOLD_BY: ...}`` sets it
+    return made
+
+
+def test_lines_lost_are_never_folded_into_lines_kept_nor_one_topic_into_another(clock):
+    """The ledger's producer says each kind of loss apart: after a 'kept' error, a
+    'lost' one (the spill file could not be written) within the window still passes, and
+    so does one for another topic; a second 'lost' for the same topic is folded."""
+    repeats = Repeats(window_s=30)
+    template = "%d lines for %s not written (%s); %s"
+    usage = "relay.usage"
+    kept = producer_record(template, 1, usage, "timeout", "kept in x", fold=(usage, True))
+    lost = producer_record(template, 1, usage, "timeout", "lost: disk full", fold=(usage, False))
+    audit = producer_record(
+        template, 1, "relay.audit", "t", "kept in x", fold=("relay.audit", True)
+    )
+    again = producer_record(template, 1, usage, "timeout", "lost: disk full", fold=(usage, False))
+    assert [repeats.filter(r) for r in (kept, lost, audit, again)] == [True, True, True, False]
+
+
+def test_what_is_held_back_at_exit_is_said(clock, caplog):
+    """A held count is told by the next record of its kind; when none comes, by
+    ``flush`` (quiet_repeats runs it at exit)."""
+    repeats = Repeats(window_s=30)
+    logger = logging.getLogger("streams.producers")
+    logger.addFilter(repeats)
+    try:
+        with caplog.at_level(logging.ERROR, logger="streams.producers"):
+            for _ in range(3):
+                logger.error("a line for %s was refused", "relay.audit")
+            clock[0] += 5
+            repeats.flush()
+    finally:
+        logger.removeFilter(repeats)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "a line for relay.audit was refused",
+        "2 more like 'a line for %s was refused' held back in the last 5s",
+    ]

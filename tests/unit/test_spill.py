@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 import streams.producers
 from streams.producers import BackgroundProducer, _claim, _lines
@@ -170,3 +171,77 @@ def kept_ids(spill_dir: Path) -> set[str]:
         for path in spill_dir.glob("*.jsonl")
         for line in path.read_bytes().splitlines()
     }
+
+
+def unsent(kind: str, outcome: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "relay_unsent_lines_total", {"kind": kind, "outcome": outcome}
+    )
+    assert value is not None, (kind, outcome)
+    return value
+
+
+async def test_each_line_spilled_lost_or_refused_is_counted_by_kind(tmp_path: Path) -> None:
+    """relay_unsent_lines_total{kind, outcome}: kind from the line's topic (under any
+    prefix), ``other`` for any other topic; one count per line."""
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    lines = [
+        ("t.x.usage", b"a", b"{}"),
+        ("t.x.usage", b"b", b"{}"),
+        ("t.x.audit", b"started", b"{}"),
+        ("t.x.dead-letter", b"t.x.requests", b"{}"),
+        ("elsewhere", None, b"{}"),
+    ]
+    kinds = ("usage", "audit", "dead_letter", "other")
+    before = {(k, o): unsent(k, o) for k in kinds for o in ("spilled", "lost", "refused")}
+
+    def added(outcome: str) -> dict[str, float]:
+        return {k: unsent(k, outcome) - before[(k, outcome)] for k in kinds}
+
+    producer = BackgroundProducer("127.0.0.1:9", tmp_path / "spill")
+    assert producer.keep(lines, "no broker")
+    assert added("spilled") == {"usage": 2, "audit": 1, "dead_letter": 1, "other": 1}
+    await producer.producer.stop()
+
+    lost = BackgroundProducer("127.0.0.1:9")  # nowhere to spill
+    assert not lost.keep(lines[:1], "no broker")
+    assert added("lost") == {"usage": 1, "audit": 0, "dead_letter": 0, "other": 0}
+
+    refused: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    lost.pending[refused] = lines[2]
+    refused.set_exception(MessageSizeTooLargeError())
+    lost._delivered(refused)  # the broker refused it for good after taking it
+
+    async def too_large(*args: Any, **kwargs: Any) -> None:
+        raise MessageSizeTooLargeError()
+
+    lost.producer.send = too_large  # type: ignore[method-assign]
+    try:
+        await lost.send("t.x.dead-letter", b"{}")  # refused at once: raised to the caller
+    except MessageSizeTooLargeError:
+        pass
+    assert added("refused") == {"usage": 0, "audit": 1, "dead_letter": 1, "other": 0}
+    await lost.producer.stop()
+
+
+@pytest.mark.parametrize("process", ["gateway.app", "streams.wiring"])
+def test_every_unsent_series_is_there_from_the_start_in_each_process(process: str) -> None:
+    """The gateway and the worker each serve the default registry on /metrics: each has
+    the counter from what it imports (gateway.app, streams.wiring), at 0 for every kind
+    and outcome before any loss, so an alert's rate() sees the first one."""
+    import subprocess
+    import sys
+
+    scrape = (
+        f"import {process}; from prometheus_client import REGISTRY, generate_latest; "
+        "print(generate_latest(REGISTRY).decode())"
+    )
+    exposed = subprocess.run(
+        [sys.executable, "-c", scrape], capture_output=True, text=True, check=True
+    ).stdout
+    for kind in ("usage", "audit", "dead_letter", "other"):
+        for outcome in ("spilled", "lost", "refused"):
+            assert f'relay_unsent_lines_total{{kind="{kind}",outcome="{outcome}"}} 0.0' in exposed
