@@ -147,21 +147,30 @@ class EmbeddedKafka:
         ]  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
-            raise BrokerError(f"mvn could not resolve Apache Kafka:\n{result.stdout[-2000:]}")
+            # Maven reports on stdout; its launcher and the JVM on stderr.
+            said = "\n".join(out[-2000:] for out in (result.stdout, result.stderr) if out.strip())
+            raise BrokerError(f"mvn could not resolve Apache Kafka:\n{said}")
         done.write_text(kafka_version())
         return self.cache_dir
 
     # -- lifecycle -----------------------------------------------------------------
     def _ports(self) -> tuple[int, int]:
         """Keep the ports a data directory was first given, unless taken meanwhile, or
-        one port saved for both (an earlier draw's: Kafka would refuse it at every start)."""
+        one port saved for both (an earlier draw's: Kafka would refuse it at every start),
+        or a file that does not read as two ports (torn by a crash as it was written)."""
         saved = self.data_dir / "ports"
-        if saved.exists():
+        try:
             port, cport = (int(p) for p in saved.read_text().split())
-            if port != cport and port_is_free(port) and port_is_free(cport):
+        except (OSError, ValueError):  # none saved, or not two numbers
+            pass
+        else:
+            ports = (port, cport)
+            if port != cport and all(0 < p < 65536 and port_is_free(p) for p in ports):
                 return port, cport
         port, cport = free_ports()
-        saved.write_text(f"{port} {cport}")
+        written = saved.with_name("ports.tmp")  # then renamed: never seen half-written
+        written.write_text(f"{port} {cport}")
+        os.replace(written, saved)
         return port, cport
 
     def _properties(self, port: int, cport: int) -> Path:

@@ -126,3 +126,24 @@ def test_a_java_home_without_java_is_named_not_taken_for_java_missing(
     message = str(refused.value)
     assert f"JAVA_HOME={tmp_path / 'gone'} has no bin/java" in message
     assert "unset it to use the java on PATH" in message and "install a JDK" not in message
+
+
+def test_mvn_failing_says_what_it_wrote_to_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Maven's launcher and the JVM report on stderr: the error says what they said, not
+    only "mvn could not resolve Apache Kafka:" and nothing."""
+    from streams.broker import BrokerError
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    mvn = bin_dir / "mvn"
+    mvn.write_text(
+        "#!/bin/sh\necho 'Error: Could not find or load main class "
+        "org.codehaus.plexus.classworlds.launcher.Launcher' >&2\nexit 1\n"
+    )
+    mvn.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    kafka = EmbeddedKafka(tmp_path / "data", cache_dir=tmp_path / "jars")
+    with pytest.raises(BrokerError, match="Could not find or load main class"):
+        kafka.jars()
