@@ -167,3 +167,22 @@ def test_the_readme_runs_report_and_audit_where_the_compose_kafka_is() -> None:
     charts = {m for _, args in runs for m in re.findall(r"--chart (\S+)", args)}
     copied = re.findall(r"^docker compose cp (\S+?):(\S+) \.", text, re.M)
     assert charts and {path for _, path in copied} == charts
+
+
+def test_lines_not_sent_to_the_broker_show_beside_the_money() -> None:
+    """The ledger is the billing record: its lines spilled, lost or refused show in the
+    Money row, by kind and outcome, as the alerts on them count them."""
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "relay-station.json").read_text())
+    rows = sorted(
+        (p["gridPos"]["y"], p["title"]) for p in dashboard["panels"] if p["type"] == "row"
+    )
+    panel = next(p for p in _panels().values() if "relay_unsent_lines_total" in str(_exprs(p)))
+    row = max((y, title) for y, title in rows if y <= panel["gridPos"]["y"])[1]
+    assert row == "Money"
+    [expr] = _exprs(panel)
+    assert expr.startswith("sum by (kind, outcome) (increase(relay_unsent_lines_total[")
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
+    assert alerts["RelayLedgerLinesLost"]["labels"]["severity"] == "critical"
+    assert 'kind="usage",outcome=~"lost|refused"' in alerts["RelayLedgerLinesLost"]["expr"]
+    assert alerts["RelayLinesUnsent"]["labels"]["severity"] == "warning"
