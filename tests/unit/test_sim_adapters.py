@@ -381,7 +381,7 @@ async def test_a_stop_sequence_served_by_openai_ends_the_text_there(
 async def test_parallel_calls_and_stops_from_openai_and_ollama_vendors(
     sim: httpx.AsyncClient, kind: str
 ) -> None:
-    """Parallel calls keep their order and arguments (Ollama's get the relay's ids); a
+    """Parallel calls keep their order and arguments (Ollama's carry the simulator's own ids, as Ollama 0.12 sends them); a
     stop sequence ends the text there with finish "stop"."""
     model = GPT if kind == "openai" else LLAMA
     vendor = adapter(kind, sim)
