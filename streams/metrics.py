@@ -5,10 +5,9 @@ gateway: only a worker sees every call (fallbacks, retries, batches) and the bre
 states.  The endpoint runs on the worker's own event loop (aiohttp), so a scrape reads the
 tables between two events, never while an agent writes them.
 
-One counter here is a gateway's as much as a worker's: ``relay_unsent_lines_total``, kept by
-the producer both write ledger, audit and dead-letter lines with (``streams.producers``),
-and served on each one's /metrics (the gateway's, which imports it with that producer,
-lists this module's other families too, with no samples).
+``relay_unsent_lines_total``, a gateway's as much as a worker's, is kept by the producer
+both write ledger, audit and dead-letter lines with (``streams.producers``), and served on
+each one's /metrics from the default registry.
 """
 
 from __future__ import annotations
@@ -68,33 +67,6 @@ DIRECT = Counter(
     ["tenant"],
 )
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
-# Counted by the ledger's producer (``streams.producers``), in gateways and workers alike:
-# each exposes it on its own /metrics.  Every series starts at 0 with the process.
-UNSENT = Counter(
-    "relay_unsent_lines_total",
-    "Ledger, audit and dead-letter lines not delivered as sent, by kind and outcome: spilled "
-    "(kept in a spill file, sent again at the next start), lost (could not be spilled), "
-    "refused (by the broker, for good)",
-    ["kind", "outcome"],
-)
-# A line's kind, by the last part of its topic's name (``streams.topics.Topics``).
-UNSENT_KINDS = {"usage": "usage", "audit": "audit", "dead-letter": "dead_letter"}
-UNSENT_OUTCOMES = ("spilled", "lost", "refused")
-for _kind in (*UNSENT_KINDS.values(), "other"):
-    for _outcome in UNSENT_OUTCOMES:
-        UNSENT.labels(_kind, _outcome)
-
-
-def line_kind(topic: str) -> str:
-    """``usage``, ``audit`` or ``dead_letter`` for a line on one of those topics (under
-    any prefix), else ``other``."""
-    return UNSENT_KINDS.get(topic.rpartition(".")[2], "other")
-
-
-def count_unsent(lines: Iterable[tuple[str, object, object]], outcome: str) -> None:
-    """``lines`` (topic, key, value) were spilled, lost or refused (``outcome``)."""
-    for topic, _, _ in lines:
-        UNSENT.labels(line_kind(topic), outcome).inc()
 
 
 class WorkerState(Collector):

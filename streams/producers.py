@@ -27,20 +27,49 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
+from prometheus_client import Counter
 
 from streams.logs import FOLD_BY
-from streams.metrics import count_unsent
 from streams.stopping import STOP_GRACE_S, close_unflushed
 
 LEDGER_LINGER_MS = 250
 SEND_WAIT_S = 1.0  # a send waiting longer for room (the broker away) goes to the spill file
+
+# Counted here, in gateways and workers alike: each exposes it on its own /metrics.
+# Every series starts at 0 with the process.
+UNSENT = Counter(
+    "relay_unsent_lines_total",
+    "Ledger, audit and dead-letter lines not delivered as sent, by kind and outcome: spilled "
+    "(kept in a spill file, sent again at the next start), lost (could not be spilled), "
+    "refused (by the broker, for good)",
+    ["kind", "outcome"],
+)
+# A line's kind, by the last part of its topic's name (``streams.topics.Topics``).
+UNSENT_KINDS = {"usage": "usage", "audit": "audit", "dead-letter": "dead_letter"}
+UNSENT_OUTCOMES = ("spilled", "lost", "refused")
+for _kind in (*UNSENT_KINDS.values(), "other"):
+    for _outcome in UNSENT_OUTCOMES:
+        UNSENT.labels(_kind, _outcome)
+
+
+def line_kind(topic: str) -> str:
+    """``usage``, ``audit`` or ``dead_letter`` for a line on one of those topics (under
+    any prefix), else ``other``."""
+    return UNSENT_KINDS.get(topic.rpartition(".")[2], "other")
+
+
+def count_unsent(lines: Iterable[tuple[str, object, object]], outcome: str) -> None:
+    """``lines`` (topic, key, value) were spilled, lost or refused (``outcome``)."""
+    for topic, _, _ in lines:
+        UNSENT.labels(line_kind(topic), outcome).inc()
+
 
 log = logging.getLogger(__name__)
 
