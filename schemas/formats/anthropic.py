@@ -8,7 +8,9 @@ functions: no I/O, so both sides test without a network.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from collections import deque
 from collections.abc import Collection
@@ -105,12 +107,20 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         raise BadRequest("messages: a non-empty list is required", param="messages")
     _carried_only(body)
+    managed = body.get("context_management")
+    if managed is not None and not isinstance(managed, dict):
+        raise BadRequest("context_management: must be an object", param="context_management")
+    if managed:
+        compaction_refused(managed)  # before the history, which may hold its blocks
 
     out: dict[str, Any] = {"model": body["model"], "messages": [], "max_tokens": max_tokens}
     if body.get("system"):
         out["messages"].append({"role": "system", "content": _system_to_openai(body["system"])})
     for i, message in enumerate(body["messages"]):
         out["messages"].extend(_message_to_openai(message, f"messages.{i}"))
+    if body["messages"][-1]["role"] == "assistant":
+        # A prefill: Anthropic's answer goes on from this turn (``PREFILL``).
+        out["messages"][-1][PREFILL] = True
 
     for key in ("temperature", "top_p", "top_k"):
         value = body.get(key)
@@ -153,13 +163,35 @@ def messages_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("thinking: must be an object", param="thinking")
     if thinking:
         out["thinking"] = thinking
-    managed = body.get("context_management")
-    if managed is not None and not isinstance(managed, dict):
-        raise BadRequest("context_management: must be an object", param="context_management")
     if managed:
         out["context_management"] = managed  # an extension: Anthropic vendors only
     out |= _output_config_to_openai(body)
     return out
+
+
+def compaction_refused(managed: dict[str, Any]) -> None:
+    """Refuse server-side compaction (a ``context_management`` edit of type
+    ``compact_*``): its answer is a ``compaction`` block the client must keep and send
+    back, which the relay's neutral answer has no slot for, so the client would never see
+    the summary (and pay for a new one each turn).  The edits that only clear context
+    (``clear_tool_uses_*``, ``clear_thinking_*``) answer no block of their own and pass."""
+    edits = managed.get("edits")
+    for n, edit in enumerate(edits if isinstance(edits, list) else []):
+        kind = edit.get("type") if isinstance(edit, dict) else None
+        if isinstance(kind, str) and kind.startswith("compact_"):
+            where = f"context_management.edits.{n}.type"
+            raise BadRequest(
+                f"{where}: compaction ({kind}) is not supported by the relay "
+                "(its compaction block cannot reach the client)",
+                param=where,
+            )
+
+
+# The extension on an Anthropic client's last message when it is the assistant's: a
+# prefill, which the answer continues (its content holds the continuation alone).  An
+# OpenAI-format vendor answers a new turn after it instead, so an OpenAI adapter refuses
+# it (``without_cache_control``) and an Anthropic (or Ollama) candidate serves it.
+PREFILL = "prefill"
 
 
 # The Messages request's fields the relay carries to every vendor kind.
@@ -257,6 +289,7 @@ MESSAGE_EXTENSIONS = EXTENSIONS | {
     "thinking_start",
     "thinking_signature",
     "redacted_thinking",
+    PREFILL,
 }
 
 
@@ -287,15 +320,27 @@ def thinking_effort(body: dict[str, Any]) -> str | None:
     return effort if effort in ("low", "medium") else "high"
 
 
-def without_cache_control(body: dict[str, Any]) -> dict[str, Any]:
+def without_cache_control(
+    body: dict[str, Any], *, continues_prefill: bool = True
+) -> dict[str, Any]:
     """The body minus the Anthropic extensions (``EXTENSIONS``), for vendors that do not
     know them; the body itself when it has none.  Thinking an Anthropic client turned on
     becomes ``reasoning_effort`` (``thinking_effort``), unless the body has its own.
 
     Raises ``VendorUnsupported`` for what only an Anthropic vendor reads (a document by
-    URL, file id or content blocks, Anthropic's client tools): an Anthropic candidate
-    later in the plan may still serve the request."""
+    URL, file id or content blocks, Anthropic's client tools), and for an Anthropic
+    client's prefill (``PREFILL``) when the vendor does not continue a last assistant
+    turn (``continues_prefill`` false: OpenAI's chat answers a new turn after it, and the
+    client would join its prefill to an answer that repeats or ignores it): an Anthropic
+    candidate later in the plan may still serve the request."""
     messages = body.get("messages") or []
+    last = messages[-1] if messages else None
+    if not continues_prefill and isinstance(last, dict) and last.get(PREFILL):
+        raise VendorUnsupported(
+            "messages: this model cannot continue a prefilled assistant turn (a last "
+            "message of the assistant's)",
+            param="messages",
+        )
     tools = body.get("tools") or []
     if (
         not any(k in body for k in TOP_EXTENSIONS)
@@ -1153,7 +1198,7 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
             raise BadRequest(f"messages.{i}.role: {role!r} is not supported", param="messages")
         if turn["content"]:
             messages.append(turn)
-    messages = _alternating(messages)
+    messages = _alternating(_with_anthropic_ids(messages))
     if not messages:
         messages, system = _system_as_the_turn(system), []
 
@@ -1174,8 +1219,7 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
     if answer_tool := _json_answer_tool(body.get("response_format")):
         # JSON mode as a tool the model must answer through (alone, or beside the
         # client's own tools, which it may call instead).
-        thinks = isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
-        if thinks:
+        if _thinks(thinking):
             # Anthropic refuses thinking beside a forced tool: the model is asked (by the
             # tool's description) rather than made to answer through it; tools the client
             # said none of may be called are not offered at all.
@@ -1196,6 +1240,8 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
         by_effort = thinking is not None
         if thinking is not None and not given:
             max_tokens = thinking["budget_tokens"] + DEFAULT_MAX_TOKENS
+    elif isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        _refuse_unsigned_tool_turn(messages)
     out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
     if system and not any("cache_control" in b for b in system):
         out["system"] = "\n\n".join(b["text"] for b in system)
@@ -1207,8 +1253,10 @@ def openai_request_to_messages(body: dict[str, Any], model: str) -> dict[str, An
         out["thinking"] = thinking
     if body.get("output_config"):
         out["output_config"] = body["output_config"]
-    if body.get("context_management"):
-        out["context_management"] = body["context_management"]
+    if managed := body.get("context_management"):
+        if isinstance(managed, dict):
+            compaction_refused(managed)  # a body may carry this extension itself
+        out["context_management"] = managed
     # Anthropic refuses sampling knobs beside thinking (as OpenAI's reasoning models do):
     # thinking the relay turned on for reasoning_effort goes without them.
     if body.get("temperature") is not None and not by_effort:
@@ -1325,6 +1373,26 @@ def _effort_thinking(
     if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
         return None
     return thinking
+
+
+def _refuse_unsigned_tool_turn(messages: list[dict[str, Any]]) -> None:
+    """Refuse the client's own (manual) thinking in a tool loop whose last call came
+    without its signed thinking block: another vendor kind answered it (a fallback, a
+    mixed alias), and Anthropic would refuse the request, final, for a history the relay's
+    routing made.  A candidate of that kind may serve it (``VendorUnsupported``); with none
+    left, the client hears this.  Adaptive thinking is left be: Claude may skip thinking
+    there, and a tool call of its own without a thinking block is no fault."""
+    if _unsigned_tool_turn(messages):
+        raise VendorUnsupported(
+            "messages: the last tool call came without the signed thinking block this "
+            "model needs while thinking is on",
+            param="thinking",
+        )
+
+
+def _thinks(thinking: Any) -> bool:
+    """Whether a ``thinking`` config turns thinking on."""
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
 
 
 def _unsigned_tool_turn(messages: list[dict[str, Any]]) -> bool:
@@ -1500,6 +1568,59 @@ def _alternating(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         blocks = [block for turn in (first, *rest) for block in _blocks(turn["content"])]
         out.append({"role": role, "content": blocks})
+    return out
+
+
+_TOOL_ID = re.compile(r"[A-Za-z0-9_-]+")  # what Anthropic takes as a tool_use id
+
+
+def anthropic_tool_id(given: str) -> str:
+    """A tool call's id as Anthropic takes it (``^[a-zA-Z0-9_-]+$``): as it is when it
+    does, else its other characters made ``_`` and a digest of the whole id added, so two
+    ids never become one.  OpenAI-format servers promise no shape (Kimi K2's are
+    ``functions.Bash:0``), and one of them may have made a call an Anthropic vendor now
+    sees in the history.  The same id always maps the same way: a call and its result
+    still pair, turn after turn (and a cached prompt prefix stays the same)."""
+    if _TOOL_ID.fullmatch(given):
+        return given
+    digest = hashlib.sha256(given.encode()).hexdigest()[:12]
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', given)[:64]}_{digest}"
+
+
+def _with_anthropic_ids(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The turns with every ``tool_use`` id and ``tool_result`` ``tool_use_id`` as
+    Anthropic takes them (``anthropic_tool_id``).  On the way to Anthropic only: the
+    client keeps its ids (its answer's calls are Anthropic's own, which need no change),
+    and a vendor of another kind gets them as they were.  A call that came with no id at
+    all (some servers give none) gets one of the relay's, from where it stands, and the
+    results with no id that follow take those in order, as the client sent them."""
+    out: list[dict[str, Any]] = []
+    unnamed: deque[str] = deque()  # the last assistant turn's calls that had no id
+    for i, turn in enumerate(turns):
+        content = turn["content"]
+        if not isinstance(content, list):
+            out.append(turn)
+            continue
+        if turn["role"] == "assistant":
+            unnamed = deque()
+        blocks = []
+        for j, block in enumerate(content):
+            kind = block.get("type")
+            key = {"tool_use": "id", "tool_result": "tool_use_id"}.get(kind)
+            if key is not None:
+                given = block.get(key)
+                if given and isinstance(given, str):
+                    named = anthropic_tool_id(given)
+                elif given:  # a number, say: as its text
+                    named = anthropic_tool_id(str(given))
+                elif kind == "tool_use":
+                    named = f"toolu_relay_{i}_{j}"
+                    unnamed.append(named)
+                else:
+                    named = unnamed.popleft() if unnamed else f"toolu_relay_{i}_{j}"
+                block = block if named == given else {**block, key: named}
+            blocks.append(block)
+        out.append({**turn, "content": blocks})
     return out
 
 
@@ -1777,6 +1898,8 @@ class MessageEventsToChunks:
                 start: dict[str, Any] = {"thinking_start": True}
                 if block.get("thinking"):
                     start["reasoning_content"] = block["thinking"]
+                if block.get("signature"):  # given whole at the start, as the text may be
+                    start["thinking_signature"] = block["signature"]
                 return [self._chunk(start)]
             if block.get("type") == "redacted_thinking":
                 return [self._chunk({"redacted_thinking": block.get("data", "")})]
@@ -1799,9 +1922,13 @@ class MessageEventsToChunks:
                 self._quiet.discard(data.get("index", 0))
                 return [self._chunk({"content": delta["partial_json"]})]
             if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
-                self._quiet.discard(data.get("index", 0))
-                n = self._tools.get(data.get("index", 0), 0)
-                call = {"index": n, "function": {"arguments": delta["partial_json"]}}
+                if (index := data.get("index", 0)) not in self._tools:
+                    return []  # a block skipped at its start (a server tool's): no call's
+                self._quiet.discard(index)
+                call = {
+                    "index": self._tools[index],
+                    "function": {"arguments": delta["partial_json"]},
+                }
                 return [self._chunk({"tool_calls": [call]})]
             return []
         if kind == "content_block_stop" and data.get("index", 0) in self._quiet:

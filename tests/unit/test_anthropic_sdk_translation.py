@@ -2,7 +2,9 @@
 in-process, and a bus runs the real Anthropic or OpenAI adapter (as a worker would, without
 its dispatcher or cache) against a mocked vendor, so each test says what the vendor
 received and what the client's SDK made of the answer.  Aliases ``claude-*`` go to an
-Anthropic vendor, the rest to an OpenAI one."""
+Anthropic vendor, ``mixed-*`` to an Anthropic one and then, should it say it cannot serve
+the request (``VendorUnsupported``), an OpenAI one, as a plan of two candidates would; the
+rest go to an OpenAI one."""
 
 from __future__ import annotations
 
@@ -19,11 +21,12 @@ import pytest
 from agents.adapters.anthropic import AnthropicAdapter
 from agents.adapters.base import VendorCall
 from agents.adapters.openai import OpenAIAdapter
-from schemas.config import VendorConfig
+from schemas.config import RelayConfig, VendorConfig, load_config
 from schemas.envelope import ReplyEvent, RequestEnvelope
-from schemas.errors import RelayError
+from schemas.errors import RelayError, VendorUnsupported
+from schemas.formats.anthropic import anthropic_tool_id
 from schemas.usage import Usage
-from tests.support.gateway import DEMO_KEY, FakeBus, gateway_app
+from tests.support.gateway import DEMO_KEY, EXAMPLE, FakeBus, gateway_app
 
 Handler = Callable[[httpx.Request], httpx.Response]
 SCHEMA = {
@@ -40,10 +43,12 @@ class Vendor:
     def __init__(self) -> None:
         self.handler: Handler = lambda request: httpx.Response(500)
         self.bodies: list[dict[str, Any]] = []
+        self.hosts: list[str] = []  # which vendor each body went to
 
     def client(self) -> httpx.AsyncClient:
         async def handle(request: httpx.Request) -> httpx.Response:
             self.bodies.append(json.loads(request.content))
+            self.hosts.append(request.url.host)
             return self.handler(request)
 
         return httpx.AsyncClient(transport=httpx.MockTransport(handle))
@@ -68,8 +73,17 @@ class AdapterBus(FakeBus):
             self._waiting[env.correlation_id].put_nowait(error)
 
     async def _run(self, env: RequestEnvelope) -> None:
+        if env.alias.startswith("mixed"):
+            try:
+                await self._serve(env, "anthropic")
+            except VendorUnsupported:
+                await self._serve(env, "openai")
+            return
+        await self._serve(env, "anthropic" if env.alias.startswith("claude") else "openai")
+
+    async def _serve(self, env: RequestEnvelope, kind: str) -> None:
         adapter: AnthropicAdapter | OpenAIAdapter
-        if env.alias.startswith("claude"):
+        if kind == "anthropic":
             config = VendorConfig(kind="anthropic", base_url="http://anthropic", api_key_env="X")
             adapter, model = AnthropicAdapter(config, self.vendor.client()), "claude-sonnet-4-5"
         else:
@@ -100,8 +114,19 @@ def vendor() -> Vendor:
     return Vendor()
 
 
+def _config() -> RelayConfig:
+    """The example config and a ``mixed-best`` alias: Claude first, then gpt-4o-mini."""
+    raw = load_config(EXAMPLE).model_dump()
+    both = [
+        *raw["models"]["claude-haiku"]["candidates"],
+        *raw["models"]["gpt-4o-mini"]["candidates"],
+    ]
+    raw["models"]["mixed-best"] = {**raw["models"]["claude-haiku"], "candidates": both}
+    return RelayConfig.model_validate(raw)
+
+
 def _http(vendor: Vendor) -> httpx2.AsyncClient:
-    app, _ = gateway_app()
+    app, _ = gateway_app(config=_config())
     app.state.relay.bus = AdapterBus(vendor)
     # Both official SDKs are built on httpx2; the cache is bypassed: each call is fresh.
     transport = httpx2.ASGITransport(app=app)
@@ -422,3 +447,179 @@ async def test_a_whitespace_stop_sequence_no_candidate_takes_is_named_as_sent(
     said = err.value.body["error"]["message"]  # type: ignore[index]
     assert said.startswith("stop_sequences: ") and "whitespace" in said
     assert not vendor.bodies, "nothing was sent"
+
+
+# -- server-side compaction -------------------------------------------------------------
+
+COMPACTION = {"type": "compaction", "content": "Summary of earlier turns.", "signature": "SIGC"}
+
+
+async def test_compaction_is_refused_naming_the_edit_whole_streamed_and_sent_back(
+    claude: anthropic.AsyncAnthropic, vendor: Vendor
+) -> None:
+    """Its compaction block has no way back to the client through the relay: the client
+    would never see the summary, and pay for a new one each turn.  A 400, never a run
+    without it (nor an empty end_turn answer)."""
+    managed: Any = {"edits": [{"type": "compact_20260112", "pause_after_compaction": True}]}
+    betas: Any = ["compact-2026-01-12"]
+    user: Any = [{"role": "user", "content": "hi"}]
+    sent_back: Any = [*user, {"role": "assistant", "content": [COMPACTION]}, *user]
+    vendor.handler = lambda r: httpx.Response(200, json=anthropic_message([COMPACTION]))
+    calls = [
+        claude.beta.messages.create(
+            model="claude-haiku",
+            max_tokens=100,
+            messages=m,
+            context_management=managed,
+            betas=betas,
+        )
+        for m in (user, sent_back)
+    ]
+    for made in calls:
+        with pytest.raises(anthropic.BadRequestError) as err:
+            await made
+        said = err.value.body["error"]["message"]  # type: ignore[index]
+        assert said.startswith("context_management.edits.0.type: ") and "compact_" in said
+    with pytest.raises(anthropic.BadRequestError, match=r"context_management\.edits\.0\.type"):
+        async with claude.beta.messages.stream(
+            model="claude-haiku",
+            max_tokens=100,
+            messages=user,
+            context_management=managed,
+            betas=betas,
+        ) as s:
+            await s.get_final_message()
+    assert not vendor.bodies, "nothing was sent"
+
+
+# -- thinking in a tool loop another vendor kind answered -------------------------------
+
+
+def unsigned_tool_loop() -> Any:
+    """A tool loop whose last call an OpenAI-format candidate made: no signed thinking."""
+    return [
+        {"role": "user", "content": "list files"},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "call_abc", "name": "Bash", "input": {}}],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "call_abc", "content": "a.txt"}],
+        },
+    ]
+
+
+async def test_thinking_after_an_unsigned_tool_call_is_served_by_the_openai_candidate(
+    claude: anthropic.AsyncAnthropic, vendor: Vendor
+) -> None:
+    vendor.handler = lambda r: httpx.Response(
+        200, json=completion({"role": "assistant", "content": "One file: a.txt"})
+    )
+    tools: Any = [{"name": "Bash", "input_schema": {"type": "object"}}]
+    thinking: Any = {"type": "enabled", "budget_tokens": 2000}
+    message = await claude.messages.create(
+        model="mixed-best",
+        max_tokens=8000,
+        messages=unsigned_tool_loop(),
+        tools=tools,
+        thinking=thinking,
+    )
+    assert message.content[0].model_dump()["text"] == "One file: a.txt"
+    assert vendor.hosts == ["openai"], "Claude, which would refuse it, was never sent it"
+    # With no candidate but Claude, the client hears why.
+    with pytest.raises(anthropic.BadRequestError) as err:
+        await claude.messages.create(
+            model="claude-haiku",
+            max_tokens=8000,
+            messages=unsigned_tool_loop(),
+            tools=tools,
+            thinking=thinking,
+        )
+    assert "signed thinking block" in err.value.body["error"]["message"]  # type: ignore[index]
+    assert vendor.hosts == ["openai"]
+
+
+# -- tool-call ids an OpenAI-format server made -----------------------------------------
+
+KIMI_CALL = {
+    "id": "functions.Bash:0",
+    "type": "function",
+    "function": {"name": "Bash", "arguments": "{}"},
+}
+
+
+async def test_an_openai_client_s_kimi_ids_reach_claude_mapped_and_its_own_come_back(
+    oai: openai.AsyncOpenAI, vendor: Vendor
+) -> None:
+    """Claude refuses ``functions.Bash:0``: it gets the id mapped, call and result alike;
+    the client keeps its own, and the ids of Claude's calls reach it as Claude said them,
+    to come back unchanged."""
+    mapped = anthropic_tool_id("functions.Bash:0")
+    call = {"type": "tool_use", "id": "toolu_2", "name": "Bash", "input": {"cmd": "ls"}}
+    vendor.handler = lambda r: httpx.Response(200, json=anthropic_message([call], stop="tool_use"))
+    messages: Any = [
+        {"role": "user", "content": "list files"},
+        {"role": "assistant", "content": None, "tool_calls": [KIMI_CALL]},
+        {"role": "tool", "tool_call_id": "functions.Bash:0", "content": "a.txt"},
+    ]
+    tools: Any = [
+        {"type": "function", "function": {"name": "Bash", "parameters": {"type": "object"}}}
+    ]
+    chat = await oai.chat.completions.create(model="claude-haiku", messages=messages, tools=tools)
+    assert vendor.last["messages"][1]["content"][0]["id"] == mapped
+    assert vendor.last["messages"][2]["content"][0]["tool_use_id"] == mapped
+    said = chat.choices[0].message
+    assert said.tool_calls and said.tool_calls[0].id == "toolu_2"
+    # Its next turn: both calls go back, and pair as before.
+    messages += [
+        said.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": "toolu_2", "content": "b.txt"},
+    ]
+    vendor.handler = lambda r: httpx.Response(
+        200, json=anthropic_message([{"type": "text", "text": "ok"}])
+    )
+    await oai.chat.completions.create(model="claude-haiku", messages=messages, tools=tools)
+    assert [
+        b["id"] for t in vendor.last["messages"] if t["role"] == "assistant" for b in t["content"]
+    ] == [
+        mapped,
+        "toolu_2",
+    ]
+
+
+async def test_an_anthropic_client_keeps_a_kimi_id_and_each_vendor_gets_it_its_way(
+    claude: anthropic.AsyncAnthropic, vendor: Vendor
+) -> None:
+    tools: Any = [{"name": "Bash", "input_schema": {"type": "object"}}]
+    user: Any = [{"role": "user", "content": "list files"}]
+    made = {"role": "assistant", "content": None, "tool_calls": [KIMI_CALL]}
+    vendor.handler = lambda r: httpx.Response(200, json=completion(made, "tool_calls"))
+    message = await claude.messages.create(
+        model="gpt-4o-mini", max_tokens=64, messages=user, tools=tools
+    )
+    assert message.content[0].model_dump()["id"] == "functions.Bash:0", "the vendor's id, as said"
+    loop: Any = [
+        *user,
+        {
+            "role": "assistant",
+            "content": [b.model_dump(exclude_none=True) for b in message.content],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "functions.Bash:0", "content": "a"}],
+        },
+    ]
+    vendor.handler = lambda r: httpx.Response(
+        200, json=completion({"role": "assistant", "content": "ok"})
+    )
+    await claude.messages.create(model="gpt-4o-mini", max_tokens=64, messages=loop, tools=tools)
+    assert vendor.last["messages"][1]["tool_calls"][0]["id"] == "functions.Bash:0"
+    assert vendor.last["messages"][2]["tool_call_id"] == "functions.Bash:0"
+    vendor.handler = lambda r: httpx.Response(
+        200, json=anthropic_message([{"type": "text", "text": "ok"}])
+    )
+    await claude.messages.create(model="claude-haiku", max_tokens=64, messages=loop, tools=tools)
+    mapped = anthropic_tool_id("functions.Bash:0")
+    assert vendor.last["messages"][1]["content"][0]["id"] == mapped
+    assert vendor.last["messages"][2]["content"][0]["tool_use_id"] == mapped
