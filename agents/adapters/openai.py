@@ -379,7 +379,7 @@ class OpenAIAdapter:
     # -- helpers ------------------------------------------------------------------------
 
     def _body(self, call: VendorCall, *, chat: bool = True) -> dict[str, Any]:
-        body = {**without_cache_control(call.body), "model": call.model}
+        body = {**without_cache_control(call.body, continues_prefill=False), "model": call.model}
         if self.config.send_reasoning:
             _reasoning_sent_back(body, call.body)
         if self._knows_new_limit():  # OpenAI itself, or Azure

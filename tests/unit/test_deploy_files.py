@@ -13,6 +13,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from gateway import metrics
 from streams import metrics as worker_metrics
+from streams import producers
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -52,11 +53,12 @@ def _by_role(services: dict[str, Service], role: str) -> dict[str, Service]:
 
 
 def _families() -> dict[str, str]:
-    """The gateway's and the worker's metric families: name (as prometheus_client stores
-    it) to type, the worker's scrape-time gauges included."""
+    """The gateway's and the worker's metric families (and the unsent-lines counter of the
+    producer both write with): name (as prometheus_client stores it) to type, the
+    worker's scrape-time gauges included."""
     wrapped = {
         family.name: family.type
-        for module in (metrics, worker_metrics)
+        for module in (metrics, worker_metrics, producers)
         for obj in vars(module).values()
         if isinstance(obj, MetricWrapperBase)
         for family in obj.describe()
