@@ -56,7 +56,7 @@ from bench.common import (
     print_table,
     write_result,
 )
-from cli.report import read_ledger
+from cli.report import read_topic
 from schemas.envelope import UsageEvent
 from streams.topics import Topics
 from tests.support.stack import DEMO_KEY, SIM_KEY
@@ -396,7 +396,9 @@ def ledger_events(stack: BenchStack, tag_prefix: str, expected: int) -> list[Usa
     usage = Topics(stack.relay.prefix).usage
     deadline = time.monotonic() + LEDGER_WAIT_S
     while True:
-        events = uvloop.run(read_ledger(stack.relay.bootstrap, usage.name, usage.partitions)).events
+        events = uvloop.run(
+            read_topic(stack.relay.bootstrap, usage.name, usage.partitions, UsageEvent)
+        ).events
         ours = [e for e in events if (e.cost_tag or "").startswith(tag_prefix)]
         if len(ours) >= expected or time.monotonic() > deadline:
             return ours
