@@ -376,6 +376,10 @@ def transport_error(exc: Exception, vendor: str) -> RelayError:
 # next key or the next vendor answers.
 _OUT_OF_CREDIT_CODES = frozenset({"insufficient_quota", "billing_error"})
 _OUT_OF_CREDIT_TEXT = "Your credit balance is too low"
+# xAI refuses a wrong or revoked key with a 400, not a 401 ("Incorrect API key provided:
+# xa***Ab. You can obtain an API key from https://console.x.ai."): the key's failure, not
+# the client's, so it is benched and the pool's next key or the next vendor answers.
+_BAD_KEY_TEXT = "Incorrect API key provided"
 
 
 def status_error(resp: httpx.Response, vendor: str) -> RelayError:
@@ -412,7 +416,8 @@ def classified(
         and code == "invalid_request_error"  # Anthropic's type: a client's 400 never quotes
         and said.startswith(_OUT_OF_CREDIT_TEXT)  # its own text first (an OpenAI 400 might)
     )
-    if code in _OUT_OF_CREDIT_CODES or status == 402 or anthropic_credit:
+    bad_key = status == 400 and said.startswith(_BAD_KEY_TEXT)  # xAI's (OpenAI's is a 401)
+    if code in _OUT_OF_CREDIT_CODES or status == 402 or anthropic_credit or bad_key:
         return VendorAuthFailed(message)
     wait = retry_after(headers) if headers is not None else None
     if wait is None and status == 429 and headers is not None:
@@ -432,11 +437,22 @@ def classified(
 # A vendor's error code as clients may be told it: an identifier, never free text.
 _CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
-# A key as vendors quote it masked ("Incorrect API key provided: sk-proj-****abcd"): the
-# part they show is still part of the operator's key, which never reaches a client.
+# A key as vendors quote it masked: OpenAI's "sk-proj-****abcd", Anthropic's
+# "sk-ant-api03-***...***wxyz", DeepSeek's "****d569", xAI's "xa***Ab".  The part they
+# show is still part of the operator's key, which never reaches a client.  Vendors differ
+# in prefix and in where the stars go, so any token holding a run of three or more stars
+# is a candidate (its pieces may be joined by "..." or "…"; "key=" before it is not one
+# of them); ``_struck`` spares one that starts and ends with a star, markdown's
+# ``***both***`` or a lone ``***``.
 _MASKED_KEY = re.compile(
-    r"\b(?:sk|rk|key)[-_A-Za-z0-9]*\*{2,}[-_A-Za-z0-9*]*(?:\.{3}[-_A-Za-z0-9*]+)?"
+    r"(?<![-\w+/*])(?:[-\w+/*]+(?:\.{3}|…)){0,2}"  # bounded: "a...a...a..." stays linear
+    r"[-\w+/*]*\*{3}[-\w+/=*]*(?:(?:\.{3}|…)[-\w+/=*]+){0,2}"  # "=": base64's padding
 )
+
+
+def _struck(found: re.Match[str]) -> str:
+    token = found.group()
+    return token if token[0] == token[-1] == "*" else "[redacted]"
 
 
 def redact(text: str, secret: str) -> str:
@@ -444,7 +460,7 @@ def redact(text: str, secret: str) -> str:
     nor any key quoted masked (a vendor refusing a key quotes it so, whichever it was)."""
     if len(secret) >= 8:
         text = text.replace(secret, "[redacted]")
-    return _MASKED_KEY.sub("[redacted]", text)
+    return _MASKED_KEY.sub(_struck, text)
 
 
 def scrubbed(err: RelayError, secret: str) -> RelayError:
