@@ -431,10 +431,6 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("request task failed", exc_info=exc)
 
-    # Replies go to a producer's own topic, a gateway's, or the Batch API's results: never
-    # into the ledger, the request topic or a table's changelog.
-    not_for_replies = {t.name for t in topics.all()} - {topics.batch_results.name}
-
     taken = RecentIds(RECENT_REQUESTS)
 
     async def requests_agent(stream: faust.StreamT[bytes]) -> None:
@@ -445,8 +441,8 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
             msg = event.message
             try:
                 env = decode(RequestEnvelope, event.value)
-                if env.reply_to in not_for_replies:
-                    raise ValueError(f"reply_to names the relay's own topic {env.reply_to}")
+                if refusal := reply_refusal(env.reply_to, topics):
+                    raise ValueError(refusal)
             except Exception as exc:
                 log.warning("dead letter %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, exc)
                 value = event.value
@@ -590,6 +586,38 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
             cast(RelayApp, app).undelivered = True  # so the consumer commits nothing
 
     return app
+
+
+def reply_refusal(reply_to: str, topics: Topics) -> str | None:
+    """Why the worker may not write a reply to ``reply_to``, or None: replies go to a
+    producer's own topic, a gateway's, or this deployment's Batch API results, never
+    into a topic whose readers would take a reply (keyed by the producer's own
+    ``correlation_id``) for one of their records.  Refused: this deployment's own topics,
+    and under any prefix (another deployment sharing the cluster) Kafka's internal topics
+    (``__consumer_offsets``), the changelogs and internal topics of Faust and Kafka
+    Streams apps (a record in ``<app>-tenant_spend-changelog`` keyed by a tenant would
+    reset its spend), and a relay's ledger, audit, request, health, dead-letter and
+    results topics (``streams.topics``), whatever their prefix."""
+    if reply_to == topics.batch_results.name:
+        return None
+    if reply_to in {t.name for t in topics.all()}:
+        return f"reply_to names the relay's own topic {reply_to}"
+    if reply_to.startswith("__"):
+        return f"reply_to names a Kafka internal topic {reply_to}"
+    if reply_to.endswith(("-changelog", "-repartition")) or "-__" in reply_to:
+        return f"reply_to names a stream app's internal topic {reply_to}"
+    if reply_to.endswith(_relay_suffixes(topics)):
+        return f"reply_to names a relay topic of another deployment {reply_to}"
+    return None
+
+
+def _relay_suffixes(topics: Topics) -> tuple[str, ...]:
+    """The endings of a relay deployment's own topics under its prefix (``.usage``,
+    ``.dead-letter``...): the same under every prefix."""
+    head = f"{topics.prefix}."
+    return tuple(
+        t.name.removeprefix(topics.prefix) for t in topics.all() if t.name.startswith(head)
+    )
 
 
 def unreadable(sink: KafkaSink, requests: str, bad: Unreadable) -> None:
