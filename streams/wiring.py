@@ -16,7 +16,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -600,7 +600,7 @@ def reply_refusal(reply_to: str, topics: Topics) -> str | None:
     results topics (``streams.topics``), whatever their prefix."""
     if reply_to == topics.batch_results.name:
         return None
-    if reply_to in {t.name for t in topics.all()}:
+    if reply_to in _own_names(topics):
         return f"reply_to names the relay's own topic {reply_to}"
     if reply_to.startswith("__"):
         return f"reply_to names a Kafka internal topic {reply_to}"
@@ -611,6 +611,12 @@ def reply_refusal(reply_to: str, topics: Topics) -> str | None:
     return None
 
 
+@cache  # (asked for every envelope: worked out once)
+def _own_names(topics: Topics) -> frozenset[str]:
+    return frozenset(t.name for t in topics.all())
+
+
+@cache
 def _relay_suffixes(topics: Topics) -> tuple[str, ...]:
     """The endings of a relay deployment's own topics under its prefix (``.usage``,
     ``.dead-letter``...): the same under every prefix."""
