@@ -142,7 +142,9 @@ def _failure(exc: Exception, *, alone: bool = False) -> RelayError:
         return VendorUnsupported(f"{what}: {exc}")
     if isinstance(exc, RelayError):
         return exc
-    return VendorUnavailable(f"the batch could not be read back ({type(exc).__name__})")
+    # A bug of the relay's (the caller logged it): its exception names our code, not for
+    # clients.  Retryable: the requests go on the realtime way.
+    return VendorUnavailable("the vendor batch failed (an internal error; it has been logged)")
 
 
 class BatchLane:
@@ -332,7 +334,13 @@ class BatchLane:
         """Answer the requests of a vendor batch that did not go out, or may have."""
         cand = items[0][1]
         exc = _scrub(exc, key)
-        log.warning("batch to %s/%s not submitted: %s", cand.vendor, cand.model, exc)
+        log.warning(
+            "batch to %s/%s not submitted: %s",
+            cand.vendor,
+            cand.model,
+            exc,
+            exc_info=None if isinstance(exc, RelayError) else exc,  # a bug: its trace
+        )
         # No batch API there, or one whose create calls fail without an answer (the batch
         # may run all the same: its requests are not sent again, and fail): background
         # requests go the realtime way for a while.
@@ -386,9 +394,12 @@ class BatchLane:
         except RelayError as exc:  # it failed as a whole, or could not be read back
             log.warning("batch to %s/%s failed: %s", cand.vendor, cand.model, exc)
             results = dict.fromkeys(_ids(items), _failure(exc))
-        except Exception as exc:  # a bug: its callers still hear, and it is not resent
+        except Exception:  # a bug: its callers still hear, and it is not resent
             log.exception("batch %s could not be followed", batch.id)
-            unread = VendorAnswerUnreadable(f"the vendor batch could not be read ({exc!r:.80})")
+            # Its text is the relay's own business (it may quote anything): the log has it.
+            unread = VendorAnswerUnreadable(
+                "the vendor batch could not be read back (an internal error; it has been logged)"
+            )
             results = dict.fromkeys(_ids(items), unread)
         if leased and not await self._still_mine(batch.id):
             log.warning("batch %s was taken over by another worker", batch.id)
@@ -609,8 +620,9 @@ class BatchLane:
                 what = type(exc).__name__  # its text may quote the answer
                 log.warning("batch %s: its answer could not be read (%s)", batch.id, what)
                 if unreadable >= POLL_FAILURES:
-                    raise VendorAnswerUnreadable(
-                        f"the vendor batch's answers could not be read ({what})"
+                    raise VendorAnswerUnreadable(  # (its type is the log's, not the client's)
+                        "the vendor batch's answers could not be read (a shape the relay "
+                        "does not read; it has been logged)"
                     ) from None
                 wait = min(self.rule.poll_s * 2.0**unreadable, POLL_MAX_S)
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -20,6 +21,7 @@ from schemas.formats.anthropic import messages_request_to_openai, openai_respons
 from schemas.usage import prompt_chars
 
 router = APIRouter(prefix="/v1")
+log = logging.getLogger("relay.gateway")
 
 
 def neutral_request(body: dict[str, Any]) -> dict[str, Any]:
@@ -33,8 +35,43 @@ def neutral_request(body: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("body: nested too deep to relay") from None
     except (TypeError, AttributeError, KeyError, ValueError) as exc:
         # A field of the wrong type deep in a block: still the client's 400, never a 500.
-        problem = f"{type(exc).__name__}: {exc}"
-        raise BadRequest(f"body: malformed Messages request ({problem})") from None
+        # The client is told where, in Anthropic's words; the exception is the relay's
+        # own business (it names our code), so only the log has it.
+        where = _malformed_part(body)
+        log.info("malformed Messages request at %s: %.200s", where, f"{type(exc).__name__}: {exc}")
+        raise BadRequest(
+            f"{where}: malformed Messages request (a field of the wrong type, or a block "
+            "without a field it needs)",
+            param=None if where == "body" else where,
+        ) from None
+
+
+def _malformed_part(body: dict[str, Any]) -> str:
+    """The first part of a Messages request that does not translate on its own (a block of
+    a message, a message, a top-level field), or ``body`` when none alone fails.  Only run
+    for a request already refused, so its cost is the error path's."""
+    base = {"model": body["model"], "max_tokens": 1, "messages": [{"role": "user", "content": "."}]}
+    messages = body.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else []):
+        if not _fails({**base, "messages": [message]}):
+            continue
+        blocks = message.get("content") if isinstance(message, dict) else None
+        for j, block in enumerate(blocks if isinstance(blocks, list) else []):
+            if _fails({**base, "messages": [{**message, "content": [block]}]}):
+                return f"messages.{i}.content.{j}"
+        return f"messages.{i}"
+    for field, value in body.items():
+        if field not in ("model", "messages") and _fails({**base, field: value}):
+            return field
+    return "body"
+
+
+def _fails(body: dict[str, Any]) -> bool:
+    try:
+        messages_request_to_openai(body)
+    except Exception:  # whichever way it fails, the part tried is to blame
+        return True
+    return False
 
 
 def render(answer: Answer, body: dict[str, Any]) -> Response:
