@@ -254,6 +254,12 @@ def simulator(
     serve(host, port, config.model_copy(update={"api_key": key}))
 
 
+# The shortest key `relay hash-key` takes.  Keys are stored as a plain SHA-256, which a
+# leaked config gives away at once for a short or common key (precomputed tables); 20
+# random characters are over 110 bits.  The demo key (27) and made ones (35) pass.
+MIN_KEY_CHARS = 20
+
+
 @app.command("hash-key")
 def hash_key_cmd(key: Annotated[str | None, typer.Argument()] = None) -> None:
     """Make a relay key (or hash a given one) and print the config line that admits it."""
@@ -270,6 +276,11 @@ def hash_key_cmd(key: Annotated[str | None, typer.Argument()] = None) -> None:
         raise typer.BadParameter(  # a header carries ASCII: no client could send it as hashed
             f"the key holds {odd!r}, which a request header cannot carry as it is; use "
             "visible ASCII characters"
+        )
+    elif len(key) < MIN_KEY_CHARS:
+        raise typer.BadParameter(
+            f"the key is {len(key)} characters, too short to be stored as a plain hash; "
+            f"give one of at least {MIN_KEY_CHARS} random characters, or none to make one"
         )
     print(f"relay key: {key}")
     print(f"config:    {{id: my-key, sha256: {hash_key(key)}}}")
