@@ -25,6 +25,7 @@ from gateway import (
     openai_routes,
     responses_routes,
 )
+from gateway.auth import KeyReload
 from gateway.bus import Bus
 from gateway.edge import ROUTES, Edge
 from gateway.relay import Relay
@@ -62,6 +63,8 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
             prefix=redis_prefix(settings.topic_prefix),
         )
         app.state.relay = Relay(settings, config, bus, cache)
+        # Relay keys added to or removed from the config file, taken while running.
+        keys = KeyReload(app.state.relay, settings.config, settings.config_reload_s)
         # The Batch API's store moves whole files: give it time the cache's client lacks.
         store_redis = aioredis.Redis.from_url(
             settings.store_redis(), socket_timeout=10, socket_connect_timeout=1
@@ -76,12 +79,16 @@ def create_app(settings: Settings, config: RelayConfig, bootstrap: str) -> FastA
         gc.freeze()
         # Answers another replica replaced (a refresh) leave this one's L1 at once.
         follower = asyncio.create_task(cache.follow())
+        watcher = asyncio.create_task(keys.run())
+        unhook = keys.on_sighup()
         try:
             yield
         finally:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+            unhook()
+            for task in (follower, watcher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await bus.stop()
             await redis.aclose()
             await store_redis.aclose()

@@ -1,19 +1,34 @@
-"""Who is calling: a relay key (Bearer or x-api-key) resolved to its tenant by hash."""
+"""Who is calling: a relay key (Bearer or x-api-key) resolved to its tenant by hash.
+
+The keys are the config file's, taken anew whenever the file changes (``KeyReload``), so
+a key removed from it is refused by every gateway replica within seconds, no restart.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import ipaddress
+import logging
+import signal
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Depends, Request
 
-from schemas.config import TenantConfig, hash_key
+from schemas.config import ConfigError, RelayConfig, TenantConfig, hash_key, load_config
 from schemas.errors import AuthenticationFailed, RateLimited
 from tables.buckets import TokenBucket
+
+log = logging.getLogger("relay.gateway")
+
+KeyIndex = dict[str, tuple[str, str]]  # sha256 of a relay key -> (tenant, key id)
 
 
 @dataclass(frozen=True)
@@ -152,3 +167,136 @@ def client_key(host: str) -> str:
 
 
 CallerDep = Annotated[Caller, Depends(caller)]
+
+
+class KeyHolder(Protocol):
+    """What ``KeyReload`` keeps up to date: the relay (``gateway.relay.Relay``)."""
+
+    config: RelayConfig
+    keys: KeyIndex
+
+
+def key_table(running: RelayConfig, read: RelayConfig) -> KeyIndex:
+    """The relay keys of ``read`` (the config file as it is now) that a gateway running
+    ``running`` takes: those of the tenants it runs with.  A tenant new in the file waits
+    for a restart, as everything else in it does (models, vendors, a tenant's models,
+    scope or budget): the workers run with the config they started with, and would
+    refuse a tenant they do not know."""
+    return {h: owner for h, owner in read.key_index().items() if owner[0] in running.tenants}
+
+
+def besides_keys(running: RelayConfig, read: RelayConfig) -> list[str]:
+    """The parts of ``read`` that differ from ``running`` other than relay keys (what
+    only a restart of gateways and workers takes): top-level sections, and tenants by
+    name."""
+    old, new = _without_keys(running), _without_keys(read)
+    changed = [
+        k for k in sorted(old.keys() | new.keys()) if k != "tenants" and old.get(k) != new.get(k)
+    ]
+    before, after = old["tenants"], new["tenants"]
+    changed += [
+        f"tenants.{t}"
+        for t in sorted(before.keys() | after.keys())
+        if before.get(t) != after.get(t)
+    ]
+    return changed
+
+
+def _without_keys(config: RelayConfig) -> dict[str, Any]:
+    dumped = config.model_dump()
+    for tenant in dumped["tenants"].values():
+        tenant.pop("keys")
+    return dumped
+
+
+class KeyReload:
+    """Keeps a gateway's relay keys as its config file says: the file is looked at every
+    ``every_s`` seconds (and at once on ``poke``: SIGHUP), and when its content changed
+    it is loaded and checked as at start, and its keys (``key_table``) replace the ones
+    in use in one step.  A file that does not load leaves the keys in use as they are and
+    logs why, naming the file and the key path (``ConfigError``); it is tried again once
+    it changes.  Polling, not a signal alone: it needs nothing of whoever runs the
+    gateway (compose runs replicas, which ``docker kill -s HUP`` would have to name one
+    by one), and a file mounted into a container is read as it is now."""
+
+    def __init__(self, relay: KeyHolder, path: Path, every_s: float) -> None:
+        self.relay = relay
+        self.path = path
+        self.every_s = every_s
+        self._seen: bytes | None = None  # the digest of the content last looked at
+        self._poked = asyncio.Event()
+
+    def poke(self) -> None:
+        """Look at the file now rather than at the next tick."""
+        self._poked.set()
+
+    async def check(self) -> bool:
+        """Look at the file; whether its keys were taken (it changed, and loads)."""
+        try:
+            content = await asyncio.to_thread(self.path.read_bytes)
+        except OSError as exc:
+            seen = b"unreadable: " + str(exc).encode()
+            if seen != self._seen:  # said once, not every tick
+                log.error("%s: cannot be read (%s); the relay keys in use stay", self.path, exc)
+            self._seen = seen
+            return False
+        digest = hashlib.sha256(content).digest()
+        if digest == self._seen:
+            return False
+        self._seen = digest
+        try:
+            read = await asyncio.to_thread(load_config, self.path)
+        except ConfigError as exc:
+            log.error("%s\nthe config was not reloaded: the relay keys in use stay", exc)
+            return False
+        running = self.relay.config
+        keys = key_table(running, read)
+        old = self.relay.keys
+        self.relay.keys = keys  # one reference: a request sees the old table or the new
+        removed = sorted(f"{t}/{k}" for h, (t, k) in old.items() if old[h] != keys.get(h))
+        added = sorted(f"{t}/{k}" for h, (t, k) in keys.items() if keys[h] != old.get(h))
+        if removed or added:
+            log.warning(
+                "%s: relay keys reloaded (%d in use); refused from now on: %s; taken: %s",
+                self.path,
+                len(keys),
+                ", ".join(removed) or "none",
+                ", ".join(added) or "none",
+            )
+        if waiting := besides_keys(running, read):
+            log.warning(
+                "%s: changes to %s take effect when the gateways and workers restart "
+                "(only relay keys of the tenants running are reloaded)",
+                self.path,
+                ", ".join(waiting),
+            )
+        return True
+
+    async def run(self) -> None:
+        """Look at the file every ``every_s`` seconds (never if 0, but when poked)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.every_s or None):
+                    await self._poked.wait()
+            self._poked.clear()
+            try:
+                await self.check()
+            except Exception:  # the next look may do better; the keys in use stay
+                log.exception("%s: the config could not be reloaded", self.path)
+
+    def on_sighup(self) -> Callable[[], None]:
+        """Look at the file on SIGHUP, as daemons reload; returns what undoes it.  Not
+        for a gateway in a terminal: there SIGHUP is the terminal closing, which must
+        still stop it (the default), not leave it running with nobody to stop it."""
+        if sys.stdin is not None and sys.stdin.isatty():
+            return lambda: None
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self.poke)
+        except (NotImplementedError, RuntimeError, ValueError, AttributeError):
+            return lambda: None  # not the main thread, or no SIGHUP here (Windows)
+
+        def undo() -> None:
+            loop.remove_signal_handler(signal.SIGHUP)
+
+        return undo

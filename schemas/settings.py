@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore")
 
     config: Path = Path("relay.example.yaml")
+    # How often a gateway looks at the config file for relay keys added or removed (a key
+    # removed is refused by every replica this long after, no restart); 0: never, but on
+    # SIGHUP.  Everything else in the file is taken at start only.
+    config_reload_s: float = Field(5.0, ge=0, allow_inf_nan=False)
     data_dir: Path = Path("var")
     kafka_bootstrap: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
