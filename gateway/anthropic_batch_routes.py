@@ -11,6 +11,7 @@ it ends ``errored`` and the rest run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from gateway.anthropic_routes import neutral_request
 from gateway.auth import Caller, CallerDep
-from gateway.batch_submit import YIELD_EVERY, Line, refused_models, submit
+from gateway.batch_submit import YIELD_EVERY, Line, refused_models, store_quota, submit
 from gateway.errors import ANTHROPIC_TYPES
 from gateway.relay import Options, Relay
 from schemas.batches import (
@@ -103,6 +104,36 @@ async def create(body: CreateBody, request: Request, who: CallerDep) -> dict[str
         raise BadRequest("requests: every custom_id must be unique in a batch")
     opts = Options.from_headers(request.headers)  # a bad header refuses the whole batch
     relay: Relay = request.app.state.relay
+    store = _store(request)
+    batch_id = new_id("msgbatch_")
+    # Its requests count against the tenant's store quota, as an upload does (the store
+    # keeps their ids and answers) until it is deleted or expires: checked before any
+    # work on them.
+    size = len(await request.body())
+    await store.hold(who.tenant, batch_id, size, store.batch_kept_s, store_quota(relay, who))
+    try:
+        failed, batch = await _submit(relay, store, who, opts, batch_id, body)
+    except BaseException:
+        with contextlib.suppress(StoreUnavailable):  # (else it ends as the batch would)
+            await store.release(who.tenant, batch_id)
+        raise
+    try:
+        return await _shown(request, await _batch(request, who, batch.id))
+    except StoreUnavailable:
+        # Its requests are out: the batch exists, and a 503 would have the client make
+        # (and pay for) a second one.  As it stood when they went out.
+        return await _shown(request, batch, {**_NONE_YET, "errored": failed})
+
+
+async def _submit(
+    relay: Relay,
+    store: BatchStore,
+    who: Caller,
+    opts: Options,
+    batch_id: str,
+    body: CreateBody,
+) -> tuple[int, BatchObject]:
+    """Store the batch and send its requests (``submit``): how many failed, and the batch."""
     lines = []
     for n, item in enumerate(body.requests, 1):
         lines.append(_line(item))
@@ -118,22 +149,16 @@ async def create(body: CreateBody, request: Request, who: CallerDep) -> dict[str
     ]
     now = int(time.time())
     batch = BatchObject(
-        id=new_id("msgbatch_"),
+        id=batch_id,
         endpoint=ENDPOINT,
         input_file_id="",
         status="in_progress",
         created_at=now,
         in_progress_at=now,
         expires_at=now + COMPLETION_WINDOW_S,
-        request_counts=RequestCounts(total=len(ids)),
+        request_counts=RequestCounts(total=len(body.requests)),
     )
-    failed = await submit(relay, _store(request), who, opts, batch, "chat", lines)
-    try:
-        return await _shown(request, await _batch(request, who, batch.id))
-    except StoreUnavailable:
-        # Its requests are out: the batch exists, and a 503 would have the client make
-        # (and pay for) a second one.  As it stood when they went out.
-        return await _shown(request, batch, {**_NONE_YET, "errored": failed})
+    return await submit(relay, store, who, opts, batch, "chat", lines), batch
 
 
 def _line(item: Item) -> Line:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, field_validator
 from starlette.datastructures import UploadFile
 
 from gateway.auth import CallerDep
-from gateway.batch_submit import Line, refused_models, submit
+from gateway.batch_submit import Line, refused_models, store_quota, submit
 from gateway.edge import ROUTES
 from gateway.relay import Options, Relay
 from schemas.batches import (
@@ -93,7 +93,10 @@ async def upload_file(request: Request, who: CallerDep) -> dict[str, Any]:
     if purpose != "batch":
         raise BadRequest("purpose: this relay takes files for `batch` only", param="purpose")
     data = await upload.read()
-    meta = await _store(request).put_file(who.tenant, upload.filename or "file", purpose, data)
+    quota = store_quota(_relay(request), who)  # what the tenant keeps, this one too
+    meta = await _store(request).put_file(
+        who.tenant, upload.filename or "file", purpose, data, quota
+    )
     return meta.model_dump()
 
 

@@ -53,6 +53,12 @@ async def refused_models(
     return refused
 
 
+def store_quota(relay: Relay, who: Caller) -> int:
+    """The bytes the caller's tenant may keep in the batch store (0: no limit)."""
+    own = who.policy.batch_store_bytes
+    return relay.settings.batch_store_bytes if own is None else own
+
+
 def failed_line(custom_id: str, err: RelayError, request_id: str) -> OutputLine:
     body = err.openai_body()
     # An error may quote the client's input, lone surrogates and all, which no store or

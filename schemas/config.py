@@ -203,6 +203,12 @@ class TenantConfig(Strict):
     budget: Budget | None = None
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
+    batch_store_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="bytes of Batch API uploads and message batches the tenant may keep at "
+        "once (0: no limit); unset: RELAY_BATCH_STORE_BYTES",
+    )
 
     def may_use(self, alias: str) -> bool:
         return "*" in self.models or alias in self.models

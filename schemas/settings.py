@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     # How long the Batch API keeps uploaded files, batches and their results (from their
     # last write); at least a batch's window and its grace, or it would vanish mid-run.
     batch_retention_s: int = 30 * 24 * 3600
+    # How many bytes of Batch API uploads and message batches' requests each tenant may
+    # keep in the store at once (a tenant's `batch_store_bytes` in the config overrides
+    # it); past it an upload or a message batch is refused, 400, until some are deleted or
+    # expire.  The store never evicts: without a limit one tenant could fill it, and every
+    # tenant's uploads and results would wait.  0: no limit.
+    batch_store_bytes: int = Field(1024**3, ge=0)
     # JVM options of the embedded broker, replacing its defaults (serial GC, the JVM's
     # tiered JIT), e.g. "-XX:+UseSerialGC -XX:TieredStopAtLevel=1" for a broker that is
     # ready sooner but spends more CPU per message once warm.

@@ -9,10 +9,15 @@ completes a batch finishes it in the same atomic step.  Everything expires
 
 Unlike the response cache, this store is not optional: without Redis the Batch API
 answers 503 (``StoreUnavailable``) and the rest of the relay carries on.
+
+Each tenant may keep so many bytes in it at once (``hold``): its uploads, and the
+requests of its message batches, count until deleted or expired.  The store never evicts,
+so without that one tenant's uploads could fill it and stall every tenant's batches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, TypeVar
 
@@ -26,6 +31,7 @@ from redis.exceptions import (
 )
 
 from schemas.batches import (
+    COMPLETION_WINDOW_S,
     EXPIRY_GRACE_S,
     BatchObject,
     FileObject,
@@ -33,7 +39,7 @@ from schemas.batches import (
     OutputLine,
     new_id,
 )
-from schemas.errors import StoreUnavailable
+from schemas.errors import BadRequest, StoreUnavailable
 from tables.cache import REDIS_ERRORS
 
 # Counts each line once (the first answer recorded for it wins), and finishes the batch
@@ -114,9 +120,59 @@ end
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
 return n
 """
+# Counts ``ARGV[3]`` bytes for item ``ARGV[2]`` in a tenant's holds (KEYS[1]: each item's
+# bytes and their ``total``), until it is released or ``ARGV[4]`` (ms) comes (KEYS[2]: when
+# each hold ends), unless that takes the total past ``ARGV[5]`` (0: no limit).  Holds that
+# ended are let go first, a bounded number per call ({-1}: call again).  Returns {1, held}
+# when counted, {0, held} when refused (or when only asked, ``ARGV[2]`` empty).  One
+# tenant's two keys share a hash tag: one slot of a Redis Cluster.
+_HOLD = """
+local ended = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 500)
+for _, id in ipairs(ended) do
+  local n = redis.call('HGET', KEYS[1], id)
+  if n then
+    redis.call('HINCRBY', KEYS[1], 'total', -tonumber(n))
+    redis.call('HDEL', KEYS[1], id)
+  end
+  redis.call('ZREM', KEYS[2], id)
+end
+if #ended == 500 then return {-1, 0} end
+local held = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
+if ARGV[2] == '' then return {0, held} end
+local n = tonumber(ARGV[3])
+local before = tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '0')
+local limit = tonumber(ARGV[5])
+if limit > 0 and held - before + n > limit then return {0, held} end
+redis.call('HSET', KEYS[1], ARGV[2], n)
+redis.call('HINCRBY', KEYS[1], 'total', n - before)
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+local ttl = tonumber(ARGV[4]) - tonumber(ARGV[1])
+for i = 1, 2 do
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+return {1, held - before + n}
+"""
+_RELEASE = """
+local n = redis.call('HGET', KEYS[1], ARGV[1])
+if n then
+  redis.call('HINCRBY', KEYS[1], 'total', -tonumber(n))
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+"""
 MESSAGE_BATCHES = "/v1/messages"  # Anthropic's Message Batches: served at their results URL
 GONE_S = 24 * 3600  # how long a deleted file's or batch's place in its lists is kept
 _CANCEL_FIELDS = ("cancelling_at", "cancelled_at")
+
+
+def over_quota(quota: int, held: int, size: int) -> BadRequest:
+    """An upload or message batch past its tenant's quota: OpenAI's answer to a full file
+    storage (400 ``invalid_request_error``), not a 429 an SDK would retry in vain."""
+    return BadRequest(
+        f"You have exceeded your storage quota: this tenant may keep {quota} bytes of Batch "
+        f"API files and message batches at once; it keeps {held}, and this one is {size}. "
+        "Delete files or batches it no longer needs, or wait for them to expire."
+    )
 
 
 def output_file_id(batch_id: str, kind: str) -> str:
@@ -161,6 +217,8 @@ class BatchStore:
         self._record = redis.register_script(_RECORD)
         self._cancel = redis.register_script(_CANCEL)
         self._expire_script = redis.register_script(_EXPIRE)
+        self._hold = redis.register_script(_HOLD)
+        self._release = redis.register_script(_RELEASE)
 
     # Keys: a batch's keys share a hash tag, so a Redis Cluster keeps them on one node.
     def _file(self, file_id: str) -> str:
@@ -180,6 +238,48 @@ class BatchStore:
 
     def _gone(self, tenant: str) -> str:
         return f"{self.prefix}gone:{tenant}"
+
+    def _holds(self, tenant: str) -> list[str]:
+        return [f"{self.prefix}held:{{{tenant}}}", f"{self.prefix}held:{{{tenant}}}:ends"]
+
+    @property
+    def batch_kept_s(self) -> int:
+        """The longest a batch is kept: its window, its grace, then the retention."""
+        return COMPLETION_WINDOW_S + EXPIRY_GRACE_S + self.retention_ms // 1000
+
+    # ---- what each tenant keeps -------------------------------------------------------
+
+    async def hold(self, tenant: str, item_id: str, size: int, kept_s: int, quota: int) -> None:
+        """Count ``size`` bytes of ``item_id`` (a file, a message batch) against the
+        tenant's ``quota`` until it is released (deleted) or ``kept_s`` from now (when
+        the store lets it expire); 0: no quota, but still counted.  Refused with
+        ``BadRequest`` when the tenant's would go past it (what OpenAI answers a full
+        file storage), counting nothing.  Atomic in Redis: replicas that take uploads of
+        one tenant at once never count past the quota together."""
+        now_ms = int(time.time() * 1000)
+        args: list[str | int] = [now_ms, item_id, size, now_ms + kept_s * 1000, quota]
+        while True:
+            async with self._guard():
+                counted, held = await self._hold(keys=self._holds(tenant), args=args)
+            if counted != -1:  # (-1: more holds had ended than one call lets go of)
+                break
+        if not counted:
+            raise over_quota(quota, int(held), size)
+
+    async def release(self, tenant: str, item_id: str) -> None:
+        """Stop counting ``item_id`` against its tenant's quota (deleted, or never kept)."""
+        async with self._guard():
+            await self._release(keys=self._holds(tenant), args=[item_id])
+
+    async def held(self, tenant: str) -> int:
+        """The bytes the tenant keeps now, as its quota counts them."""
+        while True:
+            async with self._guard():
+                counted, held = await self._hold(
+                    keys=self._holds(tenant), args=[int(time.time() * 1000), "", 0, 0, 0]
+                )
+            if counted != -1:
+                return int(held)
 
     async def _bury(self, tenant: str, item_id: str, place: float) -> None:
         """Keep a deleted file's or batch's place in its lists a while: a client that
@@ -222,16 +322,28 @@ class BatchStore:
 
     # ---- files ------------------------------------------------------------------------
 
-    async def put_file(self, tenant: str, filename: str, purpose: str, data: bytes) -> FileObject:
+    async def put_file(
+        self, tenant: str, filename: str, purpose: str, data: bytes, quota: int = 0
+    ) -> FileObject:
+        """Keep an upload, counted against the tenant's ``quota`` (``hold``) until it is
+        deleted or expires."""
         meta = FileObject(id=new_id("file-"), bytes=len(data), filename=filename, purpose=purpose)
         meta.expires_at = meta.created_at + self.retention_ms // 1000
+        await self.hold(tenant, meta.id, len(data), self.retention_ms // 1000, quota)
         key = self._file(meta.id)
-        async with self._guard() as redis, redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"meta": meta.model_dump_json(), "tenant": tenant, "data": data})
-            pipe.pexpire(key, self.retention_ms)
-            pipe.zadd(self._index("files", tenant), {meta.id: time.time()})
-            pipe.pexpire(self._index("files", tenant), self.retention_ms)
-            await pipe.execute()
+        try:
+            async with self._guard() as redis, redis.pipeline(transaction=True) as pipe:
+                pipe.hset(
+                    key, mapping={"meta": meta.model_dump_json(), "tenant": tenant, "data": data}
+                )
+                pipe.pexpire(key, self.retention_ms)
+                pipe.zadd(self._index("files", tenant), {meta.id: time.time()})
+                pipe.pexpire(self._index("files", tenant), self.retention_ms)
+                await pipe.execute()
+        except BaseException:
+            with contextlib.suppress(StoreUnavailable):  # (else it ends with its retention)
+                await self.release(tenant, meta.id)
+            raise
         return meta
 
     async def file(self, tenant: str, file_id: str) -> FileObject | None:
@@ -289,6 +401,8 @@ class BatchStore:
             else:
                 await redis.delete(self._file(file_id))
                 await redis.zrem(self._index("files", tenant), file_id)
+        if not out:
+            await self.release(tenant, file_id)
         await self._bury(tenant, file_id, place)
         return True
 
@@ -451,6 +565,7 @@ class BatchStore:
         async with self._guard() as redis:
             await redis.delete(self._batch(batch_id), self._out(batch_id), self._ids(batch_id))
             await redis.zrem(self._index("batches", tenant), batch_id)
+        await self.release(tenant, batch_id)  # (a message batch's requests)
         if place is not None:
             await self._bury(tenant, batch_id, place)
 
