@@ -901,13 +901,16 @@ class Dispatcher:
             return await send(call)
         params = {k: v for k, v in env.body.items() if k not in (shape.inputs, "model", "user")}
         vendor = id(getattr(send, "__self__", send))  # one window per adapter instance
-        # Text and token-id inputs never share a call: the vendor takes a list of one kind.
-        raw = env.body.get(shape.inputs)
-        kind = "tokens" if isinstance(raw, list) and raw and not isinstance(raw[0], str) else "text"
-        key = (shape.inputs, call.model, repr(sorted(params.items())), str(vendor), kind)
+        # (The batcher keeps text and token-id inputs apart: it merges the lists.)
+        key = (shape.inputs, call.model, repr(sorted(params.items())), str(vendor))
 
         def orphaned(share: asyncio.Future[VendorResult]) -> None:
             self._orphans.setdefault(env.correlation_id, []).append((cand, share))
+
+        async def reported(started: float, err: RelayError) -> None:
+            """A shared call none of its callers hears as its own (they go again): still
+            one outcome for the vendor's health and its calls' count."""
+            await self._report(env, cand, started, err)
 
         return await self.batcher.embed(
             key,
@@ -920,6 +923,7 @@ class Dispatcher:
             admit=self._window_admit(cand.vendor),
             ticket=(env.priority, _gate_deadline((until or Deadline.of(env))(), wait_s)),
             on_sent=sent,
+            reported=reported,
         )
 
     async def _report(

@@ -1126,7 +1126,8 @@ class RequestHandler:
             usage=out.usage,
             coalesced=not w.leader and not out.cached,
             cache_hit=out.cached,
-            batched=out.batched,
+            # A follower paid nothing: its saving is coalescing's, not a batched share's.
+            batched=out.batched and w.leader,
             degraded=_flagged(flight, env),
             cut=out.cut,  # calls cut before the answer: billed too (a follower's: none)
         )

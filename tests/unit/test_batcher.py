@@ -16,6 +16,13 @@ from schemas.errors import VendorBadRequest, VendorError, VendorUnavailable
 from schemas.usage import Usage
 
 
+def inputs_of(body: dict[str, Any], field: str = "input") -> list[Any]:
+    """A request's inputs as a list: a lone caller's own request may carry one string
+    (or one token list), as it came."""
+    raw = body[field]
+    return raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
+
+
 class Vendor:
     def __init__(self, fail: bool = False) -> None:
         self.calls: list[list[str]] = []
@@ -23,7 +30,7 @@ class Vendor:
         self.fail = fail
 
     async def embed(self, call: VendorCall) -> VendorResult:
-        inputs = call.body["input"]
+        inputs = inputs_of(call.body)
         self.calls.append(list(inputs))
         self.bodies.append(call.body)
         if self.fail:
@@ -132,8 +139,8 @@ async def test_a_lone_call_is_not_marked_shared():
 async def test_a_refused_input_fails_only_its_own_caller():
     class Picky(Vendor):
         async def embed(self, call: VendorCall) -> VendorResult:
-            if "" in call.body["input"]:
-                self.calls.append(list(call.body["input"]))
+            if "" in inputs_of(call.body):
+                self.calls.append(inputs_of(call.body))
                 raise VendorBadRequest("HTTP 400: input must not be empty")
             return await super().embed(call)
 
@@ -152,7 +159,7 @@ class TooLong(Vendor):
     """OpenAI's 400 for an input over the model's context, as the adapter raises it."""
 
     async def embed(self, call: VendorCall) -> VendorResult:
-        inputs = call.body["input"]
+        inputs = inputs_of(call.body)
         if any(len(t) > 10 for t in inputs):
             self.calls.append(list(inputs))
             err = VendorBadRequest("HTTP 400: maximum context length exceeded", param="input")
@@ -230,7 +237,7 @@ class Skipping(Vendor):
     refusing the call: its answer has fewer items than the call had inputs."""
 
     async def embed(self, call: VendorCall) -> VendorResult:
-        inputs = call.body["input"]
+        inputs = inputs_of(call.body)
         self.calls.append(list(inputs))
         data = [
             {"object": "embedding", "index": i, "embedding": [f"emb({t})"]}
@@ -284,10 +291,18 @@ async def test_an_answer_that_cannot_be_split_is_billed_to_its_callers_all_the_s
     release.set()
     results = await asyncio.gather(first, second, return_exceptions=True)
     assert isinstance(results[0], VendorError) and isinstance(results[1], VendorResult)
-    assert vendor.calls == [["aaaa", "", "bbbbbbbb", "cccc"], ["aaaa", ""], ["bbbbbbbb"]]
+    # Again in halves (the caller that left is sent no more), then the half that still
+    # does not match in halves again.
+    assert vendor.calls == [
+        ["aaaa", "", "bbbbbbbb", "cccc"],
+        ["aaaa", "", "bbbbbbbb"],
+        ["aaaa", ""],
+        ["bbbbbbbb"],
+    ]
     billed = {who: [f.result().usage.input_tokens for f in fs] for who, fs in shares.items()}
-    # The merged call's 3 tokens by size (4, 8 and 4 characters); then each alone's 3.
-    assert billed == {"a": [0, 3], "b": [1], "c": [2]}
+    # The merged call's 3 tokens by size (4, 8 and 4 characters), the half's 3 by size
+    # (4 and 8), then a's own call (which still does not match): 3.
+    assert billed == {"a": [0, 1, 3], "b": [1, 2], "c": [2]}
     assert results[1].usage.input_tokens == 3  # its own answer, besides its share
 
 
@@ -408,7 +423,7 @@ async def test_text_and_token_id_prompts_never_share_a_vendor_call():
 
     async def complete(c: VendorCall) -> VendorResult:
         sent.append(c)
-        choices = [{"index": i, "text": "ok"} for i in range(len(c.body["prompt"]))]
+        choices = [{"index": i, "text": "ok"} for i in range(len(inputs_of(c.body, "prompt")))]
         return VendorResult({"choices": choices}, Usage())
 
     dispatcher = Dispatcher({}, {}, lambda ev: asyncio.sleep(0), batching={"m": Batching()})
@@ -498,7 +513,7 @@ async def test_one_shared_call_is_one_health_outcome_whatever_it_carried() -> No
         config = SimpleNamespace(timeout_s=0.2)
 
         async def embed(self, call: VendorCall) -> VendorResult:
-            self.calls.append(list(call.body["input"]))
+            self.calls.append(inputs_of(call.body))
             await release.wait()
             raise VendorUnavailable("too late")
 
@@ -616,3 +631,273 @@ async def test_a_shared_call_that_breaks_is_named_by_its_kind_not_its_text():
         return_exceptions=True,
     )
     assert [str(e) for e in errors] == ["batched call failed (KeyError)"] * 2
+
+
+# --- a window of one caller; the parts of a shared answer ---------------------------------
+
+
+async def test_a_lone_caller_s_request_goes_as_it_came() -> None:
+    """A string stays a string: a server that takes no list prompt (Ollama's
+    /v1/completions) answers a lone caller as it would unbatched."""
+    from agents.batcher import COMPLETIONS
+
+    sent: list[dict[str, Any]] = []
+
+    async def complete(c: VendorCall) -> VendorResult:
+        sent.append(c.body)
+        if not isinstance(c.body["prompt"], str):
+            raise VendorBadRequest("HTTP 400: json: cannot unmarshal array into prompt")
+        return VendorResult({"choices": [{"index": 0, "text": "ok"}]}, Usage(input_tokens=3))
+
+    batcher = EmbeddingBatcher()
+    body = {"model": "m", "prompt": "def fib(", "suffix": "\n", "user": "u"}
+    lone = VendorCall(model="x", body=body, api_key="k")
+    result = await batcher.embed(("k",), lone, complete, 10, 8, COMPLETIONS)
+    assert sent == [body] and result.body["choices"][0]["text"] == "ok"
+    vendor = Vendor()
+    await batcher.embed(("e",), call("solo"), vendor.embed, 10, 8)
+    assert vendor.bodies == [{"model": "e", "input": "solo"}]
+
+
+async def test_callers_of_a_shared_call_refused_for_its_list_are_each_answered() -> None:
+    """The shared call's 400 sends them again, each at last with its own request."""
+    from agents.batcher import COMPLETIONS
+
+    sent: list[Any] = []
+
+    async def complete(c: VendorCall) -> VendorResult:
+        sent.append(c.body["prompt"])
+        if not isinstance(c.body["prompt"], str):
+            raise VendorBadRequest("HTTP 400: json: cannot unmarshal array into prompt")
+        return VendorResult({"choices": [{"index": 0, "text": c.body["prompt"]}]}, Usage())
+
+    batcher = EmbeddingBatcher()
+    asks = [VendorCall(model="x", body={"prompt": p}, api_key="k") for p in ("a", "b")]
+    results = await asyncio.gather(
+        *(batcher.embed(("k",), c, complete, 10, 8, COMPLETIONS) for c in asks)
+    )
+    assert [r.body["choices"][0]["text"] for r in results] == ["a", "b"]
+    assert sent == [["a", "b"], "a", "b"]
+
+
+def azure_answer(prompts: list[str]) -> VendorResult:
+    """Azure OpenAI's legacy completion: a prompt filter verdict per prompt of the call."""
+    body = {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 1,
+        "model": "instruct",
+        "prompt_filter_results": [
+            {"prompt_index": i, "content_filter_results": {"self_harm": {"severity": p}}}
+            for i, p in enumerate(prompts)
+        ],
+        "choices": [{"index": i, "text": f"ans:{p}"} for i, p in enumerate(prompts)],
+        "x_vendor_debug": {"prompts": prompts},  # a field nobody can cut by caller
+    }
+    return VendorResult(body, Usage(input_tokens=3 * len(prompts)))
+
+
+def test_each_part_of_a_shared_answer_has_its_own_prompt_filter_results_only() -> None:
+    """Another caller's (another tenant's) prompt-filter verdicts never reach a caller, and
+    its own are numbered as its prompts are; a field that cannot be cut is left out."""
+    from agents.batcher import COMPLETIONS, split
+
+    result = azure_answer(["secret", "hello", "world"])
+    a, b = split(result, [["secret"], ["hello", "world"]], COMPLETIONS)
+    assert a.body["prompt_filter_results"] == [
+        {"prompt_index": 0, "content_filter_results": {"self_harm": {"severity": "secret"}}}
+    ]
+    assert [
+        (f["prompt_index"], f["content_filter_results"]["self_harm"]["severity"])
+        for f in b.body["prompt_filter_results"]
+    ] == [(0, "hello"), (1, "world")]
+    assert [(c["index"], c["text"]) for c in b.body["choices"]] == [
+        (0, "ans:hello"),
+        (1, "ans:world"),
+    ]
+    for part in (a, b):
+        assert "x_vendor_debug" not in part.body
+        assert {k: part.body[k] for k in ("id", "object", "created", "model")} == {
+            "id": "cmpl-1", "object": "text_completion", "created": 1, "model": "instruct",
+        }  # fmt: skip
+    [alone] = split(result, [["secret", "hello", "world"]], COMPLETIONS)
+    assert alone.body == result.body, "a lone caller's answer is all its own"
+
+
+# --- a shared call refused: again in halves, or every caller's 400 -----------------------
+
+
+class Dense(Vendor):
+    """OpenAI's 300,000 tokens a request, for text denser than four characters a token
+    (here ``limit`` tokens, a character each): the batcher's estimate lets it through."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    async def embed(self, call: VendorCall) -> VendorResult:
+        if (asked := sum(len(t) for t in inputs_of(call.body))) > self.limit:
+            self.calls.append(inputs_of(call.body))
+            err = VendorBadRequest(f"HTTP 400: Requested {asked} tokens, max {self.limit}")
+            err.vendor_code = "max_tokens_per_request"
+            raise err
+        return await super().embed(call)
+
+
+async def test_a_window_over_the_vendor_s_tokens_per_request_goes_again_in_halves() -> None:
+    vendor, batcher = Dense(limit=100), EmbeddingBatcher()
+    texts = [c * 20 for c in "abcdefgh"]  # 160 tokens at the vendor, 48 as estimated
+    results = await asyncio.gather(
+        *(batcher.embed(("k",), call(t), vendor.embed, 10, 64) for t in texts)
+    )
+    assert [len(c) for c in vendor.calls] == [8, 4, 4], "not one call a caller"
+    assert [r.body["data"][0]["embedding"] for r in results] == [[20.0]] * 8
+
+
+async def test_one_caller_s_too_long_input_is_found_in_halves() -> None:
+    vendor, batcher = TooLong(), EmbeddingBatcher()
+    texts = ["a", "b", "c", "x" * 20, "d", "e", "f", "g"]
+    results = await asyncio.gather(
+        *(batcher.embed(("k",), call(t), vendor.embed, 10, 64) for t in texts),
+        return_exceptions=True,
+    )
+    assert [type(r).__name__ for r in results] == ["VendorResult"] * 3 + ["VendorBadRequest"] + [
+        "VendorResult"
+    ] * 4
+    assert [len(c) for c in vendor.calls] == [8, 4, 4, 2, 2, 1, 1]
+
+
+async def test_a_400_blaming_a_parameter_they_share_is_every_caller_s_at_once() -> None:
+    """Every caller of the window asked the same ``dimensions`` (it is in the key): each
+    hears the vendor's 400, and nobody is sent again."""
+
+    async def refusing(c: VendorCall) -> VendorResult:
+        sent.append(inputs_of(c.body))
+        err = VendorBadRequest("HTTP 400: this model does not take dimensions", param="dimensions")
+        err.vendor_code = "invalid_value"
+        raise err
+
+    sent: list[list[Any]] = []
+    batcher = EmbeddingBatcher()
+    errors = await asyncio.gather(
+        *(batcher.embed(("k",), call(t), refusing, 10, 64) for t in "abcd"),
+        return_exceptions=True,
+    )
+    assert sent == [["a", "b", "c", "d"]]
+    assert [(type(e), e.param, e.vendor_code) for e in errors] == [  # type: ignore[union-attr]
+        (VendorBadRequest, "dimensions", "invalid_value")
+    ] * 4
+
+
+async def test_a_shared_call_no_caller_hears_is_reported_once() -> None:
+    """Refused for an input or answered unsplittably, the shared call is still one call
+    of the vendor's: one of its callers reports it, whatever comes of each after."""
+    from schemas.errors import RelayError
+
+    for vendor in (TooLong(), Skipping()):
+        heard: list[str] = []
+
+        async def reported(started: float, err: RelayError, into: list[str] = heard) -> None:
+            into.append(err.code)
+
+        batcher = EmbeddingBatcher()
+        await asyncio.gather(
+            *(
+                batcher.embed(("k",), call(t), vendor.embed, 10, 64, reported=reported)
+                for t in ("fine", "x" * 20 if isinstance(vendor, TooLong) else "")
+            ),
+            return_exceptions=True,
+        )
+        assert len(vendor.calls) == 3
+        want = "vendor_bad_request" if isinstance(vendor, TooLong) else "vendor_unavailable"
+        assert heard == [want], "the shared call; each caller's own call is its own to report"
+
+
+# --- a window waiting for the vendor's RPM still takes callers ---------------------------
+
+
+async def test_callers_arriving_while_a_window_waits_for_the_rpm_go_with_it() -> None:
+    vendor, batcher = Vendor(), EmbeddingBatcher()
+    asked: list[list[Any]] = []
+    release = asyncio.Event()
+
+    async def admit(tickets: list[Any]) -> None:
+        asked.append(tickets)
+        await release.wait()
+
+    def ask(text: str) -> Any:
+        return batcher.embed(("k",), call(text), vendor.embed, 10, 64, admit=admit, ticket=text)
+
+    first = asyncio.create_task(ask("a"))
+    await asyncio.sleep(0.05)  # its window closed and waits for the RPM
+    later = [asyncio.create_task(ask(t)) for t in "bc"]
+    await asyncio.sleep(0.05)  # (a window of their own would have closed by now)
+    release.set()
+    await asyncio.gather(first, *later)
+    assert vendor.calls == [["a", "b", "c"]] and asked == [["a"]]
+
+
+async def test_a_waiting_window_s_refusal_fails_only_the_callers_it_waited_for() -> None:
+    """The RPM could not let it out by its first caller's deadline: a caller that joined
+    it later may wait longer, and does, on a window of its own."""
+    from schemas.errors import RateLimited
+
+    vendor, batcher = Vendor(), EmbeddingBatcher()
+    asked: list[list[Any]] = []
+
+    async def admit(tickets: list[Any]) -> None:
+        asked.append(tickets)
+        if len(asked) == 1:
+            await asyncio.sleep(0.1)
+            raise RateLimited("rate limited: past the request's deadline", retry_after=1)
+
+    async def ask(text: str) -> VendorResult:
+        return await batcher.embed(
+            ("k",), call(text), vendor.embed, 10, 64, admit=admit, ticket=text
+        )
+
+    first = asyncio.create_task(ask("a"))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(ask("b"))
+    refused, answered = await asyncio.gather(first, second, return_exceptions=True)
+    assert isinstance(refused, RateLimited) and isinstance(answered, VendorResult)
+    assert asked == [["a"], ["b"]] and vendor.calls == [["b"]]
+
+
+async def test_a_window_whose_callers_all_left_its_wait_takes_nobody_more() -> None:
+    vendor, batcher = Vendor(), EmbeddingBatcher()
+    asked: list[list[Any]] = []
+
+    async def admit(tickets: list[Any]) -> None:
+        asked.append(tickets)
+        if len(asked) == 1:
+            await asyncio.Event().wait()  # never: its caller gives up
+
+    def ask(text: str) -> Any:
+        return batcher.embed(("k",), call(text), vendor.embed, 10, 64, admit=admit, ticket=text)
+
+    gone = asyncio.create_task(ask("gone"))
+    await asyncio.sleep(0.05)
+    gone.cancel()
+    await asyncio.sleep(0)
+    assert (await ask("here")).body["data"][0]["embedding"] == [4.0]
+    assert asked == [["gone"], ["here"]] and vendor.calls == [["here"]]
+
+
+async def test_a_full_window_waiting_for_the_rpm_sends_later_callers_to_the_next() -> None:
+    vendor, batcher = Vendor(), EmbeddingBatcher()
+    release = asyncio.Event()
+
+    async def admit(tickets: list[Any]) -> None:
+        await release.wait()
+
+    def ask(text: str) -> Any:
+        return batcher.embed(("k",), call(text), vendor.embed, 10, 2, admit=admit, ticket=text)
+
+    tasks = [asyncio.create_task(ask(t)) for t in "ab"]  # full: it waits for the RPM
+    await asyncio.sleep(0.05)
+    tasks += [asyncio.create_task(ask(t)) for t in "cd"]
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.gather(*tasks)
+    assert sorted(vendor.calls) == [["a", "b"], ["c", "d"]]
