@@ -643,6 +643,37 @@ class _CompletionStream:
         return out
 
 
+# OpenAI's limits for one embeddings request (its API reference, ``input``), which a
+# relay merging callers' inputs into one call must stay under: inputs per request,
+# tokens per input (every embedding model's context), tokens summed over the request.
+MAX_EMBED_INPUTS = 2048
+MAX_EMBED_INPUT_TOKENS = 8192
+MAX_EMBED_REQUEST_TOKENS = 300_000
+PER_REQUEST = "max_tokens_per_request"  # OpenAI's code (and type) for the last one
+
+
+def _embed_limits(items: list[Any]) -> None:
+    """Refuse what OpenAI refuses of an embeddings request's size, with its messages
+    (tokens counted as the simulator bills them: ceil(chars/4), a token list's length)."""
+    if len(items) > MAX_EMBED_INPUTS:
+        raise BadRequest(
+            "'$.input' is invalid. Please check the API reference: "
+            "https://platform.openai.com/docs/api-reference."
+        )
+    counts = [input_tokens(i) for i in items]
+    if (total := sum(counts)) > MAX_EMBED_REQUEST_TOKENS:
+        raise BadRequest(
+            f"Requested {total} tokens, max {MAX_EMBED_REQUEST_TOKENS} tokens per request",
+            code=PER_REQUEST,
+        )
+    if (longest := max(counts)) > MAX_EMBED_INPUT_TOKENS:
+        raise BadRequest(
+            f"This model's maximum context length is {MAX_EMBED_INPUT_TOKENS} tokens, however "
+            f"you requested {longest} tokens ({longest} in your prompt; 0 for the completion). "
+            "Please reduce your prompt; or completion length."
+        )
+
+
 def _embed_inputs(body: dict[str, Any]) -> list[Any]:
     raw = body.get("input")
     items: list[Any]
@@ -654,6 +685,7 @@ def _embed_inputs(body: dict[str, Any]) -> list[Any]:
         items = raw if isinstance(raw, list) else []
     if not items or any(not isinstance(i, str | list) or not i for i in items):
         raise BadRequest("'input' must be a non-empty string or array of them.", "input")
+    _embed_limits(items)
     return items
 
 
@@ -728,7 +760,8 @@ async def _handle(request: Request, kind: str, deployment: str | None = None) ->
             result = embeddings_result(sim, body, deployment)
             model, inputs = result["model"], len(result["data"])
     except BadRequest as exc:
-        return error(400, exc.message, param=exc.param, code=exc.code)
+        type_ = PER_REQUEST if exc.code == PER_REQUEST else "invalid_request_error"
+        return error(400, exc.message, type_, param=exc.param, code=exc.code)
     fault = await sim.admit(request, model, ("azure." if azure else "openai.") + kind, inputs)
     if fault == "overloaded" and stream:
         # 200 and the stream's opening (no text), then an error; nothing was answered.
