@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from gateway.auth import Caller
+from gateway.bodies import count_refusal
 from gateway.bus import unqueued_error
 from gateway.relay import Options, Relay, with_beta
 from schemas.batches import BatchObject, OutputLine, OutputResponse, line_correlation, new_id
@@ -125,6 +126,8 @@ def _envelope(
     line: Line,
 ) -> RequestEnvelope:
     body = line.body or {}
+    if (refusal := count_refusal(body)) is not None:
+        raise refusal
     try:
         orjson.dumps(body)
     except TypeError as exc:  # orjson's limits: integers beyond 64 bits, say

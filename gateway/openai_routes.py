@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from gateway.auth import CallerDep
+from gateway.bodies import inputs_problem, stops_problem, tools_problem, turns_problem
 from gateway.json_answer import JSONAnswer
 from gateway.relay import Answer, Options, Relay
 from gateway.sse import EventStream, openai_sse
@@ -24,6 +25,18 @@ from schemas.formats.openai import ToolCallIndexes
 from schemas.usage import Usage
 
 router = APIRouter(prefix="/v1")
+
+
+def bounded(problem_of: Callable[[Any], str | None]) -> Any:
+    """A pydantic ``before`` validator refusing a field's value that ``problem_of`` finds
+    holds too many items (``gateway.bodies``), before any of them is validated."""
+
+    def check(cls: type, value: Any) -> Any:
+        if problem := problem_of(value):
+            raise ValueError(problem)
+        return value
+
+    return classmethod(check)
 
 
 class ChatBody(BaseModel):
@@ -54,8 +67,10 @@ class ChatBody(BaseModel):
         # null for ``stream=None``: null asks for what leaving it out does.
         return False if value is None else value
 
-
-MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on the items of one embeddings request
+    # Before the items are validated, each of which costs the event loop (gateway.bodies).
+    _turns = field_validator("messages", mode="before")(bounded(turns_problem))
+    _tools = field_validator("tools", mode="before")(bounded(tools_problem))
+    _stops = field_validator("stop", mode="before")(bounded(stops_problem))
 
 
 class EmbeddingsBody(BaseModel):
@@ -63,11 +78,14 @@ class EmbeddingsBody(BaseModel):
     model: str = Field(min_length=1)
     input: str | list[str] | list[int] | list[list[int]]
 
+    # As OpenAI: at most 2048 inputs (checked before they are validated one by one).
+    _inputs = field_validator("input", mode="before")(bounded(inputs_problem))
+
     @field_validator("input")
     @classmethod
     def _something_to_embed(cls, value: Any) -> Any:
-        # As OpenAI: no empty string, no empty list or token array, at most 2048 items
-        # (an empty input would be one empty vector, or none, depending on batching).
+        # As OpenAI: no empty string, no empty list or token array (an empty input would
+        # be one empty vector, or none, depending on batching).
         items = (
             value
             if isinstance(value, list) and value and isinstance(value[0], list | str)
@@ -75,8 +93,6 @@ class EmbeddingsBody(BaseModel):
         )
         if value == [] or any(len(item) == 0 for item in items if not isinstance(item, int)):
             raise ValueError("an input must not be empty (an empty string, list or token array)")
-        if items is value and len(value) > MAX_EMBEDDING_INPUTS:  # (a list of inputs)
-            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs in one request")
         return value
 
 
@@ -87,6 +103,8 @@ class CompletionsBody(BaseModel):
     # Never passed on (always false), so a request that says so is merged by window
     # batching with those that do not.
     stream: StrictBool = Field(False, exclude=True)
+
+    _prompts = field_validator("prompt", mode="before")(bounded(inputs_problem))
 
     @field_validator("prompt")
     @classmethod

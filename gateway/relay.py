@@ -19,6 +19,7 @@ from starlette.requests import Request
 
 from gateway import metrics
 from gateway.auth import Caller, RefusalThrottle
+from gateway.bodies import count_refusal
 from gateway.bus import Bus
 from gateway.errors import trace_headers
 from schemas.config import RelayConfig, ttl_seconds
@@ -219,6 +220,8 @@ class Relay:
         alias = str(body.get("model", ""))
         await self.check_model(who, alias)
         self.check_kind(alias, endpoint)
+        if (refusal := count_refusal(body)) is not None:
+            raise refusal  # (a route's model bounded most already: an Anthropic body not)
         body = with_beta(endpoint, body, opts)
         stream = bool(body.get("stream")) and endpoint == "chat"
         key, ttl = self.cache_terms(who, endpoint, body, opts)

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from gateway.auth import CallerDep
-from gateway.bodies import json_object
+from gateway.bodies import count_refusal, json_object
 from gateway.errors import validation_message
 from gateway.json_answer import JSONAnswer
 from gateway.openai_routes import ChatBody, chat_fields
@@ -39,7 +39,9 @@ class _ResponsesChat(ChatBody):
 def neutral_request(body: dict[str, Any]) -> dict[str, Any]:
     """A Responses request as the relay's chat body, held to chat's checks (a knob of
     the wrong type is the client's 400 here, never a vendor's later), which name the
-    field as the client sent it."""
+    field as the client sent it.  Its input items are counted before any is read."""
+    if (refusal := count_refusal(body, turns="input")) is not None:
+        raise refusal
     try:
         return chat_fields(_ResponsesChat.model_validate(responses_request_to_openai(body)))
     except ValidationError as exc:
@@ -60,8 +62,10 @@ def render(answer: Answer, body: dict[str, Any]) -> Response:
 @router.post("/responses")
 async def responses(request: Request, who: CallerDep) -> Any:
     body = await json_object(request)
-    neutral = neutral_request(body)
     relay: Relay = request.app.state.relay
+    if isinstance(model := body.get("model"), str) and model:
+        await relay.check_model(who, model)  # before its items are read and translated
+    neutral = neutral_request(body)
     opts = Options.from_headers(request.headers)
     try:
         answer = await relay.answer(who, "chat", neutral, opts)

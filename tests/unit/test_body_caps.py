@@ -1,0 +1,162 @@
+"""A request body holding more items than any client sends (messages, content parts, tool
+calls, tools, stop sequences, inputs, token ids) is refused with a 400 naming the field,
+before its items are validated one by one: each costs the gateway's one event loop, and a
+body of 100 000 one-letter messages (3 MB) held it for half a second."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from gateway.bodies import MAX_INPUTS, MAX_ITEMS, MAX_STOPS, MAX_TOKEN_IDS, MAX_TOOLS, MAX_TURNS
+from tests.support.gateway import client, gateway_app
+
+TURN = {"role": "user", "content": "a"}
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+async def post(path: str, body: Any, **headers: str) -> tuple[int, Any, list[Any]]:
+    app, bus = gateway_app()
+    async with client(app) as http:
+        reply = await http.post(
+            path,
+            content=json.dumps(body).encode(),
+            headers={"content-type": "application/json", **headers},
+        )
+    return reply.status_code, reply.json(), bus.published
+
+
+def chat(**fields: Any) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": [TURN], **fields}
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "says"),
+    [
+        (chat(messages=[TURN] * (MAX_TURNS + 1)), "messages", f"at most {MAX_TURNS} items"),
+        (  # few messages, but parts by the thousand in each
+            chat(
+                messages=[{"role": "user", "content": [{"type": "text", "text": "a"}] * 9_000}] * 6
+            ),
+            "messages",
+            "content parts and tool calls",
+        ),
+        (chat(tools=[TOOL] * (MAX_TOOLS + 1)), "tools", f"at most {MAX_TOOLS} tools"),
+        (chat(stop=["x"] * (MAX_STOPS + 1)), "stop", f"at most {MAX_STOPS} stop sequences"),
+    ],
+)
+async def test_a_chat_body_past_a_bound_is_a_400_naming_the_field(
+    body: dict[str, Any], field: str, says: str
+) -> None:
+    status, reply, published = await post("/v1/chat/completions", body)
+    assert status == 400, reply
+    assert reply["error"]["param"] == field and says in reply["error"]["message"]
+    assert reply["error"]["message"].startswith(f"{field}: ")
+    assert not published
+
+
+async def test_the_count_is_checked_before_any_item_is() -> None:
+    """A malformed message among too many: the count is what the client hears (the
+    items were never validated)."""
+    turns: list[Any] = [TURN] * MAX_TURNS + [{"role": 5, "content": {"not": "text"}}]
+    status, reply, _ = await post("/v1/chat/completions", chat(messages=turns))
+    assert status == 400 and "at most" in reply["error"]["message"]
+
+
+async def test_as_many_as_the_bounds_allow_are_served() -> None:
+    turns = [TURN] * MAX_TURNS
+    status, reply, published = await post("/v1/chat/completions", chat(messages=turns))
+    assert status == 200, reply
+    assert len(published[0].body["messages"]) == MAX_TURNS
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field", "says"),
+    [
+        ("/v1/embeddings", {"input": ["x"] * (MAX_INPUTS + 1)}, "input", "inputs"),
+        ("/v1/embeddings", {"input": [1] * (MAX_TOKEN_IDS + 1)}, "input", "token ids"),
+        ("/v1/completions", {"prompt": [[1] * 1000] * 1001}, "prompt", "token ids"),
+        ("/v1/completions", {"prompt": ["x"] * (MAX_INPUTS + 1)}, "prompt", "inputs"),
+    ],
+)
+async def test_inputs_and_prompts_are_bounded(
+    path: str, body: dict[str, Any], field: str, says: str
+) -> None:
+    model = "text-embed" if path == "/v1/embeddings" else "gpt-4o-mini"
+    status, reply, published = await post(path, {"model": model, **body})
+    assert status == 400, reply
+    assert reply["error"]["param"] == field and says in reply["error"]["message"]
+    assert not published
+
+
+async def test_an_anthropic_body_past_a_bound_is_refused_in_its_shape() -> None:
+    body = {"model": "claude-haiku", "max_tokens": 5, "messages": [TURN] * (MAX_TURNS + 1)}
+    status, reply, published = await post("/v1/messages", body)
+    assert status == 400 and reply["type"] == "error"
+    assert reply["error"]["type"] == "invalid_request_error"
+    assert reply["error"]["message"].startswith("messages: at most")
+    assert not published
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"input": [{"role": "user", "content": "a"}] * (MAX_TURNS + 1)}, "input"),
+        ({"input": "hi", "tools": [{"type": "function", "name": "f"}] * (MAX_TOOLS + 1)}, "tools"),
+        (
+            {
+                "input": [
+                    {"role": "user", "content": [{"type": "input_text", "text": "a"}] * MAX_ITEMS}
+                ]
+            },
+            "input",
+        ),
+    ],
+)
+async def test_a_responses_body_past_a_bound_names_its_own_field(
+    extra: dict[str, Any], field: str
+) -> None:
+    status, reply, published = await post("/v1/responses", {"model": "gpt-4o-mini", **extra})
+    assert status == 400, reply
+    assert reply["error"]["param"] == field and reply["error"]["message"].startswith(field)
+    assert not published
+
+
+async def test_a_responses_request_for_a_model_it_may_not_use_is_refused_first() -> None:
+    """The model is checked before the items are read (a body past the edge's own)."""
+    body = {"model": "no-such-model", "input": [{"role": "user", "content": "a"}] * MAX_TURNS}
+    status, reply, _ = await post("/v1/responses", body)
+    assert status == 404 and reply["error"]["param"] == "model"
+
+
+async def test_a_message_batch_request_past_a_bound_errors_alone() -> None:
+    from tests.unit.test_batch_quota import Bus, MemoryStore
+
+    app, _ = gateway_app()
+    bus = app.state.relay.bus = Bus()
+    app.state.batches = store = MemoryStore()
+    store.record_many = recorded = _Recorder()  # type: ignore[method-assign]
+    params = {"model": "claude-haiku", "max_tokens": 5, "messages": [TURN]}
+    huge = {**params, "messages": [TURN] * (MAX_TURNS + 1)}
+    asked = {
+        "requests": [{"custom_id": "ok", "params": params}, {"custom_id": "huge", "params": huge}]
+    }
+    async with client(app) as http:
+        reply = await http.post("/v1/messages/batches", json=asked)
+    assert reply.status_code == 200, reply.json()
+    assert [env.correlation_id.rsplit("/", 1)[1] for env in bus.published] == ["0"]
+    assert list(recorded.lines) == [1]
+    line = recorded.lines[1]
+    assert line.response.status_code == 400
+    assert line.response.body["error"]["message"].startswith("messages: at most")
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.lines: dict[int, Any] = {}
+
+    async def __call__(self, batch_id: str, lines: dict[int, Any]) -> bool:
+        self.lines.update(lines)
+        return bool(lines)
