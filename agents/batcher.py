@@ -7,17 +7,19 @@ take many inputs per call, and vendors price them per token, so batching costs n
 extra while saving requests against the vendor's RPM limit and per-call latency.
 
 The vendor's RPM limit is therefore taken per vendor call, not per caller: a window, once
-its time is up (or it is full), waits for one request of the vendor's RPM (``admit``, given the callers'
-``ticket``s: the dispatcher waits in the most urgent of their priority lanes, until the
-latest of their deadlines) and then goes out as one call.  While it waits it still takes
-callers (within its limits below): under RPM pressure a window that closed and queued
-alone would carry one caller a call, and the vendor would see as many calls as without
-batching.  A caller that joins it then waits in the lane the window already waits in; if
-the RPM cannot let the window out by its first callers' deadlines, those hear our 429
-and the later ones wait again on a window of their own.  A caller that gives up while
-its window waits leaves it, as it leaves an open window (its inputs are never sent);
-when the last one leaves, the window's wait is given up too.  Its other limits (tokens,
-the tenant's) stay per caller: they are the caller's own, whoever it shares a call with.
+its time is up (or it is full), waits for one request of the vendor's RPM (``admit``,
+given the callers' ``ticket``s: the dispatcher waits in the most urgent of their priority
+lanes, until the latest of their deadlines) and then goes out as one call. While it waits
+it still takes callers (within its limits below): under RPM pressure a window that closed
+and queued alone would carry one caller a call, and the vendor would see as many calls as
+without batching. A caller that joins it then waits in the lane the window already waits
+in (one more urgent than that lane, a realtime caller at a window of batch work, opens a
+window of its own instead, so it never waits behind that work: ``rank``); if the RPM
+cannot let the window out by its first callers' deadlines, those hear our 429 and the
+later ones wait again on a window of their own. A caller that gives up while its window
+waits leaves it, as it leaves an open window (its inputs are never sent); when the last
+one leaves, the window's wait is given up too. Its other limits (tokens, the tenant's)
+stay per caller: they are the caller's own, whoever it shares a call with.
 
 A window never carries more than ``max_size`` inputs, nor more than the vendor takes in
 one request (OpenAI's embeddings: 2,048 inputs, 300,000 tokens, estimated at four
@@ -156,6 +158,7 @@ class _Window:
     task: asyncio.Task[None] | None = None
     told: bool = False  # one of its callers reports the call's outcome (see ``Claim``)
     key: tuple[str, ...] | None = None  # its place in the batcher's windows, while it takes
+    rank: int | None = None  # while it waits for the RPM: the lane it waits in, by ``rank``
 
     def claim(self, *, last: bool = False) -> bool:
         """This call's ``Claim``."""
@@ -192,9 +195,13 @@ class _Window:
 
 
 class EmbeddingBatcher:
-    """Collects calls per key (vendor, model, params) and flushes on size or age."""
+    """Collects calls per key (vendor, model, params) and flushes on size or age.
 
-    def __init__(self) -> None:
+    ``rank`` orders callers' ``ticket``s by urgency (lower: more urgent); a window
+    waiting for the RPM takes no caller more urgent than the lane it waits in."""
+
+    def __init__(self, rank: Callable[[Any], int] | None = None) -> None:
+        self.rank = rank
         self._windows: dict[tuple[str, ...], _Window] = {}
         self._sending: set[asyncio.Task[None]] = set()
         self.calls_sent = 0
@@ -231,7 +238,9 @@ class EmbeddingBatcher:
         pending.reported = reported
         cap = min(max_size, shape.max_inputs or max_size)
         opened = self._windows.get(key)
-        if opened is not None and not opened.takes(pending, cap, shape):
+        if opened is not None and self._outranks(ticket, opened):
+            self._shut(opened)  # it goes on waiting in its lane; this caller, in its own
+        elif opened is not None and not opened.takes(pending, cap, shape):
             self._close(key, send, shape, admit)  # it goes as it is; this caller, in the next
         window = self._windows.get(key)
         if window is None:
@@ -261,6 +270,10 @@ class EmbeddingBatcher:
                 if orphaned is not None:
                     orphaned(pending.future)
             raise
+
+    def _outranks(self, ticket: Any, window: _Window) -> bool:
+        """Whether a caller of ``ticket`` is more urgent than the lane ``window`` waits in."""
+        return self.rank is not None and window.rank is not None and self.rank(ticket) < window.rank
 
     def _flush(
         self, key: tuple[str, ...], send: EmbedFn, shape: Shape, admit: Admit | None = None
@@ -306,6 +319,8 @@ class EmbeddingBatcher:
     ) -> None:
         if admit is not None:
             asked = list(window.pending)
+            if self.rank is not None:
+                window.rank = min(self.rank(p.ticket) for p in asked)
             try:
                 await admit([p.ticket for p in asked])
             except RelayError as err:  # our own limits: nothing went out

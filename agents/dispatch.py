@@ -295,7 +295,7 @@ class Dispatcher:
         self.pools = pools
         self.on_health = on_health
         self.batching = batching or {}
-        self.batcher = EmbeddingBatcher()
+        self.batcher = EmbeddingBatcher(rank=lambda ticket: LANES[ticket[0]])
         # Requests that gave up inside a window-batched call already sent, by correlation
         # id: their candidate and the share they will be billed for.
         self._orphans: dict[str, list[Late]] = {}

@@ -6,7 +6,9 @@ one caller, and so did every window after it: no request saved, most callers 429
 from __future__ import annotations
 
 import asyncio
+import time
 
+from schemas.envelope import Priority
 from tests.unit.test_window_batching import EMB, Embeddings, dispatcher, embed, rpm_gate
 
 
@@ -37,3 +39,31 @@ async def test_a_steady_stream_under_the_rpm_is_a_call_per_request_of_it() -> No
     assert [o.error for o in outs] == [None] * 30
     assert len(vendor.calls) <= 4
     assert sum(len(inputs) for _, _, inputs in vendor.calls) == 30
+
+
+async def test_a_realtime_caller_never_joins_a_window_waiting_in_a_less_urgent_lane() -> None:
+    """A background window waits for the RPM behind batch work; a realtime caller that
+    comes meanwhile opens a window of its own, which waits in the realtime lane: it goes
+    first, then the batch work, then the background window."""
+    vendor = Embeddings()
+    gate = rpm_gate(120, tokens=0)  # the next request in half a second
+    dispatch, _ = dispatcher(vendor, gate=gate)
+    order: list[str] = []
+
+    async def batch_work() -> None:
+        await gate.acquire({"vendor:a": 1.0}, Priority.batch, time.monotonic() + 5)
+        order.append("batch")
+
+    async def run(text: str, priority: Priority) -> None:
+        out = await dispatch.run(embed(text, 5, priority=priority), EMB, None)
+        assert out.error is None
+        order.append(text)
+
+    queued = asyncio.create_task(batch_work())
+    await asyncio.sleep(0.01)
+    background = asyncio.create_task(run("bg", Priority.background))
+    await asyncio.sleep(0.15)  # its window has had its time: it waits for the RPM
+    await run("rt", Priority.realtime)
+    await asyncio.gather(queued, background)
+    assert order == ["rt", "batch", "bg"]
+    assert [inputs for _, _, inputs in vendor.calls] == [["rt"], ["bg"]]
