@@ -766,7 +766,7 @@ class Dispatcher:
                 elif isinstance(exc, VendorAuthFailed):
                     # A revoked key, or one out of credit: the operator must hear of it
                     # (by its place in the pool, never the key).
-                    log.warning("%s: key #%d refused (401/403): out for %.0f s",
+                    log.warning("%s: key #%d refused (a 401/403, or a bad-key 400): out for %.0f s",
                                 cand.vendor, key_index, KEY_REFUSED_S)  # fmt: skip
                     pool.bench(key_index, KEY_REFUSED_S)
                 elif isinstance(exc, VendorRateLimited):
@@ -796,9 +796,10 @@ class Dispatcher:
                     # not translate (a number for a list, say).  The client's fault, not
                     # the vendor's: a 400, and no breaker opened by a bad request.
                     self._settle(env, tpm, Usage())
+                    log.info("%s: a request not put to it (%s)", cand.vendor, what)
                     raise BadRequest(
-                        f"the request could not be put to {cand.vendor} ({what}); "
-                        "check its fields' types"
+                        f"the request could not be put to {cand.vendor} (a field of a type "
+                        "or shape its API does not take); check its fields' types"
                     ) from None
                 # An answer in a shape no adapter reads (not JSON, a list for an object,
                 # a body that will not decode): the vendor's failure, reported, and the
@@ -807,7 +808,8 @@ class Dispatcher:
                 if env.stream and progress is not None and progress.opened == cand:
                     _cut(env, cand, progress, forwarded)  # opened: billed, as above
                 err = VendorUnavailable(
-                    f"{cand.vendor}: the vendor's answer could not be read ({what})"
+                    f"{cand.vendor}: the vendor's answer could not be read (not in the shape "
+                    "its API documents)"
                 )
                 told.heard = True
                 await self._report(env, cand, started, err)

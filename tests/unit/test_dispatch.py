@@ -211,6 +211,23 @@ async def test_an_unreadable_answer_is_the_vendor_s_failure_and_the_next_one_ans
     assert [(e.vendor, e.ok) for e in seen] == [("openai", False), ("backup", True)]
 
 
+async def test_an_unreadable_answer_tells_the_client_no_python_exception() -> None:
+    """With nobody else to ask, the client hears the vendor's failure in words, never the
+    exception the adapter met (``KeyError``, ``TypeError``: the relay's insides)."""
+    import httpx
+
+    dispatch, _ = real_vendors(openai=httpx.Response(200, json=["not", "an", "object"]))
+    env = request_envelope(
+        deadline_ms=int((time.time() + 5) * 1000),
+        body={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    out = await dispatch.run(env, [Candidate(vendor="openai", model="m")], None)
+    assert out.error is not None
+    said = out.error.to_dict()["message"]
+    assert "could not be read" in said
+    assert not any(name in said for name in ("Error", "Exception", "KeyError", "TypeError"))
+
+
 async def test_a_model_without_tools_passes_the_request_on_and_stays_healthy() -> None:
     import httpx
 
