@@ -115,9 +115,10 @@ def _openai(stack: Stack, key: str = DEMO_KEY, url: str | None = None) -> openai
     return openai.AsyncOpenAI(base_url=f"{url or stack.url}/v1", api_key=key, max_retries=0)
 
 
-LINE = (
-    b'{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":'
-    b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}}\n'
+LINES = b"".join(
+    b'{"custom_id":"%s","method":"POST","url":"/v1/chat/completions","body":' % name
+    + b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}}\n'
+    for name in (b"a", b"b", b"c")
 )
 
 
@@ -125,13 +126,13 @@ async def test_the_sdks_hear_a_400_past_the_quota_and_other_tenants_go_on(
     quota_stack: Stack,
 ) -> None:
     demo, acme = _openai(quota_stack), _openai(quota_stack, ACME_KEY, quota_stack.gateways[1])
-    kept = await demo.files.create(file=("a.jsonl", LINE * 3), purpose="batch")
+    kept = await demo.files.create(file=("a.jsonl", LINES), purpose="batch")
     with pytest.raises(openai.BadRequestError) as refused:  # (the other replica counts it)
         await _openai(quota_stack, url=quota_stack.gateways[1]).files.create(
-            file=("b.jsonl", LINE * 3), purpose="batch"
+            file=("b.jsonl", LINES), purpose="batch"
         )
     assert refused.value.status_code == 400 and "storage quota" in refused.value.message
-    theirs = await acme.files.create(file=("c.jsonl", LINE * 3), purpose="batch")
+    theirs = await acme.files.create(file=("c.jsonl", LINES), purpose="batch")
     batch = await acme.batches.create(
         input_file_id=theirs.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
@@ -148,7 +149,7 @@ async def test_the_sdks_hear_a_400_past_the_quota_and_other_tenants_go_on(
     assert "storage quota" in str(too_much.value)
 
     await demo.files.delete(kept.id)  # its bytes freed: the same upload is taken now
-    await demo.files.create(file=("b.jsonl", LINE * 3), purpose="batch")
+    await demo.files.create(file=("b.jsonl", LINES), purpose="batch")
 
 
 async def test_a_key_removed_from_the_config_is_refused_by_every_gateway(
