@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from gateway.auth import CallerDep
-from gateway.bodies import json_object
+from gateway.bodies import count_refusal, json_object
 from gateway.errors import trace_headers
 from gateway.json_answer import JSONAnswer
 from gateway.relay import Answer, Options, Relay
@@ -29,6 +29,8 @@ def neutral_request(body: dict[str, Any]) -> dict[str, Any]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model: field required", param="model")
+    if (refused := count_refusal(body)) is not None:
+        raise refused  # more items than a request may hold: refused before they are walked
     try:
         return messages_request_to_openai(body)
     except RecursionError:

@@ -100,6 +100,24 @@ async def test_an_anthropic_body_past_a_bound_is_refused_in_its_shape() -> None:
     assert not published
 
 
+def test_an_anthropic_body_past_a_bound_is_refused_before_it_is_translated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Translating walks every block on the event loop: a body over a bound never gets
+    that far (the count is its cost)."""
+    from gateway import anthropic_routes
+    from schemas.errors import BadRequest
+
+    def translate(body: object) -> object:
+        raise AssertionError("translated")
+
+    monkeypatch.setattr(anthropic_routes, "messages_request_to_openai", translate)
+    body = {"model": "claude-haiku", "max_tokens": 5, "messages": [TURN] * (MAX_TURNS + 1)}
+    with pytest.raises(BadRequest) as refused:
+        anthropic_routes.neutral_request(body)
+    assert refused.value.param == "messages"
+
+
 @pytest.mark.parametrize(
     ("extra", "field"),
     [
