@@ -108,10 +108,10 @@ async def create(body: CreateBody, request: Request, who: CallerDep) -> dict[str
     batch_id = new_id("msgbatch_")
     # Its requests count against the tenant's store quota, as an upload does (the store
     # keeps their ids and answers) until it is deleted or expires: checked before any
-    # work on them.
+    # work on them (in the try: a hold counted whose answer was lost is let go too).
     size = len(await request.body())
-    await store.hold(who.tenant, batch_id, size, store.batch_kept_s, store_quota(relay, who))
     try:
+        await store.hold(who.tenant, batch_id, size, store.batch_kept_s, store_quota(relay, who))
         failed, batch = await _submit(relay, store, who, opts, batch_id, body)
     except BaseException:
         with contextlib.suppress(StoreUnavailable):  # (else it ends as the batch would)
@@ -211,7 +211,13 @@ async def cancel(batch_id: str, request: Request, who: CallerDep) -> dict[str, A
 
 @router.delete("/batches/{batch_id}")
 async def delete(batch_id: str, request: Request, who: CallerDep) -> dict[str, Any]:
-    batch = await _batch(request, who, batch_id)
+    try:
+        batch = await _batch(request, who, batch_id)
+    except NotFound:
+        # A retry of a delete whose batch went but whose bytes failed to stop counting:
+        # let them go now (only what this tenant holds for that id).
+        await _store(request).release(who.tenant, batch_id)
+        raise
     if not batch.ended:
         raise BadRequest("a batch can be deleted once it has ended; cancel it first")
     await _store(request).delete_batch(who.tenant, batch_id)

@@ -160,6 +160,17 @@ if n then
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 """
+# Ends item ``ARGV[1]``'s hold at ``ARGV[2]`` (ms) instead, if it holds one (a message
+# batch that ended: its keys stay the retention from now, no longer); ``ARGV[3]``: now.
+_REKEEP = """
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+local ttl = tonumber(ARGV[2]) - tonumber(ARGV[3])
+for i = 1, 2 do
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+return 1
+"""
 MESSAGE_BATCHES = "/v1/messages"  # Anthropic's Message Batches: served at their results URL
 GONE_S = 24 * 3600  # how long a deleted file's or batch's place in its lists is kept
 _CANCEL_FIELDS = ("cancelling_at", "cancelled_at")
@@ -219,6 +230,7 @@ class BatchStore:
         self._expire_script = redis.register_script(_EXPIRE)
         self._hold = redis.register_script(_HOLD)
         self._release = redis.register_script(_RELEASE)
+        self._rekeep = redis.register_script(_REKEEP)
 
     # Keys: a batch's keys share a hash tag, so a Redis Cluster keeps them on one node.
     def _file(self, file_id: str) -> str:
@@ -244,7 +256,8 @@ class BatchStore:
 
     @property
     def batch_kept_s(self) -> int:
-        """The longest a batch is kept: its window, its grace, then the retention."""
+        """The longest a batch is kept: its window, its grace, then the retention (a
+        message batch's hold, until the batch ends: then the retention from its end)."""
         return COMPLETION_WINDOW_S + EXPIRY_GRACE_S + self.retention_ms // 1000
 
     # ---- what each tenant keeps -------------------------------------------------------
@@ -329,9 +342,10 @@ class BatchStore:
         deleted or expires."""
         meta = FileObject(id=new_id("file-"), bytes=len(data), filename=filename, purpose=purpose)
         meta.expires_at = meta.created_at + self.retention_ms // 1000
-        await self.hold(tenant, meta.id, len(data), self.retention_ms // 1000, quota)
         key = self._file(meta.id)
         try:
+            # In here: a hold counted in Redis whose answer was lost is let go too.
+            await self.hold(tenant, meta.id, len(data), self.retention_ms // 1000, quota)
             async with self._guard() as redis, redis.pipeline(transaction=True) as pipe:
                 pipe.hset(
                     key, mapping={"meta": meta.model_dump_json(), "tenant": tenant, "data": data}
@@ -391,18 +405,27 @@ class BatchStore:
 
     async def delete_file(self, tenant: str, file_id: str) -> bool:
         """Delete an upload, or a batch's output or error file (the batch keeps naming
-        it, as OpenAI's does, but it is gone from the file endpoints)."""
+        it, as OpenAI's does, but it is gone from the file endpoints).
+
+        An upload's bytes stop counting first, then it goes: a delete that fails after
+        leaves a file kept uncounted (the tenant's gain), never bytes counted with no file
+        left to delete.  Asked for one it no longer has (a retry after such a failure),
+        its bytes are let go all the same (``release`` only counts off what the tenant
+        holds for that id)."""
+        out = _output_of(file_id)
         if (meta := await self.file(tenant, file_id)) is None:
+            if not out:
+                await self.release(tenant, file_id)
             return False
         place = await self._listed_at("files", tenant, file_id) or meta.listed_at
+        if not out:
+            await self.release(tenant, file_id)
         async with self._guard() as redis:
-            if out := _output_of(file_id):
+            if out:
                 await redis.hset(self._batch(out[0]), f"deleted:{out[1]}", 1)
             else:
                 await redis.delete(self._file(file_id))
                 await redis.zrem(self._index("files", tenant), file_id)
-        if not out:
-            await self.release(tenant, file_id)
         await self._bury(tenant, file_id, place)
         return True
 
@@ -512,7 +535,7 @@ class BatchStore:
                 ],
             )
         if expired != -1:  # (-1: another poller, or its last line, ended it first)
-            await self._keep_listed(batch.id)
+            await self._ended(batch.id)
 
     async def _read(self, tenant: str, batch_id: str) -> BatchObject | None:
         async with self._guard() as redis:
@@ -560,12 +583,13 @@ class BatchStore:
         return await self.batch(tenant, batch_id)
 
     async def delete_batch(self, tenant: str, batch_id: str) -> None:
-        """Forget a batch and its results (the caller checked the tenant)."""
+        """Forget a batch and its results (the caller checked the tenant).  A message
+        batch's requests stop counting first, as an upload's do (``delete_file``)."""
         place = await self._listed_at("batches", tenant, batch_id)
+        await self.release(tenant, batch_id)
         async with self._guard() as redis:
             await redis.delete(self._batch(batch_id), self._out(batch_id), self._ids(batch_id))
             await redis.zrem(self._index("batches", tenant), batch_id)
-        await self.release(tenant, batch_id)  # (a message batch's requests)
         if place is not None:
             await self._bury(tenant, batch_id, place)
 
@@ -615,16 +639,25 @@ class BatchStore:
                 args=args,
             )
         if done == 2:  # the lines that ended the batch
-            await self._keep_listed(batch_id)
+            await self._ended(batch_id)
         return None if done == -1 else bool(done)
 
-    async def _keep_listed(self, batch_id: str) -> None:
-        """Keep an ended batch in its tenant's list as long as the batch is kept (the
-        list's own keys are in another slot of a Redis Cluster: not in the scripts)."""
+    async def _ended(self, batch_id: str) -> None:
+        """A batch just ended, its keys kept the retention from now: keep it in its
+        tenant's list as long, and a message batch's requests counted no longer (their
+        hold ran to the end of its window; the batch, once gone, can't be deleted to let
+        it go).  The tenant's keys are in other slots of a Redis Cluster: not in the
+        scripts."""
         async with self._guard() as redis:
             tenant: Any = await redis.hget(self._batch(batch_id), "tenant")
-            if tenant is not None:
-                await redis.pexpire(self._index("batches", tenant.decode()), self.retention_ms)
+            if tenant is None:
+                return
+            await redis.pexpire(self._index("batches", tenant.decode()), self.retention_ms)
+            now_ms = int(time.time() * 1000)
+            await self._rekeep(
+                keys=self._holds(tenant.decode()),
+                args=[batch_id, now_ms + self.retention_ms, now_ms],
+            )
 
     def _guard(self) -> _Guard:
         return _Guard(self.redis)

@@ -18,11 +18,12 @@ import openai
 import pytest
 import redis.asyncio as aioredis
 import yaml
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from schemas.batches import BatchObject, RequestCounts
+from schemas.batches import BatchObject, OutputLine, RequestCounts
 from schemas.config import hash_key
-from schemas.errors import BadRequest
-from tables.batches import MESSAGE_BATCHES, BatchStore
+from schemas.errors import BadRequest, StoreUnavailable
+from tables.batches import EXPIRY_GRACE_S, MESSAGE_BATCHES, BatchStore
 from tests.integration.conftest import WORKDIR
 from tests.support.stack import DEMO_KEY, Simulator, Stack, example_config
 
@@ -98,6 +99,96 @@ async def test_files_and_message_batches_free_their_bytes_when_deleted(store: Ba
     assert await store.held("a") == 321
     await store.delete_batch("a", batch.id)
     assert await store.held("a") == 0
+
+
+async def test_a_release_that_failed_is_made_good_by_the_retried_delete(store: BatchStore) -> None:
+    """A DELETE whose release fails is a 503 and the file or batch stays, so the client's
+    retry deletes it and frees its bytes; one whose release is all that went missing (the
+    item gone, its bytes still counted) frees them on the retry's 404."""
+    data = b'{"custom_id":"a"}\n' * 10
+    meta = await store.put_file("a", "in.jsonl", "batch", data, quota=1000)
+    batch = _message_batch("msgbatch_q2")
+    await store.hold("a", batch.id, 321, store.batch_kept_s, quota=1000)
+    await store.create("a", batch, ["r0"])
+    release = store.release
+    failing = 0
+
+    async def fails_once(tenant: str, item_id: str) -> None:
+        nonlocal failing
+        failing += 1
+        if failing % 2:
+            raise StoreUnavailable("the batch store (Redis) is unavailable; try again")
+        await release(tenant, item_id)
+
+    store.release = fails_once  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        await store.delete_file("a", meta.id)
+    assert await store.file("a", meta.id) is not None  # still there to delete again
+    assert await store.delete_file("a", meta.id)
+    with pytest.raises(StoreUnavailable):
+        await store.delete_batch("a", batch.id)
+    assert await store.batch("a", batch.id) is not None
+    await store.delete_batch("a", batch.id)
+    store.release = release  # type: ignore[method-assign]
+    assert await store.held("a") == 0
+
+    await store.hold("a", "file-gone", 500, 600, quota=1000)  # counted, its file gone
+    assert not await store.delete_file("a", "file-gone")  # the 404 a retry hears...
+    assert await store.held("a") == 0  # ...lets its bytes go
+
+
+async def test_an_upload_whose_hold_answer_was_lost_counts_nothing(store: BatchStore) -> None:
+    """The hold ran in Redis, its answer never came (a socket timeout, a failover): the
+    upload fails (503) and its bytes are let go, not kept counted for the retention."""
+    hold = store._hold
+
+    async def lost_answer(**kw: Any) -> Any:
+        await hold(**kw)
+        raise RedisConnectionError("Timeout reading from socket")
+
+    store._hold = lost_answer  # type: ignore[assignment]
+    with pytest.raises(StoreUnavailable):
+        await store.put_file("a", "in.jsonl", "batch", b"x" * 800, quota=1000)
+    store._hold = hold
+    assert await store.held("a") == 0 and await store.files("a") == []
+
+
+@pytest.mark.parametrize("ends", ["last line", "window"])
+async def test_a_message_batchs_bytes_count_as_long_as_it_is_kept(
+    redis_url: str, ends: str
+) -> None:
+    """Its hold is taken for the longest a batch may run (window, grace, retention); once
+    the batch ends (its last line, or its window expiring it) its keys stay the retention
+    from then, and so do its bytes: none counted for a batch gone, which can't be deleted."""
+    client = aioredis.Redis.from_url(redis_url)
+    store = BatchStore(client, f"t{uuid.uuid4().hex[:8]}", retention_s=1)
+    past = int(time.time()) - EXPIRY_GRACE_S - 1
+    batch = _message_batch("msgbatch_q3", expires_at=past if ends == "window" else None)
+    await store.hold("a", batch.id, 321, store.batch_kept_s, quota=1000)
+    await store.create("a", batch, ["r0"])
+    if ends == "window":
+        ended = await store.batch("a", batch.id)
+    else:
+        assert await store.record(batch.id, 0, OutputLine(custom_id="r0"))
+        ended = await store.batch("a", batch.id)
+    assert ended is not None and ended.ended and await store.held("a") == 321
+    await asyncio.sleep(1.2)
+    assert await store.batch("a", batch.id) is None
+    assert await store.held("a") == 0
+    await client.aclose()
+
+
+def _message_batch(batch_id: str, expires_at: int | None = None) -> BatchObject:
+    now = int(time.time())
+    return BatchObject(
+        id=batch_id,
+        endpoint=MESSAGE_BATCHES,
+        input_file_id="",
+        status="in_progress",
+        created_at=now,
+        expires_at=expires_at,
+        request_counts=RequestCounts(total=1),
+    )
 
 
 # ---- through two real gateways ------------------------------------------------------------

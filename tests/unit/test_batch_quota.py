@@ -36,6 +36,7 @@ class MemoryStore:
         self.batches: dict[str, tuple[str, BatchObject]] = {}
         self.quotas: list[int] = []  # the quota each hold was asked under
         self.fail_create = False
+        self.lose_hold_answer = False  # the hold counted, its answer lost on the way back
 
     def held(self, tenant: str) -> int:
         return sum(self.holds.get(tenant, {}).values())
@@ -46,6 +47,8 @@ class MemoryStore:
         if quota and self.held(tenant) - mine.get(item_id, 0) + size > quota:
             raise over_quota(quota, self.held(tenant), size)
         mine[item_id] = size
+        if self.lose_hold_answer:
+            raise StoreUnavailable("the batch store (Redis) is unavailable; try again")
 
     async def release(self, tenant: str, item_id: str) -> None:
         self.holds.get(tenant, {}).pop(item_id, None)
@@ -178,6 +181,26 @@ async def test_a_message_batch_that_could_not_be_stored_holds_nothing() -> None:
         failed = await http.post("/v1/messages/batches", json=_batch_of(2))
     assert failed.status_code in (503, 529) and store.held("demo") == 0
     assert not bus.published
+
+
+async def test_a_message_batch_whose_hold_answer_was_lost_holds_nothing() -> None:
+    app, bus, store = gateway(quota=10_000)
+    store.lose_hold_answer = True
+    async with client(app) as http:
+        failed = await http.post("/v1/messages/batches", json=_batch_of(2))
+    assert failed.status_code in (503, 529) and store.held("demo") == 0
+    assert not bus.published
+
+
+async def test_deleting_a_message_batch_gone_lets_go_of_what_it_still_held() -> None:
+    """A retried DELETE whose batch went while its bytes kept counting hears a 404, and
+    the bytes are let go; another tenant's are not touched."""
+    app, _, store = gateway(quota=10_000)
+    store.holds = {"demo": {"msgbatch_gone": 300}, "acme": {"msgbatch_gone": 200}}
+    async with client(app) as http:
+        gone = await http.delete("/v1/messages/batches/msgbatch_gone")
+    assert gone.status_code == 404
+    assert (store.held("demo"), store.held("acme")) == (0, 200)
 
 
 @pytest.mark.parametrize(("own", "asked"), [(None, 123), (0, 0), (50_000, 50_000)])
