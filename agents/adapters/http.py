@@ -312,6 +312,7 @@ _REFUSED_CODES = frozenset({"unsupported_parameter", "unsupported_value", "unkno
 # "invalid reasoning value: 'x'".
 _THINKING_REFUSED = ("does not support thinking", "think value", "invalid reasoning value")
 _SAID_OF = {"reasoning_effort": _THINKING_REFUSED, "think": _THINKING_REFUSED}
+_PHRASES_ONLY = {"think"}  # knobs a message blames only by what _SAID_OF lists
 
 
 def blames(err: VendorBadRequest, knob: str) -> bool:
@@ -322,6 +323,8 @@ def blames(err: VendorBadRequest, knob: str) -> bool:
         return err.param == knob
     if err.vendor_code is not None and err.vendor_code not in _REFUSED_CODES:
         return False
+    if knob in _PHRASES_ONLY:  # a common word: a model's name may hold it (qwen3:4b-thinking)
+        return any(said in err.message for said in _SAID_OF[knob])
     return knob in err.message or any(said in err.message for said in _SAID_OF.get(knob, ()))
 
 

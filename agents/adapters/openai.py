@@ -16,7 +16,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, AsyncExitStack, nullcontext
+from functools import cached_property
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -52,7 +54,12 @@ from schemas.formats.openai import ToolCallIndexes, answer_chars, vendor_fields
 from schemas.usage import Usage
 
 # Models that take ``max_completion_tokens`` only: o1, o3, o4-mini…, gpt-5…
-_REASONING = re.compile(r"^(o\d|gpt-5)")
+# OpenAI's reasoning models, also behind a gateway's ``provider/`` prefix (GitHub Models'
+# ``openai/o4-mini``) or fine-tuned (``ft:o4-mini-…``).
+_REASONING = re.compile(r"^(?:ft:)?(?:[\w.-]+/)?(?:o\d|gpt-5)")
+# Azure's hosts, reached as ``kind: openai`` too (its v1 API, which Microsoft documents for
+# the plain OpenAI client): they take max_completion_tokens for every deployment.
+_AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
 # Models that refuse ``parallel_tool_calls``, true or false (a 400 unsupported_parameter):
 # o1, o3-mini, o3, o4-mini… (gpt-5 takes it).
 _NO_PARALLEL_KNOB = re.compile(r"^o\d")
@@ -107,8 +114,14 @@ class OpenAIAdapter:
         return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def _knows_new_limit(self) -> bool:
-        """Whether the server takes ``max_completion_tokens`` for any model: OpenAI's own."""
-        return openai_itself(self.base)
+        """Whether the server takes ``max_completion_tokens`` for any model: OpenAI's own,
+        or Azure's (a deployment's name says nothing of its model)."""
+        return self._openai_or_azure_host
+
+    @cached_property
+    def _openai_or_azure_host(self) -> bool:
+        host = urlsplit(self.base).hostname or ""
+        return openai_itself(self.base) or host.endswith(_AZURE_HOSTS)
 
     def _model_limits(self) -> AbstractContextManager[None]:
         """A local model's refusal of what it lacks as ``VendorUnsupported``, so the next

@@ -611,6 +611,18 @@ async def test_the_think_the_relay_added_is_struck_when_the_model_refuses_it(
     assert {**second, "think": first["think"]} == first
 
 
+async def test_a_thinking_model_s_other_refusal_is_not_read_as_a_refused_think():
+    """Ollama's 400s quote the model's name, and tags hold the word (``qwen3:4b-thinking``):
+    its refusal of tools is not a refused ``think``, so no second call goes out for it."""
+    refusal = {"error": '"qwen3:4b-thinking-2507" does not support tools'}
+    seen, handler = recorder(httpx.Response(400, json=refusal))
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    asked = {**THINKING, "tools": tools}
+    with pytest.raises(VendorUnsupported, match="does not support tools"):
+        await adapter_for(handler).chat(VendorCall("qwen3:4b-thinking-2507", asked, ""))
+    assert len(seen) == 1
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_clients_own_reasoning_effort_refused_passes_the_request_on(stream):
     """reasoning_effort the client sent itself is its choice: never struck, the model

@@ -863,6 +863,25 @@ def test_max_completion_tokens_reaches_other_servers_as_max_tokens():
         assert kept["max_completion_tokens"] == 10 and "max_tokens" not in kept
 
 
+def test_reasoning_models_behind_prefixes_and_azure_hosts_keep_the_new_limit():
+    """A gateway's ``provider/`` prefix, a fine-tune's ``ft:``, and Azure's v1 API reached
+    as ``kind: openai`` (any deployment name) keep max_completion_tokens, which OpenAI's
+    reasoning models need (they refuse max_tokens)."""
+    asked = {"messages": MESSAGES, "max_completion_tokens": 10}
+    proxy = adapter_for(lambda r: httpx.Response(500), "https://models.example.com/v1")
+    for model in ("openai/o4-mini", "ft:o4-mini-2025-04-16:org::abc", "openai/gpt-5-mini"):
+        sent = proxy._body(VendorCall(model, asked, "k"))
+        assert sent["max_completion_tokens"] == 10 and "max_tokens" not in sent, model
+    assert proxy._body(VendorCall("llama-3.1-8b", asked, "k"))["max_tokens"] == 10
+    for base in (
+        "https://res.openai.azure.com/openai/v1",
+        "https://res.cognitiveservices.azure.com/openai/v1",
+    ):
+        azure_v1 = adapter_for(lambda r: httpx.Response(500), base)
+        sent = azure_v1._body(VendorCall("prod-reasoner", asked, "k"))
+        assert sent["max_completion_tokens"] == 10 and "max_tokens" not in sent, base
+
+
 def test_o_series_models_go_without_parallel_tool_calls_which_they_refuse():
     """o1, o3-mini, o3, o4-mini answer parallel_tool_calls (true or false) with a 400; a
     legacy ``functions`` request carries it false, though its client never sent it."""
