@@ -220,8 +220,11 @@ class Relay:
         alias = str(body.get("model", ""))
         await self.check_model(who, alias)
         self.check_kind(alias, endpoint)
-        if (refusal := count_refusal(body)) is not None:
-            raise refusal  # (a route's model bounded most already: an Anthropic body not)
+        # Every route counted the turns as its client sent them (chat's model, Anthropic's
+        # and Responses' translations): counted here in a body translated since, they
+        # could be more than were sent.  The lists a translation keeps item for item are.
+        if (refusal := count_refusal(body, turns=None)) is not None:
+            raise refusal
         body = with_beta(endpoint, body, opts)
         stream = bool(body.get("stream")) and endpoint == "chat"
         key, ttl = self.cache_terms(who, endpoint, body, opts)

@@ -6,6 +6,7 @@ body of 100 000 one-letter messages (3 MB) held it for half a second."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -178,3 +179,92 @@ class _Recorder:
     async def __call__(self, batch_id: str, lines: dict[int, Any]) -> bool:
         self.lines.update(lines)
         return bool(lines)
+
+
+def _tool_round(n: int, content: Any = "ok") -> list[dict[str, Any]]:
+    """One Anthropic round of ``n`` parallel tool calls, and their results."""
+    ids = [f"toolu_{n}_{k}" for k in range(n)]
+    calls = [{"type": "tool_use", "id": x, "name": "f", "input": {}} for x in ids]
+    results = [{"type": "tool_result", "tool_use_id": x, "content": content} for x in ids]
+    return [{"role": "assistant", "content": calls}, {"role": "user", "content": results}]
+
+
+_TEXT = {"type": "text", "text": "a"}
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        [_TEXT] * (MAX_ITEMS + 1),  # a tool result's blocks
+        [{"type": "search_result", "source": "u", "title": "t", "content": [_TEXT] * MAX_ITEMS}],
+        [  # a document's own blocks, in a tool result
+            {
+                "type": "document",
+                "source": {"type": "content", "content": [_TEXT] * MAX_ITEMS},
+            }
+        ],
+    ],
+)
+def test_blocks_nested_in_an_anthropic_tool_result_are_counted_before_translation(
+    monkeypatch: pytest.MonkeyPatch, result: list[Any]
+) -> None:
+    """A tool result's blocks (and a document's or search result's inside it) are
+    walked on the event loop as they are translated: one turn of 200 000 of them held it
+    for 0.4 s.  They count with the rest."""
+    from gateway import anthropic_routes
+    from schemas.errors import BadRequest
+
+    def translate(body: object) -> object:
+        raise AssertionError("translated")
+
+    monkeypatch.setattr(anthropic_routes, "messages_request_to_openai", translate)
+    turns = [{"role": "user", "content": "hi"}, *_tool_round(1, result)]
+    body = {"model": "claude-haiku", "max_tokens": 5, "messages": turns}
+    with pytest.raises(BadRequest) as refused:
+        anthropic_routes.neutral_request(body)
+    assert refused.value.param == "messages"
+    assert f"at most {MAX_ITEMS} items" in str(refused.value)
+
+
+async def test_a_responses_reasoning_summary_counts_with_the_rest() -> None:
+    summary = [{"type": "summary_text", "text": "a"}] * (MAX_ITEMS + 1)
+    items = [
+        {"role": "user", "content": "hi"},
+        {"type": "reasoning", "id": "rs_1", "summary": summary},
+        {"role": "user", "content": "go on"},
+    ]
+    status, reply, published = await post("/v1/responses", {"model": "gpt-4o-mini", "input": items})
+    assert status == 400, reply
+    assert (
+        reply["error"]["param"] == "input" and f"at most {MAX_ITEMS}" in reply["error"]["message"]
+    )
+    assert not published
+
+
+def test_the_count_stops_once_past_the_bound() -> None:
+    """A body far past it costs no more to refuse than one just past it: the count
+    stops there.  (Counted whole, this one's 10 000 turns of a million blocks each would
+    take hours.)"""
+    from gateway.bodies import turns_problem
+
+    results = [{"type": "tool_result", "tool_use_id": "t", "content": [_TEXT] * 1000}] * 1000
+    turns = [{"role": "user", "content": results}] * MAX_TURNS
+    started = time.perf_counter()
+    problem = turns_problem(turns) or ""
+    assert time.perf_counter() - started < 0.5
+    assert f"at most {MAX_ITEMS} items" in problem and "got at least" in problem
+
+
+async def test_an_anthropic_body_within_the_bounds_is_served_however_its_translation_grows() -> (
+    None
+):
+    """Each of an Anthropic turn's tool results becomes a chat message of its own: 4 001
+    turns (2 000 rounds of five parallel calls) are 12 001 chat messages, more than a
+    request may hold.  The client sent 4 001, counted as it sent them: served."""
+    turns = [{"role": "user", "content": "go"}]
+    for _ in range(2_000):
+        turns += _tool_round(5)
+    body = {"model": "claude-haiku", "max_tokens": 5, "messages": turns}
+    status, reply, published = await post("/v1/messages", body)
+    assert status == 200, reply
+    assert len(published[0].body["messages"]) == 12_001
