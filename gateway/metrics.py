@@ -38,6 +38,22 @@ LATENCY = Histogram(
     ["endpoint", "priority"],
     buckets=_BUCKETS_S,
 )
+# A generation's total time says more of its length than of the relay: long outputs and
+# reasoning models take minutes to their last token by nature. When its answer starts
+# (a stream's first token) is what a slow vendor or a full lane holds up.
+TTFB = Histogram(
+    "relay_request_ttfb_seconds",
+    "Time to the first byte of the answer (a stream's first event, keep-alives aside), "
+    "by endpoint and priority lane",
+    ["endpoint", "priority"],
+    buckets=_BUCKETS_S,
+)
+# The frames a stream sends while it waits for its first token (gateway/sse.py), declared
+# here so the metric that must not take them for the answer's start need not import the
+# streams that send them (sse imports this module).
+OPENAI_KEEPALIVE = b": keepalive\n\n"  # an SSE comment: clients skip it
+ANTHROPIC_PING = b'event: ping\ndata: {"type": "ping"}\n\n'  # Anthropic's own keep-alive
+_KEEPALIVES = (OPENAI_KEEPALIVE, ANTHROPIC_PING)
 VENDOR_CALLS = Counter(
     "relay_vendor_calls_total", "Answers that took a vendor call", ["vendor", "model"]
 )
@@ -126,7 +142,9 @@ def start_cost_series(tenants: Iterable[tuple[str, Iterable[str]]]) -> None:
 
 class Measure:
     """Counts and times every /v1 request (plain ASGI: Starlette's BaseHTTPMiddleware
-    would cost more per request than a cache hit does).
+    would cost more per request than a cache hit does): to its complete answer, and to
+    the answer's first byte (a stream's keep-alives are none; a request that sent no
+    byte of an answer, an error before it or a client gone, has no first byte).
 
     The ``endpoint`` label is the route's template (``/v1/files/{file_id}``, also for a
     request the edge refused before routing), one of the ``known`` paths the edge answers
@@ -149,13 +167,20 @@ class Measure:
             return
         started = time.perf_counter()
         status: int | None = None
+        answered = False  # a byte of the answer sent (a keep-alive is none)
         lane = lane_of(scope)
         lane_set = _LANE.set(lane)
 
         async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+            # Once the answer has started, a stream's every chunk costs this one check.
+            nonlocal status, answered
+            if not answered:
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                elif (body := message.get("body")) and body not in _KEEPALIVES:
+                    answered = True
+                    waited = time.perf_counter() - started
+                    TTFB.labels(self._endpoint(scope, path), lane).observe(waited)
             await send(message)
 
         failed = True

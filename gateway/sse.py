@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway import metrics
 from gateway.errors import anthropic_error
+from gateway.metrics import ANTHROPIC_PING, OPENAI_KEEPALIVE
 from schemas.errors import RelayError
 from schemas.formats.anthropic import ChunksToMessageEvents, without_start_usage
 from schemas.formats.responses import ChunksToResponseEvents
@@ -53,10 +54,9 @@ class EventStream(StreamingResponse):
 # An SSE connection silent for ~60 s is cut by many proxies and load balancers (nginx's
 # proxy_read_timeout, cloud load balancers' idle timeouts); a stream that has written
 # nothing for this long (a request queued in its lane, a model that thinks first, a
-# vendor's reasoning an Anthropic client is not shown) sends a keep-alive.
+# vendor's reasoning an Anthropic client is not shown) sends a keep-alive (its frames
+# are gateway.metrics', whose time to first byte must not count them).
 KEEPALIVE_S = 15.0
-_OPENAI_KEEPALIVE = b": keepalive\n\n"  # an SSE comment: clients skip it
-_ANTHROPIC_PING = b'event: ping\ndata: {"type": "ping"}\n\n'  # Anthropic's own keep-alive
 
 
 def _data(obj: object) -> bytes:
@@ -162,7 +162,7 @@ def openai_sse(
     status any more; it is sent the way OpenAI does it, as a final ``data:`` line holding
     an ``error`` object.
     """
-    return _kept_alive(_openai_lines(chunks, include_usage), _OPENAI_KEEPALIVE, keepalive_s)
+    return _kept_alive(_openai_lines(chunks, include_usage), OPENAI_KEEPALIVE, keepalive_s)
 
 
 async def _guarded(
@@ -254,7 +254,7 @@ def anthropic_sse(
     event, and the stream ends there, as Anthropic's own does."""
     events = _named_events(ChunksToMessageEvents(model, message_id), chunks)
     frames = _guarded(events, lambda err: [_frame("error", anthropic_error(err)[1])], "Anthropic")
-    return _kept_alive(frames, _ANTHROPIC_PING, keepalive_s)
+    return _kept_alive(frames, ANTHROPIC_PING, keepalive_s)
 
 
 def responses_sse(
@@ -268,7 +268,7 @@ def responses_sse(
     error once the stream began (a bug of the relay's too, logged) is its ``error``
     event and ``response.failed``, and the stream ends there."""
     frames = _response_events(ChunksToResponseEvents(request, response_id), chunks)
-    return _kept_alive(frames, _OPENAI_KEEPALIVE, keepalive_s)
+    return _kept_alive(frames, OPENAI_KEEPALIVE, keepalive_s)
 
 
 async def _response_events(

@@ -59,6 +59,22 @@ def test_latency_is_per_endpoint_and_realtime() -> None:
         assert "{{endpoint}}" in target["legendFormat"]
 
 
+def test_time_to_first_byte_sits_beside_latency_per_generation_endpoint() -> None:
+    """Generations are judged by when their answer starts (RelaySlowGenerations): the
+    panel shows what the alert reads, realtime and per endpoint, next to the latency."""
+    panels = _panels()
+    panel = panels["Time to first byte p50 / p95 / p99 by generation endpoint (realtime)"]
+    latency = next(p for title, p in panels.items() if "latency p50" in title.lower())
+    assert panel["gridPos"]["y"] == latency["gridPos"]["y"]
+    assert [t["legendFormat"].split()[0] for t in panel["targets"]] == ["p50", "p95", "p99"]
+    for target in panel["targets"]:
+        assert "relay_request_ttfb_seconds_bucket" in target["expr"]
+        assert "sum by (le, endpoint)" in target["expr"]
+        assert 'priority="realtime"' in target["expr"]
+        assert "chat/completions|messages|responses|completions" in target["expr"]
+        assert "{{endpoint}}" in target["legendFormat"]
+
+
 def test_the_error_ratio_stat_counts_what_the_alert_counts() -> None:
     """Its red is the critical alert's threshold: it must measure the same ratio."""
     stat = next(p for title, p in _panels().items() if title.startswith("Error ratio"))
