@@ -34,16 +34,21 @@ class Repeats(logging.Filter):
     def __init__(self, window_s: float = REPEAT_WINDOW_S) -> None:
         super().__init__()
         self.window_s = window_s
-        self._last: dict[Kind, tuple[float, int]] = {}
+        # Each kind: when one last passed, how many were held back since, and the last
+        # of those as it read (what ``flush`` tells of them).
+        self._last: dict[Kind, tuple[float, int, str]] = {}
+        self._flushing = False
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self._flushing:
+            return True  # (flush's own lines: one per kind, never folded together)
         key = (record.name, record.levelno, str(record.msg), getattr(record, FOLD_BY, None))
         now = time.monotonic()
-        passed_at, held = self._last.get(key, (float("-inf"), 0))
+        passed_at, held, _ = self._last.get(key, (float("-inf"), 0, ""))
         if now - passed_at < self.window_s:
-            self._last[key] = (passed_at, held + 1)
+            self._last[key] = (passed_at, held + 1, _said(record))
             return False
-        self._last[key] = (now, 0)
+        self._last[key] = (now, 0, "")
         if held:
             said = f"{held} more like this in the last {now - passed_at:.0f}s"
             record.msg = f"{record.msg} ({said})"  # no "%" added: safe to format with args
@@ -51,18 +56,32 @@ class Repeats(logging.Filter):
 
     def flush(self) -> None:
         """Say how many of each kind are held back and not told yet (at exit: no later
-        record of theirs will tell)."""
+        record of theirs will tell), one line for each kind, with the last one held as
+        it read: which topic, what became of its lines."""
         now = time.monotonic()
-        for (name, level, template, _), (passed_at, held) in list(self._last.items()):
-            if held:
-                logging.getLogger(name).log(
-                    level,
-                    "%d more like %r held back in the last %.0fs",
-                    held,
-                    template,
-                    now - passed_at,
-                )
+        self._flushing = True
+        try:
+            for (name, level, _, fold), (passed_at, held, last) in list(self._last.items()):
+                if held:
+                    logging.getLogger(name).log(
+                        level,
+                        "%d more like %r held back in the last %.0fs",
+                        held,
+                        last,
+                        now - passed_at,
+                        extra=None if fold is None else {FOLD_BY: fold},
+                    )
+        finally:
+            self._flushing = False
         self._last.clear()
+
+
+def _said(record: logging.LogRecord) -> str:
+    """The record's message, or its template when its arguments do not fit it."""
+    try:
+        return record.getMessage()
+    except Exception:  # (logging itself would only report it, never raise)
+        return str(record.msg)
 
 
 def quiet_repeats(

@@ -107,5 +107,30 @@ def test_what_is_held_back_at_exit_is_said(clock, caplog):
     said = [r.getMessage() for r in caplog.records]
     assert said == [
         "a line for relay.audit was refused",
-        "2 more like 'a line for %s was refused' held back in the last 5s",
+        "2 more like 'a line for relay.audit was refused' held back in the last 5s",
     ]
+
+
+def test_at_exit_each_kind_held_back_is_told_apart(clock, caplog):
+    """Lines lost for the ledger and for the audit log are two kinds (``FOLD_BY``):
+    ``flush`` tells each, naming its topic, and its lines pass the filter they are
+    logged through (one summary never holds back another)."""
+    repeats = Repeats(window_s=30)
+    logger = logging.getLogger("streams.producers")
+    logger.addFilter(repeats)
+    template = "%d lines for %s not written (%s); %s"
+    try:
+        with caplog.at_level(logging.ERROR, logger="streams.producers"):
+            for topic in ("relay.usage", "relay.audit"):
+                for _ in range(3):
+                    logger.error(template, 1, topic, "timeout", "lost", extra={"fold_by": topic})
+            clock[0] += 5
+            repeats.flush()
+    finally:
+        logger.removeFilter(repeats)
+    told = [r for r in caplog.records if "held back" in r.getMessage()]
+    assert [r.getMessage() for r in told] == [
+        f"2 more like '1 lines for {topic} not written (timeout); lost' held back in the last 5s"
+        for topic in ("relay.usage", "relay.audit")
+    ]
+    assert [r.fold_by for r in told] == ["relay.usage", "relay.audit"]
