@@ -102,8 +102,12 @@ class InLoopConsumer(driver.Consumer):
         """Faust commits what was processed before the consumer stops, retrying until the
         broker answers: wait ``STOP_GRACE_S``, then stop without (whoever takes the
         partitions next starts from the last commit, at most a second older).  Nor does
-        it commit once the producer was closed with messages undelivered: the offsets of
-        requests whose replies or table changes were lost must be taken again."""
+        it commit once Faust's producer was closed with table changes (or health)
+        undelivered: Faust flushes that producer before each commit, so the events it
+        took since the last one are what those changes came from, and are taken again.
+        (Replies go on a producer no commit waits for, ``streams.replies``: their
+        requests' offsets were committed as they were taken, and one lost at stop holds
+        back no commit.)"""
         if cast(RelayApp, self.app).undelivered:
             self.log.error("offsets not committed: the producer could not deliver everything")
         elif not await finished_within(super().on_stop(), STOP_GRACE_S):
@@ -123,7 +127,7 @@ class InLoopTransport(driver.Transport):
 class RelayApp(faust.App):
     """A Faust app whose Kafka consumer runs on the worker's event loop."""
 
-    # A producer (Faust's, or the replies') was closed, at stop, with messages it still held.
+    # Faust's producer was closed, at stop, with table changes or health it still held.
     undelivered = False
 
     def _new_transport(self) -> TransportT:
@@ -143,4 +147,4 @@ class RelayApp(faust.App):
         flushing = super()._producer_flush(logger)
         what = "health or table changes"
         if not await deliver_or_drop(flushing, aiokafka_producer, STOP_GRACE_S, what):
-            self.undelivered = True  # (replies lost at stop may have said so already)
+            self.undelivered = True

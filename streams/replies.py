@@ -12,8 +12,11 @@ its reply's waiter is long gone with its topic.
 As Faust's producer was for replies: linger 0 (a client is waiting), every in-sync replica
 (on one broker, the leader alone: no longer a wait), messages as large as requests.  At
 stop, what it holds is delivered within ``STOP_GRACE_S`` or dropped and said
-(``close``): the caller then commits no offset, so the requests whose replies were lost
-are taken again.
+(``close``).  Those requests are not taken again: Faust counts a request done once its
+task is under way, and commits every second while the worker drains, so their offsets
+were committed long before (holding back the last commit would only run again the
+requests answered in the second before it).  Their waiters hear their deadline, if they
+are still there: a gateway's topic deleted as it stopped is what most often loses them.
 """
 
 from __future__ import annotations

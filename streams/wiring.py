@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from functools import cache, partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import faust
 import orjson
@@ -50,7 +50,6 @@ from streams import fetch_guard, metrics, topic_guard
 from streams.app import make_app
 from streams.codec import M, decode, encode
 from streams.fetch_guard import Unreadable
-from streams.inloop import RelayApp
 from streams.producers import BackgroundProducer
 from streams.replies import Replies
 from streams.stopping import stop_quietly
@@ -582,8 +581,10 @@ def build_worker(settings: Settings, config: RelayConfig, bootstrap: str) -> fau
             await runner.cleanup()
         await store_redis.aclose()
         await http.aclose()
-        if not await sink.close():
-            cast(RelayApp, app).undelivered = True  # so the consumer commits nothing
+        # Replies still held past the grace are dropped and said lost (``Replies.close``),
+        # and the last commit is made all the same: their requests' offsets went with
+        # Faust's commits as they were taken, so nothing would take them again.
+        await sink.close()
 
     return app
 

@@ -263,7 +263,8 @@ async def test_replies_still_held_at_stop_are_said_lost_and_the_close_says_so(
     monkeypatch: Any, caplog: Any
 ) -> None:
     """At stop the reply producer delivers what it holds within its grace, else drops it
-    and says so: the sink's close returns False, and the worker then commits no offset."""
+    and says so: the sink's close returns False (and the worker's last commit is made all
+    the same: their requests' offsets were committed as they were taken)."""
     caplog.set_level(logging.ERROR)
     replies = replies_with_a_deleted_topic(monkeypatch)
     sink = sink_on(Producer(), replies=replies)
