@@ -126,7 +126,10 @@ def _envelope(
     line: Line,
 ) -> RequestEnvelope:
     body = line.body or {}
-    if (refusal := count_refusal(body)) is not None:
+    # Turns were counted as the client sent them (an OpenAI line by its route's model at
+    # the batch's creation, an Anthropic one before translation, which makes each tool
+    # result a message): only the lists kept one for one are counted here.
+    if (refusal := count_refusal(body, turns=None)) is not None:
         raise refusal
     try:
         orjson.dumps(body)

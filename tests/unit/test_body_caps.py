@@ -172,6 +172,26 @@ async def test_a_message_batch_request_past_a_bound_errors_alone() -> None:
     assert line.response.body["error"]["message"].startswith("messages: at most")
 
 
+async def test_a_message_batch_request_within_the_bounds_is_never_refused_as_translated() -> None:
+    """Translation makes each tool result a message of its own: a batch line of 5 001
+    Anthropic turns becomes 12 501 chat messages, and is still sent, never refused for a
+    count the client did not send."""
+    from tests.unit.test_batch_quota import Bus, MemoryStore
+
+    app, _ = gateway_app()
+    bus = app.state.relay.bus = Bus()
+    app.state.batches = store = MemoryStore()
+    store.record_many = recorded = _Recorder()  # type: ignore[method-assign]
+    rounds = [m for _ in range(2500) for m in _tool_round(4)]  # 5 001 turns, 12 501 translated
+    params = {"model": "claude-haiku", "max_tokens": 5, "messages": [TURN, *rounds]}
+    assert len(params["messages"]) <= MAX_TURNS
+    asked = {"requests": [{"custom_id": "long", "params": params}]}
+    async with client(app) as http:
+        reply = await http.post("/v1/messages/batches", json=asked)
+    assert reply.status_code == 200, reply.json()
+    assert len(bus.published) == 1 and not recorded.lines
+
+
 class _Recorder:
     def __init__(self) -> None:
         self.lines: dict[int, Any] = {}
