@@ -270,14 +270,11 @@ class BatchStore:
         file storage), counting nothing.  Atomic in Redis: replicas that take uploads of
         one tenant at once never count past the quota together."""
         now_ms = int(time.time() * 1000)
-        args: list[str | int] = [now_ms, item_id, size, now_ms + kept_s * 1000, quota]
-        while True:
-            async with self._guard():
-                counted, held = await self._hold(keys=self._holds(tenant), args=args)
-            if counted != -1:  # (-1: more holds had ended than one call lets go of)
-                break
+        counted, held = await self._count(
+            tenant, [now_ms, item_id, size, now_ms + kept_s * 1000, quota]
+        )
         if not counted:
-            raise over_quota(quota, int(held), size)
+            raise over_quota(quota, held, size)
 
     async def release(self, tenant: str, item_id: str) -> None:
         """Stop counting ``item_id`` against its tenant's quota (deleted, or never kept)."""
@@ -286,13 +283,16 @@ class BatchStore:
 
     async def held(self, tenant: str) -> int:
         """The bytes the tenant keeps now, as its quota counts them."""
+        _, held = await self._count(tenant, [int(time.time() * 1000), "", 0, 0, 0])
+        return held
+
+    async def _count(self, tenant: str, args: list[str | int]) -> tuple[int, int]:
+        """``_HOLD``'s answer for ``args``: counted (1) or not (0), and the bytes held."""
         while True:
             async with self._guard():
-                counted, held = await self._hold(
-                    keys=self._holds(tenant), args=[int(time.time() * 1000), "", 0, 0, 0]
-                )
-            if counted != -1:
-                return int(held)
+                counted, held = await self._hold(keys=self._holds(tenant), args=args)
+            if counted != -1:  # (-1: more holds had ended than one call lets go of)
+                return int(counted), int(held)
 
     async def _bury(self, tenant: str, item_id: str, place: float) -> None:
         """Keep a deleted file's or batch's place in its lists a while: a client that
