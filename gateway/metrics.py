@@ -168,19 +168,21 @@ class Measure:
         started = time.perf_counter()
         status: int | None = None
         answered = False  # a byte of the answer sent (a keep-alive is none)
+        endpoint: str | None = None  # worked out once, at the first byte or at the end
         lane = lane_of(scope)
         lane_set = _LANE.set(lane)
 
         async def send_status(message: Message) -> None:
             # Once the answer has started, a stream's every chunk costs this one check.
-            nonlocal status, answered
+            nonlocal status, answered, endpoint
             if not answered:
                 if message["type"] == "http.response.start":
                     status = message["status"]
                 elif (body := message.get("body")) and body not in _KEEPALIVES:
                     answered = True
                     waited = time.perf_counter() - started
-                    TTFB.labels(self._endpoint(scope, path), lane).observe(waited)
+                    endpoint = self._endpoint(scope, path)
+                    TTFB.labels(endpoint, lane).observe(waited)
             await send(message)
 
         failed = True
@@ -192,7 +194,8 @@ class Measure:
             # was anything to answer (499, as nginx logs it; the routes count it so too).
             if status is None:
                 status = 500 if failed else 499
-            endpoint = self._endpoint(scope, path)
+            if endpoint is None:
+                endpoint = self._endpoint(scope, path)
             REQUESTS.labels(endpoint, str(status), lane).inc()
             LATENCY.labels(endpoint, lane).observe(time.perf_counter() - started)
             _LANE.reset(lane_set)
